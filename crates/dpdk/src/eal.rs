@@ -1,0 +1,82 @@
+//! The DPDK Environment Abstraction Layer: initialised once per process from
+//! an argument list, cleaned up when the last handle is dropped.
+
+use std::ffi::{c_char, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::{last_error, DpdkError};
+
+static EAL_INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// Proof that the EAL is up. Pools and devices hold an `Arc<Eal>` so that
+/// `rte_eal_cleanup` runs only after all of them are gone.
+#[derive(Debug)]
+pub struct Eal {
+    _private: (),
+}
+
+impl Eal {
+    /// Initialises the EAL with `args` (without the program name). Fails if
+    /// the EAL was already initialised in this process, even if that attempt
+    /// failed: DPDK does not allow a second `rte_eal_init`.
+    pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Arc<Eal>, DpdkError> {
+        let mut owned = Vec::with_capacity(args.len() + 1);
+        owned.push(CString::new("tlsgate").map_err(|_| DpdkError::InvalidArgument("tlsgate".into()))?);
+        for arg in args {
+            let arg = arg.as_ref();
+            owned.push(CString::new(arg).map_err(|_| DpdkError::InvalidArgument(arg.to_owned()))?);
+        }
+        if EAL_INITIALISED.swap(true, Ordering::SeqCst) {
+            return Err(DpdkError::EalAlreadyInitialized);
+        }
+        // EAL may keep pointers into argv (device arguments) and permutes the
+        // array, so both the strings and the array live for the process.
+        let strings: &'static [CString] = Box::leak(owned.into_boxed_slice());
+        let argv: &'static mut [*mut c_char] = Box::leak(
+            strings
+                .iter()
+                .map(|s| s.as_ptr().cast_mut())
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        let argc = i32::try_from(argv.len()).map_err(|_| DpdkError::InvalidArgument("too many arguments".into()))?;
+        // SAFETY: argv holds argc valid NUL-terminated strings that are never
+        // freed; EAL is called once per process (guarded by EAL_INITIALISED).
+        let rc = unsafe { dpdk_sys::rte_eal_init(argc, argv.as_mut_ptr()) };
+        if rc < 0 {
+            return Err(DpdkError::EalInit {
+                reason: last_error(),
+                args: args.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" "),
+            });
+        }
+        Ok(Arc::new(Eal { _private: () }))
+    }
+
+    /// Registers the calling (non-EAL) thread with DPDK so that it gets an
+    /// lcore id and per-lcore mempool caches. Needs a free lcore in `-l`.
+    pub fn register_thread(&self) -> Result<(), DpdkError> {
+        // SAFETY: EAL is initialised (self exists); registering an already
+        // registered thread is a no-op in DPDK.
+        let rc = unsafe { dpdk_sys::rte_thread_register() };
+        if rc < 0 {
+            return Err(DpdkError::Port {
+                port: u16::MAX,
+                name: "eal".into(),
+                operation: "rte_thread_register",
+                reason: last_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Eal {
+    fn drop(&mut self) {
+        // SAFETY: the last Arc<Eal> is gone, so every pool and device (which
+        // hold one) has been released already.
+        unsafe {
+            dpdk_sys::rte_eal_cleanup();
+        }
+    }
+}

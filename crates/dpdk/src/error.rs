@@ -1,0 +1,46 @@
+//! The error type of every fallible DPDK operation.
+
+use thiserror::Error;
+
+/// What went wrong talking to DPDK; every variant says which call and why.
+#[derive(Debug, Error)]
+pub enum DpdkError {
+    #[error("the DPDK EAL is already initialised in this process (it can be only once)")]
+    EalAlreadyInitialized,
+    #[error("EAL argument {0:?} contains a NUL byte")]
+    InvalidArgument(String),
+    #[error("EAL initialisation failed: {reason} (arguments: {args})")]
+    EalInit { reason: String, args: String },
+    #[error("cannot create mbuf pool {name:?} of {size} mbufs: {reason}")]
+    PoolCreate {
+        name: String,
+        size: u32,
+        reason: String,
+    },
+    #[error("no DPDK port named {0:?}: is the device spec right, and was its driver loaded?")]
+    PortNotFound(String),
+    #[error("port {port} ({name}): {operation} failed: {reason}")]
+    Port {
+        port: u16,
+        name: String,
+        operation: &'static str,
+        reason: String,
+    },
+}
+
+/// The text DPDK gives for an error number (positive or negative).
+pub(crate) fn describe_errno(code: i32) -> String {
+    let code = code.checked_abs().unwrap_or(i32::MAX);
+    // SAFETY: rte_strerror accepts any errno value and returns a pointer to a
+    // static or thread-local NUL-terminated string that stays valid until the
+    // next call on this thread; it is copied out immediately.
+    let text = unsafe { std::ffi::CStr::from_ptr(dpdk_sys::rte_strerror(code)) };
+    format!("{} (errno {code})", text.to_string_lossy())
+}
+
+/// The calling thread's `rte_errno`, described.
+pub(crate) fn last_error() -> String {
+    // SAFETY: reads the calling thread's per-lcore errno variable; no
+    // preconditions.
+    describe_errno(unsafe { dpdk_sys::tg_rte_errno() })
+}

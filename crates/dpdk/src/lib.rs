@@ -1,0 +1,26 @@
+//! Safe, RAII wrapper over the system DPDK: EAL initialisation, mbuf pools,
+//! owned mbufs, Ethernet devices and their queues.
+//!
+//! Everything above this crate talks to a [`Port`]: the DPDK queue pair
+//! ([`EthQueue`]) is one implementation, the in-memory [`MemPort`] the other,
+//! so the layers above are testable without DPDK and without root.
+//!
+//! Ownership rules, in the order things are torn down: mbufs return to their
+//! pool when dropped; a [`EthDev`] keeps its pool and the [`Eal`] alive; a
+//! pool with mbufs still out is leaked rather than freed under them.
+
+mod eal;
+mod error;
+mod ethdev;
+mod mbuf;
+mod memport;
+mod mempool;
+mod port;
+
+pub use eal::Eal;
+pub use error::DpdkError;
+pub use ethdev::{EthDev, EthDevConfig, EthQueue};
+pub use mbuf::Mbuf;
+pub use memport::{MemPort, MemPortControl};
+pub use mempool::Mempool;
+pub use port::{LinkState, PacketBuf, Port, PortCounters};

@@ -1,0 +1,51 @@
+/*
+ * tlsgate_shim.h - exported wrappers for DPDK's `static inline` functions.
+ *
+ * bindgen cannot bind `static inline` functions: they have no symbol in the
+ * shared libraries. Each wrapper here is a real function that calls exactly
+ * one inline (or reads one mbuf field), so the Rust side stays a thin FFI.
+ */
+#ifndef TLSGATE_SHIM_H
+#define TLSGATE_SHIM_H
+
+#include <stdint.h>
+#include <rte_config.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+
+/* The calling thread's rte_errno (a per-lcore thread-local variable). */
+int tg_rte_errno(void);
+
+unsigned tg_lcore_id(void);
+int tg_socket_id(void);
+
+uint16_t tg_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
+                         struct rte_mbuf **rx_pkts, uint16_t nb_pkts);
+uint16_t tg_eth_tx_burst(uint16_t port_id, uint16_t queue_id,
+                         struct rte_mbuf **tx_pkts, uint16_t nb_pkts);
+
+struct rte_mbuf *tg_pktmbuf_alloc(struct rte_mempool *mp);
+void tg_pktmbuf_free(struct rte_mbuf *m);
+
+/* Pointer to the first data byte of the first segment. */
+uint8_t *tg_pktmbuf_data(struct rte_mbuf *m);
+uint16_t tg_pktmbuf_data_len(const struct rte_mbuf *m);
+uint32_t tg_pktmbuf_pkt_len(const struct rte_mbuf *m);
+uint16_t tg_pktmbuf_nb_segs(const struct rte_mbuf *m);
+uint16_t tg_pktmbuf_headroom(const struct rte_mbuf *m);
+uint16_t tg_pktmbuf_tailroom(const struct rte_mbuf *m);
+
+/* Grow/shrink the packet; NULL / -1 when there is no room. */
+char *tg_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
+char *tg_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len);
+char *tg_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
+int tg_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
+
+/* Copies a multi-segment mbuf into one linear segment; 0 on success. */
+int tg_pktmbuf_linearize(struct rte_mbuf *m);
+
+#endif
