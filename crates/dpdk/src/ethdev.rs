@@ -165,7 +165,8 @@ impl EthDev {
         }
     }
 
-    fn link(&self) -> LinkState {
+    /// The device's link state.
+    pub fn link(&self) -> LinkState {
         let mut link = dpdk_sys::rte_eth_link::default();
         // SAFETY: port_id is valid; link is a valid out pointer.
         let rc = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.port_id, &mut link) };
@@ -178,7 +179,8 @@ impl EthDev {
         }
     }
 
-    fn counters(&self) -> PortCounters {
+    /// The driver's counters for the whole device.
+    pub fn counters(&self) -> PortCounters {
         let mut stats = dpdk_sys::rte_eth_stats::default();
         // SAFETY: port_id is valid; stats is a valid out pointer.
         if unsafe { dpdk_sys::rte_eth_stats_get(self.port_id, &mut stats) } != 0 {

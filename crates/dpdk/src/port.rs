@@ -25,7 +25,7 @@ pub enum LinkState {
 }
 
 /// The driver's own counters for a port (device-wide, all queues).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PortCounters {
     pub rx_packets: u64,
     pub tx_packets: u64,

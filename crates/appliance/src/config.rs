@@ -1,0 +1,362 @@
+//! The appliance configuration (TOML): parsed strictly (unknown keys are
+//! errors) and validated, every error naming the key and the reason.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was rejected.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dataplane: Dataplane,
+    pub ports: Ports,
+}
+
+/// Poll-mode data plane settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    /// Extra EAL arguments (memory, cores, logging); devices come from `[ports]`.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Poll-mode workers, one queue pair per port each.
+    #[serde(default = "default_workers")]
+    pub workers: u16,
+    /// Frames per receive/transmit burst.
+    #[serde(default = "default_burst_size")]
+    pub burst_size: u16,
+    /// Mbufs in the packet pool.
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+    /// Receive/transmit ring sizes per queue.
+    #[serde(default = "default_descriptors")]
+    pub rx_descriptors: u16,
+    #[serde(default = "default_descriptors")]
+    pub tx_descriptors: u16,
+    /// The longest an idle worker sleeps between polls, in microseconds
+    /// (0: never sleep, spin at 100% like classic DPDK).
+    #[serde(default = "default_idle_sleep_max_us")]
+    pub idle_sleep_max_us: u32,
+}
+
+/// The data ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub client: PortConfig,
+    pub server: PortConfig,
+}
+
+/// One data port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// A DPDK virtual-device spec (`net_af_packet0,iface=eth1`) or a PCI
+    /// address (`0000:03:00.0`).
+    pub device: String,
+}
+
+fn default_workers() -> u16 {
+    1
+}
+fn default_burst_size() -> u16 {
+    32
+}
+fn default_mbufs() -> u32 {
+    8191
+}
+fn default_descriptors() -> u16 {
+    1024
+}
+fn default_idle_sleep_max_us() -> u32 {
+    200
+}
+
+/// Largest burst; DPDK drivers handle at most a few hundred per call.
+pub const MAX_BURST_SIZE: u16 = 512;
+
+/// A port's device, as EAL must be told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// `--vdev SPEC`; the ethdev is named `name` (the spec up to the first comma).
+    Virtual { name: String, spec: String },
+    /// `-a ADDRESS`; the ethdev is named by its PCI address.
+    Pci { address: String },
+}
+
+impl Device {
+    /// Parses a device string; `Err` says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Device, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty; give a virtual device spec such as \"net_af_packet0,iface=eth1\" or a PCI address such as \"0000:03:00.0\"".into());
+        }
+        if is_pci_address(text) {
+            let address = if text.matches(':').count() == 1 {
+                format!("0000:{text}")
+            } else {
+                text.to_owned()
+            };
+            return Ok(Device::Pci { address });
+        }
+        let name = text.split(',').next().unwrap_or_default();
+        if !name.starts_with("net_") && !name.starts_with("eth_") {
+            return Err(format!(
+                "{text:?} is neither a PCI address (DDDD:BB:DD.F) nor a DPDK network virtual device (net_af_packet0,..., net_pcap0,..., net_ring0, net_memif0,..., net_tap0,...)"
+            ));
+        }
+        if name.len() == "net_".len() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("device name {name:?} must be a driver name followed by an instance id, e.g. net_af_packet0"));
+        }
+        Ok(Device::Virtual {
+            name: name.to_owned(),
+            spec: text.to_owned(),
+        })
+    }
+
+    /// The ethdev name DPDK registers the port under.
+    pub fn ethdev_name(&self) -> &str {
+        match self {
+            Device::Virtual { name, .. } => name,
+            Device::Pci { address } => address,
+        }
+    }
+
+    /// The EAL arguments that make the device appear.
+    pub fn eal_args(&self) -> [String; 2] {
+        match self {
+            Device::Virtual { spec, .. } => ["--vdev".into(), spec.clone()],
+            Device::Pci { address } => ["-a".into(), address.clone()],
+        }
+    }
+}
+
+fn is_pci_address(text: &str) -> bool {
+    // [DDDD:]BB:DD.F with hexadecimal fields.
+    let parts: Vec<&str> = text.split([':', '.']).collect();
+    let widths: &[usize] = match parts.len() {
+        4 => &[4, 2, 2, 1],
+        3 => &[2, 2, 1],
+        _ => return false,
+    };
+    text.contains('.')
+        && parts
+            .iter()
+            .zip(widths)
+            .all(|(part, &width)| part.len() == width && part.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// EAL options that must not appear in `eal_args` because tlsgate derives
+/// them from `[ports]`.
+const DEVICE_EAL_OPTIONS: &[&str] = &["--vdev", "-a", "--allow", "-b", "--block", "-w", "--pci-whitelist"];
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let dataplane = &self.dataplane;
+        if !(1..=64).contains(&dataplane.workers) {
+            return Err(invalid("dataplane.workers", format!("{} is out of range 1..=64", dataplane.workers)));
+        }
+        if !(1..=MAX_BURST_SIZE).contains(&dataplane.burst_size) {
+            return Err(invalid(
+                "dataplane.burst_size",
+                format!("{} is out of range 1..={MAX_BURST_SIZE}", dataplane.burst_size),
+            ));
+        }
+        let needed = u32::from(dataplane.workers)
+            * 2
+            * (u32::from(dataplane.rx_descriptors) + u32::from(dataplane.tx_descriptors) + u32::from(dataplane.burst_size) * 2);
+        if dataplane.mbufs < needed {
+            return Err(invalid(
+                "dataplane.mbufs",
+                format!(
+                    "{} mbufs cannot fill the rings: {} workers x 2 ports x ({} rx + {} tx descriptors + 2 bursts) need at least {needed}",
+                    dataplane.mbufs, dataplane.workers, dataplane.rx_descriptors, dataplane.tx_descriptors
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("dataplane.rx_descriptors", dataplane.rx_descriptors),
+            ("dataplane.tx_descriptors", dataplane.tx_descriptors),
+        ] {
+            if !(32..=16384).contains(&value) {
+                return Err(invalid(key, format!("{value} is out of range 32..=16384")));
+            }
+        }
+        if let Some(option) = dataplane
+            .eal_args
+            .iter()
+            .find(|arg| DEVICE_EAL_OPTIONS.iter().any(|opt| arg.split('=').next() == Some(opt)))
+        {
+            return Err(invalid(
+                "dataplane.eal_args",
+                format!("{option:?} is not allowed here: devices are given as [ports.*] device = \"...\""),
+            ));
+        }
+        let client = Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
+        let server = Device::parse(&self.ports.server.device).map_err(|reason| invalid("ports.server.device", reason))?;
+        if client.ethdev_name() == server.ethdev_name() {
+            return Err(invalid(
+                "ports.server.device",
+                format!("{:?} is also the client port; the two ports must be different devices", server.ethdev_name()),
+            ));
+        }
+        for (key, device) in [("ports.client.device", &client), ("ports.server.device", &server)] {
+            if matches!(device, Device::Pci { .. }) && dataplane.eal_args.iter().any(|arg| arg == "--no-pci") {
+                return Err(invalid(
+                    key,
+                    "is a PCI device, but dataplane.eal_args contains --no-pci".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The client and server port devices (validated by `parse`).
+    pub fn devices(&self) -> Result<[Device; 2], String> {
+        Ok([Device::parse(&self.ports.client.device)?, Device::parse(&self.ports.server.device)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[dataplane]
+eal_args = ["--no-huge"]
+[ports.client]
+device = "net_af_packet0,iface=gwc0"
+[ports.server]
+device = "net_af_packet1,iface=gws0"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn rejection(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.dataplane.workers, 1);
+        assert_eq!(config.dataplane.burst_size, 32);
+        assert_eq!(config.dataplane.idle_sleep_max_us, 200);
+        let [client, server] = config.devices().expect("devices");
+        assert_eq!(client.ethdev_name(), "net_af_packet0");
+        assert_eq!(server.eal_args(), ["--vdev".to_owned(), "net_af_packet1,iface=gws0".to_owned()]);
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for name in ["lab.toml", "inline-bridge.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name);
+            if let Err(err) = Config::load(&path) {
+                panic!("{name}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let message = rejection(&MINIMAL.replace("[dataplane]", "[dataplane]\nworkerz = 2"));
+        assert!(message.contains("workerz"), "{message}");
+        let message = rejection(&format!("{MINIMAL}\n[bogus]\nx = 1\n"));
+        assert!(message.contains("bogus"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let message = rejection(&MINIMAL.replace("[dataplane]", "[dataplane]\nworkers = \"two\""));
+        assert!(message.contains("workers"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_reason() {
+        let cases = [
+            ("workers = 0", "dataplane.workers"),
+            ("burst_size = 9999", "dataplane.burst_size"),
+            ("mbufs = 100", "dataplane.mbufs"),
+            ("rx_descriptors = 4", "dataplane.rx_descriptors"),
+        ];
+        for (line, key) in cases {
+            let message = rejection(&MINIMAL.replace("[dataplane]", &format!("[dataplane]\n{line}")));
+            assert!(message.contains(key), "{line}: {message}");
+        }
+        let message = rejection(&MINIMAL.replace("\"--no-huge\"", "\"--vdev\", \"net_null0\""));
+        assert!(message.contains("dataplane.eal_args") && message.contains("--vdev"), "{message}");
+        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "eth1"));
+        assert!(message.contains("ports.server.device"), "{message}");
+        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
+        assert!(message.contains("must be different"), "{message}");
+        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "0000:03:00.0").replace("\"--no-huge\"", "\"--no-pci\""));
+        assert!(message.contains("--no-pci"), "{message}");
+        let message = rejection(&MINIMAL.replace("[ports.server]\ndevice = \"net_af_packet1,iface=gws0\"", ""));
+        assert!(message.contains("server"), "{message}");
+    }
+
+    #[test]
+    fn device_forms() {
+        assert_eq!(
+            Device::parse("03:00.1"),
+            Ok(Device::Pci {
+                address: "0000:03:00.1".into()
+            })
+        );
+        assert_eq!(Device::parse("0000:af:00.0").map(|d| d.eal_args()[0].clone()), Ok("-a".into()));
+        assert_eq!(Device::parse("net_ring0").map(|d| d.ethdev_name().to_owned()), Ok("net_ring0".into()));
+        assert!(Device::parse("").is_err());
+        assert!(Device::parse("net_").is_err());
+        assert!(Device::parse("net_x y,a=b").is_err());
+        assert!(Device::parse("0000:zz:00.0").is_err());
+    }
+}

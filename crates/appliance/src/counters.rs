@@ -1,0 +1,172 @@
+//! Counters the data plane keeps per port and per worker. Workers bump
+//! relaxed atomics they alone write (once per burst, not per frame); the
+//! control plane reads them into serialisable snapshots at any time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// One port's traffic as one worker saw it.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    rx: AtomicU64,
+    tx: AtomicU64,
+    bridged: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+}
+
+/// A reading of [`PortStats`]. For every port, `rx = bridged + dropped`:
+/// `bridged` frames were received here and accepted by the other port's
+/// driver, `dropped` were received here and not delivered (runts, or the
+/// other port's transmit ring stayed full); `malformed` counts frames that
+/// failed validation, whether dropped (runts) or bridged (bad L3 headers).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PortTotals {
+    pub rx: u64,
+    pub tx: u64,
+    pub bridged: u64,
+    pub dropped: u64,
+    pub malformed: u64,
+}
+
+impl PortStats {
+    pub fn add_rx(&self, frames: u64) {
+        self.rx.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_tx(&self, frames: u64) {
+        self.tx.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_bridged(&self, frames: u64) {
+        self.bridged.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_dropped(&self, frames: u64) {
+        self.dropped.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_malformed(&self, frames: u64) {
+        self.malformed.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> PortTotals {
+        PortTotals {
+            rx: self.rx.load(Ordering::Relaxed),
+            tx: self.tx.load(Ordering::Relaxed),
+            bridged: self.bridged.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::AddAssign for PortTotals {
+    fn add_assign(&mut self, other: PortTotals) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.bridged += other.bridged;
+        self.dropped += other.dropped;
+        self.malformed += other.malformed;
+    }
+}
+
+/// How one worker spent its time.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    busy_ns: AtomicU64,
+    idle_ns: AtomicU64,
+    polls: AtomicU64,
+    idle_sleeps: AtomicU64,
+}
+
+/// A reading of [`WorkerStats`]: `busy` is time spent in polls that moved
+/// frames, `idle` in polls that found nothing plus time asleep.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WorkerTotals {
+    pub busy_ns: u64,
+    pub idle_ns: u64,
+    pub polls: u64,
+    pub idle_sleeps: u64,
+}
+
+impl WorkerStats {
+    pub fn add_busy(&self, nanos: u64) {
+        self.busy_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.polls.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_idle(&self, nanos: u64) {
+        self.idle_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.polls.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_sleep(&self, nanos: u64) {
+        self.idle_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.idle_sleeps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> WorkerTotals {
+        WorkerTotals {
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            idle_ns: self.idle_ns.load(Ordering::Relaxed),
+            polls: self.polls.load(Ordering::Relaxed),
+            idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl WorkerTotals {
+    /// Share of the worker's time spent busy, in percent.
+    pub fn busy_percent(&self) -> f64 {
+        let total = self.busy_ns + self.idle_ns;
+        if total == 0 {
+            0.0
+        } else {
+            self.busy_ns as f64 * 100.0 / total as f64
+        }
+    }
+}
+
+/// A port's counters in a report: the engine's view and the driver's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortReport {
+    pub role: &'static str,
+    pub device: String,
+    #[serde(flatten)]
+    pub totals: PortTotals,
+    pub driver: dpdk::PortCounters,
+}
+
+/// Everything the data plane counted, as printed by `run` and `replay`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub ports: Vec<PortReport>,
+    pub workers: Vec<WorkerTotals>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+            "port", "device", "rx", "tx", "bridged", "dropped", "malformed", "nic-miss"
+        )?;
+        for port in &self.ports {
+            let t = port.totals;
+            writeln!(
+                f,
+                "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+                port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
+            )?;
+        }
+        for (index, worker) in self.workers.iter().enumerate() {
+            writeln!(
+                f,
+                "worker {index}: busy {:.3} s, idle {:.3} s ({:.1}% busy), {} polls, {} idle sleeps",
+                worker.busy_ns as f64 / 1e9,
+                worker.idle_ns as f64 / 1e9,
+                worker.busy_percent(),
+                worker.polls,
+                worker.idle_sleeps
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Assembles the DPDK data plane from a [`Config`]: EAL, the mbuf pool, the
+//! two ports with one queue pair per worker, and the worker threads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
+use thiserror::Error;
+
+use crate::bridge::{Bridge, Side};
+use crate::config::{Config, Device};
+use crate::counters::{PortReport, PortStats, PortTotals, Report, WorkerStats};
+use crate::worker::run_worker;
+
+/// Why the data plane could not start.
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Dpdk(#[from] DpdkError),
+    #[error("invalid device: {0}")]
+    Device(String),
+    #[error("worker thread {0} panicked")]
+    WorkerPanicked(usize),
+}
+
+/// A running set of ports, ready for workers.
+pub struct Dataplane {
+    eal: Arc<Eal>,
+    devices: [(Device, Arc<EthDev>); 2],
+    workers: Vec<WorkerSlot>,
+    max_sleep: Duration,
+    burst_size: usize,
+}
+
+struct WorkerSlot {
+    queues: Option<[EthQueue; 2]>,
+    ports: [Arc<PortStats>; 2],
+    stats: Arc<WorkerStats>,
+}
+
+impl Dataplane {
+    /// Initialises EAL and opens both ports of `config` (or `devices`, when
+    /// given, in place of the configured ones: replay uses pcap devices).
+    pub fn open(config: &Config, devices: Option<[Device; 2]>) -> Result<Dataplane, DataplaneError> {
+        let devices = match devices {
+            Some(devices) => devices,
+            None => config.devices().map_err(DataplaneError::Device)?,
+        };
+        let dataplane = &config.dataplane;
+        let mut eal_args = dataplane.eal_args.clone();
+        for device in &devices {
+            eal_args.extend(device.eal_args());
+        }
+        let eal = Eal::init(&eal_args)?;
+        let pool = Mempool::new(&eal, "tlsgate_frames", dataplane.mbufs, -1)?;
+        let dev_config = EthDevConfig {
+            queues: dataplane.workers,
+            rx_descriptors: dataplane.rx_descriptors,
+            tx_descriptors: dataplane.tx_descriptors,
+            promiscuous: true,
+        };
+        let [client, server] = devices;
+        let client_dev = EthDev::open(&eal, client.ethdev_name(), &pool, dev_config)?;
+        let server_dev = EthDev::open(&eal, server.ethdev_name(), &pool, dev_config)?;
+        let workers = (0..dataplane.workers)
+            .map(|queue| {
+                Ok(WorkerSlot {
+                    queues: Some([client_dev.queue(queue)?, server_dev.queue(queue)?]),
+                    ports: [Arc::default(), Arc::default()],
+                    stats: Arc::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, DpdkError>>()?;
+        Ok(Dataplane {
+            eal,
+            devices: [(client, client_dev), (server, server_dev)],
+            workers,
+            max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
+            burst_size: usize::from(dataplane.burst_size),
+        })
+    }
+
+    /// The bridge of worker 0, for callers that drive polling themselves
+    /// (replay). Returns `None` once taken.
+    pub fn take_first_bridge(&mut self) -> Option<Bridge<EthQueue>> {
+        let slot = self.workers.first_mut()?;
+        let [client, server] = slot.queues.take()?;
+        Some(Bridge::new(client, server, slot.ports.clone(), self.burst_size))
+    }
+
+    /// Runs one worker thread per queue pair until `stop` is set; `tick` is
+    /// called about every `interval` (zero: never) on this thread with a
+    /// fresh report.
+    pub fn run(&mut self, stop: &AtomicBool, interval: Duration, mut tick: impl FnMut(&Report)) -> Result<(), DataplaneError> {
+        let max_sleep = self.max_sleep;
+        let burst_size = self.burst_size;
+        let eal = Arc::clone(&self.eal);
+        let outcome = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for (index, slot) in self.workers.iter_mut().enumerate() {
+                let Some([client, server]) = slot.queues.take() else { continue };
+                let ports = slot.ports.clone();
+                let stats = Arc::clone(&slot.stats);
+                let eal = Arc::clone(&eal);
+                let handle = std::thread::Builder::new()
+                    .name(format!("tlsgate-worker-{index}"))
+                    .spawn_scoped(scope, move || {
+                        if let Err(err) = eal.register_thread() {
+                            // Works unregistered too, without mempool caches.
+                            tracing::warn!("worker {index}: {err}");
+                        }
+                        let mut bridge = Bridge::new(client, server, ports, burst_size);
+                        run_worker(&mut bridge, &stats, stop, max_sleep);
+                    });
+                match handle {
+                    Ok(handle) => handles.push((index, handle)),
+                    Err(err) => {
+                        tracing::error!("cannot start worker {index}: {err}");
+                        return Err(DataplaneError::WorkerPanicked(index));
+                    }
+                }
+            }
+            let mut last_tick = Instant::now();
+            while !stop.load(Ordering::Relaxed) && handles.iter().all(|(_, h)| !h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(50));
+                if !interval.is_zero() && last_tick.elapsed() >= interval {
+                    last_tick = Instant::now();
+                    tick(&self.report());
+                }
+            }
+            // A worker that ended on its own (a panic) stops the others.
+            stop.store(true, Ordering::Relaxed);
+            for (index, handle) in handles {
+                handle.join().map_err(|_| DataplaneError::WorkerPanicked(index))?;
+            }
+            Ok(())
+        });
+        outcome
+    }
+
+    /// Every counter, summed over workers per port.
+    pub fn report(&self) -> Report {
+        let ports = [Side::Client, Side::Server]
+            .into_iter()
+            .map(|side| {
+                let (device, dev) = &self.devices[side.index()];
+                let mut totals = PortTotals::default();
+                for slot in &self.workers {
+                    totals += slot.ports[side.index()].totals();
+                }
+                PortReport {
+                    role: match side {
+                        Side::Client => "client",
+                        Side::Server => "server",
+                    },
+                    device: device.ethdev_name().to_owned(),
+                    totals,
+                    driver: dev.counters(),
+                }
+            })
+            .collect();
+        Report {
+            ports,
+            workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
+        }
+    }
+}

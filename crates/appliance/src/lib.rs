@@ -1,0 +1,16 @@
+//! The tlsgate engine: configuration, the inline bridge, poll-mode workers,
+//! counters, and offline replay of captures. Generic over [`dpdk::Port`], so
+//! everything but the DPDK assembly in [`dataplane`] runs on in-memory ports.
+#![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod config;
+pub mod counters;
+pub mod dataplane;
+pub mod replay;
+pub mod worker;
+
+pub use config::{Config, ConfigError};
+pub use counters::Report;
+pub use dataplane::{Dataplane, DataplaneError};
+pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome};

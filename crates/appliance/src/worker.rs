@@ -1,0 +1,129 @@
+//! The poll-mode worker loop: polls its bridge until told to stop, backs off
+//! when there is no traffic instead of spinning a core at 100%, and accounts
+//! its time as busy (polls that moved frames) or idle (empty polls, sleep).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dpdk::Port;
+
+use crate::bridge::Bridge;
+use crate::counters::WorkerStats;
+
+/// Empty polls in a row before the worker starts sleeping.
+const SPINS_BEFORE_SLEEP: u32 = 256;
+/// The first sleep; each further empty poll doubles it up to the maximum.
+const FIRST_SLEEP: Duration = Duration::from_micros(1);
+
+/// Decides how long an idle worker sleeps: not at all while traffic flows,
+/// then exponentially longer up to `max_sleep` while it stays idle.
+#[derive(Debug, Clone)]
+pub struct IdleBackoff {
+    max_sleep: Duration,
+    empty_polls: u32,
+    next_sleep: Duration,
+}
+
+impl IdleBackoff {
+    pub fn new(max_sleep: Duration) -> Self {
+        IdleBackoff {
+            max_sleep,
+            empty_polls: 0,
+            next_sleep: FIRST_SLEEP,
+        }
+    }
+
+    /// Records a poll; returns how long to sleep before the next one.
+    pub fn after_poll(&mut self, frames: usize) -> Option<Duration> {
+        if frames > 0 {
+            self.empty_polls = 0;
+            self.next_sleep = FIRST_SLEEP;
+            return None;
+        }
+        self.empty_polls = self.empty_polls.saturating_add(1);
+        if self.empty_polls < SPINS_BEFORE_SLEEP || self.max_sleep.is_zero() {
+            return None;
+        }
+        let sleep = self.next_sleep.min(self.max_sleep);
+        self.next_sleep = (self.next_sleep * 2).min(self.max_sleep);
+        Some(sleep)
+    }
+}
+
+/// Runs `bridge` until `stop` is set.
+pub fn run_worker<P: Port>(bridge: &mut Bridge<P>, stats: &WorkerStats, stop: &AtomicBool, max_sleep: Duration) {
+    let mut backoff = IdleBackoff::new(max_sleep);
+    let mut started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let frames = bridge.poll();
+        let polled = Instant::now();
+        let spent = nanos(polled - started);
+        if frames > 0 {
+            stats.add_busy(spent);
+        } else {
+            stats.add_idle(spent);
+        }
+        started = polled;
+        if let Some(sleep) = backoff.after_poll(frames) {
+            std::thread::sleep(sleep);
+            started = Instant::now();
+            stats.add_sleep(nanos(started - polled));
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::PortStats;
+    use dpdk::MemPort;
+    use std::sync::Arc;
+
+    #[test]
+    fn backoff_spins_then_sleeps_longer_up_to_the_cap_and_resets_on_traffic() {
+        let mut backoff = IdleBackoff::new(Duration::from_micros(100));
+        for _ in 1..SPINS_BEFORE_SLEEP {
+            assert_eq!(backoff.after_poll(0), None);
+        }
+        let sleeps: Vec<_> = (0..10).filter_map(|_| backoff.after_poll(0)).collect();
+        assert_eq!(sleeps.len(), 10);
+        assert_eq!(sleeps[0], Duration::from_micros(1));
+        assert!(sleeps.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(sleeps[9], Duration::from_micros(100));
+        assert_eq!(backoff.after_poll(3), None);
+        assert_eq!(backoff.after_poll(0), None, "spins again after traffic");
+    }
+
+    #[test]
+    fn zero_max_sleep_never_sleeps() {
+        let mut backoff = IdleBackoff::new(Duration::ZERO);
+        assert!((0..10_000).all(|_| backoff.after_poll(0).is_none()));
+    }
+
+    #[test]
+    fn idle_worker_sleeps_and_reports_mostly_idle_time() {
+        let (client, _client_ctl) = MemPort::new("c", [0; 6]);
+        let (server, _server_ctl) = MemPort::new("s", [0; 6]);
+        let ports = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let mut bridge = Bridge::new(client, server, ports, 32);
+        let stats = WorkerStats::default();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::Relaxed);
+            });
+            run_worker(&mut bridge, &stats, &stop, Duration::from_micros(500));
+        });
+        let totals = stats.totals();
+        assert_eq!(totals.busy_ns, 0);
+        assert!(totals.idle_sleeps > 0, "an idle worker must sleep: {totals:?}");
+        assert!(totals.idle_ns >= 150_000_000, "{totals:?}");
+        // Spinning flat out would be millions of polls in 200 ms.
+        assert!(totals.polls < 100_000, "{totals:?}");
+    }
+}

@@ -1,0 +1,186 @@
+//! `tlsgate`: the command-line front end of the appliance.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use appliance::config::Device;
+use appliance::{Config, Dataplane, Report};
+use clap::{Parser, Subcommand};
+
+/// A transparent, inline TLS interception appliance on DPDK.
+#[derive(Debug, Parser)]
+#[command(name = "tlsgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance inline between its ports until SIGINT/SIGTERM.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop by itself after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Print the counters every this many seconds while running.
+        #[arg(long, value_name = "SECONDS")]
+        stats_interval: Option<f64>,
+        /// Also write the final counters as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report_json: Option<PathBuf>,
+    },
+    /// Validate a configuration file and explain what is wrong with it.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replay a capture through the engine offline (DPDK pcap driver): the
+    /// input enters on the client port, the output holds what leaves the
+    /// server port.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The capture to replay (pcap or pcapng, Ethernet).
+        #[arg(long, short)]
+        input: PathBuf,
+        /// Where to write what leaves the server port (pcap).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Where to write what leaves the client port (pcap).
+        #[arg(long, value_name = "FILE")]
+        client_output: Option<PathBuf>,
+        /// Also write the final counters as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report_json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TLSGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run {
+            config,
+            duration,
+            stats_interval,
+            report_json,
+        } => run(&config, duration, stats_interval, report_json.as_deref()),
+        Command::Check { config } => check(&config),
+        Command::Replay {
+            config,
+            input,
+            output,
+            client_output,
+            report_json,
+        } => replay(&config, &input, &output, client_output.as_deref(), report_json.as_deref()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tlsgate: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn seconds(value: Option<f64>, option: &str) -> Result<Option<Duration>> {
+    value
+        .map(|secs| Duration::try_from_secs_f64(secs).with_context(|| format!("{option} {secs}: not a valid number of seconds")))
+        .transpose()
+}
+
+fn run(config_path: &Path, duration: Option<f64>, stats_interval: Option<f64>, report_json: Option<&Path>) -> Result<()> {
+    let duration = seconds(duration, "--duration")?;
+    let interval = seconds(stats_interval, "--stats-interval")?.unwrap_or(Duration::ZERO);
+    let config = Config::load(config_path)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install the signal handler")?;
+    }
+    let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
+    let started = Instant::now();
+    println!(
+        "tlsgate: running with {} worker(s), client port {}, server port {} (SIGINT/SIGTERM to stop)",
+        config.dataplane.workers, config.ports.client.device, config.ports.server.device
+    );
+    if let Some(limit) = duration {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    dataplane.run(&stop, interval, |report| {
+        println!("tlsgate: counters after {:.1} s\n{report}", started.elapsed().as_secs_f64());
+    })?;
+    let report = dataplane.report();
+    drop(dataplane);
+    println!("tlsgate: stopped after {:.1} s; final counters:\n{report}", started.elapsed().as_secs_f64());
+    write_report(report_json, &report)
+}
+
+fn check(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let dataplane = &config.dataplane;
+    println!("{}: configuration is valid", config_path.display());
+    for (role, device) in ["client", "server"].into_iter().zip(config.devices().map_err(anyhow::Error::msg)?) {
+        let kind = match &device {
+            Device::Virtual { .. } => "virtual device",
+            Device::Pci { .. } => "PCI device",
+        };
+        println!("  {role} port: {} ({kind}, EAL: {})", device.ethdev_name(), device.eal_args().join(" "));
+    }
+    println!(
+        "  {} worker(s), bursts of {}, {} mbufs, rings {}/{}, idle sleep up to {} us",
+        dataplane.workers,
+        dataplane.burst_size,
+        dataplane.mbufs,
+        dataplane.rx_descriptors,
+        dataplane.tx_descriptors,
+        dataplane.idle_sleep_max_us
+    );
+    println!("  EAL arguments: {}", dataplane.eal_args.join(" "));
+    Ok(())
+}
+
+fn replay(config_path: &Path, input: &Path, output: &Path, client_output: Option<&Path>, report_json: Option<&Path>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    if input == output || Some(input) == client_output {
+        bail!("the output capture must not overwrite the input {}", input.display());
+    }
+    let files = appliance::ReplayFiles {
+        input,
+        output,
+        client_output,
+    };
+    let outcome = appliance::replay(&config, files)?;
+    println!(
+        "tlsgate: replayed {} frames from {} into {}\n{}",
+        outcome.frames_in,
+        input.display(),
+        output.display(),
+        outcome.report
+    );
+    write_report(report_json, &outcome.report)
+}
+
+fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
+}

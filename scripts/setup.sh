@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# scripts/setup.sh — install every Debian 12 package tlsgate needs (build, lab, tests, demo).
+#
+# Usage: sudo scripts/setup.sh        (must run as root; idempotent)
+#
+# Runs `apt-get update` + `apt-get install` only when something is missing, so a
+# second run is quiet and fast. Ends with a one-line summary. Also checks that a
+# Rust toolchain (cargo >= TG_MIN_RUST, default 1.91) is on PATH; Rust itself is
+# never downloaded here — install it with rustup.
+#
+# Env:
+#   TG_SETUP_SKIP_RUST=1   do not check for cargo (e.g. a pure packet-lab host)
+#   TG_MIN_RUST=1.91       minimum cargo version accepted
+set -euo pipefail
+
+PACKAGES=(
+  dpdk dpdk-dev libdpdk-dev      # DPDK 22.11 runtime, dpdk-testpmd, headers + pkg-config (libdpdk.pc)
+  libclang-dev clang pkg-config  # bindgen for crates/dpdk-sys, the C shim for static-inline DPDK functions
+  build-essential
+  iproute2 ethtool iputils-ping  # the namespace/veth lab
+  socat netcat-openbsd curl      # traffic generators for tests and the demo
+  tcpdump tshark                 # capture / dissection in tests
+  python3 python3-scapy          # scripts/gen-fixtures.py
+  procps psmisc                  # pgrep/pkill/fuser used by lab scripts
+  openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
+)
+MIN_RUST="${TG_MIN_RUST:-1.91}"
+
+die() { echo "setup.sh: error: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (apt-get install); try: sudo $0"
+command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
+  || die "this script supports Debian 12 (bookworm) only: dpkg/apt-get not found"
+
+is_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  is_installed "$p" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  log="$(mktemp /tmp/tlsgate-setup.XXXXXX.log)"
+  run() { "$@" >>"$log" 2>&1 || { cat "$log" >&2; die "'$*' failed (log: $log)"; }; }
+
+  echo "setup.sh: installing: ${missing[*]}"
+  # tshark asks whether non-root users may capture; answer "no" up front.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | run debconf-set-selections
+
+  nginx_was_installed=0
+  is_installed nginx-light && nginx_was_installed=1 || true
+  is_installed nginx-core && nginx_was_installed=1 || true
+
+  run apt-get update -q
+  run apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+
+  # The nginx package enables and (on a systemd host) starts a system-wide nginx
+  # on port 80 in the root namespace. The project only ever runs its own nginx
+  # inside tg-srv with a private config, so stop and disable the system one.
+  if ((nginx_was_installed == 0)); then
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+      systemctl disable --now nginx.service >>"$log" 2>&1 || true
+    else
+      if [[ -x /etc/init.d/nginx ]]; then /etc/init.d/nginx stop >>"$log" 2>&1 || true; fi
+      update-rc.d nginx disable >>"$log" 2>&1 || true
+    fi
+    if [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+      kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$log"
+
+  still=()
+  for p in "${missing[@]}"; do is_installed "$p" || still+=("$p"); done
+  ((${#still[@]} == 0)) || die "packages still missing after install: ${still[*]}"
+fi
+
+# --- Rust toolchain check (never installed from here) -----------------------
+rust_note="cargo check skipped"
+if [[ "${TG_SETUP_SKIP_RUST:-0}" != 1 ]]; then
+  cargo_bin="$(command -v cargo || true)"
+  if [[ -z "$cargo_bin" && -x "${HOME:-/root}/.cargo/bin/cargo" ]]; then
+    cargo_bin="${HOME:-/root}/.cargo/bin/cargo"
+  fi
+  [[ -n "$cargo_bin" ]] || die "cargo not found. Rust >= $MIN_RUST must be installed with rustup (https://rustup.rs), e.g. 'rustup toolchain install stable'; this script does not download it."
+  ver="$("$cargo_bin" --version 2>/dev/null | awk '{print $2}')"
+  [[ "$ver" =~ ^([0-9]+)\.([0-9]+) ]] || die "cannot parse '$cargo_bin --version' output ('$ver')"
+  have_maj=${BASH_REMATCH[1]} have_min=${BASH_REMATCH[2]}
+  want_maj=${MIN_RUST%%.*} want_min=${MIN_RUST#*.}; want_min=${want_min%%.*}
+  if (( have_maj < want_maj || (have_maj == want_maj && have_min < want_min) )); then
+    die "cargo $ver is too old; Rust >= $MIN_RUST is required. Update it with rustup ('rustup update stable'); this script does not download it."
+  fi
+  rust_note="cargo $ver OK"
+fi
+
+if ((${#missing[@]})); then
+  echo "setup.sh: installed ${#missing[@]} package(s), all ${#PACKAGES[@]} present; $rust_note"
+else
+  echo "setup.sh: all ${#PACKAGES[@]} packages present; $rust_note"
+fi
