@@ -6,6 +6,7 @@
 # after ~2 s), then deletes the namespaces, which also destroys the veth pairs.
 # Safe to run when the lab (or any part of it) does not exist.
 set -uo pipefail
+# shellcheck source=scripts/lab-env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lab-env.sh"
 
 NSES=("$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # scripts/lab-env.sh — shared names/addresses of the tlsgate namespace lab.
 # Sourced (not executed) by lab-up.sh, lab-down.sh, demo.sh and the tests:
 #     . "$(dirname "$0")/lab-env.sh"

@@ -10,6 +10,7 @@
 # real, fully checksummed, untagged-in-metadata, MTU-sized frames.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
+# shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
 
 [[ $(id -u) -eq 0 ]] || { echo "lab-up.sh: must run as root" >&2; exit 1; }

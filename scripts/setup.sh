@@ -29,8 +29,9 @@ MIN_RUST="${TG_MIN_RUST:-1.91}"
 die() { echo "setup.sh: error: $*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (apt-get install); try: sudo $0"
-command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
-  || die "this script supports Debian 12 (bookworm) only: dpkg/apt-get not found"
+if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
+  die "this script supports Debian 12 (bookworm) only: dpkg/apt-get not found"
+fi
 
 is_installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
@@ -51,8 +52,7 @@ if ((${#missing[@]})); then
   echo "wireshark-common wireshark-common/install-setuid boolean false" | run debconf-set-selections
 
   nginx_was_installed=0
-  is_installed nginx-light && nginx_was_installed=1 || true
-  is_installed nginx-core && nginx_was_installed=1 || true
+  if is_installed nginx-light || is_installed nginx-core; then nginx_was_installed=1; fi
 
   run apt-get update -q
   run apt-get install -y -q --no-install-recommends \

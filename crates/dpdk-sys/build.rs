@@ -27,7 +27,9 @@ fn main() {
     let cflags = pkg_config_cflags();
 
     let mut build = cc::Build::new();
-    build.file(shim_dir.join("tlsgate_shim.c")).include(&shim_dir);
+    build
+        .file(shim_dir.join("tlsgate_shim.c"))
+        .include(&shim_dir);
     for path in &dpdk.include_paths {
         build.include(path);
     }

@@ -110,24 +110,46 @@ mod tests {
     use super::*;
     use dpdk::{MemPort, MemPortControl};
 
-    fn bridge(burst: usize) -> (Bridge<MemPort>, MemPortControl, MemPortControl, [Arc<PortStats>; 2]) {
+    fn bridge(
+        burst: usize,
+    ) -> (
+        Bridge<MemPort>,
+        MemPortControl,
+        MemPortControl,
+        [Arc<PortStats>; 2],
+    ) {
         let (client, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
         let (server, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
-        let stats = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
-        (Bridge::new(client, server, stats.clone(), burst), client_ctl, server_ctl, stats)
+        let stats = [
+            Arc::new(PortStats::default()),
+            Arc::new(PortStats::default()),
+        ];
+        (
+            Bridge::new(client, server, stats.clone(), burst),
+            client_ctl,
+            server_ctl,
+            stats,
+        )
     }
 
     /// An Ethernet frame with an unassigned ethertype and `fill` as payload.
     fn frame(fill: u8, len: usize) -> Vec<u8> {
-        let mut frame = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x88, 0xb5];
+        let mut frame = vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x88, 0xb5,
+        ];
         frame.resize(len.max(14), fill);
         frame
     }
 
     /// A minimal valid IPv4/UDP frame, padded to 60 bytes.
     fn udp_frame() -> Vec<u8> {
-        let mut ip = vec![0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2];
-        let mut sum: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2,
+        ];
+        let mut sum: u32 = ip
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -150,8 +172,14 @@ mod tests {
         assert_eq!(server.take_transmitted(), from_client);
         assert_eq!(client.take_transmitted(), from_server);
         let (c, s) = (stats[0].totals(), stats[1].totals());
-        assert_eq!((c.rx, c.bridged, c.dropped, c.malformed, c.tx), (10, 10, 0, 0, 3));
-        assert_eq!((s.rx, s.bridged, s.dropped, s.malformed, s.tx), (3, 3, 0, 0, 10));
+        assert_eq!(
+            (c.rx, c.bridged, c.dropped, c.malformed, c.tx),
+            (10, 10, 0, 0, 3)
+        );
+        assert_eq!(
+            (s.rx, s.bridged, s.dropped, s.malformed, s.tx),
+            (3, 3, 0, 0, 10)
+        );
     }
 
     #[test]

@@ -125,7 +125,9 @@ impl Device {
                 "{text:?} is neither a PCI address (DDDD:BB:DD.F) nor a DPDK network virtual device (net_af_packet0,..., net_pcap0,..., net_ring0, net_memif0,..., net_tap0,...)"
             ));
         }
-        if name.len() == "net_".len() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if name.len() == "net_".len()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(format!("device name {name:?} must be a driver name followed by an instance id, e.g. net_af_packet0"));
         }
         Ok(Device::Virtual {
@@ -160,15 +162,22 @@ fn is_pci_address(text: &str) -> bool {
         _ => return false,
     };
     text.contains('.')
-        && parts
-            .iter()
-            .zip(widths)
-            .all(|(part, &width)| part.len() == width && part.chars().all(|c| c.is_ascii_hexdigit()))
+        && parts.iter().zip(widths).all(|(part, &width)| {
+            part.len() == width && part.chars().all(|c| c.is_ascii_hexdigit())
+        })
 }
 
 /// EAL options that must not appear in `eal_args` because tlsgate derives
 /// them from `[ports]`.
-const DEVICE_EAL_OPTIONS: &[&str] = &["--vdev", "-a", "--allow", "-b", "--block", "-w", "--pci-whitelist"];
+const DEVICE_EAL_OPTIONS: &[&str] = &[
+    "--vdev",
+    "-a",
+    "--allow",
+    "-b",
+    "--block",
+    "-w",
+    "--pci-whitelist",
+];
 
 impl Config {
     /// Reads, parses and validates `path`.
@@ -198,17 +207,25 @@ impl Config {
         };
         let dataplane = &self.dataplane;
         if !(1..=64).contains(&dataplane.workers) {
-            return Err(invalid("dataplane.workers", format!("{} is out of range 1..=64", dataplane.workers)));
+            return Err(invalid(
+                "dataplane.workers",
+                format!("{} is out of range 1..=64", dataplane.workers),
+            ));
         }
         if !(1..=MAX_BURST_SIZE).contains(&dataplane.burst_size) {
             return Err(invalid(
                 "dataplane.burst_size",
-                format!("{} is out of range 1..={MAX_BURST_SIZE}", dataplane.burst_size),
+                format!(
+                    "{} is out of range 1..={MAX_BURST_SIZE}",
+                    dataplane.burst_size
+                ),
             ));
         }
         let needed = u32::from(dataplane.workers)
             * 2
-            * (u32::from(dataplane.rx_descriptors) + u32::from(dataplane.tx_descriptors) + u32::from(dataplane.burst_size) * 2);
+            * (u32::from(dataplane.rx_descriptors)
+                + u32::from(dataplane.tx_descriptors)
+                + u32::from(dataplane.burst_size) * 2);
         if dataplane.mbufs < needed {
             return Err(invalid(
                 "dataplane.mbufs",
@@ -226,26 +243,36 @@ impl Config {
                 return Err(invalid(key, format!("{value} is out of range 32..=16384")));
             }
         }
-        if let Some(option) = dataplane
-            .eal_args
-            .iter()
-            .find(|arg| DEVICE_EAL_OPTIONS.iter().any(|opt| arg.split('=').next() == Some(opt)))
-        {
+        if let Some(option) = dataplane.eal_args.iter().find(|arg| {
+            DEVICE_EAL_OPTIONS
+                .iter()
+                .any(|opt| arg.split('=').next() == Some(opt))
+        }) {
             return Err(invalid(
                 "dataplane.eal_args",
                 format!("{option:?} is not allowed here: devices are given as [ports.*] device = \"...\""),
             ));
         }
-        let client = Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
-        let server = Device::parse(&self.ports.server.device).map_err(|reason| invalid("ports.server.device", reason))?;
+        let client = Device::parse(&self.ports.client.device)
+            .map_err(|reason| invalid("ports.client.device", reason))?;
+        let server = Device::parse(&self.ports.server.device)
+            .map_err(|reason| invalid("ports.server.device", reason))?;
         if client.ethdev_name() == server.ethdev_name() {
             return Err(invalid(
                 "ports.server.device",
-                format!("{:?} is also the client port; the two ports must be different devices", server.ethdev_name()),
+                format!(
+                    "{:?} is also the client port; the two ports must be different devices",
+                    server.ethdev_name()
+                ),
             ));
         }
-        for (key, device) in [("ports.client.device", &client), ("ports.server.device", &server)] {
-            if matches!(device, Device::Pci { .. }) && dataplane.eal_args.iter().any(|arg| arg == "--no-pci") {
+        for (key, device) in [
+            ("ports.client.device", &client),
+            ("ports.server.device", &server),
+        ] {
+            if matches!(device, Device::Pci { .. })
+                && dataplane.eal_args.iter().any(|arg| arg == "--no-pci")
+            {
                 return Err(invalid(
                     key,
                     "is a PCI device, but dataplane.eal_args contains --no-pci".into(),
@@ -257,7 +284,10 @@ impl Config {
 
     /// The client and server port devices (validated by `parse`).
     pub fn devices(&self) -> Result<[Device; 2], String> {
-        Ok([Device::parse(&self.ports.client.device)?, Device::parse(&self.ports.server.device)?])
+        Ok([
+            Device::parse(&self.ports.client.device)?,
+            Device::parse(&self.ports.server.device)?,
+        ])
     }
 }
 
@@ -293,13 +323,18 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(config.dataplane.idle_sleep_max_us, 200);
         let [client, server] = config.devices().expect("devices");
         assert_eq!(client.ethdev_name(), "net_af_packet0");
-        assert_eq!(server.eal_args(), ["--vdev".to_owned(), "net_af_packet1,iface=gws0".to_owned()]);
+        assert_eq!(
+            server.eal_args(),
+            ["--vdev".to_owned(), "net_af_packet1,iface=gws0".to_owned()]
+        );
     }
 
     #[test]
     fn shipped_configs_are_valid() {
         for name in ["lab.toml", "inline-bridge.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs")
+                .join(name);
             if let Err(err) = Config::load(&path) {
                 panic!("{name}: {err}");
             }
@@ -329,18 +364,29 @@ device = "net_af_packet1,iface=gws0"
             ("rx_descriptors = 4", "dataplane.rx_descriptors"),
         ];
         for (line, key) in cases {
-            let message = rejection(&MINIMAL.replace("[dataplane]", &format!("[dataplane]\n{line}")));
+            let message =
+                rejection(&MINIMAL.replace("[dataplane]", &format!("[dataplane]\n{line}")));
             assert!(message.contains(key), "{line}: {message}");
         }
         let message = rejection(&MINIMAL.replace("\"--no-huge\"", "\"--vdev\", \"net_null0\""));
-        assert!(message.contains("dataplane.eal_args") && message.contains("--vdev"), "{message}");
+        assert!(
+            message.contains("dataplane.eal_args") && message.contains("--vdev"),
+            "{message}"
+        );
         let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "eth1"));
         assert!(message.contains("ports.server.device"), "{message}");
-        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
+        let message =
+            rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
         assert!(message.contains("must be different"), "{message}");
-        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "0000:03:00.0").replace("\"--no-huge\"", "\"--no-pci\""));
+        let message = rejection(
+            &MINIMAL
+                .replace("net_af_packet1,iface=gws0", "0000:03:00.0")
+                .replace("\"--no-huge\"", "\"--no-pci\""),
+        );
         assert!(message.contains("--no-pci"), "{message}");
-        let message = rejection(&MINIMAL.replace("[ports.server]\ndevice = \"net_af_packet1,iface=gws0\"", ""));
+        let message = rejection(
+            &MINIMAL.replace("[ports.server]\ndevice = \"net_af_packet1,iface=gws0\"", ""),
+        );
         assert!(message.contains("server"), "{message}");
     }
 
@@ -352,8 +398,14 @@ device = "net_af_packet1,iface=gws0"
                 address: "0000:03:00.1".into()
             })
         );
-        assert_eq!(Device::parse("0000:af:00.0").map(|d| d.eal_args()[0].clone()), Ok("-a".into()));
-        assert_eq!(Device::parse("net_ring0").map(|d| d.ethdev_name().to_owned()), Ok("net_ring0".into()));
+        assert_eq!(
+            Device::parse("0000:af:00.0").map(|d| d.eal_args()[0].clone()),
+            Ok("-a".into())
+        );
+        assert_eq!(
+            Device::parse("net_ring0").map(|d| d.ethdev_name().to_owned()),
+            Ok("net_ring0".into())
+        );
         assert!(Device::parse("").is_err());
         assert!(Device::parse("net_").is_err());
         assert!(Device::parse("net_x y,a=b").is_err());

@@ -153,7 +153,14 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
-                port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
+                port.role,
+                port.device,
+                t.rx,
+                t.tx,
+                t.bridged,
+                t.dropped,
+                t.malformed,
+                port.driver.rx_missed
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

@@ -42,7 +42,10 @@ struct WorkerSlot {
 impl Dataplane {
     /// Initialises EAL and opens both ports of `config` (or `devices`, when
     /// given, in place of the configured ones: replay uses pcap devices).
-    pub fn open(config: &Config, devices: Option<[Device; 2]>) -> Result<Dataplane, DataplaneError> {
+    pub fn open(
+        config: &Config,
+        devices: Option<[Device; 2]>,
+    ) -> Result<Dataplane, DataplaneError> {
         let devices = match devices {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
@@ -81,25 +84,33 @@ impl Dataplane {
         })
     }
 
-    /// The bridge of worker 0, for callers that drive polling themselves
-    /// (replay). Returns `None` once taken.
-    pub fn take_first_bridge(&mut self) -> Option<Bridge<EthQueue>> {
+    /// The bridge of worker 0 and its counters, for callers that drive
+    /// polling themselves (replay). Returns `None` once taken.
+    pub fn take_first_worker(&mut self) -> Option<(Bridge<EthQueue>, Arc<WorkerStats>, Duration)> {
         let slot = self.workers.first_mut()?;
         let [client, server] = slot.queues.take()?;
-        Some(Bridge::new(client, server, slot.ports.clone(), self.burst_size))
+        let bridge = Bridge::new(client, server, slot.ports.clone(), self.burst_size);
+        Some((bridge, Arc::clone(&slot.stats), self.max_sleep))
     }
 
     /// Runs one worker thread per queue pair until `stop` is set; `tick` is
     /// called about every `interval` (zero: never) on this thread with a
     /// fresh report.
-    pub fn run(&mut self, stop: &AtomicBool, interval: Duration, mut tick: impl FnMut(&Report)) -> Result<(), DataplaneError> {
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        interval: Duration,
+        mut tick: impl FnMut(&Report),
+    ) -> Result<(), DataplaneError> {
         let max_sleep = self.max_sleep;
         let burst_size = self.burst_size;
         let eal = Arc::clone(&self.eal);
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (index, slot) in self.workers.iter_mut().enumerate() {
-                let Some([client, server]) = slot.queues.take() else { continue };
+                let Some([client, server]) = slot.queues.take() else {
+                    continue;
+                };
                 let ports = slot.ports.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
@@ -132,7 +143,9 @@ impl Dataplane {
             // A worker that ended on its own (a panic) stops the others.
             stop.store(true, Ordering::Relaxed);
             for (index, handle) in handles {
-                handle.join().map_err(|_| DataplaneError::WorkerPanicked(index))?;
+                handle
+                    .join()
+                    .map_err(|_| DataplaneError::WorkerPanicked(index))?;
             }
             Ok(())
         });
@@ -162,7 +175,11 @@ impl Dataplane {
             .collect();
         Report {
             ports,
-            workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|slot| slot.stats.totals())
+                .collect(),
         }
     }
 }

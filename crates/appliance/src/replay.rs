@@ -17,6 +17,7 @@ use crate::bridge::Side;
 use crate::config::{Config, Device};
 use crate::counters::Report;
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::worker::TimedPoller;
 
 /// How long replay waits for the pcap driver to deliver the next frame
 /// before it gives up on frames the driver could not read.
@@ -76,9 +77,12 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
     let mut config = config.clone();
     config.dataplane.workers = 1;
     let mut dataplane = Dataplane::open(&config, Some(devices))?;
-    let Some(mut bridge) = dataplane.take_first_bridge() else {
-        return Err(ReplayError::Dataplane(DataplaneError::Device("no queue for replay".into())));
+    let Some((mut bridge, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
+        return Err(ReplayError::Dataplane(DataplaneError::Device(
+            "no queue for replay".into(),
+        )));
     };
+    let mut poller = TimedPoller::new(&worker_stats, max_sleep);
 
     let mut last_progress = Instant::now();
     loop {
@@ -86,7 +90,7 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
         if received >= expected {
             break;
         }
-        if bridge.poll() > 0 {
+        if poller.poll(&mut bridge) > 0 {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > STALL_TIMEOUT {
             break;
@@ -94,7 +98,7 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
     }
     // Nothing more arrives on the server port, but poll it once so a
     // driver's late frames are not left behind.
-    bridge.poll();
+    poller.poll(&mut bridge);
     drop(bridge);
     let report = dataplane.report();
     // Closing the devices flushes and closes the output captures.
@@ -116,11 +120,17 @@ pub fn count_frames(path: &Path) -> Result<u64, ReplayError> {
         path: path.to_owned(),
         reason,
     };
-    let open = || File::open(path).map(BufReader::new).map_err(|err| input_error(err.to_string()));
+    let open = || {
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|err| input_error(err.to_string()))
+    };
     if let Ok(mut reader) = PcapReader::new(open()?) {
         let link = reader.header().datalink;
         if link != DataLink::ETHERNET {
-            return Err(input_error(format!("link type {link:?}: only Ethernet captures can be replayed")));
+            return Err(input_error(format!(
+                "link type {link:?}: only Ethernet captures can be replayed"
+            )));
         }
         let mut frames = 0;
         while let Some(packet) = reader.next_packet() {
@@ -129,7 +139,8 @@ pub fn count_frames(path: &Path) -> Result<u64, ReplayError> {
         }
         return Ok(frames);
     }
-    let mut reader = PcapNgReader::new(open()?).map_err(|err| input_error(format!("neither pcap nor pcapng: {err}")))?;
+    let mut reader = PcapNgReader::new(open()?)
+        .map_err(|err| input_error(format!("neither pcap nor pcapng: {err}")))?;
     let mut frames = 0;
     while let Some(block) = reader.next_block() {
         match block.map_err(|err| input_error(format!("block after frame {frames}: {err}")))? {

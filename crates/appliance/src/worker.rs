@@ -50,25 +50,53 @@ impl IdleBackoff {
     }
 }
 
-/// Runs `bridge` until `stop` is set.
-pub fn run_worker<P: Port>(bridge: &mut Bridge<P>, stats: &WorkerStats, stop: &AtomicBool, max_sleep: Duration) {
-    let mut backoff = IdleBackoff::new(max_sleep);
-    let mut started = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+/// Polls a bridge and accounts each poll's time to a worker's counters,
+/// sleeping as [`IdleBackoff`] says when there is nothing to do.
+pub struct TimedPoller<'a> {
+    stats: &'a WorkerStats,
+    backoff: IdleBackoff,
+    started: Instant,
+}
+
+impl<'a> TimedPoller<'a> {
+    pub fn new(stats: &'a WorkerStats, max_sleep: Duration) -> Self {
+        TimedPoller {
+            stats,
+            backoff: IdleBackoff::new(max_sleep),
+            started: Instant::now(),
+        }
+    }
+
+    /// One poll of `bridge` (and a sleep if idle); returns frames received.
+    pub fn poll<P: Port>(&mut self, bridge: &mut Bridge<P>) -> usize {
         let frames = bridge.poll();
         let polled = Instant::now();
-        let spent = nanos(polled - started);
+        let spent = nanos(polled - self.started);
         if frames > 0 {
-            stats.add_busy(spent);
+            self.stats.add_busy(spent);
         } else {
-            stats.add_idle(spent);
+            self.stats.add_idle(spent);
         }
-        started = polled;
-        if let Some(sleep) = backoff.after_poll(frames) {
+        self.started = polled;
+        if let Some(sleep) = self.backoff.after_poll(frames) {
             std::thread::sleep(sleep);
-            started = Instant::now();
-            stats.add_sleep(nanos(started - polled));
+            self.started = Instant::now();
+            self.stats.add_sleep(nanos(self.started - polled));
         }
+        frames
+    }
+}
+
+/// Runs `bridge` until `stop` is set.
+pub fn run_worker<P: Port>(
+    bridge: &mut Bridge<P>,
+    stats: &WorkerStats,
+    stop: &AtomicBool,
+    max_sleep: Duration,
+) {
+    let mut poller = TimedPoller::new(stats, max_sleep);
+    while !stop.load(Ordering::Relaxed) {
+        poller.poll(bridge);
     }
 }
 
@@ -108,7 +136,10 @@ mod tests {
     fn idle_worker_sleeps_and_reports_mostly_idle_time() {
         let (client, _client_ctl) = MemPort::new("c", [0; 6]);
         let (server, _server_ctl) = MemPort::new("s", [0; 6]);
-        let ports = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let ports = [
+            Arc::new(PortStats::default()),
+            Arc::new(PortStats::default()),
+        ];
         let mut bridge = Bridge::new(client, server, ports, 32);
         let stats = WorkerStats::default();
         let stop = AtomicBool::new(false);
@@ -121,7 +152,10 @@ mod tests {
         });
         let totals = stats.totals();
         assert_eq!(totals.busy_ns, 0);
-        assert!(totals.idle_sleeps > 0, "an idle worker must sleep: {totals:?}");
+        assert!(
+            totals.idle_sleeps > 0,
+            "an idle worker must sleep: {totals:?}"
+        );
         assert!(totals.idle_ns >= 150_000_000, "{totals:?}");
         // Spinning flat out would be millions of polls in 200 ms.
         assert!(totals.polls < 100_000, "{totals:?}");

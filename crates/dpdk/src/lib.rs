@@ -13,14 +13,14 @@ mod eal;
 mod error;
 mod ethdev;
 mod mbuf;
-mod memport;
 mod mempool;
+mod memport;
 mod port;
 
 pub use eal::Eal;
 pub use error::DpdkError;
 pub use ethdev::{EthDev, EthDevConfig, EthQueue};
 pub use mbuf::Mbuf;
-pub use memport::{MemPort, MemPortControl};
 pub use mempool::Mempool;
+pub use memport::{MemPort, MemPortControl};
 pub use port::{LinkState, PacketBuf, Port, PortCounters};

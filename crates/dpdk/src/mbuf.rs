@@ -95,17 +95,23 @@ impl PacketBuf for Mbuf {
     }
 
     fn trim_front(&mut self, len: usize) -> bool {
-        let Ok(cut) = u16::try_from(len) else { return false };
+        let Ok(cut) = u16::try_from(len) else {
+            return false;
+        };
         // SAFETY: self.raw is a valid mbuf we own; adj checks the length.
         !unsafe { dpdk_sys::tg_pktmbuf_adj(self.raw.as_ptr(), cut) }.is_null()
     }
 
     fn trim_to(&mut self, len: usize) -> bool {
-        let Some(cut) = self.data().len().checked_sub(len) else { return false };
+        let Some(cut) = self.data().len().checked_sub(len) else {
+            return false;
+        };
         if self.segments() != 1 {
             return false;
         }
-        let Ok(cut) = u16::try_from(cut) else { return false };
+        let Ok(cut) = u16::try_from(cut) else {
+            return false;
+        };
         // SAFETY: self.raw is a valid single-segment mbuf; trim checks length.
         unsafe { dpdk_sys::tg_pktmbuf_trim(self.raw.as_ptr(), cut) == 0 }
     }

@@ -72,7 +72,9 @@ pub struct MemPortControl {
 
 fn lock(state: &Mutex<MemPortState>) -> MutexGuard<'_, MemPortState> {
     // A panic while holding the lock cannot leave the queues inconsistent.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemPort {
@@ -168,7 +170,9 @@ impl Port for MemPort {
 
     fn tx_burst(&mut self, frames: &mut Vec<Vec<u8>>) -> usize {
         let mut state = lock(&self.state);
-        let sent = state.tx_burst_limit.map_or(frames.len(), |limit| limit.min(frames.len()));
+        let sent = state
+            .tx_burst_limit
+            .map_or(frames.len(), |limit| limit.min(frames.len()));
         for frame in frames.drain(..sent) {
             state.counters.tx_packets += 1;
             state.counters.tx_bytes += frame.len() as u64;

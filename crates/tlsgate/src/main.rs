@@ -86,7 +86,13 @@ fn main() -> ExitCode {
             output,
             client_output,
             report_json,
-        } => replay(&config, &input, &output, client_output.as_deref(), report_json.as_deref()),
+        } => replay(
+            &config,
+            &input,
+            &output,
+            client_output.as_deref(),
+            report_json.as_deref(),
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,18 +105,27 @@ fn main() -> ExitCode {
 
 fn seconds(value: Option<f64>, option: &str) -> Result<Option<Duration>> {
     value
-        .map(|secs| Duration::try_from_secs_f64(secs).with_context(|| format!("{option} {secs}: not a valid number of seconds")))
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs)
+                .with_context(|| format!("{option} {secs}: not a valid number of seconds"))
+        })
         .transpose()
 }
 
-fn run(config_path: &Path, duration: Option<f64>, stats_interval: Option<f64>, report_json: Option<&Path>) -> Result<()> {
+fn run(
+    config_path: &Path,
+    duration: Option<f64>,
+    stats_interval: Option<f64>,
+    report_json: Option<&Path>,
+) -> Result<()> {
     let duration = seconds(duration, "--duration")?;
     let interval = seconds(stats_interval, "--stats-interval")?.unwrap_or(Duration::ZERO);
     let config = Config::load(config_path)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
     }
     let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
     let started = Instant::now();
@@ -126,11 +141,17 @@ fn run(config_path: &Path, duration: Option<f64>, stats_interval: Option<f64>, r
         });
     }
     dataplane.run(&stop, interval, |report| {
-        println!("tlsgate: counters after {:.1} s\n{report}", started.elapsed().as_secs_f64());
+        println!(
+            "tlsgate: counters after {:.1} s\n{report}",
+            started.elapsed().as_secs_f64()
+        );
     })?;
     let report = dataplane.report();
     drop(dataplane);
-    println!("tlsgate: stopped after {:.1} s; final counters:\n{report}", started.elapsed().as_secs_f64());
+    println!(
+        "tlsgate: stopped after {:.1} s; final counters:\n{report}",
+        started.elapsed().as_secs_f64()
+    );
     write_report(report_json, &report)
 }
 
@@ -138,12 +159,19 @@ fn check(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let dataplane = &config.dataplane;
     println!("{}: configuration is valid", config_path.display());
-    for (role, device) in ["client", "server"].into_iter().zip(config.devices().map_err(anyhow::Error::msg)?) {
+    for (role, device) in ["client", "server"]
+        .into_iter()
+        .zip(config.devices().map_err(anyhow::Error::msg)?)
+    {
         let kind = match &device {
             Device::Virtual { .. } => "virtual device",
             Device::Pci { .. } => "PCI device",
         };
-        println!("  {role} port: {} ({kind}, EAL: {})", device.ethdev_name(), device.eal_args().join(" "));
+        println!(
+            "  {role} port: {} ({kind}, EAL: {})",
+            device.ethdev_name(),
+            device.eal_args().join(" ")
+        );
     }
     println!(
         "  {} worker(s), bursts of {}, {} mbufs, rings {}/{}, idle sleep up to {} us",
@@ -158,10 +186,19 @@ fn check(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn replay(config_path: &Path, input: &Path, output: &Path, client_output: Option<&Path>, report_json: Option<&Path>) -> Result<()> {
+fn replay(
+    config_path: &Path,
+    input: &Path,
+    output: &Path,
+    client_output: Option<&Path>,
+    report_json: Option<&Path>,
+) -> Result<()> {
     let config = Config::load(config_path)?;
     if input == output || Some(input) == client_output {
-        bail!("the output capture must not overwrite the input {}", input.display());
+        bail!(
+            "the output capture must not overwrite the input {}",
+            input.display()
+        );
     }
     let files = appliance::ReplayFiles {
         input,

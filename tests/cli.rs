@@ -1,0 +1,78 @@
+//! The command line as an operator meets it: help, version, and `check`
+//! explaining what is wrong with a configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{output, repo, text, tlsgate, Scratch};
+
+#[test]
+fn help_and_version() {
+    let help = output(tlsgate().arg("--help"));
+    assert!(help.status.success());
+    let help = text(&help.stdout);
+    for command in ["run", "check", "replay"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let version = output(tlsgate().arg("--version"));
+    assert!(version.status.success());
+    assert!(text(&version.stdout).starts_with(&format!("tlsgate {}", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    for name in ["lab.toml", "inline-bridge.toml"] {
+        let result = output(
+            tlsgate()
+                .arg("check")
+                .arg("--config")
+                .arg(repo().join("configs").join(name)),
+        );
+        assert!(result.status.success(), "{name}: {}", text(&result.stderr));
+        assert!(text(&result.stdout).contains("configuration is valid"));
+    }
+}
+
+#[test]
+fn check_explains_broken_configs() {
+    let scratch = Scratch::new("check");
+    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let cases = [
+        (
+            lab.replace("workers = 1", "workers = 1\nworkerz = 2"),
+            "workerz",
+        ),
+        (
+            lab.replace("workers = 1", "workers = 0"),
+            "dataplane.workers",
+        ),
+        (
+            lab.replace("burst_size = 32", "burst_size = \"lots\""),
+            "burst_size",
+        ),
+        (
+            lab.replace("net_af_packet1,", "bogus1,"),
+            "ports.server.device",
+        ),
+        ("[dataplane]\n".to_owned(), "ports"),
+        ("this is = = not toml".to_owned(), "line 1"),
+    ];
+    for (index, (config, key)) in cases.iter().enumerate() {
+        let path = scratch.path(&format!("broken{index}.toml"));
+        std::fs::write(&path, config).expect("write");
+        let result = output(tlsgate().arg("check").arg("--config").arg(&path));
+        assert!(!result.status.success(), "case {index} accepted");
+        let stderr = text(&result.stderr);
+        assert!(
+            stderr.contains(key),
+            "case {index}: expected {key:?} in: {stderr}"
+        );
+        assert!(
+            stderr.contains(&*path.to_string_lossy()),
+            "case {index}: the file is named: {stderr}"
+        );
+    }
+    let missing = output(tlsgate().args(["check", "--config", "/nonexistent/tlsgate.toml"]));
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("/nonexistent/tlsgate.toml"));
+}
