@@ -38,22 +38,10 @@ fn check_explains_broken_configs() {
     let scratch = Scratch::new("check");
     let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
     let cases = [
-        (
-            lab.replace("workers = 1", "workers = 1\nworkerz = 2"),
-            "workerz",
-        ),
-        (
-            lab.replace("workers = 1", "workers = 0"),
-            "dataplane.workers",
-        ),
-        (
-            lab.replace("burst_size = 32", "burst_size = \"lots\""),
-            "burst_size",
-        ),
-        (
-            lab.replace("net_af_packet1,", "bogus1,"),
-            "ports.server.device",
-        ),
+        (lab.replace("workers = 1", "workers = 1\nworkerz = 2"), "workerz"),
+        (lab.replace("workers = 1", "workers = 0"), "dataplane.workers"),
+        (lab.replace("burst_size = 32", "burst_size = \"lots\""), "burst_size"),
+        (lab.replace("net_af_packet1,", "bogus1,"), "ports.server.device"),
         ("[dataplane]\n".to_owned(), "ports"),
         ("this is = = not toml".to_owned(), "line 1"),
     ];
@@ -63,10 +51,7 @@ fn check_explains_broken_configs() {
         let result = output(tlsgate().arg("check").arg("--config").arg(&path));
         assert!(!result.status.success(), "case {index} accepted");
         let stderr = text(&result.stderr);
-        assert!(
-            stderr.contains(key),
-            "case {index}: expected {key:?} in: {stderr}"
-        );
+        assert!(stderr.contains(key), "case {index}: expected {key:?} in: {stderr}");
         assert!(
             stderr.contains(&*path.to_string_lossy()),
             "case {index}: the file is named: {stderr}"

@@ -32,14 +32,8 @@ impl Lab {
     fn up() -> Lab {
         let exclusive = LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let result = output(Command::new("bash").arg(repo().join("scripts/lab-up.sh")));
-        let lab = Lab {
-            _exclusive: exclusive,
-        };
-        assert!(
-            result.status.success(),
-            "lab-up.sh failed:\n{}",
-            text(&result.stderr)
-        );
+        let lab = Lab { _exclusive: exclusive };
+        assert!(result.status.success(), "lab-up.sh failed:\n{}", text(&result.stderr));
         lab
     }
 
@@ -61,17 +55,13 @@ impl Lab {
     }
 
     fn succeeds(&self, namespace: &str, program: &str, args: &[&str]) -> bool {
-        output(self.cmd(namespace, program).args(args))
-            .status
-            .success()
+        output(self.cmd(namespace, program).args(args)).status.success()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("scripts/lab-down.sh"))
-            .output();
+        let _ = Command::new("bash").arg(repo().join("scripts/lab-down.sh")).output();
     }
 }
 
@@ -105,11 +95,7 @@ impl Appliance {
                 }
             }
         });
-        let appliance = Appliance {
-            child,
-            report,
-            lines,
-        };
+        let appliance = Appliance { child, report, lines };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -124,18 +110,13 @@ impl Appliance {
     /// SIGINT, then the exit status, the final counters and what it printed.
     fn stop(mut self) -> (ExitStatus, serde_json::Value, String) {
         let pid = self.child.id().to_string();
-        assert!(output(Command::new("kill").args(["-INT", &pid]))
-            .status
-            .success());
+        assert!(output(Command::new("kill").args(["-INT", &pid])).status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "tlsgate did not stop within 20 s of SIGINT"
-            );
+            assert!(Instant::now() < deadline, "tlsgate did not stop within 20 s of SIGINT");
             std::thread::sleep(Duration::from_millis(50));
         };
         let printed: Vec<String> = self.lines.try_iter().collect();
@@ -202,10 +183,7 @@ fn transfer(lab: &Lab, scratch: &Scratch, from: &str, to: &str, to_addr: &str, s
     if !client.status.success() {
         let _ = server.kill();
         let _ = server.wait();
-        panic!(
-            "sending socat {from} -> {to_addr} failed: {}",
-            text(&client.stderr)
-        );
+        panic!("sending socat {from} -> {to_addr} failed: {}", text(&client.stderr));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let server_status = loop {
@@ -246,11 +224,7 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
     let appliance = Appliance::start(&lab, &scratch);
 
     lab.ok(CLI, "ping", &["-c", "3", "-i", "0.2", "-W", "2", SRV_V4]);
-    lab.ok(
-        CLI,
-        "ping",
-        &["-6", "-c", "3", "-i", "0.2", "-W", "2", SRV_V6],
-    );
+    lab.ok(CLI, "ping", &["-6", "-c", "3", "-i", "0.2", "-W", "2", SRV_V6]);
 
     // UDP both address families: the server echoes each datagram back.
     let mut echo_v4 = lab
@@ -270,19 +244,17 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
     ] {
         let mut reply = String::new();
         for _ in 0..5 {
-            let result = output(lab.cmd(CLI, "bash").arg("-c").arg(format!(
-                "echo '{message}' | timeout 3 socat -t 1 - {target}"
-            )));
+            let result = output(
+                lab.cmd(CLI, "bash")
+                    .arg("-c")
+                    .arg(format!("echo '{message}' | timeout 3 socat -t 1 - {target}")),
+            );
             reply = text(&result.stdout);
             if reply.contains(message) {
                 break;
             }
         }
-        assert_eq!(
-            reply.trim(),
-            message,
-            "UDP echo through the appliance ({target})"
-        );
+        assert_eq!(reply.trim(), message, "UDP echo through the appliance ({target})");
     }
     let _ = echo_v4.kill();
     let _ = echo_v6.kill();
@@ -301,10 +273,7 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
     assert!(client["rx"].as_u64().unwrap() > 35_000, "{report}");
     assert!(server["rx"].as_u64().unwrap() > 7_000, "{report}");
     for port in [client, server] {
-        assert_eq!(
-            port["rx"], port["bridged"],
-            "everything received was bridged: {report}"
-        );
+        assert_eq!(port["rx"], port["bridged"], "everything received was bridged: {report}");
         assert_eq!(port["dropped"], 0, "{report}");
         assert_eq!(port["malformed"], 0, "{report}");
     }

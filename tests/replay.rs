@@ -26,12 +26,7 @@ struct Expectation {
 /// Written independently of the engine: a frame is a runt when it ends
 /// before its Ethernet header, counting up to two VLAN tags.
 fn is_runt(frame: &[u8]) -> bool {
-    let is_tag = |at: usize| {
-        matches!(
-            frame.get(at..at + 2),
-            Some([0x81, 0x00] | [0x88, 0xa8] | [0x91, 0x00])
-        )
-    };
+    let is_tag = |at: usize| matches!(frame.get(at..at + 2), Some([0x81, 0x00] | [0x88, 0xa8] | [0x91, 0x00]));
     let mut header = 14;
     for tag_at in [12, 16] {
         if frame.len() >= tag_at + 2 && is_tag(tag_at) {
@@ -67,27 +62,18 @@ fn replay(fixture: &str, scratch: &Scratch) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, serd
         "replay of {fixture} failed:\n{}",
         text(&result.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
     (read_pcap(&out), read_pcap(&client_out), report)
 }
 
 #[test]
 fn every_fixture_replays_as_expected() {
-    let expected: Expected = toml::from_str(
-        &std::fs::read_to_string(repo().join("pcap-fixtures/EXPECTED.toml"))
-            .expect("EXPECTED.toml"),
-    )
-    .expect("parse");
+    let expected: Expected =
+        toml::from_str(&std::fs::read_to_string(repo().join("pcap-fixtures/EXPECTED.toml")).expect("EXPECTED.toml"))
+            .expect("parse");
     let on_disk: Vec<String> = std::fs::read_dir(repo().join("pcap-fixtures"))
         .expect("fixtures dir")
-        .map(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".pcap"))
         .collect();
     for name in &on_disk {
@@ -96,36 +82,18 @@ fn every_fixture_replays_as_expected() {
             "{name} has no expectation in EXPECTED.toml"
         );
     }
-    assert!(
-        expected.fixtures.len() >= 8,
-        "fixtures: {:?}",
-        expected.fixtures.keys()
-    );
+    assert!(expected.fixtures.len() >= 8, "fixtures: {:?}", expected.fixtures.keys());
 
     let scratch = Scratch::new("replay");
     for (fixture, want) in &expected.fixtures {
         let input = read_pcap(&repo().join("pcap-fixtures").join(fixture));
-        assert_eq!(
-            input.len() as u64,
-            want.frames_in,
-            "{fixture}: frames in the file"
-        );
+        assert_eq!(input.len() as u64, want.frames_in, "{fixture}: frames in the file");
         let (server_out, client_out, report) = replay(fixture, &scratch);
 
         let bridged: Vec<Vec<u8>> = input.iter().filter(|f| !is_runt(f)).cloned().collect();
-        assert_eq!(
-            server_out.len() as u64,
-            want.frames_out,
-            "{fixture}: frames out"
-        );
-        assert!(
-            server_out == bridged,
-            "{fixture}: bridged frames differ from the input"
-        );
-        assert!(
-            client_out.is_empty(),
-            "{fixture}: nothing may leave the client port"
-        );
+        assert_eq!(server_out.len() as u64, want.frames_out, "{fixture}: frames out");
+        assert!(server_out == bridged, "{fixture}: bridged frames differ from the input");
+        assert!(client_out.is_empty(), "{fixture}: nothing may leave the client port");
 
         let client = &report["ports"][0];
         let server = &report["ports"][1];

@@ -8,10 +8,7 @@ fn main() {
     let shim_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dpdk/shim");
     println!("cargo:rerun-if-changed={}", shim_dir.display());
 
-    let dpdk = match pkg_config::Config::new()
-        .atleast_version("22.11")
-        .probe("libdpdk")
-    {
+    let dpdk = match pkg_config::Config::new().atleast_version("22.11").probe("libdpdk") {
         Ok(lib) => lib,
         Err(err) => {
             eprintln!(
@@ -27,9 +24,7 @@ fn main() {
     let cflags = pkg_config_cflags();
 
     let mut build = cc::Build::new();
-    build
-        .file(shim_dir.join("tlsgate_shim.c"))
-        .include(&shim_dir);
+    build.file(shim_dir.join("tlsgate_shim.c")).include(&shim_dir);
     for path in &dpdk.include_paths {
         build.include(path);
     }

@@ -32,8 +32,7 @@ pub fn text(bytes: &[u8]) -> String {
 /// Every frame of a classic pcap file, in order.
 pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     let file = File::open(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let mut reader = pcap_file::pcap::PcapReader::new(file)
-        .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     let mut frames = Vec::new();
     while let Some(packet) = reader.next_packet() {
         frames.push(packet.expect("pcap record").data.into_owned());

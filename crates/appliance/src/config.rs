@@ -10,10 +10,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {reason}")]
@@ -30,6 +27,81 @@ pub enum ConfigError {
 pub struct Config {
     pub dataplane: Dataplane,
     pub ports: Ports,
+    #[serde(default)]
+    pub intercept: Intercept,
+    #[serde(default)]
+    pub tcp: Tcp,
+}
+
+/// Which connections the appliance terminates instead of bridging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    /// Destination TCP ports whose new connections are intercepted.
+    #[serde(default)]
+    pub tcp_ports: Vec<u16>,
+    /// What is done with an intercepted connection.
+    #[serde(default)]
+    pub mode: InterceptMode,
+}
+
+/// How an intercepted connection is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InterceptMode {
+    /// Terminate the TCP connection and relay its bytes to a new connection
+    /// to the server (transparent TCP splice).
+    #[default]
+    Splice,
+}
+
+/// The transparent TCP stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tcp {
+    /// Receive buffer per socket (each intercepted connection has two).
+    #[serde(default = "default_tcp_buffer")]
+    pub rx_buffer: usize,
+    /// Transmit buffer per socket.
+    #[serde(default = "default_tcp_buffer")]
+    pub tx_buffer: usize,
+    /// How long a peer may stay silent while a SYN or data is outstanding
+    /// before the connection is given up, in milliseconds.
+    #[serde(default = "default_tcp_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Answer the client's SYN only once the server has accepted (so a
+    /// refused or silent server looks to the client exactly as it would
+    /// without the appliance).
+    #[serde(default = "default_true")]
+    pub hold_synack: bool,
+    /// Intercepted connections per worker beyond which new ones are bridged.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            rx_buffer: default_tcp_buffer(),
+            tx_buffer: default_tcp_buffer(),
+            timeout_ms: default_tcp_timeout_ms(),
+            hold_synack: true,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_tcp_buffer() -> usize {
+    64 * 1024
+}
+fn default_tcp_timeout_ms() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_connections() -> usize {
+    100_000
 }
 
 /// Poll-mode data plane settings.
@@ -125,10 +197,10 @@ impl Device {
                 "{text:?} is neither a PCI address (DDDD:BB:DD.F) nor a DPDK network virtual device (net_af_packet0,..., net_pcap0,..., net_ring0, net_memif0,..., net_tap0,...)"
             ));
         }
-        if name.len() == "net_".len()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(format!("device name {name:?} must be a driver name followed by an instance id, e.g. net_af_packet0"));
+        if name.len() == "net_".len() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "device name {name:?} must be a driver name followed by an instance id, e.g. net_af_packet0"
+            ));
         }
         Ok(Device::Virtual {
             name: name.to_owned(),
@@ -162,22 +234,15 @@ fn is_pci_address(text: &str) -> bool {
         _ => return false,
     };
     text.contains('.')
-        && parts.iter().zip(widths).all(|(part, &width)| {
-            part.len() == width && part.chars().all(|c| c.is_ascii_hexdigit())
-        })
+        && parts
+            .iter()
+            .zip(widths)
+            .all(|(part, &width)| part.len() == width && part.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// EAL options that must not appear in `eal_args` because tlsgate derives
 /// them from `[ports]`.
-const DEVICE_EAL_OPTIONS: &[&str] = &[
-    "--vdev",
-    "-a",
-    "--allow",
-    "-b",
-    "--block",
-    "-w",
-    "--pci-whitelist",
-];
+const DEVICE_EAL_OPTIONS: &[&str] = &["--vdev", "-a", "--allow", "-b", "--block", "-w", "--pci-whitelist"];
 
 impl Config {
     /// Reads, parses and validates `path`.
@@ -215,10 +280,7 @@ impl Config {
         if !(1..=MAX_BURST_SIZE).contains(&dataplane.burst_size) {
             return Err(invalid(
                 "dataplane.burst_size",
-                format!(
-                    "{} is out of range 1..={MAX_BURST_SIZE}",
-                    dataplane.burst_size
-                ),
+                format!("{} is out of range 1..={MAX_BURST_SIZE}", dataplane.burst_size),
             ));
         }
         let needed = u32::from(dataplane.workers)
@@ -243,20 +305,40 @@ impl Config {
                 return Err(invalid(key, format!("{value} is out of range 32..=16384")));
             }
         }
-        if let Some(option) = dataplane.eal_args.iter().find(|arg| {
-            DEVICE_EAL_OPTIONS
-                .iter()
-                .any(|opt| arg.split('=').next() == Some(opt))
-        }) {
+        if let Some(option) = dataplane
+            .eal_args
+            .iter()
+            .find(|arg| DEVICE_EAL_OPTIONS.iter().any(|opt| arg.split('=').next() == Some(opt)))
+        {
             return Err(invalid(
                 "dataplane.eal_args",
                 format!("{option:?} is not allowed here: devices are given as [ports.*] device = \"...\""),
             ));
         }
-        let client = Device::parse(&self.ports.client.device)
-            .map_err(|reason| invalid("ports.client.device", reason))?;
-        let server = Device::parse(&self.ports.server.device)
-            .map_err(|reason| invalid("ports.server.device", reason))?;
+        for (key, value) in [
+            ("tcp.rx_buffer", self.tcp.rx_buffer),
+            ("tcp.tx_buffer", self.tcp.tx_buffer),
+        ] {
+            if !(1024..=16 * 1024 * 1024).contains(&value) {
+                return Err(invalid(key, format!("{value} bytes is out of range 1024..=16777216")));
+            }
+        }
+        if !(100..=3_600_000).contains(&self.tcp.timeout_ms) {
+            return Err(invalid(
+                "tcp.timeout_ms",
+                format!("{} is out of range 100..=3600000", self.tcp.timeout_ms),
+            ));
+        }
+        if self.tcp.max_connections == 0 {
+            return Err(invalid("tcp.max_connections", "must be at least 1".into()));
+        }
+        if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
+            return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
+        }
+        let client =
+            Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
+        let server =
+            Device::parse(&self.ports.server.device).map_err(|reason| invalid("ports.server.device", reason))?;
         if client.ethdev_name() == server.ethdev_name() {
             return Err(invalid(
                 "ports.server.device",
@@ -266,13 +348,8 @@ impl Config {
                 ),
             ));
         }
-        for (key, device) in [
-            ("ports.client.device", &client),
-            ("ports.server.device", &server),
-        ] {
-            if matches!(device, Device::Pci { .. })
-                && dataplane.eal_args.iter().any(|arg| arg == "--no-pci")
-            {
+        for (key, device) in [("ports.client.device", &client), ("ports.server.device", &server)] {
+            if matches!(device, Device::Pci { .. }) && dataplane.eal_args.iter().any(|arg| arg == "--no-pci") {
                 return Err(invalid(
                     key,
                     "is a PCI device, but dataplane.eal_args contains --no-pci".into(),
@@ -332,13 +409,35 @@ device = "net_af_packet1,iface=gws0"
     #[test]
     fn shipped_configs_are_valid() {
         for name in ["lab.toml", "inline-bridge.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../configs")
-                .join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name);
             if let Err(err) = Config::load(&path) {
                 panic!("{name}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn intercept_and_tcp_sections() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[intercept]\ntcp_ports = [80, 443]\nmode = \"splice\"\n[tcp]\nrx_buffer = 8192\nhold_synack = false\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.intercept.tcp_ports, vec![80, 443]);
+        assert_eq!(config.intercept.mode, InterceptMode::Splice);
+        assert_eq!(config.tcp.rx_buffer, 8192);
+        assert_eq!(config.tcp.tx_buffer, 64 * 1024);
+        assert!(!config.tcp.hold_synack);
+        assert!(parse(MINIMAL).expect("valid").intercept.tcp_ports.is_empty());
+        let message = rejection(&format!("{MINIMAL}\n[intercept]\nmode = \"magic\"\n"));
+        assert!(message.contains("magic"), "{message}");
+        let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [0]\n"));
+        assert!(message.contains("intercept.tcp_ports"), "{message}");
+        let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [70000]\n"));
+        assert!(message.contains("tcp_ports"), "{message}");
+        let message = rejection(&format!("{MINIMAL}\n[tcp]\nrx_buffer = 10\n"));
+        assert!(message.contains("tcp.rx_buffer"), "{message}");
+        let message = rejection(&format!("{MINIMAL}\n[tcp]\ntimeout_ms = 1\n"));
+        assert!(message.contains("tcp.timeout_ms"), "{message}");
     }
 
     #[test]
@@ -364,8 +463,7 @@ device = "net_af_packet1,iface=gws0"
             ("rx_descriptors = 4", "dataplane.rx_descriptors"),
         ];
         for (line, key) in cases {
-            let message =
-                rejection(&MINIMAL.replace("[dataplane]", &format!("[dataplane]\n{line}")));
+            let message = rejection(&MINIMAL.replace("[dataplane]", &format!("[dataplane]\n{line}")));
             assert!(message.contains(key), "{line}: {message}");
         }
         let message = rejection(&MINIMAL.replace("\"--no-huge\"", "\"--vdev\", \"net_null0\""));
@@ -375,8 +473,7 @@ device = "net_af_packet1,iface=gws0"
         );
         let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "eth1"));
         assert!(message.contains("ports.server.device"), "{message}");
-        let message =
-            rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
+        let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
         assert!(message.contains("must be different"), "{message}");
         let message = rejection(
             &MINIMAL
@@ -384,9 +481,7 @@ device = "net_af_packet1,iface=gws0"
                 .replace("\"--no-huge\"", "\"--no-pci\""),
         );
         assert!(message.contains("--no-pci"), "{message}");
-        let message = rejection(
-            &MINIMAL.replace("[ports.server]\ndevice = \"net_af_packet1,iface=gws0\"", ""),
-        );
+        let message = rejection(&MINIMAL.replace("[ports.server]\ndevice = \"net_af_packet1,iface=gws0\"", ""));
         assert!(message.contains("server"), "{message}");
     }
 

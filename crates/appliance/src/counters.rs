@@ -15,13 +15,20 @@ pub struct PortStats {
     bridged: AtomicU64,
     dropped: AtomicU64,
     malformed: AtomicU64,
+    intercepted: AtomicU64,
+    generated: AtomicU64,
+    generated_dropped: AtomicU64,
 }
 
-/// A reading of [`PortStats`]. For every port, `rx = bridged + dropped`:
-/// `bridged` frames were received here and accepted by the other port's
-/// driver, `dropped` were received here and not delivered (runts, or the
+/// A reading of [`PortStats`]. For every port,
+/// `rx = bridged + intercepted + dropped`: `bridged` frames were received
+/// here and accepted by the other port's driver, `intercepted` went to the
+/// TCP stack, `dropped` were received here and not delivered (runts, or the
 /// other port's transmit ring stayed full); `malformed` counts frames that
 /// failed validation, whether dropped (runts) or bridged (bad L3 headers).
+/// `generated` frames were sent by the TCP stack out of this port (they are
+/// part of `tx`); `generated_dropped` could not be sent (no buffer, full
+/// ring) and are left to TCP retransmission.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortTotals {
     pub rx: u64,
@@ -29,6 +36,9 @@ pub struct PortTotals {
     pub bridged: u64,
     pub dropped: u64,
     pub malformed: u64,
+    pub intercepted: u64,
+    pub generated: u64,
+    pub generated_dropped: u64,
 }
 
 impl PortStats {
@@ -47,6 +57,15 @@ impl PortStats {
     pub fn add_malformed(&self, frames: u64) {
         self.malformed.fetch_add(frames, Ordering::Relaxed);
     }
+    pub fn add_intercepted(&self, frames: u64) {
+        self.intercepted.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_generated(&self, frames: u64) {
+        self.generated.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_generated_dropped(&self, frames: u64) {
+        self.generated_dropped.fetch_add(frames, Ordering::Relaxed);
+    }
 
     pub fn totals(&self) -> PortTotals {
         PortTotals {
@@ -55,6 +74,9 @@ impl PortStats {
             bridged: self.bridged.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            intercepted: self.intercepted.load(Ordering::Relaxed),
+            generated: self.generated.load(Ordering::Relaxed),
+            generated_dropped: self.generated_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -66,6 +88,9 @@ impl std::ops::AddAssign for PortTotals {
         self.bridged += other.bridged;
         self.dropped += other.dropped;
         self.malformed += other.malformed;
+        self.intercepted += other.intercepted;
+        self.generated += other.generated;
+        self.generated_dropped += other.generated_dropped;
     }
 }
 
@@ -153,14 +178,7 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
-                port.role,
-                port.device,
-                t.rx,
-                t.tx,
-                t.bridged,
-                t.dropped,
-                t.malformed,
-                port.driver.rx_missed
+                port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

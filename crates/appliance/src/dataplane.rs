@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
 use thiserror::Error;
 
-use crate::bridge::{Bridge, Side};
 use crate::config::{Config, Device};
 use crate::counters::{PortReport, PortStats, PortTotals, Report, WorkerStats};
-use crate::worker::run_worker;
+use crate::engine::{Engine, InterceptPolicy, Side};
+use crate::worker::{run_worker, TimedPoller};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -31,6 +31,7 @@ pub struct Dataplane {
     workers: Vec<WorkerSlot>,
     max_sleep: Duration,
     burst_size: usize,
+    policy: InterceptPolicy,
 }
 
 struct WorkerSlot {
@@ -42,10 +43,7 @@ struct WorkerSlot {
 impl Dataplane {
     /// Initialises EAL and opens both ports of `config` (or `devices`, when
     /// given, in place of the configured ones: replay uses pcap devices).
-    pub fn open(
-        config: &Config,
-        devices: Option<[Device; 2]>,
-    ) -> Result<Dataplane, DataplaneError> {
+    pub fn open(config: &Config, devices: Option<[Device; 2]>) -> Result<Dataplane, DataplaneError> {
         let devices = match devices {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
@@ -81,16 +79,24 @@ impl Dataplane {
             workers,
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
+            policy: InterceptPolicy::from_config(config),
         })
     }
 
-    /// The bridge of worker 0 and its counters, for callers that drive
+    /// The engine of worker 0 and its counters, for callers that drive
     /// polling themselves (replay). Returns `None` once taken.
-    pub fn take_first_worker(&mut self) -> Option<(Bridge<EthQueue>, Arc<WorkerStats>, Duration)> {
+    pub fn take_first_worker(&mut self) -> Option<(Engine<EthQueue>, Arc<WorkerStats>, Duration)> {
         let slot = self.workers.first_mut()?;
         let [client, server] = slot.queues.take()?;
-        let bridge = Bridge::new(client, server, slot.ports.clone(), self.burst_size);
-        Some((bridge, Arc::clone(&slot.stats), self.max_sleep))
+        let engine = Engine::new(
+            client,
+            server,
+            slot.ports.clone(),
+            self.burst_size,
+            &self.policy,
+            netstack::Instant::ZERO,
+        );
+        Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
 
     /// Runs one worker thread per queue pair until `stop` is set; `tick` is
@@ -104,6 +110,7 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let max_sleep = self.max_sleep;
         let burst_size = self.burst_size;
+        let policy = self.policy.clone();
         let eal = Arc::clone(&self.eal);
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
@@ -114,6 +121,7 @@ impl Dataplane {
                 let ports = slot.ports.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
+                let policy = policy.clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("tlsgate-worker-{index}"))
                     .spawn_scoped(scope, move || {
@@ -121,8 +129,9 @@ impl Dataplane {
                             // Works unregistered too, without mempool caches.
                             tracing::warn!("worker {index}: {err}");
                         }
-                        let mut bridge = Bridge::new(client, server, ports, burst_size);
-                        run_worker(&mut bridge, &stats, stop, max_sleep);
+                        let mut poller = TimedPoller::new(&stats, max_sleep);
+                        let mut engine = Engine::new(client, server, ports, burst_size, &policy, poller.now());
+                        run_worker(&mut engine, &mut poller, stop);
                     });
                 match handle {
                     Ok(handle) => handles.push((index, handle)),
@@ -143,9 +152,7 @@ impl Dataplane {
             // A worker that ended on its own (a panic) stops the others.
             stop.store(true, Ordering::Relaxed);
             for (index, handle) in handles {
-                handle
-                    .join()
-                    .map_err(|_| DataplaneError::WorkerPanicked(index))?;
+                handle.join().map_err(|_| DataplaneError::WorkerPanicked(index))?;
             }
             Ok(())
         });
@@ -175,11 +182,7 @@ impl Dataplane {
             .collect();
         Report {
             ports,
-            workers: self
-                .workers
-                .iter()
-                .map(|slot| slot.stats.totals())
-                .collect(),
+            workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
         }
     }
 }

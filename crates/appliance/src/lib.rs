@@ -1,13 +1,14 @@
-//! The tlsgate engine: configuration, the inline bridge, poll-mode workers,
-//! counters, and offline replay of captures. Generic over [`dpdk::Port`], so
+//! The tlsgate engine: configuration, the inline bridge, transparent TCP
+//! splice, poll-mode workers, counters, and offline replay of captures. Generic over [`dpdk::Port`], so
 //! everything but the DPDK assembly in [`dataplane`] runs on in-memory ports.
 #![forbid(unsafe_code)]
 
-pub mod bridge;
 pub mod config;
 pub mod counters;
 pub mod dataplane;
+pub mod engine;
 pub mod replay;
+pub mod splice;
 pub mod worker;
 
 pub use config::{Config, ConfigError};

@@ -13,10 +13,10 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::DataLink;
 use thiserror::Error;
 
-use crate::bridge::Side;
 use crate::config::{Config, Device};
 use crate::counters::Report;
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::engine::Side;
 use crate::worker::TimedPoller;
 
 /// How long replay waits for the pcap driver to deliver the next frame
@@ -77,7 +77,7 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
     let mut config = config.clone();
     config.dataplane.workers = 1;
     let mut dataplane = Dataplane::open(&config, Some(devices))?;
-    let Some((mut bridge, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
+    let Some((mut engine, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
         return Err(ReplayError::Dataplane(DataplaneError::Device(
             "no queue for replay".into(),
         )));
@@ -90,7 +90,7 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
         if received >= expected {
             break;
         }
-        if poller.poll(&mut bridge) > 0 {
+        if poller.poll(&mut engine) > 0 {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > STALL_TIMEOUT {
             break;
@@ -98,8 +98,8 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
     }
     // Nothing more arrives on the server port, but poll it once so a
     // driver's late frames are not left behind.
-    poller.poll(&mut bridge);
-    drop(bridge);
+    poller.poll(&mut engine);
+    drop(engine);
     let report = dataplane.report();
     // Closing the devices flushes and closes the output captures.
     drop(dataplane);
@@ -139,8 +139,8 @@ pub fn count_frames(path: &Path) -> Result<u64, ReplayError> {
         }
         return Ok(frames);
     }
-    let mut reader = PcapNgReader::new(open()?)
-        .map_err(|err| input_error(format!("neither pcap nor pcapng: {err}")))?;
+    let mut reader =
+        PcapNgReader::new(open()?).map_err(|err| input_error(format!("neither pcap nor pcapng: {err}")))?;
     let mut frames = 0;
     while let Some(block) = reader.next_block() {
         match block.map_err(|err| input_error(format!("block after frame {frames}: {err}")))? {

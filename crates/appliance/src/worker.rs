@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use dpdk::Port;
 
-use crate::bridge::Bridge;
 use crate::counters::WorkerStats;
+use crate::engine::Engine;
 
 /// Empty polls in a row before the worker starts sleeping.
 const SPINS_BEFORE_SLEEP: u32 = 256;
@@ -50,26 +50,36 @@ impl IdleBackoff {
     }
 }
 
-/// Polls a bridge and accounts each poll's time to a worker's counters,
+/// Polls an engine and accounts each poll's time to a worker's counters,
 /// sleeping as [`IdleBackoff`] says when there is nothing to do.
 pub struct TimedPoller<'a> {
     stats: &'a WorkerStats,
     backoff: IdleBackoff,
     started: Instant,
+    /// The origin of the engine's clock.
+    epoch: Instant,
 }
 
 impl<'a> TimedPoller<'a> {
     pub fn new(stats: &'a WorkerStats, max_sleep: Duration) -> Self {
+        let now = Instant::now();
         TimedPoller {
             stats,
             backoff: IdleBackoff::new(max_sleep),
-            started: Instant::now(),
+            started: now,
+            epoch: now,
         }
     }
 
-    /// One poll of `bridge` (and a sleep if idle); returns frames received.
-    pub fn poll<P: Port>(&mut self, bridge: &mut Bridge<P>) -> usize {
-        let frames = bridge.poll();
+    /// The engine clock: time since this poller was made (engines made
+    /// at the same moment start at `netstack::Instant::ZERO`).
+    pub fn now(&self) -> netstack::Instant {
+        netstack::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// One poll of `engine` (and a sleep if idle); returns frames received.
+    pub fn poll<P: Port>(&mut self, engine: &mut Engine<P>) -> usize {
+        let frames = engine.poll(self.now());
         let polled = Instant::now();
         let spent = nanos(polled - self.started);
         if frames > 0 {
@@ -87,16 +97,10 @@ impl<'a> TimedPoller<'a> {
     }
 }
 
-/// Runs `bridge` until `stop` is set.
-pub fn run_worker<P: Port>(
-    bridge: &mut Bridge<P>,
-    stats: &WorkerStats,
-    stop: &AtomicBool,
-    max_sleep: Duration,
-) {
-    let mut poller = TimedPoller::new(stats, max_sleep);
+/// Runs `engine` until `stop` is set; `poller` must be as old as `engine`.
+pub fn run_worker<P: Port>(engine: &mut Engine<P>, poller: &mut TimedPoller<'_>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        poller.poll(bridge);
+        poller.poll(engine);
     }
 }
 
@@ -108,6 +112,7 @@ fn nanos(duration: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::counters::PortStats;
+    use crate::engine::InterceptPolicy;
     use dpdk::MemPort;
     use std::sync::Arc;
 
@@ -136,11 +141,15 @@ mod tests {
     fn idle_worker_sleeps_and_reports_mostly_idle_time() {
         let (client, _client_ctl) = MemPort::new("c", [0; 6]);
         let (server, _server_ctl) = MemPort::new("s", [0; 6]);
-        let ports = [
-            Arc::new(PortStats::default()),
-            Arc::new(PortStats::default()),
-        ];
-        let mut bridge = Bridge::new(client, server, ports, 32);
+        let ports = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let mut engine = Engine::new(
+            client,
+            server,
+            ports,
+            32,
+            &InterceptPolicy::default(),
+            netstack::Instant::ZERO,
+        );
         let stats = WorkerStats::default();
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
@@ -148,14 +157,12 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(200));
                 stop.store(true, Ordering::Relaxed);
             });
-            run_worker(&mut bridge, &stats, &stop, Duration::from_micros(500));
+            let mut poller = TimedPoller::new(&stats, Duration::from_micros(500));
+            run_worker(&mut engine, &mut poller, &stop);
         });
         let totals = stats.totals();
         assert_eq!(totals.busy_ns, 0);
-        assert!(
-            totals.idle_sleeps > 0,
-            "an idle worker must sleep: {totals:?}"
-        );
+        assert!(totals.idle_sleeps > 0, "an idle worker must sleep: {totals:?}");
         assert!(totals.idle_ns >= 150_000_000, "{totals:?}");
         // Spinning flat out would be millions of polls in 200 ms.
         assert!(totals.polls < 100_000, "{totals:?}");

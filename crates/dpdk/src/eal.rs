@@ -22,9 +22,7 @@ impl Eal {
     /// failed: DPDK does not allow a second `rte_eal_init`.
     pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Arc<Eal>, DpdkError> {
         let mut owned = Vec::with_capacity(args.len() + 1);
-        owned.push(
-            CString::new("tlsgate").map_err(|_| DpdkError::InvalidArgument("tlsgate".into()))?,
-        );
+        owned.push(CString::new("tlsgate").map_err(|_| DpdkError::InvalidArgument("tlsgate".into()))?);
         for arg in args {
             let arg = arg.as_ref();
             owned.push(CString::new(arg).map_err(|_| DpdkError::InvalidArgument(arg.to_owned()))?);
@@ -42,8 +40,7 @@ impl Eal {
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
         );
-        let argc = i32::try_from(argv.len())
-            .map_err(|_| DpdkError::InvalidArgument("too many arguments".into()))?;
+        let argc = i32::try_from(argv.len()).map_err(|_| DpdkError::InvalidArgument("too many arguments".into()))?;
         // SAFETY: argv holds argc valid NUL-terminated strings that are never
         // freed; EAL is called once per process (guarded by EAL_INITIALISED).
         let rc = unsafe { dpdk_sys::rte_eal_init(argc, argv.as_mut_ptr()) };

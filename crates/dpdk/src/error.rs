@@ -12,11 +12,7 @@ pub enum DpdkError {
     #[error("EAL initialisation failed: {reason} (arguments: {args})")]
     EalInit { reason: String, args: String },
     #[error("cannot create mbuf pool {name:?} of {size} mbufs: {reason}")]
-    PoolCreate {
-        name: String,
-        size: u32,
-        reason: String,
-    },
+    PoolCreate { name: String, size: u32, reason: String },
     #[error("no DPDK port named {0:?}: is the device spec right, and was its driver loaded?")]
     PortNotFound(String),
     #[error("port {port} ({name}): {operation} failed: {reason}")]

@@ -49,12 +49,7 @@ impl EthDev {
     /// Finds the device named `name` (a vdev's name such as `net_af_packet0`,
     /// or a PCI address), configures it with `config` and starts it; received
     /// frames are stored in mbufs from `pool`.
-    pub fn open(
-        eal: &Arc<Eal>,
-        name: &str,
-        pool: &Arc<Mempool>,
-        config: EthDevConfig,
-    ) -> Result<Arc<Self>, DpdkError> {
+    pub fn open(eal: &Arc<Eal>, name: &str, pool: &Arc<Mempool>, config: EthDevConfig) -> Result<Arc<Self>, DpdkError> {
         let c_name = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
         let mut port_id = 0u16;
         // SAFETY: c_name is a valid C string; port_id is a valid out pointer.
@@ -109,14 +104,7 @@ impl EthDev {
             // selects the driver defaults; the pool outlives the device (we
             // keep an Arc to it).
             check("rte_eth_rx_queue_setup", unsafe {
-                dpdk_sys::rte_eth_rx_queue_setup(
-                    port_id,
-                    queue,
-                    rx_desc,
-                    socket,
-                    std::ptr::null(),
-                    pool.as_ptr(),
-                )
+                dpdk_sys::rte_eth_rx_queue_setup(port_id, queue, rx_desc, socket, std::ptr::null(), pool.as_ptr())
             })?;
             // SAFETY: as above.
             check("rte_eth_tx_queue_setup", unsafe {
@@ -129,9 +117,7 @@ impl EthDev {
             let _ = unsafe { dpdk_sys::rte_eth_promiscuous_enable(port_id) };
         }
         // SAFETY: port_id is valid and fully configured.
-        check("rte_eth_dev_start", unsafe {
-            dpdk_sys::rte_eth_dev_start(port_id)
-        })?;
+        check("rte_eth_dev_start", unsafe { dpdk_sys::rte_eth_dev_start(port_id) })?;
 
         let mut addr = dpdk_sys::rte_ether_addr::default();
         // SAFETY: port_id is valid; addr is a valid out pointer.
@@ -265,10 +251,7 @@ impl Port for EthQueue {
         // is repr(transparent) over *mut rte_mbuf; this queue is used only by
         // its one owner (EthDev::queue hands it out once).
         let got = unsafe {
-            let slots = out
-                .as_mut_ptr()
-                .add(start)
-                .cast::<*mut dpdk_sys::rte_mbuf>();
+            let slots = out.as_mut_ptr().add(start).cast::<*mut dpdk_sys::rte_mbuf>();
             dpdk_sys::tg_eth_rx_burst(self.dev.port_id, self.queue, slots, want)
         };
         // SAFETY: the driver wrote `got` valid mbufs, now owned by `out`.

@@ -31,19 +31,12 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// Creates a pool of `size` mbufs named `name` (names are global to the
     /// process) on `socket_id` (-1 for any).
-    pub fn new(
-        eal: &Arc<Eal>,
-        name: &str,
-        size: u32,
-        socket_id: i32,
-    ) -> Result<Arc<Self>, DpdkError> {
+    pub fn new(eal: &Arc<Eal>, name: &str, size: u32, socket_id: i32) -> Result<Arc<Self>, DpdkError> {
         let c_name = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
         let cache = CACHE_SIZE.min(size * 2 / 3);
         // SAFETY: EAL is initialised (we hold an Eal); c_name is a valid C
         // string for the duration of the call (DPDK copies it).
-        let raw = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(c_name.as_ptr(), size, cache, 0, DATA_ROOM, socket_id)
-        };
+        let raw = unsafe { dpdk_sys::rte_pktmbuf_pool_create(c_name.as_ptr(), size, cache, 0, DATA_ROOM, socket_id) };
         let raw = NonNull::new(raw).ok_or_else(|| DpdkError::PoolCreate {
             name: name.to_owned(),
             size,

@@ -72,9 +72,7 @@ pub struct MemPortControl {
 
 fn lock(state: &Mutex<MemPortState>) -> MutexGuard<'_, MemPortState> {
     // A panic while holding the lock cannot leave the queues inconsistent.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemPort {

@@ -50,9 +50,7 @@ fn ring_device_round_trip_partial_tx_and_no_leaks() {
     for index in 0..32u8 {
         let mut mbuf = queue.alloc().expect("mbuf");
         let len = 60 + usize::from(index);
-        mbuf.grow_back(len)
-            .expect("room")
-            .copy_from_slice(&frame(index, len));
+        mbuf.grow_back(len).expect("room").copy_from_slice(&frame(index, len));
         out.push(mbuf);
     }
     assert_eq!(queue.tx_burst(&mut out), 32);
@@ -64,11 +62,7 @@ fn ring_device_round_trip_partial_tx_and_no_leaks() {
         assert_eq!(mbuf.data(), frame(index as u8, len).as_slice());
     }
     drop(back);
-    assert_eq!(
-        pool.in_use(),
-        in_use_at_start,
-        "received mbufs returned to the pool"
-    );
+    assert_eq!(pool.in_use(), in_use_at_start, "received mbufs returned to the pool");
 
     // A full ring: the driver takes what fits, the unsent tail stays ours.
     let mut many: Vec<_> = (0..2000u32)
@@ -83,10 +77,7 @@ fn ring_device_round_trip_partial_tx_and_no_leaks() {
     while queue.tx_burst(&mut many) > 0 {
         accepted = total - many.len();
     }
-    assert!(
-        accepted > 0 && accepted < total,
-        "ring accepted {accepted} of {total}"
-    );
+    assert!(accepted > 0 && accepted < total, "ring accepted {accepted} of {total}");
     assert_eq!(many.len(), total - accepted);
     // The tail is intact and in order.
     for (offset, mbuf) in many.iter().enumerate() {
@@ -100,20 +91,12 @@ fn ring_device_round_trip_partial_tx_and_no_leaks() {
         assert_eq!(mbuf.data(), [(index % 251) as u8; 64].as_slice());
     }
     drop(drained);
-    assert_eq!(
-        pool.in_use(),
-        in_use_at_start,
-        "no mbuf leaked or double-freed"
-    );
+    assert_eq!(pool.in_use(), in_use_at_start, "no mbuf leaked or double-freed");
 
     // Editing a frame in place: prepend/remove_front/truncate.
     let mut mbuf = queue.alloc().expect("mbuf");
-    mbuf.grow_back(10)
-        .expect("room")
-        .copy_from_slice(b"0123456789");
-    mbuf.grow_front(4)
-        .expect("headroom")
-        .copy_from_slice(b"head");
+    mbuf.grow_back(10).expect("room").copy_from_slice(b"0123456789");
+    mbuf.grow_front(4).expect("headroom").copy_from_slice(b"head");
     assert_eq!(mbuf.data(), b"head0123456789");
     assert!(mbuf.trim_front(4));
     assert!(mbuf.trim_to(5));

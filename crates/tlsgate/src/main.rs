@@ -106,8 +106,7 @@ fn main() -> ExitCode {
 fn seconds(value: Option<f64>, option: &str) -> Result<Option<Duration>> {
     value
         .map(|secs| {
-            Duration::try_from_secs_f64(secs)
-                .with_context(|| format!("{option} {secs}: not a valid number of seconds"))
+            Duration::try_from_secs_f64(secs).with_context(|| format!("{option} {secs}: not a valid number of seconds"))
         })
         .transpose()
 }
@@ -124,8 +123,7 @@ fn run(
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install the signal handler")?;
     }
     let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
     let started = Instant::now();
@@ -195,10 +193,7 @@ fn replay(
 ) -> Result<()> {
     let config = Config::load(config_path)?;
     if input == output || Some(input) == client_output {
-        bail!(
-            "the output capture must not overwrite the input {}",
-            input.display()
-        );
+        bail!("the output capture must not overwrite the input {}", input.display());
     }
     let files = appliance::ReplayFiles {
         input,

@@ -40,9 +40,8 @@ use core::net::IpAddr;
 use core::ops::Range;
 
 use smoltcp::wire::{
-    ArpPacket, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet,
-    Ipv6ExtHeader, Ipv6Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN, IPV6_HEADER_LEN,
-    TCP_HEADER_LEN, UDP_HEADER_LEN,
+    ArpPacket, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6ExtHeader,
+    Ipv6Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN, IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 use crate::{EthernetHeader, Layer, MalformedReason, WireError};
@@ -269,9 +268,8 @@ impl FrameClass {
         let Some(segment) = frame.get(range) else {
             return false;
         };
-        TcpPacket::new_checked(segment).is_ok_and(|segment| {
-            segment.verify_checksum(&IpAddress::from(flow.src_ip), &IpAddress::from(flow.dst_ip))
-        })
+        TcpPacket::new_checked(segment)
+            .is_ok_and(|segment| segment.verify_checksum(&IpAddress::from(flow.src_ip), &IpAddress::from(flow.dst_ip)))
     }
 
     /// Records the outcome of the IP layer parsed at `l3_start`.
@@ -391,11 +389,7 @@ fn classify_ipv4(bytes: &[u8]) -> Result<IpOutcome, WireError> {
     let addrs = (IpAddr::V4(packet.src_addr()), IpAddr::V4(packet.dst_addr()));
     let (l4, malformed) = classify_upper_layer(proto, addrs, packet.payload());
     Ok(IpOutcome {
-        l3: L3Kind::Ipv4 {
-            proto,
-            fragment,
-            l4,
-        },
+        l3: L3Kind::Ipv4 { proto, fragment, l4 },
         packet_len,
         upper_layer: Some(Span {
             start: usize::from(packet.header_len()),
@@ -416,9 +410,7 @@ fn checked_ipv6(bytes: &[u8]) -> Result<Ipv6Packet<&[u8]>, WireError> {
     if fixed.version() != 6 {
         return Err(malformed(Layer::Ipv6, MalformedReason::BadVersion));
     }
-    let trimmed = bytes
-        .get(..fixed.total_len())
-        .ok_or(truncated(Layer::Ipv6))?;
+    let trimmed = bytes.get(..fixed.total_len()).ok_or(truncated(Layer::Ipv6))?;
     Ipv6Packet::new_checked(trimmed).map_err(|_| truncated(Layer::Ipv6))
 }
 
@@ -448,10 +440,7 @@ fn classify_ipv6(bytes: &[u8]) -> Result<IpOutcome, WireError> {
         packet_len,
         upper_layer: IPV6_HEADER_LEN
             .checked_add(walk.upper_layer_offset)
-            .map(|start| Span {
-                start,
-                end: packet_len,
-            }),
+            .map(|start| Span { start, end: packet_len }),
         malformed,
     })
 }
@@ -525,11 +514,7 @@ fn walk_extension_headers(first: IpProtocol, payload: &[u8]) -> ExtensionWalk {
 
 /// Parses the upper-layer header; a failure yields [`L4Kind::Opaque`] and the
 /// error to record as malformed.
-fn classify_upper_layer(
-    protocol: IpProtocol,
-    addrs: (IpAddr, IpAddr),
-    bytes: &[u8],
-) -> (L4Kind, Option<WireError>) {
+fn classify_upper_layer(protocol: IpProtocol, addrs: (IpAddr, IpAddr), bytes: &[u8]) -> (L4Kind, Option<WireError>) {
     let parsed = match protocol {
         IpProtocol::Tcp => parse_tcp(addrs, bytes),
         IpProtocol::Udp => parse_udp(addrs, bytes),
@@ -671,10 +656,7 @@ mod tests {
         let frame = arp_request_frame();
         let class = ok(&frame[..L2 + 10]);
         assert_eq!(class.l3, L3Kind::Unparsed { ethertype: 0x0806 });
-        assert_eq!(
-            class.malformed,
-            Some(WireError::Truncated { layer: Layer::Arp })
-        );
+        assert_eq!(class.malformed, Some(WireError::Truncated { layer: Layer::Arp }));
     }
 
     #[test]
@@ -720,11 +702,7 @@ mod tests {
 
     #[test]
     fn unknown_icmpv6_type_is_not_malformed() {
-        let frame = ethernet_frame(
-            &[],
-            ETHERTYPE_IPV6,
-            &ipv6_packet(IpProtocol::Icmpv6, &[200, 7, 0, 0]),
-        );
+        let frame = ethernet_frame(&[], ETHERTYPE_IPV6, &ipv6_packet(IpProtocol::Icmpv6, &[200, 7, 0, 0]));
         let class = ok(&frame);
         assert_eq!(class.malformed, None);
         assert_eq!(
@@ -851,10 +829,7 @@ mod tests {
     #[test]
     fn vlan_tagged_tcp() {
         let payload = b"hello";
-        for tags in [
-            vec![(TPID_8021Q, 100)],
-            vec![(TPID_8021AD, 200), (TPID_8021Q, 100)],
-        ] {
+        for tags in [vec![(TPID_8021Q, 100)], vec![(TPID_8021AD, 200), (TPID_8021Q, 100)]] {
             let frame = ipv4_tcp_frame(&tags, TcpControl::Psh, payload);
             let class = ok(&frame);
             let l2_len = 14 + 4 * tags.len();
@@ -897,10 +872,7 @@ mod tests {
 
     #[test]
     fn padded_tagged_frame_excludes_padding() {
-        let frame = padded(
-            ipv4_tcp_frame(&[(TPID_8021Q, 5)], TcpControl::Psh, b"a"),
-            60,
-        );
+        let frame = padded(ipv4_tcp_frame(&[(TPID_8021Q, 5)], TcpControl::Psh, b"a"), 60);
         let class = ok(&frame);
         assert_eq!(class.tcp().unwrap().1.payload_len, 1);
         assert_eq!(class.ip_range(), Some(18..59));
@@ -947,10 +919,7 @@ mod tests {
         edit_ipv4(&mut frame, L2, |ip| ip.set_total_len(total + 1));
         let class = ok(&frame);
         assert_eq!(class.l3, L3Kind::Unparsed { ethertype: 0x0800 });
-        assert_eq!(
-            class.malformed,
-            Some(WireError::Truncated { layer: Layer::Ipv4 })
-        );
+        assert_eq!(class.malformed, Some(WireError::Truncated { layer: Layer::Ipv4 }));
         assert_eq!(class.ip_range(), None);
 
         edit_ipv4(&mut frame, L2, |ip| ip.set_total_len(19));
@@ -993,10 +962,7 @@ mod tests {
         let frame = ipv6_tcp_frame(TcpControl::Syn, &[]);
         let class = ok(&frame[..frame.len() - 1]);
         assert_eq!(class.l3, L3Kind::Unparsed { ethertype: 0x86dd });
-        assert_eq!(
-            class.malformed,
-            Some(WireError::Truncated { layer: Layer::Ipv6 })
-        );
+        assert_eq!(class.malformed, Some(WireError::Truncated { layer: Layer::Ipv6 }));
         assert_eq!(class.ip_range(), None);
     }
 
@@ -1024,10 +990,7 @@ mod tests {
         assert_eq!(class.ip_range(), Some(L2..frame.len()));
 
         frame[L2 + 20 + 12] = 0xf0; // 60-byte header in a 24-byte segment
-        assert_eq!(
-            ok(&frame).malformed,
-            Some(WireError::Truncated { layer: Layer::Tcp })
-        );
+        assert_eq!(ok(&frame).malformed, Some(WireError::Truncated { layer: Layer::Tcp }));
     }
 
     #[test]
@@ -1037,10 +1000,7 @@ mod tests {
             assert_eq!(classify(&frame[..len]), Err(WireError::Runt), "{len}");
         }
         let class = ok(&frame[..14]);
-        assert_eq!(
-            class.malformed,
-            Some(WireError::Truncated { layer: Layer::Ipv4 })
-        );
+        assert_eq!(class.malformed, Some(WireError::Truncated { layer: Layer::Ipv4 }));
     }
 
     #[test]
@@ -1063,18 +1023,12 @@ mod tests {
 
     #[test]
     fn ipv6_hop_by_hop_then_tcp_is_candidate() {
-        let frame = ipv6_tcp_frame_with_extensions(
-            IpProtocol::HopByHop,
-            &hop_by_hop_header(IpProtocol::Tcp),
-            b"hi",
-        );
+        let frame = ipv6_tcp_frame_with_extensions(IpProtocol::HopByHop, &hop_by_hop_header(IpProtocol::Tcp), b"hi");
         let class = ok(&frame);
         assert_eq!(class.malformed, None);
         assert!(class.is_tcp_candidate());
         let L3Kind::Ipv6 {
-            next_header,
-            fragment,
-            ..
+            next_header, fragment, ..
         } = class.l3
         else {
             panic!("not IPv6: {:?}", class.l3);
@@ -1235,10 +1189,7 @@ mod tests {
         if let Some((_, info)) = class.tcp() {
             prop_assert_eq!(class.malformed, None);
             let l4 = class.l4_range();
-            prop_assert_eq!(
-                l4.map(|l4| l4.len()),
-                Some(info.header_len + info.payload_len)
-            );
+            prop_assert_eq!(l4.map(|l4| l4.len()), Some(info.header_len + info.payload_len));
             // Must not panic; the value is arbitrary for random input.
             let _ = class.tcp_checksum_ok(frame);
         }

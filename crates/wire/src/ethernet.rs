@@ -85,9 +85,7 @@ impl EthernetHeader {
             }
             // The ethertype just read was a TPID: the TCI and the next
             // ethertype follow it.
-            let Some(&[tci_hi, tci_lo, type_hi, type_lo]) =
-                frame.get(offset..offset + VLAN_TAG_LEN)
-            else {
+            let Some(&[tci_hi, tci_lo, type_hi, type_lo]) = frame.get(offset..offset + VLAN_TAG_LEN) else {
                 return Err(WireError::Runt);
             };
             *slot = VlanTag {
@@ -119,9 +117,7 @@ impl EthernetHeader {
 
     /// The VLAN tags, outermost first; empty for an untagged frame.
     pub fn vlan_tags(&self) -> &[VlanTag] {
-        self.tags
-            .get(..usize::from(self.tag_count))
-            .unwrap_or_default()
+        self.tags.get(..usize::from(self.tag_count)).unwrap_or_default()
     }
 
     /// The ethertype after the last unwrapped VLAN tag: what the payload is.
@@ -189,11 +185,7 @@ mod tests {
 
     #[test]
     fn third_tag_is_not_unwrapped() {
-        let triple = ethernet_frame(
-            &[(TPID_8021AD, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)],
-            IPV4,
-            &[],
-        );
+        let triple = ethernet_frame(&[(TPID_8021AD, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)], IPV4, &[]);
         let header = EthernetHeader::parse(&triple).unwrap();
         assert_eq!(header.vlan_tags().len(), 2);
         assert_eq!(header.ethertype(), TPID_8021Q);
@@ -203,20 +195,12 @@ mod tests {
     #[test]
     fn short_frames_are_runts() {
         for len in 0..14 {
-            assert_eq!(
-                EthernetHeader::parse(&vec![0xff; len]),
-                Err(WireError::Runt),
-                "{len}"
-            );
+            assert_eq!(EthernetHeader::parse(&vec![0xff; len]), Err(WireError::Runt), "{len}");
         }
         let double = ethernet_frame(&[(TPID_8021AD, 1), (TPID_8021Q, 2)], IPV4, &[]);
         assert_eq!(double.len(), 22);
         for len in 14..22 {
-            assert_eq!(
-                EthernetHeader::parse(&double[..len]),
-                Err(WireError::Runt),
-                "{len}"
-            );
+            assert_eq!(EthernetHeader::parse(&double[..len]), Err(WireError::Runt), "{len}");
         }
         assert!(EthernetHeader::parse(&double).is_ok());
     }

@@ -3,10 +3,9 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, Icmpv4Packet, Icmpv4Repr,
-    Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
-    Ipv6Address, Ipv6Packet, Ipv6Repr, NdiscRepr, RawHardwareAddress, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet,
+    Icmpv6Repr, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, NdiscRepr,
+    RawHardwareAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 pub const CLIENT_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
@@ -77,12 +76,7 @@ pub fn ipv6_packet(next_header: IpProtocol, payload: &[u8]) -> Vec<u8> {
 
 /// A client-to-server TCP segment: a SYN with an MSS option, or (with
 /// `TcpControl::None`/`Psh`) an ACKing data segment without options.
-pub fn tcp_segment(
-    (src, dst): (IpAddress, IpAddress),
-    control: TcpControl,
-    seq: u32,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn tcp_segment((src, dst): (IpAddress, IpAddress), control: TcpControl, seq: u32, payload: &[u8]) -> Vec<u8> {
     let is_syn = control == TcpControl::Syn;
     let repr = TcpRepr {
         src_port: CLIENT_PORT,
@@ -136,11 +130,7 @@ pub fn v6_addrs() -> (IpAddress, IpAddress) {
 /// Untagged or tagged IPv4 TCP frame.
 pub fn ipv4_tcp_frame(tags: &[(u16, u16)], control: TcpControl, payload: &[u8]) -> Vec<u8> {
     let segment = tcp_segment(v4_addrs(), control, 1000, payload);
-    ethernet_frame(
-        tags,
-        ETHERTYPE_IPV4,
-        &ipv4_packet(IpProtocol::Tcp, &segment),
-    )
+    ethernet_frame(tags, ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Tcp, &segment))
 }
 
 pub fn ipv6_tcp_frame(control: TcpControl, payload: &[u8]) -> Vec<u8> {
@@ -156,25 +146,12 @@ pub fn hop_by_hop_header(next_header: IpProtocol) -> [u8; 8] {
 /// IPv6 Fragment header announcing `next_header`.
 pub fn fragment_header(next_header: IpProtocol, offset_units: u16, more: bool) -> [u8; 8] {
     let [offset_hi, offset_lo] = ((offset_units << 3) | u16::from(more)).to_be_bytes();
-    [
-        next_header.into(),
-        0,
-        offset_hi,
-        offset_lo,
-        0xde,
-        0xad,
-        0xbe,
-        0xef,
-    ]
+    [next_header.into(), 0, offset_hi, offset_lo, 0xde, 0xad, 0xbe, 0xef]
 }
 
 /// IPv6 TCP frame with `extension_headers` (announcing TCP at the end)
 /// between the fixed header and the segment.
-pub fn ipv6_tcp_frame_with_extensions(
-    first_header: IpProtocol,
-    extension_headers: &[u8],
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn ipv6_tcp_frame_with_extensions(first_header: IpProtocol, extension_headers: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut ip_payload = extension_headers.to_vec();
     ip_payload.extend(tcp_segment(v6_addrs(), TcpControl::Psh, 1000, payload));
     ethernet_frame(&[], ETHERTYPE_IPV6, &ipv6_packet(first_header, &ip_payload))
@@ -204,11 +181,7 @@ pub fn ipv4_icmp_echo_frame() -> Vec<u8> {
         &mut Icmpv4Packet::new_unchecked(&mut message),
         &ChecksumCapabilities::default(),
     );
-    ethernet_frame(
-        &[],
-        ETHERTYPE_IPV4,
-        &ipv4_packet(IpProtocol::Icmp, &message),
-    )
+    ethernet_frame(&[], ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Icmp, &message))
 }
 
 pub fn ipv6_neighbor_solicitation_frame() -> Vec<u8> {
@@ -223,11 +196,7 @@ pub fn ipv6_neighbor_solicitation_frame() -> Vec<u8> {
         &mut Icmpv6Packet::new_unchecked(&mut message),
         &ChecksumCapabilities::default(),
     );
-    ethernet_frame(
-        &[],
-        ETHERTYPE_IPV6,
-        &ipv6_packet(IpProtocol::Icmpv6, &message),
-    )
+    ethernet_frame(&[], ETHERTYPE_IPV6, &ipv6_packet(IpProtocol::Icmpv6, &message))
 }
 
 /// One of each kind of frame the tests build, as seeds for mutation.
@@ -242,16 +211,8 @@ pub fn sample_frames() -> Vec<Vec<u8>> {
         padded(ipv4_tcp_frame(&[], TcpControl::Psh, b"abc"), 60),
         ipv6_tcp_frame(TcpControl::Syn, &[]),
         ipv6_tcp_frame(TcpControl::Psh, b"\x16\x03\x01"),
-        ipv6_tcp_frame_with_extensions(
-            IpProtocol::HopByHop,
-            &hop_by_hop_header(IpProtocol::Tcp),
-            b"hi",
-        ),
-        ipv6_tcp_frame_with_extensions(
-            IpProtocol::Ipv6Frag,
-            &fragment_header(IpProtocol::Tcp, 0, true),
-            b"hi",
-        ),
+        ipv6_tcp_frame_with_extensions(IpProtocol::HopByHop, &hop_by_hop_header(IpProtocol::Tcp), b"hi"),
+        ipv6_tcp_frame_with_extensions(IpProtocol::Ipv6Frag, &fragment_header(IpProtocol::Tcp, 0, true), b"hi"),
         ethernet_frame(
             &[],
             ETHERTYPE_IPV4,

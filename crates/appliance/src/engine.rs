@@ -1,0 +1,348 @@
+//! The engine of one worker: every frame received on one port leaves the
+//! other port unchanged, in bursts, except TCP segments of intercepted
+//! connections, which go to the transparent TCP stack and the splice layer.
+//! Runts (frames too short to hold their Ethernet header) are dropped;
+//! frames with malformed L3 headers are bridged like any other and counted
+//! (see `wire::classify` for the rule).
+
+use std::sync::Arc;
+
+use dpdk::{PacketBuf, Port};
+use netstack::{Instant, OutFrame, Stack, StackConfig};
+
+use crate::config::{Config, InterceptMode};
+use crate::counters::PortStats;
+use crate::splice::Splicer;
+
+/// Transmit attempts on a full ring before the remaining frames are dropped.
+const TX_ATTEMPTS: u32 = 16;
+
+/// Which port a frame came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Server => 1,
+        }
+    }
+}
+
+/// What the engine intercepts, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InterceptPolicy {
+    /// Destination ports whose new connections (client SYNs) are spliced.
+    pub tcp_ports: Vec<u16>,
+    pub mode: InterceptMode,
+    pub stack: StackConfig,
+    pub hold_synack: bool,
+}
+
+impl InterceptPolicy {
+    pub fn from_config(config: &Config) -> Self {
+        let tcp = &config.tcp;
+        InterceptPolicy {
+            tcp_ports: config.intercept.tcp_ports.clone(),
+            mode: config.intercept.mode,
+            stack: StackConfig {
+                rx_buffer: tcp.rx_buffer,
+                tx_buffer: tcp.tx_buffer,
+                timeout: netstack::Duration::from_millis(tcp.timeout_ms),
+                max_flows: tcp.max_connections.saturating_mul(2),
+            },
+            hold_synack: tcp.hold_synack,
+        }
+    }
+}
+
+/// One worker's share of the appliance: a queue pair on each port, and the
+/// TCP stack and sessions of the connections that land on this worker.
+pub struct Engine<P: Port> {
+    ports: [P; 2],
+    stats: [Arc<PortStats>; 2],
+    burst_size: usize,
+    frames: Vec<P::Buf>,
+    intercept_ports: Vec<u16>,
+    stack: Stack,
+    splicer: Splicer,
+    stack_output: Vec<OutFrame>,
+    outgoing: [Vec<P::Buf>; 2],
+}
+
+impl<P: Port> Engine<P> {
+    /// An engine between `client` and `server`, counting into `stats`
+    /// (client first).
+    pub fn new(
+        client: P,
+        server: P,
+        stats: [Arc<PortStats>; 2],
+        burst_size: usize,
+        policy: &InterceptPolicy,
+        now: Instant,
+    ) -> Self {
+        Engine {
+            ports: [client, server],
+            stats,
+            burst_size: burst_size.max(1),
+            frames: Vec::with_capacity(burst_size.max(1)),
+            intercept_ports: policy.tcp_ports.clone(),
+            stack: Stack::new(2, policy.stack, now),
+            splicer: Splicer::new(policy.hold_synack),
+            stack_output: Vec::new(),
+            outgoing: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// One poll of both ports and of the stack's timers; returns how many
+    /// frames were received.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        let received = self.forward(Side::Client, now) + self.forward(Side::Server, now);
+        self.stack.poll_timers(now);
+        self.splicer.handle_events(&mut self.stack);
+        self.stack.flush(now);
+        self.splicer.handle_events(&mut self.stack);
+        self.send_stack_output();
+        received
+    }
+
+    pub fn port(&self, side: Side) -> &P {
+        &self.ports[side.index()]
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    pub fn splicer(&self) -> &Splicer {
+        &self.splicer
+    }
+
+    /// Receives one burst on `from`: intercepted TCP goes to the stack, the
+    /// rest out of the other port.
+    fn forward(&mut self, from: Side, now: Instant) -> usize {
+        let (ingress, egress) = match from {
+            Side::Client => (0, 1),
+            Side::Server => (1, 0),
+        };
+        let frames = &mut self.frames;
+        let received = self.ports[ingress].rx_burst(frames, self.burst_size);
+        if received == 0 {
+            return 0;
+        }
+        let in_stats = &self.stats[ingress];
+        in_stats.add_rx(received as u64);
+
+        let mut runts = 0u64;
+        let mut malformed = 0u64;
+        let mut intercepted = 0u64;
+        let stack = &mut self.stack;
+        let splicer = &mut self.splicer;
+        let intercept_ports = &self.intercept_ports;
+        frames.retain(|frame| {
+            let data = frame.data();
+            let class = match wire::classify(data) {
+                Err(_) => {
+                    runts += 1;
+                    return false;
+                }
+                Ok(class) => class,
+            };
+            if class.malformed.is_some() {
+                malformed += 1;
+                return true;
+            }
+            let Some((tuple, info)) = class.tcp() else { return true };
+            if let Some(flow) = stack.lookup(ingress, tuple) {
+                // Delivered to the stack; a segment it cannot parse is
+                // dropped there like any host would.
+                let _ = stack.ingress(flow, data, &class, now);
+                intercepted += 1;
+                return false;
+            }
+            let opens = from == Side::Client
+                && info.flags.syn
+                && !info.flags.ack
+                && !info.flags.rst
+                && class.is_tcp_candidate()
+                && intercept_ports.contains(&tuple.dst_port);
+            if opens && splicer.open(stack, data, &class, now).is_ok() {
+                intercepted += 1;
+                return false;
+            }
+            // Not intercepted (or the table is full): a cable passes it on.
+            true
+        });
+        self.splicer.handle_events(&mut self.stack);
+
+        let to_send = frames.len();
+        let unsent = transmit(&mut self.ports[egress], frames);
+        frames.clear();
+
+        let sent = (to_send - unsent) as u64;
+        self.stats[egress].add_tx(sent);
+        in_stats.add_bridged(sent);
+        in_stats.add_intercepted(intercepted);
+        in_stats.add_dropped(runts + unsent as u64);
+        in_stats.add_malformed(runts + malformed);
+        received
+    }
+
+    /// Copies the stack's frames into port buffers and sends them.
+    fn send_stack_output(&mut self) {
+        self.stack.drain_output(&mut self.stack_output);
+        if self.stack_output.is_empty() {
+            return;
+        }
+        for out in self.stack_output.drain(..) {
+            let Some(port) = self.ports.get_mut(out.port) else {
+                continue;
+            };
+            let Some(stats) = self.stats.get(out.port) else {
+                continue;
+            };
+            let copied = port.alloc().and_then(|mut buf| {
+                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
+                Some(buf)
+            });
+            match (copied, self.outgoing.get_mut(out.port)) {
+                (Some(buf), Some(queue)) => queue.push(buf),
+                _ => stats.add_generated_dropped(1),
+            }
+        }
+        for (index, queue) in self.outgoing.iter_mut().enumerate() {
+            if queue.is_empty() {
+                continue;
+            }
+            let total = queue.len();
+            let unsent = transmit(&mut self.ports[index], queue);
+            queue.clear();
+            self.stats[index].add_generated(total as u64 - unsent as u64);
+            self.stats[index].add_tx(total as u64 - unsent as u64);
+            self.stats[index].add_generated_dropped(unsent as u64);
+        }
+    }
+}
+
+/// Transmits `frames` on `port`, retrying a full ring a few times; returns
+/// how many could not be sent (still in `frames`).
+fn transmit<P: Port>(port: &mut P, frames: &mut Vec<P::Buf>) -> usize {
+    let mut attempts = 0;
+    while !frames.is_empty() && attempts < TX_ATTEMPTS {
+        if port.tx_burst(frames) == 0 {
+            attempts += 1;
+        }
+    }
+    frames.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpdk::{MemPort, MemPortControl};
+
+    fn bridge(burst: usize) -> (Engine<MemPort>, MemPortControl, MemPortControl, [Arc<PortStats>; 2]) {
+        let (client, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
+        let (server, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
+        let stats = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        (
+            Engine::new(
+                client,
+                server,
+                stats.clone(),
+                burst,
+                &InterceptPolicy::default(),
+                Instant::ZERO,
+            ),
+            client_ctl,
+            server_ctl,
+            stats,
+        )
+    }
+
+    /// An Ethernet frame with an unassigned ethertype and `fill` as payload.
+    fn frame(fill: u8, len: usize) -> Vec<u8> {
+        let mut frame = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x88, 0xb5];
+        frame.resize(len.max(14), fill);
+        frame
+    }
+
+    /// A minimal valid IPv4/UDP frame, padded to 60 bytes.
+    fn udp_frame() -> Vec<u8> {
+        let mut ip = vec![0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 1, 198, 18, 0, 2];
+        let mut sum: u32 = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&[0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+        frame.resize(60, 0);
+        frame
+    }
+
+    #[test]
+    fn frames_cross_unchanged_both_ways_in_order() {
+        let (mut bridge, client, server, stats) = bridge(4);
+        let from_client: Vec<_> = (0..10).map(|i| frame(i, 60 + usize::from(i))).collect();
+        let from_server: Vec<_> = (0..3).map(|i| frame(100 + i, 1514)).collect();
+        from_client.iter().cloned().for_each(|f| client.inject(f));
+        from_server.iter().cloned().for_each(|f| server.inject(f));
+        while bridge.poll(Instant::ZERO) > 0 {}
+        assert_eq!(server.take_transmitted(), from_client);
+        assert_eq!(client.take_transmitted(), from_server);
+        let (c, s) = (stats[0].totals(), stats[1].totals());
+        assert_eq!((c.rx, c.bridged, c.dropped, c.malformed, c.tx), (10, 10, 0, 0, 3));
+        assert_eq!((s.rx, s.bridged, s.dropped, s.malformed, s.tx), (3, 3, 0, 0, 10));
+    }
+
+    #[test]
+    fn runts_are_dropped_and_l3_malformed_frames_bridged() {
+        let (mut bridge, client, server, stats) = bridge(32);
+        let good = udp_frame();
+        let mut bad_checksum = good.clone();
+        bad_checksum[24] ^= 0xff;
+        client.inject(vec![]);
+        client.inject(vec![0xff; 13]);
+        client.inject(good.clone());
+        client.inject(bad_checksum.clone());
+        while bridge.poll(Instant::ZERO) > 0 {}
+        assert_eq!(server.take_transmitted(), vec![good, bad_checksum]);
+        let c = stats[0].totals();
+        assert_eq!((c.rx, c.bridged, c.dropped, c.malformed), (4, 2, 2, 3));
+    }
+
+    #[test]
+    fn full_transmit_ring_drops_after_retries_without_losing_count() {
+        let (mut bridge, client, server, stats) = bridge(8);
+        server.set_tx_burst_limit(Some(0));
+        (0..8).for_each(|i| client.inject(frame(i, 64)));
+        assert_eq!(bridge.poll(Instant::ZERO), 8);
+        assert!(server.take_transmitted().is_empty());
+        let c = stats[0].totals();
+        assert_eq!((c.rx, c.bridged, c.dropped), (8, 0, 8));
+
+        // A ring that takes 3 per burst still delivers everything, in order.
+        server.set_tx_burst_limit(Some(3));
+        let frames: Vec<_> = (0..8).map(|i| frame(50 + i, 64)).collect();
+        frames.iter().cloned().for_each(|f| client.inject(f));
+        bridge.poll(Instant::ZERO);
+        assert_eq!(server.take_transmitted(), frames);
+        let c = stats[0].totals();
+        assert_eq!((c.rx, c.bridged, c.dropped), (16, 8, 8));
+        assert_eq!(stats[1].totals().tx, 8);
+    }
+
+    #[test]
+    fn burst_size_bounds_each_poll() {
+        let (mut bridge, client, _server, _stats) = bridge(4);
+        (0..10).for_each(|i| client.inject(frame(i, 60)));
+        assert_eq!(bridge.poll(Instant::ZERO), 4);
+        assert_eq!(client.pending_rx(), 6);
+    }
+}

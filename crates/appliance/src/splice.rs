@@ -1,0 +1,219 @@
+//! Transparent TCP splice: each intercepted connection is two flows of the
+//! stack, the client leg (accepted on the client port as the server) and the
+//! server leg (connected from the server port as the client). Bytes are
+//! relayed between them with back-pressure (a leg is only read while the
+//! other has room), half-closes and resets are propagated, and a failed
+//! server connect is answered to the client as the server would have.
+
+use netstack::{Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
+use slab::Slab;
+use wire::FrameClass;
+
+use crate::engine::Side;
+
+/// Which leg of a session a flow is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Client,
+    Server,
+}
+
+#[derive(Debug)]
+struct Session {
+    client: Option<FlowId>,
+    server: Option<FlowId>,
+    /// The server accepted and the client's SYN-ACK was released.
+    established: bool,
+    /// The server leg failed before it was established; the client leg
+    /// has been answered accordingly.
+    failed: bool,
+    /// FIN already passed on to the client / the server.
+    fin_to_client: bool,
+    fin_to_server: bool,
+}
+
+/// Counters of the splice layer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpliceCounters {
+    pub sessions_opened: u64,
+    pub sessions_live: u64,
+    pub server_refused: u64,
+    pub server_timed_out: u64,
+    pub resets: u64,
+    pub bytes_client_to_server: u64,
+    pub bytes_server_to_client: u64,
+}
+
+/// All spliced sessions of one worker.
+#[derive(Debug, Default)]
+pub struct Splicer {
+    sessions: Slab<Session>,
+    hold_synack: bool,
+    counters: SpliceCounters,
+}
+
+fn owner(session: usize, leg: Leg) -> u64 {
+    (session as u64) << 1 | u64::from(leg == Leg::Server)
+}
+
+fn session_of(owner: u64) -> (usize, Leg) {
+    let leg = if owner & 1 == 1 { Leg::Server } else { Leg::Client };
+    ((owner >> 1) as usize, leg)
+}
+
+impl Splicer {
+    pub fn new(hold_synack: bool) -> Self {
+        Splicer {
+            sessions: Slab::new(),
+            hold_synack,
+            counters: SpliceCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> SpliceCounters {
+        self.counters
+    }
+
+    /// Opens a session for a client SYN that arrived on the client port:
+    /// accepts it transparently and connects to the server as the client.
+    pub fn open(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+    ) -> Result<(), StackError> {
+        let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
+        let entry = self.sessions.vacant_entry();
+        let index = entry.key();
+        let client = stack.accept(
+            Side::Client.index(),
+            frame,
+            class,
+            self.hold_synack,
+            owner(index, Leg::Client),
+            now,
+        )?;
+        let server = match stack.connect(
+            Side::Server.index(),
+            tuple,
+            L2Header::same_direction(&class.l2),
+            owner(index, Leg::Server),
+            now,
+        ) {
+            Ok(server) => server,
+            Err(err) => {
+                stack.discard(client);
+                return Err(err);
+            }
+        };
+        entry.insert(Session {
+            client: Some(client),
+            server: Some(server),
+            established: !self.hold_synack,
+            failed: false,
+            fin_to_client: false,
+            fin_to_server: false,
+        });
+        self.counters.sessions_opened += 1;
+        self.counters.sessions_live += 1;
+        Ok(())
+    }
+
+    /// Reacts to every pending event of the stack.
+    pub fn handle_events(&mut self, stack: &mut Stack) {
+        while let Some(event) = stack.next_event() {
+            self.handle(stack, event);
+        }
+    }
+
+    fn handle(&mut self, stack: &mut Stack, event: Event) {
+        let (index, leg) = session_of(event.owner);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let (this, other) = match leg {
+            Leg::Client => (session.client, session.server),
+            Leg::Server => (session.server, session.client),
+        };
+        if this != Some(event.flow) {
+            return;
+        }
+        match event.kind {
+            EventKind::Connected if leg == Leg::Server => {
+                if let (Some(client), false) = (session.client, session.established) {
+                    session.established = true;
+                    let _ = stack.release_synack(client);
+                }
+                Self::pump(&mut self.counters, stack, session);
+            }
+            EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
+                Self::pump(&mut self.counters, stack, session);
+            }
+            EventKind::Reset | EventKind::TimedOut => {
+                let Some(other) = other else { return };
+                if leg == Leg::Server && !session.established {
+                    session.failed = true;
+                    // The server refused (RST) or never answered: tell the
+                    // client exactly that, a RST or nothing at all.
+                    if event.kind == EventKind::Reset {
+                        self.counters.server_refused += 1;
+                        let _ = stack.abort(other);
+                    } else {
+                        self.counters.server_timed_out += 1;
+                        stack.discard(other);
+                    }
+                } else {
+                    self.counters.resets += 1;
+                    let _ = stack.abort(other);
+                }
+            }
+            EventKind::Closed => {
+                match leg {
+                    Leg::Client => session.client = None,
+                    Leg::Server => session.server = None,
+                }
+                if let Some(other) = other {
+                    // The other leg still runs: a leg that vanished while the
+                    // other could still talk means the connection is broken.
+                    if session.failed {
+                        // Already answered (RST queued, or silence).
+                    } else if leg == Leg::Server && !session.established {
+                        stack.discard(other);
+                    } else if !(Self::leg_finished(stack, other) || session.fin_to_client && session.fin_to_server) {
+                        let _ = stack.abort(other);
+                    }
+                }
+                if session.client.is_none() && session.server.is_none() {
+                    self.sessions.remove(index);
+                    self.counters.sessions_live -= 1;
+                }
+            }
+        }
+    }
+
+    fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
+        stack.peer_finished(flow).unwrap_or(true)
+    }
+
+    /// Relays both ways as far as buffers allow and passes on FINs once a
+    /// direction has delivered everything.
+    fn pump(counters: &mut SpliceCounters, stack: &mut Stack, session: &mut Session) {
+        let (Some(client), Some(server)) = (session.client, session.server) else {
+            return;
+        };
+        if !session.established {
+            return;
+        }
+        counters.bytes_client_to_server += stack.relay(client, server).unwrap_or(0) as u64;
+        counters.bytes_server_to_client += stack.relay(server, client).unwrap_or(0) as u64;
+        if !session.fin_to_server && stack.peer_finished(client).unwrap_or(false) {
+            session.fin_to_server = true;
+            let _ = stack.close(server);
+        }
+        if !session.fin_to_client && stack.peer_finished(server).unwrap_or(false) {
+            session.fin_to_client = true;
+            let _ = stack.close(client);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! An in-memory lab on a virtual clock: a client host and a server host
+//! (smoltcp with Ethernet, so they resolve each other with ARP and NDP
+//! through the appliance) wired to an [`Engine`] on two [`MemPort`]s by
+//! links that can lose and reorder frames. No DPDK, no root, deterministic.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use appliance::counters::{PortStats, PortTotals};
+use appliance::engine::{Engine, InterceptPolicy};
+use dpdk::{MemPort, MemPortControl};
+use netstack::{Instant, StackConfig};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+pub const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+pub const CLIENT_V4: [u8; 4] = [198, 18, 0, 1];
+pub const SERVER_V4: [u8; 4] = [198, 18, 0, 2];
+pub const CLIENT_V6: &str = "2001:2::1";
+pub const SERVER_V6: &str = "2001:2::2";
+
+/// A host's NIC: frames in, frames out.
+#[derive(Default)]
+pub struct QueueDevice {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: Vec<Vec<u8>>,
+}
+
+impl phy::Device for QueueDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((Rx(frame), Tx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+pub struct Rx(Vec<u8>);
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+pub struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let result = f(&mut frame);
+        self.0.push(frame);
+        result
+    }
+}
+
+/// A smoltcp host with an IPv4 and an IPv6 address on one Ethernet NIC.
+pub struct Host {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub device: QueueDevice,
+}
+
+impl Host {
+    pub fn new(mac: [u8; 6], v4: [u8; 4], v6: &str, seed: u64) -> Host {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        config.random_seed = seed;
+        let mut device = QueueDevice::default();
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+        let v6: std::net::Ipv6Addr = v6.parse().unwrap();
+        iface.update_ip_addrs(|addrs| {
+            addrs.push(IpCidr::new(IpAddress::Ipv4(v4.into()), 24)).unwrap();
+            addrs.push(IpCidr::new(IpAddress::Ipv6(v6), 64)).unwrap();
+        });
+        Host {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            device,
+        }
+    }
+
+    pub fn socket(&mut self, buffer: usize) -> SocketHandle {
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; buffer]),
+            tcp::SocketBuffer::new(vec![0; buffer]),
+        );
+        self.sockets.add(socket)
+    }
+
+    pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    pub fn listen(&mut self, port: u16, buffer: usize) -> SocketHandle {
+        let handle = self.socket(buffer);
+        self.tcp(handle).listen(port).unwrap();
+        handle
+    }
+
+    pub fn connect(&mut self, remote: IpEndpoint, local_port: u16, buffer: usize) -> SocketHandle {
+        let handle = self.socket(buffer);
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, remote, local_port)
+            .unwrap();
+        handle
+    }
+
+    fn poll(&mut self, now: Instant) {
+        let now = smoltcp::time::Instant::from_micros(now.total_micros());
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+    }
+}
+
+/// A one-way link that may lose and reorder frames (deterministically).
+pub struct Link {
+    pub loss_percent: u32,
+    pub reorder_percent: u32,
+    rng: u64,
+    pub lost: u64,
+    /// Frames that crossed, for inspection by tests.
+    pub log: Option<Vec<Vec<u8>>>,
+}
+
+impl Link {
+    pub fn new(seed: u64) -> Link {
+        Link {
+            loss_percent: 0,
+            reorder_percent: 0,
+            rng: seed | 1,
+            lost: 0,
+            log: None,
+        }
+    }
+
+    fn roll(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 100) as u32
+    }
+
+    fn carry(&mut self, frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::with_capacity(frames.len());
+        for frame in frames {
+            if self.loss_percent > 0 && self.roll() < self.loss_percent {
+                self.lost += 1;
+                continue;
+            }
+            if let Some(log) = self.log.as_mut() {
+                log.push(frame.clone());
+            }
+            if self.reorder_percent > 0 && !out.is_empty() && self.roll() < self.reorder_percent {
+                let at = out.len() - 1;
+                out.insert(at, frame);
+            } else {
+                out.push(frame);
+            }
+        }
+        out
+    }
+}
+
+/// client host ⇄ [client port | engine | server port] ⇄ server host.
+pub struct Lab {
+    pub now: Instant,
+    pub client: Host,
+    pub server: Host,
+    pub engine: Engine<MemPort>,
+    pub client_port: MemPortControl,
+    pub server_port: MemPortControl,
+    pub stats: [Arc<PortStats>; 2],
+    /// client → appliance, appliance → server, server → appliance, appliance → client.
+    pub links: [Link; 4],
+    /// When false, frames the appliance sends to the server vanish (a
+    /// server that is gone).
+    pub server_online: bool,
+}
+
+pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
+    InterceptPolicy {
+        tcp_ports: tcp_ports.to_vec(),
+        stack: StackConfig {
+            rx_buffer: 32 * 1024,
+            tx_buffer: 32 * 1024,
+            timeout: netstack::Duration::from_secs(3),
+            max_flows: 100_000,
+        },
+        hold_synack: true,
+        ..InterceptPolicy::default()
+    }
+}
+
+impl Lab {
+    pub fn new(policy: &InterceptPolicy) -> Lab {
+        let (client_port, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
+        let (server_port, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
+        let stats = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
+        Lab {
+            now: Instant::ZERO,
+            client: Host::new(CLIENT_MAC, CLIENT_V4, CLIENT_V6, 0x1111),
+            server: Host::new(SERVER_MAC, SERVER_V4, SERVER_V6, 0x2222),
+            engine,
+            client_port: client_ctl,
+            server_port: server_ctl,
+            stats,
+            links: [Link::new(1), Link::new(2), Link::new(3), Link::new(4)],
+            server_online: true,
+        }
+    }
+
+    /// One millisecond of virtual time.
+    pub fn step(&mut self) {
+        self.client.poll(self.now);
+        for frame in self.links[0].carry(std::mem::take(&mut self.client.device.tx)) {
+            self.client_port.inject(frame);
+        }
+        self.server.poll(self.now);
+        for frame in self.links[2].carry(std::mem::take(&mut self.server.device.tx)) {
+            self.server_port.inject(frame);
+        }
+        self.engine.poll(self.now);
+        let to_server = self.links[1].carry(self.server_port.take_transmitted());
+        if self.server_online {
+            self.server.device.rx.extend(to_server);
+        }
+        let to_client = self.links[3].carry(self.client_port.take_transmitted());
+        self.client.device.rx.extend(to_client);
+        self.now += netstack::Duration::from_millis(1);
+    }
+
+    /// Steps until `done` holds, at most `limit_ms`; returns whether it held.
+    pub fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&mut Lab) -> bool) -> bool {
+        for _ in 0..limit_ms {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.step();
+        }
+    }
+
+    pub fn totals(&self, port: usize) -> PortTotals {
+        self.stats[port].totals()
+    }
+}
+
+pub fn v4(addr: [u8; 4], port: u16) -> IpEndpoint {
+    IpEndpoint::new(IpAddress::Ipv4(addr.into()), port)
+}
+
+pub fn v6(addr: &str, port: u16) -> IpEndpoint {
+    IpEndpoint::new(IpAddress::Ipv6(addr.parse().unwrap()), port)
+}
+
+/// Deterministic test data: `len` bytes depending on `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed)
+                .wrapping_add((i >> 8) as u8)
+        })
+        .collect()
+}
+
+/// Moves bytes between a host socket and in-memory buffers: sends what is
+/// left of `outgoing`, receives into `incoming`.
+pub fn exchange(host: &mut Host, handle: SocketHandle, outgoing: &mut &[u8], incoming: &mut Vec<u8>) {
+    let socket = host.tcp(handle);
+    if socket.can_send() && !outgoing.is_empty() {
+        let sent = socket.send_slice(outgoing).unwrap_or(0);
+        *outgoing = &outgoing[sent..];
+    }
+    while socket.can_recv() {
+        let mut buf = [0u8; 4096];
+        let read = socket.recv_slice(&mut buf).unwrap_or(0);
+        if read == 0 {
+            break;
+        }
+        incoming.extend_from_slice(&buf[..read]);
+    }
+}

@@ -1,0 +1,708 @@
+//! The transparent TCP stack: one smoltcp interface per port (IP medium,
+//! AnyIP), a flow table keyed by the 6-tuple, one tiny socket set per flow,
+//! a timer wheel fed by each flow's `poll_at`, and an event queue.
+//!
+//! Sans-IO: frames and `now` go in; frames to send ([`OutFrame`]) and
+//! [`Event`]s come out. Work per packet is one hash lookup plus a poll of
+//! that flow's own socket set, whatever the number of flows.
+
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+
+use slab::Slab;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpPacket};
+use thiserror::Error;
+use wire::{FlowTuple, FrameClass};
+
+use crate::device::{FlowDevice, OutFrame};
+use crate::l2::L2Header;
+use crate::timer::TimerWheel;
+
+/// Sizes and timeouts of the stack's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackConfig {
+    /// Receive buffer of each socket, in bytes.
+    pub rx_buffer: usize,
+    /// Transmit buffer of each socket, in bytes.
+    pub tx_buffer: usize,
+    /// A socket gives up when its peer stays silent this long while it has
+    /// a SYN or data outstanding (also bounds the connect of a server leg).
+    pub timeout: Duration,
+    /// Flows beyond this many are refused.
+    pub max_flows: usize,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            rx_buffer: 64 * 1024,
+            tx_buffer: 64 * 1024,
+            timeout: Duration::from_secs(10),
+            max_flows: 1 << 20,
+        }
+    }
+}
+
+/// A flow's identity: a slab index plus a generation, so an id of a freed
+/// flow never reaches a newer flow in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowId {
+    index: u32,
+    generation: u32,
+}
+
+/// The 6-tuple: the port a flow's frames arrive on and the TCP 5-tuple of
+/// those arriving frames (source = the remote peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub port: usize,
+    pub tuple: FlowTuple,
+}
+
+/// What happened to a flow; `owner` is the tag its owner set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub flow: FlowId,
+    pub owner: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The three-way handshake completed.
+    Connected,
+    /// New bytes can be read.
+    Readable,
+    /// Transmit buffer space was freed.
+    Writable,
+    /// The peer sent FIN: after the queued bytes, nothing more will come.
+    PeerClosed,
+    /// The peer reset the connection.
+    Reset,
+    /// The peer stayed silent past the timeout (or never answered a SYN).
+    TimedOut,
+    /// The flow is gone; its id is dead from now on.
+    Closed,
+}
+
+/// Live-flow accounting, so leaks are visible.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StackCounters {
+    pub flows_live: u64,
+    pub flows_created: u64,
+    pub flows_freed: u64,
+    pub flows_refused: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+}
+
+/// Why a stack operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum StackError {
+    #[error("no such flow (already closed?)")]
+    NoSuchFlow,
+    #[error("a flow with this 6-tuple exists already")]
+    FlowExists,
+    #[error("the flow table is full ({0} flows)")]
+    TooManyFlows(usize),
+    #[error("the frame is not a TCP SYN that can open a flow")]
+    NotASyn,
+    #[error("no port {0}")]
+    NoSuchPort(usize),
+    #[error("the socket refused: {0}")]
+    Socket(&'static str),
+}
+
+/// Socket-level states the events are derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Observed {
+    state: tcp::State,
+    recv_queue: usize,
+    send_queue: usize,
+    peer_closed: bool,
+}
+
+struct Flow {
+    key: FlowKey,
+    generation: u32,
+    owner: u64,
+    l2: L2Header,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    observed: Observed,
+    /// The deadline this flow is scheduled at in the wheel, if any.
+    timer: Option<Instant>,
+    /// Whether the owner asked for an abort (its Closed is not an error).
+    aborted: bool,
+}
+
+impl Flow {
+    fn socket(&self) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(self.handle)
+    }
+
+    fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(self.handle)
+    }
+}
+
+/// The transparent TCP stack of one worker.
+pub struct Stack {
+    config: StackConfig,
+    interfaces: Vec<Interface>,
+    flows: Slab<Flow>,
+    index: HashMap<FlowKey, FlowId>,
+    timers: TimerWheel<FlowId>,
+    events: VecDeque<Event>,
+    output: Vec<OutFrame>,
+    /// Flows an operation touched; polled by [`Stack::flush`].
+    dirty: Vec<FlowId>,
+    next_generation: u32,
+    counters: StackCounters,
+    due: Vec<FlowId>,
+}
+
+fn ip_address(ip: IpAddr) -> IpAddress {
+    match ip {
+        IpAddr::V4(v4) => IpAddress::Ipv4(v4),
+        IpAddr::V6(v6) => IpAddress::Ipv6(v6),
+    }
+}
+
+/// A seed for smoltcp's generator of initial sequence numbers.
+fn random_seed() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+impl Stack {
+    /// A stack for `ports` data ports.
+    pub fn new(ports: usize, config: StackConfig, now: Instant) -> Stack {
+        let interfaces = (0..ports)
+            .map(|_| {
+                let mut iface_config = Config::new(HardwareAddress::Ip);
+                iface_config.random_seed = random_seed();
+                let mut output = Vec::new();
+                let l2 = L2Header::new([0; 6], [0; 6], &[]);
+                let mut device = FlowDevice {
+                    rx: None,
+                    l2: &l2,
+                    port: 0,
+                    tx: &mut output,
+                };
+                let mut iface = Interface::new(iface_config, &mut device, now);
+                // Every destination is ours: the appliance answers as whoever
+                // the intercepted flow was addressed to.
+                iface.set_any_ip(true);
+                iface
+            })
+            .collect();
+        Stack {
+            config,
+            interfaces,
+            flows: Slab::new(),
+            index: HashMap::new(),
+            timers: TimerWheel::new(now),
+            events: VecDeque::new(),
+            output: Vec::new(),
+            dirty: Vec::new(),
+            next_generation: 0,
+            counters: StackCounters::default(),
+            due: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> StackCounters {
+        self.counters
+    }
+
+    /// Approximate memory one flow costs: its buffers, socket and bookkeeping.
+    pub fn memory_per_flow(&self) -> usize {
+        self.config.rx_buffer
+            + self.config.tx_buffer
+            + std::mem::size_of::<Flow>()
+            + std::mem::size_of::<tcp::Socket<'static>>()
+            + std::mem::size_of::<SocketStorage<'static>>()
+            + 2 * std::mem::size_of::<(FlowKey, FlowId)>()
+    }
+
+    /// The flow that frames arriving on `port` with `tuple` belong to.
+    pub fn lookup(&self, port: usize, tuple: &FlowTuple) -> Option<FlowId> {
+        self.index.get(&FlowKey { port, tuple: *tuple }).copied()
+    }
+
+    fn flow(&self, id: FlowId) -> Result<&Flow, StackError> {
+        match self.flows.get(id.index as usize) {
+            Some(flow) if flow.generation == id.generation => Ok(flow),
+            _ => Err(StackError::NoSuchFlow),
+        }
+    }
+
+    fn flow_mut(&mut self, id: FlowId) -> Result<&mut Flow, StackError> {
+        match self.flows.get_mut(id.index as usize) {
+            Some(flow) if flow.generation == id.generation => Ok(flow),
+            _ => Err(StackError::NoSuchFlow),
+        }
+    }
+
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]),
+        );
+        // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
+        socket.set_nagle_enabled(false);
+        socket.set_timeout(Some(self.config.timeout));
+        socket
+    }
+
+    fn insert(
+        &mut self,
+        key: FlowKey,
+        l2: L2Header,
+        socket: tcp::Socket<'static>,
+        owner: u64,
+    ) -> Result<FlowId, StackError> {
+        if key.port >= self.interfaces.len() {
+            return Err(StackError::NoSuchPort(key.port));
+        }
+        if self.flows.len() >= self.config.max_flows {
+            self.counters.flows_refused += 1;
+            return Err(StackError::TooManyFlows(self.config.max_flows));
+        }
+        let vacant = match self.index.entry(key) {
+            Entry::Occupied(_) => return Err(StackError::FlowExists),
+            Entry::Vacant(vacant) => vacant,
+        };
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let observed = Observed {
+            state: socket.state(),
+            recv_queue: 0,
+            send_queue: 0,
+            peer_closed: false,
+        };
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+        let slot = self.flows.vacant_entry();
+        let id = FlowId {
+            index: u32::try_from(slot.key()).map_err(|_| StackError::TooManyFlows(self.config.max_flows))?,
+            generation,
+        };
+        slot.insert(Flow {
+            key,
+            generation,
+            owner,
+            l2,
+            sockets,
+            handle,
+            observed,
+            timer: None,
+            aborted: false,
+        });
+        vacant.insert(id);
+        self.counters.flows_created += 1;
+        self.counters.flows_live += 1;
+        Ok(id)
+    }
+
+    /// Transparent accept: opens a flow for the TCP SYN `frame` (classified
+    /// as `class`) that arrived on `port`, with a socket listening on exactly
+    /// the SYN's destination address and port, and delivers the SYN to it.
+    /// The appliance will answer with the destination's MAC address. With
+    /// `hold_synack` the SYN-ACK waits for [`Stack::release_synack`].
+    pub fn accept(
+        &mut self,
+        port: usize,
+        frame: &[u8],
+        class: &FrameClass,
+        hold_synack: bool,
+        owner: u64,
+        now: Instant,
+    ) -> Result<FlowId, StackError> {
+        let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        if !info.flags.syn || info.flags.ack || info.flags.rst {
+            return Err(StackError::NotASyn);
+        }
+        let packet = class
+            .ip_range()
+            .and_then(|range| frame.get(range))
+            .ok_or(StackError::NotASyn)?;
+        let mut socket = self.new_socket();
+        socket
+            .listen(IpListenEndpoint {
+                addr: Some(ip_address(tuple.dst_ip)),
+                port: tuple.dst_port,
+            })
+            .map_err(|_| StackError::Socket("listen"))?;
+        socket.pause_synack(hold_synack);
+        if hold_synack {
+            // While held, the server leg's outcome decides this leg's fate;
+            // it must not time out (and reset the client) on its own.
+            socket.set_timeout(None);
+        }
+        let key = FlowKey { port, tuple: *tuple };
+        let id = self.insert(key, L2Header::reply_to(&class.l2), socket, owner)?;
+        self.poll_flow(id, Some(packet), now);
+        // A SYN the socket did not take (bad checksum, say) opens nothing.
+        if self.flow(id).map(|flow| flow.socket().state()) == Ok(tcp::State::Listen) {
+            self.discard(id);
+            return Err(StackError::NotASyn);
+        }
+        Ok(id)
+    }
+
+    /// Transparent connect: opens a flow on `port` towards `tuple.dst` from
+    /// `tuple.src` (the client's own address and port), framed with `l2`.
+    pub fn connect(
+        &mut self,
+        port: usize,
+        tuple: &FlowTuple,
+        l2: L2Header,
+        owner: u64,
+        now: Instant,
+    ) -> Result<FlowId, StackError> {
+        let mut socket = self.new_socket();
+        let iface = self.interfaces.get_mut(port).ok_or(StackError::NoSuchPort(port))?;
+        socket
+            .connect(
+                iface.context(),
+                IpEndpoint::new(ip_address(tuple.dst_ip), tuple.dst_port),
+                IpEndpoint::new(ip_address(tuple.src_ip), tuple.src_port),
+            )
+            .map_err(|_| StackError::Socket("connect"))?;
+        // Frames of this flow arrive from the server: the reversed tuple.
+        let key = FlowKey {
+            port,
+            tuple: tuple.reversed(),
+        };
+        let id = self.insert(key, l2, socket, owner)?;
+        self.poll_flow(id, None, now);
+        Ok(id)
+    }
+
+    /// Delivers a frame that [`Stack::lookup`] matched to `flow`.
+    pub fn ingress(&mut self, flow: FlowId, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
+        self.flow(flow)?;
+        let packet = class
+            .ip_range()
+            .and_then(|range| frame.get(range))
+            .ok_or(StackError::NotASyn)?;
+        self.counters.frames_in += 1;
+        self.poll_flow(flow, Some(packet), now);
+        Ok(())
+    }
+
+    /// Polls the flows whose timers are due.
+    pub fn poll_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.expire(now, &mut due);
+        for id in due.drain(..) {
+            let is_due = self.flow(id).is_ok_and(|flow| flow.timer.is_some_and(|at| at <= now));
+            if is_due {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.timer = None;
+                }
+                self.poll_flow(id, None, now);
+            }
+        }
+        self.due = due;
+    }
+
+    /// Polls every flow an operation (send, recv, close, ...) touched.
+    pub fn flush(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for id in dirty.drain(..) {
+            self.poll_flow(id, None, now);
+        }
+        self.dirty = dirty;
+    }
+
+    /// Takes the next event, if any.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Moves the frames to send into `out` (appending).
+    pub fn drain_output(&mut self, out: &mut Vec<OutFrame>) {
+        self.counters.frames_out += self.output.len() as u64;
+        out.append(&mut self.output);
+    }
+
+    /// Polls one flow with at most one incoming packet, then derives its
+    /// events and reschedules its timer; frees it once smoltcp is done.
+    fn poll_flow(&mut self, id: FlowId, packet: Option<&[u8]>, now: Instant) {
+        let Stack {
+            interfaces,
+            flows,
+            output,
+            events,
+            timers,
+            ..
+        } = self;
+        let Some(flow) = flows
+            .get_mut(id.index as usize)
+            .filter(|flow| flow.generation == id.generation)
+        else {
+            return;
+        };
+        let Some(iface) = interfaces.get_mut(flow.key.port) else {
+            return;
+        };
+        let reset_in = packet.is_some_and(is_rst);
+        let mut device = FlowDevice {
+            rx: packet,
+            l2: &flow.l2,
+            port: flow.key.port,
+            tx: output,
+        };
+        iface.poll(now, &mut device, &mut flow.sockets);
+
+        let socket = flow.socket();
+        let now_observed = Observed {
+            state: socket.state(),
+            recv_queue: socket.recv_queue(),
+            send_queue: socket.send_queue(),
+            peer_closed: !socket.may_recv() && was_synchronized(socket.state()),
+        };
+        let before = flow.observed;
+        flow.observed = now_observed;
+        let mut emit = |kind| {
+            events.push_back(Event {
+                flow: id,
+                owner: flow.owner,
+                kind,
+            })
+        };
+        let established = |state| matches!(state, tcp::State::Established | tcp::State::CloseWait);
+        if established(now_observed.state) && !established(before.state) && !was_synchronized(before.state) {
+            emit(EventKind::Connected);
+        }
+        if now_observed.recv_queue > before.recv_queue {
+            emit(EventKind::Readable);
+        }
+        if now_observed.send_queue < before.send_queue {
+            emit(EventKind::Writable);
+        }
+        if now_observed.peer_closed && !before.peer_closed {
+            emit(EventKind::PeerClosed);
+        }
+        let closed = now_observed.state == tcp::State::Closed;
+        if closed && before.state != tcp::State::Closed && !flow.aborted && ended_abnormally(before.state) {
+            emit(if reset_in {
+                EventKind::Reset
+            } else {
+                EventKind::TimedOut
+            });
+        }
+
+        if closed {
+            self.free(id);
+            return;
+        }
+        let deadline = iface.poll_at(now, &flow.sockets);
+        if deadline != flow.timer {
+            flow.timer = deadline;
+            if let Some(at) = deadline {
+                timers.schedule(id, at);
+            }
+        }
+    }
+
+    fn free(&mut self, id: FlowId) {
+        if self.flow(id).is_err() {
+            return;
+        }
+        let flow = self.flows.remove(id.index as usize);
+        self.index.remove(&flow.key);
+        self.counters.flows_live -= 1;
+        self.counters.flows_freed += 1;
+        self.events.push_back(Event {
+            flow: id,
+            owner: flow.owner,
+            kind: EventKind::Closed,
+        });
+    }
+
+    /// Removes a flow at once without sending anything (no RST, no FIN):
+    /// the peer sees silence. Emits `Closed`.
+    pub fn discard(&mut self, id: FlowId) {
+        self.free(id);
+    }
+
+    /// Tags the flow; the tag comes back in its events.
+    pub fn set_owner(&mut self, id: FlowId, owner: u64) -> Result<(), StackError> {
+        self.flow_mut(id)?.owner = owner;
+        Ok(())
+    }
+
+    pub fn key(&self, id: FlowId) -> Result<FlowKey, StackError> {
+        Ok(self.flow(id)?.key)
+    }
+
+    pub fn state(&self, id: FlowId) -> Result<tcp::State, StackError> {
+        Ok(self.flow(id)?.socket().state())
+    }
+
+    /// Lets a flow opened with `hold_synack` answer its SYN.
+    pub fn release_synack(&mut self, id: FlowId) -> Result<(), StackError> {
+        let timeout = self.config.timeout;
+        let socket = self.flow_mut(id)?.socket_mut();
+        socket.pause_synack(false);
+        socket.set_timeout(Some(timeout));
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes.
+    pub fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> Result<usize, StackError> {
+        let read = self.flow_mut(id)?.socket_mut().recv_slice(buf).unwrap_or(0);
+        if read > 0 {
+            self.observe_queues(id);
+            self.dirty.push(id);
+        }
+        Ok(read)
+    }
+
+    /// Queues up to `data.len()` bytes for sending; returns how many fit.
+    pub fn send(&mut self, id: FlowId, data: &[u8]) -> Result<usize, StackError> {
+        let sent = self.flow_mut(id)?.socket_mut().send_slice(data).unwrap_or(0);
+        if sent > 0 {
+            self.observe_queues(id);
+            self.dirty.push(id);
+        }
+        Ok(sent)
+    }
+
+    /// Bytes waiting to be read.
+    pub fn recv_queue(&self, id: FlowId) -> Result<usize, StackError> {
+        Ok(self.flow(id)?.socket().recv_queue())
+    }
+
+    /// Free space in the transmit buffer.
+    pub fn send_space(&self, id: FlowId) -> Result<usize, StackError> {
+        let socket = self.flow(id)?.socket();
+        Ok(if socket.may_send() {
+            socket.send_capacity() - socket.send_queue()
+        } else {
+            0
+        })
+    }
+
+    /// Whether the peer has sent FIN and every byte before it was read.
+    pub fn peer_finished(&self, id: FlowId) -> Result<bool, StackError> {
+        let socket = self.flow(id)?.socket();
+        Ok(!socket.may_recv() && socket.recv_queue() == 0 && was_synchronized(socket.state()))
+    }
+
+    /// Moves as many bytes as fit from `from`'s receive buffer into `to`'s
+    /// transmit buffer, without an intermediate copy; returns how many.
+    pub fn relay(&mut self, from: FlowId, to: FlowId) -> Result<usize, StackError> {
+        self.flow(from)?;
+        self.flow(to)?;
+        let (source, sink) = self
+            .flows
+            .get2_mut(from.index as usize, to.index as usize)
+            .ok_or(StackError::NoSuchFlow)?;
+        let (source, sink) = (source.socket_mut(), sink.socket_mut());
+        let mut moved = 0;
+        // The receive ring may wrap: at most two contiguous pieces.
+        for _ in 0..2 {
+            if !sink.may_send() {
+                break;
+            }
+            let step = source
+                .recv(|data| {
+                    let taken = sink.send_slice(data).unwrap_or(0);
+                    (taken, taken)
+                })
+                .unwrap_or(0);
+            moved += step;
+            if step == 0 {
+                break;
+            }
+        }
+        if moved > 0 {
+            self.observe_queues(from);
+            self.observe_queues(to);
+            self.dirty.push(from);
+            self.dirty.push(to);
+        }
+        Ok(moved)
+    }
+
+    /// Sends FIN after the queued bytes (half-close).
+    pub fn close(&mut self, id: FlowId) -> Result<(), StackError> {
+        self.flow_mut(id)?.socket_mut().close();
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Resets the connection: one RST goes to the peer, then the flow is freed.
+    pub fn abort(&mut self, id: FlowId) -> Result<(), StackError> {
+        let flow = self.flow_mut(id)?;
+        flow.aborted = true;
+        flow.socket_mut().abort();
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Records queue levels after the owner read or wrote, so the next poll
+    /// reports only what the peer changed.
+    fn observe_queues(&mut self, id: FlowId) {
+        if let Ok(flow) = self.flow_mut(id) {
+            let socket = flow.socket();
+            let (recv_queue, send_queue) = (socket.recv_queue(), socket.send_queue());
+            flow.observed.recv_queue = recv_queue;
+            flow.observed.send_queue = send_queue;
+        }
+    }
+
+    /// Flows alive now.
+    pub fn live_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Timer-wheel entries (stale ones included), for diagnostics.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+}
+
+/// Whether a state is past the handshake (a FIN may have been exchanged).
+fn was_synchronized(state: tcp::State) -> bool {
+    !matches!(
+        state,
+        tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
+    )
+}
+
+/// Whether going to CLOSED from `state` means a reset or a timeout rather
+/// than the end of an orderly close.
+fn ended_abnormally(state: tcp::State) -> bool {
+    !matches!(
+        state,
+        tcp::State::LastAck | tcp::State::TimeWait | tcp::State::Closing | tcp::State::Listen
+    )
+}
+
+fn is_rst(packet: &[u8]) -> bool {
+    let version = packet.first().map(|byte| byte >> 4);
+    let offset = match version {
+        Some(4) => packet.first().map(|byte| usize::from(byte & 0x0f) * 4),
+        Some(6) => Some(40),
+        _ => None,
+    };
+    offset
+        .and_then(|offset| packet.get(offset..))
+        .and_then(|tcp| TcpPacket::new_checked(tcp).ok())
+        .is_some_and(|tcp| tcp.rst())
+}
