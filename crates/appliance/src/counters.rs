@@ -149,6 +149,98 @@ impl WorkerTotals {
     }
 }
 
+/// One worker's transparent-TCP counters, published by its engine after
+/// every poll (the engine owns the stack; the control plane only reads).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    flows_live: AtomicU64,
+    flows_created: AtomicU64,
+    flows_freed: AtomicU64,
+    flows_refused: AtomicU64,
+    sessions_opened: AtomicU64,
+    sessions_live: AtomicU64,
+    server_refused: AtomicU64,
+    server_timed_out: AtomicU64,
+    resets: AtomicU64,
+    bytes_client_to_server: AtomicU64,
+    bytes_server_to_client: AtomicU64,
+    memory_per_flow: AtomicU64,
+}
+
+/// A reading of [`TcpStats`] (summed over workers in a [`Report`]).
+/// `flows_live` and `sessions_live` return to 0 once every connection has
+/// closed (TIME-WAIT included): anything else is a leak.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TcpTotals {
+    pub flows_live: u64,
+    pub flows_created: u64,
+    pub flows_freed: u64,
+    pub flows_refused: u64,
+    pub sessions_opened: u64,
+    pub sessions_live: u64,
+    pub server_refused: u64,
+    pub server_timed_out: u64,
+    pub resets: u64,
+    pub bytes_client_to_server: u64,
+    pub bytes_server_to_client: u64,
+    /// Bytes one flow costs (buffers, socket, table entries); an
+    /// intercepted connection has two flows.
+    pub memory_per_flow: u64,
+}
+
+impl TcpStats {
+    pub fn publish(&self, totals: &TcpTotals) {
+        let store = |cell: &AtomicU64, value: u64| cell.store(value, Ordering::Relaxed);
+        store(&self.flows_live, totals.flows_live);
+        store(&self.flows_created, totals.flows_created);
+        store(&self.flows_freed, totals.flows_freed);
+        store(&self.flows_refused, totals.flows_refused);
+        store(&self.sessions_opened, totals.sessions_opened);
+        store(&self.sessions_live, totals.sessions_live);
+        store(&self.server_refused, totals.server_refused);
+        store(&self.server_timed_out, totals.server_timed_out);
+        store(&self.resets, totals.resets);
+        store(&self.bytes_client_to_server, totals.bytes_client_to_server);
+        store(&self.bytes_server_to_client, totals.bytes_server_to_client);
+        store(&self.memory_per_flow, totals.memory_per_flow);
+    }
+
+    pub fn totals(&self) -> TcpTotals {
+        let load = |cell: &AtomicU64| cell.load(Ordering::Relaxed);
+        TcpTotals {
+            flows_live: load(&self.flows_live),
+            flows_created: load(&self.flows_created),
+            flows_freed: load(&self.flows_freed),
+            flows_refused: load(&self.flows_refused),
+            sessions_opened: load(&self.sessions_opened),
+            sessions_live: load(&self.sessions_live),
+            server_refused: load(&self.server_refused),
+            server_timed_out: load(&self.server_timed_out),
+            resets: load(&self.resets),
+            bytes_client_to_server: load(&self.bytes_client_to_server),
+            bytes_server_to_client: load(&self.bytes_server_to_client),
+            memory_per_flow: load(&self.memory_per_flow),
+        }
+    }
+}
+
+impl std::ops::AddAssign for TcpTotals {
+    fn add_assign(&mut self, other: TcpTotals) {
+        self.flows_live += other.flows_live;
+        self.flows_created += other.flows_created;
+        self.flows_freed += other.flows_freed;
+        self.flows_refused += other.flows_refused;
+        self.sessions_opened += other.sessions_opened;
+        self.sessions_live += other.sessions_live;
+        self.server_refused += other.server_refused;
+        self.server_timed_out += other.server_timed_out;
+        self.resets += other.resets;
+        self.bytes_client_to_server += other.bytes_client_to_server;
+        self.bytes_server_to_client += other.bytes_server_to_client;
+        self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
+    }
+}
+
 /// A port's counters in a report: the engine's view and the driver's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortReport {
@@ -164,6 +256,7 @@ pub struct PortReport {
 pub struct Report {
     pub ports: Vec<PortReport>,
     pub workers: Vec<WorkerTotals>,
+    pub tcp: TcpTotals,
 }
 
 impl fmt::Display for Report {
@@ -181,6 +274,24 @@ impl fmt::Display for Report {
                 port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
             )?;
         }
+        let tcp = &self.tcp;
+        writeln!(
+            f,
+            "tcp: {} flows live ({} created, {} freed, {} refused; {} B each), {} sessions live of {} opened; \
+             server refused {}, server silent {}, resets {}; {} B client->server, {} B server->client",
+            tcp.flows_live,
+            tcp.flows_created,
+            tcp.flows_freed,
+            tcp.flows_refused,
+            tcp.memory_per_flow,
+            tcp.sessions_live,
+            tcp.sessions_opened,
+            tcp.server_refused,
+            tcp.server_timed_out,
+            tcp.resets,
+            tcp.bytes_client_to_server,
+            tcp.bytes_server_to_client
+        )?;
         for (index, worker) in self.workers.iter().enumerate() {
             writeln!(
                 f,

@@ -9,8 +9,8 @@ use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
 use thiserror::Error;
 
 use crate::config::{Config, Device};
-use crate::counters::{PortReport, PortStats, PortTotals, Report, WorkerStats};
-use crate::engine::{Engine, InterceptPolicy, Side};
+use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats};
+use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, TimedPoller};
 
 /// Why the data plane could not start.
@@ -36,7 +36,7 @@ pub struct Dataplane {
 
 struct WorkerSlot {
     queues: Option<[EthQueue; 2]>,
-    ports: [Arc<PortStats>; 2],
+    engine: EngineStats,
     stats: Arc<WorkerStats>,
 }
 
@@ -68,7 +68,7 @@ impl Dataplane {
             .map(|queue| {
                 Ok(WorkerSlot {
                     queues: Some([client_dev.queue(queue)?, server_dev.queue(queue)?]),
-                    ports: [Arc::default(), Arc::default()],
+                    engine: EngineStats::default(),
                     stats: Arc::default(),
                 })
             })
@@ -91,7 +91,7 @@ impl Dataplane {
         let engine = Engine::new(
             client,
             server,
-            slot.ports.clone(),
+            slot.engine.clone(),
             self.burst_size,
             &self.policy,
             netstack::Instant::ZERO,
@@ -118,7 +118,7 @@ impl Dataplane {
                 let Some([client, server]) = slot.queues.take() else {
                     continue;
                 };
-                let ports = slot.ports.clone();
+                let engine_stats = slot.engine.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
                 let policy = policy.clone();
@@ -130,7 +130,7 @@ impl Dataplane {
                             tracing::warn!("worker {index}: {err}");
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
-                        let mut engine = Engine::new(client, server, ports, burst_size, &policy, poller.now());
+                        let mut engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());
                         run_worker(&mut engine, &mut poller, stop);
                     });
                 match handle {
@@ -167,7 +167,7 @@ impl Dataplane {
                 let (device, dev) = &self.devices[side.index()];
                 let mut totals = PortTotals::default();
                 for slot in &self.workers {
-                    totals += slot.ports[side.index()].totals();
+                    totals += slot.engine.ports[side.index()].totals();
                 }
                 PortReport {
                     role: match side {
@@ -183,6 +183,10 @@ impl Dataplane {
         Report {
             ports,
             workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
+            tcp: self.workers.iter().fold(TcpTotals::default(), |mut sum, slot| {
+                sum += slot.engine.tcp.totals();
+                sum
+            }),
         }
     }
 }

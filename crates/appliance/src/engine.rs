@@ -11,7 +11,7 @@ use dpdk::{PacketBuf, Port};
 use netstack::{Instant, OutFrame, Stack, StackConfig};
 
 use crate::config::{Config, InterceptMode};
-use crate::counters::PortStats;
+use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::splice::Splicer;
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
@@ -60,6 +60,14 @@ impl InterceptPolicy {
     }
 }
 
+/// The counters one engine writes: per port, and of its TCP stack.
+#[derive(Debug, Default, Clone)]
+pub struct EngineStats {
+    /// Client port first.
+    pub ports: [Arc<PortStats>; 2],
+    pub tcp: Arc<TcpStats>,
+}
+
 /// One worker's share of the appliance: a queue pair on each port, and the
 /// TCP stack and sessions of the connections that land on this worker.
 pub struct Engine<P: Port> {
@@ -72,22 +80,22 @@ pub struct Engine<P: Port> {
     splicer: Splicer,
     stack_output: Vec<OutFrame>,
     outgoing: [Vec<P::Buf>; 2],
+    tcp_stats: Arc<TcpStats>,
 }
 
 impl<P: Port> Engine<P> {
-    /// An engine between `client` and `server`, counting into `stats`
-    /// (client first).
+    /// An engine between `client` and `server`, counting into `stats`.
     pub fn new(
         client: P,
         server: P,
-        stats: [Arc<PortStats>; 2],
+        stats: EngineStats,
         burst_size: usize,
         policy: &InterceptPolicy,
         now: Instant,
     ) -> Self {
         Engine {
             ports: [client, server],
-            stats,
+            stats: stats.ports,
             burst_size: burst_size.max(1),
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
@@ -95,6 +103,7 @@ impl<P: Port> Engine<P> {
             splicer: Splicer::new(policy.hold_synack),
             stack_output: Vec::new(),
             outgoing: [Vec::new(), Vec::new()],
+            tcp_stats: stats.tcp,
         }
     }
 
@@ -107,7 +116,27 @@ impl<P: Port> Engine<P> {
         self.stack.flush(now);
         self.splicer.handle_events(&mut self.stack);
         self.send_stack_output();
+        self.tcp_stats.publish(&self.tcp_totals());
         received
+    }
+
+    fn tcp_totals(&self) -> TcpTotals {
+        let stack = self.stack.counters();
+        let splice = self.splicer.counters();
+        TcpTotals {
+            flows_live: stack.flows_live,
+            flows_created: stack.flows_created,
+            flows_freed: stack.flows_freed,
+            flows_refused: stack.flows_refused,
+            sessions_opened: splice.sessions_opened,
+            sessions_live: splice.sessions_live,
+            server_refused: splice.server_refused,
+            server_timed_out: splice.server_timed_out,
+            resets: splice.resets,
+            bytes_client_to_server: splice.bytes_client_to_server,
+            bytes_server_to_client: splice.bytes_server_to_client,
+            memory_per_flow: self.stack.memory_per_flow() as u64,
+        }
     }
 
     pub fn port(&self, side: Side) -> &P {
@@ -245,10 +274,10 @@ mod tests {
     use super::*;
     use dpdk::{MemPort, MemPortControl};
 
-    fn bridge(burst: usize) -> (Engine<MemPort>, MemPortControl, MemPortControl, [Arc<PortStats>; 2]) {
+    fn bridge(burst: usize) -> (Engine<MemPort>, MemPortControl, MemPortControl, EngineStats) {
         let (client, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
         let (server, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
-        let stats = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let stats = EngineStats::default();
         (
             Engine::new(
                 client,
@@ -296,7 +325,7 @@ mod tests {
         while bridge.poll(Instant::ZERO) > 0 {}
         assert_eq!(server.take_transmitted(), from_client);
         assert_eq!(client.take_transmitted(), from_server);
-        let (c, s) = (stats[0].totals(), stats[1].totals());
+        let (c, s) = (stats.ports[0].totals(), stats.ports[1].totals());
         assert_eq!((c.rx, c.bridged, c.dropped, c.malformed, c.tx), (10, 10, 0, 0, 3));
         assert_eq!((s.rx, s.bridged, s.dropped, s.malformed, s.tx), (3, 3, 0, 0, 10));
     }
@@ -313,7 +342,7 @@ mod tests {
         client.inject(bad_checksum.clone());
         while bridge.poll(Instant::ZERO) > 0 {}
         assert_eq!(server.take_transmitted(), vec![good, bad_checksum]);
-        let c = stats[0].totals();
+        let c = stats.ports[0].totals();
         assert_eq!((c.rx, c.bridged, c.dropped, c.malformed), (4, 2, 2, 3));
     }
 
@@ -324,7 +353,7 @@ mod tests {
         (0..8).for_each(|i| client.inject(frame(i, 64)));
         assert_eq!(bridge.poll(Instant::ZERO), 8);
         assert!(server.take_transmitted().is_empty());
-        let c = stats[0].totals();
+        let c = stats.ports[0].totals();
         assert_eq!((c.rx, c.bridged, c.dropped), (8, 0, 8));
 
         // A ring that takes 3 per burst still delivers everything, in order.
@@ -333,9 +362,9 @@ mod tests {
         frames.iter().cloned().for_each(|f| client.inject(f));
         bridge.poll(Instant::ZERO);
         assert_eq!(server.take_transmitted(), frames);
-        let c = stats[0].totals();
+        let c = stats.ports[0].totals();
         assert_eq!((c.rx, c.bridged, c.dropped), (16, 8, 8));
-        assert_eq!(stats[1].totals().tx, 8);
+        assert_eq!(stats.ports[1].totals().tx, 8);
     }
 
     #[test]

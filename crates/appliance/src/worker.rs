@@ -111,10 +111,8 @@ fn nanos(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::PortStats;
-    use crate::engine::InterceptPolicy;
+    use crate::engine::{EngineStats, InterceptPolicy};
     use dpdk::MemPort;
-    use std::sync::Arc;
 
     #[test]
     fn backoff_spins_then_sleeps_longer_up_to_the_cap_and_resets_on_traffic() {
@@ -141,11 +139,10 @@ mod tests {
     fn idle_worker_sleeps_and_reports_mostly_idle_time() {
         let (client, _client_ctl) = MemPort::new("c", [0; 6]);
         let (server, _server_ctl) = MemPort::new("s", [0; 6]);
-        let ports = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
         let mut engine = Engine::new(
             client,
             server,
-            ports,
+            EngineStats::default(),
             32,
             &InterceptPolicy::default(),
             netstack::Instant::ZERO,

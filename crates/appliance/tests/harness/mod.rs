@@ -5,10 +5,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use appliance::counters::{PortStats, PortTotals};
-use appliance::engine::{Engine, InterceptPolicy};
+use appliance::counters::PortTotals;
+use appliance::engine::{Engine, EngineStats, InterceptPolicy};
 use dpdk::{MemPort, MemPortControl};
 use netstack::{Instant, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -184,7 +183,7 @@ pub struct Lab {
     pub engine: Engine<MemPort>,
     pub client_port: MemPortControl,
     pub server_port: MemPortControl,
-    pub stats: [Arc<PortStats>; 2],
+    pub stats: EngineStats,
     /// client → appliance, appliance → server, server → appliance, appliance → client.
     pub links: [Link; 4],
     /// When false, frames the appliance sends to the server vanish (a
@@ -210,7 +209,7 @@ impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
         let (client_port, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
-        let stats = [Arc::new(PortStats::default()), Arc::new(PortStats::default())];
+        let stats = EngineStats::default();
         let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
         Lab {
             now: Instant::ZERO,
@@ -263,7 +262,7 @@ impl Lab {
     }
 
     pub fn totals(&self, port: usize) -> PortTotals {
-        self.stats[port].totals()
+        self.stats.ports[port].totals()
     }
 }
 
