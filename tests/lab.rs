@@ -1,6 +1,8 @@
-//! The namespace lab (scripts/lab-up.sh): `tlsgate run` bridges two veth
-//! pairs through DPDK's af_packet driver while real Linux hosts ping, send
-//! UDP and move 50 MB over TCP through it. Needs root; run by
+//! The namespace lab (scripts/lab-up.sh): `tlsgate run` between two veth
+//! pairs through DPDK's af_packet driver, with real Linux hosts on both
+//! sides: the plain bridge (ping, UDP, 50 MB over TCP) and the transparent
+//! TCP splice (parallel byte-exact transfers over IPv4 and IPv6, terminated
+//! connections seen in captures, refused and unreachable servers). Needs root; run by
 //! scripts/test.sh. The lab is torn down even when a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -73,13 +75,13 @@ struct Appliance {
 }
 
 impl Appliance {
-    fn start(lab: &Lab, scratch: &Scratch) -> Appliance {
+    fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
         let report = scratch.path("report.json");
         let mut child = lab
             .cmd(GW, env!("CARGO_BIN_EXE_tlsgate"))
             .arg("run")
             .arg("--config")
-            .arg(repo().join("configs/lab.toml"))
+            .arg(config)
             .arg("--report-json")
             .arg(&report)
             .stdout(Stdio::piped())
@@ -221,7 +223,7 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
         "the lab must not bridge by itself"
     );
 
-    let appliance = Appliance::start(&lab, &scratch);
+    let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
 
     lab.ok(CLI, "ping", &["-c", "3", "-i", "0.2", "-W", "2", SRV_V4]);
     lab.ok(CLI, "ping", &["-6", "-c", "3", "-i", "0.2", "-W", "2", SRV_V6]);
@@ -284,4 +286,235 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
         worker["busy_ns"].as_u64().unwrap() > 0 && worker["idle_ns"].as_u64().unwrap() > 0,
         "{report}"
     );
+}
+
+/// lab.toml plus interception of `ports` in splice mode.
+fn splice_config(scratch: &Scratch, ports: &[u16]) -> PathBuf {
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    config.push_str(&format!(
+        "\n[intercept]\ntcp_ports = [{}]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n",
+        list.join(", ")
+    ));
+    let path = scratch.path("splice.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+fn traffic(lab: &Lab, namespace: &str, args: &[&str]) -> std::process::Output {
+    output(
+        lab.cmd(namespace, "python3")
+            .arg(repo().join("tests/lab/traffic.py"))
+            .args(args),
+    )
+}
+
+/// Sizes cycled by the 50 jobs of one run: mostly 1-5 MB, one 50 MB upload
+/// and one 50 MB download.
+const SIZES: &str = "1M,2M,1M,5M,1M,1M,2M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,50M";
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("splice-bulk");
+    let appliance = Appliance::start(&lab, &scratch, &splice_config(&scratch, &[5001]));
+    let mut server = lab
+        .cmd(SRV, "python3")
+        .arg(repo().join("tests/lab/traffic.py"))
+        .args(["serve", "--port", "5001"])
+        .spawn()
+        .expect("traffic server");
+    std::thread::sleep(Duration::from_millis(500));
+    for host in [SRV_V4, SRV_V6] {
+        let result = traffic(
+            &lab,
+            CLI,
+            &[
+                "run",
+                "--host",
+                host,
+                "--port",
+                "5001",
+                "--jobs",
+                "50",
+                "--sizes",
+                SIZES,
+                "--timeout",
+                "120",
+            ],
+        );
+        assert!(
+            result.status.success(),
+            "transfers to {host}: {}{}",
+            text(&result.stdout),
+            text(&result.stderr)
+        );
+        assert!(text(&result.stdout).contains("\"ok\": 50"), "{}", text(&result.stdout));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    // Let the appliance's legs finish TIME-WAIT (10 s) so a leak would show.
+    std::thread::sleep(Duration::from_secs(12));
+    let (status, report, printed) = appliance.stop();
+    assert!(status.success(), "{printed}");
+    let tcp = &report["tcp"];
+    assert_eq!(tcp["sessions_opened"], 100, "every connection was spliced: {report}");
+    assert_eq!(tcp["flows_live"], 0, "no flow leaked: {report}");
+    assert_eq!(tcp["sessions_live"], 0, "no session leaked: {report}");
+    assert_eq!(tcp["flows_created"], tcp["flows_freed"], "{report}");
+    assert!(tcp["bytes_client_to_server"].as_u64().unwrap() > 100 << 20, "{report}");
+    assert!(tcp["bytes_server_to_client"].as_u64().unwrap() > 100 << 20, "{report}");
+    for port in [&report["ports"][0], &report["ports"][1]] {
+        assert!(port["intercepted"].as_u64().unwrap() > 50_000, "{report}");
+        assert_eq!(port["malformed"], 0, "{report}");
+    }
+}
+
+/// The first SYN (without ACK) in a capture: MACs, addresses, ports, ISN.
+fn first_syn(capture: &Path) -> (Vec<u8>, Vec<u8>, u16, u16, u32) {
+    for frame in common::read_pcap(capture) {
+        // Ethernet II, IPv4 (no VLAN in the lab).
+        if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        let tcp = &frame[14 + ihl..];
+        let flags = tcp[13];
+        if flags & 0x02 != 0 && flags & 0x10 == 0 {
+            let port = |at: usize| u16::from_be_bytes([tcp[at], tcp[at + 1]]);
+            let addresses = frame[26..34].to_vec();
+            return (
+                frame[0..12].to_vec(),
+                addresses,
+                port(0),
+                port(2),
+                u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            );
+        }
+    }
+    panic!("no SYN in {}", capture.display());
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn spliced_connection_is_terminated_yet_keeps_the_clients_identity() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("splice-capture");
+    let appliance = Appliance::start(&lab, &scratch, &splice_config(&scratch, &[5001]));
+    let client_capture = scratch.path("client.pcap");
+    let server_capture = scratch.path("server.pcap");
+    let mut captures: Vec<Child> = [(CLI, "cli0", &client_capture), (SRV, "srv0", &server_capture)]
+        .into_iter()
+        .map(|(ns, interface, file)| {
+            lab.cmd(ns, "tcpdump")
+                .args(["-i", interface, "-U", "-w"])
+                .arg(file)
+                .args(["tcp port 5001"])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tcpdump")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut server = lab
+        .cmd(SRV, "python3")
+        .arg(repo().join("tests/lab/traffic.py"))
+        .args(["serve", "--port", "5001"])
+        .spawn()
+        .expect("server");
+    std::thread::sleep(Duration::from_millis(500));
+    let result = traffic(
+        &lab,
+        CLI,
+        &[
+            "run", "--host", SRV_V4, "--port", "5001", "--jobs", "1", "--sizes", "100K",
+        ],
+    );
+    assert!(result.status.success(), "{}", text(&result.stdout));
+    std::thread::sleep(Duration::from_millis(500));
+    for capture in &mut captures {
+        let _ = Command::new("kill").args(["-INT", &capture.id().to_string()]).status();
+        let _ = capture.wait();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    assert_eq!(report["tcp"]["sessions_opened"], 1, "{report}");
+
+    let (client_macs, client_ips, client_sport, client_dport, client_isn) = first_syn(&client_capture);
+    let (server_macs, server_ips, server_sport, server_dport, server_isn) = first_syn(&server_capture);
+    // The server sees the client's MACs, addresses and ports...
+    assert_eq!(client_macs, server_macs);
+    assert_eq!(client_ips, server_ips);
+    assert_eq!((client_sport, client_dport), (server_sport, server_dport));
+    // ...on a connection the appliance opened itself: its own initial sequence number.
+    assert_ne!(
+        client_isn, server_isn,
+        "the server must see the appliance's SYN, not the client's"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn refused_and_unreachable_servers_look_as_they_would_without_the_appliance() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("splice-failures");
+    let appliance = Appliance::start(&lab, &scratch, &splice_config(&scratch, &[5002, 5003]));
+
+    // Nothing listens on 5002 at the server: the client is refused, at once.
+    let started = Instant::now();
+    let refused =
+        output(
+            lab.cmd(CLI, "socat")
+                .args(["-u", "OPEN:/dev/null", "TCP4:198.18.0.2:5002,connect-timeout=5"]),
+        );
+    let took = started.elapsed();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("Connection refused"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(took < Duration::from_secs(2), "refusal took {took:?}");
+
+    // A host that does not answer at all (the frames reach the server
+    // machine, which is not 198.18.0.3 and drops them): the client gets
+    // silence, then its own connect timeout, never a handshake.
+    lab.ok(
+        CLI,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "198.18.0.3",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "cli0",
+        ],
+    );
+    let started = Instant::now();
+    let silent = output(
+        lab.cmd(CLI, "socat")
+            .args(["-u", "OPEN:/dev/null", "TCP4:198.18.0.3:5003,connect-timeout=2"]),
+    );
+    let took = started.elapsed();
+    assert!(!silent.status.success());
+    let stderr = text(&silent.stderr);
+    assert!(
+        stderr.contains("timed out") || stderr.contains("Operation now in progress"),
+        "{stderr}"
+    );
+    assert!(took >= Duration::from_secs(2), "failed after {took:?}: {stderr}");
+
+    // The appliance gives up on the silent server by itself (tcp.timeout_ms = 3 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    let tcp = &report["tcp"];
+    assert_eq!(tcp["server_refused"], 1, "{report}");
+    assert!(tcp["server_timed_out"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(tcp["sessions_live"], 0, "{report}");
 }
