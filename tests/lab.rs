@@ -509,6 +509,38 @@ fn refused_and_unreachable_servers_look_as_they_would_without_the_appliance() {
     );
     assert!(took >= Duration::from_secs(2), "failed after {took:?}: {stderr}");
 
+    // A router on the server side answers with ICMP host unreachable: the
+    // client hears of it at once, as it would without the appliance.
+    lab.ok(SRV, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    lab.ok(SRV, "ip", &["route", "add", "unreachable", "198.18.0.4/32"]);
+    lab.ok(
+        CLI,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "198.18.0.4",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "cli0",
+        ],
+    );
+    let started = Instant::now();
+    let unreachable =
+        output(
+            lab.cmd(CLI, "socat")
+                .args(["-u", "OPEN:/dev/null", "TCP4:198.18.0.4:5003,connect-timeout=10"]),
+        );
+    let took = started.elapsed();
+    assert!(!unreachable.status.success());
+    assert!(
+        text(&unreachable.stderr).contains("No route to host"),
+        "{}",
+        text(&unreachable.stderr)
+    );
+    assert!(took < Duration::from_secs(2), "the unreachable error took {took:?}");
+
     // The appliance gives up on the silent server by itself (tcp.timeout_ms = 3 s).
     std::thread::sleep(Duration::from_secs(5));
     let (status, report, _) = appliance.stop();
@@ -516,5 +548,6 @@ fn refused_and_unreachable_servers_look_as_they_would_without_the_appliance() {
     let tcp = &report["tcp"];
     assert_eq!(tcp["server_refused"], 1, "{report}");
     assert!(tcp["server_timed_out"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(tcp["server_unreachable"], 1, "{report}");
     assert_eq!(tcp["sessions_live"], 0, "{report}");
 }

@@ -161,6 +161,7 @@ pub struct TcpStats {
     sessions_live: AtomicU64,
     server_refused: AtomicU64,
     server_timed_out: AtomicU64,
+    server_unreachable: AtomicU64,
     resets: AtomicU64,
     bytes_client_to_server: AtomicU64,
     bytes_server_to_client: AtomicU64,
@@ -180,6 +181,7 @@ pub struct TcpTotals {
     pub sessions_live: u64,
     pub server_refused: u64,
     pub server_timed_out: u64,
+    pub server_unreachable: u64,
     pub resets: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
@@ -199,6 +201,7 @@ impl TcpStats {
         store(&self.sessions_live, totals.sessions_live);
         store(&self.server_refused, totals.server_refused);
         store(&self.server_timed_out, totals.server_timed_out);
+        store(&self.server_unreachable, totals.server_unreachable);
         store(&self.resets, totals.resets);
         store(&self.bytes_client_to_server, totals.bytes_client_to_server);
         store(&self.bytes_server_to_client, totals.bytes_server_to_client);
@@ -216,6 +219,7 @@ impl TcpStats {
             sessions_live: load(&self.sessions_live),
             server_refused: load(&self.server_refused),
             server_timed_out: load(&self.server_timed_out),
+            server_unreachable: load(&self.server_unreachable),
             resets: load(&self.resets),
             bytes_client_to_server: load(&self.bytes_client_to_server),
             bytes_server_to_client: load(&self.bytes_server_to_client),
@@ -234,6 +238,7 @@ impl std::ops::AddAssign for TcpTotals {
         self.sessions_live += other.sessions_live;
         self.server_refused += other.server_refused;
         self.server_timed_out += other.server_timed_out;
+        self.server_unreachable += other.server_unreachable;
         self.resets += other.resets;
         self.bytes_client_to_server += other.bytes_client_to_server;
         self.bytes_server_to_client += other.bytes_server_to_client;
@@ -278,7 +283,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "tcp: {} flows live ({} created, {} freed, {} refused; {} B each), {} sessions live of {} opened; \
-             server refused {}, server silent {}, resets {}; {} B client->server, {} B server->client",
+             server refused {}, silent {}, unreachable {}, resets {}; {} B client->server, {} B server->client",
             tcp.flows_live,
             tcp.flows_created,
             tcp.flows_freed,
@@ -288,6 +293,7 @@ impl fmt::Display for Report {
             tcp.sessions_opened,
             tcp.server_refused,
             tcp.server_timed_out,
+            tcp.server_unreachable,
             tcp.resets,
             tcp.bytes_client_to_server,
             tcp.bytes_server_to_client

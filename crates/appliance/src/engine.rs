@@ -132,6 +132,7 @@ impl<P: Port> Engine<P> {
             sessions_live: splice.sessions_live,
             server_refused: splice.server_refused,
             server_timed_out: splice.server_timed_out,
+            server_unreachable: splice.server_unreachable,
             resets: splice.resets,
             bytes_client_to_server: splice.bytes_client_to_server,
             bytes_server_to_client: splice.bytes_server_to_client,
@@ -172,9 +173,8 @@ impl<P: Port> Engine<P> {
         let stack = &mut self.stack;
         let splicer = &mut self.splicer;
         let intercept_ports = &self.intercept_ports;
-        frames.retain(|frame| {
-            let data = frame.data();
-            let class = match wire::classify(data) {
+        frames.retain_mut(|frame| {
+            let class = match wire::classify(frame.data()) {
                 Err(_) => {
                     runts += 1;
                     return false;
@@ -185,11 +185,16 @@ impl<P: Port> Engine<P> {
                 malformed += 1;
                 return true;
             }
-            let Some((tuple, info)) = class.tcp() else { return true };
+            let Some((tuple, info)) = class.tcp() else {
+                if from == Side::Server {
+                    pass_on_unreachable(stack, splicer, frame.data_mut(), &class);
+                }
+                return true;
+            };
             if let Some(flow) = stack.lookup(ingress, tuple) {
                 // Delivered to the stack; a segment it cannot parse is
                 // dropped there like any host would.
-                let _ = stack.ingress(flow, data, &class, now);
+                let _ = stack.ingress(flow, frame.data(), &class, now);
                 intercepted += 1;
                 return false;
             }
@@ -199,7 +204,7 @@ impl<P: Port> Engine<P> {
                 && !info.flags.rst
                 && class.is_tcp_candidate()
                 && intercept_ports.contains(&tuple.dst_port);
-            if opens && splicer.open(stack, data, &class, now).is_ok() {
+            if opens && splicer.open(stack, frame.data(), &class, now).is_ok() {
                 intercepted += 1;
                 return false;
             }
@@ -254,6 +259,22 @@ impl<P: Port> Engine<P> {
             self.stats[index].add_tx(total as u64 - unsent as u64);
             self.stats[index].add_generated_dropped(unsent as u64);
         }
+    }
+}
+
+/// An ICMP destination unreachable about the SYN of a server leg that is
+/// still connecting ends that session, and goes on to the client quoting the
+/// client's own sequence number (so its kernel accepts it); any other ICMP
+/// error is bridged as it is.
+fn pass_on_unreachable(stack: &mut Stack, splicer: &mut Splicer, frame: &mut [u8], class: &wire::FrameClass) {
+    let Some(quote) = wire::icmp::quoted_tcp(frame, class) else {
+        return;
+    };
+    let Some(server_leg) = stack.lookup(Side::Server.index(), &quote.tuple.reversed()) else {
+        return;
+    };
+    if let Some(client_isn) = splicer.server_unreachable(stack, server_leg) {
+        wire::icmp::rewrite_quoted_seq(frame, class, &quote, client_isn);
     }
 }
 

@@ -22,6 +22,8 @@ enum Leg {
 struct Session {
     client: Option<FlowId>,
     server: Option<FlowId>,
+    /// The initial sequence number of the client's SYN.
+    client_isn: u32,
     /// The server accepted and the client's SYN-ACK was released.
     established: bool,
     /// The server leg failed before it was established; the client leg
@@ -39,6 +41,7 @@ pub struct SpliceCounters {
     pub sessions_live: u64,
     pub server_refused: u64,
     pub server_timed_out: u64,
+    pub server_unreachable: u64,
     pub resets: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
@@ -83,7 +86,7 @@ impl Splicer {
         class: &FrameClass,
         now: Instant,
     ) -> Result<(), StackError> {
-        let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
+        let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
         let client = stack.accept(
@@ -110,6 +113,7 @@ impl Splicer {
         entry.insert(Session {
             client: Some(client),
             server: Some(server),
+            client_isn: info.seq_number,
             established: !self.hold_synack,
             failed: false,
             fin_to_client: false,
@@ -118,6 +122,26 @@ impl Splicer {
         self.counters.sessions_opened += 1;
         self.counters.sessions_live += 1;
         Ok(())
+    }
+
+    /// An ICMP destination-unreachable error arrived about the SYN of the
+    /// server leg `server`. If that leg is still connecting, the session
+    /// ends silently on both legs and the client's ISN is returned: the
+    /// caller passes the error on to the client quoting that number, so the
+    /// client learns of it exactly as it would without the appliance.
+    pub fn server_unreachable(&mut self, stack: &mut Stack, server: FlowId) -> Option<u32> {
+        let (index, leg) = session_of(stack.owner(server).ok()?);
+        let session = self.sessions.get_mut(index)?;
+        if leg != Leg::Server || session.server != Some(server) || session.established || session.failed {
+            return None;
+        }
+        session.failed = true;
+        self.counters.server_unreachable += 1;
+        stack.discard(server);
+        if let Some(client) = session.client {
+            stack.discard(client);
+        }
+        Some(session.client_isn)
     }
 
     /// Reacts to every pending event of the stack.

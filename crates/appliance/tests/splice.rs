@@ -7,7 +7,7 @@ mod harness;
 use harness::{exchange, pattern, policy, v4, v6, Lab, CLIENT_V4, SERVER_V4, SERVER_V6};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
-use smoltcp::wire::{EthernetFrame, IpEndpoint, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpEndpoint, Ipv4Packet, TcpPacket};
 
 const PORT: u16 = 443;
 
@@ -389,4 +389,49 @@ fn other_ports_are_bridged_untouched() {
     assert_eq!(lab.engine.stack().counters().flows_created, 0);
     assert_eq!(lab.totals(0).intercepted, 0);
     assert!(lab.totals(0).bridged > 50);
+}
+
+#[test]
+fn icmp_unreachable_reaches_the_client_quoting_its_own_sequence_number() {
+    let mut lab = Lab::new(&policy(&[PORT]));
+    let (c, s) = connect(&mut lab, v4(SERVER_V4, PORT), 40_011);
+    close_both(&mut lab, c, s);
+    lab.server_online = false;
+    lab.server_unreachable = true;
+    lab.links[0].log = Some(Vec::new());
+    lab.links[3].log = Some(Vec::new());
+    let client = lab.client.connect(v4(SERVER_V4, PORT), 40_012, 4096);
+    assert!(lab.run_until(100, |lab| lab.engine.splicer().counters().server_unreachable == 1));
+    lab.run_for(10);
+
+    let client_isn = lab.links[0]
+        .log
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|frame| {
+            let eth = EthernetFrame::new_checked(frame.as_slice()).ok()?;
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+            (tcp.syn() && tcp.src_port() == 40_012).then(|| tcp.seq_number())
+        })
+        .expect("the client's SYN");
+    let quoted = lab.links[3]
+        .log
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|frame| {
+            let eth = EthernetFrame::new_checked(frame.as_slice()).ok()?;
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+            assert!(icmp.verify_checksum(), "the rewritten ICMP checksum must verify");
+            let data = icmp.data();
+            (icmp.msg_type() == smoltcp::wire::Icmpv4Message::DstUnreachable)
+                .then(|| smoltcp::wire::TcpSeqNumber(i32::from_be_bytes([data[24], data[25], data[26], data[27]])))
+        })
+        .expect("an ICMP unreachable towards the client");
+    assert_eq!(quoted, client_isn, "the error must quote the client's own SYN");
+    assert_eq!(lab.client.tcp(client).state(), State::SynSent, "no handshake, no RST");
+    assert_no_leaks(&mut lab);
 }

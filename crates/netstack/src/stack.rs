@@ -544,6 +544,11 @@ impl Stack {
         Ok(())
     }
 
+    /// The tag set by the flow's owner.
+    pub fn owner(&self, id: FlowId) -> Result<u64, StackError> {
+        Ok(self.flow(id)?.owner)
+    }
+
     pub fn key(&self, id: FlowId) -> Result<FlowKey, StackError> {
         Ok(self.flow(id)?.key)
     }

@@ -14,6 +14,7 @@
 pub mod classify;
 mod error;
 pub mod ethernet;
+pub mod icmp;
 
 #[cfg(test)]
 mod test_frames;

@@ -189,6 +189,9 @@ pub struct Lab {
     /// When false, frames the appliance sends to the server vanish (a
     /// server that is gone).
     pub server_online: bool,
+    /// When set (and the server is offline), a router on the server side
+    /// answers each IPv4 TCP SYN with an ICMP host unreachable.
+    pub server_unreachable: bool,
 }
 
 pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
@@ -221,6 +224,7 @@ impl Lab {
             stats,
             links: [Link::new(1), Link::new(2), Link::new(3), Link::new(4)],
             server_online: true,
+            server_unreachable: false,
         }
     }
 
@@ -238,6 +242,10 @@ impl Lab {
         let to_server = self.links[1].carry(self.server_port.take_transmitted());
         if self.server_online {
             self.server.device.rx.extend(to_server);
+        } else if self.server_unreachable {
+            for error in to_server.iter().filter_map(|frame| icmp_host_unreachable(frame)) {
+                self.server_port.inject(error);
+            }
         }
         let to_client = self.links[3].carry(self.client_port.take_transmitted());
         self.client.device.rx.extend(to_client);
@@ -302,4 +310,29 @@ pub fn exchange(host: &mut Host, handle: SocketHandle, outgoing: &mut &[u8], inc
         }
         incoming.extend_from_slice(&buf[..read]);
     }
+}
+
+/// What a router answers to an IPv4 TCP SYN it cannot deliver: an ICMP host
+/// unreachable quoting the IP header and the first 8 bytes of the segment.
+pub fn icmp_host_unreachable(frame: &[u8]) -> Option<Vec<u8>> {
+    use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
+    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 || frame[47] & 0x12 != 0x02 {
+        return None;
+    }
+    let mut icmp = vec![3, 1, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&frame[14..14 + 20 + 8]);
+    Icmpv4Packet::new_unchecked(&mut icmp[..]).fill_checksum();
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&SERVER_V4);
+    ip.extend_from_slice(&frame[26..30]);
+    Ipv4Packet::new_unchecked(&mut ip[..]).fill_checksum();
+    // From the router (the server's MAC here) back to the SYN's sender.
+    let mut reply = frame[6..12].to_vec();
+    reply.extend_from_slice(&frame[0..6]);
+    reply.extend_from_slice(&[0x08, 0x00]);
+    reply.extend_from_slice(&ip);
+    reply.extend_from_slice(&icmp);
+    Some(reply)
 }
