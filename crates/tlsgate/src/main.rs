@@ -181,6 +181,23 @@ fn check(config_path: &Path) -> Result<()> {
         dataplane.idle_sleep_max_us
     );
     println!("  EAL arguments: {}", dataplane.eal_args.join(" "));
+    let intercept = &config.intercept;
+    if intercept.tcp_ports.is_empty() {
+        println!("  intercept: nothing (every frame is bridged)");
+    } else {
+        let tcp = &config.tcp;
+        println!(
+            "  intercept: new TCP connections to ports {:?}, mode {:?}; socket buffers {}/{} B, timeout {} ms, \
+             SYN-ACK {} the server accepts, at most {} connections per worker",
+            intercept.tcp_ports,
+            intercept.mode,
+            tcp.rx_buffer,
+            tcp.tx_buffer,
+            tcp.timeout_ms,
+            if tcp.hold_synack { "held until" } else { "sent before" },
+            tcp.max_connections
+        );
+    }
     Ok(())
 }
 
