@@ -140,10 +140,6 @@ impl<P: Port> Engine<P> {
         }
     }
 
-    pub fn port(&self, side: Side) -> &P {
-        &self.ports[side.index()]
-    }
-
     pub fn stack(&self) -> &Stack {
         &self.stack
     }
@@ -296,8 +292,8 @@ mod tests {
     use dpdk::{MemPort, MemPortControl};
 
     fn bridge(burst: usize) -> (Engine<MemPort>, MemPortControl, MemPortControl, EngineStats) {
-        let (client, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
-        let (server, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
+        let (client, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
+        let (server, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
         (
             Engine::new(

@@ -137,8 +137,8 @@ mod tests {
 
     #[test]
     fn idle_worker_sleeps_and_reports_mostly_idle_time() {
-        let (client, _client_ctl) = MemPort::new("c", [0; 6]);
-        let (server, _server_ctl) = MemPort::new("s", [0; 6]);
+        let (client, _client_ctl) = MemPort::new([0; 6]);
+        let (server, _server_ctl) = MemPort::new([0; 6]);
         let mut engine = Engine::new(
             client,
             server,

@@ -135,14 +135,6 @@ impl EthDev {
         }))
     }
 
-    pub fn port_id(&self) -> u16 {
-        self.port_id
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Hands out the queue pair `queue`; each queue can be taken once, since a
     /// DPDK queue must only ever be used by one thread.
     pub fn queue(self: &Arc<Self>, queue: u16) -> Result<EthQueue, DpdkError> {
@@ -226,10 +218,6 @@ pub struct EthQueue {
 
 impl Port for EthQueue {
     type Buf = Mbuf;
-
-    fn name(&self) -> &str {
-        &self.dev.name
-    }
 
     fn mac(&self) -> [u8; 6] {
         self.dev.mac

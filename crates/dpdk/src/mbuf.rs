@@ -32,29 +32,11 @@ impl Mbuf {
         unsafe { dpdk_sys::tg_pktmbuf_nb_segs(self.raw.as_ptr()) }
     }
 
-    /// Total length of the packet over all segments.
-    pub fn packet_len(&self) -> u32 {
-        // SAFETY: self.raw is a valid mbuf we own.
-        unsafe { dpdk_sys::tg_pktmbuf_pkt_len(self.raw.as_ptr()) }
-    }
-
     /// Makes a chained mbuf one contiguous segment. Fails (and leaves the
     /// chain as it was) if the data does not fit in the first segment.
     pub fn linearize(&mut self) -> bool {
         // SAFETY: self.raw is a valid mbuf we own exclusively.
         unsafe { dpdk_sys::tg_pktmbuf_linearize(self.raw.as_ptr()) == 0 }
-    }
-
-    /// Bytes that can still be prepended without reallocation.
-    pub fn headroom(&self) -> usize {
-        // SAFETY: self.raw is a valid mbuf we own.
-        usize::from(unsafe { dpdk_sys::tg_pktmbuf_headroom(self.raw.as_ptr()) })
-    }
-
-    /// Bytes that can still be appended to the last segment.
-    pub fn tailroom(&self) -> usize {
-        // SAFETY: self.raw is a valid mbuf we own.
-        usize::from(unsafe { dpdk_sys::tg_pktmbuf_tailroom(self.raw.as_ptr()) })
     }
 }
 

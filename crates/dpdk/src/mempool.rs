@@ -56,12 +56,6 @@ impl Mempool {
         NonNull::new(raw).map(|raw| unsafe { Mbuf::from_raw(raw) })
     }
 
-    /// Mbufs currently free in the pool (including per-lcore caches).
-    pub fn available(&self) -> u32 {
-        // SAFETY: raw is a live pool; the count is a read-only snapshot.
-        unsafe { dpdk_sys::rte_mempool_avail_count(self.raw.as_ptr()) }
-    }
-
     /// Mbufs currently taken from the pool (by us or by a driver's rings).
     pub fn in_use(&self) -> u32 {
         // SAFETY: as for `available`.

@@ -58,7 +58,6 @@ struct MemPortState {
 /// The port the appliance owns.
 #[derive(Debug)]
 pub struct MemPort {
-    name: String,
     mac: [u8; 6],
     state: Arc<Mutex<MemPortState>>,
 }
@@ -76,7 +75,7 @@ fn lock(state: &Mutex<MemPortState>) -> MutexGuard<'_, MemPortState> {
 }
 
 impl MemPort {
-    pub fn new(name: &str, mac: [u8; 6]) -> (MemPort, MemPortControl) {
+    pub fn new(mac: [u8; 6]) -> (MemPort, MemPortControl) {
         let state = Arc::new(Mutex::new(MemPortState {
             rx: VecDeque::new(),
             tx: Vec::new(),
@@ -88,14 +87,7 @@ impl MemPort {
         let control = MemPortControl {
             state: Arc::clone(&state),
         };
-        (
-            MemPort {
-                name: name.to_owned(),
-                mac,
-                state,
-            },
-            control,
-        )
+        (MemPort { mac, state }, control)
     }
 }
 
@@ -132,10 +124,6 @@ impl MemPortControl {
 
 impl Port for MemPort {
     type Buf = Vec<u8>;
-
-    fn name(&self) -> &str {
-        &self.name
-    }
 
     fn mac(&self) -> [u8; 6] {
         self.mac
@@ -194,7 +182,7 @@ mod tests {
 
     #[test]
     fn frames_flow_through_and_counters_count() {
-        let (mut port, control) = MemPort::new("mem0", [2, 0, 0, 0, 0, 9]);
+        let (mut port, control) = MemPort::new([2, 0, 0, 0, 0, 9]);
         control.inject(vec![1; 60]);
         control.inject(vec![2; 70]);
         let mut rx = Vec::new();
@@ -211,7 +199,7 @@ mod tests {
 
     #[test]
     fn partial_transmit_keeps_the_tail_in_order() {
-        let (mut port, control) = MemPort::new("mem0", [0; 6]);
+        let (mut port, control) = MemPort::new([0; 6]);
         control.set_tx_burst_limit(Some(2));
         let mut frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i]).collect();
         assert_eq!(port.tx_burst(&mut frames), 2);
@@ -221,7 +209,7 @@ mod tests {
 
     #[test]
     fn alloc_limit_and_link_state() {
-        let (mut port, control) = MemPort::new("mem0", [0; 6]);
+        let (mut port, control) = MemPort::new([0; 6]);
         control.set_alloc_limit(Some(1));
         assert!(port.alloc().is_some());
         assert!(port.alloc().is_none());

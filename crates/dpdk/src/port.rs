@@ -43,8 +43,6 @@ pub struct PortCounters {
 pub trait Port {
     type Buf: PacketBuf;
 
-    /// The name the operator configured the port under.
-    fn name(&self) -> &str;
     fn mac(&self) -> [u8; 6];
     fn link(&self) -> LinkState;
     fn counters(&self) -> PortCounters;

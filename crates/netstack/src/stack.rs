@@ -80,7 +80,8 @@ pub enum EventKind {
     Readable,
     /// Transmit buffer space was freed.
     Writable,
-    /// The peer sent FIN: after the queued bytes, nothing more will come.
+    /// The peer's FIN arrived: after the bytes already queued, nothing
+    /// more will come (see [`Stack::peer_finished`]).
     PeerClosed,
     /// The peer reset the connection.
     Reset,
@@ -214,10 +215,6 @@ impl Stack {
             counters: StackCounters::default(),
             due: Vec::new(),
         }
-    }
-
-    pub fn config(&self) -> &StackConfig {
-        &self.config
     }
 
     pub fn counters(&self) -> StackCounters {
@@ -471,7 +468,7 @@ impl Stack {
             state: socket.state(),
             recv_queue: socket.recv_queue(),
             send_queue: socket.send_queue(),
-            peer_closed: !socket.may_recv() && was_synchronized(socket.state()),
+            peer_closed: fin_received(socket.state()),
         };
         let before = flow.observed;
         flow.observed = now_observed;
@@ -538,19 +535,9 @@ impl Stack {
         self.free(id);
     }
 
-    /// Tags the flow; the tag comes back in its events.
-    pub fn set_owner(&mut self, id: FlowId, owner: u64) -> Result<(), StackError> {
-        self.flow_mut(id)?.owner = owner;
-        Ok(())
-    }
-
     /// The tag set by the flow's owner.
     pub fn owner(&self, id: FlowId) -> Result<u64, StackError> {
         Ok(self.flow(id)?.owner)
-    }
-
-    pub fn key(&self, id: FlowId) -> Result<FlowKey, StackError> {
-        Ok(self.flow(id)?.key)
     }
 
     pub fn state(&self, id: FlowId) -> Result<tcp::State, StackError> {
@@ -590,16 +577,6 @@ impl Stack {
     /// Bytes waiting to be read.
     pub fn recv_queue(&self, id: FlowId) -> Result<usize, StackError> {
         Ok(self.flow(id)?.socket().recv_queue())
-    }
-
-    /// Free space in the transmit buffer.
-    pub fn send_space(&self, id: FlowId) -> Result<usize, StackError> {
-        let socket = self.flow(id)?.socket();
-        Ok(if socket.may_send() {
-            socket.send_capacity() - socket.send_queue()
-        } else {
-            0
-        })
     }
 
     /// Whether the peer has sent FIN and every byte before it was read.
@@ -688,6 +665,11 @@ fn was_synchronized(state: tcp::State) -> bool {
         state,
         tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
     )
+}
+
+/// Whether the peer's FIN has arrived (it moved the socket to one of these).
+fn fin_received(state: tcp::State) -> bool {
+    matches!(state, tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait)
 }
 
 /// Whether going to CLOSED from `state` means a reset or a timeout rather

@@ -210,8 +210,8 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
 
 impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
-        let (client_port, client_ctl) = MemPort::new("client", [2, 0, 0, 0, 0, 0xc]);
-        let (server_port, server_ctl) = MemPort::new("server", [2, 0, 0, 0, 0, 0x5]);
+        let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
+        let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
         let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
         Lab {

@@ -1,0 +1,212 @@
+//! Two stacks back to back: one opens a connection with a transparent
+//! connect (as 198.18.0.1:50000), the other takes it with a transparent
+//! accept (as 198.18.0.2:80). Shows the sans-IO API end to end: frames and
+//! `now` in, frames and events out, flows freed exactly when smoltcp is done.
+
+use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig, StackError};
+use wire::FlowTuple;
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn tuple() -> FlowTuple {
+    FlowTuple {
+        src_ip: "198.18.0.1".parse().unwrap(),
+        dst_ip: "198.18.0.2".parse().unwrap(),
+        src_port: 50_000,
+        dst_port: 80,
+    }
+}
+
+fn config() -> StackConfig {
+    StackConfig {
+        rx_buffer: 8192,
+        tx_buffer: 8192,
+        timeout: Duration::from_secs(5),
+        max_flows: 4,
+    }
+}
+
+struct Pair {
+    now: Instant,
+    connector: Stack,
+    acceptor: Stack,
+    accepted: Option<FlowId>,
+    events: Vec<(char, Event)>,
+    frames_to_acceptor: Vec<Vec<u8>>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            now: Instant::ZERO,
+            connector: Stack::new(1, config(), Instant::ZERO),
+            acceptor: Stack::new(1, config(), Instant::ZERO),
+            accepted: None,
+            events: Vec::new(),
+            frames_to_acceptor: Vec::new(),
+        }
+    }
+
+    /// Moves frames both ways until quiet, then advances the clock by 1 ms.
+    fn step(&mut self) {
+        for _ in 0..64 {
+            let mut out: Vec<OutFrame> = Vec::new();
+            self.connector.poll_timers(self.now);
+            self.connector.flush(self.now);
+            self.connector.drain_output(&mut out);
+            let to_acceptor = out.len();
+            for frame in out.drain(..) {
+                self.frames_to_acceptor.push(frame.frame.clone());
+                let class = wire::classify(&frame.frame).unwrap();
+                let (tuple, _) = class.tcp().unwrap();
+                match self.acceptor.lookup(0, tuple) {
+                    Some(flow) => self.acceptor.ingress(flow, &frame.frame, &class, self.now).unwrap(),
+                    None => {
+                        self.accepted = Some(
+                            self.acceptor
+                                .accept(0, &frame.frame, &class, false, 7, self.now)
+                                .unwrap(),
+                        )
+                    }
+                }
+            }
+            self.acceptor.poll_timers(self.now);
+            self.acceptor.flush(self.now);
+            self.acceptor.drain_output(&mut out);
+            let to_connector = out.len();
+            for frame in out.drain(..) {
+                // The acceptor answers as the server: the MACs of the SYN, swapped.
+                assert_eq!(&frame.frame[..12], &[CLIENT_MAC, SERVER_MAC].concat()[..]);
+                let class = wire::classify(&frame.frame).unwrap();
+                let (tuple, _) = class.tcp().unwrap();
+                if let Some(flow) = self.connector.lookup(0, tuple) {
+                    self.connector.ingress(flow, &frame.frame, &class, self.now).unwrap();
+                }
+            }
+            while let Some(event) = self.connector.next_event() {
+                self.events.push(('c', event));
+            }
+            while let Some(event) = self.acceptor.next_event() {
+                self.events.push(('a', event));
+            }
+            if to_acceptor == 0 && to_connector == 0 {
+                break;
+            }
+        }
+        self.now += Duration::from_millis(1);
+    }
+
+    fn saw(&self, side: char, kind: EventKind) -> bool {
+        self.events.iter().any(|(s, event)| *s == side && event.kind == kind)
+    }
+}
+
+#[test]
+fn connect_meets_accept_data_flows_both_ways_and_flows_are_freed() {
+    let mut pair = Pair::new();
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    let client = pair.connector.connect(0, &tuple(), l2, 3, pair.now).unwrap();
+    for _ in 0..10 {
+        pair.step();
+    }
+    let server = pair.accepted.expect("accepted");
+    assert!(pair.saw('c', EventKind::Connected) && pair.saw('a', EventKind::Connected));
+    assert!(pair
+        .events
+        .iter()
+        .all(|(side, event)| event.owner == if *side == 'c' { 3 } else { 7 }));
+
+    // The connector's SYN carries the client's identity.
+    let syn = wire::classify(&pair.frames_to_acceptor[0]).unwrap();
+    assert_eq!(syn.tcp().unwrap().0, &tuple());
+    assert_eq!(
+        &pair.frames_to_acceptor[0][..12],
+        &[SERVER_MAC, CLIENT_MAC].concat()[..]
+    );
+
+    assert_eq!(pair.connector.send(client, b"GET / HTTP/1.0\r\n\r\n").unwrap(), 18);
+    pair.step();
+    assert!(pair.saw('a', EventKind::Readable));
+    let mut buf = [0u8; 64];
+    assert_eq!(pair.acceptor.recv_queue(server).unwrap(), 18);
+    let read = pair.acceptor.recv(server, &mut buf).unwrap();
+    assert_eq!(&buf[..read], b"GET / HTTP/1.0\r\n\r\n");
+    pair.acceptor.send(server, b"HTTP/1.0 200 OK\r\n\r\nhello").unwrap();
+    pair.acceptor.close(server).unwrap();
+    pair.step();
+    pair.step();
+    assert!(pair.saw('c', EventKind::PeerClosed));
+    let read = pair.connector.recv(client, &mut buf).unwrap();
+    assert_eq!(&buf[..read], b"HTTP/1.0 200 OK\r\n\r\nhello");
+    assert!(pair.connector.peer_finished(client).unwrap());
+    pair.connector.close(client).unwrap();
+
+    // One side waits out TIME-WAIT (smoltcp: 10 s), then both are gone.
+    for _ in 0..12_000 {
+        pair.step();
+        if pair.connector.live_flows() == 0 && pair.acceptor.live_flows() == 0 {
+            break;
+        }
+    }
+    assert_eq!((pair.connector.live_flows(), pair.acceptor.live_flows()), (0, 0));
+    assert!(pair.saw('c', EventKind::Closed) && pair.saw('a', EventKind::Closed));
+    assert!(!pair.saw('c', EventKind::Reset) && !pair.saw('c', EventKind::TimedOut));
+    let counters = pair.connector.counters();
+    assert_eq!(
+        (counters.flows_created, counters.flows_freed, counters.flows_live),
+        (1, 1, 0)
+    );
+    // A dead id never reaches anything again.
+    assert_eq!(pair.connector.send(client, b"late"), Err(StackError::NoSuchFlow));
+}
+
+#[test]
+fn refusals_are_typed_errors() {
+    let mut pair = Pair::new();
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    pair.connector.connect(0, &tuple(), l2, 0, pair.now).unwrap();
+    assert_eq!(
+        pair.connector.connect(0, &tuple(), l2, 0, pair.now),
+        Err(StackError::FlowExists)
+    );
+    assert_eq!(
+        pair.connector.connect(3, &tuple(), l2, 0, pair.now),
+        Err(StackError::NoSuchPort(3))
+    );
+    for port in 1..=3u16 {
+        let other = FlowTuple {
+            src_port: 50_000 + port,
+            ..tuple()
+        };
+        pair.connector.connect(0, &other, l2, 0, pair.now).unwrap();
+    }
+    let fifth = FlowTuple {
+        src_port: 60_000,
+        ..tuple()
+    };
+    assert_eq!(
+        pair.connector.connect(0, &fifth, l2, 0, pair.now),
+        Err(StackError::TooManyFlows(4))
+    );
+    assert_eq!(pair.connector.counters().flows_refused, 1);
+
+    // Only a bare SYN opens a flow on accept.
+    pair.step();
+    let mut out = Vec::new();
+    pair.connector.drain_output(&mut out);
+    let ack_frame = pair.frames_to_acceptor.iter().find(|frame| {
+        let class = wire::classify(frame).unwrap();
+        let (_, info) = class.tcp().unwrap();
+        info.flags.ack
+    });
+    if let Some(frame) = ack_frame {
+        let class = wire::classify(frame).unwrap();
+        let mut fresh = Stack::new(1, config(), Instant::ZERO);
+        assert_eq!(
+            fresh.accept(0, frame, &class, false, 0, Instant::ZERO),
+            Err(StackError::NotASyn)
+        );
+    }
+    assert!(pair.connector.memory_per_flow() > 16 * 1024);
+}
