@@ -11,6 +11,16 @@ use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpEndpoint, Ipv4Packet, TcpPack
 
 const PORT: u16 = 443;
 
+/// The IPv4 packet in an Ethernet frame, if it carries one.
+fn ipv4(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+    Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()
+}
+
+/// The TCP segment in an Ethernet frame, if it carries IPv4/TCP.
+fn tcp(frame: &[u8]) -> Option<TcpPacket<&[u8]>> {
+    TcpPacket::new_checked(ipv4(frame)?.payload()).ok()
+}
+
 /// Opens a connection from the client and accepts it at the server.
 fn connect(lab: &mut Lab, server: IpEndpoint, local_port: u16) -> (SocketHandle, SocketHandle) {
     let listener = lab.server.listen(server.port, 64 * 1024);
@@ -130,8 +140,8 @@ fn server_leg_is_a_new_connection_with_the_clients_addresses() {
             .iter()
             .find_map(|frame| {
                 let eth = EthernetFrame::new_checked(frame.as_slice()).ok()?;
-                let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-                let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+                let ip = ipv4(frame)?;
+                let tcp = tcp(frame)?;
                 (tcp.syn() && !tcp.ack()).then(|| {
                     (
                         eth.src_addr(),
@@ -410,10 +420,9 @@ fn icmp_unreachable_reaches_the_client_quoting_its_own_sequence_number() {
         .unwrap()
         .iter()
         .find_map(|frame| {
-            let eth = EthernetFrame::new_checked(frame.as_slice()).ok()?;
-            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-            (tcp.syn() && tcp.src_port() == 40_012).then(|| tcp.seq_number())
+            tcp(frame)
+                .filter(|tcp| tcp.syn() && tcp.src_port() == 40_012)
+                .map(|tcp| tcp.seq_number())
         })
         .expect("the client's SYN");
     let quoted = lab.links[3]
@@ -422,9 +431,7 @@ fn icmp_unreachable_reaches_the_client_quoting_its_own_sequence_number() {
         .unwrap()
         .iter()
         .find_map(|frame| {
-            let eth = EthernetFrame::new_checked(frame.as_slice()).ok()?;
-            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+            let icmp = Icmpv4Packet::new_checked(ipv4(frame)?.payload()).ok()?;
             assert!(icmp.verify_checksum(), "the rewritten ICMP checksum must verify");
             let data = icmp.data();
             (icmp.msg_type() == smoltcp::wire::Icmpv4Message::DstUnreachable)

@@ -2,6 +2,7 @@
 //! connect (as 198.18.0.1:50000), the other takes it with a transparent
 //! accept (as 198.18.0.2:80). Shows the sans-IO API end to end: frames and
 //! `now` in, frames and events out, flows freed exactly when smoltcp is done.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig, StackError};
 use wire::FlowTuple;
