@@ -61,3 +61,36 @@ fn check_explains_broken_configs() {
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("/nonexistent/tlsgate.toml"));
 }
+
+#[test]
+fn run_explains_too_few_lcores_for_the_workers() {
+    let scratch = Scratch::new("lcores");
+    let config = scratch.path("two-workers.toml");
+    std::fs::write(
+        &config,
+        r#"
+[dataplane]
+eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
+workers = 2
+mbufs = 16383
+[ports.client]
+device = "net_null0"
+[ports.server]
+device = "net_null1"
+"#,
+    )
+    .expect("write");
+    let result = output(
+        tlsgate()
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(["--duration", "1"]),
+    );
+    assert!(!result.status.success());
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("dataplane.workers = 2") && stderr.contains("-l"),
+        "{stderr}"
+    );
+}

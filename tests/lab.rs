@@ -109,6 +109,23 @@ impl Appliance {
         }
     }
 
+    /// The CPUs each worker thread may run on (`Cpus_allowed_list`).
+    fn worker_cpus(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("tasks");
+        tasks
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                if !name.starts_with("tlsgate-worker") {
+                    return None;
+                }
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
+                let line = status.lines().find(|line| line.starts_with("Cpus_allowed_list:"))?;
+                Some(line.trim_start_matches("Cpus_allowed_list:").trim().to_owned())
+            })
+            .collect()
+    }
+
     /// SIGINT, then the exit status, the final counters and what it printed.
     fn stop(mut self) -> (ExitStatus, serde_json::Value, String) {
         let pid = self.child.id().to_string();
@@ -224,6 +241,12 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
     );
 
     let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+    // configs/lab.toml: -l 0-1, one worker: it owns lcore 1 (CPU 1).
+    assert_eq!(
+        appliance.worker_cpus(),
+        vec!["1".to_owned()],
+        "the worker is pinned to its lcore's CPU"
+    );
 
     lab.ok(CLI, "ping", &["-c", "3", "-i", "0.2", "-W", "2", SRV_V4]);
     lab.ok(CLI, "ping", &["-6", "-c", "3", "-i", "0.2", "-W", "2", SRV_V6]);

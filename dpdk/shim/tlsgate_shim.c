@@ -1,11 +1,19 @@
 /*
  * tlsgate_shim.c - see tlsgate_shim.h. One line per wrapper, no logic.
  */
+/* rte_cpuset_t is cpu_set_t, which glibc declares only with _GNU_SOURCE. */
+#define _GNU_SOURCE
 #include "tlsgate_shim.h"
 
 int tg_rte_errno(void) { return rte_errno; }
 
 unsigned tg_lcore_id(void) { return rte_lcore_id(); }
+
+int tg_pin_thread_to_lcore(unsigned lcore)
+{
+	rte_cpuset_t cpus = rte_lcore_cpuset(lcore);
+	return rte_thread_set_affinity(&cpus);
+}
 int tg_socket_id(void) { return (int)rte_socket_id(); }
 
 uint16_t tg_eth_rx_burst(uint16_t port_id, uint16_t queue_id,

@@ -16,11 +16,15 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_thread.h>
 
 /* The calling thread's rte_errno (a per-lcore thread-local variable). */
 int tg_rte_errno(void);
 
 unsigned tg_lcore_id(void);
+
+/* Pins the calling thread to the CPUs of EAL lcore `lcore`; 0 on success. */
+int tg_pin_thread_to_lcore(unsigned lcore);
 int tg_socket_id(void);
 
 uint16_t tg_eth_rx_burst(uint16_t port_id, uint16_t queue_id,

@@ -22,11 +22,18 @@ pub enum DataplaneError {
     Device(String),
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
+    #[error(
+        "dataplane.workers = {workers}, but the EAL core list (-l in dataplane.eal_args) has {lcores} worker lcore(s) \
+         besides the main one; give one lcore per worker, e.g. -l 0-{workers}"
+    )]
+    NotEnoughLcores { workers: usize, lcores: usize },
 }
 
 /// A running set of ports, ready for workers.
 pub struct Dataplane {
     eal: Arc<Eal>,
+    /// The EAL worker lcore each worker thread is pinned to, in order.
+    lcores: Vec<u32>,
     devices: [(Device, Arc<EthDev>); 2],
     workers: Vec<WorkerSlot>,
     max_sleep: Duration,
@@ -54,6 +61,13 @@ impl Dataplane {
             eal_args.extend(device.eal_args());
         }
         let eal = Eal::init(&eal_args)?;
+        let lcores = eal.worker_lcores();
+        if lcores.len() < usize::from(dataplane.workers) {
+            return Err(DataplaneError::NotEnoughLcores {
+                workers: usize::from(dataplane.workers),
+                lcores: lcores.len(),
+            });
+        }
         let pool = Mempool::new(&eal, "tlsgate_frames", dataplane.mbufs, -1)?;
         let dev_config = EthDevConfig {
             queues: dataplane.workers,
@@ -75,6 +89,7 @@ impl Dataplane {
             .collect::<Result<Vec<_>, DpdkError>>()?;
         Ok(Dataplane {
             eal,
+            lcores,
             devices: [(client, client_dev), (server, server_dev)],
             workers,
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
@@ -121,6 +136,7 @@ impl Dataplane {
                 let engine_stats = slot.engine.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
+                let lcore = self.lcores.get(index).copied();
                 let policy = policy.clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("tlsgate-worker-{index}"))
@@ -128,6 +144,15 @@ impl Dataplane {
                         if let Err(err) = eal.register_thread() {
                             // Works unregistered too, without mempool caches.
                             tracing::warn!("worker {index}: {err}");
+                        }
+                        if let Some(lcore) = lcore {
+                            match eal.pin_current_thread(lcore) {
+                                Ok(()) => tracing::info!(
+                                    "worker {index} runs on lcore {lcore} (cpu {})",
+                                    eal.lcore_cpu(lcore)
+                                ),
+                                Err(err) => tracing::warn!("worker {index}: {err}"),
+                            }
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
                         let mut engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());

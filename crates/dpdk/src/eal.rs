@@ -5,7 +5,7 @@ use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::{last_error, DpdkError};
+use crate::error::{describe_errno, last_error, DpdkError};
 
 static EAL_INITIALISED: AtomicBool = AtomicBool::new(false);
 
@@ -65,6 +65,47 @@ impl Eal {
                 name: "eal".into(),
                 operation: "rte_thread_register",
                 reason: last_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Eal {
+    /// The EAL worker lcores of the `-l` list (the main lcore excluded), in
+    /// order: the cores workers may be pinned to.
+    pub fn worker_lcores(&self) -> Vec<u32> {
+        let mut lcores = Vec::new();
+        let mut previous = u32::MAX; // -1: start from the first lcore
+        loop {
+            // SAFETY: EAL is initialised; the call only reads its lcore table.
+            let next = unsafe { dpdk_sys::rte_get_next_lcore(previous, 1, 0) };
+            if next >= dpdk_sys::RTE_MAX_LCORE {
+                return lcores;
+            }
+            lcores.push(next);
+            previous = next;
+        }
+    }
+
+    /// The CPU an lcore runs on.
+    pub fn lcore_cpu(&self, lcore: u32) -> i32 {
+        // SAFETY: EAL is initialised; any lcore id is accepted.
+        unsafe { dpdk_sys::rte_lcore_to_cpu_id(lcore as i32) }
+    }
+
+    /// Pins the calling thread to the CPUs of `lcore` (from
+    /// [`Eal::worker_lcores`]), so a worker owns its core.
+    pub fn pin_current_thread(&self, lcore: u32) -> Result<(), DpdkError> {
+        // SAFETY: EAL is initialised; the shim reads the lcore's cpuset and
+        // sets the calling thread's affinity.
+        let rc = unsafe { dpdk_sys::tg_pin_thread_to_lcore(lcore) };
+        if rc != 0 {
+            return Err(DpdkError::Port {
+                port: u16::MAX,
+                name: "eal".into(),
+                operation: "pin worker thread",
+                reason: format!("lcore {lcore}: {}", describe_errno(rc)),
             });
         }
         Ok(())
