@@ -669,7 +669,10 @@ fn was_synchronized(state: tcp::State) -> bool {
 
 /// Whether the peer's FIN has arrived (it moved the socket to one of these).
 fn fin_received(state: tcp::State) -> bool {
-    matches!(state, tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait)
+    matches!(
+        state,
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    )
 }
 
 /// Whether going to CLOSED from `state` means a reset or a timeout rather

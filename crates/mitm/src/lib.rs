@@ -1,0 +1,18 @@
+//! TLS interception for tlsgate, sans-IO, on rustls (both legs) and rcgen
+//! (forging): the appliance's CA, certificates forged to mirror the real
+//! server's, verification of the real server that is never hidden from the
+//! client, and the per-connection state machine that joins the client's TLS
+//! session to the server's.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+mod error;
+pub mod forge;
+pub mod session;
+pub mod trust;
+
+pub use ca::CertificateAuthority;
+pub use error::MitmError;
+pub use forge::{Forged, Forger, Trust};
+pub use session::{InvalidUpstream, SessionInfo, TlsContext, TlsSession};
+pub use trust::UpstreamTrust;

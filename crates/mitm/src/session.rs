@@ -1,0 +1,415 @@
+//! One intercepted TLS connection, sans-IO: ciphertext from the client and
+//! from the server goes in, ciphertext for each comes out, and in between
+//! the plaintext crosses from one rustls connection to the other.
+//!
+//! The order is the one that lets the client see what the server chose:
+//! read the ClientHello (rustls `Acceptor`), open the upstream handshake with
+//! the same SNI and ALPN offer, judge the server's certificate, forge one
+//! with the same names, then finish the client's handshake offering exactly
+//! the ALPN protocol the server picked.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::server::{Accepted, Acceptor, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
+use rustls_pki_types::{ServerName, UnixTime};
+use time::OffsetDateTime;
+
+use crate::error::MitmError;
+use crate::forge::{Forger, Trust};
+use crate::trust::UpstreamTrust;
+
+/// What to do when the real server's certificate does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidUpstream {
+    /// Give the client a certificate with the same names from an issuer
+    /// nobody trusts: the client rejects it as it would reject the real one.
+    #[default]
+    Mirror,
+    /// Reset the connection.
+    Refuse,
+}
+
+/// Plaintext read at once from one side before it is written to the other.
+const CHUNK: usize = 16 * 1024;
+
+/// What every session of one worker shares: the forger, the upstream trust,
+/// the rustls configurations and the session caches for resumption.
+pub struct TlsContext {
+    forger: Forger,
+    trust: UpstreamTrust,
+    upstream: Arc<ClientConfig>,
+    server_sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+    invalid_upstream: InvalidUpstream,
+}
+
+impl TlsContext {
+    pub fn new(forger: Forger, trust: UpstreamTrust, invalid_upstream: InvalidUpstream) -> Result<Self, MitmError> {
+        let upstream = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| MitmError::Config(err.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(trust.deferred())
+            .with_no_client_auth();
+        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| MitmError::Config(err.to_string()))?;
+        Ok(TlsContext {
+            forger,
+            trust,
+            upstream: Arc::new(upstream),
+            server_sessions: rustls::server::ServerSessionMemoryCache::new(4096),
+            ticketer,
+            invalid_upstream,
+        })
+    }
+
+    pub fn forger(&self) -> &Forger {
+        &self.forger
+    }
+
+    fn upstream_config(&self, alpn: &[Vec<u8>]) -> Arc<ClientConfig> {
+        if alpn.is_empty() {
+            return Arc::clone(&self.upstream);
+        }
+        let mut config = (*self.upstream).clone();
+        config.alpn_protocols = alpn.to_vec();
+        Arc::new(config)
+    }
+
+    fn client_config(&self, certified: Arc<CertifiedKey>, alpn: Option<&[u8]>) -> Result<Arc<ServerConfig>, MitmError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|err| MitmError::Config(err.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(FixedCert(certified)));
+        config.alpn_protocols = alpn.map(|protocol| vec![protocol.to_vec()]).unwrap_or_default();
+        config.session_storage = Arc::clone(&self.server_sessions);
+        config.ticketer = Arc::clone(&self.ticketer);
+        Ok(Arc::new(config))
+    }
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// What is known about an intercepted connection, for the connection log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub sni: Option<String>,
+    pub alpn_offered: Vec<String>,
+    pub alpn: Option<String>,
+    pub client_version: Option<String>,
+    pub client_cipher: Option<String>,
+    pub server_version: Option<String>,
+    pub server_cipher: Option<String>,
+    pub upstream_fingerprint: Option<String>,
+    /// `Ok` if the real certificate verified, else why not.
+    pub upstream_verified: Option<Result<(), String>>,
+    pub forged_fingerprint: Option<String>,
+    pub forged_cache_hit: bool,
+    pub resumed_client: bool,
+    pub plaintext_client_to_server: u64,
+    pub plaintext_server_to_client: u64,
+}
+
+enum Phase {
+    /// Waiting for the whole ClientHello.
+    Hello(Box<Acceptor>),
+    /// The client waits while the appliance talks to the real server.
+    Upstream {
+        accepted: Box<Accepted>,
+        upstream: Box<ClientConnection>,
+    },
+    /// Both handshakes running or done; plaintext is relayed.
+    Established {
+        client: Box<ServerConnection>,
+        upstream: Box<ClientConnection>,
+    },
+    Failed,
+}
+
+/// One intercepted TLS connection.
+pub struct TlsSession {
+    phase: Phase,
+    server_ip: IpAddr,
+    /// Client bytes that arrived while the upstream handshake ran.
+    early_client: Vec<u8>,
+    to_client: Vec<u8>,
+    to_server: Vec<u8>,
+    client_eof: bool,
+    server_eof: bool,
+    pub info: SessionInfo,
+}
+
+fn protocol_name(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl TlsSession {
+    /// A session for a connection to `server_ip` (used as the upstream name
+    /// when the client sends no SNI).
+    pub fn new(server_ip: IpAddr) -> Self {
+        TlsSession {
+            phase: Phase::Hello(Box::default()),
+            server_ip,
+            early_client: Vec::new(),
+            to_client: Vec::new(),
+            to_server: Vec::new(),
+            client_eof: false,
+            server_eof: false,
+            info: SessionInfo::default(),
+        }
+    }
+
+    /// Ciphertext waiting for the client (take what the socket accepts).
+    pub fn to_client(&mut self) -> &mut Vec<u8> {
+        &mut self.to_client
+    }
+
+    /// Ciphertext waiting for the server.
+    pub fn to_server(&mut self) -> &mut Vec<u8> {
+        &mut self.to_server
+    }
+
+    /// The client sent close_notify (or its TLS stream ended).
+    pub fn client_finished(&self) -> bool {
+        self.client_eof
+    }
+
+    /// The server sent close_notify.
+    pub fn server_finished(&self) -> bool {
+        self.server_eof
+    }
+
+    /// Whether plaintext is being relayed (both handshakes under way or done).
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, Phase::Established { .. })
+    }
+
+    /// Feeds ciphertext from the client.
+    pub fn from_client(&mut self, cx: &mut TlsContext, mut data: &[u8]) -> Result<(), MitmError> {
+        match &mut self.phase {
+            Phase::Hello(acceptor) => {
+                while !data.is_empty() {
+                    if acceptor
+                        .read_tls(&mut data)
+                        .map_err(|err| MitmError::Config(err.to_string()))?
+                        == 0
+                    {
+                        break;
+                    }
+                }
+                match acceptor.accept() {
+                    Ok(None) => Ok(()),
+                    Ok(Some(accepted)) => {
+                        self.early_client.extend_from_slice(data);
+                        self.start_upstream(cx, accepted)
+                    }
+                    Err((err, mut alert)) => {
+                        let _ = alert.write(&mut self.to_client);
+                        self.phase = Phase::Failed;
+                        Err(MitmError::Client(err))
+                    }
+                }
+            }
+            Phase::Upstream { .. } => {
+                self.early_client.extend_from_slice(data);
+                Ok(())
+            }
+            Phase::Established { client, upstream } => {
+                let result = relay(client, upstream, data, &mut self.client_eof)
+                    .map(|moved| self.info.plaintext_client_to_server += moved);
+                self.flush();
+                result.map_err(|err| {
+                    self.phase = Phase::Failed;
+                    MitmError::Client(err)
+                })
+            }
+            Phase::Failed => Ok(()),
+        }
+    }
+
+    /// Feeds ciphertext from the server.
+    pub fn from_server(&mut self, cx: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
+        match &mut self.phase {
+            Phase::Upstream { upstream, .. } => {
+                let mut input = data;
+                while !input.is_empty() {
+                    if upstream
+                        .read_tls(&mut input)
+                        .map_err(|err| MitmError::Config(err.to_string()))?
+                        == 0
+                    {
+                        break;
+                    }
+                }
+                if let Err(err) = upstream.process_new_packets() {
+                    let _ = upstream.write_tls(&mut self.to_server);
+                    self.phase = Phase::Failed;
+                    return Err(MitmError::Server(err));
+                }
+                let _ = upstream.write_tls(&mut self.to_server);
+                if !upstream.is_handshaking() {
+                    return self.finish_upstream(cx);
+                }
+                Ok(())
+            }
+            Phase::Established { client, upstream } => {
+                let result = relay(upstream, client, data, &mut self.server_eof)
+                    .map(|moved| self.info.plaintext_server_to_client += moved);
+                self.flush();
+                result.map_err(|err| {
+                    self.phase = Phase::Failed;
+                    MitmError::Server(err)
+                })
+            }
+            Phase::Hello(_) | Phase::Failed => Ok(()),
+        }
+    }
+
+    fn start_upstream(&mut self, cx: &TlsContext, accepted: Accepted) -> Result<(), MitmError> {
+        let hello = accepted.client_hello();
+        let sni = hello.server_name().map(str::to_owned);
+        let alpn: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|offer| offer.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        self.info.sni = sni.clone();
+        self.info.alpn_offered = alpn.iter().map(|p| protocol_name(p)).collect();
+        let name = match sni.and_then(|sni| ServerName::try_from(sni).ok()) {
+            Some(name) => name,
+            None => ServerName::IpAddress(self.server_ip.into()),
+        };
+        let mut upstream = ClientConnection::new(cx.upstream_config(&alpn), name).map_err(MitmError::Server)?;
+        let _ = upstream.write_tls(&mut self.to_server);
+        self.phase = Phase::Upstream {
+            accepted: Box::new(accepted),
+            upstream: Box::new(upstream),
+        };
+        Ok(())
+    }
+
+    fn finish_upstream(&mut self, cx: &mut TlsContext) -> Result<(), MitmError> {
+        let Phase::Upstream { accepted, upstream } = std::mem::replace(&mut self.phase, Phase::Failed) else {
+            return Ok(());
+        };
+        self.info.server_version = upstream.protocol_version().map(|v| format!("{v:?}"));
+        self.info.server_cipher = upstream.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+        let chain = upstream.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let Some(leaf) = chain.first() else {
+            return Err(MitmError::Forge("the server sent no certificate".into()));
+        };
+        self.info.upstream_fingerprint = Some(crate::ca::fingerprint(leaf));
+        let name = match self.info.sni.clone().and_then(|sni| ServerName::try_from(sni).ok()) {
+            Some(name) => name,
+            None => ServerName::IpAddress(self.server_ip.into()),
+        };
+        let verified = cx.trust.verify(&chain, &name, UnixTime::now());
+        self.info.upstream_verified = Some(verified.clone());
+        let trust = match (&verified, cx.invalid_upstream) {
+            (Ok(()), _) => Trust::Trusted,
+            (Err(_), InvalidUpstream::Mirror) => Trust::Untrusted,
+            (Err(reason), InvalidUpstream::Refuse) => {
+                return Err(MitmError::Forge(format!(
+                    "the server's certificate is not trusted: {reason}"
+                )));
+            }
+        };
+        let forged = cx
+            .forger
+            .forge(leaf, self.info.sni.as_deref(), trust, OffsetDateTime::now_utc())?;
+        self.info.forged_fingerprint = Some(forged.fingerprint.clone());
+        self.info.forged_cache_hit = forged.cache_hit;
+        let alpn = upstream.alpn_protocol().map(<[u8]>::to_vec);
+        self.info.alpn = alpn.as_deref().map(protocol_name);
+        let config = cx.client_config(forged.certified, alpn.as_deref())?;
+        let mut client = match accepted.into_connection(config) {
+            Ok(client) => client,
+            Err((err, mut alert)) => {
+                let _ = alert.write(&mut self.to_client);
+                return Err(MitmError::Client(err));
+            }
+        };
+        let mut upstream = upstream;
+        let early = std::mem::take(&mut self.early_client);
+        let result = relay(&mut client, &mut upstream, &early, &mut self.client_eof);
+        self.phase = Phase::Established {
+            client: Box::new(client),
+            upstream,
+        };
+        self.flush();
+        result.map(|_| ()).map_err(MitmError::Client)
+    }
+
+    /// Moves everything rustls wants to send into the output buffers.
+    fn flush(&mut self) {
+        if let Phase::Established { client, upstream } = &mut self.phase {
+            while client.wants_write() {
+                if client.write_tls(&mut self.to_client).is_err() {
+                    break;
+                }
+            }
+            while upstream.wants_write() {
+                if upstream.write_tls(&mut self.to_server).is_err() {
+                    break;
+                }
+            }
+            if !client.is_handshaking() && self.info.client_version.is_none() {
+                self.info.client_version = client.protocol_version().map(|v| format!("{v:?}"));
+                self.info.client_cipher = client.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+                self.info.resumed_client = matches!(client.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            }
+        }
+    }
+}
+
+/// Feeds `data` into `from`, and writes the plaintext it yields into `to`.
+/// Sets `eof` when `from`'s peer sent close_notify (and closes `to` the
+/// same way). Returns the plaintext bytes moved.
+fn relay<A: SideData, B: SideData>(
+    from: &mut ConnectionCommon<A>,
+    to: &mut ConnectionCommon<B>,
+    mut data: &[u8],
+    eof: &mut bool,
+) -> Result<u64, rustls::Error> {
+    let mut moved = 0u64;
+    loop {
+        while !data.is_empty() {
+            match from.read_tls(&mut data) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        from.process_new_packets()?;
+        let mut buf = [0u8; CHUNK];
+        loop {
+            match from.reader().read(&mut buf) {
+                Ok(0) => {
+                    if !*eof {
+                        *eof = true;
+                        to.send_close_notify();
+                    }
+                    break;
+                }
+                Ok(read) => {
+                    let plaintext = buf.get(..read).unwrap_or_default();
+                    let _ = to.writer().write_all(plaintext);
+                    moved += read as u64;
+                }
+                Err(_) => break, // WouldBlock: nothing more for now
+            }
+        }
+        if data.is_empty() {
+            return Ok(moved);
+        }
+    }
+}
