@@ -242,17 +242,7 @@ impl TlsSession {
     pub fn from_server(&mut self, cx: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
         match &mut self.phase {
             Phase::Upstream { upstream, .. } => {
-                let mut input = data;
-                while !input.is_empty() {
-                    if upstream
-                        .read_tls(&mut input)
-                        .map_err(|err| MitmError::Config(err.to_string()))?
-                        == 0
-                    {
-                        break;
-                    }
-                }
-                if let Err(err) = upstream.process_new_packets() {
+                if let Err(err) = feed(upstream, data) {
                     let _ = upstream.write_tls(&mut self.to_server);
                     self.phase = Phase::Failed;
                     return Err(MitmError::Server(err));
@@ -339,6 +329,7 @@ impl TlsSession {
                 return Err(MitmError::Client(err));
             }
         };
+        client.set_buffer_limit(None);
         let mut upstream = upstream;
         let early = std::mem::take(&mut self.early_client);
         let result = relay(&mut client, &mut upstream, &early, &mut self.client_eof);
@@ -368,6 +359,23 @@ impl TlsSession {
                 self.info.client_cipher = client.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
                 self.info.resumed_client = matches!(client.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
             }
+        }
+    }
+}
+
+/// Feeds all of `data` into `conn` (rustls takes a bounded amount per
+/// `read_tls`, so records are processed in between).
+fn feed<D: SideData>(conn: &mut ConnectionCommon<D>, mut data: &[u8]) -> Result<(), rustls::Error> {
+    loop {
+        while !data.is_empty() {
+            match conn.read_tls(&mut data) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        conn.process_new_packets()?;
+        if data.is_empty() {
+            return Ok(());
         }
     }
 }
@@ -402,7 +410,11 @@ fn relay<A: SideData, B: SideData>(
                 }
                 Ok(read) => {
                     let plaintext = buf.get(..read).unwrap_or_default();
-                    let _ = to.writer().write_all(plaintext);
+                    // Unlimited buffers (set above) accept everything; a
+                    // failure here means the other side is closed.
+                    to.writer()
+                        .write_all(plaintext)
+                        .map_err(|_| rustls::Error::General("the other side is closed".into()))?;
                     moved += read as u64;
                 }
                 Err(_) => break, // WouldBlock: nothing more for now

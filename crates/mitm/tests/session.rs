@@ -1,0 +1,347 @@
+//! TLS interception in memory: a rustls client that trusts only the
+//! appliance CA ⇄ [`TlsSession`] ⇄ a rustls origin whose certificate comes
+//! from its own CA. No sockets: the test moves the bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, TlsSession, UpstreamTrust};
+use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use time::{Duration, OffsetDateTime};
+
+struct Origin {
+    ca_pem: String,
+    config: Arc<ServerConfig>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// An origin with a certificate for `names` from its own CA, valid from
+/// `not_before` to `not_after` relative to now (in days).
+fn origin(names: &[&str], valid_days: (i64, i64), alpn: &[&str]) -> Origin {
+    let now = OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Origin Test Root");
+    ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.distinguished_name.push(DnType::OrganizationName, "Origin Inc");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("198.18.0.2".parse().unwrap()));
+    params.not_before = now + Duration::days(valid_days.0);
+    params.not_after = now + Duration::days(valid_days.1);
+    let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Origin {
+        ca_pem: ca_cert.pem(),
+        config: Arc::new(config),
+    }
+}
+
+struct Appliance {
+    context: TlsContext,
+    ca_der: CertificateDer<'static>,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn appliance(trusted_origin_ca: &str, invalid: InvalidUpstream) -> Appliance {
+    let dir = std::env::temp_dir().join(format!(
+        "mitm-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, trusted_origin_ca).unwrap();
+    let ca = CertificateAuthority::generate("tlsgate test CA", 1, OffsetDateTime::now_utc()).unwrap();
+    let ca_der = ca.cert_der().clone();
+    let forger = Forger::new(ca, None, 16).unwrap();
+    let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
+    Appliance {
+        context: TlsContext::new(forger, trust, invalid).unwrap(),
+        ca_der,
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+fn client(
+    ca: &CertificateDer<'static>,
+    name: &str,
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    ClientConnection::new(Arc::new(config), ServerName::try_from(name.to_owned()).unwrap()).unwrap()
+}
+
+/// Moves bytes until nothing moves, collecting the client's plaintext into
+/// `received`; returns the first error.
+fn pump_into(
+    client: &mut ClientConnection,
+    session: &mut TlsSession,
+    cx: &mut TlsContext,
+    origin: &mut ServerConnection,
+    received: &mut Vec<u8>,
+) -> Result<(), String> {
+    for _ in 0..100 {
+        let mut moved = false;
+        let mut buf = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            moved = true;
+            session.from_client(cx, &buf).map_err(|e| e.to_string())?;
+        }
+        let to_server = std::mem::take(session.to_server());
+        if !to_server.is_empty() {
+            moved = true;
+            let mut input = to_server.as_slice();
+            while !input.is_empty() {
+                origin.read_tls(&mut input).unwrap();
+                origin.process_new_packets().map_err(|e| format!("origin: {e}"))?;
+            }
+        }
+        let mut buf = Vec::new();
+        while origin.wants_write() {
+            origin.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            moved = true;
+            session.from_server(cx, &buf).map_err(|e| e.to_string())?;
+        }
+        let to_client = std::mem::take(session.to_client());
+        if !to_client.is_empty() {
+            moved = true;
+            let mut input = to_client.as_slice();
+            while !input.is_empty() {
+                client.read_tls(&mut input).unwrap();
+                client.process_new_packets().map_err(|e| format!("client: {e}"))?;
+                received.extend(read_all(&mut client.reader()));
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+    Err("no quiescence".into())
+}
+
+fn pump(
+    client: &mut ClientConnection,
+    session: &mut TlsSession,
+    cx: &mut TlsContext,
+    origin: &mut ServerConnection,
+) -> Result<(), String> {
+    let mut ignored = Vec::new();
+    pump_into(client, session, cx, origin, &mut ignored)
+}
+
+fn read_all(conn: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+#[test]
+fn intercepts_with_a_forged_certificate_and_the_servers_alpn() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &["h2", "http/1.1"]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    for round in 0..2 {
+        let mut client = client(&app.ca_der, "origin.test", &["h2", "http/1.1"], rustls::ALL_VERSIONS);
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        origin.set_buffer_limit(None);
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+        assert!(!client.is_handshaking(), "client handshake done");
+        assert_eq!(client.alpn_protocol(), Some(&b"h2"[..]), "the ALPN the server chose");
+
+        // The client sees a certificate from the appliance CA with the real names.
+        let leaf = &client.peer_certificates().unwrap()[0];
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        assert!(
+            parsed.issuer().to_string().contains("tlsgate test CA"),
+            "{}",
+            parsed.issuer()
+        );
+        assert!(parsed.subject().to_string().contains("origin.test"));
+        assert!(parsed.subject().to_string().contains("Origin Inc"));
+        let sans = format!(
+            "{:?}",
+            parsed.subject_alternative_name().unwrap().unwrap().value.general_names
+        );
+        assert!(
+            sans.contains("origin.test") && sans.contains("198.18.0.2") || sans.contains("[198, 18, 0, 2]"),
+            "{sans}"
+        );
+
+        // Plaintext both ways, byte-exact.
+        client
+            .writer()
+            .write_all(b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+            .unwrap();
+        pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+        assert_eq!(
+            read_all(&mut origin.reader()),
+            b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+        );
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        origin.writer().write_all(&body).unwrap();
+        let mut received = Vec::new();
+        pump_into(&mut client, &mut session, &mut app.context, &mut origin, &mut received).unwrap();
+        assert!(
+            received == body,
+            "{} of {} bytes, or different bytes",
+            received.len(),
+            body.len()
+        );
+
+        let info = &session.info;
+        assert_eq!(info.sni.as_deref(), Some("origin.test"));
+        assert_eq!(info.alpn.as_deref(), Some("h2"));
+        assert_eq!(info.upstream_verified, Some(Ok(())));
+        assert_eq!(
+            info.forged_cache_hit,
+            round == 1,
+            "the second connection reuses the forged certificate"
+        );
+        assert!(info.client_version.is_some() && info.server_version.is_some());
+        assert_eq!(info.plaintext_server_to_client, 100_000);
+    }
+    let counters = app.context.forger().counters();
+    assert_eq!((counters.misses, counters.hits), (1, 1));
+}
+
+#[test]
+fn tls12_clients_and_clients_without_sni_work() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &["http/1.1"]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &["http/1.1"], &[&rustls::version::TLS12]);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+
+    // No SNI: the client names the server by IP; the forged certificate
+    // carries the real certificate's IP address.
+    let mut roots = RootCertStore::empty();
+    roots.add(app.ca_der.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let ip: std::net::IpAddr = "198.18.0.2".parse().unwrap();
+    let mut client = ClientConnection::new(Arc::new(config), ServerName::IpAddress(ip.into())).unwrap();
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new(ip);
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(!client.is_handshaking());
+    assert_eq!(session.info.sni, None);
+    assert_eq!(session.info.upstream_verified, Some(Ok(())));
+}
+
+#[test]
+fn invalid_servers_are_never_hidden() {
+    // Unknown issuer (the origin's CA is not trusted), expired, wrong name.
+    let untrusted = origin(&["origin.test"], (-1, 30), &[]);
+    let expired = origin(&["origin.test"], (-30, -1), &[]);
+    let trusted_bundle = expired.ca_pem.clone() + &untrusted.ca_pem;
+    let cases: [(&Origin, &str, &str, String); 3] = [
+        (
+            &untrusted,
+            "origin.test",
+            "unknown issuer",
+            origin(&["x.test"], (-1, 1), &[]).ca_pem,
+        ),
+        (&expired, "origin.test", "expired", trusted_bundle.clone()),
+        (&untrusted, "other.test", "wrong name", trusted_bundle),
+    ];
+    for (origin_side, name, case, bundle) in cases {
+        // Mirror: the client gets a certificate it rejects.
+        let mut app = appliance(&bundle, InvalidUpstream::Mirror);
+        let mut client = client(&app.ca_der, name, &[], rustls::ALL_VERSIONS);
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
+        assert!(
+            outcome.is_err(),
+            "{case}: the client must reject the mirrored certificate"
+        );
+        assert!(client.is_handshaking(), "{case}");
+        assert!(
+            matches!(session.info.upstream_verified, Some(Err(_))),
+            "{case}: {:?}",
+            session.info.upstream_verified
+        );
+
+        // Refuse: the session fails before the client gets any certificate.
+        let mut app = appliance(&bundle, InvalidUpstream::Refuse);
+        let mut client = crate::client(&app.ca_der, name, &[], rustls::ALL_VERSIONS);
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
+        assert!(outcome.unwrap_err().contains("not trusted"), "{case}");
+        assert!(client.peer_certificates().is_none(), "{case}");
+    }
+}
+
+#[test]
+fn ca_files_are_written_private_and_exposed_keys_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mitm-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = CertificateAuthority::generate("tlsgate test CA", 1, OffsetDateTime::now_utc()).unwrap();
+    let (cert, key) = ca.write(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let loaded = CertificateAuthority::load(&cert, &key).unwrap();
+    assert_eq!(loaded.summary().sha256_fingerprint, ca.summary().sha256_fingerprint);
+    assert!(ca.write(&dir).is_err(), "an existing CA is never overwritten");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = CertificateAuthority::load(&cert, &key).err().unwrap().to_string();
+    assert!(refused.contains("chmod 600"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
