@@ -31,6 +31,47 @@ pub struct Config {
     pub intercept: Intercept,
     #[serde(default)]
     pub tcp: Tcp,
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// TLS interception settings (used with `[intercept] mode = "tls"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The appliance CA certificate (PEM), made by `tlsgate ca init`.
+    pub ca_cert: Option<PathBuf>,
+    /// Its private key (PEM); must not be readable by group or others.
+    pub ca_key: Option<PathBuf>,
+    /// The key forged leaves are issued for (PEM); one is generated at start
+    /// when absent (ECDSA P-256).
+    pub leaf_key: Option<PathBuf>,
+    /// "system" (Debian's CA bundle) or the path of a PEM bundle.
+    #[serde(default = "default_upstream_trust")]
+    pub upstream_trust: String,
+    /// What the client gets when the real server's certificate does not
+    /// verify: "mirror" (a certificate it will reject too) or "refuse".
+    #[serde(default)]
+    pub invalid_upstream: InvalidUpstreamPolicy,
+    /// Forged certificates kept per worker.
+    #[serde(default = "default_cert_cache")]
+    pub cert_cache: usize,
+}
+
+/// `tls.invalid_upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidUpstreamPolicy {
+    #[default]
+    Mirror,
+    Refuse,
+}
+
+fn default_upstream_trust() -> String {
+    "system".into()
+}
+fn default_cert_cache() -> usize {
+    10_000
 }
 
 /// Which connections the appliance terminates instead of bridging.
@@ -49,9 +90,11 @@ pub struct Intercept {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptMode {
-    /// Terminate the TCP connection and relay its bytes to a new connection
-    /// to the server (transparent TCP splice).
+    /// Terminate TLS with a forged certificate and re-encrypt to the server.
     #[default]
+    Tls,
+    /// Terminate the TCP connection and relay its bytes to a new connection
+    /// to the server (transparent TCP splice), TLS untouched.
     Splice,
 }
 
@@ -424,6 +467,15 @@ device = "net_af_packet1,iface=gws0"
         .expect("valid");
         assert_eq!(config.intercept.tcp_ports, vec![80, 443]);
         assert_eq!(config.intercept.mode, InterceptMode::Splice);
+        let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [443]\n"));
+        assert!(message.contains("tls.ca_cert") && message.contains("ca init"), "{message}");
+        let tls = parse(&format!(
+            "{MINIMAL}\n[intercept]\ntcp_ports = [443]\n[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\ninvalid_upstream = \"refuse\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(tls.intercept.mode, InterceptMode::Tls);
+        assert_eq!(tls.tls.invalid_upstream, InvalidUpstreamPolicy::Refuse);
+        assert_eq!(tls.tls.upstream_trust, "system");
         assert_eq!(config.tcp.rx_buffer, 8192);
         assert_eq!(config.tcp.tx_buffer, 64 * 1024);
         assert!(!config.tcp.hold_synack);

@@ -165,6 +165,11 @@ pub struct TcpStats {
     resets: AtomicU64,
     bytes_client_to_server: AtomicU64,
     bytes_server_to_client: AtomicU64,
+    tls_intercepted: AtomicU64,
+    tls_failed: AtomicU64,
+    forged_cache_hits: AtomicU64,
+    forged_cache_misses: AtomicU64,
+    forged_cache_bytes: AtomicU64,
     memory_per_flow: AtomicU64,
 }
 
@@ -187,6 +192,11 @@ pub struct TcpTotals {
     pub bytes_server_to_client: u64,
     /// Bytes one flow costs (buffers, socket, table entries); an
     /// intercepted connection has two flows.
+    pub tls_intercepted: u64,
+    pub tls_failed: u64,
+    pub forged_cache_hits: u64,
+    pub forged_cache_misses: u64,
+    pub forged_cache_bytes: u64,
     pub memory_per_flow: u64,
 }
 
@@ -205,6 +215,11 @@ impl TcpStats {
         store(&self.resets, totals.resets);
         store(&self.bytes_client_to_server, totals.bytes_client_to_server);
         store(&self.bytes_server_to_client, totals.bytes_server_to_client);
+        store(&self.tls_intercepted, totals.tls_intercepted);
+        store(&self.tls_failed, totals.tls_failed);
+        store(&self.forged_cache_hits, totals.forged_cache_hits);
+        store(&self.forged_cache_misses, totals.forged_cache_misses);
+        store(&self.forged_cache_bytes, totals.forged_cache_bytes);
         store(&self.memory_per_flow, totals.memory_per_flow);
     }
 
@@ -223,6 +238,11 @@ impl TcpStats {
             resets: load(&self.resets),
             bytes_client_to_server: load(&self.bytes_client_to_server),
             bytes_server_to_client: load(&self.bytes_server_to_client),
+            tls_intercepted: load(&self.tls_intercepted),
+            tls_failed: load(&self.tls_failed),
+            forged_cache_hits: load(&self.forged_cache_hits),
+            forged_cache_misses: load(&self.forged_cache_misses),
+            forged_cache_bytes: load(&self.forged_cache_bytes),
             memory_per_flow: load(&self.memory_per_flow),
         }
     }
@@ -242,6 +262,11 @@ impl std::ops::AddAssign for TcpTotals {
         self.resets += other.resets;
         self.bytes_client_to_server += other.bytes_client_to_server;
         self.bytes_server_to_client += other.bytes_server_to_client;
+        self.tls_intercepted += other.tls_intercepted;
+        self.tls_failed += other.tls_failed;
+        self.forged_cache_hits += other.forged_cache_hits;
+        self.forged_cache_misses += other.forged_cache_misses;
+        self.forged_cache_bytes += other.forged_cache_bytes;
         self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
     }
 }
@@ -298,6 +323,13 @@ impl fmt::Display for Report {
             tcp.bytes_client_to_server,
             tcp.bytes_server_to_client
         )?;
+        if tcp.tls_intercepted + tcp.tls_failed > 0 {
+            writeln!(
+                f,
+                "tls: {} intercepted, {} failed; forged certificates: {} cache hits, {} misses, {} B cached",
+                tcp.tls_intercepted, tcp.tls_failed, tcp.forged_cache_hits, tcp.forged_cache_misses, tcp.forged_cache_bytes
+            )?;
+        }
         for (index, worker) in self.workers.iter().enumerate() {
             writeln!(
                 f,

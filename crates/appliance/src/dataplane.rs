@@ -18,6 +18,8 @@ use crate::worker::{run_worker, TimedPoller};
 pub enum DataplaneError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
+    #[error("TLS interception: {0}")]
+    Tls(#[from] mitm::MitmError),
     #[error("invalid device: {0}")]
     Device(String),
     #[error("worker thread {0} panicked")]
@@ -43,6 +45,7 @@ pub struct Dataplane {
 
 struct WorkerSlot {
     queues: Option<[EthQueue; 2]>,
+    tls: Option<mitm::TlsContext>,
     engine: EngineStats,
     stats: Arc<WorkerStats>,
 }
@@ -78,15 +81,17 @@ impl Dataplane {
         let [client, server] = devices;
         let client_dev = EthDev::open(&eal, client.ethdev_name(), &pool, dev_config)?;
         let server_dev = EthDev::open(&eal, server.ethdev_name(), &pool, dev_config)?;
+        let policy = InterceptPolicy::from_config(config);
         let workers = (0..dataplane.workers)
             .map(|queue| {
                 Ok(WorkerSlot {
                     queues: Some([client_dev.queue(queue)?, server_dev.queue(queue)?]),
+                    tls: policy.tls_context()?,
                     engine: EngineStats::default(),
                     stats: Arc::default(),
                 })
             })
-            .collect::<Result<Vec<_>, DpdkError>>()?;
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
         Ok(Dataplane {
             eal,
             lcores,
@@ -94,7 +99,7 @@ impl Dataplane {
             workers,
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
-            policy: InterceptPolicy::from_config(config),
+            policy,
         })
     }
 
@@ -111,6 +116,10 @@ impl Dataplane {
             &self.policy,
             netstack::Instant::ZERO,
         );
+        let engine = match slot.tls.take() {
+            Some(tls) => engine.with_tls(tls),
+            None => engine,
+        };
         Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
 
@@ -134,6 +143,7 @@ impl Dataplane {
                     continue;
                 };
                 let engine_stats = slot.engine.clone();
+                let tls = slot.tls.take();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
                 let lcore = self.lcores.get(index).copied();
@@ -155,7 +165,11 @@ impl Dataplane {
                             }
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
-                        let mut engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());
+                        let engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());
+                        let mut engine = match tls {
+                            Some(tls) => engine.with_tls(tls),
+                            None => engine,
+                        };
                         run_worker(&mut engine, &mut poller, stop);
                     });
                 match handle {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use dpdk::{PacketBuf, Port};
 use netstack::{Instant, OutFrame, Stack, StackConfig};
 
-use crate::config::{Config, InterceptMode};
+use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::splice::Splicer;
 
@@ -41,6 +42,8 @@ pub struct InterceptPolicy {
     pub mode: InterceptMode,
     pub stack: StackConfig,
     pub hold_synack: bool,
+    /// The `[tls]` settings, when connections are intercepted in mode "tls".
+    pub tls: Option<Tls>,
 }
 
 impl InterceptPolicy {
@@ -56,7 +59,44 @@ impl InterceptPolicy {
                 max_flows: tcp.max_connections.saturating_mul(2),
             },
             hold_synack: tcp.hold_synack,
+            tls: (config.intercept.mode == InterceptMode::Tls && !config.intercept.tcp_ports.is_empty())
+                .then(|| config.tls.clone()),
         }
+    }
+
+    /// A worker's TLS context (its own forger and caches), if TLS is
+    /// intercepted. Fails with the file or setting at fault.
+    pub fn tls_context(&self) -> Result<Option<TlsContext>, MitmError> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let (Some(ca_cert), Some(ca_key)) = (&tls.ca_cert, &tls.ca_key) else {
+            return Err(MitmError::Config("tls.ca_cert and tls.ca_key are required".into()));
+        };
+        let ca = CertificateAuthority::load(ca_cert, ca_key)?;
+        let leaf_key = match &tls.leaf_key {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|err| MitmError::File {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?;
+                Some(rcgen::KeyPair::from_pem(&pem).map_err(|err| MitmError::Pem {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?)
+            }
+            None => None,
+        };
+        let forger = Forger::new(ca, leaf_key, tls.cert_cache)?;
+        let bundle = if tls.upstream_trust == "system" {
+            std::path::PathBuf::from(mitm::trust::SYSTEM_BUNDLE)
+        } else {
+            std::path::PathBuf::from(&tls.upstream_trust)
+        };
+        let trust = UpstreamTrust::from_bundle(&bundle)?;
+        let invalid = match tls.invalid_upstream {
+            InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
+            InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,
+        };
+        TlsContext::new(forger, trust, invalid).map(Some)
     }
 }
 
@@ -107,6 +147,12 @@ impl<P: Port> Engine<P> {
         }
     }
 
+    /// Intercepts TLS on the spliced connections with `context` (mode "tls").
+    pub fn with_tls(mut self, context: mitm::TlsContext) -> Self {
+        self.splicer.set_tls(context);
+        self
+    }
+
     /// One poll of both ports and of the stack's timers; returns how many
     /// frames were received.
     pub fn poll(&mut self, now: Instant) -> usize {
@@ -123,6 +169,7 @@ impl<P: Port> Engine<P> {
     fn tcp_totals(&self) -> TcpTotals {
         let stack = self.stack.counters();
         let splice = self.splicer.counters();
+        let forge = self.splicer.tls().map(|tls| tls.forger().counters()).unwrap_or_default();
         TcpTotals {
             flows_live: stack.flows_live,
             flows_created: stack.flows_created,
@@ -136,6 +183,11 @@ impl<P: Port> Engine<P> {
             resets: splice.resets,
             bytes_client_to_server: splice.bytes_client_to_server,
             bytes_server_to_client: splice.bytes_server_to_client,
+            tls_intercepted: splice.tls_intercepted,
+            tls_failed: splice.tls_failed,
+            forged_cache_hits: forge.hits,
+            forged_cache_misses: forge.misses,
+            forged_cache_bytes: forge.cache_bytes,
             memory_per_flow: self.stack.memory_per_flow() as u64,
         }
     }

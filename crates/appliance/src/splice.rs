@@ -5,6 +5,7 @@
 //! other has room), half-closes and resets are propagated, and a failed
 //! server connect is answered to the client as the server would have.
 
+use mitm::{TlsContext, TlsSession};
 use netstack::{Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use slab::Slab;
 use wire::FrameClass;
@@ -18,7 +19,6 @@ enum Leg {
     Server,
 }
 
-#[derive(Debug)]
 struct Session {
     client: Option<FlowId>,
     server: Option<FlowId>,
@@ -32,7 +32,13 @@ struct Session {
     /// FIN already passed on to the client / the server.
     fin_to_client: bool,
     fin_to_server: bool,
+    /// TLS interception (mode "tls"); `None` splices the bytes untouched.
+    tls: Option<Box<TlsSession>>,
 }
+
+/// Ciphertext waiting for one leg beyond which the other leg is not read
+/// (back-pressure across the TLS layer).
+const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Counters of the splice layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -45,14 +51,19 @@ pub struct SpliceCounters {
     pub resets: u64,
     pub bytes_client_to_server: u64,
     pub bytes_server_to_client: u64,
+    /// TLS sessions whose handshakes both completed.
+    pub tls_intercepted: u64,
+    /// TLS sessions that failed (client or server handshake, bad records).
+    pub tls_failed: u64,
 }
 
 /// All spliced sessions of one worker.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Splicer {
     sessions: Slab<Session>,
     hold_synack: bool,
     counters: SpliceCounters,
+    tls: Option<TlsContext>,
 }
 
 fn owner(session: usize, leg: Leg) -> u64 {
@@ -70,7 +81,18 @@ impl Splicer {
             sessions: Slab::new(),
             hold_synack,
             counters: SpliceCounters::default(),
+            tls: None,
         }
+    }
+
+    /// Intercepts TLS on every new session with `context`.
+    pub fn set_tls(&mut self, context: TlsContext) {
+        self.tls = Some(context);
+    }
+
+    /// The TLS context, for its forging counters.
+    pub fn tls(&self) -> Option<&TlsContext> {
+        self.tls.as_ref()
     }
 
     pub fn counters(&self) -> SpliceCounters {
@@ -118,6 +140,7 @@ impl Splicer {
             failed: false,
             fin_to_client: false,
             fin_to_server: false,
+            tls: self.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip))),
         });
         self.counters.sessions_opened += 1;
         self.counters.sessions_live += 1;
@@ -169,10 +192,10 @@ impl Splicer {
                     session.established = true;
                     let _ = stack.release_synack(client);
                 }
-                Self::pump(&mut self.counters, stack, session);
+                Self::pump(&mut self.counters, self.tls.as_mut(), stack, session);
             }
             EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
-                Self::pump(&mut self.counters, stack, session);
+                Self::pump(&mut self.counters, self.tls.as_mut(), stack, session);
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else { return };
@@ -216,17 +239,88 @@ impl Splicer {
         }
     }
 
+    /// Moves ciphertext between the legs and the TLS session until nothing
+    /// moves: pending output first, then input from a leg only while the
+    /// output towards the other leg is below [`TLS_BACKLOG`].
+    fn pump_tls(
+        counters: &mut SpliceCounters,
+        context: &mut TlsContext,
+        tls: &mut TlsSession,
+        stack: &mut Stack,
+        client: FlowId,
+        server: FlowId,
+    ) -> Result<(), mitm::MitmError> {
+        let mut buf = [0u8; 16 * 1024];
+        let was_established = tls.info.client_version.is_some();
+        for _ in 0..64 {
+            let mut progress = false;
+            let sent = stack.send(client, tls.to_client()).unwrap_or(0);
+            tls.to_client().drain(..sent);
+            progress |= sent > 0;
+            let sent = stack.send(server, tls.to_server()).unwrap_or(0);
+            tls.to_server().drain(..sent);
+            progress |= sent > 0;
+            if tls.to_server().len() < TLS_BACKLOG {
+                let read = stack.recv(client, &mut buf).unwrap_or(0);
+                if read > 0 {
+                    counters.bytes_client_to_server += read as u64;
+                    tls.from_client(context, buf.get(..read).unwrap_or_default())?;
+                    progress = true;
+                }
+            }
+            if tls.to_client().len() < TLS_BACKLOG {
+                let read = stack.recv(server, &mut buf).unwrap_or(0);
+                if read > 0 {
+                    counters.bytes_server_to_client += read as u64;
+                    tls.from_server(context, buf.get(..read).unwrap_or_default())?;
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if !was_established && tls.info.client_version.is_some() {
+            counters.tls_intercepted += 1;
+        }
+        Ok(())
+    }
+
     fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
         stack.peer_finished(flow).unwrap_or(true)
     }
 
-    /// Relays both ways as far as buffers allow and passes on FINs once a
-    /// direction has delivered everything.
-    fn pump(counters: &mut SpliceCounters, stack: &mut Stack, session: &mut Session) {
+    /// Relays both ways as far as buffers allow (through the TLS session in
+    /// mode "tls") and passes on FINs once a direction has delivered
+    /// everything.
+    fn pump(counters: &mut SpliceCounters, tls: Option<&mut TlsContext>, stack: &mut Stack, session: &mut Session) {
         let (Some(client), Some(server)) = (session.client, session.server) else {
             return;
         };
         if !session.established {
+            return;
+        }
+        if let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls) {
+            if let Err(err) = Self::pump_tls(counters, context, tls_session, stack, client, server) {
+                tracing::info!("TLS interception failed: {err}");
+                counters.tls_failed += 1;
+                session.tls = None;
+                session.failed = true;
+                let _ = stack.abort(client);
+                let _ = stack.abort(server);
+                return;
+            }
+            // A leg's FIN is passed on once everything before it went out.
+            let (to_client_empty, to_server_empty) =
+                (tls_session.to_client().is_empty(), tls_session.to_server().is_empty());
+            if !session.fin_to_server && to_server_empty && stack.peer_finished(client).unwrap_or(false) {
+                session.fin_to_server = true;
+                let _ = stack.close(server);
+            }
+            if !session.fin_to_client && to_client_empty && stack.peer_finished(server).unwrap_or(false) {
+                session.fin_to_client = true;
+                let _ = stack.close(client);
+            }
             return;
         }
         counters.bytes_client_to_server += stack.relay(client, server).unwrap_or(0) as u64;

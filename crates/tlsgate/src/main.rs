@@ -37,6 +37,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report_json: Option<PathBuf>,
     },
+    /// Manage the appliance CA that signs forged certificates.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Validate a configuration file and explain what is wrong with it.
     Check {
         #[arg(long, short)]
@@ -63,6 +68,26 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a new ECDSA P-256 CA: DIR/ca.pem and DIR/ca.key (mode 0600).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "tlsgate interception CA")]
+        name: String,
+        /// Validity in years.
+        #[arg(long, default_value_t = 5)]
+        years: i64,
+    },
+    /// Show the CA in DIR: fingerprint, validity, how to install it.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -80,6 +105,7 @@ fn main() -> ExitCode {
             report_json,
         } => run(&config, duration, stats_interval, report_json.as_deref()),
         Command::Check { config } => check(&config),
+        Command::Ca { command } => ca(command),
         Command::Replay {
             config,
             input,
@@ -226,6 +252,44 @@ fn replay(
         outcome.report
     );
     write_report(report_json, &outcome.report)
+}
+
+fn ca(command: CaCommand) -> Result<()> {
+    match command {
+        CaCommand::Init { dir, name, years } => {
+            if !(1..=30).contains(&years) {
+                bail!("--years {years}: give 1 to 30");
+            }
+            let ca = mitm::CertificateAuthority::generate(&name, years, time::OffsetDateTime::now_utc())?;
+            let (cert, key) = ca.write(&dir)?;
+            println!("tlsgate: created {} and {} (mode 0600)", cert.display(), key.display());
+            show_ca(&ca, &cert);
+        }
+        CaCommand::Show { dir } => {
+            let cert = dir.join(mitm::ca::CA_CERT_FILE);
+            let ca = mitm::CertificateAuthority::load(&cert, &dir.join(mitm::ca::CA_KEY_FILE))?;
+            show_ca(&ca, &cert);
+        }
+    }
+    Ok(())
+}
+
+fn show_ca(ca: &mitm::CertificateAuthority, cert: &Path) {
+    let summary = ca.summary();
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    let date = |at: time::OffsetDateTime| at.format(&format).unwrap_or_else(|_| at.to_string());
+    println!("subject:     {}", summary.subject);
+    println!("SHA-256:     {}", summary.sha256_fingerprint);
+    println!("valid:       {} to {}", date(summary.not_before), date(summary.not_after));
+    println!("certificate: {}", cert.display());
+    println!(
+        "Clients must trust this certificate to accept intercepted connections, e.g.:\n  \
+         Debian/Ubuntu: cp {0} /usr/local/share/ca-certificates/tlsgate.crt && update-ca-certificates\n  \
+         curl:          curl --cacert {0} https://...\n  \
+         Firefox:       Settings > Privacy & Security > Certificates > Import\n  \
+         Windows:       certutil -addstore -f Root tlsgate.crt",
+        cert.display()
+    );
 }
 
 fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
