@@ -574,3 +574,232 @@ fn refused_and_unreachable_servers_look_as_they_would_without_the_appliance() {
     assert_eq!(tcp["server_unreachable"], 1, "{report}");
     assert_eq!(tcp["sessions_live"], 0, "{report}");
 }
+
+/// lab.toml plus TLS interception of port 443 with a fresh CA in `scratch`,
+/// trusting `upstream_trust` for the real servers.
+fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
+    let ca_dir = scratch.path("ca");
+    let made = output(
+        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(["ca", "init", "--dir"])
+            .arg(&ca_dir),
+    );
+    assert!(made.status.success(), "ca init: {}", text(&made.stderr));
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    config.push_str(&format!(
+        "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n",
+        ca = ca_dir.display(),
+        trust = upstream_trust.display()
+    ));
+    let path = scratch.path("tls.toml");
+    std::fs::write(&path, config).expect("write config");
+    (path, ca_dir.join("ca.pem"))
+}
+
+/// An HTTPS origin (nginx) in the server namespace, stopped on drop.
+struct Origin(PathBuf);
+
+impl Origin {
+    fn start(dir: PathBuf, name: &str, validity: &str) -> Origin {
+        let started = output(
+            Command::new("bash")
+                .arg(repo().join("tests/lab/origin.sh"))
+                .arg("start")
+                .arg(&dir)
+                .args([name, validity]),
+        );
+        assert!(started.status.success(), "origin: {}", text(&started.stderr));
+        Origin(dir)
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.0.join("origin.crt")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/lab/origin.sh"))
+            .arg("stop")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+fn curl(lab: &Lab, ca: &Path, args: &[&str]) -> std::process::Output {
+    output(
+        lab.cmd(CLI, "curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .args(args),
+    )
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn intercepts_https_with_forged_certificates_for_real_clients() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("tls");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let resolve4 = "origin.test:443:198.18.0.2";
+    let resolve6 = "origin.test:443:[2001:2::2]";
+
+    // curl, HTTP/2 and HTTP/1.1, IPv4 and IPv6: byte-exact content.
+    let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
+    for (resolve, version) in [
+        (resolve4, "--http2"),
+        (resolve4, "--http1.1"),
+        (resolve6, "--http2"),
+        (resolve6, "--http1.1"),
+    ] {
+        let body = scratch.path("body.bin");
+        let result = curl(
+            &lab,
+            &ca,
+            &[
+                version,
+                "--resolve",
+                resolve,
+                "https://origin.test/file.bin",
+                "-w",
+                "%{http_version}",
+                "-o",
+                body.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            result.status.success(),
+            "curl {version} via {resolve}: {}",
+            text(&result.stderr)
+        );
+        let expected = if version == "--http2" { "2" } else { "1.1" };
+        assert_eq!(
+            text(&result.stdout),
+            expected,
+            "the HTTP version the server chose reaches the client"
+        );
+        assert!(
+            std::fs::read(&body).expect("body") == file,
+            "curl {version} via {resolve}: content differs"
+        );
+    }
+
+    // The client sees the appliance's certificate with the real names.
+    for version in ["-tls1_2", "-tls1_3"] {
+        let result = output(
+            lab.cmd(CLI, "bash")
+                .arg("-c")
+                .arg(format!(
+                    "echo | timeout 10 openssl s_client -connect 198.18.0.2:443 -servername origin.test {version} -alpn h2,http/1.1 -CAfile {}",
+                    ca.display()
+                )),
+        );
+        let shown = text(&result.stdout);
+        assert!(
+            shown.contains("issuer=CN = tlsgate interception CA"),
+            "{version}: {shown}"
+        );
+        assert!(
+            shown.contains("subject=CN = origin.test, O = Lab Origin"),
+            "{version}: {shown}"
+        );
+        assert!(shown.contains("ALPN protocol: h2"), "{version}: {shown}");
+        assert!(shown.contains("Verify return code: 0 (ok)"), "{version}: {shown}");
+        let protocol = if version == "-tls1_2" { "TLSv1.2" } else { "TLSv1.3" };
+        assert!(shown.contains(protocol), "{version}: {shown}");
+    }
+
+    // Python's ssl module, without SNI by name: it connects to the IP address.
+    let script = format!(
+        "import ssl,socket\nctx=ssl.create_default_context(cafile='{}')\ns=ctx.wrap_socket(socket.create_connection(('198.18.0.2',443)),server_hostname='198.18.0.2')\ns.sendall(b'GET /index.html HTTP/1.1\\r\\nHost: origin.test\\r\\nConnection: close\\r\\n\\r\\n')\nprint(s.recv(4096).decode())",
+        ca.display()
+    );
+    let result = output(lab.cmd(CLI, "python3").arg("-c").arg(&script));
+    assert!(
+        text(&result.stdout).contains("hello from origin.test"),
+        "python: {}{}",
+        text(&result.stdout),
+        text(&result.stderr)
+    );
+
+    // A client trusting only the real origin now fails: interception is real.
+    let result = curl(
+        &lab,
+        &origin.cert(),
+        &["--resolve", resolve4, "https://origin.test/index.html"],
+    );
+    assert!(
+        !result.status.success(),
+        "the origin's own certificate must not be what the client sees"
+    );
+
+    let (status, report, printed) = appliance.stop();
+    assert!(status.success(), "{printed}");
+    let tcp = &report["tcp"];
+    assert!(tcp["tls_intercepted"].as_u64().unwrap() >= 7, "{report}");
+    assert!(
+        tcp["forged_cache_hits"].as_u64().unwrap() >= 5,
+        "one forged certificate serves them all: {report}"
+    );
+    assert_eq!(
+        tcp["forged_cache_misses"], 2,
+        "one per name (origin.test and the IP address): {report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn invalid_origin_certificates_still_fail_at_the_client() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("tls-invalid");
+    // The appliance trusts only the system CAs: the lab origin's self-signed
+    // certificate is from an unknown issuer.
+    let unknown = Origin::start(scratch.path("unknown"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let result = curl(
+        &lab,
+        &ca,
+        &["--resolve", "origin.test:443:198.18.0.2", "https://origin.test/"],
+    );
+    assert_eq!(
+        result.status.code(),
+        Some(60),
+        "unknown issuer: {}",
+        text(&result.stderr)
+    );
+    drop(unknown);
+    let (_, report, _) = appliance.stop();
+    assert_eq!(report["tcp"]["tls_intercepted"], 0, "{report}");
+
+    // Trusted but expired, and trusted but for another name.
+    for (name, validity, asked) in [
+        ("origin.test", "expired", "origin.test"),
+        ("origin.test", "valid", "other.test"),
+    ] {
+        let origin = Origin::start(scratch.path(&format!("{validity}-{asked}")), name, validity);
+        let scratch = Scratch::new(&format!("tls-invalid-{validity}-{asked}"));
+        let (config, ca) = tls_config(&scratch, &origin.cert());
+        let appliance = Appliance::start(&lab, &scratch, &config);
+        let result = curl(
+            &lab,
+            &ca,
+            &[
+                "--resolve",
+                &format!("{asked}:443:198.18.0.2"),
+                &format!("https://{asked}/"),
+            ],
+        );
+        assert_eq!(
+            result.status.code(),
+            Some(60),
+            "{validity} {asked}: {}",
+            text(&result.stderr)
+        );
+        let (_, report, _) = appliance.stop();
+        assert_eq!(report["tcp"]["tls_intercepted"], 0, "{validity} {asked}: {report}");
+    }
+}

@@ -32,12 +32,30 @@ mkdir -p "$dir/www" "$dir/temp"
 chmod 0755 "$dir"
 openssl ecparam -name prime256v1 -genkey -noout -out "$dir/origin.key" 2>/dev/null
 if [[ "$validity" == expired ]]; then
-  # Valid yesterday only: a CA-less self-signed cert whose notAfter passed.
-  openssl req -new -key "$dir/origin.key" -subj "/CN=$name/O=Lab Origin" -out "$dir/origin.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:%s,IP:%s,IP:%s\n' "$name" "$TG_SRV_V4" "$TG_SRV_V6" >"$dir/san.ext"
-  openssl x509 -req -in "$dir/origin.csr" -signkey "$dir/origin.key" -days 1 \
-    -not_before "$(date -u -d '-3 days' +%Y%m%d%H%M%SZ)" -not_after "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" \
-    -extfile "$dir/san.ext" -out "$dir/origin.crt" 2>/dev/null
+  # Valid for one day, a week ago (openssl ca sets explicit dates; OpenSSL 3.0
+  # has no x509 -not_before/-not_after).
+  mkdir -p "$dir/ca"
+  : >"$dir/ca/index.txt"
+  cat >"$dir/ca.cnf" <<CNF
+[ca]
+default_ca = lab
+[lab]
+database = $dir/ca/index.txt
+new_certs_dir = $dir/ca
+serial = $dir/ca/serial
+default_md = sha256
+policy = any
+copy_extensions = copy
+[any]
+commonName = supplied
+organizationName = optional
+CNF
+  echo 01 >"$dir/ca/serial"
+  openssl req -new -key "$dir/origin.key" -subj "/CN=$name/O=Lab Origin" \
+    -addext "subjectAltName=DNS:$name,IP:$TG_SRV_V4,IP:$TG_SRV_V6" -out "$dir/origin.csr" 2>/dev/null
+  openssl ca -batch -config "$dir/ca.cnf" -selfsign -keyfile "$dir/origin.key" -in "$dir/origin.csr" \
+    -startdate "$(date -u -d '-8 days' +%Y%m%d%H%M%SZ)" -enddate "$(date -u -d '-7 days' +%Y%m%d%H%M%SZ)" \
+    -out "$dir/origin.crt" 2>/dev/null
 else
   openssl req -x509 -new -key "$dir/origin.key" -days 30 -subj "/CN=$name/O=Lab Origin" \
     -addext "subjectAltName=DNS:$name,IP:$TG_SRV_V4,IP:$TG_SRV_V6" \

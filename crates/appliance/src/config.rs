@@ -468,7 +468,10 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(config.intercept.tcp_ports, vec![80, 443]);
         assert_eq!(config.intercept.mode, InterceptMode::Splice);
         let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [443]\n"));
-        assert!(message.contains("tls.ca_cert") && message.contains("ca init"), "{message}");
+        assert!(
+            message.contains("tls.ca_cert") && message.contains("ca init"),
+            "{message}"
+        );
         let tls = parse(&format!(
             "{MINIMAL}\n[intercept]\ntcp_ports = [443]\n[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\ninvalid_upstream = \"refuse\"\n"
         ))

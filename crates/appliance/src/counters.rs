@@ -327,7 +327,11 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "tls: {} intercepted, {} failed; forged certificates: {} cache hits, {} misses, {} B cached",
-                tcp.tls_intercepted, tcp.tls_failed, tcp.forged_cache_hits, tcp.forged_cache_misses, tcp.forged_cache_bytes
+                tcp.tls_intercepted,
+                tcp.tls_failed,
+                tcp.forged_cache_hits,
+                tcp.forged_cache_misses,
+                tcp.forged_cache_bytes
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

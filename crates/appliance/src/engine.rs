@@ -11,9 +11,9 @@ use dpdk::{PacketBuf, Port};
 use netstack::{Instant, OutFrame, Stack, StackConfig};
 
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::splice::Splicer;
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
 const TX_ATTEMPTS: u32 = 16;
@@ -169,7 +169,11 @@ impl<P: Port> Engine<P> {
     fn tcp_totals(&self) -> TcpTotals {
         let stack = self.stack.counters();
         let splice = self.splicer.counters();
-        let forge = self.splicer.tls().map(|tls| tls.forger().counters()).unwrap_or_default();
+        let forge = self
+            .splicer
+            .tls()
+            .map(|tls| tls.forger().counters())
+            .unwrap_or_default();
         TcpTotals {
             flows_live: stack.flows_live,
             flows_created: stack.flows_created,

@@ -280,7 +280,11 @@ fn show_ca(ca: &mitm::CertificateAuthority, cert: &Path) {
     let date = |at: time::OffsetDateTime| at.format(&format).unwrap_or_else(|_| at.to_string());
     println!("subject:     {}", summary.subject);
     println!("SHA-256:     {}", summary.sha256_fingerprint);
-    println!("valid:       {} to {}", date(summary.not_before), date(summary.not_after));
+    println!(
+        "valid:       {} to {}",
+        date(summary.not_before),
+        date(summary.not_after)
+    );
     println!("certificate: {}", cert.display());
     println!(
         "Clients must trust this certificate to accept intercepted connections, e.g.:\n  \
