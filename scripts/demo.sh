@@ -1,52 +1,63 @@
 #!/usr/bin/env bash
-# scripts/demo.sh — the end-to-end demo: tlsgate as a transparent DPDK bridge
-# between a client and an HTTPS origin, in a throw-away namespace lab.
+# scripts/demo.sh — the end-to-end demo: tlsgate inline between a client and an
+# HTTPS origin in a throw-away namespace lab, bridging everything and
+# intercepting TLS on port 443 with certificates forged by its own CA.
 #
-# Usage: sudo scripts/demo.sh            (root: namespaces, DPDK, apt)
+# Usage: sudo bash scripts/demo.sh       (root: namespaces, DPDK, apt)
 #
-# Steps: setup.sh -> cargo build --release -p tlsgate -> lab-up.sh -> tlsgate in
-# tg-gw -> IPv4/IPv6 ping client->server -> nginx (self-signed P-256 cert,
-# 1 MiB file) in tg-srv -> curl over HTTPS from tg-cli, SHA-256 compared ->
-# SIGINT to tlsgate, which prints its final counters -> summary.
+# Steps: setup.sh -> cargo build --release -p tlsgate -> lab-up.sh -> HTTPS
+# origin (tests/lab/origin.sh: nginx in tg-srv, self-signed cert for
+# origin.test, 1 MiB file) -> `tlsgate ca init` -> config = configs/lab.toml +
+# [intercept]/[tls] -> `tlsgate check` -> `tlsgate run` in tg-gw ->
+#   1. IPv4/IPv6 ping: bridged, not intercepted
+#   2. curl trusting the tlsgate CA: HTTP/2 over IPv4, HTTP/1.1 over IPv6,
+#      SHA-256 compared with the origin's file
+#   3. the certificate the client saw (openssl s_client) next to the origin's:
+#      same subject and names, issued by the tlsgate CA
+#   4. curl trusting only the origin's own certificate: rejected (exit 60)
+#   5. once every flow is freed (TIME-WAIT, ~10 s), SIGINT to tlsgate: final
+#      counters, JSON report, tls_intercepted >= 3
 # Whatever happens, an EXIT trap stops tlsgate and nginx and runs lab-down.sh.
 #
 # Environment (all optional):
 #   TG_DEMO_SKIP_SETUP=1   do not run scripts/setup.sh
 #   TG_DEMO_SKIP_BUILD=1   do not run cargo build (use an existing binary)
 #   TLSGATE_BIN=PATH       binary to run (default ${CARGO_TARGET_DIR:-target}/release/tlsgate)
-#   TG_DEMO_CONFIG=PATH    config for tlsgate (default configs/lab.toml)
-#   TG_DEMO_KEEP=1         keep the temp dir (logs, cert, files) even on success
+#   TG_DEMO_CONFIG=PATH    base config, without [intercept]/[tls] (default
+#                          configs/lab.toml); the demo appends those sections
+#   TG_DEMO_KEEP=1         keep the temp dir (logs, CA, certs, config, report)
+#                          even on success
 #   TG_DEMO_READY_TIMEOUT=30  seconds to wait for tlsgate's "tlsgate: running" line
 #   TG_NS_CLI/TG_NS_GW/TG_NS_SRV  namespace names (see lab-env.sh), e.g. to run
 #                          beside another lab user; configs/lab.toml still fits
-#   TG_DEMO_FORWARDER=linux-bridge
-#                          harness self-test: a Linux bridge in tg-gw stands in
-#                          for tlsgate (implies TG_DEMO_SKIP_BUILD=1); checks the
-#                          lab, nginx and curl parts without the binary.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# shellcheck source=scripts/lab-env.sh
-. scripts/lab-env.sh
+# shellcheck source=scripts/lab-env.sh disable=SC1091
+. scripts/lab-env.sh   # exports TG_*, so tests/lab/origin.sh sees the same lab
 
-FORWARDER="${TG_DEMO_FORWARDER:-tlsgate}"
-CONFIG="${TG_DEMO_CONFIG:-configs/lab.toml}"
+BASE_CONFIG="${TG_DEMO_CONFIG:-configs/lab.toml}"
 BIN="${TLSGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tlsgate}"
 READY_TIMEOUT="${TG_DEMO_READY_TIMEOUT:-30}"
-FILE_BYTES=$((1024 * 1024))
+NAME=origin.test
 
 step=0
 say()  { printf '\n\033[1m==> [%d] %s\033[0m\n' "$((++step))" "$*"; }
 info() { printf '    %s\n' "$*"; }
+show() { sed '/^[[:space:]]*$/d; s/^/    | /'; }   # indent command output
 fail() { printf '\n\033[1;31mdemo.sh: FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
 
-[[ $(id -u) -eq 0 ]] || fail "must run as root (network namespaces, DPDK): sudo $0"
-case "$FORWARDER" in tlsgate | linux-bridge) ;; *) fail "TG_DEMO_FORWARDER must be tlsgate or linux-bridge" ;; esac
+[[ $(id -u) -eq 0 ]] || fail "must run as root (network namespaces, DPDK): sudo bash $0"
+[[ -f "$BASE_CONFIG" ]] || fail "no base config at $BASE_CONFIG (TG_DEMO_CONFIG)"
+if grep -Eq '^[[:space:]]*\[(intercept|tls)\]' "$BASE_CONFIG"; then
+  fail "$BASE_CONFIG already has an [intercept] or [tls] section; the demo adds its own"
+fi
 
 TMP="$(mktemp -d /tmp/tlsgate-demo.XXXXXX)"
-chmod 0755 "$TMP"   # nginx workers (user nobody) must reach the document root
-TG_PID="" NGINX_PID="" OK=0
+chmod 0755 "$TMP"   # nginx workers (not root) must reach the document root
+ORIGIN="$TMP/origin" CA="$TMP/ca" CONFIG="$TMP/tlsgate.toml" REPORT="$TMP/report.json"
+TG_PID="" ORIGIN_STARTED=0 OK=0
 
 cleanup() {
   local rc=$?
@@ -57,11 +68,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$TG_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$TG_PID" 2>/dev/null
   fi
-  if [[ -n "$NGINX_PID" ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
-    kill -TERM "$NGINX_PID" 2>/dev/null
-    for _ in $(seq 30); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$NGINX_PID" 2>/dev/null
-  fi
+  ((ORIGIN_STARTED)) && bash "$ROOT/tests/lab/origin.sh" stop "$ORIGIN"
   "$ROOT/scripts/lab-down.sh"   # also kills anything else left in the namespaces
   if ((OK)) && [[ "${TG_DEMO_KEEP:-0}" != 1 ]]; then
     rm -rf "$TMP"
@@ -77,177 +84,220 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------
 if [[ "${TG_DEMO_SKIP_SETUP:-0}" != 1 ]]; then
   say "Installing/checking Debian packages (scripts/setup.sh)"
-  if [[ "$FORWARDER" == linux-bridge ]]; then TG_SETUP_SKIP_RUST=1 scripts/setup.sh; else scripts/setup.sh; fi
+  if [[ "${TG_DEMO_SKIP_BUILD:-0}" == 1 ]]; then  # no cargo needed
+    TG_SETUP_SKIP_RUST=1 scripts/setup.sh || fail "scripts/setup.sh failed"
+  else
+    scripts/setup.sh || fail "scripts/setup.sh failed"
+  fi
 fi
+for tool in ip curl openssl nginx python3 sha256sum ss timeout; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (run scripts/setup.sh)"
+done
 
-if [[ "$FORWARDER" == tlsgate && "${TG_DEMO_SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${TG_DEMO_SKIP_BUILD:-0}" != 1 ]]; then
   say "Building tlsgate (cargo build --release -p tlsgate)"
   CARGO="$(command -v cargo || echo "${HOME:-/root}/.cargo/bin/cargo")"
-  "$CARGO" build --release -p tlsgate
+  [[ -x "$CARGO" ]] || fail "cargo not found: install Rust with rustup (or set TG_DEMO_SKIP_BUILD=1 and TLSGATE_BIN)"
+  "$CARGO" build --release -p tlsgate || fail "cargo build --release -p tlsgate failed"
 fi
-
-if [[ "$FORWARDER" == tlsgate ]]; then
-  [[ -x "$BIN" ]] || fail "no tlsgate binary at $BIN (build it, or set TLSGATE_BIN)"
-fi
+[[ -x "$BIN" ]] || fail "no tlsgate binary at $BIN (build it, or set TLSGATE_BIN)"
 
 say "Creating the namespace lab (scripts/lab-up.sh)"
-scripts/lab-up.sh | sed 's/^/    /'
-info "nothing bridges gwc0<->gws0 yet, so the client cannot reach the server:"
+scripts/lab-up.sh | show || fail "scripts/lab-up.sh failed"
+info "nothing bridges $TG_GWC_IF<->$TG_GWS_IF yet, so the client cannot reach the server:"
 if ip netns exec "$TG_NS_CLI" ping -c1 -W1 "$TG_SRV_V4" >/dev/null 2>&1; then
-  fail "ping $TG_SRV_V4 succeeded before any bridge was started: the lab is not isolated"
+  fail "ping $TG_SRV_V4 succeeded before tlsgate was started: the lab is not isolated"
 fi
 info "ping $TG_SRV_V4: no answer (as expected)"
 
 # ---------------------------------------------------------------------------
-if [[ "$FORWARDER" == tlsgate ]]; then
-  say "Starting tlsgate in $TG_NS_GW: $BIN run --config $CONFIG"
-  # Job control on: a background job of a script otherwise starts with SIGINT
-  # ignored, and tlsgate is stopped (and prints its counters) on SIGINT.
-  set -m
-  ip netns exec "$TG_NS_GW" "$BIN" run --config "$CONFIG" >"$TMP/tlsgate.log" 2>&1 &
-  TG_PID=$!
-  set +m
-  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    grep -q 'tlsgate: running' "$TMP/tlsgate.log" && break
-    if ! kill -0 "$TG_PID" 2>/dev/null; then
-      sed 's/^/    | /' "$TMP/tlsgate.log" >&2
-      fail "tlsgate exited before it was running (log above)"
-    fi
-    sleep 0.1
-  done
-  if ! grep -q 'tlsgate: running' "$TMP/tlsgate.log"; then
-    sed 's/^/    | /' "$TMP/tlsgate.log" >&2
-    fail "tlsgate did not print 'tlsgate: running' within ${READY_TIMEOUT}s (log above)"
-  fi
-  grep 'tlsgate: running' "$TMP/tlsgate.log" | head -1 | sed 's/^/    | /'
-else
-  say "Self-test: a Linux bridge in $TG_NS_GW stands in for tlsgate"
-  ip -n "$TG_NS_GW" link add tgdemo-br type bridge
-  ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master tgdemo-br
-  ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master tgdemo-br
-  ip -n "$TG_NS_GW" link set tgdemo-br up
-  info "bridge tgdemo-br: $TG_GWC_IF + $TG_GWS_IF"
-fi
+say "Starting the HTTPS origin in $TG_NS_SRV (tests/lab/origin.sh: nginx, HTTP/1.1 + HTTP/2)"
+ORIGIN_STARTED=1
+bash tests/lab/origin.sh start "$ORIGIN" || fail "tests/lab/origin.sh could not start nginx in $TG_NS_SRV"
+want_sha="$(sha256sum "$ORIGIN/www/file.bin" | cut -d' ' -f1)"
+info "nginx listening on $TG_SRV_V4:443 and [$TG_SRV_V6]:443 as $NAME"
+info "served file: /file.bin, $(stat -c %s "$ORIGIN/www/file.bin") bytes, sha256 $want_sha"
+info "the origin's own certificate ($ORIGIN/origin.crt, self-signed):"
+openssl x509 -in "$ORIGIN/origin.crt" -noout -subject -issuer -fingerprint -sha256 | show
+origin_subject="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -subject)"
+origin_issuer="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -issuer)"
+origin_fp="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -fingerprint -sha256)"
 
 # ---------------------------------------------------------------------------
-say "Ping client -> server through the appliance (IPv4 and IPv6)"
-ip netns exec "$TG_NS_CLI" ping -c3 -i0.2 -W2 "$TG_SRV_V4" | tail -2 | sed 's/^/    /' \
-  || fail "IPv4 ping $TG_CLI_V4 -> $TG_SRV_V4 through the appliance failed"
-ip netns exec "$TG_NS_CLI" ping -6 -c3 -i0.2 -W2 "$TG_SRV_V6" | tail -2 | sed 's/^/    /' \
-  || fail "IPv6 ping $TG_CLI_V6 -> $TG_SRV_V6 through the appliance failed"
-ip netns exec "$TG_NS_CLI" ping -c2 -i0.2 -W2 -s 1472 -M "do" "$TG_SRV_V4" >/dev/null \
-  || fail "1500-byte IPv4 packets (DF) do not cross the appliance"
-info "full-size 1514-byte frames (1472-byte ping payload, DF set) cross as well"
+say "Creating the appliance CA: tlsgate ca init --dir $CA"
+"$BIN" ca init --dir "$CA" >"$TMP/ca-init.log" 2>&1 || { show <"$TMP/ca-init.log" >&2; fail "tlsgate ca init failed"; }
+show <"$TMP/ca-init.log"
+[[ -s "$CA/ca.pem" && -s "$CA/ca.key" ]] || fail "tlsgate ca init did not create $CA/ca.pem and $CA/ca.key"
+ca_subject="$(openssl x509 -in "$CA/ca.pem" -noout -subject)"
 
-# ---------------------------------------------------------------------------
-say "Starting an HTTPS origin (nginx) in $TG_NS_SRV"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -keyout "$TMP/origin.key" -out "$TMP/origin.crt" -subj /CN=origin.test \
-  -addext "subjectAltName=DNS:origin.test,IP:$TG_SRV_V4" >"$TMP/openssl.log" 2>&1 \
-  || { cat "$TMP/openssl.log" >&2; fail "openssl could not create the origin certificate"; }
-chmod 0600 "$TMP/origin.key"
-info "self-signed certificate: $(openssl x509 -in "$TMP/origin.crt" -noout -subject -fingerprint -sha256 | tr '\n' ' ')"
-mkdir -p "$TMP/www" "$TMP/nginx-temp"
-head -c "$FILE_BYTES" /dev/urandom >"$TMP/www/file.bin"
-chmod 0755 "$TMP/www"; chmod 0644 "$TMP/www/file.bin"
-want_sha="$(sha256sum "$TMP/www/file.bin" | cut -d' ' -f1)"
-info "served file: /file.bin, $FILE_BYTES bytes, sha256 $want_sha"
-cat >"$TMP/nginx.conf" <<EOF
-# written by scripts/demo.sh; runs only inside the $TG_NS_SRV namespace
-daemon off;
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx-error.log warn;
-events { worker_connections 64; }
-http {
-    access_log $TMP/nginx-access.log;
-    client_body_temp_path $TMP/nginx-temp/body;
-    proxy_temp_path $TMP/nginx-temp/proxy;
-    fastcgi_temp_path $TMP/nginx-temp/fastcgi;
-    uwsgi_temp_path $TMP/nginx-temp/uwsgi;
-    scgi_temp_path $TMP/nginx-temp/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    server {
-        listen $TG_SRV_V4:443 ssl;
-        listen [$TG_SRV_V6]:443 ssl;
-        server_name origin.test;
-        ssl_certificate $TMP/origin.crt;
-        ssl_certificate_key $TMP/origin.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        root $TMP/www;
-    }
-}
+say "Writing and checking the config: $BASE_CONFIG + [intercept] + [tls] -> $CONFIG"
+{
+  cat "$BASE_CONFIG"
+  cat <<EOF
+
+# --- added by scripts/demo.sh ---
+[intercept]
+tcp_ports = [443]
+mode = "tls"
+
+[tls]
+ca_cert = "$CA/ca.pem"
+ca_key = "$CA/ca.key"
+upstream_trust = "$ORIGIN/origin.crt"   # the appliance trusts the lab origin's self-signed cert
 EOF
+} >"$CONFIG"
+sed -n '/^# --- added by scripts\/demo.sh ---$/,$p' "$CONFIG" | tail -n +2 | sed 's/^/    | /'
+info "tlsgate check --config $CONFIG:"
+"$BIN" check --config "$CONFIG" >"$TMP/check.log" 2>&1 || { show <"$TMP/check.log"; fail "tlsgate check rejected $CONFIG"; }
+show <"$TMP/check.log"
+
+# ---------------------------------------------------------------------------
+say "Starting tlsgate in $TG_NS_GW: $BIN run --config $CONFIG --report-json $REPORT --stats-interval 1"
+# Job control on: a background job of a script otherwise starts with SIGINT
+# ignored, and tlsgate is stopped (and prints its counters) on SIGINT.
 set -m
-ip netns exec "$TG_NS_SRV" nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" \
-  >"$TMP/nginx.out" 2>&1 &
-NGINX_PID=$!
+ip netns exec "$TG_NS_GW" "$BIN" run --config "$CONFIG" --report-json "$REPORT" --stats-interval 1 >"$TMP/tlsgate.log" 2>&1 &
+TG_PID=$!
 set +m
-for ((i = 0; i < 100; i++)); do
-  ip netns exec "$TG_NS_SRV" ss -Hltn "sport = :443" | grep -q . && break
-  kill -0 "$NGINX_PID" 2>/dev/null || break
+for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+  grep -q 'tlsgate: running' "$TMP/tlsgate.log" && break
+  if ! kill -0 "$TG_PID" 2>/dev/null; then
+    show <"$TMP/tlsgate.log" >&2
+    fail "tlsgate exited before it was running (log above)"
+  fi
   sleep 0.1
 done
-if ! ip netns exec "$TG_NS_SRV" ss -Hltn "sport = :443" | grep -q .; then
-  cat "$TMP/nginx.out" "$TMP/nginx-error.log" 2>/dev/null | sed 's/^/    | /' >&2
-  fail "nginx did not start listening on $TG_SRV_V4:443"
+if ! grep -q 'tlsgate: running' "$TMP/tlsgate.log"; then
+  show <"$TMP/tlsgate.log" >&2
+  fail "tlsgate did not print 'tlsgate: running' within ${READY_TIMEOUT}s (log above)"
 fi
-info "nginx listening on $TG_SRV_V4:443 and [$TG_SRV_V6]:443 (pid $NGINX_PID)"
+grep 'tlsgate: running' "$TMP/tlsgate.log" | head -1 | show
 
 # ---------------------------------------------------------------------------
-say "HTTPS download client -> origin through the appliance (curl in $TG_NS_CLI)"
-# TODO(interception): at the interception milestone tlsgate terminates this TLS
-# session: curl will trust tlsgate's CA instead of origin.crt, and this step
-# will show the certificate tlsgate forged for origin.test (issuer = the
-# tlsgate CA, same subject/SAN as the origin) next to the origin's own one,
-# e.g. with `openssl s_client -connect origin.test:443 -showcerts`.
-fetch() {  # fetch <label> <address for --resolve>
-  local label="$1" addr="$2" out="$TMP/download-$1.bin" got
-  ip netns exec "$TG_NS_CLI" curl -sS --fail --max-time 30 --cacert "$TMP/origin.crt" \
-    --resolve "origin.test:443:$addr" -o "$out" \
-    -w "    $label: HTTP %{http_code}, %{size_download} bytes in %{time_total}s, TLS verify=%{ssl_verify_result} (0 = ok), remote %{remote_ip}\n" \
-    https://origin.test/file.bin || fail "curl over $label failed"
+say "Ping client -> server through tlsgate: bridged frame by frame, not intercepted"
+ip netns exec "$TG_NS_CLI" ping -c3 -i0.2 -W2 "$TG_SRV_V4" | tail -2 | show \
+  || fail "IPv4 ping $TG_CLI_V4 -> $TG_SRV_V4 through tlsgate failed"
+ip netns exec "$TG_NS_CLI" ping -6 -c3 -i0.2 -W2 "$TG_SRV_V6" | tail -2 | show \
+  || fail "IPv6 ping $TG_CLI_V6 -> $TG_SRV_V6 through tlsgate failed"
+ip netns exec "$TG_NS_CLI" ping -c2 -i0.2 -W2 -s 1472 -M "do" "$TG_SRV_V4" >/dev/null \
+  || fail "1500-byte IPv4 packets (DF) do not cross tlsgate"
+info "ARP, neighbour discovery, ICMP and full-size frames (1472-byte ping, DF) cross"
+info "unchanged: only new TCP connections to port 443 are intercepted"
+
+# ---------------------------------------------------------------------------
+say "HTTPS through tlsgate: curl in $TG_NS_CLI trusts only the tlsgate CA ($CA/ca.pem)"
+fetch() {  # fetch <label> <address for --resolve> <curl http option> <expected http_version>
+  local label="$1" addr="$2" opt="$3" want_ver="$4" out="$TMP/download-$1.bin" line got ver
+  line="$(ip netns exec "$TG_NS_CLI" curl -sS --fail --max-time 30 "$opt" --cacert "$CA/ca.pem" \
+    --resolve "$NAME:443:$addr" -o "$out" \
+    -w '%{http_version} %{http_code} %{size_download} %{time_total} %{ssl_verify_result} %{remote_ip}' \
+    "https://$NAME/file.bin")" || fail "curl $opt over $label (--cacert ca.pem) failed"
+  read -r ver code size secs verify rip <<<"$line"
+  info "$label: HTTP/$ver $code, $size bytes in ${secs}s from $rip, certificate verified against the tlsgate CA (result $verify)"
+  [[ "$ver" == "$want_ver" ]] || fail "$label: curl spoke HTTP/$ver, expected HTTP/$want_ver"
   got="$(sha256sum "$out" | cut -d' ' -f1)"
   [[ "$got" == "$want_sha" ]] || fail "$label download is corrupt: sha256 $got != $want_sha"
-  info "$label: sha256 matches ($got)"
+  info "$label: sha256 $got = the origin's file"
 }
-fetch ipv4 "$TG_SRV_V4"
-fetch ipv6 "[$TG_SRV_V6]"
-info "curl verified the origin's certificate for origin.test against origin.crt:"
-info "the TLS session went end to end, untouched by the bridge"
+fetch ipv4 "$TG_SRV_V4" --http2 2
+fetch ipv6 "[$TG_SRV_V6]" --http1.1 1.1
+info "the origin's access log (it talked to the client's own addresses):"
+tail -n 2 "$ORIGIN/access.log" | show
 
 # ---------------------------------------------------------------------------
-if [[ "$FORWARDER" == tlsgate ]]; then
-  say "Stopping tlsgate (SIGINT); its final counters:"
-  kill -INT "$TG_PID"
-  tg_rc=0
-  for ((i = 0; i < 100; i++)); do kill -0 "$TG_PID" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$TG_PID" 2>/dev/null; then
-    fail "tlsgate did not exit within 10 s of SIGINT"
-  fi
-  wait "$TG_PID" || tg_rc=$?
-  TG_PID=""
-  sed -n '/tlsgate: running/,$p' "$TMP/tlsgate.log" | tail -n +2 | sed '/^[[:space:]]*$/d; s/^/    | /'
-  ((tg_rc == 0)) || fail "tlsgate exited with status $tg_rc"
-else
-  say "Removing the stand-in bridge; its counters:"
-  ip -n "$TG_NS_GW" -s link show dev "$TG_GWC_IF" | sed 's/^/    | /'
-  ip -n "$TG_NS_GW" -s link show dev "$TG_GWS_IF" | sed 's/^/    | /'
-  ip -n "$TG_NS_GW" link del tgdemo-br
+say "What the client saw: openssl s_client -connect $TG_SRV_V4:443 -servername $NAME -alpn h2,http/1.1"
+echo | timeout 15 ip netns exec "$TG_NS_CLI" openssl s_client -connect "$TG_SRV_V4:443" \
+  -servername "$NAME" -alpn h2,http/1.1 -CAfile "$CA/ca.pem" >"$TMP/s_client.log" 2>&1 || true
+if ! grep -q 'BEGIN CERTIFICATE' "$TMP/s_client.log"; then
+  show <"$TMP/s_client.log" >&2
+  fail "openssl s_client got no certificate from $TG_SRV_V4:443 (output above)"
 fi
+grep -E '^(subject|issuer)=|^ALPN protocol|^New, |Verify return code' "$TMP/s_client.log" | show
+openssl x509 -in "$TMP/s_client.log" -out "$TMP/forged.crt" 2>/dev/null \
+  || fail "cannot parse the certificate s_client received"
+forged_subject="$(openssl x509 -in "$TMP/forged.crt" -noout -subject)"
+forged_issuer="$(openssl x509 -in "$TMP/forged.crt" -noout -issuer)"
+forged_fp="$(openssl x509 -in "$TMP/forged.crt" -noout -fingerprint -sha256)"
+forged_san="$(openssl x509 -in "$TMP/forged.crt" -noout -ext subjectAltName | tail -n +2 | sed 's/^ *//')"
+origin_san="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -ext subjectAltName | tail -n +2 | sed 's/^ *//')"
+alpn="$(sed -n 's/^ALPN protocol: //p' "$TMP/s_client.log" | head -1)"
+info "certificate the client saw (forged):"
+info "    subject: ${forged_subject#subject=}"
+info "    issuer:  ${forged_issuer#issuer=}"
+info "    names:   $forged_san"
+info "    sha256:  ${forged_fp#*=}"
+info "the origin's real certificate:"
+info "    subject: ${origin_subject#subject=}"
+info "    issuer:  ${origin_issuer#issuer=}"
+info "    names:   $origin_san"
+info "    sha256:  ${origin_fp#*=}"
+[[ "$forged_subject" == "$origin_subject" ]] || fail "the forged subject differs from the origin's"
+[[ "$forged_issuer" == "issuer=${ca_subject#subject=}" ]] \
+  || fail "the certificate the client saw was not issued by the tlsgate CA (${forged_issuer})"
+[[ "$forged_fp" != "$origin_fp" ]] || fail "the client saw the origin's own certificate: not intercepted"
+grep -q 'Verify return code: 0 (ok)' "$TMP/s_client.log" || fail "s_client did not verify the forged certificate against the tlsgate CA"
+[[ "$alpn" == h2 ]] || fail "ALPN: expected h2 (the origin speaks HTTP/2), got '${alpn:-none}'"
+info "same subject and names, but issued by the tlsgate CA: tlsgate terminated the"
+info "client's TLS session with a certificate it forged, ALPN $alpn negotiated as with the origin"
+
+# ---------------------------------------------------------------------------
+say "A client that trusts only the origin's own certificate is now refused (expected)"
+rc=0
+ip netns exec "$TG_NS_CLI" curl -sS --max-time 30 --cacert "$ORIGIN/origin.crt" \
+  --resolve "$NAME:443:$TG_SRV_V4" -o /dev/null "https://$NAME/file.bin" 2>"$TMP/curl-origin-trust.log" || rc=$?
+show <"$TMP/curl-origin-trust.log"
+((rc == 60)) || fail "curl --cacert origin.crt exited with $rc, expected 60 (certificate not trusted)"
+info "curl exit code 60 (peer certificate cannot be authenticated): the session is intercepted"
+
+# ---------------------------------------------------------------------------
+say "Stopping tlsgate (SIGINT) once every connection has closed; its final counters:"
+# tlsgate prints its counters every second (--stats-interval 1); closed
+# connections linger a few seconds in TIME-WAIT before their flows are freed.
+info "waiting for the intercepted connections to leave TIME-WAIT (about 10 s)..."
+mark="$(wc -l <"$TMP/tlsgate.log")"
+for ((i = 0; i < 300; i++)); do
+  tail -n "+$((mark + 1))" "$TMP/tlsgate.log" | grep -q '^tcp: 0 flows live' && break
+  sleep 0.1
+done
+if tail -n "+$((mark + 1))" "$TMP/tlsgate.log" | grep -q '^tcp: 0 flows live'; then
+  info "all flows freed after $((i / 10)).$((i % 10)) s"
+else
+  info "note: some flows are still live after 30 s; stopping anyway"
+fi
+kill -INT "$TG_PID"
+tg_rc=0
+for ((i = 0; i < 100; i++)); do kill -0 "$TG_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$TG_PID" 2>/dev/null && fail "tlsgate did not exit within 10 s of SIGINT"
+wait "$TG_PID" || tg_rc=$?
+TG_PID=""
+sed -n '/tlsgate: stopped/,$p' "$TMP/tlsgate.log" | show
+((tg_rc == 0)) || fail "tlsgate exited with status $tg_rc"
+[[ -s "$REPORT" ]] || fail "tlsgate wrote no JSON report at $REPORT"
+counters="$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+t = r["tcp"]
+print(t["tls_intercepted"], t["tls_failed"], t["forged_cache_hits"], t["forged_cache_misses"],
+      sum(p["bridged"] for p in r["ports"]))
+' "$REPORT")" || fail "cannot read the counters from $REPORT"
+read -r intercepted failed hits misses bridged <<<"$counters"
+info "from $REPORT: tcp.tls_intercepted=$intercepted tcp.forged_cache_hits=$hits tcp.forged_cache_misses=$misses"
+((intercepted >= 3)) || fail "tcp.tls_intercepted is $intercepted, expected at least 3"
 
 say "Summary"
 cat <<EOF
-    * A client ($TG_NS_CLI, $TG_CLI_V4 / $TG_CLI_V6) and an origin server ($TG_NS_SRV,
-      $TG_SRV_V4 / $TG_SRV_V6) share one subnet; the appliance namespace ($TG_NS_GW)
-      has no addresses at all and its kernel forwards nothing.
-    * $( [[ "$FORWARDER" == tlsgate ]] && echo "tlsgate, a DPDK poll-mode bridge on af_packet ports gwc0/gws0," \
-                                      || echo "A Linux bridge (self-test stand-in for tlsgate)" )
-      carried ARP, IPv6 neighbour discovery, IPv4 and IPv6 ping, and full-size frames.
-    * An HTTPS download of 1 MiB over IPv4 and over IPv6 arrived intact (SHA-256
-      checked); curl validated the origin's own self-signed certificate, so the
-      bridge passed TLS through untouched (interception comes in a later milestone).
+    * A client ($TG_NS_CLI, $TG_CLI_V4 / $TG_CLI_V6) and an origin ($TG_NS_SRV,
+      $TG_SRV_V4 / $TG_SRV_V6) share one subnet; tlsgate sits between them in $TG_NS_GW,
+      a namespace with no addresses whose kernel forwards nothing.
+    * Ping, ARP and neighbour discovery were bridged untouched ($bridged frames bridged).
+    * $intercepted TLS sessions to port 443 were intercepted: tlsgate presented
+      certificates for $NAME forged by its own CA ($misses forged, $hits served from
+      its cache) and opened its own TLS session to the origin, whose certificate it
+      verified. $failed handshake(s) failed: the client that rejected the forged
+      certificate.
+    * Clients trusting the tlsgate CA downloaded 1 MiB intact over HTTP/2 (IPv4)
+      and HTTP/1.1 (IPv6); a client trusting only the origin's own certificate was
+      refused (curl exit 60).
 EOF
 OK=1
 echo

@@ -394,6 +394,46 @@ fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
     }
 }
 
+/// A tcpdump writing `file` in `namespace`, started and listening.
+struct Capture {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Capture {
+    fn start(lab: &Lab, namespace: &str, interface: &str, file: &Path, filter: &str) -> Capture {
+        let mut child = lab
+            .cmd(namespace, "tcpdump")
+            .args(["--immediate-mode", "-i", interface, "-U", "-w"])
+            .arg(file)
+            .arg(filter)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let stderr = child.stderr.take().expect("stderr");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("listening on") => Capture { child, stderr: lines },
+            other => panic!("tcpdump did not start: {other:?}"),
+        }
+    }
+
+    /// Stops the capture; returns tcpdump's closing report.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
 /// The first SYN (without ACK) in a capture: MACs, addresses, ports, ISN.
 fn first_syn(capture: &Path) -> (Vec<u8>, Vec<u8>, u16, u16, u32) {
     for frame in common::read_pcap(capture) {
@@ -427,19 +467,10 @@ fn spliced_connection_is_terminated_yet_keeps_the_clients_identity() {
     let appliance = Appliance::start(&lab, &scratch, &splice_config(&scratch, &[5001]));
     let client_capture = scratch.path("client.pcap");
     let server_capture = scratch.path("server.pcap");
-    let mut captures: Vec<Child> = [(CLI, "cli0", &client_capture), (SRV, "srv0", &server_capture)]
-        .into_iter()
-        .map(|(ns, interface, file)| {
-            lab.cmd(ns, "tcpdump")
-                .args(["-i", interface, "-U", "-w"])
-                .arg(file)
-                .args(["tcp port 5001"])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("tcpdump")
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(1000));
+    let captures = [
+        Capture::start(&lab, CLI, "cli0", &client_capture, "tcp port 5001"),
+        Capture::start(&lab, SRV, "srv0", &server_capture, "tcp port 5001"),
+    ];
     let mut server = lab
         .cmd(SRV, "python3")
         .arg(repo().join("tests/lab/traffic.py"))
@@ -456,9 +487,8 @@ fn spliced_connection_is_terminated_yet_keeps_the_clients_identity() {
     );
     assert!(result.status.success(), "{}", text(&result.stdout));
     std::thread::sleep(Duration::from_millis(500));
-    for capture in &mut captures {
-        let _ = Command::new("kill").args(["-INT", &capture.id().to_string()]).status();
-        let _ = capture.wait();
+    for capture in captures {
+        capture.stop();
     }
     let _ = server.kill();
     let _ = server.wait();
@@ -587,9 +617,10 @@ fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
     assert!(made.status.success(), "ca init: {}", text(&made.stderr));
     let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
     config.push_str(&format!(
-        "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n",
+        "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n[log]\nconnections = \"{logs}/connections.jsonl\"\nkeylog = \"{logs}/keys.log\"\n",
         ca = ca_dir.display(),
-        trust = upstream_trust.display()
+        trust = upstream_trust.display(),
+        logs = scratch.0.display()
     ));
     let path = scratch.path("tls.toml");
     std::fs::write(&path, config).expect("write config");
@@ -802,4 +833,130 @@ fn invalid_origin_certificates_still_fail_at_the_client() {
         let (_, report, _) = appliance.stop();
         assert_eq!(report["tcp"]["tls_intercepted"], 0, "{validity} {asked}: {report}");
     }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("tls-logs");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let appliance = Appliance::start(&lab, &scratch, &config);
+
+    // Capture the client leg while curl fetches a page over HTTP/1.1.
+    let capture = scratch.path("client-leg.pcap");
+    let tcpdump = Capture::start(&lab, CLI, "cli0", &capture, "tcp port 443");
+    let result = curl(
+        &lab,
+        &ca,
+        &[
+            "--http1.1",
+            "--resolve",
+            "origin.test:443:198.18.0.2",
+            "https://origin.test/index.html",
+        ],
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let report = tcpdump.stop();
+    assert!(report.contains("packets captured"), "tcpdump: {report}");
+
+    // With the key log, tshark decrypts the capture and sees the HTTP exchange.
+    let keys = scratch.path("keys.log");
+    let decrypted = output(
+        Command::new("tshark")
+            .args(["-n", "-r"])
+            .arg(&capture)
+            .arg("-o")
+            .arg(format!("tls.keylog_file:{}", keys.display()))
+            .args([
+                "-Y",
+                "http",
+                "-T",
+                "fields",
+                "-e",
+                "http.request.uri",
+                "-e",
+                "http.file_data",
+            ]),
+    );
+    let fields = text(&decrypted.stdout);
+    let summary = text(&output(Command::new("tshark").args(["-n", "-r"]).arg(&capture)).stdout);
+    let key_lines = std::fs::read_to_string(&keys).unwrap_or_default().lines().count();
+    assert!(
+        fields.contains("/index.html"),
+        "tshark did not decrypt the request: {fields}{}\ncapture:\n{summary}\n{key_lines} key log lines\ntcpdump: {report}",
+        text(&decrypted.stderr)
+    );
+    assert!(
+        fields.contains("hello from origin.test") || fields.contains("68656c6c6f"),
+        "no response body: {fields}"
+    );
+
+    // Rotation: move the connection log away, SIGHUP, a new file appears.
+    let log = scratch.path("connections.jsonl");
+    std::thread::sleep(Duration::from_millis(500));
+    let rotated = scratch.path("connections.jsonl.1");
+    let _ = std::fs::rename(&log, &rotated);
+    assert!(
+        output(Command::new("kill").args(["-HUP", &appliance.child.id().to_string()]))
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let result = curl(
+        &lab,
+        &ca,
+        &[
+            "--resolve",
+            "origin.test:443:198.18.0.2",
+            "https://origin.test/index.html",
+        ],
+    );
+    assert!(result.status.success());
+    std::thread::sleep(Duration::from_millis(12_000)); // server legs leave TIME-WAIT: sessions end
+    let (status, _, _) = appliance.stop();
+    assert!(status.success());
+
+    let records: Vec<serde_json::Value> = [&rotated, &log]
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| serde_json::from_str(&line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(records.len(), 2, "one record per connection: {records:?}");
+    assert!(
+        !std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+        "the reopened log gets the new records"
+    );
+    let first = &records[0];
+    assert_eq!(first["sni"], "origin.test", "{first}");
+    assert_eq!(first["server"], "198.18.0.2:443", "{first}");
+    assert_eq!(first["decision"], "intercept", "{first}");
+    assert_eq!(first["upstream_verified"], true, "{first}");
+    assert_eq!(first["alpn"], "http/1.1", "{first}");
+    assert!(
+        first["forged_cert_sha256"].as_str().is_some_and(|f| f.len() == 95),
+        "{first}"
+    );
+    assert!(
+        first["client_tls_version"].as_str().is_some_and(|v| v.contains("TLS")),
+        "{first}"
+    );
+    assert!(first["plaintext_server_to_client"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["ended"], "closed", "{first}");
+    assert_eq!(records[1]["forged_cache_hit"], true, "{}", records[1]);
+    let key_lines = std::fs::read_to_string(&keys).expect("key log");
+    assert!(
+        key_lines
+            .lines()
+            .any(|line| line.starts_with("CLIENT_TRAFFIC_SECRET_0 ")),
+        "{key_lines}"
+    );
 }

@@ -33,6 +33,18 @@ pub struct Config {
     pub tcp: Tcp,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// Log files; each is reopened on SIGHUP (for rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// JSON lines, one object per intercepted connection.
+    pub connections: Option<PathBuf>,
+    /// NSS key log (SSLKEYLOGFILE format) of both legs, mode 0600.
+    pub keylog: Option<PathBuf>,
 }
 
 /// TLS interception settings (used with `[intercept] mode = "tls"`).

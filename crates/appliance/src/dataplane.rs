@@ -9,6 +9,7 @@ use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
 use thiserror::Error;
 
 use crate::config::{Config, Device};
+use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, TimedPoller};
@@ -20,6 +21,8 @@ pub enum DataplaneError {
     Dpdk(#[from] DpdkError),
     #[error("TLS interception: {0}")]
     Tls(#[from] mitm::MitmError),
+    #[error(transparent)]
+    ConnectionLog(#[from] ConnectionLogError),
     #[error("invalid device: {0}")]
     Device(String),
     #[error("worker thread {0} panicked")]
@@ -41,6 +44,24 @@ pub struct Dataplane {
     max_sleep: Duration,
     burst_size: usize,
     policy: InterceptPolicy,
+    key_log: Option<Arc<mitm::KeyLogFile>>,
+    connection_log: Option<Arc<ConnectionLog>>,
+}
+
+/// An engine with TLS interception and the connection log, when configured.
+fn with_extras<P: dpdk::Port>(
+    engine: Engine<P>,
+    tls: Option<mitm::TlsContext>,
+    log: Option<Arc<ConnectionLog>>,
+) -> Engine<P> {
+    let engine = match tls {
+        Some(tls) => engine.with_tls(tls),
+        None => engine,
+    };
+    match log {
+        Some(log) => engine.with_connection_log(log),
+        None => engine,
+    }
 }
 
 struct WorkerSlot {
@@ -82,11 +103,19 @@ impl Dataplane {
         let client_dev = EthDev::open(&eal, client.ethdev_name(), &pool, dev_config)?;
         let server_dev = EthDev::open(&eal, server.ethdev_name(), &pool, dev_config)?;
         let policy = InterceptPolicy::from_config(config);
+        let key_log = match &config.log.keylog {
+            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path)?)),
+            None => None,
+        };
+        let connection_log = match &config.log.connections {
+            Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
+            None => None,
+        };
         let workers = (0..dataplane.workers)
             .map(|queue| {
                 Ok(WorkerSlot {
                     queues: Some([client_dev.queue(queue)?, server_dev.queue(queue)?]),
-                    tls: policy.tls_context()?,
+                    tls: policy.tls_context(key_log.clone())?,
                     engine: EngineStats::default(),
                     stats: Arc::default(),
                 })
@@ -100,6 +129,8 @@ impl Dataplane {
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
             policy,
+            key_log,
+            connection_log,
         })
     }
 
@@ -116,19 +147,18 @@ impl Dataplane {
             &self.policy,
             netstack::Instant::ZERO,
         );
-        let engine = match slot.tls.take() {
-            Some(tls) => engine.with_tls(tls),
-            None => engine,
-        };
+        let engine = with_extras(engine, slot.tls.take(), self.connection_log.clone());
         Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
 
-    /// Runs one worker thread per queue pair until `stop` is set; `tick` is
+    /// Runs one worker thread per queue pair until `stop` is set, reopening
+    /// the logs whenever `hangup` is set; `tick` is
     /// called about every `interval` (zero: never) on this thread with a
     /// fresh report.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
+        hangup: &AtomicBool,
         interval: Duration,
         mut tick: impl FnMut(&Report),
     ) -> Result<(), DataplaneError> {
@@ -144,6 +174,7 @@ impl Dataplane {
                 };
                 let engine_stats = slot.engine.clone();
                 let tls = slot.tls.take();
+                let connection_log = self.connection_log.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
                 let lcore = self.lcores.get(index).copied();
@@ -166,10 +197,7 @@ impl Dataplane {
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
                         let engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());
-                        let mut engine = match tls {
-                            Some(tls) => engine.with_tls(tls),
-                            None => engine,
-                        };
+                        let mut engine = with_extras(engine, tls, connection_log);
                         run_worker(&mut engine, &mut poller, stop);
                     });
                 match handle {
@@ -183,6 +211,9 @@ impl Dataplane {
             let mut last_tick = Instant::now();
             while !stop.load(Ordering::Relaxed) && handles.iter().all(|(_, h)| !h.is_finished()) {
                 std::thread::sleep(Duration::from_millis(50));
+                if hangup.swap(false, Ordering::Relaxed) {
+                    self.reopen_logs();
+                }
                 if !interval.is_zero() && last_tick.elapsed() >= interval {
                     last_tick = Instant::now();
                     tick(&self.report());
@@ -196,6 +227,20 @@ impl Dataplane {
             Ok(())
         });
         outcome
+    }
+
+    /// Reopens the log files at their paths (SIGHUP, after rotation).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.key_log {
+            if let Err(err) = log.reopen() {
+                tracing::error!("cannot reopen the key log: {err}");
+            }
+        }
+        if let Some(log) = &self.connection_log {
+            if let Err(err) = log.reopen() {
+                tracing::error!("cannot reopen the connection log: {err}");
+            }
+        }
     }
 
     /// Every counter, summed over workers per port.

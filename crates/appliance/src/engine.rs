@@ -66,7 +66,10 @@ impl InterceptPolicy {
 
     /// A worker's TLS context (its own forger and caches), if TLS is
     /// intercepted. Fails with the file or setting at fault.
-    pub fn tls_context(&self) -> Result<Option<TlsContext>, MitmError> {
+    pub fn tls_context(
+        &self,
+        key_log: Option<std::sync::Arc<mitm::KeyLogFile>>,
+    ) -> Result<Option<TlsContext>, MitmError> {
         let Some(tls) = &self.tls else { return Ok(None) };
         let (Some(ca_cert), Some(ca_key)) = (&tls.ca_cert, &tls.ca_key) else {
             return Err(MitmError::Config("tls.ca_cert and tls.ca_key are required".into()));
@@ -96,7 +99,7 @@ impl InterceptPolicy {
             InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
             InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,
         };
-        TlsContext::new(forger, trust, invalid).map(Some)
+        TlsContext::new(forger, trust, invalid, key_log).map(Some)
     }
 }
 
@@ -150,6 +153,12 @@ impl<P: Port> Engine<P> {
     /// Intercepts TLS on the spliced connections with `context` (mode "tls").
     pub fn with_tls(mut self, context: mitm::TlsContext) -> Self {
         self.splicer.set_tls(context);
+        self
+    }
+
+    /// Records every intercepted connection in `log` when it ends.
+    pub fn with_connection_log(mut self, log: std::sync::Arc<crate::connlog::ConnectionLog>) -> Self {
+        self.splicer.set_log(log);
         self
     }
 

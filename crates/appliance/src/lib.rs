@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod connlog;
 pub mod counters;
 pub mod dataplane;
 pub mod engine;

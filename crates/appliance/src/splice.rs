@@ -5,10 +5,16 @@
 //! other has room), half-closes and resets are propagated, and a failed
 //! server connect is answered to the client as the server would have.
 
-use mitm::{TlsContext, TlsSession};
+use std::sync::Arc;
+
+use mitm::{SessionInfo, TlsContext, TlsSession};
 use netstack::{Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use slab::Slab;
+use time::OffsetDateTime;
+use wire::FlowTuple;
 use wire::FrameClass;
+
+use crate::connlog::{ConnectionLog, ConnectionRecord};
 
 use crate::engine::Side;
 
@@ -34,6 +40,15 @@ struct Session {
     fin_to_server: bool,
     /// TLS interception (mode "tls"); `None` splices the bytes untouched.
     tls: Option<Box<TlsSession>>,
+    /// For the connection log.
+    started: OffsetDateTime,
+    tuple: FlowTuple,
+    /// TCP payload bytes received from the client and from the server.
+    bytes: (u64, u64),
+    /// How it ended, when not by an orderly close.
+    ended: Option<String>,
+    /// What TLS told about it, kept when the TLS session is dropped.
+    tls_info: Option<SessionInfo>,
 }
 
 /// Ciphertext waiting for one leg beyond which the other leg is not read
@@ -64,6 +79,48 @@ pub struct Splicer {
     hold_synack: bool,
     counters: SpliceCounters,
     tls: Option<TlsContext>,
+    log: Option<Arc<ConnectionLog>>,
+}
+
+/// The connection-log record of a session that ended.
+fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
+    let end = OffsetDateTime::now_utc();
+    let rfc3339 = |at: OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let endpoint = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
+    let info = session.tls.map(|tls| tls.info).or(session.tls_info).unwrap_or_default();
+    let verified = info.upstream_verified.clone();
+    ConnectionRecord {
+        start: rfc3339(session.started),
+        end: rfc3339(end),
+        duration_ms: u64::try_from((end - session.started).whole_milliseconds()).unwrap_or(0),
+        port: "client",
+        protocol: "tcp",
+        client: endpoint(session.tuple.src_ip, session.tuple.src_port),
+        server: endpoint(session.tuple.dst_ip, session.tuple.dst_port),
+        decision: if tls_mode { "intercept" } else { "splice" },
+        reason: format!("destination port {} is intercepted", session.tuple.dst_port),
+        sni: info.sni,
+        alpn_offered: info.alpn_offered,
+        alpn: info.alpn,
+        client_tls_version: info.client_version,
+        client_cipher: info.client_cipher,
+        client_resumed: info.resumed_client,
+        server_tls_version: info.server_version,
+        server_cipher: info.server_cipher,
+        upstream_cert_sha256: info.upstream_fingerprint,
+        upstream_verified: verified.as_ref().map(Result::is_ok),
+        upstream_verify_error: verified.and_then(Result::err),
+        forged_cert_sha256: info.forged_fingerprint,
+        forged_cache_hit: info.forged_cache_hit,
+        bytes_client_to_server: session.bytes.0,
+        bytes_server_to_client: session.bytes.1,
+        plaintext_client_to_server: info.plaintext_client_to_server,
+        plaintext_server_to_client: info.plaintext_server_to_client,
+        ended: session.ended.unwrap_or_else(|| "closed".into()),
+    }
 }
 
 fn owner(session: usize, leg: Leg) -> u64 {
@@ -82,7 +139,13 @@ impl Splicer {
             hold_synack,
             counters: SpliceCounters::default(),
             tls: None,
+            log: None,
         }
+    }
+
+    /// Writes a record of every session that ends to `log`.
+    pub fn set_log(&mut self, log: Arc<ConnectionLog>) {
+        self.log = Some(log);
     }
 
     /// Intercepts TLS on every new session with `context`.
@@ -141,6 +204,11 @@ impl Splicer {
             fin_to_client: false,
             fin_to_server: false,
             tls: self.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip))),
+            started: OffsetDateTime::now_utc(),
+            tuple: *tuple,
+            bytes: (0, 0),
+            ended: None,
+            tls_info: None,
         });
         self.counters.sessions_opened += 1;
         self.counters.sessions_live += 1;
@@ -159,6 +227,7 @@ impl Splicer {
             return None;
         }
         session.failed = true;
+        session.ended = Some("server unreachable (ICMP)".into());
         self.counters.server_unreachable += 1;
         stack.discard(server);
         if let Some(client) = session.client {
@@ -205,13 +274,22 @@ impl Splicer {
                     // client exactly that, a RST or nothing at all.
                     if event.kind == EventKind::Reset {
                         self.counters.server_refused += 1;
+                        session.ended = Some("server refused".into());
                         let _ = stack.abort(other);
                     } else {
                         self.counters.server_timed_out += 1;
+                        session.ended = Some("server silent".into());
                         stack.discard(other);
                     }
                 } else {
                     self.counters.resets += 1;
+                    let how = if event.kind == EventKind::Reset {
+                        "reset"
+                    } else {
+                        "timed out"
+                    };
+                    let side = if leg == Leg::Client { "client" } else { "server" };
+                    session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
                     let _ = stack.abort(other);
                 }
             }
@@ -232,8 +310,11 @@ impl Splicer {
                     }
                 }
                 if session.client.is_none() && session.server.is_none() {
-                    self.sessions.remove(index);
+                    let session = self.sessions.remove(index);
                     self.counters.sessions_live -= 1;
+                    if let Some(log) = &self.log {
+                        log.write(&record(session, self.tls.is_some()));
+                    }
                 }
             }
         }
@@ -247,8 +328,8 @@ impl Splicer {
         context: &mut TlsContext,
         tls: &mut TlsSession,
         stack: &mut Stack,
-        client: FlowId,
-        server: FlowId,
+        (client, server): (FlowId, FlowId),
+        bytes: &mut (u64, u64),
     ) -> Result<(), mitm::MitmError> {
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
@@ -264,6 +345,7 @@ impl Splicer {
                 let read = stack.recv(client, &mut buf).unwrap_or(0);
                 if read > 0 {
                     counters.bytes_client_to_server += read as u64;
+                    bytes.0 += read as u64;
                     tls.from_client(context, buf.get(..read).unwrap_or_default())?;
                     progress = true;
                 }
@@ -272,6 +354,7 @@ impl Splicer {
                 let read = stack.recv(server, &mut buf).unwrap_or(0);
                 if read > 0 {
                     counters.bytes_server_to_client += read as u64;
+                    bytes.1 += read as u64;
                     tls.from_server(context, buf.get(..read).unwrap_or_default())?;
                     progress = true;
                 }
@@ -301,10 +384,18 @@ impl Splicer {
             return;
         }
         if let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls) {
-            if let Err(err) = Self::pump_tls(counters, context, tls_session, stack, client, server) {
+            if let Err(err) = Self::pump_tls(
+                counters,
+                context,
+                tls_session,
+                stack,
+                (client, server),
+                &mut session.bytes,
+            ) {
                 tracing::info!("TLS interception failed: {err}");
                 counters.tls_failed += 1;
-                session.tls = None;
+                session.ended = Some(format!("TLS failed: {err}"));
+                session.tls_info = session.tls.take().map(|tls| tls.info);
                 session.failed = true;
                 let _ = stack.abort(client);
                 let _ = stack.abort(server);
@@ -323,8 +414,12 @@ impl Splicer {
             }
             return;
         }
-        counters.bytes_client_to_server += stack.relay(client, server).unwrap_or(0) as u64;
-        counters.bytes_server_to_client += stack.relay(server, client).unwrap_or(0) as u64;
+        let up = stack.relay(client, server).unwrap_or(0) as u64;
+        let down = stack.relay(server, client).unwrap_or(0) as u64;
+        counters.bytes_client_to_server += up;
+        counters.bytes_server_to_client += down;
+        session.bytes.0 += up;
+        session.bytes.1 += down;
         if !session.fin_to_server && stack.peer_finished(client).unwrap_or(false) {
             session.fin_to_server = true;
             let _ = stack.close(server);

@@ -8,11 +8,13 @@
 pub mod ca;
 mod error;
 pub mod forge;
+pub mod keylog;
 pub mod session;
 pub mod trust;
 
 pub use ca::CertificateAuthority;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
+pub use keylog::KeyLogFile;
 pub use session::{InvalidUpstream, SessionInfo, TlsContext, TlsSession};
 pub use trust::UpstreamTrust;

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::error::MitmError;
 use crate::forge::{Forger, Trust};
+use crate::keylog::KeyLogFile;
 use crate::trust::UpstreamTrust;
 
 /// What to do when the real server's certificate does not verify.
@@ -45,16 +46,27 @@ pub struct TlsContext {
     server_sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
     invalid_upstream: InvalidUpstream,
+    key_log: Option<Arc<KeyLogFile>>,
 }
 
 impl TlsContext {
-    pub fn new(forger: Forger, trust: UpstreamTrust, invalid_upstream: InvalidUpstream) -> Result<Self, MitmError> {
-        let upstream = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    /// With `key_log`, the secrets of both legs of every connection are
+    /// written to it.
+    pub fn new(
+        forger: Forger,
+        trust: UpstreamTrust,
+        invalid_upstream: InvalidUpstream,
+        key_log: Option<Arc<KeyLogFile>>,
+    ) -> Result<Self, MitmError> {
+        let mut upstream = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|err| MitmError::Config(err.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(trust.deferred())
             .with_no_client_auth();
+        if let Some(key_log) = &key_log {
+            upstream.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+        }
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| MitmError::Config(err.to_string()))?;
         Ok(TlsContext {
             forger,
@@ -63,6 +75,7 @@ impl TlsContext {
             server_sessions: rustls::server::ServerSessionMemoryCache::new(4096),
             ticketer,
             invalid_upstream,
+            key_log,
         })
     }
 
@@ -88,6 +101,9 @@ impl TlsContext {
         config.alpn_protocols = alpn.map(|protocol| vec![protocol.to_vec()]).unwrap_or_default();
         config.session_storage = Arc::clone(&self.server_sessions);
         config.ticketer = Arc::clone(&self.ticketer);
+        if let Some(key_log) = &self.key_log {
+            config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+        }
         Ok(Arc::new(config))
     }
 }

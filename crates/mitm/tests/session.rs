@@ -88,7 +88,7 @@ fn appliance(trusted_origin_ca: &str, invalid: InvalidUpstream) -> Appliance {
     let forger = Forger::new(ca, None, 16).unwrap();
     let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
     Appliance {
-        context: TlsContext::new(forger, trust, invalid).unwrap(),
+        context: TlsContext::new(forger, trust, invalid, None).unwrap(),
         ca_der,
         _dir: tempdir::Dir(dir),
     }

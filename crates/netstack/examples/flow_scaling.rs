@@ -8,12 +8,16 @@
 //! with an ACK ([`Stack::lookup`] + [`Stack::ingress`]), so N flows are
 //! Established. It then delivers rounds of `--packets` data segments (1-100
 //! payload bytes, in-sequence) to flows drawn uniformly at random over all N
-//! (cold caches, like real traffic), and the same to a fixed random set of
-//! `--hot` flows among the N (warm caches: isolates algorithmic growth from
-//! memory-hierarchy growth). Per segment the timed work is what a relay does:
-//! lookup, ingress, the events (reading what became readable), flush and
-//! draining the output. `poll_timers` runs after every burst of 32 segments,
-//! timed separately, and once more while idle to show the timer-wheel scan.
+//! (cold caches, like real traffic), alternating round by round with rounds
+//! to `--hot` flows only (warm caches: isolates algorithmic growth from
+//! memory-hierarchy growth): the first ones, set up one after the other and
+//! so compact in memory, and as many scattered at random over the table
+//! (same cache footprint, but spread over many more pages). Per segment
+//! the timed work is what a relay does: lookup, ingress, the events (reading
+//! what became readable), flush and draining the output. `poll_timers` runs
+//! after every burst of 32 segments, timed separately, and once more while
+//! idle to show the timer-wheel scan. Last, a pointer chase over as much
+//! memory as the flows took prices one dependent miss at that size.
 //!
 //! A real clock drives the stack (`now` read once per burst). The stack's
 //! `timeout` defaults to an hour here: smoltcp 0.14 closes any socket whose
@@ -23,7 +27,7 @@
 //!
 //! ```text
 //! cargo run --release -p netstack --example flow_scaling -- \
-//!     [--flows 1000,100000,1000000] [--packets 200000] [--rounds 5] [--hot 1000] \
+//!     [--flows 1000,100000,1000000] [--packets 200000] [--rounds 7] [--hot 1000] \
 //!     [--buffer 1024] [--servers 16] [--timeout-secs 3600]
 //! ```
 //!
@@ -71,7 +75,7 @@ impl Default for Options {
         Options {
             flows: vec![1_000, 100_000, 1_000_000],
             packets: 200_000,
-            rounds: 5,
+            rounds: 7,
             hot: 1_000,
             buffer: 1024,
             servers: 16,
@@ -430,54 +434,63 @@ struct Measured {
     total: RoundStats,
 }
 
-/// Rounds of segments to flows drawn by `pick`.
+/// A named way of drawing the flow each segment goes to.
+type Workload<'a> = (&'a str, &'a dyn Fn(&mut Rng) -> usize);
+
+/// Rounds of segments for each workload, the workloads alternating round by
+/// round so that interference from other tenants hits them alike.
 fn measure(
     stack: &mut Stack,
     clients: &mut Clients,
     clock: &Clock,
     options: &Options,
     rng: &mut Rng,
-    label: &str,
-    pick: impl Fn(&mut Rng) -> usize + Copy,
-) -> Result<Measured> {
-    // One short warm-up round: output vectors, allocator, branch predictors.
+    workloads: &[Workload<'_>],
+) -> Result<Vec<Measured>> {
     let mut segments = Segments::default();
-    clients.segments(&mut segments, (options.packets / 4).max(BURST), rng, pick)?;
-    run_round(stack, &segments, clock)?;
-    let (mut ingress, mut all_in, mut timer) = (Vec::new(), Vec::new(), Vec::new());
-    let mut total = RoundStats::default();
-    for round in 0..options.rounds {
-        clients.segments(&mut segments, options.packets, rng, pick)?;
-        let stats = run_round(stack, &segments, clock)?;
-        let packets = stats.packets as f64;
-        ingress.push(stats.packet_ns as f64 / packets);
-        all_in.push((stats.packet_ns + stats.timer_ns) as f64 / packets);
-        timer.push(stats.timer_ns as f64 / stats.timer_calls as f64);
-        eprintln!(
-            "  {label} round {round}: {:.0} ns/segment ({:.0} with timers), poll_timers {:.0} ns/call, \
-             {:.2} frames out/segment ({:.2} from timers)",
-            stats.packet_ns as f64 / packets,
-            (stats.packet_ns + stats.timer_ns) as f64 / packets,
-            stats.timer_ns as f64 / stats.timer_calls as f64,
-            stats.frames_out as f64 / packets,
-            stats.timer_frames as f64 / packets,
-        );
-        total.packets += stats.packets;
-        total.packet_ns += stats.packet_ns;
-        total.timer_calls += stats.timer_calls;
-        total.timer_ns += stats.timer_ns;
-        total.frames_out += stats.frames_out;
-        total.timer_frames += stats.timer_frames;
-        total.bytes_in += stats.bytes_in;
-        total.bytes_read += stats.bytes_read;
-        total.lost_flows += stats.lost_flows;
+    // One short warm-up round each: output vectors, allocator, predictors.
+    for (_, pick) in workloads {
+        clients.segments(&mut segments, (options.packets / 4).max(BURST), rng, pick)?;
+        run_round(stack, &segments, clock)?;
     }
-    Ok(Measured {
-        ingress_ns: median(&mut ingress),
-        all_in_ns: median(&mut all_in),
-        timer_ns_per_call: median(&mut timer),
-        total,
-    })
+    let mut samples = vec![(Vec::new(), Vec::new(), Vec::new(), RoundStats::default()); workloads.len()];
+    for round in 0..options.rounds {
+        for ((label, pick), (ingress, all_in, timer, total)) in workloads.iter().zip(samples.iter_mut()) {
+            clients.segments(&mut segments, options.packets, rng, pick)?;
+            let stats = run_round(stack, &segments, clock)?;
+            let packets = stats.packets as f64;
+            ingress.push(stats.packet_ns as f64 / packets);
+            all_in.push((stats.packet_ns + stats.timer_ns) as f64 / packets);
+            timer.push(stats.timer_ns as f64 / stats.timer_calls as f64);
+            eprintln!(
+                "  {label} round {round}: {:.0} ns/segment ({:.0} with timers), poll_timers {:.0} ns/call, \
+                 {:.2} frames out/segment ({:.2} from timers)",
+                stats.packet_ns as f64 / packets,
+                (stats.packet_ns + stats.timer_ns) as f64 / packets,
+                stats.timer_ns as f64 / stats.timer_calls as f64,
+                stats.frames_out as f64 / packets,
+                stats.timer_frames as f64 / packets,
+            );
+            total.packets += stats.packets;
+            total.packet_ns += stats.packet_ns;
+            total.timer_calls += stats.timer_calls;
+            total.timer_ns += stats.timer_ns;
+            total.frames_out += stats.frames_out;
+            total.timer_frames += stats.timer_frames;
+            total.bytes_in += stats.bytes_in;
+            total.bytes_read += stats.bytes_read;
+            total.lost_flows += stats.lost_flows;
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|(mut ingress, mut all_in, mut timer, total)| Measured {
+            ingress_ns: median(&mut ingress),
+            all_in_ns: median(&mut all_in),
+            timer_ns_per_call: median(&mut timer),
+            total,
+        })
+        .collect())
 }
 
 /// Measures one N; returns the fields of the result line.
@@ -568,27 +581,29 @@ fn measure_flows(flows: usize, options: &Options) -> Result<BTreeMap<&'static st
     );
     result.insert("sweep_ms", format!("{sweep_ms:.1}"));
 
-    let cold = measure(
+    // Hot sets: the first flows (allocated one after the other, so compact
+    // in memory) and as many scattered at random over the table.
+    let hot_len = options.hot.clamp(1, flows);
+    let scattered: Vec<usize> = (0..hot_len).map(|_| rng.below(flows)).collect();
+    let cold_pick = |rng: &mut Rng| rng.below(flows);
+    let compact_pick = |rng: &mut Rng| rng.below(hot_len);
+    let scattered_pick = |rng: &mut Rng| scattered.get(rng.below(hot_len)).copied().unwrap_or(0);
+    let measured = measure(
         &mut stack,
         &mut clients,
         &clock,
         options,
         &mut rng,
-        "all flows",
-        |rng| rng.below(flows),
+        &[
+            ("all flows", &cold_pick),
+            ("hot compact", &compact_pick),
+            ("hot scattered", &scattered_pick),
+        ],
     )?;
-    let hot_set: Vec<usize> = (0..options.hot.min(flows)).map(|_| rng.below(flows)).collect();
-    let hot_len = hot_set.len();
-    let hot_pick = |rng: &mut Rng| hot_set.get(rng.below(hot_len)).copied().unwrap_or(0);
-    let hot = measure(
-        &mut stack,
-        &mut clients,
-        &clock,
-        options,
-        &mut rng,
-        "hot flows",
-        hot_pick,
-    )?;
+    let (cold, hot, scattered) = match measured.as_slice() {
+        [cold, hot, scattered] => (*cold, *hot, *scattered),
+        _ => return Err("expected three workloads".into()),
+    };
 
     // Let the pending delayed ACKs go first.
     clock.skip(Duration::from_millis(20));
@@ -612,14 +627,17 @@ fn measure_flows(flows: usize, options: &Options) -> Result<BTreeMap<&'static st
         while stack.next_event().is_some() {}
     }
 
-    let lost = cold.total.lost_flows + hot.total.lost_flows;
-    let unread =
-        (cold.total.bytes_in + hot.total.bytes_in).saturating_sub(cold.total.bytes_read + hot.total.bytes_read);
+    let lost = cold.total.lost_flows + hot.total.lost_flows + scattered.total.lost_flows;
+    let unread = [cold, hot, scattered]
+        .iter()
+        .map(|measured| measured.total.bytes_in.saturating_sub(measured.total.bytes_read))
+        .sum::<u64>();
     let per_segment = |total: &RoundStats, count: u64| count as f64 / total.packets as f64;
     result.insert("ns_cold", format!("{:.0}", cold.ingress_ns));
     result.insert("ns_cold_all", format!("{:.0}", cold.all_in_ns));
     result.insert("ns_hot", format!("{:.0}", hot.ingress_ns));
     result.insert("ns_hot_all", format!("{:.0}", hot.all_in_ns));
+    result.insert("ns_scattered", format!("{:.0}", scattered.ingress_ns));
     result.insert("timer_ns_cold", format!("{:.0}", cold.timer_ns_per_call));
     result.insert("timer_ns_hot", format!("{:.0}", hot.timer_ns_per_call));
     result.insert(
@@ -639,7 +657,42 @@ fn measure_flows(flows: usize, options: &Options) -> Result<BTreeMap<&'static st
     result.insert("lost_flows", lost.to_string());
     result.insert("unread_bytes", unread.to_string());
     result.insert("live_flows", stack.live_flows().to_string());
+
+    // The price of one miss in a working set as large as the flows' state.
+    let working_set = usize::try_from(rss_after.saturating_sub(rss_before) * 1024)?;
+    drop(stack);
+    drop(clients);
+    result.insert("load_ns", format!("{:.0}", dependent_load_ns(working_set, &mut rng)));
     Ok(result)
+}
+
+/// Nanoseconds per dependent load at random over `bytes` of memory (a
+/// pointer chase through one random cycle of its cache lines): what one
+/// cache-and-TLB miss costs in a working set that large.
+fn dependent_load_ns(bytes: usize, rng: &mut Rng) -> f64 {
+    const WORDS_PER_LINE: usize = 64 / std::mem::size_of::<usize>();
+    const STEPS: u64 = 2_000_000;
+    let lines = (bytes / 64).max(2);
+    // Sattolo's shuffle: a single cycle through every line.
+    let mut order: Vec<usize> = (0..lines).collect();
+    for i in (1..lines).rev() {
+        order.swap(i, rng.below(i));
+    }
+    let mut next = vec![0usize; lines * WORDS_PER_LINE];
+    for (k, &line) in order.iter().enumerate() {
+        let successor = order.get((k + 1) % lines).copied().unwrap_or(0);
+        if let Some(slot) = next.get_mut(line * WORDS_PER_LINE) {
+            *slot = successor * WORDS_PER_LINE;
+        }
+    }
+    drop(order);
+    let mut at = 0usize;
+    let started = WallInstant::now();
+    for _ in 0..STEPS {
+        at = next.get(at).copied().unwrap_or(0);
+    }
+    std::hint::black_box(at);
+    nanos(started) as f64 / STEPS as f64
 }
 
 /// Shows how smoltcp's `timeout` treats an idle Established flow: one flow,
@@ -730,6 +783,15 @@ fn field(row: &BTreeMap<String, String>, key: &str) -> String {
     row.get(key).cloned().unwrap_or_else(|| "?".to_string())
 }
 
+/// How many dependent misses the extra cost of random over hot traffic is.
+fn misses(row: &BTreeMap<String, String>) -> String {
+    let value = |key: &str| row.get(key).and_then(|value| value.parse::<f64>().ok());
+    match (value("ns_cold"), value("ns_hot"), value("load_ns")) {
+        (Some(cold), Some(hot), Some(load)) if load > 0.0 => format!("{:.1}", (cold - hot) / load),
+        _ => "?".to_string(),
+    }
+}
+
 fn ratio(first: &BTreeMap<String, String>, last: &BTreeMap<String, String>, key: &str) -> String {
     let value = |row: &BTreeMap<String, String>| row.get(key).and_then(|value| value.parse::<f64>().ok());
     match (value(first), value(last)) {
@@ -755,15 +817,16 @@ fn main() -> Result<()> {
     }
     println!(
         "Per-segment cost of the netstack with N Established flows ({} B rx + {} B tx buffers, {} rounds of {} \
-         segments of 1-100 B, median; bursts of {BURST}; hot set {} flows):\n",
+         segments of 1-100 B, median; bursts of {BURST}; hot sets of {} flows):\n",
         options.buffer, options.buffer, options.rounds, options.packets, options.hot
     );
     println!(
         "| flows | setup (s) | memory_per_flow (B) | RSS (MiB) | RSS/flow (B) | random: ns/seg | random: ns/seg incl. \
-         timers | random: Mseg/s | random: frames out/seg | hot: ns/seg | hot: ns/seg incl. timers | poll_timers \
-         ns/call | idle wheel ns/tick | wheel entries |"
+         timers | random: Mseg/s incl. timers | random: frames out/seg | hot compact: ns/seg | hot scattered: ns/seg \
+         | poll_timers ns/call | idle wheel ns/tick | wheel entries | dependent load ns (same working set) | \
+         (random - hot compact) / load |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let rate = row
             .get("ns_cold_all")
@@ -781,22 +844,26 @@ fn main() -> Result<()> {
             rate,
             field(row, "frames_cold"),
             field(row, "ns_hot"),
-            field(row, "ns_hot_all"),
+            field(row, "ns_scattered"),
             field(row, "timer_ns_cold"),
             field(row, "idle_ns_per_tick"),
             field(row, "wheel_entries"),
+            field(row, "load_ns"),
+            misses(row),
         ];
         println!("| {} |", cells.join(" | "));
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         println!(
-            "\ncost({})/cost({}): random {} (incl. timers {}), hot set {} (incl. timers {}), idle wheel tick {}",
+            "\ncost({})/cost({}): random {} (incl. timers {}), hot compact {} (incl. timers {}), hot scattered {}, \
+             idle wheel tick {}",
             field(last, "flows"),
             field(first, "flows"),
             ratio(first, last, "ns_cold"),
             ratio(first, last, "ns_cold_all"),
             ratio(first, last, "ns_hot"),
             ratio(first, last, "ns_hot_all"),
+            ratio(first, last, "ns_scattered"),
             ratio(first, last, "idle_ns_per_tick"),
         );
     }
@@ -806,7 +873,7 @@ fn main() -> Result<()> {
             .any(|key| row.get(*key).is_some_and(|value| value != "0"))
             || row.get("live_flows") != row.get("flows");
         println!(
-            "\n{} flows: {} frames out/segment ({} from poll_timers; hot set {}), post-setup wheel sweep {} ms, \
+            "\n{} flows: {} frames out/segment ({} from poll_timers; hot compact {}), post-setup wheel sweep {} ms, \
              lost flows {}, unread bytes {}{}",
             field(row, "flows"),
             field(row, "frames_cold"),

@@ -151,10 +151,13 @@ fn run(
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install the signal handler")?;
     }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .context("cannot install the signal handler")?;
     let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
     let started = Instant::now();
     println!(
-        "tlsgate: running with {} worker(s), client port {}, server port {} (SIGINT/SIGTERM to stop)",
+        "tlsgate: running with {} worker(s), client port {}, server port {} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
         config.dataplane.workers, config.ports.client.device, config.ports.server.device
     );
     if let Some(limit) = duration {
@@ -164,7 +167,7 @@ fn run(
             stop.store(true, Ordering::Relaxed);
         });
     }
-    dataplane.run(&stop, interval, |report| {
+    dataplane.run(&stop, &hangup, interval, |report| {
         println!(
             "tlsgate: counters after {:.1} s\n{report}",
             started.elapsed().as_secs_f64()
