@@ -48,7 +48,7 @@ pub struct Log {
 }
 
 /// TLS interception settings (used with `[intercept] mode = "tls"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// The appliance CA certificate (PEM), made by `tlsgate ca init`.
@@ -77,6 +77,19 @@ pub enum InvalidUpstreamPolicy {
     #[default]
     Mirror,
     Refuse,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            ca_cert: None,
+            ca_key: None,
+            leaf_key: None,
+            upstream_trust: default_upstream_trust(),
+            invalid_upstream: InvalidUpstreamPolicy::default(),
+            cert_cache: default_cert_cache(),
+        }
+    }
 }
 
 fn default_upstream_trust() -> String {
@@ -390,6 +403,22 @@ impl Config {
         if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
             return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
         }
+        if self.intercept.mode == InterceptMode::Tls && !self.intercept.tcp_ports.is_empty() {
+            for (key, value) in [("tls.ca_cert", &self.tls.ca_cert), ("tls.ca_key", &self.tls.ca_key)] {
+                if value.is_none() {
+                    return Err(invalid(
+                        key,
+                        "is required with [intercept] mode = \"tls\" (make a CA with `tlsgate ca init --dir DIR`)".into(),
+                    ));
+                }
+            }
+        }
+        if self.tls.cert_cache == 0 {
+            return Err(invalid("tls.cert_cache", "must be at least 1".into()));
+        }
+        if self.tls.upstream_trust.is_empty() {
+            return Err(invalid("tls.upstream_trust", "give \"system\" or the path of a PEM bundle".into()));
+        }
         let client =
             Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
         let server =
@@ -491,6 +520,10 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(tls.intercept.mode, InterceptMode::Tls);
         assert_eq!(tls.tls.invalid_upstream, InvalidUpstreamPolicy::Refuse);
         assert_eq!(tls.tls.upstream_trust, "system");
+        let defaults = parse(MINIMAL).expect("valid").tls;
+        assert_eq!((defaults.upstream_trust.as_str(), defaults.cert_cache), ("system", 10_000));
+        let message = rejection(&format!("{MINIMAL}\n[tls]\ncert_cache = 0\n"));
+        assert!(message.contains("tls.cert_cache"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
         assert_eq!(config.tcp.tx_buffer, 64 * 1024);
         assert!(!config.tcp.hold_synack);
