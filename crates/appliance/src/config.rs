@@ -408,7 +408,8 @@ impl Config {
                 if value.is_none() {
                     return Err(invalid(
                         key,
-                        "is required with [intercept] mode = \"tls\" (make a CA with `tlsgate ca init --dir DIR`)".into(),
+                        "is required with [intercept] mode = \"tls\" (make a CA with `tlsgate ca init --dir DIR`)"
+                            .into(),
                     ));
                 }
             }
@@ -417,7 +418,10 @@ impl Config {
             return Err(invalid("tls.cert_cache", "must be at least 1".into()));
         }
         if self.tls.upstream_trust.is_empty() {
-            return Err(invalid("tls.upstream_trust", "give \"system\" or the path of a PEM bundle".into()));
+            return Err(invalid(
+                "tls.upstream_trust",
+                "give \"system\" or the path of a PEM bundle".into(),
+            ));
         }
         let client =
             Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
@@ -521,7 +525,10 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(tls.tls.invalid_upstream, InvalidUpstreamPolicy::Refuse);
         assert_eq!(tls.tls.upstream_trust, "system");
         let defaults = parse(MINIMAL).expect("valid").tls;
-        assert_eq!((defaults.upstream_trust.as_str(), defaults.cert_cache), ("system", 10_000));
+        assert_eq!(
+            (defaults.upstream_trust.as_str(), defaults.cert_cache),
+            ("system", 10_000)
+        );
         let message = rejection(&format!("{MINIMAL}\n[tls]\ncert_cache = 0\n"));
         assert!(message.contains("tls.cert_cache"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
