@@ -30,8 +30,9 @@ pub struct StackConfig {
     pub rx_buffer: usize,
     /// Transmit buffer of each socket, in bytes.
     pub tx_buffer: usize,
-    /// A socket gives up when its peer stays silent this long while it has
-    /// a SYN or data outstanding (also bounds the connect of a server leg).
+    /// A flow gives up when its peer stays silent this long while it has a
+    /// SYN, data or a FIN outstanding (this also bounds a connect). An idle
+    /// connection with nothing outstanding lives on.
     pub timeout: Duration,
     /// Flows beyond this many are refused.
     pub max_flows: usize,
@@ -140,6 +141,25 @@ struct Flow {
     timer: Option<Instant>,
     /// Whether the owner asked for an abort (its Closed is not an error).
     aborted: bool,
+    /// When a packet last arrived for this flow (or it was created).
+    last_heard: Instant,
+    /// An accepted flow whose SYN-ACK waits for `release_synack`.
+    held: bool,
+    /// Since when the flow waits for its peer (see `waiting_on_peer`).
+    waiting_since: Option<Instant>,
+}
+
+impl Flow {
+    /// Starts or ends the wait for the peer; returns since when the peer
+    /// has been silent while the flow waits for it.
+    fn silent_since(&mut self, now: Instant) -> Option<Instant> {
+        if !waiting_on_peer(self) {
+            self.waiting_since = None;
+            return None;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        Some(since.max(self.last_heard))
+    }
 }
 
 impl Flow {
@@ -257,7 +277,8 @@ impl Stack {
         );
         // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
         socket.set_nagle_enabled(false);
-        socket.set_timeout(Some(self.config.timeout));
+        // smoltcp's own timeout also fires on idle connections: the stack
+        // applies `StackConfig::timeout` itself (see `waiting_on_peer`).
         socket
     }
 
@@ -267,6 +288,7 @@ impl Stack {
         l2: L2Header,
         socket: tcp::Socket<'static>,
         owner: u64,
+        now: Instant,
     ) -> Result<FlowId, StackError> {
         if key.port >= self.interfaces.len() {
             return Err(StackError::NoSuchPort(key.port));
@@ -304,6 +326,9 @@ impl Stack {
             observed,
             timer: None,
             aborted: false,
+            last_heard: now,
+            held: false,
+            waiting_since: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -341,13 +366,13 @@ impl Stack {
             })
             .map_err(|_| StackError::Socket("listen"))?;
         socket.pause_synack(hold_synack);
-        if hold_synack {
-            // While held, the server leg's outcome decides this leg's fate;
-            // it must not time out (and reset the client) on its own.
-            socket.set_timeout(None);
-        }
         let key = FlowKey { port, tuple: *tuple };
-        let id = self.insert(key, L2Header::reply_to(&class.l2), socket, owner)?;
+        let id = self.insert(key, L2Header::reply_to(&class.l2), socket, owner, now)?;
+        // While held, the server leg's outcome decides this leg's fate: it
+        // must not time out (and reset the client) on its own.
+        if let Ok(flow) = self.flow_mut(id) {
+            flow.held = hold_synack;
+        }
         self.poll_flow(id, Some(packet), now);
         // A SYN the socket did not take (bad checksum, say) opens nothing.
         if self.flow(id).map(|flow| flow.socket().state()) == Ok(tcp::State::Listen) {
@@ -381,7 +406,7 @@ impl Stack {
             port,
             tuple: tuple.reversed(),
         };
-        let id = self.insert(key, l2, socket, owner)?;
+        let id = self.insert(key, l2, socket, owner, now)?;
         self.poll_flow(id, None, now);
         Ok(id)
     }
@@ -443,6 +468,7 @@ impl Stack {
             output,
             events,
             timers,
+            config,
             ..
         } = self;
         let Some(flow) = flows
@@ -455,6 +481,16 @@ impl Stack {
             return;
         };
         let reset_in = packet.is_some_and(is_rst);
+        if packet.is_some() {
+            flow.last_heard = now;
+        }
+        // Silent too long with something outstanding: give up (one RST).
+        let timed_out = flow
+            .silent_since(now)
+            .is_some_and(|since| now >= since + config.timeout);
+        if timed_out {
+            flow.socket_mut().abort();
+        }
         let mut device = FlowDevice {
             rx: packet,
             l2: &flow.l2,
@@ -493,7 +529,11 @@ impl Stack {
             emit(EventKind::PeerClosed);
         }
         let closed = now_observed.state == tcp::State::Closed;
-        if closed && before.state != tcp::State::Closed && !flow.aborted && ended_abnormally(before.state) {
+        if closed
+            && before.state != tcp::State::Closed
+            && !flow.aborted
+            && (timed_out || ended_abnormally(before.state))
+        {
             emit(if reset_in {
                 EventKind::Reset
             } else {
@@ -505,7 +545,11 @@ impl Stack {
             self.free(id);
             return;
         }
-        let deadline = iface.poll_at(now, &flow.sockets);
+        let mut deadline = iface.poll_at(now, &flow.sockets);
+        if let Some(since) = flow.silent_since(now) {
+            let give_up = since + config.timeout;
+            deadline = Some(deadline.map_or(give_up, |at| at.min(give_up)));
+        }
         if deadline != flow.timer {
             flow.timer = deadline;
             if let Some(at) = deadline {
@@ -546,10 +590,9 @@ impl Stack {
 
     /// Lets a flow opened with `hold_synack` answer its SYN.
     pub fn release_synack(&mut self, id: FlowId) -> Result<(), StackError> {
-        let timeout = self.config.timeout;
-        let socket = self.flow_mut(id)?.socket_mut();
-        socket.pause_synack(false);
-        socket.set_timeout(Some(timeout));
+        let flow = self.flow_mut(id)?;
+        flow.held = false;
+        flow.socket_mut().pause_synack(false);
         self.dirty.push(id);
         Ok(())
     }
@@ -656,6 +699,18 @@ impl Stack {
     /// Timer-wheel entries (stale ones included), for diagnostics.
     pub fn timer_entries(&self) -> usize {
         self.timers.len()
+    }
+}
+
+/// Whether the flow waits for its peer to acknowledge something: a SYN, a
+/// SYN-ACK (once released), data or a FIN. Only then does silence count.
+fn waiting_on_peer(flow: &Flow) -> bool {
+    let socket = flow.socket();
+    match socket.state() {
+        tcp::State::SynSent | tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck => true,
+        tcp::State::SynReceived => !flow.held,
+        tcp::State::Established | tcp::State::CloseWait => socket.send_queue() > 0,
+        tcp::State::Closed | tcp::State::Listen | tcp::State::FinWait2 | tcp::State::TimeWait => false,
     }
 }
 

@@ -35,6 +35,8 @@ struct Pair {
     accepted: Option<FlowId>,
     events: Vec<(char, Event)>,
     frames_to_acceptor: Vec<Vec<u8>>,
+    /// When set, the acceptor's host vanished: frames to it are lost.
+    acceptor_gone: bool,
 }
 
 impl Pair {
@@ -46,6 +48,7 @@ impl Pair {
             accepted: None,
             events: Vec::new(),
             frames_to_acceptor: Vec::new(),
+            acceptor_gone: false,
         }
     }
 
@@ -59,6 +62,9 @@ impl Pair {
             let to_acceptor = out.len();
             for frame in out.drain(..) {
                 self.frames_to_acceptor.push(frame.frame.clone());
+                if self.acceptor_gone {
+                    continue;
+                }
                 let class = wire::classify(&frame.frame).unwrap();
                 let (tuple, _) = class.tcp().unwrap();
                 match self.acceptor.lookup(0, tuple) {
@@ -210,4 +216,38 @@ fn refusals_are_typed_errors() {
         );
     }
     assert!(pair.connector.memory_per_flow() > 16 * 1024);
+}
+
+#[test]
+fn idle_connections_live_on_and_silent_peers_with_data_outstanding_time_out() {
+    let mut pair = Pair::new();
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    let client = pair.connector.connect(0, &tuple(), l2, 0, pair.now).unwrap();
+    for _ in 0..10 {
+        pair.step();
+    }
+    assert!(pair.saw('c', EventKind::Connected));
+
+    // A minute with nothing to say, twelve times the timeout: still there.
+    for _ in 0..60_000 {
+        pair.step();
+    }
+    assert_eq!((pair.connector.live_flows(), pair.acceptor.live_flows()), (1, 1));
+    assert!(!pair.saw('c', EventKind::TimedOut) && !pair.saw('a', EventKind::TimedOut));
+
+    // The peer vanishes while data is outstanding: given up after the
+    // timeout (5 s here), with one RST, not before.
+    pair.acceptor_gone = true;
+    pair.connector.send(client, b"anyone there?").unwrap();
+    for _ in 0..4_500 {
+        pair.step();
+    }
+    assert_eq!(pair.connector.live_flows(), 1, "not before the timeout");
+    for _ in 0..1_000 {
+        pair.step();
+    }
+    assert_eq!(pair.connector.live_flows(), 0, "given up after the timeout");
+    assert!(pair.saw('c', EventKind::TimedOut) && pair.saw('c', EventKind::Closed));
+    let last = wire::classify(pair.frames_to_acceptor.last().unwrap()).unwrap();
+    assert!(last.tcp().unwrap().1.flags.rst, "the last frame sent is a RST");
 }
