@@ -252,19 +252,23 @@ impl<P: Port> Engine<P> {
                 }
                 return true;
             };
-            if let Some(flow) = stack.lookup(ingress, tuple) {
-                // Delivered to the stack; a segment it cannot parse is
-                // dropped there like any host would.
-                let _ = stack.ingress(flow, frame.data(), &class, now);
-                intercepted += 1;
-                return false;
-            }
             let opens = from == Side::Client
                 && info.flags.syn
                 && !info.flags.ack
                 && !info.flags.rst
                 && class.is_tcp_candidate()
                 && intercept_ports.contains(&tuple.dst_port);
+            if let Some(flow) = stack.lookup(ingress, tuple) {
+                // A new SYN for a connection the appliance has already
+                // closed (its leg lingers in TIME-WAIT) opens a new one, as
+                // a host would; anything else goes to the existing flow,
+                // and a segment it cannot parse is dropped there.
+                if !(opens && stack.state(flow) == Ok(netstack::TcpState::TimeWait)) {
+                    let _ = stack.ingress(flow, frame.data(), &class, now);
+                    intercepted += 1;
+                    return false;
+                }
+            }
             if opens && splicer.open(stack, frame.data(), &class, now).is_ok() {
                 intercepted += 1;
                 return false;

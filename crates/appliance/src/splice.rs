@@ -172,6 +172,19 @@ impl Splicer {
         now: Instant,
     ) -> Result<(), StackError> {
         let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        // Legs of an earlier connection with the same 5-tuple that linger
+        // in TIME-WAIT make way for the new one.
+        for leg in [
+            stack.lookup(Side::Client.index(), tuple),
+            stack.lookup(Side::Server.index(), &tuple.reversed()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if stack.state(leg) == Ok(netstack::TcpState::TimeWait) {
+                stack.discard(leg);
+            }
+        }
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
         let client = stack.accept(

@@ -442,3 +442,30 @@ fn icmp_unreachable_reaches_the_client_quoting_its_own_sequence_number() {
     assert_eq!(lab.client.tcp(client).state(), State::SynSent, "no handshake, no RST");
     assert_no_leaks(&mut lab);
 }
+
+#[test]
+fn a_client_reusing_its_port_right_after_a_close_gets_a_new_connection_at_once() {
+    let mut lab = Lab::new(&policy(&[PORT]));
+    for round in 0..3u8 {
+        let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_020);
+        transfer(
+            &mut lab,
+            client,
+            server,
+            &pattern(2_000, round),
+            &pattern(3_000, round),
+            5_000,
+        );
+        // The server closes first, so the appliance's client leg ends in
+        // TIME-WAIT while the client's own socket is gone at once.
+        lab.server.tcp(server).close();
+        assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::CloseWait));
+        lab.client.tcp(client).close();
+        assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Closed));
+        lab.client.sockets.remove(client);
+        lab.server.sockets.remove(server);
+        // Same 4-tuple again, well inside the appliance's 10 s TIME-WAIT.
+    }
+    assert_eq!(lab.engine.splicer().counters().sessions_opened, 3);
+    assert_no_leaks(&mut lab);
+}
