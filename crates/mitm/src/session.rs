@@ -36,6 +36,9 @@ pub enum InvalidUpstream {
 
 /// Plaintext read at once from one side before it is written to the other.
 const CHUNK: usize = 16 * 1024;
+/// Bytes a client may send while the appliance talks to the server (a
+/// client waits for the ServerHello, so only a few records are legitimate).
+const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
 
 /// What every session of one worker shares: the forger, the upstream trust,
 /// the rustls configurations and the session caches for resumption.
@@ -238,6 +241,12 @@ impl TlsSession {
                 }
             }
             Phase::Upstream { .. } => {
+                if self.early_client.len() + data.len() > EARLY_CLIENT_LIMIT {
+                    self.phase = Phase::Failed;
+                    return Err(MitmError::Client(rustls::Error::General(
+                        "the client sent more than 64 KiB before the handshake".into(),
+                    )));
+                }
                 self.early_client.extend_from_slice(data);
                 Ok(())
             }

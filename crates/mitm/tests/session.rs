@@ -345,3 +345,19 @@ fn ca_files_are_written_private_and_exposed_keys_refused() {
     assert!(refused.contains("chmod 600"), "{refused}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_client_flooding_before_the_handshake_is_cut_off() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    session.from_client(&mut app.context, &hello).unwrap();
+    // The upstream handshake has not even started to answer; the client
+    // keeps sending.
+    let junk = vec![0x17u8; 16 * 1024];
+    let outcome = (0..8).try_for_each(|_| session.from_client(&mut app.context, &junk));
+    assert!(outcome.is_err(), "unbounded buffering before the handshake");
+}
