@@ -101,6 +101,9 @@ pub struct StackCounters {
     pub flows_refused: u64,
     pub frames_in: u64,
     pub frames_out: u64,
+    /// Socket-set polls: one per delivered frame, due timer or touched
+    /// flow, never one per live flow.
+    pub flow_polls: u64,
 }
 
 /// Why a stack operation failed.
@@ -469,6 +472,7 @@ impl Stack {
             events,
             timers,
             config,
+            counters,
             ..
         } = self;
         let Some(flow) = flows
@@ -480,6 +484,7 @@ impl Stack {
         let Some(iface) = interfaces.get_mut(flow.key.port) else {
             return;
         };
+        counters.flow_polls += 1;
         let reset_in = packet.is_some_and(is_rst);
         if packet.is_some() {
             flow.last_heard = now;

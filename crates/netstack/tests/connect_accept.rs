@@ -251,3 +251,52 @@ fn idle_connections_live_on_and_silent_peers_with_data_outstanding_time_out() {
     let last = wire::classify(pair.frames_to_acceptor.last().unwrap()).unwrap();
     assert!(last.tcp().unwrap().1.flags.rst, "the last frame sent is a RST");
 }
+
+#[test]
+fn per_frame_work_does_not_depend_on_the_number_of_flows() {
+    // Thousands of flows waiting in SYN-SENT, then one frame for one of
+    // them: exactly one socket set is polled (the design rule that keeps
+    // per-packet cost flat; scanning every socket would poll them all).
+    let mut config = config();
+    config.max_flows = 10_000;
+    let mut stack = Stack::new(1, config, Instant::ZERO);
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    for port in 0..5_000u16 {
+        let tuple = FlowTuple {
+            src_port: 10_000 + port,
+            ..tuple()
+        };
+        stack.connect(0, &tuple, l2, 0, Instant::ZERO).unwrap();
+    }
+    let mut syns = Vec::new();
+    stack.drain_output(&mut syns);
+    assert_eq!(syns.len(), 5_000);
+
+    // The SYN-ACK a server would send to the flow from port 10_042.
+    let mut peer = Stack::new(1, config, Instant::ZERO);
+    let syn = syns
+        .iter()
+        .find(|out| wire::classify(&out.frame).unwrap().tcp().unwrap().0.src_port == 10_042)
+        .unwrap();
+    let class = wire::classify(&syn.frame).unwrap();
+    peer.accept(0, &syn.frame, &class, false, 0, Instant::ZERO).unwrap();
+    let mut answer = Vec::new();
+    peer.drain_output(&mut answer);
+    let synack = &answer[0].frame;
+    let class = wire::classify(synack).unwrap();
+
+    let before = stack.counters().flow_polls;
+    let flow = stack.lookup(0, class.tcp().unwrap().0).expect("the flow");
+    stack.ingress(flow, synack, &class, Instant::from_millis(1)).unwrap();
+    assert_eq!(
+        stack.counters().flow_polls - before,
+        1,
+        "one frame, one socket set polled"
+    );
+    assert_eq!(stack.state(flow), Ok(netstack::TcpState::Established));
+
+    // A timer tick with nothing due polls nothing either.
+    let before = stack.counters().flow_polls;
+    stack.poll_timers(Instant::from_millis(2));
+    assert_eq!(stack.counters().flow_polls - before, 0);
+}
