@@ -960,3 +960,105 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
         "{key_lines}"
     );
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn policy_blocks_bypasses_and_fails_open_for_pinned_clients() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("tls-policy");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let mut text_config = std::fs::read_to_string(&config).expect("config");
+    text_config.push_str(
+        "\n[[policy]]\naction = \"block\"\nsni = [\"blocked.test\"]\n\n[[policy]]\naction = \"bypass\"\nwhen = \"non_tls\"\n",
+    );
+    text_config = text_config.replace("[tls]\n", "[tls]\nfail_open_after = 3\nfail_open_window_secs = 60\n");
+    std::fs::write(&config, text_config).expect("config");
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let resolve = "origin.test:443:198.18.0.2";
+
+    // A client that trusts only the real certificate (it pins it) rejects
+    // the forged one; after three rejections the name is bypassed and the
+    // same client then gets the real certificate.
+    for attempt in 1..=3 {
+        let result = curl(
+            &lab,
+            &origin.cert(),
+            &["--resolve", resolve, "https://origin.test/index.html"],
+        );
+        assert_eq!(
+            result.status.code(),
+            Some(60),
+            "attempt {attempt}: {}",
+            text(&result.stderr)
+        );
+    }
+    let result = curl(
+        &lab,
+        &origin.cert(),
+        &["--resolve", resolve, "https://origin.test/index.html"],
+    );
+    assert!(result.status.success(), "fail-open: {}", text(&result.stderr));
+    assert_eq!(text(&result.stdout).trim(), "hello from origin.test");
+
+    // A name the policy blocks: reset during the handshake, no certificate.
+    let result = curl(
+        &lab,
+        &ca,
+        &["--resolve", "blocked.test:443:198.18.0.2", "https://blocked.test/"],
+    );
+    assert!(!result.status.success());
+    assert_ne!(
+        result.status.code(),
+        Some(60),
+        "blocked, not a certificate error: {}",
+        text(&result.stderr)
+    );
+
+    // Plain HTTP on the intercepted port is bypassed by rule 2: nginx
+    // itself answers that this is an HTTPS port.
+    let result = output(
+        lab.cmd(CLI, "curl")
+            .args(["-sS", "--max-time", "10", "http://198.18.0.2:443/"]),
+    );
+    assert!(
+        text(&result.stdout).contains("plain HTTP request was sent to HTTPS port"),
+        "{}",
+        text(&result.stdout)
+    );
+
+    std::thread::sleep(Duration::from_millis(12_000)); // sessions end after TIME-WAIT
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    let tcp = &report["tcp"];
+    assert_eq!(tcp["failed_open"], 1, "{report}");
+    assert!(tcp["blocked"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        tcp["bypassed"].as_u64().unwrap() >= 2,
+        "fail-open and non-TLS: {report}"
+    );
+
+    let log = std::fs::read_to_string(scratch.path("connections.jsonl")).expect("connection log");
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json"))
+        .collect();
+    let reasons: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {}", r["decision"], r["reason"]))
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("bypass") && r.contains("fail-open")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("block") && r.contains("rule 1")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("bypass") && r.contains("rule 2") && r.contains("not TLS")),
+        "{reasons:?}"
+    );
+}

@@ -19,6 +19,8 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error("{path}: `{key}`: {reason}")]
+    InvalidRule { path: PathBuf, key: String, reason: String },
 }
 
 /// The whole configuration file.
@@ -35,6 +37,9 @@ pub struct Config {
     pub tls: Tls,
     #[serde(default)]
     pub log: Log,
+    /// Interception rules, in order (`[[policy]]` tables).
+    #[serde(default)]
+    pub policy: Vec<crate::policy::RuleConfig>,
 }
 
 /// Log files; each is reopened on SIGHUP (for rotation).
@@ -68,6 +73,20 @@ pub struct Tls {
     /// Forged certificates kept per worker.
     #[serde(default = "default_cert_cache")]
     pub cert_cache: usize,
+    /// Fail-open for pinned clients: after this many rejections of the
+    /// forged certificate for one name within `fail_open_window_secs`, that
+    /// name is bypassed (0 disables).
+    #[serde(default = "default_fail_open_after")]
+    pub fail_open_after: usize,
+    #[serde(default = "default_fail_open_window")]
+    pub fail_open_window_secs: u64,
+}
+
+fn default_fail_open_after() -> usize {
+    3
+}
+fn default_fail_open_window() -> u64 {
+    60
 }
 
 /// `tls.invalid_upstream`.
@@ -88,6 +107,8 @@ impl Default for Tls {
             upstream_trust: default_upstream_trust(),
             invalid_upstream: InvalidUpstreamPolicy::default(),
             cert_cache: default_cert_cache(),
+            fail_open_after: default_fail_open_after(),
+            fail_open_window_secs: default_fail_open_window(),
         }
     }
 }
@@ -423,6 +444,11 @@ impl Config {
                 "give \"system\" or the path of a PEM bundle".into(),
             ));
         }
+        self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
+            path: path.to_owned(),
+            key,
+            reason,
+        })?;
         let client =
             Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
         let server =
@@ -445,6 +471,16 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The compiled `[[policy]]` rules with `[tls]` fail-open; an error names
+    /// the rule and field.
+    pub fn policy(&self) -> Result<crate::policy::Policy, (String, String)> {
+        let fail_open = crate::policy::FailOpen {
+            after: self.tls.fail_open_after,
+            window_secs: self.tls.fail_open_window_secs,
+        };
+        crate::policy::Policy::new(&self.policy, Some(fail_open))
     }
 
     /// The client and server port devices (validated by `parse`).

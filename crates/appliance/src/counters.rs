@@ -170,6 +170,9 @@ pub struct TcpStats {
     forged_cache_hits: AtomicU64,
     forged_cache_misses: AtomicU64,
     forged_cache_bytes: AtomicU64,
+    bypassed: AtomicU64,
+    blocked: AtomicU64,
+    failed_open: AtomicU64,
     memory_per_flow: AtomicU64,
 }
 
@@ -197,6 +200,9 @@ pub struct TcpTotals {
     pub forged_cache_hits: u64,
     pub forged_cache_misses: u64,
     pub forged_cache_bytes: u64,
+    pub bypassed: u64,
+    pub blocked: u64,
+    pub failed_open: u64,
     pub memory_per_flow: u64,
 }
 
@@ -220,6 +226,9 @@ impl TcpStats {
         store(&self.forged_cache_hits, totals.forged_cache_hits);
         store(&self.forged_cache_misses, totals.forged_cache_misses);
         store(&self.forged_cache_bytes, totals.forged_cache_bytes);
+        store(&self.bypassed, totals.bypassed);
+        store(&self.blocked, totals.blocked);
+        store(&self.failed_open, totals.failed_open);
         store(&self.memory_per_flow, totals.memory_per_flow);
     }
 
@@ -243,6 +252,9 @@ impl TcpStats {
             forged_cache_hits: load(&self.forged_cache_hits),
             forged_cache_misses: load(&self.forged_cache_misses),
             forged_cache_bytes: load(&self.forged_cache_bytes),
+            bypassed: load(&self.bypassed),
+            blocked: load(&self.blocked),
+            failed_open: load(&self.failed_open),
             memory_per_flow: load(&self.memory_per_flow),
         }
     }
@@ -267,6 +279,9 @@ impl std::ops::AddAssign for TcpTotals {
         self.forged_cache_hits += other.forged_cache_hits;
         self.forged_cache_misses += other.forged_cache_misses;
         self.forged_cache_bytes += other.forged_cache_bytes;
+        self.bypassed += other.bypassed;
+        self.blocked += other.blocked;
+        self.failed_open += other.failed_open;
         self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
     }
 }
@@ -323,12 +338,16 @@ impl fmt::Display for Report {
             tcp.bytes_client_to_server,
             tcp.bytes_server_to_client
         )?;
-        if tcp.tls_intercepted + tcp.tls_failed > 0 {
+        if tcp.tls_intercepted + tcp.tls_failed + tcp.bypassed + tcp.blocked > 0 {
             writeln!(
                 f,
-                "tls: {} intercepted, {} failed; forged certificates: {} cache hits, {} misses, {} B cached",
+                "tls: {} intercepted, {} failed, {} bypassed, {} blocked, {} names failed open; \
+                 forged certificates: {} cache hits, {} misses, {} B cached",
                 tcp.tls_intercepted,
                 tcp.tls_failed,
+                tcp.bypassed,
+                tcp.blocked,
+                tcp.failed_open,
                 tcp.forged_cache_hits,
                 tcp.forged_cache_misses,
                 tcp.forged_cache_bytes

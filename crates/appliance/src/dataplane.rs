@@ -102,7 +102,7 @@ impl Dataplane {
         let [client, server] = devices;
         let client_dev = EthDev::open(&eal, client.ethdev_name(), &pool, dev_config)?;
         let server_dev = EthDev::open(&eal, server.ethdev_name(), &pool, dev_config)?;
-        let policy = InterceptPolicy::from_config(config);
+        let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
         let key_log = match &config.log.keylog {
             Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path)?)),
             None => None,

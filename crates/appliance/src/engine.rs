@@ -12,6 +12,7 @@ use netstack::{Instant, OutFrame, Stack, StackConfig};
 
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
+use crate::policy::{Action, Policy};
 use crate::splice::Splicer;
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
@@ -35,7 +36,7 @@ impl Side {
 }
 
 /// What the engine intercepts, from the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct InterceptPolicy {
     /// Destination ports whose new connections (client SYNs) are spliced.
     pub tcp_ports: Vec<u16>,
@@ -44,12 +45,17 @@ pub struct InterceptPolicy {
     pub hold_synack: bool,
     /// The `[tls]` settings, when connections are intercepted in mode "tls".
     pub tls: Option<Tls>,
+    /// The `[[policy]]` rules.
+    pub rules: Policy,
 }
 
 impl InterceptPolicy {
-    pub fn from_config(config: &Config) -> Self {
+    /// The policy of a validated configuration (its rules were checked).
+    pub fn from_config(config: &Config) -> Result<Self, String> {
         let tcp = &config.tcp;
-        InterceptPolicy {
+        let rules = config.policy().map_err(|(key, reason)| format!("{key}: {reason}"))?;
+        Ok(InterceptPolicy {
+            rules,
             tcp_ports: config.intercept.tcp_ports.clone(),
             mode: config.intercept.mode,
             stack: StackConfig {
@@ -61,7 +67,7 @@ impl InterceptPolicy {
             hold_synack: tcp.hold_synack,
             tls: (config.intercept.mode == InterceptMode::Tls && !config.intercept.tcp_ports.is_empty())
                 .then(|| config.tls.clone()),
-        }
+        })
     }
 
     /// A worker's TLS context (its own forger and caches), if TLS is
@@ -143,7 +149,7 @@ impl<P: Port> Engine<P> {
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
             stack: Stack::new(2, policy.stack, now),
-            splicer: Splicer::new(policy.hold_synack),
+            splicer: Splicer::new(policy.hold_synack, policy.rules.clone()),
             stack_output: Vec::new(),
             outgoing: [Vec::new(), Vec::new()],
             tcp_stats: stats.tcp,
@@ -198,6 +204,9 @@ impl<P: Port> Engine<P> {
             bytes_server_to_client: splice.bytes_server_to_client,
             tls_intercepted: splice.tls_intercepted,
             tls_failed: splice.tls_failed,
+            bypassed: splice.bypassed,
+            blocked: splice.blocked,
+            failed_open: splice.failed_open,
             forged_cache_hits: forge.hits,
             forged_cache_misses: forge.misses,
             forged_cache_bytes: forge.cache_bytes,
@@ -269,9 +278,24 @@ impl<P: Port> Engine<P> {
                     return false;
                 }
             }
-            if opens && splicer.open(stack, frame.data(), &class, now).is_ok() {
-                intercepted += 1;
-                return false;
+            if opens {
+                match splicer.policy().at_syn(tuple) {
+                    Some(verdict) if verdict.action == Action::Bypass => {
+                        splicer.log_decision(tuple, &verdict);
+                        return true;
+                    }
+                    Some(verdict) if verdict.action == Action::Block => {
+                        splicer.block(stack, frame.data(), &class, &verdict, now);
+                        intercepted += 1;
+                        return false;
+                    }
+                    _ => {
+                        if splicer.open(stack, frame.data(), &class, now).is_ok() {
+                            intercepted += 1;
+                            return false;
+                        }
+                    }
+                }
             }
             // Not intercepted (or the table is full): a cable passes it on.
             true

@@ -8,6 +8,7 @@ pub mod connlog;
 pub mod counters;
 pub mod dataplane;
 pub mod engine;
+pub mod policy;
 pub mod replay;
 pub mod splice;
 pub mod worker;

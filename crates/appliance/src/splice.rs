@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use mitm::{SessionInfo, TlsContext, TlsSession};
+use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
 use netstack::{Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use slab::Slab;
 use time::OffsetDateTime;
@@ -15,6 +15,7 @@ use wire::FlowTuple;
 use wire::FrameClass;
 
 use crate::connlog::{ConnectionLog, ConnectionRecord};
+use crate::policy::{Action, Policy, Verdict};
 
 use crate::engine::Side;
 
@@ -23,6 +24,28 @@ use crate::engine::Side;
 enum Leg {
     Client,
     Server,
+}
+
+impl Session {
+    fn new(tuple: FlowTuple, started: OffsetDateTime, client_isn: u32) -> Session {
+        Session {
+            client: None,
+            server: None,
+            client_isn,
+            established: false,
+            failed: false,
+            fin_to_client: false,
+            fin_to_server: false,
+            tls: None,
+            started,
+            tuple,
+            bytes: (0, 0),
+            ended: None,
+            tls_info: None,
+            decision: None,
+            bypass_backlog: Vec::new(),
+        }
+    }
 }
 
 struct Session {
@@ -49,6 +72,11 @@ struct Session {
     ended: Option<String>,
     /// What TLS told about it, kept when the TLS session is dropped.
     tls_info: Option<SessionInfo>,
+    /// The policy's decision, once made.
+    decision: Option<Verdict>,
+    /// Client bytes read by the TLS layer before a bypass, still to be sent
+    /// to the server (before anything else the client sends).
+    bypass_backlog: Vec<u8>,
 }
 
 /// Ciphertext waiting for one leg beyond which the other leg is not read
@@ -70,16 +98,39 @@ pub struct SpliceCounters {
     pub tls_intercepted: u64,
     /// TLS sessions that failed (client or server handshake, bad records).
     pub tls_failed: u64,
+    /// Connections the policy bypassed or blocked.
+    pub bypassed: u64,
+    pub blocked: u64,
+    /// Names fail-open started to bypass.
+    pub failed_open: u64,
 }
 
 /// All spliced sessions of one worker.
-#[derive(Default)]
 pub struct Splicer {
     sessions: Slab<Session>,
     hold_synack: bool,
     counters: SpliceCounters,
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
+    policy: Policy,
+    /// The clock of fail-open windows.
+    epoch: std::time::Instant,
+}
+
+/// Whether a client's alert says it rejected the forged certificate (as a
+/// client that pins certificates does).
+fn rejected_our_certificate(err: &MitmError) -> bool {
+    use rustls::AlertDescription as Alert;
+    matches!(
+        err,
+        MitmError::Client(rustls::Error::AlertReceived(
+            Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+        ))
+    )
 }
 
 /// The connection-log record of a session that ended.
@@ -100,8 +151,15 @@ fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
         protocol: "tcp",
         client: endpoint(session.tuple.src_ip, session.tuple.src_port),
         server: endpoint(session.tuple.dst_ip, session.tuple.dst_port),
-        decision: if tls_mode { "intercept" } else { "splice" },
-        reason: format!("destination port {} is intercepted", session.tuple.dst_port),
+        decision: match &session.decision {
+            Some(verdict) => verdict.action.name(),
+            None if tls_mode => "intercept",
+            None => "splice",
+        },
+        reason: match session.decision {
+            Some(verdict) => verdict.reason,
+            None => format!("destination port {} is intercepted", session.tuple.dst_port),
+        },
         sni: info.sni,
         alpn_offered: info.alpn_offered,
         alpn: info.alpn,
@@ -133,13 +191,52 @@ fn session_of(owner: u64) -> (usize, Leg) {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy) -> Self {
         Splicer {
+            policy,
+            epoch: std::time::Instant::now(),
             sessions: Slab::new(),
             hold_synack,
             counters: SpliceCounters::default(),
             tls: None,
             log: None,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Logs a decision taken at the client's SYN (no session was opened).
+    pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict) {
+        if verdict.action == Action::Bypass {
+            self.counters.bypassed += 1;
+        }
+        if let Some(log) = &self.log {
+            let now = OffsetDateTime::now_utc();
+            let session = Session::new(*tuple, now, 0);
+            let mut record = record(session, self.tls.is_some());
+            record.decision = verdict.action.name();
+            record.reason = verdict.reason.clone();
+            record.ended = format!("{} at the SYN", verdict.action.name());
+            log.write(&record);
+        }
+    }
+
+    /// Refuses a client's SYN with a RST, as the policy says.
+    pub fn block(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, verdict: &Verdict, now: Instant) {
+        self.counters.blocked += 1;
+        if let Ok(flow) = stack.accept(Side::Client.index(), frame, class, true, u64::MAX, now) {
+            let _ = stack.abort(flow);
+        }
+        if let Some((tuple, _)) = class.tcp() {
+            let verdict = Verdict {
+                action: Action::Block,
+                reason: verdict.reason.clone(),
+            };
+            let blocked = self.counters.blocked;
+            self.log_decision(tuple, &verdict);
+            self.counters.blocked = blocked;
         }
     }
 
@@ -208,21 +305,12 @@ impl Splicer {
                 return Err(err);
             }
         };
-        entry.insert(Session {
-            client: Some(client),
-            server: Some(server),
-            client_isn: info.seq_number,
-            established: !self.hold_synack,
-            failed: false,
-            fin_to_client: false,
-            fin_to_server: false,
-            tls: self.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip))),
-            started: OffsetDateTime::now_utc(),
-            tuple: *tuple,
-            bytes: (0, 0),
-            ended: None,
-            tls_info: None,
-        });
+        let mut session = Session::new(*tuple, OffsetDateTime::now_utc(), info.seq_number);
+        session.client = Some(client);
+        session.server = Some(server);
+        session.established = !self.hold_synack;
+        session.tls = self.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        entry.insert(session);
         self.counters.sessions_opened += 1;
         self.counters.sessions_live += 1;
         Ok(())
@@ -274,10 +362,24 @@ impl Splicer {
                     session.established = true;
                     let _ = stack.release_synack(client);
                 }
-                Self::pump(&mut self.counters, self.tls.as_mut(), stack, session);
+                Self::pump(
+                    &mut self.counters,
+                    self.tls.as_mut(),
+                    &mut self.policy,
+                    self.epoch,
+                    stack,
+                    session,
+                );
             }
             EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
-                Self::pump(&mut self.counters, self.tls.as_mut(), stack, session);
+                Self::pump(
+                    &mut self.counters,
+                    self.tls.as_mut(),
+                    &mut self.policy,
+                    self.epoch,
+                    stack,
+                    session,
+                );
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else { return };
@@ -359,7 +461,7 @@ impl Splicer {
                 if read > 0 {
                     counters.bytes_client_to_server += read as u64;
                     bytes.0 += read as u64;
-                    tls.from_client(context, buf.get(..read).unwrap_or_default())?;
+                    tls.from_client(buf.get(..read).unwrap_or_default())?;
                     progress = true;
                 }
             }
@@ -389,7 +491,14 @@ impl Splicer {
     /// Relays both ways as far as buffers allow (through the TLS session in
     /// mode "tls") and passes on FINs once a direction has delivered
     /// everything.
-    fn pump(counters: &mut SpliceCounters, tls: Option<&mut TlsContext>, stack: &mut Stack, session: &mut Session) {
+    fn pump(
+        counters: &mut SpliceCounters,
+        tls: Option<&mut TlsContext>,
+        policy: &mut Policy,
+        epoch: std::time::Instant,
+        stack: &mut Stack,
+        session: &mut Session,
+    ) {
         let (Some(client), Some(server)) = (session.client, session.server) else {
             return;
         };
@@ -397,16 +506,59 @@ impl Splicer {
             return;
         }
         if let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls) {
-            if let Err(err) = Self::pump_tls(
-                counters,
-                context,
-                tls_session,
-                stack,
-                (client, server),
-                &mut session.bytes,
-            ) {
+            let mut bypass = false;
+            let outcome = loop {
+                if let Err(err) = Self::pump_tls(
+                    counters,
+                    context,
+                    tls_session,
+                    stack,
+                    (client, server),
+                    &mut session.bytes,
+                ) {
+                    break Err(err);
+                }
+                let Some(pending) = tls_session.pending() else {
+                    break Ok(());
+                };
+                let verdict = match &pending {
+                    Pending::Hello { sni, .. } => policy.at_hello(&session.tuple, sni.as_deref()),
+                    Pending::Rejected(rejection) => policy.on_rejection(&session.tuple, rejection),
+                };
+                session.decision = Some(verdict.clone());
+                match verdict.action {
+                    Action::Intercept => {
+                        if let Err(err) = tls_session.intercept(context) {
+                            break Err(err);
+                        }
+                    }
+                    Action::Bypass => {
+                        counters.bypassed += 1;
+                        session.bypass_backlog = tls_session.bypass();
+                        bypass = true;
+                        break Ok(());
+                    }
+                    Action::Block => {
+                        counters.blocked += 1;
+                        session.ended = Some("blocked by policy".into());
+                        session.failed = true;
+                        let _ = stack.abort(client);
+                        let _ = stack.abort(server);
+                        break Ok(());
+                    }
+                }
+            };
+            if let Err(err) = outcome {
                 tracing::info!("TLS interception failed: {err}");
                 counters.tls_failed += 1;
+                if let (Some(name), true) = (tls_session.info.sni.clone(), rejected_our_certificate(&err)) {
+                    if policy.record_rejection(&name, epoch.elapsed().as_secs()) {
+                        counters.failed_open += 1;
+                        tracing::warn!(
+                            "fail-open: clients keep rejecting the forged certificate for {name}; bypassing it"
+                        );
+                    }
+                }
                 session.ended = Some(format!("TLS failed: {err}"));
                 session.tls_info = session.tls.take().map(|tls| tls.info);
                 session.failed = true;
@@ -414,26 +566,43 @@ impl Splicer {
                 let _ = stack.abort(server);
                 return;
             }
-            // A leg's FIN is passed on once everything before it went out.
-            let (to_client_empty, to_server_empty) =
-                (tls_session.to_client().is_empty(), tls_session.to_server().is_empty());
-            if !session.fin_to_server && to_server_empty && stack.peer_finished(client).unwrap_or(false) {
-                session.fin_to_server = true;
-                let _ = stack.close(server);
+            if session.failed {
+                session.tls_info = session.tls.take().map(|tls| tls.info);
+                return;
             }
-            if !session.fin_to_client && to_client_empty && stack.peer_finished(server).unwrap_or(false) {
-                session.fin_to_client = true;
-                let _ = stack.close(client);
+            if !bypass {
+                // A leg's FIN is passed on once everything before it went out.
+                let (to_client_empty, to_server_empty) =
+                    (tls_session.to_client().is_empty(), tls_session.to_server().is_empty());
+                if !session.fin_to_server && to_server_empty && stack.peer_finished(client).unwrap_or(false) {
+                    session.fin_to_server = true;
+                    let _ = stack.close(server);
+                }
+                if !session.fin_to_client && to_client_empty && stack.peer_finished(server).unwrap_or(false) {
+                    session.fin_to_client = true;
+                    let _ = stack.close(client);
+                }
+                return;
             }
-            return;
+            // Bypassed: from now on the bytes pass untouched.
+            session.tls_info = session.tls.take().map(|tls| tls.info);
         }
-        let up = stack.relay(client, server).unwrap_or(0) as u64;
+        if !session.bypass_backlog.is_empty() {
+            let sent = stack.send(server, &session.bypass_backlog).unwrap_or(0);
+            session.bypass_backlog.drain(..sent);
+        }
+        // The client's later bytes wait until the backlog went out.
+        let up = if session.bypass_backlog.is_empty() {
+            stack.relay(client, server).unwrap_or(0) as u64
+        } else {
+            0
+        };
         let down = stack.relay(server, client).unwrap_or(0) as u64;
         counters.bytes_client_to_server += up;
         counters.bytes_server_to_client += down;
         session.bytes.0 += up;
         session.bytes.1 += down;
-        if !session.fin_to_server && stack.peer_finished(client).unwrap_or(false) {
+        if !session.fin_to_server && session.bypass_backlog.is_empty() && stack.peer_finished(client).unwrap_or(false) {
             session.fin_to_server = true;
             let _ = stack.close(server);
         }

@@ -16,5 +16,5 @@ pub use ca::CertificateAuthority;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
 pub use keylog::KeyLogFile;
-pub use session::{InvalidUpstream, SessionInfo, TlsContext, TlsSession};
+pub use session::{InvalidUpstream, Pending, Rejection, SessionInfo, TlsContext, TlsSession};
 pub use trust::UpstreamTrust;

@@ -143,6 +143,11 @@ pub struct SessionInfo {
 enum Phase {
     /// Waiting for the whole ClientHello.
     Hello(Box<Acceptor>),
+    /// The ClientHello is read; the caller decides (see [`TlsSession::pending`]).
+    Decide(Box<Accepted>),
+    /// The client's first bytes are not a usable ClientHello; the caller
+    /// decides between bypass and block.
+    Rejected(Rejection),
     /// The client waits while the appliance talks to the real server.
     Upstream {
         accepted: Box<Accepted>,
@@ -156,9 +161,31 @@ enum Phase {
     Failed,
 }
 
+/// Why the client's first bytes could not be intercepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not TLS at all (plain HTTP on port 443, say).
+    NotTls(String),
+    /// TLS, but only versions the appliance does not speak (below 1.2).
+    UnsupportedVersion(String),
+    /// A ClientHello rustls refused for another reason.
+    Other(String),
+}
+
+/// What the caller has to decide on before the session goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// A ClientHello was read: intercept, bypass or block it.
+    Hello { sni: Option<String>, alpn: Vec<String> },
+    /// The client's bytes cannot be intercepted: bypass or block.
+    Rejected(Rejection),
+}
+
 /// One intercepted TLS connection.
 pub struct TlsSession {
     phase: Phase,
+    /// Every byte the client sent until a decision, for a bypass.
+    client_bytes: Vec<u8>,
     server_ip: IpAddr,
     /// Client bytes that arrived while the upstream handshake ran.
     early_client: Vec<u8>,
@@ -179,6 +206,7 @@ impl TlsSession {
     pub fn new(server_ip: IpAddr) -> Self {
         TlsSession {
             phase: Phase::Hello(Box::default()),
+            client_bytes: Vec::new(),
             server_ip,
             early_client: Vec::new(),
             to_client: Vec::new(),
@@ -215,30 +243,56 @@ impl TlsSession {
     }
 
     /// Feeds ciphertext from the client.
-    pub fn from_client(&mut self, cx: &mut TlsContext, mut data: &[u8]) -> Result<(), MitmError> {
+    pub fn from_client(&mut self, mut data: &[u8]) -> Result<(), MitmError> {
         match &mut self.phase {
             Phase::Hello(acceptor) => {
+                if self.client_bytes.len() + data.len() > EARLY_CLIENT_LIMIT {
+                    self.phase = Phase::Failed;
+                    return Err(MitmError::Client(rustls::Error::General(
+                        "no ClientHello in the first 64 KiB".into(),
+                    )));
+                }
+                self.client_bytes.extend_from_slice(data);
                 while !data.is_empty() {
-                    if acceptor
-                        .read_tls(&mut data)
-                        .map_err(|err| MitmError::Config(err.to_string()))?
-                        == 0
-                    {
-                        break;
+                    match acceptor.read_tls(&mut data) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
                 match acceptor.accept() {
                     Ok(None) => Ok(()),
                     Ok(Some(accepted)) => {
-                        self.early_client.extend_from_slice(data);
-                        self.start_upstream(cx, accepted)
+                        let hello = accepted.client_hello();
+                        self.info.sni = hello.server_name().map(str::to_owned);
+                        self.info.alpn_offered = hello
+                            .alpn()
+                            .map(|offer| offer.map(protocol_name).collect())
+                            .unwrap_or_default();
+                        self.phase = Phase::Decide(Box::new(accepted));
+                        Ok(())
                     }
-                    Err((err, mut alert)) => {
-                        let _ = alert.write(&mut self.to_client);
-                        self.phase = Phase::Failed;
-                        Err(MitmError::Client(err))
+                    Err((err, _alert)) => {
+                        let reason = err.to_string();
+                        self.phase = Phase::Rejected(match err {
+                            rustls::Error::InvalidMessage(_) => Rejection::NotTls(reason),
+                            rustls::Error::PeerIncompatible(_) => Rejection::UnsupportedVersion(reason),
+                            _ => Rejection::Other(reason),
+                        });
+                        Ok(())
                     }
                 }
+            }
+            Phase::Decide(_) | Phase::Rejected(_) => {
+                // Held until the caller decides (bounded like the hello).
+                if self.client_bytes.len() + data.len() > EARLY_CLIENT_LIMIT {
+                    self.phase = Phase::Failed;
+                    return Err(MitmError::Client(rustls::Error::General(
+                        "the client sent more than 64 KiB before the handshake".into(),
+                    )));
+                }
+                self.client_bytes.extend_from_slice(data);
+                self.early_client.extend_from_slice(data);
+                Ok(())
             }
             Phase::Upstream { .. } => {
                 if self.early_client.len() + data.len() > EARLY_CLIENT_LIMIT {
@@ -287,8 +341,42 @@ impl TlsSession {
                     MitmError::Server(err)
                 })
             }
-            Phase::Hello(_) | Phase::Failed => Ok(()),
+            Phase::Hello(_) | Phase::Decide(_) | Phase::Rejected(_) | Phase::Failed => Ok(()),
         }
+    }
+
+    /// What the caller must decide on, if anything.
+    pub fn pending(&self) -> Option<Pending> {
+        match &self.phase {
+            Phase::Decide(_) => Some(Pending::Hello {
+                sni: self.info.sni.clone(),
+                alpn: self.info.alpn_offered.clone(),
+            }),
+            Phase::Rejected(rejection) => Some(Pending::Rejected(rejection.clone())),
+            _ => None,
+        }
+    }
+
+    /// Goes on with the interception of a pending ClientHello.
+    pub fn intercept(&mut self, cx: &TlsContext) -> Result<(), MitmError> {
+        match std::mem::replace(&mut self.phase, Phase::Failed) {
+            Phase::Decide(accepted) => {
+                self.client_bytes = Vec::new();
+                self.start_upstream(cx, *accepted)
+            }
+            other => {
+                self.phase = other;
+                Err(MitmError::Config("nothing to intercept".into()))
+            }
+        }
+    }
+
+    /// Gives up the interception: returns every byte the client sent so
+    /// far, to be passed on to the server untouched.
+    pub fn bypass(&mut self) -> Vec<u8> {
+        self.phase = Phase::Failed;
+        self.early_client = Vec::new();
+        std::mem::take(&mut self.client_bytes)
     }
 
     fn start_upstream(&mut self, cx: &TlsContext, accepted: Accepted) -> Result<(), MitmError> {

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, TlsSession, UpstreamTrust};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, Rejection, TlsContext, TlsSession, UpstreamTrust};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
@@ -128,7 +128,10 @@ fn pump_into(
         }
         if !buf.is_empty() {
             moved = true;
-            session.from_client(cx, &buf).map_err(|e| e.to_string())?;
+            session.from_client(&buf).map_err(|e| e.to_string())?;
+            if let Some(Pending::Hello { .. }) = session.pending() {
+                session.intercept(cx).map_err(|e| e.to_string())?;
+            }
         }
         let to_server = std::mem::take(session.to_server());
         if !to_server.is_empty() {
@@ -349,15 +352,73 @@ fn ca_files_are_written_private_and_exposed_keys_refused() {
 #[test]
 fn a_client_flooding_before_the_handshake_is_cut_off() {
     let origin_side = origin(&["origin.test"], (-1, 30), &[]);
-    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
     let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
     let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
     let mut hello = Vec::new();
     client.write_tls(&mut hello).unwrap();
-    session.from_client(&mut app.context, &hello).unwrap();
+    session.from_client(&hello).unwrap();
     // The upstream handshake has not even started to answer; the client
     // keeps sending.
     let junk = vec![0x17u8; 16 * 1024];
-    let outcome = (0..8).try_for_each(|_| session.from_client(&mut app.context, &junk));
+    let outcome = (0..8).try_for_each(|_| session.from_client(&junk));
     assert!(outcome.is_err(), "unbounded buffering before the handshake");
+}
+
+#[test]
+fn the_caller_decides_after_the_hello_and_can_bypass_with_the_raw_bytes() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &["h2"]);
+    let app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "bank.test", &["h2"], rustls::ALL_VERSIONS);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    session.from_client(&hello).unwrap();
+    assert_eq!(
+        session.pending(),
+        Some(Pending::Hello {
+            sni: Some("bank.test".into()),
+            alpn: vec!["h2".into()]
+        })
+    );
+    assert!(
+        session.to_server().is_empty(),
+        "nothing goes upstream before the decision"
+    );
+    assert_eq!(
+        session.bypass(),
+        hello,
+        "a bypass passes on exactly what the client sent"
+    );
+
+    // Plain HTTP and an SSLv3/TLS 1.0-only hello are rejected, for the
+    // caller to bypass or block; neither is a crash or a hang.
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    session.from_client(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(
+        matches!(session.pending(), Some(Pending::Rejected(Rejection::NotTls(_)))),
+        "{:?}",
+        session.pending()
+    );
+    // A TLS 1.0 ClientHello (no supported_versions extension, version 0x0301).
+    let mut body = vec![0x03, 0x01];
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // one suite: TLS_RSA_WITH_AES_128_CBC_SHA
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut handshake = vec![0x01, 0x00, 0x00, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    session.from_client(&record).unwrap();
+    assert!(
+        matches!(
+            session.pending(),
+            Some(Pending::Rejected(Rejection::UnsupportedVersion(_)))
+        ),
+        "{:?}",
+        session.pending()
+    );
+    assert_eq!(session.bypass(), record);
 }

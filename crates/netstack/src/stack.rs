@@ -10,6 +10,7 @@ use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use slab::Slab;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
@@ -198,6 +199,14 @@ fn ip_address(ip: IpAddr) -> IpAddress {
     }
 }
 
+/// The TCP timestamp clock (milliseconds), advanced from the `now` given
+/// to the stacks; smoltcp's timestamp generator is a plain `fn` and reads it.
+static TIMESTAMP_MS: AtomicU32 = AtomicU32::new(1);
+
+fn tcp_timestamp() -> u32 {
+    TIMESTAMP_MS.load(Ordering::Relaxed)
+}
+
 /// A seed for smoltcp's generator of initial sequence numbers.
 fn random_seed() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
@@ -280,6 +289,9 @@ impl Stack {
         );
         // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
         socket.set_nagle_enabled(false);
+        // Timestamps (RFC 7323) let a server accept our SYN for a 4-tuple it
+        // still holds in TIME-WAIT, as it does for a reconnecting client.
+        socket.set_tsval_generator(Some(tcp_timestamp));
         // smoltcp's own timeout also fires on idle connections: the stack
         // applies `StackConfig::timeout` itself (see `waiting_on_peer`).
         socket
@@ -485,6 +497,10 @@ impl Stack {
             return;
         };
         counters.flow_polls += 1;
+        TIMESTAMP_MS.fetch_max(
+            u32::try_from(now.total_millis().max(1)).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
         let reset_in = packet.is_some_and(is_rst);
         if packet.is_some() {
             flow.last_heard = now;
