@@ -497,10 +497,8 @@ impl Stack {
             return;
         };
         counters.flow_polls += 1;
-        TIMESTAMP_MS.fetch_max(
-            u32::try_from(now.total_millis().max(1)).unwrap_or(u32::MAX),
-            Ordering::Relaxed,
-        );
+        // Timestamps wrap modulo 2^32 (RFC 7323); truncation is the intent.
+        TIMESTAMP_MS.store((now.total_millis() as u32).max(1), Ordering::Relaxed);
         let reset_in = packet.is_some_and(is_rst);
         if packet.is_some() {
             flow.last_heard = now;
