@@ -23,6 +23,7 @@ PACKAGES=(
   python3 python3-scapy          # scripts/gen-fixtures.py
   procps psmisc                  # pgrep/pkill/fuser used by lab scripts
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
+  iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 
