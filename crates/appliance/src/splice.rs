@@ -305,6 +305,7 @@ impl Splicer {
                 return Err(err);
             }
         };
+        let _ = stack.mirror_timestamps(client, server);
         let mut session = Session::new(*tuple, OffsetDateTime::now_utc(), info.seq_number);
         session.client = Some(client);
         session.server = Some(server);

@@ -135,7 +135,9 @@ pub struct SessionInfo {
     pub upstream_verified: Option<Result<(), String>>,
     pub forged_fingerprint: Option<String>,
     pub forged_cache_hit: bool,
+    /// Whether each leg's handshake resumed an earlier session.
     pub resumed_client: bool,
+    pub resumed_server: bool,
     pub plaintext_client_to_server: u64,
     pub plaintext_server_to_client: u64,
 }
@@ -406,6 +408,7 @@ impl TlsSession {
             return Ok(());
         };
         self.info.server_version = upstream.protocol_version().map(|v| format!("{v:?}"));
+        self.info.resumed_server = matches!(upstream.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         self.info.server_cipher = upstream.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
         let chain = upstream.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
         let Some(leaf) = chain.first() else {

@@ -422,3 +422,49 @@ fn the_caller_decides_after_the_hello_and_can_bypass_with_the_raw_bytes() {
     );
     assert_eq!(session.bypass(), record);
 }
+
+#[test]
+fn repeat_clients_resume_on_both_legs() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &["http/1.1"]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    // One client configuration (with its session cache) used twice, as a
+    // browser reconnecting would.
+    let mut roots = RootCertStore::empty();
+    roots.add(app.ca_der.clone()).unwrap();
+    let config = Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let name = ServerName::try_from("origin.test".to_owned()).unwrap();
+        let mut client = ClientConnection::new(Arc::clone(&config), name).unwrap();
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+        // TLS 1.3 tickets arrive after the handshake: let them through.
+        client.writer().write_all(b"ping").unwrap();
+        pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+        origin.writer().write_all(b"pong").unwrap();
+        pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+        assert!(!client.is_handshaking());
+        resumed.push((
+            matches!(client.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            session.info.resumed_client,
+            session.info.resumed_server,
+        ));
+    }
+    assert_eq!(
+        resumed[0],
+        (false, false, false),
+        "the first connection is a full handshake"
+    );
+    assert_eq!(
+        resumed[1],
+        (true, true, true),
+        "the second resumes with the client and with the server"
+    );
+}

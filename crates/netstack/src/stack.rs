@@ -6,17 +6,17 @@
 //! [`Event`]s come out. Work per packet is one hash lookup plus a poll of
 //! that flow's own socket set, whatever the number of flows.
 
+use std::cell::Cell;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use slab::Slab;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpPacket};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpOption, TcpPacket};
 use thiserror::Error;
 use wire::{FlowTuple, FrameClass};
 
@@ -151,6 +151,11 @@ struct Flow {
     held: bool,
     /// Since when the flow waits for its peer (see `waiting_on_peer`).
     waiting_since: Option<Instant>,
+    /// The client's timestamp clock (its SYN's TSval, and when it came):
+    /// both legs send timestamps that continue it, so the server sees the
+    /// client's own monotonic clock (and accepts a SYN for a 4-tuple it
+    /// holds in TIME-WAIT exactly as it would from the client).
+    timestamp_origin: Option<(u32, Instant)>,
 }
 
 impl Flow {
@@ -199,12 +204,30 @@ fn ip_address(ip: IpAddr) -> IpAddress {
     }
 }
 
-/// The TCP timestamp clock (milliseconds), advanced from the `now` given
-/// to the stacks; smoltcp's timestamp generator is a plain `fn` and reads it.
-static TIMESTAMP_MS: AtomicU32 = AtomicU32::new(1);
+thread_local! {
+    /// The TCP timestamp of the flow being polled on this thread: smoltcp's
+    /// timestamp generator is a plain `fn`, so the stack sets this value
+    /// (derived from the `now` it was given) before each poll.
+    static FLOW_TIMESTAMP: Cell<u32> = const { Cell::new(1) };
+}
 
 fn tcp_timestamp() -> u32 {
-    TIMESTAMP_MS.load(Ordering::Relaxed)
+    FLOW_TIMESTAMP.with(Cell::get)
+}
+
+/// The TSval of a TCP SYN's timestamp option, if it has one.
+fn syn_tsval(tcp: &[u8]) -> Option<u32> {
+    let packet = TcpPacket::new_checked(tcp).ok()?;
+    let mut options = packet.options();
+    while !options.is_empty() {
+        let (rest, option) = TcpOption::parse(options).ok()?;
+        match option {
+            TcpOption::TimeStamp { tsval, .. } => return Some(tsval),
+            TcpOption::EndOfList => return None,
+            _ => options = rest,
+        }
+    }
+    None
 }
 
 /// A seed for smoltcp's generator of initial sequence numbers.
@@ -344,6 +367,7 @@ impl Stack {
             last_heard: now,
             held: false,
             waiting_since: None,
+            timestamp_origin: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -385,8 +409,10 @@ impl Stack {
         let id = self.insert(key, L2Header::reply_to(&class.l2), socket, owner, now)?;
         // While held, the server leg's outcome decides this leg's fate: it
         // must not time out (and reset the client) on its own.
+        let tsval = class.l4_range().and_then(|range| frame.get(range)).and_then(syn_tsval);
         if let Ok(flow) = self.flow_mut(id) {
             flow.held = hold_synack;
+            flow.timestamp_origin = tsval.map(|tsval| (tsval, now));
         }
         self.poll_flow(id, Some(packet), now);
         // A SYN the socket did not take (bad checksum, say) opens nothing.
@@ -422,7 +448,9 @@ impl Stack {
             tuple: tuple.reversed(),
         };
         let id = self.insert(key, l2, socket, owner, now)?;
-        self.poll_flow(id, None, now);
+        // The SYN goes out at the next `flush`, after the caller could
+        // still adjust the flow (`mirror_timestamps`).
+        self.dirty.push(id);
         Ok(id)
     }
 
@@ -498,7 +526,11 @@ impl Stack {
         };
         counters.flow_polls += 1;
         // Timestamps wrap modulo 2^32 (RFC 7323); truncation is the intent.
-        TIMESTAMP_MS.store((now.total_millis() as u32).max(1), Ordering::Relaxed);
+        let timestamp = match flow.timestamp_origin {
+            Some((tsval, at)) => tsval.wrapping_add((now - at).total_millis() as u32),
+            None => now.total_millis() as u32,
+        };
+        FLOW_TIMESTAMP.with(|current| current.set(timestamp.max(1)));
         let reset_in = packet.is_some_and(is_rst);
         if packet.is_some() {
             flow.last_heard = now;
@@ -596,6 +628,14 @@ impl Stack {
     /// the peer sees silence. Emits `Closed`.
     pub fn discard(&mut self, id: FlowId) {
         self.free(id);
+    }
+
+    /// Makes `to` send timestamps that continue the client clock seen by
+    /// `from` (the accepted client leg), as the client itself would.
+    pub fn mirror_timestamps(&mut self, from: FlowId, to: FlowId) -> Result<(), StackError> {
+        let origin = self.flow(from)?.timestamp_origin;
+        self.flow_mut(to)?.timestamp_origin = origin;
+        Ok(())
     }
 
     /// The tag set by the flow's owner.

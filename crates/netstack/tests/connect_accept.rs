@@ -269,6 +269,7 @@ fn per_frame_work_does_not_depend_on_the_number_of_flows() {
         stack.connect(0, &tuple, l2, 0, Instant::ZERO).unwrap();
     }
     let mut syns = Vec::new();
+    stack.flush(Instant::ZERO);
     stack.drain_output(&mut syns);
     assert_eq!(syns.len(), 5_000);
 
