@@ -422,33 +422,26 @@ one polling worker sharing 2 vCPUs with both endpoints), not of tlsgate's per-fr
 against (b) is the price of terminating and relaying TCP in the smoltcp stack: both legs'
 handshakes, ACKs, window updates and the relay copy run in the one worker. The "fresh
 tuples" column is the splice's connection capacity; the "stock" column is what a single
-Linux client actually gets through the splice today (about one connection in five waits
-1-12 s, see below). Single runs are noisy on this machine; compare the per-run lists.
+Linux client gets through the splice (its source ports are reused within about a second).
+Single runs are noisy on this machine; compare the per-run lists.
 
-Findings (tlsgate bugs behind the stock column; each one was seen in packet captures on cli0
-and srv0):
+Findings that this benchmark led to (each seen in packet captures on cli0 and srv0, each
+fixed with a test that fails without the fix): before them the "stock" column was about
+130 conn/s, with 1 s (up to 12 s) connection stalls, against 6,000-8,000 "fresh".
 
-- **A new SYN on a 4-tuple whose client leg is in TIME-WAIT is swallowed.** The appliance
-  closes the client leg first (it relays the server's FIN), so smoltcp holds that leg in
-  TIME-WAIT for 10 s. The engine hands every frame that matches a flow to that flow
-  (`engine.rs`: `stack.lookup` hit -> `stack.ingress`), and smoltcp silently drops a SYN in
-  TIME-WAIT. A Linux client reuses a free source port quickly (its port allocator wraps
-  after a few thousand connections to one destination, here in under a second), so the
-  client retransmits its SYN for up to 10 s (seen: a port reused 0.6 s after its previous
-  connection, 7 unanswered SYNs), and with enough of them ab gives up ("apr_pollset_poll:
-  The timeout specified has expired" after ~3200 of 5000 requests). Linux itself accepts
-  such a SYN when its sequence number or timestamp is beyond the old connection's (RFC 6191).
-  Fix idea: on a SYN (no ACK) that looks up a flow in TIME-WAIT (or CLOSED/LAST-ACK),
-  discard the old flow and open a new one.
-- **The server leg's random ISN loses against the server's TIME-WAIT.** The server (nginx)
-  closes first, so *it* holds the 4-tuple in TIME-WAIT. The stack's server leg connects with
-  smoltcp's random ISN and no TCP timestamps; Linux accepts a SYN in TIME-WAIT only if its
-  sequence number is beyond the old connection (or its timestamp newer), so about half of
-  the reused tuples get an ACK instead of a SYN-ACK, the stack answers RST, and the
-  connection waits for the SYN retransmission (1 s). Through the kernel path the client's
-  own ISN (time-based, monotonic per tuple) and timestamps avoid this. Fix ideas: connect the
-  server leg with the client's ISN (tlsgate already records it) or with a monotonic
-  per-tuple ISN (RFC 6528), or enable TCP timestamps on the server leg.
+- **A new SYN on a 4-tuple whose client leg was in TIME-WAIT was swallowed** (the appliance
+  closes the client leg first when the server closes first, and smoltcp drops a SYN in
+  TIME-WAIT). Now a client SYN that finds a leg of an earlier connection in TIME-WAIT
+  discards the old legs and opens a new session, as a host would (test:
+  `a_client_reusing_its_port_right_after_a_close_gets_a_new_connection_at_once`).
+- **The server leg lost against the server's own TIME-WAIT**: smoltcp's random ISN and a
+  fresh appliance timestamp clock made Linux answer the SYN with an ACK (PAWS), costing a
+  1 s SYN retransmission. Now both legs continue the *client's* TCP timestamp clock (the
+  TSval of its SYN plus the time since), so the server sees the client's own monotonic clock
+  and accepts the SYN exactly as it would from the client.
+- **Idle connections were reset after `tcp.timeout_ms`** (smoltcp's socket timeout also fires
+  when nothing is outstanding; iperf3's silent control connection died). The stack now
+  applies the timeout itself, only while a SYN, data or a FIN waits for the peer.
 
 Caveats:
 
