@@ -85,7 +85,9 @@ pub struct ConnectionRecord {
     pub alpn: Option<String>,
     pub client_tls_version: Option<String>,
     pub client_cipher: Option<String>,
+    /// Whether each leg's handshake resumed an earlier TLS session.
     pub client_resumed: bool,
+    pub server_resumed: bool,
     pub server_tls_version: Option<String>,
     pub server_cipher: Option<String>,
     pub upstream_cert_sha256: Option<String>,

@@ -166,6 +166,7 @@ fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
         client_tls_version: info.client_version,
         client_cipher: info.client_cipher,
         client_resumed: info.resumed_client,
+        server_resumed: info.resumed_server,
         server_tls_version: info.server_version,
         server_cipher: info.server_cipher,
         upstream_cert_sha256: info.upstream_fingerprint,
