@@ -24,6 +24,7 @@ PACKAGES=(
   procps psmisc                  # pgrep/pkill/fuser used by lab scripts
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
   iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
+  nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 

@@ -756,6 +756,28 @@ fn intercepts_https_with_forged_certificates_for_real_clients() {
         text(&result.stderr)
     );
 
+    // h2load: many HTTP/2 streams over several intercepted connections.
+    let result = output(lab.cmd(CLI, "h2load").args([
+        "-n",
+        "400",
+        "-c",
+        "8",
+        "-m",
+        "10",
+        "--connect-to=198.18.0.2:443",
+        "https://origin.test/index.html",
+    ]));
+    let report_text = text(&result.stdout);
+    assert!(
+        report_text.contains("400 succeeded, 0 failed"),
+        "h2load: {report_text}{}",
+        text(&result.stderr)
+    );
+    assert!(
+        report_text.contains("Application protocol: h2"),
+        "h2load: {report_text}"
+    );
+
     // A client trusting only the real origin now fails: interception is real.
     let result = curl(
         &lab,
@@ -770,7 +792,10 @@ fn intercepts_https_with_forged_certificates_for_real_clients() {
     let (status, report, printed) = appliance.stop();
     assert!(status.success(), "{printed}");
     let tcp = &report["tcp"];
-    assert!(tcp["tls_intercepted"].as_u64().unwrap() >= 7, "{report}");
+    assert!(
+        tcp["tls_intercepted"].as_u64().unwrap() >= 15,
+        "curl, openssl, python and h2load: {report}"
+    );
     assert!(
         tcp["forged_cache_hits"].as_u64().unwrap() >= 5,
         "one forged certificate serves them all: {report}"
