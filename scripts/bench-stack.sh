@@ -130,21 +130,5 @@ EOF
 } >"$section"
 
 mkdir -p "$(dirname "$doc")"
-python3 - "$doc" "$section" bench-stack <<'PY'
-import os, sys, tempfile
-doc, section_file, name = sys.argv[1:4]
-begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-body = open(section_file).read().rstrip("\n")
-text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
-block = f"{begin}\n{body}\n{end}"
-if begin in text and end in text and text.index(begin) < text.index(end):
-    text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-else:
-    text = text.rstrip("\n") + "\n\n" + block + "\n"
-fd, tmp = tempfile.mkstemp(dir=os.path.dirname(doc))
-with os.fdopen(fd, "w") as f:
-    f.write(text)
-os.chmod(tmp, 0o644)
-os.replace(tmp, doc)
-PY
+python3 "$(dirname "${BASH_SOURCE[0]}")/write-doc-section.py" "$doc" "$section" bench-stack
 echo "bench-stack: wrote the bench-stack section of $doc" >&2
