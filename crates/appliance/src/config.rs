@@ -60,6 +60,9 @@ pub struct Tls {
     pub ca_cert: Option<PathBuf>,
     /// Its private key (PEM); must not be readable by group or others.
     pub ca_key: Option<PathBuf>,
+    /// When the CA is an intermediate: the certificates above it (PEM,
+    /// nearest issuer first), sent after it.
+    pub ca_chain: Option<PathBuf>,
     /// The key forged leaves are issued for (PEM); one is generated at start
     /// when absent (ECDSA P-256).
     pub leaf_key: Option<PathBuf>,
@@ -103,6 +106,7 @@ impl Default for Tls {
         Tls {
             ca_cert: None,
             ca_key: None,
+            ca_chain: None,
             leaf_key: None,
             upstream_trust: default_upstream_trust(),
             invalid_upstream: InvalidUpstreamPolicy::default(),

@@ -81,6 +81,10 @@ impl InterceptPolicy {
             return Err(MitmError::Config("tls.ca_cert and tls.ca_key are required".into()));
         };
         let ca = CertificateAuthority::load(ca_cert, ca_key)?;
+        let ca = match &tls.ca_chain {
+            Some(chain) => ca.with_chain(chain)?,
+            None => ca,
+        };
         let leaf_key = match &tls.leaf_key {
             Some(path) => {
                 let pem = std::fs::read_to_string(path).map_err(|err| MitmError::File {

@@ -25,6 +25,8 @@ pub const CA_KEY_FILE: &str = "ca.key";
 /// A CA certificate with its private key.
 pub struct CertificateAuthority {
     cert_der: CertificateDer<'static>,
+    /// Certificates above this CA (when it is an intermediate), sent after it.
+    chain: Vec<CertificateDer<'static>>,
     cert_pem: String,
     key: KeyPair,
     not_before: OffsetDateTime,
@@ -108,6 +110,7 @@ impl CertificateAuthority {
         let subject = parsed.subject().to_string();
         Ok(CertificateAuthority {
             cert_der,
+            chain: Vec::new(),
             cert_pem,
             key,
             not_before,
@@ -136,6 +139,28 @@ impl CertificateAuthority {
                 .map_err(|err| MitmError::file(path, err))?;
         }
         Ok((cert_path, key_path))
+    }
+
+    /// Adds the certificates above an intermediate CA (PEM, nearest issuer
+    /// first), sent after it so clients that trust only the root verify.
+    pub fn with_chain(mut self, path: &Path) -> Result<Self, MitmError> {
+        let pem_error = |reason: String| MitmError::Pem {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path).map_err(|err| pem_error(err.to_string()))?;
+        for cert in certs {
+            self.chain.push(cert.map_err(|err| pem_error(err.to_string()))?);
+        }
+        if self.chain.is_empty() {
+            return Err(pem_error("holds no certificate".into()));
+        }
+        Ok(self)
+    }
+
+    /// The CA certificate followed by the certificates above it.
+    pub(crate) fn chain(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        std::iter::once(&self.cert_der).chain(&self.chain)
     }
 
     pub fn summary(&self) -> CaSummary {

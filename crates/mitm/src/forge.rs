@@ -173,7 +173,9 @@ impl Forger {
         let issuer = issuer_ca.issuer()?;
         let leaf = params.signed_by(&self.leaf_key, &issuer).map_err(MitmError::forge)?;
         let fingerprint = fingerprint(leaf.der());
-        let chain = vec![leaf.der().clone(), issuer_ca.cert_der().clone()];
+        let chain: Vec<_> = std::iter::once(leaf.der().clone())
+            .chain(issuer_ca.chain().cloned())
+            .collect();
         Ok(Forged {
             certified: Arc::new(CertifiedKey::new(chain, Arc::clone(&self.leaf_signing))),
             fingerprint,

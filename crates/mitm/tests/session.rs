@@ -468,3 +468,69 @@ fn repeat_clients_resume_on_both_legs() {
         "the second resumes with the client and with the server"
     );
 }
+
+#[test]
+fn an_intermediate_appliance_ca_with_its_chain_verifies_against_the_root() {
+    // root -> intermediate -> appliance CA; the client trusts only the root.
+    let dir = std::env::temp_dir().join(format!("mitm-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_params = |name: &str| {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca_params("Lab Root").self_signed(&root_key).unwrap();
+    let root_issuer = rcgen::Issuer::new(ca_params("Lab Root"), &root_key);
+    let middle_key = KeyPair::generate().unwrap();
+    let middle = ca_params("Lab Intermediate")
+        .signed_by(&middle_key, &root_issuer)
+        .unwrap();
+    let middle_issuer = rcgen::Issuer::new(ca_params("Lab Intermediate"), &middle_key);
+    let appliance_key = KeyPair::generate().unwrap();
+    let appliance_ca = ca_params("tlsgate intermediate CA")
+        .signed_by(&appliance_key, &middle_issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), appliance_ca.pem()).unwrap();
+    std::fs::write(dir.join("chain.pem"), middle.pem()).unwrap();
+    let key_path = dir.join("ca.key");
+    std::fs::write(&key_path, appliance_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, &origin_side.ca_pem).unwrap();
+    for with_chain in [true, false] {
+        let mut ca = CertificateAuthority::load(&dir.join("ca.pem"), &key_path).unwrap();
+        if with_chain {
+            ca = ca.with_chain(&dir.join("chain.pem")).unwrap();
+        }
+        let forger = Forger::new(ca, None, 4).unwrap();
+        let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
+        let mut context = TlsContext::new(forger, trust, InvalidUpstream::Mirror, None).unwrap();
+        let mut client = client(root.der(), "origin.test", &[], rustls::ALL_VERSIONS);
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        let outcome = pump(&mut client, &mut session, &mut context, &mut origin);
+        if with_chain {
+            outcome.unwrap();
+            assert_eq!(
+                client.peer_certificates().unwrap().len(),
+                3,
+                "leaf, appliance CA, intermediate"
+            );
+        } else {
+            assert!(
+                outcome.is_err(),
+                "without the intermediate the root-only client cannot verify"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
