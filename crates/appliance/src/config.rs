@@ -83,6 +83,19 @@ pub struct Tls {
     pub fail_open_after: usize,
     #[serde(default = "default_fail_open_window")]
     pub fail_open_window_secs: u64,
+    /// A server that asks for a client certificate (which the appliance
+    /// cannot present): "bypass" it from then on, or "block" it.
+    #[serde(default)]
+    pub client_auth: ClientAuthPolicy,
+}
+
+/// `tls.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthPolicy {
+    #[default]
+    Bypass,
+    Block,
 }
 
 fn default_fail_open_after() -> usize {
@@ -113,6 +126,7 @@ impl Default for Tls {
             cert_cache: default_cert_cache(),
             fail_open_after: default_fail_open_after(),
             fail_open_window_secs: default_fail_open_window(),
+            client_auth: ClientAuthPolicy::default(),
         }
     }
 }

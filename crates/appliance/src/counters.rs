@@ -173,6 +173,7 @@ pub struct TcpStats {
     bypassed: AtomicU64,
     blocked: AtomicU64,
     failed_open: AtomicU64,
+    client_auth_bypassed: AtomicU64,
     memory_per_flow: AtomicU64,
 }
 
@@ -203,6 +204,8 @@ pub struct TcpTotals {
     pub bypassed: u64,
     pub blocked: u64,
     pub failed_open: u64,
+    /// Servers bypassed because they ask for client certificates.
+    pub client_auth_bypassed: u64,
     pub memory_per_flow: u64,
 }
 
@@ -229,6 +232,7 @@ impl TcpStats {
         store(&self.bypassed, totals.bypassed);
         store(&self.blocked, totals.blocked);
         store(&self.failed_open, totals.failed_open);
+        store(&self.client_auth_bypassed, totals.client_auth_bypassed);
         store(&self.memory_per_flow, totals.memory_per_flow);
     }
 
@@ -255,6 +259,7 @@ impl TcpStats {
             bypassed: load(&self.bypassed),
             blocked: load(&self.blocked),
             failed_open: load(&self.failed_open),
+            client_auth_bypassed: load(&self.client_auth_bypassed),
             memory_per_flow: load(&self.memory_per_flow),
         }
     }
@@ -282,6 +287,7 @@ impl std::ops::AddAssign for TcpTotals {
         self.bypassed += other.bypassed;
         self.blocked += other.blocked;
         self.failed_open += other.failed_open;
+        self.client_auth_bypassed += other.client_auth_bypassed;
         self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
     }
 }

@@ -8,7 +8,7 @@
 //! blocked. A client that keeps rejecting the forged certificate for a name
 //! (certificate pinning) gets that name bypassed: fail-open.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -151,7 +151,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     fail_open: Option<FailOpen>,
     rejections: HashMap<String, VecDeque<u64>>,
-    failed_open: HashSet<String>,
+    /// Names bypassed from now on, and why (fail-open, client certificates).
+    bypassed_names: HashMap<String, String>,
 }
 
 impl Policy {
@@ -231,10 +232,10 @@ impl Policy {
 
     /// At the ClientHello.
     pub fn at_hello(&self, tuple: &FlowTuple, sni: Option<&str>) -> Verdict {
-        if let Some(name) = sni.filter(|name| self.failed_open.contains(*name)) {
+        if let Some(reason) = sni.and_then(|name| self.bypassed_names.get(name)) {
             return Verdict {
                 action: Action::Bypass,
-                reason: format!("fail-open: clients kept rejecting the forged certificate for {name}"),
+                reason: reason.clone(),
             };
         }
         self.rules
@@ -280,7 +281,7 @@ impl Policy {
     /// `now_secs`; returns true when this makes fail-open bypass the name.
     pub fn record_rejection(&mut self, name: &str, now_secs: u64) -> bool {
         let Some(fail_open) = self.fail_open else { return false };
-        if self.failed_open.contains(name) {
+        if self.bypassed_names.contains_key(name) {
             return false;
         }
         let times = self.rejections.entry(name.to_owned()).or_default();
@@ -290,10 +291,22 @@ impl Policy {
         }
         if times.len() >= fail_open.after {
             self.rejections.remove(name);
-            self.failed_open.insert(name.to_owned());
+            self.bypass_name(
+                name,
+                format!("fail-open: clients kept rejecting the forged certificate for {name}"),
+            );
             return true;
         }
         false
+    }
+
+    /// Bypasses `name` from now on, for `reason`; false if it already was.
+    pub fn bypass_name(&mut self, name: &str, reason: String) -> bool {
+        if self.bypassed_names.contains_key(name) {
+            return false;
+        }
+        self.bypassed_names.insert(name.to_owned(), reason);
+        true
     }
 }
 
@@ -456,5 +469,17 @@ mod tests {
         assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
         let mut off = Policy::new(&[], None).unwrap();
         assert!(!(0..10).any(|i| off.record_rejection("x", i)));
+    }
+
+    #[test]
+    fn a_bypassed_name_is_bypassed_with_its_reason() {
+        let mut policy = Policy::new(&[], None).unwrap();
+        let t = tuple("198.18.0.2", 443);
+        assert!(policy.bypass_name("mtls.test", "asks for a client certificate".into()));
+        assert!(!policy.bypass_name("mtls.test", "again".into()));
+        let verdict = policy.at_hello(&t, Some("mtls.test"));
+        assert_eq!(verdict.action, Action::Bypass);
+        assert_eq!(verdict.reason, "asks for a client certificate");
+        assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
     }
 }

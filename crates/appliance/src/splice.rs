@@ -103,6 +103,8 @@ pub struct SpliceCounters {
     pub blocked: u64,
     /// Names fail-open started to bypass.
     pub failed_open: u64,
+    /// Servers bypassed from then on because they ask for client certificates.
+    pub client_auth_bypassed: u64,
 }
 
 /// All spliced sessions of one worker.
@@ -113,6 +115,9 @@ pub struct Splicer {
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
     policy: Policy,
+    /// Whether a server asking for a client certificate is bypassed from
+    /// then on (`tls.client_auth = "bypass"`).
+    bypass_client_auth: bool,
     /// The clock of fail-open windows.
     epoch: std::time::Instant,
 }
@@ -192,9 +197,10 @@ fn session_of(owner: u64) -> (usize, Leg) {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool, policy: Policy) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy, bypass_client_auth: bool) -> Self {
         Splicer {
             policy,
+            bypass_client_auth,
             epoch: std::time::Instant::now(),
             sessions: Slab::new(),
             hold_synack,
@@ -368,7 +374,7 @@ impl Splicer {
                     &mut self.counters,
                     self.tls.as_mut(),
                     &mut self.policy,
-                    self.epoch,
+                    (self.epoch, self.bypass_client_auth),
                     stack,
                     session,
                 );
@@ -378,7 +384,7 @@ impl Splicer {
                     &mut self.counters,
                     self.tls.as_mut(),
                     &mut self.policy,
-                    self.epoch,
+                    (self.epoch, self.bypass_client_auth),
                     stack,
                     session,
                 );
@@ -497,7 +503,7 @@ impl Splicer {
         counters: &mut SpliceCounters,
         tls: Option<&mut TlsContext>,
         policy: &mut Policy,
-        epoch: std::time::Instant,
+        (epoch, bypass_client_auth): (std::time::Instant, bool),
         stack: &mut Stack,
         session: &mut Session,
     ) {
@@ -553,6 +559,13 @@ impl Splicer {
             if let Err(err) = outcome {
                 tracing::info!("TLS interception failed: {err}");
                 counters.tls_failed += 1;
+                if let (Some(name), true) = (tls_session.info.sni.clone(), tls_session.info.client_cert_requested) {
+                    let reason = format!("{name} asks for a client certificate, which the appliance cannot present");
+                    if bypass_client_auth && policy.bypass_name(&name, reason) {
+                        counters.client_auth_bypassed += 1;
+                        tracing::warn!("{name} asks for client certificates; bypassing it from now on");
+                    }
+                }
                 if let (Some(name), true) = (tls_session.info.sni.clone(), rejected_our_certificate(&err)) {
                     if policy.record_rejection(&name, epoch.elapsed().as_secs()) {
                         counters.failed_open += 1;

@@ -12,6 +12,9 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use std::cell::Cell;
+
+use rustls::client::ResolvesClientCert;
 use rustls::server::{Accepted, Acceptor, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
@@ -66,7 +69,7 @@ impl TlsContext {
             .map_err(|err| MitmError::Config(err.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(trust.deferred())
-            .with_no_client_auth();
+            .with_client_cert_resolver(Arc::new(NoteClientCertRequest));
         if let Some(key_log) = &key_log {
             upstream.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
         }
@@ -111,6 +114,30 @@ impl TlsContext {
     }
 }
 
+thread_local! {
+    /// Set when a server asks the upstream handshake being processed on
+    /// this thread for a client certificate (see `NoteClientCertRequest`).
+    static CLIENT_CERT_REQUESTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The appliance has no client certificate to give a server that asks for
+/// one; it notes the request so the session can report it (and the policy
+/// bypass that server from then on).
+#[derive(Debug)]
+struct NoteClientCertRequest;
+
+impl ResolvesClientCert for NoteClientCertRequest {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        CLIENT_CERT_REQUESTED.with(|requested| requested.set(true));
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        // True, so that rustls asks `resolve` when a server requests one.
+        true
+    }
+}
+
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);
 
@@ -138,6 +165,9 @@ pub struct SessionInfo {
     /// Whether each leg's handshake resumed an earlier session.
     pub resumed_client: bool,
     pub resumed_server: bool,
+    /// The real server asked for a client certificate (which the appliance
+    /// cannot give; the handshake then usually fails).
+    pub client_cert_requested: bool,
     pub plaintext_client_to_server: u64,
     pub plaintext_server_to_client: u64,
 }
@@ -323,7 +353,12 @@ impl TlsSession {
     pub fn from_server(&mut self, cx: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
         match &mut self.phase {
             Phase::Upstream { upstream, .. } => {
-                if let Err(err) = feed(upstream, data) {
+                CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
+                let fed = feed(upstream, data);
+                if CLIENT_CERT_REQUESTED.with(Cell::get) {
+                    self.info.client_cert_requested = true;
+                }
+                if let Err(err) = fed {
                     let _ = upstream.write_tls(&mut self.to_server);
                     self.phase = Phase::Failed;
                     return Err(MitmError::Server(err));

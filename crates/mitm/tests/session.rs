@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, Rejection, TlsContext, TlsSession, UpstreamTrust};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use time::{Duration, OffsetDateTime};
@@ -15,6 +16,9 @@ use time::{Duration, OffsetDateTime};
 struct Origin {
     ca_pem: String,
     config: Arc<ServerConfig>,
+    /// Its certificate chain and key, to build other configs.
+    chain: Vec<CertificateDer<'static>>,
+    key: Vec<u8>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -43,19 +47,23 @@ fn origin(names: &[&str], valid_days: (i64, i64), alpn: &[&str]) -> Origin {
     params.not_before = now + Duration::days(valid_days.0);
     params.not_after = now + Duration::days(valid_days.1);
     let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
+    let chain = vec![leaf.der().clone(), ca_cert.der().clone()];
+    let key = leaf_key.serialize_der();
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            chain.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
         )
         .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Origin {
         ca_pem: ca_cert.pem(),
         config: Arc::new(config),
+        chain,
+        key,
     }
 }
 
@@ -533,4 +541,35 @@ fn an_intermediate_appliance_ca_with_its_chain_verifies_against_the_root() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_server_asking_for_a_client_certificate_is_reported() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    // The same origin, now requiring client certificates from its own CA.
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(origin_side.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .unwrap();
+    let config = Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                origin_side.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(origin_side.key.clone())),
+            )
+            .unwrap(),
+    );
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(config).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
+    assert!(outcome.is_err(), "the appliance has no client certificate to give");
+    assert!(session.info.client_cert_requested);
 }

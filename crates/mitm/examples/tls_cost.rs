@@ -1,0 +1,389 @@
+//! What TLS interception costs in CPU, measured in memory (no sockets, no
+//! kernel): the forging of certificates (cache miss and hit), and one full
+//! handshake between a rustls client and a rustls server directly against
+//! one full intercepted connection (client ⇄ [`TlsSession`] ⇄ origin), for
+//! TLS 1.3 and TLS 1.2, ECDSA P-256 everywhere.
+//!
+//!     cargo run --release -p mitm --example tls_cost [-- ROUNDS CONNECTIONS]
+//!
+//! Every connection is a full handshake: the clients keep no sessions and the
+//! origin issues no tickets and keeps no session IDs, so neither leg
+//! resumes. An intercepted connection runs four handshake roles (client,
+//! appliance as server, appliance as client, origin), a direct one two, so
+//! "intercepted / (2 × direct)" is 1.0 when interception adds nothing but
+//! the second handshake; the appliance's own share (the time spent inside
+//! `TlsSession` calls) is timed separately. Prints medians over the rounds
+//! of the per-round means as a Markdown table.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, TlsContext, TlsSession, Trust, UpstreamTrust};
+use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use rustls::client::Resumption;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, SupportedProtocolVersion};
+use time::OffsetDateTime;
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const ORIGIN: &str = "origin.test";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The origin's own CA, able to sign any number of leaf certificates.
+struct OriginCa {
+    pem: String,
+    der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn origin_ca() -> Res<OriginCa> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "Origin Bench Root");
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok(OriginCa {
+        pem: cert.pem(),
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    })
+}
+
+/// A leaf for `name` (and the lab origin's IP) signed by `ca`, with its key.
+fn leaf(ca: &OriginCa, name: &str) -> Res<(CertificateDer<'static>, KeyPair)> {
+    let now = OffsetDateTime::now_utc();
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(DnType::OrganizationName, "Origin Inc");
+    params.subject_alt_names.push(SanType::IpAddress("198.18.0.2".parse()?));
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(30);
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    Ok((cert.der().clone(), key))
+}
+
+/// The origin's server configuration: no resumption of any kind.
+fn origin_config(ca: &OriginCa) -> Res<Arc<ServerConfig>> {
+    let (cert, key) = leaf(ca, ORIGIN)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert, ca.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client trusting only `root`, speaking `versions`, never resuming.
+fn client_config(
+    root: &CertificateDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Res<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone())?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn new_client(config: &Arc<ClientConfig>) -> Res<ClientConnection> {
+    Ok(ClientConnection::new(
+        Arc::clone(config),
+        ServerName::try_from(ORIGIN)?,
+    )?)
+}
+
+/// One direct handshake, client ⇄ server, until neither has anything to send.
+fn direct(client: &mut ClientConnection, server: &mut ServerConnection) -> Res<()> {
+    for _ in 0..50 {
+        let mut moved = false;
+        let mut buf = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut buf)?;
+        }
+        if !buf.is_empty() {
+            moved = true;
+            let mut input = buf.as_slice();
+            while !input.is_empty() {
+                server.read_tls(&mut input)?;
+                server.process_new_packets()?;
+            }
+        }
+        let mut buf = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut buf)?;
+        }
+        if !buf.is_empty() {
+            moved = true;
+            let mut input = buf.as_slice();
+            while !input.is_empty() {
+                client.read_tls(&mut input)?;
+                client.process_new_packets()?;
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
+    Err("direct handshake: no quiescence".into())
+}
+
+/// One intercepted connection, client ⇄ session ⇄ origin, until nothing
+/// moves; returns the time spent inside the session's calls.
+fn intercepted(
+    client: &mut ClientConnection,
+    session: &mut TlsSession,
+    cx: &mut TlsContext,
+    origin: &mut ServerConnection,
+) -> Res<Duration> {
+    let mut appliance = Duration::ZERO;
+    for _ in 0..50 {
+        let mut moved = false;
+        let mut buf = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut buf)?;
+        }
+        if !buf.is_empty() {
+            moved = true;
+            let start = Instant::now();
+            session.from_client(&buf)?;
+            if let Some(Pending::Hello { .. }) = session.pending() {
+                session.intercept(cx)?;
+            }
+            appliance += start.elapsed();
+        }
+        let to_server = std::mem::take(session.to_server());
+        if !to_server.is_empty() {
+            moved = true;
+            let mut input = to_server.as_slice();
+            while !input.is_empty() {
+                origin.read_tls(&mut input)?;
+                origin.process_new_packets()?;
+            }
+        }
+        let mut buf = Vec::new();
+        while origin.wants_write() {
+            origin.write_tls(&mut buf)?;
+        }
+        if !buf.is_empty() {
+            moved = true;
+            let start = Instant::now();
+            session.from_server(cx, &buf)?;
+            appliance += start.elapsed();
+        }
+        let to_client = std::mem::take(session.to_client());
+        if !to_client.is_empty() {
+            moved = true;
+            let mut input = to_client.as_slice();
+            while !input.is_empty() {
+                client.read_tls(&mut input)?;
+                client.process_new_packets()?;
+            }
+        }
+        if !moved {
+            return Ok(appliance);
+        }
+    }
+    Err("intercepted connection: no quiescence".into())
+}
+
+fn micros(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n as f64
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// A temporary directory removed on drop (the upstream trust bundle).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Appliance {
+    context: TlsContext,
+    ca_der: CertificateDer<'static>,
+}
+
+fn appliance(trusted: &str, dir: &TempDir, cache: usize) -> Res<Appliance> {
+    let bundle = dir.0.join("bundle.pem");
+    std::fs::write(&bundle, trusted)?;
+    let ca = CertificateAuthority::generate("tlsgate bench CA", 1, OffsetDateTime::now_utc())?;
+    let ca_der = ca.cert_der().clone();
+    let forger = Forger::new(ca, None, cache)?;
+    let trust = UpstreamTrust::from_bundle(&bundle)?;
+    Ok(Appliance {
+        context: TlsContext::new(forger, trust, InvalidUpstream::Mirror, None)?,
+        ca_der,
+    })
+}
+
+fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(7);
+    let conns: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200);
+    if rounds == 0 || conns == 0 {
+        return Err("ROUNDS and CONNECTIONS must be at least 1".into());
+    }
+
+    let ca = origin_ca()?;
+    let origin = origin_config(&ca)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("tls-cost-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let mut app = appliance(&ca.pem, &dir, 1024)?;
+
+    // --- forging: distinct real certificates (misses), one (hits) ----------
+    let mut forger = Forger::new(
+        CertificateAuthority::generate("tlsgate bench CA", 1, OffsetDateTime::now_utc())?,
+        None,
+        1,
+    )?;
+    let mut miss = Vec::new();
+    let mut hit = Vec::new();
+    for round in 0..rounds {
+        let reals = (0..conns)
+            .map(|i| leaf(&ca, &format!("host{round}-{i}.test")).map(|(cert, _)| cert))
+            .collect::<Res<Vec<_>>>()?;
+        let now = OffsetDateTime::now_utc();
+        let start = Instant::now();
+        for (i, real) in reals.iter().enumerate() {
+            let forged = forger.forge(real, Some(&format!("host{round}-{i}.test")), Trust::Trusted, now)?;
+            if forged.cache_hit {
+                return Err("forge: a distinct certificate hit the cache".into());
+            }
+        }
+        miss.push(micros(start.elapsed(), conns));
+        let sni = format!("host{round}-0.test");
+        forger.forge(&reals[0], Some(&sni), Trust::Trusted, now)?;
+        let start = Instant::now();
+        for _ in 0..conns {
+            let forged = forger.forge(&reals[0], Some(&sni), Trust::Trusted, now)?;
+            if !forged.cache_hit {
+                return Err("forge: the same certificate missed the cache".into());
+            }
+        }
+        hit.push(micros(start.elapsed(), conns));
+    }
+
+    // --- handshakes -----------------------------------------------------------
+    struct Row {
+        version: &'static str,
+        direct: f64,
+        intercepted: f64,
+        appliance: f64,
+    }
+    let mut rows = Vec::new();
+    for (version, versions) in [
+        ("TLS 1.3", &[&rustls::version::TLS13][..]),
+        ("TLS 1.2", &[&rustls::version::TLS12][..]),
+    ] {
+        let direct_client = client_config(&ca.der, versions)?;
+        let via_client = client_config(&app.ca_der, versions)?;
+        // Warm up the forged-certificate cache (the connection below is a
+        // cache hit, as for every repeat visit to a site).
+        {
+            let mut client = new_client(&via_client)?;
+            let mut server = ServerConnection::new(Arc::clone(&origin))?;
+            let mut session = TlsSession::new("198.18.0.2".parse()?);
+            intercepted(&mut client, &mut session, &mut app.context, &mut server)?;
+        }
+        let (mut d, mut i, mut a) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for _ in 0..conns {
+                let mut client = new_client(&direct_client)?;
+                let mut server = ServerConnection::new(Arc::clone(&origin))?;
+                direct(&mut client, &mut server)?;
+                if client.is_handshaking() || server.is_handshaking() {
+                    return Err("direct handshake did not complete".into());
+                }
+            }
+            d.push(micros(start.elapsed(), conns));
+
+            let mut inside = Duration::ZERO;
+            let start = Instant::now();
+            for _ in 0..conns {
+                let mut client = new_client(&via_client)?;
+                let mut server = ServerConnection::new(Arc::clone(&origin))?;
+                let mut session = TlsSession::new("198.18.0.2".parse()?);
+                inside += intercepted(&mut client, &mut session, &mut app.context, &mut server)?;
+                let info = &session.info;
+                if client.is_handshaking()
+                    || !session.is_established()
+                    || info.upstream_verified != Some(Ok(()))
+                    || !info.forged_cache_hit
+                    || info.resumed_client
+                    || info.resumed_server
+                {
+                    return Err(format!("intercepted connection not as expected: {info:?}").into());
+                }
+            }
+            i.push(micros(start.elapsed(), conns));
+            a.push(micros(inside, conns));
+        }
+        rows.push(Row {
+            version,
+            direct: median(d),
+            intercepted: median(i),
+            appliance: median(a),
+        });
+    }
+
+    // --- report -----------------------------------------------------------------
+    println!("Medians of {rounds} rounds of {conns} calls or connections each (µs per call or connection).");
+    println!();
+    println!("| forging (`Forger::forge`) | µs per call |");
+    println!("|---|---:|");
+    println!(
+        "| cache miss (a distinct real certificate each time) | {:.1} |",
+        median(miss)
+    );
+    println!("| cache hit (same certificate and SNI) | {:.2} |", median(hit));
+    println!();
+    println!(
+        "| full handshake, ECDSA P-256 | direct: client + server (µs) | intercepted: client + appliance + \
+         origin (µs) | appliance alone, inside `TlsSession` (µs) | intercepted / (2 × direct) | appliance / direct |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            row.version,
+            row.direct,
+            row.intercepted,
+            row.appliance,
+            row.intercepted / (2.0 * row.direct),
+            row.appliance / row.direct
+        );
+    }
+    let counters = app.context.forger().counters();
+    println!();
+    println!(
+        "Appliance forger after the handshakes: {} misses, {} hits.",
+        counters.misses, counters.hits
+    );
+    Ok(())
+}
