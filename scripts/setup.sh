@@ -25,6 +25,7 @@ PACKAGES=(
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
   iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
   nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)
+  chromium                       # headless browser through the appliance (lab tests)
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 

@@ -1087,3 +1087,83 @@ fn policy_blocks_bypasses_and_fails_open_for_pinned_clients() {
         "{reasons:?}"
     );
 }
+
+/// The base64 SHA-256 of a certificate's public key (Chromium's SPKI pin).
+fn spki_sha256(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let result = output(Command::new("bash").arg("-c").arg(script));
+    assert!(result.status.success());
+    text(&result.stdout).trim().to_owned()
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn a_browser_trusting_only_the_appliance_ca_browses_over_http1_and_http2() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("tls-browser");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let browse = |extra: &[&str], trust: bool| {
+        let profile = scratch.path(&format!("profile-{}-{trust}", extra.len()));
+        let mut command = lab.cmd(CLI, "timeout");
+        command.args([
+            "60",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+        ]);
+        command.args([
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile.display()));
+        command.arg("--host-resolver-rules=MAP origin.test 198.18.0.2");
+        if trust {
+            // Chromium trusts certificates chaining to exactly this key.
+            command.arg(format!("--ignore-certificate-errors-spki-list={}", spki_sha256(&ca)));
+        }
+        command
+            .args(extra)
+            .args(["--dump-dom", "https://origin.test/index.html"]);
+        output(&mut command)
+    };
+    for extra in [&[][..], &["--disable-http2"][..]] {
+        let page = browse(extra, true);
+        assert!(
+            text(&page.stdout).contains("hello from origin.test"),
+            "chromium {extra:?}: {}{}",
+            text(&page.stdout),
+            text(&page.stderr)
+        );
+    }
+    // Without trusting the appliance CA the browser refuses the page.
+    let page = browse(&[], false);
+    assert!(
+        !text(&page.stdout).contains("hello from origin.test"),
+        "the forged certificate must not be trusted by default"
+    );
+
+    std::thread::sleep(Duration::from_millis(12_000));
+    let (status, _, _) = appliance.stop();
+    assert!(status.success());
+    let log = std::fs::read_to_string(scratch.path("connections.jsonl")).expect("connection log");
+    let protocols: Vec<String> = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("json"))
+        .filter(|record| record["plaintext_server_to_client"].as_u64().unwrap_or(0) > 0)
+        .map(|record| record["alpn"].as_str().unwrap_or("none").to_owned())
+        .collect();
+    assert!(protocols.iter().any(|p| p == "h2"), "HTTP/2 end to end: {protocols:?}");
+    assert!(
+        protocols.iter().any(|p| p == "http/1.1"),
+        "HTTP/1.1 end to end: {protocols:?}"
+    );
+}
