@@ -869,54 +869,65 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
     let (config, ca) = tls_config(&scratch, &origin.cert());
     let appliance = Appliance::start(&lab, &scratch, &config);
 
-    // Capture the client leg while curl fetches a page over HTTP/1.1.
-    let capture = scratch.path("client-leg.pcap");
-    let tcpdump = Capture::start(&lab, CLI, "cli0", &capture, "tcp port 443");
-    let result = curl(
-        &lab,
-        &ca,
-        &[
-            "--http1.1",
-            "--resolve",
-            "origin.test:443:198.18.0.2",
-            "https://origin.test/index.html",
-        ],
-    );
-    assert!(result.status.success(), "{}", text(&result.stderr));
+    // Capture both legs while curl fetches a page over TLS 1.3, then over
+    // TLS 1.2 (HTTP/1.1 both times, so tshark shows the requests).
+    let client_capture = scratch.path("client-leg.pcap");
+    let server_capture = scratch.path("server-leg.pcap");
+    let captures = [
+        Capture::start(&lab, CLI, "cli0", &client_capture, "tcp port 443"),
+        Capture::start(&lab, SRV, "srv0", &server_capture, "tcp port 443"),
+    ];
+    for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"][..]] {
+        let mut args = vec!["--http1.1", "--resolve", "origin.test:443:198.18.0.2"];
+        args.extend_from_slice(version);
+        args.push("https://origin.test/index.html");
+        let result = curl(&lab, &ca, &args);
+        assert!(result.status.success(), "{version:?}: {}", text(&result.stderr));
+    }
     std::thread::sleep(Duration::from_millis(500));
-    let report = tcpdump.stop();
-    assert!(report.contains("packets captured"), "tcpdump: {report}");
+    for capture in captures {
+        let report = capture.stop();
+        assert!(report.contains("packets captured"), "tcpdump: {report}");
+    }
 
-    // With the key log, tshark decrypts the capture and sees the HTTP exchange.
+    // With the key log, tshark decrypts each leg's capture: both requests
+    // (TLS 1.3 and TLS 1.2) and their responses.
     let keys = scratch.path("keys.log");
-    let decrypted = output(
-        Command::new("tshark")
-            .args(["-n", "-r"])
-            .arg(&capture)
-            .arg("-o")
-            .arg(format!("tls.keylog_file:{}", keys.display()))
-            .args([
-                "-Y",
-                "http",
-                "-T",
-                "fields",
-                "-e",
-                "http.request.uri",
-                "-e",
-                "http.file_data",
-            ]),
-    );
-    let fields = text(&decrypted.stdout);
-    let summary = text(&output(Command::new("tshark").args(["-n", "-r"]).arg(&capture)).stdout);
-    let key_lines = std::fs::read_to_string(&keys).unwrap_or_default().lines().count();
+    for (leg, capture) in [("client", &client_capture), ("server", &server_capture)] {
+        let decrypted = output(
+            Command::new("tshark")
+                .args(["-n", "-r"])
+                .arg(capture)
+                .arg("-o")
+                .arg(format!("tls.keylog_file:{}", keys.display()))
+                .args([
+                    "-Y",
+                    "http",
+                    "-T",
+                    "fields",
+                    "-e",
+                    "http.request.uri",
+                    "-e",
+                    "http.file_data",
+                ]),
+        );
+        let fields = text(&decrypted.stdout);
+        assert_eq!(
+            fields.matches("/index.html").count(),
+            2,
+            "{leg} leg: {fields}{}",
+            text(&decrypted.stderr)
+        );
+        assert_eq!(
+            fields.matches("hello from origin.test").count(),
+            2,
+            "{leg} leg responses: {fields}"
+        );
+    }
+    let key_lines = std::fs::read_to_string(&keys).expect("key log");
     assert!(
-        fields.contains("/index.html"),
-        "tshark did not decrypt the request: {fields}{}\ncapture:\n{summary}\n{key_lines} key log lines\ntcpdump: {report}",
-        text(&decrypted.stderr)
-    );
-    assert!(
-        fields.contains("hello from origin.test") || fields.contains("68656c6c6f"),
-        "no response body: {fields}"
+        key_lines.lines().any(|line| line.starts_with("CLIENT_RANDOM ")),
+        "TLS 1.2 secrets: {key_lines}"
     );
 
     // Rotation: move the connection log away, SIGHUP, a new file appears.
@@ -955,7 +966,7 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
         })
         .map(|line| serde_json::from_str(&line).expect("one JSON object per line"))
         .collect();
-    assert_eq!(records.len(), 2, "one record per connection: {records:?}");
+    assert_eq!(records.len(), 3, "one record per connection: {records:?}");
     assert!(
         !std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
         "the reopened log gets the new records"
@@ -976,7 +987,14 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
     );
     assert!(first["plaintext_server_to_client"].as_u64().unwrap() > 0, "{first}");
     assert_eq!(first["ended"], "closed", "{first}");
-    assert_eq!(records[1]["forged_cache_hit"], true, "{}", records[1]);
+    assert!(
+        records[1]["client_tls_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("1_2")),
+        "{}",
+        records[1]
+    );
+    assert_eq!(records[2]["forged_cache_hit"], true, "{}", records[2]);
     let key_lines = std::fs::read_to_string(&keys).expect("key log");
     assert!(
         key_lines
