@@ -573,3 +573,51 @@ fn a_server_asking_for_a_client_certificate_is_reported() {
     assert!(outcome.is_err(), "the appliance has no client certificate to give");
     assert!(session.info.client_cert_requested);
 }
+
+#[test]
+fn an_rsa_leaf_key_can_be_loaded() {
+    // ring cannot generate RSA keys: make one with openssl, as an operator would.
+    let dir = std::env::temp_dir().join(format!("mitm-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_path = dir.join("leaf.key");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let leaf_key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, &origin_side.ca_pem).unwrap();
+    let ca = CertificateAuthority::generate("tlsgate test CA", 1, OffsetDateTime::now_utc()).unwrap();
+    let ca_der = ca.cert_der().clone();
+    let forger = Forger::new(ca, Some(leaf_key), 4).unwrap();
+    let mut context = TlsContext::new(
+        forger,
+        UpstreamTrust::from_bundle(&bundle).unwrap(),
+        InvalidUpstream::Mirror,
+        None,
+    )
+    .unwrap();
+    let mut client = client(&ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut context, &mut origin).unwrap();
+    let leaf = &client.peer_certificates().unwrap()[0];
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    assert_eq!(
+        parsed.public_key().algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.1",
+        "an RSA key"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
