@@ -2,13 +2,15 @@
 //! kernel): the forging of certificates (cache miss and hit), and one full
 //! handshake between a rustls client and a rustls server directly against
 //! one full intercepted connection (client ⇄ [`TlsSession`] ⇄ origin), for
-//! TLS 1.3 and TLS 1.2, ECDSA P-256 everywhere.
+//! TLS 1.3 and TLS 1.2, ECDSA P-256 everywhere; and TLS 1.3 with an origin
+//! that issues tickets, so the appliance's upstream leg resumes (as with
+//! nginx in the lab).
 //!
 //!     cargo run --release -p mitm --example tls_cost [-- ROUNDS CONNECTIONS]
 //!
-//! Every connection is a full handshake: the clients keep no sessions and the
-//! origin issues no tickets and keeps no session IDs, so neither leg
-//! resumes. An intercepted connection runs four handshake roles (client,
+//! Otherwise every connection is a full handshake: the clients keep no
+//! sessions and the origin issues no tickets and keeps no session IDs, so
+//! neither leg resumes. An intercepted connection runs four handshake roles (client,
 //! appliance as server, appliance as client, origin), a direct one two, so
 //! "intercepted / (2 × direct)" is 1.0 when interception adds nothing but
 //! the second handshake; the appliance's own share (the time spent inside
@@ -68,8 +70,9 @@ fn leaf(ca: &OriginCa, name: &str) -> Res<(CertificateDer<'static>, KeyPair)> {
     Ok((cert.der().clone(), key))
 }
 
-/// The origin's server configuration: no resumption of any kind.
-fn origin_config(ca: &OriginCa) -> Res<Arc<ServerConfig>> {
+/// The origin's server configuration: with `tickets`, rustls' defaults (TLS
+/// 1.3 tickets, a session cache); without, no resumption of any kind.
+fn origin_config(ca: &OriginCa, tickets: bool) -> Res<Arc<ServerConfig>> {
     let (cert, key) = leaf(ca, ORIGIN)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -78,8 +81,10 @@ fn origin_config(ca: &OriginCa) -> Res<Arc<ServerConfig>> {
             vec![cert, ca.der.clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )?;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    if !tickets {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -250,7 +255,10 @@ fn main() -> Res<()> {
     }
 
     let ca = origin_ca()?;
-    let origin = origin_config(&ca)?;
+    let full_origin = origin_config(&ca, false)?;
+    // Separate session caches for the direct and the intercepted connections:
+    // the direct ones would evict the appliance's sessions.
+    let ticket_origin = (origin_config(&ca, true)?, origin_config(&ca, true)?);
     let dir = TempDir(std::env::temp_dir().join(format!("tls-cost-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0)?;
     let mut app = appliance(&ca.pem, &dir, 1024)?;
@@ -296,17 +304,34 @@ fn main() -> Res<()> {
         appliance: f64,
     }
     let mut rows = Vec::new();
-    for (version, versions) in [
-        ("TLS 1.3", &[&rustls::version::TLS13][..]),
-        ("TLS 1.2", &[&rustls::version::TLS12][..]),
+    for (version, versions, (direct_origin, origin), upstream_resumes) in [
+        (
+            "TLS 1.3",
+            &[&rustls::version::TLS13][..],
+            (&full_origin, &full_origin),
+            false,
+        ),
+        (
+            "TLS 1.2",
+            &[&rustls::version::TLS12][..],
+            (&full_origin, &full_origin),
+            false,
+        ),
+        (
+            "TLS 1.3, the origin issues tickets: the upstream leg resumes",
+            &[&rustls::version::TLS13][..],
+            (&ticket_origin.0, &ticket_origin.1),
+            true,
+        ),
     ] {
         let direct_client = client_config(&ca.der, versions)?;
         let via_client = client_config(&app.ca_der, versions)?;
         // Warm up the forged-certificate cache (the connection below is a
-        // cache hit, as for every repeat visit to a site).
+        // cache hit, as for every repeat visit to a site) and, with tickets,
+        // the upstream session cache.
         {
             let mut client = new_client(&via_client)?;
-            let mut server = ServerConnection::new(Arc::clone(&origin))?;
+            let mut server = ServerConnection::new(Arc::clone(origin))?;
             let mut session = TlsSession::new("198.18.0.2".parse()?);
             intercepted(&mut client, &mut session, &mut app.context, &mut server)?;
         }
@@ -315,7 +340,7 @@ fn main() -> Res<()> {
             let start = Instant::now();
             for _ in 0..conns {
                 let mut client = new_client(&direct_client)?;
-                let mut server = ServerConnection::new(Arc::clone(&origin))?;
+                let mut server = ServerConnection::new(Arc::clone(direct_origin))?;
                 direct(&mut client, &mut server)?;
                 if client.is_handshaking() || server.is_handshaking() {
                     return Err("direct handshake did not complete".into());
@@ -327,7 +352,7 @@ fn main() -> Res<()> {
             let start = Instant::now();
             for _ in 0..conns {
                 let mut client = new_client(&via_client)?;
-                let mut server = ServerConnection::new(Arc::clone(&origin))?;
+                let mut server = ServerConnection::new(Arc::clone(origin))?;
                 let mut session = TlsSession::new("198.18.0.2".parse()?);
                 inside += intercepted(&mut client, &mut session, &mut app.context, &mut server)?;
                 let info = &session.info;
@@ -336,7 +361,7 @@ fn main() -> Res<()> {
                     || info.upstream_verified != Some(Ok(()))
                     || !info.forged_cache_hit
                     || info.resumed_client
-                    || info.resumed_server
+                    || info.resumed_server != upstream_resumes
                 {
                     return Err(format!("intercepted connection not as expected: {info:?}").into());
                 }
@@ -364,7 +389,7 @@ fn main() -> Res<()> {
     println!("| cache hit (same certificate and SNI) | {:.2} |", median(hit));
     println!();
     println!(
-        "| full handshake, ECDSA P-256 | direct: client + server (µs) | intercepted: client + appliance + \
+        "| handshakes, ECDSA P-256 | direct: client + server (µs) | intercepted: client + appliance + \
          origin (µs) | appliance alone, inside `TlsSession` (µs) | intercepted / (2 × direct) | appliance / direct |"
     );
     println!("|---|---:|---:|---:|---:|---:|");
