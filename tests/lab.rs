@@ -241,7 +241,12 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
     );
 
     let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
-    // configs/lab.toml: -l 0-1, one worker: it owns lcore 1 (CPU 1).
+    // configs/lab.toml: -l 0-1, one worker: it owns lcore 1 (CPU 1). The
+    // worker pins itself as it starts, just after `running` is printed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while appliance.worker_cpus() != vec!["1".to_owned()] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         appliance.worker_cpus(),
         vec!["1".to_owned()],
