@@ -992,6 +992,9 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
     );
     assert!(first["plaintext_server_to_client"].as_u64().unwrap() > 0, "{first}");
     assert_eq!(first["ended"], "closed", "{first}");
+    // Logged when both directions closed, not after the appliance's legs
+    // left TIME-WAIT (10 s).
+    assert!(first["duration_ms"].as_u64().unwrap() < 5_000, "{first}");
     assert!(
         records[1]["client_tls_version"]
             .as_str()

@@ -44,6 +44,7 @@ impl Session {
             tls_info: None,
             decision: None,
             bypass_backlog: Vec::new(),
+            logged: false,
         }
     }
 }
@@ -77,6 +78,9 @@ struct Session {
     /// Client bytes read by the TLS layer before a bypass, still to be sent
     /// to the server (before anything else the client sends).
     bypass_backlog: Vec<u8>,
+    /// The connection-log record was written (when both directions had
+    /// closed, not when the appliance's legs leave TIME-WAIT).
+    logged: bool,
 }
 
 /// Ciphertext waiting for one leg beyond which the other leg is not read
@@ -139,14 +143,19 @@ fn rejected_our_certificate(err: &MitmError) -> bool {
 }
 
 /// The connection-log record of a session that ended.
-fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
+fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let end = OffsetDateTime::now_utc();
     let rfc3339 = |at: OffsetDateTime| {
         at.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
     };
     let endpoint = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
-    let info = session.tls.map(|tls| tls.info).or(session.tls_info).unwrap_or_default();
+    let info = session
+        .tls
+        .as_ref()
+        .map(|tls| tls.info.clone())
+        .or_else(|| session.tls_info.clone())
+        .unwrap_or_default();
     let verified = info.upstream_verified.clone();
     ConnectionRecord {
         start: rfc3339(session.started),
@@ -161,8 +170,8 @@ fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
             None if tls_mode => "intercept",
             None => "splice",
         },
-        reason: match session.decision {
-            Some(verdict) => verdict.reason,
+        reason: match &session.decision {
+            Some(verdict) => verdict.reason.clone(),
             None => format!("destination port {} is intercepted", session.tuple.dst_port),
         },
         sni: info.sni,
@@ -183,7 +192,7 @@ fn record(session: Session, tls_mode: bool) -> ConnectionRecord {
         bytes_server_to_client: session.bytes.1,
         plaintext_client_to_server: info.plaintext_client_to_server,
         plaintext_server_to_client: info.plaintext_server_to_client,
-        ended: session.ended.unwrap_or_else(|| "closed".into()),
+        ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
 }
 
@@ -222,7 +231,7 @@ impl Splicer {
         if let Some(log) = &self.log {
             let now = OffsetDateTime::now_utc();
             let session = Session::new(*tuple, now, 0);
-            let mut record = record(session, self.tls.is_some());
+            let mut record = record(&session, self.tls.is_some());
             record.decision = verdict.action.name();
             record.reason = verdict.reason.clone();
             record.ended = format!("{} at the SYN", verdict.action.name());
@@ -353,6 +362,21 @@ impl Splicer {
     }
 
     fn handle(&mut self, stack: &mut Stack, event: Event) {
+        let (index, _) = session_of(event.owner);
+        self.react(stack, event);
+        // Logged once both directions have closed: the appliance's own legs
+        // may linger in TIME-WAIT for a while, the connection is over.
+        if let Some(session) = self.sessions.get_mut(index) {
+            if !session.logged && session.fin_to_client && session.fin_to_server {
+                session.logged = true;
+                if let Some(log) = &self.log {
+                    log.write(&record(session, self.tls.is_some()));
+                }
+            }
+        }
+    }
+
+    fn react(&mut self, stack: &mut Stack, event: Event) {
         let (index, leg) = session_of(event.owner);
         let Some(session) = self.sessions.get_mut(index) else {
             return;
@@ -435,8 +459,8 @@ impl Splicer {
                 if session.client.is_none() && session.server.is_none() {
                     let session = self.sessions.remove(index);
                     self.counters.sessions_live -= 1;
-                    if let Some(log) = &self.log {
-                        log.write(&record(session, self.tls.is_some()));
+                    if let (Some(log), false) = (&self.log, session.logged) {
+                        log.write(&record(&session, self.tls.is_some()));
                     }
                 }
             }
