@@ -1078,6 +1078,20 @@ fn policy_blocks_bypasses_and_fails_open_for_pinned_clients() {
         text(&result.stdout)
     );
 
+    // A client that offers only TLS 1.0: blocked by default, promptly.
+    let started = Instant::now();
+    let old_tls = output(lab.cmd(CLI, "bash").arg("-c").arg(
+        "echo | timeout 10 openssl s_client -connect 198.18.0.2:443 -servername origin.test -tls1 -cipher DEFAULT@SECLEVEL=0",
+    ));
+    assert!(
+        !text(&old_tls.stdout).contains("BEGIN CERTIFICATE"),
+        "no certificate for TLS 1.0"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a TLS 1.0 client is answered promptly, not left hanging"
+    );
+
     std::thread::sleep(Duration::from_millis(12_000)); // sessions end after TIME-WAIT
     let (status, report, _) = appliance.stop();
     assert!(status.success());
