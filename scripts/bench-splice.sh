@@ -39,6 +39,8 @@ doc="$root/docs/BENCHMARKS.md"
 export TG_NS_CLI=tgb-cli TG_NS_GW=tgb-gw TG_NS_SRV=tgb-srv
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
+# shellcheck source=scripts/bench-lab.sh
+. "$here/bench-lab.sh"
 
 write_doc=0 keep=0 runs=3 secs=10 requests=5000 concurrency=20
 while (($#)); do
@@ -77,14 +79,6 @@ tmp="$(mktemp -d /tmp/bench-splice.XXXXXX)"
 chmod 755 "$tmp"
 tg_pid="" nginx_pid="" iperf_pid="" watchdog_pid=""
 
-stop_tlsgate() {
-  [[ -n "$tg_pid" ]] || return 0
-  kill -INT "$tg_pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$tg_pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$tg_pid" 2>/dev/null || true
-  wait "$tg_pid" 2>/dev/null || true
-  tg_pid=""
-}
 
 cleanup() {
   local rc=$?
@@ -111,21 +105,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Watchdog: the whole benchmark is bounded.
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep 1500 &
-  sleeper=$!
-  wait "$sleeper"
-  log "watchdog: 25 min limit reached"
-  kill -TERM $$
-) 2>/dev/null &
-watchdog_pid=$!
+bench_watchdog 1500
 
 # --- build and configs ------------------------------------------------------------
-log "building tlsgate (release)"
-(cd "$root" && timeout 1200 cargo build --release --quiet -p tlsgate)
-# A private copy: other engineers may rebuild target/release/tlsgate meanwhile.
-cp "$root/target/release/tlsgate" "$tmp/tlsgate"
+bench_build_tlsgate
 
 cp "$root/configs/lab.toml" "$tmp/bridge.toml"
 {
@@ -219,13 +202,6 @@ if ! kill -0 "$nginx_pid" 2>/dev/null || ! kill -0 "$iperf_pid" 2>/dev/null; the
 fi
 
 # --- paths ------------------------------------------------------------------------
-reachable() {
-  for _ in $(seq 20); do
-    ip netns exec "$TG_NS_CLI" ping -c1 -W1 -q "$TG_SRV_V4" >/dev/null 2>&1 && return 0
-    sleep 0.25
-  done
-  return 1
-}
 
 start_path() {  # a|b|c run
   local path="$1" run="$2"

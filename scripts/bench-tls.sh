@@ -38,6 +38,8 @@ doc="$root/docs/BENCHMARKS.md"
 export TG_NS_CLI=tgt-cli TG_NS_GW=tgt-gw TG_NS_SRV=tgt-srv
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
+# shellcheck source=scripts/bench-lab.sh
+. "$here/bench-lab.sh"
 
 write_doc=0 keep=0 runs=3 requests=2000 concurrency=20
 while (($#)); do
@@ -75,14 +77,6 @@ origin="$tmp/origin"
 netns_etc="/etc/netns/$TG_NS_CLI"
 tg_pid="" watchdog_pid="" made_netns_etc=0
 
-stop_tlsgate() {
-  [[ -n "$tg_pid" ]] || return 0
-  kill -INT "$tg_pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$tg_pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$tg_pid" 2>/dev/null || true
-  wait "$tg_pid" 2>/dev/null || true
-  tg_pid=""
-}
 
 cleanup() {
   local rc=$?
@@ -105,21 +99,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Watchdog: the whole benchmark is bounded.
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  sleep 1200 &
-  sleeper=$!
-  wait "$sleeper"
-  log "watchdog: 20 min limit reached"
-  kill -TERM $$
-) 2>/dev/null &
-watchdog_pid=$!
+bench_watchdog 1200
 
 # --- build, CA and configs --------------------------------------------------------
-log "building tlsgate (release)"
-(cd "$root" && timeout 1200 cargo build --release --quiet -p tlsgate)
-# A private copy: other engineers may rebuild target/release/tlsgate meanwhile.
-cp "$root/target/release/tlsgate" "$tmp/tlsgate"
+bench_build_tlsgate
 "$tmp/tlsgate" ca init --dir "$tmp/ca" >/dev/null
 
 # --- lab and origin ---------------------------------------------------------------
@@ -154,13 +137,6 @@ tls_config "$tmp/check.jsonl" >"$tmp/check.toml"
 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 
 # --- paths ------------------------------------------------------------------------
-reachable() {
-  for _ in $(seq 20); do
-    ip netns exec "$TG_NS_CLI" ping -c1 -W1 -q "$TG_SRV_V4" >/dev/null 2>&1 && return 0
-    sleep 0.25
-  done
-  return 1
-}
 
 start_path() {  # a|b|c run
   local path="$1" run="$2"
