@@ -126,6 +126,13 @@ pub struct Splicer {
     epoch: std::time::Instant,
 }
 
+/// Sends as much of `queue` as `leg` takes now; true if anything went.
+fn send_queued(stack: &mut Stack, leg: FlowId, queue: &mut Vec<u8>) -> bool {
+    let sent = stack.send(leg, queue).unwrap_or(0);
+    queue.drain(..sent);
+    sent > 0
+}
+
 /// Whether a client's alert says it rejected the forged certificate (as a
 /// client that pins certificates does).
 fn rejected_our_certificate(err: &MitmError) -> bool {
@@ -481,13 +488,9 @@ impl Splicer {
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
         for _ in 0..64 {
-            let mut progress = false;
-            let sent = stack.send(client, tls.to_client()).unwrap_or(0);
-            tls.to_client().drain(..sent);
-            progress |= sent > 0;
-            let sent = stack.send(server, tls.to_server()).unwrap_or(0);
-            tls.to_server().drain(..sent);
-            progress |= sent > 0;
+            // Both queues, always (no short-circuit).
+            let mut progress =
+                send_queued(stack, client, tls.to_client()) | send_queued(stack, server, tls.to_server());
             if tls.to_server().len() < TLS_BACKLOG {
                 let read = stack.recv(client, &mut buf).unwrap_or(0);
                 if read > 0 {
