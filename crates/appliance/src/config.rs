@@ -182,6 +182,7 @@ pub struct Tcp {
     #[serde(default = "default_true")]
     pub hold_synack: bool,
     /// Intercepted connections per worker beyond which new ones are bridged.
+    /// Each may commit 2 × (rx_buffer + tx_buffer) bytes of buffers.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
 }
@@ -207,8 +208,10 @@ fn default_tcp_timeout_ms() -> u64 {
 fn default_true() -> bool {
     true
 }
+/// With the default 64 KiB buffers (two sockets of rx + tx per connection),
+/// 10,000 connections may commit about 2.6 GB of buffers per worker.
 fn default_max_connections() -> usize {
-    100_000
+    10_000
 }
 
 /// Poll-mode data plane settings.
@@ -501,6 +504,15 @@ impl Config {
         crate::policy::Policy::new(&self.policy, Some(fail_open))
     }
 
+    /// The most memory the TCP buffers of intercepted connections can take:
+    /// every worker full, every socket's buffers allocated.
+    pub fn worst_case_buffer_bytes(&self) -> u128 {
+        u128::from(self.dataplane.workers)
+            * self.tcp.max_connections as u128
+            * 2
+            * (self.tcp.rx_buffer as u128 + self.tcp.tx_buffer as u128)
+    }
+
     /// The client and server port devices (validated by `parse`).
     pub fn devices(&self) -> Result<[Device; 2], String> {
         Ok([
@@ -599,6 +611,18 @@ device = "net_af_packet1,iface=gws0"
         assert!(message.contains("tcp.rx_buffer"), "{message}");
         let message = rejection(&format!("{MINIMAL}\n[tcp]\ntimeout_ms = 1\n"));
         assert!(message.contains("tcp.timeout_ms"), "{message}");
+    }
+
+    #[test]
+    fn worst_case_buffer_memory() {
+        let config = parse(MINIMAL).expect("valid");
+        // 1 worker x 10,000 connections x 2 sockets x (64 + 64) KiB.
+        assert_eq!(config.worst_case_buffer_bytes(), 10_000 * 2 * 128 * 1024);
+        let two = parse(&format!(
+            "{MINIMAL}\n[tcp]\nrx_buffer = 4096\ntx_buffer = 4096\nmax_connections = 1000\n"
+        ))
+        .expect("valid");
+        assert_eq!(two.worst_case_buffer_bytes(), 1000 * 2 * 8192);
     }
 
     #[test]

@@ -226,6 +226,10 @@ fn check(config_path: &Path) -> Result<()> {
             if tcp.hold_synack { "held until" } else { "sent before" },
             tcp.max_connections
         );
+        println!(
+            "  worst case: {:.1} GiB of TCP buffers with every worker full (workers x max_connections x 2 sockets x (rx + tx))",
+            config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64
+        );
     }
     Ok(())
 }
