@@ -501,7 +501,11 @@ impl Config {
             after: self.tls.fail_open_after,
             window_secs: self.tls.fail_open_window_secs,
         };
-        crate::policy::Policy::new(&self.policy, Some(fail_open))
+        crate::policy::Policy::new(
+            &self.policy,
+            Some(fail_open),
+            self.tls.client_auth == ClientAuthPolicy::Bypass,
+        )
     }
 
     /// The most memory the TCP buffers of intercepted connections can take:

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dpdk::{PacketBuf, Port};
 use netstack::{Instant, OutFrame, Stack, StackConfig};
 
-use crate::config::{ClientAuthPolicy, Config, InterceptMode, InvalidUpstreamPolicy, Tls};
+use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy};
 use crate::splice::Splicer;
@@ -153,14 +153,7 @@ impl<P: Port> Engine<P> {
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
             stack: Stack::new(2, policy.stack, now),
-            splicer: Splicer::new(
-                policy.hold_synack,
-                policy.rules.clone(),
-                policy
-                    .tls
-                    .as_ref()
-                    .is_some_and(|tls| tls.client_auth == ClientAuthPolicy::Bypass),
-            ),
+            splicer: Splicer::new(policy.hold_synack, policy.rules.clone()),
             stack_output: Vec::new(),
             outgoing: [Vec::new(), Vec::new()],
             tcp_stats: stats.tcp,

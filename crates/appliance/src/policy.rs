@@ -153,11 +153,20 @@ pub struct Policy {
     rejections: HashMap<String, VecDeque<u64>>,
     /// Names bypassed from now on, and why (fail-open, client certificates).
     bypassed_names: HashMap<String, String>,
+    /// Whether a server that asks for a client certificate is bypassed
+    /// from then on (`tls.client_auth = "bypass"`).
+    bypass_client_auth: bool,
 }
 
 impl Policy {
     /// Checks and compiles the rules; an error names the rule and the field.
-    pub fn new(rules: &[RuleConfig], fail_open: Option<FailOpen>) -> Result<Policy, (String, String)> {
+    /// `bypass_client_auth`: a server asking for a client certificate is
+    /// bypassed from then on.
+    pub fn new(
+        rules: &[RuleConfig],
+        fail_open: Option<FailOpen>,
+        bypass_client_auth: bool,
+    ) -> Result<Policy, (String, String)> {
         let compiled = rules
             .iter()
             .enumerate()
@@ -210,6 +219,7 @@ impl Policy {
         Ok(Policy {
             rules: compiled,
             fail_open: fail_open.filter(|f| f.after > 0 && f.window_secs > 0),
+            bypass_client_auth,
             ..Policy::default()
         })
     }
@@ -300,6 +310,16 @@ impl Policy {
         false
     }
 
+    /// Records that the server for `name` asked for a client certificate;
+    /// returns true when this makes the policy bypass the name.
+    pub fn record_client_cert_request(&mut self, name: &str) -> bool {
+        self.bypass_client_auth
+            && self.bypass_name(
+                name,
+                format!("{name} asks for a client certificate, which the appliance cannot present"),
+            )
+    }
+
     /// Bypasses `name` from now on, for `reason`; false if it already was.
     pub fn bypass_name(&mut self, name: &str, reason: String) -> bool {
         if self.bypassed_names.contains_key(name) {
@@ -356,7 +376,7 @@ mod tests {
                 ..rule(Action::Bypass)
             },
         ];
-        let policy = Policy::new(&rules, None).unwrap();
+        let policy = Policy::new(&rules, None, false).unwrap();
         assert_eq!(
             policy.at_syn(&tuple("198.18.9.7", 443)).map(|v| v.action),
             Some(Action::Block)
@@ -392,6 +412,7 @@ mod tests {
                 ..rule(Action::Bypass)
             }],
             None,
+            false,
         )
         .unwrap();
         let t = tuple("198.18.0.2", 443);
@@ -439,7 +460,7 @@ mod tests {
             ),
         ];
         for (config, key) in bad {
-            let (named, reason) = Policy::new(&[config], None).unwrap_err();
+            let (named, reason) = Policy::new(&[config], None, false).unwrap_err();
             assert_eq!(named, key, "{reason}");
         }
     }
@@ -452,6 +473,7 @@ mod tests {
                 after: 3,
                 window_secs: 60,
             }),
+            false,
         )
         .unwrap();
         let t = tuple("198.18.0.2", 443);
@@ -467,13 +489,13 @@ mod tests {
         assert_eq!(verdict.action, Action::Bypass);
         assert!(verdict.reason.contains("fail-open"));
         assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
-        let mut off = Policy::new(&[], None).unwrap();
+        let mut off = Policy::new(&[], None, false).unwrap();
         assert!(!(0..10).any(|i| off.record_rejection("x", i)));
     }
 
     #[test]
     fn a_bypassed_name_is_bypassed_with_its_reason() {
-        let mut policy = Policy::new(&[], None).unwrap();
+        let mut policy = Policy::new(&[], None, true).unwrap();
         let t = tuple("198.18.0.2", 443);
         assert!(policy.bypass_name("mtls.test", "asks for a client certificate".into()));
         assert!(!policy.bypass_name("mtls.test", "again".into()));
@@ -481,5 +503,13 @@ mod tests {
         assert_eq!(verdict.action, Action::Bypass);
         assert_eq!(verdict.reason, "asks for a client certificate");
         assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
+        assert!(policy.record_client_cert_request("other.test"));
+        assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Bypass);
+        let mut blocking = Policy::new(&[], None, false).unwrap();
+        assert!(
+            !blocking.record_client_cert_request("other.test"),
+            "tls.client_auth = block"
+        );
+        assert_eq!(blocking.at_hello(&t, Some("other.test")).action, Action::Intercept);
     }
 }

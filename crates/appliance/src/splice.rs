@@ -119,9 +119,6 @@ pub struct Splicer {
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
     policy: Policy,
-    /// Whether a server asking for a client certificate is bypassed from
-    /// then on (`tls.client_auth = "bypass"`).
-    bypass_client_auth: bool,
     /// The clock of fail-open windows.
     epoch: std::time::Instant,
 }
@@ -213,10 +210,9 @@ fn session_of(owner: u64) -> (usize, Leg) {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool, policy: Policy, bypass_client_auth: bool) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy) -> Self {
         Splicer {
             policy,
-            bypass_client_auth,
             epoch: std::time::Instant::now(),
             sessions: Slab::new(),
             hold_synack,
@@ -396,8 +392,11 @@ impl Splicer {
             return;
         }
         match event.kind {
-            EventKind::Connected if leg == Leg::Server => {
-                if let (Some(client), false) = (session.client, session.established) {
+            EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
+                // The server accepted: now the client may have its SYN-ACK.
+                if let (EventKind::Connected, Leg::Server, Some(client), false) =
+                    (event.kind, leg, session.client, session.established)
+                {
                     session.established = true;
                     let _ = stack.release_synack(client);
                 }
@@ -405,17 +404,7 @@ impl Splicer {
                     &mut self.counters,
                     self.tls.as_mut(),
                     &mut self.policy,
-                    (self.epoch, self.bypass_client_auth),
-                    stack,
-                    session,
-                );
-            }
-            EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
-                Self::pump(
-                    &mut self.counters,
-                    self.tls.as_mut(),
-                    &mut self.policy,
-                    (self.epoch, self.bypass_client_auth),
+                    self.epoch,
                     stack,
                     session,
                 );
@@ -530,7 +519,7 @@ impl Splicer {
         counters: &mut SpliceCounters,
         tls: Option<&mut TlsContext>,
         policy: &mut Policy,
-        (epoch, bypass_client_auth): (std::time::Instant, bool),
+        epoch: std::time::Instant,
         stack: &mut Stack,
         session: &mut Session,
     ) {
@@ -587,8 +576,7 @@ impl Splicer {
                 tracing::info!("TLS interception failed: {err}");
                 counters.tls_failed += 1;
                 if let (Some(name), true) = (tls_session.info.sni.clone(), tls_session.info.client_cert_requested) {
-                    let reason = format!("{name} asks for a client certificate, which the appliance cannot present");
-                    if bypass_client_auth && policy.bypass_name(&name, reason) {
+                    if policy.record_client_cert_request(&name) {
                         counters.client_auth_bypassed += 1;
                         tracing::warn!("{name} asks for client certificates; bypassing it from now on");
                     }
