@@ -4,8 +4,11 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
+
+use crate::splice::SpliceCounters;
 
 /// One port's traffic as one worker saw it.
 #[derive(Debug, Default)]
@@ -152,30 +155,7 @@ impl WorkerTotals {
 /// One worker's transparent-TCP counters, published by its engine after
 /// every poll (the engine owns the stack; the control plane only reads).
 #[derive(Debug, Default)]
-pub struct TcpStats {
-    flows_live: AtomicU64,
-    flows_created: AtomicU64,
-    flows_freed: AtomicU64,
-    flows_refused: AtomicU64,
-    sessions_opened: AtomicU64,
-    sessions_live: AtomicU64,
-    server_refused: AtomicU64,
-    server_timed_out: AtomicU64,
-    server_unreachable: AtomicU64,
-    resets: AtomicU64,
-    bytes_client_to_server: AtomicU64,
-    bytes_server_to_client: AtomicU64,
-    tls_intercepted: AtomicU64,
-    tls_failed: AtomicU64,
-    forged_cache_hits: AtomicU64,
-    forged_cache_misses: AtomicU64,
-    forged_cache_bytes: AtomicU64,
-    bypassed: AtomicU64,
-    blocked: AtomicU64,
-    failed_open: AtomicU64,
-    client_auth_bypassed: AtomicU64,
-    memory_per_flow: AtomicU64,
-}
+pub struct TcpStats(Mutex<TcpTotals>);
 
 /// A reading of [`TcpStats`] (summed over workers in a [`Report`]).
 /// `flows_live` and `sessions_live` return to 0 once every connection has
@@ -186,82 +166,24 @@ pub struct TcpTotals {
     pub flows_created: u64,
     pub flows_freed: u64,
     pub flows_refused: u64,
-    pub sessions_opened: u64,
-    pub sessions_live: u64,
-    pub server_refused: u64,
-    pub server_timed_out: u64,
-    pub server_unreachable: u64,
-    pub resets: u64,
-    pub bytes_client_to_server: u64,
-    pub bytes_server_to_client: u64,
-    /// Bytes one flow costs (buffers, socket, table entries); an
-    /// intercepted connection has two flows.
-    pub tls_intercepted: u64,
-    pub tls_failed: u64,
+    /// Sessions, bytes, TLS and policy outcomes (flattened in the JSON).
+    #[serde(flatten)]
+    pub splice: SpliceCounters,
     pub forged_cache_hits: u64,
     pub forged_cache_misses: u64,
     pub forged_cache_bytes: u64,
-    pub bypassed: u64,
-    pub blocked: u64,
-    pub failed_open: u64,
-    /// Servers bypassed because they ask for client certificates.
-    pub client_auth_bypassed: u64,
+    /// Bytes one flow costs (buffers, socket, table entries); an
+    /// intercepted connection has two flows.
     pub memory_per_flow: u64,
 }
 
 impl TcpStats {
     pub fn publish(&self, totals: &TcpTotals) {
-        let store = |cell: &AtomicU64, value: u64| cell.store(value, Ordering::Relaxed);
-        store(&self.flows_live, totals.flows_live);
-        store(&self.flows_created, totals.flows_created);
-        store(&self.flows_freed, totals.flows_freed);
-        store(&self.flows_refused, totals.flows_refused);
-        store(&self.sessions_opened, totals.sessions_opened);
-        store(&self.sessions_live, totals.sessions_live);
-        store(&self.server_refused, totals.server_refused);
-        store(&self.server_timed_out, totals.server_timed_out);
-        store(&self.server_unreachable, totals.server_unreachable);
-        store(&self.resets, totals.resets);
-        store(&self.bytes_client_to_server, totals.bytes_client_to_server);
-        store(&self.bytes_server_to_client, totals.bytes_server_to_client);
-        store(&self.tls_intercepted, totals.tls_intercepted);
-        store(&self.tls_failed, totals.tls_failed);
-        store(&self.forged_cache_hits, totals.forged_cache_hits);
-        store(&self.forged_cache_misses, totals.forged_cache_misses);
-        store(&self.forged_cache_bytes, totals.forged_cache_bytes);
-        store(&self.bypassed, totals.bypassed);
-        store(&self.blocked, totals.blocked);
-        store(&self.failed_open, totals.failed_open);
-        store(&self.client_auth_bypassed, totals.client_auth_bypassed);
-        store(&self.memory_per_flow, totals.memory_per_flow);
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = *totals;
     }
 
     pub fn totals(&self) -> TcpTotals {
-        let load = |cell: &AtomicU64| cell.load(Ordering::Relaxed);
-        TcpTotals {
-            flows_live: load(&self.flows_live),
-            flows_created: load(&self.flows_created),
-            flows_freed: load(&self.flows_freed),
-            flows_refused: load(&self.flows_refused),
-            sessions_opened: load(&self.sessions_opened),
-            sessions_live: load(&self.sessions_live),
-            server_refused: load(&self.server_refused),
-            server_timed_out: load(&self.server_timed_out),
-            server_unreachable: load(&self.server_unreachable),
-            resets: load(&self.resets),
-            bytes_client_to_server: load(&self.bytes_client_to_server),
-            bytes_server_to_client: load(&self.bytes_server_to_client),
-            tls_intercepted: load(&self.tls_intercepted),
-            tls_failed: load(&self.tls_failed),
-            forged_cache_hits: load(&self.forged_cache_hits),
-            forged_cache_misses: load(&self.forged_cache_misses),
-            forged_cache_bytes: load(&self.forged_cache_bytes),
-            bypassed: load(&self.bypassed),
-            blocked: load(&self.blocked),
-            failed_open: load(&self.failed_open),
-            client_auth_bypassed: load(&self.client_auth_bypassed),
-            memory_per_flow: load(&self.memory_per_flow),
-        }
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -271,23 +193,10 @@ impl std::ops::AddAssign for TcpTotals {
         self.flows_created += other.flows_created;
         self.flows_freed += other.flows_freed;
         self.flows_refused += other.flows_refused;
-        self.sessions_opened += other.sessions_opened;
-        self.sessions_live += other.sessions_live;
-        self.server_refused += other.server_refused;
-        self.server_timed_out += other.server_timed_out;
-        self.server_unreachable += other.server_unreachable;
-        self.resets += other.resets;
-        self.bytes_client_to_server += other.bytes_client_to_server;
-        self.bytes_server_to_client += other.bytes_server_to_client;
-        self.tls_intercepted += other.tls_intercepted;
-        self.tls_failed += other.tls_failed;
+        self.splice += other.splice;
         self.forged_cache_hits += other.forged_cache_hits;
         self.forged_cache_misses += other.forged_cache_misses;
         self.forged_cache_bytes += other.forged_cache_bytes;
-        self.bypassed += other.bypassed;
-        self.blocked += other.blocked;
-        self.failed_open += other.failed_open;
-        self.client_auth_bypassed += other.client_auth_bypassed;
         self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
     }
 }
@@ -335,25 +244,25 @@ impl fmt::Display for Report {
             tcp.flows_freed,
             tcp.flows_refused,
             tcp.memory_per_flow,
-            tcp.sessions_live,
-            tcp.sessions_opened,
-            tcp.server_refused,
-            tcp.server_timed_out,
-            tcp.server_unreachable,
-            tcp.resets,
-            tcp.bytes_client_to_server,
-            tcp.bytes_server_to_client
+            tcp.splice.sessions_live,
+            tcp.splice.sessions_opened,
+            tcp.splice.server_refused,
+            tcp.splice.server_timed_out,
+            tcp.splice.server_unreachable,
+            tcp.splice.resets,
+            tcp.splice.bytes_client_to_server,
+            tcp.splice.bytes_server_to_client
         )?;
-        if tcp.tls_intercepted + tcp.tls_failed + tcp.bypassed + tcp.blocked > 0 {
+        if tcp.splice.tls_intercepted + tcp.splice.tls_failed + tcp.splice.bypassed + tcp.splice.blocked > 0 {
             writeln!(
                 f,
                 "tls: {} intercepted, {} failed, {} bypassed, {} blocked, {} names failed open; \
                  forged certificates: {} cache hits, {} misses, {} B cached",
-                tcp.tls_intercepted,
-                tcp.tls_failed,
-                tcp.bypassed,
-                tcp.blocked,
-                tcp.failed_open,
+                tcp.splice.tls_intercepted,
+                tcp.splice.tls_failed,
+                tcp.splice.bypassed,
+                tcp.splice.blocked,
+                tcp.splice.failed_open,
                 tcp.forged_cache_hits,
                 tcp.forged_cache_misses,
                 tcp.forged_cache_bytes

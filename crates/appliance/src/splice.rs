@@ -111,6 +111,25 @@ pub struct SpliceCounters {
     pub client_auth_bypassed: u64,
 }
 
+impl std::ops::AddAssign for SpliceCounters {
+    fn add_assign(&mut self, other: SpliceCounters) {
+        self.sessions_opened += other.sessions_opened;
+        self.sessions_live += other.sessions_live;
+        self.server_refused += other.server_refused;
+        self.server_timed_out += other.server_timed_out;
+        self.server_unreachable += other.server_unreachable;
+        self.resets += other.resets;
+        self.bytes_client_to_server += other.bytes_client_to_server;
+        self.bytes_server_to_client += other.bytes_server_to_client;
+        self.tls_intercepted += other.tls_intercepted;
+        self.tls_failed += other.tls_failed;
+        self.bypassed += other.bypassed;
+        self.blocked += other.blocked;
+        self.failed_open += other.failed_open;
+        self.client_auth_bypassed += other.client_auth_bypassed;
+    }
+}
+
 /// All spliced sessions of one worker.
 pub struct Splicer {
     sessions: Slab<Session>,
