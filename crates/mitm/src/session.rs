@@ -225,6 +225,11 @@ pub struct TlsSession {
     to_server: Vec<u8>,
     client_eof: bool,
     server_eof: bool,
+    /// Decrypted plaintext is handed to the caller (see
+    /// [`TlsSession::expose_plaintext`]) instead of crossing directly.
+    exposed: bool,
+    plaintext_from_client: Vec<u8>,
+    plaintext_from_server: Vec<u8>,
     pub info: SessionInfo,
 }
 
@@ -245,8 +250,83 @@ impl TlsSession {
             to_server: Vec::new(),
             client_eof: false,
             server_eof: false,
+            exposed: false,
+            plaintext_from_client: Vec::new(),
+            plaintext_from_server: Vec::new(),
             info: SessionInfo::default(),
         }
+    }
+
+    /// From now on the plaintext of each side is not written to the other
+    /// side's connection but collected in [`plaintext_from_client`] and
+    /// [`plaintext_from_server`], for the caller to inspect (or send through
+    /// an inspection box) and pass on with [`send_to_server`] and
+    /// [`send_to_client`]; a close_notify is likewise only recorded
+    /// ([`client_finished`]) and passed on with [`close_to_server`].
+    ///
+    /// [`plaintext_from_client`]: TlsSession::plaintext_from_client
+    /// [`plaintext_from_server`]: TlsSession::plaintext_from_server
+    /// [`send_to_server`]: TlsSession::send_to_server
+    /// [`send_to_client`]: TlsSession::send_to_client
+    /// [`client_finished`]: TlsSession::client_finished
+    /// [`close_to_server`]: TlsSession::close_to_server
+    pub fn expose_plaintext(&mut self) {
+        self.exposed = true;
+    }
+
+    /// Plaintext the client sent, not yet passed on (exposed sessions).
+    pub fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
+        &mut self.plaintext_from_client
+    }
+
+    /// Plaintext the server sent, not yet passed on (exposed sessions).
+    pub fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
+        &mut self.plaintext_from_server
+    }
+
+    /// Encrypts `plaintext` to the server (exposed sessions, once both
+    /// handshakes are under way).
+    pub fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
+        let Phase::Established { upstream, .. } = &mut self.phase else {
+            return Err(MitmError::Config("no plaintext can be sent before the handshakes".into()));
+        };
+        upstream
+            .writer()
+            .write_all(plaintext)
+            .map_err(|_| MitmError::Server(rustls::Error::General("the server side is closed".into())))?;
+        self.info.plaintext_client_to_server += plaintext.len() as u64;
+        self.flush();
+        Ok(())
+    }
+
+    /// Encrypts `plaintext` to the client (exposed sessions).
+    pub fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
+        let Phase::Established { client, .. } = &mut self.phase else {
+            return Err(MitmError::Config("no plaintext can be sent before the handshakes".into()));
+        };
+        client
+            .writer()
+            .write_all(plaintext)
+            .map_err(|_| MitmError::Client(rustls::Error::General("the client side is closed".into())))?;
+        self.info.plaintext_server_to_client += plaintext.len() as u64;
+        self.flush();
+        Ok(())
+    }
+
+    /// Sends close_notify to the server (exposed sessions).
+    pub fn close_to_server(&mut self) {
+        if let Phase::Established { upstream, .. } = &mut self.phase {
+            upstream.send_close_notify();
+        }
+        self.flush();
+    }
+
+    /// Sends close_notify to the client (exposed sessions).
+    pub fn close_to_client(&mut self) {
+        if let Phase::Established { client, .. } = &mut self.phase {
+            client.send_close_notify();
+        }
+        self.flush();
     }
 
     /// Ciphertext waiting for the client (take what the socket accepts).
@@ -337,7 +417,11 @@ impl TlsSession {
                 Ok(())
             }
             Phase::Established { client, upstream } => {
-                let result = relay(client, upstream, data, &mut self.client_eof)
+                let sink = match self.exposed {
+                    true => Sink::Buffer(&mut self.plaintext_from_client),
+                    false => Sink::Connection(upstream),
+                };
+                let result = relay(client, sink, data, &mut self.client_eof)
                     .map(|moved| self.info.plaintext_client_to_server += moved);
                 self.flush();
                 result.map_err(|err| {
@@ -370,7 +454,11 @@ impl TlsSession {
                 Ok(())
             }
             Phase::Established { client, upstream } => {
-                let result = relay(upstream, client, data, &mut self.server_eof)
+                let sink = match self.exposed {
+                    true => Sink::Buffer(&mut self.plaintext_from_server),
+                    false => Sink::Connection(client),
+                };
+                let result = relay(upstream, sink, data, &mut self.server_eof)
                     .map(|moved| self.info.plaintext_server_to_client += moved);
                 self.flush();
                 result.map_err(|err| {
@@ -482,14 +570,20 @@ impl TlsSession {
         };
         client.set_buffer_limit(None);
         let mut upstream = upstream;
+        upstream.set_buffer_limit(None);
         let early = std::mem::take(&mut self.early_client);
-        let result = relay(&mut client, &mut upstream, &early, &mut self.client_eof);
+        let sink = match self.exposed {
+            true => Sink::Buffer(&mut self.plaintext_from_client),
+            false => Sink::Connection(&mut upstream),
+        };
+        let result = relay(&mut client, sink, &early, &mut self.client_eof)
+            .map(|moved| self.info.plaintext_client_to_server += moved);
         self.phase = Phase::Established {
             client: Box::new(client),
             upstream,
         };
         self.flush();
-        result.map(|_| ()).map_err(MitmError::Client)
+        result.map_err(MitmError::Client)
     }
 
     /// Moves everything rustls wants to send into the output buffers.
@@ -531,12 +625,21 @@ fn feed<D: SideData>(conn: &mut ConnectionCommon<D>, mut data: &[u8]) -> Result<
     }
 }
 
-/// Feeds `data` into `from`, and writes the plaintext it yields into `to`.
-/// Sets `eof` when `from`'s peer sent close_notify (and closes `to` the
-/// same way). Returns the plaintext bytes moved.
+/// Where [`relay`] puts the plaintext it decrypts.
+enum Sink<'a, B: SideData> {
+    /// Straight into the other side's connection.
+    Connection(&'a mut ConnectionCommon<B>),
+    /// Into a buffer the caller passes on (the size it counts there).
+    Buffer(&'a mut Vec<u8>),
+}
+
+/// Feeds `data` into `from`, and puts the plaintext it yields into `sink`.
+/// Sets `eof` when `from`'s peer sent close_notify (and closes a connection
+/// sink the same way). Returns the plaintext bytes written to a connection
+/// sink (what reaches a buffer is counted when the caller passes it on).
 fn relay<A: SideData, B: SideData>(
     from: &mut ConnectionCommon<A>,
-    to: &mut ConnectionCommon<B>,
+    mut sink: Sink<'_, B>,
     mut data: &[u8],
     eof: &mut bool,
 ) -> Result<u64, rustls::Error> {
@@ -555,18 +658,25 @@ fn relay<A: SideData, B: SideData>(
                 Ok(0) => {
                     if !*eof {
                         *eof = true;
-                        to.send_close_notify();
+                        if let Sink::Connection(to) = &mut sink {
+                            to.send_close_notify();
+                        }
                     }
                     break;
                 }
                 Ok(read) => {
                     let plaintext = buf.get(..read).unwrap_or_default();
-                    // Unlimited buffers (set above) accept everything; a
-                    // failure here means the other side is closed.
-                    to.writer()
-                        .write_all(plaintext)
-                        .map_err(|_| rustls::Error::General("the other side is closed".into()))?;
-                    moved += read as u64;
+                    match &mut sink {
+                        // Unlimited buffers (set above) accept everything; a
+                        // failure here means the other side is closed.
+                        Sink::Connection(to) => {
+                            to.writer()
+                                .write_all(plaintext)
+                                .map_err(|_| rustls::Error::General("the other side is closed".into()))?;
+                            moved += read as u64;
+                        }
+                        Sink::Buffer(buffer) => buffer.extend_from_slice(plaintext),
+                    }
                 }
                 Err(_) => break, // WouldBlock: nothing more for now
             }

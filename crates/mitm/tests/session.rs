@@ -621,3 +621,50 @@ fn an_rsa_leaf_key_can_be_loaded() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &["http/1.1"]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &["http/1.1"], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    origin.set_buffer_limit(None);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    session.expose_plaintext();
+    // Nothing can be passed on before the handshakes.
+    assert!(session.send_to_server(b"early").is_err());
+    client.writer().write_all(b"GET /lower HTTP/1.1\r\n\r\n").unwrap();
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(!client.is_handshaking());
+
+    // The request is held for the caller, and the server has nothing yet.
+    assert_eq!(session.plaintext_from_client().as_slice(), b"GET /lower HTTP/1.1\r\n\r\n");
+    assert!(read_all(&mut origin.reader()).is_empty());
+    let held = std::mem::take(session.plaintext_from_client());
+    session.send_to_server(&held.to_ascii_uppercase()).unwrap();
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert_eq!(read_all(&mut origin.reader()), b"GET /LOWER HTTP/1.1\r\n\r\n");
+
+    // The answer likewise.
+    origin.writer().write_all(b"HTTP/1.1 200 OK\r\n\r\nbody").unwrap();
+    let mut received = Vec::new();
+    pump_into(&mut client, &mut session, &mut app.context, &mut origin, &mut received).unwrap();
+    assert!(received.is_empty());
+    let answer = std::mem::take(session.plaintext_from_server());
+    assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\nbody");
+    session.send_to_client(b"HTTP/1.1 403 No\r\n\r\n").unwrap();
+    pump_into(&mut client, &mut session, &mut app.context, &mut origin, &mut received).unwrap();
+    assert_eq!(received, b"HTTP/1.1 403 No\r\n\r\n");
+
+    // close_notify is recorded, and passed on only when the caller says so.
+    client.send_close_notify();
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(session.client_finished());
+    let mut probe = [0u8; 1];
+    assert!(origin.reader().read(&mut probe).is_err(), "no close_notify reached the origin yet");
+    session.close_to_server();
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert_eq!(origin.reader().read(&mut probe).unwrap(), 0, "clean close reached the origin");
+    assert_eq!(session.info.plaintext_client_to_server, 23);
+    assert_eq!(session.info.plaintext_server_to_client, 19);
+}
