@@ -151,6 +151,8 @@ struct Flow {
     held: bool,
     /// Since when the flow waits for its peer (see `waiting_on_peer`).
     waiting_since: Option<Instant>,
+    /// How long the peer may stay silent while the flow waits for it.
+    timeout: Duration,
     /// The client's timestamp clock (its SYN's TSval, and when it came):
     /// both legs send timestamps that continue it, so the server sees the
     /// client's own monotonic clock (and accepts a SYN for a 4-tuple it
@@ -367,6 +369,7 @@ impl Stack {
             last_heard: now,
             held: false,
             waiting_since: None,
+            timeout: self.config.timeout,
             timestamp_origin: None,
         });
         vacant.insert(id);
@@ -511,7 +514,6 @@ impl Stack {
             output,
             events,
             timers,
-            config,
             counters,
             ..
         } = self;
@@ -538,7 +540,7 @@ impl Stack {
         // Silent too long with something outstanding: give up (one RST).
         let timed_out = flow
             .silent_since(now)
-            .is_some_and(|since| now >= since + config.timeout);
+            .is_some_and(|since| now >= since + flow.timeout);
         if timed_out {
             flow.socket_mut().abort();
         }
@@ -598,7 +600,7 @@ impl Stack {
         }
         let mut deadline = iface.poll_at(now, &flow.sockets);
         if let Some(since) = flow.silent_since(now) {
-            let give_up = since + config.timeout;
+            let give_up = since + flow.timeout;
             deadline = Some(deadline.map_or(give_up, |at| at.min(give_up)));
         }
         if deadline != flow.timer {
@@ -635,6 +637,14 @@ impl Stack {
     pub fn mirror_timestamps(&mut self, from: FlowId, to: FlowId) -> Result<(), StackError> {
         let origin = self.flow(from)?.timestamp_origin;
         self.flow_mut(to)?.timestamp_origin = origin;
+        Ok(())
+    }
+
+    /// Changes how long the flow's peer may stay silent while the flow
+    /// waits for it (a SYN, data or a FIN outstanding); from the next poll.
+    pub fn set_timeout(&mut self, id: FlowId, timeout: Duration) -> Result<(), StackError> {
+        self.flow_mut(id)?.timeout = timeout;
+        self.dirty.push(id);
         Ok(())
     }
 

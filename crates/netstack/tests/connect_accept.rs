@@ -301,3 +301,34 @@ fn per_frame_work_does_not_depend_on_the_number_of_flows() {
     stack.poll_timers(Instant::from_millis(2));
     assert_eq!(stack.counters().flow_polls - before, 0);
 }
+
+#[test]
+fn a_flow_can_have_its_own_shorter_timeout() {
+    let mut pair = Pair::new();
+    pair.acceptor_gone = true;
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    let quick = pair.connector.connect(0, &tuple(), l2, 1, pair.now).unwrap();
+    let mut other = tuple();
+    other.src_port += 1;
+    pair.connector.connect(0, &other, l2, 2, pair.now).unwrap();
+    pair.connector.set_timeout(quick, Duration::from_millis(300)).unwrap();
+    for _ in 0..250 {
+        pair.step();
+    }
+    assert!(!pair.saw('c', EventKind::TimedOut), "not before its timeout");
+    for _ in 0..100 {
+        pair.step();
+    }
+    let timed_out: Vec<u64> = pair
+        .events
+        .iter()
+        .filter(|(_, event)| event.kind == EventKind::TimedOut)
+        .map(|(_, event)| event.owner)
+        .collect();
+    assert_eq!(timed_out, vec![1], "only the flow with the short timeout gave up");
+    assert_eq!(pair.connector.live_flows(), 1);
+    assert_eq!(
+        pair.connector.set_timeout(quick, Duration::from_millis(1)),
+        Err(StackError::NoSuchFlow)
+    );
+}
