@@ -37,6 +37,11 @@ pub struct Config {
     pub tls: Tls,
     #[serde(default)]
     pub log: Log,
+    /// The inspection loop through `[ports.inspect_out]`/`[ports.inspect_in]`.
+    #[serde(default)]
+    pub inspect: Inspect,
+    /// The decrypted capture (pcap of the plaintext), when configured.
+    pub capture: Option<Capture>,
     /// Interception rules, in order (`[[policy]]` tables).
     #[serde(default)]
     pub policy: Vec<crate::policy::RuleConfig>,
@@ -50,6 +55,74 @@ pub struct Log {
     pub connections: Option<PathBuf>,
     /// NSS key log (SSLKEYLOGFILE format) of both legs, mode 0600.
     pub keylog: Option<PathBuf>,
+}
+
+/// How the inspection loop behaves when the box does not work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inspect {
+    /// What happens to a connection whose loop cannot be opened (the box
+    /// did not pass its SYN within `syn_timeout_ms`, or an inspection
+    /// port's link is down).
+    #[serde(default)]
+    pub failure: InspectFailure,
+    /// How long the box has to pass a loop connection's SYN, in milliseconds.
+    #[serde(default = "default_inspect_syn_timeout_ms")]
+    pub syn_timeout_ms: u64,
+}
+
+impl Default for Inspect {
+    fn default() -> Self {
+        Inspect {
+            failure: InspectFailure::default(),
+            syn_timeout_ms: default_inspect_syn_timeout_ms(),
+        }
+    }
+}
+
+fn default_inspect_syn_timeout_ms() -> u64 {
+    1_000
+}
+
+/// `inspect.failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InspectFailure {
+    /// Reset the connection: nothing passes uninspected.
+    #[default]
+    FailClosed,
+    /// Relay the connection without inspection (counted and logged).
+    FailOpen,
+}
+
+/// The decrypted capture: the plaintext of intercepted connections as a
+/// pcap with synthetic TCP framing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// The file written now; rotated files are renamed next to it.
+    pub path: PathBuf,
+    /// Server ports written as other ports, e.g. `{ 443 = 80 }` so that
+    /// analysers dissect the plaintext as HTTP.
+    #[serde(default)]
+    pub port_map: std::collections::BTreeMap<String, u16>,
+    /// Start a new file when this one reaches this many MiB.
+    pub rotate_mb: Option<u64>,
+    /// Start a new file when this one is this many seconds old.
+    pub rotate_secs: Option<u64>,
+}
+
+impl Capture {
+    /// The port map as numbers; `Err` names the entry that is not a port.
+    pub fn ports(&self) -> Result<Vec<(u16, u16)>, String> {
+        self.port_map
+            .iter()
+            .map(|(from, to)| match (from.parse::<u16>(), *to) {
+                (Ok(from), to) if from != 0 && to != 0 => Ok((from, to)),
+                _ => Err(format!("{from} = {to} does not map a TCP port to a TCP port")),
+            })
+            .collect()
+    }
 }
 
 /// TLS interception settings (used with `[intercept] mode = "tls"`).
@@ -247,6 +320,32 @@ pub struct Dataplane {
 pub struct Ports {
     pub client: PortConfig,
     pub server: PortConfig,
+    /// The inspection pair (both or neither): the plaintext of every
+    /// intercepted connection leaves through `inspect_out` and comes back
+    /// through the box on `inspect_in`.
+    pub inspect_out: Option<PortConfig>,
+    pub inspect_in: Option<PortConfig>,
+}
+
+impl Ports {
+    /// Every configured port, in the engine's order (client, server, then
+    /// the inspection pair).
+    pub fn all(&self) -> Vec<&PortConfig> {
+        self.keyed().into_iter().map(|(_, port)| port).collect()
+    }
+
+    /// Every configured port with the key of its device setting.
+    fn keyed(&self) -> Vec<(&'static str, &PortConfig)> {
+        [
+            ("ports.client.device", Some(&self.client)),
+            ("ports.server.device", Some(&self.server)),
+            ("ports.inspect_out.device", self.inspect_out.as_ref()),
+            ("ports.inspect_in.device", self.inspect_in.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, port)| Some((key, port?)))
+        .collect()
+    }
 }
 
 /// One data port.
@@ -265,7 +364,7 @@ fn default_burst_size() -> u16 {
     32
 }
 fn default_mbufs() -> u32 {
-    8191
+    16383
 }
 fn default_descriptors() -> u16 {
     1024
@@ -393,8 +492,9 @@ impl Config {
                 format!("{} is out of range 1..={MAX_BURST_SIZE}", dataplane.burst_size),
             ));
         }
+        let ports = self.ports.all().len() as u32;
         let needed = u32::from(dataplane.workers)
-            * 2
+            * ports
             * (u32::from(dataplane.rx_descriptors)
                 + u32::from(dataplane.tx_descriptors)
                 + u32::from(dataplane.burst_size) * 2);
@@ -402,7 +502,7 @@ impl Config {
             return Err(invalid(
                 "dataplane.mbufs",
                 format!(
-                    "{} mbufs cannot fill the rings: {} workers x 2 ports x ({} rx + {} tx descriptors + 2 bursts) need at least {needed}",
+                    "{} mbufs cannot fill the rings: {} workers x {ports} ports x ({} rx + {} tx descriptors + 2 bursts) need at least {needed}",
                     dataplane.mbufs, dataplane.workers, dataplane.rx_descriptors, dataplane.tx_descriptors
                 ),
             ));
@@ -456,6 +556,32 @@ impl Config {
                 }
             }
         }
+        if self.ports.inspect_out.is_some() != self.ports.inspect_in.is_some() {
+            let missing = if self.ports.inspect_out.is_none() {
+                "ports.inspect_out"
+            } else {
+                "ports.inspect_in"
+            };
+            return Err(invalid(
+                missing,
+                "the inspection ports come as a pair: configure both [ports.inspect_out] and [ports.inspect_in], or neither".into(),
+            ));
+        }
+        if !(10..=60_000).contains(&self.inspect.syn_timeout_ms) {
+            return Err(invalid(
+                "inspect.syn_timeout_ms",
+                format!("{} is out of range 10..=60000", self.inspect.syn_timeout_ms),
+            ));
+        }
+        if let Some(capture) = &self.capture {
+            capture.ports().map_err(|reason| invalid("capture.port_map", reason))?;
+            if capture.rotate_mb == Some(0) || capture.rotate_secs == Some(0) {
+                return Err(invalid(
+                    "capture.rotate_mb",
+                    "rotate_mb and rotate_secs must be at least 1 (leave them out not to rotate)".into(),
+                ));
+            }
+        }
         if self.tls.cert_cache == 0 {
             return Err(invalid("tls.cert_cache", "must be at least 1".into()));
         }
@@ -470,26 +596,25 @@ impl Config {
             key,
             reason,
         })?;
-        let client =
-            Device::parse(&self.ports.client.device).map_err(|reason| invalid("ports.client.device", reason))?;
-        let server =
-            Device::parse(&self.ports.server.device).map_err(|reason| invalid("ports.server.device", reason))?;
-        if client.ethdev_name() == server.ethdev_name() {
-            return Err(invalid(
-                "ports.server.device",
-                format!(
-                    "{:?} is also the client port; the two ports must be different devices",
-                    server.ethdev_name()
-                ),
-            ));
-        }
-        for (key, device) in [("ports.client.device", &client), ("ports.server.device", &server)] {
+        let mut seen: Vec<Device> = Vec::new();
+        for (key, port) in self.ports.keyed() {
+            let device = Device::parse(&port.device).map_err(|reason| invalid(key, reason))?;
+            if let Some(earlier) = seen.iter().find(|earlier| earlier.ethdev_name() == device.ethdev_name()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{:?} is also another port; every port must be a different device",
+                        earlier.ethdev_name()
+                    ),
+                ));
+            }
             if matches!(device, Device::Pci { .. }) && dataplane.eal_args.iter().any(|arg| arg == "--no-pci") {
                 return Err(invalid(
                     key,
                     "is a PCI device, but dataplane.eal_args contains --no-pci".into(),
                 ));
             }
+            seen.push(device);
         }
         Ok(())
     }
@@ -517,12 +642,9 @@ impl Config {
             * (self.tcp.rx_buffer as u128 + self.tcp.tx_buffer as u128)
     }
 
-    /// The client and server port devices (validated by `parse`).
-    pub fn devices(&self) -> Result<[Device; 2], String> {
-        Ok([
-            Device::parse(&self.ports.client.device)?,
-            Device::parse(&self.ports.server.device)?,
-        ])
+    /// The devices of every port, in the engine's order (validated by `parse`).
+    pub fn devices(&self) -> Result<Vec<Device>, String> {
+        self.ports.all().into_iter().map(|port| Device::parse(&port.device)).collect()
     }
 }
 
@@ -556,10 +678,11 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(config.dataplane.workers, 1);
         assert_eq!(config.dataplane.burst_size, 32);
         assert_eq!(config.dataplane.idle_sleep_max_us, 200);
-        let [client, server] = config.devices().expect("devices");
-        assert_eq!(client.ethdev_name(), "net_af_packet0");
+        let devices = config.devices().expect("devices");
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[0].ethdev_name(), "net_af_packet0");
         assert_eq!(
-            server.eal_args(),
+            devices[1].eal_args(),
             ["--vdev".to_owned(), "net_af_packet1,iface=gws0".to_owned()]
         );
     }
@@ -618,6 +741,39 @@ device = "net_af_packet1,iface=gws0"
     }
 
     #[test]
+    fn inspection_pair_failure_policy_and_capture() {
+        let pair = "[ports.inspect_out]\ndevice = \"net_af_packet2,iface=gwio0\"\n[ports.inspect_in]\ndevice = \"net_af_packet3,iface=gwii0\"\n";
+        let config = parse(&format!("{MINIMAL}{pair}")).expect("valid");
+        assert_eq!(config.devices().expect("devices").len(), 4);
+        assert_eq!(config.inspect.failure, InspectFailure::FailClosed, "fail closed by default");
+        assert_eq!(config.inspect.syn_timeout_ms, 1000);
+        let open = parse(&format!(
+            "{MINIMAL}{pair}[inspect]\nfailure = \"fail_open\"\nsyn_timeout_ms = 300\n"
+        ))
+        .expect("valid");
+        assert_eq!(open.inspect.failure, InspectFailure::FailOpen);
+        let half = format!("{MINIMAL}[ports.inspect_out]\ndevice = \"net_af_packet2,iface=gwio0\"\n");
+        let message = rejection(&half);
+        assert!(message.contains("ports.inspect_in") && message.contains("pair"), "{message}");
+        let message = rejection(&format!("{MINIMAL}{}", pair.replace("net_af_packet3", "net_af_packet0")));
+        assert!(message.contains("ports.inspect_in.device") && message.contains("different"), "{message}");
+        let message = rejection(&format!("{MINIMAL}{pair}[inspect]\nfailure = \"maybe\"\n"));
+        assert!(message.contains("maybe"), "{message}");
+
+        let capture = parse(&format!(
+            "{MINIMAL}[capture]\npath = \"/tmp/x.pcap\"\nport_map = {{ 443 = 80 }}\nrotate_mb = 100\n"
+        ))
+        .expect("valid");
+        let settings = capture.capture.expect("capture");
+        assert_eq!(settings.ports(), Ok(vec![(443, 80)]));
+        assert_eq!(settings.rotate_mb, Some(100));
+        let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nport_map = {{ https = 80 }}\n"));
+        assert!(message.contains("capture.port_map") && message.contains("https"), "{message}");
+        let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nrotate_secs = 0\n"));
+        assert!(message.contains("rotate"), "{message}");
+    }
+
+    #[test]
     fn worst_case_buffer_memory() {
         let config = parse(MINIMAL).expect("valid");
         // 1 worker x 10,000 connections x 2 sockets x (64 + 64) KiB.
@@ -663,7 +819,7 @@ device = "net_af_packet1,iface=gws0"
         let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "eth1"));
         assert!(message.contains("ports.server.device"), "{message}");
         let message = rejection(&MINIMAL.replace("net_af_packet1,iface=gws0", "net_af_packet0,iface=x"));
-        assert!(message.contains("must be different"), "{message}");
+        assert!(message.contains("different device"), "{message}");
         let message = rejection(
             &MINIMAL
                 .replace("net_af_packet1,iface=gws0", "0000:03:00.0")

@@ -101,6 +101,9 @@ pub struct ConnectionRecord {
     /// Decrypted bytes relayed each way (TLS only).
     pub plaintext_client_to_server: u64,
     pub plaintext_server_to_client: u64,
+    /// The inspection loop: "inspected" when the plaintext went through
+    /// the box, else what happened instead (absent without a box).
+    pub inspection: Option<String>,
     /// How it ended: closed, reset by client/server, server refused,
     /// server silent, server unreachable, TLS failure.
     pub ended: String,

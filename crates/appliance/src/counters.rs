@@ -268,6 +268,14 @@ impl fmt::Display for Report {
                 tcp.forged_cache_bytes
             )?;
         }
+        let splice = &tcp.splice;
+        if splice.inspected + splice.inspect_failed_open + splice.inspect_failed_closed > 0 {
+            writeln!(
+                f,
+                "inspection: {} connections through the box, {} blocked by it; box unavailable: {} failed open, {} failed closed",
+                splice.inspected, splice.inspect_blocked, splice.inspect_failed_open, splice.inspect_failed_closed
+            )?;
+        }
         for (index, worker) in self.workers.iter().enumerate() {
             writeln!(
                 f,

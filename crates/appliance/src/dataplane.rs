@@ -39,7 +39,8 @@ pub struct Dataplane {
     eal: Arc<Eal>,
     /// The EAL worker lcore each worker thread is pinned to, in order.
     lcores: Vec<u32>,
-    devices: [(Device, Arc<EthDev>); 2],
+    /// Every port, in [`Side`] order.
+    devices: Vec<(Device, Arc<EthDev>)>,
     workers: Vec<WorkerSlot>,
     max_sleep: Duration,
     burst_size: usize,
@@ -48,33 +49,45 @@ pub struct Dataplane {
     connection_log: Option<Arc<ConnectionLog>>,
 }
 
-/// An engine with TLS interception and the connection log, when configured.
-fn with_extras<P: dpdk::Port>(
-    engine: Engine<P>,
+/// A worker's engine over its queues (client, server, and the inspection
+/// pair when configured), with TLS interception and the connection log
+/// when configured.
+fn assemble<P: dpdk::Port>(
+    queues: Vec<P>,
+    stats: EngineStats,
+    burst_size: usize,
+    policy: &InterceptPolicy,
+    now: netstack::Instant,
     tls: Option<mitm::TlsContext>,
     log: Option<Arc<ConnectionLog>>,
-) -> Engine<P> {
+) -> Option<Engine<P>> {
+    let mut queues = queues.into_iter();
+    let (client, server) = (queues.next()?, queues.next()?);
+    let mut engine = Engine::new(client, server, stats, burst_size, policy, now);
+    if let (Some(inspect_out), Some(inspect_in), Some(settings)) = (queues.next(), queues.next(), policy.inspection) {
+        engine = engine.with_inspection(inspect_out, inspect_in, settings);
+    }
     let engine = match tls {
         Some(tls) => engine.with_tls(tls),
         None => engine,
     };
-    match log {
+    Some(match log {
         Some(log) => engine.with_connection_log(log),
         None => engine,
-    }
+    })
 }
 
 struct WorkerSlot {
-    queues: Option<[EthQueue; 2]>,
+    queues: Option<Vec<EthQueue>>,
     tls: Option<mitm::TlsContext>,
     engine: EngineStats,
     stats: Arc<WorkerStats>,
 }
 
 impl Dataplane {
-    /// Initialises EAL and opens both ports of `config` (or `devices`, when
+    /// Initialises EAL and opens the ports of `config` (or `devices`, when
     /// given, in place of the configured ones: replay uses pcap devices).
-    pub fn open(config: &Config, devices: Option<[Device; 2]>) -> Result<Dataplane, DataplaneError> {
+    pub fn open(config: &Config, devices: Option<Vec<Device>>) -> Result<Dataplane, DataplaneError> {
         let devices = match devices {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
@@ -99,9 +112,13 @@ impl Dataplane {
             tx_descriptors: dataplane.tx_descriptors,
             promiscuous: true,
         };
-        let [client, server] = devices;
-        let client_dev = EthDev::open(&eal, client.ethdev_name(), &pool, dev_config)?;
-        let server_dev = EthDev::open(&eal, server.ethdev_name(), &pool, dev_config)?;
+        let devices = devices
+            .into_iter()
+            .map(|device| {
+                let dev = EthDev::open(&eal, device.ethdev_name(), &pool, dev_config)?;
+                Ok((device, dev))
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
         let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
         let key_log = match &config.log.keylog {
             Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path)?)),
@@ -114,7 +131,12 @@ impl Dataplane {
         let workers = (0..dataplane.workers)
             .map(|queue| {
                 Ok(WorkerSlot {
-                    queues: Some([client_dev.queue(queue)?, server_dev.queue(queue)?]),
+                    queues: Some(
+                        devices
+                            .iter()
+                            .map(|(_, dev)| dev.queue(queue))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
                     tls: policy.tls_context(key_log.clone())?,
                     engine: EngineStats::default(),
                     stats: Arc::default(),
@@ -124,7 +146,7 @@ impl Dataplane {
         Ok(Dataplane {
             eal,
             lcores,
-            devices: [(client, client_dev), (server, server_dev)],
+            devices,
             workers,
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
@@ -138,16 +160,15 @@ impl Dataplane {
     /// polling themselves (replay). Returns `None` once taken.
     pub fn take_first_worker(&mut self) -> Option<(Engine<EthQueue>, Arc<WorkerStats>, Duration)> {
         let slot = self.workers.first_mut()?;
-        let [client, server] = slot.queues.take()?;
-        let engine = Engine::new(
-            client,
-            server,
+        let engine = assemble(
+            slot.queues.take()?,
             slot.engine.clone(),
             self.burst_size,
             &self.policy,
             netstack::Instant::ZERO,
-        );
-        let engine = with_extras(engine, slot.tls.take(), self.connection_log.clone());
+            slot.tls.take(),
+            self.connection_log.clone(),
+        )?;
         Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
 
@@ -169,7 +190,7 @@ impl Dataplane {
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (index, slot) in self.workers.iter_mut().enumerate() {
-                let Some([client, server]) = slot.queues.take() else {
+                let Some(queues) = slot.queues.take() else {
                     continue;
                 };
                 let engine_stats = slot.engine.clone();
@@ -196,9 +217,12 @@ impl Dataplane {
                             }
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
-                        let engine = Engine::new(client, server, engine_stats, burst_size, &policy, poller.now());
-                        let mut engine = with_extras(engine, tls, connection_log);
-                        run_worker(&mut engine, &mut poller, stop);
+                        let now = poller.now();
+                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, connection_log);
+                        match engine {
+                            Some(mut engine) => run_worker(&mut engine, &mut poller, stop),
+                            None => tracing::error!("worker {index}: fewer than two ports"),
+                        }
                     });
                 match handle {
                     Ok(handle) => handles.push((index, handle)),
@@ -245,19 +269,16 @@ impl Dataplane {
 
     /// Every counter, summed over workers per port.
     pub fn report(&self) -> Report {
-        let ports = [Side::Client, Side::Server]
+        let ports = Side::ALL
             .into_iter()
-            .map(|side| {
-                let (device, dev) = &self.devices[side.index()];
+            .zip(&self.devices)
+            .map(|(side, (device, dev))| {
                 let mut totals = PortTotals::default();
                 for slot in &self.workers {
                     totals += slot.engine.ports[side.index()].totals();
                 }
                 PortReport {
-                    role: match side {
-                        Side::Client => "client",
-                        Side::Server => "server",
-                    },
+                    role: side.role(),
                     device: device.ethdev_name().to_owned(),
                     totals,
                     driver: dev.counters(),

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 
 use dpdk::{PacketBuf, Port};
-use netstack::{Instant, OutFrame, Stack, StackConfig};
+use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
 
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy};
-use crate::splice::Splicer;
+use crate::splice::{InspectionSettings, Splicer};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
@@ -24,13 +24,35 @@ const TX_ATTEMPTS: u32 = 16;
 pub enum Side {
     Client,
     Server,
+    /// The inspection pair: plaintext leaves through `InspectOut` and comes
+    /// back through the box on `InspectIn`.
+    InspectOut,
+    InspectIn,
 }
 
+/// How often the inspection ports' links are checked.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Side {
+    /// Every port, in the order of the engine's port numbers.
+    pub const ALL: [Side; 4] = [Side::Client, Side::Server, Side::InspectOut, Side::InspectIn];
+
     pub fn index(self) -> usize {
         match self {
             Side::Client => 0,
             Side::Server => 1,
+            Side::InspectOut => 2,
+            Side::InspectIn => 3,
+        }
+    }
+
+    /// The port's name in reports (as in `[ports.NAME]`).
+    pub fn role(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+            Side::InspectOut => "inspect_out",
+            Side::InspectIn => "inspect_in",
         }
     }
 }
@@ -47,6 +69,9 @@ pub struct InterceptPolicy {
     pub tls: Option<Tls>,
     /// The `[[policy]]` rules.
     pub rules: Policy,
+    /// The inspection loop, when `[ports.inspect_out]`/`[ports.inspect_in]`
+    /// are configured.
+    pub inspection: Option<InspectionSettings>,
 }
 
 impl InterceptPolicy {
@@ -65,6 +90,11 @@ impl InterceptPolicy {
                 max_flows: tcp.max_connections.saturating_mul(2),
             },
             hold_synack: tcp.hold_synack,
+            inspection: config.ports.inspect_out.as_ref().map(|_| InspectionSettings {
+                failure: config.inspect.failure,
+                syn_timeout: Duration::from_millis(config.inspect.syn_timeout_ms),
+                timeout: Duration::from_millis(tcp.timeout_ms),
+            }),
             tls: (config.intercept.mode == InterceptMode::Tls && !config.intercept.tcp_ports.is_empty())
                 .then(|| config.tls.clone()),
         })
@@ -116,24 +146,27 @@ impl InterceptPolicy {
 /// The counters one engine writes: per port, and of its TCP stack.
 #[derive(Debug, Default, Clone)]
 pub struct EngineStats {
-    /// Client port first.
-    pub ports: [Arc<PortStats>; 2],
+    /// Indexed by [`Side::index`] (the inspection ports' stay zero without them).
+    pub ports: [Arc<PortStats>; 4],
     pub tcp: Arc<TcpStats>,
 }
 
 /// One worker's share of the appliance: a queue pair on each port, and the
 /// TCP stack and sessions of the connections that land on this worker.
 pub struct Engine<P: Port> {
-    ports: [P; 2],
-    stats: [Arc<PortStats>; 2],
+    /// Indexed by [`Side::index`]: client and server, then the inspection pair if any.
+    ports: Vec<P>,
+    stats: [Arc<PortStats>; 4],
     burst_size: usize,
     frames: Vec<P::Buf>,
     intercept_ports: Vec<u16>,
     stack: Stack,
     splicer: Splicer,
     stack_output: Vec<OutFrame>,
-    outgoing: [Vec<P::Buf>; 2],
+    outgoing: [Vec<P::Buf>; 4],
     tcp_stats: Arc<TcpStats>,
+    /// When the inspection ports' links are checked next.
+    next_link_check: Instant,
 }
 
 impl<P: Port> Engine<P> {
@@ -147,17 +180,28 @@ impl<P: Port> Engine<P> {
         now: Instant,
     ) -> Self {
         Engine {
-            ports: [client, server],
+            ports: vec![client, server],
             stats: stats.ports,
             burst_size: burst_size.max(1),
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
-            stack: Stack::new(2, policy.stack, now),
+            stack: Stack::new(Side::ALL.len(), policy.stack, now),
             splicer: Splicer::new(policy.hold_synack, policy.rules.clone()),
             stack_output: Vec::new(),
-            outgoing: [Vec::new(), Vec::new()],
+            outgoing: Default::default(),
             tcp_stats: stats.tcp,
+            next_link_check: now,
         }
+    }
+
+    /// Sends the plaintext of intercepted connections out of `inspect_out`
+    /// and takes it back from the box on `inspect_in`.
+    pub fn with_inspection(mut self, inspect_out: P, inspect_in: P, settings: InspectionSettings) -> Self {
+        self.ports.truncate(2);
+        self.ports.push(inspect_out);
+        self.ports.push(inspect_in);
+        self.splicer.set_inspection(settings);
+        self
     }
 
     /// Intercepts TLS on the spliced connections with `context` (mode "tls").
@@ -175,11 +219,19 @@ impl<P: Port> Engine<P> {
     /// One poll of both ports and of the stack's timers; returns how many
     /// frames were received.
     pub fn poll(&mut self, now: Instant) -> usize {
-        let received = self.forward(Side::Client, now) + self.forward(Side::Server, now);
+        if self.ports.len() == Side::ALL.len() && now >= self.next_link_check {
+            self.next_link_check = now + LINK_CHECK_INTERVAL;
+            let up = self.ports[2..].iter().all(|port| port.link() != dpdk::LinkState::Down);
+            self.splicer.set_inspection_links_up(up);
+        }
+        let mut received = 0;
+        for side in Side::ALL.into_iter().take(self.ports.len()) {
+            received += self.forward(side, now);
+        }
         self.stack.poll_timers(now);
-        self.splicer.handle_events(&mut self.stack);
+        self.splicer.handle_events(&mut self.stack, now);
         self.stack.flush(now);
-        self.splicer.handle_events(&mut self.stack);
+        self.splicer.handle_events(&mut self.stack, now);
         self.send_stack_output();
         self.tcp_stats.publish(&self.tcp_totals());
         received
@@ -220,6 +272,7 @@ impl<P: Port> Engine<P> {
         let (ingress, egress) = match from {
             Side::Client => (0, 1),
             Side::Server => (1, 0),
+            Side::InspectOut | Side::InspectIn => return self.receive_inspection(from, now),
         };
         let frames = &mut self.frames;
         let received = self.ports[ingress].rx_burst(frames, self.burst_size);
@@ -292,7 +345,7 @@ impl<P: Port> Engine<P> {
             // Not intercepted (or the table is full): a cable passes it on.
             true
         });
-        self.splicer.handle_events(&mut self.stack);
+        self.splicer.handle_events(&mut self.stack, now);
 
         let to_send = frames.len();
         let unsent = transmit(&mut self.ports[egress], frames);
@@ -304,6 +357,54 @@ impl<P: Port> Engine<P> {
         in_stats.add_intercepted(intercepted);
         in_stats.add_dropped(runts + unsent as u64);
         in_stats.add_malformed(runts + malformed);
+        received
+    }
+
+    /// Receives one burst on an inspection port: segments of loop
+    /// connections go to the stack (a SYN the box passed to `inspect_in`
+    /// opens the loop's inner leg); nothing is bridged from these ports, so
+    /// everything else is dropped.
+    fn receive_inspection(&mut self, side: Side, now: Instant) -> usize {
+        let index = side.index();
+        let Some(port) = self.ports.get_mut(index) else {
+            return 0;
+        };
+        let frames = &mut self.frames;
+        let received = port.rx_burst(frames, self.burst_size);
+        if received == 0 {
+            return 0;
+        }
+        let (mut intercepted, mut malformed) = (0u64, 0u64);
+        for frame in frames.iter() {
+            let Ok(class) = wire::classify(frame.data()) else {
+                malformed += 1;
+                continue;
+            };
+            if class.malformed.is_some() {
+                malformed += 1;
+                continue;
+            }
+            let Some((tuple, info)) = class.tcp() else {
+                continue;
+            };
+            if let Some(flow) = self.stack.lookup(index, tuple) {
+                let _ = self.stack.ingress(flow, frame.data(), &class, now);
+                intercepted += 1;
+            } else if side == Side::InspectIn
+                && info.flags.syn
+                && !info.flags.ack
+                && self.splicer.accept_loop(&mut self.stack, frame.data(), &class, now)
+            {
+                intercepted += 1;
+            }
+        }
+        frames.clear();
+        self.splicer.handle_events(&mut self.stack, now);
+        let stats = &self.stats[index];
+        stats.add_rx(received as u64);
+        stats.add_intercepted(intercepted);
+        stats.add_dropped(received as u64 - intercepted);
+        stats.add_malformed(malformed);
         received
     }
 

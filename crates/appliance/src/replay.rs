@@ -76,7 +76,7 @@ pub fn replay(config: &Config, files: ReplayFiles<'_>) -> Result<ReplayOutcome, 
     ];
     let mut config = config.clone();
     config.dataplane.workers = 1;
-    let mut dataplane = Dataplane::open(&config, Some(devices))?;
+    let mut dataplane = Dataplane::open(&config, Some(devices.to_vec()))?;
     let Some((mut engine, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
         return Err(ReplayError::Dataplane(DataplaneError::Device(
             "no queue for replay".into(),

@@ -4,16 +4,24 @@
 //! relayed between them with back-pressure (a leg is only read while the
 //! other has room), half-closes and resets are propagated, and a failed
 //! server connect is answered to the client as the server would have.
+//!
+//! With an inspection box, a session has two more legs: the plaintext
+//! leaves through a connection the appliance opens from the inspection
+//! port `inspect_out` (as the client, with the original 5-tuple and MACs)
+//! and comes back through the box on a connection it accepts on
+//! `inspect_in` (as the server); what arrives there is what goes on. The box
+//! is authoritative: a reset on either loop leg resets the session.
 
 use std::sync::Arc;
 
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
-use netstack::{Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
+use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use slab::Slab;
 use time::OffsetDateTime;
 use wire::FlowTuple;
 use wire::FrameClass;
 
+use crate::config::InspectFailure;
 use crate::connlog::{ConnectionLog, ConnectionRecord};
 use crate::policy::{Action, Policy, Verdict};
 
@@ -24,11 +32,51 @@ use crate::engine::Side;
 enum Leg {
     Client,
     Server,
+    /// The loop connection out of `inspect_out` (the appliance as client).
+    InspectOut,
+    /// The loop connection accepted on `inspect_in` (the appliance as server).
+    InspectIn,
+}
+
+/// The two legs through the inspection box.
+#[derive(Debug, Default)]
+struct InspectionLoop {
+    out: Option<FlowId>,
+    back: Option<FlowId>,
+    /// The box passed the SYN and the loop connection is established.
+    connected: bool,
+    /// FIN already passed into the loop, client side / server side.
+    fin_to_out: bool,
+    fin_to_back: bool,
+}
+
+impl InspectionLoop {
+    /// Both loop legs, once plaintext can go round.
+    fn ready(&self) -> Option<(FlowId, FlowId)> {
+        match (self.connected, self.out, self.back) {
+            (true, Some(out), Some(back)) => Some((out, back)),
+            _ => None,
+        }
+    }
+}
+
+/// How the inspection loop is run (from `[inspect]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InspectionSettings {
+    pub failure: InspectFailure,
+    /// How long the box has to pass the loop's SYN.
+    pub syn_timeout: Duration,
+    /// The loop legs' timeout once connected (the stack's usual one).
+    pub timeout: Duration,
 }
 
 impl Session {
-    fn new(tuple: FlowTuple, started: OffsetDateTime, client_isn: u32) -> Session {
+    fn new(tuple: FlowTuple, l2: L2Header, started: OffsetDateTime, client_isn: u32) -> Session {
         Session {
+            l2,
+            inspection: None,
+            inspection_note: None,
+            close_notify_sent: (false, false),
             client: None,
             server: None,
             client_isn,
@@ -52,6 +100,15 @@ impl Session {
 struct Session {
     client: Option<FlowId>,
     server: Option<FlowId>,
+    /// The framing of the client's frames towards the server (MACs, VLAN
+    /// tags), which the inspection loop's connection repeats.
+    l2: L2Header,
+    /// The loop through the inspection box, while the plaintext uses it.
+    inspection: Option<InspectionLoop>,
+    /// What became of inspection, for the connection log.
+    inspection_note: Option<String>,
+    /// close_notify passed on to the server / the client (exposed TLS).
+    close_notify_sent: (bool, bool),
     /// The initial sequence number of the client's SYN.
     client_isn: u32,
     /// The server accepted and the client's SYN-ACK was released.
@@ -83,8 +140,8 @@ struct Session {
     logged: bool,
 }
 
-/// Ciphertext waiting for one leg beyond which the other leg is not read
-/// (back-pressure across the TLS layer).
+/// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
+/// feeds it is not read (back-pressure across the TLS layer).
 const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Counters of the splice layer.
@@ -109,6 +166,14 @@ pub struct SpliceCounters {
     pub failed_open: u64,
     /// Servers bypassed from then on because they ask for client certificates.
     pub client_auth_bypassed: u64,
+    /// Sessions whose plaintext went through the inspection box.
+    pub inspected: u64,
+    /// Sessions the box reset (or refused).
+    pub inspect_blocked: u64,
+    /// Sessions relayed without inspection / reset because the box did not
+    /// pass their SYN in time or an inspection port's link was down.
+    pub inspect_failed_open: u64,
+    pub inspect_failed_closed: u64,
 }
 
 impl std::ops::AddAssign for SpliceCounters {
@@ -127,12 +192,22 @@ impl std::ops::AddAssign for SpliceCounters {
         self.blocked += other.blocked;
         self.failed_open += other.failed_open;
         self.client_auth_bypassed += other.client_auth_bypassed;
+        self.inspected += other.inspected;
+        self.inspect_blocked += other.inspect_blocked;
+        self.inspect_failed_open += other.inspect_failed_open;
+        self.inspect_failed_closed += other.inspect_failed_closed;
     }
 }
 
 /// All spliced sessions of one worker.
 pub struct Splicer {
     sessions: Slab<Session>,
+    shared: Shared,
+}
+
+/// Everything of a splicer but its sessions (so a session can be worked on
+/// while these are borrowed).
+struct Shared {
     hold_synack: bool,
     counters: SpliceCounters,
     tls: Option<TlsContext>,
@@ -140,6 +215,10 @@ pub struct Splicer {
     policy: Policy,
     /// The clock of fail-open windows.
     epoch: std::time::Instant,
+    /// The inspection loop, when the inspection ports are configured.
+    inspection: Option<InspectionSettings>,
+    /// Both inspection ports' links are up.
+    inspection_links_up: bool,
 }
 
 /// Sends as much of `queue` as `leg` takes now; true if anything went.
@@ -215,45 +294,94 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         bytes_server_to_client: session.bytes.1,
         plaintext_client_to_server: info.plaintext_client_to_server,
         plaintext_server_to_client: info.plaintext_server_to_client,
+        inspection: session.inspection_note.clone(),
         ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
 }
 
 fn owner(session: usize, leg: Leg) -> u64 {
-    (session as u64) << 1 | u64::from(leg == Leg::Server)
+    let code = match leg {
+        Leg::Client => 0,
+        Leg::Server => 1,
+        Leg::InspectOut => 2,
+        Leg::InspectIn => 3,
+    };
+    (session as u64) << 2 | code
 }
 
 fn session_of(owner: u64) -> (usize, Leg) {
-    let leg = if owner & 1 == 1 { Leg::Server } else { Leg::Client };
-    ((owner >> 1) as usize, leg)
+    let leg = match owner & 3 {
+        0 => Leg::Client,
+        1 => Leg::Server,
+        2 => Leg::InspectOut,
+        _ => Leg::InspectIn,
+    };
+    ((owner >> 2) as usize, leg)
+}
+
+/// Resets every leg of a session that is still there.
+fn abort_all(stack: &mut Stack, session: &Session) {
+    let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
+    for leg in [session.client, session.server].into_iter().chain(loop_legs).flatten() {
+        let _ = stack.abort(leg);
+    }
+}
+
+/// Drops the loop legs of a session silently.
+fn discard_loop(stack: &mut Stack, session: &mut Session) {
+    if let Some(inspection) = session.inspection.take() {
+        for leg in [inspection.out, inspection.back].into_iter().flatten() {
+            stack.discard(leg);
+        }
+    }
+}
+
+fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
+    stack.peer_finished(flow).unwrap_or(true)
 }
 
 impl Splicer {
     pub fn new(hold_synack: bool, policy: Policy) -> Self {
         Splicer {
-            policy,
-            epoch: std::time::Instant::now(),
             sessions: Slab::new(),
-            hold_synack,
-            counters: SpliceCounters::default(),
-            tls: None,
-            log: None,
+            shared: Shared {
+                policy,
+                epoch: std::time::Instant::now(),
+                hold_synack,
+                counters: SpliceCounters::default(),
+                tls: None,
+                log: None,
+                inspection: None,
+                inspection_links_up: true,
+            },
         }
     }
 
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.shared.policy
+    }
+
+    /// Sends the plaintext of every intercepted session through the
+    /// inspection ports.
+    pub fn set_inspection(&mut self, settings: InspectionSettings) {
+        self.shared.inspection = Some(settings);
+    }
+
+    /// Whether both inspection ports' links are up (new loops are only
+    /// tried while they are).
+    pub fn set_inspection_links_up(&mut self, up: bool) {
+        self.shared.inspection_links_up = up;
     }
 
     /// Logs a decision taken at the client's SYN (no session was opened).
     pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict) {
         if verdict.action == Action::Bypass {
-            self.counters.bypassed += 1;
+            self.shared.counters.bypassed += 1;
         }
-        if let Some(log) = &self.log {
+        if let Some(log) = &self.shared.log {
             let now = OffsetDateTime::now_utc();
-            let session = Session::new(*tuple, now, 0);
-            let mut record = record(&session, self.tls.is_some());
+            let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), now, 0);
+            let mut record = record(&session, self.shared.tls.is_some());
             record.decision = verdict.action.name();
             record.reason = verdict.reason.clone();
             record.ended = format!("{} at the SYN", verdict.action.name());
@@ -263,7 +391,7 @@ impl Splicer {
 
     /// Refuses a client's SYN with a RST, as the policy says.
     pub fn block(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, verdict: &Verdict, now: Instant) {
-        self.counters.blocked += 1;
+        self.shared.counters.blocked += 1;
         if let Ok(flow) = stack.accept(Side::Client.index(), frame, class, true, u64::MAX, now) {
             let _ = stack.abort(flow);
         }
@@ -272,29 +400,29 @@ impl Splicer {
                 action: Action::Block,
                 reason: verdict.reason.clone(),
             };
-            let blocked = self.counters.blocked;
+            let blocked = self.shared.counters.blocked;
             self.log_decision(tuple, &verdict);
-            self.counters.blocked = blocked;
+            self.shared.counters.blocked = blocked;
         }
     }
 
     /// Writes a record of every session that ends to `log`.
     pub fn set_log(&mut self, log: Arc<ConnectionLog>) {
-        self.log = Some(log);
+        self.shared.log = Some(log);
     }
 
     /// Intercepts TLS on every new session with `context`.
     pub fn set_tls(&mut self, context: TlsContext) {
-        self.tls = Some(context);
+        self.shared.tls = Some(context);
     }
 
     /// The TLS context, for its forging counters.
     pub fn tls(&self) -> Option<&TlsContext> {
-        self.tls.as_ref()
+        self.shared.tls.as_ref()
     }
 
     pub fn counters(&self) -> SpliceCounters {
-        self.counters
+        self.shared.counters
     }
 
     /// Opens a session for a client SYN that arrived on the client port:
@@ -312,6 +440,8 @@ impl Splicer {
         for leg in [
             stack.lookup(Side::Client.index(), tuple),
             stack.lookup(Side::Server.index(), &tuple.reversed()),
+            stack.lookup(Side::InspectOut.index(), &tuple.reversed()),
+            stack.lookup(Side::InspectIn.index(), tuple),
         ]
         .into_iter()
         .flatten()
@@ -322,21 +452,17 @@ impl Splicer {
         }
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
+        let shared = &mut self.shared;
         let client = stack.accept(
             Side::Client.index(),
             frame,
             class,
-            self.hold_synack,
+            shared.hold_synack,
             owner(index, Leg::Client),
             now,
         )?;
-        let server = match stack.connect(
-            Side::Server.index(),
-            tuple,
-            L2Header::same_direction(&class.l2),
-            owner(index, Leg::Server),
-            now,
-        ) {
+        let l2 = L2Header::same_direction(&class.l2);
+        let server = match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
             Ok(server) => server,
             Err(err) => {
                 stack.discard(client);
@@ -344,15 +470,54 @@ impl Splicer {
             }
         };
         let _ = stack.mirror_timestamps(client, server);
-        let mut session = Session::new(*tuple, OffsetDateTime::now_utc(), info.seq_number);
+        let mut session = Session::new(*tuple, l2, OffsetDateTime::now_utc(), info.seq_number);
         session.client = Some(client);
         session.server = Some(server);
-        session.established = !self.hold_synack;
-        session.tls = self.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        session.established = !shared.hold_synack;
+        session.tls = shared.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        shared.counters.sessions_opened += 1;
+        shared.counters.sessions_live += 1;
+        if session.tls.is_none() {
+            // Plain TCP: the bytes go through the box from the start.
+            shared.start_inspection(stack, index, &mut session, now);
+        }
         entry.insert(session);
-        self.counters.sessions_opened += 1;
-        self.counters.sessions_live += 1;
         Ok(())
+    }
+
+    /// A SYN arrived on `inspect_in`: if it is the loop connection of a
+    /// session (the box passed it), it is accepted there as the server.
+    /// False if it belongs to no session (the caller drops it).
+    pub fn accept_loop(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> bool {
+        let Some((tuple, _)) = class.tcp() else {
+            return false;
+        };
+        let Some(out) = stack.lookup(Side::InspectOut.index(), &tuple.reversed()) else {
+            return false;
+        };
+        let Ok((index, Leg::InspectOut)) = stack.owner(out).map(session_of) else {
+            return false;
+        };
+        let Some(inspection) = self.sessions.get_mut(index).and_then(|s| s.inspection.as_mut()) else {
+            return false;
+        };
+        if inspection.out != Some(out) || inspection.back.is_some() {
+            return false;
+        }
+        match stack.accept(
+            Side::InspectIn.index(),
+            frame,
+            class,
+            false,
+            owner(index, Leg::InspectIn),
+            now,
+        ) {
+            Ok(back) => {
+                inspection.back = Some(back);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// An ICMP destination-unreachable error arrived about the SYN of the
@@ -368,44 +533,109 @@ impl Splicer {
         }
         session.failed = true;
         session.ended = Some("server unreachable (ICMP)".into());
-        self.counters.server_unreachable += 1;
+        self.shared.counters.server_unreachable += 1;
         stack.discard(server);
         if let Some(client) = session.client {
             stack.discard(client);
         }
+        discard_loop(stack, session);
         Some(session.client_isn)
     }
 
     /// Reacts to every pending event of the stack.
-    pub fn handle_events(&mut self, stack: &mut Stack) {
+    pub fn handle_events(&mut self, stack: &mut Stack, now: Instant) {
         while let Some(event) = stack.next_event() {
-            self.handle(stack, event);
+            self.handle(stack, event, now);
         }
     }
 
-    fn handle(&mut self, stack: &mut Stack, event: Event) {
+    fn handle(&mut self, stack: &mut Stack, event: Event, now: Instant) {
         let (index, _) = session_of(event.owner);
-        self.react(stack, event);
+        let Some(session) = self.sessions.get_mut(index) else {
+            return;
+        };
+        let shared = &mut self.shared;
+        shared.react(stack, index, session, event, now);
         // Logged once both directions have closed: the appliance's own legs
         // may linger in TIME-WAIT for a while, the connection is over.
-        if let Some(session) = self.sessions.get_mut(index) {
-            if !session.logged && session.fin_to_client && session.fin_to_server {
-                session.logged = true;
-                if let Some(log) = &self.log {
-                    log.write(&record(session, self.tls.is_some()));
-                }
+        if !session.logged && session.fin_to_client && session.fin_to_server {
+            session.logged = true;
+            if let Some(log) = &shared.log {
+                log.write(&record(session, shared.tls.is_some()));
+            }
+        }
+        let loop_gone = session.inspection.as_ref().is_none_or(|l| l.out.is_none() && l.back.is_none());
+        if session.client.is_none() && session.server.is_none() && loop_gone {
+            let session = self.sessions.remove(index);
+            shared.counters.sessions_live -= 1;
+            if let (Some(log), false) = (&shared.log, session.logged) {
+                log.write(&record(&session, shared.tls.is_some()));
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Opens the loop of a session through the inspection box, if there is
+    /// one; when the box is unavailable, applies the failure policy.
+    fn start_inspection(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+        let Some(settings) = self.inspection else {
+            return;
+        };
+        if !self.inspection_links_up {
+            self.inspection_failed(stack, session, "an inspection port's link is down");
+            return;
+        }
+        let out = stack.connect(
+            Side::InspectOut.index(),
+            &session.tuple,
+            session.l2,
+            owner(index, Leg::InspectOut),
+            now,
+        );
+        match out {
+            Ok(out) => {
+                let _ = stack.set_timeout(out, settings.syn_timeout);
+                session.inspection = Some(InspectionLoop {
+                    out: Some(out),
+                    ..InspectionLoop::default()
+                });
+            }
+            Err(err) => self.inspection_failed(stack, session, &format!("no loop connection: {err}")),
+        }
+    }
+
+    /// The box cannot take a session: relay it uninspected (fail-open) or
+    /// reset it (fail-closed).
+    fn inspection_failed(&mut self, stack: &mut Stack, session: &mut Session, reason: &str) {
+        discard_loop(stack, session);
+        let failure = self.inspection.map(|settings| settings.failure).unwrap_or_default();
+        match failure {
+            InspectFailure::FailOpen => {
+                self.counters.inspect_failed_open += 1;
+                tracing::warn!("inspection unavailable ({reason}); relaying a connection uninspected");
+                session.inspection_note = Some(format!("fail-open, not inspected: {reason}"));
+            }
+            InspectFailure::FailClosed => {
+                self.counters.inspect_failed_closed += 1;
+                tracing::warn!("inspection unavailable ({reason}); resetting a connection");
+                session.inspection_note = Some(format!("fail-closed: {reason}"));
+                session.ended = Some("reset: inspection unavailable".into());
+                session.failed = true;
+                abort_all(stack, session);
             }
         }
     }
 
-    fn react(&mut self, stack: &mut Stack, event: Event) {
-        let (index, leg) = session_of(event.owner);
-        let Some(session) = self.sessions.get_mut(index) else {
+    fn react(&mut self, stack: &mut Stack, index: usize, session: &mut Session, event: Event, now: Instant) {
+        let (_, leg) = session_of(event.owner);
+        if matches!(leg, Leg::InspectOut | Leg::InspectIn) {
+            self.react_loop(stack, index, session, (leg, event), now);
             return;
-        };
+        }
         let (this, other) = match leg {
             Leg::Client => (session.client, session.server),
-            Leg::Server => (session.server, session.client),
+            _ => (session.server, session.client),
         };
         if this != Some(event.flow) {
             return;
@@ -419,14 +649,7 @@ impl Splicer {
                     session.established = true;
                     let _ = stack.release_synack(client);
                 }
-                Self::pump(
-                    &mut self.counters,
-                    self.tls.as_mut(),
-                    &mut self.policy,
-                    self.epoch,
-                    stack,
-                    session,
-                );
+                self.pump(stack, index, session, now);
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else { return };
@@ -443,6 +666,7 @@ impl Splicer {
                         session.ended = Some("server silent".into());
                         stack.discard(other);
                     }
+                    discard_loop(stack, session);
                 } else {
                     self.counters.resets += 1;
                     let how = if event.kind == EventKind::Reset {
@@ -452,13 +676,13 @@ impl Splicer {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
-                    let _ = stack.abort(other);
+                    abort_all(stack, session);
                 }
             }
             EventKind::Closed => {
                 match leg {
                     Leg::Client => session.client = None,
-                    Leg::Server => session.server = None,
+                    _ => session.server = None,
                 }
                 if let Some(other) = other {
                     // The other leg still runs: a leg that vanished while the
@@ -467,39 +691,101 @@ impl Splicer {
                         // Already answered (RST queued, or silence).
                     } else if leg == Leg::Server && !session.established {
                         stack.discard(other);
-                    } else if !(Self::leg_finished(stack, other) || session.fin_to_client && session.fin_to_server) {
-                        let _ = stack.abort(other);
-                    }
-                }
-                if session.client.is_none() && session.server.is_none() {
-                    let session = self.sessions.remove(index);
-                    self.counters.sessions_live -= 1;
-                    if let (Some(log), false) = (&self.log, session.logged) {
-                        log.write(&record(&session, self.tls.is_some()));
+                        discard_loop(stack, session);
+                    } else if !(leg_finished(stack, other) || session.fin_to_client && session.fin_to_server) {
+                        abort_all(stack, session);
                     }
                 }
             }
         }
     }
 
-    /// Moves ciphertext between the legs and the TLS session until nothing
-    /// moves: pending output first, then input from a leg only while the
-    /// output towards the other leg is below [`TLS_BACKLOG`].
+    /// An event of a loop leg.
+    fn react_loop(
+        &mut self,
+        stack: &mut Stack,
+        index: usize,
+        session: &mut Session,
+        (leg, event): (Leg, Event),
+        now: Instant,
+    ) {
+        let Some(inspection) = session.inspection.as_mut() else {
+            return;
+        };
+        let this = if leg == Leg::InspectOut {
+            inspection.out
+        } else {
+            inspection.back
+        };
+        if this != Some(event.flow) {
+            return;
+        }
+        match event.kind {
+            EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
+                if event.kind == EventKind::Connected && leg == Leg::InspectOut && !inspection.connected {
+                    inspection.connected = true;
+                    self.counters.inspected += 1;
+                    session.inspection_note = Some("inspected".into());
+                    if let Some(settings) = self.inspection {
+                        let _ = stack.set_timeout(event.flow, settings.timeout);
+                    }
+                }
+                self.pump(stack, index, session, now);
+            }
+            EventKind::TimedOut if leg == Leg::InspectOut && !inspection.connected => {
+                let waited = self.inspection.map_or(0, |settings| settings.syn_timeout.total_millis());
+                self.inspection_failed(
+                    stack,
+                    session,
+                    &format!("the box did not pass the SYN within {waited} ms"),
+                );
+                self.pump(stack, index, session, now);
+            }
+            EventKind::Reset | EventKind::TimedOut => {
+                // The box reset the connection (or let it die): it ends.
+                let side = if leg == Leg::InspectOut { "inspect_out" } else { "inspect_in" };
+                if event.kind == EventKind::Reset {
+                    self.counters.inspect_blocked += 1;
+                    session.inspection_note = Some(format!("blocked by the inspector (reset on {side})"));
+                    session.ended = Some("reset by the inspector".into());
+                } else {
+                    session.ended = Some(format!("inspection loop timed out on {side}"));
+                }
+                session.failed = true;
+                session.tls_info = session.tls.take().map(|tls| tls.info);
+                abort_all(stack, session);
+            }
+            EventKind::Closed => {
+                if leg == Leg::InspectOut {
+                    inspection.out = None;
+                } else {
+                    inspection.back = None;
+                }
+            }
+        }
+    }
+
+    /// Moves ciphertext between the legs and the TLS session, and the
+    /// plaintext between the TLS session and the inspection loop (or
+    /// straight across), until nothing moves. A leg is read only while
+    /// what it feeds is below [`TLS_BACKLOG`].
     fn pump_tls(
         counters: &mut SpliceCounters,
         context: &mut TlsContext,
         tls: &mut TlsSession,
         stack: &mut Stack,
         (client, server): (FlowId, FlowId),
+        inspection: Option<&InspectionLoop>,
         bytes: &mut (u64, u64),
     ) -> Result<(), mitm::MitmError> {
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
+        let through_box = inspection.and_then(InspectionLoop::ready);
         for _ in 0..64 {
             // Both queues, always (no short-circuit).
             let mut progress =
                 send_queued(stack, client, tls.to_client()) | send_queued(stack, server, tls.to_server());
-            if tls.to_server().len() < TLS_BACKLOG {
+            if tls.to_server().len() < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
                 let read = stack.recv(client, &mut buf).unwrap_or(0);
                 if read > 0 {
                     counters.bytes_client_to_server += read as u64;
@@ -508,13 +794,47 @@ impl Splicer {
                     progress = true;
                 }
             }
-            if tls.to_client().len() < TLS_BACKLOG {
+            if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
                 let read = stack.recv(server, &mut buf).unwrap_or(0);
                 if read > 0 {
                     counters.bytes_server_to_client += read as u64;
                     bytes.1 += read as u64;
                     tls.from_server(context, buf.get(..read).unwrap_or_default())?;
                     progress = true;
+                }
+            }
+            match (through_box, inspection) {
+                (Some((out, back)), _) => {
+                    progress |= send_queued(stack, out, tls.plaintext_from_client())
+                        | send_queued(stack, back, tls.plaintext_from_server());
+                    if tls.to_server().len() < TLS_BACKLOG {
+                        let read = stack.recv(back, &mut buf).unwrap_or(0);
+                        if read > 0 {
+                            tls.send_to_server(buf.get(..read).unwrap_or_default())?;
+                            progress = true;
+                        }
+                    }
+                    if tls.to_client().len() < TLS_BACKLOG {
+                        let read = stack.recv(out, &mut buf).unwrap_or(0);
+                        if read > 0 {
+                            tls.send_to_client(buf.get(..read).unwrap_or_default())?;
+                            progress = true;
+                        }
+                    }
+                }
+                // The loop is still being opened: the plaintext waits.
+                (None, Some(_)) => {}
+                (None, None) => {
+                    if !tls.plaintext_from_client().is_empty() {
+                        let plaintext = std::mem::take(tls.plaintext_from_client());
+                        tls.send_to_server(&plaintext)?;
+                        progress = true;
+                    }
+                    if !tls.plaintext_from_server().is_empty() {
+                        let plaintext = std::mem::take(tls.plaintext_from_server());
+                        tls.send_to_client(&plaintext)?;
+                        progress = true;
+                    }
                 }
             }
             if !progress {
@@ -527,114 +847,212 @@ impl Splicer {
         Ok(())
     }
 
-    fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
-        stack.peer_finished(flow).unwrap_or(true)
-    }
-
     /// Relays both ways as far as buffers allow (through the TLS session in
-    /// mode "tls") and passes on FINs once a direction has delivered
-    /// everything.
-    fn pump(
-        counters: &mut SpliceCounters,
-        tls: Option<&mut TlsContext>,
-        policy: &mut Policy,
-        epoch: std::time::Instant,
-        stack: &mut Stack,
-        session: &mut Session,
-    ) {
+    /// mode "tls", through the inspection box when there is one) and passes
+    /// on FINs once a direction has delivered everything.
+    fn pump(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
         let (Some(client), Some(server)) = (session.client, session.server) else {
             return;
         };
-        if !session.established {
+        if !session.established || session.failed {
             return;
         }
-        if let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls) {
-            let mut bypass = false;
-            let outcome = loop {
-                if let Err(err) = Self::pump_tls(
-                    counters,
-                    context,
-                    tls_session,
-                    stack,
-                    (client, server),
-                    &mut session.bytes,
-                ) {
-                    break Err(err);
-                }
-                let Some(pending) = tls_session.pending() else {
-                    break Ok(());
-                };
-                let verdict = match &pending {
-                    Pending::Hello { sni, .. } => policy.at_hello(&session.tuple, sni.as_deref()),
-                    Pending::Rejected(rejection) => policy.on_rejection(&session.tuple, rejection),
-                };
-                session.decision = Some(verdict.clone());
-                match verdict.action {
-                    Action::Intercept => {
-                        if let Err(err) = tls_session.intercept(context) {
-                            break Err(err);
-                        }
-                    }
-                    Action::Bypass => {
-                        counters.bypassed += 1;
-                        session.bypass_backlog = tls_session.bypass();
-                        bypass = true;
-                        break Ok(());
-                    }
-                    Action::Block => {
-                        counters.blocked += 1;
-                        session.ended = Some("blocked by policy".into());
-                        session.failed = true;
-                        let _ = stack.abort(client);
-                        let _ = stack.abort(server);
-                        break Ok(());
-                    }
-                }
-            };
-            if let Err(err) = outcome {
-                tracing::info!("TLS interception failed: {err}");
-                counters.tls_failed += 1;
-                if let (Some(name), true) = (tls_session.info.sni.clone(), tls_session.info.client_cert_requested) {
-                    if policy.record_client_cert_request(&name) {
-                        counters.client_auth_bypassed += 1;
-                        tracing::warn!("{name} asks for client certificates; bypassing it from now on");
-                    }
-                }
-                if let (Some(name), true) = (tls_session.info.sni.clone(), rejected_our_certificate(&err)) {
-                    if policy.record_rejection(&name, epoch.elapsed().as_secs()) {
-                        counters.failed_open += 1;
-                        tracing::warn!(
-                            "fail-open: clients keep rejecting the forged certificate for {name}; bypassing it"
-                        );
-                    }
-                }
-                session.ended = Some(format!("TLS failed: {err}"));
-                session.tls_info = session.tls.take().map(|tls| tls.info);
-                session.failed = true;
-                let _ = stack.abort(client);
-                let _ = stack.abort(server);
-                return;
-            }
-            if session.failed {
-                session.tls_info = session.tls.take().map(|tls| tls.info);
-                return;
-            }
-            if !bypass {
-                // A leg's FIN is passed on once everything before it went out.
-                let (to_client_empty, to_server_empty) =
-                    (tls_session.to_client().is_empty(), tls_session.to_server().is_empty());
-                if !session.fin_to_server && to_server_empty && stack.peer_finished(client).unwrap_or(false) {
-                    session.fin_to_server = true;
-                    let _ = stack.close(server);
-                }
-                if !session.fin_to_client && to_client_empty && stack.peer_finished(server).unwrap_or(false) {
-                    session.fin_to_client = true;
-                    let _ = stack.close(client);
-                }
+        if session.tls.is_some() && self.tls.is_some() {
+            if self.pump_tls_session(stack, index, session, (client, server), now) {
                 return;
             }
             // Bypassed: from now on the bytes pass untouched.
             session.tls_info = session.tls.take().map(|tls| tls.info);
+        }
+        self.pump_plain(stack, session, (client, server));
+    }
+
+    /// The TLS part of [`Shared::pump`]: false once the session was
+    /// bypassed (its bytes then pass untouched).
+    fn pump_tls_session(
+        &mut self,
+        stack: &mut Stack,
+        index: usize,
+        session: &mut Session,
+        (client, server): (FlowId, FlowId),
+        now: Instant,
+    ) -> bool {
+        let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), self.tls.as_mut()) else {
+            return false;
+        };
+        let mut open_loop = false;
+        let outcome = loop {
+            if let Err(err) = Self::pump_tls(
+                &mut self.counters,
+                context,
+                tls_session,
+                stack,
+                (client, server),
+                session.inspection.as_ref(),
+                &mut session.bytes,
+            ) {
+                break Err(err);
+            }
+            let Some(pending) = tls_session.pending() else {
+                break Ok(true);
+            };
+            let verdict = match &pending {
+                Pending::Hello { sni, .. } => self.policy.at_hello(&session.tuple, sni.as_deref()),
+                Pending::Rejected(rejection) => self.policy.on_rejection(&session.tuple, rejection),
+            };
+            session.decision = Some(verdict.clone());
+            match verdict.action {
+                Action::Intercept => {
+                    if let Err(err) = tls_session.intercept(context) {
+                        break Err(err);
+                    }
+                    if self.inspection.is_some() {
+                        tls_session.expose_plaintext();
+                        open_loop = true;
+                    }
+                }
+                Action::Bypass => {
+                    self.counters.bypassed += 1;
+                    session.bypass_backlog = tls_session.bypass();
+                    break Ok(false);
+                }
+                Action::Block => {
+                    self.counters.blocked += 1;
+                    session.ended = Some("blocked by policy".into());
+                    session.failed = true;
+                    break Ok(true);
+                }
+            }
+        };
+        match outcome {
+            Err(err) => {
+                tracing::info!("TLS interception failed: {err}");
+                self.counters.tls_failed += 1;
+                self.note_tls_failure(tls_session, &err);
+                session.ended = Some(format!("TLS failed: {err}"));
+                session.failed = true;
+            }
+            Ok(false) => return false,
+            Ok(true) => {}
+        }
+        if session.failed {
+            session.tls_info = session.tls.take().map(|tls| tls.info);
+            abort_all(stack, session);
+            return true;
+        }
+        if open_loop {
+            self.start_inspection(stack, index, session, now);
+            if session.failed {
+                session.tls_info = session.tls.take().map(|tls| tls.info);
+                return true;
+            }
+        }
+        self.finish_tls_directions(stack, session, (client, server));
+        true
+    }
+
+    /// Remembers what a failed interception says about the server or the
+    /// client (client certificates, pinning) for the policy.
+    fn note_tls_failure(&mut self, tls_session: &TlsSession, err: &MitmError) {
+        if let (Some(name), true) = (tls_session.info.sni.clone(), tls_session.info.client_cert_requested) {
+            if self.policy.record_client_cert_request(&name) {
+                self.counters.client_auth_bypassed += 1;
+                tracing::warn!("{name} asks for client certificates; bypassing it from now on");
+            }
+        }
+        if let (Some(name), true) = (tls_session.info.sni.clone(), rejected_our_certificate(err)) {
+            if self.policy.record_rejection(&name, self.epoch.elapsed().as_secs()) {
+                self.counters.failed_open += 1;
+                tracing::warn!("fail-open: clients keep rejecting the forged certificate for {name}; bypassing it");
+            }
+        }
+    }
+
+    /// Passes the end of each direction on, in order: into the inspection
+    /// loop once the plaintext went in, close_notify once the box passed
+    /// the FIN (or at once without a box), and FIN once the ciphertext went.
+    fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session, (client, server): (FlowId, FlowId)) {
+        let Some(tls) = session.tls.as_deref_mut() else {
+            return;
+        };
+        let client_done = tls.client_finished() || stack.peer_finished(client).unwrap_or(false);
+        let server_done = tls.server_finished() || stack.peer_finished(server).unwrap_or(false);
+        // Whether each direction came back out of the loop (true without one).
+        let (mut up_through, mut down_through) = (true, true);
+        if let Some(inspection) = session.inspection.as_mut() {
+            let Some((out, back)) = inspection.ready() else {
+                return;
+            };
+            if !inspection.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
+                inspection.fin_to_out = true;
+                let _ = stack.close(out);
+            }
+            if !inspection.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
+                inspection.fin_to_back = true;
+                let _ = stack.close(back);
+            }
+            up_through = stack.peer_finished(back).unwrap_or(true);
+            down_through = stack.peer_finished(out).unwrap_or(true);
+        }
+        up_through &= tls.plaintext_from_client().is_empty();
+        down_through &= tls.plaintext_from_server().is_empty();
+        if tls.plaintext_exposed() {
+            if !session.close_notify_sent.0 && tls.client_finished() && up_through {
+                session.close_notify_sent.0 = true;
+                tls.close_to_server();
+                send_queued(stack, server, tls.to_server());
+            }
+            if !session.close_notify_sent.1 && tls.server_finished() && down_through {
+                session.close_notify_sent.1 = true;
+                tls.close_to_client();
+                send_queued(stack, client, tls.to_client());
+            }
+        }
+        if !session.fin_to_server
+            && up_through
+            && tls.to_server().is_empty()
+            && stack.peer_finished(client).unwrap_or(false)
+        {
+            session.fin_to_server = true;
+            let _ = stack.close(server);
+        }
+        if !session.fin_to_client
+            && down_through
+            && tls.to_client().is_empty()
+            && stack.peer_finished(server).unwrap_or(false)
+        {
+            session.fin_to_client = true;
+            let _ = stack.close(client);
+        }
+    }
+
+    /// Relays the bytes untouched (mode "splice", or TLS bypassed), through
+    /// the inspection loop when there is one.
+    fn pump_plain(&mut self, stack: &mut Stack, session: &mut Session, (client, server): (FlowId, FlowId)) {
+        if let Some(inspection) = session.inspection.as_mut() {
+            let Some((out, back)) = inspection.ready() else {
+                return;
+            };
+            let up = stack.relay(client, out).unwrap_or(0) as u64;
+            let down = stack.relay(server, back).unwrap_or(0) as u64;
+            stack.relay(back, server).unwrap_or(0);
+            stack.relay(out, client).unwrap_or(0);
+            self.counters.bytes_client_to_server += up;
+            self.counters.bytes_server_to_client += down;
+            session.bytes.0 += up;
+            session.bytes.1 += down;
+            for (from, to, done) in [
+                (client, out, &mut inspection.fin_to_out),
+                (server, back, &mut inspection.fin_to_back),
+                (back, server, &mut session.fin_to_server),
+                (out, client, &mut session.fin_to_client),
+            ] {
+                if !*done && stack.peer_finished(from).unwrap_or(false) {
+                    *done = true;
+                    let _ = stack.close(to);
+                }
+            }
+            return;
         }
         if !session.bypass_backlog.is_empty() {
             let sent = stack.send(server, &session.bypass_backlog).unwrap_or(0);
@@ -647,11 +1065,12 @@ impl Splicer {
             0
         };
         let down = stack.relay(server, client).unwrap_or(0) as u64;
-        counters.bytes_client_to_server += up;
-        counters.bytes_server_to_client += down;
+        self.counters.bytes_client_to_server += up;
+        self.counters.bytes_server_to_client += down;
         session.bytes.0 += up;
         session.bytes.1 += down;
-        if !session.fin_to_server && session.bypass_backlog.is_empty() && stack.peer_finished(client).unwrap_or(false) {
+        if !session.fin_to_server && session.bypass_backlog.is_empty() && stack.peer_finished(client).unwrap_or(false)
+        {
             session.fin_to_server = true;
             let _ = stack.close(server);
         }

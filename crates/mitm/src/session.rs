@@ -274,6 +274,11 @@ impl TlsSession {
         self.exposed = true;
     }
 
+    /// Whether the plaintext is handed to the caller.
+    pub fn plaintext_exposed(&self) -> bool {
+        self.exposed
+    }
+
     /// Plaintext the client sent, not yet passed on (exposed sessions).
     pub fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
         &mut self.plaintext_from_client
