@@ -599,7 +599,10 @@ impl Config {
         let mut seen: Vec<Device> = Vec::new();
         for (key, port) in self.ports.keyed() {
             let device = Device::parse(&port.device).map_err(|reason| invalid(key, reason))?;
-            if let Some(earlier) = seen.iter().find(|earlier| earlier.ethdev_name() == device.ethdev_name()) {
+            if let Some(earlier) = seen
+                .iter()
+                .find(|earlier| earlier.ethdev_name() == device.ethdev_name())
+            {
                 return Err(invalid(
                     key,
                     format!(
@@ -644,7 +647,11 @@ impl Config {
 
     /// The devices of every port, in the engine's order (validated by `parse`).
     pub fn devices(&self) -> Result<Vec<Device>, String> {
-        self.ports.all().into_iter().map(|port| Device::parse(&port.device)).collect()
+        self.ports
+            .all()
+            .into_iter()
+            .map(|port| Device::parse(&port.device))
+            .collect()
     }
 }
 
@@ -745,7 +752,11 @@ device = "net_af_packet1,iface=gws0"
         let pair = "[ports.inspect_out]\ndevice = \"net_af_packet2,iface=gwio0\"\n[ports.inspect_in]\ndevice = \"net_af_packet3,iface=gwii0\"\n";
         let config = parse(&format!("{MINIMAL}{pair}")).expect("valid");
         assert_eq!(config.devices().expect("devices").len(), 4);
-        assert_eq!(config.inspect.failure, InspectFailure::FailClosed, "fail closed by default");
+        assert_eq!(
+            config.inspect.failure,
+            InspectFailure::FailClosed,
+            "fail closed by default"
+        );
         assert_eq!(config.inspect.syn_timeout_ms, 1000);
         let open = parse(&format!(
             "{MINIMAL}{pair}[inspect]\nfailure = \"fail_open\"\nsyn_timeout_ms = 300\n"
@@ -754,9 +765,18 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(open.inspect.failure, InspectFailure::FailOpen);
         let half = format!("{MINIMAL}[ports.inspect_out]\ndevice = \"net_af_packet2,iface=gwio0\"\n");
         let message = rejection(&half);
-        assert!(message.contains("ports.inspect_in") && message.contains("pair"), "{message}");
-        let message = rejection(&format!("{MINIMAL}{}", pair.replace("net_af_packet3", "net_af_packet0")));
-        assert!(message.contains("ports.inspect_in.device") && message.contains("different"), "{message}");
+        assert!(
+            message.contains("ports.inspect_in") && message.contains("pair"),
+            "{message}"
+        );
+        let message = rejection(&format!(
+            "{MINIMAL}{}",
+            pair.replace("net_af_packet3", "net_af_packet0")
+        ));
+        assert!(
+            message.contains("ports.inspect_in.device") && message.contains("different"),
+            "{message}"
+        );
         let message = rejection(&format!("{MINIMAL}{pair}[inspect]\nfailure = \"maybe\"\n"));
         assert!(message.contains("maybe"), "{message}");
 
@@ -767,8 +787,13 @@ device = "net_af_packet1,iface=gws0"
         let settings = capture.capture.expect("capture");
         assert_eq!(settings.ports(), Ok(vec![(443, 80)]));
         assert_eq!(settings.rotate_mb, Some(100));
-        let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nport_map = {{ https = 80 }}\n"));
-        assert!(message.contains("capture.port_map") && message.contains("https"), "{message}");
+        let message = rejection(&format!(
+            "{MINIMAL}[capture]\npath = \"/x\"\nport_map = {{ https = 80 }}\n"
+        ));
+        assert!(
+            message.contains("capture.port_map") && message.contains("https"),
+            "{message}"
+        );
         let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nrotate_secs = 0\n"));
         assert!(message.contains("rotate"), "{message}");
     }

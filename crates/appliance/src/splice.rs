@@ -222,10 +222,23 @@ struct Shared {
 }
 
 /// Sends as much of `queue` as `leg` takes now; true if anything went.
-fn send_queued(stack: &mut Stack, leg: FlowId, queue: &mut Vec<u8>) -> bool {
+fn send_queued(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>) -> bool {
+    let Some(leg) = leg else {
+        return false;
+    };
     let sent = stack.send(leg, queue).unwrap_or(0);
     queue.drain(..sent);
     sent > 0
+}
+
+/// Reads what `leg` received into `buf` (nothing from a leg that is gone).
+fn receive(stack: &mut Stack, leg: Option<FlowId>, buf: &mut [u8]) -> usize {
+    leg.map_or(0, |leg| stack.recv(leg, buf).unwrap_or(0))
+}
+
+/// Whether `leg`'s peer finished sending (a leg that is gone has).
+fn peer_done(stack: &Stack, leg: Option<FlowId>) -> bool {
+    leg.is_none_or(|leg| stack.peer_finished(leg).unwrap_or(true))
 }
 
 /// Whether a client's alert says it rejected the forged certificate (as a
@@ -564,7 +577,10 @@ impl Splicer {
                 log.write(&record(session, shared.tls.is_some()));
             }
         }
-        let loop_gone = session.inspection.as_ref().is_none_or(|l| l.out.is_none() && l.back.is_none());
+        let loop_gone = session
+            .inspection
+            .as_ref()
+            .is_none_or(|l| l.out.is_none() && l.back.is_none());
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
             shared.counters.sessions_live -= 1;
@@ -733,7 +749,9 @@ impl Shared {
                 self.pump(stack, index, session, now);
             }
             EventKind::TimedOut if leg == Leg::InspectOut && !inspection.connected => {
-                let waited = self.inspection.map_or(0, |settings| settings.syn_timeout.total_millis());
+                let waited = self
+                    .inspection
+                    .map_or(0, |settings| settings.syn_timeout.total_millis());
                 self.inspection_failed(
                     stack,
                     session,
@@ -743,7 +761,11 @@ impl Shared {
             }
             EventKind::Reset | EventKind::TimedOut => {
                 // The box reset the connection (or let it die): it ends.
-                let side = if leg == Leg::InspectOut { "inspect_out" } else { "inspect_in" };
+                let side = if leg == Leg::InspectOut {
+                    "inspect_out"
+                } else {
+                    "inspect_in"
+                };
                 if event.kind == EventKind::Reset {
                     self.counters.inspect_blocked += 1;
                     session.inspection_note = Some(format!("blocked by the inspector (reset on {side})"));
@@ -774,19 +796,19 @@ impl Shared {
         context: &mut TlsContext,
         tls: &mut TlsSession,
         stack: &mut Stack,
-        (client, server): (FlowId, FlowId),
+        (client, server): (Option<FlowId>, Option<FlowId>),
         inspection: Option<&InspectionLoop>,
         bytes: &mut (u64, u64),
     ) -> Result<(), mitm::MitmError> {
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
-        let through_box = inspection.and_then(InspectionLoop::ready);
+        let through_box = inspection.filter(|l| l.ready().is_some()).map(|l| (l.out, l.back));
         for _ in 0..64 {
             // Both queues, always (no short-circuit).
             let mut progress =
                 send_queued(stack, client, tls.to_client()) | send_queued(stack, server, tls.to_server());
             if tls.to_server().len() < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
-                let read = stack.recv(client, &mut buf).unwrap_or(0);
+                let read = receive(stack, client, &mut buf);
                 if read > 0 {
                     counters.bytes_client_to_server += read as u64;
                     bytes.0 += read as u64;
@@ -795,7 +817,7 @@ impl Shared {
                 }
             }
             if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
-                let read = stack.recv(server, &mut buf).unwrap_or(0);
+                let read = receive(stack, server, &mut buf);
                 if read > 0 {
                     counters.bytes_server_to_client += read as u64;
                     bytes.1 += read as u64;
@@ -808,14 +830,14 @@ impl Shared {
                     progress |= send_queued(stack, out, tls.plaintext_from_client())
                         | send_queued(stack, back, tls.plaintext_from_server());
                     if tls.to_server().len() < TLS_BACKLOG {
-                        let read = stack.recv(back, &mut buf).unwrap_or(0);
+                        let read = receive(stack, back, &mut buf);
                         if read > 0 {
                             tls.send_to_server(buf.get(..read).unwrap_or_default())?;
                             progress = true;
                         }
                     }
                     if tls.to_client().len() < TLS_BACKLOG {
-                        let read = stack.recv(out, &mut buf).unwrap_or(0);
+                        let read = receive(stack, out, &mut buf);
                         if read > 0 {
                             tls.send_to_client(buf.get(..read).unwrap_or_default())?;
                             progress = true;
@@ -851,35 +873,26 @@ impl Shared {
     /// mode "tls", through the inspection box when there is one) and passes
     /// on FINs once a direction has delivered everything.
     fn pump(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
-        let (Some(client), Some(server)) = (session.client, session.server) else {
-            return;
-        };
         if !session.established || session.failed {
             return;
         }
         if session.tls.is_some() && self.tls.is_some() {
-            if self.pump_tls_session(stack, index, session, (client, server), now) {
+            if self.pump_tls_session(stack, index, session, now) {
                 return;
             }
             // Bypassed: from now on the bytes pass untouched.
             session.tls_info = session.tls.take().map(|tls| tls.info);
         }
-        self.pump_plain(stack, session, (client, server));
+        self.pump_plain(stack, session);
     }
 
     /// The TLS part of [`Shared::pump`]: false once the session was
     /// bypassed (its bytes then pass untouched).
-    fn pump_tls_session(
-        &mut self,
-        stack: &mut Stack,
-        index: usize,
-        session: &mut Session,
-        (client, server): (FlowId, FlowId),
-        now: Instant,
-    ) -> bool {
+    fn pump_tls_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) -> bool {
         let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), self.tls.as_mut()) else {
             return false;
         };
+        let (client, server) = (session.client, session.server);
         let mut open_loop = false;
         let outcome = loop {
             if let Err(err) = Self::pump_tls(
@@ -947,7 +960,7 @@ impl Shared {
                 return true;
             }
         }
-        self.finish_tls_directions(stack, session, (client, server));
+        self.finish_tls_directions(stack, session);
         true
     }
 
@@ -971,28 +984,34 @@ impl Shared {
     /// Passes the end of each direction on, in order: into the inspection
     /// loop once the plaintext went in, close_notify once the box passed
     /// the FIN (or at once without a box), and FIN once the ciphertext went.
-    fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session, (client, server): (FlowId, FlowId)) {
+    fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session) {
         let Some(tls) = session.tls.as_deref_mut() else {
             return;
         };
-        let client_done = tls.client_finished() || stack.peer_finished(client).unwrap_or(false);
-        let server_done = tls.server_finished() || stack.peer_finished(server).unwrap_or(false);
+        let (client, server) = (session.client, session.server);
+        let client_done = tls.client_finished() || peer_done(stack, client);
+        let server_done = tls.server_finished() || peer_done(stack, server);
         // Whether each direction came back out of the loop (true without one).
         let (mut up_through, mut down_through) = (true, true);
         if let Some(inspection) = session.inspection.as_mut() {
-            let Some((out, back)) = inspection.ready() else {
+            if inspection.ready().is_none() {
                 return;
-            };
+            }
+            let (out, back) = (inspection.out, inspection.back);
             if !inspection.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
                 inspection.fin_to_out = true;
-                let _ = stack.close(out);
+                if let Some(out) = out {
+                    let _ = stack.close(out);
+                }
             }
             if !inspection.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
                 inspection.fin_to_back = true;
-                let _ = stack.close(back);
+                if let Some(back) = back {
+                    let _ = stack.close(back);
+                }
             }
-            up_through = stack.peer_finished(back).unwrap_or(true);
-            down_through = stack.peer_finished(out).unwrap_or(true);
+            up_through = peer_done(stack, back);
+            down_through = peer_done(stack, out);
         }
         up_through &= tls.plaintext_from_client().is_empty();
         down_through &= tls.plaintext_from_server().is_empty();
@@ -1008,75 +1027,70 @@ impl Shared {
                 send_queued(stack, client, tls.to_client());
             }
         }
-        if !session.fin_to_server
-            && up_through
-            && tls.to_server().is_empty()
-            && stack.peer_finished(client).unwrap_or(false)
-        {
+        if !session.fin_to_server && up_through && tls.to_server().is_empty() && peer_done(stack, client) {
             session.fin_to_server = true;
-            let _ = stack.close(server);
+            if let Some(server) = server {
+                let _ = stack.close(server);
+            }
         }
-        if !session.fin_to_client
-            && down_through
-            && tls.to_client().is_empty()
-            && stack.peer_finished(server).unwrap_or(false)
-        {
+        if !session.fin_to_client && down_through && tls.to_client().is_empty() && peer_done(stack, server) {
             session.fin_to_client = true;
-            let _ = stack.close(client);
+            if let Some(client) = client {
+                let _ = stack.close(client);
+            }
         }
     }
 
     /// Relays the bytes untouched (mode "splice", or TLS bypassed), through
-    /// the inspection loop when there is one.
-    fn pump_plain(&mut self, stack: &mut Stack, session: &mut Session, (client, server): (FlowId, FlowId)) {
+    /// the inspection loop when there is one. Each hop works on its own: a
+    /// leg may be gone once its part of the connection is over.
+    fn pump_plain(&mut self, stack: &mut Stack, session: &mut Session) {
+        let (client, server) = (session.client, session.server);
         if let Some(inspection) = session.inspection.as_mut() {
-            let Some((out, back)) = inspection.ready() else {
+            if inspection.ready().is_none() {
                 return;
-            };
-            let up = stack.relay(client, out).unwrap_or(0) as u64;
-            let down = stack.relay(server, back).unwrap_or(0) as u64;
-            stack.relay(back, server).unwrap_or(0);
-            stack.relay(out, client).unwrap_or(0);
-            self.counters.bytes_client_to_server += up;
-            self.counters.bytes_server_to_client += down;
-            session.bytes.0 += up;
-            session.bytes.1 += down;
-            for (from, to, done) in [
-                (client, out, &mut inspection.fin_to_out),
-                (server, back, &mut inspection.fin_to_back),
-                (back, server, &mut session.fin_to_server),
-                (out, client, &mut session.fin_to_client),
-            ] {
-                if !*done && stack.peer_finished(from).unwrap_or(false) {
-                    *done = true;
-                    let _ = stack.close(to);
-                }
             }
+            let (out, back) = (inspection.out, inspection.back);
+            let up = hop(stack, client, out, &mut inspection.fin_to_out);
+            let down = hop(stack, server, back, &mut inspection.fin_to_back);
+            hop(stack, back, server, &mut session.fin_to_server);
+            hop(stack, out, client, &mut session.fin_to_client);
+            self.count(session, up, down);
             return;
         }
-        if !session.bypass_backlog.is_empty() {
+        if let (Some(server), false) = (server, session.bypass_backlog.is_empty()) {
             let sent = stack.send(server, &session.bypass_backlog).unwrap_or(0);
             session.bypass_backlog.drain(..sent);
         }
         // The client's later bytes wait until the backlog went out.
         let up = if session.bypass_backlog.is_empty() {
-            stack.relay(client, server).unwrap_or(0) as u64
+            hop(stack, client, server, &mut session.fin_to_server)
         } else {
             0
         };
-        let down = stack.relay(server, client).unwrap_or(0) as u64;
+        let down = hop(stack, server, client, &mut session.fin_to_client);
+        self.count(session, up, down);
+    }
+
+    fn count(&mut self, session: &mut Session, up: u64, down: u64) {
         self.counters.bytes_client_to_server += up;
         self.counters.bytes_server_to_client += down;
         session.bytes.0 += up;
         session.bytes.1 += down;
-        if !session.fin_to_server && session.bypass_backlog.is_empty() && stack.peer_finished(client).unwrap_or(false)
-        {
-            session.fin_to_server = true;
-            let _ = stack.close(server);
-        }
-        if !session.fin_to_client && stack.peer_finished(server).unwrap_or(false) {
-            session.fin_to_client = true;
-            let _ = stack.close(client);
-        }
     }
+}
+
+/// Relays what `from` received into `to`, and passes FIN on once `from`'s
+/// peer finished and everything went (`fin_sent` records it); returns the
+/// bytes moved. Nothing happens while either leg is missing.
+fn hop(stack: &mut Stack, from: Option<FlowId>, to: Option<FlowId>, fin_sent: &mut bool) -> u64 {
+    let (Some(from), Some(to)) = (from, to) else {
+        return 0;
+    };
+    let moved = stack.relay(from, to).unwrap_or(0) as u64;
+    if !*fin_sent && stack.peer_finished(from).unwrap_or(false) {
+        *fin_sent = true;
+        let _ = stack.close(to);
+    }
+    moved
 }

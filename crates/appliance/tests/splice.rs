@@ -4,10 +4,12 @@
 
 mod harness;
 
-use harness::{exchange, pattern, policy, v4, v6, Lab, CLIENT_V4, SERVER_V4, SERVER_V6};
-use smoltcp::iface::SocketHandle;
+use harness::{
+    assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer, v4, v6, Lab, CLIENT_V4, SERVER_V4,
+    SERVER_V6,
+};
 use smoltcp::socket::tcp::State;
-use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpEndpoint, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet, TcpPacket};
 
 const PORT: u16 = 443;
 
@@ -19,68 +21,6 @@ fn ipv4(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
 /// The TCP segment in an Ethernet frame, if it carries IPv4/TCP.
 fn tcp(frame: &[u8]) -> Option<TcpPacket<&[u8]>> {
     TcpPacket::new_checked(ipv4(frame)?.payload()).ok()
-}
-
-/// Opens a connection from the client and accepts it at the server.
-fn connect(lab: &mut Lab, server: IpEndpoint, local_port: u16) -> (SocketHandle, SocketHandle) {
-    let listener = lab.server.listen(server.port, 64 * 1024);
-    let client = lab.client.connect(server, local_port, 64 * 1024);
-    let up = lab.run_until(2_000, |lab| {
-        lab.client.tcp(client).state() == State::Established && lab.server.tcp(listener).state() == State::Established
-    });
-    assert!(
-        up,
-        "handshake: client {:?}, server {:?}",
-        lab.client.tcp(client).state(),
-        lab.server.tcp(listener).state()
-    );
-    (client, listener)
-}
-
-/// Sends `up` client→server and `down` server→client at once, then closes
-/// both ends; checks both arrive byte-exact.
-fn transfer(lab: &mut Lab, client: SocketHandle, server: SocketHandle, up: &[u8], down: &[u8], limit_ms: u64) {
-    let (mut to_server, mut to_client) = (up, down);
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let done = lab.run_until(limit_ms, |lab| {
-        exchange(&mut lab.client, client, &mut to_server, &mut at_client);
-        exchange(&mut lab.server, server, &mut to_client, &mut at_server);
-        at_server.len() == up.len() && at_client.len() == down.len()
-    });
-    assert!(
-        done,
-        "transfer stalled: {} of {} up, {} of {} down",
-        at_server.len(),
-        up.len(),
-        at_client.len(),
-        down.len()
-    );
-    assert!(at_server == up, "client → server bytes differ");
-    assert!(at_client == down, "server → client bytes differ");
-}
-
-fn close_both(lab: &mut Lab, client: SocketHandle, server: SocketHandle) {
-    lab.client.tcp(client).close();
-    lab.server.tcp(server).close();
-    let closed = lab.run_until(5_000, |lab| {
-        matches!(lab.client.tcp(client).state(), State::TimeWait | State::Closed)
-            && matches!(lab.server.tcp(server).state(), State::TimeWait | State::Closed)
-    });
-    assert!(
-        closed,
-        "close: client {:?}, server {:?}",
-        lab.client.tcp(client).state(),
-        lab.server.tcp(server).state()
-    );
-}
-
-/// After every connection closed, TIME-WAIT included, nothing is left.
-fn assert_no_leaks(lab: &mut Lab) {
-    let clean = lab.run_until(30_000, |lab| lab.engine.stack().live_flows() == 0);
-    assert!(clean, "flows left: {}", lab.engine.stack().live_flows());
-    let counters = lab.engine.stack().counters();
-    assert_eq!(counters.flows_created, counters.flows_freed, "{counters:?}");
-    assert_eq!(lab.engine.splicer().counters().sessions_live, 0);
 }
 
 #[test]

@@ -293,7 +293,9 @@ impl TlsSession {
     /// handshakes are under way).
     pub fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
         let Phase::Established { upstream, .. } = &mut self.phase else {
-            return Err(MitmError::Config("no plaintext can be sent before the handshakes".into()));
+            return Err(MitmError::Config(
+                "no plaintext can be sent before the handshakes".into(),
+            ));
         };
         upstream
             .writer()
@@ -307,7 +309,9 @@ impl TlsSession {
     /// Encrypts `plaintext` to the client (exposed sessions).
     pub fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
         let Phase::Established { client, .. } = &mut self.phase else {
-            return Err(MitmError::Config("no plaintext can be sent before the handshakes".into()));
+            return Err(MitmError::Config(
+                "no plaintext can be sent before the handshakes".into(),
+            ));
         };
         client
             .writer()

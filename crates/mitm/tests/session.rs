@@ -638,7 +638,10 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
     assert!(!client.is_handshaking());
 
     // The request is held for the caller, and the server has nothing yet.
-    assert_eq!(session.plaintext_from_client().as_slice(), b"GET /lower HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        session.plaintext_from_client().as_slice(),
+        b"GET /lower HTTP/1.1\r\n\r\n"
+    );
     assert!(read_all(&mut origin.reader()).is_empty());
     let held = std::mem::take(session.plaintext_from_client());
     session.send_to_server(&held.to_ascii_uppercase()).unwrap();
@@ -661,10 +664,17 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
     pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
     assert!(session.client_finished());
     let mut probe = [0u8; 1];
-    assert!(origin.reader().read(&mut probe).is_err(), "no close_notify reached the origin yet");
+    assert!(
+        origin.reader().read(&mut probe).is_err(),
+        "no close_notify reached the origin yet"
+    );
     session.close_to_server();
     pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
-    assert_eq!(origin.reader().read(&mut probe).unwrap(), 0, "clean close reached the origin");
+    assert_eq!(
+        origin.reader().read(&mut probe).unwrap(),
+        0,
+        "clean close reached the origin"
+    );
     assert_eq!(session.info.plaintext_client_to_server, 23);
     assert_eq!(session.info.plaintext_server_to_client, 19);
 }

@@ -538,9 +538,7 @@ impl Stack {
             flow.last_heard = now;
         }
         // Silent too long with something outstanding: give up (one RST).
-        let timed_out = flow
-            .silent_since(now)
-            .is_some_and(|since| now >= since + flow.timeout);
+        let timed_out = flow.silent_since(now).is_some_and(|since| now >= since + flow.timeout);
         if timed_out {
             flow.socket_mut().abort();
         }
@@ -557,7 +555,8 @@ impl Stack {
             state: socket.state(),
             recv_queue: socket.recv_queue(),
             send_queue: socket.send_queue(),
-            peer_closed: fin_received(socket.state()),
+            // Sticky: a socket that went on to CLOSED still had a FIN.
+            peer_closed: flow.observed.peer_closed || fin_received(socket.state()),
         };
         let before = flow.observed;
         flow.observed = now_observed;
@@ -594,7 +593,9 @@ impl Stack {
             });
         }
 
-        if closed {
+        // A connection that closed with bytes still unread stays until its
+        // owner has read them (or aborts it).
+        if closed && (flow.aborted || now_observed.recv_queue == 0) {
             self.free(id);
             return;
         }
@@ -691,10 +692,13 @@ impl Stack {
         Ok(self.flow(id)?.socket().recv_queue())
     }
 
-    /// Whether the peer has sent FIN and every byte before it was read.
+    /// Whether the peer has sent FIN and every byte before it was read
+    /// (also once the connection went on to close completely).
     pub fn peer_finished(&self, id: FlowId) -> Result<bool, StackError> {
-        let socket = self.flow(id)?.socket();
-        Ok(!socket.may_recv() && socket.recv_queue() == 0 && was_synchronized(socket.state()))
+        let flow = self.flow(id)?;
+        let socket = flow.socket();
+        let fin = flow.observed.peer_closed || fin_received(socket.state());
+        Ok(fin && socket.recv_queue() == 0)
     }
 
     /// Moves as many bytes as fit from `from`'s receive buffer into `to`'s

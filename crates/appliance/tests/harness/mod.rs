@@ -8,11 +8,12 @@ use std::collections::VecDeque;
 
 use appliance::counters::PortTotals;
 use appliance::engine::{Engine, EngineStats, InterceptPolicy};
+use appliance::splice::InspectionSettings;
 use dpdk::{MemPort, MemPortControl};
 use netstack::{Instant, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
-use smoltcp::socket::tcp;
+use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -192,6 +193,185 @@ pub struct Lab {
     /// When set (and the server is offline), a router on the server side
     /// answers each IPv4 TCP SYN with an ICMP host unreachable.
     pub server_unreachable: bool,
+    /// The box between the inspection ports, when the engine has them.
+    pub inspection: Option<InspectionBox>,
+}
+
+/// What the in-memory inspection box does with the frames it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoxMode {
+    /// Passes everything (a bridge).
+    Pass,
+    /// Passes nothing (a box that stopped forwarding).
+    Stopped,
+    /// Replaces `old` by `new` (same length) in TCP payloads.
+    Rewrite(&'static [u8], &'static [u8]),
+    /// Resets both ends of a connection whose payload contains the marker
+    /// (the segment with it is dropped).
+    ResetOn(&'static [u8]),
+}
+
+/// A box on the inspection pair: carries frames from `inspect_out` to
+/// `inspect_in` and back, and records the TCP payload it saw each way.
+pub struct InspectionBox {
+    pub out_port: MemPortControl,
+    pub in_port: MemPortControl,
+    pub mode: BoxMode,
+    /// TCP payload bytes seen from the client side, from the server side.
+    pub seen_up: Vec<u8>,
+    pub seen_down: Vec<u8>,
+}
+
+impl InspectionBox {
+    /// Carries what each port transmitted to the other, as the mode says.
+    fn carry(&mut self) {
+        for (frames, up) in [
+            (self.out_port.take_transmitted(), true),
+            (self.in_port.take_transmitted(), false),
+        ] {
+            for frame in frames {
+                self.handle(frame, up);
+            }
+        }
+    }
+
+    fn handle(&mut self, mut frame: Vec<u8>, up: bool) {
+        let (ahead, behind) = if up {
+            (&self.in_port, &self.out_port)
+        } else {
+            (&self.out_port, &self.in_port)
+        };
+        match self.mode {
+            BoxMode::Stopped => return,
+            BoxMode::Pass => {}
+            BoxMode::Rewrite(old, new) => {
+                if let Some(payload) = tcp_payload_mut(&mut frame) {
+                    let mut at = 0;
+                    while let Some(found) = payload[at..].windows(old.len()).position(|w| w == old) {
+                        payload[at + found..at + found + old.len()].copy_from_slice(new);
+                        at += found + old.len();
+                    }
+                    refill_tcp_checksum(&mut frame);
+                }
+            }
+            BoxMode::ResetOn(marker) => {
+                let payload = tcp_payload(&frame).unwrap_or_default();
+                if payload.windows(marker.len()).any(|w| w == marker) {
+                    let (toward_receiver, toward_sender) = resets_for(&frame);
+                    ahead.inject(toward_receiver);
+                    behind.inject(toward_sender);
+                    return;
+                }
+            }
+        }
+        let payload = tcp_payload(&frame).unwrap_or_default().to_vec();
+        if up {
+            self.seen_up.extend_from_slice(&payload);
+        } else {
+            self.seen_down.extend_from_slice(&payload);
+        }
+        ahead.inject(frame);
+    }
+}
+
+/// The TCP payload of an untagged IPv4 frame.
+pub fn tcp_payload(frame: &[u8]) -> Option<&[u8]> {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.next_header() != smoltcp::wire::IpProtocol::Tcp {
+        return None;
+    }
+    let header = usize::from(ip.header_len());
+    let tcp = TcpPacket::new_checked(frame.get(14 + header..14 + usize::from(ip.total_len()))?).ok()?;
+    let start = 14 + header + usize::from(tcp.header_len());
+    frame.get(start..14 + usize::from(ip.total_len()))
+}
+
+fn tcp_payload_mut(frame: &mut [u8]) -> Option<&mut [u8]> {
+    let len = tcp_payload(frame)?.len();
+    let end = 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    frame.get_mut(end - len..end)
+}
+
+fn refill_tcp_checksum(frame: &mut [u8]) {
+    use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
+    let (src, dst, header, total) = {
+        let ip = Ipv4Packet::new_unchecked(&frame[14..]);
+        (
+            ip.src_addr(),
+            ip.dst_addr(),
+            usize::from(ip.header_len()),
+            usize::from(ip.total_len()),
+        )
+    };
+    let mut tcp = TcpPacket::new_unchecked(&mut frame[14 + header..14 + total]);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+}
+
+/// A RST to the receiver of the IPv4 segment `frame` (its own sequence
+/// number) and one to its sender (the sequence number it acknowledged).
+fn resets_for(frame: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr};
+    let ip = Ipv4Packet::new_unchecked(&frame[14..]);
+    let header = usize::from(ip.header_len());
+    let tcp = TcpPacket::new_unchecked(&frame[14 + header..14 + usize::from(ip.total_len())]);
+    let build = |from_mac: &[u8], to_mac: &[u8], src, dst, src_port, dst_port, seq| {
+        let tcp_repr = TcpRepr {
+            src_port,
+            dst_port,
+            control: TcpControl::Rst,
+            seq_number: seq,
+            ack_number: None,
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp_repr.header_len(),
+            hop_limit: 64,
+        };
+        let mut out = vec![0u8; 14 + ip_repr.buffer_len() + tcp_repr.header_len()];
+        out[..6].copy_from_slice(to_mac);
+        out[6..12].copy_from_slice(from_mac);
+        out[12..14].copy_from_slice(&[0x08, 0x00]);
+        let caps = ChecksumCapabilities::default();
+        ip_repr.emit(&mut Ipv4Packet::new_unchecked(&mut out[14..34]), &caps);
+        tcp_repr.emit(
+            &mut TcpPacket::new_unchecked(&mut out[34..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        out
+    };
+    let (src_mac, dst_mac) = (&frame[6..12], &frame[..6]);
+    let toward_receiver = build(
+        src_mac,
+        dst_mac,
+        ip.src_addr(),
+        ip.dst_addr(),
+        tcp.src_port(),
+        tcp.dst_port(),
+        tcp.seq_number(),
+    );
+    let toward_sender = build(
+        dst_mac,
+        src_mac,
+        ip.dst_addr(),
+        ip.src_addr(),
+        tcp.dst_port(),
+        tcp.src_port(),
+        tcp.ack_number(),
+    );
+    (toward_receiver, toward_sender)
 }
 
 pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
@@ -225,7 +405,31 @@ impl Lab {
             links: [Link::new(1), Link::new(2), Link::new(3), Link::new(4)],
             server_online: true,
             server_unreachable: false,
+            inspection: None,
         }
+    }
+
+    /// A lab whose appliance sends the plaintext through an in-memory
+    /// inspection box in `mode`.
+    pub fn with_inspection(policy: &InterceptPolicy, settings: InspectionSettings, mode: BoxMode) -> Lab {
+        let mut lab = Lab::new(policy);
+        let (out_port, out_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x10]);
+        let (in_port, in_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x11]);
+        let stats = lab.stats.clone();
+        let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
+        let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
+        lab.engine = Engine::new(client_port, server_port, stats, 32, policy, Instant::ZERO)
+            .with_inspection(out_port, in_port, settings);
+        lab.client_port = client_ctl;
+        lab.server_port = server_ctl;
+        lab.inspection = Some(InspectionBox {
+            out_port: out_ctl,
+            in_port: in_ctl,
+            mode,
+            seen_up: Vec::new(),
+            seen_down: Vec::new(),
+        });
+        lab
     }
 
     /// One millisecond of virtual time.
@@ -239,6 +443,9 @@ impl Lab {
             self.server_port.inject(frame);
         }
         self.engine.poll(self.now);
+        if let Some(inspection) = self.inspection.as_mut() {
+            inspection.carry();
+        }
         let to_server = self.links[1].carry(self.server_port.take_transmitted());
         if self.server_online {
             self.server.device.rx.extend(to_server);
@@ -335,4 +542,66 @@ pub fn icmp_host_unreachable(frame: &[u8]) -> Option<Vec<u8>> {
     reply.extend_from_slice(&ip);
     reply.extend_from_slice(&icmp);
     Some(reply)
+}
+
+/// Opens a connection from the client and accepts it at the server.
+pub fn connect(lab: &mut Lab, server: IpEndpoint, local_port: u16) -> (SocketHandle, SocketHandle) {
+    let listener = lab.server.listen(server.port, 64 * 1024);
+    let client = lab.client.connect(server, local_port, 64 * 1024);
+    let up = lab.run_until(2_000, |lab| {
+        lab.client.tcp(client).state() == State::Established && lab.server.tcp(listener).state() == State::Established
+    });
+    assert!(
+        up,
+        "handshake: client {:?}, server {:?}",
+        lab.client.tcp(client).state(),
+        lab.server.tcp(listener).state()
+    );
+    (client, listener)
+}
+
+/// Sends `up` client→server and `down` server→client at once, then closes
+/// both ends; checks both arrive byte-exact.
+pub fn transfer(lab: &mut Lab, client: SocketHandle, server: SocketHandle, up: &[u8], down: &[u8], limit_ms: u64) {
+    let (mut to_server, mut to_client) = (up, down);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let done = lab.run_until(limit_ms, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut at_client);
+        exchange(&mut lab.server, server, &mut to_client, &mut at_server);
+        at_server.len() == up.len() && at_client.len() == down.len()
+    });
+    assert!(
+        done,
+        "transfer stalled: {} of {} up, {} of {} down",
+        at_server.len(),
+        up.len(),
+        at_client.len(),
+        down.len()
+    );
+    assert!(at_server == up, "client → server bytes differ");
+    assert!(at_client == down, "server → client bytes differ");
+}
+
+pub fn close_both(lab: &mut Lab, client: SocketHandle, server: SocketHandle) {
+    lab.client.tcp(client).close();
+    lab.server.tcp(server).close();
+    let closed = lab.run_until(5_000, |lab| {
+        matches!(lab.client.tcp(client).state(), State::TimeWait | State::Closed)
+            && matches!(lab.server.tcp(server).state(), State::TimeWait | State::Closed)
+    });
+    assert!(
+        closed,
+        "close: client {:?}, server {:?}",
+        lab.client.tcp(client).state(),
+        lab.server.tcp(server).state()
+    );
+}
+
+/// After every connection closed, TIME-WAIT included, nothing is left.
+pub fn assert_no_leaks(lab: &mut Lab) {
+    let clean = lab.run_until(30_000, |lab| lab.engine.stack().live_flows() == 0);
+    assert!(clean, "flows left: {}", lab.engine.stack().live_flows());
+    let counters = lab.engine.stack().counters();
+    assert_eq!(counters.flows_created, counters.flows_freed, "{counters:?}");
+    assert_eq!(lab.engine.splicer().counters().sessions_live, 0);
 }

@@ -1,0 +1,201 @@
+//! The inspection loop, end to end in memory: the plaintext of every
+//! intercepted connection leaves through `inspect_out`, crosses an
+//! in-memory box and comes back on `inspect_in` before it goes on. The box
+//! is authoritative (what it changes is relayed changed, what it resets is
+//! reset on both legs), and a box that does not pass a connection's SYN, or
+//! an inspection port whose link is down, fails open or closed as
+//! configured. Plain TCP (mode "splice") is used here; TLS through the loop
+//! is shown with real clients in the namespace lab.
+
+mod harness;
+
+use appliance::config::InspectFailure;
+use appliance::splice::InspectionSettings;
+use harness::{assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer, v4, BoxMode, Lab, SERVER_V4};
+use netstack::Duration;
+use smoltcp::socket::tcp::State;
+
+const PORT: u16 = 80;
+
+fn settings(failure: InspectFailure) -> InspectionSettings {
+    InspectionSettings {
+        failure,
+        syn_timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(3),
+    }
+}
+
+fn lab(mode: BoxMode, failure: InspectFailure) -> Lab {
+    Lab::with_inspection(&policy(&[PORT]), settings(failure), mode)
+}
+
+#[test]
+fn plaintext_goes_round_the_box_byte_exact_both_ways() {
+    let mut lab = lab(BoxMode::Pass, InspectFailure::FailClosed);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_000);
+    let up = pattern(200_000, 1);
+    let down = pattern(300_000, 2);
+    transfer(&mut lab, client, server, &up, &down, 20_000);
+    close_both(&mut lab, client, server);
+    let inspection = lab.inspection.as_ref().unwrap();
+    assert!(inspection.seen_up == up, "the box saw the client's bytes");
+    assert!(inspection.seen_down == down, "the box saw the server's bytes");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspected, counters.inspect_blocked), (1, 0));
+    // The loop uses the original 5-tuple on the inspection ports.
+    let (out, back) = (lab.totals(2), lab.totals(3));
+    assert!(
+        out.rx > 0 && out.tx > 0 && back.rx > 0 && back.tx > 0,
+        "{out:?} {back:?}"
+    );
+    assert_eq!(out.rx, out.intercepted + out.dropped);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn what_the_box_changes_is_what_the_other_side_gets() {
+    let mut lab = lab(BoxMode::Rewrite(b"secret", b"XXXXXX"), InspectFailure::FailClosed);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_001);
+    let (mut to_server, mut to_client): (&[u8], &[u8]) = (b"GET /secret HTTP/1.0\r\n\r\n", b"the secret answer");
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let done = lab.run_until(3_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut at_client);
+        exchange(&mut lab.server, server, &mut to_client, &mut at_server);
+        at_server.len() == 24 && at_client.len() == 17
+    });
+    assert!(done, "{at_server:?} {at_client:?}");
+    assert_eq!(at_server, b"GET /XXXXXX HTTP/1.0\r\n\r\n");
+    assert_eq!(at_client, b"the XXXXXX answer");
+    close_both(&mut lab, client, server);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn a_connection_the_box_resets_is_reset_on_both_legs_promptly() {
+    let mut lab = lab(BoxMode::ResetOn(b"EVIL"), InspectFailure::FailClosed);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_002);
+    let mut request: &[u8] = b"GET /EVIL HTTP/1.0\r\n\r\n";
+    let mut nothing: &[u8] = b"";
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let reset = lab.run_until(500, |lab| {
+        exchange(&mut lab.client, client, &mut request, &mut at_client);
+        exchange(&mut lab.server, server, &mut nothing, &mut at_server);
+        lab.client.tcp(client).state() == State::Closed && lab.server.tcp(server).state() == State::Closed
+    });
+    assert!(
+        reset,
+        "both ends reset within 500 ms: client {:?}, server {:?}",
+        lab.client.tcp(client).state(),
+        lab.server.tcp(server).state()
+    );
+    assert!(
+        at_server.is_empty(),
+        "nothing of the blocked request reached the server"
+    );
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(counters.inspect_blocked, 1);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn a_stopped_box_fails_closed_by_resetting_the_client() {
+    let mut lab = lab(BoxMode::Stopped, InspectFailure::FailClosed);
+    let listener = lab.server.listen(PORT, 64 * 1024);
+    let client = lab.client.connect(v4(SERVER_V4, PORT), 40_003, 64 * 1024);
+    let refused = lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Closed);
+    assert!(refused, "client {:?}", lab.client.tcp(client).state());
+    assert!(lab.now.total_millis() >= 300, "not before the SYN timeout");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_failed_closed, counters.inspected), (1, 0));
+    assert_ne!(lab.server.tcp(listener).state(), State::Established);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn a_stopped_box_fails_open_by_relaying_uninspected() {
+    let mut lab = lab(BoxMode::Stopped, InspectFailure::FailOpen);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_004);
+    let up = pattern(50_000, 3);
+    let down = pattern(70_000, 4);
+    transfer(&mut lab, client, server, &up, &down, 10_000);
+    close_both(&mut lab, client, server);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_failed_open, counters.inspected), (1, 0));
+    assert!(lab.inspection.as_ref().unwrap().seen_up.is_empty());
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn a_down_inspection_link_decides_at_once() {
+    for failure in [InspectFailure::FailOpen, InspectFailure::FailClosed] {
+        let mut lab = lab(BoxMode::Pass, failure);
+        lab.inspection.as_ref().unwrap().in_port.set_link_up(false);
+        lab.run_for(200);
+        let listener = lab.server.listen(PORT, 64 * 1024);
+        let client = lab.client.connect(v4(SERVER_V4, PORT), 40_005, 64 * 1024);
+        let started = lab.now;
+        let decided = lab.run_until(200, |lab| {
+            matches!(lab.client.tcp(client).state(), State::Established | State::Closed)
+        });
+        assert!(decided, "{failure:?}: decided without waiting for the SYN timeout");
+        let state = lab.client.tcp(client).state();
+        let counters = lab.engine.splicer().counters();
+        match failure {
+            InspectFailure::FailOpen => {
+                assert_eq!(state, State::Established);
+                assert_eq!(lab.server.tcp(listener).state(), State::Established);
+                assert_eq!(counters.inspect_failed_open, 1);
+            }
+            InspectFailure::FailClosed => {
+                assert_eq!(state, State::Closed);
+                assert_eq!(counters.inspect_failed_closed, 1);
+            }
+        }
+        assert!(lab.now - started < Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_hundred_concurrent_connections_round_the_loop_byte_exact() {
+    let mut lab = lab(BoxMode::Pass, InspectFailure::FailClosed);
+    let mut pairs = Vec::new();
+    for i in 0..100u16 {
+        let listener = lab.server.listen(PORT, 16 * 1024);
+        let client = lab.client.connect(v4(SERVER_V4, PORT), 41_000 + i, 16 * 1024);
+        pairs.push((
+            client,
+            listener,
+            pattern(20_000 + usize::from(i) * 37, i as u8),
+            pattern(30_000, 100 + i as u8),
+        ));
+    }
+    let mut progress: Vec<(usize, usize, Vec<u8>, Vec<u8>)> =
+        pairs.iter().map(|_| (0, 0, Vec::new(), Vec::new())).collect();
+    let done = lab.run_until(60_000, |lab| {
+        let mut all = true;
+        for ((client, server, up, down), (sent_up, sent_down, at_server, at_client)) in
+            pairs.iter().zip(progress.iter_mut())
+        {
+            let mut outgoing = &up[*sent_up..];
+            let before = outgoing.len();
+            exchange(&mut lab.client, *client, &mut outgoing, at_client);
+            *sent_up += before - outgoing.len();
+            let mut outgoing = &down[*sent_down..];
+            let before = outgoing.len();
+            exchange(&mut lab.server, *server, &mut outgoing, at_server);
+            *sent_down += before - outgoing.len();
+            all &= at_server.len() == up.len() && at_client.len() == down.len();
+        }
+        all
+    });
+    assert!(done, "transfers stalled");
+    for ((_, _, up, down), (_, _, at_server, at_client)) in pairs.iter().zip(&progress) {
+        assert!(at_server == up && at_client == down, "bytes differ");
+    }
+    for (client, server, _, _) in &pairs {
+        lab.client.tcp(*client).close();
+        lab.server.tcp(*server).close();
+    }
+    assert_eq!(lab.engine.splicer().counters().inspected, 100);
+    assert_no_leaks(&mut lab);
+}
