@@ -641,8 +641,18 @@ impl Config {
     pub fn worst_case_buffer_bytes(&self) -> u128 {
         u128::from(self.dataplane.workers)
             * self.tcp.max_connections as u128
-            * 2
+            * self.sockets_per_connection() as u128
             * (self.tcp.rx_buffer as u128 + self.tcp.tx_buffer as u128)
+    }
+
+    /// TCP sockets one intercepted connection takes: the client and server
+    /// legs, and the two loop legs with an inspection box.
+    pub fn sockets_per_connection(&self) -> usize {
+        if self.ports.inspect_out.is_some() {
+            4
+        } else {
+            2
+        }
     }
 
     /// The devices of every port, in the engine's order (validated by `parse`).

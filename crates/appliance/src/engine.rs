@@ -87,7 +87,7 @@ impl InterceptPolicy {
                 rx_buffer: tcp.rx_buffer,
                 tx_buffer: tcp.tx_buffer,
                 timeout: netstack::Duration::from_millis(tcp.timeout_ms),
-                max_flows: tcp.max_connections.saturating_mul(2),
+                max_flows: tcp.max_connections.saturating_mul(config.sockets_per_connection()),
             },
             hold_synack: tcp.hold_synack,
             inspection: config.ports.inspect_out.as_ref().map(|_| InspectionSettings {

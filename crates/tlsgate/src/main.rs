@@ -157,8 +157,14 @@ fn run(
     let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
     let started = Instant::now();
     println!(
-        "tlsgate: running with {} worker(s), client port {}, server port {} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
-        config.dataplane.workers, config.ports.client.device, config.ports.server.device
+        "tlsgate: running with {} worker(s), client port {}, server port {}{} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
+        config.dataplane.workers,
+        config.ports.client.device,
+        config.ports.server.device,
+        match (&config.ports.inspect_out, &config.ports.inspect_in) {
+            (Some(out), Some(back)) => format!(", inspection out {} / in {}", out.device, back.device),
+            _ => String::new(),
+        }
     );
     if let Some(limit) = duration {
         let stop = Arc::clone(&stop);
@@ -186,7 +192,7 @@ fn check(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let dataplane = &config.dataplane;
     println!("{}: configuration is valid", config_path.display());
-    for (role, device) in ["client", "server"]
+    for (role, device) in ["client", "server", "inspect_out", "inspect_in"]
         .into_iter()
         .zip(config.devices().map_err(anyhow::Error::msg)?)
     {
@@ -227,8 +233,29 @@ fn check(config_path: &Path) -> Result<()> {
             tcp.max_connections
         );
         println!(
-            "  worst case: {:.1} GiB of TCP buffers with every worker full (workers x max_connections x 2 sockets x (rx + tx))",
-            config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64
+            "  worst case: {:.1} GiB of TCP buffers with every worker full (workers x max_connections x {} sockets x (rx + tx))",
+            config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64,
+            config.sockets_per_connection()
+        );
+    }
+    if config.ports.inspect_out.is_some() {
+        println!(
+            "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
+             on inspect_in; a box that does not pass a SYN within {} ms (or a port whose link is down) means {}",
+            config.inspect.syn_timeout_ms,
+            match config.inspect.failure {
+                appliance::config::InspectFailure::FailClosed => "the connection is reset (fail_closed)",
+                appliance::config::InspectFailure::FailOpen => "the connection is relayed uninspected (fail_open)",
+            }
+        );
+    }
+    if let Some(capture) = &config.capture {
+        println!(
+            "  decrypted capture: {} (port map {:?}, rotate at {} MiB / {} s)",
+            capture.path.display(),
+            capture.port_map,
+            capture.rotate_mb.map_or("-".into(), |mb| mb.to_string()),
+            capture.rotate_secs.map_or("-".into(), |secs| secs.to_string())
         );
     }
     Ok(())

@@ -1,0 +1,211 @@
+//! The namespace lab for the system tests: bringing it up and down
+//! (scripts/lab-up.sh, one lab at a time), `tlsgate run` in the appliance
+//! namespace, an HTTPS origin, TLS configurations and curl in the client
+//! namespace.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{output, repo, text, Scratch};
+
+pub const CLI: &str = "tg-cli";
+pub const GW: &str = "tg-gw";
+pub const SRV: &str = "tg-srv";
+pub const SRV_V4: &str = "198.18.0.2";
+pub const SRV_V6: &str = "2001:2::2";
+
+/// One lab at a time: the namespaces have fixed names.
+pub static LAB: Mutex<()> = Mutex::new(());
+
+pub struct Lab {
+    _exclusive: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    pub fn up() -> Lab {
+        let exclusive = LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let result = output(Command::new("bash").arg(repo().join("scripts/lab-up.sh")));
+        let lab = Lab { _exclusive: exclusive };
+        assert!(result.status.success(), "lab-up.sh failed:\n{}", text(&result.stderr));
+        lab
+    }
+
+    pub fn cmd(&self, namespace: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", namespace, program]);
+        command
+    }
+
+    pub fn ok(&self, namespace: &str, program: &str, args: &[&str]) -> String {
+        let result = output(self.cmd(namespace, program).args(args));
+        assert!(
+            result.status.success(),
+            "{program} {args:?} in {namespace} failed:\n{}{}",
+            text(&result.stdout),
+            text(&result.stderr)
+        );
+        text(&result.stdout)
+    }
+
+    pub fn succeeds(&self, namespace: &str, program: &str, args: &[&str]) -> bool {
+        output(self.cmd(namespace, program).args(args)).status.success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo().join("scripts/lab-down.sh")).output();
+    }
+}
+
+/// `tlsgate run` inside the appliance namespace.
+pub struct Appliance {
+    pub child: Child,
+    report: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Appliance {
+    pub fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
+        let report = scratch.path("report.json");
+        let mut child = lab
+            .cmd(GW, env!("CARGO_BIN_EXE_tlsgate"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--report-json")
+            .arg(&report)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tlsgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let appliance = Appliance { child, report, lines };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match appliance.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("tlsgate: running") => return appliance,
+                Ok(_) => {}
+                Err(_) => panic!("tlsgate did not report running within 30 s"),
+            }
+        }
+    }
+
+    /// The CPUs each worker thread may run on (`Cpus_allowed_list`).
+    pub fn worker_cpus(&self) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).expect("tasks");
+        tasks
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                if !name.starts_with("tlsgate-worker") {
+                    return None;
+                }
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
+                let line = status.lines().find(|line| line.starts_with("Cpus_allowed_list:"))?;
+                Some(line.trim_start_matches("Cpus_allowed_list:").trim().to_owned())
+            })
+            .collect()
+    }
+
+    /// SIGINT, then the exit status, the final counters and what it printed.
+    pub fn stop(mut self) -> (ExitStatus, serde_json::Value, String) {
+        let pid = self.child.id().to_string();
+        assert!(output(Command::new("kill").args(["-INT", &pid])).status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "tlsgate did not stop within 20 s of SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let printed: Vec<String> = self.lines.try_iter().collect();
+        let report = std::fs::read(&self.report).expect("final report written");
+        (
+            status,
+            serde_json::from_slice(&report).expect("report json"),
+            printed.join("\n"),
+        )
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
+    let ca_dir = scratch.path("ca");
+    let made = output(
+        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(["ca", "init", "--dir"])
+            .arg(&ca_dir),
+    );
+    assert!(made.status.success(), "ca init: {}", text(&made.stderr));
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    config.push_str(&format!(
+        "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n[log]\nconnections = \"{logs}/connections.jsonl\"\nkeylog = \"{logs}/keys.log\"\n",
+        ca = ca_dir.display(),
+        trust = upstream_trust.display(),
+        logs = scratch.0.display()
+    ));
+    let path = scratch.path("tls.toml");
+    std::fs::write(&path, config).expect("write config");
+    (path, ca_dir.join("ca.pem"))
+}
+
+/// An HTTPS origin (nginx) in the server namespace, stopped on drop.
+pub struct Origin(pub PathBuf);
+
+impl Origin {
+    pub fn start(dir: PathBuf, name: &str, validity: &str) -> Origin {
+        let started = output(
+            Command::new("bash")
+                .arg(repo().join("tests/lab/origin.sh"))
+                .arg("start")
+                .arg(&dir)
+                .args([name, validity]),
+        );
+        assert!(started.status.success(), "origin: {}", text(&started.stderr));
+        Origin(dir)
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.0.join("origin.crt")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/lab/origin.sh"))
+            .arg("stop")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+pub fn curl(lab: &Lab, ca: &Path, args: &[&str]) -> std::process::Output {
+    output(
+        lab.cmd(CLI, "curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .args(args),
+    )
+}
