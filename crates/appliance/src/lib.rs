@@ -1,8 +1,10 @@
 //! The tlsgate engine: configuration, the inline bridge, transparent TCP
-//! splice, poll-mode workers, counters, and offline replay of captures. Generic over [`dpdk::Port`], so
-//! everything but the DPDK assembly in [`dataplane`] runs on in-memory ports.
+//! splice, the decrypted capture, poll-mode workers, counters, and offline
+//! replay of captures. Generic over [`dpdk::Port`], so everything but the
+//! DPDK assembly in [`dataplane`] runs on in-memory ports.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod config;
 pub mod connlog;
 pub mod counters;

@@ -1,5 +1,6 @@
 //! The frame layer of tlsgate: checked, zero-copy views over received
-//! Ethernet frames and the classifier the engine runs on every one of them.
+//! Ethernet frames and the classifier the engine runs on every one of them,
+//! and [`segment`], the builder of synthetic TCP frames.
 //!
 //! Nothing in this crate panics on any input: every length comes from a
 //! checked view (smoltcp's `smoltcp::wire` for ARP, IPv4, IPv6, TCP, UDP and
@@ -15,6 +16,7 @@ pub mod classify;
 mod error;
 pub mod ethernet;
 pub mod icmp;
+pub mod segment;
 
 #[cfg(test)]
 mod test_frames;
@@ -22,3 +24,4 @@ mod test_frames;
 pub use classify::{classify, FlowTuple, FrameClass, L3Kind, L4Kind, TcpFlags, TcpInfo};
 pub use error::{Layer, MalformedReason, WireError};
 pub use ethernet::{EthernetHeader, VlanTag};
+pub use segment::{ethernet_mss, SegmentControl, SegmentError, TcpSegment};
