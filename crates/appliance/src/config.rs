@@ -706,7 +706,7 @@ device = "net_af_packet1,iface=gws0"
 
     #[test]
     fn shipped_configs_are_valid() {
-        for name in ["lab.toml", "inline-bridge.toml"] {
+        for name in ["lab.toml", "lab-inspect.toml", "inline-bridge.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name);
             if let Err(err) = Config::load(&path) {
                 panic!("{name}: {err}");

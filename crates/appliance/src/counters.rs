@@ -217,6 +217,16 @@ pub struct Report {
     pub ports: Vec<PortReport>,
     pub workers: Vec<WorkerTotals>,
     pub tcp: TcpTotals,
+    /// The decrypted capture, when configured.
+    pub capture: Option<CaptureTotals>,
+}
+
+/// What the decrypted capture wrote (and lost to write errors).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CaptureTotals {
+    pub frames: u64,
+    pub bytes: u64,
+    pub write_errors: u64,
 }
 
 impl fmt::Display for Report {
@@ -274,6 +284,13 @@ impl fmt::Display for Report {
                 f,
                 "inspection: {} connections through the box, {} blocked by it; box unavailable: {} failed open, {} failed closed",
                 splice.inspected, splice.inspect_blocked, splice.inspect_failed_open, splice.inspect_failed_closed
+            )?;
+        }
+        if let Some(capture) = &self.capture {
+            writeln!(
+                f,
+                "decrypted capture: {} frames, {} B written, {} frames lost to write errors",
+                capture.frames, capture.bytes, capture.write_errors
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

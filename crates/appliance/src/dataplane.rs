@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
 use thiserror::Error;
 
+use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats};
+use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, TimedPoller};
 
@@ -23,6 +24,8 @@ pub enum DataplaneError {
     Tls(#[from] mitm::MitmError),
     #[error(transparent)]
     ConnectionLog(#[from] ConnectionLogError),
+    #[error("decrypted capture: {0}")]
+    Capture(#[from] CaptureError),
     #[error("invalid device: {0}")]
     Device(String),
     #[error("worker thread {0} panicked")]
@@ -47,6 +50,14 @@ pub struct Dataplane {
     policy: InterceptPolicy,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
+    capture: Option<Arc<DecryptedCapture>>,
+}
+
+/// What every worker's engine shares: logs and the decrypted capture.
+#[derive(Clone, Default)]
+struct SharedOutputs {
+    connection_log: Option<Arc<ConnectionLog>>,
+    capture: Option<Arc<DecryptedCapture>>,
 }
 
 /// A worker's engine over its queues (client, server, and the inspection
@@ -59,7 +70,7 @@ fn assemble<P: dpdk::Port>(
     policy: &InterceptPolicy,
     now: netstack::Instant,
     tls: Option<mitm::TlsContext>,
-    log: Option<Arc<ConnectionLog>>,
+    outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
@@ -71,7 +82,11 @@ fn assemble<P: dpdk::Port>(
         Some(tls) => engine.with_tls(tls),
         None => engine,
     };
-    Some(match log {
+    let engine = match outputs.capture {
+        Some(capture) => engine.with_capture(capture),
+        None => engine,
+    };
+    Some(match outputs.connection_log {
         Some(log) => engine.with_connection_log(log),
         None => engine,
     })
@@ -128,6 +143,15 @@ impl Dataplane {
             Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
             None => None,
         };
+        let capture = match &config.capture {
+            Some(capture) => Some(Arc::new(DecryptedCapture::open(CaptureSettings {
+                path: capture.path.clone(),
+                port_map: capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
+                rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                rotate_secs: capture.rotate_secs,
+            })?)),
+            None => None,
+        };
         let workers = (0..dataplane.workers)
             .map(|queue| {
                 Ok(WorkerSlot {
@@ -153,12 +177,21 @@ impl Dataplane {
             policy,
             key_log,
             connection_log,
+            capture,
         })
+    }
+
+    fn outputs(&self) -> SharedOutputs {
+        SharedOutputs {
+            connection_log: self.connection_log.clone(),
+            capture: self.capture.clone(),
+        }
     }
 
     /// The engine of worker 0 and its counters, for callers that drive
     /// polling themselves (replay). Returns `None` once taken.
     pub fn take_first_worker(&mut self) -> Option<(Engine<EthQueue>, Arc<WorkerStats>, Duration)> {
+        let outputs = self.outputs();
         let slot = self.workers.first_mut()?;
         let engine = assemble(
             slot.queues.take()?,
@@ -167,7 +200,7 @@ impl Dataplane {
             &self.policy,
             netstack::Instant::ZERO,
             slot.tls.take(),
-            self.connection_log.clone(),
+            outputs,
         )?;
         Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
@@ -187,6 +220,7 @@ impl Dataplane {
         let burst_size = self.burst_size;
         let policy = self.policy.clone();
         let eal = Arc::clone(&self.eal);
+        let outputs = self.outputs();
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (index, slot) in self.workers.iter_mut().enumerate() {
@@ -195,7 +229,7 @@ impl Dataplane {
                 };
                 let engine_stats = slot.engine.clone();
                 let tls = slot.tls.take();
-                let connection_log = self.connection_log.clone();
+                let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
                 let lcore = self.lcores.get(index).copied();
@@ -218,7 +252,7 @@ impl Dataplane {
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep);
                         let now = poller.now();
-                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, connection_log);
+                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
                             Some(mut engine) => run_worker(&mut engine, &mut poller, stop),
                             None => tracing::error!("worker {index}: fewer than two ports"),
@@ -286,6 +320,11 @@ impl Dataplane {
             })
             .collect();
         Report {
+            capture: self.capture.as_ref().map(|capture| CaptureTotals {
+                frames: capture.frames_written(),
+                bytes: capture.bytes_written(),
+                write_errors: capture.write_errors(),
+            }),
             ports,
             workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
             tcp: self.workers.iter().fold(TcpTotals::default(), |mut sum, slot| {

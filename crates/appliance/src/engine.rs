@@ -210,6 +210,12 @@ impl<P: Port> Engine<P> {
         self
     }
 
+    /// Records the plaintext of every intercepted TLS connection in `capture`.
+    pub fn with_capture(mut self, capture: Arc<crate::capture::DecryptedCapture>) -> Self {
+        self.splicer.set_capture(capture);
+        self
+    }
+
     /// Records every intercepted connection in `log` when it ends.
     pub fn with_connection_log(mut self, log: std::sync::Arc<crate::connlog::ConnectionLog>) -> Self {
         self.splicer.set_log(log);

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use wire::FlowTuple;
 use wire::FrameClass;
 
+use crate::capture::{CaptureStream, DecryptedCapture};
 use crate::config::InspectFailure;
 use crate::connlog::{ConnectionLog, ConnectionRecord};
 use crate::policy::{Action, Policy, Verdict};
@@ -77,6 +78,7 @@ impl Session {
             inspection: None,
             inspection_note: None,
             close_notify_sent: (false, false),
+            capture: None,
             client: None,
             server: None,
             client_isn,
@@ -109,6 +111,9 @@ struct Session {
     inspection_note: Option<String>,
     /// close_notify passed on to the server / the client (exposed TLS).
     close_notify_sent: (bool, bool),
+    /// The session's stream in the decrypted capture, from its first
+    /// plaintext on.
+    capture: Option<CaptureStream>,
     /// The initial sequence number of the client's SYN.
     client_isn: u32,
     /// The server accepted and the client's SYN-ACK was released.
@@ -219,6 +224,88 @@ struct Shared {
     inspection: Option<InspectionSettings>,
     /// Both inspection ports' links are up.
     inspection_links_up: bool,
+    /// Where the plaintext of intercepted TLS sessions is recorded.
+    capture: Option<Arc<DecryptedCapture>>,
+}
+
+/// The legs of a session the TLS pump moves bytes between.
+#[derive(Clone, Copy)]
+struct Legs<'a> {
+    client: Option<FlowId>,
+    server: Option<FlowId>,
+    inspection: Option<&'a InspectionLoop>,
+}
+
+/// Where a session's stream in the decrypted capture runs: client and
+/// server, their MACs, and the client's ISN.
+#[derive(Debug, Clone, Copy)]
+struct StreamEnds {
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    macs: ([u8; 6], [u8; 6]),
+    client_isn: u32,
+}
+
+impl StreamEnds {
+    fn of(session: &Session) -> StreamEnds {
+        let tuple = session.tuple;
+        StreamEnds {
+            client: std::net::SocketAddr::new(tuple.src_ip, tuple.src_port),
+            server: std::net::SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+            macs: (session.l2.src_mac, session.l2.dst_mac),
+            client_isn: session.client_isn,
+        }
+    }
+}
+
+/// Records one session's plaintext in the decrypted capture as it is
+/// passed on (the stream starts with the first bytes).
+struct Tap<'a> {
+    capture: &'a DecryptedCapture,
+    stream: &'a mut Option<CaptureStream>,
+    ends: StreamEnds,
+}
+
+impl Tap<'_> {
+    fn data(&mut self, from_client: bool, bytes: &[u8]) {
+        let StreamEnds {
+            client,
+            server,
+            macs: (client_mac, server_mac),
+            client_isn: isn,
+        } = self.ends;
+        self.stream
+            .get_or_insert_with(|| CaptureStream::new(client, server, client_mac, server_mac, isn))
+            .data(self.capture, from_client, bytes, std::time::SystemTime::now());
+    }
+
+    fn fin(&mut self, from_client: bool) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.fin(self.capture, from_client, std::time::SystemTime::now());
+        }
+    }
+
+    fn reset(&mut self, from_client: bool) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.reset(self.capture, from_client, std::time::SystemTime::now());
+        }
+    }
+}
+
+/// Encrypts `plaintext` to the server and records it.
+fn deliver_to_server(tls: &mut TlsSession, tap: &mut Option<Tap<'_>>, plaintext: &[u8]) -> Result<(), MitmError> {
+    if let Some(tap) = tap.as_mut() {
+        tap.data(true, plaintext);
+    }
+    tls.send_to_server(plaintext)
+}
+
+/// Encrypts `plaintext` to the client and records it.
+fn deliver_to_client(tls: &mut TlsSession, tap: &mut Option<Tap<'_>>, plaintext: &[u8]) -> Result<(), MitmError> {
+    if let Some(tap) = tap.as_mut() {
+        tap.data(false, plaintext);
+    }
+    tls.send_to_client(plaintext)
 }
 
 /// Sends as much of `queue` as `leg` takes now; true if anything went.
@@ -366,6 +453,7 @@ impl Splicer {
                 log: None,
                 inspection: None,
                 inspection_links_up: true,
+                capture: None,
             },
         }
     }
@@ -378,6 +466,11 @@ impl Splicer {
     /// inspection ports.
     pub fn set_inspection(&mut self, settings: InspectionSettings) {
         self.shared.inspection = Some(settings);
+    }
+
+    /// Records the plaintext of every intercepted TLS session in `capture`.
+    pub fn set_capture(&mut self, capture: Arc<DecryptedCapture>) {
+        self.shared.capture = Some(capture);
     }
 
     /// Whether both inspection ports' links are up (new loops are only
@@ -692,6 +785,7 @@ impl Shared {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
+                    self.record_reset(session, leg == Leg::Client);
                     abort_all(stack, session);
                 }
             }
@@ -775,6 +869,9 @@ impl Shared {
                 }
                 session.failed = true;
                 session.tls_info = session.tls.take().map(|tls| tls.info);
+                // As the endpoints see it: the box's reset towards the
+                // client poses as the server, and the other way round.
+                self.record_reset(session, leg == Leg::InspectIn);
                 abort_all(stack, session);
             }
             EventKind::Closed => {
@@ -796,10 +893,15 @@ impl Shared {
         context: &mut TlsContext,
         tls: &mut TlsSession,
         stack: &mut Stack,
-        (client, server): (Option<FlowId>, Option<FlowId>),
-        inspection: Option<&InspectionLoop>,
+        legs: Legs<'_>,
         bytes: &mut (u64, u64),
+        tap: &mut Option<Tap<'_>>,
     ) -> Result<(), mitm::MitmError> {
+        let Legs {
+            client,
+            server,
+            inspection,
+        } = legs;
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
         let through_box = inspection.filter(|l| l.ready().is_some()).map(|l| (l.out, l.back));
@@ -832,14 +934,14 @@ impl Shared {
                     if tls.to_server().len() < TLS_BACKLOG {
                         let read = receive(stack, back, &mut buf);
                         if read > 0 {
-                            tls.send_to_server(buf.get(..read).unwrap_or_default())?;
+                            deliver_to_server(tls, tap, buf.get(..read).unwrap_or_default())?;
                             progress = true;
                         }
                     }
                     if tls.to_client().len() < TLS_BACKLOG {
                         let read = receive(stack, out, &mut buf);
                         if read > 0 {
-                            tls.send_to_client(buf.get(..read).unwrap_or_default())?;
+                            deliver_to_client(tls, tap, buf.get(..read).unwrap_or_default())?;
                             progress = true;
                         }
                     }
@@ -849,12 +951,12 @@ impl Shared {
                 (None, None) => {
                     if !tls.plaintext_from_client().is_empty() {
                         let plaintext = std::mem::take(tls.plaintext_from_client());
-                        tls.send_to_server(&plaintext)?;
+                        deliver_to_server(tls, tap, &plaintext)?;
                         progress = true;
                     }
                     if !tls.plaintext_from_server().is_empty() {
                         let plaintext = std::mem::take(tls.plaintext_from_server());
-                        tls.send_to_client(&plaintext)?;
+                        deliver_to_client(tls, tap, &plaintext)?;
                         progress = true;
                     }
                 }
@@ -889,10 +991,13 @@ impl Shared {
     /// The TLS part of [`Shared::pump`]: false once the session was
     /// bypassed (its bytes then pass untouched).
     fn pump_tls_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) -> bool {
+        let ends = StreamEnds::of(session);
         let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), self.tls.as_mut()) else {
             return false;
         };
         let (client, server) = (session.client, session.server);
+        let stream = &mut session.capture;
+        let mut tap = self.capture.as_deref().map(|capture| Tap { capture, stream, ends });
         let mut open_loop = false;
         let outcome = loop {
             if let Err(err) = Self::pump_tls(
@@ -900,9 +1005,13 @@ impl Shared {
                 context,
                 tls_session,
                 stack,
-                (client, server),
-                session.inspection.as_ref(),
+                Legs {
+                    client,
+                    server,
+                    inspection: session.inspection.as_ref(),
+                },
                 &mut session.bytes,
+                &mut tap,
             ) {
                 break Err(err);
             }
@@ -919,10 +1028,10 @@ impl Shared {
                     if let Err(err) = tls_session.intercept(context) {
                         break Err(err);
                     }
-                    if self.inspection.is_some() {
+                    if self.inspection.is_some() || self.capture.is_some() {
                         tls_session.expose_plaintext();
-                        open_loop = true;
                     }
+                    open_loop = self.inspection.is_some();
                 }
                 Action::Bypass => {
                     self.counters.bypassed += 1;
@@ -964,6 +1073,15 @@ impl Shared {
         true
     }
 
+    /// Ends a session's stream in the decrypted capture with a RST.
+    fn record_reset(&self, session: &mut Session, from_client: bool) {
+        let ends = StreamEnds::of(session);
+        if let Some(capture) = self.capture.as_deref() {
+            let stream = &mut session.capture;
+            Tap { capture, stream, ends }.reset(from_client);
+        }
+    }
+
     /// Remembers what a failed interception says about the server or the
     /// client (client certificates, pinning) for the policy.
     fn note_tls_failure(&mut self, tls_session: &TlsSession, err: &MitmError) {
@@ -985,9 +1103,12 @@ impl Shared {
     /// loop once the plaintext went in, close_notify once the box passed
     /// the FIN (or at once without a box), and FIN once the ciphertext went.
     fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session) {
+        let ends = StreamEnds::of(session);
         let Some(tls) = session.tls.as_deref_mut() else {
             return;
         };
+        let stream = &mut session.capture;
+        let mut tap = self.capture.as_deref().map(|capture| Tap { capture, stream, ends });
         let (client, server) = (session.client, session.server);
         let client_done = tls.client_finished() || peer_done(stack, client);
         let server_done = tls.server_finished() || peer_done(stack, server);
@@ -1032,11 +1153,17 @@ impl Shared {
             if let Some(server) = server {
                 let _ = stack.close(server);
             }
+            if let Some(tap) = tap.as_mut() {
+                tap.fin(true);
+            }
         }
         if !session.fin_to_client && down_through && tls.to_client().is_empty() && peer_done(stack, server) {
             session.fin_to_client = true;
             if let Some(client) = client {
                 let _ = stack.close(client);
+            }
+            if let Some(tap) = tap.as_mut() {
+                tap.fin(false);
             }
         }
     }
