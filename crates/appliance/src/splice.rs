@@ -44,21 +44,12 @@ enum Leg {
 struct InspectionLoop {
     out: Option<FlowId>,
     back: Option<FlowId>,
-    /// The box passed the SYN and the loop connection is established.
+    /// The box passed the SYN and the loop connection is established
+    /// (from then on plaintext goes round; each leg may end on its own).
     connected: bool,
     /// FIN already passed into the loop, client side / server side.
     fin_to_out: bool,
     fin_to_back: bool,
-}
-
-impl InspectionLoop {
-    /// Both loop legs, once plaintext can go round.
-    fn ready(&self) -> Option<(FlowId, FlowId)> {
-        match (self.connected, self.out, self.back) {
-            (true, Some(out), Some(back)) => Some((out, back)),
-            _ => None,
-        }
-    }
 }
 
 /// How the inspection loop is run (from `[inspect]`).
@@ -904,7 +895,7 @@ impl Shared {
         } = legs;
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
-        let through_box = inspection.filter(|l| l.ready().is_some()).map(|l| (l.out, l.back));
+        let through_box = inspection.filter(|l| l.connected).map(|l| (l.out, l.back));
         for _ in 0..64 {
             // Both queues, always (no short-circuit).
             let mut progress =
@@ -1115,7 +1106,7 @@ impl Shared {
         // Whether each direction came back out of the loop (true without one).
         let (mut up_through, mut down_through) = (true, true);
         if let Some(inspection) = session.inspection.as_mut() {
-            if inspection.ready().is_none() {
+            if !inspection.connected {
                 return;
             }
             let (out, back) = (inspection.out, inspection.back);
@@ -1174,7 +1165,7 @@ impl Shared {
     fn pump_plain(&mut self, stack: &mut Stack, session: &mut Session) {
         let (client, server) = (session.client, session.server);
         if let Some(inspection) = session.inspection.as_mut() {
-            if inspection.ready().is_none() {
+            if !inspection.connected {
                 return;
             }
             let (out, back) = (inspection.out, inspection.back);

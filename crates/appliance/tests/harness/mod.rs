@@ -412,14 +412,27 @@ impl Lab {
     /// A lab whose appliance sends the plaintext through an in-memory
     /// inspection box in `mode`.
     pub fn with_inspection(policy: &InterceptPolicy, settings: InspectionSettings, mode: BoxMode) -> Lab {
+        Lab::with_inspection_and(policy, settings, mode, |engine| engine)
+    }
+
+    /// Like [`Lab::with_inspection`], with the engine finished by `finish`
+    /// (TLS interception, a decrypted capture).
+    pub fn with_inspection_and(
+        policy: &InterceptPolicy,
+        settings: InspectionSettings,
+        mode: BoxMode,
+        finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>,
+    ) -> Lab {
         let mut lab = Lab::new(policy);
         let (out_port, out_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x10]);
         let (in_port, in_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x11]);
         let stats = lab.stats.clone();
         let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
-        lab.engine = Engine::new(client_port, server_port, stats, 32, policy, Instant::ZERO)
-            .with_inspection(out_port, in_port, settings);
+        lab.engine = finish(
+            Engine::new(client_port, server_port, stats, 32, policy, Instant::ZERO)
+                .with_inspection(out_port, in_port, settings),
+        );
         lab.client_port = client_ctl;
         lab.server_port = server_ctl;
         lab.inspection = Some(InspectionBox {

@@ -1,0 +1,312 @@
+//! TLS through the inspection loop, in memory: a rustls client and a rustls
+//! origin on smoltcp hosts, the appliance intercepting with a forged
+//! certificate, the plaintext crossing an in-memory box, and the decrypted
+//! capture recording what was passed on.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use appliance::capture::{CaptureSettings, DecryptedCapture};
+use appliance::config::InspectFailure;
+use appliance::splice::InspectionSettings;
+use harness::{pattern, policy, tcp_payload, v4, BoxMode, Host, Lab, SERVER_V4};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
+use netstack::Duration;
+use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("appliance-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The origin's TLS configuration and the PEM of its CA.
+fn origin() -> (Arc<ServerConfig>, String) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name.push(DnType::CommonName, "Origin Root");
+    ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["origin.test".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "origin.test");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from(SERVER_V4)));
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    (Arc::new(config), ca_cert.pem())
+}
+
+/// The appliance's TLS context trusting `origin_ca`, and its CA certificate.
+fn interception(scratch: &Scratch, origin_ca: &str) -> (TlsContext, CertificateDer<'static>) {
+    let bundle = scratch.0.join("trust.pem");
+    std::fs::write(&bundle, origin_ca).unwrap();
+    let ca = CertificateAuthority::generate("tlsgate test CA", 1, time::OffsetDateTime::now_utc()).unwrap();
+    let ca_der = ca.cert_der().clone();
+    let forger = Forger::new(ca, None, 16).unwrap();
+    let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
+    (
+        TlsContext::new(forger, trust, InvalidUpstream::Mirror, None).unwrap(),
+        ca_der,
+    )
+}
+
+fn client_tls(ca: &CertificateDer<'static>) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap()
+}
+
+/// Moves TLS records between a rustls connection and a host socket, and
+/// collects the plaintext it yields; true once the peer's close_notify came.
+fn drive<D: rustls::SideData>(
+    host: &mut Host,
+    socket: SocketHandle,
+    tls: &mut rustls::ConnectionCommon<D>,
+    plaintext: &mut Vec<u8>,
+) -> bool {
+    let socket = host.tcp(socket);
+    let mut records = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut records).unwrap();
+    }
+    if !records.is_empty() && socket.may_send() {
+        assert_eq!(
+            socket.send_slice(&records).unwrap(),
+            records.len(),
+            "socket buffer too small"
+        );
+    }
+    let mut closed = false;
+    while socket.can_recv() {
+        let mut buf = vec![0u8; 16 * 1024];
+        let read = socket.recv_slice(&mut buf).unwrap_or(0);
+        if read == 0 {
+            break;
+        }
+        let mut input = &buf[..read];
+        while !input.is_empty() {
+            tls.read_tls(&mut input).unwrap();
+            tls.process_new_packets().unwrap();
+            let mut chunk = [0u8; 16 * 1024];
+            loop {
+                match tls.reader().read(&mut chunk) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    closed
+}
+
+struct Setup {
+    lab: Lab,
+    ca: CertificateDer<'static>,
+    origin: Arc<ServerConfig>,
+    capture: Arc<DecryptedCapture>,
+    capture_path: std::path::PathBuf,
+    _scratch: Scratch,
+}
+
+fn setup(name: &str, mode: BoxMode) -> Setup {
+    let scratch = Scratch::new(name);
+    let (origin, origin_ca) = origin();
+    let (context, ca) = interception(&scratch, &origin_ca);
+    let capture_path = scratch.0.join("decrypted.pcap");
+    let capture = Arc::new(
+        DecryptedCapture::open(CaptureSettings {
+            path: capture_path.clone(),
+            port_map: [(443, 80)].into_iter().collect(),
+            ..CaptureSettings::default()
+        })
+        .unwrap(),
+    );
+    let settings = InspectionSettings {
+        failure: InspectFailure::FailClosed,
+        syn_timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(3),
+    };
+    let shared = Arc::clone(&capture);
+    let lab = Lab::with_inspection_and(&policy(&[443]), settings, mode, move |engine| {
+        engine.with_tls(context).with_capture(shared)
+    });
+    Setup {
+        lab,
+        ca,
+        origin,
+        capture,
+        capture_path,
+        _scratch: scratch,
+    }
+}
+
+#[test]
+fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
+    let Setup {
+        mut lab,
+        ca,
+        origin,
+        capture,
+        capture_path,
+        _scratch,
+    } = setup("tls-loop", BoxMode::Pass);
+    let listener = lab.server.listen(443, 256 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 443), 45_000, 256 * 1024);
+    let mut client = client_tls(&ca);
+    let mut server = ServerConnection::new(origin).unwrap();
+    server.set_buffer_limit(None);
+    let request = b"GET /file HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
+    let body = pattern(100_000, 7);
+    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    response.extend_from_slice(&body);
+    client.writer().write_all(&request).unwrap();
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut answered = false;
+    let done = lab.run_until(10_000, |lab| {
+        if lab.client.tcp(socket).state() == State::Established {
+            drive(&mut lab.client, socket, &mut client, &mut at_client);
+        }
+        if lab.server.tcp(listener).state() == State::Established {
+            drive(&mut lab.server, listener, &mut server, &mut at_server);
+        }
+        if at_server == request && !answered {
+            answered = true;
+            server.writer().write_all(&response).unwrap();
+        }
+        at_client.len() == response.len()
+    });
+    assert!(done, "{} of {} response bytes", at_client.len(), response.len());
+    assert!(at_client == response, "the response arrived byte-exact");
+    let inspection = lab.inspection.as_ref().unwrap();
+    assert_eq!(inspection.seen_up, request, "the box saw the request in plaintext");
+    assert!(
+        inspection.seen_down == response,
+        "the box saw the response in plaintext"
+    );
+
+    // Both close: close_notify and FIN go round the loop and on.
+    client.send_close_notify();
+    let (mut client_saw_close, mut server_saw_close) = (false, false);
+    let (mut server_closed, mut client_closed) = (false, false);
+    let closed = lab.run_until(5_000, |lab| {
+        client_saw_close |= drive(&mut lab.client, socket, &mut client, &mut at_client);
+        server_saw_close |= drive(&mut lab.server, listener, &mut server, &mut at_server);
+        if server_saw_close && !server_closed {
+            server_closed = true;
+            server.send_close_notify();
+            drive(&mut lab.server, listener, &mut server, &mut at_server);
+            lab.server.tcp(listener).close();
+        }
+        if client_saw_close && !client_closed {
+            client_closed = true;
+            lab.client.tcp(socket).close();
+        }
+        client_closed && matches!(lab.client.tcp(socket).state(), State::TimeWait | State::Closed)
+    });
+    assert!(closed, "clean close: client {:?}", lab.client.tcp(socket).state());
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.tls_intercepted, counters.inspected), (1, 1));
+    let clean = lab.run_until(30_000, |lab| lab.engine.stack().live_flows() == 0);
+    assert!(clean, "flows left: {}", lab.engine.stack().live_flows());
+
+    // The decrypted capture holds the plaintext on port 80.
+    drop(lab);
+    drop(capture);
+    let file = std::fs::File::open(&capture_path).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let mut flags = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let frame = packet.unwrap().data.into_owned();
+        let class = wire::classify(&frame).unwrap();
+        let (tuple, info) = class.tcp().unwrap();
+        flags.push((info.flags.syn, info.flags.fin));
+        let payload = tcp_payload(&frame).unwrap_or_default();
+        if tuple.dst_port == 80 {
+            up.extend_from_slice(payload);
+        } else {
+            assert_eq!(tuple.src_port, 80);
+            down.extend_from_slice(payload);
+        }
+    }
+    assert_eq!(up, request);
+    assert!(down == response, "the capture holds the response byte-exact");
+    assert!(
+        flags.first().is_some_and(|f| f.0),
+        "the capture starts with the handshake"
+    );
+    assert_eq!(flags.iter().filter(|f| f.1).count(), 2, "both FINs are in the capture");
+}
+
+#[test]
+fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() {
+    let Setup {
+        mut lab, ca, origin, ..
+    } = setup("tls-block", BoxMode::ResetOn(b"EVIL"));
+    let listener = lab.server.listen(443, 64 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 443), 45_001, 64 * 1024);
+    let mut client = client_tls(&ca);
+    let mut server = ServerConnection::new(origin).unwrap();
+    client.writer().write_all(b"GET /EVIL HTTP/1.1\r\n\r\n").unwrap();
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut handshaken_at = None;
+    let reset = lab.run_until(5_000, |lab| {
+        if lab.client.tcp(socket).state() == State::Established {
+            drive(&mut lab.client, socket, &mut client, &mut at_client);
+        }
+        if lab.server.tcp(listener).state() == State::Established {
+            drive(&mut lab.server, listener, &mut server, &mut at_server);
+        }
+        if !client.is_handshaking() && handshaken_at.is_none() {
+            handshaken_at = Some(lab.now);
+        }
+        lab.client.tcp(socket).state() == State::Closed
+    });
+    assert!(reset, "the client was reset: {:?}", lab.client.tcp(socket).state());
+    let handshaken_at = handshaken_at.expect("the TLS handshake completed first");
+    assert!(lab.now - handshaken_at < Duration::from_millis(100), "promptly");
+    assert!(at_server.is_empty(), "nothing reached the origin");
+    assert_eq!(lab.engine.splicer().counters().inspect_blocked, 1);
+}
