@@ -2,6 +2,7 @@
 //! origin on smoltcp hosts, the appliance intercepting with a forged
 //! certificate, the plaintext crossing an in-memory box, and the decrypted
 //! capture recording what was passed on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
 
