@@ -9,7 +9,14 @@
 #             |  veth
 #   tg-srv: srv0 (02:00:00:00:00:02, 198.18.0.2/24, 2001:2::2/64)
 #
+#   tg-gw:  gwio0 (inspect_out)            gwii0 (inspect_in)   (no IPs, IPv6 off)
+#             |  veth                        |  veth
+#   tg-box: boxo0 ====[ inspection box ]==== boxi0   (no IPs, IPv6 off)
+#
 # Client and server share ONE subnet; the appliance is a bump in the wire.
+# The inspection port pair carries each intercepted connection's plaintext out
+# of gwio0, through the black box in tg-box (scripts/inspect-box.sh: nothing,
+# a bridge with a recorder, or tests/lab/blockbox.py), and back into gwii0.
 # Each variable may be overridden from the environment, but configs/lab.toml
 # hard-codes the gw interface names (gwc0/gws0).
 
@@ -20,6 +27,11 @@
 : "${TG_SRV_IF:=srv0}"
 : "${TG_GWC_IF:=gwc0}"
 : "${TG_GWS_IF:=gws0}"
+: "${TG_NS_BOX:=tg-box}"
+: "${TG_GWIO_IF:=gwio0}"
+: "${TG_GWII_IF:=gwii0}"
+: "${TG_BOXO_IF:=boxo0}"
+: "${TG_BOXI_IF:=boxi0}"
 : "${TG_CLI_MAC:=02:00:00:00:00:01}"
 : "${TG_SRV_MAC:=02:00:00:00:00:02}"
 : "${TG_CLI_V4:=198.18.0.1}"
@@ -31,8 +43,27 @@
 : "${TG_MTU:=1500}"
 
 export TG_NS_CLI TG_NS_GW TG_NS_SRV TG_CLI_IF TG_SRV_IF TG_GWC_IF TG_GWS_IF \
+       TG_NS_BOX TG_GWIO_IF TG_GWII_IF TG_BOXO_IF TG_BOXI_IF \
        TG_CLI_MAC TG_SRV_MAC TG_CLI_V4 TG_SRV_V4 TG_V4_PREFIX TG_CLI_V6 TG_SRV_V6 \
        TG_V6_PREFIX TG_MTU
 
 # Run a command inside one lab namespace: tg_in "$TG_NS_CLI" ping -c1 "$TG_SRV_V4"
 tg_in() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
+
+# Disable every offload on one interface (each feature separately; unsupported
+# ones are ignored) so packet sockets see real, fully checksummed, in-frame
+# VLAN-tagged, MTU-sized frames: tg_offloads_off "$TG_NS_GW" "$TG_GWC_IF"
+tg_offloads_off() {
+  local ns="$1" ifc="$2" f
+  for f in rx tx sg tso gso gro lro rxvlan txvlan rxhash ntuple \
+           tx-checksum-ip-generic tx-checksum-ipv4 tx-checksum-ipv6 tx-checksum-sctp \
+           tx-scatter-gather tx-scatter-gather-fraglist tx-tcp-segmentation \
+           tx-tcp-ecn-segmentation tx-tcp-mangleid-segmentation tx-tcp6-segmentation \
+           tx-udp-segmentation tx-gso-partial tx-gso-list tx-udp_tnl-segmentation \
+           tx-udp_tnl-csum-segmentation tx-gre-segmentation tx-gre-csum-segmentation \
+           tx-ipxip4-segmentation tx-ipxip6-segmentation tx-sctp-segmentation \
+           tx-vlan-stag-hw-insert rx-vlan-stag-hw-parse rx-vlan-filter \
+           rx-gro-list rx-udp-gro-forwarding rx-gro-hw highdma; do
+    ip netns exec "$ns" ethtool -K "$ifc" "$f" off >/dev/null 2>&1 || true
+  done
+}

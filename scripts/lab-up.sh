@@ -2,11 +2,15 @@
 # scripts/lab-up.sh — (re)create the tlsgate namespace lab (see lab-env.sh).
 #
 # Usage: scripts/lab-up.sh   (root; always starts with scripts/lab-down.sh)
-# Result: tg-cli/cli0 <-veth-> tg-gw/gwc0   tg-gw/gws0 <-veth-> tg-srv/srv0.
+# Result: tg-cli/cli0 <-veth-> tg-gw/gwc0   tg-gw/gws0 <-veth-> tg-srv/srv0,
+# plus the inspection port pair tg-gw/gwio0 <-veth-> tg-box/boxo0 and
+# tg-gw/gwii0 <-veth-> tg-box/boxi0. tg-box forwards nothing until a box is
+# started in it with scripts/inspect-box.sh (bridge + recorder, or blockbox).
 # Nothing forwards between gwc0 and gws0 until tlsgate (or testpmd) runs in
 # tg-gw, so client->server traffic fails until then. The gw namespace has no
-# addresses and IPv6 disabled, so its kernel never transmits a frame itself.
-# All offloads are disabled on the four veth ends so DPDK's af_packet PMD sees
+# addresses and IPv6 disabled, so its kernel never transmits a frame itself;
+# the same holds for tg-box.
+# All offloads are disabled on the eight veth ends so DPDK's af_packet PMD sees
 # real, fully checksummed, untagged-in-metadata, MTU-sized frames.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
@@ -16,32 +20,22 @@ here="$(dirname "${BASH_SOURCE[0]}")"
 [[ $(id -u) -eq 0 ]] || { echo "lab-up.sh: must run as root" >&2; exit 1; }
 "$here/lab-down.sh"
 
-q() { "$@" >/dev/null 2>&1 || true; }   # best effort, silent
+offloads_off() { tg_offloads_off "$@"; }   # lab-env.sh
 
-offloads_off() {  # ns ifname — each feature separately; unsupported ones are ignored
-  local ns="$1" ifc="$2" f
-  for f in rx tx sg tso gso gro lro rxvlan txvlan rxhash ntuple \
-           tx-checksum-ip-generic tx-checksum-ipv4 tx-checksum-ipv6 tx-checksum-sctp \
-           tx-scatter-gather tx-scatter-gather-fraglist tx-tcp-segmentation \
-           tx-tcp-ecn-segmentation tx-tcp-mangleid-segmentation tx-tcp6-segmentation \
-           tx-udp-segmentation tx-gso-partial tx-gso-list tx-udp_tnl-segmentation \
-           tx-udp_tnl-csum-segmentation tx-gre-segmentation tx-gre-csum-segmentation \
-           tx-ipxip4-segmentation tx-ipxip6-segmentation tx-sctp-segmentation \
-           tx-vlan-stag-hw-insert rx-vlan-stag-hw-parse rx-vlan-filter \
-           rx-gro-list rx-udp-gro-forwarding rx-gro-hw highdma; do
-    q ip netns exec "$ns" ethtool -K "$ifc" "$f" off
-  done
-}
-
-for ns in "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV"; do
+for ns in "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" "$TG_NS_BOX"; do
   ip netns add "$ns"
   ip -n "$ns" link set lo up
 done
 
 # Appliance namespace: IPv6 off *before* any interface exists, so no link-local
 # address, DAD, MLD or RS is ever emitted there. No IPv4 address is ever added.
-ip netns exec "$TG_NS_GW" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-ip netns exec "$TG_NS_GW" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+# The box namespace gets the same treatment (and never routes: no addresses,
+# no routes, forwarding off), so a box that is not running forwards nothing.
+for ns in "$TG_NS_GW" "$TG_NS_BOX"; do
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+done
+ip netns exec "$TG_NS_BOX" sysctl -qw net.ipv4.ip_forward=0
 # Endpoints: no DAD / RS so the lab is quiet and addresses are usable at once.
 for ns in "$TG_NS_CLI" "$TG_NS_SRV"; do
   for c in all default; do
@@ -57,11 +51,21 @@ ip link add "$TG_CLI_IF" netns "$TG_NS_CLI" mtu "$TG_MTU" address "$TG_CLI_MAC" 
    peer name "$TG_GWC_IF" netns "$TG_NS_GW" mtu "$TG_MTU"
 ip link add "$TG_SRV_IF" netns "$TG_NS_SRV" mtu "$TG_MTU" address "$TG_SRV_MAC" type veth \
    peer name "$TG_GWS_IF" netns "$TG_NS_GW" mtu "$TG_MTU"
+# Inspection port pair: inspect_out (gwio0) -> box -> inspect_in (gwii0).
+ip link add "$TG_GWIO_IF" netns "$TG_NS_GW" mtu "$TG_MTU" type veth \
+   peer name "$TG_BOXO_IF" netns "$TG_NS_BOX" mtu "$TG_MTU"
+ip link add "$TG_GWII_IF" netns "$TG_NS_GW" mtu "$TG_MTU" type veth \
+   peer name "$TG_BOXI_IF" netns "$TG_NS_BOX" mtu "$TG_MTU"
 
-for ifc in "$TG_GWC_IF" "$TG_GWS_IF"; do
+for ifc in "$TG_GWC_IF" "$TG_GWS_IF" "$TG_GWIO_IF" "$TG_GWII_IF"; do
   ip netns exec "$TG_NS_GW" sysctl -qw "net.ipv6.conf.$ifc.disable_ipv6=1"
   offloads_off "$TG_NS_GW" "$ifc"
   ip -n "$TG_NS_GW" link set dev "$ifc" promisc on up
+done
+for ifc in "$TG_BOXO_IF" "$TG_BOXI_IF"; do
+  ip netns exec "$TG_NS_BOX" sysctl -qw "net.ipv6.conf.$ifc.disable_ipv6=1"
+  offloads_off "$TG_NS_BOX" "$ifc"
+  ip -n "$TG_NS_BOX" link set dev "$ifc" up
 done
 offloads_off "$TG_NS_CLI" "$TG_CLI_IF"
 offloads_off "$TG_NS_SRV" "$TG_SRV_IF"
@@ -73,8 +77,11 @@ ip -n "$TG_NS_SRV" addr add "$TG_SRV_V4/$TG_V4_PREFIX" dev "$TG_SRV_IF"
 ip -n "$TG_NS_SRV" addr add "$TG_SRV_V6/$TG_V6_PREFIX" dev "$TG_SRV_IF" nodad
 ip -n "$TG_NS_SRV" link set dev "$TG_SRV_IF" up
 
-# Sanity: the gw namespace must have no addresses at all.
-if ip -n "$TG_NS_GW" -o addr show | grep -v ' lo ' | grep -q inet; then
-  echo "lab-up.sh: unexpected address in $TG_NS_GW" >&2; exit 1
-fi
+# Sanity: the gw and box namespaces must have no addresses at all.
+for ns in "$TG_NS_GW" "$TG_NS_BOX"; do
+  if ip -n "$ns" -o addr show | grep -v ' lo ' | grep -q inet; then
+    echo "lab-up.sh: unexpected address in $ns" >&2; exit 1
+  fi
+done
 echo "lab-up.sh: lab up: $TG_NS_CLI/$TG_CLI_IF ($TG_CLI_V4, $TG_CLI_V6) <-> $TG_NS_GW/$TG_GWC_IF|$TG_GWS_IF <-> $TG_NS_SRV/$TG_SRV_IF ($TG_SRV_V4, $TG_SRV_V6)"
+echo "lab-up.sh: inspection ports: $TG_NS_GW/$TG_GWIO_IF <-> $TG_NS_BOX/$TG_BOXO_IF [box] $TG_NS_BOX/$TG_BOXI_IF <-> $TG_NS_GW/$TG_GWII_IF (no box running)"

@@ -20,6 +20,7 @@ PACKAGES=(
   iproute2 ethtool iputils-ping  # the namespace/veth lab
   socat netcat-openbsd curl      # traffic generators for tests and the demo
   tcpdump tshark                 # capture / dissection in tests
+  tcpflow ngrep                  # recorders of the lab's inspection box (scripts/inspect-box.sh)
   python3 python3-scapy          # scripts/gen-fixtures.py
   procps psmisc                  # pgrep/pkill/fuser used by lab scripts
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
