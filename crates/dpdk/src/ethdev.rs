@@ -39,6 +39,9 @@ pub struct EthDev {
     port_id: u16,
     name: String,
     mac: [u8; 6],
+    /// The kernel interface behind a device that has one (af_packet, tap):
+    /// its carrier is the link state, which such drivers do not follow.
+    kernel_interface: Option<String>,
     pool: Arc<Mempool>,
     /// Which queues have been handed out (each to exactly one owner).
     queues_taken: Mutex<Vec<bool>>,
@@ -129,6 +132,7 @@ impl EthDev {
             port_id,
             name: name.to_owned(),
             mac: addr.addr_bytes,
+            kernel_interface: kernel_interface_named(info.if_index),
             pool: Arc::clone(pool),
             queues_taken: Mutex::new(vec![false; usize::from(queues)]),
             _eal: Arc::clone(eal),
@@ -164,8 +168,17 @@ impl EthDev {
         }
     }
 
-    /// The device's link state.
+    /// The device's link state: the carrier of its kernel interface when it
+    /// has one (DPDK's af_packet driver reports "up" whatever the veth or
+    /// NIC below does), else what the driver reports.
     pub fn link(&self) -> LinkState {
+        if let Some(carrier) = self.kernel_interface.as_deref().and_then(kernel_carrier) {
+            return if carrier {
+                LinkState::Up { speed_mbps: 0 }
+            } else {
+                LinkState::Down
+            };
+        }
         let mut link = dpdk_sys::rte_eth_link::default();
         // SAFETY: port_id is valid; link is a valid out pointer.
         let rc = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.port_id, &mut link) };
@@ -284,5 +297,28 @@ impl Port for EthQueue {
 
     fn alloc(&mut self) -> Option<Mbuf> {
         self.dev.pool.alloc()
+    }
+}
+
+/// The name of the kernel interface with index `if_index` (0: none), from
+/// `/sys/class/net/*/ifindex` of the process's network namespace.
+fn kernel_interface_named(if_index: u32) -> Option<String> {
+    if if_index == 0 {
+        return None;
+    }
+    std::fs::read_dir("/sys/class/net").ok()?.flatten().find_map(|entry| {
+        let index = std::fs::read_to_string(entry.path().join("ifindex")).ok()?;
+        (index.trim().parse::<u32>().ok()? == if_index).then(|| entry.file_name().to_string_lossy().into_owned())
+    })
+}
+
+/// Whether the kernel interface `name` is operationally up (carrier, and
+/// its peer up for a veth); `None` when the kernel does not know.
+fn kernel_carrier(name: &str) -> Option<bool> {
+    let state = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate")).ok()?;
+    match state.trim() {
+        "up" => Some(true),
+        "down" | "lowerlayerdown" | "notpresent" | "dormant" => Some(false),
+        _ => None,
     }
 }
