@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # scripts/demo.sh — the end-to-end demo: tlsgate inline between a client and an
-# HTTPS origin in a throw-away namespace lab, bridging everything and
-# intercepting TLS on port 443 with certificates forged by its own CA.
+# HTTPS origin in a throw-away namespace lab, bridging everything,
+# intercepting TLS on port 443 with certificates forged by its own CA, sending
+# the plaintext through an inspection box and writing a decrypted capture.
 #
 # Usage: sudo bash scripts/demo.sh       (root: namespaces, DPDK, apt)
 #
 # Steps: setup.sh -> cargo build --release -p tlsgate -> lab-up.sh -> HTTPS
 # origin (tests/lab/origin.sh: nginx in tg-srv, self-signed cert for
-# origin.test, 1 MiB file) -> `tlsgate ca init` -> config = configs/lab.toml +
-# [intercept]/[tls] -> `tlsgate check` -> `tlsgate run` in tg-gw ->
+# origin.test, 1 MiB file) -> inspection box in tg-box (scripts/inspect-box.sh
+# bridge: a Linux bridge with tcpflow recording) -> `tlsgate ca init` ->
+# config = configs/lab-inspect.toml + [intercept]/[tls]/[capture]/[log] ->
+# `tlsgate check` -> `tlsgate run` in tg-gw ->
 #   1. IPv4/IPv6 ping: bridged, not intercepted
 #   2. curl trusting the tlsgate CA: HTTP/2 over IPv4, HTTP/1.1 over IPv6,
 #      SHA-256 compared with the origin's file
-#   3. the certificate the client saw (openssl s_client) next to the origin's:
+#   3. what the inspection box recorded: the plaintext request and response
+#   4. the certificate the client saw (openssl s_client) next to the origin's:
 #      same subject and names, issued by the tlsgate CA
-#   4. curl trusting only the origin's own certificate: rejected (exit 60)
-#   5. once every flow is freed (TIME-WAIT, ~10 s), SIGINT to tlsgate: final
-#      counters, JSON report, tls_intercepted >= 3
+#   5. curl trusting only the origin's own certificate: rejected (exit 60)
+#   6. the box blocking by content: a request with a marker is reset
+#   7. once every flow is freed (TIME-WAIT, ~10 s), SIGINT to tlsgate: final
+#      counters, JSON report, tls_intercepted >= 3, connections inspected
+#   8. the decrypted capture read by tshark as HTTP (copied to
+#      /tmp/tlsgate-demo-decrypted.pcap for Wireshark)
 # Whatever happens, an EXIT trap stops tlsgate and nginx and runs lab-down.sh.
 #
 # Environment (all optional):
@@ -24,7 +31,7 @@
 #   TG_DEMO_SKIP_BUILD=1   do not run cargo build (use an existing binary)
 #   TLSGATE_BIN=PATH       binary to run (default ${CARGO_TARGET_DIR:-target}/release/tlsgate)
 #   TG_DEMO_CONFIG=PATH    base config, without [intercept]/[tls] (default
-#                          configs/lab.toml); the demo appends those sections
+#                          configs/lab-inspect.toml); the demo appends those sections
 #   TG_DEMO_KEEP=1         keep the temp dir (logs, CA, certs, config, report)
 #                          even on success
 #   TG_DEMO_READY_TIMEOUT=30  seconds to wait for tlsgate's "tlsgate: running" line
@@ -37,7 +44,7 @@ cd "$ROOT"
 # shellcheck source=scripts/lab-env.sh disable=SC1091
 . scripts/lab-env.sh   # exports TG_*, so tests/lab/origin.sh sees the same lab
 
-BASE_CONFIG="${TG_DEMO_CONFIG:-configs/lab.toml}"
+BASE_CONFIG="${TG_DEMO_CONFIG:-configs/lab-inspect.toml}"
 BIN="${TLSGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tlsgate}"
 READY_TIMEOUT="${TG_DEMO_READY_TIMEOUT:-30}"
 NAME=origin.test
@@ -57,6 +64,7 @@ fi
 TMP="$(mktemp -d /tmp/tlsgate-demo.XXXXXX)"
 chmod 0755 "$TMP"   # nginx workers (not root) must reach the document root
 ORIGIN="$TMP/origin" CA="$TMP/ca" CONFIG="$TMP/tlsgate.toml" REPORT="$TMP/report.json"
+BOX="$TMP/box" CAPTURE="$TMP/decrypted.pcap" KEPT_CAPTURE=/tmp/tlsgate-demo-decrypted.pcap
 TG_PID="" ORIGIN_STARTED=0 OK=0
 
 cleanup() {
@@ -69,6 +77,7 @@ cleanup() {
     kill -KILL "$TG_PID" 2>/dev/null
   fi
   ((ORIGIN_STARTED)) && bash "$ROOT/tests/lab/origin.sh" stop "$ORIGIN"
+  bash "$ROOT/scripts/inspect-box.sh" stop "$BOX" >/dev/null 2>&1
   "$ROOT/scripts/lab-down.sh"   # also kills anything else left in the namespaces
   if ((OK)) && [[ "${TG_DEMO_KEEP:-0}" != 1 ]]; then
     rm -rf "$TMP"
@@ -90,7 +99,7 @@ if [[ "${TG_DEMO_SKIP_SETUP:-0}" != 1 ]]; then
     scripts/setup.sh || fail "scripts/setup.sh failed"
   fi
 fi
-for tool in ip curl openssl nginx python3 sha256sum ss timeout; do
+for tool in ip curl openssl nginx python3 sha256sum ss timeout tcpflow tshark; do
   command -v "$tool" >/dev/null || fail "$tool is not installed (run scripts/setup.sh)"
 done
 
@@ -124,6 +133,12 @@ origin_issuer="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -issuer)"
 origin_fp="$(openssl x509 -in "$ORIGIN/origin.crt" -noout -fingerprint -sha256)"
 
 # ---------------------------------------------------------------------------
+say "Starting the inspection box in $TG_NS_BOX: a Linux bridge with tcpflow recording (scripts/inspect-box.sh bridge)"
+bash scripts/inspect-box.sh bridge "$BOX" | show || fail "scripts/inspect-box.sh bridge failed"
+info "tlsgate will send every intercepted connection's plaintext out of $TG_GWIO_IF (inspect_out),"
+info "through this box, and take it back on $TG_GWII_IF (inspect_in) before re-encrypting it"
+
+# ---------------------------------------------------------------------------
 say "Creating the appliance CA: tlsgate ca init --dir $CA"
 "$BIN" ca init --dir "$CA" >"$TMP/ca-init.log" 2>&1 || { show <"$TMP/ca-init.log" >&2; fail "tlsgate ca init failed"; }
 show <"$TMP/ca-init.log"
@@ -144,6 +159,13 @@ mode = "tls"
 ca_cert = "$CA/ca.pem"
 ca_key = "$CA/ca.key"
 upstream_trust = "$ORIGIN/origin.crt"   # the appliance trusts the lab origin's self-signed cert
+
+[capture]
+path = "$CAPTURE"          # the plaintext as a pcap with synthetic TCP framing
+port_map = { 443 = 80 }    # so analysers dissect it as HTTP
+
+[log]
+connections = "$TMP/connections.jsonl"
 EOF
 } >"$CONFIG"
 sed -n '/^# --- added by scripts\/demo.sh ---$/,$p' "$CONFIG" | tail -n +2 | sed 's/^/    | /'
@@ -205,6 +227,20 @@ info "the origin's access log (it talked to the client's own addresses):"
 tail -n 2 "$ORIGIN/access.log" | show
 
 # ---------------------------------------------------------------------------
+say "What the inspection box saw: tcpflow's recordings in $BOX/flows (a stock tool, plaintext)"
+sleep 0.5
+ls -l "$BOX/flows" | tail -n +2 | show
+request_file="$(grep -l '^GET /file.bin HTTP/1.1' "$BOX"/flows/* 2>/dev/null | head -1)"
+[[ -n "$request_file" ]] || fail "the box recorded no plaintext HTTP/1.1 request for /file.bin"
+info "the HTTP/1.1 request, as the box received it ($(basename "$request_file")):"
+head -c 400 "$request_file" | tr -d '\r' | show
+response_file="$(grep -l '^HTTP/1.1 200 OK' "$BOX"/flows/* 2>/dev/null | head -1)"
+[[ -n "$response_file" ]] || fail "the box recorded no plaintext HTTP/1.1 response"
+info "the start of the response ($(stat -c %s "$response_file") bytes recorded):"
+head -n 6 "$response_file" | tr -d '\r' | show
+info "(the HTTP/2 session over IPv4 is there too, as HTTP/2 frames)"
+
+# ---------------------------------------------------------------------------
 say "What the client saw: openssl s_client -connect $TG_SRV_V4:443 -servername $NAME -alpn h2,http/1.1"
 echo | timeout 15 ip netns exec "$TG_NS_CLI" openssl s_client -connect "$TG_SRV_V4:443" \
   -servername "$NAME" -alpn h2,http/1.1 -CAfile "$CA/ca.pem" >"$TMP/s_client.log" 2>&1 || true
@@ -250,6 +286,24 @@ show <"$TMP/curl-origin-trust.log"
 info "curl exit code 60 (peer certificate cannot be authenticated): the session is intercepted"
 
 # ---------------------------------------------------------------------------
+say "The box decides: blocking by content (scripts/inspect-box.sh block ... EVIL-MARKER reset)"
+bash scripts/inspect-box.sh block "$BOX" EVIL-MARKER reset | show || fail "scripts/inspect-box.sh block failed"
+ip netns exec "$TG_NS_CLI" curl -sS --fail --max-time 10 --http1.1 --cacert "$CA/ca.pem" \
+  --resolve "$NAME:443:$TG_SRV_V4" -o /dev/null "https://$NAME/index.html" \
+  || fail "a clean request through the blocking box failed"
+info "https://$NAME/index.html: passes"
+rc=0
+start_ns="$(date +%s%N)"
+ip netns exec "$TG_NS_CLI" curl -sS --max-time 10 --http1.1 --cacert "$CA/ca.pem" \
+  --resolve "$NAME:443:$TG_SRV_V4" -o /dev/null "https://$NAME/index.html?q=EVIL-MARKER" \
+  2>"$TMP/curl-blocked.log" || rc=$?
+took_ms="$(( ($(date +%s%N) - start_ns) / 1000000 ))"
+show <"$TMP/curl-blocked.log"
+((rc != 0)) || fail "the request with the marker was not blocked"
+info "https://$NAME/index.html?q=EVIL-MARKER: curl failed (exit $rc) after $took_ms ms: the box reset it"
+grep ' reset ' "$BOX/blockbox.log" | head -1 | cut -c1-160 | show
+
+# ---------------------------------------------------------------------------
 say "Stopping tlsgate (SIGINT) once every connection has closed; its final counters:"
 # tlsgate prints its counters every second (--stats-interval 1); closed
 # connections linger a few seconds in TIME-WAIT before their flows are freed.
@@ -278,11 +332,32 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 t = r["tcp"]
 print(t["tls_intercepted"], t["tls_failed"], t["forged_cache_hits"], t["forged_cache_misses"],
-      sum(p["bridged"] for p in r["ports"]))
+      sum(p["bridged"] for p in r["ports"]), t["inspected"], t["inspect_blocked"])
 ' "$REPORT")" || fail "cannot read the counters from $REPORT"
-read -r intercepted failed hits misses bridged <<<"$counters"
+read -r intercepted failed hits misses bridged inspected blocked <<<"$counters"
 info "from $REPORT: tcp.tls_intercepted=$intercepted tcp.forged_cache_hits=$hits tcp.forged_cache_misses=$misses"
 ((intercepted >= 3)) || fail "tcp.tls_intercepted is $intercepted, expected at least 3"
+info "tcp.inspected=$inspected (connections whose plaintext went through the box) tcp.inspect_blocked=$blocked"
+((inspected >= 3 && blocked == 1)) || fail "expected at least 3 inspected connections and 1 blocked by the box"
+info "the connection log's verdicts ($TMP/connections.jsonl):"
+python3 - "$TMP/connections.jsonl" <<'PY' | show
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    alpn = r["alpn"] or "-"
+    print(f"{r['client']:>22} -> {r['server']:<18} {alpn:<9} {r['inspection']}; {r['ended']}")
+PY
+
+# ---------------------------------------------------------------------------
+say "The decrypted capture ($CAPTURE): tshark reads the plaintext as HTTP on port 80"
+tshark -n -r "$CAPTURE" -Y http -T fields -e ip.src -e tcp.srcport -e tcp.dstport \
+  -e http.request.method -e http.request.uri -e http.response.code 2>/dev/null | show \
+  || fail "tshark cannot read $CAPTURE"
+tshark -n -r "$CAPTURE" -Y 'http.request.uri == "/file.bin"' 2>/dev/null | grep -q . \
+  || fail "the decrypted capture holds no HTTP request for /file.bin"
+cp "$CAPTURE" "$KEPT_CAPTURE"
+info "copied to $KEPT_CAPTURE: open it in Wireshark (HTTP/1.1 dissects as is; for the HTTP/2"
+info "session use Decode As... TCP port 80 -> HTTP2)"
 
 say "Summary"
 cat <<EOF
@@ -298,6 +373,11 @@ cat <<EOF
     * Clients trusting the tlsgate CA downloaded 1 MiB intact over HTTP/2 (IPv4)
       and HTTP/1.1 (IPv6); a client trusting only the origin's own certificate was
       refused (curl exit 60).
+    * $inspected connections went through the inspection box as plaintext TCP: tcpflow
+      recorded the exact request and response; as a blocking box it reset the
+      request carrying a marker ($blocked blocked).
+    * The plaintext is in $KEPT_CAPTURE, a pcap that Wireshark and tshark
+      dissect as HTTP.
 EOF
 OK=1
 echo

@@ -233,14 +233,14 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+            "{:<11} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
             "port", "device", "rx", "tx", "bridged", "dropped", "malformed", "nic-miss"
         )?;
         for port in &self.ports {
             let t = port.totals;
             writeln!(
                 f,
-                "{:<8} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+                "{:<11} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
                 port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
             )?;
         }
