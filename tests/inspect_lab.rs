@@ -169,6 +169,16 @@ fn a_recorder_on_the_port_pair_sees_the_https_plaintext_and_the_capture_dissects
     assert_eq!(report["tcp"]["inspected"], 2, "{report}");
     assert!(report["capture"]["frames"].as_u64().unwrap() > 100, "{report}");
     assert_eq!(report["capture"]["write_errors"], 0);
+    // Memory accounting at shutdown: TLS state is dropped as soon as both
+    // directions closed, the process is measured.
+    assert_eq!(report["tcp"]["tls_sessions_live"], 0, "{report}");
+    let flows = report["tcp"]["flows_live"].as_u64().unwrap();
+    assert_eq!(
+        report["tcp"]["socket_buffer_bytes"].as_u64().unwrap(),
+        flows * 2 * 64 * 1024,
+        "legs in TIME-WAIT keep their buffers: {report}"
+    );
+    assert!(report["rss_bytes"].as_u64().unwrap() > 1 << 20, "{report}");
     inspect_box(&["stop", &dir]);
 
     // The decrypted capture opens in tshark as HTTP on port 80, and the

@@ -173,8 +173,10 @@ pub struct TcpTotals {
     pub forged_cache_misses: u64,
     pub forged_cache_bytes: u64,
     /// Bytes one flow costs (buffers, socket, table entries); an
-    /// intercepted connection has two flows.
+    /// intercepted connection has two flows (four with an inspection box).
     pub memory_per_flow: u64,
+    /// Socket buffers the live flows hold.
+    pub socket_buffer_bytes: u64,
 }
 
 impl TcpStats {
@@ -198,6 +200,7 @@ impl std::ops::AddAssign for TcpTotals {
         self.forged_cache_misses += other.forged_cache_misses;
         self.forged_cache_bytes += other.forged_cache_bytes;
         self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
+        self.socket_buffer_bytes += other.socket_buffer_bytes;
     }
 }
 
@@ -219,6 +222,22 @@ pub struct Report {
     pub tcp: TcpTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// The process's resident memory (VmRSS), when the system says.
+    pub rss_bytes: Option<u64>,
+}
+
+/// The process's resident memory from `/proc/self/status`, if readable.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// What the decrypted capture wrote (and lost to write errors).
@@ -286,6 +305,19 @@ impl fmt::Display for Report {
                 splice.inspected, splice.inspect_blocked, splice.inspect_failed_open, splice.inspect_failed_closed
             )?;
         }
+        writeln!(
+            f,
+            "memory: {} flows holding {:.1} MiB of socket buffers, {} TLS sessions, {:.1} KiB of forged certificates; \
+             process resident {}",
+            tcp.flows_live,
+            tcp.socket_buffer_bytes as f64 / (1u64 << 20) as f64,
+            tcp.splice.tls_sessions_live,
+            tcp.forged_cache_bytes as f64 / 1024.0,
+            self.rss_bytes.map_or_else(
+                || "unknown".to_owned(),
+                |rss| format!("{:.1} MiB", rss as f64 / (1u64 << 20) as f64)
+            )
+        )?;
         if let Some(capture) = &self.capture {
             writeln!(
                 f,

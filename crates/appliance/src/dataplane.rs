@@ -320,6 +320,7 @@ impl Dataplane {
             })
             .collect();
         Report {
+            rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| CaptureTotals {
                 frames: capture.frames_written(),
                 bytes: capture.bytes_written(),

@@ -261,6 +261,7 @@ impl<P: Port> Engine<P> {
             forged_cache_misses: forge.misses,
             forged_cache_bytes: forge.cache_bytes,
             memory_per_flow: self.stack.memory_per_flow() as u64,
+            socket_buffer_bytes: self.stack.buffer_bytes() as u64,
         }
     }
 

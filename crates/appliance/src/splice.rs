@@ -145,6 +145,8 @@ const TLS_BACKLOG: usize = 64 * 1024;
 pub struct SpliceCounters {
     pub sessions_opened: u64,
     pub sessions_live: u64,
+    /// Sessions holding TLS state now (both rustls connections).
+    pub tls_sessions_live: u64,
     pub server_refused: u64,
     pub server_timed_out: u64,
     pub server_unreachable: u64,
@@ -176,6 +178,7 @@ impl std::ops::AddAssign for SpliceCounters {
     fn add_assign(&mut self, other: SpliceCounters) {
         self.sessions_opened += other.sessions_opened;
         self.sessions_live += other.sessions_live;
+        self.tls_sessions_live += other.tls_sessions_live;
         self.server_refused += other.server_refused;
         self.server_timed_out += other.server_timed_out;
         self.server_unreachable += other.server_unreachable;
@@ -572,6 +575,7 @@ impl Splicer {
         session.server = Some(server);
         session.established = !shared.hold_synack;
         session.tls = shared.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        shared.counters.tls_sessions_live += u64::from(session.tls.is_some());
         shared.counters.sessions_opened += 1;
         shared.counters.sessions_live += 1;
         if session.tls.is_none() {
@@ -660,6 +664,10 @@ impl Splicer {
             if let Some(log) = &shared.log {
                 log.write(&record(session, shared.tls.is_some()));
             }
+            // Everything has been sent both ways (each FIN went after its
+            // direction's last bytes): the TLS state is not needed while the
+            // legs linger in TIME-WAIT.
+            shared.end_tls(session);
         }
         let loop_gone = session
             .inspection
@@ -668,6 +676,7 @@ impl Splicer {
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
             shared.counters.sessions_live -= 1;
+            shared.counters.tls_sessions_live -= u64::from(session.tls.is_some());
             if let (Some(log), false) = (&shared.log, session.logged) {
                 log.write(&record(&session, shared.tls.is_some()));
             }
@@ -859,7 +868,7 @@ impl Shared {
                     session.ended = Some(format!("inspection loop timed out on {side}"));
                 }
                 session.failed = true;
-                session.tls_info = session.tls.take().map(|tls| tls.info);
+                self.end_tls(session);
                 // As the endpoints see it: the box's reset towards the
                 // client poses as the server, and the other way round.
                 self.record_reset(session, leg == Leg::InspectIn);
@@ -974,7 +983,7 @@ impl Shared {
                 return;
             }
             // Bypassed: from now on the bytes pass untouched.
-            session.tls_info = session.tls.take().map(|tls| tls.info);
+            self.end_tls(session);
         }
         self.pump_plain(stack, session);
     }
@@ -1049,19 +1058,27 @@ impl Shared {
             Ok(true) => {}
         }
         if session.failed {
-            session.tls_info = session.tls.take().map(|tls| tls.info);
+            self.end_tls(session);
             abort_all(stack, session);
             return true;
         }
         if open_loop {
             self.start_inspection(stack, index, session, now);
             if session.failed {
-                session.tls_info = session.tls.take().map(|tls| tls.info);
+                self.end_tls(session);
                 return true;
             }
         }
         self.finish_tls_directions(stack, session);
         true
+    }
+
+    /// Drops a session's TLS state, keeping what it told for the log.
+    fn end_tls(&mut self, session: &mut Session) {
+        if let Some(tls) = session.tls.take() {
+            self.counters.tls_sessions_live -= 1;
+            session.tls_info = Some(tls.info);
+        }
     }
 
     /// Ends a session's stream in the decrypted capture with a RST.

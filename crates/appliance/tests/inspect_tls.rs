@@ -219,6 +219,12 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
         at_client.len() == response.len()
     });
     assert!(done, "{} of {} response bytes", at_client.len(), response.len());
+    // Memory accounting while the connection is open: one TLS session,
+    // four flows (client, server and the two loop legs) with their buffers.
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(counters.tls_sessions_live, 1);
+    assert_eq!(lab.engine.stack().live_flows(), 4);
+    assert_eq!(lab.engine.stack().buffer_bytes(), 4 * 2 * 32 * 1024);
     assert!(at_client == response, "the response arrived byte-exact");
     let inspection = lab.inspection.as_ref().unwrap();
     assert_eq!(inspection.seen_up, request, "the box saw the request in plaintext");
@@ -251,6 +257,8 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
     assert_eq!((counters.tls_intercepted, counters.inspected), (1, 1));
     let clean = lab.run_until(30_000, |lab| lab.engine.stack().live_flows() == 0);
     assert!(clean, "flows left: {}", lab.engine.stack().live_flows());
+    assert_eq!(lab.engine.splicer().counters().tls_sessions_live, 0);
+    assert_eq!(lab.engine.stack().buffer_bytes(), 0);
 
     // The decrypted capture holds the plaintext on port 80.
     drop(lab);

@@ -288,6 +288,12 @@ impl Stack {
             + 2 * std::mem::size_of::<(FlowKey, FlowId)>()
     }
 
+    /// Bytes of socket buffers the live flows hold (allocated whole when a
+    /// flow is created).
+    pub fn buffer_bytes(&self) -> usize {
+        self.flows.len() * (self.config.rx_buffer + self.config.tx_buffer)
+    }
+
     /// The flow that frames arriving on `port` with `tuple` belong to.
     pub fn lookup(&self, port: usize, tuple: &FlowTuple) -> Option<FlowId> {
         self.index.get(&FlowKey { port, tuple: *tuple }).copied()

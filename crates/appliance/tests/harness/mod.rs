@@ -617,4 +617,6 @@ pub fn assert_no_leaks(lab: &mut Lab) {
     let counters = lab.engine.stack().counters();
     assert_eq!(counters.flows_created, counters.flows_freed, "{counters:?}");
     assert_eq!(lab.engine.splicer().counters().sessions_live, 0);
+    assert_eq!(lab.engine.splicer().counters().tls_sessions_live, 0);
+    assert_eq!(lab.engine.stack().buffer_bytes(), 0);
 }
