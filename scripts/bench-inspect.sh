@@ -94,18 +94,7 @@ for p in a c d e; do [[ "$paths" == *$p* ]] && path_list+=("$p"); done
 log() { echo "bench-inspect: $*" >&2; }
 
 # --- packages -------------------------------------------------------------------
-need=()
-command -v ab >/dev/null || need+=(apache2-utils)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-command -v tcpflow >/dev/null || need+=(tcpflow)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
-    { timeout 300 apt-get update >/dev/null &&
-      timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
-fi
+bench_install_missing ab:apache2-utils nginx:nginx-light curl:curl tcpflow:tcpflow
 
 # --- state and cleanup ------------------------------------------------------------
 tmp="$(mktemp -d /tmp/bench-inspect.XXXXXX)"
@@ -252,27 +241,10 @@ start_path() {  # a|c|d|e run
           { log "inspect-box.sh bridge failed:"; cat "$tmp/box-e-$run.out" >&2; exit 1; }
       fi
       tls_config "$base" "$tmp/connections-$path-$run.jsonl" >"$config"
-      ip netns exec "$TG_NS_GW" "$tmp/tlsgate" run --config "$config" --stats-interval 0.2 \
-        --report-json "$tmp/report-$path-$run.json" >"$tglog" 2>&1 &
-      tg_pid=$!
-      for _ in $(seq 150); do
-        grep -q '^tlsgate: running' "$tglog" && break
-        kill -0 "$tg_pid" 2>/dev/null || break
-        sleep 0.2
-      done
-      grep -q '^tlsgate: running' "$tglog" || { log "tlsgate did not start:"; cat "$tglog" >&2; exit 1; }
+      start_tlsgate "$config" "$tglog" --stats-interval 0.2 --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
   reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
-}
-
-# The worker's cumulative "busy S s, idle S s" from the latest --stats-interval print.
-busy_snapshot() {  # tlsgate log; prints "busy idle" (seconds)
-  grep 'worker 0: busy' "$1" | tail -1 | sed -E 's/.*busy ([0-9.]+) s, idle ([0-9.]+) s.*/\1 \2/'
-}
-
-live_sessions() {  # tlsgate log; sessions live in the latest print
-  grep '^tcp: ' "$1" | tail -1 | sed -E 's/.* ([0-9]+) sessions live.*/\1/'
 }
 
 # busy % of the window between two snapshots and busy time per unit, scaled.

@@ -1,5 +1,5 @@
 # scripts/bench-lab.sh — helpers shared by the lab benchmarks (bench-splice.sh,
-# bench-tls.sh); sourced, not run. Expects log(), $root, $tmp and the lab
+# bench-tls.sh, bench-inspect.sh); sourced, not run. Expects log(), $root, $tmp and the lab
 # variables of lab-env.sh; uses $tg_pid (the tlsgate under test) and sets
 # $watchdog_pid.
 # shellcheck shell=bash
@@ -45,4 +45,46 @@ bench_build_tlsgate() {
   log "building tlsgate (release)"
   (cd "$root" && timeout 1200 cargo build --release --quiet -p tlsgate)
   cp "$root/target/release/tlsgate" "$tmp/tlsgate"
+}
+
+# Installs the Debian packages of the missing commands: each argument is
+# "command:package" (package may list several, comma-separated).
+bench_install_missing() {
+  local need=() pair packages
+  for pair in "$@"; do
+    packages="${pair#*:}"
+    # shellcheck disable=SC2206  # split the comma-separated list on purpose
+    command -v "${pair%%:*}" >/dev/null || need+=(${packages//,/ })
+  done
+  ((${#need[@]})) || return 0
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
+    { timeout 300 apt-get update >/dev/null &&
+      timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+}
+
+# Starts the tlsgate under test in the gw namespace ($tg_pid) and waits up to
+# 30 s for "tlsgate: running"; extra arguments go to `tlsgate run`.
+start_tlsgate() {  # config log [run arguments...]
+  local config="$1" tglog="$2"
+  shift 2
+  ip netns exec "$TG_NS_GW" "$tmp/tlsgate" run --config "$config" "$@" >"$tglog" 2>&1 &
+  tg_pid=$!
+  for _ in $(seq 150); do
+    grep -q '^tlsgate: running' "$tglog" && break
+    kill -0 "$tg_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  grep -q '^tlsgate: running' "$tglog" || { log "tlsgate did not start:"; cat "$tglog" >&2; exit 1; }
+}
+
+# The worker's cumulative "busy S s, idle S s" from the latest --stats-interval print.
+busy_snapshot() {  # tlsgate log; prints "busy idle" (seconds)
+  grep 'worker 0: busy' "$1" | tail -1 | sed -E 's/.*busy ([0-9.]+) s, idle ([0-9.]+) s.*/\1 \2/'
+}
+
+# Sessions live in the latest --stats-interval print.
+live_sessions() {  # tlsgate log
+  grep '^tcp: ' "$1" | tail -1 | sed -E 's/.* ([0-9]+) sessions live.*/\1/'
 }

@@ -61,18 +61,7 @@ done
 log() { echo "bench-splice: $*" >&2; }
 
 # --- packages -------------------------------------------------------------------
-need=()
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v ab >/dev/null || need+=(apache2-utils)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v cc >/dev/null || need+=(gcc libc6-dev)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
-    { timeout 300 apt-get update >/dev/null &&
-      timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
-fi
+bench_install_missing iperf3:iperf3 ab:apache2-utils nginx:nginx-light cc:gcc,libc6-dev
 
 # --- state and cleanup ------------------------------------------------------------
 tmp="$(mktemp -d /tmp/bench-splice.XXXXXX)"
@@ -215,15 +204,7 @@ start_path() {  # a|b|c run
     b|c)
       local config="$tmp/bridge.toml" tglog="$tmp/tlsgate-$path-$run.log"
       [[ "$path" == c ]] && config="$tmp/splice.toml"
-      ip netns exec "$TG_NS_GW" "$tmp/tlsgate" run --config "$config" \
-        --report-json "$tmp/report-$path-$run.json" >"$tglog" 2>&1 &
-      tg_pid=$!
-      for _ in $(seq 150); do
-        grep -q '^tlsgate: running' "$tglog" && break
-        kill -0 "$tg_pid" 2>/dev/null || break
-        sleep 0.2
-      done
-      grep -q '^tlsgate: running' "$tglog" || { log "tlsgate did not start:"; cat "$tglog" >&2; exit 1; }
+      start_tlsgate "$config" "$tglog" --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
   reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }

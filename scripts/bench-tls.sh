@@ -59,16 +59,7 @@ done
 log() { echo "bench-tls: $*" >&2; }
 
 # --- packages -------------------------------------------------------------------
-need=()
-command -v ab >/dev/null || need+=(apache2-utils)
-command -v nginx >/dev/null || need+=(nginx-light)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null ||
-    { timeout 300 apt-get update >/dev/null &&
-      timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
-fi
+bench_install_missing ab:apache2-utils nginx:nginx-light
 
 # --- state and cleanup ------------------------------------------------------------
 tmp="$(mktemp -d /tmp/bench-tls.XXXXXX)"
@@ -153,27 +144,10 @@ start_path() {  # a|b|c run
         config="$tmp/tls-$run.toml"
         tls_config "$tmp/connections-$run.jsonl" >"$config"
       fi
-      ip netns exec "$TG_NS_GW" "$tmp/tlsgate" run --config "$config" --stats-interval 0.2 \
-        --report-json "$tmp/report-$path-$run.json" >"$tglog" 2>&1 &
-      tg_pid=$!
-      for _ in $(seq 150); do
-        grep -q '^tlsgate: running' "$tglog" && break
-        kill -0 "$tg_pid" 2>/dev/null || break
-        sleep 0.2
-      done
-      grep -q '^tlsgate: running' "$tglog" || { log "tlsgate did not start:"; cat "$tglog" >&2; exit 1; }
+      start_tlsgate "$config" "$tglog" --stats-interval 0.2 --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
   reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
-}
-
-# The worker's cumulative "busy S s, idle S s" from the latest --stats-interval print.
-busy_snapshot() {  # tlsgate log; prints "busy idle" (seconds)
-  grep 'worker 0: busy' "$1" | tail -1 | sed -E 's/.*busy ([0-9.]+) s, idle ([0-9.]+) s.*/\1 \2/'
-}
-
-live_sessions() {  # tlsgate log; sessions live in the latest print
-  grep '^tcp: ' "$1" | tail -1 | sed -E 's/.* ([0-9]+) sessions live.*/\1/'
 }
 
 stop_path() {  # a|b|c run
