@@ -88,3 +88,21 @@ busy_snapshot() {  # tlsgate log; prints "busy idle" (seconds)
 live_sessions() {  # tlsgate log
   grep '^tcp: ' "$1" | tail -1 | sed -E 's/.* ([0-9]+) sessions live.*/\1/'
 }
+
+# New HTTPS connections per second: ab -n $requests -c $concurrency $url from the
+# client namespace (a new TCP connection and TLS handshake per request).
+https_rate() {  # output-file; prints conn/s, or "failed"
+  local out="$1"
+  timeout 300 ip netns exec "$TG_NS_CLI" \
+    ab -r -s 10 -n "$requests" -c "$concurrency" "$url" >"$out" 2>&1 || true
+  local rate failed non2xx
+  rate="$(awk '/^Requests per second:/ {print $4}' "$out")"
+  failed="$(awk '/^Failed requests:/ {print $3}' "$out")"
+  non2xx="$(awk '/^Non-2xx responses:/ {print $3}' "$out")"
+  if [[ -n "$rate" && "${failed:-1}" == 0 && -z "$non2xx" ]]; then
+    printf '%.0f\n' "$rate"
+  else
+    log "ab failed (failed ${failed:-?}, non-2xx ${non2xx:-0}): $(grep -m1 -E 'SSL|apr_|timeout|error' "$out" || true)"
+    echo failed
+  fi
+}

@@ -170,22 +170,6 @@ stop_path() {  # a|b|c run
 }
 
 # --- workload ---------------------------------------------------------------------
-https_rate() {  # output-file; prints conn/s, or "failed"
-  local out="$1"
-  timeout 300 ip netns exec "$TG_NS_CLI" \
-    ab -r -s 10 -n "$requests" -c "$concurrency" "$url" >"$out" 2>&1 || true
-  local rate failed non2xx
-  rate="$(awk '/^Requests per second:/ {print $4}' "$out")"
-  failed="$(awk '/^Failed requests:/ {print $3}' "$out")"
-  non2xx="$(awk '/^Non-2xx responses:/ {print $3}' "$out")"
-  if [[ -n "$rate" && "${failed:-1}" == 0 && -z "$non2xx" ]]; then
-    printf '%.0f\n' "$rate"
-  else
-    log "ab failed (failed ${failed:-?}, non-2xx ${non2xx:-0}): $(grep -m1 -E 'SSL|apr_|timeout|error' "$out" || true)"
-    echo failed
-  fi
-}
-
 report_fields() {  # report.json requests [connections.jsonl]; prints busy% busy-us/conn tls_intercepted cache-hits server-resumed verified
   python3 - "$@" <<'PY'
 import json, sys
