@@ -1009,3 +1009,68 @@ fn a_browser_trusting_only_the_appliance_ca_browses_over_http1_and_http2() {
         "HTTP/1.1 end to end: {protocols:?}"
     );
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn two_workers_share_the_connections_and_each_keeps_both_legs_of_its_own() {
+    // Two poll-mode workers, two queue pairs per af_packet port: the kernel's
+    // fanout hash is symmetric, so both legs of a connection (client port
+    // and server port) reach the same worker, which alone holds its state.
+    let lab = Lab::up();
+    let scratch = Scratch::new("two-workers");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let text_config = std::fs::read_to_string(&config).expect("config");
+    let two = text_config
+        .replace("qpairs=1", "qpairs=2")
+        .replace("workers = 1", "workers = 2")
+        .replace("mbufs = 8191", "mbufs = 16383")
+        .replace("\"-l\", \"0-1\"", "\"--lcores\", \"0@0,1@0,2@1\"");
+    assert_ne!(two, text_config);
+    std::fs::write(&config, two).expect("write config");
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
+    let downloads = scratch.path("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let mut args: Vec<String> = [
+        "-sS",
+        "--max-time",
+        "60",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "40",
+        "--resolve",
+        "origin.test:443:198.18.0.2",
+        "--cacert",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.push(ca.display().to_string());
+    for index in 0..40 {
+        args.push(if index % 2 == 0 { "--http1.1" } else { "--http2" }.into());
+        args.push("-o".into());
+        args.push(downloads.join(format!("{index}.bin")).display().to_string());
+        args.push(format!("https://origin.test/file.bin?n={index}"));
+    }
+    let result = output(lab.cmd(CLI, "curl").args(&args));
+    assert!(result.status.success(), "curl: {}", text(&result.stderr));
+    for index in 0..40 {
+        let got = std::fs::read(downloads.join(format!("{index}.bin"))).expect("download");
+        assert!(got == file, "download {index} is byte-exact");
+    }
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    let workers = report["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 2, "{report}");
+    let opened: Vec<u64> = workers.iter().map(|w| w["sessions_opened"].as_u64().unwrap()).collect();
+    assert_eq!(opened.iter().sum::<u64>(), 40, "{report}");
+    assert!(
+        opened.iter().all(|&n| n > 0),
+        "both workers took connections: {opened:?}"
+    );
+    assert!(workers.iter().all(|w| w["busy_ns"].as_u64().unwrap() > 0), "{report}");
+    assert_eq!(report["tcp"]["tls_intercepted"], 40, "{report}");
+    assert_eq!(report["tcp"]["tls_failed"], 0, "{report}");
+}

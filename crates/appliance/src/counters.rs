@@ -114,6 +114,10 @@ pub struct WorkerTotals {
     pub idle_ns: u64,
     pub polls: u64,
     pub idle_sleeps: u64,
+    /// Intercepted connections this worker opened and holds now (filled in
+    /// by the report: they show how connections spread over the workers).
+    pub sessions_opened: u64,
+    pub sessions_live: u64,
 }
 
 impl WorkerStats {
@@ -136,6 +140,8 @@ impl WorkerStats {
             idle_ns: self.idle_ns.load(Ordering::Relaxed),
             polls: self.polls.load(Ordering::Relaxed),
             idle_sleeps: self.idle_sleeps.load(Ordering::Relaxed),
+            sessions_opened: 0,
+            sessions_live: 0,
         }
     }
 }
@@ -328,12 +334,15 @@ impl fmt::Display for Report {
         for (index, worker) in self.workers.iter().enumerate() {
             writeln!(
                 f,
-                "worker {index}: busy {:.3} s, idle {:.3} s ({:.1}% busy), {} polls, {} idle sleeps",
+                "worker {index}: busy {:.3} s, idle {:.3} s ({:.1}% busy), {} polls, {} idle sleeps; \
+                 {} sessions opened, {} live",
                 worker.busy_ns as f64 / 1e9,
                 worker.idle_ns as f64 / 1e9,
                 worker.busy_percent(),
                 worker.polls,
-                worker.idle_sleeps
+                worker.idle_sleeps,
+                worker.sessions_opened,
+                worker.sessions_live
             )?;
         }
         Ok(())

@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats};
+use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, TimedPoller};
 
@@ -327,7 +327,18 @@ impl Dataplane {
                 write_errors: capture.write_errors(),
             }),
             ports,
-            workers: self.workers.iter().map(|slot| slot.stats.totals()).collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|slot| {
+                    let splice = slot.engine.tcp.totals().splice;
+                    WorkerTotals {
+                        sessions_opened: splice.sessions_opened,
+                        sessions_live: splice.sessions_live,
+                        ..slot.stats.totals()
+                    }
+                })
+                .collect(),
             tcp: self.workers.iter().fold(TcpTotals::default(), |mut sum, slot| {
                 sum += slot.engine.tcp.totals();
                 sum
