@@ -1,0 +1,104 @@
+//! What the generator counted: connections opened, established, through
+//! the TLS handshake and the exchange, errors by kind, and the latency of
+//! the handshake (SYN to the client's finished handshake) as percentiles.
+
+use std::fmt;
+
+/// Counters and latencies, updated as the generator runs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub opened: u64,
+    pub connected: u64,
+    pub handshakes: u64,
+    pub exchanges: u64,
+    /// Connections held open now (client side).
+    pub live: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+    pub tls_errors: u64,
+    /// Server-side connections accepted.
+    pub accepted: u64,
+    /// Handshake latencies in microseconds, in completion order.
+    handshake_us: Vec<u32>,
+}
+
+/// Percentiles of the handshake latency and the counters, for a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub opened: u64,
+    pub handshakes: u64,
+    pub exchanges: u64,
+    pub live: u64,
+    pub errors: u64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+}
+
+impl Stats {
+    pub(crate) fn record_handshake(&mut self, micros: u64) {
+        self.handshakes += 1;
+        self.handshake_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+    }
+
+    /// All errors, of every kind.
+    pub fn errors(&self) -> u64 {
+        self.resets + self.timeouts + self.tls_errors
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut sorted = self.handshake_us.clone();
+        sorted.sort_unstable();
+        let at = |fraction: f64| -> u32 {
+            let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+            sorted.get(index).copied().unwrap_or(0)
+        };
+        Summary {
+            opened: self.opened,
+            handshakes: self.handshakes,
+            exchanges: self.exchanges,
+            live: self.live,
+            errors: self.errors(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            max_us: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} opened, {} TLS handshakes, {} exchanges, {} live, {} errors; handshake p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.opened,
+            self.handshakes,
+            self.exchanges,
+            self.live,
+            self.errors,
+            f64::from(self.p50_us) / 1000.0,
+            f64::from(self.p99_us) / 1000.0,
+            f64::from(self.max_us) / 1000.0
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_recorded_handshakes() {
+        let mut stats = Stats::default();
+        for micros in 1..=100 {
+            stats.record_handshake(micros * 1000);
+        }
+        let summary = stats.summary();
+        assert_eq!(summary.handshakes, 100);
+        assert_eq!(
+            (summary.p50_us, summary.p99_us, summary.max_us),
+            (51_000, 99_000, 100_000)
+        );
+        assert_eq!(Stats::default().summary().p99_us, 0);
+    }
+}
