@@ -2,7 +2,7 @@
 # scripts/lab-down.sh — tear down the tlsgate namespace lab. Never fails.
 #
 # Usage: scripts/lab-down.sh   (root)
-# Kills every process running in tg-cli/tg-gw/tg-srv/tg-box (SIGTERM, then
+# Kills every process running in tg-cli/tg-gw/tg-srv/tg-box/tg-lg (SIGTERM, then
 # SIGKILL after ~2 s; that includes an inspection box started with
 # scripts/inspect-box.sh), then deletes the namespaces, which also destroys the
 # veth pairs and tg-box's bridge.
@@ -11,7 +11,7 @@ set -uo pipefail
 # shellcheck source=scripts/lab-env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lab-env.sh"
 
-NSES=("$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" "$TG_NS_BOX")
+NSES=("$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" "$TG_NS_BOX" "$TG_NS_LG")
 
 ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"; }
 ns_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }

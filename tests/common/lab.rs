@@ -26,11 +26,22 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// The lab of scripts/lab-up.sh (client, appliance, server, box).
     pub fn up() -> Lab {
+        Lab::with_script("scripts/lab-up.sh")
+    }
+
+    /// The load-generator lab of scripts/lab-loadgen.sh: both hosts' veth
+    /// ends in one namespace (tg-lg) for tlsgate-loadgen.
+    pub fn up_for_loadgen() -> Lab {
+        Lab::with_script("scripts/lab-loadgen.sh")
+    }
+
+    fn with_script(script: &str) -> Lab {
         let exclusive = LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = output(Command::new("bash").arg(repo().join("scripts/lab-up.sh")));
+        let result = output(Command::new("bash").arg(repo().join(script)));
         let lab = Lab { _exclusive: exclusive };
-        assert!(result.status.success(), "lab-up.sh failed:\n{}", text(&result.stderr));
+        assert!(result.status.success(), "{script} failed:\n{}", text(&result.stderr));
         lab
     }
 

@@ -305,8 +305,8 @@ impl Generator {
         let Some(tls) = conn.tls.as_deref_mut() else {
             return;
         };
-        if feed_tls(&mut self.stack, conn.flow, tls).is_err() {
-            self.stats.tls_errors += 1;
+        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls) {
+            self.stats.record_tls_error("client", &error);
             conn.tls = None;
             conn.done = true;
             let _ = self.stack.abort(conn.flow);
@@ -365,8 +365,8 @@ impl Generator {
         let Some(tls) = conn.tls.as_deref_mut() else {
             return;
         };
-        if feed_tls(&mut self.stack, conn.flow, tls).is_err() {
-            self.stats.tls_errors += 1;
+        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls) {
+            self.stats.record_tls_error("origin", &error);
             conn.tls = None;
             let _ = self.stack.abort(conn.flow);
             return;

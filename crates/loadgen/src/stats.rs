@@ -18,6 +18,8 @@ pub struct Stats {
     pub tls_errors: u64,
     /// Server-side connections accepted.
     pub accepted: u64,
+    /// The latest TLS error, as an example of what went wrong.
+    pub last_tls_error: Option<String>,
     /// Handshake latencies in microseconds, in completion order.
     handshake_us: Vec<u32>,
 }
@@ -39,6 +41,11 @@ impl Stats {
     pub(crate) fn record_handshake(&mut self, micros: u64) {
         self.handshakes += 1;
         self.handshake_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+    }
+
+    pub(crate) fn record_tls_error(&mut self, side: &str, error: &rustls::Error) {
+        self.tls_errors += 1;
+        self.last_tls_error = Some(format!("{side}: {error}"));
     }
 
     /// All errors, of every kind.

@@ -1,0 +1,273 @@
+//! `tlsgate-loadgen`: the load generator on two DPDK ports (virtual devices
+//! such as `net_af_packet0,iface=eth0` or `net_memif0,...`), one polling
+//! thread. The client side faces the appliance's client port, the server
+//! side its server port.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use dpdk::{Eal, EthDev, EthDevConfig, Mempool, PacketBuf, Port};
+use loadgen::{Exchange, Generator, Hold, Plan, CLIENT_SIDE};
+use netstack::{OutFrame, StackConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Opens TLS connections through tlsgate at a target rate from many client
+/// addresses, answers them as the origin, and holds them idle or closes them.
+#[derive(Debug, Parser)]
+#[command(name = "tlsgate-loadgen", version, about, long_about = None)]
+struct Cli {
+    /// DPDK virtual device facing the appliance's client port.
+    #[arg(long)]
+    client_device: String,
+    /// DPDK virtual device facing the appliance's server port.
+    #[arg(long)]
+    server_device: String,
+    /// Extra EAL arguments, e.g. "--no-huge -m 1024 --no-shconf --no-pci -l 0 --file-prefix lg".
+    #[arg(long, allow_hyphen_values = true, default_value = "")]
+    eal_args: String,
+    /// Client address prefixes (repeat), e.g. 198.18.64.0/18.
+    #[arg(long = "clients", required = true)]
+    clients: Vec<String>,
+    /// Server endpoints (repeat), e.g. 198.18.0.2:443.
+    #[arg(long = "server", required = true)]
+    servers: Vec<SocketAddr>,
+    /// Connections to open in all.
+    #[arg(long)]
+    connections: u64,
+    /// New connections per second.
+    #[arg(long)]
+    rate: u32,
+    /// Request and response sizes of one exchange after the handshake (0: none).
+    #[arg(long, default_value_t = 0)]
+    request_bytes: usize,
+    #[arg(long, default_value_t = 0)]
+    response_bytes: usize,
+    /// What becomes of a connection afterwards: "idle" (held open) or "close".
+    #[arg(long, default_value = "idle")]
+    hold: String,
+    /// The SNI the clients send.
+    #[arg(long, default_value = "origin.test")]
+    sni: String,
+    /// The CA (PEM) the clients trust: the appliance's.
+    #[arg(long)]
+    trust: PathBuf,
+    /// The origin's certificate chain and key (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// Socket buffers of each connection, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    buffer: usize,
+    /// Stop after this many seconds (also stops on SIGINT/SIGTERM).
+    #[arg(long)]
+    duration: f64,
+    /// Print progress every this many seconds.
+    #[arg(long, default_value_t = 1.0)]
+    report_interval: f64,
+    /// Write the final summary as JSON to this file.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Mbufs in the pool.
+    #[arg(long, default_value_t = 16383)]
+    mbufs: u32,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tlsgate-loadgen: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_configs(cli: &Cli) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>)> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&cli.trust).with_context(|| format!("{}", cli.trust.display()))? {
+        roots
+            .add(cert.with_context(|| format!("{}", cli.trust.display()))?)
+            .with_context(|| format!("{}: not a usable CA certificate", cli.trust.display()))?;
+    }
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let chain = CertificateDer::pem_file_iter(&cli.cert)
+        .with_context(|| format!("{}", cli.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}", cli.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&cli.key).with_context(|| format!("{}", cli.key.display()))?;
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the origin certificate and key do not match")?;
+    Ok((Arc::new(client), Arc::new(server)))
+}
+
+/// The ethdev name of a virtual device spec (up to the first comma).
+fn ethdev_name(spec: &str) -> Result<&str> {
+    match spec.split(',').next() {
+        Some(name) if name.starts_with("net_") => Ok(name),
+        _ => bail!("{spec:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0"),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let hold = match cli.hold.as_str() {
+        "idle" => Hold::Idle,
+        "close" => Hold::Close,
+        other => bail!("--hold {other:?}: give \"idle\" or \"close\""),
+    };
+    let prefixes: Vec<&str> = cli.clients.iter().map(String::as_str).collect();
+    let mut plan = Plan::new(&prefixes, &cli.servers, cli.connections, cli.rate)?;
+    plan.hold = hold;
+    plan.server_name = cli.sni.clone();
+    if cli.request_bytes + cli.response_bytes > 0 {
+        plan.exchange = Some(Exchange {
+            request_bytes: cli.request_bytes,
+            response_bytes: cli.response_bytes,
+        });
+    }
+    let (client_config, server_config) = tls_configs(&cli)?;
+    if !(1024..=1 << 24).contains(&cli.buffer) {
+        bail!("--buffer {} is out of range 1024..=16777216", cli.buffer);
+    }
+
+    let mut eal_args: Vec<String> = cli.eal_args.split_whitespace().map(str::to_owned).collect();
+    for spec in [&cli.client_device, &cli.server_device] {
+        ethdev_name(spec)?;
+        eal_args.extend(["--vdev".to_owned(), spec.clone()]);
+    }
+    let eal = Eal::init(&eal_args).context("EAL")?;
+    let pool = Mempool::new(&eal, "loadgen_frames", cli.mbufs, -1)?;
+    let config = EthDevConfig {
+        queues: 1,
+        rx_descriptors: 1024,
+        tx_descriptors: 1024,
+        promiscuous: true,
+    };
+    let mut ports = [
+        EthDev::open(&eal, ethdev_name(&cli.client_device)?, &pool, config)?.queue(0)?,
+        EthDev::open(&eal, ethdev_name(&cli.server_device)?, &pool, config)?.queue(0)?,
+    ];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let stack = StackConfig {
+        rx_buffer: cli.buffer,
+        tx_buffer: cli.buffer,
+        timeout: netstack::Duration::from_secs(10),
+        max_flows: usize::try_from(cli.connections.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX),
+    };
+    let epoch = Instant::now();
+    let clock = || netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX));
+    let mut generator = Generator::new(plan, stack, client_config, server_config, clock())?;
+    println!(
+        "tlsgate-loadgen: running: {} connections at {}/s from {:?} to {:?}, hold {}",
+        cli.connections, cli.rate, cli.clients, cli.servers, cli.hold
+    );
+    let deadline = Duration::from_secs_f64(cli.duration.max(0.0));
+    let interval = Duration::from_secs_f64(cli.report_interval.max(0.1));
+    let mut next_report = interval;
+    let mut frames = Vec::with_capacity(64);
+    let mut output: Vec<OutFrame> = Vec::new();
+    let mut outgoing = [Vec::new(), Vec::new()];
+    let mut tx_dropped = 0u64;
+    while !stop.load(Ordering::Relaxed) && epoch.elapsed() < deadline {
+        let now = clock();
+        for (side, port) in ports.iter_mut().enumerate() {
+            frames.clear();
+            port.rx_burst(&mut frames, 64);
+            for frame in &frames {
+                generator.receive(side, frame.data(), now);
+            }
+        }
+        frames.clear();
+        generator.poll(now);
+        generator.drain_output(&mut output);
+        for out in output.drain(..) {
+            let side = if out.port == CLIENT_SIDE { 0 } else { 1 };
+            let copied = ports[side].alloc().and_then(|mut buf| {
+                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
+                Some(buf)
+            });
+            match copied {
+                Some(buf) => outgoing[side].push(buf),
+                None => tx_dropped += 1,
+            }
+        }
+        for (port, queue) in ports.iter_mut().zip(outgoing.iter_mut()) {
+            let mut attempts = 0;
+            while !queue.is_empty() && attempts < 16 {
+                if port.tx_burst(queue) == 0 {
+                    attempts += 1;
+                }
+            }
+            tx_dropped += queue.len() as u64;
+            queue.clear();
+        }
+        if epoch.elapsed() >= next_report {
+            next_report += interval;
+            println!(
+                "tlsgate-loadgen: {:.1} s: {}",
+                epoch.elapsed().as_secs_f64(),
+                generator.stats().summary()
+            );
+        }
+    }
+    let stats = generator.stats();
+    let summary = stats.summary();
+    println!(
+        "tlsgate-loadgen: stopped after {:.1} s: {summary}; {} accepted by the origin side, {} resets, {} timeouts, {} TLS errors, {} frames dropped on transmit",
+        epoch.elapsed().as_secs_f64(),
+        stats.accepted,
+        stats.resets,
+        stats.timeouts,
+        stats.tls_errors,
+        tx_dropped
+    );
+    if let Some(error) = &stats.last_tls_error {
+        println!("tlsgate-loadgen: the latest TLS error: {error}");
+    }
+    if let Some(path) = &cli.report_json {
+        write_json(path, stats, &summary, tx_dropped)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, stats: &loadgen::Stats, summary: &loadgen::Summary, tx_dropped: u64) -> Result<()> {
+    let json = serde_json::json!({
+        "opened": stats.opened,
+        "connected": stats.connected,
+        "handshakes": stats.handshakes,
+        "exchanges": stats.exchanges,
+        "live": stats.live,
+        "accepted": stats.accepted,
+        "resets": stats.resets,
+        "timeouts": stats.timeouts,
+        "tls_errors": stats.tls_errors,
+        "last_tls_error": stats.last_tls_error,
+        "handshake_p50_us": summary.p50_us,
+        "handshake_p99_us": summary.p99_us,
+        "handshake_max_us": summary.max_us,
+        "tx_dropped": tx_dropped,
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&json)?).with_context(|| format!("{}", path.display()))
+}

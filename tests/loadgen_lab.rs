@@ -1,0 +1,135 @@
+//! The userspace load generator in the namespace lab: `tlsgate-loadgen`
+//! plays every client and every origin on two DPDK af_packet ports in one
+//! namespace (scripts/lab-loadgen.sh), `tlsgate run` intercepts between
+//! them. No kernel socket is involved, so no file-descriptor limit applies.
+//! Needs root; run by scripts/test.sh (which builds both binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::lab::{Appliance, Lab};
+use common::{output, repo, text, Scratch};
+
+/// tlsgate-loadgen, built beside tlsgate by `cargo test --workspace`.
+fn loadgen_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tlsgate")).with_file_name("tlsgate-loadgen");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p loadgen` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn the_load_generator_holds_thousands_of_intercepted_tls_connections_through_dpdk() {
+    let lab = Lab::up_for_loadgen();
+    let scratch = Scratch::new("loadgen");
+    // The origin's certificate (served by the load generator's origin side,
+    // trusted by the appliance).
+    let key = scratch.path("origin.key");
+    let cert = scratch.path("origin.crt");
+    let made = output(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=origin.test",
+                "-addext",
+                "subjectAltName=DNS:origin.test,IP:198.18.0.2",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-keyout",
+                key.to_str().unwrap(),
+                "-out",
+                cert.to_str().unwrap(),
+            ]),
+    );
+    assert!(made.status.success(), "openssl: {}", text(&made.stderr));
+    let ca_dir = scratch.path("ca");
+    let ca = output(
+        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(["ca", "init", "--dir"])
+            .arg(&ca_dir),
+    );
+    assert!(ca.status.success(), "{}", text(&ca.stderr));
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[intercept]\ntcp_ports = [443]\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{cert}\"\n\n[tcp]\nrx_buffer = 4096\ntx_buffer = 4096\n",
+        ca = ca_dir.display(),
+        cert = cert.display()
+    ));
+    let config_path = scratch.path("tlsgate.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let appliance = Appliance::start(&lab, &scratch, &config_path);
+
+    let report = scratch.path("loadgen.json");
+    let run = output(
+        lab.cmd("tg-lg", loadgen_binary().to_str().unwrap())
+            .args([
+                "--client-device",
+                "net_af_packet0,iface=cli0,framesz=2048,blocksz=4096,framecnt=2048",
+                "--server-device",
+                "net_af_packet1,iface=srv0,framesz=2048,blocksz=4096,framecnt=2048",
+                "--eal-args",
+                "--no-huge -m 512 --no-shconf --no-pci -l 0 --file-prefix loadgen",
+                "--clients",
+                "198.18.64.0/18",
+                "--clients",
+                "198.18.128.0/18",
+                "--server",
+                "198.18.0.2:443",
+                "--connections",
+                "3000",
+                "--rate",
+                "600",
+                "--request-bytes",
+                "200",
+                "--response-bytes",
+                "2000",
+                "--hold",
+                "idle",
+                "--duration",
+                "10",
+                "--trust",
+            ])
+            .arg(ca_dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--report-json")
+            .arg(&report),
+    );
+    assert!(
+        run.status.success(),
+        "tlsgate-loadgen: {}{}",
+        text(&run.stdout),
+        text(&run.stderr)
+    );
+    let generated: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for key in ["opened", "handshakes", "exchanges", "live", "accepted"] {
+        assert_eq!(generated[key], 3000, "{key}: {generated}\n{}", text(&run.stdout));
+    }
+    for key in ["resets", "timeouts", "tls_errors"] {
+        assert_eq!(generated[key], 0, "{key}: {generated}");
+    }
+
+    // The appliance holds every one of them, idle, with its TLS state.
+    let (status, tlsgate, _) = appliance.stop();
+    assert!(status.success());
+    let tcp = &tlsgate["tcp"];
+    assert_eq!(tcp["tls_intercepted"], 3000, "{tlsgate}");
+    assert_eq!(tcp["sessions_live"], 3000, "{tlsgate}");
+    assert_eq!(tcp["tls_sessions_live"], 3000, "{tlsgate}");
+    assert_eq!(tcp["flows_live"], 6000, "{tlsgate}");
+    assert_eq!(tcp["socket_buffer_bytes"], 6000 * 2 * 4096, "{tlsgate}");
+}
