@@ -675,8 +675,11 @@ impl Splicer {
             .is_none_or(|l| l.out.is_none() && l.back.is_none());
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
-            shared.counters.sessions_live -= 1;
-            shared.counters.tls_sessions_live -= u64::from(session.tls.is_some());
+            shared.counters.sessions_live = shared.counters.sessions_live.saturating_sub(1);
+            shared.counters.tls_sessions_live = shared
+                .counters
+                .tls_sessions_live
+                .saturating_sub(u64::from(session.tls.is_some()));
             if let (Some(log), false) = (&shared.log, session.logged) {
                 log.write(&record(&session, shared.tls.is_some()));
             }
@@ -1076,7 +1079,7 @@ impl Shared {
     /// Drops a session's TLS state, keeping what it told for the log.
     fn end_tls(&mut self, session: &mut Session) {
         if let Some(tls) = session.tls.take() {
-            self.counters.tls_sessions_live -= 1;
+            self.counters.tls_sessions_live = self.counters.tls_sessions_live.saturating_sub(1);
             session.tls_info = Some(tls.info);
         }
     }

@@ -293,7 +293,7 @@ impl Generator {
             }
             EventKind::Closed => {
                 self.clients.remove(index);
-                self.stats.live -= 1;
+                self.stats.live = self.stats.live.saturating_sub(1);
             }
         }
     }
