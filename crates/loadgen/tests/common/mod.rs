@@ -1,0 +1,155 @@
+//! An appliance and a load generator wired together in memory (used by the
+//! tests and the worker-scaling example): the generator's two sides on
+//! in-memory ports of an `Engine` that intercepts TLS on 443, with an
+//! origin certificate the appliance trusts and an appliance CA the clients
+//! trust, on a virtual clock.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use appliance::engine::{Engine, EngineStats, InterceptPolicy};
+use dpdk::{MemPort, MemPortControl};
+use loadgen::{Generator, Plan, CLIENT_SIDE, SERVER_SIDE};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
+use netstack::{Duration, Instant, OutFrame, StackConfig};
+use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub struct Bench {
+    pub now: Instant,
+    pub generator: Generator,
+    pub engine: Engine<MemPort>,
+    client_port: MemPortControl,
+    server_port: MemPortControl,
+    pub stats: EngineStats,
+    out: Vec<OutFrame>,
+    _dir: Dir,
+}
+
+pub struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn bench(name: &str, plan: Plan) -> Bench {
+    // The origin's own CA and certificate (what the appliance verifies).
+    let origin_key = KeyPair::generate().unwrap();
+    let mut origin_ca = CertificateParams::default();
+    origin_ca
+        .distinguished_name
+        .push(DnType::CommonName, "Loadgen Origin Root");
+    origin_ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let origin_ca_cert = origin_ca.self_signed(&origin_key).unwrap();
+    let issuer = rcgen::Issuer::new(origin_ca, &origin_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["origin.test".to_owned()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "origin.test");
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("198.18.0.2".parse().unwrap()));
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let server_config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), origin_ca_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+
+    // The appliance: its CA, trusting the origin's CA.
+    let dir = Dir(std::env::temp_dir().join(format!("loadgen-{name}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let bundle = dir.0.join("origin-ca.pem");
+    std::fs::write(&bundle, origin_ca_cert.pem()).unwrap();
+    let ca = CertificateAuthority::generate("tlsgate loadgen CA", 1, time::OffsetDateTime::now_utc()).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    let context = TlsContext::new(
+        Forger::new(ca, None, 16).unwrap(),
+        UpstreamTrust::from_bundle(&bundle).unwrap(),
+        InvalidUpstream::Refuse,
+        None,
+    )
+    .unwrap();
+    let client_config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let small = StackConfig {
+        rx_buffer: 8 * 1024,
+        tx_buffer: 8 * 1024,
+        timeout: Duration::from_secs(5),
+        max_flows: 100_000,
+    };
+    let policy = InterceptPolicy {
+        tcp_ports: vec![443],
+        stack: small,
+        hold_synack: true,
+        ..InterceptPolicy::default()
+    };
+    let (client, client_port) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
+    let (server, server_port) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
+    let stats = EngineStats::default();
+    let engine = Engine::new(client, server, stats.clone(), 64, &policy, Instant::ZERO).with_tls(context);
+    let generator = Generator::new(
+        plan,
+        small,
+        Arc::new(client_config),
+        Arc::new(server_config),
+        Instant::ZERO,
+    )
+    .unwrap();
+    Bench {
+        now: Instant::ZERO,
+        generator,
+        engine,
+        client_port,
+        server_port,
+        stats,
+        out: Vec::new(),
+        _dir: dir,
+    }
+}
+
+impl Bench {
+    /// One millisecond: the generator's frames to the appliance and back.
+    pub fn step(&mut self) {
+        self.generator.poll(self.now);
+        self.generator.drain_output(&mut self.out);
+        for frame in self.out.drain(..) {
+            match frame.port {
+                CLIENT_SIDE => self.client_port.inject(frame.frame),
+                _ => self.server_port.inject(frame.frame),
+            }
+        }
+        while self.engine.poll(self.now) > 0 {}
+        for frame in self.client_port.take_transmitted() {
+            self.generator.receive(CLIENT_SIDE, &frame, self.now);
+        }
+        for frame in self.server_port.take_transmitted() {
+            self.generator.receive(SERVER_SIDE, &frame, self.now);
+        }
+        self.now += Duration::from_millis(1);
+    }
+
+    pub fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&Bench) -> bool) -> bool {
+        for _ in 0..limit_ms {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+}
