@@ -779,6 +779,10 @@ impl Shared {
                         stack.discard(other);
                     }
                     discard_loop(stack, session);
+                } else if session.fin_to_client && session.fin_to_server {
+                    // Both directions had closed: a late RST (a client that
+                    // tears down with one) ends nothing; the other legs
+                    // finish their own close.
                 } else {
                     self.counters.resets += 1;
                     let how = if event.kind == EventKind::Reset {
