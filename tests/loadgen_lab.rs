@@ -98,7 +98,8 @@ fn the_load_generator_holds_thousands_of_intercepted_tls_connections_through_dpd
                 "--hold",
                 "idle",
                 "--duration",
-                "10",
+                "180",
+                "--until-done",
                 "--trust",
             ])
             .arg(ca_dir.join("ca.pem"))

@@ -70,6 +70,10 @@ struct Cli {
     /// Stop after this many seconds (also stops on SIGINT/SIGTERM).
     #[arg(long)]
     duration: f64,
+    /// Stop as soon as every connection is done (held idle, closed or
+    /// failed), within --duration.
+    #[arg(long)]
+    until_done: bool,
     /// Print progress every this many seconds.
     #[arg(long, default_value_t = 1.0)]
     report_interval: f64,
@@ -190,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
     let mut output: Vec<OutFrame> = Vec::new();
     let mut outgoing = [Vec::new(), Vec::new()];
     let mut tx_dropped = 0u64;
-    while !stop.load(Ordering::Relaxed) && epoch.elapsed() < deadline {
+    while !stop.load(Ordering::Relaxed) && epoch.elapsed() < deadline && !(cli.until_done && generator.finished()) {
         let now = clock();
         for (side, port) in ports.iter_mut().enumerate() {
             frames.clear();
