@@ -106,3 +106,35 @@ https_rate() {  # output-file; prints conn/s, or "failed"
     echo failed
   fi
 }
+
+# CPU time (user + system, all threads, live and exited) of the given processes,
+# in seconds; processes that are gone count 0.
+proc_cpu_seconds() {  # pid...
+  local p ticks total=0
+  for p in "$@"; do
+    # Fields after the command name (which may hold spaces): utime and stime are
+    # the 12th and 13th.
+    ticks="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')" || ticks=0
+    total=$((total + ${ticks:-0}))
+  done
+  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz }'
+}
+
+# Resident memory (VmRSS) of the given processes, summed, in bytes.
+proc_rss_bytes() {  # pid...
+  local p kib total=0
+  for p in "$@"; do
+    kib="$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)" || kib=0
+    total=$((total + ${kib:-0}))
+  done
+  echo $((total * 1024))
+}
+
+# The processes of a namespace whose command name is NAME, one pid a line.
+ns_pids_named() {  # namespace name
+  local p
+  for p in $(ip netns pids "$1" 2>/dev/null); do
+    [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == "$2" ]] && echo "$p"
+  done
+  return 0
+}
