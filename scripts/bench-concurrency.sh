@@ -209,7 +209,7 @@ w("N over the time at which the generator's handshakes reached N (interpolated b
 w("lines, every 0.25 s up to N = 20,000, every 1 s above); the handshake latency is the generator's,")
 w("from its SYN to its finished handshake.")
 w("")
-w("| buffers | N | achieved rate (/s) | handshake p50 / p99 (ms) | tlsgate RSS idle → held (MiB) | RSS per connection (KiB) | socket buffers per connection (KiB) | flows per connection (KiB) | not accounted (KiB) | generator RSS per connection (KiB) | took (s) | valid |")
+w("| buffers | N | achieved rate (/s) | handshake p50 / p99 (ms) | tlsgate RSS idle → held (MiB) | RSS per connection (KiB) | socket buffers per connection (KiB) | flows per connection (KiB) | not accounted (KiB) | generator RSS per connection (KiB) | took, quiet wait included (s) | valid |")
 w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for r in curve:
     if "skipped" in r:
