@@ -665,21 +665,23 @@ print(", ".join(parts).replace(" ", "_"))' "$tmp/connections-$run.jsonl")"
     kill -USR1 "$hold_pid" 2>/dev/null || true
     for _ in $(seq 50); do grep -q '^alive' "$status" 2>/dev/null && break; sleep 0.1; done
     alive="$(sed -n 's/^alive \([0-9]*\)\/.*/\1/p' "$status" 2>/dev/null)"
-    rep_rss="-" rep_sockbuf="-" rep_tls_live="-" live_rss="-"
+    rep_sockbuf="-" rep_tls_live="-" live_rss="-"
     if [[ "$path" == c ]]; then
-      # The counters' latest print (the same report, --stats-interval 0.2) while
-      # the connections are open: "memory: ... process resident X MiB".
-      live_rss="$(grep '^memory: ' "$tmp/tlsgate-$tag.log" | tail -1 |
-        sed -n 's/.*process resident \([0-9.]*\) MiB.*/\1/p')"
-      live_rss="$(awk -v m="${live_rss:-nan}" 'BEGIN { printf "%.0f", m * 1048576 }')"
-      # Stopped while the connections are open: the final report counts them.
-      stop_path c "$tag" nowait
-      read -r rep_rss rep_sockbuf rep_tls_live <<<"$(python3 -c 'import json, sys
-r = json.load(open(sys.argv[1]))
-print(r.get("rss_bytes"), r["tcp"].get("socket_buffer_bytes"), r["tcp"].get("tls_sessions_live"))' "$tmp/report-$tag.json")"
+      # tlsgate's report as printed by --stats-interval 0.2 while the connections
+      # are open: "memory: F flows holding X MiB of socket buffers, T TLS
+      # sessions, ...; process resident R MiB" (rss_bytes,
+      # tcp.socket_buffer_bytes, tcp.tls_sessions_live). Not the final
+      # --report-json: stopping tlsgate with connections open leaves their
+      # upstream legs open at the origin (tlsgate does not close them), and a
+      # later connection from the same client port then waits 1 s for the
+      # origin's stale socket to go.
+      read -r rep_sockbuf rep_tls_live live_rss <<<"$(grep '^memory: ' "$tmp/tlsgate-$tag.log" | tail -1 |
+        sed -nE 's/.* holding ([0-9.]+) MiB of socket buffers, ([0-9]+) TLS sessions.*process resident ([0-9.]+) MiB.*/\1 \2 \3/p' |
+        awk '{ printf "%.0f %s %.0f", $1 * 1048576, $2, $3 * 1048576 }')"
     fi
+    # The connections end normally (through the interceptor), then it stops.
     stop_holder
-    [[ "$path" == b ]] && stop_path b "$tag"
+    stop_path "$path" "$tag"
     why=()
     [[ "${ready:-0}" == "$hold" ]] || why+=("${ready:-0} of $hold connections opened ($(head -c 300 "$tmp/hold-$path-$run.err"))")
     [[ "${alive:-0}" == "${ready:-0}" ]] || why+=("${alive:-0} of ${ready:-0} still open when measured")
@@ -696,11 +698,11 @@ print(r.get("rss_bytes"), r["tcp"].get("socket_buffer_bytes"), r["tcp"].get("tls
       log "$valid"
     fi
     log "  RSS $rss0 -> $rss1 B ($(((rss1 - rss0) / hold)) B per connection), kernel TCP sockets" \
-        "$inuse0 -> $inuse1; counters while held: resident ${live_rss} B; final report: rss ${rep_rss} B," \
+        "$inuse0 -> $inuse1; tlsgate's counters while held: rss ${live_rss} B," \
         "socket buffers ${rep_sockbuf} B, TLS sessions" \
         "${rep_tls_live}; opened ${ready:-?}, alive ${alive:-?}; other processes' CPU ${other} s in ${wall} s"
     echo "path=$path run=$run k=$hold ready=${ready:-0} alive=${alive:-0} rss0=$rss0 rss1=$rss1" \
-      "inuse0=$inuse0 inuse1=$inuse1 live_rss=$live_rss rep_rss=$rep_rss rep_sockbuf=$rep_sockbuf rep_tls_live=$rep_tls_live" \
+      "inuse0=$inuse0 inuse1=$inuse1 live_rss=$live_rss rep_sockbuf=$rep_sockbuf rep_tls_live=$rep_tls_live" \
       "other=$other wall=$wall valid=${valid// /_}" >>"$mem"
     sleep 1
   done
@@ -813,9 +815,9 @@ Then, per run, **memory**, for (b) and (c) on a freshly started interceptor:
 \`scripts/bench-compare/hold.py\` in tgc-cli opens ${hold} connections (64 handshakes at a
 time; each does its TLS handshake, one keep-alive request and reads the response, then stays
 idle); the interceptor's VmRSS (all its processes) is read before and with all of them open
-(and the holder confirms that all are still open then), and tlsgate is stopped while they
-are open so that its final \`--report-json\` counts them (\`tcp.socket_buffer_bytes\`,
-\`tcp.tls_sessions_live\`; \`rss_bytes\` also from the counters printed while they were held).
+(and the holder confirms that all are still open then), and for tlsgate also its report as
+printed by \`--stats-interval\` while they are held (\`rss_bytes\`, \`tcp.socket_buffer_bytes\`,
+\`tcp.tls_sessions_live\`). Then the holder closes them and the interceptor is stopped.
 
 A run is void unless ab reports no failed request and no non-2xx (with -k, all kept
 alive), every download is complete and the checked one byte-exact, the CA check is as
@@ -866,11 +868,10 @@ EOF
   ${slab_dentry:-?} B, object sizes from /proc/slabinfo), plus any queued data (none once
   idle); OpenSSL's record buffers are released while idle (SSLsplit sets
   SSL_MODE_RELEASE_BUFFERS). tlsgate has no kernel sockets (0 per connection in the table).
-  tlsgate's final \`--report-json\` is written after its worker has stopped and dropped
-  its sessions: its counters (\`tcp.tls_sessions_live\`, \`tcp.socket_buffer_bytes\`) are
-  the last the worker published, with the connections open, but its \`rss_bytes\` is read
-  after they were freed, so it is about the idle process's; the same report printed by
-  \`--stats-interval\` while the connections were held has the live value (both columns).
+  tlsgate's counters are read from its periodic print, not from the final
+  \`--report-json\`: that one is written after the worker has stopped and freed its
+  sessions, so its \`rss_bytes\` is the idle process's (82 MiB with 3000 sessions still
+  counted live, in an earlier version of this script).
 
 ### Caveats
 
@@ -887,6 +888,17 @@ EOF
   with ring. All legs negotiate TLS 1.3 (TLS_AES_256_GCM_SHA384 with ab, see above). Both
   interceptors may resume their upstream sessions (nginx issues TLS 1.3 tickets); the
   clients never resume.
+- tlsgate's shutdown leaves intercepted connections open at the origin. An earlier version
+  of this script stopped tlsgate while the ${hold} connections were held (to read its final
+  report): nginx kept their upstream legs, which carry the client's addresses and ports,
+  ESTABLISHED (keepalive_timeout 600 s). When the client's port allocation came back to
+  those ports, in the third run, a new connection through tlsgate on such a port waited
+  about 1 s for its SYN-ACK (tlsgate answers the client's SYN once the origin has accepted,
+  and the origin's stale socket answers the SYN with an ACK for the old connection):
+  13 of 500 sequential connections took ≥ 1 s and ab fell to ~100 conn/s. Reproduced by hand
+  (200 held, tlsgate stopped: nginx still had 200 established; curl from one of those ports
+  through a new tlsgate: connect 1.00 s, from a fresh port 1 ms). The script now closes the
+  held connections before stopping the interceptor.
 - The redirection can leak. In an earlier run of this script on this machine (void, before
   the conntrack flush and the counters were added), the third run of (b) had 301 of 2530
   client connections missing from SSLsplit's connect log, and its memory workload 179 of

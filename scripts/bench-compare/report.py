@@ -87,7 +87,7 @@ def lat(kind, path, run):
         with open(f"{d}/lat-{kind}-{path}-{run}.txt") as f:
             recs = [line.split() for line in f if line.strip()]
     except FileNotFoundError:
-        return NAN, NAN, "missing"
+        return NAN, NAN, "missing", 0
     good = [r for r in recs if len(r) == 5 and r[4] == "200"]
     if kind == "new":
         ok = len(good) == int(lat_requests) and all(r[3] == "1" for r in good)
@@ -96,11 +96,13 @@ def lat(kind, path, run):
         ok = len(good) == int(lat_requests) and all(r[3] == "0" for r in good[1:])
         times = [float(r[2]) * 1e3 for r in good[1:]]
     if not times:
-        return NAN, NAN, "no samples"
+        return NAN, NAN, "no samples", 0
     times.sort()
     def pct(p):
         return times[min(len(times) - 1, max(0, math.ceil(p / 100 * len(times)) - 1))]
-    return pct(50), pct(99), "ok" if ok else f"{len(good)} answered, connections reused or not as expected"
+    slow = sum(1 for t in times if t >= 1000)
+    return (pct(50), pct(99), "ok" if ok else f"{len(good)} answered, connections reused or not as expected",
+            slow)
 
 
 P = [p for p in "abc" if runs_of(perf, p)]
@@ -116,7 +118,8 @@ for p in P:
     for kind in ("new", "ka"):
         vals = [lat(kind, p, r["run"]) for r in runs_of(perf, p)]
         lat_stats[p, kind] = (med_of([v[0] for v in vals], len(vals)), med_of([v[1] for v in vals], len(vals)),
-                              " / ".join(f"{fmt(v[0], 2)}, {fmt(v[1], 2)}" for v in vals),
+                              " / ".join(f"{fmt(v[0], 2)}, {fmt(v[1], 2)}"
+                                         + (f" ({v[3]} ≥ 1 s)" if v[3] else "") for v in vals),
                               [v[2] for v in vals if v[2] != "ok"])
 
 w(f"| path | new connections (conn/s), `ab -n {requests} -c {conc}` | per run | kept-alive requests (req/s), "
@@ -134,7 +137,8 @@ w(f"Latency, {lat_requests} sequential requests with curl (one process, `-w %{{t
   "\"new connection\" = each request on its own new TCP connection with a full TLS handshake "
   "(`Connection: close`, `--no-sessionid`), from curl's connect() to the last byte of the response; "
   "\"kept-alive\" = the requests after the first on one connection. p50 and p99 per run, median over "
-  "runs; \"added\" = minus (a).")
+  "runs; \"added\" = minus (a); \"(N ≥ 1 s)\": requests that took a second or more (a lost SYN or "
+  "SYN-ACK is retransmitted after 1 s).")
 w("")
 w("| path | new connection p50 | p99 | added p50 | added p99 | per run (p50, p99) | kept-alive p50 | p99 | "
   "added p50 | added p99 | per run (p50, p99) |")
@@ -204,9 +208,9 @@ if M:
       "in use in the interceptor's namespace (/proc/net/sockstat `inuse`) per connection.")
     w("")
     w("| interceptor | K held (alive at measurement) | RSS before (MiB) | RSS with K (MiB) | RSS per connection (KiB) | "
-      "per run (KiB) | kernel sockets per connection | tlsgate's `rss_bytes` while held (MiB) | `rss_bytes` in the "
-      "final report (MiB) | `tcp.socket_buffer_bytes` per connection (KiB) | `tcp.tls_sessions_live` |")
-    w("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|")
+      "per run (KiB) | kernel sockets per connection | tlsgate's report while held: `rss_bytes` (MiB) | "
+      "`tcp.socket_buffer_bytes` per connection (KiB) | `tcp.tls_sessions_live` |")
+    w("|---|---|---:|---:|---:|---|---:|---:|---:|---|")
     for p in M:
         rs = runs_of(mem, p)
         per_conn = lambda r: (num(r.get("rss1")) - num(r.get("rss0"))) / num(r.get("k")) / 1024
@@ -216,16 +220,15 @@ if M:
         rep = lambda key, scale: med(mem, p, lambda r: num(r.get(key)) / scale)
         if p == "c":
             live_rss = fmt(rep("live_rss", 2 ** 20), 1)
-            rep_rss = fmt(rep("rep_rss", 2 ** 20), 1)
             rep_buf = fmt(med(mem, p, lambda r: num(r.get("rep_sockbuf")) / num(r.get("k")) / 1024), 1)
             rep_tls = " / ".join(r.get("rep_tls_live", "?") for r in rs)
         else:
-            live_rss = rep_rss = rep_buf = rep_tls = "-"
+            live_rss = rep_buf = rep_tls = "-"
         w(f"| {NAMES[p]} | {held} | {fmt(rep('rss0', 2 ** 20), 1)} | {fmt(rep('rss1', 2 ** 20), 1)} | "
-          f"{fmt(memx[p], 1)} | {per_run(mem, p, per_conn, 1)} | {fmt(socks, 2)} | {live_rss} | {rep_rss} | "
+          f"{fmt(memx[p], 1)} | {per_run(mem, p, per_conn, 1)} | {fmt(socks, 2)} | {live_rss} | "
           f"{rep_buf} | {rep_tls} |")
     if "b" in memx and "c" in memx:
-        w(f"| ratio c/b | | | | {fmt(ratio(memx['c'], memx['b']), 2)} | | | | | | |")
+        w(f"| ratio c/b | | | | {fmt(ratio(memx['c'], memx['b']), 2)} | | | | | |")
 
 # --- targets ----------------------------------------------------------------------
 if "b" in P and "c" in P:
