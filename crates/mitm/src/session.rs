@@ -8,21 +8,31 @@
 //! with the same names, then finish the client's handshake offering exactly
 //! the ALPN protocol the server picked.
 
-use std::io::{Read, Write};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use std::cell::Cell;
-
-use rustls::client::ResolvesClientCert;
-use rustls::server::{Accepted, Acceptor, ProducesTickets, ResolvesServerCert, StoresServerSessions};
+use rustls::client::{ClientConnectionData, ResolvesClientCert, UnbufferedClientConnection};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    Acceptor, ProducesTickets, ResolvesServerCert, ServerConnectionData, StoresServerSessions,
+    UnbufferedServerConnection,
+};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon, UnbufferedStatus,
+    WriteTraffic,
+};
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{ServerName, UnixTime};
 use time::OffsetDateTime;
 
 use crate::error::MitmError;
-use crate::forge::{Forger, Trust};
+use crate::forge::{Forged, Forger, Trust};
 use crate::keylog::KeyLogFile;
 use crate::trust::UpstreamTrust;
 
@@ -37,8 +47,6 @@ pub enum InvalidUpstream {
     Refuse,
 }
 
-/// Plaintext read at once from one side before it is written to the other.
-const CHUNK: usize = 16 * 1024;
 /// Bytes a client may send while the appliance talks to the server (a
 /// client waits for the ServerHello, so only a few records are legitimate).
 const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
@@ -48,12 +56,25 @@ const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
 pub struct TlsContext {
     forger: Forger,
     trust: UpstreamTrust,
+    provider: Arc<CryptoProvider>,
     upstream: Arc<ClientConfig>,
+    /// Upstream configurations by the ALPN offer they carry.
+    upstream_by_alpn: RefCell<BoundedCache<Vec<Vec<u8>>, ClientConfig>>,
+    /// Client-facing configurations by forged certificate and ALPN: every
+    /// connection to the same site shares one (a session holds it while
+    /// it lives, so sharing saves memory per idle connection).
+    client_facing: RefCell<BoundedCache<ForgedAndAlpn, ServerConfig>>,
     server_sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
     invalid_upstream: InvalidUpstream,
     key_log: Option<Arc<KeyLogFile>>,
 }
+
+/// A forged certificate's fingerprint and the ALPN protocol chosen.
+type ForgedAndAlpn = (String, Option<Vec<u8>>);
+
+/// How many configurations each cache keeps before it starts again.
+const CONFIG_CACHE_ENTRIES: usize = 1024;
 
 impl TlsContext {
     /// With `key_log`, the secrets of both legs of every connection are
@@ -64,7 +85,8 @@ impl TlsContext {
         invalid_upstream: InvalidUpstream,
         key_log: Option<Arc<KeyLogFile>>,
     ) -> Result<Self, MitmError> {
-        let mut upstream = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut upstream = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|err| MitmError::Config(err.to_string()))?
             .dangerous()
@@ -77,7 +99,10 @@ impl TlsContext {
         Ok(TlsContext {
             forger,
             trust,
+            provider,
             upstream: Arc::new(upstream),
+            upstream_by_alpn: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
+            client_facing: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
             server_sessions: rustls::server::ServerSessionMemoryCache::new(4096),
             ticketer,
             invalid_upstream,
@@ -93,24 +118,61 @@ impl TlsContext {
         if alpn.is_empty() {
             return Arc::clone(&self.upstream);
         }
-        let mut config = (*self.upstream).clone();
-        config.alpn_protocols = alpn.to_vec();
-        Arc::new(config)
+        let cached = self.upstream_by_alpn.borrow_mut().get_or_insert(alpn.to_vec(), || {
+            let mut config = (*self.upstream).clone();
+            config.alpn_protocols = alpn.to_vec();
+            Ok::<_, Infallible>(config)
+        });
+        match cached {
+            Ok(config) => config,
+            Err(never) => match never {},
+        }
     }
 
-    fn client_config(&self, certified: Arc<CertifiedKey>, alpn: Option<&[u8]>) -> Result<Arc<ServerConfig>, MitmError> {
-        let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| MitmError::Config(err.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(FixedCert(certified)));
-        config.alpn_protocols = alpn.map(|protocol| vec![protocol.to_vec()]).unwrap_or_default();
-        config.session_storage = Arc::clone(&self.server_sessions);
-        config.ticketer = Arc::clone(&self.ticketer);
-        if let Some(key_log) = &self.key_log {
-            config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+    fn client_config(&self, forged: &Forged, alpn: Option<&[u8]>) -> Result<Arc<ServerConfig>, MitmError> {
+        let key = (forged.fingerprint.clone(), alpn.map(<[u8]>::to_vec));
+        self.client_facing.borrow_mut().get_or_insert(key, || {
+            let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|err| MitmError::Config(err.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(FixedCert(Arc::clone(&forged.certified))));
+            config.alpn_protocols = alpn.map(|protocol| vec![protocol.to_vec()]).unwrap_or_default();
+            config.session_storage = Arc::clone(&self.server_sessions);
+            config.ticketer = Arc::clone(&self.ticketer);
+            if let Some(key_log) = &self.key_log {
+                config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+            }
+            Ok(config)
+        })
+    }
+}
+
+/// A map that forgets everything when it is full: enough for configurations
+/// that are cheap to rebuild and that live sessions keep alive anyway.
+struct BoundedCache<K, V> {
+    entries: HashMap<K, Arc<V>>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash, V> BoundedCache<K, V> {
+    fn new(capacity: usize) -> Self {
+        BoundedCache {
+            entries: HashMap::new(),
+            capacity,
         }
-        Ok(Arc::new(config))
+    }
+
+    fn get_or_insert<E>(&mut self, key: K, make: impl FnOnce() -> Result<V, E>) -> Result<Arc<V>, E> {
+        if let Some(value) = self.entries.get(&key) {
+            return Ok(Arc::clone(value));
+        }
+        let value = Arc::new(make()?);
+        if self.entries.len() >= self.capacity {
+            self.entries.clear();
+        }
+        self.entries.insert(key, Arc::clone(&value));
+        Ok(value)
     }
 }
 
@@ -176,23 +238,24 @@ enum Phase {
     /// Waiting for the whole ClientHello.
     Hello(Box<Acceptor>),
     /// The ClientHello is read; the caller decides (see [`TlsSession::pending`]).
-    Decide(Box<Accepted>),
+    /// Its ALPN offer is kept as sent, for the upstream ClientHello.
+    Decide {
+        alpn: Vec<Vec<u8>>,
+    },
     /// The client's first bytes are not a usable ClientHello; the caller
     /// decides between bypass and block.
     Rejected(Rejection),
     /// The client waits while the appliance talks to the real server.
     Upstream {
-        accepted: Box<Accepted>,
-        upstream: Box<ClientConnection>,
+        upstream: Box<Leg<UnbufferedClientConnection>>,
     },
     /// Both handshakes running or done; plaintext is relayed.
     Established {
-        client: Box<ServerConnection>,
-        upstream: Box<ClientConnection>,
+        client: Box<Leg<UnbufferedServerConnection>>,
+        upstream: Box<Leg<UnbufferedClientConnection>>,
     },
     Failed,
 }
-
 /// Why the client's first bytes could not be intercepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -214,13 +277,17 @@ pub enum Pending {
 }
 
 /// One intercepted TLS connection.
+///
+/// Both legs use rustls's unbuffered API: the session owns every buffer and
+/// frees each one as soon as it is empty, so an idle connection holds only
+/// the two connections' keys and state, not rustls's 4 KiB read buffers.
 pub struct TlsSession {
     phase: Phase,
-    /// Every byte the client sent until a decision, for a bypass.
+    /// Every byte the client sent before its leg exists: the ClientHello
+    /// and whatever followed it. Given back whole on a bypass; on
+    /// interception, the forged-certificate handshake reads it again.
     client_bytes: Vec<u8>,
     server_ip: IpAddr,
-    /// Client bytes that arrived while the upstream handshake ran.
-    early_client: Vec<u8>,
     to_client: Vec<u8>,
     to_server: Vec<u8>,
     client_eof: bool,
@@ -229,6 +296,7 @@ pub struct TlsSession {
     /// [`TlsSession::expose_plaintext`]) instead of crossing directly.
     exposed: bool,
     plaintext_from_client: Vec<u8>,
+    /// Also what the server sent while the client's leg did not exist yet.
     plaintext_from_server: Vec<u8>,
     pub info: SessionInfo,
 }
@@ -245,7 +313,6 @@ impl TlsSession {
             phase: Phase::Hello(Box::default()),
             client_bytes: Vec::new(),
             server_ip,
-            early_client: Vec::new(),
             to_client: Vec::new(),
             to_server: Vec::new(),
             client_eof: false,
@@ -297,13 +364,14 @@ impl TlsSession {
                 "no plaintext can be sent before the handshakes".into(),
             ));
         };
-        upstream
-            .writer()
-            .write_all(plaintext)
-            .map_err(|_| MitmError::Server(rustls::Error::General("the server side is closed".into())))?;
+        if upstream.close_wanted {
+            return Err(MitmError::Server(rustls::Error::General(
+                "the server side is closed".into(),
+            )));
+        }
+        upstream.outgoing.extend_from_slice(plaintext);
         self.info.plaintext_client_to_server += plaintext.len() as u64;
-        self.flush();
-        Ok(())
+        self.pump()
     }
 
     /// Encrypts `plaintext` to the client (exposed sessions).
@@ -313,29 +381,31 @@ impl TlsSession {
                 "no plaintext can be sent before the handshakes".into(),
             ));
         };
-        client
-            .writer()
-            .write_all(plaintext)
-            .map_err(|_| MitmError::Client(rustls::Error::General("the client side is closed".into())))?;
+        if client.close_wanted {
+            return Err(MitmError::Client(rustls::Error::General(
+                "the client side is closed".into(),
+            )));
+        }
+        client.outgoing.extend_from_slice(plaintext);
         self.info.plaintext_server_to_client += plaintext.len() as u64;
-        self.flush();
-        Ok(())
+        self.pump()
     }
 
     /// Sends close_notify to the server (exposed sessions).
     pub fn close_to_server(&mut self) {
         if let Phase::Established { upstream, .. } = &mut self.phase {
-            upstream.send_close_notify();
+            upstream.close_wanted = true;
         }
-        self.flush();
+        // A failure ends the session; the caller sees it as failed.
+        let _ = self.pump();
     }
 
     /// Sends close_notify to the client (exposed sessions).
     pub fn close_to_client(&mut self) {
         if let Phase::Established { client, .. } = &mut self.phase {
-            client.send_close_notify();
+            client.close_wanted = true;
         }
-        self.flush();
+        let _ = self.pump();
     }
 
     /// Ciphertext waiting for the client (take what the socket accepts).
@@ -363,17 +433,53 @@ impl TlsSession {
         matches!(self.phase, Phase::Established { .. })
     }
 
+    /// Frees the output and plaintext buffers the caller has emptied (they
+    /// keep their capacity otherwise): call it when the connection goes
+    /// quiet, so that an idle session holds no buffer at all.
+    pub fn release_empty_buffers(&mut self) {
+        for buffer in [
+            &mut self.to_client,
+            &mut self.to_server,
+            &mut self.plaintext_from_client,
+            &mut self.plaintext_from_server,
+        ] {
+            if buffer.is_empty() {
+                *buffer = Vec::new();
+            }
+        }
+    }
+
+    /// Bytes of buffer capacity the session holds (its own queues and both
+    /// legs'; rustls's keys and state come on top): zero for an idle session
+    /// after [`TlsSession::release_empty_buffers`].
+    pub fn buffer_capacity(&self) -> usize {
+        let legs = match &self.phase {
+            Phase::Upstream { upstream } => upstream.buffer_capacity(),
+            Phase::Established { client, upstream } => client.buffer_capacity() + upstream.buffer_capacity(),
+            Phase::Hello(_) | Phase::Decide { .. } | Phase::Rejected(_) | Phase::Failed => 0,
+        };
+        legs + [
+            &self.client_bytes,
+            &self.to_client,
+            &self.to_server,
+            &self.plaintext_from_client,
+            &self.plaintext_from_server,
+        ]
+        .iter()
+        .map(|buffer| buffer.capacity())
+        .sum::<usize>()
+    }
+
     /// Feeds ciphertext from the client.
-    pub fn from_client(&mut self, mut data: &[u8]) -> Result<(), MitmError> {
+    pub fn from_client(&mut self, data: &[u8]) -> Result<(), MitmError> {
+        // Until the client's leg exists, its bytes are held (for a bypass,
+        // or for the forged-certificate handshake).
+        if !matches!(self.phase, Phase::Established { .. } | Phase::Failed) {
+            self.hold_client_bytes(data)?;
+        }
         match &mut self.phase {
             Phase::Hello(acceptor) => {
-                if self.client_bytes.len() + data.len() > EARLY_CLIENT_LIMIT {
-                    self.phase = Phase::Failed;
-                    return Err(MitmError::Client(rustls::Error::General(
-                        "no ClientHello in the first 64 KiB".into(),
-                    )));
-                }
-                self.client_bytes.extend_from_slice(data);
+                let mut data = data;
                 while !data.is_empty() {
                     match acceptor.read_tls(&mut data) {
                         Ok(0) | Err(_) => break,
@@ -385,11 +491,12 @@ impl TlsSession {
                     Ok(Some(accepted)) => {
                         let hello = accepted.client_hello();
                         self.info.sni = hello.server_name().map(str::to_owned);
-                        self.info.alpn_offered = hello
+                        let alpn: Vec<Vec<u8>> = hello
                             .alpn()
-                            .map(|offer| offer.map(protocol_name).collect())
+                            .map(|offer| offer.map(<[u8]>::to_vec).collect())
                             .unwrap_or_default();
-                        self.phase = Phase::Decide(Box::new(accepted));
+                        self.info.alpn_offered = alpn.iter().map(|p| protocol_name(p)).collect();
+                        self.phase = Phase::Decide { alpn };
                         Ok(())
                     }
                     Err((err, _alert)) => {
@@ -403,86 +510,64 @@ impl TlsSession {
                     }
                 }
             }
-            Phase::Decide(_) | Phase::Rejected(_) => {
-                // Held until the caller decides (bounded like the hello).
-                if self.client_bytes.len() + data.len() > EARLY_CLIENT_LIMIT {
-                    self.phase = Phase::Failed;
-                    return Err(MitmError::Client(rustls::Error::General(
-                        "the client sent more than 64 KiB before the handshake".into(),
-                    )));
-                }
-                self.client_bytes.extend_from_slice(data);
-                self.early_client.extend_from_slice(data);
-                Ok(())
-            }
-            Phase::Upstream { .. } => {
-                if self.early_client.len() + data.len() > EARLY_CLIENT_LIMIT {
-                    self.phase = Phase::Failed;
-                    return Err(MitmError::Client(rustls::Error::General(
-                        "the client sent more than 64 KiB before the handshake".into(),
-                    )));
-                }
-                self.early_client.extend_from_slice(data);
-                Ok(())
-            }
-            Phase::Established { client, upstream } => {
-                let sink = match self.exposed {
-                    true => Sink::Buffer(&mut self.plaintext_from_client),
-                    false => Sink::Connection(upstream),
-                };
-                let result = relay(client, sink, data, &mut self.client_eof)
-                    .map(|moved| self.info.plaintext_client_to_server += moved);
-                self.flush();
-                result.map_err(|err| {
-                    self.phase = Phase::Failed;
-                    MitmError::Client(err)
-                })
+            // Held (above) until the caller decides, and while the
+            // appliance talks to the server.
+            Phase::Decide { .. } | Phase::Rejected(_) | Phase::Upstream { .. } => Ok(()),
+            Phase::Established { client, .. } => {
+                client.incoming.extend_from_slice(data);
+                self.pump()
             }
             Phase::Failed => Ok(()),
         }
     }
 
+    /// Keeps client bytes that arrive before the client's leg exists,
+    /// refusing more than a ClientHello and a few records can take.
+    fn hold_client_bytes(&mut self, data: &[u8]) -> Result<(), MitmError> {
+        if self.client_bytes.len() + data.len() > EARLY_CLIENT_LIMIT {
+            let reason = match self.phase {
+                Phase::Hello(_) => "no ClientHello in the first 64 KiB",
+                _ => "the client sent more than 64 KiB before the handshake",
+            };
+            self.phase = Phase::Failed;
+            return Err(MitmError::Client(rustls::Error::General(reason.into())));
+        }
+        self.client_bytes.extend_from_slice(data);
+        Ok(())
+    }
+
     /// Feeds ciphertext from the server.
     pub fn from_server(&mut self, cx: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
         match &mut self.phase {
-            Phase::Upstream { upstream, .. } => {
+            Phase::Upstream { upstream } => {
+                upstream.incoming.extend_from_slice(data);
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
-                let fed = feed(upstream, data);
+                let driven = upstream.drive(&mut self.to_server, &mut self.plaintext_from_server);
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
                     self.info.client_cert_requested = true;
                 }
-                if let Err(err) = fed {
-                    let _ = upstream.write_tls(&mut self.to_server);
+                if let Err(err) = driven {
+                    upstream.flush_alert(&mut self.to_server);
                     self.phase = Phase::Failed;
                     return Err(MitmError::Server(err));
                 }
-                let _ = upstream.write_tls(&mut self.to_server);
-                if !upstream.is_handshaking() {
+                if !upstream.conn.is_handshaking() {
                     return self.finish_upstream(cx);
                 }
                 Ok(())
             }
-            Phase::Established { client, upstream } => {
-                let sink = match self.exposed {
-                    true => Sink::Buffer(&mut self.plaintext_from_server),
-                    false => Sink::Connection(client),
-                };
-                let result = relay(upstream, sink, data, &mut self.server_eof)
-                    .map(|moved| self.info.plaintext_server_to_client += moved);
-                self.flush();
-                result.map_err(|err| {
-                    self.phase = Phase::Failed;
-                    MitmError::Server(err)
-                })
+            Phase::Established { upstream, .. } => {
+                upstream.incoming.extend_from_slice(data);
+                self.pump()
             }
-            Phase::Hello(_) | Phase::Decide(_) | Phase::Rejected(_) | Phase::Failed => Ok(()),
+            Phase::Hello(_) | Phase::Decide { .. } | Phase::Rejected(_) | Phase::Failed => Ok(()),
         }
     }
 
     /// What the caller must decide on, if anything.
     pub fn pending(&self) -> Option<Pending> {
         match &self.phase {
-            Phase::Decide(_) => Some(Pending::Hello {
+            Phase::Decide { .. } => Some(Pending::Hello {
                 sni: self.info.sni.clone(),
                 alpn: self.info.alpn_offered.clone(),
             }),
@@ -494,10 +579,7 @@ impl TlsSession {
     /// Goes on with the interception of a pending ClientHello.
     pub fn intercept(&mut self, cx: &TlsContext) -> Result<(), MitmError> {
         match std::mem::replace(&mut self.phase, Phase::Failed) {
-            Phase::Decide(accepted) => {
-                self.client_bytes = Vec::new();
-                self.start_upstream(cx, *accepted)
-            }
+            Phase::Decide { alpn } => self.start_upstream(cx, &alpn),
             other => {
                 self.phase = other;
                 Err(MitmError::Config("nothing to intercept".into()))
@@ -509,40 +591,32 @@ impl TlsSession {
     /// far, to be passed on to the server untouched.
     pub fn bypass(&mut self) -> Vec<u8> {
         self.phase = Phase::Failed;
-        self.early_client = Vec::new();
         std::mem::take(&mut self.client_bytes)
     }
 
-    fn start_upstream(&mut self, cx: &TlsContext, accepted: Accepted) -> Result<(), MitmError> {
-        let hello = accepted.client_hello();
-        let sni = hello.server_name().map(str::to_owned);
-        let alpn: Vec<Vec<u8>> = hello
-            .alpn()
-            .map(|offer| offer.map(<[u8]>::to_vec).collect())
-            .unwrap_or_default();
-        self.info.sni = sni.clone();
-        self.info.alpn_offered = alpn.iter().map(|p| protocol_name(p)).collect();
-        let name = match sni.and_then(|sni| ServerName::try_from(sni).ok()) {
+    fn start_upstream(&mut self, cx: &TlsContext, alpn: &[Vec<u8>]) -> Result<(), MitmError> {
+        let name = match self.info.sni.clone().and_then(|sni| ServerName::try_from(sni).ok()) {
             Some(name) => name,
             None => ServerName::IpAddress(self.server_ip.into()),
         };
-        let mut upstream = ClientConnection::new(cx.upstream_config(&alpn), name).map_err(MitmError::Server)?;
-        let _ = upstream.write_tls(&mut self.to_server);
-        self.phase = Phase::Upstream {
-            accepted: Box::new(accepted),
-            upstream: Box::new(upstream),
-        };
+        let upstream = UnbufferedClientConnection::new(cx.upstream_config(alpn), name).map_err(MitmError::Server)?;
+        let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
+        upstream
+            .drive(&mut self.to_server, &mut self.plaintext_from_server)
+            .map_err(MitmError::Server)?;
+        self.phase = Phase::Upstream { upstream };
         Ok(())
     }
 
     fn finish_upstream(&mut self, cx: &mut TlsContext) -> Result<(), MitmError> {
-        let Phase::Upstream { accepted, upstream } = std::mem::replace(&mut self.phase, Phase::Failed) else {
+        let Phase::Upstream { upstream } = std::mem::replace(&mut self.phase, Phase::Failed) else {
             return Ok(());
         };
-        self.info.server_version = upstream.protocol_version().map(|v| format!("{v:?}"));
-        self.info.resumed_server = matches!(upstream.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-        self.info.server_cipher = upstream.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
-        let chain = upstream.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let server = &upstream.conn;
+        self.info.server_version = server.protocol_version().map(|v| format!("{v:?}"));
+        self.info.resumed_server = matches!(server.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        self.info.server_cipher = server.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+        let chain = server.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
         let Some(leaf) = chain.first() else {
             return Err(MitmError::Forge("the server sent no certificate".into()));
         };
@@ -567,131 +641,299 @@ impl TlsSession {
             .forge(leaf, self.info.sni.as_deref(), trust, OffsetDateTime::now_utc())?;
         self.info.forged_fingerprint = Some(forged.fingerprint.clone());
         self.info.forged_cache_hit = forged.cache_hit;
-        let alpn = upstream.alpn_protocol().map(<[u8]>::to_vec);
+        let alpn = server.alpn_protocol().map(<[u8]>::to_vec);
         self.info.alpn = alpn.as_deref().map(protocol_name);
-        let config = cx.client_config(forged.certified, alpn.as_deref())?;
-        let mut client = match accepted.into_connection(config) {
-            Ok(client) => client,
-            Err((err, mut alert)) => {
-                let _ = alert.write(&mut self.to_client);
+        let config = cx.client_config(&forged, alpn.as_deref())?;
+        let client = UnbufferedServerConnection::new(config).map_err(MitmError::Client)?;
+        // The client's leg starts from the ClientHello the acceptor read.
+        let mut client = Box::new(Leg::new(client, std::mem::take(&mut self.client_bytes)));
+        if !self.exposed {
+            // What the server sent with its last handshake flight.
+            client.outgoing = std::mem::take(&mut self.plaintext_from_server);
+            self.info.plaintext_server_to_client += client.outgoing.len() as u64;
+        }
+        self.phase = Phase::Established { client, upstream };
+        self.pump()
+    }
+
+    /// Runs both legs until neither has anything more to do: ciphertext
+    /// in, plaintext across (or to the caller), ciphertext out. A failure
+    /// ends the session, after the alert rustls has for the failed side.
+    fn pump(&mut self) -> Result<(), MitmError> {
+        let result = self.pump_legs();
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn pump_legs(&mut self) -> Result<(), MitmError> {
+        let Phase::Established { client, upstream } = &mut self.phase else {
+            return Ok(());
+        };
+        // Client, server, client again: what the server's leg decrypts is
+        // encrypted to the client in the same call. Each round is cheap
+        // when there is nothing to do.
+        for _ in 0..2 {
+            let before = upstream.outgoing.len();
+            let from_client = match self.exposed {
+                true => &mut self.plaintext_from_client,
+                false => &mut upstream.outgoing,
+            };
+            if let Err(err) = client.drive(&mut self.to_client, from_client) {
+                client.flush_alert(&mut self.to_client);
                 return Err(MitmError::Client(err));
             }
-        };
-        client.set_buffer_limit(None);
-        let mut upstream = upstream;
-        upstream.set_buffer_limit(None);
-        let early = std::mem::take(&mut self.early_client);
-        let sink = match self.exposed {
-            true => Sink::Buffer(&mut self.plaintext_from_client),
-            false => Sink::Connection(&mut upstream),
-        };
-        let result = relay(&mut client, sink, &early, &mut self.client_eof)
-            .map(|moved| self.info.plaintext_client_to_server += moved);
-        self.phase = Phase::Established {
-            client: Box::new(client),
-            upstream,
-        };
-        self.flush();
-        result.map_err(MitmError::Client)
-    }
-
-    /// Moves everything rustls wants to send into the output buffers.
-    fn flush(&mut self) {
-        if let Phase::Established { client, upstream } = &mut self.phase {
-            while client.wants_write() {
-                if client.write_tls(&mut self.to_client).is_err() {
-                    break;
+            if !self.exposed {
+                self.info.plaintext_client_to_server += upstream.outgoing.len().saturating_sub(before) as u64;
+            }
+            if client.peer_closed && !self.client_eof {
+                self.client_eof = true;
+                if !self.exposed {
+                    upstream.close_wanted = true;
                 }
             }
-            while upstream.wants_write() {
-                if upstream.write_tls(&mut self.to_server).is_err() {
-                    break;
+
+            let before = client.outgoing.len();
+            let from_server = match self.exposed {
+                true => &mut self.plaintext_from_server,
+                false => &mut client.outgoing,
+            };
+            if let Err(err) = upstream.drive(&mut self.to_server, from_server) {
+                upstream.flush_alert(&mut self.to_server);
+                return Err(MitmError::Server(err));
+            }
+            if !self.exposed {
+                self.info.plaintext_server_to_client += client.outgoing.len().saturating_sub(before) as u64;
+            }
+            if upstream.peer_closed && !self.server_eof {
+                self.server_eof = true;
+                if !self.exposed {
+                    client.close_wanted = true;
                 }
             }
-            if !client.is_handshaking() && self.info.client_version.is_none() {
-                self.info.client_version = client.protocol_version().map(|v| format!("{v:?}"));
-                self.info.client_cipher = client.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
-                self.info.resumed_client = matches!(client.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            if !client.has_output_waiting() {
+                break;
             }
         }
+        if !client.conn.is_handshaking() && self.info.client_version.is_none() {
+            self.info.client_version = client.conn.protocol_version().map(|v| format!("{v:?}"));
+            self.info.client_cipher = client
+                .conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()));
+            self.info.resumed_client = matches!(client.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        }
+        Ok(())
     }
 }
 
-/// Feeds all of `data` into `conn` (rustls takes a bounded amount per
-/// `read_tls`, so records are processed in between).
-fn feed<D: SideData>(conn: &mut ConnectionCommon<D>, mut data: &[u8]) -> Result<(), rustls::Error> {
-    loop {
-        while !data.is_empty() {
-            match conn.read_tls(&mut data) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        conn.process_new_packets()?;
-        if data.is_empty() {
-            return Ok(());
-        }
+/// An unbuffered rustls connection of either side.
+trait Endpoint: Deref<Target = UnbufferedConnectionCommon<Self::Data>> {
+    type Data;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Endpoint for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
     }
 }
 
-/// Where [`relay`] puts the plaintext it decrypts.
-enum Sink<'a, B: SideData> {
-    /// Straight into the other side's connection.
-    Connection(&'a mut ConnectionCommon<B>),
-    /// Into a buffer the caller passes on (the size it counts there).
-    Buffer(&'a mut Vec<u8>),
+impl Endpoint for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
 }
 
-/// Feeds `data` into `from`, and puts the plaintext it yields into `sink`.
-/// Sets `eof` when `from`'s peer sent close_notify (and closes a connection
-/// sink the same way). Returns the plaintext bytes written to a connection
-/// sink (what reaches a buffer is counted when the caller passes it on).
-fn relay<A: SideData, B: SideData>(
-    from: &mut ConnectionCommon<A>,
-    mut sink: Sink<'_, B>,
-    mut data: &[u8],
-    eof: &mut bool,
-) -> Result<u64, rustls::Error> {
-    let mut moved = 0u64;
-    loop {
-        while !data.is_empty() {
-            match from.read_tls(&mut data) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+/// One leg's rustls connection and the buffers it needs, each freed as
+/// soon as it is empty.
+struct Leg<C> {
+    conn: C,
+    /// Ciphertext received and not processed yet (a partial record).
+    incoming: Vec<u8>,
+    /// Plaintext to encrypt as soon as the handshake allows.
+    outgoing: Vec<u8>,
+    /// A close_notify is to follow `outgoing`.
+    close_wanted: bool,
+    close_sent: bool,
+    /// The peer sent close_notify.
+    peer_closed: bool,
+}
+
+impl<C: Endpoint> Leg<C> {
+    fn new(conn: C, incoming: Vec<u8>) -> Self {
+        Leg {
+            conn,
+            incoming,
+            outgoing: Vec::new(),
+            close_wanted: false,
+            close_sent: false,
+            peer_closed: false,
         }
-        from.process_new_packets()?;
-        let mut buf = [0u8; CHUNK];
+    }
+
+    fn buffer_capacity(&self) -> usize {
+        self.incoming.capacity() + self.outgoing.capacity()
+    }
+
+    /// Plaintext or a close_notify waits to be sent.
+    fn has_output_waiting(&self) -> bool {
+        !self.outgoing.is_empty() || (self.close_wanted && !self.close_sent)
+    }
+
+    /// Processes what has arrived and sends what can be sent: handshake
+    /// messages and encrypted records are appended to `out`, decrypted
+    /// plaintext to `plaintext`; stops when rustls needs more input.
+    fn drive(&mut self, out: &mut Vec<u8>, plaintext: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        let Leg {
+            conn,
+            incoming,
+            outgoing,
+            close_wanted,
+            close_sent,
+            peer_closed,
+        } = self;
         loop {
-            match from.reader().read(&mut buf) {
-                Ok(0) => {
-                    if !*eof {
-                        *eof = true;
-                        if let Sink::Connection(to) = &mut sink {
-                            to.send_close_notify();
-                        }
-                    }
-                    break;
-                }
-                Ok(read) => {
-                    let plaintext = buf.get(..read).unwrap_or_default();
-                    match &mut sink {
-                        // Unlimited buffers (set above) accept everything; a
-                        // failure here means the other side is closed.
-                        Sink::Connection(to) => {
-                            to.writer()
-                                .write_all(plaintext)
-                                .map_err(|_| rustls::Error::General("the other side is closed".into()))?;
-                            moved += read as u64;
-                        }
-                        Sink::Buffer(buffer) => buffer.extend_from_slice(plaintext),
+            let UnbufferedStatus { mut discard, state } = conn.process(incoming);
+            let mut waiting = false;
+            match state? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record?;
+                        discard += record.discard;
+                        plaintext.extend_from_slice(record.payload);
                     }
                 }
-                Err(_) => break, // WouldBlock: nothing more for now
+                ConnectionState::PeerClosed => *peer_closed = true,
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append(out, 1024, |buf| match encode.encode(buf) {
+                        Ok(written) => Encoded::Written(written),
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                            Encoded::Needs(required_size)
+                        }
+                        Err(err) => Encoded::Failed(err.to_string()),
+                    })?;
+                }
+                ConnectionState::TransmitTlsData(mut transmit) => {
+                    if let Some(mut traffic) = transmit.may_encrypt_app_data() {
+                        write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                    }
+                    transmit.done();
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                    waiting = true;
+                }
+                // Early data is never accepted (the server configuration
+                // leaves it off), so `ReadEarlyData` does not occur.
+                _ => waiting = true,
+            }
+            incoming.drain(..discard.min(incoming.len()));
+            if waiting {
+                break;
             }
         }
-        if data.is_empty() {
-            return Ok(moved);
+        if *peer_closed {
+            // Nothing after a close_notify is read.
+            incoming.clear();
+        }
+        for buffer in [incoming, outgoing] {
+            if buffer.is_empty() {
+                *buffer = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// After a failure, appends the alert rustls queued for the peer.
+    fn flush_alert(&mut self, out: &mut Vec<u8>) {
+        let UnbufferedStatus { state, .. } = self.conn.process(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = append(out, 64, |buf| match encode.encode(buf) {
+                Ok(written) => Encoded::Written(written),
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                    Encoded::Needs(required_size)
+                }
+                Err(err) => Encoded::Failed(err.to_string()),
+            });
         }
     }
+}
+
+/// Encrypts the plaintext waiting in `outgoing` into `out`, then the
+/// close_notify if one is wanted.
+fn write_traffic<D>(
+    traffic: &mut WriteTraffic<'_, D>,
+    outgoing: &mut Vec<u8>,
+    close_wanted: bool,
+    close_sent: &mut bool,
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    if !outgoing.is_empty() && !*close_sent {
+        // Room for the records' headers and tags, so one pass suffices.
+        let estimate = outgoing.len() + (outgoing.len() / RECORD_PAYLOAD + 1) * RECORD_OVERHEAD;
+        append(out, estimate, |buf| encrypted(traffic.encrypt(outgoing, buf)))?;
+    }
+    outgoing.clear();
+    if close_wanted && !*close_sent {
+        append(out, RECORD_OVERHEAD, |buf| encrypted(traffic.queue_close_notify(buf)))?;
+        *close_sent = true;
+    }
+    Ok(())
+}
+
+/// The largest plaintext in one TLS record.
+const RECORD_PAYLOAD: usize = 16 * 1024;
+/// A record's header, content type, padding allowance and AEAD tag.
+const RECORD_OVERHEAD: usize = 64;
+
+/// What one attempt to write into a buffer gave.
+enum Encoded {
+    Written(usize),
+    /// The buffer must be at least this large.
+    Needs(usize),
+    Failed(String),
+}
+
+fn encrypted(result: Result<usize, EncryptError>) -> Encoded {
+    match result {
+        Ok(written) => Encoded::Written(written),
+        Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => Encoded::Needs(required_size),
+        Err(err) => Encoded::Failed(err.to_string()),
+    }
+}
+
+/// Appends to `out` what `write` puts into the space it is given: first
+/// `estimate` bytes, then as many as it asks for.
+fn append(
+    out: &mut Vec<u8>,
+    estimate: usize,
+    mut write: impl FnMut(&mut [u8]) -> Encoded,
+) -> Result<(), rustls::Error> {
+    let start = out.len();
+    let mut size = estimate;
+    for _ in 0..2 {
+        out.resize(start + size, 0);
+        match write(out.get_mut(start..).unwrap_or_default()) {
+            Encoded::Written(written) => {
+                out.truncate(start + written);
+                return Ok(());
+            }
+            Encoded::Needs(required) => size = required,
+            Encoded::Failed(reason) => {
+                out.truncate(start);
+                return Err(rustls::Error::General(reason));
+            }
+        }
+    }
+    out.truncate(start);
+    Err(rustls::Error::General(
+        "rustls needed more room than it asked for".into(),
+    ))
 }

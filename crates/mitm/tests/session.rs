@@ -261,6 +261,10 @@ fn intercepts_with_a_forged_certificate_and_the_servers_alpn() {
         );
         assert!(info.client_version.is_some() && info.server_version.is_some());
         assert_eq!(info.plaintext_server_to_client, 100_000);
+
+        // Idle again: nothing is kept buffered for this connection.
+        session.release_empty_buffers();
+        assert_eq!(session.buffer_capacity(), 0, "an idle session holds no buffer");
     }
     let counters = app.context.forger().counters();
     assert_eq!((counters.misses, counters.hits), (1, 1));
