@@ -288,6 +288,13 @@ impl fmt::Display for Report {
             tcp.splice.bytes_client_to_server,
             tcp.splice.bytes_server_to_client
         )?;
+        if tcp.splice.reset_at_shutdown > 0 {
+            writeln!(
+                f,
+                "shutdown: {} connection legs still open were reset (one RST each)",
+                tcp.splice.reset_at_shutdown
+            )?;
+        }
         if tcp.splice.tls_intercepted + tcp.splice.tls_failed + tcp.splice.bypassed + tcp.splice.blocked > 0 {
             writeln!(
                 f,

@@ -254,7 +254,12 @@ impl Dataplane {
                         let now = poller.now();
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
-                            Some(mut engine) => run_worker(&mut engine, &mut poller, stop),
+                            Some(mut engine) => {
+                                let reset = run_worker(&mut engine, &mut poller, stop);
+                                if reset > 0 {
+                                    tracing::info!("worker {index}: reset {reset} connection legs at shutdown");
+                                }
+                            }
                             None => tracing::error!("worker {index}: fewer than two ports"),
                         }
                     });

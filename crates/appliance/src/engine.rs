@@ -30,6 +30,10 @@ pub enum Side {
     InspectIn,
 }
 
+/// Sessions reset per batch at shutdown (their RSTs are sent before the
+/// next batch, so the frames waiting at once stay bounded).
+const SHUTDOWN_BATCH: usize = 256;
+
 /// How often the inspection ports' links are checked.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -238,7 +242,7 @@ impl<P: Port> Engine<P> {
         self.splicer.handle_events(&mut self.stack, now);
         self.stack.flush(now);
         self.splicer.handle_events(&mut self.stack, now);
-        self.send_stack_output();
+        self.send_stack_output(None);
         self.tcp_stats.publish(&self.tcp_totals());
         received
     }
@@ -415,40 +419,99 @@ impl<P: Port> Engine<P> {
         received
     }
 
-    /// Copies the stack's frames into port buffers and sends them.
-    fn send_stack_output(&mut self) {
+    /// Ends this engine's part of every connection before its ports stop:
+    /// a RST on every live leg of every session (client, server and
+    /// inspection legs; legs in TIME-WAIT are left alone), so that neither
+    /// the clients nor the servers keep half of a connection nobody serves
+    /// any more. The RSTs are sent in batches, waiting for full transmit
+    /// rings and an empty buffer pool for up to `budget` (wall time) in all;
+    /// what still cannot be sent then is counted as `generated_dropped`.
+    /// Nothing is received any more. Returns the legs reset.
+    pub fn shutdown(&mut self, now: Instant, budget: std::time::Duration) -> u64 {
+        let deadline = std::time::Instant::now() + budget;
+        let before = self.splicer.counters().reset_at_shutdown;
+        loop {
+            let visited = self.splicer.reset_for_shutdown(&mut self.stack, SHUTDOWN_BATCH);
+            self.stack.flush(now);
+            self.splicer.handle_events(&mut self.stack, now);
+            self.stack.flush(now);
+            self.send_stack_output(Some(deadline));
+            if visited == 0 {
+                break;
+            }
+        }
+        self.tcp_stats.publish(&self.tcp_totals());
+        self.splicer.counters().reset_at_shutdown - before
+    }
+
+    /// Copies the stack's frames into port buffers and sends them. With a
+    /// `deadline` (shutdown), full rings and an empty pool are waited for
+    /// until then instead of dropping after [`TX_ATTEMPTS`].
+    fn send_stack_output(&mut self, deadline: Option<std::time::Instant>) {
         self.stack.drain_output(&mut self.stack_output);
         if self.stack_output.is_empty() {
             return;
         }
         for out in self.stack_output.drain(..) {
-            let Some(port) = self.ports.get_mut(out.port) else {
+            let (Some(port), Some(stats), Some(queue)) = (
+                self.ports.get_mut(out.port),
+                self.stats.get(out.port),
+                self.outgoing.get_mut(out.port),
+            ) else {
                 continue;
             };
-            let Some(stats) = self.stats.get(out.port) else {
-                continue;
-            };
-            let copied = port.alloc().and_then(|mut buf| {
-                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
-                Some(buf)
-            });
-            match (copied, self.outgoing.get_mut(out.port)) {
-                (Some(buf), Some(queue)) => queue.push(buf),
-                _ => stats.add_generated_dropped(1),
+            let mut copied = copy_frame(port, &out.frame);
+            if let Some(deadline) = deadline {
+                // The pool is empty while the rings hold frames: send what
+                // is queued and wait for the driver to return buffers.
+                while copied.is_none() && std::time::Instant::now() < deadline {
+                    send_generated(port, queue, stats, Some(deadline));
+                    std::thread::yield_now();
+                    copied = copy_frame(port, &out.frame);
+                }
+            }
+            match copied {
+                Some(buf) => queue.push(buf),
+                None => stats.add_generated_dropped(1),
+            }
+            if deadline.is_some() && queue.len() >= self.burst_size {
+                send_generated(port, queue, stats, deadline);
             }
         }
-        for (index, queue) in self.outgoing.iter_mut().enumerate() {
-            if queue.is_empty() {
-                continue;
-            }
-            let total = queue.len();
-            let unsent = transmit(&mut self.ports[index], queue);
-            queue.clear();
-            self.stats[index].add_generated(total as u64 - unsent as u64);
-            self.stats[index].add_tx(total as u64 - unsent as u64);
-            self.stats[index].add_generated_dropped(unsent as u64);
+        for ((port, queue), stats) in self.ports.iter_mut().zip(&mut self.outgoing).zip(&self.stats) {
+            send_generated(port, queue, stats, deadline);
         }
     }
+}
+
+/// A port buffer holding a copy of `frame`, if one can be had.
+fn copy_frame<P: Port>(port: &mut P, frame: &[u8]) -> Option<P::Buf> {
+    let mut buf = port.alloc()?;
+    buf.grow_back(frame.len())?.copy_from_slice(frame);
+    Some(buf)
+}
+
+/// Transmits the stack's frames queued for `port` and counts them; with a
+/// `deadline`, a full ring is waited for until then.
+fn send_generated<P: Port>(
+    port: &mut P,
+    queue: &mut Vec<P::Buf>,
+    stats: &PortStats,
+    deadline: Option<std::time::Instant>,
+) {
+    if queue.is_empty() {
+        return;
+    }
+    let total = queue.len();
+    let unsent = match deadline {
+        Some(deadline) => transmit_until(port, queue, deadline),
+        None => transmit(port, queue),
+    };
+    queue.clear();
+    let sent = (total - unsent) as u64;
+    stats.add_generated(sent);
+    stats.add_tx(sent);
+    stats.add_generated_dropped(unsent as u64);
 }
 
 /// An ICMP destination unreachable about the SYN of a server leg that is
@@ -474,6 +537,20 @@ fn transmit<P: Port>(port: &mut P, frames: &mut Vec<P::Buf>) -> usize {
     while !frames.is_empty() && attempts < TX_ATTEMPTS {
         if port.tx_burst(frames) == 0 {
             attempts += 1;
+        }
+    }
+    frames.len()
+}
+
+/// Transmits `frames` on `port`, retrying a full ring until `deadline`;
+/// returns how many could not be sent (still in `frames`).
+fn transmit_until<P: Port>(port: &mut P, frames: &mut Vec<P::Buf>, deadline: std::time::Instant) -> usize {
+    while !frames.is_empty() {
+        if port.tx_burst(frames) == 0 {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::yield_now();
         }
     }
     frames.len()

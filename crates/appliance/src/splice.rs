@@ -172,6 +172,9 @@ pub struct SpliceCounters {
     /// pass their SYN in time or an inspection port's link was down.
     pub inspect_failed_open: u64,
     pub inspect_failed_closed: u64,
+    /// Legs (client, server, inspection) reset because the engine shut
+    /// down while their connection was still open: one RST each.
+    pub reset_at_shutdown: u64,
 }
 
 impl std::ops::AddAssign for SpliceCounters {
@@ -195,6 +198,7 @@ impl std::ops::AddAssign for SpliceCounters {
         self.inspect_blocked += other.inspect_blocked;
         self.inspect_failed_open += other.inspect_failed_open;
         self.inspect_failed_closed += other.inspect_failed_closed;
+        self.reset_at_shutdown += other.reset_at_shutdown;
     }
 }
 
@@ -202,6 +206,8 @@ impl std::ops::AddAssign for SpliceCounters {
 pub struct Splicer {
     sessions: Slab<Session>,
     shared: Shared,
+    /// The sessions still to reset, once the engine is shutting down.
+    shutdown_pending: Option<Vec<usize>>,
 }
 
 /// Everything of a splicer but its sessions (so a session can be worked on
@@ -449,6 +455,7 @@ impl Splicer {
                 inspection_links_up: true,
                 capture: None,
             },
+            shutdown_pending: None,
         }
     }
 
@@ -523,6 +530,46 @@ impl Splicer {
 
     pub fn counters(&self) -> SpliceCounters {
         self.shared.counters
+    }
+
+    /// Shutdown: resets every live leg (client, server and inspection
+    /// legs) of up to `max` sessions, one RST each; legs in TIME-WAIT (their
+    /// connection is over) are left alone. The first call takes the
+    /// sessions open at that moment. The RSTs go out at the stack's next
+    /// flush. Returns how many sessions were visited: 0 once all were.
+    pub fn reset_for_shutdown(&mut self, stack: &mut Stack, max: usize) -> usize {
+        let sessions = &mut self.sessions;
+        let pending = self
+            .shutdown_pending
+            .get_or_insert_with(|| sessions.iter().map(|(index, _)| index).collect());
+        let mut visited = 0;
+        while visited < max {
+            let Some(index) = pending.pop() else { break };
+            visited += 1;
+            let Some(session) = sessions.get_mut(index) else {
+                continue;
+            };
+            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
+            let mut reset = 0;
+            for leg in [session.client, session.server].into_iter().chain(loop_legs).flatten() {
+                let live = stack
+                    .state(leg)
+                    .is_ok_and(|state| !matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed));
+                if live && stack.abort(leg).is_ok() {
+                    reset += 1;
+                }
+            }
+            if reset > 0 {
+                self.shared.counters.reset_at_shutdown += reset;
+                session.failed = true;
+                session
+                    .ended
+                    .get_or_insert_with(|| "reset: the appliance stopped".into());
+                // The appliance resets both ends; the capture records one RST.
+                self.shared.record_reset(session, false);
+            }
+        }
+        visited
     }
 
     /// Opens a session for a client SYN that arrived on the client port:

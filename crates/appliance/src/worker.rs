@@ -12,6 +12,9 @@ use crate::engine::Engine;
 
 /// Empty polls in a row before the worker starts sleeping.
 const SPINS_BEFORE_SLEEP: u32 = 256;
+/// How long a worker may wait for full transmit rings while it sends the
+/// RSTs of its connections at shutdown.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(2);
 /// The first sleep; each further empty poll doubles it up to the maximum.
 const FIRST_SLEEP: Duration = Duration::from_micros(1);
 
@@ -97,11 +100,14 @@ impl<'a> TimedPoller<'a> {
     }
 }
 
-/// Runs `engine` until `stop` is set; `poller` must be as old as `engine`.
-pub fn run_worker<P: Port>(engine: &mut Engine<P>, poller: &mut TimedPoller<'_>, stop: &AtomicBool) {
+/// Runs `engine` until `stop` is set, then shuts it down (a RST on every
+/// live leg, see [`Engine::shutdown`]); `poller` must be as old as
+/// `engine`. Returns the legs reset at shutdown.
+pub fn run_worker<P: Port>(engine: &mut Engine<P>, poller: &mut TimedPoller<'_>, stop: &AtomicBool) -> u64 {
     while !stop.load(Ordering::Relaxed) {
         poller.poll(engine);
     }
+    engine.shutdown(poller.now(), SHUTDOWN_BUDGET)
 }
 
 fn nanos(duration: Duration) -> u64 {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use appliance::capture::{CaptureSettings, DecryptedCapture};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
-use harness::{pattern, policy, tcp_payload, v4, BoxMode, Host, Lab, SERVER_V4};
+use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Host, Lab, SERVER_V4};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use netstack::Duration;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
@@ -152,6 +152,10 @@ struct Setup {
 }
 
 fn setup(name: &str, mode: BoxMode) -> Setup {
+    setup_with(name, mode, &policy(&[443]))
+}
+
+fn setup_with(name: &str, mode: BoxMode, intercept: &appliance::engine::InterceptPolicy) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin();
     let (context, ca) = interception(&scratch, &origin_ca);
@@ -170,7 +174,7 @@ fn setup(name: &str, mode: BoxMode) -> Setup {
         timeout: Duration::from_secs(3),
     };
     let shared = Arc::clone(&capture);
-    let lab = Lab::with_inspection_and(&policy(&[443]), settings, mode, move |engine| {
+    let lab = Lab::with_inspection_and(intercept, settings, mode, move |engine| {
         engine.with_tls(context).with_capture(shared)
     });
     Setup {
@@ -318,4 +322,118 @@ fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() 
     assert!(lab.now - handshaken_at < Duration::from_millis(100), "promptly");
     assert!(at_server.is_empty(), "nothing reached the origin");
     assert_eq!(lab.engine.splicer().counters().inspect_blocked, 1);
+}
+
+/// The (source, destination) ports of the RST segments among `frames`.
+fn resets(frames: &[Vec<u8>]) -> Vec<(u16, u16)> {
+    let mut ports: Vec<_> = frames
+        .iter()
+        .filter_map(|frame| {
+            let class = wire::classify(frame).ok()?;
+            let (tuple, info) = class.tcp()?;
+            info.flags.rst.then_some((tuple.src_port, tuple.dst_port))
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+#[test]
+fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
+    use appliance::policy::{Action, Condition, Policy, RuleConfig};
+    let mut intercept = policy(&[443]);
+    let bypass_non_tls = RuleConfig {
+        action: Action::Bypass,
+        dst: Vec::new(),
+        src: Vec::new(),
+        port: Vec::new(),
+        sni: Vec::new(),
+        no_sni: None,
+        when: Some(Condition::NonTls),
+    };
+    intercept.rules = Policy::new(&[bypass_non_tls], None, false).unwrap();
+    let Setup {
+        mut lab, ca, origin, ..
+    } = setup_with("tls-shutdown", BoxMode::Pass, &intercept);
+
+    // An intercepted HTTPS connection through the box, left open.
+    let tls_listener = lab.server.listen(443, 64 * 1024);
+    let tls_socket = lab.client.connect(v4(SERVER_V4, 443), 45_010, 64 * 1024);
+    let mut client = client_tls(&ca);
+    let mut server = ServerConnection::new(origin).unwrap();
+    let (request, response) = (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n");
+    client.writer().write_all(request).unwrap();
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut answered = false;
+    let exchanged = lab.run_until(5_000, |lab| {
+        if lab.client.tcp(tls_socket).state() == State::Established {
+            drive(&mut lab.client, tls_socket, &mut client, &mut at_client);
+        }
+        if lab.server.tcp(tls_listener).state() == State::Established {
+            drive(&mut lab.server, tls_listener, &mut server, &mut at_server);
+        }
+        if at_server == request && !answered {
+            answered = true;
+            server.writer().write_all(response).unwrap();
+        }
+        at_client == response
+    });
+    assert!(exchanged, "intercepted exchange: {at_server:?} / {at_client:?}");
+
+    // A connection that is not TLS: bypassed after its first bytes and
+    // spliced as it is, also left open.
+    let plain_listener = lab.server.listen(443, 64 * 1024);
+    let plain_socket = lab.client.connect(v4(SERVER_V4, 443), 45_011, 64 * 1024);
+    let (mut up, mut down): (&[u8], &[u8]) = (b"hello, not TLS\n", b"plain reply\n");
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let exchanged = lab.run_until(5_000, |lab| {
+        if lab.client.tcp(plain_socket).state() == State::Established {
+            exchange(&mut lab.client, plain_socket, &mut up, &mut at_client);
+        }
+        if lab.server.tcp(plain_listener).state() == State::Established {
+            exchange(&mut lab.server, plain_listener, &mut down, &mut at_server);
+        }
+        at_server == b"hello, not TLS\n" && at_client == b"plain reply\n"
+    });
+    assert!(exchanged, "spliced exchange: {at_server:?} / {at_client:?}");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (
+            counters.sessions_live,
+            counters.tls_intercepted,
+            counters.bypassed,
+            counters.inspected
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(lab.engine.stack().live_flows(), 6, "4 legs intercepted + 2 spliced");
+
+    // The engine stops: one RST on each of the six legs, sent at once.
+    let reset = lab.engine.shutdown(lab.now, std::time::Duration::from_secs(1));
+    lab.engine_stopped = true;
+    assert_eq!(reset, 6);
+    let to_client = lab.client_port.take_transmitted();
+    let to_server = lab.server_port.take_transmitted();
+    assert_eq!(resets(&to_client), [(443, 45_010), (443, 45_011)]);
+    assert_eq!(resets(&to_server), [(45_010, 443), (45_011, 443)]);
+    let inspection = lab.inspection.as_ref().unwrap();
+    assert_eq!(resets(&inspection.out_port.take_transmitted()), [(45_010, 443)]);
+    assert_eq!(resets(&inspection.in_port.take_transmitted()), [(443, 45_010)]);
+
+    // The hosts accept them: both ends of both connections are closed.
+    lab.client.device.rx.extend(to_client);
+    lab.server.device.rx.extend(to_server);
+    lab.run_for(5);
+    for (end, state) in [
+        ("client, intercepted", lab.client.tcp(tls_socket).state()),
+        ("client, spliced", lab.client.tcp(plain_socket).state()),
+        ("server, intercepted", lab.server.tcp(tls_listener).state()),
+        ("server, spliced", lab.server.tcp(plain_listener).state()),
+    ] {
+        assert_eq!(state, State::Closed, "{end}");
+    }
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.reset_at_shutdown, counters.sessions_live), (6, 0));
+    assert_eq!(lab.engine.stack().live_flows(), 0);
+    assert_eq!(lab.totals(0).generated_dropped + lab.totals(1).generated_dropped, 0);
 }

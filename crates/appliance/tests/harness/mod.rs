@@ -195,6 +195,8 @@ pub struct Lab {
     pub server_unreachable: bool,
     /// The box between the inspection ports, when the engine has them.
     pub inspection: Option<InspectionBox>,
+    /// Set once the engine was shut down: it is not polled any more.
+    pub engine_stopped: bool,
 }
 
 /// What the in-memory inspection box does with the frames it carries.
@@ -406,6 +408,7 @@ impl Lab {
             server_online: true,
             server_unreachable: false,
             inspection: None,
+            engine_stopped: false,
         }
     }
 
@@ -455,7 +458,9 @@ impl Lab {
         for frame in self.links[2].carry(std::mem::take(&mut self.server.device.tx)) {
             self.server_port.inject(frame);
         }
-        self.engine.poll(self.now);
+        if !self.engine_stopped {
+            self.engine.poll(self.now);
+        }
         if let Some(inspection) = self.inspection.as_mut() {
             inspection.carry();
         }
