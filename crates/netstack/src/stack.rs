@@ -278,12 +278,12 @@ impl Stack {
         self.counters
     }
 
-    /// Approximate memory one flow costs: its buffers, socket and bookkeeping.
+    /// Approximate memory one flow costs: its buffers, socket (held in its
+    /// one-entry socket set) and bookkeeping.
     pub fn memory_per_flow(&self) -> usize {
         self.config.rx_buffer
             + self.config.tx_buffer
             + std::mem::size_of::<Flow>()
-            + std::mem::size_of::<tcp::Socket<'static>>()
             + std::mem::size_of::<SocketStorage<'static>>()
             + 2 * std::mem::size_of::<(FlowKey, FlowId)>()
     }
