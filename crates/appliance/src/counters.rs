@@ -228,7 +228,11 @@ pub struct Report {
     pub tcp: TcpTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
-    /// The process's resident memory (VmRSS), when the system says.
+    /// The process's resident memory (VmRSS), when the system says. In the
+    /// final report of `run`: the sample the control thread takes when stop
+    /// is requested, before the workers are told to stop (they reset and
+    /// free their connections only then), so it includes every connection
+    /// still held. In periodic reports and in `replay`: at the report.
     pub rss_bytes: Option<u64>,
 }
 

@@ -13,7 +13,7 @@ use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
-use crate::worker::{run_worker, TimedPoller};
+use crate::worker::{run_worker, supervise, TimedPoller};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -51,6 +51,9 @@ pub struct Dataplane {
     key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
     capture: Option<Arc<DecryptedCapture>>,
+    /// The process's resident memory when stop was requested, before the
+    /// workers let go of their connections (set by [`Dataplane::run`]).
+    rss_at_stop: Option<u64>,
 }
 
 /// What every worker's engine shares: logs and the decrypted capture.
@@ -178,6 +181,7 @@ impl Dataplane {
             key_log,
             connection_log,
             capture,
+            rss_at_stop: None,
         })
     }
 
@@ -221,6 +225,9 @@ impl Dataplane {
         let policy = self.policy.clone();
         let eal = Arc::clone(&self.eal);
         let outputs = self.outputs();
+        // What the workers obey: set by the control thread once it has
+        // taken its last sample (see `supervise`).
+        let halt = &AtomicBool::new(false);
         let outcome = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for (index, slot) in self.workers.iter_mut().enumerate() {
@@ -255,7 +262,7 @@ impl Dataplane {
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
                             Some(mut engine) => {
-                                let reset = run_worker(&mut engine, &mut poller, stop);
+                                let reset = run_worker(&mut engine, &mut poller, halt);
                                 if reset > 0 {
                                     tracing::info!("worker {index}: reset {reset} connection legs at shutdown");
                                 }
@@ -267,29 +274,39 @@ impl Dataplane {
                     Ok(handle) => handles.push((index, handle)),
                     Err(err) => {
                         tracing::error!("cannot start worker {index}: {err}");
+                        halt.store(true, Ordering::Release);
                         return Err(DataplaneError::WorkerPanicked(index));
                     }
                 }
             }
             let mut last_tick = Instant::now();
-            while !stop.load(Ordering::Relaxed) && handles.iter().all(|(_, h)| !h.is_finished()) {
-                std::thread::sleep(Duration::from_millis(50));
-                if hangup.swap(false, Ordering::Relaxed) {
-                    self.reopen_logs();
-                }
-                if !interval.is_zero() && last_tick.elapsed() >= interval {
-                    last_tick = Instant::now();
-                    tick(&self.report());
-                }
-            }
-            // A worker that ended on its own (a panic) stops the others.
+            // The process's memory is sampled before the workers are halted
+            // (they reset and free their connections then).
+            let rss = supervise(
+                stop,
+                halt,
+                || handles.iter().any(|(_, h)| h.is_finished()),
+                || {
+                    if hangup.swap(false, Ordering::Relaxed) {
+                        self.reopen_logs();
+                    }
+                    if !interval.is_zero() && last_tick.elapsed() >= interval {
+                        last_tick = Instant::now();
+                        tick(&self.report());
+                    }
+                },
+                crate::counters::resident_bytes,
+            );
+            // A worker that ended on its own (a panic) stops the others too.
             stop.store(true, Ordering::Relaxed);
-            for (index, handle) in handles {
-                handle.join().map_err(|_| DataplaneError::WorkerPanicked(index))?;
-            }
-            Ok(())
+            let joined = handles
+                .into_iter()
+                .try_for_each(|(index, handle)| handle.join().map_err(|_| DataplaneError::WorkerPanicked(index)));
+            Ok((rss, joined))
         });
-        outcome
+        let (rss, joined) = outcome?;
+        self.rss_at_stop = rss;
+        joined
     }
 
     /// Reopens the log files at their paths (SIGHUP, after rotation).
@@ -325,7 +342,7 @@ impl Dataplane {
             })
             .collect();
         Report {
-            rss_bytes: crate::counters::resident_bytes(),
+            rss_bytes: self.rss_at_stop.or_else(crate::counters::resident_bytes),
             capture: self.capture.as_ref().map(|capture| CaptureTotals {
                 frames: capture.frames_written(),
                 bytes: capture.bytes_written(),

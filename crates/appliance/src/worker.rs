@@ -100,14 +100,42 @@ impl<'a> TimedPoller<'a> {
     }
 }
 
-/// Runs `engine` until `stop` is set, then shuts it down (a RST on every
+/// Runs `engine` until `stop` is set (the data plane passes the `halt`
+/// flag of [`supervise`]), then shuts it down (a RST on every
 /// live leg, see [`Engine::shutdown`]); `poller` must be as old as
 /// `engine`. Returns the legs reset at shutdown.
 pub fn run_worker<P: Port>(engine: &mut Engine<P>, poller: &mut TimedPoller<'_>, stop: &AtomicBool) -> u64 {
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Acquire) {
         poller.poll(engine);
     }
     engine.shutdown(poller.now(), SHUTDOWN_BUDGET)
+}
+
+/// How often the control thread looks at the stop flag (and calls its
+/// periodic work) while the workers run.
+pub const CONTROL_TICK: Duration = Duration::from_millis(50);
+
+/// The control thread's part while workers run: waits until `stop` is set
+/// or `worker_ended()` says a worker ended on its own, calling `every_tick`
+/// about every [`CONTROL_TICK`]; then takes `sample()` and only after that
+/// sets `halt`, which is what the workers obey ([`run_worker`]): they
+/// reset and free their connections on it. So what `sample` measures (the
+/// process's resident memory) still includes everything they hold.
+pub fn supervise<T>(
+    stop: &AtomicBool,
+    halt: &AtomicBool,
+    worker_ended: impl Fn() -> bool,
+    mut every_tick: impl FnMut(),
+    sample: impl FnOnce() -> T,
+) -> T {
+    while !stop.load(Ordering::Relaxed) && !worker_ended() {
+        std::thread::sleep(CONTROL_TICK);
+        every_tick();
+    }
+    let sampled = sample();
+    // Release: the sample is complete before any worker can see the flag.
+    halt.store(true, Ordering::Release);
+    sampled
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -169,5 +197,60 @@ mod tests {
         assert!(totals.idle_ns >= 150_000_000, "{totals:?}");
         // Spinning flat out would be millions of polls in 200 ms.
         assert!(totals.polls < 100_000, "{totals:?}");
+    }
+
+    #[test]
+    fn memory_is_sampled_before_the_workers_are_told_to_let_go() {
+        const HELD: u64 = 64 << 20;
+        let (stop, halt) = (AtomicBool::new(false), AtomicBool::new(false));
+        let before = crate::counters::resident_bytes().expect("VmRSS");
+        let (sampled, halted_when_sampled) = std::thread::scope(|scope| {
+            let (ready, held) = std::sync::mpsc::channel();
+            // A worker holding memory (its sessions) until it is halted.
+            let worker_halt = &halt;
+            scope.spawn(move || {
+                let sessions = vec![1u8; HELD as usize];
+                ready.send(()).expect("send");
+                while !worker_halt.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(sessions);
+            });
+            held.recv().expect("the worker holds its memory");
+            stop.store(true, Ordering::Relaxed);
+            supervise(
+                &stop,
+                &halt,
+                || false,
+                || {},
+                || (crate::counters::resident_bytes(), halt.load(Ordering::Acquire)),
+            )
+        });
+        assert!(!halted_when_sampled, "sampled after the workers were told to free");
+        assert!(halt.load(Ordering::Relaxed), "the workers are halted after the sample");
+        let sampled = sampled.expect("VmRSS");
+        assert!(
+            sampled >= before + HELD * 3 / 4,
+            "{sampled} B resident, {before} B before the worker held {HELD} B"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_ended_ends_supervision() {
+        let (stop, halt) = (AtomicBool::new(false), AtomicBool::new(false));
+        let mut ticks = 0;
+        let ended = std::cell::Cell::new(false);
+        supervise(
+            &stop,
+            &halt,
+            || ended.get(),
+            || {
+                ticks += 1;
+                ended.set(ticks == 3);
+            },
+            || (),
+        );
+        assert_eq!(ticks, 3);
+        assert!(halt.load(Ordering::Relaxed), "the other workers are halted");
     }
 }
