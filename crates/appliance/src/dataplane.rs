@@ -251,8 +251,8 @@ impl Dataplane {
                         if let Some(lcore) = lcore {
                             match eal.pin_current_thread(lcore) {
                                 Ok(()) => tracing::info!(
-                                    "worker {index} runs on lcore {lcore} (cpu {})",
-                                    eal.lcore_cpu(lcore)
+                                    "worker {index} runs on lcore {lcore} (cpus {})",
+                                    dpdk::current_thread_cpus().as_deref().unwrap_or("unknown")
                                 ),
                                 Err(err) => tracing::warn!("worker {index}: {err}"),
                             }

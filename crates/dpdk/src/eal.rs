@@ -88,14 +88,10 @@ impl Eal {
         }
     }
 
-    /// The CPU an lcore runs on.
-    pub fn lcore_cpu(&self, lcore: u32) -> i32 {
-        // SAFETY: EAL is initialised; any lcore id is accepted.
-        unsafe { dpdk_sys::rte_lcore_to_cpu_id(lcore as i32) }
-    }
-
     /// Pins the calling thread to the CPUs of `lcore` (from
-    /// [`Eal::worker_lcores`]), so a worker owns its core.
+    /// [`Eal::worker_lcores`]: its cpuset, e.g. CPU 0 for lcore 1 of
+    /// `--lcores 0@0,1@0,2@1`), so a worker owns its core. The CPUs can be
+    /// read back with [`current_thread_cpus`].
     pub fn pin_current_thread(&self, lcore: u32) -> Result<(), DpdkError> {
         // SAFETY: EAL is initialised; the shim reads the lcore's cpuset and
         // sets the calling thread's affinity.
@@ -112,6 +108,25 @@ impl Eal {
     }
 }
 
+/// The CPUs the calling thread may run on, as the kernel lists them (`0`,
+/// `2-3`, `0,4`): its affinity, from `/proc/thread-self/status`. After
+/// [`Eal::pin_current_thread`] this is the lcore's cpuset, which
+/// `rte_lcore_to_cpu_id` does not give (it returns the topology core id of
+/// the CPU numbered like the lcore, whatever `--lcores` mapped it to).
+pub fn current_thread_cpus() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    cpus_allowed_list(&status).map(str::to_owned)
+}
+
+/// The `Cpus_allowed_list` of a `/proc/<pid>/status` text.
+fn cpus_allowed_list(status: &str) -> Option<&str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .filter(|list| !list.is_empty())
+}
+
 impl Drop for Eal {
     fn drop(&mut self) {
         // SAFETY: the last Arc<Eal> is gone, so every pool and device (which
@@ -119,5 +134,19 @@ impl Drop for Eal {
         unsafe {
             dpdk_sys::rte_eal_cleanup();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowed_cpu_list_is_read_from_the_status_text() {
+        let status = "Name:\ttlsgate-worker\nCpus_allowed:\t5\nCpus_allowed_list:\t0,2\nMems_allowed:\t1\n";
+        assert_eq!(cpus_allowed_list(status), Some("0,2"));
+        assert_eq!(cpus_allowed_list("Name:\tx\n"), None);
+        assert_eq!(cpus_allowed_list("Cpus_allowed_list:\t\n"), None);
+        assert!(current_thread_cpus().is_some_and(|cpus| cpus.starts_with(|c: char| c.is_ascii_digit())));
     }
 }

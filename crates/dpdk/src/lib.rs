@@ -17,7 +17,7 @@ mod mempool;
 mod memport;
 mod port;
 
-pub use eal::Eal;
+pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
 pub use ethdev::{EthDev, EthDevConfig, EthQueue};
 pub use mbuf::Mbuf;
