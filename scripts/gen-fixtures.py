@@ -482,3 +482,159 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------
+# Load-generator replay fixture (appended): http-flows.pcapng.
+#
+# Written after main() so the fixtures above and EXPECTED.toml are untouched.
+# It is pcapng on purpose: tests/replay.rs replays every *.pcap through the
+# bridge against EXPECTED.toml, and this file is input for
+# `tlsgate-loadgen --replay` (crates/loadgen/src/replay.rs), not a bridge
+# contract. Its frames still pass the validator above (Fixture.add).
+# Format: little-endian SHB (version 1.0, section length -1, no options), one
+# IDB (linktype 1, snaplen 65535, no options: timestamps in microseconds),
+# one EPB per frame stamped T0 + i ms.
+# --------------------------------------------------------------------------
+def replay_body(n):
+    """The POST body of flow B: n lines 'tlsgate-replay-%05d\\n' (20 B each)."""
+    return b"".join(b"tlsgate-replay-%05d\n" % i for i in range(n))
+
+
+def fx_http_flows():
+    f = Fixture("http-flows.pcapng", "three HTTP/1.1 requests of different sizes for the load generator's replay: "
+                "IPv4 GET, 802.1Q-tagged IPv4 POST reassembled from out-of-order, retransmitted and overlapping "
+                "segments, IPv6 GET in two segments; around them ARP, UDP, ICMP and a TCP flow without SYN")
+    ids = iter(range(0x9000, 0xA000))
+
+    def conn(cli, srv, cport, sport, c_isn, s_isn, tag=None, mss=1460):
+        v6 = ":" in cli
+
+        def frame(src_mac, dst_mac, src, dst, sp, dp, flags, seq, ack, data):
+            ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst, id=next(ids), flags="DF")
+            l2 = eth(src_mac, dst_mac)
+            if tag is not None:
+                l2 = l2 / Dot1Q(vlan=tag)
+            return l2 / ip / TCP(sport=sp, dport=dp, seq=seq, ack=ack, flags=flags, window=64240) / data
+
+        def c(flags, off, data=b"", ack_off=0, label=""):
+            seq = c_isn if flags == "S" else c_isn + 1 + off
+            ack = 0 if flags == "S" else s_isn + 1 + ack_off
+            f.add(frame(CLI_MAC, SRV_MAC, cli, srv, cport, sport, flags, seq, ack, data),
+                  label=label or f"{cport} c->s {flags} +{off} {len(data)}B")
+
+        def s(flags, off, ack_off, data=b""):
+            seq = s_isn if flags == "SA" else s_isn + 1 + off
+            f.add(frame(SRV_MAC, CLI_MAC, srv, cli, sport, cport, flags, seq, c_isn + 1 + ack_off, data),
+                  label=f"{cport} s->c {flags} +{off} {len(data)}B")
+
+        def segments(data):
+            return [(o, data[o:o + mss]) for o in range(0, len(data), mss)]
+
+        return c, s, segments
+
+    def response(body_len, kind=b"text/plain"):
+        body = bytes((0x41 + i % 26) for i in range(body_len))
+        return (b"HTTP/1.1 200 OK\r\nServer: origin.test\r\nContent-Type: " + kind +
+                b"\r\nContent-Length: %d\r\n\r\n" % body_len) + body
+
+    f.add(eth(CLI_MAC, BCAST) / ARP(op=1, hwsrc=CLI_MAC, psrc=CLI4, pdst=SRV4), label="arp who-has")
+    f.add(eth(SRV_MAC, CLI_MAC) / ARP(op=2, hwsrc=SRV_MAC, psrc=SRV4, hwdst=CLI_MAC, pdst=CLI4), label="arp is-at")
+
+    # A: IPv4 GET in one segment, 1 KiB response in one segment.
+    req_a = (b"GET /small HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: tlsgate-replay\r\n"
+             b"Accept: */*\r\n\r\n")
+    resp_a = response(1024)
+    c, s, _ = conn(CLI4, SRV4, 40100, 80, 0x0A00_0000, 0x0B00_0000)
+    c("S", 0)
+    s("SA", 0, 0)
+    c("A", 0)
+    c("PA", 0, req_a)
+    s("PA", 0, len(req_a), resp_a)
+    c("FA", len(req_a), ack_off=len(resp_a))
+    s("FA", len(resp_a), len(req_a) + 1)
+    c("A", len(req_a) + 1, ack_off=len(resp_a) + 1)
+
+    # Noise between flows: UDP and ICMP, and a TCP flow seen only mid-stream.
+    f.add(c2s4() / UDP(sport=40200, dport=53) / b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+          b"\x06origin\x04test\x00\x00\x01\x00\x01", label="udp dns-like query")
+    f.add(c2s4() / ICMP(type=8, id=0x42, seq=1) / PING_DATA, label="icmp echo-req")
+    f.add(s2c4() / ICMP(type=0, id=0x42, seq=1) / PING_DATA, label="icmp echo-rep")
+    c, s, _ = conn(CLI4, SRV4, 40099, 80, 0x0C00_0000, 0x0D00_0000)
+    c("PA", 500, b"GET /orphan HTTP/1.1\r\n\r\n", label="40099 mid-stream c->s (no SYN captured)")
+    s("A", 0, 500 + 25)
+
+    # B: 802.1Q VLAN 10, POST of 3000 body bytes in 3 segments, captured out of
+    # order with a duplicate and an overlapping retransmission.
+    body_b = replay_body(150)
+    req_b = (b"POST /upload HTTP/1.1\r\nHost: origin.test\r\nContent-Type: text/plain\r\n"
+             b"Content-Length: %d\r\n\r\n" % len(body_b)) + body_b
+    resp_b = response(200)
+    c, s, segments = conn(CLI4, SRV4, 40101, 80, 0x1A00_0000, 0x1B00_0000, tag=10)
+    seg = segments(req_b)
+    assert len(seg) == 3, len(seg)
+    c("S", 0)
+    s("SA", 0, 0)
+    c("A", 0)
+    c("A", *seg[0])
+    c("PA", *seg[2])  # the third segment overtakes the second
+    s("A", 0, seg[0][0] + len(seg[0][1]))  # ACK for the first only
+    c("A", *seg[0])  # a needless retransmission of the first
+    c("A", 1000, req_b[1000:2000])  # overlaps the first and the second
+    c("A", *seg[1])
+    s("A", 0, len(req_b))
+    s("PA", 0, len(req_b), resp_b)
+    c("FA", len(req_b), ack_off=len(resp_b))
+    s("FA", len(resp_b), len(req_b) + 1)
+    c("A", len(req_b) + 1, ack_off=len(resp_b) + 1)
+
+    # C: IPv6 GET with large headers in two segments, 8000-byte body in MSS-sized segments.
+    cookie = b"Cookie: session=" + b"0123456789abcdef" * 36 + b"\r\n"
+    req_c = (b"GET /big HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: tlsgate-replay\r\n" + cookie +
+             b"Accept: */*\r\n\r\n")
+    resp_c = response(8000, b"application/octet-stream")
+    c, s, segments = conn(CLI6, SRV6, 40102, 80, 0x2A00_0000, 0x2B00_0000, mss=1440)
+    c("S", 0)
+    s("SA", 0, 0)
+    c("A", 0)
+    c("A", 0, req_c[:400])
+    c("PA", 400, req_c[400:])
+    for off, chunk in segments(resp_c):
+        s("A" if off + len(chunk) < len(resp_c) else "PA", off, len(req_c), chunk)
+    c("A", len(req_c), ack_off=len(resp_c))
+    c("FA", len(req_c), ack_off=len(resp_c))
+    s("FA", len(resp_c), len(req_c) + 1)
+    c("A", len(req_c) + 1, ack_off=len(resp_c) + 1)
+
+    sizes = {"A": (len(req_a), len(resp_a)), "B": (len(req_b), len(resp_b)), "C": (len(req_c), len(resp_c))}
+    return f, sizes
+
+
+def write_pcapng(fx, outdir):
+    def block(kind, body):
+        body += b"\0" * (-len(body) % 4)
+        total = 12 + len(body)
+        return struct.pack("<II", kind, total) + body + struct.pack("<I", total)
+
+    out = bytearray(block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
+    out += block(1, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN))
+    for i, (data, _, _) in enumerate(fx.frames):
+        ts = (T0 * 1000 + i) * 1000  # microseconds
+        out += block(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data)
+    path = os.path.join(outdir, fx.name)
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(out)
+    os.replace(path + ".tmp", path)
+
+
+def main_replay():
+    here = os.path.dirname(os.path.abspath(__file__))
+    outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "pcap-fixtures")
+    fx, sizes = fx_http_flows()
+    write_pcapng(fx, outdir)
+    flows = ", ".join(f"{k}: {req} B request, {resp} B response" for k, (req, resp) in sizes.items())
+    print(f"{fx.name:18s} frames={len(fx.frames)} (replay fixture, not in EXPECTED.toml) {flows}")
+
+
+if __name__ == "__main__":
+    main_replay()

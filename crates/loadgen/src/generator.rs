@@ -1,7 +1,17 @@
 //! The generator: both populations on one transparent TCP stack with two
 //! ports, rustls on each connection, opened at the plan's rate.
+//!
+//! What a client sends after its handshake (a synthetic request or a
+//! replayed capture flow) and what the origin answers are written into
+//! rustls piecewise, as the socket takes them, so neither side buffers more
+//! than [`PENDING_LIMIT`] of ciphertext whatever their size. For a replayed
+//! flow the origin finds the flow by the client's address and port (both
+//! ends live in this generator, so the client records them at connect) and
+//! checks the request byte for byte before it answers.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use netstack::{EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig};
@@ -11,6 +21,7 @@ use slab::Slab;
 use wire::FlowTuple;
 
 use crate::plan::{Hold, Plan};
+use crate::replay::PayloadCheck;
 use crate::stats::Stats;
 
 /// The port facing the appliance's client port (the clients live here).
@@ -22,15 +33,74 @@ pub const SERVER_SIDE: usize = 1;
 const SERVER_TAG: u64 = 1 << 63;
 /// At most this many new connections are opened per poll.
 const OPEN_BURST: u64 = 64;
+/// Plaintext is written into rustls only while less ciphertext than this
+/// waits for the socket.
+const PENDING_LIMIT: usize = 16 * 1024;
+/// Plaintext is written into rustls in pieces of at most this size.
+const CHUNK: usize = 4 * 1024;
+static SPACES: [u8; CHUNK] = [b' '; CHUNK];
+static XS: [u8; CHUNK] = [b'x'; CHUNK];
+
+/// Bytes to send: `head`, then `fill` bytes up to `total`.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    head: &'a [u8],
+    total: usize,
+    fill: &'static [u8; CHUNK],
+}
+
+impl Source<'_> {
+    /// The next piece from `at` on (empty at the end).
+    fn chunk(&self, at: usize) -> &[u8] {
+        let want = self.total.saturating_sub(at).min(CHUNK);
+        match self.head.get(at..) {
+            Some(rest) if !rest.is_empty() => rest.get(..want.min(rest.len())).unwrap_or_default(),
+            _ => self.fill.get(..want).unwrap_or_default(),
+        }
+    }
+}
+
+/// A response being written: the HTTP-like head and its size.
+struct Response {
+    head: Vec<u8>,
+    total: usize,
+    sent: usize,
+}
+
+impl Response {
+    /// `HTTP/1.1 200 OK` with `bytes` as Content-Length, padded with `x` to
+    /// `bytes` in all (never shorter than the head).
+    fn new(bytes: usize) -> Response {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\n\r\n").into_bytes();
+        Response {
+            total: bytes.max(head.len()),
+            head,
+            sent: 0,
+        }
+    }
+}
+
+/// A replayed request the origin is receiving.
+struct OriginReplay {
+    /// The flow's position in the plan's replay.
+    flow: usize,
+    check: PayloadCheck,
+    /// What was counted for this connection: byte-exact or not.
+    verdict: Option<bool>,
+}
 
 /// A client connection's TLS, while it is needed.
 struct ClientConn {
     flow: FlowId,
+    /// The connection's index in the plan.
+    index: u64,
     tls: Option<Box<ClientConnection>>,
     /// TLS bytes not yet taken by the socket.
     pending: Vec<u8>,
     started: Instant,
     handshake_done: bool,
+    /// Request bytes written into rustls so far.
+    request_sent: usize,
     /// Response bytes received so far.
     received: usize,
     /// Held idle, closed, or failed: nothing more to do.
@@ -44,6 +114,9 @@ struct ServerConn {
     /// Request bytes received so far.
     received: usize,
     answered: bool,
+    /// Set when the connection replays a flow.
+    replay: Option<OriginReplay>,
+    response: Option<Response>,
 }
 
 /// Client and server populations generating TLS connections.
@@ -58,6 +131,11 @@ pub struct Generator {
     started: Instant,
     stats: Stats,
     frames_ignored: u64,
+    /// The synthetic request's head (with the SNI as Host).
+    request_head: Vec<u8>,
+    /// Replay: the flow each client endpoint sends, from its connect until
+    /// the origin accepts it.
+    replay_flows: HashMap<SocketAddr, usize>,
 }
 
 /// Moves what rustls wants to send into `pending`, and as much of `pending`
@@ -105,6 +183,62 @@ fn feed_tls<D: rustls::SideData>(
     }
 }
 
+/// Writes `source` from `*sent` on into rustls, and what rustls makes of
+/// it into `pending`, while less than [`PENDING_LIMIT`] waits there.
+fn write_source<D: rustls::SideData>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    pending: &mut Vec<u8>,
+    source: Source<'_>,
+    sent: &mut usize,
+) {
+    while *sent < source.total && pending.len() < PENDING_LIMIT {
+        match tls.writer().write(source.chunk(*sent)) {
+            Ok(written) if written > 0 => *sent += written,
+            _ => break,
+        }
+        while tls.wants_write() {
+            if tls.write_tls(pending).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// What connection `index` sends after its handshake, and the response
+/// size it then waits for; `None` when it sends nothing.
+fn client_work<'a>(plan: &'a Plan, request_head: &'a [u8], index: u64) -> Option<(Source<'a>, usize)> {
+    if let Some(replay) = &plan.replay {
+        let (_, flow) = replay.flow_for(index)?;
+        let source = Source {
+            head: &flow.payload,
+            total: flow.payload.len(),
+            fill: &SPACES,
+        };
+        return Some((source, replay.response_bytes(flow)));
+    }
+    let exchange = plan.exchange?;
+    let source = Source {
+        head: request_head,
+        total: exchange.request_bytes.max(request_head.len()),
+        fill: &SPACES,
+    };
+    Some((source, exchange.response_bytes))
+}
+
+/// Reads the plaintext rustls holds into `sink`; returns how much.
+fn read_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>, mut sink: impl FnMut(&[u8])) -> usize {
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0;
+    while let Ok(read) = tls.reader().read(&mut buf) {
+        if read == 0 {
+            break;
+        }
+        sink(buf.get(..read).unwrap_or_default());
+        total += read;
+    }
+    total
+}
+
 /// Reads and discards the plaintext rustls holds; returns how much.
 fn drain_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>) -> usize {
     let mut buf = [0u8; 16 * 1024];
@@ -129,6 +263,7 @@ impl Generator {
         now: Instant,
     ) -> Result<Generator, rustls::pki_types::InvalidDnsNameError> {
         let server_name = ServerName::try_from(plan.server_name.clone())?;
+        let request_head = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", plan.server_name).into_bytes();
         Ok(Generator {
             plan,
             stack: Stack::new(2, stack, now),
@@ -140,6 +275,8 @@ impl Generator {
             started: now,
             stats: Stats::default(),
             frames_ignored: 0,
+            request_head,
+            replay_flows: HashMap::new(),
         })
     }
 
@@ -171,7 +308,8 @@ impl Generator {
         if let Some(flow) = self.stack.lookup(port, tuple) {
             let _ = self.stack.ingress(flow, frame, &class, now);
         } else if port == SERVER_SIDE && info.flags.syn && !info.flags.ack {
-            self.accept(frame, &class, now);
+            let client = SocketAddr::new(tuple.src_ip, tuple.src_port);
+            self.accept(frame, &class, client, now);
         } else {
             self.frames_ignored += 1;
         }
@@ -216,25 +354,46 @@ impl Generator {
                 Ok(flow) => {
                     entry.insert(ClientConn {
                         flow,
+                        index,
                         tls: None,
                         pending: Vec::new(),
                         started: now,
                         handshake_done: false,
+                        request_sent: 0,
                         received: 0,
                         done: false,
                     });
                     self.stats.live += 1;
+                    if let Some((position, _)) = self.plan.replay.as_ref().and_then(|replay| replay.flow_for(index)) {
+                        self.replay_flows.insert(client, position);
+                    }
                 }
                 Err(_) => self.stats.resets += 1,
             }
         }
     }
 
-    fn accept(&mut self, frame: &[u8], class: &wire::FrameClass, now: Instant) {
+    fn accept(&mut self, frame: &[u8], class: &wire::FrameClass, client: SocketAddr, now: Instant) {
         let entry = self.servers.vacant_entry();
         let owner = SERVER_TAG | entry.key() as u64;
         let Ok(flow) = self.stack.accept(SERVER_SIDE, frame, class, false, owner, now) else {
             return;
+        };
+        let replay = match self.plan.replay {
+            Some(_) => match self.replay_flows.remove(&client) {
+                Some(flow) => Some(OriginReplay {
+                    flow,
+                    check: PayloadCheck::new(),
+                    verdict: None,
+                }),
+                None => {
+                    // No connection of ours: nothing to check it against.
+                    self.stats.replay_mismatches += 1;
+                    let _ = self.stack.abort(flow);
+                    return;
+                }
+            },
+            None => None,
         };
         let Ok(tls) = ServerConnection::new(Arc::clone(&self.server_config)) else {
             self.stack.discard(flow);
@@ -246,6 +405,8 @@ impl Generator {
             pending: Vec::new(),
             received: 0,
             answered: false,
+            replay,
+            response: None,
         });
         self.stats.accepted += 1;
     }
@@ -290,10 +451,24 @@ impl Generator {
                 }
                 conn.tls = None;
                 conn.done = true;
+                let connection = conn.index;
+                self.forget_replay(connection);
             }
             EventKind::Closed => {
+                let connection = conn.index;
                 self.clients.remove(index);
                 self.stats.live = self.stats.live.saturating_sub(1);
+                self.forget_replay(connection);
+            }
+        }
+    }
+
+    /// Drops the record of the flow connection `index` replays, if the
+    /// origin never took it (the SYN never arrived there).
+    fn forget_replay(&mut self, index: u64) {
+        if self.plan.replay.is_some() && !self.replay_flows.is_empty() {
+            if let Some((client, _)) = self.plan.endpoints(index) {
+                self.replay_flows.remove(&client);
             }
         }
     }
@@ -302,6 +477,7 @@ impl Generator {
         let Some(conn) = self.clients.get_mut(index) else {
             return;
         };
+        let work = client_work(&self.plan, &self.request_head, conn.index);
         let Some(tls) = conn.tls.as_deref_mut() else {
             return;
         };
@@ -315,21 +491,18 @@ impl Generator {
         if !conn.handshake_done && !tls.is_handshaking() {
             conn.handshake_done = true;
             self.stats.record_handshake((now - conn.started).total_micros());
-            if let Some(exchange) = self.plan.exchange {
-                let mut request = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.plan.server_name).into_bytes();
-                request.resize(exchange.request_bytes.max(request.len()), b' ');
-                let _ = tls.writer().write_all(&request);
+        }
+        if conn.handshake_done {
+            if let Some((source, _)) = work {
+                write_source(tls, &mut conn.pending, source, &mut conn.request_sent);
             }
         }
         conn.received += drain_plaintext(tls);
         let done = conn.handshake_done
-            && self
-                .plan
-                .exchange
-                .is_none_or(|exchange| conn.received >= exchange.response_bytes);
+            && work.is_none_or(|(source, response)| conn.request_sent >= source.total && conn.received >= response);
         let flushed = flush_tls(&mut self.stack, conn.flow, tls, &mut conn.pending);
         if done && flushed && conn.pending.is_empty() {
-            if self.plan.exchange.is_some() {
+            if work.is_some() {
                 self.stats.exchanges += 1;
             }
             // Idle from now on: the TLS state is no longer needed.
@@ -371,23 +544,77 @@ impl Generator {
             let _ = self.stack.abort(conn.flow);
             return;
         }
-        conn.received += drain_plaintext(tls);
         let handshaken = !tls.is_handshaking();
-        match self.plan.exchange {
-            Some(exchange) if handshaken && !conn.answered && conn.received >= exchange.request_bytes => {
-                conn.answered = true;
-                let mut response =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", exchange.response_bytes).into_bytes();
-                response.resize(exchange.response_bytes.max(response.len()), b'x');
-                let _ = tls.writer().write_all(&response);
+        let replayed = conn
+            .replay
+            .as_ref()
+            .and_then(|origin| self.plan.replay.as_ref()?.flows().get(origin.flow));
+        match (&mut conn.replay, replayed) {
+            (Some(origin), Some(flow)) => {
+                let expected = &flow.payload;
+                conn.received += read_plaintext(tls, |bytes| origin.check.feed(expected, bytes));
+                let verdict = origin.check.verdict(expected);
+                match (origin.verdict, verdict) {
+                    (None, Some(exact)) => {
+                        // The whole request is here (or it already differs): count it, answer it.
+                        origin.verdict = Some(exact);
+                        if exact {
+                            self.stats.replayed += 1;
+                            self.stats.replayed_bytes += expected.len() as u64;
+                        } else {
+                            self.stats.replay_mismatches += 1;
+                        }
+                    }
+                    (Some(true), Some(false)) => {
+                        // More bytes came after the whole request.
+                        origin.verdict = Some(false);
+                        self.stats.replayed = self.stats.replayed.saturating_sub(1);
+                        self.stats.replayed_bytes = self.stats.replayed_bytes.saturating_sub(expected.len() as u64);
+                        self.stats.replay_mismatches += 1;
+                    }
+                    _ => {}
+                }
+                if handshaken && !conn.answered && origin.check.received() >= expected.len() {
+                    conn.answered = true;
+                    let bytes = self
+                        .plan
+                        .replay
+                        .as_ref()
+                        .map_or(0, |replay| replay.response_bytes(flow));
+                    if bytes > 0 {
+                        conn.response = Some(Response::new(bytes));
+                    }
+                }
             }
-            None if handshaken => conn.answered = true,
-            _ => {}
+            _ => {
+                conn.received += drain_plaintext(tls);
+                match self.plan.exchange {
+                    Some(exchange) if handshaken && !conn.answered && conn.received >= exchange.request_bytes => {
+                        conn.answered = true;
+                        conn.response = Some(Response::new(exchange.response_bytes));
+                    }
+                    None if handshaken => conn.answered = true,
+                    _ => {}
+                }
+            }
         }
+        if let Some(response) = &mut conn.response {
+            let source = Source {
+                head: &response.head,
+                total: response.total,
+                fill: &XS,
+            };
+            write_source(tls, &mut conn.pending, source, &mut response.sent);
+        }
+        let responded = conn
+            .response
+            .as_ref()
+            .is_none_or(|response| response.sent >= response.total);
         let flushed = flush_tls(&mut self.stack, conn.flow, tls, &mut conn.pending);
-        if conn.answered && flushed && conn.pending.is_empty() && !tls.wants_write() {
+        if conn.answered && responded && flushed && conn.pending.is_empty() && !tls.wants_write() {
             // Idle from now on: the TLS state is no longer needed.
             conn.tls = None;
+            conn.response = None;
         }
     }
 }

@@ -9,15 +9,19 @@
 //! every SYN for any address as the origin and completes TLS with a test
 //! certificate. After an optional request/response exchange a connection is
 //! held idle (both ends drop their TLS state and keep only the TCP
-//! connection, which is all an idle connection needs) or closed. Sans-IO:
+//! connection, which is all an idle connection needs) or closed. Instead of
+//! a synthetic request, each connection can replay the client payload of a
+//! TCP flow taken from a capture ([`replay`]), which the origin side checks
+//! byte for byte. Sans-IO:
 //! frames and `now` go in, frames and statistics come out; the binary (or a
 //! test) moves the frames over DPDK or in-memory ports.
 #![forbid(unsafe_code)]
 
 mod generator;
 mod plan;
+pub mod replay;
 mod stats;
 
 pub use generator::{Generator, CLIENT_SIDE, SERVER_SIDE};
-pub use plan::{Exchange, Hold, Plan, PlanError};
+pub use plan::{Exchange, Hold, Plan, PlanError, Replay, ReplayResponse};
 pub use stats::{Stats, Summary};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dpdk::{Eal, EthDev, EthDevConfig, Mempool, PacketBuf, Port};
-use loadgen::{Exchange, Generator, Hold, Plan, CLIENT_SIDE};
+use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse, CLIENT_SIDE};
 use netstack::{OutFrame, StackConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -21,6 +21,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Opens TLS connections through tlsgate at a target rate from many client
 /// addresses, answers them as the origin, and holds them idle or closes them.
+/// With --replay each connection sends the client payload of a TCP flow of a
+/// capture (round robin), which the origin side checks byte for byte.
 #[derive(Debug, Parser)]
 #[command(name = "tlsgate-loadgen", version, about, long_about = None)]
 struct Cli {
@@ -45,11 +47,20 @@ struct Cli {
     /// New connections per second.
     #[arg(long)]
     rate: u32,
-    /// Request and response sizes of one exchange after the handshake (0: none).
-    #[arg(long, default_value_t = 0)]
+    /// Request size of one exchange after the handshake (no exchange when
+    /// both sizes are 0).
+    #[arg(long, default_value_t = 0, conflicts_with = "replay")]
     request_bytes: usize,
-    #[arg(long, default_value_t = 0)]
-    response_bytes: usize,
+    /// Response size of the exchange [default: 0]; with --replay the size of
+    /// every response (0: none) instead of the size the server sent in the
+    /// captured flow.
+    #[arg(long)]
+    response_bytes: Option<usize>,
+    /// Replay the client payloads of the TCP flows of this capture (pcap or
+    /// pcapng, Ethernet; flows whose SYN was captured), one flow per
+    /// connection in turn, as the request after the handshake.
+    #[arg(long, value_name = "PCAP")]
+    replay: Option<PathBuf>,
     /// What becomes of a connection afterwards: "idle" (held open) or "close".
     #[arg(long, default_value = "idle")]
     hold: String,
@@ -141,11 +152,34 @@ fn run(cli: Cli) -> Result<()> {
     let mut plan = Plan::new(&prefixes, &cli.servers, cli.connections, cli.rate)?;
     plan.hold = hold;
     plan.server_name = cli.sni.clone();
-    if cli.request_bytes + cli.response_bytes > 0 {
-        plan.exchange = Some(Exchange {
-            request_bytes: cli.request_bytes,
-            response_bytes: cli.response_bytes,
-        });
+    let mut what = String::new();
+    if let Some(path) = &cli.replay {
+        let capture = loadgen::replay::read_capture(path).with_context(|| format!("--replay {}", path.display()))?;
+        println!("tlsgate-loadgen: {}: {}", path.display(), capture.stats);
+        let response = match cli.response_bytes {
+            Some(bytes) => ReplayResponse::Fixed(bytes),
+            None => ReplayResponse::Original,
+        };
+        let replay = Replay::new(capture.flows, response)?;
+        what = format!(
+            ", replaying {} flows ({} client payload bytes) of {}, responses {}",
+            replay.flows().len(),
+            replay.payload_bytes(),
+            path.display(),
+            match response {
+                ReplayResponse::Original => "of the captured size".to_owned(),
+                ReplayResponse::Fixed(bytes) => format!("of {bytes} bytes"),
+            }
+        );
+        plan.replay = Some(replay);
+    } else {
+        let response_bytes = cli.response_bytes.unwrap_or(0);
+        if cli.request_bytes + response_bytes > 0 {
+            plan.exchange = Some(Exchange {
+                request_bytes: cli.request_bytes,
+                response_bytes,
+            });
+        }
     }
     let (client_config, server_config) = tls_configs(&cli)?;
     if !(1024..=1 << 24).contains(&cli.buffer) {
@@ -184,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
     let clock = || netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX));
     let mut generator = Generator::new(plan, stack, client_config, server_config, clock())?;
     println!(
-        "tlsgate-loadgen: running: {} connections at {}/s from {:?} to {:?}, hold {}",
+        "tlsgate-loadgen: running: {} connections at {}/s from {:?} to {:?}, hold {}{what}",
         cli.connections, cli.rate, cli.clients, cli.servers, cli.hold
     );
     let deadline = Duration::from_secs_f64(cli.duration.max(0.0));
@@ -239,12 +273,13 @@ fn run(cli: Cli) -> Result<()> {
     let stats = generator.stats();
     let summary = stats.summary();
     println!(
-        "tlsgate-loadgen: stopped after {:.1} s: {summary}; {} accepted by the origin side, {} resets, {} timeouts, {} TLS errors, {} frames dropped on transmit",
+        "tlsgate-loadgen: stopped after {:.1} s: {summary}; {} accepted by the origin side, {} resets, {} timeouts, {} TLS errors, {} replay mismatches, {} frames dropped on transmit",
         epoch.elapsed().as_secs_f64(),
         stats.accepted,
         stats.resets,
         stats.timeouts,
         stats.tls_errors,
+        stats.replay_mismatches,
         tx_dropped
     );
     if let Some(error) = &stats.last_tls_error {
@@ -267,6 +302,9 @@ fn write_json(path: &Path, stats: &loadgen::Stats, summary: &loadgen::Summary, t
         "resets": stats.resets,
         "timeouts": stats.timeouts,
         "tls_errors": stats.tls_errors,
+        "replayed": stats.replayed,
+        "replayed_bytes": stats.replayed_bytes,
+        "replay_mismatches": stats.replay_mismatches,
         "last_tls_error": stats.last_tls_error,
         "handshake_p50_us": summary.p50_us,
         "handshake_p99_us": summary.p99_us,

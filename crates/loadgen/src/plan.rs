@@ -1,11 +1,15 @@
 //! What the generator does: which client addresses connect to which server
-//! endpoints, how many connections at what rate, what each exchanges, and
-//! whether it is then held idle or closed.
+//! endpoints, how many connections at what rate, what each exchanges (a
+//! synthetic request or a replayed capture flow), and whether it is then
+//! held idle or closed.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use thiserror::Error;
+
+use crate::replay::Flow;
 
 /// Why a plan cannot be run.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -22,6 +26,8 @@ pub enum PlanError {
     ZeroRate,
     #[error("client and server addresses must be of the same family: {client} -> {server}")]
     MixedFamilies { client: IpAddr, server: IpAddr },
+    #[error("nothing to replay: no flow with client payload")]
+    NoReplayFlows,
 }
 
 /// One request and its response, after the handshake.
@@ -31,6 +37,61 @@ pub struct Exchange {
     pub request_bytes: usize,
     /// Bytes the server answers with.
     pub response_bytes: usize,
+}
+
+/// What the origin answers to a replayed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayResponse {
+    /// As many bytes as the server sent in the captured flow (nothing when
+    /// it sent nothing, or its SYN-ACK was not captured).
+    Original,
+    /// This many bytes for every flow (0: no response).
+    Fixed(usize),
+}
+
+/// Client payloads of captured flows, replayed one per connection (round
+/// robin: connection `i` sends flow `i % flows`) through TLS after the
+/// handshake. The origin side checks that each arrives byte-exact, then
+/// answers with an HTTP-like response of [`ReplayResponse`]'s size (the
+/// same shape as [`Exchange`]'s, at least its 40-odd header bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    flows: Arc<[Flow]>,
+    pub response: ReplayResponse,
+}
+
+impl Replay {
+    /// Replays `flows`; those without client payload are left out.
+    pub fn new(flows: Vec<Flow>, response: ReplayResponse) -> Result<Replay, PlanError> {
+        let flows: Arc<[Flow]> = flows.into_iter().filter(|flow| !flow.payload.is_empty()).collect();
+        if flows.is_empty() {
+            return Err(PlanError::NoReplayFlows);
+        }
+        Ok(Replay { flows, response })
+    }
+
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+
+    /// The flow connection `index` replays, with its position in [`flows`](Self::flows).
+    pub fn flow_for(&self, index: u64) -> Option<(usize, &Flow)> {
+        let position = usize::try_from(index % self.flows.len() as u64).ok()?;
+        Some((position, self.flows.get(position)?))
+    }
+
+    /// The response size for `flow` (0: no response).
+    pub fn response_bytes(&self, flow: &Flow) -> usize {
+        match self.response {
+            ReplayResponse::Original => usize::try_from(flow.server_bytes).unwrap_or(usize::MAX),
+            ReplayResponse::Fixed(bytes) => bytes,
+        }
+    }
+
+    /// Client payload bytes of all flows.
+    pub fn payload_bytes(&self) -> u64 {
+        self.flows.iter().map(|flow| flow.payload.len() as u64).sum()
+    }
 }
 
 /// What becomes of a connection after its exchange (or handshake).
@@ -56,6 +117,9 @@ pub struct Plan {
     /// New connections per second.
     pub rate: u32,
     pub exchange: Option<Exchange>,
+    /// Replayed capture flows instead of the exchange (when both are set,
+    /// the replay wins and `exchange` is not used).
+    pub replay: Option<Replay>,
     pub hold: Hold,
     /// The SNI the clients send.
     pub server_name: String,
@@ -108,6 +172,7 @@ impl Plan {
             connections,
             rate,
             exchange: None,
+            replay: None,
             hold: Hold::Idle,
             server_name: "origin.test".into(),
             client_mac: [0x02, 0x4c, 0x47, 0, 0, 0x01],
@@ -217,5 +282,42 @@ mod tests {
             Plan::new(&["2001:2:1::/64"], &[server()], 1, 1),
             Err(PlanError::MixedFamilies { .. })
         ));
+    }
+
+    fn flow(payload: &[u8], server_bytes: u64) -> Flow {
+        Flow {
+            client: "198.18.0.1:40000".parse().expect("client"),
+            server: "198.18.0.2:80".parse().expect("server"),
+            payload: payload.to_vec(),
+            server_bytes,
+            cut_at_gap: false,
+        }
+    }
+
+    #[test]
+    fn replay_goes_round_robin_over_the_flows_with_payload() {
+        assert_eq!(
+            Replay::new(vec![flow(b"", 10)], ReplayResponse::Original),
+            Err(PlanError::NoReplayFlows)
+        );
+        let replay = Replay::new(
+            vec![flow(b"a", 10), flow(b"", 5), flow(b"bc", 20)],
+            ReplayResponse::Original,
+        )
+        .expect("replay");
+        assert_eq!(replay.flows().len(), 2, "the flow without payload is left out");
+        assert_eq!(replay.payload_bytes(), 3);
+        let sent: Vec<(usize, usize)> = (0..5)
+            .map(|index| {
+                let (position, flow) = replay.flow_for(index).expect("flow");
+                (position, replay.response_bytes(flow))
+            })
+            .collect();
+        assert_eq!(sent, [(0, 10), (1, 20), (0, 10), (1, 20), (0, 10)]);
+        let fixed = Replay {
+            response: ReplayResponse::Fixed(7),
+            ..replay
+        };
+        assert_eq!(fixed.response_bytes(&fixed.flows()[1]), 7);
     }
 }

@@ -1,6 +1,7 @@
 //! What the generator counted: connections opened, established, through
-//! the TLS handshake and the exchange, errors by kind, and the latency of
-//! the handshake (SYN to the client's finished handshake) as percentiles.
+//! the TLS handshake and the exchange, replayed payloads checked by the
+//! origin side, errors by kind, and the latency of the handshake (SYN to the
+//! client's finished handshake) as percentiles.
 
 use std::fmt;
 
@@ -16,6 +17,13 @@ pub struct Stats {
     pub resets: u64,
     pub timeouts: u64,
     pub tls_errors: u64,
+    /// Replayed requests that arrived at the origin side byte-exact.
+    pub replayed: u64,
+    /// Their bytes.
+    pub replayed_bytes: u64,
+    /// Replayed requests that arrived different (other bytes, or more of
+    /// them), or connections the origin side could not match to a flow.
+    pub replay_mismatches: u64,
     /// Server-side connections accepted.
     pub accepted: u64,
     /// The latest TLS error, as an example of what went wrong.
@@ -32,6 +40,9 @@ pub struct Summary {
     pub exchanges: u64,
     pub live: u64,
     pub errors: u64,
+    pub replayed: u64,
+    pub replayed_bytes: u64,
+    pub replay_mismatches: u64,
     pub p50_us: u32,
     pub p99_us: u32,
     pub max_us: u32,
@@ -50,7 +61,7 @@ impl Stats {
 
     /// All errors, of every kind.
     pub fn errors(&self) -> u64 {
-        self.resets + self.timeouts + self.tls_errors
+        self.resets + self.timeouts + self.tls_errors + self.replay_mismatches
     }
 
     pub fn summary(&self) -> Summary {
@@ -66,6 +77,9 @@ impl Stats {
             exchanges: self.exchanges,
             live: self.live,
             errors: self.errors(),
+            replayed: self.replayed,
+            replayed_bytes: self.replayed_bytes,
+            replay_mismatches: self.replay_mismatches,
             p50_us: at(0.50),
             p99_us: at(0.99),
             max_us: sorted.last().copied().unwrap_or(0),
@@ -86,7 +100,15 @@ impl fmt::Display for Summary {
             f64::from(self.p50_us) / 1000.0,
             f64::from(self.p99_us) / 1000.0,
             f64::from(self.max_us) / 1000.0
-        )
+        )?;
+        if self.replayed + self.replay_mismatches > 0 {
+            write!(
+                f,
+                "; replay: {} byte-exact ({} B), {} mismatched",
+                self.replayed, self.replayed_bytes, self.replay_mismatches
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -107,5 +129,21 @@ mod tests {
             (51_000, 99_000, 100_000)
         );
         assert_eq!(Stats::default().summary().p99_us, 0);
+    }
+
+    #[test]
+    fn replay_mismatches_are_errors_and_shown_with_the_replayed_bytes() {
+        let stats = Stats {
+            replayed: 5,
+            replayed_bytes: 500,
+            replay_mismatches: 2,
+            resets: 1,
+            ..Stats::default()
+        };
+        assert_eq!(stats.errors(), 3);
+        let text = stats.summary().to_string();
+        assert!(text.contains("3 errors"), "{text}");
+        assert!(text.ends_with("; replay: 5 byte-exact (500 B), 2 mismatched"), "{text}");
+        assert!(!Stats::default().summary().to_string().contains("replay"));
     }
 }

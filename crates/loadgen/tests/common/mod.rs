@@ -2,7 +2,8 @@
 //! tests and the worker-scaling example): the generator's two sides on
 //! in-memory ports of an `Engine` that intercepts TLS on 443, with an
 //! origin certificate the appliance trusts and an appliance CA the clients
-//! trust, on a virtual clock.
+//! trust, on a virtual clock. Optionally a second generator plays the
+//! origins (with its own plan) while the first one's clients connect.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub struct Bench {
     pub now: Instant,
     pub generator: Generator,
+    /// When set, this generator's server side answers on the server port
+    /// (and what its own clients send is dropped); otherwise `generator`'s.
+    pub origin: Option<Generator>,
     pub engine: Engine<MemPort>,
     client_port: MemPortControl,
     server_port: MemPortControl,
@@ -40,6 +44,12 @@ impl Drop for Dir {
 }
 
 pub fn bench(name: &str, plan: Plan) -> Bench {
+    bench_with_origin(name, plan, None)
+}
+
+/// A bench whose origins are a second generator's server side, run with
+/// `origin_plan`.
+pub fn bench_with_origin(name: &str, plan: Plan, origin_plan: Option<Plan>) -> Bench {
     // The origin's own CA and certificate (what the appliance verifies).
     let origin_key = KeyPair::generate().unwrap();
     let mut origin_ca = CertificateParams::default();
@@ -102,17 +112,21 @@ pub fn bench(name: &str, plan: Plan) -> Bench {
     let (server, server_port) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
     let stats = EngineStats::default();
     let engine = Engine::new(client, server, stats.clone(), 64, &policy, Instant::ZERO).with_tls(context);
+    let (client_config, server_config) = (Arc::new(client_config), Arc::new(server_config));
     let generator = Generator::new(
         plan,
         small,
-        Arc::new(client_config),
-        Arc::new(server_config),
+        Arc::clone(&client_config),
+        Arc::clone(&server_config),
         Instant::ZERO,
     )
     .unwrap();
+    let origin =
+        origin_plan.map(|plan| Generator::new(plan, small, client_config, server_config, Instant::ZERO).unwrap());
     Bench {
         now: Instant::ZERO,
         generator,
+        origin,
         engine,
         client_port,
         server_port,
@@ -127,6 +141,18 @@ impl Bench {
     pub fn step(&mut self) {
         self.generator.poll(self.now);
         self.generator.drain_output(&mut self.out);
+        if let Some(origin) = &mut self.origin {
+            origin.poll(self.now);
+            // Only the second generator's origins take part.
+            self.out.retain(|frame| frame.port == CLIENT_SIDE);
+            let from_clients = self.out.len();
+            origin.drain_output(&mut self.out);
+            let mut index = 0;
+            self.out.retain(|frame| {
+                index += 1;
+                index <= from_clients || frame.port == SERVER_SIDE
+            });
+        }
         for frame in self.out.drain(..) {
             match frame.port {
                 CLIENT_SIDE => self.client_port.inject(frame.frame),
@@ -137,8 +163,9 @@ impl Bench {
         for frame in self.client_port.take_transmitted() {
             self.generator.receive(CLIENT_SIDE, &frame, self.now);
         }
+        let origin = self.origin.as_mut().unwrap_or(&mut self.generator);
         for frame in self.server_port.take_transmitted() {
-            self.generator.receive(SERVER_SIDE, &frame, self.now);
+            origin.receive(SERVER_SIDE, &frame, self.now);
         }
         self.now += Duration::from_millis(1);
     }
