@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool};
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, RxSteering};
 use thiserror::Error;
 
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
@@ -31,10 +31,65 @@ pub enum DataplaneError {
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
+        "dataplane.workers = {workers}: ports {fanout} are spread over the workers by af_packet's kernel fanout hash \
+         and ports {rss} by NIC RSS; the two hashes differ, so the legs of a connection would reach different workers. \
+         Use the same kind of device on every port (all af_packet, or all NICs with RSS), or one worker"
+    )]
+    MixedSteering { workers: u16, fanout: String, rss: String },
+    #[error(
+        "dataplane.workers = {workers} is not a power of two, and the RSS ports {ports} differ in driver or redirection \
+         table size, so the same hash could select different queues on them and the legs of a connection reach \
+         different workers. Use a power-of-two number of workers, or the same NIC model on every port"
+    )]
+    RssTablesDiffer { workers: u16, ports: String },
+    #[error(
         "dataplane.workers = {workers}, but the EAL core list (-l in dataplane.eal_args) has {lcores} worker lcore(s) \
          besides the main one; give one lcore per worker, e.g. -l 0-{workers}"
     )]
     NotEnoughLcores { workers: usize, lcores: usize },
+}
+
+/// How one port spreads its frames over the workers' queues.
+#[derive(Debug, Clone, Copy)]
+struct PortSteering<'a> {
+    name: &'a str,
+    driver: &'a str,
+    steering: RxSteering,
+    reta_size: u16,
+}
+
+/// With several workers, every port must send a connection's frames to the
+/// same worker's queue, whichever port they cross: the ports must not mix
+/// af_packet's fanout with NIC RSS, and NICs whose redirection tables differ
+/// agree only for a power-of-two number of queues (each device refuses on
+/// its own when it can do neither, `DpdkError::NoFlowSteering`).
+fn check_steering<'a>(workers: u16, ports: impl IntoIterator<Item = PortSteering<'a>>) -> Result<(), DataplaneError> {
+    if workers <= 1 {
+        return Ok(());
+    }
+    let ports: Vec<_> = ports.into_iter().collect();
+    let names = |wanted: fn(&RxSteering) -> bool| {
+        ports
+            .iter()
+            .filter(|port| wanted(&port.steering))
+            .map(|port| port.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fanout = names(|steering| *steering == RxSteering::KernelFanout);
+    let rss = names(|steering| matches!(steering, RxSteering::SymmetricRss { .. }));
+    if !fanout.is_empty() && !rss.is_empty() {
+        return Err(DataplaneError::MixedSteering { workers, fanout, rss });
+    }
+    let mut tables = ports
+        .iter()
+        .filter(|port| matches!(port.steering, RxSteering::SymmetricRss { .. }))
+        .map(|port| (port.driver, port.reta_size));
+    let first = tables.next();
+    if !workers.is_power_of_two() && tables.any(|table| Some(table) != first) {
+        return Err(DataplaneError::RssTablesDiffer { workers, ports: rss });
+    }
+    Ok(())
 }
 
 /// A running set of ports, ready for workers.
@@ -137,6 +192,23 @@ impl Dataplane {
                 Ok((device, dev))
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
+        for (device, dev) in &devices {
+            tracing::info!(
+                "port {} (driver {}): {}",
+                device.ethdev_name(),
+                dev.driver(),
+                dev.steering()
+            );
+        }
+        check_steering(
+            dataplane.workers,
+            devices.iter().map(|(device, dev)| PortSteering {
+                name: device.ethdev_name(),
+                driver: dev.driver(),
+                steering: dev.steering(),
+                reta_size: dev.reta_size(),
+            }),
+        )?;
         let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
         let key_log = match &config.log.keylog {
             Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path)?)),
@@ -366,5 +438,59 @@ impl Dataplane {
                 sum
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSS: RxSteering = RxSteering::SymmetricRss {
+        rss_hf: dpdk::SYMMETRIC_RSS_HF,
+    };
+
+    fn port(name: &'static str, driver: &'static str, steering: RxSteering, reta_size: u16) -> PortSteering<'static> {
+        PortSteering {
+            name,
+            driver,
+            steering,
+            reta_size,
+        }
+    }
+
+    #[test]
+    fn ports_must_spread_a_connection_alike() {
+        let fanout = [
+            port("net_af_packet0", "net_af_packet", RxSteering::KernelFanout, 0),
+            port("net_af_packet1", "net_af_packet", RxSteering::KernelFanout, 0),
+        ];
+        assert!(check_steering(2, fanout).is_ok());
+        assert!(check_steering(3, fanout).is_ok());
+        let same_nics = [
+            port("0000:03:00.0", "net_i40e", RSS, 512),
+            port("0000:03:00.1", "net_i40e", RSS, 512),
+        ];
+        assert!(check_steering(3, same_nics).is_ok());
+        let mixed = [
+            port("net_af_packet0", "net_af_packet", RxSteering::KernelFanout, 0),
+            port("0000:03:00.1", "net_i40e", RSS, 512),
+        ];
+        let err = check_steering(2, mixed).expect_err("fanout and RSS differ");
+        assert!(matches!(err, DataplaneError::MixedSteering { .. }));
+        let message = err.to_string();
+        assert!(
+            message.contains("net_af_packet0") && message.contains("0000:03:00.1"),
+            "{message}"
+        );
+        assert!(check_steering(1, mixed).is_ok(), "one worker gets everything anyway");
+        let other_nics = [
+            port("0000:03:00.0", "net_i40e", RSS, 512),
+            port("0000:04:00.0", "mlx5_pci", RSS, 64),
+        ];
+        assert!(check_steering(4, other_nics).is_ok(), "power of two: the tables agree");
+        assert!(matches!(
+            check_steering(3, other_nics),
+            Err(DataplaneError::RssTablesDiffer { workers: 3, .. })
+        ));
     }
 }

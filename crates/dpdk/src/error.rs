@@ -15,6 +15,18 @@ pub enum DpdkError {
     PoolCreate { name: String, size: u32, reason: String },
     #[error("no DPDK port named {0:?}: is the device spec right, and was its driver loaded?")]
     PortNotFound(String),
+    #[error(
+        "port {port} ({name}): {queues} receive queues (one per worker) need a device that keeps both directions of \
+         a connection on one queue, but driver {driver:?} has neither RSS nor af_packet's kernel fanout, so the legs \
+         of a connection would land on different workers; run one worker on it (dataplane.workers = 1), or use a NIC \
+         with RSS or af_packet with qpairs=N"
+    )]
+    NoFlowSteering {
+        port: u16,
+        name: String,
+        driver: String,
+        queues: u16,
+    },
     #[error("port {port} ({name}): {operation} failed: {reason}")]
     Port {
         port: u16,

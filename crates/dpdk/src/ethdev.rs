@@ -32,12 +32,105 @@ impl Default for EthDevConfig {
     }
 }
 
+// The RSS hash types (`RTE_ETH_RSS_*` in rte_ethdev.h: `RTE_BIT64(n)`
+// macros, which bindgen cannot evaluate; a test checks them against the
+// system header).
+const RSS_IPV4: u64 = 1 << 2;
+const RSS_FRAG_IPV4: u64 = 1 << 3;
+const RSS_NONFRAG_IPV4_TCP: u64 = 1 << 4;
+const RSS_NONFRAG_IPV4_UDP: u64 = 1 << 5;
+const RSS_NONFRAG_IPV4_OTHER: u64 = 1 << 7;
+const RSS_IPV6: u64 = 1 << 8;
+const RSS_FRAG_IPV6: u64 = 1 << 9;
+const RSS_NONFRAG_IPV6_TCP: u64 = 1 << 10;
+const RSS_NONFRAG_IPV6_UDP: u64 = 1 << 11;
+const RSS_NONFRAG_IPV6_OTHER: u64 = 1 << 13;
+
+/// The hash types asked of a NIC's RSS: IPv4 and IPv6, TCP, UDP and other
+/// (fragments by addresses). Not the `*_EX` types, which hash addresses from
+/// IPv6 extension headers that only one direction may carry.
+pub const SYMMETRIC_RSS_HF: u64 = RSS_IPV4
+    | RSS_FRAG_IPV4
+    | RSS_NONFRAG_IPV4_TCP
+    | RSS_NONFRAG_IPV4_UDP
+    | RSS_NONFRAG_IPV4_OTHER
+    | RSS_IPV6
+    | RSS_FRAG_IPV6
+    | RSS_NONFRAG_IPV6_TCP
+    | RSS_NONFRAG_IPV6_UDP
+    | RSS_NONFRAG_IPV6_OTHER;
+
+/// The RSS key length used when a driver does not say (Toeplitz keys are
+/// 40 bytes on most NICs, 52 on Intel 700/800 series).
+const DEFAULT_RSS_KEY_LEN: u8 = 40;
+
+/// The driver whose queues are sockets in a kernel `PACKET_FANOUT_HASH`
+/// group: the kernel's flow hash is symmetric.
+const AF_PACKET_DRIVER: &str = "net_af_packet";
+
+/// A Toeplitz key of `len` bytes that hashes both directions of a flow
+/// alike: 0x6d, 0x5a repeated. Its 16-bit period makes the hash of
+/// (src, dst, sport, dport) equal to that of (dst, src, dport, sport) for
+/// IPv4 and IPv6 (Woo and Park, "Scalable TCP Session Monitoring with
+/// Symmetric Receive-side Scaling", 2012).
+pub fn symmetric_rss_key(len: usize) -> Vec<u8> {
+    [0x6d, 0x5a].into_iter().cycle().take(len).collect()
+}
+
+/// How a device spreads received frames over its queues (one per worker).
+/// Every leg of a connection must reach the same worker, so with more than
+/// one queue the spreading must be symmetric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxSteering {
+    /// One queue: nothing is spread.
+    Single,
+    /// The NIC's RSS (Toeplitz) with the symmetric key of
+    /// [`symmetric_rss_key`] over the hash types `rss_hf`.
+    SymmetricRss { rss_hf: u64 },
+    /// af_packet: the kernel's symmetric `PACKET_FANOUT_HASH` over the
+    /// queue sockets (the PMD sets it up).
+    KernelFanout,
+}
+
+impl RxSteering {
+    /// The steering of `queues` receive queues on a device of `driver`
+    /// whose RSS can hash `rss_offloads` (`flow_type_rss_offloads`); `None`
+    /// when frames of one connection could land on different queues.
+    pub fn choose(driver: &str, rss_offloads: u64, queues: u16) -> Option<RxSteering> {
+        if queues <= 1 {
+            return Some(RxSteering::Single);
+        }
+        if driver == AF_PACKET_DRIVER {
+            return Some(RxSteering::KernelFanout);
+        }
+        let rss_hf = rss_offloads & SYMMETRIC_RSS_HF;
+        (rss_hf != 0).then_some(RxSteering::SymmetricRss { rss_hf })
+    }
+}
+
+impl std::fmt::Display for RxSteering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RxSteering::Single => write!(f, "one receive queue"),
+            RxSteering::SymmetricRss { rss_hf } => {
+                write!(f, "RSS with a symmetric Toeplitz key (hash types {rss_hf:#x})")
+            }
+            RxSteering::KernelFanout => write!(f, "the kernel's symmetric fanout hash (af_packet)"),
+        }
+    }
+}
+
 /// A started Ethernet device. Stopped and closed when the last handle (the
 /// device itself or one of its queues) is dropped.
 #[derive(Debug)]
 pub struct EthDev {
     port_id: u16,
     name: String,
+    /// The driver's name (`net_af_packet`, `net_ixgbe`, `mlx5_pci`, ...).
+    driver: String,
+    steering: RxSteering,
+    /// Entries of the RSS redirection table (0: the driver does not say).
+    reta_size: u16,
     mac: [u8; 6],
     /// The kernel interface behind a device that has one (af_packet, tap):
     /// its carrier is the link state, which such drivers do not follow.
@@ -89,8 +182,42 @@ impl EthDev {
                 ),
             });
         }
-        let eth_conf = dpdk_sys::rte_eth_conf::default();
-        // SAFETY: port_id is valid and stopped; eth_conf lives for the call.
+        let driver = if info.driver_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: rte_eth_dev_info_get set driver_name to the driver's
+            // static NUL-terminated name (checked non-null above).
+            unsafe { std::ffi::CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let steering = RxSteering::choose(&driver, info.flow_type_rss_offloads, queues).ok_or_else(|| {
+            DpdkError::NoFlowSteering {
+                port: port_id,
+                name: name.to_owned(),
+                driver: driver.clone(),
+                queues,
+            }
+        })?;
+        let mut eth_conf = dpdk_sys::rte_eth_conf::default();
+        if let RxSteering::SymmetricRss { rss_hf } = steering {
+            let key_len = match info.hash_key_size {
+                0 => DEFAULT_RSS_KEY_LEN,
+                len => len,
+            };
+            // Leaked on purpose (at most 52 bytes per device opened): DPDK
+            // keeps this pointer in its copy of the configuration, and
+            // drivers read the key when the port starts (and restarts).
+            let key: &'static mut [u8] = Box::leak(symmetric_rss_key(usize::from(key_len)).into_boxed_slice());
+            eth_conf.rxmode.mq_mode = dpdk_sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            eth_conf.rx_adv_conf.rss_conf = dpdk_sys::rte_eth_rss_conf {
+                rss_key: key.as_mut_ptr(),
+                rss_key_len: key_len,
+                rss_hf,
+            };
+        }
+        // SAFETY: port_id is valid and stopped; eth_conf lives for the call
+        // and the RSS key it points to, if any, forever.
         check("rte_eth_dev_configure", unsafe {
             dpdk_sys::rte_eth_dev_configure(port_id, queues, queues, &eth_conf)
         })?;
@@ -131,6 +258,9 @@ impl EthDev {
         Ok(Arc::new(EthDev {
             port_id,
             name: name.to_owned(),
+            driver,
+            steering,
+            reta_size: info.reta_size,
             mac: addr.addr_bytes,
             kernel_interface: kernel_interface_named(info.if_index),
             pool: Arc::clone(pool),
@@ -157,6 +287,21 @@ impl EthDev {
             Some(_) => Err(self.error("queue", format!("queue {queue} is already in use"))),
             None => Err(self.error("queue", format!("queue {queue} does not exist"))),
         }
+    }
+
+    /// The driver's name, as DPDK reports it.
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+
+    /// How received frames are spread over the queues.
+    pub fn steering(&self) -> RxSteering {
+        self.steering
+    }
+
+    /// Entries of the device's RSS redirection table (0 when unknown).
+    pub fn reta_size(&self) -> u16 {
+        self.reta_size
     }
 
     fn error(&self, operation: &'static str, reason: String) -> DpdkError {
@@ -320,5 +465,213 @@ fn kernel_carrier(name: &str) -> Option<bool> {
         "up" => Some(true),
         "down" | "lowerlayerdown" | "notpresent" | "dormant" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The Toeplitz hash of `input` with `key`, as NICs compute RSS: for
+    /// each input bit that is set, XOR in the 32 key bits starting there.
+    fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+        let key_bit = |index: usize| key.get(index / 8).map_or(0, |byte| (byte >> (7 - index % 8)) & 1);
+        let mut window = (0..32).fold(0u32, |window, index| window << 1 | u32::from(key_bit(index)));
+        let mut hash = 0;
+        for (index, byte) in input.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (0x80 >> bit) != 0 {
+                    hash ^= window;
+                }
+                window = window << 1 | u32::from(key_bit(32 + index * 8 + bit));
+            }
+        }
+        hash
+    }
+
+    /// The RSS input of a TCP/UDP packet: source and destination address,
+    /// then source and destination port.
+    fn rss_input(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        let mut input = octets(src);
+        input.extend(octets(dst));
+        input.extend(sport.to_be_bytes());
+        input.extend(dport.to_be_bytes());
+        input
+    }
+
+    /// The default key of Microsoft's RSS specification (most drivers'
+    /// default too).
+    const MICROSOFT_KEY: [u8; 40] = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
+        0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+        0xbe, 0xac, 0x01, 0xfa,
+    ];
+
+    fn v4(text: &str) -> IpAddr {
+        IpAddr::V4(text.parse::<Ipv4Addr>().expect("IPv4"))
+    }
+
+    fn v6(text: &str) -> IpAddr {
+        IpAddr::V6(text.parse::<Ipv6Addr>().expect("IPv6"))
+    }
+
+    fn tuples() -> Vec<(IpAddr, IpAddr, u16, u16)> {
+        vec![
+            (v4("66.9.149.187"), v4("161.142.100.80"), 2794, 1766),
+            (v4("199.92.111.2"), v4("65.69.140.83"), 14230, 4739),
+            (v4("198.18.0.1"), v4("198.18.0.2"), 45_000, 443),
+            (v4("10.1.2.3"), v4("192.0.2.77"), 61_234, 8443),
+            (v6("3ffe:2501:200:1fff::7"), v6("3ffe:2501:200:3::1"), 2794, 1766),
+            (v6("2001:2::1"), v6("2001:2::2"), 45_001, 443),
+            (v6("fe80::1:2:3:4"), v6("2001:db8:ffff::9"), 1024, 65_535),
+        ]
+    }
+
+    #[test]
+    fn toeplitz_matches_the_rss_specification() {
+        // Microsoft's "Verifying the RSS Hash Calculation" examples.
+        let (src, dst) = (v4("66.9.149.187"), v4("161.142.100.80"));
+        assert_eq!(toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, 2794, 1766)), 0x51cc_c178);
+        assert_eq!(
+            toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, 2794, 1766)[..8]),
+            0x323e_8fc2
+        );
+        let (src, dst) = (v4("199.92.111.2"), v4("65.69.140.83"));
+        assert_eq!(toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, 14230, 4739)), 0xc626_b0ea);
+        let (src, dst) = (v6("3ffe:2501:200:1fff::7"), v6("3ffe:2501:200:3::1"));
+        assert_eq!(toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, 2794, 1766)), 0x4020_7d3d);
+        assert_eq!(
+            toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, 2794, 1766)[..32]),
+            0x2cc1_8cd5
+        );
+    }
+
+    #[test]
+    fn the_key_in_use_hashes_both_directions_alike_and_the_default_key_does_not() {
+        for len in [40, 52] {
+            let key = symmetric_rss_key(len);
+            assert_eq!(key.len(), len);
+            assert!(key.chunks(2).all(|pair| pair == [0x6d, 0x5a]));
+            for (src, dst, sport, dport) in tuples() {
+                let forward = rss_input(src, dst, sport, dport);
+                let backward = rss_input(dst, src, dport, sport);
+                assert_eq!(toeplitz(&key, &forward), toeplitz(&key, &backward), "{src} {dst}");
+                // Addresses only (fragments, other protocols) too.
+                let addresses = forward.len() - 4;
+                assert_eq!(
+                    toeplitz(&key, &forward[..addresses]),
+                    toeplitz(&key, &backward[..addresses]),
+                    "{src} {dst}"
+                );
+            }
+        }
+        for (src, dst, sport, dport) in tuples() {
+            assert_ne!(
+                toeplitz(&MICROSOFT_KEY, &rss_input(src, dst, sport, dport)),
+                toeplitz(&MICROSOFT_KEY, &rss_input(dst, src, dport, sport)),
+                "{src} {dst}: the default key would send the two directions to different queues"
+            );
+        }
+        // The symmetric hash still spreads: not every tuple hashes alike.
+        let key = symmetric_rss_key(40);
+        let hashes: std::collections::HashSet<_> = tuples()
+            .into_iter()
+            .map(|(src, dst, sport, dport)| toeplitz(&key, &rss_input(src, dst, sport, dport)))
+            .collect();
+        assert_eq!(hashes.len(), tuples().len());
+    }
+
+    #[test]
+    fn rss_hash_types_match_the_system_header() {
+        let include = std::process::Command::new("pkg-config")
+            .args(["--variable=includedir", "libdpdk"])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|dir| dir.trim().to_owned())
+            .filter(|dir| !dir.is_empty())
+            .unwrap_or_else(|| "/usr/include/dpdk".into());
+        let path = format!("{include}/rte_ethdev.h");
+        let header = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"));
+        for (name, value) in [
+            ("RTE_ETH_RSS_IPV4", RSS_IPV4),
+            ("RTE_ETH_RSS_FRAG_IPV4", RSS_FRAG_IPV4),
+            ("RTE_ETH_RSS_NONFRAG_IPV4_TCP", RSS_NONFRAG_IPV4_TCP),
+            ("RTE_ETH_RSS_NONFRAG_IPV4_UDP", RSS_NONFRAG_IPV4_UDP),
+            ("RTE_ETH_RSS_NONFRAG_IPV4_OTHER", RSS_NONFRAG_IPV4_OTHER),
+            ("RTE_ETH_RSS_IPV6", RSS_IPV6),
+            ("RTE_ETH_RSS_FRAG_IPV6", RSS_FRAG_IPV6),
+            ("RTE_ETH_RSS_NONFRAG_IPV6_TCP", RSS_NONFRAG_IPV6_TCP),
+            ("RTE_ETH_RSS_NONFRAG_IPV6_UDP", RSS_NONFRAG_IPV6_UDP),
+            ("RTE_ETH_RSS_NONFRAG_IPV6_OTHER", RSS_NONFRAG_IPV6_OTHER),
+        ] {
+            let bit = header
+                .lines()
+                .find_map(|line| {
+                    let mut words = line.split_whitespace();
+                    (words.next() == Some("#define") && words.next() == Some(name)).then(|| words.next())?
+                })
+                .and_then(|definition| {
+                    definition
+                        .strip_prefix("RTE_BIT64(")?
+                        .strip_suffix(')')?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("{name} not defined as RTE_BIT64(n)"));
+            assert_eq!(value, 1 << bit, "{name}");
+        }
+    }
+
+    #[test]
+    fn several_queues_need_rss_or_the_kernel_fanout() {
+        let nic_offloads = SYMMETRIC_RSS_HF | 1 << 6 | 1 << 15; // + SCTP, IPv6_EX
+        assert_eq!(RxSteering::choose("net_ring", 0, 1), Some(RxSteering::Single));
+        assert_eq!(
+            RxSteering::choose("net_ixgbe", nic_offloads, 1),
+            Some(RxSteering::Single)
+        );
+        assert_eq!(
+            RxSteering::choose("net_af_packet", 0, 2),
+            Some(RxSteering::KernelFanout)
+        );
+        assert_eq!(
+            RxSteering::choose("net_ixgbe", nic_offloads, 4),
+            Some(RxSteering::SymmetricRss {
+                rss_hf: SYMMETRIC_RSS_HF
+            })
+        );
+        // Only the hash types the device has are asked for.
+        let v4_tcp = RSS_IPV4 | RSS_NONFRAG_IPV4_TCP | 1 << 6;
+        assert_eq!(
+            RxSteering::choose("net_x", v4_tcp, 2),
+            Some(RxSteering::SymmetricRss {
+                rss_hf: RSS_IPV4 | RSS_NONFRAG_IPV4_TCP
+            })
+        );
+        for driver in ["net_ring", "net_null", "net_pcap", "net_memif", "net_virtio"] {
+            assert_eq!(RxSteering::choose(driver, 0, 2), None, "{driver}");
+        }
+        assert_eq!(RxSteering::choose("net_x", 1 << 6, 2), None, "SCTP-only RSS is no use");
+        let refusal = DpdkError::NoFlowSteering {
+            port: 1,
+            name: "0000:03:00.0".into(),
+            driver: "net_virtio".into(),
+            queues: 2,
+        }
+        .to_string();
+        for needed in [
+            "0000:03:00.0",
+            "net_virtio",
+            "2 receive queues",
+            "dataplane.workers = 1",
+        ] {
+            assert!(refusal.contains(needed), "{refusal}");
+        }
     }
 }

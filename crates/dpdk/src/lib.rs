@@ -19,7 +19,7 @@ mod port;
 
 pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
-pub use ethdev::{EthDev, EthDevConfig, EthQueue};
+pub use ethdev::{symmetric_rss_key, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use memport::{MemPort, MemPortControl};
