@@ -505,8 +505,10 @@ impl Generator {
             if work.is_some() {
                 self.stats.exchanges += 1;
             }
-            // Idle from now on: the TLS state is no longer needed.
+            // Idle from now on: the TLS state and the emptied queue are no
+            // longer needed.
             conn.tls = None;
+            conn.pending = Vec::new();
             conn.done = true;
             if self.plan.hold == Hold::Close {
                 let _ = self.stack.close(conn.flow);
@@ -612,8 +614,10 @@ impl Generator {
             .is_none_or(|response| response.sent >= response.total);
         let flushed = flush_tls(&mut self.stack, conn.flow, tls, &mut conn.pending);
         if conn.answered && responded && flushed && conn.pending.is_empty() && !tls.wants_write() {
-            // Idle from now on: the TLS state is no longer needed.
+            // Idle from now on: the TLS state and the emptied queue are no
+            // longer needed.
             conn.tls = None;
+            conn.pending = Vec::new();
             conn.response = None;
         }
     }

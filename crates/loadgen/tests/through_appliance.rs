@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::bench;
+use common::{bench, bench_with_buffers};
 use loadgen::{Exchange, Hold, Plan};
 
 fn plan(connections: u64, hold: Hold) -> Plan {
@@ -54,6 +54,24 @@ fn connections_are_intercepted_exchange_and_are_held_idle() {
     assert_eq!(bench.generator.stats().live, 300);
     assert_eq!(bench.generator.stats().errors(), 0);
     assert_eq!(bench.engine.splicer().counters().sessions_live, 300);
+}
+
+#[test]
+fn the_smallest_buffers_still_intercept_exchange_and_hold() {
+    // What a million-connection run uses: 1 KiB socket buffers in the
+    // appliance (its minimum) and 256 B in the generator (its minimum), so
+    // every TLS flight and the 5 kB response cross many small windows.
+    let mut bench = bench_with_buffers("small-buffers", plan(100, Hold::Idle), 1024, 256);
+    let done = bench.run_until(30_000, |bench| bench.generator.finished());
+    let stats = bench.generator.stats().clone();
+    assert!(done, "{stats:?}");
+    assert_eq!(
+        (stats.handshakes, stats.exchanges, stats.live, stats.errors()),
+        (100, 100, 100, 0),
+        "{stats:?}"
+    );
+    assert_eq!(bench.engine.splicer().counters().sessions_live, 100);
+    assert_eq!(bench.stats.tcp.totals().socket_buffer_bytes, 200 * 2 * 1024);
 }
 
 #[test]

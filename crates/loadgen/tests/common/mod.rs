@@ -50,6 +50,16 @@ pub fn bench(name: &str, plan: Plan) -> Bench {
 /// A bench whose origins are a second generator's server side, run with
 /// `origin_plan`.
 pub fn bench_with_origin(name: &str, plan: Plan, origin_plan: Option<Plan>) -> Bench {
+    build(name, plan, origin_plan, 8 * 1024, 8 * 1024)
+}
+
+/// A bench whose appliance and generator flows have socket buffers (receive
+/// and send, each) of the given sizes.
+pub fn bench_with_buffers(name: &str, plan: Plan, appliance_buffer: usize, generator_buffer: usize) -> Bench {
+    build(name, plan, None, appliance_buffer, generator_buffer)
+}
+
+fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: usize, generator_buffer: usize) -> Bench {
     // The origin's own CA and certificate (what the appliance verifies).
     let origin_key = KeyPair::generate().unwrap();
     let mut origin_ca = CertificateParams::default();
@@ -96,15 +106,15 @@ pub fn bench_with_origin(name: &str, plan: Plan, origin_plan: Option<Plan>) -> B
         .with_root_certificates(roots)
         .with_no_client_auth();
 
-    let small = StackConfig {
-        rx_buffer: 8 * 1024,
-        tx_buffer: 8 * 1024,
+    let stack = |buffer| StackConfig {
+        rx_buffer: buffer,
+        tx_buffer: buffer,
         timeout: Duration::from_secs(5),
         max_flows: 100_000,
     };
     let policy = InterceptPolicy {
         tcp_ports: vec![443],
-        stack: small,
+        stack: stack(appliance_buffer),
         hold_synack: true,
         ..InterceptPolicy::default()
     };
@@ -115,14 +125,22 @@ pub fn bench_with_origin(name: &str, plan: Plan, origin_plan: Option<Plan>) -> B
     let (client_config, server_config) = (Arc::new(client_config), Arc::new(server_config));
     let generator = Generator::new(
         plan,
-        small,
+        stack(generator_buffer),
         Arc::clone(&client_config),
         Arc::clone(&server_config),
         Instant::ZERO,
     )
     .unwrap();
-    let origin =
-        origin_plan.map(|plan| Generator::new(plan, small, client_config, server_config, Instant::ZERO).unwrap());
+    let origin = origin_plan.map(|plan| {
+        Generator::new(
+            plan,
+            stack(generator_buffer),
+            client_config,
+            server_config,
+            Instant::ZERO,
+        )
+        .unwrap()
+    });
     Bench {
         now: Instant::ZERO,
         generator,
