@@ -532,6 +532,16 @@ impl Splicer {
         self.shared.counters
     }
 
+    /// Buffer capacity the live TLS sessions hold (see
+    /// [`TlsSession::buffer_capacity`]); walks every session.
+    pub fn tls_buffer_bytes(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter_map(|(_, session)| session.tls.as_ref())
+            .map(|tls| tls.buffer_capacity())
+            .sum()
+    }
+
     /// Shutdown: resets every live leg (client, server and inspection
     /// legs) of up to `max` sessions, one RST each; legs in TIME-WAIT (their
     /// connection is over) are left alone. The first call takes the
@@ -1019,6 +1029,9 @@ impl Shared {
                 break;
             }
         }
+        // Quiet now: queues the sockets emptied give their memory back, so
+        // an idle connection holds no TLS buffer.
+        tls.release_empty_buffers();
         if !was_established && tls.info.client_version.is_some() {
             counters.tls_intercepted += 1;
         }

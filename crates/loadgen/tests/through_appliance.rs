@@ -46,6 +46,11 @@ fn connections_are_intercepted_exchange_and_are_held_idle() {
     let splice = bench.engine.splicer().counters();
     assert_eq!(splice.tls_intercepted, 300);
     assert_eq!(splice.sessions_live, 300, "the appliance holds every idle connection");
+    assert_eq!(
+        bench.engine.splicer().tls_buffer_bytes(),
+        0,
+        "idle sessions give their TLS buffers back"
+    );
     assert_eq!(bench.stats.tcp.totals().flows_live, 600);
     assert_eq!(bench.generator.frames_ignored(), 0);
 
