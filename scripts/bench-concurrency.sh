@@ -4,15 +4,18 @@
 # userspace load generator (tlsgate-loadgen) playing every client and origin.
 #
 # Usage: scripts/bench-concurrency.sh [--counts "1000 10000 100000"] [--max N]
-#          [--buffers "4096 1024"] [--rate R] [--hold S] [--request-bytes B]
+#          [--buffers "4096 1024"] [--gen-buffer B] [--rate R] [--hold S] [--request-bytes B]
 #          [--response-bytes B] [--sweep "400 800 1200 1600"] [--sweep-connections N]
-#          [--watchdog MIN] [--reserve-gib G] [--quiet-wait S] [--retries K]
+#          [--watchdog MIN] [--reserve-gib G] [--margin PCT] [--quiet-wait S] [--retries K]
 #          [--plan-only] [--keep] [--write-doc]   (root)
 #        scripts/bench-concurrency.sh --render DIR [--write-doc]
 #   --counts: the connection counts N (default 1000 10000 100000);
 #   --max N: the decades 1000, 10000, ... up to N, and N itself (e.g. --max 1000000);
 #   --buffers: tlsgate's [tcp] rx_buffer = tx_buffer (and the load generator's
-#     --buffer), one curve each (default "4096 1024"; 1024 is the minimum allowed);
+#     --buffer unless --gen-buffer), one curve each (default "4096 1024"; 1024 is
+#     tlsgate's minimum);
+#   --gen-buffer B: the load generator's socket buffers instead (256 at least):
+#     small ones leave more of the machine's memory to tlsgate for large N;
 #   --rate: new connections per second (default 800); --hold: seconds the N
 #     connections are held idle before sampling (default 5);
 #   --request-bytes/--response-bytes: one exchange after each handshake (default
@@ -54,7 +57,8 @@
 #
 # Memory: before each N, the expected need (per connection: the largest measured
 # so far for those buffers x 1.15, or a formula before any measurement) is
-# checked against MemAvailable minus --reserve-gib (2); an N that does not fit is
+# checked against MemAvailable minus --reserve-gib (2), the largest measured
+# figure multiplied by --margin (115 %); an N that does not fit is
 # refused (a "skipped" row with the numbers), as are the larger ones.
 #
 # Uses its own namespaces tgn-cli/tgn-gw/tgn-srv/tgn-box/tgn-lg (TG_NS_* of
@@ -76,7 +80,7 @@ export TG_NS_CLI=tgn-cli TG_NS_GW=tgn-gw TG_NS_SRV=tgn-srv TG_NS_BOX=tgn-box TG_
 
 counts="1000 10000 100000" buffers="4096 1024" rate=800 hold=5
 request_bytes=100 response_bytes=1000 sweep="400 800 1200 1600" sweep_n=6000
-watchdog_min="" reserve_gib=2 quiet_wait=120 retries=2 plan_only=0 keep=0 write_doc=0 render_dir=""
+watchdog_min="" reserve_gib=2 margin=115 gen_buffer="" quiet_wait=120 retries=2 plan_only=0 keep=0 write_doc=0 render_dir=""
 args=("$@")
 while (($#)); do
   case "$1" in
@@ -86,6 +90,8 @@ while (($#)); do
       for ((n = 1000; n < $2; n *= 10)); do counts+="$n "; done
       counts+="$2"; shift ;;
     --buffers) buffers="$2"; shift ;;
+    --gen-buffer) gen_buffer="$2"; shift ;;
+    --margin) margin="$2"; shift ;;
     --rate) rate="$2"; shift ;;
     --hold) hold="$2"; shift ;;
     --request-bytes) request_bytes="$2"; shift ;;
@@ -105,13 +111,18 @@ while (($#)); do
   esac
   shift
 done
-for value in $counts $buffers $rate $hold $request_bytes $response_bytes $sweep $sweep_n $reserve_gib $quiet_wait $retries; do
+for value in $counts $buffers $gen_buffer $rate $hold $request_bytes $response_bytes $sweep $sweep_n $reserve_gib $margin $quiet_wait $retries; do
   [[ "$value" =~ ^[0-9]+$ ]] || { echo "bench-concurrency: not a number: $value" >&2; exit 2; }
 done
 for b in $buffers; do
   ((b >= 1024)) || { echo "bench-concurrency: buffers below 1024 are not allowed" >&2; exit 2; }
 done
 ((rate > 0)) || { echo "bench-concurrency: --rate must be positive" >&2; exit 2; }
+[[ -z "$gen_buffer" ]] || ((gen_buffer >= 256)) ||
+  { echo "bench-concurrency: --gen-buffer below 256 is not allowed" >&2; exit 2; }
+((margin >= 100)) || { echo "bench-concurrency: --margin is a percentage of at least 100" >&2; exit 2; }
+# The generator's buffers for a curve with tlsgate's buffers $1.
+gen_buffer_for() { echo "${gen_buffer:-$1}"; }
 
 log() { echo "bench-concurrency: $(date -u +%H:%M:%S) $*" >&2; }
 
@@ -187,7 +198,9 @@ w("**Method.** For each buffer size and each N, a fresh `tlsgate run` (configs/l
 w("af_packet worker on lcore 1, plus `[intercept] tcp_ports = [443]`, `[tls]` with a CA from")
 w("`tlsgate ca init`, `[tcp] rx_buffer = tx_buffer` = the buffer size and `max_connections` raised")
 w("above N) in tgn-gw, and a fresh `tlsgate-loadgen` in tgn-lg (af_packet on both veth ends,")
-w("`scripts/lab-loadgen.sh`, one thread on lcore 0, the same socket buffer size) that opens N")
+w("`scripts/lab-loadgen.sh`, one thread on lcore 0, "
+  + (f"socket buffers of {e['ENV_GEN_BUF']} B" if e.get('ENV_GEN_BUF') else "the same socket buffer size")
+  + ") that opens N")
 w(f"connections at {e['ENV_RATE']}/s from 198.18.64.0/18 and 198.18.128.0/18 to 198.18.0.2:443, each a full")
 w(f"TLS 1.3 handshake (ECDSA P-256, X25519) with SNI origin.test and one exchange ({e['ENV_REQ']} B request,")
 w(f"{e['ENV_RESP']} B response), then holds it open and idle (`--hold idle`). tlsgate's idle VmRSS is read")
@@ -486,7 +499,7 @@ fi
 # and ~20 KiB of TLS state and session; the generator two flows (client and
 # origin) and a few KiB, its TLS state being dropped once a connection is idle.
 formula_per_conn() {  # buffer; prints bytes
-  echo $(( 2 * (2 * $1 + 1300) + 20480 + 2 * (2 * $1 + 1300) + 4096 ))
+  echo $(( 2 * (2 * $1 + 1300) + 20480 + 2 * (2 * $(gen_buffer_for "$1") + 1300) + 4096 ))
 }
 fixed_bytes=$((1536 << 20))   # two EAL heaps (-m 512 each, partly touched), binaries, baselines
 mem_available() { echo $(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) * 1024 )); }
@@ -494,7 +507,7 @@ declare -A measured_per_conn=()   # buffer -> bytes per connection (tlsgate + lo
 fits() {  # buffer N; prints the explanation, returns 1 if it does not fit
   local buf="$1" n="$2" per source need avail usable
   if [[ -n "${measured_per_conn[$buf]:-}" ]]; then
-    per=$(( measured_per_conn[$buf] * 115 / 100 )); source="measured here x 1.15"
+    per=$(( measured_per_conn[$buf] * margin / 100 )); source="measured here x $margin %"
   else
     per="$(formula_per_conn "$buf")"; source="formula, nothing measured yet"
   fi
@@ -722,7 +735,7 @@ run_one() {  # kind(curve|sweep) buffer N rate [attempt]
     --eal-args "--no-huge -m 512 --no-shconf --no-pci -l 0 --file-prefix tgnlg$$" \
     --clients 198.18.64.0/18 --clients 198.18.128.0/18 --server "$TG_SRV_V4:443" \
     --connections "$n" --rate "$r" --request-bytes "$request_bytes" --response-bytes "$response_bytes" \
-    --hold idle --buffer "$buf" --duration "$lg_duration" --report-interval "$interval" \
+    --hold idle --buffer "$(gen_buffer_for "$buf")" --duration "$lg_duration" --report-interval "$interval" \
     --trust "$tmp/ca/ca.pem" --cert "$tmp/origin.crt" --key "$tmp/origin.key" \
     --report-json "$tmp/loadgen-$tag.json" >"$lglog" 2>&1 &
   lg_pid=$!
@@ -977,7 +990,7 @@ section="$tmp/section.md"
   printf '%s=%q\n' ENV_CPU "${cpu:-unknown CPU}" ENV_HYPER "$hyper" ENV_NPROC "$(nproc)" ENV_MEM "$mem_total" \
     ENV_KERNEL "$(uname -r)" ENV_DATE "$(date -u +%Y-%m-%d)" ENV_COMMIT "$commit" ENV_CMD "$cmdline" \
     ENV_RATE "$rate" ENV_HOLD "$hold" ENV_REQ "$request_bytes" ENV_RESP "$response_bytes" ENV_SWEEP_N "$sweep_n" \
-    ENV_TOTAL_S "$(( SECONDS - t_script ))"
+    ENV_TOTAL_S "$(( SECONDS - t_script ))" ENV_GEN_BUF "$gen_buffer"
 } >"$tmp/env.txt"
 render "$tmp" "$section" "$svg_out"
 sed -n '/^| buffers | N | achieved/,/^$/p' "$section"
