@@ -495,11 +495,11 @@ fi
 
 # --- memory plan ------------------------------------------------------------------
 # Expected bytes per connection before anything is measured (the formula errs
-# high): tlsgate holds two flows of (rx + tx + ~1.3 KB socket and table entries)
-# and ~20 KiB of TLS state and session; the generator two flows (client and
+# high): tlsgate holds two flows of (rx + tx + ~0.9 KB socket and table entries)
+# and ~10 KiB of TLS state and session; the generator two flows (client and
 # origin) and a few KiB, its TLS state being dropped once a connection is idle.
 formula_per_conn() {  # buffer; prints bytes
-  echo $(( 2 * (2 * $1 + 1300) + 20480 + 2 * (2 * $(gen_buffer_for "$1") + 1300) + 4096 ))
+  echo $(( 2 * (2 * $1 + 900) + 10240 + 2 * (2 * $(gen_buffer_for "$1") + 900) + 4096 ))
 }
 fixed_bytes=$((1536 << 20))   # two EAL heaps (-m 512 each, partly touched), binaries, baselines
 mem_available() { echo $(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) * 1024 )); }
