@@ -21,6 +21,7 @@ pub struct PortStats {
     intercepted: AtomicU64,
     generated: AtomicU64,
     generated_dropped: AtomicU64,
+    misdirected: AtomicU64,
 }
 
 /// A reading of [`PortStats`]. For every port,
@@ -31,7 +32,9 @@ pub struct PortStats {
 /// failed validation, whether dropped (runts) or bridged (bad L3 headers).
 /// `generated` frames were sent by the TCP stack out of this port (they are
 /// part of `tx`); `generated_dropped` could not be sent (no buffer, full
-/// ring) and are left to TCP retransmission.
+/// ring) and are left to TCP retransmission. `misdirected` frames (part of
+/// `dropped`) belonged to a connection another worker holds (af_packet's
+/// fanout rolls frames over to another socket when one is full).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortTotals {
     pub rx: u64,
@@ -42,6 +45,7 @@ pub struct PortTotals {
     pub intercepted: u64,
     pub generated: u64,
     pub generated_dropped: u64,
+    pub misdirected: u64,
 }
 
 impl PortStats {
@@ -69,6 +73,9 @@ impl PortStats {
     pub fn add_generated_dropped(&self, frames: u64) {
         self.generated_dropped.fetch_add(frames, Ordering::Relaxed);
     }
+    pub fn add_misdirected(&self, frames: u64) {
+        self.misdirected.fetch_add(frames, Ordering::Relaxed);
+    }
 
     pub fn totals(&self) -> PortTotals {
         PortTotals {
@@ -80,6 +87,7 @@ impl PortStats {
             intercepted: self.intercepted.load(Ordering::Relaxed),
             generated: self.generated.load(Ordering::Relaxed),
             generated_dropped: self.generated_dropped.load(Ordering::Relaxed),
+            misdirected: self.misdirected.load(Ordering::Relaxed),
         }
     }
 }
@@ -94,6 +102,7 @@ impl std::ops::AddAssign for PortTotals {
         self.intercepted += other.intercepted;
         self.generated += other.generated;
         self.generated_dropped += other.generated_dropped;
+        self.misdirected += other.misdirected;
     }
 }
 
@@ -271,6 +280,19 @@ impl fmt::Display for Report {
                 f,
                 "{:<11} {:<28} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
                 port.role, port.device, t.rx, t.tx, t.bridged, t.dropped, t.malformed, port.driver.rx_missed
+            )?;
+        }
+        let misdirected: Vec<_> = self
+            .ports
+            .iter()
+            .filter(|port| port.totals.misdirected > 0)
+            .map(|port| format!("{} on {}", port.totals.misdirected, port.role))
+            .collect();
+        if !misdirected.is_empty() {
+            writeln!(
+                f,
+                "misdirected: {} frames of connections another worker holds, dropped (left to retransmission)",
+                misdirected.join(", ")
             )?;
         }
         let tcp = &self.tcp;

@@ -12,6 +12,7 @@ use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
+use crate::directory::SessionDirectory;
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, supervise, TimedPoller};
 
@@ -111,11 +112,13 @@ pub struct Dataplane {
     rss_at_stop: Option<u64>,
 }
 
-/// What every worker's engine shares: logs and the decrypted capture.
+/// What every worker's engine shares: logs, the decrypted capture, and
+/// (with several workers) the directory of their sessions.
 #[derive(Clone, Default)]
 struct SharedOutputs {
     connection_log: Option<Arc<ConnectionLog>>,
     capture: Option<Arc<DecryptedCapture>>,
+    directory: Option<Arc<SessionDirectory>>,
 }
 
 /// A worker's engine over its queues (client, server, and the inspection
@@ -142,6 +145,10 @@ fn assemble<P: dpdk::Port>(
     };
     let engine = match outputs.capture {
         Some(capture) => engine.with_capture(capture),
+        None => engine,
+    };
+    let engine = match outputs.directory {
+        Some(directory) => engine.with_directory(directory),
         None => engine,
     };
     Some(match outputs.connection_log {
@@ -261,6 +268,7 @@ impl Dataplane {
         SharedOutputs {
             connection_log: self.connection_log.clone(),
             capture: self.capture.clone(),
+            directory: (self.workers.len() > 1).then(Arc::default),
         }
     }
 

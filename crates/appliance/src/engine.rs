@@ -220,6 +220,14 @@ impl<P: Port> Engine<P> {
         self
     }
 
+    /// Shares the record of which connections each worker holds with the
+    /// other workers' engines (`directory`), so that a frame of a connection
+    /// another worker holds is dropped here rather than bridged.
+    pub fn with_directory(mut self, directory: Arc<crate::directory::SessionDirectory>) -> Self {
+        self.splicer.set_directory(directory);
+        self
+    }
+
     /// Records every intercepted connection in `log` when it ends.
     pub fn with_connection_log(mut self, log: std::sync::Arc<crate::connlog::ConnectionLog>) -> Self {
         self.splicer.set_log(log);
@@ -296,6 +304,7 @@ impl<P: Port> Engine<P> {
         let mut runts = 0u64;
         let mut malformed = 0u64;
         let mut intercepted = 0u64;
+        let mut misdirected = 0u64;
         let stack = &mut self.stack;
         let splicer = &mut self.splicer;
         let intercept_ports = &self.intercept_ports;
@@ -323,15 +332,31 @@ impl<P: Port> Engine<P> {
                 && !info.flags.rst
                 && class.is_tcp_candidate()
                 && intercept_ports.contains(&tuple.dst_port);
-            if let Some(flow) = stack.lookup(ingress, tuple) {
-                // A new SYN for a connection the appliance has already
-                // closed (its leg lingers in TIME-WAIT) opens a new one, as
-                // a host would; anything else goes to the existing flow,
-                // and a segment it cannot parse is dropped there.
-                if !(opens && stack.state(flow) == Ok(netstack::TcpState::TimeWait)) {
-                    let _ = stack.ingress(flow, frame.data(), &class, now);
-                    intercepted += 1;
-                    return false;
+            match stack.lookup(ingress, tuple) {
+                Some(flow) => {
+                    // A new SYN for a connection the appliance has already
+                    // closed (its leg lingers in TIME-WAIT) opens a new one,
+                    // as a host would; anything else goes to the existing
+                    // flow, and a segment it cannot parse is dropped there.
+                    if !(opens && stack.state(flow) == Ok(netstack::TcpState::TimeWait)) {
+                        let _ = stack.ingress(flow, frame.data(), &class, now);
+                        intercepted += 1;
+                        return false;
+                    }
+                }
+                None => {
+                    // A segment of a connection another worker holds (a
+                    // frame af_packet rolled over from a full socket) is
+                    // not this worker's to bridge or to open.
+                    let client_tuple = match from {
+                        Side::Client if intercept_ports.contains(&tuple.dst_port) => Some(*tuple),
+                        Side::Server if intercept_ports.contains(&tuple.src_port) => Some(tuple.reversed()),
+                        _ => None,
+                    };
+                    if client_tuple.is_some_and(|client_tuple| splicer.held_by_another_worker(&client_tuple)) {
+                        misdirected += 1;
+                        return false;
+                    }
                 }
             }
             if opens {
@@ -366,7 +391,8 @@ impl<P: Port> Engine<P> {
         self.stats[egress].add_tx(sent);
         in_stats.add_bridged(sent);
         in_stats.add_intercepted(intercepted);
-        in_stats.add_dropped(runts + unsent as u64);
+        in_stats.add_dropped(runts + misdirected + unsent as u64);
+        in_stats.add_misdirected(misdirected);
         in_stats.add_malformed(runts + malformed);
         received
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connlog;
 pub mod counters;
 pub mod dataplane;
+pub mod directory;
 pub mod engine;
 pub mod policy;
 pub mod replay;

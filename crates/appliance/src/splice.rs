@@ -24,6 +24,7 @@ use wire::FrameClass;
 use crate::capture::{CaptureStream, DecryptedCapture};
 use crate::config::InspectFailure;
 use crate::connlog::{ConnectionLog, ConnectionRecord};
+use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::policy::{Action, Policy, Verdict};
 
 use crate::engine::Side;
@@ -226,6 +227,8 @@ struct Shared {
     inspection_links_up: bool,
     /// Where the plaintext of intercepted TLS sessions is recorded.
     capture: Option<Arc<DecryptedCapture>>,
+    /// The sessions of every worker, when there are several.
+    directory: Option<WorkerDirectory>,
 }
 
 /// The legs of a session the TLS pump moves bytes between.
@@ -454,6 +457,7 @@ impl Splicer {
                 inspection: None,
                 inspection_links_up: true,
                 capture: None,
+                directory: None,
             },
             shutdown_pending: None,
         }
@@ -511,6 +515,21 @@ impl Splicer {
             self.log_decision(tuple, &verdict);
             self.shared.counters.blocked = blocked;
         }
+    }
+
+    /// Registers every session in `directory`, shared with the other
+    /// workers, so that each can tell a frame of another's connection.
+    pub fn set_directory(&mut self, directory: Arc<SessionDirectory>) {
+        self.shared.directory = Some(WorkerDirectory::new(directory));
+    }
+
+    /// Whether another worker holds a session for the client→server
+    /// `tuple` (always false without a shared directory).
+    pub fn held_by_another_worker(&self, tuple: &FlowTuple) -> bool {
+        self.shared
+            .directory
+            .as_ref()
+            .is_some_and(|directory| directory.held_elsewhere(tuple))
     }
 
     /// Writes a record of every session that ends to `log`.
@@ -639,6 +658,9 @@ impl Splicer {
             // Plain TCP: the bytes go through the box from the start.
             shared.start_inspection(stack, index, &mut session, now);
         }
+        if let Some(directory) = shared.directory.as_mut() {
+            directory.opened(tuple);
+        }
         entry.insert(session);
         Ok(())
     }
@@ -732,6 +754,9 @@ impl Splicer {
             .is_none_or(|l| l.out.is_none() && l.back.is_none());
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
+            if let Some(directory) = shared.directory.as_mut() {
+                directory.ended(&session.tuple);
+            }
             shared.counters.sessions_live = shared.counters.sessions_live.saturating_sub(1);
             shared.counters.tls_sessions_live = shared
                 .counters
