@@ -49,6 +49,10 @@
 #     processes and threads, /proc/PID/stat), tlsgate's worker busy time
 #     (--stats-interval 0.2), and the CPU other processes of the machine used
 #     meanwhile (scripts/bench-compare/othercpu.py: the machine is shared).
+# rustls floor, per run, right before path (c) on a quiet machine: the
+#   crates/mitm/examples/tls_floor.rs example (in memory, one thread, ~10 s):
+#   the CPU of the two rustls handshakes tlsgate does per connection and of bare
+#   AEAD decrypt + encrypt per GB; report.py judges tlsgate's CPU against it.
 # Memory, per run, for (b) and (c) on a freshly started interceptor:
 #   scripts/bench-compare/hold.py in the client namespace opens --hold connections
 #   (handshake, one keep-alive request and its response, then idle); the
@@ -102,7 +106,7 @@ while (($#)); do
     --bulk-mb) bulk_mb="$2"; shift ;;
     --latency-requests) lat_requests="$2"; shift ;;
     --hold) hold="$2"; shift ;;
-    -h|--help) sed -n '2,77p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,81p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench-compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -196,6 +200,9 @@ bench_watchdog 1500
 
 # --- build, CA, keys --------------------------------------------------------------
 bench_build_tlsgate
+log "building the tls_floor example (release)"
+(cd "$root" && timeout 1200 cargo build --release --quiet -p mitm --example tls_floor)
+cp "$root/target/release/examples/tls_floor" "$tmp/tls_floor"
 timeout 60 "$tmp/tlsgate" ca init --dir "$tmp/ca" >/dev/null
 # SSLsplit's forged leaves get an ECDSA P-256 key as tlsgate's do (its default
 # would be a fresh 2048-bit RSA key).
@@ -434,6 +441,32 @@ wait_quiet() {
   log "other processes still busy ($used CPU s in 2 s): measuring anyway (see 'other processes' CPU')"
 }
 
+# The in-memory rustls floor of issue 6's CPU targets (crates/mitm/examples/tls_floor.rs):
+# its JSON in floor-RUN.json, the other processes' CPU while it ran in floor.kv.
+# A failure leaves the floor unmeasured (report.py says so), not the run void.
+tls_floor() {  # run
+  local run="$1" t0 t1 other wall
+  timeout 30 python3 "$helpers/othercpu.py" snapshot $$ "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" >"$tmp/floor-other-0"
+  t0="$(date +%s.%N)"
+  if ! timeout 180 "$tmp/tls_floor" --json >"$tmp/floor-$run.json" 2>"$tmp/floor-$run.txt"; then
+    log "tls_floor failed (run $run): $(tail -3 "$tmp/floor-$run.txt" | tr '\n' ' ')"
+    rm -f "$tmp/floor-$run.json"
+    return 0
+  fi
+  t1="$(date +%s.%N)"
+  timeout 30 python3 "$helpers/othercpu.py" snapshot $$ "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" >"$tmp/floor-other-1"
+  other="$(timeout 30 python3 "$helpers/othercpu.py" diff "$tmp/floor-other-0" "$tmp/floor-other-1")" || other=nan
+  wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+  echo "run=$run other=$other wall=$wall" >>"$tmp/floor.kv"
+  log "  rustls floor: $(python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+print("handshakes %.0f us per connection (server role %.0f, client role full %.0f, resumed %.0f),"
+      " AES-256-GCM %.3f CPU s per GB relayed" % (j["handshakes_cpu_s_per_connection"] * 1e6,
+      j["server_role_cpu_s"] * 1e6, j["client_role_full_cpu_s"] * 1e6, j["client_role_resumed_cpu_s"] * 1e6,
+      j["aead_cpu_s_per_gb"]))' "$tmp/floor-$run.json" 2>/dev/null || echo "unreadable JSON");" \
+    "other processes' CPU ${other} s in ${wall} s"
+}
+
 # Kept-alive requests per second: ab -k; prints req/s or "failed".
 ka_rate() {  # output-file
   local out="$1"
@@ -541,6 +574,11 @@ stop_path a w
 
 for run in $(seq "$runs"); do
   for path in a b c; do
+    if [[ "$path" == c ]]; then
+      wait_quiet
+      log "run $run/$runs, rustls floor (tls_floor example, in memory)"
+      tls_floor "$run"
+    fi
     wait_quiet
     log "run $run/$runs, path ($path)"
     cur_tag="$run"
@@ -811,6 +849,17 @@ In each run and path, in this order, on one start of the interceptor:
    /proc/PID/stat (SSLsplit: all its processes and threads; tlsgate: its process, worker
    and main thread), and for tlsgate also its worker's busy time from the counters.
 
+Per run, right before path (c) and after the same wait for a quiet machine, the **rustls floor**
+that issue 6's CPU targets compare against: \`crates/mitm/examples/tls_floor.rs --json\` (in
+memory, one thread, its CPU time from /proc/thread-self/schedstat; only the appliance's roles
+are timed). Handshakes in plain rustls with ring, configured as tlsgate's two legs and as the
+lab's peers: the server role towards a client offering what OpenSSL 3.0 offers (TLS 1.3,
+TLS_AES_256_GCM_SHA384 first, an X25519 key share; the forged ECDSA P-256 certificate; two
+tickets issued, as tlsgate does), and the client role towards an origin with a self-signed ECDSA
+P-256 certificate that issues tickets as nginx does, full (chain verified) and resumed. Bulk:
+16 KiB records decrypted and encrypted again in place with ring's AES-256-GCM (the suite
+negotiated here; AES-128-GCM and rustls' record layer for reference).
+
 Then, per run, **memory**, for (b) and (c) on a freshly started interceptor:
 \`scripts/bench-compare/hold.py\` in tgc-cli opens ${hold} connections (64 handshakes at a
 time; each does its TLS handshake, one keep-alive request and reads the response, then stays
@@ -852,6 +901,15 @@ EOF
   sender's context (ab's, curl's) and reach SSLsplit's sockets there; SSLsplit's own TCP
   processing partly happens in softirq on whatever runs. tlsgate's TCP stack (smoltcp) runs
   in its worker, so that work is in its CPU. On balance the comparison favours SSLsplit.
+- **The rustls floor.** What plain rustls and ring need for the same TLS work, without TCP,
+  packet I/O, buffering, forging or logging: tlsgate's ratio to it is the cost of its own
+  machinery on top. The handshake floor weights the client role by the share of upstream legs
+  that resumed in the run (tlsgate keeps the origin's tickets; nginx issues two after a full
+  handshake and one after a resumption); tlsgate also verifies the stored chain again after a
+  resumed handshake, which plain rustls does not. The AEAD floor is the cipher alone, in place;
+  tlsgate's CPU per GB also pays for the frames in and out of af_packet, smoltcp on both legs
+  and rustls' copies. The floor is measured in the same run on the same machine, but not at
+  the same moment as tlsgate's rows, and in a warm loop: a lower bound, not a model.
 - **Key exchange.** SSLsplit ${sslsplit_version:-0.5.5} sets one ECDH group for its
   client-facing side (\`-G\`, default prime256v1; \`-G X25519\` is rejected as an unknown
   curve), so a client that offers an X25519 key share first (OpenSSL 3.0 clients: ab, curl,

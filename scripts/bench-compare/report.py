@@ -4,11 +4,16 @@
   report.py DIR REQUESTS CONCURRENCY KA_REQUESTS BULK_MB LAT_REQUESTS SVG
 
 DIR holds perf.kv and mem.kv (one record a line, space-separated key=value;
-values use _ for spaces) and the latency files lat-{new,ka}-PATH-RUN.txt
-(curl -w "time_connect time_appconnect time_total num_connects http_code").
+values use _ for spaces), the latency files lat-{new,ka}-PATH-RUN.txt
+(curl -w "time_connect time_appconnect time_total num_connects http_code"),
+and the in-memory rustls floor of each run, floor-RUN.json (the JSON of
+crates/mitm/examples/tls_floor.rs --json) with floor.kv (run, other
+processes' CPU and wall time while it ran).
 Prints the Markdown tables; writes the chart to SVG.
 """
+import json
 import math
+import re
 import statistics
 import sys
 from html import escape
@@ -195,6 +200,95 @@ if "b" in cpu and "c" in cpu:
       f"{fmt(ratio(c['ka_proc'], b['ka_proc']), 2)} | | {fmt(ratio(c['gb_proc'], b['gb_proc']), 2)} | | | |")
     w(f"| ratio c/b, tlsgate's worker busy / SSLsplit's process CPU | | {fmt(ratio(c['conn_busy'], b['conn_proc']), 2)} | | | "
       f"| {fmt(ratio(c['ka_busy'], b['ka_proc']), 2)} | | {fmt(ratio(c['gb_busy'], b['gb_proc']), 2)} | | |")
+cpu_table_end = len(out)
+
+# --- the rustls floor (crates/mitm/examples/tls_floor.rs, run before each (c) row) ---
+# Per run: the two handshake roles tlsgate plays, with the client role
+# weighted by the share of upstream legs that resumed in that run (from
+# tlsgate's connection log, the "legs" field), and bare AES-256-GCM decrypt +
+# encrypt per GB.
+RESUMED = re.compile(r"upstream_leg_resumed_(\d+)_of_(\d+)")
+floor_env = {r.get("run"): r for r in load("floor.kv")}
+
+
+def load_floor(run):
+    try:
+        with open(f"{d}/floor-{run}.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def resumed_share(r):
+    m = RESUMED.search(r.get("legs", ""))
+    return int(m.group(1)) / int(m.group(2)) if m and int(m.group(2)) else NAN
+
+
+def floor_conn(js, share):
+    """CPU s per connection of the two handshakes; the full-handshake floor
+    when the run's resumption share is unknown."""
+    if not js:
+        return NAN
+    if math.isnan(share):
+        return num(js.get("handshakes_cpu_s_per_connection"))
+    return (num(js.get("server_role_cpu_s")) + share * num(js.get("client_role_resumed_cpu_s"))
+            + (1 - share) * num(js.get("client_role_full_cpu_s")))
+
+
+floor_runs = []  # (perf record of (c), floor JSON or None, resumed share)
+if "c" in cpu:
+    floor_runs = [(r, load_floor(r["run"]), resumed_share(r)) for r in runs_of(perf, "c")]
+floor = {}
+first = None
+if floor_runs:
+    n_floor = len(floor_runs)
+    fmed = lambda fn: med_of([fn(js, share) for _, js, share in floor_runs], n_floor)
+    fkey = lambda key, scale=1.0: (lambda js, share: num(js.get(key)) * scale if js else NAN)
+    floor = {
+        "conn": fmed(lambda js, share: floor_conn(js, share) * 1000),
+        "conn_full": fmed(fkey("handshakes_cpu_s_per_connection", 1000)),
+        "conn_resumed": fmed(fkey("handshakes_upstream_resumed_cpu_s_per_connection", 1000)),
+        "server": fmed(fkey("server_role_cpu_s", 1e6)),
+        "server_no_tickets": fmed(fkey("server_role_no_tickets_cpu_s", 1e6)),
+        "client_full": fmed(fkey("client_role_full_cpu_s", 1e6)),
+        "client_resumed": fmed(fkey("client_role_resumed_cpu_s", 1e6)),
+        "gb": fmed(fkey("aead_cpu_s_per_gb")),
+        "gb_128": fmed(fkey("aead_cpu_s_per_gb_aes_128_gcm")),
+        "gb_rustls": fmed(fkey("aead_rustls_record_layer_cpu_s_per_gb_aes_256_gcm")),
+    }
+    c = cpu["c"]
+    per_run_floor = lambda fn, digits: " / ".join(fmt(fn(js, share), digits) for _, js, share in floor_runs)
+    # Rows of the interceptor CPU table above: the floor, and tlsgate against it.
+    out.insert(cpu_table_end, f"| rustls floor, in memory (`tls_floor` example, same run): two handshakes / "
+               f"AES-256-GCM decrypt + encrypt | {fmt(floor['conn'], 2)} | - | - | "
+               f"{per_run_floor(lambda js, share: floor_conn(js, share) * 1000, 2)} | - | - | "
+               f"{fmt(floor['gb'], 2)} | - | - | {per_run_floor(fkey('aead_cpu_s_per_gb'), 2)} |")
+    out.insert(cpu_table_end + 1, f"| ratio c/floor, process CPU / floor | {fmt(ratio(c['conn_proc'], floor['conn']), 2)} "
+               f"| | | | | | {fmt(ratio(c['gb_proc'], floor['gb']), 2)} | | | |")
+    out.insert(cpu_table_end + 2, f"| ratio c/floor, tlsgate's worker busy / floor | | "
+               f"{fmt(ratio(c['conn_busy'], floor['conn']), 2)} | | | | | | {fmt(ratio(c['gb_busy'], floor['gb']), 2)} | | |")
+    shares = " / ".join("-" if math.isnan(share) else f"{share * 100:.0f} %" for _, _, share in floor_runs)
+    first = next((js for _, js, _ in floor_runs if js), None)
+if floor and first:
+    w("")
+    w("rustls floor: `crates/mitm/examples/tls_floor.rs` in memory, once per run right before tlsgate's "
+      "row (after the wait for a quiet machine), one thread, its CPU time; only the appliance's roles are "
+      "timed, plain rustls with ring and no TCP (medians over the runs of the example's medians). "
+      f"Handshakes ({first.get('cipher_suite', '?')}, {first.get('kx_group', '?')}, "
+      f"{first.get('certificates', '?')} certificates, as ab negotiates with tlsgate), µs per connection: "
+      f"server role towards the client {fmt(floor['server'], 1)} (2 TLS 1.3 tickets issued, as tlsgate does; "
+      f"{fmt(floor['server_no_tickets'], 1)} without), client role towards the origin "
+      f"{fmt(floor['client_full'], 1)} full (chain verified against the origin's certificate), "
+      f"{fmt(floor['client_resumed'], 1)} resumed with the origin's ticket. tlsgate's upstream legs "
+      f"resumed in {shares} of the connections logged per run (its connection log), so the floor is the "
+      f"server role plus the client role weighted by that share"
+      + (" (the full client role where the run has no count)" if "-" in shares.split(" / ") else "")
+      + f": {fmt(floor['conn'], 2)} CPU s / 1,000 "
+      f"connections ({fmt(floor['conn_full'], 2)} if no upstream leg resumed, "
+      f"{fmt(floor['conn_resumed'], 2)} if all did). Bulk: 16 KiB records opened and sealed again "
+      f"in place with ring, per GB relayed (10^9 plaintext bytes decrypted once and encrypted once): "
+      f"AES-256-GCM (negotiated) {fmt(floor['gb'], 3)} CPU s, the floor; AES-128-GCM "
+      f"{fmt(floor['gb_128'], 3)}; AES-256-GCM through rustls' record layer {fmt(floor['gb_rustls'], 3)}.")
 
 # --- memory -----------------------------------------------------------------------
 M = [p for p in "bc" if runs_of(mem, p)]
@@ -256,6 +350,29 @@ if "b" in P and "c" in P:
     w("|---|---|---:|---|")
     for text, value, target, higher, how in rows:
         w(f"| {text} | {how} | {fmt(value, 2)} | {verdict(value, target, higher)} |")
+if floor:
+    def verdict_le(value, target):
+        return "not measured" if math.isnan(value) else ("**met**" if value <= target else "**not met**")
+    c = cpu["c"]
+    floor_rows = [
+        ("appliance CPU per intercepted connection ≤ 1.3 × the two rustls handshakes it must do",
+         "process CPU / handshake floor", ratio(c["conn_proc"], floor["conn"]), 1.3),
+        ("(the same with tlsgate's worker busy time instead)", "worker busy / handshake floor",
+         ratio(c["conn_busy"], floor["conn"]), 1.3),
+        ("CPU per GB relayed ≤ 1.5 × the bare AEAD decrypt + encrypt", "process CPU / AES-256-GCM floor",
+         ratio(c["gb_proc"], floor["gb"]), 1.5),
+        ("(the same with tlsgate's worker busy time instead)", "worker busy / AES-256-GCM floor",
+         ratio(c["gb_busy"], floor["gb"]), 1.5),
+    ]
+    w("")
+    w(f"Issue 6's targets against the rustls floor measured in memory in the same run "
+      f"(handshakes {fmt(floor['conn'], 2)} CPU s / 1,000 connections, AEAD {fmt(floor['gb'], 3)} CPU s / GB), "
+      "from the medians above:")
+    w("")
+    w("| target | measured | ratio | verdict |")
+    w("|---|---|---:|---|")
+    for text, how, value, target in floor_rows:
+        w(f"| {text} | {how} | {fmt(value, 2)} | {verdict_le(value, target)} |")
 
 # --- conditions -------------------------------------------------------------------
 w("")
@@ -279,6 +396,17 @@ for p in P:
       f"{first.get('tempkey', '?').replace('_', ' ')}"
       + ("" if first.get("legs", "-") == "-" else f"; legs of the connections (interceptor's log): "
          f"{first['legs'].replace('_', ' ')}"))
+if floor_runs:
+    cells = []
+    for r, js, _ in floor_runs:
+        env = floor_env.get(r["run"], {})
+        if js:
+            cells.append(f"run {r['run']}: {fmt(num(js.get('elapsed_s')), 1)} s, CPU / wall of the timed parts "
+                         f"{fmt(num(js.get('cpu_over_wall')), 2)}, other processes' CPU "
+                         f"{fmt(ratio(num(env.get('other')), num(env.get('wall'))), 2)} cores")
+        else:
+            cells.append(f"run {r['run']}: not measured")
+    w("- rustls floor " + "; ".join(cells))
 for p in M:
     cells = [f"run {r['run']}: {r.get('valid', '?').replace('_', ' ')}, other processes' CPU while holding "
              f"{fmt(ratio(num(r.get('other')), num(r.get('wall'))), 2)} cores" for r in runs_of(mem, p)]
