@@ -47,12 +47,12 @@
 # the next --stats-interval print, then samples both processes' VmRSS from /proc
 # (the N connections held), stops the load generator (SIGINT: its JSON report;
 # it sends nothing, so the appliance still holds every session) and then tlsgate
-# (SIGINT: its --report-json, whose TCP counters are those of the held sessions;
-# its rss_bytes is read after the worker has freed them, so it is not used).
+# (SIGINT: it resets both legs of every held connection, and its --report-json
+# counts them in reset_at_shutdown).
 # Validity: the generator's opened = handshakes = exchanges = live = accepted = N
-# and 0 resets, timeouts, TLS errors, transmit drops; tlsgate's tls_intercepted,
-# sessions_live, tls_sessions_live = N, flows_live = 2N, tls_failed = 0 and
-# flows_refused = 0, in the last print before sampling and in the report.
+# and 0 resets, timeouts, TLS errors, transmit drops; tlsgate's last print before
+# sampling shows 2N flows, N sessions and N TLS sessions live; its report
+# tls_intercepted = N, reset_at_shutdown = 2N, tls_failed = 0, flows_refused = 0.
 # Anything else marks the row invalid with the reason (it stays in the table).
 #
 # Memory: before each N, the expected need (per connection: the largest measured
@@ -208,14 +208,15 @@ w("2 s after it starts, before any connection; the generator's just after its st
 w("the generator shows N handshakes, N exchanges and N live, the script waits")
 w(f"{e['ENV_HOLD']} s and the next `--stats-interval 1` print, then reads both VmRSS from `/proc/<pid>/status`")
 w("with the N connections held, stops the generator (SIGINT; it sends nothing, so tlsgate still")
-w("holds every session) and then tlsgate (SIGINT: `--report-json`, whose TCP counters are those of")
-w("the held sessions). A row is valid only if the generator counted opened = handshakes = exchanges")
-w("= live = accepted = N with no reset, timeout, TLS error or transmit drop, and tlsgate")
-w("`tls_intercepted` = `sessions_live` = `tls_sessions_live` = N, `flows_live` = 2N, no failed TLS")
-w("and no refused flow, both in its last print before sampling and in its report. \"Per")
+w("holds every session) and then tlsgate (SIGINT: it resets both legs of every held connection and")
+w("writes `--report-json`). A row is valid only if the generator counted opened = handshakes = exchanges")
+w("= live = accepted = N with no reset, timeout, TLS error or transmit drop, tlsgate's last print")
+w("before sampling showed 2N flows, N sessions and N TLS sessions live, and its report counts")
+w("`tls_intercepted` = N, `reset_at_shutdown` = 2N (both legs of every connection were still held),")
+w("no failed TLS and no refused flow. \"Per")
 w("connection\" is (VmRSS with N held − idle VmRSS) / N. \"Socket buffers\" and \"flows\" are the")
-w("appliance's own accounting: `tcp.socket_buffer_bytes` / N and `tcp.flows_live` ×")
-w("`tcp.memory_per_flow` / N (buffers plus ~1.3 KB of socket and table entries per flow); the")
+w("appliance's own accounting at sampling: flows live × (rx + tx buffer) / N and flows live ×")
+w("`tcp.memory_per_flow` / N (buffers plus ~0.8 KB of socket and table entries per flow); the")
 w("accounting has no figure for the TLS state, so \"not accounted\" (RSS per connection − flows) is")
 w("mostly the two rustls connections and the session, plus allocator overhead. The achieved rate is")
 w("N over the time at which the generator's handshakes reached N (interpolated between its progress")
@@ -360,10 +361,9 @@ w("  else runs (see the \"machine\" columns); the memory columns are what this m
 w("- RSS counts what the process touched: heap pages freed by the allocator but not returned to the")
 w("  kernel, and part of the EAL heap and mbuf pool (fixed, in the idle baseline). At small N the")
 w("  per-connection figure carries allocator granularity (the 1,000 row is the least precise).")
-w("- tlsgate's `--report-json` `rss_bytes` is read when the process stops, after the worker has")
-w("  dropped its sessions (it reports about the idle size), so it is not used: the script reads")
-w("  `/proc/<pid>/status` while the connections are held, cross-checked with the `memory:` line of the")
-w("  last counters print (the last column of the second table).")
+w("- The script reads `/proc/<pid>/status` while the connections are held, cross-checked with the")
+w("  `memory:` line of the last counters print (the last column of the second table); the report's")
+w("  `rss_bytes`, sampled when the stop is requested, is kept in the raw rows.")
 w("- Idle here means no byte after the exchange and no keep-alive: once opened, N costs memory and")
 w("  (see \"worker busy ... held\") next to no CPU.")
 w("- Both ends use rustls with ring. The session caches are shared and bounded, not per connection:")
@@ -830,17 +830,24 @@ if tg:
     row["tg"]["rx_missed"] = sum(p["driver"]["rx_missed"] for p in tg["ports"])
     row["tg"]["rx_no_mbuf"] = sum(p["driver"]["rx_no_mbuf"] for p in tg["ports"])
     row["tg"]["generated_dropped"] = sum(p.get("generated_dropped", 0) for p in tg["ports"])
-    for key, want in (("tls_intercepted", n), ("sessions_live", n), ("tls_sessions_live", n),
-                      ("flows_live", 2 * n), ("tls_failed", 0), ("flows_refused", 0)):
+    row["tg"]["reset_at_shutdown"] = t.get("reset_at_shutdown")
+    for key, want in (("tls_intercepted", n), ("reset_at_shutdown", 2 * n), ("tls_failed", 0),
+                      ("flows_refused", 0)):
         if t.get(key) != want:
             reasons.append(f"tlsgate {key} {t.get(key)} (want {want})")
-# The last counters print before sampling must already show every session.
+# The last counters print before sampling must already show every session;
+# the held state is read from it (the report comes after the shutdown resets).
 m = re.match(r"tcp: (\d+) flows live .*?, (\d+) sessions live", e["ROW_TCP_LINE"])
 if not m or int(m.group(1)) != 2 * n or int(m.group(2)) != n:
     reasons.append(f"at sampling tlsgate printed: {e['ROW_TCP_LINE'][:90]!r}")
+if m and tg:
+    row["tg"]["flows_live"], row["tg"]["sessions_live"] = int(m.group(1)), int(m.group(2))
+    row["tg"]["socket_buffer_bytes"] = int(m.group(1)) * 2 * buf
 m = re.match(r"memory: (\d+) flows holding .*?, (\d+) TLS sessions", e["ROW_MEM_LINE"])
 if not m or int(m.group(2)) != n:
     reasons.append(f"at sampling: {e['ROW_MEM_LINE'][:80]!r}")
+if m and tg:
+    row["tg"]["tls_sessions_live"] = int(m.group(2))
 m = re.search(r"process resident ([0-9.]+) MiB", e["ROW_MEM_LINE"])
 row["printed_rss"] = float(m.group(1)) * 2**20 if m else None
 prog = e["ROW_PROGRESS"].split()
