@@ -5,7 +5,7 @@
 //! connections (handshake plus a request and a response, then closed); the
 //! connection rate with 1 and with 2 workers is measured in one run.
 //!
-//!     cargo run --release -p loadgen --example worker_scaling [-- CONNECTIONS_PER_WORKER]
+//!     cargo run --release -p loadgen --example worker_scaling [-- CONNECTIONS_PER_WORKER [ROUNDS]]
 //!
 //! On a machine with 2 vCPUs, 2 workers can at best double the rate. The
 //! generator's own work (both TLS roles of the client and the origin) runs
@@ -57,19 +57,38 @@ fn rate(workers: usize, connections: u64) -> Result<f64, Box<dyn Error>> {
     Ok((workers as u64 * connections) as f64 / start.elapsed().as_secs_f64())
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let connections: u64 = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse())
-        .transpose()?
-        .unwrap_or(2_000);
+    let mut args = std::env::args().skip(1);
+    let connections: u64 = args.next().map(|arg| arg.parse()).transpose()?.unwrap_or(2_000);
+    let rounds: usize = args.next().map(|arg| arg.parse()).transpose()?.unwrap_or(5);
+    if rounds == 0 {
+        return Err("ROUNDS must be at least 1".into());
+    }
     rate(1, 200)?; // warm-up
-    let one = rate(1, connections)?;
-    let two = rate(2, connections)?;
-    println!("| workers | intercepted connections / s (in memory, generator included) |");
+                   // 1 and 2 workers alternate, so a slow spell of the machine touches both.
+    let (mut ones, mut twos, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let one = rate(1, connections)?;
+        let two = rate(2, connections)?;
+        ones.push(one);
+        twos.push(two);
+        ratios.push(two / one);
+    }
+    let each = |values: &[f64]| values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+    println!("| workers | intercepted connections / s (in memory, generator included), median of {rounds} |");
     println!("|---:|---:|");
-    println!("| 1 | {one:.0} |");
-    println!("| 2 | {two:.0} |");
-    println!("| ratio 2/1 | {:.2} |", two / one);
+    println!("| 1 | {:.0} |", median(&mut ones));
+    println!("| 2 | {:.0} |", median(&mut twos));
+    println!(
+        "| ratio 2/1 (median of the rounds' ratios) | {:.2} |",
+        median(&mut ratios.clone())
+    );
+    println!();
+    println!("Ratios per round: {}", each(&ratios));
     Ok(())
 }
