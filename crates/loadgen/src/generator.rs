@@ -160,11 +160,14 @@ fn flush_tls<D: rustls::SideData>(
     }
 }
 
-/// Feeds what the flow received into rustls; `Err` on a TLS error.
+/// Feeds what the flow received into rustls, moving the plaintext it
+/// decrypts into `plaintext` as it goes (rustls refuses more input while
+/// 16 KiB of plaintext wait in it); `Err` on a TLS error.
 fn feed_tls<D: rustls::SideData>(
     stack: &mut Stack,
     flow: FlowId,
     tls: &mut rustls::ConnectionCommon<D>,
+    plaintext: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -174,11 +177,17 @@ fn feed_tls<D: rustls::SideData>(
         }
         let mut input = buf.get(..read).unwrap_or_default();
         while !input.is_empty() {
-            match tls.read_tls(&mut input) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+            let taken = tls.read_tls(&mut input);
             tls.process_new_packets()?;
+            let drained = read_plaintext(tls, |bytes| plaintext.extend_from_slice(bytes));
+            if matches!(taken, Ok(0) | Err(_)) && drained == 0 {
+                // Nothing taken and nothing to make room: the connection
+                // is closed for reading; what is left cannot be read.
+                return Err(rustls::Error::General(format!(
+                    "{} received bytes after the end of the TLS stream",
+                    input.len()
+                )));
+            }
         }
     }
 }
@@ -481,7 +490,8 @@ impl Generator {
         let Some(tls) = conn.tls.as_deref_mut() else {
             return;
         };
-        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls) {
+        let mut plaintext = Vec::new();
+        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls, &mut plaintext) {
             self.stats.record_tls_error("client", &error);
             conn.tls = None;
             conn.done = true;
@@ -497,7 +507,7 @@ impl Generator {
                 write_source(tls, &mut conn.pending, source, &mut conn.request_sent);
             }
         }
-        conn.received += drain_plaintext(tls);
+        conn.received += plaintext.len() + drain_plaintext(tls);
         let done = conn.handshake_done
             && work.is_none_or(|(source, response)| conn.request_sent >= source.total && conn.received >= response);
         let flushed = flush_tls(&mut self.stack, conn.flow, tls, &mut conn.pending);
@@ -540,7 +550,8 @@ impl Generator {
         let Some(tls) = conn.tls.as_deref_mut() else {
             return;
         };
-        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls) {
+        let mut plaintext = Vec::new();
+        if let Err(error) = feed_tls(&mut self.stack, conn.flow, tls, &mut plaintext) {
             self.stats.record_tls_error("origin", &error);
             conn.tls = None;
             let _ = self.stack.abort(conn.flow);
@@ -554,7 +565,8 @@ impl Generator {
         match (&mut conn.replay, replayed) {
             (Some(origin), Some(flow)) => {
                 let expected = &flow.payload;
-                conn.received += read_plaintext(tls, |bytes| origin.check.feed(expected, bytes));
+                origin.check.feed(expected, &plaintext);
+                conn.received += plaintext.len() + read_plaintext(tls, |bytes| origin.check.feed(expected, bytes));
                 let verdict = origin.check.verdict(expected);
                 match (origin.verdict, verdict) {
                     (None, Some(exact)) => {
@@ -589,7 +601,7 @@ impl Generator {
                 }
             }
             _ => {
-                conn.received += drain_plaintext(tls);
+                conn.received += plaintext.len() + drain_plaintext(tls);
                 match self.plan.exchange {
                     Some(exchange) if handshaken && !conn.answered && conn.received >= exchange.request_bytes => {
                         conn.answered = true;

@@ -80,6 +80,23 @@ fn the_smallest_buffers_still_intercept_exchange_and_hold() {
 }
 
 #[test]
+fn large_windows_carry_a_bulk_response_intact() {
+    // 64 KiB windows let more than rustls's 16 KiB of received plaintext
+    // arrive at once: the generator must make room as it feeds rustls, not
+    // drop what rustls refused (that broke the stream: "cannot decrypt").
+    let mut plan = plan(3, Hold::Close);
+    plan.exchange = Some(Exchange {
+        request_bytes: 100,
+        response_bytes: 2_000_000,
+    });
+    let mut bench = bench_with_buffers("bulk", plan, 64 * 1024, 64 * 1024);
+    let done = bench.run_until(30_000, |bench| bench.generator.finished());
+    let stats = bench.generator.stats().clone();
+    assert!(done, "{stats:?}");
+    assert_eq!((stats.exchanges, stats.errors()), (3, 0), "{stats:?}");
+}
+
+#[test]
 fn closed_connections_leave_nothing_behind() {
     let mut bench = bench("close", plan(100, Hold::Close));
     assert!(bench.run_until(20_000, |bench| bench.generator.finished()));
