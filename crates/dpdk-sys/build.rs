@@ -71,16 +71,22 @@ fn main() {
         .allowlist_function("rte_eth_promiscuous_enable")
         .allowlist_function("rte_eth_dev_set_mtu")
         .allowlist_function("rte_eth_dev_adjust_nb_rx_tx_desc")
+        .allowlist_function("rte_ring_create")
+        .allowlist_function("rte_ring_free")
         .allowlist_var("RTE_MBUF_DEFAULT_BUF_SIZE")
         .allowlist_var("RTE_PKTMBUF_HEADROOM")
         .allowlist_var("RTE_MAX_LCORE")
         .allowlist_var("RTE_ETH_LINK_UP")
         .allowlist_var("RTE_ETH_MQ_RX_RSS")
         .allowlist_var("RTE_ETH_RSS_.*")
-        // The mbuf and mempool layouts are read through the shim only: keep
+        .allowlist_var("RING_F_SP_ENQ")
+        .allowlist_var("RING_F_SC_DEQ")
+        .allowlist_var("RING_F_EXACT_SZ")
+        // The mbuf, mempool and ring layouts are read through the shim only: keep
         // them opaque so their packed/aligned unions never reach Rust.
         .opaque_type("rte_mbuf")
         .opaque_type("rte_mempool")
+        .opaque_type("rte_ring")
         .derive_default(true)
         .layout_tests(false)
         .generate_comments(false)

@@ -44,3 +44,18 @@ char *tg_pktmbuf_adj(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_adj(
 int tg_pktmbuf_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim(m, len); }
 
 int tg_pktmbuf_linearize(struct rte_mbuf *m) { return rte_pktmbuf_linearize(m); }
+
+unsigned tg_ring_enqueue_burst(struct rte_ring *r, struct rte_mbuf *const *objs,
+                               unsigned n)
+{
+	return rte_ring_enqueue_burst(r, (void *const *)objs, n, NULL);
+}
+
+unsigned tg_ring_dequeue_burst(struct rte_ring *r, struct rte_mbuf **objs,
+                               unsigned n)
+{
+	return rte_ring_dequeue_burst(r, (void **)objs, n, NULL);
+}
+
+unsigned tg_ring_count(const struct rte_ring *r) { return rte_ring_count(r); }
+unsigned tg_ring_capacity(const struct rte_ring *r) { return rte_ring_get_capacity(r); }

@@ -16,6 +16,7 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_ring.h>
 #include <rte_thread.h>
 
 /* The calling thread's rte_errno (a per-lcore thread-local variable). */
@@ -51,5 +52,16 @@ int tg_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 
 /* Copies a multi-segment mbuf into one linear segment; 0 on success. */
 int tg_pktmbuf_linearize(struct rte_mbuf *m);
+
+/*
+ * rte_ring of mbuf pointers (rte_ring_create/rte_ring_free are real
+ * functions; these are inline). Enqueue/dequeue up to n; return how many.
+ */
+unsigned tg_ring_enqueue_burst(struct rte_ring *r, struct rte_mbuf *const *objs,
+                               unsigned n);
+unsigned tg_ring_dequeue_burst(struct rte_ring *r, struct rte_mbuf **objs,
+                               unsigned n);
+unsigned tg_ring_count(const struct rte_ring *r);
+unsigned tg_ring_capacity(const struct rte_ring *r);
 
 #endif

@@ -1,11 +1,13 @@
 //! Assembles the DPDK data plane from a [`Config`]: EAL, the mbuf pool, the
-//! two ports with one queue pair per worker, and the worker threads.
+//! ports with one queue pair per worker (or, for a driver that cannot
+//! spread frames over queues, one receive queue that worker 0 distributes
+//! over rings, see [`crate::distribution`]), and the worker threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, RxSteering};
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
 
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
@@ -13,6 +15,7 @@ use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::directory::SessionDirectory;
+use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::worker::{run_worker, supervise, TimedPoller};
 
@@ -38,6 +41,18 @@ pub enum DataplaneError {
     )]
     MixedSteering { workers: u16, fanout: String, rss: String },
     #[error(
+        "dataplane.workers = {workers}: ports {software} have neither RSS nor af_packet's kernel fanout, so worker 0 \
+         spreads their frames by tlsgate's own symmetric flow hash, while ports {hardware} are spread by their device \
+         (NIC RSS or the kernel's fanout hash); the hashes differ, so the legs of a connection would reach different \
+         workers. Use the same kind of device on every port (all without RSS, all af_packet, or all NICs with RSS), \
+         or one worker"
+    )]
+    SoftwareMixed {
+        workers: u16,
+        software: String,
+        hardware: String,
+    },
+    #[error(
         "dataplane.workers = {workers} is not a power of two, and the RSS ports {ports} differ in driver or redirection \
          table size, so the same hash could select different queues on them and the legs of a connection reach \
          different workers. Use a power-of-two number of workers, or the same NIC model on every port"
@@ -61,9 +76,11 @@ struct PortSteering<'a> {
 
 /// With several workers, every port must send a connection's frames to the
 /// same worker's queue, whichever port they cross: the ports must not mix
-/// af_packet's fanout with NIC RSS, and NICs whose redirection tables differ
-/// agree only for a power-of-two number of queues (each device refuses on
-/// its own when it can do neither, `DpdkError::NoFlowSteering`).
+/// af_packet's fanout with NIC RSS, nor either with software distribution
+/// (each has its own hash), and NICs whose redirection tables differ agree
+/// only for a power-of-two number of queues (a device under software
+/// distribution refuses on its own when it has too few transmit queues,
+/// `DpdkError::NoFlowSteering`).
 fn check_steering<'a>(workers: u16, ports: impl IntoIterator<Item = PortSteering<'a>>) -> Result<(), DataplaneError> {
     if workers <= 1 {
         return Ok(());
@@ -79,8 +96,16 @@ fn check_steering<'a>(workers: u16, ports: impl IntoIterator<Item = PortSteering
     };
     let fanout = names(|steering| *steering == RxSteering::KernelFanout);
     let rss = names(|steering| matches!(steering, RxSteering::SymmetricRss { .. }));
+    let software = names(|steering| *steering == RxSteering::Software);
     if !fanout.is_empty() && !rss.is_empty() {
         return Err(DataplaneError::MixedSteering { workers, fanout, rss });
+    }
+    if !software.is_empty() && (!fanout.is_empty() || !rss.is_empty()) {
+        return Err(DataplaneError::SoftwareMixed {
+            workers,
+            software,
+            hardware: if fanout.is_empty() { rss } else { fanout },
+        });
     }
     let mut tables = ports
         .iter()
@@ -93,6 +118,14 @@ fn check_steering<'a>(workers: u16, ports: impl IntoIterator<Item = PortSteering
     Ok(())
 }
 
+/// One worker's queue on one port: its own queue pair, or under software
+/// distribution its transmit queue with the port's receive queue (worker 0,
+/// which distributes) or its ring from worker 0 (the others).
+pub type WorkerQueue = SteeredPort<EthQueue, RingProducer, RingConsumer>;
+
+/// Where a worker's frames of one port come from.
+type WorkerReceive = Receive<dpdk::Mbuf, RingProducer, RingConsumer>;
+
 /// A running set of ports, ready for workers.
 pub struct Dataplane {
     eal: Arc<Eal>,
@@ -100,6 +133,9 @@ pub struct Dataplane {
     lcores: Vec<u32>,
     /// Every port, in [`Side`] order.
     devices: Vec<(Device, Arc<EthDev>)>,
+    /// Per port (in [`Side`] order), what worker 0 did with its frames when
+    /// the port is under software distribution.
+    distribution: Vec<Option<Arc<DistributionStats>>>,
     workers: Vec<WorkerSlot>,
     max_sleep: Duration,
     burst_size: usize,
@@ -158,10 +194,46 @@ fn assemble<P: dpdk::Port>(
 }
 
 struct WorkerSlot {
-    queues: Option<Vec<EthQueue>>,
+    queues: Option<Vec<WorkerQueue>>,
     tls: Option<mitm::TlsContext>,
     engine: EngineStats,
     stats: Arc<WorkerStats>,
+    /// The ports this worker distributes to the others (worker 0 only).
+    handoffs: Vec<Arc<DistributionStats>>,
+}
+
+/// Where each worker receives one port's frames: its own queue, or under
+/// software distribution worker 0 the port's queue (handing the others'
+/// frames over one ring per worker) and the others their ring. Returns the
+/// receive side of each worker, in order, and the distribution's counters.
+fn receivers(
+    eal: &Arc<Eal>,
+    port: usize,
+    dev: &EthDev,
+    engines: &[EngineStats],
+    ring_capacity: usize,
+) -> Result<(Vec<WorkerReceive>, Option<Arc<DistributionStats>>), DataplaneError> {
+    if dev.steering() != RxSteering::Software {
+        return Ok((engines.iter().map(|_| Receive::Queue).collect(), None));
+    }
+    let stats = Arc::new(DistributionStats::default());
+    let mut outputs = vec![None];
+    let mut consumers = Vec::new();
+    for worker in 1..engines.len() {
+        let (producer, consumer) = Ring::spsc(eal, &format!("tg_dist_p{port}_w{worker}"), ring_capacity, -1)?;
+        outputs.push(Some(producer));
+        consumers.push(Receive::Handoff(consumer));
+    }
+    // Frames dropped on a full ring are counted on worker 0's side of the port.
+    let port_stats = engines
+        .first()
+        .and_then(|engine| engine.ports.get(port))
+        .cloned()
+        .ok_or_else(|| DataplaneError::Device(format!("no counters for port {port}")))?;
+    let distributor = Distributor::new(outputs, Arc::clone(&stats), port_stats);
+    let mut receivers = vec![Receive::Distribute(distributor)];
+    receivers.extend(consumers);
+    Ok((receivers, Some(stats)))
 }
 
 impl Dataplane {
@@ -200,12 +272,27 @@ impl Dataplane {
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
         for (device, dev) in &devices {
-            tracing::info!(
-                "port {} (driver {}): {}",
-                device.ethdev_name(),
-                dev.driver(),
-                dev.steering()
-            );
+            if dev.steering() == RxSteering::Software {
+                let others = match dataplane.workers {
+                    2 => "worker 1".to_owned(),
+                    workers => format!("each of workers 1-{}", workers.saturating_sub(1)),
+                };
+                tracing::info!(
+                    "port {} (driver {}): {}; {} transmit queues, a ring of {} frames to {others}",
+                    device.ethdev_name(),
+                    dev.driver(),
+                    dev.steering(),
+                    dataplane.workers,
+                    dataplane.rx_descriptors,
+                );
+            } else {
+                tracing::info!(
+                    "port {} (driver {}): {}",
+                    device.ethdev_name(),
+                    dev.driver(),
+                    dev.steering()
+                );
+            }
         }
         check_steering(
             dataplane.workers,
@@ -234,18 +321,36 @@ impl Dataplane {
             })?)),
             None => None,
         };
+        let engines: Vec<EngineStats> = (0..dataplane.workers).map(|_| EngineStats::default()).collect();
+        let mut distribution = Vec::new();
+        // Per port, the receive side of each worker, in worker order.
+        let mut port_receivers = Vec::new();
+        for (port, (_, dev)) in devices.iter().enumerate() {
+            let (receive, stats) = receivers(&eal, port, dev, &engines, usize::from(dataplane.rx_descriptors))?;
+            port_receivers.push(receive.into_iter());
+            distribution.push(stats);
+        }
+        let handoffs: Vec<Arc<DistributionStats>> = distribution.iter().flatten().cloned().collect();
         let workers = (0..dataplane.workers)
-            .map(|queue| {
+            .zip(engines)
+            .map(|(queue, engine)| {
+                let queues = devices
+                    .iter()
+                    .zip(&mut port_receivers)
+                    .map(|((_, dev), receive)| {
+                        let receive = receive
+                            .next()
+                            .ok_or_else(|| DataplaneError::Device(format!("no receive side for worker {queue}")))?;
+                        Ok(SteeredPort::new(dev.queue(queue)?, receive))
+                    })
+                    .collect::<Result<Vec<_>, DataplaneError>>()?;
                 Ok(WorkerSlot {
-                    queues: Some(
-                        devices
-                            .iter()
-                            .map(|(_, dev)| dev.queue(queue))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    ),
+                    queues: Some(queues),
                     tls: policy.tls_context(key_log.clone())?,
-                    engine: EngineStats::default(),
+                    engine,
                     stats: Arc::default(),
+                    // Worker 0 distributes the ports under software distribution.
+                    handoffs: if queue == 0 { handoffs.clone() } else { Vec::new() },
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
@@ -253,6 +358,7 @@ impl Dataplane {
             eal,
             lcores,
             devices,
+            distribution,
             workers,
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
@@ -274,7 +380,7 @@ impl Dataplane {
 
     /// The engine of worker 0 and its counters, for callers that drive
     /// polling themselves (replay). Returns `None` once taken.
-    pub fn take_first_worker(&mut self) -> Option<(Engine<EthQueue>, Arc<WorkerStats>, Duration)> {
+    pub fn take_first_worker(&mut self) -> Option<(Engine<WorkerQueue>, Arc<WorkerStats>, Duration)> {
         let outputs = self.outputs();
         let slot = self.workers.first_mut()?;
         let engine = assemble(
@@ -315,6 +421,7 @@ impl Dataplane {
                     continue;
                 };
                 let engine_stats = slot.engine.clone();
+                let handoffs = slot.handoffs.clone();
                 let tls = slot.tls.take();
                 let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
@@ -337,7 +444,7 @@ impl Dataplane {
                                 Err(err) => tracing::warn!("worker {index}: {err}"),
                             }
                         }
-                        let mut poller = TimedPoller::new(&stats, max_sleep);
+                        let mut poller = TimedPoller::new(&stats, max_sleep).with_handoffs(handoffs);
                         let now = poller.now();
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
@@ -386,7 +493,44 @@ impl Dataplane {
         });
         let (rss, joined) = outcome?;
         self.rss_at_stop = rss;
+        for ((device, _), totals) in self.devices.iter().zip(self.distribution()) {
+            if let Some(totals) = totals {
+                tracing::info!(
+                    "port {}: software distribution: worker 0 kept {} frames, handed {} to the other workers, dropped \
+                     {} on full rings",
+                    device.ethdev_name(),
+                    totals.kept,
+                    totals.handed_off,
+                    totals.ring_full
+                );
+            }
+        }
         joined
+    }
+
+    /// Per port (in [`Side`] order), what worker 0 did with the frames of a
+    /// port under software distribution (`None` for the other ports).
+    pub fn distribution(&self) -> Vec<Option<DistributionTotals>> {
+        self.distribution
+            .iter()
+            .map(|stats| stats.as_ref().map(|stats| stats.totals()))
+            .collect()
+    }
+
+    /// Each worker's own counters per port (in [`Side`] order; the report
+    /// sums them over the workers).
+    pub fn worker_ports(&self) -> Vec<Vec<PortTotals>> {
+        self.workers
+            .iter()
+            .map(|slot| {
+                slot.engine
+                    .ports
+                    .iter()
+                    .take(self.devices.len())
+                    .map(|port| port.totals())
+                    .collect()
+            })
+            .collect()
     }
 
     /// Reopens the log files at their paths (SIGHUP, after rotation).
@@ -500,5 +644,34 @@ mod tests {
             check_steering(3, other_nics),
             Err(DataplaneError::RssTablesDiffer { workers: 3, .. })
         ));
+    }
+
+    #[test]
+    fn software_distribution_is_not_mixed_with_a_device_hash() {
+        let software = [
+            port("net_pcap0", "net_pcap", RxSteering::Software, 0),
+            port("net_memif1", "net_memif", RxSteering::Software, 0),
+            port("net_ring2", "net_ring", RxSteering::Software, 0),
+            port("net_ring3", "net_ring", RxSteering::Software, 0),
+        ];
+        assert!(check_steering(2, software).is_ok());
+        assert!(
+            check_steering(3, software).is_ok(),
+            "one hash on every port: any worker count"
+        );
+        for other in [
+            port("net_af_packet1", "net_af_packet", RxSteering::KernelFanout, 0),
+            port("0000:03:00.1", "net_i40e", RSS, 512),
+        ] {
+            let mixed = [port("net_pcap0", "net_pcap", RxSteering::Software, 0), other];
+            let err = check_steering(2, mixed).expect_err("the hashes differ");
+            assert!(matches!(err, DataplaneError::SoftwareMixed { .. }), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("net_pcap0") && message.contains(other.name) && message.contains("worker 0"),
+                "{message}"
+            );
+            assert!(check_steering(1, mixed).is_ok(), "one worker gets everything anyway");
+        }
     }
 }

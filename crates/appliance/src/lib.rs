@@ -10,6 +10,7 @@ pub mod connlog;
 pub mod counters;
 pub mod dataplane;
 pub mod directory;
+pub mod distribution;
 pub mod engine;
 pub mod policy;
 pub mod replay;

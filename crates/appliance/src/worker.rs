@@ -3,11 +3,13 @@
 //! its time as busy (polls that moved frames) or idle (empty polls, sleep).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpdk::Port;
 
 use crate::counters::WorkerStats;
+use crate::distribution::DistributionStats;
 use crate::engine::Engine;
 
 /// Empty polls in a row before the worker starts sleeping.
@@ -61,6 +63,11 @@ pub struct TimedPoller<'a> {
     started: Instant,
     /// The origin of the engine's clock.
     epoch: Instant,
+    /// The ports this worker distributes to the others (software
+    /// distribution): frames it hands over are work too.
+    handoffs: Vec<Arc<DistributionStats>>,
+    /// Frames handed over (or dropped for a full hand-off) so far.
+    moved: u64,
 }
 
 impl<'a> TimedPoller<'a> {
@@ -71,7 +78,30 @@ impl<'a> TimedPoller<'a> {
             backoff: IdleBackoff::new(max_sleep),
             started: now,
             epoch: now,
+            handoffs: Vec::new(),
+            moved: 0,
         }
+    }
+
+    /// Counts the frames this worker hands to other workers on the ports
+    /// of `handoffs` (it distributes them) as work: a poll that only handed
+    /// frames over is busy, and does not lead to sleep, or the other
+    /// workers would wait for it.
+    pub fn with_handoffs(mut self, handoffs: Vec<Arc<DistributionStats>>) -> Self {
+        self.moved = handoffs.iter().map(|stats| stats.moved()).sum();
+        self.handoffs = handoffs;
+        self
+    }
+
+    /// Frames handed to other workers since the last call.
+    fn handed_over(&mut self) -> usize {
+        if self.handoffs.is_empty() {
+            return 0;
+        }
+        let moved: u64 = self.handoffs.iter().map(|stats| stats.moved()).sum();
+        let since = moved.saturating_sub(self.moved);
+        self.moved = moved;
+        usize::try_from(since).unwrap_or(usize::MAX)
     }
 
     /// The engine clock: time since this poller was made (engines made
@@ -80,9 +110,12 @@ impl<'a> TimedPoller<'a> {
         netstack::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// One poll of `engine` (and a sleep if idle); returns frames received.
+    /// One poll of `engine` (and a sleep if idle); returns the frames
+    /// received, plus those handed to other workers (see
+    /// [`TimedPoller::with_handoffs`]).
     pub fn poll<P: Port>(&mut self, engine: &mut Engine<P>) -> usize {
-        let frames = engine.poll(self.now());
+        let received = engine.poll(self.now());
+        let frames = received.saturating_add(self.handed_over());
         let polled = Instant::now();
         let spent = nanos(polled - self.started);
         if frames > 0 {
@@ -197,6 +230,36 @@ mod tests {
         assert!(totals.idle_ns >= 150_000_000, "{totals:?}");
         // Spinning flat out would be millions of polls in 200 ms.
         assert!(totals.polls < 100_000, "{totals:?}");
+    }
+
+    #[test]
+    fn frames_handed_to_other_workers_count_as_work() {
+        let (client, _client_ctl) = MemPort::new([0; 6]);
+        let (server, _server_ctl) = MemPort::new([0; 6]);
+        let mut engine = Engine::new(
+            client,
+            server,
+            EngineStats::default(),
+            32,
+            &InterceptPolicy::default(),
+            netstack::Instant::ZERO,
+        );
+        let stats = WorkerStats::default();
+        let handoffs = Arc::new(DistributionStats::default());
+        handoffs.add(3, 7, 0); // before the poller: not counted
+        let mut poller = TimedPoller::new(&stats, Duration::from_millis(50)).with_handoffs(vec![Arc::clone(&handoffs)]);
+        assert_eq!(poller.poll(&mut engine), 0);
+        assert_eq!(stats.totals().busy_ns, 0);
+        handoffs.add(2, 5, 1);
+        assert_eq!(poller.poll(&mut engine), 6, "handed off and dropped for a full ring");
+        assert!(stats.totals().busy_ns > 0);
+        assert_eq!(poller.poll(&mut engine), 0);
+        // Handing frames over keeps the worker from sleeping.
+        for _ in 0..SPINS_BEFORE_SLEEP * 2 {
+            handoffs.add(0, 1, 0);
+            poller.poll(&mut engine);
+        }
+        assert_eq!(stats.totals().idle_sleeps, 0);
     }
 
     #[test]

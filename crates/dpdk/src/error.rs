@@ -16,16 +16,25 @@ pub enum DpdkError {
     #[error("no DPDK port named {0:?}: is the device spec right, and was its driver loaded?")]
     PortNotFound(String),
     #[error(
-        "port {port} ({name}): {queues} receive queues (one per worker) need a device that keeps both directions of \
-         a connection on one queue, but driver {driver:?} has neither RSS nor af_packet's kernel fanout, so the legs \
-         of a connection would land on different workers; run one worker on it (dataplane.workers = 1), or use a NIC \
-         with RSS or af_packet with qpairs=N"
+        "port {port} ({name}): driver {driver:?} has neither RSS nor af_packet's kernel fanout, so tlsgate spreads \
+         this port's frames itself (one receive queue, read by worker 0 and handed to the others by a symmetric flow \
+         hash), but each of the {queues} workers also needs a transmit queue of its own and the device offers only \
+         {max_tx_queues}. Set dataplane.workers = 1 (one worker needs no distribution), give the device {queues} \
+         transmit queues (net_pcap: one tx_pcap or tx_iface argument per queue), or use a NIC with RSS or \
+         af_packet with qpairs=N"
     )]
     NoFlowSteering {
         port: u16,
         name: String,
         driver: String,
         queues: u16,
+        max_tx_queues: u16,
+    },
+    #[error("cannot create ring {name:?} of {capacity} mbufs: {reason}")]
+    RingCreate {
+        name: String,
+        capacity: usize,
+        reason: String,
     },
     #[error("port {port} ({name}): {operation} failed: {reason}")]
     Port {

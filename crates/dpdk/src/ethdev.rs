@@ -90,21 +90,38 @@ pub enum RxSteering {
     /// af_packet: the kernel's symmetric `PACKET_FANOUT_HASH` over the
     /// queue sockets (the PMD sets it up).
     KernelFanout,
+    /// Neither: the device gets one receive queue (queue 0) and a transmit
+    /// queue per worker, and the application spreads what queue 0 receives
+    /// (tlsgate: worker 0, by a symmetric flow hash, over rings).
+    Software,
 }
 
 impl RxSteering {
-    /// The steering of `queues` receive queues on a device of `driver`
-    /// whose RSS can hash `rss_offloads` (`flow_type_rss_offloads`); `None`
-    /// when frames of one connection could land on different queues.
-    pub fn choose(driver: &str, rss_offloads: u64, queues: u16) -> Option<RxSteering> {
+    /// The steering of `queues` receive queues (one per worker) on a device
+    /// of `driver` whose RSS can hash `rss_offloads`
+    /// (`flow_type_rss_offloads`): the kernel's fanout on af_packet, RSS
+    /// when the device has a hash type of [`SYMMETRIC_RSS_HF`], software
+    /// distribution otherwise.
+    pub fn choose(driver: &str, rss_offloads: u64, queues: u16) -> RxSteering {
         if queues <= 1 {
-            return Some(RxSteering::Single);
+            return RxSteering::Single;
         }
         if driver == AF_PACKET_DRIVER {
-            return Some(RxSteering::KernelFanout);
+            return RxSteering::KernelFanout;
         }
-        let rss_hf = rss_offloads & SYMMETRIC_RSS_HF;
-        (rss_hf != 0).then_some(RxSteering::SymmetricRss { rss_hf })
+        match rss_offloads & SYMMETRIC_RSS_HF {
+            0 => RxSteering::Software,
+            rss_hf => RxSteering::SymmetricRss { rss_hf },
+        }
+    }
+
+    /// The receive queues a device needs for `queues` workers with this
+    /// steering: one under software distribution, else one per worker.
+    pub fn rx_queues(self, queues: u16) -> u16 {
+        match self {
+            RxSteering::Software => 1,
+            RxSteering::Single | RxSteering::SymmetricRss { .. } | RxSteering::KernelFanout => queues.max(1),
+        }
     }
 }
 
@@ -116,7 +133,35 @@ impl std::fmt::Display for RxSteering {
                 write!(f, "RSS with a symmetric Toeplitz key (hash types {rss_hf:#x})")
             }
             RxSteering::KernelFanout => write!(f, "the kernel's symmetric fanout hash (af_packet)"),
+            RxSteering::Software => write!(
+                f,
+                "software distribution by worker 0 (neither RSS nor kernel fanout: one receive queue, read by \
+                 worker 0, which hands each frame to its worker by a symmetric flow hash)"
+            ),
         }
+    }
+}
+
+/// What a device says about itself (`rte_eth_dev_info_get`), before it is
+/// configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The driver's name (`net_af_packet`, `net_pcap`, `net_ixgbe`, ...).
+    pub driver: String,
+    pub max_rx_queues: u16,
+    pub max_tx_queues: u16,
+    /// The RSS hash types the device can compute (0: no RSS).
+    pub rss_offloads: u64,
+    /// Entries of the RSS redirection table (0: the driver does not say).
+    pub reta_size: u16,
+    /// Bytes of the RSS key (0: the driver does not say).
+    pub hash_key_size: u8,
+}
+
+impl DeviceInfo {
+    /// The steering this device gets for `queues` workers.
+    pub fn steering(&self, queues: u16) -> RxSteering {
+        RxSteering::choose(&self.driver, self.rss_offloads, queues)
     }
 }
 
@@ -129,6 +174,9 @@ pub struct EthDev {
     /// The driver's name (`net_af_packet`, `net_ixgbe`, `mlx5_pci`, ...).
     driver: String,
     steering: RxSteering,
+    /// Queues `0..rx_queues` receive (all of them, or only queue 0 under
+    /// software distribution); every queue transmits.
+    rx_queues: u16,
     /// Entries of the RSS redirection table (0: the driver does not say).
     reta_size: u16,
     mac: [u8; 6],
@@ -142,16 +190,20 @@ pub struct EthDev {
 }
 
 impl EthDev {
+    /// What the device named `name` says about itself (driver, queue and
+    /// RSS limits), without configuring it.
+    pub fn info(_eal: &Arc<Eal>, name: &str) -> Result<DeviceInfo, DpdkError> {
+        let port_id = port_by_name(name)?;
+        device_info(port_id, name).map(|(info, _)| info)
+    }
+
     /// Finds the device named `name` (a vdev's name such as `net_af_packet0`,
     /// or a PCI address), configures it with `config` and starts it; received
-    /// frames are stored in mbufs from `pool`.
+    /// frames are stored in mbufs from `pool`. With several queues (workers),
+    /// the receive side follows [`RxSteering::choose`]; under
+    /// [`RxSteering::Software`] only queue 0 receives.
     pub fn open(eal: &Arc<Eal>, name: &str, pool: &Arc<Mempool>, config: EthDevConfig) -> Result<Arc<Self>, DpdkError> {
-        let c_name = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
-        let mut port_id = 0u16;
-        // SAFETY: c_name is a valid C string; port_id is a valid out pointer.
-        if unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(c_name.as_ptr(), &mut port_id) } != 0 {
-            return Err(DpdkError::PortNotFound(name.to_owned()));
-        }
+        let port_id = port_by_name(name)?;
         let check = |operation: &'static str, rc: i32| -> Result<(), DpdkError> {
             if rc < 0 {
                 Err(DpdkError::Port {
@@ -165,40 +217,31 @@ impl EthDev {
             }
         };
 
-        let mut info = dpdk_sys::rte_eth_dev_info::default();
-        // SAFETY: port_id is a valid port; info is a valid out pointer.
-        check("rte_eth_dev_info_get", unsafe {
-            dpdk_sys::rte_eth_dev_info_get(port_id, &mut info)
-        })?;
+        let (device, info) = device_info(port_id, name)?;
         let queues = config.queues.max(1);
-        if queues > info.max_rx_queues || queues > info.max_tx_queues {
+        let steering = device.steering(queues);
+        let rx_queues = steering.rx_queues(queues);
+        if steering == RxSteering::Software && queues > info.max_tx_queues {
+            return Err(DpdkError::NoFlowSteering {
+                port: port_id,
+                name: name.to_owned(),
+                driver: device.driver,
+                queues,
+                max_tx_queues: info.max_tx_queues,
+            });
+        }
+        if rx_queues > info.max_rx_queues || queues > info.max_tx_queues {
             return Err(DpdkError::Port {
                 port: port_id,
                 name: name.to_owned(),
                 operation: "configure",
                 reason: format!(
-                    "{queues} queues requested, the device has at most {} rx / {} tx",
+                    "{rx_queues} rx / {queues} tx queues needed ({steering}), the device has at most {} rx / {} tx",
                     info.max_rx_queues, info.max_tx_queues
                 ),
             });
         }
-        let driver = if info.driver_name.is_null() {
-            String::new()
-        } else {
-            // SAFETY: rte_eth_dev_info_get set driver_name to the driver's
-            // static NUL-terminated name (checked non-null above).
-            unsafe { std::ffi::CStr::from_ptr(info.driver_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        let steering = RxSteering::choose(&driver, info.flow_type_rss_offloads, queues).ok_or_else(|| {
-            DpdkError::NoFlowSteering {
-                port: port_id,
-                name: name.to_owned(),
-                driver: driver.clone(),
-                queues,
-            }
-        })?;
+        let driver = device.driver;
         let mut eth_conf = dpdk_sys::rte_eth_conf::default();
         if let RxSteering::SymmetricRss { rss_hf } = steering {
             let key_len = match info.hash_key_size {
@@ -219,7 +262,7 @@ impl EthDev {
         // SAFETY: port_id is valid and stopped; eth_conf lives for the call
         // and the RSS key it points to, if any, forever.
         check("rte_eth_dev_configure", unsafe {
-            dpdk_sys::rte_eth_dev_configure(port_id, queues, queues, &eth_conf)
+            dpdk_sys::rte_eth_dev_configure(port_id, rx_queues, queues, &eth_conf)
         })?;
         let (mut rx_desc, mut tx_desc) = (config.rx_descriptors, config.tx_descriptors);
         // SAFETY: port_id is valid and configured; both are valid in/out pointers.
@@ -229,14 +272,17 @@ impl EthDev {
         // SAFETY: port_id is valid.
         let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(port_id) };
         let socket = u32::try_from(socket).unwrap_or(u32::MAX); // SOCKET_ID_ANY
-        for queue in 0..queues {
-            // SAFETY: port is configured with `queues` queues; a null conf
-            // selects the driver defaults; the pool outlives the device (we
-            // keep an Arc to it).
+        for queue in 0..rx_queues {
+            // SAFETY: port is configured with `rx_queues` receive queues; a
+            // null conf selects the driver defaults; the pool outlives the
+            // device (we keep an Arc to it).
             check("rte_eth_rx_queue_setup", unsafe {
                 dpdk_sys::rte_eth_rx_queue_setup(port_id, queue, rx_desc, socket, std::ptr::null(), pool.as_ptr())
             })?;
-            // SAFETY: as above.
+        }
+        for queue in 0..queues {
+            // SAFETY: port is configured with `queues` transmit queues; a
+            // null conf selects the driver defaults.
             check("rte_eth_tx_queue_setup", unsafe {
                 dpdk_sys::rte_eth_tx_queue_setup(port_id, queue, tx_desc, socket, std::ptr::null())
             })?;
@@ -260,6 +306,7 @@ impl EthDev {
             name: name.to_owned(),
             driver,
             steering,
+            rx_queues,
             reta_size: info.reta_size,
             mac: addr.addr_bytes,
             kernel_interface: kernel_interface_named(info.if_index),
@@ -270,7 +317,9 @@ impl EthDev {
     }
 
     /// Hands out the queue pair `queue`; each queue can be taken once, since a
-    /// DPDK queue must only ever be used by one thread.
+    /// DPDK queue must only ever be used by one thread. Under software
+    /// distribution only queue 0 has a receive side (the others' `rx_burst`
+    /// returns nothing, see [`EthQueue::receives`]).
     pub fn queue(self: &Arc<Self>, queue: u16) -> Result<EthQueue, DpdkError> {
         let mut taken = self
             .queues_taken
@@ -282,6 +331,7 @@ impl EthDev {
                 Ok(EthQueue {
                     dev: Arc::clone(self),
                     queue,
+                    receives: queue < self.rx_queues,
                 })
             }
             Some(_) => Err(self.error("queue", format!("queue {queue} is already in use"))),
@@ -297,6 +347,16 @@ impl EthDev {
     /// How received frames are spread over the queues.
     pub fn steering(&self) -> RxSteering {
         self.steering
+    }
+
+    /// The device's name (as given to [`EthDev::open`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many queues were configured to receive.
+    pub fn rx_queues(&self) -> u16 {
+        self.rx_queues
     }
 
     /// Entries of the device's RSS redirection table (0 when unknown).
@@ -372,6 +432,28 @@ impl Drop for EthDev {
 pub struct EthQueue {
     dev: Arc<EthDev>,
     queue: u16,
+    /// Whether this queue has a receive side (not under software
+    /// distribution, except queue 0).
+    receives: bool,
+}
+
+impl EthQueue {
+    /// Whether frames can be received on this queue: false for the queues
+    /// past 0 of a device under [`RxSteering::Software`], which only
+    /// transmit.
+    pub fn receives(&self) -> bool {
+        self.receives
+    }
+
+    /// The queue's index.
+    pub fn index(&self) -> u16 {
+        self.queue
+    }
+
+    /// The device this queue belongs to.
+    pub fn device(&self) -> &Arc<EthDev> {
+        &self.dev
+    }
 }
 
 impl Port for EthQueue {
@@ -390,6 +472,11 @@ impl Port for EthQueue {
     }
 
     fn rx_burst(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        if !self.receives {
+            // No receive queue of this index was set up (calling the driver
+            // with it would read past its queue table).
+            return 0;
+        }
         let want = u16::try_from(max).unwrap_or(u16::MAX);
         out.reserve(usize::from(want));
         let start = out.len();
@@ -443,6 +530,50 @@ impl Port for EthQueue {
     fn alloc(&mut self) -> Option<Mbuf> {
         self.dev.pool.alloc()
     }
+}
+
+/// The port id of the device named `name`.
+fn port_by_name(name: &str) -> Result<u16, DpdkError> {
+    let c_name = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
+    let mut port_id = 0u16;
+    // SAFETY: c_name is a valid C string; port_id is a valid out pointer.
+    if unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(c_name.as_ptr(), &mut port_id) } != 0 {
+        return Err(DpdkError::PortNotFound(name.to_owned()));
+    }
+    Ok(port_id)
+}
+
+/// What port `port_id` (named `name`) says about itself, and the raw info.
+fn device_info(port_id: u16, name: &str) -> Result<(DeviceInfo, dpdk_sys::rte_eth_dev_info), DpdkError> {
+    let mut info = dpdk_sys::rte_eth_dev_info::default();
+    // SAFETY: port_id is a valid port; info is a valid out pointer.
+    let rc = unsafe { dpdk_sys::rte_eth_dev_info_get(port_id, &mut info) };
+    if rc < 0 {
+        return Err(DpdkError::Port {
+            port: port_id,
+            name: name.to_owned(),
+            operation: "rte_eth_dev_info_get",
+            reason: describe_errno(rc),
+        });
+    }
+    let driver = if info.driver_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: rte_eth_dev_info_get set driver_name to the driver's
+        // static NUL-terminated name (checked non-null above).
+        unsafe { std::ffi::CStr::from_ptr(info.driver_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let device = DeviceInfo {
+        driver,
+        max_rx_queues: info.max_rx_queues,
+        max_tx_queues: info.max_tx_queues,
+        rss_offloads: info.flow_type_rss_offloads,
+        reta_size: info.reta_size,
+        hash_key_size: info.hash_key_size,
+    };
+    Ok((device, info))
 }
 
 /// The name of the kernel interface with index `if_index` (0: none), from
@@ -629,46 +760,65 @@ mod tests {
     }
 
     #[test]
-    fn several_queues_need_rss_or_the_kernel_fanout() {
+    fn several_queues_get_rss_the_kernel_fanout_or_software_distribution() {
         let nic_offloads = SYMMETRIC_RSS_HF | 1 << 6 | 1 << 15; // + SCTP, IPv6_EX
-        assert_eq!(RxSteering::choose("net_ring", 0, 1), Some(RxSteering::Single));
-        assert_eq!(
-            RxSteering::choose("net_ixgbe", nic_offloads, 1),
-            Some(RxSteering::Single)
-        );
-        assert_eq!(
-            RxSteering::choose("net_af_packet", 0, 2),
-            Some(RxSteering::KernelFanout)
-        );
+        assert_eq!(RxSteering::choose("net_ring", 0, 1), RxSteering::Single);
+        assert_eq!(RxSteering::choose("net_ixgbe", nic_offloads, 1), RxSteering::Single);
+        assert_eq!(RxSteering::choose("net_af_packet", 0, 2), RxSteering::KernelFanout);
         assert_eq!(
             RxSteering::choose("net_ixgbe", nic_offloads, 4),
-            Some(RxSteering::SymmetricRss {
+            RxSteering::SymmetricRss {
                 rss_hf: SYMMETRIC_RSS_HF
-            })
+            }
         );
         // Only the hash types the device has are asked for.
         let v4_tcp = RSS_IPV4 | RSS_NONFRAG_IPV4_TCP | 1 << 6;
         assert_eq!(
             RxSteering::choose("net_x", v4_tcp, 2),
-            Some(RxSteering::SymmetricRss {
+            RxSteering::SymmetricRss {
                 rss_hf: RSS_IPV4 | RSS_NONFRAG_IPV4_TCP
-            })
+            }
         );
         for driver in ["net_ring", "net_null", "net_pcap", "net_memif", "net_virtio"] {
-            assert_eq!(RxSteering::choose(driver, 0, 2), None, "{driver}");
+            assert_eq!(RxSteering::choose(driver, 0, 2), RxSteering::Software, "{driver}");
         }
-        assert_eq!(RxSteering::choose("net_x", 1 << 6, 2), None, "SCTP-only RSS is no use");
+        assert_eq!(
+            RxSteering::choose("net_x", 1 << 6, 2),
+            RxSteering::Software,
+            "SCTP-only RSS is no use"
+        );
+        // Software distribution: one receive queue, a transmit queue each.
+        assert_eq!(RxSteering::Software.rx_queues(4), 1);
+        assert_eq!(RxSteering::KernelFanout.rx_queues(4), 4);
+        assert_eq!(RxSteering::Single.rx_queues(0), 1);
+        assert!(RxSteering::Software
+            .to_string()
+            .contains("software distribution by worker 0"));
+        let info = DeviceInfo {
+            driver: "net_pcap".into(),
+            max_rx_queues: 1,
+            max_tx_queues: 2,
+            rss_offloads: 0,
+            reta_size: 0,
+            hash_key_size: 0,
+        };
+        assert_eq!(info.steering(2), RxSteering::Software);
+        assert_eq!(info.steering(1), RxSteering::Single);
+
         let refusal = DpdkError::NoFlowSteering {
             port: 1,
             name: "0000:03:00.0".into(),
             driver: "net_virtio".into(),
             queues: 2,
+            max_tx_queues: 1,
         }
         .to_string();
         for needed in [
             "0000:03:00.0",
             "net_virtio",
-            "2 receive queues",
+            "2 workers",
+            "transmit queue",
+            "offers only 1",
             "dataplane.workers = 1",
         ] {
             assert!(refusal.contains(needed), "{refusal}");

@@ -1,5 +1,6 @@
 //! Safe, RAII wrapper over the system DPDK: EAL initialisation, mbuf pools,
-//! owned mbufs, Ethernet devices and their queues.
+//! owned mbufs, Ethernet devices and their queues, and single-producer
+//! single-consumer rings of mbufs between threads.
 //!
 //! Everything above this crate talks to a [`Port`]: the DPDK queue pair
 //! ([`EthQueue`]) is one implementation, the in-memory [`MemPort`] the other,
@@ -16,11 +17,13 @@ mod mbuf;
 mod mempool;
 mod memport;
 mod port;
+mod ring;
 
 pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
-pub use ethdev::{symmetric_rss_key, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF};
+pub use ethdev::{symmetric_rss_key, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use memport::{MemPort, MemPortControl};
 pub use port::{LinkState, PacketBuf, Port, PortCounters};
+pub use ring::{Ring, RingConsumer, RingProducer};

@@ -56,6 +56,12 @@ impl Mempool {
         NonNull::new(raw).map(|raw| unsafe { Mbuf::from_raw(raw) })
     }
 
+    /// Mbufs in the pool, ready to be taken (per-lcore caches included).
+    pub fn available(&self) -> u32 {
+        // SAFETY: raw is a live mempool; the count only reads its state.
+        unsafe { dpdk_sys::rte_mempool_avail_count(self.raw.as_ptr()) }
+    }
+
     /// Mbufs currently taken from the pool (by us or by a driver's rings).
     pub fn in_use(&self) -> u32 {
         // SAFETY: as for `available`.
