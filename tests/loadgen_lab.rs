@@ -195,7 +195,10 @@ fn the_load_generator_replays_captured_requests_through_the_appliance() {
         ],
     );
     assert_eq!(generated["handshakes"], 30, "{generated}");
-    assert_eq!(generated["replayed"], 30, "every payload arrived byte-exact: {generated}");
+    assert_eq!(
+        generated["replayed"], 30,
+        "every payload arrived byte-exact: {generated}"
+    );
     assert_eq!(generated["replayed_bytes"], 10 * (83 + 3242 + 675), "{generated}");
     for key in ["replay_mismatches", "resets", "timeouts", "tls_errors"] {
         assert_eq!(generated[key], 0, "{key}: {generated}");
