@@ -202,18 +202,23 @@ mod tests {
         assert!((0..10_000).all(|_| backoff.after_poll(0).is_none()));
     }
 
-    #[test]
-    fn idle_worker_sleeps_and_reports_mostly_idle_time() {
+    /// An engine on two in-memory ports that never receive anything.
+    fn idle_engine() -> Engine<MemPort> {
         let (client, _client_ctl) = MemPort::new([0; 6]);
         let (server, _server_ctl) = MemPort::new([0; 6]);
-        let mut engine = Engine::new(
+        Engine::new(
             client,
             server,
             EngineStats::default(),
             32,
             &InterceptPolicy::default(),
             netstack::Instant::ZERO,
-        );
+        )
+    }
+
+    #[test]
+    fn idle_worker_sleeps_and_reports_mostly_idle_time() {
+        let mut engine = idle_engine();
         let stats = WorkerStats::default();
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
@@ -234,16 +239,7 @@ mod tests {
 
     #[test]
     fn frames_handed_to_other_workers_count_as_work() {
-        let (client, _client_ctl) = MemPort::new([0; 6]);
-        let (server, _server_ctl) = MemPort::new([0; 6]);
-        let mut engine = Engine::new(
-            client,
-            server,
-            EngineStats::default(),
-            32,
-            &InterceptPolicy::default(),
-            netstack::Instant::ZERO,
-        );
+        let mut engine = idle_engine();
         let stats = WorkerStats::default();
         let handoffs = Arc::new(DistributionStats::default());
         handoffs.add(3, 7, 0); // before the poller: not counted

@@ -674,44 +674,26 @@ impl TlsSession {
         // Client, server, client again: what the server's leg decrypts is
         // encrypted to the client in the same call. Each round is cheap
         // when there is nothing to do.
+        let exposed = self.exposed;
         for _ in 0..2 {
-            let before = upstream.outgoing.len();
-            let from_client = match self.exposed {
-                true => &mut self.plaintext_from_client,
-                false => &mut upstream.outgoing,
-            };
-            if let Err(err) = client.drive(&mut self.to_client, from_client) {
-                client.flush_alert(&mut self.to_client);
-                return Err(MitmError::Client(err));
-            }
-            if !self.exposed {
-                self.info.plaintext_client_to_server += upstream.outgoing.len().saturating_sub(before) as u64;
-            }
-            if client.peer_closed && !self.client_eof {
-                self.client_eof = true;
-                if !self.exposed {
-                    upstream.close_wanted = true;
-                }
-            }
-
-            let before = client.outgoing.len();
-            let from_server = match self.exposed {
-                true => &mut self.plaintext_from_server,
-                false => &mut client.outgoing,
-            };
-            if let Err(err) = upstream.drive(&mut self.to_server, from_server) {
-                upstream.flush_alert(&mut self.to_server);
-                return Err(MitmError::Server(err));
-            }
-            if !self.exposed {
-                self.info.plaintext_server_to_client += client.outgoing.len().saturating_sub(before) as u64;
-            }
-            if upstream.peer_closed && !self.server_eof {
-                self.server_eof = true;
-                if !self.exposed {
-                    client.close_wanted = true;
-                }
-            }
+            hop(
+                client,
+                upstream,
+                &mut self.to_client,
+                exposed.then_some(&mut self.plaintext_from_client),
+                &mut self.info.plaintext_client_to_server,
+                &mut self.client_eof,
+            )
+            .map_err(MitmError::Client)?;
+            hop(
+                upstream,
+                client,
+                &mut self.to_server,
+                exposed.then_some(&mut self.plaintext_from_server),
+                &mut self.info.plaintext_server_to_client,
+                &mut self.server_eof,
+            )
+            .map_err(MitmError::Server)?;
             if !client.has_output_waiting() {
                 break;
             }
@@ -726,6 +708,39 @@ impl TlsSession {
         }
         Ok(())
     }
+}
+
+/// One direction of the relay: drives `from` (its ciphertext in, its output
+/// appended to `out`) with the plaintext it decrypts going to `to`, or to
+/// the caller's `exposed` buffer; counts what crossed into `moved` and
+/// passes a close_notify on (`eof`). A failure leaves `from`'s alert in `out`.
+fn hop<A: Endpoint, B: Endpoint>(
+    from: &mut Leg<A>,
+    to: &mut Leg<B>,
+    out: &mut Vec<u8>,
+    exposed: Option<&mut Vec<u8>>,
+    moved: &mut u64,
+    eof: &mut bool,
+) -> Result<(), rustls::Error> {
+    let relayed = exposed.is_none();
+    let before = to.outgoing.len();
+    let sink = match exposed {
+        Some(buffer) => buffer,
+        None => &mut to.outgoing,
+    };
+    if let Err(err) = from.drive(out, sink) {
+        from.flush_alert(out);
+        return Err(err);
+    }
+    // Exposed plaintext is counted when the caller passes it on.
+    *moved += to.outgoing.len().saturating_sub(before) as u64;
+    if from.peer_closed && !*eof {
+        *eof = true;
+        if relayed {
+            to.close_wanted = true;
+        }
+    }
+    Ok(())
 }
 
 /// An unbuffered rustls connection of either side.
