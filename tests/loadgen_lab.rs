@@ -79,19 +79,35 @@ fn intercepting_appliance(lab: &Lab, scratch: &Scratch, credentials: &Credential
     Appliance::start(lab, scratch, &config_path)
 }
 
-/// Runs tlsgate-loadgen in tg-lg with `args` after the common ones (ports,
-/// populations, credentials); returns its JSON report.
+/// The load generator's ports in the lab: af_packet on both veth ends in tg-lg.
+const LAB_PORTS: [&str; 6] = [
+    "--client-device",
+    "net_af_packet0,iface=cli0,framesz=2048,blocksz=4096,framecnt=2048",
+    "--server-device",
+    "net_af_packet1,iface=srv0,framesz=2048,blocksz=4096,framecnt=2048",
+    "--eal-args",
+    "--no-huge -m 512 --no-shconf --no-pci -l 0 --file-prefix loadgen",
+];
+
+/// Runs tlsgate-loadgen in tg-lg on [`LAB_PORTS`] with `args`.
 fn run_loadgen(lab: &Lab, scratch: &Scratch, credentials: &Credentials, args: &[&str]) -> serde_json::Value {
+    let mut command = lab.cmd("tg-lg", loadgen_binary().to_str().unwrap());
+    command.args(LAB_PORTS);
+    run_loadgen_with(command, scratch, credentials, args)
+}
+
+/// Runs `command` (tlsgate-loadgen with its ports) with the common
+/// arguments (populations, credentials) and `args`; returns its JSON report.
+fn run_loadgen_with(
+    mut command: Command,
+    scratch: &Scratch,
+    credentials: &Credentials,
+    args: &[&str],
+) -> serde_json::Value {
     let report = scratch.path("loadgen.json");
     let run = output(
-        lab.cmd("tg-lg", loadgen_binary().to_str().unwrap())
+        command
             .args([
-                "--client-device",
-                "net_af_packet0,iface=cli0,framesz=2048,blocksz=4096,framecnt=2048",
-                "--server-device",
-                "net_af_packet1,iface=srv0,framesz=2048,blocksz=4096,framecnt=2048",
-                "--eal-args",
-                "--no-huge -m 512 --no-shconf --no-pci -l 0 --file-prefix loadgen",
                 "--clients",
                 "198.18.64.0/18",
                 "--clients",
@@ -206,4 +222,66 @@ fn the_load_generator_replays_captured_requests_through_the_appliance() {
     let (status, tlsgate, _) = appliance.stop();
     assert!(status.success());
     assert_eq!(tlsgate["tcp"]["tls_intercepted"], 30, "{tlsgate}");
+}
+
+#[test]
+#[ignore = "needs root (DPDK): run scripts/test.sh"]
+fn the_load_generator_attaches_to_the_appliance_over_memif() {
+    // No network at all: tlsgate's two ports are memif servers on sockets
+    // in the scratch directory, the generator connects to them as memif
+    // clients (shared-memory rings between the two processes).
+    // Alone on the machine, like the lab tests (it uses the same lcores).
+    let _exclusive = common::lab::LAB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let scratch = Scratch::new("loadgen-memif");
+    let credentials = credentials(&scratch);
+    let socket = |name: &str| scratch.path(name).display().to_string();
+    let config = format!(
+        "[dataplane]\neal_args = [\"--no-huge\", \"-m\", \"512\", \"--no-shconf\", \"--no-pci\", \"-l\", \"0-1\", \"--file-prefix\", \"tgmemif\"]\nworkers = 1\n\n[ports.client]\ndevice = \"net_memif0,role=server,socket={client},id=0\"\n\n[ports.server]\ndevice = \"net_memif1,role=server,socket={server},id=0\"\n\n[intercept]\ntcp_ports = [443]\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{cert}\"\n",
+        client = socket("client.sock"),
+        server = socket("server.sock"),
+        ca = credentials.ca_dir.display(),
+        cert = credentials.cert.display()
+    );
+    let config_path = scratch.path("tlsgate.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let appliance = Appliance::start_here(&scratch, &config_path);
+    let mut command = Command::new(loadgen_binary());
+    command.args([
+        "--client-device",
+        &format!("net_memif0,role=client,socket={},id=0", socket("client.sock")),
+        "--server-device",
+        &format!("net_memif1,role=client,socket={},id=0", socket("server.sock")),
+        "--eal-args",
+        "--no-huge -m 512 --no-shconf --no-pci -l 0 --file-prefix lgmemif",
+    ]);
+    let generated = run_loadgen_with(
+        command,
+        &scratch,
+        &credentials,
+        &[
+            "--connections",
+            "1000",
+            "--rate",
+            "300",
+            "--request-bytes",
+            "200",
+            "--response-bytes",
+            "2000",
+            "--hold",
+            "idle",
+            "--duration",
+            "60",
+        ],
+    );
+    for key in ["opened", "handshakes", "exchanges", "live", "accepted"] {
+        assert_eq!(generated[key], 1000, "{key}: {generated}");
+    }
+    for key in ["resets", "timeouts", "tls_errors"] {
+        assert_eq!(generated[key], 0, "{key}: {generated}");
+    }
+    let (status, tlsgate, _) = appliance.stop();
+    assert!(status.success());
+    assert_eq!(tlsgate["tcp"]["tls_intercepted"], 1000, "{tlsgate}");
+    assert_eq!(tlsgate["tcp"]["reset_at_shutdown"], 2000, "{tlsgate}");
+    assert_eq!(tlsgate["ports"][0]["driver"]["rx_missed"], 0, "{tlsgate}");
 }

@@ -82,9 +82,18 @@ pub struct Appliance {
 
 impl Appliance {
     pub fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
+        Appliance::spawn(lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+    }
+
+    /// `tlsgate run` in this process's own namespace (for devices that need
+    /// no network, such as memif).
+    pub fn start_here(scratch: &Scratch, config: &Path) -> Appliance {
+        Appliance::spawn(Command::new(env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+    }
+
+    fn spawn(mut command: Command, scratch: &Scratch, config: &Path) -> Appliance {
         let report = scratch.path("report.json");
-        let mut child = lab
-            .cmd(GW, env!("CARGO_BIN_EXE_tlsgate"))
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(config)
