@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, tls_config, Appliance, Lab, Origin, CLI};
+use common::lab::{curl, parallel_downloads, tls_config, Appliance, Lab, Origin};
 use common::{output, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
@@ -382,38 +382,15 @@ fn a_hundred_concurrent_https_downloads_through_the_loop_are_byte_exact() {
         .get(..256 * 1024)
         .expect("origin file of at least 256 KiB")
         .to_vec();
-    let downloads = scratch.path("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let mut args: Vec<String> = [
-        "-sS",
-        "--max-time",
-        "60",
-        "--range",
-        "0-262143",
-        "--http1.1",
-        "--parallel",
-        "--parallel-immediate",
-        "--parallel-max",
-        "100",
-        "--resolve",
-        RESOLVE,
-        "--cacert",
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
-    args.push(ca.display().to_string());
-    for index in 0..100 {
-        args.push("-o".into());
-        args.push(downloads.join(format!("{index}.bin")).display().to_string());
-        args.push(format!("https://origin.test/file.bin?n={index}"));
-    }
-    let result = output(lab.cmd(CLI, "curl").args(&args));
-    assert!(result.status.success(), "curl: {}", text(&result.stderr));
-    for index in 0..100 {
-        let got = std::fs::read(downloads.join(format!("{index}.bin"))).expect("download");
-        assert!(got == file, "download {index} is byte-exact");
-    }
+    parallel_downloads(
+        &lab,
+        &ca,
+        &scratch.path("downloads"),
+        100,
+        &["--range", "0-262143", "--http1.1"],
+        |_| Vec::new(),
+        &file,
+    );
     let (status, report, _) = appliance.stop();
     assert!(status.success());
     assert_eq!(report["tcp"]["inspected"], 100, "{report}");

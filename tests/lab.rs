@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, tls_config, Appliance, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6};
+use common::lab::{curl, parallel_downloads, tls_config, Appliance, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6};
 use common::{output, repo, text, Scratch};
 
 fn sha256(path: &Path) -> String {
@@ -1030,36 +1030,15 @@ fn two_workers_share_the_connections_and_each_keeps_both_legs_of_its_own() {
     std::fs::write(&config, two).expect("write config");
     let appliance = Appliance::start(&lab, &scratch, &config);
     let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
-    let downloads = scratch.path("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let mut args: Vec<String> = [
-        "-sS",
-        "--max-time",
-        "60",
-        "--parallel",
-        "--parallel-immediate",
-        "--parallel-max",
-        "40",
-        "--resolve",
-        "origin.test:443:198.18.0.2",
-        "--cacert",
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
-    args.push(ca.display().to_string());
-    for index in 0..40 {
-        args.push(if index % 2 == 0 { "--http1.1" } else { "--http2" }.into());
-        args.push("-o".into());
-        args.push(downloads.join(format!("{index}.bin")).display().to_string());
-        args.push(format!("https://origin.test/file.bin?n={index}"));
-    }
-    let result = output(lab.cmd(CLI, "curl").args(&args));
-    assert!(result.status.success(), "curl: {}", text(&result.stderr));
-    for index in 0..40 {
-        let got = std::fs::read(downloads.join(format!("{index}.bin"))).expect("download");
-        assert!(got == file, "download {index} is byte-exact");
-    }
+    parallel_downloads(
+        &lab,
+        &ca,
+        &scratch.path("downloads"),
+        40,
+        &[],
+        |index| vec![if index % 2 == 0 { "--http1.1" } else { "--http2" }],
+        &file,
+    );
     let (status, report, _) = appliance.stop();
     assert!(status.success());
     let workers = report["workers"].as_array().expect("workers");

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::lab::{Appliance, Lab};
+use common::lab::{appliance_ca, Appliance, Lab};
 use common::{output, repo, text, Scratch};
 
 /// tlsgate-loadgen, built beside tlsgate by `cargo test --workspace`.
@@ -56,14 +56,11 @@ fn credentials(scratch: &Scratch) -> Credentials {
             ]),
     );
     assert!(made.status.success(), "openssl: {}", text(&made.stderr));
-    let ca_dir = scratch.path("ca");
-    let ca = output(
-        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .args(["ca", "init", "--dir"])
-            .arg(&ca_dir),
-    );
-    assert!(ca.status.success(), "{}", text(&ca.stderr));
-    Credentials { cert, key, ca_dir }
+    Credentials {
+        cert,
+        key,
+        ca_dir: appliance_ca(scratch),
+    }
 }
 
 /// `tlsgate run` intercepting 443 between the load generator's two ports.

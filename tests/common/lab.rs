@@ -170,7 +170,9 @@ impl Drop for Appliance {
     }
 }
 
-pub fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
+/// A fresh appliance CA (`tlsgate ca init`) in the scratch directory `ca`;
+/// returns that directory (ca.pem, ca.key).
+pub fn appliance_ca(scratch: &Scratch) -> PathBuf {
     let ca_dir = scratch.path("ca");
     let made = output(
         Command::new(env!("CARGO_BIN_EXE_tlsgate"))
@@ -178,6 +180,11 @@ pub fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf
             .arg(&ca_dir),
     );
     assert!(made.status.success(), "ca init: {}", text(&made.stderr));
+    ca_dir
+}
+
+pub fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
+    let ca_dir = appliance_ca(scratch);
     let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
     config.push_str(&format!(
         "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n[log]\nconnections = \"{logs}/connections.jsonl\"\nkeylog = \"{logs}/keys.log\"\n",
@@ -218,6 +225,51 @@ impl Drop for Origin {
             .arg("stop")
             .arg(&self.0)
             .output();
+    }
+}
+
+/// `count` HTTPS downloads of origin.test's `file.bin` at once from the
+/// client namespace (`curl --parallel`, one URL each with `?n=INDEX` and its
+/// own output file under `downloads`): `options` come first, `per_download`
+/// gives each URL's own options. Asserts that curl succeeded and that every
+/// download is byte-exact `expected`.
+pub fn parallel_downloads(
+    lab: &Lab,
+    ca: &Path,
+    downloads: &Path,
+    count: usize,
+    options: &[&str],
+    per_download: impl Fn(usize) -> Vec<&'static str>,
+    expected: &[u8],
+) {
+    std::fs::create_dir_all(downloads).expect("downloads directory");
+    let parallel = count.to_string();
+    let mut args: Vec<String> = ["-sS", "--max-time", "60"]
+        .iter()
+        .chain(options)
+        .chain(&[
+            "--parallel",
+            "--parallel-immediate",
+            "--parallel-max",
+            &parallel,
+            "--resolve",
+            "origin.test:443:198.18.0.2",
+            "--cacert",
+        ])
+        .map(|arg| arg.to_string())
+        .collect();
+    args.push(ca.display().to_string());
+    for index in 0..count {
+        args.extend(per_download(index).into_iter().map(str::to_owned));
+        args.push("-o".into());
+        args.push(downloads.join(format!("{index}.bin")).display().to_string());
+        args.push(format!("https://origin.test/file.bin?n={index}"));
+    }
+    let result = output(lab.cmd(CLI, "curl").args(&args));
+    assert!(result.status.success(), "curl: {}", text(&result.stderr));
+    for index in 0..count {
+        let got = std::fs::read(downloads.join(format!("{index}.bin"))).expect("download");
+        assert!(got == expected, "download {index} is byte-exact");
     }
 }
 
