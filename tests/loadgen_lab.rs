@@ -132,6 +132,17 @@ fn run_loadgen_with(
     serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
 }
 
+/// The generator's report shows every one of `connections` opened,
+/// handshaken, exchanged, accepted and still live, with no error.
+fn assert_all_held(generated: &serde_json::Value, connections: u64) {
+    for key in ["opened", "handshakes", "exchanges", "live", "accepted"] {
+        assert_eq!(generated[key], connections, "{key}: {generated}");
+    }
+    for key in ["resets", "timeouts", "tls_errors"] {
+        assert_eq!(generated[key], 0, "{key}: {generated}");
+    }
+}
+
 #[test]
 #[ignore = "needs root and network namespaces: run scripts/test.sh"]
 fn the_load_generator_holds_thousands_of_intercepted_tls_connections_through_dpdk() {
@@ -161,12 +172,7 @@ fn the_load_generator_holds_thousands_of_intercepted_tls_connections_through_dpd
             "240",
         ],
     );
-    for key in ["opened", "handshakes", "exchanges", "live", "accepted"] {
-        assert_eq!(generated[key], 3000, "{key}: {generated}");
-    }
-    for key in ["resets", "timeouts", "tls_errors"] {
-        assert_eq!(generated[key], 0, "{key}: {generated}");
-    }
+    assert_all_held(&generated, 3000);
 
     // The appliance held every one of them, idle, until it stopped: then it
     // reset both legs of each (and so holds nothing any more).
@@ -270,12 +276,7 @@ fn the_load_generator_attaches_to_the_appliance_over_memif() {
             "60",
         ],
     );
-    for key in ["opened", "handshakes", "exchanges", "live", "accepted"] {
-        assert_eq!(generated[key], 1000, "{key}: {generated}");
-    }
-    for key in ["resets", "timeouts", "tls_errors"] {
-        assert_eq!(generated[key], 0, "{key}: {generated}");
-    }
+    assert_all_held(&generated, 1000);
     let (status, tlsgate, _) = appliance.stop();
     assert!(status.success());
     assert_eq!(tlsgate["tcp"]["tls_intercepted"], 1000, "{tlsgate}");
