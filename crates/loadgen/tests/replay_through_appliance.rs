@@ -20,15 +20,8 @@ fn fixture_flows() -> Vec<Flow> {
 }
 
 fn plan(connections: u64, replay: Replay, hold: Hold) -> Plan {
-    let mut plan = Plan::new(
-        &["198.18.1.0/24"],
-        &["198.18.0.2:443".parse().unwrap()],
-        connections,
-        5_000,
-    )
-    .unwrap();
+    let mut plan = common::plan(connections, hold);
     plan.replay = Some(replay);
-    plan.hold = hold;
     plan
 }
 

@@ -12,18 +12,11 @@ use common::{bench, bench_with_buffers};
 use loadgen::{Exchange, Hold, Plan};
 
 fn plan(connections: u64, hold: Hold) -> Plan {
-    let mut plan = Plan::new(
-        &["198.18.1.0/24"],
-        &["198.18.0.2:443".parse().unwrap()],
-        connections,
-        5_000,
-    )
-    .unwrap();
+    let mut plan = common::plan(connections, hold);
     plan.exchange = Some(Exchange {
         request_bytes: 200,
         response_bytes: 5_000,
     });
-    plan.hold = hold;
     plan
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use appliance::engine::{Engine, EngineStats, InterceptPolicy};
 use dpdk::{MemPort, MemPortControl};
-use loadgen::{Generator, Plan, CLIENT_SIDE, SERVER_SIDE};
+use loadgen::{Generator, Hold, Plan, CLIENT_SIDE, SERVER_SIDE};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use netstack::{Duration, Instant, OutFrame, StackConfig};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
@@ -19,6 +19,20 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `connections` from 198.18.1.0/24 to 198.18.0.2:443 at 5000/s, held or
+/// closed as `hold` says, with nothing sent: tests add what they send.
+pub fn plan(connections: u64, hold: Hold) -> Plan {
+    let mut plan = Plan::new(
+        &["198.18.1.0/24"],
+        &["198.18.0.2:443".parse().unwrap()],
+        connections,
+        5_000,
+    )
+    .unwrap();
+    plan.hold = hold;
+    plan
 }
 
 pub struct Bench {
