@@ -23,57 +23,15 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use common::{appliance, client_config, intercepted, leaf, new_client, origin_ca, origin_config, Res, TempDir};
+use common::{
+    appliance, client_config, direct, intercepted, leaf, median, new_client, origin_ca, origin_config, Res, TempDir,
+};
 use mitm::{CertificateAuthority, Forger, TlsSession, Trust};
-use rustls::{ClientConnection, ServerConnection};
+use rustls::ServerConnection;
 use time::OffsetDateTime;
-
-/// One direct handshake, client ⇄ server, until neither has anything to send.
-fn direct(client: &mut ClientConnection, server: &mut ServerConnection) -> Res<()> {
-    for _ in 0..50 {
-        let mut moved = false;
-        let mut buf = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut input = buf.as_slice();
-            while !input.is_empty() {
-                server.read_tls(&mut input)?;
-                server.process_new_packets()?;
-            }
-        }
-        let mut buf = Vec::new();
-        while server.wants_write() {
-            server.write_tls(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut input = buf.as_slice();
-            while !input.is_empty() {
-                client.read_tls(&mut input)?;
-                client.process_new_packets()?;
-            }
-        }
-        if !moved {
-            return Ok(());
-        }
-    }
-    Err("direct handshake: no quiescence".into())
-}
 
 fn micros(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 fn main() -> Res<()> {

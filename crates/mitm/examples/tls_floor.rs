@@ -104,7 +104,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{provider, Res, ORIGIN};
+use common::{median, provider, Res, ORIGIN};
 use mitm::{CertificateAuthority, Forger, Trust};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -242,15 +242,6 @@ impl Clock {
         spent.cpu += cpu.saturating_sub(self.overhead);
         spent.wall += wall;
         out
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

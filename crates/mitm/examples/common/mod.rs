@@ -98,6 +98,48 @@ pub fn new_client(config: &Arc<ClientConfig>) -> Res<ClientConnection> {
     )?)
 }
 
+/// Everything `conn` wants to send now.
+pub fn output_of<D: rustls::SideData>(conn: &mut rustls::ConnectionCommon<D>) -> Res<Vec<u8>> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// Feeds all of `bytes` into `conn`, processing as it goes.
+pub fn feed<D: rustls::SideData>(conn: &mut rustls::ConnectionCommon<D>, mut bytes: &[u8]) -> Res<()> {
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes)?;
+        conn.process_new_packets()?;
+    }
+    Ok(())
+}
+
+/// The median (mean of the middle two for an even count; NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One direct handshake, client ⇄ server, until neither has anything to send.
+pub fn direct(client: &mut ClientConnection, server: &mut ServerConnection) -> Res<()> {
+    for _ in 0..50 {
+        let to_server = output_of(client)?;
+        feed(server, &to_server)?;
+        let to_client = output_of(server)?;
+        feed(client, &to_client)?;
+        if to_server.is_empty() && to_client.is_empty() {
+            return Ok(());
+        }
+    }
+    Err("direct handshake: no quiescence".into())
+}
+
 /// One intercepted connection, client ⇄ session ⇄ origin, until nothing
 /// moves; returns the time spent inside the session's calls.
 pub fn intercepted(
@@ -108,49 +150,26 @@ pub fn intercepted(
 ) -> Res<Duration> {
     let mut appliance = Duration::ZERO;
     for _ in 0..50 {
-        let mut moved = false;
-        let mut buf = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            moved = true;
+        let from_client = output_of(client)?;
+        if !from_client.is_empty() {
             let start = Instant::now();
-            session.from_client(&buf)?;
+            session.from_client(&from_client)?;
             if let Some(Pending::Hello { .. }) = session.pending() {
                 session.intercept(cx)?;
             }
             appliance += start.elapsed();
         }
         let to_server = std::mem::take(session.to_server());
-        if !to_server.is_empty() {
-            moved = true;
-            let mut input = to_server.as_slice();
-            while !input.is_empty() {
-                origin.read_tls(&mut input)?;
-                origin.process_new_packets()?;
-            }
-        }
-        let mut buf = Vec::new();
-        while origin.wants_write() {
-            origin.write_tls(&mut buf)?;
-        }
-        if !buf.is_empty() {
-            moved = true;
+        feed(origin, &to_server)?;
+        let from_origin = output_of(origin)?;
+        if !from_origin.is_empty() {
             let start = Instant::now();
-            session.from_server(cx, &buf)?;
+            session.from_server(cx, &from_origin)?;
             appliance += start.elapsed();
         }
         let to_client = std::mem::take(session.to_client());
-        if !to_client.is_empty() {
-            moved = true;
-            let mut input = to_client.as_slice();
-            while !input.is_empty() {
-                client.read_tls(&mut input)?;
-                client.process_new_packets()?;
-            }
-        }
-        if !moved {
+        feed(client, &to_client)?;
+        if from_client.is_empty() && to_server.is_empty() && from_origin.is_empty() && to_client.is_empty() {
             return Ok(appliance);
         }
     }
