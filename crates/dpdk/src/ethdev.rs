@@ -68,6 +68,15 @@ const DEFAULT_RSS_KEY_LEN: u8 = 40;
 /// group: the kernel's flow hash is symmetric.
 const AF_PACKET_DRIVER: &str = "net_af_packet";
 
+/// The ethdev name of a virtual device spec (`net_af_packet0` of
+/// `net_af_packet0,iface=eth0`); `None` when the spec does not start with a
+/// `net_` driver name.
+pub fn vdev_name(spec: &str) -> Option<&str> {
+    spec.split(',')
+        .next()
+        .filter(|name| name.starts_with("net_") && name.len() > "net_".len())
+}
+
 /// A Toeplitz key of `len` bytes that hashes both directions of a flow
 /// alike: 0x6d, 0x5a repeated. Its 16-bit period makes the hash of
 /// (src, dst, sport, dport) equal to that of (dst, src, dport, sport) for

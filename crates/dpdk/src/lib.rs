@@ -21,7 +21,9 @@ mod ring;
 
 pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
-pub use ethdev::{symmetric_rss_key, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF};
+pub use ethdev::{
+    symmetric_rss_key, vdev_name, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF,
+};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use memport::{MemPort, MemPortControl};

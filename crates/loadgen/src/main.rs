@@ -138,10 +138,8 @@ fn tls_configs(cli: &Cli) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>)> {
 
 /// The ethdev name of a virtual device spec (up to the first comma).
 fn ethdev_name(spec: &str) -> Result<&str> {
-    match spec.split(',').next() {
-        Some(name) if name.starts_with("net_") => Ok(name),
-        _ => bail!("{spec:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0"),
-    }
+    dpdk::vdev_name(spec)
+        .with_context(|| format!("{spec:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0"))
 }
 
 fn run(cli: Cli) -> Result<()> {
