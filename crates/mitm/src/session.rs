@@ -696,6 +696,8 @@ impl TlsSession {
                     upstream.flush_alert(&mut self.to_server);
                     let answer = server_answer(&self.server_first);
                     if let Some(ServerAnswer::Hello { version, suite }) = answer {
+                        self.info.server_version = Some(format!("{version:?}"));
+                        self.info.server_cipher = Some(suite_name(suite));
                         self.info.server_grade = Some(LegGrade::of(version, suite));
                     }
                     self.info.legacy_upstream = legacy_cause(&err, answer, offered);
