@@ -5,6 +5,7 @@
 //! and reached untouched once a `legacy_upstream` rule bypasses it.
 //! Run only through the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_tls_legs -- --ignored --exact NAME`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod common;
 
@@ -82,7 +83,10 @@ fn a_cbc_only_origin_is_blocked_with_its_cause_and_a_rule_bypasses_it() {
     // Default: blocked, the cause named in the log and counted.
     let appliance = Appliance::start(&lab, &scratch, &config);
     let shown = s_client(&lab, &ca, "-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA");
-    assert!(shown.contains("no peer certificate available"), "reset before any certificate: {shown}");
+    assert!(
+        shown.contains("no peer certificate available"),
+        "reset before any certificate: {shown}"
+    );
     let (records, report) = stop_and_read_log(appliance, &scratch);
     let blocked = records
         .iter()
@@ -106,7 +110,10 @@ fn a_cbc_only_origin_is_blocked_with_its_cause_and_a_rule_bypasses_it() {
     std::fs::remove_file(scratch.path("connections.jsonl")).expect("old log");
     let appliance = Appliance::start(&lab, &scratch, &config);
     let shown = s_client(&lab, &origin.cert(), "-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA");
-    assert!(shown.contains("Verify return code: 0 (ok)"), "the real certificate: {shown}");
+    assert!(
+        shown.contains("Verify return code: 0 (ok)"),
+        "the real certificate: {shown}"
+    );
     assert!(shown.contains("ECDHE-ECDSA-AES128-SHA"), "{shown}");
     assert!(!shown.contains("tlsgate interception CA"), "{shown}");
     let (records, report) = stop_and_read_log(appliance, &scratch);
@@ -122,5 +129,9 @@ fn a_cbc_only_origin_is_blocked_with_its_cause_and_a_rule_bypasses_it() {
         "{bypassed}"
     );
     let splice = &report["tcp"];
-    assert_eq!((splice["legacy_upstream"].clone(), splice["bypassed"].clone()), (1.into(), 1.into()), "{report}");
+    assert_eq!(
+        (splice["legacy_upstream"].clone(), splice["bypassed"].clone()),
+        (1.into(), 1.into()),
+        "{report}"
+    );
 }

@@ -308,10 +308,7 @@ impl Policy {
     /// back (ECH's rule for a server without the keys), on its retry
     /// without ECH if it makes one.
     pub fn on_ech(&self, tuple: &FlowTuple, sni: Option<&str>) -> Verdict {
-        let what = format!(
-            "an Encrypted Client Hello (public name {})",
-            sni.unwrap_or("none")
-        );
+        let what = format!("an Encrypted Client Hello (public name {})", sni.unwrap_or("none"));
         if let Some(rule) = self.when_rule(Condition::Ech, tuple, sni) {
             return rule.verdict(&what);
         }
@@ -560,14 +557,18 @@ mod tests {
         assert_eq!(blocked.action, Action::Block);
         assert_eq!(blocked.reason, format!("default: block {cause}"));
         assert_eq!(
-            policy.on_legacy_upstream(&tuple("198.18.0.2", 8443), Some("old.test"), cause).action,
+            policy
+                .on_legacy_upstream(&tuple("198.18.0.2", 8443), Some("old.test"), cause)
+                .action,
             Action::Block
         );
         // The rule never decides anything else.
         assert_eq!(policy.at_hello(&t, Some("old.test")).action, Action::Intercept);
         assert_eq!(policy.at_syn(&t), None);
         assert_eq!(
-            policy.on_rejection(&t, &Rejection::UnsupportedVersion("x".into())).action,
+            policy
+                .on_rejection(&t, &Rejection::UnsupportedVersion("x".into()))
+                .action,
             Action::Block
         );
     }

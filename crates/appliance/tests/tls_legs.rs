@@ -195,7 +195,10 @@ fn an_origin_speaking_only_legacy_tls_is_blocked_by_default_with_its_cause() {
     assert!(at_client.is_empty(), "nothing of the origin reached the client");
     assert_eq!(lab.server.tcp(second).state(), State::Listen, "no second connection");
     let counters = lab.engine.splicer().counters();
-    assert_eq!((counters.legacy_upstream, counters.blocked, counters.tls_failed), (1, 1, 0));
+    assert_eq!(
+        (counters.legacy_upstream, counters.blocked, counters.tls_failed),
+        (1, 1, 0)
+    );
     let record = records(lab, log, 1).remove(0);
     assert_eq!(record["decision"], "block", "{record}");
     assert_eq!(
@@ -214,7 +217,12 @@ fn a_rule_bypasses_a_legacy_origin_over_a_fresh_server_connection() {
         port: vec![443],
         ..rule(Action::Bypass, Condition::LegacyUpstream)
     };
-    let mut setup = setup("legs-legacy-bypass", &[bypass], Action::Intercept, rustls::DEFAULT_VERSIONS);
+    let mut setup = setup(
+        "legs-legacy-bypass",
+        &[bypass],
+        Action::Intercept,
+        rustls::DEFAULT_VERSIONS,
+    );
     let (hello, socket, second) = meet_a_legacy_origin(&mut setup, 45_300);
     let Setup { lab, log, .. } = &mut setup;
     // The origin's second connection gets the client's own ClientHello,
@@ -241,7 +249,10 @@ fn a_rule_bypasses_a_legacy_origin_over_a_fresh_server_connection() {
     );
     close_both(lab, socket, second);
     let counters = lab.engine.splicer().counters();
-    assert_eq!((counters.legacy_upstream, counters.bypassed, counters.blocked), (1, 1, 0));
+    assert_eq!(
+        (counters.legacy_upstream, counters.bypassed, counters.blocked),
+        (1, 1, 0)
+    );
     let record = records(lab, log, 1).remove(0);
     assert_eq!(record["decision"], "bypass", "{record}");
     assert!(
@@ -435,7 +446,10 @@ fn ech_can_be_blocked_or_bypassed_by_policy_or_rule() {
         exchange(&mut lab.server, listener, &mut &[][..], &mut at_origin);
         at_origin.len() >= hello.len()
     });
-    assert!(passed && at_origin == hello, "the origin got the client's hello as sent");
+    assert!(
+        passed && at_origin == hello,
+        "the origin got the client's hello as sent"
+    );
     close_both(lab, socket, listener);
     let record = records(lab, &bypassing.log, 1).remove(0);
     assert_eq!(record["decision"], "bypass", "{record}");

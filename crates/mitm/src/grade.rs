@@ -60,7 +60,8 @@ impl LegGrade {
             .strip_prefix("TLS_")
             .and_then(|rest| rest.split_once("_WITH_"))
             .map_or("", |(exchange, _)| exchange);
-        let forward_secrecy = name.starts_with("TLS13_") || exchange.starts_with("ECDHE") || exchange.starts_with("DHE");
+        let forward_secrecy =
+            name.starts_with("TLS13_") || exchange.starts_with("ECDHE") || exchange.starts_with("DHE");
         let aead = AEAD.iter().any(|mode| name.contains(mode));
         let number = u16::from(version);
         let grade = if number < u16::from(ProtocolVersion::TLSv1_0) || BROKEN.iter().any(|weak| name.contains(weak)) {

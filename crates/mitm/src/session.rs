@@ -170,13 +170,24 @@ impl TlsContext {
             .copied()
             .collect();
         if suites.is_empty() {
-            suites = self.provider.cipher_suites.iter().filter(of_versions).copied().collect();
+            suites = self
+                .provider
+                .cipher_suites
+                .iter()
+                .filter(of_versions)
+                .copied()
+                .collect();
         }
         let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = self
             .provider
             .kx_groups
             .iter()
-            .filter(|group| client.groups.as_ref().is_none_or(|offered| offered.contains(&group.name())))
+            .filter(|group| {
+                client
+                    .groups
+                    .as_ref()
+                    .is_none_or(|offered| offered.contains(&group.name()))
+            })
             .copied()
             .collect();
         if groups.is_empty() {
@@ -363,7 +374,9 @@ enum Phase {
     Hello(Box<Acceptor>),
     /// The ClientHello is read; the caller decides (see [`TlsSession::pending`]).
     /// Its offer is kept, for the upstream ClientHello.
-    Decide { offer: ClientOffer },
+    Decide {
+        offer: ClientOffer,
+    },
     /// The client's first bytes are not a usable ClientHello; the caller
     /// decides between bypass and block.
     Rejected(Rejection),
@@ -774,7 +787,9 @@ impl TlsSession {
         self.info.resumed_server = matches!(server.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         self.info.server_cipher = server.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
         let (Some(version), Some(suite)) = (server.protocol_version(), server.negotiated_cipher_suite()) else {
-            return Err(MitmError::Config("the server's handshake ended without a version".into()));
+            return Err(MitmError::Config(
+                "the server's handshake ended without a version".into(),
+            ));
         };
         let server_grade = LegGrade::of(version, suite.suite());
         self.info.server_grade = Some(server_grade);

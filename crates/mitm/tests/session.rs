@@ -730,7 +730,6 @@ fn the_client_leg_mirrors_a_tls12_origin_and_both_legs_are_graded() {
         assert!(grade.forward_secrecy);
         assert_eq!(grade.grade, mitm::Grade::A);
     }
-
 }
 
 #[test]
@@ -773,7 +772,11 @@ fn the_upstream_offer_is_never_weaker_than_the_clients() {
     session.from_client(&hello).unwrap();
     session.intercept(&app.context).unwrap();
     let offer = upstream_offer(&mut session);
-    assert_eq!(offer.versions, [rustls::ProtocolVersion::TLSv1_3], "no TLS 1.2 upstream");
+    assert_eq!(
+        offer.versions,
+        [rustls::ProtocolVersion::TLSv1_3],
+        "no TLS 1.2 upstream"
+    );
     assert_eq!(
         offer
             .suites
@@ -865,5 +868,8 @@ fn an_origin_speaking_only_legacy_tls_is_named() {
 
     // Any other failure is not blamed on legacy TLS.
     let (session, _) = legacy_origin_answers(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]);
-    assert_eq!(session.info.legacy_upstream, None, "unrecognized_name is no legacy sign");
+    assert_eq!(
+        session.info.legacy_upstream, None,
+        "unrecognized_name is no legacy sign"
+    );
 }

@@ -42,7 +42,10 @@ pub fn origin() -> (Arc<ServerConfig>, String) {
 
 /// An origin with a certificate for `names` (and the server's address)
 /// speaking `versions`, and the PEM of its CA.
-pub fn origin_for(names: &[&str], versions: &[&'static rustls::SupportedProtocolVersion]) -> (Arc<ServerConfig>, String) {
+pub fn origin_for(
+    names: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Arc<ServerConfig>, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name.push(DnType::CommonName, "Origin Root");
@@ -139,4 +142,3 @@ pub fn drive<D: rustls::SideData>(
     }
     closed
 }
-
