@@ -767,6 +767,16 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(ech.tls.ech, EchPolicy::Bypass);
         let message = rejection(&format!("{MINIMAL}\n[tls]\nech = \"outer\"\n"));
         assert!(message.contains("ech") && message.contains("outer"), "{message}");
+        let rules = parse(&format!(
+            "{MINIMAL}\n[[policy]]\naction = \"bypass\"\nwhen = \"legacy_upstream\"\ndst = [\"198.18.7.10\"]\nsni = [\"old.example\"]\n\
+             [[policy]]\naction = \"intercept\"\nwhen = \"ech\"\nsni = [\"public.example\"]\n"
+        ))
+        .expect("valid");
+        assert!(rules.policy().is_ok());
+        let message = rejection(&format!(
+            "{MINIMAL}\n[[policy]]\naction = \"intercept\"\nwhen = \"legacy_upstream\"\n"
+        ));
+        assert!(message.contains("policy[1].action"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
         assert_eq!(config.tcp.tx_buffer, 64 * 1024);
         assert!(!config.tcp.hold_synack);

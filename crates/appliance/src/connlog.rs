@@ -97,7 +97,8 @@ pub struct ConnectionRecord {
     pub client_grade: Option<&'static str>,
     pub server_forward_secrecy: Option<bool>,
     pub server_grade: Option<&'static str>,
-    /// The ClientHello carried Encrypted Client Hello (`sni` is then its
+    /// The ClientHello carried an outer Encrypted Client Hello extension
+    /// (real or GREASE, which cannot be told apart; `sni` is then the
     /// outer, public name).
     pub ech: bool,
     pub upstream_cert_sha256: Option<String>,

@@ -528,6 +528,13 @@ mod tests {
                 },
                 "policy[1].when",
             ),
+            (
+                RuleConfig {
+                    when: Some(Condition::LegacyUpstream),
+                    ..rule(Action::Intercept)
+                },
+                "policy[1].action",
+            ),
         ];
         for (config, key) in bad {
             let (named, reason) = Policy::new(&[config], None, false).unwrap_err();
