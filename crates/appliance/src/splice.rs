@@ -359,6 +359,17 @@ fn rejected_our_certificate(err: &MitmError) -> bool {
     )
 }
 
+/// Whether a client aborted because its Encrypted Client Hello was not
+/// accepted (it sends ech_required, then retries without ECH).
+fn fell_back_from_ech(err: &MitmError) -> bool {
+    matches!(
+        err,
+        MitmError::Client(rustls::Error::AlertReceived(
+            rustls::AlertDescription::EncryptedClientHelloRequired
+        ))
+    )
+}
+
 /// The connection-log record of a session that ended.
 fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let end = OffsetDateTime::now_utc();
@@ -1238,7 +1249,11 @@ impl Shared {
                 tracing::info!("TLS interception failed: {err}");
                 self.counters.tls_failed += 1;
                 self.note_tls_failure(tls_session, &err);
-                session.ended = Some(format!("TLS failed: {err}"));
+                session.ended = Some(if fell_back_from_ech(&err) {
+                    format!("TLS failed: {err} (the client saw ECH rejected and retries without it)")
+                } else {
+                    format!("TLS failed: {err}")
+                });
                 session.failed = true;
             }
             (Ok(false), _) => return false,

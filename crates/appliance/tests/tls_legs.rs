@@ -383,6 +383,11 @@ fn ech_is_intercepted_on_the_public_name_and_the_client_retries_without_it() {
         record["reason"],
         "tls.ech = intercept_outer: an Encrypted Client Hello (public name public.test)"
     );
+    assert_eq!(
+        record["ended"],
+        "TLS failed: TLS with the client: received fatal alert: EncryptedClientHelloRequired \
+         (the client saw ECH rejected and retries without it)"
+    );
     assert_eq!(lab.engine.splicer().counters().ech_offered, 1);
 
     // The client's retry without ECH (as the ECH specification has it) is
