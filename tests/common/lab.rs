@@ -202,12 +202,25 @@ pub struct Origin(pub PathBuf);
 
 impl Origin {
     pub fn start(dir: PathBuf, name: &str, validity: &str) -> Origin {
+        Origin::start_with(dir, name, validity, &[])
+    }
+
+    /// A valid origin.test speaking only `protocols` (nginx `ssl_protocols`,
+    /// e.g. "TLSv1.2") with `ciphers` (`ssl_ciphers`; `None`: nginx's).
+    pub fn start_speaking(dir: PathBuf, protocols: &str, ciphers: Option<&str>) -> Origin {
+        let mut env = vec![("TG_ORIGIN_PROTOCOLS", protocols)];
+        env.extend(ciphers.map(|ciphers| ("TG_ORIGIN_CIPHERS", ciphers)));
+        Origin::start_with(dir, "origin.test", "valid", &env)
+    }
+
+    fn start_with(dir: PathBuf, name: &str, validity: &str, env: &[(&str, &str)]) -> Origin {
         let started = output(
             Command::new("bash")
                 .arg(repo().join("tests/lab/origin.sh"))
                 .arg("start")
                 .arg(&dir)
-                .args([name, validity]),
+                .args([name, validity])
+                .envs(env.iter().copied()),
         );
         assert!(started.status.success(), "origin: {}", text(&started.stderr));
         Origin(dir)

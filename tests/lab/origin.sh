@@ -10,6 +10,8 @@
 #
 # The origin's certificate is DIR/origin.crt: give it to the appliance as
 # its upstream trust bundle. Namespace and addresses from scripts/lab-env.sh.
+# TG_ORIGIN_PROTOCOLS (nginx ssl_protocols, default "TLSv1.2 TLSv1.3") and
+# TG_ORIGIN_CIPHERS (ssl_ciphers, OpenSSL's syntax) make an older server.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/../../scripts/lab-env.sh"
@@ -82,7 +84,8 @@ http {
         server_name $name;
         ssl_certificate $dir/origin.crt;
         ssl_certificate_key $dir/origin.key;
-        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_protocols ${TG_ORIGIN_PROTOCOLS:-TLSv1.2 TLSv1.3};
+        ${TG_ORIGIN_CIPHERS:+ssl_ciphers $TG_ORIGIN_CIPHERS;}
         root $dir/www;
     }
 }

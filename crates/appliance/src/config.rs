@@ -160,6 +160,20 @@ pub struct Tls {
     /// cannot present): "bypass" it from then on, or "block" it.
     #[serde(default)]
     pub client_auth: ClientAuthPolicy,
+    /// A ClientHello with Encrypted Client Hello: intercept on its outer
+    /// (public) name, "block" or "bypass" it.
+    #[serde(default)]
+    pub ech: EchPolicy,
+}
+
+/// `tls.ech`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EchPolicy {
+    #[default]
+    InterceptOuter,
+    Block,
+    Bypass,
 }
 
 /// `tls.client_auth`.
@@ -200,6 +214,7 @@ impl Default for Tls {
             fail_open_after: default_fail_open_after(),
             fail_open_window_secs: default_fail_open_window(),
             client_auth: ClientAuthPolicy::default(),
+            ech: EchPolicy::default(),
         }
     }
 }
@@ -629,11 +644,17 @@ impl Config {
             after: self.tls.fail_open_after,
             window_secs: self.tls.fail_open_window_secs,
         };
+        let ech = match self.tls.ech {
+            EchPolicy::InterceptOuter => crate::policy::Action::Intercept,
+            EchPolicy::Block => crate::policy::Action::Block,
+            EchPolicy::Bypass => crate::policy::Action::Bypass,
+        };
         crate::policy::Policy::new(
             &self.policy,
             Some(fail_open),
             self.tls.client_auth == ClientAuthPolicy::Bypass,
         )
+        .map(|policy| policy.with_ech(ech))
     }
 
     /// The most memory the TCP buffers of intercepted connections can take:
@@ -741,6 +762,21 @@ device = "net_af_packet1,iface=gws0"
         );
         let message = rejection(&format!("{MINIMAL}\n[tls]\ncert_cache = 0\n"));
         assert!(message.contains("tls.cert_cache"), "{message}");
+        assert_eq!(defaults.ech, EchPolicy::InterceptOuter);
+        let ech = parse(&format!("{MINIMAL}\n[tls]\nech = \"bypass\"\n")).expect("valid");
+        assert_eq!(ech.tls.ech, EchPolicy::Bypass);
+        let message = rejection(&format!("{MINIMAL}\n[tls]\nech = \"outer\"\n"));
+        assert!(message.contains("ech") && message.contains("outer"), "{message}");
+        let rules = parse(&format!(
+            "{MINIMAL}\n[[policy]]\naction = \"bypass\"\nwhen = \"legacy_upstream\"\ndst = [\"198.18.7.10\"]\nsni = [\"old.example\"]\n\
+             [[policy]]\naction = \"intercept\"\nwhen = \"ech\"\nsni = [\"public.example\"]\n"
+        ))
+        .expect("valid");
+        assert!(rules.policy().is_ok());
+        let message = rejection(&format!(
+            "{MINIMAL}\n[[policy]]\naction = \"intercept\"\nwhen = \"legacy_upstream\"\n"
+        ));
+        assert!(message.contains("policy[1].action"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
         assert_eq!(config.tcp.tx_buffer, 64 * 1024);
         assert!(!config.tcp.hold_synack);

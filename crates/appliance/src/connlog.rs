@@ -1,6 +1,6 @@
 //! The connection log: one JSON object per line for every intercepted
 //! connection, written when it ends, with its 6-tuple, its TLS details on
-//! each leg, the real and the forged certificate, the decision and its
+//! each leg (version, suite, forward secrecy, grade), the real and the forged certificate, the decision and its
 //! reason, the bytes each way and how it ended. Reopened on SIGHUP so it
 //! can be rotated.
 
@@ -90,6 +90,17 @@ pub struct ConnectionRecord {
     pub server_resumed: bool,
     pub server_tls_version: Option<String>,
     pub server_cipher: Option<String>,
+    /// Each leg graded (see `mitm::grade`): whether its key exchange is
+    /// ephemeral, and A (modern) / B (suboptimal) / C (known attacks, no
+    /// forward secrecy) / F (broken).
+    pub client_forward_secrecy: Option<bool>,
+    pub client_grade: Option<&'static str>,
+    pub server_forward_secrecy: Option<bool>,
+    pub server_grade: Option<&'static str>,
+    /// The ClientHello carried an outer Encrypted Client Hello extension
+    /// (real or GREASE, which cannot be told apart; `sni` is then the
+    /// outer, public name).
+    pub ech: bool,
     pub upstream_cert_sha256: Option<String>,
     pub upstream_verified: Option<bool>,
     pub upstream_verify_error: Option<String>,

@@ -337,6 +337,14 @@ impl fmt::Display for Report {
             )?;
         }
         let splice = &tcp.splice;
+        if splice.legacy_upstream + splice.ech_offered > 0 {
+            writeln!(
+                f,
+                "tls legs: {} connections to origins that speak only legacy TLS (blocked or bypassed by policy), \
+                 {} ClientHellos with Encrypted Client Hello",
+                splice.legacy_upstream, splice.ech_offered
+            )?;
+        }
         if splice.inspected + splice.inspect_failed_open + splice.inspect_failed_closed > 0 {
             writeln!(
                 f,

@@ -3,9 +3,10 @@
 //! real certificate) or to block (reset). Rules match on destination and
 //! source prefixes, destination port, SNI (exact or `*.` wildcard), the
 //! absence of SNI, and — with `when` — on first bytes that are not TLS or
-//! offer only unsupported TLS versions. The first matching rule wins;
-//! without one, TLS is intercepted and what cannot be intercepted is
-//! blocked. A client that keeps rejecting the forged certificate for a name
+//! offer only unsupported TLS versions, on an origin that speaks only
+//! legacy TLS, or on a ClientHello with Encrypted Client Hello. The first
+//! matching rule wins; without one, TLS is intercepted, what cannot be
+//! intercepted is blocked, and ECH follows `tls.ech`. A client that keeps rejecting the forged certificate for a name
 //! (certificate pinning) gets that name bypassed: fail-open.
 
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +44,20 @@ pub enum Condition {
     NonTls,
     /// The client offers only TLS versions below 1.2.
     UnsupportedTls,
+    /// The origin speaks only TLS the appliance does not (below 1.2, or
+    /// no ECDHE/AEAD suite): decided after its answer, on the SNI too.
+    LegacyUpstream,
+    /// The ClientHello carries Encrypted Client Hello (its SNI is the
+    /// public name): overrides `tls.ech`.
+    Ech,
+}
+
+impl Condition {
+    /// Whether the condition is known with the ClientHello read (so the
+    /// rule may match the SNI).
+    fn has_hello(self) -> bool {
+        matches!(self, Condition::LegacyUpstream | Condition::Ech)
+    }
 }
 
 /// One `[[policy]]` table as written.
@@ -156,6 +171,9 @@ pub struct Policy {
     /// Whether a server that asks for a client certificate is bypassed
     /// from then on (`tls.client_auth = "bypass"`).
     bypass_client_auth: bool,
+    /// What a ClientHello with Encrypted Client Hello gets when no `when =
+    /// "ech"` rule matches (`tls.ech`; intercept on the public name).
+    ech: Option<Action>,
 }
 
 impl Policy {
@@ -192,13 +210,14 @@ impl Policy {
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                if rule.when.is_some() && (!names.is_empty() || rule.no_sni.is_some()) {
+                let without_hello = rule.when.is_some_and(|when| !when.has_hello());
+                if without_hello && (!names.is_empty() || rule.no_sni.is_some()) {
                     return Err((
                         key("when"),
-                        "a `when` rule cannot also match on SNI (there is none to read)".into(),
+                        "a `non_tls` or `unsupported_tls` rule cannot also match on SNI (there is none to read)".into(),
                     ));
                 }
-                if rule.when.is_some() && rule.action == Action::Intercept {
+                if rule.when.is_some() && rule.when != Some(Condition::Ech) && rule.action == Action::Intercept {
                     return Err((
                         key("action"),
                         "what cannot be intercepted can only be bypassed or blocked".into(),
@@ -262,6 +281,57 @@ impl Policy {
             .unwrap_or_else(|| Verdict {
                 action: Action::Intercept,
                 reason: "default: intercept TLS".into(),
+            })
+    }
+
+    /// What a ClientHello with Encrypted Client Hello gets when no `when =
+    /// "ech"` rule matches: `Intercept` (on the outer, public name: the
+    /// default), `Block` or `Bypass`.
+    pub fn with_ech(mut self, action: Action) -> Policy {
+        self.ech = Some(action);
+        self
+    }
+
+    /// The first `when = condition` rule matching the connection (and the
+    /// SNI, for conditions known after the hello).
+    fn when_rule(&self, condition: Condition, tuple: &FlowTuple, sni: Option<&str>) -> Option<&Rule> {
+        self.rules.iter().find(|rule| {
+            rule.when == Some(condition)
+                && rule.addresses_match(tuple)
+                && (!condition.has_hello() || rule.hello_matches(sni))
+        })
+    }
+
+    /// A ClientHello carrying Encrypted Client Hello that the other rules
+    /// would intercept: its SNI is the public name, the real one is
+    /// encrypted. Intercepting on the public name makes the client fall
+    /// back (ECH's rule for a server without the keys), on its retry
+    /// without ECH if it makes one.
+    pub fn on_ech(&self, tuple: &FlowTuple, sni: Option<&str>) -> Verdict {
+        let what = format!("an Encrypted Client Hello (public name {})", sni.unwrap_or("none"));
+        if let Some(rule) = self.when_rule(Condition::Ech, tuple, sni) {
+            return rule.verdict(&what);
+        }
+        let action = self.ech.unwrap_or(Action::Intercept);
+        let setting = match action {
+            Action::Intercept => "intercept_outer",
+            other => other.name(),
+        };
+        Verdict {
+            action,
+            reason: format!("tls.ech = {setting}: {what}"),
+        }
+    }
+
+    /// An origin that speaks only TLS the appliance does not (`cause` says
+    /// what it answered): blocked unless a `when = "legacy_upstream"` rule
+    /// bypasses it.
+    pub fn on_legacy_upstream(&self, tuple: &FlowTuple, sni: Option<&str>, cause: &str) -> Verdict {
+        self.when_rule(Condition::LegacyUpstream, tuple, sni)
+            .map(|rule| rule.verdict(cause))
+            .unwrap_or_else(|| Verdict {
+                action: Action::Block,
+                reason: format!("default: block {cause}"),
             })
     }
 
@@ -458,11 +528,80 @@ mod tests {
                 },
                 "policy[1].when",
             ),
+            (
+                RuleConfig {
+                    when: Some(Condition::LegacyUpstream),
+                    ..rule(Action::Intercept)
+                },
+                "policy[1].action",
+            ),
         ];
         for (config, key) in bad {
             let (named, reason) = Policy::new(&[config], None, false).unwrap_err();
             assert_eq!(named, key, "{reason}");
         }
+    }
+
+    #[test]
+    fn legacy_origins_are_blocked_unless_a_rule_bypasses_them() {
+        let policy = Policy::new(
+            &[RuleConfig {
+                when: Some(Condition::LegacyUpstream),
+                sni: vec!["old.test".into()],
+                port: vec![443],
+                ..rule(Action::Bypass)
+            }],
+            None,
+            false,
+        )
+        .unwrap();
+        let t = tuple("198.18.0.2", 443);
+        let cause = "origin speaks only legacy TLS: its ServerHello chose TLSv1_0";
+        let bypassed = policy.on_legacy_upstream(&t, Some("old.test"), cause);
+        assert_eq!(bypassed.action, Action::Bypass);
+        assert!(bypassed.reason.contains("rule 1") && bypassed.reason.contains(cause));
+        let blocked = policy.on_legacy_upstream(&t, Some("other.test"), cause);
+        assert_eq!(blocked.action, Action::Block);
+        assert_eq!(blocked.reason, format!("default: block {cause}"));
+        assert_eq!(
+            policy
+                .on_legacy_upstream(&tuple("198.18.0.2", 8443), Some("old.test"), cause)
+                .action,
+            Action::Block
+        );
+        // The rule never decides anything else.
+        assert_eq!(policy.at_hello(&t, Some("old.test")).action, Action::Intercept);
+        assert_eq!(policy.at_syn(&t), None);
+        assert_eq!(
+            policy
+                .on_rejection(&t, &Rejection::UnsupportedVersion("x".into()))
+                .action,
+            Action::Block
+        );
+    }
+
+    #[test]
+    fn ech_follows_tls_ech_unless_a_rule_says_otherwise() {
+        let t = tuple("198.18.0.2", 443);
+        let default = Policy::new(&[], None, false).unwrap();
+        let verdict = default.on_ech(&t, Some("public.test"));
+        assert_eq!(verdict.action, Action::Intercept);
+        assert_eq!(
+            verdict.reason,
+            "tls.ech = intercept_outer: an Encrypted Client Hello (public name public.test)"
+        );
+        let rules = [RuleConfig {
+            when: Some(Condition::Ech),
+            sni: vec!["public.test".into()],
+            ..rule(Action::Intercept)
+        }];
+        let blocking = Policy::new(&rules, None, false).unwrap().with_ech(Action::Block);
+        assert_eq!(blocking.on_ech(&t, Some("other.test")).action, Action::Block);
+        let overridden = blocking.on_ech(&t, Some("public.test"));
+        assert_eq!(overridden.action, Action::Intercept);
+        assert!(overridden.reason.contains("rule 1"), "{}", overridden.reason);
+        let bypassing = Policy::new(&[], None, false).unwrap().with_ech(Action::Bypass);
+        assert_eq!(bypassing.on_ech(&t, None).action, Action::Bypass);
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl Session {
             tls_info: None,
             decision: None,
             bypass_backlog: Vec::new(),
+            replaced_server: None,
             logged: false,
         }
     }
@@ -132,6 +133,10 @@ struct Session {
     /// Client bytes read by the TLS layer before a bypass, still to be sent
     /// to the server (before anything else the client sends).
     bypass_backlog: Vec<u8>,
+    /// A server leg being reset to make way for a fresh one (same
+    /// 5-tuple), opened once this one is gone: the bypass of an origin
+    /// that refused the appliance's TLS.
+    replaced_server: Option<FlowId>,
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
@@ -165,6 +170,11 @@ pub struct SpliceCounters {
     pub failed_open: u64,
     /// Servers bypassed from then on because they ask for client certificates.
     pub client_auth_bypassed: u64,
+    /// Connections to origins that speak only TLS the appliance does not
+    /// (below 1.2, or no ECDHE/AEAD suite); then blocked or bypassed.
+    pub legacy_upstream: u64,
+    /// ClientHellos carrying Encrypted Client Hello (outer).
+    pub ech_offered: u64,
     /// Sessions whose plaintext went through the inspection box.
     pub inspected: u64,
     /// Sessions the box reset (or refused).
@@ -195,6 +205,8 @@ impl std::ops::AddAssign for SpliceCounters {
         self.blocked += other.blocked;
         self.failed_open += other.failed_open;
         self.client_auth_bypassed += other.client_auth_bypassed;
+        self.legacy_upstream += other.legacy_upstream;
+        self.ech_offered += other.ech_offered;
         self.inspected += other.inspected;
         self.inspect_blocked += other.inspect_blocked;
         self.inspect_failed_open += other.inspect_failed_open;
@@ -347,6 +359,17 @@ fn rejected_our_certificate(err: &MitmError) -> bool {
     )
 }
 
+/// Whether a client aborted because its Encrypted Client Hello was not
+/// accepted (it sends ech_required, then retries without ECH).
+fn fell_back_from_ech(err: &MitmError) -> bool {
+    matches!(
+        err,
+        MitmError::Client(rustls::Error::AlertReceived(
+            rustls::AlertDescription::EncryptedClientHelloRequired
+        ))
+    )
+}
+
 /// The connection-log record of a session that ended.
 fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let end = OffsetDateTime::now_utc();
@@ -362,6 +385,7 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         .or_else(|| session.tls_info.clone())
         .unwrap_or_default();
     let verified = info.upstream_verified.clone();
+    let (client_grade, server_grade) = (info.client_grade, info.server_grade);
     ConnectionRecord {
         start: rfc3339(session.started),
         end: rfc3339(end),
@@ -388,6 +412,11 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         server_resumed: info.resumed_server,
         server_tls_version: info.server_version,
         server_cipher: info.server_cipher,
+        client_forward_secrecy: client_grade.map(|grade| grade.forward_secrecy),
+        client_grade: client_grade.map(|grade| grade.grade.letter()),
+        server_forward_secrecy: server_grade.map(|grade| grade.forward_secrecy),
+        server_grade: server_grade.map(|grade| grade.grade.letter()),
+        ech: info.ech_offered,
         upstream_cert_sha256: info.upstream_fingerprint,
         upstream_verified: verified.as_ref().map(Result::is_ok),
         upstream_verify_error: verified.and_then(Result::err),
@@ -435,6 +464,44 @@ fn discard_loop(stack: &mut Stack, session: &mut Session) {
     if let Some(inspection) = session.inspection.take() {
         for leg in [inspection.out, inspection.back].into_iter().flatten() {
             stack.discard(leg);
+        }
+    }
+}
+
+/// Bypasses an origin that refused the appliance's TLS: its server leg
+/// already carried the appliance's ClientHello and the refusal, so the
+/// client's own ClientHello (kept in the session's bypass backlog) goes
+/// raw over a fresh connection with the same addresses and ports. The old
+/// leg is reset; the fresh one is opened when it is gone (see
+/// [`open_replacement_server_leg`]), at once if it already is.
+fn replace_server_leg(stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+    discard_loop(stack, session);
+    match session.server.take() {
+        Some(old) if stack.abort(old).is_ok() => session.replaced_server = Some(old),
+        _ => open_replacement_server_leg(stack, index, session, now),
+    }
+}
+
+/// Opens the fresh server leg of [`replace_server_leg`].
+fn open_replacement_server_leg(stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+    session.replaced_server = None;
+    match stack.connect(
+        Side::Server.index(),
+        &session.tuple,
+        session.l2,
+        owner(index, Leg::Server),
+        now,
+    ) {
+        Ok(server) => {
+            if let Some(client) = session.client {
+                let _ = stack.mirror_timestamps(client, server);
+            }
+            session.server = Some(server);
+        }
+        Err(err) => {
+            session.ended = Some(format!("no second connection to the server: {err}"));
+            session.failed = true;
+            abort_all(stack, session);
         }
     }
 }
@@ -827,6 +894,12 @@ impl Shared {
             self.react_loop(stack, index, session, (leg, event), now);
             return;
         }
+        if leg == Leg::Server && session.replaced_server == Some(event.flow) {
+            if event.kind == EventKind::Closed {
+                open_replacement_server_leg(stack, index, session, now);
+            }
+            return;
+        }
         let (this, other) = match leg {
             Leg::Client => (session.client, session.server),
             _ => (session.server, session.client),
@@ -1111,7 +1184,15 @@ impl Shared {
                 break Ok(true);
             };
             let verdict = match &pending {
-                Pending::Hello { sni, .. } => self.policy.at_hello(&session.tuple, sni.as_deref()),
+                Pending::Hello { sni, ech, .. } => {
+                    let verdict = self.policy.at_hello(&session.tuple, sni.as_deref());
+                    self.counters.ech_offered += u64::from(*ech);
+                    if *ech && verdict.action == Action::Intercept {
+                        self.policy.on_ech(&session.tuple, sni.as_deref())
+                    } else {
+                        verdict
+                    }
+                }
                 Pending::Rejected(rejection) => self.policy.on_rejection(&session.tuple, rejection),
             };
             session.decision = Some(verdict.clone());
@@ -1138,16 +1219,45 @@ impl Shared {
                 }
             }
         };
-        match outcome {
-            Err(err) => {
+        let legacy = match &outcome {
+            Err(MitmError::Server(_)) => tls_session.info.legacy_upstream.clone(),
+            _ => None,
+        };
+        match (outcome, legacy) {
+            (Err(_), Some(cause)) => {
+                self.counters.legacy_upstream += 1;
+                let verdict = self
+                    .policy
+                    .on_legacy_upstream(&session.tuple, tls_session.info.sni.as_deref(), &cause);
+                tracing::info!("{}: {}", verdict.action.name(), verdict.reason);
+                if verdict.action == Action::Bypass {
+                    self.counters.bypassed += 1;
+                    session.bypass_backlog = tls_session.bypass();
+                } else {
+                    self.counters.blocked += 1;
+                    session.ended = Some("blocked by policy".into());
+                    session.failed = true;
+                }
+                let bypass = verdict.action == Action::Bypass;
+                session.decision = Some(verdict);
+                if bypass {
+                    replace_server_leg(stack, index, session, now);
+                    return false;
+                }
+            }
+            (Err(err), None) => {
                 tracing::info!("TLS interception failed: {err}");
                 self.counters.tls_failed += 1;
                 self.note_tls_failure(tls_session, &err);
-                session.ended = Some(format!("TLS failed: {err}"));
+                session.ended = Some(if fell_back_from_ech(&err) {
+                    format!("TLS failed: {err} (the client saw ECH rejected and retries without it)")
+                } else {
+                    format!("TLS failed: {err}")
+                });
                 session.failed = true;
             }
-            Ok(false) => return false,
-            Ok(true) => {}
+            (Ok(false), _) => return false,
+            (Ok(true), _) => {}
         }
         if session.failed {
             self.end_tls(session);

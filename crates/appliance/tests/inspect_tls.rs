@@ -6,141 +6,18 @@
 
 mod harness;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use appliance::capture::{CaptureSettings, DecryptedCapture};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
-use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Host, Lab, SERVER_V4};
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
+use harness::tls::{client_tls, drive, interception, origin, Scratch};
+use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;
-use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
-use smoltcp::iface::SocketHandle;
+use rustls::pki_types::CertificateDer;
+use rustls::{ServerConfig, ServerConnection};
 use smoltcp::socket::tcp::State;
-
-/// A scratch directory removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("appliance-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The origin's TLS configuration and the PEM of its CA.
-fn origin() -> (Arc<ServerConfig>, String) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "Origin Root");
-    ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["origin.test".to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "origin.test");
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::from(SERVER_V4)));
-    let leaf = params.signed_by(&key, &issuer).unwrap();
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone(), ca_cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    (Arc::new(config), ca_cert.pem())
-}
-
-/// The appliance's TLS context trusting `origin_ca`, and its CA certificate.
-fn interception(scratch: &Scratch, origin_ca: &str) -> (TlsContext, CertificateDer<'static>) {
-    let bundle = scratch.0.join("trust.pem");
-    std::fs::write(&bundle, origin_ca).unwrap();
-    let ca = CertificateAuthority::generate("tlsgate test CA", 1, time::OffsetDateTime::now_utc()).unwrap();
-    let ca_der = ca.cert_der().clone();
-    let forger = Forger::new(ca, None, 16).unwrap();
-    let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
-    (
-        TlsContext::new(forger, trust, InvalidUpstream::Mirror, None).unwrap(),
-        ca_der,
-    )
-}
-
-fn client_tls(ca: &CertificateDer<'static>) -> ClientConnection {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap()
-}
-
-/// Moves TLS records between a rustls connection and a host socket, and
-/// collects the plaintext it yields; true once the peer's close_notify came.
-fn drive<D: rustls::SideData>(
-    host: &mut Host,
-    socket: SocketHandle,
-    tls: &mut rustls::ConnectionCommon<D>,
-    plaintext: &mut Vec<u8>,
-) -> bool {
-    let socket = host.tcp(socket);
-    let mut records = Vec::new();
-    while tls.wants_write() {
-        tls.write_tls(&mut records).unwrap();
-    }
-    if !records.is_empty() && socket.may_send() {
-        assert_eq!(
-            socket.send_slice(&records).unwrap(),
-            records.len(),
-            "socket buffer too small"
-        );
-    }
-    let mut closed = false;
-    while socket.can_recv() {
-        let mut buf = vec![0u8; 16 * 1024];
-        let read = socket.recv_slice(&mut buf).unwrap_or(0);
-        if read == 0 {
-            break;
-        }
-        let mut input = &buf[..read];
-        while !input.is_empty() {
-            tls.read_tls(&mut input).unwrap();
-            tls.process_new_packets().unwrap();
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                match tls.reader().read(&mut chunk) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    closed
-}
 
 struct Setup {
     lab: Lab,

@@ -8,6 +8,8 @@
 pub mod ca;
 mod error;
 pub mod forge;
+pub mod grade;
+pub mod hello;
 pub mod keylog;
 pub mod session;
 pub mod trust;
@@ -15,6 +17,7 @@ pub mod trust;
 pub use ca::CertificateAuthority;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
+pub use grade::{Grade, LegGrade};
 pub use keylog::KeyLogFile;
 pub use session::{InvalidUpstream, Pending, Rejection, SessionInfo, TlsContext, TlsSession};
 pub use trust::UpstreamTrust;

@@ -7,16 +7,21 @@
 //! the same SNI and ALPN offer, judge the server's certificate, forge one
 //! with the same names, then finish the client's handshake offering exactly
 //! the ALPN protocol the server picked.
+//!
+//! Neither leg is made to look better than the other: the upstream offer
+//! has only the versions, suites and groups the client offered too (never
+//! weaker than the client's), and the client's leg speaks exactly the
+//! version the server chose, preferring a suite with the server's cipher
+//! (never stronger-looking than the server).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use rustls::client::{ClientConnectionData, ResolvesClientCert, UnbufferedClientConnection};
+use rustls::client::{ClientConnectionData, ResolvesClientCert, Resumption, UnbufferedClientConnection};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{
     Acceptor, ProducesTickets, ResolvesServerCert, ServerConnectionData, StoresServerSessions,
@@ -27,12 +32,17 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon, UnbufferedStatus,
     WriteTraffic,
 };
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{
+    AlertDescription, ClientConfig, NamedGroup, ProtocolVersion, ServerConfig, SupportedCipherSuite,
+    SupportedProtocolVersion,
+};
 use rustls_pki_types::{ServerName, UnixTime};
 use time::OffsetDateTime;
 
 use crate::error::MitmError;
 use crate::forge::{Forged, Forger, Trust};
+use crate::grade::{bulk_cipher, suite_name, LegGrade};
+use crate::hello::{client_offer, server_answer, ServerAnswer};
 use crate::keylog::KeyLogFile;
 use crate::trust::UpstreamTrust;
 
@@ -51,27 +61,58 @@ pub enum InvalidUpstream {
 /// client waits for the ServerHello, so only a few records are legitimate).
 const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
 
+/// The server's first bytes kept to tell why its handshake failed (an
+/// alert, or a ServerHello's version and suite, are in the first record).
+const SERVER_ANSWER_LIMIT: usize = 4096;
+
+/// The TLS versions the appliance speaks, newest first.
+const VERSIONS: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// What the client offered that shapes the upstream offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientOffer {
+    alpn: Vec<Vec<u8>>,
+    versions: Vec<ProtocolVersion>,
+    suites: Vec<rustls::CipherSuite>,
+    /// `None`: the client sent no supported_groups extension.
+    groups: Option<Vec<NamedGroup>>,
+}
+
+/// The upstream offer, as numbers, keying the upstream configurations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct UpstreamOffer {
+    alpn: Vec<Vec<u8>>,
+    versions: Vec<u16>,
+    suites: Vec<u16>,
+    groups: Vec<u16>,
+}
+
 /// What every session of one worker shares: the forger, the upstream trust,
 /// the rustls configurations and the session caches for resumption.
 pub struct TlsContext {
     forger: Forger,
     trust: UpstreamTrust,
     provider: Arc<CryptoProvider>,
-    upstream: Arc<ClientConfig>,
-    /// Upstream configurations by the ALPN offer they carry.
-    upstream_by_alpn: RefCell<BoundedCache<Vec<Vec<u8>>, ClientConfig>>,
-    /// Client-facing configurations by forged certificate and ALPN: every
-    /// connection to the same site shares one (a session holds it while
-    /// it lives, so sharing saves memory per idle connection).
-    client_facing: RefCell<BoundedCache<ForgedAndAlpn, ServerConfig>>,
+    /// The upstream sessions kept for resumption, shared by every upstream
+    /// configuration.
+    upstream_resumption: Resumption,
+    /// Upstream configurations by the offer they carry (ALPN, versions,
+    /// suites, groups).
+    upstream_configs: RefCell<BoundedCache<UpstreamOffer, ClientConfig>>,
+    /// Client-facing configurations by forged certificate, ALPN and the
+    /// server's version and suite: every connection to the same site
+    /// shares one (a session holds it while it lives, so sharing saves
+    /// memory per idle connection).
+    client_facing: RefCell<BoundedCache<ClientFacingKey, ServerConfig>>,
     server_sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
     invalid_upstream: InvalidUpstream,
     key_log: Option<Arc<KeyLogFile>>,
 }
 
-/// A forged certificate's fingerprint and the ALPN protocol chosen.
-type ForgedAndAlpn = (String, Option<Vec<u8>>);
+/// A forged certificate's fingerprint, the ALPN protocol chosen, and the
+/// version and suite the server gave (as numbers).
+type ClientFacingKey = (String, Option<Vec<u8>>, u16, u16);
 
 /// How many configurations each cache keeps before it starts again.
 const CONFIG_CACHE_ENTRIES: usize = 1024;
@@ -86,22 +127,13 @@ impl TlsContext {
         key_log: Option<Arc<KeyLogFile>>,
     ) -> Result<Self, MitmError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut upstream = ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| MitmError::Config(err.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(trust.deferred())
-            .with_client_cert_resolver(Arc::new(NoteClientCertRequest));
-        if let Some(key_log) = &key_log {
-            upstream.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
-        }
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| MitmError::Config(err.to_string()))?;
         Ok(TlsContext {
             forger,
             trust,
             provider,
-            upstream: Arc::new(upstream),
-            upstream_by_alpn: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
+            upstream_resumption: Resumption::default(),
+            upstream_configs: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
             client_facing: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
             server_sessions: rustls::server::ServerSessionMemoryCache::new(4096),
             ticketer,
@@ -114,29 +146,123 @@ impl TlsContext {
         &self.forger
     }
 
-    fn upstream_config(&self, alpn: &[Vec<u8>]) -> Arc<ClientConfig> {
-        if alpn.is_empty() {
-            return Arc::clone(&self.upstream);
+    /// The upstream configuration for a client's offer: only the versions,
+    /// suites and key-exchange groups of the appliance that the client
+    /// offered too, so the server is never offered anything weaker than
+    /// the client offered (all of the appliance's where the client offered
+    /// none of them: what rustls has is never weak). Also returns the
+    /// versions offered.
+    fn upstream_config(&self, client: &ClientOffer) -> Result<(Arc<ClientConfig>, Vec<ProtocolVersion>), MitmError> {
+        let mut versions: Vec<&'static SupportedProtocolVersion> = VERSIONS
+            .into_iter()
+            .filter(|ours| client.versions.contains(&ours.version))
+            .collect();
+        if versions.is_empty() {
+            versions = VERSIONS.to_vec();
         }
-        let cached = self.upstream_by_alpn.borrow_mut().get_or_insert(alpn.to_vec(), || {
-            let mut config = (*self.upstream).clone();
-            config.alpn_protocols = alpn.to_vec();
-            Ok::<_, Infallible>(config)
-        });
-        match cached {
-            Ok(config) => config,
-            Err(never) => match never {},
+        let of_versions = |suite: &&SupportedCipherSuite| versions.iter().any(|v| v.version == suite.version().version);
+        let mut suites: Vec<SupportedCipherSuite> = self
+            .provider
+            .cipher_suites
+            .iter()
+            .filter(of_versions)
+            .filter(|suite| client.suites.contains(&suite.suite()))
+            .copied()
+            .collect();
+        if suites.is_empty() {
+            suites = self
+                .provider
+                .cipher_suites
+                .iter()
+                .filter(of_versions)
+                .copied()
+                .collect();
         }
+        let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = self
+            .provider
+            .kx_groups
+            .iter()
+            .filter(|group| {
+                client
+                    .groups
+                    .as_ref()
+                    .is_none_or(|offered| offered.contains(&group.name()))
+            })
+            .copied()
+            .collect();
+        if groups.is_empty() {
+            groups = self.provider.kx_groups.clone();
+        }
+        let key = UpstreamOffer {
+            alpn: client.alpn.clone(),
+            versions: versions.iter().map(|v| u16::from(v.version)).collect(),
+            suites: suites.iter().map(|s| u16::from(s.suite())).collect(),
+            groups: groups.iter().map(|g| u16::from(g.name())).collect(),
+        };
+        let offered = versions.iter().map(|version| version.version).collect();
+        let config = self.upstream_configs.borrow_mut().get_or_insert(key, || {
+            let provider = CryptoProvider {
+                cipher_suites: suites,
+                kx_groups: groups,
+                ..(*self.provider).clone()
+            };
+            let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&versions)
+                .map_err(|err| MitmError::Config(err.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(self.trust.deferred())
+                .with_client_cert_resolver(Arc::new(NoteClientCertRequest));
+            config.alpn_protocols = client.alpn.clone();
+            config.resumption = self.upstream_resumption.clone();
+            if let Some(key_log) = &self.key_log {
+                config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+            }
+            Ok::<_, MitmError>(config)
+        })?;
+        Ok((config, offered))
     }
 
-    fn client_config(&self, forged: &Forged, alpn: Option<&[u8]>) -> Result<Arc<ServerConfig>, MitmError> {
-        let key = (forged.fingerprint.clone(), alpn.map(<[u8]>::to_vec));
+    /// The client-facing configuration: the forged certificate, the ALPN
+    /// protocol the server chose, and exactly the server's TLS version,
+    /// with the suites of that version that use the server's cipher first
+    /// (the appliance's order wins), so the client sees the server's
+    /// version and, whenever it supports it, the server's cipher.
+    fn client_config(
+        &self,
+        forged: &Forged,
+        alpn: Option<&[u8]>,
+        server: &LegGrade,
+    ) -> Result<Arc<ServerConfig>, MitmError> {
+        let key = (
+            forged.fingerprint.clone(),
+            alpn.map(<[u8]>::to_vec),
+            u16::from(server.version),
+            u16::from(server.suite),
+        );
         self.client_facing.borrow_mut().get_or_insert(key, || {
-            let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
-                .with_safe_default_protocol_versions()
+            let version = VERSIONS
+                .into_iter()
+                .find(|ours| ours.version == server.version)
+                .ok_or_else(|| MitmError::Config(format!("the server chose {:?}", server.version)))?;
+            let server_cipher = bulk_cipher(server.suite);
+            let mut suites: Vec<SupportedCipherSuite> = self
+                .provider
+                .cipher_suites
+                .iter()
+                .filter(|suite| suite.version().version == server.version)
+                .copied()
+                .collect();
+            suites.sort_by_key(|suite| bulk_cipher(suite.suite()) != server_cipher);
+            let provider = CryptoProvider {
+                cipher_suites: suites,
+                ..(*self.provider).clone()
+            };
+            let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[version])
                 .map_err(|err| MitmError::Config(err.to_string()))?
                 .with_no_client_auth()
                 .with_cert_resolver(Arc::new(FixedCert(Arc::clone(&forged.certified))));
+            config.ignore_client_order = true;
             config.alpn_protocols = alpn.map(|protocol| vec![protocol.to_vec()]).unwrap_or_default();
             config.session_storage = Arc::clone(&self.server_sessions);
             config.ticketer = Arc::clone(&self.ticketer);
@@ -230,6 +356,15 @@ pub struct SessionInfo {
     /// The real server asked for a client certificate (which the appliance
     /// cannot give; the handshake then usually fails).
     pub client_cert_requested: bool,
+    /// The ClientHello is the outer hello of Encrypted Client Hello (the
+    /// SNI is its public name).
+    pub ech_offered: bool,
+    /// Each leg's version and suite, graded (see [`crate::grade`]).
+    pub client_grade: Option<LegGrade>,
+    pub server_grade: Option<LegGrade>,
+    /// The server's handshake failed because it speaks only TLS the
+    /// appliance does not (below 1.2, or no ECDHE/AEAD suite): why.
+    pub legacy_upstream: Option<String>,
     pub plaintext_client_to_server: u64,
     pub plaintext_server_to_client: u64,
 }
@@ -238,9 +373,9 @@ enum Phase {
     /// Waiting for the whole ClientHello.
     Hello(Box<Acceptor>),
     /// The ClientHello is read; the caller decides (see [`TlsSession::pending`]).
-    /// Its ALPN offer is kept as sent, for the upstream ClientHello.
+    /// Its offer is kept, for the upstream ClientHello.
     Decide {
-        alpn: Vec<Vec<u8>>,
+        offer: ClientOffer,
     },
     /// The client's first bytes are not a usable ClientHello; the caller
     /// decides between bypass and block.
@@ -248,6 +383,8 @@ enum Phase {
     /// The client waits while the appliance talks to the real server.
     Upstream {
         upstream: Box<Leg<UnbufferedClientConnection>>,
+        /// The versions offered to the server.
+        offered: Vec<ProtocolVersion>,
     },
     /// Both handshakes running or done; plaintext is relayed.
     Established {
@@ -270,8 +407,13 @@ pub enum Rejection {
 /// What the caller has to decide on before the session goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
-    /// A ClientHello was read: intercept, bypass or block it.
-    Hello { sni: Option<String>, alpn: Vec<String> },
+    /// A ClientHello was read: intercept, bypass or block it. `ech`: it is
+    /// the outer hello of Encrypted Client Hello (`sni` is the public name).
+    Hello {
+        sni: Option<String>,
+        alpn: Vec<String>,
+        ech: bool,
+    },
     /// The client's bytes cannot be intercepted: bypass or block.
     Rejected(Rejection),
 }
@@ -287,6 +429,9 @@ pub struct TlsSession {
     /// and whatever followed it. Given back whole on a bypass; on
     /// interception, the forged-certificate handshake reads it again.
     client_bytes: Vec<u8>,
+    /// The server's first bytes, while its handshake runs (see
+    /// [`SERVER_ANSWER_LIMIT`]).
+    server_first: Vec<u8>,
     server_ip: IpAddr,
     to_client: Vec<u8>,
     to_server: Vec<u8>,
@@ -312,6 +457,7 @@ impl TlsSession {
         TlsSession {
             phase: Phase::Hello(Box::default()),
             client_bytes: Vec::new(),
+            server_first: Vec::new(),
             server_ip,
             to_client: Vec::new(),
             to_server: Vec::new(),
@@ -454,7 +600,7 @@ impl TlsSession {
     /// after [`TlsSession::release_empty_buffers`].
     pub fn buffer_capacity(&self) -> usize {
         let legs = match &self.phase {
-            Phase::Upstream { upstream } => upstream.buffer_capacity(),
+            Phase::Upstream { upstream, .. } => upstream.buffer_capacity() + self.server_first.capacity(),
             Phase::Established { client, upstream } => client.buffer_capacity() + upstream.buffer_capacity(),
             Phase::Hello(_) | Phase::Decide { .. } | Phase::Rejected(_) | Phase::Failed => 0,
         };
@@ -496,7 +642,17 @@ impl TlsSession {
                             .map(|offer| offer.map(<[u8]>::to_vec).collect())
                             .unwrap_or_default();
                         self.info.alpn_offered = alpn.iter().map(|p| protocol_name(p)).collect();
-                        self.phase = Phase::Decide { alpn };
+                        // rustls parsed the hello; what it does not expose
+                        // (versions, ECH) is read from the same bytes.
+                        let raw = client_offer(&self.client_bytes);
+                        self.info.ech_offered = raw.as_ref().is_some_and(|raw| raw.ech_outer);
+                        let offer = ClientOffer {
+                            alpn,
+                            versions: raw.map(|raw| raw.versions).unwrap_or_default(),
+                            suites: hello.cipher_suites().to_vec(),
+                            groups: hello.named_groups().map(<[NamedGroup]>::to_vec),
+                        };
+                        self.phase = Phase::Decide { offer };
                         Ok(())
                     }
                     Err((err, _alert)) => {
@@ -539,8 +695,11 @@ impl TlsSession {
     /// Feeds ciphertext from the server.
     pub fn from_server(&mut self, cx: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
         match &mut self.phase {
-            Phase::Upstream { upstream } => {
+            Phase::Upstream { upstream, offered } => {
                 upstream.incoming.extend_from_slice(data);
+                let room = SERVER_ANSWER_LIMIT.saturating_sub(self.server_first.len());
+                self.server_first
+                    .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
                 let driven = upstream.drive(&mut self.to_server, &mut self.plaintext_from_server);
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
@@ -548,6 +707,14 @@ impl TlsSession {
                 }
                 if let Err(err) = driven {
                     upstream.flush_alert(&mut self.to_server);
+                    let answer = server_answer(&self.server_first);
+                    if let Some(ServerAnswer::Hello { version, suite }) = answer {
+                        self.info.server_version = Some(format!("{version:?}"));
+                        self.info.server_cipher = Some(suite_name(suite));
+                        self.info.server_grade = Some(LegGrade::of(version, suite));
+                    }
+                    self.info.legacy_upstream = legacy_cause(&err, answer, offered);
+                    self.server_first = Vec::new();
                     self.phase = Phase::Failed;
                     return Err(MitmError::Server(err));
                 }
@@ -570,6 +737,7 @@ impl TlsSession {
             Phase::Decide { .. } => Some(Pending::Hello {
                 sni: self.info.sni.clone(),
                 alpn: self.info.alpn_offered.clone(),
+                ech: self.info.ech_offered,
             }),
             Phase::Rejected(rejection) => Some(Pending::Rejected(rejection.clone())),
             _ => None,
@@ -579,7 +747,7 @@ impl TlsSession {
     /// Goes on with the interception of a pending ClientHello.
     pub fn intercept(&mut self, cx: &TlsContext) -> Result<(), MitmError> {
         match std::mem::replace(&mut self.phase, Phase::Failed) {
-            Phase::Decide { alpn } => self.start_upstream(cx, &alpn),
+            Phase::Decide { offer } => self.start_upstream(cx, &offer),
             other => {
                 self.phase = other;
                 Err(MitmError::Config("nothing to intercept".into()))
@@ -594,28 +762,37 @@ impl TlsSession {
         std::mem::take(&mut self.client_bytes)
     }
 
-    fn start_upstream(&mut self, cx: &TlsContext, alpn: &[Vec<u8>]) -> Result<(), MitmError> {
+    fn start_upstream(&mut self, cx: &TlsContext, offer: &ClientOffer) -> Result<(), MitmError> {
         let name = match self.info.sni.clone().and_then(|sni| ServerName::try_from(sni).ok()) {
             Some(name) => name,
             None => ServerName::IpAddress(self.server_ip.into()),
         };
-        let upstream = UnbufferedClientConnection::new(cx.upstream_config(alpn), name).map_err(MitmError::Server)?;
+        let (config, offered) = cx.upstream_config(offer)?;
+        let upstream = UnbufferedClientConnection::new(config, name).map_err(MitmError::Server)?;
         let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
         upstream
             .drive(&mut self.to_server, &mut self.plaintext_from_server)
             .map_err(MitmError::Server)?;
-        self.phase = Phase::Upstream { upstream };
+        self.phase = Phase::Upstream { upstream, offered };
         Ok(())
     }
 
     fn finish_upstream(&mut self, cx: &mut TlsContext) -> Result<(), MitmError> {
-        let Phase::Upstream { upstream } = std::mem::replace(&mut self.phase, Phase::Failed) else {
+        let Phase::Upstream { upstream, .. } = std::mem::replace(&mut self.phase, Phase::Failed) else {
             return Ok(());
         };
+        self.server_first = Vec::new();
         let server = &upstream.conn;
         self.info.server_version = server.protocol_version().map(|v| format!("{v:?}"));
         self.info.resumed_server = matches!(server.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         self.info.server_cipher = server.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+        let (Some(version), Some(suite)) = (server.protocol_version(), server.negotiated_cipher_suite()) else {
+            return Err(MitmError::Config(
+                "the server's handshake ended without a version".into(),
+            ));
+        };
+        let server_grade = LegGrade::of(version, suite.suite());
+        self.info.server_grade = Some(server_grade);
         let chain = server.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
         let Some(leaf) = chain.first() else {
             return Err(MitmError::Forge("the server sent no certificate".into()));
@@ -643,7 +820,7 @@ impl TlsSession {
         self.info.forged_cache_hit = forged.cache_hit;
         let alpn = server.alpn_protocol().map(<[u8]>::to_vec);
         self.info.alpn = alpn.as_deref().map(protocol_name);
-        let config = cx.client_config(&forged, alpn.as_deref())?;
+        let config = cx.client_config(&forged, alpn.as_deref(), &server_grade)?;
         let client = UnbufferedServerConnection::new(config).map_err(MitmError::Client)?;
         // The client's leg starts from the ClientHello the acceptor read.
         let mut client = Box::new(Leg::new(client, std::mem::take(&mut self.client_bytes)));
@@ -705,8 +882,40 @@ impl TlsSession {
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()));
             self.info.resumed_client = matches!(client.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            self.info.client_grade = client
+                .conn
+                .protocol_version()
+                .zip(client.conn.negotiated_cipher_suite())
+                .map(|(version, suite)| LegGrade::of(version, suite.suite()));
         }
         Ok(())
+    }
+}
+
+/// Why a server's handshake failed, if the reason is that it speaks only
+/// TLS the appliance does not: a ServerHello below TLS 1.2, or a refusal
+/// (handshake_failure, protocol_version, insufficient_security) of an
+/// offer of `offered` with ECDHE and AEAD suites as its first answer.
+fn legacy_cause(err: &rustls::Error, answer: Option<ServerAnswer>, offered: &[ProtocolVersion]) -> Option<String> {
+    let refusal = matches!(
+        err,
+        rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure
+                | AlertDescription::ProtocolVersion
+                | AlertDescription::InsufficientSecurity
+        )
+    );
+    match answer? {
+        ServerAnswer::Hello { version, suite } if u16::from(version) < u16::from(ProtocolVersion::TLSv1_2) => Some(
+            format!(
+                "origin speaks only legacy TLS: its ServerHello chose {version:?} with {}",
+                suite_name(suite)
+            ),
+        ),
+        ServerAnswer::Alert(alert) if refusal => Some(format!(
+            "origin speaks only legacy TLS: it refused an offer of {offered:?} with ECDHE and AEAD suites ({alert:?} alert)"
+        )),
+        _ => None,
     }
 }
 

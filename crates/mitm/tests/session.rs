@@ -28,6 +28,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// An origin with a certificate for `names` from its own CA, valid from
 /// `not_before` to `not_after` relative to now (in days).
 fn origin(names: &[&str], valid_days: (i64, i64), alpn: &[&str]) -> Origin {
+    origin_with(names, valid_days, alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`origin`] speaking only `versions`.
+fn origin_with(
+    names: &[&str],
+    valid_days: (i64, i64),
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Origin {
     let now = OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::default();
@@ -50,7 +60,7 @@ fn origin(names: &[&str], valid_days: (i64, i64), alpn: &[&str]) -> Origin {
     let chain = vec![leaf.der().clone(), ca_cert.der().clone()];
     let key = leaf_key.serialize_der();
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
@@ -390,7 +400,8 @@ fn the_caller_decides_after_the_hello_and_can_bypass_with_the_raw_bytes() {
         session.pending(),
         Some(Pending::Hello {
             sni: Some("bank.test".into()),
-            alpn: vec!["h2".into()]
+            alpn: vec!["h2".into()],
+            ech: false,
         })
     );
     assert!(
@@ -681,4 +692,184 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
     );
     assert_eq!(session.info.plaintext_client_to_server, 23);
     assert_eq!(session.info.plaintext_server_to_client, 19);
+}
+
+/// The ClientHello the session sent upstream, read back.
+fn upstream_offer(session: &mut TlsSession) -> mitm::hello::HelloOffer {
+    mitm::hello::client_offer(session.to_server()).expect("an upstream ClientHello")
+}
+
+#[test]
+fn the_client_leg_mirrors_a_tls12_origin_and_both_legs_are_graded() {
+    let origin_side = origin_with(&["origin.test"], (-1, 30), &[], &[&rustls::version::TLS12]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    // The client offers TLS 1.3 and 1.2; the origin speaks only 1.2.
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(!client.is_handshaking());
+    assert_eq!(
+        client.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2),
+        "the client is shown the version the server gave"
+    );
+    let server_suite = origin.negotiated_cipher_suite().unwrap().suite();
+    let client_suite = client.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(
+        mitm::grade::bulk_cipher(client_suite),
+        mitm::grade::bulk_cipher(server_suite),
+        "the client leg uses the server's cipher"
+    );
+    let (server_grade, client_grade) = (session.info.server_grade.unwrap(), session.info.client_grade.unwrap());
+    assert_eq!(server_grade.version, rustls::ProtocolVersion::TLSv1_2);
+    assert_eq!(server_grade.suite, server_suite);
+    assert_eq!(client_grade.version, rustls::ProtocolVersion::TLSv1_2);
+    assert_eq!(client_grade.suite, client_suite);
+    for grade in [server_grade, client_grade] {
+        assert!(grade.forward_secrecy);
+        assert_eq!(grade.grade, mitm::Grade::A);
+    }
+}
+
+#[test]
+fn a_tls13_origin_gives_the_client_tls13_with_the_same_suite() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        client.negotiated_cipher_suite().unwrap().suite(),
+        origin.negotiated_cipher_suite().unwrap().suite()
+    );
+}
+
+#[test]
+fn the_upstream_offer_is_never_weaker_than_the_clients() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    // A TLS 1.3-only client offering one suite and one group.
+    let mut roots = RootCertStore::empty();
+    roots.add(app.ca_der.clone()).unwrap();
+    let ring = rustls::crypto::ring::default_provider();
+    let narrow = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384],
+        kx_groups: vec![rustls::crypto::ring::kx_group::SECP384R1],
+        ..ring
+    };
+    let config = ClientConfig::builder_with_provider(Arc::new(narrow))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut client = ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    session.from_client(&hello).unwrap();
+    session.intercept(&app.context).unwrap();
+    let offer = upstream_offer(&mut session);
+    assert_eq!(
+        offer.versions,
+        [rustls::ProtocolVersion::TLSv1_3],
+        "no TLS 1.2 upstream"
+    );
+    assert_eq!(
+        offer
+            .suites
+            .iter()
+            .filter(|suite| **suite != rustls::CipherSuite::TLS_EMPTY_RENEGOTIATION_INFO_SCSV)
+            .collect::<Vec<_>>(),
+        [&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384],
+        "only the client's suite"
+    );
+    // And the connection works through.
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut input = std::mem::take(session.to_server());
+    let mut slice = input.as_slice();
+    while !slice.is_empty() {
+        origin.read_tls(&mut slice).unwrap();
+    }
+    origin.process_new_packets().unwrap();
+    input.clear();
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert_eq!(
+        origin.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+
+    // A client offering both versions gets both upstream.
+    let mut client = client_with_all(&app.ca_der);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    session.from_client(&hello).unwrap();
+    session.intercept(&app.context).unwrap();
+    assert_eq!(
+        upstream_offer(&mut session).versions,
+        [rustls::ProtocolVersion::TLSv1_3, rustls::ProtocolVersion::TLSv1_2]
+    );
+}
+
+fn client_with_all(ca: &CertificateDer<'static>) -> ClientConnection {
+    client(ca, "origin.test", &[], rustls::ALL_VERSIONS)
+}
+
+/// Feeds the session's ClientHello to a fake server that answers `answer`;
+/// returns the session's error.
+fn legacy_origin_answers(answer: &[u8]) -> (TlsSession, String) {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client_with_all(&app.ca_der);
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    session.from_client(&hello).unwrap();
+    session.intercept(&app.context).unwrap();
+    assert!(!session.to_server().is_empty());
+    let err = session.from_server(&mut app.context, answer).unwrap_err().to_string();
+    assert_eq!(session.bypass(), hello, "the ClientHello is still there for a bypass");
+    (session, err)
+}
+
+#[test]
+fn an_origin_speaking_only_legacy_tls_is_named() {
+    // A TLS 1.2 server with only CBC suites answers our offer with
+    // handshake_failure.
+    let (session, err) = legacy_origin_answers(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+    assert!(err.contains("HandshakeFailure"), "{err}");
+    let cause = session.info.legacy_upstream.unwrap();
+    assert!(
+        cause.starts_with("origin speaks only legacy TLS: it refused an offer of [TLSv1_3, TLSv1_2]"),
+        "{cause}"
+    );
+    assert!(cause.contains("HandshakeFailure alert"), "{cause}");
+
+    // A TLS 1.0 server answers with a TLS 1.0 ServerHello.
+    let mut body = vec![0x03, 0x01];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0x00, 0x2f, 0x00]); // TLS_RSA_WITH_AES_128_CBC_SHA, null compression
+    let mut handshake = vec![0x02, 0x00, 0x00, body.len() as u8];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0x00, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    let (session, _) = legacy_origin_answers(&record);
+    assert_eq!(
+        session.info.legacy_upstream.as_deref(),
+        Some("origin speaks only legacy TLS: its ServerHello chose TLSv1_0 with TLS_RSA_WITH_AES_128_CBC_SHA")
+    );
+    let grade = session.info.server_grade.unwrap();
+    assert_eq!((grade.grade, grade.forward_secrecy), (mitm::Grade::C, false));
+
+    // Any other failure is not blamed on legacy TLS.
+    let (session, _) = legacy_origin_answers(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]);
+    assert_eq!(
+        session.info.legacy_upstream, None,
+        "unrecognized_name is no legacy sign"
+    );
 }

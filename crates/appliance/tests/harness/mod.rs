@@ -16,6 +16,8 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
+pub mod tls;
+
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 pub const CLIENT_V4: [u8; 4] = [198, 18, 0, 1];
@@ -426,18 +428,11 @@ impl Lab {
         mode: BoxMode,
         finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>,
     ) -> Lab {
-        let mut lab = Lab::new(policy);
         let (out_port, out_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x10]);
         let (in_port, in_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x11]);
-        let stats = lab.stats.clone();
-        let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
-        let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
-        lab.engine = finish(
-            Engine::new(client_port, server_port, stats, 32, policy, Instant::ZERO)
-                .with_inspection(out_port, in_port, settings),
-        );
-        lab.client_port = client_ctl;
-        lab.server_port = server_ctl;
+        let mut lab = Lab::with_engine(policy, |engine| {
+            finish(engine.with_inspection(out_port, in_port, settings))
+        });
         lab.inspection = Some(InspectionBox {
             out_port: out_ctl,
             in_port: in_ctl,
@@ -445,6 +440,25 @@ impl Lab {
             seen_up: Vec::new(),
             seen_down: Vec::new(),
         });
+        lab
+    }
+
+    /// A lab whose engine is finished by `finish` (TLS interception, a
+    /// connection log), without inspection ports.
+    pub fn with_engine(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
+        let mut lab = Lab::new(policy);
+        let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
+        let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
+        lab.engine = finish(Engine::new(
+            client_port,
+            server_port,
+            lab.stats.clone(),
+            32,
+            policy,
+            Instant::ZERO,
+        ));
+        lab.client_port = client_ctl;
+        lab.server_port = server_ctl;
         lab
     }
 
