@@ -10,7 +10,10 @@
 //! port `inspect_out` (as the client, with the original 5-tuple and MACs)
 //! and comes back through the box on a connection it accepts on
 //! `inspect_in` (as the server); what arrives there is what goes on. The box
-//! is authoritative: a reset on either loop leg resets the session.
+//! is authoritative: a reset on either loop leg resets the session. A box
+//! that dies under a session (a loop leg times out, a link goes down) fails
+//! it closed, or open: the session goes on directly from what the box had
+//! not passed back.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -193,7 +196,8 @@ struct Session {
 }
 
 /// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
-/// feeds it is not read (back-pressure across the TLS layer).
+/// feeds it is not read (back-pressure across the TLS layer); also what an
+/// [`InFlight`] record keeps.
 const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Counters of the splice layer.
@@ -1552,4 +1556,32 @@ fn hop(
         let _ = stack.close(to);
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InFlight, TLS_BACKLOG};
+
+    #[test]
+    fn an_in_flight_record_matches_by_count_and_keeps_at_most_its_bound() {
+        let mut record = InFlight::default();
+        record.entered(b"abcdef");
+        record.came_out(2);
+        assert_eq!(record.bytes, b"cdef");
+        // Room is bounded while the entry leg has unacknowledged bytes, and
+        // not once the box took everything.
+        assert_eq!(record.room(1), TLS_BACKLOG - 4);
+        assert_eq!(record.room(0), usize::MAX);
+        // Beyond the bound the oldest bytes make way, counted as lost...
+        record.entered(&vec![b'x'; TLS_BACKLOG]);
+        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG, 4));
+        assert_eq!(record.room(1), 0);
+        // ...and what comes out accounts for them first.
+        record.came_out(5);
+        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG - 1, 0));
+        // A box that gave back more than went in just empties the record.
+        record.came_out(2 * TLS_BACKLOG);
+        assert_eq!((record.bytes.len(), record.lost), (0, 0));
+        assert_eq!(record.bytes.capacity(), 0, "an empty record holds no memory");
+    }
 }

@@ -118,7 +118,9 @@ enum Death {
 }
 
 fn kill_box(lab: &mut Lab, death: Death) {
-    let inspection = lab.inspection.as_mut().unwrap();
+    let Some(inspection) = lab.inspection.as_mut() else {
+        return;
+    };
     inspection.mode = BoxMode::Stopped;
     if death == Death::LinkGoesDown {
         inspection.in_port.set_link_up(false);
