@@ -64,11 +64,13 @@ struct InspectionLoop {
 
 /// The bytes of one direction that went into the inspection loop and have
 /// not come out of its other leg yet, matched by count (what the box passes
-/// back takes the place of as many bytes as went in). At most
-/// [`TLS_BACKLOG`] are kept: the loop is fed beyond that only while its
-/// entry leg has nothing unacknowledged (the box took everything and holds
-/// it, or changed lengths); the oldest bytes then make way and are counted
-/// in `lost`, so a box that fails holding them cannot be failed open exactly.
+/// back takes the place of as many bytes as went in). The last
+/// [`TLS_BACKLOG`] bytes are kept, and the loop's entry leg is fed only up
+/// to that many unacknowledged bytes: so every byte the box has not
+/// acknowledged is here, and a transparent box (whose acknowledgements come
+/// from the exit leg) holds nothing else. Older bytes make way, counted in
+/// `lost`: a box that fails holding them (one that acknowledges and keeps
+/// bytes) cannot be failed open exactly.
 #[derive(Debug, Default)]
 struct InFlight {
     bytes: VecDeque<u8>,
@@ -77,14 +79,10 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// How much more the loop may be fed while its entry leg still has
+    /// How much more the loop may be fed while its entry leg has
     /// `unacknowledged` bytes.
-    fn room(&self, unacknowledged: usize) -> usize {
-        if unacknowledged == 0 {
-            usize::MAX
-        } else {
-            TLS_BACKLOG.saturating_sub(self.bytes.len() + self.lost)
-        }
+    fn room(unacknowledged: usize) -> usize {
+        TLS_BACKLOG.saturating_sub(unacknowledged)
     }
 
     fn entered(&mut self, bytes: &[u8]) {
@@ -394,7 +392,7 @@ fn feed_loop(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>, in_fli
     let Some(leg) = leg else {
         return false;
     };
-    let room = in_flight.room(stack.send_queue(leg).unwrap_or(0));
+    let room = InFlight::room(stack.send_queue(leg).unwrap_or(0));
     let offered = queue.get(..room).unwrap_or(queue);
     let sent = stack.send(leg, offered).unwrap_or(0);
     in_flight.entered(offered.get(..sent).unwrap_or_default());
@@ -1545,7 +1543,7 @@ fn hop(
     };
     let moved = match into_loop {
         Some(in_flight) => {
-            let room = in_flight.room(stack.send_queue(to).unwrap_or(0));
+            let room = InFlight::room(stack.send_queue(to).unwrap_or(0));
             stack.relay_tapped(from, to, room, |bytes| in_flight.entered(bytes))
         }
         None => stack.relay(from, to),
@@ -1568,14 +1566,12 @@ mod tests {
         record.entered(b"abcdef");
         record.came_out(2);
         assert_eq!(record.bytes, b"cdef");
-        // Room is bounded while the entry leg has unacknowledged bytes, and
-        // not once the box took everything.
-        assert_eq!(record.room(1), TLS_BACKLOG - 4);
-        assert_eq!(record.room(0), usize::MAX);
+        // The entry leg is fed up to the bound of unacknowledged bytes.
+        assert_eq!(InFlight::room(1_000), TLS_BACKLOG - 1_000);
+        assert_eq!(InFlight::room(2 * TLS_BACKLOG), 0);
         // Beyond the bound the oldest bytes make way, counted as lost...
         record.entered(&vec![b'x'; TLS_BACKLOG]);
         assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG, 4));
-        assert_eq!(record.room(1), 0);
         // ...and what comes out accounts for them first.
         record.came_out(5);
         assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG - 1, 0));

@@ -135,8 +135,17 @@ const DIES_AFTER: usize = 100_000;
 
 #[test]
 fn a_box_that_dies_mid_transfer_fails_open_and_the_transfer_finishes_byte_exact() {
-    for (port, death) in [(40_010, Death::Stops), (40_011, Death::LinkGoesDown)] {
-        let mut lab = lab(BoxMode::Pass, InspectFailure::FailOpen);
+    // With 128 KiB socket buffers more is in the loop than the appliance's
+    // 64 KiB record of it: the rest waits in the exit leg's buffer.
+    for (port, death, buffers) in [
+        (40_010, Death::Stops, 32 * 1024),
+        (40_011, Death::LinkGoesDown, 32 * 1024),
+        (40_012, Death::Stops, 128 * 1024),
+    ] {
+        let mut intercept = policy(&[PORT]);
+        intercept.stack.rx_buffer = buffers;
+        intercept.stack.tx_buffer = buffers;
+        let mut lab = Lab::with_inspection(&intercept, settings(InspectFailure::FailOpen), BoxMode::Pass);
         let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), port);
         let (up, down) = (pattern(LIVE_UP, 5), pattern(LIVE_DOWN, 6));
         let mut died_at = None;
@@ -194,9 +203,43 @@ fn a_box_that_dies_mid_transfer_fails_open_and_the_transfer_finishes_byte_exact(
 }
 
 #[test]
+fn a_box_that_dies_holding_more_than_the_appliance_keeps_still_fails_open_exactly() {
+    // 128 KiB socket buffers and a server that does not read yet: the loop
+    // fills (its exit leg's buffer holds far more than the appliance's
+    // 64 KiB record), then the box dies.
+    let mut intercept = policy(&[PORT]);
+    intercept.stack.rx_buffer = 128 * 1024;
+    intercept.stack.tx_buffer = 128 * 1024;
+    let mut lab = Lab::with_inspection(&intercept, settings(InspectFailure::FailOpen), BoxMode::Pass);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_014);
+    let up = pattern(600_000, 11);
+    let mut to_server = &up[..];
+    let mut nothing = Vec::new();
+    let filled = lab.run_until(5_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut nothing);
+        up.len() - to_server.len() >= 400_000 && lab.inspection.as_ref().unwrap().seen_up.len() >= 250_000
+    });
+    assert!(filled, "the loop filled: {} B sent", up.len() - to_server.len());
+    kill_box(&mut lab, Death::Stops);
+    let mut at_server = Vec::new();
+    let mut silent: &[u8] = b"";
+    let done = lab.run_until(10_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut nothing);
+        exchange(&mut lab.server, server, &mut silent, &mut at_server);
+        at_server.len() == up.len()
+    });
+    assert!(done, "{} of {} B arrived", at_server.len(), up.len());
+    assert!(at_server == up, "the upload arrived byte-exact");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_failed_open_live, counters.resets), (1, 0));
+    close_both(&mut lab, client, server);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
 fn a_box_that_dies_mid_transfer_fails_closed_by_resetting_both_ends() {
     let mut lab = lab(BoxMode::Pass, InspectFailure::FailClosed);
-    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_012);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_013);
     let (up, down) = (pattern(LIVE_UP, 7), pattern(LIVE_DOWN, 8));
     let (mut to_server, mut to_client) = (&up[..], &down[..]);
     let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
