@@ -300,9 +300,16 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
 
 #[test]
 fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() {
+    // The box's verdict, not its failure: fail_open blocks too.
+    for failure in [InspectFailure::FailClosed, InspectFailure::FailOpen] {
+        an_https_request_the_box_resets_is_blocked(failure);
+    }
+}
+
+fn an_https_request_the_box_resets_is_blocked(failure: InspectFailure) {
     let Setup {
         mut lab, ca, origin, ..
-    } = setup("tls-block", BoxMode::ResetOn(b"EVIL"));
+    } = setup_with("tls-block", BoxMode::ResetOn(b"EVIL"), &policy(&[443]), failure);
     let listener = lab.server.listen(443, 64 * 1024);
     let socket = lab.client.connect(v4(SERVER_V4, 443), 45_001, 64 * 1024);
     let mut client = client_tls(&ca);
@@ -325,8 +332,9 @@ fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() 
     assert!(reset, "the client was reset: {:?}", lab.client.tcp(socket).state());
     let handshaken_at = handshaken_at.expect("the TLS handshake completed first");
     assert!(lab.now - handshaken_at < Duration::from_millis(100), "promptly");
-    assert!(at_server.is_empty(), "nothing reached the origin");
-    assert_eq!(lab.engine.splicer().counters().inspect_blocked, 1);
+    assert!(at_server.is_empty(), "{failure:?}: nothing reached the origin");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_blocked, counters.inspect_failed_open), (1, 0));
 }
 
 #[test]
