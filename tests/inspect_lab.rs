@@ -365,6 +365,107 @@ fn a_stopped_box_or_a_dead_link_fails_closed_or_open_as_configured() {
     }
 }
 
+/// Waits up to 30 s until every one of `count` downloads under `downloads`
+/// (parallel_downloads' files) holds at least `bytes`; false if not.
+fn every_download_reached(downloads: &Path, count: usize, bytes: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let reached = (0..count)
+            .filter(|index| {
+                std::fs::metadata(downloads.join(format!("{index}.bin"))).is_ok_and(|file| file.len() >= bytes)
+            })
+            .count();
+        if reached == count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn with_fail_open_twenty_https_downloads_outlive_a_box_that_dies_mid_transfer() {
+    const DOWNLOADS: usize = 20;
+    let lab = Lab::up();
+    let scratch = Scratch::new("inspect-dies");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
+    let dir = box_dir(&scratch);
+    // The box stops (its bridge is gone: the loop legs go silent until
+    // tcp.timeout_ms, 10 s), or its links go down (the next link check).
+    for (death, args, note) in [
+        (
+            "stop",
+            ["stop", dir.as_str()].as_slice(),
+            "the box went silent on inspect_",
+        ),
+        (
+            "linkdown",
+            ["linkdown"].as_slice(),
+            "an inspection port's link went down",
+        ),
+    ] {
+        let run = Scratch::new(&format!("inspect-dies-{death}"));
+        let (config, ca) = inspect_config(&run, &origin, "fail_open");
+        inspect_box(&["bridge", &dir]);
+        let appliance = Appliance::start(&lab, &run, &config);
+        let downloads = run.path("downloads");
+        // 1 MiB each at 100 KB/s: the box dies once each got 128 KiB through
+        // it, about 9 s before the end.
+        let killed_mid_transfer = std::thread::scope(|scope| {
+            let killer = scope.spawn(|| {
+                let started = every_download_reached(&downloads, DOWNLOADS, 128 * 1024);
+                let unfinished = (0..DOWNLOADS).all(|index| {
+                    std::fs::metadata(downloads.join(format!("{index}.bin"))).is_ok_and(|f| f.len() < file.len() as u64)
+                });
+                if started {
+                    inspect_box(args);
+                }
+                started && unfinished
+            });
+            parallel_downloads(
+                &lab,
+                &ca,
+                &downloads,
+                DOWNLOADS,
+                &["--limit-rate", "100K", "--http1.1"],
+                |_| Vec::new(),
+                &file,
+            );
+            killer.join().expect("killer thread")
+        });
+        if death == "linkdown" {
+            inspect_box(&["linkup"]);
+        }
+        assert!(
+            killed_mid_transfer,
+            "{death}: the box died while every download was running"
+        );
+        let records = await_records(&run, DOWNLOADS);
+        assert_eq!(records.len(), DOWNLOADS, "{death}: {records:?}");
+        for record in &records {
+            let inspection = record["inspection"].as_str().unwrap_or("");
+            assert!(
+                inspection.starts_with("inspected, then fail-open: ") && inspection.contains(note),
+                "{death}: {record}"
+            );
+            assert_eq!(record["ended"], "closed", "{death}: {record}");
+        }
+        let (status, report, _) = appliance.stop();
+        assert!(status.success());
+        let tcp = &report["tcp"];
+        assert_eq!(tcp["inspected"], DOWNLOADS, "{death}: {report}");
+        assert_eq!(tcp["inspect_failed_open_live"], DOWNLOADS, "{death}: {report}");
+        assert_eq!(tcp["inspect_failed_open"], DOWNLOADS, "{death}: {report}");
+        assert_eq!(tcp["inspect_failed_closed"], 0, "{death}: {report}");
+        if death == "stop" {
+            assert!(tcp["inspect_unreturned_bytes"].as_u64() > Some(0), "{report}");
+        }
+    }
+    inspect_box(&["stop", &dir]);
+}
+
 #[test]
 #[ignore = "needs root and network namespaces: run scripts/test.sh"]
 fn a_hundred_concurrent_https_downloads_through_the_loop_are_byte_exact() {

@@ -348,8 +348,14 @@ impl fmt::Display for Report {
         if splice.inspected + splice.inspect_failed_open + splice.inspect_failed_closed > 0 {
             writeln!(
                 f,
-                "inspection: {} connections through the box, {} blocked by it; box unavailable: {} failed open, {} failed closed",
-                splice.inspected, splice.inspect_blocked, splice.inspect_failed_open, splice.inspect_failed_closed
+                "inspection: {} connections through the box, {} blocked by it; box unavailable: {} failed open \
+                 ({} live ones carried on, {} B the box had not passed back sent directly), {} failed closed",
+                splice.inspected,
+                splice.inspect_blocked,
+                splice.inspect_failed_open,
+                splice.inspect_failed_open_live,
+                splice.inspect_unreturned_bytes,
+                splice.inspect_failed_closed
             )?;
         }
         writeln!(

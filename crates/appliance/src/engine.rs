@@ -240,7 +240,7 @@ impl<P: Port> Engine<P> {
         if self.ports.len() == Side::ALL.len() && now >= self.next_link_check {
             self.next_link_check = now + LINK_CHECK_INTERVAL;
             let up = self.ports[2..].iter().all(|port| port.link() != dpdk::LinkState::Down);
-            self.splicer.set_inspection_links_up(up);
+            self.splicer.set_inspection_links_up(&mut self.stack, up, now);
         }
         let mut received = 0;
         for side in Side::ALL.into_iter().take(self.ports.len()) {

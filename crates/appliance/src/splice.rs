@@ -10,8 +10,12 @@
 //! port `inspect_out` (as the client, with the original 5-tuple and MACs)
 //! and comes back through the box on a connection it accepts on
 //! `inspect_in` (as the server); what arrives there is what goes on. The box
-//! is authoritative: a reset on either loop leg resets the session.
+//! is authoritative: a reset on either loop leg resets the session. A box
+//! that dies under a session (a loop leg times out, a link goes down) fails
+//! it closed, or open: the session goes on directly from what the box had
+//! not passed back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
@@ -51,6 +55,55 @@ struct InspectionLoop {
     /// FIN already passed into the loop, client side / server side.
     fin_to_out: bool,
     fin_to_back: bool,
+    /// What went into the loop and has not come back out: client → server
+    /// (into `out`, out of `back`) and server → client (into `back`, out of
+    /// `out`). Fail-open delivers it directly if the box dies.
+    up: InFlight,
+    down: InFlight,
+}
+
+/// The bytes of one direction that went into the inspection loop and have
+/// not come out of its other leg yet, matched by count (what the box passes
+/// back takes the place of as many bytes as went in). The last
+/// [`TLS_BACKLOG`] bytes are kept, and the loop's entry leg is fed only up
+/// to that many unacknowledged bytes: so every byte the box has not
+/// acknowledged is here, and a transparent box (whose acknowledgements come
+/// from the exit leg) holds nothing else. Older bytes make way, counted in
+/// `lost`: a box that fails holding them (one that acknowledges and keeps
+/// bytes) cannot be failed open exactly.
+#[derive(Debug, Default)]
+struct InFlight {
+    bytes: VecDeque<u8>,
+    /// Bytes older than `bytes` that went in and have not come out.
+    lost: usize,
+}
+
+impl InFlight {
+    /// How much more the loop may be fed while its entry leg has
+    /// `unacknowledged` bytes.
+    fn room(unacknowledged: usize) -> usize {
+        TLS_BACKLOG.saturating_sub(unacknowledged)
+    }
+
+    fn entered(&mut self, bytes: &[u8]) {
+        self.bytes.extend(bytes);
+        let excess = self.bytes.len().saturating_sub(TLS_BACKLOG);
+        self.bytes.drain(..excess);
+        self.lost += excess;
+    }
+
+    /// `count` bytes came out of the loop (a box that lengthened the stream
+    /// may give back more than went in: the record just empties).
+    fn came_out(&mut self, count: usize) {
+        let from_lost = count.min(self.lost);
+        self.lost -= from_lost;
+        let from_bytes = (count - from_lost).min(self.bytes.len());
+        self.bytes.drain(..from_bytes);
+        if self.bytes.is_empty() {
+            // Nothing in the loop: the memory goes back.
+            self.bytes = VecDeque::new();
+        }
+    }
 }
 
 /// How the inspection loop is run (from `[inspect]`).
@@ -85,7 +138,8 @@ impl Session {
             ended: None,
             tls_info: None,
             decision: None,
-            bypass_backlog: Vec::new(),
+            backlog_to_server: Vec::new(),
+            backlog_to_client: Vec::new(),
             replaced_server: None,
             logged: false,
         }
@@ -130,9 +184,11 @@ struct Session {
     tls_info: Option<SessionInfo>,
     /// The policy's decision, once made.
     decision: Option<Verdict>,
-    /// Client bytes read by the TLS layer before a bypass, still to be sent
-    /// to the server (before anything else the client sends).
-    bypass_backlog: Vec<u8>,
+    /// Bytes to relay directly before anything else the client / the server
+    /// sends: client bytes the TLS layer read before a bypass, or what an
+    /// inspection box that failed open had not passed back.
+    backlog_to_server: Vec<u8>,
+    backlog_to_client: Vec<u8>,
     /// A server leg being reset to make way for a fresh one (same
     /// 5-tuple), opened once this one is gone: the bypass of an origin
     /// that refused the appliance's TLS.
@@ -143,7 +199,8 @@ struct Session {
 }
 
 /// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
-/// feeds it is not read (back-pressure across the TLS layer).
+/// feeds it is not read (back-pressure across the TLS layer); also what an
+/// [`InFlight`] record keeps.
 const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Counters of the splice layer.
@@ -180,9 +237,16 @@ pub struct SpliceCounters {
     /// Sessions the box reset (or refused).
     pub inspect_blocked: u64,
     /// Sessions relayed without inspection / reset because the box did not
-    /// pass their SYN in time or an inspection port's link was down.
+    /// pass their SYN in time or an inspection port's link was down (or,
+    /// failing open, because the box died under them).
     pub inspect_failed_open: u64,
     pub inspect_failed_closed: u64,
+    /// Of `inspect_failed_open`: sessions already going through the box
+    /// when it died (its loop timed out, or a link went down), carried on
+    /// directly; and the bytes the box had taken and not passed back, which
+    /// went on directly.
+    pub inspect_failed_open_live: u64,
+    pub inspect_unreturned_bytes: u64,
     /// Legs (client, server, inspection) reset because the engine shut
     /// down while their connection was still open: one RST each.
     pub reset_at_shutdown: u64,
@@ -211,6 +275,8 @@ impl std::ops::AddAssign for SpliceCounters {
         self.inspect_blocked += other.inspect_blocked;
         self.inspect_failed_open += other.inspect_failed_open;
         self.inspect_failed_closed += other.inspect_failed_closed;
+        self.inspect_failed_open_live += other.inspect_failed_open_live;
+        self.inspect_unreturned_bytes += other.inspect_unreturned_bytes;
         self.reset_at_shutdown += other.reset_at_shutdown;
     }
 }
@@ -244,11 +310,10 @@ struct Shared {
 }
 
 /// The legs of a session the TLS pump moves bytes between.
-#[derive(Clone, Copy)]
 struct Legs<'a> {
     client: Option<FlowId>,
     server: Option<FlowId>,
-    inspection: Option<&'a InspectionLoop>,
+    inspection: Option<&'a mut InspectionLoop>,
 }
 
 /// Where a session's stream in the decrypted capture runs: client and
@@ -331,6 +396,58 @@ fn send_queued(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>) -> b
     let sent = stack.send(leg, queue).unwrap_or(0);
     queue.drain(..sent);
     sent > 0
+}
+
+/// Sends as much of `queue` into the loop leg `leg` as it takes and
+/// `in_flight` has room for, recording it there; true if anything went.
+fn feed_loop(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>, in_flight: &mut InFlight) -> bool {
+    let Some(leg) = leg else {
+        return false;
+    };
+    let room = InFlight::room(stack.send_queue(leg).unwrap_or(0));
+    let offered = queue.get(..room).unwrap_or(queue);
+    let sent = stack.send(leg, offered).unwrap_or(0);
+    in_flight.entered(offered.get(..sent).unwrap_or_default());
+    queue.drain(..sent);
+    sent > 0
+}
+
+/// One direction of a loop whose box died: what its `exit` leg still holds
+/// from the box, then what went in and has not come out (nothing more once
+/// the box passed the direction's end, `passed_end`). Returns those bytes
+/// and how many of them the box had not passed back; None if the record
+/// lost some of these (the box held more than it keeps).
+fn unreturned(
+    stack: &mut Stack,
+    exit: Option<FlowId>,
+    in_flight: &mut InFlight,
+    passed_end: bool,
+) -> Option<(Vec<u8>, usize)> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let read = receive(stack, exit, &mut buf);
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(buf.get(..read).unwrap_or_default());
+        in_flight.came_out(read);
+    }
+    if passed_end || exit.is_some_and(|exit| stack.peer_finished(exit) == Ok(true)) {
+        return Some((bytes, 0));
+    }
+    if in_flight.lost > 0 {
+        return None;
+    }
+    let held = in_flight.bytes.len();
+    bytes.extend(std::mem::take(&mut in_flight.bytes));
+    Some((bytes, held))
+}
+
+/// Puts `front` ahead of what `queue` holds.
+fn prepend(queue: &mut Vec<u8>, mut front: Vec<u8>) {
+    front.append(queue);
+    *queue = front;
 }
 
 /// Reads what `leg` received into `buf` (nothing from a leg that is gone).
@@ -506,6 +623,40 @@ fn open_replacement_server_leg(stack: &mut Stack, index: usize, session: &mut Se
     }
 }
 
+/// The box died under a live session that fails open: what it had not
+/// passed back goes into the session's direct path, ahead of anything
+/// newer. Returns how many bytes the box had not passed back; None if the
+/// loop's records lost some of them (the session cannot go on exactly).
+fn take_unreturned(stack: &mut Stack, session: &mut Session) -> Option<usize> {
+    let Some(inspection) = session.inspection.as_mut() else {
+        return Some(0);
+    };
+    let server_got_end = session.fin_to_server || session.close_notify_sent.0;
+    let client_got_end = session.fin_to_client || session.close_notify_sent.1;
+    let (up, up_held) = unreturned(stack, inspection.back, &mut inspection.up, server_got_end)?;
+    let (down, down_held) = unreturned(stack, inspection.out, &mut inspection.down, client_got_end)?;
+    match session.tls.as_deref_mut() {
+        Some(tls) => {
+            prepend(tls.plaintext_from_client(), up);
+            prepend(tls.plaintext_from_server(), down);
+        }
+        None => {
+            session.backlog_to_server.extend_from_slice(&up);
+            session.backlog_to_client.extend_from_slice(&down);
+        }
+    }
+    Some(up_held + down_held)
+}
+
+/// The inspection port a loop leg is on, for messages.
+fn loop_side(leg: Leg) -> &'static str {
+    if leg == Leg::InspectOut {
+        "inspect_out"
+    } else {
+        "inspect_in"
+    }
+}
+
 fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
     stack.peer_finished(flow).unwrap_or(true)
 }
@@ -546,9 +697,25 @@ impl Splicer {
     }
 
     /// Whether both inspection ports' links are up (new loops are only
-    /// tried while they are).
-    pub fn set_inspection_links_up(&mut self, up: bool) {
+    /// tried while they are). When they go down with `fail_open`, every
+    /// session through the box goes on without it at once.
+    pub fn set_inspection_links_up(&mut self, stack: &mut Stack, up: bool, now: Instant) {
+        let went_down = self.shared.inspection_links_up && !up;
         self.shared.inspection_links_up = up;
+        let fail_open = self
+            .shared
+            .inspection
+            .is_some_and(|settings| settings.failure == InspectFailure::FailOpen);
+        if !(went_down && fail_open) {
+            return;
+        }
+        for (index, session) in self.sessions.iter_mut() {
+            if session.inspection.is_some() && !session.failed {
+                self.shared
+                    .inspection_failed(stack, session, "an inspection port's link went down");
+                self.shared.pump(stack, index, session, now);
+            }
+        }
     }
 
     /// Logs a decision taken at the client's SYN (no session was opened).
@@ -866,23 +1033,50 @@ impl Shared {
         }
     }
 
-    /// The box cannot take a session: relay it uninspected (fail-open) or
-    /// reset it (fail-closed).
+    /// The box cannot take a session, or died under it: relay it
+    /// uninspected (fail-open; a live one goes on from what the box had
+    /// passed back, byte-exact) or reset it (fail-closed, or a live session
+    /// whose unreturned bytes were not all kept).
     fn inspection_failed(&mut self, stack: &mut Stack, session: &mut Session, reason: &str) {
-        discard_loop(stack, session);
         let failure = self.inspection.map(|settings| settings.failure).unwrap_or_default();
-        match failure {
-            InspectFailure::FailOpen => {
+        let live = session.inspection.as_ref().is_some_and(|l| l.connected);
+        let failed_open = match failure {
+            InspectFailure::FailOpen if live => take_unreturned(stack, session),
+            InspectFailure::FailOpen => Some(0),
+            InspectFailure::FailClosed => None,
+        };
+        discard_loop(stack, session);
+        match failed_open {
+            Some(unreturned) if live => {
+                self.counters.inspect_failed_open += 1;
+                self.counters.inspect_failed_open_live += 1;
+                self.counters.inspect_unreturned_bytes += unreturned as u64;
+                tracing::warn!(
+                    "inspection failed under a live connection ({reason}); relaying it on uninspected, \
+                     {unreturned} bytes the box had not passed back sent directly"
+                );
+                session.inspection_note = Some(format!("inspected, then fail-open: {reason}"));
+            }
+            Some(_) => {
                 self.counters.inspect_failed_open += 1;
                 tracing::warn!("inspection unavailable ({reason}); relaying a connection uninspected");
                 session.inspection_note = Some(format!("fail-open, not inspected: {reason}"));
             }
-            InspectFailure::FailClosed => {
+            None => {
                 self.counters.inspect_failed_closed += 1;
+                let reason = if live {
+                    format!("{reason}; the box held more than the {TLS_BACKLOG} bytes kept to fail open")
+                } else {
+                    reason.to_owned()
+                };
                 tracing::warn!("inspection unavailable ({reason}); resetting a connection");
                 session.inspection_note = Some(format!("fail-closed: {reason}"));
                 session.ended = Some("reset: inspection unavailable".into());
                 session.failed = true;
+                if live {
+                    self.end_tls(session);
+                    self.record_reset(session, false);
+                }
                 abort_all(stack, session);
             }
         }
@@ -1015,13 +1209,26 @@ impl Shared {
                 );
                 self.pump(stack, index, session, now);
             }
+            EventKind::TimedOut
+                if self
+                    .inspection
+                    .is_some_and(|settings| settings.failure == InspectFailure::FailOpen) =>
+            {
+                // The box went silent with bytes outstanding: it died.
+                let (side, waited) = (
+                    loop_side(leg),
+                    self.inspection.map_or(0, |settings| settings.timeout.total_millis()),
+                );
+                self.inspection_failed(
+                    stack,
+                    session,
+                    &format!("the box went silent on {side} for {waited} ms"),
+                );
+                self.pump(stack, index, session, now);
+            }
             EventKind::Reset | EventKind::TimedOut => {
                 // The box reset the connection (or let it die): it ends.
-                let side = if leg == Leg::InspectOut {
-                    "inspect_out"
-                } else {
-                    "inspect_in"
-                };
+                let side = loop_side(leg);
                 if event.kind == EventKind::Reset {
                     self.counters.inspect_blocked += 1;
                     session.inspection_note = Some(format!("blocked by the inspector (reset on {side})"));
@@ -1062,11 +1269,10 @@ impl Shared {
         let Legs {
             client,
             server,
-            inspection,
+            mut inspection,
         } = legs;
         let mut buf = [0u8; 16 * 1024];
         let was_established = tls.info.client_version.is_some();
-        let through_box = inspection.filter(|l| l.connected).map(|l| (l.out, l.back));
         for _ in 0..64 {
             // Both queues, always (no short-circuit).
             let mut progress =
@@ -1089,13 +1295,15 @@ impl Shared {
                     progress = true;
                 }
             }
-            match (through_box, inspection) {
-                (Some((out, back)), _) => {
-                    progress |= send_queued(stack, out, tls.plaintext_from_client())
-                        | send_queued(stack, back, tls.plaintext_from_server());
+            match inspection.as_deref_mut() {
+                Some(inspection) if inspection.connected => {
+                    let (out, back) = (inspection.out, inspection.back);
+                    progress |= feed_loop(stack, out, tls.plaintext_from_client(), &mut inspection.up)
+                        | feed_loop(stack, back, tls.plaintext_from_server(), &mut inspection.down);
                     if tls.to_server().len() < TLS_BACKLOG {
                         let read = receive(stack, back, &mut buf);
                         if read > 0 {
+                            inspection.up.came_out(read);
                             deliver_to_server(tls, tap, buf.get(..read).unwrap_or_default())?;
                             progress = true;
                         }
@@ -1103,14 +1311,15 @@ impl Shared {
                     if tls.to_client().len() < TLS_BACKLOG {
                         let read = receive(stack, out, &mut buf);
                         if read > 0 {
+                            inspection.down.came_out(read);
                             deliver_to_client(tls, tap, buf.get(..read).unwrap_or_default())?;
                             progress = true;
                         }
                     }
                 }
                 // The loop is still being opened: the plaintext waits.
-                (None, Some(_)) => {}
-                (None, None) => {
+                Some(_) => {}
+                None => {
                     if !tls.plaintext_from_client().is_empty() {
                         let plaintext = std::mem::take(tls.plaintext_from_client());
                         deliver_to_server(tls, tap, &plaintext)?;
@@ -1173,7 +1382,7 @@ impl Shared {
                 Legs {
                     client,
                     server,
-                    inspection: session.inspection.as_ref(),
+                    inspection: session.inspection.as_mut(),
                 },
                 &mut session.bytes,
                 &mut tap,
@@ -1208,7 +1417,7 @@ impl Shared {
                 }
                 Action::Bypass => {
                     self.counters.bypassed += 1;
-                    session.bypass_backlog = tls_session.bypass();
+                    session.backlog_to_server = tls_session.bypass();
                     break Ok(false);
                 }
                 Action::Block => {
@@ -1232,7 +1441,7 @@ impl Shared {
                 tracing::info!("{}: {}", verdict.action.name(), verdict.reason);
                 if verdict.action == Action::Bypass {
                     self.counters.bypassed += 1;
-                    session.bypass_backlog = tls_session.bypass();
+                    session.backlog_to_server = tls_session.bypass();
                 } else {
                     self.counters.blocked += 1;
                     session.ended = Some("blocked by policy".into());
@@ -1388,24 +1597,34 @@ impl Shared {
                 return;
             }
             let (out, back) = (inspection.out, inspection.back);
-            let up = hop(stack, client, out, &mut inspection.fin_to_out);
-            let down = hop(stack, server, back, &mut inspection.fin_to_back);
-            hop(stack, back, server, &mut session.fin_to_server);
-            hop(stack, out, client, &mut session.fin_to_client);
+            let up = hop(stack, client, out, Some(&mut inspection.up), &mut inspection.fin_to_out);
+            let down = hop(
+                stack,
+                server,
+                back,
+                Some(&mut inspection.down),
+                &mut inspection.fin_to_back,
+            );
+            let passed_up = hop(stack, back, server, None, &mut session.fin_to_server);
+            let passed_down = hop(stack, out, client, None, &mut session.fin_to_client);
+            inspection.up.came_out(passed_up as usize);
+            inspection.down.came_out(passed_down as usize);
             self.count(session, up, down);
             return;
         }
-        if let (Some(server), false) = (server, session.bypass_backlog.is_empty()) {
-            let sent = stack.send(server, &session.bypass_backlog).unwrap_or(0);
-            session.bypass_backlog.drain(..sent);
-        }
-        // The client's later bytes wait until the backlog went out.
-        let up = if session.bypass_backlog.is_empty() {
-            hop(stack, client, server, &mut session.fin_to_server)
+        send_queued(stack, server, &mut session.backlog_to_server);
+        send_queued(stack, client, &mut session.backlog_to_client);
+        // Each side's later bytes wait until its backlog went out.
+        let up = if session.backlog_to_server.is_empty() {
+            hop(stack, client, server, None, &mut session.fin_to_server)
         } else {
             0
         };
-        let down = hop(stack, server, client, &mut session.fin_to_client);
+        let down = if session.backlog_to_client.is_empty() {
+            hop(stack, server, client, None, &mut session.fin_to_client)
+        } else {
+            0
+        };
         self.count(session, up, down);
     }
 
@@ -1417,17 +1636,58 @@ impl Shared {
     }
 }
 
-/// Relays what `from` received into `to`, and passes FIN on once `from`'s
-/// peer finished and everything went (`fin_sent` records it); returns the
-/// bytes moved. Nothing happens while either leg is missing.
-fn hop(stack: &mut Stack, from: Option<FlowId>, to: Option<FlowId>, fin_sent: &mut bool) -> u64 {
+/// Relays what `from` received into `to` (recorded in `into_loop` when `to`
+/// feeds the inspection loop, and only as far as the record has room), and
+/// passes FIN on once `from`'s peer finished and everything went
+/// (`fin_sent` records it); returns the bytes moved. Nothing happens while
+/// either leg is missing.
+fn hop(
+    stack: &mut Stack,
+    from: Option<FlowId>,
+    to: Option<FlowId>,
+    into_loop: Option<&mut InFlight>,
+    fin_sent: &mut bool,
+) -> u64 {
     let (Some(from), Some(to)) = (from, to) else {
         return 0;
     };
-    let moved = stack.relay(from, to).unwrap_or(0) as u64;
+    let moved = match into_loop {
+        Some(in_flight) => {
+            let room = InFlight::room(stack.send_queue(to).unwrap_or(0));
+            stack.relay_tapped(from, to, room, |bytes| in_flight.entered(bytes))
+        }
+        None => stack.relay(from, to),
+    };
+    let moved = moved.unwrap_or(0) as u64;
     if !*fin_sent && stack.peer_finished(from).unwrap_or(false) {
         *fin_sent = true;
         let _ = stack.close(to);
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InFlight, TLS_BACKLOG};
+
+    #[test]
+    fn an_in_flight_record_matches_by_count_and_keeps_at_most_its_bound() {
+        let mut record = InFlight::default();
+        record.entered(b"abcdef");
+        record.came_out(2);
+        assert_eq!(record.bytes, b"cdef");
+        // The entry leg is fed up to the bound of unacknowledged bytes.
+        assert_eq!(InFlight::room(1_000), TLS_BACKLOG - 1_000);
+        assert_eq!(InFlight::room(2 * TLS_BACKLOG), 0);
+        // Beyond the bound the oldest bytes make way, counted as lost...
+        record.entered(&vec![b'x'; TLS_BACKLOG]);
+        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG, 4));
+        // ...and what comes out accounts for them first.
+        record.came_out(5);
+        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG - 1, 0));
+        // A box that gave back more than went in just empties the record.
+        record.came_out(2 * TLS_BACKLOG);
+        assert_eq!((record.bytes.len(), record.lost), (0, 0));
+        assert_eq!(record.bytes.capacity(), 0, "an empty record holds no memory");
+    }
 }

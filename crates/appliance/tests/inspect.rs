@@ -4,14 +4,18 @@
 //! is authoritative (what it changes is relayed changed, what it resets is
 //! reset on both legs), and a box that does not pass a connection's SYN, or
 //! an inspection port whose link is down, fails open or closed as
-//! configured. Plain TCP (mode "splice") is used here; TLS through the loop
+//! configured; failing open, a box that dies under a live connection leaves
+//! it to go on directly, byte-exact. Plain TCP (mode "splice") is used here; TLS through the loop
 //! is shown with real clients in the namespace lab.
 
 mod harness;
 
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
-use harness::{assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer, v4, BoxMode, Lab, SERVER_V4};
+use harness::{
+    assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer, transfer_with, v4, BoxMode, Lab,
+    SERVER_V4,
+};
 use netstack::Duration;
 use smoltcp::socket::tcp::State;
 
@@ -72,7 +76,14 @@ fn what_the_box_changes_is_what_the_other_side_gets() {
 
 #[test]
 fn a_connection_the_box_resets_is_reset_on_both_legs_promptly() {
-    let mut lab = lab(BoxMode::ResetOn(b"EVIL"), InspectFailure::FailClosed);
+    // A reset is the box's verdict, not its failure: fail_open blocks too.
+    for failure in [InspectFailure::FailClosed, InspectFailure::FailOpen] {
+        a_connection_the_box_resets_is_reset(failure);
+    }
+}
+
+fn a_connection_the_box_resets_is_reset(failure: InspectFailure) {
+    let mut lab = lab(BoxMode::ResetOn(b"EVIL"), failure);
     let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_002);
     let mut request: &[u8] = b"GET /EVIL HTTP/1.0\r\n\r\n";
     let mut nothing: &[u8] = b"";
@@ -90,10 +101,163 @@ fn a_connection_the_box_resets_is_reset_on_both_legs_promptly() {
     );
     assert!(
         at_server.is_empty(),
-        "nothing of the blocked request reached the server"
+        "{failure:?}: nothing of the blocked request reached the server"
     );
     let counters = lab.engine.splicer().counters();
-    assert_eq!(counters.inspect_blocked, 1);
+    assert_eq!((counters.inspect_blocked, counters.inspect_failed_open), (1, 0));
+    assert_no_leaks(&mut lab);
+}
+
+/// How an inspection box dies under live connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// It stops forwarding: the loop legs go silent.
+    Stops,
+    /// Its link goes down (and nothing crosses it any more).
+    LinkGoesDown,
+}
+
+fn kill_box(lab: &mut Lab, death: Death) {
+    let Some(inspection) = lab.inspection.as_mut() else {
+        return;
+    };
+    inspection.mode = BoxMode::Stopped;
+    if death == Death::LinkGoesDown {
+        inspection.in_port.set_link_up(false);
+    }
+}
+
+/// Bytes each way large enough that the box dies with plenty in flight.
+const LIVE_UP: usize = 300_000;
+const LIVE_DOWN: usize = 400_000;
+/// The box dies once this much arrived each way.
+const DIES_AFTER: usize = 100_000;
+
+#[test]
+fn a_box_that_dies_mid_transfer_fails_open_and_the_transfer_finishes_byte_exact() {
+    // With 128 KiB socket buffers more is in the loop than the appliance's
+    // 64 KiB record of it: the rest waits in the exit leg's buffer.
+    for (port, death, buffers) in [
+        (40_010, Death::Stops, 32 * 1024),
+        (40_011, Death::LinkGoesDown, 32 * 1024),
+        (40_012, Death::Stops, 128 * 1024),
+    ] {
+        let mut intercept = policy(&[PORT]);
+        intercept.stack.rx_buffer = buffers;
+        intercept.stack.tx_buffer = buffers;
+        let mut lab = Lab::with_inspection(&intercept, settings(InspectFailure::FailOpen), BoxMode::Pass);
+        let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), port);
+        let (up, down) = (pattern(LIVE_UP, 5), pattern(LIVE_DOWN, 6));
+        let mut died_at = None;
+        transfer_with(
+            &mut lab,
+            client,
+            server,
+            &up,
+            &down,
+            20_000,
+            |lab, (at_server, at_client)| {
+                if died_at.is_none() && at_server >= DIES_AFTER && at_client >= DIES_AFTER {
+                    died_at = Some(lab.now);
+                    kill_box(lab, death);
+                }
+            },
+        );
+        let died_at = died_at.expect("the box died mid-transfer");
+        // Noticed in bounded time: the loop legs' timeout (3 s) when the box
+        // goes silent, the next link check (100 ms) when its link goes down.
+        let noticed_within = match death {
+            Death::Stops => Duration::from_millis(3_000 + 1_000),
+            Death::LinkGoesDown => Duration::from_millis(1_000),
+        };
+        assert!(
+            lab.now - died_at < noticed_within,
+            "{death:?}: finished {:?} after the box died",
+            lab.now - died_at
+        );
+        let seen = lab.inspection.as_ref().unwrap().seen_up.len();
+        assert!(
+            seen < up.len(),
+            "{death:?}: the box saw only part of the upload ({seen} B)"
+        );
+        let counters = lab.engine.splicer().counters();
+        assert_eq!(
+            (
+                counters.inspected,
+                counters.inspect_failed_open,
+                counters.inspect_failed_open_live,
+                counters.inspect_blocked,
+                counters.resets
+            ),
+            (1, 1, 1, 0, 0),
+            "{death:?}"
+        );
+        if death == Death::Stops {
+            // It went silent with bytes it had not passed back: those went on
+            // directly (the link check may find the loop empty).
+            assert!(counters.inspect_unreturned_bytes > 0, "{counters:?}");
+        }
+        close_both(&mut lab, client, server);
+        assert_no_leaks(&mut lab);
+    }
+}
+
+#[test]
+fn a_box_that_dies_holding_more_than_the_appliance_keeps_still_fails_open_exactly() {
+    // 128 KiB socket buffers and a server that does not read yet: the loop
+    // fills (its exit leg's buffer holds far more than the appliance's
+    // 64 KiB record), then the box dies.
+    let mut intercept = policy(&[PORT]);
+    intercept.stack.rx_buffer = 128 * 1024;
+    intercept.stack.tx_buffer = 128 * 1024;
+    let mut lab = Lab::with_inspection(&intercept, settings(InspectFailure::FailOpen), BoxMode::Pass);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_014);
+    let up = pattern(600_000, 11);
+    let mut to_server = &up[..];
+    let mut nothing = Vec::new();
+    let filled = lab.run_until(5_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut nothing);
+        up.len() - to_server.len() >= 400_000 && lab.inspection.as_ref().unwrap().seen_up.len() >= 250_000
+    });
+    assert!(filled, "the loop filled: {} B sent", up.len() - to_server.len());
+    kill_box(&mut lab, Death::Stops);
+    let mut at_server = Vec::new();
+    let mut silent: &[u8] = b"";
+    let done = lab.run_until(10_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut nothing);
+        exchange(&mut lab.server, server, &mut silent, &mut at_server);
+        at_server.len() == up.len()
+    });
+    assert!(done, "{} of {} B arrived", at_server.len(), up.len());
+    assert!(at_server == up, "the upload arrived byte-exact");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_failed_open_live, counters.resets), (1, 0));
+    close_both(&mut lab, client, server);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
+fn a_box_that_dies_mid_transfer_fails_closed_by_resetting_both_ends() {
+    let mut lab = lab(BoxMode::Pass, InspectFailure::FailClosed);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_013);
+    let (up, down) = (pattern(LIVE_UP, 7), pattern(LIVE_DOWN, 8));
+    let (mut to_server, mut to_client) = (&up[..], &down[..]);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut dead = false;
+    let reset = lab.run_until(10_000, |lab| {
+        exchange(&mut lab.client, client, &mut to_server, &mut at_client);
+        exchange(&mut lab.server, server, &mut to_client, &mut at_server);
+        if !dead && at_server.len() >= DIES_AFTER && at_client.len() >= DIES_AFTER {
+            dead = true;
+            kill_box(lab, Death::Stops);
+        }
+        lab.client.tcp(client).state() == State::Closed && lab.server.tcp(server).state() == State::Closed
+    });
+    assert!(dead, "the box died mid-transfer");
+    assert!(reset, "both ends reset after the loop's timeout");
+    assert!(at_server.len() < up.len() && at_client.len() < down.len());
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspected, counters.inspect_failed_open), (1, 0));
     assert_no_leaks(&mut lab);
 }
 

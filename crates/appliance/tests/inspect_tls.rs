@@ -29,10 +29,15 @@ struct Setup {
 }
 
 fn setup(name: &str, mode: BoxMode) -> Setup {
-    setup_with(name, mode, &policy(&[443]))
+    setup_with(name, mode, &policy(&[443]), InspectFailure::FailClosed)
 }
 
-fn setup_with(name: &str, mode: BoxMode, intercept: &appliance::engine::InterceptPolicy) -> Setup {
+fn setup_with(
+    name: &str,
+    mode: BoxMode,
+    intercept: &appliance::engine::InterceptPolicy,
+    failure: InspectFailure,
+) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin();
     let (context, ca) = interception(&scratch, &origin_ca);
@@ -46,7 +51,7 @@ fn setup_with(name: &str, mode: BoxMode, intercept: &appliance::engine::Intercep
         .unwrap(),
     );
     let settings = InspectionSettings {
-        failure: InspectFailure::FailClosed,
+        failure,
         syn_timeout: Duration::from_millis(300),
         timeout: Duration::from_secs(3),
     };
@@ -172,9 +177,16 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
 
 #[test]
 fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() {
+    // The box's verdict, not its failure: fail_open blocks too.
+    for failure in [InspectFailure::FailClosed, InspectFailure::FailOpen] {
+        an_https_request_the_box_resets_is_blocked(failure);
+    }
+}
+
+fn an_https_request_the_box_resets_is_blocked(failure: InspectFailure) {
     let Setup {
         mut lab, ca, origin, ..
-    } = setup("tls-block", BoxMode::ResetOn(b"EVIL"));
+    } = setup_with("tls-block", BoxMode::ResetOn(b"EVIL"), &policy(&[443]), failure);
     let listener = lab.server.listen(443, 64 * 1024);
     let socket = lab.client.connect(v4(SERVER_V4, 443), 45_001, 64 * 1024);
     let mut client = client_tls(&ca);
@@ -197,8 +209,75 @@ fn an_https_request_the_box_resets_fails_at_once_and_never_reaches_the_server() 
     assert!(reset, "the client was reset: {:?}", lab.client.tcp(socket).state());
     let handshaken_at = handshaken_at.expect("the TLS handshake completed first");
     assert!(lab.now - handshaken_at < Duration::from_millis(100), "promptly");
-    assert!(at_server.is_empty(), "nothing reached the origin");
-    assert_eq!(lab.engine.splicer().counters().inspect_blocked, 1);
+    assert!(at_server.is_empty(), "{failure:?}: nothing reached the origin");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.inspect_blocked, counters.inspect_failed_open), (1, 0));
+}
+
+#[test]
+fn an_https_upload_and_download_outlive_a_box_that_dies_when_failing_open() {
+    for (port, failure) in [(45_020, InspectFailure::FailOpen), (45_021, InspectFailure::FailClosed)] {
+        let Setup {
+            mut lab, ca, origin, ..
+        } = setup_with("tls-box-dies", BoxMode::Pass, &policy(&[443]), failure);
+        let listener = lab.server.listen(443, 512 * 1024);
+        let socket = lab.client.connect(v4(SERVER_V4, 443), port, 512 * 1024);
+        let mut client = client_tls(&ca);
+        client.set_buffer_limit(None);
+        let mut server = ServerConnection::new(origin).unwrap();
+        server.set_buffer_limit(None);
+        let mut request = b"POST /upload HTTP/1.1\r\nContent-Length: 150000\r\n\r\n".to_vec();
+        request.extend_from_slice(&pattern(150_000, 9));
+        let mut response = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n".to_vec();
+        response.extend_from_slice(&pattern(300_000, 10));
+        client.writer().write_all(&request).unwrap();
+        let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+        let (mut answered, mut dead) = (false, false);
+        let ended = lab.run_until(15_000, |lab| {
+            if lab.client.tcp(socket).state() == State::Established {
+                drive(&mut lab.client, socket, &mut client, &mut at_client);
+            }
+            if lab.server.tcp(listener).state() == State::Established {
+                drive(&mut lab.server, listener, &mut server, &mut at_server);
+            }
+            if !at_server.is_empty() && !answered {
+                // The answer starts while the upload goes on.
+                answered = true;
+                server.writer().write_all(&response).unwrap();
+            }
+            if !dead && at_server.len() >= 40_000 && at_client.len() >= 40_000 {
+                dead = true;
+                lab.inspection.as_mut().unwrap().mode = BoxMode::Stopped;
+            }
+            let complete = at_server.len() == request.len() && at_client.len() == response.len();
+            complete || lab.client.tcp(socket).state() == State::Closed
+        });
+        assert!(
+            ended && dead,
+            "{failure:?}: the box died mid-transfer and the transfer ended"
+        );
+        let counters = lab.engine.splicer().counters();
+        assert_eq!((counters.inspected, counters.tls_intercepted), (1, 1));
+        match failure {
+            InspectFailure::FailOpen => {
+                assert!(at_server == request, "the upload arrived byte-exact");
+                assert!(at_client == response, "the download arrived byte-exact");
+                assert_eq!(
+                    (
+                        counters.inspect_failed_open_live,
+                        counters.inspect_blocked,
+                        counters.resets
+                    ),
+                    (1, 0, 0)
+                );
+                assert!(counters.inspect_unreturned_bytes > 0, "{counters:?}");
+            }
+            InspectFailure::FailClosed => {
+                assert!(at_server.len() < request.len() && at_client.len() < response.len());
+                assert_eq!(counters.inspect_failed_open, 0);
+            }
+        }
+    }
 }
 
 /// The (source, destination) ports of the RST segments among `frames`.
@@ -231,7 +310,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
     intercept.rules = Policy::new(&[bypass_non_tls], None, false).unwrap();
     let Setup {
         mut lab, ca, origin, ..
-    } = setup_with("tls-shutdown", BoxMode::Pass, &intercept);
+    } = setup_with("tls-shutdown", BoxMode::Pass, &intercept, InspectFailure::FailClosed);
 
     // An intercepted HTTPS connection through the box, left open.
     let tls_listener = lab.server.listen(443, 64 * 1024);

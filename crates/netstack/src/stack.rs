@@ -707,9 +707,26 @@ impl Stack {
         Ok(fin && socket.recv_queue() == 0)
     }
 
+    /// Bytes queued for sending and not yet acknowledged by the peer.
+    pub fn send_queue(&self, id: FlowId) -> Result<usize, StackError> {
+        Ok(self.flow(id)?.socket().send_queue())
+    }
+
     /// Moves as many bytes as fit from `from`'s receive buffer into `to`'s
     /// transmit buffer, without an intermediate copy; returns how many.
     pub fn relay(&mut self, from: FlowId, to: FlowId) -> Result<usize, StackError> {
+        self.relay_tapped(from, to, usize::MAX, |_| {})
+    }
+
+    /// Like [`Stack::relay`], moving at most `max` bytes and showing each
+    /// piece moved to `tap` (in order).
+    pub fn relay_tapped(
+        &mut self,
+        from: FlowId,
+        to: FlowId,
+        max: usize,
+        mut tap: impl FnMut(&[u8]),
+    ) -> Result<usize, StackError> {
         self.flow(from)?;
         self.flow(to)?;
         let (source, sink) = self
@@ -723,9 +740,12 @@ impl Stack {
             if !sink.may_send() {
                 break;
             }
+            let left = max.saturating_sub(moved);
             let step = source
                 .recv(|data| {
+                    let data = data.get(..left).unwrap_or(data);
                     let taken = sink.send_slice(data).unwrap_or(0);
+                    tap(data.get(..taken).unwrap_or_default());
                     (taken, taken)
                 })
                 .unwrap_or(0);

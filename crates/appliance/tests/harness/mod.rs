@@ -595,11 +595,26 @@ pub fn connect(lab: &mut Lab, server: IpEndpoint, local_port: u16) -> (SocketHan
 /// Sends `up` client→server and `down` server→client at once, then closes
 /// both ends; checks both arrive byte-exact.
 pub fn transfer(lab: &mut Lab, client: SocketHandle, server: SocketHandle, up: &[u8], down: &[u8], limit_ms: u64) {
+    transfer_with(lab, client, server, up, down, limit_ms, |_, _| {});
+}
+
+/// Like [`transfer`], calling `during` at every millisecond with the lab
+/// and how many bytes arrived at the server and at the client so far.
+pub fn transfer_with(
+    lab: &mut Lab,
+    client: SocketHandle,
+    server: SocketHandle,
+    up: &[u8],
+    down: &[u8],
+    limit_ms: u64,
+    mut during: impl FnMut(&mut Lab, (usize, usize)),
+) {
     let (mut to_server, mut to_client) = (up, down);
     let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
     let done = lab.run_until(limit_ms, |lab| {
         exchange(&mut lab.client, client, &mut to_server, &mut at_client);
         exchange(&mut lab.server, server, &mut to_client, &mut at_server);
+        during(lab, (at_server.len(), at_client.len()));
         at_server.len() == up.len() && at_client.len() == down.len()
     });
     assert!(
