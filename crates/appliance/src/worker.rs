@@ -55,6 +55,11 @@ impl IdleBackoff {
     }
 }
 
+/// The engine clock that started at `epoch`, now.
+pub fn engine_clock(epoch: Instant) -> netstack::Instant {
+    netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Polls an engine and accounts each poll's time to a worker's counters,
 /// sleeping as [`IdleBackoff`] says when there is nothing to do.
 pub struct TimedPoller<'a> {
@@ -83,6 +88,13 @@ impl<'a> TimedPoller<'a> {
         }
     }
 
+    /// Runs the engine clock from `epoch` instead of from now, so that
+    /// every worker (and the control thread) reads one clock.
+    pub fn with_epoch(mut self, epoch: Instant) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     /// Counts the frames this worker hands to other workers on the ports
     /// of `handoffs` (it distributes them) as work: a poll that only handed
     /// frames over is busy, and does not lead to sleep, or the other
@@ -104,10 +116,10 @@ impl<'a> TimedPoller<'a> {
         usize::try_from(since).unwrap_or(usize::MAX)
     }
 
-    /// The engine clock: time since this poller was made (engines made
-    /// at the same moment start at `netstack::Instant::ZERO`).
+    /// The engine clock: time since this poller was made, or since the
+    /// epoch it was given.
     pub fn now(&self) -> netstack::Instant {
-        netstack::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+        engine_clock(self.epoch)
     }
 
     /// One poll of `engine` (and a sleep if idle); returns the frames
