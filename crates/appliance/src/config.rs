@@ -649,8 +649,16 @@ impl Config {
                 format!("{} is out of range 1..=1000000", tls.learned_max_entries),
             ));
         }
-        if self.control.socket.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
-            return Err(invalid("control.socket", "give the path of a Unix domain socket".into()));
+        if self
+            .control
+            .socket
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "control.socket",
+                "give the path of a Unix domain socket".into(),
+            ));
         }
         self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
@@ -826,7 +834,12 @@ device = "net_af_packet1,iface=gws0"
         let defaults = parse(MINIMAL).expect("valid");
         let tls = &defaults.tls;
         assert_eq!(
-            (tls.fail_open_after, tls.fail_open_window_secs, tls.learned_ttl_secs, tls.learned_max_entries),
+            (
+                tls.fail_open_after,
+                tls.fail_open_window_secs,
+                tls.learned_ttl_secs,
+                tls.learned_max_entries
+            ),
             (3, 60, 3_600, 10_000)
         );
         assert_eq!(defaults.control.socket, None);

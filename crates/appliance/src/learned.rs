@@ -303,9 +303,9 @@ impl LearnedStore {
                 "learned fail-open: {} distinct clients rejected the forged certificate for {destination}",
                 self.settings.fail_open_clients
             ),
-            Learned::ClientAuth => format!(
-                "learned: {destination} asks for a client certificate, which the appliance cannot present"
-            ),
+            Learned::ClientAuth => {
+                format!("learned: {destination} asks for a client certificate, which the appliance cannot present")
+            }
         };
         let entry = LearnedEntry {
             destination: destination.clone(),
@@ -344,11 +344,10 @@ impl LearnedStore {
                 rejections.len()
             }
             None => {
-                tables.totals.pending_evicted += tables.pending.insert(
-                    destination.clone(),
-                    vec![(client, now)],
-                    now.saturating_add(window),
-                );
+                tables.totals.pending_evicted +=
+                    tables
+                        .pending
+                        .insert(destination.clone(), vec![(client, now)], now.saturating_add(window));
                 1
             }
         };
@@ -369,7 +368,12 @@ impl LearnedStore {
         let mut tables = self.tables();
         tables.expire(now.total_millis());
         tables.refresh_gauges();
-        let mut entries: Vec<LearnedEntry> = tables.bypassed.entries.values().map(|slot| slot.value.clone()).collect();
+        let mut entries: Vec<LearnedEntry> = tables
+            .bypassed
+            .entries
+            .values()
+            .map(|slot| slot.value.clone())
+            .collect();
         entries.sort_by(|a, b| (a.expires_ms, &a.destination).cmp(&(b.expires_ms, &b.destination)));
         entries
     }
@@ -441,7 +445,10 @@ mod tests {
         let learned = store.record_rejection(bank("198.18.0.2"), client(5), at(71)).unwrap();
         assert_eq!(learned.why, Learned::FailOpen);
         assert_eq!(learned.destination.name, "bank.test");
-        assert!(store.bypassed(&bank("198.18.0.2"), at(71)).unwrap().contains("3 distinct clients"));
+        assert!(store
+            .bypassed(&bank("198.18.0.2"), at(71))
+            .unwrap()
+            .contains("3 distinct clients"));
         assert_eq!(store.bypassed(&bank("198.18.0.9"), at(71)), None);
         let totals = store.totals();
         // The other destination's lone rejection (second 11) was forgotten.
@@ -458,7 +465,10 @@ mod tests {
         let store = store(1_000);
         let kept = Destination::new("kept.test", "198.18.0.2".parse().unwrap(), 443);
         assert!(store.learn(kept.clone(), Learned::ClientAuth, at(0)).is_some());
-        assert!(store.learn(kept.clone(), Learned::ClientAuth, at(0)).is_none(), "learned once");
+        assert!(
+            store.learn(kept.clone(), Learned::ClientAuth, at(0)).is_none(),
+            "learned once"
+        );
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for i in 0..100_000u64 {
             seed ^= seed << 13;
@@ -499,9 +509,16 @@ mod tests {
         }
         let other = Destination::new("other.test", "198.18.0.2".parse().unwrap(), 443);
         store.learn(other.clone(), Learned::ClientAuth, at(0));
-        store.record_rejection(Destination::new("bank.test", "198.18.0.4".parse().unwrap(), 443), client(1), at(0));
+        store.record_rejection(
+            Destination::new("bank.test", "198.18.0.4".parse().unwrap(), 443),
+            client(1),
+            at(0),
+        );
         assert_eq!(store.clear(Some("BANK.test")), 2);
-        assert_eq!(store.list(at(1)).iter().map(|e| &e.destination).collect::<Vec<_>>(), [&other]);
+        assert_eq!(
+            store.list(at(1)).iter().map(|e| &e.destination).collect::<Vec<_>>(),
+            [&other]
+        );
         assert_eq!(store.totals().pending_live, 0, "its rejections are forgotten too");
         assert_eq!(store.clear(None), 1);
         let totals = store.totals();

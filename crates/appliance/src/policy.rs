@@ -464,8 +464,16 @@ mod tests {
         }
         let verdict = policy.at_hello(&t, Some("MTLS.test"), at);
         assert_eq!(verdict.action, Action::Bypass);
-        assert!(verdict.reason.contains("mtls.test at 198.18.0.2:443"), "{}", verdict.reason);
-        assert_eq!(policy.at_hello(&t, Some("blocked.test"), at).action, Action::Block, "rules first");
+        assert!(
+            verdict.reason.contains("mtls.test at 198.18.0.2:443"),
+            "{}",
+            verdict.reason
+        );
+        assert_eq!(
+            policy.at_hello(&t, Some("blocked.test"), at).action,
+            Action::Block,
+            "rules first"
+        );
         for other in [tuple("198.18.0.9", 443), tuple("198.18.0.2", 8443)] {
             assert_eq!(policy.at_hello(&other, Some("mtls.test"), at).action, Action::Intercept);
         }

@@ -6,19 +6,19 @@
 
 mod harness;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use appliance::capture::{CaptureSettings, DecryptedCapture};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
-use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Host, Lab, SERVER_V4};
+use harness::tls::{drive, provider};
+use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use netstack::Duration;
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 
 /// A scratch directory removed when dropped.
@@ -37,10 +37,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The origin's TLS configuration and the PEM of its CA.
@@ -93,53 +89,6 @@ fn client_tls(ca: &CertificateDer<'static>) -> ClientConnection {
         .with_root_certificates(roots)
         .with_no_client_auth();
     ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap()
-}
-
-/// Moves TLS records between a rustls connection and a host socket, and
-/// collects the plaintext it yields; true once the peer's close_notify came.
-fn drive<D: rustls::SideData>(
-    host: &mut Host,
-    socket: SocketHandle,
-    tls: &mut rustls::ConnectionCommon<D>,
-    plaintext: &mut Vec<u8>,
-) -> bool {
-    let socket = host.tcp(socket);
-    let mut records = Vec::new();
-    while tls.wants_write() {
-        tls.write_tls(&mut records).unwrap();
-    }
-    if !records.is_empty() && socket.may_send() {
-        assert_eq!(
-            socket.send_slice(&records).unwrap(),
-            records.len(),
-            "socket buffer too small"
-        );
-    }
-    let mut closed = false;
-    while socket.can_recv() {
-        let mut buf = vec![0u8; 16 * 1024];
-        let read = socket.recv_slice(&mut buf).unwrap_or(0);
-        if read == 0 {
-            break;
-        }
-        let mut input = &buf[..read];
-        while !input.is_empty() {
-            tls.read_tls(&mut input).unwrap();
-            tls.process_new_packets().unwrap();
-            let mut chunk = [0u8; 16 * 1024];
-            loop {
-                match tls.reader().read(&mut chunk) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => plaintext.extend_from_slice(&chunk[..n]),
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    closed
 }
 
 struct Setup {

@@ -4,6 +4,8 @@
 //! links that can lose and reorder frames. No DPDK, no root, deterministic.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 
 use appliance::counters::PortTotals;
@@ -117,6 +119,26 @@ impl Host {
         self.sockets
             .get_mut::<tcp::Socket>(handle)
             .connect(cx, remote, local_port)
+            .unwrap();
+        handle
+    }
+
+    /// A second IPv4 address (in 198.18.0.0/24) in place of the IPv6 one
+    /// (smoltcp holds two), so that the host can act as a second client.
+    pub fn second_v4_for_v6(&mut self, v4: [u8; 4]) {
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.retain(|cidr| matches!(cidr, IpCidr::Ipv4(_)));
+            addrs.push(IpCidr::new(IpAddress::Ipv4(v4.into()), 24)).unwrap();
+        });
+    }
+
+    /// Connects from one of the host's addresses.
+    pub fn connect_from(&mut self, remote: IpEndpoint, local: IpEndpoint, buffer: usize) -> SocketHandle {
+        let handle = self.socket(buffer);
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, remote, local)
             .unwrap();
         handle
     }
@@ -392,10 +414,23 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
 
 impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
+        Lab::with_engine(policy, |engine| engine)
+    }
+
+    /// Like [`Lab::new`], with the engine finished by `finish` (TLS
+    /// interception, say).
+    pub fn with_engine(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
         let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
-        let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
+        let engine = finish(Engine::new(
+            client_port,
+            server_port,
+            stats.clone(),
+            32,
+            policy,
+            Instant::ZERO,
+        ));
         Lab {
             now: Instant::ZERO,
             client: Host::new(CLIENT_MAC, CLIENT_V4, CLIENT_V6, 0x1111),
