@@ -17,7 +17,7 @@ use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, 
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
-use crate::worker::{run_worker, supervise, TimedPoller};
+use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -146,8 +146,8 @@ pub struct Dataplane {
     /// The process's resident memory when stop was requested, before the
     /// workers let go of their connections (set by [`Dataplane::run`]).
     rss_at_stop: Option<u64>,
-    /// The origin of every worker's engine clock (see [`Dataplane::clock`]).
-    epoch: Instant,
+    /// Every worker's engine clock (see [`Dataplane::clock`]).
+    clock: EngineClock,
 }
 
 /// What every worker's engine shares: logs, the decrypted capture, and
@@ -369,7 +369,7 @@ impl Dataplane {
             connection_log,
             capture,
             rss_at_stop: None,
-            epoch: Instant::now(),
+            clock: EngineClock::start(),
         })
     }
 
@@ -412,7 +412,7 @@ impl Dataplane {
         let max_sleep = self.max_sleep;
         let burst_size = self.burst_size;
         let policy = self.policy.clone();
-        let epoch = self.epoch;
+        let clock = self.clock;
         let eal = Arc::clone(&self.eal);
         let outputs = self.outputs();
         // What the workers obey: set by the control thread once it has
@@ -449,7 +449,7 @@ impl Dataplane {
                             }
                         }
                         let mut poller = TimedPoller::new(&stats, max_sleep)
-                            .with_epoch(epoch)
+                            .with_clock(clock)
                             .with_handoffs(handoffs);
                         let now = poller.now();
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
@@ -519,9 +519,9 @@ impl Dataplane {
         Arc::clone(self.policy.rules.learned())
     }
 
-    /// The engine clock the workers of [`Dataplane::run`] read, now.
-    pub fn clock(&self) -> netstack::Instant {
-        crate::worker::engine_clock(self.epoch)
+    /// The engine clock the workers of [`Dataplane::run`] read.
+    pub fn clock(&self) -> EngineClock {
+        self.clock
     }
 
     /// Per port (in [`Side`] order), what worker 0 did with the frames of a

@@ -55,9 +55,18 @@ impl IdleBackoff {
     }
 }
 
-/// The engine clock that started at `epoch`, now.
-pub fn engine_clock(epoch: Instant) -> netstack::Instant {
-    netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+/// The engines' clock: time since it started, as `netstack::Instant`.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineClock(Instant);
+
+impl EngineClock {
+    pub fn start() -> Self {
+        EngineClock(Instant::now())
+    }
+
+    pub fn now(&self) -> netstack::Instant {
+        netstack::Instant::from_micros(i64::try_from(self.0.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
 }
 
 /// Polls an engine and accounts each poll's time to a worker's counters,
@@ -66,8 +75,8 @@ pub struct TimedPoller<'a> {
     stats: &'a WorkerStats,
     backoff: IdleBackoff,
     started: Instant,
-    /// The origin of the engine's clock.
-    epoch: Instant,
+    /// The engine's clock.
+    clock: EngineClock,
     /// The ports this worker distributes to the others (software
     /// distribution): frames it hands over are work too.
     handoffs: Vec<Arc<DistributionStats>>,
@@ -82,16 +91,16 @@ impl<'a> TimedPoller<'a> {
             stats,
             backoff: IdleBackoff::new(max_sleep),
             started: now,
-            epoch: now,
+            clock: EngineClock(now),
             handoffs: Vec::new(),
             moved: 0,
         }
     }
 
-    /// Runs the engine clock from `epoch` instead of from now, so that
-    /// every worker (and the control thread) reads one clock.
-    pub fn with_epoch(mut self, epoch: Instant) -> Self {
-        self.epoch = epoch;
+    /// Reads `clock` instead of a clock started now, so that every worker
+    /// (and the control thread) reads one clock.
+    pub fn with_clock(mut self, clock: EngineClock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -119,7 +128,7 @@ impl<'a> TimedPoller<'a> {
     /// The engine clock: time since this poller was made, or since the
     /// epoch it was given.
     pub fn now(&self) -> netstack::Instant {
-        engine_clock(self.epoch)
+        self.clock.now()
     }
 
     /// One poll of `engine` (and a sleep if idle); returns the frames
