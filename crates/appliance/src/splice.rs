@@ -1184,7 +1184,7 @@ impl Shared {
     /// shown the mirror certificate (which it is meant to reject), teach
     /// nothing. Returns what was learned, logged.
     fn learn_from_failure(
-        &mut self,
+        &self,
         tls_session: &TlsSession,
         err: &MitmError,
         tuple: &FlowTuple,
