@@ -457,6 +457,8 @@ mod tests {
         }];
         let learned = Arc::new(LearnedStore::default());
         let policy = Policy::new(&rules, Arc::clone(&learned), true).unwrap();
+        // Every worker has its own copy of the policy; they share what is learned.
+        let other_worker = policy.clone();
         let at = Instant::ZERO;
         let t = tuple("198.18.0.2", 443);
         for name in ["mtls.test", "blocked.test"] {
@@ -469,6 +471,7 @@ mod tests {
             "{}",
             verdict.reason
         );
+        assert_eq!(other_worker.at_hello(&t, Some("mtls.test"), at).action, Action::Bypass);
         assert_eq!(
             policy.at_hello(&t, Some("blocked.test"), at).action,
             Action::Block,

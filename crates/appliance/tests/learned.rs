@@ -323,3 +323,25 @@ fn one_client_rejecting_or_any_number_rejecting_the_mirror_does_not_fail_open() 
     assert_eq!((learned.live, learned.added_fail_open, learned.pending_live), (1, 1, 0));
     assert!(s.connect(1, 443, "bank.test", &pinning, &bank).is_ok(), "bypassed now");
 }
+
+#[test]
+fn a_full_table_forgets_the_least_recently_used_destination() {
+    let two_entries = LearnedSettings {
+        max_entries: 2,
+        ..LearnedSettings::default()
+    };
+    let mut s = setup("bounded", InvalidUpstream::Refuse, two_entries);
+    let appliance_ca = s.appliance_ca.clone();
+    let real_roots = s.real.roots();
+    // Three real mTLS servers (by name, at 8443) in turn: each is learned.
+    for name in ["a.test", "b.test", "c.test"] {
+        let _ = s.connect(1, 8443, name, &appliance_ca, &s.real.origin(name, true));
+    }
+    let learned = s.learned();
+    assert_eq!((learned.live, learned.added_client_auth, learned.evicted), (2, 3, 1));
+    // The oldest went: intercepted again; the newest is still bypassed.
+    assert!(s.intercepted(1, 8443, "a.test", &s.real.origin("a.test", false)));
+    assert!(s
+        .connect(1, 8443, "c.test", &real_roots, &s.real.origin("c.test", false))
+        .is_ok());
+}
