@@ -94,3 +94,32 @@ device = "net_null1"
         "{stderr}"
     );
 }
+
+#[test]
+fn learned_needs_a_control_socket_and_a_running_instance() {
+    let scratch = Scratch::new("learned-cli");
+    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let without = scratch.path("without.toml");
+    std::fs::write(&without, &lab).expect("write");
+    let result = output(tlsgate().args(["learned", "list", "--config"]).arg(&without));
+    assert!(!result.status.success());
+    assert!(
+        text(&result.stderr).contains("no [control] socket"),
+        "{}",
+        text(&result.stderr)
+    );
+    let socket = scratch.path("control.sock");
+    let with = scratch.path("with.toml");
+    std::fs::write(
+        &with,
+        format!("{lab}\n[control]\nsocket = {:?}\n", socket.display().to_string()),
+    )
+    .expect("write");
+    let result = output(tlsgate().args(["learned", "clear", "--config"]).arg(&with));
+    assert!(!result.status.success());
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("cannot reach a running tlsgate") && stderr.contains("control.sock"),
+        "{stderr}"
+    );
+}

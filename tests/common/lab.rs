@@ -45,6 +45,13 @@ impl Lab {
         lab
     }
 
+    /// Another IPv4 address on the client's interface (198.18.0.0/24), so
+    /// that the client namespace can also be another client
+    /// (`curl --interface ADDRESS`); gone with the lab.
+    pub fn add_client_v4(&self, address: &str) {
+        self.ok(CLI, "ip", &["addr", "add", &format!("{address}/24"), "dev", "cli0"]);
+    }
+
     pub fn cmd(&self, namespace: &str, program: &str) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", namespace, program]);

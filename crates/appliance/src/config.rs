@@ -45,6 +45,18 @@ pub struct Config {
     /// Interception rules, in order (`[[policy]]` tables).
     #[serde(default)]
     pub policy: Vec<crate::policy::RuleConfig>,
+    /// The control channel of a running instance (`tlsgate learned ...`).
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// `[control]`: where a running instance takes commands.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// A Unix domain socket (mode 0600, so only the appliance's user may
+    /// use it); none: no control channel.
+    pub socket: Option<PathBuf>,
 }
 
 /// Log files; each is reopened on SIGHUP (for rotation).
@@ -149,13 +161,24 @@ pub struct Tls {
     /// Forged certificates kept per worker.
     #[serde(default = "default_cert_cache")]
     pub cert_cache: usize,
-    /// Fail-open for pinned clients: after this many rejections of the
-    /// forged certificate for one name within `fail_open_window_secs`, that
-    /// name is bypassed (0 disables).
+    /// Fail-open for pinned clients: once this many *distinct* client
+    /// addresses rejected the forged certificate for one destination (name,
+    /// address and port, with a verified server) within
+    /// `fail_open_window_secs`, that destination is bypassed for
+    /// `learned_ttl_secs` (0 disables; 1 is refused: one client would
+    /// switch inspection off for every other).
     #[serde(default = "default_fail_open_after")]
     pub fail_open_after: usize,
     #[serde(default = "default_fail_open_window")]
     pub fail_open_window_secs: u64,
+    /// How long a learned bypass (fail-open, a server asking for a client
+    /// certificate) lasts, from when it was learned.
+    #[serde(default = "default_learned_ttl")]
+    pub learned_ttl_secs: u64,
+    /// Learned bypasses kept at most (and destinations whose rejections
+    /// are being counted, likewise); the least recently used go first.
+    #[serde(default = "default_learned_max_entries")]
+    pub learned_max_entries: usize,
     /// A server that asks for a client certificate (which the appliance
     /// cannot present): "bypass" it from then on, or "block" it.
     #[serde(default)]
@@ -191,6 +214,12 @@ fn default_fail_open_after() -> usize {
 fn default_fail_open_window() -> u64 {
     60
 }
+fn default_learned_ttl() -> u64 {
+    3_600
+}
+fn default_learned_max_entries() -> usize {
+    10_000
+}
 
 /// `tls.invalid_upstream`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -213,6 +242,8 @@ impl Default for Tls {
             cert_cache: default_cert_cache(),
             fail_open_after: default_fail_open_after(),
             fail_open_window_secs: default_fail_open_window(),
+            learned_ttl_secs: default_learned_ttl(),
+            learned_max_entries: default_learned_max_entries(),
             client_auth: ClientAuthPolicy::default(),
             ech: EchPolicy::default(),
         }
@@ -606,6 +637,44 @@ impl Config {
                 "give \"system\" or the path of a PEM bundle".into(),
             ));
         }
+        let tls = &self.tls;
+        if tls.fail_open_after == 1 {
+            return Err(invalid(
+                "tls.fail_open_after",
+                "1 would let a single client switch inspection off for every other; give 0 (never) or at least 2 \
+                 distinct clients"
+                    .into(),
+            ));
+        }
+        if !(1..=86_400).contains(&tls.fail_open_window_secs) {
+            return Err(invalid(
+                "tls.fail_open_window_secs",
+                format!("{} is out of range 1..=86400", tls.fail_open_window_secs),
+            ));
+        }
+        if !(1..=604_800).contains(&tls.learned_ttl_secs) {
+            return Err(invalid(
+                "tls.learned_ttl_secs",
+                format!("{} is out of range 1..=604800 (a week)", tls.learned_ttl_secs),
+            ));
+        }
+        if !(1..=1_000_000).contains(&tls.learned_max_entries) {
+            return Err(invalid(
+                "tls.learned_max_entries",
+                format!("{} is out of range 1..=1000000", tls.learned_max_entries),
+            ));
+        }
+        if self
+            .control
+            .socket
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "control.socket",
+                "give the path of a Unix domain socket".into(),
+            ));
+        }
         self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -637,22 +706,25 @@ impl Config {
         Ok(())
     }
 
-    /// The compiled `[[policy]]` rules with `[tls]` fail-open; an error names
-    /// the rule and field.
+    /// The compiled `[[policy]]` rules with a fresh store of learned
+    /// bypasses as `[tls]` sets it up; an error names the rule and field.
     pub fn policy(&self) -> Result<crate::policy::Policy, (String, String)> {
-        let fail_open = crate::policy::FailOpen {
-            after: self.tls.fail_open_after,
-            window_secs: self.tls.fail_open_window_secs,
-        };
-        let ech = match self.tls.ech {
+        let tls = &self.tls;
+        let learned = crate::learned::LearnedStore::new(crate::learned::LearnedSettings {
+            fail_open_clients: tls.fail_open_after,
+            fail_open_window: netstack::Duration::from_secs(tls.fail_open_window_secs),
+            ttl: netstack::Duration::from_secs(tls.learned_ttl_secs),
+            max_entries: tls.learned_max_entries,
+        });
+        let ech = match tls.ech {
             EchPolicy::InterceptOuter => crate::policy::Action::Intercept,
             EchPolicy::Block => crate::policy::Action::Block,
             EchPolicy::Bypass => crate::policy::Action::Bypass,
         };
         crate::policy::Policy::new(
             &self.policy,
-            Some(fail_open),
-            self.tls.client_auth == ClientAuthPolicy::Bypass,
+            std::sync::Arc::new(learned),
+            tls.client_auth == ClientAuthPolicy::Bypass,
         )
         .map(|policy| policy.with_ech(ech))
     }
@@ -791,6 +863,38 @@ device = "net_af_packet1,iface=gws0"
         assert!(message.contains("tcp.rx_buffer"), "{message}");
         let message = rejection(&format!("{MINIMAL}\n[tcp]\ntimeout_ms = 1\n"));
         assert!(message.contains("tcp.timeout_ms"), "{message}");
+    }
+
+    #[test]
+    fn learned_bypasses_and_the_control_socket() {
+        let defaults = parse(MINIMAL).expect("valid");
+        let tls = &defaults.tls;
+        assert_eq!(
+            (
+                tls.fail_open_after,
+                tls.fail_open_window_secs,
+                tls.learned_ttl_secs,
+                tls.learned_max_entries
+            ),
+            (3, 60, 3_600, 10_000)
+        );
+        assert_eq!(defaults.control.socket, None);
+        let set = parse(&format!(
+            "{MINIMAL}[tls]\nfail_open_after = 0\nlearned_ttl_secs = 60\nlearned_max_entries = 5\n[control]\nsocket = \"/run/tg.sock\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(set.control.socket.as_deref(), Some(Path::new("/run/tg.sock")));
+        assert_eq!(set.policy().expect("policy").learned().settings().max_entries, 5);
+        for (text, key) in [
+            ("[tls]\nfail_open_after = 1\n", "tls.fail_open_after"),
+            ("[tls]\nfail_open_window_secs = 0\n", "tls.fail_open_window_secs"),
+            ("[tls]\nlearned_ttl_secs = 0\n", "tls.learned_ttl_secs"),
+            ("[tls]\nlearned_max_entries = 0\n", "tls.learned_max_entries"),
+            ("[control]\nsocket = \"\"\n", "control.socket"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}{text}"));
+            assert!(message.contains(key), "{message}");
+        }
     }
 
     #[test]

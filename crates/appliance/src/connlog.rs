@@ -115,6 +115,9 @@ pub struct ConnectionRecord {
     /// The inspection loop: "inspected" when the plaintext went through
     /// the box, else what happened instead (absent without a box).
     pub inspection: Option<String>,
+    /// What the appliance learned from this connection (a destination it
+    /// bypasses from then on, and why), if anything.
+    pub learned: Option<String>,
     /// How it ended: closed, reset by client/server, server refused,
     /// server silent, server unreachable, TLS failure.
     pub ended: String,

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::learned::LearnedTotals;
 use crate::splice::SpliceCounters;
 
 /// One port's traffic as one worker saw it.
@@ -235,6 +236,8 @@ pub struct Report {
     pub ports: Vec<PortReport>,
     pub workers: Vec<WorkerTotals>,
     pub tcp: TcpTotals,
+    /// The learned bypasses every worker shares.
+    pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
     /// The process's resident memory (VmRSS), when the system says. In the
@@ -324,16 +327,31 @@ impl fmt::Display for Report {
         if tcp.splice.tls_intercepted + tcp.splice.tls_failed + tcp.splice.bypassed + tcp.splice.blocked > 0 {
             writeln!(
                 f,
-                "tls: {} intercepted, {} failed, {} bypassed, {} blocked, {} names failed open; \
+                "tls: {} intercepted, {} failed, {} bypassed, {} blocked; \
                  forged certificates: {} cache hits, {} misses, {} B cached",
                 tcp.splice.tls_intercepted,
                 tcp.splice.tls_failed,
                 tcp.splice.bypassed,
                 tcp.splice.blocked,
-                tcp.splice.failed_open,
                 tcp.forged_cache_hits,
                 tcp.forged_cache_misses,
                 tcp.forged_cache_bytes
+            )?;
+        }
+        let learned = &self.learned;
+        if learned.added_fail_open + learned.added_client_auth + learned.pending_live + learned.pending_evicted > 0 {
+            writeln!(
+                f,
+                "learned bypasses: {} live ({} fail-open, {} client certificate added; {} expired, {} evicted, {} \
+                 cleared); {} destinations counting rejections ({} evicted)",
+                learned.live,
+                learned.added_fail_open,
+                learned.added_client_auth,
+                learned.expired,
+                learned.evicted,
+                learned.cleared,
+                learned.pending_live,
+                learned.pending_evicted
             )?;
         }
         let splice = &tcp.splice;

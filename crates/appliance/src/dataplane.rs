@@ -17,7 +17,7 @@ use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, 
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
-use crate::worker::{run_worker, supervise, TimedPoller};
+use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -146,6 +146,8 @@ pub struct Dataplane {
     /// The process's resident memory when stop was requested, before the
     /// workers let go of their connections (set by [`Dataplane::run`]).
     rss_at_stop: Option<u64>,
+    /// Every worker's engine clock (see [`Dataplane::clock`]).
+    clock: EngineClock,
 }
 
 /// What every worker's engine shares: logs, the decrypted capture, and
@@ -367,6 +369,7 @@ impl Dataplane {
             connection_log,
             capture,
             rss_at_stop: None,
+            clock: EngineClock::start(),
         })
     }
 
@@ -409,6 +412,7 @@ impl Dataplane {
         let max_sleep = self.max_sleep;
         let burst_size = self.burst_size;
         let policy = self.policy.clone();
+        let clock = self.clock;
         let eal = Arc::clone(&self.eal);
         let outputs = self.outputs();
         // What the workers obey: set by the control thread once it has
@@ -444,7 +448,9 @@ impl Dataplane {
                                 Err(err) => tracing::warn!("worker {index}: {err}"),
                             }
                         }
-                        let mut poller = TimedPoller::new(&stats, max_sleep).with_handoffs(handoffs);
+                        let mut poller = TimedPoller::new(&stats, max_sleep)
+                            .with_clock(clock)
+                            .with_handoffs(handoffs);
                         let now = poller.now();
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
@@ -508,6 +514,16 @@ impl Dataplane {
         joined
     }
 
+    /// The learned bypasses every worker shares (for the control channel).
+    pub fn learned(&self) -> Arc<crate::learned::LearnedStore> {
+        Arc::clone(self.policy.rules.learned())
+    }
+
+    /// The engine clock the workers of [`Dataplane::run`] read.
+    pub fn clock(&self) -> EngineClock {
+        self.clock
+    }
+
     /// Per port (in [`Side`] order), what worker 0 did with the frames of a
     /// port under software distribution (`None` for the other ports).
     pub fn distribution(&self) -> Vec<Option<DistributionTotals>> {
@@ -566,6 +582,7 @@ impl Dataplane {
             })
             .collect();
         Report {
+            learned: self.policy.rules.learned().totals(),
             rss_bytes: self.rss_at_stop.or_else(crate::counters::resident_bytes),
             capture: self.capture.as_ref().map(|capture| CaptureTotals {
                 frames: capture.frames_written(),

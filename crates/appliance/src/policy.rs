@@ -6,16 +6,22 @@
 //! offer only unsupported TLS versions, on an origin that speaks only
 //! legacy TLS, or on a ClientHello with Encrypted Client Hello. The first
 //! matching rule wins; without one, TLS is intercepted, what cannot be
-//! intercepted is blocked, and ECH follows `tls.ech`. A client that keeps rejecting the forged certificate for a name
-//! (certificate pinning) gets that name bypassed: fail-open.
+//! intercepted is blocked, and ECH follows `tls.ech`. What the appliance
+//! learns from traffic (servers that ask for client certificates,
+//! fail-open for clients that pin certificates) is kept in the shared
+//! [`LearnedStore`] per destination, and applies only where no rule
+//! matched.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use mitm::Rejection;
+use netstack::Instant;
 use serde::Deserialize;
 use wire::FlowTuple;
+
+use crate::learned::{Destination, Learned, LearnedEntry, LearnedStore};
 
 /// What to do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -151,23 +157,12 @@ impl Rule {
     }
 }
 
-/// Fail-open for clients that pin certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailOpen {
-    /// Rejections of the forged certificate for one name ...
-    pub after: usize,
-    /// ... within this many seconds bypass that name from then on (0: never).
-    pub window_secs: u64,
-}
-
-/// The rules, and the names fail-open has bypassed.
+/// The rules, and what was learned from traffic.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
-    fail_open: Option<FailOpen>,
-    rejections: HashMap<String, VecDeque<u64>>,
-    /// Names bypassed from now on, and why (fail-open, client certificates).
-    bypassed_names: HashMap<String, String>,
+    /// Shared by every worker's copy of the policy.
+    learned: Arc<LearnedStore>,
     /// Whether a server that asks for a client certificate is bypassed
     /// from then on (`tls.client_auth = "bypass"`).
     bypass_client_auth: bool,
@@ -178,11 +173,11 @@ pub struct Policy {
 
 impl Policy {
     /// Checks and compiles the rules; an error names the rule and the field.
-    /// `bypass_client_auth`: a server asking for a client certificate is
-    /// bypassed from then on.
+    /// `learned` is shared by the workers; `bypass_client_auth`: a server
+    /// asking for a client certificate is bypassed from then on.
     pub fn new(
         rules: &[RuleConfig],
-        fail_open: Option<FailOpen>,
+        learned: Arc<LearnedStore>,
         bypass_client_auth: bool,
     ) -> Result<Policy, (String, String)> {
         let compiled = rules
@@ -237,9 +232,9 @@ impl Policy {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             rules: compiled,
-            fail_open: fail_open.filter(|f| f.after > 0 && f.window_secs > 0),
+            learned,
             bypass_client_auth,
-            ..Policy::default()
+            ech: None,
         })
     }
 
@@ -259,29 +254,32 @@ impl Policy {
         None
     }
 
-    /// At the ClientHello.
-    pub fn at_hello(&self, tuple: &FlowTuple, sni: Option<&str>) -> Verdict {
-        if let Some(reason) = sni.and_then(|name| self.bypassed_names.get(name)) {
-            return Verdict {
-                action: Action::Bypass,
-                reason: reason.clone(),
-            };
-        }
-        self.rules
+    /// At the ClientHello: the first matching rule, else what was learned
+    /// about this destination, else intercept.
+    pub fn at_hello(&self, tuple: &FlowTuple, sni: Option<&str>, now: Instant) -> Verdict {
+        let rule = self
+            .rules
             .iter()
             .filter(|rule| rule.when.is_none())
-            .find(|rule| rule.addresses_match(tuple) && rule.hello_matches(sni))
-            .map(|rule| {
-                rule.verdict(if sni.is_some() {
-                    "the SNI"
-                } else {
-                    "a hello without SNI"
-                })
-            })
-            .unwrap_or_else(|| Verdict {
+            .find(|rule| rule.addresses_match(tuple) && rule.hello_matches(sni));
+        if let Some(rule) = rule {
+            return rule.verdict(if sni.is_some() {
+                "the SNI"
+            } else {
+                "a hello without SNI"
+            });
+        }
+        let learned = sni.and_then(|name| self.learned.bypassed(&destination(tuple, name), now));
+        match learned {
+            Some(reason) => Verdict {
+                action: Action::Bypass,
+                reason,
+            },
+            None => Verdict {
                 action: Action::Intercept,
                 reason: "default: intercept TLS".into(),
-            })
+            },
+        }
     }
 
     /// What a ClientHello with Encrypted Client Hello gets when no `when =
@@ -357,47 +355,33 @@ impl Policy {
             })
     }
 
-    /// Records that a client rejected the forged certificate for `name` at
-    /// `now_secs`; returns true when this makes fail-open bypass the name.
-    pub fn record_rejection(&mut self, name: &str, now_secs: u64) -> bool {
-        let Some(fail_open) = self.fail_open else { return false };
-        if self.bypassed_names.contains_key(name) {
-            return false;
-        }
-        let times = self.rejections.entry(name.to_owned()).or_default();
-        times.push_back(now_secs);
-        while times.front().is_some_and(|&at| at + fail_open.window_secs < now_secs) {
-            times.pop_front();
-        }
-        if times.len() >= fail_open.after {
-            self.rejections.remove(name);
-            self.bypass_name(
-                name,
-                format!("fail-open: clients kept rejecting the forged certificate for {name}"),
-            );
-            return true;
-        }
-        false
+    /// Records that the client of `tuple` rejected the forged certificate
+    /// for `name` (issued because the server's chain verified for it);
+    /// returns the entry when this makes fail-open bypass the destination.
+    pub fn record_rejection(&self, tuple: &FlowTuple, name: &str, now: Instant) -> Option<LearnedEntry> {
+        self.learned
+            .record_rejection(destination(tuple, name), tuple.src_ip, now)
     }
 
-    /// Records that the server for `name` asked for a client certificate;
-    /// returns true when this makes the policy bypass the name.
-    pub fn record_client_cert_request(&mut self, name: &str) -> bool {
-        self.bypass_client_auth
-            && self.bypass_name(
-                name,
-                format!("{name} asks for a client certificate, which the appliance cannot present"),
-            )
+    /// Records that the server of `tuple`, whose chain verified for `name`,
+    /// asked for a client certificate; returns the entry when this makes
+    /// the policy bypass the destination (`tls.client_auth = "bypass"`).
+    pub fn record_client_cert_request(&self, tuple: &FlowTuple, name: &str, now: Instant) -> Option<LearnedEntry> {
+        if !self.bypass_client_auth {
+            return None;
+        }
+        self.learned.learn(destination(tuple, name), Learned::ClientAuth, now)
     }
 
-    /// Bypasses `name` from now on, for `reason`; false if it already was.
-    pub fn bypass_name(&mut self, name: &str, reason: String) -> bool {
-        if self.bypassed_names.contains_key(name) {
-            return false;
-        }
-        self.bypassed_names.insert(name.to_owned(), reason);
-        true
+    /// The learned bypasses, shared by every worker.
+    pub fn learned(&self) -> &Arc<LearnedStore> {
+        &self.learned
     }
+}
+
+/// The destination a connection's `tuple` and server name make.
+fn destination(tuple: &FlowTuple, name: &str) -> Destination {
+    Destination::new(name, tuple.dst_ip, tuple.dst_port)
 }
 
 #[cfg(test)]
@@ -446,14 +430,14 @@ mod tests {
                 ..rule(Action::Bypass)
             },
         ];
-        let policy = Policy::new(&rules, None, false).unwrap();
+        let policy = Policy::new(&rules, Arc::default(), false).unwrap();
         assert_eq!(
             policy.at_syn(&tuple("198.18.9.7", 443)).map(|v| v.action),
             Some(Action::Block)
         );
         // Rule 2 needs the hello: no decision at the SYN for other addresses.
         assert_eq!(policy.at_syn(&tuple("198.18.0.2", 443)), None);
-        let at = |sni: Option<&str>| policy.at_hello(&tuple("198.18.0.2", 443), sni).action;
+        let at = |sni: Option<&str>| policy.at_hello(&tuple("198.18.0.2", 443), sni, Instant::ZERO).action;
         assert_eq!(at(Some("www.bank.test")), Action::Bypass);
         assert_eq!(at(Some("WWW.Bank.Test")), Action::Bypass);
         assert_eq!(
@@ -465,11 +449,13 @@ mod tests {
         assert_eq!(at(Some("origin.test")), Action::Intercept);
         assert_eq!(at(None), Action::Bypass);
         assert!(policy
-            .at_hello(&tuple("198.18.0.2", 443), Some("x.bank.test"))
+            .at_hello(&tuple("198.18.0.2", 443), Some("x.bank.test"), Instant::ZERO)
             .reason
             .contains("rule 2"));
         assert_eq!(
-            policy.at_hello(&tuple("2001:2::2", 8443), Some("origin.test")).action,
+            policy
+                .at_hello(&tuple("2001:2::2", 8443), Some("origin.test"), Instant::ZERO)
+                .action,
             Action::Bypass
         );
     }
@@ -481,7 +467,7 @@ mod tests {
                 when: Some(Condition::NonTls),
                 ..rule(Action::Bypass)
             }],
-            None,
+            Arc::default(),
             false,
         )
         .unwrap();
@@ -537,7 +523,7 @@ mod tests {
             ),
         ];
         for (config, key) in bad {
-            let (named, reason) = Policy::new(&[config], None, false).unwrap_err();
+            let (named, reason) = Policy::new(&[config], Arc::default(), false).unwrap_err();
             assert_eq!(named, key, "{reason}");
         }
     }
@@ -551,7 +537,7 @@ mod tests {
                 port: vec![443],
                 ..rule(Action::Bypass)
             }],
-            None,
+            Arc::default(),
             false,
         )
         .unwrap();
@@ -570,7 +556,7 @@ mod tests {
             Action::Block
         );
         // The rule never decides anything else.
-        assert_eq!(policy.at_hello(&t, Some("old.test")).action, Action::Intercept);
+        assert_eq!(policy.at_hello(&t, Some("old.test"), Instant::ZERO).action, Action::Intercept);
         assert_eq!(policy.at_syn(&t), None);
         assert_eq!(
             policy
@@ -583,7 +569,7 @@ mod tests {
     #[test]
     fn ech_follows_tls_ech_unless_a_rule_says_otherwise() {
         let t = tuple("198.18.0.2", 443);
-        let default = Policy::new(&[], None, false).unwrap();
+        let default = Policy::new(&[], Arc::default(), false).unwrap();
         let verdict = default.on_ech(&t, Some("public.test"));
         assert_eq!(verdict.action, Action::Intercept);
         assert_eq!(
@@ -595,60 +581,63 @@ mod tests {
             sni: vec!["public.test".into()],
             ..rule(Action::Intercept)
         }];
-        let blocking = Policy::new(&rules, None, false).unwrap().with_ech(Action::Block);
+        let blocking = Policy::new(&rules, Arc::default(), false).unwrap().with_ech(Action::Block);
         assert_eq!(blocking.on_ech(&t, Some("other.test")).action, Action::Block);
         let overridden = blocking.on_ech(&t, Some("public.test"));
         assert_eq!(overridden.action, Action::Intercept);
         assert!(overridden.reason.contains("rule 1"), "{}", overridden.reason);
-        let bypassing = Policy::new(&[], None, false).unwrap().with_ech(Action::Bypass);
+        let bypassing = Policy::new(&[], Arc::default(), false).unwrap().with_ech(Action::Bypass);
         assert_eq!(bypassing.on_ech(&t, None).action, Action::Bypass);
     }
 
     #[test]
-    fn fail_open_after_repeated_rejections_within_the_window() {
-        let mut policy = Policy::new(
-            &[],
-            Some(FailOpen {
-                after: 3,
-                window_secs: 60,
-            }),
-            false,
-        )
-        .unwrap();
+    fn what_was_learned_applies_to_its_destination_where_no_rule_matched() {
+        let rules = [RuleConfig {
+            sni: vec!["blocked.test".into()],
+            ..rule(Action::Block)
+        }];
+        let learned = Arc::new(LearnedStore::default());
+        let policy = Policy::new(&rules, Arc::clone(&learned), true).unwrap();
+        // Every worker has its own copy of the policy; they share what is learned.
+        let other_worker = policy.clone();
+        let at = Instant::ZERO;
         let t = tuple("198.18.0.2", 443);
-        assert!(!policy.record_rejection("pinned.test", 0));
+        for name in ["mtls.test", "blocked.test"] {
+            assert!(policy.record_client_cert_request(&t, name, at).is_some());
+        }
+        let verdict = policy.at_hello(&t, Some("MTLS.test"), at);
+        assert_eq!(verdict.action, Action::Bypass);
         assert!(
-            !policy.record_rejection("pinned.test", 100),
-            "the first one left the window"
+            verdict.reason.contains("mtls.test at 198.18.0.2:443"),
+            "{}",
+            verdict.reason
         );
-        assert!(!policy.record_rejection("pinned.test", 110));
-        assert_eq!(policy.at_hello(&t, Some("pinned.test")).action, Action::Intercept);
-        assert!(policy.record_rejection("pinned.test", 120));
-        let verdict = policy.at_hello(&t, Some("pinned.test"));
-        assert_eq!(verdict.action, Action::Bypass);
-        assert!(verdict.reason.contains("fail-open"));
-        assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
-        let mut off = Policy::new(&[], None, false).unwrap();
-        assert!(!(0..10).any(|i| off.record_rejection("x", i)));
-    }
-
-    #[test]
-    fn a_bypassed_name_is_bypassed_with_its_reason() {
-        let mut policy = Policy::new(&[], None, true).unwrap();
-        let t = tuple("198.18.0.2", 443);
-        assert!(policy.bypass_name("mtls.test", "asks for a client certificate".into()));
-        assert!(!policy.bypass_name("mtls.test", "again".into()));
-        let verdict = policy.at_hello(&t, Some("mtls.test"));
-        assert_eq!(verdict.action, Action::Bypass);
-        assert_eq!(verdict.reason, "asks for a client certificate");
-        assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Intercept);
-        assert!(policy.record_client_cert_request("other.test"));
-        assert_eq!(policy.at_hello(&t, Some("other.test")).action, Action::Bypass);
-        let mut blocking = Policy::new(&[], None, false).unwrap();
+        assert_eq!(other_worker.at_hello(&t, Some("mtls.test"), at).action, Action::Bypass);
+        assert_eq!(
+            policy.at_hello(&t, Some("blocked.test"), at).action,
+            Action::Block,
+            "rules first"
+        );
+        for other in [tuple("198.18.0.9", 443), tuple("198.18.0.2", 8443)] {
+            assert_eq!(policy.at_hello(&other, Some("mtls.test"), at).action, Action::Intercept);
+        }
+        assert_eq!(policy.at_hello(&t, None, at).action, Action::Intercept);
+        // Fail-open: three distinct clients.
+        let client = |last: u8| FlowTuple {
+            src_ip: std::net::IpAddr::from([198, 18, 0, last]),
+            ..t
+        };
+        assert!(policy.record_rejection(&client(1), "pinned.test", at).is_none());
+        assert!(policy.record_rejection(&client(1), "pinned.test", at).is_none());
+        assert!(policy.record_rejection(&client(3), "pinned.test", at).is_none());
+        assert_eq!(policy.at_hello(&t, Some("pinned.test"), at).action, Action::Intercept);
+        assert!(policy.record_rejection(&client(4), "pinned.test", at).is_some());
+        assert_eq!(policy.at_hello(&t, Some("pinned.test"), at).action, Action::Bypass);
+        let blocking = Policy::new(&[], Arc::clone(&learned), false).unwrap();
         assert!(
-            !blocking.record_client_cert_request("other.test"),
+            blocking.record_client_cert_request(&t, "other.test", at).is_none(),
             "tls.client_auth = block"
         );
-        assert_eq!(blocking.at_hello(&t, Some("other.test")).action, Action::Intercept);
+        assert_eq!(blocking.at_hello(&t, Some("other.test"), at).action, Action::Intercept);
     }
 }

@@ -141,6 +141,7 @@ impl Session {
             backlog_to_server: Vec::new(),
             backlog_to_client: Vec::new(),
             replaced_server: None,
+            learned: None,
             logged: false,
         }
     }
@@ -193,6 +194,8 @@ struct Session {
     /// 5-tuple), opened once this one is gone: the bypass of an origin
     /// that refused the appliance's TLS.
     replaced_server: Option<FlowId>,
+    /// What the policy learned from this connection, for the log.
+    learned: Option<String>,
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
@@ -223,10 +226,6 @@ pub struct SpliceCounters {
     /// Connections the policy bypassed or blocked.
     pub bypassed: u64,
     pub blocked: u64,
-    /// Names fail-open started to bypass.
-    pub failed_open: u64,
-    /// Servers bypassed from then on because they ask for client certificates.
-    pub client_auth_bypassed: u64,
     /// Connections to origins that speak only TLS the appliance does not
     /// (below 1.2, or no ECDHE/AEAD suite); then blocked or bypassed.
     pub legacy_upstream: u64,
@@ -267,8 +266,6 @@ impl std::ops::AddAssign for SpliceCounters {
         self.tls_failed += other.tls_failed;
         self.bypassed += other.bypassed;
         self.blocked += other.blocked;
-        self.failed_open += other.failed_open;
-        self.client_auth_bypassed += other.client_auth_bypassed;
         self.legacy_upstream += other.legacy_upstream;
         self.ech_offered += other.ech_offered;
         self.inspected += other.inspected;
@@ -297,8 +294,6 @@ struct Shared {
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
     policy: Policy,
-    /// The clock of fail-open windows.
-    epoch: std::time::Instant,
     /// The inspection loop, when the inspection ports are configured.
     inspection: Option<InspectionSettings>,
     /// Both inspection ports' links are up.
@@ -544,6 +539,7 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         plaintext_client_to_server: info.plaintext_client_to_server,
         plaintext_server_to_client: info.plaintext_server_to_client,
         inspection: session.inspection_note.clone(),
+        learned: session.learned.clone(),
         ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
 }
@@ -667,7 +663,6 @@ impl Splicer {
             sessions: Slab::new(),
             shared: Shared {
                 policy,
-                epoch: std::time::Instant::now(),
                 hold_synack,
                 counters: SpliceCounters::default(),
                 tls: None,
@@ -1394,7 +1389,7 @@ impl Shared {
             };
             let verdict = match &pending {
                 Pending::Hello { sni, ech, .. } => {
-                    let verdict = self.policy.at_hello(&session.tuple, sni.as_deref());
+                    let verdict = self.policy.at_hello(&session.tuple, sni.as_deref(), now);
                     self.counters.ech_offered += u64::from(*ech);
                     if *ech && verdict.action == Action::Intercept {
                         self.policy.on_ech(&session.tuple, sni.as_deref())
@@ -1457,7 +1452,7 @@ impl Shared {
             (Err(err), None) => {
                 tracing::info!("TLS interception failed: {err}");
                 self.counters.tls_failed += 1;
-                self.note_tls_failure(tls_session, &err);
+                session.learned = self.learn_from_failure(tls_session, &err, &session.tuple, now);
                 session.ended = Some(if fell_back_from_ech(&err) {
                     format!("TLS failed: {err} (the client saw ECH rejected and retries without it)")
                 } else {
@@ -1501,21 +1496,34 @@ impl Shared {
         }
     }
 
-    /// Remembers what a failed interception says about the server or the
-    /// client (client certificates, pinning) for the policy.
-    fn note_tls_failure(&mut self, tls_session: &TlsSession, err: &MitmError) {
-        if let (Some(name), true) = (tls_session.info.sni.clone(), tls_session.info.client_cert_requested) {
-            if self.policy.record_client_cert_request(&name) {
-                self.counters.client_auth_bypassed += 1;
-                tracing::warn!("{name} asks for client certificates; bypassing it from now on");
-            }
+    /// What a failed interception teaches the policy about its destination
+    /// (a server that asks for client certificates, a client that rejected
+    /// the forged certificate): only when the server's chain verified for
+    /// the name, so a server that did not prove its name, and a client
+    /// shown the mirror certificate (which it is meant to reject), teach
+    /// nothing. Returns what was learned, logged.
+    fn learn_from_failure(
+        &self,
+        tls_session: &TlsSession,
+        err: &MitmError,
+        tuple: &FlowTuple,
+        now: Instant,
+    ) -> Option<String> {
+        let info = &tls_session.info;
+        let name = info.sni.as_deref()?;
+        if info.upstream_verified != Some(Ok(())) {
+            return None;
         }
-        if let (Some(name), true) = (tls_session.info.sni.clone(), rejected_our_certificate(err)) {
-            if self.policy.record_rejection(&name, self.epoch.elapsed().as_secs()) {
-                self.counters.failed_open += 1;
-                tracing::warn!("fail-open: clients keep rejecting the forged certificate for {name}; bypassing it");
-            }
-        }
+        let entry = if info.client_cert_requested {
+            self.policy.record_client_cert_request(tuple, name, now)
+        } else if rejected_our_certificate(err) {
+            self.policy.record_rejection(tuple, name, now)
+        } else {
+            None
+        }?;
+        let ttl = self.policy.learned().settings().ttl.secs();
+        tracing::warn!("bypassing {} for {ttl} s: {}", entry.destination, entry.reason);
+        Some(format!("bypass for {ttl} s: {}", entry.reason))
     }
 
     /// Passes the end of each direction on, in order: into the inspection

@@ -55,14 +55,28 @@ impl IdleBackoff {
     }
 }
 
+/// The engines' clock: time since it started, as `netstack::Instant`.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineClock(Instant);
+
+impl EngineClock {
+    pub fn start() -> Self {
+        EngineClock(Instant::now())
+    }
+
+    pub fn now(&self) -> netstack::Instant {
+        netstack::Instant::from_micros(i64::try_from(self.0.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
 /// Polls an engine and accounts each poll's time to a worker's counters,
 /// sleeping as [`IdleBackoff`] says when there is nothing to do.
 pub struct TimedPoller<'a> {
     stats: &'a WorkerStats,
     backoff: IdleBackoff,
     started: Instant,
-    /// The origin of the engine's clock.
-    epoch: Instant,
+    /// The engine's clock.
+    clock: EngineClock,
     /// The ports this worker distributes to the others (software
     /// distribution): frames it hands over are work too.
     handoffs: Vec<Arc<DistributionStats>>,
@@ -77,10 +91,17 @@ impl<'a> TimedPoller<'a> {
             stats,
             backoff: IdleBackoff::new(max_sleep),
             started: now,
-            epoch: now,
+            clock: EngineClock(now),
             handoffs: Vec::new(),
             moved: 0,
         }
+    }
+
+    /// Reads `clock` instead of a clock started now, so that every worker
+    /// (and the control thread) reads one clock.
+    pub fn with_clock(mut self, clock: EngineClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Counts the frames this worker hands to other workers on the ports
@@ -104,10 +125,10 @@ impl<'a> TimedPoller<'a> {
         usize::try_from(since).unwrap_or(usize::MAX)
     }
 
-    /// The engine clock: time since this poller was made (engines made
-    /// at the same moment start at `netstack::Instant::ZERO`).
+    /// The engine clock: time since this poller was made, or since the
+    /// epoch it was given.
     pub fn now(&self) -> netstack::Instant {
-        netstack::Instant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+        self.clock.now()
     }
 
     /// One poll of `engine` (and a sleep if idle); returns the frames

@@ -307,7 +307,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         no_sni: None,
         when: Some(Condition::NonTls),
     };
-    intercept.rules = Policy::new(&[bypass_non_tls], None, false).unwrap();
+    intercept.rules = Policy::new(&[bypass_non_tls], Arc::default(), false).unwrap();
     let Setup {
         mut lab, ca, origin, ..
     } = setup_with("tls-shutdown", BoxMode::Pass, &intercept, InspectFailure::FailClosed);

@@ -701,9 +701,15 @@ impl TlsSession {
                 self.server_first
                     .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
+                crate::trust::take_chain_verdict();
                 let driven = upstream.drive(&mut self.to_server, &mut self.plaintext_from_server);
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
                     self.info.client_cert_requested = true;
+                }
+                // Known even when the handshake fails after the server's
+                // certificate (a client certificate it wanted).
+                if let Some(verdict) = crate::trust::take_chain_verdict() {
+                    self.info.upstream_verified = Some(verdict);
                 }
                 if let Err(err) = driven {
                     upstream.flush_alert(&mut self.to_server);
@@ -802,7 +808,12 @@ impl TlsSession {
             Some(name) => name,
             None => ServerName::IpAddress(self.server_ip.into()),
         };
-        let verified = cx.trust.verify(&chain, &name, UnixTime::now());
+        // Judged while the handshake ran; a resumed handshake shows no
+        // certificate, its chain is judged now.
+        let verified = match self.info.upstream_verified.clone() {
+            Some(verdict) => verdict,
+            None => cx.trust.verify(&chain, &name, UnixTime::now()),
+        };
         self.info.upstream_verified = Some(verified.clone());
         let trust = match (&verified, cx.invalid_upstream) {
             (Ok(()), _) => Trust::Trusted,

@@ -3,7 +3,12 @@
 //! upstream handshake itself always checks the server's signature, but the
 //! chain is judged after the handshake, so that an invalid server can be
 //! mirrored to the client (who then rejects it) instead of being hidden.
+//! The deferring verifier still judges the chain when rustls shows it and
+//! records the outcome ([`take_chain_verdict`]), so that a handshake that
+//! fails later (a server asking for a client certificate) is still known
+//! to have come from a server that proved its name, or not.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,6 +79,20 @@ impl UpstreamTrust {
     }
 }
 
+thread_local! {
+    /// The verdict on the chain the upstream handshake being processed on
+    /// this thread was shown (see [`take_chain_verdict`]).
+    static CHAIN_VERDICT: RefCell<Option<Result<(), String>>> = const { RefCell::new(None) };
+}
+
+/// The verdict the deferring verifier reached on this thread since the last
+/// call: `Ok` if the chain the server showed verified for the name, `None`
+/// if no chain was shown. The session takes it after each step of its
+/// upstream handshake.
+pub(crate) fn take_chain_verdict() -> Option<Result<(), String>> {
+    CHAIN_VERDICT.with(|slot| slot.borrow_mut().take())
+}
+
 #[derive(Debug)]
 pub(crate) struct DeferredChainVerifier {
     inner: Arc<WebPkiServerVerifier>,
@@ -82,13 +101,20 @@ pub(crate) struct DeferredChainVerifier {
 impl ServerCertVerifier for DeferredChainVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        // Judged after the handshake by UpstreamTrust::verify; never ignored.
+        // The handshake goes on whatever the verdict: the session acts on it
+        // once the handshake is over (mirror or refuse), never ignores it.
+        let verdict = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map(|_| ())
+            .map_err(|err| err.to_string());
+        CHAIN_VERDICT.with(|slot| *slot.borrow_mut() = Some(verdict));
         Ok(ServerCertVerified::assertion())
     }
 

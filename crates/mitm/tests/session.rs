@@ -569,24 +569,45 @@ fn a_server_asking_for_a_client_certificate_is_reported() {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .unwrap();
-    let config = Arc::new(
-        ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                origin_side.chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(origin_side.key.clone())),
-            )
-            .unwrap(),
-    );
-    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
-    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
-    let mut origin = ServerConnection::new(config).unwrap();
-    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
-    let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
-    assert!(outcome.is_err(), "the appliance has no client certificate to give");
-    assert!(session.info.client_cert_requested);
+    let config = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        Arc::new(
+            ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_client_cert_verifier(Arc::clone(&verifier))
+                .with_single_cert(
+                    origin_side.chain.clone(),
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(origin_side.key.clone())),
+                )
+                .unwrap(),
+        )
+    };
+    // Whether the server proved its name is known although the handshake
+    // fails, over TLS 1.3 and 1.2 and under either policy for invalid
+    // servers; an origin the appliance does not trust has not proved it.
+    let stranger = origin(&["origin.test"], (-1, 30), &[]);
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    for (trusted, invalid, versions) in [
+        (&origin_side.ca_pem, InvalidUpstream::Mirror, rustls::ALL_VERSIONS),
+        (&origin_side.ca_pem, InvalidUpstream::Refuse, tls12),
+        (&stranger.ca_pem, InvalidUpstream::Refuse, rustls::ALL_VERSIONS),
+        (&stranger.ca_pem, InvalidUpstream::Mirror, tls12),
+    ] {
+        let mut app = appliance(trusted, invalid);
+        let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+        let mut origin = ServerConnection::new(config(versions)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
+        assert!(outcome.is_err(), "the appliance has no client certificate to give");
+        assert!(session.info.client_cert_requested);
+        let proved = std::ptr::eq(trusted, &origin_side.ca_pem);
+        assert_eq!(
+            session.info.upstream_verified.as_ref().map(Result::is_ok),
+            Some(proved),
+            "{invalid:?} {versions:?}: {:?}",
+            session.info.upstream_verified
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `tlsgate`: the command-line front end of the appliance.
 #![forbid(unsafe_code)]
 
+mod control;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +49,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The bypasses a running instance learned from traffic (servers that
+    /// ask for client certificates, fail-open for pinning clients), through
+    /// its control socket (`[control] socket`).
+    Learned {
+        #[command(subcommand)]
+        command: LearnedCommand,
+    },
     /// Replay a capture through the engine offline (DPDK pcap driver): the
     /// input enters on the client port, the output holds what leaves the
     /// server port.
@@ -65,6 +74,25 @@ enum Command {
         /// Also write the final counters as JSON to this file.
         #[arg(long, value_name = "FILE")]
         report_json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LearnedCommand {
+    /// List the learned bypasses: destination, why, time left.
+    List {
+        /// The configuration of the running instance (for its control socket).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Forget learned bypasses (all, or those of one server name): those
+    /// destinations are intercepted again.
+    Clear {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only the bypasses of this server name (SNI).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -106,6 +134,7 @@ fn main() -> ExitCode {
         } => run(&config, duration, stats_interval, report_json.as_deref()),
         Command::Check { config } => check(&config),
         Command::Ca { command } => ca(command),
+        Command::Learned { command } => learned(command),
         Command::Replay {
             config,
             input,
@@ -155,6 +184,10 @@ fn run(
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
         .context("cannot install the signal handler")?;
     let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
+    let _control = match &config.control.socket {
+        Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
+        None => None,
+    };
     let started = Instant::now();
     println!(
         "tlsgate: running with {} worker(s), client port {}, server port {}{} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
@@ -238,6 +271,30 @@ fn check(config_path: &Path) -> Result<()> {
             config.sockets_per_connection()
         );
     }
+    if !intercept.tcp_ports.is_empty() && intercept.mode == appliance::config::InterceptMode::Tls {
+        let tls = &config.tls;
+        println!(
+            "  learned bypasses (per server name, address and port; only from servers whose certificate verified): \
+             fail-open {}; servers asking for a client certificate {}; each for {} s, at most {} kept",
+            match tls.fail_open_after {
+                0 => "off".to_owned(),
+                clients => format!(
+                    "after {clients} distinct clients reject the forged certificate within {} s",
+                    tls.fail_open_window_secs
+                ),
+            },
+            match tls.client_auth {
+                appliance::config::ClientAuthPolicy::Bypass => "bypassed",
+                appliance::config::ClientAuthPolicy::Block => "not learned (their connections fail)",
+            },
+            tls.learned_ttl_secs,
+            tls.learned_max_entries
+        );
+    }
+    match &config.control.socket {
+        Some(path) => println!("  control socket: {} (tlsgate learned list/clear)", path.display()),
+        None => println!("  control socket: none"),
+    }
     if config.ports.inspect_out.is_some() {
         println!(
             "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
@@ -286,6 +343,38 @@ fn replay(
         outcome.report
     );
     write_report(report_json, &outcome.report)
+}
+
+fn learned(command: LearnedCommand) -> Result<()> {
+    let (config_path, request) = match &command {
+        LearnedCommand::List { config } => (config, "learned list".to_owned()),
+        LearnedCommand::Clear { config, name: None } => (config, "learned clear".to_owned()),
+        LearnedCommand::Clear {
+            config,
+            name: Some(name),
+        } => {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                bail!("--name {name:?}: give one server name");
+            }
+            (config, format!("learned clear {name}"))
+        }
+    };
+    let config = Config::load(config_path)?;
+    let Some(socket) = &config.control.socket else {
+        bail!(
+            "{}: no [control] socket is configured, so the running instance cannot be asked",
+            config_path.display()
+        );
+    };
+    let answer = control::request(socket, &request)?;
+    match command {
+        LearnedCommand::List { .. } => print!("{}", control::format_list(&answer)),
+        LearnedCommand::Clear { .. } => println!(
+            "tlsgate: cleared {} learned bypass(es); those destinations are intercepted again",
+            answer["cleared"]
+        ),
+    }
+    Ok(())
 }
 
 fn ca(command: CaCommand) -> Result<()> {

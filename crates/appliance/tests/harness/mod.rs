@@ -4,6 +4,8 @@
 //! links that can lose and reorder frames. No DPDK, no root, deterministic.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 
 use appliance::counters::PortTotals;
@@ -15,8 +17,6 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
-
-pub mod tls;
 
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -119,6 +119,26 @@ impl Host {
         self.sockets
             .get_mut::<tcp::Socket>(handle)
             .connect(cx, remote, local_port)
+            .unwrap();
+        handle
+    }
+
+    /// A second IPv4 address (in 198.18.0.0/24) in place of the IPv6 one
+    /// (smoltcp holds two), so that the host can act as a second client.
+    pub fn second_v4_for_v6(&mut self, v4: [u8; 4]) {
+        self.iface.update_ip_addrs(|addrs| {
+            addrs.retain(|cidr| matches!(cidr, IpCidr::Ipv4(_)));
+            addrs.push(IpCidr::new(IpAddress::Ipv4(v4.into()), 24)).unwrap();
+        });
+    }
+
+    /// Connects from one of the host's addresses.
+    pub fn connect_from(&mut self, remote: IpEndpoint, local: IpEndpoint, buffer: usize) -> SocketHandle {
+        let handle = self.socket(buffer);
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(handle)
+            .connect(cx, remote, local)
             .unwrap();
         handle
     }
@@ -394,10 +414,23 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
 
 impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
+        Lab::with_engine(policy, |engine| engine)
+    }
+
+    /// Like [`Lab::new`], with the engine finished by `finish` (TLS
+    /// interception, say).
+    pub fn with_engine(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
         let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
-        let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
+        let engine = finish(Engine::new(
+            client_port,
+            server_port,
+            stats.clone(),
+            32,
+            policy,
+            Instant::ZERO,
+        ));
         Lab {
             now: Instant::ZERO,
             client: Host::new(CLIENT_MAC, CLIENT_V4, CLIENT_V6, 0x1111),
@@ -440,25 +473,6 @@ impl Lab {
             seen_up: Vec::new(),
             seen_down: Vec::new(),
         });
-        lab
-    }
-
-    /// A lab whose engine is finished by `finish` (TLS interception, a
-    /// connection log), without inspection ports.
-    pub fn with_engine(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
-        let mut lab = Lab::new(policy);
-        let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
-        let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
-        lab.engine = finish(Engine::new(
-            client_port,
-            server_port,
-            lab.stats.clone(),
-            32,
-            policy,
-            Instant::ZERO,
-        ));
-        lab.client_port = client_ctl;
-        lab.server_port = server_ctl;
         lab
     }
 

@@ -1,6 +1,7 @@
 //! TLS helpers of the in-memory lab: an origin with its own CA, the
 //! appliance's TLS context trusting it, a rustls client trusting the
-//! appliance CA, and the pump between a rustls connection and a host socket.
+//! appliance CA, and the pump of TLS records between a rustls connection
+//! and a host's smoltcp socket.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -96,14 +97,8 @@ pub fn client_tls(ca: &CertificateDer<'static>) -> ClientConnection {
     ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap()
 }
 
-/// Moves TLS records between a rustls connection and a host socket, and
-/// collects the plaintext it yields; true once the peer's close_notify came.
-pub fn drive<D: rustls::SideData>(
-    host: &mut Host,
-    socket: SocketHandle,
-    tls: &mut rustls::ConnectionCommon<D>,
-    plaintext: &mut Vec<u8>,
-) -> bool {
+/// Sends what `tls` has to send on `socket`.
+fn flush<D: rustls::SideData>(host: &mut Host, socket: SocketHandle, tls: &mut rustls::ConnectionCommon<D>) {
     let socket = host.tcp(socket);
     let mut records = Vec::new();
     while tls.wants_write() {
@@ -116,17 +111,33 @@ pub fn drive<D: rustls::SideData>(
             "socket buffer too small"
         );
     }
+}
+
+/// Moves TLS records between a rustls connection and a host socket, and
+/// collects the plaintext it yields; true once the peer's close_notify
+/// came. A TLS error is returned after the alert rustls has for the peer
+/// was sent.
+pub fn try_drive<D: rustls::SideData>(
+    host: &mut Host,
+    socket: SocketHandle,
+    tls: &mut rustls::ConnectionCommon<D>,
+    plaintext: &mut Vec<u8>,
+) -> Result<bool, rustls::Error> {
+    flush(host, socket, tls);
     let mut closed = false;
-    while socket.can_recv() {
+    while host.tcp(socket).can_recv() {
         let mut buf = vec![0u8; 16 * 1024];
-        let read = socket.recv_slice(&mut buf).unwrap_or(0);
+        let read = host.tcp(socket).recv_slice(&mut buf).unwrap_or(0);
         if read == 0 {
             break;
         }
         let mut input = &buf[..read];
         while !input.is_empty() {
             tls.read_tls(&mut input).unwrap();
-            tls.process_new_packets().unwrap();
+            if let Err(err) = tls.process_new_packets() {
+                flush(host, socket, tls);
+                return Err(err);
+            }
             let mut chunk = [0u8; 16 * 1024];
             loop {
                 match tls.reader().read(&mut chunk) {
@@ -140,5 +151,15 @@ pub fn drive<D: rustls::SideData>(
             }
         }
     }
-    closed
+    Ok(closed)
+}
+
+/// [`try_drive`] for connections that must not fail.
+pub fn drive<D: rustls::SideData>(
+    host: &mut Host,
+    socket: SocketHandle,
+    tls: &mut rustls::ConnectionCommon<D>,
+    plaintext: &mut Vec<u8>,
+) -> bool {
+    try_drive(host, socket, tls, plaintext).unwrap()
 }
