@@ -775,6 +775,11 @@ impl Stack {
         self.flows.len()
     }
 
+    /// Every live flow's key and TCP state, for diagnostics (walks them all).
+    pub fn flow_states(&self) -> impl Iterator<Item = (FlowKey, tcp::State)> + '_ {
+        self.flows.iter().map(|(_, flow)| (flow.key, flow.socket().state()))
+    }
+
     /// Timer-wheel entries (stale ones included), for diagnostics.
     pub fn timer_entries(&self) -> usize {
         self.timers.len()
