@@ -334,6 +334,10 @@ fn check_seeds(seeds: std::ops::Range<u64>, inspection: bool) {
 
 #[test]
 fn random_segment_sequences_leave_nothing_behind() {
+    // On the code before the fix, seed 4 left a client leg in Listen
+    // (reset while half-open, its server leg connected), and seed 14 a
+    // client leg in Closed with its session and buffers (bytes the client
+    // sent after its FIN, which nobody would ever read).
     check_seeds(0..150, false);
 }
 
@@ -342,21 +346,3 @@ fn random_segment_sequences_through_the_inspection_loop_leave_nothing_behind() {
     check_seeds(1_000..1_100, true);
 }
 
-#[test]
-fn stats_probe() {
-    let mut opened = 0;
-    let mut est = 0;
-    for seed in 0..150 {
-        let mut driver = Driver::new(seed, false);
-        for _ in 0..STEPS_PER_SEED {
-            driver.random_segment();
-            driver.advance(1);
-        }
-        let c = driver.lab.engine.splicer().counters();
-        opened += c.sessions_opened;
-        est += c.bytes_client_to_server + c.bytes_server_to_client;
-        est += u64::from(driver.lab.engine.stack().flow_states().any(|(_, s)| s == TcpState::Established)) * 0;
-        
-    }
-    eprintln!("opened {opened} bytes {est}");
-}
