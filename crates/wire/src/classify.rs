@@ -272,6 +272,45 @@ impl FrameClass {
             .is_ok_and(|segment| segment.verify_checksum(&IpAddress::from(flow.src_ip), &IpAddress::from(flow.dst_ip)))
     }
 
+    /// The protocol, addresses and ports of a TCP or UDP packet, the ports
+    /// read from the first four bytes of its header even when that header
+    /// failed validation, so that the engine can tell which traffic a
+    /// malformed segment was aimed at. `None` for fragments, other
+    /// protocols, an IP layer that failed validation, or fewer than four
+    /// bytes. `frame` must be the frame this class was computed from.
+    pub fn stated_flow(&self, frame: &[u8]) -> Option<(IpProtocol, FlowTuple)> {
+        let ip = frame.get(self.ip_range()?)?;
+        let (protocol, src_ip, dst_ip) = match self.l3 {
+            L3Kind::Ipv4 {
+                proto, fragment: false, ..
+            } => {
+                let packet = Ipv4Packet::new_checked(ip).ok()?;
+                (proto, IpAddr::V4(packet.src_addr()), IpAddr::V4(packet.dst_addr()))
+            }
+            L3Kind::Ipv6 {
+                next_header,
+                fragment: false,
+                ..
+            } => {
+                let packet = Ipv6Packet::new_checked(ip).ok()?;
+                (next_header, IpAddr::V6(packet.src_addr()), IpAddr::V6(packet.dst_addr()))
+            }
+            _ => return None,
+        };
+        if !matches!(protocol, IpProtocol::Tcp | IpProtocol::Udp) {
+            return None;
+        }
+        let start = self.l4_range()?.start;
+        let ports = frame.get(start..start.checked_add(4)?)?;
+        let flow = FlowTuple {
+            src_ip,
+            dst_ip,
+            src_port: u16::from_be_bytes([ports[0], ports[1]]),
+            dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+        };
+        Some((protocol, flow))
+    }
+
     /// Records the outcome of the IP layer parsed at `l3_start`.
     fn record_ip(&mut self, l3_start: usize, outcome: Result<IpOutcome, WireError>) {
         match outcome {
@@ -991,6 +1030,39 @@ mod tests {
 
         frame[L2 + 20 + 12] = 0xf0; // 60-byte header in a 24-byte segment
         assert_eq!(ok(&frame).malformed, Some(WireError::Truncated { layer: Layer::Tcp }));
+    }
+
+    #[test]
+    fn stated_flow_survives_a_bad_l4_header() {
+        let mut frame = ipv4_tcp_frame(&[], TcpControl::Psh, b"abcd");
+        let (client, server) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4));
+        let expected = Some((
+            IpProtocol::Tcp,
+            FlowTuple {
+                src_ip: client,
+                dst_ip: server,
+                src_port: CLIENT_PORT,
+                dst_port: SERVER_PORT,
+            },
+        ));
+        assert_eq!(ok(&frame).stated_flow(&frame), expected);
+        frame[L2 + 20 + 12] = 0x40; // data offset 4: not a candidate, ports still stated
+        assert_eq!(ok(&frame).stated_flow(&frame), expected);
+        let udp = ethernet_frame(&[], ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Udp, &[0, 53, 1, 187]));
+        assert!(ok(&udp).malformed.is_some());
+        let (protocol, flow) = ok(&udp).stated_flow(&udp).unwrap();
+        assert_eq!((protocol, flow.src_port, flow.dst_port), (IpProtocol::Udp, 53, 443));
+        // Three bytes of a header, an ICMP message, a fragment: no ports.
+        let short = ethernet_frame(&[], ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Tcp, &[0, 53, 1]));
+        assert_eq!(ok(&short).stated_flow(&short), None);
+        let icmp = ipv4_icmp_echo_frame();
+        assert_eq!(ok(&icmp).stated_flow(&icmp), None);
+        let fragment = ipv6_tcp_frame_with_extensions(
+            IpProtocol::Ipv6Frag,
+            &fragment_header(IpProtocol::Tcp, 0, true),
+            &tcp_segment(v6_addrs(), TcpControl::Syn, 1, &[]),
+        );
+        assert_eq!(ok(&fragment).stated_flow(&fragment), None);
     }
 
     #[test]
