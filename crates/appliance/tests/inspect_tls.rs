@@ -350,6 +350,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         sni: Vec::new(),
         no_sni: None,
         when: Some(Condition::NonTls),
+        udp: None,
     };
     intercept.rules = Policy::new(&[bypass_non_tls], None, false).unwrap();
     let Setup {
