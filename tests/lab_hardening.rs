@@ -79,7 +79,11 @@ fn udp_to_the_origins_443_never_reaches_it_while_other_udp_does() {
     other_capture.stop();
     assert!(arrived, "the datagram to port 4443 reached the origin");
     let leaked = read_pcap(&blocked);
-    assert!(leaked.is_empty(), "{} datagrams to 443 reached the origin", leaked.len());
+    assert!(
+        leaked.is_empty(),
+        "{} datagrams to 443 reached the origin",
+        leaked.len()
+    );
     let (status, report, _) = appliance.stop();
     assert!(status.success());
     let client = &report["ports"][0];

@@ -751,7 +751,11 @@ device = "net_af_packet1,iface=gws0"
         assert!(parse(MINIMAL).expect("valid").intercept.tcp_ports.is_empty());
         let message = rejection(&format!("{MINIMAL}\n[intercept]\nmode = \"magic\"\n"));
         assert!(message.contains("magic"), "{message}");
-        assert_eq!(config.intercept.udp, crate::policy::UdpPolicy::Block, "UDP is blocked by default");
+        assert_eq!(
+            config.intercept.udp,
+            crate::policy::UdpPolicy::Block,
+            "UDP is blocked by default"
+        );
         let bypass = parse(&format!("{MINIMAL}\n[intercept]\nudp = \"bypass\"\n")).expect("valid");
         assert_eq!(bypass.intercept.udp, crate::policy::UdpPolicy::Bypass);
         let message = rejection(&format!("{MINIMAL}\n[intercept]\nudp = \"allow\"\n"));

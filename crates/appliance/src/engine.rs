@@ -392,7 +392,8 @@ impl<P: Port> Engine<P> {
                     // not this worker's to bridge or to open.
                     if guard
                         .client_tuple(tuple)
-                        .is_some_and(|client_tuple| splicer.held_by_another_worker(&client_tuple)) {
+                        .is_some_and(|client_tuple| splicer.held_by_another_worker(&client_tuple))
+                    {
                         misdirected += 1;
                         return false;
                     }

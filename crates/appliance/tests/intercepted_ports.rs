@@ -2,6 +2,7 @@
 //! is blocked unless `intercept.udp` or a rule bypasses it, and a TCP
 //! segment with a bad checksum or header is dropped rather than bridged,
 //! while other traffic keeps the cable rule.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
 
@@ -78,7 +79,13 @@ fn server_v4(port: u16) -> SocketAddr {
 
 /// A QUIC-like datagram from the client to the server's `port`.
 fn quic(port: u16) -> Vec<u8> {
-    udp(client_v4(50_000), server_v4(port), CLIENT_MAC, SERVER_MAC, b"quic initial")
+    udp(
+        client_v4(50_000),
+        server_v4(port),
+        CLIENT_MAC,
+        SERVER_MAC,
+        b"quic initial",
+    )
 }
 
 /// Polls the engine until both ports are quiet; returns what left the
@@ -103,13 +110,23 @@ fn udp_to_and_from_intercepted_ports_is_blocked_by_default_and_other_udp_bridged
     lab.client_port.inject(v6);
     lab.client_port.inject(dns.clone());
     // An answer from the origin's 443 (as if the client had got through).
-    let answer = udp(server_v4(PORT), client_v4(50_000), SERVER_MAC, CLIENT_MAC, b"quic handshake");
+    let answer = udp(
+        server_v4(PORT),
+        client_v4(50_000),
+        SERVER_MAC,
+        CLIENT_MAC,
+        b"quic handshake",
+    );
     lab.server_port.inject(answer);
     let (to_server, to_client) = pass(&mut lab);
     assert_eq!(to_server, vec![dns], "only the datagram to port 53 may pass");
     assert!(to_client.is_empty());
     let (client, server) = (lab.totals(0), lab.totals(1));
-    assert_eq!((client.udp_blocked, client.dropped, client.bridged), (2, 2, 1), "{client:?}");
+    assert_eq!(
+        (client.udp_blocked, client.dropped, client.bridged),
+        (2, 2, 1),
+        "{client:?}"
+    );
     assert_eq!((server.udp_blocked, server.dropped), (1, 1), "{server:?}");
 }
 
@@ -214,7 +231,11 @@ fn bad_tcp_to_an_intercepted_port_is_dropped_and_elsewhere_bridged() {
         lab.client_port.inject(frame.clone());
     }
     let (to_server, to_client) = pass(&mut lab);
-    assert_eq!(to_server, elsewhere.to_vec(), "only the port-80 frames keep the cable rule");
+    assert_eq!(
+        to_server,
+        elsewhere.to_vec(),
+        "only the port-80 frames keep the cable rule"
+    );
     assert!(to_client.is_empty());
     let (client, server) = (lab.totals(0), lab.totals(1));
     assert_eq!(
@@ -223,7 +244,11 @@ fn bad_tcp_to_an_intercepted_port_is_dropped_and_elsewhere_bridged() {
         "{client:?}"
     );
     assert_eq!((server.invalid_dropped, server.dropped), (1, 1), "{server:?}");
-    assert_eq!(lab.engine.stack().counters().flows_created, 0, "nothing reached the stack");
+    assert_eq!(
+        lab.engine.stack().counters().flows_created,
+        0,
+        "nothing reached the stack"
+    );
 
     // The same SYN with its checksum intact opens a connection.
     lab.client_port.inject(client_segment(PORT, SegmentControl::Syn, &[]));

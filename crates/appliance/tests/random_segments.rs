@@ -6,6 +6,7 @@
 //! configured. Then every flow the appliance answered is reset with the
 //! numbers it expects, the clock runs past every timeout and TIME-WAIT,
 //! and nothing may be left: no flow, no session, no socket or TLS buffer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
 
@@ -84,7 +85,7 @@ impl Driver {
         let policy = policy(&[PORT]);
         let lab = if inspection {
             let settings = InspectionSettings {
-                failure: if seed % 2 == 0 {
+                failure: if seed.is_multiple_of(2) {
                     InspectFailure::FailOpen
                 } else {
                     InspectFailure::FailClosed
@@ -118,7 +119,10 @@ impl Driver {
             }
         }
         if let Some(inspection) = self.lab.inspection.as_ref() {
-            let (out, back) = (inspection.out_port.take_transmitted(), inspection.in_port.take_transmitted());
+            let (out, back) = (
+                inspection.out_port.take_transmitted(),
+                inspection.in_port.take_transmitted(),
+            );
             for frame in out {
                 self.learn(2, &frame);
                 self.inject(3, frame);
@@ -160,7 +164,9 @@ impl Driver {
             0 => self.lab.client_port.inject(frame),
             1 => self.lab.server_port.inject(frame),
             _ => {
-                let Some(inspection) = self.lab.inspection.as_ref() else { return };
+                let Some(inspection) = self.lab.inspection.as_ref() else {
+                    return;
+                };
                 if port == 2 {
                     inspection.out_port.inject(frame);
                 } else {
@@ -345,4 +351,3 @@ fn random_segment_sequences_leave_nothing_behind() {
 fn random_segment_sequences_through_the_inspection_loop_leave_nothing_behind() {
     check_seeds(1_000..1_100, true);
 }
-

@@ -293,7 +293,11 @@ impl FrameClass {
                 ..
             } => {
                 let packet = Ipv6Packet::new_checked(ip).ok()?;
-                (next_header, IpAddr::V6(packet.src_addr()), IpAddr::V6(packet.dst_addr()))
+                (
+                    next_header,
+                    IpAddr::V6(packet.src_addr()),
+                    IpAddr::V6(packet.dst_addr()),
+                )
             }
             _ => return None,
         };
