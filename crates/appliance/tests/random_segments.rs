@@ -3,9 +3,11 @@
 //! SYN, SYN-ACK, ACK, data, FIN and RST, with sequence and acknowledgement
 //! numbers that are random or near what the appliance last sent — on the
 //! client and server ports, and on the inspection ports when the loop is
-//! configured. Then every flow the appliance answered is reset with the
-//! numbers it expects, the clock runs past every timeout and TIME-WAIT,
-//! and nothing may be left: no flow, no session, no socket or TLS buffer.
+//! configured; in mode "tls" some of the client's data is a real
+//! ClientHello, so sessions reach the TLS layer. Then every flow the
+//! appliance answered is reset with the numbers it expects, the clock runs
+//! past every timeout and TIME-WAIT, and nothing may be left: no flow, no
+//! session, no socket or TLS buffer, and no leg ever stuck in LISTEN.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -16,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
 use harness::{policy, BoxMode, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use netstack::{Duration, TcpState};
 use wire::{FlowTuple, SegmentControl, TcpSegment};
 
@@ -57,9 +60,50 @@ struct Sent {
     ack: Option<u32>,
 }
 
+/// How the appliance handles the connections a seed opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Mode "splice": the bytes are relayed untouched.
+    Splice,
+    /// Spliced through an in-memory box that passes everything.
+    Inspect,
+    /// Mode "tls"; some client data is a real ClientHello.
+    Tls,
+}
+
+/// A TLS context whose upstream trust is a CA of its own (the random
+/// servers never present a certificate anyway).
+fn tls_context() -> TlsContext {
+    let ca = CertificateAuthority::generate("random segments CA", 1, time::OffsetDateTime::now_utc()).unwrap();
+    let bundle = std::env::temp_dir().join(format!("tlsgate-random-segments-{}.pem", std::process::id()));
+    std::fs::write(&bundle, ca.cert_pem()).unwrap();
+    let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
+    let _ = std::fs::remove_file(&bundle);
+    TlsContext::new(Forger::new(ca, None, 16).unwrap(), trust, InvalidUpstream::Mirror, None).unwrap()
+}
+
+/// The first flight of a rustls client for origin.test.
+fn client_hello() -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("origin.test").unwrap();
+    let mut client = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).unwrap();
+    }
+    hello
+}
+
 struct Driver {
     lab: Lab,
     rng: Rng,
+    /// In mode TLS: what a client's data segment may carry.
+    client_hello: Option<Vec<u8>>,
     /// Keyed by (port index, tuple of the frame the appliance sent).
     sent: HashMap<(usize, FlowTuple), Sent>,
     ports: usize,
@@ -81,9 +125,11 @@ fn arriving_tuple(port: usize, client: SocketAddr, server: SocketAddr) -> (FlowT
 }
 
 impl Driver {
-    fn new(seed: u64, inspection: bool) -> Driver {
+    fn new(seed: u64, mode: Mode) -> Driver {
         let policy = policy(&[PORT]);
-        let lab = if inspection {
+        let lab = if mode == Mode::Tls {
+            Lab::new_and(&policy, |engine| engine.with_tls(tls_context()))
+        } else if mode == Mode::Inspect {
             let settings = InspectionSettings {
                 failure: if seed.is_multiple_of(2) {
                     InspectFailure::FailOpen
@@ -100,8 +146,9 @@ impl Driver {
         Driver {
             lab,
             rng: Rng::new(seed),
+            client_hello: (mode == Mode::Tls).then(client_hello),
             sent: HashMap::new(),
-            ports: if inspection { 4 } else { 2 },
+            ports: if mode == Mode::Inspect { 4 } else { 2 },
         }
     }
 
@@ -202,7 +249,7 @@ impl Driver {
             8 => base.wrapping_sub(rng.below(3000) as u32),
             _ => rng.next() as u32,
         };
-        let seq = match learned.and_then(|sent| sent.ack) {
+        let mut seq = match learned.and_then(|sent| sent.ack) {
             Some(ack) if self.rng.chance(80) => near(&mut self.rng, ack),
             _ => self.rng.next() as u32,
         };
@@ -219,7 +266,21 @@ impl Driver {
             18 => (SegmentControl::Rst, false, 0),
             _ => (SegmentControl::Rst, true, 0),
         };
-        let payload: Vec<u8> = (0..payload_len).map(|_| self.rng.next() as u8).collect();
+        let payload: Vec<u8> = match &self.client_hello {
+            // A ClientHello, whole or cut, from the client, in sequence.
+            Some(hello) if payload_len > 0 && port == 0 && self.rng.chance(80) => {
+                if let Some(ack) = learned.and_then(|sent| sent.ack) {
+                    seq = ack;
+                }
+                let end = if self.rng.chance(70) {
+                    hello.len()
+                } else {
+                    self.rng.below(hello.len() as u64) as usize
+                };
+                hello[..end].to_vec()
+            }
+            _ => (0..payload_len).map(|_| self.rng.next() as u8).collect(),
+        };
         let mut frame = Vec::new();
         TcpSegment {
             src_mac,
@@ -285,8 +346,8 @@ impl Driver {
 }
 
 /// Plays one seed; returns what was left, if anything.
-fn play(seed: u64, inspection: bool) -> Option<String> {
-    let mut driver = Driver::new(seed, inspection);
+fn play(seed: u64, mode: Mode) -> Option<String> {
+    let mut driver = Driver::new(seed, mode);
     for _ in 0..STEPS_PER_SEED {
         driver.random_segment();
         let wait = match driver.rng.below(20) {
@@ -326,9 +387,9 @@ fn play(seed: u64, inspection: bool) -> Option<String> {
     }
 }
 
-fn check_seeds(seeds: std::ops::Range<u64>, inspection: bool) {
+fn check_seeds(seeds: std::ops::Range<u64>, mode: Mode) {
     let failures: Vec<String> = seeds
-        .filter_map(|seed| play(seed, inspection).map(|left| format!("seed {seed}: {left}")))
+        .filter_map(|seed| play(seed, mode).map(|left| format!("seed {seed}: {left}")))
         .collect();
     assert!(
         failures.is_empty(),
@@ -344,10 +405,15 @@ fn random_segment_sequences_leave_nothing_behind() {
     // (reset while half-open, its server leg connected), and seed 14 a
     // client leg in Closed with its session and buffers (bytes the client
     // sent after its FIN, which nobody would ever read).
-    check_seeds(0..150, false);
+    check_seeds(0..150, Mode::Splice);
 }
 
 #[test]
 fn random_segment_sequences_through_the_inspection_loop_leave_nothing_behind() {
-    check_seeds(1_000..1_100, true);
+    check_seeds(1_000..1_100, Mode::Inspect);
+}
+
+#[test]
+fn random_segment_sequences_with_tls_interception_leave_nothing_behind() {
+    check_seeds(2_000..2_100, Mode::Tls);
 }

@@ -392,10 +392,23 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
 
 impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
+        Lab::new_and(policy, |engine| engine)
+    }
+
+    /// Like [`Lab::new`], with the engine finished by `finish` (TLS
+    /// interception, say).
+    pub fn new_and(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
         let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
-        let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
+        let engine = finish(Engine::new(
+            client_port,
+            server_port,
+            stats.clone(),
+            32,
+            policy,
+            Instant::ZERO,
+        ));
         Lab {
             now: Instant::ZERO,
             client: Host::new(CLIENT_MAC, CLIENT_V4, CLIENT_V6, 0x1111),
