@@ -40,10 +40,10 @@ pub struct PortStats {
 /// `udp_blocked` (part of `dropped`) are UDP datagrams to or from an
 /// intercepted port that `intercept.udp` (or a rule's `udp`) blocks, so
 /// that clients fall back to TCP (QUIC). `invalid_dropped` (part of
-/// `dropped` and `malformed`) are TCP segments to or from an intercepted
-/// port, or of an intercepted connection, whose checksum or header is bad
-/// (and malformed UDP a block applies to): never bridged, never fed to the
-/// stack.
+/// `dropped`, and of `malformed` but for fragments) are TCP segments to or from an intercepted
+/// port, or of an intercepted connection, whose checksum or header is bad,
+/// and first fragments of TCP to or from one (and such UDP a block applies
+/// to): never bridged, never fed to the stack.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortTotals {
     pub rx: u64,

@@ -5,8 +5,9 @@
 //! frames with malformed L3 headers are bridged like any other and counted
 //! (see `wire::classify` for the rule), except around the intercepted
 //! ports: a TCP segment to or from one (or of an intercepted connection)
-//! with a bad checksum or header is dropped, and so is UDP to or from one
-//! unless `intercept.udp` (or a rule) bypasses it.
+//! with a bad checksum or header, or the first fragment of one, is
+//! dropped, and so is UDP to or from one unless `intercept.udp` (or a
+//! rule) bypasses it.
 
 use std::sync::Arc;
 
@@ -332,18 +333,12 @@ impl<P: Port> Engine<P> {
                 }
                 Ok(class) => class,
             };
-            if class.malformed.is_some() {
-                malformed += 1;
-                // Aimed at an intercepted port: dropped, never bridged.
-                let aimed = class
-                    .stated_flow(frame.data())
-                    .and_then(|(protocol, flow)| Some((protocol, guard.client_tuple(&flow)?)))
-                    .is_some_and(|(protocol, tuple)| {
-                        protocol == IpProtocol::Tcp || guard.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block
-                    });
-                if aimed {
-                    invalid += 1;
-                }
+            if class.malformed.is_some() || is_fragment(&class) {
+                malformed += u64::from(class.malformed.is_some());
+                // What cannot be checked, aimed at an intercepted port, is
+                // dropped; the rest keeps the cable rule.
+                let aimed = guard.aimed_at(&class, frame.data(), splicer.policy());
+                invalid += u64::from(aimed);
                 return !aimed;
             }
             if let Some(wire::L4Kind::Udp { flow }) = class.l4() {
@@ -578,10 +573,31 @@ impl Guard<'_> {
         }
     }
 
+    /// Whether a packet the engine cannot check (a malformed one, an IP
+    /// fragment) is TCP to or from an intercepted port, or UDP the policy
+    /// blocks there: its ports as its header states them (a first
+    /// fragment's; later fragments are useless without it).
+    fn aimed_at(&self, class: &wire::FrameClass, frame: &[u8], rules: &Policy) -> bool {
+        class
+            .stated_flow(frame)
+            .and_then(|(protocol, flow)| Some((protocol, self.client_tuple(&flow)?)))
+            .is_some_and(|(protocol, tuple)| {
+                protocol == IpProtocol::Tcp || self.udp_policy(rules, &tuple) == UdpPolicy::Block
+            })
+    }
+
     /// What becomes of UDP client→server `tuple` to an intercepted port.
     fn udp_policy(&self, rules: &Policy, tuple: &FlowTuple) -> UdpPolicy {
         rules.udp(tuple).map_or(self.udp, |(udp, _)| udp)
     }
+}
+
+/// Whether the frame is a fragment of an IPv4 or IPv6 packet.
+fn is_fragment(class: &wire::FrameClass) -> bool {
+    matches!(
+        class.l3,
+        wire::L3Kind::Ipv4 { fragment: true, .. } | wire::L3Kind::Ipv6 { fragment: true, .. }
+    )
 }
 
 /// A port buffer holding a copy of `frame`, if one can be had.

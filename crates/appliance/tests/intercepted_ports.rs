@@ -1,7 +1,7 @@
 //! What may pass the intercepted ports besides intercepted TCP: UDP (QUIC)
 //! is blocked unless `intercept.udp` or a rule bypasses it, and a TCP
-//! segment with a bad checksum or header is dropped rather than bridged,
-//! while other traffic keeps the cable rule.
+//! segment with a bad checksum or header, or the first fragment of one, is
+//! dropped rather than bridged, while other traffic keeps the cable rule.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -254,4 +254,69 @@ fn bad_tcp_to_an_intercepted_port_is_dropped_and_elsewhere_bridged() {
     lab.client_port.inject(client_segment(PORT, SegmentControl::Syn, &[]));
     pass(&mut lab);
     assert_eq!(lab.engine.splicer().counters().sessions_opened, 1);
+}
+
+/// `frame` (IPv4) as the first fragment of a larger packet, or as a later
+/// one at `offset` bytes.
+fn ipv4_fragment(mut frame: Vec<u8>, offset: u16) -> Vec<u8> {
+    let mut ip = Ipv4Packet::new_unchecked(&mut frame[14..]);
+    ip.set_dont_frag(false);
+    ip.set_more_frags(true);
+    ip.set_frag_offset(offset);
+    ip.fill_checksum();
+    frame
+}
+
+/// A TCP SYN from the client to the server's `port` over IPv6 in an atomic
+/// fragment (a Fragment header with offset 0 and no more fragments), which
+/// hosts accept as a whole packet.
+fn ipv6_atomic_fragment(port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    TcpSegment {
+        src_mac: CLIENT_MAC,
+        dst_mac: SERVER_MAC,
+        src: SocketAddr::new(CLIENT_V6.parse().unwrap(), 50_000),
+        dst: SocketAddr::new(SERVER_V6.parse().unwrap(), port),
+        seq: 1000,
+        ack: None,
+        control: SegmentControl::Syn,
+        window: 65_535,
+        payload: &[],
+    }
+    .write(&mut frame)
+    .unwrap();
+    let payload_len = u16::from_be_bytes([frame[18], frame[19]]) + 8;
+    frame[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    frame[20] = 44; // next header: Fragment
+    let fragment_header = [6, 0, 0, 0, 0, 0, 0x12, 0x34]; // TCP, offset 0, M = 0
+    frame.splice(54..54, fragment_header);
+    frame
+}
+
+#[test]
+fn fragments_of_tcp_to_an_intercepted_port_are_dropped_and_elsewhere_bridged() {
+    let mut lab = Lab::new(&policy(&[PORT]));
+    lab.client_port
+        .inject(ipv4_fragment(client_segment(PORT, SegmentControl::Syn, &[]), 0));
+    lab.client_port.inject(ipv6_atomic_fragment(PORT));
+    // Later fragments state no ports: they keep the cable rule (useless
+    // to the receiver without the first).
+    let later = ipv4_fragment(client_segment(PORT, SegmentControl::Psh, b"rest"), 1480);
+    let elsewhere = [
+        ipv4_fragment(client_segment(80, SegmentControl::Syn, &[]), 0),
+        ipv6_atomic_fragment(80),
+    ];
+    lab.client_port.inject(later.clone());
+    for frame in &elsewhere {
+        lab.client_port.inject(frame.clone());
+    }
+    let (to_server, _) = pass(&mut lab);
+    let expected: Vec<_> = std::iter::once(later).chain(elsewhere).collect();
+    assert_eq!(to_server, expected);
+    let client = lab.totals(0);
+    assert_eq!(
+        (client.invalid_dropped, client.dropped, client.malformed, client.bridged),
+        (2, 2, 0, 3),
+        "{client:?}"
+    );
 }
