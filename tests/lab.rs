@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, parallel_downloads, tls_config, Appliance, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6};
+use common::lab::{curl, parallel_downloads, tls_config, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6};
 use common::{output, repo, text, Scratch};
 
 fn sha256(path: &Path) -> String {
@@ -258,46 +256,6 @@ fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
     for port in [&report["ports"][0], &report["ports"][1]] {
         assert!(port["intercepted"].as_u64().unwrap() > 50_000, "{report}");
         assert_eq!(port["malformed"], 0, "{report}");
-    }
-}
-
-/// A tcpdump writing `file` in `namespace`, started and listening.
-struct Capture {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Capture {
-    fn start(lab: &Lab, namespace: &str, interface: &str, file: &Path, filter: &str) -> Capture {
-        let mut child = lab
-            .cmd(namespace, "tcpdump")
-            .args(["--immediate-mode", "-i", interface, "-U", "-w"])
-            .arg(file)
-            .arg(filter)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump");
-        let stderr = child.stderr.take().expect("stderr");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        match lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.contains("listening on") => Capture { child, stderr: lines },
-            other => panic!("tcpdump did not start: {other:?}"),
-        }
-    }
-
-    /// Stops the capture; returns tcpdump's closing report.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(100));
-        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
 }
 

@@ -301,3 +301,43 @@ pub fn curl(lab: &Lab, ca: &Path, args: &[&str]) -> std::process::Output {
             .args(args),
     )
 }
+
+/// A tcpdump writing `file` in `namespace`, started and listening.
+pub struct Capture {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Capture {
+    pub fn start(lab: &Lab, namespace: &str, interface: &str, file: &Path, filter: &str) -> Capture {
+        let mut child = lab
+            .cmd(namespace, "tcpdump")
+            .args(["--immediate-mode", "-i", interface, "-U", "-w"])
+            .arg(file)
+            .arg(filter)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let stderr = child.stderr.take().expect("stderr");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("listening on") => Capture { child, stderr: lines },
+            other => panic!("tcpdump did not start: {other:?}"),
+        }
+    }
+
+    /// Stops the capture; returns tcpdump's closing report.
+    pub fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}

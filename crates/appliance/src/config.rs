@@ -267,6 +267,10 @@ pub struct Intercept {
     /// What is done with an intercepted connection.
     #[serde(default)]
     pub mode: InterceptMode,
+    /// UDP to and from the intercepted ports (QUIC): blocked by default so
+    /// that clients fall back to TCP; `[[policy]]` rules may override it.
+    #[serde(default)]
+    pub udp: crate::policy::UdpPolicy,
 }
 
 /// How an intercepted connection is handled.
@@ -855,6 +859,19 @@ device = "net_af_packet1,iface=gws0"
         assert!(parse(MINIMAL).expect("valid").intercept.tcp_ports.is_empty());
         let message = rejection(&format!("{MINIMAL}\n[intercept]\nmode = \"magic\"\n"));
         assert!(message.contains("magic"), "{message}");
+        assert_eq!(
+            config.intercept.udp,
+            crate::policy::UdpPolicy::Block,
+            "UDP is blocked by default"
+        );
+        let bypass = parse(&format!("{MINIMAL}\n[intercept]\nudp = \"bypass\"\n")).expect("valid");
+        assert_eq!(bypass.intercept.udp, crate::policy::UdpPolicy::Bypass);
+        let message = rejection(&format!("{MINIMAL}\n[intercept]\nudp = \"allow\"\n"));
+        assert!(message.contains("udp") && message.contains("bypass"), "{message}");
+        let message = rejection(&format!(
+            "{MINIMAL}\n[[policy]]\naction = \"bypass\"\nsni = [\"a.test\"]\nudp = \"bypass\"\n"
+        ));
+        assert!(message.contains("policy[1].udp"), "{message}");
         let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [0]\n"));
         assert!(message.contains("intercept.tcp_ports"), "{message}");
         let message = rejection(&format!("{MINIMAL}\n[intercept]\ntcp_ports = [70000]\n"));

@@ -23,6 +23,8 @@ pub struct PortStats {
     generated: AtomicU64,
     generated_dropped: AtomicU64,
     misdirected: AtomicU64,
+    udp_blocked: AtomicU64,
+    invalid_dropped: AtomicU64,
 }
 
 /// A reading of [`PortStats`]. For every port,
@@ -36,6 +38,13 @@ pub struct PortStats {
 /// ring) and are left to TCP retransmission. `misdirected` frames (part of
 /// `dropped`) belonged to a connection another worker holds (af_packet's
 /// fanout rolls frames over to another socket when one is full).
+/// `udp_blocked` (part of `dropped`) are UDP datagrams to or from an
+/// intercepted port that `intercept.udp` (or a rule's `udp`) blocks, so
+/// that clients fall back to TCP (QUIC). `invalid_dropped` (part of
+/// `dropped`, and of `malformed` but for fragments) are TCP segments to or from an intercepted
+/// port, or of an intercepted connection, whose checksum or header is bad,
+/// and first fragments of TCP to or from one (and such UDP a block applies
+/// to): never bridged, never fed to the stack.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortTotals {
     pub rx: u64,
@@ -47,6 +56,8 @@ pub struct PortTotals {
     pub generated: u64,
     pub generated_dropped: u64,
     pub misdirected: u64,
+    pub udp_blocked: u64,
+    pub invalid_dropped: u64,
 }
 
 impl PortStats {
@@ -77,6 +88,12 @@ impl PortStats {
     pub fn add_misdirected(&self, frames: u64) {
         self.misdirected.fetch_add(frames, Ordering::Relaxed);
     }
+    pub fn add_udp_blocked(&self, frames: u64) {
+        self.udp_blocked.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_invalid_dropped(&self, frames: u64) {
+        self.invalid_dropped.fetch_add(frames, Ordering::Relaxed);
+    }
 
     pub fn totals(&self) -> PortTotals {
         PortTotals {
@@ -89,6 +106,8 @@ impl PortStats {
             generated: self.generated.load(Ordering::Relaxed),
             generated_dropped: self.generated_dropped.load(Ordering::Relaxed),
             misdirected: self.misdirected.load(Ordering::Relaxed),
+            udp_blocked: self.udp_blocked.load(Ordering::Relaxed),
+            invalid_dropped: self.invalid_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -104,6 +123,8 @@ impl std::ops::AddAssign for PortTotals {
         self.generated += other.generated;
         self.generated_dropped += other.generated_dropped;
         self.misdirected += other.misdirected;
+        self.udp_blocked += other.udp_blocked;
+        self.invalid_dropped += other.invalid_dropped;
     }
 }
 
@@ -297,6 +318,20 @@ impl fmt::Display for Report {
                 "misdirected: {} frames of connections another worker holds, dropped (left to retransmission)",
                 misdirected.join(", ")
             )?;
+        }
+        let guarded: Vec<_> = self
+            .ports
+            .iter()
+            .filter(|port| port.totals.udp_blocked + port.totals.invalid_dropped > 0)
+            .map(|port| {
+                format!(
+                    "{} UDP blocked, {} invalid dropped on {}",
+                    port.totals.udp_blocked, port.totals.invalid_dropped, port.role
+                )
+            })
+            .collect();
+        if !guarded.is_empty() {
+            writeln!(f, "intercepted ports: {}", guarded.join("; "))?;
         }
         let tcp = &self.tcp;
         writeln!(

@@ -3,16 +3,21 @@
 //! connections, which go to the transparent TCP stack and the splice layer.
 //! Runts (frames too short to hold their Ethernet header) are dropped;
 //! frames with malformed L3 headers are bridged like any other and counted
-//! (see `wire::classify` for the rule).
+//! (see `wire::classify` for the rule), except around the intercepted
+//! ports: a TCP segment to or from one (or of an intercepted connection)
+//! with a bad checksum or header, or the first fragment of one, is
+//! dropped, and so is UDP to or from one unless `intercept.udp` (or a
+//! rule) bypasses it.
 
 use std::sync::Arc;
 
 use dpdk::{PacketBuf, Port};
 use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
+use wire::{FlowTuple, IpProtocol};
 
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
-use crate::policy::{Action, Policy};
+use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{InspectionSettings, Splicer};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
@@ -67,6 +72,8 @@ pub struct InterceptPolicy {
     /// Destination ports whose new connections (client SYNs) are spliced.
     pub tcp_ports: Vec<u16>,
     pub mode: InterceptMode,
+    /// UDP to and from `tcp_ports`, unless a rule says otherwise.
+    pub udp: UdpPolicy,
     pub stack: StackConfig,
     pub hold_synack: bool,
     /// The `[tls]` settings, when connections are intercepted in mode "tls".
@@ -87,6 +94,7 @@ impl InterceptPolicy {
             rules,
             tcp_ports: config.intercept.tcp_ports.clone(),
             mode: config.intercept.mode,
+            udp: config.intercept.udp,
             stack: StackConfig {
                 rx_buffer: tcp.rx_buffer,
                 tx_buffer: tcp.tx_buffer,
@@ -164,6 +172,7 @@ pub struct Engine<P: Port> {
     burst_size: usize,
     frames: Vec<P::Buf>,
     intercept_ports: Vec<u16>,
+    udp: UdpPolicy,
     stack: Stack,
     splicer: Splicer,
     stack_output: Vec<OutFrame>,
@@ -189,6 +198,7 @@ impl<P: Port> Engine<P> {
             burst_size: burst_size.max(1),
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
+            udp: policy.udp,
             stack: Stack::new(Side::ALL.len(), policy.stack, now),
             splicer: Splicer::new(policy.hold_synack, policy.rules.clone()),
             stack_output: Vec::new(),
@@ -305,9 +315,16 @@ impl<P: Port> Engine<P> {
         let mut malformed = 0u64;
         let mut intercepted = 0u64;
         let mut misdirected = 0u64;
+        let mut udp_blocked = 0u64;
+        let mut invalid = 0u64;
         let stack = &mut self.stack;
         let splicer = &mut self.splicer;
         let intercept_ports = &self.intercept_ports;
+        let guard = Guard {
+            from,
+            intercept_ports,
+            udp: self.udp,
+        };
         frames.retain_mut(|frame| {
             let class = match wire::classify(frame.data()) {
                 Err(_) => {
@@ -316,9 +333,20 @@ impl<P: Port> Engine<P> {
                 }
                 Ok(class) => class,
             };
-            if class.malformed.is_some() {
-                malformed += 1;
-                return true;
+            if class.malformed.is_some() || is_fragment(&class) {
+                malformed += u64::from(class.malformed.is_some());
+                // What cannot be checked, aimed at an intercepted port, is
+                // dropped; the rest keeps the cable rule.
+                let aimed = guard.aimed_at(&class, frame.data(), splicer.policy());
+                invalid += u64::from(aimed);
+                return !aimed;
+            }
+            if let Some(wire::L4Kind::Udp { flow }) = class.l4() {
+                let blocked = guard
+                    .client_tuple(flow)
+                    .is_some_and(|tuple| guard.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block);
+                udp_blocked += u64::from(blocked);
+                return !blocked;
             }
             let Some((tuple, info)) = class.tcp() else {
                 if from == Side::Server {
@@ -326,13 +354,22 @@ impl<P: Port> Engine<P> {
                 }
                 return true;
             };
+            let flow = stack.lookup(ingress, tuple);
+            let guarded = flow.is_some() || guard.client_tuple(tuple).is_some();
+            if guarded && !class.tcp_checksum_ok(frame.data()) {
+                // Neither bridged (the cable rule would let it reach the
+                // origin uninspected) nor fed to the stack.
+                malformed += 1;
+                invalid += 1;
+                return false;
+            }
             let opens = from == Side::Client
                 && info.flags.syn
                 && !info.flags.ack
                 && !info.flags.rst
                 && class.is_tcp_candidate()
                 && intercept_ports.contains(&tuple.dst_port);
-            match stack.lookup(ingress, tuple) {
+            match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already
                     // closed (its leg lingers in TIME-WAIT) opens a new one,
@@ -348,12 +385,10 @@ impl<P: Port> Engine<P> {
                     // A segment of a connection another worker holds (a
                     // frame af_packet rolled over from a full socket) is
                     // not this worker's to bridge or to open.
-                    let client_tuple = match from {
-                        Side::Client if intercept_ports.contains(&tuple.dst_port) => Some(*tuple),
-                        Side::Server if intercept_ports.contains(&tuple.src_port) => Some(tuple.reversed()),
-                        _ => None,
-                    };
-                    if client_tuple.is_some_and(|client_tuple| splicer.held_by_another_worker(&client_tuple)) {
+                    if guard
+                        .client_tuple(tuple)
+                        .is_some_and(|client_tuple| splicer.held_by_another_worker(&client_tuple))
+                    {
                         misdirected += 1;
                         return false;
                     }
@@ -391,8 +426,10 @@ impl<P: Port> Engine<P> {
         self.stats[egress].add_tx(sent);
         in_stats.add_bridged(sent);
         in_stats.add_intercepted(intercepted);
-        in_stats.add_dropped(runts + misdirected + unsent as u64);
+        in_stats.add_dropped(runts + misdirected + udp_blocked + invalid + unsent as u64);
         in_stats.add_misdirected(misdirected);
+        in_stats.add_udp_blocked(udp_blocked);
+        in_stats.add_invalid_dropped(invalid);
         in_stats.add_malformed(runts + malformed);
         received
     }
@@ -411,7 +448,7 @@ impl<P: Port> Engine<P> {
         if received == 0 {
             return 0;
         }
-        let (mut intercepted, mut malformed) = (0u64, 0u64);
+        let (mut intercepted, mut malformed, mut invalid) = (0u64, 0u64, 0u64);
         for frame in frames.iter() {
             let Ok(class) = wire::classify(frame.data()) else {
                 malformed += 1;
@@ -424,6 +461,11 @@ impl<P: Port> Engine<P> {
             let Some((tuple, info)) = class.tcp() else {
                 continue;
             };
+            if !class.tcp_checksum_ok(frame.data()) {
+                malformed += 1;
+                invalid += 1;
+                continue;
+            }
             if let Some(flow) = self.stack.lookup(index, tuple) {
                 let _ = self.stack.ingress(flow, frame.data(), &class, now);
                 intercepted += 1;
@@ -442,6 +484,7 @@ impl<P: Port> Engine<P> {
         stats.add_intercepted(intercepted);
         stats.add_dropped(received as u64 - intercepted);
         stats.add_malformed(malformed);
+        stats.add_invalid_dropped(invalid);
         received
     }
 
@@ -508,6 +551,53 @@ impl<P: Port> Engine<P> {
             send_generated(port, queue, stats, deadline);
         }
     }
+}
+
+/// Which traffic of the client and server ports is aimed at an intercepted
+/// port, and what becomes of its UDP.
+struct Guard<'a> {
+    from: Side,
+    intercept_ports: &'a [u16],
+    udp: UdpPolicy,
+}
+
+impl Guard<'_> {
+    /// The client→server tuple of a TCP or UDP packet of `flow`, if it goes
+    /// to an intercepted port (from the client) or comes from one (from the
+    /// server).
+    fn client_tuple(&self, flow: &FlowTuple) -> Option<FlowTuple> {
+        match self.from {
+            Side::Client if self.intercept_ports.contains(&flow.dst_port) => Some(*flow),
+            Side::Server if self.intercept_ports.contains(&flow.src_port) => Some(flow.reversed()),
+            _ => None,
+        }
+    }
+
+    /// Whether a packet the engine cannot check (a malformed one, an IP
+    /// fragment) is TCP to or from an intercepted port, or UDP the policy
+    /// blocks there: its ports as its header states them (a first
+    /// fragment's; later fragments are useless without it).
+    fn aimed_at(&self, class: &wire::FrameClass, frame: &[u8], rules: &Policy) -> bool {
+        class
+            .stated_flow(frame)
+            .and_then(|(protocol, flow)| Some((protocol, self.client_tuple(&flow)?)))
+            .is_some_and(|(protocol, tuple)| {
+                protocol == IpProtocol::Tcp || self.udp_policy(rules, &tuple) == UdpPolicy::Block
+            })
+    }
+
+    /// What becomes of UDP client→server `tuple` to an intercepted port.
+    fn udp_policy(&self, rules: &Policy, tuple: &FlowTuple) -> UdpPolicy {
+        rules.udp(tuple).map_or(self.udp, |(udp, _)| udp)
+    }
+}
+
+/// Whether the frame is a fragment of an IPv4 or IPv6 packet.
+fn is_fragment(class: &wire::FrameClass) -> bool {
+    matches!(
+        class.l3,
+        wire::L3Kind::Ipv4 { fragment: true, .. } | wire::L3Kind::Ipv6 { fragment: true, .. }
+    )
 }
 
 /// A port buffer holding a copy of `frame`, if one can be had.

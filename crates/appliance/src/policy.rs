@@ -42,6 +42,18 @@ impl Action {
     }
 }
 
+/// What happens to UDP to and from the intercepted ports (QUIC, which the
+/// appliance cannot intercept): `intercept.udp`, or a rule's `udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpPolicy {
+    /// Dropped and counted: clients fall back to TCP, which is intercepted.
+    #[default]
+    Block,
+    /// Bridged uninspected.
+    Bypass,
+}
+
 /// The failure a `when` rule applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +100,9 @@ pub struct RuleConfig {
     pub no_sni: Option<bool>,
     /// Applies only when the client's bytes cannot be intercepted.
     pub when: Option<Condition>,
+    /// What happens to UDP to the intercepted ports matching `dst`, `src`
+    /// and `port`; unset: the rule does not apply to UDP.
+    pub udp: Option<UdpPolicy>,
 }
 
 /// The decision and why.
@@ -124,6 +139,7 @@ struct Rule {
     names: Vec<NamePattern>,
     no_sni: Option<bool>,
     when: Option<Condition>,
+    udp: Option<UdpPolicy>,
 }
 
 fn parse_prefix(text: &str) -> Result<IpNet, String> {
@@ -212,7 +228,14 @@ impl Policy {
                         "a `non_tls` or `unsupported_tls` rule cannot also match on SNI (there is none to read)".into(),
                     ));
                 }
-                if rule.when.is_some() && rule.when != Some(Condition::Ech) && rule.action == Action::Intercept {
+                if rule.udp.is_some() && (!names.is_empty() || rule.no_sni.is_some() || rule.when.is_some()) {
+                    return Err((
+                        key("udp"),
+                        "a rule with `udp` matches on addresses and ports only (a datagram has no SNI or first bytes to read)"
+                            .into(),
+                    ));
+                }
+                                if rule.when.is_some() && rule.when != Some(Condition::Ech) && rule.action == Action::Intercept {
                     return Err((
                         key("action"),
                         "what cannot be intercepted can only be bypassed or blocked".into(),
@@ -227,6 +250,7 @@ impl Policy {
                     names,
                     no_sni: rule.no_sni,
                     when: rule.when,
+                    udp: rule.udp,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -252,6 +276,16 @@ impl Policy {
             return Some(rule.verdict("addresses and port"));
         }
         None
+    }
+
+    /// For a UDP datagram client→server `tuple` to an intercepted port: the
+    /// `udp` of the first rule that sets one and matches its addresses and
+    /// port, and why; `None`: `intercept.udp` applies.
+    pub fn udp(&self, tuple: &FlowTuple) -> Option<(UdpPolicy, usize)> {
+        self.rules
+            .iter()
+            .find(|rule| rule.udp.is_some() && rule.addresses_match(tuple))
+            .and_then(|rule| rule.udp.map(|udp| (udp, rule.number)))
     }
 
     /// At the ClientHello: the first matching rule, else what was learned
@@ -406,7 +440,32 @@ mod tests {
             sni: vec![],
             no_sni: None,
             when: None,
+            udp: None,
         }
+    }
+
+    #[test]
+    fn udp_follows_the_first_rule_that_sets_it() {
+        let policy = Policy::new(
+            &[
+                RuleConfig {
+                    dst: vec!["198.18.0.9".into()],
+                    ..rule(Action::Bypass)
+                },
+                RuleConfig {
+                    dst: vec!["198.18.0.0/24".into()],
+                    port: vec![443],
+                    udp: Some(UdpPolicy::Bypass),
+                    ..rule(Action::Intercept)
+                },
+            ],
+            Arc::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(policy.udp(&tuple("198.18.0.9", 443)), Some((UdpPolicy::Bypass, 2)));
+        assert_eq!(policy.udp(&tuple("198.18.0.9", 8443)), None);
+        assert_eq!(policy.udp(&tuple("198.18.1.9", 443)), None);
     }
 
     #[test]
@@ -520,6 +579,14 @@ mod tests {
                     ..rule(Action::Intercept)
                 },
                 "policy[1].action",
+            ),
+            (
+                RuleConfig {
+                    sni: vec!["bank.test".into()],
+                    udp: Some(UdpPolicy::Bypass),
+                    ..rule(Action::Bypass)
+                },
+                "policy[1].udp",
             ),
         ];
         for (config, key) in bad {

@@ -306,6 +306,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         sni: Vec::new(),
         no_sni: None,
         when: Some(Condition::NonTls),
+        udp: None,
     };
     intercept.rules = Policy::new(&[bypass_non_tls], Arc::default(), false).unwrap();
     let Setup {

@@ -68,6 +68,7 @@ fn rule(action: Action, when: Condition) -> RuleConfig {
         sni: vec![],
         no_sni: None,
         when: Some(when),
+        udp: None,
     }
 }
 

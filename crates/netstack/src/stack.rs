@@ -158,6 +158,10 @@ struct Flow {
     /// client's own monotonic clock (and accepts a SYN for a 4-tuple it
     /// holds in TIME-WAIT exactly as it would from the client).
     timestamp_origin: Option<(u32, Instant)>,
+    /// Once the peer's FIN came: how many of the queued bytes came before
+    /// it (the rest of the stream). smoltcp also queues bytes a peer sends
+    /// after its FIN; those are dropped, never read.
+    before_fin: Option<usize>,
 }
 
 impl Flow {
@@ -174,6 +178,24 @@ impl Flow {
 }
 
 impl Flow {
+    /// Bytes the owner may read: those of the stream, up to the peer's FIN.
+    fn readable(&self) -> usize {
+        let queued = self.socket().recv_queue();
+        self.before_fin.map_or(queued, |before| before.min(queued))
+    }
+
+    /// Records that `read` bytes were taken, and drops what the peer sent
+    /// after its FIN once everything before it was read.
+    fn consumed(&mut self, read: usize) {
+        if let Some(before) = self.before_fin.as_mut() {
+            *before = before.saturating_sub(read);
+        }
+        if self.before_fin == Some(0) {
+            let socket = self.socket_mut();
+            while socket.recv(|junk| (junk.len(), junk.len())).unwrap_or(0) > 0 {}
+        }
+    }
+
     fn socket(&self) -> &tcp::Socket<'static> {
         self.sockets.get::<tcp::Socket>(self.handle)
     }
@@ -377,6 +399,7 @@ impl Stack {
             waiting_since: None,
             timeout: self.config.timeout,
             timestamp_origin: None,
+            before_fin: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -555,14 +578,26 @@ impl Stack {
             tx: output,
         };
         iface.poll(now, &mut device, &mut flow.sockets);
+        // A transparent accept serves one connection: smoltcp puts a
+        // half-open socket the peer reset back in LISTEN, but nobody else
+        // will come to it, so it ends here (as reset).
+        if flow.socket().state() == tcp::State::Listen && flow.observed.state != tcp::State::Listen {
+            flow.socket_mut().abort();
+        }
+        let peer_closed = flow.observed.peer_closed || fin_received(flow.socket().state());
+        if peer_closed && flow.before_fin.is_none() {
+            // Whatever is queued when the FIN is seen came before it.
+            flow.before_fin = Some(flow.socket().recv_queue());
+        }
+        flow.consumed(0);
 
         let socket = flow.socket();
         let now_observed = Observed {
             state: socket.state(),
-            recv_queue: socket.recv_queue(),
+            recv_queue: flow.readable(),
             send_queue: socket.send_queue(),
             // Sticky: a socket that went on to CLOSED still had a FIN.
-            peer_closed: flow.observed.peer_closed || fin_received(socket.state()),
+            peer_closed,
         };
         let before = flow.observed;
         flow.observed = now_observed;
@@ -675,7 +710,13 @@ impl Stack {
 
     /// Reads up to `buf.len()` bytes.
     pub fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> Result<usize, StackError> {
-        let read = self.flow_mut(id)?.socket_mut().recv_slice(buf).unwrap_or(0);
+        let flow = self.flow_mut(id)?;
+        let limit = flow.readable().min(buf.len());
+        let read = flow
+            .socket_mut()
+            .recv_slice(buf.get_mut(..limit).unwrap_or_default())
+            .unwrap_or(0);
+        flow.consumed(read);
         if read > 0 {
             self.observe_queues(id);
             self.dirty.push(id);
@@ -695,7 +736,7 @@ impl Stack {
 
     /// Bytes waiting to be read.
     pub fn recv_queue(&self, id: FlowId) -> Result<usize, StackError> {
-        Ok(self.flow(id)?.socket().recv_queue())
+        Ok(self.flow(id)?.readable())
     }
 
     /// Whether the peer has sent FIN and every byte before it was read
@@ -704,7 +745,7 @@ impl Stack {
         let flow = self.flow(id)?;
         let socket = flow.socket();
         let fin = flow.observed.peer_closed || fin_received(socket.state());
-        Ok(fin && socket.recv_queue() == 0)
+        Ok(fin && flow.readable() == 0)
     }
 
     /// Bytes queued for sending and not yet acknowledged by the peer.
@@ -733,14 +774,16 @@ impl Stack {
             .flows
             .get2_mut(from.index as usize, to.index as usize)
             .ok_or(StackError::NoSuchFlow)?;
-        let (source, sink) = (source.socket_mut(), sink.socket_mut());
+        let readable = source.readable();
+        let source_flow = source;
+        let (source, sink) = (source_flow.socket_mut(), sink.socket_mut());
         let mut moved = 0;
         // The receive ring may wrap: at most two contiguous pieces.
         for _ in 0..2 {
             if !sink.may_send() {
                 break;
             }
-            let left = max.saturating_sub(moved);
+            let left = max.min(readable).saturating_sub(moved);
             let step = source
                 .recv(|data| {
                     let data = data.get(..left).unwrap_or(data);
@@ -754,6 +797,7 @@ impl Stack {
                 break;
             }
         }
+        source_flow.consumed(moved);
         if moved > 0 {
             self.observe_queues(from);
             self.observe_queues(to);
@@ -783,8 +827,7 @@ impl Stack {
     /// reports only what the peer changed.
     fn observe_queues(&mut self, id: FlowId) {
         if let Ok(flow) = self.flow_mut(id) {
-            let socket = flow.socket();
-            let (recv_queue, send_queue) = (socket.recv_queue(), socket.send_queue());
+            let (recv_queue, send_queue) = (flow.readable(), flow.socket().send_queue());
             flow.observed.recv_queue = recv_queue;
             flow.observed.send_queue = send_queue;
         }
@@ -793,6 +836,11 @@ impl Stack {
     /// Flows alive now.
     pub fn live_flows(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Every live flow's key and TCP state, for diagnostics (walks them all).
+    pub fn flow_states(&self) -> impl Iterator<Item = (FlowKey, tcp::State)> + '_ {
+        self.flows.iter().map(|(_, flow)| (flow.key, flow.socket().state()))
     }
 
     /// Timer-wheel entries (stale ones included), for diagnostics.

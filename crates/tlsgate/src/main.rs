@@ -270,6 +270,13 @@ fn check(config_path: &Path) -> Result<()> {
             config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64,
             config.sockets_per_connection()
         );
+        println!(
+            "  UDP to and from those ports (QUIC): {}",
+            match intercept.udp {
+                appliance::policy::UdpPolicy::Block => "blocked, so clients fall back to TCP (intercept.udp)",
+                appliance::policy::UdpPolicy::Bypass => "bridged uninspected (intercept.udp = \"bypass\")",
+            }
+        );
     }
     if !intercept.tcp_ports.is_empty() && intercept.mode == appliance::config::InterceptMode::Tls {
         let tls = &config.tls;

@@ -219,6 +219,9 @@ pub struct FrameClass {
     ip_span: Option<Span>,
     /// The upper-layer bytes of a non-fragment IP packet, when located.
     l4_span: Option<Span>,
+    /// Where the upper-layer header of a first fragment (offset 0) starts,
+    /// within the frame.
+    first_fragment_l4: Option<usize>,
 }
 
 impl FrameClass {
@@ -272,6 +275,45 @@ impl FrameClass {
             .is_ok_and(|segment| segment.verify_checksum(&IpAddress::from(flow.src_ip), &IpAddress::from(flow.dst_ip)))
     }
 
+    /// The protocol, addresses and ports of a TCP or UDP packet, the ports
+    /// read from the first four bytes of its header even when that header
+    /// failed validation or the packet is the first fragment (offset 0) of
+    /// a fragmented one, so that the engine can tell which traffic a
+    /// malformed or fragmented segment was aimed at. `None` for later
+    /// fragments, other protocols, an IP layer that failed validation, or
+    /// fewer than four bytes. `frame` must be the frame this class was
+    /// computed from.
+    pub fn stated_flow(&self, frame: &[u8]) -> Option<(IpProtocol, FlowTuple)> {
+        let ip = frame.get(self.ip_range()?)?;
+        let (protocol, src_ip, dst_ip) = match self.l3 {
+            L3Kind::Ipv4 { proto, .. } => {
+                let packet = Ipv4Packet::new_checked(ip).ok()?;
+                (proto, IpAddr::V4(packet.src_addr()), IpAddr::V4(packet.dst_addr()))
+            }
+            L3Kind::Ipv6 { next_header, .. } => {
+                let packet = Ipv6Packet::new_checked(ip).ok()?;
+                (
+                    next_header,
+                    IpAddr::V6(packet.src_addr()),
+                    IpAddr::V6(packet.dst_addr()),
+                )
+            }
+            _ => return None,
+        };
+        if !matches!(protocol, IpProtocol::Tcp | IpProtocol::Udp) {
+            return None;
+        }
+        let start = self.l4_range().map(|range| range.start).or(self.first_fragment_l4)?;
+        let ports = frame.get(start..start.checked_add(4)?)?;
+        let flow = FlowTuple {
+            src_ip,
+            dst_ip,
+            src_port: u16::from_be_bytes([ports[0], ports[1]]),
+            dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+        };
+        Some((protocol, flow))
+    }
+
     /// Records the outcome of the IP layer parsed at `l3_start`.
     fn record_ip(&mut self, l3_start: usize, outcome: Result<IpOutcome, WireError>) {
         match outcome {
@@ -284,6 +326,7 @@ impl FrameClass {
                 }
                 .shifted_by(l3_start);
                 self.l4_span = ip.upper_layer.and_then(|span| span.shifted_by(l3_start));
+                self.first_fragment_l4 = ip.first_fragment_l4.and_then(|start| start.checked_add(l3_start));
             }
             Err(error) => self.record_unparsed(error),
         }
@@ -314,6 +357,7 @@ pub fn classify(frame: &[u8]) -> Result<FrameClass, WireError> {
         malformed: None,
         ip_span: None,
         l4_span: None,
+        first_fragment_l4: None,
     };
     match EthernetProtocol::from(ethertype) {
         EthernetProtocol::Arp => match ArpPacket::new_checked(l3_bytes) {
@@ -340,6 +384,9 @@ struct IpOutcome {
     l3: L3Kind,
     packet_len: usize,
     upper_layer: Option<Span>,
+    /// For the first fragment of a fragmented packet: where its
+    /// upper-layer header starts.
+    first_fragment_l4: Option<usize>,
     malformed: Option<WireError>,
 }
 
@@ -383,6 +430,7 @@ fn classify_ipv4(bytes: &[u8]) -> Result<IpOutcome, WireError> {
             },
             packet_len,
             upper_layer: None,
+            first_fragment_l4: (packet.frag_offset() == 0).then(|| usize::from(packet.header_len())),
             malformed: None,
         });
     }
@@ -395,6 +443,7 @@ fn classify_ipv4(bytes: &[u8]) -> Result<IpOutcome, WireError> {
             start: usize::from(packet.header_len()),
             end: packet_len,
         }),
+        first_fragment_l4: None,
         malformed,
     })
 }
@@ -425,10 +474,14 @@ fn classify_ipv6(bytes: &[u8]) -> Result<IpOutcome, WireError> {
         l4,
     };
     if walk.fragment || walk.error.is_some() {
+        let first_fragment = walk.fragment && walk.fragment_offset == 0 && walk.error.is_none();
         return Ok(IpOutcome {
             l3: ipv6(L4Kind::Opaque),
             packet_len,
             upper_layer: None,
+            first_fragment_l4: first_fragment
+                .then(|| IPV6_HEADER_LEN.checked_add(walk.upper_layer_offset))
+                .flatten(),
             malformed: walk.error,
         });
     }
@@ -441,6 +494,7 @@ fn classify_ipv6(bytes: &[u8]) -> Result<IpOutcome, WireError> {
         upper_layer: IPV6_HEADER_LEN
             .checked_add(walk.upper_layer_offset)
             .map(|start| Span { start, end: packet_len }),
+        first_fragment_l4: None,
         malformed,
     })
 }
@@ -452,6 +506,8 @@ struct ExtensionWalk {
     /// Offset of that header from the start of the IPv6 payload.
     upper_layer_offset: usize,
     fragment: bool,
+    /// The Fragment header's offset, in 8-octet units.
+    fragment_offset: u16,
     error: Option<WireError>,
 }
 
@@ -470,6 +526,7 @@ fn walk_extension_headers(first: IpProtocol, payload: &[u8]) -> ExtensionWalk {
         next_header: first,
         upper_layer_offset: 0,
         fragment: false,
+        fragment_offset: 0,
         error: None,
     };
     for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
@@ -494,6 +551,7 @@ fn walk_extension_headers(first: IpProtocol, payload: &[u8]) -> ExtensionWalk {
                 // Only the next-header byte is read, which the common
                 // extension-header view covers for any 8 bytes.
                 walk.next_header = Ipv6ExtHeader::new_unchecked(fragment_header).next_header();
+                walk.fragment_offset = u16::from_be_bytes([fragment_header[2], fragment_header[3]]) >> 3;
                 IPV6_FRAGMENT_HEADER_LEN
             }
             _ => return walk,
@@ -994,6 +1052,44 @@ mod tests {
     }
 
     #[test]
+    fn stated_flow_survives_a_bad_l4_header() {
+        let mut frame = ipv4_tcp_frame(&[], TcpControl::Psh, b"abcd");
+        let (client, server) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4));
+        let expected = Some((
+            IpProtocol::Tcp,
+            FlowTuple {
+                src_ip: client,
+                dst_ip: server,
+                src_port: CLIENT_PORT,
+                dst_port: SERVER_PORT,
+            },
+        ));
+        assert_eq!(ok(&frame).stated_flow(&frame), expected);
+        frame[L2 + 20 + 12] = 0x40; // data offset 4: not a candidate, ports still stated
+        assert_eq!(ok(&frame).stated_flow(&frame), expected);
+        let udp = ethernet_frame(&[], ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Udp, &[0, 53, 1, 187]));
+        assert!(ok(&udp).malformed.is_some());
+        let (protocol, flow) = ok(&udp).stated_flow(&udp).unwrap();
+        assert_eq!((protocol, flow.src_port, flow.dst_port), (IpProtocol::Udp, 53, 443));
+        // Three bytes of a header, an ICMP message: no ports.
+        let short = ethernet_frame(&[], ETHERTYPE_IPV4, &ipv4_packet(IpProtocol::Tcp, &[0, 53, 1]));
+        assert_eq!(ok(&short).stated_flow(&short), None);
+        let icmp = ipv4_icmp_echo_frame();
+        assert_eq!(ok(&icmp).stated_flow(&icmp), None);
+        // A first fragment (atomic ones included) states its ports, a later one does not.
+        for (offset, more, stated) in [(0, true, true), (0, false, true), (185, false, false)] {
+            let fragment = ipv6_tcp_frame_with_extensions(
+                IpProtocol::Ipv6Frag,
+                &fragment_header(IpProtocol::Tcp, offset, more),
+                &tcp_segment(v6_addrs(), TcpControl::Syn, 1, &[]),
+            );
+            let flow = ok(&fragment).stated_flow(&fragment);
+            assert_eq!(flow.is_some(), stated, "offset {offset}");
+            assert!(flow.is_none_or(|(protocol, flow)| protocol == IpProtocol::Tcp && flow.dst_port == SERVER_PORT));
+        }
+    }
+
+    #[test]
     fn runts_are_errors() {
         let frame = ipv4_tcp_frame(&[], TcpControl::Syn, &[]);
         for len in 0..14 {
@@ -1147,6 +1243,15 @@ mod tests {
             assert!(!class.is_tcp_candidate());
             assert_eq!(class.ip_range(), Some(L2..frame.len()));
             assert_eq!(class.l4_range(), None);
+            // Only the first fragment begins with the TCP header.
+            let ports = class
+                .stated_flow(&frame)
+                .map(|(_, flow)| (flow.src_port, flow.dst_port));
+            assert_eq!(
+                ports,
+                (offset == 0).then_some((CLIENT_PORT, SERVER_PORT)),
+                "offset {offset}"
+            );
         }
     }
 
@@ -1192,6 +1297,7 @@ mod tests {
             prop_assert_eq!(l4.map(|l4| l4.len()), Some(info.header_len + info.payload_len));
             // Must not panic; the value is arbitrary for random input.
             let _ = class.tcp_checksum_ok(frame);
+            let _ = class.stated_flow(frame);
         }
         Ok(())
     }

@@ -25,3 +25,5 @@ pub use classify::{classify, FlowTuple, FrameClass, L3Kind, L4Kind, TcpFlags, Tc
 pub use error::{Layer, MalformedReason, WireError};
 pub use ethernet::{EthernetHeader, VlanTag};
 pub use segment::{ethernet_mss, SegmentControl, SegmentError, TcpSegment};
+/// The IP protocol numbers [`FrameClass::stated_flow`] reports.
+pub use smoltcp::wire::IpProtocol;
