@@ -784,7 +784,14 @@ impl Splicer {
         {
             return Ok(self.shared.at_capacity(stack, frame, class, now));
         }
-        match self.start(stack, frame, class, now) {
+        let mut started = self.start(stack, frame, class, now);
+        // The flow table ran full before the session count (loop legs, a
+        // table smaller than the sessions need): an embryonic session makes
+        // way there too.
+        if matches!(started, Err(StackError::TooManyFlows(_))) && self.evict_oldest_embryonic(stack, now) {
+            started = self.start(stack, frame, class, now);
+        }
+        match started {
             Ok(()) => Ok(Admission::Opened),
             Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now)),
             Err(err) => Err(err),

@@ -276,6 +276,17 @@ impl InspectionBox {
     }
 }
 
+/// The IPv4 packet in an Ethernet frame, if it carries one.
+pub fn ipv4(frame: &[u8]) -> Option<smoltcp::wire::Ipv4Packet<&[u8]>> {
+    use smoltcp::wire::{EthernetFrame, Ipv4Packet};
+    Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()
+}
+
+/// The TCP segment in an Ethernet frame, if it carries IPv4/TCP.
+pub fn tcp(frame: &[u8]) -> Option<smoltcp::wire::TcpPacket<&[u8]>> {
+    smoltcp::wire::TcpPacket::new_checked(ipv4(frame)?.payload()).ok()
+}
+
 /// The TCP payload of an untagged IPv4 frame.
 pub fn tcp_payload(frame: &[u8]) -> Option<&[u8]> {
     use smoltcp::wire::{Ipv4Packet, TcpPacket};
@@ -392,10 +403,22 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
 
 impl Lab {
     pub fn new(policy: &InterceptPolicy) -> Lab {
+        Lab::new_with(policy, |engine| engine)
+    }
+
+    /// A lab whose engine is finished by `finish` (TLS interception, say).
+    pub fn new_with(policy: &InterceptPolicy, finish: impl FnOnce(Engine<MemPort>) -> Engine<MemPort>) -> Lab {
         let (client_port, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
         let (server_port, server_ctl) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
         let stats = EngineStats::default();
-        let engine = Engine::new(client_port, server_port, stats.clone(), 32, policy, Instant::ZERO);
+        let engine = finish(Engine::new(
+            client_port,
+            server_port,
+            stats.clone(),
+            32,
+            policy,
+            Instant::ZERO,
+        ));
         Lab {
             now: Instant::ZERO,
             client: Host::new(CLIENT_MAC, CLIENT_V4, CLIENT_V6, 0x1111),
