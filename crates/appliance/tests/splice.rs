@@ -9,7 +9,7 @@ use harness::{
     SERVER_V4, SERVER_V6,
 };
 use smoltcp::socket::tcp::State;
-use smoltcp::wire::{EthernetFrame, Icmpv4Packet};
+use smoltcp::wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet, TcpPacket};
 
 const PORT: u16 = 443;
 
