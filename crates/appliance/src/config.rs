@@ -877,6 +877,42 @@ device = "net_af_packet1,iface=gws0"
     }
 
     #[test]
+    fn capacity_keys_default_safe_and_are_validated() {
+        let tcp = parse(MINIMAL).expect("valid").tcp;
+        assert_eq!(tcp.at_capacity, AtCapacity::Refuse, "never bridge by default");
+        assert_eq!(
+            (
+                tcp.max_embryonic_per_client,
+                tcp.client_hello_timeout_ms,
+                tcp.handshake_timeout_ms,
+                tcp.idle_timeout_ms
+            ),
+            (256, 10_000, 30_000, 3_600_000)
+        );
+        let set = parse(&format!(
+            "{MINIMAL}\n[tcp]\nat_capacity = \"bridge\"\nmax_embryonic_per_client = 8\nclient_hello_timeout_ms = 2000\n\
+             handshake_timeout_ms = 5000\nidle_timeout_ms = 0\n"
+        ))
+        .expect("valid")
+        .tcp;
+        assert_eq!(set.at_capacity, AtCapacity::Bridge);
+        let limits = crate::splice::Limits::from_config(&set);
+        assert_eq!(limits.idle_timeout, None, "0 turns the idle timeout off");
+        assert_eq!(limits.client_hello_timeout.total_millis(), 2000);
+        assert_eq!(limits.max_embryonic_per_client, 8);
+        for (line, key) in [
+            ("at_capacity = \"open\"", "open"),
+            ("max_embryonic_per_client = 0", "tcp.max_embryonic_per_client"),
+            ("client_hello_timeout_ms = 10", "tcp.client_hello_timeout_ms"),
+            ("handshake_timeout_ms = 700000", "tcp.handshake_timeout_ms"),
+            ("idle_timeout_ms = 500", "tcp.idle_timeout_ms"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
+    }
+
+    #[test]
     fn worst_case_buffer_memory() {
         let config = parse(MINIMAL).expect("valid");
         // 1 worker x 10,000 connections x 2 sockets x (64 + 64) KiB.
