@@ -324,6 +324,7 @@ impl fmt::Display for Report {
             + splice.bridged_at_capacity
             + splice.embryonic_live
             + splice.embryonic_evicted
+            + splice.time_wait_reclaimed
             + splice.embryonic_client_limit_dropped
             + timeouts
             + tcp.syn_retransmits_withheld
@@ -331,11 +332,13 @@ impl fmt::Display for Report {
         {
             writeln!(
                 f,
-                "capacity: {} refused at capacity, {} bridged uninspected at capacity; {} embryonic live, {} evicted, \
-                 {} SYNs over the per-client limit dropped; {} server SYN retransmissions withheld; \
+                "capacity: {} refused at capacity, {} bridged uninspected at capacity, {} closed connections in TIME-WAIT \
+                 reclaimed; {} embryonic live, {} evicted, {} SYNs over the per-client limit dropped; \
+                 {} server SYN retransmissions withheld; \
                  timed out: {} without ClientHello, {} in TLS handshakes, {} idle",
                 splice.refused_at_capacity,
                 splice.bridged_at_capacity,
+                splice.time_wait_reclaimed,
                 splice.embryonic_live,
                 splice.embryonic_evicted,
                 splice.embryonic_client_limit_dropped,

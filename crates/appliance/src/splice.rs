@@ -151,6 +151,15 @@ struct Embryonic {
     order: VecDeque<(usize, u64)>,
 }
 
+/// Whether a leg's connection is over (it only waits out TIME-WAIT).
+fn leg_over(stack: &Stack, leg: Option<FlowId>) -> bool {
+    leg.is_none_or(|leg| {
+        stack
+            .state(leg)
+            .map_or(true, |state| matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed))
+    })
+}
+
 impl Embryonic {
     fn of_client(&self, client: IpAddr) -> usize {
         self.per_client.get(&client).copied().unwrap_or(0)
@@ -314,6 +323,9 @@ pub struct SpliceCounters {
     pub embryonic_live: u64,
     /// Embryonic sessions dropped silently to admit newer SYNs.
     pub embryonic_evicted: u64,
+    /// Sessions closed both ways whose legs still waited out TIME-WAIT,
+    /// freed to admit new connections to a full table.
+    pub time_wait_reclaimed: u64,
     /// SYNs dropped because their client held too many embryonic sessions.
     pub embryonic_client_limit_dropped: u64,
     /// Sessions reset for no complete ClientHello in time.
@@ -350,6 +362,7 @@ impl std::ops::AddAssign for SpliceCounters {
         self.bridged_at_capacity += other.bridged_at_capacity;
         self.embryonic_live += other.embryonic_live;
         self.embryonic_evicted += other.embryonic_evicted;
+        self.time_wait_reclaimed += other.time_wait_reclaimed;
         self.embryonic_client_limit_dropped += other.embryonic_client_limit_dropped;
         self.client_hello_timeouts += other.client_hello_timeouts;
         self.handshake_timeouts += other.handshake_timeouts;
@@ -374,6 +387,10 @@ struct Shared {
     /// Session deadlines, earliest first: (deadline, index, serial); an
     /// entry whose session moved on is skipped when it comes up.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Sessions closed both ways, in the order they closed (index,
+    /// serial): their legs linger in TIME-WAIT and make way first when the
+    /// table is full.
+    closed_order: VecDeque<(usize, u64)>,
     /// The serial of the next session.
     next_serial: u64,
     counters: SpliceCounters,
@@ -612,6 +629,7 @@ impl Splicer {
                 limits,
                 embryonic: Embryonic::default(),
                 timers: BinaryHeap::new(),
+                closed_order: VecDeque::new(),
                 next_serial: 0,
                 policy,
                 epoch: std::time::Instant::now(),
@@ -773,22 +791,35 @@ impl Splicer {
     ) -> Result<Admission, StackError> {
         let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
         let limits = self.shared.limits;
+        let embryonic_share = (limits.max_sessions / 2).max(1);
+        let pressed = |splicer: &Splicer| {
+            let embryonic = &splicer.shared.embryonic;
+            splicer.sessions.len() >= limits.max_sessions
+                || embryonic.live >= embryonic_share
+                || embryonic.of_client(tuple.src_ip) >= limits.max_embryonic_per_client
+        };
+        if pressed(self) {
+            // Events of this burst not handled yet may have confirmed
+            // sessions (a client's ACK just before its next SYN).
+            self.handle_events(stack, now);
+        }
         if self.shared.embryonic.of_client(tuple.src_ip) >= limits.max_embryonic_per_client {
             self.shared.counters.embryonic_client_limit_dropped += 1;
             return Ok(Admission::Dropped);
         }
-        let embryonic_share = (limits.max_sessions / 2).max(1);
-        if (self.shared.embryonic.live >= embryonic_share || self.sessions.len() >= limits.max_sessions)
-            && !self.evict_oldest_embryonic(stack, now)
-            && self.sessions.len() >= limits.max_sessions
-        {
+        let full = self.sessions.len() >= limits.max_sessions;
+        let made_way = (full && self.reclaim_closed(stack))
+            || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
+        if full && !made_way {
             return Ok(self.shared.at_capacity(stack, frame, class, now));
         }
         let mut started = self.start(stack, frame, class, now);
         // The flow table ran full before the session count (loop legs, a
         // table smaller than the sessions need): an embryonic session makes
         // way there too.
-        if matches!(started, Err(StackError::TooManyFlows(_))) && self.evict_oldest_embryonic(stack, now) {
+        if matches!(started, Err(StackError::TooManyFlows(_)))
+            && (self.reclaim_closed(stack) || self.evict_oldest_embryonic(stack, now))
+        {
             started = self.start(stack, frame, class, now);
         }
         match started {
@@ -796,6 +827,33 @@ impl Splicer {
             Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now)),
             Err(err) => Err(err),
         }
+    }
+
+    /// Frees the session that closed first, if its legs only wait out
+    /// TIME-WAIT (their connection is over: nothing is sent); false if
+    /// there is none.
+    fn reclaim_closed(&mut self, stack: &mut Stack) -> bool {
+        while let Some(&(index, serial)) = self.shared.closed_order.front() {
+            let Some(session) = self.sessions.get_mut(index).filter(|session| session.serial == serial) else {
+                self.shared.closed_order.pop_front();
+                continue;
+            };
+            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
+            let legs: Vec<Option<FlowId>> = [session.client, session.server].into_iter().chain(loop_legs).collect();
+            if !legs.iter().all(|&leg| leg_over(stack, leg)) {
+                // Its last ACKs are still under way: it will be soon.
+                return false;
+            }
+            self.shared.closed_order.pop_front();
+            for leg in legs.into_iter().flatten() {
+                stack.discard(leg);
+            }
+            self.shared.counters.time_wait_reclaimed += 1;
+            let session = self.sessions.remove(index);
+            self.shared.retire(session);
+            return true;
+        }
+        false
     }
 
     /// Drops the oldest embryonic session without a word to its client (a
@@ -897,7 +955,7 @@ impl Splicer {
             directory.opened(tuple);
         }
         entry.insert(session);
-        self.shared.compact_embryonic_order(&self.sessions);
+        self.shared.compact_orders(&self.sessions);
         Ok(())
     }
 
@@ -1016,6 +1074,7 @@ impl Splicer {
             // direction's last bytes): the TLS state is not needed while the
             // legs linger in TIME-WAIT.
             shared.end_tls(session);
+            shared.closed_order.push_back((index, session.serial));
         }
         let loop_gone = session
             .inspection
@@ -1063,18 +1122,21 @@ impl Shared {
         self.counters.embryonic_live = self.embryonic.live as u64;
     }
 
-    /// Drops the embryonic order's entries of sessions that are no longer
-    /// embryonic once they outnumber the live ones.
-    fn compact_embryonic_order(&mut self, sessions: &Slab<Session>) {
+    /// Drops the entries of the embryonic and the closed order whose
+    /// sessions moved on or ended, once they outnumber the live ones.
+    fn compact_orders(&mut self, sessions: &Slab<Session>) {
         self.counters.embryonic_live = self.embryonic.live as u64;
-        if self.embryonic.order.len() <= 2 * self.embryonic.live + 1024 {
-            return;
+        if self.embryonic.order.len() > 2 * self.embryonic.live + 1024 {
+            self.embryonic.order.retain(|&(index, serial)| {
+                sessions
+                    .get(index)
+                    .is_some_and(|session| session.serial == serial && !session.confirmed)
+            });
         }
-        self.embryonic.order.retain(|&(index, serial)| {
-            sessions
-                .get(index)
-                .is_some_and(|session| session.serial == serial && !session.confirmed)
-        });
+        if self.closed_order.len() > 2 * sessions.len() + 1024 {
+            self.closed_order
+                .retain(|&(index, serial)| sessions.get(index).is_some_and(|session| session.serial == serial));
+        }
     }
 
     /// A SYN the table has no room for: refused with a RST, or bridged

@@ -172,6 +172,35 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     assert_eq!(records.matches("no complete ClientHello within 10000 ms").count(), TABLE);
 }
 
+/// Connections that closed both ways, whose legs still wait out
+/// TIME-WAIT, make way for new ones on a full table (nothing is refused).
+#[test]
+fn closed_connections_in_time_wait_make_way_on_a_full_table() {
+    const TABLE: usize = 2;
+    let mut policy = policy(&[PORT]);
+    policy.stack.max_flows = 2 * TABLE;
+    policy.limits.max_sessions = TABLE;
+    let mut lab = Lab::new(&policy);
+    log_frames(&mut lab);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 41_400);
+    transfer(&mut lab, client, server, b"request", b"response", 1_000);
+    close_both(&mut lab, client, server);
+    assert!(lab.engine.stack().live_flows() > 0, "no leg waits out TIME-WAIT");
+    assert_eq!(lab.engine.splicer().counters().sessions_live, 1);
+    let open: Vec<_> = (1..=TABLE as u16)
+        .map(|i| connect(&mut lab, v4(SERVER_V4, PORT), 41_400 + i))
+        .collect();
+    for i in 1..=TABLE as u16 {
+        assert_intercepted(&lab, 41_400 + i);
+    }
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.time_wait_reclaimed, counters.refused_at_capacity), (1, 0));
+    for (client, server) in open {
+        close_both(&mut lab, client, server);
+    }
+    assert_no_leaks(&mut lab);
+}
+
 /// Finding 5: a SYN whose client never retransmits it (a spoofed source)
 /// makes the server leg send one SYN, not one per retransmission timer, and
 /// its flows are gone when the server stays silent for `tcp.timeout_ms`.
