@@ -296,14 +296,16 @@ fn a_spoofed_syn_flood_five_times_the_table_leaves_a_real_client_intercepted() {
     log_frames(&mut lab);
     let every_ms = TIMEOUT_MS / (5 * TABLE as u64);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    // One SYN in `every_ms` milliseconds on average, at random moments (a
+    // flood at a fixed period would free and take table slots in step).
     let mut flood = move |lab: &mut Lab| {
-        if lab.now.total_millis() as u64 % every_ms != 0 {
-            return;
-        }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let [a, b, c, d, ..] = rng.to_le_bytes();
+        if rng % every_ms != 0 {
+            return;
+        }
+        let [_, a, b, c, d, ..] = rng.to_le_bytes();
         // Random sources in 198.19.0.0/16: within the lab's range, never a lab host.
         let source = SocketAddr::from((Ipv4Addr::new(198, 19, a, b), u16::from_le_bytes([c, d]) | 1024));
         lab.client_port.inject(spoofed_syn(source, spoof_target(), rng as u32));
