@@ -42,7 +42,14 @@ fn fetch(lab: &Lab, ca: &std::path::Path) -> bool {
     let result = curl(
         lab,
         ca,
-        &["-v", "--resolve", RESOLVE, "-o", "/dev/null", "https://origin.test/index.html"],
+        &[
+            "-v",
+            "--resolve",
+            RESOLVE,
+            "-o",
+            "/dev/null",
+            "https://origin.test/index.html",
+        ],
     );
     let shown = text(&result.stderr);
     assert_ne!(
@@ -143,10 +150,17 @@ fn idle_connections_filling_the_table_never_let_one_through_and_go_with_the_clie
     let tcp = &report["tcp"];
     assert!(tcp["refused_at_capacity"].as_u64().unwrap() >= 3, "{report}");
     assert_eq!(tcp["bridged_at_capacity"], 0, "{report}");
-    assert!(tcp["client_hello_timeouts"].as_u64().unwrap() >= TABLE as u64, "{report}");
+    assert!(
+        tcp["client_hello_timeouts"].as_u64().unwrap() >= TABLE as u64,
+        "{report}"
+    );
     let records = std::fs::read_to_string(scratch.path("connections.jsonl")).expect("connection log");
     assert!(
-        records.lines().filter(|line| line.contains("\"decision\":\"refuse\"")).count() >= 3,
+        records
+            .lines()
+            .filter(|line| line.contains("\"decision\":\"refuse\""))
+            .count()
+            >= 3,
         "{records}"
     );
     assert!(records.contains("no complete ClientHello within 3000 ms"), "{records}");
@@ -172,9 +186,14 @@ fn a_spoofed_syn_flood_several_times_the_table_leaves_curl_intercepted() {
 
     let mut flood = Helper::start({
         let mut command = lab.cmd(CLI, "/usr/bin/python3");
-        command
-            .arg(repo().join("tests/lab/synflood.py"))
-            .args(["cli0", "02:00:00:00:00:02", "198.18.0.2", "443", &RATE.to_string(), "6"]);
+        command.arg(repo().join("tests/lab/synflood.py")).args([
+            "cli0",
+            "02:00:00:00:00:02",
+            "198.18.0.2",
+            "443",
+            &RATE.to_string(),
+            "6",
+        ]);
         command
     });
     assert_eq!(flood.line(), "flooding");
@@ -191,6 +210,9 @@ fn a_spoofed_syn_flood_several_times_the_table_leaves_curl_intercepted() {
     let (status, report, _) = appliance.stop();
     assert!(status.success());
     let tcp = &report["tcp"];
-    assert!(tcp["embryonic_evicted"].as_u64().unwrap() > 0, "the flood did not fill the table: {report}");
+    assert!(
+        tcp["embryonic_evicted"].as_u64().unwrap() > 0,
+        "the flood did not fill the table: {report}"
+    );
     assert_eq!(tcp["bridged_at_capacity"], 0, "{report}");
 }

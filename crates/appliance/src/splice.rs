@@ -154,9 +154,9 @@ struct Embryonic {
 /// Whether a leg's connection is over (it only waits out TIME-WAIT).
 fn leg_over(stack: &Stack, leg: Option<FlowId>) -> bool {
     leg.is_none_or(|leg| {
-        stack
-            .state(leg)
-            .map_or(true, |state| matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed))
+        stack.state(leg).map_or(true, |state| {
+            matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed)
+        })
     })
 }
 
@@ -1188,7 +1188,10 @@ impl Shared {
         }
         if let (Some(tls), Some(_)) = (session.tls.as_deref(), self.tls.as_ref()) {
             if session.decision.is_none() {
-                return Some((session.stage_since + self.limits.client_hello_timeout, Expiry::ClientHello));
+                return Some((
+                    session.stage_since + self.limits.client_hello_timeout,
+                    Expiry::ClientHello,
+                ));
             }
             if tls.info.client_version.is_none() {
                 return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));

@@ -146,12 +146,16 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     lab.server.tcp(spare).abort();
 
     let all_reset = |lab: &mut Lab| {
-        idle.iter()
-            .all(|&(client, server)| lab.client.tcp(client).state() == State::Closed && lab.server.tcp(server).state() == State::Closed)
+        idle.iter().all(|&(client, server)| {
+            lab.client.tcp(client).state() == State::Closed && lab.server.tcp(server).state() == State::Closed
+        })
     };
     lab.run_for(9_000);
     assert!(!all_reset(&mut lab), "reset before the ClientHello timeout");
-    assert!(lab.run_until(2_000, all_reset), "idle connections without a ClientHello still open");
+    assert!(
+        lab.run_until(2_000, all_reset),
+        "idle connections without a ClientHello still open"
+    );
     assert!(lab.run_until(100, |lab| lab.engine.stack().live_flows() == 0));
 
     connect(&mut lab, v4(SERVER_V4, PORT), 41_200);
@@ -159,7 +163,11 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
 
     let counters = lab.engine.splicer().counters();
     assert_eq!(
-        (counters.refused_at_capacity, counters.bridged_at_capacity, counters.client_hello_timeouts),
+        (
+            counters.refused_at_capacity,
+            counters.bridged_at_capacity,
+            counters.client_hello_timeouts
+        ),
         (1, 0, TABLE as u64)
     );
     let records = std::fs::read_to_string(&log_path).unwrap();
@@ -169,7 +177,10 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
         .expect("a record of the refused connection");
     assert!(refusal.contains("\"decision\":\"refuse\""), "{refusal}");
     assert!(refusal.contains("tcp.max_connections"), "{refusal}");
-    assert_eq!(records.matches("no complete ClientHello within 10000 ms").count(), TABLE);
+    assert_eq!(
+        records.matches("no complete ClientHello within 10000 ms").count(),
+        TABLE
+    );
 }
 
 /// Connections that closed both ways, whose legs still wait out
@@ -267,12 +278,20 @@ fn one_client_address_holds_only_so_many_embryonic_connections() {
     }
     lab.run_for(10);
     let to_server = lab.links[1].log.as_ref().unwrap();
-    let admitted = (6_000..6_010).filter(|&port| !syns_from(to_server, port).is_empty()).count();
+    let admitted = (6_000..6_010)
+        .filter(|&port| !syns_from(to_server, port).is_empty())
+        .count();
     assert_eq!(admitted, 4);
     let counters = lab.engine.splicer().counters();
-    assert_eq!((counters.embryonic_live, counters.embryonic_client_limit_dropped), (4, 6));
-    lab.client_port
-        .inject(spoofed_syn(SocketAddr::from(([198, 19, 9, 10], 7_000)), spoof_target(), 7));
+    assert_eq!(
+        (counters.embryonic_live, counters.embryonic_client_limit_dropped),
+        (4, 6)
+    );
+    lab.client_port.inject(spoofed_syn(
+        SocketAddr::from(([198, 19, 9, 10], 7_000)),
+        spoof_target(),
+        7,
+    ));
     lab.run_for(10);
     assert_eq!(lab.engine.splicer().counters().embryonic_live, 5);
     assert_no_leaks(&mut lab);
@@ -302,7 +321,7 @@ fn a_spoofed_syn_flood_five_times_the_table_leaves_a_real_client_intercepted() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        if rng % every_ms != 0 {
+        if !rng.is_multiple_of(every_ms) {
             return;
         }
         let [_, a, b, c, d, ..] = rng.to_le_bytes();
@@ -314,7 +333,10 @@ fn a_spoofed_syn_flood_five_times_the_table_leaves_a_real_client_intercepted() {
         flood(&mut lab);
         lab.step();
     }
-    assert!(lab.engine.splicer().counters().embryonic_evicted > 0, "the flood did not fill the table");
+    assert!(
+        lab.engine.splicer().counters().embryonic_evicted > 0,
+        "the flood did not fill the table"
+    );
 
     for i in 0..5u16 {
         let local_port = 42_000 + i;
@@ -322,7 +344,8 @@ fn a_spoofed_syn_flood_five_times_the_table_leaves_a_real_client_intercepted() {
         let client = lab.client.connect(v4(SERVER_V4, PORT), local_port, 64 * 1024);
         let up = lab.run_until(2_000, |lab| {
             flood(lab);
-            lab.client.tcp(client).state() == State::Established && lab.server.tcp(listener).state() == State::Established
+            lab.client.tcp(client).state() == State::Established
+                && lab.server.tcp(listener).state() == State::Established
         });
         assert!(up, "connection {i} not established during the flood");
         let (request, response) = (pattern(20_000, i as u8), pattern(50_000, 100 + i as u8));
@@ -334,7 +357,10 @@ fn a_spoofed_syn_flood_five_times_the_table_leaves_a_real_client_intercepted() {
             exchange(&mut lab.server, listener, &mut to_client, &mut at_server);
             at_server.len() == request.len() && at_client.len() == response.len()
         });
-        assert!(done && at_server == request && at_client == response, "transfer {i} failed during the flood");
+        assert!(
+            done && at_server == request && at_client == response,
+            "transfer {i} failed during the flood"
+        );
         assert_intercepted(&lab, local_port);
         close_both(&mut lab, client, listener);
     }
@@ -404,8 +430,10 @@ fn tls_handshakes_that_do_not_finish_are_timed_out() {
     exchange(&mut lab.server, server, &mut &[][..], &mut upstream_hello);
     assert!(!upstream_hello.is_empty(), "the appliance sent no ClientHello upstream");
     assert_eq!(lab.client.tcp(client).state(), State::Established);
-    assert!(lab.run_until(1_000, |lab| lab.client.tcp(client).state() == State::Closed
-        && lab.server.tcp(server).state() == State::Closed));
+    assert!(
+        lab.run_until(1_000, |lab| lab.client.tcp(client).state() == State::Closed
+            && lab.server.tcp(server).state() == State::Closed)
+    );
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.handshake_timeouts, counters.client_hello_timeouts), (1, 0));
     assert_no_leaks(&mut lab);

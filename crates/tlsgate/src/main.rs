@@ -237,7 +237,8 @@ fn check(config_path: &Path) -> Result<()> {
              {} per client address; timeouts: ClientHello {} ms, TLS handshakes {} ms, idle {}",
             match tcp.at_capacity {
                 appliance::config::AtCapacity::Refuse => "refuses new connections (RST)",
-                appliance::config::AtCapacity::Bridge => "bridges new connections UNINSPECTED (at_capacity = \"bridge\")",
+                appliance::config::AtCapacity::Bridge =>
+                    "bridges new connections UNINSPECTED (at_capacity = \"bridge\")",
             },
             tcp.max_embryonic_per_client,
             tcp.client_hello_timeout_ms,
