@@ -183,6 +183,26 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     );
 }
 
+/// With `tcp.at_capacity = "bridge"` (the explicit opt-in) a connection
+/// the full table has no room for passes uninspected: the server gets the
+/// client's own SYN. Counted.
+#[test]
+fn bridging_at_capacity_is_an_explicit_choice() {
+    let mut policy = policy(&[PORT]);
+    policy.stack.max_flows = 2;
+    policy.limits.max_sessions = 1;
+    policy.limits.at_capacity = appliance::config::AtCapacity::Bridge;
+    let mut lab = Lab::new(&policy);
+    log_frames(&mut lab);
+    connect(&mut lab, v4(SERVER_V4, PORT), 41_450);
+    assert_intercepted(&lab, 41_450);
+    connect(&mut lab, v4(SERVER_V4, PORT), 41_451);
+    let from_client = syns_from(lab.links[0].log.as_ref().unwrap(), 41_451);
+    assert_eq!(syns_from(lab.links[1].log.as_ref().unwrap(), 41_451), from_client);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.bridged_at_capacity, counters.refused_at_capacity), (1, 0));
+}
+
 /// Connections that closed both ways, whose legs still wait out
 /// TIME-WAIT, make way for new ones on a full table (nothing is refused).
 #[test]
