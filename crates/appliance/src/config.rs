@@ -304,10 +304,28 @@ pub struct Tcp {
     /// without the appliance).
     #[serde(default = "default_true")]
     pub hold_synack: bool,
-    /// Intercepted connections per worker beyond which new ones are bridged.
-    /// Each may commit 2 × (rx_buffer + tx_buffer) bytes of buffers.
+    /// Intercepted connections per worker; embryonic ones (the client has
+    /// not completed its handshake) may take half. Each may commit
+    /// 2 × (rx_buffer + tx_buffer) bytes of buffers.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// What a new connection gets when the table is full.
+    #[serde(default)]
+    pub at_capacity: AtCapacity,
+    /// Embryonic connections one client address may hold per worker.
+    #[serde(default = "default_max_embryonic_per_client")]
+    pub max_embryonic_per_client: usize,
+    /// From the client's completed handshake to its complete ClientHello
+    /// (mode "tls"), in milliseconds.
+    #[serde(default = "default_client_hello_timeout_ms")]
+    pub client_hello_timeout_ms: u64,
+    /// From the ClientHello to both TLS handshakes done, in milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// An established connection without a payload byte either way this
+    /// long is reset, in milliseconds (0: never).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Tcp {
@@ -318,8 +336,38 @@ impl Default for Tcp {
             timeout_ms: default_tcp_timeout_ms(),
             hold_synack: true,
             max_connections: default_max_connections(),
+            at_capacity: AtCapacity::default(),
+            max_embryonic_per_client: default_max_embryonic_per_client(),
+            client_hello_timeout_ms: default_client_hello_timeout_ms(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
         }
     }
+}
+
+/// `tcp.at_capacity`: a new connection to an intercepted port when the
+/// table is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AtCapacity {
+    /// Refuse it with a RST (counted and logged): nothing passes uninspected.
+    #[default]
+    Refuse,
+    /// Bridge it uninspected (counted and logged).
+    Bridge,
+}
+
+fn default_max_embryonic_per_client() -> usize {
+    256
+}
+fn default_client_hello_timeout_ms() -> u64 {
+    10_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    3_600_000
 }
 
 fn default_tcp_buffer() -> usize {
@@ -591,6 +639,26 @@ impl Config {
         }
         if self.tcp.max_connections == 0 {
             return Err(invalid("tcp.max_connections", "must be at least 1".into()));
+        }
+        if self.tcp.max_embryonic_per_client == 0 {
+            return Err(invalid("tcp.max_embryonic_per_client", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("tcp.client_hello_timeout_ms", self.tcp.client_hello_timeout_ms),
+            ("tcp.handshake_timeout_ms", self.tcp.handshake_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&value) {
+                return Err(invalid(key, format!("{value} is out of range 100..=600000")));
+            }
+        }
+        if self.tcp.idle_timeout_ms != 0 && !(1_000..=604_800_000).contains(&self.tcp.idle_timeout_ms) {
+            return Err(invalid(
+                "tcp.idle_timeout_ms",
+                format!(
+                    "{} is out of range 1000..=604800000 (0 turns the idle timeout off)",
+                    self.tcp.idle_timeout_ms
+                ),
+            ));
         }
         if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
             return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
@@ -963,6 +1031,42 @@ device = "net_af_packet1,iface=gws0"
         );
         let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nrotate_secs = 0\n"));
         assert!(message.contains("rotate"), "{message}");
+    }
+
+    #[test]
+    fn capacity_keys_default_safe_and_are_validated() {
+        let tcp = parse(MINIMAL).expect("valid").tcp;
+        assert_eq!(tcp.at_capacity, AtCapacity::Refuse, "never bridge by default");
+        assert_eq!(
+            (
+                tcp.max_embryonic_per_client,
+                tcp.client_hello_timeout_ms,
+                tcp.handshake_timeout_ms,
+                tcp.idle_timeout_ms
+            ),
+            (256, 10_000, 30_000, 3_600_000)
+        );
+        let set = parse(&format!(
+            "{MINIMAL}\n[tcp]\nat_capacity = \"bridge\"\nmax_embryonic_per_client = 8\nclient_hello_timeout_ms = 2000\n\
+             handshake_timeout_ms = 5000\nidle_timeout_ms = 0\n"
+        ))
+        .expect("valid")
+        .tcp;
+        assert_eq!(set.at_capacity, AtCapacity::Bridge);
+        let limits = crate::splice::Limits::from_config(&set);
+        assert_eq!(limits.idle_timeout, None, "0 turns the idle timeout off");
+        assert_eq!(limits.client_hello_timeout.total_millis(), 2000);
+        assert_eq!(limits.max_embryonic_per_client, 8);
+        for (line, key) in [
+            ("at_capacity = \"open\"", "open"),
+            ("max_embryonic_per_client = 0", "tcp.max_embryonic_per_client"),
+            ("client_hello_timeout_ms = 10", "tcp.client_hello_timeout_ms"),
+            ("handshake_timeout_ms = 700000", "tcp.handshake_timeout_ms"),
+            ("idle_timeout_ms = 500", "tcp.idle_timeout_ms"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
     }
 
     #[test]

@@ -203,6 +203,9 @@ pub struct TcpTotals {
     pub flows_created: u64,
     pub flows_freed: u64,
     pub flows_refused: u64,
+    /// Server legs' SYN retransmissions not sent because their client had
+    /// not retransmitted its own SYN.
+    pub syn_retransmits_withheld: u64,
     /// Sessions, bytes, TLS and policy outcomes (flattened in the JSON).
     #[serde(flatten)]
     pub splice: SpliceCounters,
@@ -232,6 +235,7 @@ impl std::ops::AddAssign for TcpTotals {
         self.flows_created += other.flows_created;
         self.flows_freed += other.flows_freed;
         self.flows_refused += other.flows_refused;
+        self.syn_retransmits_withheld += other.syn_retransmits_withheld;
         self.splice += other.splice;
         self.forged_cache_hits += other.forged_cache_hits;
         self.forged_cache_misses += other.forged_cache_misses;
@@ -352,6 +356,36 @@ impl fmt::Display for Report {
             tcp.splice.bytes_client_to_server,
             tcp.splice.bytes_server_to_client
         )?;
+        let splice = &tcp.splice;
+        let timeouts = splice.client_hello_timeouts + splice.handshake_timeouts + splice.idle_timeouts;
+        if splice.refused_at_capacity
+            + splice.bridged_at_capacity
+            + splice.embryonic_live
+            + splice.embryonic_evicted
+            + splice.time_wait_reclaimed
+            + splice.embryonic_client_limit_dropped
+            + timeouts
+            + tcp.syn_retransmits_withheld
+            > 0
+        {
+            writeln!(
+                f,
+                "capacity: {} refused at capacity, {} bridged uninspected at capacity, {} closed connections in TIME-WAIT \
+                 reclaimed; {} embryonic live, {} evicted, {} SYNs over the per-client limit dropped; \
+                 {} server SYN retransmissions withheld; \
+                 timed out: {} without ClientHello, {} in TLS handshakes, {} idle",
+                splice.refused_at_capacity,
+                splice.bridged_at_capacity,
+                splice.time_wait_reclaimed,
+                splice.embryonic_live,
+                splice.embryonic_evicted,
+                splice.embryonic_client_limit_dropped,
+                tcp.syn_retransmits_withheld,
+                splice.client_hello_timeouts,
+                splice.handshake_timeouts,
+                splice.idle_timeouts
+            )?;
+        }
         if tcp.splice.reset_at_shutdown > 0 {
             writeln!(
                 f,

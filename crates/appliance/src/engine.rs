@@ -18,7 +18,7 @@ use wire::{FlowTuple, IpProtocol};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
-use crate::splice::{InspectionSettings, Splicer};
+use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
@@ -76,6 +76,8 @@ pub struct InterceptPolicy {
     pub udp: UdpPolicy,
     pub stack: StackConfig,
     pub hold_synack: bool,
+    /// Admission and time limits of the sessions.
+    pub limits: Limits,
     /// The `[tls]` settings, when connections are intercepted in mode "tls".
     pub tls: Option<Tls>,
     /// The `[[policy]]` rules.
@@ -102,6 +104,7 @@ impl InterceptPolicy {
                 max_flows: tcp.max_connections.saturating_mul(config.sockets_per_connection()),
             },
             hold_synack: tcp.hold_synack,
+            limits: Limits::from_config(tcp),
             inspection: config.ports.inspect_out.as_ref().map(|_| InspectionSettings {
                 failure: config.inspect.failure,
                 syn_timeout: Duration::from_millis(config.inspect.syn_timeout_ms),
@@ -200,7 +203,7 @@ impl<P: Port> Engine<P> {
             intercept_ports: policy.tcp_ports.clone(),
             udp: policy.udp,
             stack: Stack::new(Side::ALL.len(), policy.stack, now),
-            splicer: Splicer::new(policy.hold_synack, policy.rules.clone()),
+            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits),
             stack_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
@@ -258,6 +261,7 @@ impl<P: Port> Engine<P> {
         }
         self.stack.poll_timers(now);
         self.splicer.handle_events(&mut self.stack, now);
+        self.splicer.expire_timeouts(&mut self.stack, now);
         self.stack.flush(now);
         self.splicer.handle_events(&mut self.stack, now);
         self.send_stack_output(None);
@@ -278,6 +282,7 @@ impl<P: Port> Engine<P> {
             flows_created: stack.flows_created,
             flows_freed: stack.flows_freed,
             flows_refused: stack.flows_refused,
+            syn_retransmits_withheld: stack.syn_retransmits_withheld,
             splice,
             forged_cache_hits: forge.hits,
             forged_cache_misses: forge.misses,
@@ -405,15 +410,18 @@ impl<P: Port> Engine<P> {
                         intercepted += 1;
                         return false;
                     }
-                    _ => {
-                        if splicer.open(stack, frame.data(), &class, now).is_ok() {
+                    _ => match splicer.open(stack, frame.data(), &class, now) {
+                        Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => {
                             intercepted += 1;
                             return false;
                         }
-                    }
+                        // The table is full and the operator chose to bridge.
+                        Ok(Admission::Bridge) | Err(_) => {}
+                    },
                 }
             }
-            // Not intercepted (or the table is full): a cable passes it on.
+            // Not intercepted (or at capacity with `tcp.at_capacity =
+            // "bridge"`): a cable passes it on.
             true
         });
         self.splicer.handle_events(&mut self.stack, now);

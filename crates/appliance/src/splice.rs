@@ -14,8 +14,19 @@
 //! that dies under a session (a loop leg times out, a link goes down) fails
 //! it closed, or open: the session goes on directly from what the box had
 //! not passed back.
+//!
+//! Admission and time limits (`Limits`): sessions are capped per worker;
+//! embryonic sessions (the client has not completed its handshake with the
+//! appliance) may take half of them and are evicted oldest first to admit
+//! new SYNs, and each client address may hold only so many; a full table
+//! refuses new connections (or bridges them, if configured so). Confirmed
+//! sessions must deliver a ClientHello, then finish both TLS handshakes,
+//! each within its timeout, and are reset after a long time without a
+//! payload byte either way.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
@@ -26,7 +37,7 @@ use wire::FlowTuple;
 use wire::FrameClass;
 
 use crate::capture::{CaptureStream, DecryptedCapture};
-use crate::config::InspectFailure;
+use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{ConnectionLog, ConnectionRecord};
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::policy::{Action, Policy, Verdict};
@@ -116,9 +127,122 @@ pub struct InspectionSettings {
     pub timeout: Duration,
 }
 
+/// What the splicer admits, and how long a confirmed session may take
+/// for each stage (from `[tcp]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions at most (`tcp.max_connections`); embryonic ones may take
+    /// half of them.
+    pub max_sessions: usize,
+    /// Embryonic sessions one client address may hold; its further SYNs
+    /// are dropped (it retransmits them).
+    pub max_embryonic_per_client: usize,
+    /// What a SYN gets when the table is full and no embryonic session can
+    /// make way.
+    pub at_capacity: AtCapacity,
+    /// From the client's completed handshake to its complete ClientHello.
+    pub client_hello_timeout: Duration,
+    /// From the ClientHello to both TLS handshakes done.
+    pub handshake_timeout: Duration,
+    /// Without a payload byte either way this long, an established
+    /// session is reset (`None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits `[tcp]` sets.
+    pub fn from_config(tcp: &crate::config::Tcp) -> Limits {
+        Limits {
+            max_sessions: tcp.max_connections,
+            max_embryonic_per_client: tcp.max_embryonic_per_client,
+            at_capacity: tcp.at_capacity,
+            client_hello_timeout: Duration::from_millis(tcp.client_hello_timeout_ms),
+            handshake_timeout: Duration::from_millis(tcp.handshake_timeout_ms),
+            idle_timeout: (tcp.idle_timeout_ms > 0).then(|| Duration::from_millis(tcp.idle_timeout_ms)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&crate::config::Tcp::default())
+    }
+}
+
+/// What became of a client's SYN at [`Splicer::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A session was opened for it.
+    Opened,
+    /// The table is full: refused with a RST, counted and logged.
+    Refused,
+    /// Its client holds too many embryonic sessions: dropped without an
+    /// answer (its TCP retransmits the SYN), counted.
+    Dropped,
+    /// The table is full and `tcp.at_capacity = "bridge"`: the caller
+    /// bridges it uninspected (counted and logged).
+    Bridge,
+}
+
+/// Why a confirmed session was timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    ClientHello,
+    Handshake,
+    Idle,
+}
+
+/// The embryonic sessions: how many, per client address, and in the order
+/// they were opened (entries of sessions that were confirmed or ended are
+/// skipped when met, and dropped when they outnumber the live ones).
+#[derive(Debug, Default)]
+struct Embryonic {
+    live: usize,
+    per_client: HashMap<IpAddr, usize>,
+    /// (session index, serial), oldest first.
+    order: VecDeque<(usize, u64)>,
+}
+
+/// Whether a leg's connection is over (it only waits out TIME-WAIT).
+fn leg_over(stack: &Stack, leg: Option<FlowId>) -> bool {
+    leg.is_none_or(|leg| {
+        stack.state(leg).map_or(true, |state| {
+            matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed)
+        })
+    })
+}
+
+impl Embryonic {
+    fn of_client(&self, client: IpAddr) -> usize {
+        self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    fn opened(&mut self, client: IpAddr, index: usize, serial: u64) {
+        self.live += 1;
+        *self.per_client.entry(client).or_insert(0) += 1;
+        self.order.push_back((index, serial));
+    }
+
+    /// The session of `client` stopped being embryonic (confirmed or gone).
+    fn left(&mut self, client: IpAddr) {
+        self.live = self.live.saturating_sub(1);
+        if let Some(count) = self.per_client.get_mut(&client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
+}
+
 impl Session {
     fn new(tuple: FlowTuple, l2: L2Header, started: OffsetDateTime, client_isn: u32) -> Session {
         Session {
+            serial: 0,
+            confirmed: false,
+            stage_since: Instant::ZERO,
+            last_activity: Instant::ZERO,
+            timer: None,
             l2,
             inspection: None,
             inspection_note: None,
@@ -148,6 +272,19 @@ impl Session {
 }
 
 struct Session {
+    /// Admission number, telling this session from a later one in the
+    /// same slot (in the embryonic order and the timer heap).
+    serial: u64,
+    /// The client completed its handshake with the appliance; until then
+    /// the session is embryonic.
+    confirmed: bool,
+    /// When the current stage began: the client's handshake (waiting for
+    /// the ClientHello), then the ClientHello (the TLS handshakes).
+    stage_since: Instant,
+    /// When a payload byte last arrived from either side.
+    last_activity: Instant,
+    /// The deadline queued for this session in the timer heap, if any.
+    timer: Option<Instant>,
     client: Option<FlowId>,
     server: Option<FlowId>,
     /// The framing of the client's frames towards the server (MACs, VLAN
@@ -249,6 +386,26 @@ pub struct SpliceCounters {
     /// Legs (client, server, inspection) reset because the engine shut
     /// down while their connection was still open: one RST each.
     pub reset_at_shutdown: u64,
+    /// New connections refused with a RST because the table was full.
+    pub refused_at_capacity: u64,
+    /// New connections bridged uninspected because the table was full
+    /// (only with `tcp.at_capacity = "bridge"`).
+    pub bridged_at_capacity: u64,
+    /// Sessions whose client has not completed its handshake yet.
+    pub embryonic_live: u64,
+    /// Embryonic sessions dropped silently to admit newer SYNs.
+    pub embryonic_evicted: u64,
+    /// Sessions closed both ways whose legs still waited out TIME-WAIT,
+    /// freed to admit new connections to a full table.
+    pub time_wait_reclaimed: u64,
+    /// SYNs dropped because their client held too many embryonic sessions.
+    pub embryonic_client_limit_dropped: u64,
+    /// Sessions reset for no complete ClientHello in time.
+    pub client_hello_timeouts: u64,
+    /// Sessions reset for TLS handshakes not finished in time.
+    pub handshake_timeouts: u64,
+    /// Sessions reset after the idle timeout without a payload byte.
+    pub idle_timeouts: u64,
 }
 
 impl std::ops::AddAssign for SpliceCounters {
@@ -275,6 +432,15 @@ impl std::ops::AddAssign for SpliceCounters {
         self.inspect_failed_open_live += other.inspect_failed_open_live;
         self.inspect_unreturned_bytes += other.inspect_unreturned_bytes;
         self.reset_at_shutdown += other.reset_at_shutdown;
+        self.refused_at_capacity += other.refused_at_capacity;
+        self.bridged_at_capacity += other.bridged_at_capacity;
+        self.embryonic_live += other.embryonic_live;
+        self.embryonic_evicted += other.embryonic_evicted;
+        self.time_wait_reclaimed += other.time_wait_reclaimed;
+        self.embryonic_client_limit_dropped += other.embryonic_client_limit_dropped;
+        self.client_hello_timeouts += other.client_hello_timeouts;
+        self.handshake_timeouts += other.handshake_timeouts;
+        self.idle_timeouts += other.idle_timeouts;
     }
 }
 
@@ -290,6 +456,17 @@ pub struct Splicer {
 /// while these are borrowed).
 struct Shared {
     hold_synack: bool,
+    limits: Limits,
+    embryonic: Embryonic,
+    /// Session deadlines, earliest first: (deadline, index, serial); an
+    /// entry whose session moved on is skipped when it comes up.
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Sessions closed both ways, in the order they closed (index,
+    /// serial): their legs linger in TIME-WAIT and make way first when the
+    /// table is full.
+    closed_order: VecDeque<(usize, u64)>,
+    /// The serial of the next session.
+    next_serial: u64,
     counters: SpliceCounters,
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
@@ -658,10 +835,15 @@ fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool, policy: Policy) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy, limits: Limits) -> Self {
         Splicer {
             sessions: Slab::new(),
             shared: Shared {
+                limits,
+                embryonic: Embryonic::default(),
+                timers: BinaryHeap::new(),
+                closed_order: VecDeque::new(),
+                next_serial: 0,
                 policy,
                 hold_synack,
                 counters: SpliceCounters::default(),
@@ -718,23 +900,16 @@ impl Splicer {
         if verdict.action == Action::Bypass {
             self.shared.counters.bypassed += 1;
         }
-        if let Some(log) = &self.shared.log {
-            let now = OffsetDateTime::now_utc();
-            let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), now, 0);
-            let mut record = record(&session, self.shared.tls.is_some());
-            record.decision = verdict.action.name();
-            record.reason = verdict.reason.clone();
-            record.ended = format!("{} at the SYN", verdict.action.name());
-            log.write(&record);
-        }
+        let ended = format!("{} at the SYN", verdict.action.name());
+        self.shared
+            .log_at_syn(tuple, verdict.action.name(), verdict.reason.clone(), ended);
     }
 
-    /// Refuses a client's SYN with a RST, as the policy says.
+    /// Refuses a client's SYN with a RST, as the policy says (no flow is
+    /// needed, so this works with a full table too).
     pub fn block(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, verdict: &Verdict, now: Instant) {
         self.shared.counters.blocked += 1;
-        if let Ok(flow) = stack.accept(Side::Client.index(), frame, class, true, u64::MAX, now) {
-            let _ = stack.abort(flow);
-        }
+        let _ = stack.refuse(Side::Client.index(), frame, class, now);
         if let Some((tuple, _)) = class.tcp() {
             let verdict = Verdict {
                 action: Action::Block,
@@ -830,15 +1005,126 @@ impl Splicer {
         visited
     }
 
-    /// Opens a session for a client SYN that arrived on the client port:
-    /// accepts it transparently and connects to the server as the client.
+    /// Admits a client SYN that arrived on the client port (see
+    /// [`Admission`]): within the limits it opens a session, evicting the
+    /// oldest embryonic one when embryonic sessions fill their half of the
+    /// table or the table is full. An error (a SYN the stack did not take)
+    /// leaves the SYN to the caller.
     pub fn open(
         &mut self,
         stack: &mut Stack,
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
-    ) -> Result<(), StackError> {
+    ) -> Result<Admission, StackError> {
+        let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
+        let limits = self.shared.limits;
+        let embryonic_share = (limits.max_sessions / 2).max(1);
+        let pressed = |splicer: &Splicer| {
+            let embryonic = &splicer.shared.embryonic;
+            splicer.sessions.len() >= limits.max_sessions
+                || embryonic.live >= embryonic_share
+                || embryonic.of_client(tuple.src_ip) >= limits.max_embryonic_per_client
+        };
+        if pressed(self) {
+            // Events of this burst not handled yet may have confirmed
+            // sessions (a client's ACK just before its next SYN).
+            self.handle_events(stack, now);
+        }
+        if self.shared.embryonic.of_client(tuple.src_ip) >= limits.max_embryonic_per_client {
+            self.shared.counters.embryonic_client_limit_dropped += 1;
+            return Ok(Admission::Dropped);
+        }
+        let full = self.sessions.len() >= limits.max_sessions;
+        let made_way = (full && self.reclaim_closed(stack))
+            || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
+        if full && !made_way {
+            return Ok(self.shared.at_capacity(stack, frame, class, now));
+        }
+        let mut started = self.start(stack, frame, class, now);
+        // The flow table ran full before the session count (loop legs, a
+        // table smaller than the sessions need): an embryonic session makes
+        // way there too.
+        if matches!(started, Err(StackError::TooManyFlows(_)))
+            && (self.reclaim_closed(stack) || self.evict_oldest_embryonic(stack, now))
+        {
+            started = self.start(stack, frame, class, now);
+        }
+        match started {
+            Ok(()) => Ok(Admission::Opened),
+            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Frees the session that closed first, if its legs only wait out
+    /// TIME-WAIT (their connection is over: nothing is sent); false if
+    /// there is none.
+    fn reclaim_closed(&mut self, stack: &mut Stack) -> bool {
+        while let Some(&(index, serial)) = self.shared.closed_order.front() {
+            let Some(session) = self.sessions.get_mut(index).filter(|session| session.serial == serial) else {
+                self.shared.closed_order.pop_front();
+                continue;
+            };
+            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
+            let legs: Vec<Option<FlowId>> = [session.client, session.server].into_iter().chain(loop_legs).collect();
+            if !legs.iter().all(|&leg| leg_over(stack, leg)) {
+                // Its last ACKs are still under way: it will be soon.
+                return false;
+            }
+            self.shared.closed_order.pop_front();
+            for leg in legs.into_iter().flatten() {
+                stack.discard(leg);
+            }
+            self.shared.counters.time_wait_reclaimed += 1;
+            let session = self.sessions.remove(index);
+            self.shared.retire(session);
+            return true;
+        }
+        false
+    }
+
+    /// Drops the oldest embryonic session without a word to its client (a
+    /// server leg the server already answered is reset); false if there is
+    /// none.
+    fn evict_oldest_embryonic(&mut self, stack: &mut Stack, now: Instant) -> bool {
+        while let Some((index, serial)) = self.shared.embryonic.order.pop_front() {
+            let Some(session) = self.sessions.get_mut(index) else {
+                continue;
+            };
+            if session.serial != serial || session.confirmed {
+                continue;
+            }
+            self.shared.counters.embryonic_evicted += 1;
+            session.failed = true;
+            session.ended = Some("evicted: embryonic connections filled their share of the table".into());
+            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
+            for leg in [session.client.take(), session.server.take()]
+                .into_iter()
+                .chain(loop_legs)
+                .flatten()
+            {
+                // A peer that never answered hears nothing; one that did is reset.
+                match stack.state(leg) {
+                    Ok(netstack::TcpState::SynSent | netstack::TcpState::SynReceived) => stack.discard(leg),
+                    _ => {
+                        let _ = stack.abort(leg);
+                    }
+                }
+            }
+            session.inspection = None;
+            // The reset legs go now, so the table has room at once.
+            stack.flush(now);
+            let session = self.sessions.remove(index);
+            self.shared.retire(session);
+            return true;
+        }
+        false
+    }
+
+    /// Opens a session: accepts the SYN transparently and connects to the
+    /// server as the client.
+    fn start(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
         let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
         // Legs of an earlier connection with the same 5-tuple that linger
         // in TIME-WAIT make way for the new one.
@@ -875,7 +1161,13 @@ impl Splicer {
             }
         };
         let _ = stack.mirror_timestamps(client, server);
+        let _ = stack.mirror_syn(client, server);
         let mut session = Session::new(*tuple, l2, OffsetDateTime::now_utc(), info.seq_number);
+        session.serial = shared.next_serial;
+        shared.next_serial += 1;
+        session.stage_since = now;
+        session.last_activity = now;
+        shared.embryonic.opened(tuple.src_ip, index, session.serial);
         session.client = Some(client);
         session.server = Some(server);
         session.established = !shared.hold_synack;
@@ -891,7 +1183,41 @@ impl Splicer {
             directory.opened(tuple);
         }
         entry.insert(session);
+        self.shared.compact_orders(&self.sessions);
         Ok(())
+    }
+
+    /// Resets the sessions whose ClientHello, TLS handshakes or idle time
+    /// ran past their limit (counted, and logged when they end).
+    pub fn expire_timeouts(&mut self, stack: &mut Stack, now: Instant) {
+        let shared = &mut self.shared;
+        while let Some(&Reverse((at, index, serial))) = shared.timers.peek() {
+            if at > now {
+                break;
+            }
+            shared.timers.pop();
+            let Some(session) = self.sessions.get_mut(index) else {
+                continue;
+            };
+            if session.serial != serial || session.timer != Some(at) {
+                continue;
+            }
+            session.timer = None;
+            match shared.deadline(session) {
+                Some((due, expiry)) if due <= now => shared.time_out(stack, session, expiry),
+                Some(_) => shared.schedule(index, session),
+                None => {}
+            }
+        }
+        // Entries of sessions that moved on or ended: rebuilt from the live
+        // deadlines once they outnumber them.
+        if shared.timers.len() > 2 * self.sessions.len() + 1024 {
+            shared.timers = self
+                .sessions
+                .iter()
+                .filter_map(|(index, session)| session.timer.map(|at| Reverse((at, index, session.serial))))
+                .collect();
+        }
     }
 
     /// A SYN arrived on `inspect_in`: if it is the loop connection of a
@@ -976,6 +1302,7 @@ impl Splicer {
             // direction's last bytes): the TLS state is not needed while the
             // legs linger in TIME-WAIT.
             shared.end_tls(session);
+            shared.closed_order.push_back((index, session.serial));
         }
         let loop_gone = session
             .inspection
@@ -983,22 +1310,172 @@ impl Splicer {
             .is_none_or(|l| l.out.is_none() && l.back.is_none());
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
-            if let Some(directory) = shared.directory.as_mut() {
-                directory.ended(&session.tuple);
-            }
-            shared.counters.sessions_live = shared.counters.sessions_live.saturating_sub(1);
-            shared.counters.tls_sessions_live = shared
-                .counters
-                .tls_sessions_live
-                .saturating_sub(u64::from(session.tls.is_some()));
-            if let (Some(log), false) = (&shared.log, session.logged) {
-                log.write(&record(&session, shared.tls.is_some()));
-            }
+            shared.retire(session);
+        } else {
+            shared.schedule(index, session);
         }
     }
 }
 
 impl Shared {
+    /// Accounts for a session taken out of the table, and logs it if it
+    /// was not yet.
+    fn retire(&mut self, session: Session) {
+        if let Some(directory) = self.directory.as_mut() {
+            directory.ended(&session.tuple);
+        }
+        if !session.confirmed {
+            self.embryonic.left(session.tuple.src_ip);
+        }
+        self.counters.sessions_live = self.counters.sessions_live.saturating_sub(1);
+        self.counters.tls_sessions_live = self
+            .counters
+            .tls_sessions_live
+            .saturating_sub(u64::from(session.tls.is_some()));
+        self.counters.embryonic_live = self.embryonic.live as u64;
+        if let (Some(log), false) = (&self.log, session.logged) {
+            log.write(&record(&session, self.tls.is_some()));
+        }
+    }
+
+    /// The client completed its handshake: the session is no longer
+    /// embryonic, and the wait for its ClientHello begins.
+    fn confirm(&mut self, session: &mut Session, now: Instant) {
+        if session.confirmed {
+            return;
+        }
+        session.confirmed = true;
+        session.stage_since = now;
+        self.embryonic.left(session.tuple.src_ip);
+        self.counters.embryonic_live = self.embryonic.live as u64;
+    }
+
+    /// Drops the entries of the embryonic and the closed order whose
+    /// sessions moved on or ended, once they outnumber the live ones.
+    fn compact_orders(&mut self, sessions: &Slab<Session>) {
+        self.counters.embryonic_live = self.embryonic.live as u64;
+        if self.embryonic.order.len() > 2 * self.embryonic.live + 1024 {
+            self.embryonic.order.retain(|&(index, serial)| {
+                sessions
+                    .get(index)
+                    .is_some_and(|session| session.serial == serial && !session.confirmed)
+            });
+        }
+        if self.closed_order.len() > 2 * sessions.len() + 1024 {
+            self.closed_order
+                .retain(|&(index, serial)| sessions.get(index).is_some_and(|session| session.serial == serial));
+        }
+    }
+
+    /// A SYN the table has no room for: refused with a RST, or bridged
+    /// uninspected if `tcp.at_capacity = "bridge"`; counted and logged.
+    fn at_capacity(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> Admission {
+        let Some((tuple, _)) = class.tcp() else {
+            return Admission::Dropped;
+        };
+        let reason = format!(
+            "the table is full ({} connections, tcp.max_connections)",
+            self.limits.max_sessions
+        );
+        match self.limits.at_capacity {
+            AtCapacity::Refuse => {
+                self.counters.refused_at_capacity += 1;
+                let _ = stack.refuse(Side::Client.index(), frame, class, now);
+                self.log_at_syn(tuple, "refuse", reason, "refused at capacity (RST)".into());
+                Admission::Refused
+            }
+            AtCapacity::Bridge => {
+                self.counters.bridged_at_capacity += 1;
+                let ended = "bridged uninspected at capacity (tcp.at_capacity = \"bridge\")".into();
+                self.log_at_syn(tuple, "bypass", reason, ended);
+                Admission::Bridge
+            }
+        }
+    }
+
+    /// Writes the connection-log record of a connection decided at its SYN
+    /// (no session).
+    fn log_at_syn(&self, tuple: &FlowTuple, decision: &'static str, reason: String, ended: String) {
+        if let Some(log) = &self.log {
+            let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), OffsetDateTime::now_utc(), 0);
+            let mut record = record(&session, self.tls.is_some());
+            record.decision = decision;
+            record.reason = reason;
+            record.ended = ended;
+            log.write(&record);
+        }
+    }
+
+    /// When a confirmed session's current stage runs out, and which stage
+    /// that is; `None` for embryonic sessions (the stack's timeouts bound
+    /// them), sessions that failed or closed both ways, and idle sessions
+    /// without an idle timeout.
+    fn deadline(&self, session: &Session) -> Option<(Instant, Expiry)> {
+        if !session.confirmed || session.failed || session.fin_to_client && session.fin_to_server {
+            return None;
+        }
+        if let (Some(tls), Some(_)) = (session.tls.as_deref(), self.tls.as_ref()) {
+            if session.decision.is_none() {
+                return Some((
+                    session.stage_since + self.limits.client_hello_timeout,
+                    Expiry::ClientHello,
+                ));
+            }
+            if tls.info.client_version.is_none() {
+                return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));
+            }
+        }
+        let idle = self.limits.idle_timeout?;
+        Some((session.last_activity.max(session.stage_since) + idle, Expiry::Idle))
+    }
+
+    /// Queues the session's deadline if it is earlier than the one queued
+    /// (a later one is found when the queued one comes up).
+    fn schedule(&mut self, index: usize, session: &mut Session) {
+        let Some((due, _)) = self.deadline(session) else {
+            return;
+        };
+        if session.timer.is_none_or(|queued| due < queued) {
+            session.timer = Some(due);
+            self.timers.push(Reverse((due, index, session.serial)));
+        }
+    }
+
+    /// Resets every leg of a session whose stage ran out.
+    fn time_out(&mut self, stack: &mut Stack, session: &mut Session, expiry: Expiry) {
+        let limits = self.limits;
+        let (counter, ended) = match expiry {
+            Expiry::ClientHello => (
+                &mut self.counters.client_hello_timeouts,
+                format!(
+                    "timed out: no complete ClientHello within {} ms",
+                    limits.client_hello_timeout.total_millis()
+                ),
+            ),
+            Expiry::Handshake => (
+                &mut self.counters.handshake_timeouts,
+                format!(
+                    "timed out: TLS handshakes not finished within {} ms",
+                    limits.handshake_timeout.total_millis()
+                ),
+            ),
+            Expiry::Idle => (
+                &mut self.counters.idle_timeouts,
+                format!(
+                    "timed out: idle for {} ms",
+                    limits.idle_timeout.map_or(0, |idle| idle.total_millis())
+                ),
+            ),
+        };
+        *counter += 1;
+        tracing::debug!("{ended}: resetting {:?}", session.tuple);
+        session.ended = Some(ended);
+        session.failed = true;
+        self.end_tls(session);
+        self.record_reset(session, false);
+        abort_all(stack, session);
+    }
+
     /// Opens the loop of a session through the inspection box, if there is
     /// one; when the box is unavailable, applies the failure policy.
     fn start_inspection(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
@@ -1098,6 +1575,9 @@ impl Shared {
         }
         match event.kind {
             EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
+                if (event.kind, leg) == (EventKind::Connected, Leg::Client) {
+                    self.confirm(session, now);
+                }
                 // The server accepted: now the client may have its SYN-ACK.
                 if let (EventKind::Connected, Leg::Server, Some(client), false) =
                     (event.kind, leg, session.client, session.established)
@@ -1347,6 +1827,15 @@ impl Shared {
         if !session.established || session.failed {
             return;
         }
+        let bytes_before = session.bytes;
+        self.pump_session(stack, index, session, now);
+        if session.bytes != bytes_before {
+            session.last_activity = now;
+        }
+    }
+
+    /// [`Shared::pump`] of an established session.
+    fn pump_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
         if session.tls.is_some() && self.tls.is_some() {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
@@ -1399,6 +1888,10 @@ impl Shared {
                 }
                 Pending::Rejected(rejection) => self.policy.on_rejection(&session.tuple, rejection),
             };
+            if session.decision.is_none() {
+                // The ClientHello is complete: the handshakes' time starts.
+                session.stage_since = now;
+            }
             session.decision = Some(verdict.clone());
             match verdict.action {
                 Action::Intercept => {

@@ -5,23 +5,13 @@
 mod harness;
 
 use harness::{
-    assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer, v4, v6, Lab, CLIENT_V4, SERVER_V4,
-    SERVER_V6,
+    assert_no_leaks, close_both, connect, exchange, ipv4, pattern, policy, tcp, transfer, v4, v6, Lab, CLIENT_V4,
+    SERVER_V4, SERVER_V6,
 };
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::{EthernetFrame, Icmpv4Packet, Ipv4Packet, TcpPacket};
 
 const PORT: u16 = 443;
-
-/// The IPv4 packet in an Ethernet frame, if it carries one.
-fn ipv4(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
-    Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()
-}
-
-/// The TCP segment in an Ethernet frame, if it carries IPv4/TCP.
-fn tcp(frame: &[u8]) -> Option<TcpPacket<&[u8]>> {
-    TcpPacket::new_checked(ipv4(frame)?.payload()).ok()
-}
 
 #[test]
 fn handshake_bulk_both_ways_and_orderly_close_ipv4() {

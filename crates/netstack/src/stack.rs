@@ -105,6 +105,10 @@ pub struct StackCounters {
     /// Socket-set polls: one per delivered frame, due timer or touched
     /// flow, never one per live flow.
     pub flow_polls: u64,
+    /// SYN retransmissions of connecting flows that were not sent because
+    /// their client had not retransmitted its own SYN (see
+    /// [`Stack::mirror_syn`]).
+    pub syn_retransmits_withheld: u64,
 }
 
 /// Why a stack operation failed.
@@ -162,6 +166,22 @@ struct Flow {
     /// it (the rest of the stream). smoltcp also queues bytes a peer sends
     /// after its FIN; those are dropped, never read.
     before_fin: Option<usize>,
+    /// A connecting flow whose SYN follows its client's (see
+    /// [`Stack::mirror_syn`]).
+    syn_mirror: Option<SynMirror>,
+    /// An accepted flow whose client's SYN retransmissions make this
+    /// connecting flow send its SYN again.
+    syn_follower: Option<FlowId>,
+}
+
+/// The SYN of a connecting flow that is sent once, and again only as often
+/// as the client it connects for retransmits its own SYN.
+#[derive(Debug)]
+struct SynMirror {
+    /// The accepted flow of that client.
+    client: FlowId,
+    /// The first SYN this flow sent (the frame), repeated on request.
+    first_syn: Option<Vec<u8>>,
 }
 
 impl Flow {
@@ -400,6 +420,8 @@ impl Stack {
             timeout: self.config.timeout,
             timestamp_origin: None,
             before_fin: None,
+            syn_mirror: None,
+            syn_follower: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -455,6 +477,72 @@ impl Stack {
         Ok(id)
     }
 
+    /// Refuses the TCP SYN `frame` (classified as `class`) that arrived on
+    /// `port` without opening a flow: a RST (with the ACK of the SYN) goes
+    /// back as the addressed host's closed port would send it, so it works
+    /// whatever the flow table holds.
+    pub fn refuse(&mut self, port: usize, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
+        let (_, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        if !info.flags.syn || info.flags.ack || info.flags.rst {
+            return Err(StackError::NotASyn);
+        }
+        let packet = class
+            .ip_range()
+            .and_then(|range| frame.get(range))
+            .ok_or(StackError::NotASyn)?;
+        let iface = self.interfaces.get_mut(port).ok_or(StackError::NoSuchPort(port))?;
+        let l2 = L2Header::reply_to(&class.l2);
+        // No socket: smoltcp answers the SYN as a closed port does.
+        let mut no_sockets = SocketSet::new(Vec::new());
+        let before = self.output.len();
+        let mut device = FlowDevice {
+            rx: Some(packet),
+            l2: &l2,
+            port,
+            tx: &mut self.output,
+        };
+        iface.poll(now, &mut device, &mut no_sockets);
+        // Nothing goes back for a SYN smoltcp discards (a bad checksum).
+        if self.output.len() == before {
+            return Err(StackError::NotASyn);
+        }
+        Ok(())
+    }
+
+    /// Makes the connecting flow `server` send its SYN once, and again only
+    /// when the client of the accepted flow `client` retransmits its own
+    /// SYN (a copy of the first, at once), until that client has completed
+    /// its handshake; smoltcp's own SYN retransmissions are withheld
+    /// meanwhile. So a client that sends one SYN (a spoofed source) costs
+    /// the server one SYN, and a real client's retries reach the server as
+    /// they would without the appliance.
+    pub fn mirror_syn(&mut self, client: FlowId, server: FlowId) -> Result<(), StackError> {
+        self.flow(client)?;
+        self.flow_mut(server)?.syn_mirror = Some(SynMirror {
+            client,
+            first_syn: None,
+        });
+        self.flow_mut(client)?.syn_follower = Some(server);
+        Ok(())
+    }
+
+    /// Sends the first SYN of `server` again, if it still waits for the
+    /// server's answer (a client retransmitted its SYN).
+    fn repeat_syn(&mut self, server: FlowId) {
+        let Ok(flow) = self.flow(server) else {
+            return;
+        };
+        if flow.socket().state() != tcp::State::SynSent {
+            return;
+        }
+        if let Some(frame) = flow.syn_mirror.as_ref().and_then(|mirror| mirror.first_syn.clone()) {
+            self.output.push(OutFrame {
+                port: flow.key.port,
+                frame,
+            });
+        }
+    }
+
     /// Transparent connect: opens a flow on `port` towards `tuple.dst` from
     /// `tuple.src` (the client's own address and port), framed with `l2`.
     pub fn connect(
@@ -495,6 +583,16 @@ impl Stack {
             .ok_or(StackError::NotASyn)?;
         self.counters.frames_in += 1;
         self.poll_flow(flow, Some(packet), now);
+        // A client retransmitting its SYN: the server leg retries too.
+        let retried_syn = class
+            .tcp()
+            .is_some_and(|(_, info)| info.flags.syn && !info.flags.ack && !info.flags.rst);
+        if retried_syn {
+            let follower = self.flow(flow).ok().and_then(|flow| flow.syn_follower);
+            if let Some(server) = follower {
+                self.repeat_syn(server);
+            }
+        }
         Ok(())
     }
 
@@ -537,6 +635,15 @@ impl Stack {
     /// Polls one flow with at most one incoming packet, then derives its
     /// events and reschedules its timer; frees it once smoltcp is done.
     fn poll_flow(&mut self, id: FlowId, packet: Option<&[u8]>, now: Instant) {
+        // A mirrored SYN may be retransmitted once its client has confirmed.
+        let syn_client_confirmed = self
+            .flow(id)
+            .ok()
+            .and_then(|flow| flow.syn_mirror.as_ref())
+            .map(|mirror| {
+                self.flow(mirror.client)
+                    .is_ok_and(|client| was_synchronized(client.socket().state()))
+            });
         let Stack {
             interfaces,
             flows,
@@ -571,6 +678,7 @@ impl Stack {
         if timed_out {
             flow.socket_mut().abort();
         }
+        let (output_before, state_before) = (output.len(), flow.socket().state());
         let mut device = FlowDevice {
             rx: packet,
             l2: &flow.l2,
@@ -578,6 +686,18 @@ impl Stack {
             tx: output,
         };
         iface.poll(now, &mut device, &mut flow.sockets);
+        if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
+            // Still connecting and something went out: it was a SYN.
+            let sent_syn = state_before == tcp::State::SynSent
+                && flow.sockets.get::<tcp::Socket>(flow.handle).state() == tcp::State::SynSent
+                && output.len() > output_before;
+            if sent_syn && mirror.first_syn.is_none() {
+                mirror.first_syn = output.get(output_before).map(|out| out.frame.clone());
+            } else if sent_syn && !confirmed {
+                counters.syn_retransmits_withheld += (output.len() - output_before) as u64;
+                output.truncate(output_before);
+            }
+        }
         // A transparent accept serves one connection: smoltcp puts a
         // half-open socket the peer reset back in LISTEN, but nobody else
         // will come to it, so it ends here (as reset).

@@ -266,6 +266,23 @@ fn check(config_path: &Path) -> Result<()> {
             tcp.max_connections
         );
         println!(
+            "  capacity: a full table {}; embryonic connections take at most half of it (oldest evicted first), \
+             {} per client address; timeouts: ClientHello {} ms, TLS handshakes {} ms, idle {}",
+            match tcp.at_capacity {
+                appliance::config::AtCapacity::Refuse => "refuses new connections (RST)",
+                appliance::config::AtCapacity::Bridge =>
+                    "bridges new connections UNINSPECTED (at_capacity = \"bridge\")",
+            },
+            tcp.max_embryonic_per_client,
+            tcp.client_hello_timeout_ms,
+            tcp.handshake_timeout_ms,
+            if tcp.idle_timeout_ms == 0 {
+                "never".to_owned()
+            } else {
+                format!("{} ms", tcp.idle_timeout_ms)
+            }
+        );
+        println!(
             "  worst case: {:.1} GiB of TCP buffers with every worker full (workers x max_connections x {} sockets x (rx + tx))",
             config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64,
             config.sockets_per_connection()

@@ -298,6 +298,17 @@ impl InspectionBox {
     }
 }
 
+/// The IPv4 packet in an Ethernet frame, if it carries one.
+pub fn ipv4(frame: &[u8]) -> Option<smoltcp::wire::Ipv4Packet<&[u8]>> {
+    use smoltcp::wire::{EthernetFrame, Ipv4Packet};
+    Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()
+}
+
+/// The TCP segment in an Ethernet frame, if it carries IPv4/TCP.
+pub fn tcp(frame: &[u8]) -> Option<smoltcp::wire::TcpPacket<&[u8]>> {
+    smoltcp::wire::TcpPacket::new_checked(ipv4(frame)?.payload()).ok()
+}
+
 /// The TCP payload of an untagged IPv4 frame.
 pub fn tcp_payload(frame: &[u8]) -> Option<&[u8]> {
     use smoltcp::wire::{Ipv4Packet, TcpPacket};
