@@ -123,3 +123,120 @@ fn learned_needs_a_control_socket_and_a_running_instance() {
         "{stderr}"
     );
 }
+
+/// Every subcommand path below `path`, depth first, as listed under
+/// "Commands:" in their `-h` (clap's own `help` left out).
+fn subcommands(path: &[String]) -> Vec<Vec<String>> {
+    let help = output(tlsgate().args(path).arg("-h"));
+    assert!(help.status.success(), "{path:?}");
+    let help = text(&help.stdout);
+    let mut found = vec![path.to_vec()];
+    let Some(commands) = help.split("Commands:\n").nth(1) else {
+        return found;
+    };
+    for line in commands.lines().take_while(|line| line.starts_with("  ")) {
+        let name = line.split_whitespace().next().expect("a command name");
+        if name != "help" {
+            let mut below = path.to_vec();
+            below.push(name.to_owned());
+            found.extend(subcommands(&below));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_command_and_option_has_help() {
+    let commands = subcommands(&[]);
+    assert!(commands.len() >= 9, "{commands:?}");
+    for command in commands {
+        let help = text(&output(tlsgate().args(&command).arg("-h")).stdout);
+        for section in help
+            .split("\n\n")
+            .filter(|s| s.starts_with("Commands:") || s.starts_with("Options:"))
+        {
+            for entry in section.lines().skip(1) {
+                // "  -c, --config <CONFIG>  The configuration file (TOML)."
+                let described = entry.trim().split("  ").filter(|part| !part.trim().is_empty()).count() >= 2;
+                assert!(described, "tlsgate {}: blank help entry {entry:?}", command.join(" "));
+            }
+        }
+    }
+}
+
+#[test]
+fn help_documents_environment_signals_and_exit_status() {
+    let help = text(&output(tlsgate().arg("--help")).stdout);
+    for needle in [
+        "TLSGATE_LOG ",
+        "TLSGATE_LOG_FORMAT",
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "Exit status",
+        "0  success",
+        "1  the command failed",
+        "2  the command line is invalid",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn a_reader_closing_the_pipe_early_is_not_a_crash() {
+    let scratch = Scratch::new("epipe");
+    let dir = scratch.path("ca");
+    assert!(output(tlsgate().args(["ca", "init", "--dir"]).arg(&dir))
+        .status
+        .success());
+    // The read end is closed before tlsgate writes: every write gets EPIPE.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let result = output(
+        tlsgate()
+            .args(["ca", "show", "--dir"])
+            .arg(&dir)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes_and_an_invalid_filter_is_named() {
+    let result = output(
+        tlsgate()
+            .env("TLSGATE_LOG", "tlsgate=loud")
+            .args(["check", "--config"])
+            .arg(repo().join("configs/lab.toml")),
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("TLSGATE_LOG=\"tlsgate=loud\"") && stderr.contains("level"),
+        "the value and the parse error are named: {stderr}"
+    );
+    assert!(!result.stderr.contains(&0x1b), "ESC in logs to a pipe: {stderr:?}");
+
+    let json = output(
+        tlsgate()
+            .env("TLSGATE_LOG", "tlsgate=loud")
+            .env("TLSGATE_LOG_FORMAT", "json")
+            .args(["check", "--config"])
+            .arg(repo().join("configs/lab.toml")),
+    );
+    let line = text(&json.stderr);
+    let record: serde_json::Value = serde_json::from_str(line.lines().next().expect("a log line")).expect("JSON log");
+    assert_eq!(record["level"], "WARN", "{record}");
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let result = output(tlsgate().args(["check", "--config", "/nonexistent/tlsgate.toml"]));
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = text(&result.stderr);
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/tlsgate.toml"), "{stderr}");
+}

@@ -24,11 +24,11 @@ use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 pub enum DataplaneError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
-    #[error("TLS interception: {0}")]
+    #[error("TLS interception")]
     Tls(#[from] mitm::MitmError),
     #[error(transparent)]
     ConnectionLog(#[from] ConnectionLogError),
-    #[error("decrypted capture: {0}")]
+    #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error("invalid device: {0}")]
     Device(String),
