@@ -63,7 +63,7 @@ fn check_explains_broken_configs() {
 }
 
 #[test]
-fn run_explains_too_few_lcores_for_the_workers() {
+fn run_and_check_explain_too_few_lcores_for_the_workers() {
     let scratch = Scratch::new("lcores");
     let config = scratch.path("two-workers.toml");
     std::fs::write(
@@ -80,19 +80,15 @@ device = "net_null1"
 "#,
     )
     .expect("write");
-    let result = output(
-        tlsgate()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(["--duration", "1"]),
-    );
-    assert!(!result.status.success());
-    let stderr = text(&result.stderr);
-    assert!(
-        stderr.contains("dataplane.workers = 2") && stderr.contains("-l"),
-        "{stderr}"
-    );
+    for command in [&["run", "--duration", "1"][..], &["check"]] {
+        let result = output(tlsgate().args(command).arg("--config").arg(&config));
+        assert!(!result.status.success(), "{command:?}");
+        let stderr = text(&result.stderr);
+        assert!(
+            stderr.contains("`dataplane.workers`: 2 workers") && stderr.contains("`-l 0-1`"),
+            "{command:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -239,4 +235,74 @@ fn an_error_names_its_cause_once() {
     let stderr = text(&result.stderr);
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/tlsgate.toml"), "{stderr}");
+}
+
+#[test]
+fn check_loads_what_run_would_load() {
+    let scratch = Scratch::new("check-loads");
+    let (config, ca_pem) = common::lab::tls_config(&scratch, &scratch.path("ca/ca.pem"));
+    let valid = std::fs::read_to_string(&config).expect("config");
+    let checked = output(tlsgate().arg("check").arg("--config").arg(&config));
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+
+    let other = scratch.path("other");
+    assert!(output(tlsgate().args(["ca", "init", "--dir"]).arg(&other))
+        .status
+        .success());
+    let ca = ca_pem.parent().expect("ca dir").display().to_string();
+    let logs = scratch.0.display().to_string();
+    let cases = [
+        (
+            valid.replace(&format!("{ca}/ca.pem\""), &format!("{ca}/missing.pem\"")),
+            vec!["tls.ca_cert", "missing.pem", "No such file or directory"],
+        ),
+        (
+            valid.replace(&format!("{ca}/ca.key"), &format!("{}/ca.key", other.display())),
+            vec!["tls.ca_key", "other/ca.key", "is not the key of the CA certificate"],
+        ),
+        (
+            valid.replace(
+                &format!("upstream_trust = \"{ca}/ca.pem\""),
+                "upstream_trust = \"/nonexistent/bundle.pem\"",
+            ),
+            vec![
+                "tls.upstream_trust",
+                "/nonexistent/bundle.pem",
+                "No such file or directory",
+            ],
+        ),
+        (
+            valid.replace(&format!("{logs}/connections.jsonl"), "/sys/connections.jsonl"),
+            vec![
+                "log.connections",
+                "/sys/connections.jsonl",
+                "not writable",
+                "ermission denied",
+            ],
+        ),
+        (
+            valid.replace(&format!("{logs}/keys.log"), "/nonexistent-dir/keys.log"),
+            vec!["log.keylog", "/nonexistent-dir/keys.log"],
+        ),
+        (
+            format!("{valid}\n[capture]\npath = \"/sys/tlsgate/decrypted.pcap\"\n"),
+            vec!["capture.path", "/sys/tlsgate/decrypted.pcap", "ermission denied"],
+        ),
+    ];
+    for (index, (broken, needles)) in cases.iter().enumerate() {
+        assert_ne!(broken, &valid, "case {index} changes the config");
+        let path = scratch.path(&format!("broken{index}.toml"));
+        std::fs::write(&path, broken).expect("write");
+        let result = output(tlsgate().arg("check").arg("--config").arg(&path));
+        let stderr = text(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "case {index} accepted: {stderr}");
+        assert!(stderr.contains(&*path.to_string_lossy()), "case {index}: {stderr}");
+        for needle in needles {
+            assert_eq!(
+                stderr.matches(needle).count(),
+                1,
+                "case {index}: {needle:?} once in: {stderr}"
+            );
+        }
+    }
 }

@@ -312,8 +312,23 @@ impl StatusLines {
 
 fn check(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
+    // What `run` loads before it opens the devices, loaded the same way.
+    appliance::preflight(&config).with_context(|| config_path.display().to_string())?;
     let dataplane = &config.dataplane;
     say!("{}: configuration is valid", config_path.display())?;
+    say!(
+        "  loaded as `run` loads them: the policy rules{}{}",
+        if config.tls.ca_cert.is_some() && intercepts_tls(&config) {
+            "; the CA with its key (matching) and chain, the leaf key, the upstream trust bundle"
+        } else {
+            ""
+        },
+        if config.log.connections.is_some() || config.log.keylog.is_some() || config.capture.is_some() {
+            "; the log and capture directories take new files"
+        } else {
+            ""
+        }
+    )?;
     for (role, device) in ["client", "server", "inspect_out", "inspect_in"]
         .into_iter()
         .zip(config.devices().map_err(anyhow::Error::msg)?)
@@ -367,7 +382,7 @@ fn check(config_path: &Path) -> Result<()> {
             }
         )?;
     }
-    if !intercept.tcp_ports.is_empty() && intercept.mode == appliance::config::InterceptMode::Tls {
+    if intercepts_tls(&config) {
         let tls = &config.tls;
         say!(
             "  learned bypasses (per server name, address and port; only from servers whose certificate verified): \
@@ -412,6 +427,10 @@ fn check(config_path: &Path) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn intercepts_tls(config: &Config) -> bool {
+    !config.intercept.tcp_ports.is_empty() && config.intercept.mode == appliance::config::InterceptMode::Tls
 }
 
 fn replay(
