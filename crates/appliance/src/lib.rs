@@ -23,4 +23,4 @@ pub use config::{Config, ConfigError};
 pub use counters::Report;
 pub use dataplane::{Dataplane, DataplaneError};
 pub use preflight::preflight;
-pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome};
+pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};

@@ -114,10 +114,24 @@ enum Command {
         /// Where to write what leaves the client port (pcap).
         #[arg(long, value_name = "FILE")]
         client_output: Option<PathBuf>,
+        /// The times of the output frames: each carries the time of the input
+        /// frame it answers, the first one moved to the start of the replay
+        /// (relative) or not (original).
+        #[arg(long, value_enum, default_value_t = ReplayTimes::Relative)]
+        timestamps: ReplayTimes,
         /// Also write the final counters as JSON to this file.
         #[arg(long, value_name = "FILE")]
         report_json: Option<PathBuf>,
     },
+}
+
+/// `tlsgate replay --timestamps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReplayTimes {
+    /// The input's spacing, starting when the replay starts.
+    Relative,
+    /// The input's own timestamps.
+    Original,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,12 +194,16 @@ fn main() -> ExitCode {
             input,
             output,
             client_output,
+            timestamps,
             report_json,
         } => replay(
             &config,
-            &input,
-            &output,
-            client_output.as_deref(),
+            appliance::ReplayFiles {
+                input: &input,
+                output: &output,
+                client_output: client_output.as_deref(),
+            },
+            timestamps,
             report_json.as_deref(),
         ),
     };
@@ -435,30 +453,91 @@ fn intercepts_tls(config: &Config) -> bool {
 
 fn replay(
     config_path: &Path,
-    input: &Path,
-    output: &Path,
-    client_output: Option<&Path>,
+    files: appliance::ReplayFiles<'_>,
+    timestamps: ReplayTimes,
     report_json: Option<&Path>,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
-    if input == output || Some(input) == client_output {
-        bail!("the output capture must not overwrite the input {}", input.display());
-    }
-    let files = appliance::ReplayFiles {
-        input,
-        output,
-        client_output,
+    let timestamps = match timestamps {
+        ReplayTimes::Relative => appliance::Timestamps::Relative,
+        ReplayTimes::Original => appliance::Timestamps::Original,
     };
-    let outcome = appliance::replay(&config, files)?;
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} frames ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut progress = |read: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(read);
+        // Only a replay that takes a while gets a bar (on a terminal).
+        if bar.is_hidden() && started.elapsed() > PROGRESS_AFTER && read < total {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    };
+    let outcome = appliance::replay(&config, files, timestamps, &mut progress);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if let Some(tail) = &outcome.unreadable_tail {
+        tracing::warn!(
+            "input capture {}: {tail}; replayed the {} readable frames before it",
+            files.input.display(),
+            outcome.frames_in
+        );
+    }
+    if outcome.oversize > 0 {
+        tracing::warn!(
+            "input capture {}: {} frame(s) longer than one mbuf ({} bytes) crossed as mbuf chains, of which the \
+             engine inspects the first segment only; {} of them longer than {} bytes are cut to that length in the \
+             output (their original length is kept in the record)",
+            files.input.display(),
+            outcome.oversize,
+            appliance::replay::MBUF_FRAME_BYTES,
+            outcome.cut_in_output,
+            appliance::replay::PCAP_TX_MAX_BYTES
+        );
+    }
+    say!("{}", outcome.report)?;
     say!(
-        "tlsgate: replayed {} frames from {} into {}\n{}",
+        "tlsgate: replayed {} frames from {} in {:.1} s: {} written to {}{}{}{}",
         outcome.frames_in,
-        input.display(),
-        output.display(),
-        outcome.report
+        files.input.display(),
+        started.elapsed().as_secs_f64(),
+        outcome.frames_out,
+        files.output.display(),
+        match files.client_output {
+            Some(path) => format!(", {} to {}", outcome.client_frames_out, path.display()),
+            None => String::new(),
+        },
+        match outcome.oversize {
+            0 => String::new(),
+            oversize => format!(
+                "; {oversize} longer than one mbuf, {} cut in the output",
+                outcome.cut_in_output
+            ),
+        },
+        match outcome.unreadable_tail {
+            Some(_) => "; the cut-short last record was left out",
+            None => "",
+        }
     )?;
-    write_report(report_json, &outcome.report)
+    let mut json = serde_json::to_value(&outcome.report)?;
+    json["replay"] = serde_json::json!({
+        "frames_in": outcome.frames_in,
+        "frames_out": outcome.frames_out,
+        "client_frames_out": outcome.client_frames_out,
+        "oversize": outcome.oversize,
+        "cut_in_output": outcome.cut_in_output,
+        "unreadable_tail": outcome.unreadable_tail,
+    });
+    write_json(report_json, &json)
 }
+
+/// How long a replay runs before it shows a progress bar.
+const PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 fn learned(command: LearnedCommand) -> Result<()> {
     let (config_path, request) = match &command {
@@ -535,7 +614,11 @@ fn show_ca(ca: &mitm::CertificateAuthority, cert: &Path) -> Result<()> {
 }
 
 fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
+    write_json(path, &serde_json::to_value(report)?)
+}
+
+fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let json = serde_json::to_string_pretty(report)?;
+    let json = serde_json::to_string_pretty(value)?;
     std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
