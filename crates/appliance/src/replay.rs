@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, PcapError, TsResolution};
 use thiserror::Error;
@@ -336,6 +337,26 @@ struct InputReader {
     format: InputFormat,
     /// The last timestamp seen (pcapng simple packets carry none).
     last_timestamp: Duration,
+    /// The `if_tsresol` of each pcapng interface of the current section.
+    resolutions: Vec<u8>,
+}
+
+/// The default `if_tsresol`: microseconds.
+const PCAPNG_MICROSECONDS: u8 = 6;
+
+/// A pcapng timestamp of `units` at resolution `tsresol` (10^-n seconds, or
+/// 2^-n with the high bit set). pcap-file hands the raw units over as
+/// nanoseconds.
+fn pcapng_time(units: u64, tsresol: u8) -> Duration {
+    let units = u128::from(units);
+    let nanos = if tsresol & 0x80 != 0 {
+        (units * 1_000_000_000) >> u32::from(tsresol & 0x7f).min(127)
+    } else if tsresol <= 9 {
+        units * 10u128.pow(9 - u32::from(tsresol))
+    } else {
+        units / 10u128.pow(u32::from(tsresol - 9).min(38))
+    };
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 enum InputFormat {
@@ -372,6 +393,7 @@ impl InputReader {
             path: path.to_owned(),
             format,
             last_timestamp: Duration::ZERO,
+            resolutions: Vec::new(),
         })
     }
 
@@ -396,18 +418,33 @@ impl InputReader {
                     Ok(block) => block,
                     Err(err) => return Some(Err(err.into())),
                 };
+                let resolution = |interface: u32| {
+                    usize::try_from(interface)
+                        .ok()
+                        .and_then(|index| self.resolutions.get(index).copied())
+                        .unwrap_or(PCAPNG_MICROSECONDS)
+                };
                 match block {
+                    Block::SectionHeader(_) => self.resolutions.clear(),
                     Block::InterfaceDescription(interface) if interface.linktype != DataLink::ETHERNET => {
                         return Some(Err(ReadError::Bad(format!(
                             "link type {:?}: only Ethernet captures can be replayed",
                             interface.linktype
                         ))));
                     }
+                    Block::InterfaceDescription(interface) => {
+                        let tsresol = interface.options.iter().find_map(|option| match option {
+                            InterfaceDescriptionOption::IfTsResol(tsresol) => Some(*tsresol),
+                            _ => None,
+                        });
+                        self.resolutions.push(tsresol.unwrap_or(PCAPNG_MICROSECONDS));
+                    }
                     Block::EnhancedPacket(packet) => {
+                        let units = u64::try_from(packet.timestamp.as_nanos()).unwrap_or(u64::MAX);
                         break InputFrame {
-                            timestamp: packet.timestamp,
+                            timestamp: pcapng_time(units, resolution(packet.interface_id)),
                             len: packet.data.len(),
-                        }
+                        };
                     }
                     Block::SimplePacket(packet) => {
                         break InputFrame {
@@ -417,9 +454,9 @@ impl InputReader {
                     }
                     Block::Packet(packet) => {
                         break InputFrame {
-                            timestamp: Duration::from_micros(packet.timestamp),
+                            timestamp: pcapng_time(packet.timestamp, resolution(u32::from(packet.interface_id))),
                             len: packet.data.len(),
-                        }
+                        };
                     }
                     _ => {}
                 }
@@ -561,4 +598,17 @@ fn devarg_path(path: &Path) -> Result<String, ReplayError> {
         });
     }
     Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcapng_timestamps_follow_the_interface_resolution() {
+        assert_eq!(pcapng_time(1_500_000, PCAPNG_MICROSECONDS), Duration::from_millis(1500));
+        assert_eq!(pcapng_time(1_500_000_000, 9), Duration::from_millis(1500));
+        assert_eq!(pcapng_time(3, 0), Duration::from_secs(3));
+        assert_eq!(pcapng_time(1 << 20, 0x80 | 20), Duration::from_secs(1));
+    }
 }
