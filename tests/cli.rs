@@ -198,6 +198,41 @@ fn a_reader_closing_the_pipe_early_is_not_a_crash() {
     let stderr = text(&result.stderr);
     assert_eq!(result.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // `run` carries on without its status lines.
+    let config = scratch.path("null.toml");
+    std::fs::write(
+        &config,
+        r#"
+[dataplane]
+eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
+workers = 1
+[ports.client]
+device = "net_null0"
+[ports.server]
+device = "net_null1"
+"#,
+    )
+    .expect("write");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "0.5", "--stats-interval", "0.1", "--config"])
+            .arg(&config)
+            .arg("--report-json")
+            .arg(scratch.path("report.json"))
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("status lines are not printed any more").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(scratch.path("report.json").exists(), "run went on to its end: {stderr}");
 }
 
 #[test]
