@@ -63,7 +63,7 @@ fn check_explains_broken_configs() {
 }
 
 #[test]
-fn run_explains_too_few_lcores_for_the_workers() {
+fn run_and_check_explain_too_few_lcores_for_the_workers() {
     let scratch = Scratch::new("lcores");
     let config = scratch.path("two-workers.toml");
     std::fs::write(
@@ -80,19 +80,15 @@ device = "net_null1"
 "#,
     )
     .expect("write");
-    let result = output(
-        tlsgate()
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .args(["--duration", "1"]),
-    );
-    assert!(!result.status.success());
-    let stderr = text(&result.stderr);
-    assert!(
-        stderr.contains("dataplane.workers = 2") && stderr.contains("-l"),
-        "{stderr}"
-    );
+    for command in [&["run", "--duration", "1"][..], &["check"]] {
+        let result = output(tlsgate().args(command).arg("--config").arg(&config));
+        assert!(!result.status.success(), "{command:?}");
+        let stderr = text(&result.stderr);
+        assert!(
+            stderr.contains("`dataplane.workers`: 2 workers") && stderr.contains("`-l 0-1`"),
+            "{command:?}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -122,4 +118,226 @@ fn learned_needs_a_control_socket_and_a_running_instance() {
         stderr.contains("cannot reach a running tlsgate") && stderr.contains("control.sock"),
         "{stderr}"
     );
+}
+
+/// Every subcommand path below `path`, depth first, as listed under
+/// "Commands:" in their `-h` (clap's own `help` left out).
+fn subcommands(path: &[String]) -> Vec<Vec<String>> {
+    let help = output(tlsgate().args(path).arg("-h"));
+    assert!(help.status.success(), "{path:?}");
+    let help = text(&help.stdout);
+    let mut found = vec![path.to_vec()];
+    let Some(commands) = help.split("Commands:\n").nth(1) else {
+        return found;
+    };
+    for line in commands.lines().take_while(|line| line.starts_with("  ")) {
+        let name = line.split_whitespace().next().expect("a command name");
+        if name != "help" {
+            let mut below = path.to_vec();
+            below.push(name.to_owned());
+            found.extend(subcommands(&below));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_command_and_option_has_help() {
+    let commands = subcommands(&[]);
+    assert!(commands.len() >= 9, "{commands:?}");
+    for command in commands {
+        let help = text(&output(tlsgate().args(&command).arg("-h")).stdout);
+        for section in help
+            .split("\n\n")
+            .filter(|s| s.starts_with("Commands:") || s.starts_with("Options:"))
+        {
+            for entry in section.lines().skip(1) {
+                // "  -c, --config <CONFIG>  The configuration file (TOML)."
+                let described = entry.trim().split("  ").filter(|part| !part.trim().is_empty()).count() >= 2;
+                assert!(described, "tlsgate {}: blank help entry {entry:?}", command.join(" "));
+            }
+        }
+    }
+}
+
+#[test]
+fn help_documents_environment_signals_and_exit_status() {
+    let help = text(&output(tlsgate().arg("--help")).stdout);
+    for needle in [
+        "TLSGATE_LOG ",
+        "TLSGATE_LOG_FORMAT",
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "Exit status",
+        "0  success",
+        "1  the command failed",
+        "2  the command line is invalid",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn a_reader_closing_the_pipe_early_is_not_a_crash() {
+    let scratch = Scratch::new("epipe");
+    let dir = scratch.path("ca");
+    assert!(output(tlsgate().args(["ca", "init", "--dir"]).arg(&dir))
+        .status
+        .success());
+    // The read end is closed before tlsgate writes: every write gets EPIPE.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let result = output(
+        tlsgate()
+            .args(["ca", "show", "--dir"])
+            .arg(&dir)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // `run` carries on without its status lines.
+    let config = scratch.path("null.toml");
+    std::fs::write(
+        &config,
+        r#"
+[dataplane]
+eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
+workers = 1
+[ports.client]
+device = "net_null0"
+[ports.server]
+device = "net_null1"
+"#,
+    )
+    .expect("write");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "0.5", "--stats-interval", "0.1", "--config"])
+            .arg(&config)
+            .arg("--report-json")
+            .arg(scratch.path("report.json"))
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("status lines are not printed any more").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(scratch.path("report.json").exists(), "run went on to its end: {stderr}");
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes_and_an_invalid_filter_is_named() {
+    let result = output(
+        tlsgate()
+            .env("TLSGATE_LOG", "tlsgate=loud")
+            .args(["check", "--config"])
+            .arg(repo().join("configs/lab.toml")),
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("TLSGATE_LOG=\"tlsgate=loud\"") && stderr.contains("level"),
+        "the value and the parse error are named: {stderr}"
+    );
+    assert!(!result.stderr.contains(&0x1b), "ESC in logs to a pipe: {stderr:?}");
+
+    let json = output(
+        tlsgate()
+            .env("TLSGATE_LOG", "tlsgate=loud")
+            .env("TLSGATE_LOG_FORMAT", "json")
+            .args(["check", "--config"])
+            .arg(repo().join("configs/lab.toml")),
+    );
+    let line = text(&json.stderr);
+    let record: serde_json::Value = serde_json::from_str(line.lines().next().expect("a log line")).expect("JSON log");
+    assert_eq!(record["level"], "WARN", "{record}");
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let result = output(tlsgate().args(["check", "--config", "/nonexistent/tlsgate.toml"]));
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = text(&result.stderr);
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/tlsgate.toml"), "{stderr}");
+}
+
+#[test]
+fn check_loads_what_run_would_load() {
+    let scratch = Scratch::new("check-loads");
+    let (config, ca_pem) = common::lab::tls_config(&scratch, &scratch.path("ca/ca.pem"));
+    let valid = std::fs::read_to_string(&config).expect("config");
+    let checked = output(tlsgate().arg("check").arg("--config").arg(&config));
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+
+    let other = scratch.path("other");
+    assert!(output(tlsgate().args(["ca", "init", "--dir"]).arg(&other))
+        .status
+        .success());
+    let ca = ca_pem.parent().expect("ca dir").display().to_string();
+    let logs = scratch.0.display().to_string();
+    let cases = [
+        (
+            valid.replace(&format!("{ca}/ca.pem\""), &format!("{ca}/missing.pem\"")),
+            vec!["tls.ca_cert", "missing.pem", "No such file or directory"],
+        ),
+        (
+            valid.replace(&format!("{ca}/ca.key"), &format!("{}/ca.key", other.display())),
+            vec!["tls.ca_key", "other/ca.key", "is not the key of the CA certificate"],
+        ),
+        (
+            valid.replace(
+                &format!("upstream_trust = \"{ca}/ca.pem\""),
+                "upstream_trust = \"/nonexistent/bundle.pem\"",
+            ),
+            vec![
+                "tls.upstream_trust",
+                "/nonexistent/bundle.pem",
+                "No such file or directory",
+            ],
+        ),
+        (
+            valid.replace(&format!("{logs}/connections.jsonl"), "/sys/connections.jsonl"),
+            vec![
+                "log.connections",
+                "/sys/connections.jsonl",
+                "not writable",
+                "ermission denied",
+            ],
+        ),
+        (
+            valid.replace(&format!("{logs}/keys.log"), "/nonexistent-dir/keys.log"),
+            vec!["log.keylog", "/nonexistent-dir/keys.log"],
+        ),
+        (
+            format!("{valid}\n[capture]\npath = \"/sys/tlsgate/decrypted.pcap\"\n"),
+            vec!["capture.path", "/sys/tlsgate/decrypted.pcap", "ermission denied"],
+        ),
+    ];
+    for (index, (broken, needles)) in cases.iter().enumerate() {
+        assert_ne!(broken, &valid, "case {index} changes the config");
+        let path = scratch.path(&format!("broken{index}.toml"));
+        std::fs::write(&path, broken).expect("write");
+        let result = output(tlsgate().arg("check").arg("--config").arg(&path));
+        let stderr = text(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "case {index} accepted: {stderr}");
+        assert!(stderr.contains(&*path.to_string_lossy()), "case {index}: {stderr}");
+        for needle in needles {
+            assert_eq!(
+                stderr.matches(needle).count(),
+                1,
+                "case {index}: {needle:?} once in: {stderr}"
+            );
+        }
+    }
 }

@@ -33,13 +33,31 @@ pub fn text(bytes: &[u8]) -> String {
 
 /// Every frame of a classic pcap file, in order.
 pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    read_pcap_records(path).into_iter().map(|record| record.data).collect()
+}
+
+/// One record of a classic pcap file.
+pub struct PcapRecord {
+    pub timestamp: std::time::Duration,
+    /// The frame's length on the wire (may exceed `data`).
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+/// Every record of a classic pcap file, in order.
+pub fn read_pcap_records(path: &Path) -> Vec<PcapRecord> {
     let file = File::open(path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    let mut frames = Vec::new();
+    let mut records = Vec::new();
     while let Some(packet) = reader.next_packet() {
-        frames.push(packet.expect("pcap record").data.into_owned());
+        let packet = packet.expect("pcap record");
+        records.push(PcapRecord {
+            timestamp: packet.timestamp,
+            orig_len: packet.orig_len,
+            data: packet.data.into_owned(),
+        });
     }
-    frames
+    records
 }
 
 /// A scratch directory removed when dropped.

@@ -9,8 +9,12 @@ use thiserror::Error;
 /// Why a configuration was rejected.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {reason}")]
@@ -551,6 +555,91 @@ fn is_pci_address(text: &str) -> bool {
 /// them from `[ports]`.
 const DEVICE_EAL_OPTIONS: &[&str] = &["--vdev", "-a", "--allow", "-b", "--block", "-w", "--pci-whitelist"];
 
+/// The number of distinct lcores the EAL arguments give with `-l LIST`,
+/// `--lcores MAP` or `-c MASK` (the last one counts, as in EAL), with the
+/// option as written; `None` if they give none (EAL then takes every CPU).
+fn eal_lcores(args: &[String]) -> Option<Result<(String, usize), String>> {
+    let mut found = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (option, value) = match arg.as_str() {
+            "-l" | "--lcores" | "-c" => (arg.as_str(), args.next().map(String::as_str).unwrap_or_default()),
+            _ => match (
+                arg.strip_prefix("--lcores="),
+                arg.strip_prefix("-l"),
+                arg.strip_prefix("-c"),
+            ) {
+                (Some(value), _, _) => ("--lcores", value),
+                (None, Some(value), _) => ("-l", value),
+                (None, None, Some(value)) => ("-c", value),
+                _ => continue,
+            },
+        };
+        let written = format!("{option} {value}");
+        let lcores = match option {
+            "-c" => core_mask(value),
+            "--lcores" => lcore_map(value),
+            _ => lcore_list(value),
+        };
+        found = Some(
+            lcores
+                .map(|lcores| (written.clone(), lcores.len()))
+                .map_err(|reason| format!("`{written}`: {reason}")),
+        );
+    }
+    found
+}
+
+/// `0-3,5`: lcore ids and ranges.
+fn lcore_list(list: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+    let mut lcores = std::collections::BTreeSet::new();
+    for item in list.split(',').map(str::trim) {
+        let number = |text: &str| {
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{item:?} is not an lcore number or range"))
+        };
+        let (first, last) = match item.split_once('-') {
+            Some((first, last)) => (number(first)?, number(last)?),
+            None => (number(item)?, number(item)?),
+        };
+        if first > last || last - first > 1024 {
+            return Err(format!("{item:?} is not an lcore range"));
+        }
+        lcores.extend(first..=last);
+    }
+    Ok(lcores)
+}
+
+/// `0-3,(4-5)@(1,2),6@7`: lcores (before any `@`), groups in parentheses.
+fn lcore_map(map: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+    let mut lcores = std::collections::BTreeSet::new();
+    let mut depth = 0u32;
+    let mut element = String::new();
+    for c in map.chars().chain(std::iter::once(',')) {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("unbalanced parentheses")?,
+            _ => {}
+        }
+        if c == ',' && depth == 0 {
+            let set = element.split('@').next().unwrap_or_default();
+            lcores.extend(lcore_list(set.trim_start_matches('(').trim_end_matches(')'))?);
+            element.clear();
+        } else {
+            element.push(c);
+        }
+    }
+    Ok(lcores)
+}
+
+/// `0xf`: a hexadecimal mask of lcores.
+fn core_mask(mask: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+    let digits = mask.trim_start_matches("0x").trim_start_matches("0X");
+    let bits = u128::from_str_radix(digits, 16).map_err(|_| format!("{mask:?} is not a hexadecimal core mask"))?;
+    Ok((0..128).filter(|bit| bits & (1 << bit) != 0).collect())
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -622,6 +711,20 @@ impl Config {
                 "dataplane.eal_args",
                 format!("{option:?} is not allowed here: devices are given as [ports.*] device = \"...\""),
             ));
+        }
+        if let Some(lcores) = eal_lcores(&dataplane.eal_args) {
+            let (option, lcores) = lcores.map_err(|reason| invalid("dataplane.eal_args", reason))?;
+            let worker_lcores = lcores.saturating_sub(1);
+            if usize::from(dataplane.workers) > worker_lcores {
+                return Err(invalid(
+                    "dataplane.workers",
+                    format!(
+                        "{} workers need {} lcores besides the main one, but `{option}` in dataplane.eal_args gives \
+                         {worker_lcores}; give one lcore per worker, e.g. -l 0-{}",
+                        dataplane.workers, dataplane.workers, dataplane.workers
+                    ),
+                ));
+            }
         }
         for (key, value) in [
             ("tcp.rx_buffer", self.tcp.rx_buffer),
@@ -832,6 +935,22 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lcores_are_counted_as_eal_reads_them() {
+        let count = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+            super::eal_lcores(&args).map(|found| found.map(|(_, count)| count))
+        };
+        assert_eq!(count(&["--no-pci"]), None);
+        assert_eq!(count(&["-l", "0-1"]), Some(Ok(2)));
+        assert_eq!(count(&["-l2-3,5", "-n", "4"]), Some(Ok(3)));
+        assert_eq!(count(&["--lcores", "0-3,(4-5)@(1,2),6@7"]), Some(Ok(7)));
+        assert_eq!(count(&["--lcores=0@0,1@0,2@1"]), Some(Ok(3)));
+        assert_eq!(count(&["-c", "0xf"]), Some(Ok(4)));
+        assert_eq!(count(&["-l", "0-3", "-l", "0"]), Some(Ok(1)), "the last option counts");
+        assert!(matches!(count(&["-l", "zero"]), Some(Err(_))));
+    }
+
     use super::*;
 
     const MINIMAL: &str = r#"

@@ -24,11 +24,15 @@ use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 pub enum DataplaneError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
-    #[error("TLS interception: {0}")]
-    Tls(#[from] mitm::MitmError),
+    #[error(transparent)]
+    Tls(#[from] crate::engine::TlsSettingError),
+    #[error("`log.keylog`")]
+    KeyLog(#[source] mitm::MitmError),
+    #[error(transparent)]
+    Output(#[from] crate::preflight::OutputError),
     #[error(transparent)]
     ConnectionLog(#[from] ConnectionLogError),
-    #[error("decrypted capture: {0}")]
+    #[error(transparent)]
     Capture(#[from] CaptureError),
     #[error("invalid device: {0}")]
     Device(String),
@@ -246,6 +250,7 @@ impl Dataplane {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
         };
+        let policy = crate::preflight::preflight(config)?;
         let dataplane = &config.dataplane;
         let mut eal_args = dataplane.eal_args.clone();
         for device in &devices {
@@ -305,9 +310,8 @@ impl Dataplane {
                 reta_size: dev.reta_size(),
             }),
         )?;
-        let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
         let key_log = match &config.log.keylog {
-            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path)?)),
+            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path).map_err(DataplaneError::KeyLog)?)),
             None => None,
         };
         let connection_log = match &config.log.connections {

@@ -87,6 +87,16 @@ pub struct InterceptPolicy {
     pub inspection: Option<InspectionSettings>,
 }
 
+/// A TLS setting whose file cannot be used: the key, and (as the source)
+/// the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}`")]
+pub struct TlsSettingError {
+    pub key: &'static str,
+    #[source]
+    pub source: MitmError,
+}
+
 impl InterceptPolicy {
     /// The policy of a validated configuration (its rules were checked).
     pub fn from_config(config: &Config) -> Result<Self, String> {
@@ -116,18 +126,22 @@ impl InterceptPolicy {
     }
 
     /// A worker's TLS context (its own forger and caches), if TLS is
-    /// intercepted. Fails with the file or setting at fault.
+    /// intercepted. Fails with the setting (and, in the error, the file) at
+    /// fault.
     pub fn tls_context(
         &self,
         key_log: Option<std::sync::Arc<mitm::KeyLogFile>>,
-    ) -> Result<Option<TlsContext>, MitmError> {
+    ) -> Result<Option<TlsContext>, TlsSettingError> {
         let Some(tls) = &self.tls else { return Ok(None) };
+        let at = |key: &'static str| move |source: MitmError| TlsSettingError { key, source };
         let (Some(ca_cert), Some(ca_key)) = (&tls.ca_cert, &tls.ca_key) else {
-            return Err(MitmError::Config("tls.ca_cert and tls.ca_key are required".into()));
+            return Err(at("tls.ca_cert")(MitmError::Config(
+                "tls.ca_cert and tls.ca_key are required".into(),
+            )));
         };
-        let ca = CertificateAuthority::load(ca_cert, ca_key)?;
+        let ca = CertificateAuthority::load(ca_cert, ca_key).map_err(at("tls.ca_cert, tls.ca_key"))?;
         let ca = match &tls.ca_chain {
-            Some(chain) => ca.with_chain(chain)?,
+            Some(chain) => ca.with_chain(chain).map_err(at("tls.ca_chain"))?,
             None => ca,
         };
         let leaf_key = match &tls.leaf_key {
@@ -135,26 +149,31 @@ impl InterceptPolicy {
                 let pem = std::fs::read_to_string(path).map_err(|err| MitmError::File {
                     path: path.clone(),
                     reason: err.to_string(),
-                })?;
-                Some(rcgen::KeyPair::from_pem(&pem).map_err(|err| MitmError::Pem {
-                    path: path.clone(),
-                    reason: err.to_string(),
-                })?)
+                });
+                let key = pem.and_then(|pem| {
+                    rcgen::KeyPair::from_pem(&pem).map_err(|err| MitmError::Pem {
+                        path: path.clone(),
+                        reason: err.to_string(),
+                    })
+                });
+                Some(key.map_err(at("tls.leaf_key"))?)
             }
             None => None,
         };
-        let forger = Forger::new(ca, leaf_key, tls.cert_cache)?;
+        let forger = Forger::new(ca, leaf_key, tls.cert_cache).map_err(at("tls.leaf_key"))?;
         let bundle = if tls.upstream_trust == "system" {
             std::path::PathBuf::from(mitm::trust::SYSTEM_BUNDLE)
         } else {
             std::path::PathBuf::from(&tls.upstream_trust)
         };
-        let trust = UpstreamTrust::from_bundle(&bundle)?;
+        let trust = UpstreamTrust::from_bundle(&bundle).map_err(at("tls.upstream_trust"))?;
         let invalid = match tls.invalid_upstream {
             InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
             InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,
         };
-        TlsContext::new(forger, trust, invalid, key_log).map(Some)
+        TlsContext::new(forger, trust, invalid, key_log)
+            .map(Some)
+            .map_err(at("tls"))
     }
 }
 

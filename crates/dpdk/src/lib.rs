@@ -25,7 +25,7 @@ pub use ethdev::{
     symmetric_rss_key, vdev_name, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF,
 };
 pub use mbuf::Mbuf;
-pub use mempool::Mempool;
+pub use mempool::{Mempool, MBUF_FRAME_BYTES};
 pub use memport::{MemPort, MemPortControl};
 pub use port::{LinkState, PacketBuf, Port, PortCounters};
 pub use ring::{Ring, RingConsumer, RingProducer};

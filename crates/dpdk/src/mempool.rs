@@ -11,6 +11,9 @@ use crate::mbuf::Mbuf;
 /// Data room of each mbuf: DPDK's default (2048 bytes + headroom), enough for
 /// a 1518-byte Ethernet frame in one segment.
 const DATA_ROOM: u16 = dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+/// The longest frame one mbuf of a [`Mempool`] holds (its data room less the
+/// headroom); longer frames arrive as chains of mbufs.
+pub const MBUF_FRAME_BYTES: usize = (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE - dpdk_sys::RTE_PKTMBUF_HEADROOM) as usize;
 /// Per-lcore cache size; DPDK requires it to be <= size / 1.5.
 const CACHE_SIZE: u32 = 256;
 

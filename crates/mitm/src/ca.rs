@@ -77,7 +77,7 @@ impl CertificateAuthority {
     }
 
     /// Loads a CA from PEM files. Refuses a key file that group or others
-    /// can read.
+    /// can read, and a key that is not the certificate's.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, MitmError> {
         let mode = std::fs::metadata(key_path)
             .map_err(|err| MitmError::file(key_path, err))?
@@ -99,6 +99,17 @@ impl CertificateAuthority {
             path: key_path.to_owned(),
             reason: err.to_string(),
         })?;
+        let (_, parsed) =
+            x509_parser::certificate::X509Certificate::from_der(&cert_der).map_err(|err| MitmError::Pem {
+                path: cert_path.to_owned(),
+                reason: format!("not an X.509 certificate: {err}"),
+            })?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(MitmError::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            });
+        }
         Self::from_parts(cert_der, cert_pem, key)
     }
 

@@ -17,6 +17,13 @@ pub enum MitmError {
         path = path.display()
     )]
     KeyExposed { path: PathBuf, mode: u32 },
+    #[error(
+        "the CA key {key} is not the key of the CA certificate {cert} (their public keys differ): every forged \
+         certificate would fail at the clients; give the key that belongs to the certificate",
+        key = key.display(),
+        cert = cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("cannot forge a certificate: {0}")]
     Forge(String),
     #[error("TLS configuration: {0}")]

@@ -372,6 +372,26 @@ fn ca_files_are_written_private_and_exposed_keys_refused() {
 }
 
 #[test]
+fn a_ca_key_of_another_certificate_is_refused() {
+    let dir = std::env::temp_dir().join(format!("mitm-ca-mismatch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let now = OffsetDateTime::now_utc();
+    let (cert, _) = CertificateAuthority::generate("one", 1, now)
+        .unwrap()
+        .write(&dir.join("one"))
+        .unwrap();
+    let (_, other_key) = CertificateAuthority::generate("two", 1, now)
+        .unwrap()
+        .write(&dir.join("two"))
+        .unwrap();
+    let refused = CertificateAuthority::load(&cert, &other_key).err().unwrap();
+    assert!(matches!(refused, mitm::MitmError::KeyMismatch { .. }), "{refused}");
+    let text = refused.to_string();
+    assert!(text.contains("two/ca.key") && text.contains("one/ca.pem"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_client_flooding_before_the_handshake_is_cut_off() {
     let origin_side = origin(&["origin.test"], (-1, 30), &[]);
     let app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);

@@ -2,7 +2,9 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod output;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +15,49 @@ use anyhow::{bail, Context, Result};
 use appliance::config::Device;
 use appliance::{Config, Dataplane, Report};
 use clap::{Parser, Subcommand};
+use output::say;
+use tracing_subscriber::EnvFilter;
+
+/// What `--help` says after the commands and options.
+const AFTER_HELP: &str = "\
+Environment:
+  TLSGATE_LOG         Which logs to show, as a tracing filter (default: info), e.g.
+                      `debug` or `info,appliance=debug`. An invalid value is reported
+                      as a warning and `info` is used.
+  TLSGATE_LOG_FORMAT  `text` (default) or `json` (one JSON object per line), as
+                      --log-format. Text logs carry colour codes only when standard
+                      error is a terminal.
+
+Signals (tlsgate run):
+  SIGINT, SIGTERM     Stop: the workers finish their burst, the final counters are
+                      printed (and written with --report-json).
+  SIGHUP              Reopen the log files (log.connections, log.keylog) after they
+                      were moved away for rotation.
+
+Exit status:
+  0  success; also when standard output is closed early (e.g. `| head`)
+  1  the command failed: the message on standard error names the file or the
+     configuration key and the reason
+  2  the command line is invalid (unknown option, missing argument)";
 
 /// A transparent, inline TLS interception appliance on DPDK.
 #[derive(Debug, Parser)]
-#[command(name = "tlsgate", version, about, long_about = None)]
+#[command(name = "tlsgate", version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
+    /// The format of the application logs on standard error.
+    #[arg(long, global = true, value_enum, env = "TLSGATE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the application logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (colour only on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
-    /// Validate a configuration file and explain what is wrong with it.
+    /// Validate a configuration file and everything `run` would load from it
+    /// (CA, chain, keys, trust bundle, log and capture directories, lcores),
+    /// and explain what is wrong.
     Check {
+        /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -60,6 +101,8 @@ enum Command {
     /// input enters on the client port, the output holds what leaves the
     /// server port.
     Replay {
+        /// The configuration whose engine settings are used (its ports are
+        /// replaced by pcap devices; one worker).
         #[arg(long, short)]
         config: PathBuf,
         /// The capture to replay (pcap or pcapng, Ethernet).
@@ -71,10 +114,24 @@ enum Command {
         /// Where to write what leaves the client port (pcap).
         #[arg(long, value_name = "FILE")]
         client_output: Option<PathBuf>,
+        /// The times of the output frames: each carries the time of the input
+        /// frame it answers, the first one moved to the start of the replay
+        /// (relative) or not (original).
+        #[arg(long, value_enum, default_value_t = ReplayTimes::Relative)]
+        timestamps: ReplayTimes,
         /// Also write the final counters as JSON to this file.
         #[arg(long, value_name = "FILE")]
         report_json: Option<PathBuf>,
     },
+}
+
+/// `tlsgate replay --timestamps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReplayTimes {
+    /// The input's spacing, starting when the replay starts.
+    Relative,
+    /// The input's own timestamps.
+    Original,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +145,7 @@ enum LearnedCommand {
     /// Forget learned bypasses (all, or those of one server name): those
     /// destinations are intercepted again.
     Clear {
+        /// The configuration of the running instance (for its control socket).
         #[arg(long, short)]
         config: PathBuf,
         /// Only the bypasses of this server name (SNI).
@@ -100,6 +158,7 @@ enum LearnedCommand {
 enum CaCommand {
     /// Create a new ECDSA P-256 CA: DIR/ca.pem and DIR/ca.key (mode 0600).
     Init {
+        /// The directory to create the CA in (created if missing).
         #[arg(long)]
         dir: PathBuf,
         /// The CA's common name.
@@ -111,20 +170,15 @@ enum CaCommand {
     },
     /// Show the CA in DIR: fingerprint, validity, how to install it.
     Show {
+        /// The directory holding ca.pem and ca.key.
         #[arg(long)]
         dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TLSGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let outcome = match cli.command {
         Command::Run {
             config,
@@ -140,21 +194,54 @@ fn main() -> ExitCode {
             input,
             output,
             client_output,
+            timestamps,
             report_json,
         } => replay(
             &config,
-            &input,
-            &output,
-            client_output.as_deref(),
+            appliance::ReplayFiles {
+                input: &input,
+                output: &output,
+                client_output: client_output.as_deref(),
+            },
+            timestamps,
             report_json.as_deref(),
         ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read the output went away (`| head`): nothing is wrong.
+        Err(err) if err.is::<output::StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tlsgate: error: {err:#}");
+            output::error(&err);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Application logs on standard error, filtered by `TLSGATE_LOG`; an invalid
+/// filter is reported, not silently replaced.
+fn init_logging(format: LogFormat) {
+    const DEFAULT: &str = "info";
+    let (filter, invalid) = match std::env::var("TLSGATE_LOG") {
+        Err(std::env::VarError::NotPresent) => (EnvFilter::new(DEFAULT), None),
+        Err(std::env::VarError::NotUnicode(value)) => (
+            EnvFilter::new(DEFAULT),
+            Some((value.to_string_lossy().into_owned(), "not valid UTF-8".to_owned())),
+        ),
+        Ok(value) => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(err) => (EnvFilter::new(DEFAULT), Some((value, err.to_string()))),
+        },
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    if let Some((value, reason)) = invalid {
+        tracing::warn!("TLSGATE_LOG={value:?} is not a valid log filter ({reason}); logging at {DEFAULT}");
     }
 }
 
@@ -189,7 +276,8 @@ fn run(
         None => None,
     };
     let started = Instant::now();
-    println!(
+    let mut status = StatusLines::default();
+    status.print(say!(
         "tlsgate: running with {} worker(s), client port {}, server port {}{} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
         config.dataplane.workers,
         config.ports.client.device,
@@ -198,7 +286,7 @@ fn run(
             (Some(out), Some(back)) => format!(", inspection out {} / in {}", out.device, back.device),
             _ => String::new(),
         }
-    );
+    ));
     if let Some(limit) = duration {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -207,24 +295,58 @@ fn run(
         });
     }
     dataplane.run(&stop, &hangup, interval, |report| {
-        println!(
+        status.print(say!(
             "tlsgate: counters after {:.1} s\n{report}",
             started.elapsed().as_secs_f64()
-        );
+        ));
     })?;
     let report = dataplane.report();
     drop(dataplane);
-    println!(
+    status.print(say!(
         "tlsgate: stopped after {:.1} s; final counters:\n{report}",
         started.elapsed().as_secs_f64()
-    );
+    ));
     write_report(report_json, &report)
+}
+
+/// The status lines of `run` on standard output: a reader that went away
+/// must not stop the appliance, so a failed line is reported once and the
+/// appliance carries on.
+#[derive(Default)]
+struct StatusLines {
+    failed: bool,
+}
+
+impl StatusLines {
+    fn print(&mut self, printed: Result<()>) {
+        if let Err(err) = printed {
+            if !self.failed {
+                tracing::warn!("status lines are not printed any more: {}", output::describe(&err));
+            }
+            self.failed = true;
+        }
+    }
 }
 
 fn check(config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
+    // What `run` loads before it opens the devices, loaded the same way.
+    appliance::preflight(&config).with_context(|| config_path.display().to_string())?;
     let dataplane = &config.dataplane;
-    println!("{}: configuration is valid", config_path.display());
+    say!("{}: configuration is valid", config_path.display())?;
+    say!(
+        "  loaded as `run` loads them: the policy rules{}{}",
+        if config.tls.ca_cert.is_some() && intercepts_tls(&config) {
+            "; the CA with its key (matching) and chain, the leaf key, the upstream trust bundle"
+        } else {
+            ""
+        },
+        if config.log.connections.is_some() || config.log.keylog.is_some() || config.capture.is_some() {
+            "; the log and capture directories take new files"
+        } else {
+            ""
+        }
+    )?;
     for (role, device) in ["client", "server", "inspect_out", "inspect_in"]
         .into_iter()
         .zip(config.devices().map_err(anyhow::Error::msg)?)
@@ -233,13 +355,13 @@ fn check(config_path: &Path) -> Result<()> {
             Device::Virtual { .. } => "virtual device",
             Device::Pci { .. } => "PCI device",
         };
-        println!(
+        say!(
             "  {role} port: {} ({kind}, EAL: {})",
             device.ethdev_name(),
             device.eal_args().join(" ")
-        );
+        )?;
     }
-    println!(
+    say!(
         "  {} worker(s), bursts of {}, {} mbufs, rings {}/{}, idle sleep up to {} us",
         dataplane.workers,
         dataplane.burst_size,
@@ -247,14 +369,14 @@ fn check(config_path: &Path) -> Result<()> {
         dataplane.rx_descriptors,
         dataplane.tx_descriptors,
         dataplane.idle_sleep_max_us
-    );
-    println!("  EAL arguments: {}", dataplane.eal_args.join(" "));
+    )?;
+    say!("  EAL arguments: {}", dataplane.eal_args.join(" "))?;
     let intercept = &config.intercept;
     if intercept.tcp_ports.is_empty() {
-        println!("  intercept: nothing (every frame is bridged)");
+        say!("  intercept: nothing (every frame is bridged)")?;
     } else {
         let tcp = &config.tcp;
-        println!(
+        say!(
             "  intercept: new TCP connections to ports {:?}, mode {:?}; socket buffers {}/{} B, timeout {} ms, \
              SYN-ACK {} the server accepts, at most {} connections per worker",
             intercept.tcp_ports,
@@ -264,8 +386,8 @@ fn check(config_path: &Path) -> Result<()> {
             tcp.timeout_ms,
             if tcp.hold_synack { "held until" } else { "sent before" },
             tcp.max_connections
-        );
-        println!(
+        )?;
+        say!(
             "  capacity: a full table {}; embryonic connections take at most half of it (oldest evicted first), \
              {} per client address; timeouts: ClientHello {} ms, TLS handshakes {} ms, idle {}",
             match tcp.at_capacity {
@@ -281,23 +403,23 @@ fn check(config_path: &Path) -> Result<()> {
             } else {
                 format!("{} ms", tcp.idle_timeout_ms)
             }
-        );
-        println!(
+        )?;
+        say!(
             "  worst case: {:.1} GiB of TCP buffers with every worker full (workers x max_connections x {} sockets x (rx + tx))",
             config.worst_case_buffer_bytes() as f64 / (1u64 << 30) as f64,
             config.sockets_per_connection()
-        );
-        println!(
+        )?;
+        say!(
             "  UDP to and from those ports (QUIC): {}",
             match intercept.udp {
                 appliance::policy::UdpPolicy::Block => "blocked, so clients fall back to TCP (intercept.udp)",
                 appliance::policy::UdpPolicy::Bypass => "bridged uninspected (intercept.udp = \"bypass\")",
             }
-        );
+        )?;
     }
-    if !intercept.tcp_ports.is_empty() && intercept.mode == appliance::config::InterceptMode::Tls {
+    if intercepts_tls(&config) {
         let tls = &config.tls;
-        println!(
+        say!(
             "  learned bypasses (per server name, address and port; only from servers whose certificate verified): \
              fail-open {}; servers asking for a client certificate {}; each for {} s, at most {} kept",
             match tls.fail_open_after {
@@ -313,14 +435,14 @@ fn check(config_path: &Path) -> Result<()> {
             },
             tls.learned_ttl_secs,
             tls.learned_max_entries
-        );
+        )?;
     }
     match &config.control.socket {
-        Some(path) => println!("  control socket: {} (tlsgate learned list/clear)", path.display()),
-        None => println!("  control socket: none"),
+        Some(path) => say!("  control socket: {} (tlsgate learned list/clear)", path.display())?,
+        None => say!("  control socket: none")?,
     }
     if config.ports.inspect_out.is_some() {
-        println!(
+        say!(
             "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
              on inspect_in; a box that does not pass a SYN within {} ms (or a port whose link is down) means {}",
             config.inspect.syn_timeout_ms,
@@ -328,46 +450,111 @@ fn check(config_path: &Path) -> Result<()> {
                 appliance::config::InspectFailure::FailClosed => "the connection is reset (fail_closed)",
                 appliance::config::InspectFailure::FailOpen => "the connection is relayed uninspected (fail_open)",
             }
-        );
+        )?;
     }
     if let Some(capture) = &config.capture {
-        println!(
+        say!(
             "  decrypted capture: {} (port map {:?}, rotate at {} MiB / {} s)",
             capture.path.display(),
             capture.port_map,
             capture.rotate_mb.map_or("-".into(), |mb| mb.to_string()),
             capture.rotate_secs.map_or("-".into(), |secs| secs.to_string())
-        );
+        )?;
     }
     Ok(())
 }
 
+fn intercepts_tls(config: &Config) -> bool {
+    !config.intercept.tcp_ports.is_empty() && config.intercept.mode == appliance::config::InterceptMode::Tls
+}
+
 fn replay(
     config_path: &Path,
-    input: &Path,
-    output: &Path,
-    client_output: Option<&Path>,
+    files: appliance::ReplayFiles<'_>,
+    timestamps: ReplayTimes,
     report_json: Option<&Path>,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
-    if input == output || Some(input) == client_output {
-        bail!("the output capture must not overwrite the input {}", input.display());
-    }
-    let files = appliance::ReplayFiles {
-        input,
-        output,
-        client_output,
+    let timestamps = match timestamps {
+        ReplayTimes::Relative => appliance::Timestamps::Relative,
+        ReplayTimes::Original => appliance::Timestamps::Original,
     };
-    let outcome = appliance::replay(&config, files)?;
-    println!(
-        "tlsgate: replayed {} frames from {} into {}\n{}",
-        outcome.frames_in,
-        input.display(),
-        output.display(),
-        outcome.report
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} frames ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    write_report(report_json, &outcome.report)
+    let mut progress = |read: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(read);
+        // Only a replay that takes a while gets a bar (on a terminal).
+        if bar.is_hidden() && started.elapsed() > PROGRESS_AFTER && read < total {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    };
+    let outcome = appliance::replay(&config, files, timestamps, &mut progress);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if let Some(tail) = &outcome.unreadable_tail {
+        tracing::warn!(
+            "input capture {}: {tail}; replayed the {} readable frames before it",
+            files.input.display(),
+            outcome.frames_in
+        );
+    }
+    if outcome.oversize > 0 {
+        tracing::warn!(
+            "input capture {}: {} frame(s) longer than one mbuf ({} bytes) crossed as mbuf chains, of which the \
+             engine inspects the first segment only; {} of them longer than {} bytes are cut to that length in the \
+             output (their original length is kept in the record)",
+            files.input.display(),
+            outcome.oversize,
+            appliance::replay::MBUF_FRAME_BYTES,
+            outcome.cut_in_output,
+            appliance::replay::PCAP_TX_MAX_BYTES
+        );
+    }
+    say!("{}", outcome.report)?;
+    say!(
+        "tlsgate: replayed {} frames from {} in {:.1} s: {} written to {}{}{}{}",
+        outcome.frames_in,
+        files.input.display(),
+        started.elapsed().as_secs_f64(),
+        outcome.frames_out,
+        files.output.display(),
+        match files.client_output {
+            Some(path) => format!(", {} to {}", outcome.client_frames_out, path.display()),
+            None => String::new(),
+        },
+        match outcome.oversize {
+            0 => String::new(),
+            oversize => format!(
+                "; {oversize} longer than one mbuf, {} cut in the output",
+                outcome.cut_in_output
+            ),
+        },
+        match outcome.unreadable_tail {
+            Some(_) => "; the cut-short last record was left out",
+            None => "",
+        }
+    )?;
+    let mut json = serde_json::to_value(&outcome.report)?;
+    json["replay"] = serde_json::json!({
+        "frames_in": outcome.frames_in,
+        "frames_out": outcome.frames_out,
+        "client_frames_out": outcome.client_frames_out,
+        "oversize": outcome.oversize,
+        "cut_in_output": outcome.cut_in_output,
+        "unreadable_tail": outcome.unreadable_tail,
+    });
+    write_json(report_json, &json)
 }
+
+/// How long a replay runs before it shows a progress bar.
+const PROGRESS_AFTER: Duration = Duration::from_secs(2);
 
 fn learned(command: LearnedCommand) -> Result<()> {
     let (config_path, request) = match &command {
@@ -392,11 +579,11 @@ fn learned(command: LearnedCommand) -> Result<()> {
     };
     let answer = control::request(socket, &request)?;
     match command {
-        LearnedCommand::List { .. } => print!("{}", control::format_list(&answer)),
-        LearnedCommand::Clear { .. } => println!(
+        LearnedCommand::List { .. } => output::write(format_args!("{}", control::format_list(&answer)))?,
+        LearnedCommand::Clear { .. } => say!(
             "tlsgate: cleared {} learned bypass(es); those destinations are intercepted again",
             answer["cleared"]
-        ),
+        )?,
     }
     Ok(())
 }
@@ -409,42 +596,46 @@ fn ca(command: CaCommand) -> Result<()> {
             }
             let ca = mitm::CertificateAuthority::generate(&name, years, time::OffsetDateTime::now_utc())?;
             let (cert, key) = ca.write(&dir)?;
-            println!("tlsgate: created {} and {} (mode 0600)", cert.display(), key.display());
-            show_ca(&ca, &cert);
+            say!("tlsgate: created {} and {} (mode 0600)", cert.display(), key.display())?;
+            show_ca(&ca, &cert)?;
         }
         CaCommand::Show { dir } => {
             let cert = dir.join(mitm::ca::CA_CERT_FILE);
             let ca = mitm::CertificateAuthority::load(&cert, &dir.join(mitm::ca::CA_KEY_FILE))?;
-            show_ca(&ca, &cert);
+            show_ca(&ca, &cert)?;
         }
     }
     Ok(())
 }
 
-fn show_ca(ca: &mitm::CertificateAuthority, cert: &Path) {
+fn show_ca(ca: &mitm::CertificateAuthority, cert: &Path) -> Result<()> {
     let summary = ca.summary();
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
     let date = |at: time::OffsetDateTime| at.format(&format).unwrap_or_else(|_| at.to_string());
-    println!("subject:     {}", summary.subject);
-    println!("SHA-256:     {}", summary.sha256_fingerprint);
-    println!(
+    say!("subject:     {}", summary.subject)?;
+    say!("SHA-256:     {}", summary.sha256_fingerprint)?;
+    say!(
         "valid:       {} to {}",
         date(summary.not_before),
         date(summary.not_after)
-    );
-    println!("certificate: {}", cert.display());
-    println!(
+    )?;
+    say!("certificate: {}", cert.display())?;
+    say!(
         "Clients must trust this certificate to accept intercepted connections, e.g.:\n  \
          Debian/Ubuntu: cp {0} /usr/local/share/ca-certificates/tlsgate.crt && update-ca-certificates\n  \
          curl:          curl --cacert {0} https://...\n  \
          Firefox:       Settings > Privacy & Security > Certificates > Import\n  \
          Windows:       certutil -addstore -f Root tlsgate.crt",
         cert.display()
-    );
+    )
 }
 
 fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
+    write_json(path, &serde_json::to_value(report)?)
+}
+
+fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let json = serde_json::to_string_pretty(report)?;
+    let json = serde_json::to_string_pretty(value)?;
     std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,0 +1,120 @@
+//! What `run` loads from its configuration besides EAL and the devices: the
+//! intercept policy, the TLS material (CA and chain with its key, the leaf
+//! key, the upstream trust bundle), and the places the logs and the
+//! decrypted capture are written. [`Dataplane::open`](crate::Dataplane::open)
+//! runs [`preflight`] first and `tlsgate check` runs exactly it, so check and
+//! run cannot disagree. Writability is probed with a file created and
+//! removed at once; nothing else is written.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::dataplane::DataplaneError;
+use crate::engine::InterceptPolicy;
+
+/// A log or capture file that `run` could not write.
+#[derive(Debug, Error)]
+#[error("`{key}` {path}: {what}")]
+pub struct OutputError {
+    pub key: &'static str,
+    pub path: PathBuf,
+    what: &'static str,
+    #[source]
+    source: io::Error,
+}
+
+/// Loads and checks everything `run` would, short of the devices; returns
+/// the intercept policy.
+pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
+    let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
+    policy.tls_context(None)?;
+    for (key, path) in [
+        ("log.connections", config.log.connections.as_deref()),
+        ("log.keylog", config.log.keylog.as_deref()),
+    ] {
+        if let Some(path) = path {
+            appendable(key, path)?;
+        }
+    }
+    if let Some(capture) = &config.capture {
+        // The capture creates its directory: the nearest one that exists
+        // must take new entries.
+        let dir = parent(&capture.path);
+        let existing = dir.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("."));
+        writable_dir("capture.path", &capture.path, existing)?;
+    }
+    Ok(policy)
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// A log opened for appending (and created if missing).
+fn appendable(key: &'static str, path: &Path) -> Result<(), OutputError> {
+    if path.exists() {
+        return OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|source| OutputError {
+                key,
+                path: path.to_owned(),
+                what: "cannot be opened for appending",
+                source,
+            });
+    }
+    writable_dir(key, path, parent(path))
+}
+
+/// `dir` takes a new file (created and removed at once).
+fn writable_dir(key: &'static str, path: &Path, dir: &Path) -> Result<(), OutputError> {
+    let error = |what, source| OutputError {
+        key,
+        path: path.to_owned(),
+        what,
+        source,
+    };
+    if !dir.is_dir() {
+        let source = io::Error::new(io::ErrorKind::NotFound, format!("{} is not a directory", dir.display()));
+        return Err(error("no directory to create it in", source));
+    }
+    let probe = dir.join(format!(".tlsgate-check-{}", std::process::id()));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|source| error("its directory is not writable", source))?;
+    std::fs::remove_file(&probe).map_err(|source| error("its directory is not writable", source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_in_a_missing_directory_is_named() {
+        let err = appendable("log.connections", Path::new("/nonexistent-tlsgate/conn.log")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("log.connections") && text.contains("/nonexistent-tlsgate/conn.log"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn probing_a_directory_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("tlsgate-preflight-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        appendable("log.keylog", &dir.join("keys.log")).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
