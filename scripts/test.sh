@@ -16,5 +16,7 @@ echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test.sh: cargo build --bins (the lab tests run tlsgate-loadgen and tlsgate-impair)"
+cargo build --workspace --bins --locked
 echo "test.sh: cargo test (unit, in-memory, DPDK replay, namespace lab)"
 cargo test --workspace --locked -- --include-ignored
