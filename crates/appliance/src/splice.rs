@@ -16,6 +16,7 @@
 //! not passed back.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
@@ -27,7 +28,7 @@ use wire::FrameClass;
 
 use crate::capture::{CaptureStream, DecryptedCapture};
 use crate::config::InspectFailure;
-use crate::connlog::{ConnectionLog, ConnectionRecord};
+use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::policy::{Action, Policy, Verdict};
 
@@ -143,6 +144,12 @@ impl Session {
             replaced_server: None,
             learned: None,
             logged: false,
+            flow_id: connlog::flow_id(
+                SocketAddr::new(tuple.src_ip, tuple.src_port),
+                SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+                connlog::IPPROTO_TCP,
+                started,
+            ),
         }
     }
 }
@@ -199,6 +206,8 @@ struct Session {
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
+    /// The connection log's `flow_id` of every record of this connection.
+    flow_id: u64,
 }
 
 /// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
@@ -315,8 +324,8 @@ struct Legs<'a> {
 /// server, their MACs, and the client's ISN.
 #[derive(Debug, Clone, Copy)]
 struct StreamEnds {
-    client: std::net::SocketAddr,
-    server: std::net::SocketAddr,
+    client: SocketAddr,
+    server: SocketAddr,
     macs: ([u8; 6], [u8; 6]),
     client_isn: u32,
 }
@@ -325,8 +334,8 @@ impl StreamEnds {
     fn of(session: &Session) -> StreamEnds {
         let tuple = session.tuple;
         StreamEnds {
-            client: std::net::SocketAddr::new(tuple.src_ip, tuple.src_port),
-            server: std::net::SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+            client: SocketAddr::new(tuple.src_ip, tuple.src_port),
+            server: SocketAddr::new(tuple.dst_ip, tuple.dst_port),
             macs: (session.l2.src_mac, session.l2.dst_mac),
             client_isn: session.client_isn,
         }
@@ -482,14 +491,15 @@ fn fell_back_from_ech(err: &MitmError) -> bool {
     )
 }
 
-/// The connection-log record of a session that ended.
+/// The connection-log record of a session that ended (`event_type` by the
+/// mode: TLS interception or splice).
 fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let end = OffsetDateTime::now_utc();
-    let rfc3339 = |at: OffsetDateTime| {
-        at.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    let endpoint = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
+    let tuple = session.tuple;
+    let (client, server) = (
+        SocketAddr::new(tuple.src_ip, tuple.src_port),
+        SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+    );
     let info = session
         .tls
         .as_ref()
@@ -499,13 +509,23 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let verified = info.upstream_verified.clone();
     let (client_grade, server_grade) = (info.client_grade, info.server_grade);
     ConnectionRecord {
-        start: rfc3339(session.started),
-        end: rfc3339(end),
+        timestamp: connlog::timestamp(end),
+        flow_id: session.flow_id,
+        event_type: if tls_mode {
+            EventType::TlsIntercept
+        } else {
+            EventType::Connection
+        },
+        src_ip: client.ip(),
+        src_port: client.port(),
+        dest_ip: server.ip(),
+        dest_port: server.port(),
+        proto: "TCP",
+        community_id: connlog::community_id(0, client, server, connlog::IPPROTO_TCP),
+        in_port: "client",
+        start: connlog::timestamp(session.started),
+        end: connlog::timestamp(end),
         duration_ms: u64::try_from((end - session.started).whole_milliseconds()).unwrap_or(0),
-        port: "client",
-        protocol: "tcp",
-        client: endpoint(session.tuple.src_ip, session.tuple.src_port),
-        server: endpoint(session.tuple.dst_ip, session.tuple.dst_port),
         decision: match &session.decision {
             Some(verdict) => verdict.action.name(),
             None if tls_mode => "intercept",
@@ -713,7 +733,8 @@ impl Splicer {
         }
     }
 
-    /// Logs a decision taken at the client's SYN (no session was opened).
+    /// Logs a decision taken at the client's SYN, a bypass or a block (no
+    /// session was opened).
     pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict) {
         if verdict.action == Action::Bypass {
             self.shared.counters.bypassed += 1;
@@ -722,6 +743,11 @@ impl Splicer {
             let now = OffsetDateTime::now_utc();
             let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), now, 0);
             let mut record = record(&session, self.shared.tls.is_some());
+            record.event_type = if verdict.action == Action::Block {
+                EventType::SynBlock
+            } else {
+                EventType::SynBypass
+            };
             record.decision = verdict.action.name();
             record.reason = verdict.reason.clone();
             record.ended = format!("{} at the SYN", verdict.action.name());
