@@ -205,7 +205,10 @@ pub fn community_id(seed: u16, src: SocketAddr, dst: SocketAddr, proto: u8) -> S
     input.extend_from_slice(&first.port().to_be_bytes());
     input.extend_from_slice(&second.port().to_be_bytes());
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
-    format!("1:{}", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+    format!(
+        "1:{}",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    )
 }
 
 /// The `flow_id` of the connection from `client` to `server` that started
@@ -229,8 +232,20 @@ mod tests {
     #[test]
     fn community_id_matches_the_published_vectors() {
         let vectors: [(u16, &str, &str, u8, &str); 8] = [
-            (0, "128.232.110.120:34855", "66.35.250.204:80", 6, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
-            (1, "128.232.110.120:34855", "66.35.250.204:80", 6, "1:3V71V58M3Ksw/yuFALMcW0LAHvc="),
+            (
+                0,
+                "128.232.110.120:34855",
+                "66.35.250.204:80",
+                6,
+                "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+            ),
+            (
+                1,
+                "128.232.110.120:34855",
+                "66.35.250.204:80",
+                6,
+                "1:3V71V58M3Ksw/yuFALMcW0LAHvc=",
+            ),
             (
                 0,
                 "[2001:470:e5bf:dead:4957:2174:e82c:4887]:63943",
@@ -245,15 +260,35 @@ mod tests {
                 6,
                 "1:eJYTW6AOzFLlSUoESovMjnu7rMw=",
             ),
-            (0, "192.168.1.52:54585", "8.8.8.8:53", 17, "1:d/FP5EW3wiY1vCndhwleRRKHowQ="),
-            (1, "192.168.1.52:54585", "8.8.8.8:53", 17, "1:Q9We8WO3piVF8yEQBNJF4uiSVrI="),
+            (
+                0,
+                "192.168.1.52:54585",
+                "8.8.8.8:53",
+                17,
+                "1:d/FP5EW3wiY1vCndhwleRRKHowQ=",
+            ),
+            (
+                1,
+                "192.168.1.52:54585",
+                "8.8.8.8:53",
+                17,
+                "1:Q9We8WO3piVF8yEQBNJF4uiSVrI=",
+            ),
             (0, "1.2.3.4:1122", "5.6.7.8:3344", 6, "1:wCb3OG7yAFWelaUydu0D+125CLM="),
             (1, "1.2.3.4:1122", "5.6.7.8:3344", 6, "1:HhA1B+6CoLbiKPEs5nhNYN4XWfk="),
         ];
         for (seed, src, dst, proto, expected) in vectors {
             let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
-            assert_eq!(community_id(seed, src, dst, proto), expected, "{src} -> {dst} seed {seed}");
-            assert_eq!(community_id(seed, dst, src, proto), expected, "{dst} -> {src} seed {seed}");
+            assert_eq!(
+                community_id(seed, src, dst, proto),
+                expected,
+                "{src} -> {dst} seed {seed}"
+            );
+            assert_eq!(
+                community_id(seed, dst, src, proto),
+                expected,
+                "{dst} -> {src} seed {seed}"
+            );
         }
     }
 
@@ -280,7 +315,10 @@ mod tests {
         let at = OffsetDateTime::from_unix_timestamp(1_796_285_165).unwrap();
         let id = flow_id(client, server, IPPROTO_TCP, at);
         assert_eq!(id, flow_id(client, server, IPPROTO_TCP, at));
-        assert_ne!(id, flow_id(client, server, IPPROTO_TCP, at + time::Duration::microseconds(1)));
+        assert_ne!(
+            id,
+            flow_id(client, server, IPPROTO_TCP, at + time::Duration::microseconds(1))
+        );
         assert!(id < 1 << 53);
     }
 }
