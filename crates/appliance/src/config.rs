@@ -122,6 +122,9 @@ pub struct Capture {
     pub rotate_mb: Option<u64>,
     /// Start a new file when this one is this many seconds old.
     pub rotate_secs: Option<u64>,
+    /// Keep at most this many files, the one being written included, the
+    /// oldest rotated ones deleted (tcpdump's `-W`); unset: keep them all.
+    pub max_files: Option<usize>,
 }
 
 impl Capture {
@@ -629,6 +632,12 @@ impl Config {
                 return Err(invalid(
                     "capture.rotate_mb",
                     "rotate_mb and rotate_secs must be at least 1 (leave them out not to rotate)".into(),
+                ));
+            }
+            if capture.max_files == Some(0) {
+                return Err(invalid(
+                    "capture.max_files",
+                    "must be at least 1 (leave it out to keep every file)".into(),
                 ));
             }
         }
