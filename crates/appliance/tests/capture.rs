@@ -607,3 +607,127 @@ fn mixed_address_families_are_counted_as_errors() {
     assert_eq!(capture.totals().frames, 0);
     assert_eq!(capture.totals().frames_dropped, 5);
 }
+
+// ---------------------------------------------------------------------------
+// A full disk: a small tmpfs as the capture directory (needs root).
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted (and the
+/// directory removed) when dropped.
+struct Tmpfs(ScratchDir);
+
+impl Tmpfs {
+    fn mount(test: &str, size: &str) -> Tmpfs {
+        let dir = ScratchDir::new(test);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs (needs root): {status}");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0 .0).status();
+    }
+}
+
+/// The frames [`http_exchange`] writes with a response of `len` bytes:
+/// handshake 3, request + ACK 2, the response's segments + ACK, 2 × (FIN + ACK).
+fn exchange_frames(len: usize) -> u64 {
+    3 + 2 + len.div_ceil(1460) as u64 + 1 + 4
+}
+
+/// Checks that tshark reads `path` without an error and that every packet
+/// in it is whole (captured at its full length, nothing malformed); returns
+/// how many packets it read.
+fn assert_tshark_reads_whole_packets(path: &Path) -> usize {
+    let file = path.to_str().unwrap();
+    let cut = tshark(&["-r", file, "-Y", "frame.cap_len < frame.len || _ws.malformed"]);
+    assert_eq!(cut, "", "{file}: cut or malformed packets");
+    tshark(&["-r", file, "-T", "fields", "-e", "frame.number"])
+        .lines()
+        .count()
+}
+
+/// Exchanges of one response size, each on its own client port, 10 ms apart.
+struct Traffic {
+    body: Vec<u8>,
+    port: u16,
+    ms: u64,
+    /// Frames of every exchange so far.
+    frames: u64,
+}
+
+impl Traffic {
+    fn exchange(&mut self, capture: &DecryptedCapture) {
+        let client = format!("10.0.0.1:{}", self.port);
+        http_exchange(capture, &client, "192.0.2.7:443", &self.body, self.ms);
+        self.frames += exchange_frames(self.body.len());
+        self.port += 1;
+        self.ms += 10;
+    }
+}
+
+#[test]
+#[ignore = "needs root: tmpfs"]
+fn a_full_disk_drops_whole_frames_counts_them_and_leaves_readable_files() {
+    let disk = Tmpfs::mount("full-disk", "256k");
+    let path = disk.0.join("cap.pcap");
+    let capture = DecryptedCapture::open(CaptureSettings {
+        rotate_bytes: Some(100_000),
+        ..settings(path.clone())
+    })
+    .unwrap();
+    let mut traffic = Traffic {
+        body: response(30_000),
+        port: 40_000,
+        ms: 0,
+        frames: 0,
+    };
+    let per_exchange = exchange_frames(traffic.body.len());
+    // Until the disk is full (256 KiB hold fewer than 20 exchanges), and on
+    // for 2.5 s of drops and failed retries.
+    while capture.totals().frames_dropped == 0 && traffic.ms < 1_000 {
+        traffic.exchange(&capture);
+    }
+    assert!(capture.totals().frames_dropped > 0, "the disk never filled");
+    let full_at = traffic.ms;
+    while traffic.ms < full_at + 2_500 {
+        traffic.exchange(&capture);
+    }
+    let totals = capture.totals();
+    assert_eq!(totals.frames + totals.frames_dropped, traffic.frames, "{totals:?}");
+    assert!(totals.bytes_dropped >= totals.frames_dropped * 54, "{totals:?}");
+    assert!(totals.frames_dropped > per_exchange, "{totals:?}");
+
+    // Space comes back (an operator deletes the rotated files, complete
+    // pcaps): after the retry delay, whole exchanges are written again.
+    let mut deleted = 0;
+    for file in capture_files(&disk.0 .0, &path).iter().filter(|file| **file != path) {
+        deleted += read_pcap(file).len() as u64;
+        fs::remove_file(file).unwrap();
+    }
+    assert!(deleted > 0);
+    traffic.ms += 1_000;
+    traffic.exchange(&capture);
+    let after = capture.totals();
+    assert_eq!(after.frames - totals.frames, per_exchange, "{after:?}");
+    assert_eq!(after.frames_dropped, totals.frames_dropped, "{after:?}");
+    drop(capture);
+
+    // Every file left holds the pcap header and whole records only: the
+    // frames counted written are all there, and tshark reads each whole.
+    let files = capture_files(&disk.0 .0, &path);
+    let mut on_disk = 0;
+    for file in &files {
+        let len = fs::metadata(file).unwrap().len();
+        assert!(len >= 24, "{} is {len} bytes", file.display());
+        let frames = read_pcap(file).len();
+        assert_eq!(assert_tshark_reads_whole_packets(file), frames, "{}", file.display());
+        on_disk += frames as u64;
+    }
+    assert_eq!(deleted + on_disk, after.frames, "{files:?}");
+}
