@@ -957,12 +957,15 @@ device = "net_af_packet1,iface=gws0"
         assert!(message.contains("maybe"), "{message}");
 
         let capture = parse(&format!(
-            "{MINIMAL}[capture]\npath = \"/tmp/x.pcap\"\nport_map = {{ 443 = 80 }}\nrotate_mb = 100\n"
+            "{MINIMAL}[capture]\npath = \"/tmp/x.pcap\"\nport_map = {{ 443 = 80 }}\nrotate_mb = 100\nmax_files = 10\n"
         ))
         .expect("valid");
         let settings = capture.capture.expect("capture");
         assert_eq!(settings.ports(), Ok(vec![(443, 80)]));
         assert_eq!(settings.rotate_mb, Some(100));
+        assert_eq!(settings.max_files, Some(10));
+        let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nmax_files = 0\n"));
+        assert!(message.contains("capture.max_files"), "{message}");
         let message = rejection(&format!(
             "{MINIMAL}[capture]\npath = \"/x\"\nport_map = {{ https = 80 }}\n"
         ));
