@@ -267,7 +267,7 @@ impl Output {
             Ok(()) => {
                 if let Some((frames, bytes)) = self.failing.take() {
                     tracing::info!(
-                        "decrypted capture {}: writing again; {frames} frames ({bytes} B) were dropped",
+                        "decrypted capture {}: writing again after dropping {frames} frames ({bytes} B)",
                         path.display()
                     );
                 }
@@ -496,7 +496,7 @@ impl CaptureFile {
         match result {
             Ok(()) => Ok(()),
             Err(error) => {
-                self.tail_to_cut = kept < done;
+                self.tail_to_cut |= kept < done;
                 let _ = self.cut_tail();
                 Err(Lost {
                     error,
