@@ -76,7 +76,7 @@ fn rule(action: Action, when: Condition) -> RuleConfig {
 
 /// The connection log's records once it has `count` of them, each checked
 /// against the documented schema.
-fn records(lab: &mut Lab, log: &PathBuf, count: usize) -> Vec<serde_json::Value> {
+fn records(lab: &mut Lab, log: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
     let written = lab.run_until(30_000, |_| harness::connlog::records(log).len() >= count);
     assert!(written, "connection log: {:?}", harness::connlog::records(log));
     harness::connlog::records(log)
