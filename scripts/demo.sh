@@ -345,7 +345,8 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     alpn = r["alpn"] or "-"
-    print(f"{r['client']:>22} -> {r['server']:<18} {alpn:<9} {r['inspection']}; {r['ended']}")
+    client, server = f"{r['src_ip']}:{r['src_port']}", f"{r['dest_ip']}:{r['dest_port']}"
+    print(f"{client:>22} -> {server:<18} {alpn:<9} {r['inspection']}; {r['ended']}")
 PY
 
 # ---------------------------------------------------------------------------

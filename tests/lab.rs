@@ -738,7 +738,8 @@ fn connection_log_and_key_log_let_an_analyst_decrypt_a_capture() {
     );
     let first = &records[0];
     assert_eq!(first["sni"], "origin.test", "{first}");
-    assert_eq!(first["server"], "198.18.0.2:443", "{first}");
+    assert_eq!(first["dest_ip"], "198.18.0.2", "{first}");
+    assert_eq!(first["dest_port"], 443, "{first}");
     assert_eq!(first["decision"], "intercept", "{first}");
     assert_eq!(first["upstream_verified"], true, "{first}");
     assert_eq!(first["alpn"], "http/1.1", "{first}");

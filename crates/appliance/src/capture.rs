@@ -14,9 +14,11 @@
 //!
 //! One [`DecryptedCapture`] is shared by all workers; it writes a classic
 //! pcap (Ethernet link type, microsecond timestamps taken from the `now`
-//! each call passes in) to [`CaptureSettings::path`] through a buffer, so the
-//! newest frames reach the file when the buffer fills, at rotation and when
-//! the capture is dropped.
+//! each call passes in) to [`CaptureSettings::path`], created with mode
+//! 0600 (the plaintext is as secret as the traffic). The pcap header is
+//! written when the file is created; the frames go through a buffer that
+//! only ever holds whole records, written out when it reaches
+//! [`BUFFER_BYTES`], at rotation and when the capture is dropped.
 //!
 //! **Rotation.** Before a frame is written, the current file is rotated
 //! when it already holds a frame and either the frame would take it past
@@ -29,33 +31,47 @@
 //! ```
 //!
 //! where the time is the file's modification time (its last write) in UTC
-//! and `<seq>` is the smallest number from 0 that makes the name unused. A
+//! and `<seq>` is 0, or one more than the highest already used with that
+//! time (so the names order the files oldest first). A
 //! fresh file with its own pcap header is then started at `path`, so every
 //! file is a complete pcap on its own, and a stream may continue in the next
 //! file. A file found at `path` when a file is started (left by an earlier
 //! run) is moved aside under the same naming, unless it holds no frame (24
-//! bytes or less), which is overwritten.
+//! bytes or less), which is replaced.
 //!
-//! **Errors.** Opening returns a [`CaptureError`] naming the path. Later
-//! write errors never reach the connection: the frames are lost and counted
-//! ([`DecryptedCapture::write_errors`]), the first error is logged once, the
-//! file is abandoned and a fresh one is started (the broken one moved aside)
-//! at the first call one second later.
+//! **Retention.** With `max_files` (tcpdump's `-W`), at most that many files
+//! are kept, the one being written included: whenever a file is moved aside,
+//! the oldest rotated files (by the time and number in their names) are
+//! deleted until `max_files - 1` remain.
+//!
+//! **Errors, a full disk.** Opening returns a [`CaptureError`] naming the
+//! path. Later errors never reach the connection. A file holds only its
+//! header and whole records: when writing the buffer fails (ENOSPC), the
+//! records that reached the file whole are kept, the file is cut back
+//! (`set_len`) to the end of the last of them, and the rest are dropped and
+//! counted ([`CaptureTotals::frames_dropped`] and `bytes_dropped`). Frames
+//! are then dropped and counted for [`RETRY_AFTER_ERROR`], after which
+//! writing is tried again at the same place. A fresh file whose header
+//! cannot be written is removed (no empty or header-less file is left), and
+//! another is tried after the same delay. The first error of a run of errors
+//! is logged, and what it dropped once writing works again.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcap::PcapHeader;
 use pcap_file::{DataLink, Endianness, PcapError, TsResolution};
 use time::OffsetDateTime;
 use wire::{ethernet_mss, SegmentControl, SegmentError, TcpSegment};
+
+use crate::counters::CaptureTotals;
 
 /// The length of the pcap global header: a file this long holds no frame.
 const PCAP_HEADER_LEN: u64 = 24;
@@ -66,8 +82,12 @@ const PCAP_RECORD_HEADER_LEN: u64 = 16;
 /// The largest frame a record may hold (tcpdump's default snapshot length).
 const SNAPLEN: u32 = 262_144;
 
-/// How long the capture waits after a write error before starting a fresh file.
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+/// Whole records buffered before they are written to the file.
+pub const BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long the capture drops frames after a write error before it tries
+/// again.
+pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// The window every synthetic segment advertises.
 const WINDOW: u16 = u16::MAX;
@@ -85,6 +105,9 @@ pub struct CaptureSettings {
     pub rotate_bytes: Option<u64>,
     /// Rotate once the first frame of the file is this many seconds old.
     pub rotate_secs: Option<u64>,
+    /// Keep at most this many files (at least 1), the current one included;
+    /// the oldest rotated files are deleted.
+    pub max_files: Option<usize>,
 }
 
 /// Why the decrypted capture cannot be written.
@@ -116,7 +139,7 @@ pub enum CaptureError {
         /// The cause.
         source: io::Error,
     },
-    /// Writing or flushing the capture file failed.
+    /// Writing the capture file failed.
     #[error("decrypted capture {path}: cannot write: {source}")]
     Write {
         /// The capture file.
@@ -130,60 +153,32 @@ pub enum CaptureError {
     Segment(#[from] SegmentError),
 }
 
-impl CaptureError {
-    fn write(path: &Path, error: PcapError) -> CaptureError {
-        let source = match error {
-            PcapError::IoError(source) => source,
-            other => io::Error::new(io::ErrorKind::InvalidData, other),
-        };
-        CaptureError::Write {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
 /// The decrypted capture file, shared by all workers.
 #[derive(Debug)]
 pub struct DecryptedCapture {
     settings: CaptureSettings,
     output: Mutex<Output>,
-    frames_written: AtomicU64,
-    bytes_written: AtomicU64,
-    write_errors: AtomicU64,
 }
 
 impl DecryptedCapture {
     /// Creates the file (and its directory) and writes the pcap header; a
     /// file already at the path is moved aside (see the [module docs](self)).
     pub fn open(settings: CaptureSettings) -> Result<DecryptedCapture, CaptureError> {
-        let file = CaptureFile::create(&settings.path)?;
+        let file = CaptureFile::create(&settings)?;
         Ok(DecryptedCapture {
             settings,
             output: Mutex::new(Output {
                 state: OutputState::Open(file),
-                warned: false,
+                totals: CaptureTotals::default(),
+                failing: None,
             }),
-            frames_written: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            write_errors: AtomicU64::new(0),
         })
     }
 
-    /// Frames written (into the file's buffer).
-    pub fn frames_written(&self) -> u64 {
-        self.frames_written.load(Ordering::Relaxed)
-    }
-
-    /// Bytes of the frames written, without pcap record headers.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written.load(Ordering::Relaxed)
-    }
-
-    /// Frames lost to errors: write errors, frames dropped while waiting to
-    /// start a fresh file after one, and frames that could not be built.
-    pub fn write_errors(&self) -> u64 {
-        self.write_errors.load(Ordering::Relaxed)
+    /// What was written and dropped so far. Frames count as written once
+    /// they are in the buffer; a failed write moves them to the dropped.
+    pub fn totals(&self) -> CaptureTotals {
+        self.output.lock().unwrap_or_else(PoisonError::into_inner).totals
     }
 
     /// The port the capture shows for a server port.
@@ -194,42 +189,20 @@ impl DecryptedCapture {
     /// Writes a batch of frames under one lock.
     fn write(&self, frames: &Frames, now: SystemTime) {
         let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut written, mut bytes, mut lost) = (0, 0, frames.failed);
-        let mut first_error = frames.error.map(CaptureError::from);
+        if let Some(error) = frames.error {
+            output.failed(CaptureError::from(error));
+        }
+        output.drop_frames(frames.failed, 0);
         for frame in frames.iter() {
-            match output.write_frame(&self.settings, frame, now) {
-                Ok(true) => {
-                    written += 1;
-                    bytes += frame.len() as u64;
-                }
-                Ok(false) => lost += 1,
-                Err(error) => {
-                    lost += 1;
-                    first_error.get_or_insert(error);
-                }
-            }
+            output.write_frame(&self.settings, frame, now);
         }
-        if let Some(error) = first_error {
-            if !output.warned {
-                output.warned = true;
-                tracing::warn!("{error}; further decrypted-capture errors are only counted");
-            }
-        }
-        drop(output);
-        self.frames_written.fetch_add(written, Ordering::Relaxed);
-        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
-        self.write_errors.fetch_add(lost, Ordering::Relaxed);
     }
 }
 
 impl Drop for DecryptedCapture {
     fn drop(&mut self) {
         let output = self.output.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let OutputState::Open(file) = output.fail(SystemTime::now()) {
-            if let Err(error) = file.close(&self.settings.path) {
-                tracing::warn!("{error}");
-            }
-        }
+        output.close_file(&self.settings.path);
     }
 }
 
@@ -237,69 +210,160 @@ impl Drop for DecryptedCapture {
 #[derive(Debug)]
 struct Output {
     state: OutputState,
-    /// The first error has been logged.
-    warned: bool,
+    totals: CaptureTotals,
+    /// During a run of errors: the frames and bytes dropped since it began.
+    failing: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
 enum OutputState {
     Open(CaptureFile),
-    /// After an error (or when dropped): no file until `retry_at`.
-    Failed {
+    /// No file (a fresh one could not be started, or the capture is being
+    /// dropped): none is tried before `retry_at`.
+    Closed {
         retry_at: SystemTime,
     },
 }
 
 impl Output {
-    /// Writes one frame, rotating first when due. `Ok(false)`: dropped
-    /// while waiting to retry after an error.
-    fn write_frame(&mut self, settings: &CaptureSettings, frame: &[u8], now: SystemTime) -> Result<bool, CaptureError> {
-        let path = &settings.path;
+    /// Buffers one frame, rotating first when due (or starting a file, once
+    /// the delay after an error is over), and writes the buffer out once it
+    /// is full; drops the frame while writing is paused.
+    fn write_frame(&mut self, settings: &CaptureSettings, frame: &[u8], now: SystemTime) {
         let record_len = PCAP_RECORD_HEADER_LEN + frame.len() as u64;
-        match &self.state {
-            OutputState::Open(file) if !file.rotation_due(settings, record_len, now) => {}
-            OutputState::Failed { retry_at } if now < *retry_at => return Ok(false),
-            OutputState::Open(_) | OutputState::Failed { .. } => self.start_file(path, now)?,
-        }
-        let OutputState::Open(file) = &mut self.state else {
-            return Ok(false);
+        let start_file = match &self.state {
+            OutputState::Open(file) if file.paused(now) => None,
+            OutputState::Open(file) => Some(file.rotation_due(settings, record_len, now)),
+            OutputState::Closed { retry_at } => (now >= *retry_at).then_some(true),
         };
-        if let Err(error) = file.write(frame, now) {
-            self.fail(now);
-            return Err(CaptureError::write(path, error));
+        if start_file == Some(true) {
+            self.start_file(settings, now);
         }
-        Ok(true)
+        let buffered = match &mut self.state {
+            OutputState::Open(file) if start_file.is_some() => file.push(frame, now),
+            OutputState::Open(_) | OutputState::Closed { .. } => false,
+        };
+        if !buffered {
+            self.drop_frames(1, frame.len() as u64);
+            return;
+        }
+        self.totals.frames += 1;
+        self.totals.bytes += frame.len() as u64;
+        if matches!(&self.state, OutputState::Open(file) if file.buffered() >= BUFFER_BYTES) {
+            self.flush(&settings.path, now);
+        }
     }
 
-    /// Closes the current file, if any, and starts a fresh one at `path`.
-    fn start_file(&mut self, path: &Path, now: SystemTime) -> Result<(), CaptureError> {
-        if let OutputState::Open(file) = self.fail(now) {
-            file.close(path)?;
+    /// Writes the buffer out; on an error, keeps what reached the file
+    /// whole, drops the rest and pauses writing.
+    fn flush(&mut self, path: &Path, now: SystemTime) {
+        let OutputState::Open(file) = &mut self.state else {
+            return;
+        };
+        if file.buffered() == 0 && !file.tail_to_cut {
+            return;
         }
-        self.state = OutputState::Open(CaptureFile::create(path)?);
-        Ok(())
+        match file.flush() {
+            Ok(()) => {
+                if let Some((frames, bytes)) = self.failing.take() {
+                    tracing::info!(
+                        "decrypted capture {}: writing again after dropping {frames} frames ({bytes} B)",
+                        path.display()
+                    );
+                }
+            }
+            Err(lost) => {
+                file.paused_until = Some(now.checked_add(RETRY_AFTER_ERROR).unwrap_or(now));
+                self.totals.frames = self.totals.frames.saturating_sub(lost.frames);
+                self.totals.bytes = self.totals.bytes.saturating_sub(lost.bytes);
+                self.failed(CaptureError::Write {
+                    path: path.to_owned(),
+                    source: lost.error,
+                });
+                self.drop_frames(lost.frames, lost.bytes);
+            }
+        }
     }
 
-    /// Enters the failed state, returning the previous one.
-    fn fail(&mut self, now: SystemTime) -> OutputState {
-        let retry_at = now.checked_add(RETRY_AFTER_ERROR).unwrap_or(now);
-        std::mem::replace(&mut self.state, OutputState::Failed { retry_at })
+    /// Closes the current file, if any, and starts a fresh one at `path`;
+    /// if that fails, none is tried before [`RETRY_AFTER_ERROR`].
+    fn start_file(&mut self, settings: &CaptureSettings, now: SystemTime) {
+        self.flush(&settings.path, now);
+        self.state = match CaptureFile::create(settings) {
+            Ok(file) => OutputState::Open(file),
+            Err(error) => {
+                self.failed(error);
+                OutputState::Closed {
+                    retry_at: now.checked_add(RETRY_AFTER_ERROR).unwrap_or(now),
+                }
+            }
+        };
+    }
+
+    /// Writes out what is buffered and closes the file (when dropped).
+    fn close_file(&mut self, path: &Path) {
+        let now = SystemTime::now();
+        self.flush(path, now);
+        self.state = OutputState::Closed { retry_at: now };
+    }
+
+    fn drop_frames(&mut self, frames: u64, bytes: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.totals.frames_dropped += frames;
+        self.totals.bytes_dropped += bytes;
+        let failing = self.failing.get_or_insert((0, 0));
+        failing.0 += frames;
+        failing.1 += bytes;
+    }
+
+    /// Logs the first error of a run of errors (call before counting what
+    /// it dropped).
+    fn failed(&mut self, error: CaptureError) {
+        if self.failing.is_none() {
+            tracing::warn!(
+                "{error}; dropping whole frames (counted) and trying again every {} s",
+                RETRY_AFTER_ERROR.as_secs()
+            );
+        }
+        self.failing.get_or_insert((0, 0));
     }
 }
 
-/// One pcap file being written.
+/// Records lost by a failed write of the buffer.
+#[derive(Debug)]
+struct Lost {
+    error: io::Error,
+    frames: u64,
+    bytes: u64,
+}
+
+/// One pcap file being written: on disk, its header and whole records only.
 #[derive(Debug)]
 struct CaptureFile {
-    writer: PcapWriter<BufWriter<File>>,
-    /// Bytes in the file, headers included, once the buffer is flushed.
-    size: u64,
+    file: File,
+    /// Bytes on disk: the end of the last whole record.
+    written: u64,
+    /// Whole records not written yet.
+    buffer: Vec<u8>,
+    /// For each record in `buffer`: where it ends there and its frame's length.
+    records: Vec<(usize, u64)>,
+    /// The file may hold part of a record past `written` (cutting it back
+    /// failed): it is cut before anything else is written.
+    tail_to_cut: bool,
     /// The timestamp of its first frame.
     first_frame: Option<SystemTime>,
+    /// After a write error: frames are dropped until then.
+    paused_until: Option<SystemTime>,
 }
 
 impl CaptureFile {
-    /// Moves a previous file at `path` aside and creates a fresh one.
-    fn create(path: &Path) -> Result<CaptureFile, CaptureError> {
+    /// Moves a previous file at the path aside (then keeps at most
+    /// `max_files`), creates a fresh one with mode 0600 and writes the pcap
+    /// header; a file whose header cannot be written is removed.
+    fn create(settings: &CaptureSettings) -> Result<CaptureFile, CaptureError> {
+        let path = &settings.path;
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|source| CaptureError::CreateDir {
                 path: path.to_owned(),
@@ -307,10 +371,25 @@ impl CaptureFile {
             })?;
         }
         move_aside(path)?;
-        let file = File::create(path).map_err(|source| CaptureError::Create {
+        if let Some(max_files) = settings.max_files {
+            prune(path, max_files.saturating_sub(1));
+        }
+        let created = |source| CaptureError::Create {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // A header-only file left here is replaced, so the new one gets mode
+        // 0600 (the mode applies only to a file being created).
+        if fs::metadata(path).is_ok_and(|metadata| metadata.is_file()) {
+            fs::remove_file(path).map_err(created)?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(created)?;
         let header = PcapHeader {
             snaplen: SNAPLEN,
             datalink: DataLink::ETHERNET,
@@ -318,22 +397,48 @@ impl CaptureFile {
             endianness: Endianness::native(),
             ..PcapHeader::default()
         };
-        let writer =
-            PcapWriter::with_header(BufWriter::new(file), header).map_err(|error| CaptureError::write(path, error))?;
+        let mut bytes = Vec::with_capacity(PCAP_HEADER_LEN as usize);
+        let written = match header.write_to(&mut bytes) {
+            Ok(_) => file.write_all_at(&bytes, 0),
+            Err(PcapError::IoError(error)) => Err(error),
+            Err(other) => Err(io::Error::new(io::ErrorKind::InvalidData, other)),
+        };
+        if let Err(source) = written {
+            if fs::metadata(path).is_ok_and(|metadata| metadata.is_file()) {
+                let _ = fs::remove_file(path);
+            }
+            return Err(CaptureError::Write {
+                path: path.to_owned(),
+                source,
+            });
+        }
         Ok(CaptureFile {
-            writer,
-            size: PCAP_HEADER_LEN,
+            file,
+            written: PCAP_HEADER_LEN,
+            buffer: Vec::with_capacity(BUFFER_BYTES),
+            records: Vec::new(),
+            tail_to_cut: false,
             first_frame: None,
+            paused_until: None,
         })
+    }
+
+    fn paused(&self, now: SystemTime) -> bool {
+        self.paused_until.is_some_and(|until| now < until)
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffer.len()
     }
 
     fn rotation_due(&self, settings: &CaptureSettings, record_len: u64, now: SystemTime) -> bool {
         let Some(first_frame) = self.first_frame else {
             return false;
         };
+        let size = self.written + self.buffer.len() as u64;
         let too_large = settings
             .rotate_bytes
-            .is_some_and(|limit| self.size.saturating_add(record_len) > limit);
+            .is_some_and(|limit| size.saturating_add(record_len) > limit);
         let too_old = settings.rotate_secs.is_some_and(|secs| {
             now.duration_since(first_frame)
                 .is_ok_and(|age| age >= Duration::from_secs(secs))
@@ -341,21 +446,75 @@ impl CaptureFile {
         too_large || too_old
     }
 
-    fn write(&mut self, frame: &[u8], now: SystemTime) -> Result<(), PcapError> {
+    /// Appends one whole record (in the header's native byte order) to the
+    /// buffer; false for a frame longer than the snapshot length.
+    fn push(&mut self, frame: &[u8], now: SystemTime) -> bool {
+        let Ok(len) = u32::try_from(frame.len()) else {
+            return false;
+        };
+        if len > SNAPLEN {
+            return false;
+        }
         let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let len = u32::try_from(frame.len()).map_err(|_| PcapError::InvalidField("frame longer than 4 GiB"))?;
-        let written = self.writer.write_packet(&PcapPacket::new(timestamp, len, frame))?;
-        self.size += written as u64;
+        let secs = u32::try_from(timestamp.as_secs()).unwrap_or(u32::MAX);
+        for field in [secs, timestamp.subsec_micros(), len, len] {
+            self.buffer.extend_from_slice(&field.to_ne_bytes());
+        }
+        self.buffer.extend_from_slice(frame);
+        self.records.push((self.buffer.len(), u64::from(len)));
         self.first_frame.get_or_insert(now);
-        Ok(())
+        true
     }
 
-    /// Flushes and closes the file.
-    fn close(self, path: &Path) -> Result<(), CaptureError> {
-        self.writer.into_writer().flush().map_err(|source| CaptureError::Write {
-            path: path.to_owned(),
-            source,
-        })
+    /// Writes the buffer at the end of the last whole record. On an error,
+    /// the records that reached the file whole stay, the file is cut back
+    /// to the end of the last of them, and the others are lost.
+    fn flush(&mut self) -> Result<(), Lost> {
+        let mut done = 0;
+        let mut result = self.cut_tail();
+        while result.is_ok() && done < self.buffer.len() {
+            let rest = self.buffer.get(done..).unwrap_or_default();
+            match self.file.write_at(rest, self.written + done as u64) {
+                Ok(0) => result = Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(count) => done += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => result = Err(error),
+            }
+        }
+        let whole = self.records.iter().take_while(|(end, _)| *end <= done).count();
+        let kept = self
+            .records
+            .get(..whole)
+            .and_then(|kept| kept.last())
+            .map_or(0, |(end, _)| *end);
+        let lost = self.records.get(whole..).unwrap_or_default();
+        let lost_frames = lost.len() as u64;
+        let lost_bytes = lost.iter().map(|(_, len)| len).sum();
+        self.written += kept as u64;
+        self.buffer.clear();
+        self.records.clear();
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.tail_to_cut |= kept < done;
+                let _ = self.cut_tail();
+                Err(Lost {
+                    error,
+                    frames: lost_frames,
+                    bytes: lost_bytes,
+                })
+            }
+        }
+    }
+
+    /// Cuts the file back to its last whole record, if a failed write left
+    /// part of one after it.
+    fn cut_tail(&mut self) -> io::Result<()> {
+        if self.tail_to_cut {
+            self.file.set_len(self.written)?;
+            self.tail_to_cut = false;
+        }
+        Ok(())
     }
 }
 
@@ -367,10 +526,19 @@ fn move_aside(path: &Path) -> Result<(), CaptureError> {
     if !metadata.is_file() || metadata.len() <= PCAP_HEADER_LEN {
         return Ok(());
     }
-    let closed = metadata.modified().unwrap_or_else(|_| SystemTime::now());
-    let mut seq = 0u64;
+    let stamp = rotation_stamp(metadata.modified().unwrap_or_else(|_| SystemTime::now()));
+    let mut seq = rotated_files(path)
+        .into_iter()
+        .filter(|((other, _), _)| *other == stamp)
+        .map(|((_, seq), _)| seq + 1)
+        .max()
+        .unwrap_or(0);
+    let mut name = path.file_stem().map(OsString::from).unwrap_or_default();
+    name.push(format!("-{stamp}-"));
     let to = loop {
-        let candidate = rotated_path(path, closed, seq);
+        let mut candidate = name.clone();
+        candidate.push(format!("{seq}.pcap"));
+        let candidate = path.with_file_name(candidate);
         if !candidate.exists() {
             break candidate;
         }
@@ -383,24 +551,70 @@ fn move_aside(path: &Path) -> Result<(), CaptureError> {
     })
 }
 
-/// `<stem>-<yyyymmddThhmmss>-<seq>.pcap` next to `path`, the time in UTC.
-fn rotated_path(path: &Path, closed: SystemTime, seq: u64) -> PathBuf {
-    let secs = closed.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+/// Deletes the oldest rotated files of the capture at `path` until `keep`
+/// remain (a file that cannot be deleted is logged and skipped).
+fn prune(path: &Path, keep: usize) {
+    let rotated = rotated_files(path);
+    let excess = rotated.len().saturating_sub(keep);
+    for (_, oldest) in rotated.into_iter().take(excess) {
+        if let Err(error) = fs::remove_file(&oldest) {
+            tracing::warn!(
+                "decrypted capture: cannot delete {} (max_files): {error}",
+                oldest.display()
+            );
+        }
+    }
+}
+
+/// The rotated files of the capture at `path`, named
+/// `<stem>-<yyyymmddThhmmss>-<seq>.pcap` next to it, oldest first (by the
+/// time, then the number in their names), each with that time and number.
+fn rotated_files(path: &Path) -> Vec<((String, u64), PathBuf)> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|stem| stem.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut rotated: Vec<((String, u64), PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(stem)?.strip_prefix('-')?.strip_suffix(".pcap")?;
+            let (stamp, seq) = rest.split_once('-')?;
+            let (date, clock) = stamp.split_once('T')?;
+            let digits = |part: &str, len: usize| part.len() == len && part.bytes().all(|byte| byte.is_ascii_digit());
+            if !(digits(date, 8) && digits(clock, 6)) {
+                return None;
+            }
+            Some(((stamp.to_owned(), seq.parse().ok()?), entry.path()))
+        })
+        .collect();
+    rotated.sort();
+    rotated
+}
+
+/// `yyyymmddThhmmss` of `at` in UTC.
+fn rotation_stamp(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
     let at = i64::try_from(secs)
         .ok()
         .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let mut name = path.file_stem().map(OsString::from).unwrap_or_default();
-    name.push(format!(
-        "-{:04}{:02}{:02}T{:02}{:02}{:02}-{seq}.pcap",
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}",
         at.year(),
         u8::from(at.month()),
         at.day(),
         at.hour(),
         at.minute(),
         at.second()
-    ));
-    path.with_file_name(name)
+    )
 }
 
 /// The frames of one call, built before the lock is taken.

@@ -126,6 +126,9 @@ pub struct Capture {
     pub rotate_mb: Option<u64>,
     /// Start a new file when this one is this many seconds old.
     pub rotate_secs: Option<u64>,
+    /// Keep at most this many files, the one being written included, the
+    /// oldest rotated ones deleted (tcpdump's `-W`); unset: keep them all.
+    pub max_files: Option<usize>,
 }
 
 impl Capture {
@@ -802,6 +805,12 @@ impl Config {
                     "rotate_mb and rotate_secs must be at least 1 (leave them out not to rotate)".into(),
                 ));
             }
+            if capture.max_files == Some(0) {
+                return Err(invalid(
+                    "capture.max_files",
+                    "must be at least 1 (leave it out to keep every file)".into(),
+                ));
+            }
         }
         if self.tls.cert_cache == 0 {
             return Err(invalid("tls.cert_cache", "must be at least 1".into()));
@@ -1135,12 +1144,15 @@ device = "net_af_packet1,iface=gws0"
         assert!(message.contains("maybe"), "{message}");
 
         let capture = parse(&format!(
-            "{MINIMAL}[capture]\npath = \"/tmp/x.pcap\"\nport_map = {{ 443 = 80 }}\nrotate_mb = 100\n"
+            "{MINIMAL}[capture]\npath = \"/tmp/x.pcap\"\nport_map = {{ 443 = 80 }}\nrotate_mb = 100\nmax_files = 10\n"
         ))
         .expect("valid");
         let settings = capture.capture.expect("capture");
         assert_eq!(settings.ports(), Ok(vec![(443, 80)]));
         assert_eq!(settings.rotate_mb, Some(100));
+        assert_eq!(settings.max_files, Some(10));
+        let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nmax_files = 0\n"));
+        assert!(message.contains("capture.max_files"), "{message}");
         let message = rejection(&format!(
             "{MINIMAL}[capture]\npath = \"/x\"\nport_map = {{ https = 80 }}\n"
         ));

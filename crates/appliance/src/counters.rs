@@ -287,12 +287,16 @@ pub fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// What the decrypted capture wrote (and lost to write errors).
+/// What the decrypted capture wrote, and what it dropped (whole frames: on
+/// a full disk or another write error, while waiting to try again after
+/// one, or frames that could not be built).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CaptureTotals {
+    /// Frames written and their bytes (without pcap record headers).
     pub frames: u64,
     pub bytes: u64,
-    pub write_errors: u64,
+    pub frames_dropped: u64,
+    pub bytes_dropped: u64,
 }
 
 impl fmt::Display for Report {
@@ -461,8 +465,8 @@ impl fmt::Display for Report {
         if let Some(capture) = &self.capture {
             writeln!(
                 f,
-                "decrypted capture: {} frames, {} B written, {} frames lost to write errors",
-                capture.frames, capture.bytes, capture.write_errors
+                "decrypted capture: {} frames, {} B written; {} frames, {} B dropped (full disk, write errors)",
+                capture.frames, capture.bytes, capture.frames_dropped, capture.bytes_dropped
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{CaptureTotals, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
+use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
@@ -324,6 +324,7 @@ impl Dataplane {
                 port_map: capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
                 rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
                 rotate_secs: capture.rotate_secs,
+                max_files: capture.max_files,
             })?)),
             None => None,
         };
@@ -588,11 +589,7 @@ impl Dataplane {
         Report {
             learned: self.policy.rules.learned().totals(),
             rss_bytes: self.rss_at_stop.or_else(crate::counters::resident_bytes),
-            capture: self.capture.as_ref().map(|capture| CaptureTotals {
-                frames: capture.frames_written(),
-                bytes: capture.bytes_written(),
-                write_errors: capture.write_errors(),
-            }),
+            capture: self.capture.as_ref().map(|capture| capture.totals()),
             ports,
             workers: self
                 .workers

@@ -26,7 +26,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
@@ -38,7 +38,7 @@ use wire::FrameClass;
 
 use crate::capture::{CaptureStream, DecryptedCapture};
 use crate::config::{AtCapacity, InspectFailure};
-use crate::connlog::{ConnectionLog, ConnectionRecord};
+use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::policy::{Action, Policy, Verdict};
 
@@ -267,6 +267,12 @@ impl Session {
             replaced_server: None,
             learned: None,
             logged: false,
+            flow_id: connlog::flow_id(
+                SocketAddr::new(tuple.src_ip, tuple.src_port),
+                SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+                connlog::IPPROTO_TCP,
+                started,
+            ),
         }
     }
 }
@@ -336,6 +342,8 @@ struct Session {
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
+    /// The connection log's `flow_id` of every record of this connection.
+    flow_id: u64,
 }
 
 /// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
@@ -492,8 +500,8 @@ struct Legs<'a> {
 /// server, their MACs, and the client's ISN.
 #[derive(Debug, Clone, Copy)]
 struct StreamEnds {
-    client: std::net::SocketAddr,
-    server: std::net::SocketAddr,
+    client: SocketAddr,
+    server: SocketAddr,
     macs: ([u8; 6], [u8; 6]),
     client_isn: u32,
 }
@@ -502,8 +510,8 @@ impl StreamEnds {
     fn of(session: &Session) -> StreamEnds {
         let tuple = session.tuple;
         StreamEnds {
-            client: std::net::SocketAddr::new(tuple.src_ip, tuple.src_port),
-            server: std::net::SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+            client: SocketAddr::new(tuple.src_ip, tuple.src_port),
+            server: SocketAddr::new(tuple.dst_ip, tuple.dst_port),
             macs: (session.l2.src_mac, session.l2.dst_mac),
             client_isn: session.client_isn,
         }
@@ -659,14 +667,15 @@ fn fell_back_from_ech(err: &MitmError) -> bool {
     )
 }
 
-/// The connection-log record of a session that ended.
+/// The connection-log record of a session that ended (`event_type` by the
+/// mode: TLS interception or splice).
 fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let end = OffsetDateTime::now_utc();
-    let rfc3339 = |at: OffsetDateTime| {
-        at.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default()
-    };
-    let endpoint = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
+    let tuple = session.tuple;
+    let (client, server) = (
+        SocketAddr::new(tuple.src_ip, tuple.src_port),
+        SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+    );
     let info = session
         .tls
         .as_ref()
@@ -676,13 +685,23 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     let verified = info.upstream_verified.clone();
     let (client_grade, server_grade) = (info.client_grade, info.server_grade);
     ConnectionRecord {
-        start: rfc3339(session.started),
-        end: rfc3339(end),
+        timestamp: connlog::timestamp(end),
+        flow_id: session.flow_id,
+        event_type: if tls_mode {
+            EventType::TlsIntercept
+        } else {
+            EventType::Connection
+        },
+        src_ip: client.ip(),
+        src_port: client.port(),
+        dest_ip: server.ip(),
+        dest_port: server.port(),
+        proto: "TCP",
+        community_id: connlog::community_id(0, client, server, connlog::IPPROTO_TCP),
+        in_port: "client",
+        start: connlog::timestamp(session.started),
+        end: connlog::timestamp(end),
         duration_ms: u64::try_from((end - session.started).whole_milliseconds()).unwrap_or(0),
-        port: "client",
-        protocol: "tcp",
-        client: endpoint(session.tuple.src_ip, session.tuple.src_port),
-        server: endpoint(session.tuple.dst_ip, session.tuple.dst_port),
         decision: match &session.decision {
             Some(verdict) => verdict.action.name(),
             None if tls_mode => "intercept",
@@ -895,14 +914,20 @@ impl Splicer {
         }
     }
 
-    /// Logs a decision taken at the client's SYN (no session was opened).
+    /// Logs a decision taken at the client's SYN, a bypass or a block (no
+    /// session was opened).
     pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict) {
         if verdict.action == Action::Bypass {
             self.shared.counters.bypassed += 1;
         }
         let ended = format!("{} at the SYN", verdict.action.name());
+        let event = if verdict.action == Action::Block {
+            EventType::SynBlock
+        } else {
+            EventType::SynBypass
+        };
         self.shared
-            .log_at_syn(tuple, verdict.action.name(), verdict.reason.clone(), ended);
+            .log_at_syn(tuple, event, verdict.action.name(), verdict.reason.clone(), ended);
     }
 
     /// Refuses a client's SYN with a RST, as the policy says (no flow is
@@ -1381,13 +1406,19 @@ impl Shared {
             AtCapacity::Refuse => {
                 self.counters.refused_at_capacity += 1;
                 let _ = stack.refuse(Side::Client.index(), frame, class, now);
-                self.log_at_syn(tuple, "refuse", reason, "refused at capacity (RST)".into());
+                self.log_at_syn(
+                    tuple,
+                    EventType::SynBlock,
+                    "refuse",
+                    reason,
+                    "refused at capacity (RST)".into(),
+                );
                 Admission::Refused
             }
             AtCapacity::Bridge => {
                 self.counters.bridged_at_capacity += 1;
                 let ended = "bridged uninspected at capacity (tcp.at_capacity = \"bridge\")".into();
-                self.log_at_syn(tuple, "bypass", reason, ended);
+                self.log_at_syn(tuple, EventType::SynBypass, "bypass", reason, ended);
                 Admission::Bridge
             }
         }
@@ -1395,10 +1426,11 @@ impl Shared {
 
     /// Writes the connection-log record of a connection decided at its SYN
     /// (no session).
-    fn log_at_syn(&self, tuple: &FlowTuple, decision: &'static str, reason: String, ended: String) {
+    fn log_at_syn(&self, tuple: &FlowTuple, event: EventType, decision: &'static str, reason: String, ended: String) {
         if let Some(log) = &self.log {
             let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), OffsetDateTime::now_utc(), 0);
             let mut record = record(&session, self.tls.is_some());
+            record.event_type = event;
             record.decision = decision;
             record.reason = reason;
             record.ended = ended;

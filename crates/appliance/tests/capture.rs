@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -46,6 +47,7 @@ fn settings(path: PathBuf) -> CaptureSettings {
         port_map: BTreeMap::from([(443, 80)]),
         rotate_bytes: None,
         rotate_secs: None,
+        max_files: None,
     }
 }
 
@@ -248,8 +250,8 @@ fn http_exchange_reads_back_and_dissects_as_http() {
     let response = response(5000);
     http_exchange(&capture, "10.0.0.1:40000", "192.0.2.7:443", &response, 0);
     // Handshake 3, request + ACK 2, response 4 segments + ACK 5, 2 × (FIN + ACK) 4.
-    assert_eq!(capture.frames_written(), 14);
-    assert_eq!(capture.write_errors(), 0);
+    assert_eq!(capture.totals().frames, 14);
+    assert_eq!(capture.totals().frames_dropped, 0);
     drop(capture);
 
     let frames = read_pcap(&path);
@@ -343,7 +345,7 @@ fn reset_ends_the_stream_and_unmapped_ports_stay() {
     stream.data(&capture, true, b"more", at(4));
     stream.fin(&capture, true, at(5));
     // Handshake 3, data + ACK 2, FIN + ACK 2, RST 1.
-    assert_eq!(capture.frames_written(), 8);
+    assert_eq!(capture.totals().frames, 8);
     drop(capture);
 
     let frames: Vec<Vec<u8>> = read_pcap(&path).into_iter().map(|(_, frame)| frame).collect();
@@ -368,7 +370,7 @@ fn fin_alone_writes_the_handshake_first() {
     );
     stream.fin(&capture, false, at(0));
     stream.fin(&capture, true, at(1));
-    assert_eq!(capture.frames_written(), 7);
+    assert_eq!(capture.totals().frames, 7);
     drop(capture);
     let frames: Vec<Vec<u8>> = read_pcap(&path).into_iter().map(|(_, frame)| frame).collect();
     let stream = parse_stream(&frames);
@@ -413,8 +415,8 @@ fn rotation_by_size_splits_into_complete_files() {
     .unwrap();
     let response = response(20_000);
     http_exchange(&capture, "10.0.0.1:40000", "192.0.2.7:443", &response, 0);
-    let written = capture.frames_written();
-    assert_eq!(capture.write_errors(), 0);
+    let written = capture.totals().frames;
+    assert_eq!(capture.totals().frames_dropped, 0);
     drop(capture);
 
     let files = capture_files(&dir.0, &path);
@@ -512,29 +514,82 @@ fn open_fails_with_a_typed_error_naming_the_path() {
 }
 
 #[test]
-fn write_errors_are_counted_not_fatal() {
-    // Every write to /dev/full fails with ENOSPC once the buffer is flushed.
-    let capture = DecryptedCapture::open(settings(PathBuf::from("/dev/full"))).unwrap();
-    let mut stream = CaptureStream::new(
-        "10.0.0.1:40000".parse().unwrap(),
-        "192.0.2.7:443".parse().unwrap(),
-        CLIENT_MAC,
-        SERVER_MAC,
-        0,
+fn a_destination_that_cannot_take_the_header_fails_at_open() {
+    // Every write to /dev/full fails with ENOSPC: the header is written when
+    // the file is created, so this is known at once (and the device is left
+    // alone).
+    let error = DecryptedCapture::open(settings(PathBuf::from("/dev/full"))).unwrap_err();
+    assert!(
+        matches!(&error, CaptureError::Write { source, .. } if source.raw_os_error() == Some(28)),
+        "{error:?}"
     );
-    let body = response(50_000);
-    stream.data(&capture, false, &body, at(0));
-    let lost = capture.write_errors();
-    assert!(lost > 0);
-    // Within the retry delay, frames are dropped and counted.
-    stream.data(&capture, false, &body, at(500));
-    assert!(capture.write_errors() > lost);
-    // After it, a fresh file is tried again (and fails again).
-    stream.data(&capture, false, &body, at(2000));
-    stream.reset(&capture, true, at(2001));
-    let total = capture.frames_written() + capture.write_errors();
-    // Handshake 3, 3 × (35 segments + ACK), RST.
-    assert_eq!(total, 3 + 3 * 36 + 1);
+    assert!(fs::metadata("/dev/full").unwrap().file_type().is_char_device());
+}
+
+#[test]
+fn files_are_readable_by_their_owner_only() {
+    let dir = ScratchDir::new("mode");
+    let path = dir.join("cap.pcap");
+    // A header-only file left by an earlier run, readable by everyone.
+    fs::write(&path, [0u8; 24]).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let capture = DecryptedCapture::open(CaptureSettings {
+        rotate_bytes: Some(4000),
+        ..settings(path.clone())
+    })
+    .unwrap();
+    http_exchange(&capture, "10.0.0.1:40000", "192.0.2.7:443", &response(20_000), 0);
+    drop(capture);
+    let files = capture_files(&dir.0, &path);
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn max_files_keeps_the_newest_files_as_tcpdump_w_does() {
+    let dir = ScratchDir::new("max-files");
+    let path = dir.join("cap.pcap");
+    // Files of an earlier run count too; other files in the directory do not.
+    let earlier = dir.join("cap-20000101T000000-0.pcap");
+    fs::write(&earlier, [0u8; 100]).unwrap();
+    let unrelated = dir.join("cap-notes.pcap");
+    fs::write(&unrelated, b"not ours").unwrap();
+    let unlimited = |path: PathBuf, rotate| CaptureSettings {
+        rotate_bytes: Some(rotate),
+        ..settings(path)
+    };
+    let capture = DecryptedCapture::open(CaptureSettings {
+        max_files: Some(3),
+        ..unlimited(path.clone(), 4000)
+    })
+    .unwrap();
+    let response = response(20_000);
+    http_exchange(&capture, "10.0.0.1:40000", "192.0.2.7:443", &response, 0);
+    let written = capture.totals().frames;
+    drop(capture);
+    assert!(!earlier.exists(), "the oldest file is deleted first");
+    assert!(unrelated.exists());
+    fs::remove_file(&unrelated).unwrap();
+    let kept = capture_files(&dir.0, &path);
+    assert_eq!(kept.len(), 3, "{kept:?}");
+
+    // The same capture without the limit: the kept files are its last three.
+    let all_dir = ScratchDir::new("max-files-unlimited");
+    let all_path = all_dir.join("cap.pcap");
+    let capture = DecryptedCapture::open(unlimited(all_path.clone(), 4000)).unwrap();
+    http_exchange(&capture, "10.0.0.1:40000", "192.0.2.7:443", &response, 0);
+    assert_eq!(capture.totals().frames, written);
+    drop(capture);
+    let all = capture_files(&all_dir.0, &all_path);
+    assert!(all.len() > 3, "{all:?}");
+    let contents = |files: &[PathBuf]| files.iter().map(|file| fs::read(file).unwrap()).collect::<Vec<_>>();
+    assert!(
+        contents(&kept) == contents(&all[all.len() - 3..]),
+        "{kept:?} differ from the last of {all:?}"
+    );
 }
 
 #[test]
@@ -549,6 +604,130 @@ fn mixed_address_families_are_counted_as_errors() {
         0,
     );
     stream.data(&capture, true, b"x", at(0));
-    assert_eq!(capture.frames_written(), 0);
-    assert_eq!(capture.write_errors(), 5);
+    assert_eq!(capture.totals().frames, 0);
+    assert_eq!(capture.totals().frames_dropped, 5);
+}
+
+// ---------------------------------------------------------------------------
+// A full disk: a small tmpfs as the capture directory (needs root).
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted (and the
+/// directory removed) when dropped.
+struct Tmpfs(ScratchDir);
+
+impl Tmpfs {
+    fn mount(test: &str, size: &str) -> Tmpfs {
+        let dir = ScratchDir::new(test);
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs (needs root): {status}");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0 .0).status();
+    }
+}
+
+/// The frames [`http_exchange`] writes with a response of `len` bytes:
+/// handshake 3, request + ACK 2, the response's segments + ACK, 2 × (FIN + ACK).
+fn exchange_frames(len: usize) -> u64 {
+    3 + 2 + len.div_ceil(1460) as u64 + 1 + 4
+}
+
+/// Checks that tshark reads `path` without an error and that every packet
+/// in it is whole (captured at its full length, nothing malformed); returns
+/// how many packets it read.
+fn assert_tshark_reads_whole_packets(path: &Path) -> usize {
+    let file = path.to_str().unwrap();
+    let cut = tshark(&["-r", file, "-Y", "frame.cap_len < frame.len || _ws.malformed"]);
+    assert_eq!(cut, "", "{file}: cut or malformed packets");
+    tshark(&["-r", file, "-T", "fields", "-e", "frame.number"])
+        .lines()
+        .count()
+}
+
+/// Exchanges of one response size, each on its own client port, 10 ms apart.
+struct Traffic {
+    body: Vec<u8>,
+    port: u16,
+    ms: u64,
+    /// Frames of every exchange so far.
+    frames: u64,
+}
+
+impl Traffic {
+    fn exchange(&mut self, capture: &DecryptedCapture) {
+        let client = format!("10.0.0.1:{}", self.port);
+        http_exchange(capture, &client, "192.0.2.7:443", &self.body, self.ms);
+        self.frames += exchange_frames(self.body.len());
+        self.port += 1;
+        self.ms += 10;
+    }
+}
+
+#[test]
+#[ignore = "needs root: tmpfs"]
+fn a_full_disk_drops_whole_frames_counts_them_and_leaves_readable_files() {
+    let disk = Tmpfs::mount("full-disk", "256k");
+    let path = disk.0.join("cap.pcap");
+    let capture = DecryptedCapture::open(CaptureSettings {
+        rotate_bytes: Some(100_000),
+        ..settings(path.clone())
+    })
+    .unwrap();
+    let mut traffic = Traffic {
+        body: response(30_000),
+        port: 40_000,
+        ms: 0,
+        frames: 0,
+    };
+    let per_exchange = exchange_frames(traffic.body.len());
+    // Until the disk is full (256 KiB hold fewer than 20 exchanges), and on
+    // for 2.5 s of drops and failed retries.
+    while capture.totals().frames_dropped == 0 && traffic.ms < 1_000 {
+        traffic.exchange(&capture);
+    }
+    assert!(capture.totals().frames_dropped > 0, "the disk never filled");
+    let full_at = traffic.ms;
+    while traffic.ms < full_at + 2_500 {
+        traffic.exchange(&capture);
+    }
+    let totals = capture.totals();
+    assert_eq!(totals.frames + totals.frames_dropped, traffic.frames, "{totals:?}");
+    assert!(totals.bytes_dropped >= totals.frames_dropped * 54, "{totals:?}");
+    assert!(totals.frames_dropped > per_exchange, "{totals:?}");
+
+    // Space comes back (an operator deletes the rotated files, complete
+    // pcaps): after the retry delay, whole exchanges are written again.
+    let mut deleted = 0;
+    for file in capture_files(&disk.0 .0, &path).iter().filter(|file| **file != path) {
+        deleted += read_pcap(file).len() as u64;
+        fs::remove_file(file).unwrap();
+    }
+    assert!(deleted > 0);
+    traffic.ms += 1_000;
+    traffic.exchange(&capture);
+    let after = capture.totals();
+    assert_eq!(after.frames - totals.frames, per_exchange, "{after:?}");
+    assert_eq!(after.frames_dropped, totals.frames_dropped, "{after:?}");
+    drop(capture);
+
+    // Every file left holds the pcap header and whole records only: the
+    // frames counted written are all there, and tshark reads each whole.
+    let files = capture_files(&disk.0 .0, &path);
+    let mut on_disk = 0;
+    for file in &files {
+        let len = fs::metadata(file).unwrap().len();
+        assert!(len >= 24, "{} is {len} bytes", file.display());
+        let frames = read_pcap(file).len();
+        assert_eq!(assert_tshark_reads_whole_packets(file), frames, "{}", file.display());
+        on_disk += frames as u64;
+    }
+    assert_eq!(deleted + on_disk, after.frames, "{files:?}");
 }

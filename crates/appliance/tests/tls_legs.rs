@@ -74,15 +74,12 @@ fn rule(action: Action, when: Condition) -> RuleConfig {
     }
 }
 
-/// The connection log's records once it has `count` of them.
-fn records(lab: &mut Lab, log: &PathBuf, count: usize) -> Vec<serde_json::Value> {
-    let read = |log: &PathBuf| std::fs::read_to_string(log).unwrap_or_default();
-    let written = lab.run_until(30_000, |_| read(log).lines().count() >= count);
-    assert!(written, "connection log: {}", read(log));
-    read(log)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+/// The connection log's records once it has `count` of them, each checked
+/// against the documented schema.
+fn records(lab: &mut Lab, log: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
+    let written = lab.run_until(30_000, |_| harness::connlog::records(log).len() >= count);
+    assert!(written, "connection log: {:?}", harness::connlog::records(log));
+    harness::connlog::records(log)
 }
 
 /// A rustls client on a host socket and a rustls origin on another

@@ -4,6 +4,7 @@
 //! links that can lose and reorder frames. No DPDK, no root, deterministic.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod connlog;
 pub mod tls;
 
 use std::collections::VecDeque;
