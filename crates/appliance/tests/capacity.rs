@@ -173,7 +173,7 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     let records = std::fs::read_to_string(&log_path).unwrap();
     let refusal = records
         .lines()
-        .find(|line| line.contains("\"client\":\"198.18.0.1:41100\""))
+        .find(|line| line.contains("\"src_ip\":\"198.18.0.1\"") && line.contains("\"src_port\":41100,"))
         .expect("a record of the refused connection");
     assert!(refusal.contains("\"decision\":\"refuse\""), "{refusal}");
     assert!(refusal.contains("tcp.max_connections"), "{refusal}");
