@@ -22,9 +22,12 @@ pub use engine::engine;
 pub use tls_hello::tls_hello;
 pub use wire::wire;
 
+/// A fuzz target's body: any bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name (the names of `fuzz/fuzz_targets/*.rs` and of
 /// the `fuzz/corpus/` and `fuzz/regressions/` directories).
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("wire", wire),
     ("engine", engine),
     ("tls_hello", tls_hello),
