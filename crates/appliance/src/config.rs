@@ -289,10 +289,12 @@ pub enum InterceptMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tcp {
-    /// Receive buffer per socket (each intercepted connection has two).
+    /// Receive buffer per socket (each intercepted connection has two):
+    /// the largest window it advertises. Its pages are committed only for
+    /// the bytes that pass through and given back when the flow goes quiet.
     #[serde(default = "default_tcp_buffer")]
     pub rx_buffer: usize,
-    /// Transmit buffer per socket.
+    /// Transmit buffer per socket (committed likewise).
     #[serde(default = "default_tcp_buffer")]
     pub tx_buffer: usize,
     /// How long a peer may stay silent while a SYN or data is outstanding
@@ -305,7 +307,8 @@ pub struct Tcp {
     #[serde(default = "default_true")]
     pub hold_synack: bool,
     /// Intercepted connections per worker beyond which new ones are bridged.
-    /// Each may commit 2 × (rx_buffer + tx_buffer) bytes of buffers.
+    /// Each may commit up to 2 × (rx_buffer + tx_buffer) bytes of buffers
+    /// while data flows, none while idle.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
 }
@@ -322,8 +325,10 @@ impl Default for Tcp {
     }
 }
 
+/// Like Linux's tcp_rmem maximum: enough for kernel-like throughput on
+/// long paths (4 MiB per round trip).
 fn default_tcp_buffer() -> usize {
-    64 * 1024
+    4 << 20
 }
 fn default_tcp_timeout_ms() -> u64 {
     10_000
@@ -734,7 +739,7 @@ impl Config {
     }
 
     /// The most memory the TCP buffers of intercepted connections can take:
-    /// every worker full, every socket's buffers allocated.
+    /// every worker full, every socket's buffers full (idle ones take none).
     pub fn worst_case_buffer_bytes(&self) -> u128 {
         u128::from(self.dataplane.workers)
             * self.tcp.max_connections as u128
@@ -854,7 +859,7 @@ device = "net_af_packet1,iface=gws0"
         ));
         assert!(message.contains("policy[1].action"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
-        assert_eq!(config.tcp.tx_buffer, 64 * 1024);
+        assert_eq!(config.tcp.tx_buffer, 4 << 20);
         assert!(!config.tcp.hold_synack);
         assert!(parse(MINIMAL).expect("valid").intercept.tcp_ports.is_empty());
         let message = rejection(&format!("{MINIMAL}\n[intercept]\nmode = \"magic\"\n"));
@@ -968,8 +973,8 @@ device = "net_af_packet1,iface=gws0"
     #[test]
     fn worst_case_buffer_memory() {
         let config = parse(MINIMAL).expect("valid");
-        // 1 worker x 10,000 connections x 2 sockets x (64 + 64) KiB.
-        assert_eq!(config.worst_case_buffer_bytes(), 10_000 * 2 * 128 * 1024);
+        // 1 worker x 10,000 connections x 2 sockets x (4 + 4) MiB.
+        assert_eq!(config.worst_case_buffer_bytes(), 10_000 * 2 * (8 << 20));
         let two = parse(&format!(
             "{MINIMAL}\n[tcp]\nrx_buffer = 4096\ntx_buffer = 4096\nmax_connections = 1000\n"
         ))
