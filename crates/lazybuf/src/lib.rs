@@ -67,7 +67,9 @@ impl Mapping {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(ArenaError::Reserve(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+            return Err(ArenaError::Reserve(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
         }
         let base = NonNull::new(base.cast::<u8>()).ok_or(ArenaError::Reserve(0))?;
         Ok(Mapping { base, len })
@@ -150,10 +152,15 @@ impl Arena {
             if more == 0 {
                 return Err(ArenaError::Exhausted(pool.in_use));
             }
-            let len = more.checked_mul(self.slot_size).ok_or(ArenaError::Reserve(libc::ENOMEM))?;
+            let len = more
+                .checked_mul(self.slot_size)
+                .ok_or(ArenaError::Reserve(libc::ENOMEM))?;
             let mapping = Arc::new(Mapping::reserve(len)?);
-            pool.free
-                .extend((0..more).rev().map(|index| (Arc::clone(&mapping), index * self.slot_size)));
+            pool.free.extend(
+                (0..more)
+                    .rev()
+                    .map(|index| (Arc::clone(&mapping), index * self.slot_size)),
+            );
             pool.mappings.push(mapping);
             pool.reserved += more;
         }
@@ -257,7 +264,12 @@ impl BackedSocket {
         let socket = build(tcp::SocketBuffer::new(rx_buf), tcp::SocketBuffer::new(tx_buf));
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
-        Ok(BackedSocket { sockets, handle, rx, tx })
+        Ok(BackedSocket {
+            sockets,
+            handle,
+            rx,
+            tx,
+        })
     }
 
     pub fn socket(&self) -> &tcp::Socket<'_> {
@@ -319,7 +331,9 @@ mod tests {
     use super::*;
 
     fn socket(arena: &Arena) -> Result<BackedSocket, ArenaError> {
-        BackedSocket::new(arena, arena.slot_size(), arena.slot_size(), |rx, tx| tcp::Socket::new(rx, tx))
+        BackedSocket::new(arena, arena.slot_size(), arena.slot_size(), |rx, tx| {
+            tcp::Socket::new(rx, tx)
+        })
     }
 
     /// Bytes of page tables this process holds (VmPTE).
@@ -352,7 +366,8 @@ mod tests {
         assert_eq!(reused, before, "the freed slots are reused");
         assert_eq!(second.resident_bytes(), 0, "a reused slot holds no pages");
         // SAFETY (test): read back what the rings hold: zeros.
-        let rings = [second.rx.start(), second.tx.start()].map(|start| unsafe { std::slice::from_raw_parts(start, 4 * PAGE) });
+        let rings =
+            [second.rx.start(), second.tx.start()].map(|start| unsafe { std::slice::from_raw_parts(start, 4 * PAGE) });
         assert!(rings.iter().all(|ring| ring.iter().all(|byte| *byte == 0)));
         assert_eq!(arena.mappings(), 1);
     }
@@ -385,7 +400,10 @@ mod tests {
             assert!(backed.discard_rx());
         }
         let after = page_table_bytes();
-        assert!(after <= before + SOCKETS * PAGE / 16, "{before} -> {touched} -> {after}");
+        assert!(
+            after <= before + SOCKETS * PAGE / 16,
+            "{before} -> {touched} -> {after}"
+        );
     }
 
     #[test]

@@ -281,7 +281,10 @@ impl Flow {
                 return 0;
             }
             let pages = usize::try_from(bytes.div_ceil(PAGE as u64)).unwrap_or(usize::MAX);
-            pages.saturating_add(1).saturating_mul(PAGE).min(capacity.div_ceil(PAGE) * PAGE)
+            pages
+                .saturating_add(1)
+                .saturating_mul(PAGE)
+                .min(capacity.div_ceil(PAGE) * PAGE)
         };
         touched(self.rx_touched(), socket.recv_capacity())
             + touched(self.buffers.tx_queued - self.buffers.tx_mark, socket.send_capacity())

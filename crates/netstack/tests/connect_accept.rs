@@ -404,7 +404,10 @@ fn a_flow_that_moved_megabytes_and_went_quiet_holds_no_buffer_pages() {
         let resident = pair.connector.resident_buffer_bytes(client).unwrap()
             + pair.acceptor.resident_buffer_bytes(pair.accepted.unwrap()).unwrap();
         let counted = pair.connector.buffer_bytes() + pair.acceptor.buffer_bytes();
-        assert!(counted >= resident, "the count covers what is resident: {counted} < {resident}");
+        assert!(
+            counted >= resident,
+            "the count covers what is resident: {counted} < {resident}"
+        );
         peak = peak.max((resident, counted));
     });
     assert!(received == data, "the bytes arrive intact");
@@ -448,7 +451,10 @@ fn bytes_past_a_hole_survive_a_quiet_spell() {
             assert!(pair.acceptor_gone);
             assert_eq!(received, 0, "the hole holds everything back");
             let server = pair.accepted.unwrap();
-            assert!(pair.acceptor.resident_buffer_bytes(server).unwrap() > 0, "bytes wait past the hole");
+            assert!(
+                pair.acceptor.resident_buffer_bytes(server).unwrap() > 0,
+                "bytes wait past the hole"
+            );
             for _ in 0..1_500 {
                 pair.step();
             }
