@@ -503,8 +503,14 @@ fi
 # high): tlsgate holds two flows of (rx + tx + ~0.9 KB socket and table entries)
 # and ~10 KiB of TLS state and session; the generator two flows (client and
 # origin) and a few KiB, its TLS state being dropped once a connection is idle.
+# Socket buffers commit pages only for the bytes that passed (at most two pages
+# a ring for the small exchange) and give them back once a flow is quiet.
+committed_ring() {  # buffer; prints bytes
+  local pages=$(( ($1 + 4095) / 4096 )); (( pages > 2 )) && pages=2
+  echo $(( pages * 4096 ))
+}
 formula_per_conn() {  # buffer; prints bytes
-  echo $(( 2 * (2 * $1 + 900) + 10240 + 2 * (2 * $(gen_buffer_for "$1") + 900) + 4096 ))
+  echo $(( 2 * (2 * $(committed_ring "$1") + 900) + 10240 + 2 * (2 * $(committed_ring "$(gen_buffer_for "$1")") + 900) + 4096 ))
 }
 fixed_bytes=$((1536 << 20))   # two EAL heaps (-m 512 each, partly touched), binaries, baselines
 mem_available() { echo $(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) * 1024 )); }
