@@ -15,6 +15,8 @@
 //! its buffers for as long as the wrapper lives and never longer: the slots
 //! go back to the arena only after the socket is dropped.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -344,7 +346,8 @@ mod tests {
     }
 
     fn write_rx(backed: &BackedSocket, bytes: usize) {
-        // SAFETY (test): the socket is idle, nothing reads these bytes.
+        // SAFETY: (test) the range is within the live slot and the socket is
+        // idle: nothing else reads or writes these bytes meanwhile.
         let storage = unsafe { std::slice::from_raw_parts_mut(backed.rx.start(), bytes) };
         storage.fill(0xa5);
     }
@@ -365,9 +368,11 @@ mod tests {
         reused.sort();
         assert_eq!(reused, before, "the freed slots are reused");
         assert_eq!(second.resident_bytes(), 0, "a reused slot holds no pages");
-        // SAFETY (test): read back what the rings hold: zeros.
-        let rings =
-            [second.rx.start(), second.tx.start()].map(|start| unsafe { std::slice::from_raw_parts(start, 4 * PAGE) });
+        let rings = [second.rx.start(), second.tx.start()].map(|start| {
+            // SAFETY: (test) the range is within a live slot of the idle
+            // socket; only read.
+            unsafe { std::slice::from_raw_parts(start, 4 * PAGE) }
+        });
         assert!(rings.iter().all(|ring| ring.iter().all(|byte| *byte == 0)));
         assert_eq!(arena.mappings(), 1);
     }
