@@ -327,6 +327,11 @@ impl Default for Tcp {
 
 /// Like Linux's tcp_rmem maximum: enough for kernel-like throughput on
 /// long paths (4 MiB per round trip).
+/// Socket-buffer address space the workers may need (the arenas reserve up
+/// to twice what is in use, as they grow by doubling; x86-64 gives a
+/// process 128 TiB).
+const MAX_BUFFER_ADDRESS_SPACE: u128 = 32 << 40;
+
 fn default_tcp_buffer() -> usize {
     4 << 20
 }
@@ -597,6 +602,19 @@ impl Config {
         if self.tcp.max_connections == 0 {
             return Err(invalid("tcp.max_connections", "must be at least 1".into()));
         }
+        if self.buffer_address_space() > MAX_BUFFER_ADDRESS_SPACE {
+            return Err(invalid(
+                "tcp.max_connections",
+                format!(
+                    "{} connections per worker with {} B buffers need {} TiB of address space for socket buffers \
+                     (reserved, not committed); at most {} TiB fit: lower tcp.max_connections or tcp.rx_buffer/tx_buffer",
+                    self.tcp.max_connections,
+                    self.tcp.rx_buffer.max(self.tcp.tx_buffer),
+                    self.buffer_address_space() >> 40,
+                    MAX_BUFFER_ADDRESS_SPACE >> 40
+                ),
+            ));
+        }
         if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
             return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
         }
@@ -745,6 +763,16 @@ impl Config {
             * self.tcp.max_connections as u128
             * self.sockets_per_connection() as u128
             * (self.tcp.rx_buffer as u128 + self.tcp.tx_buffer as u128)
+    }
+
+    /// Address space the workers' socket-buffer arenas may reserve when
+    /// full: a slot of the larger buffer per ring, two rings per socket.
+    fn buffer_address_space(&self) -> u128 {
+        u128::from(self.dataplane.workers)
+            * self.tcp.max_connections as u128
+            * self.sockets_per_connection() as u128
+            * 2
+            * self.tcp.rx_buffer.max(self.tcp.tx_buffer) as u128
     }
 
     /// TCP sockets one intercepted connection takes: the client and server
@@ -980,6 +1008,14 @@ device = "net_af_packet1,iface=gws0"
         ))
         .expect("valid");
         assert_eq!(two.worst_case_buffer_bytes(), 1000 * 2 * 8192);
+        // A million connections with the default 4 MiB buffers reserve 16 TiB
+        // of address space (none of it committed while idle): fine; with
+        // 16 MiB buffers they would not fit in a process.
+        parse(&format!("{MINIMAL}\n[tcp]\nmax_connections = 1000000\n")).expect("valid");
+        let message = rejection(&format!(
+            "{MINIMAL}\n[tcp]\nmax_connections = 1000000\nrx_buffer = 16777216\n"
+        ));
+        assert!(message.contains("tcp.max_connections") && message.contains("address space"), "{message}");
     }
 
     #[test]
