@@ -853,12 +853,14 @@ if not m or int(m.group(1)) != 2 * n or int(m.group(2)) != n:
     reasons.append(f"at sampling tlsgate printed: {e['ROW_TCP_LINE'][:90]!r}")
 if m and tg:
     row["tg"]["flows_live"], row["tg"]["sessions_live"] = int(m.group(1)), int(m.group(2))
-    row["tg"]["socket_buffer_bytes"] = int(m.group(1)) * 2 * buf
-m = re.match(r"memory: (\d+) flows holding .*?, (\d+) TLS sessions", e["ROW_MEM_LINE"])
-if not m or int(m.group(2)) != n:
+# Socket buffers commit pages only while data passes: the committed bytes
+# tlsgate counted at sampling, not the capacity.
+m = re.match(r"memory: (\d+) flows holding ([0-9.]+) MiB of socket buffers, (\d+) TLS sessions", e["ROW_MEM_LINE"])
+if not m or int(m.group(3)) != n:
     reasons.append(f"at sampling: {e['ROW_MEM_LINE'][:80]!r}")
 if m and tg:
-    row["tg"]["tls_sessions_live"] = int(m.group(2))
+    row["tg"]["socket_buffer_bytes"] = int(float(m.group(2)) * (1 << 20))
+    row["tg"]["tls_sessions_live"] = int(m.group(3))
 m = re.search(r"process resident ([0-9.]+) MiB", e["ROW_MEM_LINE"])
 row["printed_rss"] = float(m.group(1)) * 2**20 if m else None
 prog = e["ROW_PROGRESS"].split()
