@@ -1015,7 +1015,10 @@ device = "net_af_packet1,iface=gws0"
         let message = rejection(&format!(
             "{MINIMAL}\n[tcp]\nmax_connections = 1000000\nrx_buffer = 16777216\n"
         ));
-        assert!(message.contains("tcp.max_connections") && message.contains("address space"), "{message}");
+        assert!(
+            message.contains("tcp.max_connections") && message.contains("address space"),
+            "{message}"
+        );
     }
 
     #[test]
