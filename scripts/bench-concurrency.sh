@@ -503,8 +503,14 @@ fi
 # high): tlsgate holds two flows of (rx + tx + ~0.9 KB socket and table entries)
 # and ~10 KiB of TLS state and session; the generator two flows (client and
 # origin) and a few KiB, its TLS state being dropped once a connection is idle.
+# Socket buffers commit pages only for the bytes that passed (at most two pages
+# a ring for the small exchange) and give them back once a flow is quiet.
+committed_ring() {  # buffer; prints bytes
+  local pages=$(( ($1 + 4095) / 4096 )); (( pages > 2 )) && pages=2
+  echo $(( pages * 4096 ))
+}
 formula_per_conn() {  # buffer; prints bytes
-  echo $(( 2 * (2 * $1 + 900) + 10240 + 2 * (2 * $(gen_buffer_for "$1") + 900) + 4096 ))
+  echo $(( 2 * (2 * $(committed_ring "$1") + 900) + 10240 + 2 * (2 * $(committed_ring "$(gen_buffer_for "$1")") + 900) + 4096 ))
 }
 fixed_bytes=$((1536 << 20))   # two EAL heaps (-m 512 each, partly touched), binaries, baselines
 mem_available() { echo $(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) * 1024 )); }
@@ -847,12 +853,14 @@ if not m or int(m.group(1)) != 2 * n or int(m.group(2)) != n:
     reasons.append(f"at sampling tlsgate printed: {e['ROW_TCP_LINE'][:90]!r}")
 if m and tg:
     row["tg"]["flows_live"], row["tg"]["sessions_live"] = int(m.group(1)), int(m.group(2))
-    row["tg"]["socket_buffer_bytes"] = int(m.group(1)) * 2 * buf
-m = re.match(r"memory: (\d+) flows holding .*?, (\d+) TLS sessions", e["ROW_MEM_LINE"])
-if not m or int(m.group(2)) != n:
+# Socket buffers commit pages only while data passes: the committed bytes
+# tlsgate counted at sampling, not the capacity.
+m = re.match(r"memory: (\d+) flows holding ([0-9.]+) MiB of socket buffers, (\d+) TLS sessions", e["ROW_MEM_LINE"])
+if not m or int(m.group(3)) != n:
     reasons.append(f"at sampling: {e['ROW_MEM_LINE'][:80]!r}")
 if m and tg:
-    row["tg"]["tls_sessions_live"] = int(m.group(2))
+    row["tg"]["socket_buffer_bytes"] = int(float(m.group(2)) * (1 << 20))
+    row["tg"]["tls_sessions_live"] = int(m.group(3))
 m = re.search(r"process resident ([0-9.]+) MiB", e["ROW_MEM_LINE"])
 row["printed_rss"] = float(m.group(1)) * 2**20 if m else None
 prog = e["ROW_PROGRESS"].split()

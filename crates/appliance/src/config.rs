@@ -296,10 +296,12 @@ pub enum InterceptMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tcp {
-    /// Receive buffer per socket (each intercepted connection has two).
+    /// Receive buffer per socket (each intercepted connection has two):
+    /// the largest window it advertises. Its pages are committed only for
+    /// the bytes that pass through and given back when the flow goes quiet.
     #[serde(default = "default_tcp_buffer")]
     pub rx_buffer: usize,
-    /// Transmit buffer per socket.
+    /// Transmit buffer per socket (committed likewise).
     #[serde(default = "default_tcp_buffer")]
     pub tx_buffer: usize,
     /// How long a peer may stay silent while a SYN or data is outstanding
@@ -312,8 +314,9 @@ pub struct Tcp {
     #[serde(default = "default_true")]
     pub hold_synack: bool,
     /// Intercepted connections per worker; embryonic ones (the client has
-    /// not completed its handshake) may take half. Each may commit
-    /// 2 × (rx_buffer + tx_buffer) bytes of buffers.
+    /// not completed its handshake) may take half. Each may commit up to
+    /// 2 × (rx_buffer + tx_buffer) bytes of buffers while data flows, none
+    /// while idle.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// What a new connection gets when the table is full.
@@ -377,8 +380,15 @@ fn default_idle_timeout_ms() -> u64 {
     3_600_000
 }
 
+/// Like Linux's tcp_rmem maximum: enough for kernel-like throughput on
+/// long paths (4 MiB per round trip).
+/// Socket-buffer address space the workers may need (the arenas reserve up
+/// to twice what is in use, as they grow by doubling; x86-64 gives a
+/// process 128 TiB).
+const MAX_BUFFER_ADDRESS_SPACE: u128 = 32 << 40;
+
 fn default_tcp_buffer() -> usize {
-    64 * 1024
+    4 << 20
 }
 fn default_tcp_timeout_ms() -> u64 {
     10_000
@@ -766,6 +776,19 @@ impl Config {
                 ),
             ));
         }
+        if self.buffer_address_space() > MAX_BUFFER_ADDRESS_SPACE {
+            return Err(invalid(
+                "tcp.max_connections",
+                format!(
+                    "{} connections per worker with {} B buffers need {} TiB of address space for socket buffers \
+                     (reserved, not committed); at most {} TiB fit: lower tcp.max_connections or tcp.rx_buffer/tx_buffer",
+                    self.tcp.max_connections,
+                    self.tcp.rx_buffer.max(self.tcp.tx_buffer),
+                    self.buffer_address_space() >> 40,
+                    MAX_BUFFER_ADDRESS_SPACE >> 40
+                ),
+            ));
+        }
         if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
             return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
         }
@@ -914,12 +937,22 @@ impl Config {
     }
 
     /// The most memory the TCP buffers of intercepted connections can take:
-    /// every worker full, every socket's buffers allocated.
+    /// every worker full, every socket's buffers full (idle ones take none).
     pub fn worst_case_buffer_bytes(&self) -> u128 {
         u128::from(self.dataplane.workers)
             * self.tcp.max_connections as u128
             * self.sockets_per_connection() as u128
             * (self.tcp.rx_buffer as u128 + self.tcp.tx_buffer as u128)
+    }
+
+    /// Address space the workers' socket-buffer arenas may reserve when
+    /// full: a slot of the larger buffer per ring, two rings per socket.
+    fn buffer_address_space(&self) -> u128 {
+        u128::from(self.dataplane.workers)
+            * self.tcp.max_connections as u128
+            * self.sockets_per_connection() as u128
+            * 2
+            * self.tcp.rx_buffer.max(self.tcp.tx_buffer) as u128
     }
 
     /// TCP sockets one intercepted connection takes: the client and server
@@ -1050,7 +1083,7 @@ device = "net_af_packet1,iface=gws0"
         ));
         assert!(message.contains("policy[1].action"), "{message}");
         assert_eq!(config.tcp.rx_buffer, 8192);
-        assert_eq!(config.tcp.tx_buffer, 64 * 1024);
+        assert_eq!(config.tcp.tx_buffer, 4 << 20);
         assert!(!config.tcp.hold_synack);
         assert!(parse(MINIMAL).expect("valid").intercept.tcp_ports.is_empty());
         let message = rejection(&format!("{MINIMAL}\n[intercept]\nmode = \"magic\"\n"));
@@ -1203,13 +1236,24 @@ device = "net_af_packet1,iface=gws0"
     #[test]
     fn worst_case_buffer_memory() {
         let config = parse(MINIMAL).expect("valid");
-        // 1 worker x 10,000 connections x 2 sockets x (64 + 64) KiB.
-        assert_eq!(config.worst_case_buffer_bytes(), 10_000 * 2 * 128 * 1024);
+        // 1 worker x 10,000 connections x 2 sockets x (4 + 4) MiB.
+        assert_eq!(config.worst_case_buffer_bytes(), 10_000 * 2 * (8 << 20));
         let two = parse(&format!(
             "{MINIMAL}\n[tcp]\nrx_buffer = 4096\ntx_buffer = 4096\nmax_connections = 1000\n"
         ))
         .expect("valid");
         assert_eq!(two.worst_case_buffer_bytes(), 1000 * 2 * 8192);
+        // A million connections with the default 4 MiB buffers reserve 16 TiB
+        // of address space (none of it committed while idle): fine; with
+        // 16 MiB buffers they would not fit in a process.
+        parse(&format!("{MINIMAL}\n[tcp]\nmax_connections = 1000000\n")).expect("valid");
+        let message = rejection(&format!(
+            "{MINIMAL}\n[tcp]\nmax_connections = 1000000\nrx_buffer = 16777216\n"
+        ));
+        assert!(
+            message.contains("tcp.max_connections") && message.contains("address space"),
+            "{message}"
+        );
     }
 
     #[test]

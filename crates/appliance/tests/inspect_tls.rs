@@ -106,11 +106,13 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
     });
     assert!(done, "{} of {} response bytes", at_client.len(), response.len());
     // Memory accounting while the connection is open: one TLS session,
-    // four flows (client, server and the two loop legs) with their buffers.
+    // four flows (client, server and the two loop legs) with the buffer
+    // pages the response passed through (at most their capacity).
     let counters = lab.engine.splicer().counters();
     assert_eq!(counters.tls_sessions_live, 1);
     assert_eq!(lab.engine.stack().live_flows(), 4);
-    assert_eq!(lab.engine.stack().buffer_bytes(), 4 * 2 * 32 * 1024);
+    let buffers = lab.engine.stack().buffer_bytes();
+    assert!(buffers > 64 * 1024 && buffers <= 4 * 2 * 32 * 1024, "{buffers}");
     assert!(at_client == response, "the response arrived byte-exact");
     let inspection = lab.inspection.as_ref().unwrap();
     assert_eq!(inspection.seen_up, request, "the box saw the request in plaintext");

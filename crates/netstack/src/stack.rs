@@ -12,8 +12,9 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
+use lazybuf::{Arena, ArenaError, BackedSocket, PAGE};
 use slab::Slab;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpOption, TcpPacket};
@@ -24,12 +25,18 @@ use crate::device::{FlowDevice, OutFrame};
 use crate::l2::L2Header;
 use crate::timer::TimerWheel;
 
+/// A flow whose peer has been silent this long, with empty rings, gives
+/// the pages of its buffers back.
+const BUFFER_LINGER: Duration = Duration::from_secs(1);
+
 /// Sizes and timeouts of the stack's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackConfig {
-    /// Receive buffer of each socket, in bytes.
+    /// Receive buffer of each socket, in bytes: the largest window it
+    /// advertises. Memory is committed only for the bytes in flight and
+    /// given back once the flow goes quiet (see `lazybuf`).
     pub rx_buffer: usize,
-    /// Transmit buffer of each socket, in bytes.
+    /// Transmit buffer of each socket, in bytes (committed likewise).
     pub tx_buffer: usize,
     /// A flow gives up when its peer stays silent this long while it has a
     /// SYN, data or a FIN outstanding (this also bounds a connect). An idle
@@ -42,8 +49,8 @@ pub struct StackConfig {
 impl Default for StackConfig {
     fn default() -> Self {
         StackConfig {
-            rx_buffer: 64 * 1024,
-            tx_buffer: 64 * 1024,
+            rx_buffer: 4 << 20,
+            tx_buffer: 4 << 20,
             timeout: Duration::from_secs(10),
             max_flows: 1 << 20,
         }
@@ -126,6 +133,8 @@ pub enum StackError {
     NoSuchPort(usize),
     #[error("the socket refused: {0}")]
     Socket(&'static str),
+    #[error("no socket buffers: {0}")]
+    Buffers(#[from] ArenaError),
 }
 
 /// Socket-level states the events are derived from.
@@ -142,8 +151,8 @@ struct Flow {
     generation: u32,
     owner: u64,
     l2: L2Header,
-    sockets: SocketSet<'static>,
-    handle: SocketHandle,
+    socket: BackedSocket,
+    buffers: BufferUse,
     observed: Observed,
     /// The deadline this flow is scheduled at in the wheel, if any.
     timer: Option<Instant>,
@@ -207,27 +216,150 @@ impl Flow {
     /// Records that `read` bytes were taken, and drops what the peer sent
     /// after its FIN once everything before it was read.
     fn consumed(&mut self, read: usize) {
+        self.buffers.rx_dequeued += read as u64;
         if let Some(before) = self.before_fin.as_mut() {
             *before = before.saturating_sub(read);
         }
         if self.before_fin == Some(0) {
-            let socket = self.socket_mut();
-            while socket.recv(|junk| (junk.len(), junk.len())).unwrap_or(0) > 0 {}
+            let socket = self.socket.socket_mut();
+            let mut junk = 0;
+            loop {
+                let dropped = socket.recv(|junk| (junk.len(), junk.len())).unwrap_or(0);
+                if dropped == 0 {
+                    break;
+                }
+                junk += dropped;
+            }
+            self.buffers.rx_dequeued += junk as u64;
         }
     }
 
-    fn socket(&self) -> &tcp::Socket<'static> {
-        self.sockets.get::<tcp::Socket>(self.handle)
+    fn socket(&self) -> &tcp::Socket<'_> {
+        self.socket.socket()
     }
 
-    fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
-        self.sockets.get_mut::<tcp::Socket>(self.handle)
+    fn socket_mut(&mut self) -> &mut tcp::Socket<'_> {
+        self.socket.socket_mut()
     }
+
+    /// Bytes that entered the receive ring in order, ever.
+    fn rx_in_order(&self) -> u64 {
+        self.buffers.rx_dequeued + self.socket().recv_queue() as u64
+    }
+
+    /// Notes an arriving segment's extent: out-of-order bytes in the
+    /// receive ring are invisible through smoltcp's API, so the stack
+    /// remembers how far the peer's segments reached.
+    fn saw_segment(&mut self, packet: &[u8]) {
+        let Some((seq, syn, payload)) = segment_extent(packet) else {
+            return;
+        };
+        if syn {
+            self.buffers.peer_isn = Some(seq);
+            return;
+        }
+        let Some(isn) = self.buffers.peer_isn else {
+            return;
+        };
+        if payload == 0 {
+            return;
+        }
+        // Stream offsets modulo 2^32, like sequence numbers.
+        let end = seq.wrapping_sub(isn).wrapping_sub(1).wrapping_add(payload as u32);
+        let in_order = self.rx_in_order() as u32;
+        let ahead = end.wrapping_sub(in_order) as i32;
+        let window = self.socket().recv_capacity();
+        if ahead > 0 && ahead as usize <= window && end.wrapping_sub(self.buffers.rx_seen_end) as i32 > 0 {
+            self.buffers.rx_seen_end = end;
+        }
+    }
+
+    /// How far past the in-order bytes the peer's segments reached: bytes
+    /// past a hole may wait in the receive ring up to there.
+    fn out_of_order_reach(&self) -> u64 {
+        let ahead = self.buffers.rx_seen_end.wrapping_sub(self.rx_in_order() as u32) as i32;
+        u64::try_from(ahead).unwrap_or(0)
+    }
+
+    fn out_of_order_pending(&self) -> bool {
+        self.out_of_order_reach() > 0
+    }
+
+    /// Bytes written to the receive ring since it was last discarded.
+    fn rx_touched(&self) -> u64 {
+        self.rx_in_order() - self.buffers.rx_mark + self.out_of_order_reach()
+    }
+
+    /// Bytes of buffer memory the flow may hold committed: the pages the
+    /// bytes that passed through each ring since it was last discarded can
+    /// have touched (each ring writes on from where it was, so they are
+    /// contiguous), at most the whole ring.
+    fn committed_estimate(&self) -> usize {
+        let socket = self.socket();
+        let touched = |bytes: u64, capacity: usize| {
+            if bytes == 0 {
+                return 0;
+            }
+            let pages = usize::try_from(bytes.div_ceil(PAGE as u64)).unwrap_or(usize::MAX);
+            pages
+                .saturating_add(1)
+                .saturating_mul(PAGE)
+                .min(capacity.div_ceil(PAGE) * PAGE)
+        };
+        touched(self.rx_touched(), socket.recv_capacity())
+            + touched(self.buffers.tx_queued - self.buffers.tx_mark, socket.send_capacity())
+    }
+
+    /// Gives back the pages of each ring that is empty, if the peer has
+    /// been quiet for `BUFFER_LINGER`; returns when to try again.
+    fn release_buffers(&mut self, now: Instant) -> Option<Instant> {
+        if self.buffers.committed == 0 {
+            return None;
+        }
+        let quiet_at = self.last_heard + BUFFER_LINGER;
+        if now >= quiet_at {
+            if !self.out_of_order_pending() && self.socket.discard_rx() {
+                self.buffers.rx_mark = self.rx_in_order();
+            }
+            if self.socket.discard_tx() {
+                self.buffers.tx_mark = self.buffers.tx_queued;
+            }
+        }
+        let rx_empty = self.socket().recv_queue() == 0 && !self.out_of_order_pending();
+        let tx_empty = self.socket().send_queue() == 0;
+        let rx_held = self.rx_touched() > 0;
+        let tx_held = self.buffers.tx_queued > self.buffers.tx_mark;
+        ((rx_held && rx_empty) || (tx_held && tx_empty)).then_some(quiet_at.max(now))
+    }
+}
+
+/// What a flow's rings have seen, for giving their pages back safely and
+/// for counting them.
+#[derive(Debug, Default, Clone, Copy)]
+struct BufferUse {
+    /// Bytes ever taken from the receive ring (read, relayed or dropped).
+    rx_dequeued: u64,
+    /// In-order receive bytes when the receive ring was last discarded.
+    rx_mark: u64,
+    /// Bytes ever queued into the transmit ring.
+    tx_queued: u64,
+    /// `tx_queued` when the transmit ring was last discarded.
+    tx_mark: u64,
+    /// The peer's initial sequence number, once its SYN came.
+    peer_isn: Option<u32>,
+    /// How far (stream offset, mod 2^32) the peer's segments reached.
+    rx_seen_end: u32,
+    /// The flow's share of `Stack::committed`.
+    committed: usize,
 }
 
 /// The transparent TCP stack of one worker.
 pub struct Stack {
     config: StackConfig,
+    /// Where every socket's rings live.
+    arena: Arena,
+    /// Sum of the flows' `committed_estimate`s.
+    committed: usize,
     interfaces: Vec<Interface>,
     flows: Slab<Flow>,
     index: HashMap<FlowKey, FlowId>,
@@ -302,6 +434,11 @@ impl Stack {
             })
             .collect();
         Stack {
+            arena: Arena::new(
+                config.rx_buffer.max(config.tx_buffer),
+                config.max_flows.saturating_mul(2),
+            ),
+            committed: 0,
             config,
             interfaces,
             flows: Slab::new(),
@@ -320,20 +457,28 @@ impl Stack {
         self.counters
     }
 
-    /// Approximate memory one flow costs: its buffers, socket (held in its
-    /// one-entry socket set) and bookkeeping.
+    /// Approximate memory one flow costs: its socket (held in its
+    /// one-entry socket set), bookkeeping and its share of the committed
+    /// buffer pages (none for an idle flow).
     pub fn memory_per_flow(&self) -> usize {
-        self.config.rx_buffer
-            + self.config.tx_buffer
-            + std::mem::size_of::<Flow>()
+        std::mem::size_of::<Flow>()
             + std::mem::size_of::<SocketStorage<'static>>()
             + 2 * std::mem::size_of::<(FlowKey, FlowId)>()
+            + self.committed.checked_div(self.flows.len()).unwrap_or(0)
     }
 
-    /// Bytes of socket buffers the live flows hold (allocated whole when a
-    /// flow is created).
+    /// Bytes of socket buffers the live flows may hold committed: the
+    /// pages the bytes since each ring's last release can have touched
+    /// (zero for flows that went quiet). Capacity reserved but never
+    /// written costs nothing and is not counted.
     pub fn buffer_bytes(&self) -> usize {
-        self.flows.len() * (self.config.rx_buffer + self.config.tx_buffer)
+        self.committed
+    }
+
+    /// Bytes of the flow's rings actually backed by memory now (mincore(2):
+    /// a system call, for tests and diagnostics).
+    pub fn resident_buffer_bytes(&self, id: FlowId) -> Result<usize, StackError> {
+        Ok(self.flow(id)?.socket.resident_bytes())
     }
 
     /// The flow that frames arriving on `port` with `tuple` belong to.
@@ -355,35 +500,40 @@ impl Stack {
         }
     }
 
-    fn new_socket(&self) -> tcp::Socket<'static> {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]),
-        );
-        // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
-        socket.set_nagle_enabled(false);
-        // Timestamps (RFC 7323) let a server accept our SYN for a 4-tuple it
-        // still holds in TIME-WAIT, as it does for a reconnecting client.
-        socket.set_tsval_generator(Some(tcp_timestamp));
-        // smoltcp's own timeout also fires on idle connections: the stack
-        // applies `StackConfig::timeout` itself (see `waiting_on_peer`).
-        socket
+    /// A socket with its rings in the arena, if the table has room for one
+    /// more flow; running out of either refuses the flow.
+    fn new_socket(&mut self) -> Result<BackedSocket, StackError> {
+        if self.flows.len() >= self.config.max_flows {
+            self.counters.flows_refused += 1;
+            return Err(StackError::TooManyFlows(self.config.max_flows));
+        }
+        let backed = BackedSocket::new(&self.arena, self.config.rx_buffer, self.config.tx_buffer, |rx, tx| {
+            let mut socket = tcp::Socket::new(rx, tx);
+            // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
+            socket.set_nagle_enabled(false);
+            // Timestamps (RFC 7323) let a server accept our SYN for a 4-tuple it
+            // still holds in TIME-WAIT, as it does for a reconnecting client.
+            socket.set_tsval_generator(Some(tcp_timestamp));
+            // smoltcp's own timeout also fires on idle connections: the stack
+            // applies `StackConfig::timeout` itself (see `waiting_on_peer`).
+            socket
+        });
+        backed.map_err(|error| {
+            self.counters.flows_refused += 1;
+            StackError::Buffers(error)
+        })
     }
 
     fn insert(
         &mut self,
         key: FlowKey,
         l2: L2Header,
-        socket: tcp::Socket<'static>,
+        socket: BackedSocket,
         owner: u64,
         now: Instant,
     ) -> Result<FlowId, StackError> {
         if key.port >= self.interfaces.len() {
             return Err(StackError::NoSuchPort(key.port));
-        }
-        if self.flows.len() >= self.config.max_flows {
-            self.counters.flows_refused += 1;
-            return Err(StackError::TooManyFlows(self.config.max_flows));
         }
         let vacant = match self.index.entry(key) {
             Entry::Occupied(_) => return Err(StackError::FlowExists),
@@ -392,13 +542,11 @@ impl Stack {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
         let observed = Observed {
-            state: socket.state(),
+            state: socket.socket().state(),
             recv_queue: 0,
             send_queue: 0,
             peer_closed: false,
         };
-        let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let handle = sockets.add(socket);
         let slot = self.flows.vacant_entry();
         let id = FlowId {
             index: u32::try_from(slot.key()).map_err(|_| StackError::TooManyFlows(self.config.max_flows))?,
@@ -409,8 +557,8 @@ impl Stack {
             generation,
             owner,
             l2,
-            sockets,
-            handle,
+            socket,
+            buffers: BufferUse::default(),
             observed,
             timer: None,
             aborted: false,
@@ -451,14 +599,15 @@ impl Stack {
             .ip_range()
             .and_then(|range| frame.get(range))
             .ok_or(StackError::NotASyn)?;
-        let mut socket = self.new_socket();
+        let mut socket = self.new_socket()?;
         socket
+            .socket_mut()
             .listen(IpListenEndpoint {
                 addr: Some(ip_address(tuple.dst_ip)),
                 port: tuple.dst_port,
             })
             .map_err(|_| StackError::Socket("listen"))?;
-        socket.pause_synack(hold_synack);
+        socket.socket_mut().pause_synack(hold_synack);
         let key = FlowKey { port, tuple: *tuple };
         let id = self.insert(key, L2Header::reply_to(&class.l2), socket, owner, now)?;
         // While held, the server leg's outcome decides this leg's fate: it
@@ -553,9 +702,13 @@ impl Stack {
         owner: u64,
         now: Instant,
     ) -> Result<FlowId, StackError> {
-        let mut socket = self.new_socket();
+        if port >= self.interfaces.len() {
+            return Err(StackError::NoSuchPort(port));
+        }
+        let mut socket = self.new_socket()?;
         let iface = self.interfaces.get_mut(port).ok_or(StackError::NoSuchPort(port))?;
         socket
+            .socket_mut()
             .connect(
                 iface.context(),
                 IpEndpoint::new(ip_address(tuple.dst_ip), tuple.dst_port),
@@ -651,6 +804,7 @@ impl Stack {
             events,
             timers,
             counters,
+            committed,
             ..
         } = self;
         let Some(flow) = flows
@@ -670,8 +824,9 @@ impl Stack {
         };
         FLOW_TIMESTAMP.with(|current| current.set(timestamp.max(1)));
         let reset_in = packet.is_some_and(is_rst);
-        if packet.is_some() {
+        if let Some(packet) = packet {
             flow.last_heard = now;
+            flow.saw_segment(packet);
         }
         // Silent too long with something outstanding: give up (one RST).
         let timed_out = flow.silent_since(now).is_some_and(|since| now >= since + flow.timeout);
@@ -685,12 +840,11 @@ impl Stack {
             port: flow.key.port,
             tx: output,
         };
-        iface.poll(now, &mut device, &mut flow.sockets);
+        flow.socket.poll(iface, now, &mut device);
+        let still_connecting = flow.socket().state() == tcp::State::SynSent;
         if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
             // Still connecting and something went out: it was a SYN.
-            let sent_syn = state_before == tcp::State::SynSent
-                && flow.sockets.get::<tcp::Socket>(flow.handle).state() == tcp::State::SynSent
-                && output.len() > output_before;
+            let sent_syn = state_before == tcp::State::SynSent && still_connecting && output.len() > output_before;
             if sent_syn && mirror.first_syn.is_none() {
                 mirror.first_syn = output.get(output_before).map(|out| out.frame.clone());
             } else if sent_syn && !confirmed {
@@ -760,7 +914,13 @@ impl Stack {
             self.free(id);
             return;
         }
-        let mut deadline = iface.poll_at(now, &flow.sockets);
+        account(flow, committed);
+        let release_at = flow.release_buffers(now);
+        account(flow, committed);
+        let mut deadline = flow.socket.poll_at(iface, now);
+        if let Some(at) = release_at {
+            deadline = Some(deadline.map_or(at, |due| due.min(at)));
+        }
         if let Some(since) = flow.silent_since(now) {
             let give_up = since + flow.timeout;
             deadline = Some(deadline.map_or(give_up, |at| at.min(give_up)));
@@ -778,6 +938,7 @@ impl Stack {
             return;
         }
         let flow = self.flows.remove(id.index as usize);
+        self.committed -= flow.buffers.committed;
         self.index.remove(&flow.key);
         self.counters.flows_live -= 1;
         self.counters.flows_freed += 1;
@@ -846,7 +1007,9 @@ impl Stack {
 
     /// Queues up to `data.len()` bytes for sending; returns how many fit.
     pub fn send(&mut self, id: FlowId, data: &[u8]) -> Result<usize, StackError> {
-        let sent = self.flow_mut(id)?.socket_mut().send_slice(data).unwrap_or(0);
+        let flow = self.flow_mut(id)?;
+        let sent = flow.socket_mut().send_slice(data).unwrap_or(0);
+        flow.buffers.tx_queued += sent as u64;
         if sent > 0 {
             self.observe_queues(id);
             self.dirty.push(id);
@@ -895,8 +1058,8 @@ impl Stack {
             .get2_mut(from.index as usize, to.index as usize)
             .ok_or(StackError::NoSuchFlow)?;
         let readable = source.readable();
-        let source_flow = source;
-        let (source, sink) = (source_flow.socket_mut(), sink.socket_mut());
+        let (source_flow, sink_flow) = (source, sink);
+        let (source, sink) = (source_flow.socket_mut(), sink_flow.socket_mut());
         let mut moved = 0;
         // The receive ring may wrap: at most two contiguous pieces.
         for _ in 0..2 {
@@ -918,6 +1081,7 @@ impl Stack {
             }
         }
         source_flow.consumed(moved);
+        sink_flow.buffers.tx_queued += moved as u64;
         if moved > 0 {
             self.observe_queues(from);
             self.observe_queues(to);
@@ -946,10 +1110,15 @@ impl Stack {
     /// Records queue levels after the owner read or wrote, so the next poll
     /// reports only what the peer changed.
     fn observe_queues(&mut self, id: FlowId) {
-        if let Ok(flow) = self.flow_mut(id) {
+        let Stack { flows, committed, .. } = self;
+        if let Some(flow) = flows
+            .get_mut(id.index as usize)
+            .filter(|flow| flow.generation == id.generation)
+        {
             let (recv_queue, send_queue) = (flow.readable(), flow.socket().send_queue());
             flow.observed.recv_queue = recv_queue;
             flow.observed.send_queue = send_queue;
+            account(flow, committed);
         }
     }
 
@@ -967,6 +1136,25 @@ impl Stack {
     pub fn timer_entries(&self) -> usize {
         self.timers.len()
     }
+}
+
+/// Brings the flow's share of the stack's committed buffer bytes up to date.
+fn account(flow: &mut Flow, committed: &mut usize) {
+    let now_committed = flow.committed_estimate();
+    *committed = *committed - flow.buffers.committed + now_committed;
+    flow.buffers.committed = now_committed;
+}
+
+/// A TCP segment's sequence number, SYN flag and payload length, from its
+/// IP packet (trimmed to its stated length).
+fn segment_extent(packet: &[u8]) -> Option<(u32, bool, usize)> {
+    let offset = match packet.first().map(|byte| byte >> 4) {
+        Some(4) => usize::from(packet.first()? & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return None,
+    };
+    let tcp = TcpPacket::new_checked(packet.get(offset..)?).ok()?;
+    Some((tcp.seq_number().0 as u32, tcp.syn(), tcp.payload().len()))
 }
 
 /// Whether the flow waits for its peer to acknowledge something: a SYN, a
