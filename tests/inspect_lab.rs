@@ -172,11 +172,13 @@ fn a_recorder_on_the_port_pair_sees_the_https_plaintext_and_the_capture_dissects
     // Memory accounting at shutdown: TLS state is dropped as soon as both
     // directions closed, the process is measured.
     assert_eq!(report["tcp"]["tls_sessions_live"], 0, "{report}");
+    // Legs in TIME-WAIT hold at most their committed pages (buffers are
+    // committed lazily, 4 MiB per ring at most, and counted as committed).
     let flows = report["tcp"]["flows_live"].as_u64().unwrap();
-    assert_eq!(
-        report["tcp"]["socket_buffer_bytes"].as_u64().unwrap(),
-        flows * 2 * 64 * 1024,
-        "legs in TIME-WAIT keep their buffers: {report}"
+    let committed = report["tcp"]["socket_buffer_bytes"].as_u64().unwrap();
+    assert!(
+        committed <= flows * 2 * (4 << 20) && committed % 4096 == 0,
+        "committed socket buffers are counted in pages, within capacity: {report}"
     );
     assert!(report["rss_bytes"].as_u64().unwrap() > 1 << 20, "{report}");
     inspect_box(&["stop", &dir]);
