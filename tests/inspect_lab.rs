@@ -177,8 +177,8 @@ fn a_recorder_on_the_port_pair_sees_the_https_plaintext_and_the_capture_dissects
     let flows = report["tcp"]["flows_live"].as_u64().unwrap();
     let committed = report["tcp"]["socket_buffer_bytes"].as_u64().unwrap();
     assert!(
-        committed <= flows * 2 * (4 << 20) && committed % 4096 == 0,
-        "committed socket buffers are counted in pages, within capacity: {report}"
+        committed <= flows * 2 * (4 << 20),
+        "committed socket buffers are counted within capacity: {report}"
     );
     assert!(report["rss_bytes"].as_u64().unwrap() > 1 << 20, "{report}");
     inspect_box(&["stop", &dir]);
