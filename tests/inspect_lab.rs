@@ -392,13 +392,14 @@ fn with_fail_open_twenty_https_downloads_outlive_a_box_that_dies_mid_transfer() 
     let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
     let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
     let dir = box_dir(&scratch);
-    // The box stops (its bridge is gone: the loop legs go silent until
-    // tcp.timeout_ms, 10 s), or its links go down (the next link check).
+    // The box stops (its bridge is gone: the loop legs' retransmissions go
+    // unanswered, three rounds, about 15 s), or its links go down (the next
+    // link check).
     for (death, args, note) in [
         (
             "stop",
             ["stop", dir.as_str()].as_slice(),
-            "the box went silent on inspect_",
+            "the box stopped answering on inspect_",
         ),
         (
             "linkdown",
