@@ -1038,7 +1038,7 @@ device = "net_af_packet1,iface=gws0"
             InspectFailure::FailClosed,
             "fail closed by default"
         );
-        assert_eq!(config.inspect.syn_timeout_ms, 1000);
+        assert_eq!(config.inspect.syn_timeout_ms, 8000);
         let open = parse(&format!(
             "{MINIMAL}{pair}[inspect]\nfailure = \"fail_open\"\nsyn_timeout_ms = 300\n"
         ))
@@ -1109,6 +1109,38 @@ device = "net_af_packet1,iface=gws0"
             ("client_hello_timeout_ms = 10", "tcp.client_hello_timeout_ms"),
             ("handshake_timeout_ms = 700000", "tcp.handshake_timeout_ms"),
             ("idle_timeout_ms = 500", "tcp.idle_timeout_ms"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn loss_recovery_keys_default_safe_and_are_validated() {
+        let tcp = parse(MINIMAL).expect("valid").tcp;
+        assert_eq!(
+            (tcp.congestion_control, tcp.max_retransmissions, tcp.timeout_ms),
+            (CongestionControl::Cubic, 6, 10_000)
+        );
+        let policy = crate::engine::InterceptPolicy::from_config(&parse(MINIMAL).expect("valid")).expect("policy");
+        assert_eq!(policy.stack.congestion_control, netstack::CongestionControl::Cubic);
+        assert_eq!(policy.stack.max_retransmissions, 6);
+        for (word, control) in [
+            ("reno", CongestionControl::Reno),
+            ("none", CongestionControl::None),
+            ("cubic", CongestionControl::Cubic),
+        ] {
+            let set = parse(&format!(
+                "{MINIMAL}\n[tcp]\ncongestion_control = \"{word}\"\nmax_retransmissions = 15\n"
+            ))
+            .expect("valid")
+            .tcp;
+            assert_eq!((set.congestion_control, set.max_retransmissions), (control, 15));
+        }
+        for (line, key) in [
+            ("congestion_control = \"bbr\"", "bbr"),
+            ("max_retransmissions = 0", "tcp.max_retransmissions"),
+            ("max_retransmissions = 31", "tcp.max_retransmissions"),
         ] {
             let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
             assert!(message.contains(key), "{line}: {message}");
