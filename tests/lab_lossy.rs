@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::lab::{
     box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, stop_impairment, tls_config, Appliance,
@@ -69,6 +70,21 @@ fn assert_impaired(link: &str) {
     }
 }
 
+/// Starts tlsgate printing its counters every second.
+fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
+    Appliance::start_reporting(lab, scratch, config, 1.0)
+}
+
+/// Stops tlsgate once every flow is gone (the last closes retransmitted
+/// through the loss, TIME-WAIT over); returns its final report.
+fn stop_when_drained(appliance: Appliance) -> serde_json::Value {
+    let drained = appliance.await_printed("tcp: 0 flows live", Duration::from_secs(60));
+    let (status, report, printed) = appliance.stop();
+    assert!(status.success(), "{printed}");
+    assert!(drained, "flows still live a minute after the downloads: {report}");
+    report
+}
+
 /// The final report: every session opened finished, none was reset or
 /// dropped by a timer, none was still open at stop, and no flow is left.
 fn assert_clean(report: &serde_json::Value, sessions: usize) {
@@ -103,10 +119,9 @@ fn tls_small_downloads_with_loss_on(link: &str, port: usize) {
     serve(&origin, &body);
     let (config, ca) = tls_config(&scratch, &origin.cert());
     impair(link, IMPAIRMENT, IMPAIRMENT);
-    let appliance = Appliance::start(&lab, &scratch, &config);
+    let appliance = start(&lab, &scratch, &config);
     download_all(&lab, &ca, &scratch, &body);
-    let (status, report, printed) = appliance.stop();
-    assert!(status.success(), "{printed}");
+    let report = stop_when_drained(appliance);
     assert_impaired(link);
     assert_clean(&report, DOWNLOADS);
     assert_eq!(report["tcp"]["tls_intercepted"], DOWNLOADS, "{report}");
@@ -135,10 +150,9 @@ fn splice_is_byte_exact_with_loss_on_the_client_link() {
     serve(&origin, &body);
     let config = splice_config(&scratch);
     impair("client", IMPAIRMENT, IMPAIRMENT);
-    let appliance = Appliance::start(&lab, &scratch, &config);
+    let appliance = start(&lab, &scratch, &config);
     download_all(&lab, &origin.cert(), &scratch, &body);
-    let (status, report, printed) = appliance.stop();
-    assert!(status.success(), "{printed}");
+    let report = stop_when_drained(appliance);
     assert_impaired("client");
     assert_clean(&report, DOWNLOADS);
     assert_corrupted_dropped(&report, 0);
@@ -159,11 +173,10 @@ fn the_inspection_loop_is_byte_exact_with_loss_on_both_box_links() {
     impair("inspect-in", IMPAIRMENT, IMPAIRMENT);
     let dir = box_dir(&scratch);
     inspect_box(&["bridge", &dir]);
-    let appliance = Appliance::start(&lab, &scratch, &config);
+    let appliance = start(&lab, &scratch, &config);
     download_all(&lab, &ca, &scratch, &body);
-    let (status, report, printed) = appliance.stop();
+    let report = stop_when_drained(appliance);
     inspect_box(&["stop", &dir]);
-    assert!(status.success(), "{printed}");
     assert_impaired("inspect-out");
     assert_impaired("inspect-in");
     assert_clean(&report, DOWNLOADS);
@@ -186,7 +199,7 @@ fn a_20_mib_download_through_interception_finishes_with_loss_on_the_client_link(
     serve(&origin, &body);
     let (config, ca) = tls_config(&scratch, &origin.cert());
     impair("client", IMPAIRMENT, IMPAIRMENT);
-    let appliance = Appliance::start(&lab, &scratch, &config);
+    let appliance = start(&lab, &scratch, &config);
     let path = scratch.path("bulk.bin");
     let result = output(
         lab.cmd(CLI, "curl")
@@ -198,8 +211,7 @@ fn a_20_mib_download_through_interception_finishes_with_loss_on_the_client_link(
     );
     assert!(result.status.success(), "curl: {}", text(&result.stderr));
     assert!(std::fs::read(&path).expect("download") == body, "byte-exact");
-    let (status, report, printed) = appliance.stop();
-    assert!(status.success(), "{printed}");
+    let report = stop_when_drained(appliance);
     assert_impaired("client");
     assert_clean(&report, 1);
     assert_corrupted_dropped(&report, 0);

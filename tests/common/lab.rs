@@ -89,16 +89,43 @@ pub struct Appliance {
 
 impl Appliance {
     pub fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
-        Appliance::spawn(lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+        Appliance::spawn(lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")), scratch, config, &[])
+    }
+
+    /// Like [`Appliance::start`], printing the counters every `seconds`
+    /// (see [`Appliance::await_printed`]).
+    pub fn start_reporting(lab: &Lab, scratch: &Scratch, config: &Path, seconds: f64) -> Appliance {
+        let seconds = seconds.to_string();
+        Appliance::spawn(
+            lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")),
+            scratch,
+            config,
+            &["--stats-interval", &seconds],
+        )
+    }
+
+    /// Waits up to `limit` for a line containing `text` printed from now
+    /// on (what was printed before is skipped); returns whether it came.
+    pub fn await_printed(&self, text: &str, limit: Duration) -> bool {
+        for _ in self.lines.try_iter() {}
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// `tlsgate run` in this process's own namespace (for devices that need
     /// no network, such as memif).
     pub fn start_here(scratch: &Scratch, config: &Path) -> Appliance {
-        Appliance::spawn(Command::new(env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+        Appliance::spawn(Command::new(env!("CARGO_BIN_EXE_tlsgate")), scratch, config, &[])
     }
 
-    fn spawn(mut command: Command, scratch: &Scratch, config: &Path) -> Appliance {
+    fn spawn(mut command: Command, scratch: &Scratch, config: &Path, options: &[&str]) -> Appliance {
         let report = scratch.path("report.json");
         let mut child = command
             .arg("run")
@@ -106,6 +133,7 @@ impl Appliance {
             .arg(config)
             .arg("--report-json")
             .arg(&report)
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
