@@ -343,7 +343,7 @@ fn with_fail_open_twenty_https_downloads_outlive_a_box_that_dies_mid_transfer() 
     let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
     let dir = box_dir(&scratch);
     // The box stops (its bridge is gone: the loop legs' retransmissions go
-    // unanswered, three rounds, about 15 s), or its links go down (the next
+    // unanswered, four rounds, about 31 s), or its links go down (the next
     // link check).
     for (death, args, note) in [
         (

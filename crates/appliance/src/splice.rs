@@ -345,9 +345,10 @@ const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Unanswered retransmission rounds after which the inspection box counts
 /// as dead on a loop leg (instead of `tcp.max_retransmissions`): the box is
-/// next to the appliance, so it gets about 15 s (rounds at 1, 3 and 7 s,
-/// given up when the fourth is due) before `inspect.failure` applies.
-const LOOP_MAX_RETRANSMISSIONS: u32 = 3;
+/// next to the appliance, so it gets about 31 s (rounds at 1, 3, 7 and
+/// 15 s, given up when the fifth is due) before `inspect.failure` applies,
+/// enough for a box link losing 5% of the frames either way.
+const LOOP_MAX_RETRANSMISSIONS: u32 = 4;
 
 /// Counters of the splice layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]

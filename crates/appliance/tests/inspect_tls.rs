@@ -233,7 +233,7 @@ fn an_https_upload_and_download_outlive_a_box_that_dies_when_failing_open() {
         client.writer().write_all(&request).unwrap();
         let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
         let (mut answered, mut dead) = (false, false);
-        let ended = lab.run_until(30_000, |lab| {
+        let ended = lab.run_until(50_000, |lab| {
             if lab.client.tcp(socket).state() == State::Established {
                 drive(&mut lab.client, socket, &mut client, &mut at_client);
             }
