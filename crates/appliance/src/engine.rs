@@ -286,6 +286,7 @@ impl<P: Port> Engine<P> {
             flows_refused: stack.flows_refused,
             syn_retransmits_withheld: stack.syn_retransmits_withheld,
             dead_peers: stack.dead_peers,
+            synacks_repeated: stack.synacks_repeated,
             connect_timeouts: stack.connect_timeouts,
             splice,
             forged_cache_hits: forge.hits,

@@ -126,6 +126,8 @@ pub struct StackCounters {
     /// `max_retransmissions` retransmission rounds (each also emitted
     /// [`EventKind::TimedOut`]).
     pub dead_peers: u64,
+    /// SYN-ACKs sent again at once because the peer retransmitted its SYN.
+    pub synacks_repeated: u64,
     /// Flows still opening given up because their peer stayed silent for
     /// the connect timeout (each also emitted [`EventKind::TimedOut`]).
     pub connect_timeouts: u64,
@@ -197,6 +199,11 @@ struct Flow {
     /// An accepted flow whose client's SYN retransmissions make this
     /// connecting flow send its SYN again.
     syn_follower: Option<FlowId>,
+    /// The SYN-ACK an accepted flow sent, while it waits for the ACK: sent
+    /// again when the peer retransmits its SYN (smoltcp ignores a SYN in
+    /// SYN-RECEIVED; Linux answers it), so a lost SYN-ACK costs the peer's
+    /// retransmission interval, not that plus smoltcp's own.
+    synack: Option<Vec<u8>>,
 }
 
 /// The SYN of a connecting flow that is sent once, and again only as often
@@ -450,6 +457,7 @@ impl Stack {
             before_fin: None,
             syn_mirror: None,
             syn_follower: None,
+            synack: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -571,6 +579,22 @@ impl Stack {
         }
     }
 
+    /// Sends the SYN-ACK of the accepted flow `id` again, if it still waits
+    /// for the ACK (its peer retransmitted the SYN).
+    fn repeat_synack(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow(id) else {
+            return;
+        };
+        if flow.socket().state() != tcp::State::SynReceived {
+            return;
+        }
+        let port = flow.key.port;
+        if let Some(frame) = flow.synack.clone() {
+            self.counters.synacks_repeated += 1;
+            self.output.push(OutFrame { port, frame });
+        }
+    }
+
     /// Transparent connect: opens a flow on `port` towards `tuple.dst` from
     /// `tuple.src` (the client's own address and port), framed with `l2`.
     pub fn connect(
@@ -620,6 +644,7 @@ impl Stack {
             if let Some(server) = follower {
                 self.repeat_syn(server);
             }
+            self.repeat_synack(flow);
         }
         Ok(())
     }
@@ -740,6 +765,15 @@ impl Stack {
                 .any(|out| out.frame.get(flow.l2.len()..).is_some_and(occupies_sequence));
         if retransmitted && !timed_out {
             flow.unanswered_rounds = flow.unanswered_rounds.saturating_add(1);
+        }
+        if flow.socket().state() != tcp::State::SynReceived {
+            flow.synack = None;
+        } else if flow.synack.is_none() {
+            let l2 = flow.l2.len();
+            flow.synack = output.get(output_before..).unwrap_or_default().iter().find_map(|out| {
+                let synack = out.frame.get(l2..).and_then(tcp_segment).is_some_and(|tcp| tcp.syn() && tcp.ack());
+                synack.then(|| out.frame.clone())
+            });
         }
         if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
             // Still connecting and something went out: it was a SYN.
