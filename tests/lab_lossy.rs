@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::lab::{
-    box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, stop_impairment, tls_config, Appliance,
-    Lab, Origin, CLI,
+    box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, stop_impairment, tls_config, Appliance, Lab,
+    Origin, CLI,
 };
 use common::{output, repo, text, Scratch};
 

@@ -623,7 +623,10 @@ mod tests {
             Action::Block
         );
         // The rule never decides anything else.
-        assert_eq!(policy.at_hello(&t, Some("old.test"), Instant::ZERO).action, Action::Intercept);
+        assert_eq!(
+            policy.at_hello(&t, Some("old.test"), Instant::ZERO).action,
+            Action::Intercept
+        );
         assert_eq!(policy.at_syn(&t), None);
         assert_eq!(
             policy
@@ -648,12 +651,16 @@ mod tests {
             sni: vec!["public.test".into()],
             ..rule(Action::Intercept)
         }];
-        let blocking = Policy::new(&rules, Arc::default(), false).unwrap().with_ech(Action::Block);
+        let blocking = Policy::new(&rules, Arc::default(), false)
+            .unwrap()
+            .with_ech(Action::Block);
         assert_eq!(blocking.on_ech(&t, Some("other.test")).action, Action::Block);
         let overridden = blocking.on_ech(&t, Some("public.test"));
         assert_eq!(overridden.action, Action::Intercept);
         assert!(overridden.reason.contains("rule 1"), "{}", overridden.reason);
-        let bypassing = Policy::new(&[], Arc::default(), false).unwrap().with_ech(Action::Bypass);
+        let bypassing = Policy::new(&[], Arc::default(), false)
+            .unwrap()
+            .with_ech(Action::Bypass);
         assert_eq!(bypassing.on_ech(&t, None).action, Action::Bypass);
     }
 

@@ -39,7 +39,11 @@ fn a_leg_making_slow_progress_through_heavy_loss_is_never_dropped() {
     );
     let lost = lab.links[0].lost + lab.links[3].lost;
     let counters = lab.engine.splicer().counters();
-    assert_eq!((counters.resets, lab.engine.stack().counters().dead_peers), (0, 0), "lost {lost}");
+    assert_eq!(
+        (counters.resets, lab.engine.stack().counters().dead_peers),
+        (0, 0),
+        "lost {lost}"
+    );
     for link in [0, 3] {
         lab.links[link].loss_percent = 0;
         lab.links[link].reorder_percent = 0;
@@ -76,8 +80,13 @@ fn a_client_that_vanishes_mid_download_is_dead_after_its_retransmissions_and_cou
     assert!(after > Duration::from_secs(60), "given up after {after}");
     let stack = lab.engine.stack().counters();
     let splice = lab.engine.splicer().counters();
-    assert_eq!((stack.dead_peers, stack.connect_timeouts, splice.resets), (1, 0, 1), "{stack:?} {splice:?}");
+    assert_eq!(
+        (stack.dead_peers, stack.connect_timeouts, splice.resets),
+        (1, 0, 1),
+        "{stack:?} {splice:?}"
+    );
     // The server was told with a RST.
-    assert!(lab.run_until(1_000, |lab| lab.server.tcp(server).state() == smoltcp::socket::tcp::State::Closed));
+    assert!(lab.run_until(1_000, |lab| lab.server.tcp(server).state()
+        == smoltcp::socket::tcp::State::Closed));
     assert_no_leaks(&mut lab);
 }

@@ -46,7 +46,9 @@ fn setup(
     let log = scratch.0.join("connections.log");
     let connection_log = Arc::new(ConnectionLog::open(&log).unwrap());
     let mut intercept = policy(&[443]);
-    intercept.rules = Policy::new(rules, std::sync::Arc::default(), false).unwrap().with_ech(ech);
+    intercept.rules = Policy::new(rules, std::sync::Arc::default(), false)
+        .unwrap()
+        .with_ech(ech);
     let lab = Lab::with_engine(&intercept, |engine| {
         engine.with_tls(context).with_connection_log(connection_log)
     });

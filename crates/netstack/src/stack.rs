@@ -771,7 +771,11 @@ impl Stack {
         } else if flow.synack.is_none() {
             let l2 = flow.l2.len();
             flow.synack = output.get(output_before..).unwrap_or_default().iter().find_map(|out| {
-                let synack = out.frame.get(l2..).and_then(tcp_segment).is_some_and(|tcp| tcp.syn() && tcp.ack());
+                let synack = out
+                    .frame
+                    .get(l2..)
+                    .and_then(tcp_segment)
+                    .is_some_and(|tcp| tcp.syn() && tcp.ack());
                 synack.then(|| out.frame.clone())
             });
         }

@@ -255,7 +255,12 @@ fn idle_connections_live_on_and_peers_silent_through_every_retransmission_are_de
     assert!(pair.saw('c', EventKind::TimedOut) && pair.saw('c', EventKind::Closed));
     let data_segments = pair.frames_to_acceptor[sent_before..]
         .iter()
-        .filter(|frame| wire::classify(frame).unwrap().l4_range().is_some_and(|l4| frame[l4].ends_with(b"anyone there?")))
+        .filter(|frame| {
+            wire::classify(frame)
+                .unwrap()
+                .l4_range()
+                .is_some_and(|l4| frame[l4].ends_with(b"anyone there?"))
+        })
         .count();
     assert_eq!(data_segments, 7, "the data once, then six retransmission rounds");
     let last = wire::classify(pair.frames_to_acceptor.last().unwrap()).unwrap();
