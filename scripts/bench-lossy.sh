@@ -11,14 +11,14 @@
 #
 # Usage: scripts/bench-lossy.sh [--link client|server] [--mb N] [--cc cubic|reno|none]
 #   (root; run through `flock /tmp/tlsgate-lab.lock`). Prints one line per point:
-#   path, impairment, MB/s (size / curl's time_total) or "failed".
+#   path, impairment, MB/s (size / curl's time_total; at most 180 s) or "failed".
 # Env: TLSGATE (default target/debug/tlsgate), TG_IMPAIR_BIN as lab-impair.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/lab-env.sh
 [[ $(id -u) -eq 0 ]] || { echo "bench-lossy.sh: must run as root" >&2; exit 1; }
 
-link=client mb=2 cc=cubic
+link=client mb=1 cc=cubic
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --link) link="$2"; shift 2 ;;
@@ -29,6 +29,7 @@ while [[ $# -gt 0 ]]; do
 done
 tlsgate="${TLSGATE:-target/debug/tlsgate}"
 work="$(mktemp -d /tmp/bench-lossy.XXXXXX)"
+chmod 0755 "$work" # nginx's workers serve from under it
 trap 'bash tests/lab/origin.sh stop "$work/origin" >/dev/null 2>&1 || true; bash scripts/lab-down.sh >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 "$tlsgate" ca init --dir "$work/ca" >/dev/null
@@ -55,7 +56,7 @@ point() { # $1: path, $2: impairment
   for _ in $(seq 100); do grep -q "tlsgate: running" "$work/tlsgate.log" 2>/dev/null && break; sleep 0.1; done
   ca="$work/origin/origin.crt"
   [[ "$mode" == tls ]] && ca="$work/ca/ca.pem"
-  if seconds="$(ip netns exec "$TG_NS_CLI" curl -sS --http1.1 --max-time 180 --cacert "$ca" \
+  if seconds="$(ip netns exec "$TG_NS_CLI" curl -fsS --http1.1 --max-time 180 --cacert "$ca" \
       --resolve "origin.test:443:$TG_SRV_V4" -o /dev/null -w '%{time_total}' https://origin.test/bulk.bin 2>/dev/null)"; then
     printf '%-7s %-58s %8.2f MB/s\n' "$mode" "$spec" "$(echo "$mb / $seconds" | bc -l)"
   else
