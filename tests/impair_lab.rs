@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::impair::{impair, stop_impairment};
-use common::lab::{curl, Appliance, Lab, Origin, CLI, SRV_V4};
+use common::lab::{curl, impair, stop_impairment, Appliance, Lab, Origin, CLI, SRV_V4};
 use common::{repo, text, Scratch};
 
 #[test]

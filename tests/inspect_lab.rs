@@ -9,64 +9,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, parallel_downloads, tls_config, Appliance, Lab, Origin};
+use common::lab::{box_dir, curl, inspect_box, inspect_config, parallel_downloads, Appliance, Lab, Origin};
 use common::{output, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
-
-/// A TLS config (tls_config) on the four-port lab config, with the
-/// inspection failure policy and a decrypted capture.
-fn inspect_config(scratch: &Scratch, origin: &Origin, failure: &str) -> (PathBuf, PathBuf) {
-    let (tls, ca) = tls_config(scratch, &origin.cert());
-    let tls_text = std::fs::read_to_string(&tls).expect("tls config");
-    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    let inspect = std::fs::read_to_string(repo().join("configs/lab-inspect.toml")).expect("lab-inspect.toml");
-    let extra = tls_text.strip_prefix(&lab).expect("tls_config extends lab.toml");
-    let config = format!(
-        "{}{extra}\n[capture]\npath = \"{}\"\nport_map = {{ 443 = 80 }}\n",
-        inspect
-            .replace("failure = \"fail_closed\"", &format!("failure = \"{failure}\""))
-            .replace("syn_timeout_ms = 1000", "syn_timeout_ms = 500"),
-        scratch.path("decrypted.pcap").display()
-    );
-    let path = scratch.path("inspect.toml");
-    std::fs::write(&path, config).expect("write config");
-    let checked = output(
-        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .args(["check", "--config"])
-            .arg(&path),
-    );
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
-    assert!(
-        text(&checked.stdout).contains("inspection:"),
-        "{}",
-        text(&checked.stdout)
-    );
-    (path, ca)
-}
-
-/// Runs scripts/inspect-box.sh with `args`.
-fn inspect_box(args: &[&str]) {
-    let result = output(
-        Command::new("bash")
-            .arg(repo().join("scripts/inspect-box.sh"))
-            .args(args),
-    );
-    assert!(
-        result.status.success(),
-        "inspect-box.sh {args:?}: {}{}",
-        text(&result.stdout),
-        text(&result.stderr)
-    );
-}
-
-fn box_dir(scratch: &Scratch) -> String {
-    scratch.path("box").display().to_string()
-}
 
 /// The connection log's records.
 fn connection_log(scratch: &Scratch) -> Vec<serde_json::Value> {
@@ -394,13 +344,14 @@ fn with_fail_open_twenty_https_downloads_outlive_a_box_that_dies_mid_transfer() 
     let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
     let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
     let dir = box_dir(&scratch);
-    // The box stops (its bridge is gone: the loop legs go silent until
-    // tcp.timeout_ms, 10 s), or its links go down (the next link check).
+    // The box stops (its bridge is gone: the loop legs' retransmissions go
+    // unanswered, four rounds, about 31 s), or its links go down (the next
+    // link check).
     for (death, args, note) in [
         (
             "stop",
             ["stop", dir.as_str()].as_slice(),
-            "the box went silent on inspect_",
+            "the box stopped answering on inspect_",
         ),
         (
             "linkdown",

@@ -12,8 +12,7 @@ mod common;
 
 use std::path::Path;
 
-use common::impair::{impair, stop_impairment};
-use common::lab::{tls_config, Appliance, Lab, Origin, CLI};
+use common::lab::{impair, stop_impairment, tls_config, Appliance, Lab, Origin, CLI};
 use common::{output, repo, text, Scratch};
 
 /// The round trip the element adds: 25 ms each way.

@@ -89,16 +89,43 @@ pub struct Appliance {
 
 impl Appliance {
     pub fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
-        Appliance::spawn(lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+        Appliance::spawn(lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")), scratch, config, &[])
+    }
+
+    /// Like [`Appliance::start`], printing the counters every `seconds`
+    /// (see [`Appliance::await_printed`]).
+    pub fn start_reporting(lab: &Lab, scratch: &Scratch, config: &Path, seconds: f64) -> Appliance {
+        let seconds = seconds.to_string();
+        Appliance::spawn(
+            lab.cmd(GW, env!("CARGO_BIN_EXE_tlsgate")),
+            scratch,
+            config,
+            &["--stats-interval", &seconds],
+        )
+    }
+
+    /// Waits up to `limit` for a line containing `text` printed from now
+    /// on (what was printed before is skipped); returns whether it came.
+    pub fn await_printed(&self, text: &str, limit: Duration) -> bool {
+        for _ in self.lines.try_iter() {}
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// `tlsgate run` in this process's own namespace (for devices that need
     /// no network, such as memif).
     pub fn start_here(scratch: &Scratch, config: &Path) -> Appliance {
-        Appliance::spawn(Command::new(env!("CARGO_BIN_EXE_tlsgate")), scratch, config)
+        Appliance::spawn(Command::new(env!("CARGO_BIN_EXE_tlsgate")), scratch, config, &[])
     }
 
-    fn spawn(mut command: Command, scratch: &Scratch, config: &Path) -> Appliance {
+    fn spawn(mut command: Command, scratch: &Scratch, config: &Path, options: &[&str]) -> Appliance {
         let report = scratch.path("report.json");
         let mut child = command
             .arg("run")
@@ -106,6 +133,7 @@ impl Appliance {
             .arg(config)
             .arg("--report-json")
             .arg(&report)
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -340,4 +368,103 @@ impl Capture {
         std::thread::sleep(Duration::from_millis(100));
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
+}
+
+/// tlsgate-impair, built beside tlsgate by `cargo test --workspace`.
+pub fn impair_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tlsgate")).with_file_name("tlsgate-impair");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p impair` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Puts the element on `link` with the given impairment each way.
+pub fn impair(link: &str, a_to_b: &str, b_to_a: &str) {
+    let result = output(
+        Command::new("bash")
+            .arg(repo().join("scripts/lab-impair.sh"))
+            .args([link, a_to_b, b_to_a])
+            .env("TG_IMPAIR_BIN", impair_binary()),
+    );
+    assert!(result.status.success(), "lab-impair.sh: {}", text(&result.stderr));
+}
+
+/// Stops the element on `link` and returns its final counters.
+pub fn stop_impairment(link: &str) -> serde_json::Value {
+    let result = output(
+        Command::new("bash")
+            .arg(repo().join("scripts/lab-impair.sh"))
+            .args(["stop", link]),
+    );
+    assert!(result.status.success(), "lab-impair.sh stop: {}", text(&result.stderr));
+    let json = std::fs::read(format!("/tmp/tlsgate-impair-{link}.json")).expect("the element's counters");
+    serde_json::from_slice(&json).expect("counters JSON")
+}
+
+/// A TLS config (tls_config) on the four-port lab config, with the
+/// inspection failure policy, a 500 ms `inspect.syn_timeout_ms` (the box is
+/// a local bridge) and a decrypted capture.
+pub fn inspect_config(scratch: &Scratch, origin: &Origin, failure: &str) -> (PathBuf, PathBuf) {
+    inspect_config_with(scratch, origin, failure, Some(500))
+}
+
+/// Like [`inspect_config`], with `syn_timeout_ms` (`None`: lab-inspect.toml's,
+/// the default).
+pub fn inspect_config_with(
+    scratch: &Scratch,
+    origin: &Origin,
+    failure: &str,
+    syn_timeout_ms: Option<u64>,
+) -> (PathBuf, PathBuf) {
+    let (tls, ca) = tls_config(scratch, &origin.cert());
+    let tls_text = std::fs::read_to_string(&tls).expect("tls config");
+    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let inspect = std::fs::read_to_string(repo().join("configs/lab-inspect.toml")).expect("lab-inspect.toml");
+    let extra = tls_text.strip_prefix(&lab).expect("tls_config extends lab.toml");
+    let config = format!(
+        "{}{extra}\n[capture]\npath = \"{}\"\nport_map = {{ 443 = 80 }}\n",
+        inspect
+            .replace("failure = \"fail_closed\"", &format!("failure = \"{failure}\""))
+            .replace(
+                "syn_timeout_ms = 8000",
+                &format!("syn_timeout_ms = {}", syn_timeout_ms.unwrap_or(8000))
+            ),
+        scratch.path("decrypted.pcap").display()
+    );
+    let path = scratch.path("inspect.toml");
+    std::fs::write(&path, config).expect("write config");
+    let checked = output(
+        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(["check", "--config"])
+            .arg(&path),
+    );
+    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
+    assert!(
+        text(&checked.stdout).contains("inspection:"),
+        "{}",
+        text(&checked.stdout)
+    );
+    (path, ca)
+}
+
+/// Runs scripts/inspect-box.sh with `args`.
+pub fn inspect_box(args: &[&str]) {
+    let result = output(
+        Command::new("bash")
+            .arg(repo().join("scripts/inspect-box.sh"))
+            .args(args),
+    );
+    assert!(
+        result.status.success(),
+        "inspect-box.sh {args:?}: {}{}",
+        text(&result.stdout),
+        text(&result.stderr)
+    );
+}
+
+pub fn box_dir(scratch: &Scratch) -> String {
+    scratch.path("box").display().to_string()
 }

@@ -2,7 +2,6 @@
 //! `tlsgate` binary, and reading captures.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-pub mod impair;
 pub mod lab;
 
 use std::fs::File;

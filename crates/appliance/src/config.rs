@@ -82,7 +82,9 @@ pub struct Inspect {
     /// port's link is down).
     #[serde(default)]
     pub failure: InspectFailure,
-    /// How long the box has to pass a loop connection's SYN, in milliseconds.
+    /// How long the box has to pass a loop connection's SYN, in
+    /// milliseconds (the default 8 s covers SYN retransmissions at 1, 3 and
+    /// 7 s on a lossy box link).
     #[serde(default = "default_inspect_syn_timeout_ms")]
     pub syn_timeout_ms: u64,
 }
@@ -97,7 +99,7 @@ impl Default for Inspect {
 }
 
 fn default_inspect_syn_timeout_ms() -> u64 {
-    1_000
+    8_000
 }
 
 /// `inspect.failure`.
@@ -304,10 +306,20 @@ pub struct Tcp {
     /// Transmit buffer per socket (committed likewise).
     #[serde(default = "default_tcp_buffer")]
     pub tx_buffer: usize,
-    /// How long a peer may stay silent while a SYN or data is outstanding
-    /// before the connection is given up, in milliseconds.
+    /// How long a peer may stay silent while a SYN is outstanding before
+    /// the connection is given up (the connect timeout), in milliseconds.
+    /// Once open, data or a FIN outstanding needs this much silence and
+    /// `max_retransmissions` unanswered retransmissions.
     #[serde(default = "default_tcp_timeout_ms")]
     pub timeout_ms: u64,
+    /// Retransmission rounds an open connection's leg sends without
+    /// hearing from its peer before the peer counts as dead (like Linux's
+    /// `tcp_retries2`; the interval doubles each round, 1 s to 60 s).
+    #[serde(default = "default_max_retransmissions")]
+    pub max_retransmissions: u32,
+    /// The congestion control of both legs.
+    #[serde(default)]
+    pub congestion_control: CongestionControl,
     /// Answer the client's SYN only once the server has accepted (so a
     /// refused or silent server looks to the client exactly as it would
     /// without the appliance).
@@ -344,6 +356,8 @@ impl Default for Tcp {
             rx_buffer: default_tcp_buffer(),
             tx_buffer: default_tcp_buffer(),
             timeout_ms: default_tcp_timeout_ms(),
+            max_retransmissions: default_max_retransmissions(),
+            congestion_control: CongestionControl::default(),
             hold_synack: true,
             max_connections: default_max_connections(),
             at_capacity: AtCapacity::default(),
@@ -351,6 +365,29 @@ impl Default for Tcp {
             client_hello_timeout_ms: default_client_hello_timeout_ms(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+/// `tcp.congestion_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// CUBIC (RFC 9438), as Linux uses by default.
+    #[default]
+    Cubic,
+    /// NewReno-style AIMD.
+    Reno,
+    /// None: each leg sends its peer's whole window at once.
+    None,
+}
+
+impl From<CongestionControl> for netstack::CongestionControl {
+    fn from(control: CongestionControl) -> Self {
+        match control {
+            CongestionControl::Cubic => netstack::CongestionControl::Cubic,
+            CongestionControl::Reno => netstack::CongestionControl::Reno,
+            CongestionControl::None => netstack::CongestionControl::None,
         }
     }
 }
@@ -392,6 +429,9 @@ fn default_tcp_buffer() -> usize {
 }
 fn default_tcp_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_retransmissions() -> u32 {
+    6
 }
 fn default_true() -> bool {
     true
@@ -751,6 +791,12 @@ impl Config {
             return Err(invalid(
                 "tcp.timeout_ms",
                 format!("{} is out of range 100..=3600000", self.tcp.timeout_ms),
+            ));
+        }
+        if !(1..=30).contains(&self.tcp.max_retransmissions) {
+            return Err(invalid(
+                "tcp.max_retransmissions",
+                format!("{} is out of range 1..=30", self.tcp.max_retransmissions),
             ));
         }
         if self.tcp.max_connections == 0 {
@@ -1153,7 +1199,7 @@ device = "net_af_packet1,iface=gws0"
             InspectFailure::FailClosed,
             "fail closed by default"
         );
-        assert_eq!(config.inspect.syn_timeout_ms, 1000);
+        assert_eq!(config.inspect.syn_timeout_ms, 8000);
         let open = parse(&format!(
             "{MINIMAL}{pair}[inspect]\nfailure = \"fail_open\"\nsyn_timeout_ms = 300\n"
         ))
@@ -1227,6 +1273,38 @@ device = "net_af_packet1,iface=gws0"
             ("client_hello_timeout_ms = 10", "tcp.client_hello_timeout_ms"),
             ("handshake_timeout_ms = 700000", "tcp.handshake_timeout_ms"),
             ("idle_timeout_ms = 500", "tcp.idle_timeout_ms"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
+    }
+
+    #[test]
+    fn loss_recovery_keys_default_safe_and_are_validated() {
+        let tcp = parse(MINIMAL).expect("valid").tcp;
+        assert_eq!(
+            (tcp.congestion_control, tcp.max_retransmissions, tcp.timeout_ms),
+            (CongestionControl::Cubic, 6, 10_000)
+        );
+        let policy = crate::engine::InterceptPolicy::from_config(&parse(MINIMAL).expect("valid")).expect("policy");
+        assert_eq!(policy.stack.congestion_control, netstack::CongestionControl::Cubic);
+        assert_eq!(policy.stack.max_retransmissions, 6);
+        for (word, control) in [
+            ("reno", CongestionControl::Reno),
+            ("none", CongestionControl::None),
+            ("cubic", CongestionControl::Cubic),
+        ] {
+            let set = parse(&format!(
+                "{MINIMAL}\n[tcp]\ncongestion_control = \"{word}\"\nmax_retransmissions = 15\n"
+            ))
+            .expect("valid")
+            .tcp;
+            assert_eq!((set.congestion_control, set.max_retransmissions), (control, 15));
+        }
+        for (line, key) in [
+            ("congestion_control = \"bbr\"", "bbr"),
+            ("max_retransmissions = 0", "tcp.max_retransmissions"),
+            ("max_retransmissions = 31", "tcp.max_retransmissions"),
         ] {
             let message = rejection(&format!("{MINIMAL}\n[tcp]\n{line}\n"));
             assert!(message.contains(key), "{line}: {message}");

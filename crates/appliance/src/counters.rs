@@ -206,6 +206,15 @@ pub struct TcpTotals {
     /// Server legs' SYN retransmissions not sent because their client had
     /// not retransmitted its own SYN.
     pub syn_retransmits_withheld: u64,
+    /// Open legs given up because their peer answered none of
+    /// `tcp.max_retransmissions` retransmission rounds.
+    pub dead_peers: u64,
+    /// SYN-ACKs sent again at once because the peer retransmitted its SYN
+    /// (a lost SYN-ACK on a lossy link).
+    pub synacks_repeated: u64,
+    /// Legs given up because their SYN or SYN-ACK stayed unanswered for
+    /// `tcp.timeout_ms` (or a loop leg's for `inspect.syn_timeout_ms`).
+    pub connect_timeouts: u64,
     /// Sessions, bytes, TLS and policy outcomes (flattened in the JSON).
     #[serde(flatten)]
     pub splice: SpliceCounters,
@@ -236,6 +245,9 @@ impl std::ops::AddAssign for TcpTotals {
         self.flows_freed += other.flows_freed;
         self.flows_refused += other.flows_refused;
         self.syn_retransmits_withheld += other.syn_retransmits_withheld;
+        self.dead_peers += other.dead_peers;
+        self.synacks_repeated += other.synacks_repeated;
+        self.connect_timeouts += other.connect_timeouts;
         self.splice += other.splice;
         self.forged_cache_hits += other.forged_cache_hits;
         self.forged_cache_misses += other.forged_cache_misses;
@@ -360,6 +372,14 @@ impl fmt::Display for Report {
             tcp.splice.bytes_client_to_server,
             tcp.splice.bytes_server_to_client
         )?;
+        if tcp.dead_peers + tcp.connect_timeouts + tcp.synacks_repeated > 0 {
+            writeln!(
+                f,
+                "timers: {} legs dropped with their peer dead (every retransmission unanswered), \
+                 {} legs whose SYN or SYN-ACK went unanswered; {} SYN-ACKs repeated for retransmitted SYNs",
+                tcp.dead_peers, tcp.connect_timeouts, tcp.synacks_repeated
+            )?;
+        }
         let splice = &tcp.splice;
         let timeouts = splice.client_hello_timeouts + splice.handshake_timeouts + splice.idle_timeouts;
         if splice.refused_at_capacity

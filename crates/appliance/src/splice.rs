@@ -351,6 +351,13 @@ struct Session {
 /// [`InFlight`] record keeps.
 const TLS_BACKLOG: usize = 64 * 1024;
 
+/// Unanswered retransmission rounds after which the inspection box counts
+/// as dead on a loop leg (instead of `tcp.max_retransmissions`): the box is
+/// next to the appliance, so it gets about 31 s (rounds at 1, 3, 7 and
+/// 15 s, given up when the fifth is due) before `inspect.failure` applies,
+/// enough for a box link losing 5% of the frames either way.
+const LOOP_MAX_RETRANSMISSIONS: u32 = 4;
+
 /// Counters of the splice layer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SpliceCounters {
@@ -1273,6 +1280,7 @@ impl Splicer {
             now,
         ) {
             Ok(back) => {
+                let _ = stack.set_max_retransmissions(back, LOOP_MAX_RETRANSMISSIONS);
                 inspection.back = Some(back);
                 true
             }
@@ -1701,6 +1709,7 @@ impl Shared {
                     session.inspection_note = Some("inspected".into());
                     if let Some(settings) = self.inspection {
                         let _ = stack.set_timeout(event.flow, settings.timeout);
+                        let _ = stack.set_max_retransmissions(event.flow, LOOP_MAX_RETRANSMISSIONS);
                     }
                 }
                 self.pump(stack, index, session, now);
@@ -1721,15 +1730,12 @@ impl Shared {
                     .inspection
                     .is_some_and(|settings| settings.failure == InspectFailure::FailOpen) =>
             {
-                // The box went silent with bytes outstanding: it died.
-                let (side, waited) = (
-                    loop_side(leg),
-                    self.inspection.map_or(0, |settings| settings.timeout.total_millis()),
-                );
+                // The box answered none of the retransmissions: it died.
+                let side = loop_side(leg);
                 self.inspection_failed(
                     stack,
                     session,
-                    &format!("the box went silent on {side} for {waited} ms"),
+                    &format!("the box stopped answering on {side} (every retransmission unanswered)"),
                 );
                 self.pump(stack, index, session, now);
             }
@@ -1741,6 +1747,7 @@ impl Shared {
                     session.inspection_note = Some(format!("blocked by the inspector (reset on {side})"));
                     session.ended = Some("reset by the inspector".into());
                 } else {
+                    self.counters.resets += 1;
                     session.ended = Some(format!("inspection loop timed out on {side}"));
                 }
                 session.failed = true;

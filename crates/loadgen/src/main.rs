@@ -213,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         tx_buffer: cli.buffer,
         timeout: netstack::Duration::from_secs(10),
         max_flows: usize::try_from(cli.connections.saturating_mul(2).saturating_add(1024)).unwrap_or(usize::MAX),
+        ..StackConfig::default()
     };
     let epoch = Instant::now();
     let clock = || netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX));

@@ -506,6 +506,7 @@ fn measure_flows(flows: usize, options: &Options) -> Result<BTreeMap<&'static st
         tx_buffer: options.buffer,
         timeout: Duration::from_secs(options.timeout_secs),
         max_flows: flows,
+        ..StackConfig::default()
     };
     let rss_before = rss_kib();
     let mut stack = Stack::new(1, config, clock.now());

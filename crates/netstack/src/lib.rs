@@ -19,4 +19,4 @@ pub use device::{OutFrame, IP_MTU};
 pub use l2::L2Header;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use smoltcp::time::{Duration, Instant};
-pub use stack::{Event, EventKind, FlowId, FlowKey, Stack, StackConfig, StackCounters, StackError};
+pub use stack::{CongestionControl, Event, EventKind, FlowId, FlowKey, Stack, StackConfig, StackCounters, StackError};

@@ -16,6 +16,7 @@ use lazybuf::{Arena, ArenaError, BackedSocket, PAGE};
 use slab::Slab;
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
+pub use smoltcp::socket::tcp::CongestionControl;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpOption, TcpPacket};
 use thiserror::Error;
@@ -29,7 +30,7 @@ use crate::timer::TimerWheel;
 /// the pages of its buffers back.
 const BUFFER_LINGER: Duration = Duration::from_secs(1);
 
-/// Sizes and timeouts of the stack's sockets.
+/// Sizes, timeouts and congestion control of the stack's sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackConfig {
     /// Receive buffer of each socket, in bytes: the largest window it
@@ -38,10 +39,20 @@ pub struct StackConfig {
     pub rx_buffer: usize,
     /// Transmit buffer of each socket, in bytes (committed likewise).
     pub tx_buffer: usize,
-    /// A flow gives up when its peer stays silent this long while it has a
-    /// SYN, data or a FIN outstanding (this also bounds a connect). An idle
-    /// connection with nothing outstanding lives on.
+    /// A flow that is still opening (its SYN or SYN-ACK unanswered) gives
+    /// up when its peer stays silent this long: the connect timeout. An
+    /// open flow with data or a FIN outstanding needs this much silence
+    /// and also `max_retransmissions` unanswered retransmission rounds
+    /// (counted in [`StackCounters::dead_peers`]). An idle connection with nothing
+    /// outstanding lives on.
     pub timeout: Duration,
+    /// Retransmission rounds (smoltcp's timer firing and resending, its
+    /// interval doubling each time up to 60 s) an open flow sends without
+    /// hearing a single packet from its peer before the peer counts as
+    /// dead, like Linux's `tcp_retries2`.
+    pub max_retransmissions: u32,
+    /// The congestion control of every socket.
+    pub congestion_control: CongestionControl,
     /// Flows beyond this many are refused.
     pub max_flows: usize,
 }
@@ -52,6 +63,8 @@ impl Default for StackConfig {
             rx_buffer: 4 << 20,
             tx_buffer: 4 << 20,
             timeout: Duration::from_secs(10),
+            max_retransmissions: 6,
+            congestion_control: CongestionControl::Cubic,
             max_flows: 1 << 20,
         }
     }
@@ -116,6 +129,15 @@ pub struct StackCounters {
     /// their client had not retransmitted its own SYN (see
     /// [`Stack::mirror_syn`]).
     pub syn_retransmits_withheld: u64,
+    /// Open flows given up because their peer answered none of
+    /// `max_retransmissions` retransmission rounds (each also emitted
+    /// [`EventKind::TimedOut`]).
+    pub dead_peers: u64,
+    /// SYN-ACKs sent again at once because the peer retransmitted its SYN.
+    pub synacks_repeated: u64,
+    /// Flows still opening given up because their peer stayed silent for
+    /// the connect timeout (each also emitted [`EventKind::TimedOut`]).
+    pub connect_timeouts: u64,
 }
 
 /// Why a stack operation failed.
@@ -166,6 +188,11 @@ struct Flow {
     waiting_since: Option<Instant>,
     /// How long the peer may stay silent while the flow waits for it.
     timeout: Duration,
+    /// Retransmission rounds sent since the peer was last heard, and how
+    /// many make an open flow's peer dead (see
+    /// `StackConfig::max_retransmissions`).
+    unanswered_rounds: u32,
+    max_rounds: u32,
     /// The client's timestamp clock (its SYN's TSval, and when it came):
     /// both legs send timestamps that continue it, so the server sees the
     /// client's own monotonic clock (and accepts a SYN for a 4-tuple it
@@ -181,6 +208,11 @@ struct Flow {
     /// An accepted flow whose client's SYN retransmissions make this
     /// connecting flow send its SYN again.
     syn_follower: Option<FlowId>,
+    /// The SYN-ACK an accepted flow sent, while it waits for the ACK: sent
+    /// again when the peer retransmits its SYN (smoltcp ignores a SYN in
+    /// SYN-RECEIVED; Linux answers it), so a lost SYN-ACK costs the peer's
+    /// retransmission interval, not that plus smoltcp's own.
+    synack: Option<Vec<u8>>,
 }
 
 /// The SYN of a connecting flow that is sent once, and again only as often
@@ -507,6 +539,7 @@ impl Stack {
             self.counters.flows_refused += 1;
             return Err(StackError::TooManyFlows(self.config.max_flows));
         }
+        let congestion_control = self.config.congestion_control;
         let backed = BackedSocket::new(&self.arena, self.config.rx_buffer, self.config.tx_buffer, |rx, tx| {
             let mut socket = tcp::Socket::new(rx, tx);
             // A relay forwards what it has at once, like TCP_NODELAY in a proxy.
@@ -514,6 +547,7 @@ impl Stack {
             // Timestamps (RFC 7323) let a server accept our SYN for a 4-tuple it
             // still holds in TIME-WAIT, as it does for a reconnecting client.
             socket.set_tsval_generator(Some(tcp_timestamp));
+            socket.set_congestion_control(congestion_control);
             // smoltcp's own timeout also fires on idle connections: the stack
             // applies `StackConfig::timeout` itself (see `waiting_on_peer`).
             socket
@@ -566,10 +600,13 @@ impl Stack {
             held: false,
             waiting_since: None,
             timeout: self.config.timeout,
+            unanswered_rounds: 0,
+            max_rounds: self.config.max_retransmissions,
             timestamp_origin: None,
             before_fin: None,
             syn_mirror: None,
             syn_follower: None,
+            synack: None,
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -617,7 +654,7 @@ impl Stack {
             flow.held = hold_synack;
             flow.timestamp_origin = tsval.map(|tsval| (tsval, now));
         }
-        self.poll_flow(id, Some(packet), now);
+        self.poll_flow(id, Poll::Packet(packet), now);
         // A SYN the socket did not take (bad checksum, say) opens nothing.
         if self.flow(id).map(|flow| flow.socket().state()) == Ok(tcp::State::Listen) {
             self.discard(id);
@@ -692,6 +729,22 @@ impl Stack {
         }
     }
 
+    /// Sends the SYN-ACK of the accepted flow `id` again, if it still waits
+    /// for the ACK (its peer retransmitted the SYN).
+    fn repeat_synack(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow(id) else {
+            return;
+        };
+        if flow.socket().state() != tcp::State::SynReceived {
+            return;
+        }
+        let port = flow.key.port;
+        if let Some(frame) = flow.synack.clone() {
+            self.counters.synacks_repeated += 1;
+            self.output.push(OutFrame { port, frame });
+        }
+    }
+
     /// Transparent connect: opens a flow on `port` towards `tuple.dst` from
     /// `tuple.src` (the client's own address and port), framed with `l2`.
     pub fn connect(
@@ -735,7 +788,7 @@ impl Stack {
             .and_then(|range| frame.get(range))
             .ok_or(StackError::NotASyn)?;
         self.counters.frames_in += 1;
-        self.poll_flow(flow, Some(packet), now);
+        self.poll_flow(flow, Poll::Packet(packet), now);
         // A client retransmitting its SYN: the server leg retries too.
         let retried_syn = class
             .tcp()
@@ -745,6 +798,7 @@ impl Stack {
             if let Some(server) = follower {
                 self.repeat_syn(server);
             }
+            self.repeat_synack(flow);
         }
         Ok(())
     }
@@ -759,7 +813,7 @@ impl Stack {
                 if let Ok(flow) = self.flow_mut(id) {
                     flow.timer = None;
                 }
-                self.poll_flow(id, None, now);
+                self.poll_flow(id, Poll::Timer, now);
             }
         }
         self.due = due;
@@ -769,7 +823,7 @@ impl Stack {
     pub fn flush(&mut self, now: Instant) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for id in dirty.drain(..) {
-            self.poll_flow(id, None, now);
+            self.poll_flow(id, Poll::Owner, now);
         }
         self.dirty = dirty;
     }
@@ -787,7 +841,11 @@ impl Stack {
 
     /// Polls one flow with at most one incoming packet, then derives its
     /// events and reschedules its timer; frees it once smoltcp is done.
-    fn poll_flow(&mut self, id: FlowId, packet: Option<&[u8]>, now: Instant) {
+    fn poll_flow(&mut self, id: FlowId, poll: Poll<'_>, now: Instant) {
+        let packet = match poll {
+            Poll::Packet(packet) => Some(packet),
+            Poll::Timer | Poll::Owner => None,
+        };
         // A mirrored SYN may be retransmitted once its client has confirmed.
         let syn_client_confirmed = self
             .flow(id)
@@ -827,10 +885,21 @@ impl Stack {
         if let Some(packet) = packet {
             flow.last_heard = now;
             flow.saw_segment(packet);
+            flow.unanswered_rounds = 0;
         }
-        // Silent too long with something outstanding: give up (one RST).
-        let timed_out = flow.silent_since(now).is_some_and(|since| now >= since + flow.timeout);
+        let max_rounds = flow.max_rounds;
+        // Silent too long with something outstanding, and once open, every
+        // retransmission round unanswered when the next one is due: give up
+        // (one RST).
+        let opening = is_opening(flow.socket().state());
+        let timed_out = flow.silent_since(now).is_some_and(|since| now >= since + flow.timeout)
+            && (opening || matches!(poll, Poll::Timer) && flow.unanswered_rounds >= max_rounds);
         if timed_out {
+            if opening {
+                counters.connect_timeouts += 1;
+            } else {
+                counters.dead_peers += 1;
+            }
             flow.socket_mut().abort();
         }
         let (output_before, state_before) = (output.len(), flow.socket().state());
@@ -842,6 +911,31 @@ impl Stack {
         };
         flow.socket.poll(iface, now, &mut device);
         let still_connecting = flow.socket().state() == tcp::State::SynSent;
+        // A due timer that made an open flow send data, a SYN or a FIN
+        // again: its retransmission timer (or window probe) fired.
+        let retransmitted = matches!(poll, Poll::Timer)
+            && !opening
+            && output
+                .get(output_before..)
+                .unwrap_or_default()
+                .iter()
+                .any(|out| out.frame.get(flow.l2.len()..).is_some_and(occupies_sequence));
+        if retransmitted && !timed_out {
+            flow.unanswered_rounds = flow.unanswered_rounds.saturating_add(1);
+        }
+        if flow.socket().state() != tcp::State::SynReceived {
+            flow.synack = None;
+        } else if flow.synack.is_none() {
+            let l2 = flow.l2.len();
+            flow.synack = output.get(output_before..).unwrap_or_default().iter().find_map(|out| {
+                let synack = out
+                    .frame
+                    .get(l2..)
+                    .and_then(tcp_segment)
+                    .is_some_and(|tcp| tcp.syn() && tcp.ack());
+                synack.then(|| out.frame.clone())
+            });
+        }
         if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
             // Still connecting and something went out: it was a SYN.
             let sent_syn = state_before == tcp::State::SynSent && still_connecting && output.len() > output_before;
@@ -921,9 +1015,16 @@ impl Stack {
         if let Some(at) = release_at {
             deadline = Some(deadline.map_or(at, |due| due.min(at)));
         }
+        // An opening flow gives up after the silence; an open one when its
+        // next retransmission is due with every round spent (and not
+        // before the silence).
         if let Some(since) = flow.silent_since(now) {
             let give_up = since + flow.timeout;
-            deadline = Some(deadline.map_or(give_up, |at| at.min(give_up)));
+            if is_opening(flow.socket().state()) {
+                deadline = Some(deadline.map_or(give_up, |at| at.min(give_up)));
+            } else if flow.unanswered_rounds >= max_rounds {
+                deadline = Some(deadline.map_or(give_up, |at| at.max(give_up)));
+            }
         }
         if deadline != flow.timer {
             flow.timer = deadline;
@@ -967,6 +1068,14 @@ impl Stack {
     /// waits for it (a SYN, data or a FIN outstanding); from the next poll.
     pub fn set_timeout(&mut self, id: FlowId, timeout: Duration) -> Result<(), StackError> {
         self.flow_mut(id)?.timeout = timeout;
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Changes how many unanswered retransmission rounds make the open
+    /// flow's peer dead (see `StackConfig::max_retransmissions`).
+    pub fn set_max_retransmissions(&mut self, id: FlowId, rounds: u32) -> Result<(), StackError> {
+        self.flow_mut(id)?.max_rounds = rounds;
         self.dirty.push(id);
         Ok(())
     }
@@ -1169,6 +1278,28 @@ fn waiting_on_peer(flow: &Flow) -> bool {
     }
 }
 
+/// What a flow is polled for.
+#[derive(Debug, Clone, Copy)]
+enum Poll<'a> {
+    /// A packet from its peer arrived.
+    Packet(&'a [u8]),
+    /// Its timer is due (a retransmission, a delayed ACK, a deadline).
+    Timer,
+    /// Its owner read, wrote, closed or changed it.
+    Owner,
+}
+
+/// Whether a flow is still opening: its SYN or SYN-ACK is unanswered.
+fn is_opening(state: tcp::State) -> bool {
+    matches!(state, tcp::State::SynSent | tcp::State::SynReceived)
+}
+
+/// Whether the IP packet carries a TCP segment that takes sequence space
+/// (data, a SYN or a FIN), unlike a bare ACK.
+fn occupies_sequence(packet: &[u8]) -> bool {
+    tcp_segment(packet).is_some_and(|tcp| tcp.syn() || tcp.fin() || !tcp.payload().is_empty())
+}
+
 /// Whether a state is past the handshake (a FIN may have been exchanged).
 fn was_synchronized(state: tcp::State) -> bool {
     !matches!(
@@ -1195,14 +1326,23 @@ fn ended_abnormally(state: tcp::State) -> bool {
 }
 
 fn is_rst(packet: &[u8]) -> bool {
-    let version = packet.first().map(|byte| byte >> 4);
-    let offset = match version {
-        Some(4) => packet.first().map(|byte| usize::from(byte & 0x0f) * 4),
-        Some(6) => Some(40),
-        _ => None,
+    tcp_segment(packet).is_some_and(|tcp| tcp.rst())
+}
+
+/// The TCP segment of an IP packet (IPv4 up to its total length; IPv6
+/// without extension headers, as the stack sends them).
+fn tcp_segment(packet: &[u8]) -> Option<TcpPacket<&[u8]>> {
+    let first = packet.first()?;
+    let (offset, end) = match first >> 4 {
+        4 => {
+            let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
+            (usize::from(first & 0x0f) * 4, total.min(packet.len()))
+        }
+        6 => {
+            let payload = usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]));
+            (40, (40 + payload).min(packet.len()))
+        }
+        _ => return None,
     };
-    offset
-        .and_then(|offset| packet.get(offset..))
-        .and_then(|tcp| TcpPacket::new_checked(tcp).ok())
-        .is_some_and(|tcp| tcp.rst())
+    TcpPacket::new_checked(packet.get(offset..end)?).ok()
 }

@@ -25,6 +25,7 @@ fn config() -> StackConfig {
         tx_buffer: 8192,
         timeout: Duration::from_secs(5),
         max_flows: 4,
+        ..StackConfig::default()
     }
 }
 
@@ -238,7 +239,7 @@ fn refusals_are_typed_errors() {
 }
 
 #[test]
-fn idle_connections_live_on_and_silent_peers_with_data_outstanding_time_out() {
+fn idle_connections_live_on_and_peers_silent_through_every_retransmission_are_dead() {
     let mut pair = Pair::new();
     let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
     let client = pair.connector.connect(0, &tuple(), l2, 0, pair.now).unwrap();
@@ -254,21 +255,37 @@ fn idle_connections_live_on_and_silent_peers_with_data_outstanding_time_out() {
     assert_eq!((pair.connector.live_flows(), pair.acceptor.live_flows()), (1, 1));
     assert!(!pair.saw('c', EventKind::TimedOut) && !pair.saw('a', EventKind::TimedOut));
 
-    // The peer vanishes while data is outstanding: given up after the
-    // timeout (5 s here), with one RST, not before.
+    // The peer vanishes while data is outstanding: smoltcp retransmits at
+    // 1, 3, 7, 15, 31 and 63 s (its timer doubling); the peer is dead when
+    // the seventh round is due (123 s: the timer stops at 60 s), long past
+    // the 5 s timeout, with one RST.
     pair.acceptor_gone = true;
+    let sent_before = pair.frames_to_acceptor.len();
+    let vanished = pair.now;
     pair.connector.send(client, b"anyone there?").unwrap();
-    for _ in 0..4_500 {
+    while pair.connector.live_flows() == 1 && pair.now < vanished + Duration::from_secs(200) {
         pair.step();
     }
-    assert_eq!(pair.connector.live_flows(), 1, "not before the timeout");
-    for _ in 0..1_000 {
-        pair.step();
-    }
-    assert_eq!(pair.connector.live_flows(), 0, "given up after the timeout");
+    let given_up_after = pair.now - vanished;
+    assert!(
+        given_up_after >= Duration::from_secs(123) && given_up_after < Duration::from_secs(124),
+        "given up after {given_up_after}"
+    );
     assert!(pair.saw('c', EventKind::TimedOut) && pair.saw('c', EventKind::Closed));
+    let data_segments = pair.frames_to_acceptor[sent_before..]
+        .iter()
+        .filter(|frame| {
+            wire::classify(frame)
+                .unwrap()
+                .l4_range()
+                .is_some_and(|l4| frame[l4].ends_with(b"anyone there?"))
+        })
+        .count();
+    assert_eq!(data_segments, 7, "the data once, then six retransmission rounds");
     let last = wire::classify(pair.frames_to_acceptor.last().unwrap()).unwrap();
     assert!(last.tcp().unwrap().1.flags.rst, "the last frame sent is a RST");
+    let counters = pair.connector.counters();
+    assert_eq!((counters.dead_peers, counters.connect_timeouts), (1, 0));
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn full_stack() -> Stack {
         tx_buffer: 4096,
         timeout: Duration::from_secs(5),
         max_flows: 1,
+        ..StackConfig::default()
     };
     let mut stack = Stack::new(1, config, Instant::ZERO);
     let first = segment("198.18.0.1:40000", "198.18.0.2:443", SegmentControl::Syn, None);

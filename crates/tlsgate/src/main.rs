@@ -377,13 +377,16 @@ fn check(config_path: &Path) -> Result<()> {
     } else {
         let tcp = &config.tcp;
         say!(
-            "  intercept: new TCP connections to ports {:?}, mode {:?}; socket buffers {}/{} B, timeout {} ms, \
+            "  intercept: new TCP connections to ports {:?}, mode {:?}; socket buffers {}/{} B, connect timeout {} ms, \
+             a peer dead after {} unanswered retransmissions, congestion control {:?}, \
              SYN-ACK {} the server accepts, at most {} connections per worker",
             intercept.tcp_ports,
             intercept.mode,
             tcp.rx_buffer,
             tcp.tx_buffer,
             tcp.timeout_ms,
+            tcp.max_retransmissions,
+            tcp.congestion_control,
             if tcp.hold_synack { "held until" } else { "sent before" },
             tcp.max_connections
         )?;

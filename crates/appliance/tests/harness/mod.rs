@@ -418,6 +418,7 @@ pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
             tx_buffer: 32 * 1024,
             timeout: netstack::Duration::from_secs(3),
             max_flows: 100_000,
+            ..StackConfig::default()
         },
         hold_synack: true,
         ..InterceptPolicy::default()

@@ -125,6 +125,7 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
         tx_buffer: buffer,
         timeout: Duration::from_secs(5),
         max_flows: 100_000,
+        ..StackConfig::default()
     };
     let policy = InterceptPolicy {
         tcp_ports: vec![443],
