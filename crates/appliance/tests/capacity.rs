@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use appliance::connlog::ConnectionLog;
+use harness::tls::Scratch;
 use harness::{
     assert_no_leaks, close_both, connect, exchange, pattern, policy, tcp, transfer, v4, Lab, SERVER_MAC, SERVER_V4,
 };
@@ -28,24 +29,6 @@ const PORT: u16 = 443;
 /// host does not own, so the server stays silent to them (as a real one
 /// does when its SYN-ACKs go nowhere) and its listeners stay free.
 const SPOOF_TARGET: [u8; 4] = [198, 18, 0, 3];
-
-/// A scratch directory removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("appliance-capacity-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A TLS context with a fresh CA (trusted upstream: only itself, which no
 /// test server presents; these tests never finish a handshake).
@@ -118,7 +101,7 @@ fn log_frames(lab: &mut Lab) {
 #[test]
 fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it() {
     const TABLE: usize = 4;
-    let scratch = Scratch::new("full");
+    let scratch = Scratch::new("capacity-full");
     let context = tls_context(&scratch);
     let log_path = scratch.0.join("connections.jsonl");
     let log = Arc::new(ConnectionLog::open(&log_path).unwrap());
@@ -427,7 +410,7 @@ fn the_idle_timeout_resets_only_connections_that_carry_nothing() {
 /// never answers TLS) is reset after the handshake timeout, not before.
 #[test]
 fn tls_handshakes_that_do_not_finish_are_timed_out() {
-    let scratch = Scratch::new("handshake");
+    let scratch = Scratch::new("capacity-handshake");
     let context = tls_context(&scratch);
     let mut policy = policy(&[PORT]);
     policy.limits.handshake_timeout = Duration::from_secs(2);
