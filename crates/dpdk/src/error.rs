@@ -15,6 +15,8 @@ pub enum DpdkError {
     PoolCreate { name: String, size: u32, reason: String },
     #[error("no DPDK port named {0:?}: is the device spec right, and was its driver loaded?")]
     PortNotFound(String),
+    #[error("{0:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0")]
+    NotAVirtualDevice(String),
     #[error(
         "port {port} ({name}): driver {driver:?} has neither RSS nor af_packet's kernel fanout, so tlsgate spreads \
          this port's frames itself (one receive queue, read by worker 0 and handed to the others by a symmetric flow \

@@ -77,6 +77,36 @@ pub fn vdev_name(spec: &str) -> Option<&str> {
         .filter(|name| name.starts_with("net_") && name.len() > "net_".len())
 }
 
+/// For the lab's single-threaded tools (the load generator, the impairment
+/// element): starts EAL with `eal_args` and the two virtual devices
+/// `specs`, and opens each with one promiscuous queue pair on one pool of
+/// `mbufs` named `pool_name`.
+pub fn open_vdev_pair(
+    eal_args: &str,
+    specs: [&str; 2],
+    pool_name: &str,
+    mbufs: u32,
+) -> Result<[EthQueue; 2], DpdkError> {
+    let mut args: Vec<String> = eal_args.split_whitespace().map(str::to_owned).collect();
+    let mut names = [""; 2];
+    for (name, spec) in names.iter_mut().zip(specs) {
+        *name = vdev_name(spec).ok_or_else(|| DpdkError::NotAVirtualDevice(spec.to_owned()))?;
+        args.extend(["--vdev".to_owned(), spec.to_owned()]);
+    }
+    let eal = Eal::init(&args)?;
+    let pool = Mempool::new(&eal, pool_name, mbufs, -1)?;
+    let config = EthDevConfig {
+        queues: 1,
+        rx_descriptors: 1024,
+        tx_descriptors: 1024,
+        promiscuous: true,
+    };
+    Ok([
+        EthDev::open(&eal, names[0], &pool, config)?.queue(0)?,
+        EthDev::open(&eal, names[1], &pool, config)?.queue(0)?,
+    ])
+}
+
 /// A Toeplitz key of `len` bytes that hashes both directions of a flow
 /// alike: 0x6d, 0x5a repeated. Its 16-bit period makes the hash of
 /// (src, dst, sport, dport) equal to that of (dst, src, dport, sport) for

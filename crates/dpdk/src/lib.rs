@@ -22,7 +22,8 @@ mod ring;
 pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
 pub use ethdev::{
-    symmetric_rss_key, vdev_name, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF,
+    open_vdev_pair, symmetric_rss_key, vdev_name, DeviceInfo, EthDev, EthDevConfig, EthQueue, RxSteering,
+    SYMMETRIC_RSS_HF,
 };
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MBUF_FRAME_BYTES};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dpdk::{Eal, EthDev, EthDevConfig, EthQueue, Mbuf, Mempool, PacketBuf, Port};
+use dpdk::{EthQueue, Mbuf, PacketBuf, Port};
 use impair::{Impairment, ImpairmentStats, Spec};
 
 /// Bridges two ports, delaying, losing, reordering, duplicating, corrupting
@@ -74,11 +74,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn device_name(spec: &str) -> Result<&str> {
-    dpdk::vdev_name(spec)
-        .with_context(|| format!("{spec:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0"))
-}
-
 fn copy_of(port: &mut EthQueue, frame: &Mbuf) -> Option<Mbuf> {
     let mut copy = port.alloc()?;
     copy.grow_back(frame.data().len())?.copy_from_slice(frame.data());
@@ -88,23 +83,8 @@ fn copy_of(port: &mut EthQueue, frame: &Mbuf) -> Option<Mbuf> {
 fn run(cli: Cli) -> Result<()> {
     let a_to_b = Spec::parse(&cli.a_to_b).context("--a-to-b")?;
     let b_to_a = Spec::parse(&cli.b_to_a).context("--b-to-a")?;
-    let mut eal_args: Vec<String> = cli.eal_args.split_whitespace().map(str::to_owned).collect();
-    for spec in [&cli.a, &cli.b] {
-        device_name(spec)?;
-        eal_args.extend(["--vdev".to_owned(), spec.clone()]);
-    }
-    let eal = Eal::init(&eal_args).context("EAL")?;
-    let pool = Mempool::new(&eal, "impair_frames", cli.mbufs, -1)?;
-    let config = EthDevConfig {
-        queues: 1,
-        rx_descriptors: 1024,
-        tx_descriptors: 1024,
-        promiscuous: true,
-    };
-    let mut ports = [
-        EthDev::open(&eal, device_name(&cli.a)?, &pool, config)?.queue(0)?,
-        EthDev::open(&eal, device_name(&cli.b)?, &pool, config)?.queue(0)?,
-    ];
+    let mut ports =
+        dpdk::open_vdev_pair(&cli.eal_args, [&cli.a, &cli.b], "impair_frames", cli.mbufs).context("DPDK")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dpdk::{Eal, EthDev, EthDevConfig, Mempool, PacketBuf, Port};
+use dpdk::{PacketBuf, Port};
 use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse, CLIENT_SIDE};
 use netstack::{OutFrame, StackConfig};
 use rustls::pki_types::pem::PemObject;
@@ -137,11 +137,6 @@ fn tls_configs(cli: &Cli) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>)> {
 }
 
 /// The ethdev name of a virtual device spec (up to the first comma).
-fn ethdev_name(spec: &str) -> Result<&str> {
-    dpdk::vdev_name(spec)
-        .with_context(|| format!("{spec:?} is not a DPDK virtual device spec such as net_af_packet0,iface=eth0"))
-}
-
 fn run(cli: Cli) -> Result<()> {
     let hold = match cli.hold.as_str() {
         "idle" => Hold::Idle,
@@ -186,23 +181,13 @@ fn run(cli: Cli) -> Result<()> {
         bail!("--buffer {} is out of range 256..=16777216", cli.buffer);
     }
 
-    let mut eal_args: Vec<String> = cli.eal_args.split_whitespace().map(str::to_owned).collect();
-    for spec in [&cli.client_device, &cli.server_device] {
-        ethdev_name(spec)?;
-        eal_args.extend(["--vdev".to_owned(), spec.clone()]);
-    }
-    let eal = Eal::init(&eal_args).context("EAL")?;
-    let pool = Mempool::new(&eal, "loadgen_frames", cli.mbufs, -1)?;
-    let config = EthDevConfig {
-        queues: 1,
-        rx_descriptors: 1024,
-        tx_descriptors: 1024,
-        promiscuous: true,
-    };
-    let mut ports = [
-        EthDev::open(&eal, ethdev_name(&cli.client_device)?, &pool, config)?.queue(0)?,
-        EthDev::open(&eal, ethdev_name(&cli.server_device)?, &pool, config)?.queue(0)?,
-    ];
+    let mut ports = dpdk::open_vdev_pair(
+        &cli.eal_args,
+        [&cli.client_device, &cli.server_device],
+        "loadgen_frames",
+        cli.mbufs,
+    )
+    .context("DPDK")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
