@@ -33,3 +33,21 @@ pub const TARGETS: [(&str, Target); 4] = [
     ("tls_hello", tls_hello),
     ("config", config),
 ];
+
+/// The repository's `fuzz/` folder (corpora and regression inputs).
+pub fn fuzz_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
+
+/// The files of `dir`, sorted by name; none if it cannot be read.
+pub fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
