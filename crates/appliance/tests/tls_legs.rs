@@ -392,15 +392,7 @@ fn ech_is_intercepted_on_the_public_name_and_the_client_retries_without_it() {
 
     // The client's retry without ECH (as the ECH specification has it) is
     // intercepted like any other connection.
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let retry = ClientConnection::new(Arc::new(config), ServerName::try_from("origin.test").unwrap()).unwrap();
-    https_exchange(&mut lab, &origin, retry, 45_401);
+    https_exchange(&mut lab, &origin, client_tls(&ca), 45_401);
     let retried = records(&mut lab, &log, 2).remove(1);
     assert_eq!(retried["ech"], false, "{retried}");
     assert_eq!(retried["decision"], "intercept");

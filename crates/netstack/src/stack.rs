@@ -439,6 +439,20 @@ fn syn_tsval(tcp: &[u8]) -> Option<u32> {
 }
 
 /// A seed for smoltcp's generator of initial sequence numbers.
+/// The client SYN `frame` (classified as `class`): its 5-tuple and its IP
+/// packet; `NotASyn` for anything else.
+fn syn_packet<'f>(frame: &'f [u8], class: &'f FrameClass) -> Result<(&'f FlowTuple, &'f [u8]), StackError> {
+    let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
+    if !info.flags.syn || info.flags.ack || info.flags.rst {
+        return Err(StackError::NotASyn);
+    }
+    let packet = class
+        .ip_range()
+        .and_then(|range| frame.get(range))
+        .ok_or(StackError::NotASyn)?;
+    Ok((tuple, packet))
+}
+
 fn random_seed() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
@@ -628,14 +642,7 @@ impl Stack {
         owner: u64,
         now: Instant,
     ) -> Result<FlowId, StackError> {
-        let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
-        if !info.flags.syn || info.flags.ack || info.flags.rst {
-            return Err(StackError::NotASyn);
-        }
-        let packet = class
-            .ip_range()
-            .and_then(|range| frame.get(range))
-            .ok_or(StackError::NotASyn)?;
+        let (tuple, packet) = syn_packet(frame, class)?;
         let mut socket = self.new_socket()?;
         socket
             .socket_mut()
@@ -668,14 +675,7 @@ impl Stack {
     /// back as the addressed host's closed port would send it, so it works
     /// whatever the flow table holds.
     pub fn refuse(&mut self, port: usize, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
-        let (_, info) = class.tcp().ok_or(StackError::NotASyn)?;
-        if !info.flags.syn || info.flags.ack || info.flags.rst {
-            return Err(StackError::NotASyn);
-        }
-        let packet = class
-            .ip_range()
-            .and_then(|range| frame.get(range))
-            .ok_or(StackError::NotASyn)?;
+        let (_, packet) = syn_packet(frame, class)?;
         let iface = self.interfaces.get_mut(port).ok_or(StackError::NoSuchPort(port))?;
         let l2 = L2Header::reply_to(&class.l2);
         // No socket: smoltcp answers the SYN as a closed port does.
