@@ -431,6 +431,14 @@ impl fmt::Display for Report {
                 tcp.forged_cache_bytes
             )?;
         }
+        let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
+        if handshakes.count() + connections.count() > 0 {
+            writeln!(
+                f,
+                "latency: TLS handshakes (ClientHello to both done) {handshakes}; connections ended (SYN to end) \
+                 {connections}"
+            )?;
+        }
         let learned = &self.learned;
         if learned.added_fail_open + learned.added_client_auth + learned.pending_live + learned.pending_evicted > 0 {
             writeln!(

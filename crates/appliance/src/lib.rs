@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod directory;
 pub mod distribution;
 pub mod engine;
+pub mod histogram;
 pub mod learned;
 pub mod policy;
 pub mod preflight;
