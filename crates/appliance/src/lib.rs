@@ -22,6 +22,6 @@ pub mod worker;
 
 pub use config::{Config, ConfigError};
 pub use counters::Report;
-pub use dataplane::{Dataplane, DataplaneError};
+pub use dataplane::{Dataplane, DataplaneError, ReportSource};
 pub use preflight::preflight;
 pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};
