@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod metrics;
 mod output;
 
 use std::io::IsTerminal;
@@ -275,6 +276,10 @@ fn run(
         Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
         None => None,
     };
+    let metrics = match config.metrics.listen {
+        Some(address) => Some(metrics::serve(address, dataplane.report_source())?),
+        None => None,
+    };
     let started = Instant::now();
     let mut status = StatusLines::default();
     status.print(say!(
@@ -301,6 +306,8 @@ fn run(
         ));
     })?;
     let report = dataplane.report();
+    // The endpoint's thread reads the ports: it goes first.
+    drop(metrics);
     drop(dataplane);
     status.print(say!(
         "tlsgate: stopped after {:.1} s; final counters:\n{report}",
@@ -443,6 +450,10 @@ fn check(config_path: &Path) -> Result<()> {
     match &config.control.socket {
         Some(path) => say!("  control socket: {} (tlsgate learned list/clear)", path.display())?,
         None => say!("  control socket: none")?,
+    }
+    match config.metrics.listen {
+        Some(address) => say!("  metrics endpoint: http://{address}/metrics (Prometheus, tlsgate top)")?,
+        None => say!("  metrics endpoint: none")?,
     }
     if config.ports.inspect_out.is_some() {
         say!(
