@@ -4,6 +4,7 @@
 mod control;
 mod metrics;
 mod output;
+mod top;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,24 @@ enum Command {
         #[command(subcommand)]
         command: LearnedCommand,
     },
+    /// Watch a running instance through its metrics endpoint (`[metrics]
+    /// listen`): connection, TLS and byte rates, live connections, frames per
+    /// port, each worker's busy share, handshake and duration quantiles,
+    /// memory. Redraws the terminal until interrupted.
+    Top {
+        /// The configuration of the running instance (for its endpoint).
+        #[arg(long, short, required_unless_present = "endpoint", conflicts_with = "endpoint")]
+        config: Option<PathBuf>,
+        /// The endpoint's address (HOST:PORT) instead of --config.
+        #[arg(long, value_name = "ADDRESS")]
+        endpoint: Option<std::net::SocketAddr>,
+        /// Seconds between two readings (the rates are over this time).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+        /// Print one view (two readings an interval apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Replay a capture through the engine offline (DPDK pcap driver): the
     /// input enters on the client port, the output holds what leaves the
     /// server port.
@@ -190,6 +209,12 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ca { command } => ca(command),
         Command::Learned { command } => learned(command),
+        Command::Top {
+            config,
+            endpoint,
+            interval,
+            once,
+        } => top(config.as_deref(), endpoint, interval, once),
         Command::Replay {
             config,
             input,
@@ -600,6 +625,19 @@ fn learned(command: LearnedCommand) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+fn top(config_path: Option<&Path>, endpoint: Option<std::net::SocketAddr>, interval: f64, once: bool) -> Result<()> {
+    let interval = seconds(Some(interval), "--interval")?.unwrap_or(Duration::from_secs(1));
+    let address = match (endpoint, config_path) {
+        (Some(address), _) => address,
+        (None, Some(path)) => match Config::load(path)?.metrics.listen {
+            Some(address) => address,
+            None => bail!("{}: no [metrics] listen is configured, so the running instance cannot be read", path.display()),
+        },
+        (None, None) => bail!("give --config or --endpoint"),
+    };
+    top::run(address, interval, once)
 }
 
 fn ca(command: CaCommand) -> Result<()> {

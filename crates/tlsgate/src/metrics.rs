@@ -350,7 +350,7 @@ fn respond(head: &str, report: impl FnOnce() -> Report) -> (&'static str, &'stat
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use appliance::counters::{PortReport, PortTotals, TcpTotals, WorkerTotals};
 
@@ -393,6 +393,11 @@ mod tests {
             capture: None,
             rss_bytes: Some(1 << 20),
         }
+    }
+
+    /// The exposition of a report with a value in every kind of field.
+    pub(crate) fn sample_exposition() -> String {
+        exposition(&sample_report(), Format::Prometheus).expect("encodes")
     }
 
     fn line<'a>(text: &'a str, start: &str) -> &'a str {
