@@ -127,7 +127,8 @@ pub fn scrape(address: SocketAddr) -> Result<Reading> {
     let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).with_context(context)?;
     stream.set_read_timeout(Some(TIMEOUT)).with_context(context)?;
     stream.set_write_timeout(Some(TIMEOUT)).with_context(context)?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n").with_context(context)?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n");
+    stream.write_all(request.as_bytes()).with_context(context)?;
     let mut answer = Vec::new();
     stream.take(MAX_ANSWER).read_to_end(&mut answer).with_context(context)?;
     let at = Instant::now();
