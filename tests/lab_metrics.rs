@@ -82,15 +82,27 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
     let appliance = Appliance::start(&lab, &scratch, &config);
 
     let before = scrape(&lab, &[]);
-    assert_eq!(sample(&before, "tlsgate_tcp_sessions_opened_total"), Some(0.0), "{before}");
-    assert_eq!(sample(&before, "tlsgate_tcp_handshake_seconds_count"), Some(0.0), "{before}");
+    assert_eq!(
+        sample(&before, "tlsgate_tcp_sessions_opened_total"),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, "tlsgate_tcp_handshake_seconds_count"),
+        Some(0.0),
+        "{before}"
+    );
 
     const REQUESTS: u32 = 3;
     for attempt in 0..REQUESTS {
         let result = curl(
             &lab,
             &appliance_ca,
-            &["--resolve", "origin.test:443:198.18.0.2", "https://origin.test/index.html"],
+            &[
+                "--resolve",
+                "origin.test:443:198.18.0.2",
+                "https://origin.test/index.html",
+            ],
         );
         assert!(result.status.success(), "request {attempt}: {}", text(&result.stderr));
         assert_eq!(text(&result.stdout).trim(), "hello from origin.test");
@@ -102,7 +114,10 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
         if sample(&after, "tlsgate_tcp_connection_seconds_count") >= Some(f64::from(REQUESTS)) {
             break after;
         }
-        assert!(Instant::now() < deadline, "the sessions did not end within 10 s:\n{after}");
+        assert!(
+            Instant::now() < deadline,
+            "the sessions did not end within 10 s:\n{after}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let requests = f64::from(REQUESTS);
@@ -120,8 +135,14 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
         Some(requests),
         "{after}"
     );
-    assert!(sample(&after, "tlsgate_tcp_bytes_server_to_client_total") > Some(0.0), "{after}");
-    assert!(summed(&after, "tlsgate_port_rx_total") > summed(&before, "tlsgate_port_rx_total"), "{after}");
+    assert!(
+        sample(&after, "tlsgate_tcp_bytes_server_to_client_total") > Some(0.0),
+        "{after}"
+    );
+    assert!(
+        summed(&after, "tlsgate_port_rx_total") > summed(&before, "tlsgate_port_rx_total"),
+        "{after}"
+    );
     assert!(
         summed(&after, "tlsgate_worker_busy_seconds_total") > summed(&before, "tlsgate_worker_busy_seconds_total"),
         "{after}"

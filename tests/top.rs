@@ -57,11 +57,18 @@ fn top_once_shows_the_rates_between_two_readings() {
         requests
     });
     let interval = 0.5;
-    let result = output(tlsgate().args(["top", "--once", "--interval", &interval.to_string(), "--endpoint"]).arg(address.to_string()));
+    let result = output(
+        tlsgate()
+            .args(["top", "--once", "--interval", &interval.to_string(), "--endpoint"])
+            .arg(address.to_string()),
+    );
     assert!(result.status.success(), "{}", text(&result.stderr));
     let view = text(&result.stdout);
     let requests = endpoint.join().expect("endpoint thread");
-    assert!(requests.iter().all(|request| request.starts_with("GET /metrics HTTP/")), "{requests:?}");
+    assert!(
+        requests.iter().all(|request| request.starts_with("GET /metrics HTTP/")),
+        "{requests:?}"
+    );
     assert!(!view.contains('\x1b'), "--once prints plain text: {view:?}");
     // The rates are over the time between the readings, at least the interval.
     let seconds: f64 = view
@@ -75,9 +82,16 @@ fn top_once_shows_the_rates_between_two_readings() {
     // the rounding of what is printed).
     for (after, moved) in [(" new/s", 40.0), (" MiB/s server->client", 10.0), (" rx/s", 1000.0)] {
         let rate = number_before(&view, after);
-        assert!((rate * seconds - moved).abs() <= moved * 0.02, "{after}: {rate} over {seconds} s in\n{view}");
+        assert!(
+            (rate * seconds - moved).abs() <= moved * 0.02,
+            "{after}: {rate} over {seconds} s in\n{view}"
+        );
     }
-    for needle in ["12 live", "port client ", "worker 1      25.0% busy, 12 connections live"] {
+    for needle in [
+        "12 live",
+        "port client ",
+        "worker 1      25.0% busy, 12 connections live",
+    ] {
         assert!(view.contains(needle), "{needle:?} missing from:\n{view}");
     }
 }
@@ -98,11 +112,21 @@ fn top_needs_an_endpoint() {
     std::fs::write(&path, &lab).expect("write");
     let result = output(tlsgate().args(["top", "--once", "--config"]).arg(&path));
     assert!(!result.status.success());
-    assert!(text(&result.stderr).contains("no [metrics] listen"), "{}", text(&result.stderr));
+    assert!(
+        text(&result.stderr).contains("no [metrics] listen"),
+        "{}",
+        text(&result.stderr)
+    );
     // Nothing listens on a port just released.
-    let closed = TcpListener::bind("127.0.0.1:0").expect("listens").local_addr().expect("address");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("listens")
+        .local_addr()
+        .expect("address");
     let result = output(tlsgate().args(["top", "--once", "--endpoint"]).arg(closed.to_string()));
     assert!(!result.status.success());
     let stderr = text(&result.stderr);
-    assert!(stderr.contains(&format!("metrics endpoint {closed}")) && stderr.contains("refused"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics endpoint {closed}")) && stderr.contains("refused"),
+        "{stderr}"
+    );
 }

@@ -127,7 +127,10 @@ impl fmt::Display for Histogram {
         let show = |name: &str, q: f64| match self.quantile(q) {
             None => format!("{name} -"),
             Some(bound) if bound.is_infinite() => {
-                format!("{name} > {} s", BOUNDS_MICROS.last().map_or(0, |bound| bound / 1_000_000))
+                format!(
+                    "{name} > {} s",
+                    BOUNDS_MICROS.last().map_or(0, |bound| bound / 1_000_000)
+                )
             }
             Some(bound) if bound < 1.0 => format!("{name} <= {} ms", (bound * 1e4).round() / 10.0),
             Some(bound) => format!("{name} <= {bound} s"),
@@ -150,7 +153,11 @@ mod tests {
         assert_eq!(cumulative[0], (0.001, 2), "a bound is inclusive");
         assert_eq!(cumulative[1], (0.0025, 3));
         assert_eq!(cumulative[5], (0.05, 5));
-        assert_eq!(cumulative.last().map(|&(_, below)| below), Some(5), "beyond the last bound");
+        assert_eq!(
+            cumulative.last().map(|&(_, below)| below),
+            Some(5),
+            "beyond the last bound"
+        );
         assert_eq!(histogram.count(), 6);
         assert!((histogram.sum_seconds() - 4000.082001).abs() < 1e-6);
         assert_eq!(histogram.quantile(0.5), Some(0.0025));

@@ -1348,7 +1348,10 @@ impl Splicer {
         // may linger in TIME-WAIT for a while, the connection is over.
         if !session.logged && session.fin_to_client && session.fin_to_server {
             session.logged = true;
-            shared.counters.connection_seconds.observe(micros_between(session.opened, now));
+            shared
+                .counters
+                .connection_seconds
+                .observe(micros_between(session.opened, now));
             if let Some(log) = &shared.log {
                 log.write(&record(session, shared.tls.is_some()));
             }
@@ -1388,7 +1391,9 @@ impl Shared {
             .saturating_sub(u64::from(session.tls.is_some()));
         self.counters.embryonic_live = self.embryonic.live as u64;
         if !session.logged {
-            self.counters.connection_seconds.observe(micros_between(session.opened, now));
+            self.counters
+                .connection_seconds
+                .observe(micros_between(session.opened, now));
             if let Some(log) = &self.log {
                 log.write(&record(&session, self.tls.is_some()));
             }

@@ -633,7 +633,10 @@ fn top(config_path: Option<&Path>, endpoint: Option<std::net::SocketAddr>, inter
         (Some(address), _) => address,
         (None, Some(path)) => match Config::load(path)?.metrics.listen {
             Some(address) => address,
-            None => bail!("{}: no [metrics] listen is configured, so the running instance cannot be read", path.display()),
+            None => bail!(
+                "{}: no [metrics] listen is configured, so the running instance cannot be read",
+                path.display()
+            ),
         },
         (None, None) => bail!("give --config or --endpoint"),
     };

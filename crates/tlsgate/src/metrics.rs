@@ -35,7 +35,12 @@ use serde_json::Value;
 
 /// Report fields that go up and down although their name does not end in
 /// `_live`.
-pub const GAUGES: &[&str] = &["memory_per_flow", "socket_buffer_bytes", "forged_cache_bytes", "rss_bytes"];
+pub const GAUGES: &[&str] = &[
+    "memory_per_flow",
+    "socket_buffer_bytes",
+    "forged_cache_bytes",
+    "rss_bytes",
+];
 
 /// The prefix of every metric name.
 const PREFIX: &str = "tlsgate";
@@ -120,7 +125,10 @@ fn walk(families: &mut Vec<Family>, path: &[&str], value: &Value, labels: &[(Str
                     Sample::Number(number.as_f64().unwrap_or_default() / 1e9),
                 ),
                 (None, Some(integer)) => (metric_name(path, None), Sample::Integer(integer)),
-                (None, None) => (metric_name(path, None), Sample::Number(number.as_f64().unwrap_or_default())),
+                (None, None) => (
+                    metric_name(path, None),
+                    Sample::Number(number.as_f64().unwrap_or_default()),
+                ),
             };
             let kind = if field == "live" || field.ends_with("_live") || GAUGES.contains(&field) {
                 MetricType::Gauge
@@ -135,7 +143,14 @@ fn walk(families: &mut Vec<Family>, path: &[&str], value: &Value, labels: &[(Str
         }
         Value::Object(fields) => {
             if let Some(histogram) = histogram(value) {
-                add(families, metric_name(path, None), path, MetricType::Histogram, labels, histogram);
+                add(
+                    families,
+                    metric_name(path, None),
+                    path,
+                    MetricType::Histogram,
+                    labels,
+                    histogram,
+                );
                 return;
             }
             for (key, child) in fields {
@@ -145,7 +160,9 @@ fn walk(families: &mut Vec<Family>, path: &[&str], value: &Value, labels: &[(Str
             }
         }
         Value::Array(entries) => {
-            let singular = path.last().map_or("entry", |last| last.strip_suffix('s').unwrap_or(last));
+            let singular = path
+                .last()
+                .map_or("entry", |last| last.strip_suffix('s').unwrap_or(last));
             for (index, entry) in entries.iter().enumerate() {
                 let mut entry_labels = labels.to_vec();
                 let named: Vec<(String, String)> = entry
@@ -331,7 +348,10 @@ fn answer_one(mut stream: TcpStream, report: impl FnOnce() -> Report) -> std::io
 fn respond(head: &str, report: impl FnOnce() -> Report) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let mut request_line = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (request_line.next().unwrap_or_default(), request_line.next().unwrap_or_default());
+    let (method, target) = (
+        request_line.next().unwrap_or_default(),
+        request_line.next().unwrap_or_default(),
+    );
     if method != "GET" && method != "HEAD" {
         return ("405 Method Not Allowed", TEXT, "only GET /metrics\n".into());
     }
@@ -342,7 +362,11 @@ fn respond(head: &str, report: impl FnOnce() -> Report) -> (&'static str, &'stat
         let line = line.to_ascii_lowercase();
         line.starts_with("accept:") && line.contains("application/openmetrics-text")
     });
-    let format = if openmetrics { Format::OpenMetrics } else { Format::Prometheus };
+    let format = if openmetrics {
+        Format::OpenMetrics
+    } else {
+        Format::Prometheus
+    };
     match exposition(&report(), format) {
         Ok(body) => ("200 OK", format.content_type(), body),
         Err(err) => ("500 Internal Server Error", TEXT, format!("{err}\n")),
@@ -410,10 +434,22 @@ pub(crate) mod tests {
     fn every_report_number_is_a_sample_with_its_kind_and_labels() {
         let report = sample_report();
         let text = exposition(&report, Format::Prometheus).expect("encodes");
-        assert_eq!(line(&text, "# TYPE tlsgate_tcp_sessions_opened_total "), "# TYPE tlsgate_tcp_sessions_opened_total counter");
-        assert_eq!(line(&text, "tlsgate_tcp_sessions_opened_total "), "tlsgate_tcp_sessions_opened_total 5");
-        assert_eq!(line(&text, "# TYPE tlsgate_tcp_sessions_live "), "# TYPE tlsgate_tcp_sessions_live gauge");
-        assert_eq!(line(&text, "# TYPE tlsgate_tcp_memory_per_flow "), "# TYPE tlsgate_tcp_memory_per_flow gauge");
+        assert_eq!(
+            line(&text, "# TYPE tlsgate_tcp_sessions_opened_total "),
+            "# TYPE tlsgate_tcp_sessions_opened_total counter"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_sessions_opened_total "),
+            "tlsgate_tcp_sessions_opened_total 5"
+        );
+        assert_eq!(
+            line(&text, "# TYPE tlsgate_tcp_sessions_live "),
+            "# TYPE tlsgate_tcp_sessions_live gauge"
+        );
+        assert_eq!(
+            line(&text, "# TYPE tlsgate_tcp_memory_per_flow "),
+            "# TYPE tlsgate_tcp_memory_per_flow gauge"
+        );
         assert_eq!(line(&text, "tlsgate_rss_bytes "), "tlsgate_rss_bytes 1048576");
         assert_eq!(
             line(&text, "tlsgate_port_rx_total{device=\"net_af_packet1\""),
@@ -439,21 +475,48 @@ pub(crate) mod tests {
             }
         }
         for key in json["learned"].as_object().expect("object").keys() {
-            assert!(text.contains(&format!("tlsgate_learned_{key}")), "learned.{key} missing");
+            assert!(
+                text.contains(&format!("tlsgate_learned_{key}")),
+                "learned.{key} missing"
+            );
         }
     }
 
     #[test]
     fn histograms_have_cumulative_buckets_sum_and_count() {
         let text = exposition(&sample_report(), Format::Prometheus).expect("encodes");
-        assert_eq!(line(&text, "# TYPE tlsgate_tcp_handshake_seconds "), "# TYPE tlsgate_tcp_handshake_seconds histogram");
-        assert_eq!(line(&text, "tlsgate_tcp_handshake_seconds_count"), "tlsgate_tcp_handshake_seconds_count 2");
-        assert_eq!(line(&text, "tlsgate_tcp_handshake_seconds_sum"), "tlsgate_tcp_handshake_seconds_sum 0.043");
-        assert_eq!(line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.001\"}"), "tlsgate_tcp_handshake_seconds_bucket{le=\"0.001\"} 0");
-        assert_eq!(line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.005\"}"), "tlsgate_tcp_handshake_seconds_bucket{le=\"0.005\"} 1");
-        assert_eq!(line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.05\"}"), "tlsgate_tcp_handshake_seconds_bucket{le=\"0.05\"} 2");
-        assert_eq!(line(&text, "tlsgate_tcp_connection_seconds_bucket{le=\"3600\"}"), "tlsgate_tcp_connection_seconds_bucket{le=\"3600\"} 0");
-        assert_eq!(line(&text, "tlsgate_tcp_connection_seconds_bucket{le=\"+Inf\"}"), "tlsgate_tcp_connection_seconds_bucket{le=\"+Inf\"} 1");
+        assert_eq!(
+            line(&text, "# TYPE tlsgate_tcp_handshake_seconds "),
+            "# TYPE tlsgate_tcp_handshake_seconds histogram"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_handshake_seconds_count"),
+            "tlsgate_tcp_handshake_seconds_count 2"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_handshake_seconds_sum"),
+            "tlsgate_tcp_handshake_seconds_sum 0.043"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.001\"}"),
+            "tlsgate_tcp_handshake_seconds_bucket{le=\"0.001\"} 0"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.005\"}"),
+            "tlsgate_tcp_handshake_seconds_bucket{le=\"0.005\"} 1"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_handshake_seconds_bucket{le=\"0.05\"}"),
+            "tlsgate_tcp_handshake_seconds_bucket{le=\"0.05\"} 2"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_connection_seconds_bucket{le=\"3600\"}"),
+            "tlsgate_tcp_connection_seconds_bucket{le=\"3600\"} 0"
+        );
+        assert_eq!(
+            line(&text, "tlsgate_tcp_connection_seconds_bucket{le=\"+Inf\"}"),
+            "tlsgate_tcp_connection_seconds_bucket{le=\"+Inf\"} 1"
+        );
     }
 
     #[test]
@@ -484,15 +547,20 @@ pub(crate) mod tests {
     #[test]
     fn openmetrics_when_asked_and_only_get_metrics() {
         let report = sample_report;
-        let (status, content_type, body) =
-            respond("GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n", report);
+        let (status, content_type, body) = respond(
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+            report,
+        );
         assert_eq!((status, content_type), ("200 OK", OPENMETRICS_CONTENT_TYPE));
         assert!(body.ends_with("# EOF\n"), "{body}");
         let (status, content_type, body) = respond("GET /metrics HTTP/1.1\r\nAccept: */*\r\n\r\n", report);
         assert_eq!((status, content_type), ("200 OK", Format::Prometheus.content_type()));
         assert!(!body.contains("# EOF"));
         assert_eq!(respond("GET / HTTP/1.1\r\n\r\n", report).0, "404 Not Found");
-        assert_eq!(respond("POST /metrics HTTP/1.1\r\n\r\n", report).0, "405 Method Not Allowed");
+        assert_eq!(
+            respond("POST /metrics HTTP/1.1\r\n\r\n", report).0,
+            "405 Method Not Allowed"
+        );
         assert_eq!(respond("garbage", report).0, "405 Method Not Allowed");
     }
 }

@@ -45,7 +45,9 @@ impl Reading {
 
     /// The sum of a metric over its label sets (0 when absent).
     fn total(&self, name: &str) -> f64 {
-        self.samples.get(name).map_or(0.0, |samples| samples.iter().map(|(_, value)| value).sum())
+        self.samples
+            .get(name)
+            .map_or(0.0, |samples| samples.iter().map(|(_, value)| value).sum())
     }
 
     /// A metric's value per value of `label`.
@@ -172,8 +174,14 @@ pub fn view(address: SocketAddr, before: &Reading, now: &Reading) -> String {
         per_second(rate("tlsgate_tcp_bytes_client_to_server_total")),
         per_second(rate("tlsgate_tcp_bytes_server_to_client_total")),
     );
-    let (rx_before, rx_now) = (before.by("tlsgate_port_rx_total", "role"), now.by("tlsgate_port_rx_total", "role"));
-    let (tx_before, tx_now) = (before.by("tlsgate_port_tx_total", "role"), now.by("tlsgate_port_tx_total", "role"));
+    let (rx_before, rx_now) = (
+        before.by("tlsgate_port_rx_total", "role"),
+        now.by("tlsgate_port_rx_total", "role"),
+    );
+    let (tx_before, tx_now) = (
+        before.by("tlsgate_port_tx_total", "role"),
+        now.by("tlsgate_port_tx_total", "role"),
+    );
     let (drop_before, drop_now) = (
         before.by("tlsgate_port_dropped_total", "role"),
         now.by("tlsgate_port_dropped_total", "role"),
@@ -204,7 +212,11 @@ pub fn view(address: SocketAddr, before: &Reading, now: &Reading) -> String {
     for worker in workers {
         let busy = delta(&busy_before, &busy_now, worker);
         let idle = delta(&idle_before, &idle_now, worker);
-        let share = if busy + idle > 0.0 { busy * 100.0 / (busy + idle) } else { 0.0 };
+        let share = if busy + idle > 0.0 {
+            busy * 100.0 / (busy + idle)
+        } else {
+            0.0
+        };
         let _ = writeln!(
             out,
             "worker {worker:<5} {share:5.1}% busy, {} connections live",
@@ -298,8 +310,8 @@ mod tests {
         let mut read = 0;
         for quoted in source.split('"').skip(1).step_by(2) {
             if quoted.starts_with("tlsgate_") && !quoted.contains(' ') {
-                let served = reading.samples.contains_key(quoted)
-                    || reading.samples.contains_key(&format!("{quoted}_count"));
+                let served =
+                    reading.samples.contains_key(quoted) || reading.samples.contains_key(&format!("{quoted}_count"));
                 assert!(served, "top reads {quoted}, which the endpoint does not serve");
                 read += 1;
             }
@@ -341,7 +353,10 @@ mod tests {
         assert!(view.contains("2.0 MiB/s server->client"), "{view}");
         assert!(view.contains("port client  200 rx/s"), "{view}");
         assert!(view.contains("worker 0      25.0% busy, 7 connections live"), "{view}");
-        assert!(view.contains("handshakes   p50 <= 50 ms, p99 <= 50 ms (of 4)"), "{view}");
+        assert!(
+            view.contains("handshakes   p50 <= 50 ms, p99 <= 50 ms (of 4)"),
+            "{view}"
+        );
         assert!(view.contains("durations    p50 -"), "{view}");
     }
 }
