@@ -763,7 +763,11 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
 /// Microseconds from `start` to `end` on the engine clock (0 if the clock
 /// went back).
 fn micros_between(start: Instant, end: Instant) -> u64 {
-    u64::try_from((end - start).total_micros()).unwrap_or(0)
+    if end > start {
+        (end - start).total_micros()
+    } else {
+        0
+    }
 }
 
 fn owner(session: usize, leg: Leg) -> u64 {
