@@ -2,7 +2,8 @@
 //! appliance namespace with `[metrics] listen` on its loopback, scraped
 //! with curl there while curl in the client namespace makes intercepted
 //! HTTPS requests. The counters and both histograms move, the exposition
-//! passes `promtool check metrics` (both formats are served), the final
+//! passes `promtool check metrics` (both formats are served), the server
+//! name is counted, the final
 //! report agrees with the last scrape, and `tlsgate top --once` reads the
 //! running instance. Needs root; run by scripts/test.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -148,6 +149,13 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
         "{after}"
     );
     assert!(after.contains("# TYPE tlsgate_tcp_sessions_live gauge"), "{after}");
+    // Server names are published at most every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let named = "tlsgate_top_sni_count_total{sni=\"origin.test\"}";
+    while sample(&scrape(&lab, &[]), named) != Some(requests) {
+        assert!(Instant::now() < deadline, "{named} is not {requests}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     promtool_accepts(&after);
     let openmetrics = scrape(&lab, &["Accept: application/openmetrics-text; version=1.0.0"]);
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
@@ -166,6 +174,7 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
     let view = text(&top.stdout);
     assert!(view.contains(&format!("(of {REQUESTS})")), "{view}");
     assert!(view.contains("worker 0"), "{view}");
+    assert!(view.contains("server names origin.test"), "{view}");
 
     let last = scrape(&lab, &[]);
     let (status, report, _) = appliance.stop();
@@ -176,6 +185,11 @@ fn the_endpoint_serves_moving_counters_and_histograms_during_a_lab_run() {
         "the endpoint and the final report count alike"
     );
     assert_eq!(report["tcp"]["handshake_seconds"]["count"], REQUESTS, "{report}");
+    assert_eq!(
+        report["top_sni"],
+        serde_json::json!([{ "sni": "origin.test", "count": REQUESTS }]),
+        "{report}"
+    );
     assert!(
         !lab.succeeds(GW, "curl", &["-sS", "--max-time", "2", URL]),
         "the endpoint is gone with the instance"

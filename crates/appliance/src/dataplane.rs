@@ -629,7 +629,9 @@ impl ReportSource {
                 }
             })
             .collect();
+        let top_sni: Vec<_> = self.workers.iter().map(|(engine, _)| engine.tcp.top_sni()).collect();
         Report {
+            top_sni: crate::topnames::merged(top_sni.iter().map(Vec::as_slice)),
             learned: self.learned.totals(),
             rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),

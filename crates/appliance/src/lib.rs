@@ -18,6 +18,7 @@ pub mod policy;
 pub mod preflight;
 pub mod replay;
 pub mod splice;
+pub mod topnames;
 pub mod worker;
 
 pub use config::{Config, ConfigError};

@@ -42,6 +42,7 @@ use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::histogram::Histogram;
 use crate::policy::{Action, Policy, Verdict};
+use crate::topnames::TopNames;
 
 use crate::engine::Side;
 
@@ -496,6 +497,8 @@ struct Shared {
     /// The serial of the next session.
     next_serial: u64,
     counters: SpliceCounters,
+    /// The most frequent server names of the ClientHellos.
+    top_sni: TopNames,
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
     policy: Policy,
@@ -896,6 +899,7 @@ impl Splicer {
                 policy,
                 hold_synack,
                 counters: SpliceCounters::default(),
+                top_sni: TopNames::default(),
                 tls: None,
                 log: None,
                 inspection: None,
@@ -1008,6 +1012,11 @@ impl Splicer {
 
     pub fn counters(&self) -> SpliceCounters {
         self.shared.counters
+    }
+
+    /// The most frequent server names so far (bounded, see [`TopNames`]).
+    pub fn top_sni(&self) -> &TopNames {
+        &self.shared.top_sni
     }
 
     /// Buffer capacity the live TLS sessions hold (see
@@ -1953,6 +1962,9 @@ impl Shared {
                 Pending::Hello { sni, ech, .. } => {
                     let verdict = self.policy.at_hello(&session.tuple, sni.as_deref(), now);
                     self.counters.ech_offered += u64::from(*ech);
+                    if let Some(sni) = sni {
+                        self.top_sni.note(sni);
+                    }
                     if *ech && verdict.action == Action::Intercept {
                         self.policy.on_ech(&session.tuple, sni.as_deref())
                     } else {

@@ -5,7 +5,8 @@
 //! connection when a rule bypasses it; a ClientHello with Encrypted Client
 //! Hello follows `tls.ech` (intercepted on its public name by default, so
 //! the client falls back and its retry without ECH is intercepted); the
-//! handshake and connection latency histograms are fed on the engine clock.
+//! handshake and connection latency histograms are fed on the engine clock,
+//! and the server name counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -456,7 +457,7 @@ fn ech_can_be_blocked_or_bypassed_by_policy_or_rule() {
 }
 
 #[test]
-fn handshake_and_connection_times_are_observed_on_the_engine_clock() {
+fn handshake_and_connection_times_and_the_server_name_are_counted() {
     let Setup {
         mut lab,
         ca,
@@ -481,6 +482,14 @@ fn handshake_and_connection_times_are_observed_on_the_engine_clock() {
     assert!(
         connections.sum_seconds() <= elapsed,
         "{connections:?} within {elapsed} s"
+    );
+    let names = lab.engine.splicer().top_sni().entries().to_vec();
+    assert_eq!(
+        names,
+        [appliance::topnames::NameCount {
+            sni: "origin.test".into(),
+            count: 1
+        }]
     );
     assert_no_leaks(&mut lab);
     let counters = lab.engine.splicer().counters();

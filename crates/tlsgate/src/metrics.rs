@@ -415,6 +415,10 @@ pub(crate) mod tests {
             tcp,
             learned: Default::default(),
             capture: None,
+            top_sni: vec![appliance::topnames::NameCount {
+                sni: "origin.test".into(),
+                count: 3,
+            }],
             rss_bytes: Some(1 << 20),
         }
     }
@@ -462,6 +466,10 @@ pub(crate) mod tests {
         );
         assert!(text.contains("# TYPE tlsgate_worker_sessions_live gauge"));
         assert!(text.contains("# TYPE tlsgate_learned_live gauge"));
+        assert_eq!(
+            line(&text, "tlsgate_top_sni_count_total{"),
+            "tlsgate_top_sni_count_total{sni=\"origin.test\"} 3"
+        );
         assert!(
             !text.lines().any(|line| !line.starts_with('#') && line.contains("_ns")),
             "nanoseconds are exposed as seconds"

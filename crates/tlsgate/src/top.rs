@@ -19,6 +19,8 @@ use crate::output::say;
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest answer read.
 const MAX_ANSWER: u64 = 64 << 20;
+/// The server names shown, most frequent first.
+const TOP_NAMES_SHOWN: usize = 5;
 
 /// One sample: its labels and value.
 type Labels = Vec<(String, String)>;
@@ -223,6 +225,23 @@ pub fn view(address: SocketAddr, before: &Reading, now: &Reading) -> String {
             sessions.get(worker).copied().unwrap_or(0.0)
         );
     }
+    let (names_before, names_now) = (
+        before.by("tlsgate_top_sni_count_total", "sni"),
+        now.by("tlsgate_top_sni_count_total", "sni"),
+    );
+    let mut names: Vec<(f64, &String)> = names_now
+        .keys()
+        .map(|name| (delta(&names_before, &names_now, name), name))
+        .collect();
+    names.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    if !names.is_empty() {
+        let shown: Vec<String> = names
+            .iter()
+            .take(TOP_NAMES_SHOWN)
+            .map(|(rate, name)| format!("{name} {rate:.1}/s"))
+            .collect();
+        let _ = writeln!(out, "server names {}", shown.join(", "));
+    }
     let quantiles = |name: &str| {
         let (buckets, count) = now.histogram(name);
         let show = |q: f64| match appliance::histogram::quantile_bound(&buckets, count, q) {
@@ -327,7 +346,8 @@ mod tests {
              tlsgate_tcp_bytes_server_to_client_total 0\n\
              tlsgate_port_rx_total{device=\"a\",role=\"client\"} 100\n\
              tlsgate_worker_busy_seconds_total{worker=\"0\"} 1\n\
-             tlsgate_worker_idle_seconds_total{worker=\"0\"} 1\n",
+             tlsgate_worker_idle_seconds_total{worker=\"0\"} 1\n\
+             tlsgate_top_sni_count_total{sni=\"a.test\"} 10\n",
             at,
         )
         .expect("parses");
@@ -342,7 +362,9 @@ mod tests {
              tlsgate_tcp_handshake_seconds_bucket{le=\"0.01\"} 1\n\
              tlsgate_tcp_handshake_seconds_bucket{le=\"0.05\"} 4\n\
              tlsgate_tcp_handshake_seconds_bucket{le=\"+Inf\"} 4\n\
-             tlsgate_tcp_handshake_seconds_count 4\n",
+             tlsgate_tcp_handshake_seconds_count 4\n\
+             tlsgate_top_sni_count_total{sni=\"a.test\"} 12\n\
+             tlsgate_top_sni_count_total{sni=\"b.test\"} 8\n",
             at + Duration::from_secs(2),
         )
         .expect("parses");
@@ -358,5 +380,6 @@ mod tests {
             "{view}"
         );
         assert!(view.contains("durations    p50 -"), "{view}");
+        assert!(view.contains("server names b.test 4.0/s, a.test 1.0/s"), "{view}");
     }
 }
