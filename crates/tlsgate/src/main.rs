@@ -102,7 +102,8 @@ enum Command {
     /// Watch a running instance through its metrics endpoint (`[metrics]
     /// listen`): connection, TLS and byte rates, live connections, frames per
     /// port, each worker's busy share, handshake and duration quantiles,
-    /// memory. Redraws the terminal until interrupted.
+    /// the most frequent server names, memory. Redraws the terminal until
+    /// interrupted.
     Top {
         /// The configuration of the running instance (for its endpoint).
         #[arg(long, short, required_unless_present = "endpoint", conflicts_with = "endpoint")]
