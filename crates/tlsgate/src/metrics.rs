@@ -51,6 +51,8 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// The largest request head read, and how long a peer may take.
 const MAX_REQUEST: usize = 8 * 1024;
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The value of one sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,10 +275,15 @@ pub struct MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wakes the blocking accept.
-        let _ = TcpStream::connect_timeout(&reachable(self.address), PEER_TIMEOUT);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        // Wakes the blocking accept; a thread that cannot be woken is left
+        // (the process is ending) rather than waited for.
+        match TcpStream::connect_timeout(&reachable(self.address), PEER_TIMEOUT) {
+            Ok(_) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            Err(err) => tracing::warn!("metrics endpoint: cannot stop its thread: {err}"),
         }
     }
 }
@@ -293,7 +300,15 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 /// Listens on `address` and serves the reports of `source` on a thread of
 /// its own, one connection at a time.
 pub fn serve(address: SocketAddr, source: ReportSource) -> Result<MetricsServer> {
+    serve_reports(address, move || source.report())
+}
+
+/// [`serve`] with the report made by `report` at each scrape.
+fn serve_reports(address: SocketAddr, report: impl Fn() -> Report + Send + 'static) -> Result<MetricsServer> {
     let listener = TcpListener::bind(address).with_context(|| format!("metrics.listen {address}"))?;
+    let address = listener
+        .local_addr()
+        .with_context(|| format!("metrics.listen {address}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
@@ -303,9 +318,17 @@ pub fn serve(address: SocketAddr, source: ReportSource) -> Result<MetricsServer>
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
-                let outcome = stream.and_then(|stream| answer_one(stream, || source.report()));
-                if let Err(err) = outcome {
-                    tracing::debug!("metrics endpoint: {err}");
+                match stream {
+                    Ok(stream) => {
+                        if let Err(err) = answer_one(stream, &report) {
+                            tracing::debug!("metrics endpoint: {err}");
+                        }
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: not in a busy loop.
+                        tracing::warn!("metrics endpoint: {err}");
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                    }
                 }
             }
         })
@@ -549,6 +572,27 @@ pub(crate) mod tests {
             "promtool check metrics: {}{}\n{text}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn the_server_answers_scrapes_until_dropped() {
+        let server = serve_reports("127.0.0.1:0".parse().expect("address"), sample_report).expect("listens");
+        let address = server.address;
+        for _ in 0..2 {
+            let reading = crate::top::scrape(address).expect("scrapes");
+            let view = crate::top::view(address, &reading, &reading);
+            assert!(view.contains("connections  2 live"), "{view}");
+        }
+        let mut raw = TcpStream::connect(address).expect("connects");
+        raw.write_all(b"GET /nothing HTTP/1.0\r\n\r\n").expect("asks");
+        let mut answer = String::new();
+        raw.read_to_string(&mut answer).expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        drop(server);
+        assert!(
+            TcpStream::connect(address).is_err(),
+            "the listener is closed once dropped"
         );
     }
 
