@@ -15,6 +15,7 @@ pub mod engine;
 pub mod learned;
 pub mod policy;
 pub mod preflight;
+pub mod privileges;
 pub mod replay;
 pub mod splice;
 pub mod worker;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use appliance::config::Device;
+use appliance::privileges::RunAs;
 use appliance::{Config, Dataplane, Report};
 use clap::{Parser, Subcommand};
 use output::say;
@@ -270,7 +271,13 @@ fn run(
     let hangup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
         .context("cannot install the signal handler")?;
-    let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
+    let run_as = RunAs::from_config(&config.process).with_context(|| config_path.display().to_string())?;
+    if run_as.is_none() && appliance::privileges::running_as_root() {
+        tracing::warn!(
+            "running as root for the whole run: set [process] user to drop privileges once the ports are up"
+        );
+    }
+    let mut dataplane = Dataplane::open(&config, None, run_as.as_ref()).context("cannot start the data plane")?;
     let _control = match &config.control.socket {
         Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
         None => None,
@@ -444,6 +451,20 @@ fn check(config_path: &Path) -> Result<()> {
         Some(path) => say!("  control socket: {} (tlsgate learned list/clear)", path.display())?,
         None => say!("  control socket: none")?,
     }
+    match RunAs::from_config(&config.process)? {
+        Some(run_as) => say!(
+            "  process: once the ports are up, runs as {}{} with no capabilities and no_new_privs; the logs, \
+             the capture and the control socket are opened after that, as that user",
+            run_as.who(),
+            run_as
+                .chroot
+                .as_ref()
+                .map_or(String::new(), |root| format!(", chrooted to {}", root.display()))
+        )?,
+        None => {
+            say!("  process: keeps the user it starts as (root for DPDK) for the whole run ([process] user unset)")?
+        }
+    }
     if config.ports.inspect_out.is_some() {
         say!(
             "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
@@ -580,7 +601,7 @@ fn learned(command: LearnedCommand) -> Result<()> {
             config_path.display()
         );
     };
-    let answer = control::request(socket, &request)?;
+    let answer = control::request(&config.process.host_path(socket), &request)?;
     match command {
         LearnedCommand::List { .. } => output::write(format_args!("{}", control::format_list(&answer)))?,
         LearnedCommand::Clear { .. } => say!(
