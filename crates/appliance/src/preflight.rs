@@ -34,12 +34,11 @@ pub struct OutputError {
 
 /// A file or directory that `process.user` could not write after the drop.
 #[derive(Debug, Error)]
-#[error("`{key}` {path}: {reason}: {who} could not write it after the privilege drop (process.user)")]
+#[error("`{key}` {path}: {reason}, who writes it after the privilege drop (process.user)")]
 pub struct RunAsOutputError {
     pub key: &'static str,
     pub path: PathBuf,
     reason: String,
-    who: String,
 }
 
 /// Loads and checks everything `run` would, short of the devices; returns
@@ -80,7 +79,6 @@ fn writable_after_drop(config: &Config, run_as: &RunAs) -> Result<(), RunAsOutpu
             key,
             path: path.to_owned(),
             reason,
-            who: run_as.who(),
         };
         let host = config.process.host_path(path);
         let dir = parent(path);
