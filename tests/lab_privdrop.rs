@@ -3,7 +3,8 @@
 //! capability and no_new_privs, still intercepts (curl sees the forged
 //! certificate, the body byte-exact), reopens its connection log on SIGHUP,
 //! rotates and prunes its decrypted capture and answers on its control
-//! socket, all as nobody. Without the lab: `check` and `run` name a user
+//! socket, all as nobody; chrooted, its logs and control socket live in
+//! the jail and interception goes on. Without the lab: `check` and `run` name a user
 //! that does not exist and a log directory the user cannot write, and `run`
 //! still refuses a CA key readable by others. The lab test needs root; run
 //! by scripts/test.sh.
@@ -216,6 +217,77 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
         let read = output(Command::new("tshark").arg("-r").arg(file).arg("-c").arg("1"));
         assert!(read.status.success(), "{}: {}", file.display(), text(&read.stderr));
     }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn chrooted_the_logs_and_the_control_socket_live_inside_the_jail_and_interception_goes_on() {
+    let lab = Lab::up();
+    let (uid, _) = nobody();
+    let scratch = Scratch::new("privdrop-chroot");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    // The jail holds only a directory nobody writes; the CA, the trust
+    // bundle and the report stay outside (read or created before the drop).
+    let jail = scratch.path("jail");
+    std::fs::create_dir_all(jail.join("logs")).expect("jail");
+    assert!(output(Command::new("chown").arg("nobody:").arg(jail.join("logs")))
+        .status
+        .success());
+    let mut config_text = std::fs::read_to_string(&config).expect("config");
+    config_text = config_text.replace(
+        &format!("connections = \"{}/connections.jsonl\"", scratch.0.display()),
+        "connections = \"/logs/connections.jsonl\"",
+    );
+    config_text = config_text.replace(
+        &format!("keylog = \"{}/keys.log\"", scratch.0.display()),
+        "keylog = \"/logs/keys.log\"",
+    );
+    config_text.push_str(&format!(
+        "\n[process]\nuser = \"nobody\"\nchroot = \"{}\"\n\n[control]\nsocket = \"/logs/control.sock\"\n",
+        jail.display()
+    ));
+    std::fs::write(&config, config_text).expect("config");
+
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let pid = appliance.child.id();
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("root of the process");
+    assert_eq!(root, jail, "chrooted");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(status_field(&status, "Uid"), format!("{uid}\t{uid}\t{uid}\t{uid}"));
+    assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
+
+    let result = curl(
+        &lab,
+        &ca,
+        &["-v", "--resolve", RESOLVE, "https://origin.test/index.html"],
+    );
+    let handshake = text(&result.stderr);
+    assert!(result.status.success(), "{handshake}");
+    assert!(handshake.contains("issuer: CN=tlsgate interception CA"), "{handshake}");
+    assert_eq!(text(&result.stdout).trim(), "hello from origin.test");
+    // `tlsgate learned` finds the socket inside the jail.
+    let listed = output(tlsgate().args(["learned", "list", "--config"]).arg(&config));
+    assert!(listed.status.success(), "control socket: {}", text(&listed.stderr));
+    let log = jail.join("logs/connections.jsonl");
+    assert!(
+        await_true(Duration::from_secs(60), || log_records(&[&log]).len() == 1),
+        "the record, in the jail: {:?}",
+        log_records(&[&log])
+    );
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    assert!(
+        report["tcp"].is_object(),
+        "the report is written outside the jail: {report}"
+    );
+    assert!(
+        !jail.join("logs/control.sock").exists(),
+        "the control socket is removed at the end"
+    );
+    assert!(!std::fs::read_to_string(jail.join("logs/keys.log"))
+        .expect("key log")
+        .is_empty());
 }
 
 /// A lab config (no devices are opened: everything below fails before EAL)

@@ -277,6 +277,14 @@ fn run(
             "running as root for the whole run: set [process] user to drop privileges once the ports are up"
         );
     }
+    // After a privilege drop the user (or the chroot) might not reach the
+    // report's path: it is created now, where the operator said.
+    let early_report = match (&run_as, report_json) {
+        (Some(_), Some(path)) => {
+            Some(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+        }
+        _ => None,
+    };
     let mut dataplane = Dataplane::open(&config, None, run_as.as_ref()).context("cannot start the data plane")?;
     let _control = match &config.control.socket {
         Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
@@ -313,7 +321,13 @@ fn run(
         "tlsgate: stopped after {:.1} s; final counters:\n{report}",
         started.elapsed().as_secs_f64()
     ));
-    write_report(report_json, &report)
+    match (early_report, report_json) {
+        (Some(mut file), Some(path)) => {
+            std::io::Write::write_all(&mut file, json_text(&serde_json::to_value(&report)?)?.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        _ => write_report(report_json, &report),
+    }
 }
 
 /// The status lines of `run` on standard output: a reader that went away
@@ -660,6 +674,9 @@ fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
 
 fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let json = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, json_text(value)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn json_text(value: &serde_json::Value) -> Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
 }
