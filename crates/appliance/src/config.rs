@@ -55,6 +55,9 @@ pub struct Config {
     /// The Prometheus/OpenMetrics endpoint (`tlsgate top`, scrapers).
     #[serde(default)]
     pub metrics: Metrics,
+    /// Whom `tlsgate run` becomes once its ports are up (`[process]`).
+    #[serde(default)]
+    pub process: Process,
 }
 
 /// `[metrics]`: where a running instance serves its counters over HTTP.
@@ -64,6 +67,37 @@ pub struct Metrics {
     /// A kernel TCP address on the host (a management interface, never a
     /// data port) for `GET /metrics`; none: no endpoint.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[process]`: the unprivileged user `tlsgate run` switches to once EAL
+/// and the ports are up and the TLS material is loaded (see
+/// [`crate::privileges`]); without `user` it keeps running as it started.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// The user name to run as (never root).
+    pub user: Option<String>,
+    /// The group to run as; the user's primary group when absent.
+    pub group: Option<String>,
+    /// A directory to chroot into before switching user; the logs, the
+    /// capture and the control socket are then opened inside it.
+    pub chroot: Option<PathBuf>,
+}
+
+impl Process {
+    /// Where a path the process opens after the drop is on the host: under
+    /// the chroot directory when there is one.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        host_path(self.chroot.as_deref(), path)
+    }
+}
+
+/// `path` as the process sees it after a chroot to `root`, on the host.
+pub fn host_path(root: Option<&Path>, path: &Path) -> PathBuf {
+    match root {
+        Some(root) => root.join(path.strip_prefix("/").unwrap_or(path)),
+        None => path.to_owned(),
+    }
 }
 
 /// `[control]`: where a running instance takes commands.
@@ -725,6 +759,75 @@ impl Config {
         Ok(config)
     }
 
+    /// The files `run` opens after the privilege drop, by key: they are
+    /// written (and reopened, rotated) as `process.user`, inside
+    /// `process.chroot`.
+    pub fn outputs_after_drop(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("log.connections", self.log.connections.as_deref()),
+            ("log.keylog", self.log.keylog.as_deref()),
+            (
+                "capture.path",
+                self.capture.as_ref().map(|capture| capture.path.as_path()),
+            ),
+            ("control.socket", self.control.socket.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| Some((key, path?)))
+        .collect()
+    }
+
+    /// `[process]`: the names are not resolved here (that reads the user
+    /// database: `appliance::preflight` does it), only their shape.
+    fn validate_process(&self) -> Result<(), (&'static str, String)> {
+        let process = &self.process;
+        for (key, name) in [("process.user", &process.user), ("process.group", &process.group)] {
+            if let Some(name) = name {
+                if name.is_empty()
+                    || name.contains(|c: char| c == ':' || c == '/' || c.is_whitespace() || c.is_control())
+                {
+                    return Err((key, format!("{name:?} is not a user or group name")));
+                }
+            }
+        }
+        if process.user.is_none() {
+            for (key, set) in [
+                ("process.group", process.group.is_some()),
+                ("process.chroot", process.chroot.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        key,
+                        "needs process.user: the process switches to that user and group".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(root) = &process.chroot {
+            if !root.is_absolute() || root == Path::new("/") {
+                return Err((
+                    "process.chroot",
+                    format!("{}: give an absolute directory other than /", root.display()),
+                ));
+            }
+            if let Some((key, path)) = self
+                .outputs_after_drop()
+                .into_iter()
+                .find(|(_, path)| !path.is_absolute())
+            {
+                return Err((
+                    key,
+                    format!(
+                        "{}: with process.chroot give an absolute path as seen inside {} (it is opened after the chroot)",
+                        path.display(),
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -946,6 +1049,7 @@ impl Config {
                 "give a fixed port (scrapers and `tlsgate top` must find it), e.g. 127.0.0.1:9464".into(),
             ));
         }
+        self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
         self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -1213,6 +1317,64 @@ device = "net_af_packet1,iface=gws0"
         ] {
             let message = rejection(&format!("{MINIMAL}{text}"));
             assert!(message.contains(key), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_process_section_is_validated_naming_the_key() {
+        let defaults = parse(MINIMAL).expect("valid");
+        assert_eq!(defaults.process, Process::default(), "no privilege drop unless asked");
+        let set = parse(&format!(
+            "{MINIMAL}[process]\nuser = \"tlsgate\"\ngroup = \"tlsgate\"\nchroot = \"/var/lib/tlsgate\"\n\
+             [log]\nconnections = \"/log/connections.jsonl\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(set.process.user.as_deref(), Some("tlsgate"));
+        assert_eq!(
+            set.process.host_path(Path::new("/log/connections.jsonl")),
+            Path::new("/var/lib/tlsgate/log/connections.jsonl")
+        );
+        for (text, key, reason) in [
+            ("[process]\nuser = \"\"\n", "process.user", "not a user or group name"),
+            (
+                "[process]\nuser = \"a b\"\n",
+                "process.user",
+                "not a user or group name",
+            ),
+            (
+                "[process]\nuser = \"x\"\ngroup = \"a:b\"\n",
+                "process.group",
+                "not a user or group name",
+            ),
+            (
+                "[process]\ngroup = \"tlsgate\"\n",
+                "process.group",
+                "needs process.user",
+            ),
+            (
+                "[process]\nchroot = \"/var/lib/tlsgate\"\n",
+                "process.chroot",
+                "needs process.user",
+            ),
+            (
+                "[process]\nuser = \"x\"\nchroot = \"jail\"\n",
+                "process.chroot",
+                "absolute",
+            ),
+            (
+                "[process]\nuser = \"x\"\nchroot = \"/\"\n",
+                "process.chroot",
+                "absolute",
+            ),
+            (
+                "[process]\nuser = \"x\"\nchroot = \"/jail\"\n[log]\nkeylog = \"keys.log\"\n",
+                "log.keylog",
+                "as seen inside /jail",
+            ),
+            ("[process]\nusr = \"x\"\n", "usr", "unknown field"),
+        ] {
+            let message = rejection(&format!("{MINIMAL}{text}"));
+            assert!(message.contains(key) && message.contains(reason), "{text}: {message}");
         }
     }
 

@@ -17,6 +17,7 @@ use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats, Wo
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use crate::privileges::RunAs;
 use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 
 /// Why the data plane could not start.
@@ -30,6 +31,10 @@ pub enum DataplaneError {
     KeyLog(#[source] mitm::MitmError),
     #[error(transparent)]
     Output(#[from] crate::preflight::OutputError),
+    #[error(transparent)]
+    RunAsOutput(#[from] crate::preflight::RunAsOutputError),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error(transparent)]
     ConnectionLog(#[from] ConnectionLogError),
     #[error(transparent)]
@@ -245,12 +250,23 @@ fn receivers(
 impl Dataplane {
     /// Initialises EAL and opens the ports of `config` (or `devices`, when
     /// given, in place of the configured ones: replay uses pcap devices).
-    pub fn open(config: &Config, devices: Option<Vec<Device>>) -> Result<Dataplane, DataplaneError> {
+    /// With `run_as`, the process switches to that user once the ports,
+    /// rings and TLS contexts are made, and opens the logs and the capture
+    /// after that, as that user (see [`crate::privileges`]).
+    pub fn open(
+        config: &Config,
+        devices: Option<Vec<Device>>,
+        run_as: Option<&RunAs>,
+    ) -> Result<Dataplane, DataplaneError> {
         let devices = match devices {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
         };
         let policy = crate::preflight::preflight(config)?;
+        if let Some(run_as) = run_as {
+            // Before EAL starts its threads, so that they inherit it.
+            run_as.forbid_new_privileges()?;
+        }
         let dataplane = &config.dataplane;
         let mut eal_args = dataplane.eal_args.clone();
         for device in &devices {
@@ -310,24 +326,6 @@ impl Dataplane {
                 reta_size: dev.reta_size(),
             }),
         )?;
-        let key_log = match &config.log.keylog {
-            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path).map_err(DataplaneError::KeyLog)?)),
-            None => None,
-        };
-        let connection_log = match &config.log.connections {
-            Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
-            None => None,
-        };
-        let capture = match &config.capture {
-            Some(capture) => Some(Arc::new(DecryptedCapture::open(CaptureSettings {
-                path: capture.path.clone(),
-                port_map: capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
-                rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
-                rotate_secs: capture.rotate_secs,
-                max_files: capture.max_files,
-            })?)),
-            None => None,
-        };
         let engines: Vec<EngineStats> = (0..dataplane.workers).map(|_| EngineStats::default()).collect();
         let mut distribution = Vec::new();
         // Per port, the receive side of each worker, in worker order.
@@ -338,7 +336,7 @@ impl Dataplane {
             distribution.push(stats);
         }
         let handoffs: Vec<Arc<DistributionStats>> = distribution.iter().flatten().cloned().collect();
-        let workers = (0..dataplane.workers)
+        let mut workers = (0..dataplane.workers)
             .zip(engines)
             .map(|(queue, engine)| {
                 let queues = devices
@@ -353,7 +351,7 @@ impl Dataplane {
                     .collect::<Result<Vec<_>, DataplaneError>>()?;
                 Ok(WorkerSlot {
                     queues: Some(queues),
-                    tls: policy.tls_context(key_log.clone())?,
+                    tls: policy.tls_context()?,
                     engine,
                     stats: Arc::default(),
                     // Worker 0 distributes the ports under software distribution.
@@ -361,6 +359,42 @@ impl Dataplane {
                 })
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
+        // Everything that needs root is done: DPDK's memory, the ports and
+        // rings, the CA key read. The outputs are opened as the new user.
+        if let Some(run_as) = run_as {
+            run_as.enter()?;
+            tracing::info!(
+                "dropped privileges: running as {}{}, no capabilities, no_new_privs",
+                run_as.who(),
+                run_as
+                    .chroot
+                    .as_ref()
+                    .map_or(String::new(), |root| format!(", chrooted to {}", root.display()))
+            );
+        }
+        let key_log = match &config.log.keylog {
+            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path).map_err(DataplaneError::KeyLog)?)),
+            None => None,
+        };
+        if let Some(key_log) = &key_log {
+            for tls in workers.iter_mut().filter_map(|slot| slot.tls.as_mut()) {
+                tls.set_key_log(Arc::clone(key_log));
+            }
+        }
+        let connection_log = match &config.log.connections {
+            Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
+            None => None,
+        };
+        let capture = match &config.capture {
+            Some(capture) => Some(Arc::new(DecryptedCapture::open(CaptureSettings {
+                path: capture.path.clone(),
+                port_map: capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
+                rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                rotate_secs: capture.rotate_secs,
+                max_files: capture.max_files,
+            })?)),
+            None => None,
+        };
         Ok(Dataplane {
             eal,
             lcores,

@@ -130,13 +130,10 @@ impl InterceptPolicy {
         })
     }
 
-    /// A worker's TLS context (its own forger and caches), if TLS is
-    /// intercepted. Fails with the setting (and, in the error, the file) at
-    /// fault.
-    pub fn tls_context(
-        &self,
-        key_log: Option<std::sync::Arc<mitm::KeyLogFile>>,
-    ) -> Result<Option<TlsContext>, TlsSettingError> {
+    /// A worker's TLS context (its own forger and caches; without a key
+    /// log, [`TlsContext::set_key_log`] adds it), if TLS is intercepted.
+    /// Fails with the setting (and, in the error, the file) at fault.
+    pub fn tls_context(&self) -> Result<Option<TlsContext>, TlsSettingError> {
         let Some(tls) = &self.tls else { return Ok(None) };
         let at = |key: &'static str| move |source: MitmError| TlsSettingError { key, source };
         let (Some(ca_cert), Some(ca_key)) = (&tls.ca_cert, &tls.ca_key) else {
@@ -176,7 +173,7 @@ impl InterceptPolicy {
             InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
             InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,
         };
-        TlsContext::new(forger, trust, invalid, key_log)
+        TlsContext::new(forger, trust, invalid, None)
             .map(Some)
             .map_err(at("tls"))
     }

@@ -16,6 +16,7 @@ pub mod histogram;
 pub mod learned;
 pub mod policy;
 pub mod preflight;
+pub mod privileges;
 pub mod replay;
 pub mod splice;
 pub mod topnames;

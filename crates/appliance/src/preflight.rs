@@ -4,7 +4,11 @@
 //! decrypted capture are written. [`Dataplane::open`](crate::Dataplane::open)
 //! runs [`preflight`] first and `tlsgate check` runs exactly it, so check and
 //! run cannot disagree. Writability is probed with a file created and
-//! removed at once; nothing else is written.
+//! removed at once; nothing else is written. With `[process] user`, those
+//! files are opened after the privilege drop, as that user and inside
+//! `process.chroot`: their directories are then checked against that
+//! user's permission bits instead (the control socket's too), and the user
+//! and group must exist.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -15,6 +19,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::dataplane::DataplaneError;
 use crate::engine::InterceptPolicy;
+use crate::privileges::RunAs;
 
 /// A log or capture file that `run` could not write.
 #[derive(Debug, Error)]
@@ -27,11 +32,24 @@ pub struct OutputError {
     source: io::Error,
 }
 
+/// A file or directory that `process.user` could not write after the drop.
+#[derive(Debug, Error)]
+#[error("`{key}` {path}: {reason}, who writes it after the privilege drop (process.user)")]
+pub struct RunAsOutputError {
+    pub key: &'static str,
+    pub path: PathBuf,
+    reason: String,
+}
+
 /// Loads and checks everything `run` would, short of the devices; returns
 /// the intercept policy.
 pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
     let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
-    policy.tls_context(None)?;
+    policy.tls_context()?;
+    if let Some(run_as) = RunAs::from_config(&config.process)? {
+        writable_after_drop(config, &run_as)?;
+        return Ok(policy);
+    }
     for (key, path) in [
         ("log.connections", config.log.connections.as_deref()),
         ("log.keylog", config.log.keylog.as_deref()),
@@ -48,6 +66,36 @@ pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
         writable_dir("capture.path", &capture.path, existing)?;
     }
     Ok(policy)
+}
+
+/// Every file `run` opens after the drop, against the permission bits
+/// that apply to `run_as`: the directory (created by the capture if
+/// missing: its nearest existing ancestor) takes new entries, since the
+/// logs are reopened and the capture rotated there, and an existing file
+/// is writable.
+fn writable_after_drop(config: &Config, run_as: &RunAs) -> Result<(), RunAsOutputError> {
+    for (key, path) in config.outputs_after_drop() {
+        let error = |reason| RunAsOutputError {
+            key,
+            path: path.to_owned(),
+            reason,
+        };
+        let host = config.process.host_path(path);
+        let dir = parent(path);
+        let dir = if key == "capture.path" {
+            dir.ancestors()
+                .find(|dir| config.process.host_path(dir).exists())
+                .unwrap_or(Path::new("."))
+        } else {
+            dir
+        };
+        run_as.check_dir(dir).map_err(error)?;
+        // A stale control socket is replaced, the capture moved aside.
+        if key.starts_with("log.") && host.exists() {
+            run_as.check_file(path).map_err(error)?;
+        }
+    }
+    Ok(())
 }
 
 fn parent(path: &Path) -> &Path {

@@ -141,7 +141,7 @@ pub fn replay(
     // One frame per poll: what is sent in a poll answers that one frame.
     config.dataplane.burst_size = 1;
     let started = SystemTime::now();
-    let mut dataplane = Dataplane::open(&config, Some(devices.to_vec()))?;
+    let mut dataplane = Dataplane::open(&config, Some(devices.to_vec()), None)?;
     let Some((mut engine, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
         return Err(ReplayError::Dataplane(DataplaneError::Device(
             "no queue for replay".into(),

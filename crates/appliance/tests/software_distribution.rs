@@ -694,7 +694,7 @@ device = "{server}"
     // port's transmit queue w ("server-out-w"), the server→client ones on
     // the client port's ("client-out-w").
     let config = Config::parse(&text, Path::new("distribution-test.toml")).expect("config");
-    let mut dataplane = Dataplane::open(&config, None).expect("data plane");
+    let mut dataplane = Dataplane::open(&config, None, None).expect("data plane");
     let (stop, hangup) = (AtomicBool::new(false), AtomicBool::new(false));
     let started = Instant::now();
     let mut finished = false;

@@ -146,6 +146,14 @@ impl TlsContext {
         &self.forger
     }
 
+    /// Writes the secrets of the connections opened from now on to
+    /// `key_log` (for a key log opened after the context was made: `tlsgate
+    /// run` loads the CA before its privilege drop and opens the key log
+    /// after it).
+    pub fn set_key_log(&mut self, key_log: Arc<KeyLogFile>) {
+        self.key_log = Some(key_log);
+    }
+
     /// The upstream configuration for a client's offer: only the versions,
     /// suites and key-exchange groups of the appliance that the client
     /// offered too, so the server is never offered anything weaker than

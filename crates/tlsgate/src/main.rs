@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use appliance::config::Device;
+use appliance::privileges::RunAs;
 use appliance::{Config, Dataplane, Report};
 use clap::{Parser, Subcommand};
 use output::say;
@@ -297,7 +298,21 @@ fn run(
     let hangup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
         .context("cannot install the signal handler")?;
-    let mut dataplane = Dataplane::open(&config, None).context("cannot start the data plane")?;
+    let run_as = RunAs::from_config(&config.process).with_context(|| config_path.display().to_string())?;
+    if run_as.is_none() && appliance::privileges::running_as_root() {
+        tracing::warn!(
+            "running as root for the whole run: set [process] user to drop privileges once the ports are up"
+        );
+    }
+    // After a privilege drop the user (or the chroot) might not reach the
+    // report's path: it is created now, where the operator said.
+    let early_report = match (&run_as, report_json) {
+        (Some(_), Some(path)) => {
+            Some(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+        }
+        _ => None,
+    };
+    let mut dataplane = Dataplane::open(&config, None, run_as.as_ref()).context("cannot start the data plane")?;
     let _control = match &config.control.socket {
         Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
         None => None,
@@ -339,7 +354,13 @@ fn run(
         "tlsgate: stopped after {:.1} s; final counters:\n{report}",
         started.elapsed().as_secs_f64()
     ));
-    write_report(report_json, &report)
+    match (early_report, report_json) {
+        (Some(mut file), Some(path)) => {
+            std::io::Write::write_all(&mut file, json_text(&serde_json::to_value(&report)?)?.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        _ => write_report(report_json, &report),
+    }
 }
 
 /// The status lines of `run` on standard output: a reader that went away
@@ -481,6 +502,20 @@ fn check(config_path: &Path) -> Result<()> {
         Some(address) => say!("  metrics endpoint: http://{address}/metrics (Prometheus, tlsgate top)")?,
         None => say!("  metrics endpoint: none")?,
     }
+    match RunAs::from_config(&config.process)? {
+        Some(run_as) => say!(
+            "  process: once the ports are up, runs as {}{} with no capabilities and no_new_privs; the logs, \
+             the capture and the control socket are opened after that, as that user",
+            run_as.who(),
+            run_as
+                .chroot
+                .as_ref()
+                .map_or(String::new(), |root| format!(", chrooted to {}", root.display()))
+        )?,
+        None => {
+            say!("  process: keeps the user it starts as (root for DPDK) for the whole run ([process] user unset)")?
+        }
+    }
     if config.ports.inspect_out.is_some() {
         say!(
             "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
@@ -617,7 +652,7 @@ fn learned(command: LearnedCommand) -> Result<()> {
             config_path.display()
         );
     };
-    let answer = control::request(socket, &request)?;
+    let answer = control::request(&config.process.host_path(socket), &request)?;
     match command {
         LearnedCommand::List { .. } => output::write(format_args!("{}", control::format_list(&answer)))?,
         LearnedCommand::Clear { .. } => say!(
@@ -692,6 +727,9 @@ fn write_report(path: Option<&Path>, report: &Report) -> Result<()> {
 
 fn write_json(path: Option<&Path>, value: &serde_json::Value) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let json = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, json_text(value)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn json_text(value: &serde_json::Value) -> Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
 }
