@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Why a configuration was rejected.
@@ -28,7 +28,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dataplane: Dataplane,
@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 /// `[control]`: where a running instance takes commands.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Control {
     /// A Unix domain socket (mode 0600, so only the appliance's user may
@@ -64,7 +64,7 @@ pub struct Control {
 }
 
 /// Log files; each is reopened on SIGHUP (for rotation).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// JSON lines, one object per intercepted connection.
@@ -74,7 +74,7 @@ pub struct Log {
 }
 
 /// How the inspection loop behaves when the box does not work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inspect {
     /// What happens to a connection whose loop cannot be opened (the box
@@ -103,7 +103,7 @@ fn default_inspect_syn_timeout_ms() -> u64 {
 }
 
 /// `inspect.failure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum InspectFailure {
     /// Reset the connection: nothing passes uninspected.
@@ -115,7 +115,7 @@ pub enum InspectFailure {
 
 /// The decrypted capture: the plaintext of intercepted connections as a
 /// pcap with synthetic TCP framing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
     /// The file written now; rotated files are renamed next to it.
@@ -147,7 +147,7 @@ impl Capture {
 }
 
 /// TLS interception settings (used with `[intercept] mode = "tls"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// The appliance CA certificate (PEM), made by `tlsgate ca init`.
@@ -199,7 +199,7 @@ pub struct Tls {
 }
 
 /// `tls.ech`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum EchPolicy {
     #[default]
@@ -209,7 +209,7 @@ pub enum EchPolicy {
 }
 
 /// `tls.client_auth`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuthPolicy {
     #[default]
@@ -231,7 +231,7 @@ fn default_learned_max_entries() -> usize {
 }
 
 /// `tls.invalid_upstream`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum InvalidUpstreamPolicy {
     #[default]
@@ -267,7 +267,7 @@ fn default_cert_cache() -> usize {
 }
 
 /// Which connections the appliance terminates instead of bridging.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Intercept {
     /// Destination TCP ports whose new connections are intercepted.
@@ -283,7 +283,7 @@ pub struct Intercept {
 }
 
 /// How an intercepted connection is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptMode {
     /// Terminate TLS with a forged certificate and re-encrypt to the server.
@@ -295,7 +295,7 @@ pub enum InterceptMode {
 }
 
 /// The transparent TCP stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tcp {
     /// Receive buffer per socket (each intercepted connection has two):
@@ -370,7 +370,7 @@ impl Default for Tcp {
 }
 
 /// `tcp.congestion_control`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionControl {
     /// CUBIC (RFC 9438), as Linux uses by default.
@@ -394,7 +394,7 @@ impl From<CongestionControl> for netstack::CongestionControl {
 
 /// `tcp.at_capacity`: a new connection to an intercepted port when the
 /// table is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AtCapacity {
     /// Refuse it with a RST (counted and logged): nothing passes uninspected.
@@ -443,7 +443,7 @@ fn default_max_connections() -> usize {
 }
 
 /// Poll-mode data plane settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dataplane {
     /// Extra EAL arguments (memory, cores, logging); devices come from `[ports]`.
@@ -470,7 +470,7 @@ pub struct Dataplane {
 }
 
 /// The data ports.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ports {
     pub client: PortConfig,
@@ -504,7 +504,7 @@ impl Ports {
 }
 
 /// One data port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
     /// A DPDK virtual-device spec (`net_af_packet0,iface=eth1`) or a PCI
