@@ -703,6 +703,25 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// The `[control] socket` of the configuration at `path`, also when
+    /// the rest of the file does not load (so that `tlsgate reload` can
+    /// still reach the running instance, which then refuses the file and
+    /// says why); the file's own error when even that cannot be read.
+    pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        let error = match Config::load(path) {
+            Ok(config) => return Ok(config.control.socket),
+            Err(err) => err,
+        };
+        let socket = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|table| Some(table.get("control")?.get("socket")?.as_str()?.to_owned()));
+        match socket {
+            Some(socket) if !socket.is_empty() => Ok(Some(PathBuf::from(socket))),
+            _ => Err(error),
+        }
+    }
+
     /// Parses and validates `text`; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {

@@ -277,6 +277,8 @@ pub struct Report {
     pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// Configuration reloads (SIGHUP, `tlsgate reload`).
+    pub reloads: crate::reload::ReloadTotals,
     /// The process's resident memory (VmRSS), when the system says. In the
     /// final report of `run`: the sample the control thread takes when stop
     /// is requested, before the workers are told to stop (they reset and
@@ -445,6 +447,13 @@ impl fmt::Display for Report {
                 learned.cleared,
                 learned.pending_live,
                 learned.pending_evicted
+            )?;
+        }
+        if self.reloads.ok + self.reloads.refused > 0 {
+            writeln!(
+                f,
+                "reloads: {} put in force, {} refused (the running configuration stayed)",
+                self.reloads.ok, self.reloads.refused
             )?;
         }
         let splice = &tcp.splice;

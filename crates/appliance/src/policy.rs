@@ -407,6 +407,13 @@ impl Policy {
         self.learned.learn(destination(tuple, name), Learned::ClientAuth, now)
     }
 
+    /// The same rules sharing `learned` (a reload keeps what the running
+    /// instance learned).
+    pub fn with_learned(mut self, learned: Arc<LearnedStore>) -> Policy {
+        self.learned = learned;
+        self
+    }
+
     /// The learned bypasses, shared by every worker.
     pub fn learned(&self) -> &Arc<LearnedStore> {
         &self.learned
