@@ -307,11 +307,7 @@ impl State {
     }
 
     /// Reopens the running logs that stay at their path (rotation).
-    fn reopen_logs_kept(
-        &self,
-        key_log: &Option<Arc<mitm::KeyLogFile>>,
-        connection_log: &Option<Arc<ConnectionLog>>,
-    ) {
+    fn reopen_logs_kept(&self, key_log: &Option<Arc<mitm::KeyLogFile>>, connection_log: &Option<Arc<ConnectionLog>>) {
         if let (Some(kept), Some(running)) = (key_log, &self.key_log) {
             if Arc::ptr_eq(kept, running) {
                 if let Err(err) = kept.reopen() {
@@ -349,10 +345,7 @@ impl Reloader {
                         rules: sender,
                         taken: Arc::clone(&taken),
                     },
-                    WorkerInbox {
-                        rules: receiver,
-                        taken,
-                    },
+                    WorkerInbox { rules: receiver, taken },
                 )
             })
             .unzip();
@@ -442,7 +435,12 @@ impl Reloader {
     /// Waits up to `limit` until every worker took the rules of
     /// `generation`; returns how many did.
     pub fn await_workers(&self, generation: u64, limit: Duration) -> usize {
-        let taken: Vec<Arc<AtomicU64>> = self.state().workers.iter().map(|link| Arc::clone(&link.taken)).collect();
+        let taken: Vec<Arc<AtomicU64>> = self
+            .state()
+            .workers
+            .iter()
+            .map(|link| Arc::clone(&link.taken))
+            .collect();
         let deadline = Instant::now() + limit;
         loop {
             let done = taken

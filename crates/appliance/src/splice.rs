@@ -492,10 +492,7 @@ struct Generation {
 
 impl Generation {
     fn forge_counters(&self) -> ForgeCounters {
-        self.tls
-            .as_ref()
-            .map(|tls| tls.forger().counters())
-            .unwrap_or_default()
+        self.tls.as_ref().map(|tls| tls.forger().counters()).unwrap_or_default()
     }
 }
 
@@ -1055,12 +1052,10 @@ impl Splicer {
     /// and misses since it started, the cache of the contexts in use.
     pub fn forge_counters(&self) -> ForgeCounters {
         let shared = &self.shared;
-        shared
-            .older
-            .iter()
-            .fold(shared.forged_before + shared.current.forge_counters(), |sum, generation| {
-                sum + generation.forge_counters()
-            })
+        shared.older.iter().fold(
+            shared.forged_before + shared.current.forge_counters(),
+            |sum, generation| sum + generation.forge_counters(),
+        )
     }
 
     pub fn counters(&self) -> SpliceCounters {
@@ -1283,7 +1278,11 @@ impl Splicer {
         session.client = Some(client);
         session.server = Some(server);
         session.established = !shared.hold_synack;
-        session.tls = shared.current.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        session.tls = shared
+            .current
+            .tls
+            .as_ref()
+            .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
         if session.tls.is_some() {
             // Its ClientHello and handshakes follow the rules in force now.
             session.generation = Some(shared.current.number);
@@ -1437,7 +1436,11 @@ impl Splicer {
 
 /// The generation numbered `number` among `current` and `older` (the
 /// current one if it is gone, which a session holding it prevents).
-fn generation_mut<'a>(current: &'a mut Generation, older: &'a mut [Generation], number: Option<u64>) -> &'a mut Generation {
+fn generation_mut<'a>(
+    current: &'a mut Generation,
+    older: &'a mut [Generation],
+    number: Option<u64>,
+) -> &'a mut Generation {
     match older.iter_mut().find(|generation| Some(generation.number) == number) {
         Some(generation) => generation,
         None => current,

@@ -91,9 +91,7 @@ fn setup(name: &str) -> (Setup, CertificateDer<'static>) {
         1,
     );
     let context = intercept.tls_context(None).unwrap().unwrap();
-    let lab = Lab::with_engine(&intercept, |engine| {
-        engine.with_tls(context).with_connection_log(log)
-    });
+    let lab = Lab::with_engine(&intercept, |engine| engine.with_tls(context).with_connection_log(log));
     let setup = Setup {
         lab,
         reloads: Reloads {
@@ -128,7 +126,14 @@ struct Download {
 impl Download {
     /// Connects from `local_port` to `port` with a client trusting
     /// `trusted`; the request goes once the connection is open.
-    fn start(lab: &mut Lab, origin: &Arc<ServerConfig>, port: u16, local_port: u16, trusted: &CertificateDer<'static>, body: usize) -> Download {
+    fn start(
+        lab: &mut Lab,
+        origin: &Arc<ServerConfig>,
+        port: u16,
+        local_port: u16,
+        trusted: &CertificateDer<'static>,
+        body: usize,
+    ) -> Download {
         // The origin's records go into its socket at once.
         let listener = lab.server.listen(port, body + 64 * 1024);
         let socket = lab.client.connect(v4(SERVER_V4, port), local_port, 256 * 1024);
@@ -250,7 +255,9 @@ fn a_policy_change_mid_transfer_leaves_the_transfer_byte_exact_and_the_next_conn
 
     // The next connection to 8443 is refused at its SYN.
     let blocked = setup.lab.client.connect(v4(SERVER_V4, 8443), 40_002, 64 * 1024);
-    let refused = setup.lab.run_until(2_000, |lab| lab.client.tcp(blocked).state() == State::Closed);
+    let refused = setup
+        .lab
+        .run_until(2_000, |lab| lab.client.tcp(blocked).state() == State::Closed);
     assert!(refused, "client {:?}", setup.lab.client.tcp(blocked).state());
     assert_eq!(setup.lab.engine.splicer().counters().blocked, 1);
     // One to 443 gets a certificate forged by CA 2: a client trusting
@@ -269,7 +276,10 @@ fn a_policy_change_mid_transfer_leaves_the_transfer_byte_exact_and_the_next_conn
     assert_eq!(of(40_001)["decision"], "intercept", "{records:?}");
     assert_eq!(of(40_001)["ended"], "closed", "{records:?}");
     assert_eq!(of(40_002)["decision"], "block", "{records:?}");
-    assert!(of(40_002)["reason"].as_str().unwrap().contains("policy rule 1"), "{records:?}");
+    assert!(
+        of(40_002)["reason"].as_str().unwrap().contains("policy rule 1"),
+        "{records:?}"
+    );
     assert_eq!(of(40_004)["decision"], "intercept", "{records:?}");
     assert_eq!(setup.reloads.reloader.totals().ok, 1);
     assert_no_leaks(&mut setup.lab);
@@ -289,9 +299,11 @@ fn a_session_opened_before_a_reload_finishes_its_handshakes_with_the_rules_it_st
     assert!(open);
 
     // Port 443 bypassed from now on, and CA 2 in force.
-    setup
-        .reloads
-        .reload(&mut setup.lab, &ca2_keys, "[[policy]]\naction = \"bypass\"\nport = [443]\n");
+    setup.reloads.reload(
+        &mut setup.lab,
+        &ca2_keys,
+        "[[policy]]\naction = \"bypass\"\nport = [443]\n",
+    );
     // The early session is still intercepted with CA 1 ...
     early.finish(&mut setup.lab, |_, _| {});
     // ... while the next connection is bypassed: its client sees the
@@ -333,7 +345,10 @@ fn a_configuration_that_does_not_load_is_refused_and_the_running_one_stays() {
         for name in named {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
-        assert!(!reloads.inbox.apply_to(&mut setup.lab.engine), "nothing reached the worker");
+        assert!(
+            !reloads.inbox.apply_to(&mut setup.lab.engine),
+            "nothing reached the worker"
+        );
     }
     assert_eq!(setup.reloads.reloader.totals().refused, 2);
     assert_eq!(setup.reloads.reloader.totals().ok, 0);
@@ -346,7 +361,9 @@ fn a_configuration_that_does_not_load_is_refused_and_the_running_one_stays() {
 
     // A change only a restart applies is named, and left as it is.
     let config = write_config(&setup.scratch.0, &ca1_keys, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace("rx_buffer = 65536", "rx_buffer = 131072");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("rx_buffer = 65536", "rx_buffer = 131072");
     std::fs::write(&config, text).unwrap();
     let outcome = setup.reloads.reloader.reload(&config).unwrap();
     assert_eq!(outcome.needs_restart, ["tcp.rx_buffer"]);

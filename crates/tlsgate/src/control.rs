@@ -223,7 +223,8 @@ mod tests {
     use super::*;
     use appliance::learned::{Destination, Learned, LearnedSettings};
 
-    const SPLICE: &str = "[dataplane]\n[ports.client]\ndevice = \"net_ring0\"\n[ports.server]\ndevice = \"net_ring1\"\n\
+    const SPLICE: &str =
+        "[dataplane]\n[ports.client]\ndevice = \"net_ring0\"\n[ports.server]\ndevice = \"net_ring1\"\n\
                           [intercept]\ntcp_ports = [443]\nmode = \"splice\"\n";
 
     /// An instance without workers started from `config` (SPLICE).
@@ -258,7 +259,11 @@ mod tests {
         assert_eq!(answer["generation"], 1, "{answer}");
         assert_eq!(answer["applied"], json!(["policy"]), "{answer}");
         assert_eq!(answer["needs_restart"], json!(["tcp.rx_buffer"]), "{answer}");
-        std::fs::write(&config, format!("{SPLICE}[[policy]]\naction = \"bypass\"\ndst = [\"nowhere\"]\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!("{SPLICE}[[policy]]\naction = \"bypass\"\ndst = [\"nowhere\"]\n"),
+        )
+        .unwrap();
         let err = request(&path, "reload").unwrap_err().to_string();
         assert!(
             err.contains("reload refused") && err.contains("tlsgate.toml") && err.contains("policy[1].dst"),

@@ -464,7 +464,10 @@ fn check(config_path: &Path) -> Result<()> {
         )?;
     }
     match &config.control.socket {
-        Some(path) => say!("  control socket: {} (tlsgate learned list/clear, tlsgate reload)", path.display())?,
+        Some(path) => say!(
+            "  control socket: {} (tlsgate learned list/clear, tlsgate reload)",
+            path.display()
+        )?,
         None => say!("  control socket: none")?,
     }
     if config.ports.inspect_out.is_some() {
@@ -625,7 +628,12 @@ fn reload(config_path: &Path) -> Result<()> {
     let keys = |name: &str| {
         answer[name]
             .as_array()
-            .map(|keys| keys.iter().filter_map(|key| key.as_str()).collect::<Vec<_>>().join(", "))
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|key| key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default()
     };
     let applied = keys("applied");
