@@ -8,6 +8,10 @@
 //! already open keep the rules they started with (see
 //! `splice::Generation`); new connections follow the new ones.
 //!
+//! The TLS files are read again even when their paths stay; a reload that
+//! changes no live key and none of those files (log rotation) only reopens
+//! the logs, so the workers keep their caches.
+//!
 //! Only the keys of [`LIVE_KEYS`] change live. Any other key that differs
 //! (ports, workers, buffers, EAL arguments, timeouts, ...) is reported as
 //! needing a restart and keeps its running value; a later reload reports
@@ -73,7 +77,8 @@ pub enum ReloadError {
 /// What a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadOutcome {
-    /// Reloads put in force since the start (this one included).
+    /// Rules sent to the workers since the start (this reload's included;
+    /// a reload that changed no live key and no TLS file sends none).
     pub generation: u64,
     /// The live keys whose value changed, now in force.
     pub applied: Vec<String>,
@@ -175,6 +180,30 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
     }
 }
 
+/// A digest of the TLS files `config` names (CA, key, chain, leaf key,
+/// trust bundle) with their paths, so that a reload sees a file replaced
+/// in place; a file that cannot be read counts as changed.
+fn tls_material(config: &Config) -> Vec<u8> {
+    let tls = &config.tls;
+    let trust = match tls.upstream_trust.as_str() {
+        "system" => PathBuf::from(mitm::trust::SYSTEM_BUNDLE),
+        path => PathBuf::from(path),
+    };
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    for path in [&tls.ca_cert, &tls.ca_key, &tls.ca_chain, &tls.leaf_key, &Some(trust)]
+        .into_iter()
+        .flatten()
+    {
+        digest.update(path.as_os_str().as_encoded_bytes());
+        match std::fs::read(path) {
+            Ok(contents) => digest.update(&contents),
+            Err(_) => digest.update(b"\0unreadable"),
+        }
+        digest.update(b"\0");
+    }
+    digest.finish().as_ref().to_vec()
+}
+
 /// Loads everything the live keys of `config` name, as `run` does, and
 /// builds the rules of `workers` workers (each its own TLS context);
 /// `learned` is the running instance's store, kept.
@@ -237,6 +266,8 @@ pub struct Reloader {
 
 struct State {
     running: Config,
+    /// [`tls_material`] of `running`.
+    material: Vec<u8>,
     learned: Arc<LearnedStore>,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
@@ -263,6 +294,17 @@ impl State {
     fn reload(&mut self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
         let new = Config::load(path)?;
         let plan = plan(&self.running, &new);
+        let material = tls_material(&plan.config);
+        if plan.applied.is_empty() && material == self.material {
+            // Nothing live changed (log rotation, a key that needs a
+            // restart): the workers keep their rules, and their caches.
+            self.reopen_logs_kept(&self.key_log, &self.connection_log);
+            return Ok(ReloadOutcome {
+                generation: self.generation,
+                applied: plan.applied,
+                needs_restart: plan.needs_restart,
+            });
+        }
         let load = |source| ReloadError::Load {
             path: path.to_owned(),
             source,
@@ -297,6 +339,7 @@ impl State {
         }
         self.generation += 1;
         self.running = plan.config;
+        self.material = material;
         self.key_log = key_log;
         self.connection_log = connection_log;
         Ok(ReloadOutcome {
@@ -352,6 +395,7 @@ impl Reloader {
         let reloader = Reloader {
             state: Mutex::new(State {
                 running: config.clone(),
+                material: tls_material(config),
                 learned,
                 key_log,
                 connection_log,

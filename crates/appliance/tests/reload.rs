@@ -6,7 +6,8 @@
 //! byte-exact, while the next connection follows the new rules; a session
 //! opened before a reload finishes its handshakes with the rules it started
 //! under; a configuration that does not load is refused with its file and
-//! key, and nothing changes.
+//! key, and nothing changes; a reload that changes nothing live leaves the
+//! worker's rules alone, while a CA file replaced in place is reloaded.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -368,5 +369,23 @@ fn a_configuration_that_does_not_load_is_refused_and_the_running_one_stays() {
     let outcome = setup.reloads.reloader.reload(&config).unwrap();
     assert_eq!(outcome.needs_restart, ["tcp.rx_buffer"]);
     assert!(outcome.applied.is_empty(), "{outcome:?}");
+    // Nothing live changed: the worker keeps its rules (and its caches).
+    assert_eq!(outcome.generation, 0);
+    assert!(!setup.reloads.inbox.apply_to(&mut setup.lab.engine));
+
+    // A CA replaced in place (same paths) is a change: the next connection
+    // gets certificates from the new one.
+    let (ca3, _) = new_ca(&setup.scratch.0.join("ca3"), "tlsgate test CA 3");
+    for file in ["ca.pem", "ca.key"] {
+        std::fs::rename(
+            setup.scratch.0.join("ca3").join(file),
+            setup.scratch.0.join("ca1").join(file),
+        )
+        .unwrap();
+    }
+    let outcome = setup.reloads.reloader.reload(&config).unwrap();
+    assert_eq!(outcome.generation, 1, "{outcome:?}");
+    assert!(setup.reloads.inbox.apply_to(&mut setup.lab.engine));
+    Download::start(&mut setup.lab, &origin, 443, 40_022, &ca3, 1024).finish(&mut setup.lab, |_, _| {});
     assert_no_leaks(&mut setup.lab);
 }
