@@ -120,6 +120,53 @@ fn learned_needs_a_control_socket_and_a_running_instance() {
     );
 }
 
+#[test]
+fn reload_finds_the_control_socket_even_in_a_file_that_does_not_load() {
+    let scratch = Scratch::new("reload-cli");
+    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let reload = |config: &std::path::Path| {
+        let result = output(tlsgate().args(["reload", "--config"]).arg(config));
+        assert_eq!(result.status.code(), Some(1));
+        text(&result.stderr)
+    };
+    let without = scratch.path("without.toml");
+    std::fs::write(&without, &lab).expect("write");
+    let said = reload(&without);
+    assert!(
+        said.contains("no [control] socket") && said.contains("SIGHUP"),
+        "{said}"
+    );
+    // A broken file still names the socket: the running instance is asked
+    // (and would refuse the file, saying why).
+    let socket = scratch.path("control.sock");
+    let broken = scratch.path("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{lab}\n[control]\nsocket = {:?}\n[[policy]]\naction = \"block\"\ndst = [\"nowhere\"]\n",
+            socket.display().to_string()
+        ),
+    )
+    .expect("write");
+    let said = reload(&broken);
+    assert!(
+        said.contains("cannot reach a running tlsgate") && said.contains("control.sock"),
+        "{said}"
+    );
+    // Without a socket, the file's own error.
+    let unusable = scratch.path("unusable.toml");
+    std::fs::write(
+        &unusable,
+        format!("{lab}\n[[policy]]\naction = \"block\"\ndst = [\"nowhere\"]\n"),
+    )
+    .expect("write");
+    let said = reload(&unusable);
+    assert!(
+        said.contains("policy[1].dst") && said.contains("unusable.toml"),
+        "{said}"
+    );
+}
+
 /// Every subcommand path below `path`, depth first, as listed under
 /// "Commands:" in their `-h` (clap's own `help` left out).
 fn subcommands(path: &[String]) -> Vec<Vec<String>> {

@@ -13,31 +13,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{box_dir, curl, inspect_box, inspect_config, parallel_downloads, Appliance, Lab, Origin};
+use common::lab::{
+    await_records, box_dir, curl, every_download_reached, inspect_box, inspect_config, parallel_downloads, Appliance,
+    Lab, Origin,
+};
 use common::{output, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
-
-/// The connection log's records.
-fn connection_log(scratch: &Scratch) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(scratch.path("connections.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("json"))
-        .collect()
-}
-
-/// Waits up to 15 s for `count` connection-log records.
-fn await_records(scratch: &Scratch, count: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let records = connection_log(scratch);
-        if records.len() >= count || Instant::now() > deadline {
-            return records;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Files of the recorder whose content satisfies `matches`, waiting up to 5 s.
 fn recorded(flows: &Path, matches: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
@@ -315,24 +297,6 @@ fn a_stopped_box_or_a_dead_link_fails_closed_or_open_as_configured() {
         };
         assert_eq!(report["tcp"][counter], 2, "{report}");
     }
-}
-
-/// Waits up to 30 s until every one of `count` downloads under `downloads`
-/// (parallel_downloads' files) holds at least `bytes`; false if not.
-fn every_download_reached(downloads: &Path, count: usize, bytes: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let reached = (0..count)
-            .filter(|index| {
-                std::fs::metadata(downloads.join(format!("{index}.bin"))).is_ok_and(|file| file.len() >= bytes)
-            })
-            .count();
-        if reached == count {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

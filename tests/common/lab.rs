@@ -321,6 +321,45 @@ pub fn parallel_downloads(
     }
 }
 
+/// Waits up to 30 s until every one of `count` downloads under `downloads`
+/// (parallel_downloads' files) holds at least `bytes`; false if not.
+pub fn every_download_reached(downloads: &Path, count: usize, bytes: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let reached = (0..count)
+            .filter(|index| {
+                std::fs::metadata(downloads.join(format!("{index}.bin"))).is_ok_and(|file| file.len() >= bytes)
+            })
+            .count();
+        if reached == count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The connection log's records.
+pub fn connection_log(scratch: &Scratch) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(scratch.path("connections.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json"))
+        .collect()
+}
+
+/// Waits up to 15 s for `count` connection-log records.
+pub fn await_records(scratch: &Scratch, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let records = connection_log(scratch);
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn curl(lab: &Lab, ca: &Path, args: &[&str]) -> std::process::Output {
     output(
         lab.cmd(CLI, "curl")

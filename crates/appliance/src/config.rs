@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Why a configuration was rejected.
@@ -28,7 +28,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dataplane: Dataplane,
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// `[metrics]`: where a running instance serves its counters over HTTP.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     /// A kernel TCP address on the host (a management interface, never a
@@ -72,7 +72,7 @@ pub struct Metrics {
 /// `[process]`: the unprivileged user `tlsgate run` switches to once EAL
 /// and the ports are up and the TLS material is loaded (see
 /// [`crate::privileges`]); without `user` it keeps running as it started.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Process {
     /// The user name to run as (never root).
@@ -101,7 +101,7 @@ pub fn host_path(root: Option<&Path>, path: &Path) -> PathBuf {
 }
 
 /// `[control]`: where a running instance takes commands.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Control {
     /// A Unix domain socket (mode 0600, so only the appliance's user may
@@ -110,7 +110,7 @@ pub struct Control {
 }
 
 /// Log files; each is reopened on SIGHUP (for rotation).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
     /// JSON lines, one object per intercepted connection.
@@ -120,7 +120,7 @@ pub struct Log {
 }
 
 /// How the inspection loop behaves when the box does not work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inspect {
     /// What happens to a connection whose loop cannot be opened (the box
@@ -149,7 +149,7 @@ fn default_inspect_syn_timeout_ms() -> u64 {
 }
 
 /// `inspect.failure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum InspectFailure {
     /// Reset the connection: nothing passes uninspected.
@@ -161,7 +161,7 @@ pub enum InspectFailure {
 
 /// The decrypted capture: the plaintext of intercepted connections as a
 /// pcap with synthetic TCP framing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
     /// The file written now; rotated files are renamed next to it.
@@ -193,7 +193,7 @@ impl Capture {
 }
 
 /// TLS interception settings (used with `[intercept] mode = "tls"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// The appliance CA certificate (PEM), made by `tlsgate ca init`.
@@ -245,7 +245,7 @@ pub struct Tls {
 }
 
 /// `tls.ech`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum EchPolicy {
     #[default]
@@ -255,7 +255,7 @@ pub enum EchPolicy {
 }
 
 /// `tls.client_auth`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuthPolicy {
     #[default]
@@ -277,7 +277,7 @@ fn default_learned_max_entries() -> usize {
 }
 
 /// `tls.invalid_upstream`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum InvalidUpstreamPolicy {
     #[default]
@@ -313,7 +313,7 @@ fn default_cert_cache() -> usize {
 }
 
 /// Which connections the appliance terminates instead of bridging.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Intercept {
     /// Destination TCP ports whose new connections are intercepted.
@@ -329,7 +329,7 @@ pub struct Intercept {
 }
 
 /// How an intercepted connection is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptMode {
     /// Terminate TLS with a forged certificate and re-encrypt to the server.
@@ -341,7 +341,7 @@ pub enum InterceptMode {
 }
 
 /// The transparent TCP stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tcp {
     /// Receive buffer per socket (each intercepted connection has two):
@@ -416,7 +416,7 @@ impl Default for Tcp {
 }
 
 /// `tcp.congestion_control`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionControl {
     /// CUBIC (RFC 9438), as Linux uses by default.
@@ -440,7 +440,7 @@ impl From<CongestionControl> for netstack::CongestionControl {
 
 /// `tcp.at_capacity`: a new connection to an intercepted port when the
 /// table is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AtCapacity {
     /// Refuse it with a RST (counted and logged): nothing passes uninspected.
@@ -489,7 +489,7 @@ fn default_max_connections() -> usize {
 }
 
 /// Poll-mode data plane settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dataplane {
     /// Extra EAL arguments (memory, cores, logging); devices come from `[ports]`.
@@ -516,7 +516,7 @@ pub struct Dataplane {
 }
 
 /// The data ports.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ports {
     pub client: PortConfig,
@@ -550,7 +550,7 @@ impl Ports {
 }
 
 /// One data port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
     /// A DPDK virtual-device spec (`net_af_packet0,iface=eth1`) or a PCI
@@ -747,6 +747,31 @@ impl Config {
             source,
         })?;
         Config::parse(&text, path)
+    }
+
+    /// Where the `[control] socket` of the configuration at `path` is on
+    /// the host (under `process.chroot` when there is one), also when the
+    /// rest of the file does not load (so that `tlsgate reload` can still
+    /// reach the running instance, which then refuses the file and says
+    /// why); the file's own error when even that cannot be read.
+    pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigError> {
+        let error = match Config::load(path) {
+            Ok(config) => return Ok(config.control.socket.map(|socket| config.process.host_path(&socket))),
+            Err(err) => err,
+        };
+        let table = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok());
+        let entry = |section: &str, key: &str| {
+            Some(table.as_ref()?.get(section)?.get(key)?.as_str()?.to_owned()).filter(|value| !value.is_empty())
+        };
+        match entry("control", "socket") {
+            Some(socket) => Ok(Some(host_path(
+                entry("process", "chroot").as_deref().map(Path::new),
+                Path::new(&socket),
+            ))),
+            None => Err(error),
+        }
     }
 
     /// Parses and validates `text`; `path` is only used in messages.

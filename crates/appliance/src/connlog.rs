@@ -54,6 +54,11 @@ impl ConnectionLog {
         })
     }
 
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Reopens the file at its path (after it was moved away for rotation).
     pub fn reopen(&self) -> Result<(), ConnectionLogError> {
         let fresh = open(&self.path)?;

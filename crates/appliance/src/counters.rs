@@ -297,6 +297,8 @@ pub struct Report {
     /// The most frequent server names of the ClientHellos, most first
     /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
     pub top_sni: Vec<NameCount>,
+    /// Configuration reloads (SIGHUP, `tlsgate reload`).
+    pub reloads: crate::reload::ReloadTotals,
     /// The process's resident memory (VmRSS), when the system says. In the
     /// final report of `run`: the sample the control thread takes when stop
     /// is requested, before the workers are told to stop (they reset and
@@ -485,6 +487,13 @@ impl fmt::Display for Report {
                 learned.cleared,
                 learned.pending_live,
                 learned.pending_evicted
+            )?;
+        }
+        if self.reloads.ok + self.reloads.refused > 0 {
+            writeln!(
+                f,
+                "reloads: {} put in force, {} refused (the running configuration stayed)",
+                self.reloads.ok, self.reloads.refused
             )?;
         }
         let splice = &tcp.splice;

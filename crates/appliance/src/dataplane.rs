@@ -18,6 +18,7 @@ use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
 use crate::privileges::RunAs;
+use crate::reload::{Reloader, WorkerInbox};
 use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 
 /// Why the data plane could not start.
@@ -149,8 +150,10 @@ pub struct Dataplane {
     max_sleep: Duration,
     burst_size: usize,
     policy: InterceptPolicy,
-    key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
+    /// Live reload of the policy, TLS material and logs (SIGHUP, and the
+    /// control channel's `reload`).
+    reloader: Arc<Reloader>,
     capture: Option<Arc<DecryptedCapture>>,
     /// The process's resident memory when stop was requested, before the
     /// workers let go of their connections (set by [`Dataplane::run`]).
@@ -207,6 +210,8 @@ fn assemble<P: dpdk::Port>(
 struct WorkerSlot {
     queues: Option<Vec<WorkerQueue>>,
     tls: Option<mitm::TlsContext>,
+    /// Where reloaded rules reach this worker.
+    inbox: Option<WorkerInbox>,
     engine: EngineStats,
     stats: Arc<WorkerStats>,
     /// The ports this worker distributes to the others (worker 0 only).
@@ -352,6 +357,8 @@ impl Dataplane {
                 Ok(WorkerSlot {
                     queues: Some(queues),
                     tls: policy.tls_context()?,
+                    // Set once the reloader exists, after the logs are open.
+                    inbox: None,
                     engine,
                     stats: Arc::default(),
                     // Worker 0 distributes the ports under software distribution.
@@ -395,6 +402,16 @@ impl Dataplane {
             })?)),
             None => None,
         };
+        let (reloader, inboxes) = Reloader::new(
+            config,
+            Arc::clone(policy.rules.learned()),
+            key_log,
+            connection_log.clone(),
+            usize::from(dataplane.workers),
+        );
+        for (slot, inbox) in workers.iter_mut().zip(inboxes) {
+            slot.inbox = Some(inbox);
+        }
         Ok(Dataplane {
             eal,
             lcores,
@@ -404,8 +421,8 @@ impl Dataplane {
             max_sleep: Duration::from_micros(u64::from(dataplane.idle_sleep_max_us)),
             burst_size: usize::from(dataplane.burst_size),
             policy,
-            key_log,
             connection_log,
+            reloader: Arc::new(reloader),
             capture,
             rss_at_stop: None,
             clock: EngineClock::start(),
@@ -437,8 +454,8 @@ impl Dataplane {
         Some((engine, Arc::clone(&slot.stats), self.max_sleep))
     }
 
-    /// Runs one worker thread per queue pair until `stop` is set, reopening
-    /// the logs whenever `hangup` is set; `tick` is
+    /// Runs one worker thread per queue pair until `stop` is set, reloading
+    /// (see [`Reloader::hangup`]) whenever `hangup` is set; `tick` is
     /// called about every `interval` (zero: never) on this thread with a
     /// fresh report.
     pub fn run(
@@ -466,6 +483,7 @@ impl Dataplane {
                 let engine_stats = slot.engine.clone();
                 let handoffs = slot.handoffs.clone();
                 let tls = slot.tls.take();
+                let inbox = slot.inbox.take();
                 let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
                 let eal = Arc::clone(&eal);
@@ -494,7 +512,7 @@ impl Dataplane {
                         let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
                         match engine {
                             Some(mut engine) => {
-                                let reset = run_worker(&mut engine, &mut poller, halt);
+                                let reset = run_worker(&mut engine, &mut poller, halt, inbox.as_ref());
                                 if reset > 0 {
                                     tracing::info!("worker {index}: reset {reset} connection legs at shutdown");
                                 }
@@ -520,7 +538,7 @@ impl Dataplane {
                 || handles.iter().any(|(_, h)| h.is_finished()),
                 || {
                     if hangup.swap(false, Ordering::Relaxed) {
-                        self.reopen_logs();
+                        self.reloader.hangup();
                     }
                     if !interval.is_zero() && last_tick.elapsed() >= interval {
                         last_tick = Instant::now();
@@ -588,18 +606,16 @@ impl Dataplane {
             .collect()
     }
 
-    /// Reopens the log files at their paths (SIGHUP, after rotation).
-    pub fn reopen_logs(&self) {
-        if let Some(log) = &self.key_log {
-            if let Err(err) = log.reopen() {
-                tracing::error!("cannot reopen the key log: {err}");
-            }
-        }
-        if let Some(log) = &self.connection_log {
-            if let Err(err) = log.reopen() {
-                tracing::error!("cannot reopen the connection log: {err}");
-            }
-        }
+    /// The live reload of this instance (see [`crate::reload`]).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        Arc::clone(&self.reloader)
+    }
+
+    /// Reloads from the configuration file at `path` on SIGHUP (the file
+    /// `run` started from); without it SIGHUP only reopens the logs.
+    pub fn reload_from(self, path: &std::path::Path) -> Self {
+        self.reloader.set_source(path);
+        self
     }
 
     /// Every counter, summed over workers per port.
@@ -627,19 +643,21 @@ impl Dataplane {
                 .map(|slot| (slot.engine.clone(), Arc::clone(&slot.stats)))
                 .collect(),
             learned: Arc::clone(self.policy.rules.learned()),
+            reloader: Arc::clone(&self.reloader),
             capture: self.capture.clone(),
         }
     }
 }
 
 /// What a [`Report`] is read from: every worker's counters, the ports'
-/// driver counters, the learned bypasses and the capture (see
+/// driver counters, the learned bypasses, the reloads and the capture (see
 /// [`Dataplane::report_source`]).
 #[derive(Clone)]
 pub struct ReportSource {
     ports: Vec<(Side, String, Arc<EthDev>)>,
     workers: Vec<(EngineStats, Arc<WorkerStats>)>,
     learned: Arc<crate::learned::LearnedStore>,
+    reloader: Arc<Reloader>,
     capture: Option<Arc<DecryptedCapture>>,
 }
 
@@ -667,6 +685,7 @@ impl ReportSource {
         Report {
             top_sni: crate::topnames::merged(top_sni.iter().map(Vec::as_slice)),
             learned: self.learned.totals(),
+            reloads: self.reloader.totals(),
             rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
             ports,

@@ -254,6 +254,12 @@ impl<P: Port> Engine<P> {
         self
     }
 
+    /// Puts reloaded `rules` in force for new connections (see
+    /// [`Splicer::reload`]); called by the worker between two polls.
+    pub fn reload(&mut self, rules: crate::splice::Rules) {
+        self.splicer.reload(rules);
+    }
+
     /// Records the plaintext of every intercepted TLS connection in `capture`.
     pub fn with_capture(mut self, capture: Arc<crate::capture::DecryptedCapture>) -> Self {
         self.splicer.set_capture(capture);
@@ -305,11 +311,7 @@ impl<P: Port> Engine<P> {
     fn tcp_totals(&self) -> TcpTotals {
         let stack = self.stack.counters();
         let splice = self.splicer.counters();
-        let forge = self
-            .splicer
-            .tls()
-            .map(|tls| tls.forger().counters())
-            .unwrap_or_default();
+        let forge = self.splicer.forge_counters();
         TcpTotals {
             flows_live: stack.flows_live,
             flows_created: stack.flows_created,

@@ -17,6 +17,7 @@ pub mod learned;
 pub mod policy;
 pub mod preflight;
 pub mod privileges;
+pub mod reload;
 pub mod replay;
 pub mod splice;
 pub mod topnames;
@@ -26,4 +27,20 @@ pub use config::{Config, ConfigError};
 pub use counters::Report;
 pub use dataplane::{Dataplane, DataplaneError, ReportSource};
 pub use preflight::preflight;
+pub use reload::{ReloadError, ReloadOutcome, Reloader};
 pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};
+
+/// The message of `err` followed by its causes, each once: a cause whose
+/// text the message already holds is not repeated.
+pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        let text = source.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = source.source();
+    }
+    message
+}

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use mitm::Rejection;
 use netstack::Instant;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wire::FlowTuple;
 
 use crate::learned::{Destination, Learned, LearnedEntry, LearnedStore};
 
 /// What to do with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Intercept,
@@ -44,7 +44,7 @@ impl Action {
 
 /// What happens to UDP to and from the intercepted ports (QUIC, which the
 /// appliance cannot intercept): `intercept.udp`, or a rule's `udp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UdpPolicy {
     /// Dropped and counted: clients fall back to TCP, which is intercepted.
@@ -55,7 +55,7 @@ pub enum UdpPolicy {
 }
 
 /// The failure a `when` rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     /// The client's first bytes are not TLS.
@@ -79,7 +79,7 @@ impl Condition {
 }
 
 /// One `[[policy]]` table as written.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub action: Action,
@@ -405,6 +405,13 @@ impl Policy {
             return None;
         }
         self.learned.learn(destination(tuple, name), Learned::ClientAuth, now)
+    }
+
+    /// The same rules sharing `learned` (a reload keeps what the running
+    /// instance learned).
+    pub fn with_learned(mut self, learned: Arc<LearnedStore>) -> Policy {
+        self.learned = learned;
+        self
     }
 
     /// The learned bypasses, shared by every worker.

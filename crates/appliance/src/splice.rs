@@ -29,6 +29,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use mitm::forge::ForgeCounters;
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use slab::Slab;
@@ -265,6 +266,7 @@ impl Session {
             ended: None,
             tls_info: None,
             decision: None,
+            generation: None,
             backlog_to_server: Vec::new(),
             backlog_to_client: Vec::new(),
             replaced_server: None,
@@ -333,6 +335,9 @@ struct Session {
     tls_info: Option<SessionInfo>,
     /// The policy's decision, once made.
     decision: Option<Verdict>,
+    /// The generation of policy and TLS context this session decides and
+    /// handshakes with, until its handshakes are done (see [`Generation`]).
+    generation: Option<u64>,
     /// Bytes to relay directly before anything else the client / the server
     /// sends: client bytes the TLS layer read before a bypass, or what an
     /// inspection box that failed open had not passed back.
@@ -473,6 +478,38 @@ impl std::ops::AddAssign for SpliceCounters {
     }
 }
 
+/// What a reload replaces in a worker's splicer (see `crate::reload`).
+pub struct Rules {
+    /// The `[[policy]]` rules (with the learned bypasses every generation
+    /// shares).
+    pub policy: Policy,
+    /// The TLS context (CA, chain, leaf key, upstream trust), when TLS is
+    /// intercepted.
+    pub tls: Option<TlsContext>,
+    /// Where sessions are logged when they end.
+    pub log: Option<Arc<ConnectionLog>>,
+}
+
+/// One generation of the reloadable settings of a splicer: the policy and
+/// TLS context in force from one reload to the next. A session keeps the
+/// generation in force at its SYN for its policy decisions and TLS
+/// handshakes (so its ClientHello is judged, and its certificate forged,
+/// by the rules it started under); it lets go once its TLS handshakes are
+/// done, or it ends, and an earlier generation no session uses is dropped.
+struct Generation {
+    number: u64,
+    policy: Policy,
+    tls: Option<TlsContext>,
+    /// Sessions holding this generation.
+    sessions: usize,
+}
+
+impl Generation {
+    fn forge_counters(&self) -> ForgeCounters {
+        self.tls.as_ref().map(|tls| tls.forger().counters()).unwrap_or_default()
+    }
+}
+
 /// All spliced sessions of one worker.
 pub struct Splicer {
     sessions: Slab<Session>,
@@ -499,9 +536,14 @@ struct Shared {
     counters: SpliceCounters,
     /// The most frequent server names of the ClientHellos.
     top_sni: TopNames,
-    tls: Option<TlsContext>,
+    /// The policy and TLS context new sessions start with.
+    current: Generation,
+    /// Earlier generations still used by a session that started with
+    /// them (see [`Generation`]).
+    older: Vec<Generation>,
+    /// What the forgers of generations already gone had counted.
+    forged_before: ForgeCounters,
     log: Option<Arc<ConnectionLog>>,
-    policy: Policy,
     /// The inspection loop, when the inspection ports are configured.
     inspection: Option<InspectionSettings>,
     /// Both inspection ports' links are up.
@@ -896,11 +938,17 @@ impl Splicer {
                 timers: BinaryHeap::new(),
                 closed_order: VecDeque::new(),
                 next_serial: 0,
-                policy,
                 hold_synack,
                 counters: SpliceCounters::default(),
                 top_sni: TopNames::default(),
-                tls: None,
+                current: Generation {
+                    number: 0,
+                    policy,
+                    tls: None,
+                    sessions: 0,
+                },
+                older: Vec::new(),
+                forged_before: ForgeCounters::default(),
                 log: None,
                 inspection: None,
                 inspection_links_up: true,
@@ -911,8 +959,9 @@ impl Splicer {
         }
     }
 
+    /// The policy new connections follow.
     pub fn policy(&self) -> &Policy {
-        &self.shared.policy
+        &self.shared.current.policy
     }
 
     /// Sends the plaintext of every intercepted session through the
@@ -1002,12 +1051,38 @@ impl Splicer {
 
     /// Intercepts TLS on every new session with `context`.
     pub fn set_tls(&mut self, context: TlsContext) {
-        self.shared.tls = Some(context);
+        self.shared.current.tls = Some(context);
     }
 
-    /// The TLS context, for its forging counters.
-    pub fn tls(&self) -> Option<&TlsContext> {
-        self.shared.tls.as_ref()
+    /// Puts `rules` in force for the connections that start from now on
+    /// (a reload, see `crate::reload`); sessions already open keep the
+    /// policy and TLS context they started with until their TLS handshakes
+    /// are done. The connection log is replaced at once.
+    pub fn reload(&mut self, rules: Rules) {
+        let shared = &mut self.shared;
+        let next = Generation {
+            number: shared.current.number + 1,
+            policy: rules.policy,
+            tls: rules.tls,
+            sessions: 0,
+        };
+        let previous = std::mem::replace(&mut shared.current, next);
+        if previous.sessions > 0 {
+            shared.older.push(previous);
+        } else {
+            shared.retire_generation(&previous);
+        }
+        shared.log = rules.log;
+    }
+
+    /// The forging counters of every TLS context this splicer had: hits
+    /// and misses since it started, the cache of the contexts in use.
+    pub fn forge_counters(&self) -> ForgeCounters {
+        let shared = &self.shared;
+        shared.older.iter().fold(
+            shared.forged_before + shared.current.forge_counters(),
+            |sum, generation| sum + generation.forge_counters(),
+        )
     }
 
     pub fn counters(&self) -> SpliceCounters {
@@ -1236,7 +1311,16 @@ impl Splicer {
         session.client = Some(client);
         session.server = Some(server);
         session.established = !shared.hold_synack;
-        session.tls = shared.tls.as_ref().map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        session.tls = shared
+            .current
+            .tls
+            .as_ref()
+            .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        if session.tls.is_some() {
+            // Its ClientHello and handshakes follow the rules in force now.
+            session.generation = Some(shared.current.number);
+            shared.current.sessions += 1;
+        }
         shared.counters.tls_sessions_live += u64::from(session.tls.is_some());
         shared.counters.sessions_opened += 1;
         shared.counters.sessions_live += 1;
@@ -1366,7 +1450,7 @@ impl Splicer {
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &shared.log {
-                log.write(&record(session, shared.tls.is_some()));
+                log.write(&record(session, shared.intercepts_tls(session)));
             }
             // Everything has been sent both ways (each FIN went after its
             // direction's last bytes): the TLS state is not needed while the
@@ -1387,10 +1471,67 @@ impl Splicer {
     }
 }
 
+/// The generation numbered `number` among `current` and `older` (the
+/// current one if it is gone, which a session holding it prevents).
+fn generation_mut<'a>(
+    current: &'a mut Generation,
+    older: &'a mut [Generation],
+    number: Option<u64>,
+) -> &'a mut Generation {
+    match older.iter_mut().find(|generation| Some(generation.number) == number) {
+        Some(generation) => generation,
+        None => current,
+    }
+}
+
 impl Shared {
+    /// The generation `session` holds, or the current one.
+    fn generation_of(&self, session: &Session) -> &Generation {
+        self.older
+            .iter()
+            .find(|generation| Some(generation.number) == session.generation)
+            .unwrap_or(&self.current)
+    }
+
+    /// Whether TLS is intercepted on `session`'s connection (mode "tls").
+    fn intercepts_tls(&self, session: &Session) -> bool {
+        self.generation_of(session).tls.is_some()
+    }
+
+    /// `session` no longer needs its generation; an earlier generation no
+    /// session holds any more is dropped.
+    fn release_generation(&mut self, session: &mut Session) {
+        let Some(number) = session.generation.take() else {
+            return;
+        };
+        let generation = generation_mut(&mut self.current, &mut self.older, Some(number));
+        generation.sessions = generation.sessions.saturating_sub(1);
+        if let Some(at) = self
+            .older
+            .iter()
+            .position(|generation| generation.number == number && generation.sessions == 0)
+        {
+            let gone = self.older.remove(at);
+            self.retire_generation(&gone);
+        }
+    }
+
+    /// Keeps the forging totals of a generation that goes.
+    fn retire_generation(&mut self, gone: &Generation) {
+        let counted = gone.forge_counters();
+        self.forged_before = self.forged_before
+            + ForgeCounters {
+                hits: counted.hits,
+                misses: counted.misses,
+                ..ForgeCounters::default()
+            };
+    }
+
     /// Accounts for a session taken out of the table, and logs it (and
     /// its duration) if it was not yet.
-    fn retire(&mut self, session: Session, now: Instant) {
+    fn retire(&mut self, mut session: Session, now: Instant) {
+        let tls = self.intercepts_tls(&session);
+        self.release_generation(&mut session);
         if let Some(directory) = self.directory.as_mut() {
             directory.ended(&session.tuple);
         }
@@ -1408,7 +1549,7 @@ impl Shared {
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &self.log {
-                log.write(&record(&session, self.tls.is_some()));
+                log.write(&record(&session, tls));
             }
         }
     }
@@ -1479,7 +1620,7 @@ impl Shared {
     fn log_at_syn(&self, tuple: &FlowTuple, event: EventType, decision: &'static str, reason: String, ended: String) {
         if let Some(log) = &self.log {
             let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), OffsetDateTime::now_utc(), 0);
-            let mut record = record(&session, self.tls.is_some());
+            let mut record = record(&session, self.current.tls.is_some());
             record.event_type = event;
             record.decision = decision;
             record.reason = reason;
@@ -1496,7 +1637,7 @@ impl Shared {
         if !session.confirmed || session.failed || session.fin_to_client && session.fin_to_server {
             return None;
         }
-        if let (Some(tls), Some(_)) = (session.tls.as_deref(), self.tls.as_ref()) {
+        if let (Some(tls), true) = (session.tls.as_deref(), self.intercepts_tls(session)) {
             if session.decision.is_none() {
                 return Some((
                     session.stage_since + self.limits.client_hello_timeout,
@@ -1917,7 +2058,7 @@ impl Shared {
 
     /// [`Shared::pump`] of an established session.
     fn pump_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
-        if session.tls.is_some() && self.tls.is_some() {
+        if session.tls.is_some() && self.intercepts_tls(session) {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
             }
@@ -1931,7 +2072,8 @@ impl Shared {
     /// bypassed (its bytes then pass untouched).
     fn pump_tls_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) -> bool {
         let ends = StreamEnds::of(session);
-        let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), self.tls.as_mut()) else {
+        let Generation { policy, tls, .. } = generation_mut(&mut self.current, &mut self.older, session.generation);
+        let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls.as_mut()) else {
             return false;
         };
         let (client, server) = (session.client, session.server);
@@ -1960,18 +2102,18 @@ impl Shared {
             };
             let verdict = match &pending {
                 Pending::Hello { sni, ech, .. } => {
-                    let verdict = self.policy.at_hello(&session.tuple, sni.as_deref(), now);
+                    let verdict = policy.at_hello(&session.tuple, sni.as_deref(), now);
                     self.counters.ech_offered += u64::from(*ech);
                     if let Some(sni) = sni {
                         self.top_sni.note(sni);
                     }
                     if *ech && verdict.action == Action::Intercept {
-                        self.policy.on_ech(&session.tuple, sni.as_deref())
+                        policy.on_ech(&session.tuple, sni.as_deref())
                     } else {
                         verdict
                     }
                 }
-                Pending::Rejected(rejection) => self.policy.on_rejection(&session.tuple, rejection),
+                Pending::Rejected(rejection) => policy.on_rejection(&session.tuple, rejection),
             };
             if session.decision.is_none() {
                 // The ClientHello is complete: the handshakes' time starts.
@@ -2014,9 +2156,7 @@ impl Shared {
         match (outcome, legacy) {
             (Err(_), Some(cause)) => {
                 self.counters.legacy_upstream += 1;
-                let verdict = self
-                    .policy
-                    .on_legacy_upstream(&session.tuple, tls_session.info.sni.as_deref(), &cause);
+                let verdict = policy.on_legacy_upstream(&session.tuple, tls_session.info.sni.as_deref(), &cause);
                 tracing::info!("{}: {}", verdict.action.name(), verdict.reason);
                 if verdict.action == Action::Bypass {
                     self.counters.bypassed += 1;
@@ -2036,7 +2176,7 @@ impl Shared {
             (Err(err), None) => {
                 tracing::info!("TLS interception failed: {err}");
                 self.counters.tls_failed += 1;
-                session.learned = self.learn_from_failure(tls_session, &err, &session.tuple, now);
+                session.learned = Self::learn_from_failure(policy, tls_session, &err, &session.tuple, now);
                 session.ended = Some(if fell_back_from_ech(&err) {
                     format!("TLS failed: {err} (the client saw ECH rejected and retries without it)")
                 } else {
@@ -2059,12 +2199,17 @@ impl Shared {
                 return true;
             }
         }
+        if session.tls.as_deref().is_some_and(TlsSession::is_established) {
+            // Both handshakes are done: the session needs its generation no more.
+            self.release_generation(session);
+        }
         self.finish_tls_directions(stack, session);
         true
     }
 
     /// Drops a session's TLS state, keeping what it told for the log.
     fn end_tls(&mut self, session: &mut Session) {
+        self.release_generation(session);
         if let Some(tls) = session.tls.take() {
             self.counters.tls_sessions_live = self.counters.tls_sessions_live.saturating_sub(1);
             session.tls_info = Some(tls.info);
@@ -2087,7 +2232,7 @@ impl Shared {
     /// shown the mirror certificate (which it is meant to reject), teach
     /// nothing. Returns what was learned, logged.
     fn learn_from_failure(
-        &self,
+        policy: &Policy,
         tls_session: &TlsSession,
         err: &MitmError,
         tuple: &FlowTuple,
@@ -2099,13 +2244,13 @@ impl Shared {
             return None;
         }
         let entry = if info.client_cert_requested {
-            self.policy.record_client_cert_request(tuple, name, now)
+            policy.record_client_cert_request(tuple, name, now)
         } else if rejected_our_certificate(err) {
-            self.policy.record_rejection(tuple, name, now)
+            policy.record_rejection(tuple, name, now)
         } else {
             None
         }?;
-        let ttl = self.policy.learned().settings().ttl.secs();
+        let ttl = policy.learned().settings().ttl.secs();
         tracing::warn!("bypassing {} for {ttl} s: {}", entry.destination, entry.reason);
         Some(format!("bypass for {ttl} s: {}", entry.reason))
     }

@@ -11,6 +11,7 @@ use dpdk::Port;
 use crate::counters::WorkerStats;
 use crate::distribution::DistributionStats;
 use crate::engine::Engine;
+use crate::reload::WorkerInbox;
 
 /// Empty polls in a row before the worker starts sleeping.
 const SPINS_BEFORE_SLEEP: u32 = 256;
@@ -155,11 +156,21 @@ impl<'a> TimedPoller<'a> {
 }
 
 /// Runs `engine` until `stop` is set (the data plane passes the `halt`
-/// flag of [`supervise`]), then shuts it down (a RST on every
+/// flag of [`supervise`]), putting the rules that arrive in `reloads` in
+/// force between polls, then shuts it down (a RST on every
 /// live leg, see [`Engine::shutdown`]); `poller` must be as old as
 /// `engine`. Returns the legs reset at shutdown.
-pub fn run_worker<P: Port>(engine: &mut Engine<P>, poller: &mut TimedPoller<'_>, stop: &AtomicBool) -> u64 {
+pub fn run_worker<P: Port>(
+    engine: &mut Engine<P>,
+    poller: &mut TimedPoller<'_>,
+    stop: &AtomicBool,
+    reloads: Option<&WorkerInbox>,
+) -> u64 {
     while !stop.load(Ordering::Acquire) {
+        // Between two polls: a safe point to take reloaded rules.
+        if let Some(inbox) = reloads {
+            inbox.apply_to(engine);
+        }
         poller.poll(engine);
     }
     engine.shutdown(poller.now(), SHUTDOWN_BUDGET)
@@ -248,7 +259,7 @@ mod tests {
                 stop.store(true, Ordering::Relaxed);
             });
             let mut poller = TimedPoller::new(&stats, Duration::from_micros(500));
-            run_worker(&mut engine, &mut poller, &stop);
+            run_worker(&mut engine, &mut poller, &stop, None);
         });
         let totals = stats.totals();
         assert_eq!(totals.busy_ns, 0);

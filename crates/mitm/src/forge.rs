@@ -48,6 +48,20 @@ pub struct ForgeCounters {
     pub cache_bytes: u64,
 }
 
+impl std::ops::Add for ForgeCounters {
+    type Output = ForgeCounters;
+
+    /// The counters of two forgers together.
+    fn add(self, other: ForgeCounters) -> ForgeCounters {
+        ForgeCounters {
+            hits: self.hits + other.hits,
+            misses: self.misses + other.misses,
+            entries: self.entries + other.entries,
+            cache_bytes: self.cache_bytes + other.cache_bytes,
+        }
+    }
+}
+
 type CacheKey = (String, Option<String>, Trust);
 
 /// Forges and caches leaf certificates.

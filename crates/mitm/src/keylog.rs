@@ -36,6 +36,11 @@ impl KeyLogFile {
         })
     }
 
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Reopens the file at its path (after it was moved away for rotation).
     pub fn reopen(&self) -> Result<(), MitmError> {
         let fresh = open(&self.path)?;

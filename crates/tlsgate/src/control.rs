@@ -6,6 +6,12 @@
 //! - `learned list`: `{"now_ms": N, "learned": [{name, addr, port, why,
 //!   reason, added_ms, expires_ms}, ...]}` (engine-clock milliseconds);
 //! - `learned clear` / `learned clear NAME`: `{"cleared": N}`;
+//! - `reload`: rereads the configuration file the instance was started
+//!   from and puts its live keys in force (see `appliance::reload`):
+//!   `{"reloaded": PATH, "generation": N, "applied": [KEY, ...],
+//!   "needs_restart": [KEY, ...], "workers": TOOK, "of": WORKERS}` once the
+//!   workers took it, or `{"error": "..."}` naming the file and key when
+//!   the new configuration is refused (the running one stays);
 //! - anything else: `{"error": "..."}`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -17,13 +23,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use appliance::learned::LearnedStore;
+use appliance::reload::WORKER_WAIT;
 use appliance::worker::EngineClock;
+use appliance::Reloader;
 use serde_json::{json, Value};
 
 /// The longest request line read.
 const MAX_REQUEST: u64 = 1024;
 /// How long a peer may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the answer may take (a reload loads the CA and trust bundle
+/// once per worker, then waits for the workers).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The listening socket; its file is removed when this is dropped.
 pub struct ControlServer {
@@ -36,9 +47,17 @@ impl Drop for ControlServer {
     }
 }
 
-/// Listens at `path` and answers requests about `learned` (whose entries
-/// are timed by `clock`) on a thread of its own.
-pub fn serve(path: &Path, learned: Arc<LearnedStore>, clock: EngineClock) -> Result<ControlServer> {
+/// What the control channel acts on.
+pub struct Instance {
+    /// The learned bypasses, whose entries are timed by `clock`.
+    pub learned: Arc<LearnedStore>,
+    pub clock: EngineClock,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Listens at `path` and answers requests about `instance` on a thread of
+/// its own.
+pub fn serve(path: &Path, instance: Instance) -> Result<ControlServer> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             bail!("control.socket {}: exists and is not a socket", path.display());
@@ -59,7 +78,7 @@ pub fn serve(path: &Path, learned: Arc<LearnedStore>, clock: EngineClock) -> Res
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(err) = answer_one(stream, &learned, clock) {
+                        if let Err(err) = answer_one(stream, &instance) {
                             tracing::warn!("control channel: {err}");
                         }
                     }
@@ -72,19 +91,20 @@ pub fn serve(path: &Path, learned: Arc<LearnedStore>, clock: EngineClock) -> Res
     Ok(server)
 }
 
-fn answer_one(stream: UnixStream, learned: &LearnedStore, clock: EngineClock) -> std::io::Result<()> {
+fn answer_one(stream: UnixStream, instance: &Instance) -> std::io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
-    let answer = answer(learned, clock, line.trim());
+    let answer = answer(instance, line.trim());
     let mut writer = &stream;
     writer.write_all(format!("{answer}\n").as_bytes())
 }
 
 /// The answer to one request line.
-fn answer(learned: &LearnedStore, clock: EngineClock, request: &str) -> Value {
-    let now = clock.now();
+fn answer(instance: &Instance, request: &str) -> Value {
+    let learned = &instance.learned;
+    let now = instance.clock.now();
     let words: Vec<&str> = request.split_whitespace().collect();
     match words.as_slice() {
         ["learned", "list"] => {
@@ -107,7 +127,34 @@ fn answer(learned: &LearnedStore, clock: EngineClock, request: &str) -> Value {
         }
         ["learned", "clear"] => json!({ "cleared": cleared(learned, None) }),
         ["learned", "clear", name] => json!({ "cleared": cleared(learned, Some(name)) }),
-        _ => json!({ "error": format!("unknown request {request:?}: try `learned list` or `learned clear [NAME]`") }),
+        ["reload"] => reload(&instance.reloader),
+        _ => json!({
+            "error": format!("unknown request {request:?}: try `learned list`, `learned clear [NAME]` or `reload`")
+        }),
+    }
+}
+
+/// Reloads the file the instance was started from, and waits for the
+/// workers to take the new rules.
+fn reload(reloader: &Reloader) -> Value {
+    let Some(path) = reloader.source() else {
+        return json!({ "error": "this instance has no configuration file to reload" });
+    };
+    match reloader.reload(&path) {
+        Ok(outcome) => json!({
+            "reloaded": path,
+            "generation": outcome.generation,
+            "applied": outcome.applied,
+            "needs_restart": outcome.needs_restart,
+            "workers": reloader.await_workers(outcome.generation, WORKER_WAIT),
+            "of": reloader.workers(),
+        }),
+        Err(err) => json!({
+            "error": format!(
+                "reload refused, the running configuration stays in force: {}",
+                appliance::error_text(&err)
+            )
+        }),
     }
 }
 
@@ -125,13 +172,13 @@ fn cleared(learned: &LearnedStore, name: Option<&str>) -> usize {
 pub fn request(path: &Path, request: &str) -> Result<Value> {
     let mut stream = UnixStream::connect(path)
         .with_context(|| format!("cannot reach a running tlsgate at {} (control.socket)", path.display()))?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     let answer: Value = serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))?;
     if let Some(error) = answer.get("error") {
-        bail!("tlsgate answered: {error}");
+        bail!("tlsgate answered: {}", error.as_str().unwrap_or("an error"));
     }
     Ok(answer)
 }
@@ -176,6 +223,57 @@ mod tests {
     use super::*;
     use appliance::learned::{Destination, Learned, LearnedSettings};
 
+    const SPLICE: &str =
+        "[dataplane]\n[ports.client]\ndevice = \"net_ring0\"\n[ports.server]\ndevice = \"net_ring1\"\n\
+                          [intercept]\ntcp_ports = [443]\nmode = \"splice\"\n";
+
+    /// An instance without workers started from `config` (SPLICE).
+    fn instance(learned: &Arc<LearnedStore>, clock: EngineClock, config: &Path) -> Instance {
+        std::fs::write(config, SPLICE).unwrap();
+        let running = appliance::Config::load(config).unwrap();
+        let (reloader, _) = Reloader::new(&running, Arc::clone(learned), None, None, 0);
+        reloader.set_source(config);
+        Instance {
+            learned: Arc::clone(learned),
+            clock,
+            reloader: Arc::new(reloader),
+        }
+    }
+
+    #[test]
+    fn reload_answers_what_it_applied_or_why_it_refused() {
+        let dir = std::env::temp_dir().join(format!("tlsgate-control-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, config) = (dir.join("control.sock"), dir.join("tlsgate.toml"));
+        let learned = Arc::new(LearnedStore::new(LearnedSettings::default()));
+        let instance = instance(&learned, EngineClock::start(), &config);
+        let reloader = Arc::clone(&instance.reloader);
+        let _server = serve(&path, instance).unwrap();
+        std::fs::write(
+            &config,
+            format!("{SPLICE}[tcp]\nrx_buffer = 65536\n[[policy]]\naction = \"bypass\"\nport = [443]\n"),
+        )
+        .unwrap();
+        let answer = request(&path, "reload").unwrap();
+        assert_eq!(answer["generation"], 1, "{answer}");
+        assert_eq!(answer["applied"], json!(["policy"]), "{answer}");
+        assert_eq!(answer["needs_restart"], json!(["tcp.rx_buffer"]), "{answer}");
+        std::fs::write(
+            &config,
+            format!("{SPLICE}[[policy]]\naction = \"bypass\"\ndst = [\"nowhere\"]\n"),
+        )
+        .unwrap();
+        let err = request(&path, "reload").unwrap_err().to_string();
+        assert!(
+            err.contains("reload refused") && err.contains("tlsgate.toml") && err.contains("policy[1].dst"),
+            "{err}"
+        );
+        assert_eq!(reloader.totals().ok, 1);
+        assert_eq!(reloader.totals().refused, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn list_and_clear_round_trip_through_the_socket() {
         let dir = std::env::temp_dir().join(format!("tlsgate-control-{}", std::process::id()));
@@ -188,11 +286,12 @@ mod tests {
             let destination = Destination::new(name, "198.18.0.2".parse().unwrap(), port);
             learned.learn(destination, Learned::ClientAuth, clock.now()).unwrap();
         }
-        let server = serve(&path, Arc::clone(&learned), clock).unwrap();
+        let config = dir.join("tlsgate.toml");
+        let server = serve(&path, instance(&learned, clock, &config)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(
-            serve(&path, Arc::clone(&learned), clock).is_err(),
+            serve(&path, instance(&learned, clock, &config)).is_err(),
             "one instance per socket"
         );
 
@@ -222,7 +321,7 @@ mod tests {
         // A stale socket file (an instance that died) is replaced.
         let stale = UnixListener::bind(&path).unwrap();
         drop(stale);
-        let _server = serve(&path, learned, clock).unwrap();
+        let _server = serve(&path, instance(&learned, clock, &config)).unwrap();
         assert!(request(&path, "learned list").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }

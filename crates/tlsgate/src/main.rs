@@ -34,8 +34,9 @@ Environment:
 Signals (tlsgate run):
   SIGINT, SIGTERM     Stop: the workers finish their burst, the final counters are
                       printed (and written with --report-json).
-  SIGHUP              Reopen the log files (log.connections, log.keylog) after they
-                      were moved away for rotation.
+  SIGHUP              Reload the configuration file, as `tlsgate reload` does (its
+                      live keys: policy rules, TLS material, log paths); the log
+                      files are reopened in any case (rotation).
 
 Exit status:
   0  success; also when standard output is closed early (e.g. `| head`)
@@ -118,6 +119,18 @@ enum Command {
         /// Print one view (two readings an interval apart) and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Reload the configuration of a running instance through its control
+    /// socket: the policy rules, the CA (and key, chain, leaf key), the
+    /// upstream trust bundle and the log paths change for new connections;
+    /// live connections keep theirs. Other changed keys are reported as
+    /// needing a restart. A configuration that does not load is refused
+    /// (exit status 1) and the running one stays. SIGHUP does the same.
+    Reload {
+        /// The configuration of the running instance (for its control
+        /// socket); the instance rereads the file it was started from.
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Replay a capture through the engine offline (DPDK pcap driver): the
     /// input enters on the client port, the output holds what leaves the
@@ -217,6 +230,7 @@ fn main() -> ExitCode {
             interval,
             once,
         } => top(config.as_deref(), endpoint, interval, once),
+        Command::Reload { config } => reload(&config),
         Command::Replay {
             config,
             input,
@@ -312,9 +326,18 @@ fn run(
         }
         _ => None,
     };
-    let mut dataplane = Dataplane::open(&config, None, run_as.as_ref()).context("cannot start the data plane")?;
+    let mut dataplane = Dataplane::open(&config, None, run_as.as_ref())
+        .context("cannot start the data plane")?
+        .reload_from(config_path);
     let _control = match &config.control.socket {
-        Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
+        Some(path) => Some(control::serve(
+            path,
+            control::Instance {
+                learned: dataplane.learned(),
+                clock: dataplane.clock(),
+                reloader: dataplane.reloader(),
+            },
+        )?),
         None => None,
     };
     let metrics = match config.metrics.listen {
@@ -324,7 +347,7 @@ fn run(
     let started = Instant::now();
     let mut status = StatusLines::default();
     status.print(say!(
-        "tlsgate: running with {} worker(s), client port {}, server port {}{} (SIGINT/SIGTERM to stop, SIGHUP to reopen logs)",
+        "tlsgate: running with {} worker(s), client port {}, server port {}{} (SIGINT/SIGTERM to stop, SIGHUP or `tlsgate reload` to reload)",
         config.dataplane.workers,
         config.ports.client.device,
         config.ports.server.device,
@@ -495,7 +518,10 @@ fn check(config_path: &Path) -> Result<()> {
         )?;
     }
     match &config.control.socket {
-        Some(path) => say!("  control socket: {} (tlsgate learned list/clear)", path.display())?,
+        Some(path) => say!(
+            "  control socket: {} (tlsgate learned list/clear, tlsgate reload)",
+            path.display()
+        )?,
         None => say!("  control socket: none")?,
     }
     match config.metrics.listen {
@@ -645,14 +671,13 @@ fn learned(command: LearnedCommand) -> Result<()> {
             (config, format!("learned clear {name}"))
         }
     };
-    let config = Config::load(config_path)?;
-    let Some(socket) = &config.control.socket else {
+    let Some(socket) = Config::control_socket(config_path)? else {
         bail!(
             "{}: no [control] socket is configured, so the running instance cannot be asked",
             config_path.display()
         );
     };
-    let answer = control::request(&config.process.host_path(socket), &request)?;
+    let answer = control::request(&socket, &request)?;
     match command {
         LearnedCommand::List { .. } => output::write(format_args!("{}", control::format_list(&answer)))?,
         LearnedCommand::Clear { .. } => say!(
@@ -677,6 +702,45 @@ fn top(config_path: Option<&Path>, endpoint: Option<std::net::SocketAddr>, inter
         (None, None) => bail!("give --config or --endpoint"),
     };
     top::run(address, interval, once)
+}
+
+fn reload(config_path: &Path) -> Result<()> {
+    let Some(socket) = Config::control_socket(config_path)? else {
+        bail!(
+            "{}: no [control] socket is configured, so the running instance cannot be asked (send it SIGHUP)",
+            config_path.display()
+        );
+    };
+    let answer = control::request(&socket, "reload")?;
+    let keys = |name: &str| {
+        answer[name]
+            .as_array()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|key| key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let applied = keys("applied");
+    say!(
+        "tlsgate: reloaded {} (generation {}): {}; {} of {} worker(s) took it",
+        answer["reloaded"].as_str().unwrap_or("?"),
+        answer["generation"],
+        if applied.is_empty() {
+            "no live key changed (the log files were reopened)".to_owned()
+        } else {
+            format!("new connections follow {applied}")
+        },
+        answer["workers"],
+        answer["of"]
+    )?;
+    let restart = keys("needs_restart");
+    if !restart.is_empty() {
+        say!("tlsgate: changed but not applied, needs a restart: {restart} (the running values stay)")?;
+    }
+    Ok(())
 }
 
 fn ca(command: CaCommand) -> Result<()> {

@@ -437,6 +437,7 @@ pub(crate) mod tests {
             ],
             tcp,
             learned: Default::default(),
+            reloads: Default::default(),
             capture: None,
             top_sni: vec![appliance::topnames::NameCount {
                 sni: "origin.test".into(),

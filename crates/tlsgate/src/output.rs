@@ -39,16 +39,8 @@ pub(crate) use say;
 /// The message of `err` followed by its causes, each once: a cause whose
 /// text the message already holds is not repeated.
 pub fn describe(err: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if message.is_empty() {
-            message = text;
-        } else if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-    }
-    message
+    let err: &(dyn std::error::Error + 'static) = err.as_ref();
+    appliance::error_text(err)
 }
 
 /// Prints `err` on standard error (never panics, even if that is closed).
