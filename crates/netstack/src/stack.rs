@@ -135,6 +135,11 @@ pub struct StackCounters {
     pub dead_peers: u64,
     /// SYN-ACKs sent again at once because the peer retransmitted its SYN.
     pub synacks_repeated: u64,
+    /// Lost segments retransmitted at once on the stack's prompting, where
+    /// smoltcp alone would have waited for its retransmission timer (at
+    /// least 1 s): the next hole after a partial ACK, or a hole the peer's
+    /// SACK shows behind everything sent (see [`Recovery`]).
+    pub fast_retransmits_prompted: u64,
     /// Flows still opening given up because their peer stayed silent for
     /// the connect timeout (each also emitted [`EventKind::TimedOut`]).
     pub connect_timeouts: u64,
@@ -213,6 +218,149 @@ struct Flow {
     /// SYN-RECEIVED; Linux answers it), so a lost SYN-ACK costs the peer's
     /// retransmission interval, not that plus smoltcp's own.
     synack: Option<Vec<u8>>,
+    /// What the stack follows of the flow's sending side to prompt
+    /// retransmissions smoltcp would leave to its timer.
+    recovery: Recovery,
+}
+
+/// The sending side of a flow as the stack sees it on the wire, to make up
+/// for what smoltcp's loss recovery lacks (no SACK, no NewReno partial-ACK
+/// recovery, a retransmission timeout of at least 1 s that doubles): when
+/// the peer's ACK shows a segment lost that smoltcp would only resend on
+/// its timer, the stack delivers that pure ACK to the socket again, up to
+/// three times, so smoltcp counts duplicate ACKs and fast-retransmits the
+/// first unacknowledged segment (one segment, congestion window reduced as
+/// for any loss). The cases:
+/// - **partial ACK** (RFC 6582): during a recovery (a segment was sent
+///   again), an ACK that advances but stays below what had been sent when
+///   it began means the segment at the new ACK is lost too;
+/// - **SACKed tail** (like RFC 5827's early retransmit): a duplicate ACK
+///   whose SACK block reaches the end of everything sent: the peer has all
+///   but the hole, and no further segment will make a third duplicate ACK.
+///
+/// Sequence numbers compare modulo 2^32.
+#[derive(Debug, Default, Clone, Copy)]
+struct Recovery {
+    /// One past the highest sequence number sent, once something was.
+    sent_end: Option<u32>,
+    /// The peer's highest acknowledgement.
+    acked: Option<u32>,
+    /// During a recovery: `sent_end` when it began; over once acknowledged.
+    recover: Option<u32>,
+    /// One past the highest segment sent again during the recovery.
+    resent_end: u32,
+}
+
+/// Whether sequence number `a` comes after `b` (modulo 2^32).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// What the stack reads of a segment from the peer for [`Recovery`].
+#[derive(Debug, Clone, Copy)]
+struct PeerAck {
+    ack: u32,
+    /// No payload and no SYN, FIN or RST: a pure acknowledgement.
+    pure: bool,
+    /// The right edge of the SACK blocks, if any lie beyond `ack`.
+    sacked_to: Option<u32>,
+}
+
+impl PeerAck {
+    fn of(packet: &[u8]) -> Option<PeerAck> {
+        let tcp = tcp_segment(packet)?;
+        if !tcp.ack() || tcp.rst() || tcp.syn() {
+            return None;
+        }
+        let ack = tcp.ack_number().0 as u32;
+        let mut sacked_to = None;
+        let mut options = tcp.options();
+        while !options.is_empty() {
+            let Ok((rest, option)) = TcpOption::parse(options) else {
+                break;
+            };
+            match option {
+                TcpOption::SackRange(blocks) => {
+                    for (_, right) in blocks.iter().flatten() {
+                        if seq_after(*right, sacked_to.unwrap_or(ack)) {
+                            sacked_to = Some(*right);
+                        }
+                    }
+                }
+                TcpOption::EndOfList => break,
+                _ => {}
+            }
+            options = rest;
+        }
+        Some(PeerAck {
+            ack,
+            pure: tcp.payload().is_empty() && !tcp.fin(),
+            sacked_to,
+        })
+    }
+}
+
+impl Recovery {
+    /// Notes the segments the flow just sent; returns whether one of them
+    /// carried the bytes at `seq`, sent again.
+    fn sent(&mut self, frames: &[OutFrame], l2: usize, seq: Option<u32>) -> bool {
+        let mut resent_at_seq = false;
+        for tcp in frames
+            .iter()
+            .filter_map(|out| out.frame.get(l2..).and_then(tcp_segment))
+        {
+            let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
+            if len == 0 || tcp.rst() {
+                continue;
+            }
+            let start = tcp.seq_number().0 as u32;
+            let end = start.wrapping_add(len);
+            match self.sent_end {
+                Some(sent_end) if seq_after(sent_end, start) => {
+                    // Sent again: a recovery begins (or goes on).
+                    if self.recover.is_none() {
+                        self.recover = Some(sent_end);
+                        self.resent_end = end;
+                    } else if seq_after(end, self.resent_end) {
+                        self.resent_end = end;
+                    }
+                    resent_at_seq |= seq == Some(start);
+                    if seq_after(end, sent_end) {
+                        self.sent_end = Some(end);
+                    }
+                }
+                _ => self.sent_end = Some(end),
+            }
+        }
+        resent_at_seq
+    }
+
+    /// Takes the peer's acknowledgement in; returns whether the segment at
+    /// it is lost and smoltcp should be prompted to send it again now.
+    fn lost_at_ack(&mut self, peer: PeerAck) -> bool {
+        let advanced = self.acked.is_none_or(|acked| seq_after(peer.ack, acked));
+        let duplicate = self.acked == Some(peer.ack);
+        if advanced {
+            self.acked = Some(peer.ack);
+        }
+        let Some(sent_end) = self.sent_end.filter(|end| seq_after(*end, peer.ack)) else {
+            // Everything sent is acknowledged.
+            self.recover = None;
+            return false;
+        };
+        if let Some(recover) = self.recover {
+            if !seq_after(recover, peer.ack) {
+                self.recover = None;
+            }
+        }
+        if !peer.pure {
+            return false;
+        }
+        match self.recover {
+            Some(_) => advanced && !seq_after(self.resent_end, peer.ack),
+            None => duplicate && peer.sacked_to == Some(sent_end),
+        }
+    }
 }
 
 /// The SYN of a connecting flow that is sent once, and again only as often
@@ -621,6 +769,7 @@ impl Stack {
             syn_mirror: None,
             syn_follower: None,
             synack: None,
+            recovery: Recovery::default(),
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -903,6 +1052,13 @@ impl Stack {
             flow.socket_mut().abort();
         }
         let (output_before, state_before) = (output.len(), flow.socket().state());
+        // An acknowledgement that shows a segment lost which smoltcp would
+        // leave to its timer (see `Recovery`).
+        let lost_at = packet
+            .filter(|_| was_synchronized(state_before))
+            .and_then(PeerAck::of)
+            .filter(|peer| flow.recovery.lost_at_ack(*peer))
+            .map(|peer| peer.ack);
         let mut device = FlowDevice {
             rx: packet,
             l2: &flow.l2,
@@ -910,6 +1066,31 @@ impl Stack {
             tx: output,
         };
         flow.socket.poll(iface, now, &mut device);
+        let l2_len = flow.l2.len();
+        let resent = flow
+            .recovery
+            .sent(output.get(output_before..).unwrap_or_default(), l2_len, lost_at);
+        if let (Some(packet), Some(_), false) = (packet, lost_at, resent) {
+            // The same ACK again: smoltcp fast-retransmits on the third
+            // duplicate it counts.
+            for _ in 0..3 {
+                let before = output.len();
+                let mut device = FlowDevice {
+                    rx: Some(packet),
+                    l2: &flow.l2,
+                    port: flow.key.port,
+                    tx: output,
+                };
+                flow.socket.poll(iface, now, &mut device);
+                if flow
+                    .recovery
+                    .sent(output.get(before..).unwrap_or_default(), l2_len, lost_at)
+                {
+                    counters.fast_retransmits_prompted += 1;
+                    break;
+                }
+            }
+        }
         let still_connecting = flow.socket().state() == tcp::State::SynSent;
         // A due timer that made an open flow send data, a SYN or a FIN
         // again: its retransmission timer (or window probe) fired.
