@@ -1,8 +1,9 @@
 //! Downloads through the appliance stay byte-exact on lossy links: the
 //! impairment element (scripts/lab-impair.sh) loses 5% of the frames,
 //! reorders 10%, duplicates 1% and corrupts 0.5% each way on the client
-//! link, the server link or the inspection box's inspect_in link, while HTTPS
-//! downloads go through TLS interception, splice or the inspection loop.
+//! link, the server link or one of the inspection box's links (inspect_out,
+//! inspect_in), while HTTPS downloads go through TLS interception, splice or
+//! the inspection loop.
 //! Every download must finish byte-exact (corrupted frames are dropped,
 //! never delivered), no connection may be dropped by a timer, and nothing
 //! may be left behind. Needs root; run through the lab's flock.
@@ -188,6 +189,24 @@ fn inspected_small_downloads_with_loss_on(link: &str, port: usize) {
 #[ignore = "needs root and network namespaces: run scripts/test.sh"]
 fn the_inspection_loop_is_byte_exact_with_loss_on_the_box_in_link() {
     inspected_small_downloads_with_loss_on("inspect-in", 3);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn the_inspection_loop_is_byte_exact_with_loss_on_the_box_out_link() {
+    inspected_small_downloads_with_loss_on("inspect-out", 2);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn the_inspection_loop_is_byte_exact_with_loss_on_the_client_link() {
+    inspected_small_downloads_with_loss_on("client", 0);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn the_inspection_loop_is_byte_exact_with_loss_on_the_server_link() {
+    inspected_small_downloads_with_loss_on("server", 1);
 }
 
 #[test]
