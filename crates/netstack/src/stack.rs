@@ -338,16 +338,20 @@ fn as_pure_ack(packet: &[u8]) -> Option<Vec<u8>> {
         4 => usize::from(packet.first()? & 0x0f) * 4,
         _ => 40,
     };
+    if offset < 20 {
+        return None;
+    }
     let mut pure = packet.get(..offset + header_len)?.to_vec();
     let (src, dst) = match pure.first()? >> 4 {
         4 => {
-            let mut ip = Ipv4Packet::new_checked(&mut pure[..]).ok()?;
+            // Unchecked: the lengths still say the payload is there.
+            let mut ip = Ipv4Packet::new_unchecked(&mut pure[..]);
             ip.set_total_len(u16::try_from(offset + header_len).ok()?);
             ip.fill_checksum();
             (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()))
         }
         _ => {
-            let mut ip = Ipv6Packet::new_checked(&mut pure[..]).ok()?;
+            let mut ip = Ipv6Packet::new_unchecked(&mut pure[..]);
             ip.set_payload_len(u16::try_from(header_len).ok()?);
             (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()))
         }
@@ -1651,4 +1655,70 @@ fn tcp_segment(packet: &[u8]) -> Option<TcpPacket<&[u8]>> {
         _ => return None,
     };
     TcpPacket::new_checked(packet.get(offset..end)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, TcpTimestampRepr};
+
+    /// An IPv4 TCP segment from 198.18.0.1:40000 to 198.18.0.2:443.
+    fn segment(control: TcpControl, payload: &[u8]) -> Vec<u8> {
+        let (src, dst) = (Ipv4Address::new(198, 18, 0, 1), Ipv4Address::new(198, 18, 0, 2));
+        let tcp = TcpRepr {
+            src_port: 40_000,
+            dst_port: 443,
+            control,
+            seq_number: TcpSeqNumber(1_000),
+            ack_number: Some(TcpSeqNumber(5_000)),
+            window_len: 512,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [Some((6_000, 7_000)), None, None],
+            timestamp: Some(TcpTimestampRepr::new(77, 88)),
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut packet = vec![0; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut packet[ip.buffer_len()..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        packet
+    }
+
+    #[test]
+    fn a_data_segment_becomes_the_pure_ack_its_sender_sends_next() {
+        let pure = as_pure_ack(&segment(TcpControl::Fin, b"hello")).unwrap();
+        let ip = Ipv4Packet::new_checked(&pure[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(usize::from(ip.total_len()), pure.len());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr())));
+        // After the five bytes and the FIN; the ACK, window and options kept.
+        assert_eq!(tcp.seq_number(), TcpSeqNumber(1_006));
+        assert!(tcp.payload().is_empty() && !tcp.fin() && !tcp.psh() && tcp.ack());
+        assert_eq!((tcp.ack_number(), tcp.window_len()), (TcpSeqNumber(5_000), 512));
+        let peer = PeerAck::of(&pure).unwrap();
+        assert!(peer.pure);
+        assert_eq!((peer.ack, peer.sacked_to), (5_000, Some(7_000)));
+    }
+
+    #[test]
+    fn a_pure_ack_stays_as_it_was() {
+        let ack = segment(TcpControl::None, b"");
+        assert_eq!(as_pure_ack(&ack).unwrap(), ack);
+    }
 }
