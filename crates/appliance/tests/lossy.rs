@@ -218,22 +218,3 @@ fn a_leg_sending_into_loss_resends_the_next_hole_without_waiting_for_its_timer()
         assert!(prompted > 0, "{loss}% loss: nothing prompted");
     }
 }
-
-#[test]
-fn zz_experiment() {
-    for (links, label) in [(vec![1usize], "box->out"), (vec![0], "out->box"), (vec![0, 1], "both")] {
-        let settings = InspectionSettings {
-            failure: InspectFailure::FailClosed,
-            syn_timeout: Duration::from_secs(8),
-            timeout: Duration::from_secs(3),
-        };
-        let mut lab = Lab::with_inspection(&policy(&[LOOP_PORT]), settings, BoxMode::Pass);
-        let (client, server) = connect(&mut lab, v4(SERVER_V4, LOOP_PORT), 40_103);
-        for &l in &links {
-            lab.inspection.as_mut().unwrap().links[l].loss_percent = 5;
-        }
-        let started = lab.now;
-        transfer_with(&mut lab, client, server, b"", &pattern(300_000, 4), 600_000, |_, _| {});
-        eprintln!("{label}: {} {:?}", lab.now - started, lab.engine.stack().counters().fast_retransmits_prompted);
-    }
-}

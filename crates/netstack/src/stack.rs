@@ -398,7 +398,9 @@ impl Recovery {
                 _ => {
                     self.sent_end = Some(end);
                     self.progress_at = Some(now);
-                    if self.timing.is_none() {
+                    // Not a SYN: the ACK that completes a handshake is not
+                    // taken in, and the next may come much later.
+                    if self.timing.is_none() && !tcp.syn() {
                         self.timing = Some((now, end));
                     }
                 }
@@ -1534,6 +1536,12 @@ fn prompt_retransmit(
     seq: u32,
     now: Instant,
 ) -> bool {
+    // Only with data unacknowledged: smoltcp's fast retransmit sends data
+    // only, and cancels its retransmission timer whatever it sent, so a
+    // FIN alone outstanding would never be sent again.
+    if flow.socket().send_queue() == 0 {
+        return false;
+    }
     let Some(ack) = flow.recovery.latest_ack.take() else {
         return false;
     };
