@@ -12,6 +12,7 @@ use harness::{
     assert_no_leaks, close_both, connect, exchange, pattern, policy, transfer_with, v4, BoxMode, Lab, SERVER_V4,
 };
 use netstack::Duration;
+use smoltcp::socket::tcp::State;
 
 const PORT: u16 = 443;
 
@@ -217,4 +218,25 @@ fn a_leg_sending_into_loss_resends_the_next_hole_without_waiting_for_its_timer()
         assert!(took < limit, "{loss}% loss: {took}");
         assert!(prompted > 0, "{loss}% loss: nothing prompted");
     }
+}
+
+#[test]
+fn a_lost_fin_alone_outstanding_is_sent_again() {
+    let mut lab = Lab::new(&policy(&[PORT]));
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_104);
+    // Some data first: the legs sample the round trip and keep the
+    // client's latest ACK, as a probe needs.
+    transfer_with(&mut lab, client, server, b"", &pattern(20_000, 5), 5_000, |_, _| {});
+    // The server closes; the client leg's FIN to the client is lost.
+    lab.links[3].loss_percent = 100;
+    lab.server.tcp(server).close();
+    lab.run_for(30);
+    lab.links[3].loss_percent = 0;
+    // smoltcp sends it again on its own timer (a prompted fast retransmit
+    // would have cancelled that timer and sent nothing: no data is
+    // outstanding, and smoltcp's fast retransmit resends data only).
+    let delivered = lab.run_until(5_000, |lab| lab.client.tcp(client).state() == State::CloseWait);
+    assert!(delivered, "client {:?}", lab.client.tcp(client).state());
+    close_both(&mut lab, client, server);
+    assert_no_leaks(&mut lab);
 }
