@@ -218,6 +218,10 @@ pub struct TcpTotals {
     /// SYN-ACKs sent again at once because the peer retransmitted its SYN
     /// (a lost SYN-ACK on a lossy link).
     pub synacks_repeated: u64,
+    /// Lost segments a leg sent again at once on the stack's prompting (the
+    /// next hole after a partial ACK, or a hole behind a SACKed tail) where
+    /// smoltcp alone would have waited for its retransmission timer.
+    pub fast_retransmits_prompted: u64,
     /// Legs given up because their SYN or SYN-ACK stayed unanswered for
     /// `tcp.timeout_ms` (or a loop leg's for `inspect.syn_timeout_ms`).
     pub connect_timeouts: u64,
@@ -264,6 +268,7 @@ impl std::ops::AddAssign for TcpTotals {
         self.syn_retransmits_withheld += other.syn_retransmits_withheld;
         self.dead_peers += other.dead_peers;
         self.synacks_repeated += other.synacks_repeated;
+        self.fast_retransmits_prompted += other.fast_retransmits_prompted;
         self.connect_timeouts += other.connect_timeouts;
         self.splice += other.splice;
         self.forged_cache_hits += other.forged_cache_hits;
@@ -394,12 +399,13 @@ impl fmt::Display for Report {
             tcp.splice.bytes_client_to_server,
             tcp.splice.bytes_server_to_client
         )?;
-        if tcp.dead_peers + tcp.connect_timeouts + tcp.synacks_repeated > 0 {
+        if tcp.dead_peers + tcp.connect_timeouts + tcp.synacks_repeated + tcp.fast_retransmits_prompted > 0 {
             writeln!(
                 f,
                 "timers: {} legs dropped with their peer dead (every retransmission unanswered), \
-                 {} legs whose SYN or SYN-ACK went unanswered; {} SYN-ACKs repeated for retransmitted SYNs",
-                tcp.dead_peers, tcp.connect_timeouts, tcp.synacks_repeated
+                 {} legs whose SYN or SYN-ACK went unanswered; {} SYN-ACKs repeated for retransmitted SYNs, \
+                 {} lost segments resent without waiting for the retransmission timer",
+                tcp.dead_peers, tcp.connect_timeouts, tcp.synacks_repeated, tcp.fast_retransmits_prompted
             )?;
         }
         let splice = &tcp.splice;

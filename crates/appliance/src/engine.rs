@@ -320,6 +320,7 @@ impl<P: Port> Engine<P> {
             syn_retransmits_withheld: stack.syn_retransmits_withheld,
             dead_peers: stack.dead_peers,
             synacks_repeated: stack.synacks_repeated,
+            fast_retransmits_prompted: stack.fast_retransmits_prompted,
             connect_timeouts: stack.connect_timeouts,
             splice,
             forged_cache_hits: forge.hits,

@@ -38,6 +38,20 @@ fn setup_with(
     intercept: &appliance::engine::InterceptPolicy,
     failure: InspectFailure,
 ) -> Setup {
+    let settings = InspectionSettings {
+        failure,
+        syn_timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(3),
+    };
+    setup_inspecting(name, mode, intercept, settings)
+}
+
+fn setup_inspecting(
+    name: &str,
+    mode: BoxMode,
+    intercept: &appliance::engine::InterceptPolicy,
+    settings: InspectionSettings,
+) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin();
     let (context, ca) = interception(&scratch, &origin_ca);
@@ -50,11 +64,6 @@ fn setup_with(
         })
         .unwrap(),
     );
-    let settings = InspectionSettings {
-        failure,
-        syn_timeout: Duration::from_millis(300),
-        timeout: Duration::from_secs(3),
-    };
     let shared = Arc::clone(&capture);
     let lab = Lab::with_inspection_and(intercept, settings, mode, move |engine| {
         engine.with_tls(context).with_capture(shared)
@@ -402,4 +411,64 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
     assert_eq!((counters.reset_at_shutdown, counters.sessions_live), (6, 0));
     assert_eq!(lab.engine.stack().live_flows(), 0);
     assert_eq!(lab.totals(0).generated_dropped + lab.totals(1).generated_dropped, 0);
+}
+
+#[test]
+fn https_round_the_loop_survives_loss_on_the_box_out_link() {
+    // The default inspect.syn_timeout_ms: room for the loop SYN's
+    // retransmissions.
+    let settings = InspectionSettings {
+        failure: InspectFailure::FailClosed,
+        syn_timeout: Duration::from_secs(8),
+        timeout: Duration::from_secs(3),
+    };
+    let Setup {
+        mut lab, ca, origin, ..
+    } = setup_inspecting("tls-loop-loss", BoxMode::Pass, &policy(&[443]), settings);
+    for link in &mut lab.inspection.as_mut().unwrap().links[..2] {
+        link.loss_percent = 5;
+        link.reorder_percent = 10;
+    }
+    let request = b"GET /file HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
+    let body = pattern(16_000, 9);
+    let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    response.extend_from_slice(&body);
+    let count = 200u16;
+    let mut connections: Vec<_> = (0..count)
+        .map(|i| {
+            let listener = lab.server.listen(443, 64 * 1024);
+            let socket = lab.client.connect(v4(SERVER_V4, 443), 46_000 + i, 64 * 1024);
+            let mut client = client_tls(&ca);
+            client.writer().write_all(&request).unwrap();
+            let mut server = ServerConnection::new(Arc::clone(&origin)).unwrap();
+            server.set_buffer_limit(None);
+            (socket, listener, client, server, Vec::new(), Vec::new(), false)
+        })
+        .collect();
+    let done = lab.run_until(120_000, |lab| {
+        let mut all = true;
+        for (socket, listener, client, server, at_server, at_client, answered) in connections.iter_mut() {
+            if lab.client.tcp(*socket).state() == State::Established {
+                drive(&mut lab.client, *socket, client, at_client);
+            }
+            if lab.server.tcp(*listener).state() == State::Established {
+                drive(&mut lab.server, *listener, server, at_server);
+            }
+            if *at_server == request && !*answered {
+                *answered = true;
+                server.writer().write_all(&response).unwrap();
+            }
+            all &= at_client.len() == response.len();
+        }
+        all
+    });
+    let finished = connections.iter().filter(|c| c.5.len() == response.len()).count();
+    let counters = lab.engine.splicer().counters();
+    assert!(done, "{finished} of {count} finished: {counters:?}");
+    assert!(connections.iter().all(|c| c.5 == response), "byte-exact");
+    assert_eq!(
+        (counters.inspected, counters.inspect_failed_closed, counters.resets),
+        (u64::from(count), 0, 0),
+        "{counters:?}"
+    );
 }

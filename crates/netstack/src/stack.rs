@@ -18,7 +18,9 @@ use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 pub use smoltcp::socket::tcp::CongestionControl;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, TcpOption, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Packet, Ipv6Packet, TcpOption, TcpPacket,
+};
 use thiserror::Error;
 use wire::{FlowTuple, FrameClass};
 
@@ -135,6 +137,11 @@ pub struct StackCounters {
     pub dead_peers: u64,
     /// SYN-ACKs sent again at once because the peer retransmitted its SYN.
     pub synacks_repeated: u64,
+    /// Lost segments retransmitted at once on the stack's prompting, where
+    /// smoltcp alone would have waited for its retransmission timer (at
+    /// least 1 s): the next hole after a partial ACK, or a hole the peer's
+    /// SACK shows behind everything sent (see [`Recovery`]).
+    pub fast_retransmits_prompted: u64,
     /// Flows still opening given up because their peer stayed silent for
     /// the connect timeout (each also emitted [`EventKind::TimedOut`]).
     pub connect_timeouts: u64,
@@ -213,6 +220,247 @@ struct Flow {
     /// SYN-RECEIVED; Linux answers it), so a lost SYN-ACK costs the peer's
     /// retransmission interval, not that plus smoltcp's own.
     synack: Option<Vec<u8>>,
+    /// What the stack follows of the flow's sending side to prompt
+    /// retransmissions smoltcp would leave to its timer.
+    recovery: Recovery,
+}
+
+/// The sending side of a flow as the stack sees it on the wire, to make up
+/// for what smoltcp's loss recovery lacks (no SACK, no NewReno partial-ACK
+/// recovery, a retransmission timeout of at least 1 s that doubles): when
+/// a segment is lost that smoltcp would only resend on its timer, the
+/// stack delivers the peer's latest acknowledgement (as a pure ACK) to the
+/// socket again, up to three times, so smoltcp counts duplicate ACKs and
+/// fast-retransmits the first unacknowledged segment (one segment,
+/// congestion window reduced as for any loss). The cases:
+/// - **partial ACK** (RFC 6582): during a recovery (a segment was sent
+///   again), an ACK that advances but stays below what had been sent when
+///   it began means the segment at the new ACK is lost too;
+/// - **SACKed tail** (like RFC 5827's early retransmit): a duplicate ACK
+///   whose SACK block reaches the end of everything sent: the peer has all
+///   but the hole, and no further segment will make a third duplicate ACK;
+/// - **probe** (like Linux's tail loss probe): nothing acknowledged for
+///   twice the smoothed round trip plus [`PROBE_ACK_ALLOWANCE`] since the
+///   last segment sent or acknowledged, while data is outstanding (a lost
+///   tail, or a lost retransmission): once, until the peer acknowledges
+///   something new.
+///
+/// Sequence numbers compare modulo 2^32.
+#[derive(Debug, Default, Clone)]
+struct Recovery {
+    /// One past the highest sequence number sent, once something was.
+    sent_end: Option<u32>,
+    /// The peer's highest acknowledgement.
+    acked: Option<u32>,
+    /// During a recovery: `sent_end` when it began; over once acknowledged.
+    recover: Option<u32>,
+    /// One past the highest segment sent again during the recovery.
+    resent_end: u32,
+    /// The round-trip sample under way: when a new segment went out, and
+    /// its end (dropped if anything is sent again, as Karn says).
+    timing: Option<(Instant, u32)>,
+    /// Smoothed round trip (RFC 6298's SRTT), once sampled.
+    srtt: Option<Duration>,
+    /// The last progress: a segment sent (new or again) or new data
+    /// acknowledged.
+    progress_at: Option<Instant>,
+    /// A probe went out since the last new acknowledgement: no other until
+    /// the peer acknowledges more.
+    probed: bool,
+    /// The peer's latest acknowledgement as a pure ACK (payload and FIN
+    /// taken off), to deliver again; dropped once the peer is quiet for
+    /// `BUFFER_LINGER`.
+    latest_ack: Option<Vec<u8>>,
+}
+
+/// What a probe waits for beyond two round trips: a peer may hold its
+/// ACK of a lone segment back (delayed ACK; Linux for up to 40 ms).
+const PROBE_ACK_ALLOWANCE: Duration = Duration::from_millis(50);
+
+/// Whether sequence number `a` comes after `b` (modulo 2^32).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// What the stack reads of a segment from the peer for [`Recovery`].
+#[derive(Debug, Clone, Copy)]
+struct PeerAck {
+    ack: u32,
+    /// No payload and no SYN, FIN or RST: a pure acknowledgement.
+    pure: bool,
+    /// The right edge of the SACK blocks, if any lie beyond `ack`.
+    sacked_to: Option<u32>,
+}
+
+impl PeerAck {
+    fn of(packet: &[u8]) -> Option<PeerAck> {
+        let tcp = tcp_segment(packet)?;
+        if !tcp.ack() || tcp.rst() || tcp.syn() {
+            return None;
+        }
+        let ack = tcp.ack_number().0 as u32;
+        let mut sacked_to = None;
+        let mut options = tcp.options();
+        while !options.is_empty() {
+            let Ok((rest, option)) = TcpOption::parse(options) else {
+                break;
+            };
+            match option {
+                TcpOption::SackRange(blocks) => {
+                    for (_, right) in blocks.iter().flatten() {
+                        if seq_after(*right, sacked_to.unwrap_or(ack)) {
+                            sacked_to = Some(*right);
+                        }
+                    }
+                }
+                TcpOption::EndOfList => break,
+                _ => {}
+            }
+            options = rest;
+        }
+        Some(PeerAck {
+            ack,
+            pure: tcp.payload().is_empty() && !tcp.fin(),
+            sacked_to,
+        })
+    }
+}
+
+/// The IP packet `packet` (IPv4, or IPv6 without extension headers,
+/// carrying a TCP segment) as the pure ACK its sender would send next:
+/// payload and FIN taken off, the sequence number after them, PSH clear,
+/// lengths and checksums refreshed.
+fn as_pure_ack(packet: &[u8]) -> Option<Vec<u8>> {
+    let tcp = tcp_segment(packet)?;
+    let header_len = usize::from(tcp.header_len());
+    let advance = tcp.payload().len() as u32 + u32::from(tcp.fin());
+    let offset = match packet.first()? >> 4 {
+        4 => usize::from(packet.first()? & 0x0f) * 4,
+        _ => 40,
+    };
+    if offset < 20 {
+        return None;
+    }
+    let mut pure = packet.get(..offset + header_len)?.to_vec();
+    let (src, dst) = match pure.first()? >> 4 {
+        4 => {
+            // Unchecked: the lengths still say the payload is there.
+            let mut ip = Ipv4Packet::new_unchecked(&mut pure[..]);
+            ip.set_total_len(u16::try_from(offset + header_len).ok()?);
+            ip.fill_checksum();
+            (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()))
+        }
+        _ => {
+            let mut ip = Ipv6Packet::new_unchecked(&mut pure[..]);
+            ip.set_payload_len(u16::try_from(header_len).ok()?);
+            (IpAddress::Ipv6(ip.src_addr()), IpAddress::Ipv6(ip.dst_addr()))
+        }
+    };
+    let mut segment = TcpPacket::new_checked(pure.get_mut(offset..)?).ok()?;
+    segment.set_seq_number(segment.seq_number() + advance as usize);
+    segment.set_fin(false);
+    segment.set_psh(false);
+    segment.fill_checksum(&src, &dst);
+    Some(pure)
+}
+
+impl Recovery {
+    /// Notes the segments the flow just sent; returns whether one of them
+    /// carried the bytes at `seq`, sent again.
+    fn sent(&mut self, frames: &[OutFrame], l2: usize, seq: Option<u32>, now: Instant) -> bool {
+        let mut resent_at_seq = false;
+        for tcp in frames
+            .iter()
+            .filter_map(|out| out.frame.get(l2..).and_then(tcp_segment))
+        {
+            let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
+            if len == 0 || tcp.rst() {
+                continue;
+            }
+            let start = tcp.seq_number().0 as u32;
+            let end = start.wrapping_add(len);
+            match self.sent_end {
+                Some(sent_end) if seq_after(sent_end, start) => {
+                    // Sent again: a recovery begins (or goes on).
+                    if self.recover.is_none() {
+                        self.recover = Some(sent_end);
+                        self.resent_end = end;
+                    } else if seq_after(end, self.resent_end) {
+                        self.resent_end = end;
+                    }
+                    resent_at_seq |= seq == Some(start);
+                    self.timing = None;
+                    self.progress_at = Some(now);
+                    if seq_after(end, sent_end) {
+                        self.sent_end = Some(end);
+                    }
+                }
+                _ => {
+                    self.sent_end = Some(end);
+                    self.progress_at = Some(now);
+                    // Not a SYN: the ACK that completes a handshake is not
+                    // taken in, and the next may come much later.
+                    if self.timing.is_none() && !tcp.syn() {
+                        self.timing = Some((now, end));
+                    }
+                }
+            }
+        }
+        resent_at_seq
+    }
+
+    /// Whether sent data waits for the peer's acknowledgement.
+    fn outstanding(&self) -> bool {
+        match (self.sent_end, self.acked) {
+            (Some(end), Some(acked)) => seq_after(end, acked),
+            (end, None) => end.is_some(),
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// Takes the peer's acknowledgement in (the IP packet `packet`, read as
+    /// `peer`); returns whether the segment at it is lost and smoltcp
+    /// should be prompted to send it again now.
+    fn acked(&mut self, peer: PeerAck, packet: &[u8], now: Instant) -> bool {
+        let advanced = self.acked.is_none_or(|acked| seq_after(peer.ack, acked));
+        let duplicate = self.acked == Some(peer.ack);
+        if advanced {
+            self.acked = Some(peer.ack);
+            self.progress_at = Some(now);
+            self.probed = false;
+            if let Some((at, _)) = self.timing.filter(|(_, end)| !seq_after(*end, peer.ack)) {
+                let sample = now - at;
+                self.srtt = Some(self.srtt.map_or(sample, |srtt| (srtt * 7 + sample) / 8));
+                self.timing = None;
+            }
+        }
+        self.latest_ack = as_pure_ack(packet);
+        let Some(sent_end) = self.sent_end.filter(|_| self.outstanding()) else {
+            // Everything sent is acknowledged.
+            self.recover = None;
+            return false;
+        };
+        if let Some(recover) = self.recover {
+            if !seq_after(recover, peer.ack) {
+                self.recover = None;
+            }
+        }
+        if !peer.pure {
+            return false;
+        }
+        match self.recover {
+            Some(_) => advanced && !seq_after(self.resent_end, peer.ack),
+            None => duplicate && peer.sacked_to == Some(sent_end),
+        }
+    }
+
+    /// When a probe is due, if one may be sent.
+    fn probe_at(&self) -> Option<Instant> {
+        if self.probed || self.latest_ack.is_none() || !self.outstanding() {
+            return None;
+        }
+        Some(self.progress_at? + self.srtt? * 2 + PROBE_ACK_ALLOWANCE)
+    }
 }
 
 /// The SYN of a connecting flow that is sent once, and again only as often
@@ -345,10 +593,14 @@ impl Flow {
     /// Gives back the pages of each ring that is empty, if the peer has
     /// been quiet for `BUFFER_LINGER`; returns when to try again.
     fn release_buffers(&mut self, now: Instant) -> Option<Instant> {
-        if self.buffers.committed == 0 {
-            return None;
-        }
         let quiet_at = self.last_heard + BUFFER_LINGER;
+        if now >= quiet_at {
+            self.recovery.latest_ack = None;
+        }
+        let ack_held = self.recovery.latest_ack.is_some();
+        if self.buffers.committed == 0 {
+            return ack_held.then_some(quiet_at.max(now));
+        }
         if now >= quiet_at {
             if !self.out_of_order_pending() && self.socket.discard_rx() {
                 self.buffers.rx_mark = self.rx_in_order();
@@ -361,7 +613,7 @@ impl Flow {
         let tx_empty = self.socket().send_queue() == 0;
         let rx_held = self.rx_touched() > 0;
         let tx_held = self.buffers.tx_queued > self.buffers.tx_mark;
-        ((rx_held && rx_empty) || (tx_held && tx_empty)).then_some(quiet_at.max(now))
+        ((rx_held && rx_empty) || (tx_held && tx_empty) || ack_held).then_some(quiet_at.max(now))
     }
 }
 
@@ -621,6 +873,7 @@ impl Stack {
             syn_mirror: None,
             syn_follower: None,
             synack: None,
+            recovery: Recovery::default(),
         });
         vacant.insert(id);
         self.counters.flows_created += 1;
@@ -903,6 +1156,13 @@ impl Stack {
             flow.socket_mut().abort();
         }
         let (output_before, state_before) = (output.len(), flow.socket().state());
+        // An acknowledgement that shows a segment lost which smoltcp would
+        // leave to its timer (see `Recovery`).
+        let lost_at = packet
+            .filter(|_| was_synchronized(state_before))
+            .and_then(|packet| Some((PeerAck::of(packet)?, packet)))
+            .filter(|(peer, packet)| flow.recovery.acked(*peer, packet, now))
+            .map(|(peer, _)| peer.ack);
         let mut device = FlowDevice {
             rx: packet,
             l2: &flow.l2,
@@ -910,6 +1170,17 @@ impl Stack {
             tx: output,
         };
         flow.socket.poll(iface, now, &mut device);
+        let resent = flow.recovery.sent(
+            output.get(output_before..).unwrap_or_default(),
+            flow.l2.len(),
+            lost_at,
+            now,
+        );
+        if let (Some(seq), false) = (lost_at, resent) {
+            if prompt_retransmit(flow, iface, output, seq, now) {
+                counters.fast_retransmits_prompted += 1;
+            }
+        }
         let still_connecting = flow.socket().state() == tcp::State::SynSent;
         // A due timer that made an open flow send data, a SYN or a FIN
         // again: its retransmission timer (or window probe) fired.
@@ -922,6 +1193,14 @@ impl Stack {
                 .any(|out| out.frame.get(flow.l2.len()..).is_some_and(occupies_sequence));
         if retransmitted && !timed_out {
             flow.unanswered_rounds = flow.unanswered_rounds.saturating_add(1);
+        }
+        // A probe (see `Recovery`): not a retransmission round of its own.
+        let probe_due = flow.recovery.probe_at().is_some_and(|at| at <= now);
+        if let (Poll::Timer, true, Some(seq)) = (poll, probe_due, flow.recovery.acked) {
+            if prompt_retransmit(flow, iface, output, seq, now) {
+                counters.fast_retransmits_prompted += 1;
+            }
+            flow.recovery.probed = true;
         }
         if flow.socket().state() != tcp::State::SynReceived {
             flow.synack = None;
@@ -1012,7 +1291,7 @@ impl Stack {
         let release_at = flow.release_buffers(now);
         account(flow, committed);
         let mut deadline = flow.socket.poll_at(iface, now);
-        if let Some(at) = release_at {
+        for at in [release_at, flow.recovery.probe_at()].into_iter().flatten() {
             deadline = Some(deadline.map_or(at, |due| due.min(at)));
         }
         // An opening flow gives up after the silence; an open one when its
@@ -1247,6 +1526,45 @@ impl Stack {
     }
 }
 
+/// Delivers the peer's latest acknowledgement (see `Recovery`) to the
+/// flow's socket again, up to three times, until smoltcp fast-retransmits
+/// the segment at `seq`; returns whether it did.
+fn prompt_retransmit(
+    flow: &mut Flow,
+    iface: &mut Interface,
+    output: &mut Vec<OutFrame>,
+    seq: u32,
+    now: Instant,
+) -> bool {
+    // Only with data unacknowledged: smoltcp's fast retransmit sends data
+    // only, and cancels its retransmission timer whatever it sent, so a
+    // FIN alone outstanding would never be sent again.
+    if flow.socket().send_queue() == 0 {
+        return false;
+    }
+    let Some(ack) = flow.recovery.latest_ack.take() else {
+        return false;
+    };
+    let mut resent = false;
+    for _ in 0..3 {
+        let before = output.len();
+        let mut device = FlowDevice {
+            rx: Some(&ack),
+            l2: &flow.l2,
+            port: flow.key.port,
+            tx: output,
+        };
+        flow.socket.poll(iface, now, &mut device);
+        let frames = output.get(before..).unwrap_or_default();
+        if flow.recovery.sent(frames, flow.l2.len(), Some(seq), now) {
+            resent = true;
+            break;
+        }
+    }
+    flow.recovery.latest_ack = Some(ack);
+    resent
+}
+
 /// Brings the flow's share of the stack's committed buffer bytes up to date.
 fn account(flow: &mut Flow, committed: &mut usize) {
     let now_committed = flow.committed_estimate();
@@ -1345,4 +1663,70 @@ fn tcp_segment(packet: &[u8]) -> Option<TcpPacket<&[u8]>> {
         _ => return None,
     };
     TcpPacket::new_checked(packet.get(offset..end)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, TcpTimestampRepr};
+
+    /// An IPv4 TCP segment from 198.18.0.1:40000 to 198.18.0.2:443.
+    fn segment(control: TcpControl, payload: &[u8]) -> Vec<u8> {
+        let (src, dst) = (Ipv4Address::new(198, 18, 0, 1), Ipv4Address::new(198, 18, 0, 2));
+        let tcp = TcpRepr {
+            src_port: 40_000,
+            dst_port: 443,
+            control,
+            seq_number: TcpSeqNumber(1_000),
+            ack_number: Some(TcpSeqNumber(5_000)),
+            window_len: 512,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [Some((6_000, 7_000)), None, None],
+            timestamp: Some(TcpTimestampRepr::new(77, 88)),
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut packet = vec![0; ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut packet[..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut packet[ip.buffer_len()..]),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        packet
+    }
+
+    #[test]
+    fn a_data_segment_becomes_the_pure_ack_its_sender_sends_next() {
+        let pure = as_pure_ack(&segment(TcpControl::Fin, b"hello")).unwrap();
+        let ip = Ipv4Packet::new_checked(&pure[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(usize::from(ip.total_len()), pure.len());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr())));
+        // After the five bytes and the FIN; the ACK, window and options kept.
+        assert_eq!(tcp.seq_number(), TcpSeqNumber(1_006));
+        assert!(tcp.payload().is_empty() && !tcp.fin() && !tcp.psh() && tcp.ack());
+        assert_eq!((tcp.ack_number(), tcp.window_len()), (TcpSeqNumber(5_000), 512));
+        let peer = PeerAck::of(&pure).unwrap();
+        assert!(peer.pure);
+        assert_eq!((peer.ack, peer.sacked_to), (5_000, Some(7_000)));
+    }
+
+    #[test]
+    fn a_pure_ack_stays_as_it_was() {
+        let ack = segment(TcpControl::None, b"");
+        assert_eq!(as_pure_ack(&ack).unwrap(), ack);
+    }
 }

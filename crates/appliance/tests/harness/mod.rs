@@ -245,27 +245,39 @@ pub struct InspectionBox {
     /// TCP payload bytes seen from the client side, from the server side.
     pub seen_up: Vec<u8>,
     pub seen_down: Vec<u8>,
+    /// The box's links, each way: appliance → box and box → appliance on
+    /// `inspect_out`, then the same on `inspect_in`.
+    pub links: [Link; 4],
 }
 
 impl InspectionBox {
     /// Carries what each port transmitted to the other, as the mode says.
     fn carry(&mut self) {
-        for (frames, up) in [
-            (self.out_port.take_transmitted(), true),
-            (self.in_port.take_transmitted(), false),
-        ] {
+        let from_out = self.links[0].carry(self.out_port.take_transmitted());
+        let from_in = self.links[2].carry(self.in_port.take_transmitted());
+        let mut to_out = Vec::new();
+        let mut to_in = Vec::new();
+        for (frames, up) in [(from_out, true), (from_in, false)] {
             for frame in frames {
-                self.handle(frame, up);
+                let (ahead, behind) = if up {
+                    (&mut to_in, &mut to_out)
+                } else {
+                    (&mut to_out, &mut to_in)
+                };
+                self.handle(frame, up, ahead, behind);
             }
+        }
+        for frame in self.links[1].carry(to_out) {
+            self.out_port.inject(frame);
+        }
+        for frame in self.links[3].carry(to_in) {
+            self.in_port.inject(frame);
         }
     }
 
-    fn handle(&mut self, mut frame: Vec<u8>, up: bool) {
-        let (ahead, behind) = if up {
-            (&self.in_port, &self.out_port)
-        } else {
-            (&self.out_port, &self.in_port)
-        };
+    /// What the box does with one frame: what it forwards goes `ahead`,
+    /// what it sends back (a reset) `behind`.
+    fn handle(&mut self, mut frame: Vec<u8>, up: bool, ahead: &mut Vec<Vec<u8>>, behind: &mut Vec<Vec<u8>>) {
         match self.mode {
             BoxMode::Stopped => return,
             BoxMode::Pass => {}
@@ -283,8 +295,8 @@ impl InspectionBox {
                 let payload = tcp_payload(&frame).unwrap_or_default();
                 if payload.windows(marker.len()).any(|w| w == marker) {
                     let (toward_receiver, toward_sender) = resets_for(&frame);
-                    ahead.inject(toward_receiver);
-                    behind.inject(toward_sender);
+                    ahead.push(toward_receiver);
+                    behind.push(toward_sender);
                     return;
                 }
             }
@@ -295,7 +307,7 @@ impl InspectionBox {
         } else {
             self.seen_down.extend_from_slice(&payload);
         }
-        ahead.inject(frame);
+        ahead.push(frame);
     }
 }
 
@@ -485,6 +497,7 @@ impl Lab {
             mode,
             seen_up: Vec::new(),
             seen_down: Vec::new(),
+            links: [Link::new(5), Link::new(6), Link::new(7), Link::new(8)],
         });
         lab
     }
