@@ -86,7 +86,7 @@ doc="$root/docs/BENCHMARKS.md"
 chart="$root/docs/bench-compare.svg"
 helpers="$here/bench-compare"
 
-export TG_NS_CLI=tgc-cli TG_NS_GW=tgc-gw TG_NS_SRV=tgc-srv TG_NS_BOX=tgc-box
+export TG_NS_CLI=tgc-cli TG_NS_GW=tgc-gw TG_NS_SRV=tgc-srv TG_NS_BOX=tgc-box TG_NS_LG=tgc-lg TG_NS_IMP=tgc-imp
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
 # shellcheck source=scripts/bench-lab.sh

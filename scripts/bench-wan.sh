@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # scripts/bench-wan.sh — one HTTPS download per point over a path with a round
 # trip and loss, for three paths in ONE run (issue 13):
-#   direct    a Linux bridge br0 in tg-gw joining gwc0 and gws0 (kernel
+#   direct    a Linux bridge br0 in tgw-gw joining gwc0 and gws0 (kernel
 #             forwarding; the end hosts' TCP end to end)
 #   sslsplit  SSLsplit, transparent and inline (bench-compare.sh's path (b):
 #             the bridge with netfilter, an nftables redirect to SSLsplit)
 #   tlsgate   tlsgate intercepting TLS on 443 (configs/lab.toml + [intercept]
 #             mode "tls"; every [tcp] setting at its default)
 # Grid: RTT 0 / 10 / 50 / 150 ms and loss 0 / 0.1 / 1 %, added by the
-# impairment element (scripts/lab-impair.sh) on the SERVER link (tg-gw/gws0 <->
-# tg-srv/srv0, between the interceptor and the origin): half the RTT as delay
+# impairment element (scripts/lab-impair.sh) on the SERVER link (tgw-gw/gws0 <->
+# tgw-srv/srv0, between the interceptor and the origin): half the RTT as delay
 # and the loss rate each way. The element stays in the path at 0 ms / 0 %.
 # Per grid point: scripts/lab-up.sh, the origin (tests/lab/origin.sh, nginx
 # serving an --mb file), the element, then each path in turn (alternating,
@@ -26,8 +26,8 @@
 # Usage: scripts/bench-wan.sh [--mb N] [--timeout S] [--runs N] [--paths "direct sslsplit tlsgate"]
 #          [--rtts "0 10 50 150"] [--losses "0 0.1 1"] [--hold-count N] [--no-memory]
 #          [--no-element] [--keep] [--write-doc]
-#   (root; it uses the default lab namespaces and the element's tg-imp-server:
-#   run it through `flock /tmp/tlsgate-lab.lock`)
+#   (root; own namespaces tgw-cli/tgw-gw/tgw-srv/tgw-box/tgw-lg and the element's
+#   tgw-imp-server, so it runs beside the tests and the other benchmarks)
 #   --mb: the download's size in MB (10^6 B, default 20);
 #   --timeout: seconds one download may take (default 90); one that does not
 #     finish is recorded as a failure (its partial rate is shown), never waited for;
@@ -44,6 +44,7 @@ root="$(cd "$here/.." && pwd)"
 doc="$root/docs/BENCHMARKS.md"
 chart="$root/docs/bench-wan.svg"
 
+export TG_NS_CLI=tgw-cli TG_NS_GW=tgw-gw TG_NS_SRV=tgw-srv TG_NS_BOX=tgw-box TG_NS_LG=tgw-lg TG_NS_IMP=tgw-imp
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
 # shellcheck source=scripts/bench-lab.sh
@@ -155,10 +156,27 @@ lab_with_element() {  # spec ("" = the element with no impairment; "none" = no e
   [[ "$1" == none ]] || timeout 60 "$here/lab-impair.sh" server "$1" "$1" >/dev/null
 }
 
+# The origin's kernel TCP counters (its namespace's /proc/net/snmp and netstat):
+# "retrans=N rto=N sack_recoveries=N reno_recoveries=N".
+origin_tcp() {
+  ip netns exec "$TG_NS_SRV" cat /proc/net/snmp /proc/net/netstat | awk '
+    $1 ~ /^(Tcp|TcpExt):$/ { if (!($1 in names)) { names[$1] = 1; for (i = 2; i <= NF; i++) h[$1, i] = $i; next }
+                             for (i = 2; i <= NF; i++) v[h[$1, i]] = $i }
+    END { printf "retrans=%d rto=%d sack_recoveries=%d reno_recoveries=%d\n", v["RetransSegs"],
+          v["TCPTimeouts"], v["TCPSackRecovery"], v["TCPRenoRecovery"] }'
+}
+# The difference of two origin_tcp outputs, in the same form.
+origin_tcp_delta() {  # before after
+  paste -d' ' <(tr ' ' '\n' <<<"$1") <(tr ' ' '\n' <<<"$2") |
+    awk -F'[ =]' '{ printf "%s%s=%d", (NR > 1 ? " " : ""), $1, $4 - $2 } END { print "" }'
+}
+
 # One download from the client namespace, checked byte for byte: appends a
-# record to points.kv and prints "status MB/s".
+# record to points.kv (with the origin's retransmissions meanwhile) and prints
+# "status MB/s".
 download() {  # rtt loss path run trust
-  local out="$tmp/curl-$1-$2-$3-$4.txt" sum status code size secs rc=0
+  local out="$tmp/curl-$1-$2-$3-$4.txt" sum status code size secs rc=0 tcp0 tcp1
+  tcp0="$(origin_tcp)"
   sum="$(timeout $((dl_timeout + 30)) ip netns exec "$TG_NS_CLI" curl --http1.1 -sS --cacert "$5" \
     --resolve "origin.test:443:$TG_SRV_V4" --max-time "$dl_timeout" -o - \
     -w '%{stderr}%{http_code} %{size_download} %{time_total}\n' https://origin.test/bulk.bin \
@@ -170,8 +188,10 @@ download() {  # rtt loss path run trust
   elif grep -q 'timed out' "$out"; then status=timeout
   else status=failed
   fi
+  tcp1="$(origin_tcp)"
   [[ $status == ok ]] || log "  $3: $status (rc $rc): $(head -c 300 "$out" | tr '\n' ' ')"
-  echo "rtt=$1 loss=$2 path=$3 run=$4 status=$status bytes=${size:-0} seconds=$secs" >>"$tmp/points.kv"
+  echo "rtt=$1 loss=$2 path=$3 run=$4 status=$status bytes=${size:-0} seconds=$secs $(origin_tcp_delta "$tcp0" "$tcp1")" \
+    >>"$tmp/points.kv"
   awk -v s="$status" -v b="${size:-0}" -v t="$secs" 'BEGIN { printf "%s %.2f\n", s, (t > 0 ? b / t / 1e6 : 0) }'
 }
 
@@ -200,7 +220,7 @@ for loss in $losses; do
         esac
         reachable || log "  $path: $TG_SRV_V4 does not answer ping (measuring anyway)"
         read -r status rate <<<"$(download "$rtt" "$loss" "$path" "$run" "$trust")"
-        log "  $path, run $run: $rate MB/s ($status)"
+        log "  $path, run $run: $rate MB/s ($status); origin: $(tail -1 "$tmp/points.kv" | grep -o 'retrans=.*')"
         case "$path" in
           direct) ip -n "$TG_NS_GW" link del br0 ;;
           sslsplit) stop_sslsplit; redirect_down ;;
@@ -213,27 +233,33 @@ done
 : >"$tmp/extra.kv"
 
 # --- the element's own throughput ----------------------------------------------------
-iperf_download() {  # prints MB/s of an 8 s iperf3 download through the bridge path, or 0
+# Prints "MB/s cores" of an 8 s iperf3 download through the bridge path (0 if
+# it failed) and the CPU the element used meanwhile (cores; 0 without one).
+iperf_download() {
+  local element_pid cpu0 cpu1
+  element_pid="$(ns_pids_named "$TG_NS_IMP-server" tlsgate-impair | head -1)"
   bridge_up 0
   ip netns exec "$TG_NS_SRV" iperf3 -s -1 -B "$TG_SRV_V4" >/dev/null 2>&1 &
   local server=$! rate
   for _ in $(seq 50); do ip netns exec "$TG_NS_SRV" ss -Hltn "sport = :5201" | grep -q . && break; sleep 0.1; done
+  cpu0="$(proc_cpu_seconds $element_pid)"
   rate="$(timeout 60 ip netns exec "$TG_NS_CLI" iperf3 -c "$TG_SRV_V4" -R -t 8 -J 2>/dev/null |
     python3 -c 'import json, sys; print("%.0f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 8e6))' 2>/dev/null)" || rate=0
+  cpu1="$(proc_cpu_seconds $element_pid)"
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   ip -n "$TG_NS_GW" link del br0
-  echo "${rate:-0}"
+  echo "${rate:-0} $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", (b - a) / 8 }')"
 }
 if ((element)); then
   log "element throughput: iperf3 download over the plain veths"
   lab_with_element none
-  plain="$(iperf_download)"
+  read -r plain _ <<<"$(iperf_download)"
   log "element throughput: the same through tlsgate-impair (no impairment) on the server link"
   lab_with_element ""
-  through="$(iperf_download)"
-  log "  plain $plain MB/s, through the element $through MB/s"
-  echo "element_plain=$plain element_through=$through" >>"$tmp/extra.kv"
+  read -r through element_cores <<<"$(iperf_download)"
+  log "  plain $plain MB/s, through the element $through MB/s (element CPU $element_cores cores)"
+  echo "element_plain=$plain element_through=$through element_cores=$element_cores" >>"$tmp/extra.kv"
 fi
 timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
 
@@ -286,8 +312,8 @@ section="$tmp/section.md"
 <!-- Generated by scripts/bench-wan.sh --write-doc: edits between these markers are overwritten. -->
 ## Long and lossy paths: direct, SSLsplit, tlsgate (issue 13)
 
-Reproduce (root): \`flock /tmp/tlsgate-lab.lock $cmdline\` (about $minutes min here, the
-memory and element measurements included; release builds).
+Reproduce (root): \`$cmdline\` (about $minutes min here, the memory and element
+measurements included; release builds; own namespaces tgw-*, so it runs beside the lab tests).
 Machine: $(nproc) vCPU ${cpu:-unknown CPU}, $(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo),
 Linux $(uname -r), run on $(date -u +%Y-%m-%d) at commit $commit, SSLsplit ${sslsplit_version:-?}.
 The machine was shared with other engineers' builds and tests during the run: single
@@ -295,16 +321,16 @@ figures move with them, compare the paths of one row (measured within a minute o
 
 ![MB/s of one download by round trip and loss, per path](bench-wan.svg)
 
-**Setup.** The lab of \`scripts/lab-up.sh\` (client 198.18.0.1 in tg-cli, nginx origin
-198.18.0.2 in tg-srv, \`tests/lab/origin.sh\`). The round trip and the loss are added by the
-impairment element \`tlsgate-impair\` on the **server link** (tg-gw/gws0 ⇄ tg-srv/srv0, between
+**Setup.** The lab of \`scripts/lab-up.sh\` (client 198.18.0.1 in tgw-cli, nginx origin
+198.18.0.2 in tgw-srv, \`tests/lab/origin.sh\`). The round trip and the loss are added by the
+impairment element \`tlsgate-impair\` on the **server link** (tgw-gw/gws0 ⇄ tgw-srv/srv0, between
 the interceptor and the origin; \`scripts/lab-impair.sh server SPEC SPEC\`): half the RTT as
 delay and the loss rate **each way** (data and ACKs). So the origin's kernel sends the data
 into the long, lossy path and the interceptor's receiving leg must open its window to the
 bandwidth-delay product; the client link is a plain veth. The element stays in the path at
 0 ms / 0 %. Per point a fresh lab and origin, then the paths one after the other:
 
-- **direct**: a Linux bridge br0 in tg-gw joining gwc0 and gws0 (kernel forwarding; TCP is the
+- **direct**: a Linux bridge br0 in tgw-gw joining gwc0 and gws0 (kernel forwarding; TCP is the
   end hosts' kernels: $cc, SACK ${sack:-?}, tcp_rmem $rmem, tcp_wmem $wmem);
 - **SSLsplit**: bench-compare's path (b): the bridge with netfilter and an nftables redirect
   of 198.18.0.2:443 to \`sslsplit ... ssl 0.0.0.0 8443\` (kernel sockets on both legs, same
@@ -324,10 +350,11 @@ EOF
   if [[ -n "$through" ]]; then
     cat <<EOF
 **The impairment element's own throughput** (no delay, no loss): \`iperf3 -R -t 8\` (kernel TCP,
-one stream, download) from tg-cli to tg-srv across the bridge in tg-gw: over the plain veths
+one stream, download) from tgw-cli to tgw-srv across the bridge in tgw-gw: over the plain veths
 **$plain MB/s**, with \`tlsgate-impair\` (release build, DPDK af_packet, one lcore) inserted on the
-server link **$through MB/s**. Both runs share the 2 vCPUs with iperf3's two ends and the kernel's
-veth and bridge work.
+server link **$through MB/s**, the element's thread using $(extra element_cores) cores meanwhile (its
+CPU time over the 8 s). Both runs share the 2 vCPUs with iperf3's two ends, the kernel's veth and
+bridge work and whatever else ran on the machine.
 
 EOF
   fi
