@@ -90,6 +90,27 @@ def main():
             row += f" | {'-' if r1 is None else f'{r1:.2f}'} | {'-' if r2 is None else f'{r2:.2f}'} |"
             w(row)
     w("")
+    if any("retrans" in p for p in points):
+        # The origin's kernel sends every download into the impaired link, whatever the path:
+        # what it had to send again shows how well the receiving leg reported what arrived.
+        retrans = collections.defaultdict(list)
+        for p in points:
+            if "retrans" in p:
+                retrans[(int(p["rtt"]), p["loss"], p["path"])].append((int(p["retrans"]), int(p["rto"])))
+        w("The origin's TCP during each download (its namespace's `RetransSegs` and `TCPTimeouts`):")
+        w(f"segments it sent again (of about {mb * 1e6 / 1448:,.0f} for the file), and its retransmission")
+        w("timeouts in brackets; summed over the runs.")
+        w("")
+        w("| RTT | loss | " + " | ".join(name for _, name in paths) + " |")
+        w("|---:|---:|" + "---:|" * len(paths))
+        for loss in losses:
+            if float(loss) == 0:
+                continue
+            for rtt in rtts:
+                row = [f"{sum(r for r, _ in retrans[(rtt, loss, p)]):,} ({sum(t for _, t in retrans[(rtt, loss, p)])})"
+                       if retrans.get((rtt, loss, p)) else "-" for p, _ in paths]
+                w(f"| {rtt} ms | {loss} % | " + " | ".join(row) + " |")
+        w("")
 
     # Issue 13's targets.
     def verdict(value, target):
