@@ -86,7 +86,7 @@ doc="$root/docs/BENCHMARKS.md"
 chart="$root/docs/bench-compare.svg"
 helpers="$here/bench-compare"
 
-export TG_NS_CLI=tgc-cli TG_NS_GW=tgc-gw TG_NS_SRV=tgc-srv TG_NS_BOX=tgc-box
+export TG_NS_CLI=tgc-cli TG_NS_GW=tgc-gw TG_NS_SRV=tgc-srv TG_NS_BOX=tgc-box TG_NS_LG=tgc-lg TG_NS_IMP=tgc-imp
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
 # shellcheck source=scripts/bench-lab.sh
@@ -134,9 +134,7 @@ tmp="$(mktemp -d /tmp/bench-compare.XXXXXX)"
 chmod 755 "$tmp"
 origin="$tmp/origin"
 netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" sp_pid="" hold_pid="" watchdog_pid="" made_netns_etc=0
-gw_v4=198.18.0.3          # br0's address in path (b): SSLsplit's upstream source
-sp_port=8443              # SSLsplit's transparent listener
+tg_pid="" hold_pid="" watchdog_pid="" made_netns_etc=0
 nft_table=bench_compare   # the redirect rule's table, in the gw namespace
 bulk_bytes=$((bulk_mb * 1000000))
 
@@ -147,29 +145,6 @@ stop_holder() {
   kill -KILL "$hold_pid" 2>/dev/null || true
   wait "$hold_pid" 2>/dev/null || true
   hold_pid=""
-}
-
-sslsplit_pids() { ns_pids_named "$TG_NS_GW" sslsplit; }
-
-# SIGTERM to SSLsplit's first process (it ends its privilege-separated child),
-# SIGKILL to whatever of it is left after 30 s.
-stop_sslsplit() {
-  [[ -n "$sp_pid" ]] || return 0
-  local p
-  kill -TERM "$sp_pid" 2>/dev/null || true
-  for _ in $(seq 150); do [[ -z "$(sslsplit_pids)" ]] && break; sleep 0.2; done
-  for p in $(sslsplit_pids); do
-    log "sslsplit (pid $p) still running 30 s after SIGTERM: SIGKILL"
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  wait "$sp_pid" 2>/dev/null || true
-  sp_pid=""
-}
-
-redirect_down() {
-  ip netns exec "$TG_NS_GW" nft delete table ip "$nft_table" 2>/dev/null || true
-  ip netns exec "$TG_NS_GW" nft delete table bridge "$nft_table" 2>/dev/null || true
-  ip -n "$TG_NS_GW" link del br0 2>/dev/null || true
 }
 
 cleanup() {
@@ -251,88 +226,10 @@ bulk_url="https://origin.test/bulk.bin"
 # curl and the holder trust both the forging CA and the origin.
 cat "$tmp/ca/ca.pem" "$origin/origin.crt" >"$tmp/trust.pem"
 
-tls_config() {  # connection-log; prints tlsgate's config for (c)
-  cat "$root/configs/lab.toml"
-  cat <<EOF
-
-[intercept]
-tcp_ports = [443]
-mode = "tls"
-
-[tls]
-ca_cert = "$tmp/ca/ca.pem"
-ca_key = "$tmp/ca/ca.key"
-upstream_trust = "$origin/origin.crt"
-
-[log]
-connections = "$1"
-EOF
-}
-tls_config "$tmp/check.jsonl" >"$tmp/check.toml"
+tls_config "$root/configs/lab.toml" "$tmp/check.jsonl" >"$tmp/check.toml"
 timeout 60 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 
 # --- paths ------------------------------------------------------------------------
-bridge_up() {  # nf_call_iptables 0|1
-  ip -n "$TG_NS_GW" link add br0 type bridge stp_state 0 forward_delay 0
-  ip -n "$TG_NS_GW" link set br0 type bridge nf_call_iptables "$1"
-  ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master br0
-  ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master br0
-  ip -n "$TG_NS_GW" link set br0 up
-}
-
-# Path (b)'s redirection: the bridge with netfilter, br0's address, a clean
-# connection-tracking table, and the nftables rules. Counters: the connections
-# redirected (nat: SYNs that started a conntrack entry; then other packets that
-# started one, i.e. stray segments of connections conntrack had already
-# forgotten, picked up mid-stream and redirected too), and two checks that
-# nothing passes SSLsplit by: the SYNs to the origin's port 443 that conntrack
-# called invalid or matched to an existing entry (prerouting), and those the
-# bridge forwarded instead (bridge forward).
-redirect_up() {
-  bridge_up 1
-  ip -n "$TG_NS_GW" addr add "$gw_v4/$TG_V4_PREFIX" dev br0
-  timeout 30 ip netns exec "$TG_NS_GW" conntrack -F >/dev/null 2>&1 || true
-  timeout 30 ip netns exec "$TG_NS_GW" nft -f - <<EOF
-table ip $nft_table {
-  chain to_sslsplit {
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn counter redirect to :$sp_port
-    ip daddr $TG_SRV_V4 tcp dport 443 counter redirect to :$sp_port
-  }
-  chain syn_state {
-    type filter hook prerouting priority -150; policy accept;
-    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn ct state invalid counter
-    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn ct state established counter
-  }
-}
-table bridge $nft_table {
-  chain forward {
-    type filter hook forward priority 0; policy accept;
-    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn counter
-  }
-}
-EOF
-}
-
-# The packet counts of the rules of a chain, in order, space-separated.
-nft_counters() {  # family chain
-  timeout 30 ip netns exec "$TG_NS_GW" nft list chain "$1" "$nft_table" "$2" |
-    sed -n 's/.*counter packets \([0-9]*\) .*/\1/p' | tr '\n' ' '
-}
-
-start_sslsplit() {  # stderr-log connect-log trust-file
-  ip netns exec "$TG_NS_GW" env SSL_CERT_FILE="$3" \
-    sslsplit -o VerifyPeer=yes -c "$tmp/ca/ca.pem" -k "$tmp/ca/ca.key" -K "$tmp/leaf.key" \
-    -l "$2" ssl 0.0.0.0 "$sp_port" >"$1" 2>&1 &
-  sp_pid=$!
-  for _ in $(seq 100); do
-    ip netns exec "$TG_NS_GW" ss -Hltn "sport = :$sp_port" | grep -q . && return 0
-    kill -0 "$sp_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  log "sslsplit did not start:"; cat "$1" >&2; exit 1
-}
-
 start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory runs)
   local path="$1" tag="$2"
   case "$path" in
@@ -342,7 +239,7 @@ start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory run
       start_sslsplit "$tmp/sslsplit-$tag.err" "$tmp/sslsplit-connect-$tag.log" "$origin/origin.crt"
       ;;
     c)
-      tls_config "$tmp/connections-$tag.jsonl" >"$tmp/tls-$tag.toml"
+      tls_config "$root/configs/lab.toml" "$tmp/connections-$tag.jsonl" >"$tmp/tls-$tag.toml"
       start_tlsgate "$tmp/tls-$tag.toml" "$tmp/tlsgate-$tag.log" --stats-interval 0.2 \
         --report-json "$tmp/report-$tag.json"
       ;;

@@ -72,7 +72,7 @@ root="$(cd "$here/.." && pwd)"
 doc="$root/docs/BENCHMARKS.md"
 svg_doc="$root/docs/bench-concurrency.svg"
 
-export TG_NS_CLI=tgn-cli TG_NS_GW=tgn-gw TG_NS_SRV=tgn-srv TG_NS_BOX=tgn-box TG_NS_LG=tgn-lg
+export TG_NS_CLI=tgn-cli TG_NS_GW=tgn-gw TG_NS_SRV=tgn-srv TG_NS_BOX=tgn-box TG_NS_LG=tgn-lg TG_NS_IMP=tgn-imp
 # shellcheck source=scripts/lab-env.sh
 . "$here/lab-env.sh"
 # shellcheck source=scripts/bench-lab.sh

@@ -159,23 +159,6 @@ bulk_url="https://origin.test/bulk.bin"
 # curl trusts the origin's certificate (path a) and tlsgate's CA (c, d, e).
 cat "$tmp/ca/ca.pem" "$origin/origin.crt" >"$tmp/trust.pem"
 
-tls_config() {  # base-config connection-log; prints the config
-  cat "$1"
-  cat <<EOF
-
-[intercept]
-tcp_ports = [443]
-mode = "tls"
-
-[tls]
-ca_cert = "$tmp/ca/ca.pem"
-ca_key = "$tmp/ca/ca.key"
-upstream_trust = "$origin/origin.crt"
-
-[log]
-connections = "$2"
-EOF
-}
 tls_config "$root/configs/lab.toml" "$tmp/check.jsonl" >"$tmp/check-c.toml"
 tls_config "$root/configs/lab-inspect.toml" "$tmp/check.jsonl" >"$tmp/check-d.toml"
 timeout 60 "$tmp/tlsgate" check --config "$tmp/check-c.toml" >/dev/null

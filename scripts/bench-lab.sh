@@ -1,7 +1,7 @@
-# scripts/bench-lab.sh — helpers shared by the lab benchmarks (bench-splice.sh,
+# scripts/bench-lab.sh — helpers shared by the lab benchmarks (bench-splice.sh, bench-compare.sh, bench-wan.sh,
 # bench-tls.sh, bench-inspect.sh); sourced, not run. Expects log(), $root, $tmp and the lab
 # variables of lab-env.sh; uses $tg_pid (the tlsgate under test) and sets
-# $watchdog_pid.
+# $watchdog_pid; the SSLsplit and tls_config helpers also use $origin.
 # shellcheck shell=bash
 # The globals below ($root, $tmp, $tg_pid, $watchdog_pid) belong to the sourcing script.
 # shellcheck disable=SC2034,SC2154
@@ -137,4 +137,118 @@ ns_pids_named() {  # namespace name
     [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == "$2" ]] && echo "$p"
   done
   return 0
+}
+
+# --- SSLsplit, transparent and inline (bench-compare.sh's path (b), bench-wan.sh) ---
+# A Linux bridge br0 in the gw namespace joins gwc0 and gws0; with netfilter on
+# it, an nftables rule redirects the client's connections to 198.18.0.2:443 to
+# SSLsplit's local listener ($sp_port), which forges with the CA in $tmp/ca and
+# the leaf key $tmp/leaf.key. The sourcing script sets $nft_table (the rules'
+# table name) and keeps $sp_pid.
+sp_port=8443        # SSLsplit's transparent listener
+gw_v4=198.18.0.3    # br0's address: SSLsplit's upstream source
+sp_pid=""
+
+bridge_up() {  # nf_call_iptables 0|1
+  ip -n "$TG_NS_GW" link add br0 type bridge stp_state 0 forward_delay 0
+  ip -n "$TG_NS_GW" link set br0 type bridge nf_call_iptables "$1"
+  ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master br0
+  ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master br0
+  ip -n "$TG_NS_GW" link set br0 up
+}
+
+# Path (b)'s redirection: the bridge with netfilter, br0's address, a clean
+# connection-tracking table, and the nftables rules. Counters: the connections
+# redirected (nat: SYNs that started a conntrack entry; then other packets that
+# started one, i.e. stray segments of connections conntrack had already
+# forgotten, picked up mid-stream and redirected too), and two checks that
+# nothing passes SSLsplit by: the SYNs to the origin's port 443 that conntrack
+# called invalid or matched to an existing entry (prerouting), and those the
+# bridge forwarded instead (bridge forward).
+redirect_up() {
+  bridge_up 1
+  ip -n "$TG_NS_GW" addr add "$gw_v4/$TG_V4_PREFIX" dev br0
+  timeout 30 ip netns exec "$TG_NS_GW" conntrack -F >/dev/null 2>&1 || true
+  timeout 30 ip netns exec "$TG_NS_GW" nft -f - <<EOF
+table ip $nft_table {
+  chain to_sslsplit {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn counter redirect to :$sp_port
+    ip daddr $TG_SRV_V4 tcp dport 443 counter redirect to :$sp_port
+  }
+  chain syn_state {
+    type filter hook prerouting priority -150; policy accept;
+    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn ct state invalid counter
+    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn ct state established counter
+  }
+}
+table bridge $nft_table {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip daddr $TG_SRV_V4 tcp dport 443 tcp flags & (syn | ack) == syn counter
+  }
+}
+EOF
+}
+
+# The packet counts of the rules of a chain, in order, space-separated.
+nft_counters() {  # family chain
+  timeout 30 ip netns exec "$TG_NS_GW" nft list chain "$1" "$nft_table" "$2" |
+    sed -n 's/.*counter packets \([0-9]*\) .*/\1/p' | tr '\n' ' '
+}
+
+start_sslsplit() {  # stderr-log connect-log trust-file
+  ip netns exec "$TG_NS_GW" env SSL_CERT_FILE="$3" \
+    sslsplit -o VerifyPeer=yes -c "$tmp/ca/ca.pem" -k "$tmp/ca/ca.key" -K "$tmp/leaf.key" \
+    -l "$2" ssl 0.0.0.0 "$sp_port" >"$1" 2>&1 &
+  sp_pid=$!
+  for _ in $(seq 100); do
+    ip netns exec "$TG_NS_GW" ss -Hltn "sport = :$sp_port" | grep -q . && return 0
+    kill -0 "$sp_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "sslsplit did not start:"; cat "$1" >&2; exit 1
+}
+
+sslsplit_pids() { ns_pids_named "$TG_NS_GW" sslsplit; }
+
+# SIGTERM to SSLsplit's first process (it ends its privilege-separated child),
+# SIGKILL to whatever of it is left after 30 s.
+stop_sslsplit() {
+  [[ -n "$sp_pid" ]] || return 0
+  local p
+  kill -TERM "$sp_pid" 2>/dev/null || true
+  for _ in $(seq 150); do [[ -z "$(sslsplit_pids)" ]] && break; sleep 0.2; done
+  for p in $(sslsplit_pids); do
+    log "sslsplit (pid $p) still running 30 s after SIGTERM: SIGKILL"
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  wait "$sp_pid" 2>/dev/null || true
+  sp_pid=""
+}
+
+redirect_down() {
+  ip netns exec "$TG_NS_GW" nft delete table ip "$nft_table" 2>/dev/null || true
+  ip netns exec "$TG_NS_GW" nft delete table bridge "$nft_table" 2>/dev/null || true
+  ip -n "$TG_NS_GW" link del br0 2>/dev/null || true
+}
+
+# tlsgate intercepting TLS on port 443 with the CA in $tmp/ca and the origin
+# ($origin, tests/lab/origin.sh) as its only upstream trust.
+tls_config() {  # base-config connection-log; prints the config
+  cat "$1"
+  cat <<EOF
+
+[intercept]
+tcp_ports = [443]
+mode = "tls"
+
+[tls]
+ca_cert = "$tmp/ca/ca.pem"
+ca_key = "$tmp/ca/ca.key"
+upstream_trust = "$origin/origin.crt"
+
+[log]
+connections = "$2"
+EOF
 }

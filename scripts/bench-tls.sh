@@ -107,24 +107,7 @@ fi
 url="https://origin.test/index.html"
 
 cp "$root/configs/lab.toml" "$tmp/bridge.toml"
-tls_config() {  # connection-log path; prints the config
-  cat "$root/configs/lab.toml"
-  cat <<EOF
-
-[intercept]
-tcp_ports = [443]
-mode = "tls"
-
-[tls]
-ca_cert = "$tmp/ca/ca.pem"
-ca_key = "$tmp/ca/ca.key"
-upstream_trust = "$origin/origin.crt"
-
-[log]
-connections = "$1"
-EOF
-}
-tls_config "$tmp/check.jsonl" >"$tmp/check.toml"
+tls_config "$root/configs/lab.toml" "$tmp/check.jsonl" >"$tmp/check.toml"
 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 
 # --- paths ------------------------------------------------------------------------
@@ -142,7 +125,7 @@ start_path() {  # a|b|c run
       local config="$tmp/bridge.toml" tglog="$tmp/tlsgate-$path-$run.log"
       if [[ "$path" == c ]]; then
         config="$tmp/tls-$run.toml"
-        tls_config "$tmp/connections-$run.jsonl" >"$config"
+        tls_config "$root/configs/lab.toml" "$tmp/connections-$run.jsonl" >"$config"
       fi
       start_tlsgate "$config" "$tglog" --stats-interval 0.2 --report-json "$tmp/report-$path-$run.json"
       ;;

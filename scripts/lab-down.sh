@@ -2,7 +2,7 @@
 # scripts/lab-down.sh — tear down the tlsgate namespace lab. Never fails.
 #
 # Usage: scripts/lab-down.sh   (root)
-# Kills every process running in tg-cli/tg-gw/tg-srv/tg-box/tg-lg/tg-imp-* (SIGTERM, then
+# Kills every process running in tg-cli/tg-gw/tg-srv/tg-box/tg-lg/tg-imp-* (TG_NS_IMP-*) (SIGTERM, then
 # SIGKILL after ~2 s; that includes an inspection box started with
 # scripts/inspect-box.sh), then deletes the namespaces, which also destroys the
 # veth pairs and tg-box's bridge.
@@ -13,7 +13,7 @@ set -uo pipefail
 
 NSES=("$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" "$TG_NS_BOX" "$TG_NS_LG")
 # The impairment element's namespaces (scripts/lab-impair.sh).
-for link in client server inspect-out inspect-in; do NSES+=("tg-imp-$link"); done
+for link in client server inspect-out inspect-in; do NSES+=("$TG_NS_IMP-$link"); done
 
 ns_exists() { [[ -e "/run/netns/$1" ]] || ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"; }
 ns_pids() { ns_exists "$1" && ip netns pids "$1" 2>/dev/null; }

@@ -24,6 +24,7 @@
 : "${TG_NS_GW:=tg-gw}"
 : "${TG_NS_SRV:=tg-srv}"
 : "${TG_NS_LG:=tg-lg}"   # the load generator's namespace (scripts/lab-loadgen.sh)
+: "${TG_NS_IMP:=tg-imp}" # the impairment element's namespaces are TG_NS_IMP-LINK (scripts/lab-impair.sh)
 : "${TG_CLI_IF:=cli0}"
 : "${TG_SRV_IF:=srv0}"
 : "${TG_GWC_IF:=gwc0}"
@@ -43,7 +44,7 @@
 : "${TG_V6_PREFIX:=64}"
 : "${TG_MTU:=1500}"
 
-export TG_NS_CLI TG_NS_GW TG_NS_SRV TG_NS_LG TG_CLI_IF TG_SRV_IF TG_GWC_IF TG_GWS_IF \
+export TG_NS_CLI TG_NS_GW TG_NS_SRV TG_NS_LG TG_NS_IMP TG_CLI_IF TG_SRV_IF TG_GWC_IF TG_GWS_IF \
        TG_NS_BOX TG_GWIO_IF TG_GWII_IF TG_BOXO_IF TG_BOXI_IF \
        TG_CLI_MAC TG_SRV_MAC TG_CLI_V4 TG_SRV_V4 TG_V4_PREFIX TG_CLI_V6 TG_SRV_V6 \
        TG_V6_PREFIX TG_MTU

@@ -15,10 +15,11 @@
 # A_TO_B, B_TO_A: netem's words, e.g. "delay 25ms 2ms loss 1% reorder 10%
 # duplicate 1% corrupt 0.5% rate 1gbit" ("loss gemodel 1% 20%" for bursts);
 # empty: that way unimpaired. The link's veth pair is replaced by two pairs
-# through the namespace tg-imp-LINK, where tlsgate-impair bridges them on
+# through the namespace tg-imp-LINK ($TG_NS_IMP-LINK), where tlsgate-impair bridges them on
 # DPDK af_packet; the endpoints keep their names, MACs and addresses.
 # Env: TG_IMPAIR_BIN (default target/debug/tlsgate-impair), TG_IMPAIR_SEED (1).
-# The element's log and final counters (JSON) go to /tmp/tlsgate-impair-LINK.{log,json};
+# The element's log and final counters (JSON) go to /tmp/tlsgate-impair-LINK.{log,json}
+# (/tmp/tlsgate-$TG_NS_IMP-LINK.{log,json} with another TG_NS_IMP);
 # `stop` ends it with SIGTERM so the counters are written. lab-down.sh removes it all.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
@@ -30,7 +31,7 @@ die() { echo "lab-impair.sh: $*" >&2; exit 1; }
 LINKS=(client server inspect-out inspect-in)
 
 stop_link() {
-  local ns="tg-imp-$1" pids
+  local ns="$TG_NS_IMP-$1" pids
   [[ -e "/run/netns/$ns" ]] || return 0
   pids="$(ip netns pids "$ns" 2>/dev/null || true)"
   if [[ -n "$pids" ]]; then
@@ -61,7 +62,7 @@ case "$link" in
 esac
 bin="${TG_IMPAIR_BIN:-target/debug/tlsgate-impair}"
 [[ -x "$bin" ]] || die "$bin is missing: cargo build -p impair"
-ns="tg-imp-$link"
+ns="$TG_NS_IMP-$link"
 [[ -e "/run/netns/${ends[0]}" && -e "/run/netns/${ends[3]}" ]] || die "the lab is not up (scripts/lab-up.sh)"
 [[ -e "/run/netns/$ns" ]] && die "$link is already impaired (scripts/lab-impair.sh stop $link, or lab-up.sh)"
 
@@ -100,7 +101,9 @@ for i in 0 1; do
   esac
 done
 
-log="/tmp/tlsgate-impair-$link.log" json="/tmp/tlsgate-impair-$link.json"
+files="/tmp/tlsgate-impair-$link"
+[[ "$TG_NS_IMP" == tg-imp ]] || files="/tmp/tlsgate-$ns"
+log="$files.log" json="$files.json"
 rm -f "$json"
 ring="qpairs=1,framesz=2048,blocksz=4096,framecnt=4096"
 ip netns exec "$ns" "$bin" \
