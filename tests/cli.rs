@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{output, repo, text, tlsgate, Scratch};
+use common::{output, repo, text, tlsgate, write_null_ports_config, Scratch};
 
 #[test]
 fn help_and_version() {
@@ -66,20 +66,7 @@ fn check_explains_broken_configs() {
 fn run_and_check_explain_too_few_lcores_for_the_workers() {
     let scratch = Scratch::new("lcores");
     let config = scratch.path("two-workers.toml");
-    std::fs::write(
-        &config,
-        r#"
-[dataplane]
-eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
-workers = 2
-mbufs = 16383
-[ports.client]
-device = "net_null0"
-[ports.server]
-device = "net_null1"
-"#,
-    )
-    .expect("write");
+    write_null_ports_config(&config, 2);
     for command in [&["run", "--duration", "1"][..], &["check"]] {
         let result = output(tlsgate().args(command).arg("--config").arg(&config));
         assert!(!result.status.success(), "{command:?}");
@@ -201,19 +188,7 @@ fn a_reader_closing_the_pipe_early_is_not_a_crash() {
 
     // `run` carries on without its status lines.
     let config = scratch.path("null.toml");
-    std::fs::write(
-        &config,
-        r#"
-[dataplane]
-eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
-workers = 1
-[ports.client]
-device = "net_null0"
-[ports.server]
-device = "net_null1"
-"#,
-    )
-    .expect("write");
+    write_null_ports_config(&config, 1);
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let result = output(
@@ -339,5 +314,73 @@ fn check_loads_what_run_would_load() {
                 "case {index}: {needle:?} once in: {stderr}"
             );
         }
+    }
+}
+
+/// `tlsgate run` under systemd (`Type=notify`, the packaged unit): READY=1
+/// goes to `NOTIFY_SOCKET` once the ports are up, never when they cannot
+/// be opened; without `NOTIFY_SOCKET`, or with one nobody listens on,
+/// the appliance runs as usual.
+#[test]
+fn run_tells_systemd_it_is_ready_once_its_ports_are_up() {
+    use std::os::unix::net::UnixDatagram;
+
+    let scratch = Scratch::new("notify");
+    let notify_path = scratch.path("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    systemd.set_nonblocking(true).expect("nonblocking");
+    let mut message = [0u8; 4096];
+
+    let broken = scratch.path("broken.toml");
+    write_null_ports_config(&broken, 1);
+    let config = std::fs::read_to_string(&broken).expect("read");
+    std::fs::write(&broken, config.replace("net_null1", "net_af_packet1,iface=tg-no-such0")).expect("write");
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "5", "--config"])
+            .arg(&broken)
+            .env("NOTIFY_SOCKET", &notify_path),
+    );
+    assert!(!result.status.success(), "{}", text(&result.stdout));
+    assert!(
+        systemd.recv(&mut message).is_err(),
+        "readiness sent for ports that never came up: {}",
+        text(&message)
+    );
+
+    let config = scratch.path("null.toml");
+    write_null_ports_config(&config, 1);
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "0.5", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path),
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let length = systemd.recv(&mut message).expect("READY=1 was sent");
+    let sent = text(&message[..length]);
+    assert!(sent.lines().any(|line| line == "READY=1"), "{sent}");
+    assert!(
+        sent.lines()
+            .any(|line| line.starts_with("STATUS=") && line.contains("net_null0")),
+        "{sent}"
+    );
+    assert!(systemd.recv(&mut message).is_err(), "sent once");
+
+    for notify in [None, Some(scratch.path("nobody-listens.sock"))] {
+        let mut command = tlsgate();
+        command.args(["run", "--duration", "0.5", "--config"]).arg(&config);
+        match &notify {
+            Some(path) => command.env("NOTIFY_SOCKET", path),
+            None => command.env_remove("NOTIFY_SOCKET"),
+        };
+        let result = output(&mut command);
+        let stderr = text(&result.stderr);
+        assert!(result.status.success(), "{notify:?}: {stderr}");
+        assert_eq!(
+            stderr.contains("cannot tell systemd"),
+            notify.is_some(),
+            "{notify:?}: {stderr}"
+        );
     }
 }
