@@ -384,3 +384,64 @@ fn run_tells_systemd_it_is_ready_once_its_ports_are_up() {
         );
     }
 }
+
+/// `configs/tlsgate.toml`, installed by the Debian package as
+/// `/etc/tlsgate/tlsgate.toml`, passes `check` once its CA exists (the
+/// package's postinst creates one), and every path it writes, commented
+/// examples included, lies where the packaged unit lets tlsgate write.
+#[test]
+fn the_packaged_config_passes_check_and_writes_only_where_the_unit_allows() {
+    let shipped = std::fs::read_to_string(repo().join("configs/tlsgate.toml")).expect("configs/tlsgate.toml");
+    let unit = std::fs::read_to_string(repo().join("crates/tlsgate/debian/tlsgate.service")).expect("tlsgate.service");
+    let setting = |name: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|line| line.strip_prefix(&format!("{name}=")))
+            .flat_map(|value| value.split_whitespace().map(str::to_owned))
+            .collect()
+    };
+    let mut writable = setting("ReadWritePaths");
+    writable.extend(setting("RuntimeDirectory").iter().map(|dir| format!("/run/{dir}")));
+    let written: Vec<&str> = shipped
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|value| value.starts_with("/var/") || value.starts_with("/run/"))
+        .collect();
+    assert!(written.len() >= 4, "log, key log, capture, control socket: {written:?}");
+    for path in &written {
+        assert!(
+            writable.iter().any(|dir| path.starts_with(&format!("{dir}/"))),
+            "{path} is outside the unit's writable paths {writable:?}"
+        );
+    }
+    assert!(
+        shipped.contains(r#""--file-prefix", "tlsgate""#) && writable.iter().any(|dir| dir == "/run/dpdk/tlsgate"),
+        "the EAL's runtime files (--file-prefix) go where the unit lets them"
+    );
+
+    let scratch = Scratch::new("packaged");
+    let relocated = shipped
+        .replace("/etc/tlsgate/", &format!("{}/etc/", scratch.0.display()))
+        .replace("/var/log/tlsgate/", &format!("{}/log/", scratch.0.display()))
+        .replace("/run/tlsgate/", &format!("{}/run/", scratch.0.display()));
+    for dir in ["log", "run"] {
+        std::fs::create_dir_all(scratch.path(dir)).expect("mkdir");
+    }
+    assert!(
+        output(tlsgate().args(["ca", "init", "--dir"]).arg(scratch.path("etc/ca")))
+            .status
+            .success()
+    );
+    let config = scratch.path("tlsgate.toml");
+    std::fs::write(&config, relocated).expect("write");
+    let result = output(tlsgate().arg("check").arg("--config").arg(&config));
+    let stdout = text(&result.stdout);
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    for expected in [
+        "the CA with its key (matching)",
+        "PCI device",
+        "intercept: new TCP connections to ports [443]",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in: {stdout}");
+    }
+}

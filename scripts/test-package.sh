@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# scripts/test-package.sh — the Debian package, installed on this machine as
+# an operator would (scripts/test.sh runs it; needs root):
+#
+#   cargo deb -p tlsgate   ->  dpkg -i  ->  checks  ->  dpkg -i again (upgrade)
+#                          ->  tlsgate run from PATH on the installed files
+#                          ->  dpkg --purge  ->  checks that it all went
+#
+# Fails, naming what is wrong, if the package is broken. It installs
+# cargo-deb (a pinned version) the first time. The package is built from the
+# debug build scripts/test.sh has just made (`--profile dev`: no second,
+# release build of the workspace in CI; cargo-deb warns that it prefers
+# release builds). What is tested is the packaging: files, maintainer scripts,
+# the unit, dependencies. Releases are built with `cargo deb -p tlsgate`.
+#
+# A tlsgate package already installed is refused (this test purges what it
+# installs, and would take the operator's configuration with it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CARGO_DEB_VERSION=3.8.0
+step() { echo "test-package.sh: $*"; }
+fail() { echo "test-package.sh: FAIL: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || fail "must run as root (dpkg -i)"
+if dpkg-query -W -f='${Status}' tlsgate 2>/dev/null | grep -q installed; then
+  fail "a tlsgate package is already installed here; remove it first (dpkg --purge tlsgate)"
+fi
+
+if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$CARGO_DEB_VERSION"* ]]; then
+  step "cargo install cargo-deb $CARGO_DEB_VERSION (once per machine)"
+  cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+fi
+
+deb=target/debian/tlsgate-test.deb
+step "cargo deb -p tlsgate --profile dev"
+rm -f "$deb"
+cargo deb -p tlsgate --profile dev --fast --locked --output "$deb"
+
+scratch="$(mktemp -d /tmp/tlsgate-package.XXXXXX)"
+purge() { dpkg --purge tlsgate >/dev/null 2>&1 || true; rm -rf "$scratch" /run/tlsgate; }
+trap purge EXIT
+
+step "dpkg -i"
+dpkg -i "$deb" >"$scratch/install.log" 2>&1 || { cat "$scratch/install.log" >&2; fail "dpkg -i"; }
+cat "$scratch/install.log"
+
+# --- what is installed ---------------------------------------------------------
+[[ "$(command -v tlsgate)" == /usr/bin/tlsgate ]] || fail "tlsgate is not /usr/bin/tlsgate on PATH"
+version="$(tlsgate --version)"
+[[ "$version" == "tlsgate $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ]] \
+  || fail "tlsgate --version says '$version'"
+step "$version from PATH"
+
+tlsgate check --config /etc/tlsgate/tlsgate.toml >"$scratch/check.log" \
+  || { cat "$scratch/check.log" >&2; fail "tlsgate check rejects the shipped /etc/tlsgate/tlsgate.toml"; }
+grep -q "the CA with its key (matching)" "$scratch/check.log" \
+  || fail "check did not load the generated CA: $(cat "$scratch/check.log")"
+step "tlsgate check accepts the shipped /etc/tlsgate/tlsgate.toml"
+
+dpkg-query --showformat='${Conffiles}\n' --show tlsgate | grep -q ' /etc/tlsgate/tlsgate.toml ' \
+  || fail "/etc/tlsgate/tlsgate.toml is not a conffile"
+
+for page in tlsgate tlsgate-run tlsgate-check tlsgate-ca-init; do
+  man -w "$page" >/dev/null 2>&1 || fail "no man page $page (man -w $page)"
+done
+man -P cat tlsgate 2>/dev/null | grep -q "^EXIT STATUS" || fail "man tlsgate has no EXIT STATUS section"
+for file in /usr/share/bash-completion/completions/tlsgate /usr/share/zsh/vendor-completions/_tlsgate \
+            /usr/share/fish/vendor_completions.d/tlsgate.fish; do
+  [[ -s "$file" ]] || fail "no completion $file"
+done
+bash -c 'source /usr/share/bash-completion/completions/tlsgate && complete -p tlsgate' >/dev/null \
+  || fail "the bash completion does not register for tlsgate"
+step "man pages and completions installed"
+
+IFS=: read -r _ _ _ _ _ home shell < <(getent passwd tlsgate) || fail "no tlsgate user"
+[[ "$home" == /var/lib/tlsgate && "$shell" == */nologin ]] || fail "tlsgate user: home $home, shell $shell"
+for dir in /var/log/tlsgate /var/lib/tlsgate; do
+  [[ "$(stat -c '%U:%G %a' "$dir")" == "tlsgate:tlsgate 750" ]] || fail "$dir is $(stat -c '%U:%G %a' "$dir")"
+done
+[[ "$(stat -c '%U %a' /etc/tlsgate/ca/ca.key)" == "root 600" ]] || fail "ca.key is $(stat -c '%U %a' /etc/tlsgate/ca/ca.key)"
+step "system user tlsgate, its directories, the CA"
+
+unit=/lib/systemd/system/tlsgate.service
+[[ -f "$unit" ]] || fail "no $unit"
+grep -qx 'Type=notify' "$unit" || fail "the unit is not Type=notify"
+grep -qx 'ExecStartPre=/usr/bin/tlsgate check --config /etc/tlsgate/tlsgate.toml' "$unit" \
+  || fail "the unit does not check the configuration before it starts"
+[[ ! -e /etc/systemd/system/multi-user.target.wants/tlsgate.service ]] \
+  || fail "the unit was enabled at installation (the PCI addresses are still the examples)"
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify "$unit" >"$scratch/verify.log" 2>&1 && [[ ! -s "$scratch/verify.log" ]] \
+    || { cat "$scratch/verify.log" >&2; fail "systemd-analyze verify $unit"; }
+  step "systemd-analyze verify: the unit is clean"
+else
+  step "systemd-analyze not installed: unit not verified"
+fi
+
+# --- an upgrade keeps the CA and the configuration --------------------------------
+fingerprint="$(tlsgate ca show --dir /etc/tlsgate/ca | sed -n 's/^SHA-256: *//p')"
+echo "# edited by the operator" >>/etc/tlsgate/tlsgate.toml
+dpkg -i --force-confold "$deb" >"$scratch/upgrade.log" 2>&1 || { cat "$scratch/upgrade.log" >&2; fail "dpkg -i over itself"; }
+[[ "$(tlsgate ca show --dir /etc/tlsgate/ca | sed -n 's/^SHA-256: *//p')" == "$fingerprint" ]] \
+  || fail "reinstalling replaced the CA"
+grep -q "^# edited by the operator" /etc/tlsgate/tlsgate.toml || fail "reinstalling lost the operator's edit"
+step "reinstalled over itself: CA and edited configuration kept"
+
+# --- the installed binary runs on the installed files -----------------------------
+# The shipped configuration with DPDK null ports instead of the example NICs
+# and the EAL on anonymous memory (this machine has neither): the CA, the
+# connection log directory and the control socket are the installed ones.
+# /run/tlsgate is what the unit's RuntimeDirectory= would create.
+sed -e 's|^eal_args = .*|eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1"]|' \
+    -e '/^            "--file-prefix"/d' \
+    -e 's|^device = "0000:03:00.0"|device = "net_null0"|' -e 's|^device = "0000:03:00.1"|device = "net_null1"|' \
+    /etc/tlsgate/tlsgate.toml >"$scratch/null-ports.toml"
+install -d -m 0750 /run/tlsgate
+tlsgate run --config "$scratch/null-ports.toml" --duration 1 >"$scratch/run.log" 2>&1 \
+  || { cat "$scratch/run.log" >&2; fail "the installed tlsgate does not run on the installed files"; }
+grep -q "^tlsgate: running with 1 worker(s), client port net_null0" "$scratch/run.log" \
+  || fail "run did not start its ports: $(cat "$scratch/run.log")"
+[[ -e /var/log/tlsgate/connections.jsonl ]] || fail "run did not open /var/log/tlsgate/connections.jsonl"
+step "the installed tlsgate runs with the installed CA, log directory and control socket"
+
+# --- purge --------------------------------------------------------------------
+step "dpkg --purge"
+dpkg --purge tlsgate >"$scratch/purge.log" 2>&1 || { cat "$scratch/purge.log" >&2; fail "dpkg --purge"; }
+for path in /usr/bin/tlsgate /etc/tlsgate /var/log/tlsgate /var/lib/tlsgate "$unit" \
+            /usr/share/man/man1/tlsgate.1 /usr/share/bash-completion/completions/tlsgate; do
+  [[ ! -e "$path" ]] || fail "$path is still there after the purge"
+done
+# Kept on purpose, as Debian does with system users (see debian/postrm).
+getent passwd tlsgate >/dev/null || fail "the purge removed the tlsgate user (it is meant to be kept)"
+step "purged: files, configuration, CA, logs gone; the tlsgate system user kept"
+step "the package installs, runs and purges cleanly"
