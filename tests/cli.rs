@@ -445,3 +445,28 @@ fn the_packaged_config_passes_check_and_writes_only_where_the_unit_allows() {
         assert!(stdout.contains(expected), "{expected:?} in: {stdout}");
     }
 }
+
+/// README's "Install on an appliance" shows the packaged configuration
+/// without its comments: that block and `configs/tlsgate.toml` agree.
+#[test]
+fn the_readme_shows_the_packaged_config() {
+    let settings = |toml: &str| -> Vec<String> {
+        toml.lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty() && !line.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Install on an appliance\n")
+        .nth(1)
+        .expect("README has an \"Install on an appliance\" section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in the section");
+    let shipped = std::fs::read_to_string(repo().join("configs/tlsgate.toml")).expect("configs/tlsgate.toml");
+    assert_eq!(settings(block), settings(&shipped));
+}
