@@ -62,9 +62,10 @@ dpkg-query --showformat='${Conffiles}\n' --show tlsgate | grep -q ' /etc/tlsgate
   || fail "/etc/tlsgate/tlsgate.toml is not a conffile"
 
 for page in tlsgate tlsgate-run tlsgate-check tlsgate-ca-init; do
-  man -w "$page" >/dev/null 2>&1 || fail "no man page $page (man -w $page)"
+  [[ -s "/usr/share/man/man1/$page.1" ]] || fail "no man page /usr/share/man/man1/$page.1"
+  man -w "$page" >/dev/null 2>&1 || fail "man does not find $page (man -w $page)"
 done
-man -P cat tlsgate 2>/dev/null | grep -q "^EXIT STATUS" || fail "man tlsgate has no EXIT STATUS section"
+grep -qx '.SH "EXIT STATUS"' /usr/share/man/man1/tlsgate.1 || fail "man tlsgate has no EXIT STATUS section"
 for file in /usr/share/bash-completion/completions/tlsgate /usr/share/zsh/vendor-completions/_tlsgate \
             /usr/share/fish/vendor_completions.d/tlsgate.fish; do
   [[ -s "$file" ]] || fail "no completion $file"
