@@ -3,10 +3,12 @@
 # an operator would (scripts/test.sh runs it; needs root):
 #
 #   cargo deb -p tlsgate   ->  dpkg -i  ->  checks  ->  dpkg -i again (upgrade)
-#                          ->  tlsgate run from PATH on the installed files
+#                          ->  the installed tlsgate in the lab (READY=1, HTTPS
+#                              intercepted with the CA postinst made)
 #                          ->  dpkg --purge  ->  checks that it all went
 #
-# Fails, naming what is wrong, if the package is broken. It installs
+# Fails, naming what is wrong, if the package is broken. The lab part holds
+# the lab lock (flock /tmp/tlsgate-lab.lock) like the lab tests. It installs
 # cargo-deb (a pinned version) the first time. The package is built from the
 # debug build scripts/test.sh has just made (`--profile dev`: no second,
 # release build of the workspace in CI; cargo-deb warns that it prefers
@@ -38,8 +40,18 @@ rm -f "$deb"
 cargo deb -p tlsgate --profile dev --fast --locked --output "$deb"
 
 scratch="$(mktemp -d /tmp/tlsgate-package.XXXXXX)"
-purge() { dpkg --purge tlsgate >/dev/null 2>&1 || true; rm -rf "$scratch" /run/tlsgate; }
-trap purge EXIT
+chmod 0755 "$scratch"   # the lab origin's nginx workers (nobody) serve from it
+tlsgate_pid= lab_up=
+cleanup() {
+  if [[ -n "$tlsgate_pid" ]]; then kill -TERM "$tlsgate_pid" 2>/dev/null || true; wait "$tlsgate_pid" || true; fi
+  if [[ -n "$lab_up" ]]; then
+    bash tests/lab/origin.sh stop "$scratch/origin" || true
+    bash scripts/lab-down.sh >/dev/null 2>&1 || true
+  fi
+  dpkg --purge tlsgate >/dev/null 2>&1 || true
+  rm -rf "$scratch" /run/tlsgate
+}
+trap cleanup EXIT
 
 step "dpkg -i"
 dpkg -i "$deb" >"$scratch/install.log" 2>&1 || { cat "$scratch/install.log" >&2; fail "dpkg -i"; }
@@ -106,22 +118,59 @@ dpkg -i --force-confold "$deb" >"$scratch/upgrade.log" 2>&1 || { cat "$scratch/u
 grep -q "^# edited by the operator" /etc/tlsgate/tlsgate.toml || fail "reinstalling lost the operator's edit"
 step "reinstalled over itself: CA and edited configuration kept"
 
-# --- the installed binary runs on the installed files -----------------------------
-# The shipped configuration with DPDK null ports instead of the example NICs
-# and the EAL on anonymous memory (this machine has neither): the CA, the
-# connection log directory and the control socket are the installed ones.
-# /run/tlsgate is what the unit's RuntimeDirectory= would create.
-sed -e 's|^eal_args = .*|eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1"]|' \
+# --- the installed tlsgate intercepts HTTPS in the lab ------------------------------
+# As the unit runs it, but in the namespace lab: the shipped configuration with
+# the lab's af_packet ports and EAL on anonymous memory instead of the example
+# NICs and hugepages, and the lab origin's certificate as the upstream trust;
+# the CA made by postinst, the log directory and the control socket are the
+# installed ones (/run/tlsgate is what the unit's RuntimeDirectory= creates).
+# Readiness is awaited as systemd awaits it: READY=1 on NOTIFY_SOCKET.
+step "the installed tlsgate in the lab (waiting for the lab lock)"
+exec 9>/tmp/tlsgate-lab.lock
+flock 9
+lab_up=1
+bash scripts/lab-up.sh >/dev/null
+bash tests/lab/origin.sh start "$scratch/origin"
+. scripts/lab-env.sh
+af_packet="qpairs=1,framesz=2048,blocksz=4096,framecnt=2048"
+sed -e 's|^eal_args = .*|eal_args = ["--no-huge", "-m", "512", "--no-shconf", "--no-pci", "-l", "0-1"]|' \
     -e '/^            "--file-prefix"/d' \
-    -e 's|^device = "0000:03:00.0"|device = "net_null0"|' -e 's|^device = "0000:03:00.1"|device = "net_null1"|' \
-    /etc/tlsgate/tlsgate.toml >"$scratch/null-ports.toml"
+    -e "s|^device = \"0000:03:00.0\"|device = \"net_af_packet0,iface=$TG_GWC_IF,$af_packet\"|" \
+    -e "s|^device = \"0000:03:00.1\"|device = \"net_af_packet1,iface=$TG_GWS_IF,$af_packet\"|" \
+    -e "s|^upstream_trust = .*|upstream_trust = \"$scratch/origin/origin.crt\"|" \
+    /etc/tlsgate/tlsgate.toml >"$scratch/lab.toml"
+grep -q "iface=$TG_GWS_IF" "$scratch/lab.toml" || fail "could not point the shipped configuration at the lab"
 install -d -m 0750 /run/tlsgate
-tlsgate run --config "$scratch/null-ports.toml" --duration 1 >"$scratch/run.log" 2>&1 \
-  || { cat "$scratch/run.log" >&2; fail "the installed tlsgate does not run on the installed files"; }
-grep -q "^tlsgate: running with 1 worker(s), client port net_null0" "$scratch/run.log" \
-  || fail "run did not start its ports: $(cat "$scratch/run.log")"
-[[ -e /var/log/tlsgate/connections.jsonl ]] || fail "run did not open /var/log/tlsgate/connections.jsonl"
-step "the installed tlsgate runs with the installed CA, log directory and control socket"
+python3 -c '
+import socket, sys
+systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+systemd.bind(sys.argv[1])
+print(systemd.recv(4096).decode())
+' "$scratch/notify.sock" >"$scratch/notify.log" &
+notify_pid=$!
+for _ in $(seq 100); do [[ -S "$scratch/notify.sock" ]] && break; sleep 0.05; done
+ip netns exec "$TG_NS_GW" env NOTIFY_SOCKET="$scratch/notify.sock" \
+  tlsgate run --config "$scratch/lab.toml" >"$scratch/run.log" 2>&1 &
+tlsgate_pid=$!
+wait -n "$notify_pid" "$tlsgate_pid" || true
+grep -qx "READY=1" "$scratch/notify.log" \
+  || { cat "$scratch/run.log" >&2; fail "the installed tlsgate did not send READY=1 on NOTIFY_SOCKET"; }
+ip netns exec "$TG_NS_CLI" curl -fsS --max-time 30 --cacert /etc/tlsgate/ca/ca.pem \
+  --resolve "origin.test:443:$TG_SRV_V4" -o "$scratch/file.bin" https://origin.test/file.bin \
+  || { cat "$scratch/run.log" >&2; fail "curl through the installed tlsgate, trusting only its CA"; }
+cmp -s "$scratch/file.bin" "$scratch/origin/www/file.bin" \
+  || { cat "$scratch/run.log" >&2; ls -l "$scratch/file.bin" "$scratch/origin/www/file.bin" >&2
+       fail "the download through tlsgate differs from the origin's file"; }
+kill -TERM "$tlsgate_pid"
+wait "$tlsgate_pid" || { cat "$scratch/run.log" >&2; fail "tlsgate did not stop cleanly on SIGTERM"; }
+tlsgate_pid=
+grep -q '"decision":"intercept"' /var/log/tlsgate/connections.jsonl \
+  || fail "no intercepted connection in /var/log/tlsgate/connections.jsonl"
+bash tests/lab/origin.sh stop "$scratch/origin"
+bash scripts/lab-down.sh >/dev/null
+lab_up=
+flock -u 9
+step "the installed tlsgate sent READY=1 and intercepted a 1 MiB HTTPS download in the lab, logged to /var/log/tlsgate"
 
 # --- purge --------------------------------------------------------------------
 step "dpkg --purge"
