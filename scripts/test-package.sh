@@ -41,8 +41,9 @@ cargo deb -p tlsgate --profile dev --fast --locked --output "$deb"
 
 scratch="$(mktemp -d /tmp/tlsgate-package.XXXXXX)"
 chmod 0755 "$scratch"   # the lab origin's nginx workers (nobody) serve from it
-tlsgate_pid= lab_up=
+tlsgate_pid= notify_pid= lab_up=
 cleanup() {
+  if [[ -n "$notify_pid" ]]; then kill "$notify_pid" 2>/dev/null || true; fi
   if [[ -n "$tlsgate_pid" ]]; then kill -TERM "$tlsgate_pid" 2>/dev/null || true; wait "$tlsgate_pid" || true; fi
   if [[ -n "$lab_up" ]]; then
     bash tests/lab/origin.sh stop "$scratch/origin" || true
