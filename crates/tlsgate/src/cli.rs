@@ -15,6 +15,8 @@ Environment:
   TLSGATE_LOG_FORMAT  `text` (default) or `json` (one JSON object per line), as
                       --log-format. Text logs carry colour codes only when standard
                       error is a terminal.
+  NOTIFY_SOCKET       Set by systemd for a Type=notify unit: `run` sends READY=1
+                      there once its ports are up. Unset: nothing is sent.
 
 Signals (tlsgate run):
   SIGINT, SIGTERM     Stop: the workers finish their burst, the final counters are
