@@ -28,6 +28,7 @@ PACKAGES=(
   iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
   nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)
   chromium                       # headless browser through the appliance (lab tests)
+  prometheus                     # promtool check metrics: the metrics endpoint's tests (the server stays off)
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 
@@ -58,6 +59,8 @@ if ((${#missing[@]})); then
 
   nginx_was_installed=0
   if is_installed nginx-light || is_installed nginx-core; then nginx_was_installed=1; fi
+  prometheus_was_installed=0
+  if is_installed prometheus; then prometheus_was_installed=1; fi
 
   run apt-get update -q
   run apt-get install -y -q --no-install-recommends \
@@ -75,6 +78,15 @@ if ((${#missing[@]})); then
     fi
     if [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
       kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+    fi
+  fi
+  # Likewise the prometheus package's own server: only promtool is used.
+  if ((prometheus_was_installed == 0)); then
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+      systemctl disable --now prometheus.service >>"$log" 2>&1 || true
+    else
+      if [[ -x /etc/init.d/prometheus ]]; then /etc/init.d/prometheus stop >>"$log" 2>&1 || true; fi
+      update-rc.d prometheus disable >>"$log" 2>&1 || true
     fi
   fi
   rm -f "$log"

@@ -52,6 +52,18 @@ pub struct Config {
     /// The control channel of a running instance (`tlsgate learned ...`).
     #[serde(default)]
     pub control: Control,
+    /// The Prometheus/OpenMetrics endpoint (`tlsgate top`, scrapers).
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: where a running instance serves its counters over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// A kernel TCP address on the host (a management interface, never a
+    /// data port) for `GET /metrics`; none: no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[control]`: where a running instance takes commands.
@@ -928,6 +940,12 @@ impl Config {
                 "give the path of a Unix domain socket".into(),
             ));
         }
+        if self.metrics.listen.is_some_and(|addr| addr.port() == 0) {
+            return Err(invalid(
+                "metrics.listen",
+                "give a fixed port (scrapers and `tlsgate top` must find it), e.g. 127.0.0.1:9464".into(),
+            ));
+        }
         self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -1176,6 +1194,14 @@ device = "net_af_packet1,iface=gws0"
         ))
         .expect("valid");
         assert_eq!(set.control.socket.as_deref(), Some(Path::new("/run/tg.sock")));
+        assert_eq!(defaults.metrics.listen, None, "no endpoint unless asked for");
+        let metrics = parse(&format!("{MINIMAL}[metrics]\nlisten = \"[::1]:9464\"\n")).expect("valid");
+        assert_eq!(metrics.metrics.listen, Some("[::1]:9464".parse().expect("address")));
+        let message = rejection(&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"));
+        assert!(
+            message.contains("listen = \"localhost\"") && message.contains("invalid socket address"),
+            "{message}"
+        );
         assert_eq!(set.policy().expect("policy").learned().settings().max_entries, 5);
         for (text, key) in [
             ("[tls]\nfail_open_after = 1\n", "tls.fail_open_after"),
@@ -1183,6 +1209,7 @@ device = "net_af_packet1,iface=gws0"
             ("[tls]\nlearned_ttl_secs = 0\n", "tls.learned_ttl_secs"),
             ("[tls]\nlearned_max_entries = 0\n", "tls.learned_max_entries"),
             ("[control]\nsocket = \"\"\n", "control.socket"),
+            ("[metrics]\nlisten = \"127.0.0.1:0\"\n", "metrics.listen"),
         ] {
             let message = rejection(&format!("{MINIMAL}{text}"));
             assert!(message.contains(key), "{message}");

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::learned::LearnedTotals;
 use crate::splice::SpliceCounters;
+use crate::topnames::NameCount;
 
 /// One port's traffic as one worker saw it.
 #[derive(Debug, Default)]
@@ -190,9 +191,14 @@ impl WorkerTotals {
 }
 
 /// One worker's transparent-TCP counters, published by its engine after
-/// every poll (the engine owns the stack; the control plane only reads).
+/// every poll (the engine owns the stack; the control plane only reads),
+/// and its most frequent server names (published when they changed, at
+/// most every 100 ms).
 #[derive(Debug, Default)]
-pub struct TcpStats(Mutex<TcpTotals>);
+pub struct TcpStats {
+    totals: Mutex<TcpTotals>,
+    top_sni: Mutex<Vec<NameCount>>,
+}
 
 /// A reading of [`TcpStats`] (summed over workers in a [`Report`]).
 /// `flows_live` and `sessions_live` return to 0 once every connection has
@@ -230,11 +236,22 @@ pub struct TcpTotals {
 
 impl TcpStats {
     pub fn publish(&self, totals: &TcpTotals) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = *totals;
+        *self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = *totals;
     }
 
     pub fn totals(&self) -> TcpTotals {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self.totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn publish_top_sni(&self, names: &[NameCount]) {
+        names.clone_into(&mut self.top_sni.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    }
+
+    pub fn top_sni(&self) -> Vec<NameCount> {
+        self.top_sni
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -277,6 +294,9 @@ pub struct Report {
     pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// The most frequent server names of the ClientHellos, most first
+    /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
+    pub top_sni: Vec<NameCount>,
     /// The process's resident memory (VmRSS), when the system says. In the
     /// final report of `run`: the sample the control thread takes when stop
     /// is requested, before the workers are told to stop (they reset and
@@ -429,6 +449,26 @@ impl fmt::Display for Report {
                 tcp.forged_cache_hits,
                 tcp.forged_cache_misses,
                 tcp.forged_cache_bytes
+            )?;
+        }
+        let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
+        if handshakes.count() + connections.count() > 0 {
+            writeln!(
+                f,
+                "latency: TLS handshakes (ClientHello to both done) {handshakes}; connections ended (SYN to end) \
+                 {connections}"
+            )?;
+        }
+        if !self.top_sni.is_empty() {
+            let names: Vec<String> = self
+                .top_sni
+                .iter()
+                .map(|entry| format!("{} {}", entry.sni, entry.count))
+                .collect();
+            writeln!(
+                f,
+                "server names (most frequent, approximate counts): {}",
+                names.join(", ")
             )?;
         }
         let learned = &self.learned;

@@ -570,41 +570,86 @@ impl Dataplane {
 
     /// Every counter, summed over workers per port.
     pub fn report(&self) -> Report {
-        let ports = Side::ALL
-            .into_iter()
-            .zip(&self.devices)
-            .map(|(side, (device, dev))| {
+        let mut report = self.report_source().report();
+        if let Some(rss) = self.rss_at_stop {
+            report.rss_bytes = Some(rss);
+        }
+        report
+    }
+
+    /// A handle that makes the same report from another thread (the
+    /// metrics endpoint) while the workers run: it only reads their
+    /// counters. Drop it before the data plane: it keeps the ports open.
+    pub fn report_source(&self) -> ReportSource {
+        ReportSource {
+            ports: Side::ALL
+                .into_iter()
+                .zip(&self.devices)
+                .map(|(side, (device, dev))| (side, device.ethdev_name().to_owned(), Arc::clone(dev)))
+                .collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|slot| (slot.engine.clone(), Arc::clone(&slot.stats)))
+                .collect(),
+            learned: Arc::clone(self.policy.rules.learned()),
+            capture: self.capture.clone(),
+        }
+    }
+}
+
+/// What a [`Report`] is read from: every worker's counters, the ports'
+/// driver counters, the learned bypasses and the capture (see
+/// [`Dataplane::report_source`]).
+#[derive(Clone)]
+pub struct ReportSource {
+    ports: Vec<(Side, String, Arc<EthDev>)>,
+    workers: Vec<(EngineStats, Arc<WorkerStats>)>,
+    learned: Arc<crate::learned::LearnedStore>,
+    capture: Option<Arc<DecryptedCapture>>,
+}
+
+impl ReportSource {
+    /// Every counter now, summed over workers per port; `rss_bytes` is
+    /// sampled now.
+    pub fn report(&self) -> Report {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(side, device, dev)| {
                 let mut totals = PortTotals::default();
-                for slot in &self.workers {
-                    totals += slot.engine.ports[side.index()].totals();
+                for (engine, _) in &self.workers {
+                    totals += engine.ports[side.index()].totals();
                 }
                 PortReport {
                     role: side.role(),
-                    device: device.ethdev_name().to_owned(),
+                    device: device.clone(),
                     totals,
                     driver: dev.counters(),
                 }
             })
             .collect();
+        let top_sni: Vec<_> = self.workers.iter().map(|(engine, _)| engine.tcp.top_sni()).collect();
         Report {
-            learned: self.policy.rules.learned().totals(),
-            rss_bytes: self.rss_at_stop.or_else(crate::counters::resident_bytes),
+            top_sni: crate::topnames::merged(top_sni.iter().map(Vec::as_slice)),
+            learned: self.learned.totals(),
+            rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
             ports,
             workers: self
                 .workers
                 .iter()
-                .map(|slot| {
-                    let splice = slot.engine.tcp.totals().splice;
+                .map(|(engine, stats)| {
+                    let splice = engine.tcp.totals().splice;
                     WorkerTotals {
                         sessions_opened: splice.sessions_opened,
                         sessions_live: splice.sessions_live,
-                        ..slot.stats.totals()
+                        ..stats.totals()
                     }
                 })
                 .collect(),
-            tcp: self.workers.iter().fold(TcpTotals::default(), |mut sum, slot| {
-                sum += slot.engine.tcp.totals();
+            tcp: self.workers.iter().fold(TcpTotals::default(), |mut sum, (engine, _)| {
+                sum += engine.tcp.totals();
                 sum
             }),
         }

@@ -41,6 +41,9 @@ const SHUTDOWN_BATCH: usize = 256;
 
 /// How often the inspection ports' links are checked.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often at most a worker publishes its most frequent server names
+/// (a copy of at most `topnames::CAPACITY` names).
+const TOP_SNI_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Side {
     /// Every port, in the order of the engine's port numbers.
@@ -204,6 +207,10 @@ pub struct Engine<P: Port> {
     tcp_stats: Arc<TcpStats>,
     /// When the inspection ports' links are checked next.
     next_link_check: Instant,
+    /// The generation of the server names last published, and when they
+    /// may be published next.
+    top_sni_published: u64,
+    next_top_sni_publish: Instant,
 }
 
 impl<P: Port> Engine<P> {
@@ -229,6 +236,8 @@ impl<P: Port> Engine<P> {
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
             next_link_check: now,
+            top_sni_published: 0,
+            next_top_sni_publish: now,
         }
     }
 
@@ -287,6 +296,12 @@ impl<P: Port> Engine<P> {
         self.splicer.handle_events(&mut self.stack, now);
         self.send_stack_output(None);
         self.tcp_stats.publish(&self.tcp_totals());
+        let top_sni = self.splicer.top_sni();
+        if top_sni.generation() != self.top_sni_published && now >= self.next_top_sni_publish {
+            self.top_sni_published = top_sni.generation();
+            self.next_top_sni_publish = now + TOP_SNI_PUBLISH_INTERVAL;
+            self.tcp_stats.publish_top_sni(top_sni.entries());
+        }
         received
     }
 
@@ -542,6 +557,7 @@ impl<P: Port> Engine<P> {
             }
         }
         self.tcp_stats.publish(&self.tcp_totals());
+        self.tcp_stats.publish_top_sni(self.splicer.top_sni().entries());
         self.splicer.counters().reset_at_shutdown - before
     }
 

@@ -12,15 +12,17 @@ pub mod dataplane;
 pub mod directory;
 pub mod distribution;
 pub mod engine;
+pub mod histogram;
 pub mod learned;
 pub mod policy;
 pub mod preflight;
 pub mod replay;
 pub mod splice;
+pub mod topnames;
 pub mod worker;
 
 pub use config::{Config, ConfigError};
 pub use counters::Report;
-pub use dataplane::{Dataplane, DataplaneError};
+pub use dataplane::{Dataplane, DataplaneError, ReportSource};
 pub use preflight::preflight;
 pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};

@@ -40,7 +40,9 @@ use crate::capture::{CaptureStream, DecryptedCapture};
 use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::directory::{SessionDirectory, WorkerDirectory};
+use crate::histogram::Histogram;
 use crate::policy::{Action, Policy, Verdict};
+use crate::topnames::TopNames;
 
 use crate::engine::Side;
 
@@ -241,6 +243,7 @@ impl Session {
             serial: 0,
             confirmed: false,
             stage_since: Instant::ZERO,
+            opened: Instant::ZERO,
             last_activity: Instant::ZERO,
             timer: None,
             l2,
@@ -287,6 +290,8 @@ struct Session {
     /// When the current stage began: the client's handshake (waiting for
     /// the ClientHello), then the ClientHello (the TLS handshakes).
     stage_since: Instant,
+    /// The client's SYN, on the engine clock (for `connection_seconds`).
+    opened: Instant,
     /// When a payload byte last arrived from either side.
     last_activity: Instant,
     /// The deadline queued for this session in the timer heap, if any.
@@ -421,6 +426,13 @@ pub struct SpliceCounters {
     pub handshake_timeouts: u64,
     /// Sessions reset after the idle timeout without a payload byte.
     pub idle_timeouts: u64,
+    /// Intercepted TLS sessions: from the complete ClientHello to both
+    /// handshakes done (the origin's handshake, forging, the client's),
+    /// the time `tcp.handshake_timeout_ms` bounds.
+    pub handshake_seconds: Histogram,
+    /// Sessions from the client's SYN to their end (both directions
+    /// closed, or reset, refused, timed out).
+    pub connection_seconds: Histogram,
 }
 
 impl std::ops::AddAssign for SpliceCounters {
@@ -456,6 +468,8 @@ impl std::ops::AddAssign for SpliceCounters {
         self.client_hello_timeouts += other.client_hello_timeouts;
         self.handshake_timeouts += other.handshake_timeouts;
         self.idle_timeouts += other.idle_timeouts;
+        self.handshake_seconds += other.handshake_seconds;
+        self.connection_seconds += other.connection_seconds;
     }
 }
 
@@ -483,6 +497,8 @@ struct Shared {
     /// The serial of the next session.
     next_serial: u64,
     counters: SpliceCounters,
+    /// The most frequent server names of the ClientHellos.
+    top_sni: TopNames,
     tls: Option<TlsContext>,
     log: Option<Arc<ConnectionLog>>,
     policy: Policy,
@@ -747,6 +763,16 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     }
 }
 
+/// Microseconds from `start` to `end` on the engine clock (0 if the clock
+/// went back).
+fn micros_between(start: Instant, end: Instant) -> u64 {
+    if end > start {
+        (end - start).total_micros()
+    } else {
+        0
+    }
+}
+
 fn owner(session: usize, leg: Leg) -> u64 {
     let code = match leg {
         Leg::Client => 0,
@@ -873,6 +899,7 @@ impl Splicer {
                 policy,
                 hold_synack,
                 counters: SpliceCounters::default(),
+                top_sni: TopNames::default(),
                 tls: None,
                 log: None,
                 inspection: None,
@@ -987,6 +1014,11 @@ impl Splicer {
         self.shared.counters
     }
 
+    /// The most frequent server names so far (bounded, see [`TopNames`]).
+    pub fn top_sni(&self) -> &TopNames {
+        &self.shared.top_sni
+    }
+
     /// Buffer capacity the live TLS sessions hold (see
     /// [`TlsSession::buffer_capacity`]); walks every session.
     pub fn tls_buffer_bytes(&self) -> usize {
@@ -1068,7 +1100,7 @@ impl Splicer {
             return Ok(Admission::Dropped);
         }
         let full = self.sessions.len() >= limits.max_sessions;
-        let made_way = (full && self.reclaim_closed(stack))
+        let made_way = (full && self.reclaim_closed(stack, now))
             || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
         if full && !made_way {
             return Ok(self.shared.at_capacity(stack, frame, class, now));
@@ -1078,7 +1110,7 @@ impl Splicer {
         // table smaller than the sessions need): an embryonic session makes
         // way there too.
         if matches!(started, Err(StackError::TooManyFlows(_)))
-            && (self.reclaim_closed(stack) || self.evict_oldest_embryonic(stack, now))
+            && (self.reclaim_closed(stack, now) || self.evict_oldest_embryonic(stack, now))
         {
             started = self.start(stack, frame, class, now);
         }
@@ -1092,7 +1124,7 @@ impl Splicer {
     /// Frees the session that closed first, if its legs only wait out
     /// TIME-WAIT (their connection is over: nothing is sent); false if
     /// there is none.
-    fn reclaim_closed(&mut self, stack: &mut Stack) -> bool {
+    fn reclaim_closed(&mut self, stack: &mut Stack, now: Instant) -> bool {
         while let Some(&(index, serial)) = self.shared.closed_order.front() {
             let Some(session) = self.sessions.get_mut(index).filter(|session| session.serial == serial) else {
                 self.shared.closed_order.pop_front();
@@ -1110,7 +1142,7 @@ impl Splicer {
             }
             self.shared.counters.time_wait_reclaimed += 1;
             let session = self.sessions.remove(index);
-            self.shared.retire(session);
+            self.shared.retire(session, now);
             return true;
         }
         false
@@ -1148,7 +1180,7 @@ impl Splicer {
             // The reset legs go now, so the table has room at once.
             stack.flush(now);
             let session = self.sessions.remove(index);
-            self.shared.retire(session);
+            self.shared.retire(session, now);
             return true;
         }
         false
@@ -1198,6 +1230,7 @@ impl Splicer {
         session.serial = shared.next_serial;
         shared.next_serial += 1;
         session.stage_since = now;
+        session.opened = now;
         session.last_activity = now;
         shared.embryonic.opened(tuple.src_ip, index, session.serial);
         session.client = Some(client);
@@ -1328,6 +1361,10 @@ impl Splicer {
         // may linger in TIME-WAIT for a while, the connection is over.
         if !session.logged && session.fin_to_client && session.fin_to_server {
             session.logged = true;
+            shared
+                .counters
+                .connection_seconds
+                .observe(micros_between(session.opened, now));
             if let Some(log) = &shared.log {
                 log.write(&record(session, shared.tls.is_some()));
             }
@@ -1343,7 +1380,7 @@ impl Splicer {
             .is_none_or(|l| l.out.is_none() && l.back.is_none());
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
-            shared.retire(session);
+            shared.retire(session, now);
         } else {
             shared.schedule(index, session);
         }
@@ -1351,9 +1388,9 @@ impl Splicer {
 }
 
 impl Shared {
-    /// Accounts for a session taken out of the table, and logs it if it
-    /// was not yet.
-    fn retire(&mut self, session: Session) {
+    /// Accounts for a session taken out of the table, and logs it (and
+    /// its duration) if it was not yet.
+    fn retire(&mut self, session: Session, now: Instant) {
         if let Some(directory) = self.directory.as_mut() {
             directory.ended(&session.tuple);
         }
@@ -1366,8 +1403,13 @@ impl Shared {
             .tls_sessions_live
             .saturating_sub(u64::from(session.tls.is_some()));
         self.counters.embryonic_live = self.embryonic.live as u64;
-        if let (Some(log), false) = (&self.log, session.logged) {
-            log.write(&record(&session, self.tls.is_some()));
+        if !session.logged {
+            self.counters
+                .connection_seconds
+                .observe(micros_between(session.opened, now));
+            if let Some(log) = &self.log {
+                log.write(&record(&session, self.tls.is_some()));
+            }
         }
     }
 
@@ -1896,6 +1938,7 @@ impl Shared {
         let stream = &mut session.capture;
         let mut tap = self.capture.as_deref().map(|capture| Tap { capture, stream, ends });
         let mut open_loop = false;
+        let was_established = tls_session.info.client_version.is_some();
         let outcome = loop {
             if let Err(err) = Self::pump_tls(
                 &mut self.counters,
@@ -1919,6 +1962,9 @@ impl Shared {
                 Pending::Hello { sni, ech, .. } => {
                     let verdict = self.policy.at_hello(&session.tuple, sni.as_deref(), now);
                     self.counters.ech_offered += u64::from(*ech);
+                    if let Some(sni) = sni {
+                        self.top_sni.note(sni);
+                    }
                     if *ech && verdict.action == Action::Intercept {
                         self.policy.on_ech(&session.tuple, sni.as_deref())
                     } else {
@@ -1955,6 +2001,12 @@ impl Shared {
                 }
             }
         };
+        if !was_established && tls_session.info.client_version.is_some() {
+            // Both handshakes are done (counted as `tls_intercepted`).
+            self.counters
+                .handshake_seconds
+                .observe(micros_between(session.stage_since, now));
+        }
         let legacy = match &outcome {
             Err(MitmError::Server(_)) => tls_session.info.legacy_upstream.clone(),
             _ => None,

@@ -4,7 +4,9 @@
 //! default with its cause logged, or passed through raw over a fresh server
 //! connection when a rule bypasses it; a ClientHello with Encrypted Client
 //! Hello follows `tls.ech` (intercepted on its public name by default, so
-//! the client falls back and its retry without ECH is intercepted).
+//! the client falls back and its retry without ECH is intercepted); the
+//! handshake and connection latency histograms are fed on the engine clock,
+//! and the server name counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -452,4 +454,48 @@ fn ech_can_be_blocked_or_bypassed_by_policy_or_rule() {
     assert_eq!(record["decision"], "bypass", "{record}");
     assert!(record["reason"].as_str().unwrap().starts_with("policy rule 1 (bypass)"));
     assert_no_leaks(lab);
+}
+
+#[test]
+fn handshake_and_connection_times_and_the_server_name_are_counted() {
+    let Setup {
+        mut lab,
+        ca,
+        origin,
+        log,
+        _scratch,
+    } = setup("legs-latency", &[], Action::Intercept, rustls::DEFAULT_VERSIONS);
+    let started = lab.now;
+    https_exchange(&mut lab, &origin, client_tls(&ca), 45_700);
+    records(&mut lab, &log, 1);
+    let elapsed = (lab.now - started).total_micros() as f64 / 1e6;
+    let counters = lab.engine.splicer().counters();
+    let (handshakes, connections) = (counters.handshake_seconds, counters.connection_seconds);
+    assert_eq!((handshakes.count(), connections.count()), (1, 1), "{counters:?}");
+    // Round trips take virtual milliseconds: the handshakes some, the
+    // whole connection more, and no more than the test's own time.
+    assert!(handshakes.sum_seconds() >= 0.002, "{handshakes:?}");
+    assert!(
+        handshakes.sum_seconds() < connections.sum_seconds(),
+        "{handshakes:?} {connections:?}"
+    );
+    assert!(
+        connections.sum_seconds() <= elapsed,
+        "{connections:?} within {elapsed} s"
+    );
+    let names = lab.engine.splicer().top_sni().entries().to_vec();
+    assert_eq!(
+        names,
+        [appliance::topnames::NameCount {
+            sni: "origin.test".into(),
+            count: 1
+        }]
+    );
+    assert_no_leaks(&mut lab);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        counters.connection_seconds.count(),
+        1,
+        "observed once, not again when the legs are freed"
+    );
 }

@@ -87,6 +87,25 @@ pub enum Command {
         #[command(subcommand)]
         command: LearnedCommand,
     },
+    /// Watch a running instance through its metrics endpoint (`[metrics]
+    /// listen`): connection, TLS and byte rates, live connections, frames per
+    /// port, each worker's busy share, handshake and duration quantiles,
+    /// the most frequent server names, memory. Redraws the terminal until
+    /// interrupted.
+    Top {
+        /// The configuration of the running instance (for its endpoint).
+        #[arg(long, short, required_unless_present = "endpoint", conflicts_with = "endpoint")]
+        config: Option<PathBuf>,
+        /// The endpoint's address (HOST:PORT) instead of --config.
+        #[arg(long, value_name = "ADDRESS")]
+        endpoint: Option<std::net::SocketAddr>,
+        /// Seconds between two readings (the rates are over this time).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+        /// Print one view (two readings an interval apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Replay a capture through the engine offline (DPDK pcap driver): the
     /// input enters on the client port, the output holds what leaves the
     /// server port.

@@ -3,7 +3,9 @@
 
 mod cli;
 mod control;
+mod metrics;
 mod output;
+mod top;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -33,6 +35,12 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Ca { command } => ca(command),
         Command::Learned { command } => learned(command),
+        Command::Top {
+            config,
+            endpoint,
+            interval,
+            once,
+        } => top(config.as_deref(), endpoint, interval, once),
         Command::Replay {
             config,
             input,
@@ -119,6 +127,10 @@ fn run(
         Some(path) => Some(control::serve(path, dataplane.learned(), dataplane.clock())?),
         None => None,
     };
+    let metrics = match config.metrics.listen {
+        Some(address) => Some(metrics::serve(address, dataplane.report_source())?),
+        None => None,
+    };
     let started = Instant::now();
     let mut status = StatusLines::default();
     status.print(say!(
@@ -146,6 +158,8 @@ fn run(
         ));
     })?;
     let report = dataplane.report();
+    // The endpoint's thread reads the ports: it goes first.
+    drop(metrics);
     drop(dataplane);
     status.print(say!(
         "tlsgate: stopped after {:.1} s; final counters:\n{report}",
@@ -304,6 +318,10 @@ fn check(config_path: &Path) -> Result<()> {
         Some(path) => say!("  control socket: {} (tlsgate learned list/clear)", path.display())?,
         None => say!("  control socket: none")?,
     }
+    match config.metrics.listen {
+        Some(address) => say!("  metrics endpoint: http://{address}/metrics (Prometheus, tlsgate top)")?,
+        None => say!("  metrics endpoint: none")?,
+    }
     if config.ports.inspect_out.is_some() {
         say!(
             "  inspection: the plaintext of every intercepted connection goes out of inspect_out and must come back \
@@ -449,6 +467,22 @@ fn learned(command: LearnedCommand) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+fn top(config_path: Option<&Path>, endpoint: Option<std::net::SocketAddr>, interval: f64, once: bool) -> Result<()> {
+    let interval = seconds(Some(interval), "--interval")?.unwrap_or(Duration::from_secs(1));
+    let address = match (endpoint, config_path) {
+        (Some(address), _) => address,
+        (None, Some(path)) => match Config::load(path)?.metrics.listen {
+            Some(address) => address,
+            None => bail!(
+                "{}: no [metrics] listen is configured, so the running instance cannot be read",
+                path.display()
+            ),
+        },
+        (None, None) => bail!("give --config or --endpoint"),
+    };
+    top::run(address, interval, once)
 }
 
 fn ca(command: CaCommand) -> Result<()> {
