@@ -23,6 +23,7 @@ PACKAGES=(
   tcpflow ngrep                  # recorders of the lab's inspection box (scripts/inspect-box.sh)
   python3 python3-scapy          # scripts/gen-fixtures.py
   procps psmisc                  # pgrep/pkill/fuser used by lab scripts
+  man-db                         # man -w in scripts/test-package.sh (the package's man pages)
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
   iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
   nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{output, repo, text, tlsgate, Scratch};
+use common::{output, repo, text, tlsgate, write_null_ports_config, Scratch};
 
 #[test]
 fn help_and_version() {
@@ -66,20 +66,7 @@ fn check_explains_broken_configs() {
 fn run_and_check_explain_too_few_lcores_for_the_workers() {
     let scratch = Scratch::new("lcores");
     let config = scratch.path("two-workers.toml");
-    std::fs::write(
-        &config,
-        r#"
-[dataplane]
-eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
-workers = 2
-mbufs = 16383
-[ports.client]
-device = "net_null0"
-[ports.server]
-device = "net_null1"
-"#,
-    )
-    .expect("write");
+    write_null_ports_config(&config, 2);
     for command in [&["run", "--duration", "1"][..], &["check"]] {
         let result = output(tlsgate().args(command).arg("--config").arg(&config));
         assert!(!result.status.success(), "{command:?}");
@@ -248,19 +235,7 @@ fn a_reader_closing_the_pipe_early_is_not_a_crash() {
 
     // `run` carries on without its status lines.
     let config = scratch.path("null.toml");
-    std::fs::write(
-        &config,
-        r#"
-[dataplane]
-eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
-workers = 1
-[ports.client]
-device = "net_null0"
-[ports.server]
-device = "net_null1"
-"#,
-    )
-    .expect("write");
+    write_null_ports_config(&config, 1);
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
     let result = output(
@@ -387,4 +362,162 @@ fn check_loads_what_run_would_load() {
             );
         }
     }
+}
+
+/// `tlsgate run` under systemd (`Type=notify`, the packaged unit): READY=1
+/// goes to `NOTIFY_SOCKET` once the ports are up, never when they cannot
+/// be opened; without `NOTIFY_SOCKET`, or with one nobody listens on,
+/// the appliance runs as usual.
+#[test]
+fn run_tells_systemd_it_is_ready_once_its_ports_are_up() {
+    use std::os::unix::net::UnixDatagram;
+
+    let scratch = Scratch::new("notify");
+    let notify_path = scratch.path("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    systemd.set_nonblocking(true).expect("nonblocking");
+    let mut message = [0u8; 4096];
+
+    let broken = scratch.path("broken.toml");
+    write_null_ports_config(&broken, 1);
+    let config = std::fs::read_to_string(&broken).expect("read");
+    std::fs::write(&broken, config.replace("net_null1", "net_af_packet1,iface=tg-no-such0")).expect("write");
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "5", "--config"])
+            .arg(&broken)
+            .env("NOTIFY_SOCKET", &notify_path),
+    );
+    assert!(!result.status.success(), "{}", text(&result.stdout));
+    assert!(
+        systemd.recv(&mut message).is_err(),
+        "readiness sent for ports that never came up: {}",
+        text(&message)
+    );
+
+    let config = scratch.path("null.toml");
+    write_null_ports_config(&config, 1);
+    let result = output(
+        tlsgate()
+            .args(["run", "--duration", "0.5", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path),
+    );
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let length = systemd.recv(&mut message).expect("READY=1 was sent");
+    let sent = text(&message[..length]);
+    assert!(sent.lines().any(|line| line == "READY=1"), "{sent}");
+    assert!(
+        sent.lines()
+            .any(|line| line.starts_with("STATUS=") && line.contains("net_null0")),
+        "{sent}"
+    );
+    assert!(systemd.recv(&mut message).is_err(), "sent once");
+
+    for notify in [None, Some(scratch.path("nobody-listens.sock"))] {
+        let mut command = tlsgate();
+        command.args(["run", "--duration", "0.5", "--config"]).arg(&config);
+        match &notify {
+            Some(path) => command.env("NOTIFY_SOCKET", path),
+            None => command.env_remove("NOTIFY_SOCKET"),
+        };
+        let result = output(&mut command);
+        let stderr = text(&result.stderr);
+        assert!(result.status.success(), "{notify:?}: {stderr}");
+        assert_eq!(
+            stderr.contains("cannot tell systemd"),
+            notify.is_some(),
+            "{notify:?}: {stderr}"
+        );
+    }
+}
+
+/// `configs/tlsgate.toml`, installed by the Debian package as
+/// `/etc/tlsgate/tlsgate.toml`, passes `check` once its CA exists (the
+/// package's postinst creates one), and every path it writes, commented
+/// examples included, lies where the packaged unit lets tlsgate write.
+#[test]
+fn the_packaged_config_passes_check_and_writes_only_where_the_unit_allows() {
+    let shipped = std::fs::read_to_string(repo().join("configs/tlsgate.toml")).expect("configs/tlsgate.toml");
+    let unit = std::fs::read_to_string(repo().join("crates/tlsgate/debian/tlsgate.service")).expect("tlsgate.service");
+    let setting = |name: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|line| line.strip_prefix(&format!("{name}=")))
+            .flat_map(|value| value.split_whitespace().map(str::to_owned))
+            .collect()
+    };
+    let mut writable = setting("ReadWritePaths");
+    writable.extend(setting("RuntimeDirectory").iter().map(|dir| format!("/run/{dir}")));
+    let written: Vec<&str> = shipped
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|value| value.starts_with("/var/") || value.starts_with("/run/"))
+        .collect();
+    assert!(written.len() >= 4, "log, key log, capture, control socket: {written:?}");
+    for path in &written {
+        assert!(
+            writable.iter().any(|dir| path.starts_with(&format!("{dir}/"))),
+            "{path} is outside the unit's writable paths {writable:?}"
+        );
+    }
+    assert!(
+        shipped.contains(r#""--file-prefix", "tlsgate""#) && writable.iter().any(|dir| dir == "/run/dpdk/tlsgate"),
+        "the EAL's runtime files (--file-prefix) go where the unit lets them"
+    );
+
+    let scratch = Scratch::new("packaged");
+    let relocated = shipped
+        .replace("/etc/tlsgate/", &format!("{}/etc/", scratch.0.display()))
+        .replace("/var/log/tlsgate/", &format!("{}/log/", scratch.0.display()))
+        .replace("/run/tlsgate/", &format!("{}/run/", scratch.0.display()))
+        // The package creates the `tlsgate` user (scripts/test-package.sh
+        // checks the installed file with it); here the scratch directories
+        // are the test's own.
+        .replace("user = \"tlsgate\"", "");
+    for dir in ["log", "run"] {
+        std::fs::create_dir_all(scratch.path(dir)).expect("mkdir");
+    }
+    assert!(
+        output(tlsgate().args(["ca", "init", "--dir"]).arg(scratch.path("etc/ca")))
+            .status
+            .success()
+    );
+    let config = scratch.path("tlsgate.toml");
+    std::fs::write(&config, relocated).expect("write");
+    let result = output(tlsgate().arg("check").arg("--config").arg(&config));
+    let stdout = text(&result.stdout);
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    for expected in [
+        "the CA with its key (matching)",
+        "PCI device",
+        "intercept: new TCP connections to ports [443]",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in: {stdout}");
+    }
+}
+
+/// README's "Install on an appliance" shows the packaged configuration
+/// without its comments: that block and `configs/tlsgate.toml` agree.
+#[test]
+fn the_readme_shows_the_packaged_config() {
+    let settings = |toml: &str| -> Vec<String> {
+        toml.lines()
+            .map(str::trim_end)
+            .filter(|line| !line.is_empty() && !line.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Install on an appliance\n")
+        .nth(1)
+        .expect("README has an \"Install on an appliance\" section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in the section");
+    let shipped = std::fs::read_to_string(repo().join("configs/tlsgate.toml")).expect("configs/tlsgate.toml");
+    assert_eq!(settings(block), settings(&shipped));
 }

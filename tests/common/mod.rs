@@ -60,6 +60,24 @@ pub fn read_pcap_records(path: &Path) -> Vec<PcapRecord> {
     records
 }
 
+/// Writes to `path` a configuration whose ports are DPDK null devices
+/// (`net_null0`, `net_null1`): `tlsgate run` starts on it without a lab,
+/// with `workers` workers on lcores 0-1.
+pub fn write_null_ports_config(path: &Path, workers: u8) {
+    let config = format!(
+        r#"
+[dataplane]
+eal_args = ["--no-huge", "-m", "256", "--no-shconf", "--no-pci", "-l", "0-1", "--log-level=lib.eal:error"]
+workers = {workers}
+[ports.client]
+device = "net_null0"
+[ports.server]
+device = "net_null1"
+"#
+    );
+    std::fs::write(path, config).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+}
+
 /// A scratch directory removed when dropped.
 pub struct Scratch(pub PathBuf);
 
