@@ -65,6 +65,9 @@ version="$(tlsgate --version)"
   || fail "tlsgate --version says '$version'"
 step "$version from PATH"
 
+# /run/tlsgate as the unit makes it (RuntimeDirectory=, then ExecStartPre=+chown):
+# check verifies that the tlsgate user can create the control socket there.
+install -d -o tlsgate -g tlsgate -m 0750 /run/tlsgate
 tlsgate check --config /etc/tlsgate/tlsgate.toml >"$scratch/check.log" \
   || { cat "$scratch/check.log" >&2; fail "tlsgate check rejects the shipped /etc/tlsgate/tlsgate.toml"; }
 grep -q "the CA with its key (matching)" "$scratch/check.log" \
@@ -100,6 +103,8 @@ unit=/lib/systemd/system/tlsgate.service
 grep -qx 'Type=notify' "$unit" || fail "the unit is not Type=notify"
 grep -qx 'ExecStartPre=/usr/bin/tlsgate check --config /etc/tlsgate/tlsgate.toml' "$unit" \
   || fail "the unit does not check the configuration before it starts"
+grep -qx 'ExecStartPre=+/bin/chown tlsgate:tlsgate /run/tlsgate' "$unit" \
+  || fail "the unit does not give /run/tlsgate to the tlsgate user"
 [[ ! -e /etc/systemd/system/multi-user.target.wants/tlsgate.service ]] \
   || fail "the unit was enabled at installation (the PCI addresses are still the examples)"
 if command -v systemd-analyze >/dev/null; then
@@ -124,7 +129,7 @@ step "reinstalled over itself: CA and edited configuration kept"
 # the lab's af_packet ports and EAL on anonymous memory instead of the example
 # NICs and hugepages, and the lab origin's certificate as the upstream trust;
 # the CA made by postinst, the log directory and the control socket are the
-# installed ones (/run/tlsgate is what the unit's RuntimeDirectory= creates).
+# installed ones (/run/tlsgate, made above as the unit makes it).
 # Readiness is awaited as systemd awaits it: READY=1 on NOTIFY_SOCKET.
 step "the installed tlsgate in the lab (waiting for the lab lock)"
 exec 9>/tmp/tlsgate-lab.lock
@@ -141,12 +146,11 @@ sed -e 's|^eal_args = .*|eal_args = ["--no-huge", "-m", "512", "--no-shconf", "-
     -e "s|^upstream_trust = .*|upstream_trust = \"$scratch/origin/origin.crt\"|" \
     /etc/tlsgate/tlsgate.toml >"$scratch/lab.toml"
 grep -q "iface=$TG_GWS_IF" "$scratch/lab.toml" || fail "could not point the shipped configuration at the lab"
-install -d -o tlsgate -g tlsgate -m 0750 /run/tlsgate
 python3 -c '
 import os, socket, sys
 systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 systemd.bind(sys.argv[1])
-os.chmod(sys.argv[1], 0o777)  # as systemd's: tlsgate notifies after its privilege drop
+os.chmod(sys.argv[1], 0o777)  # world-writable as systemd makes it: tlsgate notifies after its privilege drop
 print(systemd.recv(4096).decode())
 ' "$scratch/notify.sock" >"$scratch/notify.log" &
 notify_pid=$!
@@ -157,6 +161,14 @@ tlsgate_pid=$!
 wait -n "$notify_pid" "$tlsgate_pid" || true
 grep -qx "READY=1" "$scratch/notify.log" \
   || { cat "$scratch/run.log" >&2; fail "the installed tlsgate did not send READY=1 on NOTIFY_SOCKET"; }
+# Ready means the ports are up and the privilege drop is done: every thread
+# is the tlsgate user now, with no capability.
+for status in /proc/"$tlsgate_pid"/task/*/status; do
+  uid="$(awk '/^Uid:/ {print $2 "," $3 "," $4 "," $5}' "$status")"
+  caps="$(awk '/^CapEff:|^CapPrm:/ {print $2}' "$status" | sort -u)"
+  [[ "$uid" == "$(id -u tlsgate),$(id -u tlsgate),$(id -u tlsgate),$(id -u tlsgate)" && "$caps" == 0000000000000000 ]] \
+    || fail "$status: uids $uid, capabilities $caps: the shipped [process] user did not take"
+done
 ip netns exec "$TG_NS_CLI" curl -fsS --max-time 30 --cacert /etc/tlsgate/ca/ca.pem \
   --resolve "origin.test:443:$TG_SRV_V4" -o "$scratch/file.bin" https://origin.test/file.bin \
   || { cat "$scratch/run.log" >&2; fail "curl through the installed tlsgate, trusting only its CA"; }
