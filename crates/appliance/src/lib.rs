@@ -13,6 +13,8 @@ pub mod directory;
 pub mod distribution;
 pub mod engine;
 pub mod learned;
+pub mod mirror;
+pub mod pcap_stream;
 pub mod policy;
 pub mod preflight;
 pub mod replay;
