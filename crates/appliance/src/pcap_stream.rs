@@ -20,7 +20,9 @@
 //! only with gaps. A client whose queue stays above half full for
 //! [`TOO_SLOW_AFTER`] is disconnected (`clients_too_slow`); at most
 //! [`MAX_CLIENTS`] are served at once, further ones are closed at once
-//! (`clients_refused`).
+//! (`clients_refused`). When the appliance stops, the clients get up to
+//! two seconds to take what is queued for them, then the stream ends
+//! (the reader sees the end of the pcap).
 //!
 //! The stream is not authenticated: whoever can connect reads the
 //! plaintext. Listen on a loopback or management address only.
@@ -57,6 +59,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// How long it waits while a client still has bytes to take.
 const BUSY_WAIT: Duration = Duration::from_millis(2);
+
+/// At stop, how long the clients get to take what is queued for them.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
 
 /// Why the listener cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +302,16 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
             self.write(Instant::now());
+        }
+        // The workers are done: what they sent last (the connections' ends)
+        // still reaches the clients that keep reading.
+        while let Ok(batch) = self.receiver.try_recv() {
+            self.queue(&batch);
+        }
+        let deadline = Instant::now() + FLUSH_AT_STOP;
+        while self.clients.iter().any(|client| client.queued() > 0) && Instant::now() < deadline {
+            self.write(Instant::now());
+            std::thread::sleep(BUSY_WAIT);
         }
     }
 
