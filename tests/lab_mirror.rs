@@ -106,7 +106,8 @@ fn config_with(scratch: &Scratch, origin: &Origin, extra: &str) -> (PathBuf, Pat
 /// curl fetches the marker URL over HTTPS through the appliance.
 fn fetch_marker(lab: &Lab, ca: &Path) {
     let url = format!("https://origin.test/index.html?{MARKER}");
-    let fetched = curl(lab, ca, &["-o", "/dev/null", "--resolve", RESOLVE, &url]);
+    // HTTP/1.1, which tshark's http.request matches (curl would offer h2).
+    let fetched = curl(lab, ca, &["--http1.1", "-o", "/dev/null", "--resolve", RESOLVE, &url]);
     assert!(
         fetched.status.success(),
         "curl: {}",
@@ -144,7 +145,9 @@ fn mirror_port_carries_the_plaintext_to_a_listening_tshark() {
     let seen = sensor.await_line(MARKER, Duration::from_secs(20));
     let (status, report, printed) = appliance.stop();
     assert!(status.success(), "{status}");
-    let seen = seen.expect("tshark on the mirror port saw the request in plaintext");
+    let seen = seen.unwrap_or_else(|| {
+        panic!("tshark on the mirror port did not see the request in plaintext; the appliance printed:\n{printed}")
+    });
 
     // The mirrored flow is the connection the log records.
     let record = logged_connection(&scratch);
