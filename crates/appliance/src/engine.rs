@@ -605,6 +605,8 @@ impl<P: Port> Engine<P> {
                 break;
             }
         }
+        // The sensors see the resets too, as far as the mirror port takes them.
+        self.send_mirror();
         self.tcp_stats.publish(&self.tcp_totals());
         self.splicer.counters().reset_at_shutdown - before
     }
