@@ -13,10 +13,17 @@
 #             |  veth                        |  veth
 #   tg-box: boxo0 ====[ inspection box ]==== boxi0   (no IPs, IPv6 off)
 #
+#   tg-gw:  gwm0 (mirror port: transmit only)
+#             |  veth
+#   tg-sensor: sens0   (a passive sensor listens here: tshark, an IDS; no IPs,
+#                       IPv6 off)
+#
 # Client and server share ONE subnet; the appliance is a bump in the wire.
 # The inspection port pair carries each intercepted connection's plaintext out
 # of gwio0, through the black box in tg-box (scripts/inspect-box.sh: nothing,
 # a bridge with a recorder, or tests/lab/blockbox.py), and back into gwii0.
+# The mirror port carries a copy of each intercepted connection's plaintext
+# as synthetic TCP frames to sens0 ([ports.mirror] device = ...iface=gwm0).
 # Each variable may be overridden from the environment, but configs/lab.toml
 # hard-codes the gw interface names (gwc0/gws0).
 
@@ -34,6 +41,11 @@
 : "${TG_GWII_IF:=gwii0}"
 : "${TG_BOXO_IF:=boxo0}"
 : "${TG_BOXI_IF:=boxi0}"
+# The sensor namespace follows the appliance's (tg-gw -> tg-sensor), so a lab
+# with other names (the bench scripts') gets its own.
+: "${TG_NS_SENSOR:=${TG_NS_GW%-gw}-sensor}"
+: "${TG_GWM_IF:=gwm0}"
+: "${TG_SENSOR_IF:=sens0}"
 : "${TG_CLI_MAC:=02:00:00:00:00:01}"
 : "${TG_SRV_MAC:=02:00:00:00:00:02}"
 : "${TG_CLI_V4:=198.18.0.1}"
@@ -46,6 +58,7 @@
 
 export TG_NS_CLI TG_NS_GW TG_NS_SRV TG_NS_LG TG_NS_IMP TG_CLI_IF TG_SRV_IF TG_GWC_IF TG_GWS_IF \
        TG_NS_BOX TG_GWIO_IF TG_GWII_IF TG_BOXO_IF TG_BOXI_IF \
+       TG_NS_SENSOR TG_GWM_IF TG_SENSOR_IF \
        TG_CLI_MAC TG_SRV_MAC TG_CLI_V4 TG_SRV_V4 TG_V4_PREFIX TG_CLI_V6 TG_SRV_V6 \
        TG_V6_PREFIX TG_MTU
 

@@ -175,19 +175,38 @@ impl DecryptedCapture {
         })
     }
 
+    /// Where and how it writes.
+    pub fn settings(&self) -> &CaptureSettings {
+        &self.settings
+    }
+
     /// What was written and dropped so far. Frames count as written once
     /// they are in the buffer; a failed write moves them to the dropped.
     pub fn totals(&self) -> CaptureTotals {
         self.output.lock().unwrap_or_else(PoisonError::into_inner).totals
     }
+}
 
-    /// The port the capture shows for a server port.
+/// Where the frames of a [`CaptureStream`] go: the decrypted capture file,
+/// or every output of the plaintext a worker feeds
+/// ([`crate::mirror::Taps`]: the file, the decrypt-mirror port and
+/// PCAP-over-IP).
+pub trait FrameSink {
+    /// The port the frames show for a server port (see
+    /// [`CaptureSettings::port_map`]).
+    fn wire_port(&self, server_port: u16) -> u16;
+
+    /// Takes the frames of one call of a stream, all at `now`.
+    fn write(&mut self, frames: &Frames, now: SystemTime);
+}
+
+impl FrameSink for &DecryptedCapture {
     fn wire_port(&self, server_port: u16) -> u16 {
         self.settings.port_map.get(&server_port).copied().unwrap_or(server_port)
     }
 
-    /// Writes a batch of frames under one lock.
-    fn write(&self, frames: &Frames, now: SystemTime) {
+    /// Writes the batch under one lock.
+    fn write(&mut self, frames: &Frames, now: SystemTime) {
         let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(error) = frames.error {
             output.failed(CaptureError::from(error));
@@ -390,19 +409,7 @@ impl CaptureFile {
             .mode(0o600)
             .open(path)
             .map_err(created)?;
-        let header = PcapHeader {
-            snaplen: SNAPLEN,
-            datalink: DataLink::ETHERNET,
-            ts_resolution: TsResolution::MicroSecond,
-            endianness: Endianness::native(),
-            ..PcapHeader::default()
-        };
-        let mut bytes = Vec::with_capacity(PCAP_HEADER_LEN as usize);
-        let written = match header.write_to(&mut bytes) {
-            Ok(_) => file.write_all_at(&bytes, 0),
-            Err(PcapError::IoError(error)) => Err(error),
-            Err(other) => Err(io::Error::new(io::ErrorKind::InvalidData, other)),
-        };
+        let written = pcap_header().and_then(|bytes| file.write_all_at(&bytes, 0));
         if let Err(source) = written {
             if fs::metadata(path).is_ok_and(|metadata| metadata.is_file()) {
                 let _ = fs::remove_file(path);
@@ -449,19 +456,10 @@ impl CaptureFile {
     /// Appends one whole record (in the header's native byte order) to the
     /// buffer; false for a frame longer than the snapshot length.
     fn push(&mut self, frame: &[u8], now: SystemTime) -> bool {
-        let Ok(len) = u32::try_from(frame.len()) else {
-            return false;
-        };
-        if len > SNAPLEN {
+        if !push_record(&mut self.buffer, frame, now) {
             return false;
         }
-        let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = u32::try_from(timestamp.as_secs()).unwrap_or(u32::MAX);
-        for field in [secs, timestamp.subsec_micros(), len, len] {
-            self.buffer.extend_from_slice(&field.to_ne_bytes());
-        }
-        self.buffer.extend_from_slice(frame);
-        self.records.push((self.buffer.len(), u64::from(len)));
+        self.records.push((self.buffer.len(), frame.len() as u64));
         self.first_frame.get_or_insert(now);
         true
     }
@@ -516,6 +514,43 @@ impl CaptureFile {
         }
         Ok(())
     }
+}
+
+/// The pcap global header every file and stream starts with: Ethernet,
+/// microsecond timestamps, this machine's byte order.
+pub(crate) fn pcap_header() -> io::Result<Vec<u8>> {
+    let header = PcapHeader {
+        snaplen: SNAPLEN,
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::MicroSecond,
+        endianness: Endianness::native(),
+        ..PcapHeader::default()
+    };
+    let mut bytes = Vec::with_capacity(PCAP_HEADER_LEN as usize);
+    match header.write_to(&mut bytes) {
+        Ok(_) => Ok(bytes),
+        Err(PcapError::IoError(error)) => Err(error),
+        Err(other) => Err(io::Error::new(io::ErrorKind::InvalidData, other)),
+    }
+}
+
+/// Appends one whole pcap record of `frame` at `now` (in the header's
+/// native byte order) to `buffer`; false (nothing appended) for a frame
+/// longer than the snapshot length.
+pub(crate) fn push_record(buffer: &mut Vec<u8>, frame: &[u8], now: SystemTime) -> bool {
+    let Ok(len) = u32::try_from(frame.len()) else {
+        return false;
+    };
+    if len > SNAPLEN {
+        return false;
+    }
+    let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = u32::try_from(timestamp.as_secs()).unwrap_or(u32::MAX);
+    for field in [secs, timestamp.subsec_micros(), len, len] {
+        buffer.extend_from_slice(&field.to_ne_bytes());
+    }
+    buffer.extend_from_slice(frame);
+    true
 }
 
 /// Renames a file at `path` that holds frames to its rotated name.
@@ -617,9 +652,10 @@ fn rotation_stamp(at: SystemTime) -> String {
     )
 }
 
-/// The frames of one call, built before the lock is taken.
+/// The synthetic frames of one call of a [`CaptureStream`], built once for
+/// every output.
 #[derive(Debug)]
-struct Frames {
+pub struct Frames {
     /// The capture's port for the server.
     server_port: u16,
     bytes: Vec<u8>,
@@ -651,7 +687,8 @@ impl Frames {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+    /// Each frame, in order (those that could not be built left out).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
         starts
             .zip(self.ends.iter().copied())
@@ -680,7 +717,8 @@ enum StreamState {
 }
 
 /// The synthetic TCP stream of one intercepted connection, owned by its
-/// session; every call writes its frames under one lock of the capture.
+/// session; every call hands its frames to a [`FrameSink`] at once (the
+/// capture file writes them under one lock).
 ///
 /// The client starts at the given ISN (so its sequence numbers match the
 /// client leg on the wire), the server at its bitwise complement. The first
@@ -720,11 +758,11 @@ impl CaptureStream {
     /// Plaintext from one side: PSH|ACK segments of at most the MSS each,
     /// then an ACK from the other side. Ignored once that side has sent its
     /// FIN or the stream is closed.
-    pub fn data(&mut self, capture: &DecryptedCapture, from_client: bool, bytes: &[u8], now: SystemTime) {
+    pub fn data(&mut self, mut sink: impl FrameSink, from_client: bool, bytes: &[u8], now: SystemTime) {
         if self.state == StreamState::Closed || self.sender(from_client).fin {
             return;
         }
-        let mut frames = self.frames(capture);
+        let mut frames = self.frames(&sink);
         let mss = usize::from(ethernet_mss(self.client.addr.ip()));
         for chunk in bytes.chunks(mss) {
             self.push(&mut frames, from_client, SegmentControl::Psh, chunk);
@@ -732,35 +770,35 @@ impl CaptureStream {
         if !bytes.is_empty() {
             self.push(&mut frames, !from_client, SegmentControl::None, &[]);
         }
-        capture.write(&frames, now);
+        sink.write(&frames, now);
     }
 
     /// One side closes: FIN|ACK from it and the other side's ACK; the
     /// second FIN closes the stream. Repeated calls for a side are ignored.
-    pub fn fin(&mut self, capture: &DecryptedCapture, from_client: bool, now: SystemTime) {
+    pub fn fin(&mut self, mut sink: impl FrameSink, from_client: bool, now: SystemTime) {
         if self.state == StreamState::Closed || self.sender(from_client).fin {
             return;
         }
-        let mut frames = self.frames(capture);
+        let mut frames = self.frames(&sink);
         self.push(&mut frames, from_client, SegmentControl::Fin, &[]);
         self.push(&mut frames, !from_client, SegmentControl::None, &[]);
         self.sender(from_client).fin = true;
         if self.client.fin && self.server.fin {
             self.state = StreamState::Closed;
         }
-        capture.write(&frames, now);
+        sink.write(&frames, now);
     }
 
     /// One side resets: RST|ACK from it; nothing is written for the stream
     /// afterwards.
-    pub fn reset(&mut self, capture: &DecryptedCapture, from_client: bool, now: SystemTime) {
+    pub fn reset(&mut self, mut sink: impl FrameSink, from_client: bool, now: SystemTime) {
         if self.state == StreamState::Closed {
             return;
         }
-        let mut frames = self.frames(capture);
+        let mut frames = self.frames(&sink);
         self.push(&mut frames, from_client, SegmentControl::Rst, &[]);
         self.state = StreamState::Closed;
-        capture.write(&frames, now);
+        sink.write(&frames, now);
     }
 
     fn sender(&mut self, from_client: bool) -> &mut Endpoint {
@@ -772,8 +810,8 @@ impl CaptureStream {
     }
 
     /// A batch for one call, starting with the handshake if not yet written.
-    fn frames(&mut self, capture: &DecryptedCapture) -> Frames {
-        let mut frames = Frames::new(capture.wire_port(self.server.addr.port()));
+    fn frames(&mut self, sink: &impl FrameSink) -> Frames {
+        let mut frames = Frames::new(sink.wire_port(self.server.addr.port()));
         if self.state == StreamState::New {
             self.push(&mut frames, true, SegmentControl::Syn, &[]);
             self.push(&mut frames, false, SegmentControl::Syn, &[]);

@@ -164,8 +164,13 @@ pub enum InspectFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
-    /// The file written now; rotated files are renamed next to it.
-    pub path: PathBuf,
+    /// The file written now; rotated files are renamed next to it. None:
+    /// no file (the plaintext only streams to `pcap_over_ip`).
+    pub path: Option<PathBuf>,
+    /// PCAP-over-IP: a TCP listener on the management host (a kernel
+    /// socket, never a data port) that streams a pcap of the same frames,
+    /// live, to each client that connects. None: no listener.
+    pub pcap_over_ip: Option<std::net::SocketAddr>,
     /// Server ports written as other ports, e.g. `{ 443 = 80 }` so that
     /// analysers dissect the plaintext as HTTP.
     #[serde(default)]
@@ -526,13 +531,26 @@ pub struct Ports {
     /// through the box on `inspect_in`.
     pub inspect_out: Option<PortConfig>,
     pub inspect_in: Option<PortConfig>,
+    /// The decrypt-mirror port: a copy of every intercepted connection's
+    /// plaintext leaves it as synthetic TCP frames (the flows of the
+    /// decrypted capture), for sensors that only listen. Nothing received
+    /// on it is read.
+    pub mirror: Option<PortConfig>,
 }
 
 impl Ports {
-    /// Every configured port, in the engine's order (client, server, then
-    /// the inspection pair).
+    /// Every configured data port, in the engine's order (client, server,
+    /// then the inspection pair); the mirror port is not one of them.
     pub fn all(&self) -> Vec<&PortConfig> {
         self.keyed().into_iter().map(|(_, port)| port).collect()
+    }
+
+    /// The data ports and the mirror port, with the key of each device
+    /// setting.
+    fn keyed_with_mirror(&self) -> Vec<(&'static str, &PortConfig)> {
+        let mut ports = self.keyed();
+        ports.extend(self.mirror.as_ref().map(|mirror| ("ports.mirror.device", mirror)));
+        ports
     }
 
     /// Every configured port with the key of its device setting.
@@ -793,7 +811,7 @@ impl Config {
             ("log.keylog", self.log.keylog.as_deref()),
             (
                 "capture.path",
-                self.capture.as_ref().map(|capture| capture.path.as_path()),
+                self.capture.as_ref().and_then(|capture| capture.path.as_deref()),
             ),
             ("control.socket", self.control.socket.as_deref()),
         ]
@@ -872,7 +890,7 @@ impl Config {
                 format!("{} is out of range 1..={MAX_BURST_SIZE}", dataplane.burst_size),
             ));
         }
-        let ports = self.ports.all().len() as u32;
+        let ports = self.ports.keyed_with_mirror().len() as u32;
         let needed = u32::from(dataplane.workers)
             * ports
             * (u32::from(dataplane.rx_descriptors)
@@ -1007,6 +1025,30 @@ impl Config {
             ));
         }
         if let Some(capture) = &self.capture {
+            if capture.path.is_none() {
+                if capture.pcap_over_ip.is_none() {
+                    return Err(invalid(
+                        "capture.path",
+                        "[capture] needs a file (path) or a PCAP-over-IP listener (pcap_over_ip), or both".into(),
+                    ));
+                }
+                if let Some(key) = [
+                    ("capture.rotate_mb", capture.rotate_mb.is_some()),
+                    ("capture.rotate_secs", capture.rotate_secs.is_some()),
+                    ("capture.max_files", capture.max_files.is_some()),
+                ]
+                .into_iter()
+                .find_map(|(key, set)| set.then_some(key))
+                {
+                    return Err(invalid(key, "applies to the capture file: set capture.path too".into()));
+                }
+            }
+            if capture.pcap_over_ip.is_some_and(|listen| listen.port() == 0) {
+                return Err(invalid(
+                    "capture.pcap_over_ip",
+                    "give the port to listen on, e.g. \"127.0.0.1:57012\"".into(),
+                ));
+            }
             capture.ports().map_err(|reason| invalid("capture.port_map", reason))?;
             if capture.rotate_mb == Some(0) || capture.rotate_secs == Some(0) {
                 return Err(invalid(
@@ -1081,7 +1123,7 @@ impl Config {
             reason,
         })?;
         let mut seen: Vec<Device> = Vec::new();
-        for (key, port) in self.ports.keyed() {
+        for (key, port) in self.ports.keyed_with_mirror() {
             let device = Device::parse(&port.device).map_err(|reason| invalid(key, reason))?;
             if let Some(earlier) = seen
                 .iter()
@@ -1158,7 +1200,18 @@ impl Config {
         }
     }
 
-    /// The devices of every port, in the engine's order (validated by `parse`).
+    /// The device of the decrypt-mirror port, if configured (validated by
+    /// `parse`).
+    pub fn mirror_device(&self) -> Result<Option<Device>, String> {
+        self.ports
+            .mirror
+            .as_ref()
+            .map(|port| Device::parse(&port.device))
+            .transpose()
+    }
+
+    /// The devices of every data port, in the engine's order (validated by
+    /// `parse`).
     pub fn devices(&self) -> Result<Vec<Device>, String> {
         self.ports
             .all()
@@ -1455,6 +1508,59 @@ device = "net_af_packet1,iface=gws0"
         );
         let message = rejection(&format!("{MINIMAL}[capture]\npath = \"/x\"\nrotate_secs = 0\n"));
         assert!(message.contains("rotate"), "{message}");
+    }
+
+    #[test]
+    fn mirror_port_and_pcap_over_ip() {
+        let defaults = parse(MINIMAL).expect("valid");
+        assert_eq!(defaults.ports.mirror, None, "no mirror port by default");
+        assert_eq!(defaults.mirror_device(), Ok(None));
+        let mirror = "[ports.mirror]\ndevice = \"net_af_packet4,iface=gwm0\"\n";
+        let config = parse(&format!("{MINIMAL}{mirror}")).expect("valid");
+        assert_eq!(config.devices().expect("devices").len(), 2, "not a data port");
+        assert_eq!(
+            config
+                .mirror_device()
+                .expect("mirror")
+                .map(|device| device.ethdev_name().to_owned()),
+            Some("net_af_packet4".to_owned())
+        );
+        let message = rejection(&format!(
+            "{MINIMAL}{}",
+            mirror.replace("net_af_packet4", "net_af_packet1")
+        ));
+        assert!(
+            message.contains("ports.mirror.device") && message.contains("different"),
+            "{message}"
+        );
+        let message = rejection(&format!("{MINIMAL}[ports.mirror]\ndevice = \"eth4\"\n"));
+        assert!(message.contains("ports.mirror.device"), "{message}");
+        let message = rejection(&format!("{MINIMAL}{mirror}").replace("eal_args", "mbufs = 5000\neal_args"));
+        assert!(
+            message.contains("dataplane.mbufs") && message.contains("3 ports"),
+            "the mirror port's rings count: {message}"
+        );
+
+        let stream = parse(&format!("{MINIMAL}[capture]\npcap_over_ip = \"127.0.0.1:57012\"\n")).expect("valid");
+        let capture = stream.capture.expect("capture");
+        assert_eq!(capture.path, None, "a stream needs no file");
+        assert_eq!(capture.pcap_over_ip, Some("127.0.0.1:57012".parse().expect("address")));
+        let message = rejection(&format!("{MINIMAL}[capture]\nport_map = {{ 443 = 80 }}\n"));
+        assert!(
+            message.contains("capture.path") && message.contains("pcap_over_ip"),
+            "{message}"
+        );
+        let message = rejection(&format!("{MINIMAL}[capture]\npcap_over_ip = \"localhost\"\n"));
+        assert!(message.contains("pcap_over_ip"), "{message}");
+        let message = rejection(&format!("{MINIMAL}[capture]\npcap_over_ip = \"127.0.0.1:0\"\n"));
+        assert!(message.contains("capture.pcap_over_ip"), "{message}");
+        let message = rejection(&format!(
+            "{MINIMAL}[capture]\npcap_over_ip = \"127.0.0.1:57012\"\nmax_files = 3\n"
+        ));
+        assert!(
+            message.contains("capture.max_files") && message.contains("capture.path"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -289,6 +289,16 @@ pub struct PortReport {
     pub driver: dpdk::PortCounters,
 }
 
+/// The decrypt-mirror port in a report: what the workers sent on it and
+/// dropped (summed over workers), and the driver's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorReport {
+    pub device: String,
+    #[serde(flatten)]
+    pub totals: crate::mirror::MirrorTotals,
+    pub driver: dpdk::PortCounters,
+}
+
 /// Everything the data plane counted, as printed by `run` and `replay`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -304,6 +314,10 @@ pub struct Report {
     pub top_sni: Vec<NameCount>,
     /// Configuration reloads (SIGHUP, `tlsgate reload`).
     pub reloads: crate::reload::ReloadTotals,
+    /// PCAP-over-IP, when configured (`capture.pcap_over_ip`).
+    pub pcap_over_ip: Option<crate::pcap_stream::StreamTotals>,
+    /// The decrypt-mirror port, when configured (`[ports.mirror]`).
+    pub mirror: Option<MirrorReport>,
     /// The process's resident memory (VmRSS), when the system says. In the
     /// final report of `run`: the sample the control thread takes when stop
     /// is requested, before the workers are told to stop (they reset and
@@ -542,6 +556,35 @@ impl fmt::Display for Report {
                 f,
                 "decrypted capture: {} frames, {} B written; {} frames, {} B dropped (full disk, write errors)",
                 capture.frames, capture.bytes, capture.frames_dropped, capture.bytes_dropped
+            )?;
+        }
+        if let Some(stream) = &self.pcap_over_ip {
+            writeln!(
+                f,
+                "pcap-over-ip: {} clients connected ({} accepted, {} refused, {} disconnected too slow); {} frames, {} B \
+                 queued for clients; dropped: {} frames before the writer, {} frames for slow clients",
+                stream.clients,
+                stream.clients_accepted,
+                stream.clients_refused,
+                stream.clients_too_slow,
+                stream.frames,
+                stream.bytes,
+                stream.frames_dropped,
+                stream.client_frames_dropped
+            )?;
+        }
+        if let Some(mirror) = &self.mirror {
+            let t = mirror.totals;
+            writeln!(
+                f,
+                "mirror port {}: {} frames, {} B sent; {} frames, {} B dropped (port full); driver tx {} packets, {} errors",
+                mirror.device,
+                t.frames,
+                t.bytes,
+                t.frames_dropped,
+                t.bytes_dropped,
+                mirror.driver.tx_packets,
+                mirror.driver.tx_errors
             )?;
         }
         for (index, worker) in self.workers.iter().enumerate() {

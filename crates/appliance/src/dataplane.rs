@@ -13,10 +13,12 @@ use thiserror::Error;
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
+use crate::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use crate::mirror::{MirrorStats, MirrorTotals, Taps};
+use crate::pcap_stream::{PcapStream, StreamError, StreamFeed};
 use crate::privileges::RunAs;
 use crate::reload::{Reloader, WorkerInbox};
 use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
@@ -40,6 +42,8 @@ pub enum DataplaneError {
     ConnectionLog(#[from] ConnectionLogError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    PcapStream(#[from] StreamError),
     #[error("invalid device: {0}")]
     Device(String),
     #[error("worker thread {0} panicked")]
@@ -155,6 +159,12 @@ pub struct Dataplane {
     /// control channel's `reload`).
     reloader: Arc<Reloader>,
     capture: Option<Arc<DecryptedCapture>>,
+    /// The PCAP-over-IP listener (`capture.pcap_over_ip`).
+    stream: Option<PcapStream>,
+    /// Server ports the plaintext's frames show as others (`capture.port_map`).
+    port_map: std::collections::BTreeMap<u16, u16>,
+    /// The decrypt-mirror port (`[ports.mirror]`).
+    mirror: Option<(Device, Arc<EthDev>)>,
     /// The process's resident memory when stop was requested, before the
     /// workers let go of their connections (set by [`Dataplane::run`]).
     rss_at_stop: Option<u64>,
@@ -162,20 +172,39 @@ pub struct Dataplane {
     clock: EngineClock,
 }
 
-/// What every worker's engine shares: logs, the decrypted capture, and
-/// (with several workers) the directory of their sessions.
+/// What every worker's engine shares: logs, the decrypted capture and
+/// PCAP-over-IP, and (with several workers) the directory of their
+/// sessions.
 #[derive(Clone, Default)]
 struct SharedOutputs {
     connection_log: Option<Arc<ConnectionLog>>,
     capture: Option<Arc<DecryptedCapture>>,
+    stream: Option<StreamFeed>,
+    port_map: std::collections::BTreeMap<u16, u16>,
     directory: Option<Arc<SessionDirectory>>,
 }
 
+impl SharedOutputs {
+    /// A worker's outputs of the plaintext (without the mirror port).
+    fn taps(&self) -> Taps {
+        let taps = Taps::new(self.port_map.clone());
+        let taps = match &self.capture {
+            Some(capture) => taps.with_capture(Arc::clone(capture)),
+            None => taps,
+        };
+        match &self.stream {
+            Some(feed) => taps.with_stream(feed.clone()),
+            None => taps,
+        }
+    }
+}
+
 /// A worker's engine over its queues (client, server, and the inspection
-/// pair when configured), with TLS interception and the connection log
-/// when configured.
+/// pair when configured), with TLS interception, the outputs of the
+/// plaintext (its queue of the mirror port among them) and the connection
+/// log when configured.
 fn assemble<P: dpdk::Port>(
-    queues: Vec<P>,
+    ports: WorkerPorts<P>,
     stats: EngineStats,
     burst_size: usize,
     policy: &InterceptPolicy,
@@ -183,6 +212,7 @@ fn assemble<P: dpdk::Port>(
     tls: Option<mitm::TlsContext>,
     outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
+    let WorkerPorts { data: queues, mirror } = ports;
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
     let mut engine = Engine::new(client, server, stats, burst_size, policy, now);
@@ -193,8 +223,9 @@ fn assemble<P: dpdk::Port>(
         Some(tls) => engine.with_tls(tls),
         None => engine,
     };
-    let engine = match outputs.capture {
-        Some(capture) => engine.with_capture(capture),
+    let engine = engine.with_taps(outputs.taps());
+    let engine = match mirror {
+        Some((port, stats)) => engine.with_mirror(port, stats),
         None => engine,
     };
     let engine = match outputs.directory {
@@ -207,8 +238,17 @@ fn assemble<P: dpdk::Port>(
     })
 }
 
+/// One worker's queues: on the data ports (in [`Side`] order), and its
+/// transmit queue on the mirror port with its counters.
+struct WorkerPorts<P> {
+    data: Vec<P>,
+    mirror: Option<(P, Arc<MirrorStats>)>,
+}
+
 struct WorkerSlot {
-    queues: Option<Vec<WorkerQueue>>,
+    queues: Option<WorkerPorts<WorkerQueue>>,
+    /// What its queue of the mirror port did.
+    mirror_stats: Arc<MirrorStats>,
     tls: Option<mitm::TlsContext>,
     /// Where reloaded rules reach this worker.
     inbox: Option<WorkerInbox>,
@@ -254,18 +294,25 @@ fn receivers(
 
 impl Dataplane {
     /// Initialises EAL and opens the ports of `config` (or `devices`, when
-    /// given, in place of the configured ones: replay uses pcap devices).
-    /// With `run_as`, the process switches to that user once the ports,
-    /// rings and TLS contexts are made, and opens the logs and the capture
-    /// after that, as that user (see [`crate::privileges`]).
+    /// given, in place of the configured data ports: replay uses pcap
+    /// devices, without the mirror port and PCAP-over-IP, the outputs of a
+    /// live appliance). With `run_as`, the process switches to that user
+    /// once the ports, rings and TLS contexts are made, and opens the logs,
+    /// the capture and PCAP-over-IP after that, as that user (see
+    /// [`crate::privileges`]).
     pub fn open(
         config: &Config,
         devices: Option<Vec<Device>>,
         run_as: Option<&RunAs>,
     ) -> Result<Dataplane, DataplaneError> {
+        let live = devices.is_none();
         let devices = match devices {
             Some(devices) => devices,
             None => config.devices().map_err(DataplaneError::Device)?,
+        };
+        let mirror = match live {
+            true => config.mirror_device().map_err(DataplaneError::Device)?,
+            false => None,
         };
         let policy = crate::preflight::preflight(config)?;
         if let Some(run_as) = run_as {
@@ -274,7 +321,7 @@ impl Dataplane {
         }
         let dataplane = &config.dataplane;
         let mut eal_args = dataplane.eal_args.clone();
-        for device in &devices {
+        for device in devices.iter().chain(&mirror) {
             eal_args.extend(device.eal_args());
         }
         let eal = Eal::init(&eal_args)?;
@@ -299,6 +346,20 @@ impl Dataplane {
                 Ok((device, dev))
             })
             .collect::<Result<Vec<_>, DataplaneError>>()?;
+        // Only transmitted on: its receive side is never read.
+        let mirror = match mirror {
+            Some(device) => {
+                let dev = EthDev::open(&eal, device.ethdev_name(), &pool, dev_config)?;
+                tracing::info!(
+                    "mirror port {} (driver {}): a copy of the intercepted plaintext, {} transmit queues",
+                    device.ethdev_name(),
+                    dev.driver(),
+                    dataplane.workers
+                );
+                Some((device, dev))
+            }
+            None => None,
+        };
         for (device, dev) in &devices {
             if dev.steering() == RxSteering::Software {
                 let others = match dataplane.workers {
@@ -354,8 +415,20 @@ impl Dataplane {
                         Ok(SteeredPort::new(dev.queue(queue)?, receive))
                     })
                     .collect::<Result<Vec<_>, DataplaneError>>()?;
+                let mirror_stats = Arc::new(MirrorStats::default());
+                let mirror_queue = match &mirror {
+                    Some((_, dev)) => Some((
+                        SteeredPort::new(dev.queue(queue)?, Receive::Queue),
+                        Arc::clone(&mirror_stats),
+                    )),
+                    None => None,
+                };
                 Ok(WorkerSlot {
-                    queues: Some(queues),
+                    queues: Some(WorkerPorts {
+                        data: queues,
+                        mirror: mirror_queue,
+                    }),
+                    mirror_stats,
                     tls: policy.tls_context()?,
                     // Set once the reloader exists, after the logs are open.
                     inbox: None,
@@ -392,14 +465,40 @@ impl Dataplane {
             Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
             None => None,
         };
+        let port_map: std::collections::BTreeMap<u16, u16> = match &config.capture {
+            Some(capture) => capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
+            None => Default::default(),
+        };
         let capture = match &config.capture {
-            Some(capture) => Some(Arc::new(DecryptedCapture::open(CaptureSettings {
-                path: capture.path.clone(),
-                port_map: capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
-                rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
-                rotate_secs: capture.rotate_secs,
-                max_files: capture.max_files,
-            })?)),
+            Some(capture @ crate::config::Capture { path: Some(path), .. }) => {
+                Some(Arc::new(DecryptedCapture::open(CaptureSettings {
+                    path: path.clone(),
+                    port_map: port_map.clone(),
+                    rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                    rotate_secs: capture.rotate_secs,
+                    max_files: capture.max_files,
+                })?))
+            }
+            _ => None,
+        };
+        let listen = config.capture.as_ref().and_then(|capture| capture.pcap_over_ip);
+        let stream = match listen.filter(|_| live) {
+            Some(listen) => {
+                let stream = PcapStream::start(listen)?;
+                tracing::info!(
+                    "PCAP-over-IP on {}: the intercepted plaintext as a live pcap stream (e.g. nc {} {} | tshark -r -)",
+                    stream.local_addr(),
+                    stream.local_addr().ip(),
+                    stream.local_addr().port()
+                );
+                if !listen.ip().is_loopback() {
+                    tracing::warn!(
+                        "capture.pcap_over_ip {listen} is not a loopback address: whoever reaches it reads the \
+                         decrypted plaintext (the stream is not authenticated)"
+                    );
+                }
+                Some(stream)
+            }
             None => None,
         };
         let (reloader, inboxes) = Reloader::new(
@@ -424,6 +523,9 @@ impl Dataplane {
             connection_log,
             reloader: Arc::new(reloader),
             capture,
+            stream,
+            port_map,
+            mirror,
             rss_at_stop: None,
             clock: EngineClock::start(),
         })
@@ -433,6 +535,8 @@ impl Dataplane {
         SharedOutputs {
             connection_log: self.connection_log.clone(),
             capture: self.capture.clone(),
+            stream: self.stream.as_ref().map(PcapStream::feed),
+            port_map: self.port_map.clone(),
             directory: (self.workers.len() > 1).then(Arc::default),
         }
     }
@@ -645,12 +749,21 @@ impl Dataplane {
             learned: Arc::clone(self.policy.rules.learned()),
             reloader: Arc::clone(&self.reloader),
             capture: self.capture.clone(),
+            stream: self.stream.as_ref().map(PcapStream::feed),
+            mirror: self.mirror.as_ref().map(|(device, dev)| {
+                (
+                    device.ethdev_name().to_owned(),
+                    Arc::clone(dev),
+                    self.workers.iter().map(|slot| Arc::clone(&slot.mirror_stats)).collect(),
+                )
+            }),
         }
     }
 }
 
 /// What a [`Report`] is read from: every worker's counters, the ports'
-/// driver counters, the learned bypasses, the reloads and the capture (see
+/// driver counters, the learned bypasses, the reloads, the capture,
+/// PCAP-over-IP and the mirror port (see
 /// [`Dataplane::report_source`]).
 #[derive(Clone)]
 pub struct ReportSource {
@@ -659,6 +772,9 @@ pub struct ReportSource {
     learned: Arc<crate::learned::LearnedStore>,
     reloader: Arc<Reloader>,
     capture: Option<Arc<DecryptedCapture>>,
+    stream: Option<StreamFeed>,
+    /// The mirror port's name and device, and each worker's queue on it.
+    mirror: Option<(String, Arc<EthDev>, Vec<Arc<MirrorStats>>)>,
 }
 
 impl ReportSource {
@@ -688,6 +804,15 @@ impl ReportSource {
             reloads: self.reloader.totals(),
             rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
+            pcap_over_ip: self.stream.as_ref().map(StreamFeed::totals),
+            mirror: self.mirror.as_ref().map(|(device, dev, queues)| MirrorReport {
+                device: device.clone(),
+                totals: queues.iter().fold(MirrorTotals::default(), |mut sum, queue| {
+                    sum += queue.totals();
+                    sum
+                }),
+                driver: dev.counters(),
+            }),
             ports,
             workers: self
                 .workers

@@ -208,6 +208,15 @@ pub struct Engine<P: Port> {
     /// may be published next.
     top_sni_published: u64,
     next_top_sni_publish: Instant,
+    /// The decrypt-mirror port, when configured.
+    mirror: Option<MirrorPort<P>>,
+}
+
+/// This worker's transmit queue on the decrypt-mirror port.
+struct MirrorPort<P: Port> {
+    port: P,
+    /// Frames copied into buffers that the port has not taken yet.
+    pending: Vec<P::Buf>,
 }
 
 impl<P: Port> Engine<P> {
@@ -235,6 +244,7 @@ impl<P: Port> Engine<P> {
             next_link_check: now,
             top_sni_published: 0,
             next_top_sni_publish: now,
+            mirror: None,
         }
     }
 
@@ -260,9 +270,32 @@ impl<P: Port> Engine<P> {
         self.splicer.reload(rules);
     }
 
-    /// Records the plaintext of every intercepted TLS connection in `capture`.
-    pub fn with_capture(mut self, capture: Arc<crate::capture::DecryptedCapture>) -> Self {
-        self.splicer.set_capture(capture);
+    /// Records the plaintext of every intercepted TLS connection in `taps`
+    /// (the decrypted capture, PCAP-over-IP).
+    pub fn with_taps(mut self, taps: crate::mirror::Taps) -> Self {
+        self.splicer.set_taps(taps);
+        self
+    }
+
+    /// Records the plaintext of every intercepted TLS connection in the
+    /// decrypted capture `capture` (its port map applies).
+    pub fn with_capture(self, capture: Arc<crate::capture::DecryptedCapture>) -> Self {
+        let port_map = capture.settings().port_map.clone();
+        self.with_taps(crate::mirror::Taps::new(port_map).with_capture(capture))
+    }
+
+    /// Transmits a copy of every intercepted TLS connection's plaintext, as
+    /// the frames of the decrypted capture, on `port` (this worker's queue
+    /// of the decrypt-mirror port), counting into `stats`; see
+    /// [`crate::mirror`]. Call after [`Engine::with_taps`].
+    pub fn with_mirror(mut self, port: P, stats: Arc<crate::mirror::MirrorStats>) -> Self {
+        self.splicer
+            .taps_mut()
+            .set_mirror(crate::mirror::MirrorQueue::new(stats));
+        self.mirror = Some(MirrorPort {
+            port,
+            pending: Vec::with_capacity(self.burst_size),
+        });
         self
     }
 
@@ -298,6 +331,7 @@ impl<P: Port> Engine<P> {
         self.stack.flush(now);
         self.splicer.handle_events(&mut self.stack, now);
         self.send_stack_output(None);
+        self.send_mirror();
         self.tcp_stats.publish(&self.tcp_totals());
         let top_sni = self.splicer.top_sni();
         if top_sni.generation() != self.top_sni_published && now >= self.next_top_sni_publish {
@@ -306,6 +340,36 @@ impl<P: Port> Engine<P> {
             self.tcp_stats.publish_top_sni(top_sni.entries());
         }
         received
+    }
+
+    /// Transmits the frames waiting for the mirror port, a burst at a time,
+    /// until the port takes no more (the rest wait for the next poll);
+    /// never waits for it.
+    fn send_mirror(&mut self) {
+        let (Some(mirror), Some(queue)) = (self.mirror.as_mut(), self.splicer.taps_mut().mirror_mut()) else {
+            return;
+        };
+        loop {
+            while mirror.pending.len() < self.burst_size {
+                let Some(frame) = queue.front() else { break };
+                let Some(buf) = copy_frame(&mut mirror.port, frame) else {
+                    break;
+                };
+                mirror.pending.push(buf);
+                queue.pop();
+            }
+            if mirror.pending.is_empty() {
+                return;
+            }
+            let offered = mirror.pending.len();
+            let bytes_before: usize = mirror.pending.iter().map(|buf| buf.data().len()).sum();
+            let sent = mirror.port.tx_burst(&mut mirror.pending);
+            let bytes_left: usize = mirror.pending.iter().map(|buf| buf.data().len()).sum();
+            queue.stats().add_sent(sent as u64, (bytes_before - bytes_left) as u64);
+            if sent < offered {
+                return;
+            }
+        }
     }
 
     fn tcp_totals(&self) -> TcpTotals {
@@ -556,6 +620,8 @@ impl<P: Port> Engine<P> {
                 break;
             }
         }
+        // The sensors see the resets too, as far as the mirror port takes them.
+        self.send_mirror();
         self.tcp_stats.publish(&self.tcp_totals());
         self.tcp_stats.publish_top_sni(self.splicer.top_sni().entries());
         self.splicer.counters().reset_at_shutdown - before

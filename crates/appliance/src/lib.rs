@@ -14,6 +14,8 @@ pub mod distribution;
 pub mod engine;
 pub mod histogram;
 pub mod learned;
+pub mod mirror;
+pub mod pcap_stream;
 pub mod policy;
 pub mod preflight;
 pub mod privileges;

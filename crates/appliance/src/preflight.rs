@@ -58,12 +58,12 @@ pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
             appendable(key, path)?;
         }
     }
-    if let Some(capture) = &config.capture {
+    if let Some(path) = config.capture.as_ref().and_then(|capture| capture.path.as_ref()) {
         // The capture creates its directory: the nearest one that exists
         // must take new entries.
-        let dir = parent(&capture.path);
+        let dir = parent(path);
         let existing = dir.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("."));
-        writable_dir("capture.path", &capture.path, existing)?;
+        writable_dir("capture.path", path, existing)?;
     }
     Ok(policy)
 }

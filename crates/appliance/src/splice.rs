@@ -37,11 +37,12 @@ use time::OffsetDateTime;
 use wire::FlowTuple;
 use wire::FrameClass;
 
-use crate::capture::{CaptureStream, DecryptedCapture};
+use crate::capture::CaptureStream;
 use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::histogram::Histogram;
+use crate::mirror::Taps;
 use crate::policy::{Action, Policy, Verdict};
 use crate::topnames::TopNames;
 
@@ -548,8 +549,9 @@ struct Shared {
     inspection: Option<InspectionSettings>,
     /// Both inspection ports' links are up.
     inspection_links_up: bool,
-    /// Where the plaintext of intercepted TLS sessions is recorded.
-    capture: Option<Arc<DecryptedCapture>>,
+    /// Where the plaintext of intercepted TLS sessions is recorded (the
+    /// decrypted capture, PCAP-over-IP, the mirror port).
+    taps: Taps,
     /// The sessions of every worker, when there are several.
     directory: Option<WorkerDirectory>,
 }
@@ -583,10 +585,10 @@ impl StreamEnds {
     }
 }
 
-/// Records one session's plaintext in the decrypted capture as it is
-/// passed on (the stream starts with the first bytes).
+/// Records one session's plaintext in the taps as it is passed on (the
+/// stream starts with the first bytes).
 struct Tap<'a> {
-    capture: &'a DecryptedCapture,
+    taps: &'a mut Taps,
     stream: &'a mut Option<CaptureStream>,
     ends: StreamEnds,
 }
@@ -601,18 +603,18 @@ impl Tap<'_> {
         } = self.ends;
         self.stream
             .get_or_insert_with(|| CaptureStream::new(client, server, client_mac, server_mac, isn))
-            .data(self.capture, from_client, bytes, std::time::SystemTime::now());
+            .data(&mut *self.taps, from_client, bytes, std::time::SystemTime::now());
     }
 
     fn fin(&mut self, from_client: bool) {
         if let Some(stream) = self.stream.as_mut() {
-            stream.fin(self.capture, from_client, std::time::SystemTime::now());
+            stream.fin(&mut *self.taps, from_client, std::time::SystemTime::now());
         }
     }
 
     fn reset(&mut self, from_client: bool) {
         if let Some(stream) = self.stream.as_mut() {
-            stream.reset(self.capture, from_client, std::time::SystemTime::now());
+            stream.reset(&mut *self.taps, from_client, std::time::SystemTime::now());
         }
     }
 }
@@ -952,7 +954,7 @@ impl Splicer {
                 log: None,
                 inspection: None,
                 inspection_links_up: true,
-                capture: None,
+                taps: Taps::default(),
                 directory: None,
             },
             shutdown_pending: None,
@@ -970,9 +972,16 @@ impl Splicer {
         self.shared.inspection = Some(settings);
     }
 
-    /// Records the plaintext of every intercepted TLS session in `capture`.
-    pub fn set_capture(&mut self, capture: Arc<DecryptedCapture>) {
-        self.shared.capture = Some(capture);
+    /// Records the plaintext of every intercepted TLS session in `taps`
+    /// (replacing any set before).
+    pub fn set_taps(&mut self, taps: Taps) {
+        self.shared.taps = taps;
+    }
+
+    /// The outputs of the plaintext, to add the mirror port's queue or to
+    /// take the frames waiting for it.
+    pub fn taps_mut(&mut self) -> &mut Taps {
+        &mut self.shared.taps
     }
 
     /// Whether both inspection ports' links are up (new loops are only
@@ -2078,7 +2087,8 @@ impl Shared {
         };
         let (client, server) = (session.client, session.server);
         let stream = &mut session.capture;
-        let mut tap = self.capture.as_deref().map(|capture| Tap { capture, stream, ends });
+        let taps = &mut self.taps;
+        let mut tap = taps.any().then_some(Tap { taps, stream, ends });
         let mut open_loop = false;
         let was_established = tls_session.info.client_version.is_some();
         let outcome = loop {
@@ -2125,7 +2135,7 @@ impl Shared {
                     if let Err(err) = tls_session.intercept(context) {
                         break Err(err);
                     }
-                    if self.inspection.is_some() || self.capture.is_some() {
+                    if self.inspection.is_some() || tap.is_some() {
                         tls_session.expose_plaintext();
                     }
                     open_loop = self.inspection.is_some();
@@ -2217,11 +2227,12 @@ impl Shared {
     }
 
     /// Ends a session's stream in the decrypted capture with a RST.
-    fn record_reset(&self, session: &mut Session, from_client: bool) {
+    fn record_reset(&mut self, session: &mut Session, from_client: bool) {
         let ends = StreamEnds::of(session);
-        if let Some(capture) = self.capture.as_deref() {
+        if self.taps.any() {
             let stream = &mut session.capture;
-            Tap { capture, stream, ends }.reset(from_client);
+            let taps = &mut self.taps;
+            Tap { taps, stream, ends }.reset(from_client);
         }
     }
 
@@ -2264,7 +2275,8 @@ impl Shared {
             return;
         };
         let stream = &mut session.capture;
-        let mut tap = self.capture.as_deref().map(|capture| Tap { capture, stream, ends });
+        let taps = &mut self.taps;
+        let mut tap = taps.any().then_some(Tap { taps, stream, ends });
         let (client, server) = (session.client, session.server);
         let client_done = tls.client_finished() || peer_done(stack, client);
         let server_done = tls.server_finished() || peer_done(stack, server);

@@ -382,12 +382,23 @@ fn check(config_path: &Path) -> Result<()> {
         )?;
     }
     if let Some(capture) = &config.capture {
+        if let Some(path) = &capture.path {
+            say!(
+                "  decrypted capture: {} (port map {:?}, rotate at {} MiB / {} s)",
+                path.display(),
+                capture.port_map,
+                capture.rotate_mb.map_or("-".into(), |mb| mb.to_string()),
+                capture.rotate_secs.map_or("-".into(), |secs| secs.to_string())
+            )?;
+        }
+        if let Some(listen) = capture.pcap_over_ip {
+            say!("  PCAP-over-IP: the decrypted frames streamed live on {listen} (unauthenticated: keep it on a management address)")?;
+        }
+    }
+    if let Some(mirror) = config.mirror_device().map_err(anyhow::Error::msg)? {
         say!(
-            "  decrypted capture: {} (port map {:?}, rotate at {} MiB / {} s)",
-            capture.path.display(),
-            capture.port_map,
-            capture.rotate_mb.map_or("-".into(), |mb| mb.to_string()),
-            capture.rotate_secs.map_or("-".into(), |secs| secs.to_string())
+            "  mirror port: {} (a copy of the decrypted frames, transmit only)",
+            mirror.ethdev_name()
         )?;
     }
     Ok(())

@@ -439,6 +439,8 @@ pub(crate) mod tests {
             learned: Default::default(),
             reloads: Default::default(),
             capture: None,
+            pcap_over_ip: None,
+            mirror: None,
             top_sni: vec![appliance::topnames::NameCount {
                 sni: "origin.test".into(),
                 count: 3,
