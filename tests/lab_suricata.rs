@@ -276,3 +276,47 @@ fn suricata_reading_the_decrypted_capture_alerts_with_the_connection_logs_commun
     assert_eq!(alerts[0]["dest_port"], 443, "{}", alerts[0]);
     assert_same_flow(&alerts[0], record_of(&records, &alerts[0]));
 }
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn suricata_listening_on_the_decrypt_mirror_port_alerts_on_the_intercepted_plaintext() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("suricata-mirror");
+    let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
+    let (config, ca) = tls_config(&scratch, &origin.cert());
+    let mut text_config = std::fs::read_to_string(&config).unwrap();
+    text_config.push_str(
+        "\n[ports.mirror]\ndevice = \"net_af_packet4,iface=gwm0,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048\"\n",
+    );
+    std::fs::write(&config, text_config).unwrap();
+    let suricata = Suricata::start(&scratch, "start-passive");
+    let appliance = Appliance::start(&lab, &scratch, &config);
+    let fetched = curl(
+        &lab,
+        &ca,
+        &[
+            "--http1.1",
+            "--resolve",
+            RESOLVE,
+            &format!("https://origin.test/index.html?q={ALERT_MARKER}"),
+        ],
+    );
+    assert!(fetched.status.success(), "curl: {}", text(&fetched.stderr));
+    assert!(text(&fetched.stdout).contains("hello from origin.test"));
+    let alerts = await_eve(&suricata.dir, "alert", ALERT_SID);
+    let (status, report, _) = appliance.stop();
+    assert!(status.success());
+    assert_eq!(alerts.len(), 1, "Suricata on the mirror port alerted once: {alerts:?}");
+    assert_eq!(alerts[0]["in_iface"], "sens0", "{}", alerts[0]);
+    assert!(
+        alerts[0]["http"]["url"].as_str().unwrap_or("").contains(ALERT_MARKER),
+        "{}",
+        alerts[0]
+    );
+    // The mirror carries the connection's own addresses and ports.
+    let records = await_records(&scratch, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_same_flow(&alerts[0], record_of(&records, &alerts[0]));
+    assert_eq!(report["mirror"]["frames_dropped"], 0, "{report}");
+    suricata.stop();
+}
