@@ -107,7 +107,8 @@ prepare() {
   cp "$rules" "$dir/lab.rules"
 }
 
-# af_packet_section IFACE [PEER]: one af-packet entry, IPS towards PEER if given.
+# af_packet_entry IFACE PEER CLUSTER_ID: one af-packet entry; IPS towards
+# PEER unless it is empty (passive).
 af_packet_entry() {
   local ifc="$1" peer="${2:-}" cluster="$3"
   echo "  - interface: $ifc"
@@ -153,9 +154,7 @@ start() {
     </dev/null >"$dir/suricata.out" 2>&1 &
   pid=$!
   echo "$pid" >"$dir/suricata.pid"
-  if ! wait_for 60 eval "grep -q 'Engine started' '$dir/suricata.out' || ! alive $pid"; then
-    true
-  fi
+  wait_for 60 eval "grep -q 'Engine started' '$dir/suricata.out' || ! alive $pid" || true
   if ! alive "$pid" || ! grep -q 'Engine started' "$dir/suricata.out"; then
     cat "$dir/suricata.out" >&2
     stop_dir "$dir" quiet

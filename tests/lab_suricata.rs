@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{await_records, box_dir, curl, inspect_config, tls_config, Appliance, Lab, Origin};
+use common::lab::{await_records, curl, inspect_config, tls_config, Appliance, Lab, Origin};
 use common::{output, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
@@ -133,8 +133,7 @@ fn suricata_as_inline_ips_in_the_box_drops_the_marked_https_request_and_passes_t
     let scratch = Scratch::new("suricata-ips");
     let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
     let (config, ca) = inspect_config(&scratch, &origin, "fail_closed");
-    // No box but Suricata between the ports (a bridge would pass everything).
-    common::lab::inspect_box(&["stop", &box_dir(&scratch)]);
+    // The fresh lab's tg-box forwards nothing: Suricata is the only box.
     let suricata = Suricata::start(&scratch, "start-ips");
     let appliance = Appliance::start(&lab, &scratch, &config);
 
