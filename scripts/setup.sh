@@ -3,6 +3,9 @@
 #
 # Usage: sudo scripts/setup.sh        (must run as root; idempotent)
 #
+# Also builds the Debian 13 chroot with Suricata the lab tests run
+# (scripts/lab-suricata.sh install; reused once complete).
+#
 # Runs `apt-get update` + `apt-get install` only when something is missing, so a
 # second run is quiet and fast. Ends with a one-line summary. Also checks that a
 # Rust toolchain (cargo >= TG_MIN_RUST, default 1.91) is on PATH; Rust itself is
@@ -29,6 +32,7 @@ PACKAGES=(
   nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)
   chromium                       # headless browser through the appliance (lab tests)
   prometheus                     # promtool check metrics: the metrics endpoint's tests (the server stays off)
+  debootstrap                    # the Debian 13 chroot holding Suricata (scripts/lab-suricata.sh install)
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 
@@ -95,6 +99,10 @@ if ((${#missing[@]})); then
   for p in "${missing[@]}"; do is_installed "$p" || still+=("$p"); done
   ((${#still[@]} == 0)) || die "packages still missing after install: ${still[*]}"
 fi
+
+# Suricata is not packaged for Debian 12: the lab runs it from a Debian 13
+# chroot, built once (about a minute) and reused.
+bash "$(dirname "${BASH_SOURCE[0]}")/lab-suricata.sh" install
 
 # --- Rust toolchain check (never installed from here) -----------------------
 rust_note="cargo check skipped"
