@@ -19,7 +19,8 @@
 #   4. the certificate the client saw (openssl s_client) next to the origin's:
 #      same subject and names, issued by the tlsgate CA
 #   5. curl trusting only the origin's own certificate: rejected (exit 60)
-#   6. the box blocking by content: a request with a marker is reset
+#   6. the box blocking by content: a request with a marker is reset; then
+#      Suricata (scripts/lab-suricata.sh) as an inline IPS drops another
 #   7. once every flow is freed (TIME-WAIT, ~10 s), SIGINT to tlsgate: final
 #      counters, JSON report, tls_intercepted >= 3, connections inspected
 #   8. the decrypted capture read by tshark as HTTP (copied to
@@ -65,6 +66,7 @@ TMP="$(mktemp -d /tmp/tlsgate-demo.XXXXXX)"
 chmod 0755 "$TMP"   # nginx workers (not root) must reach the document root
 ORIGIN="$TMP/origin" CA="$TMP/ca" CONFIG="$TMP/tlsgate.toml" REPORT="$TMP/report.json"
 BOX="$TMP/box" CAPTURE="$TMP/decrypted.pcap" KEPT_CAPTURE=/tmp/tlsgate-demo-decrypted.pcap
+SURICATA="$TMP/suricata" SURICATA_STARTED=0
 TG_PID="" ORIGIN_STARTED=0 OK=0
 
 cleanup() {
@@ -78,6 +80,7 @@ cleanup() {
   fi
   ((ORIGIN_STARTED)) && bash "$ROOT/tests/lab/origin.sh" stop "$ORIGIN"
   bash "$ROOT/scripts/inspect-box.sh" stop "$BOX" >/dev/null 2>&1
+  ((SURICATA_STARTED)) && bash "$ROOT/scripts/lab-suricata.sh" stop "$SURICATA" >/dev/null 2>&1
   "$ROOT/scripts/lab-down.sh"   # also kills anything else left in the namespaces
   if ((OK)) && [[ "${TG_DEMO_KEEP:-0}" != 1 ]]; then
     rm -rf "$TMP"
@@ -304,6 +307,42 @@ info "https://$NAME/index.html?q=EVIL-MARKER: curl failed (exit $rc) after $took
 grep ' reset ' "$BOX/blockbox.log" | head -1 | cut -c1-160 | show
 
 # ---------------------------------------------------------------------------
+say "Suricata as the box: an inline IPS between the box's ports (scripts/lab-suricata.sh, Debian 13 chroot)"
+bash scripts/inspect-box.sh stop "$BOX" >/dev/null || fail "scripts/inspect-box.sh stop failed"
+cat >"$TMP/ips.rules" <<'RULES'
+drop http any any -> any any (msg:"tlsgate demo: marker in the URI"; flow:established,to_server; http.uri; content:"SURICATA-MARKER"; sid:1000001; rev:1;)
+RULES
+SURICATA_STARTED=1
+bash scripts/lab-suricata.sh start-ips "$SURICATA" "$TMP/ips.rules" | show \
+  || fail "scripts/lab-suricata.sh start-ips failed"
+ip netns exec "$TG_NS_CLI" curl -sS --fail --max-time 10 --http1.1 --cacert "$CA/ca.pem" \
+  --resolve "$NAME:443:$TG_SRV_V4" -o /dev/null "https://$NAME/index.html" \
+  || fail "a clean request through Suricata failed"
+info "https://$NAME/index.html: passes"
+rc=0
+ip netns exec "$TG_NS_CLI" curl -sS --max-time 4 --http1.1 --cacert "$CA/ca.pem" \
+  --resolve "$NAME:443:$TG_SRV_V4" -o /dev/null "https://$NAME/index.html?q=SURICATA-MARKER" \
+  2>"$TMP/curl-suricata.log" || rc=$?
+show <"$TMP/curl-suricata.log"
+((rc != 0)) || fail "the request with the marker passed Suricata"
+drop=""
+for ((i = 0; i < 100; i++)); do
+  drop="$(grep -h '"event_type":"drop"' "$SURICATA/log/eve.json" 2>/dev/null | head -1)"
+  [[ -n "$drop" ]] && break
+  sleep 0.1
+done
+[[ -n "$drop" ]] || fail "Suricata logged no drop in $SURICATA/log/eve.json"
+info "https://$NAME/index.html?q=SURICATA-MARKER: no answer (curl exit $rc); Suricata's eve.json:"
+python3 -c '
+import json, sys
+e = json.loads(sys.argv[1])
+print(e["event_type"], e["src_ip"], e["src_port"], "->", e["dest_ip"], e["dest_port"], "community_id", e.get("community_id"))
+' "$drop" | show
+info "the dropped connection stays open until tlsgate stops (Suricata drops its FIN too)"
+bash scripts/lab-suricata.sh stop "$SURICATA" >/dev/null || fail "scripts/lab-suricata.sh stop failed"
+SURICATA_STARTED=0
+
+# ---------------------------------------------------------------------------
 say "Stopping tlsgate (SIGINT) once every connection has closed; its final counters:"
 # tlsgate prints its counters every second (--stats-interval 1); closed
 # connections linger a few seconds in TIME-WAIT before their flows are freed.
@@ -376,7 +415,8 @@ cat <<EOF
       refused (curl exit 60).
     * $inspected connections went through the inspection box as plaintext TCP: tcpflow
       recorded the exact request and response; as a blocking box it reset the
-      request carrying a marker ($blocked blocked).
+      request carrying a marker ($blocked blocked). Then Suricata, as an inline IPS
+      between the box's ports, dropped the request carrying its rule's marker.
     * The plaintext is in $KEPT_CAPTURE, a pcap that Wireshark and tshark
       dissect as HTTP.
 EOF
