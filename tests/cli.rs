@@ -521,3 +521,74 @@ fn the_readme_shows_the_packaged_config() {
     let shipped = std::fs::read_to_string(repo().join("configs/tlsgate.toml")).expect("configs/tlsgate.toml");
     assert_eq!(settings(block), settings(&shipped));
 }
+
+/// `--log-format journald` speaks the journal's native protocol to
+/// /run/systemd/journal/socket. In a private mount namespace whose /run is
+/// a fresh tmpfs, a datagram socket stands in for journald: the warning
+/// about an invalid `TLSGATE_LOG` reaches it with its priority and
+/// identifier, and not standard error. Without that socket the same run
+/// says so and logs as text on standard error.
+#[test]
+#[ignore = "needs root: a private mount namespace (unshare) standing in for journald"]
+fn journald_logs_reach_the_journal_socket_or_fall_back_to_text() {
+    const STAND_IN: &str = r#"
+import os, socket, subprocess, sys
+def run():
+    return subprocess.run([sys.argv[1], "--log-format", "journald", "ca", "show", "--dir", "/nonexistent"],
+                          env=dict(os.environ, TLSGATE_LOG="[[bad"), capture_output=True, text=True).stderr
+print("FALLBACK", run().replace("\n", " | "))
+os.makedirs("/run/systemd/journal")
+journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+journal.bind("/run/systemd/journal/socket")
+journal.settimeout(10)
+print("STDERR", run().replace("\n", " | "))
+def fields(datagram):  # the native protocol: KEY=value, or KEY, a u64 length and the value
+    found, at = {}, 0
+    while at < len(datagram):
+        end = datagram.index(b"\n", at)
+        if b"=" in datagram[at:end]:
+            key, value = datagram[at:end].split(b"=", 1)
+            at = end + 1
+        else:
+            key, size = datagram[at:end], int.from_bytes(datagram[end + 1:end + 9], "little")
+            value, at = datagram[end + 9:end + 9 + size], end + 10 + size
+        found[key.decode()] = value.decode()
+    return found
+for _ in range(4):
+    entry = fields(journal.recv(1 << 16))
+    if "MESSAGE" in entry:
+        print("JOURNAL", " | ".join(f"{key}={value}" for key, value in entry.items()))
+        break
+"#;
+    let result = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs tmpfs /run && exec python3 -c "$0" "$1""#)
+        .arg(STAND_IN)
+        .arg(env!("CARGO_BIN_EXE_tlsgate"))
+        .output()
+        .expect("unshare");
+    let stdout = text(&result.stdout);
+    assert!(result.status.success(), "{stdout}{}", text(&result.stderr));
+    let line = |tag: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag} line in: {stdout}"))
+            .to_owned()
+    };
+    let fallback = line("FALLBACK ");
+    assert!(
+        fallback.contains("cannot open the journal's socket") && fallback.contains("not a valid log filter"),
+        "{fallback}"
+    );
+    let stderr = line("STDERR ");
+    assert!(!stderr.contains("not a valid log filter"), "{stderr}");
+    let journal = line("JOURNAL ");
+    for field in [
+        "PRIORITY=4",
+        "SYSLOG_IDENTIFIER=tlsgate",
+        "TLSGATE_LOG=\"[[bad\" is not a valid log filter",
+    ] {
+        assert!(journal.contains(field), "{field:?} in {journal}");
+    }
+}

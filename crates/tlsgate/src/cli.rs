@@ -12,7 +12,8 @@ Environment:
   TLSGATE_LOG         Which logs to show, as a tracing filter (default: info), e.g.
                       `debug` or `info,appliance=debug`. An invalid value is reported
                       as a warning and `info` is used.
-  TLSGATE_LOG_FORMAT  `text` (default) or `json` (one JSON object per line), as
+  TLSGATE_LOG_FORMAT  `text` (default), `json` (one JSON object per line) or
+                      `journald` (the systemd journal's native protocol), as
                       --log-format. Text logs carry colour codes only when standard
                       error is a terminal.
   NOTIFY_SOCKET       Set by systemd for a Type=notify unit: `run` sends READY=1
@@ -49,6 +50,10 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+    /// Straight to the systemd journal (its native protocol: priority,
+    /// target and fields kept); text on standard error when the journal's
+    /// socket cannot be opened.
+    Journald,
 }
 
 #[derive(Debug, Subcommand)]

@@ -72,8 +72,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Application logs on standard error, filtered by `TLSGATE_LOG`; an invalid
-/// filter is reported, not silently replaced.
+/// Application logs on standard error (or the systemd journal), filtered by
+/// `TLSGATE_LOG`; an invalid filter is reported, not silently replaced.
 fn init_logging(format: LogFormat) {
     const DEFAULT: &str = "info";
     let (filter, invalid) = match std::env::var("TLSGATE_LOG") {
@@ -87,12 +87,42 @@ fn init_logging(format: LogFormat) {
             Err(err) => (EnvFilter::new(DEFAULT), Some((value, err.to_string()))),
         },
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
+    let stderr = || tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let journal_error = match format {
+        LogFormat::Json => {
+            stderr().with_env_filter(filter).json().init();
+            None
+        }
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_syslog_identifier("tlsgate".to_owned()))
+                    .init();
+                None
+            }
+            Err(err) => {
+                stderr()
+                    .with_env_filter(filter)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .init();
+                Some(err)
+            }
+        },
+        LogFormat::Text => {
+            stderr()
+                .with_env_filter(filter)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            None
+        }
+    };
+    if let Some(err) = journal_error {
+        tracing::warn!(
+            "--log-format journald: cannot open the journal's socket ({err}); logging as text on standard error"
+        );
     }
     if let Some((value, reason)) = invalid {
         tracing::warn!("TLSGATE_LOG={value:?} is not a valid log filter ({reason}); logging at {DEFAULT}");
