@@ -316,7 +316,11 @@ fn a_reader_that_reads_nothing_is_disconnected_and_never_slows_the_workers() {
         flow.data(&mut taps, false, &chunk, SystemTime::now());
     }
     let feeding = started.elapsed();
-    let totals = await_totals(&stream, TOO_SLOW_AFTER * 3, |totals| totals.clients_too_slow == 1);
+    // The writer counts the disconnection, then the clients left: two
+    // counters, read one after the other, so both are awaited.
+    let totals = await_totals(&stream, TOO_SLOW_AFTER * 3, |totals| {
+        totals.clients_too_slow == 1 && totals.clients == 0
+    });
     assert_eq!(totals.clients_too_slow, 1, "{totals:?}");
     assert_eq!(totals.clients, 0);
     assert!(totals.client_frames_dropped > 0, "{totals:?}");
