@@ -1,0 +1,505 @@
+//! The namespace lab (root, `#[ignore]`) for the termination mode
+//! (`[[service]]`, stud on the wire) with real peers: tlsgate answers the
+//! client's connections to 198.18.0.2:443 and [2001:2::2]:443 itself with
+//! the services' own chains (a lab PKI, not the appliance CA) and forwards
+//! the plaintext to backends in the server namespace
+//! (tests/lab/terminate-peers.sh): nginx reading PROXY v1 / v2 on HTTP/1.1
+//! and HTTP/2 listeners and logging `$proxy_protocol_addr`, and HAProxy on
+//! another address (`accept-proxy`) echoing the source and the AUTHORITY TLV
+//! it got. Clients: curl (HTTP/1.1, HTTP/2), `openssl s_client
+//! -verify_return_error` and h2load. Run only through the lab lock:
+//! `flock /tmp/tlsgate-lab.lock cargo test --test lab_terminate -- --ignored --exact NAME`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::lab::{await_records, curl, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::{output, repo, text, Scratch};
+
+const CLI_V4: &str = "198.18.0.1";
+const CLI_V6: &str = "2001:2::1";
+/// HAProxy's addresses (terminate-peers.sh): a second host behind the appliance.
+const HA_V4: &str = "198.18.0.4";
+const HA_V6: &str = "2001:2::4";
+/// `[2001:2::2]`, for `--resolve` and `-connect`.
+const SRV_V6_BRACKETED: &str = "[2001:2::2]";
+
+/// The backends of tests/lab/terminate-peers.sh and their lab PKI, stopped
+/// on drop.
+struct Peers(PathBuf);
+
+impl Peers {
+    fn start(dir: PathBuf) -> Peers {
+        let started = output(
+            Command::new("bash")
+                .arg(repo().join("tests/lab/terminate-peers.sh"))
+                .arg("start")
+                .arg(&dir),
+        );
+        assert!(
+            started.status.success(),
+            "terminate-peers.sh: {}",
+            text(&started.stderr)
+        );
+        Peers(dir)
+    }
+
+    /// What the clients trust: the lab root CA.
+    fn root_ca(&self) -> PathBuf {
+        self.0.join("pki/root.pem")
+    }
+
+    fn pki(&self, file: &str) -> PathBuf {
+        self.0.join("pki").join(file)
+    }
+
+    fn file(&self) -> Vec<u8> {
+        std::fs::read(self.0.join("www/file.bin")).expect("backend file")
+    }
+
+    /// Waits up to 10 s for a line of the backend log `log` (pp-v2.log,
+    /// pp-v1.log, pp-h2.log, haproxy.log) containing `needle`.
+    fn await_logged(&self, log: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logged = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
+            if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no line with {needle:?} in {log}:\n{logged}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/lab/terminate-peers.sh"))
+            .arg("stop")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// 80 random bytes: a ticket key file.
+fn ticket_key(path: &Path) {
+    let made = output(Command::new("head").args(["-c", "80", "/dev/urandom"]));
+    assert!(made.status.success());
+    std::fs::write(path, made.stdout).expect("ticket key");
+}
+
+/// configs/lab.toml plus one `[[service]]` per backend of the peers, all at
+/// 198.18.0.2 / 2001:2::2 port 443, told apart by the server name; every
+/// service resumes with the ticket key `tickets`. Checked with `tlsgate check`.
+fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path) -> PathBuf {
+    let service = |name: &str, destinations: &str, backend: &str, header: &str, alpn: &str| {
+        format!(
+            "\n[[service]]\nname = \"{name}\"\ndestinations = [{destinations}]\nport = 443\n\
+             server_names = [\"{host}.lab.test\"]\n\
+             certificates = [{{ chain = \"{chain}\", key = \"{key}\" }}]\n\
+             backend = {backend}\nheader = \"{header}\"\nalpn = [{alpn}]\nticket_key = \"{tickets}\"\n",
+            host = name.trim_end_matches(['4', '6']),
+            chain = peers
+                .pki(&format!("{}.pem", name.trim_end_matches(['4', '6'])))
+                .display(),
+            key = peers
+                .pki(&format!("{}.key", name.trim_end_matches(['4', '6'])))
+                .display(),
+            tickets = tickets.display(),
+        )
+    };
+    let both = format!("\"{SRV_V4}\", \"{SRV_V6}\"");
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    config.push_str(&service("www", &both, "{ port = 8080 }", "proxy-v2", "\"http/1.1\""));
+    config.push_str(&service("v1", &both, "{ port = 8081 }", "proxy-v1", "\"http/1.1\""));
+    config.push_str(&service("h2", &both, "{ port = 8082 }", "proxy-v2", "\"h2\""));
+    // HAProxy is another host: reached transparently, per address family.
+    config.push_str(&service(
+        "ha4",
+        &format!("\"{SRV_V4}\""),
+        &format!("{{ address = \"{HA_V4}\", port = 8090 }}"),
+        "proxy-v2",
+        "\"http/1.1\"",
+    ));
+    config.push_str(&service(
+        "ha6",
+        &format!("\"{SRV_V6}\""),
+        &format!("{{ address = \"{HA_V6}\", port = 8090 }}"),
+        "proxy-v2",
+        "\"http/1.1\"",
+    ));
+    // Nothing listens on 8099.
+    config.push_str(&service("down", &both, "{ port = 8099 }", "proxy-v2", "\"http/1.1\""));
+    config.push_str(&format!(
+        "\n[log]\nconnections = \"{}\"\n",
+        scratch.path("connections.jsonl").display()
+    ));
+    let path = scratch.path("terminate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let checked = output(common::tlsgate().args(["check", "--config"]).arg(&path));
+    assert!(
+        checked.status.success(),
+        "check: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
+    path
+}
+
+/// The lab, its peers and tlsgate running the services.
+struct Terminating {
+    appliance: Appliance,
+    peers: Peers,
+    scratch: Scratch,
+    lab: Lab,
+}
+
+impl Terminating {
+    fn up(name: &str) -> Terminating {
+        let lab = Lab::up();
+        let scratch = Scratch::new(name);
+        let peers = Peers::start(scratch.path("peers"));
+        ticket_key(&scratch.path("tickets.key"));
+        let config = service_config(&scratch, &peers, &scratch.path("tickets.key"));
+        let appliance = Appliance::start(&lab, &scratch, &config);
+        Terminating {
+            appliance,
+            peers,
+            scratch,
+            lab,
+        }
+    }
+
+    /// curl from the client namespace to `https://HOST.lab.test/PATH` at
+    /// `address` (443), trusting only the lab root CA; `-w` prints
+    /// "http_version local_port ssl_verify_result".
+    fn curl(&self, host: &str, address: &str, path: &str, options: &[&str]) -> Output {
+        let resolve = format!("{host}.lab.test:443:{address}");
+        let url = format!("https://{host}.lab.test/{path}");
+        let mut args = vec![
+            "--resolve",
+            &resolve,
+            "-w",
+            "%{http_version} %{local_port} %{ssl_verify_result}",
+        ];
+        args.extend_from_slice(options);
+        args.push(&url);
+        curl(&self.lab, &self.peers.root_ca(), &args)
+    }
+
+    /// Downloads the backend's file.bin from HOST over `address` into the
+    /// scratch directory, checks it byte-exact and the chain verified;
+    /// returns curl's "http_version" and the client's port.
+    fn download(&self, host: &str, address: &str, http: &str) -> (String, String) {
+        let saved = self
+            .scratch
+            .path(&format!("{host}-{}.bin", address.replace([':', '[', ']'], "_")));
+        let saved_text = saved.display().to_string();
+        let result = self.curl(host, address, "file.bin", &[http, "-o", &saved_text]);
+        assert!(
+            result.status.success(),
+            "curl {host} via {address}: {}",
+            text(&result.stderr)
+        );
+        let shown = text(&result.stdout);
+        let fields: Vec<&str> = shown.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "{shown}");
+        assert_eq!(fields[2], "0", "the chain verified against the lab root: {shown}");
+        let got = std::fs::read(&saved).expect("download");
+        assert!(
+            got == self.peers.file(),
+            "{host} via {address}: {} bytes, not byte-exact",
+            got.len()
+        );
+        (fields[0].to_owned(), fields[1].to_owned())
+    }
+
+    /// `openssl s_client` to HOST.lab.test at `address`:443 with `options`,
+    /// verifying against the lab root (`-verify_return_error`), sending one
+    /// request and waiting for the backend to close (so every session ticket
+    /// has arrived); what it printed.
+    fn s_client(&self, host: &str, address: &str, options: &str) -> String {
+        let result = output(self.lab.cmd(CLI, "bash").arg("-c").arg(format!(
+            "printf 'GET /index.html HTTP/1.1\\r\\nHost: {host}.lab.test\\r\\nConnection: close\\r\\n\\r\\n' | \
+             timeout 10 openssl s_client -connect {address}:443 -servername {host}.lab.test -ign_eof \
+             -verify_return_error -CAfile {} {options}",
+            self.peers.root_ca().display()
+        )));
+        format!("{}{}", text(&result.stdout), text(&result.stderr))
+    }
+
+    /// Stops tlsgate: its connection log and final report.
+    fn stop(self) -> (Vec<serde_json::Value>, serde_json::Value) {
+        let (status, report, printed) = self.appliance.stop();
+        assert!(status.success(), "tlsgate exited with {status}:\n{printed}");
+        (common::lab::connection_log(&self.scratch), report)
+    }
+
+    /// Stops tlsgate and starts it again on the same configuration (after
+    /// `between` ran): another box of an ECMP group with the same files.
+    /// The final report of the first process.
+    fn restart(self, between: impl FnOnce(&Scratch)) -> (Terminating, serde_json::Value) {
+        let Terminating {
+            appliance,
+            peers,
+            scratch,
+            lab,
+        } = self;
+        let (status, report, printed) = appliance.stop();
+        assert!(status.success(), "tlsgate exited with {status}:\n{printed}");
+        between(&scratch);
+        let appliance = Appliance::start(&lab, &scratch, &scratch.path("terminate.toml"));
+        let up = Terminating {
+            appliance,
+            peers,
+            scratch,
+            lab,
+        };
+        (up, report)
+    }
+}
+
+/// The record of the terminated connection from the client port `port`.
+fn record_from_port<'a>(records: &'a [serde_json::Value], port: &str) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|record| record["src_port"].to_string() == port)
+        .unwrap_or_else(|| panic!("no record from client port {port}: {records:?}"))
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn proxy_v1_and_v2_tell_nginx_the_client_address_and_the_body_is_byte_exact_over_ipv4_and_ipv6() {
+    let up = Terminating::up("terminate-nginx");
+    let mut ports = Vec::new();
+    for (host, log) in [("www", "pp-v2.log"), ("v1", "pp-v1.log")] {
+        for (address, client) in [(SRV_V4, CLI_V4), (SRV_V6_BRACKETED, CLI_V6)] {
+            let (version, port) = up.download(host, address, "--http1.1");
+            assert_eq!(version, "1.1");
+            // "$proxy_protocol_addr $proxy_protocol_port $remote_addr ...":
+            // the PROXY header named the client's own address and port.
+            let line = up.peers.await_logged(log, &format!("{client} {port} "));
+            assert!(line.contains(" HTTP/1.1 200 3145728 /file.bin"), "{line}");
+            ports.push((host, port));
+        }
+    }
+
+    // The chain the client is shown is the service's own, verified.
+    let shown = up.s_client("www", SRV_V4, "");
+    assert!(shown.contains("depth=1 CN = tlsgate lab intermediate CA"), "{shown}");
+    assert!(shown.contains("depth=0 CN = www.lab.test"), "{shown}");
+    assert!(shown.contains("Verify return code: 0 (ok)"), "{shown}");
+    assert!(shown.contains("hello from the lab backend"), "{shown}");
+
+    let records = await_records(&up.scratch, 5);
+    let (_, report) = up.stop();
+    for (host, port) in &ports {
+        let record = record_from_port(&records, port);
+        assert_eq!(record["decision"], "terminate", "{record}");
+        assert_eq!(record["service"], *host, "{record}");
+        assert_eq!(record["sni"], format!("{host}.lab.test"), "{record}");
+        assert_eq!(record["alpn"], "http/1.1", "{record}");
+    }
+    assert!(report["tcp"]["terminated"].as_u64().unwrap() >= 5, "{report}");
+    assert_eq!(report["tcp"]["tls_intercepted"], 0, "{report}");
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn http2_runs_end_to_end_with_curl_and_h2load_to_an_http2_backend() {
+    let up = Terminating::up("terminate-h2");
+    for (address, client) in [(SRV_V4, CLI_V4), (SRV_V6_BRACKETED, CLI_V6)] {
+        let (version, port) = up.download("h2", address, "--http2");
+        assert_eq!(version, "2", "ALPN h2 to the client");
+        let line = up.peers.await_logged("pp-h2.log", &format!("{client} {port} "));
+        assert!(line.contains(" HTTP/2.0 200 3145728 /file.bin"), "{line}");
+    }
+    let shown = up.s_client("h2", SRV_V4, "-alpn h2,http/1.1");
+    assert!(shown.contains("ALPN protocol: h2"), "{shown}");
+    assert!(shown.contains("Verify return code: 0 (ok)"), "{shown}");
+
+    // h2load (it does not verify certificates; curl and s_client did):
+    // 200 requests on 4 connections, over both families.
+    for address in [SRV_V4, SRV_V6_BRACKETED] {
+        let result = output(up.lab.cmd(CLI, "timeout").args([
+            "60",
+            "h2load",
+            "-n",
+            "200",
+            "-c",
+            "4",
+            "--connect-to",
+            &format!("{address}:443"),
+            "https://h2.lab.test/index.html",
+        ]));
+        let shown = text(&result.stdout);
+        assert!(result.status.success(), "h2load: {shown}{}", text(&result.stderr));
+        assert!(shown.contains("Application protocol: h2"), "{shown}");
+        assert!(
+            shown.contains("requests: 200 total, 200 started, 200 done, 200 succeeded, 0 failed"),
+            "{shown}"
+        );
+        assert!(shown.contains("status codes: 200 2xx"), "{shown}");
+    }
+    let logged = std::fs::read_to_string(up.peers.0.join("pp-h2.log")).expect("h2 log");
+    let h2load_lines = logged
+        .lines()
+        .filter(|line| line.ends_with(" HTTP/2.0 200 27 /index.html"));
+    assert_eq!(
+        h2load_lines
+            .filter(|line| line.starts_with(&format!("{CLI_V4} ")) || line.starts_with(&format!("{CLI_V6} ")))
+            .count(),
+        400,
+        "every request reached the HTTP/2 backend from the client's address:\n{logged}"
+    );
+    await_records(&up.scratch, 11);
+    let (records, _) = up.stop();
+    assert!(
+        records
+            .iter()
+            .filter(|record| record["service"] == "h2" && record["alpn"] == "h2")
+            .count()
+            >= 11,
+        "{records:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn haproxy_on_another_host_gets_the_client_address_and_the_server_name_in_proxy_v2() {
+    let up = Terminating::up("terminate-haproxy");
+    for (address, client) in [(SRV_V4, CLI_V4), (SRV_V6_BRACKETED, CLI_V6)] {
+        let result = up.curl("ha", address, "", &["-o", "-"]);
+        assert!(result.status.success(), "curl: {}", text(&result.stderr));
+        let shown = text(&result.stdout);
+        // Body "src=... port=... authority=...", then -w's "1.1 PORT 0".
+        let (body, written) = shown.split_once('\n').expect("body line");
+        let port = written.split_whitespace().nth(1).expect("local port");
+        assert_eq!(
+            body,
+            format!("src={client} port={port} authority=ha.lab.test"),
+            "{shown}"
+        );
+        // The backend leg itself came from the client's address too
+        // (transparent, not from an appliance address).
+        let line = up
+            .peers
+            .await_logged("haproxy.log", &format!("src={client} port={port} "));
+        assert!(line.contains(&format!("connection_from={client} GET / 200")), "{line}");
+    }
+    await_records(&up.scratch, 2);
+    let (records, _) = up.stop();
+    for service in ["ha4", "ha6"] {
+        assert!(
+            records
+                .iter()
+                .any(|record| record["service"] == service && record["decision"] == "terminate"),
+            "{records:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn sessions_resume_with_the_ticket_key_file_across_a_restart_and_not_with_another_key() {
+    let up = Terminating::up("terminate-resume");
+    let versions = ["-tls1_3", "-tls1_2"];
+    let session = |up: &Terminating, version: &str| up.scratch.path(&format!("session{version}")).display().to_string();
+    for version in versions {
+        let first = up.s_client("www", SRV_V4, &format!("{version} -sess_out {}", session(&up, version)));
+        assert!(first.contains("\nNew, "), "{first}");
+        assert!(first.contains("hello from the lab backend"), "{first}");
+        let again = up.s_client("www", SRV_V4, &format!("{version} -sess_in {}", session(&up, version)));
+        assert!(again.contains("\nReused, "), "the same process resumes: {again}");
+    }
+
+    // Another process (another box of an ECMP group) with the same file,
+    // over the other address family.
+    let (up, report) = up.restart(|_| {});
+    assert_eq!(report["tcp"]["tickets_resumed"], 2, "{report}");
+    for version in versions {
+        let again = up.s_client(
+            "www",
+            SRV_V6_BRACKETED,
+            &format!("{version} -sess_in {}", session(&up, version)),
+        );
+        assert!(
+            again.contains("\nReused, "),
+            "another process with the same key file resumes: {again}"
+        );
+    }
+
+    // A new key file: the old tickets are refused, full handshakes instead.
+    let (up, report) = up.restart(|scratch| {
+        ticket_key(&scratch.path("tickets.key"));
+        std::fs::remove_file(scratch.path("connections.jsonl")).expect("connection log");
+    });
+    assert_eq!(report["tcp"]["tickets_resumed"], 2, "{report}");
+    for version in versions {
+        let again = up.s_client("www", SRV_V4, &format!("{version} -sess_in {}", session(&up, version)));
+        assert!(again.contains("\nNew, "), "another key does not resume: {again}");
+        assert!(again.contains("Verify return code: 0 (ok)"), "{again}");
+    }
+    await_records(&up.scratch, 2);
+    let (records, report) = up.stop();
+    assert_eq!(report["tcp"]["tickets_resumed"], 0, "{report}");
+    assert!(
+        records.iter().all(|record| record["client_resumed"] == false),
+        "{records:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
+    let up = Terminating::up("terminate-refused");
+    for address in [SRV_V4, SRV_V6_BRACKETED] {
+        let result = up.curl("down", address, "", &["-o", "/dev/null"]);
+        assert!(!result.status.success());
+        let said = text(&result.stderr);
+        assert!(said.contains("Connection reset by peer"), "a RST: {said}");
+    }
+    // No service answers this name at 198.18.0.2:443.
+    let result = output(up.lab.cmd(CLI, "curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-k",
+        "--resolve",
+        &format!("nobody.lab.test:443:{SRV_V4}"),
+        "https://nobody.lab.test/",
+    ]));
+    assert!(!result.status.success());
+    assert!(
+        text(&result.stderr).contains("Connection reset by peer"),
+        "{}",
+        text(&result.stderr)
+    );
+    // The appliance keeps serving the other services.
+    let (version, _) = up.download("www", SRV_V4, "--http1.1");
+    assert_eq!(version, "1.1");
+
+    let records = await_records(&up.scratch, 4);
+    let (_, report) = up.stop();
+    let refused: Vec<_> = records.iter().filter(|record| record["service"] == "down").collect();
+    assert_eq!(refused.len(), 2, "{records:?}");
+    for record in refused {
+        let said = format!("{} {}", record["reason"], record["ended"]).to_lowercase();
+        assert!(said.contains("refused"), "{record}");
+    }
+    assert!(
+        records.iter().any(|record| record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no service for nobody.lab.test")),
+        "{records:?}"
+    );
+    assert_eq!(report["tcp"]["backend_refused"], 2, "{report}");
+    assert_eq!(report["tcp"]["terminate_failed"], 1, "{report}");
+    assert_eq!(report["tcp"]["terminated"], 1, "{report}");
+}
