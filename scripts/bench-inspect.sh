@@ -262,32 +262,6 @@ stop_path() {  # a|c|d|e run
 }
 
 # --- workloads --------------------------------------------------------------------
-bulk_rate() {  # output-file; prints MB/s (10^6 B/s), or "failed"
-  local out="$1"
-  timeout 200 ip netns exec "$TG_NS_CLI" \
-    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 -o /dev/null \
-    -w '%{http_code} %{size_download} %{time_total}\n' "$bulk_url" >"$out" 2>&1 || true
-  local code size secs
-  read -r code size secs < <(tail -1 "$out") || true
-  if [[ "$code" == 200 && "$size" == "$bulk_bytes" ]]; then
-    awk -v b="$size" -v t="$secs" 'BEGIN { printf "%.1f\n", b / t / 1e6 }'
-  else
-    log "download failed: $(tr '\n' ' ' <"$out")"
-    echo failed
-  fi
-}
-
-bulk_check() {  # prints "ok" when a download's body has the file's SHA-256
-  local sum
-  sum="$(timeout 200 ip netns exec "$TG_NS_CLI" \
-    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 "$bulk_url" 2>"$tmp/check-curl.err" |
-    sha256sum | cut -d' ' -f1)" || true
-  if [[ "$sum" == "$bulk_sha" ]]; then echo ok; else
-    log "SHA-256 mismatch: got ${sum:-nothing} ($(tr '\n' ' ' <"$tmp/check-curl.err")), want $bulk_sha"
-    echo MISMATCH
-  fi
-}
-
 # (e): how many server->client flow files tcpflow wrote holding the whole bulk
 # body (the body is the file's last bulk_bytes bytes, after the HTTP header).
 recorded_bulk() {  # prints "intact/of" for the flows at least bulk_bytes long

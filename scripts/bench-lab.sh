@@ -1,5 +1,5 @@
 # scripts/bench-lab.sh — helpers shared by the lab benchmarks (bench-splice.sh, bench-compare.sh, bench-wan.sh,
-# bench-tls.sh, bench-inspect.sh); sourced, not run. Expects log(), $root, $tmp and the lab
+# bench-tls.sh, bench-inspect.sh, bench-terminate.sh); sourced, not run. Expects log(), $root, $tmp and the lab
 # variables of lab-env.sh; uses $tg_pid (the tlsgate under test) and sets
 # $watchdog_pid; the SSLsplit and tls_config helpers also use $origin.
 # shellcheck shell=bash
@@ -104,6 +104,35 @@ https_rate() {  # output-file; prints conn/s, or "failed"
   else
     log "ab failed (failed ${failed:-?}, non-2xx ${non2xx:-0}): $(grep -m1 -E 'SSL|apr_|timeout|error' "$out" || true)"
     echo failed
+  fi
+}
+
+# One HTTPS download of $bulk_url ($bulk_bytes bytes) from the client
+# namespace with curl trusting $tmp/trust.pem; the bulk check compares the
+# body's SHA-256 with $bulk_sha.
+bulk_rate() {  # output-file; prints MB/s (10^6 B/s), or "failed"
+  local out="$1"
+  timeout 200 ip netns exec "$TG_NS_CLI" \
+    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 -o /dev/null \
+    -w '%{http_code} %{size_download} %{time_total}\n' "$bulk_url" >"$out" 2>&1 || true
+  local code size secs
+  read -r code size secs < <(tail -1 "$out") || true
+  if [[ "$code" == 200 && "$size" == "$bulk_bytes" ]]; then
+    awk -v b="$size" -v t="$secs" 'BEGIN { printf "%.1f\n", b / t / 1e6 }'
+  else
+    log "download failed: $(tr '\n' ' ' <"$out")"
+    echo failed
+  fi
+}
+
+bulk_check() {  # prints "ok" when a download's body has the file's SHA-256
+  local sum
+  sum="$(timeout 200 ip netns exec "$TG_NS_CLI" \
+    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 "$bulk_url" 2>"$tmp/check-curl.err" |
+    sha256sum | cut -d' ' -f1)" || true
+  if [[ "$sum" == "$bulk_sha" ]]; then echo ok; else
+    log "SHA-256 mismatch: got ${sum:-nothing} ($(tr '\n' ' ' <"$tmp/check-curl.err")), want $bulk_sha"
+    echo MISMATCH
   fi
 }
 

@@ -30,6 +30,8 @@ PACKAGES=(
   openssl nginx-light            # demo HTTPS origin (run inside tg-srv only)
   iperf3 apache2-utils           # scripts/bench-splice.sh (throughput, connection rate)
   nghttp2-client                 # h2load: HTTP/2 load through the appliance (lab tests)
+  haproxy                        # a PROXY v2 backend of the termination mode (tests/lab/terminate-peers.sh)
+  hitch stunnel4                 # the termination baselines of scripts/bench-terminate.sh
   chromium                       # headless browser through the appliance (lab tests)
   prometheus                     # promtool check metrics: the metrics endpoint's tests (the server stays off)
   debootstrap                    # the Debian 13 chroot holding Suricata (scripts/lab-suricata.sh install)
