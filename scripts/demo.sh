@@ -25,6 +25,12 @@
 #      counters, JSON report, tls_intercepted >= 3, connections inspected
 #   8. the decrypted capture read by tshark as HTTP (copied to
 #      /tmp/tlsgate-demo-decrypted.pcap for Wireshark)
+#   9. the termination mode (stud on the wire, demo_termination): the
+#      origin replaced by a plaintext nginx backend reading PROXY v2
+#      (tests/lab/terminate-peers.sh, with its own lab PKI), tlsgate restarted
+#      with a [[service]] for www.lab.test: curl trusting only the lab root
+#      gets the service's own chain, the body byte-exact over IPv4 and IPv6,
+#      and nginx's log shows the client's address from the PROXY header
 # Whatever happens, an EXIT trap stops tlsgate and nginx and runs lab-down.sh.
 #
 # Environment (all optional):
@@ -67,6 +73,7 @@ chmod 0755 "$TMP"   # nginx workers (not root) must reach the document root
 ORIGIN="$TMP/origin" CA="$TMP/ca" CONFIG="$TMP/tlsgate.toml" REPORT="$TMP/report.json"
 BOX="$TMP/box" CAPTURE="$TMP/decrypted.pcap" KEPT_CAPTURE=/tmp/tlsgate-demo-decrypted.pcap
 SURICATA="$TMP/suricata" SURICATA_STARTED=0
+PEERS="$TMP/peers" PEERS_STARTED=0
 TG_PID="" ORIGIN_STARTED=0 OK=0
 
 cleanup() {
@@ -79,6 +86,7 @@ cleanup() {
     kill -KILL "$TG_PID" 2>/dev/null
   fi
   ((ORIGIN_STARTED)) && bash "$ROOT/tests/lab/origin.sh" stop "$ORIGIN"
+  ((PEERS_STARTED)) && bash "$ROOT/tests/lab/terminate-peers.sh" stop "$PEERS"
   bash "$ROOT/scripts/inspect-box.sh" stop "$BOX" >/dev/null 2>&1
   ((SURICATA_STARTED)) && bash "$ROOT/scripts/lab-suricata.sh" stop "$SURICATA" >/dev/null 2>&1
   "$ROOT/scripts/lab-down.sh"   # also kills anything else left in the namespaces
@@ -102,7 +110,7 @@ if [[ "${TG_DEMO_SKIP_SETUP:-0}" != 1 ]]; then
     scripts/setup.sh || fail "scripts/setup.sh failed"
   fi
 fi
-for tool in ip curl openssl nginx python3 sha256sum ss timeout tcpflow tshark; do
+for tool in ip curl openssl nginx haproxy python3 sha256sum ss timeout tcpflow tshark; do
   command -v "$tool" >/dev/null || fail "$tool is not installed (run scripts/setup.sh)"
 done
 
@@ -178,25 +186,30 @@ show <"$TMP/check.log"
 
 # ---------------------------------------------------------------------------
 say "Starting tlsgate in $TG_NS_GW: $BIN run --config $CONFIG --report-json $REPORT --stats-interval 1"
-# Job control on: a background job of a script otherwise starts with SIGINT
-# ignored, and tlsgate is stopped (and prints its counters) on SIGINT.
-set -m
-ip netns exec "$TG_NS_GW" "$BIN" run --config "$CONFIG" --report-json "$REPORT" --stats-interval 1 >"$TMP/tlsgate.log" 2>&1 &
-TG_PID=$!
-set +m
-for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-  grep -q 'tlsgate: running' "$TMP/tlsgate.log" && break
-  if ! kill -0 "$TG_PID" 2>/dev/null; then
-    show <"$TMP/tlsgate.log" >&2
-    fail "tlsgate exited before it was running (log above)"
+# `tlsgate run` in the appliance namespace ($TG_PID), waiting for "tlsgate: running".
+start_appliance() {  # config report log
+  local config="$1" report="$2" log="$3"
+  # Job control on: a background job of a script otherwise starts with SIGINT
+  # ignored, and tlsgate is stopped (and prints its counters) on SIGINT.
+  set -m
+  ip netns exec "$TG_NS_GW" "$BIN" run --config "$config" --report-json "$report" --stats-interval 1 >"$log" 2>&1 &
+  TG_PID=$!
+  set +m
+  for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+    grep -q 'tlsgate: running' "$log" && break
+    if ! kill -0 "$TG_PID" 2>/dev/null; then
+      show <"$log" >&2
+      fail "tlsgate exited before it was running (log above)"
+    fi
+    sleep 0.1
+  done
+  if ! grep -q 'tlsgate: running' "$log"; then
+    show <"$log" >&2
+    fail "tlsgate did not print 'tlsgate: running' within ${READY_TIMEOUT}s (log above)"
   fi
-  sleep 0.1
-done
-if ! grep -q 'tlsgate: running' "$TMP/tlsgate.log"; then
-  show <"$TMP/tlsgate.log" >&2
-  fail "tlsgate did not print 'tlsgate: running' within ${READY_TIMEOUT}s (log above)"
-fi
-grep 'tlsgate: running' "$TMP/tlsgate.log" | head -1 | show
+  grep 'tlsgate: running' "$log" | head -1 | show
+}
+start_appliance "$CONFIG" "$REPORT" "$TMP/tlsgate.log"
 
 # ---------------------------------------------------------------------------
 say "Ping client -> server through tlsgate: bridged frame by frame, not intercepted"
@@ -357,14 +370,19 @@ if tail -n "+$((mark + 1))" "$TMP/tlsgate.log" | grep -q '^tcp: 0 flows live'; t
 else
   info "note: some flows are still live after 30 s; stopping anyway"
 fi
-kill -INT "$TG_PID"
-tg_rc=0
-for ((i = 0; i < 100; i++)); do kill -0 "$TG_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$TG_PID" 2>/dev/null && fail "tlsgate did not exit within 10 s of SIGINT"
-wait "$TG_PID" || tg_rc=$?
-TG_PID=""
-sed -n '/tlsgate: stopped/,$p' "$TMP/tlsgate.log" | show
-((tg_rc == 0)) || fail "tlsgate exited with status $tg_rc"
+# SIGINT to the running tlsgate; shows its final counters (from its log) and
+# fails unless it exits 0 within 10 s.
+stop_appliance() {  # log
+  local tg_rc=0
+  kill -INT "$TG_PID"
+  for ((i = 0; i < 100; i++)); do kill -0 "$TG_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$TG_PID" 2>/dev/null && fail "tlsgate did not exit within 10 s of SIGINT"
+  wait "$TG_PID" || tg_rc=$?
+  TG_PID=""
+  sed -n '/tlsgate: stopped/,$p' "$1" | show
+  ((tg_rc == 0)) || fail "tlsgate exited with status $tg_rc"
+}
+stop_appliance "$TMP/tlsgate.log"
 [[ -s "$REPORT" ]] || fail "tlsgate wrote no JSON report at $REPORT"
 counters="$(python3 -c '
 import json, sys
@@ -399,6 +417,79 @@ cp "$CAPTURE" "$KEPT_CAPTURE"
 info "copied to $KEPT_CAPTURE: open it in Wireshark (HTTP/1.1 dissects as is; for the HTTP/2"
 info "session use Decode As... TCP port 80 -> HTTP2)"
 
+# ---------------------------------------------------------------------------
+# The termination mode: tlsgate is the server's TLS end (its own certificate
+# chain and key), forwarding the plaintext to a backend with a PROXY v2
+# header naming the client.
+demo_termination() {
+  local config="$TMP/terminate.toml" report="$TMP/terminate-report.json" log="$TMP/terminate.log"
+  local host=www.lab.test line ver port verify got want_sha addr client
+  say "Termination mode (stud on the wire): a [[service]] for $host, plaintext to nginx with PROXY v2"
+  bash tests/lab/origin.sh stop "$ORIGIN"
+  ORIGIN_STARTED=0
+  PEERS_STARTED=1
+  bash tests/lab/terminate-peers.sh start "$PEERS" || fail "tests/lab/terminate-peers.sh could not start the backends"
+  info "the HTTPS origin is stopped; in $TG_NS_SRV nginx now serves plaintext HTTP/1.1 on port 8080"
+  info "behind 'listen ... proxy_protocol', logging \$proxy_protocol_addr (nothing listens on 443)"
+  info "the service's own chain ($PEERS/pki/www.pem), from a lab PKI, not the tlsgate CA:"
+  openssl crl2pkcs7 -nocrl -certfile "$PEERS/pki/www.pem" | openssl pkcs7 -print_certs -noout | grep . | show
+  {
+    cat configs/lab.toml
+    cat <<EOF
+
+# --- added by scripts/demo.sh (termination) ---
+[[service]]
+name = "www"
+destinations = ["$TG_SRV_V4", "$TG_SRV_V6"]
+port = 443
+server_names = ["$host"]
+certificates = [ { chain = "$PEERS/pki/www.pem", key = "$PEERS/pki/www.key" } ]
+backend = { port = 8080 }   # the same server, another port; the client's address is kept
+header = "proxy-v2"
+
+[log]
+connections = "$TMP/terminate-connections.jsonl"
+EOF
+  } >"$config"
+  sed -n '/^# --- added by scripts\/demo.sh (termination) ---$/,$p' "$config" | tail -n +2 | show
+  "$BIN" check --config "$config" >"$TMP/terminate-check.log" 2>&1 \
+    || { show <"$TMP/terminate-check.log"; fail "tlsgate check rejected $config"; }
+  start_appliance "$config" "$report" "$log"
+
+  want_sha="$(sha256sum "$PEERS/www/file.bin" | cut -d' ' -f1)"
+  for addr in "$TG_SRV_V4" "[$TG_SRV_V6]"; do
+    client="$TG_CLI_V4"
+    [[ "$addr" == "$TG_SRV_V4" ]] || client="$TG_CLI_V6"
+    line="$(ip netns exec "$TG_NS_CLI" curl -sS --fail --max-time 30 --http1.1 --cacert "$PEERS/pki/root.pem" \
+      --resolve "$host:443:$addr" -o "$TMP/terminated.bin" -w '%{http_version} %{local_port} %{ssl_verify_result}' \
+      "https://$host/file.bin")" || fail "curl to $host at $addr (--cacert lab root) failed"
+    read -r ver port verify <<<"$line"
+    got="$(sha256sum "$TMP/terminated.bin" | cut -d' ' -f1)"
+    [[ "$got" == "$want_sha" ]] || fail "the body from $addr is corrupt: sha256 $got != $want_sha"
+    info "$addr: HTTP/$ver from client port $port, chain verified against the lab root (result $verify),"
+    info "    sha256 $got = the backend's file"
+    for ((i = 0; i < 50; i++)); do
+      grep -q "^$client $port " "$PEERS/pp-v2.log" && break
+      sleep 0.1
+    done
+    grep -q "^$client $port " "$PEERS/pp-v2.log" || fail "nginx did not log $client $port from the PROXY header"
+  done
+  info "nginx's log (\$proxy_protocol_addr \$proxy_protocol_port \$remote_addr \$remote_port protocol status bytes uri):"
+  show <"$PEERS/pp-v2.log"
+  info "the PROXY v2 header named the client's own address and port; the TCP leg came from it too"
+  stop_appliance "$log"
+  info "the connection log's records ($TMP/terminate-connections.jsonl):"
+  python3 - "$TMP/terminate-connections.jsonl" <<'PY' | show
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    client, server = f"{r['src_ip']}:{r['src_port']}", f"{r['dest_ip']}:{r['dest_port']}"
+    print(f"{client:>22} -> {server:<18} {r['decision']} {r.get('service', '-')} sni {r['sni']} "
+          f"{r['client_tls_version']} {r['alpn'] or '-'}; {r['ended']}")
+PY
+}
+demo_termination
+
 say "Summary"
 cat <<EOF
     * A client ($TG_NS_CLI, $TG_CLI_V4 / $TG_CLI_V6) and an origin ($TG_NS_SRV,
@@ -419,6 +510,9 @@ cat <<EOF
       between the box's ports, dropped the request carrying its rule's marker.
     * The plaintext is in $KEPT_CAPTURE, a pcap that Wireshark and tshark
       dissect as HTTP.
+    * As a TLS terminator ([[service]]), tlsgate presented the service's own chain,
+      and a plaintext nginx behind it got each client's address in a PROXY v2
+      header; the 3 MiB body arrived intact over IPv4 and IPv6.
 EOF
 OK=1
 echo
