@@ -268,7 +268,7 @@ impl Terminating {
 fn record_from_port<'a>(records: &'a [serde_json::Value], port: &str) -> &'a serde_json::Value {
     records
         .iter()
-        .find(|record| record["src_port"].to_string() == port)
+        .find(|record| record["src_port"] == port.parse::<u64>().expect("a port"))
         .unwrap_or_else(|| panic!("no record from client port {port}: {records:?}"))
 }
 
@@ -281,10 +281,14 @@ fn proxy_v1_and_v2_tell_nginx_the_client_address_and_the_body_is_byte_exact_over
         for (address, client) in [(SRV_V4, CLI_V4), (SRV_V6_BRACKETED, CLI_V6)] {
             let (version, port) = up.download(host, address, "--http1.1");
             assert_eq!(version, "1.1");
-            // "$proxy_protocol_addr $proxy_protocol_port $remote_addr ...":
-            // the PROXY header named the client's own address and port.
+            // "$proxy_protocol_addr $proxy_protocol_port $remote_addr
+            // $remote_port ...": the PROXY header named the client's own
+            // address and port, and the backend leg came from them too.
             let line = up.peers.await_logged(log, &format!("{client} {port} "));
-            assert!(line.contains(" HTTP/1.1 200 3145728 /file.bin"), "{line}");
+            assert_eq!(
+                line,
+                format!("{client} {port} {client} {port} HTTP/1.1 200 3145728 /file.bin")
+            );
             ports.push((host, port));
         }
     }
@@ -317,7 +321,10 @@ fn http2_runs_end_to_end_with_curl_and_h2load_to_an_http2_backend() {
         let (version, port) = up.download("h2", address, "--http2");
         assert_eq!(version, "2", "ALPN h2 to the client");
         let line = up.peers.await_logged("pp-h2.log", &format!("{client} {port} "));
-        assert!(line.contains(" HTTP/2.0 200 3145728 /file.bin"), "{line}");
+        assert_eq!(
+            line,
+            format!("{client} {port} {client} {port} HTTP/2.0 200 3145728 /file.bin")
+        );
     }
     let shown = up.s_client("h2", SRV_V4, "-alpn h2,http/1.1");
     assert!(shown.contains("ALPN protocol: h2"), "{shown}");
