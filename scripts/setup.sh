@@ -65,8 +65,12 @@ if ((${#missing[@]})); then
 
   nginx_was_installed=0
   if is_installed nginx-light || is_installed nginx-core; then nginx_was_installed=1; fi
-  prometheus_was_installed=0
-  if is_installed prometheus; then prometheus_was_installed=1; fi
+  # Packages whose system-wide daemon the project never uses (it runs its own
+  # instances inside the lab namespaces): disabled below when newly installed.
+  daemons_new=()
+  for daemon in prometheus haproxy hitch; do
+    is_installed "$daemon" || daemons_new+=("$daemon")
+  done
 
   run apt-get update -q
   run apt-get install -y -q --no-install-recommends \
@@ -86,15 +90,16 @@ if ((${#missing[@]})); then
       kill "$(cat /run/nginx.pid)" 2>/dev/null || true
     fi
   fi
-  # Likewise the prometheus package's own server: only promtool is used.
-  if ((prometheus_was_installed == 0)); then
+  # Likewise the prometheus package's own server (only promtool is used) and
+  # the system haproxy and hitch (the lab and bench-terminate.sh start their own).
+  for daemon in "${daemons_new[@]}"; do
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-      systemctl disable --now prometheus.service >>"$log" 2>&1 || true
+      systemctl disable --now "$daemon.service" >>"$log" 2>&1 || true
     else
-      if [[ -x /etc/init.d/prometheus ]]; then /etc/init.d/prometheus stop >>"$log" 2>&1 || true; fi
-      update-rc.d prometheus disable >>"$log" 2>&1 || true
+      if [[ -x "/etc/init.d/$daemon" ]]; then "/etc/init.d/$daemon" stop >>"$log" 2>&1 || true; fi
+      update-rc.d "$daemon" disable >>"$log" 2>&1 || true
     fi
-  fi
+  done
   rm -f "$log"
 
   still=()
