@@ -97,44 +97,34 @@ fn ticket_key(path: &Path) {
 /// 198.18.0.2 / 2001:2::2 port 443, told apart by the server name; every
 /// service resumes with the ticket key `tickets`. Checked with `tlsgate check`.
 fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path) -> PathBuf {
-    let service = |name: &str, destinations: &str, backend: &str, header: &str, alpn: &str| {
-        format!(
-            "\n[[service]]\nname = \"{name}\"\ndestinations = [{destinations}]\nport = 443\n\
-             server_names = [\"{host}.lab.test\"]\n\
-             certificates = [{{ chain = \"{chain}\", key = \"{key}\" }}]\n\
-             backend = {backend}\nheader = \"{header}\"\nalpn = [{alpn}]\nticket_key = \"{tickets}\"\n",
-            host = name.trim_end_matches(['4', '6']),
-            chain = peers
-                .pki(&format!("{}.pem", name.trim_end_matches(['4', '6'])))
-                .display(),
-            key = peers
-                .pki(&format!("{}.key", name.trim_end_matches(['4', '6'])))
-                .display(),
-            tickets = tickets.display(),
-        )
-    };
-    let both = format!("\"{SRV_V4}\", \"{SRV_V6}\"");
+    let both = &[SRV_V4, SRV_V6][..];
+    let ha_v4 = format!("{{ address = \"{HA_V4}\", port = 8090 }}");
+    let ha_v6 = format!("{{ address = \"{HA_V6}\", port = 8090 }}");
+    // (name, answers HOST.lab.test with HOST's chain, destinations, backend, header, ALPN)
+    let services = [
+        ("www", "www", both, "{ port = 8080 }", "proxy-v2", "http/1.1"),
+        ("v1", "v1", both, "{ port = 8081 }", "proxy-v1", "http/1.1"),
+        ("h2", "h2", both, "{ port = 8082 }", "proxy-v2", "h2"),
+        // HAProxy is another host: reached transparently, per address family.
+        ("ha4", "ha", &[SRV_V4][..], &ha_v4, "proxy-v2", "http/1.1"),
+        ("ha6", "ha", &[SRV_V6][..], &ha_v6, "proxy-v2", "http/1.1"),
+        // Nothing listens on 8099.
+        ("down", "down", both, "{ port = 8099 }", "proxy-v2", "http/1.1"),
+    ];
     let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    config.push_str(&service("www", &both, "{ port = 8080 }", "proxy-v2", "\"http/1.1\""));
-    config.push_str(&service("v1", &both, "{ port = 8081 }", "proxy-v1", "\"http/1.1\""));
-    config.push_str(&service("h2", &both, "{ port = 8082 }", "proxy-v2", "\"h2\""));
-    // HAProxy is another host: reached transparently, per address family.
-    config.push_str(&service(
-        "ha4",
-        &format!("\"{SRV_V4}\""),
-        &format!("{{ address = \"{HA_V4}\", port = 8090 }}"),
-        "proxy-v2",
-        "\"http/1.1\"",
-    ));
-    config.push_str(&service(
-        "ha6",
-        &format!("\"{SRV_V6}\""),
-        &format!("{{ address = \"{HA_V6}\", port = 8090 }}"),
-        "proxy-v2",
-        "\"http/1.1\"",
-    ));
-    // Nothing listens on 8099.
-    config.push_str(&service("down", &both, "{ port = 8099 }", "proxy-v2", "\"http/1.1\""));
+    for (name, host, destinations, backend, header, alpn) in services {
+        let destinations: Vec<String> = destinations.iter().map(|address| format!("\"{address}\"")).collect();
+        config.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\ndestinations = [{}]\nport = 443\n\
+             server_names = [\"{host}.lab.test\"]\n\
+             certificates = [{{ chain = \"{}\", key = \"{}\" }}]\n\
+             backend = {backend}\nheader = \"{header}\"\nalpn = [\"{alpn}\"]\nticket_key = \"{}\"\n",
+            destinations.join(", "),
+            peers.pki(&format!("{host}.pem")).display(),
+            peers.pki(&format!("{host}.key")).display(),
+            tickets.display(),
+        ));
+    }
     config.push_str(&format!(
         "\n[log]\nconnections = \"{}\"\n",
         scratch.path("connections.jsonl").display()
