@@ -13,6 +13,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -86,11 +88,18 @@ impl Drop for Peers {
     }
 }
 
-/// 80 random bytes: a ticket key file.
+/// A ticket key file: 80 random bytes, readable by its owner only.
 fn ticket_key(path: &Path) {
     let made = output(Command::new("head").args(["-c", "80", "/dev/urandom"]));
     assert!(made.status.success());
-    std::fs::write(path, made.stdout).expect("ticket key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("ticket key");
+    file.write_all(&made.stdout).expect("ticket key");
 }
 
 /// configs/lab.toml plus one `[[service]]` per backend of the peers, all at
