@@ -604,3 +604,190 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report with a distinct value in every field, so that a field
+    /// printed in another's place, or missing, changes the output.
+    fn every_field_distinct() -> Report {
+        let port = |role, device: &str, base: u64| PortReport {
+            role,
+            device: device.into(),
+            totals: PortTotals {
+                rx: base + 1,
+                tx: base + 2,
+                bridged: base + 3,
+                dropped: base + 4,
+                malformed: base + 5,
+                intercepted: base + 6,
+                generated: base + 7,
+                generated_dropped: base + 8,
+                misdirected: base + 9,
+                udp_blocked: base + 10,
+                invalid_dropped: base + 11,
+            },
+            driver: dpdk::PortCounters {
+                rx_packets: base + 21,
+                tx_packets: base + 22,
+                rx_bytes: base + 23,
+                tx_bytes: base + 24,
+                rx_missed: base + 25,
+                rx_errors: base + 26,
+                tx_errors: base + 27,
+                rx_no_mbuf: base + 28,
+            },
+        };
+        let mut tcp = TcpTotals {
+            flows_live: 301,
+            flows_created: 302,
+            flows_freed: 303,
+            flows_refused: 304,
+            syn_retransmits_withheld: 305,
+            dead_peers: 306,
+            synacks_repeated: 307,
+            fast_retransmits_prompted: 308,
+            connect_timeouts: 309,
+            splice: SpliceCounters::default(),
+            forged_cache_hits: 310,
+            forged_cache_misses: 311,
+            forged_cache_bytes: 312_345,
+            memory_per_flow: 313,
+            socket_buffer_bytes: 31_400_000,
+        };
+        let splice = &mut tcp.splice;
+        splice.sessions_opened = 401;
+        splice.sessions_live = 402;
+        splice.tls_sessions_live = 403;
+        splice.server_refused = 404;
+        splice.server_timed_out = 405;
+        splice.server_unreachable = 406;
+        splice.resets = 407;
+        splice.bytes_client_to_server = 408;
+        splice.bytes_server_to_client = 409;
+        splice.tls_intercepted = 410;
+        splice.tls_failed = 411;
+        splice.bypassed = 412;
+        splice.blocked = 413;
+        splice.legacy_upstream = 414;
+        splice.ech_offered = 415;
+        splice.inspected = 416;
+        splice.inspect_blocked = 417;
+        splice.inspect_failed_open = 418;
+        splice.inspect_failed_closed = 419;
+        splice.inspect_failed_open_live = 420;
+        splice.inspect_unreturned_bytes = 421;
+        splice.reset_at_shutdown = 422;
+        splice.refused_at_capacity = 423;
+        splice.bridged_at_capacity = 424;
+        splice.embryonic_live = 425;
+        splice.embryonic_evicted = 426;
+        splice.time_wait_reclaimed = 427;
+        splice.embryonic_client_limit_dropped = 428;
+        splice.client_hello_timeouts = 429;
+        splice.handshake_timeouts = 430;
+        splice.idle_timeouts = 431;
+        splice.handshake_seconds.observe(3_000);
+        splice.handshake_seconds.observe(40_000);
+        splice.connection_seconds.observe(7_200_000_000);
+        Report {
+            ports: vec![
+                port("client", "net_af_packet0", 100),
+                port("server", "net_af_packet1", 200),
+            ],
+            workers: vec![
+                WorkerTotals {
+                    busy_ns: 1_500_000_001,
+                    idle_ns: 502_000_000,
+                    polls: 503,
+                    idle_sleeps: 504,
+                    sessions_opened: 505,
+                    sessions_live: 506,
+                },
+                WorkerTotals {
+                    busy_ns: 601,
+                    idle_ns: 602,
+                    polls: 603,
+                    idle_sleeps: 604,
+                    sessions_opened: 605,
+                    sessions_live: 606,
+                },
+            ],
+            tcp,
+            learned: LearnedTotals {
+                live: 701,
+                added_fail_open: 702,
+                added_client_auth: 703,
+                expired: 704,
+                evicted: 705,
+                cleared: 706,
+                pending_live: 707,
+                pending_evicted: 708,
+            },
+            capture: Some(CaptureTotals {
+                frames: 801,
+                bytes: 802,
+                frames_dropped: 803,
+                bytes_dropped: 804,
+            }),
+            top_sni: vec![
+                NameCount {
+                    sni: "origin.test".into(),
+                    count: 901,
+                },
+                NameCount {
+                    sni: "other.test".into(),
+                    count: 902,
+                },
+            ],
+            reloads: crate::reload::ReloadTotals {
+                ok: 1001,
+                refused: 1002,
+            },
+            pcap_over_ip: Some(crate::pcap_stream::StreamTotals {
+                clients: 1101,
+                clients_accepted: 1102,
+                clients_refused: 1103,
+                clients_too_slow: 1104,
+                frames: 1105,
+                bytes: 1106,
+                frames_dropped: 1107,
+                client_frames_dropped: 1108,
+            }),
+            mirror: Some(MirrorReport {
+                device: "net_af_packet2".into(),
+                totals: crate::mirror::MirrorTotals {
+                    frames: 1201,
+                    bytes: 1202,
+                    frames_dropped: 1203,
+                    bytes_dropped: 1204,
+                },
+                driver: dpdk::PortCounters {
+                    tx_packets: 1205,
+                    tx_errors: 1206,
+                    ..Default::default()
+                },
+            }),
+            rss_bytes: Some(130_000_000),
+        }
+    }
+
+    /// The text and JSON reports of [`every_field_distinct`] as they were
+    /// before the counters were declared once: scripts and tests read both,
+    /// so a changed line or key is a changed interface.
+    const TEXT: &str = include_str!("../testdata/report-every-field.txt");
+    const JSON: &str = include_str!("../testdata/report-every-field.json");
+
+    #[test]
+    fn counters_text_report_is_unchanged() {
+        let text = every_field_distinct().to_string();
+        assert_eq!(text, TEXT);
+    }
+
+    #[test]
+    fn counters_json_report_is_unchanged() {
+        let json = serde_json::to_string_pretty(&every_field_distinct()).expect("serialises") + "\n";
+        assert_eq!(json, JSON);
+    }
+}
