@@ -77,7 +77,7 @@ crate::counters::declare! {
         gauge clients,
         /// Clients served since the start.
         counter clients_accepted,
-        /// Clients closed at once because [`MAX_CLIENTS`] were connected.
+        /// Clients closed at once because `MAX_CLIENTS` were connected.
         counter clients_refused,
         /// Clients disconnected for staying too far behind.
         counter clients_too_slow,
@@ -85,7 +85,7 @@ crate::counters::declare! {
         counter frames,
         /// Bytes of the frames queued for clients (summed over clients).
         counter bytes,
-        /// Frames dropped before the writer thread (over [`QUEUE_BYTES`]),
+        /// Frames dropped before the writer thread (over `QUEUE_BYTES`),
         /// for every client.
         counter frames_dropped,
         /// Frames dropped for one client whose queue was full (summed over
