@@ -35,7 +35,8 @@ use crate::connlog::ConnectionLog;
 use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
 use crate::learned::LearnedStore;
-use crate::preflight::preflight;
+use crate::preflight::{preflight_over, Preflight};
+use crate::service::Services;
 use crate::splice::Rules;
 
 /// The configuration keys a reload puts in force (a key below one of these,
@@ -54,6 +55,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "tls.ech",
     "log.connections",
     "log.keylog",
+    "service",
 ];
 
 /// How long a reload waits for every worker to take the new rules.
@@ -166,6 +168,7 @@ fn with_live_keys(running: &Config, new: &Config) -> Config {
     tls.client_auth = new_tls.client_auth;
     tls.ech = new_tls.ech;
     config.log = new.log.clone();
+    config.service = new.service.clone();
     config
 }
 
@@ -181,8 +184,9 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
 }
 
 /// A digest of the TLS files `config` names (CA, key, chain, leaf key,
-/// trust bundle) with their paths, so that a reload sees a file replaced
-/// in place; a file that cannot be read counts as changed.
+/// trust bundle, the services' chains, keys and ticket files) with their
+/// paths, so that a reload sees a file replaced in place (a ticket key
+/// rotated); a file that cannot be read counts as changed.
 fn tls_material(config: &Config) -> Vec<u8> {
     let tls = &config.tls;
     let trust = match tls.upstream_trust.as_str() {
@@ -190,12 +194,21 @@ fn tls_material(config: &Config) -> Vec<u8> {
         path => PathBuf::from(path),
     };
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let services = config.service.iter().flat_map(|service| {
+        let certificates = service
+            .certificates
+            .iter()
+            .flat_map(|files| [files.chain.clone(), files.key.clone()]);
+        certificates.chain(service.ticket_key.clone())
+    });
     for path in [&tls.ca_cert, &tls.ca_key, &tls.ca_chain, &tls.leaf_key, &Some(trust)]
         .into_iter()
         .flatten()
+        .cloned()
+        .chain(services)
     {
         digest.update(path.as_os_str().as_encoded_bytes());
-        match std::fs::read(path) {
+        match std::fs::read(&path) {
             Ok(contents) => digest.update(&contents),
             Err(_) => digest.update(b"\0unreadable"),
         }
@@ -205,18 +218,20 @@ fn tls_material(config: &Config) -> Vec<u8> {
 }
 
 /// Loads everything the live keys of `config` name, as `run` does, and
-/// builds the rules of `workers` workers (each its own TLS context);
-/// `learned` is the running instance's store, kept.
+/// builds the rules of `workers` workers (each its own TLS context) and the
+/// services (over the `running` ones: ticket keys rotated); `learned` is the
+/// running instance's store, kept.
 pub fn prepare_rules(
     config: &Config,
+    running: &Services,
     learned: &Arc<LearnedStore>,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<Vec<Rules>, DataplaneError> {
-    let policy = preflight(config)?;
+) -> Result<(Vec<Rules>, Services), DataplaneError> {
+    let Preflight { policy, services } = preflight_over(config, Some(running))?;
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
-    (0..workers)
+    let rules = (0..workers)
         .map(|_| {
             let mut tls = policy.tls_context()?;
             if let (Some(tls), Some(key_log)) = (tls.as_mut(), &key_log) {
@@ -228,7 +243,8 @@ pub fn prepare_rules(
                 log: log.clone(),
             })
         })
-        .collect()
+        .collect::<Result<_, DataplaneError>>()?;
+    Ok((rules, services))
 }
 
 /// A worker's end of the reload channel: read between two polls.
@@ -272,6 +288,8 @@ struct State {
     running: Config,
     /// [`tls_material`] of `running`.
     material: Vec<u8>,
+    /// The services in force (their ticket keys carried across reloads).
+    services: Arc<Services>,
     learned: Arc<LearnedStore>,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
@@ -327,8 +345,9 @@ impl State {
             ConnectionLog::open,
         )
         .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
-        let rules = prepare_rules(
+        let (rules, services) = prepare_rules(
             &plan.config,
+            &self.services,
             &self.learned,
             key_log.clone(),
             connection_log.clone(),
@@ -342,6 +361,7 @@ impl State {
             let _ = link.rules.send(rules);
         }
         self.generation += 1;
+        self.services = Arc::new(services);
         self.running = plan.config;
         self.material = material;
         self.key_log = key_log;
@@ -378,6 +398,7 @@ impl Reloader {
     /// in order.
     pub fn new(
         config: &Config,
+        services: Arc<Services>,
         learned: Arc<LearnedStore>,
         key_log: Option<Arc<mitm::KeyLogFile>>,
         connection_log: Option<Arc<ConnectionLog>>,
@@ -400,6 +421,7 @@ impl Reloader {
             state: Mutex::new(State {
                 running: config.clone(),
                 material: tls_material(config),
+                services,
                 learned,
                 key_log,
                 connection_log,
@@ -415,6 +437,11 @@ impl Reloader {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The services in force: those `run` loaded, then each reload's.
+    pub fn services(&self) -> Arc<Services> {
+        Arc::clone(&self.state().services)
     }
 
     /// The file [`Reloader::hangup`] rereads (the one `run` started from).
