@@ -8,7 +8,13 @@
 //! already open keep the rules they started with (see
 //! `splice::Generation`); new connections follow the new ones.
 //!
-//! The TLS files are read again even when their paths stay; a reload that
+//! The `[[service]]` entries are built again over the running ones
+//! ([`Services::reloaded`]): a ticket key file replaced in place is rotated,
+//! its previous key still decrypting. The reloader keeps the services in
+//! force ([`Reloader::services`]).
+//!
+//! The TLS files (the services' included) are read again even when their
+//! paths stay; a reload that
 //! changes no live key and none of those files (log rotation) only reopens
 //! the logs, so the workers keep their caches.
 //!
@@ -595,7 +601,9 @@ mode = "splice"
         let new = parse(&format!(
             "{BASE}\n[tls]\nca_cert = \"/a\"\nca_key = \"/b\"\nca_chain = \"/c\"\nleaf_key = \"/d\"\n\
              upstream_trust = \"/e\"\ninvalid_upstream = \"refuse\"\ncert_cache = 7\nclient_auth = \"block\"\n\
-             ech = \"bypass\"\n[log]\nconnections = \"/f\"\nkeylog = \"/g\"\n[[policy]]\naction = \"block\"\n"
+             ech = \"bypass\"\n[log]\nconnections = \"/f\"\nkeylog = \"/g\"\n[[policy]]\naction = \"block\"\n\
+             [[service]]\nname = \"www\"\ndestinations = [\"198.18.1.2\"]\nport = 443\n\
+             certificates = [ {{ chain = \"/h\", key = \"/i\" }} ]\nbackend = {{ port = 8080 }}\n"
         ));
         let plan = plan(&parse(BASE), &new);
         let mut live: Vec<&str> = LIVE_KEYS.to_vec();
@@ -603,6 +611,73 @@ mode = "splice"
         assert_eq!(plan.applied, live);
         assert!(plan.needs_restart.is_empty(), "{plan:?}");
         assert_eq!(plan.config, new);
+    }
+
+    #[test]
+    fn a_reload_after_replacing_the_ticket_file_rotates_the_services_keys() {
+        let scratch = crate::service::test_files::Scratch::new();
+        let tickets = scratch.0.join("tickets.key");
+        scratch.private(&tickets, &[1; 80]);
+        let service = scratch.service_toml(
+            "www",
+            "198.18.1.2",
+            &[],
+            &format!("ticket_key = \"{}\"", tickets.display()),
+        );
+        let path = scratch.0.join("tlsgate.toml");
+        std::fs::write(&path, format!("{BASE}{service}")).unwrap();
+        let running = Config::load(&path).unwrap();
+        let Preflight { policy, services } = crate::preflight::preflight(&running).unwrap();
+        let (reloader, _) = Reloader::new(
+            &running,
+            Arc::new(services),
+            Arc::clone(policy.rules.learned()),
+            None,
+            None,
+            0,
+        );
+        let hello = |services: &Services| {
+            let tuple = wire::FlowTuple {
+                src_ip: "198.18.0.2".parse().unwrap(),
+                dst_ip: "198.18.1.2".parse().unwrap(),
+                src_port: 40000,
+                dst_port: 443,
+            };
+            services.for_hello(&tuple, None).unwrap().tls.server_config()
+        };
+        let old_ticket = hello(&reloader.services()).ticketer.encrypt(b"state").unwrap();
+
+        scratch.private(&tickets, &[2; 80]);
+        let outcome = reloader.reload(&path).unwrap();
+        assert_eq!(outcome.generation, 1, "a replaced ticket file is a change: {outcome:?}");
+        let rotated = hello(&reloader.services());
+        assert_eq!(rotated.ticketer.decrypt(&old_ticket).as_deref(), Some(&b"state"[..]));
+        let new_ticket = rotated.ticketer.encrypt(b"state").unwrap();
+
+        // A broken ticket file is refused; the running keys stay.
+        scratch.private(&tickets, &[0; 10]);
+        let err = reloader.reload(&path).unwrap_err();
+        assert!(
+            anyhow_like(&err).contains("service[0].ticket_key"),
+            "{}",
+            anyhow_like(&err)
+        );
+        assert_eq!(
+            hello(&reloader.services()).ticketer.decrypt(&new_ticket).as_deref(),
+            Some(&b"state"[..])
+        );
+    }
+
+    /// The error with its sources, as `tlsgate reload` prints it.
+    fn anyhow_like(err: &dyn std::error::Error) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(err) = source {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            source = err.source();
+        }
+        text
     }
 
     #[test]
