@@ -196,18 +196,18 @@ start_appliance() {  # config report log
   TG_PID=$!
   set +m
   for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-    grep -q 'tlsgate: running' "$log" && break
+    grep -q '^tlsgate: running' "$log" && break
     if ! kill -0 "$TG_PID" 2>/dev/null; then
       show <"$log" >&2
       fail "tlsgate exited before it was running (log above)"
     fi
     sleep 0.1
   done
-  if ! grep -q 'tlsgate: running' "$log"; then
+  if ! grep -q '^tlsgate: running' "$log"; then
     show <"$log" >&2
     fail "tlsgate did not print 'tlsgate: running' within ${READY_TIMEOUT}s (log above)"
   fi
-  grep 'tlsgate: running' "$log" | head -1 | show
+  grep '^tlsgate: running' "$log" | head -1 | show
 }
 start_appliance "$CONFIG" "$REPORT" "$TMP/tlsgate.log"
 
@@ -484,7 +484,7 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     client, server = f"{r['src_ip']}:{r['src_port']}", f"{r['dest_ip']}:{r['dest_port']}"
-    print(f"{client:>22} -> {server:<18} {r['decision']} {r.get('service', '-')} sni {r['sni']} "
+    print(f"{client:>22} -> {server:<18} {r['decision']} ({r['reason']}) sni {r['sni']} "
           f"{r['client_tls_version']} {r['alpn'] or '-'}; {r['ended']}")
 PY
 }

@@ -263,6 +263,13 @@ impl Terminating {
     }
 }
 
+/// Whether the connection-log record is of a connection `service` answered.
+fn served_by(record: &serde_json::Value, service: &str) -> bool {
+    record["event_type"] == "tls_terminate"
+        && record["decision"] == "terminate"
+        && record["reason"] == format!("service {service}")
+}
+
 /// The record of the terminated connection from the client port `port`.
 fn record_from_port<'a>(records: &'a [serde_json::Value], port: &str) -> &'a serde_json::Value {
     records
@@ -303,8 +310,7 @@ fn proxy_v1_and_v2_tell_nginx_the_client_address_and_the_body_is_byte_exact_over
     let (_, report) = up.stop();
     for (host, port) in &ports {
         let record = record_from_port(&records, port);
-        assert_eq!(record["decision"], "terminate", "{record}");
-        assert_eq!(record["service"], *host, "{record}");
+        assert!(served_by(record, host), "{record}");
         assert_eq!(record["sni"], format!("{host}.lab.test"), "{record}");
         assert_eq!(record["alpn"], "http/1.1", "{record}");
     }
@@ -368,7 +374,7 @@ fn http2_runs_end_to_end_with_curl_and_h2load_to_an_http2_backend() {
     assert!(
         records
             .iter()
-            .filter(|record| record["service"] == "h2" && record["alpn"] == "h2")
+            .filter(|record| served_by(record, "h2") && record["alpn"] == "h2")
             .count()
             >= 11,
         "{records:?}"
@@ -401,12 +407,7 @@ fn haproxy_on_another_host_gets_the_client_address_and_the_server_name_in_proxy_
     await_records(&up.scratch, 2);
     let (records, _) = up.stop();
     for service in ["ha4", "ha6"] {
-        assert!(
-            records
-                .iter()
-                .any(|record| record["service"] == service && record["decision"] == "terminate"),
-            "{records:?}"
-        );
+        assert!(records.iter().any(|record| served_by(record, service)), "{records:?}");
     }
 }
 
@@ -492,20 +493,21 @@ fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
 
     let records = await_records(&up.scratch, 4);
     let (_, report) = up.stop();
-    let refused: Vec<_> = records.iter().filter(|record| record["service"] == "down").collect();
+    let refused: Vec<_> = records.iter().filter(|record| served_by(record, "down")).collect();
     assert_eq!(refused.len(), 2, "{records:?}");
     for record in refused {
-        let said = format!("{} {}", record["reason"], record["ended"]).to_lowercase();
-        assert!(said.contains("refused"), "{record}");
+        assert_eq!(record["ended"], "backend refused", "{record}");
     }
-    assert!(
-        records.iter().any(|record| record["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no service for nobody.lab.test")),
-        "{records:?}"
-    );
+    let unknown: Vec<_> = records
+        .iter()
+        .filter(|record| record["ended"] == "no service for nobody.lab.test")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{records:?}");
+    assert_eq!(unknown[0]["decision"], "terminate", "{records:?}");
+    assert_eq!(unknown[0]["sni"], "nobody.lab.test", "{records:?}");
     assert_eq!(report["tcp"]["backend_refused"], 2, "{report}");
     assert_eq!(report["tcp"]["terminate_failed"], 1, "{report}");
-    assert_eq!(report["tcp"]["terminated"], 1, "{report}");
+    // The www download, and maybe the refused ones: their handshakes go on
+    // while the backend leg opens.
+    assert!(report["tcp"]["terminated"].as_u64().unwrap() >= 1, "{report}");
 }
