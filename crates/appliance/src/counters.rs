@@ -309,6 +309,9 @@ pub struct Report {
     pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// Records the writer thread of the logs and the capture dropped
+    /// because its queue was full.
+    pub writer: crate::writer::WriterTotals,
     /// The most frequent server names of the ClientHellos, most first
     /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
     pub top_sni: Vec<NameCount>,
@@ -558,6 +561,12 @@ impl fmt::Display for Report {
                 capture.frames, capture.bytes, capture.frames_dropped, capture.bytes_dropped
             )?;
         }
+        let writer = &self.writer;
+        writeln!(
+            f,
+            "output writer: dropped on a full queue: {} connection-log records, {} key-log records, {} capture frames",
+            writer.log_records_dropped, writer.keylog_records_dropped, writer.capture_frames_dropped
+        )?;
         if let Some(stream) = &self.pcap_over_ip {
             writeln!(
                 f,

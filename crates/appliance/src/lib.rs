@@ -13,6 +13,7 @@ pub mod directory;
 pub mod distribution;
 pub mod engine;
 pub mod histogram;
+pub mod keylog;
 pub mod learned;
 pub mod mirror;
 pub mod pcap_stream;
@@ -24,6 +25,7 @@ pub mod replay;
 pub mod splice;
 pub mod topnames;
 pub mod worker;
+pub mod writer;
 
 pub use config::{Config, ConfigError};
 pub use counters::Report;

@@ -34,9 +34,11 @@ use crate::config::{Config, ConfigError};
 use crate::connlog::ConnectionLog;
 use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
+use crate::keylog::KeyLog;
 use crate::learned::LearnedStore;
 use crate::preflight::preflight;
 use crate::splice::Rules;
+use crate::writer::{Opened, WriterHandle};
 
 /// The configuration keys a reload puts in force (a key below one of these,
 /// such as `policy`'s rules, counts as that key). Every other key needs a
@@ -210,7 +212,7 @@ fn tls_material(config: &Config) -> Vec<u8> {
 pub fn prepare_rules(
     config: &Config,
     learned: &Arc<LearnedStore>,
-    key_log: Option<Arc<mitm::KeyLogFile>>,
+    key_log: Option<Arc<KeyLog>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
 ) -> Result<Vec<Rules>, DataplaneError> {
@@ -220,7 +222,7 @@ pub fn prepare_rules(
         .map(|_| {
             let mut tls = policy.tls_context()?;
             if let (Some(tls), Some(key_log)) = (tls.as_mut(), &key_log) {
-                tls.set_key_log(Arc::clone(key_log));
+                tls.set_key_log(key_log.clone());
             }
             Ok(Rules {
                 policy: rules.clone(),
@@ -273,24 +275,26 @@ struct State {
     /// [`tls_material`] of `running`.
     material: Vec<u8>,
     learned: Arc<LearnedStore>,
-    key_log: Option<Arc<mitm::KeyLogFile>>,
+    key_log: Option<Arc<KeyLog>>,
     connection_log: Option<Arc<ConnectionLog>>,
+    /// Where log files go once opened.
+    writer: WriterHandle,
     workers: Vec<WorkerLink>,
     generation: u64,
 }
 
-/// The log file at `path`: `current` reopened if it is the same file,
-/// else a fresh one.
+/// The log file at `path`: `current` (reopened later) if it is the same
+/// file, else a fresh one, opened but not yet handed to the writer.
 fn log_at<L, E>(
     current: &Option<Arc<L>>,
     path: Option<&Path>,
     same: impl Fn(&L) -> bool,
-    open: impl Fn(&Path) -> Result<L, E>,
-) -> Result<Option<Arc<L>>, E> {
+    prepare: impl Fn(&Path) -> Result<(L, Opened), E>,
+) -> Result<(Option<Arc<L>>, Option<Opened>), E> {
     match (current, path) {
-        (_, None) => Ok(None),
-        (Some(current), Some(_)) if same(current) => Ok(Some(Arc::clone(current))),
-        (_, Some(path)) => open(path).map(|log| Some(Arc::new(log))),
+        (_, None) => Ok((None, None)),
+        (Some(current), Some(_)) if same(current) => Ok((Some(Arc::clone(current)), None)),
+        (_, Some(path)) => prepare(path).map(|(log, file)| (Some(Arc::new(log)), Some(file))),
     }
 }
 
@@ -313,18 +317,18 @@ impl State {
             path: path.to_owned(),
             source,
         };
-        let key_log = log_at(
+        let (key_log, key_log_file) = log_at(
             &self.key_log,
             plan.config.log.keylog.as_deref(),
             |log| Some(log.path()) == plan.config.log.keylog.as_deref(),
-            mitm::KeyLogFile::open,
+            |path| KeyLog::prepare(path, &self.writer),
         )
         .map_err(|err| load(DataplaneError::KeyLog(err)))?;
-        let connection_log = log_at(
+        let (connection_log, connection_log_file) = log_at(
             &self.connection_log,
             plan.config.log.connections.as_deref(),
             |log| Some(log.path()) == plan.config.log.connections.as_deref(),
-            ConnectionLog::open,
+            |path| ConnectionLog::prepare(path, &self.writer),
         )
         .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
         let rules = prepare_rules(
@@ -336,6 +340,9 @@ impl State {
         )
         .map_err(load)?;
         // Everything loaded: now it goes into force.
+        for file in [key_log_file, connection_log_file].into_iter().flatten() {
+            self.writer.open(file);
+        }
         self.reopen_logs_kept(&key_log, &connection_log);
         for (link, rules) in self.workers.iter().zip(rules) {
             // A worker that ended (stop) takes nothing any more.
@@ -354,7 +361,7 @@ impl State {
     }
 
     /// Reopens the running logs that stay at their path (rotation).
-    fn reopen_logs_kept(&self, key_log: &Option<Arc<mitm::KeyLogFile>>, connection_log: &Option<Arc<ConnectionLog>>) {
+    fn reopen_logs_kept(&self, key_log: &Option<Arc<KeyLog>>, connection_log: &Option<Arc<ConnectionLog>>) {
         if let (Some(kept), Some(running)) = (key_log, &self.key_log) {
             if Arc::ptr_eq(kept, running) {
                 if let Err(err) = kept.reopen() {
@@ -374,13 +381,14 @@ impl State {
 
 impl Reloader {
     /// The reloader of an instance running `config` with `workers` workers
-    /// (and these logs and learned bypasses); returns the workers' inboxes,
-    /// in order.
+    /// (and these logs, written by `writer`, and learned bypasses); returns
+    /// the workers' inboxes, in order.
     pub fn new(
         config: &Config,
         learned: Arc<LearnedStore>,
-        key_log: Option<Arc<mitm::KeyLogFile>>,
+        key_log: Option<Arc<KeyLog>>,
         connection_log: Option<Arc<ConnectionLog>>,
+        writer: WriterHandle,
         workers: usize,
     ) -> (Reloader, Vec<WorkerInbox>) {
         let (links, inboxes) = (0..workers)
@@ -403,6 +411,7 @@ impl Reloader {
                 learned,
                 key_log,
                 connection_log,
+                writer,
                 workers: links,
                 generation: 0,
             }),

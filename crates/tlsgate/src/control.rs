@@ -231,7 +231,9 @@ mod tests {
     fn instance(learned: &Arc<LearnedStore>, clock: EngineClock, config: &Path) -> Instance {
         std::fs::write(config, SPLICE).unwrap();
         let running = appliance::Config::load(config).unwrap();
-        let (reloader, _) = Reloader::new(&running, Arc::clone(learned), None, None, 0);
+        // No log: the writer has nothing to write (stopped when dropped).
+        let writer = appliance::writer::Writer::start().unwrap();
+        let (reloader, _) = Reloader::new(&running, Arc::clone(learned), None, None, writer.handle().clone(), 0);
         reloader.set_source(config);
         Instance {
             learned: Arc::clone(learned),

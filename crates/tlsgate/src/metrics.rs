@@ -439,6 +439,7 @@ pub(crate) mod tests {
             learned: Default::default(),
             reloads: Default::default(),
             capture: None,
+            writer: Default::default(),
             pcap_over_ip: None,
             mirror: None,
             top_sni: vec![appliance::topnames::NameCount {
@@ -500,7 +501,8 @@ pub(crate) mod tests {
             !text.lines().any(|line| !line.starts_with('#') && line.contains("_ns")),
             "nanoseconds are exposed as seconds"
         );
-        assert!(!text.contains("capture"), "an absent capture has no samples");
+        assert!(!text.contains("tlsgate_capture_"), "an absent capture has no samples");
+        assert!(text.contains("tlsgate_writer_capture_frames_dropped_total 0"));
         // Every number of the JSON report is there, under its path.
         let json = serde_json::to_value(&report).expect("json");
         for (key, value) in json["tcp"].as_object().expect("object") {
