@@ -692,6 +692,13 @@ impl Dataplane {
         joined
     }
 
+    /// Waits until everything the workers queued for the logs and the
+    /// capture is written (for a caller that drove worker 0 itself, before
+    /// its final report; [`Dataplane::run`] stops the writer on its own).
+    pub fn flush_outputs(&self) {
+        self.writer.handle().flush();
+    }
+
     /// The learned bypasses every worker shares (for the control channel).
     pub fn learned(&self) -> Arc<crate::learned::LearnedStore> {
         Arc::clone(self.policy.rules.learned())
