@@ -205,7 +205,11 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
     assert!(status.success());
     assert!(!socket.exists(), "the control socket is removed at the end");
     assert_eq!(report["capture"]["frames_dropped"], 0, "{report}");
-    for dropped in ["log_records_dropped", "keylog_records_dropped", "capture_frames_dropped"] {
+    for dropped in [
+        "log_records_dropped",
+        "keylog_records_dropped",
+        "capture_frames_dropped",
+    ] {
         assert_eq!(report["writer"][dropped], 0, "{report}");
     }
     assert!(

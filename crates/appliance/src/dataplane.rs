@@ -480,18 +480,16 @@ impl Dataplane {
             None => Default::default(),
         };
         let capture = match &config.capture {
-            Some(capture @ crate::config::Capture { path: Some(path), .. }) => {
-                Some(CaptureQueue::open(
-                    CaptureSettings {
-                        path: path.clone(),
-                        port_map: port_map.clone(),
-                        rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
-                        rotate_secs: capture.rotate_secs,
-                        max_files: capture.max_files,
-                    },
-                    writer.handle(),
-                )?)
-            }
+            Some(capture @ crate::config::Capture { path: Some(path), .. }) => Some(CaptureQueue::open(
+                CaptureSettings {
+                    path: path.clone(),
+                    port_map: port_map.clone(),
+                    rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                    rotate_secs: capture.rotate_secs,
+                    max_files: capture.max_files,
+                },
+                writer.handle(),
+            )?),
             _ => None,
         };
         let listen = config.capture.as_ref().and_then(|capture| capture.pcap_over_ip);

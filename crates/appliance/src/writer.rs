@@ -203,9 +203,8 @@ impl Writer {
     /// Starts the thread (after the privilege drop: it runs with the
     /// credentials of the thread that starts it).
     pub fn start() -> Result<Writer, WriterError> {
-        let (sender, receiver) = mpsc::sync_channel(
-            Kind::ALL.iter().map(|kind| kind.budget()).sum::<usize>() + CONTROL_SLOTS,
-        );
+        let (sender, receiver) =
+            mpsc::sync_channel(Kind::ALL.iter().map(|kind| kind.budget()).sum::<usize>() + CONTROL_SLOTS);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name("tlsgate-writer".into())
@@ -274,7 +273,11 @@ impl Files {
         match message {
             Message::Line(kind, line) => {
                 shared.waiting[kind.index()].fetch_sub(1, Ordering::AcqRel);
-                let file = if kind == Kind::Log { &mut self.log } else { &mut self.key_log };
+                let file = if kind == Kind::Log {
+                    &mut self.log
+                } else {
+                    &mut self.key_log
+                };
                 if let Some(file) = file {
                     // A full disk loses the line, never the connection.
                     let _ = file.write_all(&line);

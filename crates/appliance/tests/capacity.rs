@@ -107,7 +107,9 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     let connection_log = Arc::clone(&log.log);
     let mut policy = policy(&[PORT]);
     policy.stack.max_flows = 2 * TABLE;
-    let mut lab = Lab::with_engine(&policy, |engine| engine.with_tls(context).with_connection_log(connection_log));
+    let mut lab = Lab::with_engine(&policy, |engine| {
+        engine.with_tls(context).with_connection_log(connection_log)
+    });
     log_frames(&mut lab);
     let idle: Vec<_> = (0..TABLE as u16)
         .map(|i| connect(&mut lab, v4(SERVER_V4, PORT), 41_000 + i))

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use appliance::connlog;
-use harness::connlog::LogFile;
 use appliance::policy::{Action, Policy, RuleConfig};
+use harness::connlog::LogFile;
 use harness::tls::Scratch;
 use harness::{close_both, connect, policy, transfer, v4, v6, Lab, SERVER_V4, SERVER_V6};
 use smoltcp::socket::tcp::State;
@@ -93,7 +93,9 @@ fn the_schema_rejects_records_that_tools_could_not_read() {
     let validator = harness::connlog::validator();
     let scratch = Scratch::new("connlog-strict");
     let log = LogFile::open(scratch.0.join("connections.jsonl"));
-    let mut lab = Lab::with_engine(&policy(&[80]), |engine| engine.with_connection_log(Arc::clone(&log.log)));
+    let mut lab = Lab::with_engine(&policy(&[80]), |engine| {
+        engine.with_connection_log(Arc::clone(&log.log))
+    });
     let (client, server) = connect(&mut lab, v4(SERVER_V4, 80), 41_010);
     close_both(&mut lab, client, server);
     assert!(lab.run_until(5_000, |_| !log.records().is_empty()));

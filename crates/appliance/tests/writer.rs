@@ -3,6 +3,7 @@
 //! them between the old and the new file, a stop writes everything
 //! accepted, and a writer that cannot keep up (here: blocked on a pipe
 //! nobody reads) makes the workers drop and count, never wait.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 mod harness;
 
