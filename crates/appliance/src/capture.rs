@@ -19,7 +19,8 @@
 //! 0600 (the plaintext is as secret as the traffic). The pcap header is
 //! written when the file is created; the frames go through a buffer that
 //! only ever holds whole records, written out when it reaches
-//! [`BUFFER_BYTES`], at rotation and when the capture is dropped.
+//! [`BUFFER_BYTES`], at rotation, when flushed (the writer thread does at
+//! its stop) and when the capture is dropped.
 //!
 //! **Rotation.** Before a frame is written, the current file is rotated
 //! when it already holds a frame and either the frame would take it past
