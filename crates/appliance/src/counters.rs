@@ -286,7 +286,7 @@ pub struct PortReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: PortTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// The decrypt-mirror port in a report: what the workers sent on it and
@@ -296,7 +296,7 @@ pub struct MirrorReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: crate::mirror::MirrorTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// Everything the data plane counted, as printed by `run` and `replay`.

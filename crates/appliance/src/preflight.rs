@@ -1,7 +1,7 @@
 //! What `run` loads from its configuration besides EAL and the devices: the
 //! intercept policy, the TLS material (CA and chain with its key, the leaf
 //! key, the upstream trust bundle), and the places the logs and the
-//! decrypted capture are written. [`Dataplane::open`](crate::Dataplane::open)
+//! decrypted capture are written. `Dataplane::open` (the `dataplane` crate)
 //! runs [`preflight`] first and `tlsgate check` runs exactly it, so check and
 //! run cannot disagree. Writability is probed with a file created and
 //! removed at once; nothing else is written. With `[process] user`, those
@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::dataplane::DataplaneError;
 use crate::engine::InterceptPolicy;
 use crate::privileges::RunAs;
+use crate::setup::SetupError;
 
 /// A log or capture file that `run` could not write.
 #[derive(Debug, Error)]
@@ -43,8 +43,8 @@ pub struct RunAsOutputError {
 
 /// Loads and checks everything `run` would, short of the devices; returns
 /// the intercept policy.
-pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
-    let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
+pub fn preflight(config: &Config) -> Result<InterceptPolicy, SetupError> {
+    let policy = InterceptPolicy::from_config(config).map_err(SetupError::Device)?;
     policy.tls_context()?;
     if let Some(run_as) = RunAs::from_config(&config.process)? {
         writable_after_drop(config, &run_as)?;

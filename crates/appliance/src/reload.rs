@@ -25,17 +25,17 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dpdk::Port;
+use port::Port;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::connlog::ConnectionLog;
-use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
 use crate::learned::LearnedStore;
 use crate::preflight::preflight;
+use crate::setup::SetupError;
 use crate::splice::Rules;
 
 /// The configuration keys a reload puts in force (a key below one of these,
@@ -68,7 +68,7 @@ pub enum ReloadError {
     Load {
         path: PathBuf,
         #[source]
-        source: DataplaneError,
+        source: SetupError,
     },
     #[error("no configuration file to reload from")]
     NoSource,
@@ -213,7 +213,7 @@ pub fn prepare_rules(
     key_log: Option<Arc<mitm::KeyLogFile>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<Vec<Rules>, DataplaneError> {
+) -> Result<Vec<Rules>, SetupError> {
     let policy = preflight(config)?;
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
     (0..workers)
@@ -319,14 +319,14 @@ impl State {
             |log| Some(log.path()) == plan.config.log.keylog.as_deref(),
             mitm::KeyLogFile::open,
         )
-        .map_err(|err| load(DataplaneError::KeyLog(err)))?;
+        .map_err(|err| load(SetupError::KeyLog(err)))?;
         let connection_log = log_at(
             &self.connection_log,
             plan.config.log.connections.as_deref(),
             |log| Some(log.path()) == plan.config.log.connections.as_deref(),
             ConnectionLog::open,
         )
-        .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
+        .map_err(|err| load(SetupError::ConnectionLog(err)))?;
         let rules = prepare_rules(
             &plan.config,
             &self.learned,
