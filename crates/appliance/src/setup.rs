@@ -1,5 +1,5 @@
 //! Why the appliance's policy, TLS material, outputs or privilege drop
-//! could not be set up: the error of [`crate::preflight`] (`tlsgate
+//! could not be set up: the error of [`crate::preflight()`] (`tlsgate
 //! check`), of a reload, and (wrapped) of the data plane's start.
 
 use thiserror::Error;
