@@ -11,6 +11,7 @@ use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingCo
 use thiserror::Error;
 
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
+use crate::clock::{random_seed, EngineStart};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
@@ -46,6 +47,8 @@ pub enum DataplaneError {
     PcapStream(#[from] StreamError),
     #[error("invalid device: {0}")]
     Device(String),
+    #[error("the OS gave no entropy for the TCP initial sequence numbers")]
+    Entropy,
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
@@ -208,14 +211,14 @@ fn assemble<P: dpdk::Port>(
     stats: EngineStats,
     burst_size: usize,
     policy: &InterceptPolicy,
-    now: netstack::Instant,
+    start: EngineStart,
     tls: Option<mitm::TlsContext>,
     outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
     let WorkerPorts { data: queues, mirror } = ports;
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
-    let mut engine = Engine::new(client, server, stats, burst_size, policy, now);
+    let mut engine = Engine::new(client, server, stats, burst_size, policy, start);
     if let (Some(inspect_out), Some(inspect_in), Some(settings)) = (queues.next(), queues.next(), policy.inspection) {
         engine = engine.with_inspection(inspect_out, inspect_in, settings);
     }
@@ -250,6 +253,8 @@ struct WorkerSlot {
     /// What its queue of the mirror port did.
     mirror_stats: Arc<MirrorStats>,
     tls: Option<mitm::TlsContext>,
+    /// The seed of its engine's random choices (from the OS's entropy).
+    seed: u64,
     /// Where reloaded rules reach this worker.
     inbox: Option<WorkerInbox>,
     engine: EngineStats,
@@ -430,6 +435,7 @@ impl Dataplane {
                     }),
                     mirror_stats,
                     tls: policy.tls_context()?,
+                    seed: random_seed().map_err(|_| DataplaneError::Entropy)?,
                     // Set once the reloader exists, after the logs are open.
                     inbox: None,
                     engine,
@@ -551,7 +557,11 @@ impl Dataplane {
             slot.engine.clone(),
             self.burst_size,
             &self.policy,
-            netstack::Instant::ZERO,
+            EngineStart {
+                now: netstack::Instant::ZERO,
+                wall: self.clock.wall(),
+                seed: slot.seed,
+            },
             slot.tls.take(),
             outputs,
         )?;
@@ -587,6 +597,7 @@ impl Dataplane {
                 let engine_stats = slot.engine.clone();
                 let handoffs = slot.handoffs.clone();
                 let tls = slot.tls.take();
+                let seed = slot.seed;
                 let inbox = slot.inbox.take();
                 let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
@@ -612,8 +623,12 @@ impl Dataplane {
                         let mut poller = TimedPoller::new(&stats, max_sleep)
                             .with_clock(clock)
                             .with_handoffs(handoffs);
-                        let now = poller.now();
-                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
+                        let start = EngineStart {
+                            now: poller.now(),
+                            wall: clock.wall(),
+                            seed,
+                        };
+                        let engine = assemble(queues, engine_stats, burst_size, &policy, start, tls, outputs);
                         match engine {
                             Some(mut engine) => {
                                 let reset = run_worker(&mut engine, &mut poller, halt, inbox.as_ref());

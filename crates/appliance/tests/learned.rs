@@ -120,6 +120,7 @@ fn setup(name: &str, invalid: InvalidUpstream, learned: LearnedSettings) -> Setu
         UpstreamTrust::from_bundle(&bundle).unwrap(),
         invalid,
         None,
+        mitm::WallClock::new(time::OffsetDateTime::now_utc()),
     )
     .unwrap();
     let intercept = InterceptPolicy {
