@@ -167,12 +167,7 @@ impl InterceptPolicy {
             None => None,
         };
         let forger = Forger::new(ca, leaf_key, tls.cert_cache).map_err(at("tls.leaf_key"))?;
-        let bundle = if tls.upstream_trust == "system" {
-            std::path::PathBuf::from(mitm::trust::SYSTEM_BUNDLE)
-        } else {
-            std::path::PathBuf::from(&tls.upstream_trust)
-        };
-        let trust = UpstreamTrust::from_bundle(&bundle).map_err(at("tls.upstream_trust"))?;
+        let trust = UpstreamTrust::from_bundle(tls.upstream_trust.bundle()).map_err(at("tls.upstream_trust"))?;
         let invalid = match tls.invalid_upstream {
             InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
             InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,

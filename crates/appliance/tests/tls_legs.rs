@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use appliance::connlog::ConnectionLog;
-use appliance::policy::{Action, Condition, Policy, RuleConfig};
+use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
 use harness::tls::{client_tls, drive, interception, origin_for, provider, Scratch};
 use harness::{assert_no_leaks, close_both, exchange, policy, v4, Lab, SERVER_V4};
 use rustls::client::{EchConfig, EchMode};
@@ -48,7 +48,7 @@ fn setup(
     let log = scratch.0.join("connections.log");
     let connection_log = Arc::new(ConnectionLog::open(&log).unwrap());
     let mut intercept = policy(&[443]);
-    intercept.rules = Policy::new(rules, std::sync::Arc::default(), false)
+    intercept.rules = Policy::new(&PolicyRules::from(rules.to_vec()), std::sync::Arc::default(), false)
         .unwrap()
         .with_ech(ech);
     let lab = Lab::with_engine(&intercept, |engine| {
