@@ -175,7 +175,7 @@ pub struct Capture {
     /// Server ports written as other ports, e.g. `{ 443 = 80 }` so that
     /// analysers dissect the plaintext as HTTP.
     #[serde(default)]
-    pub port_map: std::collections::BTreeMap<String, u16>,
+    pub port_map: PortMap,
     /// Start a new file when this one reaches this many MiB.
     pub rotate_mb: Option<u64>,
     /// Start a new file when this one is this many seconds old.
@@ -188,13 +188,51 @@ pub struct Capture {
 impl Capture {
     /// The port map as numbers; `Err` names the entry that is not a port.
     pub fn ports(&self) -> Result<Vec<(u16, u16)>, String> {
-        self.port_map
+        self.port_map.ports.clone()
+    }
+}
+
+/// `capture.port_map` as written (TOML keys are strings), parsed into port
+/// numbers once, as it is read.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    from = "std::collections::BTreeMap<String, u16>",
+    into = "std::collections::BTreeMap<String, u16>"
+)]
+pub struct PortMap {
+    written: std::collections::BTreeMap<String, u16>,
+    /// The entries as numbers, or the entry that is not a port.
+    ports: Result<Vec<(u16, u16)>, String>,
+}
+
+impl Default for PortMap {
+    fn default() -> Self {
+        PortMap::from(std::collections::BTreeMap::new())
+    }
+}
+
+impl std::fmt::Debug for PortMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.written.fmt(f)
+    }
+}
+
+impl From<std::collections::BTreeMap<String, u16>> for PortMap {
+    fn from(written: std::collections::BTreeMap<String, u16>) -> Self {
+        let ports = written
             .iter()
             .map(|(from, to)| match (from.parse::<u16>(), *to) {
                 (Ok(from), to) if from != 0 && to != 0 => Ok((from, to)),
                 _ => Err(format!("{from} = {to} does not map a TCP port to a TCP port")),
             })
-            .collect()
+            .collect();
+        PortMap { written, ports }
+    }
+}
+
+impl From<PortMap> for std::collections::BTreeMap<String, u16> {
+    fn from(map: PortMap) -> Self {
+        map.written
     }
 }
 
