@@ -460,7 +460,7 @@ pub struct PortReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: PortTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// The decrypt-mirror port in a report: what the workers sent on it and
@@ -470,7 +470,7 @@ pub struct MirrorReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: crate::mirror::MirrorTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// Everything the data plane counted, as printed by `run` and `replay`.
@@ -483,6 +483,9 @@ pub struct Report {
     pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// Records the writer thread of the logs and the capture dropped
+    /// because its queue was full.
+    pub writer: crate::writer::WriterTotals,
     /// The most frequent server names of the ClientHellos, most first
     /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
     pub top_sni: Vec<NameCount>,
@@ -539,6 +542,7 @@ impl Report {
             visit("top_sni", &[("sni", entry.sni.clone())], field);
         }
         section("reloads", &[], &self.reloads, visit);
+        section("writer", &[], &self.writer, visit);
         if let Some(stream) = &self.pcap_over_ip {
             section("pcap_over_ip", &[], stream, visit);
         }
@@ -560,9 +564,9 @@ impl Report {
 /// The driver's counters (`rte_eth_stats`), all of them counters; the
 /// destructuring names every field, so a field added to the driver's
 /// struct does not build until it is described here.
-impl Fields for dpdk::PortCounters {
+impl Fields for port::PortCounters {
     fn visit(&self, visit: &mut dyn FnMut(Field<'_>)) {
-        let dpdk::PortCounters {
+        let port::PortCounters {
             rx_packets,
             tx_packets,
             rx_bytes,
@@ -831,6 +835,12 @@ impl fmt::Display for Report {
                 capture.frames, capture.bytes, capture.frames_dropped, capture.bytes_dropped
             )?;
         }
+        let writer = &self.writer;
+        writeln!(
+            f,
+            "output writer: dropped on a full queue: {} connection-log records, {} key-log records, {} capture frames",
+            writer.log_records_dropped, writer.keylog_records_dropped, writer.capture_frames_dropped
+        )?;
         if let Some(stream) = &self.pcap_over_ip {
             writeln!(
                 f,
@@ -901,7 +911,7 @@ mod tests {
                 udp_blocked: base + 10,
                 invalid_dropped: base + 11,
             },
-            driver: dpdk::PortCounters {
+            driver: port::PortCounters {
                 rx_packets: base + 21,
                 tx_packets: base + 22,
                 rx_bytes: base + 23,
@@ -1018,6 +1028,11 @@ mod tests {
                 ok: 1001,
                 refused: 1002,
             },
+            writer: crate::writer::WriterTotals {
+                log_records_dropped: 1301,
+                keylog_records_dropped: 1302,
+                capture_frames_dropped: 1303,
+            },
             pcap_over_ip: Some(crate::pcap_stream::StreamTotals {
                 clients: 1101,
                 clients_accepted: 1102,
@@ -1036,7 +1051,7 @@ mod tests {
                     frames_dropped: 1203,
                     bytes_dropped: 1204,
                 },
-                driver: dpdk::PortCounters {
+                driver: port::PortCounters {
                     tx_packets: 1205,
                     tx_errors: 1206,
                     ..Default::default()

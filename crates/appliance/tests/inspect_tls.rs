@@ -9,9 +9,10 @@ mod harness;
 use std::io::Write;
 use std::sync::Arc;
 
-use appliance::capture::{CaptureSettings, DecryptedCapture};
+use appliance::capture::{CaptureQueue, CaptureSettings};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
+use appliance::writer::Writer;
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;
@@ -23,7 +24,8 @@ struct Setup {
     lab: Lab,
     ca: CertificateDer<'static>,
     origin: Arc<ServerConfig>,
-    capture: Arc<DecryptedCapture>,
+    /// The thread that writes the capture.
+    capture: Writer,
     capture_path: std::path::PathBuf,
     _scratch: Scratch,
 }
@@ -56,17 +58,18 @@ fn setup_inspecting(
     let (origin, origin_ca) = origin();
     let (context, ca) = interception(&scratch, &origin_ca);
     let capture_path = scratch.0.join("decrypted.pcap");
-    let capture = Arc::new(
-        DecryptedCapture::open(CaptureSettings {
+    let capture = Writer::start().unwrap();
+    let queue = CaptureQueue::open(
+        CaptureSettings {
             path: capture_path.clone(),
             port_map: [(443, 80)].into_iter().collect(),
             ..CaptureSettings::default()
-        })
-        .unwrap(),
-    );
-    let shared = Arc::clone(&capture);
+        },
+        capture.handle(),
+    )
+    .unwrap();
     let lab = Lab::with_inspection_and(intercept, settings, mode, move |engine| {
-        engine.with_tls(context).with_capture(shared)
+        engine.with_tls(context).with_capture(queue)
     });
     Setup {
         lab,
@@ -314,7 +317,7 @@ fn resets(frames: &[Vec<u8>]) -> Vec<(u16, u16)> {
 
 #[test]
 fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
-    use appliance::policy::{Action, Condition, Policy, RuleConfig};
+    use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
     let mut intercept = policy(&[443]);
     let bypass_non_tls = RuleConfig {
         action: Action::Bypass,
@@ -326,7 +329,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         when: Some(Condition::NonTls),
         udp: None,
     };
-    intercept.rules = Policy::new(&[bypass_non_tls], Arc::default(), false).unwrap();
+    intercept.rules = Policy::new(&PolicyRules::from(vec![bypass_non_tls]), Arc::default(), false).unwrap();
     let Setup {
         mut lab, ca, origin, ..
     } = setup_with("tls-shutdown", BoxMode::Pass, &intercept, InspectFailure::FailClosed);

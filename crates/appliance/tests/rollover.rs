@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use appliance::directory::SessionDirectory;
 use appliance::engine::{Engine, EngineStats};
-use dpdk::{MemPort, MemPortControl};
 use netstack::Instant;
+use port::{MemPort, MemPortControl};
 use wire::{SegmentControl, TcpSegment};
 
 struct Worker {
@@ -33,7 +33,7 @@ fn worker(directory: &Arc<SessionDirectory>) -> Worker {
         stats.clone(),
         32,
         &harness::policy(&[443]),
-        Instant::ZERO,
+        harness::start(),
     )
     .with_directory(Arc::clone(directory));
     Worker {

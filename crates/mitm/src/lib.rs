@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod clock;
 mod error;
 pub mod forge;
 pub mod grade;
@@ -16,10 +17,10 @@ pub mod terminate;
 pub mod trust;
 
 pub use ca::CertificateAuthority;
+pub use clock::WallClock;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
 pub use grade::{Grade, LegGrade};
-pub use keylog::KeyLogFile;
 pub use session::{InvalidUpstream, Pending, Rejection, SessionInfo, TlsContext, TlsSession};
 pub use terminate::{CertifiedKeyPem, ServiceTls, TerminateError, TicketKeys, TlsVersion};
 pub use trust::UpstreamTrust;

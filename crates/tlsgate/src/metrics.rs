@@ -26,7 +26,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use appliance::counters::Value;
 use appliance::histogram::Histogram;
-use appliance::{Report, ReportSource};
+use appliance::Report;
+use dataplane::ReportSource;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -362,6 +363,7 @@ pub(crate) mod tests {
             learned: Default::default(),
             reloads: Default::default(),
             capture: None,
+            writer: Default::default(),
             pcap_over_ip: Some(appliance::pcap_stream::StreamTotals {
                 clients: 2,
                 clients_accepted: 5,
@@ -424,7 +426,8 @@ pub(crate) mod tests {
             !text.lines().any(|line| !line.starts_with('#') && line.contains("_ns")),
             "nanoseconds are exposed as seconds"
         );
-        assert!(!text.contains("capture"), "an absent capture has no samples");
+        assert!(!text.contains("tlsgate_capture_"), "an absent capture has no samples");
+        assert!(text.contains("tlsgate_writer_capture_frames_dropped_total 0"));
         // Typed as declared, not by name: a count of sessions that once
         // carried on is a counter, the clients connected now a gauge.
         assert_eq!(type_of(&text, "tlsgate_tcp_inspect_failed_open_live_total"), "counter");

@@ -1,27 +1,30 @@
 //! Assembles the DPDK data plane from a [`Config`]: EAL, the mbuf pool, the
 //! ports with one queue pair per worker (or, for a driver that cannot
 //! spread frames over queues, one receive queue that worker 0 distributes
-//! over rings, see [`crate::distribution`]), and the worker threads.
+//! over rings, see [`appliance::distribution`]), and the worker threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appliance::capture::{CaptureQueue, CaptureSettings};
+use appliance::clock::{random_seed, EngineStart};
+use appliance::config::{Config, Device};
+use appliance::connlog::ConnectionLog;
+use appliance::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
+use appliance::directory::SessionDirectory;
+use appliance::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
+use appliance::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use appliance::keylog::KeyLog;
+use appliance::mirror::{MirrorStats, MirrorTotals, Taps};
+use appliance::pcap_stream::{PcapStream, StreamFeed};
+use appliance::privileges::RunAs;
+use appliance::reload::{Reloader, WorkerInbox};
+use appliance::worker::{run_worker, supervise, EngineClock, TimedPoller};
+use appliance::writer::{Writer, WriterError, WriterHandle};
+use appliance::SetupError;
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
-
-use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
-use crate::config::{Config, Device};
-use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
-use crate::directory::SessionDirectory;
-use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
-use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
-use crate::mirror::{MirrorStats, MirrorTotals, Taps};
-use crate::pcap_stream::{PcapStream, StreamError, StreamFeed};
-use crate::privileges::RunAs;
-use crate::reload::{Reloader, WorkerInbox};
-use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -29,25 +32,11 @@ pub enum DataplaneError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
     #[error(transparent)]
-    Tls(#[from] crate::engine::TlsSettingError),
-    #[error("`log.keylog`")]
-    KeyLog(#[source] mitm::MitmError),
+    Setup(#[from] SetupError),
     #[error(transparent)]
-    Output(#[from] crate::preflight::OutputError),
-    #[error(transparent)]
-    RunAsOutput(#[from] crate::preflight::RunAsOutputError),
-    #[error(transparent)]
-    Privileges(#[from] crate::privileges::PrivilegeError),
-    #[error(transparent)]
-    ConnectionLog(#[from] ConnectionLogError),
-    #[error(transparent)]
-    Capture(#[from] CaptureError),
-    #[error(transparent)]
-    PcapStream(#[from] StreamError),
-    #[error("invalid device: {0}")]
-    Device(String),
-    #[error(transparent)]
-    Service(#[from] crate::service::ServiceError),
+    Writer(#[from] WriterError),
+    #[error("the OS gave no entropy for the TCP initial sequence numbers")]
+    Entropy,
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
@@ -160,7 +149,9 @@ pub struct Dataplane {
     /// Live reload of the policy, TLS material and logs (SIGHUP, and the
     /// control channel's `reload`).
     reloader: Arc<Reloader>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
+    /// The thread that writes the logs and the capture file.
+    writer: Writer,
     /// The PCAP-over-IP listener (`capture.pcap_over_ip`).
     stream: Option<PcapStream>,
     /// Server ports the plaintext's frames show as others (`capture.port_map`).
@@ -180,7 +171,7 @@ pub struct Dataplane {
 #[derive(Clone, Default)]
 struct SharedOutputs {
     connection_log: Option<Arc<ConnectionLog>>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
     stream: Option<StreamFeed>,
     port_map: std::collections::BTreeMap<u16, u16>,
     directory: Option<Arc<SessionDirectory>>,
@@ -191,7 +182,7 @@ impl SharedOutputs {
     fn taps(&self) -> Taps {
         let taps = Taps::new(self.port_map.clone());
         let taps = match &self.capture {
-            Some(capture) => taps.with_capture(Arc::clone(capture)),
+            Some(capture) => taps.with_capture(capture.clone()),
             None => taps,
         };
         match &self.stream {
@@ -205,19 +196,19 @@ impl SharedOutputs {
 /// pair when configured), with TLS interception, the outputs of the
 /// plaintext (its queue of the mirror port among them) and the connection
 /// log when configured.
-fn assemble<P: dpdk::Port>(
+fn assemble<P: port::Port>(
     ports: WorkerPorts<P>,
     stats: EngineStats,
     burst_size: usize,
     policy: &InterceptPolicy,
-    now: netstack::Instant,
+    start: EngineStart,
     tls: Option<mitm::TlsContext>,
     outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
     let WorkerPorts { data: queues, mirror } = ports;
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
-    let mut engine = Engine::new(client, server, stats, burst_size, policy, now);
+    let mut engine = Engine::new(client, server, stats, burst_size, policy, start);
     if let (Some(inspect_out), Some(inspect_in), Some(settings)) = (queues.next(), queues.next(), policy.inspection) {
         engine = engine.with_inspection(inspect_out, inspect_in, settings);
     }
@@ -252,6 +243,8 @@ struct WorkerSlot {
     /// What its queue of the mirror port did.
     mirror_stats: Arc<MirrorStats>,
     tls: Option<mitm::TlsContext>,
+    /// The seed of its engine's random choices (from the OS's entropy).
+    seed: u64,
     /// Where reloaded rules reach this worker.
     inbox: Option<WorkerInbox>,
     engine: EngineStats,
@@ -287,7 +280,7 @@ fn receivers(
         .first()
         .and_then(|engine| engine.ports.get(port))
         .cloned()
-        .ok_or_else(|| DataplaneError::Device(format!("no counters for port {port}")))?;
+        .ok_or_else(|| SetupError::Device(format!("no counters for port {port}")))?;
     let distributor = Distributor::new(outputs, Arc::clone(&stats), port_stats);
     let mut receivers = vec![Receive::Distribute(distributor)];
     receivers.extend(consumers);
@@ -301,7 +294,7 @@ impl Dataplane {
     /// live appliance). With `run_as`, the process switches to that user
     /// once the ports, rings and TLS contexts are made, and opens the logs,
     /// the capture and PCAP-over-IP after that, as that user (see
-    /// [`crate::privileges`]).
+    /// [`appliance::privileges`]).
     pub fn open(
         config: &Config,
         devices: Option<Vec<Device>>,
@@ -310,16 +303,16 @@ impl Dataplane {
         let live = devices.is_none();
         let devices = match devices {
             Some(devices) => devices,
-            None => config.devices().map_err(DataplaneError::Device)?,
+            None => config.devices().map_err(SetupError::Device)?,
         };
         let mirror = match live {
-            true => config.mirror_device().map_err(DataplaneError::Device)?,
+            true => config.mirror_device().map_err(SetupError::Device)?,
             false => None,
         };
-        let crate::preflight::Preflight { policy, services } = crate::preflight::preflight(config)?;
+        let appliance::Preflight { policy, services } = appliance::preflight(config)?;
         if let Some(run_as) = run_as {
             // Before EAL starts its threads, so that they inherit it.
-            run_as.forbid_new_privileges()?;
+            run_as.forbid_new_privileges().map_err(SetupError::from)?;
         }
         let dataplane = &config.dataplane;
         let mut eal_args = dataplane.eal_args.clone();
@@ -413,7 +406,7 @@ impl Dataplane {
                     .map(|((_, dev), receive)| {
                         let receive = receive
                             .next()
-                            .ok_or_else(|| DataplaneError::Device(format!("no receive side for worker {queue}")))?;
+                            .ok_or_else(|| SetupError::Device(format!("no receive side for worker {queue}")))?;
                         Ok(SteeredPort::new(dev.queue(queue)?, receive))
                     })
                     .collect::<Result<Vec<_>, DataplaneError>>()?;
@@ -431,7 +424,8 @@ impl Dataplane {
                         mirror: mirror_queue,
                     }),
                     mirror_stats,
-                    tls: policy.tls_context()?,
+                    tls: policy.tls_context().map_err(SetupError::from)?,
+                    seed: random_seed().map_err(|_| DataplaneError::Entropy)?,
                     // Set once the reloader exists, after the logs are open.
                     inbox: None,
                     engine,
@@ -444,7 +438,7 @@ impl Dataplane {
         // Everything that needs root is done: DPDK's memory, the ports and
         // rings, the CA key read. The outputs are opened as the new user.
         if let Some(run_as) = run_as {
-            run_as.enter()?;
+            run_as.enter().map_err(SetupError::from)?;
             tracing::info!(
                 "dropped privileges: running as {}{}, no capabilities, no_new_privs",
                 run_as.who(),
@@ -454,39 +448,49 @@ impl Dataplane {
                     .map_or(String::new(), |root| format!(", chrooted to {}", root.display()))
             );
         }
+        // The writer thread starts with the new user's credentials too.
+        let writer = Writer::start()?;
         let key_log = match &config.log.keylog {
-            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path).map_err(DataplaneError::KeyLog)?)),
+            Some(path) => Some(Arc::new(
+                KeyLog::open(path, writer.handle()).map_err(SetupError::KeyLog)?,
+            )),
             None => None,
         };
         if let Some(key_log) = &key_log {
             for tls in workers.iter_mut().filter_map(|slot| slot.tls.as_mut()) {
-                tls.set_key_log(Arc::clone(key_log));
+                tls.set_key_log(key_log.clone());
             }
         }
         let connection_log = match &config.log.connections {
-            Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
+            Some(path) => Some(Arc::new(
+                ConnectionLog::open(path, writer.handle()).map_err(SetupError::from)?,
+            )),
             None => None,
         };
         let port_map: std::collections::BTreeMap<u16, u16> = match &config.capture {
-            Some(capture) => capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
+            Some(capture) => capture.ports().map_err(SetupError::Device)?.into_iter().collect(),
             None => Default::default(),
         };
         let capture = match &config.capture {
-            Some(capture @ crate::config::Capture { path: Some(path), .. }) => {
-                Some(Arc::new(DecryptedCapture::open(CaptureSettings {
-                    path: path.clone(),
-                    port_map: port_map.clone(),
-                    rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
-                    rotate_secs: capture.rotate_secs,
-                    max_files: capture.max_files,
-                })?))
-            }
+            Some(capture @ appliance::config::Capture { path: Some(path), .. }) => Some(
+                CaptureQueue::open(
+                    CaptureSettings {
+                        path: path.clone(),
+                        port_map: port_map.clone(),
+                        rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                        rotate_secs: capture.rotate_secs,
+                        max_files: capture.max_files,
+                    },
+                    writer.handle(),
+                )
+                .map_err(SetupError::from)?,
+            ),
             _ => None,
         };
         let listen = config.capture.as_ref().and_then(|capture| capture.pcap_over_ip);
         let stream = match listen.filter(|_| live) {
             Some(listen) => {
-                let stream = PcapStream::start(listen)?;
+                let stream = PcapStream::start(listen).map_err(SetupError::from)?;
                 tracing::info!(
                     "PCAP-over-IP on {}: the intercepted plaintext as a live pcap stream (e.g. nc {} {} | tshark -r -)",
                     stream.local_addr(),
@@ -509,6 +513,7 @@ impl Dataplane {
             Arc::clone(policy.rules.learned()),
             key_log,
             connection_log.clone(),
+            writer.handle().clone(),
             usize::from(dataplane.workers),
         );
         for (slot, inbox) in workers.iter_mut().zip(inboxes) {
@@ -526,6 +531,7 @@ impl Dataplane {
             connection_log,
             reloader: Arc::new(reloader),
             capture,
+            writer,
             stream,
             port_map,
             mirror,
@@ -554,7 +560,11 @@ impl Dataplane {
             slot.engine.clone(),
             self.burst_size,
             &self.policy,
-            netstack::Instant::ZERO,
+            EngineStart {
+                now: netstack::Instant::ZERO,
+                wall: self.clock.wall(),
+                seed: slot.seed,
+            },
             slot.tls.take(),
             outputs,
         )?;
@@ -590,6 +600,7 @@ impl Dataplane {
                 let engine_stats = slot.engine.clone();
                 let handoffs = slot.handoffs.clone();
                 let tls = slot.tls.take();
+                let seed = slot.seed;
                 let inbox = slot.inbox.take();
                 let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
@@ -615,8 +626,12 @@ impl Dataplane {
                         let mut poller = TimedPoller::new(&stats, max_sleep)
                             .with_clock(clock)
                             .with_handoffs(handoffs);
-                        let now = poller.now();
-                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
+                        let start = EngineStart {
+                            now: poller.now(),
+                            wall: clock.wall(),
+                            seed,
+                        };
+                        let engine = assemble(queues, engine_stats, burst_size, &policy, start, tls, outputs);
                         match engine {
                             Some(mut engine) => {
                                 let reset = run_worker(&mut engine, &mut poller, halt, inbox.as_ref());
@@ -652,7 +667,7 @@ impl Dataplane {
                         tick(&self.report());
                     }
                 },
-                crate::counters::resident_bytes,
+                appliance::counters::resident_bytes,
             );
             // A worker that ended on its own (a panic) stops the others too.
             stop.store(true, Ordering::Relaxed);
@@ -663,6 +678,8 @@ impl Dataplane {
         });
         let (rss, joined) = outcome?;
         self.rss_at_stop = rss;
+        // The workers are gone: everything they queued goes to the files.
+        self.writer.stop();
         for ((device, _), totals) in self.devices.iter().zip(self.distribution()) {
             if let Some(totals) = totals {
                 tracing::info!(
@@ -678,8 +695,15 @@ impl Dataplane {
         joined
     }
 
+    /// Waits until everything the workers queued for the logs and the
+    /// capture is written (for a caller that drove worker 0 itself, before
+    /// its final report; [`Dataplane::run`] stops the writer on its own).
+    pub fn flush_outputs(&self) {
+        self.writer.handle().flush();
+    }
+
     /// The learned bypasses every worker shares (for the control channel).
-    pub fn learned(&self) -> Arc<crate::learned::LearnedStore> {
+    pub fn learned(&self) -> Arc<appliance::learned::LearnedStore> {
         Arc::clone(self.policy.rules.learned())
     }
 
@@ -713,7 +737,7 @@ impl Dataplane {
             .collect()
     }
 
-    /// The live reload of this instance (see [`crate::reload`]).
+    /// The live reload of this instance (see [`appliance::reload`]).
     pub fn reloader(&self) -> Arc<Reloader> {
         Arc::clone(&self.reloader)
     }
@@ -752,6 +776,7 @@ impl Dataplane {
             learned: Arc::clone(self.policy.rules.learned()),
             reloader: Arc::clone(&self.reloader),
             capture: self.capture.clone(),
+            writer: self.writer.handle().clone(),
             stream: self.stream.as_ref().map(PcapStream::feed),
             mirror: self.mirror.as_ref().map(|(device, dev)| {
                 (
@@ -772,9 +797,11 @@ impl Dataplane {
 pub struct ReportSource {
     ports: Vec<(Side, String, Arc<EthDev>)>,
     workers: Vec<(EngineStats, Arc<WorkerStats>)>,
-    learned: Arc<crate::learned::LearnedStore>,
+    learned: Arc<appliance::learned::LearnedStore>,
     reloader: Arc<Reloader>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
+    /// What the writer thread dropped.
+    writer: WriterHandle,
     stream: Option<StreamFeed>,
     /// The mirror port's name and device, and each worker's queue on it.
     mirror: Option<(String, Arc<EthDev>, Vec<Arc<MirrorStats>>)>,
@@ -802,11 +829,12 @@ impl ReportSource {
             .collect();
         let top_sni: Vec<_> = self.workers.iter().map(|(engine, _)| engine.tcp.top_sni()).collect();
         Report {
-            top_sni: crate::topnames::merged(top_sni.iter().map(Vec::as_slice)),
+            top_sni: appliance::topnames::merged(top_sni.iter().map(Vec::as_slice)),
             learned: self.learned.totals(),
             reloads: self.reloader.totals(),
-            rss_bytes: crate::counters::resident_bytes(),
+            rss_bytes: appliance::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
+            writer: self.writer.totals(),
             pcap_over_ip: self.stream.as_ref().map(StreamFeed::totals),
             mirror: self.mirror.as_ref().map(|(device, dev, queues)| MirrorReport {
                 device: device.clone(),
