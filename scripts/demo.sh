@@ -213,6 +213,9 @@ start_appliance "$CONFIG" "$REPORT" "$TMP/tlsgate.log"
 
 # ---------------------------------------------------------------------------
 say "Ping client -> server through tlsgate: bridged frame by frame, not intercepted"
+# The isolation check's ARP request may still be unresolved (the kernel tries
+# for 3 s, then fails every packet queued behind it): start afresh.
+ip -n "$TG_NS_CLI" neigh flush dev "$TG_CLI_IF"
 ip netns exec "$TG_NS_CLI" ping -c3 -i0.2 -W2 "$TG_SRV_V4" | tail -2 | show \
   || fail "IPv4 ping $TG_CLI_V4 -> $TG_SRV_V4 through tlsgate failed"
 ip netns exec "$TG_NS_CLI" ping -6 -c3 -i0.2 -W2 "$TG_SRV_V6" | tail -2 | show \
