@@ -18,7 +18,7 @@ use wire::{FlowTuple, IpProtocol};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
-use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
+use crate::splice::{Admission, InspectionSettings, Limits, Splicer, WallClock};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
@@ -237,7 +237,14 @@ impl<P: Port> Engine<P> {
             intercept_ports: policy.tcp_ports.clone(),
             udp: policy.udp,
             stack: Stack::new(Side::ALL.len(), policy.stack, now),
-            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits),
+            splicer: Splicer::new(
+                policy.hold_synack,
+                policy.rules.clone(),
+                policy.limits,
+                // The one reading of the wall clock: the splicer derives
+                // its timestamps from it and the engine's `now`.
+                WallClock::new(time::OffsetDateTime::now_utc(), now),
+            ),
             stack_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
@@ -505,7 +512,7 @@ impl<P: Port> Engine<P> {
             if opens {
                 match splicer.policy().at_syn(tuple) {
                     Some(verdict) if verdict.action == Action::Bypass => {
-                        splicer.log_decision(tuple, &verdict);
+                        splicer.log_decision(tuple, &verdict, now);
                         return true;
                     }
                     Some(verdict) if verdict.action == Action::Block => {
@@ -611,7 +618,7 @@ impl<P: Port> Engine<P> {
         let deadline = std::time::Instant::now() + budget;
         let before = self.splicer.counters().reset_at_shutdown;
         loop {
-            let visited = self.splicer.reset_for_shutdown(&mut self.stack, SHUTDOWN_BATCH);
+            let visited = self.splicer.reset_for_shutdown(&mut self.stack, SHUTDOWN_BATCH, now);
             self.stack.flush(now);
             self.splicer.handle_events(&mut self.stack, now);
             self.stack.flush(now);
