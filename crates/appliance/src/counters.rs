@@ -1,6 +1,14 @@
 //! Counters the data plane keeps per port and per worker. Workers bump
 //! relaxed atomics they alone write (once per burst, not per frame); the
 //! control plane reads them into serialisable snapshots at any time.
+//!
+//! Every snapshot struct of the report is declared once, with [`declare!`]:
+//! each field with its kind (counter, gauge, histogram, or a nested struct)
+//! and its help text. The declaration makes the struct (its JSON keys are
+//! the field names), the sum over workers (`AddAssign`) and the listing of
+//! its fields ([`Fields`]) by which the metrics endpoint names, types and
+//! describes its samples. The text report ([`Report`]'s `Display`) words
+//! the fields in sentences; a test checks that it shows every one.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,9 +16,106 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::histogram::Histogram;
 use crate::learned::LearnedTotals;
-use crate::splice::SpliceCounters;
 use crate::topnames::NameCount;
+
+/// A field's reading, typed as the metrics exposition types it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// Only goes up (until a restart).
+    Counter(u64),
+    /// Goes up and down: what is live now, a size.
+    Gauge(u64),
+    /// Observed durations.
+    Histogram(&'a Histogram),
+}
+
+/// One field of a struct declared with [`declare!`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Field<'a> {
+    /// The field's name, as in the JSON report.
+    pub name: &'static str,
+    /// The field's doc comment, on one line.
+    pub help: &'static str,
+    pub value: Value<'a>,
+}
+
+/// The fields of a counter struct, in declaration (and JSON) order; a
+/// nested struct's fields come in its place (it is flattened in the JSON).
+pub trait Fields {
+    fn visit(&self, visit: &mut dyn FnMut(Field<'_>));
+}
+
+/// Declares a counter struct once. Each field has a doc comment (its help
+/// text in the metrics exposition) and a kind:
+/// - `counter name`: a `u64` that only goes up; summed over workers;
+/// - `gauge name`: a `u64` that goes up and down; summed over workers (the
+///   flows live on each add up), or with `gauge(max) name` the largest
+///   worker's (a size every worker has alike);
+/// - `histogram name`: a [`Histogram`], summed bucket by bucket;
+/// - `nested name: Type`, with `#[serde(flatten)]`: another declared struct
+///   whose fields show at this level of the JSON.
+///
+/// It makes the struct (`Debug, Default, Clone, Copy, PartialEq, Eq,
+/// Serialize`, its fields public), `AddAssign` and [`Fields`].
+macro_rules! declare {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $help:literal])+
+                $(#[serde($serde:meta)])*
+                $kind:ident $(($merge:ident))? $field:ident $(: $nested:ty)?,
+            )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        $vis struct $name {
+            $(
+                $(#[doc = $help])+
+                $(#[serde($serde)])*
+                pub $field: $crate::counters::declare!(@type $kind $($nested)?),
+            )*
+        }
+
+        impl std::ops::AddAssign for $name {
+            fn add_assign(&mut self, other: $name) {
+                $($crate::counters::declare!(@add $kind $($merge)?, self.$field, other.$field);)*
+            }
+        }
+
+        impl $crate::counters::Fields for $name {
+            fn visit(&self, visit: &mut dyn FnMut($crate::counters::Field<'_>)) {
+                $(
+                    $crate::counters::declare!(
+                        @visit $kind, visit, stringify!($field), concat!($($help),+).trim(), &self.$field
+                    );
+                )*
+            }
+        }
+    };
+    (@type counter) => { u64 };
+    (@type gauge) => { u64 };
+    (@type histogram) => { $crate::histogram::Histogram };
+    (@type nested $nested:ty) => { $nested };
+    (@add gauge max, $mine:expr, $theirs:expr) => { $mine = $mine.max($theirs) };
+    (@add $kind:ident, $mine:expr, $theirs:expr) => { $mine += $theirs };
+    (@visit counter, $visit:ident, $name:expr, $help:expr, $value:expr) => {
+        $visit($crate::counters::Field { name: $name, help: $help, value: $crate::counters::Value::Counter(*$value) })
+    };
+    (@visit gauge, $visit:ident, $name:expr, $help:expr, $value:expr) => {
+        $visit($crate::counters::Field { name: $name, help: $help, value: $crate::counters::Value::Gauge(*$value) })
+    };
+    (@visit histogram, $visit:ident, $name:expr, $help:expr, $value:expr) => {
+        $visit($crate::counters::Field { name: $name, help: $help, value: $crate::counters::Value::Histogram($value) })
+    };
+    (@visit nested, $visit:ident, $name:expr, $help:expr, $value:expr) => {
+        $crate::counters::Fields::visit($value, $visit)
+    };
+}
+pub(crate) use declare;
 
 /// One port's traffic as one worker saw it.
 #[derive(Debug, Default)]
@@ -28,37 +133,44 @@ pub struct PortStats {
     invalid_dropped: AtomicU64,
 }
 
-/// A reading of [`PortStats`]. For every port,
-/// `rx = bridged + intercepted + dropped`: `bridged` frames were received
-/// here and accepted by the other port's driver, `intercepted` went to the
-/// TCP stack, `dropped` were received here and not delivered (runts, or the
-/// other port's transmit ring stayed full); `malformed` counts frames that
-/// failed validation, whether dropped (runts) or bridged (bad L3 headers).
-/// `generated` frames were sent by the TCP stack out of this port (they are
-/// part of `tx`); `generated_dropped` could not be sent (no buffer, full
-/// ring) and are left to TCP retransmission. `misdirected` frames (part of
-/// `dropped`) belonged to a connection another worker holds (af_packet's
-/// fanout rolls frames over to another socket when one is full).
-/// `udp_blocked` (part of `dropped`) are UDP datagrams to or from an
-/// intercepted port that `intercept.udp` (or a rule's `udp`) blocks, so
-/// that clients fall back to TCP (QUIC). `invalid_dropped` (part of
-/// `dropped`, and of `malformed` but for fragments) are TCP segments to or from an intercepted
-/// port, or of an intercepted connection, whose checksum or header is bad,
-/// and first fragments of TCP to or from one (and such UDP a block applies
-/// to): never bridged, never fed to the stack.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PortTotals {
-    pub rx: u64,
-    pub tx: u64,
-    pub bridged: u64,
-    pub dropped: u64,
-    pub malformed: u64,
-    pub intercepted: u64,
-    pub generated: u64,
-    pub generated_dropped: u64,
-    pub misdirected: u64,
-    pub udp_blocked: u64,
-    pub invalid_dropped: u64,
+declare! {
+    /// A reading of [`PortStats`]. For every port,
+    /// `rx = bridged + intercepted + dropped`.
+    pub struct PortTotals {
+        /// Frames received on the port.
+        counter rx,
+        /// Frames sent out of the port (`generated` ones included).
+        counter tx,
+        /// Frames received here and accepted by the other port's driver.
+        counter bridged,
+        /// Frames received here and not delivered (runts, or the other
+        /// port's transmit ring stayed full).
+        counter dropped,
+        /// Frames that failed validation, whether dropped (runts) or bridged
+        /// (bad L3 headers).
+        counter malformed,
+        /// Frames received here that went to the TCP stack.
+        counter intercepted,
+        /// Frames the TCP stack sent out of this port (part of `tx`).
+        counter generated,
+        /// Frames the TCP stack could not send out of this port (no buffer,
+        /// full ring), left to TCP retransmission.
+        counter generated_dropped,
+        /// Frames (part of `dropped`) of a connection another worker holds
+        /// (af_packet's fanout rolls frames over to another socket when one
+        /// is full).
+        counter misdirected,
+        /// UDP datagrams (part of `dropped`) to or from an intercepted port
+        /// that `intercept.udp` (or a rule's `udp`) blocks, so that clients
+        /// fall back to TCP (QUIC).
+        counter udp_blocked,
+        /// TCP segments (part of `dropped`, and of `malformed` but for
+        /// fragments) to or from an intercepted port, or of an intercepted
+        /// connection, whose checksum or header is bad, and first fragments
+        /// of TCP to or from one (and such UDP a block applies to): never
+        /// bridged, never fed to the stack.
+        counter invalid_dropped,
+    }
 }
 
 impl PortStats {
@@ -113,22 +225,6 @@ impl PortStats {
     }
 }
 
-impl std::ops::AddAssign for PortTotals {
-    fn add_assign(&mut self, other: PortTotals) {
-        self.rx += other.rx;
-        self.tx += other.tx;
-        self.bridged += other.bridged;
-        self.dropped += other.dropped;
-        self.malformed += other.malformed;
-        self.intercepted += other.intercepted;
-        self.generated += other.generated;
-        self.generated_dropped += other.generated_dropped;
-        self.misdirected += other.misdirected;
-        self.udp_blocked += other.udp_blocked;
-        self.invalid_dropped += other.invalid_dropped;
-    }
-}
-
 /// How one worker spent its time.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -138,18 +234,23 @@ pub struct WorkerStats {
     idle_sleeps: AtomicU64,
 }
 
-/// A reading of [`WorkerStats`]: `busy` is time spent in polls that moved
-/// frames, `idle` in polls that found nothing plus time asleep.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct WorkerTotals {
-    pub busy_ns: u64,
-    pub idle_ns: u64,
-    pub polls: u64,
-    pub idle_sleeps: u64,
-    /// Intercepted connections this worker opened and holds now (filled in
-    /// by the report: they show how connections spread over the workers).
-    pub sessions_opened: u64,
-    pub sessions_live: u64,
+declare! {
+    /// A reading of [`WorkerStats`].
+    pub struct WorkerTotals {
+        /// Time spent in polls that moved frames.
+        counter busy_ns,
+        /// Time spent in polls that found nothing, and asleep.
+        counter idle_ns,
+        /// Polls of the worker's ports.
+        counter polls,
+        /// Sleeps of the worker when it found nothing to do.
+        counter idle_sleeps,
+        /// Intercepted connections this worker opened (filled in by the
+        /// report: they show how connections spread over the workers).
+        counter sessions_opened,
+        /// Intercepted connections this worker holds now.
+        gauge sessions_live,
+    }
 }
 
 impl WorkerStats {
@@ -200,42 +301,50 @@ pub struct TcpStats {
     top_sni: Mutex<Vec<NameCount>>,
 }
 
-/// A reading of [`TcpStats`] (summed over workers in a [`Report`]).
-/// `flows_live` and `sessions_live` return to 0 once every connection has
-/// closed (TIME-WAIT included): anything else is a leak.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct TcpTotals {
-    pub flows_live: u64,
-    pub flows_created: u64,
-    pub flows_freed: u64,
-    pub flows_refused: u64,
-    /// Server legs' SYN retransmissions not sent because their client had
-    /// not retransmitted its own SYN.
-    pub syn_retransmits_withheld: u64,
-    /// Open legs given up because their peer answered none of
-    /// `tcp.max_retransmissions` retransmission rounds.
-    pub dead_peers: u64,
-    /// SYN-ACKs sent again at once because the peer retransmitted its SYN
-    /// (a lost SYN-ACK on a lossy link).
-    pub synacks_repeated: u64,
-    /// Lost segments a leg sent again at once on the stack's prompting (the
-    /// next hole after a partial ACK, or a hole behind a SACKed tail) where
-    /// smoltcp alone would have waited for its retransmission timer.
-    pub fast_retransmits_prompted: u64,
-    /// Legs given up because their SYN or SYN-ACK stayed unanswered for
-    /// `tcp.timeout_ms` (or a loop leg's for `inspect.syn_timeout_ms`).
-    pub connect_timeouts: u64,
-    /// Sessions, bytes, TLS and policy outcomes (flattened in the JSON).
-    #[serde(flatten)]
-    pub splice: SpliceCounters,
-    pub forged_cache_hits: u64,
-    pub forged_cache_misses: u64,
-    pub forged_cache_bytes: u64,
-    /// Bytes one flow costs (buffers, socket, table entries); an
-    /// intercepted connection has two flows (four with an inspection box).
-    pub memory_per_flow: u64,
-    /// Socket buffers the live flows hold.
-    pub socket_buffer_bytes: u64,
+declare! {
+    /// A reading of [`TcpStats`] (summed over workers in a [`Report`]).
+    /// `flows_live` and `sessions_live` return to 0 once every connection has
+    /// closed (TIME-WAIT included): anything else is a leak.
+    pub struct TcpTotals {
+        /// Flows (TCP legs) the stack holds now.
+        gauge flows_live,
+        /// Flows the stack opened.
+        counter flows_created,
+        /// Flows the stack freed.
+        counter flows_freed,
+        /// Flows the stack refused to open (table full).
+        counter flows_refused,
+        /// Server legs' SYN retransmissions not sent because their client had
+        /// not retransmitted its own SYN.
+        counter syn_retransmits_withheld,
+        /// Open legs given up because their peer answered none of
+        /// `tcp.max_retransmissions` retransmission rounds.
+        counter dead_peers,
+        /// SYN-ACKs sent again at once because the peer retransmitted its SYN
+        /// (a lost SYN-ACK on a lossy link).
+        counter synacks_repeated,
+        /// Lost segments a leg sent again at once on the stack's prompting (the
+        /// next hole after a partial ACK, or a hole behind a SACKed tail) where
+        /// smoltcp alone would have waited for its retransmission timer.
+        counter fast_retransmits_prompted,
+        /// Legs given up because their SYN or SYN-ACK stayed unanswered for
+        /// `tcp.timeout_ms` (or a loop leg's for `inspect.syn_timeout_ms`).
+        counter connect_timeouts,
+        /// Sessions, bytes, TLS and policy outcomes (flattened in the JSON).
+        #[serde(flatten)]
+        nested splice: SpliceCounters,
+        /// Forged certificates found in the cache.
+        counter forged_cache_hits,
+        /// Certificates forged for want of a cached one.
+        counter forged_cache_misses,
+        /// Bytes the cached forged certificates take (approximately).
+        gauge forged_cache_bytes,
+        /// Bytes one flow costs (buffers, socket, table entries); an
+        /// intercepted connection has two flows (four with an inspection box).
+        gauge(max) memory_per_flow,
+        /// Socket buffers the live flows hold.
+        gauge socket_buffer_bytes,
+    }
 }
 
 impl TcpStats {
@@ -259,23 +368,88 @@ impl TcpStats {
     }
 }
 
-impl std::ops::AddAssign for TcpTotals {
-    fn add_assign(&mut self, other: TcpTotals) {
-        self.flows_live += other.flows_live;
-        self.flows_created += other.flows_created;
-        self.flows_freed += other.flows_freed;
-        self.flows_refused += other.flows_refused;
-        self.syn_retransmits_withheld += other.syn_retransmits_withheld;
-        self.dead_peers += other.dead_peers;
-        self.synacks_repeated += other.synacks_repeated;
-        self.fast_retransmits_prompted += other.fast_retransmits_prompted;
-        self.connect_timeouts += other.connect_timeouts;
-        self.splice += other.splice;
-        self.forged_cache_hits += other.forged_cache_hits;
-        self.forged_cache_misses += other.forged_cache_misses;
-        self.forged_cache_bytes += other.forged_cache_bytes;
-        self.memory_per_flow = self.memory_per_flow.max(other.memory_per_flow);
-        self.socket_buffer_bytes += other.socket_buffer_bytes;
+declare! {
+    /// Counters of the splice layer.
+    pub struct SpliceCounters {
+        /// Sessions (intercepted connections) opened.
+        counter sessions_opened,
+        /// Sessions held now.
+        gauge sessions_live,
+        /// Sessions holding TLS state now (both rustls connections).
+        gauge tls_sessions_live,
+        /// Sessions whose server refused the connection (RST).
+        counter server_refused,
+        /// Sessions whose server stayed silent.
+        counter server_timed_out,
+        /// Sessions whose server was unreachable (ICMP).
+        counter server_unreachable,
+        /// Sessions reset.
+        counter resets,
+        /// Payload bytes relayed from clients to servers.
+        counter bytes_client_to_server,
+        /// Payload bytes relayed from servers to clients.
+        counter bytes_server_to_client,
+        /// TLS sessions whose handshakes both completed.
+        counter tls_intercepted,
+        /// TLS sessions that failed (client or server handshake, bad records).
+        counter tls_failed,
+        /// Connections the policy bypassed.
+        counter bypassed,
+        /// Connections the policy blocked.
+        counter blocked,
+        /// Connections to origins that speak only TLS the appliance does not
+        /// (below 1.2, or no ECDHE/AEAD suite); then blocked or bypassed.
+        counter legacy_upstream,
+        /// ClientHellos carrying Encrypted Client Hello (outer).
+        counter ech_offered,
+        /// Sessions whose plaintext went through the inspection box.
+        counter inspected,
+        /// Sessions the box reset (or refused).
+        counter inspect_blocked,
+        /// Sessions relayed without inspection because the box did not pass
+        /// their SYN in time or an inspection port's link was down (or,
+        /// failing open, because the box died under them).
+        counter inspect_failed_open,
+        /// Sessions reset because the box did not pass their SYN in time or
+        /// an inspection port's link was down (failing closed).
+        counter inspect_failed_closed,
+        /// Of `inspect_failed_open`: sessions already going through the box
+        /// when it died (its loop timed out, or a link went down), carried on
+        /// directly.
+        counter inspect_failed_open_live,
+        /// Bytes the box had taken and not passed back when it died, which
+        /// went on directly.
+        counter inspect_unreturned_bytes,
+        /// Legs (client, server, inspection) reset because the engine shut
+        /// down while their connection was still open: one RST each.
+        counter reset_at_shutdown,
+        /// New connections refused with a RST because the table was full.
+        counter refused_at_capacity,
+        /// New connections bridged uninspected because the table was full
+        /// (only with `tcp.at_capacity = "bridge"`).
+        counter bridged_at_capacity,
+        /// Sessions whose client has not completed its handshake yet.
+        gauge embryonic_live,
+        /// Embryonic sessions dropped silently to admit newer SYNs.
+        counter embryonic_evicted,
+        /// Sessions closed both ways whose legs still waited out TIME-WAIT,
+        /// freed to admit new connections to a full table.
+        counter time_wait_reclaimed,
+        /// SYNs dropped because their client held too many embryonic sessions.
+        counter embryonic_client_limit_dropped,
+        /// Sessions reset for no complete ClientHello in time.
+        counter client_hello_timeouts,
+        /// Sessions reset for TLS handshakes not finished in time.
+        counter handshake_timeouts,
+        /// Sessions reset after the idle timeout without a payload byte.
+        counter idle_timeouts,
+        /// Intercepted TLS sessions: from the complete ClientHello to both
+        /// handshakes done (the origin's handshake, forging, the client's),
+        /// the time `tcp.handshake_timeout_ms` bounds.
+        histogram handshake_seconds,
+        /// Sessions from the client's SYN to their end (both directions
+        /// closed, or reset, refused, timed out).
+        histogram connection_seconds,
     }
 }
 
@@ -326,6 +500,101 @@ pub struct Report {
     pub rss_bytes: Option<u64>,
 }
 
+/// The labels that tell the entries of a report's list apart (a port's
+/// `device` and `role`, a worker's index).
+pub type Labels = [(&'static str, String)];
+
+impl Report {
+    /// Every field of the report, with the path of the object it sits in
+    /// (`tcp`, `port_driver`; empty for the report's own fields) and the
+    /// labels of its list entry: what the metrics endpoint exposes.
+    pub fn visit(&self, visit: &mut dyn FnMut(&str, &Labels, Field<'_>)) {
+        fn section(
+            object: &str,
+            labels: &Labels,
+            fields: &dyn Fields,
+            visit: &mut dyn FnMut(&str, &Labels, Field<'_>),
+        ) {
+            fields.visit(&mut |field| visit(object, labels, field));
+        }
+        for port in &self.ports {
+            let labels = [("device", port.device.clone()), ("role", port.role.to_owned())];
+            section("port", &labels, &port.totals, visit);
+            section("port_driver", &labels, &port.driver, visit);
+        }
+        for (index, worker) in self.workers.iter().enumerate() {
+            section("worker", &[("worker", index.to_string())], worker, visit);
+        }
+        section("tcp", &[], &self.tcp, visit);
+        section("learned", &[], &self.learned, visit);
+        if let Some(capture) = &self.capture {
+            section("capture", &[], capture, visit);
+        }
+        for entry in &self.top_sni {
+            let field = Field {
+                name: "count",
+                help: "ClientHellos naming this server (approximate: the most frequent names only)",
+                value: Value::Counter(entry.count),
+            };
+            visit("top_sni", &[("sni", entry.sni.clone())], field);
+        }
+        section("reloads", &[], &self.reloads, visit);
+        if let Some(stream) = &self.pcap_over_ip {
+            section("pcap_over_ip", &[], stream, visit);
+        }
+        if let Some(mirror) = &self.mirror {
+            section("mirror", &[], &mirror.totals, visit);
+            section("mirror_driver", &[], &mirror.driver, visit);
+        }
+        if let Some(rss) = self.rss_bytes {
+            let field = Field {
+                name: "rss_bytes",
+                help: "The process's resident memory (VmRSS)",
+                value: Value::Gauge(rss),
+            };
+            visit("", &[], field);
+        }
+    }
+}
+
+/// The driver's counters (`rte_eth_stats`), all of them counters; the
+/// destructuring names every field, so a field added to the driver's
+/// struct does not build until it is described here.
+impl Fields for dpdk::PortCounters {
+    fn visit(&self, visit: &mut dyn FnMut(Field<'_>)) {
+        let dpdk::PortCounters {
+            rx_packets,
+            tx_packets,
+            rx_bytes,
+            tx_bytes,
+            rx_missed,
+            rx_errors,
+            tx_errors,
+            rx_no_mbuf,
+        } = *self;
+        for (name, help, value) in [
+            ("rx_packets", "Frames the port's driver received", rx_packets),
+            ("tx_packets", "Frames the port's driver sent", tx_packets),
+            ("rx_bytes", "Bytes the port's driver received", rx_bytes),
+            ("tx_bytes", "Bytes the port's driver sent", tx_bytes),
+            (
+                "rx_missed",
+                "Frames the hardware dropped because the receive ring was full",
+                rx_missed,
+            ),
+            ("rx_errors", "Receive errors of the port's driver", rx_errors),
+            ("tx_errors", "Transmit errors of the port's driver", tx_errors),
+            ("rx_no_mbuf", "Receive failures for lack of an mbuf", rx_no_mbuf),
+        ] {
+            visit(Field {
+                name,
+                help,
+                value: Value::Counter(value),
+            });
+        }
+    }
+}
+
 /// The process's resident memory from `/proc/self/status`, if readable.
 pub fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -340,16 +609,20 @@ pub fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// What the decrypted capture wrote, and what it dropped (whole frames: on
-/// a full disk or another write error, while waiting to try again after
-/// one, or frames that could not be built).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct CaptureTotals {
-    /// Frames written and their bytes (without pcap record headers).
-    pub frames: u64,
-    pub bytes: u64,
-    pub frames_dropped: u64,
-    pub bytes_dropped: u64,
+declare! {
+    /// What the decrypted capture wrote, and what it dropped (whole frames: on
+    /// a full disk or another write error, while waiting to try again after
+    /// one, or frames that could not be built).
+    pub struct CaptureTotals {
+        /// Frames written (without pcap record headers).
+        counter frames,
+        /// Bytes of the frames written.
+        counter bytes,
+        /// Frames dropped.
+        counter frames_dropped,
+        /// Bytes of the frames dropped.
+        counter bytes_dropped,
+    }
 }
 
 impl fmt::Display for Report {
@@ -602,5 +875,339 @@ impl fmt::Display for Report {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report with a distinct value in every field, so that a field
+    /// printed in another's place, or missing, changes the output.
+    fn every_field_distinct() -> Report {
+        let port = |role, device: &str, base: u64| PortReport {
+            role,
+            device: device.into(),
+            totals: PortTotals {
+                rx: base + 1,
+                tx: base + 2,
+                bridged: base + 3,
+                dropped: base + 4,
+                malformed: base + 5,
+                intercepted: base + 6,
+                generated: base + 7,
+                generated_dropped: base + 8,
+                misdirected: base + 9,
+                udp_blocked: base + 10,
+                invalid_dropped: base + 11,
+            },
+            driver: dpdk::PortCounters {
+                rx_packets: base + 21,
+                tx_packets: base + 22,
+                rx_bytes: base + 23,
+                tx_bytes: base + 24,
+                rx_missed: base + 25,
+                rx_errors: base + 26,
+                tx_errors: base + 27,
+                rx_no_mbuf: base + 28,
+            },
+        };
+        let mut tcp = TcpTotals {
+            flows_live: 301,
+            flows_created: 302,
+            flows_freed: 303,
+            flows_refused: 304,
+            syn_retransmits_withheld: 305,
+            dead_peers: 306,
+            synacks_repeated: 307,
+            fast_retransmits_prompted: 308,
+            connect_timeouts: 309,
+            splice: SpliceCounters::default(),
+            forged_cache_hits: 310,
+            forged_cache_misses: 311,
+            forged_cache_bytes: 312_345,
+            memory_per_flow: 313,
+            socket_buffer_bytes: 31_400_000,
+        };
+        let splice = &mut tcp.splice;
+        splice.sessions_opened = 401;
+        splice.sessions_live = 402;
+        splice.tls_sessions_live = 403;
+        splice.server_refused = 404;
+        splice.server_timed_out = 405;
+        splice.server_unreachable = 406;
+        splice.resets = 407;
+        splice.bytes_client_to_server = 408;
+        splice.bytes_server_to_client = 409;
+        splice.tls_intercepted = 410;
+        splice.tls_failed = 411;
+        splice.bypassed = 412;
+        splice.blocked = 413;
+        splice.legacy_upstream = 414;
+        splice.ech_offered = 415;
+        splice.inspected = 416;
+        splice.inspect_blocked = 417;
+        splice.inspect_failed_open = 418;
+        splice.inspect_failed_closed = 419;
+        splice.inspect_failed_open_live = 420;
+        splice.inspect_unreturned_bytes = 421;
+        splice.reset_at_shutdown = 422;
+        splice.refused_at_capacity = 423;
+        splice.bridged_at_capacity = 424;
+        splice.embryonic_live = 425;
+        splice.embryonic_evicted = 426;
+        splice.time_wait_reclaimed = 427;
+        splice.embryonic_client_limit_dropped = 428;
+        splice.client_hello_timeouts = 429;
+        splice.handshake_timeouts = 430;
+        splice.idle_timeouts = 431;
+        splice.handshake_seconds.observe(3_000);
+        splice.handshake_seconds.observe(40_000);
+        splice.connection_seconds.observe(7_200_000_000);
+        Report {
+            ports: vec![
+                port("client", "net_af_packet0", 100),
+                port("server", "net_af_packet1", 200),
+            ],
+            workers: vec![
+                WorkerTotals {
+                    busy_ns: 1_500_000_001,
+                    idle_ns: 502_000_000,
+                    polls: 503,
+                    idle_sleeps: 504,
+                    sessions_opened: 505,
+                    sessions_live: 506,
+                },
+                WorkerTotals {
+                    busy_ns: 601,
+                    idle_ns: 602,
+                    polls: 603,
+                    idle_sleeps: 604,
+                    sessions_opened: 605,
+                    sessions_live: 606,
+                },
+            ],
+            tcp,
+            learned: LearnedTotals {
+                live: 701,
+                added_fail_open: 702,
+                added_client_auth: 703,
+                expired: 704,
+                evicted: 705,
+                cleared: 706,
+                pending_live: 707,
+                pending_evicted: 708,
+            },
+            capture: Some(CaptureTotals {
+                frames: 801,
+                bytes: 802,
+                frames_dropped: 803,
+                bytes_dropped: 804,
+            }),
+            top_sni: vec![
+                NameCount {
+                    sni: "origin.test".into(),
+                    count: 901,
+                },
+                NameCount {
+                    sni: "other.test".into(),
+                    count: 902,
+                },
+            ],
+            reloads: crate::reload::ReloadTotals {
+                ok: 1001,
+                refused: 1002,
+            },
+            pcap_over_ip: Some(crate::pcap_stream::StreamTotals {
+                clients: 1101,
+                clients_accepted: 1102,
+                clients_refused: 1103,
+                clients_too_slow: 1104,
+                frames: 1105,
+                bytes: 1106,
+                frames_dropped: 1107,
+                client_frames_dropped: 1108,
+            }),
+            mirror: Some(MirrorReport {
+                device: "net_af_packet2".into(),
+                totals: crate::mirror::MirrorTotals {
+                    frames: 1201,
+                    bytes: 1202,
+                    frames_dropped: 1203,
+                    bytes_dropped: 1204,
+                },
+                driver: dpdk::PortCounters {
+                    tx_packets: 1205,
+                    tx_errors: 1206,
+                    ..Default::default()
+                },
+            }),
+            rss_bytes: Some(130_000_000),
+        }
+    }
+
+    /// The text and JSON reports of [`every_field_distinct`] as they were
+    /// before the counters were declared once: scripts and tests read both,
+    /// so a changed line or key is a changed interface. A new counter: give
+    /// it a value of its own in [`every_field_distinct`] and add it to both
+    /// files.
+    const TEXT: &str = include_str!("../testdata/report-every-field.txt");
+    const JSON: &str = include_str!("../testdata/report-every-field.json");
+
+    #[test]
+    fn counters_text_report_is_unchanged() {
+        let text = every_field_distinct().to_string();
+        assert_eq!(text, TEXT);
+    }
+
+    #[test]
+    fn counters_json_report_is_unchanged() {
+        let json = serde_json::to_string_pretty(&every_field_distinct()).expect("serialises") + "\n";
+        assert_eq!(json, JSON);
+    }
+
+    /// A field's kind and number (a histogram's count).
+    fn reading(value: Value<'_>) -> (&'static str, u64) {
+        match value {
+            Value::Counter(value) => ("counter", value),
+            Value::Gauge(value) => ("gauge", value),
+            Value::Histogram(histogram) => ("histogram", histogram.count()),
+        }
+    }
+
+    /// Every number of a report as `visit` lists it.
+    fn visited_numbers(report: &Report) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        report.visit(&mut |_, _, field| numbers.push(reading(field.value).1));
+        numbers
+    }
+
+    #[test]
+    fn counters_visit_lists_every_number_of_the_json_report() {
+        fn numbers(value: &serde_json::Value, out: &mut Vec<u64>) {
+            match value {
+                serde_json::Value::Number(number) => out.push(number.as_u64().expect("integer")),
+                serde_json::Value::Object(fields) if fields.contains_key("buckets") => {
+                    out.push(fields["count"].as_u64().expect("count"))
+                }
+                serde_json::Value::Object(fields) => fields.values().for_each(|field| numbers(field, out)),
+                serde_json::Value::Array(entries) => entries.iter().for_each(|entry| numbers(entry, out)),
+                _ => {}
+            }
+        }
+        let report = every_field_distinct();
+        let mut in_json = Vec::new();
+        numbers(&serde_json::to_value(&report).expect("serialises"), &mut in_json);
+        let mut visited = visited_numbers(&report);
+        in_json.sort_unstable();
+        visited.sort_unstable();
+        assert_eq!(visited, in_json);
+        // Every field has a value of its own (but the six driver counters a
+        // mirror port does not use), so that the reports tell any two apart.
+        let zeros = visited.iter().take_while(|&&number| number == 0).count();
+        visited.dedup();
+        assert_eq!((zeros, visited.len()), (6, in_json.len() - 5));
+    }
+
+    #[test]
+    fn counters_visit_gives_every_field_its_kind_and_help() {
+        let mut fields = Vec::new();
+        every_field_distinct().visit(&mut |object, labels, field| {
+            if labels
+                .first()
+                .is_none_or(|(_, value)| value == "net_af_packet0" || value == "0")
+            {
+                fields.push((format!("{object}.{}", field.name), reading(field.value), field.help));
+            }
+        });
+        let find = |path: &str| {
+            fields
+                .iter()
+                .find(|(name, _, _)| name == path)
+                .unwrap_or_else(|| panic!("no {path}"))
+        };
+        assert_eq!(find("tcp.sessions_opened").1, ("counter", 401));
+        assert_eq!(find("tcp.sessions_live").1, ("gauge", 402));
+        assert_eq!(find("tcp.inspect_failed_open_live").1, ("counter", 420));
+        assert_eq!(find("tcp.memory_per_flow").1, ("gauge", 313));
+        assert_eq!(find("pcap_over_ip.clients").1, ("gauge", 1101));
+        assert_eq!(find("worker.sessions_live").1, ("gauge", 506));
+        assert_eq!(find("port_driver.rx_missed").1, ("counter", 125));
+        assert_eq!(find(".rss_bytes").1, ("gauge", 130_000_000));
+        assert_eq!(find("tcp.handshake_seconds").1, ("histogram", 2));
+        assert_eq!(
+            find("tcp.tls_sessions_live").2,
+            "Sessions holding TLS state now (both rustls connections)."
+        );
+        assert_eq!(
+            find("tcp.fast_retransmits_prompted").2,
+            "Lost segments a leg sent again at once on the stack's prompting (the next hole after a partial ACK, \
+             or a hole behind a SACKed tail) where smoltcp alone would have waited for its retransmission timer."
+        );
+        for (name, _, help) in &fields {
+            assert!(!help.is_empty() && !help.starts_with(' '), "{name}: {help:?}");
+        }
+    }
+
+    #[test]
+    fn counters_sum_over_workers_and_gauges_of_size_take_the_largest() {
+        let one = every_field_distinct().tcp;
+        let mut two = one;
+        two += one;
+        let mut sums = Vec::new();
+        two.visit(&mut |field| sums.push((field.name, reading(field.value))));
+        let mut expected = Vec::new();
+        one.visit(&mut |field| {
+            let (kind, number) = reading(field.value);
+            let sum = if field.name == "memory_per_flow" {
+                number
+            } else {
+                2 * number
+            };
+            expected.push((field.name, (kind, sum)));
+        });
+        assert_eq!(sums, expected);
+        assert_eq!(
+            two.splice.handshake_seconds.sum_seconds(),
+            2.0 * one.splice.handshake_seconds.sum_seconds()
+        );
+    }
+
+    /// The fields the text report leaves out, or shows in other units.
+    const NOT_IN_TEXT_AS_IS: &[&str] = &[
+        // Frames the stack took and sent: in the JSON and metrics only.
+        "port.intercepted",
+        "port.generated",
+        "port.generated_dropped",
+        // Shown in seconds, MiB.
+        "worker.busy_ns",
+        "worker.idle_ns",
+        "tcp.socket_buffer_bytes",
+        ".rss_bytes",
+    ];
+
+    #[test]
+    fn counters_text_report_shows_every_field() {
+        let report = every_field_distinct();
+        let text = report.to_string();
+        let words: Vec<&str> = text.split(|c: char| !c.is_ascii_digit()).collect();
+        report.visit(&mut |object, labels, field| {
+            let path = format!("{object}.{}", field.name);
+            let number = reading(field.value).1;
+            // The driver's counters: only what the text report chose.
+            let chosen = !object.ends_with("driver")
+                || [
+                    "port_driver.rx_missed",
+                    "mirror_driver.tx_packets",
+                    "mirror_driver.tx_errors",
+                ]
+                .contains(&path.as_str());
+            if chosen && number != 0 && !NOT_IN_TEXT_AS_IS.contains(&path.as_str()) {
+                assert!(
+                    words.contains(&number.to_string().as_str()),
+                    "{path} {labels:?} ({number}) is not in the text report:\n{text}"
+                );
+            }
+        });
     }
 }

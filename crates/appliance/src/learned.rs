@@ -94,23 +94,27 @@ pub struct LearnedEntry {
     pub expires_ms: i64,
 }
 
-/// What the learned tables did (in the report).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct LearnedTotals {
-    /// Destinations bypassed now.
-    pub live: u64,
-    pub added_fail_open: u64,
-    pub added_client_auth: u64,
-    /// Gone at their time to live.
-    pub expired: u64,
-    /// Pushed out by newer entries of a full table.
-    pub evicted: u64,
-    /// Removed by the operator (`tlsgate learned clear`).
-    pub cleared: u64,
-    /// Destinations whose rejections count towards fail-open now, and
-    /// those pushed out of a full table.
-    pub pending_live: u64,
-    pub pending_evicted: u64,
+crate::counters::declare! {
+    /// What the learned tables did (in the report).
+    pub struct LearnedTotals {
+        /// Destinations bypassed now.
+        gauge live,
+        /// Destinations bypassed because distinct clients kept rejecting the
+        /// forged certificate.
+        counter added_fail_open,
+        /// Destinations bypassed for asking for a client certificate.
+        counter added_client_auth,
+        /// Bypasses gone at their time to live.
+        counter expired,
+        /// Bypasses pushed out by newer entries of a full table.
+        counter evicted,
+        /// Bypasses removed by the operator (`tlsgate learned clear`).
+        counter cleared,
+        /// Destinations whose rejections count towards fail-open now.
+        gauge pending_live,
+        /// Destinations counting rejections pushed out of a full table.
+        counter pending_evicted,
+    }
 }
 
 /// A map bounded by least-recent use whose entries expire.

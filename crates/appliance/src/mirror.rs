@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use crate::capture::{DecryptedCapture, FrameSink, Frames};
 use crate::pcap_stream::StreamFeed;
 
@@ -36,22 +34,17 @@ pub struct MirrorStats {
     bytes_dropped: AtomicU64,
 }
 
-/// A reading of [`MirrorStats`]: frames (and their bytes) the port's driver
-/// accepted, and those dropped because the worker's queue was full.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct MirrorTotals {
-    pub frames: u64,
-    pub bytes: u64,
-    pub frames_dropped: u64,
-    pub bytes_dropped: u64,
-}
-
-impl std::ops::AddAssign for MirrorTotals {
-    fn add_assign(&mut self, other: MirrorTotals) {
-        self.frames += other.frames;
-        self.bytes += other.bytes;
-        self.frames_dropped += other.frames_dropped;
-        self.bytes_dropped += other.bytes_dropped;
+crate::counters::declare! {
+    /// A reading of [`MirrorStats`].
+    pub struct MirrorTotals {
+        /// Frames the mirror port's driver accepted.
+        counter frames,
+        /// Bytes of the frames the driver accepted.
+        counter bytes,
+        /// Frames dropped because the worker's queue was full.
+        counter frames_dropped,
+        /// Bytes of the frames dropped.
+        counter bytes_dropped,
     }
 }
 

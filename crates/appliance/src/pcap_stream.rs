@@ -35,8 +35,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-
 use crate::capture::{pcap_header, push_record, Frames};
 
 /// Bytes of records the workers may have handed to the writer thread that
@@ -72,26 +70,28 @@ pub enum StreamError {
     Thread { listen: SocketAddr, source: io::Error },
 }
 
-/// What the stream did: frames count once per client they were queued for.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct StreamTotals {
-    /// Clients connected now.
-    pub clients: u64,
-    /// Clients served since the start, and those closed at once because
-    /// [`MAX_CLIENTS`] were connected.
-    pub clients_accepted: u64,
-    pub clients_refused: u64,
-    /// Clients disconnected for staying too far behind.
-    pub clients_too_slow: u64,
-    /// Frames and their bytes queued for clients (summed over clients).
-    pub frames: u64,
-    pub bytes: u64,
-    /// Frames dropped before the writer thread (over [`QUEUE_BYTES`]), for
-    /// every client.
-    pub frames_dropped: u64,
-    /// Frames dropped for one client whose queue was full (summed over
-    /// clients).
-    pub client_frames_dropped: u64,
+crate::counters::declare! {
+    /// What the stream did: frames count once per client they were queued for.
+    pub struct StreamTotals {
+        /// Clients connected now.
+        gauge clients,
+        /// Clients served since the start.
+        counter clients_accepted,
+        /// Clients closed at once because `MAX_CLIENTS` were connected.
+        counter clients_refused,
+        /// Clients disconnected for staying too far behind.
+        counter clients_too_slow,
+        /// Frames queued for clients (summed over clients).
+        counter frames,
+        /// Bytes of the frames queued for clients (summed over clients).
+        counter bytes,
+        /// Frames dropped before the writer thread (over `QUEUE_BYTES`),
+        /// for every client.
+        counter frames_dropped,
+        /// Frames dropped for one client whose queue was full (summed over
+        /// clients).
+        counter client_frames_dropped,
+    }
 }
 
 /// The counters the workers and the writer thread share.

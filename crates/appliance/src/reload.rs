@@ -87,13 +87,14 @@ pub struct ReloadOutcome {
     pub needs_restart: Vec<String>,
 }
 
-/// Reloads since the start, for the report.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ReloadTotals {
-    /// Put in force.
-    pub ok: u64,
-    /// Refused (the running configuration stayed).
-    pub refused: u64,
+crate::counters::declare! {
+    /// Reloads since the start, for the report.
+    pub struct ReloadTotals {
+        /// Reloads put in force.
+        counter ok,
+        /// Reloads refused (the running configuration stayed).
+        counter refused,
+    }
 }
 
 /// Which keys of a new configuration a reload applies.

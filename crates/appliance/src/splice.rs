@@ -49,8 +49,8 @@ use wire::FrameClass;
 use crate::capture::CaptureStream;
 use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
+use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
-use crate::histogram::Histogram;
 use crate::mirror::Taps;
 use crate::policy::{Action, Policy, Verdict};
 use crate::topnames::TopNames;
@@ -277,116 +277,6 @@ struct Session {
 /// 15 s, given up when the fifth is due) before `inspect.failure` applies,
 /// enough for a box link losing 5% of the frames either way.
 const LOOP_MAX_RETRANSMISSIONS: u32 = 4;
-
-/// Counters of the splice layer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct SpliceCounters {
-    pub sessions_opened: u64,
-    pub sessions_live: u64,
-    /// Sessions holding TLS state now (both rustls connections).
-    pub tls_sessions_live: u64,
-    pub server_refused: u64,
-    pub server_timed_out: u64,
-    pub server_unreachable: u64,
-    pub resets: u64,
-    pub bytes_client_to_server: u64,
-    pub bytes_server_to_client: u64,
-    /// TLS sessions whose handshakes both completed.
-    pub tls_intercepted: u64,
-    /// TLS sessions that failed (client or server handshake, bad records).
-    pub tls_failed: u64,
-    /// Connections the policy bypassed or blocked.
-    pub bypassed: u64,
-    pub blocked: u64,
-    /// Connections to origins that speak only TLS the appliance does not
-    /// (below 1.2, or no ECDHE/AEAD suite); then blocked or bypassed.
-    pub legacy_upstream: u64,
-    /// ClientHellos carrying Encrypted Client Hello (outer).
-    pub ech_offered: u64,
-    /// Sessions whose plaintext went through the inspection box.
-    pub inspected: u64,
-    /// Sessions the box reset (or refused).
-    pub inspect_blocked: u64,
-    /// Sessions relayed without inspection / reset because the box did not
-    /// pass their SYN in time or an inspection port's link was down (or,
-    /// failing open, because the box died under them).
-    pub inspect_failed_open: u64,
-    pub inspect_failed_closed: u64,
-    /// Of `inspect_failed_open`: sessions already going through the box
-    /// when it died (its loop timed out, or a link went down), carried on
-    /// directly; and the bytes the box had taken and not passed back, which
-    /// went on directly.
-    pub inspect_failed_open_live: u64,
-    pub inspect_unreturned_bytes: u64,
-    /// Legs (client, server, inspection) reset because the engine shut
-    /// down while their connection was still open: one RST each.
-    pub reset_at_shutdown: u64,
-    /// New connections refused with a RST because the table was full.
-    pub refused_at_capacity: u64,
-    /// New connections bridged uninspected because the table was full
-    /// (only with `tcp.at_capacity = "bridge"`).
-    pub bridged_at_capacity: u64,
-    /// Sessions whose client has not completed its handshake yet.
-    pub embryonic_live: u64,
-    /// Embryonic sessions dropped silently to admit newer SYNs.
-    pub embryonic_evicted: u64,
-    /// Sessions closed both ways whose legs still waited out TIME-WAIT,
-    /// freed to admit new connections to a full table.
-    pub time_wait_reclaimed: u64,
-    /// SYNs dropped because their client held too many embryonic sessions.
-    pub embryonic_client_limit_dropped: u64,
-    /// Sessions reset for no complete ClientHello in time.
-    pub client_hello_timeouts: u64,
-    /// Sessions reset for TLS handshakes not finished in time.
-    pub handshake_timeouts: u64,
-    /// Sessions reset after the idle timeout without a payload byte.
-    pub idle_timeouts: u64,
-    /// Intercepted TLS sessions: from the complete ClientHello to both
-    /// handshakes done (the origin's handshake, forging, the client's),
-    /// the time `tcp.handshake_timeout_ms` bounds.
-    pub handshake_seconds: Histogram,
-    /// Sessions from the client's SYN to their end (both directions
-    /// closed, or reset, refused, timed out).
-    pub connection_seconds: Histogram,
-}
-
-impl std::ops::AddAssign for SpliceCounters {
-    fn add_assign(&mut self, other: SpliceCounters) {
-        self.sessions_opened += other.sessions_opened;
-        self.sessions_live += other.sessions_live;
-        self.tls_sessions_live += other.tls_sessions_live;
-        self.server_refused += other.server_refused;
-        self.server_timed_out += other.server_timed_out;
-        self.server_unreachable += other.server_unreachable;
-        self.resets += other.resets;
-        self.bytes_client_to_server += other.bytes_client_to_server;
-        self.bytes_server_to_client += other.bytes_server_to_client;
-        self.tls_intercepted += other.tls_intercepted;
-        self.tls_failed += other.tls_failed;
-        self.bypassed += other.bypassed;
-        self.blocked += other.blocked;
-        self.legacy_upstream += other.legacy_upstream;
-        self.ech_offered += other.ech_offered;
-        self.inspected += other.inspected;
-        self.inspect_blocked += other.inspect_blocked;
-        self.inspect_failed_open += other.inspect_failed_open;
-        self.inspect_failed_closed += other.inspect_failed_closed;
-        self.inspect_failed_open_live += other.inspect_failed_open_live;
-        self.inspect_unreturned_bytes += other.inspect_unreturned_bytes;
-        self.reset_at_shutdown += other.reset_at_shutdown;
-        self.refused_at_capacity += other.refused_at_capacity;
-        self.bridged_at_capacity += other.bridged_at_capacity;
-        self.embryonic_live += other.embryonic_live;
-        self.embryonic_evicted += other.embryonic_evicted;
-        self.time_wait_reclaimed += other.time_wait_reclaimed;
-        self.embryonic_client_limit_dropped += other.embryonic_client_limit_dropped;
-        self.client_hello_timeouts += other.client_hello_timeouts;
-        self.handshake_timeouts += other.handshake_timeouts;
-        self.idle_timeouts += other.idle_timeouts;
-        self.handshake_seconds += other.handshake_seconds;
-        self.connection_seconds += other.connection_seconds;
-    }
-}
 
 /// What a reload replaces in a worker's splicer (see `crate::reload`).
 pub struct Rules {

@@ -3,16 +3,14 @@
 //! answers `GET /metrics` in the Prometheus text format (or OpenMetrics when
 //! the scraper asks for it) with prometheus-client's encoders.
 //!
-//! The metric families are derived from the JSON form of the [`Report`]
-//! (its serde serialisation), not declared again here: each number of the
-//! report is one sample, named by its path (`tcp.sessions_opened` →
-//! `tlsgate_tcp_sessions_opened_total`), with the string fields of a list's
-//! entries as labels (`ports[].role` and `device`) or the entry's index
-//! (`workers[i]` → `worker="i"`); `*_ns` fields are exposed in seconds; an
-//! object with `count`, `sum` and `buckets` is a histogram. A field is a
-//! gauge when its name ends in `_live` or it is one of [`GAUGES`], a
-//! counter otherwise. So a counter added to the report appears here with no
-//! edit; a new gauge is named `*_live` or added to [`GAUGES`].
+//! The metric families come from the counters' one declaration
+//! (`appliance::counters::declare!`): [`Report::visit`] lists every field
+//! with its kind (counter, gauge, histogram) and help text, under the path
+//! of its object (`tcp.sessions_opened` →
+//! `tlsgate_tcp_sessions_opened_total`) and with the labels of its list
+//! entry (`ports[]` by `role` and `device`, `workers[i]` → `worker="i"`);
+//! `*_ns` fields are exposed in seconds. So a counter declared in the
+//! report appears here with no edit, typed as declared.
 //!
 //! A scrape makes a fresh report from the workers' published counters
 //! ([`ReportSource`]), the same reading the periodic stats take: the
@@ -26,21 +24,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use appliance::counters::Value;
+use appliance::histogram::Histogram;
 use appliance::{Report, ReportSource};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use serde_json::Value;
-
-/// Report fields that go up and down although their name does not end in
-/// `_live`.
-pub const GAUGES: &[&str] = &[
-    "memory_per_flow",
-    "socket_buffer_bytes",
-    "forged_cache_bytes",
-    "rss_bytes",
-];
 
 /// The prefix of every metric name.
 const PREFIX: &str = "tlsgate";
@@ -102,9 +92,7 @@ impl Format {
 
 /// The exposition of `report` in `format`.
 pub fn exposition(report: &Report, format: Format) -> Result<String> {
-    let json = serde_json::to_value(report)?;
-    let mut families = Vec::new();
-    walk(&mut families, &[], &json, &[]);
+    let families = families(report);
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register_collector(Box::new(ReportCollector(families)));
     let mut text = String::new();
@@ -116,127 +104,62 @@ pub fn exposition(report: &Report, format: Format) -> Result<String> {
     Ok(text)
 }
 
-/// Adds the samples of `value` (at `path` in the report, with `labels`).
-fn walk(families: &mut Vec<Family>, path: &[&str], value: &Value, labels: &[(String, String)]) {
-    match value {
-        Value::Number(number) => {
-            let Some((&field, _)) = path.split_last() else { return };
-            let (name, number) = match (field.strip_suffix("_ns"), number.as_u64()) {
-                (Some(stem), _) => (
-                    metric_name(path, Some(&format!("{stem}_seconds"))),
-                    Sample::Number(number.as_f64().unwrap_or_default() / 1e9),
-                ),
-                (None, Some(integer)) => (metric_name(path, None), Sample::Integer(integer)),
-                (None, None) => (
-                    metric_name(path, None),
-                    Sample::Number(number.as_f64().unwrap_or_default()),
-                ),
-            };
-            let kind = if field == "live" || field.ends_with("_live") || GAUGES.contains(&field) {
-                MetricType::Gauge
+/// The families of `report`, in its order.
+fn families(report: &Report) -> Vec<Family> {
+    let mut families: Vec<Family> = Vec::new();
+    report.visit(&mut |object, labels, field| {
+        let (name, nanoseconds) = match field.name.strip_suffix("_ns") {
+            Some(stem) => (format!("{stem}_seconds"), true),
+            None => (field.name.to_owned(), false),
+        };
+        let name = if object.is_empty() {
+            name
+        } else {
+            format!("{object}_{name}")
+        };
+        let number = |value: u64| {
+            if nanoseconds {
+                Sample::Number(value as f64 / 1e9)
             } else {
-                MetricType::Counter
-            };
-            add(families, name, path, kind, labels, number);
-        }
-        Value::Bool(flag) => {
-            let flag = Sample::Integer(u64::from(*flag));
-            add(families, metric_name(path, None), path, MetricType::Gauge, labels, flag);
-        }
-        Value::Object(fields) => {
-            if let Some(histogram) = histogram(value) {
-                add(
-                    families,
-                    metric_name(path, None),
-                    path,
-                    MetricType::Histogram,
-                    labels,
-                    histogram,
-                );
-                return;
+                Sample::Integer(value)
             }
-            for (key, child) in fields {
-                let mut child_path = path.to_vec();
-                child_path.push(key);
-                walk(families, &child_path, child, labels);
-            }
+        };
+        let (kind, sample) = match field.value {
+            Value::Counter(value) => (MetricType::Counter, number(value)),
+            Value::Gauge(value) => (MetricType::Gauge, number(value)),
+            Value::Histogram(histogram) => (MetricType::Histogram, self::histogram(histogram)),
+        };
+        let labels = labels
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect();
+        match families.iter_mut().find(|family| family.name == name) {
+            Some(family) => family.samples.push((labels, sample)),
+            None => families.push(Family {
+                name,
+                help: field.help.to_owned(),
+                kind,
+                samples: vec![(labels, sample)],
+            }),
         }
-        Value::Array(entries) => {
-            let singular = path
-                .last()
-                .map_or("entry", |last| last.strip_suffix('s').unwrap_or(last));
-            for (index, entry) in entries.iter().enumerate() {
-                let mut entry_labels = labels.to_vec();
-                let named: Vec<(String, String)> = entry
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
-                    .collect();
-                if named.is_empty() {
-                    entry_labels.push((singular.to_owned(), index.to_string()));
-                } else {
-                    entry_labels.extend(named);
-                }
-                // The entries' own name: `ports` → `port_`, `workers` → `worker_`.
-                let mut entry_path = path.to_vec();
-                if let Some(last) = entry_path.last_mut() {
-                    *last = singular;
-                }
-                walk(families, &entry_path, entry, &entry_labels);
-            }
-        }
-        // Strings are labels (above); null is an absent value.
-        Value::String(_) | Value::Null => {}
-    }
-}
-
-/// `tcp.sessions_opened` → `tcp_sessions_opened` (the prefix and a
-/// counter's `_total` are added by the encoder); `last` replaces the last
-/// part of the path.
-fn metric_name(path: &[&str], last: Option<&str>) -> String {
-    let mut parts: Vec<&str> = path.to_vec();
-    if let (Some(part), Some(last)) = (parts.last_mut(), last) {
-        *part = last;
-    }
-    parts.join("_")
-}
-
-fn add(
-    families: &mut Vec<Family>,
-    name: String,
-    path: &[&str],
-    kind: MetricType,
-    labels: &[(String, String)],
-    sample: Sample,
-) {
-    let sample = (labels.to_vec(), sample);
-    if let Some(family) = families.iter_mut().find(|family| family.name == name) {
-        family.samples.push(sample);
-        return;
-    }
-    families.push(Family {
-        help: format!("`{}` of the tlsgate report (README, \"Counters\")", path.join(".")),
-        name,
-        kind,
-        samples: vec![sample],
     });
+    families
 }
 
-/// A histogram of the report (`{"count", "sum", "buckets": [[le, cumulative], ...]}`).
-fn histogram(value: &Value) -> Option<Sample> {
-    let count = value.get("count")?.as_u64()?;
-    let sum = value.get("sum")?.as_f64()?;
+/// A histogram's sample: per-bucket counts (not cumulative), `+Inf` last.
+fn histogram(histogram: &Histogram) -> Sample {
     let mut buckets = Vec::new();
     let mut below = 0;
-    for bucket in value.get("buckets")?.as_array()? {
-        let bound = bucket.get(0)?.as_f64()?;
-        let total = bucket.get(1)?.as_u64()?;
-        buckets.push((bound, total.checked_sub(below)?));
+    for (bound, total) in histogram.cumulative() {
+        buckets.push((bound, total.saturating_sub(below)));
         below = total;
     }
-    buckets.push((f64::INFINITY, count.checked_sub(below)?));
-    Some(Sample::Histogram { count, sum, buckets })
+    buckets.push((f64::INFINITY, histogram.count().saturating_sub(below)));
+    Sample::Histogram {
+        count: histogram.count(),
+        sum: histogram.sum_seconds(),
+        buckets,
+    }
 }
 
 impl Collector for ReportCollector {
@@ -439,7 +362,11 @@ pub(crate) mod tests {
             learned: Default::default(),
             reloads: Default::default(),
             capture: None,
-            pcap_over_ip: None,
+            pcap_over_ip: Some(appliance::pcap_stream::StreamTotals {
+                clients: 2,
+                clients_accepted: 5,
+                ..Default::default()
+            }),
             mirror: None,
             top_sni: vec![appliance::topnames::NameCount {
                 sni: "origin.test".into(),
@@ -460,26 +387,23 @@ pub(crate) mod tests {
             .unwrap_or_else(|| panic!("no line {start:?} in\n{text}"))
     }
 
+    /// The type of the family `name` (the last word of its `# TYPE` line).
+    fn type_of<'a>(text: &'a str, name: &str) -> &'a str {
+        let line = line(text, &format!("# TYPE {name} "));
+        line.rsplit(' ').next().unwrap_or_default()
+    }
+
     #[test]
     fn every_report_number_is_a_sample_with_its_kind_and_labels() {
         let report = sample_report();
         let text = exposition(&report, Format::Prometheus).expect("encodes");
-        assert_eq!(
-            line(&text, "# TYPE tlsgate_tcp_sessions_opened_total "),
-            "# TYPE tlsgate_tcp_sessions_opened_total counter"
-        );
+        assert_eq!(type_of(&text, "tlsgate_tcp_sessions_opened_total"), "counter");
         assert_eq!(
             line(&text, "tlsgate_tcp_sessions_opened_total "),
             "tlsgate_tcp_sessions_opened_total 5"
         );
-        assert_eq!(
-            line(&text, "# TYPE tlsgate_tcp_sessions_live "),
-            "# TYPE tlsgate_tcp_sessions_live gauge"
-        );
-        assert_eq!(
-            line(&text, "# TYPE tlsgate_tcp_memory_per_flow "),
-            "# TYPE tlsgate_tcp_memory_per_flow gauge"
-        );
+        assert_eq!(type_of(&text, "tlsgate_tcp_sessions_live"), "gauge");
+        assert_eq!(type_of(&text, "tlsgate_tcp_memory_per_flow"), "gauge");
         assert_eq!(line(&text, "tlsgate_rss_bytes "), "tlsgate_rss_bytes 1048576");
         assert_eq!(
             line(&text, "tlsgate_port_rx_total{device=\"net_af_packet1\""),
@@ -501,6 +425,20 @@ pub(crate) mod tests {
             "nanoseconds are exposed as seconds"
         );
         assert!(!text.contains("capture"), "an absent capture has no samples");
+        // Typed as declared, not by name: a count of sessions that once
+        // carried on is a counter, the clients connected now a gauge.
+        assert_eq!(type_of(&text, "tlsgate_tcp_inspect_failed_open_live_total"), "counter");
+        assert_eq!(type_of(&text, "tlsgate_pcap_over_ip_clients"), "gauge");
+        // The help is the field's doc comment.
+        for expected in [
+            "tlsgate_pcap_over_ip_clients 2",
+            "# HELP tlsgate_tcp_tls_sessions_live Sessions holding TLS state now (both rustls connections).",
+        ] {
+            assert!(
+                text.lines().any(|line| line == expected),
+                "no line {expected:?} in\n{text}"
+            );
+        }
         // Every number of the JSON report is there, under its path.
         let json = serde_json::to_value(&report).expect("json");
         for (key, value) in json["tcp"].as_object().expect("object") {
@@ -519,10 +457,7 @@ pub(crate) mod tests {
     #[test]
     fn histograms_have_cumulative_buckets_sum_and_count() {
         let text = exposition(&sample_report(), Format::Prometheus).expect("encodes");
-        assert_eq!(
-            line(&text, "# TYPE tlsgate_tcp_handshake_seconds "),
-            "# TYPE tlsgate_tcp_handshake_seconds histogram"
-        );
+        assert_eq!(type_of(&text, "tlsgate_tcp_handshake_seconds"), "histogram");
         assert_eq!(
             line(&text, "tlsgate_tcp_handshake_seconds_count"),
             "tlsgate_tcp_handshake_seconds_count 2"
