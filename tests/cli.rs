@@ -364,6 +364,70 @@ fn check_loads_what_run_would_load() {
     }
 }
 
+/// `check` loads every `[[service]]` file as `run` would and names the key
+/// at fault.
+#[test]
+fn check_loads_every_service_file_and_names_its_key() {
+    let scratch = Scratch::new("check-services");
+    let (config, ca_pem) = common::lab::tls_config(&scratch, &scratch.path("ca/ca.pem"));
+    let valid = std::fs::read_to_string(&config).expect("config");
+    let www = scratch.path("www");
+    assert!(output(tlsgate().args(["ca", "init", "--dir"]).arg(&www))
+        .status
+        .success());
+    let tickets = scratch.path("tickets.key");
+    std::fs::write(&tickets, [7u8; 80]).expect("ticket file");
+    std::fs::set_permissions(&tickets, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let service = |chain: &str, key: &str, tickets: &str| {
+        format!(
+            "{valid}\n[[service]]\nname = \"www\"\ndestinations = [\"198.18.1.2\"]\nport = 443\n\
+             certificates = [ {{ chain = \"{chain}\", key = \"{key}\" }} ]\nbackend = {{ port = 8080 }}\n\
+             header = \"proxy-v2\"\nticket_key = \"{tickets}\"\n"
+        )
+    };
+    let (chain, key) = (www.join("ca.pem"), www.join("ca.key"));
+    let (chain, key, tickets) = (
+        chain.to_str().expect("utf-8"),
+        key.to_str().expect("utf-8"),
+        tickets.to_str().expect("utf-8"),
+    );
+    let good = scratch.path("good.toml");
+    std::fs::write(&good, service(chain, key, tickets)).expect("write");
+    let checked = output(tlsgate().arg("check").arg("--config").arg(&good));
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(
+        text(&checked.stdout).contains("service \"www\": 1 certificate chain(s)"),
+        "{}",
+        text(&checked.stdout)
+    );
+
+    let other_key = ca_pem.with_file_name("ca.key");
+    let cases = [
+        (
+            service(chain, other_key.to_str().expect("utf-8"), tickets),
+            vec!["service[0].certificates[0].key", "does not match its certificate"],
+        ),
+        (
+            service("/nonexistent/www.pem", key, tickets),
+            vec!["service[0].certificates[0].chain", "/nonexistent/www.pem"],
+        ),
+        (
+            service(chain, key, "/nonexistent/tickets.key"),
+            vec!["service[0].ticket_key", "/nonexistent/tickets.key"],
+        ),
+    ];
+    for (index, (broken, needles)) in cases.iter().enumerate() {
+        let path = scratch.path(&format!("broken{index}.toml"));
+        std::fs::write(&path, broken).expect("write");
+        let result = output(tlsgate().arg("check").arg("--config").arg(&path));
+        let stderr = text(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "case {index} accepted: {stderr}");
+        for needle in needles {
+            assert!(stderr.contains(needle), "case {index}: {needle:?} in: {stderr}");
+        }
+    }
+}
+
 /// `tlsgate run` under systemd (`Type=notify`, the packaged unit): READY=1
 /// goes to `NOTIFY_SOCKET` once the ports are up, never when they cannot
 /// be opened; without `NOTIFY_SOCKET`, or with one nobody listens on,

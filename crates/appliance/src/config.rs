@@ -58,6 +58,9 @@ pub struct Config {
     /// Whom `tlsgate run` becomes once its ports are up (`[process]`).
     #[serde(default)]
     pub process: Process,
+    /// TLS termination with the services' own certificates (`[[service]]`).
+    #[serde(default)]
+    pub service: Vec<ServiceConfig>,
 }
 
 /// `[metrics]`: where a running instance serves its counters over HTTP.
@@ -757,6 +760,227 @@ fn core_mask(mask: &str) -> Result<std::collections::BTreeSet<u32>, String> {
     Ok((0..128).filter(|bit| bits & (1 << bit) != 0).collect())
 }
 
+// ---- `[[service]]`: TLS termination (compiled by `crate::service`) ----
+
+/// One `[[service]]`: clients connecting to `destinations` on `port` are
+/// answered by the appliance with the service's own certificates, and the
+/// plaintext goes to `backend`. Files are loaded by
+/// [`Services::from_config`](crate::service::Services::from_config).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique; in the connection log and the counters.
+    pub name: String,
+    /// The addresses or prefixes the clients connect to.
+    pub destinations: Vec<ServiceDestination>,
+    pub port: u16,
+    /// The SNIs this service answers; empty: any name (and none).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Chains with their keys, chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub header: ServiceHeader,
+    #[serde(default = "default_service_tls_versions")]
+    pub tls_versions: Vec<ServiceTlsVersion>,
+    #[serde(default = "default_service_alpn")]
+    pub alpn: Vec<String>,
+    /// 48 or 80 random bytes shared by the boxes that resume each other's
+    /// sessions; absent: a random key per process.
+    pub ticket_key: Option<PathBuf>,
+    /// The plaintext goes through the inspection pair and the capture.
+    #[serde(default = "default_true")]
+    pub inspect: bool,
+}
+
+/// An address or prefix (`198.18.1.2`, `198.18.1.0/24`, `2001:2::/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceDestination(pub ipnet::IpNet);
+
+impl TryFrom<String> for ServiceDestination {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(|net| ServiceDestination(net.trunc()))
+            .map_err(|_| format!("{text:?} is not an address or prefix"))
+    }
+}
+
+impl From<ServiceDestination> for String {
+    fn from(destination: ServiceDestination) -> String {
+        destination.0.to_string()
+    }
+}
+
+/// One chain (leaf first) and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the plaintext goes: `{ port }` the same server on another port,
+/// `{ address, port }` another address; the client's address is kept as
+/// the source either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: Option<std::net::IpAddr>,
+    pub port: u16,
+}
+
+/// What the backend reads before the plaintext.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceHeader {
+    #[default]
+    None,
+    ProxyV1,
+    ProxyV2,
+    WriteIp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ServiceTlsVersion {
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+fn default_service_tls_versions() -> Vec<ServiceTlsVersion> {
+    vec![ServiceTlsVersion::Tls12, ServiceTlsVersion::Tls13]
+}
+
+fn default_service_alpn() -> Vec<String> {
+    vec!["http/1.1".into()]
+}
+
+/// The `[[service]]` checks that need no file: an error is the key
+/// (`service[0].port`) and the reason.
+fn validate_services(services: &[ServiceConfig]) -> Result<(), (String, String)> {
+    for (index, service) in services.iter().enumerate() {
+        let key = |name: &str| format!("service[{index}].{name}");
+        let empty = |name: &str| Err((key(name), "must not be empty".to_owned()));
+        if service.name.trim().is_empty() {
+            return empty("name");
+        }
+        if let Some(earlier) = services[..index]
+            .iter()
+            .position(|earlier| earlier.name == service.name)
+        {
+            return Err((
+                key("name"),
+                format!("{:?} is also service[{earlier}]'s name", service.name),
+            ));
+        }
+        if service.destinations.is_empty() {
+            return empty("destinations");
+        }
+        if service.port == 0 {
+            return Err((key("port"), "0 is not a port".into()));
+        }
+        if service.certificates.is_empty() {
+            return empty("certificates");
+        }
+        if service.tls_versions.is_empty() {
+            return empty("tls_versions");
+        }
+        if let Some(name) = service
+            .server_names
+            .iter()
+            .find(|name| name.is_empty() || name.len() > 253 || name.contains(char::is_whitespace))
+        {
+            return Err((key("server_names"), format!("{name:?} is not a host name")));
+        }
+        if let Some(protocol) = service
+            .alpn
+            .iter()
+            .find(|protocol| protocol.is_empty() || protocol.len() > 255)
+        {
+            return Err((key("alpn"), format!("{protocol:?}: a protocol name is 1 to 255 bytes")));
+        }
+        let backend = service.backend;
+        if backend.port == 0 {
+            return Err((key("backend.port"), "0 is not a port".into()));
+        }
+        match backend.address {
+            None if backend.port == service.port => {
+                return Err((
+                    key("backend.port"),
+                    format!(
+                        "{} is the service's own port: the plaintext would come back to it",
+                        backend.port
+                    ),
+                ));
+            }
+            Some(address) => {
+                if let Some(other) = service
+                    .destinations
+                    .iter()
+                    .find(|destination| destination.0.addr().is_ipv4() != address.is_ipv4())
+                {
+                    return Err((
+                        key("backend.address"),
+                        format!(
+                            "{address} and the destination {} differ in family: the client's address, kept as the \
+                             source, cannot reach it; give one service per family",
+                            other.0
+                        ),
+                    ));
+                }
+                if backend.port == service.port && service.destinations.iter().any(|d| d.0.contains(&address)) {
+                    return Err((
+                        key("backend.address"),
+                        format!("{address} port {} is this service itself", backend.port),
+                    ));
+                }
+            }
+            None => {}
+        }
+        for (earlier_index, earlier) in services[..index].iter().enumerate() {
+            if let Some(shared) = overlap(earlier, service) {
+                return Err((
+                    key("destinations"),
+                    format!(
+                        "{shared} port {} is also service[{earlier_index}] ({:?}) for the same server names; \
+                         give them distinct server_names",
+                        service.port, earlier.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A destination two services both answer on the same port for a common
+/// name (no `server_names` is every name).
+fn overlap(a: &ServiceConfig, b: &ServiceConfig) -> Option<String> {
+    if a.port != b.port {
+        return None;
+    }
+    let names_meet = a.server_names.is_empty()
+        || b.server_names.is_empty()
+        || a.server_names
+            .iter()
+            .any(|name| b.server_names.iter().any(|other| other.eq_ignore_ascii_case(name)));
+    if !names_meet {
+        return None;
+    }
+    a.destinations.iter().find_map(|x| {
+        b.destinations
+            .iter()
+            .find(|y| x.0.contains(&y.0) || y.0.contains(&x.0))
+            .map(|y| if x.0.prefix_len() >= y.0.prefix_len() { x.0 } else { y.0 }.to_string())
+    })
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1117,6 +1341,11 @@ impl Config {
             ));
         }
         self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
+        validate_services(&self.service).map_err(|(key, reason)| ConfigError::InvalidRule {
+            path: path.to_owned(),
+            key,
+            reason,
+        })?;
         self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -1719,5 +1948,213 @@ device = "net_af_packet1,iface=gws0"
         assert!(Device::parse("net_").is_err());
         assert!(Device::parse("net_x y,a=b").is_err());
         assert!(Device::parse("0000:zz:00.0").is_err());
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[dataplane]
+eal_args = ["--no-huge"]
+[ports.client]
+device = "net_af_packet0,iface=gwc0"
+[ports.server]
+device = "net_af_packet1,iface=gws0"
+"#;
+
+    const WWW: &str = r#"
+[[service]]
+name = "www"
+destinations = ["198.18.1.2", "2001:2::/64"]
+port = 443
+certificates = [ { chain = "/etc/tlsgate/www.pem", key = "/etc/tlsgate/www.key" } ]
+backend = { port = 8080 }
+"#;
+
+    fn parse(services: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{services}"), Path::new("test.toml"))
+    }
+
+    /// The key and reason of a refused `[[service]]`.
+    fn refused(services: &str) -> (String, String) {
+        match parse(services) {
+            Err(ConfigError::InvalidRule { key, reason, .. }) => (key, reason),
+            other => panic!("expected a refused service, got {other:?}"),
+        }
+    }
+
+    fn www_with(replace: &str, with: &str) -> String {
+        assert!(WWW.contains(replace), "{replace}");
+        WWW.replace(replace, with)
+    }
+
+    #[test]
+    fn a_service_takes_its_defaults() {
+        let config = parse(WWW).unwrap();
+        let service = &config.service[0];
+        assert_eq!(service.header, ServiceHeader::None);
+        assert_eq!(
+            service.tls_versions,
+            [ServiceTlsVersion::Tls12, ServiceTlsVersion::Tls13]
+        );
+        assert_eq!(service.alpn, ["http/1.1"]);
+        assert!(service.inspect && service.ticket_key.is_none() && service.server_names.is_empty());
+        assert_eq!(
+            service.backend,
+            BackendConfig {
+                address: None,
+                port: 8080
+            }
+        );
+        assert_eq!(
+            service.destinations[1].0,
+            "2001:2::/64".parse::<ipnet::IpNet>().unwrap()
+        );
+        assert!(parse("").unwrap().service.is_empty(), "no service by default");
+    }
+
+    #[test]
+    fn every_form_of_every_key_parses() {
+        let config = parse(
+            &www_with(
+                "backend = { port = 8080 }",
+                "backend = { address = \"198.18.1.3\", port = 443 }\nheader = \"proxy-v2\"\ntls_versions = [\"1.3\"]\n\
+                 alpn = [\"h2\", \"http/1.1\"]\nticket_key = \"/etc/tlsgate/tickets.key\"\ninspect = false\n\
+                 server_names = [\"www.lab.test\"]",
+            )
+            .replace(", \"2001:2::/64\"", ""),
+        )
+        .unwrap();
+        let service = &config.service[0];
+        assert_eq!(service.header, ServiceHeader::ProxyV2);
+        assert_eq!(service.tls_versions, [ServiceTlsVersion::Tls13]);
+        assert!(!service.inspect);
+        for (text, header) in [
+            ("none", ServiceHeader::None),
+            ("proxy-v1", ServiceHeader::ProxyV1),
+            ("write-ip", ServiceHeader::WriteIp),
+        ] {
+            let config = parse(&format!("{WWW}header = \"{text}\"\n")).unwrap();
+            assert_eq!(config.service[0].header, header);
+        }
+    }
+
+    #[test]
+    fn malformed_services_are_refused_at_parse() {
+        for (bad, why) in [
+            (www_with("port = 443", "port = 443\nprot = 1"), "unknown key"),
+            (www_with("\"198.18.1.2\"", "\"198.18.1.300\""), "bad address"),
+            (format!("{WWW}header = \"proxy\"\n"), "bad header"),
+            (
+                www_with("port = 443", "port = 443\ntls_versions = [\"1.1\"]"),
+                "TLS 1.1",
+            ),
+            (
+                www_with("backend = { port = 8080 }", "backend = \"8080\""),
+                "backend not a table",
+            ),
+            (
+                www_with("backend = { port = 8080 }", "backend = { host = \"x\", port = 8080 }"),
+                "backend key",
+            ),
+            (www_with("port = 443\n", ""), "no port"),
+        ] {
+            assert!(
+                matches!(parse(&bad), Err(ConfigError::Syntax { .. })),
+                "{why}: {:?}",
+                parse(&bad)
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_services_are_refused_naming_the_key() {
+        for (bad, key) in [
+            (www_with("name = \"www\"", "name = \" \""), "service[0].name"),
+            (
+                www_with("destinations = [\"198.18.1.2\", \"2001:2::/64\"]", "destinations = []"),
+                "service[0].destinations",
+            ),
+            (www_with("port = 443", "port = 0"), "service[0].port"),
+            (
+                www_with(
+                    "certificates = [ { chain = \"/etc/tlsgate/www.pem\", key = \"/etc/tlsgate/www.key\" } ]",
+                    "certificates = []",
+                ),
+                "service[0].certificates",
+            ),
+            (
+                www_with("port = 443", "port = 443\ntls_versions = []"),
+                "service[0].tls_versions",
+            ),
+            (www_with("port = 443", "port = 443\nalpn = [\"\"]"), "service[0].alpn"),
+            (
+                www_with("port = 443", "port = 443\nserver_names = [\"a b\"]"),
+                "service[0].server_names",
+            ),
+            (
+                www_with("backend = { port = 8080 }", "backend = { port = 0 }"),
+                "service[0].backend.port",
+            ),
+            (
+                www_with("backend = { port = 8080 }", "backend = { port = 443 }"),
+                "service[0].backend.port",
+            ),
+            (
+                www_with(
+                    "backend = { port = 8080 }",
+                    "backend = { address = \"2001:2::3\", port = 8080 }",
+                ),
+                "service[0].backend.address",
+            ),
+            (
+                www_with(
+                    "backend = { port = 8080 }",
+                    "backend = { address = \"2001:2::3\", port = 443 }",
+                )
+                .replace("\"198.18.1.2\", ", ""),
+                "service[0].backend.address",
+            ),
+            (
+                format!("{WWW}{}", WWW.replace("port = 443", "port = 8443")),
+                "service[1].name",
+            ),
+        ] {
+            let (found, reason) = refused(&bad);
+            assert_eq!(found, key, "{reason}");
+        }
+    }
+
+    #[test]
+    fn overlapping_services_are_refused_and_distinct_names_are_not() {
+        let other = |extra: &str| {
+            WWW.replace("\"www\"", "\"api\"")
+                .replace("[\"198.18.1.2\", \"2001:2::/64\"]", "[\"198.18.1.0/24\"]")
+                + extra
+        };
+        let (key, reason) = refused(&format!("{WWW}{}", other("")));
+        assert_eq!(key, "service[1].destinations");
+        assert!(
+            reason.contains("198.18.1.2/32") && reason.contains("service[0]"),
+            "{reason}"
+        );
+
+        let named = |name: &str| format!("server_names = [\"{name}\"]\n");
+        let www_named = format!("{WWW}{}", named("www.lab.test"));
+        assert_eq!(
+            refused(&format!("{www_named}{}", other(&named("WWW.lab.test")))).0,
+            "service[1].destinations",
+            "the same name (any case) at the same destination"
+        );
+        assert_eq!(
+            refused(&format!("{www_named}{}", other(""))).0,
+            "service[1].destinations",
+            "a service without names answers every name"
+        );
+        parse(&format!("{www_named}{}", other(&named("api.lab.test")))).unwrap();
+        parse(&format!("{WWW}{}", other("").replace("port = 443", "port = 8443"))).unwrap();
+        parse(&format!("{WWW}{}", other("").replace("198.18.1.0/24", "198.18.2.0/24"))).unwrap();
     }
 }

@@ -46,6 +46,8 @@ pub enum DataplaneError {
     PcapStream(#[from] StreamError),
     #[error("invalid device: {0}")]
     Device(String),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
@@ -314,7 +316,7 @@ impl Dataplane {
             true => config.mirror_device().map_err(DataplaneError::Device)?,
             false => None,
         };
-        let policy = crate::preflight::preflight(config)?;
+        let crate::preflight::Preflight { policy, services } = crate::preflight::preflight(config)?;
         if let Some(run_as) = run_as {
             // Before EAL starts its threads, so that they inherit it.
             run_as.forbid_new_privileges()?;
@@ -503,6 +505,7 @@ impl Dataplane {
         };
         let (reloader, inboxes) = Reloader::new(
             config,
+            Arc::new(services),
             Arc::clone(policy.rules.learned()),
             key_log,
             connection_log.clone(),

@@ -21,6 +21,7 @@ pub mod preflight;
 pub mod privileges;
 pub mod reload;
 pub mod replay;
+pub mod service;
 pub mod splice;
 pub mod topnames;
 pub mod worker;
@@ -28,7 +29,7 @@ pub mod worker;
 pub use config::{Config, ConfigError};
 pub use counters::Report;
 pub use dataplane::{Dataplane, DataplaneError, ReportSource};
-pub use preflight::preflight;
+pub use preflight::{preflight, Preflight};
 pub use reload::{ReloadError, ReloadOutcome, Reloader};
 pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};
 

@@ -1,6 +1,7 @@
 //! What `run` loads from its configuration besides EAL and the devices: the
 //! intercept policy, the TLS material (CA and chain with its key, the leaf
-//! key, the upstream trust bundle), and the places the logs and the
+//! key, the upstream trust bundle), every `[[service]]`'s certificates,
+//! keys and ticket file, and the places the logs and the
 //! decrypted capture are written. [`Dataplane::open`](crate::Dataplane::open)
 //! runs [`preflight`] first and `tlsgate check` runs exactly it, so check and
 //! run cannot disagree. Writability is probed with a file created and
@@ -20,6 +21,13 @@ use crate::config::Config;
 use crate::dataplane::DataplaneError;
 use crate::engine::InterceptPolicy;
 use crate::privileges::RunAs;
+use crate::service::Services;
+
+/// What [`preflight`] loaded, for `run` to use as loaded.
+pub struct Preflight {
+    pub policy: InterceptPolicy,
+    pub services: Services,
+}
 
 /// A log or capture file that `run` could not write.
 #[derive(Debug, Error)]
@@ -42,13 +50,23 @@ pub struct RunAsOutputError {
 }
 
 /// Loads and checks everything `run` would, short of the devices; returns
-/// the intercept policy.
-pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
+/// the intercept policy and the services.
+pub fn preflight(config: &Config) -> Result<Preflight, DataplaneError> {
+    preflight_over(config, None)
+}
+
+/// [`preflight`] for a reload over the `running` services (their ticket
+/// keys are rotated, not replaced: see [`Services::reloaded`]).
+pub fn preflight_over(config: &Config, running: Option<&Services>) -> Result<Preflight, DataplaneError> {
     let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
     policy.tls_context()?;
+    let services = match running {
+        Some(running) => running.reloaded(&config.service)?,
+        None => Services::from_config(&config.service)?,
+    };
     if let Some(run_as) = RunAs::from_config(&config.process)? {
         writable_after_drop(config, &run_as)?;
-        return Ok(policy);
+        return Ok(Preflight { policy, services });
     }
     for (key, path) in [
         ("log.connections", config.log.connections.as_deref()),
@@ -65,7 +83,7 @@ pub fn preflight(config: &Config) -> Result<InterceptPolicy, DataplaneError> {
         let existing = dir.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("."));
         writable_dir("capture.path", path, existing)?;
     }
-    Ok(policy)
+    Ok(Preflight { policy, services })
 }
 
 /// Every file `run` opens after the drop, against the permission bits

@@ -8,7 +8,13 @@
 //! already open keep the rules they started with (see
 //! `splice::Generation`); new connections follow the new ones.
 //!
-//! The TLS files are read again even when their paths stay; a reload that
+//! The `[[service]]` entries are built again over the running ones
+//! ([`Services::reloaded`]): a ticket key file replaced in place is rotated,
+//! its previous key still decrypting. The reloader keeps the services in
+//! force ([`Reloader::services`]).
+//!
+//! The TLS files (the services' included) are read again even when their
+//! paths stay; a reload that
 //! changes no live key and none of those files (log rotation) only reopens
 //! the logs, so the workers keep their caches.
 //!
@@ -35,7 +41,8 @@ use crate::connlog::ConnectionLog;
 use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
 use crate::learned::LearnedStore;
-use crate::preflight::preflight;
+use crate::preflight::{preflight_over, Preflight};
+use crate::service::Services;
 use crate::splice::Rules;
 
 /// The configuration keys a reload puts in force (a key below one of these,
@@ -54,6 +61,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "tls.ech",
     "log.connections",
     "log.keylog",
+    "service",
 ];
 
 /// How long a reload waits for every worker to take the new rules.
@@ -167,6 +175,7 @@ fn with_live_keys(running: &Config, new: &Config) -> Config {
     tls.client_auth = new_tls.client_auth;
     tls.ech = new_tls.ech;
     config.log = new.log.clone();
+    config.service = new.service.clone();
     config
 }
 
@@ -182,8 +191,9 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
 }
 
 /// A digest of the TLS files `config` names (CA, key, chain, leaf key,
-/// trust bundle) with their paths, so that a reload sees a file replaced
-/// in place; a file that cannot be read counts as changed.
+/// trust bundle, the services' chains, keys and ticket files) with their
+/// paths, so that a reload sees a file replaced in place (a ticket key
+/// rotated); a file that cannot be read counts as changed.
 fn tls_material(config: &Config) -> Vec<u8> {
     let tls = &config.tls;
     let trust = match tls.upstream_trust.as_str() {
@@ -191,12 +201,21 @@ fn tls_material(config: &Config) -> Vec<u8> {
         path => PathBuf::from(path),
     };
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let services = config.service.iter().flat_map(|service| {
+        let certificates = service
+            .certificates
+            .iter()
+            .flat_map(|files| [files.chain.clone(), files.key.clone()]);
+        certificates.chain(service.ticket_key.clone())
+    });
     for path in [&tls.ca_cert, &tls.ca_key, &tls.ca_chain, &tls.leaf_key, &Some(trust)]
         .into_iter()
         .flatten()
+        .cloned()
+        .chain(services)
     {
         digest.update(path.as_os_str().as_encoded_bytes());
-        match std::fs::read(path) {
+        match std::fs::read(&path) {
             Ok(contents) => digest.update(&contents),
             Err(_) => digest.update(b"\0unreadable"),
         }
@@ -206,18 +225,20 @@ fn tls_material(config: &Config) -> Vec<u8> {
 }
 
 /// Loads everything the live keys of `config` name, as `run` does, and
-/// builds the rules of `workers` workers (each its own TLS context);
-/// `learned` is the running instance's store, kept.
+/// builds the rules of `workers` workers (each its own TLS context) and the
+/// services (over the `running` ones: ticket keys rotated); `learned` is the
+/// running instance's store, kept.
 pub fn prepare_rules(
     config: &Config,
+    running: &Services,
     learned: &Arc<LearnedStore>,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<Vec<Rules>, DataplaneError> {
-    let policy = preflight(config)?;
+) -> Result<(Vec<Rules>, Services), DataplaneError> {
+    let Preflight { policy, services } = preflight_over(config, Some(running))?;
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
-    (0..workers)
+    let rules = (0..workers)
         .map(|_| {
             let mut tls = policy.tls_context()?;
             if let (Some(tls), Some(key_log)) = (tls.as_mut(), &key_log) {
@@ -229,7 +250,8 @@ pub fn prepare_rules(
                 log: log.clone(),
             })
         })
-        .collect()
+        .collect::<Result<_, DataplaneError>>()?;
+    Ok((rules, services))
 }
 
 /// A worker's end of the reload channel: read between two polls.
@@ -273,6 +295,8 @@ struct State {
     running: Config,
     /// [`tls_material`] of `running`.
     material: Vec<u8>,
+    /// The services in force (their ticket keys carried across reloads).
+    services: Arc<Services>,
     learned: Arc<LearnedStore>,
     key_log: Option<Arc<mitm::KeyLogFile>>,
     connection_log: Option<Arc<ConnectionLog>>,
@@ -328,8 +352,9 @@ impl State {
             ConnectionLog::open,
         )
         .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
-        let rules = prepare_rules(
+        let (rules, services) = prepare_rules(
             &plan.config,
+            &self.services,
             &self.learned,
             key_log.clone(),
             connection_log.clone(),
@@ -343,6 +368,7 @@ impl State {
             let _ = link.rules.send(rules);
         }
         self.generation += 1;
+        self.services = Arc::new(services);
         self.running = plan.config;
         self.material = material;
         self.key_log = key_log;
@@ -379,6 +405,7 @@ impl Reloader {
     /// in order.
     pub fn new(
         config: &Config,
+        services: Arc<Services>,
         learned: Arc<LearnedStore>,
         key_log: Option<Arc<mitm::KeyLogFile>>,
         connection_log: Option<Arc<ConnectionLog>>,
@@ -401,6 +428,7 @@ impl Reloader {
             state: Mutex::new(State {
                 running: config.clone(),
                 material: tls_material(config),
+                services,
                 learned,
                 key_log,
                 connection_log,
@@ -416,6 +444,11 @@ impl Reloader {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The services in force: those `run` loaded, then each reload's.
+    pub fn services(&self) -> Arc<Services> {
+        Arc::clone(&self.state().services)
     }
 
     /// The file [`Reloader::hangup`] rereads (the one `run` started from).
@@ -569,7 +602,9 @@ mode = "splice"
         let new = parse(&format!(
             "{BASE}\n[tls]\nca_cert = \"/a\"\nca_key = \"/b\"\nca_chain = \"/c\"\nleaf_key = \"/d\"\n\
              upstream_trust = \"/e\"\ninvalid_upstream = \"refuse\"\ncert_cache = 7\nclient_auth = \"block\"\n\
-             ech = \"bypass\"\n[log]\nconnections = \"/f\"\nkeylog = \"/g\"\n[[policy]]\naction = \"block\"\n"
+             ech = \"bypass\"\n[log]\nconnections = \"/f\"\nkeylog = \"/g\"\n[[policy]]\naction = \"block\"\n\
+             [[service]]\nname = \"www\"\ndestinations = [\"198.18.1.2\"]\nport = 443\n\
+             certificates = [ {{ chain = \"/h\", key = \"/i\" }} ]\nbackend = {{ port = 8080 }}\n"
         ));
         let plan = plan(&parse(BASE), &new);
         let mut live: Vec<&str> = LIVE_KEYS.to_vec();
@@ -577,6 +612,73 @@ mode = "splice"
         assert_eq!(plan.applied, live);
         assert!(plan.needs_restart.is_empty(), "{plan:?}");
         assert_eq!(plan.config, new);
+    }
+
+    #[test]
+    fn a_reload_after_replacing_the_ticket_file_rotates_the_services_keys() {
+        let scratch = crate::service::test_files::Scratch::new();
+        let tickets = scratch.0.join("tickets.key");
+        scratch.private(&tickets, &[1; 80]);
+        let service = scratch.service_toml(
+            "www",
+            "198.18.1.2",
+            &[],
+            &format!("ticket_key = \"{}\"", tickets.display()),
+        );
+        let path = scratch.0.join("tlsgate.toml");
+        std::fs::write(&path, format!("{BASE}{service}")).unwrap();
+        let running = Config::load(&path).unwrap();
+        let Preflight { policy, services } = crate::preflight::preflight(&running).unwrap();
+        let (reloader, _) = Reloader::new(
+            &running,
+            Arc::new(services),
+            Arc::clone(policy.rules.learned()),
+            None,
+            None,
+            0,
+        );
+        let hello = |services: &Services| {
+            let tuple = wire::FlowTuple {
+                src_ip: "198.18.0.2".parse().unwrap(),
+                dst_ip: "198.18.1.2".parse().unwrap(),
+                src_port: 40000,
+                dst_port: 443,
+            };
+            services.for_hello(&tuple, None).unwrap().tls.server_config()
+        };
+        let old_ticket = hello(&reloader.services()).ticketer.encrypt(b"state").unwrap();
+
+        scratch.private(&tickets, &[2; 80]);
+        let outcome = reloader.reload(&path).unwrap();
+        assert_eq!(outcome.generation, 1, "a replaced ticket file is a change: {outcome:?}");
+        let rotated = hello(&reloader.services());
+        assert_eq!(rotated.ticketer.decrypt(&old_ticket).as_deref(), Some(&b"state"[..]));
+        let new_ticket = rotated.ticketer.encrypt(b"state").unwrap();
+
+        // A broken ticket file is refused; the running keys stay.
+        scratch.private(&tickets, &[0; 10]);
+        let err = reloader.reload(&path).unwrap_err();
+        assert!(
+            anyhow_like(&err).contains("service[0].ticket_key"),
+            "{}",
+            anyhow_like(&err)
+        );
+        assert_eq!(
+            hello(&reloader.services()).ticketer.decrypt(&new_ticket).as_deref(),
+            Some(&b"state"[..])
+        );
+    }
+
+    /// The error with its sources, as `tlsgate reload` prints it.
+    fn anyhow_like(err: &dyn std::error::Error) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(err) = source {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            source = err.source();
+        }
+        text
     }
 
     #[test]

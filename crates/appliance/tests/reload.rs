@@ -81,11 +81,15 @@ fn setup(name: &str) -> (Setup, CertificateDer<'static>) {
     let (ca, ca_keys) = new_ca(&scratch.0.join("ca1"), "tlsgate test CA 1");
     let config = write_config(&scratch.0, &ca_keys, "");
     let running = Config::load(&config).unwrap();
-    let intercept = appliance::preflight(&running).unwrap();
+    let appliance::Preflight {
+        policy: intercept,
+        services,
+    } = appliance::preflight(&running).unwrap();
     let log_path = scratch.0.join("connections.jsonl");
     let log = Arc::new(ConnectionLog::open(&log_path).unwrap());
     let (reloader, mut inboxes) = Reloader::new(
         &running,
+        Arc::new(services),
         Arc::clone(intercept.rules.learned()),
         None,
         Some(Arc::clone(&log)),

@@ -12,6 +12,7 @@ pub mod grade;
 pub mod hello;
 pub mod keylog;
 pub mod session;
+pub mod terminate;
 pub mod trust;
 
 pub use ca::CertificateAuthority;
@@ -20,4 +21,5 @@ pub use forge::{Forged, Forger, Trust};
 pub use grade::{Grade, LegGrade};
 pub use keylog::KeyLogFile;
 pub use session::{InvalidUpstream, Pending, Rejection, SessionInfo, TlsContext, TlsSession};
+pub use terminate::{CertifiedKeyPem, ServiceTls, TerminateError, TicketKeys, TlsVersion};
 pub use trust::UpstreamTrust;

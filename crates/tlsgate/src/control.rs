@@ -231,7 +231,8 @@ mod tests {
     fn instance(learned: &Arc<LearnedStore>, clock: EngineClock, config: &Path) -> Instance {
         std::fs::write(config, SPLICE).unwrap();
         let running = appliance::Config::load(config).unwrap();
-        let (reloader, _) = Reloader::new(&running, Arc::clone(learned), None, None, 0);
+        let services = Arc::new(appliance::service::Services::from_config(&running.service).unwrap());
+        let (reloader, _) = Reloader::new(&running, services, Arc::clone(learned), None, None, 0);
         reloader.set_source(config);
         Instance {
             learned: Arc::clone(learned),

@@ -282,6 +282,18 @@ fn check(config_path: &Path) -> Result<()> {
             ""
         }
     )?;
+    for service in &config.service {
+        say!(
+            "  service {:?}: {} certificate chain(s) with matching keys{}",
+            service.name,
+            service.certificates.len(),
+            if service.ticket_key.is_some() {
+                ", the ticket key file"
+            } else {
+                ""
+            }
+        )?;
+    }
     for (role, device) in ["client", "server", "inspect_out", "inspect_in"]
         .into_iter()
         .zip(config.devices().map_err(anyhow::Error::msg)?)

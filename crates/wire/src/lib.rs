@@ -1,6 +1,7 @@
 //! The frame layer of tlsgate: checked, zero-copy views over received
 //! Ethernet frames and the classifier the engine runs on every one of them,
-//! and [`segment`], the builder of synthetic TCP frames.
+//! [`segment`], the builder of synthetic TCP frames, and [`proxy`], the
+//! PROXY protocol and write-ip headers a terminating service sends its backend.
 //!
 //! Nothing in this crate panics on any input: every length comes from a
 //! checked view (smoltcp's `smoltcp::wire` for ARP, IPv4, IPv6, TCP, UDP and
@@ -16,6 +17,7 @@ pub mod classify;
 mod error;
 pub mod ethernet;
 pub mod icmp;
+pub mod proxy;
 pub mod segment;
 
 #[cfg(test)]
