@@ -255,6 +255,14 @@ impl<P: Port> Engine<P> {
         }
     }
 
+    /// Terminates TLS for the destinations of `services` (`[[service]]`):
+    /// their SYNs are answered by the appliance, whatever the intercepted
+    /// ports and the policy say.
+    pub fn with_services(mut self, services: Arc<crate::service::Services>) -> Self {
+        self.splicer.set_services(services);
+        self
+    }
+
     /// Sends the plaintext of intercepted connections out of `inspect_out`
     /// and takes it back from the box on `inspect_in`.
     pub fn with_inspection(mut self, inspect_out: P, inspect_in: P, settings: InspectionSettings) -> Self {
@@ -478,12 +486,13 @@ impl<P: Port> Engine<P> {
                 invalid += 1;
                 return false;
             }
-            let opens = from == Side::Client
+            let syn = from == Side::Client
                 && info.flags.syn
                 && !info.flags.ack
                 && !info.flags.rst
-                && class.is_tcp_candidate()
-                && intercept_ports.contains(&tuple.dst_port);
+                && class.is_tcp_candidate();
+            let serves = syn && splicer.serves(tuple);
+            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port));
             match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already
@@ -507,6 +516,16 @@ impl<P: Port> Engine<P> {
                         misdirected += 1;
                         return false;
                     }
+                }
+            }
+            if serves {
+                // The operator's own service: terminated, not judged by the policy.
+                match splicer.open_service(stack, frame.data(), &class, now) {
+                    Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => {
+                        intercepted += 1;
+                        return false;
+                    }
+                    Ok(Admission::Bridge) | Err(_) => return true,
                 }
             }
             if opens {

@@ -235,8 +235,9 @@ pub fn prepare_rules(
     key_log: Option<Arc<mitm::KeyLogFile>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<(Vec<Rules>, Services), DataplaneError> {
+) -> Result<(Vec<Rules>, Arc<Services>), DataplaneError> {
     let Preflight { policy, services } = preflight_over(config, Some(running))?;
+    let services = Arc::new(services);
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
     let rules = (0..workers)
         .map(|_| {
@@ -248,6 +249,7 @@ pub fn prepare_rules(
                 policy: rules.clone(),
                 tls,
                 log: log.clone(),
+                services: Arc::clone(&services),
             })
         })
         .collect::<Result<_, DataplaneError>>()?;
@@ -368,7 +370,7 @@ impl State {
             let _ = link.rules.send(rules);
         }
         self.generation += 1;
-        self.services = Arc::new(services);
+        self.services = services;
         self.running = plan.config;
         self.material = material;
         self.key_log = key_log;

@@ -53,9 +53,18 @@ use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::mirror::Taps;
 use crate::policy::{Action, Policy, Verdict};
+use crate::service::{Backend, Service, Services};
 use crate::topnames::TopNames;
 
 use crate::engine::Side;
+
+/// The service a terminated connection was given to.
+#[derive(Debug, Clone)]
+struct Terminated {
+    name: String,
+    /// Its plaintext goes through the inspection loop and the taps.
+    inspect: bool,
+}
 
 /// How the inspection loop is run (from `[inspect]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +209,8 @@ impl Session {
             decision: None,
             generation: None,
             replaced_server: None,
+            terminate: false,
+            service: None,
             learned: None,
             logged: false,
             flow_id: connlog::flow_id(
@@ -262,6 +273,11 @@ struct Session {
     /// 5-tuple), opened once this one is gone: the bypass of an origin
     /// that refused the appliance's TLS.
     replaced_server: Option<FlowId>,
+    /// A connection to a `[[service]]` destination: the appliance is its
+    /// TLS server (termination), the backend leg opens after the hello.
+    terminate: bool,
+    /// The service that answered its ClientHello.
+    service: Option<Terminated>,
     /// What the policy learned from this connection, for the log.
     learned: Option<String>,
     /// The connection-log record was written (when both directions had
@@ -288,6 +304,8 @@ pub struct Rules {
     pub tls: Option<TlsContext>,
     /// Where sessions are logged when they end.
     pub log: Option<Arc<ConnectionLog>>,
+    /// The `[[service]]` entries new connections are terminated for.
+    pub services: Arc<Services>,
 }
 
 /// One generation of the reloadable settings of a splicer: the policy and
@@ -355,6 +373,8 @@ struct Shared {
     taps: Taps,
     /// The sessions of every worker, when there are several.
     directory: Option<WorkerDirectory>,
+    /// The `[[service]]` entries: their destinations are terminated.
+    services: Option<Arc<Services>>,
 }
 
 /// Where a session's stream in the decrypted capture runs: client and
@@ -569,7 +589,9 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
     ConnectionRecord {
         timestamp: connlog::timestamp(end),
         flow_id: session.flow_id,
-        event_type: if tls_mode {
+        event_type: if session.terminate {
+            EventType::TlsTerminate
+        } else if tls_mode {
             EventType::TlsIntercept
         } else {
             EventType::Connection
@@ -585,13 +607,16 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
         end: connlog::timestamp(end),
         duration_ms: u64::try_from((end - session.started).whole_milliseconds()).unwrap_or(0),
         decision: match &session.decision {
+            _ if session.terminate => "terminate",
             Some(verdict) => verdict.action.name(),
             None if tls_mode => "intercept",
             None => "splice",
         },
-        reason: match &session.decision {
-            Some(verdict) => verdict.reason.clone(),
-            None => format!("destination port {} is intercepted", session.tuple.dst_port),
+        reason: match (&session.service, &session.decision) {
+            (Some(service), _) => format!("service {}", service.name),
+            (None, _) if session.terminate => "a [[service]] destination".into(),
+            (None, Some(verdict)) => verdict.reason.clone(),
+            (None, None) => format!("destination port {} is intercepted", session.tuple.dst_port),
         },
         sni: info.sni,
         alpn_offered: info.alpn_offered,
@@ -620,6 +645,27 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
         learned: session.learned.clone(),
         ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
+}
+
+/// The backend leg of a terminated connection: from the client's address
+/// and port to the service's backend. Err if the backend's address is of
+/// another family than the client's (a transparent leg cannot change it).
+fn backend_tuple(tuple: &FlowTuple, service: &Service) -> Result<FlowTuple, String> {
+    let (dst_ip, dst_port) = match service.backend {
+        Backend::SamePeer { port } => (tuple.dst_ip, port),
+        Backend::Transparent { address, port } => (address, port),
+    };
+    if dst_ip.is_ipv4() != tuple.src_ip.is_ipv4() {
+        return Err(format!(
+            "the backend {dst_ip} of service {} is not of the client's address family",
+            service.name
+        ));
+    }
+    Ok(FlowTuple {
+        dst_ip,
+        dst_port,
+        ..*tuple
+    })
 }
 
 /// Microseconds from `start` to `end` on the engine clock (0 if the clock
@@ -750,6 +796,7 @@ impl Splicer {
                 inspection_links_up: true,
                 taps: Taps::default(),
                 directory: None,
+                services: None,
             },
             shutdown_pending: None,
         }
@@ -847,6 +894,21 @@ impl Splicer {
             .is_some_and(|directory| directory.held_elsewhere(tuple))
     }
 
+    /// Terminates TLS for the destinations of `services` (see
+    /// [`Splicer::open_service`]).
+    pub fn set_services(&mut self, services: Arc<Services>) {
+        self.shared.services = (!services.is_empty()).then_some(services);
+    }
+
+    /// Whether a service answers `tuple`'s destination and port: its SYN
+    /// is answered by the appliance ([`Splicer::open_service`]).
+    pub fn serves(&self, tuple: &FlowTuple) -> bool {
+        self.shared
+            .services
+            .as_ref()
+            .is_some_and(|services| services.owns(tuple))
+    }
+
     /// Writes a record of every session that ends to `log`.
     pub fn set_log(&mut self, log: Arc<ConnectionLog>) {
         self.shared.log = Some(log);
@@ -876,6 +938,7 @@ impl Splicer {
             shared.retire_generation(&previous);
         }
         shared.log = rules.log;
+        shared.services = (!rules.services.is_empty()).then_some(rules.services);
     }
 
     /// The forging counters of every TLS context this splicer had: hits
@@ -957,6 +1020,31 @@ impl Splicer {
         class: &FrameClass,
         now: Instant,
     ) -> Result<Admission, StackError> {
+        self.admit(stack, frame, class, now, false)
+    }
+
+    /// Admits a client SYN to a service's destination as [`Splicer::open`]
+    /// does, for termination: the appliance answers the SYN itself (it is
+    /// the server there), reads the ClientHello, picks the service by its
+    /// SNI and only then opens the backend leg.
+    pub fn open_service(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+    ) -> Result<Admission, StackError> {
+        self.admit(stack, frame, class, now, true)
+    }
+
+    fn admit(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+        terminate: bool,
+    ) -> Result<Admission, StackError> {
         let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
         let limits = self.shared.limits;
         let embryonic_share = (limits.max_sessions / 2).max(1);
@@ -981,14 +1069,14 @@ impl Splicer {
         if full && !made_way {
             return Ok(self.shared.at_capacity(stack, frame, class, now));
         }
-        let mut started = self.start(stack, frame, class, now);
+        let mut started = self.start(stack, frame, class, now, terminate);
         // The flow table ran full before the session count (loop legs, a
         // table smaller than the sessions need): an embryonic session makes
         // way there too.
         if matches!(started, Err(StackError::TooManyFlows(_)))
             && (self.reclaim_closed(stack, now) || self.evict_oldest_embryonic(stack, now))
         {
-            started = self.start(stack, frame, class, now);
+            started = self.start(stack, frame, class, now, terminate);
         }
         match started {
             Ok(()) => Ok(Admission::Opened),
@@ -1066,7 +1154,14 @@ impl Splicer {
 
     /// Opens a session: accepts the SYN transparently and connects to the
     /// server as the client.
-    fn start(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
+    fn start(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+        terminate: bool,
+    ) -> Result<(), StackError> {
         let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
         // Legs of an earlier connection with the same 5-tuple that linger
         // in TIME-WAIT make way for the new one.
@@ -1086,24 +1181,31 @@ impl Splicer {
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
         let shared = &mut self.shared;
+        // A terminated client's SYN-ACK is not held: the appliance is its server.
         let client = stack.accept(
             Side::Client.index(),
             frame,
             class,
-            shared.hold_synack,
+            shared.hold_synack && !terminate,
             owner(index, Leg::Client),
             now,
         )?;
         let l2 = L2Header::same_direction(&class.l2);
-        let server = match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
-            Ok(server) => server,
-            Err(err) => {
-                stack.discard(client);
-                return Err(err);
+        let server = if terminate {
+            None
+        } else {
+            match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
+                Ok(server) => {
+                    let _ = stack.mirror_timestamps(client, server);
+                    let _ = stack.mirror_syn(client, server);
+                    Some(server)
+                }
+                Err(err) => {
+                    stack.discard(client);
+                    return Err(err);
+                }
             }
         };
-        let _ = stack.mirror_timestamps(client, server);
-        let _ = stack.mirror_syn(client, server);
         let mut session = Session::new(*tuple, l2, shared.clock.at(now), info.seq_number);
         session.serial = shared.next_serial;
         shared.next_serial += 1;
@@ -1112,14 +1214,19 @@ impl Splicer {
         session.last_activity = now;
         shared.embryonic.opened(tuple.src_ip, index, session.serial);
         session.client = Some(client);
-        session.server = Some(server);
+        session.server = server;
+        session.terminate = terminate;
         let tls = shared
             .current
             .tls
             .as_ref()
             .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
-        session.conn = Connection::new(tls, shared.hold_synack);
-        if session.conn.has_tls() {
+        session.conn = if terminate {
+            Connection::terminated()
+        } else {
+            Connection::new(tls, shared.hold_synack)
+        };
+        if session.conn.tls().is_some() {
             // Its ClientHello and handshakes follow the rules in force now.
             session.generation = Some(shared.current.number);
             shared.current.sessions += 1;
@@ -1447,6 +1554,17 @@ impl Shared {
         if !session.confirmed || session.conn.failed() || session.conn.closed() {
             return None;
         }
+        if let Some(server) = session.conn.tls_server() {
+            if session.service.is_none() {
+                return Some((
+                    session.stage_since + self.limits.client_hello_timeout,
+                    Expiry::ClientHello,
+                ));
+            }
+            if !server.is_established() {
+                return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));
+            }
+        }
         if let (Some(tls), true) = (session.conn.tls(), self.intercepts_tls(session)) {
             if session.decision.is_none() {
                 return Some((
@@ -1615,7 +1733,7 @@ impl Shared {
                 // The server accepted: now the client may have its SYN-ACK.
                 if (event.kind, leg) == (EventKind::Connected, Leg::Server) {
                     if let Some(client) = session.client {
-                        if session.conn.server_connected() {
+                        if session.conn.server_connected() && !session.terminate {
                             let _ = stack.release_synack(client);
                         }
                     }
@@ -1623,8 +1741,31 @@ impl Shared {
                 self.pump(stack, index, session, now);
             }
             EventKind::Reset | EventKind::TimedOut => {
-                let Some(other) = other else { return };
-                if leg == Leg::Server && !session.conn.established() {
+                let Some(other) = other else {
+                    if session.terminate && !session.conn.failed() {
+                        // The client went before the backend leg existed.
+                        self.counters.resets += 1;
+                        session.ended.get_or_insert_with(|| "reset by the client".into());
+                        session.conn.fail();
+                        self.end_tls(session);
+                    }
+                    return;
+                };
+                if leg == Leg::Server && !session.conn.established() && session.terminate {
+                    // The backend refused or never answered: the client,
+                    // whose handshake the appliance answered, gets a RST.
+                    session.conn.fail();
+                    self.counters.backend_refused += 1;
+                    session.ended = Some(if event.kind == EventKind::Reset {
+                        "backend refused".into()
+                    } else {
+                        "backend did not answer".into()
+                    });
+                    tracing::info!("{}: {:?}", session.ended.as_deref().unwrap_or_default(), session.tuple);
+                    self.end_tls(session);
+                    let _ = stack.abort(other);
+                    discard_loop(stack, session);
+                } else if leg == Leg::Server && !session.conn.established() {
                     session.conn.fail();
                     // The server refused (RST) or never answered: tell the
                     // client exactly that, a RST or nothing at all.
@@ -1767,7 +1908,8 @@ impl Shared {
     /// mode "tls", through the inspection box when there is one) and passes
     /// on FINs once a direction has delivered everything.
     fn pump(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
-        if !session.conn.established() || session.conn.failed() {
+        // A terminated client's handshake runs while its backend connects.
+        if !(session.conn.established() || session.terminate) || session.conn.failed() {
             return;
         }
         let bytes_before = session.conn.bytes();
@@ -1782,6 +1924,12 @@ impl Shared {
 
     /// [`Shared::pump`] of an established session.
     fn pump_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+        if session.terminate {
+            if session.conn.tls_server().is_some() {
+                self.pump_terminated(stack, index, session, now);
+            }
+            return;
+        }
         if session.conn.tls().is_some() && self.intercepts_tls(session) {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
@@ -1932,6 +2080,136 @@ impl Shared {
         }
         self.finish_tls_directions(stack, session, now);
         true
+    }
+
+    /// [`Shared::pump`] of a terminated session: the client's TLS with the
+    /// service's certificate, the service picked at its ClientHello, the
+    /// backend leg opened then; the plaintext is relayed (through the
+    /// inspection loop and the taps when the service says so). A client
+    /// that is not TLS, a name no service answers, a failed handshake: RST
+    /// and a log record.
+    fn pump_terminated(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+        let ends = StreamEnds::of(session);
+        let at = self.clock.system_at(now);
+        let failure = loop {
+            let flows = SessionFlows::of(session);
+            let stream = &mut session.capture;
+            let taps = &mut self.taps;
+            let tapped = taps.any() && session.service.as_ref().is_some_and(|service| service.inspect);
+            let mut tap = tapped.then_some(CaptureTap { taps, stream, ends, at });
+            let was_established = session.conn.handshakes_done();
+            let pumped = session.conn.pump_tls(
+                &mut StackLegs { stack, flows },
+                None,
+                tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+            );
+            if let Err(err) = pumped {
+                break Some(format!("TLS failed: {err}"));
+            }
+            if !was_established && session.conn.handshakes_done() {
+                self.counters.terminated += 1;
+                let resumed = session
+                    .conn
+                    .tls_server()
+                    .is_some_and(|server| server.info.resumed_client);
+                self.counters.tickets_resumed += u64::from(resumed);
+            }
+            match session.conn.pending() {
+                None => break None,
+                Some(Pending::Rejected(rejection)) => break Some(format!("not TLS: {rejection:?}")),
+                Some(Pending::Hello { sni, .. }) => {
+                    // The ClientHello is complete: the handshake's time starts.
+                    session.stage_since = now;
+                    if let Some(sni) = &sni {
+                        self.top_sni.note(sni);
+                    }
+                    if let Err(reason) = self.accept_service(stack, index, session, sni.as_deref(), now) {
+                        break Some(reason);
+                    }
+                    if session.conn.failed() {
+                        // The inspection loop could not be opened, failing closed.
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            tracing::info!("termination refused: {reason}");
+            self.counters.terminate_failed += 1;
+            session.ended = Some(reason);
+            session.conn.fail();
+            self.end_tls(session);
+            abort_all(stack, session);
+            return;
+        }
+        self.finish_tls_directions(stack, session, now);
+    }
+
+    /// Gives a terminated session's ClientHello to the service answering
+    /// `sni` at its destination: the handshake goes on with the service's
+    /// certificates, the backend leg is opened from the client's address
+    /// (with the client's framing: the next hop is the destination's MAC),
+    /// its header queued first, and the inspection loop opened when the
+    /// service inspects. Err: why the client is refused.
+    fn accept_service(
+        &mut self,
+        stack: &mut Stack,
+        index: usize,
+        session: &mut Session,
+        sni: Option<&str>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let services = self.services.clone().ok_or("no services")?;
+        let service = services
+            .for_hello(&session.tuple, sni)
+            .ok_or_else(|| format!("no service for {}", sni.unwrap_or("a ClientHello without SNI")))?;
+        session.service = Some(Terminated {
+            name: service.name.clone(),
+            inspect: service.inspect,
+        });
+        let backend = backend_tuple(&session.tuple, service)?;
+        let tls = session.conn.tls_server_mut().ok_or("no TLS state")?;
+        tls.accept(service.tls.server_config())
+            .map_err(|err| format!("TLS failed: {err}"))?;
+        if let Some(kind) = service.header {
+            let info = &tls.info;
+            let version = info.client_version.as_deref().unwrap_or_default().replace('_', ".");
+            let facts = wire::proxy::TlsFacts {
+                version: &version,
+                cipher: info.client_cipher.as_deref().unwrap_or_default(),
+                sni: info.sni.as_deref(),
+                alpn: info.alpn.as_deref().map(str::as_bytes),
+            };
+            let tuple = session.tuple;
+            let header = wire::proxy::encode(
+                kind,
+                SocketAddr::new(tuple.src_ip, tuple.src_port),
+                SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+                Some(&facts),
+            );
+            tls.set_preamble(&header);
+        }
+        // A leg of an earlier connection on the same 4-tuple that lingers
+        // in TIME-WAIT makes way.
+        if let Some(old) = stack.lookup(Side::Server.index(), &backend.reversed()) {
+            if stack.state(old) == Ok(netstack::TcpState::TimeWait) {
+                stack.discard(old);
+            }
+        }
+        let server = stack
+            .connect(
+                Side::Server.index(),
+                &backend,
+                session.l2,
+                owner(index, Leg::Server),
+                now,
+            )
+            .map_err(|err| format!("no connection to the backend: {err}"))?;
+        session.server = Some(server);
+        if service.inspect {
+            self.start_inspection(stack, index, session, now);
+        }
+        Ok(())
     }
 
     /// Drops a session's TLS state, keeping what it told for the log.
