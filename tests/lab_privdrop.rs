@@ -124,8 +124,8 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
 
     let appliance = Appliance::start(&lab, &scratch, &config);
     let pid = appliance.child.id();
-    // Every thread: EAL's (started before the drop), the workers and the
-    // control thread (after it).
+    // Every thread: EAL's (started before the drop), the workers, the
+    // writer of the logs and the capture, and the control thread (after it).
     let tasks: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("tasks")
         .map(|task| {
@@ -139,7 +139,9 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
         .collect();
     let names: Vec<&str> = tasks.iter().map(|(name, _)| name.as_str()).collect();
     assert!(
-        names.iter().any(|name| name.starts_with("tlsgate-worker")) && names.len() >= 3,
+        names.iter().any(|name| name.starts_with("tlsgate-worker"))
+            && names.contains(&"tlsgate-writer")
+            && names.len() >= 4,
         "{names:?}"
     );
     for (name, status) in &tasks {
@@ -203,6 +205,13 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
     assert!(status.success());
     assert!(!socket.exists(), "the control socket is removed at the end");
     assert_eq!(report["capture"]["frames_dropped"], 0, "{report}");
+    for dropped in [
+        "log_records_dropped",
+        "keylog_records_dropped",
+        "capture_frames_dropped",
+    ] {
+        assert_eq!(report["writer"][dropped], 0, "{report}");
+    }
     assert!(
         report["capture"]["bytes"].as_u64().unwrap() > 3 * 1024 * 1024,
         "{report}"

@@ -12,13 +12,15 @@
 //!
 //! # Files
 //!
-//! One [`DecryptedCapture`] is shared by all workers; it writes a classic
+//! One [`DecryptedCapture`], held by the writer thread (the workers queue
+//! their frames for it through a [`CaptureQueue`]), writes a classic
 //! pcap (Ethernet link type, microsecond timestamps taken from the `now`
 //! each call passes in) to [`CaptureSettings::path`], created with mode
 //! 0600 (the plaintext is as secret as the traffic). The pcap header is
 //! written when the file is created; the frames go through a buffer that
 //! only ever holds whole records, written out when it reaches
-//! [`BUFFER_BYTES`], at rotation and when the capture is dropped.
+//! [`BUFFER_BYTES`], at rotation, when flushed (the writer thread does at
+//! its stop) and when the capture is dropped.
 //!
 //! **Rotation.** Before a frame is written, the current file is rotated
 //! when it already holds a frame and either the frame would take it past
@@ -63,7 +65,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pcap_file::pcap::PcapHeader;
@@ -72,6 +74,7 @@ use time::OffsetDateTime;
 use wire::{ethernet_mss, SegmentControl, SegmentError, TcpSegment};
 
 use crate::counters::CaptureTotals;
+use crate::writer::{Opened, WriterHandle};
 
 /// The length of the pcap global header: a file this long holds no frame.
 const PCAP_HEADER_LEN: u64 = 24;
@@ -185,6 +188,55 @@ impl DecryptedCapture {
     pub fn totals(&self) -> CaptureTotals {
         self.output.lock().unwrap_or_else(PoisonError::into_inner).totals
     }
+
+    /// Writes out the frames buffered so far.
+    pub fn flush(&self) {
+        let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+        output.flush(&self.settings.path, SystemTime::now());
+    }
+}
+
+/// The workers' side of the decrypted capture: the file is the writer
+/// thread's (see [`crate::writer`]); each call of a [`CaptureStream`] queues
+/// its frames for it, or drops them (counted in `capture_frames_dropped`)
+/// when the queue is full.
+#[derive(Debug, Clone)]
+pub struct CaptureQueue {
+    capture: Arc<DecryptedCapture>,
+    writer: WriterHandle,
+}
+
+impl CaptureQueue {
+    /// Opens the capture (see [`DecryptedCapture::open`]; here, with this
+    /// thread's credentials) and hands it to `writer`.
+    pub fn open(settings: CaptureSettings, writer: &WriterHandle) -> Result<CaptureQueue, CaptureError> {
+        let capture = Arc::new(DecryptedCapture::open(settings)?);
+        writer.open(Opened::Capture(Arc::clone(&capture)));
+        Ok(CaptureQueue {
+            capture,
+            writer: writer.clone(),
+        })
+    }
+
+    /// Where and how it writes.
+    pub fn settings(&self) -> &CaptureSettings {
+        self.capture.settings()
+    }
+
+    /// What the file took so far (see [`DecryptedCapture::totals`]).
+    pub fn totals(&self) -> CaptureTotals {
+        self.capture.totals()
+    }
+}
+
+impl FrameSink for &CaptureQueue {
+    fn wire_port(&self, server_port: u16) -> u16 {
+        (&*self.capture).wire_port(server_port)
+    }
+
+    fn write(&mut self, frames: Frames, now: SystemTime) {
+        self.writer.capture_frames(frames, now);
+    }
 }
 
 /// Where the frames of a [`CaptureStream`] go: the decrypted capture file,
@@ -197,7 +249,7 @@ pub trait FrameSink {
     fn wire_port(&self, server_port: u16) -> u16;
 
     /// Takes the frames of one call of a stream, all at `now`.
-    fn write(&mut self, frames: &Frames, now: SystemTime);
+    fn write(&mut self, frames: Frames, now: SystemTime);
 }
 
 impl FrameSink for &DecryptedCapture {
@@ -206,7 +258,7 @@ impl FrameSink for &DecryptedCapture {
     }
 
     /// Writes the batch under one lock.
-    fn write(&mut self, frames: &Frames, now: SystemTime) {
+    fn write(&mut self, frames: Frames, now: SystemTime) {
         let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(error) = frames.error {
             output.failed(CaptureError::from(error));
@@ -770,7 +822,7 @@ impl CaptureStream {
         if !bytes.is_empty() {
             self.push(&mut frames, !from_client, SegmentControl::None, &[]);
         }
-        sink.write(&frames, now);
+        sink.write(frames, now);
     }
 
     /// One side closes: FIN|ACK from it and the other side's ACK; the
@@ -786,7 +838,7 @@ impl CaptureStream {
         if self.client.fin && self.server.fin {
             self.state = StreamState::Closed;
         }
-        sink.write(&frames, now);
+        sink.write(frames, now);
     }
 
     /// One side resets: RST|ACK from it; nothing is written for the stream
@@ -798,7 +850,7 @@ impl CaptureStream {
         let mut frames = self.frames(&sink);
         self.push(&mut frames, from_client, SegmentControl::Rst, &[]);
         self.state = StreamState::Closed;
-        sink.write(&frames, now);
+        sink.write(frames, now);
     }
 
     fn sender(&mut self, from_client: bool) -> &mut Endpoint {

@@ -6,24 +6,26 @@
 //! secrecy, grade), the real and the forged certificate, the decision and
 //! its reason, the bytes each way and how it ended. Decisions taken at the
 //! client's SYN (a bypass, or a block refused with a RST) are one record
-//! each. The schema is `docs/connection-log.schema.json`. Reopened on SIGHUP
-//! so it can be rotated.
+//! each. The schema is `docs/connection-log.schema.json`. The workers queue
+//! the records for the writer thread ([`crate::writer`]), which owns the
+//! file; reopened on SIGHUP so it can be rotated.
 
 use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use base64::Engine as _;
 use serde::Serialize;
 use time::{OffsetDateTime, UtcOffset};
 
-/// The log file, shared by every worker.
+use crate::writer::{Opened, WriterHandle};
+
+/// The log, shared by every worker: the file is the writer thread's (see
+/// [`crate::writer`]), a record is a line queued for it.
 #[derive(Debug)]
 pub struct ConnectionLog {
     path: PathBuf,
-    file: Mutex<LineWriter<File>>,
+    writer: WriterHandle,
 }
 
 /// Why the log cannot be written.
@@ -34,12 +36,11 @@ pub struct ConnectionLogError {
     source: std::io::Error,
 }
 
-fn open(path: &Path) -> Result<LineWriter<File>, ConnectionLogError> {
+fn open(path: &Path) -> Result<File, ConnectionLogError> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map(LineWriter::new)
         .map_err(|source| ConnectionLogError {
             path: path.to_owned(),
             source,
@@ -47,11 +48,23 @@ fn open(path: &Path) -> Result<LineWriter<File>, ConnectionLogError> {
 }
 
 impl ConnectionLog {
-    pub fn open(path: &Path) -> Result<Self, ConnectionLogError> {
-        Ok(ConnectionLog {
+    /// Opens the file (here, with this thread's credentials) and hands it
+    /// to `writer`, which writes the records from then on.
+    pub fn open(path: &Path, writer: &WriterHandle) -> Result<Self, ConnectionLogError> {
+        let (log, file) = ConnectionLog::prepare(path, writer)?;
+        writer.open(file);
+        Ok(log)
+    }
+
+    /// Opens the file, not handed to `writer` yet (a reload hands it over
+    /// once everything else loaded).
+    pub(crate) fn prepare(path: &Path, writer: &WriterHandle) -> Result<(ConnectionLog, Opened), ConnectionLogError> {
+        let file = Opened::Log(open(path)?);
+        let log = ConnectionLog {
             path: path.to_owned(),
-            file: Mutex::new(open(path)?),
-        })
+            writer: writer.clone(),
+        };
+        Ok((log, file))
     }
 
     /// Where the file is.
@@ -59,22 +72,23 @@ impl ConnectionLog {
         &self.path
     }
 
-    /// Reopens the file at its path (after it was moved away for rotation).
+    /// Reopens the file at its path (after it was moved away for
+    /// rotation): the records queued before go to the old file, the later
+    /// ones to the new.
     pub fn reopen(&self) -> Result<(), ConnectionLogError> {
-        let fresh = open(&self.path)?;
-        *self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+        self.writer.open(Opened::Log(open(&self.path)?));
         Ok(())
     }
 
-    /// Appends one record; a write error (full disk) loses the line, never
-    /// the connection.
+    /// Queues one record for the writer thread, never waiting: a full
+    /// queue drops it (counted in `log_records_dropped`), a write error
+    /// (full disk) loses the line, never the connection.
     pub fn write(&self, record: &ConnectionRecord) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };
         line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = file.write_all(&line);
+        self.writer.log_line(line);
     }
 }
 

@@ -494,6 +494,9 @@ pub struct Report {
     pub learned: LearnedTotals,
     /// The decrypted capture, when configured.
     pub capture: Option<CaptureTotals>,
+    /// Records the writer thread of the logs and the capture dropped
+    /// because its queue was full.
+    pub writer: crate::writer::WriterTotals,
     /// The most frequent server names of the ClientHellos, most first
     /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
     pub top_sni: Vec<NameCount>,
@@ -550,6 +553,7 @@ impl Report {
             visit("top_sni", &[("sni", entry.sni.clone())], field);
         }
         section("reloads", &[], &self.reloads, visit);
+        section("writer", &[], &self.writer, visit);
         if let Some(stream) = &self.pcap_over_ip {
             section("pcap_over_ip", &[], stream, visit);
         }
@@ -853,6 +857,12 @@ impl fmt::Display for Report {
                 capture.frames, capture.bytes, capture.frames_dropped, capture.bytes_dropped
             )?;
         }
+        let writer = &self.writer;
+        writeln!(
+            f,
+            "output writer: dropped on a full queue: {} connection-log records, {} key-log records, {} capture frames",
+            writer.log_records_dropped, writer.keylog_records_dropped, writer.capture_frames_dropped
+        )?;
         if let Some(stream) = &self.pcap_over_ip {
             writeln!(
                 f,
@@ -1043,6 +1053,11 @@ mod tests {
             reloads: crate::reload::ReloadTotals {
                 ok: 1001,
                 refused: 1002,
+            },
+            writer: crate::writer::WriterTotals {
+                log_records_dropped: 1301,
+                keylog_records_dropped: 1302,
+                capture_frames_dropped: 1303,
             },
             pcap_over_ip: Some(crate::pcap_stream::StreamTotals {
                 clients: 1101,

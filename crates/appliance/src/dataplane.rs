@@ -10,18 +10,20 @@ use std::time::{Duration, Instant};
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
 
-use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture};
+use crate::capture::{CaptureError, CaptureQueue, CaptureSettings};
 use crate::config::{Config, Device};
 use crate::connlog::{ConnectionLog, ConnectionLogError};
 use crate::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
 use crate::directory::SessionDirectory;
 use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use crate::keylog::{KeyLog, KeyLogError};
 use crate::mirror::{MirrorStats, MirrorTotals, Taps};
 use crate::pcap_stream::{PcapStream, StreamError, StreamFeed};
 use crate::privileges::RunAs;
 use crate::reload::{Reloader, WorkerInbox};
 use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
+use crate::writer::{Writer, WriterError, WriterHandle};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -31,7 +33,9 @@ pub enum DataplaneError {
     #[error(transparent)]
     Tls(#[from] crate::engine::TlsSettingError),
     #[error("`log.keylog`")]
-    KeyLog(#[source] mitm::MitmError),
+    KeyLog(#[source] KeyLogError),
+    #[error(transparent)]
+    Writer(#[from] WriterError),
     #[error(transparent)]
     Output(#[from] crate::preflight::OutputError),
     #[error(transparent)]
@@ -160,7 +164,9 @@ pub struct Dataplane {
     /// Live reload of the policy, TLS material and logs (SIGHUP, and the
     /// control channel's `reload`).
     reloader: Arc<Reloader>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
+    /// The thread that writes the logs and the capture file.
+    writer: Writer,
     /// The PCAP-over-IP listener (`capture.pcap_over_ip`).
     stream: Option<PcapStream>,
     /// Server ports the plaintext's frames show as others (`capture.port_map`).
@@ -180,7 +186,7 @@ pub struct Dataplane {
 #[derive(Clone, Default)]
 struct SharedOutputs {
     connection_log: Option<Arc<ConnectionLog>>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
     stream: Option<StreamFeed>,
     port_map: std::collections::BTreeMap<u16, u16>,
     directory: Option<Arc<SessionDirectory>>,
@@ -193,7 +199,7 @@ impl SharedOutputs {
     fn taps(&self) -> Taps {
         let taps = Taps::new(self.port_map.clone());
         let taps = match &self.capture {
-            Some(capture) => taps.with_capture(Arc::clone(capture)),
+            Some(capture) => taps.with_capture(capture.clone()),
             None => taps,
         };
         match &self.stream {
@@ -460,17 +466,21 @@ impl Dataplane {
                     .map_or(String::new(), |root| format!(", chrooted to {}", root.display()))
             );
         }
+        // The writer thread starts with the new user's credentials too.
+        let writer = Writer::start()?;
         let key_log = match &config.log.keylog {
-            Some(path) => Some(Arc::new(mitm::KeyLogFile::open(path).map_err(DataplaneError::KeyLog)?)),
+            Some(path) => Some(Arc::new(
+                KeyLog::open(path, writer.handle()).map_err(DataplaneError::KeyLog)?,
+            )),
             None => None,
         };
         if let Some(key_log) = &key_log {
             for tls in workers.iter_mut().filter_map(|slot| slot.tls.as_mut()) {
-                tls.set_key_log(Arc::clone(key_log));
+                tls.set_key_log(key_log.clone());
             }
         }
         let connection_log = match &config.log.connections {
-            Some(path) => Some(Arc::new(ConnectionLog::open(path)?)),
+            Some(path) => Some(Arc::new(ConnectionLog::open(path, writer.handle())?)),
             None => None,
         };
         let port_map: std::collections::BTreeMap<u16, u16> = match &config.capture {
@@ -478,15 +488,16 @@ impl Dataplane {
             None => Default::default(),
         };
         let capture = match &config.capture {
-            Some(capture @ crate::config::Capture { path: Some(path), .. }) => {
-                Some(Arc::new(DecryptedCapture::open(CaptureSettings {
+            Some(capture @ crate::config::Capture { path: Some(path), .. }) => Some(CaptureQueue::open(
+                CaptureSettings {
                     path: path.clone(),
                     port_map: port_map.clone(),
                     rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
                     rotate_secs: capture.rotate_secs,
                     max_files: capture.max_files,
-                })?))
-            }
+                },
+                writer.handle(),
+            )?),
             _ => None,
         };
         let listen = config.capture.as_ref().and_then(|capture| capture.pcap_over_ip);
@@ -515,6 +526,7 @@ impl Dataplane {
             Arc::clone(policy.rules.learned()),
             key_log,
             connection_log.clone(),
+            writer.handle().clone(),
             usize::from(dataplane.workers),
         );
         for (slot, inbox) in workers.iter_mut().zip(inboxes) {
@@ -532,6 +544,7 @@ impl Dataplane {
             connection_log,
             reloader: Arc::new(reloader),
             capture,
+            writer,
             stream,
             port_map,
             mirror,
@@ -670,6 +683,8 @@ impl Dataplane {
         });
         let (rss, joined) = outcome?;
         self.rss_at_stop = rss;
+        // The workers are gone: everything they queued goes to the files.
+        self.writer.stop();
         for ((device, _), totals) in self.devices.iter().zip(self.distribution()) {
             if let Some(totals) = totals {
                 tracing::info!(
@@ -683,6 +698,13 @@ impl Dataplane {
             }
         }
         joined
+    }
+
+    /// Waits until everything the workers queued for the logs and the
+    /// capture is written (for a caller that drove worker 0 itself, before
+    /// its final report; [`Dataplane::run`] stops the writer on its own).
+    pub fn flush_outputs(&self) {
+        self.writer.handle().flush();
     }
 
     /// The learned bypasses every worker shares (for the control channel).
@@ -759,6 +781,7 @@ impl Dataplane {
             learned: Arc::clone(self.policy.rules.learned()),
             reloader: Arc::clone(&self.reloader),
             capture: self.capture.clone(),
+            writer: self.writer.handle().clone(),
             stream: self.stream.as_ref().map(PcapStream::feed),
             mirror: self.mirror.as_ref().map(|(device, dev)| {
                 (
@@ -781,7 +804,9 @@ pub struct ReportSource {
     workers: Vec<(EngineStats, Arc<WorkerStats>)>,
     learned: Arc<crate::learned::LearnedStore>,
     reloader: Arc<Reloader>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
+    /// What the writer thread dropped.
+    writer: WriterHandle,
     stream: Option<StreamFeed>,
     /// The mirror port's name and device, and each worker's queue on it.
     mirror: Option<(String, Arc<EthDev>, Vec<Arc<MirrorStats>>)>,
@@ -814,6 +839,7 @@ impl ReportSource {
             reloads: self.reloader.totals(),
             rss_bytes: crate::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
+            writer: self.writer.totals(),
             pcap_over_ip: self.stream.as_ref().map(StreamFeed::totals),
             mirror: self.mirror.as_ref().map(|(device, dev, queues)| MirrorReport {
                 device: device.clone(),

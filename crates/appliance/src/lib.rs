@@ -13,6 +13,7 @@ pub mod directory;
 pub mod distribution;
 pub mod engine;
 pub mod histogram;
+pub mod keylog;
 pub mod learned;
 pub mod mirror;
 pub mod pcap_stream;
@@ -25,6 +26,7 @@ pub mod service;
 pub mod splice;
 pub mod topnames;
 pub mod worker;
+pub mod writer;
 
 pub use config::{Config, ConfigError};
 pub use counters::Report;

@@ -1,7 +1,9 @@
 //! Where each worker sends the synthetic TCP frames of intercepted
 //! connections' plaintext ([`crate::capture::CaptureStream`] builds them
-//! once): the decrypted capture file, PCAP-over-IP
-//! ([`crate::pcap_stream`]) and the decrypt-mirror port (`[ports.mirror]`).
+//! once): the decrypted capture file (queued for the writer thread, see
+//! [`crate::writer`]), PCAP-over-IP ([`crate::pcap_stream`], its own
+//! thread) and the decrypt-mirror port (`[ports.mirror]`, transmitted by
+//! the worker itself).
 //!
 //! **The decrypt-mirror port** transmits a copy of every frame, for
 //! sensors that only listen (an IDS in passive mode, a recorder). Each
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::capture::{DecryptedCapture, FrameSink, Frames};
+use crate::capture::{CaptureQueue, FrameSink, Frames};
 use crate::pcap_stream::StreamFeed;
 
 /// Frames one worker keeps waiting for the mirror port.
@@ -116,7 +118,7 @@ impl MirrorQueue {
 pub struct Taps {
     /// Server ports shown as others (`capture.port_map`).
     port_map: BTreeMap<u16, u16>,
-    capture: Option<Arc<DecryptedCapture>>,
+    capture: Option<CaptureQueue>,
     stream: Option<StreamFeed>,
     mirror: Option<MirrorQueue>,
 }
@@ -130,8 +132,8 @@ impl Taps {
         }
     }
 
-    /// Writes the frames to the decrypted capture file.
-    pub fn with_capture(mut self, capture: Arc<DecryptedCapture>) -> Taps {
+    /// Queues the frames for the decrypted capture file.
+    pub fn with_capture(mut self, capture: CaptureQueue) -> Taps {
         self.capture = Some(capture);
         self
     }
@@ -163,16 +165,17 @@ impl FrameSink for &mut Taps {
         self.port_map.get(&server_port).copied().unwrap_or(server_port)
     }
 
-    fn write(&mut self, frames: &Frames, now: SystemTime) {
-        if let Some(capture) = self.capture.as_deref() {
-            let mut capture = capture;
-            capture.write(frames, now);
-        }
+    /// The mirror port's queue and PCAP-over-IP copy the frames; the
+    /// capture file's queue takes them last, as they are.
+    fn write(&mut self, frames: Frames, now: SystemTime) {
         if let Some(stream) = &self.stream {
-            stream.send(frames, now);
+            stream.send(&frames, now);
         }
         if let Some(mirror) = &mut self.mirror {
-            mirror.push(frames);
+            mirror.push(&frames);
+        }
+        if let Some(mut capture) = self.capture.as_ref() {
+            capture.write(frames, now);
         }
     }
 }

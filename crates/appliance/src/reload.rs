@@ -40,10 +40,12 @@ use crate::config::{Config, ConfigError};
 use crate::connlog::ConnectionLog;
 use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
+use crate::keylog::KeyLog;
 use crate::learned::LearnedStore;
 use crate::preflight::{preflight_over, Preflight};
 use crate::service::Services;
 use crate::splice::Rules;
+use crate::writer::{Opened, WriterHandle};
 
 /// The configuration keys a reload puts in force (a key below one of these,
 /// such as `policy`'s rules, counts as that key). Every other key needs a
@@ -232,7 +234,7 @@ pub fn prepare_rules(
     config: &Config,
     running: &Services,
     learned: &Arc<LearnedStore>,
-    key_log: Option<Arc<mitm::KeyLogFile>>,
+    key_log: Option<Arc<KeyLog>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
 ) -> Result<(Vec<Rules>, Arc<Services>), DataplaneError> {
@@ -243,7 +245,7 @@ pub fn prepare_rules(
         .map(|_| {
             let mut tls = policy.tls_context()?;
             if let (Some(tls), Some(key_log)) = (tls.as_mut(), &key_log) {
-                tls.set_key_log(Arc::clone(key_log));
+                tls.set_key_log(key_log.clone());
             }
             Ok(Rules {
                 policy: rules.clone(),
@@ -300,24 +302,26 @@ struct State {
     /// The services in force (their ticket keys carried across reloads).
     services: Arc<Services>,
     learned: Arc<LearnedStore>,
-    key_log: Option<Arc<mitm::KeyLogFile>>,
+    key_log: Option<Arc<KeyLog>>,
     connection_log: Option<Arc<ConnectionLog>>,
+    /// Where log files go once opened.
+    writer: WriterHandle,
     workers: Vec<WorkerLink>,
     generation: u64,
 }
 
-/// The log file at `path`: `current` reopened if it is the same file,
-/// else a fresh one.
+/// The log file at `path`: `current` (reopened later) if it is the same
+/// file, else a fresh one, opened but not yet handed to the writer.
 fn log_at<L, E>(
     current: &Option<Arc<L>>,
     path: Option<&Path>,
     same: impl Fn(&L) -> bool,
-    open: impl Fn(&Path) -> Result<L, E>,
-) -> Result<Option<Arc<L>>, E> {
+    prepare: impl Fn(&Path) -> Result<(L, Opened), E>,
+) -> Result<(Option<Arc<L>>, Option<Opened>), E> {
     match (current, path) {
-        (_, None) => Ok(None),
-        (Some(current), Some(_)) if same(current) => Ok(Some(Arc::clone(current))),
-        (_, Some(path)) => open(path).map(|log| Some(Arc::new(log))),
+        (_, None) => Ok((None, None)),
+        (Some(current), Some(_)) if same(current) => Ok((Some(Arc::clone(current)), None)),
+        (_, Some(path)) => prepare(path).map(|(log, file)| (Some(Arc::new(log)), Some(file))),
     }
 }
 
@@ -340,18 +344,18 @@ impl State {
             path: path.to_owned(),
             source,
         };
-        let key_log = log_at(
+        let (key_log, key_log_file) = log_at(
             &self.key_log,
             plan.config.log.keylog.as_deref(),
             |log| Some(log.path()) == plan.config.log.keylog.as_deref(),
-            mitm::KeyLogFile::open,
+            |path| KeyLog::prepare(path, &self.writer),
         )
         .map_err(|err| load(DataplaneError::KeyLog(err)))?;
-        let connection_log = log_at(
+        let (connection_log, connection_log_file) = log_at(
             &self.connection_log,
             plan.config.log.connections.as_deref(),
             |log| Some(log.path()) == plan.config.log.connections.as_deref(),
-            ConnectionLog::open,
+            |path| ConnectionLog::prepare(path, &self.writer),
         )
         .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
         let (rules, services) = prepare_rules(
@@ -364,6 +368,9 @@ impl State {
         )
         .map_err(load)?;
         // Everything loaded: now it goes into force.
+        for file in [key_log_file, connection_log_file].into_iter().flatten() {
+            self.writer.open(file);
+        }
         self.reopen_logs_kept(&key_log, &connection_log);
         for (link, rules) in self.workers.iter().zip(rules) {
             // A worker that ended (stop) takes nothing any more.
@@ -383,7 +390,7 @@ impl State {
     }
 
     /// Reopens the running logs that stay at their path (rotation).
-    fn reopen_logs_kept(&self, key_log: &Option<Arc<mitm::KeyLogFile>>, connection_log: &Option<Arc<ConnectionLog>>) {
+    fn reopen_logs_kept(&self, key_log: &Option<Arc<KeyLog>>, connection_log: &Option<Arc<ConnectionLog>>) {
         if let (Some(kept), Some(running)) = (key_log, &self.key_log) {
             if Arc::ptr_eq(kept, running) {
                 if let Err(err) = kept.reopen() {
@@ -403,14 +410,15 @@ impl State {
 
 impl Reloader {
     /// The reloader of an instance running `config` with `workers` workers
-    /// (and these logs and learned bypasses); returns the workers' inboxes,
-    /// in order.
+    /// (and these logs, written by `writer`, and learned bypasses); returns
+    /// the workers' inboxes, in order.
     pub fn new(
         config: &Config,
         services: Arc<Services>,
         learned: Arc<LearnedStore>,
-        key_log: Option<Arc<mitm::KeyLogFile>>,
+        key_log: Option<Arc<KeyLog>>,
         connection_log: Option<Arc<ConnectionLog>>,
+        writer: WriterHandle,
         workers: usize,
     ) -> (Reloader, Vec<WorkerInbox>) {
         let (links, inboxes) = (0..workers)
@@ -434,6 +442,7 @@ impl Reloader {
                 learned,
                 key_log,
                 connection_log,
+                writer,
                 workers: links,
                 generation: 0,
             }),
@@ -631,12 +640,15 @@ mode = "splice"
         std::fs::write(&path, format!("{BASE}{service}")).unwrap();
         let running = Config::load(&path).unwrap();
         let Preflight { policy, services } = crate::preflight::preflight(&running).unwrap();
+        // No log: the writer has nothing to write (stopped when dropped).
+        let writer = crate::writer::Writer::start().unwrap();
         let (reloader, _) = Reloader::new(
             &running,
             Arc::new(services),
             Arc::clone(policy.rules.learned()),
             None,
             None,
+            writer.handle().clone(),
             0,
         );
         let hello = |services: &Services| {

@@ -174,6 +174,7 @@ pub fn replay(
     poller.poll(&mut engine);
     sent.record(&first_worker_ports(&dataplane));
     drop(engine);
+    dataplane.flush_outputs();
     let report = dataplane.report();
     // Closing the devices flushes and closes the driver's captures.
     drop(dataplane);

@@ -11,7 +11,7 @@ mod harness;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use appliance::connlog::ConnectionLog;
+use harness::connlog::LogFile;
 use harness::tls::Scratch;
 use harness::{
     assert_no_leaks, close_both, connect, exchange, pattern, policy, tcp, transfer, v4, Lab, SERVER_MAC, SERVER_V4,
@@ -103,11 +103,13 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
     const TABLE: usize = 4;
     let scratch = Scratch::new("capacity-full");
     let context = tls_context(&scratch);
-    let log_path = scratch.0.join("connections.jsonl");
-    let log = Arc::new(ConnectionLog::open(&log_path).unwrap());
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let connection_log = Arc::clone(&log.log);
     let mut policy = policy(&[PORT]);
     policy.stack.max_flows = 2 * TABLE;
-    let mut lab = Lab::with_engine(&policy, |engine| engine.with_tls(context).with_connection_log(log));
+    let mut lab = Lab::with_engine(&policy, |engine| {
+        engine.with_tls(context).with_connection_log(connection_log)
+    });
     log_frames(&mut lab);
     let idle: Vec<_> = (0..TABLE as u16)
         .map(|i| connect(&mut lab, v4(SERVER_V4, PORT), 41_000 + i))
@@ -153,7 +155,7 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
         ),
         (1, 0, TABLE as u64)
     );
-    let records = std::fs::read_to_string(&log_path).unwrap();
+    let records = log.text();
     let refusal = records
         .lines()
         .find(|line| line.contains("\"src_ip\":\"198.18.0.1\"") && line.contains("\"src_port\":41100,"))

@@ -9,8 +9,9 @@ mod harness;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use appliance::connlog::{self, ConnectionLog};
+use appliance::connlog;
 use appliance::policy::{Action, Policy, RuleConfig};
+use harness::connlog::LogFile;
 use harness::tls::Scratch;
 use harness::{close_both, connect, policy, transfer, v4, v6, Lab, SERVER_V4, SERVER_V6};
 use smoltcp::socket::tcp::State;
@@ -32,15 +33,14 @@ fn at_syn(action: Action, dst: &str, port: u16) -> RuleConfig {
 #[test]
 fn every_kind_of_record_matches_the_schema_and_joins_ids_events_by_community_id() {
     let scratch = Scratch::new("connlog-kinds");
-    let path = scratch.0.join("connections.jsonl");
-    let log = Arc::new(ConnectionLog::open(&path).unwrap());
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
     let mut splice = policy(&[80, 8080]);
     let rules = [
         at_syn(Action::Bypass, "198.18.0.2", 8080),
         at_syn(Action::Block, "2001:2::2", 80),
     ];
     splice.rules = Policy::new(&rules, Arc::default(), false).unwrap();
-    let mut lab = Lab::with_engine(&splice, |engine| engine.with_connection_log(log));
+    let mut lab = Lab::with_engine(&splice, |engine| engine.with_connection_log(Arc::clone(&log.log)));
 
     // A spliced session, logged when both directions closed.
     let (client, server) = connect(&mut lab, v4(SERVER_V4, 80), 41_000);
@@ -53,7 +53,7 @@ fn every_kind_of_record_matches_the_schema_and_joins_ids_events_by_community_id(
         5_000,
     );
     close_both(&mut lab, client, server);
-    assert!(lab.run_until(5_000, |_| !harness::connlog::records(&path).is_empty()));
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
     // A connection bypassed at its SYN: bridged, logged at once.
     let (client, server) = connect(&mut lab, v4(SERVER_V4, 8080), 41_001);
     close_both(&mut lab, client, server);
@@ -61,7 +61,7 @@ fn every_kind_of_record_matches_the_schema_and_joins_ids_events_by_community_id(
     let refused = lab.client.connect(v6(SERVER_V6, 80), 41_002, 4096);
     assert!(lab.run_until(2_000, |lab| lab.client.tcp(refused).state() == State::Closed));
 
-    let records = harness::connlog::records(&path);
+    let records = log.records();
     let kinds: Vec<_> = records.iter().map(|r| r["event_type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["connection", "syn_bypass", "syn_block"], "{records:?}");
     let expected = [
@@ -92,13 +92,14 @@ fn every_kind_of_record_matches_the_schema_and_joins_ids_events_by_community_id(
 fn the_schema_rejects_records_that_tools_could_not_read() {
     let validator = harness::connlog::validator();
     let scratch = Scratch::new("connlog-strict");
-    let path = scratch.0.join("connections.jsonl");
-    let log = Arc::new(ConnectionLog::open(&path).unwrap());
-    let mut lab = Lab::with_engine(&policy(&[80]), |engine| engine.with_connection_log(log));
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = Lab::with_engine(&policy(&[80]), |engine| {
+        engine.with_connection_log(Arc::clone(&log.log))
+    });
     let (client, server) = connect(&mut lab, v4(SERVER_V4, 80), 41_010);
     close_both(&mut lab, client, server);
-    assert!(lab.run_until(5_000, |_| !harness::connlog::records(&path).is_empty()));
-    let record = harness::connlog::records(&path).remove(0);
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = log.records().remove(0);
     assert!(validator.is_valid(&record));
 
     let mut missing = record.clone();

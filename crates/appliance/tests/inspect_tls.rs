@@ -9,9 +9,10 @@ mod harness;
 use std::io::Write;
 use std::sync::Arc;
 
-use appliance::capture::{CaptureSettings, DecryptedCapture};
+use appliance::capture::{CaptureQueue, CaptureSettings};
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
+use appliance::writer::Writer;
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;
@@ -23,7 +24,8 @@ struct Setup {
     lab: Lab,
     ca: CertificateDer<'static>,
     origin: Arc<ServerConfig>,
-    capture: Arc<DecryptedCapture>,
+    /// The thread that writes the capture.
+    capture: Writer,
     capture_path: std::path::PathBuf,
     _scratch: Scratch,
 }
@@ -56,17 +58,18 @@ fn setup_inspecting(
     let (origin, origin_ca) = origin();
     let (context, ca) = interception(&scratch, &origin_ca);
     let capture_path = scratch.0.join("decrypted.pcap");
-    let capture = Arc::new(
-        DecryptedCapture::open(CaptureSettings {
+    let capture = Writer::start().unwrap();
+    let queue = CaptureQueue::open(
+        CaptureSettings {
             path: capture_path.clone(),
             port_map: [(443, 80)].into_iter().collect(),
             ..CaptureSettings::default()
-        })
-        .unwrap(),
-    );
-    let shared = Arc::clone(&capture);
+        },
+        capture.handle(),
+    )
+    .unwrap();
     let lab = Lab::with_inspection_and(intercept, settings, mode, move |engine| {
-        engine.with_tls(context).with_capture(shared)
+        engine.with_tls(context).with_capture(queue)
     });
     Setup {
         lab,

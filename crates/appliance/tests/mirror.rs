@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use appliance::capture::{CaptureSettings, CaptureStream, DecryptedCapture};
+use appliance::capture::{CaptureQueue, CaptureSettings, CaptureStream};
 use appliance::mirror::{MirrorStats, Taps, MIRROR_QUEUE_FRAMES};
 use appliance::pcap_stream::{PcapStream, StreamTotals, TOO_SLOW_AFTER};
+use appliance::writer::Writer;
 use dpdk::{MemPort, MemPortControl};
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{pattern, policy, v4, Lab, CLIENT_V4, SERVER_V4};
@@ -35,6 +36,8 @@ struct Setup {
     mirror: MemPortControl,
     mirror_stats: Arc<MirrorStats>,
     capture_path: std::path::PathBuf,
+    /// The thread that writes the capture file.
+    writer: Writer,
     _scratch: Scratch,
 }
 
@@ -44,13 +47,17 @@ fn setup(name: &str, stream: Option<&PcapStream>) -> Setup {
     let (context, ca) = interception(&scratch, &origin_ca);
     let capture_path = scratch.0.join("decrypted.pcap");
     let port_map: std::collections::BTreeMap<u16, u16> = [(443, 80)].into_iter().collect();
-    let capture = DecryptedCapture::open(CaptureSettings {
-        path: capture_path.clone(),
-        port_map: port_map.clone(),
-        ..CaptureSettings::default()
-    })
+    let writer = Writer::start().unwrap();
+    let capture = CaptureQueue::open(
+        CaptureSettings {
+            path: capture_path.clone(),
+            port_map: port_map.clone(),
+            ..CaptureSettings::default()
+        },
+        writer.handle(),
+    )
     .unwrap();
-    let taps = Taps::new(port_map).with_capture(Arc::new(capture));
+    let taps = Taps::new(port_map).with_capture(capture);
     let taps = match stream {
         Some(stream) => taps.with_stream(stream.feed()),
         None => taps,
@@ -68,6 +75,7 @@ fn setup(name: &str, stream: Option<&PcapStream>) -> Setup {
         mirror,
         mirror_stats,
         capture_path,
+        writer,
         _scratch: scratch,
     }
 }
@@ -107,7 +115,7 @@ fn https_exchange(setup: &mut Setup, body_len: usize) -> Vec<u8> {
     response
 }
 
-/// Ends the lab (the capture file is flushed when the engine goes) and
+/// Ends the lab and the writer (which flushes the capture file) and
 /// returns the frames of the capture file.
 fn finish(setup: Setup) -> (Vec<Vec<u8>>, MemPortControl, Arc<MirrorStats>) {
     let Setup {
@@ -115,10 +123,12 @@ fn finish(setup: Setup) -> (Vec<Vec<u8>>, MemPortControl, Arc<MirrorStats>) {
         mirror,
         mirror_stats,
         capture_path,
+        mut writer,
         _scratch,
         ..
     } = setup;
     drop(lab);
+    writer.stop();
     let file = pcap_frames(&std::fs::read(&capture_path).unwrap());
     (file, mirror, mirror_stats)
 }
@@ -266,6 +276,7 @@ fn a_mirror_port_that_takes_nothing_drops_and_counts_and_holds_nothing_back() {
         mirror,
         mirror_stats,
         capture_path,
+        mut writer,
         _scratch,
         ..
     } = setup;
@@ -283,6 +294,7 @@ fn a_mirror_port_that_takes_nothing_drops_and_counts_and_holds_nothing_back() {
         "what waited went out"
     );
     drop(lab);
+    writer.stop();
     let file = pcap_frames(&std::fs::read(capture_path).unwrap());
     assert_eq!(
         sent.frames + sent.frames_dropped,

@@ -16,9 +16,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use appliance::connlog::ConnectionLog;
 use appliance::reload::{Reloader, WorkerInbox};
 use appliance::Config;
+use harness::connlog::LogFile;
 use harness::tls::{client_tls, origin, try_drive, Scratch};
 use harness::{assert_no_leaks, close_both, pattern, v4, Lab, SERVER_V4};
 use mitm::CertificateAuthority;
@@ -35,7 +35,7 @@ struct Setup {
     origin: Arc<ServerConfig>,
     /// The origin's CA (what a client reaching the origin directly trusts).
     origin_ca: CertificateDer<'static>,
-    log: PathBuf,
+    log: LogFile,
     scratch: Scratch,
 }
 
@@ -85,18 +85,21 @@ fn setup(name: &str) -> (Setup, CertificateDer<'static>) {
         policy: intercept,
         services,
     } = appliance::preflight(&running).unwrap();
-    let log_path = scratch.0.join("connections.jsonl");
-    let log = Arc::new(ConnectionLog::open(&log_path).unwrap());
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
     let (reloader, mut inboxes) = Reloader::new(
         &running,
         Arc::new(services),
         Arc::clone(intercept.rules.learned()),
         None,
-        Some(Arc::clone(&log)),
+        Some(Arc::clone(&log.log)),
+        log.writer().clone(),
         1,
     );
     let context = intercept.tls_context().unwrap().unwrap();
-    let lab = Lab::with_engine(&intercept, |engine| engine.with_tls(context).with_connection_log(log));
+    let connection_log = Arc::clone(&log.log);
+    let lab = Lab::with_engine(&intercept, |engine| {
+        engine.with_tls(context).with_connection_log(connection_log)
+    });
     let setup = Setup {
         lab,
         reloads: Reloads {
@@ -106,7 +109,7 @@ fn setup(name: &str) -> (Setup, CertificateDer<'static>) {
         },
         origin,
         origin_ca,
-        log: log_path,
+        log,
         scratch,
     };
     (setup, ca)
@@ -228,12 +231,10 @@ impl Reloads {
 
 impl Setup {
     fn records(&mut self, count: usize) -> Vec<serde_json::Value> {
-        let log = self.log.clone();
-        let written = self
-            .lab
-            .run_until(30_000, |_| harness::connlog::records(&log).len() >= count);
-        assert!(written, "{:?}", harness::connlog::records(&log));
-        harness::connlog::records(&log)
+        let log = &self.log;
+        let written = self.lab.run_until(30_000, |_| log.records().len() >= count);
+        assert!(written, "{:?}", log.records());
+        log.records()
     }
 }
 

@@ -12,11 +12,10 @@
 mod harness;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use appliance::connlog::ConnectionLog;
 use appliance::policy::{Action, Condition, Policy, RuleConfig};
+use harness::connlog::LogFile;
 use harness::tls::{client_tls, drive, interception, origin_for, provider, Scratch};
 use harness::{assert_no_leaks, close_both, exchange, policy, v4, Lab, SERVER_V4};
 use rustls::client::{EchConfig, EchMode};
@@ -29,7 +28,7 @@ struct Setup {
     lab: Lab,
     ca: CertificateDer<'static>,
     origin: Arc<ServerConfig>,
-    log: PathBuf,
+    log: LogFile,
     _scratch: Scratch,
 }
 
@@ -45,8 +44,8 @@ fn setup(
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin_for(&["origin.test", "public.test"], versions);
     let (context, ca) = interception(&scratch, &origin_ca);
-    let log = scratch.0.join("connections.log");
-    let connection_log = Arc::new(ConnectionLog::open(&log).unwrap());
+    let log = LogFile::open(scratch.0.join("connections.log"));
+    let connection_log = Arc::clone(&log.log);
     let mut intercept = policy(&[443]);
     intercept.rules = Policy::new(rules, std::sync::Arc::default(), false)
         .unwrap()
@@ -78,10 +77,10 @@ fn rule(action: Action, when: Condition) -> RuleConfig {
 
 /// The connection log's records once it has `count` of them, each checked
 /// against the documented schema.
-fn records(lab: &mut Lab, log: &std::path::Path, count: usize) -> Vec<serde_json::Value> {
-    let written = lab.run_until(30_000, |_| harness::connlog::records(log).len() >= count);
-    assert!(written, "connection log: {:?}", harness::connlog::records(log));
-    harness::connlog::records(log)
+fn records(lab: &mut Lab, log: &LogFile, count: usize) -> Vec<serde_json::Value> {
+    let written = lab.run_until(30_000, |_| log.records().len() >= count);
+    assert!(written, "connection log: {:?}", log.records());
+    log.records()
 }
 
 /// A rustls client on a host socket and a rustls origin on another
@@ -354,7 +353,7 @@ fn ech_is_intercepted_on_the_public_name_and_the_client_retries_without_it() {
         "the ECH client finished without an error: handshaking {}, {:?}, log {:?}",
         client.is_handshaking(),
         lab.engine.splicer().counters(),
-        std::fs::read_to_string(&log)
+        log.text()
     );
     assert!(
         matches!(

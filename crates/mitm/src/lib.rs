@@ -19,7 +19,6 @@ pub use ca::CertificateAuthority;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
 pub use grade::{Grade, LegGrade};
-pub use keylog::KeyLogFile;
 pub use session::{InvalidUpstream, Pending, Rejection, SessionInfo, TlsContext, TlsSession};
 pub use terminate::{CertifiedKeyPem, ServiceTls, TerminateError, TicketKeys, TlsVersion};
 pub use trust::UpstreamTrust;

@@ -43,7 +43,6 @@ use crate::error::MitmError;
 use crate::forge::{Forged, Forger, Trust};
 use crate::grade::{bulk_cipher, suite_name, LegGrade};
 use crate::hello::{client_offer, server_answer, ServerAnswer};
-use crate::keylog::KeyLogFile;
 use crate::trust::UpstreamTrust;
 
 /// What to do when the real server's certificate does not verify.
@@ -107,7 +106,7 @@ pub struct TlsContext {
     server_sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
     invalid_upstream: InvalidUpstream,
-    key_log: Option<Arc<KeyLogFile>>,
+    key_log: Option<Arc<dyn rustls::KeyLog>>,
 }
 
 /// A forged certificate's fingerprint, the ALPN protocol chosen, and the
@@ -124,7 +123,7 @@ impl TlsContext {
         forger: Forger,
         trust: UpstreamTrust,
         invalid_upstream: InvalidUpstream,
-        key_log: Option<Arc<KeyLogFile>>,
+        key_log: Option<Arc<dyn rustls::KeyLog>>,
     ) -> Result<Self, MitmError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| MitmError::Config(err.to_string()))?;
@@ -150,7 +149,7 @@ impl TlsContext {
     /// `key_log` (for a key log opened after the context was made: `tlsgate
     /// run` loads the CA before its privilege drop and opens the key log
     /// after it).
-    pub fn set_key_log(&mut self, key_log: Arc<KeyLogFile>) {
+    pub fn set_key_log(&mut self, key_log: Arc<dyn rustls::KeyLog>) {
         self.key_log = Some(key_log);
     }
 
@@ -223,7 +222,7 @@ impl TlsContext {
             config.alpn_protocols = client.alpn.clone();
             config.resumption = self.upstream_resumption.clone();
             if let Some(key_log) = &self.key_log {
-                config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+                config.key_log = Arc::clone(key_log);
             }
             Ok::<_, MitmError>(config)
         })?;
@@ -275,7 +274,7 @@ impl TlsContext {
             config.session_storage = Arc::clone(&self.server_sessions);
             config.ticketer = Arc::clone(&self.ticketer);
             if let Some(key_log) = &self.key_log {
-                config.key_log = Arc::clone(key_log) as Arc<dyn rustls::KeyLog>;
+                config.key_log = Arc::clone(key_log);
             }
             Ok(config)
         })

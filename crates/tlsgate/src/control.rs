@@ -232,7 +232,17 @@ mod tests {
         std::fs::write(config, SPLICE).unwrap();
         let running = appliance::Config::load(config).unwrap();
         let services = Arc::new(appliance::service::Services::from_config(&running.service).unwrap());
-        let (reloader, _) = Reloader::new(&running, services, Arc::clone(learned), None, None, 0);
+        // No log: the writer has nothing to write (stopped when dropped).
+        let writer = appliance::writer::Writer::start().unwrap();
+        let (reloader, _) = Reloader::new(
+            &running,
+            services,
+            Arc::clone(learned),
+            None,
+            None,
+            writer.handle().clone(),
+            0,
+        );
         reloader.set_source(config);
         Instance {
             learned: Arc::clone(learned),

@@ -362,6 +362,7 @@ pub(crate) mod tests {
             learned: Default::default(),
             reloads: Default::default(),
             capture: None,
+            writer: Default::default(),
             pcap_over_ip: Some(appliance::pcap_stream::StreamTotals {
                 clients: 2,
                 clients_accepted: 5,
@@ -424,7 +425,8 @@ pub(crate) mod tests {
             !text.lines().any(|line| !line.starts_with('#') && line.contains("_ns")),
             "nanoseconds are exposed as seconds"
         );
-        assert!(!text.contains("capture"), "an absent capture has no samples");
+        assert!(!text.contains("tlsgate_capture_"), "an absent capture has no samples");
+        assert!(text.contains("tlsgate_writer_capture_frames_dropped_total 0"));
         // Typed as declared, not by name: a count of sessions that once
         // carried on is a counter, the clients connected now a gauge.
         assert_eq!(type_of(&text, "tlsgate_tcp_inspect_failed_open_live_total"), "counter");

@@ -1,0 +1,333 @@
+//! The output writer: one thread for the process that owns the files the
+//! workers record into (the connection log, the key log and the decrypted
+//! capture), so that no worker writes a file or takes a lock shared with
+//! the other workers on its data path.
+//!
+//! A worker hands over owned records (a serialized connection-log line, a
+//! key-log line, the frames of one call of a capture stream) with a
+//! non-blocking send on one bounded channel. Each kind has its own budget of
+//! records waiting ([`LOG_QUEUE_RECORDS`], [`KEYLOG_QUEUE_RECORDS`],
+//! [`CAPTURE_QUEUE_BATCHES`]), so a flood of capture frames never crowds out
+//! log lines; a record over its budget is dropped and counted
+//! ([`WriterTotals`]), never waited for. The thread writes the records in the
+//! order they were accepted, and flushes the log files whenever the channel
+//! is empty (a line is in its file as soon as the writer caught up).
+//!
+//! Files are opened by whoever asks for them (the data plane assembly after
+//! the privilege drop, a reload), so an error reaches the caller at once;
+//! the open file is then handed to the thread, after the records already
+//! queued: a reopen for log rotation is such a message, and every record
+//! accepted before it goes to the old file, every later one to the new.
+//! [`Writer::stop`] (and dropping the [`Writer`]) writes everything
+//! accepted so far, flushes and closes: nothing accepted is lost at a clean
+//! stop. Records offered after the stop are dropped and counted.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use crate::capture::{DecryptedCapture, FrameSink, Frames};
+
+/// Connection-log records waiting for the writer at most.
+pub const LOG_QUEUE_RECORDS: usize = 16_384;
+
+/// Key-log lines waiting for the writer at most (a TLS 1.3 connection
+/// logs ten: five secrets per leg).
+pub const KEYLOG_QUEUE_RECORDS: usize = 16_384;
+
+/// Capture batches (the frames of one call of a capture stream, at most a
+/// relayed read of plaintext) waiting for the writer at most.
+pub const CAPTURE_QUEUE_BATCHES: usize = 4_096;
+
+/// Room in the channel for the control messages (open, flush, stop), which
+/// the control thread sends waiting, never a worker.
+const CONTROL_SLOTS: usize = 64;
+
+crate::counters::declare! {
+    /// What the writer dropped because its queue was full (or it had stopped).
+    pub struct WriterTotals {
+        /// Connection-log records dropped on a full queue.
+        counter log_records_dropped,
+        /// Key-log lines dropped on a full queue.
+        counter keylog_records_dropped,
+        /// Decrypted-capture frames dropped on a full queue.
+        counter capture_frames_dropped,
+    }
+}
+
+/// Why the writer thread cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the output writer thread: {0}")]
+pub struct WriterError(#[source] io::Error);
+
+/// The kinds of record, each with its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Log,
+    KeyLog,
+    Capture,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Log, Kind::KeyLog, Kind::Capture];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn budget(self) -> usize {
+        match self {
+            Kind::Log => LOG_QUEUE_RECORDS,
+            Kind::KeyLog => KEYLOG_QUEUE_RECORDS,
+            Kind::Capture => CAPTURE_QUEUE_BATCHES,
+        }
+    }
+}
+
+/// A file the writer writes, handed over once opened.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// The connection log.
+    Log(File),
+    /// The key log.
+    KeyLog(File),
+    /// The decrypted capture (its own buffering and rotation).
+    Capture(Arc<DecryptedCapture>),
+}
+
+#[derive(Debug)]
+enum Message {
+    /// A line of the connection log or the key log.
+    Line(Kind, Vec<u8>),
+    /// The frames of one call of a capture stream, at `now`.
+    Frames(Frames, SystemTime),
+    /// Writes to this file from now on (the previous one of its kind is
+    /// flushed and closed).
+    Open(Opened),
+    /// Writes everything before it, then answers.
+    Flush(SyncSender<()>),
+    /// Writes everything before it, flushes and ends the thread.
+    Stop,
+}
+
+/// What the workers and the writer thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Per [`Kind`]: records sent and not yet taken by the thread.
+    waiting: [AtomicUsize; 3],
+    /// Per [`Kind`]: records (frames for the capture) dropped.
+    dropped: [AtomicU64; 3],
+}
+
+/// The workers' (and the openers') side of the writer: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    sender: SyncSender<Message>,
+    shared: Arc<Shared>,
+}
+
+impl WriterHandle {
+    /// Queues a connection-log line (with its newline); never waits.
+    pub(crate) fn log_line(&self, line: Vec<u8>) {
+        self.offer(Kind::Log, Message::Line(Kind::Log, line), 1);
+    }
+
+    /// Queues a key-log line (with its newline); never waits.
+    pub(crate) fn key_log_line(&self, line: Vec<u8>) {
+        self.offer(Kind::KeyLog, Message::Line(Kind::KeyLog, line), 1);
+    }
+
+    /// Queues the frames of one call of a capture stream; never waits.
+    pub(crate) fn capture_frames(&self, frames: Frames, now: SystemTime) {
+        let count = frames.iter().count() as u64;
+        if count == 0 {
+            return;
+        }
+        self.offer(Kind::Capture, Message::Frames(frames, now), count);
+    }
+
+    /// Sends `message` if `kind` is within its budget, else drops it and
+    /// counts `weight` records dropped.
+    fn offer(&self, kind: Kind, message: Message, weight: u64) {
+        let waiting = &self.shared.waiting[kind.index()];
+        let accepted = waiting.fetch_add(1, Ordering::AcqRel) < kind.budget()
+            && match self.sender.try_send(message) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            };
+        if !accepted {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            self.shared.dropped[kind.index()].fetch_add(weight, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands a freshly opened file to the writer, after the records
+    /// queued so far; waits for room (the control thread, never a worker).
+    pub(crate) fn open(&self, output: Opened) {
+        // A stopped writer takes nothing any more: the file is closed here.
+        let _ = self.sender.send(Message::Open(output));
+    }
+
+    /// Waits until everything accepted so far is written and the files
+    /// are flushed (the capture's buffer too); at once if the writer has
+    /// stopped.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// What was dropped so far.
+    pub fn totals(&self) -> WriterTotals {
+        let dropped = |kind: Kind| self.shared.dropped[kind.index()].load(Ordering::Relaxed);
+        WriterTotals {
+            log_records_dropped: dropped(Kind::Log),
+            keylog_records_dropped: dropped(Kind::KeyLog),
+            capture_frames_dropped: dropped(Kind::Capture),
+        }
+    }
+}
+
+/// The writer thread; stopped (after writing everything accepted) when
+/// dropped.
+#[derive(Debug)]
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread (after the privilege drop: it runs with the
+    /// credentials of the thread that starts it).
+    pub fn start() -> Result<Writer, WriterError> {
+        let (sender, receiver) =
+            mpsc::sync_channel(Kind::ALL.iter().map(|kind| kind.budget()).sum::<usize>() + CONTROL_SLOTS);
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name("tlsgate-writer".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || Files::default().run(&receiver, &shared)
+            })
+            .map_err(WriterError)?;
+        Ok(Writer {
+            handle: WriterHandle { sender, shared },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for the workers and the openers.
+    pub fn handle(&self) -> &WriterHandle {
+        &self.handle
+    }
+
+    /// Writes everything accepted so far, flushes and closes the files and
+    /// ends the thread; later records are dropped and counted. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.sender.send(Message::Stop);
+            if thread.join().is_err() {
+                tracing::error!("the output writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The files the writer thread holds.
+#[derive(Default)]
+struct Files {
+    log: Option<BufWriter<File>>,
+    key_log: Option<BufWriter<File>>,
+    capture: Option<Arc<DecryptedCapture>>,
+}
+
+impl Files {
+    /// Takes messages until [`Message::Stop`] (or every sender is gone),
+    /// flushing the logs whenever the channel is empty.
+    fn run(mut self, receiver: &Receiver<Message>, shared: &Shared) {
+        while let Ok(first) = receiver.recv() {
+            let mut next = Some(first);
+            while let Some(message) = next {
+                if !self.take(message, shared) {
+                    self.flush(true);
+                    return;
+                }
+                next = receiver.try_recv().ok();
+            }
+            self.flush(false);
+        }
+        self.flush(true);
+    }
+
+    /// Handles one message; false for [`Message::Stop`].
+    fn take(&mut self, message: Message, shared: &Shared) -> bool {
+        match message {
+            Message::Line(kind, line) => {
+                shared.waiting[kind.index()].fetch_sub(1, Ordering::AcqRel);
+                let file = if kind == Kind::Log {
+                    &mut self.log
+                } else {
+                    &mut self.key_log
+                };
+                if let Some(file) = file {
+                    // A full disk loses the line, never the connection.
+                    let _ = file.write_all(&line);
+                }
+            }
+            Message::Frames(frames, now) => {
+                shared.waiting[Kind::Capture.index()].fetch_sub(1, Ordering::AcqRel);
+                if let Some(capture) = &self.capture {
+                    let mut capture = capture.as_ref();
+                    capture.write(frames, now);
+                }
+            }
+            Message::Open(output) => self.open(output),
+            Message::Flush(done) => {
+                self.flush(true);
+                let _ = done.send(());
+            }
+            Message::Stop => return false,
+        }
+        true
+    }
+
+    fn open(&mut self, output: Opened) {
+        match output {
+            Opened::Log(file) => replace(&mut self.log, file),
+            Opened::KeyLog(file) => replace(&mut self.key_log, file),
+            Opened::Capture(capture) => {
+                if let Some(previous) = self.capture.replace(capture) {
+                    previous.flush();
+                }
+            }
+        }
+    }
+
+    /// Flushes the logs, and with `capture` the capture's buffer too.
+    fn flush(&mut self, capture: bool) {
+        for file in [&mut self.log, &mut self.key_log].into_iter().flatten() {
+            let _ = file.flush();
+        }
+        if let Some(current) = self.capture.as_ref().filter(|_| capture) {
+            current.flush();
+        }
+    }
+}
+
+/// Flushes the log file in `slot` (if any) and puts `file` in its place.
+fn replace(slot: &mut Option<BufWriter<File>>, file: File) {
+    if let Some(mut previous) = slot.replace(BufWriter::new(file)) {
+        let _ = previous.flush();
+    }
+}
