@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use appliance::config::{InspectFailure, ServiceConfig};
-use appliance::connlog::ConnectionLog;
 use appliance::service::Services;
 use appliance::splice::InspectionSettings;
+use harness::connlog::LogFile;
 use harness::tls::{drive, provider, try_drive, Scratch};
-use harness::{policy, v4, BoxMode, Lab, CLIENT_V4, SERVER_V4};
+use harness::{policy, v4, v6, BoxMode, Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
-use serde_json::Value;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 
@@ -75,7 +74,9 @@ fn services(pki: &ServicePki) -> Arc<Services> {
     Arc::new(Services::from_config(&[config]).unwrap())
 }
 
-fn client_tls(pki: &ServicePki, name: &str) -> ClientConnection {
+/// A client configuration trusting the service's CA (it keeps the
+/// tickets it is given, for resumption).
+fn client_config(pki: &ServicePki) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).unwrap();
     let config = ClientConfig::builder_with_provider(provider())
@@ -83,13 +84,17 @@ fn client_tls(pki: &ServicePki, name: &str) -> ClientConnection {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    ClientConnection::new(Arc::new(config), ServerName::try_from(name.to_string()).unwrap()).unwrap()
+    Arc::new(config)
+}
+
+fn client_tls(pki: &ServicePki, name: &str) -> ClientConnection {
+    ClientConnection::new(client_config(pki), ServerName::try_from(name.to_string()).unwrap()).unwrap()
 }
 
 /// A lab whose appliance intercepts no port and terminates the service,
 /// logging to `log`.
-fn lab(pki: &ServicePki, log: &Path) -> Lab {
-    let log = Arc::new(ConnectionLog::open(log).unwrap());
+fn lab(pki: &ServicePki, log: &LogFile) -> Lab {
+    let log = Arc::clone(&log.log);
     let services = services(pki);
     Lab::with_engine(&policy(&[]), |engine| {
         engine.with_services(services).with_connection_log(log)
@@ -124,15 +129,11 @@ fn read_backend(lab: &mut Lab, backend: SocketHandle, into: &mut Vec<u8>) {
     }
 }
 
-fn log_records(path: &Path) -> Vec<Value> {
-    harness::connlog::records(path)
-}
-
 #[test]
 fn a_terminated_client_gets_the_services_certificate_and_the_backend_the_proxy_header_then_the_plaintext() {
     let scratch = Scratch::new("terminate-service");
     let pki = service_pki(&scratch.0);
-    let log = scratch.0.join("connections.jsonl");
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
     let mut lab = lab(&pki, &log);
     let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
     let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_000);
@@ -196,10 +197,10 @@ fn a_terminated_client_gets_the_services_certificate_and_the_backend_the_proxy_h
     }));
     assert_eq!(received, response);
     lab.client.tcp(client).close();
-    assert!(lab.run_until(5_000, |_| !log_records(&log).is_empty()));
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.terminated, counters.terminate_failed), (1, 0));
-    let record = &log_records(&log)[0];
+    let record = &log.records()[0];
     assert_eq!(record["event_type"], "tls_terminate");
     assert_eq!(record["decision"], "terminate");
     assert_eq!(record["reason"], "service www");
@@ -224,14 +225,14 @@ fn until_reset(lab: &mut Lab, client: SocketHandle, tls: &mut ClientConnection) 
 fn a_backend_that_refuses_costs_the_client_a_reset_and_a_record() {
     let scratch = Scratch::new("terminate-refused");
     let pki = service_pki(&scratch.0);
-    let log = scratch.0.join("connections.jsonl");
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
     let mut lab = lab(&pki, &log);
     // Nothing listens on the backend port: the server host answers RST.
     let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_001);
     until_reset(&mut lab, client, &mut tls);
     assert_eq!(lab.engine.splicer().counters().backend_refused, 1);
-    assert!(lab.run_until(5_000, |_| !log_records(&log).is_empty()));
-    let record = &log_records(&log)[0];
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
     assert_eq!(record["decision"], "terminate");
     assert_eq!(record["ended"], "backend refused");
 }
@@ -240,15 +241,15 @@ fn a_backend_that_refuses_costs_the_client_a_reset_and_a_record() {
 fn a_name_no_service_answers_costs_the_client_a_reset_and_a_record() {
     let scratch = Scratch::new("terminate-unknown");
     let pki = service_pki(&scratch.0);
-    let log = scratch.0.join("connections.jsonl");
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
     let mut lab = lab(&pki, &log);
     let _backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
     let (client, mut tls) = connect_tls(&mut lab, &pki, "other.lab.test", 41_002);
     until_reset(&mut lab, client, &mut tls);
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.terminate_failed, counters.terminated), (1, 0));
-    assert!(lab.run_until(5_000, |_| !log_records(&log).is_empty()));
-    let record = &log_records(&log)[0];
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
     assert_eq!(record["decision"], "terminate");
     assert_eq!(record["ended"], "no service for other.lab.test");
     assert_eq!(record["sni"], "other.lab.test");
@@ -288,4 +289,58 @@ fn a_terminated_connections_plaintext_goes_round_the_inspection_box() {
         "the box saw the plaintext (recorded as it passed it on)"
     );
     assert_eq!(lab.engine.splicer().counters().inspected, 1);
+}
+
+#[test]
+fn an_ipv6_client_reaches_the_backend_from_its_own_address() {
+    let scratch = Scratch::new("terminate-ipv6");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let client = lab.client.connect(v6(SERVER_V6, 443), 41_004, 64 * 1024);
+    assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+    let mut tls = client_tls(&pki, "www.lab.test");
+    handshake(&mut lab, client, &mut tls);
+    std::io::Write::write_all(&mut tls.writer(), b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let (mut at_backend, mut ignored) = (Vec::new(), Vec::new());
+    assert!(lab.run_until(5_000, |lab| {
+        drive(&mut lab.client, client, &mut tls, &mut ignored);
+        read_backend(lab, backend, &mut at_backend);
+        at_backend.ends_with(b"GET / HTTP/1.1\r\n\r\n")
+    }));
+    // PROXY v2 over TCP/IPv6: the client's own address, then the service's.
+    assert_eq!(at_backend[12..14], [0x21, 0x21]);
+    let client_v6: std::net::Ipv6Addr = CLIENT_V6.parse().unwrap();
+    let server_v6: std::net::Ipv6Addr = SERVER_V6.parse().unwrap();
+    assert_eq!(at_backend[16..32], client_v6.octets());
+    assert_eq!(at_backend[32..48], server_v6.octets());
+    assert_eq!(u16::from_be_bytes([at_backend[48], at_backend[49]]), 41_004);
+}
+
+#[test]
+fn a_client_resumes_with_the_ticket_of_its_earlier_connection() {
+    let scratch = Scratch::new("terminate-resume");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let config = client_config(&pki);
+    for (local_port, resumed) in [(41_005, false), (41_006, true)] {
+        let _backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+        let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+        assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+        let name = ServerName::try_from("www.lab.test").unwrap();
+        let mut tls = ClientConnection::new(Arc::clone(&config), name).unwrap();
+        handshake(&mut lab, client, &mut tls);
+        assert_eq!(tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed), resumed);
+        // The tickets come after the handshake: read them.
+        let mut ignored = Vec::new();
+        lab.run_until(50, |lab| {
+            drive(&mut lab.client, client, &mut tls, &mut ignored);
+            false
+        });
+        lab.client.tcp(client).close();
+    }
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.terminated, counters.tickets_resumed), (2, 1));
 }
