@@ -603,7 +603,7 @@ t_script=$SECONDS
 
 # --- build, certificates, configs, lab ----------------------------------------------
 log "building tlsgate and tlsgate-loadgen (release)"
-(cd "$root" && timeout 1500 cargo build --release --quiet -p tlsgate -p loadgen)
+(cd "$root" && timeout 1500 cargo build --release --quiet -p tlsgate --bin tlsgate --bin tlsgate-loadgen)
 cp "$root/target/release/tlsgate" "$root/target/release/tlsgate-loadgen" "$tmp/"
 commit="$(cd "$root" && git rev-parse --short HEAD)"
 if ! (cd "$root" && git diff --quiet HEAD -- crates Cargo.toml Cargo.lock); then

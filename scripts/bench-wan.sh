@@ -125,7 +125,7 @@ log "$n_points points x $(wc -w <<<"$paths") paths x $runs runs of $mb MB; at mo
 # --- build, CA, keys ------------------------------------------------------------------
 bench_build_tlsgate
 log "building tlsgate-impair (release)"
-(cd "$root" && timeout 1200 cargo build --release --quiet -p impair)
+(cd "$root" && timeout 1200 cargo build --release --quiet -p tlsgate --bin tlsgate-impair)
 cp "$root/target/release/tlsgate-impair" "$tmp/tlsgate-impair"
 export TG_IMPAIR_BIN="$tmp/tlsgate-impair"
 timeout 60 "$tmp/tlsgate" ca init --dir "$tmp/ca" >/dev/null

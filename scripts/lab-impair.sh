@@ -61,7 +61,7 @@ case "$link" in
   *) die "unknown link ${link:-(none)}: give one of ${LINKS[*]}, or stop" ;;
 esac
 bin="${TG_IMPAIR_BIN:-target/debug/tlsgate-impair}"
-[[ -x "$bin" ]] || die "$bin is missing: cargo build -p impair"
+[[ -x "$bin" ]] || die "$bin is missing: cargo build -p tlsgate --bin tlsgate-impair"
 ns="$TG_NS_IMP-$link"
 [[ -e "/run/netns/${ends[0]}" && -e "/run/netns/${ends[3]}" ]] || die "the lab is not up (scripts/lab-up.sh)"
 [[ -e "/run/netns/$ns" ]] && die "$link is already impaired (scripts/lab-impair.sh stop $link, or lab-up.sh)"

@@ -13,15 +13,9 @@ use std::process::Command;
 use common::lab::{appliance_ca, Appliance, Lab};
 use common::{output, repo, text, Scratch};
 
-/// tlsgate-loadgen, built beside tlsgate by `cargo test --workspace`.
+/// tlsgate-loadgen, a binary of this package (cargo builds it for its tests).
 fn loadgen_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_tlsgate")).with_file_name("tlsgate-loadgen");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p loadgen` (scripts/test.sh does)",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_tlsgate-loadgen"))
 }
 
 /// The origin's certificate and key (served by the load generator's origin

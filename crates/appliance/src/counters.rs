@@ -471,7 +471,7 @@ pub struct PortReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: PortTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// The decrypt-mirror port in a report: what the workers sent on it and
@@ -481,7 +481,7 @@ pub struct MirrorReport {
     pub device: String,
     #[serde(flatten)]
     pub totals: crate::mirror::MirrorTotals,
-    pub driver: dpdk::PortCounters,
+    pub driver: port::PortCounters,
 }
 
 /// Everything the data plane counted, as printed by `run` and `replay`.
@@ -575,9 +575,9 @@ impl Report {
 /// The driver's counters (`rte_eth_stats`), all of them counters; the
 /// destructuring names every field, so a field added to the driver's
 /// struct does not build until it is described here.
-impl Fields for dpdk::PortCounters {
+impl Fields for port::PortCounters {
     fn visit(&self, visit: &mut dyn FnMut(Field<'_>)) {
-        let dpdk::PortCounters {
+        let port::PortCounters {
             rx_packets,
             tx_packets,
             rx_bytes,
@@ -933,7 +933,7 @@ mod tests {
                 udp_blocked: base + 10,
                 invalid_dropped: base + 11,
             },
-            driver: dpdk::PortCounters {
+            driver: port::PortCounters {
                 rx_packets: base + 21,
                 tx_packets: base + 22,
                 rx_bytes: base + 23,
@@ -1077,7 +1077,7 @@ mod tests {
                     frames_dropped: 1203,
                     bytes_dropped: 1204,
                 },
-                driver: dpdk::PortCounters {
+                driver: port::PortCounters {
                     tx_packets: 1205,
                     tx_errors: 1206,
                     ..Default::default()

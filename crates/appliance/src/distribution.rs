@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dpdk::{LinkState, Mbuf, PacketBuf, Port, PortCounters, RingConsumer, RingProducer};
+use port::{HandoffReceiver, HandoffSender, LinkState, PacketBuf, Port, PortCounters};
 use serde::Serialize;
 use wire::{FrameClass, L4Kind};
 
@@ -127,33 +127,6 @@ fn mix(low: Endpoint, high: Endpoint) -> u64 {
     k ^= k >> 33;
     k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     k ^ (k >> 33)
-}
-
-/// The sending end of a hand-off from the distributing worker to another
-/// worker (an `rte_ring` producer on DPDK).
-pub trait HandoffSender<B> {
-    /// Moves frames from the front of `frames` while there is room; what
-    /// does not fit stays in `frames`, in order. Returns how many moved.
-    fn send(&mut self, frames: &mut Vec<B>) -> usize;
-}
-
-/// The receiving end of a hand-off (an `rte_ring` consumer on DPDK).
-pub trait HandoffReceiver<B> {
-    /// Moves up to `max` frames, oldest first, to the end of `out`; returns
-    /// how many.
-    fn receive(&mut self, out: &mut Vec<B>, max: usize) -> usize;
-}
-
-impl HandoffSender<Mbuf> for RingProducer {
-    fn send(&mut self, frames: &mut Vec<Mbuf>) -> usize {
-        self.enqueue_burst(frames)
-    }
-}
-
-impl HandoffReceiver<Mbuf> for RingConsumer {
-    fn receive(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
-        self.dequeue_burst(out, max)
-    }
 }
 
 /// What the distributing worker did with one port's frames (it alone
@@ -337,7 +310,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dpdk::{MemPort, MemPortControl};
+    use port::{MemPort, MemPortControl};
     use std::collections::VecDeque;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Mutex;

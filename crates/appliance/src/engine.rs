@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use dpdk::{PacketBuf, Port};
 use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
+use port::{LinkState, PacketBuf, Port};
 use wire::{FlowTuple, IpProtocol};
 
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
@@ -333,7 +333,7 @@ impl<P: Port> Engine<P> {
     pub fn poll(&mut self, now: Instant) -> usize {
         if self.ports.len() == Side::ALL.len() && now >= self.next_link_check {
             self.next_link_check = now + LINK_CHECK_INTERVAL;
-            let up = self.ports[2..].iter().all(|port| port.link() != dpdk::LinkState::Down);
+            let up = self.ports[2..].iter().all(|port| port.link() != LinkState::Down);
             self.splicer.set_inspection_links_up(&mut self.stack, up, now);
         }
         let mut received = 0;
@@ -815,7 +815,7 @@ fn transmit_until<P: Port>(port: &mut P, frames: &mut Vec<P::Buf>, deadline: std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dpdk::{MemPort, MemPortControl};
+    use port::{MemPort, MemPortControl};
 
     fn bridge(burst: usize) -> (Engine<MemPort>, MemPortControl, MemPortControl, EngineStats) {
         let (client, client_ctl) = MemPort::new([2, 0, 0, 0, 0, 0xc]);

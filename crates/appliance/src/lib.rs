@@ -1,14 +1,14 @@
 //! The tlsgate engine: configuration, the inline bridge, transparent TCP
-//! splice, the decrypted capture, poll-mode workers, counters, and offline
-//! replay of captures. Generic over [`dpdk::Port`], so everything but the
-//! DPDK assembly in [`dataplane`] runs on in-memory ports.
+//! splice, the decrypted capture, poll-mode workers and counters. Generic
+//! over [`port::Port`] and free of DPDK: the DPDK assembly (and the offline
+//! replay over DPDK's pcap driver) is the `dataplane` crate, and everything
+//! here runs on in-memory ports.
 #![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod config;
 pub mod connlog;
 pub mod counters;
-pub mod dataplane;
 pub mod directory;
 pub mod distribution;
 pub mod engine;
@@ -21,8 +21,8 @@ pub mod policy;
 pub mod preflight;
 pub mod privileges;
 pub mod reload;
-pub mod replay;
 pub mod service;
+pub mod setup;
 pub mod splice;
 pub mod topnames;
 pub mod worker;
@@ -30,10 +30,9 @@ pub mod writer;
 
 pub use config::{Config, ConfigError};
 pub use counters::Report;
-pub use dataplane::{Dataplane, DataplaneError, ReportSource};
 pub use preflight::{preflight, Preflight};
 pub use reload::{ReloadError, ReloadOutcome, Reloader};
-pub use replay::{replay, ReplayError, ReplayFiles, ReplayOutcome, Timestamps};
+pub use setup::SetupError;
 
 /// The message of `err` followed by its causes, each once: a cause whose
 /// text the message already holds is not repeated.

@@ -2,7 +2,7 @@
 //! intercept policy, the TLS material (CA and chain with its key, the leaf
 //! key, the upstream trust bundle), every `[[service]]`'s certificates,
 //! keys and ticket file, and the places the logs and the
-//! decrypted capture are written. [`Dataplane::open`](crate::Dataplane::open)
+//! decrypted capture are written. `Dataplane::open` (the `dataplane` crate)
 //! runs [`preflight`] first and `tlsgate check` runs exactly it, so check and
 //! run cannot disagree. Writability is probed with a file created and
 //! removed at once; nothing else is written. With `[process] user`, those
@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::dataplane::DataplaneError;
 use crate::engine::InterceptPolicy;
 use crate::privileges::RunAs;
 use crate::service::Services;
@@ -28,6 +27,7 @@ pub struct Preflight {
     pub policy: InterceptPolicy,
     pub services: Services,
 }
+use crate::setup::SetupError;
 
 /// A log or capture file that `run` could not write.
 #[derive(Debug, Error)]
@@ -51,14 +51,14 @@ pub struct RunAsOutputError {
 
 /// Loads and checks everything `run` would, short of the devices; returns
 /// the intercept policy and the services.
-pub fn preflight(config: &Config) -> Result<Preflight, DataplaneError> {
+pub fn preflight(config: &Config) -> Result<Preflight, SetupError> {
     preflight_over(config, None)
 }
 
 /// [`preflight`] for a reload over the `running` services (their ticket
 /// keys are rotated, not replaced: see [`Services::reloaded`]).
-pub fn preflight_over(config: &Config, running: Option<&Services>) -> Result<Preflight, DataplaneError> {
-    let policy = InterceptPolicy::from_config(config).map_err(DataplaneError::Device)?;
+pub fn preflight_over(config: &Config, running: Option<&Services>) -> Result<Preflight, SetupError> {
+    let policy = InterceptPolicy::from_config(config).map_err(SetupError::Device)?;
     policy.tls_context()?;
     let services = match running {
         Some(running) => running.reloaded(&config.service)?,

@@ -31,19 +31,19 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dpdk::Port;
+use port::Port;
 use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::connlog::ConnectionLog;
-use crate::dataplane::DataplaneError;
 use crate::engine::Engine;
 use crate::keylog::KeyLog;
 use crate::learned::LearnedStore;
 use crate::preflight::{preflight_over, Preflight};
 use crate::service::Services;
+use crate::setup::SetupError;
 use crate::splice::Rules;
 use crate::writer::{Opened, WriterHandle};
 
@@ -78,7 +78,7 @@ pub enum ReloadError {
     Load {
         path: PathBuf,
         #[source]
-        source: DataplaneError,
+        source: SetupError,
     },
     #[error("no configuration file to reload from")]
     NoSource,
@@ -237,7 +237,7 @@ pub fn prepare_rules(
     key_log: Option<Arc<KeyLog>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<(Vec<Rules>, Arc<Services>), DataplaneError> {
+) -> Result<(Vec<Rules>, Arc<Services>), SetupError> {
     let Preflight { policy, services } = preflight_over(config, Some(running))?;
     let services = Arc::new(services);
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
@@ -254,7 +254,7 @@ pub fn prepare_rules(
                 services: Arc::clone(&services),
             })
         })
-        .collect::<Result<_, DataplaneError>>()?;
+        .collect::<Result<_, SetupError>>()?;
     Ok((rules, services))
 }
 
@@ -350,14 +350,14 @@ impl State {
             |log| Some(log.path()) == plan.config.log.keylog.as_deref(),
             |path| KeyLog::prepare(path, &self.writer),
         )
-        .map_err(|err| load(DataplaneError::KeyLog(err)))?;
+        .map_err(|err| load(SetupError::KeyLog(err)))?;
         let (connection_log, connection_log_file) = log_at(
             &self.connection_log,
             plan.config.log.connections.as_deref(),
             |log| Some(log.path()) == plan.config.log.connections.as_deref(),
             |path| ConnectionLog::prepare(path, &self.writer),
         )
-        .map_err(|err| load(DataplaneError::ConnectionLog(err)))?;
+        .map_err(|err| load(SetupError::ConnectionLog(err)))?;
         let (rules, services) = prepare_rules(
             &plan.config,
             &self.services,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpdk::Port;
+use port::Port;
 
 use crate::counters::WorkerStats;
 use crate::distribution::DistributionStats;
@@ -211,7 +211,7 @@ fn nanos(duration: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::engine::{EngineStats, InterceptPolicy};
-    use dpdk::MemPort;
+    use port::MemPort;
 
     #[test]
     fn backoff_spins_then_sleeps_longer_up_to_the_cap_and_resets_on_traffic() {

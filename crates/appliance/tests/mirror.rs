@@ -18,10 +18,10 @@ use appliance::capture::{CaptureQueue, CaptureSettings, CaptureStream};
 use appliance::mirror::{MirrorStats, Taps, MIRROR_QUEUE_FRAMES};
 use appliance::pcap_stream::{PcapStream, StreamTotals, TOO_SLOW_AFTER};
 use appliance::writer::Writer;
-use dpdk::{MemPort, MemPortControl};
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{pattern, policy, v4, Lab, CLIENT_V4, SERVER_V4};
 use pcap_file::pcap::PcapReader;
+use port::{MemPort, MemPortControl};
 use rustls::ServerConnection;
 use smoltcp::socket::tcp::State;
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use appliance::directory::SessionDirectory;
 use appliance::engine::{Engine, EngineStats};
-use dpdk::{MemPort, MemPortControl};
 use netstack::Instant;
+use port::{MemPort, MemPortControl};
 use wire::{SegmentControl, TcpSegment};
 
 struct Worker {

@@ -8,7 +8,7 @@ use crate::eal::Eal;
 use crate::error::{describe_errno, DpdkError};
 use crate::mbuf::Mbuf;
 use crate::mempool::Mempool;
-use crate::port::{LinkState, Port, PortCounters};
+use port::{LinkState, Port, PortCounters};
 
 /// How to set a device up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

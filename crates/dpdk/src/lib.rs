@@ -2,9 +2,11 @@
 //! owned mbufs, Ethernet devices and their queues, and single-producer
 //! single-consumer rings of mbufs between threads.
 //!
-//! Everything above this crate talks to a [`Port`]: the DPDK queue pair
-//! ([`EthQueue`]) is one implementation, the in-memory [`MemPort`] the other,
-//! so the layers above are testable without DPDK and without root.
+//! Everything above this crate talks to a [`port::Port`]: the DPDK queue
+//! pair ([`EthQueue`]) is one implementation, the in-memory
+//! [`port::MemPort`] the other, so the layers above are testable without
+//! DPDK and without root. [`Mbuf`] is a [`port::PacketBuf`], and the ring
+//! ends are a [`port::HandoffSender`] and [`port::HandoffReceiver`].
 //!
 //! Ownership rules, in the order things are torn down: mbufs return to their
 //! pool when dropped; a [`EthDev`] keeps its pool and the [`Eal`] alive; a
@@ -15,8 +17,6 @@ mod error;
 mod ethdev;
 mod mbuf;
 mod mempool;
-mod memport;
-mod port;
 mod ring;
 
 pub use eal::{current_thread_cpus, Eal};
@@ -27,6 +27,4 @@ pub use ethdev::{
 };
 pub use mbuf::Mbuf;
 pub use mempool::{Mempool, MBUF_FRAME_BYTES};
-pub use memport::{MemPort, MemPortControl};
-pub use port::{LinkState, PacketBuf, Port, PortCounters};
 pub use ring::{Ring, RingConsumer, RingProducer};

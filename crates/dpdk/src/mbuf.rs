@@ -2,7 +2,7 @@
 
 use std::ptr::NonNull;
 
-use crate::port::PacketBuf;
+use port::PacketBuf;
 
 /// One owned mbuf (possibly a chain). Dropping it frees it. It has the same
 /// layout as a `*mut rte_mbuf`, so a `Vec<Mbuf>` can be handed to the burst

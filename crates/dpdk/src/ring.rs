@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::eal::Eal;
 use crate::error::{last_error, DpdkError};
 use crate::mbuf::Mbuf;
+use port::{HandoffReceiver, HandoffSender};
 
 /// Mbufs moved per call when a dropped ring is emptied.
 const DRAIN_BURST: u16 = 64;
@@ -193,5 +194,17 @@ impl RingConsumer {
     /// The ring this end drains.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+}
+
+impl HandoffSender<Mbuf> for RingProducer {
+    fn send(&mut self, frames: &mut Vec<Mbuf>) -> usize {
+        self.enqueue_burst(frames)
+    }
+}
+
+impl HandoffReceiver<Mbuf> for RingConsumer {
+    fn receive(&mut self, out: &mut Vec<Mbuf>, max: usize) -> usize {
+        self.dequeue_burst(out, max)
     }
 }

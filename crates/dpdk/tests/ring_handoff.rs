@@ -8,7 +8,8 @@
 //! once per process, so this is one test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mbuf, Mempool, PacketBuf, Port, Ring, RxSteering};
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mbuf, Mempool, Ring, RxSteering};
+use port::{PacketBuf, Port};
 
 const POOL_SIZE: u32 = 4095;
 

@@ -3,7 +3,8 @@
 //! burst I/O, ownership on partial transmit, and that no mbuf leaks.
 //! The EAL can be initialised once per process, so this is one test.
 
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mempool, PacketBuf, Port};
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mempool};
+use port::{PacketBuf, Port};
 
 fn frame(index: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| index.wrapping_add(i as u8)).collect()

@@ -222,7 +222,7 @@ impl Driver {
         } else {
             (None, None)
         };
-        let finish = |engine: appliance::engine::Engine<dpdk::MemPort>| match context {
+        let finish = |engine: appliance::engine::Engine<port::MemPort>| match context {
             Some(context) => engine.with_tls(context),
             None => engine,
         };

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use dpdk::PacketBuf;
+use port::PacketBuf;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use appliance::config::Device;
 use appliance::privileges::RunAs;
-use appliance::{Config, Dataplane, Report};
+use appliance::{Config, Report};
 use clap::Parser;
 use cli::{CaCommand, Cli, Command, LearnedCommand, LogFormat, ReplayTimes};
+use dataplane::Dataplane;
 use output::say;
 use tracing_subscriber::EnvFilter;
 
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
             report_json,
         } => replay(
             &config,
-            appliance::ReplayFiles {
+            dataplane::ReplayFiles {
                 input: &input,
                 output: &output,
                 client_output: client_output.as_deref(),
@@ -452,14 +453,14 @@ fn intercepts_tls(config: &Config) -> bool {
 
 fn replay(
     config_path: &Path,
-    files: appliance::ReplayFiles<'_>,
+    files: dataplane::ReplayFiles<'_>,
     timestamps: ReplayTimes,
     report_json: Option<&Path>,
 ) -> Result<()> {
     let config = Config::load(config_path)?;
     let timestamps = match timestamps {
-        ReplayTimes::Relative => appliance::Timestamps::Relative,
-        ReplayTimes::Original => appliance::Timestamps::Original,
+        ReplayTimes::Relative => dataplane::Timestamps::Relative,
+        ReplayTimes::Original => dataplane::Timestamps::Original,
     };
     let started = Instant::now();
     let bar = indicatif::ProgressBar::hidden();
@@ -477,7 +478,7 @@ fn replay(
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
     };
-    let outcome = appliance::replay(&config, files, timestamps, &mut progress);
+    let outcome = dataplane::replay(&config, files, timestamps, &mut progress);
     bar.finish_and_clear();
     let outcome = outcome?;
     if let Some(tail) = &outcome.unreadable_tail {
@@ -494,9 +495,9 @@ fn replay(
              output (their original length is kept in the record)",
             files.input.display(),
             outcome.oversize,
-            appliance::replay::MBUF_FRAME_BYTES,
+            dataplane::replay::MBUF_FRAME_BYTES,
             outcome.cut_in_output,
-            appliance::replay::PCAP_TX_MAX_BYTES
+            dataplane::replay::PCAP_TX_MAX_BYTES
         );
     }
     say!("{}", outcome.report)?;

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use appliance::engine::{Engine, EngineStats, InterceptPolicy};
-use dpdk::{MemPort, MemPortControl};
 use loadgen::{Generator, Hold, Plan, CLIENT_SIDE, SERVER_SIDE};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use netstack::{Duration, Instant, OutFrame, StackConfig};
+use port::{MemPort, MemPortControl};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};

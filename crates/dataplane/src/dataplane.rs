@@ -1,29 +1,29 @@
 //! Assembles the DPDK data plane from a [`Config`]: EAL, the mbuf pool, the
 //! ports with one queue pair per worker (or, for a driver that cannot
 //! spread frames over queues, one receive queue that worker 0 distributes
-//! over rings, see [`crate::distribution`]), and the worker threads.
+//! over rings, see [`appliance::distribution`]), and the worker threads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appliance::capture::{CaptureQueue, CaptureSettings};
+use appliance::config::{Config, Device};
+use appliance::connlog::ConnectionLog;
+use appliance::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
+use appliance::directory::SessionDirectory;
+use appliance::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
+use appliance::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use appliance::keylog::KeyLog;
+use appliance::mirror::{MirrorStats, MirrorTotals, Taps};
+use appliance::pcap_stream::{PcapStream, StreamFeed};
+use appliance::privileges::RunAs;
+use appliance::reload::{Reloader, WorkerInbox};
+use appliance::worker::{run_worker, supervise, EngineClock, TimedPoller};
+use appliance::writer::{Writer, WriterError, WriterHandle};
+use appliance::SetupError;
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
-
-use crate::capture::{CaptureError, CaptureQueue, CaptureSettings};
-use crate::config::{Config, Device};
-use crate::connlog::{ConnectionLog, ConnectionLogError};
-use crate::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
-use crate::directory::SessionDirectory;
-use crate::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
-use crate::engine::{Engine, EngineStats, InterceptPolicy, Side};
-use crate::keylog::{KeyLog, KeyLogError};
-use crate::mirror::{MirrorStats, MirrorTotals, Taps};
-use crate::pcap_stream::{PcapStream, StreamError, StreamFeed};
-use crate::privileges::RunAs;
-use crate::reload::{Reloader, WorkerInbox};
-use crate::worker::{run_worker, supervise, EngineClock, TimedPoller};
-use crate::writer::{Writer, WriterError, WriterHandle};
 
 /// Why the data plane could not start.
 #[derive(Debug, Error)]
@@ -31,27 +31,9 @@ pub enum DataplaneError {
     #[error(transparent)]
     Dpdk(#[from] DpdkError),
     #[error(transparent)]
-    Tls(#[from] crate::engine::TlsSettingError),
-    #[error("`log.keylog`")]
-    KeyLog(#[source] KeyLogError),
+    Setup(#[from] SetupError),
     #[error(transparent)]
     Writer(#[from] WriterError),
-    #[error(transparent)]
-    Output(#[from] crate::preflight::OutputError),
-    #[error(transparent)]
-    RunAsOutput(#[from] crate::preflight::RunAsOutputError),
-    #[error(transparent)]
-    Privileges(#[from] crate::privileges::PrivilegeError),
-    #[error(transparent)]
-    ConnectionLog(#[from] ConnectionLogError),
-    #[error(transparent)]
-    Capture(#[from] CaptureError),
-    #[error(transparent)]
-    PcapStream(#[from] StreamError),
-    #[error("invalid device: {0}")]
-    Device(String),
-    #[error(transparent)]
-    Service(#[from] crate::service::ServiceError),
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
@@ -191,7 +173,7 @@ struct SharedOutputs {
     port_map: std::collections::BTreeMap<u16, u16>,
     directory: Option<Arc<SessionDirectory>>,
     /// The `[[service]]` entries, terminated by every worker.
-    services: Option<Arc<crate::service::Services>>,
+    services: Option<Arc<appliance::service::Services>>,
 }
 
 impl SharedOutputs {
@@ -213,7 +195,7 @@ impl SharedOutputs {
 /// pair when configured), with TLS interception, the outputs of the
 /// plaintext (its queue of the mirror port among them) and the connection
 /// log when configured.
-fn assemble<P: dpdk::Port>(
+fn assemble<P: port::Port>(
     ports: WorkerPorts<P>,
     stats: EngineStats,
     burst_size: usize,
@@ -299,7 +281,7 @@ fn receivers(
         .first()
         .and_then(|engine| engine.ports.get(port))
         .cloned()
-        .ok_or_else(|| DataplaneError::Device(format!("no counters for port {port}")))?;
+        .ok_or_else(|| SetupError::Device(format!("no counters for port {port}")))?;
     let distributor = Distributor::new(outputs, Arc::clone(&stats), port_stats);
     let mut receivers = vec![Receive::Distribute(distributor)];
     receivers.extend(consumers);
@@ -313,7 +295,7 @@ impl Dataplane {
     /// live appliance). With `run_as`, the process switches to that user
     /// once the ports, rings and TLS contexts are made, and opens the logs,
     /// the capture and PCAP-over-IP after that, as that user (see
-    /// [`crate::privileges`]).
+    /// [`appliance::privileges`]).
     pub fn open(
         config: &Config,
         devices: Option<Vec<Device>>,
@@ -322,16 +304,16 @@ impl Dataplane {
         let live = devices.is_none();
         let devices = match devices {
             Some(devices) => devices,
-            None => config.devices().map_err(DataplaneError::Device)?,
+            None => config.devices().map_err(SetupError::Device)?,
         };
         let mirror = match live {
-            true => config.mirror_device().map_err(DataplaneError::Device)?,
+            true => config.mirror_device().map_err(SetupError::Device)?,
             false => None,
         };
-        let crate::preflight::Preflight { policy, services } = crate::preflight::preflight(config)?;
+        let appliance::Preflight { policy, services } = appliance::preflight(config)?;
         if let Some(run_as) = run_as {
             // Before EAL starts its threads, so that they inherit it.
-            run_as.forbid_new_privileges()?;
+            run_as.forbid_new_privileges().map_err(SetupError::from)?;
         }
         let dataplane = &config.dataplane;
         let mut eal_args = dataplane.eal_args.clone();
@@ -425,7 +407,7 @@ impl Dataplane {
                     .map(|((_, dev), receive)| {
                         let receive = receive
                             .next()
-                            .ok_or_else(|| DataplaneError::Device(format!("no receive side for worker {queue}")))?;
+                            .ok_or_else(|| SetupError::Device(format!("no receive side for worker {queue}")))?;
                         Ok(SteeredPort::new(dev.queue(queue)?, receive))
                     })
                     .collect::<Result<Vec<_>, DataplaneError>>()?;
@@ -443,7 +425,7 @@ impl Dataplane {
                         mirror: mirror_queue,
                     }),
                     mirror_stats,
-                    tls: policy.tls_context()?,
+                    tls: policy.tls_context().map_err(SetupError::from)?,
                     // Set once the reloader exists, after the logs are open.
                     inbox: None,
                     engine,
@@ -456,7 +438,7 @@ impl Dataplane {
         // Everything that needs root is done: DPDK's memory, the ports and
         // rings, the CA key read. The outputs are opened as the new user.
         if let Some(run_as) = run_as {
-            run_as.enter()?;
+            run_as.enter().map_err(SetupError::from)?;
             tracing::info!(
                 "dropped privileges: running as {}{}, no capabilities, no_new_privs",
                 run_as.who(),
@@ -470,7 +452,7 @@ impl Dataplane {
         let writer = Writer::start()?;
         let key_log = match &config.log.keylog {
             Some(path) => Some(Arc::new(
-                KeyLog::open(path, writer.handle()).map_err(DataplaneError::KeyLog)?,
+                KeyLog::open(path, writer.handle()).map_err(SetupError::KeyLog)?,
             )),
             None => None,
         };
@@ -480,30 +462,35 @@ impl Dataplane {
             }
         }
         let connection_log = match &config.log.connections {
-            Some(path) => Some(Arc::new(ConnectionLog::open(path, writer.handle())?)),
+            Some(path) => Some(Arc::new(
+                ConnectionLog::open(path, writer.handle()).map_err(SetupError::from)?,
+            )),
             None => None,
         };
         let port_map: std::collections::BTreeMap<u16, u16> = match &config.capture {
-            Some(capture) => capture.ports().map_err(DataplaneError::Device)?.into_iter().collect(),
+            Some(capture) => capture.ports().map_err(SetupError::Device)?.into_iter().collect(),
             None => Default::default(),
         };
         let capture = match &config.capture {
-            Some(capture @ crate::config::Capture { path: Some(path), .. }) => Some(CaptureQueue::open(
-                CaptureSettings {
-                    path: path.clone(),
-                    port_map: port_map.clone(),
-                    rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
-                    rotate_secs: capture.rotate_secs,
-                    max_files: capture.max_files,
-                },
-                writer.handle(),
-            )?),
+            Some(capture @ appliance::config::Capture { path: Some(path), .. }) => Some(
+                CaptureQueue::open(
+                    CaptureSettings {
+                        path: path.clone(),
+                        port_map: port_map.clone(),
+                        rotate_bytes: capture.rotate_mb.map(|mb| mb.saturating_mul(1 << 20)),
+                        rotate_secs: capture.rotate_secs,
+                        max_files: capture.max_files,
+                    },
+                    writer.handle(),
+                )
+                .map_err(SetupError::from)?,
+            ),
             _ => None,
         };
         let listen = config.capture.as_ref().and_then(|capture| capture.pcap_over_ip);
         let stream = match listen.filter(|_| live) {
             Some(listen) => {
-                let stream = PcapStream::start(listen)?;
+                let stream = PcapStream::start(listen).map_err(SetupError::from)?;
                 tracing::info!(
                     "PCAP-over-IP on {}: the intercepted plaintext as a live pcap stream (e.g. nc {} {} | tshark -r -)",
                     stream.local_addr(),
@@ -672,7 +659,7 @@ impl Dataplane {
                         tick(&self.report());
                     }
                 },
-                crate::counters::resident_bytes,
+                appliance::counters::resident_bytes,
             );
             // A worker that ended on its own (a panic) stops the others too.
             stop.store(true, Ordering::Relaxed);
@@ -708,7 +695,7 @@ impl Dataplane {
     }
 
     /// The learned bypasses every worker shares (for the control channel).
-    pub fn learned(&self) -> Arc<crate::learned::LearnedStore> {
+    pub fn learned(&self) -> Arc<appliance::learned::LearnedStore> {
         Arc::clone(self.policy.rules.learned())
     }
 
@@ -742,7 +729,7 @@ impl Dataplane {
             .collect()
     }
 
-    /// The live reload of this instance (see [`crate::reload`]).
+    /// The live reload of this instance (see [`appliance::reload`]).
     pub fn reloader(&self) -> Arc<Reloader> {
         Arc::clone(&self.reloader)
     }
@@ -802,7 +789,7 @@ impl Dataplane {
 pub struct ReportSource {
     ports: Vec<(Side, String, Arc<EthDev>)>,
     workers: Vec<(EngineStats, Arc<WorkerStats>)>,
-    learned: Arc<crate::learned::LearnedStore>,
+    learned: Arc<appliance::learned::LearnedStore>,
     reloader: Arc<Reloader>,
     capture: Option<CaptureQueue>,
     /// What the writer thread dropped.
@@ -834,10 +821,10 @@ impl ReportSource {
             .collect();
         let top_sni: Vec<_> = self.workers.iter().map(|(engine, _)| engine.tcp.top_sni()).collect();
         Report {
-            top_sni: crate::topnames::merged(top_sni.iter().map(Vec::as_slice)),
+            top_sni: appliance::topnames::merged(top_sni.iter().map(Vec::as_slice)),
             learned: self.learned.totals(),
             reloads: self.reloader.totals(),
-            rss_bytes: crate::counters::resident_bytes(),
+            rss_bytes: appliance::counters::resident_bytes(),
             capture: self.capture.as_ref().map(|capture| capture.totals()),
             writer: self.writer.totals(),
             pcap_over_ip: self.stream.as_ref().map(StreamFeed::totals),

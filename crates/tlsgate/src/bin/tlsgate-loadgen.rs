@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dpdk::{PacketBuf, Port};
 use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse, CLIENT_SIDE};
 use netstack::{OutFrame, StackConfig};
+use port::{PacketBuf, Port};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};

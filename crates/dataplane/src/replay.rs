@@ -38,11 +38,13 @@ use thiserror::Error;
 
 pub use dpdk::MBUF_FRAME_BYTES;
 
-use crate::config::{Config, Device};
-use crate::counters::Report;
+use appliance::config::{Config, Device};
+use appliance::counters::Report;
+use appliance::engine::Side;
+use appliance::worker::TimedPoller;
+use appliance::SetupError;
+
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::engine::Side;
-use crate::worker::TimedPoller;
 
 /// How long replay waits for the pcap driver to deliver the next frame
 /// before it gives up on frames the driver could not read.
@@ -143,9 +145,9 @@ pub fn replay(
     let started = SystemTime::now();
     let mut dataplane = Dataplane::open(&config, Some(devices.to_vec()), None)?;
     let Some((mut engine, worker_stats, max_sleep)) = dataplane.take_first_worker() else {
-        return Err(ReplayError::Dataplane(DataplaneError::Device(
+        return Err(ReplayError::Dataplane(DataplaneError::Setup(SetupError::Device(
             "no queue for replay".into(),
-        )));
+        ))));
     };
     let mut poller = TimedPoller::new(&worker_stats, max_sleep);
 

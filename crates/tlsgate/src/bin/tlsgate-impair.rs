@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dpdk::{EthQueue, Mbuf, PacketBuf, Port};
+use dpdk::{EthQueue, Mbuf};
 use impair::{Impairment, ImpairmentStats, Spec};
+use port::{PacketBuf, Port};
 
 /// Bridges two ports, delaying, losing, reordering, duplicating, corrupting
 /// and rate-limiting frames each way as netem would. Stops on SIGINT/SIGTERM
