@@ -46,9 +46,10 @@ pub struct Config {
     pub inspect: Inspect,
     /// The decrypted capture (pcap of the plaintext), when configured.
     pub capture: Option<Capture>,
-    /// Interception rules, in order (`[[policy]]` tables).
+    /// Interception rules, in order (`[[policy]]` tables), compiled as
+    /// they are read.
     #[serde(default)]
-    pub policy: Vec<crate::policy::RuleConfig>,
+    pub policy: crate::policy::PolicyRules,
     /// The control channel of a running instance (`tlsgate learned ...`).
     #[serde(default)]
     pub control: Control,
@@ -177,7 +178,7 @@ pub struct Capture {
     /// Server ports written as other ports, e.g. `{ 443 = 80 }` so that
     /// analysers dissect the plaintext as HTTP.
     #[serde(default)]
-    pub port_map: std::collections::BTreeMap<String, u16>,
+    pub port_map: PortMap,
     /// Start a new file when this one reaches this many MiB.
     pub rotate_mb: Option<u64>,
     /// Start a new file when this one is this many seconds old.
@@ -190,13 +191,51 @@ pub struct Capture {
 impl Capture {
     /// The port map as numbers; `Err` names the entry that is not a port.
     pub fn ports(&self) -> Result<Vec<(u16, u16)>, String> {
-        self.port_map
+        self.port_map.ports.clone()
+    }
+}
+
+/// `capture.port_map` as written (TOML keys are strings), parsed into port
+/// numbers once, as it is read.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    from = "std::collections::BTreeMap<String, u16>",
+    into = "std::collections::BTreeMap<String, u16>"
+)]
+pub struct PortMap {
+    written: std::collections::BTreeMap<String, u16>,
+    /// The entries as numbers, or the entry that is not a port.
+    ports: Result<Vec<(u16, u16)>, String>,
+}
+
+impl Default for PortMap {
+    fn default() -> Self {
+        PortMap::from(std::collections::BTreeMap::new())
+    }
+}
+
+impl std::fmt::Debug for PortMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.written.fmt(f)
+    }
+}
+
+impl From<std::collections::BTreeMap<String, u16>> for PortMap {
+    fn from(written: std::collections::BTreeMap<String, u16>) -> Self {
+        let ports = written
             .iter()
             .map(|(from, to)| match (from.parse::<u16>(), *to) {
                 (Ok(from), to) if from != 0 && to != 0 => Ok((from, to)),
                 _ => Err(format!("{from} = {to} does not map a TCP port to a TCP port")),
             })
-            .collect()
+            .collect();
+        PortMap { written, ports }
+    }
+}
+
+impl From<PortMap> for std::collections::BTreeMap<String, u16> {
+    fn from(map: PortMap) -> Self {
+        map.written
     }
 }
 
@@ -215,8 +254,8 @@ pub struct Tls {
     /// when absent (ECDSA P-256).
     pub leaf_key: Option<PathBuf>,
     /// "system" (Debian's CA bundle) or the path of a PEM bundle.
-    #[serde(default = "default_upstream_trust")]
-    pub upstream_trust: String,
+    #[serde(default)]
+    pub upstream_trust: UpstreamTrustSource,
     /// What the client gets when the real server's certificate does not
     /// verify: "mirror" (a certificate it will reject too) or "refuse".
     #[serde(default)]
@@ -250,6 +289,45 @@ pub struct Tls {
     /// (public) name, "block" or "bypass" it.
     #[serde(default)]
     pub ech: EchPolicy,
+}
+
+/// `tls.upstream_trust`: the CAs the real servers are verified against,
+/// as written: "system", or the path of a PEM bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(from = "String", into = "String")]
+pub enum UpstreamTrustSource {
+    /// Debian's bundle of the system's trusted CAs.
+    #[default]
+    System,
+    Bundle(PathBuf),
+}
+
+impl UpstreamTrustSource {
+    /// The PEM bundle to load.
+    pub fn bundle(&self) -> &Path {
+        match self {
+            UpstreamTrustSource::System => Path::new(mitm::trust::SYSTEM_BUNDLE),
+            UpstreamTrustSource::Bundle(path) => path,
+        }
+    }
+}
+
+impl From<String> for UpstreamTrustSource {
+    fn from(text: String) -> Self {
+        match text.as_str() {
+            "system" => UpstreamTrustSource::System,
+            _ => UpstreamTrustSource::Bundle(PathBuf::from(text)),
+        }
+    }
+}
+
+impl From<UpstreamTrustSource> for String {
+    fn from(source: UpstreamTrustSource) -> String {
+        match source {
+            UpstreamTrustSource::System => "system".into(),
+            UpstreamTrustSource::Bundle(path) => path.to_string_lossy().into_owned(),
+        }
+    }
 }
 
 /// `tls.ech`.
@@ -300,7 +378,7 @@ impl Default for Tls {
             ca_key: None,
             ca_chain: None,
             leaf_key: None,
-            upstream_trust: default_upstream_trust(),
+            upstream_trust: UpstreamTrustSource::System,
             invalid_upstream: InvalidUpstreamPolicy::default(),
             cert_cache: default_cert_cache(),
             fail_open_after: default_fail_open_after(),
@@ -313,9 +391,6 @@ impl Default for Tls {
     }
 }
 
-fn default_upstream_trust() -> String {
-    "system".into()
-}
 fn default_cert_cache() -> usize {
     10_000
 }
@@ -1290,7 +1365,7 @@ impl Config {
         if self.tls.cert_cache == 0 {
             return Err(invalid("tls.cert_cache", "must be at least 1".into()));
         }
-        if self.tls.upstream_trust.is_empty() {
+        if self.tls.upstream_trust.bundle().as_os_str().is_empty() {
             return Err(invalid(
                 "tls.upstream_trust",
                 "give \"system\" or the path of a PEM bundle".into(),
@@ -1359,7 +1434,7 @@ impl Config {
             key,
             reason,
         })?;
-        self.policy().map_err(|(key, reason)| ConfigError::InvalidRule {
+        self.policy.check().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
             reason,
@@ -1547,11 +1622,24 @@ device = "net_af_packet1,iface=gws0"
         .expect("valid");
         assert_eq!(tls.intercept.mode, InterceptMode::Tls);
         assert_eq!(tls.tls.invalid_upstream, InvalidUpstreamPolicy::Refuse);
-        assert_eq!(tls.tls.upstream_trust, "system");
+        assert_eq!(tls.tls.upstream_trust, UpstreamTrustSource::System);
         let defaults = parse(MINIMAL).expect("valid").tls;
         assert_eq!(
-            (defaults.upstream_trust.as_str(), defaults.cert_cache),
-            ("system", 10_000)
+            (&defaults.upstream_trust, defaults.cert_cache),
+            (&UpstreamTrustSource::System, 10_000)
+        );
+        let bundle = parse(&format!(
+            "{MINIMAL}\n[tls]\nupstream_trust = \"/etc/tlsgate/origins.pem\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            bundle.tls.upstream_trust.bundle(),
+            Path::new("/etc/tlsgate/origins.pem")
+        );
+        let message = rejection(&format!("{MINIMAL}\n[tls]\nupstream_trust = \"\"\n"));
+        assert!(
+            message.contains("tls.upstream_trust") && message.contains("system"),
+            "{message}"
         );
         let message = rejection(&format!("{MINIMAL}\n[tls]\ncert_cache = 0\n"));
         assert!(message.contains("tls.cert_cache"), "{message}");

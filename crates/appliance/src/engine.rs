@@ -15,11 +15,12 @@ use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
 use port::{LinkState, PacketBuf, Port};
 use wire::{FlowTuple, IpProtocol};
 
+use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
-use crate::splice::{Admission, InspectionSettings, Limits, Splicer, WallClock};
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust};
+use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
 const TX_ATTEMPTS: u32 = 16;
@@ -132,7 +133,10 @@ impl InterceptPolicy {
 
     /// A worker's TLS context (its own forger and caches; without a key
     /// log, [`TlsContext::set_key_log`] adds it), if TLS is intercepted.
-    /// Fails with the setting (and, in the error, the file) at fault.
+    /// Fails with the setting (and, in the error, the file) at fault. Its
+    /// clock shows 1970 until the engine it is given to puts it on the
+    /// engine's own ([`Engine::with_tls`], [`Engine::reload`]): only an
+    /// engine knows the date.
     pub fn tls_context(&self) -> Result<Option<TlsContext>, TlsSettingError> {
         let Some(tls) = &self.tls else { return Ok(None) };
         let at = |key: &'static str| move |source: MitmError| TlsSettingError { key, source };
@@ -163,19 +167,20 @@ impl InterceptPolicy {
             None => None,
         };
         let forger = Forger::new(ca, leaf_key, tls.cert_cache).map_err(at("tls.leaf_key"))?;
-        let bundle = if tls.upstream_trust == "system" {
-            std::path::PathBuf::from(mitm::trust::SYSTEM_BUNDLE)
-        } else {
-            std::path::PathBuf::from(&tls.upstream_trust)
-        };
-        let trust = UpstreamTrust::from_bundle(&bundle).map_err(at("tls.upstream_trust"))?;
+        let trust = UpstreamTrust::from_bundle(tls.upstream_trust.bundle()).map_err(at("tls.upstream_trust"))?;
         let invalid = match tls.invalid_upstream {
             InvalidUpstreamPolicy::Mirror => InvalidUpstream::Mirror,
             InvalidUpstreamPolicy::Refuse => InvalidUpstream::Refuse,
         };
-        TlsContext::new(forger, trust, invalid, None)
-            .map(Some)
-            .map_err(at("tls"))
+        TlsContext::new(
+            forger,
+            trust,
+            invalid,
+            None,
+            WallClock::new(time::OffsetDateTime::UNIX_EPOCH),
+        )
+        .map(Some)
+        .map_err(at("tls"))
     }
 }
 
@@ -210,6 +215,11 @@ pub struct Engine<P: Port> {
     next_top_sni_publish: Instant,
     /// The decrypt-mirror port, when configured.
     mirror: Option<MirrorPort<P>>,
+    /// The date of the engine clock's zero.
+    wall: WallAnchor,
+    /// The date of the TLS contexts, set at each poll: every context this
+    /// engine is given reads it.
+    tls_clock: WallClock,
 }
 
 /// This worker's transmit queue on the decrypt-mirror port.
@@ -220,15 +230,17 @@ struct MirrorPort<P: Port> {
 }
 
 impl<P: Port> Engine<P> {
-    /// An engine between `client` and `server`, counting into `stats`.
+    /// An engine between `client` and `server`, counting into `stats`,
+    /// from the time, date and seed its driver gives in `start`.
     pub fn new(
         client: P,
         server: P,
         stats: EngineStats,
         burst_size: usize,
         policy: &InterceptPolicy,
-        now: Instant,
+        start: EngineStart,
     ) -> Self {
+        let EngineStart { now, wall, seed } = start;
         Engine {
             ports: vec![client, server],
             stats: stats.ports,
@@ -236,15 +248,8 @@ impl<P: Port> Engine<P> {
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
             udp: policy.udp,
-            stack: Stack::new(Side::ALL.len(), policy.stack, now),
-            splicer: Splicer::new(
-                policy.hold_synack,
-                policy.rules.clone(),
-                policy.limits,
-                // The one reading of the wall clock: the splicer derives
-                // its timestamps from it and the engine's `now`.
-                WallClock::new(time::OffsetDateTime::now_utc(), now),
-            ),
+            stack: Stack::new(Side::ALL.len(), policy.stack, now, seed),
+            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits, wall),
             stack_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
@@ -252,6 +257,8 @@ impl<P: Port> Engine<P> {
             top_sni_published: 0,
             next_top_sni_publish: now,
             mirror: None,
+            wall,
+            tls_clock: WallClock::new(wall.at(now).into()),
         }
     }
 
@@ -273,15 +280,21 @@ impl<P: Port> Engine<P> {
         self
     }
 
-    /// Intercepts TLS on the spliced connections with `context` (mode "tls").
-    pub fn with_tls(mut self, context: mitm::TlsContext) -> Self {
+    /// Intercepts TLS on the spliced connections with `context` (mode
+    /// "tls"), which from now on works at this engine's date.
+    pub fn with_tls(mut self, mut context: mitm::TlsContext) -> Self {
+        context.set_clock(self.tls_clock.clone());
         self.splicer.set_tls(context);
         self
     }
 
     /// Puts reloaded `rules` in force for new connections (see
-    /// [`Splicer::reload`]); called by the worker between two polls.
-    pub fn reload(&mut self, rules: crate::splice::Rules) {
+    /// [`Splicer::reload`]), their TLS context at this engine's date;
+    /// called by the worker between two polls.
+    pub fn reload(&mut self, mut rules: crate::splice::Rules) {
+        if let Some(context) = rules.tls.as_mut() {
+            context.set_clock(self.tls_clock.clone());
+        }
         self.splicer.reload(rules);
     }
 
@@ -331,6 +344,7 @@ impl<P: Port> Engine<P> {
     /// One poll of both ports and of the stack's timers; returns how many
     /// frames were received.
     pub fn poll(&mut self, now: Instant) -> usize {
+        self.tls_clock.set(self.wall.at(now).into());
         if self.ports.len() == Side::ALL.len() && now >= self.next_link_check {
             self.next_link_check = now + LINK_CHECK_INTERVAL;
             let up = self.ports[2..].iter().all(|port| port.link() != LinkState::Down);
@@ -828,7 +842,11 @@ mod tests {
                 stats.clone(),
                 burst,
                 &InterceptPolicy::default(),
-                Instant::ZERO,
+                EngineStart {
+                    now: Instant::ZERO,
+                    wall: WallAnchor::new(std::time::SystemTime::UNIX_EPOCH),
+                    seed: 1,
+                },
             ),
             client_ctl,
             server_ctl,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod clock;
 pub mod config;
 pub mod connlog;
 pub mod counters;

@@ -187,16 +187,46 @@ pub struct Policy {
     ech: Option<Action>,
 }
 
-impl Policy {
-    /// Checks and compiles the rules; an error names the rule and the field.
-    /// `learned` is shared by the workers; `bypass_client_auth`: a server
-    /// asking for a client certificate is bypassed from then on.
-    pub fn new(
-        rules: &[RuleConfig],
-        learned: Arc<LearnedStore>,
-        bypass_client_auth: bool,
-    ) -> Result<Policy, (String, String)> {
-        let compiled = rules
+/// The `[[policy]]` rules as written, compiled once, when they are read:
+/// the check at load and every policy made from them use that one
+/// compilation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "Vec<RuleConfig>", into = "Vec<RuleConfig>")]
+pub struct PolicyRules {
+    written: Vec<RuleConfig>,
+    /// The rules, or what is wrong with them (the rule and the field).
+    compiled: Result<Vec<Rule>, (String, String)>,
+}
+
+impl Default for PolicyRules {
+    fn default() -> Self {
+        PolicyRules::from(Vec::new())
+    }
+}
+
+impl From<Vec<RuleConfig>> for PolicyRules {
+    fn from(written: Vec<RuleConfig>) -> Self {
+        let compiled = compile(&written);
+        PolicyRules { written, compiled }
+    }
+}
+
+impl From<PolicyRules> for Vec<RuleConfig> {
+    fn from(rules: PolicyRules) -> Self {
+        rules.written
+    }
+}
+
+impl PolicyRules {
+    /// Whether the rules compiled; the error names the rule and the field.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        self.compiled.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+}
+
+/// Checks and compiles the rules; an error names the rule and the field.
+fn compile(rules: &[RuleConfig]) -> Result<Vec<Rule>, (String, String)> {
+    rules
             .iter()
             .enumerate()
             .map(|(index, rule)| {
@@ -253,9 +283,21 @@ impl Policy {
                     udp: rule.udp,
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+}
+
+impl Policy {
+    /// The policy of `rules` (an error names the rule and the field if they
+    /// did not compile). `learned` is shared by the workers;
+    /// `bypass_client_auth`: a server asking for a client certificate is
+    /// bypassed from then on.
+    pub fn new(
+        rules: &PolicyRules,
+        learned: Arc<LearnedStore>,
+        bypass_client_auth: bool,
+    ) -> Result<Policy, (String, String)> {
         Ok(Policy {
-            rules: compiled,
+            rules: rules.compiled.clone()?,
             learned,
             bypass_client_auth,
             ech: None,
@@ -438,6 +480,10 @@ mod tests {
         }
     }
 
+    fn rules_of(rules: &[RuleConfig]) -> PolicyRules {
+        PolicyRules::from(rules.to_vec())
+    }
+
     fn rule(action: Action) -> RuleConfig {
         RuleConfig {
             action,
@@ -452,9 +498,37 @@ mod tests {
     }
 
     #[test]
+    fn rules_are_compiled_as_they_are_read_and_written_back_as_they_were() {
+        #[derive(Deserialize)]
+        struct File {
+            policy: PolicyRules,
+        }
+        let read = |text: &str| toml::from_str::<File>(text).unwrap().policy;
+        let good = read("[[policy]]\naction = \"bypass\"\nsni = [\"*.Bank.test\"]\n");
+        assert_eq!(good.check(), Ok(()));
+        let policy = Policy::new(&good, Arc::default(), false).unwrap();
+        assert_eq!(
+            policy
+                .at_hello(&tuple("198.18.0.2", 443), Some("www.bank.test"), Instant::ZERO)
+                .action,
+            Action::Bypass
+        );
+        // As written (what a reload compares), not as compiled.
+        let written = serde_json::to_value(&good).unwrap();
+        assert_eq!(written[0]["sni"], serde_json::json!(["*.Bank.test"]));
+        // A rule that does not compile is named by the check, and no policy
+        // is made of it.
+        let bad = read("[[policy]]\naction = \"bypass\"\n[[policy]]\naction = \"block\"\ndst = [\"nowhere\"]\n");
+        let (key, reason) = bad.check().unwrap_err();
+        assert_eq!(key, "policy[2].dst");
+        assert!(reason.contains("nowhere"), "{reason}");
+        assert_eq!(Policy::new(&bad, Arc::default(), false).unwrap_err().0, "policy[2].dst");
+    }
+
+    #[test]
     fn udp_follows_the_first_rule_that_sets_it() {
         let policy = Policy::new(
-            &[
+            &rules_of(&[
                 RuleConfig {
                     dst: vec!["198.18.0.9".into()],
                     ..rule(Action::Bypass)
@@ -465,7 +539,7 @@ mod tests {
                     udp: Some(UdpPolicy::Bypass),
                     ..rule(Action::Intercept)
                 },
-            ],
+            ]),
             Arc::default(),
             false,
         )
@@ -496,7 +570,7 @@ mod tests {
                 ..rule(Action::Bypass)
             },
         ];
-        let policy = Policy::new(&rules, Arc::default(), false).unwrap();
+        let policy = Policy::new(&rules_of(&rules), Arc::default(), false).unwrap();
         assert_eq!(
             policy.at_syn(&tuple("198.18.9.7", 443)).map(|v| v.action),
             Some(Action::Block)
@@ -529,10 +603,10 @@ mod tests {
     #[test]
     fn what_cannot_be_intercepted_is_blocked_unless_a_rule_bypasses_it() {
         let policy = Policy::new(
-            &[RuleConfig {
+            &rules_of(&[RuleConfig {
                 when: Some(Condition::NonTls),
                 ..rule(Action::Bypass)
-            }],
+            }]),
             Arc::default(),
             false,
         )
@@ -597,7 +671,7 @@ mod tests {
             ),
         ];
         for (config, key) in bad {
-            let (named, reason) = Policy::new(&[config], Arc::default(), false).unwrap_err();
+            let (named, reason) = Policy::new(&rules_of(&[config]), Arc::default(), false).unwrap_err();
             assert_eq!(named, key, "{reason}");
         }
     }
@@ -605,12 +679,12 @@ mod tests {
     #[test]
     fn legacy_origins_are_blocked_unless_a_rule_bypasses_them() {
         let policy = Policy::new(
-            &[RuleConfig {
+            &rules_of(&[RuleConfig {
                 when: Some(Condition::LegacyUpstream),
                 sni: vec!["old.test".into()],
                 port: vec![443],
                 ..rule(Action::Bypass)
-            }],
+            }]),
             Arc::default(),
             false,
         )
@@ -646,7 +720,7 @@ mod tests {
     #[test]
     fn ech_follows_tls_ech_unless_a_rule_says_otherwise() {
         let t = tuple("198.18.0.2", 443);
-        let default = Policy::new(&[], Arc::default(), false).unwrap();
+        let default = Policy::new(&rules_of(&[]), Arc::default(), false).unwrap();
         let verdict = default.on_ech(&t, Some("public.test"));
         assert_eq!(verdict.action, Action::Intercept);
         assert_eq!(
@@ -658,14 +732,14 @@ mod tests {
             sni: vec!["public.test".into()],
             ..rule(Action::Intercept)
         }];
-        let blocking = Policy::new(&rules, Arc::default(), false)
+        let blocking = Policy::new(&rules_of(&rules), Arc::default(), false)
             .unwrap()
             .with_ech(Action::Block);
         assert_eq!(blocking.on_ech(&t, Some("other.test")).action, Action::Block);
         let overridden = blocking.on_ech(&t, Some("public.test"));
         assert_eq!(overridden.action, Action::Intercept);
         assert!(overridden.reason.contains("rule 1"), "{}", overridden.reason);
-        let bypassing = Policy::new(&[], Arc::default(), false)
+        let bypassing = Policy::new(&rules_of(&[]), Arc::default(), false)
             .unwrap()
             .with_ech(Action::Bypass);
         assert_eq!(bypassing.on_ech(&t, None).action, Action::Bypass);
@@ -678,7 +752,7 @@ mod tests {
             ..rule(Action::Block)
         }];
         let learned = Arc::new(LearnedStore::default());
-        let policy = Policy::new(&rules, Arc::clone(&learned), true).unwrap();
+        let policy = Policy::new(&rules_of(&rules), Arc::clone(&learned), true).unwrap();
         // Every worker has its own copy of the policy; they share what is learned.
         let other_worker = policy.clone();
         let at = Instant::ZERO;
@@ -714,7 +788,7 @@ mod tests {
         assert_eq!(policy.at_hello(&t, Some("pinned.test"), at).action, Action::Intercept);
         assert!(policy.record_rejection(&client(4), "pinned.test", at).is_some());
         assert_eq!(policy.at_hello(&t, Some("pinned.test"), at).action, Action::Bypass);
-        let blocking = Policy::new(&[], Arc::clone(&learned), false).unwrap();
+        let blocking = Policy::new(&rules_of(&[]), Arc::clone(&learned), false).unwrap();
         assert!(
             blocking.record_client_cert_request(&t, "other.test", at).is_none(),
             "tls.client_auth = block"

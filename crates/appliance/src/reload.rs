@@ -198,10 +198,7 @@ pub fn plan(running: &Config, new: &Config) -> ReloadPlan {
 /// rotated); a file that cannot be read counts as changed.
 fn tls_material(config: &Config) -> Vec<u8> {
     let tls = &config.tls;
-    let trust = match tls.upstream_trust.as_str() {
-        "system" => PathBuf::from(mitm::trust::SYSTEM_BUNDLE),
-        path => PathBuf::from(path),
-    };
+    let trust = tls.upstream_trust.bundle().to_owned();
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let services = config.service.iter().flat_map(|service| {
         let certificates = service

@@ -47,6 +47,7 @@ use wire::FlowTuple;
 use wire::FrameClass;
 
 use crate::capture::CaptureStream;
+use crate::clock::WallAnchor;
 use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
@@ -340,8 +341,9 @@ pub struct Splicer {
 /// while these are borrowed).
 struct Shared {
     hold_synack: bool,
-    /// The wall clock, for the log's and the capture's timestamps.
-    clock: WallClock,
+    /// The date of the engine clock's zero, for the log's and the
+    /// capture's timestamps (the splicer reads no clock).
+    wall: WallAnchor,
     limits: Limits,
     embryonic: Embryonic,
     /// Session deadlines, earliest first: (deadline, index, serial); an
@@ -507,38 +509,6 @@ impl LegIo for StackLegs<'_> {
         if let Some(flow) = self.flows.get(leg) {
             let _ = self.stack.abort(flow);
         }
-    }
-}
-
-/// The wall clock as the engine's clock tells it: the wall-clock time at
-/// one engine instant, given at construction, so the splicer reads no
-/// clock itself (timestamps of the connection log and the capture).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WallClock {
-    wall: OffsetDateTime,
-    at: Instant,
-}
-
-impl WallClock {
-    /// `wall` is the wall-clock time at the engine instant `at`.
-    pub fn new(wall: OffsetDateTime, at: Instant) -> WallClock {
-        WallClock { wall, at }
-    }
-
-    /// The wall-clock time at the engine instant `now`.
-    pub fn at(&self, now: Instant) -> OffsetDateTime {
-        let micros = |from: Instant, to: Instant| i64::try_from((to - from).total_micros()).unwrap_or(i64::MAX);
-        if now >= self.at {
-            self.wall
-                .saturating_add(time::Duration::microseconds(micros(self.at, now)))
-        } else {
-            self.wall
-                .saturating_sub(time::Duration::microseconds(micros(now, self.at)))
-        }
-    }
-
-    fn system_at(&self, now: Instant) -> SystemTime {
-        SystemTime::from(self.at(now))
     }
 }
 
@@ -770,11 +740,11 @@ fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool, policy: Policy, limits: Limits, clock: WallClock) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy, limits: Limits, wall: WallAnchor) -> Self {
         Splicer {
             sessions: Slab::new(),
             shared: Shared {
-                clock,
+                wall,
                 limits,
                 embryonic: Embryonic::default(),
                 timers: BinaryHeap::new(),
@@ -1206,7 +1176,7 @@ impl Splicer {
                 }
             }
         };
-        let mut session = Session::new(*tuple, l2, shared.clock.at(now), info.seq_number);
+        let mut session = Session::new(*tuple, l2, OffsetDateTime::from(shared.wall.at(now)), info.seq_number);
         session.serial = shared.next_serial;
         shared.next_serial += 1;
         session.stage_since = now;
@@ -1360,7 +1330,11 @@ impl Splicer {
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &shared.log {
-                log.write(&record(session, shared.intercepts_tls(session), shared.clock.at(now)));
+                log.write(&record(
+                    session,
+                    shared.intercepts_tls(session),
+                    OffsetDateTime::from(shared.wall.at(now)),
+                ));
             }
             // Everything has been sent both ways (each FIN went after its
             // direction's last bytes): the TLS state is not needed while the
@@ -1456,7 +1430,7 @@ impl Shared {
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &self.log {
-                log.write(&record(&session, tls, self.clock.at(now)));
+                log.write(&record(&session, tls, OffsetDateTime::from(self.wall.at(now))));
             }
         }
     }
@@ -1535,7 +1509,7 @@ impl Shared {
         now: Instant,
     ) {
         if let Some(log) = &self.log {
-            let at = self.clock.at(now);
+            let at = OffsetDateTime::from(self.wall.at(now));
             let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), at, 0);
             let mut record = record(&session, self.current.tls.is_some(), at);
             record.event_type = event;
@@ -1945,7 +1919,7 @@ impl Shared {
     /// bypassed (its bytes then pass untouched).
     fn pump_tls_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) -> bool {
         let ends = StreamEnds::of(session);
-        let at = self.clock.system_at(now);
+        let at = self.wall.at(now);
         let flows = SessionFlows::of(session);
         let Generation { policy, tls, .. } = generation_mut(&mut self.current, &mut self.older, session.generation);
         let Some(context) = tls.as_mut() else {
@@ -2090,7 +2064,7 @@ impl Shared {
     /// and a log record.
     fn pump_terminated(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
         let ends = StreamEnds::of(session);
-        let at = self.clock.system_at(now);
+        let at = self.wall.at(now);
         let failure = loop {
             let flows = SessionFlows::of(session);
             let stream = &mut session.capture;
@@ -2227,7 +2201,7 @@ impl Shared {
         if self.taps.any() {
             let stream = &mut session.capture;
             let taps = &mut self.taps;
-            let at = self.clock.system_at(now);
+            let at = self.wall.at(now);
             CaptureTap { taps, stream, ends, at }.reset(from_client);
         }
     }
@@ -2266,7 +2240,7 @@ impl Shared {
     /// [`Connection::finish_tls_directions`]), recording the FINs in the taps.
     fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
         let ends = StreamEnds::of(session);
-        let at = self.clock.system_at(now);
+        let at = self.wall.at(now);
         let flows = SessionFlows::of(session);
         let stream = &mut session.capture;
         let taps = &mut self.taps;

@@ -4,10 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use port::Port;
 
+use crate::clock::WallAnchor;
 use crate::counters::WorkerStats;
 use crate::distribution::DistributionStats;
 use crate::engine::Engine;
@@ -56,17 +57,30 @@ impl IdleBackoff {
     }
 }
 
-/// The engines' clock: time since it started, as `netstack::Instant`.
+/// The engines' clock: time since it started, as `netstack::Instant`, and
+/// the date it started at. The driver reads the machine's clocks here, and
+/// only here; the engines get the readings.
 #[derive(Debug, Clone, Copy)]
-pub struct EngineClock(Instant);
+pub struct EngineClock {
+    started: Instant,
+    wall: WallAnchor,
+}
 
 impl EngineClock {
     pub fn start() -> Self {
-        EngineClock(Instant::now())
+        EngineClock {
+            started: Instant::now(),
+            wall: WallAnchor::new(SystemTime::now()),
+        }
     }
 
     pub fn now(&self) -> netstack::Instant {
-        netstack::Instant::from_micros(i64::try_from(self.0.elapsed().as_micros()).unwrap_or(i64::MAX))
+        netstack::Instant::from_micros(i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// The date of this clock's zero.
+    pub fn wall(&self) -> WallAnchor {
+        self.wall
     }
 }
 
@@ -87,12 +101,12 @@ pub struct TimedPoller<'a> {
 
 impl<'a> TimedPoller<'a> {
     pub fn new(stats: &'a WorkerStats, max_sleep: Duration) -> Self {
-        let now = Instant::now();
+        let clock = EngineClock::start();
         TimedPoller {
             stats,
             backoff: IdleBackoff::new(max_sleep),
-            started: now,
-            clock: EngineClock(now),
+            started: clock.started,
+            clock,
             handoffs: Vec::new(),
             moved: 0,
         }
@@ -244,7 +258,11 @@ mod tests {
             EngineStats::default(),
             32,
             &InterceptPolicy::default(),
-            netstack::Instant::ZERO,
+            crate::clock::EngineStart {
+                now: netstack::Instant::ZERO,
+                wall: WallAnchor::new(SystemTime::UNIX_EPOCH),
+                seed: 1,
+            },
         )
     }
 

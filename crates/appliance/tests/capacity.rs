@@ -37,7 +37,14 @@ fn tls_context(scratch: &Scratch) -> TlsContext {
     let bundle = scratch.0.join("trust.pem");
     std::fs::write(&bundle, ca.cert_pem()).unwrap();
     let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
-    TlsContext::new(Forger::new(ca, None, 16).unwrap(), trust, InvalidUpstream::Refuse, None).unwrap()
+    TlsContext::new(
+        Forger::new(ca, None, 16).unwrap(),
+        trust,
+        InvalidUpstream::Refuse,
+        None,
+        mitm::WallClock::new(time::OffsetDateTime::now_utc()),
+    )
+    .unwrap()
 }
 
 /// A TCP SYN from `src` (a forged source address) to `dst`, as a flooding

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use appliance::connlog;
-use appliance::policy::{Action, Policy, RuleConfig};
+use appliance::policy::{Action, Policy, PolicyRules, RuleConfig};
 use harness::connlog::LogFile;
 use harness::tls::Scratch;
 use harness::{close_both, connect, policy, transfer, v4, v6, Lab, SERVER_V4, SERVER_V6};
@@ -39,7 +39,7 @@ fn every_kind_of_record_matches_the_schema_and_joins_ids_events_by_community_id(
         at_syn(Action::Bypass, "198.18.0.2", 8080),
         at_syn(Action::Block, "2001:2::2", 80),
     ];
-    splice.rules = Policy::new(&rules, Arc::default(), false).unwrap();
+    splice.rules = Policy::new(&PolicyRules::from(rules.to_vec()), Arc::default(), false).unwrap();
     let mut lab = Lab::with_engine(&splice, |engine| engine.with_connection_log(Arc::clone(&log.log)));
 
     // A spliced session, logged when both directions closed.

@@ -317,7 +317,7 @@ fn resets(frames: &[Vec<u8>]) -> Vec<(u16, u16)> {
 
 #[test]
 fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
-    use appliance::policy::{Action, Condition, Policy, RuleConfig};
+    use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
     let mut intercept = policy(&[443]);
     let bypass_non_tls = RuleConfig {
         action: Action::Bypass,
@@ -329,7 +329,7 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         when: Some(Condition::NonTls),
         udp: None,
     };
-    intercept.rules = Policy::new(&[bypass_non_tls], Arc::default(), false).unwrap();
+    intercept.rules = Policy::new(&PolicyRules::from(vec![bypass_non_tls]), Arc::default(), false).unwrap();
     let Setup {
         mut lab, ca, origin, ..
     } = setup_with("tls-shutdown", BoxMode::Pass, &intercept, InspectFailure::FailClosed);

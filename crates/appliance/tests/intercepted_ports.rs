@@ -8,7 +8,7 @@ mod harness;
 
 use std::net::{IpAddr, SocketAddr};
 
-use appliance::policy::{Action, Policy, RuleConfig, UdpPolicy};
+use appliance::policy::{Action, Policy, PolicyRules, RuleConfig, UdpPolicy};
 use harness::{policy, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -151,7 +151,7 @@ fn udp_passes_with_bypass_and_with_a_matching_rule() {
         when: None,
         udp: Some(UdpPolicy::Bypass),
     };
-    ruled.rules = Policy::new(&[rule], std::sync::Arc::default(), false).unwrap();
+    ruled.rules = Policy::new(&PolicyRules::from(vec![rule]), std::sync::Arc::default(), false).unwrap();
     let mut lab = Lab::new(&ruled);
     let elsewhere = udp(
         client_v4(50_000),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use appliance::engine::InterceptPolicy;
 use appliance::learned::{LearnedSettings, LearnedStore, LearnedTotals};
-use appliance::policy::Policy;
+use appliance::policy::{Policy, PolicyRules};
 use harness::tls::{provider, try_drive};
 use harness::{policy, v4, Lab, SERVER_V4};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
@@ -120,10 +120,11 @@ fn setup(name: &str, invalid: InvalidUpstream, learned: LearnedSettings) -> Setu
         UpstreamTrust::from_bundle(&bundle).unwrap(),
         invalid,
         None,
+        mitm::WallClock::new(time::OffsetDateTime::now_utc()),
     )
     .unwrap();
     let intercept = InterceptPolicy {
-        rules: Policy::new(&[], Arc::new(LearnedStore::new(learned)), true).unwrap(),
+        rules: Policy::new(&PolicyRules::default(), Arc::new(LearnedStore::new(learned)), true).unwrap(),
         ..policy(&[443, 8443])
     };
     let mut lab = Lab::with_engine(&intercept, |engine| engine.with_tls(context));

@@ -80,7 +80,14 @@ fn tls_context() -> TlsContext {
     std::fs::write(&bundle, ca.cert_pem()).unwrap();
     let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
     let _ = std::fs::remove_file(&bundle);
-    TlsContext::new(Forger::new(ca, None, 16).unwrap(), trust, InvalidUpstream::Mirror, None).unwrap()
+    TlsContext::new(
+        Forger::new(ca, None, 16).unwrap(),
+        trust,
+        InvalidUpstream::Mirror,
+        None,
+        mitm::WallClock::new(time::OffsetDateTime::now_utc()),
+    )
+    .unwrap()
 }
 
 /// The first flight of a rustls client for origin.test.

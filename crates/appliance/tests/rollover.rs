@@ -33,7 +33,7 @@ fn worker(directory: &Arc<SessionDirectory>) -> Worker {
         stats.clone(),
         32,
         &harness::policy(&[443]),
-        Instant::ZERO,
+        harness::start(),
     )
     .with_directory(Arc::clone(directory));
     Worker {

@@ -14,7 +14,7 @@ mod harness;
 use std::io::Write;
 use std::sync::Arc;
 
-use appliance::policy::{Action, Condition, Policy, RuleConfig};
+use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
 use harness::connlog::LogFile;
 use harness::tls::{client_tls, drive, interception, origin_for, provider, Scratch};
 use harness::{assert_no_leaks, close_both, exchange, policy, v4, Lab, SERVER_V4};
@@ -47,7 +47,7 @@ fn setup(
     let log = LogFile::open(scratch.0.join("connections.log"));
     let connection_log = Arc::clone(&log.log);
     let mut intercept = policy(&[443]);
-    intercept.rules = Policy::new(rules, std::sync::Arc::default(), false)
+    intercept.rules = Policy::new(&PolicyRules::from(rules.to_vec()), std::sync::Arc::default(), false)
         .unwrap()
         .with_ech(ech);
     let lab = Lab::with_engine(&intercept, |engine| {

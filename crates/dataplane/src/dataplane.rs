@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use appliance::capture::{CaptureQueue, CaptureSettings};
+use appliance::clock::{random_seed, EngineStart};
 use appliance::config::{Config, Device};
 use appliance::connlog::ConnectionLog;
 use appliance::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotals, WorkerStats, WorkerTotals};
@@ -34,6 +35,8 @@ pub enum DataplaneError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Writer(#[from] WriterError),
+    #[error("the OS gave no entropy for the TCP initial sequence numbers")]
+    Entropy,
     #[error("worker thread {0} panicked")]
     WorkerPanicked(usize),
     #[error(
@@ -200,14 +203,14 @@ fn assemble<P: port::Port>(
     stats: EngineStats,
     burst_size: usize,
     policy: &InterceptPolicy,
-    now: netstack::Instant,
+    start: EngineStart,
     tls: Option<mitm::TlsContext>,
     outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
     let WorkerPorts { data: queues, mirror } = ports;
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
-    let mut engine = Engine::new(client, server, stats, burst_size, policy, now);
+    let mut engine = Engine::new(client, server, stats, burst_size, policy, start);
     if let (Some(inspect_out), Some(inspect_in), Some(settings)) = (queues.next(), queues.next(), policy.inspection) {
         engine = engine.with_inspection(inspect_out, inspect_in, settings);
     }
@@ -246,6 +249,8 @@ struct WorkerSlot {
     /// What its queue of the mirror port did.
     mirror_stats: Arc<MirrorStats>,
     tls: Option<mitm::TlsContext>,
+    /// The seed of its engine's random choices (from the OS's entropy).
+    seed: u64,
     /// Where reloaded rules reach this worker.
     inbox: Option<WorkerInbox>,
     engine: EngineStats,
@@ -426,6 +431,7 @@ impl Dataplane {
                     }),
                     mirror_stats,
                     tls: policy.tls_context().map_err(SetupError::from)?,
+                    seed: random_seed().map_err(|_| DataplaneError::Entropy)?,
                     // Set once the reloader exists, after the logs are open.
                     inbox: None,
                     engine,
@@ -561,7 +567,11 @@ impl Dataplane {
             slot.engine.clone(),
             self.burst_size,
             &self.policy,
-            netstack::Instant::ZERO,
+            EngineStart {
+                now: netstack::Instant::ZERO,
+                wall: self.clock.wall(),
+                seed: slot.seed,
+            },
             slot.tls.take(),
             outputs,
         )?;
@@ -597,6 +607,7 @@ impl Dataplane {
                 let engine_stats = slot.engine.clone();
                 let handoffs = slot.handoffs.clone();
                 let tls = slot.tls.take();
+                let seed = slot.seed;
                 let inbox = slot.inbox.take();
                 let outputs = outputs.clone();
                 let stats = Arc::clone(&slot.stats);
@@ -622,8 +633,12 @@ impl Dataplane {
                         let mut poller = TimedPoller::new(&stats, max_sleep)
                             .with_clock(clock)
                             .with_handoffs(handoffs);
-                        let now = poller.now();
-                        let engine = assemble(queues, engine_stats, burst_size, &policy, now, tls, outputs);
+                        let start = EngineStart {
+                            now: poller.now(),
+                            wall: clock.wall(),
+                            seed,
+                        };
+                        let engine = assemble(queues, engine_stats, burst_size, &policy, start, tls, outputs);
                         match engine {
                             Some(mut engine) => {
                                 let reset = run_worker(&mut engine, &mut poller, halt, inbox.as_ref());

@@ -82,7 +82,13 @@ pub fn appliance(invalid_upstream: InvalidUpstream) -> (TlsContext, CertificateD
     let ca_der = ca.cert_der().clone();
     let forger = setup(Forger::new(ca, None, 16), "forger");
     let context = setup(
-        TlsContext::new(forger, origin().trust.clone(), invalid_upstream, None),
+        TlsContext::new(
+            forger,
+            origin().trust.clone(),
+            invalid_upstream,
+            None,
+            mitm::WallClock::new(now),
+        ),
         "TLS context",
     );
     (context, ca_der)

@@ -263,19 +263,21 @@ fn drain_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>) -
 
 impl Generator {
     /// A generator for `plan`: clients trust what `client_config` trusts,
-    /// the origins present `server_config`'s certificate.
+    /// the origins present `server_config`'s certificate; `seed` seeds its
+    /// stack's initial sequence numbers (see [`Stack::new`]).
     pub fn new(
         plan: Plan,
         stack: StackConfig,
         client_config: Arc<ClientConfig>,
         server_config: Arc<ServerConfig>,
         now: Instant,
+        seed: u64,
     ) -> Result<Generator, rustls::pki_types::InvalidDnsNameError> {
         let server_name = ServerName::try_from(plan.server_name.clone())?;
         let request_head = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", plan.server_name).into_bytes();
         Ok(Generator {
             plan,
-            stack: Stack::new(2, stack, now),
+            stack: Stack::new(2, stack, now, seed),
             client_config,
             server_config,
             server_name,

@@ -67,7 +67,9 @@ type CacheKey = (String, Option<String>, Trust);
 /// Forges and caches leaf certificates.
 pub struct Forger {
     ca: CertificateAuthority,
-    untrusted: CertificateAuthority,
+    /// The throwaway issuer of [`Trust::Untrusted`] certificates, made at
+    /// the first one (with that forge's date: the forger reads no clock).
+    untrusted: Option<CertificateAuthority>,
     leaf_key: KeyPair,
     leaf_signing: Arc<dyn rustls::sign::SigningKey>,
     cache: HashMap<CacheKey, Forged>,
@@ -86,10 +88,9 @@ impl Forger {
         };
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let leaf_signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(MitmError::forge)?;
-        let untrusted = CertificateAuthority::generate("tlsgate untrusted issuer", 10, OffsetDateTime::now_utc())?;
         Ok(Forger {
             ca,
-            untrusted,
+            untrusted: None,
             leaf_key,
             leaf_signing,
             cache: HashMap::new(),
@@ -108,7 +109,8 @@ impl Forger {
     }
 
     /// The forged certificate for `real` (the server's leaf) as reached with
-    /// `sni`, from the cache when possible.
+    /// `sni`, from the cache when possible; a new one is valid from a day
+    /// before `now` (never beyond the real certificate or the issuer).
     pub fn forge(
         &mut self,
         real: &CertificateDer<'_>,
@@ -125,6 +127,9 @@ impl Forger {
             });
         }
         self.counters.misses += 1;
+        if trust == Trust::Untrusted && self.untrusted.is_none() {
+            self.untrusted = Some(CertificateAuthority::generate("tlsgate untrusted issuer", 10, now)?);
+        }
         let forged = self.forge_uncached(real, sni, trust, now)?;
         if self.order.len() >= self.capacity {
             if let Some(oldest) = self.order.pop_front() {
@@ -149,9 +154,10 @@ impl Forger {
     ) -> Result<Forged, MitmError> {
         let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(real)
             .map_err(|err| MitmError::forge(format!("the server's certificate does not parse: {err}")))?;
-        let issuer_ca = match trust {
-            Trust::Trusted => &self.ca,
-            Trust::Untrusted => &self.untrusted,
+        let issuer_ca = match (trust, &self.untrusted) {
+            (Trust::Trusted, _) => &self.ca,
+            (Trust::Untrusted, Some(untrusted)) => untrusted,
+            (Trust::Untrusted, None) => return Err(MitmError::forge("no untrusted issuer")),
         };
 
         let mut params = CertificateParams::default();

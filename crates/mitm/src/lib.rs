@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod clock;
 mod error;
 pub mod forge;
 pub mod grade;
@@ -16,6 +17,7 @@ pub mod terminate;
 pub mod trust;
 
 pub use ca::CertificateAuthority;
+pub use clock::WallClock;
 pub use error::MitmError;
 pub use forge::{Forged, Forger, Trust};
 pub use grade::{Grade, LegGrade};

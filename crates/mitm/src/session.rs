@@ -36,9 +36,9 @@ use rustls::{
     AlertDescription, ClientConfig, NamedGroup, ProtocolVersion, ServerConfig, SupportedCipherSuite,
     SupportedProtocolVersion,
 };
-use rustls_pki_types::{ServerName, UnixTime};
-use time::OffsetDateTime;
+use rustls_pki_types::ServerName;
 
+use crate::clock::WallClock;
 use crate::error::MitmError;
 use crate::forge::{Forged, Forger, Trust};
 use crate::grade::{bulk_cipher, suite_name, LegGrade};
@@ -87,9 +87,13 @@ struct UpstreamOffer {
 }
 
 /// What every session of one worker shares: the forger, the upstream trust,
-/// the rustls configurations and the session caches for resumption.
+/// the rustls configurations and the session caches for resumption, and
+/// the date they work at.
 pub struct TlsContext {
     forger: Forger,
+    /// The date of forging, of verifying the real server's chain, and of
+    /// every rustls configuration made here.
+    clock: WallClock,
     trust: UpstreamTrust,
     provider: Arc<CryptoProvider>,
     /// The upstream sessions kept for resumption, shared by every upstream
@@ -118,17 +122,20 @@ const CONFIG_CACHE_ENTRIES: usize = 1024;
 
 impl TlsContext {
     /// With `key_log`, the secrets of both legs of every connection are
-    /// written to it.
+    /// written to it; `clock` is the date it works at (see
+    /// [`TlsContext::set_clock`]).
     pub fn new(
         forger: Forger,
         trust: UpstreamTrust,
         invalid_upstream: InvalidUpstream,
         key_log: Option<Arc<dyn rustls::KeyLog>>,
+        clock: WallClock,
     ) -> Result<Self, MitmError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(|err| MitmError::Config(err.to_string()))?;
         Ok(TlsContext {
             forger,
+            clock,
             trust,
             provider,
             upstream_resumption: Resumption::default(),
@@ -143,6 +150,21 @@ impl TlsContext {
 
     pub fn forger(&self) -> &Forger {
         &self.forger
+    }
+
+    /// The date this context works at.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
+    /// From now on this context works at the date `clock` shows (its
+    /// driver's: an engine puts every context it is given on its own
+    /// clock). The rustls configurations made so far read the old clock:
+    /// they are made again.
+    pub fn set_clock(&mut self, clock: WallClock) {
+        self.clock = clock;
+        self.upstream_configs.get_mut().clear();
+        self.client_facing.get_mut().clear();
     }
 
     /// Writes the secrets of the connections opened from now on to
@@ -213,7 +235,7 @@ impl TlsContext {
                 kx_groups: groups,
                 ..(*self.provider).clone()
             };
-            let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            let mut config = ClientConfig::builder_with_details(Arc::new(provider), Arc::new(self.clock.clone()))
                 .with_protocol_versions(&versions)
                 .map_err(|err| MitmError::Config(err.to_string()))?
                 .dangerous()
@@ -264,7 +286,7 @@ impl TlsContext {
                 cipher_suites: suites,
                 ..(*self.provider).clone()
             };
-            let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+            let mut config = ServerConfig::builder_with_details(Arc::new(provider), Arc::new(self.clock.clone()))
                 .with_protocol_versions(&[version])
                 .map_err(|err| MitmError::Config(err.to_string()))?
                 .with_no_client_auth()
@@ -294,6 +316,10 @@ impl<K: Eq + Hash, V> BoundedCache<K, V> {
             entries: HashMap::new(),
             capacity,
         }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
     }
 
     fn get_or_insert<E>(&mut self, key: K, make: impl FnOnce() -> Result<V, E>) -> Result<Arc<V>, E> {
@@ -819,7 +845,7 @@ impl TlsSession {
         // certificate, its chain is judged now.
         let verified = match self.info.upstream_verified.clone() {
             Some(verdict) => verdict,
-            None => cx.trust.verify(&chain, &name, UnixTime::now()),
+            None => cx.trust.verify(&chain, &name, cx.clock.unix_time()),
         };
         self.info.upstream_verified = Some(verified.clone());
         let trust = match (&verified, cx.invalid_upstream) {
@@ -831,9 +857,7 @@ impl TlsSession {
                 )));
             }
         };
-        let forged = cx
-            .forger
-            .forge(leaf, self.info.sni.as_deref(), trust, OffsetDateTime::now_utc())?;
+        let forged = cx.forger.forge(leaf, self.info.sni.as_deref(), trust, cx.clock.now())?;
         self.info.forged_fingerprint = Some(forged.fingerprint.clone());
         self.info.forged_cache_hit = forged.cache_hit;
         let alpn = server.alpn_protocol().map(<[u8]>::to_vec);

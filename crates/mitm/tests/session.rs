@@ -6,7 +6,9 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, Rejection, TlsContext, TlsSession, UpstreamTrust};
+use mitm::{
+    CertificateAuthority, Forger, InvalidUpstream, Pending, Rejection, TlsContext, TlsSession, UpstreamTrust, WallClock,
+};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -106,7 +108,7 @@ fn appliance(trusted_origin_ca: &str, invalid: InvalidUpstream) -> Appliance {
     let forger = Forger::new(ca, None, 16).unwrap();
     let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
     Appliance {
-        context: TlsContext::new(forger, trust, invalid, None).unwrap(),
+        context: TlsContext::new(forger, trust, invalid, None, WallClock::new(OffsetDateTime::now_utc())).unwrap(),
         ca_der,
         _dir: tempdir::Dir(dir),
     }
@@ -118,9 +120,26 @@ fn client(
     alpn: &[&str],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> ClientConnection {
+    client_at(
+        ca,
+        name,
+        alpn,
+        versions,
+        Arc::new(rustls::time_provider::DefaultTimeProvider),
+    )
+}
+
+/// [`client`] living at the date `time` gives.
+fn client_at(
+    ca: &CertificateDer<'static>,
+    name: &str,
+    alpn: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    time: Arc<dyn rustls::time_provider::TimeProvider>,
+) -> ClientConnection {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_details(provider(), time)
         .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
@@ -278,6 +297,46 @@ fn intercepts_with_a_forged_certificate_and_the_servers_alpn() {
     }
     let counters = app.context.forger().counters();
     assert_eq!((counters.misses, counters.hits), (1, 1));
+}
+
+#[test]
+fn the_contexts_clock_dates_the_servers_verification_and_the_forged_certificate() {
+    // Valid from a day ago for 30 days, on the machine's clock.
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let today = OffsetDateTime::now_utc();
+    for (days, valid) in [(10, true), (60, false)] {
+        // The appliance and the client live `days` ahead: the machine's
+        // clock plays no part.
+        let date = today + Duration::days(days);
+        let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Refuse);
+        app.context.clock().set(date);
+        let mut client = client_at(
+            &app.ca_der,
+            "origin.test",
+            &[],
+            rustls::ALL_VERSIONS,
+            Arc::new(WallClock::new(date)),
+        );
+        let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+        let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+        let outcome = pump(&mut client, &mut session, &mut app.context, &mut origin);
+        if !valid {
+            let err = outcome.unwrap_err();
+            assert!(
+                err.contains("not trusted") && err.contains("expired"),
+                "day {days}: {err}"
+            );
+            continue;
+        }
+        outcome.unwrap();
+        let leaf = &client.peer_certificates().unwrap()[0];
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        assert_eq!(
+            parsed.validity().not_before.timestamp(),
+            (date - Duration::days(1)).unix_timestamp(),
+            "day {days}: valid from a day before the context's date"
+        );
+    }
 }
 
 #[test]
@@ -556,7 +615,14 @@ fn an_intermediate_appliance_ca_with_its_chain_verifies_against_the_root() {
         }
         let forger = Forger::new(ca, None, 4).unwrap();
         let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
-        let mut context = TlsContext::new(forger, trust, InvalidUpstream::Mirror, None).unwrap();
+        let mut context = TlsContext::new(
+            forger,
+            trust,
+            InvalidUpstream::Mirror,
+            None,
+            WallClock::new(OffsetDateTime::now_utc()),
+        )
+        .unwrap();
         let mut client = client(root.der(), "origin.test", &[], rustls::ALL_VERSIONS);
         let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
         let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
@@ -662,6 +728,7 @@ fn an_rsa_leaf_key_can_be_loaded() {
         UpstreamTrust::from_bundle(&bundle).unwrap(),
         InvalidUpstream::Mirror,
         None,
+        WallClock::new(OffsetDateTime::now_utc()),
     )
     .unwrap();
     let mut client = client(&ca_der, "origin.test", &[], rustls::ALL_VERSIONS);

@@ -509,7 +509,7 @@ fn measure_flows(flows: usize, options: &Options) -> Result<BTreeMap<&'static st
         ..StackConfig::default()
     };
     let rss_before = rss_kib();
-    let mut stack = Stack::new(1, config, clock.now());
+    let mut stack = Stack::new(1, config, clock.now(), 1);
     let mut clients = Clients {
         ends: Vec::with_capacity(flows),
         seq: Vec::with_capacity(flows),
@@ -705,7 +705,7 @@ fn probe_idle_timeout() -> Result<String> {
         tx_buffer: 1024,
         ..StackConfig::default()
     };
-    let mut stack = Stack::new(1, config, start);
+    let mut stack = Stack::new(1, config, start, 1);
     let ends = endpoints(0, 1)?;
     let (mut frame, mut out) = (Vec::new(), Vec::new());
     let (id, server_next) = establish(&mut stack, 0, &ends, 1000, &mut frame, &mut out, start)?;

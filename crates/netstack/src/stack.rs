@@ -7,9 +7,8 @@
 //! that flow's own socket set, whatever the number of flows.
 
 use std::cell::Cell;
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use lazybuf::{Arena, ArenaError, BackedSocket, PAGE};
@@ -690,7 +689,6 @@ fn syn_tsval(tcp: &[u8]) -> Option<u32> {
     None
 }
 
-/// A seed for smoltcp's generator of initial sequence numbers.
 /// The client SYN `frame` (classified as `class`): its 5-tuple and its IP
 /// packet; `NotASyn` for anything else.
 fn syn_packet<'f>(frame: &'f [u8], class: &'f FrameClass) -> Result<(&'f FlowTuple, &'f [u8]), StackError> {
@@ -705,17 +703,28 @@ fn syn_packet<'f>(frame: &'f [u8], class: &'f FrameClass) -> Result<(&'f FlowTup
     Ok((tuple, packet))
 }
 
-fn random_seed() -> u64 {
-    RandomState::new().hash_one(std::time::SystemTime::now())
+/// The seed of port `port`'s generator of initial sequence numbers, from
+/// the stack's `seed` (SplitMix64's finalizer, so that the ports' seeds
+/// and the stacks' seeds of nearby values share no bits).
+fn port_seed(seed: u64, port: usize) -> u64 {
+    let mut z = seed.wrapping_add((port as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Stack {
-    /// A stack for `ports` data ports.
-    pub fn new(ports: usize, config: StackConfig, now: Instant) -> Stack {
+    /// A stack for `ports` data ports. `seed` seeds smoltcp's generator of
+    /// initial sequence numbers (one per port): the stack reads no clock
+    /// and no entropy of its own, so the same seed and the same frames at
+    /// the same `now`s give the same segments. Its driver passes real
+    /// randomness (ISNs must not be guessable off the wire); tests a fixed
+    /// seed.
+    pub fn new(ports: usize, config: StackConfig, now: Instant, seed: u64) -> Stack {
         let interfaces = (0..ports)
-            .map(|_| {
+            .map(|port| {
                 let mut iface_config = Config::new(HardwareAddress::Ip);
-                iface_config.random_seed = random_seed();
+                iface_config.random_seed = port_seed(seed, port);
                 let mut output = Vec::new();
                 let l2 = L2Header::new([0; 6], [0; 6], &[]);
                 let mut device = FlowDevice {

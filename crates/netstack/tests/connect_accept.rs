@@ -52,8 +52,8 @@ impl Pair {
     fn with_config(config: StackConfig) -> Pair {
         Pair {
             now: Instant::ZERO,
-            connector: Stack::new(1, config, Instant::ZERO),
-            acceptor: Stack::new(1, config, Instant::ZERO),
+            connector: Stack::new(1, config, Instant::ZERO, 1),
+            acceptor: Stack::new(1, config, Instant::ZERO, 2),
             accepted: None,
             events: Vec::new(),
             frames_to_acceptor: Vec::new(),
@@ -227,7 +227,7 @@ fn refusals_are_typed_errors() {
     });
     if let Some(frame) = ack_frame {
         let class = wire::classify(frame).unwrap();
-        let mut fresh = Stack::new(1, config(), Instant::ZERO);
+        let mut fresh = Stack::new(1, config(), Instant::ZERO, 1);
         assert_eq!(
             fresh.accept(0, frame, &class, false, 0, Instant::ZERO),
             Err(StackError::NotASyn)
@@ -295,7 +295,7 @@ fn per_frame_work_does_not_depend_on_the_number_of_flows() {
     // per-packet cost flat; scanning every socket would poll them all).
     let mut config = config();
     config.max_flows = 10_000;
-    let mut stack = Stack::new(1, config, Instant::ZERO);
+    let mut stack = Stack::new(1, config, Instant::ZERO, 1);
     let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
     for port in 0..5_000u16 {
         let tuple = FlowTuple {
@@ -310,7 +310,7 @@ fn per_frame_work_does_not_depend_on_the_number_of_flows() {
     assert_eq!(syns.len(), 5_000);
 
     // The SYN-ACK a server would send to the flow from port 10_042.
-    let mut peer = Stack::new(1, config, Instant::ZERO);
+    let mut peer = Stack::new(1, config, Instant::ZERO, 2);
     let syn = syns
         .iter()
         .find(|out| wire::classify(&out.frame).unwrap().tcp().unwrap().0.src_port == 10_042)

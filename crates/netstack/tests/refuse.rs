@@ -37,7 +37,7 @@ fn full_stack() -> Stack {
         max_flows: 1,
         ..StackConfig::default()
     };
-    let mut stack = Stack::new(1, config, Instant::ZERO);
+    let mut stack = Stack::new(1, config, Instant::ZERO, 1);
     let first = segment("198.18.0.1:40000", "198.18.0.2:443", SegmentControl::Syn, None);
     let class = wire::classify(&first).unwrap();
     stack.accept(0, &first, &class, true, 0, Instant::ZERO).unwrap();

@@ -9,6 +9,7 @@ pub mod tls;
 
 use std::collections::VecDeque;
 
+use appliance::clock::{EngineStart, WallAnchor};
 use appliance::counters::PortTotals;
 use appliance::engine::{Engine, EngineStats, InterceptPolicy};
 use appliance::splice::InspectionSettings;
@@ -422,6 +423,17 @@ fn resets_for(frame: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (toward_receiver, toward_sender)
 }
 
+/// What the lab's engines start from: a fixed seed, and the machine's date
+/// at the virtual clock's zero (the TLS clients check the forged
+/// certificates against the machine's clock).
+pub fn start() -> EngineStart {
+    EngineStart {
+        now: Instant::ZERO,
+        wall: WallAnchor::new(std::time::SystemTime::now()),
+        seed: 1,
+    }
+}
+
 pub fn policy(tcp_ports: &[u16]) -> InterceptPolicy {
     InterceptPolicy {
         tcp_ports: tcp_ports.to_vec(),
@@ -454,7 +466,7 @@ impl Lab {
             stats.clone(),
             32,
             policy,
-            Instant::ZERO,
+            start(),
         ));
         Lab {
             now: Instant::ZERO,

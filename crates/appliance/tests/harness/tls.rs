@@ -81,7 +81,14 @@ pub fn interception(scratch: &Scratch, origin_ca: &str) -> (TlsContext, Certific
     let forger = Forger::new(ca, None, 16).unwrap();
     let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
     (
-        TlsContext::new(forger, trust, InvalidUpstream::Mirror, None).unwrap(),
+        TlsContext::new(
+            forger,
+            trust,
+            InvalidUpstream::Mirror,
+            None,
+            mitm::WallClock::new(time::OffsetDateTime::now_utc()),
+        )
+        .unwrap(),
         ca_der,
     )
 }

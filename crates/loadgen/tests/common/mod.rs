@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use appliance::clock::{EngineStart, WallAnchor};
 use appliance::engine::{Engine, EngineStats, InterceptPolicy};
 use loadgen::{Generator, Hold, Plan, CLIENT_SIDE, SERVER_SIDE};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
@@ -112,6 +113,7 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
         UpstreamTrust::from_bundle(&bundle).unwrap(),
         InvalidUpstream::Refuse,
         None,
+        mitm::WallClock::new(time::OffsetDateTime::now_utc()),
     )
     .unwrap();
     let client_config = ClientConfig::builder_with_provider(provider())
@@ -136,7 +138,12 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
     let (client, client_port) = MemPort::new([2, 0, 0, 0, 0, 0xc]);
     let (server, server_port) = MemPort::new([2, 0, 0, 0, 0, 0x5]);
     let stats = EngineStats::default();
-    let engine = Engine::new(client, server, stats.clone(), 64, &policy, Instant::ZERO).with_tls(context);
+    let start = EngineStart {
+        now: Instant::ZERO,
+        wall: WallAnchor::new(std::time::SystemTime::now()),
+        seed: 1,
+    };
+    let engine = Engine::new(client, server, stats.clone(), 64, &policy, start).with_tls(context);
     let (client_config, server_config) = (Arc::new(client_config), Arc::new(server_config));
     let generator = Generator::new(
         plan,
@@ -144,6 +151,7 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
         Arc::clone(&client_config),
         Arc::clone(&server_config),
         Instant::ZERO,
+        2,
     )
     .unwrap();
     let origin = origin_plan.map(|plan| {
@@ -153,6 +161,7 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
             client_config,
             server_config,
             Instant::ZERO,
+            3,
         )
         .unwrap()
     });

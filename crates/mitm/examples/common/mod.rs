@@ -7,7 +7,7 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, TlsContext, TlsSession, UpstreamTrust};
+use mitm::{CertificateAuthority, Forger, InvalidUpstream, Pending, TlsContext, TlsSession, UpstreamTrust, WallClock};
 use rcgen::{CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -198,7 +198,13 @@ pub fn appliance(trusted: &str, dir: &TempDir, cache: usize) -> Res<Appliance> {
     let forger = Forger::new(ca, None, cache)?;
     let trust = UpstreamTrust::from_bundle(&bundle)?;
     Ok(Appliance {
-        context: TlsContext::new(forger, trust, InvalidUpstream::Mirror, None)?,
+        context: TlsContext::new(
+            forger,
+            trust,
+            InvalidUpstream::Mirror,
+            None,
+            WallClock::new(OffsetDateTime::now_utc()),
+        )?,
         ca_der,
     })
 }

@@ -202,7 +202,19 @@ fn run(cli: Cli) -> Result<()> {
     };
     let epoch = Instant::now();
     let clock = || netstack::Instant::from_micros(i64::try_from(epoch.elapsed().as_micros()).unwrap_or(i64::MAX));
-    let mut generator = Generator::new(plan, stack, client_config, server_config, clock())?;
+    let mut seed = [0u8; 8];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut seed)
+        .map_err(|_| anyhow::anyhow!("the OS gave no entropy for the TCP initial sequence numbers"))?;
+    let mut generator = Generator::new(
+        plan,
+        stack,
+        client_config,
+        server_config,
+        clock(),
+        u64::from_le_bytes(seed),
+    )?;
     println!(
         "tlsgate-loadgen: running: {} connections at {}/s from {:?} to {:?}, hold {}{what}",
         cli.connections, cli.rate, cli.clients, cli.servers, cli.hold
