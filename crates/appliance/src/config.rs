@@ -1416,6 +1416,19 @@ impl Config {
             ));
         }
         self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
+        if !self.service.is_empty() && dataplane.workers > 1 {
+            // The backend leg of a terminated connection has other
+            // endpoints than its client leg: the flow hash (RSS, fanout,
+            // software distribution) may give its frames to another worker.
+            return Err(invalid(
+                "dataplane.workers",
+                format!(
+                    "{} workers: [[service]] termination needs 1 (a backend leg's frames could reach a worker \
+                     that does not hold its connection)",
+                    dataplane.workers
+                ),
+            ));
+        }
         validate_services(&self.service).map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -2155,6 +2168,22 @@ backend = { port = 8080 }
                 parse(&bad)
             );
         }
+    }
+
+    #[test]
+    fn services_need_a_single_worker() {
+        let config = BASE.replace("eal_args", "workers = 2\neal_args");
+        match Config::parse(&format!("{config}{WWW}"), Path::new("test.toml")) {
+            Err(ConfigError::Invalid { key, reason, .. }) => {
+                assert_eq!(key, "dataplane.workers");
+                assert!(reason.contains("[[service]]"), "{reason}");
+            }
+            other => panic!("expected dataplane.workers refused, got {other:?}"),
+        }
+        assert!(
+            Config::parse(&config, Path::new("test.toml")).is_ok(),
+            "without services, 2 workers are fine"
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum EventType {
     /// A session of the TLS interception mode (`intercept.mode = "tls"`),
     /// written when it ends, whatever was decided at its ClientHello.
     TlsIntercept,
+    /// A session terminated for a `[[service]]` (the appliance as the
+    /// service's TLS server), written when it ends.
+    TlsTerminate,
     /// A session spliced without TLS (`intercept.mode = "splice"`), written
     /// when it ends.
     Connection,

@@ -437,6 +437,17 @@ declare! {
         counter time_wait_reclaimed,
         /// SYNs dropped because their client held too many embryonic sessions.
         counter embryonic_client_limit_dropped,
+        /// Connections to a `[[service]]` whose TLS handshake with the
+        /// appliance (the service's certificate) completed.
+        counter terminated,
+        /// Connections to a `[[service]]` refused with a RST: no service for
+        /// the name, not TLS, the handshake failed.
+        counter terminate_failed,
+        /// Terminated connections whose backend refused or did not answer
+        /// (the client got a RST).
+        counter backend_refused,
+        /// Terminated handshakes that resumed a session (a ticket).
+        counter tickets_resumed,
         /// Sessions reset for no complete ClientHello in time.
         counter client_hello_timeouts,
         /// Sessions reset for TLS handshakes not finished in time.
@@ -750,6 +761,17 @@ impl fmt::Display for Report {
                 tcp.forged_cache_bytes
             )?;
         }
+        if tcp.splice.terminated + tcp.splice.terminate_failed + tcp.splice.backend_refused > 0 {
+            writeln!(
+                f,
+                "termination: {} handshakes done ({} resumed), {} refused (no service, not TLS, handshake failed), \
+                 {} backends refused",
+                tcp.splice.terminated,
+                tcp.splice.tickets_resumed,
+                tcp.splice.terminate_failed,
+                tcp.splice.backend_refused
+            )?;
+        }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
         if handshakes.count() + connections.count() > 0 {
             writeln!(
@@ -971,6 +993,10 @@ mod tests {
         splice.client_hello_timeouts = 429;
         splice.handshake_timeouts = 430;
         splice.idle_timeouts = 431;
+        splice.terminated = 432;
+        splice.terminate_failed = 433;
+        splice.backend_refused = 434;
+        splice.tickets_resumed = 435;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

@@ -249,7 +249,7 @@ impl<P: Port> Engine<P> {
             intercept_ports: policy.tcp_ports.clone(),
             udp: policy.udp,
             stack: Stack::new(Side::ALL.len(), policy.stack, now, seed),
-            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits),
+            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits, wall),
             stack_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
@@ -260,6 +260,14 @@ impl<P: Port> Engine<P> {
             wall,
             tls_clock: WallClock::new(wall.at(now).into()),
         }
+    }
+
+    /// Terminates TLS for the destinations of `services` (`[[service]]`):
+    /// their SYNs are answered by the appliance, whatever the intercepted
+    /// ports and the policy say.
+    pub fn with_services(mut self, services: Arc<crate::service::Services>) -> Self {
+        self.splicer.set_services(services);
+        self
     }
 
     /// Sends the plaintext of intercepted connections out of `inspect_out`
@@ -492,12 +500,13 @@ impl<P: Port> Engine<P> {
                 invalid += 1;
                 return false;
             }
-            let opens = from == Side::Client
+            let syn = from == Side::Client
                 && info.flags.syn
                 && !info.flags.ack
                 && !info.flags.rst
-                && class.is_tcp_candidate()
-                && intercept_ports.contains(&tuple.dst_port);
+                && class.is_tcp_candidate();
+            let serves = syn && splicer.serves(tuple);
+            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port));
             match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already
@@ -523,10 +532,20 @@ impl<P: Port> Engine<P> {
                     }
                 }
             }
+            if serves {
+                // The operator's own service: terminated, not judged by the policy.
+                match splicer.open_service(stack, frame.data(), &class, now) {
+                    Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => {
+                        intercepted += 1;
+                        return false;
+                    }
+                    Ok(Admission::Bridge) | Err(_) => return true,
+                }
+            }
             if opens {
                 match splicer.policy().at_syn(tuple) {
                     Some(verdict) if verdict.action == Action::Bypass => {
-                        splicer.log_decision(tuple, &verdict);
+                        splicer.log_decision(tuple, &verdict, now);
                         return true;
                     }
                     Some(verdict) if verdict.action == Action::Block => {
@@ -632,7 +651,7 @@ impl<P: Port> Engine<P> {
         let deadline = std::time::Instant::now() + budget;
         let before = self.splicer.counters().reset_at_shutdown;
         loop {
-            let visited = self.splicer.reset_for_shutdown(&mut self.stack, SHUTDOWN_BATCH);
+            let visited = self.splicer.reset_for_shutdown(&mut self.stack, SHUTDOWN_BATCH, now);
             self.stack.flush(now);
             self.splicer.handle_events(&mut self.stack, now);
             self.stack.flush(now);

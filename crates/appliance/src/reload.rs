@@ -234,8 +234,9 @@ pub fn prepare_rules(
     key_log: Option<Arc<KeyLog>>,
     log: Option<Arc<ConnectionLog>>,
     workers: usize,
-) -> Result<(Vec<Rules>, Services), SetupError> {
+) -> Result<(Vec<Rules>, Arc<Services>), SetupError> {
     let Preflight { policy, services } = preflight_over(config, Some(running))?;
+    let services = Arc::new(services);
     let rules = policy.rules.clone().with_learned(Arc::clone(learned));
     let rules = (0..workers)
         .map(|_| {
@@ -247,6 +248,7 @@ pub fn prepare_rules(
                 policy: rules.clone(),
                 tls,
                 log: log.clone(),
+                services: Arc::clone(&services),
             })
         })
         .collect::<Result<_, SetupError>>()?;
@@ -372,7 +374,7 @@ impl State {
             let _ = link.rules.send(rules);
         }
         self.generation += 1;
-        self.services = Arc::new(services);
+        self.services = services;
         self.running = plan.config;
         self.material = material;
         self.key_log = key_log;

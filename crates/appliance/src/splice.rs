@@ -23,102 +23,48 @@
 //! sessions must deliver a ClientHello, then finish both TLS handshakes,
 //! each within its timeout, and are reset after a long time without a
 //! payload byte either way.
+//!
+//! The relay itself (back-pressure, half-closes, close_notify ordering, the
+//! inspection loop's record of unreturned bytes) is the sans-IO
+//! `pipeline::Connection`; this module is its driver: it admits sessions,
+//! keeps their timers, policy generations, logs and counters, answers the
+//! decisions a connection asks for, and gives it its legs on the stack
+//! ([`StackLegs`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use mitm::forge::ForgeCounters;
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
+use pipeline::{Connection, Leg, LegIo, TLS_BACKLOG};
 use slab::Slab;
 use time::OffsetDateTime;
 use wire::FlowTuple;
 use wire::FrameClass;
 
 use crate::capture::CaptureStream;
+use crate::clock::WallAnchor;
 use crate::config::{AtCapacity, InspectFailure};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::mirror::Taps;
 use crate::policy::{Action, Policy, Verdict};
+use crate::service::{Backend, Service, Services};
 use crate::topnames::TopNames;
 
 use crate::engine::Side;
 
-/// Which leg of a session a flow is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Leg {
-    Client,
-    Server,
-    /// The loop connection out of `inspect_out` (the appliance as client).
-    InspectOut,
-    /// The loop connection accepted on `inspect_in` (the appliance as server).
-    InspectIn,
-}
-
-/// The two legs through the inspection box.
-#[derive(Debug, Default)]
-struct InspectionLoop {
-    out: Option<FlowId>,
-    back: Option<FlowId>,
-    /// The box passed the SYN and the loop connection is established
-    /// (from then on plaintext goes round; each leg may end on its own).
-    connected: bool,
-    /// FIN already passed into the loop, client side / server side.
-    fin_to_out: bool,
-    fin_to_back: bool,
-    /// What went into the loop and has not come back out: client → server
-    /// (into `out`, out of `back`) and server → client (into `back`, out of
-    /// `out`). Fail-open delivers it directly if the box dies.
-    up: InFlight,
-    down: InFlight,
-}
-
-/// The bytes of one direction that went into the inspection loop and have
-/// not come out of its other leg yet, matched by count (what the box passes
-/// back takes the place of as many bytes as went in). The last
-/// [`TLS_BACKLOG`] bytes are kept, and the loop's entry leg is fed only up
-/// to that many unacknowledged bytes: so every byte the box has not
-/// acknowledged is here, and a transparent box (whose acknowledgements come
-/// from the exit leg) holds nothing else. Older bytes make way, counted in
-/// `lost`: a box that fails holding them (one that acknowledges and keeps
-/// bytes) cannot be failed open exactly.
-#[derive(Debug, Default)]
-struct InFlight {
-    bytes: VecDeque<u8>,
-    /// Bytes older than `bytes` that went in and have not come out.
-    lost: usize,
-}
-
-impl InFlight {
-    /// How much more the loop may be fed while its entry leg has
-    /// `unacknowledged` bytes.
-    fn room(unacknowledged: usize) -> usize {
-        TLS_BACKLOG.saturating_sub(unacknowledged)
-    }
-
-    fn entered(&mut self, bytes: &[u8]) {
-        self.bytes.extend(bytes);
-        let excess = self.bytes.len().saturating_sub(TLS_BACKLOG);
-        self.bytes.drain(..excess);
-        self.lost += excess;
-    }
-
-    /// `count` bytes came out of the loop (a box that lengthened the stream
-    /// may give back more than went in: the record just empties).
-    fn came_out(&mut self, count: usize) {
-        let from_lost = count.min(self.lost);
-        self.lost -= from_lost;
-        let from_bytes = (count - from_lost).min(self.bytes.len());
-        self.bytes.drain(..from_bytes);
-        if self.bytes.is_empty() {
-            // Nothing in the loop: the memory goes back.
-            self.bytes = VecDeque::new();
-        }
-    }
+/// The service a terminated connection was given to.
+#[derive(Debug, Clone)]
+struct Terminated {
+    name: String,
+    /// Its plaintext goes through the inspection loop and the taps.
+    inspect: bool,
 }
 
 /// How the inspection loop is run (from `[inspect]`).
@@ -249,28 +195,23 @@ impl Session {
             last_activity: Instant::ZERO,
             timer: None,
             l2,
-            inspection: None,
+            conn: Connection::new(None, false),
+            loop_out: None,
+            loop_back: None,
             inspection_note: None,
-            close_notify_sent: (false, false),
             capture: None,
             client: None,
             server: None,
             client_isn,
-            established: false,
-            failed: false,
-            fin_to_client: false,
-            fin_to_server: false,
-            tls: None,
             started,
             tuple,
-            bytes: (0, 0),
             ended: None,
             tls_info: None,
             decision: None,
             generation: None,
-            backlog_to_server: Vec::new(),
-            backlog_to_client: Vec::new(),
             replaced_server: None,
+            terminate: false,
+            service: None,
             learned: None,
             logged: false,
             flow_id: connlog::flow_id(
@@ -304,32 +245,22 @@ struct Session {
     /// The framing of the client's frames towards the server (MACs, VLAN
     /// tags), which the inspection loop's connection repeats.
     l2: L2Header,
-    /// The loop through the inspection box, while the plaintext uses it.
-    inspection: Option<InspectionLoop>,
+    /// The connection's pipeline: its state, its transform (TLS or plain),
+    /// its inspection loop, the relay.
+    conn: Connection,
+    /// The legs through the inspection box, while the plaintext uses it.
+    loop_out: Option<FlowId>,
+    loop_back: Option<FlowId>,
     /// What became of inspection, for the connection log.
     inspection_note: Option<String>,
-    /// close_notify passed on to the server / the client (exposed TLS).
-    close_notify_sent: (bool, bool),
     /// The session's stream in the decrypted capture, from its first
     /// plaintext on.
     capture: Option<CaptureStream>,
     /// The initial sequence number of the client's SYN.
     client_isn: u32,
-    /// The server accepted and the client's SYN-ACK was released.
-    established: bool,
-    /// The server leg failed before it was established; the client leg
-    /// has been answered accordingly.
-    failed: bool,
-    /// FIN already passed on to the client / the server.
-    fin_to_client: bool,
-    fin_to_server: bool,
-    /// TLS interception (mode "tls"); `None` splices the bytes untouched.
-    tls: Option<Box<TlsSession>>,
     /// For the connection log.
     started: OffsetDateTime,
     tuple: FlowTuple,
-    /// TCP payload bytes received from the client and from the server.
-    bytes: (u64, u64),
     /// How it ended, when not by an orderly close.
     ended: Option<String>,
     /// What TLS told about it, kept when the TLS session is dropped.
@@ -339,15 +270,15 @@ struct Session {
     /// The generation of policy and TLS context this session decides and
     /// handshakes with, until its handshakes are done (see [`Generation`]).
     generation: Option<u64>,
-    /// Bytes to relay directly before anything else the client / the server
-    /// sends: client bytes the TLS layer read before a bypass, or what an
-    /// inspection box that failed open had not passed back.
-    backlog_to_server: Vec<u8>,
-    backlog_to_client: Vec<u8>,
     /// A server leg being reset to make way for a fresh one (same
     /// 5-tuple), opened once this one is gone: the bypass of an origin
     /// that refused the appliance's TLS.
     replaced_server: Option<FlowId>,
+    /// A connection to a `[[service]]` destination: the appliance is its
+    /// TLS server (termination), the backend leg opens after the hello.
+    terminate: bool,
+    /// The service that answered its ClientHello.
+    service: Option<Terminated>,
     /// What the policy learned from this connection, for the log.
     learned: Option<String>,
     /// The connection-log record was written (when both directions had
@@ -356,11 +287,6 @@ struct Session {
     /// The connection log's `flow_id` of every record of this connection.
     flow_id: u64,
 }
-
-/// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
-/// feeds it is not read (back-pressure across the TLS layer); also what an
-/// [`InFlight`] record keeps.
-const TLS_BACKLOG: usize = 64 * 1024;
 
 /// Unanswered retransmission rounds after which the inspection box counts
 /// as dead on a loop leg (instead of `tcp.max_retransmissions`): the box is
@@ -379,6 +305,8 @@ pub struct Rules {
     pub tls: Option<TlsContext>,
     /// Where sessions are logged when they end.
     pub log: Option<Arc<ConnectionLog>>,
+    /// The `[[service]]` entries new connections are terminated for.
+    pub services: Arc<Services>,
 }
 
 /// One generation of the reloadable settings of a splicer: the policy and
@@ -413,6 +341,9 @@ pub struct Splicer {
 /// while these are borrowed).
 struct Shared {
     hold_synack: bool,
+    /// The date of the engine clock's zero, for the log's and the
+    /// capture's timestamps (the splicer reads no clock).
+    wall: WallAnchor,
     limits: Limits,
     embryonic: Embryonic,
     /// Session deadlines, earliest first: (deadline, index, serial); an
@@ -444,13 +375,8 @@ struct Shared {
     taps: Taps,
     /// The sessions of every worker, when there are several.
     directory: Option<WorkerDirectory>,
-}
-
-/// The legs of a session the TLS pump moves bytes between.
-struct Legs<'a> {
-    client: Option<FlowId>,
-    server: Option<FlowId>,
-    inspection: Option<&'a mut InspectionLoop>,
+    /// The `[[service]]` entries: their destinations are terminated.
+    services: Option<Arc<Services>>,
 }
 
 /// Where a session's stream in the decrypted capture runs: client and
@@ -476,14 +402,15 @@ impl StreamEnds {
 }
 
 /// Records one session's plaintext in the taps as it is passed on (the
-/// stream starts with the first bytes).
-struct Tap<'a> {
+/// stream starts with the first bytes), stamped `at`.
+struct CaptureTap<'a> {
     taps: &'a mut Taps,
     stream: &'a mut Option<CaptureStream>,
     ends: StreamEnds,
+    at: SystemTime,
 }
 
-impl Tap<'_> {
+impl pipeline::Tap for CaptureTap<'_> {
     fn data(&mut self, from_client: bool, bytes: &[u8]) {
         let StreamEnds {
             client,
@@ -493,108 +420,96 @@ impl Tap<'_> {
         } = self.ends;
         self.stream
             .get_or_insert_with(|| CaptureStream::new(client, server, client_mac, server_mac, isn))
-            .data(&mut *self.taps, from_client, bytes, std::time::SystemTime::now());
+            .data(&mut *self.taps, from_client, bytes, self.at);
     }
 
     fn fin(&mut self, from_client: bool) {
         if let Some(stream) = self.stream.as_mut() {
-            stream.fin(&mut *self.taps, from_client, std::time::SystemTime::now());
+            stream.fin(&mut *self.taps, from_client, self.at);
         }
     }
+}
 
+impl CaptureTap<'_> {
     fn reset(&mut self, from_client: bool) {
         if let Some(stream) = self.stream.as_mut() {
-            stream.reset(&mut *self.taps, from_client, std::time::SystemTime::now());
+            stream.reset(&mut *self.taps, from_client, self.at);
         }
     }
 }
 
-/// Encrypts `plaintext` to the server and records it.
-fn deliver_to_server(tls: &mut TlsSession, tap: &mut Option<Tap<'_>>, plaintext: &[u8]) -> Result<(), MitmError> {
-    if let Some(tap) = tap.as_mut() {
-        tap.data(true, plaintext);
+/// A session's legs on the stack, as its pipeline reaches them (a leg the
+/// session does not have takes and gives nothing, and counts as finished).
+struct StackLegs<'a> {
+    stack: &'a mut Stack,
+    flows: SessionFlows,
+}
+
+/// The flows of a session's legs: client, server, inspect_out, inspect_in.
+#[derive(Debug, Clone, Copy)]
+struct SessionFlows([Option<FlowId>; 4]);
+
+impl SessionFlows {
+    fn of(session: &Session) -> SessionFlows {
+        SessionFlows([session.client, session.server, session.loop_out, session.loop_back])
     }
-    tls.send_to_server(plaintext)
-}
 
-/// Encrypts `plaintext` to the client and records it.
-fn deliver_to_client(tls: &mut TlsSession, tap: &mut Option<Tap<'_>>, plaintext: &[u8]) -> Result<(), MitmError> {
-    if let Some(tap) = tap.as_mut() {
-        tap.data(false, plaintext);
-    }
-    tls.send_to_client(plaintext)
-}
-
-/// Sends as much of `queue` as `leg` takes now; true if anything went.
-fn send_queued(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>) -> bool {
-    let Some(leg) = leg else {
-        return false;
-    };
-    let sent = stack.send(leg, queue).unwrap_or(0);
-    queue.drain(..sent);
-    sent > 0
-}
-
-/// Sends as much of `queue` into the loop leg `leg` as it takes and
-/// `in_flight` has room for, recording it there; true if anything went.
-fn feed_loop(stack: &mut Stack, leg: Option<FlowId>, queue: &mut Vec<u8>, in_flight: &mut InFlight) -> bool {
-    let Some(leg) = leg else {
-        return false;
-    };
-    let room = InFlight::room(stack.send_queue(leg).unwrap_or(0));
-    let offered = queue.get(..room).unwrap_or(queue);
-    let sent = stack.send(leg, offered).unwrap_or(0);
-    in_flight.entered(offered.get(..sent).unwrap_or_default());
-    queue.drain(..sent);
-    sent > 0
-}
-
-/// One direction of a loop whose box died: what its `exit` leg still holds
-/// from the box, then what went in and has not come out (nothing more once
-/// the box passed the direction's end, `passed_end`). Returns those bytes
-/// and how many of them the box had not passed back; None if the record
-/// lost some of these (the box held more than it keeps).
-fn unreturned(
-    stack: &mut Stack,
-    exit: Option<FlowId>,
-    in_flight: &mut InFlight,
-    passed_end: bool,
-) -> Option<(Vec<u8>, usize)> {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let read = receive(stack, exit, &mut buf);
-        if read == 0 {
-            break;
+    fn get(&self, leg: Leg) -> Option<FlowId> {
+        let [client, server, out, back] = self.0;
+        match leg {
+            Leg::Client => client,
+            Leg::Server => server,
+            Leg::InspectOut => out,
+            Leg::InspectIn => back,
         }
-        bytes.extend_from_slice(buf.get(..read).unwrap_or_default());
-        in_flight.came_out(read);
     }
-    if passed_end || exit.is_some_and(|exit| stack.peer_finished(exit) == Ok(true)) {
-        return Some((bytes, 0));
-    }
-    if in_flight.lost > 0 {
-        return None;
-    }
-    let held = in_flight.bytes.len();
-    bytes.extend(std::mem::take(&mut in_flight.bytes));
-    Some((bytes, held))
 }
 
-/// Puts `front` ahead of what `queue` holds.
-fn prepend(queue: &mut Vec<u8>, mut front: Vec<u8>) {
-    front.append(queue);
-    *queue = front;
-}
+impl LegIo for StackLegs<'_> {
+    fn exists(&self, leg: Leg) -> bool {
+        self.flows.get(leg).is_some()
+    }
 
-/// Reads what `leg` received into `buf` (nothing from a leg that is gone).
-fn receive(stack: &mut Stack, leg: Option<FlowId>, buf: &mut [u8]) -> usize {
-    leg.map_or(0, |leg| stack.recv(leg, buf).unwrap_or(0))
-}
+    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize {
+        self.flows
+            .get(leg)
+            .map_or(0, |flow| self.stack.recv(flow, buf).unwrap_or(0))
+    }
 
-/// Whether `leg`'s peer finished sending (a leg that is gone has).
-fn peer_done(stack: &Stack, leg: Option<FlowId>) -> bool {
-    leg.is_none_or(|leg| stack.peer_finished(leg).unwrap_or(true))
+    fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize {
+        self.flows
+            .get(leg)
+            .map_or(0, |flow| self.stack.send(flow, bytes).unwrap_or(0))
+    }
+
+    fn unacknowledged(&self, leg: Leg) -> usize {
+        self.flows
+            .get(leg)
+            .map_or(0, |flow| self.stack.send_queue(flow).unwrap_or(0))
+    }
+
+    fn relay(&mut self, from: Leg, to: Leg, max: usize, tap: &mut dyn FnMut(&[u8])) -> usize {
+        match (self.flows.get(from), self.flows.get(to)) {
+            (Some(from), Some(to)) => self.stack.relay_tapped(from, to, max, tap).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    fn peer_finished(&self, leg: Leg) -> Option<bool> {
+        self.flows.get(leg).and_then(|flow| self.stack.peer_finished(flow).ok())
+    }
+
+    fn close(&mut self, leg: Leg) {
+        if let Some(flow) = self.flows.get(leg) {
+            let _ = self.stack.close(flow);
+        }
+    }
+
+    fn abort(&mut self, leg: Leg) {
+        if let Some(flow) = self.flows.get(leg) {
+            let _ = self.stack.abort(flow);
+        }
+    }
 }
 
 /// Whether a client's alert says it rejected the forged certificate (as a
@@ -626,17 +541,17 @@ fn fell_back_from_ech(err: &MitmError) -> bool {
 
 /// The connection-log record of a session that ended (`event_type` by the
 /// mode: TLS interception or splice).
-fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
-    let end = OffsetDateTime::now_utc();
+fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionRecord {
     let tuple = session.tuple;
     let (client, server) = (
         SocketAddr::new(tuple.src_ip, tuple.src_port),
         SocketAddr::new(tuple.dst_ip, tuple.dst_port),
     );
     let info = session
-        .tls
-        .as_ref()
+        .conn
+        .tls()
         .map(|tls| tls.info.clone())
+        .or_else(|| session.conn.tls_server().map(|server| server.info.clone()))
         .or_else(|| session.tls_info.clone())
         .unwrap_or_default();
     let verified = info.upstream_verified.clone();
@@ -644,7 +559,9 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
     ConnectionRecord {
         timestamp: connlog::timestamp(end),
         flow_id: session.flow_id,
-        event_type: if tls_mode {
+        event_type: if session.terminate {
+            EventType::TlsTerminate
+        } else if tls_mode {
             EventType::TlsIntercept
         } else {
             EventType::Connection
@@ -660,13 +577,16 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         end: connlog::timestamp(end),
         duration_ms: u64::try_from((end - session.started).whole_milliseconds()).unwrap_or(0),
         decision: match &session.decision {
+            _ if session.terminate => "terminate",
             Some(verdict) => verdict.action.name(),
             None if tls_mode => "intercept",
             None => "splice",
         },
-        reason: match &session.decision {
-            Some(verdict) => verdict.reason.clone(),
-            None => format!("destination port {} is intercepted", session.tuple.dst_port),
+        reason: match (&session.service, &session.decision) {
+            (Some(service), _) => format!("service {}", service.name),
+            (None, _) if session.terminate => "a [[service]] destination".into(),
+            (None, Some(verdict)) => verdict.reason.clone(),
+            (None, None) => format!("destination port {} is intercepted", session.tuple.dst_port),
         },
         sni: info.sni,
         alpn_offered: info.alpn_offered,
@@ -687,14 +607,35 @@ fn record(session: &Session, tls_mode: bool) -> ConnectionRecord {
         upstream_verify_error: verified.and_then(Result::err),
         forged_cert_sha256: info.forged_fingerprint,
         forged_cache_hit: info.forged_cache_hit,
-        bytes_client_to_server: session.bytes.0,
-        bytes_server_to_client: session.bytes.1,
+        bytes_client_to_server: session.conn.bytes().0,
+        bytes_server_to_client: session.conn.bytes().1,
         plaintext_client_to_server: info.plaintext_client_to_server,
         plaintext_server_to_client: info.plaintext_server_to_client,
         inspection: session.inspection_note.clone(),
         learned: session.learned.clone(),
         ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
+}
+
+/// The backend leg of a terminated connection: from the client's address
+/// and port to the service's backend. Err if the backend's address is of
+/// another family than the client's (a transparent leg cannot change it).
+fn backend_tuple(tuple: &FlowTuple, service: &Service) -> Result<FlowTuple, String> {
+    let (dst_ip, dst_port) = match service.backend {
+        Backend::SamePeer { port } => (tuple.dst_ip, port),
+        Backend::Transparent { address, port } => (address, port),
+    };
+    if dst_ip.is_ipv4() != tuple.src_ip.is_ipv4() {
+        return Err(format!(
+            "the backend {dst_ip} of service {} is not of the client's address family",
+            service.name
+        ));
+    }
+    Ok(FlowTuple {
+        dst_ip,
+        dst_port,
+        ..*tuple
+    })
 }
 
 /// Microseconds from `start` to `end` on the engine clock (0 if the clock
@@ -729,16 +670,19 @@ fn session_of(owner: u64) -> (usize, Leg) {
 
 /// Resets every leg of a session that is still there.
 fn abort_all(stack: &mut Stack, session: &Session) {
-    let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
-    for leg in [session.client, session.server].into_iter().chain(loop_legs).flatten() {
+    for leg in SessionFlows::of(session).0.into_iter().flatten() {
         let _ = stack.abort(leg);
     }
 }
 
 /// Drops the loop legs of a session silently.
 fn discard_loop(stack: &mut Stack, session: &mut Session) {
-    if let Some(inspection) = session.inspection.take() {
-        for leg in [inspection.out, inspection.back].into_iter().flatten() {
+    if session.conn.has_loop() {
+        session.conn.drop_loop();
+        for leg in [session.loop_out.take(), session.loop_back.take()]
+            .into_iter()
+            .flatten()
+        {
             stack.discard(leg);
         }
     }
@@ -776,35 +720,10 @@ fn open_replacement_server_leg(stack: &mut Stack, index: usize, session: &mut Se
         }
         Err(err) => {
             session.ended = Some(format!("no second connection to the server: {err}"));
-            session.failed = true;
+            session.conn.fail();
             abort_all(stack, session);
         }
     }
-}
-
-/// The box died under a live session that fails open: what it had not
-/// passed back goes into the session's direct path, ahead of anything
-/// newer. Returns how many bytes the box had not passed back; None if the
-/// loop's records lost some of them (the session cannot go on exactly).
-fn take_unreturned(stack: &mut Stack, session: &mut Session) -> Option<usize> {
-    let Some(inspection) = session.inspection.as_mut() else {
-        return Some(0);
-    };
-    let server_got_end = session.fin_to_server || session.close_notify_sent.0;
-    let client_got_end = session.fin_to_client || session.close_notify_sent.1;
-    let (up, up_held) = unreturned(stack, inspection.back, &mut inspection.up, server_got_end)?;
-    let (down, down_held) = unreturned(stack, inspection.out, &mut inspection.down, client_got_end)?;
-    match session.tls.as_deref_mut() {
-        Some(tls) => {
-            prepend(tls.plaintext_from_client(), up);
-            prepend(tls.plaintext_from_server(), down);
-        }
-        None => {
-            session.backlog_to_server.extend_from_slice(&up);
-            session.backlog_to_client.extend_from_slice(&down);
-        }
-    }
-    Some(up_held + down_held)
 }
 
 /// The inspection port a loop leg is on, for messages.
@@ -821,10 +740,11 @@ fn leg_finished(stack: &Stack, flow: FlowId) -> bool {
 }
 
 impl Splicer {
-    pub fn new(hold_synack: bool, policy: Policy, limits: Limits) -> Self {
+    pub fn new(hold_synack: bool, policy: Policy, limits: Limits, wall: WallAnchor) -> Self {
         Splicer {
             sessions: Slab::new(),
             shared: Shared {
+                wall,
                 limits,
                 embryonic: Embryonic::default(),
                 timers: BinaryHeap::new(),
@@ -846,6 +766,7 @@ impl Splicer {
                 inspection_links_up: true,
                 taps: Taps::default(),
                 directory: None,
+                services: None,
             },
             shutdown_pending: None,
         }
@@ -888,9 +809,9 @@ impl Splicer {
             return;
         }
         for (index, session) in self.sessions.iter_mut() {
-            if session.inspection.is_some() && !session.failed {
+            if session.conn.has_loop() && !session.conn.failed() {
                 self.shared
-                    .inspection_failed(stack, session, "an inspection port's link went down");
+                    .inspection_failed(stack, session, "an inspection port's link went down", now);
                 self.shared.pump(stack, index, session, now);
             }
         }
@@ -898,7 +819,7 @@ impl Splicer {
 
     /// Logs a decision taken at the client's SYN, a bypass or a block (no
     /// session was opened).
-    pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict) {
+    pub fn log_decision(&mut self, tuple: &FlowTuple, verdict: &Verdict, now: Instant) {
         if verdict.action == Action::Bypass {
             self.shared.counters.bypassed += 1;
         }
@@ -909,7 +830,7 @@ impl Splicer {
             EventType::SynBypass
         };
         self.shared
-            .log_at_syn(tuple, event, verdict.action.name(), verdict.reason.clone(), ended);
+            .log_at_syn(tuple, event, verdict.action.name(), verdict.reason.clone(), ended, now);
     }
 
     /// Refuses a client's SYN with a RST, as the policy says (no flow is
@@ -923,7 +844,7 @@ impl Splicer {
                 reason: verdict.reason.clone(),
             };
             let blocked = self.shared.counters.blocked;
-            self.log_decision(tuple, &verdict);
+            self.log_decision(tuple, &verdict, now);
             self.shared.counters.blocked = blocked;
         }
     }
@@ -941,6 +862,21 @@ impl Splicer {
             .directory
             .as_ref()
             .is_some_and(|directory| directory.held_elsewhere(tuple))
+    }
+
+    /// Terminates TLS for the destinations of `services` (see
+    /// [`Splicer::open_service`]).
+    pub fn set_services(&mut self, services: Arc<Services>) {
+        self.shared.services = (!services.is_empty()).then_some(services);
+    }
+
+    /// Whether a service answers `tuple`'s destination and port: its SYN
+    /// is answered by the appliance ([`Splicer::open_service`]).
+    pub fn serves(&self, tuple: &FlowTuple) -> bool {
+        self.shared
+            .services
+            .as_ref()
+            .is_some_and(|services| services.owns(tuple))
     }
 
     /// Writes a record of every session that ends to `log`.
@@ -972,6 +908,7 @@ impl Splicer {
             shared.retire_generation(&previous);
         }
         shared.log = rules.log;
+        shared.services = (!rules.services.is_empty()).then_some(rules.services);
     }
 
     /// The forging counters of every TLS context this splicer had: hits
@@ -998,8 +935,7 @@ impl Splicer {
     pub fn tls_buffer_bytes(&self) -> usize {
         self.sessions
             .iter()
-            .filter_map(|(_, session)| session.tls.as_ref())
-            .map(|tls| tls.buffer_capacity())
+            .map(|(_, session)| session.conn.tls_buffer_capacity())
             .sum()
     }
 
@@ -1008,7 +944,7 @@ impl Splicer {
     /// connection is over) are left alone. The first call takes the
     /// sessions open at that moment. The RSTs go out at the stack's next
     /// flush. Returns how many sessions were visited: 0 once all were.
-    pub fn reset_for_shutdown(&mut self, stack: &mut Stack, max: usize) -> usize {
+    pub fn reset_for_shutdown(&mut self, stack: &mut Stack, max: usize, now: Instant) -> usize {
         let sessions = &mut self.sessions;
         let pending = self
             .shutdown_pending
@@ -1020,9 +956,8 @@ impl Splicer {
             let Some(session) = sessions.get_mut(index) else {
                 continue;
             };
-            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
             let mut reset = 0;
-            for leg in [session.client, session.server].into_iter().chain(loop_legs).flatten() {
+            for leg in SessionFlows::of(session).0.into_iter().flatten() {
                 let live = stack
                     .state(leg)
                     .is_ok_and(|state| !matches!(state, netstack::TcpState::TimeWait | netstack::TcpState::Closed));
@@ -1032,12 +967,12 @@ impl Splicer {
             }
             if reset > 0 {
                 self.shared.counters.reset_at_shutdown += reset;
-                session.failed = true;
+                session.conn.fail();
                 session
                     .ended
                     .get_or_insert_with(|| "reset: the appliance stopped".into());
                 // The appliance resets both ends; the capture records one RST.
-                self.shared.record_reset(session, false);
+                self.shared.record_reset(session, false, now);
             }
         }
         visited
@@ -1054,6 +989,31 @@ impl Splicer {
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
+    ) -> Result<Admission, StackError> {
+        self.admit(stack, frame, class, now, false)
+    }
+
+    /// Admits a client SYN to a service's destination as [`Splicer::open`]
+    /// does, for termination: the appliance answers the SYN itself (it is
+    /// the server there), reads the ClientHello, picks the service by its
+    /// SNI and only then opens the backend leg.
+    pub fn open_service(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+    ) -> Result<Admission, StackError> {
+        self.admit(stack, frame, class, now, true)
+    }
+
+    fn admit(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+        terminate: bool,
     ) -> Result<Admission, StackError> {
         let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
         let limits = self.shared.limits;
@@ -1079,14 +1039,14 @@ impl Splicer {
         if full && !made_way {
             return Ok(self.shared.at_capacity(stack, frame, class, now));
         }
-        let mut started = self.start(stack, frame, class, now);
+        let mut started = self.start(stack, frame, class, now, terminate);
         // The flow table ran full before the session count (loop legs, a
         // table smaller than the sessions need): an embryonic session makes
         // way there too.
         if matches!(started, Err(StackError::TooManyFlows(_)))
             && (self.reclaim_closed(stack, now) || self.evict_oldest_embryonic(stack, now))
         {
-            started = self.start(stack, frame, class, now);
+            started = self.start(stack, frame, class, now, terminate);
         }
         match started {
             Ok(()) => Ok(Admission::Opened),
@@ -1104,8 +1064,7 @@ impl Splicer {
                 self.shared.closed_order.pop_front();
                 continue;
             };
-            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
-            let legs: Vec<Option<FlowId>> = [session.client, session.server].into_iter().chain(loop_legs).collect();
+            let legs = SessionFlows::of(session).0;
             if !legs.iter().all(|&leg| leg_over(stack, leg)) {
                 // Its last ACKs are still under way: it will be soon.
                 return false;
@@ -1134,13 +1093,17 @@ impl Splicer {
                 continue;
             }
             self.shared.counters.embryonic_evicted += 1;
-            session.failed = true;
+            session.conn.fail();
             session.ended = Some("evicted: embryonic connections filled their share of the table".into());
-            let loop_legs = session.inspection.as_ref().map_or([None, None], |l| [l.out, l.back]);
-            for leg in [session.client.take(), session.server.take()]
-                .into_iter()
-                .chain(loop_legs)
-                .flatten()
+            session.conn.drop_loop();
+            for leg in [
+                session.client.take(),
+                session.server.take(),
+                session.loop_out.take(),
+                session.loop_back.take(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 // A peer that never answered hears nothing; one that did is reset.
                 match stack.state(leg) {
@@ -1150,7 +1113,6 @@ impl Splicer {
                     }
                 }
             }
-            session.inspection = None;
             // The reset legs go now, so the table has room at once.
             stack.flush(now);
             let session = self.sessions.remove(index);
@@ -1162,7 +1124,14 @@ impl Splicer {
 
     /// Opens a session: accepts the SYN transparently and connects to the
     /// server as the client.
-    fn start(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> Result<(), StackError> {
+    fn start(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+        terminate: bool,
+    ) -> Result<(), StackError> {
         let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
         // Legs of an earlier connection with the same 5-tuple that linger
         // in TIME-WAIT make way for the new one.
@@ -1182,25 +1151,32 @@ impl Splicer {
         let entry = self.sessions.vacant_entry();
         let index = entry.key();
         let shared = &mut self.shared;
+        // A terminated client's SYN-ACK is not held: the appliance is its server.
         let client = stack.accept(
             Side::Client.index(),
             frame,
             class,
-            shared.hold_synack,
+            shared.hold_synack && !terminate,
             owner(index, Leg::Client),
             now,
         )?;
         let l2 = L2Header::same_direction(&class.l2);
-        let server = match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
-            Ok(server) => server,
-            Err(err) => {
-                stack.discard(client);
-                return Err(err);
+        let server = if terminate {
+            None
+        } else {
+            match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
+                Ok(server) => {
+                    let _ = stack.mirror_timestamps(client, server);
+                    let _ = stack.mirror_syn(client, server);
+                    Some(server)
+                }
+                Err(err) => {
+                    stack.discard(client);
+                    return Err(err);
+                }
             }
         };
-        let _ = stack.mirror_timestamps(client, server);
-        let _ = stack.mirror_syn(client, server);
-        let mut session = Session::new(*tuple, l2, OffsetDateTime::now_utc(), info.seq_number);
+        let mut session = Session::new(*tuple, l2, OffsetDateTime::from(shared.wall.at(now)), info.seq_number);
         session.serial = shared.next_serial;
         shared.next_serial += 1;
         session.stage_since = now;
@@ -1208,22 +1184,27 @@ impl Splicer {
         session.last_activity = now;
         shared.embryonic.opened(tuple.src_ip, index, session.serial);
         session.client = Some(client);
-        session.server = Some(server);
-        session.established = !shared.hold_synack;
-        session.tls = shared
+        session.server = server;
+        session.terminate = terminate;
+        let tls = shared
             .current
             .tls
             .as_ref()
             .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
-        if session.tls.is_some() {
+        session.conn = if terminate {
+            Connection::terminated()
+        } else {
+            Connection::new(tls, shared.hold_synack)
+        };
+        if session.conn.tls().is_some() {
             // Its ClientHello and handshakes follow the rules in force now.
             session.generation = Some(shared.current.number);
             shared.current.sessions += 1;
         }
-        shared.counters.tls_sessions_live += u64::from(session.tls.is_some());
+        shared.counters.tls_sessions_live += u64::from(session.conn.has_tls());
         shared.counters.sessions_opened += 1;
         shared.counters.sessions_live += 1;
-        if session.tls.is_none() {
+        if !session.conn.has_tls() {
             // Plain TCP: the bytes go through the box from the start.
             shared.start_inspection(stack, index, &mut session, now);
         }
@@ -1252,7 +1233,7 @@ impl Splicer {
             }
             session.timer = None;
             match shared.deadline(session) {
-                Some((due, expiry)) if due <= now => shared.time_out(stack, session, expiry),
+                Some((due, expiry)) if due <= now => shared.time_out(stack, session, expiry, now),
                 Some(_) => shared.schedule(index, session),
                 None => {}
             }
@@ -1281,10 +1262,10 @@ impl Splicer {
         let Ok((index, Leg::InspectOut)) = stack.owner(out).map(session_of) else {
             return false;
         };
-        let Some(inspection) = self.sessions.get_mut(index).and_then(|s| s.inspection.as_mut()) else {
+        let Some(session) = self.sessions.get_mut(index).filter(|s| s.conn.has_loop()) else {
             return false;
         };
-        if inspection.out != Some(out) || inspection.back.is_some() {
+        if session.loop_out != Some(out) || session.loop_back.is_some() {
             return false;
         }
         match stack.accept(
@@ -1297,7 +1278,7 @@ impl Splicer {
         ) {
             Ok(back) => {
                 let _ = stack.set_max_retransmissions(back, LOOP_MAX_RETRANSMISSIONS);
-                inspection.back = Some(back);
+                session.loop_back = Some(back);
                 true
             }
             Err(_) => false,
@@ -1312,10 +1293,10 @@ impl Splicer {
     pub fn server_unreachable(&mut self, stack: &mut Stack, server: FlowId) -> Option<u32> {
         let (index, leg) = session_of(stack.owner(server).ok()?);
         let session = self.sessions.get_mut(index)?;
-        if leg != Leg::Server || session.server != Some(server) || session.established || session.failed {
+        if leg != Leg::Server || session.server != Some(server) || session.conn.established() || session.conn.failed() {
             return None;
         }
-        session.failed = true;
+        session.conn.fail();
         session.ended = Some("server unreachable (ICMP)".into());
         self.shared.counters.server_unreachable += 1;
         stack.discard(server);
@@ -1342,14 +1323,18 @@ impl Splicer {
         shared.react(stack, index, session, event, now);
         // Logged once both directions have closed: the appliance's own legs
         // may linger in TIME-WAIT for a while, the connection is over.
-        if !session.logged && session.fin_to_client && session.fin_to_server {
+        if !session.logged && session.conn.closed() {
             session.logged = true;
             shared
                 .counters
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &shared.log {
-                log.write(&record(session, shared.intercepts_tls(session)));
+                log.write(&record(
+                    session,
+                    shared.intercepts_tls(session),
+                    OffsetDateTime::from(shared.wall.at(now)),
+                ));
             }
             // Everything has been sent both ways (each FIN went after its
             // direction's last bytes): the TLS state is not needed while the
@@ -1357,10 +1342,7 @@ impl Splicer {
             shared.end_tls(session);
             shared.closed_order.push_back((index, session.serial));
         }
-        let loop_gone = session
-            .inspection
-            .as_ref()
-            .is_none_or(|l| l.out.is_none() && l.back.is_none());
+        let loop_gone = session.loop_out.is_none() && session.loop_back.is_none();
         if session.client.is_none() && session.server.is_none() && loop_gone {
             let session = self.sessions.remove(index);
             shared.retire(session, now);
@@ -1441,14 +1423,14 @@ impl Shared {
         self.counters.tls_sessions_live = self
             .counters
             .tls_sessions_live
-            .saturating_sub(u64::from(session.tls.is_some()));
+            .saturating_sub(u64::from(session.conn.has_tls()));
         self.counters.embryonic_live = self.embryonic.live as u64;
         if !session.logged {
             self.counters
                 .connection_seconds
                 .observe(micros_between(session.opened, now));
             if let Some(log) = &self.log {
-                log.write(&record(&session, tls));
+                log.write(&record(&session, tls, OffsetDateTime::from(self.wall.at(now))));
             }
         }
     }
@@ -1502,13 +1484,14 @@ impl Shared {
                     "refuse",
                     reason,
                     "refused at capacity (RST)".into(),
+                    now,
                 );
                 Admission::Refused
             }
             AtCapacity::Bridge => {
                 self.counters.bridged_at_capacity += 1;
                 let ended = "bridged uninspected at capacity (tcp.at_capacity = \"bridge\")".into();
-                self.log_at_syn(tuple, EventType::SynBypass, "bypass", reason, ended);
+                self.log_at_syn(tuple, EventType::SynBypass, "bypass", reason, ended, now);
                 Admission::Bridge
             }
         }
@@ -1516,10 +1499,19 @@ impl Shared {
 
     /// Writes the connection-log record of a connection decided at its SYN
     /// (no session).
-    fn log_at_syn(&self, tuple: &FlowTuple, event: EventType, decision: &'static str, reason: String, ended: String) {
+    fn log_at_syn(
+        &self,
+        tuple: &FlowTuple,
+        event: EventType,
+        decision: &'static str,
+        reason: String,
+        ended: String,
+        now: Instant,
+    ) {
         if let Some(log) = &self.log {
-            let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), OffsetDateTime::now_utc(), 0);
-            let mut record = record(&session, self.current.tls.is_some());
+            let at = OffsetDateTime::from(self.wall.at(now));
+            let session = Session::new(*tuple, L2Header::new([0; 6], [0; 6], &[]), at, 0);
+            let mut record = record(&session, self.current.tls.is_some(), at);
             record.event_type = event;
             record.decision = decision;
             record.reason = reason;
@@ -1533,10 +1525,21 @@ impl Shared {
     /// them), sessions that failed or closed both ways, and idle sessions
     /// without an idle timeout.
     fn deadline(&self, session: &Session) -> Option<(Instant, Expiry)> {
-        if !session.confirmed || session.failed || session.fin_to_client && session.fin_to_server {
+        if !session.confirmed || session.conn.failed() || session.conn.closed() {
             return None;
         }
-        if let (Some(tls), true) = (session.tls.as_deref(), self.intercepts_tls(session)) {
+        if let Some(server) = session.conn.tls_server() {
+            if session.service.is_none() {
+                return Some((
+                    session.stage_since + self.limits.client_hello_timeout,
+                    Expiry::ClientHello,
+                ));
+            }
+            if !server.is_established() {
+                return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));
+            }
+        }
+        if let (Some(tls), true) = (session.conn.tls(), self.intercepts_tls(session)) {
             if session.decision.is_none() {
                 return Some((
                     session.stage_since + self.limits.client_hello_timeout,
@@ -1564,7 +1567,7 @@ impl Shared {
     }
 
     /// Resets every leg of a session whose stage ran out.
-    fn time_out(&mut self, stack: &mut Stack, session: &mut Session, expiry: Expiry) {
+    fn time_out(&mut self, stack: &mut Stack, session: &mut Session, expiry: Expiry, now: Instant) {
         let limits = self.limits;
         let (counter, ended) = match expiry {
             Expiry::ClientHello => (
@@ -1592,9 +1595,9 @@ impl Shared {
         *counter += 1;
         tracing::debug!("{ended}: resetting {:?}", session.tuple);
         session.ended = Some(ended);
-        session.failed = true;
+        session.conn.fail();
         self.end_tls(session);
-        self.record_reset(session, false);
+        self.record_reset(session, false, now);
         abort_all(stack, session);
     }
 
@@ -1605,7 +1608,7 @@ impl Shared {
             return;
         };
         if !self.inspection_links_up {
-            self.inspection_failed(stack, session, "an inspection port's link is down");
+            self.inspection_failed(stack, session, "an inspection port's link is down", now);
             return;
         }
         let out = stack.connect(
@@ -1618,12 +1621,10 @@ impl Shared {
         match out {
             Ok(out) => {
                 let _ = stack.set_timeout(out, settings.syn_timeout);
-                session.inspection = Some(InspectionLoop {
-                    out: Some(out),
-                    ..InspectionLoop::default()
-                });
+                session.conn.open_loop();
+                session.loop_out = Some(out);
             }
-            Err(err) => self.inspection_failed(stack, session, &format!("no loop connection: {err}")),
+            Err(err) => self.inspection_failed(stack, session, &format!("no loop connection: {err}"), now),
         }
     }
 
@@ -1631,11 +1632,14 @@ impl Shared {
     /// uninspected (fail-open; a live one goes on from what the box had
     /// passed back, byte-exact) or reset it (fail-closed, or a live session
     /// whose unreturned bytes were not all kept).
-    fn inspection_failed(&mut self, stack: &mut Stack, session: &mut Session, reason: &str) {
+    fn inspection_failed(&mut self, stack: &mut Stack, session: &mut Session, reason: &str, now: Instant) {
         let failure = self.inspection.map(|settings| settings.failure).unwrap_or_default();
-        let live = session.inspection.as_ref().is_some_and(|l| l.connected);
+        let live = session.conn.loop_through();
         let failed_open = match failure {
-            InspectFailure::FailOpen if live => take_unreturned(stack, session),
+            InspectFailure::FailOpen if live => {
+                let flows = SessionFlows::of(session);
+                session.conn.take_unreturned(&mut StackLegs { stack, flows })
+            }
             InspectFailure::FailOpen => Some(0),
             InspectFailure::FailClosed => None,
         };
@@ -1666,10 +1670,10 @@ impl Shared {
                 tracing::warn!("inspection unavailable ({reason}); resetting a connection");
                 session.inspection_note = Some(format!("fail-closed: {reason}"));
                 session.ended = Some("reset: inspection unavailable".into());
-                session.failed = true;
+                session.conn.fail();
                 if live {
                     self.end_tls(session);
-                    self.record_reset(session, false);
+                    self.record_reset(session, false, now);
                 }
                 abort_all(stack, session);
             }
@@ -1701,18 +1705,42 @@ impl Shared {
                     self.confirm(session, now);
                 }
                 // The server accepted: now the client may have its SYN-ACK.
-                if let (EventKind::Connected, Leg::Server, Some(client), false) =
-                    (event.kind, leg, session.client, session.established)
-                {
-                    session.established = true;
-                    let _ = stack.release_synack(client);
+                if (event.kind, leg) == (EventKind::Connected, Leg::Server) {
+                    if let Some(client) = session.client {
+                        if session.conn.server_connected() && !session.terminate {
+                            let _ = stack.release_synack(client);
+                        }
+                    }
                 }
                 self.pump(stack, index, session, now);
             }
             EventKind::Reset | EventKind::TimedOut => {
-                let Some(other) = other else { return };
-                if leg == Leg::Server && !session.established {
-                    session.failed = true;
+                let Some(other) = other else {
+                    if session.terminate && !session.conn.failed() {
+                        // The client went before the backend leg existed.
+                        self.counters.resets += 1;
+                        session.ended.get_or_insert_with(|| "reset by the client".into());
+                        session.conn.fail();
+                        self.end_tls(session);
+                    }
+                    return;
+                };
+                if leg == Leg::Server && !session.conn.established() && session.terminate {
+                    // The backend refused or never answered: the client,
+                    // whose handshake the appliance answered, gets a RST.
+                    session.conn.fail();
+                    self.counters.backend_refused += 1;
+                    session.ended = Some(if event.kind == EventKind::Reset {
+                        "backend refused".into()
+                    } else {
+                        "backend did not answer".into()
+                    });
+                    tracing::info!("{}: {:?}", session.ended.as_deref().unwrap_or_default(), session.tuple);
+                    self.end_tls(session);
+                    let _ = stack.abort(other);
+                    discard_loop(stack, session);
+                } else if leg == Leg::Server && !session.conn.established() {
+                    session.conn.fail();
                     // The server refused (RST) or never answered: tell the
                     // client exactly that, a RST or nothing at all.
                     if event.kind == EventKind::Reset {
@@ -1725,7 +1753,7 @@ impl Shared {
                         stack.discard(other);
                     }
                     discard_loop(stack, session);
-                } else if session.fin_to_client && session.fin_to_server {
+                } else if session.conn.closed() {
                     // Both directions had closed: a late RST (a client that
                     // tears down with one) ends nothing; the other legs
                     // finish their own close.
@@ -1738,7 +1766,7 @@ impl Shared {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
-                    self.record_reset(session, leg == Leg::Client);
+                    self.record_reset(session, leg == Leg::Client, now);
                     abort_all(stack, session);
                 }
             }
@@ -1750,12 +1778,12 @@ impl Shared {
                 if let Some(other) = other {
                     // The other leg still runs: a leg that vanished while the
                     // other could still talk means the connection is broken.
-                    if session.failed {
+                    if session.conn.failed() {
                         // Already answered (RST queued, or silence).
-                    } else if leg == Leg::Server && !session.established {
+                    } else if leg == Leg::Server && !session.conn.established() {
                         stack.discard(other);
                         discard_loop(stack, session);
-                    } else if !(leg_finished(stack, other) || session.fin_to_client && session.fin_to_server) {
+                    } else if !(leg_finished(stack, other) || session.conn.closed()) {
                         abort_all(stack, session);
                     }
                 }
@@ -1772,21 +1800,20 @@ impl Shared {
         (leg, event): (Leg, Event),
         now: Instant,
     ) {
-        let Some(inspection) = session.inspection.as_mut() else {
+        if !session.conn.has_loop() {
             return;
-        };
+        }
         let this = if leg == Leg::InspectOut {
-            inspection.out
+            session.loop_out
         } else {
-            inspection.back
+            session.loop_back
         };
         if this != Some(event.flow) {
             return;
         }
         match event.kind {
             EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
-                if event.kind == EventKind::Connected && leg == Leg::InspectOut && !inspection.connected {
-                    inspection.connected = true;
+                if event.kind == EventKind::Connected && leg == Leg::InspectOut && session.conn.loop_passed_syn() {
                     self.counters.inspected += 1;
                     session.inspection_note = Some("inspected".into());
                     if let Some(settings) = self.inspection {
@@ -1796,7 +1823,7 @@ impl Shared {
                 }
                 self.pump(stack, index, session, now);
             }
-            EventKind::TimedOut if leg == Leg::InspectOut && !inspection.connected => {
+            EventKind::TimedOut if leg == Leg::InspectOut && !session.conn.loop_through() => {
                 let waited = self
                     .inspection
                     .map_or(0, |settings| settings.syn_timeout.total_millis());
@@ -1804,6 +1831,7 @@ impl Shared {
                     stack,
                     session,
                     &format!("the box did not pass the SYN within {waited} ms"),
+                    now,
                 );
                 self.pump(stack, index, session, now);
             }
@@ -1818,6 +1846,7 @@ impl Shared {
                     stack,
                     session,
                     &format!("the box stopped answering on {side} (every retransmission unanswered)"),
+                    now,
                 );
                 self.pump(stack, index, session, now);
             }
@@ -1832,172 +1861,89 @@ impl Shared {
                     self.counters.resets += 1;
                     session.ended = Some(format!("inspection loop timed out on {side}"));
                 }
-                session.failed = true;
+                session.conn.fail();
                 self.end_tls(session);
                 // As the endpoints see it: the box's reset towards the
                 // client poses as the server, and the other way round.
-                self.record_reset(session, leg == Leg::InspectIn);
+                self.record_reset(session, leg == Leg::InspectIn, now);
                 abort_all(stack, session);
             }
             EventKind::Closed => {
                 if leg == Leg::InspectOut {
-                    inspection.out = None;
+                    session.loop_out = None;
                 } else {
-                    inspection.back = None;
+                    session.loop_back = None;
                 }
             }
         }
-    }
-
-    /// Moves ciphertext between the legs and the TLS session, and the
-    /// plaintext between the TLS session and the inspection loop (or
-    /// straight across), until nothing moves. A leg is read only while
-    /// what it feeds is below [`TLS_BACKLOG`].
-    fn pump_tls(
-        counters: &mut SpliceCounters,
-        context: &mut TlsContext,
-        tls: &mut TlsSession,
-        stack: &mut Stack,
-        legs: Legs<'_>,
-        bytes: &mut (u64, u64),
-        tap: &mut Option<Tap<'_>>,
-    ) -> Result<(), mitm::MitmError> {
-        let Legs {
-            client,
-            server,
-            mut inspection,
-        } = legs;
-        let mut buf = [0u8; 16 * 1024];
-        let was_established = tls.info.client_version.is_some();
-        for _ in 0..64 {
-            // Both queues, always (no short-circuit).
-            let mut progress =
-                send_queued(stack, client, tls.to_client()) | send_queued(stack, server, tls.to_server());
-            if tls.to_server().len() < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
-                let read = receive(stack, client, &mut buf);
-                if read > 0 {
-                    counters.bytes_client_to_server += read as u64;
-                    bytes.0 += read as u64;
-                    tls.from_client(buf.get(..read).unwrap_or_default())?;
-                    progress = true;
-                }
-            }
-            if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
-                let read = receive(stack, server, &mut buf);
-                if read > 0 {
-                    counters.bytes_server_to_client += read as u64;
-                    bytes.1 += read as u64;
-                    tls.from_server(context, buf.get(..read).unwrap_or_default())?;
-                    progress = true;
-                }
-            }
-            match inspection.as_deref_mut() {
-                Some(inspection) if inspection.connected => {
-                    let (out, back) = (inspection.out, inspection.back);
-                    progress |= feed_loop(stack, out, tls.plaintext_from_client(), &mut inspection.up)
-                        | feed_loop(stack, back, tls.plaintext_from_server(), &mut inspection.down);
-                    if tls.to_server().len() < TLS_BACKLOG {
-                        let read = receive(stack, back, &mut buf);
-                        if read > 0 {
-                            inspection.up.came_out(read);
-                            deliver_to_server(tls, tap, buf.get(..read).unwrap_or_default())?;
-                            progress = true;
-                        }
-                    }
-                    if tls.to_client().len() < TLS_BACKLOG {
-                        let read = receive(stack, out, &mut buf);
-                        if read > 0 {
-                            inspection.down.came_out(read);
-                            deliver_to_client(tls, tap, buf.get(..read).unwrap_or_default())?;
-                            progress = true;
-                        }
-                    }
-                }
-                // The loop is still being opened: the plaintext waits.
-                Some(_) => {}
-                None => {
-                    if !tls.plaintext_from_client().is_empty() {
-                        let plaintext = std::mem::take(tls.plaintext_from_client());
-                        deliver_to_server(tls, tap, &plaintext)?;
-                        progress = true;
-                    }
-                    if !tls.plaintext_from_server().is_empty() {
-                        let plaintext = std::mem::take(tls.plaintext_from_server());
-                        deliver_to_client(tls, tap, &plaintext)?;
-                        progress = true;
-                    }
-                }
-            }
-            if !progress {
-                break;
-            }
-        }
-        // Quiet now: queues the sockets emptied give their memory back, so
-        // an idle connection holds no TLS buffer.
-        tls.release_empty_buffers();
-        if !was_established && tls.info.client_version.is_some() {
-            counters.tls_intercepted += 1;
-        }
-        Ok(())
     }
 
     /// Relays both ways as far as buffers allow (through the TLS session in
     /// mode "tls", through the inspection box when there is one) and passes
     /// on FINs once a direction has delivered everything.
     fn pump(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
-        if !session.established || session.failed {
+        // A terminated client's handshake runs while its backend connects.
+        if !(session.conn.established() || session.terminate) || session.conn.failed() {
             return;
         }
-        let bytes_before = session.bytes;
+        let bytes_before = session.conn.bytes();
         self.pump_session(stack, index, session, now);
-        if session.bytes != bytes_before {
+        let bytes = session.conn.bytes();
+        if bytes != bytes_before {
             session.last_activity = now;
+            self.counters.bytes_client_to_server += bytes.0 - bytes_before.0;
+            self.counters.bytes_server_to_client += bytes.1 - bytes_before.1;
         }
     }
 
     /// [`Shared::pump`] of an established session.
     fn pump_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
-        if session.tls.is_some() && self.intercepts_tls(session) {
+        if session.terminate {
+            if session.conn.tls_server().is_some() {
+                self.pump_terminated(stack, index, session, now);
+            }
+            return;
+        }
+        if session.conn.tls().is_some() && self.intercepts_tls(session) {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
             }
             // Bypassed: from now on the bytes pass untouched.
             self.end_tls(session);
         }
-        self.pump_plain(stack, session);
+        let flows = SessionFlows::of(session);
+        session.conn.pump_plain(&mut StackLegs { stack, flows });
     }
 
     /// The TLS part of [`Shared::pump`]: false once the session was
     /// bypassed (its bytes then pass untouched).
     fn pump_tls_session(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) -> bool {
         let ends = StreamEnds::of(session);
+        let at = self.wall.at(now);
+        let flows = SessionFlows::of(session);
         let Generation { policy, tls, .. } = generation_mut(&mut self.current, &mut self.older, session.generation);
-        let (Some(tls_session), Some(context)) = (session.tls.as_deref_mut(), tls.as_mut()) else {
+        let Some(context) = tls.as_mut() else {
             return false;
         };
-        let (client, server) = (session.client, session.server);
         let stream = &mut session.capture;
         let taps = &mut self.taps;
-        let mut tap = taps.any().then_some(Tap { taps, stream, ends });
+        let mut tap = taps.any().then_some(CaptureTap { taps, stream, ends, at });
         let mut open_loop = false;
-        let was_established = tls_session.info.client_version.is_some();
+        let was_established = session.conn.handshakes_done();
         let outcome = loop {
-            if let Err(err) = Self::pump_tls(
-                &mut self.counters,
-                context,
-                tls_session,
-                stack,
-                Legs {
-                    client,
-                    server,
-                    inspection: session.inspection.as_mut(),
-                },
-                &mut session.bytes,
-                &mut tap,
-            ) {
+            let before = session.conn.handshakes_done();
+            let pumped = session.conn.pump_tls(
+                &mut StackLegs { stack, flows },
+                Some(&mut *context),
+                tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+            );
+            if let Err(err) = pumped {
                 break Err(err);
             }
-            let Some(pending) = tls_session.pending() else {
+            if !before && session.conn.handshakes_done() {
+                self.counters.tls_intercepted += 1;
+            }
+            let Some(pending) = session.conn.pending() else {
                 break Ok(true);
             };
             let verdict = match &pending {
@@ -2022,49 +1968,49 @@ impl Shared {
             session.decision = Some(verdict.clone());
             match verdict.action {
                 Action::Intercept => {
-                    if let Err(err) = tls_session.intercept(context) {
+                    let expose = self.inspection.is_some() || tap.is_some();
+                    if let Err(err) = session.conn.intercept(context, expose) {
                         break Err(err);
-                    }
-                    if self.inspection.is_some() || tap.is_some() {
-                        tls_session.expose_plaintext();
                     }
                     open_loop = self.inspection.is_some();
                 }
                 Action::Bypass => {
                     self.counters.bypassed += 1;
-                    session.backlog_to_server = tls_session.bypass();
+                    session.conn.bypass();
                     break Ok(false);
                 }
                 Action::Block => {
                     self.counters.blocked += 1;
                     session.ended = Some("blocked by policy".into());
-                    session.failed = true;
+                    session.conn.fail();
                     break Ok(true);
                 }
             }
         };
-        if !was_established && tls_session.info.client_version.is_some() {
+        if !was_established && session.conn.handshakes_done() {
             // Both handshakes are done (counted as `tls_intercepted`).
             self.counters
                 .handshake_seconds
                 .observe(micros_between(session.stage_since, now));
         }
+        let info = session.conn.tls().map(|tls| &tls.info);
         let legacy = match &outcome {
-            Err(MitmError::Server(_)) => tls_session.info.legacy_upstream.clone(),
+            Err(MitmError::Server(_)) => info.and_then(|info| info.legacy_upstream.clone()),
             _ => None,
         };
         match (outcome, legacy) {
             (Err(_), Some(cause)) => {
                 self.counters.legacy_upstream += 1;
-                let verdict = policy.on_legacy_upstream(&session.tuple, tls_session.info.sni.as_deref(), &cause);
+                let sni = info.and_then(|info| info.sni.as_deref());
+                let verdict = policy.on_legacy_upstream(&session.tuple, sni, &cause);
                 tracing::info!("{}: {}", verdict.action.name(), verdict.reason);
                 if verdict.action == Action::Bypass {
                     self.counters.bypassed += 1;
-                    session.backlog_to_server = tls_session.bypass();
+                    session.conn.bypass();
                 } else {
                     self.counters.blocked += 1;
                     session.ended = Some("blocked by policy".into());
-                    session.failed = true;
+                    session.conn.fail();
                 }
                 let bypass = verdict.action == Action::Bypass;
                 session.decision = Some(verdict);
@@ -2076,53 +2022,187 @@ impl Shared {
             (Err(err), None) => {
                 tracing::info!("TLS interception failed: {err}");
                 self.counters.tls_failed += 1;
-                session.learned = Self::learn_from_failure(policy, tls_session, &err, &session.tuple, now);
+                session.learned = session
+                    .conn
+                    .tls()
+                    .and_then(|tls| Self::learn_from_failure(policy, tls, &err, &session.tuple, now));
                 session.ended = Some(if fell_back_from_ech(&err) {
                     format!("TLS failed: {err} (the client saw ECH rejected and retries without it)")
                 } else {
                     format!("TLS failed: {err}")
                 });
-                session.failed = true;
+                session.conn.fail();
             }
             (Ok(false), _) => return false,
             (Ok(true), _) => {}
         }
-        if session.failed {
+        if session.conn.failed() {
             self.end_tls(session);
             abort_all(stack, session);
             return true;
         }
         if open_loop {
             self.start_inspection(stack, index, session, now);
-            if session.failed {
+            if session.conn.failed() {
                 self.end_tls(session);
                 return true;
             }
         }
-        if session.tls.as_deref().is_some_and(TlsSession::is_established) {
+        if session.conn.tls().is_some_and(TlsSession::is_established) {
             // Both handshakes are done: the session needs its generation no more.
             self.release_generation(session);
         }
-        self.finish_tls_directions(stack, session);
+        self.finish_tls_directions(stack, session, now);
         true
+    }
+
+    /// [`Shared::pump`] of a terminated session: the client's TLS with the
+    /// service's certificate, the service picked at its ClientHello, the
+    /// backend leg opened then; the plaintext is relayed (through the
+    /// inspection loop and the taps when the service says so). A client
+    /// that is not TLS, a name no service answers, a failed handshake: RST
+    /// and a log record.
+    fn pump_terminated(&mut self, stack: &mut Stack, index: usize, session: &mut Session, now: Instant) {
+        let ends = StreamEnds::of(session);
+        let at = self.wall.at(now);
+        let failure = loop {
+            let flows = SessionFlows::of(session);
+            let stream = &mut session.capture;
+            let taps = &mut self.taps;
+            let tapped = taps.any() && session.service.as_ref().is_some_and(|service| service.inspect);
+            let mut tap = tapped.then_some(CaptureTap { taps, stream, ends, at });
+            let was_established = session.conn.handshakes_done();
+            let pumped = session.conn.pump_tls(
+                &mut StackLegs { stack, flows },
+                None,
+                tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+            );
+            if let Err(err) = pumped {
+                break Some(format!("TLS failed: {err}"));
+            }
+            if !was_established && session.conn.handshakes_done() {
+                self.counters.terminated += 1;
+                let resumed = session
+                    .conn
+                    .tls_server()
+                    .is_some_and(|server| server.info.resumed_client);
+                self.counters.tickets_resumed += u64::from(resumed);
+            }
+            match session.conn.pending() {
+                None => break None,
+                Some(Pending::Rejected(rejection)) => break Some(format!("not TLS: {rejection:?}")),
+                Some(Pending::Hello { sni, .. }) => {
+                    // The ClientHello is complete: the handshake's time starts.
+                    session.stage_since = now;
+                    if let Some(sni) = &sni {
+                        self.top_sni.note(sni);
+                    }
+                    if let Err(reason) = self.accept_service(stack, index, session, sni.as_deref(), now) {
+                        break Some(reason);
+                    }
+                    if session.conn.failed() {
+                        // The inspection loop could not be opened, failing closed.
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            tracing::info!("termination refused: {reason}");
+            self.counters.terminate_failed += 1;
+            session.ended = Some(reason);
+            session.conn.fail();
+            self.end_tls(session);
+            abort_all(stack, session);
+            return;
+        }
+        self.finish_tls_directions(stack, session, now);
+    }
+
+    /// Gives a terminated session's ClientHello to the service answering
+    /// `sni` at its destination: the handshake goes on with the service's
+    /// certificates, the backend leg is opened from the client's address
+    /// (with the client's framing: the next hop is the destination's MAC),
+    /// its header queued first, and the inspection loop opened when the
+    /// service inspects. Err: why the client is refused.
+    fn accept_service(
+        &mut self,
+        stack: &mut Stack,
+        index: usize,
+        session: &mut Session,
+        sni: Option<&str>,
+        now: Instant,
+    ) -> Result<(), String> {
+        let services = self.services.clone().ok_or("no services")?;
+        let service = services
+            .for_hello(&session.tuple, sni)
+            .ok_or_else(|| format!("no service for {}", sni.unwrap_or("a ClientHello without SNI")))?;
+        session.service = Some(Terminated {
+            name: service.name.clone(),
+            inspect: service.inspect,
+        });
+        let backend = backend_tuple(&session.tuple, service)?;
+        let tls = session.conn.tls_server_mut().ok_or("no TLS state")?;
+        tls.accept(service.tls.server_config())
+            .map_err(|err| format!("TLS failed: {err}"))?;
+        if let Some(kind) = service.header {
+            let info = &tls.info;
+            let version = info.client_version.as_deref().unwrap_or_default().replace('_', ".");
+            let facts = wire::proxy::TlsFacts {
+                version: &version,
+                cipher: info.client_cipher.as_deref().unwrap_or_default(),
+                sni: info.sni.as_deref(),
+                alpn: info.alpn.as_deref().map(str::as_bytes),
+            };
+            let tuple = session.tuple;
+            let header = wire::proxy::encode(
+                kind,
+                SocketAddr::new(tuple.src_ip, tuple.src_port),
+                SocketAddr::new(tuple.dst_ip, tuple.dst_port),
+                Some(&facts),
+            );
+            tls.set_preamble(&header);
+        }
+        // A leg of an earlier connection on the same 4-tuple that lingers
+        // in TIME-WAIT makes way.
+        if let Some(old) = stack.lookup(Side::Server.index(), &backend.reversed()) {
+            if stack.state(old) == Ok(netstack::TcpState::TimeWait) {
+                stack.discard(old);
+            }
+        }
+        let server = stack
+            .connect(
+                Side::Server.index(),
+                &backend,
+                session.l2,
+                owner(index, Leg::Server),
+                now,
+            )
+            .map_err(|err| format!("no connection to the backend: {err}"))?;
+        session.server = Some(server);
+        if service.inspect {
+            self.start_inspection(stack, index, session, now);
+        }
+        Ok(())
     }
 
     /// Drops a session's TLS state, keeping what it told for the log.
     fn end_tls(&mut self, session: &mut Session) {
         self.release_generation(session);
-        if let Some(tls) = session.tls.take() {
+        if let Some(info) = session.conn.drop_tls() {
             self.counters.tls_sessions_live = self.counters.tls_sessions_live.saturating_sub(1);
-            session.tls_info = Some(tls.info);
+            session.tls_info = Some(info);
         }
     }
 
     /// Ends a session's stream in the decrypted capture with a RST.
-    fn record_reset(&mut self, session: &mut Session, from_client: bool) {
+    fn record_reset(&mut self, session: &mut Session, from_client: bool, now: Instant) {
         let ends = StreamEnds::of(session);
         if self.taps.any() {
             let stream = &mut session.capture;
             let taps = &mut self.taps;
-            Tap { taps, stream, ends }.reset(from_client);
+            let at = self.wall.at(now);
+            CaptureTap { taps, stream, ends, at }.reset(from_client);
         }
     }
 
@@ -2156,177 +2236,18 @@ impl Shared {
         Some(format!("bypass for {ttl} s: {}", entry.reason))
     }
 
-    /// Passes the end of each direction on, in order: into the inspection
-    /// loop once the plaintext went in, close_notify once the box passed
-    /// the FIN (or at once without a box), and FIN once the ciphertext went.
-    fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session) {
+    /// Passes the end of each direction on (see
+    /// [`Connection::finish_tls_directions`]), recording the FINs in the taps.
+    fn finish_tls_directions(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
         let ends = StreamEnds::of(session);
-        let Some(tls) = session.tls.as_deref_mut() else {
-            return;
-        };
+        let at = self.wall.at(now);
+        let flows = SessionFlows::of(session);
         let stream = &mut session.capture;
         let taps = &mut self.taps;
-        let mut tap = taps.any().then_some(Tap { taps, stream, ends });
-        let (client, server) = (session.client, session.server);
-        let client_done = tls.client_finished() || peer_done(stack, client);
-        let server_done = tls.server_finished() || peer_done(stack, server);
-        // Whether each direction came back out of the loop (true without one).
-        let (mut up_through, mut down_through) = (true, true);
-        if let Some(inspection) = session.inspection.as_mut() {
-            if !inspection.connected {
-                return;
-            }
-            let (out, back) = (inspection.out, inspection.back);
-            if !inspection.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
-                inspection.fin_to_out = true;
-                if let Some(out) = out {
-                    let _ = stack.close(out);
-                }
-            }
-            if !inspection.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
-                inspection.fin_to_back = true;
-                if let Some(back) = back {
-                    let _ = stack.close(back);
-                }
-            }
-            up_through = peer_done(stack, back);
-            down_through = peer_done(stack, out);
-        }
-        up_through &= tls.plaintext_from_client().is_empty();
-        down_through &= tls.plaintext_from_server().is_empty();
-        if tls.plaintext_exposed() {
-            if !session.close_notify_sent.0 && tls.client_finished() && up_through {
-                session.close_notify_sent.0 = true;
-                tls.close_to_server();
-                send_queued(stack, server, tls.to_server());
-            }
-            if !session.close_notify_sent.1 && tls.server_finished() && down_through {
-                session.close_notify_sent.1 = true;
-                tls.close_to_client();
-                send_queued(stack, client, tls.to_client());
-            }
-        }
-        if !session.fin_to_server && up_through && tls.to_server().is_empty() && peer_done(stack, client) {
-            session.fin_to_server = true;
-            if let Some(server) = server {
-                let _ = stack.close(server);
-            }
-            if let Some(tap) = tap.as_mut() {
-                tap.fin(true);
-            }
-        }
-        if !session.fin_to_client && down_through && tls.to_client().is_empty() && peer_done(stack, server) {
-            session.fin_to_client = true;
-            if let Some(client) = client {
-                let _ = stack.close(client);
-            }
-            if let Some(tap) = tap.as_mut() {
-                tap.fin(false);
-            }
-        }
-    }
-
-    /// Relays the bytes untouched (mode "splice", or TLS bypassed), through
-    /// the inspection loop when there is one. Each hop works on its own: a
-    /// leg may be gone once its part of the connection is over.
-    fn pump_plain(&mut self, stack: &mut Stack, session: &mut Session) {
-        let (client, server) = (session.client, session.server);
-        if let Some(inspection) = session.inspection.as_mut() {
-            if !inspection.connected {
-                return;
-            }
-            let (out, back) = (inspection.out, inspection.back);
-            let up = hop(stack, client, out, Some(&mut inspection.up), &mut inspection.fin_to_out);
-            let down = hop(
-                stack,
-                server,
-                back,
-                Some(&mut inspection.down),
-                &mut inspection.fin_to_back,
-            );
-            let passed_up = hop(stack, back, server, None, &mut session.fin_to_server);
-            let passed_down = hop(stack, out, client, None, &mut session.fin_to_client);
-            inspection.up.came_out(passed_up as usize);
-            inspection.down.came_out(passed_down as usize);
-            self.count(session, up, down);
-            return;
-        }
-        send_queued(stack, server, &mut session.backlog_to_server);
-        send_queued(stack, client, &mut session.backlog_to_client);
-        // Each side's later bytes wait until its backlog went out.
-        let up = if session.backlog_to_server.is_empty() {
-            hop(stack, client, server, None, &mut session.fin_to_server)
-        } else {
-            0
-        };
-        let down = if session.backlog_to_client.is_empty() {
-            hop(stack, server, client, None, &mut session.fin_to_client)
-        } else {
-            0
-        };
-        self.count(session, up, down);
-    }
-
-    fn count(&mut self, session: &mut Session, up: u64, down: u64) {
-        self.counters.bytes_client_to_server += up;
-        self.counters.bytes_server_to_client += down;
-        session.bytes.0 += up;
-        session.bytes.1 += down;
-    }
-}
-
-/// Relays what `from` received into `to` (recorded in `into_loop` when `to`
-/// feeds the inspection loop, and only as far as the record has room), and
-/// passes FIN on once `from`'s peer finished and everything went
-/// (`fin_sent` records it); returns the bytes moved. Nothing happens while
-/// either leg is missing.
-fn hop(
-    stack: &mut Stack,
-    from: Option<FlowId>,
-    to: Option<FlowId>,
-    into_loop: Option<&mut InFlight>,
-    fin_sent: &mut bool,
-) -> u64 {
-    let (Some(from), Some(to)) = (from, to) else {
-        return 0;
-    };
-    let moved = match into_loop {
-        Some(in_flight) => {
-            let room = InFlight::room(stack.send_queue(to).unwrap_or(0));
-            stack.relay_tapped(from, to, room, |bytes| in_flight.entered(bytes))
-        }
-        None => stack.relay(from, to),
-    };
-    let moved = moved.unwrap_or(0) as u64;
-    if !*fin_sent && stack.peer_finished(from).unwrap_or(false) {
-        *fin_sent = true;
-        let _ = stack.close(to);
-    }
-    moved
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{InFlight, TLS_BACKLOG};
-
-    #[test]
-    fn an_in_flight_record_matches_by_count_and_keeps_at_most_its_bound() {
-        let mut record = InFlight::default();
-        record.entered(b"abcdef");
-        record.came_out(2);
-        assert_eq!(record.bytes, b"cdef");
-        // The entry leg is fed up to the bound of unacknowledged bytes.
-        assert_eq!(InFlight::room(1_000), TLS_BACKLOG - 1_000);
-        assert_eq!(InFlight::room(2 * TLS_BACKLOG), 0);
-        // Beyond the bound the oldest bytes make way, counted as lost...
-        record.entered(&vec![b'x'; TLS_BACKLOG]);
-        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG, 4));
-        // ...and what comes out accounts for them first.
-        record.came_out(5);
-        assert_eq!((record.bytes.len(), record.lost), (TLS_BACKLOG - 1, 0));
-        // A box that gave back more than went in just empties the record.
-        record.came_out(2 * TLS_BACKLOG);
-        assert_eq!((record.bytes.len(), record.lost), (0, 0));
-        assert_eq!(record.bytes.capacity(), 0, "an empty record holds no memory");
+        let mut tap = taps.any().then_some(CaptureTap { taps, stream, ends, at });
+        session.conn.finish_tls_directions(
+            &mut StackLegs { stack, flows },
+            tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+        );
     }
 }

@@ -175,6 +175,8 @@ struct SharedOutputs {
     stream: Option<StreamFeed>,
     port_map: std::collections::BTreeMap<u16, u16>,
     directory: Option<Arc<SessionDirectory>>,
+    /// The `[[service]]` entries, terminated by every worker.
+    services: Option<Arc<appliance::service::Services>>,
 }
 
 impl SharedOutputs {
@@ -223,6 +225,10 @@ fn assemble<P: port::Port>(
     };
     let engine = match outputs.directory {
         Some(directory) => engine.with_directory(directory),
+        None => engine,
+    };
+    let engine = match outputs.services {
+        Some(services) => engine.with_services(services),
         None => engine,
     };
     Some(match outputs.connection_log {
@@ -547,6 +553,7 @@ impl Dataplane {
             stream: self.stream.as_ref().map(PcapStream::feed),
             port_map: self.port_map.clone(),
             directory: (self.workers.len() > 1).then(Arc::default),
+            services: Some(self.reloader.services()),
         }
     }
 

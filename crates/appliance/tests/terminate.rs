@@ -1,0 +1,346 @@
+//! TLS termination (`[[service]]`, stud on the wire) end to end in memory:
+//! a rustls client connects to a service's destination and gets the
+//! service's own certificate; the backend (the server host on another port,
+//! reached from the client's address) receives the PROXY v2 header with the
+//! client's address, then the plaintext byte-exact. A backend that refuses
+//! and a name no service answers cost the client a RST, counted and logged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use appliance::config::{InspectFailure, ServiceConfig};
+use appliance::service::Services;
+use appliance::splice::InspectionSettings;
+use harness::connlog::LogFile;
+use harness::tls::{drive, provider, try_drive, Scratch};
+use harness::{policy, v4, v6, BoxMode, Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+
+const BACKEND_PORT: u16 = 8080;
+
+/// The service's CA and leaf, and the files the `[[service]]` names.
+struct ServicePki {
+    ca: CertificateDer<'static>,
+    leaf: CertificateDer<'static>,
+    chain: PathBuf,
+    key: PathBuf,
+}
+
+fn service_pki(dir: &Path) -> ServicePki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name.push(DnType::CommonName, "Service Root");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["www.lab.test".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "www.lab.test");
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let chain = dir.join("www.pem");
+    let key_path = dir.join("www.key");
+    std::fs::write(&chain, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    ServicePki {
+        ca: ca.der().clone(),
+        leaf: leaf.der().clone(),
+        chain,
+        key: key_path,
+    }
+}
+
+/// A service for `www.lab.test` on the server's address, port 443, with
+/// its backend on the same server at [`BACKEND_PORT`], PROXY v2 first.
+fn services(pki: &ServicePki) -> Arc<Services> {
+    let toml = format!(
+        "name = \"www\"\n\
+         destinations = [\"198.18.0.2\", \"2001:2::2\"]\n\
+         port = 443\n\
+         server_names = [\"www.lab.test\"]\n\
+         certificates = [ {{ chain = \"{}\", key = \"{}\" }} ]\n\
+         backend = {{ port = {BACKEND_PORT} }}\n\
+         header = \"proxy-v2\"\n",
+        pki.chain.display(),
+        pki.key.display()
+    );
+    let config: ServiceConfig = toml::from_str(&toml).unwrap();
+    Arc::new(Services::from_config(&[config]).unwrap())
+}
+
+/// A client configuration trusting the service's CA (it keeps the
+/// tickets it is given, for resumption).
+fn client_config(pki: &ServicePki) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn client_tls(pki: &ServicePki, name: &str) -> ClientConnection {
+    ClientConnection::new(client_config(pki), ServerName::try_from(name.to_string()).unwrap()).unwrap()
+}
+
+/// A lab whose appliance intercepts no port and terminates the service,
+/// logging to `log`.
+fn lab(pki: &ServicePki, log: &LogFile) -> Lab {
+    let log = Arc::clone(&log.log);
+    let services = services(pki);
+    Lab::with_engine(&policy(&[]), |engine| {
+        engine.with_services(services).with_connection_log(log)
+    })
+}
+
+/// The client's connection to the service, with its TLS.
+fn connect_tls(lab: &mut Lab, pki: &ServicePki, name: &str, local_port: u16) -> (SocketHandle, ClientConnection) {
+    let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+    // The appliance answers the SYN itself (no backend yet).
+    assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+    (client, client_tls(pki, name))
+}
+
+/// Runs the client's TLS handshake with the appliance.
+fn handshake(lab: &mut Lab, client: SocketHandle, tls: &mut ClientConnection) {
+    let mut ignored = Vec::new();
+    assert!(
+        lab.run_until(5_000, |lab| {
+            drive(&mut lab.client, client, tls, &mut ignored);
+            !tls.is_handshaking()
+        }),
+        "handshake"
+    );
+}
+
+/// Appends what the backend received to `into`.
+fn read_backend(lab: &mut Lab, backend: SocketHandle, into: &mut Vec<u8>) {
+    let socket = lab.server.tcp(backend);
+    while socket.can_recv() {
+        socket.recv(|data| (data.len(), into.extend_from_slice(data))).unwrap();
+    }
+}
+
+#[test]
+fn a_terminated_client_gets_the_services_certificate_and_the_backend_the_proxy_header_then_the_plaintext() {
+    let scratch = Scratch::new("terminate-service");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_000);
+    let mut received = Vec::new();
+    handshake(&mut lab, client, &mut tls);
+    assert_eq!(
+        tls.peer_certificates().unwrap()[0],
+        pki.leaf,
+        "the service's own certificate"
+    );
+
+    let request = harness::pattern(100_000, 3);
+    let mut outgoing = &request[..];
+    let mut at_backend = Vec::new();
+    let header_len = 16 + 12;
+    assert!(lab.run_until(10_000, |lab| {
+        // A record at a time, once the socket took the last one.
+        if !outgoing.is_empty() && lab.client.tcp(client).send_queue() == 0 {
+            let chunk = &outgoing[..outgoing.len().min(16 * 1024)];
+            let sent = std::io::Write::write(&mut tls.writer(), chunk).unwrap();
+            outgoing = &outgoing[sent..];
+        }
+        drive(&mut lab.client, client, &mut tls, &mut received);
+        read_backend(lab, backend, &mut at_backend);
+        at_backend.len() > header_len && at_backend.ends_with(&request[request.len() - 100..])
+    }));
+    // PROXY v2: the signature, PROXY over TCP/IPv4, then the client's
+    // address and port and the address it connected to.
+    assert_eq!(&at_backend[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(at_backend[12..14], [0x21, 0x11]);
+    let length = usize::from(u16::from_be_bytes([at_backend[14], at_backend[15]]));
+    assert_eq!(at_backend[16..20], CLIENT_V4, "the client's address");
+    assert_eq!(at_backend[20..24], SERVER_V4, "the address it connected to");
+    assert_eq!(u16::from_be_bytes([at_backend[24], at_backend[25]]), 41_000);
+    assert_eq!(u16::from_be_bytes([at_backend[26], at_backend[27]]), 443);
+    let tlvs = &at_backend[28..16 + length];
+    assert!(
+        tlvs.windows(12).any(|w| w == b"www.lab.test"),
+        "the SNI in PP2_TYPE_AUTHORITY"
+    );
+    assert_eq!(&at_backend[16 + length..], &request[..], "the plaintext, byte-exact");
+    // The backend's side: its client is the client's own address.
+    let remote = lab.server.tcp(backend).remote_endpoint().unwrap();
+    assert_eq!((remote.addr, remote.port), (v4(CLIENT_V4, 41_000).addr, 41_000));
+
+    // The backend answers and closes: close_notify reaches the client.
+    let response = harness::pattern(50_000, 4);
+    let mut down = &response[..];
+    let mut closed = false;
+    assert!(lab.run_until(10_000, |lab| {
+        let socket = lab.server.tcp(backend);
+        if !down.is_empty() && socket.can_send() {
+            let sent = socket.send_slice(down).unwrap();
+            down = &down[sent..];
+            if down.is_empty() {
+                socket.close();
+            }
+        }
+        closed |= drive(&mut lab.client, client, &mut tls, &mut received);
+        closed
+    }));
+    assert_eq!(received, response);
+    lab.client.tcp(client).close();
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.terminated, counters.terminate_failed), (1, 0));
+    let record = &log.records()[0];
+    assert_eq!(record["event_type"], "tls_terminate");
+    assert_eq!(record["decision"], "terminate");
+    assert_eq!(record["reason"], "service www");
+    assert_eq!(record["sni"], "www.lab.test");
+    assert_eq!(record["client_tls_version"], "TLSv1_3");
+    assert_eq!(record["plaintext_client_to_server"], request.len() as u64);
+}
+
+/// Drives the client's TLS until its connection is reset; the error rustls
+/// saw, if any.
+fn until_reset(lab: &mut Lab, client: SocketHandle, tls: &mut ClientConnection) {
+    let mut ignored = Vec::new();
+    let reset = lab.run_until(10_000, |lab| {
+        let _ = try_drive(&mut lab.client, client, tls, &mut ignored);
+        lab.client.tcp(client).state() == State::Closed
+    });
+    assert!(reset, "the client was reset: {:?}", lab.client.tcp(client).state());
+    assert!(ignored.is_empty(), "no plaintext reached the client");
+}
+
+#[test]
+fn a_backend_that_refuses_costs_the_client_a_reset_and_a_record() {
+    let scratch = Scratch::new("terminate-refused");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    // Nothing listens on the backend port: the server host answers RST.
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_001);
+    until_reset(&mut lab, client, &mut tls);
+    assert_eq!(lab.engine.splicer().counters().backend_refused, 1);
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
+    assert_eq!(record["decision"], "terminate");
+    assert_eq!(record["ended"], "backend refused");
+}
+
+#[test]
+fn a_name_no_service_answers_costs_the_client_a_reset_and_a_record() {
+    let scratch = Scratch::new("terminate-unknown");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let _backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "other.lab.test", 41_002);
+    until_reset(&mut lab, client, &mut tls);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.terminate_failed, counters.terminated), (1, 0));
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
+    assert_eq!(record["decision"], "terminate");
+    assert_eq!(record["ended"], "no service for other.lab.test");
+    assert_eq!(record["sni"], "other.lab.test");
+}
+
+#[test]
+fn a_terminated_connections_plaintext_goes_round_the_inspection_box() {
+    let scratch = Scratch::new("terminate-inspect");
+    let pki = service_pki(&scratch.0);
+    let services = services(&pki);
+    let settings = InspectionSettings {
+        failure: InspectFailure::FailClosed,
+        syn_timeout: netstack::Duration::from_millis(300),
+        timeout: netstack::Duration::from_secs(3),
+    };
+    // The box rewrites what it sees: the backend gets the box's version.
+    let mut lab = Lab::with_inspection_and(
+        &policy(&[]),
+        settings,
+        BoxMode::Rewrite(b"secret", b"XXXXXX"),
+        |engine| engine.with_services(services),
+    );
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_003);
+    handshake(&mut lab, client, &mut tls);
+    std::io::Write::write_all(&mut tls.writer(), b"GET /secret HTTP/1.1\r\n\r\n").unwrap();
+    let mut at_backend = Vec::new();
+    let mut ignored = Vec::new();
+    assert!(lab.run_until(5_000, |lab| {
+        drive(&mut lab.client, client, &mut tls, &mut ignored);
+        read_backend(lab, backend, &mut at_backend);
+        at_backend.ends_with(b"GET /XXXXXX HTTP/1.1\r\n\r\n")
+    }));
+    let seen = &lab.inspection.as_ref().unwrap().seen_up;
+    assert!(
+        seen.windows(11).any(|w| w == b"GET /XXXXXX"),
+        "the box saw the plaintext (recorded as it passed it on)"
+    );
+    assert_eq!(lab.engine.splicer().counters().inspected, 1);
+}
+
+#[test]
+fn an_ipv6_client_reaches_the_backend_from_its_own_address() {
+    let scratch = Scratch::new("terminate-ipv6");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let client = lab.client.connect(v6(SERVER_V6, 443), 41_004, 64 * 1024);
+    assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+    let mut tls = client_tls(&pki, "www.lab.test");
+    handshake(&mut lab, client, &mut tls);
+    std::io::Write::write_all(&mut tls.writer(), b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let (mut at_backend, mut ignored) = (Vec::new(), Vec::new());
+    assert!(lab.run_until(5_000, |lab| {
+        drive(&mut lab.client, client, &mut tls, &mut ignored);
+        read_backend(lab, backend, &mut at_backend);
+        at_backend.ends_with(b"GET / HTTP/1.1\r\n\r\n")
+    }));
+    // PROXY v2 over TCP/IPv6: the client's own address, then the service's.
+    assert_eq!(at_backend[12..14], [0x21, 0x21]);
+    let client_v6: std::net::Ipv6Addr = CLIENT_V6.parse().unwrap();
+    let server_v6: std::net::Ipv6Addr = SERVER_V6.parse().unwrap();
+    assert_eq!(at_backend[16..32], client_v6.octets());
+    assert_eq!(at_backend[32..48], server_v6.octets());
+    assert_eq!(u16::from_be_bytes([at_backend[48], at_backend[49]]), 41_004);
+}
+
+#[test]
+fn a_client_resumes_with_the_ticket_of_its_earlier_connection() {
+    let scratch = Scratch::new("terminate-resume");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let config = client_config(&pki);
+    for (local_port, resumed) in [(41_005, false), (41_006, true)] {
+        let _backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+        let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+        assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+        let name = ServerName::try_from("www.lab.test").unwrap();
+        let mut tls = ClientConnection::new(Arc::clone(&config), name).unwrap();
+        handshake(&mut lab, client, &mut tls);
+        assert_eq!(tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed), resumed);
+        // The tickets come after the handshake: read them.
+        let mut ignored = Vec::new();
+        lab.run_until(50, |lab| {
+            drive(&mut lab.client, client, &mut tls, &mut ignored);
+            false
+        });
+        lab.client.tcp(client).close();
+    }
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.terminated, counters.tickets_resumed), (2, 1));
+}

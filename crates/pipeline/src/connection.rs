@@ -1,0 +1,615 @@
+//! One connection's pipeline: its state, its transform, its inspection
+//! loop, and the relay between its legs.
+
+use mitm::{MitmError, Pending, TlsContext, TlsSession};
+
+use crate::inflight::InFlight;
+use crate::terminate::TlsServer;
+use crate::transform::TlsTransform;
+use crate::{End, Ends, Leg, LegIo, State, Tap, TLS_BACKLOG};
+
+/// The transform between the client's and the server's leg.
+enum Transform {
+    /// The bytes pass untouched (mode "splice", TLS bypassed, or the TLS
+    /// state already dropped).
+    Plain,
+    /// TLS interception: a forged certificate towards the client, the real
+    /// server's TLS towards the server.
+    Intercept(Box<TlsSession>),
+    /// TLS termination: the service's certificate towards the client,
+    /// plaintext (after a preamble) to the backend.
+    Terminate(Box<TlsServer>),
+}
+
+/// The loop through the inspection box, while the plaintext uses it.
+enum InspectionLoop {
+    /// The loop's SYN waits for the box to pass it: the plaintext waits.
+    Opening,
+    /// The box passed the SYN: plaintext goes round; each loop leg may end
+    /// on its own.
+    Through(Box<Through>),
+}
+
+#[derive(Default)]
+struct Through {
+    /// FIN already passed into the loop, client side / server side.
+    fin_to_out: bool,
+    fin_to_back: bool,
+    /// What went into the loop and has not come back out: client → server
+    /// (into `InspectOut`, out of `InspectIn`) and server → client (into
+    /// `InspectIn`, out of `InspectOut`). Fail-open delivers it directly if
+    /// the box dies.
+    up: InFlight,
+    down: InFlight,
+}
+
+/// One connection (see the crate documentation).
+pub struct Connection {
+    state: State,
+    transform: Transform,
+    inspection: Option<InspectionLoop>,
+    /// Bytes to relay directly before anything else the client / the server
+    /// sends: client bytes the TLS layer read before a bypass, or what an
+    /// inspection box that failed open had not passed back.
+    backlog_to_server: Vec<u8>,
+    backlog_to_client: Vec<u8>,
+    /// TCP payload bytes received from the client and from the server.
+    bytes: (u64, u64),
+}
+
+impl Connection {
+    /// A connection relayed untouched, or intercepted with `tls`;
+    /// `connecting`: its server leg is still being connected.
+    pub fn new(tls: Option<Box<TlsSession>>, connecting: bool) -> Connection {
+        Connection::with(tls.map_or(Transform::Plain, Transform::Intercept), connecting)
+    }
+
+    /// A terminated connection: the backend leg comes after the ClientHello.
+    pub fn terminated() -> Connection {
+        Connection::with(Transform::Terminate(Box::default()), true)
+    }
+
+    fn with(transform: Transform, connecting: bool) -> Connection {
+        Connection {
+            state: if connecting {
+                State::Connecting
+            } else {
+                State::Open(Ends::default())
+            },
+            transform,
+            inspection: None,
+            backlog_to_server: Vec::new(),
+            backlog_to_client: Vec::new(),
+            bytes: (0, 0),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The server leg was established (or the connection failed before).
+    pub fn established(&self) -> bool {
+        matches!(self.state, State::Open(_) | State::Failed(_))
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.state, State::Refused | State::Failed(_))
+    }
+
+    /// FIN went both ways.
+    pub fn closed(&self) -> bool {
+        matches!(self.state, State::Open(ends) | State::Failed(ends) if ends.closed())
+    }
+
+    /// The server leg connected: relaying starts. False if it was not
+    /// connecting.
+    pub fn server_connected(&mut self) -> bool {
+        if self.state != State::Connecting {
+            return false;
+        }
+        self.state = State::Open(Ends::default());
+        true
+    }
+
+    /// The connection failed (the caller answers its legs).
+    pub fn fail(&mut self) {
+        self.state = match self.state {
+            State::Connecting | State::Refused => State::Refused,
+            State::Open(ends) | State::Failed(ends) => State::Failed(ends),
+        };
+    }
+
+    /// TCP payload bytes received from the client and from the server.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.bytes
+    }
+
+    /// The TLS interception state, while there is one.
+    pub fn tls(&self) -> Option<&TlsSession> {
+        match &self.transform {
+            Transform::Intercept(tls) => Some(tls),
+            _ => None,
+        }
+    }
+
+    /// The TLS termination state, while there is one.
+    pub fn tls_server(&self) -> Option<&TlsServer> {
+        match &self.transform {
+            Transform::Terminate(server) => Some(server),
+            _ => None,
+        }
+    }
+
+    pub fn tls_server_mut(&mut self) -> Option<&mut TlsServer> {
+        match &mut self.transform {
+            Transform::Terminate(server) => Some(server),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection holds TLS state (either kind).
+    pub fn has_tls(&self) -> bool {
+        !matches!(self.transform, Transform::Plain)
+    }
+
+    /// Drops the TLS state, returning what it told (for the log); from now
+    /// on the bytes pass untouched.
+    pub fn drop_tls(&mut self) -> Option<mitm::SessionInfo> {
+        match std::mem::replace(&mut self.transform, Transform::Plain) {
+            Transform::Plain => None,
+            Transform::Intercept(tls) => Some(tls.info),
+            Transform::Terminate(server) => Some(server.info),
+        }
+    }
+
+    /// Both TLS handshakes are done.
+    pub fn handshakes_done(&self) -> bool {
+        match &self.transform {
+            Transform::Plain => false,
+            Transform::Intercept(tls) => tls.handshakes_done(),
+            Transform::Terminate(server) => server.handshakes_done(),
+        }
+    }
+
+    /// What the caller must decide before the connection goes on.
+    pub fn pending(&self) -> Option<Pending> {
+        match &self.transform {
+            Transform::Plain => None,
+            Transform::Intercept(tls) => tls.pending(),
+            Transform::Terminate(server) => server.pending(),
+        }
+    }
+
+    /// Intercepts the pending ClientHello; `expose`: the plaintext goes
+    /// through the caller (the inspection loop, the taps).
+    pub fn intercept(&mut self, context: &TlsContext, expose: bool) -> Result<(), MitmError> {
+        let Transform::Intercept(tls) = &mut self.transform else {
+            return Err(MitmError::Config("nothing to intercept".into()));
+        };
+        tls.intercept(context)?;
+        if expose {
+            tls.expose_plaintext();
+        }
+        Ok(())
+    }
+
+    /// Gives the interception up: every byte the client sent so far goes to
+    /// the server untouched, first. The caller drops the TLS state.
+    pub fn bypass(&mut self) {
+        if let Transform::Intercept(tls) = &mut self.transform {
+            self.backlog_to_server = tls.bypass();
+        }
+    }
+
+    /// Sends the plaintext through the inspection loop, once the box passed
+    /// its SYN.
+    pub fn open_loop(&mut self) {
+        self.inspection = Some(InspectionLoop::Opening);
+    }
+
+    /// Whether the plaintext uses the inspection loop.
+    pub fn has_loop(&self) -> bool {
+        self.inspection.is_some()
+    }
+
+    /// Whether the box passed the loop's SYN.
+    pub fn loop_through(&self) -> bool {
+        matches!(self.inspection, Some(InspectionLoop::Through(_)))
+    }
+
+    /// The box passed the loop's SYN; false if it had already.
+    pub fn loop_passed_syn(&mut self) -> bool {
+        if !matches!(self.inspection, Some(InspectionLoop::Opening)) {
+            return false;
+        }
+        self.inspection = Some(InspectionLoop::Through(Box::default()));
+        true
+    }
+
+    /// The plaintext no longer uses the loop (the caller drops its legs).
+    pub fn drop_loop(&mut self) {
+        self.inspection = None;
+    }
+
+    /// The box died under a live connection that fails open: what it had
+    /// not passed back goes into the direct path, ahead of anything newer.
+    /// Returns how many bytes the box had not passed back; None if the
+    /// loop's records lost some of them (the connection cannot go on
+    /// exactly).
+    pub fn take_unreturned(&mut self, io: &mut dyn LegIo) -> Option<usize> {
+        let Some(InspectionLoop::Through(through)) = self.inspection.as_mut() else {
+            return Some(0);
+        };
+        let ends = match self.state {
+            State::Open(ends) | State::Failed(ends) => ends,
+            State::Connecting | State::Refused => Ends::default(),
+        };
+        let (up, up_held) = unreturned(io, Leg::InspectIn, &mut through.up, ends.to_server != End::Open)?;
+        let (down, down_held) = unreturned(io, Leg::InspectOut, &mut through.down, ends.to_client != End::Open)?;
+        match &mut self.transform {
+            Transform::Intercept(tls) => {
+                prepend(tls.plaintext_from_client(), up);
+                prepend(tls.plaintext_from_server(), down);
+            }
+            Transform::Terminate(server) => {
+                prepend(server.plaintext_from_client(), up);
+                prepend(server.plaintext_from_server(), down);
+            }
+            Transform::Plain => {
+                self.backlog_to_server.extend_from_slice(&up);
+                self.backlog_to_client.extend_from_slice(&down);
+            }
+        }
+        Some(up_held + down_held)
+    }
+
+    /// Moves ciphertext between the legs and the TLS transform, and the
+    /// plaintext between the transform and the inspection loop (or straight
+    /// across), until nothing moves. A leg is read only while what it feeds
+    /// is below [`TLS_BACKLOG`]. `context` serves interception (an
+    /// intercepted connection waits without one). Nothing happens for a
+    /// plain connection.
+    pub fn pump_tls(
+        &mut self,
+        io: &mut dyn LegIo,
+        context: Option<&mut TlsContext>,
+        tap: Option<&mut dyn Tap>,
+    ) -> Result<(), MitmError> {
+        let inspection = self.inspection.as_mut();
+        match (&mut self.transform, context) {
+            (Transform::Plain, _) | (Transform::Intercept(_), None) => Ok(()),
+            (Transform::Intercept(tls), Some(context)) => {
+                relay_tls(&mut **tls, context, io, inspection, &mut self.bytes, tap)
+            }
+            (Transform::Terminate(server), _) => {
+                relay_tls(&mut **server, &mut (), io, inspection, &mut self.bytes, tap)
+            }
+        }
+    }
+
+    /// Passes the end of each direction on, in order: into the inspection
+    /// loop once the plaintext went in, close_notify once the box passed
+    /// the FIN (or at once without a box), and FIN once the ciphertext went.
+    pub fn finish_tls_directions(&mut self, io: &mut dyn LegIo, tap: Option<&mut dyn Tap>) {
+        let State::Open(ends) = &mut self.state else {
+            return;
+        };
+        let inspection = self.inspection.as_mut();
+        match &mut self.transform {
+            Transform::Plain => {}
+            Transform::Intercept(tls) => finish_directions(&mut **tls, io, inspection, ends, tap),
+            Transform::Terminate(server) => finish_directions(&mut **server, io, inspection, ends, tap),
+        }
+    }
+
+    /// Relays the bytes untouched, through the inspection loop when there
+    /// is one. Each hop works on its own: a leg may be gone once its part
+    /// of the connection is over.
+    pub fn pump_plain(&mut self, io: &mut dyn LegIo) {
+        let State::Open(ends) = &mut self.state else {
+            return;
+        };
+        let mut fin_to_server = ends.to_server == End::FinSent;
+        let mut fin_to_client = ends.to_client == End::FinSent;
+        let (up, down) = match self.inspection.as_mut() {
+            Some(InspectionLoop::Opening) => return,
+            Some(InspectionLoop::Through(through)) => {
+                let up = hop(
+                    io,
+                    Leg::Client,
+                    Leg::InspectOut,
+                    Some(&mut through.up),
+                    &mut through.fin_to_out,
+                );
+                let down = hop(
+                    io,
+                    Leg::Server,
+                    Leg::InspectIn,
+                    Some(&mut through.down),
+                    &mut through.fin_to_back,
+                );
+                let passed_up = hop(io, Leg::InspectIn, Leg::Server, None, &mut fin_to_server);
+                let passed_down = hop(io, Leg::InspectOut, Leg::Client, None, &mut fin_to_client);
+                through.up.came_out(passed_up as usize);
+                through.down.came_out(passed_down as usize);
+                (up, down)
+            }
+            None => {
+                send_queued(io, Leg::Server, &mut self.backlog_to_server);
+                send_queued(io, Leg::Client, &mut self.backlog_to_client);
+                // Each side's later bytes wait until its backlog went out.
+                let up = if self.backlog_to_server.is_empty() {
+                    hop(io, Leg::Client, Leg::Server, None, &mut fin_to_server)
+                } else {
+                    0
+                };
+                let down = if self.backlog_to_client.is_empty() {
+                    hop(io, Leg::Server, Leg::Client, None, &mut fin_to_client)
+                } else {
+                    0
+                };
+                (up, down)
+            }
+        };
+        if fin_to_server {
+            ends.to_server = End::FinSent;
+        }
+        if fin_to_client {
+            ends.to_client = End::FinSent;
+        }
+        self.bytes.0 += up;
+        self.bytes.1 += down;
+    }
+
+    /// Buffer capacity the TLS state holds.
+    pub fn tls_buffer_capacity(&self) -> usize {
+        match &self.transform {
+            Transform::Plain => 0,
+            Transform::Intercept(tls) => tls.buffer_capacity(),
+            Transform::Terminate(server) => server.buffer_capacity(),
+        }
+    }
+}
+
+/// [`Connection::pump_tls`] for one kind of transform.
+fn relay_tls<T: TlsTransform>(
+    tls: &mut T,
+    context: &mut T::Context,
+    io: &mut dyn LegIo,
+    mut inspection: Option<&mut InspectionLoop>,
+    bytes: &mut (u64, u64),
+    mut tap: Option<&mut dyn Tap>,
+) -> Result<(), MitmError> {
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..64 {
+        // Both queues, always (no short-circuit).
+        let mut progress =
+            send_queued(io, Leg::Client, tls.to_client()) | send_queued(io, Leg::Server, tls.to_server());
+        if tls.to_server().len() < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
+            let read = io.recv(Leg::Client, &mut buf);
+            if read > 0 {
+                bytes.0 += read as u64;
+                tls.feed_from_client(buf.get(..read).unwrap_or_default())?;
+                progress = true;
+            }
+        }
+        if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
+            let read = io.recv(Leg::Server, &mut buf);
+            if read > 0 {
+                bytes.1 += read as u64;
+                tls.feed_from_server(context, buf.get(..read).unwrap_or_default())?;
+                progress = true;
+            }
+        }
+        match inspection.as_deref_mut() {
+            Some(InspectionLoop::Through(through)) => {
+                progress |= feed_loop(io, Leg::InspectOut, tls.plaintext_from_client(), &mut through.up)
+                    | feed_loop(io, Leg::InspectIn, tls.plaintext_from_server(), &mut through.down);
+                if tls.to_server().len() < TLS_BACKLOG {
+                    let read = io.recv(Leg::InspectIn, &mut buf);
+                    if read > 0 {
+                        through.up.came_out(read);
+                        deliver(tls, &mut tap, true, buf.get(..read).unwrap_or_default())?;
+                        progress = true;
+                    }
+                }
+                if tls.to_client().len() < TLS_BACKLOG {
+                    let read = io.recv(Leg::InspectOut, &mut buf);
+                    if read > 0 {
+                        through.down.came_out(read);
+                        deliver(tls, &mut tap, false, buf.get(..read).unwrap_or_default())?;
+                        progress = true;
+                    }
+                }
+            }
+            // The loop is still being opened: the plaintext waits.
+            Some(InspectionLoop::Opening) => {}
+            None => {
+                if !tls.plaintext_from_client().is_empty() {
+                    let plaintext = std::mem::take(tls.plaintext_from_client());
+                    deliver(tls, &mut tap, true, &plaintext)?;
+                    progress = true;
+                }
+                if !tls.plaintext_from_server().is_empty() {
+                    let plaintext = std::mem::take(tls.plaintext_from_server());
+                    deliver(tls, &mut tap, false, &plaintext)?;
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    // Quiet now: queues the sockets emptied give their memory back, so an
+    // idle connection holds no TLS buffer.
+    tls.release_empty_buffers();
+    Ok(())
+}
+
+/// [`Connection::finish_tls_directions`] for one kind of transform.
+fn finish_directions<T: TlsTransform>(
+    tls: &mut T,
+    io: &mut dyn LegIo,
+    inspection: Option<&mut InspectionLoop>,
+    ends: &mut Ends,
+    mut tap: Option<&mut dyn Tap>,
+) {
+    // A plain server leg's end is its FIN, once everything before it was read.
+    let server_finished = if tls.server_speaks_tls() {
+        tls.server_finished()
+    } else {
+        peer_done(io, Leg::Server)
+    };
+    let client_done = tls.client_finished() || peer_done(io, Leg::Client);
+    let server_done = server_finished || peer_done(io, Leg::Server);
+    // Whether each direction came back out of the loop (true without one).
+    let (mut up_through, mut down_through) = (true, true);
+    if let Some(inspection) = inspection {
+        let InspectionLoop::Through(through) = inspection else {
+            return;
+        };
+        if !through.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
+            through.fin_to_out = true;
+            io.close(Leg::InspectOut);
+        }
+        if !through.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
+            through.fin_to_back = true;
+            io.close(Leg::InspectIn);
+        }
+        up_through = peer_done(io, Leg::InspectIn);
+        down_through = peer_done(io, Leg::InspectOut);
+    }
+    up_through &= tls.plaintext_from_client().is_empty();
+    down_through &= tls.plaintext_from_server().is_empty();
+    if tls.plaintext_exposed() {
+        if ends.to_server == End::Open && tls.client_finished() && up_through {
+            ends.to_server = End::CloseNotifySent;
+            tls.close_to_server();
+            send_queued(io, Leg::Server, tls.to_server());
+        }
+        if ends.to_client == End::Open && server_finished && down_through {
+            ends.to_client = End::CloseNotifySent;
+            tls.close_to_client();
+            send_queued(io, Leg::Client, tls.to_client());
+        }
+    }
+    if ends.to_server != End::FinSent && up_through && tls.to_server().is_empty() && peer_done(io, Leg::Client) {
+        ends.to_server = End::FinSent;
+        io.close(Leg::Server);
+        if let Some(tap) = tap.as_deref_mut() {
+            tap.fin(true);
+        }
+    }
+    if ends.to_client != End::FinSent && down_through && tls.to_client().is_empty() && peer_done(io, Leg::Server) {
+        ends.to_client = End::FinSent;
+        io.close(Leg::Client);
+        if let Some(tap) = tap {
+            tap.fin(false);
+        }
+    }
+}
+
+/// Shows `plaintext` to the tap and passes it on, encrypted, to the
+/// server (`to_server`) or the client.
+fn deliver<T: TlsTransform>(
+    tls: &mut T,
+    tap: &mut Option<&mut dyn Tap>,
+    to_server: bool,
+    plaintext: &[u8],
+) -> Result<(), MitmError> {
+    if let Some(tap) = tap.as_deref_mut() {
+        tap.data(to_server, plaintext);
+    }
+    if to_server {
+        tls.send_to_server(plaintext)
+    } else {
+        tls.send_to_client(plaintext)
+    }
+}
+
+/// Sends as much of `queue` as `leg` takes now; true if anything went.
+fn send_queued(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>) -> bool {
+    if queue.is_empty() {
+        return false;
+    }
+    let sent = io.send(leg, queue).min(queue.len());
+    queue.drain(..sent);
+    sent > 0
+}
+
+/// Sends as much of `queue` into the loop leg `leg` as it takes and
+/// `in_flight` has room for, recording it there; true if anything went.
+fn feed_loop(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>, in_flight: &mut InFlight) -> bool {
+    if !io.exists(leg) {
+        return false;
+    }
+    let room = InFlight::room(io.unacknowledged(leg));
+    let offered = queue.get(..room).unwrap_or(queue);
+    let sent = io.send(leg, offered).min(offered.len());
+    in_flight.entered(offered.get(..sent).unwrap_or_default());
+    queue.drain(..sent);
+    sent > 0
+}
+
+/// Relays what `from` received into `to` (recorded in `into_loop` when `to`
+/// feeds the inspection loop, and only as far as the record has room), and
+/// passes FIN on once `from`'s peer finished and everything went
+/// (`fin_sent` records it); returns the bytes moved. Nothing happens while
+/// either leg is missing.
+fn hop(io: &mut dyn LegIo, from: Leg, to: Leg, into_loop: Option<&mut InFlight>, fin_sent: &mut bool) -> u64 {
+    if !(io.exists(from) && io.exists(to)) {
+        return 0;
+    }
+    let moved = match into_loop {
+        Some(in_flight) => {
+            let room = InFlight::room(io.unacknowledged(to));
+            io.relay(from, to, room, &mut |bytes| in_flight.entered(bytes))
+        }
+        None => io.relay(from, to, usize::MAX, &mut |_| {}),
+    };
+    if !*fin_sent && io.peer_finished(from).unwrap_or(false) {
+        *fin_sent = true;
+        io.close(to);
+    }
+    moved as u64
+}
+
+/// One direction of a loop whose box died: what its `exit` leg still holds
+/// from the box, then what went in and has not come out (nothing more once
+/// the box passed the direction's end, `passed_end`). Returns those bytes
+/// and how many of them the box had not passed back; None if the record
+/// lost some of these (the box held more than it keeps).
+fn unreturned(io: &mut dyn LegIo, exit: Leg, in_flight: &mut InFlight, passed_end: bool) -> Option<(Vec<u8>, usize)> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let read = io.recv(exit, &mut buf);
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(buf.get(..read).unwrap_or_default());
+        in_flight.came_out(read);
+    }
+    if passed_end || io.peer_finished(exit) == Some(true) {
+        return Some((bytes, 0));
+    }
+    if in_flight.lost > 0 {
+        return None;
+    }
+    let held = in_flight.bytes.len();
+    bytes.extend(std::mem::take(&mut in_flight.bytes));
+    Some((bytes, held))
+}
+
+/// Puts `front` ahead of what `queue` holds.
+fn prepend(queue: &mut Vec<u8>, mut front: Vec<u8>) {
+    front.append(queue);
+    *queue = front;
+}
+
+/// Whether `leg`'s peer finished sending (a leg that is gone has).
+fn peer_done(io: &dyn LegIo, leg: Leg) -> bool {
+    io.peer_finished(leg).unwrap_or(true)
+}

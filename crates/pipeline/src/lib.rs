@@ -1,0 +1,123 @@
+//! The sans-IO per-connection core of tlsgate.
+//!
+//! A connection is a pipeline: client leg ⇄ client transform ⇄ plaintext
+//! relay (± the inspection loop) ⇄ server transform ⇄ server leg. The
+//! transforms are plain (bytes pass untouched), TLS interception
+//! ([`mitm::TlsSession`] couples the client's and the server's TLS), and TLS
+//! termination ([`TlsServer`]: the service's own certificate towards the
+//! client, plaintext to the backend after an optional preamble such as a
+//! PROXY protocol header).
+//!
+//! [`Connection`] holds one connection's state (one [`State`]) and relays
+//! with back-pressure ([`TLS_BACKLOG`]), half-closes and close_notify
+//! ordering. It reaches its legs only through [`LegIo`] (the appliance
+//! implements it over its TCP stack), shows the plaintext it passes on to a
+//! [`Tap`], and tells what it needs decided ([`Connection::pending`]: the
+//! ClientHello's SNI, ALPN and ECH) or how it failed ([`mitm::MitmError`])
+//! instead of touching counters, logs or the policy: the caller answers,
+//! counts ([`Connection::bytes`], [`Connection::handshakes_done`]) and logs.
+//! No clock, no files, no threads.
+#![forbid(unsafe_code)]
+
+mod connection;
+mod inflight;
+mod terminate;
+mod transform;
+
+pub use connection::Connection;
+pub use terminate::TlsServer;
+pub use transform::TlsTransform;
+
+/// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
+/// feeds it is not read (back-pressure across the TLS layer); also what the
+/// record of the inspection loop's unreturned bytes keeps.
+pub const TLS_BACKLOG: usize = 64 * 1024;
+
+/// Which leg of a connection a flow is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// Accepted from the client (the appliance as the server).
+    Client,
+    /// Connected to the server or the backend (the appliance as the client).
+    Server,
+    /// The loop connection out of `inspect_out` (the appliance as client).
+    InspectOut,
+    /// The loop connection accepted on `inspect_in` (the appliance as server).
+    InspectIn,
+}
+
+impl Leg {
+    pub const ALL: [Leg; 4] = [Leg::Client, Leg::Server, Leg::InspectOut, Leg::InspectIn];
+}
+
+/// The narrow door to a connection's legs. A leg that does not exist (not
+/// opened yet, or gone) takes and gives nothing, and counts as finished.
+pub trait LegIo {
+    /// Whether the leg exists.
+    fn exists(&self, leg: Leg) -> bool;
+    /// Reads what the leg received into `buf`; how many bytes.
+    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize;
+    /// Queues as much of `bytes` as the leg takes now; how many.
+    fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize;
+    /// Bytes the leg sent (or queued) that its peer has not acknowledged.
+    fn unacknowledged(&self, leg: Leg) -> usize;
+    /// Moves at most `max` received bytes of `from` into `to`'s queue,
+    /// showing each piece moved to `tap`; how many.
+    fn relay(&mut self, from: Leg, to: Leg, max: usize, tap: &mut dyn FnMut(&[u8])) -> usize;
+    /// Whether the leg's peer finished sending (FIN) and everything before
+    /// it was read; None if the leg is gone (or unknown to the stack).
+    fn peer_finished(&self, leg: Leg) -> Option<bool>;
+    /// Sends FIN once the queue went.
+    fn close(&mut self, leg: Leg);
+    /// Resets the leg.
+    fn abort(&mut self, leg: Leg);
+}
+
+/// Where the plaintext a connection passes on is shown (the decrypted
+/// capture, the mirror port): in order, with each direction's end.
+pub trait Tap {
+    fn data(&mut self, from_client: bool, bytes: &[u8]);
+    fn fin(&mut self, from_client: bool);
+}
+
+/// How far one direction's end has been passed on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum End {
+    /// Still open.
+    #[default]
+    Open,
+    /// close_notify went (TLS with the plaintext exposed), FIN not yet.
+    CloseNotifySent,
+    /// FIN went: the direction is over.
+    FinSent,
+}
+
+/// Each direction's end: client → server and server → client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ends {
+    pub to_server: End,
+    pub to_client: End,
+}
+
+impl Ends {
+    /// FIN went both ways: the connection is over.
+    pub fn closed(&self) -> bool {
+        self.to_server == End::FinSent && self.to_client == End::FinSent
+    }
+}
+
+/// The state of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The server leg is being connected: nothing is relayed to it yet (an
+    /// intercepted client waits for its SYN-ACK until the server accepted;
+    /// a terminated client does its TLS handshake meanwhile).
+    Connecting,
+    /// The server leg failed before it was established; the client leg was
+    /// answered (a RST, or silence).
+    Refused,
+    /// Relaying, each direction until its end passed.
+    Open(Ends),
+    /// Reset, timed out or blocked once open; nothing more is relayed.
+    Failed(Ends),
+}

@@ -1,0 +1,108 @@
+//! What the relay needs of a TLS transform: ciphertext in from each leg,
+//! ciphertext out for each, and the plaintext in between. TLS interception
+//! ([`mitm::TlsSession`]) and termination ([`crate::TlsServer`]) are both
+//! relayed by the same code through it.
+
+use mitm::{MitmError, TlsContext, TlsSession};
+
+pub trait TlsTransform {
+    /// What feeding the server's bytes needs (the TLS context that judges
+    /// the real server's certificate and forges the client's).
+    type Context;
+    fn feed_from_client(&mut self, data: &[u8]) -> Result<(), MitmError>;
+    fn feed_from_server(&mut self, context: &mut Self::Context, data: &[u8]) -> Result<(), MitmError>;
+    /// Bytes waiting for each leg (take what the leg accepts).
+    fn to_client(&mut self) -> &mut Vec<u8>;
+    fn to_server(&mut self) -> &mut Vec<u8>;
+    /// Plaintext handed to the caller (exposed), waiting to be passed on.
+    fn plaintext_from_client(&mut self) -> &mut Vec<u8>;
+    fn plaintext_from_server(&mut self) -> &mut Vec<u8>;
+    fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
+    fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
+    /// Passes the end of a direction on as the leg's protocol says it
+    /// (close_notify).
+    fn close_to_server(&mut self);
+    fn close_to_client(&mut self);
+    /// The client's (the server's) stream ended inside the transform
+    /// (close_notify).
+    fn client_finished(&self) -> bool;
+    fn server_finished(&self) -> bool;
+    /// Whether the plaintext is handed to the caller rather than crossing
+    /// inside the transform.
+    fn plaintext_exposed(&self) -> bool;
+    /// Whether the server leg speaks TLS (its end is a close_notify, not
+    /// just a FIN).
+    fn server_speaks_tls(&self) -> bool;
+    /// Both handshakes are done.
+    fn handshakes_done(&self) -> bool;
+    /// Gives back the memory of emptied buffers.
+    fn release_empty_buffers(&mut self);
+}
+
+impl TlsTransform for TlsSession {
+    type Context = TlsContext;
+
+    fn feed_from_client(&mut self, data: &[u8]) -> Result<(), MitmError> {
+        TlsSession::from_client(self, data)
+    }
+
+    fn feed_from_server(&mut self, context: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
+        TlsSession::from_server(self, context, data)
+    }
+
+    fn to_client(&mut self) -> &mut Vec<u8> {
+        TlsSession::to_client(self)
+    }
+
+    fn to_server(&mut self) -> &mut Vec<u8> {
+        TlsSession::to_server(self)
+    }
+
+    fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
+        TlsSession::plaintext_from_client(self)
+    }
+
+    fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
+        TlsSession::plaintext_from_server(self)
+    }
+
+    fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
+        TlsSession::send_to_server(self, plaintext)
+    }
+
+    fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
+        TlsSession::send_to_client(self, plaintext)
+    }
+
+    fn close_to_server(&mut self) {
+        TlsSession::close_to_server(self);
+    }
+
+    fn close_to_client(&mut self) {
+        TlsSession::close_to_client(self);
+    }
+
+    fn client_finished(&self) -> bool {
+        TlsSession::client_finished(self)
+    }
+
+    fn server_finished(&self) -> bool {
+        TlsSession::server_finished(self)
+    }
+
+    fn plaintext_exposed(&self) -> bool {
+        TlsSession::plaintext_exposed(self)
+    }
+
+    fn server_speaks_tls(&self) -> bool {
+        true
+    }
+
+    fn handshakes_done(&self) -> bool {
+        self.info.client_version.is_some()
+    }
+
+    fn release_empty_buffers(&mut self) {
+        TlsSession::release_empty_buffers(self);
+    }
+}

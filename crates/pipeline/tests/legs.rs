@@ -1,0 +1,404 @@
+//! The pipeline against real rustls peers over in-memory legs: a rustls
+//! client ⇄ the pipeline (TLS termination) ⇄ a plain backend, with and
+//! without an inspection box in between, and plain relays. No clock: each
+//! test steps the pipeline and the peers until nothing moves.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::Arc;
+
+use mitm::Pending;
+use pipeline::{Connection, Leg, LegIo, TLS_BACKLOG};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+/// One leg between the pipeline and its peer.
+#[derive(Default)]
+struct Wire {
+    exists: bool,
+    /// Sent by the peer, not read by the pipeline yet.
+    to_pipeline: VecDeque<u8>,
+    /// Sent by the pipeline, not read (acknowledged) by the peer yet.
+    from_pipeline: Vec<u8>,
+    /// How much `from_pipeline` may hold (the peer's window).
+    window: usize,
+    peer_fin: bool,
+    fin_from_pipeline: bool,
+    reset: bool,
+}
+
+impl Wire {
+    fn open() -> Wire {
+        Wire {
+            exists: true,
+            window: 256 * 1024,
+            ..Wire::default()
+        }
+    }
+
+    fn room(&self) -> usize {
+        if self.fin_from_pipeline || self.reset {
+            0
+        } else {
+            self.window.saturating_sub(self.from_pipeline.len())
+        }
+    }
+}
+
+struct Legs([Wire; 4]);
+
+impl Legs {
+    fn new() -> Legs {
+        Legs([Wire::open(), Wire::open(), Wire::default(), Wire::default()])
+    }
+
+    fn wire(&mut self, leg: Leg) -> &mut Wire {
+        let [client, server, out, back] = &mut self.0;
+        match leg {
+            Leg::Client => client,
+            Leg::Server => server,
+            Leg::InspectOut => out,
+            Leg::InspectIn => back,
+        }
+    }
+
+    fn get(&self, leg: Leg) -> &Wire {
+        let [client, server, out, back] = &self.0;
+        match leg {
+            Leg::Client => client,
+            Leg::Server => server,
+            Leg::InspectOut => out,
+            Leg::InspectIn => back,
+        }
+    }
+}
+
+impl LegIo for Legs {
+    fn exists(&self, leg: Leg) -> bool {
+        self.get(leg).exists
+    }
+
+    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize {
+        let wire = self.wire(leg);
+        let count = buf.len().min(wire.to_pipeline.len());
+        for (slot, byte) in buf.iter_mut().zip(wire.to_pipeline.drain(..count)) {
+            *slot = byte;
+        }
+        count
+    }
+
+    fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize {
+        let wire = self.wire(leg);
+        if !wire.exists {
+            return 0;
+        }
+        let count = bytes.len().min(wire.room());
+        wire.from_pipeline.extend_from_slice(&bytes[..count]);
+        count
+    }
+
+    fn unacknowledged(&self, leg: Leg) -> usize {
+        self.get(leg).from_pipeline.len()
+    }
+
+    fn relay(&mut self, from: Leg, to: Leg, max: usize, tap: &mut dyn FnMut(&[u8])) -> usize {
+        let count = max.min(self.get(from).to_pipeline.len()).min(self.get(to).room());
+        let bytes: Vec<u8> = self.wire(from).to_pipeline.drain(..count).collect();
+        tap(&bytes);
+        self.wire(to).from_pipeline.extend_from_slice(&bytes);
+        count
+    }
+
+    fn peer_finished(&self, leg: Leg) -> Option<bool> {
+        let wire = self.get(leg);
+        wire.exists.then_some(wire.peer_fin && wire.to_pipeline.is_empty())
+    }
+
+    fn close(&mut self, leg: Leg) {
+        self.wire(leg).fin_from_pipeline = true;
+    }
+
+    fn abort(&mut self, leg: Leg) {
+        self.wire(leg).reset = true;
+    }
+}
+
+/// A CA and a service certificate for `www.lab.test` signed by it.
+struct Pki {
+    ca: CertificateDer<'static>,
+    leaf: CertificateDer<'static>,
+    server: Arc<ServerConfig>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name.push(DnType::CommonName, "Service Root");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["www.lab.test".to_string()]).unwrap();
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone(), ca.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Pki {
+        ca: ca.der().clone(),
+        leaf: leaf.der().clone(),
+        server: Arc::new(server),
+    }
+}
+
+fn client(pki: &Pki) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    ClientConnection::new(Arc::new(config), ServerName::try_from("www.lab.test").unwrap()).unwrap()
+}
+
+/// The rustls client's side of the client leg: its records go out, the
+/// pipeline's come in; returns the plaintext received and whether
+/// close_notify came.
+fn client_io(tls: &mut ClientConnection, wire: &mut Wire, received: &mut Vec<u8>) -> bool {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out).unwrap();
+    }
+    wire.to_pipeline.extend(out);
+    let incoming = std::mem::take(&mut wire.from_pipeline);
+    let mut rest = &incoming[..];
+    while !rest.is_empty() {
+        tls.read_tls(&mut rest).unwrap();
+        tls.process_new_packets().unwrap();
+    }
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tls.reader().read(&mut buf) {
+            Ok(0) => return true,
+            Ok(read) => received.extend_from_slice(&buf[..read]),
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return false,
+            Err(err) => panic!("client read: {err}"),
+        }
+    }
+}
+
+/// One pass of the pipeline: relay, then pass the directions' ends on.
+fn step(conn: &mut Connection, legs: &mut Legs) {
+    conn.pump_tls(legs, None, None).unwrap();
+    conn.finish_tls_directions(legs, None);
+}
+
+/// A terminated connection whose handshake is done with the backend leg
+/// connected; `preamble` goes first.
+fn terminated(pki: &Pki, tls: &mut ClientConnection, legs: &mut Legs, preamble: &[u8]) -> Connection {
+    let mut conn = Connection::terminated();
+    legs.wire(Leg::Server).exists = false;
+    let mut ignored = Vec::new();
+    client_io(tls, legs.wire(Leg::Client), &mut ignored);
+    conn.pump_tls(legs, None, None).unwrap();
+    let Some(Pending::Hello { sni, alpn, .. }) = conn.pending() else {
+        panic!("no ClientHello: {:?}", conn.pending());
+    };
+    assert_eq!(
+        (sni.as_deref(), alpn),
+        (Some("www.lab.test"), vec!["http/1.1".to_string()])
+    );
+    let server = conn.tls_server_mut().unwrap();
+    server.accept(Arc::clone(&pki.server)).unwrap();
+    server.set_preamble(preamble);
+    // The backend leg is opened after the ClientHello and connects.
+    *legs.wire(Leg::Server) = Wire::open();
+    assert!(conn.server_connected());
+    for _ in 0..10 {
+        step(&mut conn, legs);
+        client_io(tls, legs.wire(Leg::Client), &mut ignored);
+    }
+    assert!(!tls.is_handshaking() && conn.handshakes_done());
+    conn
+}
+
+#[test]
+fn a_terminated_client_gets_the_service_certificate_and_the_backend_the_preamble_then_the_plaintext() {
+    let pki = pki();
+    let mut tls = client(&pki);
+    let mut legs = Legs::new();
+    let mut conn = terminated(
+        &pki,
+        &mut tls,
+        &mut legs,
+        b"PROXY TCP4 198.18.0.1 198.18.1.2 40000 443\r\n",
+    );
+    assert_eq!(
+        tls.peer_certificates().unwrap()[0],
+        pki.leaf,
+        "the service's own certificate"
+    );
+    assert_eq!(tls.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let request = b"GET / HTTP/1.1\r\nHost: www.lab.test\r\n\r\n";
+    tls.writer().write_all(request).unwrap();
+    let mut received = Vec::new();
+    client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    step(&mut conn, &mut legs);
+    let backend = std::mem::take(&mut legs.wire(Leg::Server).from_pipeline);
+    let mut expected = b"PROXY TCP4 198.18.0.1 198.18.1.2 40000 443\r\n".to_vec();
+    expected.extend_from_slice(request);
+    assert_eq!(backend, expected, "the header first, then the plaintext byte-exact");
+
+    // The backend answers and closes: close_notify, then FIN, to the client.
+    let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    legs.wire(Leg::Server).to_pipeline.extend(response);
+    legs.wire(Leg::Server).peer_fin = true;
+    step(&mut conn, &mut legs);
+    assert!(legs.get(Leg::Client).fin_from_pipeline, "FIN to the client");
+    let close_notify = client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    assert_eq!(received, response);
+    assert!(close_notify, "close_notify came before the FIN");
+    let info = &conn.tls_server().unwrap().info;
+    assert_eq!(info.sni.as_deref(), Some("www.lab.test"));
+    assert_eq!(info.client_version.as_deref(), Some("TLSv1_3"));
+    assert_eq!(info.plaintext_client_to_server, request.len() as u64);
+}
+
+#[test]
+fn a_client_that_does_not_speak_tls_is_reported_for_the_caller_to_refuse() {
+    let mut legs = Legs::new();
+    legs.wire(Leg::Server).exists = false;
+    let mut conn = Connection::terminated();
+    legs.wire(Leg::Client).to_pipeline.extend(b"GET / HTTP/1.1\r\n\r\n");
+    conn.pump_tls(&mut legs, None, None).unwrap();
+    assert!(
+        matches!(conn.pending(), Some(Pending::Rejected(mitm::Rejection::NotTls(_)))),
+        "{:?}",
+        conn.pending()
+    );
+}
+
+#[test]
+fn a_backend_that_does_not_read_stops_the_client_leg_being_read_past_the_backlog() {
+    let pki = pki();
+    let mut tls = client(&pki);
+    let mut legs = Legs::new();
+    let mut conn = terminated(&pki, &mut tls, &mut legs, b"");
+    legs.wire(Leg::Server).window = 0;
+    let (read_before, _) = conn.bytes();
+    let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    tls.set_buffer_limit(None);
+    tls.writer().write_all(&upload).unwrap();
+    client_io(&mut tls, legs.wire(Leg::Client), &mut Vec::new());
+    for _ in 0..10 {
+        step(&mut conn, &mut legs);
+    }
+    let read = conn.bytes().0 - read_before;
+    assert!(
+        read <= (TLS_BACKLOG + 32 * 1024) as u64,
+        "read {read} bytes from the client while the backend took none"
+    );
+    assert!(
+        legs.get(Leg::Client).to_pipeline.len() > 512 * 1024,
+        "the rest waits in the client leg"
+    );
+
+    // The backend reads again: everything arrives, byte-exact.
+    legs.wire(Leg::Server).window = 256 * 1024;
+    let mut backend = Vec::new();
+    for _ in 0..100 {
+        step(&mut conn, &mut legs);
+        backend.append(&mut legs.wire(Leg::Server).from_pipeline);
+        if backend.len() >= upload.len() {
+            break;
+        }
+    }
+    assert_eq!(backend, upload);
+}
+
+#[test]
+fn close_notify_goes_to_the_client_only_once_the_box_passed_the_backends_fin() {
+    let pki = pki();
+    let mut tls = client(&pki);
+    let mut legs = Legs::new();
+    let mut conn = terminated(&pki, &mut tls, &mut legs, b"");
+    conn.open_loop();
+    *legs.wire(Leg::InspectOut) = Wire::open();
+    *legs.wire(Leg::InspectIn) = Wire::open();
+    assert!(conn.loop_passed_syn());
+
+    legs.wire(Leg::Server).to_pipeline.extend(b"bye");
+    legs.wire(Leg::Server).peer_fin = true;
+    step(&mut conn, &mut legs);
+    // Server → client plaintext goes into the loop at inspect_in, its FIN after it.
+    assert_eq!(legs.get(Leg::InspectIn).from_pipeline, b"bye");
+    assert!(legs.get(Leg::InspectIn).fin_from_pipeline);
+    // The box passes the bytes back out of inspect_out, not the FIN yet.
+    let passed = std::mem::take(&mut legs.wire(Leg::InspectIn).from_pipeline);
+    legs.wire(Leg::InspectOut).to_pipeline.extend(passed);
+    step(&mut conn, &mut legs);
+    let mut received = Vec::new();
+    let close_notify = client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    assert_eq!(received, b"bye");
+    assert!(
+        !close_notify && !legs.get(Leg::Client).fin_from_pipeline,
+        "the box holds the end"
+    );
+
+    legs.wire(Leg::InspectOut).peer_fin = true;
+    step(&mut conn, &mut legs);
+    assert!(
+        client_io(&mut tls, legs.wire(Leg::Client), &mut received),
+        "close_notify once the box passed the FIN"
+    );
+    assert!(legs.get(Leg::Client).fin_from_pipeline);
+}
+
+#[test]
+fn a_plain_relay_passes_each_half_close_on_its_own() {
+    let mut legs = Legs::new();
+    let mut conn = Connection::new(None, false);
+    legs.wire(Leg::Client).to_pipeline.extend(b"request");
+    legs.wire(Leg::Client).peer_fin = true;
+    conn.pump_plain(&mut legs);
+    assert_eq!(legs.get(Leg::Server).from_pipeline, b"request");
+    assert!(legs.get(Leg::Server).fin_from_pipeline);
+    assert!(!legs.get(Leg::Client).fin_from_pipeline && !conn.closed());
+    // The server still answers after the client's FIN.
+    legs.wire(Leg::Server).to_pipeline.extend(b"response");
+    conn.pump_plain(&mut legs);
+    assert_eq!(legs.get(Leg::Client).from_pipeline, b"response");
+    legs.wire(Leg::Server).peer_fin = true;
+    conn.pump_plain(&mut legs);
+    assert!(legs.get(Leg::Client).fin_from_pipeline && conn.closed());
+    assert_eq!(conn.bytes(), (7, 8));
+}
+
+#[test]
+fn a_connecting_connection_relays_nothing_until_its_server_leg_connected() {
+    let mut legs = Legs::new();
+    let mut conn = Connection::new(None, true);
+    legs.wire(Leg::Client).to_pipeline.extend(b"early");
+    conn.pump_plain(&mut legs);
+    assert!(legs.get(Leg::Server).from_pipeline.is_empty());
+    assert!(conn.server_connected() && conn.established());
+    conn.pump_plain(&mut legs);
+    assert_eq!(legs.get(Leg::Server).from_pipeline, b"early");
+    conn.fail();
+    assert!(conn.failed() && !conn.server_connected());
+}
