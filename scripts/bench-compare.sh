@@ -48,7 +48,9 @@
 #   CPU around rate, kept-alive and bulk: the interceptor's utime + stime (all its
 #     processes and threads, /proc/PID/stat), tlsgate's worker busy time
 #     (--stats-interval 0.2), and the CPU other processes of the machine used
-#     meanwhile (scripts/bench-compare/othercpu.py: the machine is shared).
+#     meanwhile (scripts/bench-compare/othercpu.py: the machine is shared);
+#     for every path, (a) included, the whole machine's busy CPU from /proc/stat
+#     (all CPUs: user, nice, system, irq, softirq, steal), whoever it is charged to.
 # rustls floor, per run, right before path (c) on a quiet machine: the
 #   crates/mitm/examples/tls_floor.rs example (in memory, one thread, ~10 s):
 #   the CPU of the two rustls handshakes tlsgate does per connection and of bare
@@ -299,8 +301,8 @@ tcp_counter() {  # namespace counter
 # shellcheck disable=SC2016  # awk program
 tcp_inuse() { ip netns exec "$1" awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
 
-# Snapshot NAME of the CPU counters: interceptor CPU, worker busy, time, and the
-# other processes' CPU (othercpu.py).
+# Snapshot NAME of the CPU counters: interceptor CPU, worker busy, time, the
+# whole machine's busy CPU (/proc/stat) and the other processes' CPU (othercpu.py).
 snap() {  # path name
   local path="$1" name="$2" cpu=0 busy=0 pids
   if [[ "$path" != a ]]; then
@@ -312,16 +314,17 @@ snap() {  # path name
   if [[ "$path" == c ]]; then
     read -r busy _ <<<"$(busy_snapshot "$tmp/tlsgate-$cur_tag.log")"
   fi
-  echo "$cpu ${busy:-0} $(date +%s.%N)" >"$tmp/snap-$name"
+  echo "$cpu ${busy:-0} $(date +%s.%N) $(machine_cpu_seconds)" >"$tmp/snap-$name"
   timeout 30 python3 "$helpers/othercpu.py" snapshot $$ "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" \
     >"$tmp/snap-$name.other" 2>/dev/null || echo '{}' >"$tmp/snap-$name.other"
 }
-# prints "cpu busy wall other" seconds between two snapshots
+# prints "cpu busy wall other machine" seconds between two snapshots
 snap_delta() {  # name1 name2
   local other
   other="$(timeout 30 python3 "$helpers/othercpu.py" diff "$tmp/snap-$1.other" "$tmp/snap-$2.other" 2>/dev/null)" || other=nan
-  awk -v o="$other" '{ c[NR] = $1; b[NR] = $2; t[NR] = $3 }
-    END { printf "%.2f %.3f %.2f %s\n", c[2] - c[1], b[2] - b[1], t[2] - t[1], o }' "$tmp/snap-$1" "$tmp/snap-$2"
+  awk -v o="$other" '{ c[NR] = $1; b[NR] = $2; t[NR] = $3; m[NR] = $4 }
+    END { printf "%.2f %.3f %.2f %s %.2f\n", c[2] - c[1], b[2] - b[1], t[2] - t[1], o, m[2] - m[1] }' \
+    "$tmp/snap-$1" "$tmp/snap-$2"
 }
 
 # Waits (up to 20 s) until the other processes of the machine use less than a
@@ -497,9 +500,9 @@ for run in $(seq "$runs"); do
     ((run == 1)) && sha="$(bulk_check)"
     opens1="$(tcp_counter "$TG_NS_CLI" ActiveOpens)"
     conns=$((opens1 - opens0 + 1))  # + the CA check's connection, opened before opens0
-    read -r rate_cpu rate_busy rate_wall rate_other <<<"$(snap_delta r0 r1)"
-    read -r ka_cpu ka_busy ka_wall ka_other <<<"$(snap_delta r1 k1)"
-    read -r bulk_cpu bulk_busy bulk_wall bulk_other <<<"$(snap_delta b0 b1)"
+    read -r rate_cpu rate_busy rate_wall rate_other rate_machine <<<"$(snap_delta r0 r1)"
+    read -r ka_cpu ka_busy ka_wall ka_other ka_machine <<<"$(snap_delta r1 k1)"
+    read -r bulk_cpu bulk_busy bulk_wall bulk_other bulk_machine <<<"$(snap_delta b0 b1)"
     stop_path "$path" "$run"
     intercepted="-" why=() legs="-" redirected="-" bypassed="-" pickups="-"
     case "$path" in
@@ -554,10 +557,11 @@ print(", ".join(parts).replace(" ", "_"))' "$tmp/connections-$run.jsonl")"
         "client connections ${conns}, intercepted ${intercepted} (redirected ${redirected}, bypassed ${bypassed});" \
         "interceptor CPU s ab ${rate_cpu}" \
         "(busy ${rate_busy}), ab -k ${ka_cpu} (busy ${ka_busy}), bulk ${bulk_cpu} (busy ${bulk_busy});" \
+        "whole machine CPU s ${rate_machine}/${ka_machine}/${bulk_machine};" \
         "other processes' CPU s ${rate_other}/${ka_other}/${bulk_other}; ab TLS ${proto:-?} ${tempkey:-?}"
     echo "path=$path run=$run rate=$rate ka=$ka mbps=$mbps sha=$sha issuer=$issuer conns=$conns" \
       "intercepted=$intercepted redirected=$redirected pickups=${pickups:--} bypassed=$bypassed rate_cpu=$rate_cpu rate_busy=$rate_busy rate_wall=$rate_wall" \
-      "rate_other=$rate_other ka_cpu=$ka_cpu ka_busy=$ka_busy ka_wall=$ka_wall ka_other=$ka_other" \
+      "rate_other=$rate_other rate_machine=$rate_machine ka_machine=$ka_machine bulk_machine=$bulk_machine ka_cpu=$ka_cpu ka_busy=$ka_busy ka_wall=$ka_wall ka_other=$ka_other" \
       "bulk_cpu=$bulk_cpu bulk_busy=$bulk_busy bulk_wall=$bulk_wall bulk_other=$bulk_other" \
       "proto=${proto:-?} tempkey=${tempkey:-?} legs=${legs:--} valid=${valid// /_}" >>"$perf"
     sleep 1
@@ -744,7 +748,10 @@ In each run and path, in this order, on one start of the interceptor:
    included), one connection; in run 1 a second download checks the body's SHA-256.
 6. **CPU** around workloads 2, 3 and 5: the interceptor's utime + stime from
    /proc/PID/stat (SSLsplit: all its processes and threads; tlsgate: its process, worker
-   and main thread), and for tlsgate also its worker's busy time from the counters.
+   and main thread), and for tlsgate also its worker's busy time from the counters; for
+   every path, (a) included, the **whole machine's** busy CPU over the same windows: the
+   \`cpu\` line of /proc/stat (all CPUs; user + nice + system + irq + softirq + steal, i.e.
+   everything but idle and iowait).
 
 Per run, right before path (c) and after the same wait for a quiet machine, the **rustls floor**
 that issue 6's CPU targets compare against: \`crates/mitm/examples/tls_floor.rs --json\` (in
@@ -798,6 +805,18 @@ EOF
   sender's context (ab's, curl's) and reach SSLsplit's sockets there; SSLsplit's own TCP
   processing partly happens in softirq on whatever runs. tlsgate's TCP stack (smoltcp) runs
   in its worker, so that work is in its CPU. On balance the comparison favours SSLsplit.
+- **Whole-machine CPU: the figure no attribution can bias.** Whichever thread the kernel
+  charges a softirq, a veth delivery or a conntrack lookup to, it is busy time of some CPU,
+  and /proc/stat's \`cpu\` line counts it once. So the whole-machine CPU per 1,000
+  connections and per GB counts, for every path alike, everything the workload cost: the
+  client (ab, curl), nginx, the interceptor, the kernel's bridge, netfilter and TCP work
+  and its softirqs, wherever they ran. Neither interceptor is favoured by where its kernel
+  work lands. Path (a) gives the cost of the same workload with no interceptor, so
+  "added by the interceptor" (a path less (a)) is what interception costs the machine.
+  The figure also counts whatever else the shared machine ran meanwhile: "less other
+  processes" subtracts the CPU of the processes outside the benchmark (a lower bound of
+  it, see the caveats; kernel threads are not subtracted, as most of their work here is
+  the lab's own), and the per-run lists show how much runs differ.
 - **The rustls floor.** What plain rustls and ring need for the same TLS work, without TCP,
   packet I/O, buffering, forging or logging: tlsgate's ratio to it is the cost of its own
   machinery on top. The handshake floor weights the client role by the share of upstream legs

@@ -120,6 +120,14 @@ proc_cpu_seconds() {  # pid...
   awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz }'
 }
 
+# CPU time the whole machine spent busy, all CPUs, in seconds since boot, from
+# /proc/stat's "cpu" line: user + nice + system + irq + softirq + steal (all
+# but idle and iowait; guest time is already inside user). Every process,
+# kernel thread and softirq counts, whoever it is charged to.
+machine_cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
+
 # Resident memory (VmRSS) of the given processes, summed, in bytes.
 proc_rss_bytes() {  # pid...
   local p kib total=0
