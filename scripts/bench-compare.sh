@@ -132,11 +132,9 @@ bench_install_missing ab:apache2-utils nginx:nginx-light curl:curl sslsplit:ssls
 py="$(command -v /usr/bin/python3 || command -v python3 || true)"
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-compare.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-compare
 origin="$tmp/origin"
-netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" hold_pid="" watchdog_pid="" made_netns_etc=0
+hold_pid=""
 nft_table=bench_compare   # the redirect rule's table, in the gw namespace
 bulk_bytes=$((bulk_mb * 1000000))
 
@@ -149,28 +147,8 @@ stop_holder() {
   hold_pid=""
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_holder
-  stop_sslsplit
-  stop_tlsgate
-  redirect_down
-  [[ -d "$origin" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
-  timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
-  ((made_netns_etc)) && rm -rf "$netns_etc"
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    rm -f "$origin/www/bulk.bin"
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_stop() { stop_holder; }
+bench_drop_large() { rm -f "$origin/www/bulk.bin"; }
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1500
@@ -216,13 +194,7 @@ ip netns exec "$TG_NS_SRV" ss -Hltn "sport = :443" | grep -q . ||
 log "writing a ${bulk_mb} MB random file to the origin"
 timeout 300 head -c "$bulk_bytes" /dev/urandom >"$origin/www/bulk.bin"
 bulk_sha="$(timeout 120 sha256sum "$origin/www/bulk.bin" | cut -d' ' -f1)"
-if [[ ! -e "$netns_etc" ]]; then
-  mkdir -p "$netns_etc"
-  made_netns_etc=1
-  printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
-fi
-grep -q "origin.test" "$netns_etc/hosts" 2>/dev/null ||
-  { log "$netns_etc/hosts exists but does not name origin.test"; exit 1; }
+bench_client_hosts
 url="https://origin.test/index.html"
 bulk_url="https://origin.test/bulk.bin"
 # curl and the holder trust both the forging CA and the origin.
@@ -235,7 +207,7 @@ timeout 60 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory runs)
   local path="$1" tag="$2"
   case "$path" in
-    a) bridge_up 0 ;;
+    a) kernel_path_up; return ;;
     b)
       redirect_up
       start_sslsplit "$tmp/sslsplit-$tag.err" "$tmp/sslsplit-connect-$tag.log" "$origin/origin.crt"
@@ -246,7 +218,7 @@ start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory run
         --report-json "$tmp/report-$tag.json"
       ;;
   esac
-  reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
+  path_reachable "$path"
 }
 
 stop_path() {  # a|b|c tag [nowait]
@@ -268,16 +240,10 @@ stop_path() {  # a|b|c tag [nowait]
       redirect_down
       ;;
     c)
-      if [[ -z "$nowait" ]]; then
-        # Let intercepted sessions finish (closes, smoltcp's 10 s TIME-WAIT) so
-        # the report and connection log are complete: up to 25 s.
-        for _ in $(seq 125); do
-          [[ "$(live_sessions "$tmp/tlsgate-$tag.log")" == 0 ]] && break
-          sleep 0.2
-        done
-      fi
-      stop_tlsgate
-      [[ -s "$tmp/report-$tag.json" ]] || { log "no report from tlsgate ($tag)"; exit 1; }
+      # Let intercepted sessions finish (closes, smoltcp's 10 s TIME-WAIT) so
+      # the report and connection log are complete: up to 25 s.
+      [[ -n "$nowait" ]] || wait_sessions_closed "$tmp/tlsgate-$tag.log" 125
+      stop_tlsgate_reported "$tmp/report-$tag.json" "$tag"
       ;;
   esac
 }
@@ -291,12 +257,6 @@ interceptor_pids() {  # a|b|c
 }
 
 # --- measurements -----------------------------------------------------------------
-# A namespace's TCP counter from /proc/net/snmp (ActiveOpens: connections opened).
-# shellcheck disable=SC2016  # awk program
-tcp_counter() {  # namespace counter
-  ip netns exec "$1" awk -v want="$2" '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) col[$i] = i; h = 1 }
-    else print $col[want] }' /proc/net/snmp
-}
 # TCP sockets in use in a namespace (/proc/net/sockstat, per namespace).
 # shellcheck disable=SC2016  # awk program
 tcp_inuse() { ip netns exec "$1" awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
@@ -398,32 +358,6 @@ latency_run() {  # new|ka output-file
     -K "$cfg" >"$out" 2>"$out.err" || log "latency ($kind): curl: $(head -c 300 "$out.err")"
 }
 
-bulk_rate() {  # output-file; prints MB/s (10^6 B/s), or "failed"
-  local out="$1"
-  timeout 200 ip netns exec "$TG_NS_CLI" \
-    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 -o /dev/null \
-    -w '%{http_code} %{size_download} %{time_total}\n' "$bulk_url" >"$out" 2>&1 || true
-  local code size secs
-  read -r code size secs < <(tail -1 "$out") || true
-  if [[ "$code" == 200 && "$size" == "$bulk_bytes" ]]; then
-    awk -v b="$size" -v t="$secs" 'BEGIN { printf "%.1f\n", b / t / 1e6 }'
-  else
-    log "download failed: $(tr '\n' ' ' <"$out")"
-    echo failed
-  fi
-}
-
-bulk_check() {  # prints "ok" when a download's body has the file's SHA-256
-  local sum
-  sum="$(timeout 200 ip netns exec "$TG_NS_CLI" \
-    curl --http1.1 -sS --cacert "$tmp/trust.pem" --max-time 180 "$bulk_url" 2>"$tmp/check-curl.err" |
-    sha256sum | cut -d' ' -f1)" || true
-  if [[ "$sum" == "$bulk_sha" ]]; then echo ok; else
-    log "SHA-256 mismatch: got ${sum:-nothing} ($(tr '\n' ' ' <"$tmp/check-curl.err")), want $bulk_sha"
-    echo MISMATCH
-  fi
-}
-
 # Whether the client gets the page trusting only the forging CA (b, c) or only
 # the origin's certificate (a): prints "forged" / "origin" or "FAILED".
 ca_check() {  # path
@@ -444,7 +378,7 @@ ca_check() {  # path
 log "checking that SSLsplit verifies the origin (it must refuse with the wrong trust)"
 redirect_up
 start_sslsplit "$tmp/sslsplit-verify-wrong.err" "$tmp/sslsplit-connect-verify-wrong.log" "$tmp/ca/ca.pem"
-reachable || { log "path (b): $TG_SRV_V4 unreachable"; exit 1; }
+path_reachable b
 code="$(timeout 30 ip netns exec "$TG_NS_CLI" curl --http1.1 -s -k --max-time 10 -o /dev/null -w '%{http_code}' "$url")" || true
 stop_sslsplit
 [[ "$code" != 200 ]] ||
@@ -653,19 +587,11 @@ timeout 60 python3 "$helpers/report.py" "$tmp" "$requests" "$concurrency" "$ka_r
   "$lat_requests" "$tmp/bench-compare.svg" >"$table"
 cat "$table"
 
-if ((invalid)); then
-  log "some runs were INVALID (see the tables and the log above); not writing the doc"
-  exit 1
-fi
-((write_doc)) || exit 0
+bench_doc_gate "$invalid"
 
 # --- doc --------------------------------------------------------------------------
 # Version strings (some of these tools exit non-zero after printing them).
-cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" || true
-hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)" || true
-nginx_version="$(nginx -v 2>&1 | sed 's/^nginx version: //')" || true
-ab_version="$(ab -V 2>/dev/null | sed -n 's/^This is ApacheBench, Version \([^ ]*\).*/\1/p' | head -1)" || true
-curl_version="$(curl --version 2>/dev/null | awk 'NR == 1 {print $2}')" || true
+bench_tool_versions
 sslsplit_version="$(sslsplit -V 2>&1 | awk 'NR == 1 {print $2}')" || true
 sslsplit_openssl="$(sslsplit -V 2>&1 | sed -n 's/^rtlinked against OpenSSL \([^ ]*\).*/\1/p' | head -1)" || true
 sslsplit_package="$(dpkg-query -W -f '${Version}' sslsplit 2>/dev/null)" || true
