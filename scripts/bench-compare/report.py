@@ -406,6 +406,23 @@ if "b" in P and "c" in P:
     w("|---|---|---:|---|")
     for text, value, target, higher, how in rows:
         w(f"| {text} | {how} | {fmt(value, 2)} | {verdict(value, target, higher)} |")
+    mb, mc = mach.get("b", {}), mach.get("c", {})
+    rows17 = [
+        ("new connections per second ≥ 3 × SSLsplit's", ratio(rate["c"], rate["b"]), 3, True, "c/b conn/s"),
+        ("kept-alive requests per second ≥ 2 × SSLsplit's", ratio(ka["c"], ka["b"]), 2, True, "c/b req/s"),
+        ("LAN bulk ≥ 1.5 × SSLsplit's", ratio(bulk["c"], bulk["b"]), 1.5, True, "c/b MB/s"),
+        ("CPU per GB ≤ 0.6 × SSLsplit's, process", ratio(c["gb_proc"], b["gb_proc"]), 0.6, False,
+         "process CPU / process CPU"),
+        ("CPU per GB ≤ 0.6 × SSLsplit's, whole machine", ratio(mc.get("gb", NAN), mb.get("gb", NAN)), 0.6, False,
+         "whole-machine CPU / whole-machine CPU"),
+    ]
+    w("")
+    w("Issue 17's targets against SSLsplit, from the same medians:")
+    w("")
+    w("| target | measured | ratio | verdict |")
+    w("|---|---|---:|---|")
+    for text, value, target, higher, how in rows17:
+        w(f"| {text} | {how} | {fmt(value, 2)} | {verdict(value, target, higher)} |")
 if floor:
     def verdict_le(value, target):
         return "not measured" if math.isnan(value) else ("**met**" if value <= target else "**not met**")
