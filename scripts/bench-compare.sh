@@ -720,7 +720,8 @@ EOF
   no IRQ time accounting, so softirq work that runs on an interceptor's thread, such as
   delivering the frames it transmits to the client's and the origin's TCP stacks across
   the veths, is charged to it, for SSLsplit and tlsgate alike). That is the comparable
-  figure, and the targets are judged on it. tlsgate's worker does not spin a whole core:
+  figure, and the targets are judged on it (the target tables add rows for the whole-machine
+  figure, below). tlsgate's worker does not spin a whole core:
   it sleeps after 256 empty polls (up to \`dataplane.idle_sleep_max_us\`, 200 µs), so its
   process CPU follows its load (see "process cores"). Its **worker busy** time is the
   wall-clock time of polls that received frames; it also counts time the thread was
