@@ -48,7 +48,9 @@
 #   CPU around rate, kept-alive and bulk: the interceptor's utime + stime (all its
 #     processes and threads, /proc/PID/stat), tlsgate's worker busy time
 #     (--stats-interval 0.2), and the CPU other processes of the machine used
-#     meanwhile (scripts/bench-compare/othercpu.py: the machine is shared).
+#     meanwhile (scripts/bench-compare/othercpu.py: the machine is shared);
+#     for every path, (a) included, the whole machine's busy CPU from /proc/stat
+#     (all CPUs: user, nice, system, irq, softirq, steal), whoever it is charged to.
 # rustls floor, per run, right before path (c) on a quiet machine: the
 #   crates/mitm/examples/tls_floor.rs example (in memory, one thread, ~10 s):
 #   the CPU of the two rustls handshakes tlsgate does per connection and of bare
@@ -130,11 +132,9 @@ bench_install_missing ab:apache2-utils nginx:nginx-light curl:curl sslsplit:ssls
 py="$(command -v /usr/bin/python3 || command -v python3 || true)"
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-compare.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-compare
 origin="$tmp/origin"
-netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" hold_pid="" watchdog_pid="" made_netns_etc=0
+hold_pid=""
 nft_table=bench_compare   # the redirect rule's table, in the gw namespace
 bulk_bytes=$((bulk_mb * 1000000))
 
@@ -147,28 +147,8 @@ stop_holder() {
   hold_pid=""
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_holder
-  stop_sslsplit
-  stop_tlsgate
-  redirect_down
-  [[ -d "$origin" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
-  timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
-  ((made_netns_etc)) && rm -rf "$netns_etc"
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    rm -f "$origin/www/bulk.bin"
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_stop() { stop_holder; }
+bench_drop_large() { rm -f "$origin/www/bulk.bin"; }
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1500
@@ -214,13 +194,7 @@ ip netns exec "$TG_NS_SRV" ss -Hltn "sport = :443" | grep -q . ||
 log "writing a ${bulk_mb} MB random file to the origin"
 timeout 300 head -c "$bulk_bytes" /dev/urandom >"$origin/www/bulk.bin"
 bulk_sha="$(timeout 120 sha256sum "$origin/www/bulk.bin" | cut -d' ' -f1)"
-if [[ ! -e "$netns_etc" ]]; then
-  mkdir -p "$netns_etc"
-  made_netns_etc=1
-  printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
-fi
-grep -q "origin.test" "$netns_etc/hosts" 2>/dev/null ||
-  { log "$netns_etc/hosts exists but does not name origin.test"; exit 1; }
+bench_client_hosts
 url="https://origin.test/index.html"
 bulk_url="https://origin.test/bulk.bin"
 # curl and the holder trust both the forging CA and the origin.
@@ -233,7 +207,7 @@ timeout 60 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory runs)
   local path="$1" tag="$2"
   case "$path" in
-    a) bridge_up 0 ;;
+    a) kernel_path_up; return ;;
     b)
       redirect_up
       start_sslsplit "$tmp/sslsplit-$tag.err" "$tmp/sslsplit-connect-$tag.log" "$origin/origin.crt"
@@ -244,7 +218,7 @@ start_path() {  # a|b|c tag (tag names the logs: run number, m1.. for memory run
         --report-json "$tmp/report-$tag.json"
       ;;
   esac
-  reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
+  path_reachable "$path"
 }
 
 stop_path() {  # a|b|c tag [nowait]
@@ -266,16 +240,10 @@ stop_path() {  # a|b|c tag [nowait]
       redirect_down
       ;;
     c)
-      if [[ -z "$nowait" ]]; then
-        # Let intercepted sessions finish (closes, smoltcp's 10 s TIME-WAIT) so
-        # the report and connection log are complete: up to 25 s.
-        for _ in $(seq 125); do
-          [[ "$(live_sessions "$tmp/tlsgate-$tag.log")" == 0 ]] && break
-          sleep 0.2
-        done
-      fi
-      stop_tlsgate
-      [[ -s "$tmp/report-$tag.json" ]] || { log "no report from tlsgate ($tag)"; exit 1; }
+      # Let intercepted sessions finish (closes, smoltcp's 10 s TIME-WAIT) so
+      # the report and connection log are complete: up to 25 s.
+      [[ -n "$nowait" ]] || wait_sessions_closed "$tmp/tlsgate-$tag.log" 125
+      stop_tlsgate_reported "$tmp/report-$tag.json" "$tag"
       ;;
   esac
 }
@@ -289,18 +257,12 @@ interceptor_pids() {  # a|b|c
 }
 
 # --- measurements -----------------------------------------------------------------
-# A namespace's TCP counter from /proc/net/snmp (ActiveOpens: connections opened).
-# shellcheck disable=SC2016  # awk program
-tcp_counter() {  # namespace counter
-  ip netns exec "$1" awk -v want="$2" '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) col[$i] = i; h = 1 }
-    else print $col[want] }' /proc/net/snmp
-}
 # TCP sockets in use in a namespace (/proc/net/sockstat, per namespace).
 # shellcheck disable=SC2016  # awk program
 tcp_inuse() { ip netns exec "$1" awk '/^TCP:/ {print $3}' /proc/net/sockstat; }
 
-# Snapshot NAME of the CPU counters: interceptor CPU, worker busy, time, and the
-# other processes' CPU (othercpu.py).
+# Snapshot NAME of the CPU counters: interceptor CPU, worker busy, time, the
+# whole machine's busy CPU (/proc/stat) and the other processes' CPU (othercpu.py).
 snap() {  # path name
   local path="$1" name="$2" cpu=0 busy=0 pids
   if [[ "$path" != a ]]; then
@@ -312,16 +274,17 @@ snap() {  # path name
   if [[ "$path" == c ]]; then
     read -r busy _ <<<"$(busy_snapshot "$tmp/tlsgate-$cur_tag.log")"
   fi
-  echo "$cpu ${busy:-0} $(date +%s.%N)" >"$tmp/snap-$name"
+  echo "$cpu ${busy:-0} $(date +%s.%N) $(machine_cpu_seconds)" >"$tmp/snap-$name"
   timeout 30 python3 "$helpers/othercpu.py" snapshot $$ "$TG_NS_CLI" "$TG_NS_GW" "$TG_NS_SRV" \
     >"$tmp/snap-$name.other" 2>/dev/null || echo '{}' >"$tmp/snap-$name.other"
 }
-# prints "cpu busy wall other" seconds between two snapshots
+# prints "cpu busy wall other machine" seconds between two snapshots
 snap_delta() {  # name1 name2
   local other
   other="$(timeout 30 python3 "$helpers/othercpu.py" diff "$tmp/snap-$1.other" "$tmp/snap-$2.other" 2>/dev/null)" || other=nan
-  awk -v o="$other" '{ c[NR] = $1; b[NR] = $2; t[NR] = $3 }
-    END { printf "%.2f %.3f %.2f %s\n", c[2] - c[1], b[2] - b[1], t[2] - t[1], o }' "$tmp/snap-$1" "$tmp/snap-$2"
+  awk -v o="$other" '{ c[NR] = $1; b[NR] = $2; t[NR] = $3; m[NR] = $4 }
+    END { printf "%.2f %.3f %.2f %s %.2f\n", c[2] - c[1], b[2] - b[1], t[2] - t[1], o, m[2] - m[1] }' \
+    "$tmp/snap-$1" "$tmp/snap-$2"
 }
 
 # Waits (up to 20 s) until the other processes of the machine use less than a
@@ -415,7 +378,7 @@ ca_check() {  # path
 log "checking that SSLsplit verifies the origin (it must refuse with the wrong trust)"
 redirect_up
 start_sslsplit "$tmp/sslsplit-verify-wrong.err" "$tmp/sslsplit-connect-verify-wrong.log" "$tmp/ca/ca.pem"
-reachable || { log "path (b): $TG_SRV_V4 unreachable"; exit 1; }
+path_reachable b
 code="$(timeout 30 ip netns exec "$TG_NS_CLI" curl --http1.1 -s -k --max-time 10 -o /dev/null -w '%{http_code}' "$url")" || true
 stop_sslsplit
 [[ "$code" != 200 ]] ||
@@ -471,9 +434,9 @@ for run in $(seq "$runs"); do
     ((run == 1)) && sha="$(bulk_check)"
     opens1="$(tcp_counter "$TG_NS_CLI" ActiveOpens)"
     conns=$((opens1 - opens0 + 1))  # + the CA check's connection, opened before opens0
-    read -r rate_cpu rate_busy rate_wall rate_other <<<"$(snap_delta r0 r1)"
-    read -r ka_cpu ka_busy ka_wall ka_other <<<"$(snap_delta r1 k1)"
-    read -r bulk_cpu bulk_busy bulk_wall bulk_other <<<"$(snap_delta b0 b1)"
+    read -r rate_cpu rate_busy rate_wall rate_other rate_machine <<<"$(snap_delta r0 r1)"
+    read -r ka_cpu ka_busy ka_wall ka_other ka_machine <<<"$(snap_delta r1 k1)"
+    read -r bulk_cpu bulk_busy bulk_wall bulk_other bulk_machine <<<"$(snap_delta b0 b1)"
     stop_path "$path" "$run"
     intercepted="-" why=() legs="-" redirected="-" bypassed="-" pickups="-"
     case "$path" in
@@ -528,10 +491,11 @@ print(", ".join(parts).replace(" ", "_"))' "$tmp/connections-$run.jsonl")"
         "client connections ${conns}, intercepted ${intercepted} (redirected ${redirected}, bypassed ${bypassed});" \
         "interceptor CPU s ab ${rate_cpu}" \
         "(busy ${rate_busy}), ab -k ${ka_cpu} (busy ${ka_busy}), bulk ${bulk_cpu} (busy ${bulk_busy});" \
+        "whole machine CPU s ${rate_machine}/${ka_machine}/${bulk_machine};" \
         "other processes' CPU s ${rate_other}/${ka_other}/${bulk_other}; ab TLS ${proto:-?} ${tempkey:-?}"
     echo "path=$path run=$run rate=$rate ka=$ka mbps=$mbps sha=$sha issuer=$issuer conns=$conns" \
       "intercepted=$intercepted redirected=$redirected pickups=${pickups:--} bypassed=$bypassed rate_cpu=$rate_cpu rate_busy=$rate_busy rate_wall=$rate_wall" \
-      "rate_other=$rate_other ka_cpu=$ka_cpu ka_busy=$ka_busy ka_wall=$ka_wall ka_other=$ka_other" \
+      "rate_other=$rate_other rate_machine=$rate_machine ka_machine=$ka_machine bulk_machine=$bulk_machine ka_cpu=$ka_cpu ka_busy=$ka_busy ka_wall=$ka_wall ka_other=$ka_other" \
       "bulk_cpu=$bulk_cpu bulk_busy=$bulk_busy bulk_wall=$bulk_wall bulk_other=$bulk_other" \
       "proto=${proto:-?} tempkey=${tempkey:-?} legs=${legs:--} valid=${valid// /_}" >>"$perf"
     sleep 1
@@ -623,19 +587,11 @@ timeout 60 python3 "$helpers/report.py" "$tmp" "$requests" "$concurrency" "$ka_r
   "$lat_requests" "$tmp/bench-compare.svg" >"$table"
 cat "$table"
 
-if ((invalid)); then
-  log "some runs were INVALID (see the tables and the log above); not writing the doc"
-  exit 1
-fi
-((write_doc)) || exit 0
+bench_doc_gate "$invalid"
 
 # --- doc --------------------------------------------------------------------------
 # Version strings (some of these tools exit non-zero after printing them).
-cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" || true
-hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)" || true
-nginx_version="$(nginx -v 2>&1 | sed 's/^nginx version: //')" || true
-ab_version="$(ab -V 2>/dev/null | sed -n 's/^This is ApacheBench, Version \([^ ]*\).*/\1/p' | head -1)" || true
-curl_version="$(curl --version 2>/dev/null | awk 'NR == 1 {print $2}')" || true
+bench_tool_versions
 sslsplit_version="$(sslsplit -V 2>&1 | awk 'NR == 1 {print $2}')" || true
 sslsplit_openssl="$(sslsplit -V 2>&1 | sed -n 's/^rtlinked against OpenSSL \([^ ]*\).*/\1/p' | head -1)" || true
 sslsplit_package="$(dpkg-query -W -f '${Version}' sslsplit 2>/dev/null)" || true
@@ -718,7 +674,10 @@ In each run and path, in this order, on one start of the interceptor:
    included), one connection; in run 1 a second download checks the body's SHA-256.
 6. **CPU** around workloads 2, 3 and 5: the interceptor's utime + stime from
    /proc/PID/stat (SSLsplit: all its processes and threads; tlsgate: its process, worker
-   and main thread), and for tlsgate also its worker's busy time from the counters.
+   and main thread), and for tlsgate also its worker's busy time from the counters; for
+   every path, (a) included, the **whole machine's** busy CPU over the same windows: the
+   \`cpu\` line of /proc/stat (all CPUs; user + nice + system + irq + softirq + steal, i.e.
+   everything but idle and iowait).
 
 Per run, right before path (c) and after the same wait for a quiet machine, the **rustls floor**
 that issue 6's CPU targets compare against: \`crates/mitm/examples/tls_floor.rs --json\` (in
@@ -761,7 +720,8 @@ EOF
   no IRQ time accounting, so softirq work that runs on an interceptor's thread, such as
   delivering the frames it transmits to the client's and the origin's TCP stacks across
   the veths, is charged to it, for SSLsplit and tlsgate alike). That is the comparable
-  figure, and the targets are judged on it. tlsgate's worker does not spin a whole core:
+  figure, and the targets are judged on it (the target tables add rows for the whole-machine
+  figure, below). tlsgate's worker does not spin a whole core:
   it sleeps after 256 empty polls (up to \`dataplane.idle_sleep_max_us\`, 200 µs), so its
   process CPU follows its load (see "process cores"). Its **worker busy** time is the
   wall-clock time of polls that received frames; it also counts time the thread was
@@ -772,6 +732,18 @@ EOF
   sender's context (ab's, curl's) and reach SSLsplit's sockets there; SSLsplit's own TCP
   processing partly happens in softirq on whatever runs. tlsgate's TCP stack (smoltcp) runs
   in its worker, so that work is in its CPU. On balance the comparison favours SSLsplit.
+- **Whole-machine CPU: the figure no attribution can bias.** Whichever thread the kernel
+  charges a softirq, a veth delivery or a conntrack lookup to, it is busy time of some CPU,
+  and /proc/stat's \`cpu\` line counts it once. So the whole-machine CPU per 1,000
+  connections and per GB counts, for every path alike, everything the workload cost: the
+  client (ab, curl), nginx, the interceptor, the kernel's bridge, netfilter and TCP work
+  and its softirqs, wherever they ran. Neither interceptor is favoured by where its kernel
+  work lands. Path (a) gives the cost of the same workload with no interceptor, so
+  "added by the interceptor" (a path less (a)) is what interception costs the machine.
+  The figure also counts whatever else the shared machine ran meanwhile: "less other
+  processes" subtracts the CPU of the processes outside the benchmark (a lower bound of
+  it, see the caveats; kernel threads are not subtracted, as most of their work here is
+  the lab's own), and the per-run lists show how much runs differ.
 - **The rustls floor.** What plain rustls and ring need for the same TLS work, without TCP,
   packet I/O, buffering, forging or logging: tlsgate's ratio to it is the cost of its own
   machinery on top. The handshake floor weights the client role by the share of upstream legs

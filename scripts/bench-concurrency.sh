@@ -559,9 +559,8 @@ done
 ((plan_only)) && exit 0
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-concurrency.XXXXXX)"
-chmod 755 "$tmp"
-tg_pid="" lg_pid="" sampler_pid="" watchdog_pid=""
+bench_begin bench-concurrency
+lg_pid="" sampler_pid=""
 
 stop_sampler() {
   [[ -n "$sampler_pid" ]] || return 0
@@ -579,24 +578,10 @@ stop_loadgen() {  # SIGINT (it writes its report), SIGKILL after 30 s
   lg_pid=""
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
+bench_stop() {
   stop_sampler
   stop_loadgen
-  stop_tlsgate
-  "$here/lab-down.sh" >/dev/null 2>&1
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 bench_watchdog "$limit"
 t_script=$SECONDS

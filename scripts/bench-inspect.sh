@@ -97,42 +97,26 @@ log() { echo "bench-inspect: $*" >&2; }
 bench_install_missing ab:apache2-utils nginx:nginx-light curl:curl tcpflow:tcpflow
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-inspect.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-inspect
 origin="$tmp/origin"
 boxdir="$tmp/box-e"
-netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" watchdog_pid="" made_netns_etc=0
 bulk_bytes=$((bulk_mb * 1000000))
 
 box_bridge_down() {
   ip -n "$TG_NS_BOX" link del br0 2>/dev/null || true
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
+# The boxes of (d) and (e).
+bench_stop() {
   stop_tlsgate
   [[ -d "$boxdir" ]] && timeout 60 "$here/inspect-box.sh" stop "$boxdir" >/dev/null 2>&1
   box_bridge_down
-  [[ -d "$origin" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
-  ip -n "$TG_NS_GW" link del br0 2>/dev/null
-  timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
-  ((made_netns_etc)) && rm -rf "$netns_etc"
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    # The bulk file and recordings are large: drop them, keep the logs.
-    rm -f "$origin/www/bulk.bin"
-    rm -rf "$boxdir/flows"
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# The bulk file and recordings are large: drop them, keep the logs.
+bench_drop_large() {
+  rm -f "$origin/www/bulk.bin"
+  rm -rf "$boxdir/flows"
+}
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1200
@@ -147,13 +131,7 @@ timeout 60 "$root/tests/lab/origin.sh" start "$origin" origin.test
 log "writing a ${bulk_mb} MB random file to the origin"
 timeout 300 head -c "$bulk_bytes" /dev/urandom >"$origin/www/bulk.bin"
 bulk_sha="$(timeout 120 sha256sum "$origin/www/bulk.bin" | cut -d' ' -f1)"
-if [[ ! -e "$netns_etc" ]]; then
-  mkdir -p "$netns_etc"
-  made_netns_etc=1
-  printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
-fi
-grep -q "origin.test" "$netns_etc/hosts" 2>/dev/null ||
-  { log "$netns_etc/hosts exists but does not name origin.test"; exit 1; }
+bench_client_hosts
 url="https://origin.test/index.html"
 bulk_url="https://origin.test/bulk.bin"
 # curl trusts the origin's certificate (path a) and tlsgate's CA (c, d, e).
@@ -192,13 +170,6 @@ box_bridge_up() {
   exit 1
 }
 
-# A namespace's TCP counter from /proc/net/snmp: tcp_counter NS ActiveOpens
-# (connections opened so far), tcp_counter NS OutRsts (RSTs sent so far).
-# shellcheck disable=SC2016  # awk program
-tcp_counter() {
-  ip netns exec "$1" awk -v want="$2" '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) col[$i] = i; h = 1 }
-    else print $col[want] }' /proc/net/snmp
-}
 active_opens() { tcp_counter "$TG_NS_CLI" ActiveOpens; }
 # RSTs sent by the client and by the server namespace so far: "client server".
 rsts() { echo "$(tcp_counter "$TG_NS_CLI" OutRsts) $(tcp_counter "$TG_NS_SRV" OutRsts)"; }
@@ -206,12 +177,7 @@ rsts() { echo "$(tcp_counter "$TG_NS_CLI" OutRsts) $(tcp_counter "$TG_NS_SRV" Ou
 start_path() {  # a|c|d|e run
   local path="$1" run="$2"
   case "$path" in
-    a)
-      ip -n "$TG_NS_GW" link add br0 type bridge
-      ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master br0
-      ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master br0
-      ip -n "$TG_NS_GW" link set br0 up
-      ;;
+    a) kernel_path_up; return ;;
     c|d|e)
       local base="$root/configs/lab.toml" tglog="$tmp/tlsgate-$path-$run.log"
       local config="$tmp/tls-$path-$run.toml"
@@ -227,7 +193,7 @@ start_path() {  # a|c|d|e run
       start_tlsgate "$config" "$tglog" --stats-interval 0.2 --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
-  reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
+  path_reachable "$path"
 }
 
 # busy % of the window between two snapshots and busy time per unit, scaled.
@@ -245,13 +211,9 @@ stop_path() {  # a|c|d|e run
       # Let intercepted sessions finish (closes, TIME-WAIT) so the connection
       # log is complete: up to 25 s.
       local tglog="$tmp/tlsgate-$path-$run.log"
-      for _ in $(seq 125); do
-        [[ "$(live_sessions "$tglog")" == 0 ]] && break
-        sleep 0.2
-      done
+      wait_sessions_closed "$tglog" 125
       live_sessions "$tglog" >"$tmp/live-$path-$run"
-      stop_tlsgate
-      [[ -s "$tmp/report-$path-$run.json" ]] || { log "no report from tlsgate ($path, run $run)"; exit 1; }
+      stop_tlsgate_reported "$tmp/report-$path-$run.json" "$path, run $run"
       if [[ "$path" == d ]]; then
         box_bridge_down
       elif [[ "$path" == e ]]; then
@@ -470,18 +432,10 @@ print(f"- SHA-256 of one {bulk_mb} MB download per path (run 1): {shas}")
 PY
 cat "$table"
 
-if ((invalid)); then
-  log "some runs were INVALID (see the table and the log above); not writing the doc"
-  exit 1
-fi
-((write_doc)) || exit 0
+bench_doc_gate "$invalid"
 
 # Version strings (some of these tools exit non-zero after printing them).
-cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" || true
-hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)" || true
-nginx_version="$(nginx -v 2>&1 | sed 's/^nginx version: //')" || true
-ab_version="$(ab -V 2>/dev/null | sed -n 's/^This is ApacheBench, Version \([^ ]*\).*/\1/p' | head -1)" || true
-curl_version="$(curl --version 2>/dev/null | awk 'NR == 1 {print $2}')" || true
+bench_tool_versions
 tcpflow_version="$(tcpflow -V 2>/dev/null | awk 'NR == 1 {print $2}')" || true
 section="$tmp/section.md"
 {

@@ -1,10 +1,74 @@
-# scripts/bench-lab.sh — helpers shared by the lab benchmarks (bench-splice.sh, bench-compare.sh, bench-wan.sh,
-# bench-tls.sh, bench-inspect.sh, bench-terminate.sh); sourced, not run. Expects log(), $root, $tmp and the lab
-# variables of lab-env.sh; uses $tg_pid (the tlsgate under test) and sets
-# $watchdog_pid; the SSLsplit and tls_config helpers also use $origin.
+# scripts/bench-lab.sh — the harness shared by the lab benchmarks (bench-splice.sh,
+# bench-compare.sh, bench-wan.sh, bench-tls.sh, bench-inspect.sh, bench-concurrency.sh,
+# bench-terminate.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
+# of lab-env.sh. bench_begin makes $tmp and installs the one cleanup; the helpers use
+# $tg_pid (the tlsgate under test) and $watchdog_pid; the SSLsplit, tls_config and origin
+# helpers also use $origin.
 # shellcheck shell=bash
-# The globals below ($root, $tmp, $tg_pid, $watchdog_pid) belong to the sourcing script.
+# The globals below ($root, $tmp, $tg_pid, $watchdog_pid, ...) belong to the sourcing script.
 # shellcheck disable=SC2034,SC2154
+bench_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# --- temp dir and the one cleanup -------------------------------------------------
+# bench_begin NAME: $tmp = a fresh /tmp/NAME.XXXXXX (world-readable: servers in the
+# namespaces read it) and an EXIT trap running bench_cleanup. The script may define
+# bench_stop (its own processes and state, stopped first) and bench_drop_large (what
+# is too large to keep when the logs are kept), and set $origin (tests/lab/origin.sh's
+# directory) and $nft_table (SSLsplit's redirection, path (b)).
+bench_begin() {  # name
+  tmp="$(mktemp -d "/tmp/$1.XXXXXX")"
+  chmod 755 "$tmp"
+  tg_pid="" watchdog_pid="" made_netns_etc=0
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+# Stops everything the benchmark may have started, takes the lab down and
+# removes $tmp unless it failed or --keep; exits with the script's status.
+bench_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  declare -F bench_stop >/dev/null && bench_stop
+  stop_sslsplit
+  stop_tlsgate
+  [[ -n "${nft_table:-}" ]] && redirect_down
+  ip -n "$TG_NS_GW" link del br0 2>/dev/null
+  [[ -n "${origin:-}" && -d "${origin:-}" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
+  timeout 60 "$bench_lib_dir/lab-down.sh" >/dev/null 2>&1
+  ((made_netns_etc)) && rm -rf "$netns_etc"
+  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
+  if ((rc || keep)) && [[ -d "$tmp" ]]; then
+    declare -F bench_drop_large >/dev/null && bench_drop_large
+    log "logs kept in $tmp (rc $rc)"
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+
+# After the results: exits 1 when a run was invalid (the doc is not written),
+# 0 without --write-doc; returns when the doc is to be written.
+bench_doc_gate() {  # invalid (0|1)
+  if (($1)); then
+    log "some runs were INVALID (see the results and the log above); not writing the doc"
+    exit 1
+  fi
+  ((write_doc)) || exit 0
+}
+
+# origin.test resolves in the client namespace: /etc/netns/$TG_NS_CLI/hosts, made
+# (and removed by bench_cleanup) unless it exists; an existing one must name it.
+bench_client_hosts() {
+  netns_etc="/etc/netns/$TG_NS_CLI"
+  if [[ ! -e "$netns_etc" ]]; then
+    mkdir -p "$netns_etc"
+    made_netns_etc=1
+    printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
+  fi
+  grep -q "origin.test" "$netns_etc/hosts" 2>/dev/null ||
+    { log "$netns_etc/hosts exists but does not name origin.test"; exit 1; }
+}
 
 # Stops the tlsgate under test: SIGINT, then SIGKILL after 20 s.
 stop_tlsgate() {
@@ -16,6 +80,32 @@ stop_tlsgate() {
   tg_pid=""
 }
 
+# Stops the tlsgate under test; its --report-json file must have been written.
+stop_tlsgate_reported() {  # report.json what (for the message)
+  stop_tlsgate
+  [[ -s "$1" ]] || { log "no report from tlsgate ($2)"; exit 1; }
+}
+
+# Waits (up to TRIES x 0.2 s) until the latest --stats-interval print shows no
+# live session: intercepted sessions closed, so the logs and report are complete.
+wait_sessions_closed() {  # tlsgate-log tries
+  for _ in $(seq "$2"); do
+    [[ "$(live_sessions "$1")" == 0 ]] && break
+    sleep 0.2
+  done
+}
+
+# The doc's description of the machine and the tools: $cpu, $hyper, $nginx_version,
+# $ab_version, $curl_version (empty when unknown; some of these tools exit non-zero
+# after printing their version).
+bench_tool_versions() {
+  cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" || true
+  hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)" || true
+  nginx_version="$(nginx -v 2>&1 | sed 's/^nginx version: //')" || true
+  ab_version="$(ab -V 2>/dev/null | sed -n 's/^This is ApacheBench, Version \([^ ]*\).*/\1/p' | head -1)" || true
+  curl_version="$(curl --version 2>/dev/null | awk 'NR == 1 {print $2}')" || true
+}
+
 # Whether the client reaches the server (IPv4 ping, up to 5 s).
 reachable() {
   for _ in $(seq 20); do
@@ -23,6 +113,17 @@ reachable() {
     sleep 0.25
   done
   return 1
+}
+
+# Path (a), no appliance: the kernel bridge br0 joins the gw namespace's two links.
+kernel_path_up() {
+  bridge_up 0
+  path_reachable a
+}
+
+# Exits unless the client reaches the server once PATH is up.
+path_reachable() {  # path
+  reachable || { log "path ($1): $TG_SRV_V4 unreachable"; exit 1; }
 }
 
 # Bounds the whole benchmark: SIGTERM to the script after $1 seconds.
@@ -107,9 +208,16 @@ https_rate() {  # output-file; prints conn/s, or "failed"
   fi
 }
 
-# One HTTPS download of $bulk_url ($bulk_bytes bytes) from the client
-# namespace with curl trusting $tmp/trust.pem; the bulk check compares the
-# body's SHA-256 with $bulk_sha.
+# A namespace's TCP counter from /proc/net/snmp: tcp_counter NS ActiveOpens
+# (connections opened so far), tcp_counter NS OutRsts (RSTs sent so far).
+# shellcheck disable=SC2016  # awk program
+tcp_counter() {  # namespace counter
+  ip netns exec "$1" awk -v want="$2" '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) col[$i] = i; h = 1 }
+    else print $col[want] }' /proc/net/snmp
+}
+
+# --- the bulk download (origin.test/bulk.bin, $bulk_bytes long, SHA-256 $bulk_sha) ---
+# curl in the client namespace trusting $tmp/trust.pem.
 bulk_rate() {  # output-file; prints MB/s (10^6 B/s), or "failed"
   local out="$1"
   timeout 200 ip netns exec "$TG_NS_CLI" \
@@ -147,6 +255,14 @@ proc_cpu_seconds() {  # pid...
     total=$((total + ${ticks:-0}))
   done
   awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz }'
+}
+
+# CPU time the whole machine spent busy, all CPUs, in seconds since boot, from
+# /proc/stat's "cpu" line: user + nice + system + irq + softirq + steal (all
+# but idle and iowait; guest time is already inside user). Every process,
+# kernel thread and softirq counts, whoever it is charged to.
+machine_cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
 }
 
 # Resident memory (VmRSS) of the given processes, summed, in bytes.

@@ -64,34 +64,20 @@ log() { echo "bench-splice: $*" >&2; }
 bench_install_missing iperf3:iperf3 ab:apache2-utils nginx:nginx-light cc:gcc,libc6-dev
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-splice.XXXXXX)"
-chmod 755 "$tmp"
-tg_pid="" nginx_pid="" iperf_pid="" watchdog_pid=""
+bench_begin bench-splice
+nginx_pid="" iperf_pid=""
 
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_tlsgate
+# The servers this script starts itself (nginx, iperf3).
+bench_stop() {
+  local pid
   for pid in "$nginx_pid" "$iperf_pid"; do
     [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
   done
   for pid in "$nginx_pid" "$iperf_pid"; do
     [[ -n "$pid" ]] && wait "$pid" 2>/dev/null
   done
-  ip -n "$TG_NS_GW" link del br0 2>/dev/null
-  "$here/lab-down.sh" >/dev/null 2>&1
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
+  return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1500
@@ -195,19 +181,14 @@ fi
 start_path() {  # a|b|c run
   local path="$1" run="$2"
   case "$path" in
-    a)
-      ip -n "$TG_NS_GW" link add br0 type bridge
-      ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master br0
-      ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master br0
-      ip -n "$TG_NS_GW" link set br0 up
-      ;;
+    a) kernel_path_up; return ;;
     b|c)
       local config="$tmp/bridge.toml" tglog="$tmp/tlsgate-$path-$run.log"
       [[ "$path" == c ]] && config="$tmp/splice.toml"
       start_tlsgate "$config" "$tglog" --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
-  reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
+  path_reachable "$path"
 }
 
 stop_path() {  # a|b|c run
@@ -215,8 +196,7 @@ stop_path() {  # a|b|c run
   case "$path" in
     a) ip -n "$TG_NS_GW" link del br0 ;;
     b|c)
-      stop_tlsgate
-      [[ -s "$tmp/report-$path-$run.json" ]] || { log "no report from tlsgate ($path, run $run)"; exit 1; }
+      stop_tlsgate_reported "$tmp/report-$path-$run.json" "$path, run $run"
       ;;
   esac
 }
@@ -343,8 +323,7 @@ cat "$table"
 
 ((write_doc)) || exit 0
 
-cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)"
+bench_tool_versions
 section="$tmp/section.md"
 {
   cat <<EOF

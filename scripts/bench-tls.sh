@@ -62,32 +62,8 @@ log() { echo "bench-tls: $*" >&2; }
 bench_install_missing ab:apache2-utils nginx:nginx-light
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-tls.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-tls
 origin="$tmp/origin"
-netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" watchdog_pid="" made_netns_etc=0
-
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_tlsgate
-  [[ -d "$origin" ]] && "$root/tests/lab/origin.sh" stop "$origin"
-  ip -n "$TG_NS_GW" link del br0 2>/dev/null
-  "$here/lab-down.sh" >/dev/null 2>&1
-  ((made_netns_etc)) && rm -rf "$netns_etc"
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1200
@@ -99,11 +75,7 @@ bench_build_tlsgate
 # --- lab and origin ---------------------------------------------------------------
 "$here/lab-up.sh" >/dev/null
 "$root/tests/lab/origin.sh" start "$origin" origin.test
-if [[ ! -e "$netns_etc" ]]; then
-  mkdir -p "$netns_etc"
-  made_netns_etc=1
-  printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
-fi
+bench_client_hosts
 url="https://origin.test/index.html"
 
 cp "$root/configs/lab.toml" "$tmp/bridge.toml"
@@ -115,12 +87,7 @@ tls_config "$root/configs/lab.toml" "$tmp/check.jsonl" >"$tmp/check.toml"
 start_path() {  # a|b|c run
   local path="$1" run="$2"
   case "$path" in
-    a)
-      ip -n "$TG_NS_GW" link add br0 type bridge
-      ip -n "$TG_NS_GW" link set "$TG_GWC_IF" master br0
-      ip -n "$TG_NS_GW" link set "$TG_GWS_IF" master br0
-      ip -n "$TG_NS_GW" link set br0 up
-      ;;
+    a) kernel_path_up; return ;;
     b|c)
       local config="$tmp/bridge.toml" tglog="$tmp/tlsgate-$path-$run.log"
       if [[ "$path" == c ]]; then
@@ -130,7 +97,7 @@ start_path() {  # a|b|c run
       start_tlsgate "$config" "$tglog" --stats-interval 0.2 --report-json "$tmp/report-$path-$run.json"
       ;;
   esac
-  reachable || { log "path ($path): $TG_SRV_V4 unreachable"; exit 1; }
+  path_reachable "$path"
 }
 
 stop_path() {  # a|b|c run
@@ -141,13 +108,9 @@ stop_path() {  # a|b|c run
       # Let intercepted sessions finish (closes, TIME-WAIT) so the connection
       # log is complete: up to 15 s.
       local tglog="$tmp/tlsgate-$path-$run.log"
-      for _ in $(seq 75); do
-        [[ "$(live_sessions "$tglog")" == 0 ]] && break
-        sleep 0.2
-      done
+      wait_sessions_closed "$tglog" 75
       live_sessions "$tglog" >"$tmp/live-$path-$run"
-      stop_tlsgate
-      [[ -s "$tmp/report-$path-$run.json" ]] || { log "no report from tlsgate ($path, run $run)"; exit 1; }
+      stop_tlsgate_reported "$tmp/report-$path-$run.json" "$path, run $run"
       ;;
   esac
 }
@@ -269,10 +232,7 @@ memory="$tmp/memory.md"
 (cd "$root" && timeout 900 cargo run --release --quiet -p mitm --example tls_cost) >"$memory"
 cat "$memory"
 
-cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-hyper="$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)"
-nginx_version="$(nginx -v 2>&1 | sed 's/^nginx version: //')"
-ab_version="$(ab -V 2>/dev/null | sed -n 's/^This is ApacheBench, Version \([^ ]*\).*/\1/p' | head -1)"
+bench_tool_versions
 section="$tmp/section.md"
 {
   cat <<EOF

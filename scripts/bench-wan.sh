@@ -87,33 +87,11 @@ log() { echo "bench-wan: $(date -u +%H:%M:%S) $*" >&2; }
 bench_install_missing nginx:nginx-light curl:curl sslsplit:sslsplit nft:nftables \
   conntrack:conntrack iperf3:iperf3 python3:python3 openssl:openssl
 
-tmp="$(mktemp -d /tmp/bench-wan.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-wan
 origin="$tmp/origin"
-tg_pid="" watchdog_pid=""
 nft_table=bench_wan
 bulk_bytes=$((mb * 1000000))
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
-  stop_sslsplit
-  stop_tlsgate
-  redirect_down
-  [[ -d "$origin" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
-  timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    rm -f "$origin/www/bulk.bin"
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_drop_large() { rm -f "$origin/www/bulk.bin"; }
 
 # Bounded: every download at its limit, plus set-up per point, the element and
 # the memory measurement.

@@ -290,6 +290,56 @@ if floor and first:
       f"AES-256-GCM (negotiated) {fmt(floor['gb'], 3)} CPU s, the floor; AES-128-GCM "
       f"{fmt(floor['gb_128'], 3)}; AES-256-GCM through rustls' record layer {fmt(floor['gb_rustls'], 3)}.")
 
+# --- whole-machine CPU (/proc/stat, every path) -------------------------------------
+def machine(key, units, scale, less_other=False):
+    """Whole-machine busy CPU of a workload per unit of work, scaled; less the
+    other processes' CPU (othercpu.py) when asked."""
+    def fn(r):
+        used = num(r.get(f"{key}_machine"))
+        if less_other:
+            used -= num(r.get(f"{key}_other"))
+        return used / units * scale if units else NAN
+    return fn
+
+
+MACHINE = [("conn", "rate", requests, 1000), ("ka", "ka", ka_requests, 1e5), ("gb", "bulk", gb, 1)]
+mach = {p: {f"{name}{suffix}": med(perf, p, machine(key, units, scale, less))
+            for name, key, units, scale in MACHINE for suffix, less in (("", False), ("_less", True))}
+        for p in P if any("rate_machine" in r for r in runs_of(perf, p))}
+if mach:
+    w("")
+    w("Whole-machine CPU: all CPUs' busy time from /proc/stat (user + nice + system + irq + softirq + "
+      "steal) over the same windows, whoever it is charged to: client, origin, interceptor, kernel threads "
+      "and softirq, and other processes of the shared machine; \"less other processes\" takes out the CPU "
+      "of the processes outside the benchmark (see the conditions below). Per 1,000 new connections, per "
+      "100,000 kept-alive requests and per GB of the bulk download. \"added by the interceptor\" = the "
+      "path's figure less other processes minus the same for (a).")
+    w("")
+    w("| path | CPU s / 1,000 conns, whole machine | less other processes | per run (whole machine) | "
+      "CPU s / 100k kept-alive req, whole machine | less other processes | CPU s / GB, whole machine | "
+      "less other processes | per run (whole machine) |")
+    w("|---|---:|---:|---|---:|---:|---:|---:|---|")
+    for p in mach:
+        m = mach[p]
+        w(f"| {NAMES[p]} | {fmt(m['conn'], 2)} | {fmt(m['conn_less'], 2)} | "
+          f"{per_run(perf, p, machine('rate', requests, 1000), 2)} | {fmt(m['ka'], 2)} | {fmt(m['ka_less'], 2)} | "
+          f"{fmt(m['gb'], 2)} | {fmt(m['gb_less'], 2)} | {per_run(perf, p, machine('bulk', gb, 1), 2)} |")
+    if "a" in mach:
+        for p in (q for q in "bc" if q in mach):
+            added = {k: mach[p][f"{k}_less"] - mach["a"][f"{k}_less"] for k in ("conn", "ka", "gb")}
+            mach[p].update({f"{k}_added": v for k, v in added.items()})
+            w(f"| added by the interceptor ({p}) − (a), less other processes | | {fmt(added['conn'], 2)} | | "
+              f"| {fmt(added['ka'], 2)} | | {fmt(added['gb'], 2)} | |")
+    if "b" in mach and "c" in mach:
+        b, c = mach["b"], mach["c"]
+        w(f"| ratio c/b | {fmt(ratio(c['conn'], b['conn']), 2)} | "
+          f"{fmt(ratio(c['conn_less'], b['conn_less']), 2)} | | {fmt(ratio(c['ka'], b['ka']), 2)} | "
+          f"{fmt(ratio(c['ka_less'], b['ka_less']), 2)} | {fmt(ratio(c['gb'], b['gb']), 2)} | "
+          f"{fmt(ratio(c['gb_less'], b['gb_less']), 2)} | |")
+        if "conn_added" in c and "conn_added" in b:
+            w(f"| ratio c/b, added by the interceptor | | {fmt(ratio(c['conn_added'], b['conn_added']), 2)} | | "
+              f"| {fmt(ratio(c['ka_added'], b['ka_added']), 2)} | | {fmt(ratio(c['gb_added'], b['gb_added']), 2)} | |")
+
 # --- memory -----------------------------------------------------------------------
 M = [p for p in "bc" if runs_of(mem, p)]
 memx = {}
@@ -343,12 +393,35 @@ if "b" in P and "c" in P:
         ("(the same with tlsgate's worker busy time instead)", ratio(c["gb_busy"], b["gb_proc"]), 0.5, False,
          "worker busy / SSLsplit process CPU"),
     ]
+    if "b" in mach and "c" in mach:
+        mb, mc = mach["b"], mach["c"]
+        rows[3:3] = [("(appliance CPU per connection, whole machine)", ratio(mc["conn"], mb["conn"]), 0.4, False,
+                      "whole-machine CPU / whole-machine CPU")]
+        rows.append(("(CPU per GB, whole machine)", ratio(mc["gb"], mb["gb"]), 0.5, False,
+                     "whole-machine CPU / whole-machine CPU"))
     w("")
     w("Issue 6's targets against SSLsplit, from the medians above:")
     w("")
     w("| target | measured | ratio | verdict |")
     w("|---|---|---:|---|")
     for text, value, target, higher, how in rows:
+        w(f"| {text} | {how} | {fmt(value, 2)} | {verdict(value, target, higher)} |")
+    mb, mc = mach.get("b", {}), mach.get("c", {})
+    rows17 = [
+        ("new connections per second ≥ 3 × SSLsplit's", ratio(rate["c"], rate["b"]), 3, True, "c/b conn/s"),
+        ("kept-alive requests per second ≥ 2 × SSLsplit's", ratio(ka["c"], ka["b"]), 2, True, "c/b req/s"),
+        ("LAN bulk ≥ 1.5 × SSLsplit's", ratio(bulk["c"], bulk["b"]), 1.5, True, "c/b MB/s"),
+        ("CPU per GB ≤ 0.6 × SSLsplit's, process", ratio(c["gb_proc"], b["gb_proc"]), 0.6, False,
+         "process CPU / process CPU"),
+        ("CPU per GB ≤ 0.6 × SSLsplit's, whole machine", ratio(mc.get("gb", NAN), mb.get("gb", NAN)), 0.6, False,
+         "whole-machine CPU / whole-machine CPU"),
+    ]
+    w("")
+    w("Issue 17's targets against SSLsplit, from the same medians:")
+    w("")
+    w("| target | measured | ratio | verdict |")
+    w("|---|---|---:|---|")
+    for text, value, target, higher, how in rows17:
         w(f"| {text} | {how} | {fmt(value, 2)} | {verdict(value, target, higher)} |")
 if floor:
     def verdict_le(value, target):
@@ -431,6 +504,10 @@ if cpu:
         ("b", "SSLsplit", cpu.get("b", {}).get("gb_proc", NAN)),
         ("c", "tlsgate", cpu.get("c", {}).get("gb_proc", NAN)),
         ("c2", "tlsgate busy*", cpu.get("c", {}).get("gb_busy", NAN))], 2))
+if mach:
+    panels.append(("Whole-machine CPU per 1,000 conns", "CPU s",
+                   [(p, SHORT[p], mach[p]["conn"]) for p in mach], 2))
+    panels.append(("Whole-machine CPU per GB", "CPU s", [(p, SHORT[p], mach[p]["gb"]) for p in mach], 2))
 if memx:
     panels.append(("RSS per idle connection", "KiB", [(p, SHORT[p], memx.get(p, NAN)) for p in M], 1))
 
@@ -462,6 +539,9 @@ for i, (title, unit, bars, digits) in enumerate(panels):
 svg.append(f'<text x="10" y="{H - 12}" fill="#444">CPU: utime + stime of the interceptor\'s processes '
            '(/proc/PID/stat); *tlsgate busy = wall-clock time of its worker\'s polls that received frames '
            '(includes time preempted). Memory: VmRSS growth per idle connection.</text>')
+if mach:
+    svg.append(f'<text x="10" y="{H - 28}" fill="#444">Whole machine: all CPUs\' busy time from /proc/stat '
+               '(every process, kernel thread and softirq), whoever it is charged to.</text>')
 svg.append("</svg>")
 with open(svg_path, "w") as f:
     f.write("\n".join(svg) + "\n")
