@@ -19,22 +19,12 @@ use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
+pub use crate::side::Side;
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
 const TX_ATTEMPTS: u32 = 16;
-
-/// Which port a frame came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Server,
-    /// The inspection pair: plaintext leaves through `InspectOut` and comes
-    /// back through the box on `InspectIn`.
-    InspectOut,
-    InspectIn,
-}
 
 /// Sessions reset per batch at shutdown (their RSTs are sent before the
 /// next batch, so the frames waiting at once stay bounded).
@@ -45,30 +35,6 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often at most a worker publishes its most frequent server names
 /// (a copy of at most `topnames::CAPACITY` names).
 const TOP_SNI_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-
-impl Side {
-    /// Every port, in the order of the engine's port numbers.
-    pub const ALL: [Side; 4] = [Side::Client, Side::Server, Side::InspectOut, Side::InspectIn];
-
-    pub fn index(self) -> usize {
-        match self {
-            Side::Client => 0,
-            Side::Server => 1,
-            Side::InspectOut => 2,
-            Side::InspectIn => 3,
-        }
-    }
-
-    /// The port's name in reports (as in `[ports.NAME]`).
-    pub fn role(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Server => "server",
-            Side::InspectOut => "inspect_out",
-            Side::InspectIn => "inspect_in",
-        }
-    }
-}
 
 /// What the engine intercepts, from the configuration.
 #[derive(Debug, Clone, Default)]

@@ -24,6 +24,7 @@ pub mod privileges;
 pub mod reload;
 pub mod service;
 pub mod setup;
+pub mod side;
 pub mod splice;
 pub mod topnames;
 pub mod worker;

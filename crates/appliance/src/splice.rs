@@ -57,7 +57,7 @@ use crate::policy::{Action, Policy, Verdict};
 use crate::service::{Backend, Service, Services};
 use crate::topnames::TopNames;
 
-use crate::engine::Side;
+use crate::side::Side;
 
 /// The service a terminated connection was given to.
 #[derive(Debug, Clone)]
