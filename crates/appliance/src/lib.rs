@@ -34,19 +34,4 @@ pub use config::{Config, ConfigError};
 pub use counters::Report;
 pub use preflight::{preflight, Preflight};
 pub use reload::{ReloadError, ReloadOutcome, Reloader};
-pub use setup::SetupError;
-
-/// The message of `err` followed by its causes, each once: a cause whose
-/// text the message already holds is not repeated.
-pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut cause = err.source();
-    while let Some(source) = cause {
-        let text = source.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        cause = source.source();
-    }
-    message
-}
+pub use setup::{error_text, SetupError};

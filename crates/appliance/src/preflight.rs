@@ -13,40 +13,18 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::path::{Path, PathBuf};
-
-use thiserror::Error;
+use std::path::Path;
 
 use crate::config::Config;
 use crate::engine::InterceptPolicy;
 use crate::privileges::RunAs;
 use crate::service::Services;
+use crate::setup::{OutputError, RunAsOutputError, SetupError};
 
 /// What [`preflight`] loaded, for `run` to use as loaded.
 pub struct Preflight {
     pub policy: InterceptPolicy,
     pub services: Services,
-}
-use crate::setup::SetupError;
-
-/// A log or capture file that `run` could not write.
-#[derive(Debug, Error)]
-#[error("`{key}` {path}: {what}")]
-pub struct OutputError {
-    pub key: &'static str,
-    pub path: PathBuf,
-    what: &'static str,
-    #[source]
-    source: io::Error,
-}
-
-/// A file or directory that `process.user` could not write after the drop.
-#[derive(Debug, Error)]
-#[error("`{key}` {path}: {reason}, who writes it after the privilege drop (process.user)")]
-pub struct RunAsOutputError {
-    pub key: &'static str,
-    pub path: PathBuf,
-    reason: String,
 }
 
 /// Loads and checks everything `run` would, short of the devices; returns

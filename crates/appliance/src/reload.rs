@@ -43,7 +43,7 @@ use crate::keylog::KeyLog;
 use crate::learned::LearnedStore;
 use crate::preflight::{preflight_over, Preflight};
 use crate::service::Services;
-use crate::setup::SetupError;
+use crate::setup::{error_text, SetupError};
 use crate::splice::Rules;
 use crate::writer::{Opened, WriterHandle};
 
@@ -502,7 +502,7 @@ impl Reloader {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     "reload refused, the running configuration stays in force: {}",
-                    crate::error_text(err)
+                    error_text(err)
                 );
             }
         }
