@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::histogram::Histogram;
-use crate::learned::LearnedTotals;
 use crate::topnames::NameCount;
 
 /// A field's reading, typed as the metrics exposition types it.
@@ -480,7 +479,7 @@ pub struct PortReport {
 pub struct MirrorReport {
     pub device: String,
     #[serde(flatten)]
-    pub totals: crate::mirror::MirrorTotals,
+    pub totals: MirrorTotals,
     pub driver: port::PortCounters,
 }
 
@@ -496,14 +495,14 @@ pub struct Report {
     pub capture: Option<CaptureTotals>,
     /// Records the writer thread of the logs and the capture dropped
     /// because its queue was full.
-    pub writer: crate::writer::WriterTotals,
+    pub writer: WriterTotals,
     /// The most frequent server names of the ClientHellos, most first
     /// (approximate counts, at most [`crate::topnames::CAPACITY`] names).
     pub top_sni: Vec<NameCount>,
     /// Configuration reloads (SIGHUP, `tlsgate reload`).
-    pub reloads: crate::reload::ReloadTotals,
+    pub reloads: ReloadTotals,
     /// PCAP-over-IP, when configured (`capture.pcap_over_ip`).
-    pub pcap_over_ip: Option<crate::pcap_stream::StreamTotals>,
+    pub pcap_over_ip: Option<StreamTotals>,
     /// The decrypt-mirror port, when configured (`[ports.mirror]`).
     pub mirror: Option<MirrorReport>,
     /// The process's resident memory (VmRSS), when the system says. In the
@@ -637,6 +636,89 @@ declare! {
         counter frames_dropped,
         /// Bytes of the frames dropped.
         counter bytes_dropped,
+    }
+}
+
+declare! {
+    /// What the learned tables did (in the report).
+    pub struct LearnedTotals {
+        /// Destinations bypassed now.
+        gauge live,
+        /// Destinations bypassed because distinct clients kept rejecting the
+        /// forged certificate.
+        counter added_fail_open,
+        /// Destinations bypassed for asking for a client certificate.
+        counter added_client_auth,
+        /// Bypasses gone at their time to live.
+        counter expired,
+        /// Bypasses pushed out by newer entries of a full table.
+        counter evicted,
+        /// Bypasses removed by the operator (`tlsgate learned clear`).
+        counter cleared,
+        /// Destinations whose rejections count towards fail-open now.
+        gauge pending_live,
+        /// Destinations counting rejections pushed out of a full table.
+        counter pending_evicted,
+    }
+}
+
+declare! {
+    /// A reading of the decrypt-mirror queues' counters (`mirror::MirrorStats`).
+    pub struct MirrorTotals {
+        /// Frames the mirror port's driver accepted.
+        counter frames,
+        /// Bytes of the frames the driver accepted.
+        counter bytes,
+        /// Frames dropped because the worker's queue was full.
+        counter frames_dropped,
+        /// Bytes of the frames dropped.
+        counter bytes_dropped,
+    }
+}
+
+declare! {
+    /// What the stream did: frames count once per client they were queued for.
+    pub struct StreamTotals {
+        /// Clients connected now.
+        gauge clients,
+        /// Clients served since the start.
+        counter clients_accepted,
+        /// Clients closed at once because `MAX_CLIENTS` were connected.
+        counter clients_refused,
+        /// Clients disconnected for staying too far behind.
+        counter clients_too_slow,
+        /// Frames queued for clients (summed over clients).
+        counter frames,
+        /// Bytes of the frames queued for clients (summed over clients).
+        counter bytes,
+        /// Frames dropped before the writer thread (over `QUEUE_BYTES`),
+        /// for every client.
+        counter frames_dropped,
+        /// Frames dropped for one client whose queue was full (summed over
+        /// clients).
+        counter client_frames_dropped,
+    }
+}
+
+declare! {
+    /// What the writer dropped because its queue was full (or it had stopped).
+    pub struct WriterTotals {
+        /// Connection-log records dropped on a full queue.
+        counter log_records_dropped,
+        /// Key-log lines dropped on a full queue.
+        counter keylog_records_dropped,
+        /// Decrypted-capture frames dropped on a full queue.
+        counter capture_frames_dropped,
+    }
+}
+
+declare! {
+    /// Reloads since the start, for the report.
+    pub struct ReloadTotals {
+        /// Reloads put in force.
+        counter ok,
+        /// Reloads refused (the running configuration stayed).
+        counter refused,
     }
 }
 
@@ -1050,16 +1132,16 @@ mod tests {
                     count: 902,
                 },
             ],
-            reloads: crate::reload::ReloadTotals {
+            reloads: ReloadTotals {
                 ok: 1001,
                 refused: 1002,
             },
-            writer: crate::writer::WriterTotals {
+            writer: WriterTotals {
                 log_records_dropped: 1301,
                 keylog_records_dropped: 1302,
                 capture_frames_dropped: 1303,
             },
-            pcap_over_ip: Some(crate::pcap_stream::StreamTotals {
+            pcap_over_ip: Some(StreamTotals {
                 clients: 1101,
                 clients_accepted: 1102,
                 clients_refused: 1103,
@@ -1071,7 +1153,7 @@ mod tests {
             }),
             mirror: Some(MirrorReport {
                 device: "net_af_packet2".into(),
-                totals: crate::mirror::MirrorTotals {
+                totals: MirrorTotals {
                     frames: 1201,
                     bytes: 1202,
                     frames_dropped: 1203,

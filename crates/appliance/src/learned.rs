@@ -22,6 +22,8 @@ use std::sync::Mutex;
 use netstack::{Duration, Instant};
 use serde::Serialize;
 
+pub use crate::counters::LearnedTotals;
+
 /// A server name at one destination address and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Destination {
@@ -92,29 +94,6 @@ pub struct LearnedEntry {
     /// Engine-clock milliseconds.
     pub added_ms: i64,
     pub expires_ms: i64,
-}
-
-crate::counters::declare! {
-    /// What the learned tables did (in the report).
-    pub struct LearnedTotals {
-        /// Destinations bypassed now.
-        gauge live,
-        /// Destinations bypassed because distinct clients kept rejecting the
-        /// forged certificate.
-        counter added_fail_open,
-        /// Destinations bypassed for asking for a client certificate.
-        counter added_client_auth,
-        /// Bypasses gone at their time to live.
-        counter expired,
-        /// Bypasses pushed out by newer entries of a full table.
-        counter evicted,
-        /// Bypasses removed by the operator (`tlsgate learned clear`).
-        counter cleared,
-        /// Destinations whose rejections count towards fail-open now.
-        gauge pending_live,
-        /// Destinations counting rejections pushed out of a full table.
-        counter pending_evicted,
-    }
 }
 
 /// A map bounded by least-recent use whose entries expire.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::capture::{CaptureQueue, FrameSink, Frames};
+pub use crate::counters::MirrorTotals;
 use crate::pcap_stream::StreamFeed;
 
 /// Frames one worker keeps waiting for the mirror port.
@@ -34,20 +35,6 @@ pub struct MirrorStats {
     bytes: AtomicU64,
     frames_dropped: AtomicU64,
     bytes_dropped: AtomicU64,
-}
-
-crate::counters::declare! {
-    /// A reading of [`MirrorStats`].
-    pub struct MirrorTotals {
-        /// Frames the mirror port's driver accepted.
-        counter frames,
-        /// Bytes of the frames the driver accepted.
-        counter bytes,
-        /// Frames dropped because the worker's queue was full.
-        counter frames_dropped,
-        /// Bytes of the frames dropped.
-        counter bytes_dropped,
-    }
 }
 
 impl MirrorStats {

@@ -36,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::capture::{pcap_header, push_record, Frames};
+pub use crate::counters::StreamTotals;
 
 /// Bytes of records the workers may have handed to the writer thread that
 /// it has not taken yet.
@@ -68,30 +69,6 @@ pub enum StreamError {
     Listen { listen: SocketAddr, source: io::Error },
     #[error("`capture.pcap_over_ip` {listen}: cannot start its thread: {source}")]
     Thread { listen: SocketAddr, source: io::Error },
-}
-
-crate::counters::declare! {
-    /// What the stream did: frames count once per client they were queued for.
-    pub struct StreamTotals {
-        /// Clients connected now.
-        gauge clients,
-        /// Clients served since the start.
-        counter clients_accepted,
-        /// Clients closed at once because `MAX_CLIENTS` were connected.
-        counter clients_refused,
-        /// Clients disconnected for staying too far behind.
-        counter clients_too_slow,
-        /// Frames queued for clients (summed over clients).
-        counter frames,
-        /// Bytes of the frames queued for clients (summed over clients).
-        counter bytes,
-        /// Frames dropped before the writer thread (over `QUEUE_BYTES`),
-        /// for every client.
-        counter frames_dropped,
-        /// Frames dropped for one client whose queue was full (summed over
-        /// clients).
-        counter client_frames_dropped,
-    }
 }
 
 /// The counters the workers and the writer thread share.

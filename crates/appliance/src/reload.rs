@@ -38,6 +38,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ConfigError};
 use crate::connlog::ConnectionLog;
+pub use crate::counters::ReloadTotals;
 use crate::engine::Engine;
 use crate::keylog::KeyLog;
 use crate::learned::LearnedStore;
@@ -95,16 +96,6 @@ pub struct ReloadOutcome {
     /// Keys whose value changed but that only a restart applies; their
     /// running values stay.
     pub needs_restart: Vec<String>,
-}
-
-crate::counters::declare! {
-    /// Reloads since the start, for the report.
-    pub struct ReloadTotals {
-        /// Reloads put in force.
-        counter ok,
-        /// Reloads refused (the running configuration stayed).
-        counter refused,
-    }
 }
 
 /// Which keys of a new configuration a reload applies.

@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use crate::capture::{DecryptedCapture, FrameSink, Frames};
+pub use crate::counters::WriterTotals;
 
 /// Connection-log records waiting for the writer at most.
 pub const LOG_QUEUE_RECORDS: usize = 16_384;
@@ -46,18 +47,6 @@ pub const CAPTURE_QUEUE_BATCHES: usize = 4_096;
 /// Room in the channel for the control messages (open, flush, stop), which
 /// the control thread sends waiting, never a worker.
 const CONTROL_SLOTS: usize = 64;
-
-crate::counters::declare! {
-    /// What the writer dropped because its queue was full (or it had stopped).
-    pub struct WriterTotals {
-        /// Connection-log records dropped on a full queue.
-        counter log_records_dropped,
-        /// Key-log lines dropped on a full queue.
-        counter keylog_records_dropped,
-        /// Decrypted-capture frames dropped on a full queue.
-        counter capture_frames_dropped,
-    }
-}
 
 /// Why the writer thread cannot start.
 #[derive(Debug, thiserror::Error)]
