@@ -13,7 +13,7 @@
 //! # Files
 //!
 //! One [`DecryptedCapture`], held by the writer thread (the workers queue
-//! their frames for it through a [`CaptureQueue`]), writes a classic
+//! their frames for it through a `writer::CaptureQueue`), writes a classic
 //! pcap (Ethernet link type, microsecond timestamps taken from the `now`
 //! each call passes in) to [`CaptureSettings::path`], created with mode
 //! 0600 (the plaintext is as secret as the traffic). The pcap header is
@@ -65,7 +65,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pcap_file::pcap::PcapHeader;
@@ -74,7 +74,6 @@ use time::OffsetDateTime;
 use wire::{ethernet_mss, SegmentControl, SegmentError, TcpSegment};
 
 use crate::counters::CaptureTotals;
-use crate::writer::{Opened, WriterHandle};
 
 /// The length of the pcap global header: a file this long holds no frame.
 const PCAP_HEADER_LEN: u64 = 24;
@@ -193,49 +192,6 @@ impl DecryptedCapture {
     pub fn flush(&self) {
         let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
         output.flush(&self.settings.path, SystemTime::now());
-    }
-}
-
-/// The workers' side of the decrypted capture: the file is the writer
-/// thread's (see [`crate::writer`]); each call of a [`CaptureStream`] queues
-/// its frames for it, or drops them (counted in `capture_frames_dropped`)
-/// when the queue is full.
-#[derive(Debug, Clone)]
-pub struct CaptureQueue {
-    capture: Arc<DecryptedCapture>,
-    writer: WriterHandle,
-}
-
-impl CaptureQueue {
-    /// Opens the capture (see [`DecryptedCapture::open`]; here, with this
-    /// thread's credentials) and hands it to `writer`.
-    pub fn open(settings: CaptureSettings, writer: &WriterHandle) -> Result<CaptureQueue, CaptureError> {
-        let capture = Arc::new(DecryptedCapture::open(settings)?);
-        writer.open(Opened::Capture(Arc::clone(&capture)));
-        Ok(CaptureQueue {
-            capture,
-            writer: writer.clone(),
-        })
-    }
-
-    /// Where and how it writes.
-    pub fn settings(&self) -> &CaptureSettings {
-        self.capture.settings()
-    }
-
-    /// What the file took so far (see [`DecryptedCapture::totals`]).
-    pub fn totals(&self) -> CaptureTotals {
-        self.capture.totals()
-    }
-}
-
-impl FrameSink for &CaptureQueue {
-    fn wire_port(&self, server_port: u16) -> u16 {
-        (&*self.capture).wire_port(server_port)
-    }
-
-    fn write(&mut self, frames: Frames, now: SystemTime) {
-        self.writer.capture_frames(frames, now);
     }
 }
 

@@ -273,7 +273,7 @@ impl<P: Port> Engine<P> {
 
     /// Records the plaintext of every intercepted TLS connection in the
     /// decrypted capture `capture` (its port map applies).
-    pub fn with_capture(self, capture: crate::capture::CaptureQueue) -> Self {
+    pub fn with_capture(self, capture: crate::writer::CaptureQueue) -> Self {
         let port_map = capture.settings().port_map.clone();
         self.with_taps(crate::mirror::Taps::new(port_map).with_capture(capture))
     }

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::capture::{CaptureQueue, FrameSink, Frames};
+use crate::capture::{FrameSink, Frames};
 pub use crate::counters::MirrorTotals;
 use crate::pcap_stream::StreamFeed;
+use crate::writer::CaptureQueue;
 
 /// Frames one worker keeps waiting for the mirror port.
 pub const MIRROR_QUEUE_FRAMES: usize = 4096;

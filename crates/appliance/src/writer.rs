@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use crate::capture::{DecryptedCapture, FrameSink, Frames};
+use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture, FrameSink, Frames};
+use crate::counters::CaptureTotals;
 pub use crate::counters::WriterTotals;
 
 /// Connection-log records waiting for the writer at most.
@@ -47,6 +48,49 @@ pub const CAPTURE_QUEUE_BATCHES: usize = 4_096;
 /// Room in the channel for the control messages (open, flush, stop), which
 /// the control thread sends waiting, never a worker.
 const CONTROL_SLOTS: usize = 64;
+
+/// The workers' side of the decrypted capture: the file is the writer
+/// thread's (see [`Writer`]); each call of a [`CaptureStream`](crate::capture::CaptureStream) queues
+/// its frames for it, or drops them (counted in `capture_frames_dropped`)
+/// when the queue is full.
+#[derive(Debug, Clone)]
+pub struct CaptureQueue {
+    capture: Arc<DecryptedCapture>,
+    writer: WriterHandle,
+}
+
+impl CaptureQueue {
+    /// Opens the capture (see [`DecryptedCapture::open`]; here, with this
+    /// thread's credentials) and hands it to `writer`.
+    pub fn open(settings: CaptureSettings, writer: &WriterHandle) -> Result<CaptureQueue, CaptureError> {
+        let capture = Arc::new(DecryptedCapture::open(settings)?);
+        writer.open(Opened::Capture(Arc::clone(&capture)));
+        Ok(CaptureQueue {
+            capture,
+            writer: writer.clone(),
+        })
+    }
+
+    /// Where and how it writes.
+    pub fn settings(&self) -> &CaptureSettings {
+        self.capture.settings()
+    }
+
+    /// What the file took so far (see [`DecryptedCapture::totals`]).
+    pub fn totals(&self) -> CaptureTotals {
+        self.capture.totals()
+    }
+}
+
+impl FrameSink for &CaptureQueue {
+    fn wire_port(&self, server_port: u16) -> u16 {
+        (&*self.capture).wire_port(server_port)
+    }
+
+    fn write(&mut self, frames: Frames, now: SystemTime) {
+        self.writer.capture_frames(frames, now);
+    }
+}
 
 /// Why the writer thread cannot start.
 #[derive(Debug, thiserror::Error)]

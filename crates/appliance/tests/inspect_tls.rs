@@ -9,10 +9,10 @@ mod harness;
 use std::io::Write;
 use std::sync::Arc;
 
-use appliance::capture::{CaptureQueue, CaptureSettings};
+use appliance::capture::CaptureSettings;
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
-use appliance::writer::Writer;
+use appliance::writer::{CaptureQueue, Writer};
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;

@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use appliance::capture::{CaptureQueue, CaptureSettings, CaptureStream};
+use appliance::capture::{CaptureSettings, CaptureStream};
 use appliance::mirror::{MirrorStats, Taps, MIRROR_QUEUE_FRAMES};
 use appliance::pcap_stream::{PcapStream, StreamTotals, TOO_SLOW_AFTER};
-use appliance::writer::Writer;
+use appliance::writer::{CaptureQueue, Writer};
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
 use harness::{pattern, policy, v4, Lab, CLIENT_V4, SERVER_V4};
 use pcap_file::pcap::PcapReader;

@@ -14,10 +14,10 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
-use appliance::capture::{CaptureQueue, CaptureSettings, CaptureStream};
+use appliance::capture::{CaptureSettings, CaptureStream};
 use appliance::keylog::KeyLog;
 use appliance::mirror::Taps;
-use appliance::writer::{Writer, WriterTotals, KEYLOG_QUEUE_RECORDS};
+use appliance::writer::{CaptureQueue, Writer, WriterTotals, KEYLOG_QUEUE_RECORDS};
 use harness::tls::Scratch;
 use rustls::KeyLog as _;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use appliance::capture::{CaptureQueue, CaptureSettings};
+use appliance::capture::CaptureSettings;
 use appliance::clock::{random_seed, EngineStart};
 use appliance::config::{Config, Device};
 use appliance::connlog::ConnectionLog;
@@ -21,7 +21,7 @@ use appliance::pcap_stream::{PcapStream, StreamFeed};
 use appliance::privileges::RunAs;
 use appliance::reload::{Reloader, WorkerInbox};
 use appliance::worker::{run_worker, supervise, EngineClock, TimedPoller};
-use appliance::writer::{Writer, WriterError, WriterHandle};
+use appliance::writer::{CaptureQueue, Writer, WriterError, WriterHandle};
 use appliance::SetupError;
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
