@@ -19,9 +19,10 @@ use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
-pub use crate::side::Side;
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
+
+pub use crate::side::Side;
 
 /// Transmit attempts on a full ring before the remaining frames are dropped.
 const TX_ATTEMPTS: u32 = 16;
