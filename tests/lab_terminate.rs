@@ -461,6 +461,9 @@ fn sessions_resume_with_the_ticket_key_file_across_a_restart_and_not_with_anothe
     );
 }
 
+/// A refused backend, an unknown name and a client going straight to a
+/// backend's port (refused at its SYN: it could write its own PROXY
+/// header) each cost the client a RST and leave a record.
 #[test]
 #[ignore = "needs root and the namespace lab"]
 fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
@@ -487,11 +490,24 @@ fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
         "{}",
         text(&result.stderr)
     );
+    // Straight to www's backend (nginx reading PROXY v2 on 8080): a client
+    // there could write its own header. The appliance refuses the SYN.
+    for address in [SRV_V4, SRV_V6_BRACKETED] {
+        let result = output(up.lab.cmd(CLI, "curl").args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://{address}:8080/index.html"),
+        ]));
+        // curl's 7, "Couldn't connect to server": a RST to the SYN
+        // (nginx, reached, would close on the missing header: 52 or 56).
+        assert_eq!(result.status.code(), Some(7), "{}", text(&result.stderr));
+    }
     // The appliance keeps serving the other services.
     let (version, _) = up.download("www", SRV_V4, "--http1.1");
     assert_eq!(version, "1.1");
 
-    let records = await_records(&up.scratch, 4);
+    let records = await_records(&up.scratch, 6);
     let (_, report) = up.stop();
     let refused: Vec<_> = records.iter().filter(|record| served_by(record, "down")).collect();
     assert_eq!(refused.len(), 2, "{records:?}");
@@ -505,7 +521,13 @@ fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
     assert_eq!(unknown.len(), 1, "{records:?}");
     assert_eq!(unknown[0]["decision"], "terminate", "{records:?}");
     assert_eq!(unknown[0]["sni"], "nobody.lab.test", "{records:?}");
+    let straight: Vec<_> = records
+        .iter()
+        .filter(|record| record["dest_port"] == 8080 && record["event_type"] == "syn_block")
+        .collect();
+    assert_eq!(straight.len(), 2, "{records:?}");
     assert_eq!(report["tcp"]["backend_refused"], 2, "{report}");
+    assert_eq!(report["tcp"]["backend_direct_refused"], 2, "{report}");
     assert_eq!(report["tcp"]["terminate_failed"], 1, "{report}");
     // The www download, and maybe the refused ones: their handshakes go on
     // while the backend leg opens.

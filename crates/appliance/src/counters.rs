@@ -164,10 +164,11 @@ declare! {
         /// fall back to TCP (QUIC).
         counter udp_blocked,
         /// TCP segments (part of `dropped`, and of `malformed` but for
-        /// fragments) to or from an intercepted port, or of an intercepted
-        /// connection, whose checksum or header is bad, and first fragments
-        /// of TCP to or from one (and such UDP a block applies to): never
-        /// bridged, never fed to the stack.
+        /// fragments) to or from an intercepted port, to a `[[service]]`
+        /// backend from the client port, or of an intercepted connection,
+        /// whose checksum or header is bad, and first fragments of TCP to
+        /// or from one (and such UDP a block applies to): never bridged,
+        /// never fed to the stack.
         counter invalid_dropped,
     }
 }
@@ -442,9 +443,13 @@ declare! {
         /// Connections to a `[[service]]` refused with a RST: no service for
         /// the name, not TLS, the handshake failed.
         counter terminate_failed,
-        /// Terminated connections whose backend refused or did not answer
-        /// (the client got a RST).
+        /// Terminated connections whose backend refused, was unreachable
+        /// (ICMP) or did not answer (the client got a RST).
         counter backend_refused,
+        /// SYNs from the client port straight to a `[[service]]` backend,
+        /// refused with a RST: only the appliance connects there (a client
+        /// could send its own PROXY header, which the backend trusts).
+        counter backend_direct_refused,
         /// Terminated handshakes that resumed a session (a ticket).
         counter tickets_resumed,
         /// Sessions reset for no complete ClientHello in time.
@@ -453,9 +458,10 @@ declare! {
         counter handshake_timeouts,
         /// Sessions reset after the idle timeout without a payload byte.
         counter idle_timeouts,
-        /// Intercepted TLS sessions: from the complete ClientHello to both
-        /// handshakes done (the origin's handshake, forging, the client's),
-        /// the time `tcp.handshake_timeout_ms` bounds.
+        /// TLS sessions: from the complete ClientHello to both handshakes
+        /// done when intercepted (the origin's handshake, forging, the
+        /// client's), to the client's handshake done when terminated; the
+        /// time `tcp.handshake_timeout_ms` bounds.
         histogram handshake_seconds,
         /// Sessions from the client's SYN to their end (both directions
         /// closed, or reset, refused, timed out).
@@ -843,15 +849,16 @@ impl fmt::Display for Report {
                 tcp.forged_cache_bytes
             )?;
         }
-        if tcp.splice.terminated + tcp.splice.terminate_failed + tcp.splice.backend_refused > 0 {
+        if splice.terminated + splice.terminate_failed + splice.backend_refused + splice.backend_direct_refused > 0 {
             writeln!(
                 f,
                 "termination: {} handshakes done ({} resumed), {} refused (no service, not TLS, handshake failed), \
-                 {} backends refused",
-                tcp.splice.terminated,
-                tcp.splice.tickets_resumed,
-                tcp.splice.terminate_failed,
-                tcp.splice.backend_refused
+                 {} backends refused; {} connections straight to a backend refused",
+                splice.terminated,
+                splice.tickets_resumed,
+                splice.terminate_failed,
+                splice.backend_refused,
+                splice.backend_direct_refused
             )?;
         }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
@@ -1079,6 +1086,7 @@ mod tests {
         splice.terminate_failed = 433;
         splice.backend_refused = 434;
         splice.tickets_resumed = 435;
+        splice.backend_direct_refused = 436;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

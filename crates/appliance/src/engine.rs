@@ -7,7 +7,8 @@
 //! ports: a TCP segment to or from one (or of an intercepted connection)
 //! with a bad checksum or header, or the first fragment of one, is
 //! dropped, and so is UDP to or from one unless `intercept.udp` (or a
-//! rule) bypasses it.
+//! rule) bypasses it. Nothing from the client port reaches a `[[service]]`
+//! backend: only the appliance connects there.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
-use crate::splice::{Admission, InspectionSettings, Limits, Splicer};
+use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 pub use crate::side::Side;
@@ -421,6 +422,10 @@ impl<P: Port> Engine<P> {
         let mut misdirected = 0u64;
         let mut udp_blocked = 0u64;
         let mut invalid = 0u64;
+        // Segments neither bridged nor taken by the stack for want of a
+        // flow: to a service's backend (not SYNs), a service's SYN the
+        // stack did not take.
+        let mut withheld = 0u64;
         let stack = &mut self.stack;
         let splicer = &mut self.splicer;
         let intercept_ports = &self.intercept_ports;
@@ -439,9 +444,10 @@ impl<P: Port> Engine<P> {
             };
             if class.malformed.is_some() || is_fragment(&class) {
                 malformed += u64::from(class.malformed.is_some());
-                // What cannot be checked, aimed at an intercepted port, is
-                // dropped; the rest keeps the cable rule.
-                let aimed = guard.aimed_at(&class, frame.data(), splicer.policy());
+                // What cannot be checked, aimed at an intercepted port (or
+                // at a service's backend), is dropped; the rest keeps the
+                // cable rule.
+                let aimed = guard.aimed_at(&class, frame.data(), splicer);
                 invalid += u64::from(aimed);
                 return !aimed;
             }
@@ -453,13 +459,16 @@ impl<P: Port> Engine<P> {
                 return !blocked;
             }
             let Some((tuple, info)) = class.tcp() else {
-                if from == Side::Server {
-                    pass_on_unreachable(stack, splicer, frame.data_mut(), &class);
+                if from == Side::Server && !pass_on_unreachable(stack, splicer, frame.data_mut(), &class) {
+                    // About the appliance's own backend leg: it ended there.
+                    intercepted += 1;
+                    return false;
                 }
                 return true;
             };
             let flow = stack.lookup(ingress, tuple);
-            let guarded = flow.is_some() || guard.client_tuple(tuple).is_some();
+            let to_backend = flow.is_none() && guard.to_backend(tuple, splicer);
+            let guarded = flow.is_some() || to_backend || guard.client_tuple(tuple).is_some();
             if guarded && !class.tcp_checksum_ok(frame.data()) {
                 // Neither bridged (the cable rule would let it reach the
                 // origin uninspected) nor fed to the stack.
@@ -500,14 +509,27 @@ impl<P: Port> Engine<P> {
                 }
             }
             if serves {
-                // The operator's own service: terminated, not judged by the policy.
-                match splicer.open_service(stack, frame.data(), &class, now) {
-                    Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => {
-                        intercepted += 1;
-                        return false;
-                    }
-                    Ok(Admission::Bridge) | Err(_) => return true,
+                // The operator's own service: terminated, not judged by the
+                // policy, and never bridged (nothing else serves there): a
+                // SYN the stack did not take is dropped, the client retries.
+                if splicer.open_service(stack, frame.data(), &class, now).is_ok() {
+                    intercepted += 1;
+                } else {
+                    withheld += 1;
                 }
+                return false;
+            }
+            if to_backend {
+                // Only the appliance connects to a service's backend (from
+                // the server port): a client's SYN there is refused, its
+                // other segments go nowhere.
+                if syn {
+                    splicer.refuse_backend_direct(stack, frame.data(), &class, now);
+                    intercepted += 1;
+                } else {
+                    withheld += 1;
+                }
+                return false;
             }
             if opens {
                 match splicer.policy().at_syn(tuple) {
@@ -544,7 +566,7 @@ impl<P: Port> Engine<P> {
         self.stats[egress].add_tx(sent);
         in_stats.add_bridged(sent);
         in_stats.add_intercepted(intercepted);
-        in_stats.add_dropped(runts + misdirected + udp_blocked + invalid + unsent as u64);
+        in_stats.add_dropped(runts + misdirected + udp_blocked + invalid + withheld + unsent as u64);
         in_stats.add_misdirected(misdirected);
         in_stats.add_udp_blocked(udp_blocked);
         in_stats.add_invalid_dropped(invalid);
@@ -695,16 +717,26 @@ impl Guard<'_> {
     }
 
     /// Whether a packet the engine cannot check (a malformed one, an IP
-    /// fragment) is TCP to or from an intercepted port, or UDP the policy
-    /// blocks there: its ports as its header states them (a first
-    /// fragment's; later fragments are useless without it).
-    fn aimed_at(&self, class: &wire::FrameClass, frame: &[u8], rules: &Policy) -> bool {
-        class
-            .stated_flow(frame)
-            .and_then(|(protocol, flow)| Some((protocol, self.client_tuple(&flow)?)))
-            .is_some_and(|(protocol, tuple)| {
-                protocol == IpProtocol::Tcp || self.udp_policy(rules, &tuple) == UdpPolicy::Block
-            })
+    /// fragment) is TCP to or from an intercepted port or from the client
+    /// port to a service's backend, or UDP the policy blocks there: its
+    /// ports as its header states them (a first fragment's; later
+    /// fragments are useless without it).
+    fn aimed_at(&self, class: &wire::FrameClass, frame: &[u8], splicer: &Splicer) -> bool {
+        let Some((protocol, flow)) = class.stated_flow(frame) else {
+            return false;
+        };
+        if protocol == IpProtocol::Tcp && self.to_backend(&flow, splicer) {
+            return true;
+        }
+        self.client_tuple(&flow).is_some_and(|tuple| {
+            protocol == IpProtocol::Tcp || self.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block
+        })
+    }
+
+    /// Whether TCP `flow` comes from the client port to a service's backend
+    /// (see [`Splicer::reaches_backend`]).
+    fn to_backend(&self, flow: &FlowTuple, splicer: &Splicer) -> bool {
+        self.from == Side::Client && splicer.reaches_backend(flow)
     }
 
     /// What becomes of UDP client→server `tuple` to an intercepted port.
@@ -753,17 +785,23 @@ fn send_generated<P: Port>(
 
 /// An ICMP destination unreachable about the SYN of a server leg that is
 /// still connecting ends that session, and goes on to the client quoting the
-/// client's own sequence number (so its kernel accepts it); any other ICMP
-/// error is bridged as it is.
-fn pass_on_unreachable(stack: &mut Stack, splicer: &mut Splicer, frame: &mut [u8], class: &wire::FrameClass) {
+/// client's own sequence number (so its kernel accepts it), unless it is
+/// about a terminated connection's backend leg (the client was reset; false:
+/// not passed on); any other ICMP error is bridged as it is.
+fn pass_on_unreachable(stack: &mut Stack, splicer: &mut Splicer, frame: &mut [u8], class: &wire::FrameClass) -> bool {
     let Some(quote) = wire::icmp::quoted_tcp(frame, class) else {
-        return;
+        return true;
     };
     let Some(server_leg) = stack.lookup(Side::Server.index(), &quote.tuple.reversed()) else {
-        return;
+        return true;
     };
-    if let Some(client_isn) = splicer.server_unreachable(stack, server_leg) {
-        wire::icmp::rewrite_quoted_seq(frame, class, &quote, client_isn);
+    match splicer.server_unreachable(stack, server_leg) {
+        Unreachable::NotConnecting => true,
+        Unreachable::PassOn { client_isn } => {
+            wire::icmp::rewrite_quoted_seq(frame, class, &quote, client_isn);
+            true
+        }
+        Unreachable::BackendLeg => false,
     }
 }
 

@@ -61,6 +61,17 @@ impl Service {
         tuple.dst_port == self.port && self.destinations.iter().any(|net| net.contains(&tuple.dst_ip))
     }
 
+    /// Whether `tuple` goes to this service's backend: its `{ port }` on one
+    /// of its destinations, or its `{ address, port }`.
+    fn backend_is(&self, tuple: &FlowTuple) -> bool {
+        match self.backend {
+            Backend::SamePeer { port } => {
+                tuple.dst_port == port && self.destinations.iter().any(|net| net.contains(&tuple.dst_ip))
+            }
+            Backend::Transparent { address, port } => tuple.dst_port == port && tuple.dst_ip == address,
+        }
+    }
+
     fn names(&self, sni: &str) -> bool {
         self.server_names.iter().any(|name| name.eq_ignore_ascii_case(sni))
     }
@@ -200,6 +211,14 @@ impl Services {
         let named = sni.and_then(|sni| here.clone().find(|service| service.names(sni)));
         named.or_else(|| here.find(|service| service.server_names.is_empty()))
     }
+
+    /// The service whose backend `tuple`'s destination and port are, if
+    /// any. Only the appliance connects there (from the server port, the
+    /// header first): a client that did would write its own header, which
+    /// the backend trusts.
+    pub fn backend_of(&self, tuple: &FlowTuple) -> Option<&Service> {
+        self.list.iter().find(|service| service.backend_is(tuple))
+    }
 }
 
 /// The key below `service[i]` a TLS loading error is about.
@@ -329,6 +348,21 @@ mod tests {
         assert!(services.owns(&tuple("198.18.2.77", 443)));
         assert!(!services.owns(&tuple("198.18.1.2", 80)), "another port");
         assert!(!services.owns(&tuple("198.18.1.3", 443)), "another address");
+
+        let backend = |destination, port| services.backend_of(&tuple(destination, port)).map(|s| s.name.as_str());
+        assert_eq!(
+            backend("198.18.1.2", 8080),
+            Some("www"),
+            "a destination on the backend port"
+        );
+        assert_eq!(
+            backend("198.18.2.77", 8080),
+            None,
+            "that service's backend is elsewhere"
+        );
+        assert_eq!(backend("198.18.3.3", 443), Some("any"), "a transparent backend");
+        assert_eq!(backend("198.18.3.3", 8080), None);
+        assert_eq!(backend("198.18.1.2", 443), None, "the service itself");
 
         let name = |destination, sni| {
             services

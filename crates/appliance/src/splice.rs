@@ -119,6 +119,21 @@ impl Default for Limits {
     }
 }
 
+/// What an ICMP destination unreachable about a server leg's SYN did
+/// ([`Splicer::server_unreachable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No session's server leg is connecting there: the error is bridged
+    /// as it is.
+    NotConnecting,
+    /// An intercepted session ended: the error goes on to its client,
+    /// quoting `client_isn` (the client's own SYN).
+    PassOn { client_isn: u32 },
+    /// A terminated session's backend leg: its client was reset; the error
+    /// is the appliance's own, not passed on.
+    BackendLeg,
+}
+
 /// What became of a client's SYN at [`Splicer::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -130,7 +145,8 @@ pub enum Admission {
     /// answer (its TCP retransmits the SYN), counted.
     Dropped,
     /// The table is full and `tcp.at_capacity = "bridge"`: the caller
-    /// bridges it uninspected (counted and logged).
+    /// bridges it uninspected (counted and logged). Never for a service's
+    /// SYN ([`Splicer::open_service`]), which is refused.
     Bridge,
 }
 
@@ -879,6 +895,47 @@ impl Splicer {
             .is_some_and(|services| services.owns(tuple))
     }
 
+    /// Whether client→server `tuple`, from the client port, goes to a
+    /// service's backend ([`Services::backend_of`]): nothing from the
+    /// client port may reach one (see [`Splicer::refuse_backend_direct`]).
+    pub fn reaches_backend(&self, tuple: &FlowTuple) -> bool {
+        self.shared
+            .services
+            .as_ref()
+            .is_some_and(|services| services.backend_of(tuple).is_some())
+    }
+
+    /// Refuses a client's SYN straight to a service's backend with a RST, as
+    /// a closed port would (no flow is needed, so this works with a full
+    /// table too): only the appliance connects there, from the server port,
+    /// its header first; a client that did could write its own PROXY header,
+    /// which the backend trusts. Counted (`backend_direct_refused`) and
+    /// logged.
+    pub fn refuse_backend_direct(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) {
+        let Some((tuple, _)) = class.tcp() else {
+            return;
+        };
+        let Some(name) = self
+            .shared
+            .services
+            .as_ref()
+            .and_then(|services| services.backend_of(tuple))
+            .map(|service| service.name.clone())
+        else {
+            return;
+        };
+        self.shared.counters.backend_direct_refused += 1;
+        let _ = stack.refuse(Side::Client.index(), frame, class, now);
+        self.shared.log_at_syn(
+            tuple,
+            EventType::SynBlock,
+            "block",
+            format!("the backend of service {name}: only the appliance connects there"),
+            "refused: straight to a service's backend (RST)".into(),
+            now,
+        );
+    }
+
     /// Writes a record of every session that ends to `log`.
     pub fn set_log(&mut self, log: Arc<ConnectionLog>) {
         self.shared.log = Some(log);
@@ -1037,7 +1094,7 @@ impl Splicer {
         let made_way = (full && self.reclaim_closed(stack, now))
             || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
         if full && !made_way {
-            return Ok(self.shared.at_capacity(stack, frame, class, now));
+            return Ok(self.shared.at_capacity(stack, frame, class, now, terminate));
         }
         let mut started = self.start(stack, frame, class, now, terminate);
         // The flow table ran full before the session count (loop legs, a
@@ -1050,7 +1107,7 @@ impl Splicer {
         }
         match started {
             Ok(()) => Ok(Admission::Opened),
-            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now)),
+            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now, terminate)),
             Err(err) => Err(err),
         }
     }
@@ -1287,24 +1344,43 @@ impl Splicer {
 
     /// An ICMP destination-unreachable error arrived about the SYN of the
     /// server leg `server`. If that leg is still connecting, the session
-    /// ends silently on both legs and the client's ISN is returned: the
-    /// caller passes the error on to the client quoting that number, so the
-    /// client learns of it exactly as it would without the appliance.
-    pub fn server_unreachable(&mut self, stack: &mut Stack, server: FlowId) -> Option<u32> {
-        let (index, leg) = session_of(stack.owner(server).ok()?);
-        let session = self.sessions.get_mut(index)?;
+    /// ends: an intercepted one silently on both legs, and the error goes
+    /// on to the client quoting its own ISN, so the client learns of it
+    /// exactly as it would without the appliance; a terminated one (whose
+    /// client the appliance answered as the server) with a RST to the
+    /// client, and the error, about the appliance's own backend leg, stops
+    /// here.
+    pub fn server_unreachable(&mut self, stack: &mut Stack, server: FlowId) -> Unreachable {
+        let Some((index, leg)) = stack.owner(server).ok().map(session_of) else {
+            return Unreachable::NotConnecting;
+        };
+        let Some(session) = self.sessions.get_mut(index) else {
+            return Unreachable::NotConnecting;
+        };
         if leg != Leg::Server || session.server != Some(server) || session.conn.established() || session.conn.failed() {
-            return None;
+            return Unreachable::NotConnecting;
         }
         session.conn.fail();
+        stack.discard(server);
+        discard_loop(stack, session);
+        if session.terminate {
+            self.shared.counters.backend_refused += 1;
+            session.ended = Some("backend unreachable (ICMP)".into());
+            tracing::info!("backend unreachable (ICMP): {:?}", session.tuple);
+            self.shared.end_tls(session);
+            if let Some(client) = session.client {
+                let _ = stack.abort(client);
+            }
+            return Unreachable::BackendLeg;
+        }
         session.ended = Some("server unreachable (ICMP)".into());
         self.shared.counters.server_unreachable += 1;
-        stack.discard(server);
         if let Some(client) = session.client {
             stack.discard(client);
         }
-        discard_loop(stack, session);
-        Some(session.client_isn)
+        Unreachable::PassOn {
+            client_isn: session.client_isn,
+        }
     }
 
     /// Reacts to every pending event of the stack.
@@ -1465,8 +1541,17 @@ impl Shared {
     }
 
     /// A SYN the table has no room for: refused with a RST, or bridged
-    /// uninspected if `tcp.at_capacity = "bridge"`; counted and logged.
-    fn at_capacity(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) -> Admission {
+    /// uninspected if `tcp.at_capacity = "bridge"`; counted and logged. A
+    /// SYN to a service (`terminate`) is always refused: nothing but the
+    /// appliance serves its destination, a bridged one would reach nobody.
+    fn at_capacity(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+        terminate: bool,
+    ) -> Admission {
         let Some((tuple, _)) = class.tcp() else {
             return Admission::Dropped;
         };
@@ -1474,7 +1559,12 @@ impl Shared {
             "the table is full ({} connections, tcp.max_connections)",
             self.limits.max_sessions
         );
-        match self.limits.at_capacity {
+        let at_capacity = if terminate {
+            AtCapacity::Refuse
+        } else {
+            self.limits.at_capacity
+        };
+        match at_capacity {
             AtCapacity::Refuse => {
                 self.counters.refused_at_capacity += 1;
                 let _ = stack.refuse(Side::Client.index(), frame, class, now);
@@ -2082,6 +2172,9 @@ impl Shared {
             }
             if !was_established && session.conn.handshakes_done() {
                 self.counters.terminated += 1;
+                self.counters
+                    .handshake_seconds
+                    .observe(micros_between(session.stage_since, now));
                 let resumed = session
                     .conn
                     .tls_server()

@@ -3,7 +3,9 @@
 //! service's own certificate; the backend (the server host on another port,
 //! reached from the client's address) receives the PROXY v2 header with the
 //! client's address, then the plaintext byte-exact. A backend that refuses
-//! and a name no service answers cost the client a RST, counted and logged.
+//! or is unreachable and a name no service answers cost the client a RST,
+//! counted and logged. Nothing from the client port reaches a backend, and
+//! a service's SYN is never bridged, not even by a full table that bridges.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -11,12 +13,15 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use appliance::config::{InspectFailure, ServiceConfig};
+use appliance::config::{AtCapacity, InspectFailure, ServiceConfig};
+use appliance::engine::InterceptPolicy;
 use appliance::service::Services;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::tls::{drive, provider, try_drive, Scratch};
-use harness::{policy, v4, v6, BoxMode, Lab, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
+use harness::{
+    ipv4, policy, tcp, v4, v6, BoxMode, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -59,13 +64,18 @@ fn service_pki(dir: &Path) -> ServicePki {
 /// A service for `www.lab.test` on the server's address, port 443, with
 /// its backend on the same server at [`BACKEND_PORT`], PROXY v2 first.
 fn services(pki: &ServicePki) -> Arc<Services> {
+    services_with_backend(pki, &format!("{{ port = {BACKEND_PORT} }}"))
+}
+
+/// [`services`] with the backend `backend` (a TOML inline table).
+fn services_with_backend(pki: &ServicePki, backend: &str) -> Arc<Services> {
     let toml = format!(
         "name = \"www\"\n\
          destinations = [\"198.18.0.2\", \"2001:2::2\"]\n\
          port = 443\n\
          server_names = [\"www.lab.test\"]\n\
          certificates = [ {{ chain = \"{}\", key = \"{}\" }} ]\n\
-         backend = {{ port = {BACKEND_PORT} }}\n\
+         backend = {backend}\n\
          header = \"proxy-v2\"\n",
         pki.chain.display(),
         pki.key.display()
@@ -94,11 +104,14 @@ fn client_tls(pki: &ServicePki, name: &str) -> ClientConnection {
 /// A lab whose appliance intercepts no port and terminates the service,
 /// logging to `log`.
 fn lab(pki: &ServicePki, log: &LogFile) -> Lab {
+    lab_with(&policy(&[]), services(pki), log)
+}
+
+/// A lab whose appliance terminates `services` under `policy`, logging to
+/// `log`.
+fn lab_with(policy: &InterceptPolicy, services: Arc<Services>, log: &LogFile) -> Lab {
     let log = Arc::clone(&log.log);
-    let services = services(pki);
-    Lab::with_engine(&policy(&[]), |engine| {
-        engine.with_services(services).with_connection_log(log)
-    })
+    Lab::with_engine(policy, |engine| engine.with_services(services).with_connection_log(log))
 }
 
 /// The client's connection to the service, with its TLS.
@@ -200,6 +213,11 @@ fn a_terminated_client_gets_the_services_certificate_and_the_backend_the_proxy_h
     assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.terminated, counters.terminate_failed), (1, 0));
+    assert_eq!(
+        counters.handshake_seconds.count(),
+        1,
+        "the terminated handshake's time is observed"
+    );
     let record = &log.records()[0];
     assert_eq!(record["event_type"], "tls_terminate");
     assert_eq!(record["decision"], "terminate");
@@ -343,4 +361,174 @@ fn a_client_resumes_with_the_ticket_of_its_earlier_connection() {
     }
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.terminated, counters.tickets_resumed), (2, 1));
+}
+
+/// Sends `request` over the client's TLS and waits for the backend to have
+/// received it after its PROXY v2 header; what the backend received.
+fn request_reaches_backend(
+    lab: &mut Lab,
+    client: SocketHandle,
+    tls: &mut ClientConnection,
+    backend: SocketHandle,
+    request: &[u8],
+) -> Vec<u8> {
+    std::io::Write::write_all(&mut tls.writer(), request).unwrap();
+    let (mut at_backend, mut ignored) = (Vec::new(), Vec::new());
+    assert!(
+        lab.run_until(5_000, |lab| {
+            drive(&mut lab.client, client, tls, &mut ignored);
+            read_backend(lab, backend, &mut at_backend);
+            at_backend.ends_with(request)
+        }),
+        "the request reached the backend"
+    );
+    at_backend
+}
+
+/// A client's segment with `payload` straight to the backend port, as a
+/// client that skips the SYN would send it.
+fn segment_to_backend(local_port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::TcpSegment {
+        src_mac: CLIENT_MAC,
+        dst_mac: SERVER_MAC,
+        src: std::net::SocketAddr::from((CLIENT_V4, local_port)),
+        dst: std::net::SocketAddr::from((SERVER_V4, BACKEND_PORT)),
+        seq: 1,
+        ack: Some(1),
+        control: wire::SegmentControl::Psh,
+        window: 64_240,
+        payload,
+    }
+    .write(&mut frame)
+    .unwrap();
+    frame
+}
+
+/// Frames the appliance sent to the server side from the client's
+/// `local_port`.
+fn sent_to_server_from(lab: &Lab, local_port: u16) -> usize {
+    let log = lab.links[1].log.as_ref().unwrap();
+    log.iter()
+        .filter(|frame| tcp(frame).is_some_and(|segment| segment.src_port() == local_port))
+        .count()
+}
+
+/// Finding: a client could connect straight to a service's backend through
+/// the bridge and write its own PROXY header, which the backend trusts (a
+/// spoofed client address in nginx's log). Its SYN is refused with a RST
+/// (whether the backend is `{ port }` on the service's destination or a
+/// transparent `{ address, port }`), its other segments go nowhere, and
+/// the appliance's own backend leg still connects.
+#[test]
+fn a_client_cannot_reach_a_backend_straight_but_the_appliance_still_can() {
+    let backends = [
+        format!("{{ port = {BACKEND_PORT} }}"),
+        format!("{{ address = \"198.18.0.2\", port = {BACKEND_PORT} }}"),
+    ];
+    for (round, backend_toml) in backends.iter().enumerate() {
+        let scratch = Scratch::new("terminate-backend-direct");
+        let pki = service_pki(&scratch.0);
+        let log = LogFile::open(scratch.0.join("connections.jsonl"));
+        let mut lab = lab_with(&policy(&[]), services_with_backend(&pki, backend_toml), &log);
+        lab.links[1].log = Some(Vec::new());
+        let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+        let base = 41_010 + 10 * round as u16;
+
+        let straight = lab.client.connect(v4(SERVER_V4, BACKEND_PORT), base, 4096);
+        assert!(
+            lab.run_until(2_000, |lab| lab.client.tcp(straight).state() == State::Closed),
+            "{backend_toml}: the client was reset: {:?}",
+            lab.client.tcp(straight).state()
+        );
+        lab.client_port
+            .inject(segment_to_backend(base + 1, b"PROXY TCP4 6.6.6.6 198.18.0.2 1 443\r\n"));
+        lab.run_for(10);
+        assert_eq!(lab.server.tcp(backend).state(), State::Listen, "{backend_toml}");
+        assert_eq!(
+            sent_to_server_from(&lab, base) + sent_to_server_from(&lab, base + 1),
+            0,
+            "{backend_toml}: nothing of theirs reached the server side"
+        );
+        assert_eq!(lab.engine.splicer().counters().backend_direct_refused, 1);
+
+        let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", base + 2);
+        handshake(&mut lab, client, &mut tls);
+        let at_backend = request_reaches_backend(&mut lab, client, &mut tls, backend, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&at_backend[..12], b"\r\n\r\n\0\r\nQUIT\n", "the appliance's own header");
+        assert_eq!(
+            u16::from_be_bytes([at_backend[24], at_backend[25]]),
+            base + 2,
+            "{backend_toml}"
+        );
+
+        let records = log.records();
+        let refusal = records
+            .iter()
+            .find(|record| record["dest_port"] == BACKEND_PORT)
+            .expect("a record of the refusal");
+        assert_eq!(refusal["src_port"], base);
+        assert_eq!(refusal["event_type"], "syn_block");
+        assert_eq!(refusal["decision"], "block");
+        assert_eq!(refusal["ended"], "refused: straight to a service's backend (RST)");
+        assert!(refusal["reason"].as_str().unwrap().contains("service www"), "{refusal}");
+    }
+}
+
+/// A service's SYN that a full table has no room for is refused, even with
+/// `tcp.at_capacity = "bridge"`: bridged, it would reach a destination
+/// where nothing but the appliance serves the service.
+#[test]
+fn a_services_syn_at_a_full_table_is_refused_even_when_the_table_bridges() {
+    let scratch = Scratch::new("terminate-capacity");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut policy = policy(&[]);
+    policy.limits.max_sessions = 1;
+    policy.limits.at_capacity = AtCapacity::Bridge;
+    let mut lab = lab_with(&policy, services(&pki), &log);
+    // A server that would answer a bridged SYN.
+    let listener = lab.server.listen(443, 4096);
+    let (first, _tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_030);
+    // The appliance has its ACK: the session is confirmed (not evictable).
+    lab.run_for(5);
+    let second = lab.client.connect(v4(SERVER_V4, 443), 41_031, 4096);
+    assert!(
+        lab.run_until(2_000, |lab| lab.client.tcp(second).state() == State::Closed),
+        "the second client was reset: {:?}",
+        lab.client.tcp(second).state()
+    );
+    assert_eq!(lab.server.tcp(listener).state(), State::Listen, "nothing was bridged");
+    assert_eq!(lab.client.tcp(first).state(), State::Established);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.refused_at_capacity, counters.bridged_at_capacity), (1, 0));
+}
+
+/// An ICMP unreachable for the backend leg while it connects: the client,
+/// whose handshake the appliance answered, gets a RST (not silence), the
+/// error goes no further, counted as `backend_refused` and logged.
+#[test]
+fn an_unreachable_backend_costs_the_client_a_reset_and_a_record() {
+    let scratch = Scratch::new("terminate-unreachable");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab(&pki, &log);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_040);
+    lab.server_online = false;
+    lab.server_unreachable = true;
+    lab.links[3].log = Some(Vec::new());
+    until_reset(&mut lab, client, &mut tls);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.backend_refused, counters.server_unreachable), (1, 0));
+    let to_client = lab.links[3].log.as_ref().unwrap();
+    assert!(
+        !to_client
+            .iter()
+            .any(|frame| ipv4(frame).is_some_and(|ip| ip.next_header() == smoltcp::wire::IpProtocol::Icmp)),
+        "the backend leg's ICMP error is not passed on"
+    );
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
+    assert_eq!(record["decision"], "terminate");
+    assert_eq!(record["ended"], "backend unreachable (ICMP)");
 }
