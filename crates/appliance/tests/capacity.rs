@@ -168,6 +168,9 @@ fn a_full_table_refuses_new_connections_until_the_client_hello_timeout_frees_it(
         .find(|line| line.contains("\"src_ip\":\"198.18.0.1\"") && line.contains("\"src_port\":41100,"))
         .expect("a record of the refused connection");
     assert!(refusal.contains("\"decision\":\"refuse\""), "{refusal}");
+    // The refusal is a record the documented schema knows.
+    let record: serde_json::Value = serde_json::from_str(refusal).expect("a JSON record");
+    harness::connlog::assert_matches_schema(&harness::connlog::validator(), &record);
     assert!(refusal.contains("tcp.max_connections"), "{refusal}");
     assert_eq!(
         records.matches("no complete ClientHello within 10000 ms").count(),
