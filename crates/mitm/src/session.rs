@@ -56,9 +56,11 @@ pub enum InvalidUpstream {
     Refuse,
 }
 
-/// Bytes a client may send while the appliance talks to the server (a
-/// client waits for the ServerHello, so only a few records are legitimate).
-const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
+/// Bytes a client may send before its handshake can go on: while the
+/// appliance reads its ClientHello, and while it decides or talks to the
+/// server (a client waits for the ServerHello, so only a ClientHello and a
+/// few records are legitimate). Interception and termination share it.
+pub const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
 
 /// The server's first bytes kept to tell why its handshake failed (an
 /// alert, or a ServerHello's version and suite, are in the first record).
@@ -437,6 +439,18 @@ pub enum Rejection {
     Other(String),
 }
 
+impl Rejection {
+    /// Why rustls refused a client's first bytes as a ClientHello.
+    pub fn of(err: rustls::Error) -> Rejection {
+        let reason = err.to_string();
+        match err {
+            rustls::Error::InvalidMessage(_) => Rejection::NotTls(reason),
+            rustls::Error::PeerIncompatible(_) => Rejection::UnsupportedVersion(reason),
+            _ => Rejection::Other(reason),
+        }
+    }
+}
+
 /// What the caller has to decide on before the session goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
@@ -479,7 +493,8 @@ pub struct TlsSession {
     pub info: SessionInfo,
 }
 
-fn protocol_name(bytes: &[u8]) -> String {
+/// An ALPN protocol as the logs show it.
+pub fn protocol_name(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -689,12 +704,7 @@ impl TlsSession {
                         Ok(())
                     }
                     Err((err, _alert)) => {
-                        let reason = err.to_string();
-                        self.phase = Phase::Rejected(match err {
-                            rustls::Error::InvalidMessage(_) => Rejection::NotTls(reason),
-                            rustls::Error::PeerIncompatible(_) => Rejection::UnsupportedVersion(reason),
-                            _ => Rejection::Other(reason),
-                        });
+                        self.phase = Phase::Rejected(Rejection::of(err));
                         Ok(())
                     }
                 }

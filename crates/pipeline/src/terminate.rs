@@ -10,15 +10,12 @@
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 
+use mitm::session::{protocol_name, EARLY_CLIENT_LIMIT};
 use mitm::{LegGrade, MitmError, Pending, Rejection, SessionInfo};
 use rustls::server::{Accepted, Acceptor};
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::transform::TlsTransform;
-
-/// Bytes a client may send before its handshake can go on (a ClientHello
-/// and a few records are legitimate).
-const EARLY_CLIENT_LIMIT: usize = 64 * 1024;
 
 enum Phase {
     /// Waiting for the whole ClientHello.
@@ -101,7 +98,7 @@ impl TlsServer {
             }
         };
         conn.set_buffer_limit(None);
-        self.info.alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+        self.info.alpn = conn.alpn_protocol().map(protocol_name);
         self.info.client_version = conn.protocol_version().map(|v| format!("{v:?}"));
         self.info.client_cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
         self.info.client_grade = conn
@@ -233,18 +230,13 @@ impl TlsTransform for TlsServer {
                         self.info.sni = hello.server_name().map(str::to_owned);
                         self.info.alpn_offered = hello
                             .alpn()
-                            .map(|offer| offer.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+                            .map(|offer| offer.map(protocol_name).collect())
                             .unwrap_or_default();
                         self.held.extend_from_slice(rest);
                         self.phase = Phase::Decide(Box::new(accepted));
                     }
                     Err((err, _alert)) => {
-                        let reason = err.to_string();
-                        self.phase = Phase::Rejected(match err {
-                            rustls::Error::InvalidMessage(_) => Rejection::NotTls(reason),
-                            rustls::Error::PeerIncompatible(_) => Rejection::UnsupportedVersion(reason),
-                            _ => Rejection::Other(reason),
-                        });
+                        self.phase = Phase::Rejected(Rejection::of(err));
                     }
                 }
                 Ok(())
