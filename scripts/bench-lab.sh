@@ -57,17 +57,19 @@ bench_doc_gate() {  # invalid (0|1)
   ((write_doc)) || exit 0
 }
 
-# origin.test resolves in the client namespace: /etc/netns/$TG_NS_CLI/hosts, made
-# (and removed by bench_cleanup) unless it exists; an existing one must name it.
-bench_client_hosts() {
+# The server's name (origin.test unless given) resolves in the client namespace:
+# /etc/netns/$TG_NS_CLI/hosts, made (and removed by bench_cleanup) unless it
+# exists; an existing one must name it.
+bench_client_hosts() {  # [name]
+  local name="${1:-origin.test}"
   netns_etc="/etc/netns/$TG_NS_CLI"
   if [[ ! -e "$netns_etc" ]]; then
     mkdir -p "$netns_etc"
     made_netns_etc=1
-    printf '127.0.0.1 localhost\n%s origin.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
+    printf '127.0.0.1 localhost\n%s %s\n' "$TG_SRV_V4" "$name" >"$netns_etc/hosts"
   fi
-  grep -q "origin.test" "$netns_etc/hosts" 2>/dev/null ||
-    { log "$netns_etc/hosts exists but does not name origin.test"; exit 1; }
+  grep -q "$name" "$netns_etc/hosts" 2>/dev/null ||
+    { log "$netns_etc/hosts exists but does not name $name"; exit 1; }
 }
 
 # Stops the tlsgate under test: SIGINT, then SIGKILL after 20 s.
@@ -360,7 +362,7 @@ sslsplit_pids() { ns_pids_named "$TG_NS_GW" sslsplit; }
 # SIGTERM to SSLsplit's first process (it ends its privilege-separated child),
 # SIGKILL to whatever of it is left after 30 s.
 stop_sslsplit() {
-  [[ -n "$sp_pid" ]] || return 0
+  [[ -n "${sp_pid:-}" ]] || return 0
   local p
   kill -TERM "$sp_pid" 2>/dev/null || true
   for _ in $(seq 150); do [[ -z "$(sslsplit_pids)" ]] && break; sleep 0.2; done

@@ -101,11 +101,9 @@ bench_install_missing ab:apache2-utils nginx:nginx-light curl:curl hitch:hitch s
   haproxy:haproxy nft:nftables conntrack:conntrack python3:python3 openssl:openssl
 
 # --- state and cleanup ------------------------------------------------------------
-tmp="$(mktemp -d /tmp/bench-terminate.XXXXXX)"
-chmod 755 "$tmp"
+bench_begin bench-terminate
 peers="$tmp/peers"
-netns_etc="/etc/netns/$TG_NS_CLI"
-tg_pid="" term_pid="" watchdog_pid="" made_netns_etc=0
+term_pid=""
 nft_table=bench_terminate   # bench-lab.sh's redirect rules' table, in the gw namespace
 bulk_bytes=$((bulk_mb * 1000000))
 
@@ -119,27 +117,13 @@ stop_terminator() {
   term_pid=""
 }
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  set +e
+# bench_cleanup's hooks: the terminator and the backends go first; a kept
+# temp dir keeps no bulk file.
+bench_stop() {
   stop_terminator
-  stop_tlsgate
-  redirect_down
   [[ -d "$peers" ]] && timeout 30 "$root/tests/lab/terminate-peers.sh" stop "$peers"
-  timeout 60 "$here/lab-down.sh" >/dev/null 2>&1
-  ((made_netns_etc)) && rm -rf "$netns_etc"
-  [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
-  if ((rc || keep)) && [[ -d "$tmp" ]]; then
-    rm -f "$peers/www/bulk.bin"
-    log "logs kept in $tmp (rc $rc)"
-  else
-    rm -rf "$tmp"
-  fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_drop_large() { rm -f "$peers/www/bulk.bin"; }
 
 bench_watchdog 1500
 
@@ -153,13 +137,7 @@ TG_PEERS_TLS=1 TG_PEERS_NAMES=www timeout 120 "$root/tests/lab/terminate-peers.s
 log "writing a ${bulk_mb} MB random file to the backend"
 timeout 300 head -c "$bulk_bytes" /dev/urandom >"$peers/www/bulk.bin"
 bulk_sha="$(timeout 120 sha256sum "$peers/www/bulk.bin" | cut -d' ' -f1)"
-if [[ ! -e "$netns_etc" ]]; then
-  mkdir -p "$netns_etc"
-  made_netns_etc=1
-  printf '127.0.0.1 localhost\n%s www.lab.test\n' "$TG_SRV_V4" >"$netns_etc/hosts"
-fi
-grep -q "www.lab.test" "$netns_etc/hosts" 2>/dev/null ||
-  { log "$netns_etc/hosts exists but does not name www.lab.test"; exit 1; }
+bench_client_hosts www.lab.test
 url="https://www.lab.test/index.html"
 bulk_url="https://www.lab.test/bulk.bin"
 cp "$peers/pki/root.pem" "$tmp/trust.pem"   # the clients trust the lab root only
