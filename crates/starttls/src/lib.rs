@@ -1,0 +1,164 @@
+//! The plaintext preamble of protocols that upgrade to TLS in band
+//! (STARTTLS and its kin), watched without being changed.
+//!
+//! A [`Negotiation`] is shown every byte each peer sends, in order and in
+//! whatever pieces the network delivered them, and tells the caller how many
+//! of them pass on and what they meant: the client asked to upgrade, the
+//! server accepted or refused, the client sent the session's content in
+//! plaintext. It never writes a byte of its own, so the appliance relays the
+//! preamble byte for byte; what it buffers is bounded, and malformed or
+//! oversized input is an error, never a panic. No clock, no I/O.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+/// A protocol that upgrades a plaintext connection to TLS in band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// SMTP and submission: EHLO, STARTTLS (RFC 3207).
+    Smtp,
+    /// IMAP: CAPABILITY, STARTTLS (RFC 3501).
+    Imap,
+    /// POP3: CAPA, STLS (RFC 2595).
+    Pop3,
+    /// XMPP client-to-server: `<starttls/>`, `<proceed/>` (RFC 6120).
+    Xmpp,
+    /// FTP control: AUTH TLS (RFC 4217).
+    Ftp,
+    /// PostgreSQL: SSLRequest.
+    Postgres,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 6] = [
+        Protocol::Smtp,
+        Protocol::Imap,
+        Protocol::Pop3,
+        Protocol::Xmpp,
+        Protocol::Ftp,
+        Protocol::Postgres,
+    ];
+
+    /// The name used in configuration and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Xmpp => "xmpp",
+            Protocol::Ftp => "ftp",
+            Protocol::Postgres => "postgres",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|protocol| protocol.name() == name)
+    }
+
+    /// The server ports the protocol upgrades on by default.
+    pub fn default_ports(self) -> &'static [u16] {
+        match self {
+            Protocol::Smtp => &[25, 587],
+            Protocol::Imap => &[143],
+            Protocol::Pop3 => &[110],
+            Protocol::Xmpp => &[5222],
+            Protocol::Ftp => &[21],
+            Protocol::Postgres => &[5432],
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a piece of the client's bytes did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStep {
+    /// How many of the bytes given pass on to the server: all of them,
+    /// except after the upgrade command, whose line (message) is the last
+    /// byte passed. What the client sends after it is the command injection
+    /// class (CVE-2011-0411) and is discarded by the caller, as is anything
+    /// more the client sends until the server answered.
+    pub pass: usize,
+    pub event: Option<ClientEvent>,
+}
+
+/// What the client's bytes meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The client asked to upgrade; its request ends at `pass`.
+    UpgradeRequested,
+    /// The client sent the session's content in plaintext (a mail
+    /// transaction, a login, a query, an XMPP stanza, a file transfer):
+    /// `require_tls` blocks the session here. Only the first such command is
+    /// reported.
+    PlaintextContent,
+}
+
+/// What a piece of the server's bytes did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStep {
+    /// How many of the bytes given pass on to the client: all of them,
+    /// except after an accepted upgrade, whose answer is the last byte
+    /// passed. A server that sends more before the TLS handshake is hostile
+    /// or broken; the caller fails the connection.
+    pub pass: usize,
+    pub event: Option<ServerEvent>,
+}
+
+/// What the server's bytes meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The server said it can upgrade (its capabilities list it); for the
+    /// log only. Reported once.
+    UpgradeOffered,
+    /// The server accepted the client's upgrade request: TLS starts on both
+    /// sides right after the byte at `pass`.
+    UpgradeAccepted,
+    /// The server refused it; its refusal passes on and the session goes on
+    /// in plaintext (the client sees the refusal).
+    UpgradeRefused,
+}
+
+/// Which peer sent what a [`NegotiationError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Client,
+    Server,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Client => "client",
+            Peer::Server => "server",
+        })
+    }
+}
+
+/// Why a preamble cannot be relayed safely; the caller resets the
+/// connection and logs this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NegotiationError {
+    #[error("the {peer} sent a line (message) longer than {limit} bytes")]
+    LineTooLong { peer: Peer, limit: usize },
+    #[error("the {peer} sent bytes the protocol does not allow here: {what}")]
+    Malformed { peer: Peer, what: &'static str },
+}
+
+/// Watches one connection's preamble (see the crate documentation). Made by
+/// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
+/// was accepted, and not after.
+pub trait Negotiation: Send {
+    fn protocol(&self) -> Protocol;
+    /// The client sent `bytes` (the next ones, in order).
+    fn from_client(&mut self, bytes: &[u8]) -> Result<ClientStep, NegotiationError>;
+    /// The server sent `bytes` (the next ones, in order).
+    fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError>;
+    /// A request (the client's greeting, a command, the upgrade request)
+    /// waits for the server's answer: the caller's preamble timeout runs.
+    fn awaiting_server(&self) -> bool;
+}
