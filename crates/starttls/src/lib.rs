@@ -20,13 +20,14 @@
 
 use std::fmt;
 
+mod imap;
 mod line;
 mod smtp;
 
 pub use line::LINE_LIMIT;
 
 /// The watcher of `protocol`'s preamble, or `None` for a protocol whose
-/// watcher is not built yet (IMAP, POP3 and PostgreSQL follow; XMPP and FTP
+/// watcher is not built yet (POP3 and PostgreSQL follow; XMPP and FTP
 /// are added separately).
 ///
 /// What every watcher does beyond the trait's contract:
@@ -45,7 +46,8 @@ pub use line::LINE_LIMIT;
 pub fn negotiation(protocol: Protocol) -> Option<Box<dyn Negotiation>> {
     match protocol {
         Protocol::Smtp => Some(Box::new(smtp::Smtp::new())),
-        Protocol::Imap | Protocol::Pop3 | Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
+        Protocol::Imap => Some(Box::new(imap::Imap::new())),
+        Protocol::Pop3 | Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
     }
 }
 
