@@ -22,12 +22,13 @@ use std::fmt;
 
 mod imap;
 mod line;
+mod pop3;
 mod smtp;
 
 pub use line::LINE_LIMIT;
 
 /// The watcher of `protocol`'s preamble, or `None` for a protocol whose
-/// watcher is not built yet (POP3 and PostgreSQL follow; XMPP and FTP
+/// watcher is not built yet (PostgreSQL follows; XMPP and FTP
 /// are added separately).
 ///
 /// What every watcher does beyond the trait's contract:
@@ -47,7 +48,8 @@ pub fn negotiation(protocol: Protocol) -> Option<Box<dyn Negotiation>> {
     match protocol {
         Protocol::Smtp => Some(Box::new(smtp::Smtp::new())),
         Protocol::Imap => Some(Box::new(imap::Imap::new())),
-        Protocol::Pop3 | Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
+        Protocol::Pop3 => Some(Box::new(pop3::Pop3::new())),
+        Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
     }
 }
 
