@@ -23,19 +23,19 @@ use std::fmt;
 mod imap;
 mod line;
 mod pop3;
+mod postgres;
 mod smtp;
 
 pub use line::LINE_LIMIT;
 
-/// The watcher of `protocol`'s preamble, or `None` for a protocol whose
-/// watcher is not built yet (PostgreSQL follows; XMPP and FTP
-/// are added separately).
+/// The watcher of `protocol`'s preamble; `None` for XMPP and FTP, whose
+/// watchers are built separately (their arm is replaced when they land).
 ///
 /// What every watcher does beyond the trait's contract:
 /// - After the upgrade request, [`Negotiation::from_client`] passes nothing
 ///   (`pass` 0, no event) until the server answered: the caller discards
 ///   those bytes. After a refusal the watcher reads the client's next bytes
-///   as the start of a command.
+///   as the start of a command (of a first message, for PostgreSQL).
 /// - Once the upgrade was accepted, more bytes from either peer are an
 ///   error ([`NegotiationError::Malformed`]).
 /// - One piece of client bytes reports one event: if the first plaintext
@@ -49,7 +49,8 @@ pub fn negotiation(protocol: Protocol) -> Option<Box<dyn Negotiation>> {
         Protocol::Smtp => Some(Box::new(smtp::Smtp::new())),
         Protocol::Imap => Some(Box::new(imap::Imap::new())),
         Protocol::Pop3 => Some(Box::new(pop3::Pop3::new())),
-        Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
+        Protocol::Postgres => Some(Box::new(postgres::Postgres::new())),
+        Protocol::Xmpp | Protocol::Ftp => None,
     }
 }
 

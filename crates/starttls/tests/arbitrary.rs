@@ -1,0 +1,173 @@
+//! Arbitrary bytes, and pieces of each protocol in arbitrary order, in
+//! arbitrary pieces: no watcher panics, none passes more than it was given,
+//! nothing passes once the upgrade was requested or accepted.
+
+mod common;
+
+use common::{feed, watcher, Client, Seen, Server, Side};
+use proptest::prelude::*;
+use starttls::{ClientEvent, Protocol, ServerEvent};
+
+/// Pieces of each protocol's syntax, so that arbitrary sequences reach the
+/// watchers' deeper states; the first is the server's greeting (PostgreSQL:
+/// the client's SSLRequest), which half the conversations start with.
+const SMTP: &[(Side, &[u8])] = &[
+    (Server, b"220 mail ESMTP\r\n"),
+    (Client, b"\r\n"),
+    (Client, b"\n"),
+    (Client, b"\r\n.\r\n"),
+    (Server, b"250-mail\r\n"),
+    (Server, b"250-STARTTLS\r\n"),
+    (Server, b"250 ok\r\n"),
+    (Server, b"354 go\r\n"),
+    (Server, b"454 no\r\n"),
+    (Server, b"421 bye\r\n"),
+    (Client, b"EHLO a\r\n"),
+    (Client, b"STARTTLS\r\n"),
+    (Client, b"DATA\r\n"),
+    (Client, b"BDAT 3\r\n"),
+    (Client, b"BDAT 0 LAST\r\n"),
+    (Client, b"MAIL FROM:<a>\r\n"),
+    (Client, b"RSET\r\n"),
+];
+const IMAP: &[(Side, &[u8])] = &[
+    (Server, b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n"),
+    (Client, b"\r\n"),
+    (Client, b"\n"),
+    (Server, b"* CAPABILITY STARTTLS\r\n"),
+    (Client, b"a STARTTLS\r\n"),
+    (Server, b"a OK done\r\n"),
+    (Server, b"a NO no\r\n"),
+    (Server, b"b BAD bad\r\n"),
+    (Server, b"b OK [CAPABILITY STARTTLS] ok\r\n"),
+    (Server, b"+ go\r\n"),
+    (Client, b"b LOGIN {3}\r\n"),
+    (Client, b" {2+}\r\n"),
+    (Client, b"c AUTHENTICATE PLAIN\r\n"),
+    (Server, b"c OK in\r\n"),
+    (Client, b"d IDLE\r\n"),
+    (Client, b"DONE\r\n"),
+    (Server, b"* 1 FETCH (BODY[] {4}\r\n"),
+    (Server, b"* BYE\r\n"),
+];
+const POP3: &[(Side, &[u8])] = &[
+    (Server, b"+OK\r\n"),
+    (Client, b"\r\n"),
+    (Client, b"\n"),
+    (Server, b"\r\n.\r\n"),
+    (Server, b".\r\n"),
+    (Server, b"+OK ready\r\n"),
+    (Server, b"-ERR no\r\n"),
+    (Client, b"CAPA\r\n"),
+    (Client, b"STLS\r\n"),
+    (Client, b"RETR 1\r\n"),
+    (Client, b"LIST\r\n"),
+    (Client, b"AUTH PLAIN\r\n"),
+    (Server, b"+ \r\n"),
+    (Client, b"USER a\r\n"),
+];
+const POSTGRES: &[(Side, &[u8])] = &[
+    (Client, &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]),
+    (Client, &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]),
+    (Client, &[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e]),
+    (Client, &[0, 0, 0, 9, 0, 3, 0, 0, 0]),
+    (Client, &[b'Q', 0, 0, 0, 5, 0]),
+    (Server, &[b'R', 0, 0, 0, 8, 0, 0, 0, 0]),
+    (Server, b"S"),
+    (Server, b"N"),
+    (Server, b"G"),
+];
+
+/// A piece a peer sends: a word of `vocabulary` from its sender, or
+/// arbitrary bytes from either; cut in two at an arbitrary point.
+fn piece(vocabulary: &'static [(Side, &'static [u8])]) -> impl Strategy<Value = (Side, Vec<u8>, usize)> {
+    prop_oneof![
+        1 => (
+            proptest::sample::select(&[Client, Server][..]),
+            proptest::collection::vec(any::<u8>(), 0..24)
+        ),
+        8 => proptest::sample::select(vocabulary).prop_map(|(side, word)| (side, word.to_vec())),
+    ]
+    .prop_flat_map(|(side, piece)| {
+        let length = piece.len();
+        (Just(side), Just(piece), 0..=length)
+    })
+}
+
+/// Up to 16 pieces, each cut in two; half of the conversations open with
+/// the vocabulary's first word.
+fn conversation(vocabulary: &'static [(Side, &'static [u8])]) -> impl Strategy<Value = Vec<(Side, Vec<u8>)>> {
+    let (opener, opening) = vocabulary[0];
+    (any::<bool>(), proptest::collection::vec(piece(vocabulary), 0..16)).prop_map(move |(open, pieces)| {
+        let cut = pieces
+            .into_iter()
+            .flat_map(|(side, piece, cut)| [(side, piece[..cut].to_vec()), (side, piece[cut..].to_vec())]);
+        open.then(|| (opener, opening.to_vec()))
+            .into_iter()
+            .chain(cut)
+            .collect()
+    })
+}
+
+/// Feeds `conversation` until the first error; checks the invariants.
+fn check(protocol: Protocol, conversation: &[(Side, Vec<u8>)]) {
+    let mut watcher = watcher(protocol);
+    let mut requested = false;
+    let mut accepted = false;
+    for &(side, ref piece) in conversation {
+        let Ok((pass, event)) = feed(watcher.as_mut(), side, piece) else {
+            return;
+        };
+        if accepted {
+            assert_eq!(pass, 0, "{side:?} bytes passed after the accept");
+        }
+        if requested && side == Side::Client {
+            assert_eq!((pass, event), (0, None), "client bytes passed after the request");
+        }
+        match event {
+            Some(Seen::Client(ClientEvent::UpgradeRequested)) => requested = true,
+            Some(Seen::Server(ServerEvent::UpgradeRefused)) => requested = false,
+            Some(Seen::Server(ServerEvent::UpgradeAccepted)) => {
+                accepted = true;
+                requested = false;
+            }
+            _ => {}
+        }
+        if side == Side::Client && pass < piece.len() {
+            // Only the upgrade request ends a client piece early (its event
+            // may have given way to the first content).
+            assert!(watcher.awaiting_server());
+            requested = true;
+        }
+    }
+}
+
+proptest! {
+    // About one conversation in a hundred (IMAP: in three hundred) reaches
+    // an accepted upgrade.
+    #![proptest_config(ProptestConfig {
+        cases: 2048,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn smtp_never_panics(conversation in conversation(SMTP)) {
+        check(Protocol::Smtp, &conversation);
+    }
+
+    #[test]
+    fn imap_never_panics(conversation in conversation(IMAP)) {
+        check(Protocol::Imap, &conversation);
+    }
+
+    #[test]
+    fn pop3_never_panics(conversation in conversation(POP3)) {
+        check(Protocol::Pop3, &conversation);
+    }
+
+    #[test]
+    fn postgres_never_panics(conversation in conversation(POSTGRES)) {
+        check(Protocol::Postgres, &conversation);
+    }
+}
