@@ -20,6 +20,9 @@ use crate::{
 
 /// The largest literal: IMAP numbers are 32-bit.
 const LITERAL_LIMIT: u64 = u32::MAX as u64;
+/// The longest tag kept for pairing (clients use a few characters): what
+/// unanswered commands hold stays small.
+const TAG_LIMIT: usize = 64;
 
 /// What the client's next bytes are.
 enum ClientMode {
@@ -181,6 +184,12 @@ impl Imap {
             return Err(NegotiationError::Malformed {
                 peer: Peer::Client,
                 what: "a command without a tag or a name",
+            });
+        }
+        if tag.len() > TAG_LIMIT {
+            return Err(NegotiationError::Malformed {
+                peer: Peer::Client,
+                what: "a tag longer than 64 bytes",
             });
         }
         if self.pending.len() >= PENDING_LIMIT {

@@ -245,8 +245,35 @@ fn what_cannot_be_paired_or_framed_fails() {
     malformed(Peer::Server, &[(Server, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\n")]);
     malformed(Peer::Client, &[(Client, b"LOGIN\r\n")]);
     malformed(Peer::Client, &[(Client, b"a+b NOOP\r\n")]);
+    let long_tag = [&[b'a'; 65][..], b" NOOP\r\n"].concat();
+    malformed(Peer::Client, &[(Client, &long_tag)]);
+    assert!(run(Protocol::Imap, &[(Client, &long_tag[1..])]).is_ok());
     malformed(Peer::Client, &[(Server, GREETING), (Client, b"a LOGIN {5}\r\nalice")]);
     malformed(Peer::Client, &[(Client, b"a APPEND INBOX {99999999999}\r\n")]);
     // A PREAUTH greeting is a greeting.
     assert!(run(Protocol::Imap, &[(Server, b"* PREAUTH ready\r\n")]).is_ok());
+}
+
+#[test]
+fn openssl_s_client_tags_with_a_dot() {
+    let transcript: &[(_, &[u8])] = &[
+        (Server, GREETING),
+        (Client, b". CAPABILITY\r\n"),
+        (
+            Server,
+            b"* CAPABILITY IMAP4rev1 STARTTLS\r\n. OK Pre-login capabilities listed.\r\n",
+        ),
+        (Client, b". STARTTLS\r\n"),
+        (Server, b". OK Begin TLS negotiation now.\r\n"),
+    ];
+    let outcome = run_every_cut(Protocol::Imap, transcript);
+    assert_eq!(outcome.passed, all_passed(transcript));
+    assert_eq!(
+        outcome.events,
+        [
+            Seen::Server(ServerEvent::UpgradeOffered),
+            Seen::Client(ClientEvent::UpgradeRequested),
+            Seen::Server(ServerEvent::UpgradeAccepted),
+        ]
+    );
 }
