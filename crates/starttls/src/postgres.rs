@@ -191,6 +191,7 @@ impl Negotiation for Postgres {
                     *have += taken;
                     at += taken;
                     if *have == header.len() {
+                        *have = 0;
                         let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
                         let length = u32::from_be_bytes([l0, l1, l2, l3]);
                         let code = u32::from_be_bytes([c0, c1, c2, c3]);
