@@ -12,6 +12,15 @@
 
 use std::fmt;
 
+pub mod ftp;
+mod lines;
+mod sighting;
+#[cfg(test)]
+mod transcript;
+pub mod xmpp;
+
+pub use ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection};
+
 /// A protocol that upgrades a plaintext connection to TLS in band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -152,6 +161,8 @@ pub enum NegotiationError {
 /// Watches one connection's preamble (see the crate documentation). Made by
 /// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
 /// was accepted, and not after.
+// `from_client` reads "the bytes from the client", not a conversion.
+#[allow(clippy::wrong_self_convention)]
 pub trait Negotiation: Send {
     fn protocol(&self) -> Protocol;
     /// The client sent `bytes` (the next ones, in order).
