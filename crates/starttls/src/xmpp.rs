@@ -536,3 +536,291 @@ impl Negotiation for XmppNegotiation {
         self.upgrade == Upgrade::Requested || (self.client_opened && !self.features_received)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transcript::{assert_cut_anywhere_is_whole, check_arbitrary_pieces, replay, Message, Seen};
+    use proptest::prelude::*;
+
+    fn new() -> Box<dyn Negotiation> {
+        Box::new(XmppNegotiation::new())
+    }
+
+    const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+    const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+    /// Prosody 0.12's stream header and features before TLS
+    /// (`c2s_require_encryption = true`).
+    const PROSODY_HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' id='4f0a8c6e-2b1d-4d47-9a55-3c1e0f6f2b8d' from='lab.test' version='1.0' xmlns='jabber:client'>";
+    const PROSODY_FEATURES: &[u8] =
+        b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+
+    /// `openssl s_client -starttls xmpp -xmpphost lab.test` against Prosody.
+    const OPENSSL_S_CLIENT: [Message; 5] = [
+        (Peer::Client, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='lab.test' version='1.0'>"),
+        (Peer::Server, PROSODY_HEADER),
+        (Peer::Server, PROSODY_FEATURES),
+        (Peer::Client, STARTTLS),
+        (Peer::Server, PROCEED),
+    ];
+
+    #[test]
+    fn openssl_s_client_against_prosody_upgrades_in_any_pieces() {
+        let whole = assert_cut_anywhere_is_whole(new, &OPENSSL_S_CLIENT);
+        assert_eq!(
+            whole.events,
+            vec![
+                (2, Seen::Server(ServerEvent::UpgradeOffered)),
+                (3, Seen::Client(ClientEvent::UpgradeRequested)),
+                (4, Seen::Server(ServerEvent::UpgradeAccepted)),
+            ]
+        );
+        let lengths: Vec<usize> = OPENSSL_S_CLIENT.iter().map(|(_, bytes)| bytes.len()).collect();
+        assert_eq!(whole.passed, lengths, "the preamble passes byte for byte");
+    }
+
+    #[test]
+    fn double_quotes_prefixes_comments_and_open_close_pairs() {
+        // A libstrophe-style client: XML declaration, double quotes, line
+        // breaks; a server declaring the TLS namespace with a prefix on its
+        // features and answering with an explicit end tag.
+        let messages: [Message; 5] = [
+            (Peer::Client, b"<?xml version=\"1.0\"?>\n<stream:stream to=\"lab.test\" xml:lang=\"en\" version=\"1.0\"\n  xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\">"),
+            (Peer::Server, b"<?xml version='1.0'?><s:stream xmlns:s='http://etherx.jabber.org/streams' from='lab.test' version='1.0' xmlns='jabber:client'><!-- say hi -->"),
+            (Peer::Server, b"<s:features xmlns:t='urn:ietf:params:xml:ns:xmpp-tls'> <t:starttls/>\n<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></s:features>"),
+            (Peer::Client, b" <tls:starttls xmlns:tls=\"urn:ietf:params:xml:ns:xmpp-tls\" ></tls:starttls >"),
+            (Peer::Server, b"<proceed xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\"></proceed>"),
+        ];
+        let whole = assert_cut_anywhere_is_whole(new, &messages);
+        assert_eq!(
+            whole.seen(),
+            vec![
+                Seen::Server(ServerEvent::UpgradeOffered),
+                Seen::Client(ClientEvent::UpgradeRequested),
+                Seen::Server(ServerEvent::UpgradeAccepted)
+            ]
+        );
+    }
+
+    #[test]
+    fn awaiting_the_server_follows_the_preamble() {
+        let mut xmpp = XmppNegotiation::new();
+        assert!(!xmpp.awaiting_server(), "the client speaks first");
+        xmpp.from_client(OPENSSL_S_CLIENT[0].1).unwrap();
+        assert!(xmpp.awaiting_server(), "the stream header awaits the features");
+        xmpp.from_server(PROSODY_HEADER).unwrap();
+        assert!(xmpp.awaiting_server());
+        xmpp.from_server(PROSODY_FEATURES).unwrap();
+        assert!(!xmpp.awaiting_server());
+        xmpp.from_client(STARTTLS).unwrap();
+        assert!(xmpp.awaiting_server());
+        xmpp.from_server(PROCEED).unwrap();
+        assert!(!xmpp.awaiting_server());
+    }
+
+    #[test]
+    fn an_auth_pipelined_after_starttls_does_not_pass() {
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        let mut pipelined = STARTTLS.to_vec();
+        pipelined.extend_from_slice(
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>",
+        );
+        assert_eq!(
+            xmpp.from_client(&pipelined).unwrap(),
+            ClientStep {
+                pass: STARTTLS.len(),
+                event: Some(ClientEvent::UpgradeRequested)
+            }
+        );
+        assert_eq!(
+            xmpp.from_client(b"<iq type='get'/>").unwrap(),
+            ClientStep { pass: 0, event: None }
+        );
+        let mut answer = PROCEED.to_vec();
+        answer.extend_from_slice(b"<message/>");
+        assert_eq!(
+            xmpp.from_server(&answer).unwrap(),
+            ServerStep {
+                pass: PROCEED.len(),
+                event: Some(ServerEvent::UpgradeAccepted)
+            },
+            "server bytes after <proceed/> do not pass"
+        );
+        assert!(
+            xmpp.from_client(b"\x16\x03\x01").is_err(),
+            "not shown after the upgrade"
+        );
+    }
+
+    #[test]
+    fn a_failure_is_a_refusal_and_stanzas_are_content() {
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..4]).unwrap();
+        let step = xmpp
+            .from_server(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+            .unwrap();
+        assert_eq!(step.event, Some(ServerEvent::UpgradeRefused));
+        assert!(!xmpp.awaiting_server());
+
+        for stanza in [
+            &b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNl</auth>"[..],
+            b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+            b"<message to='bob@lab.test'><body><![CDATA[<hi> ]]]></body></message>",
+            b"<presence/>",
+            // starttls in the wrong namespace is no upgrade request.
+            b"<starttls/>",
+            b"<x:starttls xmlns:y='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        ] {
+            let mut xmpp = XmppNegotiation::new();
+            replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+            assert_eq!(
+                xmpp.from_client(stanza).unwrap(),
+                ClientStep {
+                    pass: stanza.len(),
+                    event: Some(ClientEvent::PlaintextContent)
+                },
+                "{}",
+                String::from_utf8_lossy(stanza)
+            );
+            assert_eq!(xmpp.from_client(b"<presence/> ").unwrap().event, None, "reported once");
+            assert_eq!(
+                xmpp.from_client(STARTTLS).unwrap().event,
+                Some(ClientEvent::UpgradeRequested),
+                "a later request is watched"
+            );
+        }
+    }
+
+    #[test]
+    fn markup_inside_quotes_comments_and_cdata_does_not_count() {
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        let tricky = b"<message a='/>' b=\"<'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
+        // '<' inside an attribute value is not XML: the whole thing fails.
+        assert!(xmpp.from_client(tricky).is_err());
+
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        let tricky = b"<message a='/>' b=\"'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
+        let step = xmpp.from_client(tricky).unwrap();
+        assert_eq!(step.event, Some(ClientEvent::PlaintextContent));
+        assert_eq!(step.pass, tricky.len(), "no upgrade request inside the message");
+        assert_eq!(
+            xmpp.from_client(STARTTLS).unwrap().event,
+            Some(ClientEvent::UpgradeRequested)
+        );
+    }
+
+    #[test]
+    fn what_xmpp_forbids_is_an_error() {
+        let header = OPENSSL_S_CLIENT[0].1;
+        for (client, what) in [
+            (&b"\x16\x03\x01\x00\xa5"[..], "a TLS ClientHello instead of a stream"),
+            (b"<!DOCTYPE stream [<!ENTITY a 'b'>]>", "a DTD"),
+            (b"<stream xmlns='jabber:client'>", "a stream in the wrong namespace"),
+            (b"hello", "character data outside the stream"),
+        ] {
+            assert!(XmppNegotiation::new().from_client(client).is_err(), "{what}");
+        }
+        for (after_header, what) in [
+            (&b"text between stanzas"[..], "character data between stanzas"),
+            (b"<![CDATA[x]]>", "CDATA between stanzas"),
+            (
+                b"<presence></presence></stream:stream><presence/>",
+                "markup after the stream ended",
+            ),
+            (b"<presence a=b/>", "an unquoted attribute"),
+            (b"<presence a='1'b='2'/>", "attributes not separated"),
+            (b"<presence \x16/>", "a control character"),
+        ] {
+            let mut xmpp = XmppNegotiation::new();
+            xmpp.from_client(header).unwrap();
+            assert!(
+                matches!(
+                    xmpp.from_client(after_header),
+                    Err(NegotiationError::Malformed { peer: Peer::Client, .. })
+                ),
+                "{what}"
+            );
+        }
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        assert!(
+            matches!(
+                xmpp.from_server(PROCEED),
+                Err(NegotiationError::Malformed { peer: Peer::Server, .. })
+            ),
+            "<proceed/> without <starttls/>"
+        );
+        let mut xmpp = XmppNegotiation::new();
+        xmpp.from_client(header).unwrap();
+        assert!(xmpp.from_server(b"\x16\x03\x03\x00\x7a\x02").is_err(), "a ServerHello");
+    }
+
+    #[test]
+    fn a_tag_is_bounded_and_an_element_is_not() {
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        let mut long_tag = b"<message to='".to_vec();
+        long_tag.extend(std::iter::repeat_n(b'a', TAG_LIMIT));
+        assert_eq!(
+            xmpp.from_client(&long_tag),
+            Err(NegotiationError::LineTooLong {
+                peer: Peer::Client,
+                limit: TAG_LIMIT
+            })
+        );
+
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        let mut big_message = b"<message to='bob@lab.test'><body>".to_vec();
+        big_message.extend(std::iter::repeat_n(b'a', 8 * TAG_LIMIT));
+        big_message.extend_from_slice(b"</body></message>");
+        assert_eq!(xmpp.from_client(&big_message).unwrap().pass, big_message.len());
+        assert_eq!(
+            xmpp.from_client(STARTTLS).unwrap().event,
+            Some(ClientEvent::UpgradeRequested)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn arbitrary_pieces_never_panic(
+            pieces in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)), 0..24),
+        ) {
+            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
+        }
+
+        #[test]
+        fn markup_soup_never_panics(
+            words in prop::collection::vec((any::<bool>(), prop::sample::select(vec![
+                &b"<"[..], b">", b"/>", b"</", b"<?", b"?>", b"<!--", b"-->", b"<![CDATA[", b"]]>", b"'", b"\"",
+                b" ", b"=", b"stream:stream", b"xmlns='http://etherx.jabber.org/streams'", b"starttls",
+                b"xmlns='urn:ietf:params:xml:ns:xmpp-tls'", b"proceed", b"failure", b"stream:features",
+                b"xmlns:stream='http://etherx.jabber.org/streams'", b"a", b":",
+            ])), 0..64),
+        ) {
+            let pieces: Vec<(bool, Vec<u8>)> = words.into_iter().map(|(client, word)| (client, word.to_vec())).collect();
+            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
+        }
+
+        #[test]
+        fn mutated_transcripts_never_panic(
+            seed in 0..OPENSSL_S_CLIENT.len(),
+            position in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut pieces: Vec<(bool, Vec<u8>)> = OPENSSL_S_CLIENT
+                .iter()
+                .map(|&(peer, bytes)| (peer == Peer::Client, bytes.to_vec()))
+                .collect();
+            let message = &mut pieces[seed].1;
+            let index = position.index(message.len());
+            message[index] = byte;
+            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
+        }
+    }
+}
