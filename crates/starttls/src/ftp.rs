@@ -619,23 +619,54 @@ mod tests {
     use crate::transcript::{assert_cut_anywhere_is_whole, check_arbitrary_pieces, replay, Message, Seen};
     use proptest::prelude::*;
 
+    // Transcripts captured from vsftpd 3.0.3 (Debian 3.0.3-13, `ssl_enable`,
+    // `force_anon_logins_ssl`) through a recording relay, a message per
+    // segment as it came.
     const GREETING: &[u8] = b"220 (vsFTPd 3.0.3)\r\n";
-    /// vsftpd 3.0.3's FEAT reply before login, with `ssl_enable=YES`.
-    const FEATURES: &[u8] = b"211-Features:\r\n AUTH SSL\r\n AUTH TLS\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n PBSZ\r\n PROT\r\n REST STREAM\r\n SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n";
     const ACCEPTED: &[u8] = b"234 Proceed with negotiation.\r\n";
 
     fn new() -> Box<dyn Negotiation> {
         Box::new(FtpNegotiation::new())
     }
 
-    /// `openssl s_client -starttls ftp` against vsftpd 3.0.3.
-    const OPENSSL_S_CLIENT: [Message; 5] = [
+    /// `openssl s_client -starttls ftp` (OpenSSL 3.0).
+    const OPENSSL_S_CLIENT: [Message; 3] = [
         (Peer::Server, GREETING),
-        (Peer::Client, b"FEAT\r\n"),
-        (Peer::Server, FEATURES),
         (Peer::Client, b"AUTH TLS\r\n"),
         (Peer::Server, ACCEPTED),
     ];
+
+    /// A client that asks for the features, logs in too early, tries
+    /// Kerberos, then TLS (in lower case): vsftpd writes each line of its
+    /// FEAT reply in a segment of its own.
+    const FEAT_THEN_AUTH: [Message; 22] = [
+        (Peer::Server, GREETING),
+        (Peer::Client, b"FEAT\r\n"),
+        (Peer::Server, b"211-Features:\r\n"),
+        (Peer::Server, b" AUTH TLS\r\n"),
+        (Peer::Server, b" EPRT\r\n"),
+        (Peer::Server, b" EPSV\r\n"),
+        (Peer::Server, b" MDTM\r\n"),
+        (Peer::Server, b" PASV\r\n"),
+        (Peer::Server, b" PBSZ\r\n"),
+        (Peer::Server, b" PROT\r\n"),
+        (Peer::Server, b" REST STREAM\r\n"),
+        (Peer::Server, b" SIZE\r\n"),
+        (Peer::Server, b" TVFS\r\n"),
+        (Peer::Server, b"211 End\r\n"),
+        (Peer::Client, b"USER anonymous\r\n"),
+        (Peer::Server, b"530 Anonymous sessions must use encryption.\r\n"),
+        (Peer::Client, b"PASS\r\n"),
+        (Peer::Server, b"530 Please login with USER and PASS.\r\n"),
+        (Peer::Client, b"AUTH KERBEROS_V4\r\n"),
+        (Peer::Server, b"504 Unknown AUTH type.\r\n"),
+        (Peer::Client, b"auth tls\r\n"),
+        (Peer::Server, ACCEPTED),
+    ];
+
+    fn lengths(messages: &[Message]) -> Vec<usize> {
+        messages.iter().map(|(_, bytes)| bytes.len()).collect()
+    }
 
     #[test]
     fn openssl_s_client_against_vsftpd_upgrades_in_any_pieces() {
@@ -643,13 +674,31 @@ mod tests {
         assert_eq!(
             whole.events,
             vec![
-                (2, Seen::Server(ServerEvent::UpgradeOffered)),
-                (3, Seen::Client(ClientEvent::UpgradeRequested)),
-                (4, Seen::Server(ServerEvent::UpgradeAccepted)),
+                (1, Seen::Client(ClientEvent::UpgradeRequested)),
+                (2, Seen::Server(ServerEvent::UpgradeAccepted)),
             ]
         );
-        let lengths: Vec<usize> = OPENSSL_S_CLIENT.iter().map(|(_, bytes)| bytes.len()).collect();
-        assert_eq!(whole.passed, lengths, "the preamble passes byte for byte");
+        assert_eq!(
+            whole.passed,
+            lengths(&OPENSSL_S_CLIENT),
+            "the preamble passes byte for byte"
+        );
+    }
+
+    #[test]
+    fn features_content_and_another_mechanism_before_auth_tls_in_any_pieces() {
+        let whole = assert_cut_anywhere_is_whole(new, &FEAT_THEN_AUTH);
+        assert_eq!(
+            whole.events,
+            vec![
+                (3, Seen::Server(ServerEvent::UpgradeOffered)),
+                (14, Seen::Client(ClientEvent::PlaintextContent)),
+                (20, Seen::Client(ClientEvent::UpgradeRequested)),
+                (21, Seen::Server(ServerEvent::UpgradeAccepted)),
+            ],
+            "AUTH KERBEROS_V4 and its 504 are neither request nor refusal"
+        );
+        assert_eq!(whole.passed, lengths(&FEAT_THEN_AUTH));
     }
 
     #[test]
@@ -759,6 +808,11 @@ mod tests {
         let step = ftp.from_client(b"PASS secret\r\n").unwrap();
         assert_eq!(step.event, None, "only the first content is reported");
         ftp.from_server(b"230 Login successful.\r\n").unwrap();
+        // vsftpd ignores an empty line (no reply) and times the session out
+        // with a reply nothing awaits.
+        assert_eq!(ftp.from_client(b"\r\n").unwrap().pass, 2);
+        assert!(!ftp.awaiting_server());
+        assert_eq!(ftp.from_server(b"421 Timeout.\r\n").unwrap().event, None);
         // A second attempt is watched again.
         assert_eq!(
             ftp.from_client(b"AUTH TLS\r\n").unwrap().event,
@@ -853,21 +907,22 @@ mod tests {
         ));
     }
 
-    /// The control channel inside TLS of `curl --ssl-reqd` against vsftpd
-    /// 3.0.3 (passive download), then PASV, PORT and EPRT.
+    /// The control channel inside TLS, as `curl -v --ssl-reqd` showed it
+    /// against vsftpd 3.0.3 (a passive download with EPSV, then the lines of
+    /// PASV, EPRT and PORT sessions), closed by a PROT C.
     const CONTROL_CHANNEL: [Message; 14] = [
         (Peer::Client, b"USER anonymous\r\n"),
-        (Peer::Server, b"331 Please specify the password.\r\n"),
-        (Peer::Client, b"PASS ftp@example.com\r\n"),
         (Peer::Server, b"230 Login successful.\r\n"),
-        (Peer::Client, b"PBSZ 0\r\nPROT P\r\n"),
-        (Peer::Server, b"200 PBSZ set to 0.\r\n200 PROT now Private.\r\n"),
+        (Peer::Client, b"PBSZ 0\r\n"),
+        (Peer::Server, b"200 PBSZ set to 0.\r\n"),
+        (Peer::Client, b"PROT P\r\n"),
+        (Peer::Server, b"200 PROT now Private.\r\n"),
         (Peer::Client, b"PWD\r\nEPSV\r\n"),
-        (Peer::Server, b"257 \"/\" is the current directory\r\n229 Entering Extended Passive Mode (|||40123|)\r\n"),
+        (Peer::Server, b"257 \"/\" is the current directory\r\n229 Entering Extended Passive Mode (|||40100|)\r\n"),
         (Peer::Client, b"TYPE I\r\nSIZE file.bin\r\nRETR file.bin\r\nPASV\r\n"),
-        (Peer::Server, b"200 Switching to Binary mode.\r\n213 5\r\n150 Opening BINARY mode data connection for file.bin (5 bytes).\r\n226 Transfer complete.\r\n227 Entering Passive Mode (10,0,0,7,156,64).\r\n"),
-        (Peer::Client, b"PORT 198,18,0,2,200,10\r\nEPRT |2|2001:2::2|51000|\r\nPROT C\r\n"),
-        (Peer::Server, b"200 PORT command successful. Consider using PASV.\r\n200 EPRT command successful. Consider using EPSV.\r\n200 PROT now Clear.\r\n"),
+        (Peer::Server, b"200 Switching to Binary mode.\r\n213 6\r\n150 Opening BINARY mode data connection for file.bin (6 bytes).\r\n226 Transfer complete.\r\n227 Entering Passive Mode (127,0,0,1,156,168).\r\n"),
+        (Peer::Client, b"EPRT |1|127.0.0.1|56681|\r\nPORT 127,0,0,1,185,189\r\nEPRT |2|2001:2::2|51000|\r\nPROT C\r\n"),
+        (Peer::Server, b"200 EPRT command successful. Consider using EPSV.\r\n200 PORT command successful. Consider using PASV.\r\n200 EPRT command successful. Consider using EPSV.\r\n200 PROT now Clear.\r\n"),
         (Peer::Client, b"QUIT\r\n"),
         (Peer::Server, b"221 Goodbye.\r\n"),
     ];
@@ -900,13 +955,15 @@ mod tests {
     fn the_control_channel_announces_data_connections_in_any_pieces() {
         let events = observe(&CONTROL_CHANNEL, &[]).unwrap();
         let endpoint = |address: Option<IpAddr>, port| DataEndpoint { address, port };
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(
             events,
             vec![
                 DataChannelEvent::Protection(DataProtection::Private),
-                DataChannelEvent::ServerListens(endpoint(None, 40123)),
-                DataChannelEvent::ServerListens(endpoint(Some(Ipv4Addr::new(10, 0, 0, 7).into()), 40000)),
-                DataChannelEvent::ClientListens(endpoint(Some(Ipv4Addr::new(198, 18, 0, 2).into()), 51210)),
+                DataChannelEvent::ServerListens(endpoint(None, 40100)),
+                DataChannelEvent::ServerListens(endpoint(Some(localhost), 40104)),
+                DataChannelEvent::ClientListens(endpoint(Some(localhost), 56681)),
+                DataChannelEvent::ClientListens(endpoint(Some(localhost), 47549)),
                 DataChannelEvent::ClientListens(endpoint(Some("2001:2::2".parse().unwrap()), 51000)),
                 DataChannelEvent::Protection(DataProtection::Clear),
             ]
@@ -1031,11 +1088,11 @@ mod tests {
 
         #[test]
         fn mutated_transcripts_never_panic(
-            seed in 0..OPENSSL_S_CLIENT.len(),
+            seed in 0..FEAT_THEN_AUTH.len(),
             position in any::<prop::sample::Index>(),
             byte in any::<u8>(),
         ) {
-            let mut pieces: Vec<(bool, Vec<u8>)> = OPENSSL_S_CLIENT
+            let mut pieces: Vec<(bool, Vec<u8>)> = FEAT_THEN_AUTH
                 .iter()
                 .map(|&(peer, bytes)| (peer == Peer::Client, bytes.to_vec()))
                 .collect();

@@ -549,19 +549,27 @@ mod tests {
 
     const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
     const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-    /// Prosody 0.12's stream header and features before TLS
-    /// (`c2s_require_encryption = true`).
-    const PROSODY_HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' id='4f0a8c6e-2b1d-4d47-9a55-3c1e0f6f2b8d' from='lab.test' version='1.0' xmlns='jabber:client'>";
-    const PROSODY_FEATURES: &[u8] =
-        b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+    // Transcripts captured from Prosody 0.12.3 (Debian, `c2s_require_encryption
+    // = true`) through a recording relay, a message per segment as it came.
+    /// Prosody's stream header and features, in one segment.
+    const PROSODY_FEATURES: &[u8] = b"<?xml version='1.0'?><stream:stream xml:lang='en' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='lab.test' xmlns='jabber:client' id='6a733911-b2e1-4441-827a-6e387e9bd2b1'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
 
-    /// `openssl s_client -starttls xmpp -xmpphost lab.test` against Prosody.
-    const OPENSSL_S_CLIENT: [Message; 5] = [
+    /// `openssl s_client -starttls xmpp -xmpphost lab.test` (OpenSSL 3.0).
+    const OPENSSL_S_CLIENT: [Message; 4] = [
         (Peer::Client, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='lab.test' version='1.0'>"),
-        (Peer::Server, PROSODY_HEADER),
         (Peer::Server, PROSODY_FEATURES),
         (Peer::Client, STARTTLS),
         (Peer::Server, PROCEED),
+    ];
+
+    /// A client with an XML declaration and double quotes that
+    /// authenticates before TLS: Prosody's SASL `<failure/>` is no refusal
+    /// of TLS.
+    const AUTH_IN_PLAINTEXT: [Message; 4] = [
+        (Peer::Client, b"<?xml version=\"1.0\"?>\n<stream:stream to=\"lab.test\" xml:lang=\"en\" version=\"1.0\" xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\">"),
+        (Peer::Server, b"<?xml version='1.0'?><stream:stream xml:lang='en' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='lab.test' xmlns='jabber:client' id='25928a50-b5c2-48b2-bdb8-b9dd8fb9c582'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"),
+        (Peer::Client, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>"),
+        (Peer::Server, b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>"),
     ];
 
     #[test]
@@ -570,13 +578,33 @@ mod tests {
         assert_eq!(
             whole.events,
             vec![
-                (2, Seen::Server(ServerEvent::UpgradeOffered)),
-                (3, Seen::Client(ClientEvent::UpgradeRequested)),
-                (4, Seen::Server(ServerEvent::UpgradeAccepted)),
+                (1, Seen::Server(ServerEvent::UpgradeOffered)),
+                (2, Seen::Client(ClientEvent::UpgradeRequested)),
+                (3, Seen::Server(ServerEvent::UpgradeAccepted)),
             ]
         );
         let lengths: Vec<usize> = OPENSSL_S_CLIENT.iter().map(|(_, bytes)| bytes.len()).collect();
         assert_eq!(whole.passed, lengths, "the preamble passes byte for byte");
+    }
+
+    #[test]
+    fn auth_before_tls_is_content_and_a_sasl_failure_no_refusal_in_any_pieces() {
+        let whole = assert_cut_anywhere_is_whole(new, &AUTH_IN_PLAINTEXT);
+        assert_eq!(
+            whole.events,
+            vec![
+                (1, Seen::Server(ServerEvent::UpgradeOffered)),
+                (2, Seen::Client(ClientEvent::PlaintextContent)),
+            ]
+        );
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &AUTH_IN_PLAINTEXT).unwrap();
+        assert!(!xmpp.awaiting_server());
+        assert_eq!(
+            xmpp.from_client(STARTTLS).unwrap().event,
+            Some(ClientEvent::UpgradeRequested),
+            "the stream goes on watched"
+        );
     }
 
     #[test]
@@ -608,9 +636,10 @@ mod tests {
         assert!(!xmpp.awaiting_server(), "the client speaks first");
         xmpp.from_client(OPENSSL_S_CLIENT[0].1).unwrap();
         assert!(xmpp.awaiting_server(), "the stream header awaits the features");
-        xmpp.from_server(PROSODY_HEADER).unwrap();
-        assert!(xmpp.awaiting_server());
-        xmpp.from_server(PROSODY_FEATURES).unwrap();
+        let (header, features) = PROSODY_FEATURES.split_at(PROSODY_FEATURES.len() - 20);
+        xmpp.from_server(header).unwrap();
+        assert!(xmpp.awaiting_server(), "the features are incomplete");
+        xmpp.from_server(features).unwrap();
         assert!(!xmpp.awaiting_server());
         xmpp.from_client(STARTTLS).unwrap();
         assert!(xmpp.awaiting_server());
@@ -621,7 +650,7 @@ mod tests {
     #[test]
     fn an_auth_pipelined_after_starttls_does_not_pass() {
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         let mut pipelined = STARTTLS.to_vec();
         pipelined.extend_from_slice(
             b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>",
@@ -656,7 +685,7 @@ mod tests {
     #[test]
     fn a_failure_is_a_refusal_and_stanzas_are_content() {
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..4]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
         let step = xmpp
             .from_server(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
             .unwrap();
@@ -673,7 +702,7 @@ mod tests {
             b"<x:starttls xmlns:y='urn:ietf:params:xml:ns:xmpp-tls'/>",
         ] {
             let mut xmpp = XmppNegotiation::new();
-            replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+            replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
             assert_eq!(
                 xmpp.from_client(stanza).unwrap(),
                 ClientStep {
@@ -695,13 +724,13 @@ mod tests {
     #[test]
     fn markup_inside_quotes_comments_and_cdata_does_not_count() {
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         let tricky = b"<message a='/>' b=\"<'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
         // '<' inside an attribute value is not XML: the whole thing fails.
         assert!(xmpp.from_client(tricky).is_err());
 
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         let tricky = b"<message a='/>' b=\"'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
         let step = xmpp.from_client(tricky).unwrap();
         assert_eq!(step.event, Some(ClientEvent::PlaintextContent));
@@ -745,7 +774,7 @@ mod tests {
             );
         }
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         assert!(
             matches!(
                 xmpp.from_server(PROCEED),
@@ -761,7 +790,7 @@ mod tests {
     #[test]
     fn a_tag_is_bounded_and_an_element_is_not() {
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         let mut long_tag = b"<message to='".to_vec();
         long_tag.extend(std::iter::repeat_n(b'a', TAG_LIMIT));
         assert_eq!(
@@ -773,7 +802,7 @@ mod tests {
         );
 
         let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
         let mut big_message = b"<message to='bob@lab.test'><body>".to_vec();
         big_message.extend(std::iter::repeat_n(b'a', 8 * TAG_LIMIT));
         big_message.extend_from_slice(b"</body></message>");
