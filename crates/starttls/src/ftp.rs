@@ -129,7 +129,12 @@ impl Replies {
                     text: line.get(4..).unwrap_or_default().to_vec(),
                 }));
             }
-            return Ok(Some(ReplyLine::Continuation { code, text: line }));
+            // Some servers repeat `xyz-` on every line.
+            let text = match line.get(3) {
+                Some(b'-') if reply_code(&line) == Some(code) => line[4..].to_vec(),
+                _ => line,
+            };
+            return Ok(Some(ReplyLine::Continuation { code, text }));
         }
         if line.is_empty() {
             return Ok(None);
@@ -687,6 +692,19 @@ mod tests {
 
     #[test]
     fn features_content_and_another_mechanism_before_auth_tls_in_any_pieces() {
+        let repeated = [
+            (Peer::Server, GREETING),
+            (Peer::Client, &b"FEAT\r\n"[..]),
+            (
+                Peer::Server,
+                b"211-Extensions supported:\r\n211-AUTH TLS\r\n211-PBSZ\r\n211 END\r\n",
+            ),
+        ];
+        assert_eq!(
+            replay(new().as_mut(), &repeated).unwrap().seen(),
+            vec![Seen::Server(ServerEvent::UpgradeOffered)],
+            "a FEAT reply repeating its code on every line"
+        );
         let whole = assert_cut_anywhere_is_whole(new, &FEAT_THEN_AUTH);
         assert_eq!(
             whole.events,

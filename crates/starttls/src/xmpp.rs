@@ -127,6 +127,12 @@ impl Scanner {
         }
     }
 
+    /// A new stream header came where a stanza could (the restart after
+    /// SASL, RFC 6120 6.4.6): it replaces the stream, it is not inside it.
+    fn restart(&mut self) {
+        self.depth = 1;
+    }
+
     fn malformed(&self, what: &'static str) -> NegotiationError {
         NegotiationError::Malformed { peer: self.peer, what }
     }
@@ -331,7 +337,8 @@ enum ServerElement {
 /// `<failure/>` its refusal; `<starttls>` among the server's
 /// `<stream:features>` is the offer; any other top-level element of the
 /// client (`<auth>`, `<iq>`, `<message>`, `<presence>`, ...) is plaintext
-/// content.
+/// content. A new stream header between stanzas (the restart after SASL)
+/// replaces the stream.
 #[derive(Debug)]
 pub struct XmppNegotiation {
     client: Scanner,
@@ -391,6 +398,15 @@ impl XmppNegotiation {
                 self.client_opened = true;
                 None
             }
+            Token::Start {
+                depth: 1,
+                tag,
+                empty: false,
+            } if tag.is(STREAMS_NAMESPACE, b"stream", &[]) => {
+                self.client.restart();
+                self.client_stream = tag.declarations();
+                None
+            }
             Token::Start { depth: 1, tag, empty } => {
                 let element = if tag.is(TLS_NAMESPACE, b"starttls", &[&self.client_stream]) {
                     ClientElement::StartTls
@@ -415,6 +431,15 @@ impl XmppNegotiation {
         let completed = match token {
             Token::Start { depth: 0, tag, .. } => {
                 self.server_stream = Self::stream_header(&tag, Peer::Server)?;
+                None
+            }
+            Token::Start {
+                depth: 1,
+                tag,
+                empty: false,
+            } if tag.is(STREAMS_NAMESPACE, b"stream", &[]) => {
+                self.server.restart();
+                self.server_stream = tag.declarations();
                 None
             }
             Token::Start { depth: 1, tag, empty } => {
@@ -604,6 +629,29 @@ mod tests {
             xmpp.from_client(STARTTLS).unwrap().event,
             Some(ClientEvent::UpgradeRequested),
             "the stream goes on watched"
+        );
+    }
+
+    #[test]
+    fn a_stream_restart_after_sasl_in_plaintext_replaces_the_stream() {
+        let mut xmpp = XmppNegotiation::new();
+        let messages: [Message; 6] = [
+            (Peer::Client, AUTH_IN_PLAINTEXT[0].1),
+            (Peer::Server, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"),
+            (Peer::Client, AUTH_IN_PLAINTEXT[2].1),
+            (Peer::Server, b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
+            (Peer::Client, b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='lab.test' version='1.0'>"),
+            (Peer::Server, b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' version='1.0'><stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"),
+        ];
+        let replayed = replay(&mut xmpp, &messages).unwrap();
+        assert_eq!(replayed.seen(), vec![Seen::Client(ClientEvent::PlaintextContent)]);
+        // Stanzas are at the top level of the new stream again: a <proceed/>
+        // there is seen (and answers nothing), the end tag ends the stream.
+        assert!(xmpp.from_server(PROCEED).is_err());
+        assert_eq!(xmpp.from_client(b"<presence/></stream:stream>").unwrap().event, None);
+        assert!(
+            xmpp.from_client(b"<presence/>").is_err(),
+            "markup after the end of the stream"
         );
     }
 
