@@ -805,6 +805,33 @@ mod tests {
     }
 
     #[test]
+    fn content_and_the_request_in_one_piece_report_the_request_and_the_content_at_a_refusal() {
+        let mut ftp = FtpNegotiation::new();
+        ftp.from_server(GREETING).unwrap();
+        assert_eq!(
+            ftp.from_client(b"USER anonymous\r\nAUTH TLS\r\nPASS x\r\n").unwrap(),
+            ClientStep {
+                pass: 26,
+                event: Some(ClientEvent::UpgradeRequested)
+            },
+            "the request bounds what passes; a step has one event"
+        );
+        ftp.from_server(b"530 Anonymous sessions must use encryption.\r\n")
+            .unwrap();
+        assert_eq!(
+            ftp.from_server(b"530 Please login with USER and PASS.\r\n")
+                .unwrap()
+                .event,
+            Some(ServerEvent::UpgradeRefused)
+        );
+        assert_eq!(
+            ftp.from_client(b"NOOP\r\n").unwrap().event,
+            Some(ClientEvent::PlaintextContent),
+            "the USER not reported yet is, at the next step"
+        );
+    }
+
+    #[test]
     fn a_refusal_passes_and_the_session_goes_on_watched_in_plaintext() {
         let mut ftp = FtpNegotiation::new();
         ftp.from_server(GREETING).unwrap();
