@@ -20,16 +20,22 @@
 
 use std::fmt;
 
+pub mod ftp;
 mod imap;
 mod line;
+mod lines;
 mod pop3;
 mod postgres;
+mod sighting;
 mod smtp;
+#[cfg(test)]
+mod transcript;
+pub mod xmpp;
 
+pub use ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection};
 pub use line::LINE_LIMIT;
 
-/// The watcher of `protocol`'s preamble; `None` for XMPP and FTP, whose
-/// watchers are built separately (their arm is replaced when they land).
+/// The watcher of `protocol`'s preamble.
 ///
 /// What every watcher does beyond the trait's contract:
 /// - After the upgrade request, [`Negotiation::from_client`] passes nothing
@@ -44,13 +50,14 @@ pub use line::LINE_LIMIT;
 ///   `pass` still ends at the request; [`Negotiation::awaiting_server`] then
 ///   tells the request is pending. On the server side an accepted or refused
 ///   upgrade outranks [`ServerEvent::UpgradeOffered`] in the same piece.
-pub fn negotiation(protocol: Protocol) -> Option<Box<dyn Negotiation>> {
+pub fn negotiation(protocol: Protocol) -> Box<dyn Negotiation> {
     match protocol {
-        Protocol::Smtp => Some(Box::new(smtp::Smtp::new())),
-        Protocol::Imap => Some(Box::new(imap::Imap::new())),
-        Protocol::Pop3 => Some(Box::new(pop3::Pop3::new())),
-        Protocol::Postgres => Some(Box::new(postgres::Postgres::new())),
-        Protocol::Xmpp | Protocol::Ftp => None,
+        Protocol::Smtp => Box::new(smtp::Smtp::new()),
+        Protocol::Imap => Box::new(imap::Imap::new()),
+        Protocol::Pop3 => Box::new(pop3::Pop3::new()),
+        Protocol::Postgres => Box::new(postgres::Postgres::new()),
+        Protocol::Xmpp => Box::new(xmpp::XmppNegotiation::new()),
+        Protocol::Ftp => Box::new(ftp::FtpNegotiation::new()),
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Outcome {
 }
 
 pub fn watcher(protocol: Protocol) -> Box<dyn Negotiation> {
-    negotiation(protocol).expect("the protocol has a watcher")
+    negotiation(protocol)
 }
 
 /// Shows `piece` to the watcher as sent by `side`.
