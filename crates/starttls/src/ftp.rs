@@ -13,9 +13,11 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::lines::Lines;
-use crate::sighting::Sighting;
-use crate::{ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, ServerStep};
+use crate::line::LineBuffer;
+use crate::{
+    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
+    ServerStep,
+};
 
 /// Commands a client sends before the session's content: anything else (USER,
 /// PASS, RETR, STOR, LIST, CWD, ...) is content.
@@ -94,10 +96,12 @@ fn reply_code(line: &[u8]) -> Option<u16> {
     }
 }
 
+const NO_CODE: &str = "a reply line that does not start with a reply code";
+
 /// Reads a server's replies, single- and multi-line (RFC 959 4.2).
 #[derive(Debug)]
 struct Replies {
-    lines: Lines,
+    line: LineBuffer,
     /// The code of the multi-line reply under way.
     open: Option<u16>,
 }
@@ -105,22 +109,31 @@ struct Replies {
 impl Replies {
     fn new() -> Replies {
         Replies {
-            lines: Lines::new(Peer::Server),
+            line: LineBuffer::new(Peer::Server),
             open: None,
         }
     }
 
-    fn push(&mut self, byte: u8) -> Result<Option<ReplyLine>, NegotiationError> {
-        const NO_CODE: &str = "a reply line that does not start with a reply code";
-        if self.open.is_none()
-            && self.lines.at_line_start()
-            && !(byte.is_ascii_digit() || byte == b'\r' || byte == b'\n')
-        {
-            return Err(malformed(Peer::Server, NO_CODE));
+    /// Takes `input` up to the end of its first line: how many bytes it
+    /// took, and the reply line they completed.
+    fn fill(&mut self, input: &[u8]) -> Result<(usize, Option<ReplyLine>), NegotiationError> {
+        if self.open.is_none() && self.line.is_empty() {
+            if let Some(&first) = input.first() {
+                if !(first.is_ascii_digit() || first == b'\r' || first == b'\n') {
+                    return Err(malformed(Peer::Server, NO_CODE));
+                }
+            }
         }
-        let Some(line) = self.lines.push(byte)? else {
-            return Ok(None);
-        };
+        let (taken, complete) = self.line.fill(input)?;
+        if !complete {
+            return Ok((taken, None));
+        }
+        let line = self.line.line().to_vec();
+        self.line.clear();
+        Ok((taken, self.reply_line(line)?))
+    }
+
+    fn reply_line(&mut self, line: Vec<u8>) -> Result<Option<ReplyLine>, NegotiationError> {
         if let Some(code) = self.open {
             if reply_code(&line) == Some(code) && matches!(line.get(3), None | Some(b' ')) {
                 self.open = None;
@@ -177,15 +190,15 @@ enum Upgrade {
 /// SYST NOOP HELP HOST QUIT OPTS LANG PBSZ PROT CLNT) is plaintext content.
 #[derive(Debug)]
 pub struct FtpNegotiation {
-    commands: Lines,
+    commands: LineBuffer,
     replies: Replies,
     /// The greeting and the commands whose final reply did not arrive.
     unanswered: u64,
     /// The last reply was preliminary (1xx, a transfer under way).
     preliminary: bool,
     upgrade: Upgrade,
-    content: Sighting,
-    offer: Sighting,
+    content_reported: bool,
+    offer_reported: bool,
 }
 
 impl Default for FtpNegotiation {
@@ -197,13 +210,13 @@ impl Default for FtpNegotiation {
 impl FtpNegotiation {
     pub fn new() -> FtpNegotiation {
         FtpNegotiation {
-            commands: Lines::new(Peer::Client),
+            commands: LineBuffer::new(Peer::Client),
             replies: Replies::new(),
             unanswered: 1,
             preliminary: false,
             upgrade: Upgrade::None,
-            content: Sighting::Unseen,
-            offer: Sighting::Unseen,
+            content_reported: false,
+            offer_reported: false,
         }
     }
 
@@ -259,34 +272,37 @@ impl Negotiation for FtpNegotiation {
             Upgrade::Requested(_) => return Ok(ClientStep { pass: 0, event: None }),
             Upgrade::Accepted(_) => return Err(malformed(Peer::Client, "bytes after the accepted upgrade")),
         }
-        for (index, &byte) in bytes.iter().enumerate() {
-            if self.commands.at_line_start() && !may_start_command(byte) {
+        let mut event = None;
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.commands.is_empty() && !may_start_command(bytes[at]) {
                 return Err(malformed(Peer::Client, "a line that is no FTP command"));
             }
-            let Some(line) = self.commands.push(byte)? else {
-                continue;
-            };
-            let Some((verb, argument)) = parse_command(&line) else {
+            let (taken, complete) = self.commands.fill(&bytes[at..])?;
+            at += taken;
+            if !complete {
+                break;
+            }
+            let command = parse_command(self.commands.line())
+                .map(|(verb, argument)| (verb, DataProtection::after_auth(argument)));
+            self.commands.clear();
+            let Some((verb, mechanism)) = command else {
                 continue;
             };
             self.unanswered = self.unanswered.saturating_add(1);
-            if verb == b"AUTH" {
-                if let Some(protection) = DataProtection::after_auth(argument) {
-                    self.upgrade = Upgrade::Requested(protection);
-                    self.commands.clear();
-                    return Ok(ClientStep {
-                        pass: index + 1,
-                        event: Some(ClientEvent::UpgradeRequested),
-                    });
-                }
+            if let (b"AUTH", Some(protection)) = (verb.as_slice(), mechanism) {
+                self.upgrade = Upgrade::Requested(protection);
+                note_client(&mut event, ClientEvent::UpgradeRequested);
+                return Ok(ClientStep { pass: at, event });
             }
-            if !PREAMBLE_COMMANDS.contains(&verb.as_slice()) {
-                self.content.see();
+            if !PREAMBLE_COMMANDS.contains(&verb.as_slice()) && !self.content_reported {
+                self.content_reported = true;
+                note_client(&mut event, ClientEvent::PlaintextContent);
             }
         }
         Ok(ClientStep {
             pass: bytes.len(),
-            event: self.content.report().then_some(ClientEvent::PlaintextContent),
+            event,
         })
     }
 
@@ -295,26 +311,26 @@ impl Negotiation for FtpNegotiation {
             return Err(malformed(Peer::Server, "bytes after its accepted upgrade"));
         }
         let mut event = None;
-        for (index, &byte) in bytes.iter().enumerate() {
-            match self.replies.push(byte)? {
-                None => {}
-                Some(ReplyLine::Continuation { code: 211, text }) if lists_auth_tls(&text) => {
-                    self.offer.see();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, reply) = self.replies.fill(&bytes[at..])?;
+            at += taken;
+            match reply {
+                Some(ReplyLine::Continuation { code: 211, text }) if lists_auth_tls(&text) && !self.offer_reported => {
+                    self.offer_reported = true;
+                    note_server(&mut event, ServerEvent::UpgradeOffered);
                 }
-                Some(ReplyLine::Continuation { .. }) => {}
                 Some(ReplyLine::Final { code, .. }) => match self.answer(code)? {
                     Some(ServerEvent::UpgradeAccepted) => {
-                        return Ok(ServerStep {
-                            pass: index + 1,
-                            event: Some(ServerEvent::UpgradeAccepted),
-                        });
+                        note_server(&mut event, ServerEvent::UpgradeAccepted);
+                        return Ok(ServerStep { pass: at, event });
                     }
-                    Some(answer) => event = Some(answer),
+                    Some(answer) => note_server(&mut event, answer),
                     None => {}
                 },
+                Some(ReplyLine::Continuation { .. }) | None => {}
             }
         }
-        let event = event.or_else(|| self.offer.report().then_some(ServerEvent::UpgradeOffered));
         Ok(ServerStep {
             pass: bytes.len(),
             event,
@@ -488,7 +504,7 @@ fn parse_extended_passive_reply(text: &[u8]) -> Option<DataEndpoint> {
 /// that no data connection goes unannounced.
 #[derive(Debug)]
 pub struct ControlChannel {
-    commands: Lines,
+    commands: LineBuffer,
     replies: Replies,
     /// Non-empty command lines seen, and final replies matched to them.
     sent: u64,
@@ -504,7 +520,7 @@ impl ControlChannel {
     /// ([`FtpNegotiation::control_channel`] knows it).
     pub fn new(protection: DataProtection) -> ControlChannel {
         ControlChannel {
-            commands: Lines::new(Peer::Client),
+            commands: LineBuffer::new(Peer::Client),
             replies: Replies::new(),
             sent: 0,
             answered: 0,
@@ -520,16 +536,21 @@ impl ControlChannel {
 
     /// The client sent `bytes` (the next ones, in order).
     pub fn from_client(&mut self, bytes: &[u8]) -> Result<(), NegotiationError> {
-        for &byte in bytes {
-            let Some(line) = self.commands.push(byte)? else {
-                continue;
-            };
-            let Some((verb, argument)) = parse_command(&line) else {
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, complete) = self.commands.fill(&bytes[at..])?;
+            at += taken;
+            if !complete {
+                break;
+            }
+            let command = parse_command(self.commands.line()).map(|(verb, argument)| Announcing::of(&verb, argument));
+            self.commands.clear();
+            let Some(announcing) = command else {
                 continue;
             };
             let number = self.sent;
             self.sent = self.sent.saturating_add(1);
-            if let Some(announcing) = Announcing::of(&verb, argument) {
+            if let Some(announcing) = announcing {
                 if self.announcing.len() >= PIPELINED_LIMIT {
                     return Err(malformed(
                         Peer::Client,
@@ -546,8 +567,11 @@ impl ControlChannel {
     /// announced, in order.
     pub fn from_server(&mut self, bytes: &[u8]) -> Result<Vec<DataChannelEvent>, NegotiationError> {
         let mut events = Vec::new();
-        for &byte in bytes {
-            let Some(ReplyLine::Final { code, text }) = self.replies.push(byte)? else {
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, reply) = self.replies.fill(&bytes[at..])?;
+            at += taken;
+            let Some(ReplyLine::Final { code, text }) = reply else {
                 continue;
             };
             if code < 200 || self.answered >= self.sent {
@@ -805,30 +829,32 @@ mod tests {
     }
 
     #[test]
-    fn content_and_the_request_in_one_piece_report_the_request_and_the_content_at_a_refusal() {
+    fn content_and_the_request_in_one_piece_report_the_content_and_the_request_is_pending() {
         let mut ftp = FtpNegotiation::new();
         ftp.from_server(GREETING).unwrap();
         assert_eq!(
             ftp.from_client(b"USER anonymous\r\nAUTH TLS\r\nPASS x\r\n").unwrap(),
             ClientStep {
                 pass: 26,
-                event: Some(ClientEvent::UpgradeRequested)
+                event: Some(ClientEvent::PlaintextContent)
             },
-            "the request bounds what passes; a step has one event"
+            "the content is reported (require_tls blocks) and the request bounds what passes"
+        );
+        assert!(ftp.awaiting_server(), "the request is pending");
+        assert_eq!(
+            ftp.from_client(b"NOOP\r\n").unwrap(),
+            ClientStep { pass: 0, event: None }
         );
         ftp.from_server(b"530 Anonymous sessions must use encryption.\r\n")
             .unwrap();
         assert_eq!(
-            ftp.from_server(b"530 Please login with USER and PASS.\r\n")
-                .unwrap()
-                .event,
-            Some(ServerEvent::UpgradeRefused)
+            ftp.from_server(b"234 Proceed with negotiation.\r\n").unwrap(),
+            ServerStep {
+                pass: 31,
+                event: Some(ServerEvent::UpgradeAccepted)
+            }
         );
-        assert_eq!(
-            ftp.from_client(b"NOOP\r\n").unwrap().event,
-            Some(ClientEvent::PlaintextContent),
-            "the USER not reported yet is, at the next step"
-        );
+        assert!(ftp.control_channel().is_some());
     }
 
     #[test]
@@ -934,17 +960,17 @@ mod tests {
     #[test]
     fn oversized_lines_are_errors() {
         let mut long = b"USER ".to_vec();
-        long.extend(std::iter::repeat_n(b'a', crate::lines::LINE_LIMIT));
+        long.extend(std::iter::repeat_n(b'a', crate::LINE_LIMIT));
         let mut ftp = FtpNegotiation::new();
         assert_eq!(
             ftp.from_client(&long),
             Err(NegotiationError::LineTooLong {
                 peer: Peer::Client,
-                limit: crate::lines::LINE_LIMIT
+                limit: crate::LINE_LIMIT
             })
         );
         let mut long = b"220 ".to_vec();
-        long.extend(std::iter::repeat_n(b'x', crate::lines::LINE_LIMIT));
+        long.extend(std::iter::repeat_n(b'x', crate::LINE_LIMIT));
         let mut ftp = FtpNegotiation::new();
         assert!(matches!(
             ftp.from_server(&long),

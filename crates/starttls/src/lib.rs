@@ -23,10 +23,8 @@ use std::fmt;
 pub mod ftp;
 mod imap;
 mod line;
-mod lines;
 mod pop3;
 mod postgres;
-mod sighting;
 mod smtp;
 #[cfg(test)]
 mod transcript;

@@ -72,7 +72,7 @@ impl Pop3 {
     }
 
     fn command(&mut self, event: &mut Option<ClientEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.client_line.line(), Peer::Client)?;
+        let line = self.client_line.line();
         let (verb, arguments) = line::split_word(line);
         let bare = arguments.iter().all(|&byte| byte == b' ');
         let (awaited, content) = if line::is(verb, "STLS") {
@@ -115,7 +115,7 @@ impl Pop3 {
     }
 
     fn status(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         let (indicator, _) = line::split_word(line);
         let awaited = self.awaited.front().copied();
         if awaited == Some(Awaited::Auth) && indicator == b"+" {
@@ -163,7 +163,7 @@ impl Pop3 {
     }
 
     fn capability(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         if line == b"." {
             self.server = ServerMode::Status;
         } else if line::is(line::split_word(line).0, "STLS") && !self.offer_reported {
@@ -197,7 +197,6 @@ impl Negotiation for Pop3 {
                     at += taken;
                     self.client_turn = false;
                     if complete {
-                        line::text(self.client_line.line(), Peer::Client)?;
                         self.client_line.clear();
                     }
                 }

@@ -63,7 +63,7 @@ enum Command {
 
 impl Command {
     fn parse(line: &[u8]) -> Result<Command, NegotiationError> {
-        let (verb, arguments) = line::split_word(line::text(line, Peer::Client)?);
+        let (verb, arguments) = line::split_word(line);
         Ok(if line::is(verb, "STARTTLS") {
             Command::StartTls
         } else if line::is(verb, "EHLO") || line::is(verb, "LHLO") {
@@ -154,7 +154,7 @@ impl Smtp {
     /// A complete line of the server's: notes what the reply it belongs to
     /// meant.
     fn reply_line(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         let malformed = NegotiationError::Malformed {
             peer: Peer::Server,
             what: "a reply line without a reply code",

@@ -11,9 +11,11 @@
 //! show is an error: a DTD, character data between stanzas, a control
 //! character (a TLS record starts with 0x16), markup after the stream ended.
 
-use crate::lines::is_forbidden_control;
-use crate::sighting::Sighting;
-use crate::{ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, ServerStep};
+use crate::line::is_forbidden_control;
+use crate::{
+    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
+    ServerStep,
+};
 
 /// The longest tag the scanner holds, `<` to `>`.
 pub const TAG_LIMIT: usize = 16 * 1024;
@@ -352,8 +354,8 @@ pub struct XmppNegotiation {
     client_opened: bool,
     features_received: bool,
     upgrade: Upgrade,
-    content: Sighting,
-    offer: Sighting,
+    content_reported: bool,
+    offer_reported: bool,
 }
 
 impl Default for XmppNegotiation {
@@ -375,8 +377,8 @@ impl XmppNegotiation {
             client_opened: false,
             features_received: false,
             upgrade: Upgrade::None,
-            content: Sighting::Unseen,
-            offer: Sighting::Unseen,
+            content_reported: false,
+            offer_reported: false,
         }
     }
 
@@ -390,8 +392,9 @@ impl XmppNegotiation {
         Ok(tag.declarations())
     }
 
-    /// The client's token: whether it completed the upgrade request.
-    fn client_token(&mut self, token: Token) -> Result<bool, NegotiationError> {
+    /// The client's token: whether it completed the upgrade request. The
+    /// first plaintext content is noted in `event`.
+    fn client_token(&mut self, token: Token, event: &mut Option<ClientEvent>) -> Result<bool, NegotiationError> {
         let completed = match token {
             Token::Start { depth: 0, tag, .. } => {
                 self.client_stream = Self::stream_header(&tag, Peer::Client)?;
@@ -411,7 +414,10 @@ impl XmppNegotiation {
                 let element = if tag.is(TLS_NAMESPACE, b"starttls", &[&self.client_stream]) {
                     ClientElement::StartTls
                 } else {
-                    self.content.see();
+                    if !self.content_reported {
+                        self.content_reported = true;
+                        note_client(event, ClientEvent::PlaintextContent);
+                    }
                     ClientElement::Other
                 };
                 self.client_element = Some(element);
@@ -426,8 +432,13 @@ impl XmppNegotiation {
         Ok(completed == Some(ClientElement::StartTls))
     }
 
-    /// The server's token: the event it completes.
-    fn server_token(&mut self, token: Token) -> Result<Option<ServerEvent>, NegotiationError> {
+    /// The server's token: the answer to the upgrade request it completes.
+    /// The first offer is noted in `event`.
+    fn server_token(
+        &mut self,
+        token: Token,
+        event: &mut Option<ServerEvent>,
+    ) -> Result<Option<ServerEvent>, NegotiationError> {
         let completed = match token {
             Token::Start { depth: 0, tag, .. } => {
                 self.server_stream = Self::stream_header(&tag, Peer::Server)?;
@@ -460,8 +471,10 @@ impl XmppNegotiation {
             Token::Start { depth: 2, tag, .. } => {
                 if self.server_element == Some(ServerElement::Features)
                     && tag.is(TLS_NAMESPACE, b"starttls", &[&self.features, &self.server_stream])
+                    && !self.offer_reported
                 {
-                    self.offer.see();
+                    self.offer_reported = true;
+                    note_server(event, ServerEvent::UpgradeOffered);
                 }
                 None
             }
@@ -509,21 +522,20 @@ impl Negotiation for XmppNegotiation {
                 })
             }
         }
+        let mut event = None;
         for (index, &byte) in bytes.iter().enumerate() {
             let Some(token) = self.client.push(byte)? else {
                 continue;
             };
-            if self.client_token(token)? {
+            if self.client_token(token, &mut event)? {
                 self.upgrade = Upgrade::Requested;
-                return Ok(ClientStep {
-                    pass: index + 1,
-                    event: Some(ClientEvent::UpgradeRequested),
-                });
+                note_client(&mut event, ClientEvent::UpgradeRequested);
+                return Ok(ClientStep { pass: index + 1, event });
             }
         }
         Ok(ClientStep {
             pass: bytes.len(),
-            event: self.content.report().then_some(ClientEvent::PlaintextContent),
+            event,
         })
     }
 
@@ -539,18 +551,15 @@ impl Negotiation for XmppNegotiation {
             let Some(token) = self.server.push(byte)? else {
                 continue;
             };
-            match self.server_token(token)? {
+            match self.server_token(token, &mut event)? {
                 Some(ServerEvent::UpgradeAccepted) => {
-                    return Ok(ServerStep {
-                        pass: index + 1,
-                        event: Some(ServerEvent::UpgradeAccepted),
-                    })
+                    note_server(&mut event, ServerEvent::UpgradeAccepted);
+                    return Ok(ServerStep { pass: index + 1, event });
                 }
-                Some(other) => event = Some(other),
+                Some(answer) => note_server(&mut event, answer),
                 None => {}
             }
         }
-        let event = event.or_else(|| self.offer.report().then_some(ServerEvent::UpgradeOffered));
         Ok(ServerStep {
             pass: bytes.len(),
             event,
@@ -727,6 +736,32 @@ mod tests {
         assert!(
             xmpp.from_client(b"\x16\x03\x01").is_err(),
             "not shown after the upgrade"
+        );
+    }
+
+    #[test]
+    fn content_and_the_request_in_one_piece_report_the_content_and_the_request_is_pending() {
+        let mut xmpp = XmppNegotiation::new();
+        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
+        let mut piece = b"<iq type='get' id='1'><query xmlns='jabber:iq:version'/></iq>".to_vec();
+        let content = piece.len();
+        piece.extend_from_slice(STARTTLS);
+        piece.extend_from_slice(b"<presence/>");
+        assert_eq!(
+            xmpp.from_client(&piece).unwrap(),
+            ClientStep {
+                pass: content + STARTTLS.len(),
+                event: Some(ClientEvent::PlaintextContent)
+            },
+            "the content is reported (require_tls blocks) and the request bounds what passes"
+        );
+        assert!(xmpp.awaiting_server(), "the request is pending");
+        assert_eq!(
+            xmpp.from_server(PROCEED).unwrap(),
+            ServerStep {
+                pass: PROCEED.len(),
+                event: Some(ServerEvent::UpgradeAccepted)
+            }
         );
     }
 
