@@ -26,8 +26,6 @@ mod line;
 mod pop3;
 mod postgres;
 mod smtp;
-#[cfg(test)]
-mod transcript;
 pub mod xmpp;
 
 pub use ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection};
