@@ -7,8 +7,9 @@
 //! non-empty command line get exactly one final (2xx-6xx) reply, in order,
 //! preliminary 1xx replies aside; empty lines get none (vsftpd and ProFTPD
 //! ignore them). A `234` the count does not match to a pending `AUTH TLS` is
-//! an error, as is a TLS record where a command or reply line starts, so a
-//! miscount fails the connection instead of letting TLS through unseen.
+//! an error, as is a line that starts with no command or reply code (a TLS
+//! record, an SSLv2 hello), so a miscount fails the connection instead of
+//! letting TLS through unseen.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -270,7 +271,7 @@ impl Negotiation for FtpNegotiation {
         match self.upgrade {
             Upgrade::None => {}
             Upgrade::Requested(_) => return Ok(ClientStep { pass: 0, event: None }),
-            Upgrade::Accepted(_) => return Err(malformed(Peer::Client, "bytes after the accepted upgrade")),
+            Upgrade::Accepted(_) => return Err(NegotiationError::after_upgrade(Peer::Client)),
         }
         let mut event = None;
         let mut at = 0;
@@ -308,7 +309,7 @@ impl Negotiation for FtpNegotiation {
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
         if let Upgrade::Accepted(_) = self.upgrade {
-            return Err(malformed(Peer::Server, "bytes after its accepted upgrade"));
+            return Err(NegotiationError::after_upgrade(Peer::Server));
         }
         let mut event = None;
         let mut at = 0;

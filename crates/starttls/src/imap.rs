@@ -387,12 +387,7 @@ impl Negotiation for Imap {
                     })
                 }
                 ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -406,10 +401,7 @@ impl Negotiation for Imap {
                 if event == Some(ServerEvent::UpgradeAccepted) {
                     break;
                 }
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Server,
-                    what: "bytes after the accepted upgrade, before TLS",
-                });
+                return Err(NegotiationError::after_upgrade(Peer::Server));
             }
             let rest = &bytes[at..];
             if self.server_literal > 0 {

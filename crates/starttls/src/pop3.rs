@@ -201,12 +201,7 @@ impl Negotiation for Pop3 {
                     }
                 }
                 ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -220,10 +215,7 @@ impl Negotiation for Pop3 {
                 if event == Some(ServerEvent::UpgradeAccepted) {
                     break;
                 }
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Server,
-                    what: "bytes after the accepted upgrade, before TLS",
-                });
+                return Err(NegotiationError::after_upgrade(Peer::Server));
             }
             let rest = &bytes[at..];
             match &mut self.server {

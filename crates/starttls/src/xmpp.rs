@@ -515,12 +515,7 @@ impl Negotiation for XmppNegotiation {
         match self.upgrade {
             Upgrade::None => {}
             Upgrade::Requested => return Ok(ClientStep { pass: 0, event: None }),
-            Upgrade::Accepted => {
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Client,
-                    what: "bytes after the accepted upgrade",
-                })
-            }
+            Upgrade::Accepted => return Err(NegotiationError::after_upgrade(Peer::Client)),
         }
         let mut event = None;
         for (index, &byte) in bytes.iter().enumerate() {
@@ -541,10 +536,7 @@ impl Negotiation for XmppNegotiation {
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
         if self.upgrade == Upgrade::Accepted {
-            return Err(NegotiationError::Malformed {
-                peer: Peer::Server,
-                what: "bytes after its accepted upgrade",
-            });
+            return Err(NegotiationError::after_upgrade(Peer::Server));
         }
         let mut event = None;
         for (index, &byte) in bytes.iter().enumerate() {
