@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{all_passed, check, run, run_every_cut, run_on, Client, Seen, Server, Side};
+use common::{all_passed, check, mutated, run, run_every_cut, run_on, Client, Seen, Server, Side};
 use proptest::prelude::*;
 use starttls::ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection, FtpNegotiation, PIPELINED_LIMIT};
 use starttls::{
@@ -493,14 +493,7 @@ proptest! {
         position in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let mut pieces: Vec<(Side, Vec<u8>)> = FEAT_THEN_AUTH
-            .iter()
-            .map(|&(side, bytes)| (side, bytes.to_vec()))
-            .collect();
-        let message = &mut pieces[seed].1;
-        let index = position.index(message.len());
-        message[index] = byte;
-        check(&mut FtpNegotiation::new(), &pieces);
+        check(&mut FtpNegotiation::new(), &mutated(&FEAT_THEN_AUTH, seed, position, byte));
     }
 
     #[test]

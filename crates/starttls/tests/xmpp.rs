@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{check, run_every_cut, run_on, Client, Seen, Server, Side};
+use common::{check, mutated, run_every_cut, run_on, Client, Seen, Server, Side};
 use proptest::prelude::*;
 use starttls::xmpp::{XmppNegotiation, TAG_LIMIT};
 use starttls::{ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, ServerStep};
@@ -345,13 +345,6 @@ proptest! {
         position in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let mut pieces: Vec<(Side, Vec<u8>)> = OPENSSL_S_CLIENT
-            .iter()
-            .map(|&(side, bytes)| (side, bytes.to_vec()))
-            .collect();
-        let message = &mut pieces[seed].1;
-        let index = position.index(message.len());
-        message[index] = byte;
-        check(&mut XmppNegotiation::new(), &pieces);
+        check(&mut XmppNegotiation::new(), &mutated(&OPENSSL_S_CLIENT, seed, position, byte));
     }
 }

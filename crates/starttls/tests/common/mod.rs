@@ -164,3 +164,18 @@ pub fn check(watcher: &mut dyn Negotiation, conversation: &[(Side, Vec<u8>)]) {
         }
     }
 }
+
+/// `transcript` with the byte at `position` of chunk number `chunk`
+/// replaced by `byte`.
+pub fn mutated(
+    transcript: &[(Side, &[u8])],
+    chunk: usize,
+    position: proptest::sample::Index,
+    byte: u8,
+) -> Vec<(Side, Vec<u8>)> {
+    let mut pieces: Vec<(Side, Vec<u8>)> = transcript.iter().map(|&(side, bytes)| (side, bytes.to_vec())).collect();
+    let message = &mut pieces[chunk].1;
+    let index = position.index(message.len());
+    message[index] = byte;
+    pieces
+}
