@@ -172,35 +172,6 @@ fn commands_pipelined_after_auth_tls_do_not_pass() {
 }
 
 #[test]
-fn content_and_the_request_in_one_piece_report_the_content_and_the_request_is_pending() {
-    let mut ftp = FtpNegotiation::new();
-    ftp.from_server(GREETING).unwrap();
-    assert_eq!(
-        ftp.from_client(b"USER anonymous\r\nAUTH TLS\r\nPASS x\r\n").unwrap(),
-        ClientStep {
-            pass: 26,
-            event: Some(ClientEvent::PlaintextContent)
-        },
-        "the content is reported (require_tls blocks) and the request bounds what passes"
-    );
-    assert!(ftp.awaiting_server(), "the request is pending");
-    assert_eq!(
-        ftp.from_client(b"NOOP\r\n").unwrap(),
-        ClientStep { pass: 0, event: None }
-    );
-    ftp.from_server(b"530 Anonymous sessions must use encryption.\r\n")
-        .unwrap();
-    assert_eq!(
-        ftp.from_server(b"234 Proceed with negotiation.\r\n").unwrap(),
-        ServerStep {
-            pass: 31,
-            event: Some(ServerEvent::UpgradeAccepted)
-        }
-    );
-    assert!(ftp.control_channel().is_some());
-}
-
-#[test]
 fn a_refusal_passes_and_the_session_goes_on_watched_in_plaintext() {
     let mut ftp = FtpNegotiation::new();
     ftp.from_server(GREETING).unwrap();

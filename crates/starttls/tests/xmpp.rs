@@ -167,32 +167,6 @@ fn an_auth_pipelined_after_starttls_does_not_pass() {
 }
 
 #[test]
-fn content_and_the_request_in_one_piece_report_the_content_and_the_request_is_pending() {
-    let mut xmpp = XmppNegotiation::new();
-    run_on(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-    let mut piece = b"<iq type='get' id='1'><query xmlns='jabber:iq:version'/></iq>".to_vec();
-    let content = piece.len();
-    piece.extend_from_slice(STARTTLS);
-    piece.extend_from_slice(b"<presence/>");
-    assert_eq!(
-        xmpp.from_client(&piece).unwrap(),
-        ClientStep {
-            pass: content + STARTTLS.len(),
-            event: Some(ClientEvent::PlaintextContent)
-        },
-        "the content is reported (require_tls blocks) and the request bounds what passes"
-    );
-    assert!(xmpp.awaiting_server(), "the request is pending");
-    assert_eq!(
-        xmpp.from_server(PROCEED).unwrap(),
-        ServerStep {
-            pass: PROCEED.len(),
-            event: Some(ServerEvent::UpgradeAccepted)
-        }
-    );
-}
-
-#[test]
 fn a_failure_is_a_refusal_and_stanzas_are_content() {
     let mut xmpp = XmppNegotiation::new();
     run_on(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
