@@ -7,15 +7,18 @@
 //! non-empty command line get exactly one final (2xx-6xx) reply, in order,
 //! preliminary 1xx replies aside; empty lines get none (vsftpd and ProFTPD
 //! ignore them). A `234` the count does not match to a pending `AUTH TLS` is
-//! an error, as is a TLS record where a command or reply line starts, so a
-//! miscount fails the connection instead of letting TLS through unseen.
+//! an error, as is a line that starts with no command or reply code (a TLS
+//! record, an SSLv2 hello), so a miscount fails the connection instead of
+//! letting TLS through unseen.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::lines::Lines;
-use crate::sighting::Sighting;
-use crate::{ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, ServerStep};
+use crate::line::LineBuffer;
+use crate::{
+    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
+    ServerStep,
+};
 
 /// Commands a client sends before the session's content: anything else (USER,
 /// PASS, RETR, STOR, LIST, CWD, ...) is content.
@@ -24,7 +27,7 @@ const PREAMBLE_COMMANDS: [&[u8]; 12] = [
 ];
 
 /// How many data-connection commands may await their replies at once.
-const PIPELINED_LIMIT: usize = 32;
+pub const PIPELINED_LIMIT: usize = 32;
 
 fn malformed(peer: Peer, what: &'static str) -> NegotiationError {
     NegotiationError::Malformed { peer, what }
@@ -94,10 +97,12 @@ fn reply_code(line: &[u8]) -> Option<u16> {
     }
 }
 
+const NO_CODE: &str = "a reply line that does not start with a reply code";
+
 /// Reads a server's replies, single- and multi-line (RFC 959 4.2).
 #[derive(Debug)]
 struct Replies {
-    lines: Lines,
+    line: LineBuffer,
     /// The code of the multi-line reply under way.
     open: Option<u16>,
 }
@@ -105,22 +110,31 @@ struct Replies {
 impl Replies {
     fn new() -> Replies {
         Replies {
-            lines: Lines::new(Peer::Server),
+            line: LineBuffer::new(Peer::Server),
             open: None,
         }
     }
 
-    fn push(&mut self, byte: u8) -> Result<Option<ReplyLine>, NegotiationError> {
-        const NO_CODE: &str = "a reply line that does not start with a reply code";
-        if self.open.is_none()
-            && self.lines.at_line_start()
-            && !(byte.is_ascii_digit() || byte == b'\r' || byte == b'\n')
-        {
-            return Err(malformed(Peer::Server, NO_CODE));
+    /// Takes `input` up to the end of its first line: how many bytes it
+    /// took, and the reply line they completed.
+    fn fill(&mut self, input: &[u8]) -> Result<(usize, Option<ReplyLine>), NegotiationError> {
+        if self.open.is_none() && self.line.is_empty() {
+            if let Some(&first) = input.first() {
+                if !(first.is_ascii_digit() || first == b'\r' || first == b'\n') {
+                    return Err(malformed(Peer::Server, NO_CODE));
+                }
+            }
         }
-        let Some(line) = self.lines.push(byte)? else {
-            return Ok(None);
-        };
+        let (taken, complete) = self.line.fill(input)?;
+        if !complete {
+            return Ok((taken, None));
+        }
+        let line = self.line.line().to_vec();
+        self.line.clear();
+        Ok((taken, self.reply_line(line)?))
+    }
+
+    fn reply_line(&mut self, line: Vec<u8>) -> Result<Option<ReplyLine>, NegotiationError> {
         if let Some(code) = self.open {
             if reply_code(&line) == Some(code) && matches!(line.get(3), None | Some(b' ')) {
                 self.open = None;
@@ -177,15 +191,15 @@ enum Upgrade {
 /// SYST NOOP HELP HOST QUIT OPTS LANG PBSZ PROT CLNT) is plaintext content.
 #[derive(Debug)]
 pub struct FtpNegotiation {
-    commands: Lines,
+    commands: LineBuffer,
     replies: Replies,
     /// The greeting and the commands whose final reply did not arrive.
     unanswered: u64,
     /// The last reply was preliminary (1xx, a transfer under way).
     preliminary: bool,
     upgrade: Upgrade,
-    content: Sighting,
-    offer: Sighting,
+    content_reported: bool,
+    offer_reported: bool,
 }
 
 impl Default for FtpNegotiation {
@@ -197,13 +211,13 @@ impl Default for FtpNegotiation {
 impl FtpNegotiation {
     pub fn new() -> FtpNegotiation {
         FtpNegotiation {
-            commands: Lines::new(Peer::Client),
+            commands: LineBuffer::new(Peer::Client),
             replies: Replies::new(),
             unanswered: 1,
             preliminary: false,
             upgrade: Upgrade::None,
-            content: Sighting::Unseen,
-            offer: Sighting::Unseen,
+            content_reported: false,
+            offer_reported: false,
         }
     }
 
@@ -257,64 +271,67 @@ impl Negotiation for FtpNegotiation {
         match self.upgrade {
             Upgrade::None => {}
             Upgrade::Requested(_) => return Ok(ClientStep { pass: 0, event: None }),
-            Upgrade::Accepted(_) => return Err(malformed(Peer::Client, "bytes after the accepted upgrade")),
+            Upgrade::Accepted(_) => return Err(NegotiationError::after_upgrade(Peer::Client)),
         }
-        for (index, &byte) in bytes.iter().enumerate() {
-            if self.commands.at_line_start() && !may_start_command(byte) {
+        let mut event = None;
+        let mut at = 0;
+        while at < bytes.len() {
+            if self.commands.is_empty() && !may_start_command(bytes[at]) {
                 return Err(malformed(Peer::Client, "a line that is no FTP command"));
             }
-            let Some(line) = self.commands.push(byte)? else {
-                continue;
-            };
-            let Some((verb, argument)) = parse_command(&line) else {
+            let (taken, complete) = self.commands.fill(&bytes[at..])?;
+            at += taken;
+            if !complete {
+                break;
+            }
+            let command = parse_command(self.commands.line())
+                .map(|(verb, argument)| (verb, DataProtection::after_auth(argument)));
+            self.commands.clear();
+            let Some((verb, mechanism)) = command else {
                 continue;
             };
             self.unanswered = self.unanswered.saturating_add(1);
-            if verb == b"AUTH" {
-                if let Some(protection) = DataProtection::after_auth(argument) {
-                    self.upgrade = Upgrade::Requested(protection);
-                    self.commands.clear();
-                    return Ok(ClientStep {
-                        pass: index + 1,
-                        event: Some(ClientEvent::UpgradeRequested),
-                    });
-                }
+            if let (b"AUTH", Some(protection)) = (verb.as_slice(), mechanism) {
+                self.upgrade = Upgrade::Requested(protection);
+                note_client(&mut event, ClientEvent::UpgradeRequested);
+                return Ok(ClientStep { pass: at, event });
             }
-            if !PREAMBLE_COMMANDS.contains(&verb.as_slice()) {
-                self.content.see();
+            if !PREAMBLE_COMMANDS.contains(&verb.as_slice()) && !self.content_reported {
+                self.content_reported = true;
+                note_client(&mut event, ClientEvent::PlaintextContent);
             }
         }
         Ok(ClientStep {
             pass: bytes.len(),
-            event: self.content.report().then_some(ClientEvent::PlaintextContent),
+            event,
         })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
         if let Upgrade::Accepted(_) = self.upgrade {
-            return Err(malformed(Peer::Server, "bytes after its accepted upgrade"));
+            return Err(NegotiationError::after_upgrade(Peer::Server));
         }
         let mut event = None;
-        for (index, &byte) in bytes.iter().enumerate() {
-            match self.replies.push(byte)? {
-                None => {}
-                Some(ReplyLine::Continuation { code: 211, text }) if lists_auth_tls(&text) => {
-                    self.offer.see();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, reply) = self.replies.fill(&bytes[at..])?;
+            at += taken;
+            match reply {
+                Some(ReplyLine::Continuation { code: 211, text }) if lists_auth_tls(&text) && !self.offer_reported => {
+                    self.offer_reported = true;
+                    note_server(&mut event, ServerEvent::UpgradeOffered);
                 }
-                Some(ReplyLine::Continuation { .. }) => {}
                 Some(ReplyLine::Final { code, .. }) => match self.answer(code)? {
                     Some(ServerEvent::UpgradeAccepted) => {
-                        return Ok(ServerStep {
-                            pass: index + 1,
-                            event: Some(ServerEvent::UpgradeAccepted),
-                        });
+                        note_server(&mut event, ServerEvent::UpgradeAccepted);
+                        return Ok(ServerStep { pass: at, event });
                     }
-                    Some(answer) => event = Some(answer),
+                    Some(answer) => note_server(&mut event, answer),
                     None => {}
                 },
+                Some(ReplyLine::Continuation { .. }) | None => {}
             }
         }
-        let event = event.or_else(|| self.offer.report().then_some(ServerEvent::UpgradeOffered));
         Ok(ServerStep {
             pass: bytes.len(),
             event,
@@ -488,7 +505,7 @@ fn parse_extended_passive_reply(text: &[u8]) -> Option<DataEndpoint> {
 /// that no data connection goes unannounced.
 #[derive(Debug)]
 pub struct ControlChannel {
-    commands: Lines,
+    commands: LineBuffer,
     replies: Replies,
     /// Non-empty command lines seen, and final replies matched to them.
     sent: u64,
@@ -504,7 +521,7 @@ impl ControlChannel {
     /// ([`FtpNegotiation::control_channel`] knows it).
     pub fn new(protection: DataProtection) -> ControlChannel {
         ControlChannel {
-            commands: Lines::new(Peer::Client),
+            commands: LineBuffer::new(Peer::Client),
             replies: Replies::new(),
             sent: 0,
             answered: 0,
@@ -520,16 +537,21 @@ impl ControlChannel {
 
     /// The client sent `bytes` (the next ones, in order).
     pub fn from_client(&mut self, bytes: &[u8]) -> Result<(), NegotiationError> {
-        for &byte in bytes {
-            let Some(line) = self.commands.push(byte)? else {
-                continue;
-            };
-            let Some((verb, argument)) = parse_command(&line) else {
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, complete) = self.commands.fill(&bytes[at..])?;
+            at += taken;
+            if !complete {
+                break;
+            }
+            let command = parse_command(self.commands.line()).map(|(verb, argument)| Announcing::of(&verb, argument));
+            self.commands.clear();
+            let Some(announcing) = command else {
                 continue;
             };
             let number = self.sent;
             self.sent = self.sent.saturating_add(1);
-            if let Some(announcing) = Announcing::of(&verb, argument) {
+            if let Some(announcing) = announcing {
                 if self.announcing.len() >= PIPELINED_LIMIT {
                     return Err(malformed(
                         Peer::Client,
@@ -546,8 +568,11 @@ impl ControlChannel {
     /// announced, in order.
     pub fn from_server(&mut self, bytes: &[u8]) -> Result<Vec<DataChannelEvent>, NegotiationError> {
         let mut events = Vec::new();
-        for &byte in bytes {
-            let Some(ReplyLine::Final { code, text }) = self.replies.push(byte)? else {
+        let mut at = 0;
+        while at < bytes.len() {
+            let (taken, reply) = self.replies.fill(&bytes[at..])?;
+            at += taken;
+            let Some(ReplyLine::Final { code, text }) = reply else {
                 continue;
             };
             if code < 200 || self.answered >= self.sent {
@@ -615,559 +640,5 @@ impl ControlChannel {
             }
         };
         Ok(Some(event))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::transcript::{assert_cut_anywhere_is_whole, check_arbitrary_pieces, replay, Message, Seen};
-    use proptest::prelude::*;
-
-    // Transcripts captured from vsftpd 3.0.3 (Debian 3.0.3-13, `ssl_enable`,
-    // `force_anon_logins_ssl`) through a recording relay, a message per
-    // segment as it came.
-    const GREETING: &[u8] = b"220 (vsFTPd 3.0.3)\r\n";
-    const ACCEPTED: &[u8] = b"234 Proceed with negotiation.\r\n";
-
-    fn new() -> Box<dyn Negotiation> {
-        Box::new(FtpNegotiation::new())
-    }
-
-    /// `openssl s_client -starttls ftp` (OpenSSL 3.0).
-    const OPENSSL_S_CLIENT: [Message; 3] = [
-        (Peer::Server, GREETING),
-        (Peer::Client, b"AUTH TLS\r\n"),
-        (Peer::Server, ACCEPTED),
-    ];
-
-    /// A client that asks for the features, logs in too early, tries
-    /// Kerberos, then TLS (in lower case): vsftpd writes each line of its
-    /// FEAT reply in a segment of its own.
-    const FEAT_THEN_AUTH: [Message; 22] = [
-        (Peer::Server, GREETING),
-        (Peer::Client, b"FEAT\r\n"),
-        (Peer::Server, b"211-Features:\r\n"),
-        (Peer::Server, b" AUTH TLS\r\n"),
-        (Peer::Server, b" EPRT\r\n"),
-        (Peer::Server, b" EPSV\r\n"),
-        (Peer::Server, b" MDTM\r\n"),
-        (Peer::Server, b" PASV\r\n"),
-        (Peer::Server, b" PBSZ\r\n"),
-        (Peer::Server, b" PROT\r\n"),
-        (Peer::Server, b" REST STREAM\r\n"),
-        (Peer::Server, b" SIZE\r\n"),
-        (Peer::Server, b" TVFS\r\n"),
-        (Peer::Server, b"211 End\r\n"),
-        (Peer::Client, b"USER anonymous\r\n"),
-        (Peer::Server, b"530 Anonymous sessions must use encryption.\r\n"),
-        (Peer::Client, b"PASS\r\n"),
-        (Peer::Server, b"530 Please login with USER and PASS.\r\n"),
-        (Peer::Client, b"AUTH KERBEROS_V4\r\n"),
-        (Peer::Server, b"504 Unknown AUTH type.\r\n"),
-        (Peer::Client, b"auth tls\r\n"),
-        (Peer::Server, ACCEPTED),
-    ];
-
-    fn lengths(messages: &[Message]) -> Vec<usize> {
-        messages.iter().map(|(_, bytes)| bytes.len()).collect()
-    }
-
-    #[test]
-    fn openssl_s_client_against_vsftpd_upgrades_in_any_pieces() {
-        let whole = assert_cut_anywhere_is_whole(new, &OPENSSL_S_CLIENT);
-        assert_eq!(
-            whole.events,
-            vec![
-                (1, Seen::Client(ClientEvent::UpgradeRequested)),
-                (2, Seen::Server(ServerEvent::UpgradeAccepted)),
-            ]
-        );
-        assert_eq!(
-            whole.passed,
-            lengths(&OPENSSL_S_CLIENT),
-            "the preamble passes byte for byte"
-        );
-    }
-
-    #[test]
-    fn features_content_and_another_mechanism_before_auth_tls_in_any_pieces() {
-        let repeated = [
-            (Peer::Server, GREETING),
-            (Peer::Client, &b"FEAT\r\n"[..]),
-            (
-                Peer::Server,
-                b"211-Extensions supported:\r\n211-AUTH TLS\r\n211-PBSZ\r\n211 END\r\n",
-            ),
-        ];
-        assert_eq!(
-            replay(new().as_mut(), &repeated).unwrap().seen(),
-            vec![Seen::Server(ServerEvent::UpgradeOffered)],
-            "a FEAT reply repeating its code on every line"
-        );
-        let whole = assert_cut_anywhere_is_whole(new, &FEAT_THEN_AUTH);
-        assert_eq!(
-            whole.events,
-            vec![
-                (3, Seen::Server(ServerEvent::UpgradeOffered)),
-                (14, Seen::Client(ClientEvent::PlaintextContent)),
-                (20, Seen::Client(ClientEvent::UpgradeRequested)),
-                (21, Seen::Server(ServerEvent::UpgradeAccepted)),
-            ],
-            "AUTH KERBEROS_V4 and its 504 are neither request nor refusal"
-        );
-        assert_eq!(whole.passed, lengths(&FEAT_THEN_AUTH));
-    }
-
-    #[test]
-    fn curl_ssl_reqd_sends_auth_ssl_which_implies_private_data_connections() {
-        let mut ftp = FtpNegotiation::new();
-        assert!(ftp.awaiting_server(), "the greeting is awaited");
-        let messages: [Message; 3] = [
-            (Peer::Server, GREETING),
-            (Peer::Client, b"AUTH SSL\r\n"),
-            (Peer::Server, ACCEPTED),
-        ];
-        let replayed = replay(&mut ftp, &messages).unwrap();
-        assert_eq!(
-            replayed.seen(),
-            vec![
-                Seen::Client(ClientEvent::UpgradeRequested),
-                Seen::Server(ServerEvent::UpgradeAccepted)
-            ]
-        );
-        let channel = ftp.control_channel().expect("accepted");
-        assert_eq!(channel.protection(), DataProtection::Private);
-        assert!(matches!(
-            ftp.from_server(b"220 more\r\n"),
-            Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-        ));
-
-        let mut ftp = FtpNegotiation::new();
-        replay(&mut ftp, &OPENSSL_S_CLIENT).unwrap();
-        assert_eq!(
-            ftp.control_channel().map(|channel| channel.protection()),
-            Some(DataProtection::Clear)
-        );
-    }
-
-    #[test]
-    fn mechanisms_are_case_insensitive_and_334_is_an_acceptance() {
-        for (request, answer) in [
-            (&b"auth tls\r\n"[..], &b"234 AUTH TLS OK.\r\n"[..]),
-            (b"Auth Tls-C\r\n", b"234 ok\r\n"),
-            (b"AUTH TLS-P\r\n", b"234-multi\r\n234 line\r\n"),
-            (b"AUTH SSL\r\n", b"334 AUTH SSL OK.\r\n"),
-        ] {
-            let mut ftp = FtpNegotiation::new();
-            let messages = [
-                (Peer::Server, GREETING),
-                (Peer::Client, request),
-                (Peer::Server, answer),
-            ];
-            let replayed = replay(&mut ftp, &messages).unwrap();
-            assert_eq!(
-                replayed.seen().last(),
-                Some(&Seen::Server(ServerEvent::UpgradeAccepted)),
-                "{}",
-                String::from_utf8_lossy(request)
-            );
-        }
-    }
-
-    #[test]
-    fn commands_pipelined_after_auth_tls_do_not_pass() {
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        let step = ftp.from_client(b"AUTH TLS\r\nUSER x\r\n").unwrap();
-        assert_eq!(
-            step,
-            ClientStep {
-                pass: 10,
-                event: Some(ClientEvent::UpgradeRequested)
-            }
-        );
-        assert!(ftp.awaiting_server());
-        assert_eq!(
-            ftp.from_client(b"PASS y\r\n").unwrap(),
-            ClientStep { pass: 0, event: None }
-        );
-        let step = ftp.from_server(b"234 Proceed.\r\n\x16\x03\x03").unwrap();
-        assert_eq!(
-            step,
-            ServerStep {
-                pass: 14,
-                event: Some(ServerEvent::UpgradeAccepted)
-            },
-            "server bytes after its 234 do not pass"
-        );
-        assert!(!ftp.awaiting_server());
-    }
-
-    #[test]
-    fn content_and_the_request_in_one_piece_report_the_request_and_the_content_at_a_refusal() {
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        assert_eq!(
-            ftp.from_client(b"USER anonymous\r\nAUTH TLS\r\nPASS x\r\n").unwrap(),
-            ClientStep {
-                pass: 26,
-                event: Some(ClientEvent::UpgradeRequested)
-            },
-            "the request bounds what passes; a step has one event"
-        );
-        ftp.from_server(b"530 Anonymous sessions must use encryption.\r\n")
-            .unwrap();
-        assert_eq!(
-            ftp.from_server(b"530 Please login with USER and PASS.\r\n")
-                .unwrap()
-                .event,
-            Some(ServerEvent::UpgradeRefused)
-        );
-        assert_eq!(
-            ftp.from_client(b"NOOP\r\n").unwrap().event,
-            Some(ClientEvent::PlaintextContent),
-            "the USER not reported yet is, at the next step"
-        );
-    }
-
-    #[test]
-    fn a_refusal_passes_and_the_session_goes_on_watched_in_plaintext() {
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        ftp.from_client(b"AUTH TLS\r\nUSER dropped\r\n").unwrap();
-        let step = ftp.from_server(b"530 Please login with USER and PASS.\r\n").unwrap();
-        assert_eq!(step.event, Some(ServerEvent::UpgradeRefused));
-        assert_eq!(step.pass, 38);
-        assert!(!ftp.awaiting_server());
-        assert!(ftp.control_channel().is_none());
-        let step = ftp.from_client(b"USER anonymous\r\n").unwrap();
-        assert_eq!(
-            step,
-            ClientStep {
-                pass: 16,
-                event: Some(ClientEvent::PlaintextContent)
-            }
-        );
-        ftp.from_server(b"331 Please specify the password.\r\n").unwrap();
-        let step = ftp.from_client(b"PASS secret\r\n").unwrap();
-        assert_eq!(step.event, None, "only the first content is reported");
-        ftp.from_server(b"230 Login successful.\r\n").unwrap();
-        // vsftpd ignores an empty line (no reply) and times the session out
-        // with a reply nothing awaits.
-        assert_eq!(ftp.from_client(b"\r\n").unwrap().pass, 2);
-        assert!(!ftp.awaiting_server());
-        assert_eq!(ftp.from_server(b"421 Timeout.\r\n").unwrap().event, None);
-        // A second attempt is watched again.
-        assert_eq!(
-            ftp.from_client(b"AUTH TLS\r\n").unwrap().event,
-            Some(ClientEvent::UpgradeRequested)
-        );
-        assert_eq!(
-            ftp.from_server(b"504 Unknown AUTH type.\r\n").unwrap().event,
-            Some(ServerEvent::UpgradeRefused)
-        );
-    }
-
-    #[test]
-    fn preamble_commands_are_not_content_and_replies_are_matched_in_order() {
-        let mut ftp = FtpNegotiation::new();
-        let messages: [Message; 5] = [
-            (Peer::Server, b"220-Welcome to the\r\n  lab server\r\n220 ready\r\n"),
-            // An empty line is ignored by vsftpd and ProFTPD: no reply.
-            (Peer::Client, b"HOST ftp.lab.test\r\n\r\nSYST\r\nnoop\r\nAUTH TLS\r\n"),
-            (Peer::Server, b"220 host ok\r\n215 UNIX Type: L8\r\n"),
-            (Peer::Server, b"200 NOOP ok.\r\n"),
-            (Peer::Server, ACCEPTED),
-        ];
-        let whole = assert_cut_anywhere_is_whole(new, &messages);
-        assert_eq!(
-            whole.seen(),
-            vec![
-                Seen::Client(ClientEvent::UpgradeRequested),
-                Seen::Server(ServerEvent::UpgradeAccepted)
-            ]
-        );
-        replay(&mut ftp, &messages[..4]).unwrap();
-        assert!(ftp.awaiting_server(), "AUTH TLS is still unanswered");
-    }
-
-    #[test]
-    fn awaiting_the_server_stops_at_a_preliminary_reply() {
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        assert!(!ftp.awaiting_server());
-        ftp.from_client(b"RETR big.iso\r\n").unwrap();
-        assert!(ftp.awaiting_server());
-        ftp.from_server(b"150 Opening BINARY mode data connection.\r\n")
-            .unwrap();
-        assert!(!ftp.awaiting_server(), "a transfer under way is not a silent server");
-        ftp.from_server(b"226 Transfer complete.\r\n").unwrap();
-        assert!(!ftp.awaiting_server());
-    }
-
-    #[test]
-    fn tls_where_a_line_starts_and_a_234_answering_nothing_are_errors() {
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        assert!(matches!(
-            ftp.from_client(b"\x16\x03\x01\x00\xa5\x01"),
-            Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-        ));
-        let mut ftp = FtpNegotiation::new();
-        assert!(ftp.from_client(b"\x80\x2e\x01").is_err(), "an SSLv2 hello");
-        let mut ftp = FtpNegotiation::new();
-        assert!(ftp.from_server(b"\x16\x03\x03").is_err());
-        let mut ftp = FtpNegotiation::new();
-        ftp.from_server(GREETING).unwrap();
-        ftp.from_client(b"FEAT\r\n").unwrap();
-        assert!(matches!(
-            ftp.from_server(b"234 Proceed.\r\n"),
-            Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-        ));
-        let mut ftp = FtpNegotiation::new();
-        assert!(ftp.from_server(b"22O typo\r\n").is_err());
-        let mut ftp = FtpNegotiation::new();
-        assert!(ftp.from_server(b"220ready\r\n").is_err());
-    }
-
-    #[test]
-    fn oversized_lines_are_errors() {
-        let mut long = b"USER ".to_vec();
-        long.extend(std::iter::repeat_n(b'a', crate::lines::LINE_LIMIT));
-        let mut ftp = FtpNegotiation::new();
-        assert_eq!(
-            ftp.from_client(&long),
-            Err(NegotiationError::LineTooLong {
-                peer: Peer::Client,
-                limit: crate::lines::LINE_LIMIT
-            })
-        );
-        let mut long = b"220 ".to_vec();
-        long.extend(std::iter::repeat_n(b'x', crate::lines::LINE_LIMIT));
-        let mut ftp = FtpNegotiation::new();
-        assert!(matches!(
-            ftp.from_server(&long),
-            Err(NegotiationError::LineTooLong { peer: Peer::Server, .. })
-        ));
-    }
-
-    /// The control channel inside TLS, as `curl -v --ssl-reqd` showed it
-    /// against vsftpd 3.0.3 (a passive download with EPSV, then the lines of
-    /// PASV, EPRT and PORT sessions), closed by a PROT C.
-    const CONTROL_CHANNEL: [Message; 14] = [
-        (Peer::Client, b"USER anonymous\r\n"),
-        (Peer::Server, b"230 Login successful.\r\n"),
-        (Peer::Client, b"PBSZ 0\r\n"),
-        (Peer::Server, b"200 PBSZ set to 0.\r\n"),
-        (Peer::Client, b"PROT P\r\n"),
-        (Peer::Server, b"200 PROT now Private.\r\n"),
-        (Peer::Client, b"PWD\r\nEPSV\r\n"),
-        (Peer::Server, b"257 \"/\" is the current directory\r\n229 Entering Extended Passive Mode (|||40100|)\r\n"),
-        (Peer::Client, b"TYPE I\r\nSIZE file.bin\r\nRETR file.bin\r\nPASV\r\n"),
-        (Peer::Server, b"200 Switching to Binary mode.\r\n213 6\r\n150 Opening BINARY mode data connection for file.bin (6 bytes).\r\n226 Transfer complete.\r\n227 Entering Passive Mode (127,0,0,1,156,168).\r\n"),
-        (Peer::Client, b"EPRT |1|127.0.0.1|56681|\r\nPORT 127,0,0,1,185,189\r\nEPRT |2|2001:2::2|51000|\r\nPROT C\r\n"),
-        (Peer::Server, b"200 EPRT command successful. Consider using EPSV.\r\n200 PORT command successful. Consider using PASV.\r\n200 EPRT command successful. Consider using EPSV.\r\n200 PROT now Clear.\r\n"),
-        (Peer::Client, b"QUIT\r\n"),
-        (Peer::Server, b"221 Goodbye.\r\n"),
-    ];
-
-    /// Shows `messages` to a new control channel observer, each message cut
-    /// at `cuts`: the events.
-    fn observe(messages: &[Message], cuts: &[usize]) -> Result<Vec<DataChannelEvent>, NegotiationError> {
-        let mut channel = ControlChannel::new(DataProtection::Clear);
-        let mut events = Vec::new();
-        for &(peer, message) in messages {
-            let mut start = 0;
-            for end in cuts
-                .iter()
-                .copied()
-                .filter(|&cut| cut < message.len())
-                .chain([message.len()])
-            {
-                let piece = &message[start..end];
-                start = end;
-                match peer {
-                    Peer::Client => channel.from_client(piece)?,
-                    Peer::Server => events.extend(channel.from_server(piece)?),
-                }
-            }
-        }
-        Ok(events)
-    }
-
-    #[test]
-    fn the_control_channel_announces_data_connections_in_any_pieces() {
-        let events = observe(&CONTROL_CHANNEL, &[]).unwrap();
-        let endpoint = |address: Option<IpAddr>, port| DataEndpoint { address, port };
-        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert_eq!(
-            events,
-            vec![
-                DataChannelEvent::Protection(DataProtection::Private),
-                DataChannelEvent::ServerListens(endpoint(None, 40100)),
-                DataChannelEvent::ServerListens(endpoint(Some(localhost), 40104)),
-                DataChannelEvent::ClientListens(endpoint(Some(localhost), 56681)),
-                DataChannelEvent::ClientListens(endpoint(Some(localhost), 47549)),
-                DataChannelEvent::ClientListens(endpoint(Some("2001:2::2".parse().unwrap()), 51000)),
-                DataChannelEvent::Protection(DataProtection::Clear),
-            ]
-        );
-        let longest = CONTROL_CHANNEL.iter().map(|(_, bytes)| bytes.len()).max().unwrap_or(0);
-        for cut in 1..longest {
-            assert_eq!(observe(&CONTROL_CHANNEL, &[cut]).as_ref(), Ok(&events), "cut at {cut}");
-        }
-        let every_byte: Vec<usize> = (1..longest).collect();
-        assert_eq!(observe(&CONTROL_CHANNEL, &every_byte), Ok(events));
-    }
-
-    #[test]
-    fn refused_announcements_announce_nothing() {
-        let messages: [Message; 2] = [
-            (Peer::Client, b"PORT 198,18,0,2,200,10\r\nEPRT |1|198.18.0.2|51000|\r\nPROT P\r\nPASV\r\nEPSV\r\n"),
-            (Peer::Server, b"500 Illegal PORT command.\r\n522 Bad network protocol.\r\n536 PROT level not supported.\r\n550 Permission denied.\r\n500 Unknown command.\r\n"),
-        ];
-        assert_eq!(observe(&messages, &[]), Ok(Vec::new()));
-    }
-
-    #[test]
-    fn passive_replies_in_other_spellings() {
-        for (reply, port) in [
-            (&b"227 Entering Passive Mode 198,18,0,1,4,1\r\n"[..], 1025),
-            (b"227 =198,18,0,1,0,21\r\n", 21),
-            (
-                b"227-multi\r\n227 Entering Passive Mode (198,18,0,1,255,255)\r\n",
-                65535,
-            ),
-        ] {
-            let messages = [(Peer::Client, &b"PASV\r\n"[..]), (Peer::Server, reply)];
-            assert_eq!(
-                observe(&messages, &[]),
-                Ok(vec![DataChannelEvent::ServerListens(DataEndpoint {
-                    address: Some(Ipv4Addr::new(198, 18, 0, 1).into()),
-                    port
-                })])
-            );
-        }
-        let messages = [
-            (Peer::Client, &b"EPSV 2\r\n"[..]),
-            (Peer::Server, b"229 Extended (!!!6446!)\r\n"),
-        ];
-        assert_eq!(
-            observe(&messages, &[]),
-            Ok(vec![DataChannelEvent::ServerListens(DataEndpoint {
-                address: None,
-                port: 6446
-            })])
-        );
-    }
-
-    #[test]
-    fn what_the_observer_cannot_follow_is_an_error() {
-        for messages in [
-            [
-                (Peer::Client, &b"PASV\r\n"[..]),
-                (Peer::Server, b"227 Entering Passive Mode (198,18,0,1,4)\r\n"),
-            ],
-            [
-                (Peer::Client, b"PASV\r\n"),
-                (Peer::Server, b"227 Entering Passive Mode (198,18,0,256,4,1)\r\n"),
-            ],
-            [
-                (Peer::Client, b"EPSV\r\n"),
-                (Peer::Server, b"229 Entering Extended Passive Mode (|||70000|)\r\n"),
-            ],
-            [
-                (Peer::Client, b"PORT 198,18,0,2,200\r\n"),
-                (Peer::Server, b"200 PORT command successful.\r\n"),
-            ],
-            [
-                (Peer::Client, b"EPRT |3|x|1|\r\n"),
-                (Peer::Server, b"200 EPRT command successful.\r\n"),
-            ],
-            [
-                (Peer::Client, b"LPSV\r\n"),
-                (
-                    Peer::Server,
-                    b"228 Entering Long Passive Mode (4,4,198,18,0,1,2,4,1)\r\n",
-                ),
-            ],
-            [(Peer::Client, b"PROT S\r\n"), (Peer::Server, b"200 PROT now Safe.\r\n")],
-        ] {
-            assert!(
-                matches!(observe(&messages, &[]), Err(NegotiationError::Malformed { .. })),
-                "{:?}",
-                String::from_utf8_lossy(messages[1].1)
-            );
-        }
-        let pipelined = b"PASV\r\n".repeat(PIPELINED_LIMIT + 1);
-        assert!(observe(&[(Peer::Client, &pipelined)], &[]).is_err());
-        let pipelined = b"PASV\r\n".repeat(PIPELINED_LIMIT);
-        assert!(observe(&[(Peer::Client, &pipelined)], &[]).is_ok());
-    }
-
-    #[test]
-    fn clearing_the_command_channel_is_announced() {
-        let messages: [Message; 2] = [
-            (Peer::Client, b"CCC\r\nREIN\r\n"),
-            (Peer::Server, b"200 CCC ok.\r\n220 Service ready for new user.\r\n"),
-        ];
-        assert_eq!(
-            observe(&messages, &[]),
-            Ok(vec![
-                DataChannelEvent::ControlChannelCleared,
-                DataChannelEvent::ControlChannelCleared
-            ])
-        );
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
-
-        #[test]
-        fn arbitrary_pieces_never_panic(
-            pieces in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)), 0..24),
-        ) {
-            check_arbitrary_pieces(&mut FtpNegotiation::new(), &pieces)?;
-        }
-
-        #[test]
-        fn mutated_transcripts_never_panic(
-            seed in 0..FEAT_THEN_AUTH.len(),
-            position in any::<prop::sample::Index>(),
-            byte in any::<u8>(),
-        ) {
-            let mut pieces: Vec<(bool, Vec<u8>)> = FEAT_THEN_AUTH
-                .iter()
-                .map(|&(peer, bytes)| (peer == Peer::Client, bytes.to_vec()))
-                .collect();
-            let message = &mut pieces[seed].1;
-            let index = position.index(message.len());
-            message[index] = byte;
-            check_arbitrary_pieces(&mut FtpNegotiation::new(), &pieces)?;
-        }
-
-        #[test]
-        fn the_control_channel_never_panics(
-            pieces in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)), 0..24),
-            words in prop::collection::vec(prop::sample::select(vec![
-                &b"PASV\r\n"[..], b"EPSV\r\n", b"PORT 1,2,3,4,5,6\r\n", b"EPRT |2|::1|9|\r\n", b"PROT P\r\n",
-                b"227 (1,2,3,4,5,6)\r\n", b"229 (|||7|)\r\n", b"200 ok\r\n", b"211-x\r\n", b"211 y\r\n",
-            ]), 0..24),
-        ) {
-            let mut channel = ControlChannel::new(DataProtection::Clear);
-            let lines = words.iter().enumerate().map(|(index, line)| (index % 2 == 0, line.to_vec()));
-            for (from_client, piece) in pieces.into_iter().chain(lines) {
-                let result = if from_client {
-                    channel.from_client(&piece).map(|()| Vec::new())
-                } else {
-                    channel.from_server(&piece)
-                };
-                match result {
-                    Ok(events) => prop_assert!(events.len() <= piece.len() / 4),
-                    Err(_) => break,
-                }
-            }
-        }
     }
 }

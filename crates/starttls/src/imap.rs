@@ -173,7 +173,7 @@ impl Imap {
     }
 
     fn command(&mut self, event: &mut Option<ClientEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.client_line.line(), Peer::Client)?;
+        let line = self.client_line.line();
         if line.is_empty() {
             self.client_line.clear();
             return Ok(());
@@ -230,7 +230,7 @@ impl Imap {
     }
 
     fn server_line(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         let malformed = |what| NegotiationError::Malformed {
             peer: Peer::Server,
             what,
@@ -354,7 +354,7 @@ impl Negotiation for Imap {
                     let (taken, complete) = self.client_line.fill(rest)?;
                     at += taken;
                     if complete {
-                        let announced = literal(line::text(self.client_line.line(), Peer::Client)?, Peer::Client)?;
+                        let announced = literal(self.client_line.line(), Peer::Client)?;
                         self.client_line.clear();
                         self.after_segment(announced);
                     }
@@ -374,7 +374,6 @@ impl Negotiation for Imap {
                     at += taken;
                     self.client_turn = false;
                     if complete {
-                        line::text(self.client_line.line(), Peer::Client)?;
                         self.client_line.clear();
                         if one_line {
                             self.client = ClientMode::Commands;
@@ -388,12 +387,7 @@ impl Negotiation for Imap {
                     })
                 }
                 ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -407,10 +401,7 @@ impl Negotiation for Imap {
                 if event == Some(ServerEvent::UpgradeAccepted) {
                     break;
                 }
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Server,
-                    what: "bytes after the accepted upgrade, before TLS",
-                });
+                return Err(NegotiationError::after_upgrade(Peer::Server));
             }
             let rest = &bytes[at..];
             if self.server_literal > 0 {

@@ -14,8 +14,14 @@
 //! message bodies, binary message lengths) and pairs every request with its
 //! answer, so content that merely looks like an upgrade command is never
 //! taken for one and an answer the watcher cannot pair fails the connection
-//! instead of being guessed at. Lines of text are at most [`LINE_LIMIT`]
-//! bytes.
+//! instead of being guessed at. Lines of text (SMTP, IMAP, POP3, FTP) are
+//! at most [`LINE_LIMIT`] bytes and hold no control byte but TAB (a CR only
+//! before the LF), an XMPP tag at most [`xmpp::TAG_LIMIT`]. In these text
+//! protocols a C0 control byte is an error as soon as it arrives, so TLS
+//! started where the protocol does not upgrade (its records start with
+//! one) fails the connection at its first byte instead of passing
+//! uninspected; PostgreSQL's direct TLS is
+//! [`NegotiationError::Unsupported`].
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -23,13 +29,9 @@ use std::fmt;
 pub mod ftp;
 mod imap;
 mod line;
-mod lines;
 mod pop3;
 mod postgres;
-mod sighting;
 mod smtp;
-#[cfg(test)]
-mod transcript;
 pub mod xmpp;
 
 pub use ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection};
@@ -44,12 +46,14 @@ pub use line::LINE_LIMIT;
 ///   as the start of a command (of a first message, for PostgreSQL).
 /// - Once the upgrade was accepted, more bytes from either peer are an
 ///   error ([`NegotiationError::Malformed`]).
-/// - One piece of client bytes reports one event: if the first plaintext
-///   content and the upgrade request both arrive in it, the event is
-///   [`ClientEvent::PlaintextContent`] (so `require_tls` still blocks) and
-///   `pass` still ends at the request; [`Negotiation::awaiting_server`] then
-///   tells the request is pending. On the server side an accepted or refused
-///   upgrade outranks [`ServerEvent::UpgradeOffered`] in the same piece.
+/// - One piece of bytes reports at most one event. On the client side, if
+///   the first plaintext content and the upgrade request both arrive in one
+///   piece, the event is [`ClientEvent::PlaintextContent`] (so `require_tls`
+///   still blocks), `pass` still ends at the request and
+///   [`Negotiation::awaiting_server`] tells the request is pending (the
+///   server's answer is the next event). On the server side an accepted or
+///   refused upgrade outranks [`ServerEvent::UpgradeOffered`] in the same
+///   piece, and the offer it outranks is not reported later.
 pub fn negotiation(protocol: Protocol) -> Box<dyn Negotiation> {
     match protocol {
         Protocol::Smtp => Box::new(smtp::Smtp::new()),
@@ -138,7 +142,9 @@ pub struct ClientStep {
 /// What the client's bytes meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// The client asked to upgrade; its request ends at `pass`.
+    /// The client asked to upgrade; its request ends at `pass`. Not
+    /// reported when the first plaintext content came in the same piece
+    /// (see [`negotiation`]): [`Negotiation::awaiting_server`] tells then.
     UpgradeRequested,
     /// The client sent the session's content in plaintext (a mail
     /// transaction, a login, a query, an XMPP stanza, a file transfer):
@@ -202,6 +208,16 @@ pub enum NegotiationError {
     /// pass uninspected.
     #[error("the {peer} chose {what}, which cannot be intercepted")]
     Unsupported { peer: Peer, what: &'static str },
+}
+
+impl NegotiationError {
+    /// `peer` sent bytes after the server accepted the upgrade, before TLS.
+    fn after_upgrade(peer: Peer) -> NegotiationError {
+        NegotiationError::Malformed {
+            peer,
+            what: "bytes after the accepted upgrade, before TLS",
+        }
+    }
 }
 
 /// Keeps the first event of a piece of client bytes: a first plaintext

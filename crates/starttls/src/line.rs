@@ -1,6 +1,6 @@
-//! What the line-based watchers (SMTP, IMAP, POP3) share: bounded line
-//! assembly, the check that a line is text, command words, and the scanner
-//! of dot-terminated blocks (an SMTP message, a POP3 multi-line response).
+//! What the line-based watchers (SMTP, IMAP, POP3, FTP) share: bounded
+//! assembly of lines of text, command words, and the scanner of
+//! dot-terminated blocks (an SMTP message, a POP3 multi-line response).
 
 use crate::{NegotiationError, Peer};
 
@@ -13,8 +13,19 @@ pub const LINE_LIMIT: usize = 8192;
 /// Most requests a client may have outstanding (pipelined) at once.
 pub(crate) const PENDING_LIMIT: usize = 256;
 
+/// A C0 control byte that no text protocol here allows (TAB, CR and LF
+/// aside). A TLS record starts with one (0x14..0x17), so a peer that starts
+/// TLS where a watcher expects text is caught at its first byte.
+pub(crate) fn is_forbidden_control(byte: u8) -> bool {
+    byte < 0x20 && !matches!(byte, b'\t' | b'\r' | b'\n')
+}
+
 /// One peer's line being assembled, up to [`LINE_LIMIT`] bytes. A line ends
-/// at LF; a CR before it is dropped.
+/// at LF; a CR before it is dropped. A line is text: a control byte (DEL
+/// and C0 but TAB, and a CR anywhere but before the LF) is
+/// [`NegotiationError::Malformed`] as soon as it arrives, before the bytes
+/// around it pass on.
+#[derive(Debug)]
 pub(crate) struct LineBuffer {
     bytes: Vec<u8>,
     peer: Peer,
@@ -30,7 +41,8 @@ impl LineBuffer {
 
     /// Takes `input` up to and including its first LF; returns how many
     /// bytes it took and whether they completed a line (then [`line`] holds
-    /// it until [`clear`]).
+    /// it until [`clear`]). Input that is no text is an error, whatever
+    /// line it is in.
     ///
     /// [`line`]: LineBuffer::line
     /// [`clear`]: LineBuffer::clear
@@ -39,6 +51,16 @@ impl LineBuffer {
             Some(end) => (end + 1, true),
             None => (input.len(), false),
         };
+        let mut previous = self.bytes.last().copied();
+        for &byte in &input[..taken] {
+            if is_forbidden_control(byte) || byte == 0x7f || (previous == Some(b'\r') && byte != b'\n') {
+                return Err(NegotiationError::Malformed {
+                    peer: self.peer,
+                    what: "a control byte in a line of text",
+                });
+            }
+            previous = Some(byte);
+        }
         if self.bytes.len() + taken > LINE_LIMIT {
             return Err(NegotiationError::LineTooLong {
                 peer: self.peer,
@@ -55,21 +77,16 @@ impl LineBuffer {
         line.strip_suffix(b"\r").unwrap_or(line)
     }
 
+    /// No byte of the line under way arrived yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Forgets the line: a completed one once read, or a partial one whose
+    /// bytes were discarded, not relayed.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
     }
-}
-
-/// `line` if it is text: no control byte but TAB (UTF-8 passes). A TLS
-/// record or other binary in a line of commands or replies is malformed.
-pub(crate) fn text(line: &[u8], peer: Peer) -> Result<&[u8], NegotiationError> {
-    if line.iter().any(|&byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f) {
-        return Err(NegotiationError::Malformed {
-            peer,
-            what: "a control byte in a line of text",
-        });
-    }
-    Ok(line)
 }
 
 /// The first word of `line` and the rest after the space that ends it.
@@ -137,5 +154,41 @@ impl DotTerminated {
             };
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_record_or_a_stray_cr_is_malformed_as_it_arrives() {
+        let malformed = Err(NegotiationError::Malformed {
+            peer: Peer::Client,
+            what: "a control byte in a line of text",
+        });
+        assert_eq!(LineBuffer::new(Peer::Client).fill(b"\x16\x03\x01\x02\x00"), malformed);
+        let mut line = LineBuffer::new(Peer::Client);
+        assert_eq!(line.fill(b"NOOP\r"), Ok((5, false)));
+        assert_eq!(line.fill(b"x"), malformed, "a CR not before the LF");
+        let mut line = LineBuffer::new(Peer::Client);
+        assert_eq!(line.fill(b"NOOP\r"), Ok((5, false)));
+        assert_eq!(line.fill(b"\nrest"), Ok((1, true)));
+        assert_eq!(line.line(), b"NOOP");
+    }
+
+    #[test]
+    fn the_limit_counts_the_cr_lf() {
+        let mut exact = vec![b'a'; LINE_LIMIT - 2];
+        exact.extend_from_slice(b"\r\n");
+        assert_eq!(LineBuffer::new(Peer::Server).fill(&exact), Ok((LINE_LIMIT, true)));
+        exact.insert(0, b'a');
+        assert_eq!(
+            LineBuffer::new(Peer::Server).fill(&exact),
+            Err(NegotiationError::LineTooLong {
+                peer: Peer::Server,
+                limit: LINE_LIMIT
+            })
+        );
     }
 }

@@ -72,7 +72,7 @@ impl Pop3 {
     }
 
     fn command(&mut self, event: &mut Option<ClientEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.client_line.line(), Peer::Client)?;
+        let line = self.client_line.line();
         let (verb, arguments) = line::split_word(line);
         let bare = arguments.iter().all(|&byte| byte == b' ');
         let (awaited, content) = if line::is(verb, "STLS") {
@@ -115,7 +115,7 @@ impl Pop3 {
     }
 
     fn status(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         let (indicator, _) = line::split_word(line);
         let awaited = self.awaited.front().copied();
         if awaited == Some(Awaited::Auth) && indicator == b"+" {
@@ -163,7 +163,7 @@ impl Pop3 {
     }
 
     fn capability(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         if line == b"." {
             self.server = ServerMode::Status;
         } else if line::is(line::split_word(line).0, "STLS") && !self.offer_reported {
@@ -197,17 +197,11 @@ impl Negotiation for Pop3 {
                     at += taken;
                     self.client_turn = false;
                     if complete {
-                        line::text(self.client_line.line(), Peer::Client)?;
                         self.client_line.clear();
                     }
                 }
                 ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -221,10 +215,7 @@ impl Negotiation for Pop3 {
                 if event == Some(ServerEvent::UpgradeAccepted) {
                     break;
                 }
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Server,
-                    what: "bytes after the accepted upgrade, before TLS",
-                });
+                return Err(NegotiationError::after_upgrade(Peer::Server));
             }
             let rest = &bytes[at..];
             match &mut self.server {

@@ -222,12 +222,7 @@ impl Negotiation for Postgres {
                     client.read(rest)?;
                     at = bytes.len();
                 }
-                Phase::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                Phase::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -289,7 +284,7 @@ impl Negotiation for Postgres {
                 })
             }
             Phase::First { .. } | Phase::Cancel { .. } => Err(malformed("bytes the client did not ask for")),
-            Phase::Upgraded => Err(malformed("bytes after the accepted upgrade, before TLS")),
+            Phase::Upgraded => Err(NegotiationError::after_upgrade(Peer::Server)),
         }
     }
 

@@ -63,7 +63,7 @@ enum Command {
 
 impl Command {
     fn parse(line: &[u8]) -> Result<Command, NegotiationError> {
-        let (verb, arguments) = line::split_word(line::text(line, Peer::Client)?);
+        let (verb, arguments) = line::split_word(line);
         Ok(if line::is(verb, "STARTTLS") {
             Command::StartTls
         } else if line::is(verb, "EHLO") || line::is(verb, "LHLO") {
@@ -154,7 +154,7 @@ impl Smtp {
     /// A complete line of the server's: notes what the reply it belongs to
     /// meant.
     fn reply_line(&mut self, event: &mut Option<ServerEvent>) -> Result<(), NegotiationError> {
-        let line = line::text(self.server_line.line(), Peer::Server)?;
+        let line = self.server_line.line();
         let malformed = NegotiationError::Malformed {
             peer: Peer::Server,
             what: "a reply line without a reply code",
@@ -259,12 +259,7 @@ impl Negotiation for Smtp {
                     })
                 }
                 ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after the upgrade was accepted",
-                    })
-                }
+                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
             }
         }
         Ok(ClientStep { pass: at, event })
@@ -278,10 +273,7 @@ impl Negotiation for Smtp {
                 if event == Some(ServerEvent::UpgradeAccepted) {
                     break;
                 }
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Server,
-                    what: "bytes after the accepted upgrade, before TLS",
-                });
+                return Err(NegotiationError::after_upgrade(Peer::Server));
             }
             let (taken, complete) = self.server_line.fill(&bytes[at..])?;
             at += taken;

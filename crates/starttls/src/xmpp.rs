@@ -11,9 +11,11 @@
 //! show is an error: a DTD, character data between stanzas, a control
 //! character (a TLS record starts with 0x16), markup after the stream ended.
 
-use crate::lines::is_forbidden_control;
-use crate::sighting::Sighting;
-use crate::{ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, ServerStep};
+use crate::line::is_forbidden_control;
+use crate::{
+    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
+    ServerStep,
+};
 
 /// The longest tag the scanner holds, `<` to `>`.
 pub const TAG_LIMIT: usize = 16 * 1024;
@@ -352,8 +354,8 @@ pub struct XmppNegotiation {
     client_opened: bool,
     features_received: bool,
     upgrade: Upgrade,
-    content: Sighting,
-    offer: Sighting,
+    content_reported: bool,
+    offer_reported: bool,
 }
 
 impl Default for XmppNegotiation {
@@ -375,8 +377,8 @@ impl XmppNegotiation {
             client_opened: false,
             features_received: false,
             upgrade: Upgrade::None,
-            content: Sighting::Unseen,
-            offer: Sighting::Unseen,
+            content_reported: false,
+            offer_reported: false,
         }
     }
 
@@ -390,8 +392,9 @@ impl XmppNegotiation {
         Ok(tag.declarations())
     }
 
-    /// The client's token: whether it completed the upgrade request.
-    fn client_token(&mut self, token: Token) -> Result<bool, NegotiationError> {
+    /// The client's token: whether it completed the upgrade request. The
+    /// first plaintext content is noted in `event`.
+    fn client_token(&mut self, token: Token, event: &mut Option<ClientEvent>) -> Result<bool, NegotiationError> {
         let completed = match token {
             Token::Start { depth: 0, tag, .. } => {
                 self.client_stream = Self::stream_header(&tag, Peer::Client)?;
@@ -411,7 +414,10 @@ impl XmppNegotiation {
                 let element = if tag.is(TLS_NAMESPACE, b"starttls", &[&self.client_stream]) {
                     ClientElement::StartTls
                 } else {
-                    self.content.see();
+                    if !self.content_reported {
+                        self.content_reported = true;
+                        note_client(event, ClientEvent::PlaintextContent);
+                    }
                     ClientElement::Other
                 };
                 self.client_element = Some(element);
@@ -426,8 +432,13 @@ impl XmppNegotiation {
         Ok(completed == Some(ClientElement::StartTls))
     }
 
-    /// The server's token: the event it completes.
-    fn server_token(&mut self, token: Token) -> Result<Option<ServerEvent>, NegotiationError> {
+    /// The server's token: the answer to the upgrade request it completes.
+    /// The first offer is noted in `event`.
+    fn server_token(
+        &mut self,
+        token: Token,
+        event: &mut Option<ServerEvent>,
+    ) -> Result<Option<ServerEvent>, NegotiationError> {
         let completed = match token {
             Token::Start { depth: 0, tag, .. } => {
                 self.server_stream = Self::stream_header(&tag, Peer::Server)?;
@@ -460,8 +471,10 @@ impl XmppNegotiation {
             Token::Start { depth: 2, tag, .. } => {
                 if self.server_element == Some(ServerElement::Features)
                     && tag.is(TLS_NAMESPACE, b"starttls", &[&self.features, &self.server_stream])
+                    && !self.offer_reported
                 {
-                    self.offer.see();
+                    self.offer_reported = true;
+                    note_server(event, ServerEvent::UpgradeOffered);
                 }
                 None
             }
@@ -502,55 +515,43 @@ impl Negotiation for XmppNegotiation {
         match self.upgrade {
             Upgrade::None => {}
             Upgrade::Requested => return Ok(ClientStep { pass: 0, event: None }),
-            Upgrade::Accepted => {
-                return Err(NegotiationError::Malformed {
-                    peer: Peer::Client,
-                    what: "bytes after the accepted upgrade",
-                })
-            }
+            Upgrade::Accepted => return Err(NegotiationError::after_upgrade(Peer::Client)),
         }
+        let mut event = None;
         for (index, &byte) in bytes.iter().enumerate() {
             let Some(token) = self.client.push(byte)? else {
                 continue;
             };
-            if self.client_token(token)? {
+            if self.client_token(token, &mut event)? {
                 self.upgrade = Upgrade::Requested;
-                return Ok(ClientStep {
-                    pass: index + 1,
-                    event: Some(ClientEvent::UpgradeRequested),
-                });
+                note_client(&mut event, ClientEvent::UpgradeRequested);
+                return Ok(ClientStep { pass: index + 1, event });
             }
         }
         Ok(ClientStep {
             pass: bytes.len(),
-            event: self.content.report().then_some(ClientEvent::PlaintextContent),
+            event,
         })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
         if self.upgrade == Upgrade::Accepted {
-            return Err(NegotiationError::Malformed {
-                peer: Peer::Server,
-                what: "bytes after its accepted upgrade",
-            });
+            return Err(NegotiationError::after_upgrade(Peer::Server));
         }
         let mut event = None;
         for (index, &byte) in bytes.iter().enumerate() {
             let Some(token) = self.server.push(byte)? else {
                 continue;
             };
-            match self.server_token(token)? {
+            match self.server_token(token, &mut event)? {
                 Some(ServerEvent::UpgradeAccepted) => {
-                    return Ok(ServerStep {
-                        pass: index + 1,
-                        event: Some(ServerEvent::UpgradeAccepted),
-                    })
+                    note_server(&mut event, ServerEvent::UpgradeAccepted);
+                    return Ok(ServerStep { pass: index + 1, event });
                 }
-                Some(other) => event = Some(other),
+                Some(answer) => note_server(&mut event, answer),
                 None => {}
             }
         }
-        let event = event.or_else(|| self.offer.report().then_some(ServerEvent::UpgradeOffered));
         Ok(ServerStep {
             pass: bytes.len(),
             event,
@@ -559,345 +560,5 @@ impl Negotiation for XmppNegotiation {
 
     fn awaiting_server(&self) -> bool {
         self.upgrade == Upgrade::Requested || (self.client_opened && !self.features_received)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::transcript::{assert_cut_anywhere_is_whole, check_arbitrary_pieces, replay, Message, Seen};
-    use proptest::prelude::*;
-
-    fn new() -> Box<dyn Negotiation> {
-        Box::new(XmppNegotiation::new())
-    }
-
-    const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-    const PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-    // Transcripts captured from Prosody 0.12.3 (Debian, `c2s_require_encryption
-    // = true`) through a recording relay, a message per segment as it came.
-    /// Prosody's stream header and features, in one segment.
-    const PROSODY_FEATURES: &[u8] = b"<?xml version='1.0'?><stream:stream xml:lang='en' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='lab.test' xmlns='jabber:client' id='6a733911-b2e1-4441-827a-6e387e9bd2b1'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
-
-    /// `openssl s_client -starttls xmpp -xmpphost lab.test` (OpenSSL 3.0).
-    const OPENSSL_S_CLIENT: [Message; 4] = [
-        (Peer::Client, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='lab.test' version='1.0'>"),
-        (Peer::Server, PROSODY_FEATURES),
-        (Peer::Client, STARTTLS),
-        (Peer::Server, PROCEED),
-    ];
-
-    /// A client with an XML declaration and double quotes that
-    /// authenticates before TLS: Prosody's SASL `<failure/>` is no refusal
-    /// of TLS.
-    const AUTH_IN_PLAINTEXT: [Message; 4] = [
-        (Peer::Client, b"<?xml version=\"1.0\"?>\n<stream:stream to=\"lab.test\" xml:lang=\"en\" version=\"1.0\" xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\">"),
-        (Peer::Server, b"<?xml version='1.0'?><stream:stream xml:lang='en' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='lab.test' xmlns='jabber:client' id='25928a50-b5c2-48b2-bdb8-b9dd8fb9c582'><stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"),
-        (Peer::Client, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>"),
-        (Peer::Server, b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><encryption-required/></failure>"),
-    ];
-
-    #[test]
-    fn openssl_s_client_against_prosody_upgrades_in_any_pieces() {
-        let whole = assert_cut_anywhere_is_whole(new, &OPENSSL_S_CLIENT);
-        assert_eq!(
-            whole.events,
-            vec![
-                (1, Seen::Server(ServerEvent::UpgradeOffered)),
-                (2, Seen::Client(ClientEvent::UpgradeRequested)),
-                (3, Seen::Server(ServerEvent::UpgradeAccepted)),
-            ]
-        );
-        let lengths: Vec<usize> = OPENSSL_S_CLIENT.iter().map(|(_, bytes)| bytes.len()).collect();
-        assert_eq!(whole.passed, lengths, "the preamble passes byte for byte");
-    }
-
-    #[test]
-    fn auth_before_tls_is_content_and_a_sasl_failure_no_refusal_in_any_pieces() {
-        let whole = assert_cut_anywhere_is_whole(new, &AUTH_IN_PLAINTEXT);
-        assert_eq!(
-            whole.events,
-            vec![
-                (1, Seen::Server(ServerEvent::UpgradeOffered)),
-                (2, Seen::Client(ClientEvent::PlaintextContent)),
-            ]
-        );
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &AUTH_IN_PLAINTEXT).unwrap();
-        assert!(!xmpp.awaiting_server());
-        assert_eq!(
-            xmpp.from_client(STARTTLS).unwrap().event,
-            Some(ClientEvent::UpgradeRequested),
-            "the stream goes on watched"
-        );
-    }
-
-    #[test]
-    fn a_stream_restart_after_sasl_in_plaintext_replaces_the_stream() {
-        let mut xmpp = XmppNegotiation::new();
-        let messages: [Message; 6] = [
-            (Peer::Client, AUTH_IN_PLAINTEXT[0].1),
-            (Peer::Server, b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"),
-            (Peer::Client, AUTH_IN_PLAINTEXT[2].1),
-            (Peer::Server, b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
-            (Peer::Client, b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' to='lab.test' version='1.0'>"),
-            (Peer::Server, b"<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:client' version='1.0'><stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"),
-        ];
-        let replayed = replay(&mut xmpp, &messages).unwrap();
-        assert_eq!(replayed.seen(), vec![Seen::Client(ClientEvent::PlaintextContent)]);
-        // Stanzas are at the top level of the new stream again: a <proceed/>
-        // there is seen (and answers nothing), the end tag ends the stream.
-        assert!(xmpp.from_server(PROCEED).is_err());
-        assert_eq!(xmpp.from_client(b"<presence/></stream:stream>").unwrap().event, None);
-        assert!(
-            xmpp.from_client(b"<presence/>").is_err(),
-            "markup after the end of the stream"
-        );
-    }
-
-    #[test]
-    fn double_quotes_prefixes_comments_and_open_close_pairs() {
-        // A libstrophe-style client: XML declaration, double quotes, line
-        // breaks; a server declaring the TLS namespace with a prefix on its
-        // features and answering with an explicit end tag.
-        let messages: [Message; 5] = [
-            (Peer::Client, b"<?xml version=\"1.0\"?>\n<stream:stream to=\"lab.test\" xml:lang=\"en\" version=\"1.0\"\n  xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\">"),
-            (Peer::Server, b"<?xml version='1.0'?><s:stream xmlns:s='http://etherx.jabber.org/streams' from='lab.test' version='1.0' xmlns='jabber:client'><!-- say hi -->"),
-            (Peer::Server, b"<s:features xmlns:t='urn:ietf:params:xml:ns:xmpp-tls'> <t:starttls/>\n<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></s:features>"),
-            (Peer::Client, b" <tls:starttls xmlns:tls=\"urn:ietf:params:xml:ns:xmpp-tls\" ></tls:starttls >"),
-            (Peer::Server, b"<proceed xmlns=\"urn:ietf:params:xml:ns:xmpp-tls\"></proceed>"),
-        ];
-        let whole = assert_cut_anywhere_is_whole(new, &messages);
-        assert_eq!(
-            whole.seen(),
-            vec![
-                Seen::Server(ServerEvent::UpgradeOffered),
-                Seen::Client(ClientEvent::UpgradeRequested),
-                Seen::Server(ServerEvent::UpgradeAccepted)
-            ]
-        );
-    }
-
-    #[test]
-    fn awaiting_the_server_follows_the_preamble() {
-        let mut xmpp = XmppNegotiation::new();
-        assert!(!xmpp.awaiting_server(), "the client speaks first");
-        xmpp.from_client(OPENSSL_S_CLIENT[0].1).unwrap();
-        assert!(xmpp.awaiting_server(), "the stream header awaits the features");
-        let (header, features) = PROSODY_FEATURES.split_at(PROSODY_FEATURES.len() - 20);
-        xmpp.from_server(header).unwrap();
-        assert!(xmpp.awaiting_server(), "the features are incomplete");
-        xmpp.from_server(features).unwrap();
-        assert!(!xmpp.awaiting_server());
-        xmpp.from_client(STARTTLS).unwrap();
-        assert!(xmpp.awaiting_server());
-        xmpp.from_server(PROCEED).unwrap();
-        assert!(!xmpp.awaiting_server());
-    }
-
-    #[test]
-    fn an_auth_pipelined_after_starttls_does_not_pass() {
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        let mut pipelined = STARTTLS.to_vec();
-        pipelined.extend_from_slice(
-            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>",
-        );
-        assert_eq!(
-            xmpp.from_client(&pipelined).unwrap(),
-            ClientStep {
-                pass: STARTTLS.len(),
-                event: Some(ClientEvent::UpgradeRequested)
-            }
-        );
-        assert_eq!(
-            xmpp.from_client(b"<iq type='get'/>").unwrap(),
-            ClientStep { pass: 0, event: None }
-        );
-        let mut answer = PROCEED.to_vec();
-        answer.extend_from_slice(b"<message/>");
-        assert_eq!(
-            xmpp.from_server(&answer).unwrap(),
-            ServerStep {
-                pass: PROCEED.len(),
-                event: Some(ServerEvent::UpgradeAccepted)
-            },
-            "server bytes after <proceed/> do not pass"
-        );
-        assert!(
-            xmpp.from_client(b"\x16\x03\x01").is_err(),
-            "not shown after the upgrade"
-        );
-    }
-
-    #[test]
-    fn a_failure_is_a_refusal_and_stanzas_are_content() {
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..3]).unwrap();
-        let step = xmpp
-            .from_server(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
-            .unwrap();
-        assert_eq!(step.event, Some(ServerEvent::UpgradeRefused));
-        assert!(!xmpp.awaiting_server());
-
-        for stanza in [
-            &b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNl</auth>"[..],
-            b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
-            b"<message to='bob@lab.test'><body><![CDATA[<hi> ]]]></body></message>",
-            b"<presence/>",
-            // starttls in the wrong namespace is no upgrade request.
-            b"<starttls/>",
-            b"<x:starttls xmlns:y='urn:ietf:params:xml:ns:xmpp-tls'/>",
-        ] {
-            let mut xmpp = XmppNegotiation::new();
-            replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-            assert_eq!(
-                xmpp.from_client(stanza).unwrap(),
-                ClientStep {
-                    pass: stanza.len(),
-                    event: Some(ClientEvent::PlaintextContent)
-                },
-                "{}",
-                String::from_utf8_lossy(stanza)
-            );
-            assert_eq!(xmpp.from_client(b"<presence/> ").unwrap().event, None, "reported once");
-            assert_eq!(
-                xmpp.from_client(STARTTLS).unwrap().event,
-                Some(ClientEvent::UpgradeRequested),
-                "a later request is watched"
-            );
-        }
-    }
-
-    #[test]
-    fn markup_inside_quotes_comments_and_cdata_does_not_count() {
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        let tricky = b"<message a='/>' b=\"<'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
-        // '<' inside an attribute value is not XML: the whole thing fails.
-        assert!(xmpp.from_client(tricky).is_err());
-
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        let tricky = b"<message a='/>' b=\"'>\"><!-- <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/> --><body><![CDATA[</message><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>]]></body></message>";
-        let step = xmpp.from_client(tricky).unwrap();
-        assert_eq!(step.event, Some(ClientEvent::PlaintextContent));
-        assert_eq!(step.pass, tricky.len(), "no upgrade request inside the message");
-        assert_eq!(
-            xmpp.from_client(STARTTLS).unwrap().event,
-            Some(ClientEvent::UpgradeRequested)
-        );
-    }
-
-    #[test]
-    fn what_xmpp_forbids_is_an_error() {
-        let header = OPENSSL_S_CLIENT[0].1;
-        for (client, what) in [
-            (&b"\x16\x03\x01\x00\xa5"[..], "a TLS ClientHello instead of a stream"),
-            (b"<!DOCTYPE stream [<!ENTITY a 'b'>]>", "a DTD"),
-            (b"<stream xmlns='jabber:client'>", "a stream in the wrong namespace"),
-            (b"hello", "character data outside the stream"),
-        ] {
-            assert!(XmppNegotiation::new().from_client(client).is_err(), "{what}");
-        }
-        for (after_header, what) in [
-            (&b"text between stanzas"[..], "character data between stanzas"),
-            (b"<![CDATA[x]]>", "CDATA between stanzas"),
-            (
-                b"<presence></presence></stream:stream><presence/>",
-                "markup after the stream ended",
-            ),
-            (b"<presence a=b/>", "an unquoted attribute"),
-            (b"<presence a='1'b='2'/>", "attributes not separated"),
-            (b"<presence \x16/>", "a control character"),
-        ] {
-            let mut xmpp = XmppNegotiation::new();
-            xmpp.from_client(header).unwrap();
-            assert!(
-                matches!(
-                    xmpp.from_client(after_header),
-                    Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-                ),
-                "{what}"
-            );
-        }
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        assert!(
-            matches!(
-                xmpp.from_server(PROCEED),
-                Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-            ),
-            "<proceed/> without <starttls/>"
-        );
-        let mut xmpp = XmppNegotiation::new();
-        xmpp.from_client(header).unwrap();
-        assert!(xmpp.from_server(b"\x16\x03\x03\x00\x7a\x02").is_err(), "a ServerHello");
-    }
-
-    #[test]
-    fn a_tag_is_bounded_and_an_element_is_not() {
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        let mut long_tag = b"<message to='".to_vec();
-        long_tag.extend(std::iter::repeat_n(b'a', TAG_LIMIT));
-        assert_eq!(
-            xmpp.from_client(&long_tag),
-            Err(NegotiationError::LineTooLong {
-                peer: Peer::Client,
-                limit: TAG_LIMIT
-            })
-        );
-
-        let mut xmpp = XmppNegotiation::new();
-        replay(&mut xmpp, &OPENSSL_S_CLIENT[..2]).unwrap();
-        let mut big_message = b"<message to='bob@lab.test'><body>".to_vec();
-        big_message.extend(std::iter::repeat_n(b'a', 8 * TAG_LIMIT));
-        big_message.extend_from_slice(b"</body></message>");
-        assert_eq!(xmpp.from_client(&big_message).unwrap().pass, big_message.len());
-        assert_eq!(
-            xmpp.from_client(STARTTLS).unwrap().event,
-            Some(ClientEvent::UpgradeRequested)
-        );
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
-
-        #[test]
-        fn arbitrary_pieces_never_panic(
-            pieces in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)), 0..24),
-        ) {
-            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
-        }
-
-        #[test]
-        fn markup_soup_never_panics(
-            words in prop::collection::vec((any::<bool>(), prop::sample::select(vec![
-                &b"<"[..], b">", b"/>", b"</", b"<?", b"?>", b"<!--", b"-->", b"<![CDATA[", b"]]>", b"'", b"\"",
-                b" ", b"=", b"stream:stream", b"xmlns='http://etherx.jabber.org/streams'", b"starttls",
-                b"xmlns='urn:ietf:params:xml:ns:xmpp-tls'", b"proceed", b"failure", b"stream:features",
-                b"xmlns:stream='http://etherx.jabber.org/streams'", b"a", b":",
-            ])), 0..64),
-        ) {
-            let pieces: Vec<(bool, Vec<u8>)> = words.into_iter().map(|(client, word)| (client, word.to_vec())).collect();
-            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
-        }
-
-        #[test]
-        fn mutated_transcripts_never_panic(
-            seed in 0..OPENSSL_S_CLIENT.len(),
-            position in any::<prop::sample::Index>(),
-            byte in any::<u8>(),
-        ) {
-            let mut pieces: Vec<(bool, Vec<u8>)> = OPENSSL_S_CLIENT
-                .iter()
-                .map(|&(peer, bytes)| (peer == Peer::Client, bytes.to_vec()))
-                .collect();
-            let message = &mut pieces[seed].1;
-            let index = position.index(message.len());
-            message[index] = byte;
-            check_arbitrary_pieces(&mut XmppNegotiation::new(), &pieces)?;
-        }
     }
 }

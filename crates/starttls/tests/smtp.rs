@@ -166,24 +166,6 @@ fn server_bytes_after_the_accepting_reply_do_not_pass() {
 }
 
 #[test]
-fn content_and_starttls_in_one_piece_report_the_content() {
-    let mut smtp = watcher(Protocol::Smtp);
-    feed(smtp.as_mut(), Server, GREETING).unwrap();
-    let piece = b"MAIL FROM:<a@lab.test>\r\nSTARTTLS\r\nRSET\r\n";
-    assert_eq!(
-        feed(smtp.as_mut(), Client, piece).unwrap(),
-        (piece.len() - 6, Some(Seen::Client(ClientEvent::PlaintextContent)))
-    );
-    assert!(smtp.awaiting_server());
-    assert_eq!(
-        feed(smtp.as_mut(), Server, b"250 2.1.0 Ok\r\n220 2.0.0 Ready\r\n")
-            .unwrap()
-            .1,
-        Some(Seen::Server(ServerEvent::UpgradeAccepted))
-    );
-}
-
-#[test]
 fn content_commands_are_told_from_the_others() {
     for command in [
         "EHLO client.lab.test",
