@@ -35,7 +35,8 @@ fn config(scratch: &Scratch, upstream_trust: &Path, rules: &str) -> (PathBuf, Pa
     (path, ca)
 }
 
-const UPGRADE: &str = "\n[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"origin.test\"\n";
+const UPGRADE: &str =
+    "\n[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"origin.test\"\n";
 const DOWNGRADE: &str = "\n[[policy]]\naction = \"downgrade\"\nport = [443]\nserver_port = 80\n";
 
 /// The records' `decision`, `dest_port` and `ended`, for messages and checks.
@@ -73,7 +74,10 @@ fn upgrades_plain_http_on_80_to_the_origins_verified_tls_on_443() {
     let records = await_records(&scratch, 2);
     assert_eq!(
         decisions(&records),
-        [("upgrade".into(), 80, "closed".into()), ("upgrade".into(), 80, "closed".into())],
+        [
+            ("upgrade".into(), 80, "closed".into()),
+            ("upgrade".into(), 80, "closed".into())
+        ],
         "{records:?}"
     );
     for record in &records {
@@ -150,7 +154,10 @@ fn downgrades_https_on_443_with_a_forged_certificate_to_plain_http_on_80_from_th
             ],
         );
         assert!(result.status.success(), "curl via {resolve}: {}", text(&result.stderr));
-        assert!(std::fs::read(&body).expect("body") == file, "{resolve}: content differs");
+        assert!(
+            std::fs::read(&body).expect("body") == file,
+            "{resolve}: content differs"
+        );
         // nginx logged the plain request on port 80 from the client itself.
         let access = std::fs::read_to_string(origin.0.join("access.log")).unwrap_or_default();
         assert!(

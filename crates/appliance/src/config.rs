@@ -1439,11 +1439,12 @@ impl Config {
             key,
             reason,
         })?;
-        self.validate_conversions().map_err(|(key, reason)| ConfigError::InvalidRule {
-            path: path.to_owned(),
-            key,
-            reason,
-        })?;
+        self.validate_conversions()
+            .map_err(|(key, reason)| ConfigError::InvalidRule {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
         let mut seen: Vec<Device> = Vec::new();
         for (key, port) in self.ports.keyed_with_mirror() {
             let device = Device::parse(&port.device).map_err(|reason| invalid(key, reason))?;
@@ -1645,7 +1646,8 @@ device = "net_af_packet1,iface=gws0"
     #[test]
     fn upgrade_and_downgrade_rules_need_tls_intercepted_ports_and_one_worker_to_move_the_port() {
         let tls = "[intercept]\ntcp_ports = [80, 443]\n[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\n";
-        let upgrade = "[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"www.lab.test\"\n";
+        let upgrade =
+            "[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"www.lab.test\"\n";
         let config = parse(&format!("{MINIMAL}{tls}{upgrade}")).expect("valid");
         let conversions = config.policy.conversions();
         assert_eq!(conversions[0].2.server_port(80), 443);

@@ -2281,9 +2281,7 @@ impl Shared {
                 .map_err(|err| format!("upgrade: server_name {name:?}: {err}"))?,
             None => rustls::pki_types::ServerName::IpAddress(tuple.dst_ip.into()),
         };
-        let config = context
-            .upgrade_config()
-            .map_err(|err| format!("upgrade: {err}"))?;
+        let config = context.upgrade_config().map_err(|err| format!("upgrade: {err}"))?;
         let client = pipeline::TlsClient::new(config, name).map_err(|err| format!("upgrade: {err}"))?;
         Ok(Connection::upgraded(client, self.hold_synack))
     }
@@ -2337,7 +2335,10 @@ impl Shared {
             }
         };
         if let Some(reason) = failure {
-            tracing::info!("{} failed: {reason}", session.decision.as_ref().map_or("conversion", |d| d.action.name()));
+            tracing::info!(
+                "{} failed: {reason}",
+                session.decision.as_ref().map_or("conversion", |d| d.action.name())
+            );
             self.counters.conversion_failed += 1;
             session.ended = Some(reason);
             session.conn.fail();

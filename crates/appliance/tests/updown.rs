@@ -172,10 +172,7 @@ fn an_upgraded_client_is_reset_and_its_plaintext_kept_from_an_origin_whose_certi
     let record = only_record(&mut lab, &log);
     assert_eq!(record["decision"], "upgrade", "{record}");
     assert_eq!(record["upstream_verified"], false, "{record}");
-    assert!(
-        record["ended"].as_str().unwrap().starts_with("TLS failed"),
-        "{record}"
-    );
+    assert!(record["ended"].as_str().unwrap().starts_with("TLS failed"), "{record}");
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.upgraded, counters.conversion_failed), (0, 1));
 }
@@ -216,7 +213,11 @@ fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain
     });
     assert!(done, "exchange: {} request bytes at the server", at_server.len());
     assert_eq!(at_server, REQUEST, "plaintext, byte-exact, on the server's port 8080");
-    assert_eq!(tls.alpn_protocol(), None, "no ALPN: the plain server speaks what the client does without");
+    assert_eq!(
+        tls.alpn_protocol(),
+        None,
+        "no ALPN: the plain server speaks what the client does without"
+    );
     let remote = lab.server.tcp(listener).remote_endpoint().unwrap();
     assert_eq!(
         (remote.addr, remote.port),

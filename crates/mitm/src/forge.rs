@@ -178,7 +178,9 @@ impl Forger {
         let forged = Forged {
             fingerprint: fingerprint(leaf.der()),
             certified: Arc::new(CertifiedKey::new(
-                std::iter::once(leaf.der().clone()).chain(self.ca.chain().cloned()).collect(),
+                std::iter::once(leaf.der().clone())
+                    .chain(self.ca.chain().cloned())
+                    .collect(),
                 Arc::clone(&self.leaf_signing),
             )),
             cache_hit: false,

@@ -333,7 +333,11 @@ impl TlsContext {
     /// appliance CA, TLS 1.2 and 1.3, no ALPN (the plain server speaks
     /// what the client speaks without), the session cache and tickets of
     /// interception. Also returns the certificate.
-    pub fn downgrade_config(&mut self, sni: Option<&str>, ip: IpAddr) -> Result<(Arc<ServerConfig>, Forged), MitmError> {
+    pub fn downgrade_config(
+        &mut self,
+        sni: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(Arc<ServerConfig>, Forged), MitmError> {
         let forged = self.forger.forge_for_name(sni, ip, self.clock.now())?;
         // Keyed apart from interception's (which pin one version and suite).
         let key = (forged.fingerprint.clone(), None, 0, 0);

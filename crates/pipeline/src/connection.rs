@@ -316,9 +316,7 @@ impl Connection {
             (Transform::Terminate(server), _) => {
                 relay_tls(&mut **server, &mut (), io, inspection, &mut self.bytes, tap)
             }
-            (Transform::Upgrade(client), _) => {
-                relay_tls(&mut **client, &mut (), io, inspection, &mut self.bytes, tap)
-            }
+            (Transform::Upgrade(client), _) => relay_tls(&mut **client, &mut (), io, inspection, &mut self.bytes, tap),
         }
     }
 

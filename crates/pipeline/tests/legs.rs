@@ -458,7 +458,11 @@ fn an_upgraded_client_speaks_plain_and_the_server_gets_its_bytes_over_tls_only_a
     assert_eq!(at_server, request, "the plaintext arrives byte-exact, encrypted");
     assert!(server_closed, "close_notify after the request");
     assert!(legs.get(Leg::Server).fin_from_pipeline, "then the FIN");
-    assert_eq!(server.server_name(), Some("www.lab.test"), "the SNI is the name verified");
+    assert_eq!(
+        server.server_name(),
+        Some("www.lab.test"),
+        "the SNI is the name verified"
+    );
 
     // The server answers and closes: the plaintext and a FIN to the client.
     let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -496,10 +500,7 @@ fn an_upgraded_connection_to_a_server_whose_certificate_does_not_verify_fails_wi
     }
     let failure = failure.expect("the handshake fails");
     assert!(
-        matches!(
-            failure,
-            mitm::MitmError::Server(rustls::Error::InvalidCertificate(_))
-        ),
+        matches!(failure, mitm::MitmError::Server(rustls::Error::InvalidCertificate(_))),
         "{failure:?}"
     );
     // The server never got the plaintext, nor the end of the handshake.
