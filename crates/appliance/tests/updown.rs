@@ -4,8 +4,9 @@
 //! certificate verified against the upstream trust (one that does not
 //! verify costs the client a RST and never sees the plaintext); a rustls
 //! client on 443 gets a certificate forged for its SNI and the plain server
-//! on 8080 the plaintext, from the client's own address. Both are counted
-//! and logged with their decision.
+//! on 8080 the plaintext, from the client's own address. The plaintext goes
+//! round the inspection box. Both are counted and logged with their
+//! decision.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -13,12 +14,15 @@ mod harness;
 use std::io::Write;
 use std::sync::Arc;
 
+use appliance::config::InspectFailure;
 use appliance::policy::{Action, Policy, PolicyRules, RuleConfig};
+use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::tls::{drive, interception, origin, provider, Scratch};
-use harness::{close_both, exchange, policy, v4, Lab, CLIENT_V4, SERVER_V4};
+use harness::{close_both, exchange, policy, v4, BoxMode, Lab, CLIENT_V4, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::IpAddress;
 
@@ -58,6 +62,12 @@ struct Setup {
 /// The appliance with [`rules`] in front of an origin for origin.test; its
 /// upstream trust is the origin's CA, or another one (`trusted: false`).
 fn setup(name: &str, trusted: bool) -> Setup {
+    setup_inspected(name, trusted, None)
+}
+
+/// [`setup`] with the plaintext through an in-memory inspection box in
+/// `inspection` mode.
+fn setup_inspected(name: &str, trusted: bool, inspection: Option<BoxMode>) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin();
     let trust = if trusted { origin_ca } else { harness::tls::origin().1 };
@@ -66,9 +76,18 @@ fn setup(name: &str, trusted: bool) -> Setup {
     let connection_log = Arc::clone(&log.log);
     let mut converting = policy(&[80, 443]);
     converting.rules = Policy::new(&PolicyRules::from(rules()), Arc::default(), false).unwrap();
-    let lab = Lab::with_engine(&converting, |engine| {
-        engine.with_tls(context).with_connection_log(connection_log)
-    });
+    let finish = |engine: appliance::engine::Engine<_>| engine.with_tls(context).with_connection_log(connection_log);
+    let lab = match inspection {
+        Some(mode) => {
+            let settings = InspectionSettings {
+                failure: InspectFailure::FailClosed,
+                syn_timeout: netstack::Duration::from_millis(1_000),
+                timeout: netstack::Duration::from_millis(3_000),
+            };
+            Lab::with_inspection_and(&converting, settings, mode, finish)
+        }
+        None => Lab::with_engine(&converting, finish),
+    };
     Setup {
         lab,
         ca,
@@ -88,17 +107,17 @@ fn only_record(lab: &mut Lab, log: &LogFile) -> serde_json::Value {
     record
 }
 
-#[test]
-fn a_plain_client_is_upgraded_to_the_origins_verified_tls_on_another_port() {
-    let Setup {
-        mut lab,
-        origin,
-        log,
-        _scratch,
-        ..
-    } = setup("updown-upgrade", true);
+/// A plain client on `local_port` sends [`REQUEST`] to port 80; the
+/// rustls origin on 443 answers [`RESPONSE`] once the request arrived.
+/// Returns the client's and the origin's sockets, the origin's TLS, and
+/// what the client received.
+fn upgraded_exchange(
+    lab: &mut Lab,
+    origin: Arc<rustls::ServerConfig>,
+    local_port: u16,
+) -> (SocketHandle, SocketHandle, ServerConnection, Vec<u8>) {
     let listener = lab.server.listen(443, 64 * 1024);
-    let client = lab.client.connect(v4(SERVER_V4, 80), 46_000, 64 * 1024);
+    let client = lab.client.connect(v4(SERVER_V4, 80), local_port, 64 * 1024);
     let mut server = ServerConnection::new(origin).unwrap();
     let (mut to_server, mut at_client, mut at_server) = (REQUEST, Vec::new(), Vec::new());
     let mut answered = false;
@@ -117,9 +136,24 @@ fn a_plain_client_is_upgraded_to_the_origins_verified_tls_on_another_port() {
             answered = true;
             server.writer().write_all(RESPONSE).unwrap();
         }
-        at_client == RESPONSE
+        at_client.len() >= RESPONSE.len()
     });
     assert!(done, "exchange: {} request bytes at the origin", at_server.len());
+    assert_eq!(at_server, REQUEST);
+    (client, listener, server, at_client)
+}
+
+#[test]
+fn a_plain_client_is_upgraded_to_the_origins_verified_tls_on_another_port() {
+    let Setup {
+        mut lab,
+        origin,
+        log,
+        _scratch,
+        ..
+    } = setup("updown-upgrade", true);
+    let (client, listener, mut server, at_client) = upgraded_exchange(&mut lab, origin, 46_000);
+    assert_eq!(at_client, RESPONSE);
     assert_eq!(server.server_name(), Some("origin.test"), "server_name is the SNI");
     assert!(server.protocol_version().is_some(), "the origin spoke TLS");
     // The origin sees the client's own address and port.
@@ -129,7 +163,7 @@ fn a_plain_client_is_upgraded_to_the_origins_verified_tls_on_another_port() {
         (IpAddress::from(std::net::Ipv4Addr::from(CLIENT_V4)), 46_000)
     );
     server.send_close_notify();
-    drive(&mut lab.server, listener, &mut server, &mut at_server);
+    drive(&mut lab.server, listener, &mut server, &mut Vec::new());
     close_both(&mut lab, client, listener);
 
     let record = only_record(&mut lab, &log);
@@ -142,6 +176,22 @@ fn a_plain_client_is_upgraded_to_the_origins_verified_tls_on_another_port() {
     assert_eq!(record["plaintext_server_to_client"], RESPONSE.len(), "{record}");
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.upgraded, counters.conversion_failed), (1, 0));
+}
+
+#[test]
+fn an_upgraded_connections_plaintext_goes_through_the_inspection_box_both_ways() {
+    let Setup {
+        mut lab,
+        origin,
+        _scratch,
+        ..
+    } = setup_inspected("updown-inspected", true, Some(BoxMode::Rewrite(b"hello", b"HELLO")));
+    let (client, listener, _server, at_client) = upgraded_exchange(&mut lab, origin, 46_003);
+    assert!(at_client.ends_with(b"HELLO"), "the box's version reached the client");
+    let inspection = lab.inspection.as_ref().unwrap();
+    assert_eq!(inspection.seen_up, REQUEST, "the box saw the plain request");
+    assert!(inspection.seen_down.ends_with(b"HELLO"));
+    close_both(&mut lab, client, listener);
 }
 
 #[test]
