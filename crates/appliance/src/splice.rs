@@ -129,8 +129,9 @@ pub enum Unreachable {
     /// An intercepted session ended: the error goes on to its client,
     /// quoting `client_isn` (the client's own SYN).
     PassOn { client_isn: u32 },
-    /// A terminated session's backend leg: its client was reset; the error
-    /// is the appliance's own, not passed on.
+    /// A server leg the client does not know of (a terminated session's
+    /// backend leg, a converted session's leg on another port): its client
+    /// was reset; the error is the appliance's own, not passed on.
     BackendLeg,
 }
 
@@ -1407,6 +1408,25 @@ impl Splicer {
             self.shared.counters.backend_refused += 1;
             session.ended = Some("backend unreachable (ICMP)".into());
             tracing::info!("backend unreachable (ICMP): {:?}", session.tuple);
+            self.shared.end_tls(session);
+            if let Some(client) = session.client {
+                let _ = stack.abort(client);
+            }
+            return Unreachable::BackendLeg;
+        }
+        let tuple = session.tuple;
+        if let Some(conversion) = session
+            .conversion
+            .as_ref()
+            .filter(|c| c.server_port(tuple.dst_port) != tuple.dst_port)
+        {
+            // The error quotes the port the server leg moved to, which the
+            // client never used: it gets a RST instead (a refused connection).
+            self.shared.counters.server_unreachable += 1;
+            session.ended = Some(format!(
+                "server unreachable (ICMP) on port {}",
+                conversion.server_port(tuple.dst_port)
+            ));
             self.shared.end_tls(session);
             if let Some(client) = session.client {
                 let _ = stack.abort(client);

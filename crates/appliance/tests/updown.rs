@@ -285,3 +285,28 @@ fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.downgraded, counters.conversion_failed), (1, 0));
 }
+
+#[test]
+fn an_upgraded_client_whose_moved_server_leg_is_unreachable_is_reset_not_left_waiting() {
+    let Setup {
+        mut lab,
+        origin,
+        log,
+        _scratch,
+        ..
+    } = setup("updown-unreachable", true);
+    // A first connection: the hosts learn each other's MAC.
+    let (client, listener, _, _) = upgraded_exchange(&mut lab, origin, 46_005);
+    close_both(&mut lab, client, listener);
+    assert!(lab.run_until(10_000, |_| !log.records().is_empty()));
+    lab.server_online = false;
+    lab.server_unreachable = true;
+    let client = lab.client.connect(v4(SERVER_V4, 80), 46_004, 4096);
+    // The ICMP error quotes port 443, which the client never used: it gets
+    // a RST instead, at once rather than after its SYN retransmissions.
+    assert!(lab.run_until(500, |lab| lab.client.tcp(client).state() == State::Closed));
+    assert_eq!(lab.engine.splicer().counters().server_unreachable, 1);
+    assert!(lab.run_until(10_000, |_| log.records().len() == 2));
+    let record = &log.records()[1];
+    assert_eq!(record["ended"], "server unreachable (ICMP) on port 443", "{record}");
+}
