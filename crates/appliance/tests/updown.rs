@@ -227,25 +227,26 @@ fn an_upgraded_client_is_reset_and_its_plaintext_kept_from_an_origin_whose_certi
     assert_eq!((counters.upgraded, counters.conversion_failed), (0, 1));
 }
 
-#[test]
-fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain_server() {
-    let Setup {
-        mut lab,
-        ca,
-        log,
-        _scratch,
-        ..
-    } = setup("updown-downgrade", true);
+/// A rustls client trusting the appliance CA `ca` connects to port 443 as
+/// `name` from `local_port`, sends [`REQUEST`]; the plain server on 8080
+/// answers [`RESPONSE`] once the request arrived. Returns the client's and
+/// the server's sockets and the client's TLS.
+fn downgraded_exchange(
+    lab: &mut Lab,
+    ca: &CertificateDer<'static>,
+    name: ServerName<'static>,
+    local_port: u16,
+) -> (SocketHandle, SocketHandle, ClientConnection) {
     let listener = lab.server.listen(8080, 64 * 1024);
-    let client = lab.client.connect(v4(SERVER_V4, 443), 46_002, 64 * 1024);
+    let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
     let mut roots = RootCertStore::empty();
-    roots.add(ca).unwrap();
+    roots.add(ca.clone()).unwrap();
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut tls = ClientConnection::new(Arc::new(config), ServerName::try_from("plain.test").unwrap()).unwrap();
+    let mut tls = ClientConnection::new(Arc::new(config), name).unwrap();
     tls.writer().write_all(REQUEST).unwrap();
     let (mut to_client, mut at_client, mut at_server) = (RESPONSE, Vec::new(), Vec::new());
     let done = lab.run_until(10_000, |lab| {
@@ -263,6 +264,20 @@ fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain
     });
     assert!(done, "exchange: {} request bytes at the server", at_server.len());
     assert_eq!(at_server, REQUEST, "plaintext, byte-exact, on the server's port 8080");
+    (client, listener, tls)
+}
+
+#[test]
+fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain_server() {
+    let Setup {
+        mut lab,
+        ca,
+        log,
+        _scratch,
+        ..
+    } = setup("updown-downgrade", true);
+    let name = ServerName::try_from("plain.test").unwrap();
+    let (client, listener, mut tls) = downgraded_exchange(&mut lab, &ca, name, 46_002);
     assert_eq!(
         tls.alpn_protocol(),
         None,
@@ -274,7 +289,7 @@ fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain
         (IpAddress::from(std::net::Ipv4Addr::from(CLIENT_V4)), 46_002)
     );
     tls.send_close_notify();
-    drive(&mut lab.client, client, &mut tls, &mut at_client);
+    drive(&mut lab.client, client, &mut tls, &mut Vec::new());
     close_both(&mut lab, client, listener);
 
     let record = only_record(&mut lab, &log);
@@ -284,6 +299,23 @@ fn a_tls_client_is_downgraded_with_a_certificate_forged_for_its_sni_to_the_plain
     assert_eq!(record["client_tls_version"], "TLSv1_3", "{record}");
     let counters = lab.engine.splicer().counters();
     assert_eq!((counters.downgraded, counters.conversion_failed), (1, 0));
+}
+
+#[test]
+fn a_downgraded_client_without_sni_gets_a_certificate_for_the_destination_address() {
+    let Setup {
+        mut lab,
+        ca,
+        log,
+        _scratch,
+        ..
+    } = setup("updown-downgrade-ip", true);
+    let name = ServerName::IpAddress(std::net::IpAddr::from(SERVER_V4).into());
+    let (client, listener, _tls) = downgraded_exchange(&mut lab, &ca, name, 46_006);
+    close_both(&mut lab, client, listener);
+    let record = only_record(&mut lab, &log);
+    assert_eq!(record["sni"], serde_json::Value::Null, "{record}");
+    assert_eq!(record["decision"], "downgrade", "{record}");
 }
 
 #[test]
