@@ -3,10 +3,11 @@
 //! A connection is a pipeline: client leg ⇄ client transform ⇄ plaintext
 //! relay (± the inspection loop) ⇄ server transform ⇄ server leg. The
 //! transforms are plain (bytes pass untouched), TLS interception
-//! ([`mitm::TlsSession`] couples the client's and the server's TLS), and TLS
+//! ([`mitm::TlsSession`] couples the client's and the server's TLS), TLS
 //! termination ([`TlsServer`]: the service's own certificate towards the
 //! client, plaintext to the backend after an optional preamble such as a
-//! PROXY protocol header).
+//! PROXY protocol header), and STARTTLS (a plaintext preamble relayed under
+//! a [`starttls::Negotiation`] until the upgrade, then interception).
 //!
 //! [`Connection`] holds one connection's state (one [`State`]) and relays
 //! with back-pressure ([`TLS_BACKLOG`]), half-closes and close_notify
@@ -21,10 +22,12 @@
 
 mod connection;
 mod inflight;
+mod preamble;
 mod terminate;
 mod transform;
 
 pub use connection::Connection;
+pub use preamble::{PreambleError, PreambleEvent};
 pub use terminate::TlsServer;
 pub use transform::TlsTransform;
 
