@@ -77,14 +77,16 @@ impl Connection {
 
     /// A STARTTLS connection to `server_ip`: its preamble is relayed under
     /// `watcher` ([`Connection::pump_preamble`]) until the upgrade, then its
-    /// TLS is intercepted.
+    /// TLS is intercepted. `require_tls`: content in plaintext, or a refused
+    /// upgrade, fails it instead of passing on.
     pub fn starttls(
         watcher: Box<dyn starttls::Negotiation>,
         server_ip: std::net::IpAddr,
+        require_tls: bool,
         connecting: bool,
     ) -> Connection {
         Connection::with(
-            Transform::Starttls(Box::new(Preamble::new(watcher, server_ip))),
+            Transform::Starttls(Box::new(Preamble::new(watcher, server_ip, require_tls))),
             connecting,
         )
     }

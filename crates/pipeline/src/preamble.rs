@@ -41,6 +41,13 @@ pub enum PreambleError {
     Negotiation(#[from] NegotiationError),
     #[error("the server sent {0} bytes after accepting the upgrade, before TLS")]
     ServerSpokeAfterAccept(usize),
+    /// `require_tls`: the client sent content in plaintext (not passed on).
+    #[error("require_tls: {0} content before STARTTLS")]
+    PlaintextContent(starttls::Protocol),
+    /// `require_tls`: the server refused the upgrade (its refusal not
+    /// passed on).
+    #[error("require_tls: the server refused the {0} upgrade")]
+    UpgradeRefused(starttls::Protocol),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +74,9 @@ pub(crate) struct Reports {
 pub(crate) struct Preamble {
     watcher: Box<dyn Negotiation>,
     phase: Phase,
+    /// Plaintext content and a refused upgrade fail the connection, their
+    /// bytes not passed on.
+    require_tls: bool,
     /// The server's address, for the TLS interception that follows.
     pub(crate) server_ip: IpAddr,
     /// Passed client bytes waiting for the loop, then for the server leg.
@@ -78,10 +88,11 @@ pub(crate) struct Preamble {
 }
 
 impl Preamble {
-    pub(crate) fn new(watcher: Box<dyn Negotiation>, server_ip: IpAddr) -> Preamble {
+    pub(crate) fn new(watcher: Box<dyn Negotiation>, server_ip: IpAddr, require_tls: bool) -> Preamble {
         Preamble {
             watcher,
             phase: Phase::Plain,
+            require_tls,
             server_ip,
             into_loop_up: Vec::new(),
             to_server: Vec::new(),
@@ -196,6 +207,9 @@ impl Preamble {
         }
         let got = buf.get(..read).unwrap_or_default();
         let step = self.watcher.from_server(got)?;
+        if self.require_tls && step.event == Some(ServerEvent::UpgradeRefused) {
+            return Err(PreambleError::UpgradeRefused(self.protocol()));
+        }
         let passed = got.get(..step.pass).unwrap_or(got);
         if looped {
             self.into_loop_down.extend_from_slice(passed);
@@ -249,6 +263,9 @@ impl Preamble {
         bytes.0 += read as u64;
         let got = buf.get(..read).unwrap_or_default();
         let step = self.watcher.from_client(got)?;
+        if self.require_tls && step.event == Some(ClientEvent::PlaintextContent) {
+            return Err(PreambleError::PlaintextContent(self.protocol()));
+        }
         let passed = got.get(..step.pass).unwrap_or(got);
         reports.discarded += (read - passed.len()) as u64;
         if looped {

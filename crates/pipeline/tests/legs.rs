@@ -554,7 +554,7 @@ const SERVER_IP: &str = "198.18.1.2";
 
 /// A STARTTLS connection over fresh legs, its server leg connected.
 fn starttls_connection() -> (Connection, Legs) {
-    let conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), false);
+    let conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), false, false);
     (conn, Legs::new())
 }
 
@@ -814,4 +814,33 @@ fn with_an_inspection_loop_the_preamble_and_the_upgraded_plaintext_go_through_th
     let mut at_server = Vec::new();
     peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
     assert_eq!(at_server, b"EHLO again\r\n");
+}
+
+#[test]
+fn require_tls_fails_plaintext_content_and_a_refusal_without_passing_them_on() {
+    let mut conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), true, false);
+    let mut legs = Legs::new();
+    greet(&mut conn, &mut legs);
+    legs.wire(Leg::Client).to_pipeline.extend(b"MAIL FROM:<a@lab.test>\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::PlaintextContent(starttls::Protocol::Smtp))
+    );
+    assert!(
+        legs.get(Leg::Server).from_pipeline.is_empty(),
+        "the content never reached the server"
+    );
+
+    let mut conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), true, false);
+    let mut legs = Legs::new();
+    greet(&mut conn, &mut legs);
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    legs.wire(Leg::Server)
+        .to_pipeline
+        .extend(b"454 4.7.0 TLS not available\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::UpgradeRefused(starttls::Protocol::Smtp))
+    );
+    assert!(legs.get(Leg::Client).from_pipeline.is_empty());
 }
