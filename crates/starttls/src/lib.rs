@@ -8,9 +8,46 @@
 //! plaintext. It never writes a byte of its own, so the appliance relays the
 //! preamble byte for byte; what it buffers is bounded, and malformed or
 //! oversized input is an error, never a panic. No clock, no I/O.
+//!
+//! [`negotiation`] makes the watcher of a protocol. Each one reads the
+//! protocol's framing on both sides (lines, multi-line replies, literals,
+//! message bodies, binary message lengths) and pairs every request with its
+//! answer, so content that merely looks like an upgrade command is never
+//! taken for one and an answer the watcher cannot pair fails the connection
+//! instead of being guessed at. Lines of text are at most [`LINE_LIMIT`]
+//! bytes.
 #![forbid(unsafe_code)]
 
 use std::fmt;
+
+mod line;
+mod smtp;
+
+pub use line::LINE_LIMIT;
+
+/// The watcher of `protocol`'s preamble, or `None` for a protocol whose
+/// watcher is not built yet (IMAP, POP3 and PostgreSQL follow; XMPP and FTP
+/// are added separately).
+///
+/// What every watcher does beyond the trait's contract:
+/// - After the upgrade request, [`Negotiation::from_client`] passes nothing
+///   (`pass` 0, no event) until the server answered: the caller discards
+///   those bytes. After a refusal the watcher reads the client's next bytes
+///   as the start of a command.
+/// - Once the upgrade was accepted, more bytes from either peer are an
+///   error ([`NegotiationError::Malformed`]).
+/// - One piece of client bytes reports one event: if the first plaintext
+///   content and the upgrade request both arrive in it, the event is
+///   [`ClientEvent::PlaintextContent`] (so `require_tls` still blocks) and
+///   `pass` still ends at the request; [`Negotiation::awaiting_server`] then
+///   tells the request is pending. On the server side an accepted or refused
+///   upgrade outranks [`ServerEvent::UpgradeOffered`] in the same piece.
+pub fn negotiation(protocol: Protocol) -> Option<Box<dyn Negotiation>> {
+    match protocol {
+        Protocol::Smtp => Some(Box::new(smtp::Smtp::new())),
+        Protocol::Imap | Protocol::Pop3 | Protocol::Postgres | Protocol::Xmpp | Protocol::Ftp => None,
+    }
+}
 
 /// A protocol that upgrades a plaintext connection to TLS in band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,11 +184,35 @@ pub enum NegotiationError {
     LineTooLong { peer: Peer, limit: usize },
     #[error("the {peer} sent bytes the protocol does not allow here: {what}")]
     Malformed { peer: Peer, what: &'static str },
+    /// A legitimate turn of the protocol that the appliance cannot
+    /// intercept (PostgreSQL's GSSAPI encryption, its direct TLS without
+    /// SSLRequest): failing the connection is the only way not to let it
+    /// pass uninspected.
+    #[error("the {peer} chose {what}, which cannot be intercepted")]
+    Unsupported { peer: Peer, what: &'static str },
+}
+
+/// Keeps the first event of a piece of client bytes: a first plaintext
+/// content is always before the upgrade request, nothing being read after
+/// the request.
+fn note_client(slot: &mut Option<ClientEvent>, event: ClientEvent) {
+    slot.get_or_insert(event);
+}
+
+/// Keeps the weightiest event of a piece of server bytes: an answer to the
+/// upgrade request outranks the offer.
+fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
+    if event != ServerEvent::UpgradeOffered || slot.is_none() {
+        *slot = Some(event);
+    }
 }
 
 /// Watches one connection's preamble (see the crate documentation). Made by
 /// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
 /// was accepted, and not after.
+// `from_client`/`from_server` name the peer the bytes come from, not a
+// conversion.
+#[allow(clippy::wrong_self_convention)]
 pub trait Negotiation: Send {
     fn protocol(&self) -> Protocol;
     /// The client sent `bytes` (the next ones, in order).
