@@ -448,7 +448,7 @@ fn check(config_path: &Path) -> Result<()> {
 }
 
 fn intercepts_tls(config: &Config) -> bool {
-    !config.intercept.tcp_ports.is_empty() && config.intercept.mode == appliance::config::InterceptMode::Tls
+    config.intercepts_tls()
 }
 
 fn replay(

@@ -57,11 +57,7 @@ pub type Cut<'a> = &'a dyn Fn(usize, &[u8]) -> Vec<Vec<u8>>;
 
 /// Runs `transcript` through a new watcher, chunk `index` cut by `cut`
 /// into the pieces it returns.
-pub fn run_cut(
-    protocol: Protocol,
-    transcript: &[(Side, &[u8])],
-    cut: Cut,
-) -> Result<Outcome, NegotiationError> {
+pub fn run_cut(protocol: Protocol, transcript: &[(Side, &[u8])], cut: Cut) -> Result<Outcome, NegotiationError> {
     let mut watcher = watcher(protocol);
     let mut outcome = Outcome {
         passed: Vec::new(),
