@@ -490,7 +490,7 @@ impl<P: Port> Engine<P> {
                 && !info.flags.rst
                 && class.is_tcp_candidate();
             let serves = syn && splicer.serves(tuple);
-            let starttls = splicer.starttls(tuple.dst_port).filter(|_| syn);
+            let starttls = if syn { splicer.starttls(tuple.dst_port) } else { None };
             let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some());
             match flow {
                 Some(flow) => {
