@@ -1730,9 +1730,16 @@ device = "net_af_packet1,iface=gws0"
              [[starttls]]\nprotocol = \"smtp\"\nports = [2525]\naction = \"bypass\"\n"
         ))
         .expect("valid");
-        assert!(config.intercepts_tls(), "a [[starttls]] that intercepts needs the CA alone");
+        assert!(
+            config.intercepts_tls(),
+            "a [[starttls]] that intercepts needs the CA alone"
+        );
         assert_eq!(
-            config.starttls_ports().iter().map(|entry| (entry.port, entry.action, entry.require_tls)).collect::<Vec<_>>(),
+            config
+                .starttls_ports()
+                .iter()
+                .map(|entry| (entry.port, entry.action, entry.require_tls))
+                .collect::<Vec<_>>(),
             [
                 (25, crate::policy::Action::Intercept, true),
                 (587, crate::policy::Action::Intercept, true),
@@ -1742,17 +1749,34 @@ device = "net_af_packet1,iface=gws0"
         assert_eq!(config.tcp.starttls_timeout_ms, 30_000);
         for (entry, key, says) in [
             ("protocol = \"smtps\"", "starttls[0].protocol", "is not one of smtp"),
-            ("protocol = \"smtp\"\nports = []", "starttls[0].ports", "must not be empty"),
-            ("protocol = \"smtp\"\nports = [443]", "starttls[0].ports", "intercept.tcp_ports"),
-            ("protocol = \"smtp\"\naction = \"bypass\"\nrequire_tls = true", "starttls[0].require_tls", "intercept"),
+            (
+                "protocol = \"smtp\"\nports = []",
+                "starttls[0].ports",
+                "must not be empty",
+            ),
+            (
+                "protocol = \"smtp\"\nports = [443]",
+                "starttls[0].ports",
+                "intercept.tcp_ports",
+            ),
+            (
+                "protocol = \"smtp\"\naction = \"bypass\"\nrequire_tls = true",
+                "starttls[0].require_tls",
+                "intercept",
+            ),
         ] {
-            let message = rejection(&format!("{MINIMAL}{tls}[intercept]\ntcp_ports = [443]\n[[starttls]]\n{entry}\n"));
+            let message = rejection(&format!(
+                "{MINIMAL}{tls}[intercept]\ntcp_ports = [443]\n[[starttls]]\n{entry}\n"
+            ));
             assert!(message.contains(key) && message.contains(says), "{entry}: {message}");
         }
         let message = rejection(&format!(
             "{MINIMAL}{tls}[[starttls]]\nprotocol = \"smtp\"\n[[starttls]]\nprotocol = \"smtp\"\nports = [587]\n"
         ));
-        assert!(message.contains("starttls[1].ports") && message.contains("starttls[0]"), "{message}");
+        assert!(
+            message.contains("starttls[1].ports") && message.contains("starttls[0]"),
+            "{message}"
+        );
         let message = rejection(&format!("{MINIMAL}[[starttls]]\nprotocol = \"smtp\"\n"));
         assert!(message.contains("tls.ca_cert"), "{message}");
         let message = rejection(&format!(

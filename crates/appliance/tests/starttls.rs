@@ -5,7 +5,9 @@
 //! SMTP clients do, and the origin's certificate is verified for its
 //! address); commands injected after STARTTLS never reach the server;
 //! `require_tls` blocks plaintext mail; a server silent in the preamble is
-//! reset after `tcp.starttls_timeout_ms`. Each is counted and logged.
+//! reset after `tcp.starttls_timeout_ms`; an inspection box sees the
+//! commands before and after the upgrade in plaintext. Each is counted and
+//! logged.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -14,11 +16,13 @@ use std::io::Write;
 use std::ops::DerefMut;
 use std::sync::Arc;
 
+use appliance::config::InspectFailure;
 use appliance::config::StarttlsPort;
 use appliance::policy::Action;
+use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::tls::{drive, interception, origin_for, provider, Scratch};
-use harness::{assert_no_leaks, exchange, policy, v4, Host, Lab, SERVER_V4};
+use harness::{assert_no_leaks, exchange, policy, v4, BoxMode, Host, Lab, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{
     ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
@@ -38,6 +42,11 @@ struct Setup {
 /// `tcp.starttls_timeout_ms` 2 s), logging connections, in front of an
 /// origin whose certificate names mx.lab.test and the server's address.
 fn setup(name: &str, require_tls: bool) -> Setup {
+    setup_with(name, require_tls, false)
+}
+
+/// [`setup`], with an inspection box that passes everything when `inspect`.
+fn setup_with(name: &str, require_tls: bool, inspect: bool) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin_for(&["mx.lab.test"], rustls::DEFAULT_VERSIONS);
     let (context, ca) = interception(&scratch, &origin_ca);
@@ -51,9 +60,18 @@ fn setup(name: &str, require_tls: bool) -> Setup {
         require_tls,
     }];
     intercept.limits.starttls_timeout = netstack::Duration::from_millis(2_000);
-    let lab = Lab::with_engine(&intercept, |engine| {
-        engine.with_tls(context).with_connection_log(connection_log)
-    });
+    let finish =
+        |engine: appliance::engine::Engine<port::MemPort>| engine.with_tls(context).with_connection_log(connection_log);
+    let lab = if inspect {
+        let settings = InspectionSettings {
+            failure: InspectFailure::FailClosed,
+            syn_timeout: netstack::Duration::from_secs(1),
+            timeout: netstack::Duration::from_secs(3),
+        };
+        Lab::with_inspection_and(&intercept, settings, BoxMode::Pass, finish)
+    } else {
+        Lab::with_engine(&intercept, finish)
+    };
     Setup {
         lab,
         ca,
@@ -310,5 +328,29 @@ fn a_server_silent_in_the_preamble_is_reset_after_the_starttls_timeout() {
         record["ended"],
         "timed out: no answer from the server in the STARTTLS preamble within 2000 ms"
     );
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn the_inspection_box_sees_the_preamble_and_the_upgraded_plaintext() {
+    let mut setup = setup_with("starttls-inspect", false, true);
+    upgrade_and_send_mail(&mut setup, 46_400, b"STARTTLS\r\n", b"STARTTLS\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    let seen = &lab.inspection.as_ref().unwrap();
+    let up = String::from_utf8_lossy(&seen.seen_up);
+    let down = String::from_utf8_lossy(&seen.seen_down);
+    assert!(
+        up.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\nEHLO client.lab.test\r\nMAIL FROM:<a@lab.test>\r\n"),
+        "the box saw the commands before and after the upgrade, in plaintext: {up:?}"
+    );
+    assert!(
+        down.starts_with("220 mx.lab.test ESMTP\r\n250-mx.lab.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n220 2.0.0"),
+        "{down:?}"
+    );
+    assert!(down.contains("250 AUTH PLAIN"), "{down:?}");
+    assert_eq!(lab.engine.splicer().counters().inspected, 1);
+    let record = record(lab, log);
+    assert_eq!(record["inspection"], "inspected", "{record}");
+    assert_eq!(record["starttls_outcome"], "upgraded");
     assert_no_leaks(lab);
 }
