@@ -36,7 +36,8 @@ PACKAGES=(
   prometheus                     # promtool check metrics: the metrics endpoint's tests (the server stays off)
   debootstrap                    # the Debian 13 chroot holding Suricata (scripts/lab-suricata.sh install)
   # The STARTTLS peers of tests/lab/starttls-peers.sh (own instances in tg-srv; the host daemons stay off)
-  postfix swaks libnet-ssleay-perl  # SMTP 25/587 STARTTLS, and its client (swaks --tls needs Net::SSLeay)
+  postfix swaks                  # SMTP 25/587 STARTTLS, and its client; swaks --tls needs Net::SSLeay,
+  libnet-ssleay-perl libio-socket-inet6-perl  # and IPv6 IO::Socket::INET6
   dovecot-imapd dovecot-pop3d    # IMAP 143 / POP3 110 STARTTLS
   prosody python3-slixmpp        # XMPP 5222 STARTTLS, and a real XMPP client library
   vsftpd                         # FTP 21 AUTH TLS

@@ -239,7 +239,7 @@ service pop3-login {
   }
 }
 CONF
-in_srv dovecot -c "$dc/dovecot.conf" || die "dovecot did not start: $(tail -5 "$dc/dovecot.log" 2>/dev/null)"
+in_srv dovecot -c "$dc/dovecot.conf" >"$dc/console.log" 2>&1 </dev/null || die "dovecot did not start: $(tail -5 "$dc/dovecot.log" 2>/dev/null)"
 
 # --- Prosody: XMPP 5222 ----------------------------------------------------------------
 px="$dir/prosody"
