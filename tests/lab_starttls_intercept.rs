@@ -3,7 +3,9 @@
 //! clients in the client namespace, which trust only the appliance CA, and
 //! Postfix of tests/lab/starttls-peers.sh in the server namespace, whose lab
 //! CA the appliance trusts upstream. The clients are those of the direct
-//! baselines (tests/common/starttls.rs, tests/lab_starttls.rs). Run only
+//! baselines (tests/common/starttls.rs, tests/lab_starttls.rs); with the
+//! inspection pair, the recording box of scripts/inspect-box.sh sees the
+//! whole SMTP conversation in plaintext. Run only
 //! through the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_starttls_intercept -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
@@ -12,7 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::lab::{appliance_ca, await_records, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{queue_id, s_client, s_client_dialogue, swaks, StarttlsPeers, SERVER_NAME};
 use common::{repo, Scratch};
 
@@ -31,11 +33,25 @@ struct Intercepting {
 
 impl Intercepting {
     fn up(name: &str) -> Intercepting {
+        Intercepting::on("configs/lab.toml", name)
+    }
+
+    /// On the four-port lab (the inspection pair, a 500 ms SYN timeout):
+    /// start the box first.
+    fn inspected(name: &str) -> Intercepting {
+        Intercepting::on("configs/lab-inspect.toml", name)
+    }
+
+    /// tlsgate on the lab configuration `base` with `[tls]`, the connection
+    /// log and `[[starttls]] protocol = "smtp"`.
+    fn on(base: &str, name: &str) -> Intercepting {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
         let ca_dir = appliance_ca(&scratch);
-        let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+        let mut config = std::fs::read_to_string(repo().join(base))
+            .expect("lab configuration")
+            .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&format!(
             "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
              [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"smtp\"\n",
@@ -168,4 +184,45 @@ fn openssl_s_client_starttls_smtp_is_intercepted_with_the_forged_certificate_ove
     }
     let report = up.stop();
     assert_eq!(report["tcp"]["starttls_upgraded"], 2, "{report}");
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
+    let up = Intercepting::inspected("starttls-intercept-box");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    let text = mail("inspected");
+    let file = up.scratch.path("inspected.eml");
+    std::fs::write(&file, &text).expect("mail file");
+    swaks(&up.lab, CLI, SRV_V4, 25, &up.ca, &file).expect_ok("swaks through tlsgate and the box");
+    let delivered = up.peers.await_delivered("<inspected@lab.test>");
+    assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
+    // The recorder (tcpflow) holds the client's side of the conversation:
+    // the preamble, then what went inside TLS, in plaintext.
+    let flows = up.scratch.path("box/flows");
+    let recorded: Vec<String> = std::fs::read_dir(&flows)
+        .expect("the box's flows")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .collect();
+    let up_flow = recorded
+        .iter()
+        .find(|flow| flow.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\n"))
+        .unwrap_or_else(|| panic!("no client flow in {}: {recorded:?}", flows.display()));
+    assert!(up_flow.contains("MAIL FROM:<sender@lab.test>"), "{up_flow}");
+    assert!(up_flow.contains("Subject: intercepted inspected"), "{up_flow}");
+    assert!(
+        recorded
+            .iter()
+            .any(|flow| flow.contains("250-STARTTLS") && flow.contains("queued as")),
+        "the server's side, before and after the upgrade: {recorded:?}"
+    );
+    for record in up.upgraded_records(1) {
+        assert_eq!(record["inspection"], "inspected", "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["inspected"], 1, "{report}");
+    inspect_box(&["stop", &dir]);
 }
