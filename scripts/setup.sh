@@ -35,6 +35,13 @@ PACKAGES=(
   chromium                       # headless browser through the appliance (lab tests)
   prometheus                     # promtool check metrics: the metrics endpoint's tests (the server stays off)
   debootstrap                    # the Debian 13 chroot holding Suricata (scripts/lab-suricata.sh install)
+  # The STARTTLS peers of tests/lab/starttls-peers.sh (own instances in tg-srv; the host daemons stay off)
+  postfix swaks                  # SMTP 25/587 STARTTLS, and its client; swaks --tls needs Net::SSLeay,
+  libnet-ssleay-perl libio-socket-inet6-perl  # and IPv6 IO::Socket::INET6
+  dovecot-imapd dovecot-pop3d    # IMAP 143 / POP3 110 STARTTLS
+  prosody python3-slixmpp        # XMPP 5222 STARTTLS, and a real XMPP client library
+  vsftpd                         # FTP 21 AUTH TLS
+  postgresql                     # PostgreSQL 15 (5432, ssl = on); psql is its client
 )
 MIN_RUST="${TG_MIN_RUST:-1.91}"
 
@@ -62,19 +69,38 @@ if ((${#missing[@]})); then
   echo "setup.sh: installing: ${missing[*]}"
   # tshark asks whether non-root users may capture; answer "no" up front.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | run debconf-set-selections
+  # Postfix: "No configuration" (no /etc/postfix/main.cf, nothing delivered by
+  # the host); the lab runs its own instance with its own config directory.
+  echo "postfix postfix/main_mailer_type select No configuration" | run debconf-set-selections
 
   nginx_was_installed=0
   if is_installed nginx-light || is_installed nginx-core; then nginx_was_installed=1; fi
   # Packages whose system-wide daemon the project never uses (it runs its own
   # instances inside the lab namespaces): disabled below when newly installed.
   daemons_new=()
-  for daemon in prometheus haproxy hitch; do
-    is_installed "$daemon" || daemons_new+=("$daemon")
+  for daemon in prometheus haproxy hitch postfix dovecot prosody vsftpd postgresql; do
+    package="$daemon"
+    [[ "$daemon" == dovecot ]] && package=dovecot-core
+    is_installed "$package" || daemons_new+=("$daemon")
   done
+  # No daemon starts while packages install: without a policy-rc.d of the host's
+  # own, a temporary one answers "denied" (101) to invoke-rc.d and
+  # deb-systemd-invoke, so postfix, dovecot, prosody, vsftpd and the
+  # postgresql cluster never run on the host (the lab starts its own).
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts during its install\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+  fi
+  trap '((own_policy)) && rm -f "$policy"' EXIT
 
   run apt-get update -q
-  run apt-get install -y -q --no-install-recommends \
+  run apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 \
       -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+  ((own_policy)) && rm -f "$policy"
+  trap - EXIT
 
   # The nginx package enables and (on a systemd host) starts a system-wide nginx
   # on port 80 in the root namespace. The project only ever runs its own nginx
@@ -90,8 +116,11 @@ if ((${#missing[@]})); then
       kill "$(cat /run/nginx.pid)" 2>/dev/null || true
     fi
   fi
-  # Likewise the prometheus package's own server (only promtool is used) and
-  # the system haproxy and hitch (the lab and bench-terminate.sh start their own).
+  # Likewise the prometheus package's own server (only promtool is used), the
+  # system haproxy and hitch (the lab and bench-terminate.sh start their own)
+  # and the STARTTLS servers (tests/lab/starttls-peers.sh runs its own
+  # instances): stopped if something started them anyway, and disabled so no
+  # boot starts them.
   for daemon in "${daemons_new[@]}"; do
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
       systemctl disable --now "$daemon.service" >>"$log" 2>&1 || true

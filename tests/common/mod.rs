@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod lab;
+pub mod starttls;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -62,6 +62,104 @@ pub struct Config {
     /// TLS termination with the services' own certificates (`[[service]]`).
     #[serde(default)]
     pub service: Vec<ServiceConfig>,
+    /// Protocols that upgrade to TLS in band, per port (`[[starttls]]`).
+    #[serde(default)]
+    pub starttls: Vec<StarttlsConfig>,
+}
+
+/// `[[starttls]]`: connections to these ports speak `protocol`, whose
+/// plaintext preamble is relayed until the upgrade to TLS, which is then
+/// intercepted (or the connection is bypassed or blocked at its SYN).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StarttlsConfig {
+    /// `smtp`, `imap`, `pop3`, `xmpp`, `ftp` or `postgres`.
+    pub protocol: String,
+    /// Destination ports (default: the protocol's own).
+    pub ports: Option<Vec<u16>>,
+    #[serde(default = "default_starttls_action")]
+    pub action: crate::policy::Action,
+    /// Block a session whose content goes in plaintext (before an upgrade,
+    /// or after the server refused it).
+    #[serde(default)]
+    pub require_tls: bool,
+}
+
+fn default_starttls_action() -> crate::policy::Action {
+    crate::policy::Action::Intercept
+}
+
+/// A `[[starttls]]` entry as the splicer applies it, to one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StarttlsPort {
+    pub port: u16,
+    pub protocol: starttls::Protocol,
+    pub action: crate::policy::Action,
+    pub require_tls: bool,
+}
+
+impl StarttlsConfig {
+    /// The protocol, if its name is known.
+    pub fn protocol(&self) -> Option<starttls::Protocol> {
+        starttls::Protocol::from_name(&self.protocol)
+    }
+
+    /// The ports it applies to.
+    pub fn ports(&self) -> Vec<u16> {
+        match (&self.ports, self.protocol()) {
+            (Some(ports), _) => ports.clone(),
+            (None, Some(protocol)) => protocol.default_ports().to_vec(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// The `[[starttls]]` checks: an error is the key (`starttls[0].ports`)
+/// and the reason.
+fn validate_starttls(config: &Config) -> Result<(), (String, String)> {
+    let mut seen: Vec<(u16, usize)> = Vec::new();
+    for (index, entry) in config.starttls.iter().enumerate() {
+        let key = |name: &str| format!("starttls[{index}].{name}");
+        if entry.protocol().is_none() {
+            let names: Vec<&str> = starttls::Protocol::ALL.iter().map(|p| p.name()).collect();
+            return Err((
+                key("protocol"),
+                format!("{:?} is not one of {}", entry.protocol, names.join(", ")),
+            ));
+        }
+        let ports = entry.ports();
+        if ports.is_empty() {
+            return Err((key("ports"), "must not be empty".into()));
+        }
+        for port in ports {
+            if port == 0 {
+                return Err((key("ports"), "0 is not a TCP port".into()));
+            }
+            if config.intercept.tcp_ports.contains(&port) {
+                return Err((
+                    key("ports"),
+                    format!("{port} is also in intercept.tcp_ports: a port is TLS from the first byte or STARTTLS, not both"),
+                ));
+            }
+            if let Some((_, earlier)) = seen.iter().find(|(seen_port, _)| *seen_port == port) {
+                return Err((key("ports"), format!("{port} is also in starttls[{earlier}]")));
+            }
+            seen.push((port, index));
+        }
+        if entry.require_tls && entry.action != crate::policy::Action::Intercept {
+            return Err((
+                key("require_tls"),
+                format!(
+                    "needs action = \"intercept\" (this entry's is {:?})",
+                    entry.action.name()
+                ),
+            ));
+        }
+        if entry.action == crate::policy::Action::Intercept && config.intercept.mode != InterceptMode::Tls {
+            return Err((key("action"), "\"intercept\" needs [intercept] mode = \"tls\"".into()));
+        }
+    }
+    Ok(())
 }
 
 /// `[metrics]`: where a running instance serves its counters over HTTP.
@@ -477,6 +575,10 @@ pub struct Tcp {
     /// long is reset, in milliseconds (0: never).
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// A STARTTLS preamble's request (the greeting included) without a
+    /// byte of the server's answer this long is reset, in milliseconds.
+    #[serde(default = "default_starttls_timeout_ms")]
+    pub starttls_timeout_ms: u64,
 }
 
 impl Default for Tcp {
@@ -494,6 +596,7 @@ impl Default for Tcp {
             client_hello_timeout_ms: default_client_hello_timeout_ms(),
             handshake_timeout_ms: default_handshake_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            starttls_timeout_ms: default_starttls_timeout_ms(),
         }
     }
 }
@@ -544,6 +647,9 @@ fn default_handshake_timeout_ms() -> u64 {
 }
 fn default_idle_timeout_ms() -> u64 {
     3_600_000
+}
+fn default_starttls_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Like Linux's tcp_rmem maximum: enough for kernel-like throughput on
@@ -1265,6 +1371,7 @@ impl Config {
         for (key, value) in [
             ("tcp.client_hello_timeout_ms", self.tcp.client_hello_timeout_ms),
             ("tcp.handshake_timeout_ms", self.tcp.handshake_timeout_ms),
+            ("tcp.starttls_timeout_ms", self.tcp.starttls_timeout_ms),
         ] {
             if !(100..=600_000).contains(&value) {
                 return Err(invalid(key, format!("{value} is out of range 100..=600000")));
@@ -1295,12 +1402,13 @@ impl Config {
         if let Some(port) = self.intercept.tcp_ports.iter().find(|port| **port == 0) {
             return Err(invalid("intercept.tcp_ports", format!("{port} is not a TCP port")));
         }
-        if self.intercept.mode == InterceptMode::Tls && !self.intercept.tcp_ports.is_empty() {
+        if self.intercepts_tls() {
             for (key, value) in [("tls.ca_cert", &self.tls.ca_cert), ("tls.ca_key", &self.tls.ca_key)] {
                 if value.is_none() {
                     return Err(invalid(
                         key,
-                        "is required with [intercept] mode = \"tls\" (make a CA with `tlsgate ca init --dir DIR`)"
+                        "is required with [intercept] mode = \"tls\" and intercept.tcp_ports or a [[starttls]] \
+                         entry that intercepts (make a CA with `tlsgate ca init --dir DIR`)"
                             .into(),
                     ));
                 }
@@ -1434,6 +1542,11 @@ impl Config {
             key,
             reason,
         })?;
+        validate_starttls(self).map_err(|(key, reason)| ConfigError::InvalidRule {
+            path: path.to_owned(),
+            key,
+            reason,
+        })?;
         self.policy.check().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -1559,6 +1672,34 @@ impl Config {
 
     /// TCP sockets one intercepted connection takes: the client and server
     /// legs, and the two loop legs with an inspection box.
+    /// Whether TLS is intercepted: mode "tls" with intercepted ports, or a
+    /// `[[starttls]]` entry that intercepts.
+    pub fn intercepts_tls(&self) -> bool {
+        self.intercept.mode == InterceptMode::Tls
+            && (!self.intercept.tcp_ports.is_empty()
+                || self
+                    .starttls
+                    .iter()
+                    .any(|entry| entry.action == crate::policy::Action::Intercept))
+    }
+
+    /// The `[[starttls]]` entries, one per port (of a validated
+    /// configuration).
+    pub fn starttls_ports(&self) -> Vec<StarttlsPort> {
+        self.starttls
+            .iter()
+            .filter_map(|entry| Some((entry, entry.protocol()?)))
+            .flat_map(|(entry, protocol)| {
+                entry.ports().into_iter().map(move |port| StarttlsPort {
+                    port,
+                    protocol,
+                    action: entry.action,
+                    require_tls: entry.require_tls,
+                })
+            })
+            .collect()
+    }
+
     pub fn sockets_per_connection(&self) -> usize {
         if self.ports.inspect_out.is_some() {
             4
@@ -1626,6 +1767,71 @@ device = "net_af_packet1,iface=gws0"
             Ok(config) => panic!("accepted: {config:?}"),
             Err(err) => err.to_string(),
         }
+    }
+
+    #[test]
+    fn starttls_entries_default_their_ports_and_are_validated() {
+        let tls = "[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\n";
+        let config = parse(&format!(
+            "{MINIMAL}{tls}[[starttls]]\nprotocol = \"smtp\"\nrequire_tls = true\n\
+             [[starttls]]\nprotocol = \"smtp\"\nports = [2525]\naction = \"bypass\"\n"
+        ))
+        .expect("valid");
+        assert!(
+            config.intercepts_tls(),
+            "a [[starttls]] that intercepts needs the CA alone"
+        );
+        assert_eq!(
+            config
+                .starttls_ports()
+                .iter()
+                .map(|entry| (entry.port, entry.action, entry.require_tls))
+                .collect::<Vec<_>>(),
+            [
+                (25, crate::policy::Action::Intercept, true),
+                (587, crate::policy::Action::Intercept, true),
+                (2525, crate::policy::Action::Bypass, false)
+            ]
+        );
+        assert_eq!(config.tcp.starttls_timeout_ms, 30_000);
+        for (entry, key, says) in [
+            ("protocol = \"smtps\"", "starttls[0].protocol", "is not one of smtp"),
+            (
+                "protocol = \"smtp\"\nports = []",
+                "starttls[0].ports",
+                "must not be empty",
+            ),
+            (
+                "protocol = \"smtp\"\nports = [443]",
+                "starttls[0].ports",
+                "intercept.tcp_ports",
+            ),
+            (
+                "protocol = \"smtp\"\naction = \"bypass\"\nrequire_tls = true",
+                "starttls[0].require_tls",
+                "intercept",
+            ),
+        ] {
+            let message = rejection(&format!(
+                "{MINIMAL}{tls}[intercept]\ntcp_ports = [443]\n[[starttls]]\n{entry}\n"
+            ));
+            assert!(message.contains(key) && message.contains(says), "{entry}: {message}");
+        }
+        let message = rejection(&format!(
+            "{MINIMAL}{tls}[[starttls]]\nprotocol = \"smtp\"\n[[starttls]]\nprotocol = \"smtp\"\nports = [587]\n"
+        ));
+        assert!(
+            message.contains("starttls[1].ports") && message.contains("starttls[0]"),
+            "{message}"
+        );
+        let message = rejection(&format!("{MINIMAL}[[starttls]]\nprotocol = \"smtp\"\n"));
+        assert!(message.contains("tls.ca_cert"), "{message}");
+        let message = rejection(&format!(
+            "{MINIMAL}[intercept]\nmode = \"splice\"\n[[starttls]]\nprotocol = \"smtp\"\n"
+        ));
+        assert!(message.contains("starttls[0].action"), "{message}");
+        let message = rejection(&format!("{MINIMAL}{tls}[tcp]\nstarttls_timeout_ms = 50\n"));
+        assert!(message.contains("tcp.starttls_timeout_ms"), "{message}");
     }
 
     #[test]

@@ -178,6 +178,13 @@ pub struct ConnectionRecord {
     /// What the appliance learned from this connection (a destination it
     /// bypasses from then on, and why), if anything.
     pub learned: Option<String>,
+    /// A `[[starttls]]` connection: its protocol, what became of its
+    /// upgrade (`upgraded`, `refused`, `plaintext`, `blocked`, `failed`),
+    /// and the client bytes discarded after its upgrade request (absent
+    /// for other connections).
+    pub starttls: Option<&'static str>,
+    pub starttls_outcome: Option<&'static str>,
+    pub starttls_discarded_bytes: Option<u64>,
     /// How it ended: closed, reset by client/server, server refused,
     /// server silent, server unreachable, TLS failure.
     pub ended: String,

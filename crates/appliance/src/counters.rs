@@ -461,6 +461,27 @@ declare! {
         /// Upgraded or downgraded connections reset: the server's certificate
         /// did not verify, a handshake failed, the client did not speak TLS.
         counter conversion_failed,
+        /// `[[starttls]]` connections opened (their preamble watched).
+        counter starttls_sessions,
+        /// STARTTLS connections upgraded: their TLS then went to the
+        /// interception (counted in `tls_intercepted` once both handshakes
+        /// are done).
+        counter starttls_upgraded,
+        /// Upgrades the server refused (the session went on in plaintext).
+        counter starttls_refused,
+        /// STARTTLS connections blocked by `require_tls` (content in
+        /// plaintext, or the server refused the upgrade).
+        counter starttls_plaintext_blocked,
+        /// STARTTLS connections reset for a preamble that cannot be relayed
+        /// safely: malformed, oversized, or a server that spoke after
+        /// accepting the upgrade.
+        counter starttls_failed,
+        /// STARTTLS connections reset for no answer from the server within
+        /// `tcp.starttls_timeout_ms`.
+        counter starttls_timeouts,
+        /// Client bytes discarded after an upgrade request, before TLS (the
+        /// STARTTLS command injection class).
+        counter starttls_injected_bytes_discarded,
         /// Sessions reset for no complete ClientHello in time.
         counter client_hello_timeouts,
         /// Sessions reset for TLS handshakes not finished in time.
@@ -878,6 +899,21 @@ impl fmt::Display for Report {
                 splice.upgraded, splice.downgraded, splice.conversion_failed
             )?;
         }
+        if splice.starttls_sessions > 0 {
+            writeln!(
+                f,
+                "starttls: {} connections, {} upgraded and intercepted, {} upgrades refused by the server, \
+                 {} blocked by require_tls, {} failed (malformed, oversized, a server speaking after its accept), \
+                 {} timed out; {} injected client bytes discarded",
+                splice.starttls_sessions,
+                splice.starttls_upgraded,
+                splice.starttls_refused,
+                splice.starttls_plaintext_blocked,
+                splice.starttls_failed,
+                splice.starttls_timeouts,
+                splice.starttls_injected_bytes_discarded
+            )?;
+        }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
         if handshakes.count() + connections.count() > 0 {
             writeln!(
@@ -1107,6 +1143,13 @@ mod tests {
         splice.upgraded = 461;
         splice.downgraded = 462;
         splice.conversion_failed = 463;
+        splice.starttls_sessions = 437;
+        splice.starttls_upgraded = 438;
+        splice.starttls_refused = 439;
+        splice.starttls_plaintext_blocked = 440;
+        splice.starttls_failed = 441;
+        splice.starttls_timeouts = 442;
+        splice.starttls_injected_bytes_discarded = 443;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

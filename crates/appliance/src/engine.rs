@@ -17,7 +17,7 @@ use port::{LinkState, PacketBuf, Port};
 use wire::{FlowTuple, IpProtocol};
 
 use crate::clock::{EngineStart, WallAnchor};
-use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, Tls};
+use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, StarttlsPort, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
@@ -54,6 +54,8 @@ pub struct InterceptPolicy {
     pub tls: Option<Tls>,
     /// The `[[policy]]` rules.
     pub rules: Policy,
+    /// The `[[starttls]]` entries, per port.
+    pub starttls: Vec<StarttlsPort>,
     /// The inspection loop, when `[ports.inspect_out]`/`[ports.inspect_in]`
     /// are configured.
     pub inspection: Option<InspectionSettings>,
@@ -94,8 +96,8 @@ impl InterceptPolicy {
                 syn_timeout: Duration::from_millis(config.inspect.syn_timeout_ms),
                 timeout: Duration::from_millis(tcp.timeout_ms),
             }),
-            tls: (config.intercept.mode == InterceptMode::Tls && !config.intercept.tcp_ports.is_empty())
-                .then(|| config.tls.clone()),
+            tls: config.intercepts_tls().then(|| config.tls.clone()),
+            starttls: config.starttls_ports(),
         })
     }
 
@@ -169,6 +171,8 @@ pub struct Engine<P: Port> {
     burst_size: usize,
     frames: Vec<P::Buf>,
     intercept_ports: Vec<u16>,
+    /// The `[[starttls]]` ports (TCP only: their UDP is not touched).
+    starttls_ports: Vec<u16>,
     udp: UdpPolicy,
     stack: Stack,
     splicer: Splicer,
@@ -209,15 +213,18 @@ impl<P: Port> Engine<P> {
         start: EngineStart,
     ) -> Self {
         let EngineStart { now, wall, seed } = start;
+        let mut splicer = Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits, wall);
+        splicer.set_starttls(&policy.starttls);
         Engine {
             ports: vec![client, server],
             stats: stats.ports,
             burst_size: burst_size.max(1),
             frames: Vec::with_capacity(burst_size.max(1)),
             intercept_ports: policy.tcp_ports.clone(),
+            starttls_ports: policy.starttls.iter().map(|entry| entry.port).collect(),
             udp: policy.udp,
             stack: Stack::new(Side::ALL.len(), policy.stack, now, seed),
-            splicer: Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits, wall),
+            splicer,
             stack_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
@@ -432,6 +439,7 @@ impl<P: Port> Engine<P> {
         let guard = Guard {
             from,
             intercept_ports,
+            starttls_ports: &self.starttls_ports,
             udp: self.udp,
         };
         frames.retain_mut(|frame| {
@@ -453,7 +461,7 @@ impl<P: Port> Engine<P> {
             }
             if let Some(wire::L4Kind::Udp { flow }) = class.l4() {
                 let blocked = guard
-                    .client_tuple(flow)
+                    .udp_client_tuple(flow)
                     .is_some_and(|tuple| guard.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block);
                 udp_blocked += u64::from(blocked);
                 return !blocked;
@@ -482,7 +490,8 @@ impl<P: Port> Engine<P> {
                 && !info.flags.rst
                 && class.is_tcp_candidate();
             let serves = syn && splicer.serves(tuple);
-            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port));
+            let starttls = if syn { splicer.starttls(tuple.dst_port) } else { None };
+            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some());
             match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already
@@ -539,6 +548,16 @@ impl<P: Port> Engine<P> {
                     }
                     Some(verdict) if verdict.action == Action::Block => {
                         splicer.block(stack, frame.data(), &class, &verdict, now);
+                        intercepted += 1;
+                        return false;
+                    }
+                    // A `[[starttls]]` port the operator bypasses or blocks.
+                    _ if starttls.is_some_and(|entry| entry.action == Action::Bypass) => {
+                        splicer.log_starttls_bypass(tuple, now);
+                        return true;
+                    }
+                    _ if starttls.is_some_and(|entry| entry.action == Action::Block) => {
+                        splicer.block_starttls(stack, frame.data(), &class, now);
                         intercepted += 1;
                         return false;
                     }
@@ -701,17 +720,28 @@ impl<P: Port> Engine<P> {
 struct Guard<'a> {
     from: Side,
     intercept_ports: &'a [u16],
+    starttls_ports: &'a [u16],
     udp: UdpPolicy,
 }
 
 impl Guard<'_> {
-    /// The client→server tuple of a TCP or UDP packet of `flow`, if it goes
-    /// to an intercepted port (from the client) or comes from one (from the
-    /// server).
+    /// The client→server tuple of a TCP packet of `flow`, if it goes to an
+    /// intercepted or `[[starttls]]` port (from the client) or comes from
+    /// one (from the server).
     fn client_tuple(&self, flow: &FlowTuple) -> Option<FlowTuple> {
+        self.client_tuple_of(flow, &[self.intercept_ports, self.starttls_ports])
+    }
+
+    /// The same for a UDP packet: only the intercepted ports count.
+    fn udp_client_tuple(&self, flow: &FlowTuple) -> Option<FlowTuple> {
+        self.client_tuple_of(flow, &[self.intercept_ports])
+    }
+
+    fn client_tuple_of(&self, flow: &FlowTuple, lists: &[&[u16]]) -> Option<FlowTuple> {
+        let listed = |port: u16| lists.iter().any(|ports| ports.contains(&port));
         match self.from {
-            Side::Client if self.intercept_ports.contains(&flow.dst_port) => Some(*flow),
-            Side::Server if self.intercept_ports.contains(&flow.src_port) => Some(flow.reversed()),
+            Side::Client if listed(flow.dst_port) => Some(*flow),
+            Side::Server if listed(flow.src_port) => Some(flow.reversed()),
             _ => None,
         }
     }
@@ -728,9 +758,11 @@ impl Guard<'_> {
         if protocol == IpProtocol::Tcp && self.to_backend(&flow, splicer) {
             return true;
         }
-        self.client_tuple(&flow).is_some_and(|tuple| {
-            protocol == IpProtocol::Tcp || self.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block
-        })
+        if protocol == IpProtocol::Tcp {
+            return self.client_tuple(&flow).is_some();
+        }
+        self.udp_client_tuple(&flow)
+            .is_some_and(|tuple| self.udp_policy(splicer.policy(), &tuple) == UdpPolicy::Block)
     }
 
     /// Whether TCP `flow` comes from the client port to a service's backend

@@ -40,7 +40,7 @@ use std::time::SystemTime;
 use mitm::forge::ForgeCounters;
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
-use pipeline::{Connection, Leg, LegIo, TLS_BACKLOG};
+use pipeline::{Connection, Leg, LegIo, PreambleError, PreambleEvent, TLS_BACKLOG};
 use slab::Slab;
 use time::OffsetDateTime;
 use wire::FlowTuple;
@@ -48,7 +48,7 @@ use wire::FrameClass;
 
 use crate::capture::CaptureStream;
 use crate::clock::WallAnchor;
-use crate::config::{AtCapacity, InspectFailure};
+use crate::config::{AtCapacity, InspectFailure, StarttlsPort};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
@@ -97,6 +97,9 @@ pub struct Limits {
     /// Without a payload byte either way this long, an established
     /// session is reset (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// A STARTTLS preamble waiting this long for a byte of the server's
+    /// answer is reset.
+    pub starttls_timeout: Duration,
 }
 
 impl Limits {
@@ -109,6 +112,7 @@ impl Limits {
             client_hello_timeout: Duration::from_millis(tcp.client_hello_timeout_ms),
             handshake_timeout: Duration::from_millis(tcp.handshake_timeout_ms),
             idle_timeout: (tcp.idle_timeout_ms > 0).then(|| Duration::from_millis(tcp.idle_timeout_ms)),
+            starttls_timeout: Duration::from_millis(tcp.starttls_timeout_ms),
         }
     }
 }
@@ -157,6 +161,7 @@ enum Expiry {
     ClientHello,
     Handshake,
     Idle,
+    Starttls,
 }
 
 /// The embryonic sessions: how many, per client address, and in the order
@@ -231,6 +236,7 @@ impl Session {
             conversion: None,
             service: None,
             learned: None,
+            starttls: None,
             logged: false,
             flow_id: connlog::flow_id(
                 SocketAddr::new(tuple.src_ip, tuple.src_port),
@@ -302,11 +308,27 @@ struct Session {
     service: Option<Terminated>,
     /// What the policy learned from this connection, for the log.
     learned: Option<String>,
+    /// A `[[starttls]]` connection's preamble, for its timer and the log.
+    starttls: Option<StarttlsState>,
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
     /// The connection log's `flow_id` of every record of this connection.
     flow_id: u64,
+}
+
+/// What a `[[starttls]]` session's preamble did.
+#[derive(Debug)]
+struct StarttlsState {
+    protocol: starttls::Protocol,
+    /// For the log: `plaintext` until the upgrade is `upgraded`, `refused`
+    /// (the last attempt), `blocked` (require_tls) or `failed`.
+    outcome: &'static str,
+    /// Since when the preamble waits for the server's answer (its timeout
+    /// runs), while it does.
+    waiting_since: Option<Instant>,
+    /// Discarded client bytes already counted.
+    discarded_counted: u64,
 }
 
 /// Unanswered retransmission rounds after which the inspection box counts
@@ -398,6 +420,8 @@ struct Shared {
     directory: Option<WorkerDirectory>,
     /// The `[[service]]` entries: their destinations are terminated.
     services: Option<Arc<Services>>,
+    /// The `[[starttls]]` entries, by destination port.
+    starttls: HashMap<u16, StarttlsPort>,
 }
 
 /// Where a session's stream in the decrypted capture runs: client and
@@ -608,7 +632,10 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
             (Some(service), _) => format!("service {}", service.name),
             (None, _) if session.terminate => "a [[service]] destination".into(),
             (None, Some(verdict)) => verdict.reason.clone(),
-            (None, None) => format!("destination port {} is intercepted", session.tuple.dst_port),
+            (None, None) => match &session.starttls {
+                Some(starttls) => format!("[[starttls]] {} on port {}", starttls.protocol, session.tuple.dst_port),
+                None => format!("destination port {} is intercepted", session.tuple.dst_port),
+            },
         },
         sni: info.sni,
         alpn_offered: info.alpn_offered,
@@ -635,6 +662,12 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
         plaintext_server_to_client: info.plaintext_server_to_client,
         inspection: session.inspection_note.clone(),
         learned: session.learned.clone(),
+        starttls: session.starttls.as_ref().map(|starttls| starttls.protocol.name()),
+        starttls_outcome: session.starttls.as_ref().map(|starttls| starttls.outcome),
+        starttls_discarded_bytes: session
+            .starttls
+            .as_ref()
+            .map(|_| session.conn.injected_bytes_discarded()),
         ended: session.ended.clone().unwrap_or_else(|| "closed".into()),
     }
 }
@@ -789,6 +822,7 @@ impl Splicer {
                 taps: Taps::default(),
                 directory: None,
                 services: None,
+                starttls: HashMap::new(),
             },
             shutdown_pending: None,
         }
@@ -869,6 +903,42 @@ impl Splicer {
             self.log_decision(tuple, &verdict, now);
             self.shared.counters.blocked = blocked;
         }
+    }
+
+    /// Watches the preamble of connections to the ports of `entries`
+    /// (`[[starttls]]`) and intercepts their upgrade (those that
+    /// intercept; the engine bypasses or blocks the others at their SYN).
+    pub fn set_starttls(&mut self, entries: &[StarttlsPort]) {
+        self.shared.starttls = entries.iter().map(|entry| (entry.port, *entry)).collect();
+    }
+
+    /// The `[[starttls]]` entry of destination `port`, if any.
+    pub fn starttls(&self, port: u16) -> Option<StarttlsPort> {
+        self.shared.starttls.get(&port).copied()
+    }
+
+    /// The verdict of a `[[starttls]]` entry that bypasses or blocks.
+    fn starttls_verdict(&self, tuple: &FlowTuple, action: Action) -> Verdict {
+        let protocol = self.starttls(tuple.dst_port).map_or("?", |entry| entry.protocol.name());
+        Verdict {
+            action,
+            reason: format!("[[starttls]] {protocol} on port {} ({})", tuple.dst_port, action.name()),
+        }
+    }
+
+    /// Logs a `[[starttls]]` bypass at the client's SYN (it is bridged).
+    pub fn log_starttls_bypass(&mut self, tuple: &FlowTuple, now: Instant) {
+        let verdict = self.starttls_verdict(tuple, Action::Bypass);
+        self.log_decision(tuple, &verdict, now);
+    }
+
+    /// Refuses a client's SYN to a `[[starttls]]` port that blocks.
+    pub fn block_starttls(&mut self, stack: &mut Stack, frame: &[u8], class: &FrameClass, now: Instant) {
+        let Some((tuple, _)) = class.tcp() else {
+            return;
+        };
+        let verdict = self.starttls_verdict(tuple, Action::Block);
+        self.block(stack, frame, class, &verdict, now);
     }
 
     /// Registers every session in `directory`, shared with the other
@@ -1271,20 +1341,36 @@ impl Splicer {
             .tls
             .as_ref()
             .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        // A `[[starttls]]` port: the preamble is watched, its upgrade intercepted.
+        let starttls = shared
+            .starttls
+            .get(&tuple.dst_port)
+            .filter(|entry| !terminate && entry.action == Action::Intercept && tls.is_some())
+            .map(|entry| (entry, starttls::negotiation(entry.protocol)));
         let mut unconverted = None;
-        session.conn = match &conversion {
+        session.conn = match (&conversion, starttls) {
             _ if terminate => Connection::terminated(),
-            Some(conversion) => {
+            (Some(conversion), _) => {
                 session.decision = shared.current.policy.at_syn(tuple);
                 shared.converted_connection(conversion, tuple).unwrap_or_else(|reason| {
                     unconverted = Some(reason);
                     Connection::new(None, shared.hold_synack)
                 })
             }
-            None => Connection::new(tls, shared.hold_synack),
+            (None, Some((entry, watcher))) => {
+                shared.counters.starttls_sessions += 1;
+                session.starttls = Some(StarttlsState {
+                    protocol: entry.protocol,
+                    outcome: "plaintext",
+                    waiting_since: None,
+                    discarded_counted: 0,
+                });
+                Connection::starttls(watcher, tuple.dst_ip, entry.require_tls, shared.hold_synack)
+            }
+            (None, None) => Connection::new(tls, shared.hold_synack),
         };
         let downgrade = conversion.as_ref().is_some_and(|c| c.action == Action::Downgrade);
-        if session.conn.tls().is_some() || downgrade {
+        if session.conn.tls().is_some() || downgrade || session.starttls.is_some() {
             // Its ClientHello and handshakes follow the rules in force now
             // (a downgrade's certificate is forged at its ClientHello).
             session.generation = Some(shared.current.number);
@@ -1302,8 +1388,9 @@ impl Splicer {
             session.conn.fail();
             abort_all(stack, &session);
         } else if !session.conn.has_tls() || converted {
-            // Plain TCP, or a conversion (whose plaintext is exposed from
-            // its start): the bytes go through the box from the start.
+            // Plain TCP, a STARTTLS preamble (its loop stays after the
+            // upgrade) or a conversion (whose plaintext is exposed from its
+            // start): the bytes go through the box from the start.
             shared.start_inspection(stack, index, &mut session, now);
         }
         if let Some(directory) = shared.directory.as_mut() {
@@ -1683,6 +1770,9 @@ impl Shared {
         if session.conversion.is_some() && session.conn.has_tls() && !session.conn.handshakes_done() {
             return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));
         }
+        if let Some(since) = session.starttls.as_ref().and_then(|starttls| starttls.waiting_since) {
+            return Some((since + self.limits.starttls_timeout, Expiry::Starttls));
+        }
         if let (Some(server), true) = (session.conn.tls_server(), session.terminate) {
             if session.service.is_none() {
                 return Some((
@@ -1746,7 +1836,18 @@ impl Shared {
                     limits.idle_timeout.map_or(0, |idle| idle.total_millis())
                 ),
             ),
+            Expiry::Starttls => (
+                &mut self.counters.starttls_timeouts,
+                format!(
+                    "timed out: no answer from the server in the STARTTLS preamble within {} ms",
+                    limits.starttls_timeout.total_millis()
+                ),
+            ),
         };
+        if let Some(starttls) = session.starttls.as_mut().filter(|_| expiry == Expiry::Starttls) {
+            starttls.outcome = "failed";
+            starttls.waiting_since = None;
+        }
         *counter += 1;
         tracing::debug!("{ended}: resetting {:?}", session.tuple);
         session.ended = Some(ended);
@@ -2063,6 +2164,12 @@ impl Shared {
             self.pump_converted(stack, session, now);
             return;
         }
+        if session.conn.in_preamble().is_some() {
+            self.pump_preamble(stack, session, now);
+            if session.conn.in_preamble().is_some() || session.conn.failed() {
+                return;
+            }
+        }
         if session.conn.tls().is_some() && self.intercepts_tls(session) {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
@@ -2131,7 +2238,8 @@ impl Shared {
                     if let Err(err) = session.conn.intercept(context, expose) {
                         break Err(err);
                     }
-                    open_loop = self.inspection.is_some();
+                    // A STARTTLS session's loop (if any) opened at its start.
+                    open_loop = self.inspection.is_some() && session.starttls.is_none();
                 }
                 Action::Bypass => {
                     self.counters.bypassed += 1;
@@ -2214,6 +2322,82 @@ impl Shared {
         }
         self.finish_tls_directions(stack, session, now);
         true
+    }
+
+    /// The STARTTLS preamble part of [`Shared::pump`]: relays it (through
+    /// the loop and the taps), counts and logs what it did, runs its
+    /// timer, and resets the session when it cannot be relayed safely or
+    /// `require_tls` blocks it. Once upgraded the session is an intercepted
+    /// TLS one, its ClientHello next.
+    fn pump_preamble(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
+        let ends = StreamEnds::of(session);
+        let at = self.wall.at(now);
+        let flows = SessionFlows::of(session);
+        let server_bytes = session.conn.bytes().1;
+        let stream = &mut session.capture;
+        let taps = &mut self.taps;
+        let mut tap = taps.any().then_some(CaptureTap { taps, stream, ends, at });
+        let pumped = session.conn.pump_preamble(
+            &mut StackLegs { stack, flows },
+            tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+        );
+        let Some(starttls) = session.starttls.as_mut() else {
+            return;
+        };
+        while let Some(event) = session.conn.next_preamble_event() {
+            match event {
+                PreambleEvent::Refused => {
+                    self.counters.starttls_refused += 1;
+                    starttls.outcome = "refused";
+                }
+                PreambleEvent::Upgraded => {
+                    self.counters.starttls_upgraded += 1;
+                    // The connection holds TLS state from now on.
+                    self.counters.tls_sessions_live += 1;
+                    starttls.outcome = "upgraded";
+                    // The wait for its ClientHello begins.
+                    session.stage_since = now;
+                }
+                PreambleEvent::Offered
+                | PreambleEvent::Requested
+                | PreambleEvent::Accepted
+                | PreambleEvent::PlaintextContent => {}
+            }
+        }
+        let discarded = session.conn.injected_bytes_discarded();
+        self.counters.starttls_injected_bytes_discarded += discarded - starttls.discarded_counted;
+        starttls.discarded_counted = discarded;
+        starttls.waiting_since = match starttls.waiting_since {
+            _ if !session.conn.preamble_awaiting_server() => None,
+            // A byte of the answer came: the server is alive.
+            Some(_) if session.conn.bytes().1 != server_bytes => Some(now),
+            waiting => Some(waiting.unwrap_or(now)),
+        };
+        let Err(err) = pumped else {
+            return;
+        };
+        starttls.waiting_since = None;
+        match err {
+            PreambleError::PlaintextContent(_) | PreambleError::UpgradeRefused(_) => {
+                self.counters.starttls_plaintext_blocked += 1;
+                starttls.outcome = "blocked";
+                session.decision = Some(Verdict {
+                    action: Action::Block,
+                    reason: err.to_string(),
+                });
+                session.ended = Some(format!("blocked: {err}"));
+            }
+            PreambleError::Negotiation(_) | PreambleError::ServerSpokeAfterAccept(_) => {
+                self.counters.starttls_failed += 1;
+                starttls.outcome = "failed";
+                session.ended = Some(format!("STARTTLS failed: {err}"));
+            }
+        }
+        tracing::info!("{}: {:?}", session.ended.as_deref().unwrap_or_default(), session.tuple);
+        session.conn.fail();
+        self.end_tls(session);
+        self.record_reset(session, false, now);
+        abort_all(stack, session);
     }
 
     /// [`Shared::pump`] of a terminated session: the client's TLS with the

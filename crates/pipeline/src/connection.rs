@@ -4,6 +4,7 @@
 use mitm::{MitmError, Pending, TlsContext, TlsSession};
 
 use crate::inflight::InFlight;
+use crate::preamble::{Preamble, PreambleError, PreambleEvent, Reports};
 use crate::terminate::TlsServer;
 use crate::transform::TlsTransform;
 use crate::upgrade::TlsClient;
@@ -23,10 +24,13 @@ enum Transform {
     Terminate(Box<TlsServer>),
     /// TLS upgrade: a plain client, TLS towards the server.
     Upgrade(Box<TlsClient>),
+    /// The plaintext preamble of a STARTTLS connection, watched; it
+    /// becomes `Intercept` once the upgrade was accepted.
+    Starttls(Box<Preamble>),
 }
 
 /// The loop through the inspection box, while the plaintext uses it.
-enum InspectionLoop {
+pub(crate) enum InspectionLoop {
     /// The loop's SYN waits for the box to pass it: the plaintext waits.
     Opening,
     /// The box passed the SYN: plaintext goes round; each loop leg may end
@@ -35,16 +39,16 @@ enum InspectionLoop {
 }
 
 #[derive(Default)]
-struct Through {
+pub(crate) struct Through {
     /// FIN already passed into the loop, client side / server side.
-    fin_to_out: bool,
-    fin_to_back: bool,
+    pub(crate) fin_to_out: bool,
+    pub(crate) fin_to_back: bool,
     /// What went into the loop and has not come back out: client → server
     /// (into `InspectOut`, out of `InspectIn`) and server → client (into
     /// `InspectIn`, out of `InspectOut`). Fail-open delivers it directly if
     /// the box dies.
-    up: InFlight,
-    down: InFlight,
+    pub(crate) up: InFlight,
+    pub(crate) down: InFlight,
 }
 
 /// One connection (see the crate documentation).
@@ -59,6 +63,8 @@ pub struct Connection {
     backlog_to_client: Vec<u8>,
     /// TCP payload bytes received from the client and from the server.
     bytes: (u64, u64),
+    /// What a STARTTLS preamble reported (kept across the upgrade).
+    preamble: Reports,
 }
 
 impl Connection {
@@ -86,6 +92,22 @@ impl Connection {
         Connection::with(Transform::Upgrade(Box::new(client)), connecting)
     }
 
+    /// A STARTTLS connection to `server_ip`: its preamble is relayed under
+    /// `watcher` ([`Connection::pump_preamble`]) until the upgrade, then its
+    /// TLS is intercepted. `require_tls`: content in plaintext, or a refused
+    /// upgrade, fails it instead of passing on.
+    pub fn starttls(
+        watcher: Box<dyn starttls::Negotiation>,
+        server_ip: std::net::IpAddr,
+        require_tls: bool,
+        connecting: bool,
+    ) -> Connection {
+        Connection::with(
+            Transform::Starttls(Box::new(Preamble::new(watcher, server_ip, require_tls))),
+            connecting,
+        )
+    }
+
     fn with(transform: Transform, connecting: bool) -> Connection {
         Connection {
             state: if connecting {
@@ -98,6 +120,7 @@ impl Connection {
             backlog_to_server: Vec::new(),
             backlog_to_client: Vec::new(),
             bytes: (0, 0),
+            preamble: Reports::default(),
         }
     }
 
@@ -175,14 +198,45 @@ impl Connection {
 
     /// Whether the connection holds TLS state (either kind).
     pub fn has_tls(&self) -> bool {
-        !matches!(self.transform, Transform::Plain)
+        matches!(
+            self.transform,
+            Transform::Intercept(_) | Transform::Terminate(_) | Transform::Upgrade(_)
+        )
     }
 
-    /// Drops the TLS state, returning what it told (for the log); from now
-    /// on the bytes pass untouched.
+    /// The protocol of a STARTTLS connection still in its preamble.
+    pub fn in_preamble(&self) -> Option<starttls::Protocol> {
+        match &self.transform {
+            Transform::Starttls(preamble) => Some(preamble.protocol()),
+            _ => None,
+        }
+    }
+
+    /// A STARTTLS preamble waits for the server's answer (the caller's
+    /// preamble timeout runs).
+    pub fn preamble_awaiting_server(&self) -> bool {
+        match &self.transform {
+            Transform::Starttls(preamble) => preamble.awaiting_server(),
+            _ => false,
+        }
+    }
+
+    /// The next thing the STARTTLS preamble did, oldest first.
+    pub fn next_preamble_event(&mut self) -> Option<PreambleEvent> {
+        self.preamble.events.pop_front()
+    }
+
+    /// Client bytes discarded after an upgrade request (injected before
+    /// the TLS handshake), so far.
+    pub fn injected_bytes_discarded(&self) -> u64 {
+        self.preamble.discarded
+    }
+
+    /// Drops the TLS state (or a STARTTLS preamble's), returning what TLS
+    /// told (for the log); from now on the bytes pass untouched.
     pub fn drop_tls(&mut self) -> Option<mitm::SessionInfo> {
         match std::mem::replace(&mut self.transform, Transform::Plain) {
-            Transform::Plain => None,
+            Transform::Plain | Transform::Starttls(_) => None,
             Transform::Intercept(tls) => Some(tls.info),
             Transform::Terminate(server) => Some(server.info),
             Transform::Upgrade(client) => Some(client.info),
@@ -192,7 +246,7 @@ impl Connection {
     /// Both TLS handshakes are done.
     pub fn handshakes_done(&self) -> bool {
         match &self.transform {
-            Transform::Plain => false,
+            Transform::Plain | Transform::Starttls(_) => false,
             Transform::Intercept(tls) => tls.handshakes_done(),
             Transform::Terminate(server) => server.handshakes_done(),
             Transform::Upgrade(client) => client.handshakes_done(),
@@ -202,7 +256,7 @@ impl Connection {
     /// What the caller must decide before the connection goes on.
     pub fn pending(&self) -> Option<Pending> {
         match &self.transform {
-            Transform::Plain | Transform::Upgrade(_) => None,
+            Transform::Plain | Transform::Upgrade(_) | Transform::Starttls(_) => None,
             Transform::Intercept(tls) => tls.pending(),
             Transform::Terminate(server) => server.pending(),
         }
@@ -287,6 +341,10 @@ impl Connection {
                 prepend(client.plaintext_from_client(), up);
                 prepend(client.plaintext_from_server(), down);
             }
+            Transform::Starttls(preamble) => {
+                prepend(&mut preamble.to_server, up);
+                prepend(&mut preamble.to_client, down);
+            }
             Transform::Plain => {
                 self.backlog_to_server.extend_from_slice(&up);
                 self.backlog_to_client.extend_from_slice(&down);
@@ -309,7 +367,7 @@ impl Connection {
     ) -> Result<(), MitmError> {
         let inspection = self.inspection.as_mut();
         match (&mut self.transform, context) {
-            (Transform::Plain, _) | (Transform::Intercept(_), None) => Ok(()),
+            (Transform::Plain | Transform::Starttls(_), _) | (Transform::Intercept(_), None) => Ok(()),
             (Transform::Intercept(tls), Some(context)) => {
                 relay_tls(&mut **tls, context, io, inspection, &mut self.bytes, tap)
             }
@@ -329,20 +387,49 @@ impl Connection {
         };
         let inspection = self.inspection.as_mut();
         match &mut self.transform {
-            Transform::Plain => {}
+            Transform::Plain | Transform::Starttls(_) => {}
             Transform::Intercept(tls) => finish_directions(&mut **tls, io, inspection, ends, tap),
             Transform::Terminate(server) => finish_directions(&mut **server, io, inspection, ends, tap),
             Transform::Upgrade(client) => finish_directions(&mut **client, io, inspection, ends, tap),
         }
     }
 
+    /// Relays a STARTTLS preamble (through the inspection loop when there
+    /// is one, shown to `tap`) until nothing moves; once the server's
+    /// accepted answer went to the client, the connection intercepts TLS
+    /// ([`PreambleEvent::Upgraded`]; its ClientHello comes next). Events
+    /// wait in [`Connection::next_preamble_event`]. Nothing happens for
+    /// other connections.
+    pub fn pump_preamble(&mut self, io: &mut dyn LegIo, tap: Option<&mut dyn Tap>) -> Result<(), PreambleError> {
+        let (State::Open(ends), Transform::Starttls(preamble)) = (&mut self.state, &mut self.transform) else {
+            return Ok(());
+        };
+        let upgraded = preamble.relay(
+            io,
+            self.inspection.as_mut(),
+            ends,
+            &mut self.bytes,
+            &mut self.preamble,
+            tap,
+        )?;
+        if upgraded {
+            let server_ip = preamble.server_ip;
+            self.transform = Transform::Intercept(Box::new(TlsSession::new(server_ip)));
+        }
+        Ok(())
+    }
+
     /// Relays the bytes untouched, through the inspection loop when there
     /// is one. Each hop works on its own: a leg may be gone once its part
-    /// of the connection is over.
+    /// of the connection is over. Never for a STARTTLS preamble (see
+    /// [`Connection::pump_preamble`]): nothing is relayed unwatched.
     pub fn pump_plain(&mut self, io: &mut dyn LegIo) {
         let State::Open(ends) = &mut self.state else {
             return;
         };
+        if matches!(self.transform, Transform::Starttls(_)) {
+            return;
+        }
         let mut fin_to_server = ends.to_server == End::FinSent;
         let mut fin_to_client = ends.to_client == End::FinSent;
         let (up, down) = match self.inspection.as_mut() {
@@ -399,6 +486,7 @@ impl Connection {
     pub fn tls_buffer_capacity(&self) -> usize {
         match &self.transform {
             Transform::Plain => 0,
+            Transform::Starttls(preamble) => preamble.buffer_capacity(),
             Transform::Intercept(tls) => tls.buffer_capacity(),
             Transform::Terminate(server) => server.buffer_capacity(),
             Transform::Upgrade(client) => client.buffer_capacity(),
@@ -576,7 +664,7 @@ fn deliver<T: TlsTransform>(
 }
 
 /// Sends as much of `queue` as `leg` takes now; true if anything went.
-fn send_queued(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>) -> bool {
+pub(crate) fn send_queued(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>) -> bool {
     if queue.is_empty() {
         return false;
     }
@@ -587,7 +675,7 @@ fn send_queued(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>) -> bool {
 
 /// Sends as much of `queue` into the loop leg `leg` as it takes and
 /// `in_flight` has room for, recording it there; true if anything went.
-fn feed_loop(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>, in_flight: &mut InFlight) -> bool {
+pub(crate) fn feed_loop(io: &mut dyn LegIo, leg: Leg, queue: &mut Vec<u8>, in_flight: &mut InFlight) -> bool {
     if !io.exists(leg) {
         return false;
     }
@@ -656,6 +744,6 @@ fn prepend(queue: &mut Vec<u8>, mut front: Vec<u8>) {
 }
 
 /// Whether `leg`'s peer finished sending (a leg that is gone has).
-fn peer_done(io: &dyn LegIo, leg: Leg) -> bool {
+pub(crate) fn peer_done(io: &dyn LegIo, leg: Leg) -> bool {
     io.peer_finished(leg).unwrap_or(true)
 }

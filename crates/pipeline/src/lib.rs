@@ -6,8 +6,10 @@
 //! ([`mitm::TlsSession`] couples the client's and the server's TLS), TLS
 //! termination ([`TlsServer`]: the service's own certificate towards the
 //! client, plaintext to the backend after an optional preamble such as a
-//! PROXY protocol header; also the downgrade, with a forged certificate)
-//! and TLS upgrade ([`TlsClient`]: a plain client, TLS towards the server).
+//! PROXY protocol header; also the downgrade, with a forged certificate),
+//! TLS upgrade ([`TlsClient`]: a plain client, TLS towards the server), and
+//! STARTTLS (a plaintext preamble relayed under a
+//! [`starttls::Negotiation`] until the upgrade, then interception).
 //!
 //! [`Connection`] holds one connection's state (one [`State`]) and relays
 //! with back-pressure ([`TLS_BACKLOG`]), half-closes and close_notify
@@ -22,11 +24,13 @@
 
 mod connection;
 mod inflight;
+mod preamble;
 mod terminate;
 mod transform;
 mod upgrade;
 
 pub use connection::Connection;
+pub use preamble::{PreambleError, PreambleEvent};
 pub use terminate::TlsServer;
 pub use transform::TlsTransform;
 pub use upgrade::TlsClient;

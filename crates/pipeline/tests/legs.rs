@@ -6,13 +6,16 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::ops::DerefMut;
 use std::sync::Arc;
 
 use mitm::Pending;
 use pipeline::{Connection, Leg, LegIo, TlsClient, TLS_BACKLOG};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
+};
 
 /// One leg between the pipeline and its peer.
 #[derive(Default)]
@@ -128,6 +131,7 @@ impl LegIo for Legs {
 /// A CA and a service certificate for `www.lab.test` signed by it.
 struct Pki {
     ca: CertificateDer<'static>,
+    ca_pem: String,
     leaf: CertificateDer<'static>,
     server: Arc<ServerConfig>,
 }
@@ -158,13 +162,19 @@ fn pki() -> Pki {
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Pki {
         ca: ca.der().clone(),
+        ca_pem: ca.pem(),
         leaf: leaf.der().clone(),
         server: Arc::new(server),
     }
 }
 
 fn client(pki: &Pki) -> ClientConnection {
-    let mut config = trusting(&pki.ca);
+    client_trusting(&pki.ca)
+}
+
+/// A rustls client for `www.lab.test` that trusts only `ca`.
+fn client_trusting(ca: &CertificateDer<'static>) -> ClientConnection {
+    let mut config = trusting(ca);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     ClientConnection::new(Arc::new(config), ServerName::try_from("www.lab.test").unwrap()).unwrap()
 }
@@ -180,15 +190,14 @@ fn trusting(ca: &CertificateDer<'static>) -> ClientConfig {
         .with_no_client_auth()
 }
 
-/// The rustls client's side of the client leg: its records go out, the
-/// pipeline's come in; returns the plaintext received and whether
-/// close_notify came.
-fn client_io(tls: &mut ClientConnection, wire: &mut Wire, received: &mut Vec<u8>) -> bool {
-    peer_io(&mut **tls, wire, received)
-}
-
-/// [`client_io`] for either side's rustls peer (the server of an upgrade).
-fn peer_io<D>(tls: &mut rustls::ConnectionCommon<D>, wire: &mut Wire, received: &mut Vec<u8>) -> bool {
+/// A rustls peer's side of its leg (the client's or the server's): its
+/// records go out, the pipeline's come in; returns the plaintext received
+/// and whether close_notify came.
+fn peer_io<C, S>(tls: &mut C, wire: &mut Wire, received: &mut Vec<u8>) -> bool
+where
+    C: DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
     let mut out = Vec::new();
     while tls.wants_write() {
         tls.write_tls(&mut out).unwrap();
@@ -232,7 +241,7 @@ fn terminated(pki: &Pki, tls: &mut ClientConnection, legs: &mut Legs, preamble: 
     let mut conn = Connection::terminated();
     legs.wire(Leg::Server).exists = false;
     let mut ignored = Vec::new();
-    client_io(tls, legs.wire(Leg::Client), &mut ignored);
+    peer_io(tls, legs.wire(Leg::Client), &mut ignored);
     conn.pump_tls(legs, None, None).unwrap();
     let Some(Pending::Hello { sni, alpn, .. }) = conn.pending() else {
         panic!("no ClientHello: {:?}", conn.pending());
@@ -249,7 +258,7 @@ fn terminated(pki: &Pki, tls: &mut ClientConnection, legs: &mut Legs, preamble: 
     assert!(conn.server_connected());
     for _ in 0..10 {
         step(&mut conn, legs);
-        client_io(tls, legs.wire(Leg::Client), &mut ignored);
+        peer_io(tls, legs.wire(Leg::Client), &mut ignored);
     }
     assert!(!tls.is_handshaking() && conn.handshakes_done());
     conn
@@ -276,7 +285,7 @@ fn a_terminated_client_gets_the_service_certificate_and_the_backend_the_preamble
     let request = b"GET / HTTP/1.1\r\nHost: www.lab.test\r\n\r\n";
     tls.writer().write_all(request).unwrap();
     let mut received = Vec::new();
-    client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    peer_io(&mut tls, legs.wire(Leg::Client), &mut received);
     step(&mut conn, &mut legs);
     let backend = std::mem::take(&mut legs.wire(Leg::Server).from_pipeline);
     let mut expected = b"PROXY TCP4 198.18.0.1 198.18.1.2 40000 443\r\n".to_vec();
@@ -289,7 +298,7 @@ fn a_terminated_client_gets_the_service_certificate_and_the_backend_the_preamble
     legs.wire(Leg::Server).peer_fin = true;
     step(&mut conn, &mut legs);
     assert!(legs.get(Leg::Client).fin_from_pipeline, "FIN to the client");
-    let close_notify = client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    let close_notify = peer_io(&mut tls, legs.wire(Leg::Client), &mut received);
     assert_eq!(received, response);
     assert!(close_notify, "close_notify came before the FIN");
     let info = &conn.tls_server().unwrap().info;
@@ -323,7 +332,7 @@ fn a_backend_that_does_not_read_stops_the_client_leg_being_read_past_the_backlog
     let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
     tls.set_buffer_limit(None);
     tls.writer().write_all(&upload).unwrap();
-    client_io(&mut tls, legs.wire(Leg::Client), &mut Vec::new());
+    peer_io(&mut tls, legs.wire(Leg::Client), &mut Vec::new());
     for _ in 0..10 {
         step(&mut conn, &mut legs);
     }
@@ -372,7 +381,7 @@ fn close_notify_goes_to_the_client_only_once_the_box_passed_the_backends_fin() {
     legs.wire(Leg::InspectOut).to_pipeline.extend(passed);
     step(&mut conn, &mut legs);
     let mut received = Vec::new();
-    let close_notify = client_io(&mut tls, legs.wire(Leg::Client), &mut received);
+    let close_notify = peer_io(&mut tls, legs.wire(Leg::Client), &mut received);
     assert_eq!(received, b"bye");
     assert!(
         !close_notify && !legs.get(Leg::Client).fin_from_pipeline,
@@ -382,7 +391,7 @@ fn close_notify_goes_to_the_client_only_once_the_box_passed_the_backends_fin() {
     legs.wire(Leg::InspectOut).peer_fin = true;
     step(&mut conn, &mut legs);
     assert!(
-        client_io(&mut tls, legs.wire(Leg::Client), &mut received),
+        peer_io(&mut tls, legs.wire(Leg::Client), &mut received),
         "close_notify once the box passed the FIN"
     );
     assert!(legs.get(Leg::Client).fin_from_pipeline);
@@ -540,4 +549,434 @@ fn an_upgraded_client_is_not_read_past_the_backlog_while_the_handshake_runs() {
         }
     }
     assert_eq!(at_server, upload);
+}
+
+/// An SMTP-like watcher for the STARTTLS tests (the real ones live in the
+/// starttls crate): lines; `STARTTLS` asks, `220` accepts it, `454`
+/// refuses, `250 STARTTLS` offers; `MAIL` is plaintext content.
+struct TestWatcher {
+    client_line: Vec<u8>,
+    server_line: Vec<u8>,
+    awaiting: bool,
+    requested: bool,
+}
+
+impl TestWatcher {
+    fn boxed() -> Box<dyn starttls::Negotiation> {
+        Box::new(TestWatcher {
+            client_line: Vec::new(),
+            server_line: Vec::new(),
+            awaiting: true,
+            requested: false,
+        })
+    }
+}
+
+impl starttls::Negotiation for TestWatcher {
+    fn protocol(&self) -> starttls::Protocol {
+        starttls::Protocol::Smtp
+    }
+
+    fn from_client(&mut self, bytes: &[u8]) -> Result<starttls::ClientStep, starttls::NegotiationError> {
+        for (at, &byte) in bytes.iter().enumerate() {
+            self.client_line.push(byte);
+            if byte != b'\n' {
+                continue;
+            }
+            let line = std::mem::take(&mut self.client_line);
+            self.awaiting = true;
+            let event = if line.starts_with(b"STARTTLS") {
+                self.requested = true;
+                starttls::ClientEvent::UpgradeRequested
+            } else if line.starts_with(b"MAIL") {
+                starttls::ClientEvent::PlaintextContent
+            } else {
+                continue;
+            };
+            return Ok(starttls::ClientStep {
+                pass: at + 1,
+                event: Some(event),
+            });
+        }
+        Ok(starttls::ClientStep {
+            pass: bytes.len(),
+            event: None,
+        })
+    }
+
+    fn from_server(&mut self, bytes: &[u8]) -> Result<starttls::ServerStep, starttls::NegotiationError> {
+        let mut event = None;
+        for (at, &byte) in bytes.iter().enumerate() {
+            self.server_line.push(byte);
+            if byte != b'\n' {
+                continue;
+            }
+            let line = std::mem::take(&mut self.server_line);
+            if line.get(3) == Some(&b' ') {
+                self.awaiting = false;
+            }
+            if line.ends_with(b"STARTTLS\r\n") {
+                event = Some(starttls::ServerEvent::UpgradeOffered);
+            } else if self.requested && line.starts_with(b"220 ") {
+                return Ok(starttls::ServerStep {
+                    pass: at + 1,
+                    event: Some(starttls::ServerEvent::UpgradeAccepted),
+                });
+            } else if self.requested && line.starts_with(b"454 ") {
+                self.requested = false;
+                return Ok(starttls::ServerStep {
+                    pass: at + 1,
+                    event: Some(starttls::ServerEvent::UpgradeRefused),
+                });
+            }
+        }
+        Ok(starttls::ServerStep {
+            pass: bytes.len(),
+            event,
+        })
+    }
+
+    fn awaiting_server(&self) -> bool {
+        self.awaiting
+    }
+}
+
+/// The appliance's TLS context for STARTTLS interception: its own CA
+/// (returned) forges, the origin's CA of `pki` is trusted upstream.
+fn appliance_context(pki: &Pki) -> (mitm::TlsContext, CertificateDer<'static>) {
+    use time::OffsetDateTime;
+    let bundle = std::env::temp_dir().join(format!(
+        "pipeline-legs-{}-{:?}.pem",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&bundle, &pki.ca_pem).unwrap();
+    let trust = mitm::UpstreamTrust::from_bundle(&bundle).unwrap();
+    std::fs::remove_file(&bundle).unwrap();
+    let ca = mitm::CertificateAuthority::generate("tlsgate test CA", 1, OffsetDateTime::now_utc()).unwrap();
+    let ca_der = ca.cert_der().clone();
+    let forger = mitm::forge::Forger::new(ca, None, 16).unwrap();
+    let context = mitm::TlsContext::new(
+        forger,
+        trust,
+        mitm::InvalidUpstream::Refuse,
+        None,
+        mitm::WallClock::new(OffsetDateTime::now_utc()),
+    )
+    .unwrap();
+    (context, ca_der)
+}
+
+/// What a tap was shown, each direction.
+#[derive(Default)]
+struct Recorded {
+    to_server: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+impl pipeline::Tap for Recorded {
+    fn data(&mut self, from_client: bool, bytes: &[u8]) {
+        if from_client {
+            self.to_server.extend_from_slice(bytes);
+        } else {
+            self.to_client.extend_from_slice(bytes);
+        }
+    }
+
+    fn fin(&mut self, _from_client: bool) {}
+}
+
+const SERVER_IP: &str = "198.18.1.2";
+
+/// A STARTTLS connection over fresh legs, its server leg connected.
+fn starttls_connection() -> (Connection, Legs) {
+    let conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), false, false);
+    (conn, Legs::new())
+}
+
+/// The inspection box passes everything on, both ways.
+fn box_passes(legs: &mut Legs) {
+    let up = std::mem::take(&mut legs.wire(Leg::InspectOut).from_pipeline);
+    legs.wire(Leg::InspectIn).to_pipeline.extend(up);
+    let down = std::mem::take(&mut legs.wire(Leg::InspectIn).from_pipeline);
+    legs.wire(Leg::InspectOut).to_pipeline.extend(down);
+}
+
+/// `from` sends `bytes`; the preamble is relayed (through the box when
+/// there is one); returns what the other peer received.
+fn say(conn: &mut Connection, legs: &mut Legs, from: Leg, bytes: &[u8]) -> Vec<u8> {
+    legs.wire(from).to_pipeline.extend(bytes);
+    conn.pump_preamble(legs, None).unwrap();
+    if conn.has_loop() {
+        box_passes(legs);
+        conn.pump_preamble(legs, None).unwrap();
+    }
+    let to = if from == Leg::Client { Leg::Server } else { Leg::Client };
+    std::mem::take(&mut legs.wire(to).from_pipeline)
+}
+
+fn events(conn: &mut Connection) -> Vec<pipeline::PreambleEvent> {
+    std::iter::from_fn(|| conn.next_preamble_event()).collect()
+}
+
+/// Greeting, EHLO and its STARTTLS capability, relayed byte for byte.
+fn greet(conn: &mut Connection, legs: &mut Legs) {
+    for (from, bytes) in [
+        (Leg::Server, &b"220 mx.lab.test ESMTP\r\n"[..]),
+        (Leg::Client, b"EHLO client\r\n"),
+        (Leg::Server, b"250-mx.lab.test\r\n250 STARTTLS\r\n"),
+    ] {
+        assert_eq!(say(conn, legs, from, bytes), bytes, "relayed byte for byte");
+    }
+}
+
+/// One pass of an intercepted connection (with its context).
+fn step_intercepted(conn: &mut Connection, legs: &mut Legs, context: &mut mitm::TlsContext) {
+    conn.pump_tls(legs, Some(context), None).unwrap();
+    conn.finish_tls_directions(legs, None);
+}
+
+/// After the upgrade: the client's ClientHello is intercepted (`expose`:
+/// the plaintext goes through the loop) and both handshakes run; returns
+/// the rustls client (trusting the appliance's CA) and the real server.
+fn handshake_upgraded(
+    conn: &mut Connection,
+    legs: &mut Legs,
+    pki: &Pki,
+    (context, appliance_ca): (&mut mitm::TlsContext, &CertificateDer<'static>),
+    expose: bool,
+) -> (ClientConnection, rustls::ServerConnection) {
+    let mut client = client_trusting(appliance_ca);
+    let mut server = rustls::ServerConnection::new(Arc::clone(&pki.server)).unwrap();
+    peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+    step_intercepted(conn, legs, context);
+    let Some(Pending::Hello { sni, .. }) = conn.pending() else {
+        panic!("no ClientHello after the upgrade: {:?}", conn.pending());
+    };
+    assert_eq!(sni.as_deref(), Some("www.lab.test"));
+    conn.intercept(context, expose).unwrap();
+    for _ in 0..20 {
+        step_intercepted(conn, legs, context);
+        peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+        peer_io(&mut server, legs.wire(Leg::Server), &mut Vec::new());
+    }
+    assert!(conn.handshakes_done() && !client.is_handshaking() && !server.is_handshaking());
+    (client, server)
+}
+
+#[test]
+fn a_starttls_preamble_passes_byte_for_byte_then_its_tls_is_intercepted_both_ways() {
+    let pki = pki();
+    let (mut context, appliance_ca) = appliance_context(&pki);
+    let (mut conn, mut legs) = starttls_connection();
+    assert_eq!(conn.in_preamble(), Some(starttls::Protocol::Smtp));
+    greet(&mut conn, &mut legs);
+    assert_eq!(say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n"), b"STARTTLS\r\n");
+    assert!(conn.preamble_awaiting_server());
+    assert_eq!(
+        say(&mut conn, &mut legs, Leg::Server, b"220 2.0.0 Ready\r\n"),
+        b"220 2.0.0 Ready\r\n"
+    );
+    use pipeline::PreambleEvent::*;
+    assert_eq!(events(&mut conn), [Offered, Requested, Accepted, Upgraded]);
+    assert!(conn.in_preamble().is_none() && conn.tls().is_some());
+
+    let (mut client, mut server) = handshake_upgraded(&mut conn, &mut legs, &pki, (&mut context, &appliance_ca), false);
+    assert_ne!(
+        client.peer_certificates().unwrap()[0],
+        pki.leaf,
+        "the client sees the forged certificate"
+    );
+    client.writer().write_all(b"EHLO client\r\n").unwrap();
+    server.writer().write_all(b"250 mx.lab.test\r\n").unwrap();
+    let (mut at_client, mut at_server) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        peer_io(&mut client, legs.wire(Leg::Client), &mut at_client);
+        peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+        step_intercepted(&mut conn, &mut legs, &mut context);
+    }
+    assert_eq!(at_server, b"EHLO client\r\n");
+    assert_eq!(at_client, b"250 mx.lab.test\r\n");
+    assert_eq!(conn.injected_bytes_discarded(), 0);
+}
+
+#[test]
+fn client_bytes_after_starttls_are_discarded_and_never_reach_the_server_before_or_after_tls() {
+    let pki = pki();
+    let (mut context, appliance_ca) = appliance_context(&pki);
+    let (mut conn, mut legs) = starttls_connection();
+    greet(&mut conn, &mut legs);
+    // Pipelined with the request (CVE-2011-0411), then more before the answer.
+    let at_server = say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\nMAIL FROM:<evil@x>\r\n");
+    assert_eq!(at_server, b"STARTTLS\r\n");
+    assert!(say(&mut conn, &mut legs, Leg::Client, b"RCPT TO:<evil@x>\r\n").is_empty());
+    // Injected into the client leg as the server's answer comes.
+    legs.wire(Leg::Client).to_pipeline.extend(b"DATA\r\n");
+    assert_eq!(
+        say(&mut conn, &mut legs, Leg::Server, b"220 Ready\r\n"),
+        b"220 Ready\r\n"
+    );
+    assert_eq!(
+        conn.injected_bytes_discarded(),
+        (b"MAIL FROM:<evil@x>\r\n".len() + b"RCPT TO:<evil@x>\r\n".len() + b"DATA\r\n".len()) as u64
+    );
+
+    let (mut client, mut server) = handshake_upgraded(&mut conn, &mut legs, &pki, (&mut context, &appliance_ca), false);
+    client.writer().write_all(b"EHLO client\r\n").unwrap();
+    let mut at_server = Vec::new();
+    for _ in 0..5 {
+        peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+        step_intercepted(&mut conn, &mut legs, &mut context);
+        peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+    }
+    assert_eq!(at_server, b"EHLO client\r\n", "only what the client sent inside TLS");
+}
+
+#[test]
+fn a_refused_upgrade_passes_to_the_client_and_the_preamble_goes_on_in_plaintext() {
+    let (mut conn, mut legs) = starttls_connection();
+    greet(&mut conn, &mut legs);
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    let refusal = b"454 4.7.0 TLS not available\r\n";
+    assert_eq!(say(&mut conn, &mut legs, Leg::Server, refusal), refusal);
+    let mail = b"MAIL FROM:<a@lab.test>\r\n";
+    assert_eq!(say(&mut conn, &mut legs, Leg::Client, mail), mail);
+    use pipeline::PreambleEvent::*;
+    assert_eq!(events(&mut conn), [Offered, Requested, Refused, PlaintextContent]);
+    assert!(conn.in_preamble().is_some() && conn.tls().is_none());
+}
+
+#[test]
+fn a_server_that_speaks_after_accepting_fails_the_connection() {
+    let (mut conn, mut legs) = starttls_connection();
+    greet(&mut conn, &mut legs);
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    legs.wire(Leg::Server)
+        .to_pipeline
+        .extend(b"220 Ready\r\n250 injected\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::ServerSpokeAfterAccept(14))
+    );
+
+    // The same once the answer was relayed (and waits for the client's window).
+    let (mut conn, mut legs) = starttls_connection();
+    greet(&mut conn, &mut legs);
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    legs.wire(Leg::Client).window = 0;
+    legs.wire(Leg::Server).to_pipeline.extend(b"220 Ready\r\n");
+    conn.pump_preamble(&mut legs, None).unwrap();
+    assert!(conn.in_preamble().is_some(), "the answer has not reached the client");
+    legs.wire(Leg::Server).to_pipeline.extend(b"250 x\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::ServerSpokeAfterAccept(7))
+    );
+}
+
+#[test]
+fn with_an_inspection_loop_the_preamble_and_the_upgraded_plaintext_go_through_the_box() {
+    let pki = pki();
+    let (mut context, appliance_ca) = appliance_context(&pki);
+    let (mut conn, mut legs) = starttls_connection();
+    conn.open_loop();
+    *legs.wire(Leg::InspectOut) = Wire::open();
+    *legs.wire(Leg::InspectIn) = Wire::open();
+    assert!(conn.loop_passed_syn());
+
+    legs.wire(Leg::Server).to_pipeline.extend(b"220 mx ESMTP\r\n");
+    let mut tap = Recorded::default();
+    conn.pump_preamble(&mut legs, Some(&mut tap)).unwrap();
+    assert!(
+        legs.get(Leg::Client).from_pipeline.is_empty(),
+        "not before the box passed it"
+    );
+    assert_eq!(legs.get(Leg::InspectIn).from_pipeline, b"220 mx ESMTP\r\n");
+    box_passes(&mut legs);
+    conn.pump_preamble(&mut legs, Some(&mut tap)).unwrap();
+    assert_eq!(tap.to_client, b"220 mx ESMTP\r\n", "the tap sees what the box passed");
+    assert_eq!(
+        std::mem::take(&mut legs.wire(Leg::Client).from_pipeline),
+        b"220 mx ESMTP\r\n"
+    );
+
+    legs.wire(Leg::Client).to_pipeline.extend(b"EHLO client\r\n");
+    conn.pump_preamble(&mut legs, None).unwrap();
+    assert_eq!(legs.get(Leg::InspectOut).from_pipeline, b"EHLO client\r\n");
+    assert!(legs.get(Leg::Server).from_pipeline.is_empty());
+    box_passes(&mut legs);
+    conn.pump_preamble(&mut legs, None).unwrap();
+    assert_eq!(
+        std::mem::take(&mut legs.wire(Leg::Server).from_pipeline),
+        b"EHLO client\r\n"
+    );
+
+    say(&mut conn, &mut legs, Leg::Server, b"250 STARTTLS\r\n");
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    // The answer is in the box; the client injects meanwhile.
+    legs.wire(Leg::Server).to_pipeline.extend(b"220 Ready\r\n");
+    conn.pump_preamble(&mut legs, None).unwrap();
+    legs.wire(Leg::Client).to_pipeline.extend(b"QUIT\r\n");
+    assert!(
+        conn.in_preamble().is_some(),
+        "upgraded only once the box passed the answer"
+    );
+    box_passes(&mut legs);
+    conn.pump_preamble(&mut legs, None).unwrap();
+    assert_eq!(
+        std::mem::take(&mut legs.wire(Leg::Client).from_pipeline),
+        b"220 Ready\r\n"
+    );
+    assert!(conn.tls().is_some());
+    assert_eq!(conn.injected_bytes_discarded(), 6);
+
+    // The loop stays: the upgraded plaintext goes round it too.
+    let mut client = client_trusting(&appliance_ca);
+    let mut server = rustls::ServerConnection::new(Arc::clone(&pki.server)).unwrap();
+    peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+    step_intercepted(&mut conn, &mut legs, &mut context);
+    conn.intercept(&context, true).unwrap();
+    for _ in 0..20 {
+        step_intercepted(&mut conn, &mut legs, &mut context);
+        peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+        peer_io(&mut server, legs.wire(Leg::Server), &mut Vec::new());
+    }
+    client.writer().write_all(b"EHLO again\r\n").unwrap();
+    peer_io(&mut client, legs.wire(Leg::Client), &mut Vec::new());
+    step_intercepted(&mut conn, &mut legs, &mut context);
+    assert_eq!(legs.get(Leg::InspectOut).from_pipeline, b"EHLO again\r\n");
+    box_passes(&mut legs);
+    step_intercepted(&mut conn, &mut legs, &mut context);
+    let mut at_server = Vec::new();
+    peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+    assert_eq!(at_server, b"EHLO again\r\n");
+}
+
+#[test]
+fn require_tls_fails_plaintext_content_and_a_refusal_without_passing_them_on() {
+    let mut conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), true, false);
+    let mut legs = Legs::new();
+    greet(&mut conn, &mut legs);
+    legs.wire(Leg::Client).to_pipeline.extend(b"MAIL FROM:<a@lab.test>\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::PlaintextContent(starttls::Protocol::Smtp))
+    );
+    assert!(
+        legs.get(Leg::Server).from_pipeline.is_empty(),
+        "the content never reached the server"
+    );
+
+    let mut conn = Connection::starttls(TestWatcher::boxed(), SERVER_IP.parse().unwrap(), true, false);
+    let mut legs = Legs::new();
+    greet(&mut conn, &mut legs);
+    say(&mut conn, &mut legs, Leg::Client, b"STARTTLS\r\n");
+    legs.wire(Leg::Server)
+        .to_pipeline
+        .extend(b"454 4.7.0 TLS not available\r\n");
+    assert_eq!(
+        conn.pump_preamble(&mut legs, None),
+        Err(pipeline::PreambleError::UpgradeRefused(starttls::Protocol::Smtp))
+    );
+    assert!(legs.get(Leg::Client).from_pipeline.is_empty());
 }

@@ -368,6 +368,20 @@ fn check(config_path: &Path) -> Result<()> {
             }
         )?;
     }
+    for entry in config.starttls_ports() {
+        say!(
+            "  starttls: port {} speaks {}: {}{}; a preamble waiting {} ms for the server is reset",
+            entry.port,
+            entry.protocol,
+            entry.action.name(),
+            if entry.require_tls {
+                ", plaintext content blocked (require_tls)"
+            } else {
+                ""
+            },
+            config.tcp.starttls_timeout_ms
+        )?;
+    }
     if intercepts_tls(&config) {
         let tls = &config.tls;
         say!(
@@ -448,7 +462,7 @@ fn check(config_path: &Path) -> Result<()> {
 }
 
 fn intercepts_tls(config: &Config) -> bool {
-    !config.intercept.tcp_ports.is_empty() && config.intercept.mode == appliance::config::InterceptMode::Tls
+    config.intercepts_tls()
 }
 
 fn replay(

@@ -1,0 +1,356 @@
+//! STARTTLS interception in memory, on the virtual clock: a scripted SMTP
+//! server behind the appliance and a client that upgrades with a real
+//! rustls client. The preamble passes byte for byte, the upgrade is
+//! intercepted (the client trusts the appliance's CA, sends no SNI as most
+//! SMTP clients do, and the origin's certificate is verified for its
+//! address); commands injected after STARTTLS never reach the server;
+//! `require_tls` blocks plaintext mail; a server silent in the preamble is
+//! reset after `tcp.starttls_timeout_ms`; an inspection box sees the
+//! commands before and after the upgrade in plaintext. Each is counted and
+//! logged.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod harness;
+
+use std::io::Write;
+use std::ops::DerefMut;
+use std::sync::Arc;
+
+use appliance::config::InspectFailure;
+use appliance::config::StarttlsPort;
+use appliance::policy::Action;
+use appliance::splice::InspectionSettings;
+use harness::connlog::LogFile;
+use harness::tls::{drive, interception, origin_for, provider, Scratch};
+use harness::{assert_no_leaks, exchange, policy, v4, BoxMode, Host, Lab, SERVER_V4};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
+};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+
+struct Setup {
+    lab: Lab,
+    ca: CertificateDer<'static>,
+    origin: Arc<ServerConfig>,
+    log: LogFile,
+    _scratch: Scratch,
+}
+
+/// The appliance watching SMTP on port 25 (`require_tls` as given,
+/// `tcp.starttls_timeout_ms` 2 s), logging connections, in front of an
+/// origin whose certificate names mx.lab.test and the server's address.
+fn setup(name: &str, require_tls: bool) -> Setup {
+    setup_with(name, require_tls, false)
+}
+
+/// [`setup`], with an inspection box that passes everything when `inspect`.
+fn setup_with(name: &str, require_tls: bool, inspect: bool) -> Setup {
+    let scratch = Scratch::new(name);
+    let (origin, origin_ca) = origin_for(&["mx.lab.test"], rustls::DEFAULT_VERSIONS);
+    let (context, ca) = interception(&scratch, &origin_ca);
+    let log = LogFile::open(scratch.0.join("connections.log"));
+    let connection_log = Arc::clone(&log.log);
+    let mut intercept = policy(&[]);
+    intercept.starttls = vec![StarttlsPort {
+        port: 25,
+        protocol: starttls::Protocol::Smtp,
+        action: Action::Intercept,
+        require_tls,
+    }];
+    intercept.limits.starttls_timeout = netstack::Duration::from_millis(2_000);
+    let finish =
+        |engine: appliance::engine::Engine<port::MemPort>| engine.with_tls(context).with_connection_log(connection_log);
+    let lab = if inspect {
+        let settings = InspectionSettings {
+            failure: InspectFailure::FailClosed,
+            syn_timeout: netstack::Duration::from_secs(1),
+            timeout: netstack::Duration::from_secs(3),
+        };
+        Lab::with_inspection_and(&intercept, settings, BoxMode::Pass, finish)
+    } else {
+        Lab::with_engine(&intercept, finish)
+    };
+    Setup {
+        lab,
+        ca,
+        origin,
+        log,
+        _scratch: scratch,
+    }
+}
+
+/// One end of an SMTP conversation on a host socket: plaintext until its
+/// TLS starts, then through it.
+struct Peer<C> {
+    socket: SocketHandle,
+    tls: Option<C>,
+    received: Vec<u8>,
+}
+
+impl<C, D> Peer<C>
+where
+    C: DerefMut<Target = ConnectionCommon<D>>,
+    D: SideData,
+{
+    fn new(socket: SocketHandle) -> Peer<C> {
+        Peer {
+            socket,
+            tls: None,
+            received: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self, host: &mut Host) {
+        if host.tcp(self.socket).state() != State::Established {
+            return;
+        }
+        match self.tls.as_mut() {
+            None => exchange(host, self.socket, &mut &[][..], &mut self.received),
+            Some(tls) => {
+                drive(host, self.socket, tls, &mut self.received);
+            }
+        }
+    }
+
+    fn send(&mut self, host: &mut Host, bytes: &[u8]) {
+        match self.tls.as_mut() {
+            None => assert_eq!(host.tcp(self.socket).send_slice(bytes).unwrap(), bytes.len()),
+            Some(tls) => tls.writer().write_all(bytes).unwrap(),
+        }
+        self.pump(host);
+    }
+
+    /// Takes what was received if it ends with `line_end`.
+    fn take_if_ends(&mut self, line_end: &[u8]) -> Option<Vec<u8>> {
+        self.received
+            .ends_with(line_end)
+            .then(|| std::mem::take(&mut self.received))
+    }
+}
+
+/// A rustls client trusting `ca`, for the server's address (no SNI).
+fn client_without_sni(ca: &CertificateDer<'static>) -> ClientConnection {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let address = ServerName::IpAddress(std::net::IpAddr::from(SERVER_V4).into());
+    ClientConnection::new(Arc::new(config), address).unwrap()
+}
+
+const GREETING: &[u8] = b"220 mx.lab.test ESMTP\r\n";
+const EHLO_REPLY: &[u8] = b"250-mx.lab.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+const READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
+
+/// Runs the lab until `done`, pumping both peers; false if it never held.
+fn run(
+    lab: &mut Lab,
+    client: &mut Peer<ClientConnection>,
+    server: &mut Peer<ServerConnection>,
+    mut done: impl FnMut(&mut Lab, &mut Peer<ClientConnection>, &mut Peer<ServerConnection>) -> bool,
+) -> bool {
+    lab.run_until(10_000, |lab| {
+        client.pump(&mut lab.client);
+        server.pump(&mut lab.server);
+        done(lab, client, server)
+    })
+}
+
+/// Connects a client to port 25 and the server greets; the client says
+/// EHLO and is offered STARTTLS, byte for byte.
+fn greeted(lab: &mut Lab, local_port: u16) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
+    let listener = lab.server.listen(25, 64 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 25), local_port, 64 * 1024);
+    let (mut client, mut server) = (Peer::new(socket), Peer::new(listener));
+    let up = lab.run_until(2_000, |lab| lab.server.tcp(listener).state() == State::Established);
+    assert!(up, "the server accepted");
+    server.send(&mut lab.server, GREETING);
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
+        == GREETING));
+    client.received.clear();
+    client.send(&mut lab.client, b"EHLO client.lab.test\r\n");
+    assert!(run(lab, &mut client, &mut server, |_, _, server| server.received
+        == b"EHLO client.lab.test\r\n"));
+    server.received.clear();
+    server.send(&mut lab.server, EHLO_REPLY);
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
+        == EHLO_REPLY));
+    client.received.clear();
+    (client, server)
+}
+
+/// The client's `request` (ending in STARTTLS) reaches the server as
+/// `expected`; the server answers 220 and both sides start TLS (the
+/// server with the origin's certificate, the client trusting the
+/// appliance's CA); a mail transaction then crosses inside TLS.
+fn upgrade_and_send_mail(setup: &mut Setup, local_port: u16, request: &[u8], expected: &[u8]) {
+    let lab = &mut setup.lab;
+    let (mut client, mut server) = greeted(lab, local_port);
+    client.send(&mut lab.client, request);
+    assert!(run(lab, &mut client, &mut server, |_, _, server| server
+        .received
+        .ends_with(b"STARTTLS\r\n")));
+    lab.run_for(50);
+    server.pump(&mut lab.server);
+    assert_eq!(
+        server.take_if_ends(b"\r\n").unwrap(),
+        expected,
+        "the server got the request alone"
+    );
+    server.send(&mut lab.server, READY);
+    server.tls = Some(ServerConnection::new(Arc::clone(&setup.origin)).unwrap());
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received == READY));
+    client.received.clear();
+    client.tls = Some(client_without_sni(&setup.ca));
+    let mail = b"EHLO client.lab.test\r\nMAIL FROM:<a@lab.test>\r\n";
+    client.send(&mut lab.client, mail);
+    assert!(
+        run(lab, &mut client, &mut server, |_, _, server| server.received.len()
+            >= mail.len()),
+        "the mail crossed inside TLS: server got {:?}",
+        String::from_utf8_lossy(&server.received)
+    );
+    assert_eq!(server.received, mail, "only what the client sent inside TLS");
+    let reply = b"250-mx.lab.test\r\n250 AUTH PLAIN\r\n250 2.1.0 Ok\r\n";
+    server.send(&mut lab.server, reply);
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received == reply));
+    lab.client.tcp(client.socket).close();
+    lab.server.tcp(server.socket).close();
+    assert!(run(lab, &mut client, &mut server, |lab, client, server| {
+        matches!(lab.client.tcp(client.socket).state(), State::TimeWait | State::Closed)
+            && matches!(lab.server.tcp(server.socket).state(), State::TimeWait | State::Closed)
+    }));
+}
+
+/// The connection log's only record, once written.
+fn record(lab: &mut Lab, log: &LogFile) -> serde_json::Value {
+    assert!(lab.run_until(30_000, |_| !log.records().is_empty()), "no record");
+    let mut records = log.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let validator = harness::connlog::validator();
+    harness::connlog::assert_matches_schema(&validator, &records[0]);
+    records.remove(0)
+}
+
+#[test]
+fn smtp_starttls_is_intercepted_end_to_end_without_sni_and_logged() {
+    let mut setup = setup("starttls-smtp", false);
+    upgrade_and_send_mail(&mut setup, 46_000, b"STARTTLS\r\n", b"STARTTLS\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (
+            counters.starttls_sessions,
+            counters.starttls_upgraded,
+            counters.tls_intercepted,
+            counters.starttls_injected_bytes_discarded
+        ),
+        (1, 1, 1, 0)
+    );
+    let record = record(lab, log);
+    assert_eq!(record["starttls"], "smtp", "{record}");
+    assert_eq!(record["starttls_outcome"], "upgraded");
+    assert_eq!(record["starttls_discarded_bytes"], 0);
+    assert_eq!(record["decision"], "intercept");
+    assert_eq!(record["sni"], serde_json::Value::Null, "no SNI");
+    assert_eq!(record["upstream_verified"], true, "verified for the server's address");
+    assert_eq!(record["ended"], "closed");
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn commands_injected_after_starttls_never_reach_the_server() {
+    let mut setup = setup("starttls-injection", false);
+    let injected = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@lab.test>\r\n";
+    let mut request = b"STARTTLS\r\n".to_vec();
+    request.extend_from_slice(injected);
+    upgrade_and_send_mail(&mut setup, 46_100, &request, b"STARTTLS\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    assert_eq!(
+        lab.engine.splicer().counters().starttls_injected_bytes_discarded,
+        injected.len() as u64
+    );
+    let record = record(lab, log);
+    assert_eq!(record["starttls_discarded_bytes"], injected.len(), "{record}");
+    assert_eq!(record["starttls_outcome"], "upgraded");
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn require_tls_blocks_mail_sent_in_plaintext_before_it_reaches_the_server() {
+    let mut setup = setup("starttls-require", true);
+    let Setup { lab, log, .. } = &mut setup;
+    let (mut client, mut server) = greeted(lab, 46_200);
+    client.send(&mut lab.client, b"MAIL FROM:<a@lab.test>\r\n");
+    assert!(
+        run(lab, &mut client, &mut server, |lab, client, _| lab
+            .client
+            .tcp(client.socket)
+            .state()
+            == State::Closed),
+        "the client was reset"
+    );
+    assert!(server.received.is_empty(), "the mail never reached the server");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(counters.starttls_plaintext_blocked, 1);
+    let record = record(lab, log);
+    assert_eq!(record["starttls_outcome"], "blocked", "{record}");
+    assert_eq!(record["decision"], "block");
+    assert_eq!(record["reason"], "require_tls: smtp content before STARTTLS");
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn a_server_silent_in_the_preamble_is_reset_after_the_starttls_timeout() {
+    let mut setup = setup("starttls-timeout", false);
+    let Setup { lab, log, .. } = &mut setup;
+    let listener = lab.server.listen(25, 64 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 25), 46_300, 64 * 1024);
+    let up = lab.run_until(2_000, |lab| lab.client.tcp(socket).state() == State::Established);
+    assert!(up);
+    let started = lab.now;
+    // No greeting: the client waits, the appliance's timer runs.
+    let reset = lab.run_until(10_000, |lab| {
+        lab.client.tcp(socket).state() == State::Closed && lab.server.tcp(listener).state() != State::Established
+    });
+    assert!(reset, "client {:?}", lab.client.tcp(socket).state());
+    let waited = (lab.now - started).total_millis();
+    assert!((2_000..3_000).contains(&waited), "reset after {waited} ms");
+    assert_eq!(lab.engine.splicer().counters().starttls_timeouts, 1);
+    let record = record(lab, log);
+    assert_eq!(record["starttls_outcome"], "failed", "{record}");
+    assert_eq!(
+        record["ended"],
+        "timed out: no answer from the server in the STARTTLS preamble within 2000 ms"
+    );
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn the_inspection_box_sees_the_preamble_and_the_upgraded_plaintext() {
+    let mut setup = setup_with("starttls-inspect", false, true);
+    upgrade_and_send_mail(&mut setup, 46_400, b"STARTTLS\r\n", b"STARTTLS\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    let seen = &lab.inspection.as_ref().unwrap();
+    let up = String::from_utf8_lossy(&seen.seen_up);
+    let down = String::from_utf8_lossy(&seen.seen_down);
+    assert!(
+        up.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\nEHLO client.lab.test\r\nMAIL FROM:<a@lab.test>\r\n"),
+        "the box saw the commands before and after the upgrade, in plaintext: {up:?}"
+    );
+    assert!(
+        down.starts_with("220 mx.lab.test ESMTP\r\n250-mx.lab.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n220 2.0.0"),
+        "{down:?}"
+    );
+    assert!(down.contains("250 AUTH PLAIN"), "{down:?}");
+    assert_eq!(lab.engine.splicer().counters().inspected, 1);
+    let record = record(lab, log);
+    assert_eq!(record["inspection"], "inspected", "{record}");
+    assert_eq!(record["starttls_outcome"], "upgraded");
+    assert_no_leaks(lab);
+}

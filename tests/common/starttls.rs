@@ -1,0 +1,354 @@
+//! The real STARTTLS peers of the lab (tests/lab/starttls-peers.sh: Postfix,
+//! Dovecot, Prosody, vsftpd, PostgreSQL in the server namespace) and their
+//! real clients (swaks, curl, `openssl s_client -starttls`, psql, slixmpp).
+//! Each client function takes the lab, the client's namespace, the server
+//! address (bare IPv4 or IPv6) and the CA file the client trusts, completes
+//! its protocol over STARTTLS verifying the server as [`SERVER_NAME`], and
+//! returns what happened: a direct test passes the lab CA
+//! ([`StarttlsPeers::ca`]), an interception test the appliance CA.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::lab::Lab;
+use super::{output, repo, text};
+
+/// The name every client verifies (the peers' certificate also holds
+/// lab.test and the server's two addresses).
+pub const SERVER_NAME: &str = "mail.lab.test";
+/// The mail, IMAP/POP3, XMPP and PostgreSQL account.
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "secret";
+/// vsftpd's passive data ports (pasv_min_port..=pasv_max_port).
+pub const FTP_PASSIVE_PORTS: std::ops::RangeInclusive<u16> = 40000..=40009;
+
+/// The servers of tests/lab/starttls-peers.sh under a scratch directory,
+/// stopped on drop.
+pub struct StarttlsPeers(pub PathBuf);
+
+impl StarttlsPeers {
+    /// Starts them under `dir`. What the script prints goes to a file
+    /// beside it, not to a pipe a daemon could keep open.
+    pub fn start(dir: PathBuf) -> StarttlsPeers {
+        let printed = dir.with_extension("log");
+        let log = std::fs::File::create(&printed).expect("peers' log");
+        let started = Command::new("timeout")
+            .arg("120")
+            .arg("bash")
+            .arg(repo().join("tests/lab/starttls-peers.sh"))
+            .arg("start")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("peers' log"))
+            .stderr(log)
+            .status()
+            .expect("run starttls-peers.sh");
+        let peers = StarttlsPeers(dir);
+        assert!(
+            started.success(),
+            "starttls-peers.sh: {}",
+            std::fs::read_to_string(&printed).unwrap_or_default()
+        );
+        peers
+    }
+
+    /// The lab CA that signed every server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.0.join("pki/ca.pem")
+    }
+
+    /// The message waiting in tester's mailbox from the start, as IMAP and
+    /// POP3 serve it (CRLF lines).
+    pub fn first_message(&self) -> Vec<u8> {
+        let message = std::fs::read_to_string(self.0.join("first-message.eml")).expect("first message");
+        message.replace('\n', "\r\n").into_bytes()
+    }
+
+    /// Waits up to 15 s for a message delivered to tester's Maildir
+    /// containing `needle`; returns it as stored.
+    pub fn await_delivered(&self, needle: &str) -> String {
+        let new = self.0.join("mail/lab.test/tester/new");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = std::fs::read_dir(&new)
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+                .find(|message| message.contains(needle));
+            if let Some(message) = found {
+                return message;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no message with {needle:?} in {}",
+                new.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to 15 s for a line of the log `log` (relative to the
+    /// peers' directory: maillog, dovecot/dovecot.log, prosody/prosody.log,
+    /// vsftpd.log, pg/postgresql.log) containing `needle`.
+    pub fn await_logged(&self, log: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let logged = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
+            if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no line with {needle:?} in {log}:\n{logged}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The file vsftpd serves as /file.bin.
+    pub fn ftp_file(&self) -> Vec<u8> {
+        std::fs::read(self.0.join("ftp/file.bin")).expect("ftp file")
+    }
+
+    /// What an upload to /upload/NAME stored.
+    pub fn ftp_uploaded(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.0.join("ftp/upload").join(name)).expect("uploaded file")
+    }
+}
+
+impl Drop for StarttlsPeers {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/lab/starttls-peers.sh"))
+            .arg("stop")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// What a client did: whether it succeeded, and everything it printed.
+pub struct Session {
+    pub succeeded: bool,
+    pub transcript: String,
+}
+
+impl Session {
+    fn of(result: Output) -> Session {
+        Session {
+            succeeded: result.status.success(),
+            transcript: format!("{}{}", text(&result.stdout), text(&result.stderr)),
+        }
+    }
+
+    /// The transcript of a session that must have succeeded.
+    pub fn expect_ok(self, what: &str) -> String {
+        assert!(self.succeeded, "{what} failed:\n{}", self.transcript);
+        self.transcript
+    }
+}
+
+/// `[2001:2::2]` for an IPv6 address, the IPv4 address as is.
+pub fn bracketed(address: &str) -> String {
+    if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+/// curl's `--resolve` of SERVER_NAME:port to `server`.
+fn resolve(server: &str, port: u16) -> String {
+    format!("{SERVER_NAME}:{port}:{}", bracketed(server))
+}
+
+/// swaks sends the message file `message` (headers and body, LF lines) to
+/// tester@lab.test at `server`:`port` over STARTTLS (`--tls`: no mail
+/// without TLS), verifying the certificate against `ca`.
+pub fn swaks(lab: &Lab, namespace: &str, server: &str, port: u16, ca: &Path, message: &Path) -> Session {
+    let port = port.to_string();
+    Session::of(output(
+        lab.cmd(namespace, "timeout")
+            .args(["30", "swaks", "--server", server, "--port", &port])
+            .args(["--from", "sender@lab.test", "--to", "tester@lab.test"])
+            .args([
+                "--helo",
+                "client.lab.test",
+                "--tls",
+                "--tls-verify",
+                "--tls-sni",
+                SERVER_NAME,
+            ])
+            .arg("--tls-ca-path")
+            .arg(ca)
+            .arg("--data")
+            .arg(format!("@{}", message.display())),
+    ))
+}
+
+/// The queue id in swaks' transcript ("250 2.0.0 Ok: queued as ID").
+pub fn queue_id(transcript: &str) -> &str {
+    let (_, after) = transcript
+        .split_once("queued as ")
+        .unwrap_or_else(|| panic!("no queue id in:\n{transcript}"));
+    after.split_whitespace().next().expect("queue id")
+}
+
+/// `openssl s_client -starttls PROTOCOL` to `server`:`port`, verifying
+/// SERVER_NAME against `ca` (`-verify_return_error`), then sending `input`
+/// (LF lines, sent as CRLF) over TLS and reading until the server closes
+/// (`-ign_eof`; with an empty input, until the handshake is done).
+pub fn s_client(
+    lab: &Lab,
+    namespace: &str,
+    protocol: &str,
+    server: &str,
+    port: u16,
+    ca: &Path,
+    input: &str,
+) -> Session {
+    let mut command = lab.cmd(namespace, "timeout");
+    command
+        .args(["20", "openssl", "s_client", "-starttls", protocol, "-connect"])
+        .arg(format!("{}:{port}", bracketed(server)))
+        .args(["-servername", SERVER_NAME, "-verify_hostname", SERVER_NAME])
+        .args(["-verify_return_error", "-crlf", "-CAfile"])
+        .arg(ca);
+    if protocol == "xmpp" {
+        command.args(["-xmpphost", "lab.test"]);
+    }
+    if !input.is_empty() {
+        command.arg("-ign_eof");
+    }
+    Session::of(with_input(&mut command, input.as_bytes()))
+}
+
+/// Runs `command` with `input` on its standard input (then closed).
+fn with_input(command: &mut Command, input: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A few hundred bytes: the pipe holds them before the child reads.
+    stdin.write_all(input).expect("write the client's input");
+    drop(stdin);
+    child.wait_with_output().expect("wait for the client")
+}
+
+/// What `s_client` sends after the upgrade for each protocol, and what the
+/// server answers only once the client is in: a login or a new stream.
+pub fn s_client_dialogue(protocol: &str) -> (&'static str, &'static str) {
+    match protocol {
+        "smtp" => ("EHLO client.lab.test\nQUIT\n", "221 2.0.0 Bye"),
+        "imap" => ("a1 LOGIN tester secret\na2 SELECT INBOX\na3 LOGOUT\n", "a2 OK"),
+        "pop3" => ("USER tester\nPASS secret\nSTAT\nQUIT\n", "+OK Logged in."),
+        "xmpp" => (
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+             to='lab.test' version='1.0'>\n</stream:stream>\n",
+            "<mechanism>PLAIN</mechanism>",
+        ),
+        "ftp" => (
+            "PBSZ 0\nPROT P\nUSER anonymous\nPASS lab@lab.test\nPWD\nQUIT\n",
+            "230 Login successful.",
+        ),
+        "postgres" => ("", ""),
+        other => panic!("no dialogue for {other}"),
+    }
+}
+
+/// curl fetching `path` (e.g. `INBOX;UID=1` for IMAP, `1` for POP3) from
+/// `scheme`://SERVER_NAME at `server` with `--ssl-reqd` (STARTTLS or
+/// nothing), as tester.
+pub fn curl_mail(lab: &Lab, namespace: &str, server: &str, ca: &Path, scheme: &str, path: &str) -> Session {
+    let port = if scheme == "imap" { 143 } else { 110 };
+    Session::of(output(
+        lab.cmd(namespace, "curl")
+            .args(["-sS", "--max-time", "20", "--ssl-reqd", "--user", "tester:secret"])
+            .args(["--resolve", &resolve(server, port), "--cacert"])
+            .arg(ca)
+            .arg(format!("{scheme}://{SERVER_NAME}/{path}")),
+    ))
+}
+
+/// curl downloading ftp://SERVER_NAME/file.bin at `server` into `saved`
+/// over AUTH TLS (`--ssl-reqd`: control and data connections), anonymous,
+/// passive (EPSV, then PASV; `options` such as `--disable-epsv` first).
+pub fn curl_ftp_download(
+    lab: &Lab,
+    namespace: &str,
+    server: &str,
+    ca: &Path,
+    options: &[&str],
+    saved: &Path,
+) -> Session {
+    Session::of(output(
+        lab.cmd(namespace, "curl")
+            .args(["-sS", "--max-time", "30", "--ssl-reqd"])
+            .args(options)
+            .args(["--resolve", &resolve(server, 21), "--cacert"])
+            .arg(ca)
+            .arg("-o")
+            .arg(saved)
+            .arg(format!("ftp://{SERVER_NAME}/file.bin")),
+    ))
+}
+
+/// curl uploading `file` to ftp://SERVER_NAME/upload/NAME at `server` like
+/// [`curl_ftp_download`].
+pub fn curl_ftp_upload(
+    lab: &Lab,
+    namespace: &str,
+    server: &str,
+    ca: &Path,
+    options: &[&str],
+    file: &Path,
+    name: &str,
+) -> Session {
+    Session::of(output(
+        lab.cmd(namespace, "curl")
+            .args(["-sS", "--max-time", "30", "--ssl-reqd"])
+            .args(options)
+            .args(["--resolve", &resolve(server, 21), "--cacert"])
+            .arg(ca)
+            .arg("-T")
+            .arg(file)
+            .arg(format!("ftp://{SERVER_NAME}/upload/{name}")),
+    ))
+}
+
+/// psql to database labdb at `server` as tester with
+/// `sslmode=verify-full sslrootcert=CA` (SSLRequest, then the chain and
+/// SERVER_NAME verified), running `query` (`-At`: unaligned rows, `|`
+/// between columns).
+pub fn psql(lab: &Lab, namespace: &str, server: &str, ca: &Path, query: &str) -> Session {
+    let connection = format!(
+        "host={SERVER_NAME} hostaddr={server} port=5432 dbname=labdb user={USER} \
+         sslmode=verify-full sslrootcert={} connect_timeout=10",
+        ca.display()
+    );
+    Session::of(output(
+        lab.cmd(namespace, "env").arg(format!("PGPASSWORD={PASSWORD}")).args([
+            "timeout",
+            "20",
+            "psql",
+            "-X",
+            "-At",
+            &connection,
+            "-c",
+            query,
+        ]),
+    ))
+}
+
+/// The slixmpp client of tests/lab/xmpp-login.py: tester@lab.test logs in
+/// at `server`:5222 over STARTTLS (required; the chain verified against
+/// `ca` for lab.test) and sends itself a message that must come back.
+pub fn xmpp_login(lab: &Lab, namespace: &str, server: &str, ca: &Path) -> Session {
+    Session::of(output(
+        lab.cmd(namespace, "/usr/bin/python3")
+            .arg(repo().join("tests/lab/xmpp-login.py"))
+            .args([server, "5222", "tester@lab.test", PASSWORD])
+            .arg(ca),
+    ))
+}

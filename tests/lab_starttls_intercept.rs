@@ -1,0 +1,228 @@
+//! STARTTLS interception in the namespace lab (root, `#[ignore]`): tlsgate
+//! with `[[starttls]] protocol = "smtp"` (ports 25 and 587) between the real
+//! clients in the client namespace, which trust only the appliance CA, and
+//! Postfix of tests/lab/starttls-peers.sh in the server namespace, whose lab
+//! CA the appliance trusts upstream. The clients are those of the direct
+//! baselines (tests/common/starttls.rs, tests/lab_starttls.rs); with the
+//! inspection pair, the recording box of scripts/inspect-box.sh sees the
+//! whole SMTP conversation in plaintext. Run only
+//! through the lab lock:
+//! `flock /tmp/tlsgate-lab.lock cargo test --test lab_starttls_intercept -- --ignored --exact NAME`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::starttls::{queue_id, s_client, s_client_dialogue, swaks, StarttlsPeers, SERVER_NAME};
+use common::{repo, Scratch};
+
+const CLI_V4: &str = "198.18.0.1";
+const CLI_V6: &str = "2001:2::1";
+
+/// The lab, the peers, and tlsgate intercepting SMTP's STARTTLS.
+struct Intercepting {
+    appliance: Appliance,
+    peers: StarttlsPeers,
+    scratch: Scratch,
+    /// The appliance CA, the only one the clients trust.
+    ca: PathBuf,
+    lab: Lab,
+}
+
+impl Intercepting {
+    fn up(name: &str) -> Intercepting {
+        Intercepting::on("configs/lab.toml", name)
+    }
+
+    /// On the four-port lab (the inspection pair, a 500 ms SYN timeout):
+    /// start the box first.
+    fn inspected(name: &str) -> Intercepting {
+        Intercepting::on("configs/lab-inspect.toml", name)
+    }
+
+    /// tlsgate on the lab configuration `base` with `[tls]`, the connection
+    /// log and `[[starttls]] protocol = "smtp"`.
+    fn on(base: &str, name: &str) -> Intercepting {
+        let lab = Lab::up();
+        let scratch = Scratch::new(name);
+        let peers = StarttlsPeers::start(scratch.path("peers"));
+        let ca_dir = appliance_ca(&scratch);
+        let mut config = std::fs::read_to_string(repo().join(base))
+            .expect("lab configuration")
+            .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
+        config.push_str(&format!(
+            "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
+             [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"smtp\"\n",
+            ca = ca_dir.display(),
+            trust = peers.ca().display(),
+            logs = scratch.0.display()
+        ));
+        let path = scratch.path("starttls.toml");
+        std::fs::write(&path, config).expect("write config");
+        let appliance = Appliance::start(&lab, &scratch, &path);
+        Intercepting {
+            appliance,
+            peers,
+            scratch,
+            ca: ca_dir.join("ca.pem"),
+            lab,
+        }
+    }
+
+    /// The connection log once it holds `count` records, each an upgraded
+    /// and intercepted SMTP connection to a verified Postfix.
+    fn upgraded_records(&self, count: usize) -> Vec<serde_json::Value> {
+        let records = await_records(&self.scratch, count);
+        assert_eq!(records.len(), count, "{records:?}");
+        for record in &records {
+            assert_eq!(record["event_type"], "tls_intercept", "{record}");
+            assert_eq!(record["starttls"], "smtp", "{record}");
+            assert_eq!(record["starttls_outcome"], "upgraded", "{record}");
+            assert_eq!(record["starttls_discarded_bytes"], 0, "{record}");
+            assert_eq!(record["decision"], "intercept", "{record}");
+            assert_eq!(record["sni"], SERVER_NAME, "{record}");
+            assert_eq!(record["upstream_verified"], true, "{record}");
+        }
+        records
+    }
+
+    /// Stops tlsgate; its report's STARTTLS counters.
+    fn stop(self) -> serde_json::Value {
+        let (status, report, printed) = self.appliance.stop();
+        assert!(status.success(), "tlsgate exited with {status}:\n{printed}");
+        report
+    }
+}
+
+/// A mail with a unique Message-ID and enough body to take many segments.
+fn mail(id: &str) -> String {
+    let mut text = format!(
+        "From: Lab Sender <sender@lab.test>\nTo: Tester <tester@lab.test>\nSubject: intercepted {id}\n\
+         Date: Thu, 03 Dec 2026 12:00:00 +0000\nMessage-ID: <{id}@lab.test>\n\n"
+    );
+    for line in 0..400 {
+        text.push_str(&format!(
+            "line {line:04} of {id}: the quick brown fox jumps over the lazy dog\n"
+        ));
+    }
+    text
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn swaks_mail_is_intercepted_and_delivered_intact_over_smtp_starttls_on_25_and_587_over_ipv4_and_ipv6() {
+    let up = Intercepting::up("starttls-intercept-swaks");
+    let cases = [
+        (SRV_V4, CLI_V4, 25),
+        (SRV_V6, CLI_V6, 25),
+        (SRV_V4, CLI_V4, 587),
+        (SRV_V6, CLI_V6, 587),
+    ];
+    for (index, (server, client, port)) in cases.into_iter().enumerate() {
+        let id = format!("intercepted-{index}-{port}");
+        let text = mail(&id);
+        let file = up.scratch.path(&format!("{id}.eml"));
+        std::fs::write(&file, &text).expect("mail file");
+        // swaks trusts only the appliance CA: the forged certificate.
+        let transcript = swaks(&up.lab, CLI, server, port, &up.ca, &file).expect_ok("swaks through tlsgate");
+        assert!(transcript.contains("=== TLS started with cipher"), "{transcript}");
+        let queued = queue_id(&transcript);
+        let delivered = up.peers.await_delivered(&format!("<{id}@lab.test>"));
+        assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
+        assert!(delivered.contains("with ESMTPS id"), "received over TLS:\n{delivered}");
+        // Transparent: Postfix saw the client's own address.
+        up.peers
+            .await_logged("maillog", &format!("{queued}: client=unknown[{client}]"));
+    }
+    let records = up.upgraded_records(cases.len());
+    for (record, (server, client, port)) in records.iter().zip(cases) {
+        assert_eq!(
+            (
+                record["src_ip"].as_str(),
+                record["dest_ip"].as_str(),
+                record["dest_port"].as_u64()
+            ),
+            (Some(client), Some(server), Some(u64::from(port))),
+            "{record}"
+        );
+    }
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (
+            &tcp["starttls_sessions"],
+            &tcp["starttls_upgraded"],
+            &tcp["tls_intercepted"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(4)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn openssl_s_client_starttls_smtp_is_intercepted_with_the_forged_certificate_over_ipv4_and_ipv6() {
+    let up = Intercepting::up("starttls-intercept-s-client");
+    let (input, answer) = s_client_dialogue("smtp");
+    for server in [SRV_V4, SRV_V6] {
+        let what = format!("s_client -starttls smtp to {server}:25 through tlsgate");
+        let transcript = s_client(&up.lab, CLI, "smtp", server, 25, &up.ca, input).expect_ok(&what);
+        assert!(
+            transcript.contains("Verify return code: 0 (ok)"),
+            "{what}:\n{transcript}"
+        );
+        assert!(
+            transcript.contains("tlsgate interception CA"),
+            "{what}: issued by the appliance CA:\n{transcript}"
+        );
+        assert!(transcript.contains(answer), "{what}:\n{transcript}");
+    }
+    for record in up.upgraded_records(2) {
+        assert_eq!(record["ended"], "closed", "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["starttls_upgraded"], 2, "{report}");
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
+    let up = Intercepting::inspected("starttls-intercept-box");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    let text = mail("inspected");
+    let file = up.scratch.path("inspected.eml");
+    std::fs::write(&file, &text).expect("mail file");
+    swaks(&up.lab, CLI, SRV_V4, 25, &up.ca, &file).expect_ok("swaks through tlsgate and the box");
+    let delivered = up.peers.await_delivered("<inspected@lab.test>");
+    assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
+    // The recorder (tcpflow) holds the client's side of the conversation:
+    // the preamble, then what went inside TLS, in plaintext.
+    let flows = up.scratch.path("box/flows");
+    let recorded: Vec<String> = std::fs::read_dir(&flows)
+        .expect("the box's flows")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .collect();
+    let up_flow = recorded
+        .iter()
+        .find(|flow| flow.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\n"))
+        .unwrap_or_else(|| panic!("no client flow in {}: {recorded:?}", flows.display()));
+    assert!(up_flow.contains("MAIL FROM:<sender@lab.test>"), "{up_flow}");
+    assert!(up_flow.contains("Subject: intercepted inspected"), "{up_flow}");
+    assert!(
+        recorded
+            .iter()
+            .any(|flow| flow.contains("250-STARTTLS") && flow.contains("queued as")),
+        "the server's side, before and after the upgrade: {recorded:?}"
+    );
+    for record in up.upgraded_records(1) {
+        assert_eq!(record["inspection"], "inspected", "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["inspected"], 1, "{report}");
+    inspect_box(&["stop", &dir]);
+}
