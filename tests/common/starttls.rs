@@ -80,7 +80,11 @@ impl StarttlsPeers {
             if let Some(message) = found {
                 return message;
             }
-            assert!(Instant::now() < deadline, "no message with {needle:?} in {}", new.display());
+            assert!(
+                Instant::now() < deadline,
+                "no message with {needle:?} in {}",
+                new.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -165,7 +169,14 @@ pub fn swaks(lab: &Lab, namespace: &str, server: &str, port: u16, ca: &Path, mes
         lab.cmd(namespace, "timeout")
             .args(["30", "swaks", "--server", server, "--port", &port])
             .args(["--from", "sender@lab.test", "--to", "tester@lab.test"])
-            .args(["--helo", "client.lab.test", "--tls", "--tls-verify", "--tls-sni", SERVER_NAME])
+            .args([
+                "--helo",
+                "client.lab.test",
+                "--tls",
+                "--tls-verify",
+                "--tls-sni",
+                SERVER_NAME,
+            ])
             .arg("--tls-ca-path")
             .arg(ca)
             .arg("--data")
@@ -184,7 +195,10 @@ pub fn queue_id(transcript: &str) -> &str {
 /// `openssl s_client -starttls PROTOCOL` to `server`:`port`, verifying
 /// SERVER_NAME against `ca` (`-verify_return_error`), then sending `input`
 /// (LF lines, sent as CRLF) over TLS and reading until the server closes
-/// (`-ign_eof`; with an empty input, until the handshake is done).
+/// (`-ign_eof`; with an empty input, until the handshake is done). A server
+/// closing without close_notify (vsftpd) makes s_client fail after a
+/// complete dialogue: judge by the transcript ("Verify return code: 0
+/// (ok)" and the answer of [`s_client_dialogue`]).
 pub fn s_client(
     lab: &Lab,
     namespace: &str,
@@ -237,7 +251,10 @@ pub fn s_client_dialogue(protocol: &str) -> (&'static str, &'static str) {
              to='lab.test' version='1.0'>\n</stream:stream>\n",
             "<mechanism>PLAIN</mechanism>",
         ),
-        "ftp" => ("PBSZ 0\nPROT P\nUSER anonymous\nPASS lab@lab.test\nPWD\nQUIT\n", "230 Login successful."),
+        "ftp" => (
+            "PBSZ 0\nPROT P\nUSER anonymous\nPASS lab@lab.test\nPWD\nQUIT\n",
+            "230 Login successful.",
+        ),
         "postgres" => ("", ""),
         other => panic!("no dialogue for {other}"),
     }
@@ -314,9 +331,16 @@ pub fn psql(lab: &Lab, namespace: &str, server: &str, ca: &Path, query: &str) ->
         ca.display()
     );
     Session::of(output(
-        lab.cmd(namespace, "env")
-            .arg(format!("PGPASSWORD={PASSWORD}"))
-            .args(["timeout", "20", "psql", "-X", "-At", &connection, "-c", query]),
+        lab.cmd(namespace, "env").arg(format!("PGPASSWORD={PASSWORD}")).args([
+            "timeout",
+            "20",
+            "psql",
+            "-X",
+            "-At",
+            &connection,
+            "-c",
+            query,
+        ]),
     ))
 }
 
