@@ -248,6 +248,12 @@ impl Origin {
         Origin::start_with(dir, "origin.test", "valid", &env)
     }
 
+    /// A valid origin.test that also serves its files in plain HTTP on
+    /// port 80 (a server behind a downgrade).
+    pub fn start_with_plain_http(dir: PathBuf) -> Origin {
+        Origin::start_with(dir, "origin.test", "valid", &[("TG_ORIGIN_PLAIN", "1")])
+    }
+
     fn start_with(dir: PathBuf, name: &str, validity: &str, env: &[(&str, &str)]) -> Origin {
         let started = output(
             Command::new("bash")

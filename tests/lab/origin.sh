@@ -12,6 +12,8 @@
 # its upstream trust bundle. Namespace and addresses from scripts/lab-env.sh.
 # TG_ORIGIN_PROTOCOLS (nginx ssl_protocols, default "TLSv1.2 TLSv1.3") and
 # TG_ORIGIN_CIPHERS (ssl_ciphers, OpenSSL's syntax) make an older server.
+# TG_ORIGIN_PLAIN=1 also serves DIR/www in plain HTTP on port 80 (a server
+# behind a downgrade).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/../../scripts/lab-env.sh"
@@ -88,6 +90,7 @@ http {
         ${TG_ORIGIN_CIPHERS:+ssl_ciphers $TG_ORIGIN_CIPHERS;}
         root $dir/www;
     }
+    ${TG_ORIGIN_PLAIN:+server { listen $TG_SRV_V4:80; listen [$TG_SRV_V6]:80; root $dir/www; \}}
 }
 CONF
 ip netns exec "$TG_NS_SRV" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"

@@ -1416,15 +1416,15 @@ impl Config {
             ));
         }
         self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
-        if !self.service.is_empty() && dataplane.workers > 1 {
-            // The backend leg of a terminated connection has other
-            // endpoints than its client leg: the flow hash (RSS, fanout,
-            // software distribution) may give its frames to another worker.
+        if let (Some(what), true) = (self.moved_server_legs(), dataplane.workers > 1) {
+            // A server leg with other endpoints than its client leg: the
+            // flow hash (RSS, fanout, software distribution) may give its
+            // frames to another worker.
             return Err(invalid(
                 "dataplane.workers",
                 format!(
-                    "{} workers: [[service]] termination needs 1 (a backend leg's frames could reach a worker \
-                     that does not hold its connection)",
+                    "{} workers: {what} needs 1 (a server leg's frames could reach a worker that does not hold \
+                     its connection)",
                     dataplane.workers
                 ),
             ));
@@ -1439,6 +1439,12 @@ impl Config {
             key,
             reason,
         })?;
+        self.validate_conversions()
+            .map_err(|(key, reason)| ConfigError::InvalidRule {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
         let mut seen: Vec<Device> = Vec::new();
         for (key, port) in self.ports.keyed_with_mirror() {
             let device = Device::parse(&port.device).map_err(|reason| invalid(key, reason))?;
@@ -1461,6 +1467,50 @@ impl Config {
                 ));
             }
             seen.push(device);
+        }
+        Ok(())
+    }
+
+    /// What opens server legs whose endpoints differ from their client
+    /// leg's (so one worker must hold both): `[[service]]` termination, an
+    /// `upgrade`/`downgrade` rule changing the server's port. The one
+    /// place that decides `dataplane.workers = 1` is needed.
+    fn moved_server_legs(&self) -> Option<String> {
+        if !self.service.is_empty() {
+            return Some("[[service]] termination".into());
+        }
+        self.policy
+            .conversions()
+            .into_iter()
+            .find(|(_, ports, conversion)| {
+                conversion
+                    .server_port
+                    .is_some_and(|moved| ports.is_empty() || ports.iter().any(|port| *port != moved))
+            })
+            .map(|(rule, _, _)| format!("{rule}.server_port (a server leg on another port)"))
+    }
+
+    /// `upgrade` and `downgrade` rules need the TLS context of `[intercept]
+    /// mode = "tls"` and apply only to intercepted ports.
+    fn validate_conversions(&self) -> Result<(), (String, String)> {
+        for (rule, ports, conversion) in self.policy.conversions() {
+            let tls = self.intercept.mode == InterceptMode::Tls && !self.intercept.tcp_ports.is_empty();
+            if !tls {
+                return Err((
+                    format!("{rule}.action"),
+                    format!(
+                        "`{}` needs [intercept] mode = \"tls\" with tcp_ports (tls.upstream_trust verifies an upgraded \
+                         server, the CA signs a downgraded client's certificate)",
+                        conversion.action.name()
+                    ),
+                ));
+            }
+            if let Some(port) = ports.iter().find(|port| !self.intercept.tcp_ports.contains(port)) {
+                return Err((
+                    format!("{rule}.port"),
+                    format!("{port} is not in intercept.tcp_ports: the rule would never see its connections"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1591,6 +1641,28 @@ device = "net_af_packet1,iface=gws0"
             devices[1].eal_args(),
             ["--vdev".to_owned(), "net_af_packet1,iface=gws0".to_owned()]
         );
+    }
+
+    #[test]
+    fn upgrade_and_downgrade_rules_need_tls_intercepted_ports_and_one_worker_to_move_the_port() {
+        let tls = "[intercept]\ntcp_ports = [80, 443]\n[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\n";
+        let upgrade =
+            "[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"www.lab.test\"\n";
+        let config = parse(&format!("{MINIMAL}{tls}{upgrade}")).expect("valid");
+        let conversions = config.policy.conversions();
+        assert_eq!(conversions[0].2.server_port(80), 443);
+        let message = rejection(&format!("{MINIMAL}{upgrade}"));
+        assert!(message.contains("policy[1].action"), "{message}");
+        assert!(message.contains("mode = \"tls\""), "{message}");
+        let message = rejection(&format!("{MINIMAL}{tls}{}", upgrade.replace("[80]", "[8080]")));
+        assert!(message.contains("policy[1].port"), "{message}");
+        let two_workers = MINIMAL.replace("eal_args", "workers = 2\neal_args");
+        let message = rejection(&format!("{two_workers}{tls}{upgrade}"));
+        assert!(message.contains("dataplane.workers"), "{message}");
+        assert!(message.contains("policy[1].server_port"), "{message}");
+        // The same port on the server leg: its frames hash as the client's.
+        let same_port = "[[policy]]\naction = \"downgrade\"\nport = [443]\n";
+        assert!(parse(&format!("{two_workers}{tls}{same_port}")).is_ok());
     }
 
     #[test]

@@ -452,6 +452,15 @@ declare! {
         counter backend_direct_refused,
         /// Terminated handshakes that resumed a session (a ticket).
         counter tickets_resumed,
+        /// Connections a `[[policy]]` rule upgraded (a plain client) whose
+        /// TLS handshake with the server completed, its certificate verified.
+        counter upgraded,
+        /// Connections a `[[policy]]` rule downgraded (a plain server) whose
+        /// client's TLS handshake (a forged certificate) completed.
+        counter downgraded,
+        /// Upgraded or downgraded connections reset: the server's certificate
+        /// did not verify, a handshake failed, the client did not speak TLS.
+        counter conversion_failed,
         /// Sessions reset for no complete ClientHello in time.
         counter client_hello_timeouts,
         /// Sessions reset for TLS handshakes not finished in time.
@@ -861,6 +870,14 @@ impl fmt::Display for Report {
                 splice.backend_direct_refused
             )?;
         }
+        if splice.upgraded + splice.downgraded + splice.conversion_failed > 0 {
+            writeln!(
+                f,
+                "upgrade/downgrade: {} upgraded (TLS to the server), {} downgraded (TLS from the client), {} reset \
+                 (certificate not verified, handshake failed, not TLS)",
+                splice.upgraded, splice.downgraded, splice.conversion_failed
+            )?;
+        }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
         if handshakes.count() + connections.count() > 0 {
             writeln!(
@@ -1087,6 +1104,9 @@ mod tests {
         splice.backend_refused = 434;
         splice.tickets_resumed = 435;
         splice.backend_direct_refused = 436;
+        splice.upgraded = 461;
+        splice.downgraded = 462;
+        splice.conversion_failed = 463;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

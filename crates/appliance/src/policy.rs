@@ -6,7 +6,11 @@
 //! offer only unsupported TLS versions, on an origin that speaks only
 //! legacy TLS, or on a ClientHello with Encrypted Client Hello. The first
 //! matching rule wins; without one, TLS is intercepted, what cannot be
-//! intercepted is blocked, and ECH follows `tls.ech`. What the appliance
+//! intercepted is blocked, and ECH follows `tls.ech`. Rules with action
+//! `upgrade` (a plain client, TLS towards the server) or `downgrade` (the
+//! client's TLS answered with a forged certificate, plain towards the
+//! server) match on addresses and ports only and are decided at the SYN,
+//! ahead of every rule that reads the ClientHello. What the appliance
 //! learns from traffic (servers that ask for client certificates,
 //! fail-open for clients that pin certificates) is kept in the shared
 //! [`LearnedStore`] per destination, and applies only where no rule
@@ -30,6 +34,10 @@ pub enum Action {
     Intercept,
     Bypass,
     Block,
+    /// The client speaks plain TCP; the server leg speaks TLS.
+    Upgrade,
+    /// The client speaks TLS (a forged certificate); the server leg is plain.
+    Downgrade,
 }
 
 impl Action {
@@ -38,7 +46,36 @@ impl Action {
             Action::Intercept => "intercept",
             Action::Bypass => "bypass",
             Action::Block => "block",
+            Action::Upgrade => "upgrade",
+            Action::Downgrade => "downgrade",
         }
+    }
+
+    /// Whether the action converts the connection between plain TCP and
+    /// TLS (decided at the SYN).
+    pub fn converts(self) -> bool {
+        matches!(self, Action::Upgrade | Action::Downgrade)
+    }
+}
+
+/// What an `upgrade` or `downgrade` rule does to a connection it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversion {
+    /// `Upgrade` or `Downgrade`.
+    pub action: Action,
+    /// The server leg's port (`server_port`); `None`: the client's.
+    pub server_port: Option<u16>,
+    /// The upgrade's SNI and the name the server's certificate must carry
+    /// (`server_name`); `None`: no SNI, and the certificate must carry the
+    /// server's address.
+    pub server_name: Option<String>,
+}
+
+impl Conversion {
+    /// The port the server leg connects to, for a client that came to
+    /// `port`.
+    pub fn server_port(&self, port: u16) -> u16 {
+        self.server_port.unwrap_or(port)
     }
 }
 
@@ -103,6 +140,14 @@ pub struct RuleConfig {
     /// What happens to UDP to the intercepted ports matching `dst`, `src`
     /// and `port`; unset: the rule does not apply to UDP.
     pub udp: Option<UdpPolicy>,
+    /// `upgrade`/`downgrade`: the port the server leg connects to (e.g.
+    /// 80 → 443); unset: the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    /// `upgrade`: the SNI sent and the name the server's certificate is
+    /// verified for; unset: no SNI, verified for the server's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 /// The decision and why.
@@ -140,6 +185,7 @@ struct Rule {
     no_sni: Option<bool>,
     when: Option<Condition>,
     udp: Option<UdpPolicy>,
+    conversion: Option<Conversion>,
 }
 
 fn parse_prefix(text: &str) -> Result<IpNet, String> {
@@ -222,6 +268,19 @@ impl PolicyRules {
     pub fn check(&self) -> Result<(), (String, String)> {
         self.compiled.as_ref().map(|_| ()).map_err(Clone::clone)
     }
+
+    /// The `upgrade` and `downgrade` rules (of rules that compiled): each
+    /// one's key prefix (`policy[N]`), ports and conversion.
+    pub fn conversions(&self) -> Vec<(String, Vec<u16>, Conversion)> {
+        self.compiled
+            .iter()
+            .flatten()
+            .filter_map(|rule| {
+                let conversion = rule.conversion.clone()?;
+                Some((format!("policy[{}]", rule.number), rule.ports.clone(), conversion))
+            })
+            .collect()
+    }
 }
 
 /// Checks and compiles the rules; an error names the rule and the field.
@@ -265,12 +324,13 @@ fn compile(rules: &[RuleConfig]) -> Result<Vec<Rule>, (String, String)> {
                             .into(),
                     ));
                 }
-                                if rule.when.is_some() && rule.when != Some(Condition::Ech) && rule.action == Action::Intercept {
+                if rule.when.is_some() && rule.when != Some(Condition::Ech) && rule.action == Action::Intercept {
                     return Err((
                         key("action"),
                         "what cannot be intercepted can only be bypassed or blocked".into(),
                     ));
                 }
+                let conversion = conversion_of(rule, number, written_before_needing_hello(rules, index))?;
                 Ok(Rule {
                     number,
                     action: rule.action,
@@ -281,9 +341,85 @@ fn compile(rules: &[RuleConfig]) -> Result<Vec<Rule>, (String, String)> {
                     no_sni: rule.no_sni,
                     when: rule.when,
                     udp: rule.udp,
+                    conversion,
                 })
             })
             .collect::<Result<Vec<_>, _>>()
+}
+
+/// The number of the first rule before `index` that matches on the
+/// ClientHello (SNI), if any.
+fn written_before_needing_hello(rules: &[RuleConfig], index: usize) -> Option<usize> {
+    rules
+        .iter()
+        .take(index)
+        .position(|rule| rule.when.is_none() && (!rule.sni.is_empty() || rule.no_sni.is_some()))
+        .map(|at| at + 1)
+}
+
+/// Checks the `upgrade`/`downgrade` keys of rule `number`: what it
+/// converts, or `None` for the other actions (which may not set them).
+fn conversion_of(
+    rule: &RuleConfig,
+    number: usize,
+    hello_rule_before: Option<usize>,
+) -> Result<Option<Conversion>, (String, String)> {
+    let key = |field: &str| format!("policy[{number}].{field}");
+    if !rule.action.converts() {
+        if rule.server_port.is_some() {
+            return Err((
+                key("server_port"),
+                "only an `upgrade` or `downgrade` rule sets the server's port".into(),
+            ));
+        }
+        if rule.server_name.is_some() {
+            return Err((key("server_name"), "only an `upgrade` rule sets a server name".into()));
+        }
+        return Ok(None);
+    }
+    let action = rule.action.name();
+    let decided_at_syn = format!("an `{action}` rule is decided at the SYN: it matches on dst, src and port only");
+    for (field, set) in [
+        ("sni", !rule.sni.is_empty()),
+        ("no_sni", rule.no_sni.is_some()),
+        ("when", rule.when.is_some()),
+        ("udp", rule.udp.is_some()),
+    ] {
+        if set {
+            return Err((key(field), decided_at_syn));
+        }
+    }
+    if let Some(before) = hello_rule_before {
+        return Err((
+            key("action"),
+            format!(
+                "{decided_at_syn}, so it must come before every rule that matches on sni or no_sni (rule {before} does)"
+            ),
+        ));
+    }
+    if rule.server_port == Some(0) {
+        return Err((key("server_port"), "0 is not a TCP port".into()));
+    }
+    if let Some(name) = &rule.server_name {
+        if rule.action != Action::Upgrade {
+            return Err((
+                key("server_name"),
+                "only an `upgrade` rule sets a server name (a downgrade's certificate is forged for the client's SNI)"
+                    .into(),
+            ));
+        }
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() || name.parse::<IpAddr>().is_ok() {
+            return Err((
+                key("server_name"),
+                format!("{name:?} is not a DNS name (leave it out to verify the server's address)"),
+            ));
+        }
+    }
+    Ok(Some(Conversion {
+        action: rule.action,
+        server_port: rule.server_port,
+        server_name: rule.server_name.clone(),
+    }))
 }
 
 impl Policy {
@@ -308,16 +444,23 @@ impl Policy {
     /// needs no more than addresses and ports; `None`: decide at the
     /// ClientHello (the connection is opened).
     pub fn at_syn(&self, tuple: &FlowTuple) -> Option<Verdict> {
-        for rule in self.rules.iter().filter(|rule| rule.when.is_none()) {
-            if !rule.addresses_match(tuple) {
-                continue;
-            }
-            if rule.needs_hello() {
-                return None;
-            }
-            return Some(rule.verdict("addresses and port"));
-        }
-        None
+        self.syn_rule(tuple).map(|rule| rule.verdict("addresses and port"))
+    }
+
+    /// What the `upgrade` or `downgrade` rule deciding `tuple` at its SYN
+    /// does, if one does (see [`Policy::at_syn`]).
+    pub fn conversion_at_syn(&self, tuple: &FlowTuple) -> Option<Conversion> {
+        self.syn_rule(tuple).and_then(|rule| rule.conversion.clone())
+    }
+
+    /// The rule deciding `tuple` at its SYN.
+    fn syn_rule(&self, tuple: &FlowTuple) -> Option<&Rule> {
+        let rule = self
+            .rules
+            .iter()
+            .filter(|rule| rule.when.is_none())
+            .find(|rule| rule.addresses_match(tuple))?;
+        (!rule.needs_hello()).then_some(rule)
     }
 
     /// For a UDP datagram client→server `tuple` to an intercepted port: the
@@ -336,7 +479,9 @@ impl Policy {
         let rule = self
             .rules
             .iter()
-            .filter(|rule| rule.when.is_none())
+            // Conversions were decided at the SYN (they come before every
+            // rule reading the hello, so none matched this connection).
+            .filter(|rule| rule.when.is_none() && rule.conversion.is_none())
             .find(|rule| rule.addresses_match(tuple) && rule.hello_matches(sni));
         if let Some(rule) = rule {
             return rule.verdict(if sni.is_some() {
@@ -494,6 +639,8 @@ mod tests {
             no_sni: None,
             when: None,
             udp: None,
+            server_port: None,
+            server_name: None,
         }
     }
 
@@ -794,5 +941,73 @@ mod tests {
             "tls.client_auth = block"
         );
         assert_eq!(blocking.at_hello(&t, Some("other.test"), at).action, Action::Intercept);
+    }
+
+    #[test]
+    fn upgrade_and_downgrade_rules_are_decided_at_the_syn_and_refuse_keys_they_cannot_use() {
+        let upgrade = RuleConfig {
+            dst: vec!["198.18.0.2".into()],
+            port: vec![80],
+            server_port: Some(443),
+            server_name: Some("www.lab.test".into()),
+            ..rule(Action::Upgrade)
+        };
+        let downgrade = RuleConfig {
+            port: vec![443],
+            server_port: Some(80),
+            ..rule(Action::Downgrade)
+        };
+        let rules = rules_of(&[upgrade.clone(), downgrade.clone()]);
+        let policy = Policy::new(&rules, Arc::default(), false).unwrap();
+        let verdict = policy.at_syn(&tuple("198.18.0.2", 80)).unwrap();
+        assert_eq!((verdict.action, verdict.action.name()), (Action::Upgrade, "upgrade"));
+        let conversion = policy.conversion_at_syn(&tuple("198.18.0.2", 80)).unwrap();
+        assert_eq!(conversion.server_port(80), 443);
+        assert_eq!(conversion.server_name.as_deref(), Some("www.lab.test"));
+        let down = policy.conversion_at_syn(&tuple("198.18.0.9", 443)).unwrap();
+        assert_eq!((down.action, down.server_port(443)), (Action::Downgrade, 80));
+        assert_eq!(policy.conversion_at_syn(&tuple("198.18.0.9", 80)), None);
+        // Never at the hello: a conversion matched at the SYN or not at all.
+        assert_eq!(
+            policy.at_hello(&tuple("198.18.0.9", 443), None, Instant::ZERO).action,
+            Action::Intercept
+        );
+        assert_eq!(rules.conversions().len(), 2);
+
+        let refused = |rules: &[RuleConfig]| rules_of(rules).check().unwrap_err();
+        let with_sni = RuleConfig {
+            sni: vec!["a.test".into()],
+            ..downgrade.clone()
+        };
+        assert_eq!(refused(&[with_sni]).0, "policy[1].sni");
+        let hello_first = RuleConfig {
+            sni: vec!["a.test".into()],
+            ..rule(Action::Bypass)
+        };
+        let (key, reason) = refused(&[hello_first, upgrade.clone()]);
+        assert_eq!(key, "policy[2].action");
+        assert!(reason.contains("rule 1"), "{reason}");
+        let named_downgrade = RuleConfig {
+            server_name: Some("a.test".into()),
+            ..downgrade.clone()
+        };
+        assert_eq!(refused(&[named_downgrade]).0, "policy[1].server_name");
+        let moved_bypass = RuleConfig {
+            server_port: Some(443),
+            ..rule(Action::Bypass)
+        };
+        assert_eq!(refused(&[moved_bypass]).0, "policy[1].server_port");
+        for name in ["198.18.0.2", "not a name"] {
+            let bad_name = RuleConfig {
+                server_name: Some(name.into()),
+                ..upgrade.clone()
+            };
+            assert_eq!(refused(&[bad_name]).0, "policy[1].server_name");
+        }
+        let port_zero = RuleConfig {
+            server_port: Some(0),
+            ..upgrade
+        };
+        assert_eq!(refused(&[port_zero]).0, "policy[1].server_port");
     }
 }

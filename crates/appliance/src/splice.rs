@@ -53,7 +53,7 @@ use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::mirror::Taps;
-use crate::policy::{Action, Policy, Verdict};
+use crate::policy::{Action, Conversion, Policy, Verdict};
 use crate::service::{Backend, Service, Services};
 use crate::topnames::TopNames;
 
@@ -129,8 +129,9 @@ pub enum Unreachable {
     /// An intercepted session ended: the error goes on to its client,
     /// quoting `client_isn` (the client's own SYN).
     PassOn { client_isn: u32 },
-    /// A terminated session's backend leg: its client was reset; the error
-    /// is the appliance's own, not passed on.
+    /// A server leg the client does not know of (a terminated session's
+    /// backend leg, a converted session's leg on another port): its client
+    /// was reset; the error is the appliance's own, not passed on.
     BackendLeg,
 }
 
@@ -227,6 +228,7 @@ impl Session {
             generation: None,
             replaced_server: None,
             terminate: false,
+            conversion: None,
             service: None,
             learned: None,
             logged: false,
@@ -293,6 +295,9 @@ struct Session {
     /// A connection to a `[[service]]` destination: the appliance is its
     /// TLS server (termination), the backend leg opens after the hello.
     terminate: bool,
+    /// What an `upgrade` or `downgrade` rule made of it at its SYN: its
+    /// server leg goes to `server_port`, plain towards TLS or the reverse.
+    conversion: Option<Conversion>,
     /// The service that answered its ClientHello.
     service: Option<Terminated>,
     /// What the policy learned from this connection, for the log.
@@ -568,6 +573,7 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
         .tls()
         .map(|tls| tls.info.clone())
         .or_else(|| session.conn.tls_server().map(|server| server.info.clone()))
+        .or_else(|| session.conn.tls_client().map(|client| client.info.clone()))
         .or_else(|| session.tls_info.clone())
         .unwrap_or_default();
     let verified = info.upstream_verified.clone();
@@ -1093,8 +1099,11 @@ impl Splicer {
         let full = self.sessions.len() >= limits.max_sessions;
         let made_way = (full && self.reclaim_closed(stack, now))
             || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
+        // A converted connection is never bridged: its server expects the
+        // other protocol.
+        let refuse_only = terminate || self.shared.current.policy.conversion_at_syn(tuple).is_some();
         if full && !made_way {
-            return Ok(self.shared.at_capacity(stack, frame, class, now, terminate));
+            return Ok(self.shared.at_capacity(stack, frame, class, now, refuse_only));
         }
         let mut started = self.start(stack, frame, class, now, terminate);
         // The flow table ran full before the session count (loop legs, a
@@ -1107,7 +1116,7 @@ impl Splicer {
         }
         match started {
             Ok(()) => Ok(Admission::Opened),
-            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now, terminate)),
+            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now, refuse_only)),
             Err(err) => Err(err),
         }
     }
@@ -1190,11 +1199,25 @@ impl Splicer {
         terminate: bool,
     ) -> Result<(), StackError> {
         let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        // An `upgrade` or `downgrade` rule may move the server leg to
+        // another port (as a service's backend leg, from the client's
+        // address and port).
+        let conversion = if terminate {
+            None
+        } else {
+            self.shared.current.policy.conversion_at_syn(tuple)
+        };
+        let server_tuple = FlowTuple {
+            dst_port: conversion
+                .as_ref()
+                .map_or(tuple.dst_port, |conversion| conversion.server_port(tuple.dst_port)),
+            ..*tuple
+        };
         // Legs of an earlier connection with the same 5-tuple that linger
         // in TIME-WAIT make way for the new one.
         for leg in [
             stack.lookup(Side::Client.index(), tuple),
-            stack.lookup(Side::Server.index(), &tuple.reversed()),
+            stack.lookup(Side::Server.index(), &server_tuple.reversed()),
             stack.lookup(Side::InspectOut.index(), &tuple.reversed()),
             stack.lookup(Side::InspectIn.index(), tuple),
         ]
@@ -1221,7 +1244,7 @@ impl Splicer {
         let server = if terminate {
             None
         } else {
-            match stack.connect(Side::Server.index(), tuple, l2, owner(index, Leg::Server), now) {
+            match stack.connect(Side::Server.index(), &server_tuple, l2, owner(index, Leg::Server), now) {
                 Ok(server) => {
                     let _ = stack.mirror_timestamps(client, server);
                     let _ = stack.mirror_syn(client, server);
@@ -1248,21 +1271,39 @@ impl Splicer {
             .tls
             .as_ref()
             .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
-        session.conn = if terminate {
-            Connection::terminated()
-        } else {
-            Connection::new(tls, shared.hold_synack)
+        let mut unconverted = None;
+        session.conn = match &conversion {
+            _ if terminate => Connection::terminated(),
+            Some(conversion) => {
+                session.decision = shared.current.policy.at_syn(tuple);
+                shared.converted_connection(conversion, tuple).unwrap_or_else(|reason| {
+                    unconverted = Some(reason);
+                    Connection::new(None, shared.hold_synack)
+                })
+            }
+            None => Connection::new(tls, shared.hold_synack),
         };
-        if session.conn.tls().is_some() {
-            // Its ClientHello and handshakes follow the rules in force now.
+        let downgrade = conversion.as_ref().is_some_and(|c| c.action == Action::Downgrade);
+        if session.conn.tls().is_some() || downgrade {
+            // Its ClientHello and handshakes follow the rules in force now
+            // (a downgrade's certificate is forged at its ClientHello).
             session.generation = Some(shared.current.number);
             shared.current.sessions += 1;
         }
+        let converted = conversion.is_some();
+        session.conversion = conversion;
         shared.counters.tls_sessions_live += u64::from(session.conn.has_tls());
         shared.counters.sessions_opened += 1;
         shared.counters.sessions_live += 1;
-        if !session.conn.has_tls() {
-            // Plain TCP: the bytes go through the box from the start.
+        if let Some(reason) = unconverted {
+            tracing::warn!("{reason}: resetting {tuple:?}");
+            shared.counters.conversion_failed += 1;
+            session.ended = Some(reason);
+            session.conn.fail();
+            abort_all(stack, &session);
+        } else if !session.conn.has_tls() || converted {
+            // Plain TCP, or a conversion (whose plaintext is exposed from
+            // its start): the bytes go through the box from the start.
             shared.start_inspection(stack, index, &mut session, now);
         }
         if let Some(directory) = shared.directory.as_mut() {
@@ -1367,6 +1408,25 @@ impl Splicer {
             self.shared.counters.backend_refused += 1;
             session.ended = Some("backend unreachable (ICMP)".into());
             tracing::info!("backend unreachable (ICMP): {:?}", session.tuple);
+            self.shared.end_tls(session);
+            if let Some(client) = session.client {
+                let _ = stack.abort(client);
+            }
+            return Unreachable::BackendLeg;
+        }
+        let tuple = session.tuple;
+        if let Some(conversion) = session
+            .conversion
+            .as_ref()
+            .filter(|c| c.server_port(tuple.dst_port) != tuple.dst_port)
+        {
+            // The error quotes the port the server leg moved to, which the
+            // client never used: it gets a RST instead (a refused connection).
+            self.shared.counters.server_unreachable += 1;
+            session.ended = Some(format!(
+                "server unreachable (ICMP) on port {}",
+                conversion.server_port(tuple.dst_port)
+            ));
             self.shared.end_tls(session);
             if let Some(client) = session.client {
                 let _ = stack.abort(client);
@@ -1542,15 +1602,17 @@ impl Shared {
 
     /// A SYN the table has no room for: refused with a RST, or bridged
     /// uninspected if `tcp.at_capacity = "bridge"`; counted and logged. A
-    /// SYN to a service (`terminate`) is always refused: nothing but the
-    /// appliance serves its destination, a bridged one would reach nobody.
+    /// SYN to a service, or one a rule upgrades or downgrades
+    /// (`refuse_only`), is always refused: nothing but the appliance serves
+    /// a service's destination, and a converted connection's server speaks
+    /// the other protocol.
     fn at_capacity(
         &mut self,
         stack: &mut Stack,
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
-        terminate: bool,
+        refuse_only: bool,
     ) -> Admission {
         let Some((tuple, _)) = class.tcp() else {
             return Admission::Dropped;
@@ -1559,7 +1621,7 @@ impl Shared {
             "the table is full ({} connections, tcp.max_connections)",
             self.limits.max_sessions
         );
-        let at_capacity = if terminate {
+        let at_capacity = if refuse_only {
             AtCapacity::Refuse
         } else {
             self.limits.at_capacity
@@ -1618,7 +1680,10 @@ impl Shared {
         if !session.confirmed || session.conn.failed() || session.conn.closed() {
             return None;
         }
-        if let Some(server) = session.conn.tls_server() {
+        if session.conversion.is_some() && session.conn.has_tls() && !session.conn.handshakes_done() {
+            return Some((session.stage_since + self.limits.handshake_timeout, Expiry::Handshake));
+        }
+        if let (Some(server), true) = (session.conn.tls_server(), session.terminate) {
             if session.service.is_none() {
                 return Some((
                     session.stage_since + self.limits.client_hello_timeout,
@@ -1994,6 +2059,10 @@ impl Shared {
             }
             return;
         }
+        if session.conversion.is_some() && session.conn.has_tls() {
+            self.pump_converted(stack, session, now);
+            return;
+        }
         if session.conn.tls().is_some() && self.intercepts_tls(session) {
             if self.pump_tls_session(stack, index, session, now) {
                 return;
@@ -2069,7 +2138,8 @@ impl Shared {
                     session.conn.bypass();
                     break Ok(false);
                 }
-                Action::Block => {
+                // Conversions are decided at the SYN, never at a hello.
+                Action::Block | Action::Upgrade | Action::Downgrade => {
                     self.counters.blocked += 1;
                     session.ended = Some("blocked by policy".into());
                     session.conn.fail();
@@ -2210,6 +2280,111 @@ impl Shared {
             return;
         }
         self.finish_tls_directions(stack, session, now);
+    }
+
+    /// The connection an `upgrade` or `downgrade` rule makes at the SYN:
+    /// an upgrade's TLS client (towards `server_name`, else the server's
+    /// address, verified against `tls.upstream_trust`), or a downgrade's
+    /// TLS server (its certificate forged at the ClientHello). Err: why not
+    /// (no TLS context: `[intercept] mode = "splice"`).
+    fn converted_connection(&self, conversion: &Conversion, tuple: &FlowTuple) -> Result<Connection, String> {
+        let context = self
+            .current
+            .tls
+            .as_ref()
+            .ok_or_else(|| format!("{} needs the TLS context of mode \"tls\"", conversion.action.name()))?;
+        if conversion.action == Action::Downgrade {
+            return Ok(Connection::downgraded(self.hold_synack));
+        }
+        let name = match &conversion.server_name {
+            Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|err| format!("upgrade: server_name {name:?}: {err}"))?,
+            None => rustls::pki_types::ServerName::IpAddress(tuple.dst_ip.into()),
+        };
+        let config = context.upgrade_config().map_err(|err| format!("upgrade: {err}"))?;
+        let client = pipeline::TlsClient::new(config, name).map_err(|err| format!("upgrade: {err}"))?;
+        Ok(Connection::upgraded(client, self.hold_synack))
+    }
+
+    /// [`Shared::pump`] of an upgraded or downgraded session: the TLS leg's
+    /// handshake (a downgraded client's certificate forged for its SNI at
+    /// its ClientHello), then the plaintext relayed, through the inspection
+    /// loop and the taps. A server whose certificate does not verify, a
+    /// failed handshake, a downgraded client that does not speak TLS: RST
+    /// both ways and a log record.
+    fn pump_converted(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
+        let ends = StreamEnds::of(session);
+        let at = self.wall.at(now);
+        let failure = loop {
+            let flows = SessionFlows::of(session);
+            let stream = &mut session.capture;
+            let taps = &mut self.taps;
+            let mut tap = taps.any().then_some(CaptureTap { taps, stream, ends, at });
+            let was_established = session.conn.handshakes_done();
+            let pumped = session.conn.pump_tls(
+                &mut StackLegs { stack, flows },
+                None,
+                tap.as_mut().map(|tap| tap as &mut dyn pipeline::Tap),
+            );
+            if let Err(err) = pumped {
+                break Some(format!("TLS failed: {err}"));
+            }
+            if !was_established && session.conn.handshakes_done() {
+                if session.conn.tls_client().is_some() {
+                    self.counters.upgraded += 1;
+                } else {
+                    self.counters.downgraded += 1;
+                }
+                self.counters
+                    .handshake_seconds
+                    .observe(micros_between(session.stage_since, now));
+            }
+            match session.conn.pending() {
+                None => break None,
+                Some(Pending::Rejected(rejection)) => break Some(format!("not TLS: {rejection:?}")),
+                Some(Pending::Hello { sni, .. }) => {
+                    // The ClientHello is complete: the handshake's time starts.
+                    session.stage_since = now;
+                    if let Some(sni) = &sni {
+                        self.top_sni.note(sni);
+                    }
+                    if let Err(reason) = self.answer_downgraded_hello(session, sni.as_deref()) {
+                        break Some(reason);
+                    }
+                }
+            }
+        };
+        if let Some(reason) = failure {
+            tracing::info!(
+                "{} failed: {reason}",
+                session.decision.as_ref().map_or("conversion", |d| d.action.name())
+            );
+            self.counters.conversion_failed += 1;
+            session.ended = Some(reason);
+            session.conn.fail();
+            self.end_tls(session);
+            self.record_reset(session, false, now);
+            abort_all(stack, session);
+            return;
+        }
+        self.finish_tls_directions(stack, session, now);
+    }
+
+    /// Answers a downgraded client's ClientHello with a certificate forged
+    /// for `sni` (else the destination address) by the session's TLS
+    /// context, which it then lets go. Err: why the client is refused.
+    fn answer_downgraded_hello(&mut self, session: &mut Session, sni: Option<&str>) -> Result<(), String> {
+        let generation = generation_mut(&mut self.current, &mut self.older, session.generation);
+        let context = generation.tls.as_mut().ok_or("no TLS context")?;
+        let (config, forged) = context
+            .downgrade_config(sni, session.tuple.dst_ip)
+            .map_err(|err| format!("no certificate forged: {err}"))?;
+        let server = session.conn.tls_server_mut().ok_or("no TLS state")?;
+        server.info.forged_fingerprint = Some(forged.fingerprint);
+        server.info.forged_cache_hit = forged.cache_hit;
+        server.accept(config).map_err(|err| format!("TLS failed: {err}"))?;
+        self.release_generation(session);
+        Ok(())
     }
 
     /// Gives a terminated session's ClientHello to the service answering

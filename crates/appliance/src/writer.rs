@@ -10,8 +10,14 @@
 //! [`CAPTURE_QUEUE_BATCHES`]), so a flood of capture frames never crowds out
 //! log lines; a record over its budget is dropped and counted
 //! ([`WriterTotals`]), never waited for. The thread writes the records in the
-//! order they were accepted, and flushes the log files whenever the channel
-//! is empty (a line is in its file as soon as the writer caught up).
+//! order they were accepted, in batches: it takes everything queued at once,
+//! writes the logs through buffers and flushes them once per batch. While
+//! records keep coming it sleeps [`BATCH_INTERVAL`] between batches, so a
+//! busy appliance costs the writer one wake-up and one write per file per
+//! interval, not one per record, and a worker's send wakes nobody. Once a
+//! batch finds nothing it sleeps until the next record, which wakes it at
+//! once (a quiet log's line lands promptly), as do a control message and a
+//! queue filling up (a quarter of its budget waiting).
 //!
 //! Files are opened by whoever asks for them (the data plane assembly after
 //! the privilege drop, a reload), so an error reaches the caller at once;
@@ -24,11 +30,11 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, SystemTime};
 
 use crate::capture::{CaptureError, CaptureSettings, DecryptedCapture, FrameSink, Frames};
 use crate::counters::CaptureTotals;
@@ -44,6 +50,15 @@ pub const KEYLOG_QUEUE_RECORDS: usize = 16_384;
 /// Capture batches (the frames of one call of a capture stream, at most a
 /// relayed read of plaintext) waiting for the writer at most.
 pub const CAPTURE_QUEUE_BATCHES: usize = 4_096;
+
+/// How long the writer sleeps between batches while records keep coming:
+/// at most about one write per log file per interval (more only when a
+/// batch overflows [`LOG_BUFFER_BYTES`]), and a record waits at most about
+/// this long for its file.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The buffer of each log file: a batch up to this size is one write.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Room in the channel for the control messages (open, flush, stop), which
 /// the control thread sends waiting, never a worker.
@@ -119,6 +134,13 @@ impl Kind {
             Kind::Capture => CAPTURE_QUEUE_BATCHES,
         }
     }
+
+    /// Records waiting at which the sender wakes the writer before its
+    /// interval is over: a burst is written long before it could fill the
+    /// budget.
+    fn wake_at(self) -> usize {
+        self.budget() / 4
+    }
 }
 
 /// A file the writer writes, handed over once opened.
@@ -154,6 +176,16 @@ struct Shared {
     waiting: [AtomicUsize; 3],
     /// Per [`Kind`]: records (frames for the capture) dropped.
     dropped: [AtomicU64; 3],
+    /// The writer sleeps until woken (it found nothing to do): the next
+    /// record accepted wakes it.
+    idle: AtomicBool,
+}
+
+impl Shared {
+    /// Whether no record is waiting (or being sent) at all.
+    fn nothing_waiting(&self) -> bool {
+        self.waiting.iter().all(|waiting| waiting.load(Ordering::SeqCst) == 0)
+    }
 }
 
 /// The workers' (and the openers') side of the writer: cheap to clone.
@@ -161,6 +193,8 @@ struct Shared {
 pub struct WriterHandle {
     sender: SyncSender<Message>,
     shared: Arc<Shared>,
+    /// The writer thread, to wake.
+    thread: Thread,
 }
 
 impl WriterHandle {
@@ -185,9 +219,15 @@ impl WriterHandle {
 
     /// Sends `message` if `kind` is within its budget, else drops it and
     /// counts `weight` records dropped.
+    ///
+    /// The send itself wakes nobody: the writer is woken only when it was
+    /// idle or when the queue of `kind` reaches [`Kind::wake_at`].
     fn offer(&self, kind: Kind, message: Message, weight: u64) {
         let waiting = &self.shared.waiting[kind.index()];
-        let accepted = waiting.fetch_add(1, Ordering::AcqRel) < kind.budget()
+        // SeqCst with the writer's going idle (`Files::run`): either it sees
+        // this record waiting, or this sees it idle.
+        let before = waiting.fetch_add(1, Ordering::SeqCst);
+        let accepted = before < kind.budget()
             && match self.sender.try_send(message) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
@@ -195,14 +235,27 @@ impl WriterHandle {
         if !accepted {
             waiting.fetch_sub(1, Ordering::AcqRel);
             self.shared.dropped[kind.index()].fetch_add(weight, Ordering::Relaxed);
+            return;
         }
+        let idle = self.shared.idle.load(Ordering::SeqCst) && self.shared.idle.swap(false, Ordering::SeqCst);
+        if idle || before + 1 == kind.wake_at() {
+            self.thread.unpark();
+        }
+    }
+
+    /// Sends a control message, waiting for room, and wakes the writer;
+    /// false once the writer has stopped.
+    fn control(&self, message: Message) -> bool {
+        let sent = self.sender.send(message).is_ok();
+        self.thread.unpark();
+        sent
     }
 
     /// Hands a freshly opened file to the writer, after the records
     /// queued so far; waits for room (the control thread, never a worker).
     pub(crate) fn open(&self, output: Opened) {
         // A stopped writer takes nothing any more: the file is closed here.
-        let _ = self.sender.send(Message::Open(output));
+        self.control(Message::Open(output));
     }
 
     /// Waits until everything accepted so far is written and the files
@@ -210,7 +263,7 @@ impl WriterHandle {
     /// stopped.
     pub fn flush(&self) {
         let (done, wait) = mpsc::sync_channel(1);
-        if self.sender.send(Message::Flush(done)).is_ok() {
+        if self.control(Message::Flush(done)) {
             let _ = wait.recv();
         }
     }
@@ -249,7 +302,11 @@ impl Writer {
             })
             .map_err(WriterError)?;
         Ok(Writer {
-            handle: WriterHandle { sender, shared },
+            handle: WriterHandle {
+                sender,
+                shared,
+                thread: thread.thread().clone(),
+            },
             thread: Some(thread),
         })
     }
@@ -263,7 +320,7 @@ impl Writer {
     /// ends the thread; later records are dropped and counted. Idempotent.
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.handle.sender.send(Message::Stop);
+            self.handle.control(Message::Stop);
             if thread.join().is_err() {
                 tracing::error!("the output writer thread panicked");
             }
@@ -286,21 +343,44 @@ struct Files {
 }
 
 impl Files {
-    /// Takes messages until [`Message::Stop`] (or every sender is gone),
-    /// flushing the logs whenever the channel is empty.
+    /// Takes messages in batches until [`Message::Stop`] (or every sender
+    /// is gone), flushing the logs after each batch; sleeps
+    /// [`BATCH_INTERVAL`] after a batch that found records, and until woken
+    /// after one that found none.
     fn run(mut self, receiver: &Receiver<Message>, shared: &Shared) {
-        while let Ok(first) = receiver.recv() {
-            let mut next = Some(first);
-            while let Some(message) = next {
-                if !self.take(message, shared) {
+        // At most this many messages make one batch, so that the logs are
+        // flushed even while the workers keep the channel from emptying.
+        let most = Kind::ALL.iter().map(|kind| kind.budget()).sum::<usize>();
+        loop {
+            let mut taken = 0;
+            while taken < most {
+                let stop = match receiver.try_recv() {
+                    Ok(message) => !self.take(message, shared),
+                    Err(TryRecvError::Disconnected) => true,
+                    Err(TryRecvError::Empty) => break,
+                };
+                if stop {
                     self.flush(true);
                     return;
                 }
-                next = receiver.try_recv().ok();
+                taken += 1;
             }
             self.flush(false);
+            if taken == most {
+                continue;
+            }
+            if taken > 0 || !shared.nothing_waiting() {
+                std::thread::park_timeout(BATCH_INTERVAL);
+                continue;
+            }
+            // SeqCst with `WriterHandle::offer`: a record sent after this
+            // look at the queues sees the writer idle and wakes it.
+            shared.idle.store(true, Ordering::SeqCst);
+            if shared.nothing_waiting() {
+                std::thread::park();
+            }
+            shared.idle.store(false, Ordering::SeqCst);
         }
-        self.flush(true);
     }
 
     /// Handles one message; false for [`Message::Stop`].
@@ -360,7 +440,66 @@ impl Files {
 
 /// Flushes the log file in `slot` (if any) and puts `file` in its place.
 fn replace(slot: &mut Option<BufWriter<File>>, file: File) {
-    if let Some(mut previous) = slot.replace(BufWriter::new(file)) {
+    if let Some(mut previous) = slot.replace(BufWriter::with_capacity(LOG_BUFFER_BYTES, file)) {
         let _ = previous.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A log "file" that counts the writer's writes: one end of a datagram
+    /// socket pair, where every write is one datagram; the other end,
+    /// read on its own thread until `expected` bytes came (or 60 s passed),
+    /// gives the bytes and how many writes carried them.
+    fn counting_sink(expected: usize) -> (File, std::thread::JoinHandle<(Vec<u8>, usize)>) {
+        let (sink, counter) = UnixDatagram::pair().unwrap();
+        counter.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let reading = std::thread::spawn(move || {
+            let (mut bytes, mut writes) = (Vec::new(), 0);
+            let mut datagram = vec![0; 2 * LOG_BUFFER_BYTES];
+            while bytes.len() < expected {
+                let Ok(len) = counter.recv(&mut datagram) else {
+                    break;
+                };
+                bytes.extend_from_slice(&datagram[..len]);
+                writes += 1;
+            }
+            (bytes, writes)
+        });
+        (File::from(OwnedFd::from(sink)), reading)
+    }
+
+    /// Records offered at a steady pace (here about one per 50 µs, a
+    /// thousand TLS connections a second's worth of key-log lines) are
+    /// written in batches, at most one write per [`BATCH_INTERVAL`] (and
+    /// the first record at once), not one per record; the last ones land
+    /// without a flush or a stop.
+    #[test]
+    fn records_offered_at_a_steady_pace_are_written_in_batches() {
+        const RECORDS: usize = 2_000;
+        let line = |seq: usize| format!("{seq:08}\n").into_bytes();
+        let (file, reading) = counting_sink(RECORDS * line(0).len());
+        let writer = Writer::start().unwrap();
+        writer.handle().open(Opened::KeyLog(file));
+        let started = Instant::now();
+        for seq in 0..RECORDS {
+            writer.handle().key_log_line(line(seq));
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let (bytes, writes) = reading.join().unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(bytes, (0..RECORDS).flat_map(line).collect::<Vec<_>>(), "all, in order");
+        let batches = (elapsed.as_micros() / BATCH_INTERVAL.as_micros()) as usize + 2;
+        assert!(
+            writes <= batches && writes * 10 <= RECORDS,
+            "{RECORDS} records in {writes} writes over {elapsed:?}: at most {batches} batches"
+        );
+        assert_eq!(writer.handle().totals(), WriterTotals::default(), "nothing dropped");
     }
 }

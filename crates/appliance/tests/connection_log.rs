@@ -27,6 +27,8 @@ fn at_syn(action: Action, dst: &str, port: u16) -> RuleConfig {
         no_sni: None,
         when: None,
         udp: None,
+        server_port: None,
+        server_name: None,
     }
 }
 

@@ -328,6 +328,8 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
         no_sni: None,
         when: Some(Condition::NonTls),
         udp: None,
+        server_port: None,
+        server_name: None,
     };
     intercept.rules = Policy::new(&PolicyRules::from(vec![bypass_non_tls]), Arc::default(), false).unwrap();
     let Setup {

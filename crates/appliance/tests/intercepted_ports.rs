@@ -150,6 +150,8 @@ fn udp_passes_with_bypass_and_with_a_matching_rule() {
         no_sni: None,
         when: None,
         udp: Some(UdpPolicy::Bypass),
+        server_port: None,
+        server_name: None,
     };
     ruled.rules = Policy::new(&PolicyRules::from(vec![rule]), std::sync::Arc::default(), false).unwrap();
     let mut lab = Lab::new(&ruled);

@@ -72,6 +72,8 @@ fn rule(action: Action, when: Condition) -> RuleConfig {
         no_sni: None,
         when: Some(when),
         udp: None,
+        server_port: None,
+        server_name: None,
     }
 }
 

@@ -131,6 +131,66 @@ impl Forger {
             self.untrusted = Some(CertificateAuthority::generate("tlsgate untrusted issuer", 10, now)?);
         }
         let forged = self.forge_uncached(real, sni, trust, now)?;
+        self.remember(key, &forged);
+        Ok(forged)
+    }
+
+    /// A certificate for a destination no real certificate is known of
+    /// (TLS the appliance answers itself, in front of a plain server):
+    /// named `sni` (else the destination address `ip`), signed by the
+    /// appliance CA, valid from a day before `now` for a week (never beyond
+    /// the CA); cached per name and day.
+    pub fn forge_for_name(&mut self, sni: Option<&str>, ip: IpAddr, now: OffsetDateTime) -> Result<Forged, MitmError> {
+        let day = now.unix_timestamp().div_euclid(86_400);
+        let name = sni.map_or_else(|| ip.to_string(), str::to_owned);
+        let key = (format!("name {name} day {day}"), sni.map(str::to_owned), Trust::Trusted);
+        if let Some(hit) = self.cache.get(&key) {
+            self.counters.hits += 1;
+            return Ok(Forged {
+                cache_hit: true,
+                ..hit.clone()
+            });
+        }
+        self.counters.misses += 1;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        params.subject_alt_names = vec![match sni {
+            Some(sni) => SanType::DnsName(sni.try_into().map_err(MitmError::forge)?),
+            None => SanType::IpAddress(ip),
+        }];
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = (now + time::Duration::days(7)).min(self.ca.not_after());
+        let serial = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("name|{name}|{}", now.unix_timestamp_nanos()).as_bytes(),
+        );
+        let mut serial_bytes = serial.as_ref().get(..16).map(<[u8]>::to_vec).unwrap_or_default();
+        if let Some(first) = serial_bytes.first_mut() {
+            *first &= 0x7f;
+        }
+        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
+        let issuer = self.ca.issuer()?;
+        let leaf = params.signed_by(&self.leaf_key, &issuer).map_err(MitmError::forge)?;
+        let forged = Forged {
+            fingerprint: fingerprint(leaf.der()),
+            certified: Arc::new(CertifiedKey::new(
+                std::iter::once(leaf.der().clone())
+                    .chain(self.ca.chain().cloned())
+                    .collect(),
+                Arc::clone(&self.leaf_signing),
+            )),
+            cache_hit: false,
+        };
+        self.remember(key, &forged);
+        Ok(forged)
+    }
+
+    /// Caches `forged` under `key`, the oldest entry making way when full.
+    fn remember(&mut self, key: CacheKey, forged: &Forged) {
         if self.order.len() >= self.capacity {
             if let Some(oldest) = self.order.pop_front() {
                 if let Some(evicted) = self.cache.remove(&oldest) {
@@ -138,11 +198,10 @@ impl Forger {
                 }
             }
         }
-        self.counters.cache_bytes += cached_size(&forged);
+        self.counters.cache_bytes += cached_size(forged);
         self.cache.insert(key.clone(), forged.clone());
         self.order.push_back(key);
         self.counters.entries = self.cache.len() as u64;
-        Ok(forged)
     }
 
     fn forge_uncached(

@@ -305,6 +305,60 @@ impl TlsContext {
     }
 }
 
+impl TlsContext {
+    /// The client configuration of an upgraded connection's TLS leg (its
+    /// client speaks plain TCP): every version, suite and group the
+    /// appliance speaks, no ALPN (the client's protocol is whatever it
+    /// speaks without), resumption shared with interception's upstream
+    /// legs, and the server's chain verified against `tls.upstream_trust`
+    /// during the handshake: one that does not verify fails it (there is
+    /// no client to show it to, so `tls.invalid_upstream` does not apply).
+    pub fn upgrade_config(&self) -> Result<Arc<ClientConfig>, MitmError> {
+        let mut config = ClientConfig::builder_with_details(Arc::clone(&self.provider), Arc::new(self.clock.clone()))
+            .with_protocol_versions(&VERSIONS)
+            .map_err(|err| MitmError::Config(err.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.trust.enforcing())
+            .with_no_client_auth();
+        config.resumption = self.upstream_resumption.clone();
+        if let Some(key_log) = &self.key_log {
+            config.key_log = Arc::clone(key_log);
+        }
+        Ok(Arc::new(config))
+    }
+
+    /// The server configuration of a downgraded connection's TLS leg (its
+    /// server speaks plain TCP): a certificate forged for the client's
+    /// `sni` (else the destination address `ip`) and signed by the
+    /// appliance CA, TLS 1.2 and 1.3, no ALPN (the plain server speaks
+    /// what the client speaks without), the session cache and tickets of
+    /// interception. Also returns the certificate.
+    pub fn downgrade_config(
+        &mut self,
+        sni: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(Arc<ServerConfig>, Forged), MitmError> {
+        let forged = self.forger.forge_for_name(sni, ip, self.clock.now())?;
+        // Keyed apart from interception's (which pin one version and suite).
+        let key = (forged.fingerprint.clone(), None, 0, 0);
+        let config = self.client_facing.borrow_mut().get_or_insert(key, || {
+            let mut config =
+                ServerConfig::builder_with_details(Arc::clone(&self.provider), Arc::new(self.clock.clone()))
+                    .with_protocol_versions(&VERSIONS)
+                    .map_err(|err| MitmError::Config(err.to_string()))?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(FixedCert(Arc::clone(&forged.certified))));
+            config.session_storage = Arc::clone(&self.server_sessions);
+            config.ticketer = Arc::clone(&self.ticketer);
+            if let Some(key_log) = &self.key_log {
+                config.key_log = Arc::clone(key_log);
+            }
+            Ok::<_, MitmError>(config)
+        })?;
+        Ok((config, forged))
+    }
+}
+
 /// A map that forgets everything when it is full: enough for configurations
 /// that are cheap to rebuild and that live sessions keep alive anyway.
 struct BoundedCache<K, V> {

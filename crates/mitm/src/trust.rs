@@ -70,6 +70,13 @@ impl UpstreamTrust {
             .map_err(|err| err.to_string())
     }
 
+    /// The verifier that judges the chain during the handshake (a chain
+    /// that does not verify fails it): for a TLS leg with no client to
+    /// show the server's certificate to (an upgraded connection).
+    pub(crate) fn enforcing(&self) -> Arc<WebPkiServerVerifier> {
+        Arc::clone(&self.verifier)
+    }
+
     /// The verifier for the upstream handshake: signatures checked now, the
     /// chain later with [`UpstreamTrust::verify`].
     pub(crate) fn deferred(&self) -> Arc<DeferredChainVerifier> {

@@ -328,8 +328,9 @@ impl PeerAck {
 /// The IP packet `packet` (IPv4, or IPv6 without extension headers,
 /// carrying a TCP segment) as the pure ACK its sender would send next:
 /// payload and FIN taken off, the sequence number after them, PSH clear,
-/// lengths and checksums refreshed.
-fn as_pure_ack(packet: &[u8]) -> Option<Vec<u8>> {
+/// lengths and checksums refreshed; written into `reuse` (the previous
+/// one, so that a steady stream of ACKs allocates nothing).
+fn as_pure_ack(packet: &[u8], reuse: Option<Vec<u8>>) -> Option<Vec<u8>> {
     let tcp = tcp_segment(packet)?;
     let header_len = usize::from(tcp.header_len());
     let advance = tcp.payload().len() as u32 + u32::from(tcp.fin());
@@ -340,7 +341,9 @@ fn as_pure_ack(packet: &[u8]) -> Option<Vec<u8>> {
     if offset < 20 {
         return None;
     }
-    let mut pure = packet.get(..offset + header_len)?.to_vec();
+    let mut pure = reuse.unwrap_or_default();
+    pure.clear();
+    pure.extend_from_slice(packet.get(..offset + header_len)?);
     let (src, dst) = match pure.first()? >> 4 {
         4 => {
             // Unchecked: the lengths still say the payload is there.
@@ -433,7 +436,7 @@ impl Recovery {
                 self.timing = None;
             }
         }
-        self.latest_ack = as_pure_ack(packet);
+        self.latest_ack = as_pure_ack(packet, self.latest_ack.take());
         let Some(sent_end) = self.sent_end.filter(|_| self.outstanding()) else {
             // Everything sent is acknowledged.
             self.recover = None;
@@ -1718,7 +1721,7 @@ mod tests {
 
     #[test]
     fn a_data_segment_becomes_the_pure_ack_its_sender_sends_next() {
-        let pure = as_pure_ack(&segment(TcpControl::Fin, b"hello")).unwrap();
+        let pure = as_pure_ack(&segment(TcpControl::Fin, b"hello"), None).unwrap();
         let ip = Ipv4Packet::new_checked(&pure[..]).unwrap();
         assert!(ip.verify_checksum());
         assert_eq!(usize::from(ip.total_len()), pure.len());
@@ -1736,6 +1739,15 @@ mod tests {
     #[test]
     fn a_pure_ack_stays_as_it_was() {
         let ack = segment(TcpControl::None, b"");
-        assert_eq!(as_pure_ack(&ack).unwrap(), ack);
+        assert_eq!(as_pure_ack(&ack, None).unwrap(), ack);
+    }
+
+    #[test]
+    fn the_previous_ack_buffer_is_reused_whatever_it_held() {
+        let previous = vec![0xee; 200];
+        let address = previous.as_ptr();
+        let pure = as_pure_ack(&segment(TcpControl::None, b""), Some(previous)).unwrap();
+        assert_eq!(pure, segment(TcpControl::None, b""));
+        assert_eq!(pure.as_ptr(), address, "no new allocation");
     }
 }

@@ -6,6 +6,7 @@ use mitm::{MitmError, Pending, TlsContext, TlsSession};
 use crate::inflight::InFlight;
 use crate::terminate::TlsServer;
 use crate::transform::TlsTransform;
+use crate::upgrade::TlsClient;
 use crate::{End, Ends, Leg, LegIo, State, Tap, TLS_BACKLOG};
 
 /// The transform between the client's and the server's leg.
@@ -17,8 +18,11 @@ enum Transform {
     /// server's TLS towards the server.
     Intercept(Box<TlsSession>),
     /// TLS termination: the service's certificate towards the client,
-    /// plaintext (after a preamble) to the backend.
+    /// plaintext (after a preamble) to the backend; or a downgrade, with a
+    /// forged certificate, plaintext to the server.
     Terminate(Box<TlsServer>),
+    /// TLS upgrade: a plain client, TLS towards the server.
+    Upgrade(Box<TlsClient>),
 }
 
 /// The loop through the inspection box, while the plaintext uses it.
@@ -67,6 +71,19 @@ impl Connection {
     /// A terminated connection: the backend leg comes after the ClientHello.
     pub fn terminated() -> Connection {
         Connection::with(Transform::Terminate(Box::default()), true)
+    }
+
+    /// A downgraded connection: the client's TLS is answered by the
+    /// appliance (its certificate chosen at the ClientHello, see
+    /// [`Connection::tls_server_mut`]), the server leg is plain;
+    /// `connecting` as for [`Connection::new`].
+    pub fn downgraded(connecting: bool) -> Connection {
+        Connection::with(Transform::Terminate(Box::default()), connecting)
+    }
+
+    /// An upgraded connection: a plain client, `client` towards the server.
+    pub fn upgraded(client: TlsClient, connecting: bool) -> Connection {
+        Connection::with(Transform::Upgrade(Box::new(client)), connecting)
     }
 
     fn with(transform: Transform, connecting: bool) -> Connection {
@@ -148,6 +165,14 @@ impl Connection {
         }
     }
 
+    /// The TLS upgrade state, while there is one.
+    pub fn tls_client(&self) -> Option<&TlsClient> {
+        match &self.transform {
+            Transform::Upgrade(client) => Some(client),
+            _ => None,
+        }
+    }
+
     /// Whether the connection holds TLS state (either kind).
     pub fn has_tls(&self) -> bool {
         !matches!(self.transform, Transform::Plain)
@@ -160,6 +185,7 @@ impl Connection {
             Transform::Plain => None,
             Transform::Intercept(tls) => Some(tls.info),
             Transform::Terminate(server) => Some(server.info),
+            Transform::Upgrade(client) => Some(client.info),
         }
     }
 
@@ -169,13 +195,14 @@ impl Connection {
             Transform::Plain => false,
             Transform::Intercept(tls) => tls.handshakes_done(),
             Transform::Terminate(server) => server.handshakes_done(),
+            Transform::Upgrade(client) => client.handshakes_done(),
         }
     }
 
     /// What the caller must decide before the connection goes on.
     pub fn pending(&self) -> Option<Pending> {
         match &self.transform {
-            Transform::Plain => None,
+            Transform::Plain | Transform::Upgrade(_) => None,
             Transform::Intercept(tls) => tls.pending(),
             Transform::Terminate(server) => server.pending(),
         }
@@ -256,6 +283,10 @@ impl Connection {
                 prepend(server.plaintext_from_client(), up);
                 prepend(server.plaintext_from_server(), down);
             }
+            Transform::Upgrade(client) => {
+                prepend(client.plaintext_from_client(), up);
+                prepend(client.plaintext_from_server(), down);
+            }
             Transform::Plain => {
                 self.backlog_to_server.extend_from_slice(&up);
                 self.backlog_to_client.extend_from_slice(&down);
@@ -285,6 +316,7 @@ impl Connection {
             (Transform::Terminate(server), _) => {
                 relay_tls(&mut **server, &mut (), io, inspection, &mut self.bytes, tap)
             }
+            (Transform::Upgrade(client), _) => relay_tls(&mut **client, &mut (), io, inspection, &mut self.bytes, tap),
         }
     }
 
@@ -300,6 +332,7 @@ impl Connection {
             Transform::Plain => {}
             Transform::Intercept(tls) => finish_directions(&mut **tls, io, inspection, ends, tap),
             Transform::Terminate(server) => finish_directions(&mut **server, io, inspection, ends, tap),
+            Transform::Upgrade(client) => finish_directions(&mut **client, io, inspection, ends, tap),
         }
     }
 
@@ -368,6 +401,7 @@ impl Connection {
             Transform::Plain => 0,
             Transform::Intercept(tls) => tls.buffer_capacity(),
             Transform::Terminate(server) => server.buffer_capacity(),
+            Transform::Upgrade(client) => client.buffer_capacity(),
         }
     }
 }
@@ -386,7 +420,8 @@ fn relay_tls<T: TlsTransform>(
         // Both queues, always (no short-circuit).
         let mut progress =
             send_queued(io, Leg::Client, tls.to_client()) | send_queued(io, Leg::Server, tls.to_server());
-        if tls.to_server().len() < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
+        let server_backlog = |tls: &mut T| tls.to_server().len() + tls.held_for_server();
+        if server_backlog(tls) < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
             let read = io.recv(Leg::Client, &mut buf);
             if read > 0 {
                 bytes.0 += read as u64;
@@ -406,7 +441,7 @@ fn relay_tls<T: TlsTransform>(
             Some(InspectionLoop::Through(through)) => {
                 progress |= feed_loop(io, Leg::InspectOut, tls.plaintext_from_client(), &mut through.up)
                     | feed_loop(io, Leg::InspectIn, tls.plaintext_from_server(), &mut through.down);
-                if tls.to_server().len() < TLS_BACKLOG {
+                if server_backlog(tls) < TLS_BACKLOG {
                     let read = io.recv(Leg::InspectIn, &mut buf);
                     if read > 0 {
                         through.up.came_out(read);
@@ -462,7 +497,13 @@ fn finish_directions<T: TlsTransform>(
     } else {
         peer_done(io, Leg::Server)
     };
-    let client_done = tls.client_finished() || peer_done(io, Leg::Client);
+    // A plain client leg's end is its FIN, likewise.
+    let client_finished = if tls.client_speaks_tls() {
+        tls.client_finished()
+    } else {
+        peer_done(io, Leg::Client)
+    };
+    let client_done = client_finished || peer_done(io, Leg::Client);
     let server_done = server_finished || peer_done(io, Leg::Server);
     // Whether each direction came back out of the loop (true without one).
     let (mut up_through, mut down_through) = (true, true);
@@ -484,7 +525,7 @@ fn finish_directions<T: TlsTransform>(
     up_through &= tls.plaintext_from_client().is_empty();
     down_through &= tls.plaintext_from_server().is_empty();
     if tls.plaintext_exposed() {
-        if ends.to_server == End::Open && tls.client_finished() && up_through {
+        if ends.to_server == End::Open && client_finished && up_through {
             ends.to_server = End::CloseNotifySent;
             tls.close_to_server();
             send_queued(io, Leg::Server, tls.to_server());
@@ -495,7 +536,12 @@ fn finish_directions<T: TlsTransform>(
             send_queued(io, Leg::Client, tls.to_client());
         }
     }
-    if ends.to_server != End::FinSent && up_through && tls.to_server().is_empty() && peer_done(io, Leg::Client) {
+    if ends.to_server != End::FinSent
+        && up_through
+        && tls.to_server().is_empty()
+        && tls.held_for_server() == 0
+        && peer_done(io, Leg::Client)
+    {
         ends.to_server = End::FinSent;
         io.close(Leg::Server);
         if let Some(tap) = tap.as_deref_mut() {

@@ -3,10 +3,11 @@
 //! A connection is a pipeline: client leg ⇄ client transform ⇄ plaintext
 //! relay (± the inspection loop) ⇄ server transform ⇄ server leg. The
 //! transforms are plain (bytes pass untouched), TLS interception
-//! ([`mitm::TlsSession`] couples the client's and the server's TLS), and TLS
+//! ([`mitm::TlsSession`] couples the client's and the server's TLS), TLS
 //! termination ([`TlsServer`]: the service's own certificate towards the
 //! client, plaintext to the backend after an optional preamble such as a
-//! PROXY protocol header).
+//! PROXY protocol header; also the downgrade, with a forged certificate)
+//! and TLS upgrade ([`TlsClient`]: a plain client, TLS towards the server).
 //!
 //! [`Connection`] holds one connection's state (one [`State`]) and relays
 //! with back-pressure ([`TLS_BACKLOG`]), half-closes and close_notify
@@ -23,10 +24,12 @@ mod connection;
 mod inflight;
 mod terminate;
 mod transform;
+mod upgrade;
 
 pub use connection::Connection;
 pub use terminate::TlsServer;
 pub use transform::TlsTransform;
+pub use upgrade::TlsClient;
 
 /// Ciphertext (or plaintext waiting for the loop) beyond which the leg that
 /// feeds it is not read (back-pressure across the TLS layer); also what the

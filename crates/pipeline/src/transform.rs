@@ -1,7 +1,8 @@
 //! What the relay needs of a TLS transform: ciphertext in from each leg,
 //! ciphertext out for each, and the plaintext in between. TLS interception
-//! ([`mitm::TlsSession`]) and termination ([`crate::TlsServer`]) are both
-//! relayed by the same code through it.
+//! ([`mitm::TlsSession`]), termination and downgrade ([`crate::TlsServer`])
+//! and upgrade ([`crate::TlsClient`]) are all relayed by the same code
+//! through it.
 
 use mitm::{MitmError, TlsContext, TlsSession};
 
@@ -33,6 +34,17 @@ pub trait TlsTransform {
     /// Whether the server leg speaks TLS (its end is a close_notify, not
     /// just a FIN).
     fn server_speaks_tls(&self) -> bool;
+    /// Whether the client leg speaks TLS (its end is a close_notify, not
+    /// just a FIN).
+    fn client_speaks_tls(&self) -> bool {
+        true
+    }
+    /// Plaintext (and a close_notify, counting one) accepted for the server
+    /// and held until its handshake is done: counts against
+    /// [`crate::TLS_BACKLOG`] like the ciphertext waiting, and holds the FIN.
+    fn held_for_server(&self) -> usize {
+        0
+    }
     /// Both handshakes are done.
     fn handshakes_done(&self) -> bool;
     /// Gives back the memory of emptied buffers.

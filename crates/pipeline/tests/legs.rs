@@ -9,10 +9,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 
 use mitm::Pending;
-use pipeline::{Connection, Leg, LegIo, TLS_BACKLOG};
+use pipeline::{Connection, Leg, LegIo, TlsClient, TLS_BACKLOG};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
 /// One leg between the pipeline and its peer.
 #[derive(Default)]
@@ -164,21 +164,31 @@ fn pki() -> Pki {
 }
 
 fn client(pki: &Pki) -> ClientConnection {
+    let mut config = trusting(&pki.ca);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    ClientConnection::new(Arc::new(config), ServerName::try_from("www.lab.test").unwrap()).unwrap()
+}
+
+/// A client configuration trusting only `ca`.
+fn trusting(ca: &CertificateDer<'static>) -> ClientConfig {
     let mut roots = RootCertStore::empty();
-    roots.add(pki.ca.clone()).unwrap();
-    let mut config = ClientConfig::builder_with_provider(provider())
+    roots.add(ca.clone()).unwrap();
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    ClientConnection::new(Arc::new(config), ServerName::try_from("www.lab.test").unwrap()).unwrap()
+        .with_no_client_auth()
 }
 
 /// The rustls client's side of the client leg: its records go out, the
 /// pipeline's come in; returns the plaintext received and whether
 /// close_notify came.
 fn client_io(tls: &mut ClientConnection, wire: &mut Wire, received: &mut Vec<u8>) -> bool {
+    peer_io(&mut **tls, wire, received)
+}
+
+/// [`client_io`] for either side's rustls peer (the server of an upgrade).
+fn peer_io<D>(tls: &mut rustls::ConnectionCommon<D>, wire: &mut Wire, received: &mut Vec<u8>) -> bool {
     let mut out = Vec::new();
     while tls.wants_write() {
         tls.write_tls(&mut out).unwrap();
@@ -186,17 +196,26 @@ fn client_io(tls: &mut ClientConnection, wire: &mut Wire, received: &mut Vec<u8>
     wire.to_pipeline.extend(out);
     let incoming = std::mem::take(&mut wire.from_pipeline);
     let mut rest = &incoming[..];
-    while !rest.is_empty() {
-        tls.read_tls(&mut rest).unwrap();
-        tls.process_new_packets().unwrap();
-    }
-    let mut buf = [0u8; 16 * 1024];
+    let mut closed = false;
     loop {
-        match tls.reader().read(&mut buf) {
-            Ok(0) => return true,
-            Ok(read) => received.extend_from_slice(&buf[..read]),
-            Err(err) if err.kind() == ErrorKind::WouldBlock => return false,
-            Err(err) => panic!("client read: {err}"),
+        if !rest.is_empty() {
+            tls.read_tls(&mut rest).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(read) => received.extend_from_slice(&buf[..read]),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) => panic!("peer read: {err}"),
+            }
+        }
+        if rest.is_empty() {
+            return closed;
         }
     }
 }
@@ -401,4 +420,124 @@ fn a_connecting_connection_relays_nothing_until_its_server_leg_connected() {
     assert_eq!(legs.get(Leg::Server).from_pipeline, b"early");
     conn.fail();
     assert!(conn.failed() && !conn.server_connected());
+}
+
+// Upgrade: a plain client, the appliance as the TLS client of the server.
+
+/// An upgraded connection to `www.lab.test` whose server leg is connected,
+/// the server's certificate judged against `trusted`.
+fn upgraded(trusted: &CertificateDer<'static>) -> Connection {
+    let name = ServerName::try_from("www.lab.test").unwrap();
+    let client = TlsClient::new(Arc::new(trusting(trusted)), name).unwrap();
+    Connection::upgraded(client, false)
+}
+
+#[test]
+fn an_upgraded_client_speaks_plain_and_the_server_gets_its_bytes_over_tls_only_after_the_handshake() {
+    let pki = pki();
+    let mut server = ServerConnection::new(Arc::clone(&pki.server)).unwrap();
+    let mut legs = Legs::new();
+    let mut conn = upgraded(&pki.ca);
+    // The client sends its request and its FIN at once, before the
+    // server's handshake is even under way.
+    let request = b"GET / HTTP/1.1\r\nHost: www.lab.test\r\n\r\n";
+    legs.wire(Leg::Client).to_pipeline.extend(request);
+    legs.wire(Leg::Client).peer_fin = true;
+    step(&mut conn, &mut legs);
+    assert!(
+        !legs.get(Leg::Server).fin_from_pipeline,
+        "no FIN to the server before the request went over TLS"
+    );
+    let mut at_server = Vec::new();
+    let mut server_closed = false;
+    for _ in 0..10 {
+        server_closed |= peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+        step(&mut conn, &mut legs);
+    }
+    assert!(conn.handshakes_done() && !server.is_handshaking());
+    assert_eq!(at_server, request, "the plaintext arrives byte-exact, encrypted");
+    assert!(server_closed, "close_notify after the request");
+    assert!(legs.get(Leg::Server).fin_from_pipeline, "then the FIN");
+    assert_eq!(
+        server.server_name(),
+        Some("www.lab.test"),
+        "the SNI is the name verified"
+    );
+
+    // The server answers and closes: the plaintext and a FIN to the client.
+    let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    server.writer().write_all(response).unwrap();
+    server.send_close_notify();
+    peer_io(&mut server, legs.wire(Leg::Server), &mut Vec::new());
+    legs.wire(Leg::Server).peer_fin = true;
+    step(&mut conn, &mut legs);
+    assert_eq!(legs.get(Leg::Client).from_pipeline, response);
+    assert!(legs.get(Leg::Client).fin_from_pipeline && conn.closed());
+    let info = &conn.tls_client().unwrap().info;
+    assert_eq!(info.upstream_verified, Some(Ok(())));
+    assert_eq!(info.server_version.as_deref(), Some("TLSv1_3"));
+    assert_eq!(
+        (info.plaintext_client_to_server, info.plaintext_server_to_client),
+        (request.len() as u64, response.len() as u64)
+    );
+}
+
+#[test]
+fn an_upgraded_connection_to_a_server_whose_certificate_does_not_verify_fails_without_sending_it_the_plaintext() {
+    let (pki, other) = (pki(), pki());
+    let mut server = ServerConnection::new(Arc::clone(&pki.server)).unwrap();
+    let mut legs = Legs::new();
+    let mut conn = upgraded(&other.ca);
+    legs.wire(Leg::Client).to_pipeline.extend(b"secret");
+    let mut at_server = Vec::new();
+    let mut failure = None;
+    for _ in 0..10 {
+        if let Err(err) = conn.pump_tls(&mut legs, None, None) {
+            failure = Some(err);
+            break;
+        }
+        peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+    }
+    let failure = failure.expect("the handshake fails");
+    assert!(
+        matches!(failure, mitm::MitmError::Server(rustls::Error::InvalidCertificate(_))),
+        "{failure:?}"
+    );
+    // The server never got the plaintext, nor the end of the handshake.
+    peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+    assert!(at_server.is_empty() && server.is_handshaking());
+    let info = conn.drop_tls().unwrap();
+    assert!(
+        matches!(&info.upstream_verified, Some(Err(_))),
+        "{:?}",
+        info.upstream_verified
+    );
+}
+
+#[test]
+fn an_upgraded_client_is_not_read_past_the_backlog_while_the_handshake_runs() {
+    let pki = pki();
+    let mut legs = Legs::new();
+    let mut conn = upgraded(&pki.ca);
+    let upload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    legs.wire(Leg::Client).to_pipeline.extend(&upload);
+    for _ in 0..10 {
+        step(&mut conn, &mut legs);
+    }
+    let read = conn.bytes().0;
+    assert!(
+        read <= (TLS_BACKLOG + 16 * 1024) as u64,
+        "read {read} bytes from the client while the server had not answered"
+    );
+    // The handshake completes: everything arrives, byte-exact.
+    let mut server = ServerConnection::new(Arc::clone(&pki.server)).unwrap();
+    let mut at_server = Vec::new();
+    for _ in 0..200 {
+        peer_io(&mut server, legs.wire(Leg::Server), &mut at_server);
+        step(&mut conn, &mut legs);
+        if at_server.len() >= upload.len() {
+            break;
+        }
+    }
+    assert_eq!(at_server, upload);
 }

@@ -8,9 +8,62 @@
 //! plaintext. It never writes a byte of its own, so the appliance relays the
 //! preamble byte for byte; what it buffers is bounded, and malformed or
 //! oversized input is an error, never a panic. No clock, no I/O.
+//!
+//! [`negotiation`] makes the watcher of a protocol. Each one reads the
+//! protocol's framing on both sides (lines, multi-line replies, literals,
+//! message bodies, binary message lengths) and pairs every request with its
+//! answer, so content that merely looks like an upgrade command is never
+//! taken for one and an answer the watcher cannot pair fails the connection
+//! instead of being guessed at. Lines of text (SMTP, IMAP, POP3, FTP) are
+//! at most [`LINE_LIMIT`] bytes and hold no control byte but TAB (a CR only
+//! before the LF), an XMPP tag at most [`xmpp::TAG_LIMIT`]. In these text
+//! protocols a C0 control byte is an error as soon as it arrives, so TLS
+//! started where the protocol does not upgrade (its records start with
+//! one) fails the connection at its first byte instead of passing
+//! uninspected; PostgreSQL's direct TLS is
+//! [`NegotiationError::Unsupported`].
 #![forbid(unsafe_code)]
 
 use std::fmt;
+
+pub mod ftp;
+mod imap;
+mod line;
+mod pop3;
+mod postgres;
+mod smtp;
+pub mod xmpp;
+
+pub use ftp::{ControlChannel, DataChannelEvent, DataEndpoint, DataProtection};
+pub use line::LINE_LIMIT;
+
+/// The watcher of `protocol`'s preamble.
+///
+/// What every watcher does beyond the trait's contract:
+/// - After the upgrade request, [`Negotiation::from_client`] passes nothing
+///   (`pass` 0, no event) until the server answered: the caller discards
+///   those bytes. After a refusal the watcher reads the client's next bytes
+///   as the start of a command (of a first message, for PostgreSQL).
+/// - Once the upgrade was accepted, more bytes from either peer are an
+///   error ([`NegotiationError::Malformed`]).
+/// - One piece of bytes reports at most one event. On the client side, if
+///   the first plaintext content and the upgrade request both arrive in one
+///   piece, the event is [`ClientEvent::PlaintextContent`] (so `require_tls`
+///   still blocks), `pass` still ends at the request and
+///   [`Negotiation::awaiting_server`] tells the request is pending (the
+///   server's answer is the next event). On the server side an accepted or
+///   refused upgrade outranks [`ServerEvent::UpgradeOffered`] in the same
+///   piece, and the offer it outranks is not reported later.
+pub fn negotiation(protocol: Protocol) -> Box<dyn Negotiation> {
+    match protocol {
+        Protocol::Smtp => Box::new(smtp::Smtp::new()),
+        Protocol::Imap => Box::new(imap::Imap::new()),
+        Protocol::Pop3 => Box::new(pop3::Pop3::new()),
+        Protocol::Postgres => Box::new(postgres::Postgres::new()),
+        Protocol::Xmpp => Box::new(xmpp::XmppNegotiation::new()),
+        Protocol::Ftp => Box::new(ftp::FtpNegotiation::new()),
+    }
+}
 
 /// A protocol that upgrades a plaintext connection to TLS in band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,7 +142,9 @@ pub struct ClientStep {
 /// What the client's bytes meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientEvent {
-    /// The client asked to upgrade; its request ends at `pass`.
+    /// The client asked to upgrade; its request ends at `pass`. Not
+    /// reported when the first plaintext content came in the same piece
+    /// (see [`negotiation`]): [`Negotiation::awaiting_server`] tells then.
     UpgradeRequested,
     /// The client sent the session's content in plaintext (a mail
     /// transaction, a login, a query, an XMPP stanza, a file transfer):
@@ -147,11 +202,45 @@ pub enum NegotiationError {
     LineTooLong { peer: Peer, limit: usize },
     #[error("the {peer} sent bytes the protocol does not allow here: {what}")]
     Malformed { peer: Peer, what: &'static str },
+    /// A legitimate turn of the protocol that the appliance cannot
+    /// intercept (PostgreSQL's GSSAPI encryption, its direct TLS without
+    /// SSLRequest): failing the connection is the only way not to let it
+    /// pass uninspected.
+    #[error("the {peer} chose {what}, which cannot be intercepted")]
+    Unsupported { peer: Peer, what: &'static str },
+}
+
+impl NegotiationError {
+    /// `peer` sent bytes after the server accepted the upgrade, before TLS.
+    fn after_upgrade(peer: Peer) -> NegotiationError {
+        NegotiationError::Malformed {
+            peer,
+            what: "bytes after the accepted upgrade, before TLS",
+        }
+    }
+}
+
+/// Keeps the first event of a piece of client bytes: a first plaintext
+/// content is always before the upgrade request, nothing being read after
+/// the request.
+fn note_client(slot: &mut Option<ClientEvent>, event: ClientEvent) {
+    slot.get_or_insert(event);
+}
+
+/// Keeps the weightiest event of a piece of server bytes: an answer to the
+/// upgrade request outranks the offer.
+fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
+    if event != ServerEvent::UpgradeOffered || slot.is_none() {
+        *slot = Some(event);
+    }
 }
 
 /// Watches one connection's preamble (see the crate documentation). Made by
 /// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
 /// was accepted, and not after.
+// `from_client`/`from_server` name the peer the bytes come from, not a
+// conversion.
+#[allow(clippy::wrong_self_convention)]
 pub trait Negotiation: Send {
     fn protocol(&self) -> Protocol;
     /// The client sent `bytes` (the next ones, in order).

@@ -516,6 +516,12 @@ impl Lab {
 
     /// One millisecond of virtual time.
     pub fn step(&mut self) {
+        self.step_around_engine(|poll| poll());
+    }
+
+    /// One millisecond of virtual time, the engine's poll run through
+    /// `around` (which may measure it: it must call it once).
+    pub fn step_around_engine(&mut self, around: impl FnOnce(&mut dyn FnMut())) {
         self.client.poll(self.now);
         for frame in self.links[0].carry(std::mem::take(&mut self.client.device.tx)) {
             self.client_port.inject(frame);
@@ -525,7 +531,10 @@ impl Lab {
             self.server_port.inject(frame);
         }
         if !self.engine_stopped {
-            self.engine.poll(self.now);
+            let (engine, now) = (&mut self.engine, self.now);
+            around(&mut || {
+                engine.poll(now);
+            });
         }
         if let Some(inspection) = self.inspection.as_mut() {
             inspection.carry();

@@ -1,0 +1,181 @@
+//! Feeding transcripts to a watcher, whole and cut into pieces, and the
+//! invariants that hold for any conversation.
+#![allow(dead_code, clippy::expect_used)] // shared by several test files; helpers outside #[test] functions
+
+use starttls::{negotiation, ClientEvent, Negotiation, NegotiationError, Protocol, ServerEvent};
+
+/// Who sent a chunk of a transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+pub use Side::{Client, Server};
+
+/// An event, with the side that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Client(ClientEvent),
+    Server(ServerEvent),
+}
+
+/// What a transcript did: per chunk, the bytes passed and whether the
+/// watcher then awaited the server; the events in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub passed: Vec<usize>,
+    pub awaiting: Vec<bool>,
+    pub events: Vec<Seen>,
+}
+
+pub fn watcher(protocol: Protocol) -> Box<dyn Negotiation> {
+    negotiation(protocol)
+}
+
+/// Shows `piece` to the watcher as sent by `side`.
+pub fn feed(
+    watcher: &mut dyn Negotiation,
+    side: Side,
+    piece: &[u8],
+) -> Result<(usize, Option<Seen>), NegotiationError> {
+    let (pass, event) = match side {
+        Client => {
+            let step = watcher.from_client(piece)?;
+            (step.pass, step.event.map(Seen::Client))
+        }
+        Server => {
+            let step = watcher.from_server(piece)?;
+            (step.pass, step.event.map(Seen::Server))
+        }
+    };
+    assert!(pass <= piece.len(), "passed {pass} of {} bytes", piece.len());
+    Ok((pass, event))
+}
+
+/// Cuts chunk number `index` into pieces.
+pub type Cut<'a> = &'a dyn Fn(usize, &[u8]) -> Vec<Vec<u8>>;
+
+/// Runs `transcript` through a new watcher, chunk `index` cut by `cut`
+/// into the pieces it returns.
+pub fn run_cut(protocol: Protocol, transcript: &[(Side, &[u8])], cut: Cut) -> Result<Outcome, NegotiationError> {
+    run_on_cut(watcher(protocol).as_mut(), transcript, cut)
+}
+
+/// Runs `transcript` through `watcher` (in the state earlier input left
+/// it), every chunk whole.
+pub fn run_on(watcher: &mut dyn Negotiation, transcript: &[(Side, &[u8])]) -> Result<Outcome, NegotiationError> {
+    run_on_cut(watcher, transcript, &whole)
+}
+
+fn run_on_cut(
+    watcher: &mut dyn Negotiation,
+    transcript: &[(Side, &[u8])],
+    cut: Cut,
+) -> Result<Outcome, NegotiationError> {
+    let mut outcome = Outcome {
+        passed: Vec::new(),
+        awaiting: Vec::new(),
+        events: Vec::new(),
+    };
+    for (index, (side, chunk)) in transcript.iter().enumerate() {
+        let mut passed = 0;
+        for piece in cut(index, chunk) {
+            let (pass, event) = feed(watcher, *side, &piece)?;
+            passed += pass;
+            outcome.events.extend(event);
+        }
+        outcome.passed.push(passed);
+        outcome.awaiting.push(watcher.awaiting_server());
+    }
+    Ok(outcome)
+}
+
+/// Runs `transcript` with every chunk whole.
+pub fn run(protocol: Protocol, transcript: &[(Side, &[u8])]) -> Result<Outcome, NegotiationError> {
+    run_cut(protocol, transcript, &whole)
+}
+
+fn whole(_: usize, chunk: &[u8]) -> Vec<Vec<u8>> {
+    vec![chunk.to_vec()]
+}
+
+/// Runs `transcript` whole, a byte at a time, and with each chunk in turn
+/// cut in two at every byte boundary; asserts they all give the same
+/// outcome, and returns it.
+pub fn run_every_cut(protocol: Protocol, transcript: &[(Side, &[u8])]) -> Outcome {
+    let whole = run(protocol, transcript).expect("the transcript is accepted");
+    let bytewise = run_cut(protocol, transcript, &|_, chunk| {
+        chunk.iter().map(|&byte| vec![byte]).collect()
+    });
+    assert_eq!(bytewise.as_ref(), Ok(&whole), "fed a byte at a time");
+    for (cut_chunk, (_, chunk)) in transcript.iter().enumerate() {
+        for at in 1..chunk.len() {
+            let cut = run_cut(protocol, transcript, &|index, chunk| {
+                if index == cut_chunk {
+                    vec![chunk[..at].to_vec(), chunk[at..].to_vec()]
+                } else {
+                    vec![chunk.to_vec()]
+                }
+            });
+            assert_eq!(cut.as_ref(), Ok(&whole), "chunk {cut_chunk} cut at {at}");
+        }
+    }
+    whole
+}
+
+/// Every chunk passed whole.
+pub fn all_passed(transcript: &[(Side, &[u8])]) -> Vec<usize> {
+    transcript.iter().map(|(_, chunk)| chunk.len()).collect()
+}
+
+/// Feeds `conversation`, checking the invariants up to the first error,
+/// and only that nothing panics or hangs after it.
+pub fn check(watcher: &mut dyn Negotiation, conversation: &[(Side, Vec<u8>)]) {
+    let mut requested = false;
+    let mut accepted = false;
+    let mut failed = false;
+    for &(side, ref piece) in conversation {
+        let result = feed(watcher, side, piece);
+        failed |= result.is_err();
+        let (Ok((pass, event)), false) = (result, failed) else {
+            continue;
+        };
+        if accepted {
+            assert_eq!(pass, 0, "{side:?} bytes passed after the accept");
+        }
+        if requested && side == Side::Client {
+            assert_eq!((pass, event), (0, None), "client bytes passed after the request");
+        }
+        match event {
+            Some(Seen::Client(ClientEvent::UpgradeRequested)) => requested = true,
+            Some(Seen::Server(ServerEvent::UpgradeRefused)) => requested = false,
+            Some(Seen::Server(ServerEvent::UpgradeAccepted)) => {
+                accepted = true;
+                requested = false;
+            }
+            _ => {}
+        }
+        if side == Side::Client && pass < piece.len() {
+            // Only the upgrade request ends a client piece early (its event
+            // may have given way to the first content).
+            assert!(watcher.awaiting_server());
+            requested = true;
+        }
+    }
+}
+
+/// `transcript` with the byte at `position` of chunk number `chunk`
+/// replaced by `byte`.
+pub fn mutated(
+    transcript: &[(Side, &[u8])],
+    chunk: usize,
+    position: proptest::sample::Index,
+    byte: u8,
+) -> Vec<(Side, Vec<u8>)> {
+    let mut pieces: Vec<(Side, Vec<u8>)> = transcript.iter().map(|&(side, bytes)| (side, bytes.to_vec())).collect();
+    let message = &mut pieces[chunk].1;
+    let index = position.index(message.len());
+    message[index] = byte;
+    pieces
+}
