@@ -51,9 +51,14 @@ impl Direct {
         }
     }
 
-    /// A CA the servers' certificates do not chain to: a fresh appliance CA.
+    /// A CA the servers' certificates do not chain to: an appliance CA
+    /// (made at the first call).
     fn other_ca(&self) -> PathBuf {
-        appliance_ca(&self.scratch).join("ca.pem")
+        let ca = self.scratch.path("ca/ca.pem");
+        if !ca.exists() {
+            appliance_ca(&self.scratch);
+        }
+        ca
     }
 
     /// Stops tlsgate and checks that it only bridged: no frame went to its
@@ -150,7 +155,9 @@ fn openssl_s_client_upgrades_every_protocol_and_talks_over_tls_over_ipv4_and_ipv
         let (input, answer) = s_client_dialogue(protocol);
         for (server, _) in FAMILIES {
             let what = format!("s_client -starttls {protocol} to {server}:{port}");
-            let transcript = s_client(&up.lab, CLI, protocol, server, port, &up.peers.ca(), input).expect_ok(&what);
+            // Its status says nothing (vsftpd closes without close_notify):
+            // the transcript does.
+            let transcript = s_client(&up.lab, CLI, protocol, server, port, &up.peers.ca(), input).transcript;
             assert!(
                 transcript.contains("Verify return code: 0 (ok)"),
                 "{what}:\n{transcript}"
@@ -191,7 +198,7 @@ fn curl_reads_the_waiting_message_over_imap_and_pop3_starttls_over_ipv4_and_ipv6
             // Dovecot logs the login: from the client's address, over TLS.
             let login = up.peers.await_logged(
                 "dovecot/dovecot.log",
-                &format!("{scheme}-login: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
+                &format!("{scheme}-login: Info: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
             );
             assert!(login.contains(", TLS"), "{login}");
         }

@@ -195,7 +195,10 @@ pub fn queue_id(transcript: &str) -> &str {
 /// `openssl s_client -starttls PROTOCOL` to `server`:`port`, verifying
 /// SERVER_NAME against `ca` (`-verify_return_error`), then sending `input`
 /// (LF lines, sent as CRLF) over TLS and reading until the server closes
-/// (`-ign_eof`; with an empty input, until the handshake is done).
+/// (`-ign_eof`; with an empty input, until the handshake is done). A server
+/// closing without close_notify (vsftpd) makes s_client fail after a
+/// complete dialogue: judge by the transcript ("Verify return code: 0
+/// (ok)" and the answer of [`s_client_dialogue`]).
 pub fn s_client(
     lab: &Lab,
     namespace: &str,
