@@ -1416,19 +1416,6 @@ impl Config {
             ));
         }
         self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
-        if !self.service.is_empty() && dataplane.workers > 1 {
-            // The backend leg of a terminated connection has other
-            // endpoints than its client leg: the flow hash (RSS, fanout,
-            // software distribution) may give its frames to another worker.
-            return Err(invalid(
-                "dataplane.workers",
-                format!(
-                    "{} workers: [[service]] termination needs 1 (a backend leg's frames could reach a worker \
-                     that does not hold its connection)",
-                    dataplane.workers
-                ),
-            ));
-        }
         validate_services(&self.service).map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -2171,19 +2158,13 @@ backend = { port = 8080 }
     }
 
     #[test]
-    fn services_need_a_single_worker() {
+    fn services_run_on_several_workers() {
+        // A backend leg's frames that reach another worker are handed to
+        // the one holding it (crate::handoff).
         let config = BASE.replace("eal_args", "workers = 2\neal_args");
-        match Config::parse(&format!("{config}{WWW}"), Path::new("test.toml")) {
-            Err(ConfigError::Invalid { key, reason, .. }) => {
-                assert_eq!(key, "dataplane.workers");
-                assert!(reason.contains("[[service]]"), "{reason}");
-            }
-            other => panic!("expected dataplane.workers refused, got {other:?}"),
-        }
-        assert!(
-            Config::parse(&config, Path::new("test.toml")).is_ok(),
-            "without services, 2 workers are fine"
-        );
+        let parsed =
+            Config::parse(&format!("{config}{WWW}"), Path::new("test.toml")).expect("2 workers with a service");
+        assert_eq!((parsed.dataplane.workers, parsed.service.len()), (2, 1));
     }
 
     #[test]
