@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, parallel_downloads, tls_config, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6};
+use common::lab::{
+    curl, parallel_downloads, tls_config, with_two_workers, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+};
 use common::{output, repo, text, Scratch};
 
 fn sha256(path: &Path) -> String {
@@ -984,13 +986,7 @@ fn two_workers_share_the_connections_and_each_keeps_both_legs_of_its_own() {
     let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
     let (config, ca) = tls_config(&scratch, &origin.cert());
     let text_config = std::fs::read_to_string(&config).expect("config");
-    let two = text_config
-        .replace("qpairs=1", "qpairs=2")
-        .replace("workers = 1", "workers = 2")
-        .replace("mbufs = 8191", "mbufs = 16383")
-        .replace("\"-l\", \"0-1\"", "\"--lcores\", \"0@0,1@0,2@1\"");
-    assert_ne!(two, text_config);
-    std::fs::write(&config, two).expect("write config");
+    std::fs::write(&config, with_two_workers(&text_config)).expect("write config");
     let appliance = Appliance::start(&lab, &scratch, &config);
     let file = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
     parallel_downloads(

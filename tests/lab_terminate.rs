@@ -7,7 +7,10 @@
 //! and HTTP/2 listeners and logging `$proxy_protocol_addr`, and HAProxy on
 //! another address (`accept-proxy`) echoing the source and the AUTHORITY TLV
 //! it got. Clients: curl (HTTP/1.1, HTTP/2), `openssl s_client
-//! -verify_return_error` and h2load. Run only through the lab lock:
+//! -verify_return_error` and h2load. With two workers, 200 parallel
+//! connections whose backend legs' frames the kernel's fanout may give to
+//! the other worker (handed over), and sessions resumed on both workers.
+//! Run only through the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_terminate -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -19,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::lab::{await_records, curl, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{await_records, curl, with_two_workers, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::{output, repo, text, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
@@ -104,8 +107,9 @@ fn ticket_key(path: &Path) {
 
 /// configs/lab.toml plus one `[[service]]` per backend of the peers, all at
 /// 198.18.0.2 / 2001:2::2 port 443, told apart by the server name; every
-/// service resumes with the ticket key `tickets`. Checked with `tlsgate check`.
-fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path) -> PathBuf {
+/// service resumes with the ticket key `tickets`; then `edit`. Checked with
+/// `tlsgate check`.
+fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let both = &[SRV_V4, SRV_V6][..];
     let ha_v4 = format!("{{ address = \"{HA_V4}\", port = 8090 }}");
     let ha_v6 = format!("{{ address = \"{HA_V6}\", port = 8090 }}");
@@ -139,7 +143,7 @@ fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path) -> PathBuf {
         scratch.path("connections.jsonl").display()
     ));
     let path = scratch.path("terminate.toml");
-    std::fs::write(&path, config).expect("write config");
+    std::fs::write(&path, edit(config)).expect("write config");
     let checked = output(common::tlsgate().args(["check", "--config"]).arg(&path));
     assert!(
         checked.status.success(),
@@ -160,11 +164,16 @@ struct Terminating {
 
 impl Terminating {
     fn up(name: &str) -> Terminating {
+        Terminating::up_with(name, |config| config)
+    }
+
+    /// Like [`Terminating::up`], with `edit` applied to the configuration.
+    fn up_with(name: &str, edit: impl FnOnce(String) -> String) -> Terminating {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = Peers::start(scratch.path("peers"));
         ticket_key(&scratch.path("tickets.key"));
-        let config = service_config(&scratch, &peers, &scratch.path("tickets.key"));
+        let config = service_config(&scratch, &peers, &scratch.path("tickets.key"), edit);
         let appliance = Appliance::start(&lab, &scratch, &config);
         Terminating {
             appliance,
@@ -532,4 +541,125 @@ fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
     // The www download, and maybe the refused ones: their handshakes go on
     // while the backend leg opens.
     assert!(report["tcp"]["terminated"].as_u64().unwrap() >= 1, "{report}");
+}
+
+/// Two workers on af_packet (`qpairs=2`: the kernel's fanout hash spreads
+/// the connections). A backend leg leaves from the client's address and port
+/// for another port (nginx on the server, 8080) or another address (HAProxy
+/// on 198.18.0.4), so the kernel may give its frames to the other worker,
+/// which hands them to the one holding the connection. 200 connections at
+/// once all complete byte-exact, and the hand-off ran (`handed_off`). Then,
+/// in a fresh process, one session's ticket resumes 16 connections that
+/// both workers took: the ticket key is the process's, not a worker's.
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn two_workers_terminate_200_parallel_connections_and_resume_each_others_sessions() {
+    let up = Terminating::up_with("terminate-workers", |config| with_two_workers(&config));
+    let downloads = up.scratch.path("parallel");
+    std::fs::create_dir_all(&downloads).expect("downloads directory");
+    // Even: www (every tenth file.bin, 3 MiB; the others index.html); odd:
+    // ha, whose HAProxy answers with what the PROXY header told it.
+    let root = up.peers.root_ca().display().to_string();
+    let mut args: Vec<String> = [
+        "-sS",
+        "--max-time",
+        "120",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "200",
+        "--resolve",
+        "www.lab.test:443:198.18.0.2",
+        "--resolve",
+        "ha.lab.test:443:198.18.0.2",
+        "--cacert",
+        &root,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let url = |index: usize| match (index % 2, index % 20) {
+        (0, 0) => "https://www.lab.test/file.bin",
+        (0, _) => "https://www.lab.test/index.html",
+        _ => "https://ha.lab.test/",
+    };
+    for index in 0..200 {
+        args.extend([
+            "-o".to_owned(),
+            downloads.join(index.to_string()).display().to_string(),
+            url(index).to_owned(),
+        ]);
+    }
+    let result = output(up.lab.cmd(CLI, "curl").args(&args));
+    assert!(result.status.success(), "curl: {}", text(&result.stderr));
+    let (file, index_html) = (up.peers.file(), b"hello from the lab backend\n".to_vec());
+    let mut ha_ports = std::collections::BTreeSet::new();
+    for index in 0..200 {
+        let got = std::fs::read(downloads.join(index.to_string())).expect("download");
+        match url(index) {
+            "https://ha.lab.test/" => {
+                let body = String::from_utf8(got).expect("text");
+                let port = body
+                    .strip_prefix(&format!("src={CLI_V4} port="))
+                    .and_then(|rest| rest.strip_suffix(" authority=ha.lab.test\n"))
+                    .unwrap_or_else(|| panic!("download {index}: {body:?}"));
+                ha_ports.insert(port.parse::<u64>().expect("a port"));
+            }
+            "https://www.lab.test/file.bin" => assert!(got == file, "download {index} is byte-exact"),
+            _ => assert_eq!(got, index_html, "download {index}"),
+        }
+    }
+    // HAProxy was told each client's own port, once each.
+    let records = await_records(&up.scratch, 200);
+    let ha_records: std::collections::BTreeSet<u64> = records
+        .iter()
+        .filter(|record| served_by(record, "ha4"))
+        .map(|record| record["src_port"].as_u64().expect("src_port"))
+        .collect();
+    assert_eq!(ha_ports.len(), 100);
+    assert_eq!(ha_ports, ha_records);
+
+    let (up, report) = up.restart(|scratch| {
+        std::fs::remove_file(scratch.path("connections.jsonl")).expect("connection log");
+    });
+    assert_eq!(report["tcp"]["terminated"], 200, "{report}");
+    assert_eq!(report["tcp"]["terminate_failed"], 0, "{report}");
+    assert_eq!(report["tcp"]["backend_refused"], 0, "{report}");
+    let opened: Vec<u64> = report["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
+        .collect();
+    assert!(
+        opened.len() == 2 && opened.iter().all(|&n| n > 0),
+        "both workers: {opened:?}"
+    );
+    let server_port = &report["ports"][1];
+    assert!(
+        server_port["handed_off"].as_u64().expect("handed_off") > 0,
+        "backend frames reached the other worker and were handed over: {server_port}"
+    );
+
+    // One full handshake, then 16 resumptions of its session.
+    let session = up.scratch.path("session").display().to_string();
+    let first = up.s_client("www", SRV_V4, &format!("-sess_out {session}"));
+    assert!(first.contains("\nNew, "), "{first}");
+    for _ in 0..16 {
+        let again = up.s_client("www", SRV_V4, &format!("-sess_in {session}"));
+        assert!(again.contains("\nReused, "), "{again}");
+        assert!(again.contains("hello from the lab backend"), "{again}");
+    }
+    let (_, report) = up.stop();
+    assert_eq!(report["tcp"]["tickets_resumed"], 16, "{report}");
+    let opened: Vec<u64> = report["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
+        .collect();
+    assert_eq!(opened.iter().sum::<u64>(), 17, "{opened:?}");
+    assert!(
+        opened.iter().all(|&n| n > 0),
+        "both workers resumed the session one of them began: {opened:?}"
+    );
 }

@@ -205,6 +205,20 @@ impl Drop for Appliance {
     }
 }
 
+/// A configuration based on configs/lab.toml with two workers instead of
+/// one: two queue pairs per af_packet port (the kernel's fanout spreads the
+/// connections), worker 0 on CPU 0 beside the main thread and worker 1 on
+/// CPU 1, and a pool for both workers' rings.
+pub fn with_two_workers(config: &str) -> String {
+    let two = config
+        .replace("qpairs=1", "qpairs=2")
+        .replace("workers = 1", "workers = 2")
+        .replace("mbufs = 8191", "mbufs = 16383")
+        .replace("\"-l\", \"0-1\"", "\"--lcores\", \"0@0,1@0,2@1\"");
+    assert_ne!(two, config, "not based on configs/lab.toml");
+    two
+}
+
 /// A fresh appliance CA (`tlsgate ca init`) in the scratch directory `ca`;
 /// returns that directory (ca.pem, ca.key).
 pub fn appliance_ca(scratch: &Scratch) -> PathBuf {

@@ -1524,19 +1524,6 @@ impl Config {
             ));
         }
         self.validate_process().map_err(|(key, reason)| invalid(key, reason))?;
-        if let (Some(what), true) = (self.moved_server_legs(), dataplane.workers > 1) {
-            // A server leg with other endpoints than its client leg: the
-            // flow hash (RSS, fanout, software distribution) may give its
-            // frames to another worker.
-            return Err(invalid(
-                "dataplane.workers",
-                format!(
-                    "{} workers: {what} needs 1 (a server leg's frames could reach a worker that does not hold \
-                     its connection)",
-                    dataplane.workers
-                ),
-            ));
-        }
         validate_services(&self.service).map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -1582,25 +1569,6 @@ impl Config {
             seen.push(device);
         }
         Ok(())
-    }
-
-    /// What opens server legs whose endpoints differ from their client
-    /// leg's (so one worker must hold both): `[[service]]` termination, an
-    /// `upgrade`/`downgrade` rule changing the server's port. The one
-    /// place that decides `dataplane.workers = 1` is needed.
-    fn moved_server_legs(&self) -> Option<String> {
-        if !self.service.is_empty() {
-            return Some("[[service]] termination".into());
-        }
-        self.policy
-            .conversions()
-            .into_iter()
-            .find(|(_, ports, conversion)| {
-                conversion
-                    .server_port
-                    .is_some_and(|moved| ports.is_empty() || ports.iter().any(|port| *port != moved))
-            })
-            .map(|(rule, _, _)| format!("{rule}.server_port (a server leg on another port)"))
     }
 
     /// `upgrade` and `downgrade` rules need the TLS context of `[intercept]
@@ -1850,7 +1818,7 @@ device = "net_af_packet1,iface=gws0"
     }
 
     #[test]
-    fn upgrade_and_downgrade_rules_need_tls_intercepted_ports_and_one_worker_to_move_the_port() {
+    fn upgrade_and_downgrade_rules_need_tls_intercepted_ports_and_run_on_several_workers() {
         let tls = "[intercept]\ntcp_ports = [80, 443]\n[tls]\nca_cert = \"/ca.pem\"\nca_key = \"/ca.key\"\n";
         let upgrade =
             "[[policy]]\naction = \"upgrade\"\nport = [80]\nserver_port = 443\nserver_name = \"www.lab.test\"\n";
@@ -1863,10 +1831,8 @@ device = "net_af_packet1,iface=gws0"
         let message = rejection(&format!("{MINIMAL}{tls}{}", upgrade.replace("[80]", "[8080]")));
         assert!(message.contains("policy[1].port"), "{message}");
         let two_workers = MINIMAL.replace("eal_args", "workers = 2\neal_args");
-        let message = rejection(&format!("{two_workers}{tls}{upgrade}"));
-        assert!(message.contains("dataplane.workers"), "{message}");
-        assert!(message.contains("policy[1].server_port"), "{message}");
-        // The same port on the server leg: its frames hash as the client's.
+        // A moved server leg is handed to its worker (appliance::handoff).
+        assert!(parse(&format!("{two_workers}{tls}{upgrade}")).is_ok());
         let same_port = "[[policy]]\naction = \"downgrade\"\nport = [443]\n";
         assert!(parse(&format!("{two_workers}{tls}{same_port}")).is_ok());
     }
@@ -2449,19 +2415,13 @@ backend = { port = 8080 }
     }
 
     #[test]
-    fn services_need_a_single_worker() {
+    fn services_run_on_several_workers() {
+        // A backend leg's frames that reach another worker are handed to
+        // the one holding it (crate::handoff).
         let config = BASE.replace("eal_args", "workers = 2\neal_args");
-        match Config::parse(&format!("{config}{WWW}"), Path::new("test.toml")) {
-            Err(ConfigError::Invalid { key, reason, .. }) => {
-                assert_eq!(key, "dataplane.workers");
-                assert!(reason.contains("[[service]]"), "{reason}");
-            }
-            other => panic!("expected dataplane.workers refused, got {other:?}"),
-        }
-        assert!(
-            Config::parse(&config, Path::new("test.toml")).is_ok(),
-            "without services, 2 workers are fine"
-        );
+        let parsed =
+            Config::parse(&format!("{config}{WWW}"), Path::new("test.toml")).expect("2 workers with a service");
+        assert_eq!((parsed.dataplane.workers, parsed.service.len()), (2, 1));
     }
 
     #[test]

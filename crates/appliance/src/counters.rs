@@ -130,11 +130,15 @@ pub struct PortStats {
     misdirected: AtomicU64,
     udp_blocked: AtomicU64,
     invalid_dropped: AtomicU64,
+    handed_off: AtomicU64,
+    handoff_dropped: AtomicU64,
 }
 
 declare! {
-    /// A reading of [`PortStats`]. For every port,
-    /// `rx = bridged + intercepted + dropped`.
+    /// A reading of [`PortStats`]. For every port, summed over the
+    /// workers, `rx = bridged + intercepted + dropped` (a frame handed to
+    /// another worker is counted as received here, and as intercepted or
+    /// dropped there).
     pub struct PortTotals {
         /// Frames received on the port.
         counter rx,
@@ -170,6 +174,15 @@ declare! {
         /// or from one (and such UDP a block applies to): never bridged,
         /// never fed to the stack.
         counter invalid_dropped,
+        /// Frames of a connection leg another worker holds (a `[[service]]`
+        /// backend leg, whose endpoints hash otherwise than its client's),
+        /// copied to that worker, which counts each as intercepted or
+        /// dropped.
+        counter handed_off,
+        /// Frames of such a leg (part of `dropped`) lost because the
+        /// holding worker's hand-off queue was full (left to TCP
+        /// retransmission).
+        counter handoff_dropped,
     }
 }
 
@@ -207,6 +220,12 @@ impl PortStats {
     pub fn add_invalid_dropped(&self, frames: u64) {
         self.invalid_dropped.fetch_add(frames, Ordering::Relaxed);
     }
+    pub fn add_handed_off(&self, frames: u64) {
+        self.handed_off.fetch_add(frames, Ordering::Relaxed);
+    }
+    pub fn add_handoff_dropped(&self, frames: u64) {
+        self.handoff_dropped.fetch_add(frames, Ordering::Relaxed);
+    }
 
     pub fn totals(&self) -> PortTotals {
         PortTotals {
@@ -221,6 +240,8 @@ impl PortStats {
             misdirected: self.misdirected.load(Ordering::Relaxed),
             udp_blocked: self.udp_blocked.load(Ordering::Relaxed),
             invalid_dropped: self.invalid_dropped.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
+            handoff_dropped: self.handoff_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -786,6 +807,24 @@ impl fmt::Display for Report {
                 misdirected.join(", ")
             )?;
         }
+        let handed: Vec<_> = self
+            .ports
+            .iter()
+            .filter(|port| port.totals.handed_off + port.totals.handoff_dropped > 0)
+            .map(|port| {
+                format!(
+                    "{} on {} ({} dropped, its queue full)",
+                    port.totals.handed_off, port.role, port.totals.handoff_dropped
+                )
+            })
+            .collect();
+        if !handed.is_empty() {
+            writeln!(
+                f,
+                "handoff: frames of connection legs another worker holds, passed to it: {}",
+                handed.join(", ")
+            )?;
+        }
         let guarded: Vec<_> = self
             .ports
             .iter()
@@ -1074,6 +1113,8 @@ mod tests {
                 misdirected: base + 9,
                 udp_blocked: base + 10,
                 invalid_dropped: base + 11,
+                handed_off: base + 12,
+                handoff_dropped: base + 13,
             },
             driver: port::PortCounters {
                 rx_packets: base + 21,

@@ -19,6 +19,7 @@ use wire::{FlowTuple, IpProtocol};
 use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, StarttlsPort, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
+use crate::handoff::{HandoffError, WorkerHandoff};
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
@@ -187,6 +188,9 @@ pub struct Engine<P: Port> {
     next_top_sni_publish: Instant,
     /// The decrypt-mirror port, when configured.
     mirror: Option<MirrorPort<P>>,
+    /// The hand-off of frames of connection legs between the workers, when
+    /// there are several.
+    handoff: Option<WorkerHandoff>,
     /// The date of the engine clock's zero.
     wall: WallAnchor,
     /// The date of the TLS contexts, set at each poll: every context this
@@ -232,6 +236,7 @@ impl<P: Port> Engine<P> {
             top_sni_published: 0,
             next_top_sni_publish: now,
             mirror: None,
+            handoff: None,
             wall,
             tls_clock: WallClock::new(wall.at(now).into()),
         }
@@ -310,6 +315,17 @@ impl<P: Port> Engine<P> {
         self
     }
 
+    /// Shares the server legs each worker opens to other endpoints than
+    /// their client's (a service's backend legs) with the other workers'
+    /// engines: a frame of such a leg that reaches this worker is handed to
+    /// the worker holding it, and the frames they hand to this one are
+    /// taken as received on its server port (see [`crate::handoff`]).
+    pub fn with_handoff(mut self, handoff: WorkerHandoff) -> Self {
+        self.splicer.set_leg_registry(handoff.registry());
+        self.handoff = Some(handoff);
+        self
+    }
+
     /// Records every intercepted connection in `log` when it ends.
     pub fn with_connection_log(mut self, log: std::sync::Arc<crate::connlog::ConnectionLog>) -> Self {
         self.splicer.set_log(log);
@@ -329,6 +345,7 @@ impl<P: Port> Engine<P> {
         for side in Side::ALL.into_iter().take(self.ports.len()) {
             received += self.forward(side, now);
         }
+        received += self.receive_handed(now);
         self.stack.poll_timers(now);
         self.splicer.handle_events(&mut self.stack, now);
         self.splicer.expire_timeouts(&mut self.stack, now);
@@ -433,9 +450,17 @@ impl<P: Port> Engine<P> {
         // flow: to a service's backend (not SYNs), a service's SYN the
         // stack did not take.
         let mut withheld = 0u64;
+        let (mut handed_off, mut handoff_dropped) = (0u64, 0u64);
         let stack = &mut self.stack;
         let splicer = &mut self.splicer;
         let intercept_ports = &self.intercept_ports;
+        let handoff = self.handoff.as_ref();
+        // A frame of a leg another worker holds: copied to it, or dropped
+        // when its queue is full (TCP retransmits).
+        let mut hand = |owner: usize, frame: &[u8]| match handoff.map(|handoff| handoff.hand(owner, frame)) {
+            Some(Ok(())) => handed_off += 1,
+            Some(Err(HandoffError::Full | HandoffError::NoOwner)) | None => handoff_dropped += 1,
+        };
         let guard = Guard {
             from,
             intercept_ports,
@@ -467,7 +492,15 @@ impl<P: Port> Engine<P> {
                 return !blocked;
             }
             let Some((tuple, info)) = class.tcp() else {
-                if from == Side::Server && !pass_on_unreachable(stack, splicer, frame.data_mut(), &class) {
+                if from != Side::Server {
+                    return true;
+                }
+                if let Some(owner) = quoted_leg_elsewhere(stack, handoff, frame.data(), &class) {
+                    // About another worker's backend leg: its business.
+                    hand(owner, frame.data());
+                    return false;
+                }
+                if !pass_on_unreachable(stack, splicer, frame.data_mut(), &class) {
                     // About the appliance's own backend leg: it ended there.
                     intercepted += 1;
                     return false;
@@ -475,13 +508,23 @@ impl<P: Port> Engine<P> {
                 return true;
             };
             let flow = stack.lookup(ingress, tuple);
+            // A segment of a leg another worker opened to other endpoints
+            // than its client's (a backend leg): the hash brought it here.
+            let elsewhere = match (flow, from, handoff) {
+                (None, Side::Server, Some(handoff)) => handoff.owner_elsewhere(&tuple.reversed()),
+                _ => None,
+            };
             let to_backend = flow.is_none() && guard.to_backend(tuple, splicer);
-            let guarded = flow.is_some() || to_backend || guard.client_tuple(tuple).is_some();
+            let guarded = flow.is_some() || elsewhere.is_some() || to_backend || guard.client_tuple(tuple).is_some();
             if guarded && !class.tcp_checksum_ok(frame.data()) {
                 // Neither bridged (the cable rule would let it reach the
                 // origin uninspected) nor fed to the stack.
                 malformed += 1;
                 invalid += 1;
+                return false;
+            }
+            if let Some(owner) = elsewhere {
+                hand(owner, frame.data());
                 return false;
             }
             let syn = from == Side::Client
@@ -585,12 +628,55 @@ impl<P: Port> Engine<P> {
         self.stats[egress].add_tx(sent);
         in_stats.add_bridged(sent);
         in_stats.add_intercepted(intercepted);
-        in_stats.add_dropped(runts + misdirected + udp_blocked + invalid + withheld + unsent as u64);
+        in_stats.add_dropped(runts + misdirected + udp_blocked + invalid + withheld + handoff_dropped + unsent as u64);
         in_stats.add_misdirected(misdirected);
+        in_stats.add_handed_off(handed_off);
+        in_stats.add_handoff_dropped(handoff_dropped);
         in_stats.add_udp_blocked(udp_blocked);
         in_stats.add_invalid_dropped(invalid);
         in_stats.add_malformed(runts + malformed);
         received
+    }
+
+    /// Takes up to a burst of the frames other workers handed to this one
+    /// (see [`crate::handoff`]) as received on the server port: segments of
+    /// this worker's legs go to the stack, an ICMP error about one to the
+    /// splicer (never further: it is about the appliance's own leg), and a
+    /// frame whose leg ended meanwhile is dropped. The worker that received
+    /// it counted it as received; this one counts it as intercepted or
+    /// dropped. Returns how many it took.
+    fn receive_handed(&mut self, now: Instant) -> usize {
+        let Some(handoff) = self.handoff.as_ref() else {
+            return 0;
+        };
+        let server = Side::Server.index();
+        let (mut taken, mut intercepted) = (0usize, 0u64);
+        while taken < self.burst_size {
+            let Some(frame) = handoff.take() else { break };
+            taken += 1;
+            let Ok(class) = wire::classify(&frame) else {
+                continue;
+            };
+            if let Some((tuple, _)) = class.tcp() {
+                if let Some(flow) = self.stack.lookup(server, tuple) {
+                    let _ = self.stack.ingress(flow, &frame, &class, now);
+                    intercepted += 1;
+                }
+            } else if let Some(quote) = wire::icmp::quoted_tcp(&frame, &class) {
+                if let Some(leg) = self.stack.lookup(server, &quote.tuple.reversed()) {
+                    self.splicer.server_unreachable(&mut self.stack, leg);
+                    intercepted += 1;
+                }
+            }
+        }
+        if taken == 0 {
+            return 0;
+        }
+        self.splicer.handle_events(&mut self.stack, now);
+        let stats = &self.stats[server];
+        stats.add_intercepted(intercepted);
+        stats.add_dropped(taken as u64 - intercepted);
+        taken
     }
 
     /// Receives one burst on an inspection port: segments of loop
@@ -835,6 +921,22 @@ fn pass_on_unreachable(stack: &mut Stack, splicer: &mut Splicer, frame: &mut [u8
         }
         Unreachable::BackendLeg => false,
     }
+}
+
+/// The worker, other than this one, holding the leg whose segment an ICMP
+/// error from the server port quotes, when this one has no flow for it.
+fn quoted_leg_elsewhere(
+    stack: &Stack,
+    handoff: Option<&WorkerHandoff>,
+    frame: &[u8],
+    class: &wire::FrameClass,
+) -> Option<usize> {
+    let handoff = handoff?;
+    let quote = wire::icmp::quoted_tcp(frame, class)?;
+    if stack.lookup(Side::Server.index(), &quote.tuple.reversed()).is_some() {
+        return None;
+    }
+    handoff.owner_elsewhere(&quote.tuple)
 }
 
 /// Transmits `frames` on `port`, retrying a full ring a few times; returns

@@ -52,6 +52,7 @@ use crate::config::{AtCapacity, InspectFailure, StarttlsPort};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
+use crate::handoff::LegRegistry;
 use crate::mirror::Taps;
 use crate::policy::{Action, Conversion, Policy, Verdict};
 use crate::service::{Backend, Service, Services};
@@ -232,6 +233,7 @@ impl Session {
             decision: None,
             generation: None,
             replaced_server: None,
+            registered_leg: None,
             terminate: false,
             conversion: None,
             service: None,
@@ -298,6 +300,10 @@ struct Session {
     /// 5-tuple), opened once this one is gone: the bypass of an origin
     /// that refused the appliance's TLS.
     replaced_server: Option<FlowId>,
+    /// The server leg's tuple, registered with this worker as its owner
+    /// because it differs from the client's (see
+    /// [`Shared::connect_server_leg`]).
+    registered_leg: Option<FlowTuple>,
     /// A connection to a `[[service]]` destination: the appliance is its
     /// TLS server (termination), the backend leg opens after the hello.
     terminate: bool,
@@ -418,6 +424,9 @@ struct Shared {
     taps: Taps,
     /// The sessions of every worker, when there are several.
     directory: Option<WorkerDirectory>,
+    /// Where server legs to other endpoints than their client's are
+    /// registered, when there are several workers.
+    legs: Option<LegRegistry>,
     /// The `[[service]]` entries: their destinations are terminated.
     services: Option<Arc<Services>>,
     /// The `[[starttls]]` entries, by destination port.
@@ -821,6 +830,7 @@ impl Splicer {
                 inspection_links_up: true,
                 taps: Taps::default(),
                 directory: None,
+                legs: None,
                 services: None,
                 starttls: HashMap::new(),
             },
@@ -945,6 +955,13 @@ impl Splicer {
     /// workers, so that each can tell a frame of another's connection.
     pub fn set_directory(&mut self, directory: Arc<SessionDirectory>) {
         self.shared.directory = Some(WorkerDirectory::new(directory));
+    }
+
+    /// Registers every server leg this worker opens to other endpoints
+    /// than its client's in `registry`, so that the other workers hand
+    /// their frames to this one (see [`crate::handoff`]).
+    pub fn set_leg_registry(&mut self, registry: LegRegistry) {
+        self.shared.legs = Some(registry);
     }
 
     /// Whether another worker holds a session for the client→server
@@ -1336,6 +1353,10 @@ impl Splicer {
         session.client = Some(client);
         session.server = server;
         session.terminate = terminate;
+        if server.is_some() {
+            // An upgrade or downgrade may move the server's port.
+            shared.register_server_leg(&mut session, &server_tuple);
+        }
         let tls = shared
             .current
             .tls
@@ -1638,6 +1659,9 @@ impl Shared {
         self.release_generation(&mut session);
         if let Some(directory) = self.directory.as_mut() {
             directory.ended(&session.tuple);
+        }
+        if let (Some(legs), Some(leg)) = (&self.legs, session.registered_leg.take()) {
+            legs.unregister(&leg);
         }
         if !session.confirmed {
             self.embryonic.left(session.tuple.src_ip);
@@ -2622,20 +2646,51 @@ impl Shared {
                 stack.discard(old);
             }
         }
-        let server = stack
-            .connect(
-                Side::Server.index(),
-                &backend,
-                session.l2,
-                owner(index, Leg::Server),
-                now,
-            )
+        self.connect_server_leg(stack, index, session, &backend, now)
             .map_err(|err| format!("no connection to the backend: {err}"))?;
-        session.server = Some(server);
         if service.inspect {
             self.start_inspection(stack, index, session, now);
         }
         Ok(())
+    }
+
+    /// Opens `session`'s server leg from the server port to `leg` (from
+    /// the client's address and port; the client's framing). The one place
+    /// a server leg to other endpoints than the client's is opened (a
+    /// service's backend): such a leg is registered with this worker as its
+    /// owner until the session ends, since the flow hash may give its
+    /// frames to another worker, which then hands them here (see
+    /// [`crate::handoff`]). A leg with the client's own endpoints needs no
+    /// registration: its frames hash as the client's.
+    fn connect_server_leg(
+        &mut self,
+        stack: &mut Stack,
+        index: usize,
+        session: &mut Session,
+        leg: &FlowTuple,
+        now: Instant,
+    ) -> Result<FlowId, StackError> {
+        let server = stack.connect(Side::Server.index(), leg, session.l2, owner(index, Leg::Server), now)?;
+        session.server = Some(server);
+        self.register_server_leg(session, leg);
+        Ok(server)
+    }
+
+    /// Registers `leg`, the session's server leg, with the workers'
+    /// directory when its endpoints differ from the client leg's (its
+    /// frames may be hashed to another worker, which hands them here),
+    /// replacing an earlier registration.
+    fn register_server_leg(&self, session: &mut Session, leg: &FlowTuple) {
+        let foreign = (*leg != session.tuple).then_some(*leg);
+        if let Some(legs) = self.legs.as_ref().filter(|_| foreign != session.registered_leg) {
+            if let Some(earlier) = session.registered_leg.take() {
+                legs.unregister(&earlier);
+            }
+            if let Some(leg) = foreign {
+                legs.register(&leg);
+                session.registered_leg = Some(leg);
+            }
+        }
     }
 
     /// Drops a session's TLS state, keeping what it told for the log.

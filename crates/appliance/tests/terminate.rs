@@ -6,21 +6,26 @@
 //! or is unreachable and a name no service answers cost the client a RST,
 //! counted and logged. Nothing from the client port reaches a backend, and
 //! a service's SYN is never bridged, not even by a full table that bridges.
+//! With two workers, a backend leg whose frames hash to the other worker
+//! works (they are handed to the worker holding it), and a ticket one
+//! worker issued resumes on the other.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use appliance::config::{AtCapacity, InspectFailure, ServiceConfig};
-use appliance::engine::InterceptPolicy;
+use appliance::engine::{InterceptPolicy, Side};
 use appliance::service::Services;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::tls::{drive, provider, try_drive, Scratch};
+use harness::workers::Workers;
 use harness::{
-    ipv4, policy, tcp, v4, v6, BoxMode, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6,
+    ipv4, policy, tcp, v4, v6, BoxMode, Host, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -134,9 +139,9 @@ fn handshake(lab: &mut Lab, client: SocketHandle, tls: &mut ClientConnection) {
     );
 }
 
-/// Appends what the backend received to `into`.
-fn read_backend(lab: &mut Lab, backend: SocketHandle, into: &mut Vec<u8>) {
-    let socket = lab.server.tcp(backend);
+/// Appends what the backend on `server` received to `into`.
+fn read_backend(server: &mut Host, backend: SocketHandle, into: &mut Vec<u8>) {
+    let socket = server.tcp(backend);
     while socket.can_recv() {
         socket.recv(|data| (data.len(), into.extend_from_slice(data))).unwrap();
     }
@@ -170,7 +175,7 @@ fn a_terminated_client_gets_the_services_certificate_and_the_backend_the_proxy_h
             outgoing = &outgoing[sent..];
         }
         drive(&mut lab.client, client, &mut tls, &mut received);
-        read_backend(lab, backend, &mut at_backend);
+        read_backend(&mut lab.server, backend, &mut at_backend);
         at_backend.len() > header_len && at_backend.ends_with(&request[request.len() - 100..])
     }));
     // PROXY v2: the signature, PROXY over TCP/IPv4, then the client's
@@ -298,7 +303,7 @@ fn a_terminated_connections_plaintext_goes_round_the_inspection_box() {
     let mut ignored = Vec::new();
     assert!(lab.run_until(5_000, |lab| {
         drive(&mut lab.client, client, &mut tls, &mut ignored);
-        read_backend(lab, backend, &mut at_backend);
+        read_backend(&mut lab.server, backend, &mut at_backend);
         at_backend.ends_with(b"GET /XXXXXX HTTP/1.1\r\n\r\n")
     }));
     let seen = &lab.inspection.as_ref().unwrap().seen_up;
@@ -324,7 +329,7 @@ fn an_ipv6_client_reaches_the_backend_from_its_own_address() {
     let (mut at_backend, mut ignored) = (Vec::new(), Vec::new());
     assert!(lab.run_until(5_000, |lab| {
         drive(&mut lab.client, client, &mut tls, &mut ignored);
-        read_backend(lab, backend, &mut at_backend);
+        read_backend(&mut lab.server, backend, &mut at_backend);
         at_backend.ends_with(b"GET / HTTP/1.1\r\n\r\n")
     }));
     // PROXY v2 over TCP/IPv6: the client's own address, then the service's.
@@ -377,7 +382,7 @@ fn request_reaches_backend(
     assert!(
         lab.run_until(5_000, |lab| {
             drive(&mut lab.client, client, tls, &mut ignored);
-            read_backend(lab, backend, &mut at_backend);
+            read_backend(&mut lab.server, backend, &mut at_backend);
             at_backend.ends_with(request)
         }),
         "the request reached the backend"
@@ -531,4 +536,219 @@ fn an_unreachable_backend_costs_the_client_a_reset_and_a_record() {
     let record = &log.records()[0];
     assert_eq!(record["decision"], "terminate");
     assert_eq!(record["ended"], "backend unreachable (ICMP)");
+}
+
+// Two workers. The backend leg goes from the client's address and port to
+// the backend's: the flow hash may give its frames to the other worker,
+// which hands them to the one holding the connection.
+
+/// The worker (of two) the steering gives the frames between `a` and `b`.
+fn worker_between(a: SocketAddr, b: SocketAddr) -> usize {
+    let mut frame = Vec::new();
+    wire::TcpSegment {
+        src_mac: CLIENT_MAC,
+        dst_mac: SERVER_MAC,
+        src: a,
+        dst: b,
+        seq: 1,
+        ack: None,
+        control: wire::SegmentControl::Syn,
+        window: 64_240,
+        payload: &[],
+    }
+    .write(&mut frame)
+    .unwrap();
+    appliance::distribution::worker_for(&frame, 2)
+}
+
+/// A client port from `first` on whose connection to the service lands on
+/// `worker`, and (with `split`) whose backend leg to `backend` hashes to
+/// the other worker.
+fn client_port_on(worker: usize, backend: SocketAddr, split: bool, first: u16) -> u16 {
+    let service = SocketAddr::from((SERVER_V4, 443));
+    (first..)
+        .find(|&port| {
+            let client = SocketAddr::from((CLIENT_V4, port));
+            worker_between(client, service) == worker && (!split || worker_between(client, backend) != worker)
+        })
+        .unwrap()
+}
+
+/// Two workers terminating `services`.
+fn two_workers(services: &Arc<Services>) -> Workers {
+    Workers::new(2, &policy(&[]), |_, engine| engine.with_services(Arc::clone(services)))
+}
+
+/// The client's TLS connection to the service from `local_port`,
+/// handshaken with `config`.
+fn terminated_client(
+    lab: &mut Workers,
+    config: &Arc<ClientConfig>,
+    local_port: u16,
+) -> (SocketHandle, ClientConnection) {
+    let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+    assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+    let name = ServerName::try_from("www.lab.test").unwrap();
+    let mut tls = ClientConnection::new(Arc::clone(config), name).unwrap();
+    let mut ignored = Vec::new();
+    assert!(
+        lab.run_until(5_000, |lab| {
+            drive(&mut lab.client, client, &mut tls, &mut ignored);
+            !tls.is_handshaking()
+        }),
+        "handshake"
+    );
+    (client, tls)
+}
+
+#[test]
+fn with_two_workers_a_backend_legs_frames_hashed_to_the_other_worker_are_handed_to_its_own() {
+    let other_address = [198, 18, 0, 3];
+    let backends = [
+        (format!("{{ port = {BACKEND_PORT} }}"), SERVER_V4),
+        (
+            format!("{{ address = \"198.18.0.3\", port = {BACKEND_PORT} }}"),
+            other_address,
+        ),
+    ];
+    for (round, (backend_toml, backend_v4)) in backends.iter().enumerate() {
+        let scratch = Scratch::new("terminate-two-workers");
+        let pki = service_pki(&scratch.0);
+        let services = services_with_backend(&pki, backend_toml);
+        let mut lab = two_workers(&services);
+        if *backend_v4 == other_address {
+            lab.server.second_v4_for_v6(other_address);
+        }
+        let backend_address = SocketAddr::from((*backend_v4, BACKEND_PORT));
+        let config = client_config(&pki);
+        for worker in [0, 1] {
+            let before = lab.totals(1 - worker, Side::Server).handed_off;
+            let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+            let local_port = client_port_on(worker, backend_address, true, 41_100 + 100 * round as u16);
+            let (client, mut tls) = terminated_client(&mut lab, &config, local_port);
+
+            let request = harness::pattern(40_000, 5);
+            std::io::Write::write_all(&mut tls.writer(), &request).unwrap();
+            let response = harness::pattern(60_000, 6);
+            let (mut at_backend, mut received, mut down) = (Vec::new(), Vec::new(), &response[..]);
+            let mut closed = false;
+            assert!(
+                lab.run_until(10_000, |lab| {
+                    closed |= drive(&mut lab.client, client, &mut tls, &mut received);
+                    read_backend(&mut lab.server, backend, &mut at_backend);
+                    let socket = lab.server.tcp(backend);
+                    if at_backend.ends_with(&request) && !down.is_empty() && socket.can_send() {
+                        let sent = socket.send_slice(down).unwrap();
+                        down = &down[sent..];
+                        if down.is_empty() {
+                            socket.close();
+                        }
+                    }
+                    closed
+                }),
+                "{backend_toml}, client on worker {worker}: {} of {} bytes at the backend, {} of {} at the client",
+                at_backend.len(),
+                request.len(),
+                received.len(),
+                response.len()
+            );
+            // The PROXY v2 header naming the client's port, then the
+            // request; the response and close_notify back: byte-exact.
+            assert_eq!(&at_backend[..12], b"\r\n\r\n\0\r\nQUIT\n");
+            assert_eq!(u16::from_be_bytes([at_backend[24], at_backend[25]]), local_port);
+            assert!(at_backend[28..].ends_with(&request) && at_backend.len() > request.len());
+            assert!(received == response, "{backend_toml}: the response byte-exact");
+            let remote = lab.server.tcp(backend).remote_endpoint().unwrap();
+            assert_eq!(remote.port, local_port, "the backend leg comes from the client's port");
+            lab.client.tcp(client).close();
+
+            // The worker that got the client's SYN holds the connection; the
+            // other one handed the backend's frames over.
+            let holder = lab.workers[worker].engine.splicer().counters();
+            assert_eq!((holder.terminated, holder.terminate_failed), (1, 0));
+            let other = lab.workers[1 - worker].engine.splicer().counters();
+            assert_eq!(other.sessions_opened, worker as u64, "only its own client's session");
+            let handed = lab.totals(1 - worker, Side::Server);
+            assert!(handed.handed_off > before, "{backend_toml}: {handed:?}");
+            assert_eq!(handed.handoff_dropped, 0);
+        }
+        // Every frame received on the server port, summed over the workers,
+        // was bridged, taken by a stack or dropped.
+        assert!(lab.run_until(30_000, |lab| lab.workers.iter().all(|worker| worker
+            .engine
+            .stack()
+            .live_flows()
+            == 0)));
+        let server = lab.summed(Side::Server);
+        assert_eq!(
+            server.rx,
+            server.bridged + server.intercepted + server.dropped,
+            "{server:?}"
+        );
+        assert_eq!(server.dropped, 0, "{server:?}");
+    }
+}
+
+/// The data plane gives every worker the same `Services` (the reloader's):
+/// one ticket key, so a ticket one worker issued resumes on the other.
+#[test]
+fn a_ticket_one_worker_issued_resumes_the_session_on_the_other() {
+    let scratch = Scratch::new("terminate-two-workers-resume");
+    let pki = service_pki(&scratch.0);
+    let services = services(&pki);
+    let mut lab = two_workers(&services);
+    let backend = SocketAddr::from((SERVER_V4, BACKEND_PORT));
+    let config = client_config(&pki);
+    for (worker, resumed) in [(0, false), (1, true)] {
+        let _backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+        let local_port = client_port_on(worker, backend, false, 41_300);
+        let (client, mut tls) = terminated_client(&mut lab, &config, local_port);
+        assert_eq!(tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed), resumed);
+        // The tickets come after the handshake: read them.
+        let mut ignored = Vec::new();
+        lab.run_until(50, |lab| {
+            drive(&mut lab.client, client, &mut tls, &mut ignored);
+            false
+        });
+        lab.client.tcp(client).close();
+    }
+    let counters: Vec<_> = lab
+        .workers
+        .iter()
+        .map(|worker| {
+            let counters = worker.engine.splicer().counters();
+            (counters.terminated, counters.tickets_resumed)
+        })
+        .collect();
+    assert_eq!(counters, [(1, 0), (1, 1)], "(terminated, resumed) per worker");
+}
+
+/// The ICMP error about a backend leg's SYN hashes by the leg it quotes, so
+/// it may reach the other worker too: handed over, it ends the connection
+/// there with a RST to the client, and goes no further.
+#[test]
+fn an_unreachable_error_about_a_backend_leg_on_the_other_worker_resets_its_client() {
+    let scratch = Scratch::new("terminate-two-workers-unreachable");
+    let pki = service_pki(&scratch.0);
+    let services = services(&pki);
+    let mut lab = two_workers(&services);
+    let backend = SocketAddr::from((SERVER_V4, BACKEND_PORT));
+    let local_port = client_port_on(0, backend, true, 41_400);
+    let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+    assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+    lab.server_unreachable = true;
+    let mut tls = client_tls(&pki, "www.lab.test");
+    let mut ignored = Vec::new();
+    assert!(
+        lab.run_until(5_000, |lab| {
+            let _ = try_drive(&mut lab.client, client, &mut tls, &mut ignored);
+            lab.client.tcp(client).state() == State::Closed
+        }),
+        "the client was reset: {:?}",
+        lab.client.tcp(client).state()
+    );
+    let counters = lab.workers[0].engine.splicer().counters();
+    assert_eq!((counters.backend_refused, counters.server_unreachable), (1, 0));
+    assert_eq!(lab.totals(1, Side::Server).handed_off, 1, "the ICMP error");
+    assert_eq!(lab.totals(1, Side::Client).tx, 0, "nothing went on to the client");
 }

@@ -15,6 +15,7 @@ use appliance::counters::{MirrorReport, PortReport, PortTotals, Report, TcpTotal
 use appliance::directory::SessionDirectory;
 use appliance::distribution::{DistributionStats, DistributionTotals, Distributor, Receive, SteeredPort};
 use appliance::engine::{Engine, EngineStats, InterceptPolicy, Side};
+use appliance::handoff::WorkerHandoff;
 use appliance::keylog::KeyLog;
 use appliance::mirror::{MirrorStats, MirrorTotals, Taps};
 use appliance::pcap_stream::{PcapStream, StreamFeed};
@@ -196,8 +197,9 @@ impl SharedOutputs {
 
 /// A worker's engine over its queues (client, server, and the inspection
 /// pair when configured), with TLS interception, the outputs of the
-/// plaintext (its queue of the mirror port among them) and the connection
-/// log when configured.
+/// plaintext (its queue of the mirror port among them), the hand-off of
+/// backend legs' frames between the workers and the connection log when
+/// configured.
 fn assemble<P: port::Port>(
     ports: WorkerPorts<P>,
     stats: EngineStats,
@@ -207,7 +209,11 @@ fn assemble<P: port::Port>(
     tls: Option<mitm::TlsContext>,
     outputs: SharedOutputs,
 ) -> Option<Engine<P>> {
-    let WorkerPorts { data: queues, mirror } = ports;
+    let WorkerPorts {
+        data: queues,
+        mirror,
+        handoff,
+    } = ports;
     let mut queues = queues.into_iter();
     let (client, server) = (queues.next()?, queues.next()?);
     let mut engine = Engine::new(client, server, stats, burst_size, policy, start);
@@ -231,17 +237,24 @@ fn assemble<P: port::Port>(
         Some(services) => engine.with_services(services),
         None => engine,
     };
+    let engine = match handoff {
+        Some(handoff) => engine.with_handoff(handoff),
+        None => engine,
+    };
     Some(match outputs.connection_log {
         Some(log) => engine.with_connection_log(log),
         None => engine,
     })
 }
 
-/// One worker's queues: on the data ports (in [`Side`] order), and its
-/// transmit queue on the mirror port with its counters.
+/// One worker's queues: on the data ports (in [`Side`] order), its
+/// transmit queue on the mirror port with its counters, and its ends of
+/// the hand-off of backend legs' frames between the workers (several
+/// workers).
 struct WorkerPorts<P> {
     data: Vec<P>,
     mirror: Option<(P, Arc<MirrorStats>)>,
+    handoff: Option<WorkerHandoff>,
 }
 
 struct WorkerSlot {
@@ -403,6 +416,14 @@ impl Dataplane {
             distribution.push(stats);
         }
         let handoffs: Vec<Arc<DistributionStats>> = distribution.iter().flatten().cloned().collect();
+        // A [[service]] backend leg's frames may hash to another worker than
+        // its connection's: that worker hands them over (an inbox of a
+        // receive ring's size per worker).
+        let mut leg_handoffs = match dataplane.workers {
+            0 | 1 => Vec::new(),
+            workers => WorkerHandoff::for_workers(usize::from(workers), usize::from(dataplane.rx_descriptors)),
+        }
+        .into_iter();
         let mut workers = (0..dataplane.workers)
             .zip(engines)
             .map(|(queue, engine)| {
@@ -428,6 +449,7 @@ impl Dataplane {
                     queues: Some(WorkerPorts {
                         data: queues,
                         mirror: mirror_queue,
+                        handoff: leg_handoffs.next(),
                     }),
                     mirror_stats,
                     tls: policy.tls_context().map_err(SetupError::from)?,

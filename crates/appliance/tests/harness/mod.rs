@@ -6,6 +6,7 @@
 
 pub mod connlog;
 pub mod tls;
+pub mod workers;
 
 use std::collections::VecDeque;
 
@@ -145,7 +146,7 @@ impl Host {
         handle
     }
 
-    fn poll(&mut self, now: Instant) {
+    pub fn poll(&mut self, now: Instant) {
         let now = smoltcp::time::Instant::from_micros(now.total_micros());
         self.iface.poll(now, &mut self.device, &mut self.sockets);
     }
