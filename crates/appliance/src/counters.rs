@@ -452,6 +452,19 @@ declare! {
         counter backend_direct_refused,
         /// Terminated handshakes that resumed a session (a ticket).
         counter tickets_resumed,
+        /// ARP requests and IPv6 neighbour solicitations for the
+        /// appliance's own addresses (`ports.server.addresses`) answered.
+        counter neighbour_requests_answered,
+        /// ARP requests and neighbour solicitations the appliance sent for
+        /// the next hops of backends it connects to from its own address.
+        counter neighbour_requests_sent,
+        /// Backend connections from an owned address whose next hop did not
+        /// answer (or whose resolution found the table full): the client
+        /// got a RST.
+        counter neighbour_unresolved,
+        /// Frames to an owned address that no leg of the appliance took
+        /// (dropped, never bridged).
+        counter owned_address_dropped,
         /// Sessions reset for no complete ClientHello in time.
         counter client_hello_timeouts,
         /// Sessions reset for TLS handshakes not finished in time.
@@ -861,6 +874,22 @@ impl fmt::Display for Report {
                 splice.backend_direct_refused
             )?;
         }
+        if splice.neighbour_requests_answered
+            + splice.neighbour_requests_sent
+            + splice.neighbour_unresolved
+            + splice.owned_address_dropped
+            > 0
+        {
+            writeln!(
+                f,
+                "owned addresses: {} ARP/ND requests answered, {} sent, {} backends unresolved (client reset), \
+                 {} frames to them dropped",
+                splice.neighbour_requests_answered,
+                splice.neighbour_requests_sent,
+                splice.neighbour_unresolved,
+                splice.owned_address_dropped
+            )?;
+        }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
         if handshakes.count() + connections.count() > 0 {
             writeln!(
@@ -1087,6 +1116,10 @@ mod tests {
         splice.backend_refused = 434;
         splice.tickets_resumed = 435;
         splice.backend_direct_refused = 436;
+        splice.neighbour_requests_answered = 437;
+        splice.neighbour_requests_sent = 438;
+        splice.neighbour_unresolved = 439;
+        splice.owned_address_dropped = 440;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

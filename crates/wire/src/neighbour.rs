@@ -125,7 +125,9 @@ fn ndisc_message(ip: &[u8]) -> Option<NeighbourMessage> {
                 asker_mac: mac(lladdr)?,
             })
         }
-        NdiscRepr::NeighborAdvert { target_addr, lladdr, .. } => Some(NeighbourMessage::Reply {
+        NdiscRepr::NeighborAdvert {
+            target_addr, lladdr, ..
+        } => Some(NeighbourMessage::Reply {
             address: IpAddr::V6(target_addr),
             mac: mac(lladdr)?,
             to: IpAddr::V6(header.dst_addr),
@@ -166,7 +168,15 @@ pub fn request(own_mac: [u8; 6], own: IpAddr, target: IpAddr, tags: &[VlanTag]) 
 /// or a solicited neighbour advertisement; `None` when the families differ.
 pub fn reply(own_mac: [u8; 6], own: IpAddr, asker: IpAddr, asker_mac: [u8; 6], tags: &[VlanTag]) -> Option<Vec<u8>> {
     match (own, asker) {
-        (IpAddr::V4(own), IpAddr::V4(asker)) => Some(arp(ArpOperation::Reply, own_mac, own, asker_mac, asker, asker_mac, tags)),
+        (IpAddr::V4(own), IpAddr::V4(asker)) => Some(arp(
+            ArpOperation::Reply,
+            own_mac,
+            own,
+            asker_mac,
+            asker,
+            asker_mac,
+            tags,
+        )),
         (IpAddr::V6(own), IpAddr::V6(asker)) => {
             let ndisc = NdiscRepr::NeighborAdvert {
                 flags: NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
