@@ -2449,10 +2449,7 @@ backend = { port = 8080 }
             "backend = { address = \"2001:2:7::9\", port = 8080, source = \"appliance\" }",
         )
         .unwrap();
-        assert!(
-            parse("").unwrap().ports.server.addresses.is_empty(),
-            "none by default"
-        );
+        assert!(parse("").unwrap().ports.server.addresses.is_empty(), "none by default");
     }
 
     #[test]
