@@ -102,6 +102,10 @@ fn ticket_key(path: &Path) {
     file.write_all(&made.stdout).expect("ticket key");
 }
 
+/// One `[[service]]` of [`service_config`]: name, answers HOST.lab.test
+/// with HOST's chain, destinations, port, backend, header, ALPN.
+type ServiceRow<'a> = (&'a str, &'a str, &'a [&'a str], u16, String, &'a str, &'a str);
+
 /// configs/lab.toml plus one `[[service]]` per backend of the peers, all at
 /// 198.18.0.2 / 2001:2::2 port 443, told apart by the server name; every
 /// service resumes with the ticket key `tickets`. With `owned`, the server
@@ -112,8 +116,7 @@ fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path, owned: bool)
     let both = &[SRV_V4, SRV_V6][..];
     let ha_v4 = format!("{{ address = \"{HA_V4}\", port = 8090 }}");
     let ha_v6 = format!("{{ address = \"{HA_V6}\", port = 8090 }}");
-    // (name, answers HOST.lab.test with HOST's chain, destinations, port, backend, header, ALPN)
-    let mut services = vec![
+    let mut services: Vec<ServiceRow> = vec![
         (
             "www",
             "www",
@@ -605,15 +608,7 @@ const LINKED_V6: &str = "2001:2:0:7::2";
 /// with PROXY v2: port 8443 to nginx on the owned prefixes, 8444 to nginx
 /// on another subnet through the gateway, 8445 to an address where nobody
 /// answers ARP.
-fn owned_services() -> Vec<(
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    u16,
-    String,
-    &'static str,
-    &'static str,
-)> {
+fn owned_services() -> Vec<ServiceRow<'static>> {
     let backend = |address: &str| format!("{{ address = \"{address}\", port = 8080, source = \"appliance\" }}");
     vec![
         (

@@ -806,7 +806,13 @@ fn take_owned(
     if from == Side::Server && owned.receive(frame, class, now) {
         return Some(true);
     }
-    if !class.ip_destination(frame).is_some_and(|ip| owned.owns(ip)) {
+    // A TCP candidate's destination is already parsed; other IP packets
+    // are read again.
+    let destination = match class.tcp() {
+        Some((tuple, _)) => Some(tuple.dst_ip),
+        None => class.ip_destination(frame),
+    };
+    if !destination.is_some_and(|ip| owned.owns(ip)) {
         return None;
     }
     let checked = from == Side::Server && class.malformed.is_none() && !is_fragment(class);

@@ -10,9 +10,9 @@
 //! table is bounded ([`MAX_ENTRIES`] next hops, [`MAX_WAITERS`] waiting
 //! connections), a request is sent [`ATTEMPTS`] times [`RETRY_INTERVAL`]
 //! apart before its waiters are told it failed, and an answer is kept for
-//! [`LIFETIME`]. Only answers to the appliance's own addresses are learned
-//! (nothing unsolicited: a host on the link cannot plant an entry for a
-//! next hop the appliance never asked about).
+//! [`LIFETIME`]. Only answers to a resolution under way are learned
+//! (nothing unsolicited: a host on the link can neither plant an entry for
+//! a next hop the appliance never asked about nor change a known one).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -272,8 +272,8 @@ impl Neighbours {
     /// Takes a frame received on the port if it is the appliance's: an ARP
     /// request or neighbour solicitation for an owned address (answered,
     /// with the request's VLAN tags), an answer sent to an owned address
-    /// (learned if it answers a resolution under way or refreshes a known
-    /// next hop). False: not the appliance's (bridged as before).
+    /// (learned if it answers a resolution under way). False: not the
+    /// appliance's (bridged as before).
     pub fn receive(&mut self, frame: &[u8], class: &FrameClass, now: Instant) -> bool {
         let Some(message) = neighbour::message(frame, class) else {
             return false;
@@ -311,18 +311,22 @@ impl Neighbours {
         }
     }
 
+    /// Takes `mac` for `address` if a resolution of it is under way; a
+    /// known next hop keeps its MAC until it expires (an answer nobody
+    /// asked for changes nothing).
     fn learn(&mut self, address: IpAddr, mac: [u8; 6], now: Instant) {
         let own_mac = self.config.mac;
         let Some(entry) = self.entries.get_mut(&address) else {
             return;
         };
-        if let Entry::Resolving { waiters, .. } = entry {
-            self.waiting -= waiters.len();
-            self.counters.resolved += 1;
-            let l2 = L2Header::new(mac, own_mac, &[]);
-            self.outcomes
-                .extend(waiters.drain(..).map(|waiter| Outcome::Resolved { waiter, l2 }));
-        }
+        let Entry::Resolving { waiters, .. } = entry else {
+            return;
+        };
+        self.waiting = self.waiting.saturating_sub(waiters.len());
+        self.counters.resolved += 1;
+        let l2 = L2Header::new(mac, own_mac, &[]);
+        self.outcomes
+            .extend(waiters.drain(..).map(|waiter| Outcome::Resolved { waiter, l2 }));
         *entry = Entry::Resolved {
             mac,
             expires: now + LIFETIME,
@@ -362,7 +366,7 @@ impl Neighbours {
         }
         for next_hop in failed {
             if let Some(Entry::Resolving { waiters, .. }) = self.entries.remove(&next_hop) {
-                self.waiting -= waiters.len();
+                self.waiting = self.waiting.saturating_sub(waiters.len());
                 self.counters.failed += waiters.len() as u64;
                 self.outcomes
                     .extend(waiters.into_iter().map(|waiter| Outcome::Failed { waiter, next_hop }));
@@ -501,6 +505,14 @@ mod tests {
         );
         let route = table.route(ip("198.18.7.9")).unwrap();
         assert_eq!(table.resolve(route, 1, Instant::ZERO), Ok(None));
+        assert!(feed(&mut table, &answer, Instant::ZERO));
+        // Another MAC for the known next hop, unasked: ignored.
+        let forged = neighbour::reply([2, 6, 6, 6, 6, 6], ip("198.18.7.9"), ip("198.18.7.1"), OWN_MAC, &[]).unwrap();
+        assert!(feed(&mut table, &forged, Instant::from_millis(1)));
+        assert_eq!(
+            table.resolve(route, 2, Instant::from_millis(2)),
+            Ok(Some(L2Header::new(PEER_MAC, OWN_MAC, &[])))
+        );
     }
 
     #[test]
