@@ -1174,7 +1174,9 @@ impl Config {
     /// database: `appliance::preflight` does it), only their shape.
     /// The owned addresses and gateways of the ports, and the services
     /// whose backends leave from them: an error is the key and the reason.
-    fn validate_owned_addresses(&self) -> Result<(), (String, String)> {
+    /// Also checked by a reload over the running ports (they need a
+    /// restart, the services do not).
+    pub(crate) fn validate_owned_addresses(&self) -> Result<(), (String, String)> {
         let ports = &self.ports;
         for (name, port) in [
             ("client", Some(&ports.client)),
