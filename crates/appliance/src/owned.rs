@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use netstack::neighbour::{NeighbourCounters, NeighbourError, Neighbours, Outcome};
+use netstack::neighbour::{NeighbourCounters, Neighbours, Outcome};
 use netstack::{Instant, L2Header, OutFrame, Stack};
 use wire::{FlowTuple, FrameClass};
 
@@ -79,9 +79,7 @@ impl OwnedSources {
                 self.reserved.insert(tuple);
                 Ok(OwnedLeg::Waiting(tuple))
             }
-            Err(err @ NeighbourError::Full) | Err(err @ NeighbourError::NoRoute(_)) => {
-                Err(format!("backend unreachable: {err}"))
-            }
+            Err(err) => Err(format!("backend unreachable: {err}")),
         }
     }
 
