@@ -9,8 +9,7 @@
 //! it got. Clients: curl (HTTP/1.1, HTTP/2), `openssl s_client
 //! -verify_return_error` and h2load. With two workers, 200 parallel
 //! connections whose backend legs' frames the kernel's fanout may give to
-//! the other worker (handed over), and sessions resumed on both workers.
-//! Run only through the lab lock:
+//! the other worker (handed over), and sessions resumed on both workers. Run only through the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_terminate -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -22,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::lab::{await_records, curl, with_two_workers, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{await_records, curl, with_two_workers, Appliance, Lab, CLI, SRV, SRV_V4, SRV_V6};
 use common::{output, repo, text, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
@@ -105,30 +104,77 @@ fn ticket_key(path: &Path) {
     file.write_all(&made.stdout).expect("ticket key");
 }
 
+/// One `[[service]]` of [`service_config`]: name, answers HOST.lab.test
+/// with HOST's chain, destinations, port, backend, header, ALPN.
+type ServiceRow<'a> = (&'a str, &'a str, &'a [&'a str], u16, String, &'a str, &'a str);
+
 /// configs/lab.toml plus one `[[service]]` per backend of the peers, all at
 /// 198.18.0.2 / 2001:2::2 port 443, told apart by the server name; every
-/// service resumes with the ticket key `tickets`; then `edit`. Checked with
-/// `tlsgate check`.
-fn service_config(scratch: &Scratch, peers: &Peers, tickets: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+/// service resumes with the ticket key `tickets`. With `owned`, the server
+/// port also owns [`OWNED_V4`] and [`OWNED_V6`] and the services of
+/// [`owned_services`] reach their backends from them; then `edit`. Checked
+/// with `tlsgate check`.
+fn service_config(
+    scratch: &Scratch,
+    peers: &Peers,
+    tickets: &Path,
+    owned: bool,
+    edit: impl FnOnce(String) -> String,
+) -> PathBuf {
     let both = &[SRV_V4, SRV_V6][..];
     let ha_v4 = format!("{{ address = \"{HA_V4}\", port = 8090 }}");
     let ha_v6 = format!("{{ address = \"{HA_V6}\", port = 8090 }}");
-    // (name, answers HOST.lab.test with HOST's chain, destinations, backend, header, ALPN)
-    let services = [
-        ("www", "www", both, "{ port = 8080 }", "proxy-v2", "http/1.1"),
-        ("v1", "v1", both, "{ port = 8081 }", "proxy-v1", "http/1.1"),
-        ("h2", "h2", both, "{ port = 8082 }", "proxy-v2", "h2"),
+    let mut services: Vec<ServiceRow> = vec![
+        (
+            "www",
+            "www",
+            both,
+            443,
+            "{ port = 8080 }".to_owned(),
+            "proxy-v2",
+            "http/1.1",
+        ),
+        (
+            "v1",
+            "v1",
+            both,
+            443,
+            "{ port = 8081 }".to_owned(),
+            "proxy-v1",
+            "http/1.1",
+        ),
+        ("h2", "h2", both, 443, "{ port = 8082 }".to_owned(), "proxy-v2", "h2"),
         // HAProxy is another host: reached transparently, per address family.
-        ("ha4", "ha", &[SRV_V4][..], &ha_v4, "proxy-v2", "http/1.1"),
-        ("ha6", "ha", &[SRV_V6][..], &ha_v6, "proxy-v2", "http/1.1"),
+        ("ha4", "ha", &[SRV_V4][..], 443, ha_v4, "proxy-v2", "http/1.1"),
+        ("ha6", "ha", &[SRV_V6][..], 443, ha_v6, "proxy-v2", "http/1.1"),
         // Nothing listens on 8099.
-        ("down", "down", both, "{ port = 8099 }", "proxy-v2", "http/1.1"),
+        (
+            "down",
+            "down",
+            both,
+            443,
+            "{ port = 8099 }".to_owned(),
+            "proxy-v2",
+            "http/1.1",
+        ),
     ];
     let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    for (name, host, destinations, backend, header, alpn) in services {
+    if owned {
+        services.extend(owned_services());
+        let device = "device = \"net_af_packet1,";
+        assert!(config.contains(device), "lab.toml's server device");
+        config = config.replacen(
+            device,
+            &format!(
+                "addresses = [\"{OWNED_V4}/24\", \"{OWNED_V6}/64\"]\ngateways = [\"{LINKED_V4}\", \"{LINKED_V6}\"]\n{device}"
+            ),
+            1,
+        );
+    }
+    for (name, host, destinations, port, backend, header, alpn) in services {
         let destinations: Vec<String> = destinations.iter().map(|address| format!("\"{address}\"")).collect();
         config.push_str(&format!(
-            "\n[[service]]\nname = \"{name}\"\ndestinations = [{}]\nport = 443\n\
+            "\n[[service]]\nname = \"{name}\"\ndestinations = [{}]\nport = {port}\n\
              server_names = [\"{host}.lab.test\"]\n\
              certificates = [{{ chain = \"{}\", key = \"{}\" }}]\n\
              backend = {backend}\nheader = \"{header}\"\nalpn = [\"{alpn}\"]\nticket_key = \"{}\"\n",
@@ -164,16 +210,16 @@ struct Terminating {
 
 impl Terminating {
     fn up(name: &str) -> Terminating {
-        Terminating::up_with(name, |config| config)
+        Terminating::up_with(name, false, |config| config)
     }
 
-    /// Like [`Terminating::up`], with `edit` applied to the configuration.
-    fn up_with(name: &str, edit: impl FnOnce(String) -> String) -> Terminating {
+    /// [`Terminating::up`], with `owned` and `edit`: see [`service_config`].
+    fn up_with(name: &str, owned: bool, edit: impl FnOnce(String) -> String) -> Terminating {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = Peers::start(scratch.path("peers"));
         ticket_key(&scratch.path("tickets.key"));
-        let config = service_config(&scratch, &peers, &scratch.path("tickets.key"), edit);
+        let config = service_config(&scratch, &peers, &scratch.path("tickets.key"), owned, edit);
         let appliance = Appliance::start(&lab, &scratch, &config);
         Terminating {
             appliance,
@@ -187,8 +233,13 @@ impl Terminating {
     /// `address` (443), trusting only the lab root CA; `-w` prints
     /// "http_version local_port ssl_verify_result".
     fn curl(&self, host: &str, address: &str, path: &str, options: &[&str]) -> Output {
-        let resolve = format!("{host}.lab.test:443:{address}");
-        let url = format!("https://{host}.lab.test/{path}");
+        self.curl_at(host, 443, address, path, options)
+    }
+
+    /// [`Terminating::curl`] to `port`.
+    fn curl_at(&self, host: &str, port: u16, address: &str, path: &str, options: &[&str]) -> Output {
+        let resolve = format!("{host}.lab.test:{port}:{address}");
+        let url = format!("https://{host}.lab.test:{port}/{path}");
         let mut args = vec![
             "--resolve",
             &resolve,
@@ -204,11 +255,16 @@ impl Terminating {
     /// scratch directory, checks it byte-exact and the chain verified;
     /// returns curl's "http_version" and the client's port.
     fn download(&self, host: &str, address: &str, http: &str) -> (String, String) {
+        self.download_at(host, 443, address, http)
+    }
+
+    /// [`Terminating::download`] from `port`.
+    fn download_at(&self, host: &str, port: u16, address: &str, http: &str) -> (String, String) {
         let saved = self
             .scratch
-            .path(&format!("{host}-{}.bin", address.replace([':', '[', ']'], "_")));
+            .path(&format!("{host}-{port}-{}.bin", address.replace([':', '[', ']'], "_")));
         let saved_text = saved.display().to_string();
-        let result = self.curl(host, address, "file.bin", &[http, "-o", &saved_text]);
+        let result = self.curl_at(host, port, address, "file.bin", &[http, "-o", &saved_text]);
         assert!(
             result.status.success(),
             "curl {host} via {address}: {}",
@@ -554,7 +610,7 @@ fn a_refused_backend_and_an_unknown_name_reset_the_client_and_leave_a_record() {
 #[test]
 #[ignore = "needs root and the namespace lab"]
 fn two_workers_terminate_200_parallel_connections_and_resume_each_others_sessions() {
-    let up = Terminating::up_with("terminate-workers", |config| with_two_workers(&config));
+    let up = Terminating::up_with("terminate-workers", false, |config| with_two_workers(&config));
     let downloads = up.scratch.path("parallel");
     std::fs::create_dir_all(&downloads).expect("downloads directory");
     // Even: www (every tenth file.bin, 3 MiB; the others index.html); odd:
@@ -662,4 +718,128 @@ fn two_workers_terminate_200_parallel_connections_and_resume_each_others_session
         opened.iter().all(|&n| n > 0),
         "both workers resumed the session one of them began: {opened:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Backends behind the appliance's own address (`ports.server.addresses`,
+// `backend.source = "appliance"`): nginx on the owned prefixes of the server
+// link and on another subnet through a gateway (tests/lab/terminate-peers.sh),
+// reachable only from the appliance's address.
+
+/// The appliance's own addresses on the server port.
+const OWNED_V4: &str = "198.18.7.1";
+const OWNED_V6: &str = "2001:2:0:7::1";
+/// The server's addresses on the owned prefixes (also the gateways).
+const LINKED_V4: &str = "198.18.7.2";
+const LINKED_V6: &str = "2001:2:0:7::2";
+
+/// The services of the owned-address test, all answering www.lab.test
+/// with PROXY v2: port 8443 to nginx on the owned prefixes, 8444 to nginx
+/// on another subnet through the gateway, 8445 to an address where nobody
+/// answers ARP.
+fn owned_services() -> Vec<ServiceRow<'static>> {
+    let backend = |address: &str| format!("{{ address = \"{address}\", port = 8080, source = \"appliance\" }}");
+    vec![
+        (
+            "linked4",
+            "www",
+            &[SRV_V4][..],
+            8443,
+            backend(LINKED_V4),
+            "proxy-v2",
+            "http/1.1",
+        ),
+        (
+            "linked6",
+            "www",
+            &[SRV_V6][..],
+            8443,
+            backend(LINKED_V6),
+            "proxy-v2",
+            "http/1.1",
+        ),
+        (
+            "routed4",
+            "www",
+            &[SRV_V4][..],
+            8444,
+            backend("198.18.8.2"),
+            "proxy-v2",
+            "http/1.1",
+        ),
+        (
+            "routed6",
+            "www",
+            &[SRV_V6][..],
+            8444,
+            backend("2001:2:0:8::2"),
+            "proxy-v2",
+            "http/1.1",
+        ),
+        (
+            "nowhere",
+            "www",
+            &[SRV_V4][..],
+            8445,
+            backend("198.18.7.99"),
+            "proxy-v2",
+            "http/1.1",
+        ),
+    ]
+}
+
+/// nginx behind the appliance's own address gets the client's address in
+/// PROXY v2 while the connection itself comes from the owned address (an
+/// ephemeral port), the body byte-exact, on the owned prefix and through
+/// the gateway, IPv4 and IPv6; the server's kernel resolves the owned
+/// addresses through the appliance (ARP, neighbour discovery); a backend
+/// whose next hop never answers costs the client a RST and a record.
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn a_backend_behind_the_appliances_own_address_gets_the_client_address_and_the_body_byte_exact() {
+    let up = Terminating::up_with("terminate-owned", true, |config| config);
+    for (round, port) in [8443, 8444, 8443].into_iter().enumerate() {
+        if round == 2 {
+            // The server forgets the owned addresses: it must resolve them
+            // again, through the appliance's answers (the appliance still
+            // knows the server's MAC).
+            for owned in [OWNED_V4, OWNED_V6] {
+                let _ = output(up.lab.cmd(SRV, "ip").args(["neigh", "del", owned, "dev", "srv0"]));
+            }
+        }
+        for (address, client, owned) in [(SRV_V4, CLI_V4, OWNED_V4), (SRV_V6_BRACKETED, CLI_V6, OWNED_V6)] {
+            let (version, local) = up.download_at("www", port, address, "--http1.1");
+            assert_eq!(version, "1.1");
+            // "$proxy_protocol_addr $proxy_protocol_port $remote_addr $remote_port ..."
+            let line = up.peers.await_logged("pp-owned.log", &format!("{client} {local} "));
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields[2], owned, "the connection came from the owned address: {line}");
+            let source_port: u16 = fields[3].parse().expect("a port");
+            assert!(source_port >= 49_152, "an ephemeral port: {line}");
+            assert_eq!(fields[4..], ["HTTP/1.1", "200", "3145728", "/file.bin"], "{line}");
+        }
+    }
+    let result = up.curl_at("www", 8445, SRV_V4, "", &["-o", "/dev/null"]);
+    assert!(!result.status.success());
+    assert!(
+        text(&result.stderr).contains("Connection reset by peer"),
+        "{}",
+        text(&result.stderr)
+    );
+
+    let records = await_records(&up.scratch, 7);
+    let (_, report) = up.stop();
+    let unresolved: Vec<_> = records.iter().filter(|record| served_by(record, "nowhere")).collect();
+    assert_eq!(unresolved.len(), 1, "{records:?}");
+    assert_eq!(
+        unresolved[0]["ended"],
+        "backend unreachable: 198.18.7.99 did not answer ARP/neighbour discovery"
+    );
+    let tcp = &report["tcp"];
+    assert!(tcp["neighbour_requests_answered"].as_u64().unwrap() >= 2, "{report}");
+    // The next hops: 198.18.7.2, 2001:2:0:7::2 (also the gateways; more if
+    // the run outlived their 60 s), then three requests for 198.18.7.99.
+    assert!(tcp["neighbour_requests_sent"].as_u64().unwrap() >= 5, "{report}");
+    assert_eq!(tcp["neighbour_unresolved"], 1, "{report}");
+    assert_eq!(tcp["backend_refused"], 1, "{report}");
 }

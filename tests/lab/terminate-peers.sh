@@ -27,6 +27,13 @@
 #   answers every request with "src=<address> port=<port> authority=<PROXY v2
 #   AUTHORITY TLV>" of what the PROXY header told it, and logs the same plus
 #   the connection's own source.
+# Behind the appliance's own address (its `ports.server.addresses`
+#   198.18.7.1/24 and 2001:2:0:7::1/64 in lab_terminate's owned-address
+#   test): the server also holds 198.18.7.2/24 and 2001:2:0:7::2/64 on its
+#   interface (the owned prefixes: reached on the link, and the gateway of
+#   the next two) and 198.18.8.2, 2001:2:0:8::2 on lo (another subnet:
+#   reached through that gateway); nginx reads PROXY on 8080 at all four and
+#   logs (same format) to DIR/pp-owned.log.
 # Nothing listens on port 443 unless TG_PEERS_TLS=1: a connection to a
 # service's port is answered by the appliance or not at all.
 set -euo pipefail
@@ -108,6 +115,14 @@ $(listen_pp "$1" "${3:-}")
     }
 EOF
 }
+owned_server="    server {
+        listen 198.18.7.2:8080 proxy_protocol;
+        listen [2001:2:0:7::2]:8080 proxy_protocol;
+        listen 198.18.8.2:8080 proxy_protocol;
+        listen [2001:2:0:8::2]:8080 proxy_protocol;
+        access_log $dir/pp-owned.log backend;
+        root $dir/www;
+    }"
 tls_server=""
 if [[ "${TG_PEERS_TLS:-0}" == 1 ]]; then
   tls_server="    server {
@@ -139,12 +154,18 @@ http {
 $(backend_server 8080 pp-v2.log)
 $(backend_server 8081 pp-v1.log)
 $(backend_server 8082 pp-h2.log http2)
+$owned_server
 $tls_server
 }
 CONF
 : >"$dir/pp-v2.log"
 : >"$dir/pp-v1.log"
 : >"$dir/pp-h2.log"
+: >"$dir/pp-owned.log"
+ip -n "$TG_NS_SRV" addr replace 198.18.7.2/24 dev "$TG_SRV_IF"
+ip -n "$TG_NS_SRV" addr replace 2001:2:0:7::2/64 dev "$TG_SRV_IF" nodad
+ip -n "$TG_NS_SRV" addr replace 198.18.8.2/32 dev lo
+ip -n "$TG_NS_SRV" addr replace 2001:2:0:8::2/128 dev lo
 ip netns exec "$TG_NS_SRV" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" ||
   die "nginx did not start: $(cat "$dir/error.log" 2>/dev/null)"
 

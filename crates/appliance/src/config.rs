@@ -758,6 +758,38 @@ pub struct PortConfig {
     /// A DPDK virtual-device spec (`net_af_packet0,iface=eth1`) or a PCI
     /// address (`0000:03:00.0`).
     pub device: String,
+    /// The appliance's own addresses on this port, with their prefixes
+    /// (`198.18.7.1/24`), answering ARP and neighbour discovery: the
+    /// sources of `[[service]]` backends with `source = "appliance"`. Only
+    /// on the server port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<OwnedPrefix>,
+    /// The routers (at most one per family, on an owned prefix) through
+    /// which the owned addresses reach what is on none of their prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<std::net::IpAddr>,
+}
+
+/// One of the appliance's own addresses with its prefix length
+/// (`198.18.7.1/24`, `2001:2:7::1/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OwnedPrefix(pub ipnet::IpNet);
+
+impl TryFrom<String> for OwnedPrefix {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse::<ipnet::IpNet>()
+            .map(OwnedPrefix)
+            .map_err(|_| format!("{text:?} is not an address with its prefix length (198.18.7.1/24)"))
+    }
+}
+
+impl From<OwnedPrefix> for String {
+    fn from(prefix: OwnedPrefix) -> String {
+        prefix.0.to_string()
+    }
 }
 
 fn default_workers() -> u16 {
@@ -1006,13 +1038,28 @@ pub struct CertificateFiles {
 }
 
 /// Where the plaintext goes: `{ port }` the same server on another port,
-/// `{ address, port }` another address; the client's address is kept as
-/// the source either way.
+/// `{ address, port }` another address; from the client's address and
+/// port, or with `source = "appliance"` from an owned address of the
+/// server port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub address: Option<std::net::IpAddr>,
     pub port: u16,
+    #[serde(default)]
+    pub source: BackendSource,
+}
+
+/// The source address of a backend connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendSource {
+    /// The client's own address and port, transparently.
+    #[default]
+    Client,
+    /// An owned address of the server port (`ports.server.addresses`) and
+    /// an ephemeral port: a routed connection.
+    Appliance,
 }
 
 /// What the backend reads before the plaintext.
@@ -1101,11 +1148,9 @@ fn validate_services(services: &[ServiceConfig]) -> Result<(), (String, String)>
                 ));
             }
             Some(address) => {
-                if let Some(other) = service
-                    .destinations
-                    .iter()
-                    .find(|destination| destination.0.addr().is_ipv4() != address.is_ipv4())
-                {
+                if let Some(other) = service.destinations.iter().find(|destination| {
+                    backend.source == BackendSource::Client && destination.0.addr().is_ipv4() != address.is_ipv4()
+                }) {
                     return Err((
                         key("backend.address"),
                         format!(
@@ -1123,6 +1168,12 @@ fn validate_services(services: &[ServiceConfig]) -> Result<(), (String, String)>
                 }
             }
             None => {}
+        }
+        if backend.source == BackendSource::Appliance && backend.address.is_none() {
+            return Err((
+                key("backend.address"),
+                "required with source = \"appliance\" (the backend's own address)".into(),
+            ));
         }
         for (earlier_index, earlier) in services[..index].iter().enumerate() {
             if let Some(shared) = overlap(earlier, service) {
@@ -1227,6 +1278,118 @@ impl Config {
 
     /// `[process]`: the names are not resolved here (that reads the user
     /// database: `appliance::preflight` does it), only their shape.
+    /// The owned addresses and gateways of the ports, and the services
+    /// whose backends leave from them: an error is the key and the reason.
+    /// Also checked by a reload over the running ports (they need a
+    /// restart, the services do not).
+    pub(crate) fn validate_owned_addresses(&self) -> Result<(), (String, String)> {
+        let ports = &self.ports;
+        for (name, port) in [
+            ("client", Some(&ports.client)),
+            ("inspect_out", ports.inspect_out.as_ref()),
+            ("inspect_in", ports.inspect_in.as_ref()),
+            ("mirror", ports.mirror.as_ref()),
+        ] {
+            let Some(port) = port else { continue };
+            for (key, set) in [
+                ("addresses", !port.addresses.is_empty()),
+                ("gateways", !port.gateways.is_empty()),
+            ] {
+                if set {
+                    return Err((
+                        format!("ports.{name}.{key}"),
+                        "only the server port has owned addresses (the sources of backend connections)".into(),
+                    ));
+                }
+            }
+        }
+        let server = &ports.server;
+        for (index, prefix) in server.addresses.iter().enumerate() {
+            let address = prefix.0.addr();
+            let usable = match address {
+                std::net::IpAddr::V4(v4) => {
+                    !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback())
+                        && (prefix.0.prefix_len() >= 31
+                            || (address != prefix.0.network() && address != prefix.0.broadcast()))
+                }
+                std::net::IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback()),
+            };
+            if !usable {
+                return Err((
+                    "ports.server.addresses".into(),
+                    format!(
+                        "{prefix:?}: {address} is not a host address of its prefix",
+                        prefix = prefix.0.to_string()
+                    ),
+                ));
+            }
+            if server.addresses[..index]
+                .iter()
+                .any(|earlier| earlier.0.addr() == address)
+            {
+                return Err(("ports.server.addresses".into(), format!("{address} is listed twice")));
+            }
+            if let Some(service) = self
+                .service
+                .iter()
+                .position(|service| service.destinations.iter().any(|net| net.0.contains(&address)))
+            {
+                return Err((
+                    "ports.server.addresses".into(),
+                    format!("{address} is a destination of service[{service}]: an owned address only sources backend connections"),
+                ));
+            }
+        }
+        let on_link = |ip: &std::net::IpAddr| server.addresses.iter().any(|prefix| prefix.0.contains(ip));
+        for (index, gateway) in server.gateways.iter().enumerate() {
+            if server.gateways[..index]
+                .iter()
+                .any(|earlier| earlier.is_ipv4() == gateway.is_ipv4())
+            {
+                return Err((
+                    "ports.server.gateways".into(),
+                    format!("{gateway}: one gateway per family"),
+                ));
+            }
+            if !on_link(gateway) || server.addresses.iter().any(|prefix| prefix.0.addr() == *gateway) {
+                return Err((
+                    "ports.server.gateways".into(),
+                    format!("{gateway} is not another host on a prefix of ports.server.addresses"),
+                ));
+            }
+        }
+        for (index, service) in self.service.iter().enumerate() {
+            let backend = service.backend;
+            let (BackendSource::Appliance, Some(address)) = (backend.source, backend.address) else {
+                continue;
+            };
+            if server.addresses.iter().any(|prefix| prefix.0.addr() == address) {
+                return Err((
+                    format!("service[{index}].backend.address"),
+                    format!("{address} is an owned address of the server port, not a backend"),
+                ));
+            }
+            let family = server
+                .addresses
+                .iter()
+                .any(|prefix| prefix.0.addr().is_ipv4() == address.is_ipv4());
+            let gateway = server
+                .gateways
+                .iter()
+                .any(|gateway| gateway.is_ipv4() == address.is_ipv4());
+            if !family || !(on_link(&address) || gateway) {
+                return Err((
+                    format!("service[{index}].backend.source"),
+                    format!(
+                        "\"appliance\" needs ports.server.addresses to hold an address of {address}'s family, on its \
+                         prefix or with a gateway of that family in ports.server.gateways"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_process(&self) -> Result<(), (&'static str, String)> {
         let process = &self.process;
         for (key, name) in [("process.user", &process.user), ("process.group", &process.group)] {
@@ -1534,6 +1697,12 @@ impl Config {
             key,
             reason,
         })?;
+        self.validate_owned_addresses()
+            .map_err(|(key, reason)| ConfigError::InvalidRule {
+                path: path.to_owned(),
+                key,
+                reason,
+            })?;
         self.policy.check().map_err(|(key, reason)| ConfigError::InvalidRule {
             path: path.to_owned(),
             key,
@@ -2350,7 +2519,8 @@ backend = { port = 8080 }
             service.backend,
             BackendConfig {
                 address: None,
-                port: 8080
+                port: 8080,
+                source: BackendSource::Client
             }
         );
         assert_eq!(
@@ -2480,6 +2650,130 @@ backend = { port = 8080 }
             let (found, reason) = refused(&bad);
             assert_eq!(found, key, "{reason}");
         }
+    }
+
+    /// [`BASE`] with owned addresses and gateways on the server port, and
+    /// [`WWW`] with `backend`, parsed.
+    fn owned(server_keys: &str, backend: &str) -> Result<Config, ConfigError> {
+        let base = BASE.replace(
+            "device = \"net_af_packet1,iface=gws0\"",
+            &format!("device = \"net_af_packet1,iface=gws0\"\n{server_keys}"),
+        );
+        let text = format!("{base}{}", www_with("backend = { port = 8080 }", backend));
+        Config::parse(&text, Path::new("test.toml"))
+    }
+
+    /// The key and reason of a refused [`owned`] configuration.
+    fn owned_refused(config: Result<Config, ConfigError>) -> (String, String) {
+        match config {
+            Err(ConfigError::InvalidRule { key, reason, .. }) => (key, reason),
+            other => panic!("expected a refused configuration, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn owned_addresses_and_appliance_sourced_backends_parse() {
+        let config = owned(
+            "addresses = [\"198.18.7.1/24\", \"2001:2:7::1/64\"]\ngateways = [\"198.18.7.254\"]",
+            "backend = { address = \"198.18.9.2\", port = 8080, source = \"appliance\" }",
+        )
+        .unwrap();
+        assert_eq!(
+            config.ports.server.addresses[1].0,
+            "2001:2:7::1/64".parse::<ipnet::IpNet>().unwrap()
+        );
+        assert_eq!(config.service[0].backend.source, BackendSource::Appliance);
+        // The appliance's own address is the source: any family of backend.
+        owned(
+            "addresses = [\"2001:2:7::1/64\"]",
+            "backend = { address = \"2001:2:7::9\", port = 8080, source = \"appliance\" }",
+        )
+        .unwrap();
+        assert!(parse("").unwrap().ports.server.addresses.is_empty(), "none by default");
+    }
+
+    #[test]
+    fn bad_owned_addresses_are_refused_naming_the_key() {
+        let appliance = "backend = { address = \"198.18.7.9\", port = 8080, source = \"appliance\" }";
+        let v4 = "addresses = [\"198.18.7.1/24\"]";
+        for (server, backend, key) in [
+            (
+                "addresses = [\"198.18.7.0/24\"]",
+                "backend = { port = 8080 }",
+                "ports.server.addresses",
+            ),
+            (
+                "addresses = [\"224.0.0.1/24\"]",
+                "backend = { port = 8080 }",
+                "ports.server.addresses",
+            ),
+            (
+                "addresses = [\"198.18.7.1/24\", \"198.18.7.1/25\"]",
+                "backend = { port = 8080 }",
+                "ports.server.addresses",
+            ),
+            (
+                "addresses = [\"198.18.1.2/24\"]",
+                "backend = { port = 8080 }",
+                "ports.server.addresses",
+            ),
+            (
+                "addresses = [\"198.18.7.1/24\"]\ngateways = [\"198.18.8.1\"]",
+                "backend = { port = 8080 }",
+                "ports.server.gateways",
+            ),
+            (
+                "addresses = [\"198.18.7.1/24\"]\ngateways = [\"198.18.7.2\", \"198.18.7.3\"]",
+                "backend = { port = 8080 }",
+                "ports.server.gateways",
+            ),
+            ("", appliance, "service[0].backend.source"),
+            (
+                v4,
+                "backend = { address = \"198.18.9.2\", port = 8080, source = \"appliance\" }",
+                "service[0].backend.source",
+            ),
+            (
+                v4,
+                "backend = { address = \"2001:2:7::9\", port = 8080, source = \"appliance\" }",
+                "service[0].backend.source",
+            ),
+            (
+                v4,
+                "backend = { port = 8080, source = \"appliance\" }",
+                "service[0].backend.address",
+            ),
+            (
+                v4,
+                "backend = { address = \"198.18.7.1\", port = 8080, source = \"appliance\" }",
+                "service[0].backend.address",
+            ),
+        ] {
+            let (found, reason) = owned_refused(owned(server, backend));
+            assert_eq!(found, key, "{server} / {backend}: {reason}");
+        }
+        let client_owned = BASE.replace(
+            "device = \"net_af_packet0,iface=gwc0\"",
+            "device = \"net_af_packet0,iface=gwc0\"\naddresses = [\"198.18.6.1/24\"]",
+        );
+        assert_eq!(
+            owned_refused(Config::parse(&client_owned, Path::new("test.toml"))).0,
+            "ports.client.addresses"
+        );
+        assert!(
+            matches!(
+                owned("addresses = [\"198.18.7.1\"]", appliance),
+                Err(ConfigError::Syntax { .. })
+            ),
+            "an owned address needs its prefix length"
+        );
+        assert!(matches!(
+            owned(
+                v4,
+                "backend = { address = \"198.18.7.9\", port = 8080, source = \"own\" }"
+            ),
+            Err(ConfigError::Syntax { .. })
+        ));
     }
 
     #[test]

@@ -503,6 +503,19 @@ declare! {
         /// Client bytes discarded after an upgrade request, before TLS (the
         /// STARTTLS command injection class).
         counter starttls_injected_bytes_discarded,
+        /// ARP requests and IPv6 neighbour solicitations for the
+        /// appliance's own addresses (`ports.server.addresses`) answered.
+        counter neighbour_requests_answered,
+        /// ARP requests and neighbour solicitations the appliance sent for
+        /// the next hops of backends it connects to from its own address.
+        counter neighbour_requests_sent,
+        /// Backend connections from an owned address whose next hop did not
+        /// answer (or whose resolution found the table full): the client
+        /// got a RST.
+        counter neighbour_unresolved,
+        /// Frames to an owned address that no leg of the appliance took
+        /// (dropped, never bridged).
+        counter owned_address_dropped,
         /// Sessions reset for no complete ClientHello in time.
         counter client_hello_timeouts,
         /// Sessions reset for TLS handshakes not finished in time.
@@ -953,6 +966,22 @@ impl fmt::Display for Report {
                 splice.starttls_injected_bytes_discarded
             )?;
         }
+        if splice.neighbour_requests_answered
+            + splice.neighbour_requests_sent
+            + splice.neighbour_unresolved
+            + splice.owned_address_dropped
+            > 0
+        {
+            writeln!(
+                f,
+                "owned addresses: {} ARP/ND requests answered, {} sent, {} backends unresolved (client reset), \
+                 {} frames to them dropped",
+                splice.neighbour_requests_answered,
+                splice.neighbour_requests_sent,
+                splice.neighbour_unresolved,
+                splice.owned_address_dropped
+            )?;
+        }
         let (handshakes, connections) = (&tcp.splice.handshake_seconds, &tcp.splice.connection_seconds);
         if handshakes.count() + connections.count() > 0 {
             writeln!(
@@ -1191,6 +1220,10 @@ mod tests {
         splice.starttls_failed = 441;
         splice.starttls_timeouts = 442;
         splice.starttls_injected_bytes_discarded = 443;
+        splice.neighbour_requests_answered = 471;
+        splice.neighbour_requests_sent = 472;
+        splice.neighbour_unresolved = 473;
+        splice.owned_address_dropped = 474;
         splice.handshake_seconds.observe(3_000);
         splice.handshake_seconds.observe(40_000);
         splice.connection_seconds.observe(7_200_000_000);

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use netstack::neighbour::{NeighbourConfig, Neighbours, OwnedAddress};
 use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
 use port::{LinkState, PacketBuf, Port};
 use wire::{FlowTuple, IpProtocol};
@@ -20,6 +21,7 @@ use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, StarttlsPort, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
 use crate::handoff::{HandoffError, WorkerHandoff};
+use crate::owned::OwnedSources;
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
@@ -60,6 +62,11 @@ pub struct InterceptPolicy {
     /// The inspection loop, when `[ports.inspect_out]`/`[ports.inspect_in]`
     /// are configured.
     pub inspection: Option<InspectionSettings>,
+    /// The appliance's own addresses on the server port
+    /// (`ports.server.addresses`, with their prefixes); none by default.
+    pub owned_addresses: Vec<OwnedAddress>,
+    /// Their gateways (`ports.server.gateways`).
+    pub gateways: Vec<std::net::IpAddr>,
 }
 
 /// A TLS setting whose file cannot be used: the key, and (as the source)
@@ -99,6 +106,17 @@ impl InterceptPolicy {
             }),
             tls: config.intercepts_tls().then(|| config.tls.clone()),
             starttls: config.starttls_ports(),
+            owned_addresses: config
+                .ports
+                .server
+                .addresses
+                .iter()
+                .map(|prefix| OwnedAddress {
+                    address: prefix.0.addr(),
+                    prefix_len: prefix.0.prefix_len(),
+                })
+                .collect(),
+            gateways: config.ports.server.gateways.clone(),
         })
     }
 
@@ -219,6 +237,18 @@ impl<P: Port> Engine<P> {
         let EngineStart { now, wall, seed } = start;
         let mut splicer = Splicer::new(policy.hold_synack, policy.rules.clone(), policy.limits, wall);
         splicer.set_starttls(&policy.starttls);
+        if !policy.owned_addresses.is_empty() {
+            // Owned addresses: ARP and neighbour discovery for them are
+            // answered with the server port's MAC, frames to them are the
+            // appliance's (never bridged), and the backends of services
+            // with `source = "appliance"` are connected from them.
+            splicer.set_owned(OwnedSources::new(Neighbours::new(NeighbourConfig {
+                port: Side::Server.index(),
+                mac: server.mac(),
+                addresses: policy.owned_addresses.clone(),
+                gateways: policy.gateways.clone(),
+            })));
+        }
         Engine {
             ports: vec![client, server],
             stats: stats.ports,
@@ -347,6 +377,9 @@ impl<P: Port> Engine<P> {
         }
         received += self.receive_handed(now);
         self.stack.poll_timers(now);
+        if let Some(owned) = self.splicer.owned_mut() {
+            owned.poll(now);
+        }
         self.splicer.handle_events(&mut self.stack, now);
         self.splicer.expire_timeouts(&mut self.stack, now);
         self.stack.flush(now);
@@ -475,6 +508,11 @@ impl<P: Port> Engine<P> {
                 }
                 Ok(class) => class,
             };
+            if let Some(taken) = take_owned(from, stack, splicer, frame.data_mut(), &class, now) {
+                intercepted += u64::from(taken);
+                withheld += u64::from(!taken);
+                return false;
+            }
             if class.malformed.is_some() || is_fragment(&class) {
                 malformed += u64::from(class.malformed.is_some());
                 // What cannot be checked, aimed at an intercepted port (or
@@ -765,6 +803,9 @@ impl<P: Port> Engine<P> {
     /// `deadline` (shutdown), full rings and an empty pool are waited for
     /// until then instead of dropping after [`TX_ATTEMPTS`].
     fn send_stack_output(&mut self, deadline: Option<std::time::Instant>) {
+        if let Some(owned) = self.splicer.owned_mut() {
+            owned.drain_output(&mut self.stack_output);
+        }
         self.stack.drain_output(&mut self.stack_output);
         if self.stack_output.is_empty() {
             return;
@@ -861,6 +902,52 @@ impl Guard<'_> {
     fn udp_policy(&self, rules: &Policy, tuple: &FlowTuple) -> UdpPolicy {
         rules.udp(tuple).map_or(self.udp, |(udp, _)| udp)
     }
+}
+
+/// What becomes of a frame that is the appliance's own, received `from`
+/// a port: `None` when it is not (no owned addresses, another
+/// destination); `Some(true)` when the appliance took it (an ARP request
+/// or neighbour solicitation for an owned address, answered on the server
+/// port; an answer to one; a segment of a backend leg from an owned
+/// address; an ICMP error about one), `Some(false)` when it is dropped
+/// (anything else to an owned address, from either port: never bridged).
+fn take_owned(
+    from: Side,
+    stack: &mut Stack,
+    splicer: &mut Splicer,
+    frame: &mut [u8],
+    class: &wire::FrameClass,
+    now: Instant,
+) -> Option<bool> {
+    let owned = splicer.owned_mut()?;
+    if from == Side::Server && owned.receive(frame, class, now) {
+        return Some(true);
+    }
+    // A TCP candidate's destination is already parsed; other IP packets
+    // are read again.
+    let destination = match class.tcp() {
+        Some((tuple, _)) => Some(tuple.dst_ip),
+        None => class.ip_destination(frame),
+    };
+    if !destination.is_some_and(|ip| owned.owns(ip)) {
+        return None;
+    }
+    let checked = from == Side::Server && class.malformed.is_none() && !is_fragment(class);
+    if checked {
+        if let Some((tuple, _)) = class.tcp() {
+            let flow = stack.lookup(Side::Server.index(), tuple);
+            if let Some(flow) = flow.filter(|_| class.tcp_checksum_ok(frame)) {
+                let _ = stack.ingress(flow, frame, class, now);
+                return Some(true);
+            }
+        } else if !pass_on_unreachable(stack, splicer, frame, class) {
+            return Some(true);
+        }
+    }
+    if let Some(owned) = splicer.owned_mut() {
+        owned.count_dropped();
+    }
+    Some(false)
 }
 
 /// Whether the frame is a fragment of an IPv4 or IPv6 packet.

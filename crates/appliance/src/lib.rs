@@ -18,6 +18,7 @@ pub mod histogram;
 pub mod keylog;
 pub mod learned;
 pub mod mirror;
+pub mod owned;
 pub mod pcap_stream;
 pub mod policy;
 pub mod preflight;

@@ -317,6 +317,15 @@ impl State {
     fn reload(&mut self, path: &Path) -> Result<ReloadOutcome, ReloadError> {
         let new = Config::load(path)?;
         let plan = plan(&self.running, &new);
+        // The services go into force with the running ports: a backend
+        // from an owned address needs one there, not only in the file.
+        plan.config
+            .validate_owned_addresses()
+            .map_err(|(key, reason)| ConfigError::InvalidRule {
+                path: path.to_owned(),
+                key,
+                reason: format!("{reason} (with the running ports.server: changing it needs a restart)"),
+            })?;
         let material = tls_material(&plan.config);
         if plan.applied.is_empty() && material == self.material {
             // Nothing live changed (log rotation, a key that needs a
@@ -626,19 +635,7 @@ mode = "splice"
         );
         let path = scratch.0.join("tlsgate.toml");
         std::fs::write(&path, format!("{BASE}{service}")).unwrap();
-        let running = Config::load(&path).unwrap();
-        let Preflight { policy, services } = crate::preflight::preflight(&running).unwrap();
-        // No log: the writer has nothing to write (stopped when dropped).
-        let writer = crate::writer::Writer::start().unwrap();
-        let (reloader, _) = Reloader::new(
-            &running,
-            Arc::new(services),
-            Arc::clone(policy.rules.learned()),
-            None,
-            None,
-            writer.handle().clone(),
-            0,
-        );
+        let (reloader, _writer) = reloader_of(&path);
         let hello = |services: &Services| {
             let tuple = wire::FlowTuple {
                 src_ip: "198.18.0.2".parse().unwrap(),
@@ -669,6 +666,52 @@ mode = "splice"
             hello(&reloader.services()).ticketer.decrypt(&new_ticket).as_deref(),
             Some(&b"state"[..])
         );
+    }
+
+    /// A reloader of the configuration at `path`, and the writer it
+    /// hands log files to (no log: it has nothing to write; stopped when
+    /// dropped).
+    fn reloader_of(path: &Path) -> (Reloader, crate::writer::Writer) {
+        let running = Config::load(path).unwrap();
+        let Preflight { policy, services } = crate::preflight::preflight(&running).unwrap();
+        let writer = crate::writer::Writer::start().unwrap();
+        let (reloader, _) = Reloader::new(
+            &running,
+            Arc::new(services),
+            Arc::clone(policy.rules.learned()),
+            None,
+            None,
+            writer.handle().clone(),
+            0,
+        );
+        (reloader, writer)
+    }
+
+    /// A reload that adds a service whose backend leaves from an owned
+    /// address, and the owned address with it, is refused: the ports stay
+    /// as they run until a restart, so the service would have no source.
+    #[test]
+    fn a_service_from_an_owned_address_needs_the_running_ports_to_have_it() {
+        let scratch = crate::service::test_files::Scratch::new();
+        let path = scratch.0.join("tlsgate.toml");
+        let service = scratch.service_toml("www", "198.18.1.2", &[], "");
+        std::fs::write(&path, format!("{BASE}{service}")).unwrap();
+        let (reloader, _writer) = reloader_of(&path);
+        let owned = BASE.replace(
+            "device = \"net_ring1\"",
+            "device = \"net_ring1\"\naddresses = [\"198.18.7.1/24\"]",
+        );
+        let from_owned = service.replace(
+            "backend = { port = 8080 }",
+            "backend = { address = \"198.18.7.9\", port = 8080, source = \"appliance\" }",
+        );
+        std::fs::write(&path, format!("{owned}{from_owned}")).unwrap();
+        let err = anyhow_like(&reloader.reload(&path).unwrap_err());
+        assert!(
+            err.contains("service[0].backend.source") && err.contains("needs a restart"),
+            "{err}"
+        );
+        assert_eq!(reloader.totals().refused, 1);
     }
 
     /// The error with its sources, as `tlsgate reload` prints it.

@@ -19,7 +19,7 @@ use thiserror::Error;
 use wire::proxy::HeaderKind;
 use wire::FlowTuple;
 
-use crate::config::{ServiceConfig, ServiceHeader, ServiceTlsVersion};
+use crate::config::{BackendSource, ServiceConfig, ServiceHeader, ServiceTlsVersion};
 
 /// A service that did not load, by its key (`service[0].certificates[1].key`).
 #[derive(Debug, Error)]
@@ -30,14 +30,18 @@ pub struct ServiceError {
     pub reason: String,
 }
 
-/// Where a service's plaintext goes; the client's address and port stay
-/// the source either way.
+/// Where a service's plaintext goes, and from which address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// The server the client connected to, on another port.
+    /// The server the client connected to, on another port, from the
+    /// client's address and port.
     SamePeer { port: u16 },
-    /// Another address, reached transparently.
+    /// Another address, reached transparently from the client's address
+    /// and port.
     Transparent { address: IpAddr, port: u16 },
+    /// Another address, reached from an owned address of the server port
+    /// (see [`crate::owned`]): a routed connection.
+    FromAppliance { address: IpAddr, port: u16 },
 }
 
 /// One compiled `[[service]]`.
@@ -68,7 +72,9 @@ impl Service {
             Backend::SamePeer { port } => {
                 tuple.dst_port == port && self.destinations.iter().any(|net| net.contains(&tuple.dst_ip))
             }
-            Backend::Transparent { address, port } => tuple.dst_port == port && tuple.dst_ip == address,
+            Backend::Transparent { address, port } | Backend::FromAppliance { address, port } => {
+                tuple.dst_port == port && tuple.dst_ip == address
+            }
         }
     }
 
@@ -160,11 +166,15 @@ impl Services {
             let tls = ServiceTls::new(&chains, &versions, &alpn, Some(keys)).map_err(error)?;
             compiled.push(Service {
                 name: config.name.clone(),
-                backend: match config.backend.address {
-                    None => Backend::SamePeer {
+                backend: match (config.backend.address, config.backend.source) {
+                    (None, _) => Backend::SamePeer {
                         port: config.backend.port,
                     },
-                    Some(address) => Backend::Transparent {
+                    (Some(address), BackendSource::Client) => Backend::Transparent {
+                        address,
+                        port: config.backend.port,
+                    },
+                    (Some(address), BackendSource::Appliance) => Backend::FromAppliance {
                         address,
                         port: config.backend.port,
                     },

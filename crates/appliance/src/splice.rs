@@ -39,6 +39,7 @@ use std::time::SystemTime;
 
 use mitm::forge::ForgeCounters;
 use mitm::{MitmError, Pending, SessionInfo, TlsContext, TlsSession};
+use netstack::neighbour::Outcome;
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use pipeline::{Connection, Leg, LegIo, PreambleError, PreambleEvent, TLS_BACKLOG};
 use slab::Slab;
@@ -54,6 +55,7 @@ use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
 use crate::handoff::LegRegistry;
 use crate::mirror::Taps;
+use crate::owned::{OwnedLeg, OwnedSources};
 use crate::policy::{Action, Conversion, Policy, Verdict};
 use crate::service::{Backend, Service, Services};
 use crate::topnames::TopNames;
@@ -237,6 +239,7 @@ impl Session {
             terminate: false,
             conversion: None,
             service: None,
+            pending_backend: None,
             learned: None,
             starttls: None,
             logged: false,
@@ -312,6 +315,9 @@ struct Session {
     conversion: Option<Conversion>,
     /// The service that answered its ClientHello.
     service: Option<Terminated>,
+    /// The backend leg from an owned address, while its next hop's MAC is
+    /// being resolved (its port is reserved meanwhile).
+    pending_backend: Option<FlowTuple>,
     /// What the policy learned from this connection, for the log.
     learned: Option<String>,
     /// A `[[starttls]]` connection's preamble, for its timer and the log.
@@ -431,6 +437,8 @@ struct Shared {
     services: Option<Arc<Services>>,
     /// The `[[starttls]]` entries, by destination port.
     starttls: HashMap<u16, StarttlsPort>,
+    /// The owned addresses of the server port, when configured.
+    owned: Option<OwnedSources>,
 }
 
 /// Where a session's stream in the decrypted capture runs: client and
@@ -687,7 +695,7 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
 fn backend_tuple(tuple: &FlowTuple, service: &Service) -> Result<FlowTuple, String> {
     let (dst_ip, dst_port) = match service.backend {
         Backend::SamePeer { port } => (tuple.dst_ip, port),
-        Backend::Transparent { address, port } => (address, port),
+        Backend::Transparent { address, port } | Backend::FromAppliance { address, port } => (address, port),
     };
     if dst_ip.is_ipv4() != tuple.src_ip.is_ipv4() {
         return Err(format!(
@@ -700,6 +708,18 @@ fn backend_tuple(tuple: &FlowTuple, service: &Service) -> Result<FlowTuple, Stri
         dst_port,
         ..*tuple
     })
+}
+
+/// The token a session waits for its backend's next hop under: its slot
+/// and (the low half of) its serial, so that a later session in the slot
+/// is not taken for it.
+fn waiter(index: usize, serial: u64) -> u64 {
+    (index as u64) << 32 | (serial & u64::from(u32::MAX))
+}
+
+/// The slot and serial half of a [`waiter`] token.
+fn waiter_of(token: u64) -> (usize, u32) {
+    ((token >> 32) as usize, token as u32)
 }
 
 /// Microseconds from `start` to `end` on the engine clock (0 if the clock
@@ -833,6 +853,7 @@ impl Splicer {
                 legs: None,
                 services: None,
                 starttls: HashMap::new(),
+                owned: None,
             },
             shutdown_pending: None,
         }
@@ -998,6 +1019,17 @@ impl Splicer {
             .is_some_and(|services| services.backend_of(tuple).is_some())
     }
 
+    /// Opens the backend legs of services with `source = "appliance"` from
+    /// the owned addresses of `owned`.
+    pub fn set_owned(&mut self, owned: OwnedSources) {
+        self.shared.owned = Some(owned);
+    }
+
+    /// The owned addresses of the server port, if any.
+    pub fn owned_mut(&mut self) -> Option<&mut OwnedSources> {
+        self.shared.owned.as_mut()
+    }
+
     /// Refuses a client's SYN straight to a service's backend with a RST, as
     /// a closed port would (no flow is needed, so this works with a full
     /// table too): only the appliance connects there, from the server port,
@@ -1072,7 +1104,15 @@ impl Splicer {
     }
 
     pub fn counters(&self) -> SpliceCounters {
-        self.shared.counters
+        let mut counters = self.shared.counters;
+        if let Some(owned) = &self.shared.owned {
+            let (neighbours, dropped) = owned.counters();
+            counters.neighbour_requests_answered = neighbours.answered;
+            counters.neighbour_requests_sent = neighbours.requests_sent;
+            counters.neighbour_unresolved = neighbours.failed + neighbours.refused;
+            counters.owned_address_dropped = dropped;
+        }
+        counters
     }
 
     /// The most frequent server names so far (bounded, see [`TopNames`]).
@@ -1553,8 +1593,52 @@ impl Splicer {
 
     /// Reacts to every pending event of the stack.
     pub fn handle_events(&mut self, stack: &mut Stack, now: Instant) {
+        self.handle_neighbour_outcomes(stack, now);
         while let Some(event) = stack.next_event() {
             self.handle(stack, event, now);
+        }
+    }
+
+    /// Connects the backend legs whose next hop was resolved; resets the
+    /// clients of those whose next hop did not answer.
+    fn handle_neighbour_outcomes(&mut self, stack: &mut Stack, now: Instant) {
+        while let Some(outcome) = self.shared.owned.as_mut().and_then(OwnedSources::next_outcome) {
+            let (waiter, resolved) = match outcome {
+                Outcome::Resolved { waiter, l2 } => (waiter, Ok(l2)),
+                Outcome::Failed { waiter, next_hop } => (waiter, Err(next_hop)),
+            };
+            let (index, serial) = waiter_of(waiter);
+            let Some(session) = self
+                .sessions
+                .get_mut(index)
+                .filter(|session| session.serial as u32 == serial)
+            else {
+                continue;
+            };
+            let Some(tuple) = session.pending_backend.take() else {
+                continue;
+            };
+            if let Some(owned) = self.shared.owned.as_mut() {
+                owned.release(&tuple);
+            }
+            let failure = match resolved {
+                Ok(l2) => self
+                    .shared
+                    .connect_server_leg(stack, index, session, &tuple, l2, now)
+                    .map_err(|err| format!("no connection to the backend: {err}"))
+                    .err(),
+                Err(next_hop) => Some(format!(
+                    "backend unreachable: {next_hop} did not answer ARP/neighbour discovery"
+                )),
+            };
+            if let Some(reason) = failure {
+                tracing::info!("termination refused: {reason}");
+                self.shared.counters.backend_refused += 1;
+                session.ended = Some(reason);
+                session.conn.fail();
+                self.shared.end_tls(session);
+                abort_all(stack, session);
+            }
         }
     }
 
@@ -1655,6 +1739,9 @@ impl Shared {
     /// Accounts for a session taken out of the table, and logs it (and
     /// its duration) if it was not yet.
     fn retire(&mut self, mut session: Session, now: Instant) {
+        if let (Some(tuple), Some(owned)) = (session.pending_backend.take(), self.owned.as_mut()) {
+            owned.release(&tuple);
+        }
         let tls = self.intercepts_tls(&session);
         self.release_generation(&mut session);
         if let Some(directory) = self.directory.as_mut() {
@@ -2598,9 +2685,11 @@ impl Shared {
     /// Gives a terminated session's ClientHello to the service answering
     /// `sni` at its destination: the handshake goes on with the service's
     /// certificates, the backend leg is opened from the client's address
-    /// (with the client's framing: the next hop is the destination's MAC),
-    /// its header queued first, and the inspection loop opened when the
-    /// service inspects. Err: why the client is refused.
+    /// (with the client's framing: the next hop is the destination's MAC)
+    /// or, with `source = "appliance"`, from an owned address once its
+    /// next hop's MAC is known, its header queued first, and the inspection
+    /// loop opened when the service inspects. Err: why the client is
+    /// refused.
     fn accept_service(
         &mut self,
         stack: &mut Stack,
@@ -2617,7 +2706,6 @@ impl Shared {
             name: service.name.clone(),
             inspect: service.inspect,
         });
-        let backend = backend_tuple(&session.tuple, service)?;
         let tls = session.conn.tls_server_mut().ok_or("no TLS state")?;
         tls.accept(service.tls.server_config())
             .map_err(|err| format!("TLS failed: {err}"))?;
@@ -2639,15 +2727,26 @@ impl Shared {
             );
             tls.set_preamble(&header);
         }
-        // A leg of an earlier connection on the same 4-tuple that lingers
-        // in TIME-WAIT makes way.
-        if let Some(old) = stack.lookup(Side::Server.index(), &backend.reversed()) {
-            if stack.state(old) == Ok(netstack::TcpState::TimeWait) {
-                stack.discard(old);
+        match service.backend {
+            Backend::FromAppliance { address, port } => {
+                let owned = self.owned.as_mut().ok_or("backend unreachable: no owned address")?;
+                match owned.open(stack, address, port, waiter(index, session.serial), now)? {
+                    OwnedLeg::Ready(backend, l2) => {
+                        self.connect_server_leg(stack, index, session, &backend, l2, now)
+                            .map_err(|err| format!("no connection to the backend: {err}"))?;
+                    }
+                    // Connected when its next hop answers (the handshake
+                    // with the client goes on meanwhile).
+                    OwnedLeg::Waiting(backend) => session.pending_backend = Some(backend),
+                }
+            }
+            Backend::SamePeer { .. } | Backend::Transparent { .. } => {
+                let backend = backend_tuple(&session.tuple, service)?;
+                let l2 = session.l2;
+                self.connect_server_leg(stack, index, session, &backend, l2, now)
+                    .map_err(|err| format!("no connection to the backend: {err}"))?;
             }
         }
-        self.connect_server_leg(stack, index, session, &backend, now)
-            .map_err(|err| format!("no connection to the backend: {err}"))?;
         if service.inspect {
             self.start_inspection(stack, index, session, now);
         }
@@ -2655,7 +2754,8 @@ impl Shared {
     }
 
     /// Opens `session`'s server leg from the server port to `leg` (from
-    /// the client's address and port; the client's framing). The one place
+    /// the client's address and port with the client's framing, or from an
+    /// owned address with its next hop's). The one place
     /// a server leg to other endpoints than the client's is opened (a
     /// service's backend): such a leg is registered with this worker as its
     /// owner until the session ends, since the flow hash may give its
@@ -2668,9 +2768,17 @@ impl Shared {
         index: usize,
         session: &mut Session,
         leg: &FlowTuple,
+        l2: L2Header,
         now: Instant,
     ) -> Result<FlowId, StackError> {
-        let server = stack.connect(Side::Server.index(), leg, session.l2, owner(index, Leg::Server), now)?;
+        // A leg of an earlier connection with these endpoints that lingers
+        // in TIME-WAIT makes way.
+        if let Some(old) = stack.lookup(Side::Server.index(), &leg.reversed()) {
+            if stack.state(old) == Ok(netstack::TcpState::TimeWait) {
+                stack.discard(old);
+            }
+        }
+        let server = stack.connect(Side::Server.index(), leg, l2, owner(index, Leg::Server), now)?;
         session.server = Some(server);
         self.register_server_leg(session, leg);
         Ok(server)

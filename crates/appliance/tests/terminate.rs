@@ -9,6 +9,9 @@
 //! With two workers, a backend leg whose frames hash to the other worker
 //! works (they are handed to the worker holding it), and a ticket one
 //! worker issued resumes on the other.
+//! A backend with `source = "appliance"` is reached from the appliance's own
+//! address, resolved with ARP/ND (directly or through a gateway), and still
+//! told the real client; frames to the owned address are never bridged.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -25,7 +28,8 @@ use harness::connlog::LogFile;
 use harness::tls::{drive, provider, try_drive, Scratch};
 use harness::workers::Workers;
 use harness::{
-    ipv4, policy, tcp, v4, v6, BoxMode, Host, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6,
+    assert_no_leaks, ipv4, policy, tcp, v4, v6, BoxMode, Host, Lab, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC,
+    SERVER_V4, SERVER_V6,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -751,4 +755,275 @@ fn an_unreachable_error_about_a_backend_leg_on_the_other_worker_resets_its_clien
     assert_eq!((counters.backend_refused, counters.server_unreachable), (1, 0));
     assert_eq!(lab.totals(1, Side::Server).handed_off, 1, "the ICMP error");
     assert_eq!(lab.totals(1, Side::Client).tx, 0, "nothing went on to the client");
+}
+
+// ---------------------------------------------------------------------------
+// Backends reached from the appliance's own address (`source = "appliance"`,
+// `ports.server.addresses`): the appliance answers ARP/ND for its address,
+// resolves the backend's (or the gateway's) MAC, connects from an ephemeral
+// port of its address, and the PROXY header still names the real client.
+
+const OWNED_V4: [u8; 4] = [198, 18, 0, 100];
+const OWNED_V6: &str = "2001:2::100";
+
+/// [`policy`] with the owned addresses 198.18.0.100/24 and 2001:2::100/64
+/// on the server port, and `gateways`.
+fn owned_policy(gateways: &[&str]) -> InterceptPolicy {
+    use netstack::neighbour::OwnedAddress;
+    InterceptPolicy {
+        owned_addresses: vec![
+            OwnedAddress {
+                address: std::net::IpAddr::from(OWNED_V4),
+                prefix_len: 24,
+            },
+            OwnedAddress {
+                address: OWNED_V6.parse().unwrap(),
+                prefix_len: 64,
+            },
+        ],
+        gateways: gateways.iter().map(|gateway| gateway.parse().unwrap()).collect(),
+        ..policy(&[])
+    }
+}
+
+/// The backend `address` at [`BACKEND_PORT`], from the appliance's address.
+fn from_appliance(address: &str) -> String {
+    format!("{{ address = \"{address}\", port = {BACKEND_PORT}, source = \"appliance\" }}")
+}
+
+/// The client's TLS request reaches the backend from the appliance's own
+/// address (an ephemeral port); PROXY v2 still names the client's own
+/// address and port, and the plaintext follows byte-exact. IPv4 and IPv6.
+/// The server host resolves the owned address with ARP/ND (answered by the
+/// appliance) and is resolved by it.
+#[test]
+fn a_backend_from_the_appliances_own_address_gets_the_real_client_in_its_proxy_header() {
+    for (round, ipv6) in [false, true].into_iter().enumerate() {
+        let scratch = Scratch::new("terminate-owned");
+        let pki = service_pki(&scratch.0);
+        let log = LogFile::open(scratch.0.join("connections.jsonl"));
+        let (backend_address, service_address) = if ipv6 {
+            (SERVER_V6.to_string(), v6(SERVER_V6, 443))
+        } else {
+            ("198.18.0.2".to_string(), v4(SERVER_V4, 443))
+        };
+        let services = services_with_backend(&pki, &from_appliance(&backend_address));
+        let mut lab = lab_with(&owned_policy(&[]), services, &log);
+        let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+        let local_port = 41_100 + round as u16;
+        let client = lab.client.connect(service_address, local_port, 64 * 1024);
+        assert!(lab.run_until(2_000, |lab| lab.client.tcp(client).state() == State::Established));
+        let mut tls = client_tls(&pki, "www.lab.test");
+        handshake(&mut lab, client, &mut tls);
+        let request = harness::pattern(40_000, 7);
+        let at_backend = request_reaches_backend(&mut lab, client, &mut tls, backend, &request);
+
+        assert_eq!(&at_backend[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        let length = usize::from(u16::from_be_bytes([at_backend[14], at_backend[15]]));
+        let (client_address, client_port): (Vec<u8>, u16) = if ipv6 {
+            assert_eq!(at_backend[12..14], [0x21, 0x21]);
+            let client_v6: std::net::Ipv6Addr = CLIENT_V6.parse().unwrap();
+            assert_eq!(at_backend[16..32], client_v6.octets());
+            (
+                at_backend[16..32].to_vec(),
+                u16::from_be_bytes([at_backend[48], at_backend[49]]),
+            )
+        } else {
+            assert_eq!(at_backend[12..14], [0x21, 0x11]);
+            (
+                at_backend[16..20].to_vec(),
+                u16::from_be_bytes([at_backend[24], at_backend[25]]),
+            )
+        };
+        let expected: Vec<u8> = if ipv6 {
+            CLIENT_V6.parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec()
+        } else {
+            CLIENT_V4.to_vec()
+        };
+        assert_eq!((client_address, client_port), (expected, local_port), "the real client");
+        assert_eq!(&at_backend[16 + length..], &request[..], "the plaintext, byte-exact");
+
+        // The backend's peer is the appliance's own address.
+        let remote = lab.server.tcp(backend).remote_endpoint().unwrap();
+        let owned: smoltcp::wire::IpAddress = if ipv6 {
+            smoltcp::wire::IpAddress::Ipv6(OWNED_V6.parse().unwrap())
+        } else {
+            smoltcp::wire::IpAddress::Ipv4(OWNED_V4.into())
+        };
+        assert_eq!(remote.addr, owned);
+        assert!(remote.port >= 49_152, "an ephemeral port: {}", remote.port);
+
+        // The response comes back through the owned address's leg.
+        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        lab.server.tcp(backend).send_slice(response).unwrap();
+        let mut received = Vec::new();
+        assert!(lab.run_until(5_000, |lab| {
+            drive(&mut lab.client, client, &mut tls, &mut received);
+            received.ends_with(b"ok")
+        }));
+        let counters = lab.engine.splicer().counters();
+        assert_eq!(counters.neighbour_requests_sent, 1, "the backend resolved once");
+        assert_eq!((counters.terminated, counters.backend_refused), (1, 0));
+    }
+}
+
+/// A backend off the owned prefixes goes through the gateway: the
+/// appliance resolves the gateway (not the backend), and the backend's SYN
+/// leaves with the gateway's MAC, from the owned address.
+#[test]
+fn a_routed_backend_is_reached_through_the_gateway() {
+    let scratch = Scratch::new("terminate-owned-routed");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let services = services_with_backend(&pki, &from_appliance("198.18.9.2"));
+    let mut lab = lab_with(&owned_policy(&["198.18.0.2"]), services, &log);
+    // The server host is the router and, on another subnet, the backend.
+    lab.server.second_v4_for_v6([198, 18, 9, 2]);
+    lab.links[1].log = Some(Vec::new());
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_110);
+    handshake(&mut lab, client, &mut tls);
+    let at_backend = request_reaches_backend(&mut lab, client, &mut tls, backend, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(at_backend[16..20], CLIENT_V4, "the real client in PROXY v2");
+
+    let sent = lab.links[1].log.as_ref().unwrap();
+    let asked: Vec<[u8; 4]> = sent
+        .iter()
+        .filter(|frame| frame.get(6..14) == Some(&[2, 0, 0, 0, 0, 0x5, 0x08, 0x06][..]))
+        .map(|frame| frame[38..42].try_into().unwrap())
+        .collect();
+    assert_eq!(
+        asked,
+        [[198, 18, 0, 2]],
+        "one ARP request of the appliance, for the gateway"
+    );
+    let syn = sent
+        .iter()
+        .find(|frame| tcp(frame).is_some_and(|segment| segment.syn() && segment.dst_port() == BACKEND_PORT))
+        .expect("the backend leg's SYN");
+    assert_eq!(syn[..6], SERVER_MAC, "to the gateway's MAC");
+    let ip = ipv4(syn).unwrap();
+    assert_eq!(
+        (ip.src_addr().octets(), ip.dst_addr().octets()),
+        (OWNED_V4, [198, 18, 9, 2])
+    );
+}
+
+/// A next hop that never answers: three requests a second apart, then the
+/// client (whose handshake went on meanwhile) gets a RST, counted and
+/// logged.
+#[test]
+fn a_backend_whose_next_hop_never_answers_costs_the_client_a_reset_and_a_record() {
+    let scratch = Scratch::new("terminate-owned-unresolved");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let services = services_with_backend(&pki, &from_appliance("198.18.0.77"));
+    let mut lab = lab_with(&owned_policy(&[]), services, &log);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_120);
+    until_reset(&mut lab, client, &mut tls);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (
+            counters.neighbour_requests_sent,
+            counters.neighbour_unresolved,
+            counters.backend_refused
+        ),
+        (3, 1, 1)
+    );
+    assert!(lab.run_until(5_000, |_| !log.records().is_empty()));
+    let record = &log.records()[0];
+    assert_eq!(record["decision"], "terminate");
+    assert_eq!(
+        record["ended"],
+        "backend unreachable: 198.18.0.77 did not answer ARP/neighbour discovery"
+    );
+    assert_no_leaks(&mut lab);
+}
+
+/// A TCP SYN from `src` to `dst` port 22.
+fn syn_to(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    wire::TcpSegment {
+        src_mac,
+        dst_mac: [2, 0, 0, 0, 0, 0x5],
+        src: std::net::SocketAddr::from((src, 40_000)),
+        dst: std::net::SocketAddr::from((dst, 22)),
+        seq: 1,
+        ack: None,
+        control: wire::SegmentControl::Syn,
+        window: 64_240,
+        payload: &[],
+    }
+    .write(&mut frame)
+    .unwrap();
+    frame
+}
+
+/// Frames to an owned address are the appliance's: from either port,
+/// what no leg takes is dropped, never bridged; malformed ARP and
+/// neighbour solicitations are neither answered nor a panic.
+#[test]
+fn frames_to_an_owned_address_are_never_bridged_and_bad_requests_never_panic() {
+    let scratch = Scratch::new("terminate-owned-guard");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let mut lab = lab_with(&owned_policy(&[]), services(&pki), &log);
+    lab.links[1].log = Some(Vec::new());
+    lab.links[3].log = Some(Vec::new());
+    lab.client_port.inject(syn_to(CLIENT_MAC, CLIENT_V4, OWNED_V4));
+    lab.server_port.inject(syn_to(SERVER_MAC, SERVER_V4, OWNED_V4));
+    lab.run_for(5);
+    let to_owned = |frames: &Vec<Vec<u8>>| {
+        frames
+            .iter()
+            .filter(|frame| ipv4(frame).is_some_and(|ip| ip.dst_addr().octets() == OWNED_V4))
+            .count()
+    };
+    assert_eq!(
+        to_owned(lab.links[1].log.as_ref().unwrap()),
+        0,
+        "not bridged to the server side"
+    );
+    assert_eq!(
+        to_owned(lab.links[3].log.as_ref().unwrap()),
+        0,
+        "not bridged to the client side"
+    );
+    assert_eq!(lab.engine.splicer().counters().owned_address_dropped, 2);
+
+    let owned = std::net::IpAddr::from(OWNED_V4);
+    let owned_v6: std::net::IpAddr = OWNED_V6.parse().unwrap();
+    let requests = [
+        wire::neighbour::request(SERVER_MAC, SERVER_V4.into(), owned, &[]).unwrap(),
+        wire::neighbour::request(SERVER_MAC, SERVER_V6.parse().unwrap(), owned_v6, &[]).unwrap(),
+    ];
+    for request in &requests {
+        for len in 0..request.len() {
+            lab.server_port.inject(request[..len].to_vec());
+        }
+        for at in 0..request.len() {
+            let mut bent = request.clone();
+            bent[at] ^= 0x5a;
+            lab.server_port.inject(bent);
+        }
+    }
+    while lab.engine.poll(lab.now) > 0 {}
+    lab.server_port.take_transmitted();
+    let answered_before = lab.engine.splicer().counters().neighbour_requests_answered;
+    for request in &requests {
+        lab.server_port.inject(request.clone());
+    }
+    lab.engine.poll(lab.now);
+    assert_eq!(
+        lab.engine.splicer().counters().neighbour_requests_answered,
+        answered_before + 2,
+        "the intact requests are answered"
+    );
+    let answers = lab.server_port.take_transmitted();
+    assert!(
+        answers
+            .iter()
+            .all(|frame| frame[..6] == SERVER_MAC && frame[6..12] == [2, 0, 0, 0, 0, 0x5]),
+        "answered with the server port's MAC"
+    );
 }

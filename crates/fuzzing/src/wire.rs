@@ -1,6 +1,7 @@
 //! The `wire` target: [`wire::classify`] and every view over its result on
-//! arbitrary bytes, the ICMP quote parser and rewriter, and the segment
-//! builder (whose frames must classify back to what was built).
+//! arbitrary bytes, the ICMP quote parser and rewriter, the ARP/neighbour
+//! discovery reader, and the segment builder (whose frames must classify
+//! back to what was built).
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -28,6 +29,24 @@ fn classify_frame(frame: &[u8]) {
     let _ = (header.dst_addr(), header.src_addr(), header.ethertype());
     for tag in header.vlan_tags() {
         let _ = (tag.vlan_id(), tag.priority(), tag.drop_eligible());
+    }
+    let _ = class.ip_destination(frame);
+    if let Some(wire::neighbour::NeighbourMessage::Request {
+        target,
+        asker,
+        asker_mac,
+    }) = wire::neighbour::message(frame, &class)
+    {
+        // An answer to what was read is built, and reads back as one.
+        if let Some(reply) = wire::neighbour::reply([2, 0, 0, 0, 0, 1], target, asker, asker_mac, &[]) {
+            let read = classify(&reply)
+                .ok()
+                .and_then(|class| wire::neighbour::message(&reply, &class));
+            assert!(
+                matches!(read, Some(wire::neighbour::NeighbourMessage::Reply { .. })),
+                "the answer to {target} from {asker} reads back: {read:?}"
+            );
+        }
     }
     let ip = class.ip_range();
     if let Some(ip) = &ip {

@@ -1,6 +1,7 @@
 //! The Ethernet framing a flow's frames are sent with: the MAC pair and the
-//! VLAN tags recorded when the flow was created. The appliance never
-//! resolves addresses itself (no ARP, no neighbour discovery).
+//! VLAN tags recorded when the flow was created: copied from the peer's
+//! frames for transparent flows, resolved by [`crate::neighbour`] for
+//! connections from the appliance's own addresses.
 
 use wire::{EthernetHeader, VlanTag};
 

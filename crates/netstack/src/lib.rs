@@ -5,13 +5,16 @@
 //! the 6-tuple (input port + TCP 5-tuple). It does L2 itself: Ethernet and
 //! VLAN tags are stripped before smoltcp (`Medium::Ip`, AnyIP) sees a packet,
 //! the IP packet is trimmed to its stated length, and each frame it sends
-//! carries the MAC pair and tags recorded for its flow. It never sends ARP
-//! or neighbour discovery. Sans-IO: frames and `now` in, frames and events
+//! carries the MAC pair and tags recorded for its flow. Transparent flows
+//! never resolve addresses; [`neighbour`] answers ARP and neighbour
+//! discovery for the appliance's own addresses and resolves the next hops
+//! of the connections opened from them. Sans-IO: frames and `now` in, frames and events
 //! out.
 #![forbid(unsafe_code)]
 
 mod device;
 mod l2;
+pub mod neighbour;
 mod stack;
 mod timer;
 

@@ -275,6 +275,18 @@ impl FrameClass {
             .is_ok_and(|segment| segment.verify_checksum(&IpAddress::from(flow.src_ip), &IpAddress::from(flow.dst_ip)))
     }
 
+    /// The destination address of an IPv4 or IPv6 packet whose header
+    /// validated (fragments included). `frame` must be the frame this class
+    /// was computed from.
+    pub fn ip_destination(&self, frame: &[u8]) -> Option<IpAddr> {
+        let ip = frame.get(self.ip_range()?)?;
+        match self.l3 {
+            L3Kind::Ipv4 { .. } => Some(IpAddr::V4(Ipv4Packet::new_checked(ip).ok()?.dst_addr())),
+            L3Kind::Ipv6 { .. } => Some(IpAddr::V6(Ipv6Packet::new_checked(ip).ok()?.dst_addr())),
+            _ => None,
+        }
+    }
+
     /// The protocol, addresses and ports of a TCP or UDP packet, the ports
     /// read from the first four bytes of its header even when that header
     /// failed validation or the packet is the first fragment (offset 0) of

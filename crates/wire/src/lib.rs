@@ -1,7 +1,8 @@
 //! The frame layer of tlsgate: checked, zero-copy views over received
 //! Ethernet frames and the classifier the engine runs on every one of them,
-//! [`segment`], the builder of synthetic TCP frames, and [`proxy`], the
-//! PROXY protocol and write-ip headers a terminating service sends its backend.
+//! [`segment`], the builder of synthetic TCP frames, [`proxy`], the PROXY
+//! protocol and write-ip headers a terminating service sends its backend, and
+//! [`neighbour`], ARP and neighbour discovery for the appliance's own addresses.
 //!
 //! Nothing in this crate panics on any input: every length comes from a
 //! checked view (smoltcp's `smoltcp::wire` for ARP, IPv4, IPv6, TCP, UDP and
@@ -17,6 +18,7 @@ pub mod classify;
 mod error;
 pub mod ethernet;
 pub mod icmp;
+pub mod neighbour;
 pub mod proxy;
 pub mod segment;
 
