@@ -11,8 +11,8 @@
 #     show the medians of the per-run values and ratios. Also the rounds of
 #     the 2-worker comparison.
 #   --connections/--rate: connections of the connection workload and the rate
-#     the generator opens them at (default 2000 at 500/s).
-#   --bulk-mb: MB (10^6 B) relayed by the bulk workload (default 1000), over
+#     the generator opens them at (default 1000 at 500/s).
+#   --bulk-mb: MB (10^6 B) relayed by the bulk workload (default 400), over
 #     16 connections.
 #   --quick: a smoke test (1 run, 300 connections, 100 MB, a shorter floor and
 #     a smaller 2-worker comparison).
@@ -38,8 +38,7 @@
 #   bulk: 16 connections each downloading --bulk-mb / 16 (one response each).
 #   CPU around each workload (the generator's whole life): tlsgate's utime +
 #   stime (/proc/PID/stat, all threads), its worker thread's CPU
-#   (/proc/PID/task/TID/schedstat) and busy time (--stats-interval 0.2: polls
-#   that moved frames), the box's CPU, the whole machine's busy CPU
+#   (/proc/PID/task/TID/schedstat), the box's CPU, the whole machine's busy CPU
 #   (/proc/stat) and the other processes' (scripts/bench-compare/othercpu.py).
 # rustls floor, once per run: crates/mitm/examples/tls_floor.rs --json, as
 #   bench-compare.sh runs it (two handshakes per connection, weighted by the
@@ -77,9 +76,9 @@ bench_no_lab=1
 # shellcheck source=scripts/bench-lab.sh
 . "$here/bench-lab.sh"
 
-write_doc=0 keep=0 runs=3 connections=2000 rate=500 bulk_mb=1000 profile=1
+write_doc=0 keep=0 runs=3 connections=1000 rate=500 bulk_mb=400 profile=1
 floor_args=(--rounds 5)
-scaling_conns=1000 scaling_bulk_mb=25
+scaling_conns=1000 scaling_bulk_mb=50
 cmdline="scripts/bench-memif.sh${*:+ $*}"
 while (($#)); do
   case "$1" in
@@ -226,9 +225,7 @@ timeout 60 "$tmp/tlsgate" check --config "$tmp/check-box.toml" >/dev/null
 
 start_variant() {  # variant tag
   appliance_config "$1" "$2" >"$tmp/tlsgate-$2.toml"
-  cur_tag="$2"
-  start_tlsgate "$tmp/tlsgate-$2.toml" "$tmp/tlsgate-$2.log" --report-json "$tmp/report-$2.json" \
-    --stats-interval 0.2
+  start_tlsgate "$tmp/tlsgate-$2.toml" "$tmp/tlsgate-$2.log" --report-json "$tmp/report-$2.json"
   if [[ "$1" == inspect ]]; then
     box_config "$2" >"$tmp/box-$2.toml"
     "$tmp/tlsgate" run --config "$tmp/box-$2.toml" >"$tmp/box-$2.log" 2>&1 &
@@ -261,28 +258,24 @@ worker_cpu() {  # pid
 }
 
 snap() {  # name
-  local box=0 busy
+  local box=0
   [[ -n "$box_pid" ]] && box="$(proc_cpu_seconds "$box_pid")"
-  # The next --stats-interval print, with everything up to now.
-  sleep 0.3
-  read -r busy _ <<<"$(busy_snapshot "$tmp/tlsgate-$cur_tag.log")"
   echo "$(proc_cpu_seconds "$tg_pid") $(worker_cpu "$tg_pid") $box $(date +%s.%N) $(machine_cpu_seconds)" \
-    "${busy:-nan}" >"$tmp/snap-$1"
+    >"$tmp/snap-$1"
   timeout 30 python3 "$here/bench-compare/othercpu.py" snapshot $$ >"$tmp/snap-$1.other" 2>/dev/null ||
     echo '{}' >"$tmp/snap-$1.other"
 }
 
-# Prints "cpu workers box wall machine busy other" between two snapshots
+# Prints "cpu workers box wall machine other" between two snapshots
 # (workers: each worker's CPU seconds, comma-separated).
 snap_delta() {  # name1 name2
   local other
   other="$(timeout 30 python3 "$here/bench-compare/othercpu.py" diff "$tmp/snap-$1.other" "$tmp/snap-$2.other" \
     2>/dev/null)" || other=nan
-  awk -v o="$other" '{ c[NR] = $1; w[NR] = $2; b[NR] = $3; t[NR] = $4; m[NR] = $5; u[NR] = $6 }
+  awk -v o="$other" '{ c[NR] = $1; w[NR] = $2; b[NR] = $3; t[NR] = $4; m[NR] = $5 }
     END { n = split(w[1], w1, ","); split(w[2], w2, ","); ws = (w[1] == "-" ? "-" : "")
       for (i = 1; i <= n && ws != "-"; i++) ws = ws (i > 1 ? "," : "") sprintf("%.3f", w2[i] - w1[i])
-      printf "%.2f %s %.2f %.2f %.2f %.3f %s\n", c[2] - c[1], ws, b[2] - b[1], t[2] - t[1], m[2] - m[1],
-        u[2] - u[1], o }' \
+      printf "%.2f %s %.2f %.2f %.2f %s\n", c[2] - c[1], ws, b[2] - b[1], t[2] - t[1], m[2] - m[1], o }' \
     "$tmp/snap-$1" "$tmp/snap-$2"
 }
 
@@ -321,10 +314,10 @@ workload() {  # what tag octet
     bulk) n="$bulk_conns"; loadgen "$tag" "$3" "$bulk_conns" 100 262144 200 "$bulk_each" ;;
   esac
   snap w1
-  read -r cpu workers box wall machine busy other <<<"$(snap_delta w0 w1)"
+  read -r cpu workers box wall machine other <<<"$(snap_delta w0 w1)"
   local faults
   faults="$(loadgen_faults "$tag" "$n")"
-  echo "load=$what units=$n cpu=$cpu workers=$workers busy=$busy box=$box wall=$wall machine=$machine" \
+  echo "load=$what units=$n cpu=$cpu workers=$workers box=$box wall=$wall machine=$machine" \
     "other=$other lg_faults=${faults:--}"
 }
 
@@ -478,7 +471,7 @@ veth, af_packet or a kernel TCP stack, so tlsgate's CPU is its own work (plus th
 copies, which a NIC's DMA would replace). Every process runs with \`--no-huge\`, its lcores
 free to run on either vCPU (\`--lcores 0@(0-1),...\`). Variants, each on a fresh tlsgate with
 one worker (\`[intercept] tcp_ports = [443], mode = "tls"\`, default \`[tcp]\`, a connection
-log, \`--stats-interval 0.2\`):
+log):
 
 - **1 worker**, no inspection loop.
 - **1 worker + inspection loop**: \`inspect_out\`/\`inspect_in\` are memif servers too, joined by
@@ -502,10 +495,8 @@ Workloads, per variant, each with fresh client addresses (198.19.N.0/24):
    default 4 MiB).
 
 Around each workload (from the generator's start to its end): tlsgate's utime + stime
-(/proc/PID/stat, all threads), its worker thread's CPU (/proc/PID/task/TID/schedstat) and
-**busy time** (from \`--stats-interval\`: the wall time of polls that moved frames, so
-without the idle polls and sleeps between them, but with any time the thread was preempted
-inside such a poll), the box's CPU, the whole machine's busy CPU (/proc/stat), and the
+(/proc/PID/stat, all threads), its worker thread's CPU (/proc/PID/task/TID/schedstat), the
+box's CPU, the whole machine's busy CPU (/proc/stat), and the
 other processes' CPU (scripts/bench-compare/othercpu.py). Per connection and per GB are that CPU divided by the
 connections and by the GB relayed (10^9 plaintext bytes, decrypted once and encrypted once);
 the bulk workload's 16 handshakes are left in (about 1 % of it). Per run, before the
@@ -551,10 +542,11 @@ EOF
   report) and the connection-log writer. The worker does not spin: after 256 empty polls it
   sleeps (up to \`dataplane.idle_sleep_max_us\`, 200 µs). The generator does the same TLS
   work as tlsgate and cannot keep it saturated, so tlsgate's worker idles between bursts,
-  and each sleep and wake-up costs a context switch and a timer: in the process CPU (the
-  conservative figure, on which the verdicts are given), not in the busy time. The gap
-  between the two is that idle cost (and the main thread's). The generator's CPU is in
-  neither (it spins on its own lcore).
+  and each sleep and wake-up costs a context switch and a timer, in its CPU (the profile's
+  \`finish_task_switch\` and \`clock_nanosleep\`, below). tlsgate's worker busy time
+  (polls that moved frames) would leave that out, but it counts the time the thread was
+  preempted inside such polls, which on this shared machine was several times its CPU: it
+  is not used. The generator's CPU is not in tlsgate's (it spins on its own lcore).
 - **The floor** is a lower bound in a warm loop: plain rustls and ring, no TCP, no frames, no
   buffers, no forging, no logging. tlsgate on top of it pays for smoltcp on both legs, the
   frames in and out of the memif rings (allocation, copies), rustls' unbuffered API and its

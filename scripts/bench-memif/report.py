@@ -5,7 +5,7 @@
 
 DIR holds records.kv (one record per run, variant and workload: key=value,
 space-separated; cpu = tlsgate's process CPU s, workers = its worker
-threads' CPU s, comma-separated, busy = its worker's busy s; resumed =
+threads' CPU s, comma-separated; box = the box's CPU s; resumed =
 "resumed/logged" upstream legs of the variant's connection log),
 floor-RUN.json (crates/mitm/examples/tls_floor.rs --json), floor.kv, and
 scaling-{conn,bulk}.json (the last line of the worker_scaling example).
@@ -144,18 +144,18 @@ out = []
 w = out.append
 w(f"Medians of {len(runs)} run(s); each run's values in parentheses, in run order.")
 w("")
-w("| | CPU ms per connection | ÷ handshake floor | CPU s per GB | ÷ AEAD floor | conn/s, MB/s (wall) "
-  "| other processes (cores) |")
-w("|---|---:|---:|---:|---:|---:|---:|")
+w("| | CPU ms per connection | ÷ handshake floor | CPU s per GB | ÷ AEAD floor | worker thread's share "
+  "| conn/s, MB/s (wall) | other processes (cores) |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|")
 w(f"| rustls floor: two handshakes / AES-256-GCM decrypt + encrypt | "
   f"{cells(lambda run: floor_for(run, record(run, 'one', 'conn')), 3)} | 1 | "
-  f"{cells(floor_gb, 3)} | 1 | | |")
+  f"{cells(floor_gb, 3)} | 1 | | | |")
 med = {}
 for v, name in VARIANTS.items():
     if not any(r["variant"] == v for r in records):
         continue
     med[v] = {}
-    for key, label in (("cpu", "process CPU"), ("busy", "worker busy"), ("box", "the box's process CPU")):
+    for key, label in (("cpu", "process CPU"), ("box", "the box's process CPU")):
         if key == "box" and v != "inspect":
             continue
         conn = lambda run: per_unit(record(run, v, "conn"), key)
@@ -164,8 +164,11 @@ for v, name in VARIANTS.items():
         rgb = lambda run: ratio(gb(run), floor_gb(run))
         med[v][key] = {"conn": median([conn(r) for r in runs]), "gb": median([gb(r) for r in runs]),
                        "rconn": median([rconn(r) for r in runs]), "rgb": median([rgb(r) for r in runs])}
-        wall = other = ""
+        wall = other = share = ""
         if key == "cpu":
+            share = ", ".join(
+                fmt(median([ratio(sum(workers_of(record(r, v, what))), num(record(r, v, what)["cpu"]))
+                            for r in runs if record(r, v, what)]) * 100, 0) + " %" for what in ("conn", "bulk"))
             wall = (f"{fmt(median([rate(record(r, v, 'conn')) for r in runs]), 0)}, "
                     f"{fmt(median([rate(record(r, v, 'bulk')) for r in runs]), 0)}")
             other = " / ".join(
@@ -174,7 +177,8 @@ for v, name in VARIANTS.items():
         bold = "**" if key == "cpu" else ""
         # The box is not judged against the floor: it does no TLS.
         rc, rg = ("", "") if key == "box" else (f"{bold}{cells(rconn, 2)}{bold}", f"{bold}{cells(rgb, 2)}{bold}")
-        w(f"| tlsgate, {name}: {label} | {cells(conn, 3)} | {rc} | {cells(gb, 3)} | {rg} | {wall} | {other} |")
+        w(f"| tlsgate, {name}: {label} | {cells(conn, 3)} | {rc} | {cells(gb, 3)} | {rg} | {share} | {wall} "
+          f"| {other} |")
 w("")
 w("Upstream legs resumed (tlsgate's connection log, per run, 1 worker): "
   + ", ".join(f"run {run}: {(record(run, 'one', 'conn') or {}).get('resumed', '-')}" for run in runs)
@@ -216,10 +220,6 @@ targets = [
     ("(the same with the inspection loop, per connection)", "1 worker + loop", insp.get("rconn", NAN),
      TARGET_CONN, False),
     ("(the same with the inspection loop, per GB)", "1 worker + loop", insp.get("rgb", NAN), TARGET_GB, False),
-    ("(the same with the worker's busy time, per connection)", "1 worker",
-     med.get("one", {}).get("busy", {}).get("rconn", NAN), TARGET_CONN, False),
-    ("(the same with the worker's busy time, per GB)", "1 worker",
-     med.get("one", {}).get("busy", {}).get("rgb", NAN), TARGET_GB, False),
     ("2 workers ≥ 1.8 × 1 worker, connections/s", "in memory, CPU time", scale.get("conn", NAN),
      TARGET_SCALING, True),
     ("2 workers ≥ 1.8 × 1 worker, GB/s", "in memory, CPU time", scale.get("bulk", NAN),
@@ -250,13 +250,13 @@ floor_g = median([floor_gb(run) for run in runs])
 panels = [
     ("CPU per intercepted connection", "CPU ms", [
         ("rustls floor", floor_c, "#9e9e9e"), ("1 worker", one.get("conn", NAN), "#2c6fb7"),
-        ("busy", med.get("one", {}).get("busy", {}).get("conn", NAN), "#8db4e2"),
-        ("+ loop", insp.get("conn", NAN), "#5a9e4b")],
+        ("+ loop", insp.get("conn", NAN), "#8db4e2"),
+        ("box", med.get("inspect", {}).get("box", {}).get("conn", NAN), "#5a9e4b")],
      TARGET_CONN * floor_c, "target 1.3 × floor", 2),
     ("CPU per GB relayed", "CPU s", [
         ("AEAD floor", floor_g, "#9e9e9e"), ("1 worker", one.get("gb", NAN), "#2c6fb7"),
-        ("busy", med.get("one", {}).get("busy", {}).get("gb", NAN), "#8db4e2"),
-        ("+ loop", insp.get("gb", NAN), "#5a9e4b")],
+        ("+ loop", insp.get("gb", NAN), "#8db4e2"),
+        ("box", med.get("inspect", {}).get("box", {}).get("gb", NAN), "#5a9e4b")],
      TARGET_GB * floor_g, "target 3 × floor", 2),
     ("2 workers ÷ 1 worker (in memory, CPU)", "ratio", [
         ("conn/s", scale.get("conn", NAN), "#5a9e4b"), ("GB/s", scale.get("bulk", NAN), "#5a9e4b")],
@@ -292,8 +292,8 @@ for i, (title, unit, bars, target, target_label, digits) in enumerate(panels):
         svg.append(f'<text x="{x0 + PW - 22}" y="{ty - 4:.1f}" text-anchor="end" fill="#c0392b">'
                    f'{escape(target_label)}</text>')
 svg.append(f'<text x="10" y="{H - 12}" fill="#444">1 worker: tlsgate\'s process CPU (utime + stime) per unit; '
-           'busy: its worker\'s busy time; + loop: process CPU with the inspection loop; floor: tls_floor, same run; '
-           '2 workers: worker_scaling, busier thread\'s CPU.</text>')
+           '+ loop: the same with the inspection loop; box: the box\'s CPU; floor: tls_floor, same run; '
+           '2 workers: worker_scaling in memory, busier thread\'s CPU.</text>')
 svg.append("</svg>")
 with open(svg_path, "w") as f:
     f.write("\n".join(svg) + "\n")
