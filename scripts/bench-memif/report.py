@@ -263,7 +263,7 @@ panels = [
      TARGET_SCALING, "target 1.8", 2),
 ]
 PW, PH = 340, 260
-W, H = PW * len(panels), PH + 70
+W, H = PW * len(panels), PH + 80
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
        'font-family="DejaVu Sans, Arial, sans-serif" font-size="11">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
@@ -291,9 +291,10 @@ for i, (title, unit, bars, target, target_label, digits) in enumerate(panels):
                    'stroke-dasharray="5,3"/>')
         svg.append(f'<text x="{x0 + PW - 22}" y="{ty - 4:.1f}" text-anchor="end" fill="#c0392b">'
                    f'{escape(target_label)}</text>')
-svg.append(f'<text x="10" y="{H - 12}" fill="#444">1 worker: tlsgate\'s process CPU (utime + stime) per unit; '
-           '+ loop: the same with the inspection loop; box: the box\'s CPU; floor: tls_floor, same run; '
-           '2 workers: worker_scaling in memory, busier thread\'s CPU.</text>')
+svg.append(f'<text x="10" y="{H - 28}" fill="#444">1 worker: tlsgate\'s process CPU (utime + stime) per unit; '
+           '+ loop: the same with the inspection loop; box: the box\'s CPU; floor: tls_floor, same run.</text>')
+svg.append(f'<text x="10" y="{H - 12}" fill="#444">2 workers ÷ 1: worker_scaling in memory, units per CPU second '
+           'of the busier thread.</text>')
 svg.append("</svg>")
 with open(svg_path, "w") as f:
     f.write("\n".join(svg) + "\n")
