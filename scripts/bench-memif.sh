@@ -91,7 +91,7 @@ while (($#)); do
     --no-profile) profile=0 ;;
     --quick) runs=1 connections=300 bulk_mb=100
       floor_args=(--rounds 3 --connections 100 --bytes 100000000) scaling_conns=200 scaling_bulk_mb=5 ;;
-    -h|--help) sed -n '2,60p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench-memif: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
