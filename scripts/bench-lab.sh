@@ -1,6 +1,6 @@
 # scripts/bench-lab.sh — the harness shared by the lab benchmarks (bench-splice.sh,
 # bench-compare.sh, bench-wan.sh, bench-tls.sh, bench-inspect.sh, bench-concurrency.sh,
-# bench-terminate.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
+# bench-terminate.sh, bench-memif.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
 # of lab-env.sh. bench_begin makes $tmp and installs the one cleanup; the helpers use
 # $tg_pid (the tlsgate under test) and $watchdog_pid; the SSLsplit, tls_config and origin
 # helpers also use $origin.
@@ -14,7 +14,9 @@ bench_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # namespaces read it) and an EXIT trap running bench_cleanup. The script may define
 # bench_stop (its own processes and state, stopped first) and bench_drop_large (what
 # is too large to keep when the logs are kept), and set $origin (tests/lab/origin.sh's
-# directory) and $nft_table (SSLsplit's redirection, path (b)).
+# directory) and $nft_table (SSLsplit's redirection, path (b)). A benchmark that uses
+# no namespaces (bench-memif.sh) sets bench_no_lab=1: tlsgate then runs here, and the
+# cleanup leaves the lab's namespaces and interfaces alone.
 bench_begin() {  # name
   tmp="$(mktemp -d "/tmp/$1.XXXXXX")"
   chmod 755 "$tmp"
@@ -32,10 +34,12 @@ bench_cleanup() {
   declare -F bench_stop >/dev/null && bench_stop
   stop_sslsplit
   stop_tlsgate
-  [[ -n "${nft_table:-}" ]] && redirect_down
-  ip -n "$TG_NS_GW" link del br0 2>/dev/null
-  [[ -n "${origin:-}" && -d "${origin:-}" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
-  timeout 60 "$bench_lib_dir/lab-down.sh" >/dev/null 2>&1
+  if ((!${bench_no_lab:-0})); then
+    [[ -n "${nft_table:-}" ]] && redirect_down
+    ip -n "$TG_NS_GW" link del br0 2>/dev/null
+    [[ -n "${origin:-}" && -d "${origin:-}" ]] && timeout 30 "$root/tests/lab/origin.sh" stop "$origin"
+    timeout 60 "$bench_lib_dir/lab-down.sh" >/dev/null 2>&1
+  fi
   ((made_netns_etc)) && rm -rf "$netns_etc"
   [[ -n "$watchdog_pid" ]] && kill "$watchdog_pid" 2>/dev/null
   if ((rc || keep)) && [[ -d "$tmp" ]]; then
@@ -74,12 +78,17 @@ bench_client_hosts() {  # [name]
 
 # Stops the tlsgate under test: SIGINT, then SIGKILL after 20 s.
 stop_tlsgate() {
-  [[ -n "$tg_pid" ]] || return 0
-  kill -INT "$tg_pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$tg_pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$tg_pid" 2>/dev/null || true
-  wait "$tg_pid" 2>/dev/null || true
+  stop_interrupted "$tg_pid"
   tg_pid=""
+}
+
+# Stops a child process (nothing when PID is empty): SIGINT, then SIGKILL after 20 s.
+stop_interrupted() {  # pid
+  [[ -n "$1" ]] || return 0
+  kill -INT "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # Stops the tlsgate under test; its --report-json file must have been written.
@@ -167,19 +176,27 @@ bench_install_missing() {
       timeout 600 apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
 }
 
-# Starts the tlsgate under test in the gw namespace ($tg_pid) and waits up to
-# 30 s for "tlsgate: running"; extra arguments go to `tlsgate run`.
+# Starts the tlsgate under test in the gw namespace (here with bench_no_lab=1)
+# ($tg_pid) and waits up to 30 s for "tlsgate: running"; extra arguments go to
+# `tlsgate run`.
 start_tlsgate() {  # config log [run arguments...]
-  local config="$1" tglog="$2"
+  local config="$1" tglog="$2" in_gw=(ip netns exec "$TG_NS_GW")
   shift 2
-  ip netns exec "$TG_NS_GW" "$tmp/tlsgate" run --config "$config" "$@" >"$tglog" 2>&1 &
+  ((${bench_no_lab:-0})) && in_gw=()
+  "${in_gw[@]}" "$tmp/tlsgate" run --config "$config" "$@" >"$tglog" 2>&1 &
   tg_pid=$!
+  wait_tlsgate_running "$tglog" "$tg_pid"
+}
+
+# Waits up to 30 s for "tlsgate: running" in a tlsgate's log while it lives;
+# exits when it does not come.
+wait_tlsgate_running() {  # log pid
   for _ in $(seq 150); do
-    grep -q '^tlsgate: running' "$tglog" && break
-    kill -0 "$tg_pid" 2>/dev/null || break
+    grep -q '^tlsgate: running' "$1" && return 0
+    kill -0 "$2" 2>/dev/null || break
     sleep 0.2
   done
-  grep -q '^tlsgate: running' "$tglog" || { log "tlsgate did not start:"; cat "$tglog" >&2; exit 1; }
+  log "tlsgate did not start:"; cat "$1" >&2; exit 1
 }
 
 # The worker's cumulative "busy S s, idle S s" from the latest --stats-interval print.
