@@ -249,7 +249,13 @@ fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
     let (status, report, printed) = appliance.stop();
     assert!(status.success(), "{printed}");
     let tcp = &report["tcp"];
-    assert_eq!(tcp["sessions_opened"], 100, "every connection was spliced: {report}");
+    // Every connection was spliced; under load a client may retry one whose
+    // server leg the appliance gave up connecting (`server_timed_out`).
+    assert_eq!(
+        tcp["sessions_opened"].as_u64().unwrap(),
+        100 + tcp["server_timed_out"].as_u64().unwrap(),
+        "every connection was spliced: {report}"
+    );
     assert_eq!(tcp["flows_live"], 0, "no flow leaked: {report}");
     assert_eq!(tcp["sessions_live"], 0, "no session leaked: {report}");
     assert_eq!(tcp["flows_created"], tcp["flows_freed"], "{report}");
