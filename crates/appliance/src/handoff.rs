@@ -106,6 +106,14 @@ impl LegDirectory {
         self.remote_port(leg).fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// How many legs are registered, over all workers and ports.
+    fn registered(&self) -> u64 {
+        self.remote_ports
+            .iter()
+            .map(|count| u64::from(count.load(Ordering::Relaxed)))
+            .sum()
+    }
+
     /// The worker holding `leg`, if it is registered.
     pub fn owner(&self, leg: &FlowTuple) -> Option<usize> {
         if self.remote_port(leg).load(Ordering::Relaxed) == 0 {
@@ -185,6 +193,12 @@ impl WorkerHandoff {
     /// and port → remote end, as the appliance connected it).
     pub fn owner_elsewhere(&self, leg: &FlowTuple) -> Option<usize> {
         self.directory.owner(leg).filter(|&owner| owner != self.worker)
+    }
+
+    /// How many legs all workers have registered now (each ends with its
+    /// session): a count that grows without end is a leak.
+    pub fn registered_legs(&self) -> u64 {
+        self.directory.registered()
     }
 
     /// Copies `frame` into `owner`'s inbox.
