@@ -206,7 +206,13 @@ fn two_workers_upgrade_100_parallel_requests_whose_moved_legs_are_handed_between
     let appliance = Appliance::start(&lab, &scratch, &config);
     let downloads = scratch.path("parallel");
     std::fs::create_dir_all(&downloads).expect("downloads directory");
-    let path = |index: usize| if index % 5 == 0 { "file.bin" } else { "index.html" };
+    let path = |index: usize| {
+        if index.is_multiple_of(5) {
+            "file.bin"
+        } else {
+            "index.html"
+        }
+    };
     let mut args: Vec<String> = ["-sS", "--max-time", "120", "--parallel", "--parallel-immediate"]
         .map(str::to_owned)
         .to_vec();

@@ -242,6 +242,7 @@ mod tests {
         // Twice on one worker (a reused client port while the old leg
         // lingers): held until both ended.
         zero.registry().register(&leg(40_000, 8080));
+        assert_eq!(one.registered_legs(), 2, "counted once per session");
         zero.registry().unregister(&leg(40_000, 8080));
         assert_eq!(one.owner_elsewhere(&leg(40_000, 8080)), Some(0));
         zero.registry().unregister(&leg(40_000, 8080));
@@ -252,6 +253,7 @@ mod tests {
         assert_eq!(zero.owner_elsewhere(&leg(40_002, 8080)), Some(1));
         one.registry().unregister(&leg(40_002, 8080));
         assert_eq!(zero.owner_elsewhere(&leg(40_002, 8080)), None);
+        assert_eq!(zero.registered_legs(), 0);
         assert!(
             zero.directory
                 .remote_ports
