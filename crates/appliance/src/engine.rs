@@ -457,6 +457,11 @@ impl<P: Port> Engine<P> {
         &self.splicer
     }
 
+    /// Its end of the workers' hand-off, when there are several.
+    pub fn handoff(&self) -> Option<&WorkerHandoff> {
+        self.handoff.as_ref()
+    }
+
     /// Receives one burst on `from`: intercepted TCP goes to the stack, the
     /// rest out of the other port.
     fn forward(&mut self, from: Side, now: Instant) -> usize {

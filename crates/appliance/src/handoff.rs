@@ -106,6 +106,14 @@ impl LegDirectory {
         self.remote_port(leg).fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// How many legs are registered, over all workers and ports.
+    fn registered(&self) -> u64 {
+        self.remote_ports
+            .iter()
+            .map(|count| u64::from(count.load(Ordering::Relaxed)))
+            .sum()
+    }
+
     /// The worker holding `leg`, if it is registered.
     pub fn owner(&self, leg: &FlowTuple) -> Option<usize> {
         if self.remote_port(leg).load(Ordering::Relaxed) == 0 {
@@ -187,6 +195,12 @@ impl WorkerHandoff {
         self.directory.owner(leg).filter(|&owner| owner != self.worker)
     }
 
+    /// How many legs all workers have registered now (each ends with its
+    /// session): a count that grows without end is a leak.
+    pub fn registered_legs(&self) -> u64 {
+        self.directory.registered()
+    }
+
     /// Copies `frame` into `owner`'s inbox.
     pub fn hand(&self, owner: usize, frame: &[u8]) -> Result<(), HandoffError> {
         let inbox = self.inboxes.get(owner).ok_or(HandoffError::NoOwner)?;
@@ -228,6 +242,7 @@ mod tests {
         // Twice on one worker (a reused client port while the old leg
         // lingers): held until both ended.
         zero.registry().register(&leg(40_000, 8080));
+        assert_eq!(one.registered_legs(), 2, "counted once per session");
         zero.registry().unregister(&leg(40_000, 8080));
         assert_eq!(one.owner_elsewhere(&leg(40_000, 8080)), Some(0));
         zero.registry().unregister(&leg(40_000, 8080));
@@ -238,6 +253,7 @@ mod tests {
         assert_eq!(zero.owner_elsewhere(&leg(40_002, 8080)), Some(1));
         one.registry().unregister(&leg(40_002, 8080));
         assert_eq!(zero.owner_elsewhere(&leg(40_002, 8080)), None);
+        assert_eq!(zero.registered_legs(), 0);
         assert!(
             zero.directory
                 .remote_ports

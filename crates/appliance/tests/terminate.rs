@@ -546,36 +546,12 @@ fn an_unreachable_backend_costs_the_client_a_reset_and_a_record() {
 // the backend's: the flow hash may give its frames to the other worker,
 // which hands them to the one holding the connection.
 
-/// The worker (of two) the steering gives the frames between `a` and `b`.
-fn worker_between(a: SocketAddr, b: SocketAddr) -> usize {
-    let mut frame = Vec::new();
-    wire::TcpSegment {
-        src_mac: CLIENT_MAC,
-        dst_mac: SERVER_MAC,
-        src: a,
-        dst: b,
-        seq: 1,
-        ack: None,
-        control: wire::SegmentControl::Syn,
-        window: 64_240,
-        payload: &[],
-    }
-    .write(&mut frame)
-    .unwrap();
-    appliance::distribution::worker_for(&frame, 2)
-}
-
 /// A client port from `first` on whose connection to the service lands on
 /// `worker`, and (with `split`) whose backend leg to `backend` hashes to
 /// the other worker.
 fn client_port_on(worker: usize, backend: SocketAddr, split: bool, first: u16) -> u16 {
     let service = SocketAddr::from((SERVER_V4, 443));
-    (first..)
-        .find(|&port| {
-            let client = SocketAddr::from((CLIENT_V4, port));
-            worker_between(client, service) == worker && (!split || worker_between(client, backend) != worker)
-        })
-        .unwrap()
+    harness::workers::client_port_on(worker, service, split.then_some(backend), first)
 }
 
 /// Two workers terminating `services`.

@@ -15,11 +15,13 @@ use std::io::Write;
 use std::sync::Arc;
 
 use appliance::config::InspectFailure;
+use appliance::engine::{InterceptPolicy, Side};
 use appliance::policy::{Action, Policy, PolicyRules, RuleConfig};
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
-use harness::tls::{drive, interception, origin, provider, Scratch};
-use harness::{close_both, exchange, policy, v4, BoxMode, Lab, CLIENT_V4, SERVER_V4};
+use harness::tls::{drive, interception, interceptions, origin, provider, Scratch};
+use harness::workers::{client_port_on, Workers};
+use harness::{close_both, exchange, policy, v4, BoxMode, Host, Lab, CLIENT_V4, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 use smoltcp::iface::SocketHandle;
@@ -50,6 +52,45 @@ fn rules() -> Vec<RuleConfig> {
     ]
 }
 
+/// Ports 80 and 443 intercepted under [`rules`].
+fn converting() -> InterceptPolicy {
+    let mut converting = policy(&[80, 443]);
+    converting.rules = Policy::new(&PolicyRules::from(rules()), Arc::default(), false).unwrap();
+    converting
+}
+
+/// The client and the server host of the one-worker and the several-worker
+/// lab, so that the exchanges below run on either.
+trait Hosts {
+    fn client(&mut self) -> &mut Host;
+    fn server(&mut self) -> &mut Host;
+    fn run_until(&mut self, limit_ms: u64, done: impl FnMut(&mut Self) -> bool) -> bool;
+}
+
+impl Hosts for Lab {
+    fn client(&mut self) -> &mut Host {
+        &mut self.client
+    }
+    fn server(&mut self) -> &mut Host {
+        &mut self.server
+    }
+    fn run_until(&mut self, limit_ms: u64, done: impl FnMut(&mut Self) -> bool) -> bool {
+        Lab::run_until(self, limit_ms, done)
+    }
+}
+
+impl Hosts for Workers {
+    fn client(&mut self) -> &mut Host {
+        &mut self.client
+    }
+    fn server(&mut self) -> &mut Host {
+        &mut self.server
+    }
+    fn run_until(&mut self, limit_ms: u64, done: impl FnMut(&mut Self) -> bool) -> bool {
+        Workers::run_until(self, limit_ms, done)
+    }
+}
+
 struct Setup {
     lab: Lab,
     /// The appliance's CA (a downgraded client trusts it).
@@ -74,8 +115,7 @@ fn setup_inspected(name: &str, trusted: bool, inspection: Option<BoxMode>) -> Se
     let (context, ca) = interception(&scratch, &trust);
     let log = LogFile::open(scratch.0.join("connections.log"));
     let connection_log = Arc::clone(&log.log);
-    let mut converting = policy(&[80, 443]);
-    converting.rules = Policy::new(&PolicyRules::from(rules()), Arc::default(), false).unwrap();
+    let converting = converting();
     let finish = |engine: appliance::engine::Engine<_>| engine.with_tls(context).with_connection_log(connection_log);
     let lab = match inspection {
         Some(mode) => {
@@ -112,25 +152,25 @@ fn only_record(lab: &mut Lab, log: &LogFile) -> serde_json::Value {
 /// Returns the client's and the origin's sockets, the origin's TLS, and
 /// what the client received.
 fn upgraded_exchange(
-    lab: &mut Lab,
+    lab: &mut impl Hosts,
     origin: Arc<rustls::ServerConfig>,
     local_port: u16,
 ) -> (SocketHandle, SocketHandle, ServerConnection, Vec<u8>) {
-    let listener = lab.server.listen(443, 64 * 1024);
-    let client = lab.client.connect(v4(SERVER_V4, 80), local_port, 64 * 1024);
+    let listener = lab.server().listen(443, 64 * 1024);
+    let client = lab.client().connect(v4(SERVER_V4, 80), local_port, 64 * 1024);
     let mut server = ServerConnection::new(origin).unwrap();
     let (mut to_server, mut at_client, mut at_server) = (REQUEST, Vec::new(), Vec::new());
     let mut answered = false;
     let done = lab.run_until(10_000, |lab| {
         let mut nothing: &[u8] = &[];
-        let up = if lab.client.tcp(client).state() == State::Established {
+        let up = if lab.client().tcp(client).state() == State::Established {
             &mut to_server
         } else {
             &mut nothing
         };
-        exchange(&mut lab.client, client, up, &mut at_client);
-        if lab.server.tcp(listener).state() == State::Established {
-            drive(&mut lab.server, listener, &mut server, &mut at_server);
+        exchange(lab.client(), client, up, &mut at_client);
+        if lab.server().tcp(listener).state() == State::Established {
+            drive(lab.server(), listener, &mut server, &mut at_server);
         }
         if at_server == REQUEST && !answered {
             answered = true;
@@ -232,13 +272,13 @@ fn an_upgraded_client_is_reset_and_its_plaintext_kept_from_an_origin_whose_certi
 /// answers [`RESPONSE`] once the request arrived. Returns the client's and
 /// the server's sockets and the client's TLS.
 fn downgraded_exchange(
-    lab: &mut Lab,
+    lab: &mut impl Hosts,
     ca: &CertificateDer<'static>,
     name: ServerName<'static>,
     local_port: u16,
 ) -> (SocketHandle, SocketHandle, ClientConnection) {
-    let listener = lab.server.listen(8080, 64 * 1024);
-    let client = lab.client.connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
+    let listener = lab.server().listen(8080, 64 * 1024);
+    let client = lab.client().connect(v4(SERVER_V4, 443), local_port, 64 * 1024);
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let config = ClientConfig::builder_with_provider(provider())
@@ -250,8 +290,8 @@ fn downgraded_exchange(
     tls.writer().write_all(REQUEST).unwrap();
     let (mut to_client, mut at_client, mut at_server) = (RESPONSE, Vec::new(), Vec::new());
     let done = lab.run_until(10_000, |lab| {
-        if lab.client.tcp(client).state() == State::Established {
-            drive(&mut lab.client, client, &mut tls, &mut at_client);
+        if lab.client().tcp(client).state() == State::Established {
+            drive(lab.client(), client, &mut tls, &mut at_client);
         }
         let mut nothing: &[u8] = &[];
         let down = if at_server == REQUEST {
@@ -259,7 +299,7 @@ fn downgraded_exchange(
         } else {
             &mut nothing
         };
-        exchange(&mut lab.server, listener, down, &mut at_server);
+        exchange(lab.server(), listener, down, &mut at_server);
         at_client == RESPONSE
     });
     assert!(done, "exchange: {} request bytes at the server", at_server.len());
@@ -341,4 +381,156 @@ fn an_upgraded_client_whose_moved_server_leg_is_unreachable_is_reset_not_left_wa
     assert!(lab.run_until(10_000, |_| log.records().len() == 2));
     let record = &log.records()[1];
     assert_eq!(record["ended"], "server unreachable (ICMP) on port 443", "{record}");
+}
+
+// Two workers. The moved server leg goes from the client's address and port
+// to another port of the server: the flow hash may give its frames to the
+// other worker, which hands them to the one holding the connection.
+
+/// Two workers converting under [`rules`], one CA between them, and the
+/// origin; the log and scratch as [`Setup`]'s.
+fn two_workers(
+    name: &str,
+) -> (
+    Workers,
+    CertificateDer<'static>,
+    Arc<rustls::ServerConfig>,
+    LogFile,
+    Scratch,
+) {
+    let scratch = Scratch::new(name);
+    let (origin, origin_ca) = origin();
+    let (contexts, ca) = interceptions(&scratch, &origin_ca, 2);
+    let log = LogFile::open(scratch.0.join("connections.log"));
+    let mut contexts = contexts.into_iter();
+    let lab = Workers::new(2, &converting(), |_, engine| {
+        engine
+            .with_tls(contexts.next().unwrap())
+            .with_connection_log(Arc::clone(&log.log))
+    });
+    (lab, ca, origin, log, scratch)
+}
+
+/// Runs until every worker's flows and registered legs are gone.
+fn assert_all_gone(lab: &mut Workers) {
+    let gone = lab.run_until(30_000, |lab| {
+        lab.workers.iter().all(|worker| {
+            worker.engine.stack().live_flows() == 0 && worker.engine.splicer().counters().sessions_live == 0
+        })
+    });
+    assert!(gone, "flows or sessions left");
+    for worker in &lab.workers {
+        assert_eq!(
+            worker.engine.handoff().unwrap().registered_legs(),
+            0,
+            "every moved leg's registration ended with its session"
+        );
+    }
+}
+
+#[test]
+fn with_two_workers_a_moved_server_legs_frames_hashed_to_the_other_worker_are_handed_to_its_own() {
+    let (mut lab, ca, origin, log, _scratch) = two_workers("updown-two-workers");
+    let server = |port| std::net::SocketAddr::from((SERVER_V4, port));
+    for worker in [0, 1] {
+        // Upgraded: the client on port 80, its server leg moved to 443.
+        let before = lab.totals(1 - worker, Side::Server).handed_off;
+        let local_port = client_port_on(worker, server(80), Some(server(443)), 46_100);
+        let (client, listener, mut tls, at_client) = upgraded_exchange(&mut lab, Arc::clone(&origin), local_port);
+        assert_eq!(at_client, RESPONSE, "the response byte-exact");
+        assert_eq!(
+            lab.server.tcp(listener).remote_endpoint().unwrap().port,
+            local_port,
+            "from the client's port"
+        );
+        assert!(
+            lab.totals(1 - worker, Side::Server).handed_off > before,
+            "the origin's frames reached worker {} and were handed over",
+            1 - worker
+        );
+        tls.send_close_notify();
+        drive(&mut lab.server, listener, &mut tls, &mut Vec::new());
+        lab.client.tcp(client).close();
+        lab.server.tcp(listener).close();
+
+        // Downgraded: the TLS client on 443, its server leg moved to 8080.
+        let before = lab.totals(1 - worker, Side::Server).handed_off;
+        let local_port = client_port_on(worker, server(443), Some(server(8080)), 46_300);
+        let name = ServerName::try_from("plain.test").unwrap();
+        let (client, listener, mut tls) = downgraded_exchange(&mut lab, &ca, name, local_port);
+        assert!(
+            lab.totals(1 - worker, Side::Server).handed_off > before,
+            "the plain server's frames reached worker {} and were handed over",
+            1 - worker
+        );
+        tls.send_close_notify();
+        drive(&mut lab.client, client, &mut tls, &mut Vec::new());
+        lab.client.tcp(client).close();
+        lab.server.tcp(listener).close();
+        assert_all_gone(&mut lab);
+
+        // The worker that got the client's SYNs held both connections.
+        let holder = lab.workers[worker].engine.splicer().counters();
+        assert_eq!(
+            (holder.upgraded, holder.downgraded, holder.conversion_failed),
+            (1, 1, 0)
+        );
+    }
+    let records = log.records();
+    let ends: Vec<_> = records
+        .iter()
+        .map(|record| (record["decision"].as_str().unwrap(), record["ended"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ends, [("upgrade", "closed"), ("downgrade", "closed")].repeat(2));
+    // Every frame received on the server port, summed over the workers, was
+    // bridged, taken by a stack or dropped; none was dropped.
+    let totals = lab.summed(Side::Server);
+    assert_eq!(
+        totals.rx,
+        totals.bridged + totals.intercepted + totals.dropped,
+        "{totals:?}"
+    );
+    assert_eq!((totals.dropped, totals.handoff_dropped), (0, 0), "{totals:?}");
+}
+
+/// The ICMP error about a moved leg's SYN hashes by the leg it quotes, so
+/// it may reach the other worker: handed over, it resets the client (which
+/// never used the quoted port) on the worker holding the connection, and
+/// goes no further.
+#[test]
+fn with_two_workers_an_unreachable_error_about_a_moved_leg_on_the_other_worker_resets_the_client() {
+    let (mut lab, _ca, origin, log, _scratch) = two_workers("updown-two-workers-unreachable");
+    let server = |port| std::net::SocketAddr::from((SERVER_V4, port));
+    // A first connection: the hosts learn each other's MAC.
+    let (client, listener, _, _) = upgraded_exchange(&mut lab, origin, 46_500);
+    lab.client.tcp(client).close();
+    lab.server.tcp(listener).close();
+    assert_all_gone(&mut lab);
+    lab.server_unreachable = true;
+    for (round, worker) in [0, 1].into_iter().enumerate() {
+        let local_port = client_port_on(worker, server(80), Some(server(443)), 46_600);
+        let handed_before = lab.totals(1 - worker, Side::Server).handed_off;
+        let to_client_before = lab.totals(1 - worker, Side::Client).tx;
+        let client = lab.client.connect(v4(SERVER_V4, 80), local_port, 4096);
+        assert!(
+            lab.run_until(500, |lab| lab.client.tcp(client).state() == State::Closed),
+            "the client was reset at once: {:?}",
+            lab.client.tcp(client).state()
+        );
+        assert_eq!(lab.workers[worker].engine.splicer().counters().server_unreachable, 1);
+        assert_eq!(
+            lab.totals(1 - worker, Side::Server).handed_off,
+            handed_before + 1,
+            "the ICMP error"
+        );
+        assert_eq!(
+            lab.totals(1 - worker, Side::Client).tx,
+            to_client_before,
+            "nothing went on to the client"
+        );
+        assert!(lab.run_until(10_000, |_| log.records().len() == round + 2));
+        let record = &log.records()[round + 1];
+        assert_eq!(record["ended"], "server unreachable (ICMP) on port 443", "{record}");
+        assert_all_gone(&mut lab);
+    }
 }

@@ -74,23 +74,31 @@ pub fn origin_for(
 
 /// The appliance's TLS context trusting `origin_ca`, and its CA certificate.
 pub fn interception(scratch: &Scratch, origin_ca: &str) -> (TlsContext, CertificateDer<'static>) {
+    let (mut contexts, ca) = interceptions(scratch, origin_ca, 1);
+    (contexts.remove(0), ca)
+}
+
+/// [`interception`] for `workers` workers: a context each, forging with
+/// one CA (as the data plane's workers load the same files).
+pub fn interceptions(scratch: &Scratch, origin_ca: &str, workers: usize) -> (Vec<TlsContext>, CertificateDer<'static>) {
     let bundle = scratch.0.join("trust.pem");
     std::fs::write(&bundle, origin_ca).unwrap();
     let ca = CertificateAuthority::generate("tlsgate test CA", 1, time::OffsetDateTime::now_utc()).unwrap();
-    let ca_der = ca.cert_der().clone();
-    let forger = Forger::new(ca, None, 16).unwrap();
-    let trust = UpstreamTrust::from_bundle(&bundle).unwrap();
-    (
-        TlsContext::new(
-            forger,
-            trust,
-            InvalidUpstream::Mirror,
-            None,
-            mitm::WallClock::new(time::OffsetDateTime::now_utc()),
-        )
-        .unwrap(),
-        ca_der,
-    )
+    let (cert, key) = ca.write(&scratch.0.join("ca")).unwrap();
+    let contexts = (0..workers)
+        .map(|_| {
+            let forger = Forger::new(CertificateAuthority::load(&cert, &key).unwrap(), None, 16).unwrap();
+            TlsContext::new(
+                forger,
+                UpstreamTrust::from_bundle(&bundle).unwrap(),
+                InvalidUpstream::Mirror,
+                None,
+                mitm::WallClock::new(time::OffsetDateTime::now_utc()),
+            )
+            .unwrap()
+        })
+        .collect();
+    (contexts, ca.cert_der().clone())
 }
 
 pub fn client_tls(ca: &CertificateDer<'static>) -> ClientConnection {

@@ -6,6 +6,8 @@
 //! connection's frames stay on one worker, a leg to other endpoints may hash
 //! to another).
 
+use std::net::SocketAddr;
+
 use appliance::counters::PortTotals;
 use appliance::distribution::worker_for;
 use appliance::engine::{Engine, EngineStats, InterceptPolicy, Side};
@@ -14,6 +16,39 @@ use netstack::Instant;
 use port::{MemPort, MemPortControl};
 
 use super::{icmp_host_unreachable, start, Host, CLIENT_MAC, CLIENT_V4, CLIENT_V6, SERVER_MAC, SERVER_V4, SERVER_V6};
+
+/// The worker (of two) the steering gives the frames between `a` and `b`.
+pub fn worker_between(a: SocketAddr, b: SocketAddr) -> usize {
+    let mut frame = Vec::new();
+    wire::TcpSegment {
+        src_mac: CLIENT_MAC,
+        dst_mac: SERVER_MAC,
+        src: a,
+        dst: b,
+        seq: 1,
+        ack: None,
+        control: wire::SegmentControl::Syn,
+        window: 64_240,
+        payload: &[],
+    }
+    .write(&mut frame)
+    .unwrap();
+    worker_for(&frame, 2)
+}
+
+/// A client port from `first` on whose connection to `to` lands on
+/// `worker` (of two), and whose leg to `moved_to` (a server leg the
+/// appliance opens from the client's address and port to other endpoints),
+/// when given, hashes to the other worker.
+pub fn client_port_on(worker: usize, to: SocketAddr, moved_to: Option<SocketAddr>, first: u16) -> u16 {
+    (first..)
+        .find(|&port| {
+            let client = SocketAddr::from((CLIENT_V4, port));
+            worker_between(client, to) == worker
+                && moved_to.is_none_or(|moved_to| worker_between(client, moved_to) != worker)
+        })
+        .unwrap()
+}
 
 /// One worker: its engine, the wire ends of its client and server ports,
 /// and its counters.
