@@ -297,7 +297,7 @@ section="$tmp/section.md"
   cat <<EOF
 ## STARTTLS: intercepted SMTP sessions per second against direct (issue 15)
 
-Reproduce (root): \`$cmdline\` (about 5 minutes; own namespaces tgx-cli/tgx-gw/tgx-srv/tgx-box,
+Reproduce (root): \`$cmdline\` (about 7 minutes; own namespaces tgx-cli/tgx-gw/tgx-srv/tgx-box,
 so it can run beside the default lab; \`--quick\` is a one-run smoke test). Machine: $(nproc) vCPU
 ${cpu:-unknown CPU}${hyper:+ ($hyper guest)}, Linux $(uname -r), run on $(date -u +%Y-%m-%d) at
 commit ${commit:-?}. Postfix $(version_of postfix), Python $(python3 -c 'import platform; print(platform.python_version())')
@@ -347,6 +347,15 @@ Postfix daemon in tgx-srv, with its reaped children), and the driver's own (getr
 EOF
   cat "$table"
   cat <<'EOF'
+
+Interpretation: "b ÷ a" is what intercepting STARTTLS costs in completed sessions per second
+here, "CPU per session" where it goes. Interception adds to tlsgate's worker both TLS legs
+(a rustls server handshake with the forged certificate, a client handshake verifying Postfix's
+chain) and the SMTP watcher on the preamble; Postfix's CPU per session stays about the same in
+all paths (its side of the session does not change), and so does the client's. None of the
+three saturates a vCPU on its own (the client's share is in the table; Postfix's is its CPU per
+session × sessions/s); the rate is set by the two shared vCPUs as a whole, so an intercepted
+session's extra worker time shows up only partly as a lower rate.
 
 ### Caveats
 
