@@ -102,10 +102,6 @@ origin="$tmp/origin"
 boxdir="$tmp/box-e"
 bulk_bytes=$((bulk_mb * 1000000))
 
-box_bridge_down() {
-  ip -n "$TG_NS_BOX" link del br0 2>/dev/null || true
-}
-
 # The boxes of (d) and (e).
 bench_stop() {
   stop_tlsgate
@@ -145,30 +141,6 @@ grep -q 'inspection' "$tmp/check-d.out" ||
   { log "tlsgate check of the inspection config does not mention the inspection ports:"; cat "$tmp/check-d.out" >&2; exit 1; }
 
 # --- paths ------------------------------------------------------------------------
-
-# The box of (d): a bare bridge in the box namespace, as inspect-box.sh builds it.
-box_bridge_up() {
-  local ifc
-  ip netns exec "$TG_NS_BOX" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
-  ip -n "$TG_NS_BOX" link add name br0 type bridge stp_state 0 forward_delay 0 \
-     mcast_snooping 0 mcast_querier 0
-  ip -n "$TG_NS_BOX" link set dev br0 type bridge \
-     nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0 2>/dev/null || true
-  ip netns exec "$TG_NS_BOX" sysctl -qw net.ipv6.conf.br0.disable_ipv6=1
-  tg_offloads_off "$TG_NS_BOX" br0
-  ip -n "$TG_NS_BOX" link set dev br0 up
-  for ifc in "$TG_BOXO_IF" "$TG_BOXI_IF"; do
-    ip -n "$TG_NS_BOX" link set dev "$ifc" master br0
-    ip -n "$TG_NS_BOX" link set dev "$ifc" up
-  done
-  for _ in $(seq 100); do
-    bridge -n "$TG_NS_BOX" link show dev "$TG_BOXO_IF" | grep -q 'state forwarding' &&
-      bridge -n "$TG_NS_BOX" link show dev "$TG_BOXI_IF" | grep -q 'state forwarding' && return 0
-    sleep 0.05
-  done
-  log "box bridge ports did not reach the forwarding state"
-  exit 1
-}
 
 active_opens() { tcp_counter "$TG_NS_CLI" ActiveOpens; }
 # RSTs sent by the client and by the server namespace so far: "client server".

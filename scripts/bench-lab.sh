@@ -1,6 +1,6 @@
 # scripts/bench-lab.sh — the harness shared by the lab benchmarks (bench-splice.sh,
 # bench-compare.sh, bench-wan.sh, bench-tls.sh, bench-inspect.sh, bench-concurrency.sh,
-# bench-terminate.sh, bench-memif.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
+# bench-terminate.sh, bench-memif.sh, bench-starttls.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
 # of lab-env.sh. bench_begin makes $tmp and installs the one cleanup; the helpers use
 # $tg_pid (the tlsgate under test) and $watchdog_pid; the SSLsplit, tls_config and origin
 # helpers also use $origin.
@@ -301,6 +301,37 @@ ns_pids_named() {  # namespace name
     [[ "$(cat "/proc/$p/comm" 2>/dev/null)" == "$2" ]] && echo "$p"
   done
   return 0
+}
+
+# --- the inspection box as a bare bridge (bench-inspect.sh's (d), bench-starttls.sh's (c)) ---
+# br0 in the box namespace joining boxo0 and boxi0 with the settings of
+# `inspect-box.sh bridge` (STP off, forward delay 0, no multicast snooping or
+# querier, no netfilter, IPv6 off, offloads off) but without any recorder.
+box_bridge_up() {
+  local ifc
+  ip netns exec "$TG_NS_BOX" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$TG_NS_BOX" link add name br0 type bridge stp_state 0 forward_delay 0 \
+     mcast_snooping 0 mcast_querier 0
+  ip -n "$TG_NS_BOX" link set dev br0 type bridge \
+     nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0 2>/dev/null || true
+  ip netns exec "$TG_NS_BOX" sysctl -qw net.ipv6.conf.br0.disable_ipv6=1
+  tg_offloads_off "$TG_NS_BOX" br0
+  ip -n "$TG_NS_BOX" link set dev br0 up
+  for ifc in "$TG_BOXO_IF" "$TG_BOXI_IF"; do
+    ip -n "$TG_NS_BOX" link set dev "$ifc" master br0
+    ip -n "$TG_NS_BOX" link set dev "$ifc" up
+  done
+  for _ in $(seq 100); do
+    bridge -n "$TG_NS_BOX" link show dev "$TG_BOXO_IF" | grep -q 'state forwarding' &&
+      bridge -n "$TG_NS_BOX" link show dev "$TG_BOXI_IF" | grep -q 'state forwarding' && return 0
+    sleep 0.05
+  done
+  log "box bridge ports did not reach the forwarding state"
+  exit 1
+}
+
+box_bridge_down() {
+  ip -n "$TG_NS_BOX" link del br0 2>/dev/null || true
 }
 
 # --- SSLsplit, transparent and inline (bench-compare.sh's path (b), bench-wan.sh) ---
