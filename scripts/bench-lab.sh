@@ -1,9 +1,9 @@
 # scripts/bench-lab.sh — the harness shared by the lab benchmarks (bench-splice.sh,
 # bench-compare.sh, bench-wan.sh, bench-tls.sh, bench-inspect.sh, bench-concurrency.sh,
-# bench-terminate.sh, bench-memif.sh, bench-starttls.sh); sourced, not run. Expects log(), $root, $keep and the lab variables
-# of lab-env.sh. bench_begin makes $tmp and installs the one cleanup; the helpers use
-# $tg_pid (the tlsgate under test) and $watchdog_pid; the SSLsplit, tls_config and origin
-# helpers also use $origin.
+# bench-terminate.sh, bench-memif.sh, bench-starttls.sh, bench-drivers.sh); sourced, not run. Expects
+# log(), $root, $keep and the lab variables of lab-env.sh. bench_begin makes $tmp and installs the
+# one cleanup; the helpers use $tg_pid (the tlsgate under test) and $watchdog_pid; the
+# SSLsplit, tls_config and origin helpers also use $origin.
 # shellcheck shell=bash
 # The globals below ($root, $tmp, $tg_pid, $watchdog_pid, ...) belong to the sourcing script.
 # shellcheck disable=SC2034,SC2154
