@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{
-    curl_mail, imap_injection, psql, queue_id, s_client, s_client_dialogue, swaks, swaks_in_plaintext, xmpp_login,
-    StarttlsPeers, SERVER_NAME,
+    curl_mail, imap_injection, psql, psql_with, queue_id, s_client, s_client_dialogue, swaks, swaks_in_plaintext,
+    xmpp_login, StarttlsPeers, SERVER_NAME,
 };
 use common::{repo, Scratch};
 
@@ -32,6 +32,10 @@ const PROTOCOLS: [&str; 6] = ["smtp", "imap", "pop3", "xmpp", "ftp", "postgres"]
 /// What psql asks: the row, whether the server's side is TLS, and the
 /// client address the server saw.
 const QUERY: &str = "SELECT word, ssl, inet_client_addr() FROM greeting, pg_stat_ssl WHERE pid = pg_backend_pid()";
+/// psql without SCRAM channel binding, which an interception breaks.
+const WITHOUT_CHANNEL_BINDING: &str = "channel_binding=disable";
+/// The SNI of clients that send the name they verify.
+const NAMED: Option<&str> = Some(SERVER_NAME);
 
 /// The lab, the peers, and tlsgate intercepting their STARTTLS.
 struct Intercepting {
@@ -94,9 +98,10 @@ impl Intercepting {
     }
 
     /// The connection log once it holds a record for each of `expected`
-    /// (protocol, SNI, client address; in any order), each an upgraded and
-    /// intercepted connection to a verified server with nothing discarded.
-    fn upgraded_records(&self, expected: &[(&str, &str, &str)]) -> Vec<serde_json::Value> {
+    /// (protocol, SNI if any, client address; in any order), each an
+    /// upgraded and intercepted connection to a verified server with
+    /// nothing discarded.
+    fn upgraded_records(&self, expected: &[(&str, Option<&str>, &str)]) -> Vec<serde_json::Value> {
         let records = await_records(&self.scratch, expected.len());
         assert_eq!(records.len(), expected.len(), "{records:?}");
         for record in &records {
@@ -106,12 +111,12 @@ impl Intercepting {
             assert_eq!(record["decision"], "intercept", "{record}");
             assert_eq!(record["upstream_verified"], true, "{record}");
         }
-        let mut seen: Vec<(&str, &str, &str)> = records
+        let mut seen: Vec<(&str, Option<&str>, &str)> = records
             .iter()
             .map(|record| {
                 (
                     record["starttls"].as_str().unwrap_or("-"),
-                    record["sni"].as_str().unwrap_or("-"),
+                    record["sni"].as_str(),
                     record["src_ip"].as_str().unwrap_or("-"),
                 )
             })
@@ -194,10 +199,7 @@ fn swaks_mail_is_intercepted_and_delivered_intact_over_smtp_starttls_on_25_and_5
         up.peers
             .await_logged("maillog", &format!("{queued}: client=unknown[{client}]"));
     }
-    let expected: Vec<_> = cases
-        .iter()
-        .map(|(_, client, _)| ("smtp", SERVER_NAME, *client))
-        .collect();
+    let expected: Vec<_> = cases.iter().map(|(_, client, _)| ("smtp", NAMED, *client)).collect();
     let records = up.upgraded_records(&expected);
     for (record, (server, client, port)) in records.iter().zip(cases) {
         assert_eq!(
@@ -241,7 +243,7 @@ fn openssl_s_client_starttls_smtp_is_intercepted_with_the_forged_certificate_ove
         );
         assert!(transcript.contains(answer), "{what}:\n{transcript}");
     }
-    let expected = FAMILIES.map(|(_, client)| ("smtp", SERVER_NAME, client));
+    let expected = FAMILIES.map(|(_, client)| ("smtp", NAMED, client));
     for record in up.upgraded_records(&expected) {
         assert_eq!(record["ended"], "closed", "{record}");
     }
@@ -272,7 +274,7 @@ fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
         down_flow.contains("250-STARTTLS") && down_flow.contains("queued as"),
         "{down_flow}"
     );
-    for record in up.upgraded_records(&[("smtp", SERVER_NAME, CLI_V4)]) {
+    for record in up.upgraded_records(&[("smtp", NAMED, CLI_V4)]) {
         assert_eq!(record["inspection"], "inspected", "{record}");
     }
     let report = up.stop();
@@ -308,7 +310,7 @@ fn openssl_s_client_starttls_imap_pop3_xmpp_ftp_and_postgres_verify_the_forged_c
             );
             // The server answered what only comes after the upgrade.
             assert!(transcript.contains(answer), "{what}:\n{transcript}");
-            expected.push((protocol, SERVER_NAME, client));
+            expected.push((protocol, NAMED, client));
         }
     }
     up.upgraded_records(&expected);
@@ -346,7 +348,7 @@ fn curl_reads_the_waiting_message_byte_exact_over_intercepted_imap_and_pop3_over
                 &format!("{scheme}-login: Info: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
             );
             assert!(login.contains(", TLS"), "{login}");
-            expected.push((scheme, SERVER_NAME, client));
+            expected.push((scheme, NAMED, client));
         }
     }
     up.upgraded_records(&expected);
@@ -376,7 +378,7 @@ fn slixmpp_logs_in_and_gets_its_message_back_through_intercepted_xmpp_over_ipv4_
             "{transcript}"
         );
     }
-    up.upgraded_records(&FAMILIES.map(|(_, client)| ("xmpp", "lab.test", client)));
+    up.upgraded_records(&FAMILIES.map(|(_, client)| ("xmpp", None, client)));
     let report = up.stop();
     let tcp = &report["tcp"];
     assert_eq!(
@@ -388,23 +390,37 @@ fn slixmpp_logs_in_and_gets_its_message_back_through_intercepted_xmpp_over_ipv4_
 
 #[test]
 #[ignore = "needs root and the namespace lab"]
-fn psql_verify_full_runs_its_query_through_intercepted_postgres_from_its_own_address_over_ipv4_and_ipv6() {
+fn psql_verify_full_runs_its_query_through_intercepted_postgres_unless_scram_channel_binding_detects_it() {
     let up = Intercepting::up("starttls-intercept-postgres");
     for (server, client) in FAMILIES {
-        let rows = psql(&up.lab, CLI, server, &up.ca, QUERY).expect_ok(&format!("psql via {server} through tlsgate"));
+        let what = format!("psql via {server} through tlsgate");
+        let rows = psql_with(&up.lab, CLI, server, &up.ca, WITHOUT_CHANNEL_BINDING, QUERY).expect_ok(&what);
         // The row, over TLS on the server's side, from the client's own address.
         assert_eq!(rows, format!("hello|t|{client}\n"));
-        up.peers.await_logged(
-            "pg/postgresql.log",
-            "connection authorized: user=tester database=labdb SSL enabled",
+        // libpq's default, channel_binding=prefer: SCRAM-SHA-256-PLUS binds
+        // the login to the certificate the client saw, the forged one, and
+        // the server refuses it.
+        let refused = psql(&up.lab, CLI, server, &up.ca, QUERY);
+        assert!(!refused.succeeded, "{what}: {}", refused.transcript);
+        assert!(
+            refused.transcript.contains("SCRAM channel binding check failed"),
+            "{what}: {}",
+            refused.transcript
         );
     }
-    up.upgraded_records(&FAMILIES.map(|(_, client)| ("postgres", SERVER_NAME, client)));
+    up.peers
+        .await_logged("pg/postgresql.log", "FATAL:  SCRAM channel binding check failed");
+    let expected: Vec<_> = FAMILIES
+        .iter()
+        .chain(&FAMILIES)
+        .map(|(_, client)| ("postgres", NAMED, *client))
+        .collect();
+    up.upgraded_records(&expected);
     let report = up.stop();
     let tcp = &report["tcp"];
     assert_eq!(
         (&tcp["starttls_upgraded"], &tcp["tls_intercepted"]),
-        (&serde_json::json!(2), &serde_json::json!(2)),
+        (&serde_json::json!(4), &serde_json::json!(4)),
         "{report}"
     );
 }
@@ -420,7 +436,8 @@ fn the_inspection_box_sees_imap_pop3_sql_and_xmpp_in_plaintext_before_and_after_
         let transcript = curl_mail(&up.lab, CLI, SRV_V4, &up.ca, scheme, path).expect_ok(&format!("curl {scheme}"));
         assert_eq!(transcript, message, "{scheme}: the message as stored");
     }
-    let rows = psql(&up.lab, CLI, SRV_V4, &up.ca, QUERY).expect_ok("psql through tlsgate and the box");
+    let rows = psql_with(&up.lab, CLI, SRV_V4, &up.ca, WITHOUT_CHANNEL_BINDING, QUERY)
+        .expect_ok("psql through tlsgate and the box");
     assert_eq!(rows, format!("hello|t|{CLI_V4}\n"));
     let transcript = xmpp_login(&up.lab, CLI, SRV_V4, &up.ca).expect_ok("slixmpp through tlsgate and the box");
     assert!(
@@ -428,10 +445,10 @@ fn the_inspection_box_sees_imap_pop3_sql_and_xmpp_in_plaintext_before_and_after_
         "{transcript}"
     );
     let records = up.upgraded_records(&[
-        ("imap", SERVER_NAME, CLI_V4),
-        ("pop3", SERVER_NAME, CLI_V4),
-        ("postgres", SERVER_NAME, CLI_V4),
-        ("xmpp", "lab.test", CLI_V4),
+        ("imap", NAMED, CLI_V4),
+        ("pop3", NAMED, CLI_V4),
+        ("postgres", NAMED, CLI_V4),
+        ("xmpp", None, CLI_V4),
     ]);
     // The client's commands: the upgrade in the preamble, then what went
     // inside TLS; the server's answers: the message itself.

@@ -329,9 +329,15 @@ pub fn curl_ftp_upload(
 /// SERVER_NAME verified), running `query` (`-At`: unaligned rows, `|`
 /// between columns).
 pub fn psql(lab: &Lab, namespace: &str, server: &str, ca: &Path, query: &str) -> Session {
+    psql_with(lab, namespace, server, ca, "", query)
+}
+
+/// [`psql`] with more connection `options` (`key=value ...`, e.g.
+/// `channel_binding=disable`).
+pub fn psql_with(lab: &Lab, namespace: &str, server: &str, ca: &Path, options: &str, query: &str) -> Session {
     let connection = format!(
         "host={SERVER_NAME} hostaddr={server} port=5432 dbname=labdb user={USER} \
-         sslmode=verify-full sslrootcert={} connect_timeout=10",
+         sslmode=verify-full sslrootcert={} connect_timeout=10 {options}",
         ca.display()
     );
     Session::of(output(
