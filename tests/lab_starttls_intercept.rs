@@ -528,7 +528,7 @@ fn a_command_injected_after_imap_starttls_is_discarded_and_never_reaches_dovecot
 
 #[test]
 #[ignore = "needs root and the namespace lab"]
-fn require_tls_resets_swaks_sending_mail_in_plaintext_and_logs_it_blocked_over_ipv4_and_ipv6() {
+fn require_tls_resets_swaks_and_psql_in_plaintext_and_logs_them_blocked_over_ipv4_and_ipv6() {
     let up = Intercepting::requiring_tls("starttls-intercept-require-tls");
     let file = up.scratch.path("plaintext.eml");
     std::fs::write(&file, mail("plaintext")).expect("mail file");
@@ -543,15 +543,22 @@ fn require_tls_resets_swaks_sending_mail_in_plaintext_and_logs_it_blocked_over_i
         // Postfix saw the EHLO, then the connection reset: never the MAIL.
         up.peers
             .await_logged("maillog", &format!("lost connection after EHLO from unknown[{client}]"));
+        // The StartupMessage (user and database) in plaintext.
+        let refused = psql_with(&up.lab, CLI, server, &up.ca, "sslmode=disable", QUERY);
+        assert!(!refused.succeeded, "{}", refused.transcript);
+        up.peers
+            .await_logged("pg/postgresql.log", &format!("connection received: host={client}"));
     }
-    let records = await_records(&up.scratch, 2);
-    assert_eq!(records.len(), 2, "{records:?}");
+    let records = await_records(&up.scratch, 4);
+    assert_eq!(records.len(), 4, "{records:?}");
     for record in &records {
-        assert_eq!(record["starttls"], "smtp", "{record}");
+        let protocol = record["starttls"].as_str().expect("a [[starttls]] record");
+        assert!(["smtp", "postgres"].contains(&protocol), "{record}");
         assert_eq!(record["starttls_outcome"], "blocked", "{record}");
         assert_eq!(record["decision"], "block", "{record}");
         assert_eq!(
-            record["reason"], "require_tls: smtp content before STARTTLS",
+            record["reason"],
+            format!("require_tls: {protocol} content before STARTTLS"),
             "{record}"
         );
     }
@@ -560,6 +567,14 @@ fn require_tls_resets_swaks_sending_mail_in_plaintext_and_logs_it_blocked_over_i
         !maillog.contains("from=<sender@lab.test>"),
         "nothing queued:\n{maillog}"
     );
+    // PostgreSQL saw connections reset before their StartupMessage, which
+    // it would have refused (hostssl only: "no pg_hba.conf entry").
+    up.peers.await_logged(
+        "pg/postgresql.log",
+        "could not receive data from client: Connection reset by peer",
+    );
+    let pg_log = std::fs::read_to_string(up.peers.0.join("pg/postgresql.log")).expect("postgresql.log");
+    assert!(!pg_log.contains("no pg_hba.conf entry"), "{pg_log}");
     let report = up.stop();
     let tcp = &report["tcp"];
     assert_eq!(
@@ -568,7 +583,7 @@ fn require_tls_resets_swaks_sending_mail_in_plaintext_and_logs_it_blocked_over_i
             &tcp["starttls_plaintext_blocked"],
             &tcp["starttls_upgraded"]
         ),
-        (&serde_json::json!(2), &serde_json::json!(2), &serde_json::json!(0)),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
         "{report}"
     );
 }
