@@ -1,12 +1,14 @@
 //! STARTTLS interception in the namespace lab (root, `#[ignore]`): tlsgate
-//! with `[[starttls]] protocol = "smtp"` (ports 25 and 587) between the real
-//! clients in the client namespace, which trust only the appliance CA, and
-//! Postfix of tests/lab/starttls-peers.sh in the server namespace, whose lab
-//! CA the appliance trusts upstream. The clients are those of the direct
-//! baselines (tests/common/starttls.rs, tests/lab_starttls.rs); with the
-//! inspection pair, the recording box of scripts/inspect-box.sh sees the
-//! whole SMTP conversation in plaintext. Run only
-//! through the lab lock:
+//! with a `[[starttls]]` entry for every protocol of the real peers of
+//! tests/lab/starttls-peers.sh in the server namespace — SMTP (Postfix, 25
+//! and 587), IMAP and POP3 (Dovecot), XMPP (Prosody), FTP's control channel
+//! (vsftpd) and PostgreSQL — whose lab CA the appliance trusts upstream,
+//! between the real clients in the client namespace, which trust only the
+//! appliance CA. The clients are those of the direct baselines
+//! (tests/common/starttls.rs, tests/lab_starttls.rs); with the inspection
+//! pair, the recording box of scripts/inspect-box.sh sees each conversation
+//! in plaintext, the preamble and what went inside TLS. Run only through
+//! the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_starttls_intercept -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -15,13 +17,27 @@ mod common;
 use std::path::PathBuf;
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
-use common::starttls::{queue_id, s_client, s_client_dialogue, swaks, StarttlsPeers, SERVER_NAME};
+use common::starttls::{
+    curl_mail, imap_injection, psql, psql_with, queue_id, s_client, s_client_dialogue, swaks, swaks_in_plaintext,
+    xmpp_login, StarttlsPeers, SERVER_NAME,
+};
 use common::{repo, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
 const CLI_V6: &str = "2001:2::1";
+/// Each server address with the client address the server must see.
+const FAMILIES: [(&str, &str); 2] = [(SRV_V4, CLI_V4), (SRV_V6, CLI_V6)];
+/// The protocols of the peers, each on its default ports.
+const PROTOCOLS: [&str; 6] = ["smtp", "imap", "pop3", "xmpp", "ftp", "postgres"];
+/// What psql asks: the row, whether the server's side is TLS, and the
+/// client address the server saw.
+const QUERY: &str = "SELECT word, ssl, inet_client_addr() FROM greeting, pg_stat_ssl WHERE pid = pg_backend_pid()";
+/// psql without SCRAM channel binding, which an interception breaks.
+const WITHOUT_CHANNEL_BINDING: &str = "channel_binding=disable";
+/// The SNI of clients that send the name they verify.
+const NAMED: Option<&str> = Some(SERVER_NAME);
 
-/// The lab, the peers, and tlsgate intercepting SMTP's STARTTLS.
+/// The lab, the peers, and tlsgate intercepting their STARTTLS.
 struct Intercepting {
     appliance: Appliance,
     peers: StarttlsPeers,
@@ -33,18 +49,23 @@ struct Intercepting {
 
 impl Intercepting {
     fn up(name: &str) -> Intercepting {
-        Intercepting::on("configs/lab.toml", name)
+        Intercepting::on("configs/lab.toml", name, false)
+    }
+
+    /// With `require_tls = true` in every entry.
+    fn requiring_tls(name: &str) -> Intercepting {
+        Intercepting::on("configs/lab.toml", name, true)
     }
 
     /// On the four-port lab (the inspection pair, a 500 ms SYN timeout):
     /// start the box first.
     fn inspected(name: &str) -> Intercepting {
-        Intercepting::on("configs/lab-inspect.toml", name)
+        Intercepting::on("configs/lab-inspect.toml", name, false)
     }
 
     /// tlsgate on the lab configuration `base` with `[tls]`, the connection
-    /// log and `[[starttls]] protocol = "smtp"`.
-    fn on(base: &str, name: &str) -> Intercepting {
+    /// log and a `[[starttls]]` entry for each of [`PROTOCOLS`].
+    fn on(base: &str, name: &str, require_tls: bool) -> Intercepting {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
@@ -54,11 +75,16 @@ impl Intercepting {
             .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&format!(
             "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-             [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"smtp\"\n",
+             [log]\nconnections = \"{logs}/connections.jsonl\"\n",
             ca = ca_dir.display(),
             trust = peers.ca().display(),
             logs = scratch.0.display()
         ));
+        for protocol in PROTOCOLS {
+            config.push_str(&format!(
+                "\n[[starttls]]\nprotocol = \"{protocol}\"\nrequire_tls = {require_tls}\n"
+            ));
+        }
         let path = scratch.path("starttls.toml");
         std::fs::write(&path, config).expect("write config");
         let appliance = Appliance::start(&lab, &scratch, &path);
@@ -71,24 +97,61 @@ impl Intercepting {
         }
     }
 
-    /// The connection log once it holds `count` records, each an upgraded
-    /// and intercepted SMTP connection to a verified Postfix.
-    fn upgraded_records(&self, count: usize) -> Vec<serde_json::Value> {
-        let records = await_records(&self.scratch, count);
-        assert_eq!(records.len(), count, "{records:?}");
+    /// The connection log once it holds a record for each of `expected`
+    /// (protocol, SNI if any, client address; in any order), each an
+    /// upgraded and intercepted connection to a verified server with
+    /// nothing discarded.
+    fn upgraded_records(&self, expected: &[(&str, Option<&str>, &str)]) -> Vec<serde_json::Value> {
+        let records = await_records(&self.scratch, expected.len());
+        assert_eq!(records.len(), expected.len(), "{records:?}");
         for record in &records {
             assert_eq!(record["event_type"], "tls_intercept", "{record}");
-            assert_eq!(record["starttls"], "smtp", "{record}");
             assert_eq!(record["starttls_outcome"], "upgraded", "{record}");
             assert_eq!(record["starttls_discarded_bytes"], 0, "{record}");
             assert_eq!(record["decision"], "intercept", "{record}");
-            assert_eq!(record["sni"], SERVER_NAME, "{record}");
             assert_eq!(record["upstream_verified"], true, "{record}");
         }
+        let mut seen: Vec<(&str, Option<&str>, &str)> = records
+            .iter()
+            .map(|record| {
+                (
+                    record["starttls"].as_str().unwrap_or("-"),
+                    record["sni"].as_str(),
+                    record["src_ip"].as_str().unwrap_or("-"),
+                )
+            })
+            .collect();
+        let mut expected = expected.to_vec();
+        seen.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(seen, expected, "{records:?}");
         records
     }
 
-    /// Stops tlsgate; its report's STARTTLS counters.
+    /// The box's recordings (tcpflow): each direction of each connection
+    /// to `port`, the client's side first ("SRC.SPORT-DST.DPORT" files).
+    fn recorded_flows(&self, port: u16) -> (String, String) {
+        let flows = self.scratch.path("box/flows");
+        let mut up = String::new();
+        let mut down = String::new();
+        for entry in std::fs::read_dir(&flows).expect("the box's flows").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((source, destination)) = name.split_once('-') else {
+                continue;
+            };
+            let bytes = std::fs::read(entry.path()).expect("a flow");
+            let text = String::from_utf8_lossy(&bytes);
+            let port = format!(".{port:05}");
+            if destination.ends_with(&port) {
+                up.push_str(&text);
+            } else if source.ends_with(&port) {
+                down.push_str(&text);
+            }
+        }
+        (up, down)
+    }
+
+    /// Stops tlsgate; its report.
     fn stop(self) -> serde_json::Value {
         let (status, report, printed) = self.appliance.stop();
         assert!(status.success(), "tlsgate exited with {status}:\n{printed}");
@@ -136,7 +199,8 @@ fn swaks_mail_is_intercepted_and_delivered_intact_over_smtp_starttls_on_25_and_5
         up.peers
             .await_logged("maillog", &format!("{queued}: client=unknown[{client}]"));
     }
-    let records = up.upgraded_records(cases.len());
+    let expected: Vec<_> = cases.iter().map(|(_, client, _)| ("smtp", NAMED, *client)).collect();
+    let records = up.upgraded_records(&expected);
     for (record, (server, client, port)) in records.iter().zip(cases) {
         assert_eq!(
             (
@@ -166,7 +230,7 @@ fn swaks_mail_is_intercepted_and_delivered_intact_over_smtp_starttls_on_25_and_5
 fn openssl_s_client_starttls_smtp_is_intercepted_with_the_forged_certificate_over_ipv4_and_ipv6() {
     let up = Intercepting::up("starttls-intercept-s-client");
     let (input, answer) = s_client_dialogue("smtp");
-    for server in [SRV_V4, SRV_V6] {
+    for (server, _) in FAMILIES {
         let what = format!("s_client -starttls smtp to {server}:25 through tlsgate");
         let transcript = s_client(&up.lab, CLI, "smtp", server, 25, &up.ca, input).expect_ok(&what);
         assert!(
@@ -179,7 +243,8 @@ fn openssl_s_client_starttls_smtp_is_intercepted_with_the_forged_certificate_ove
         );
         assert!(transcript.contains(answer), "{what}:\n{transcript}");
     }
-    for record in up.upgraded_records(2) {
+    let expected = FAMILIES.map(|(_, client)| ("smtp", NAMED, client));
+    for record in up.upgraded_records(&expected) {
         assert_eq!(record["ended"], "closed", "{record}");
     }
     let report = up.stop();
@@ -200,29 +265,325 @@ fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
     assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
     // The recorder (tcpflow) holds the client's side of the conversation:
     // the preamble, then what went inside TLS, in plaintext.
-    let flows = up.scratch.path("box/flows");
-    let recorded: Vec<String> = std::fs::read_dir(&flows)
-        .expect("the box's flows")
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path()).ok())
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .collect();
-    let up_flow = recorded
-        .iter()
-        .find(|flow| flow.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\n"))
-        .unwrap_or_else(|| panic!("no client flow in {}: {recorded:?}", flows.display()));
+    let (up_flow, down_flow) = up.recorded_flows(25);
+    assert!(up_flow.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\n"), "{up_flow}");
     assert!(up_flow.contains("MAIL FROM:<sender@lab.test>"), "{up_flow}");
     assert!(up_flow.contains("Subject: intercepted inspected"), "{up_flow}");
+    // The server's side, before and after the upgrade.
     assert!(
-        recorded
-            .iter()
-            .any(|flow| flow.contains("250-STARTTLS") && flow.contains("queued as")),
-        "the server's side, before and after the upgrade: {recorded:?}"
+        down_flow.contains("250-STARTTLS") && down_flow.contains("queued as"),
+        "{down_flow}"
     );
-    for record in up.upgraded_records(1) {
+    for record in up.upgraded_records(&[("smtp", NAMED, CLI_V4)]) {
         assert_eq!(record["inspection"], "inspected", "{record}");
     }
     let report = up.stop();
     assert_eq!(report["tcp"]["inspected"], 1, "{report}");
     inspect_box(&["stop", &dir]);
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn openssl_s_client_starttls_imap_pop3_xmpp_ftp_and_postgres_verify_the_forged_certificate_over_ipv4_and_ipv6() {
+    let up = Intercepting::up("starttls-intercept-s-client-all");
+    let mut expected = Vec::new();
+    for (protocol, port) in [
+        ("imap", 143),
+        ("pop3", 110),
+        ("xmpp", 5222),
+        ("ftp", 21),
+        ("postgres", 5432),
+    ] {
+        let (input, answer) = s_client_dialogue(protocol);
+        for (server, client) in FAMILIES {
+            let what = format!("s_client -starttls {protocol} to {server}:{port} through tlsgate");
+            // Its status says nothing (vsftpd closes without close_notify):
+            // the transcript does.
+            let transcript = s_client(&up.lab, CLI, protocol, server, port, &up.ca, input).transcript;
+            assert!(
+                transcript.contains("Verify return code: 0 (ok)"),
+                "{what}:\n{transcript}"
+            );
+            assert!(
+                transcript.contains("tlsgate interception CA"),
+                "{what}: issued by the appliance CA:\n{transcript}"
+            );
+            // The server answered what only comes after the upgrade.
+            assert!(transcript.contains(answer), "{what}:\n{transcript}");
+            expected.push((protocol, NAMED, client));
+        }
+    }
+    up.upgraded_records(&expected);
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (
+            &tcp["starttls_sessions"],
+            &tcp["starttls_upgraded"],
+            &tcp["starttls_failed"]
+        ),
+        (&serde_json::json!(10), &serde_json::json!(10), &serde_json::json!(0)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_reads_the_waiting_message_byte_exact_over_intercepted_imap_and_pop3_over_ipv4_and_ipv6() {
+    let up = Intercepting::up("starttls-intercept-mail");
+    let message = up.peers.first_message();
+    let mut expected = Vec::new();
+    for (server, client) in FAMILIES {
+        for (scheme, path) in [("imap", "INBOX;UID=1"), ("pop3", "1")] {
+            let read = curl_mail(&up.lab, CLI, server, &up.ca, scheme, path);
+            let transcript = read.expect_ok(&format!("curl {scheme} via {server} through tlsgate"));
+            assert_eq!(
+                transcript.as_bytes(),
+                &message[..],
+                "{scheme} via {server}: the message as stored"
+            );
+            // Dovecot logs the login: from the client's own address, over TLS.
+            let login = up.peers.await_logged(
+                "dovecot/dovecot.log",
+                &format!("{scheme}-login: Info: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
+            );
+            assert!(login.contains(", TLS"), "{login}");
+            expected.push((scheme, NAMED, client));
+        }
+    }
+    up.upgraded_records(&expected);
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (
+            &tcp["starttls_sessions"],
+            &tcp["starttls_upgraded"],
+            &tcp["tls_intercepted"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(4)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn slixmpp_logs_in_and_gets_its_message_back_through_intercepted_xmpp_over_ipv4_and_ipv6() {
+    let up = Intercepting::up("starttls-intercept-xmpp");
+    for (server, _) in FAMILIES {
+        let transcript =
+            xmpp_login(&up.lab, CLI, server, &up.ca).expect_ok(&format!("slixmpp via {server} through tlsgate"));
+        assert!(transcript.contains("logged in as tester@lab.test/"), "{transcript}");
+        assert!(
+            transcript.contains("message echoed: over STARTTLS through the lab"),
+            "{transcript}"
+        );
+    }
+    up.upgraded_records(&FAMILIES.map(|(_, client)| ("xmpp", None, client)));
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (&tcp["starttls_upgraded"], &tcp["tls_intercepted"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn psql_verify_full_runs_its_query_through_intercepted_postgres_unless_scram_channel_binding_detects_it() {
+    let up = Intercepting::up("starttls-intercept-postgres");
+    for (server, client) in FAMILIES {
+        let what = format!("psql via {server} through tlsgate");
+        let rows = psql_with(&up.lab, CLI, server, &up.ca, WITHOUT_CHANNEL_BINDING, QUERY).expect_ok(&what);
+        // The row, over TLS on the server's side, from the client's own address.
+        assert_eq!(rows, format!("hello|t|{client}\n"));
+        // libpq's default, channel_binding=prefer: SCRAM-SHA-256-PLUS binds
+        // the login to the certificate the client saw, the forged one, and
+        // the server refuses it.
+        let refused = psql(&up.lab, CLI, server, &up.ca, QUERY);
+        assert!(!refused.succeeded, "{what}: {}", refused.transcript);
+        assert!(
+            refused.transcript.contains("SCRAM channel binding check failed"),
+            "{what}: {}",
+            refused.transcript
+        );
+    }
+    up.peers
+        .await_logged("pg/postgresql.log", "FATAL:  SCRAM channel binding check failed");
+    let expected: Vec<_> = FAMILIES
+        .iter()
+        .chain(&FAMILIES)
+        .map(|(_, client)| ("postgres", NAMED, *client))
+        .collect();
+    up.upgraded_records(&expected);
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (&tcp["starttls_upgraded"], &tcp["tls_intercepted"]),
+        (&serde_json::json!(4), &serde_json::json!(4)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn the_inspection_box_sees_imap_pop3_sql_and_xmpp_in_plaintext_before_and_after_the_upgrade() {
+    let up = Intercepting::inspected("starttls-intercept-box-all");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    let message = String::from_utf8(up.peers.first_message()).expect("a text message");
+    for (scheme, path) in [("imap", "INBOX;UID=1"), ("pop3", "1")] {
+        let transcript = curl_mail(&up.lab, CLI, SRV_V4, &up.ca, scheme, path).expect_ok(&format!("curl {scheme}"));
+        assert_eq!(transcript, message, "{scheme}: the message as stored");
+    }
+    let rows = psql_with(&up.lab, CLI, SRV_V4, &up.ca, WITHOUT_CHANNEL_BINDING, QUERY)
+        .expect_ok("psql through tlsgate and the box");
+    assert_eq!(rows, format!("hello|t|{CLI_V4}\n"));
+    let transcript = xmpp_login(&up.lab, CLI, SRV_V4, &up.ca).expect_ok("slixmpp through tlsgate and the box");
+    assert!(
+        transcript.contains("message echoed: over STARTTLS through the lab"),
+        "{transcript}"
+    );
+    let records = up.upgraded_records(&[
+        ("imap", NAMED, CLI_V4),
+        ("pop3", NAMED, CLI_V4),
+        ("postgres", NAMED, CLI_V4),
+        ("xmpp", None, CLI_V4),
+    ]);
+    // The client's commands: the upgrade in the preamble, then what went
+    // inside TLS; the server's answers: the message itself.
+    let (imap_up, imap_down) = up.recorded_flows(143);
+    let starttls = imap_up.find(" STARTTLS\r\n").unwrap_or_else(|| panic!("{imap_up}"));
+    let fetch = imap_up.find(" FETCH 1 ").unwrap_or_else(|| panic!("{imap_up}"));
+    assert!(starttls < fetch, "{imap_up}");
+    assert!(
+        imap_up.contains(" AUTHENTICATE PLAIN") || imap_up.contains(" LOGIN "),
+        "{imap_up}"
+    );
+    assert!(imap_down.contains(&message), "{imap_down}");
+    let (pop3_up, pop3_down) = up.recorded_flows(110);
+    let stls = pop3_up.find("STLS\r\n").unwrap_or_else(|| panic!("{pop3_up}"));
+    let retr = pop3_up.find("RETR 1\r\n").unwrap_or_else(|| panic!("{pop3_up}"));
+    assert!(stls < retr, "{pop3_up}");
+    assert!(pop3_down.contains(&message), "{pop3_down}");
+    let (sql_up, sql_down) = up.recorded_flows(5432);
+    assert!(sql_up.contains(QUERY), "{sql_up}");
+    assert!(sql_down.contains("hello"), "{sql_down}");
+    let (xmpp_up, _) = up.recorded_flows(5222);
+    let upgrade = xmpp_up.find("<starttls").unwrap_or_else(|| panic!("{xmpp_up}"));
+    let chat = xmpp_up
+        .find("<body>over STARTTLS through the lab</body>")
+        .unwrap_or_else(|| panic!("{xmpp_up}"));
+    assert!(upgrade < chat && xmpp_up.contains("<message"), "{xmpp_up}");
+    for record in &records {
+        assert_eq!(record["inspection"], "inspected", "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["inspected"], 4, "{report}");
+    inspect_box(&["stop", &dir]);
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn a_command_injected_after_imap_starttls_is_discarded_and_never_reaches_dovecot() {
+    let up = Intercepting::inspected("starttls-intercept-injection");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    // `a STARTTLS` and `b LOGIN tester secret` in one segment.
+    let transcript = imap_injection(&up.lab, CLI, SRV_V4, &up.ca).expect_ok("starttls-inject.py through tlsgate");
+    assert!(transcript.contains("c OK"), "{transcript}");
+    assert!(
+        !transcript.lines().any(|line| line.starts_with("b ")),
+        "the injected LOGIN was answered inside TLS:\n{transcript}"
+    );
+    // What went on to Dovecot: the upgrade request, then only the command
+    // sent inside TLS.
+    let (imap_up, _) = up.recorded_flows(143);
+    assert_eq!(imap_up, "a STARTTLS\r\nc LOGOUT\r\n");
+    up.peers
+        .await_logged("dovecot/dovecot.log", "imap-login: Info: Disconnected");
+    let log = std::fs::read_to_string(up.peers.0.join("dovecot/dovecot.log")).expect("dovecot log");
+    assert!(!log.contains("Login: user=<tester>"), "{log}");
+    let injected = "b LOGIN tester secret\r\n".len();
+    let records = await_records(&up.scratch, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(
+        (
+            &record["starttls"],
+            &record["starttls_outcome"],
+            &record["starttls_discarded_bytes"]
+        ),
+        (
+            &serde_json::json!("imap"),
+            &serde_json::json!("upgraded"),
+            &serde_json::json!(injected)
+        ),
+        "{record}"
+    );
+    let report = up.stop();
+    assert_eq!(report["tcp"]["starttls_injected_bytes_discarded"], injected, "{report}");
+    inspect_box(&["stop", &dir]);
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn require_tls_resets_swaks_and_psql_in_plaintext_and_logs_them_blocked_over_ipv4_and_ipv6() {
+    let up = Intercepting::requiring_tls("starttls-intercept-require-tls");
+    let file = up.scratch.path("plaintext.eml");
+    std::fs::write(&file, mail("plaintext")).expect("mail file");
+    for (server, client) in FAMILIES {
+        let refused = swaks_in_plaintext(&up.lab, CLI, server, 25, &file);
+        assert!(!refused.succeeded, "{}", refused.transcript);
+        assert!(
+            refused.transcript.contains("MAIL FROM:<sender@lab.test>"),
+            "{}",
+            refused.transcript
+        );
+        // Postfix saw the EHLO, then the connection reset: never the MAIL.
+        up.peers
+            .await_logged("maillog", &format!("lost connection after EHLO from unknown[{client}]"));
+        // The StartupMessage (user and database) in plaintext.
+        let refused = psql_with(&up.lab, CLI, server, &up.ca, "sslmode=disable", QUERY);
+        assert!(!refused.succeeded, "{}", refused.transcript);
+        up.peers
+            .await_logged("pg/postgresql.log", &format!("connection received: host={client}"));
+    }
+    let records = await_records(&up.scratch, 4);
+    assert_eq!(records.len(), 4, "{records:?}");
+    for record in &records {
+        let protocol = record["starttls"].as_str().expect("a [[starttls]] record");
+        assert!(["smtp", "postgres"].contains(&protocol), "{record}");
+        assert_eq!(record["starttls_outcome"], "blocked", "{record}");
+        assert_eq!(record["decision"], "block", "{record}");
+        assert_eq!(
+            record["reason"],
+            format!("require_tls: {protocol} content before STARTTLS"),
+            "{record}"
+        );
+    }
+    let maillog = std::fs::read_to_string(up.peers.0.join("maillog")).expect("maillog");
+    assert!(
+        !maillog.contains("from=<sender@lab.test>"),
+        "nothing queued:\n{maillog}"
+    );
+    // PostgreSQL saw connections reset before their StartupMessage, which
+    // it would have refused (hostssl only: "no pg_hba.conf entry").
+    up.peers.await_logged(
+        "pg/postgresql.log",
+        "could not receive data from client: Connection reset by peer",
+    );
+    let pg_log = std::fs::read_to_string(up.peers.0.join("pg/postgresql.log")).expect("postgresql.log");
+    assert!(!pg_log.contains("no pg_hba.conf entry"), "{pg_log}");
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (
+            &tcp["starttls_sessions"],
+            &tcp["starttls_plaintext_blocked"],
+            &tcp["starttls_upgraded"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
+        "{report}"
+    );
 }

@@ -164,24 +164,28 @@ fn resolve(server: &str, port: u16) -> String {
 /// tester@lab.test at `server`:`port` over STARTTLS (`--tls`: no mail
 /// without TLS), verifying the certificate against `ca`.
 pub fn swaks(lab: &Lab, namespace: &str, server: &str, port: u16, ca: &Path, message: &Path) -> Session {
+    swaks_with(lab, namespace, server, port, Some(ca), message)
+}
+
+/// [`swaks`] without STARTTLS: the whole transaction in plaintext.
+pub fn swaks_in_plaintext(lab: &Lab, namespace: &str, server: &str, port: u16, message: &Path) -> Session {
+    swaks_with(lab, namespace, server, port, None, message)
+}
+
+/// swaks over STARTTLS verifying against `ca`, or in plaintext (`None`).
+fn swaks_with(lab: &Lab, namespace: &str, server: &str, port: u16, ca: Option<&Path>, message: &Path) -> Session {
     let port = port.to_string();
-    Session::of(output(
-        lab.cmd(namespace, "timeout")
-            .args(["30", "swaks", "--server", server, "--port", &port])
-            .args(["--from", "sender@lab.test", "--to", "tester@lab.test"])
-            .args([
-                "--helo",
-                "client.lab.test",
-                "--tls",
-                "--tls-verify",
-                "--tls-sni",
-                SERVER_NAME,
-            ])
-            .arg("--tls-ca-path")
-            .arg(ca)
-            .arg("--data")
-            .arg(format!("@{}", message.display())),
-    ))
+    let mut command = lab.cmd(namespace, "timeout");
+    command
+        .args(["30", "swaks", "--server", server, "--port", &port])
+        .args(["--from", "sender@lab.test", "--to", "tester@lab.test"])
+        .args(["--helo", "client.lab.test"]);
+    if let Some(ca) = ca {
+        command
+            .args(["--tls", "--tls-verify", "--tls-sni", SERVER_NAME, "--tls-ca-path"])
+            .arg(ca);
+    }
+    Session::of(output(command.arg("--data").arg(format!("@{}", message.display()))))
 }
 
 /// The queue id in swaks' transcript ("250 2.0.0 Ok: queued as ID").
@@ -325,9 +329,15 @@ pub fn curl_ftp_upload(
 /// SERVER_NAME verified), running `query` (`-At`: unaligned rows, `|`
 /// between columns).
 pub fn psql(lab: &Lab, namespace: &str, server: &str, ca: &Path, query: &str) -> Session {
+    psql_with(lab, namespace, server, ca, "", query)
+}
+
+/// [`psql`] with more connection `options` (`key=value ...`, e.g.
+/// `channel_binding=disable`).
+pub fn psql_with(lab: &Lab, namespace: &str, server: &str, ca: &Path, options: &str, query: &str) -> Session {
     let connection = format!(
         "host={SERVER_NAME} hostaddr={server} port=5432 dbname=labdb user={USER} \
-         sslmode=verify-full sslrootcert={} connect_timeout=10",
+         sslmode=verify-full sslrootcert={} connect_timeout=10 {options}",
         ca.display()
     );
     Session::of(output(
@@ -352,6 +362,19 @@ pub fn xmpp_login(lab: &Lab, namespace: &str, server: &str, ca: &Path) -> Sessio
         lab.cmd(namespace, "/usr/bin/python3")
             .arg(repo().join("tests/lab/xmpp-login.py"))
             .args([server, "5222", "tester@lab.test", PASSWORD])
+            .arg(ca),
+    ))
+}
+
+/// tests/lab/starttls-inject.py: an IMAP client at `server`:143 that sends
+/// `a STARTTLS` and an injected `b LOGIN tester secret` in one segment,
+/// upgrades verifying SERVER_NAME against `ca`, sends `c LOGOUT` and prints
+/// what the server said inside TLS (a `b` answer: the injection ran).
+pub fn imap_injection(lab: &Lab, namespace: &str, server: &str, ca: &Path) -> Session {
+    Session::of(output(
+        lab.cmd(namespace, "/usr/bin/python3")
+            .arg(repo().join("tests/lab/starttls-inject.py"))
+            .arg(server)
             .arg(ca),
     ))
 }
