@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod control;
 mod inflight;
 mod preamble;
 mod terminate;
