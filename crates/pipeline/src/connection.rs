@@ -3,7 +3,7 @@
 
 use mitm::{MitmError, Pending, TlsContext, TlsSession};
 
-use crate::control::{Watched, WatchingTap};
+use crate::control::{Announcement, Watched, WatchingTap};
 use crate::inflight::InFlight;
 use crate::preamble::{Preamble, PreambleError, PreambleEvent, Reports};
 use crate::terminate::TlsServer;
@@ -244,7 +244,7 @@ impl Connection {
     /// connection could go unannounced). The caller takes them after each
     /// [`Connection::pump_tls`], before the replies that announced them
     /// reach the client. `None` for every other connection.
-    pub fn next_announcement(&mut self) -> Option<Result<starttls::DataChannelEvent, starttls::NegotiationError>> {
+    pub fn next_announcement(&mut self) -> Option<Result<Announcement, starttls::NegotiationError>> {
         self.control.as_deref_mut()?.next()
     }
 

@@ -6,15 +6,24 @@
 
 use std::collections::VecDeque;
 
-use starttls::{ControlChannel, DataChannelEvent, NegotiationError};
+use starttls::{ControlChannel, DataChannelEvent, DataProtection, NegotiationError};
 
 use crate::Tap;
+
+/// One thing the control channel announced, with the protection of data
+/// connections opened after it (a `PROT` before it in the same read
+/// counts, one after it does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    pub event: DataChannelEvent,
+    pub protection: DataProtection,
+}
 
 /// A control channel under watch and what it announced, waiting for the
 /// caller ([`crate::Connection::next_announcement`]).
 pub(crate) struct Watched {
     channel: ControlChannel,
-    announced: VecDeque<DataChannelEvent>,
+    announced: VecDeque<Announcement>,
     /// Why the channel cannot be followed any more; nothing is watched
     /// after it.
     failure: Option<NegotiationError>,
@@ -35,13 +44,21 @@ impl Watched {
         if self.failed {
             return;
         }
+        let mut protection = self.channel.protection();
         let seen = if from_client {
             self.channel.from_client(bytes).map(|()| Vec::new())
         } else {
             self.channel.from_server(bytes)
         };
         match seen {
-            Ok(events) => self.announced.extend(events),
+            Ok(events) => {
+                for event in events {
+                    if let DataChannelEvent::Protection(now) = event {
+                        protection = now;
+                    }
+                    self.announced.push_back(Announcement { event, protection });
+                }
+            }
             Err(err) => {
                 self.failed = true;
                 self.failure = Some(err);
@@ -50,7 +67,7 @@ impl Watched {
     }
 
     /// The oldest announcement; once they are all taken, the failure (once).
-    pub(crate) fn next(&mut self) -> Option<Result<DataChannelEvent, NegotiationError>> {
+    pub(crate) fn next(&mut self) -> Option<Result<Announcement, NegotiationError>> {
         match self.announced.pop_front() {
             Some(event) => Some(Ok(event)),
             None => self.failure.take().map(Err),

@@ -1006,7 +1006,7 @@ fn converse(
     (at_client, at_server)
 }
 
-fn announcements(conn: &mut Connection) -> Vec<Result<starttls::DataChannelEvent, starttls::NegotiationError>> {
+fn announcements(conn: &mut Connection) -> Vec<Result<pipeline::Announcement, starttls::NegotiationError>> {
     std::iter::from_fn(|| conn.next_announcement()).collect()
 }
 
@@ -1037,33 +1037,33 @@ fn an_upgraded_ftp_control_channel_announces_its_data_connections_even_with_the_
         let heard = converse(conn, legs, &mut context, (&mut *peers.0, &mut *peers.1), said);
         assert_eq!(heard, (said.1.to_vec(), said.0.to_vec()), "relayed unchanged");
     };
-    talk(
-        &mut conn,
-        &mut legs,
+    for said in [
+        (
+            &b"EPSV\r\n"[..],
+            &b"229 Entering Extended Passive Mode (|||40001|)\r\n"[..],
+        ),
         (b"PBSZ 0\r\nPROT P\r\n", b"200 PBSZ=0\r\n200 PROT now Private.\r\n"),
-    );
-    talk(
-        &mut conn,
-        &mut legs,
         (b"EPSV\r\n", b"229 Entering Extended Passive Mode (|||40003|)\r\n"),
-    );
-    talk(
-        &mut conn,
-        &mut legs,
         (b"PASV\r\n", b"227 Entering Passive Mode (198,18,1,2,156,69).\r\n"),
-    );
+    ] {
+        talk(&mut conn, &mut legs, said);
+    }
+    let listens = |address, port, protection| {
+        Ok(pipeline::Announcement {
+            event: DataChannelEvent::ServerListens(DataEndpoint { address, port }),
+            protection,
+        })
+    };
     assert_eq!(
         announcements(&mut conn),
         [
-            Ok(DataChannelEvent::Protection(DataProtection::Private)),
-            Ok(DataChannelEvent::ServerListens(DataEndpoint {
-                address: None,
-                port: 40003
-            })),
-            Ok(DataChannelEvent::ServerListens(DataEndpoint {
-                address: Some(SERVER_IP.parse().unwrap()),
-                port: 40005
-            })),
+            listens(None, 40001, DataProtection::Clear),
+            Ok(pipeline::Announcement {
+                event: DataChannelEvent::Protection(DataProtection::Private),
+                protection: DataProtection::Private,
+            }),
+            listens(None, 40003, DataProtection::Private),
+            listens(Some(SERVER_IP.parse().unwrap()), 40005, DataProtection::Private),
         ]
     );
     // An announcement it cannot read is reported once, then nothing more.
