@@ -15,7 +15,10 @@ mod common;
 use std::path::PathBuf;
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
-use common::starttls::{queue_id, s_client, s_client_dialogue, swaks, StarttlsPeers, SERVER_NAME};
+use common::starttls::{
+    curl_ftp_download, curl_ftp_upload, queue_id, s_client, s_client_dialogue, swaks, StarttlsPeers, FTP_PASSIVE_PORTS,
+    SERVER_NAME,
+};
 use common::{repo, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
@@ -33,18 +36,18 @@ struct Intercepting {
 
 impl Intercepting {
     fn up(name: &str) -> Intercepting {
-        Intercepting::on("configs/lab.toml", name)
+        Intercepting::on("configs/lab.toml", name, "smtp")
     }
 
     /// On the four-port lab (the inspection pair, a 500 ms SYN timeout):
     /// start the box first.
     fn inspected(name: &str) -> Intercepting {
-        Intercepting::on("configs/lab-inspect.toml", name)
+        Intercepting::on("configs/lab-inspect.toml", name, "smtp")
     }
 
     /// tlsgate on the lab configuration `base` with `[tls]`, the connection
-    /// log and `[[starttls]] protocol = "smtp"`.
-    fn on(base: &str, name: &str) -> Intercepting {
+    /// log and `[[starttls]]` for `protocol`.
+    fn on(base: &str, name: &str, protocol: &str) -> Intercepting {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
@@ -54,7 +57,7 @@ impl Intercepting {
             .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&format!(
             "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-             [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"smtp\"\n",
+             [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"{protocol}\"\n",
             ca = ca_dir.display(),
             trust = peers.ca().display(),
             logs = scratch.0.display()
@@ -225,4 +228,58 @@ fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
     let report = up.stop();
     assert_eq!(report["tcp"]["inspected"], 1, "{report}");
     inspect_box(&["stop", &dir]);
+}
+
+// --- FTP over AUTH TLS: the control connection and its TLS data connections ---
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_with_intercepted_tls_data_connections_epsv_and_pasv() {
+    let up = Intercepting::on("configs/lab.toml", "starttls-intercept-ftp", "ftp");
+    let upload: Vec<u8> = (0..200_000u32).map(|at| (at % 251) as u8).collect();
+    let modes = [("epsv", &[][..]), ("pasv", &["--disable-epsv"][..])];
+    for (name, options) in modes {
+        // curl trusts only the appliance CA: the control connection's and
+        // the data connections' forged certificates; vsftpd requires the
+        // data connection's TLS to resume the control connection's.
+        let saved = up.scratch.path(&format!("{name}.bin"));
+        curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, options, &saved)
+            .expect_ok(&format!("{name} download through tlsgate"));
+        assert!(
+            std::fs::read(&saved).expect("download") == up.peers.ftp_file(),
+            "{name}: downloaded byte-exact"
+        );
+        let file = up.scratch.path(&format!("{name}-upload.bin"));
+        std::fs::write(&file, &upload).expect("upload file");
+        curl_ftp_upload(&up.lab, CLI, SRV_V4, &up.ca, options, &file, name)
+            .expect_ok(&format!("{name} upload through tlsgate"));
+        assert!(up.peers.ftp_uploaded(name) == upload, "{name}: uploaded byte-exact");
+    }
+    // Four control connections, four data connections.
+    let records = await_records(&up.scratch, 8);
+    let data: Vec<_> = records
+        .iter()
+        .filter(|record| record["starttls"] == "ftp-data")
+        .collect();
+    assert_eq!(data.len(), 4, "{records:?}");
+    for record in data {
+        assert_eq!(record["event_type"], "tls_intercept", "{record}");
+        assert_eq!(record["sni"], SERVER_NAME, "{record}");
+        assert_eq!(record["upstream_verified"], true, "{record}");
+        assert_eq!(
+            record["server_resumed"], true,
+            "resumed the control session upstream: {record}"
+        );
+        assert!(
+            FTP_PASSIVE_PORTS.contains(&(record["dest_port"].as_u64().unwrap() as u16)),
+            "{record}"
+        );
+    }
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (&tcp["starttls_upgraded"], &tcp["ftp_data_tls"], &tcp["ftp_data_failed"]),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
+        "{report}"
+    );
 }
