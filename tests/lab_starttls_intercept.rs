@@ -283,3 +283,38 @@ fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_with_intercepted_t
         "{report}"
     );
 }
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn the_inspection_box_sees_the_ftp_commands_and_the_downloaded_file_in_plaintext() {
+    let up = Intercepting::on("configs/lab-inspect.toml", "starttls-intercept-ftp-box", "ftp");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    let saved = up.scratch.path("inspected.bin");
+    curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[], &saved).expect_ok("download through tlsgate and the box");
+    assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
+    let flows = up.scratch.path("box/flows");
+    let recorded: Vec<Vec<u8>> = std::fs::read_dir(&flows)
+        .expect("the box's flows")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .collect();
+    // The control channel inside TLS, then the data connection's content.
+    let texts: Vec<String> = recorded
+        .iter()
+        .map(|flow| String::from_utf8_lossy(flow).into_owned())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|flow| flow.contains("PROT P\r\n") && flow.contains("RETR file.bin\r\n")),
+        "{texts:?}"
+    );
+    assert!(
+        recorded.contains(&up.peers.ftp_file()),
+        "the downloaded file, in plaintext"
+    );
+    let report = up.stop();
+    assert_eq!(report["tcp"]["ftp_data_tls"], 1, "{report}");
+    inspect_box(&["stop", &dir]);
+}
