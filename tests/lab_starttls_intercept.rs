@@ -318,3 +318,29 @@ fn the_inspection_box_sees_the_ftp_commands_and_the_downloaded_file_in_plaintext
     assert_eq!(report["tcp"]["ftp_data_tls"], 1, "{report}");
     inspect_box(&["stop", &dir]);
 }
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_moves_files_byte_exact_over_intercepted_ftp_over_ipv6_with_epsv() {
+    let up = Intercepting::on("configs/lab.toml", "starttls-intercept-ftp-v6", "ftp");
+    let saved = up.scratch.path("v6.bin");
+    curl_ftp_download(&up.lab, CLI, SRV_V6, &up.ca, &[], &saved).expect_ok("IPv6 download through tlsgate");
+    assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
+    let file = up.scratch.path("v6-upload.bin");
+    let upload: Vec<u8> = (0..100_000u32).map(|at| (at % 241) as u8).collect();
+    std::fs::write(&file, &upload).expect("upload file");
+    curl_ftp_upload(&up.lab, CLI, SRV_V6, &up.ca, &[], &file, "v6").expect_ok("IPv6 upload through tlsgate");
+    assert!(up.peers.ftp_uploaded("v6") == upload, "uploaded byte-exact");
+    let records = await_records(&up.scratch, 4);
+    let data: Vec<_> = records
+        .iter()
+        .filter(|record| record["starttls"] == "ftp-data")
+        .collect();
+    assert_eq!(data.len(), 2, "{records:?}");
+    for record in data {
+        assert_eq!(record["dest_ip"], SRV_V6, "{record}");
+        assert_eq!(record["server_resumed"], true, "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["ftp_data_tls"], 2, "{report}");
+}
