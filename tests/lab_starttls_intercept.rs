@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{
-    curl_mail, imap_injection, psql, psql_with, queue_id, s_client, s_client_dialogue, swaks, swaks_in_plaintext,
-    xmpp_login, StarttlsPeers, SERVER_NAME,
+    curl_ftp_download, curl_ftp_upload, curl_mail, imap_injection, psql, psql_with, queue_id, s_client,
+    s_client_dialogue, swaks, swaks_in_plaintext, xmpp_login, StarttlsPeers, FTP_PASSIVE_PORTS, SERVER_NAME,
 };
 use common::{repo, Scratch};
 
@@ -586,4 +586,119 @@ fn require_tls_resets_swaks_and_psql_in_plaintext_and_logs_them_blocked_over_ipv
         (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
         "{report}"
     );
+}
+
+// --- FTP over AUTH TLS: the control connection and its TLS data connections ---
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_with_intercepted_tls_data_connections_epsv_and_pasv() {
+    let up = Intercepting::up("starttls-intercept-ftp");
+    let upload: Vec<u8> = (0..200_000u32).map(|at| (at % 251) as u8).collect();
+    let modes = [("epsv", &[][..]), ("pasv", &["--disable-epsv"][..])];
+    for (name, options) in modes {
+        // curl trusts only the appliance CA: the control connection's and
+        // the data connections' forged certificates; vsftpd requires the
+        // data connection's TLS to resume the control connection's.
+        let saved = up.scratch.path(&format!("{name}.bin"));
+        curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, options, &saved)
+            .expect_ok(&format!("{name} download through tlsgate"));
+        assert!(
+            std::fs::read(&saved).expect("download") == up.peers.ftp_file(),
+            "{name}: downloaded byte-exact"
+        );
+        let file = up.scratch.path(&format!("{name}-upload.bin"));
+        std::fs::write(&file, &upload).expect("upload file");
+        curl_ftp_upload(&up.lab, CLI, SRV_V4, &up.ca, options, &file, name)
+            .expect_ok(&format!("{name} upload through tlsgate"));
+        assert!(up.peers.ftp_uploaded(name) == upload, "{name}: uploaded byte-exact");
+    }
+    // Four control connections, four data connections.
+    let records = await_records(&up.scratch, 8);
+    let data: Vec<_> = records
+        .iter()
+        .filter(|record| record["starttls"] == "ftp-data")
+        .collect();
+    assert_eq!(data.len(), 4, "{records:?}");
+    for record in data {
+        assert_eq!(record["event_type"], "tls_intercept", "{record}");
+        assert_eq!(record["sni"], SERVER_NAME, "{record}");
+        assert_eq!(record["upstream_verified"], true, "{record}");
+        assert_eq!(
+            record["server_resumed"], true,
+            "resumed the control session upstream: {record}"
+        );
+        assert!(
+            FTP_PASSIVE_PORTS.contains(&(record["dest_port"].as_u64().unwrap() as u16)),
+            "{record}"
+        );
+    }
+    let report = up.stop();
+    let tcp = &report["tcp"];
+    assert_eq!(
+        (&tcp["starttls_upgraded"], &tcp["ftp_data_tls"], &tcp["ftp_data_failed"]),
+        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
+        "{report}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn the_inspection_box_sees_the_ftp_commands_and_the_downloaded_file_in_plaintext() {
+    let up = Intercepting::inspected("starttls-intercept-ftp-box");
+    let dir = box_dir(&up.scratch);
+    inspect_box(&["bridge", &dir]);
+    let saved = up.scratch.path("inspected.bin");
+    curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[], &saved).expect_ok("download through tlsgate and the box");
+    assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
+    let flows = up.scratch.path("box/flows");
+    let recorded: Vec<Vec<u8>> = std::fs::read_dir(&flows)
+        .expect("the box's flows")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .collect();
+    // The control channel inside TLS, then the data connection's content.
+    let texts: Vec<String> = recorded
+        .iter()
+        .map(|flow| String::from_utf8_lossy(flow).into_owned())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|flow| flow.contains("PROT P\r\n") && flow.contains("RETR file.bin\r\n")),
+        "{texts:?}"
+    );
+    assert!(
+        recorded.contains(&up.peers.ftp_file()),
+        "the downloaded file, in plaintext"
+    );
+    let report = up.stop();
+    assert_eq!(report["tcp"]["ftp_data_tls"], 1, "{report}");
+    inspect_box(&["stop", &dir]);
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_moves_files_byte_exact_over_intercepted_ftp_over_ipv6_with_epsv() {
+    let up = Intercepting::up("starttls-intercept-ftp-v6");
+    let saved = up.scratch.path("v6.bin");
+    curl_ftp_download(&up.lab, CLI, SRV_V6, &up.ca, &[], &saved).expect_ok("IPv6 download through tlsgate");
+    assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
+    let file = up.scratch.path("v6-upload.bin");
+    let upload: Vec<u8> = (0..100_000u32).map(|at| (at % 241) as u8).collect();
+    std::fs::write(&file, &upload).expect("upload file");
+    curl_ftp_upload(&up.lab, CLI, SRV_V6, &up.ca, &[], &file, "v6").expect_ok("IPv6 upload through tlsgate");
+    assert!(up.peers.ftp_uploaded("v6") == upload, "uploaded byte-exact");
+    let records = await_records(&up.scratch, 4);
+    let data: Vec<_> = records
+        .iter()
+        .filter(|record| record["starttls"] == "ftp-data")
+        .collect();
+    assert_eq!(data.len(), 2, "{records:?}");
+    for record in data {
+        assert_eq!(record["dest_ip"], SRV_V6, "{record}");
+        assert_eq!(record["server_resumed"], true, "{record}");
+    }
+    let report = up.stop();
+    assert_eq!(report["tcp"]["ftp_data_tls"], 2, "{report}");
 }

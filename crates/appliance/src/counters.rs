@@ -503,6 +503,21 @@ declare! {
         /// Client bytes discarded after an upgrade request, before TLS (the
         /// STARTTLS command injection class).
         counter starttls_injected_bytes_discarded,
+        /// FTP data connections an intercepted control channel announced
+        /// (PASV/EPSV, PORT/EPRT), expected for their SYN.
+        counter ftp_data_expected,
+        /// Announced passive FTP data connections admitted and intercepted
+        /// as TLS (PROT P).
+        counter ftp_data_tls,
+        /// Announced passive FTP data connections admitted in plaintext
+        /// (PROT C), through the box and the taps.
+        counter ftp_data_clear,
+        /// Active-mode FTP data connections (the server's SYN) refused.
+        counter ftp_data_active_blocked,
+        /// FTP control connections reset: their control channel could not
+        /// be followed, or announced more data connections than can be
+        /// expected.
+        counter ftp_data_failed,
         /// ARP requests and IPv6 neighbour solicitations for the
         /// appliance's own addresses (`ports.server.addresses`) answered.
         counter neighbour_requests_answered,
@@ -966,6 +981,18 @@ impl fmt::Display for Report {
                 splice.starttls_injected_bytes_discarded
             )?;
         }
+        if splice.ftp_data_expected + splice.ftp_data_failed > 0 {
+            writeln!(
+                f,
+                "ftp data: {} announced and expected, {} intercepted as TLS, {} relayed in plaintext, \
+                 {} active-mode refused; {} control connections reset (unreadable, too many announced)",
+                splice.ftp_data_expected,
+                splice.ftp_data_tls,
+                splice.ftp_data_clear,
+                splice.ftp_data_active_blocked,
+                splice.ftp_data_failed
+            )?;
+        }
         if splice.neighbour_requests_answered
             + splice.neighbour_requests_sent
             + splice.neighbour_unresolved
@@ -1220,6 +1247,11 @@ mod tests {
         splice.starttls_failed = 441;
         splice.starttls_timeouts = 442;
         splice.starttls_injected_bytes_discarded = 443;
+        splice.ftp_data_expected = 491;
+        splice.ftp_data_tls = 492;
+        splice.ftp_data_clear = 493;
+        splice.ftp_data_active_blocked = 494;
+        splice.ftp_data_failed = 495;
         splice.neighbour_requests_answered = 471;
         splice.neighbour_requests_sent = 472;
         splice.neighbour_unresolved = 473;

@@ -20,6 +20,7 @@ use wire::{FlowTuple, IpProtocol};
 use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, StarttlsPort, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
+use crate::ftpdata::Opener;
 use crate::handoff::{HandoffError, WorkerHandoff};
 use crate::owned::OwnedSources;
 use crate::policy::{Action, Policy, UdpPolicy};
@@ -570,14 +571,35 @@ impl<P: Port> Engine<P> {
                 hand(owner, frame.data());
                 return false;
             }
-            let syn = from == Side::Client
-                && info.flags.syn
-                && !info.flags.ack
-                && !info.flags.rst
-                && class.is_tcp_candidate();
+            let opening = info.flags.syn && !info.flags.ack && !info.flags.rst && class.is_tcp_candidate();
+            // An FTP data connection an intercepted control channel
+            // announced (crate::ftpdata): a client's SYN to a passive one
+            // opens below; a server's SYN to an active one is refused,
+            // unless the policy bypasses it.
+            let ftp_data = if opening && flow.is_none() {
+                splicer.expected_ftp_data(tuple, now)
+            } else {
+                None
+            };
+            if from == Side::Server && ftp_data.is_some_and(|expected| expected.opener == Opener::Server) {
+                match splicer.policy().at_syn(tuple) {
+                    Some(verdict) if verdict.action == Action::Bypass => {
+                        splicer.log_decision(tuple, &verdict, now);
+                        return true;
+                    }
+                    _ => {
+                        splicer.refuse_active_ftp_data(tuple, now);
+                        withheld += 1;
+                        return false;
+                    }
+                }
+            }
+            let syn = from == Side::Client && opening;
             let serves = syn && splicer.serves(tuple);
             let starttls = if syn { splicer.starttls(tuple.dst_port) } else { None };
-            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some());
+            let passive_ftp_data = syn && ftp_data.is_some_and(|expected| expected.opener == Opener::Client);
+            let opens =
+                syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some() || passive_ftp_data);
             match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already

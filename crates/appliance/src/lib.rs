@@ -13,6 +13,7 @@ pub mod counters;
 pub mod directory;
 pub mod distribution;
 pub mod engine;
+pub mod ftpdata;
 pub mod handoff;
 pub mod histogram;
 pub mod keylog;

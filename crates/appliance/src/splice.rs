@@ -43,6 +43,7 @@ use netstack::neighbour::Outcome;
 use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, Stack, StackError};
 use pipeline::{Connection, Leg, LegIo, PreambleError, PreambleEvent, TLS_BACKLOG};
 use slab::Slab;
+use starttls::DataChannelEvent;
 use time::OffsetDateTime;
 use wire::FlowTuple;
 use wire::FrameClass;
@@ -53,6 +54,7 @@ use crate::config::{AtCapacity, InspectFailure, StarttlsPort};
 use crate::connlog::{self, ConnectionLog, ConnectionRecord, EventType};
 use crate::counters::SpliceCounters;
 use crate::directory::{SessionDirectory, WorkerDirectory};
+use crate::ftpdata::{Expectations, Expected, Opener};
 use crate::handoff::LegRegistry;
 use crate::mirror::Taps;
 use crate::owned::{OwnedLeg, OwnedSources};
@@ -242,6 +244,7 @@ impl Session {
             pending_backend: None,
             learned: None,
             starttls: None,
+            ftp_data: None,
             logged: false,
             flow_id: connlog::flow_id(
                 SocketAddr::new(tuple.src_ip, tuple.src_port),
@@ -322,6 +325,9 @@ struct Session {
     learned: Option<String>,
     /// A `[[starttls]]` connection's preamble, for its timer and the log.
     starttls: Option<StarttlsState>,
+    /// An FTP data connection an intercepted control channel announced
+    /// (see [`crate::ftpdata`]): TLS (intercepted) or plain.
+    ftp_data: Option<starttls::DataProtection>,
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
@@ -437,6 +443,8 @@ struct Shared {
     services: Option<Arc<Services>>,
     /// The `[[starttls]]` entries, by destination port.
     starttls: HashMap<u16, StarttlsPort>,
+    /// The FTP data connections intercepted control channels announced.
+    ftp_data: Expectations,
     /// The owned addresses of the server port, when configured.
     owned: Option<OwnedSources>,
 }
@@ -601,6 +609,101 @@ fn fell_back_from_ech(err: &MitmError) -> bool {
     )
 }
 
+/// Expects the data connections an FTP control channel announced (in
+/// this pump, before the replies that announced them reach the
+/// client); fails the session when its control channel cannot be
+/// followed or announces more than can be expected, so that no data
+/// connection goes unrecognised.
+fn take_announcements(
+    expectations: &mut Expectations,
+    counters: &mut SpliceCounters,
+    session: &mut Session,
+    now: Instant,
+) {
+    let control_server = session.tuple.dst_ip;
+    let client = session.tuple.src_ip;
+    while let Some(announced) = session.conn.next_announcement() {
+        let expected = match announced {
+            Err(err) => Err(format!("FTP control channel: {err}")),
+            Ok(pipeline::Announcement {
+                event: DataChannelEvent::ServerListens(endpoint),
+                protection,
+            }) => {
+                // EPSV names no address; a 227 often names the server's
+                // private one behind NAT: the control connection's
+                // server is expected, and the named one too.
+                let named = endpoint.address.filter(|address| *address != control_server);
+                if let Some(named) = named {
+                    tracing::info!(
+                        "FTP 227 names {named}, the control connection's server is {control_server}: \
+                         both expected"
+                    );
+                }
+                [Some(control_server), named]
+                    .into_iter()
+                    .flatten()
+                    .try_for_each(|server| {
+                        expect_ftp_data(
+                            (&mut *expectations, &mut *counters),
+                            session,
+                            Opener::Client,
+                            (client, server, endpoint.port),
+                            protection,
+                            now,
+                        )
+                    })
+            }
+            Ok(pipeline::Announcement {
+                event: DataChannelEvent::ClientListens(endpoint),
+                protection,
+            }) => {
+                let listener = endpoint.address.unwrap_or(client);
+                expect_ftp_data(
+                    (&mut *expectations, &mut *counters),
+                    session,
+                    Opener::Server,
+                    (control_server, listener, endpoint.port),
+                    protection,
+                    now,
+                )
+            }
+            Ok(_) => Ok(()),
+        };
+        if let Err(reason) = expected {
+            tracing::info!("{reason}: resetting {:?}", session.tuple);
+            counters.ftp_data_failed += 1;
+            session.ended = Some(reason);
+            session.conn.fail();
+            return;
+        }
+    }
+}
+
+fn expect_ftp_data(
+    (expectations, counters): (&mut Expectations, &mut SpliceCounters),
+    session: &Session,
+    opener: Opener,
+    endpoints: (IpAddr, IpAddr, u16),
+    protection: starttls::DataProtection,
+    now: Instant,
+) -> Result<(), String> {
+    expectations
+        .expect(session.serial, opener, endpoints, protection, now)
+        .map_err(|err| format!("FTP control channel: {err}"))?;
+    counters.ftp_data_expected += 1;
+    Ok(())
+}
+
+/// The connection log's `starttls` of an FTP data connection.
+const FTP_DATA: &str = "ftp-data";
+
+fn protection_name(protection: starttls::DataProtection) -> &'static str {
+    match protection {
+        starttls::DataProtection::Private => "TLS, PROT P",
+        starttls::DataProtection::Clear => "plain, PROT C",
+    }
+}
+
 /// The connection-log record of a session that ended (`event_type` by the
 /// mode: TLS interception or splice).
 fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionRecord {
@@ -649,9 +752,13 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
             (Some(service), _) => format!("service {}", service.name),
             (None, _) if session.terminate => "a [[service]] destination".into(),
             (None, Some(verdict)) => verdict.reason.clone(),
-            (None, None) => match &session.starttls {
-                Some(starttls) => format!("[[starttls]] {} on port {}", starttls.protocol, session.tuple.dst_port),
-                None => format!("destination port {} is intercepted", session.tuple.dst_port),
+            (None, None) => match (&session.starttls, session.ftp_data) {
+                (Some(starttls), _) => format!("[[starttls]] {} on port {}", starttls.protocol, session.tuple.dst_port),
+                (None, Some(protection)) => format!(
+                    "an FTP data connection ({}) announced on an intercepted control connection",
+                    protection_name(protection)
+                ),
+                (None, None) => format!("destination port {} is intercepted", session.tuple.dst_port),
             },
         },
         sni: info.sni,
@@ -679,7 +786,11 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
         plaintext_server_to_client: info.plaintext_server_to_client,
         inspection: session.inspection_note.clone(),
         learned: session.learned.clone(),
-        starttls: session.starttls.as_ref().map(|starttls| starttls.protocol.name()),
+        starttls: match (&session.starttls, session.ftp_data) {
+            (Some(starttls), _) => Some(starttls.protocol.name()),
+            (None, Some(_)) => Some(FTP_DATA),
+            (None, None) => None,
+        },
         starttls_outcome: session.starttls.as_ref().map(|starttls| starttls.outcome),
         starttls_discarded_bytes: session
             .starttls
@@ -853,6 +964,7 @@ impl Splicer {
                 legs: None,
                 services: None,
                 starttls: HashMap::new(),
+                ftp_data: Expectations::default(),
                 owned: None,
             },
             shutdown_pending: None,
@@ -941,6 +1053,33 @@ impl Splicer {
     /// intercept; the engine bypasses or blocks the others at their SYN).
     pub fn set_starttls(&mut self, entries: &[StarttlsPort]) {
         self.shared.starttls = entries.iter().map(|entry| (entry.port, *entry)).collect();
+    }
+
+    /// The FTP data connection `syn` opens, if an intercepted control
+    /// channel announced it (see [`crate::ftpdata`]): a client's SYN to a
+    /// passive one is admitted ([`Splicer::open`] intercepts it), a server's
+    /// SYN to an active one refused ([`Splicer::refuse_active_ftp_data`]).
+    pub fn expected_ftp_data(&self, syn: &FlowTuple, now: Instant) -> Option<Expected> {
+        self.shared.ftp_data.awaits(syn, now)
+    }
+
+    /// Drops a server's SYN that opens an active-mode FTP data connection
+    /// (PORT/EPRT) of an intercepted control channel: the appliance does
+    /// not intercept TLS that way round, and the data must not pass
+    /// uninspected. The server's connect fails (FTP 425); logged, counted.
+    pub fn refuse_active_ftp_data(&mut self, syn: &FlowTuple, now: Instant) {
+        let shared = &mut self.shared;
+        if shared.ftp_data.take(syn, now).is_none() {
+            return;
+        }
+        shared.counters.ftp_data_active_blocked += 1;
+        let verdict = Verdict {
+            action: Action::Block,
+            reason: "an active-mode FTP data connection (PORT/EPRT) of an intercepted control connection: \
+                     not intercepted, so refused"
+                .into(),
+        };
+        self.log_decision(syn, &verdict, now);
     }
 
     /// The `[[starttls]]` entry of destination `port`, if any.
@@ -1397,11 +1536,26 @@ impl Splicer {
             // An upgrade or downgrade may move the server's port.
             shared.register_server_leg(&mut session, &server_tuple);
         }
+        // An FTP data connection a control channel announced: TLS from its
+        // first byte (PROT P, its upstream resuming the control
+        // connection's session: same server address, same session store),
+        // or plain (through the box and the taps).
+        session.ftp_data = if terminate || conversion.is_some() {
+            None
+        } else {
+            shared.ftp_data.take(tuple, now).map(|expected| expected.protection)
+        };
         let tls = shared
             .current
             .tls
             .as_ref()
+            .filter(|_| session.ftp_data != Some(starttls::DataProtection::Clear))
             .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+        match session.ftp_data {
+            Some(starttls::DataProtection::Private) => shared.counters.ftp_data_tls += 1,
+            Some(starttls::DataProtection::Clear) => shared.counters.ftp_data_clear += 1,
+            None => {}
+        }
         // A `[[starttls]]` port: the preamble is watched, its upgrade intercepted.
         let starttls = shared
             .starttls
@@ -1744,6 +1898,9 @@ impl Shared {
         }
         let tls = self.intercepts_tls(&session);
         self.release_generation(&mut session);
+        if session.starttls.is_some() {
+            self.ftp_data.forget(session.serial);
+        }
         if let Some(directory) = self.directory.as_mut() {
             directory.ended(&session.tuple);
         }
@@ -2366,6 +2523,7 @@ impl Shared {
                 }
             }
         };
+        take_announcements(&mut self.ftp_data, &mut self.counters, session, now);
         if !was_established && session.conn.handshakes_done() {
             // Both handshakes are done (counted as `tls_intercepted`).
             self.counters

@@ -3,6 +3,7 @@
 
 use mitm::{MitmError, Pending, TlsContext, TlsSession};
 
+use crate::control::{Announcement, Watched, WatchingTap};
 use crate::inflight::InFlight;
 use crate::preamble::{Preamble, PreambleError, PreambleEvent, Reports};
 use crate::terminate::TlsServer;
@@ -65,6 +66,9 @@ pub struct Connection {
     bytes: (u64, u64),
     /// What a STARTTLS preamble reported (kept across the upgrade).
     preamble: Reports,
+    /// After an FTP upgrade, its control channel inside TLS, watched for
+    /// the data connections it announces.
+    control: Option<Box<Watched>>,
 }
 
 impl Connection {
@@ -121,6 +125,7 @@ impl Connection {
             backlog_to_client: Vec::new(),
             bytes: (0, 0),
             preamble: Reports::default(),
+            control: None,
         }
     }
 
@@ -232,6 +237,17 @@ impl Connection {
         self.preamble.discarded
     }
 
+    /// What the upgraded session's control channel announced since the last
+    /// call, oldest first (FTP: the data connections and their protection),
+    /// then, once, why it cannot be followed any more (a reply or command
+    /// it cannot read: the caller fails the session, since a data
+    /// connection could go unannounced). The caller takes them after each
+    /// [`Connection::pump_tls`], before the replies that announced them
+    /// reach the client. `None` for every other connection.
+    pub fn next_announcement(&mut self) -> Option<Result<Announcement, starttls::NegotiationError>> {
+        self.control.as_deref_mut()?.next()
+    }
+
     /// Drops the TLS state (or a STARTTLS preamble's), returning what TLS
     /// told (for the log); from now on the bytes pass untouched.
     pub fn drop_tls(&mut self) -> Option<mitm::SessionInfo> {
@@ -263,13 +279,14 @@ impl Connection {
     }
 
     /// Intercepts the pending ClientHello; `expose`: the plaintext goes
-    /// through the caller (the inspection loop, the taps).
+    /// through the caller (the inspection loop, the taps). A watched
+    /// control channel always exposes it (the watcher reads it).
     pub fn intercept(&mut self, context: &TlsContext, expose: bool) -> Result<(), MitmError> {
         let Transform::Intercept(tls) = &mut self.transform else {
             return Err(MitmError::Config("nothing to intercept".into()));
         };
         tls.intercept(context)?;
-        if expose {
+        if expose || self.control.is_some() {
             tls.expose_plaintext();
         }
         Ok(())
@@ -365,6 +382,17 @@ impl Connection {
         context: Option<&mut TlsContext>,
         tap: Option<&mut dyn Tap>,
     ) -> Result<(), MitmError> {
+        let mut watching;
+        let tap: Option<&mut dyn Tap> = match self.control.as_deref_mut() {
+            Some(watched) => {
+                watching = WatchingTap {
+                    watched,
+                    inner: tap.map(|tap| tap as &mut dyn Tap),
+                };
+                Some(&mut watching)
+            }
+            None => tap.map(|tap| tap as &mut dyn Tap),
+        };
         let inspection = self.inspection.as_mut();
         match (&mut self.transform, context) {
             (Transform::Plain | Transform::Starttls(_), _) | (Transform::Intercept(_), None) => Ok(()),
@@ -414,6 +442,9 @@ impl Connection {
         )?;
         if upgraded {
             let server_ip = preamble.server_ip;
+            self.control = preamble
+                .control_channel()
+                .map(|channel| Box::new(Watched::new(channel)));
             self.transform = Transform::Intercept(Box::new(TlsSession::new(server_ip)));
         }
         Ok(())

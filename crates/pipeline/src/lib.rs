@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod connection;
+mod control;
 mod inflight;
 mod preamble;
 mod terminate;
@@ -30,6 +31,7 @@ mod transform;
 mod upgrade;
 
 pub use connection::Connection;
+pub use control::Announcement;
 pub use preamble::{PreambleError, PreambleEvent};
 pub use terminate::TlsServer;
 pub use transform::TlsTransform;

@@ -101,6 +101,12 @@ impl Preamble {
         }
     }
 
+    /// The observer of the session inside TLS, once upgraded (see
+    /// [`Negotiation::control_channel`]).
+    pub(crate) fn control_channel(&self) -> Option<starttls::ControlChannel> {
+        self.watcher.control_channel()
+    }
+
     pub(crate) fn protocol(&self) -> starttls::Protocol {
         self.watcher.protocol()
     }

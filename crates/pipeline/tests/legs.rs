@@ -980,3 +980,106 @@ fn require_tls_fails_plaintext_content_and_a_refusal_without_passing_them_on() {
     );
     assert!(legs.get(Leg::Client).from_pipeline.is_empty());
 }
+
+/// Talks inside an upgraded connection: `client_says` then `server_says`;
+/// returns what each peer received.
+fn converse(
+    conn: &mut Connection,
+    legs: &mut Legs,
+    context: &mut mitm::TlsContext,
+    (client, server): (&mut ClientConnection, &mut rustls::ServerConnection),
+    (client_says, server_says): (&[u8], &[u8]),
+) -> (Vec<u8>, Vec<u8>) {
+    let (mut at_client, mut at_server) = (Vec::new(), Vec::new());
+    client.writer().write_all(client_says).unwrap();
+    for _ in 0..5 {
+        peer_io(client, legs.wire(Leg::Client), &mut at_client);
+        peer_io(server, legs.wire(Leg::Server), &mut at_server);
+        step_intercepted(conn, legs, context);
+    }
+    server.writer().write_all(server_says).unwrap();
+    for _ in 0..5 {
+        peer_io(server, legs.wire(Leg::Server), &mut at_server);
+        step_intercepted(conn, legs, context);
+        peer_io(client, legs.wire(Leg::Client), &mut at_client);
+    }
+    (at_client, at_server)
+}
+
+fn announcements(conn: &mut Connection) -> Vec<Result<pipeline::Announcement, starttls::NegotiationError>> {
+    std::iter::from_fn(|| conn.next_announcement()).collect()
+}
+
+#[test]
+fn an_upgraded_ftp_control_channel_announces_its_data_connections_even_with_the_plaintext_not_exposed() {
+    use starttls::{DataChannelEvent, DataEndpoint, DataProtection};
+    let pki = pki();
+    let (mut context, appliance_ca) = appliance_context(&pki);
+    let mut conn = Connection::starttls(
+        starttls::negotiation(starttls::Protocol::Ftp),
+        SERVER_IP.parse().unwrap(),
+        false,
+        false,
+    );
+    let mut legs = Legs::new();
+    for (from, bytes) in [
+        (Leg::Server, &b"220 (vsFTPd 3.0.5)\r\n"[..]),
+        (Leg::Client, b"AUTH TLS\r\n"),
+        (Leg::Server, b"234 Proceed with negotiation.\r\n"),
+    ] {
+        assert_eq!(say(&mut conn, &mut legs, from, bytes), bytes, "relayed byte for byte");
+    }
+    assert!(conn.tls().is_some(), "upgraded");
+    assert!(announcements(&mut conn).is_empty());
+    let (mut client, mut server) = handshake_upgraded(&mut conn, &mut legs, &pki, (&mut context, &appliance_ca), false);
+    let peers = (&mut client, &mut server);
+    let mut talk = |conn: &mut Connection, legs: &mut Legs, said: (&[u8], &[u8])| {
+        let heard = converse(conn, legs, &mut context, (&mut *peers.0, &mut *peers.1), said);
+        assert_eq!(heard, (said.1.to_vec(), said.0.to_vec()), "relayed unchanged");
+    };
+    for said in [
+        (
+            &b"EPSV\r\n"[..],
+            &b"229 Entering Extended Passive Mode (|||40001|)\r\n"[..],
+        ),
+        (b"PBSZ 0\r\nPROT P\r\n", b"200 PBSZ=0\r\n200 PROT now Private.\r\n"),
+        (b"EPSV\r\n", b"229 Entering Extended Passive Mode (|||40003|)\r\n"),
+        (b"PASV\r\n", b"227 Entering Passive Mode (198,18,1,2,156,69).\r\n"),
+    ] {
+        talk(&mut conn, &mut legs, said);
+    }
+    let listens = |address, port, protection| {
+        Ok(pipeline::Announcement {
+            event: DataChannelEvent::ServerListens(DataEndpoint { address, port }),
+            protection,
+        })
+    };
+    assert_eq!(
+        announcements(&mut conn),
+        [
+            listens(None, 40001, DataProtection::Clear),
+            Ok(pipeline::Announcement {
+                event: DataChannelEvent::Protection(DataProtection::Private),
+                protection: DataProtection::Private,
+            }),
+            listens(None, 40003, DataProtection::Private),
+            listens(Some(SERVER_IP.parse().unwrap()), 40005, DataProtection::Private),
+        ]
+    );
+    // An announcement it cannot read is reported once, then nothing more.
+    talk(
+        &mut conn,
+        &mut legs,
+        (
+            b"LPSV\r\n",
+            b"228 Entering Long Passive Mode (4,4,198,18,1,2,2,156,71)\r\n",
+        ),
+    );
+    talk(
+        &mut conn,
+        &mut legs,
+        (b"EPSV\r\n", b"229 Entering Extended Passive Mode (|||40008|)\r\n"),
+    );
+    let after = announcements(&mut conn);
+    assert!(matches!(after.as_slice(), [Err(_)]), "{after:?}");
+}

@@ -221,16 +221,6 @@ impl FtpNegotiation {
         }
     }
 
-    /// The observer of the control channel inside TLS, once the upgrade was
-    /// accepted, knowing what the `AUTH` mechanism implies for data
-    /// connections.
-    pub fn control_channel(&self) -> Option<ControlChannel> {
-        match self.upgrade {
-            Upgrade::Accepted(protection) => Some(ControlChannel::new(protection)),
-            Upgrade::None | Upgrade::Requested(_) => None,
-        }
-    }
-
     /// A final reply completed: what it answered.
     fn answer(&mut self, code: u16) -> Result<Option<ServerEvent>, NegotiationError> {
         if code < 200 {
@@ -340,6 +330,16 @@ impl Negotiation for FtpNegotiation {
 
     fn awaiting_server(&self) -> bool {
         matches!(self.upgrade, Upgrade::Requested(_)) || (self.unanswered > 0 && !self.preliminary)
+    }
+
+    /// The observer of the control channel inside TLS, once the upgrade was
+    /// accepted, knowing what the `AUTH` mechanism implies for data
+    /// connections.
+    fn control_channel(&self) -> Option<ControlChannel> {
+        match self.upgrade {
+            Upgrade::Accepted(protection) => Some(ControlChannel::new(protection)),
+            Upgrade::None | Upgrade::Requested(_) => None,
+        }
     }
 }
 

@@ -250,4 +250,11 @@ pub trait Negotiation: Send {
     /// A request (the client's greeting, a command, the upgrade request)
     /// waits for the server's answer: the caller's preamble timeout runs.
     fn awaiting_server(&self) -> bool;
+    /// Once the upgrade was accepted, the observer of the session inside
+    /// TLS, for the protocols whose decrypted stream announces further
+    /// connections: FTP's control channel ([`ftp::ControlChannel`], its
+    /// data connections). `None` for the others.
+    fn control_channel(&self) -> Option<ftp::ControlChannel> {
+        None
+    }
 }
