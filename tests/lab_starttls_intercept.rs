@@ -15,6 +15,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{
@@ -149,6 +150,20 @@ impl Intercepting {
             }
         }
         (up, down)
+    }
+
+    /// [`Intercepting::recorded_flows`] once `ready` holds for the client's
+    /// side of `port` (tcpflow writes what it saw on its own schedule), or
+    /// as they are after 10 s.
+    fn await_recorded_flows(&self, port: u16, ready: impl Fn(&str) -> bool) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let flows = self.recorded_flows(port);
+            if ready(&flows.0) || Instant::now() >= deadline {
+                return flows;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops tlsgate; its report.
@@ -498,7 +513,7 @@ fn a_command_injected_after_imap_starttls_is_discarded_and_never_reaches_dovecot
     );
     // What went on to Dovecot: the upgrade request, then only the command
     // sent inside TLS.
-    let (imap_up, _) = up.recorded_flows(143);
+    let (imap_up, _) = up.await_recorded_flows(143, |flow| flow.contains("c LOGOUT"));
     assert_eq!(imap_up, "a STARTTLS\r\nc LOGOUT\r\n");
     up.peers
         .await_logged("dovecot/dovecot.log", "imap-login: Info: Disconnected");
