@@ -280,7 +280,7 @@ fn the_inspection_box_sees_the_smtp_preamble_and_the_mail_in_plaintext() {
     assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
     // The recorder (tcpflow) holds the client's side of the conversation:
     // the preamble, then what went inside TLS, in plaintext.
-    let (up_flow, down_flow) = up.recorded_flows(25);
+    let (up_flow, down_flow) = up.await_recorded_flows(25, |flow| flow.contains("Subject: intercepted inspected"));
     assert!(up_flow.starts_with("EHLO client.lab.test\r\nSTARTTLS\r\n"), "{up_flow}");
     assert!(up_flow.contains("MAIL FROM:<sender@lab.test>"), "{up_flow}");
     assert!(up_flow.contains("Subject: intercepted inspected"), "{up_flow}");
@@ -467,7 +467,7 @@ fn the_inspection_box_sees_imap_pop3_sql_and_xmpp_in_plaintext_before_and_after_
     ]);
     // The client's commands: the upgrade in the preamble, then what went
     // inside TLS; the server's answers: the message itself.
-    let (imap_up, imap_down) = up.recorded_flows(143);
+    let (imap_up, imap_down) = up.await_recorded_flows(143, |flow| flow.contains(" FETCH 1 "));
     let starttls = imap_up.find(" STARTTLS\r\n").unwrap_or_else(|| panic!("{imap_up}"));
     let fetch = imap_up.find(" FETCH 1 ").unwrap_or_else(|| panic!("{imap_up}"));
     assert!(starttls < fetch, "{imap_up}");
@@ -476,15 +476,16 @@ fn the_inspection_box_sees_imap_pop3_sql_and_xmpp_in_plaintext_before_and_after_
         "{imap_up}"
     );
     assert!(imap_down.contains(&message), "{imap_down}");
-    let (pop3_up, pop3_down) = up.recorded_flows(110);
+    let (pop3_up, pop3_down) = up.await_recorded_flows(110, |flow| flow.contains("RETR 1\r\n"));
     let stls = pop3_up.find("STLS\r\n").unwrap_or_else(|| panic!("{pop3_up}"));
     let retr = pop3_up.find("RETR 1\r\n").unwrap_or_else(|| panic!("{pop3_up}"));
     assert!(stls < retr, "{pop3_up}");
     assert!(pop3_down.contains(&message), "{pop3_down}");
-    let (sql_up, sql_down) = up.recorded_flows(5432);
+    let (sql_up, sql_down) = up.await_recorded_flows(5432, |flow| flow.contains(QUERY));
     assert!(sql_up.contains(QUERY), "{sql_up}");
     assert!(sql_down.contains("hello"), "{sql_down}");
-    let (xmpp_up, _) = up.recorded_flows(5222);
+    let (xmpp_up, _) =
+        up.await_recorded_flows(5222, |flow| flow.contains("<body>over STARTTLS through the lab</body>"));
     let upgrade = xmpp_up.find("<starttls").unwrap_or_else(|| panic!("{xmpp_up}"));
     let chat = xmpp_up
         .find("<body>over STARTTLS through the lab</body>")
