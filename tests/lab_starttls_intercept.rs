@@ -129,41 +129,48 @@ impl Intercepting {
         records
     }
 
-    /// The box's recordings (tcpflow): each direction of each connection
-    /// to `port`, the client's side first ("SRC.SPORT-DST.DPORT" files).
-    fn recorded_flows(&self, port: u16) -> (String, String) {
-        let flows = self.scratch.path("box/flows");
-        let mut up = String::new();
-        let mut down = String::new();
-        for entry in std::fs::read_dir(&flows).expect("the box's flows").flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((source, destination)) = name.split_once('-') else {
-                continue;
-            };
-            let bytes = std::fs::read(entry.path()).expect("a flow");
-            let text = String::from_utf8_lossy(&bytes);
-            let port = format!(".{port:05}");
-            if destination.ends_with(&port) {
-                up.push_str(&text);
-            } else if source.ends_with(&port) {
-                down.push_str(&text);
-            }
-        }
-        (up, down)
-    }
-
-    /// [`Intercepting::recorded_flows`] once `ready` holds for the client's
-    /// side of `port` (tcpflow writes what it saw on its own schedule), or
-    /// as they are after 10 s.
-    fn await_recorded_flows(&self, port: u16, ready: impl Fn(&str) -> bool) -> (String, String) {
+    /// The box's recordings (tcpflow: one file per direction of each
+    /// connection, named "SRC.SPORT-DST.DPORT") once `ready` holds for them
+    /// (tcpflow writes what it saw on its own schedule), or as they are
+    /// after 10 s.
+    fn await_box_flows(&self, ready: impl Fn(&[(String, Vec<u8>)]) -> bool) -> Vec<(String, Vec<u8>)> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let flows = self.recorded_flows(port);
-            if ready(&flows.0) || Instant::now() >= deadline {
+            let flows: Vec<(String, Vec<u8>)> = std::fs::read_dir(self.scratch.path("box/flows"))
+                .expect("the box's flows")
+                .flatten()
+                .map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read(entry.path()).expect("a flow"))
+                })
+                .collect();
+            if ready(&flows) || Instant::now() >= deadline {
                 return flows;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Each direction of the recorded connections to `port`, the client's
+    /// side first, once `ready` holds for the client's side (see
+    /// [`Intercepting::await_box_flows`]).
+    fn await_recorded_flows(&self, port: u16, ready: impl Fn(&str) -> bool) -> (String, String) {
+        let port = format!(".{port:05}");
+        let sides = |flows: &[(String, Vec<u8>)]| {
+            let (mut up, mut down) = (String::new(), String::new());
+            for (name, bytes) in flows {
+                let Some((source, destination)) = name.split_once('-') else {
+                    continue;
+                };
+                if destination.ends_with(&port) {
+                    up.push_str(&String::from_utf8_lossy(bytes));
+                } else if source.ends_with(&port) {
+                    down.push_str(&String::from_utf8_lossy(bytes));
+                }
+            }
+            (up, down)
+        };
+        sides(&self.await_box_flows(|flows| ready(&sides(flows).0)))
     }
 
     /// Stops tlsgate; its report.
@@ -667,11 +674,11 @@ fn the_inspection_box_sees_the_ftp_commands_and_the_downloaded_file_in_plaintext
     let saved = up.scratch.path("inspected.bin");
     curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[], &saved).expect_ok("download through tlsgate and the box");
     assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
-    let flows = up.scratch.path("box/flows");
-    let recorded: Vec<Vec<u8>> = std::fs::read_dir(&flows)
-        .expect("the box's flows")
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path()).ok())
+    let file = up.peers.ftp_file();
+    let recorded: Vec<Vec<u8>> = up
+        .await_box_flows(|flows| flows.iter().any(|(_, bytes)| *bytes == file))
+        .into_iter()
+        .map(|(_, bytes)| bytes)
         .collect();
     // The control channel inside TLS, then the data connection's content.
     let texts: Vec<String> = recorded
@@ -684,10 +691,7 @@ fn the_inspection_box_sees_the_ftp_commands_and_the_downloaded_file_in_plaintext
             .any(|flow| flow.contains("PROT P\r\n") && flow.contains("RETR file.bin\r\n")),
         "{texts:?}"
     );
-    assert!(
-        recorded.contains(&up.peers.ftp_file()),
-        "the downloaded file, in plaintext"
-    );
+    assert!(recorded.contains(&file), "the downloaded file, in plaintext");
     let report = up.stop();
     assert_eq!(report["tcp"]["ftp_data_tls"], 1, "{report}");
     inspect_box(&["stop", &dir]);
