@@ -546,6 +546,20 @@ impl LegIo for StackLegs<'_> {
             .map_or(0, |flow| self.stack.recv(flow, buf).unwrap_or(0))
     }
 
+    fn recv_in_place(
+        &mut self,
+        leg: Leg,
+        max: usize,
+        grow: usize,
+        read: &mut dyn FnMut(&mut [u8], bool) -> usize,
+    ) -> usize {
+        self.flows.get(leg).map_or(0, |flow| {
+            self.stack
+                .recv_in_place(flow, max, grow, |data, stuck| read(data, stuck))
+                .unwrap_or(0)
+        })
+    }
+
     fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize {
         self.flows
             .get(leg)

@@ -774,6 +774,43 @@ impl TlsSession {
         }
     }
 
+    /// Feeds ciphertext from the client where it lies (the receive buffer
+    /// of its TCP leg): once both legs are established, whole records are
+    /// decrypted in place and only a trailing partial record is left,
+    /// unconsumed, for a later call with more bytes behind it. With
+    /// `take_all` (nothing can grow behind the bytes: the buffer wraps
+    /// or is full, or the stream ended) that partial record is copied in
+    /// instead. Returns how many bytes of `data` were consumed.
+    pub fn from_client_in_place(&mut self, data: &mut [u8], take_all: bool) -> Result<usize, MitmError> {
+        if !matches!(self.phase, Phase::Established { .. }) {
+            self.from_client(data)?;
+            return Ok(data.len());
+        }
+        self.pump_lent(Lent {
+            from_client: true,
+            bytes: data,
+            take_all,
+        })
+    }
+
+    /// [`TlsSession::from_client_in_place`] for the server's ciphertext.
+    pub fn from_server_in_place(
+        &mut self,
+        cx: &mut TlsContext,
+        data: &mut [u8],
+        take_all: bool,
+    ) -> Result<usize, MitmError> {
+        if !matches!(self.phase, Phase::Established { .. }) {
+            self.from_server(cx, data)?;
+            return Ok(data.len());
+        }
+        self.pump_lent(Lent {
+            from_client: false,
+            bytes: data,
+            take_all,
+        })
+    }
+
     /// Keeps client bytes that arrive before the client's leg exists,
     /// refusing more than a ClientHello and a few records can take.
     fn hold_client_bytes(&mut self, data: &[u8]) -> Result<(), MitmError> {
@@ -799,7 +836,7 @@ impl TlsSession {
                     .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
                 crate::trust::take_chain_verdict();
-                let driven = upstream.drive(&mut self.to_server, &mut self.plaintext_from_server);
+                let driven = upstream.drive(None, &mut self.to_server, &mut self.plaintext_from_server);
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
                     self.info.client_cert_requested = true;
                 }
@@ -874,7 +911,7 @@ impl TlsSession {
         let upstream = UnbufferedClientConnection::new(config, name).map_err(MitmError::Server)?;
         let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
         upstream
-            .drive(&mut self.to_server, &mut self.plaintext_from_server)
+            .drive(None, &mut self.to_server, &mut self.plaintext_from_server)
             .map_err(MitmError::Server)?;
         self.phase = Phase::Upstream { upstream, offered };
         Ok(())
@@ -943,34 +980,49 @@ impl TlsSession {
     /// in, plaintext across (or to the caller), ciphertext out. A failure
     /// ends the session, after the alert rustls has for the failed side.
     fn pump(&mut self) -> Result<(), MitmError> {
-        let result = self.pump_legs();
+        let result = self.pump_legs(None);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result.map(|_| ())
+    }
+
+    /// [`TlsSession::pump`] with one leg's ciphertext read where it lies;
+    /// returns how many of those bytes were consumed.
+    fn pump_lent(&mut self, lent: Lent<'_>) -> Result<usize, MitmError> {
+        let result = self.pump_legs(Some(lent));
         if result.is_err() {
             self.phase = Phase::Failed;
         }
         result
     }
 
-    fn pump_legs(&mut self) -> Result<(), MitmError> {
+    fn pump_legs(&mut self, lent: Option<Lent<'_>>) -> Result<usize, MitmError> {
         let Phase::Established { client, upstream } = &mut self.phase else {
-            return Ok(());
+            return Ok(0);
         };
+        let from_client = lent.as_ref().is_some_and(|lent| lent.from_client);
+        let mut lent = lent.map(|lent| (lent.bytes, lent.take_all));
+        let mut consumed = 0;
         // Client, server, client again: what the server's leg decrypts is
         // encrypted to the client in the same call. Each round is cheap
         // when there is nothing to do.
         let exposed = self.exposed;
         for _ in 0..2 {
-            hop(
+            consumed += hop(
                 client,
                 upstream,
+                if from_client { lent.take() } else { None },
                 &mut self.to_client,
                 exposed.then_some(&mut self.plaintext_from_client),
                 &mut self.info.plaintext_client_to_server,
                 &mut self.client_eof,
             )
             .map_err(MitmError::Client)?;
-            hop(
+            consumed += hop(
                 upstream,
                 client,
+                if from_client { None } else { lent.take() },
                 &mut self.to_server,
                 exposed.then_some(&mut self.plaintext_from_server),
                 &mut self.info.plaintext_server_to_client,
@@ -994,8 +1046,16 @@ impl TlsSession {
                 .zip(client.conn.negotiated_cipher_suite())
                 .map(|(version, suite)| LegGrade::of(version, suite.suite()));
         }
-        Ok(())
+        Ok(consumed)
     }
+}
+
+/// One leg's ciphertext lent where it lies (see
+/// [`TlsSession::from_client_in_place`]).
+struct Lent<'a> {
+    from_client: bool,
+    bytes: &'a mut [u8],
+    take_all: bool,
 }
 
 /// Why a server's handshake failed, if the reason is that it speaks only
@@ -1025,28 +1085,34 @@ fn legacy_cause(err: &rustls::Error, answer: Option<ServerAnswer>, offered: &[Pr
     }
 }
 
-/// One direction of the relay: drives `from` (its ciphertext in, its output
-/// appended to `out`) with the plaintext it decrypts going to `to`, or to
-/// the caller's `exposed` buffer; counts what crossed into `moved` and
-/// passes a close_notify on (`eof`). A failure leaves `from`'s alert in `out`.
+/// One direction of the relay: drives `from` (its ciphertext in, from its
+/// own buffer or `lent` where it lies, its output appended to `out`) with
+/// the plaintext it decrypts going to `to`, or to the caller's `exposed`
+/// buffer; counts what crossed into `moved` and passes a close_notify on
+/// (`eof`). Returns how many lent bytes were consumed. A failure leaves
+/// `from`'s alert in `out`.
 fn hop<A: Endpoint, B: Endpoint>(
     from: &mut Leg<A>,
     to: &mut Leg<B>,
+    lent: Option<(&mut [u8], bool)>,
     out: &mut Vec<u8>,
     exposed: Option<&mut Vec<u8>>,
     moved: &mut u64,
     eof: &mut bool,
-) -> Result<(), rustls::Error> {
+) -> Result<usize, rustls::Error> {
     let relayed = exposed.is_none();
     let before = to.outgoing.len();
     let sink = match exposed {
         Some(buffer) => buffer,
         None => &mut to.outgoing,
     };
-    if let Err(err) = from.drive(out, sink) {
-        from.flush_alert(out);
-        return Err(err);
-    }
+    let consumed = match from.drive(lent, out, sink) {
+        Ok(consumed) => consumed,
+        Err(err) => {
+            from.flush_alert(out);
+            return Err(err);
+        }
+    };
     // Exposed plaintext is counted when the caller passes it on.
     *moved += to.outgoing.len().saturating_sub(before) as u64;
     if from.peer_closed && !*eof {
@@ -1055,7 +1121,7 @@ fn hop<A: Endpoint, B: Endpoint>(
             to.close_wanted = true;
         }
     }
-    Ok(())
+    Ok(consumed)
 }
 
 /// An unbuffered rustls connection of either side.
@@ -1120,17 +1186,82 @@ impl<C: Endpoint> Leg<C> {
     /// Processes what has arrived and sends what can be sent: handshake
     /// messages and encrypted records are appended to `out`, decrypted
     /// plaintext to `plaintext`; stops when rustls needs more input.
-    fn drive(&mut self, out: &mut Vec<u8>, plaintext: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    /// Ciphertext `lent` where it lies (with its `take_all`, see
+    /// [`TlsSession::from_client_in_place`]) is processed in place when
+    /// nothing is buffered before it, else appended; returns how many of
+    /// its bytes were consumed.
+    fn drive(
+        &mut self,
+        lent: Option<(&mut [u8], bool)>,
+        out: &mut Vec<u8>,
+        plaintext: &mut Vec<u8>,
+    ) -> Result<usize, rustls::Error> {
+        let in_place = lent.is_some() && self.incoming.is_empty();
+        let consumed = match lent {
+            Some((bytes, take_all)) if self.incoming.is_empty() => {
+                let mut processed = 0;
+                self.process(bytes, &mut processed, out, plaintext)?;
+                if self.peer_closed {
+                    // Nothing after a close_notify is read.
+                    bytes.len()
+                } else if take_all {
+                    self.incoming
+                        .extend_from_slice(bytes.get(processed..).unwrap_or_default());
+                    bytes.len()
+                } else {
+                    processed
+                }
+            }
+            Some((bytes, _)) => {
+                self.incoming.extend_from_slice(bytes);
+                bytes.len()
+            }
+            None => 0,
+        };
+        let mut result = Ok(());
+        if !self.incoming.is_empty() {
+            let mut incoming = std::mem::take(&mut self.incoming);
+            let mut processed = 0;
+            result = self.process(&mut incoming, &mut processed, out, plaintext);
+            incoming.drain(..processed.min(incoming.len()));
+            self.incoming = incoming;
+        } else if !in_place {
+            // Nothing arrived: what waits to be sent goes now.
+            result = self.process(&mut [], &mut 0, out, plaintext);
+        }
+        if self.peer_closed {
+            // Nothing after a close_notify is read.
+            self.incoming.clear();
+        }
+        for buffer in [&mut self.incoming, &mut self.outgoing] {
+            if buffer.is_empty() {
+                *buffer = Vec::new();
+            }
+        }
+        result.map(|()| consumed)
+    }
+
+    /// Runs the connection over `incoming` (the start of its unprocessed
+    /// ciphertext) until rustls needs more input, counting in `done` the
+    /// bytes it is done with (processed and not kept by rustls), also
+    /// those before a failure.
+    fn process(
+        &mut self,
+        incoming: &mut [u8],
+        done: &mut usize,
+        out: &mut Vec<u8>,
+        plaintext: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
         let Leg {
             conn,
-            incoming,
             outgoing,
             close_wanted,
             close_sent,
             peer_closed,
+            ..
         } = self;
         loop {
-            let UnbufferedStatus { mut discard, state } = conn.process(incoming);
+            let UnbufferedStatus { mut discard, state } = conn.process(incoming.get_mut(*done..).unwrap_or_default());
             let mut waiting = false;
             match state? {
                 ConnectionState::ReadTraffic(mut traffic) => {
@@ -1164,21 +1295,11 @@ impl<C: Endpoint> Leg<C> {
                 // leaves it off), so `ReadEarlyData` does not occur.
                 _ => waiting = true,
             }
-            incoming.drain(..discard.min(incoming.len()));
+            *done = (*done + discard).min(incoming.len());
             if waiting {
-                break;
+                return Ok(());
             }
         }
-        if *peer_closed {
-            // Nothing after a close_notify is read.
-            incoming.clear();
-        }
-        for buffer in [incoming, outgoing] {
-            if buffer.is_empty() {
-                *buffer = Vec::new();
-            }
-        }
-        Ok(())
     }
 
     /// After a failure, appends the alert rustls queued for the peer.

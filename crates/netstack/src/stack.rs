@@ -1405,6 +1405,49 @@ impl Stack {
         Ok(read)
     }
 
+    /// Lends `read` the received bytes where they lie, without copying
+    /// them out: one contiguous piece of the receive ring (the ring may
+    /// wrap), at most `max` bytes. `read` may change them in place and
+    /// returns how many it consumed (at most the piece); the rest stays
+    /// received. Its flag says the rest may not grow by `grow` bytes: the
+    /// piece is not cut by `max` and either the ring wraps after it, or
+    /// fewer than `grow` bytes fit in the ring, or the peer finished;
+    /// bytes left then might wait forever. Returns how many bytes were
+    /// consumed.
+    pub fn recv_in_place(
+        &mut self,
+        id: FlowId,
+        max: usize,
+        grow: usize,
+        read: impl FnOnce(&mut [u8], bool) -> usize,
+    ) -> Result<usize, StackError> {
+        let flow = self.flow_mut(id)?;
+        let readable = flow.readable();
+        if readable == 0 || max == 0 {
+            return Ok(0);
+        }
+        let finished = flow.observed.peer_closed || fin_received(flow.socket().state());
+        let socket = flow.socket_mut();
+        let full = socket.recv_capacity().saturating_sub(socket.recv_queue()) < grow;
+        let taken = socket
+            .recv(|data| {
+                let contiguous = data.len().min(readable);
+                let piece = contiguous.min(max);
+                let cut = piece < contiguous;
+                let stuck = !cut && (contiguous < readable || full || finished);
+                let data = data.get_mut(..piece).unwrap_or_default();
+                let taken = read(data, stuck).min(piece);
+                (taken, taken)
+            })
+            .unwrap_or(0);
+        flow.consumed(taken);
+        if taken > 0 {
+            self.observe_queues(id);
+            self.dirty.push(id);
+        }
+        Ok(taken)
+    }
+
     /// Queues up to `data.len()` bytes for sending; returns how many fit.
     pub fn send(&mut self, id: FlowId, data: &[u8]) -> Result<usize, StackError> {
         let flow = self.flow_mut(id)?;

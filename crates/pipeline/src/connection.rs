@@ -525,6 +525,13 @@ impl Connection {
     }
 }
 
+/// The largest TLS record on the wire (header, 16 KiB of plaintext and the
+/// most expansion TLS allows). Each read from a leg takes at most this
+/// much (so the backlogs overshoot by one record at most), and a partial
+/// record is left in a leg's receive buffer only while at least this much
+/// can still arrive behind it.
+const TLS_RECORD_MAX: usize = 5 + 16 * 1024 + 256;
+
 /// [`Connection::pump_tls`] for one kind of transform.
 fn relay_tls<T: TlsTransform>(
     tls: &mut T,
@@ -534,47 +541,64 @@ fn relay_tls<T: TlsTransform>(
     bytes: &mut (u64, u64),
     mut tap: Option<&mut dyn Tap>,
 ) -> Result<(), MitmError> {
-    let mut buf = [0u8; 16 * 1024];
     for _ in 0..64 {
         // Both queues, always (no short-circuit).
         let mut progress =
             send_queued(io, Leg::Client, tls.to_client()) | send_queued(io, Leg::Server, tls.to_server());
         let server_backlog = |tls: &mut T| tls.to_server().len() + tls.held_for_server();
+        // Ciphertext is decrypted where it lies in the leg's receive
+        // buffer; only a record split by the buffer's end is copied.
+        let mut fed = None;
         if server_backlog(tls) < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
-            let read = io.recv(Leg::Client, &mut buf);
-            if read > 0 {
-                bytes.0 += read as u64;
-                tls.feed_from_client(buf.get(..read).unwrap_or_default())?;
-                progress = true;
-            }
+            let read = io.recv_in_place(Leg::Client, TLS_RECORD_MAX, TLS_RECORD_MAX, &mut |data, take_all| {
+                tls.feed_from_client_in_place(data, take_all).unwrap_or_else(|err| {
+                    fed = Some(err);
+                    data.len()
+                })
+            });
+            bytes.0 += read as u64;
+            fed.take().map_or(Ok(()), Err)?;
+            progress |= read > 0;
         }
         if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
-            let read = io.recv(Leg::Server, &mut buf);
-            if read > 0 {
-                bytes.1 += read as u64;
-                tls.feed_from_server(context, buf.get(..read).unwrap_or_default())?;
-                progress = true;
-            }
+            let read = io.recv_in_place(Leg::Server, TLS_RECORD_MAX, TLS_RECORD_MAX, &mut |data, take_all| {
+                tls.feed_from_server_in_place(context, data, take_all)
+                    .unwrap_or_else(|err| {
+                        fed = Some(err);
+                        data.len()
+                    })
+            });
+            bytes.1 += read as u64;
+            fed.take().map_or(Ok(()), Err)?;
+            progress |= read > 0;
         }
         match inspection.as_deref_mut() {
             Some(InspectionLoop::Through(through)) => {
                 progress |= feed_loop(io, Leg::InspectOut, tls.plaintext_from_client(), &mut through.up)
                     | feed_loop(io, Leg::InspectIn, tls.plaintext_from_server(), &mut through.down);
+                // What the box passed back is encrypted straight from the
+                // loop leg's receive buffer.
                 if server_backlog(tls) < TLS_BACKLOG {
-                    let read = io.recv(Leg::InspectIn, &mut buf);
-                    if read > 0 {
-                        through.up.came_out(read);
-                        deliver(tls, &mut tap, true, buf.get(..read).unwrap_or_default())?;
-                        progress = true;
-                    }
+                    let read = io.recv_in_place(Leg::InspectIn, TLS_RECORD_MAX, 0, &mut |data, _| {
+                        if fed.is_none() {
+                            fed = deliver(tls, &mut tap, true, data).err();
+                        }
+                        data.len()
+                    });
+                    fed.take().map_or(Ok(()), Err)?;
+                    through.up.came_out(read);
+                    progress |= read > 0;
                 }
                 if tls.to_client().len() < TLS_BACKLOG {
-                    let read = io.recv(Leg::InspectOut, &mut buf);
-                    if read > 0 {
-                        through.down.came_out(read);
-                        deliver(tls, &mut tap, false, buf.get(..read).unwrap_or_default())?;
-                        progress = true;
-                    }
+                    let read = io.recv_in_place(Leg::InspectOut, TLS_RECORD_MAX, 0, &mut |data, _| {
+                        if fed.is_none() {
+                            fed = deliver(tls, &mut tap, false, data).err();
+                        }
+                        data.len()
+                    });
+                    fed.take().map_or(Ok(()), Err)?;
+                    through.down.came_out(read);
+                    progress |= read > 0;
                 }
             }
             // The loop is still being opened: the plaintext waits.

@@ -66,6 +66,19 @@ pub trait LegIo {
     fn exists(&self, leg: Leg) -> bool;
     /// Reads what the leg received into `buf`; how many bytes.
     fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize;
+    /// Lends `read` what the leg received where it lies (one contiguous
+    /// piece, at most `max` bytes); `read` may change the bytes in place
+    /// and returns how many it consumed, the rest stays received. Its flag
+    /// says the rest may not grow by `grow` bytes (the piece ends where
+    /// the buffer wraps, the buffer has less room, or the peer finished):
+    /// then everything is to be consumed. How many bytes were consumed.
+    fn recv_in_place(
+        &mut self,
+        leg: Leg,
+        max: usize,
+        grow: usize,
+        read: &mut dyn FnMut(&mut [u8], bool) -> usize,
+    ) -> usize;
     /// Queues as much of `bytes` as the leg takes now; how many.
     fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize;
     /// Bytes the leg sent (or queued) that its peer has not acknowledged.

@@ -12,6 +12,23 @@ pub trait TlsTransform {
     type Context;
     fn feed_from_client(&mut self, data: &[u8]) -> Result<(), MitmError>;
     fn feed_from_server(&mut self, context: &mut Self::Context, data: &[u8]) -> Result<(), MitmError>;
+    /// Feeds the client's bytes where they lie (see
+    /// [`LegIo::recv_in_place`](crate::LegIo::recv_in_place)): how many were
+    /// consumed; all of them unless the transform works in place.
+    fn feed_from_client_in_place(&mut self, data: &mut [u8], _take_all: bool) -> Result<usize, MitmError> {
+        self.feed_from_client(data)?;
+        Ok(data.len())
+    }
+    /// [`TlsTransform::feed_from_client_in_place`] for the server's bytes.
+    fn feed_from_server_in_place(
+        &mut self,
+        context: &mut Self::Context,
+        data: &mut [u8],
+        _take_all: bool,
+    ) -> Result<usize, MitmError> {
+        self.feed_from_server(context, data)?;
+        Ok(data.len())
+    }
     /// Bytes waiting for each leg (take what the leg accepts).
     fn to_client(&mut self) -> &mut Vec<u8>;
     fn to_server(&mut self) -> &mut Vec<u8>;
@@ -60,6 +77,19 @@ impl TlsTransform for TlsSession {
 
     fn feed_from_server(&mut self, context: &mut TlsContext, data: &[u8]) -> Result<(), MitmError> {
         TlsSession::from_server(self, context, data)
+    }
+
+    fn feed_from_client_in_place(&mut self, data: &mut [u8], take_all: bool) -> Result<usize, MitmError> {
+        TlsSession::from_client_in_place(self, data, take_all)
+    }
+
+    fn feed_from_server_in_place(
+        &mut self,
+        context: &mut TlsContext,
+        data: &mut [u8],
+        take_all: bool,
+    ) -> Result<usize, MitmError> {
+        TlsSession::from_server_in_place(self, context, data, take_all)
     }
 
     fn to_client(&mut self) -> &mut Vec<u8> {

@@ -92,6 +92,26 @@ impl LegIo for Legs {
         count
     }
 
+    fn recv_in_place(
+        &mut self,
+        leg: Leg,
+        max: usize,
+        _grow: usize,
+        read: &mut dyn FnMut(&mut [u8], bool) -> usize,
+    ) -> usize {
+        let wire = self.wire(leg);
+        let received = wire.to_pipeline.make_contiguous();
+        let piece = received.len().min(max);
+        if piece == 0 {
+            return 0;
+        }
+        // The wire has no limit: only its end stops the rest from growing.
+        let stuck = piece == received.len() && wire.peer_fin;
+        let taken = read(&mut received[..piece], stuck).min(piece);
+        wire.to_pipeline.drain(..taken);
+        taken
+    }
+
     fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize {
         let wire = self.wire(leg);
         if !wire.exists {
