@@ -525,12 +525,13 @@ impl Connection {
     }
 }
 
-/// The largest TLS record on the wire (header, 16 KiB of plaintext and the
-/// most expansion TLS allows). Each read from a leg takes at most this
+/// The largest TLS record rustls accepts on the wire (header, 16 KiB of
+/// plaintext and the 2 KiB of expansion TLS 1.2 allows; rustls fails a
+/// longer header at once). Each read from a leg takes at most this
 /// much (so the backlogs overshoot by one record at most), and a partial
 /// record is left in a leg's receive buffer only while at least this much
 /// can still arrive behind it.
-const TLS_RECORD_MAX: usize = 5 + 16 * 1024 + 256;
+const TLS_RECORD_MAX: usize = 5 + 16 * 1024 + 2048;
 
 /// [`Connection::pump_tls`] for one kind of transform.
 fn relay_tls<T: TlsTransform>(
