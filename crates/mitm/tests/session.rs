@@ -981,3 +981,90 @@ fn an_origin_speaking_only_legacy_tls_is_named() {
         "unrecognized_name is no legacy sign"
     );
 }
+
+/// Carries what the session has for the client to `client`; returns the
+/// plaintext the client read.
+fn deliver_to_client(session: &mut TlsSession, client: &mut ClientConnection) -> Vec<u8> {
+    let to_client = std::mem::take(session.to_client());
+    let mut input = to_client.as_slice();
+    let mut received = Vec::new();
+    while !input.is_empty() {
+        client.read_tls(&mut input).unwrap();
+        client.process_new_packets().unwrap();
+        received.extend(read_all(&mut client.reader()));
+    }
+    received
+}
+
+#[test]
+fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must_take_all() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(session.is_established());
+    session.release_empty_buffers();
+
+    // Three records from the origin: 16 KiB, 16 KiB and the rest.
+    let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    origin.set_buffer_limit(None);
+    origin.writer().write_all(&body).unwrap();
+    let mut wire = Vec::new();
+    while origin.wants_write() {
+        origin.write_tls(&mut wire).unwrap();
+    }
+    // TLS 1.3: header, plaintext, content type, tag.
+    let full_record = 5 + 16_384 + 1 + 16;
+    assert_eq!(wire.len(), 3 * (5 + 1 + 16) + body.len());
+
+    // Two whole records and part of the third, with room to grow: the
+    // whole ones are decrypted in place, the partial one is not taken and
+    // nothing is copied into the session.
+    let cut = wire.len() - 100;
+    let mut lent = wire[..cut].to_vec();
+    let consumed = session
+        .from_server_in_place(&mut app.context, &mut lent, false)
+        .unwrap();
+    assert_eq!(consumed, 2 * full_record);
+    assert_eq!(session.buffer_capacity(), session.to_client().capacity());
+    let mut received = deliver_to_client(&mut session, &mut client);
+    assert_eq!(received, &body[..2 * 16_384]);
+
+    // The same partial record when nothing can grow behind it: taken.
+    let mut lent = wire[consumed..cut].to_vec();
+    let taken = session.from_server_in_place(&mut app.context, &mut lent, true).unwrap();
+    assert_eq!(taken, lent.len());
+    assert!(session.buffer_capacity() >= lent.len(), "the partial record is held");
+    // The rest of it completes the record.
+    let mut rest = wire[cut..].to_vec();
+    let taken = session
+        .from_server_in_place(&mut app.context, &mut rest, false)
+        .unwrap();
+    assert_eq!(taken, 100);
+    received.extend(deliver_to_client(&mut session, &mut client));
+    assert!(
+        received == body,
+        "{} of {} bytes, or different bytes",
+        received.len(),
+        body.len()
+    );
+    assert_eq!(session.info.plaintext_server_to_client, body.len() as u64);
+
+    // The client's direction likewise, a whole record in place.
+    client.writer().write_all(b"thanks").unwrap();
+    let mut from_client = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut from_client).unwrap();
+    }
+    let consumed = session.from_client_in_place(&mut from_client, false).unwrap();
+    assert_eq!(consumed, from_client.len());
+    let to_server = std::mem::take(session.to_server());
+    let mut input = to_server.as_slice();
+    while !input.is_empty() {
+        origin.read_tls(&mut input).unwrap();
+        origin.process_new_packets().unwrap();
+    }
+    assert_eq!(read_all(&mut origin.reader()), b"thanks");
+}

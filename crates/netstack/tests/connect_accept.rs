@@ -480,3 +480,86 @@ fn bytes_past_a_hole_survive_a_quiet_spell() {
     });
     assert!(received == data, "the bytes past the hole arrive intact");
 }
+
+// --- reading received bytes where they lie (recv_in_place) ------------------
+
+#[test]
+fn bytes_read_in_place_and_left_stay_received_and_the_flag_says_when_they_cannot_grow() {
+    let mut pair = Pair::new();
+    let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+    let client = pair.connector.connect(0, &tuple(), l2, 3, pair.now).unwrap();
+    for _ in 0..10 {
+        pair.step();
+    }
+    let server = pair.accepted.expect("accepted");
+    let data = pattern(9000);
+    assert_eq!(pair.connector.send(client, &data[..3000]).unwrap(), 3000);
+    pair.step();
+
+    // A reader that takes part: the rest stays, in order.
+    let mut seen = Vec::new();
+    let taken = pair
+        .acceptor
+        .recv_in_place(server, usize::MAX, 100, |bytes, stuck| {
+            seen = bytes.to_vec();
+            assert!(!stuck, "5 KiB of room behind 3000 bytes: more can come");
+            1000
+        })
+        .unwrap();
+    assert_eq!((taken, seen.as_slice()), (1000, &data[..3000]));
+    assert_eq!(pair.acceptor.recv_queue(server).unwrap(), 2000);
+
+    // Less room than the reader needs to grow: stuck. A piece cut by `max`: not.
+    pair.acceptor
+        .recv_in_place(server, usize::MAX, 8192, |bytes, stuck| {
+            assert_eq!(bytes, &data[1000..3000]);
+            assert!(stuck);
+            0
+        })
+        .unwrap();
+    pair.acceptor
+        .recv_in_place(server, 500, 8192, |bytes, stuck| {
+            assert_eq!(bytes, &data[1000..1500]);
+            assert!(!stuck);
+            0
+        })
+        .unwrap();
+
+    // The ring (8 KiB, read from 1000) wraps: the first piece ends there, stuck.
+    let mut sent = 3000;
+    for _ in 0..50 {
+        sent += pair.connector.send(client, &data[sent..]).unwrap();
+        pair.step();
+        if pair.acceptor.recv_queue(server).unwrap() == 8000 {
+            break;
+        }
+    }
+    assert_eq!(pair.acceptor.recv_queue(server).unwrap(), 8000);
+    let mut pieces = Vec::new();
+    for _ in 0..2 {
+        pair.acceptor
+            .recv_in_place(server, usize::MAX, 0, |bytes, stuck| {
+                pieces.push((bytes.to_vec(), stuck));
+                bytes.len()
+            })
+            .unwrap();
+    }
+    assert_eq!(pieces[0].0, &data[1000..8192]);
+    assert!(pieces[0].1, "the ring wraps after the first piece");
+    assert_eq!(pieces[1].0, &data[8192..9000]);
+    assert!(!pieces[1].1);
+
+    // After the peer's FIN nothing more can come.
+    pair.connector.send(client, b"end").unwrap();
+    pair.connector.close(client).unwrap();
+    pair.step();
+    pair.step();
+    pair.acceptor
+        .recv_in_place(server, usize::MAX, 0, |bytes, stuck| {
+            assert_eq!(bytes, b"end");
+            assert!(stuck, "the peer finished");
+            0
+        })
+        .unwrap();
+    assert_eq!(pair.acceptor.recv_queue(server).unwrap(), 3);
+}
