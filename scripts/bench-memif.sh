@@ -6,7 +6,8 @@
 # in-memory rustls floor of the same run; and 2 workers against 1, in memory.
 #
 # Usage: scripts/bench-memif.sh [--write-doc] [--runs N] [--quick]
-#          [--connections N] [--rate N] [--bulk-mb N] [--no-profile] [--keep]   (root)
+#          [--connections N] [--rate N] [--bulk-mb N] [--no-profile] [--keep]
+#          [--baseline PATH]   (root)
 #   --runs: runs, each measuring every variant once (default 3); the tables
 #     show the medians of the per-run values and ratios. Also the rounds of
 #     the 2-worker comparison.
@@ -18,6 +19,12 @@
 #     a smaller 2-worker comparison).
 #   --no-profile: no perf profile of the targets not met.
 #   --keep: keep the temp dir (configs, logs, reports, per-run records).
+#   --baseline: a release tlsgate binary built from another commit (say main)
+#     to compare with: every run measures each variant with it too (right
+#     before this tree's), and the script prints and keeps (ab.md) the median
+#     per-run ratios of tlsgate's CPU per connection and per GB, this tree ÷
+#     baseline (scripts/bench-memif/ab.py). Each build is its own box; the doc
+#     and the profile use this tree's.
 #   --write-doc: (re)write the section between <!-- bench-memif:begin --> and
 #   <!-- bench-memif:end --> of docs/BENCHMARKS.md and the chart docs/bench-memif.svg.
 #
@@ -76,6 +83,7 @@ bench_no_lab=1
 # shellcheck source=scripts/bench-lab.sh
 . "$here/bench-lab.sh"
 
+baseline=""
 write_doc=0 keep=0 runs=3 connections=1000 rate=500 bulk_mb=400 profile=1
 floor_args=(--rounds 5)
 scaling_conns=1000 scaling_bulk_mb=50
@@ -89,6 +97,7 @@ while (($#)); do
     --rate) rate="$2"; shift ;;
     --bulk-mb) bulk_mb="$2"; shift ;;
     --no-profile) profile=0 ;;
+    --baseline) baseline="$2"; shift ;;
     --quick) runs=1 connections=300 bulk_mb=100
       floor_args=(--rounds 3 --connections 100 --bytes 100000000) scaling_conns=200 scaling_bulk_mb=5 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -132,6 +141,14 @@ bench_watchdog 1200
 # --- build, CA, origin certificate ------------------------------------------------
 bench_build_tlsgate
 cp "$root/target/release/tlsgate-loadgen" "$tmp/tlsgate-loadgen"
+# With --baseline, $tmp/tlsgate points at the binary under test.
+builds=(new)
+if [[ -n "$baseline" ]]; then
+  builds=(base new)
+  cp "$baseline" "$tmp/tlsgate-base"
+  mv "$tmp/tlsgate" "$tmp/tlsgate-new"
+  ln -s tlsgate-new "$tmp/tlsgate"
+fi
 log "building the tls_floor example (release)"
 (cd "$root" && timeout 1200 cargo build --release --quiet -p mitm --example tls_floor)
 cp "$root/target/release/examples/tls_floor" "$tmp/tls_floor"
@@ -376,8 +393,11 @@ for run in $(seq "$runs"); do
   log "run $run/$runs: rustls floor (tls_floor example, in memory)"
   tls_floor "$run"
   for variant in "${variants[@]}"; do
-    tag="$variant-$run"
-    log "run $run/$runs: $variant"
+  for build in "${builds[@]}"; do
+    tag="$variant-$run" out="$records"
+    if [[ "$build" == base ]]; then tag="base-$tag" out="$tmp/records-base"; fi
+    ((${#builds[@]} > 1)) && ln -sfn "tlsgate-$build" "$tmp/tlsgate"
+    log "run $run/$runs: $variant ($build)"
     start_variant "$variant" "$tag"
     lines=()
     for what in conn bulk; do
@@ -393,11 +413,16 @@ for run in $(seq "$runs"); do
       [[ "$lg" != - ]] && why="${why:+$why;}generator_$lg"
       valid=ok
       if [[ -n "$why" ]]; then valid="INVALID:$why"; invalid=1; log "  $variant ($tag): $valid"; fi
-      echo "run=$run variant=$variant $line resumed=$resumed bytes=$bulk_bytes valid=$valid" >>"$records"
+      echo "run=$run variant=$variant $line resumed=$resumed bytes=$bulk_bytes valid=$valid" >>"$out"
       log "  $line"
     done
   done
+  done
 done
+if [[ -n "$baseline" ]]; then
+  ln -sfn tlsgate-new "$tmp/tlsgate"
+  timeout 60 python3 "$helpers/ab.py" "$records" "$tmp/records-base" | tee "$tmp/ab.md"
+fi
 
 # --- 2 workers against 1, in memory ---------------------------------------------------
 scaling() {  # what connections-per-thread response-bytes
