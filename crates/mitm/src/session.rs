@@ -1204,7 +1204,10 @@ impl<C: Endpoint> Leg<C> {
                 if self.peer_closed {
                     // Nothing after a close_notify is read.
                     bytes.len()
-                } else if take_all {
+                } else if take_all || !one_incomplete_record(bytes.get(processed..).unwrap_or_default()) {
+                    // Also bytes rustls keeps (a handshake message joined
+                    // across records): they must stay at the start of
+                    // what it is given next.
                     self.incoming
                         .extend_from_slice(bytes.get(processed..).unwrap_or_default());
                     bytes.len()
@@ -1315,6 +1318,16 @@ impl<C: Endpoint> Leg<C> {
             });
         }
     }
+}
+
+/// Whether `bytes` hold the start of one TLS record and nothing more
+/// (fewer bytes than its header, or than the header announces): rustls has
+/// not touched such bytes, so they may wait where they lie.
+fn one_incomplete_record(bytes: &[u8]) -> bool {
+    bytes
+        .get(3..5)
+        .and_then(|length| <[u8; 2]>::try_from(length).ok())
+        .is_none_or(|length| bytes.len() < 5 + usize::from(u16::from_be_bytes(length)))
 }
 
 /// Encrypts the plaintext waiting in `outgoing` into `out`, then the
