@@ -1,7 +1,7 @@
 //! One connection's pipeline: its state, its transform, its inspection
 //! loop, and the relay between its legs.
 
-use mitm::{MitmError, Pending, TlsContext, TlsSession};
+use mitm::{MitmError, Pending, Queues, TlsContext, TlsSession};
 
 use crate::control::{Announcement, Watched, WatchingTap};
 use crate::inflight::InFlight;
@@ -346,18 +346,9 @@ impl Connection {
         let (up, up_held) = unreturned(io, Leg::InspectIn, &mut through.up, ends.to_server != End::Open)?;
         let (down, down_held) = unreturned(io, Leg::InspectOut, &mut through.down, ends.to_client != End::Open)?;
         match &mut self.transform {
-            Transform::Intercept(tls) => {
-                prepend(tls.plaintext_from_client(), up);
-                prepend(tls.plaintext_from_server(), down);
-            }
-            Transform::Terminate(server) => {
-                prepend(server.plaintext_from_client(), up);
-                prepend(server.plaintext_from_server(), down);
-            }
-            Transform::Upgrade(client) => {
-                prepend(client.plaintext_from_client(), up);
-                prepend(client.plaintext_from_server(), down);
-            }
+            Transform::Intercept(tls) => prepend_plaintext(tls.queues(), up, down),
+            Transform::Terminate(server) => prepend_plaintext(server.queues(), up, down),
+            Transform::Upgrade(client) => prepend_plaintext(client.queues(), up, down),
             Transform::Starttls(preamble) => {
                 prepend(&mut preamble.to_server, up);
                 prepend(&mut preamble.to_client, down);
@@ -537,10 +528,10 @@ fn relay_tls<T: TlsTransform>(
     let mut buf = [0u8; 16 * 1024];
     for _ in 0..64 {
         // Both queues, always (no short-circuit).
-        let mut progress =
-            send_queued(io, Leg::Client, tls.to_client()) | send_queued(io, Leg::Server, tls.to_server());
-        let server_backlog = |tls: &mut T| tls.to_server().len() + tls.held_for_server();
-        if server_backlog(tls) < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
+        let mut progress = send_queued(io, Leg::Client, &mut tls.queues().to_client)
+            | send_queued(io, Leg::Server, &mut tls.queues().to_server);
+        let server_backlog = |tls: &mut T| tls.queues().to_server.len() + tls.held_for_server();
+        if server_backlog(tls) < TLS_BACKLOG && tls.queues().plaintext_from_client.len() < TLS_BACKLOG {
             let read = io.recv(Leg::Client, &mut buf);
             if read > 0 {
                 bytes.0 += read as u64;
@@ -548,7 +539,7 @@ fn relay_tls<T: TlsTransform>(
                 progress = true;
             }
         }
-        if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
+        if tls.queues().to_client.len() < TLS_BACKLOG && tls.queues().plaintext_from_server.len() < TLS_BACKLOG {
             let read = io.recv(Leg::Server, &mut buf);
             if read > 0 {
                 bytes.1 += read as u64;
@@ -558,8 +549,17 @@ fn relay_tls<T: TlsTransform>(
         }
         match inspection.as_deref_mut() {
             Some(InspectionLoop::Through(through)) => {
-                progress |= feed_loop(io, Leg::InspectOut, tls.plaintext_from_client(), &mut through.up)
-                    | feed_loop(io, Leg::InspectIn, tls.plaintext_from_server(), &mut through.down);
+                progress |= feed_loop(
+                    io,
+                    Leg::InspectOut,
+                    &mut tls.queues().plaintext_from_client,
+                    &mut through.up,
+                ) | feed_loop(
+                    io,
+                    Leg::InspectIn,
+                    &mut tls.queues().plaintext_from_server,
+                    &mut through.down,
+                );
                 if server_backlog(tls) < TLS_BACKLOG {
                     let read = io.recv(Leg::InspectIn, &mut buf);
                     if read > 0 {
@@ -568,7 +568,7 @@ fn relay_tls<T: TlsTransform>(
                         progress = true;
                     }
                 }
-                if tls.to_client().len() < TLS_BACKLOG {
+                if tls.queues().to_client.len() < TLS_BACKLOG {
                     let read = io.recv(Leg::InspectOut, &mut buf);
                     if read > 0 {
                         through.down.came_out(read);
@@ -580,13 +580,13 @@ fn relay_tls<T: TlsTransform>(
             // The loop is still being opened: the plaintext waits.
             Some(InspectionLoop::Opening) => {}
             None => {
-                if !tls.plaintext_from_client().is_empty() {
-                    let plaintext = std::mem::take(tls.plaintext_from_client());
+                if !tls.queues().plaintext_from_client.is_empty() {
+                    let plaintext = std::mem::take(&mut tls.queues().plaintext_from_client);
                     deliver(tls, &mut tap, true, &plaintext)?;
                     progress = true;
                 }
-                if !tls.plaintext_from_server().is_empty() {
-                    let plaintext = std::mem::take(tls.plaintext_from_server());
+                if !tls.queues().plaintext_from_server.is_empty() {
+                    let plaintext = std::mem::take(&mut tls.queues().plaintext_from_server);
                     deliver(tls, &mut tap, false, &plaintext)?;
                     progress = true;
                 }
@@ -630,34 +630,34 @@ fn finish_directions<T: TlsTransform>(
         let InspectionLoop::Through(through) = inspection else {
             return;
         };
-        if !through.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
+        if !through.fin_to_out && client_done && tls.queues().plaintext_from_client.is_empty() {
             through.fin_to_out = true;
             io.close(Leg::InspectOut);
         }
-        if !through.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
+        if !through.fin_to_back && server_done && tls.queues().plaintext_from_server.is_empty() {
             through.fin_to_back = true;
             io.close(Leg::InspectIn);
         }
         up_through = peer_done(io, Leg::InspectIn);
         down_through = peer_done(io, Leg::InspectOut);
     }
-    up_through &= tls.plaintext_from_client().is_empty();
-    down_through &= tls.plaintext_from_server().is_empty();
+    up_through &= tls.queues().plaintext_from_client.is_empty();
+    down_through &= tls.queues().plaintext_from_server.is_empty();
     if tls.plaintext_exposed() {
         if ends.to_server == End::Open && client_finished && up_through {
             ends.to_server = End::CloseNotifySent;
             tls.close_to_server();
-            send_queued(io, Leg::Server, tls.to_server());
+            send_queued(io, Leg::Server, &mut tls.queues().to_server);
         }
         if ends.to_client == End::Open && server_finished && down_through {
             ends.to_client = End::CloseNotifySent;
             tls.close_to_client();
-            send_queued(io, Leg::Client, tls.to_client());
+            send_queued(io, Leg::Client, &mut tls.queues().to_client);
         }
     }
     if ends.to_server != End::FinSent
         && up_through
-        && tls.to_server().is_empty()
+        && tls.queues().to_server.is_empty()
         && tls.held_for_server() == 0
         && peer_done(io, Leg::Client)
     {
@@ -667,7 +667,8 @@ fn finish_directions<T: TlsTransform>(
             tap.fin(true);
         }
     }
-    if ends.to_client != End::FinSent && down_through && tls.to_client().is_empty() && peer_done(io, Leg::Server) {
+    if ends.to_client != End::FinSent && down_through && tls.queues().to_client.is_empty() && peer_done(io, Leg::Server)
+    {
         ends.to_client = End::FinSent;
         io.close(Leg::Client);
         if let Some(tap) = tap {
@@ -766,6 +767,13 @@ fn unreturned(io: &mut dyn LegIo, exit: Leg, in_flight: &mut InFlight, passed_en
     let held = in_flight.bytes.len();
     bytes.extend(std::mem::take(&mut in_flight.bytes));
     Some((bytes, held))
+}
+
+/// Puts `up` ahead of the client's plaintext in `queues`, `down` ahead of
+/// the server's.
+fn prepend_plaintext(queues: &mut Queues, up: Vec<u8>, down: Vec<u8>) {
+    prepend(&mut queues.plaintext_from_client, up);
+    prepend(&mut queues.plaintext_from_server, down);
 }
 
 /// Puts `front` ahead of what `queue` holds.
