@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol,
+    ServerEvent, ServerStep,
 };
 
 /// The largest literal: IMAP numbers are 32-bit.
@@ -394,29 +394,21 @@ impl Negotiation for Imap {
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let rest = &bytes[at..];
             if self.server_literal > 0 {
                 let taken = usize::try_from(self.server_literal).map_or(rest.len(), |left| left.min(rest.len()));
-                at += taken;
                 self.server_literal -= taken as u64;
-                continue;
+                return Ok(Some(taken));
             }
             let (taken, complete) = self.server_line.fill(rest)?;
-            at += taken;
             if complete {
-                self.server_line(&mut event)?;
+                self.server_line(event)?;
             }
-        }
-        Ok(ServerStep { pass: at, event })
+            Ok(Some(taken))
+        })
     }
 
     fn awaiting_server(&self) -> bool {

@@ -235,6 +235,27 @@ fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
     }
 }
 
+/// The server side of the line watchers (SMTP, IMAP, POP3): `read` takes
+/// from the start of the bytes it is given, noting what they meant, and
+/// says how many it took, or `None` once the upgrade was accepted. Bytes
+/// after an accepting answer in the same piece do not pass; in a later
+/// piece they are an error.
+fn server_bytes(
+    bytes: &[u8],
+    mut read: impl FnMut(&[u8], &mut Option<ServerEvent>) -> Result<Option<usize>, NegotiationError>,
+) -> Result<ServerStep, NegotiationError> {
+    let mut event = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        match read(&bytes[at..], &mut event)? {
+            Some(taken) => at += taken,
+            None if event == Some(ServerEvent::UpgradeAccepted) => break,
+            None => return Err(NegotiationError::after_upgrade(Peer::Server)),
+        }
+    }
+    Ok(ServerStep { pass: at, event })
+}
+
 /// Watches one connection's preamble (see the crate documentation). Made by
 /// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
 /// was accepted, and not after.

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol,
+    ServerEvent, ServerStep,
 };
 
 /// What the next status line answers.
@@ -208,39 +208,31 @@ impl Negotiation for Pop3 {
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let rest = &bytes[at..];
             match &mut self.server {
-                ServerMode::Body(body) => match body.scan(rest) {
+                ServerMode::Body(body) => Ok(Some(match body.scan(rest) {
                     Some(end) => {
-                        at += end;
                         self.server = ServerMode::Status;
+                        end
                     }
-                    None => at = bytes.len(),
-                },
+                    None => rest.len(),
+                })),
                 ServerMode::Status | ServerMode::Capabilities => {
                     let (taken, complete) = self.server_line.fill(rest)?;
-                    at += taken;
-                    if !complete {
-                        continue;
+                    if complete {
+                        if matches!(self.server, ServerMode::Status) {
+                            self.status(event)?;
+                        } else {
+                            self.capability(event)?;
+                        }
                     }
-                    if matches!(self.server, ServerMode::Status) {
-                        self.status(&mut event)?;
-                    } else {
-                        self.capability(&mut event)?;
-                    }
+                    Ok(Some(taken))
                 }
             }
-        }
-        Ok(ServerStep { pass: at, event })
+        })
     }
 
     fn awaiting_server(&self) -> bool {

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol,
+    ServerEvent, ServerStep,
 };
 
 /// What the next reply answers.
@@ -266,22 +266,16 @@ impl Negotiation for Smtp {
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let (taken, complete) = self.server_line.fill(&bytes[at..])?;
-            at += taken;
+            let (taken, complete) = self.server_line.fill(rest)?;
             if complete {
-                self.reply_line(&mut event)?;
+                self.reply_line(event)?;
             }
-        }
-        Ok(ServerStep { pass: at, event })
+            Ok(Some(taken))
+        })
     }
 
     fn awaiting_server(&self) -> bool {
