@@ -235,6 +235,25 @@ fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
     }
 }
 
+/// The client side of the line watchers (SMTP, IMAP, POP3): `read` takes
+/// from the start of the bytes it is given, noting what they meant, and
+/// says how many it took, or `None` once the upgrade was requested (what
+/// follows waits for the server's answer and does not pass).
+fn client_bytes(
+    bytes: &[u8],
+    mut read: impl FnMut(&[u8], &mut Option<ClientEvent>) -> Result<Option<usize>, NegotiationError>,
+) -> Result<ClientStep, NegotiationError> {
+    let mut event = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(taken) = read(&bytes[at..], &mut event)? else {
+            break;
+        };
+        at += taken;
+    }
+    Ok(ClientStep { pass: at, event })
+}
+
 /// The server side of the line watchers (SMTP, IMAP, POP3): `read` takes
 /// from the start of the bytes it is given, noting what they meant, and
 /// says how many it took, or `None` once the upgrade was accepted. Bytes

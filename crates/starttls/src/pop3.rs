@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol,
-    ServerEvent, ServerStep,
+    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
+    Protocol, ServerEvent, ServerStep,
 };
 
 /// What the next status line answers.
@@ -181,30 +181,25 @@ impl Negotiation for Pop3 {
     }
 
     fn from_client(&mut self, bytes: &[u8]) -> Result<ClientStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
-            match self.client {
-                ClientMode::Commands => {
-                    let (taken, complete) = self.client_line.fill(&bytes[at..])?;
-                    at += taken;
-                    if complete {
-                        self.command(&mut event)?;
-                    }
+        client_bytes(bytes, |rest, event| match self.client {
+            ClientMode::Commands => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                if complete {
+                    self.command(event)?;
                 }
-                ClientMode::AuthResponses => {
-                    let (taken, complete) = self.client_line.fill(&bytes[at..])?;
-                    at += taken;
-                    self.client_turn = false;
-                    if complete {
-                        self.client_line.clear();
-                    }
-                }
-                ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
+                Ok(Some(taken))
             }
-        }
-        Ok(ClientStep { pass: at, event })
+            ClientMode::AuthResponses => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                self.client_turn = false;
+                if complete {
+                    self.client_line.clear();
+                }
+                Ok(Some(taken))
+            }
+            ClientMode::UpgradeRequested => Ok(None),
+            ClientMode::Upgraded => Err(NegotiationError::after_upgrade(Peer::Client)),
+        })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
