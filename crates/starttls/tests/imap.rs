@@ -4,10 +4,10 @@
 mod common;
 
 use common::{
-    assert_malformed, check_content_commands, check_transcripts, feed, line_too_long, run, watcher, Client, Seen,
-    Server, Side, Transcript, UPGRADE,
+    assert_malformed, check_content_commands, check_injection, check_transcripts, feed, line_too_long, run, watcher,
+    Client, Injection, Seen, Server, Side, Transcript, UPGRADE,
 };
-use starttls::{ClientEvent, NegotiationError, Peer, Protocol, ServerEvent, LINE_LIMIT};
+use starttls::{ClientEvent, Peer, Protocol, ServerEvent, LINE_LIMIT};
 
 const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE \
 LITERAL+ STARTTLS LOGINDISABLED] Dovecot (Debian) ready.\r\n";
@@ -133,28 +133,18 @@ LOGINDISABLED\r\nA001 OK Pre-login capabilities listed, post-login capabilities 
 
 #[test]
 fn pipelined_bytes_after_starttls_do_not_pass() {
-    let mut imap = watcher(Protocol::Imap);
-    feed(imap.as_mut(), Server, GREETING).unwrap();
-    let injected = b"a STARTTLS\r\nb LOGIN alice secret\r\n";
-    assert_eq!(
-        feed(imap.as_mut(), Client, injected).unwrap(),
-        (12, Some(Seen::Client(ClientEvent::UpgradeRequested)))
+    check_injection(
+        Protocol::Imap,
+        &Injection {
+            greeting: GREETING,
+            request: b"a STARTTLS\r\n",
+            injected: b"b LOGIN alice secret\r\n",
+            later: b"c NOOP\r\n",
+            answer: b"a OK Begin TLS negotiation now.\r\n",
+            smuggled: b"* OK injected\r\n",
+            later_from_server: b"* OK more\r\n",
+        },
     );
-    assert_eq!(feed(imap.as_mut(), Client, b"c NOOP\r\n").unwrap(), (0, None));
-    let answer = b"a OK Begin TLS negotiation now.\r\n";
-    let with_more = [&answer[..], b"* OK injected\r\n"].concat();
-    assert_eq!(
-        feed(imap.as_mut(), Server, &with_more).unwrap(),
-        (answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted)))
-    );
-    assert!(matches!(
-        feed(imap.as_mut(), Server, b"* OK more\r\n"),
-        Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-    ));
-    assert!(matches!(
-        feed(imap.as_mut(), Client, b"\x16\x03\x01"),
-        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-    ));
 }
 
 #[test]

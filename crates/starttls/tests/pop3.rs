@@ -4,10 +4,10 @@
 mod common;
 
 use common::{
-    assert_malformed, check_content_commands, check_transcripts, feed, line_too_long, run, watcher, Client, Seen,
-    Server, Side, Transcript, UPGRADE,
+    assert_malformed, check_content_commands, check_injection, check_transcripts, feed, line_too_long, run, watcher,
+    Client, Injection, Seen, Server, Side, Transcript, UPGRADE,
 };
-use starttls::{ClientEvent, NegotiationError, Peer, Protocol, ServerEvent, LINE_LIMIT};
+use starttls::{ClientEvent, Peer, Protocol, ServerEvent, LINE_LIMIT};
 
 const GREETING: &[u8] = b"+OK Dovecot (Debian) ready.\r\n";
 const CAPA: &[u8] = b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n\
@@ -78,24 +78,18 @@ fn dovecot_transcripts_whole_and_cut_at_every_byte() {
 
 #[test]
 fn pipelined_bytes_after_stls_do_not_pass() {
-    let mut pop3 = watcher(Protocol::Pop3);
-    feed(pop3.as_mut(), Server, GREETING).unwrap();
-    let injected = b"STLS\r\nUSER alice\r\n";
-    assert_eq!(
-        feed(pop3.as_mut(), Client, injected).unwrap(),
-        (6, Some(Seen::Client(ClientEvent::UpgradeRequested)))
+    check_injection(
+        Protocol::Pop3,
+        &Injection {
+            greeting: GREETING,
+            request: b"STLS\r\n",
+            injected: b"USER alice\r\n",
+            later: b"PASS secret\r\n",
+            answer: b"+OK Begin TLS negotiation now.\r\n",
+            smuggled: b"+OK injected\r\n",
+            later_from_server: b"+OK more\r\n",
+        },
     );
-    assert_eq!(feed(pop3.as_mut(), Client, b"PASS secret\r\n").unwrap(), (0, None));
-    let answer = b"+OK Begin TLS negotiation now.\r\n";
-    let with_more = [&answer[..], b"+OK injected\r\n"].concat();
-    assert_eq!(
-        feed(pop3.as_mut(), Server, &with_more).unwrap(),
-        (answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted)))
-    );
-    assert!(matches!(
-        feed(pop3.as_mut(), Client, b"\x16\x03\x01"),
-        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-    ));
 }
 
 #[test]

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{
-    assert_malformed, check_content_commands, check_transcripts, feed, line_too_long, run, watcher, Client, Seen,
-    Server, Side, Transcript, UPGRADE,
+    assert_malformed, check_content_commands, check_injection, check_transcripts, feed, line_too_long, run, watcher,
+    Client, Injection, Seen, Server, Side, Transcript, UPGRADE,
 };
-use starttls::{ClientEvent, NegotiationError, Peer, Protocol, ServerEvent, LINE_LIMIT};
+use starttls::{ClientEvent, Peer, Protocol, ServerEvent, LINE_LIMIT};
 
 const GREETING: &[u8] = b"220 mail.lab.test ESMTP Postfix (Debian/GNU)\r\n";
 const EHLO: &[u8] = b"EHLO client.lab.test\r\n";
@@ -110,44 +110,19 @@ fn postfix_transcripts_whole_and_cut_at_every_byte() {
 }
 
 #[test]
-fn pipelined_bytes_after_starttls_do_not_pass() {
-    let mut smtp = watcher(Protocol::Smtp);
-    feed(smtp.as_mut(), Server, GREETING).unwrap();
-    let injected = b"STARTTLS\r\nRSET\r\nMAIL FROM:<evil@lab.test>\r\n";
-    assert_eq!(
-        feed(smtp.as_mut(), Client, injected).unwrap(),
-        (10, Some(Seen::Client(ClientEvent::UpgradeRequested)))
+fn bytes_around_starttls_and_its_accepting_reply_do_not_pass() {
+    check_injection(
+        Protocol::Smtp,
+        &Injection {
+            greeting: GREETING,
+            request: b"STARTTLS\r\n",
+            injected: b"RSET\r\nMAIL FROM:<evil@lab.test>\r\n",
+            later: b"RSET\r\n",
+            answer: b"220 2.0.0 Ready to start TLS\r\n",
+            smuggled: b"250 injected\r\n",
+            later_from_server: b"250 more\r\n",
+        },
     );
-    assert!(smtp.awaiting_server());
-    // More before the answer: nothing passes, nothing is read.
-    assert_eq!(feed(smtp.as_mut(), Client, b"RSET\r\n").unwrap(), (0, None));
-    let answer = b"220 2.0.0 Ready to start TLS\r\n";
-    assert_eq!(
-        feed(smtp.as_mut(), Server, answer).unwrap(),
-        (answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted)))
-    );
-    assert!(!smtp.awaiting_server());
-    assert!(matches!(
-        feed(smtp.as_mut(), Client, b"\x16\x03\x01"),
-        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-    ));
-}
-
-#[test]
-fn server_bytes_after_the_accepting_reply_do_not_pass() {
-    let mut smtp = watcher(Protocol::Smtp);
-    feed(smtp.as_mut(), Server, GREETING).unwrap();
-    feed(smtp.as_mut(), Client, b"STARTTLS\r\n").unwrap();
-    let answer = b"220 2.0.0 Ready to start TLS\r\n";
-    let with_more = [&answer[..], b"250 injected\r\n"].concat();
-    assert_eq!(
-        feed(smtp.as_mut(), Server, &with_more).unwrap(),
-        (answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted)))
-    );
-    assert!(matches!(
-        feed(smtp.as_mut(), Server, b"250 more\r\n"),
-        Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-    ));
 }
 
 #[test]

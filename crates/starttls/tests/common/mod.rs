@@ -180,6 +180,50 @@ pub fn check_content_commands(protocol: Protocol, neutral: &[&str], content: &[&
     }
 }
 
+/// An upgrade with bytes around it that must not pass (see
+/// [`check_injection`]).
+pub struct Injection<'a> {
+    pub greeting: &'a [u8],
+    pub request: &'a [u8],
+    /// What the client sends after its request in the same piece.
+    pub injected: &'a [u8],
+    /// What the client sends next, before the answer.
+    pub later: &'a [u8],
+    pub answer: &'a [u8],
+    /// What the server sends after its answer in the same piece.
+    pub smuggled: &'a [u8],
+    /// What the server sends next, before TLS.
+    pub later_from_server: &'a [u8],
+}
+
+/// After the greeting, only the request passes of the client's piece, and
+/// nothing of what the client sends before the answer; only the answer
+/// passes of the server's piece; after it, the client's TLS record and the
+/// server's next bytes fail.
+pub fn check_injection(protocol: Protocol, case: &Injection) {
+    let mut watcher = watcher(protocol);
+    feed(watcher.as_mut(), Server, case.greeting).expect("the greeting is accepted");
+    assert_eq!(
+        feed(watcher.as_mut(), Client, &[case.request, case.injected].concat()),
+        Ok((case.request.len(), Some(Seen::Client(ClientEvent::UpgradeRequested))))
+    );
+    assert!(watcher.awaiting_server());
+    assert_eq!(feed(watcher.as_mut(), Client, case.later), Ok((0, None)));
+    assert_eq!(
+        feed(watcher.as_mut(), Server, &[case.answer, case.smuggled].concat()),
+        Ok((case.answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted))))
+    );
+    assert!(!watcher.awaiting_server());
+    assert!(matches!(
+        feed(watcher.as_mut(), Client, b"\x16\x03\x01"),
+        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
+    ));
+    assert!(matches!(
+        feed(watcher.as_mut(), Server, case.later_from_server),
+        Err(NegotiationError::Malformed { peer: Peer::Server, .. })
+    ));
+}
+
 /// `transcript` fails on bytes `peer` sent that the protocol does not
 /// allow.
 pub fn assert_malformed(protocol: Protocol, peer: Peer, transcript: &[(Side, &[u8])]) {
