@@ -12,8 +12,6 @@
 
 mod harness;
 
-use std::io::Write;
-use std::ops::DerefMut;
 use std::sync::Arc;
 
 use appliance::config::InspectFailure;
@@ -22,13 +20,10 @@ use appliance::policy::Action;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::peer::Peer;
-use harness::tls::{drive, interception, origin_for, provider, Scratch};
-use harness::{assert_no_leaks, exchange, policy, v4, BoxMode, Host, Lab, SERVER_V4};
+use harness::tls::{interception, origin_for, provider, Scratch};
+use harness::{assert_no_leaks, policy, v4, BoxMode, Lab, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
-};
-use smoltcp::iface::SocketHandle;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use smoltcp::socket::tcp::State;
 
 struct Setup {
