@@ -219,11 +219,7 @@ impl Expectations {
         });
         let awaited = Awaited { from, to, port };
         if !self.own.contains_key(&awaited) {
-            let of_control = self
-                .own
-                .values()
-                .filter(|(announcer, _)| *announcer == control)
-                .count();
+            let of_control = self.own.values().filter(|(announcer, _)| *announcer == control).count();
             if of_control >= PER_CONTROL_LIMIT {
                 return Err(ExpectError::TooManyForControl);
             }
@@ -372,7 +368,10 @@ mod tests {
         passive(&mut one, 7, 40_005, now).unwrap();
         let found = one.awaits(&syn(CLIENT, SERVER, 40_003), now).unwrap();
         assert_eq!((found.worker, found.control), (0, 7), "found by the other worker");
-        assert!(one.take(&syn(CLIENT, SERVER, 40_003), now).is_none(), "not the other's to take");
+        assert!(
+            one.take(&syn(CLIENT, SERVER, 40_003), now).is_none(),
+            "not the other's to take"
+        );
         assert!(zero.awaits(&syn(CLIENT, SERVER, 40_003), now).is_some());
         assert_eq!(zero.take(&syn(CLIENT, SERVER, 40_003), now).unwrap().worker, 0);
         assert!(one.awaits(&syn(CLIENT, SERVER, 40_003), now).is_none(), "taken for all");
@@ -381,7 +380,10 @@ mod tests {
         assert!(zero.awaits(&syn(CLIENT, SERVER, 40_005), now).is_none());
         assert!(one.awaits(&syn(CLIENT, SERVER, 40_004), now).is_some());
         zero.forget(7);
-        assert!(one.awaits(&syn(CLIENT, SERVER, 40_004), now).is_none(), "forgotten for all");
+        assert!(
+            one.awaits(&syn(CLIENT, SERVER, 40_004), now).is_none(),
+            "forgotten for all"
+        );
         assert_eq!(table.len(), 0);
         // A lapsed one is pruned from the table by its owner's next announcement.
         passive(&mut zero, 8, 40_006, now).unwrap();
@@ -390,7 +392,12 @@ mod tests {
         passive(&mut zero, 8, 40_007, later).unwrap();
         assert_eq!(table.len(), 1);
         assert!(
-            table.ports.iter().filter(|count| count.load(Ordering::Relaxed) > 0).count() == 1,
+            table
+                .ports
+                .iter()
+                .filter(|count| count.load(Ordering::Relaxed) > 0)
+                .count()
+                == 1,
             "only the awaited port is counted"
         );
     }

@@ -253,7 +253,9 @@ impl WorkerHandoff {
     /// data connection (from either port, in either direction).
     pub fn holder_elsewhere(&self, from: Side, segment: &FlowTuple) -> Option<usize> {
         let reversed = segment.reversed();
-        let leg = (from == Side::Server).then(|| self.directory.owner(&reversed)).flatten();
+        let leg = (from == Side::Server)
+            .then(|| self.directory.owner(&reversed))
+            .flatten();
         leg.or_else(|| self.data_flows.owner(segment))
             .or_else(|| self.data_flows.owner(&reversed))
             .filter(|&owner| owner != self.worker)
@@ -373,7 +375,10 @@ mod tests {
         assert_eq!(one.holder_elsewhere(Side::Client, &leg(40_001, 50_123)), None);
         // A moved leg is found from the server port only.
         one.registry().register(&leg(40_002, 8080));
-        assert_eq!(zero.holder_elsewhere(Side::Server, &leg(40_002, 8080).reversed()), Some(1));
+        assert_eq!(
+            zero.holder_elsewhere(Side::Server, &leg(40_002, 8080).reversed()),
+            Some(1)
+        );
         assert_eq!(zero.holder_elsewhere(Side::Client, &leg(40_002, 8080)), None);
         assert_eq!(zero.registered_legs(), 2);
         zero.registry().unregister_data_flow(&syn);

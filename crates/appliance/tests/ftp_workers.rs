@@ -122,11 +122,29 @@ fn logged_in(setup: &mut Setup, prot: &[u8]) -> (Client, Server) {
     server.send(&mut lab.server, greeting);
     assert!(run(lab, &mut client, &mut server, |client, _| client.received == greeting));
     client.received.clear();
-    command(lab, &mut client, &mut server, b"AUTH TLS\r\n", b"234 Proceed with negotiation.\r\n");
+    command(
+        lab,
+        &mut client,
+        &mut server,
+        b"AUTH TLS\r\n",
+        b"234 Proceed with negotiation.\r\n",
+    );
     client.tls = Some(client_tls(&setup.ca));
     server.tls = Some(ServerConnection::new(Arc::clone(&setup.origin)).unwrap());
-    command(lab, &mut client, &mut server, b"USER ftp\r\n", b"331 Please specify the password.\r\n");
-    command(lab, &mut client, &mut server, b"PASS ftp\r\n", b"230 Login successful.\r\n");
+    command(
+        lab,
+        &mut client,
+        &mut server,
+        b"USER ftp\r\n",
+        b"331 Please specify the password.\r\n",
+    );
+    command(
+        lab,
+        &mut client,
+        &mut server,
+        b"PASS ftp\r\n",
+        b"230 Login successful.\r\n",
+    );
     command(lab, &mut client, &mut server, b"PBSZ 0\r\n", b"200 PBSZ set to 0.\r\n");
     let prot_command = [b"PROT ", prot, b"\r\n"].concat();
     command(lab, &mut client, &mut server, &prot_command, b"200 PROT now set.\r\n");
@@ -147,7 +165,9 @@ fn data_client_port(data_port: u16, first: u16) -> u16 {
 
 /// The file the server sends on a data connection.
 fn file() -> Vec<u8> {
-    (0..48 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    (0..48 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 /// The client connects from `local_port` to `data_port` and the server
@@ -201,7 +221,11 @@ fn end_and_assert_all_gone(lab: &mut Workers, client: Client, server: Server) {
     assert!(gone, "flows or sessions left");
     for worker in &lab.workers {
         let handoff = worker.engine.handoff().unwrap();
-        assert_eq!(handoff.registered_legs(), 0, "every data connection's registration ended");
+        assert_eq!(
+            handoff.registered_legs(),
+            0,
+            "every data connection's registration ended"
+        );
         assert_eq!(handoff.expected_ftp_data(), 0, "no expectation left");
     }
 }
@@ -213,7 +237,12 @@ fn passive_data_connection_steered_to_the_other_worker(prot: &[u8], tls: bool) {
     announce(&mut setup.lab, &mut client, &mut server, data_port);
     let local_port = data_client_port(data_port, 48_000);
     let received = download(&mut setup, data_port, local_port, tls);
-    assert!(received == file(), "byte-exact: {} of {} bytes", received.len(), file().len());
+    assert!(
+        received == file(),
+        "byte-exact: {} of {} bytes",
+        received.len(),
+        file().len()
+    );
     let lab = &mut setup.lab;
     // Worker 1 opened nothing: it handed the SYN and every later frame,
     // from both ports, to worker 0, which intercepted the data connection.
@@ -269,7 +298,10 @@ fn a_data_syn_that_finds_the_owners_inbox_full_is_dropped_not_bridged_and_its_re
     assert_eq!(worker_for(&syns[0], 2), OTHER);
     lab.workers[OTHER].client_port.inject(syns[0].clone());
     lab.workers[OTHER].engine.poll(lab.now);
-    assert!(lab.workers[OTHER].server_port.take_transmitted().is_empty(), "not bridged");
+    assert!(
+        lab.workers[OTHER].server_port.take_transmitted().is_empty(),
+        "not bridged"
+    );
     assert_eq!(lab.totals(OTHER, Side::Client).handoff_dropped, 1);
     assert_eq!(lab.totals(OTHER, Side::Client).bridged, 0);
     assert_eq!(lab.workers[OTHER].engine.splicer().counters().ftp_data_handed_over, 0);
@@ -299,7 +331,9 @@ fn an_expectation_that_lapsed_or_whose_control_connection_ended_is_not_handed_ov
     // is an ordinary connection to a port nothing intercepts).
     lab.now += netstack::Duration::from_secs(30);
     let listener = lab.server.listen(40_023, 64 * 1024);
-    let socket = lab.client.connect(v4(SERVER_V4, 40_023), data_client_port(40_023, 48_200), 64 * 1024);
+    let socket = lab
+        .client
+        .connect(v4(SERVER_V4, 40_023), data_client_port(40_023, 48_200), 64 * 1024);
     assert!(lab.run_until(5_000, |lab| lab.server.tcp(listener).state() == State::Established));
     assert_eq!(lab.workers[OTHER].engine.splicer().counters().ftp_data_handed_over, 0);
     assert!(lab.totals(OTHER, Side::Client).bridged > 0, "bridged by worker 1");
@@ -308,10 +342,16 @@ fn an_expectation_that_lapsed_or_whose_control_connection_ended_is_not_handed_ov
     // A new announcement; the control connection ends before its data
     // connection comes: worker 0 forgot it for both workers.
     announce(lab, &mut client, &mut server, 40_024);
-    assert_eq!(lab.workers[OTHER].engine.handoff().unwrap().expected_ftp_data(), 1, "the lapsed one went");
+    assert_eq!(
+        lab.workers[OTHER].engine.handoff().unwrap().expected_ftp_data(),
+        1,
+        "the lapsed one went"
+    );
     end_and_assert_all_gone(lab, client, server);
     let listener = lab.server.listen(40_024, 64 * 1024);
-    let socket = lab.client.connect(v4(SERVER_V4, 40_024), data_client_port(40_024, 48_300), 64 * 1024);
+    let socket = lab
+        .client
+        .connect(v4(SERVER_V4, 40_024), data_client_port(40_024, 48_300), 64 * 1024);
     assert!(lab.run_until(5_000, |lab| lab.server.tcp(listener).state() == State::Established));
     let counters = lab.workers[OTHER].engine.splicer().counters();
     assert_eq!((counters.ftp_data_handed_over, counters.sessions_opened), (0, 0));
