@@ -592,6 +592,12 @@ impl<P: Port> Engine<P> {
                 None
             };
             if let Some(expected) = ftp_data {
+                if !class.tcp_checksum_ok(frame.data()) {
+                    // Like any guarded segment: neither passed on nor opened.
+                    malformed += 1;
+                    invalid += 1;
+                    return false;
+                }
                 if handoff.is_some_and(|handoff| handoff.worker() != expected.worker) {
                     if hand(expected.worker, frame.data()) {
                         splicer.count_ftp_data_handed_over();
