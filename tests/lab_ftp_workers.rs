@@ -16,11 +16,9 @@ use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers};
 use common::{repo, Scratch};
 
 /// Transfers, one after the other: half downloads, half uploads, EPSV and
-/// PASV alternating. Not in parallel: the appliance's upstream resumption
-/// store is keyed by server name, so with several control connections to
-/// the same server at once a data connection may resume another one's
-/// session, which vsftpd with `require_ssl_reuse` refuses (522; seen with
-/// 6 transfers at a time).
+/// PASV alternating. Not in parallel yet: with 6 at a time on two workers
+/// two of 30 failed once (vsftpd 522, a data connection's TLS), while the
+/// same on one worker passed; the cause is not found.
 const TRANSFERS: usize = 30;
 
 /// [`TRANSFERS`] transfers through two workers: all byte-exact, every data
