@@ -17,8 +17,9 @@ use common::{repo, Scratch};
 
 /// Transfers, one after the other: half downloads, half uploads, EPSV and
 /// PASV alternating. Not in parallel yet: with 6 at a time on two workers
-/// two of 30 failed once (vsftpd 522, a data connection's TLS), while the
-/// same on one worker passed; the cause is not found.
+/// two of 30 data connections failed in each of two runs (their upstream
+/// handshake did not resume, `server_resumed` false, so vsftpd answered
+/// 522), while the same on one worker passed; the cause is not found.
 const TRANSFERS: usize = 30;
 
 /// [`TRANSFERS`] transfers through two workers: all byte-exact, every data
