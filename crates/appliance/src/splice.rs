@@ -238,6 +238,7 @@ impl Session {
             generation: None,
             replaced_server: None,
             registered_leg: None,
+            registered_data_flow: None,
             terminate: false,
             conversion: None,
             service: None,
@@ -310,6 +311,10 @@ struct Session {
     /// because it differs from the client's (see
     /// [`Shared::connect_server_leg`]).
     registered_leg: Option<FlowTuple>,
+    /// An FTP data connection registered with the workers' directory (its
+    /// SYN's tuple): its frames reach this worker whichever worker the
+    /// flow hash gives them to.
+    registered_data_flow: Option<FlowTuple>,
     /// A connection to a `[[service]]` destination: the appliance is its
     /// TLS server (termination), the backend leg opens after the hello.
     terminate: bool,
@@ -1056,9 +1061,10 @@ impl Splicer {
     }
 
     /// The FTP data connection `syn` opens, if an intercepted control
-    /// channel announced it (see [`crate::ftpdata`]): a client's SYN to a
-    /// passive one is admitted ([`Splicer::open`] intercepts it), a server's
-    /// SYN to an active one refused ([`Splicer::refuse_active_ftp_data`]).
+    /// channel of any worker announced it (see [`crate::ftpdata`]; another
+    /// worker's is handed to it): a client's SYN to a passive one is
+    /// admitted ([`Splicer::open`] intercepts it), a server's SYN to an
+    /// active one refused ([`Splicer::refuse_active_ftp_data`]).
     pub fn expected_ftp_data(&self, syn: &FlowTuple, now: Instant) -> Option<Expected> {
         self.shared.ftp_data.awaits(syn, now)
     }
@@ -1122,6 +1128,19 @@ impl Splicer {
     /// their frames to this one (see [`crate::handoff`]).
     pub fn set_leg_registry(&mut self, registry: LegRegistry) {
         self.shared.legs = Some(registry);
+    }
+
+    /// Keeps the FTP data connections this worker's control connections
+    /// announce in `expectations`, shared with the other workers (see
+    /// [`crate::ftpdata`]), instead of a table of its own.
+    pub fn set_ftp_expectations(&mut self, expectations: Expectations) {
+        self.shared.ftp_data = expectations;
+    }
+
+    /// Counts the SYN of an FTP data connection handed to the worker whose
+    /// control connection announced it.
+    pub fn count_ftp_data_handed_over(&mut self) {
+        self.shared.counters.ftp_data_handed_over += 1;
     }
 
     /// Whether another worker holds a session for the client→server
@@ -1556,6 +1575,12 @@ impl Splicer {
             Some(starttls::DataProtection::Clear) => shared.counters.ftp_data_clear += 1,
             None => {}
         }
+        // Its SYN may have reached another worker, which handed it here:
+        // the other workers hand its frames here too, until it ends.
+        if let Some(legs) = shared.legs.as_ref().filter(|_| session.ftp_data.is_some()) {
+            legs.register_data_flow(tuple);
+            session.registered_data_flow = Some(*tuple);
+        }
         // A `[[starttls]]` port: the preamble is watched, its upgrade intercepted.
         let starttls = shared
             .starttls
@@ -1906,6 +1931,9 @@ impl Shared {
         }
         if let (Some(legs), Some(leg)) = (&self.legs, session.registered_leg.take()) {
             legs.unregister(&leg);
+        }
+        if let (Some(legs), Some(syn)) = (&self.legs, session.registered_data_flow.take()) {
+            legs.unregister_data_flow(&syn);
         }
         if !session.confirmed {
             self.embryonic.left(session.tuple.src_ip);

@@ -12,8 +12,6 @@
 
 mod harness;
 
-use std::io::Write;
-use std::ops::DerefMut;
 use std::sync::Arc;
 
 use appliance::config::InspectFailure;
@@ -21,13 +19,11 @@ use appliance::config::StarttlsPort;
 use appliance::policy::Action;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
-use harness::tls::{drive, interception, origin_for, provider, Scratch};
-use harness::{assert_no_leaks, exchange, policy, v4, BoxMode, Host, Lab, SERVER_V4};
+use harness::peer::Peer;
+use harness::tls::{interception, origin_for, provider, Scratch};
+use harness::{assert_no_leaks, policy, v4, BoxMode, Lab, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
-};
-use smoltcp::iface::SocketHandle;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use smoltcp::socket::tcp::State;
 
 struct Setup {
@@ -78,55 +74,6 @@ fn setup_with(name: &str, require_tls: bool, inspect: bool) -> Setup {
         origin,
         log,
         _scratch: scratch,
-    }
-}
-
-/// One end of an SMTP conversation on a host socket: plaintext until its
-/// TLS starts, then through it.
-struct Peer<C> {
-    socket: SocketHandle,
-    tls: Option<C>,
-    received: Vec<u8>,
-}
-
-impl<C, D> Peer<C>
-where
-    C: DerefMut<Target = ConnectionCommon<D>>,
-    D: SideData,
-{
-    fn new(socket: SocketHandle) -> Peer<C> {
-        Peer {
-            socket,
-            tls: None,
-            received: Vec::new(),
-        }
-    }
-
-    fn pump(&mut self, host: &mut Host) {
-        if host.tcp(self.socket).state() != State::Established {
-            return;
-        }
-        match self.tls.as_mut() {
-            None => exchange(host, self.socket, &mut &[][..], &mut self.received),
-            Some(tls) => {
-                drive(host, self.socket, tls, &mut self.received);
-            }
-        }
-    }
-
-    fn send(&mut self, host: &mut Host, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            None => assert_eq!(host.tcp(self.socket).send_slice(bytes).unwrap(), bytes.len()),
-            Some(tls) => tls.writer().write_all(bytes).unwrap(),
-        }
-        self.pump(host);
-    }
-
-    /// Takes what was received if it ends with `line_end`.
-    fn take_if_ends(&mut self, line_end: &[u8]) -> Option<Vec<u8>> {
-        self.received
-            .ends_with(line_end)
-            .then(|| std::mem::take(&mut self.received))
     }
 }
 
