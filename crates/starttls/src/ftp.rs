@@ -329,7 +329,11 @@ impl Negotiation for FtpNegotiation {
     }
 
     fn awaiting_server(&self) -> bool {
-        matches!(self.upgrade, Upgrade::Requested(_)) || (self.unanswered > 0 && !self.preliminary)
+        self.upgrade_requested() || (self.unanswered > 0 && !self.preliminary)
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Requested(_))
     }
 
     /// The observer of the control channel inside TLS, once the upgrade was
