@@ -348,8 +348,20 @@ fn a_server_slow_to_answer_a_plaintext_mail_is_not_reset_by_the_starttls_timeout
     let Setup { lab, log, .. } = &mut setup;
     let (mut client, mut server) = greeted(lab, 46_500);
     // The mail goes in plaintext: the session's content.
-    converse(lab, &mut client, &mut server, b"MAIL FROM:<a@lab.test>\r\n", b"250 2.1.0 Ok\r\n");
-    converse(lab, &mut client, &mut server, b"RCPT TO:<t@lab.test>\r\n", b"250 2.1.5 Ok\r\n");
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"MAIL FROM:<a@lab.test>\r\n",
+        b"250 2.1.0 Ok\r\n",
+    );
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"RCPT TO:<t@lab.test>\r\n",
+        b"250 2.1.5 Ok\r\n",
+    );
     converse(lab, &mut client, &mut server, b"DATA\r\n", b"354 End data\r\n");
     let body = b"Subject: slow\r\n\r\nbody\r\n.\r\n";
     client.send(&mut lab.client, body);
@@ -380,7 +392,13 @@ fn an_upgrade_request_after_plaintext_content_is_still_reset_if_never_answered()
     let mut setup = setup("starttls-late-request", false);
     let Setup { lab, log, .. } = &mut setup;
     let (mut client, mut server) = greeted(lab, 46_600);
-    converse(lab, &mut client, &mut server, b"MAIL FROM:<a@lab.test>\r\n", b"250 2.1.0 Ok\r\n");
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"MAIL FROM:<a@lab.test>\r\n",
+        b"250 2.1.0 Ok\r\n",
+    );
     converse(lab, &mut client, &mut server, b"RSET\r\n", b"250 2.0.0 Ok\r\n");
     client.send(&mut lab.client, b"STARTTLS\r\n");
     assert!(run(lab, &mut client, &mut server, |_, _, server| server.received

@@ -444,7 +444,11 @@ fn what_the_observer_cannot_follow_is_an_error() {
 fn clearing_the_command_channel_is_an_error_naming_the_command() {
     for (command, reply, named) in [
         (&b"CCC\r\n"[..], &b"200 CCC ok.\r\n"[..], "CCC (clear command channel"),
-        (b"REIN\r\n", b"220 Service ready for new user.\r\n", "REIN (reinitialize"),
+        (
+            b"REIN\r\n",
+            b"220 Service ready for new user.\r\n",
+            "REIN (reinitialize",
+        ),
     ] {
         let Err(err) = observe(&[(Client, command), (Server, reply)], &[]) else {
             panic!("{named}: accepted without an error");
@@ -454,7 +458,10 @@ fn clearing_the_command_channel_is_an_error_naming_the_command() {
     }
     // Refused, it changes nothing.
     assert_eq!(
-        observe(&[(Client, b"CCC\r\n"), (Server, b"502 Command not implemented.\r\n")], &[]),
+        observe(
+            &[(Client, b"CCC\r\n"), (Server, b"502 Command not implemented.\r\n")],
+            &[]
+        ),
         Ok(vec![])
     );
 }
