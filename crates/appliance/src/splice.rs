@@ -2240,6 +2240,12 @@ impl Shared {
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else {
+                    if session.conn.reset_by().is_some() {
+                        // The other side reset and is gone: this leg, which
+                        // was still being delivered to, ends too.
+                        let _ = stack.abort(event.flow);
+                        return;
+                    }
                     if session.terminate && !session.conn.failed() {
                         // The client went before the backend leg existed.
                         self.counters.resets += 1;
@@ -2290,7 +2296,8 @@ impl Shared {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
-                    if event.kind == EventKind::Reset && session.conn.peer_reset(leg) {
+                    let relaying = matches!(session.conn.state(), pipeline::State::Open(_));
+                    if event.kind == EventKind::Reset && relaying && session.conn.peer_reset(leg) {
                         // What the peer sent before its RST goes on first
                         // (a client that closes with unread bytes resets
                         // right after its last data and close_notify).

@@ -192,22 +192,28 @@ impl Connection {
 
     /// After [`Connection::peer_reset`]: the leg to reset now, once
     /// everything the resetting peer sent before its RST reached the other
-    /// side and was acknowledged there (its leg was read to the end and is
-    /// gone, nothing waits in the transform or the loop, and a TLS
-    /// direction's end, close_notify then FIN, went on); None until then.
+    /// side and was acknowledged there: the direction's end went on (a
+    /// TLS relay passes close_notify, if it came, then FIN once the leg is
+    /// read to the end and gone), or, relayed as bytes, the leg is gone
+    /// and nothing waits in the transform or the loop. None until then.
     pub fn reset_to_pass_on(&self, io: &dyn LegIo) -> Option<Leg> {
         let from = self.reset_by?;
         let (to, towards_server) = match from {
             Leg::Client => (Leg::Server, true),
             _ => (Leg::Client, false),
         };
-        if io.exists(from) || io.unacknowledged(to) > 0 {
-            return None;
-        }
         let State::Open(ends) = self.state else {
             // Nothing is relayed before the connection opened or once it failed.
             return Some(to);
         };
+        let end = if towards_server { ends.to_server } else { ends.to_client };
+        if !io.exists(to) || end == End::FinSent {
+            // Nothing more can go (bytes after a FIN are never read).
+            return (io.unacknowledged(to) == 0).then_some(to);
+        }
+        if io.exists(from) || io.unacknowledged(to) > 0 {
+            return None;
+        }
         let in_loop = match &self.inspection {
             Some(InspectionLoop::Through(through)) => {
                 let in_flight = if towards_server { &through.up } else { &through.down };
@@ -215,31 +221,15 @@ impl Connection {
             }
             Some(InspectionLoop::Opening) | None => false,
         };
-        let end = if towards_server { ends.to_server } else { ends.to_client };
         let waiting = match &self.transform {
-            Transform::Plain => {
-                in_loop
-                    || !(if towards_server {
-                        &self.backlog_to_server
-                    } else {
-                        &self.backlog_to_client
-                    })
-                    .is_empty()
-            }
-            Transform::Starttls(preamble) => {
-                in_loop
-                    || !(if towards_server {
-                        &preamble.to_server
-                    } else {
-                        &preamble.to_client
-                    })
-                    .is_empty()
-            }
-            // The TLS relay passes the direction's end on once everything
-            // before it went (a leg that is gone counts as finished).
-            Transform::Intercept(_) | Transform::Terminate(_) | Transform::Upgrade(_) => end != End::FinSent,
+            Transform::Plain if towards_server => !self.backlog_to_server.is_empty(),
+            Transform::Plain => !self.backlog_to_client.is_empty(),
+            Transform::Starttls(preamble) if towards_server => !preamble.to_server.is_empty(),
+            Transform::Starttls(preamble) => !preamble.to_client.is_empty(),
+            // Its FIN, above.
+            Transform::Intercept(_) | Transform::Terminate(_) | Transform::Upgrade(_) => true,
         };
-        (!waiting).then_some(to)
+        (!waiting && !in_loop).then_some(to)
     }
 
     /// TCP payload bytes received from the client and from the server.
