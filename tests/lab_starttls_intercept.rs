@@ -715,7 +715,11 @@ fn the_inspection_box_sees_the_ftp_commands_and_the_files_downloaded_and_uploade
     );
     assert!(recorded.contains(&file), "the downloaded file, in plaintext");
     for upload in uploads.iter().filter(|upload| !upload.is_empty()) {
-        assert!(recorded.contains(upload), "an uploaded file of {} bytes, in plaintext", upload.len());
+        assert!(
+            recorded.contains(upload),
+            "an uploaded file of {} bytes, in plaintext",
+            upload.len()
+        );
     }
     let report = up.stop();
     assert_eq!(
@@ -751,4 +755,3 @@ fn curl_moves_files_byte_exact_over_intercepted_ftp_over_ipv6_with_epsv() {
     let report = up.stop();
     assert_eq!(report["tcp"]["ftp_data_tls"], 2, "{report}");
 }
-
