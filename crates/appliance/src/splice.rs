@@ -2268,6 +2268,12 @@ impl Shared {
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else {
+                    if session.conn.reset_by().is_some() {
+                        // The other side reset and is gone: this leg, which
+                        // was still being delivered to, ends too.
+                        let _ = stack.abort(event.flow);
+                        return;
+                    }
                     if session.terminate && !session.conn.failed() {
                         // The client went before the backend leg existed.
                         self.counters.resets += 1;
@@ -2318,8 +2324,16 @@ impl Shared {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
-                    self.record_reset(session, leg == Leg::Client, now);
-                    abort_all(stack, session);
+                    let relaying = matches!(session.conn.state(), pipeline::State::Open(_));
+                    if event.kind == EventKind::Reset && relaying && session.conn.peer_reset(leg) {
+                        // What the peer sent before its RST goes on first
+                        // (a client that closes with unread bytes resets
+                        // right after its last data and close_notify).
+                        self.pump(stack, index, session, now);
+                    } else {
+                        self.record_reset(session, leg == Leg::Client, now);
+                        abort_all(stack, session);
+                    }
                 }
             }
             EventKind::Closed => {
@@ -2335,6 +2349,10 @@ impl Shared {
                     } else if leg == Leg::Server && !session.conn.established() {
                         stack.discard(other);
                         discard_loop(stack, session);
+                    } else if session.conn.reset_by() == Some(leg) {
+                        // The reset leg was read to the end: its RST may
+                        // follow its bytes now.
+                        self.pump(stack, index, session, now);
                     } else if !(leg_finished(stack, other) || session.conn.closed()) {
                         abort_all(stack, session);
                     }
@@ -2446,6 +2464,23 @@ impl Shared {
             self.counters.bytes_client_to_server += bytes.0 - bytes_before.0;
             self.counters.bytes_server_to_client += bytes.1 - bytes_before.1;
         }
+        self.pass_on_reset(stack, session, now);
+    }
+
+    /// A peer's RST follows what it sent before it (see
+    /// [`Connection::peer_reset`]): once that was delivered, every other leg
+    /// is reset.
+    fn pass_on_reset(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
+        if session.conn.failed() {
+            return;
+        }
+        let flows = SessionFlows::of(session);
+        let Some(to) = session.conn.reset_to_pass_on(&StackLegs { stack, flows }) else {
+            return;
+        };
+        session.conn.fail();
+        self.record_reset(session, to == Leg::Server, now);
+        abort_all(stack, session);
     }
 
     /// [`Shared::pump`] of an established session.

@@ -69,6 +69,10 @@ pub struct Connection {
     /// After an FTP upgrade, its control channel inside TLS, watched for
     /// the data connections it announces.
     control: Option<Box<Watched>>,
+    /// The leg (client or server) whose peer reset the open connection:
+    /// what it sent before goes on, then the RST does (see
+    /// [`Connection::peer_reset`]).
+    reset_by: Option<Leg>,
 }
 
 impl Connection {
@@ -126,6 +130,7 @@ impl Connection {
             bytes: (0, 0),
             preamble: Reports::default(),
             control: None,
+            reset_by: None,
         }
     }
 
@@ -163,6 +168,68 @@ impl Connection {
             State::Connecting | State::Refused => State::Refused,
             State::Open(ends) | State::Failed(ends) => State::Failed(ends),
         };
+    }
+
+    /// The peer of `leg` (the client or the server) reset the open
+    /// connection. As on a direct connection, where the other side reads
+    /// what came before the RST, what that peer sent before it still goes
+    /// on (read from its leg, through the TLS layer and the inspection
+    /// box), and the RST follows once it was delivered
+    /// ([`Connection::reset_to_pass_on`]); nothing goes towards that peer
+    /// any more. The first such peer counts; false if one already reset.
+    pub fn peer_reset(&mut self, leg: Leg) -> bool {
+        if self.reset_by.is_some() || !matches!(leg, Leg::Client | Leg::Server) {
+            return false;
+        }
+        self.reset_by = Some(leg);
+        true
+    }
+
+    /// The leg whose peer reset the open connection, if one did.
+    pub fn reset_by(&self) -> Option<Leg> {
+        self.reset_by
+    }
+
+    /// After [`Connection::peer_reset`]: the leg to reset now, once
+    /// everything the resetting peer sent before its RST reached the other
+    /// side and was acknowledged there: the direction's end went on (a
+    /// TLS relay passes close_notify, if it came, then FIN once the leg is
+    /// read to the end and gone), or, relayed as bytes, the leg is gone
+    /// and nothing waits in the transform or the loop. None until then.
+    pub fn reset_to_pass_on(&self, io: &dyn LegIo) -> Option<Leg> {
+        let from = self.reset_by?;
+        let (to, towards_server) = match from {
+            Leg::Client => (Leg::Server, true),
+            _ => (Leg::Client, false),
+        };
+        let State::Open(ends) = self.state else {
+            // Nothing is relayed before the connection opened or once it failed.
+            return Some(to);
+        };
+        let end = if towards_server { ends.to_server } else { ends.to_client };
+        if !io.exists(to) || end == End::FinSent {
+            // Nothing more can go (bytes after a FIN are never read).
+            return (io.unacknowledged(to) == 0).then_some(to);
+        }
+        if io.exists(from) || io.unacknowledged(to) > 0 {
+            return None;
+        }
+        let in_loop = match &self.inspection {
+            Some(InspectionLoop::Through(through)) => {
+                let in_flight = if towards_server { &through.up } else { &through.down };
+                !in_flight.bytes.is_empty() || in_flight.lost > 0
+            }
+            Some(InspectionLoop::Opening) | None => false,
+        };
+        let waiting = match &self.transform {
+            Transform::Plain if towards_server => !self.backlog_to_server.is_empty(),
+            Transform::Plain => !self.backlog_to_client.is_empty(),
+            Transform::Starttls(preamble) if towards_server => !preamble.to_server.is_empty(),
+            Transform::Starttls(preamble) => !preamble.to_client.is_empty(),
+            // Its FIN, above.
+            Transform::Intercept(_) | Transform::Terminate(_) | Transform::Upgrade(_) => true,
+        };
+        (!waiting && !in_loop).then_some(to)
     }
 
     /// TCP payload bytes received from the client and from the server.

@@ -406,4 +406,8 @@ impl Negotiation for Imap {
     fn awaiting_server(&self) -> bool {
         !self.greeted || (!self.pending.is_empty() && !self.client_turn)
     }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
+    }
 }

@@ -288,8 +288,14 @@ pub trait Negotiation: Send {
     /// The server sent `bytes` (the next ones, in order).
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError>;
     /// A request (the client's greeting, a command, the upgrade request)
-    /// waits for the server's answer: the caller's preamble timeout runs.
+    /// waits for the server's answer (the caller's preamble timeout runs
+    /// while the session had no plaintext content, see
+    /// [`Negotiation::upgrade_requested`]).
     fn awaiting_server(&self) -> bool;
+    /// The upgrade request waits for the server's answer (also when it
+    /// came in one piece with plaintext content): the caller's preamble
+    /// timeout runs whatever went before.
+    fn upgrade_requested(&self) -> bool;
     /// Once the upgrade was accepted, the observer of the session inside
     /// TLS, for the protocols whose decrypted stream announces further
     /// connections: FTP's control channel ([`ftp::ControlChannel`], its

@@ -233,4 +233,8 @@ impl Negotiation for Pop3 {
     fn awaiting_server(&self) -> bool {
         !matches!(self.server, ServerMode::Status) || (!self.awaited.is_empty() && !self.client_turn)
     }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
+    }
 }

@@ -273,4 +273,8 @@ impl Negotiation for Smtp {
     fn awaiting_server(&self) -> bool {
         !self.awaited.is_empty()
     }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
+    }
 }
