@@ -1117,8 +1117,10 @@ impl Stack {
     /// (and send) every frame queued: they count as sent. `None` if the
     /// sink is not a `T`.
     pub fn take_tx_frames<T: TxFrames>(&mut self) -> Option<&mut T> {
-        self.counters.frames_out += self.output.len() as u64;
-        self.output.as_any_mut().downcast_mut::<T>()
+        let queued = self.output.len() as u64;
+        let frames = self.output.as_any_mut().downcast_mut::<T>()?;
+        self.counters.frames_out += queued;
+        Some(frames)
     }
 
     /// Polls one flow with at most one incoming packet, then derives its
