@@ -18,8 +18,14 @@ fn a_dry_buffer_pool_drops_frames_and_the_transfer_recovers_byte_exact() {
     // No buffer at all on either port for 300 ms, once a quarter of the
     // bytes went each way.
     let mut dry_until = None;
-    transfer_with(&mut lab, client, server, &up, &down, 30_000, |lab, (at_server, at_client)| {
-        match dry_until {
+    transfer_with(
+        &mut lab,
+        client,
+        server,
+        &up,
+        &down,
+        30_000,
+        |lab, (at_server, at_client)| match dry_until {
             None if at_server >= up.len() / 4 && at_client >= down.len() / 4 => {
                 dry_until = Some(lab.now + Duration::from_millis(300));
                 lab.client_port.set_alloc_limit(Some(0));
@@ -30,8 +36,8 @@ fn a_dry_buffer_pool_drops_frames_and_the_transfer_recovers_byte_exact() {
                 lab.server_port.set_alloc_limit(None);
             }
             _ => {}
-        }
-    });
+        },
+    );
     assert!(dry_until.is_some(), "the pools never ran dry");
     let dropped = lab.totals(0).generated_dropped + lab.totals(1).generated_dropped;
     assert!(dropped > 0, "no frame was dropped while the pools were dry");

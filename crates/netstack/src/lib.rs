@@ -23,5 +23,5 @@ pub use device::{OutFrame, IP_MTU};
 pub use l2::L2Header;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use smoltcp::time::{Duration, Instant};
-pub use tx::{OutFrames, TxFrames};
 pub use stack::{CongestionControl, Event, EventKind, FlowId, FlowKey, Stack, StackConfig, StackCounters, StackError};
+pub use tx::{OutFrames, TxFrames};

@@ -24,9 +24,9 @@ use thiserror::Error;
 use wire::{FlowTuple, FrameClass};
 
 use crate::device::{FlowDevice, OutFrame};
-use crate::tx::{OutFrames, TxFrames};
 use crate::l2::L2Header;
 use crate::timer::TimerWheel;
+use crate::tx::{OutFrames, TxFrames};
 
 /// A flow whose peer has been silent this long, with empty rings, gives
 /// the pages of its buffers back.

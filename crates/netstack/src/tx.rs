@@ -53,7 +53,10 @@ pub struct OutFrames(pub Vec<OutFrame>);
 
 impl TxFrames for OutFrames {
     fn push(&mut self, port: usize, len: usize) -> &mut [u8] {
-        self.0.push(OutFrame { port, frame: vec![0; len] });
+        self.0.push(OutFrame {
+            port,
+            frame: vec![0; len],
+        });
         self.0.last_mut().map_or(&mut [], |out| &mut out.frame[..])
     }
 

@@ -7,7 +7,8 @@
 use std::any::Any;
 
 use netstack::{
-    Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, OutFrames, Stack, StackConfig, StackError, TxFrames,
+    Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, OutFrames, Stack, StackConfig, StackError,
+    TxFrames,
 };
 use wire::FlowTuple;
 

@@ -212,12 +212,7 @@ impl BufPool for MemPool {
         if let Some(limit) = state.alloc_limit.as_mut() {
             *limit = limit.checked_sub(1)?;
         }
-        Some(
-            state
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY)),
-        )
+        Some(state.spare.pop().unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY)))
     }
 }
 
