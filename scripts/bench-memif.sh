@@ -6,7 +6,8 @@
 # in-memory rustls floor of the same run; and 2 workers against 1, in memory.
 #
 # Usage: scripts/bench-memif.sh [--write-doc] [--runs N] [--quick]
-#          [--connections N] [--rate N] [--bulk-mb N] [--no-profile] [--keep]   (root)
+#          [--connections N] [--rate N] [--bulk-mb N] [--no-profile] [--keep]
+#          [--baseline BIN]   (root)
 #   --runs: runs, each measuring every variant once (default 3); the tables
 #     show the medians of the per-run values and ratios. Also the rounds of
 #     the 2-worker comparison.
@@ -17,6 +18,11 @@
 #   --quick: a smoke test (1 run, 300 connections, 100 MB, a shorter floor and
 #     a smaller 2-worker comparison).
 #   --no-profile: no perf profile of the targets not met.
+#   --baseline BIN: an A/B against another tlsgate binary (an older build): each
+#     run measures variant one on this tree's build and on BIN ("base"), in turn,
+#     and the script prints the medians of tlsgate's CPU per connection and per GB
+#     of each, and their ratio (this tree / BIN), then stops: no inspection loop,
+#     no 2-worker comparison, no profile, no doc.
 #   --keep: keep the temp dir (configs, logs, reports, per-run records).
 #   --write-doc: (re)write the section between <!-- bench-memif:begin --> and
 #   <!-- bench-memif:end --> of docs/BENCHMARKS.md and the chart docs/bench-memif.svg.
@@ -76,7 +82,7 @@ bench_no_lab=1
 # shellcheck source=scripts/bench-lab.sh
 . "$here/bench-lab.sh"
 
-write_doc=0 keep=0 runs=3 connections=1000 rate=500 bulk_mb=400 profile=1
+baseline="" write_doc=0 keep=0 runs=3 connections=1000 rate=500 bulk_mb=400 profile=1
 floor_args=(--rounds 5)
 scaling_conns=1000 scaling_bulk_mb=50
 cmdline="scripts/bench-memif.sh${*:+ $*}"
@@ -89,6 +95,7 @@ while (($#)); do
     --rate) rate="$2"; shift ;;
     --bulk-mb) bulk_mb="$2"; shift ;;
     --no-profile) profile=0 ;;
+    --baseline) baseline="$2"; shift ;;
     --quick) runs=1 connections=300 bulk_mb=100
       floor_args=(--rounds 3 --connections 100 --bytes 100000000) scaling_conns=200 scaling_bulk_mb=5 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -132,12 +139,20 @@ bench_watchdog 1200
 # --- build, CA, origin certificate ------------------------------------------------
 bench_build_tlsgate
 cp "$root/target/release/tlsgate-loadgen" "$tmp/tlsgate-loadgen"
+if [[ -n "$baseline" ]]; then
+  # $tmp/tlsgate points at the binary of the variant being measured.
+  cp "$baseline" "$tmp/tlsgate-base"
+  mv "$tmp/tlsgate" "$tmp/tlsgate-tree"
+  ln -s tlsgate-tree "$tmp/tlsgate"
+fi
 log "building the tls_floor example (release)"
 (cd "$root" && timeout 1200 cargo build --release --quiet -p mitm --example tls_floor)
 cp "$root/target/release/examples/tls_floor" "$tmp/tls_floor"
-log "building the worker_scaling example (release)"
-(cd "$root" && timeout 1200 cargo build --release --quiet -p loadgen --example worker_scaling)
-cp "$root/target/release/examples/worker_scaling" "$tmp/worker_scaling"
+if [[ -z "$baseline" ]]; then
+  log "building the worker_scaling example (release)"
+  (cd "$root" && timeout 1200 cargo build --release --quiet -p loadgen --example worker_scaling)
+  cp "$root/target/release/examples/worker_scaling" "$tmp/worker_scaling"
+fi
 timeout 60 "$tmp/tlsgate" ca init --dir "$tmp/ca" >/dev/null
 timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,IP:198.18.0.2 \
@@ -224,7 +239,10 @@ box_config check >"$tmp/check-box.toml"
 timeout 60 "$tmp/tlsgate" check --config "$tmp/check-box.toml" >/dev/null
 
 start_variant() {  # variant tag
-  appliance_config "$1" "$2" >"$tmp/tlsgate-$2.toml"
+  if [[ -n "$baseline" ]]; then
+    ln -sfn "tlsgate-$([[ "$1" == base ]] && echo base || echo tree)" "$tmp/tlsgate"
+  fi
+  appliance_config "${1/#base/one}" "$2" >"$tmp/tlsgate-$2.toml"
   start_tlsgate "$tmp/tlsgate-$2.toml" "$tmp/tlsgate-$2.log" --report-json "$tmp/report-$2.json"
   if [[ "$1" == inspect ]]; then
     box_config "$2" >"$tmp/box-$2.toml"
@@ -372,6 +390,7 @@ records="$tmp/records.kv"
 invalid=0
 octet=0
 variants=(one inspect)
+[[ -n "$baseline" ]] && variants=(one base)
 for run in $(seq "$runs"); do
   log "run $run/$runs: rustls floor (tls_floor example, in memory)"
   tls_floor "$run"
@@ -385,7 +404,7 @@ for run in $(seq "$runs"); do
       lines+=("$(workload "$what" "$tag" "$octet")")
     done
     stop_variant "$tag"
-    faults="$(appliance_faults "$variant" "$tag" $((connections + bulk_conns)))"
+    faults="$(appliance_faults "${variant/#base/one}" "$tag" $((connections + bulk_conns)))"
     resumed="$(resumed_share "$tag")"
     for line in "${lines[@]}"; do
       why="$faults"
@@ -398,6 +417,25 @@ for run in $(seq "$runs"); do
     done
   done
 done
+
+# --- A/B against --baseline -------------------------------------------------------------
+if [[ -n "$baseline" ]]; then
+  python3 - "$records" <<'EOF'
+import statistics, sys
+records = [dict(kv.split("=", 1) for kv in line.split()) for line in open(sys.argv[1]) if line.strip()]
+def per_unit(r):
+    cpu = float(r["cpu"])
+    return cpu / int(r["units"]) * 1000 if r["load"] == "conn" else cpu / (float(r["bytes"]) / 1e9)
+for load, unit in (("conn", "ms per connection"), ("bulk", "s per GB")):
+    med = {}
+    for variant in ("one", "base"):
+        values = [per_unit(r) for r in records if r["variant"] == variant and r["load"] == load and r["valid"] == "ok"]
+        med[variant] = statistics.median(values) if values else float("nan")
+    print(f"A/B {load}: tlsgate CPU {unit}: this tree {med['one']:.3f}, baseline {med['base']:.3f},"
+          f" ratio {med['one'] / med['base']:.3f}")
+EOF
+  exit "$invalid"
+fi
 
 # --- 2 workers against 1, in memory ---------------------------------------------------
 scaling() {  # what connections-per-thread response-bytes

@@ -25,6 +25,7 @@ use crate::handoff::{HandoffError, WorkerHandoff};
 use crate::owned::OwnedSources;
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
+use crate::txframes::{PortFrames, Queued};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 pub use crate::side::Side;
@@ -196,7 +197,9 @@ pub struct Engine<P: Port> {
     udp: UdpPolicy,
     stack: Stack,
     splicer: Splicer,
-    stack_output: Vec<OutFrame>,
+    /// The neighbour table's frames to send (ARP, ND): copied into port
+    /// buffers. The stack writes its own straight into them ([`PortFrames`]).
+    neighbour_output: Vec<OutFrame>,
     outgoing: [Vec<P::Buf>; 4],
     tcp_stats: Arc<TcpStats>,
     /// When the inspection ports' links are checked next.
@@ -250,6 +253,8 @@ impl<P: Port> Engine<P> {
                 gateways: policy.gateways.clone(),
             })));
         }
+        let mut stack = Stack::new(Side::ALL.len(), policy.stack, now, seed);
+        stack.set_tx_frames(port_frames(&[&client, &server]));
         Engine {
             ports: vec![client, server],
             stats: stats.ports,
@@ -258,9 +263,9 @@ impl<P: Port> Engine<P> {
             intercept_ports: policy.tcp_ports.clone(),
             starttls_ports: policy.starttls.iter().map(|entry| entry.port).collect(),
             udp: policy.udp,
-            stack: Stack::new(Side::ALL.len(), policy.stack, now, seed),
+            stack,
             splicer,
-            stack_output: Vec::new(),
+            neighbour_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
             next_link_check: now,
@@ -287,6 +292,8 @@ impl<P: Port> Engine<P> {
         self.ports.truncate(2);
         self.ports.push(inspect_out);
         self.ports.push(inspect_in);
+        self.stack
+            .set_tx_frames(port_frames(&self.ports.iter().collect::<Vec<_>>()));
         self.splicer.set_inspection(settings);
         self
     }
@@ -849,46 +856,82 @@ impl<P: Port> Engine<P> {
         self.splicer.counters().reset_at_shutdown - before
     }
 
-    /// Copies the stack's frames into port buffers and sends them. With a
-    /// `deadline` (shutdown), full rings and an empty pool are waited for
-    /// until then instead of dropping after [`TX_ATTEMPTS`].
+    /// Sends the stack's frames (already in port buffers) and the
+    /// neighbour table's (copied into port buffers). With a `deadline`
+    /// (shutdown), full rings and an empty pool are waited for until then
+    /// instead of dropping after [`TX_ATTEMPTS`].
     fn send_stack_output(&mut self, deadline: Option<std::time::Instant>) {
         if let Some(owned) = self.splicer.owned_mut() {
-            owned.drain_output(&mut self.stack_output);
+            owned.drain_output(&mut self.neighbour_output);
         }
-        self.stack.drain_output(&mut self.stack_output);
-        if self.stack_output.is_empty() {
-            return;
-        }
-        for out in self.stack_output.drain(..) {
-            let (Some(port), Some(stats), Some(queue)) = (
+        for out in self.neighbour_output.drain(..) {
+            if let (Some(port), Some(stats), Some(queue)) = (
                 self.ports.get_mut(out.port),
                 self.stats.get(out.port),
                 self.outgoing.get_mut(out.port),
-            ) else {
-                continue;
-            };
-            let mut copied = copy_frame(port, &out.frame);
-            if let Some(deadline) = deadline {
-                // The pool is empty while the rings hold frames: send what
-                // is queued and wait for the driver to return buffers.
-                while copied.is_none() && std::time::Instant::now() < deadline {
-                    send_generated(port, queue, stats, Some(deadline));
-                    std::thread::yield_now();
-                    copied = copy_frame(port, &out.frame);
+            ) {
+                queue_copy(port, queue, stats, &out.frame, deadline, self.burst_size);
+            }
+        }
+        if let Some(frames) = self.stack.take_tx_frames::<PortFrames<P::Pool>>() {
+            for (index, frame) in frames.drain() {
+                let (Some(port), Some(stats), Some(queue)) = (
+                    self.ports.get_mut(index),
+                    self.stats.get(index),
+                    self.outgoing.get_mut(index),
+                ) else {
+                    continue;
+                };
+                match frame {
+                    Queued::InPortBuffer(buf) => {
+                        queue.push(buf);
+                        if deadline.is_some() && queue.len() >= self.burst_size {
+                            send_generated(port, queue, stats, deadline);
+                        }
+                    }
+                    Queued::Spilled(bytes) => queue_copy(port, queue, stats, &bytes, deadline, self.burst_size),
                 }
-            }
-            match copied {
-                Some(buf) => queue.push(buf),
-                None => stats.add_generated_dropped(1),
-            }
-            if deadline.is_some() && queue.len() >= self.burst_size {
-                send_generated(port, queue, stats, deadline);
             }
         }
         for ((port, queue), stats) in self.ports.iter_mut().zip(&mut self.outgoing).zip(&self.stats) {
             send_generated(port, queue, stats, deadline);
         }
+    }
+}
+
+/// The stack's transmit sink on the pools of `ports` (indexed by [`Side::index`]).
+fn port_frames<P: Port>(ports: &[&P]) -> Box<PortFrames<P::Pool>> {
+    Box::new(PortFrames::new(ports.iter().map(|port| port.pool()).collect()))
+}
+
+/// Queues a copy of `frame` in a buffer of `port` on `queue`, or counts it
+/// as dropped when the pool has none. With a `deadline` (shutdown), an
+/// empty pool is waited for until then, sending what is queued meanwhile,
+/// and a queue of `burst` frames is sent at once.
+fn queue_copy<P: Port>(
+    port: &mut P,
+    queue: &mut Vec<P::Buf>,
+    stats: &PortStats,
+    frame: &[u8],
+    deadline: Option<std::time::Instant>,
+    burst: usize,
+) {
+    let mut copied = copy_frame(port, frame);
+    if let Some(deadline) = deadline {
+        // The pool is empty while the rings hold frames: send what is
+        // queued and wait for the driver to return buffers.
+        while copied.is_none() && std::time::Instant::now() < deadline {
+            send_generated(port, queue, stats, Some(deadline));
+            std::thread::yield_now();
+            copied = copy_frame(port, frame);
+        }
+    }
+    match copied {
+        Some(buf) => queue.push(buf),
+        None => stats.add_generated_dropped(1),
+    }
+    if deadline.is_some() && queue.len() >= burst {
+        send_generated(port, queue, stats, deadline);
     }
 }
 

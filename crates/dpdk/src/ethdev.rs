@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::eal::Eal;
 use crate::error::{describe_errno, DpdkError};
 use crate::mbuf::Mbuf;
-use crate::mempool::Mempool;
+use crate::mempool::{MbufPool, Mempool};
 use port::{LinkState, Port, PortCounters};
 
 /// How to set a device up.
@@ -497,6 +497,7 @@ impl EthQueue {
 
 impl Port for EthQueue {
     type Buf = Mbuf;
+    type Pool = MbufPool;
 
     fn mac(&self) -> [u8; 6] {
         self.dev.mac
@@ -568,6 +569,10 @@ impl Port for EthQueue {
 
     fn alloc(&mut self) -> Option<Mbuf> {
         self.dev.pool.alloc()
+    }
+
+    fn pool(&self) -> MbufPool {
+        MbufPool(Arc::clone(&self.dev.pool))
     }
 }
 

@@ -26,5 +26,5 @@ pub use ethdev::{
     SYMMETRIC_RSS_HF,
 };
 pub use mbuf::Mbuf;
-pub use mempool::{Mempool, MBUF_FRAME_BYTES};
+pub use mempool::{MbufPool, Mempool, MBUF_FRAME_BYTES};
 pub use ring::{Ring, RingConsumer, RingProducer};

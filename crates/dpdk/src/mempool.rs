@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::eal::Eal;
 use crate::error::{last_error, DpdkError};
 use crate::mbuf::Mbuf;
+use port::BufPool;
 
 /// Data room of each mbuf: DPDK's default (2048 bytes + headroom), enough for
 /// a 1518-byte Ethernet frame in one segment.
@@ -73,6 +74,18 @@ impl Mempool {
 
     pub(crate) fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {
         self.raw.as_ptr()
+    }
+}
+
+/// A shared handle on a [`Mempool`], as a port's [`BufPool`].
+#[derive(Debug, Clone)]
+pub struct MbufPool(pub Arc<Mempool>);
+
+impl BufPool for MbufPool {
+    type Buf = Mbuf;
+
+    fn alloc(&mut self) -> Option<Mbuf> {
+        self.0.alloc()
     }
 }
 
