@@ -66,12 +66,7 @@ impl Mempool {
         Mempool::created(eal, raw, name, size)
     }
 
-    fn created(
-        eal: &Arc<Eal>,
-        raw: *mut dpdk_sys::rte_mempool,
-        name: &str,
-        size: u32,
-    ) -> Result<Arc<Self>, DpdkError> {
+    fn created(eal: &Arc<Eal>, raw: *mut dpdk_sys::rte_mempool, name: &str, size: u32) -> Result<Arc<Self>, DpdkError> {
         let raw = NonNull::new(raw).ok_or_else(|| DpdkError::PoolCreate {
             name: name.to_owned(),
             size,

@@ -32,12 +32,18 @@ fn a_pool_for_af_xdp_is_one_region_of_page_sized_mbufs() {
         "DPDK's default pool on 4 KiB pages has gaps (this is why af_xdp needs its own layout)"
     );
 
-    let for_af_xdp = pool_for_devices(&eal, "af_xdp_layout", POOL_SIZE, ["net_af_packet0", "net_af_xdp1"])
-        .expect("pool");
-    assert!(for_af_xdp.is_one_region(), "every mbuf lies in the region af_xdp registers");
-    let for_af_packet = pool_for_devices(&eal, "af_packet_layout", 1023, ["net_af_packet0", "net_af_packet1"])
-        .expect("pool");
-    assert!(!for_af_packet.is_one_region(), "other devices keep DPDK's default layout");
+    let for_af_xdp =
+        pool_for_devices(&eal, "af_xdp_layout", POOL_SIZE, ["net_af_packet0", "net_af_xdp1"]).expect("pool");
+    assert!(
+        for_af_xdp.is_one_region(),
+        "every mbuf lies in the region af_xdp registers"
+    );
+    let for_af_packet =
+        pool_for_devices(&eal, "af_packet_layout", 1023, ["net_af_packet0", "net_af_packet1"]).expect("pool");
+    assert!(
+        !for_af_packet.is_one_region(),
+        "other devices keep DPDK's default layout"
+    );
 
     // Every mbuf of the pool can be taken and holds a full-size frame.
     let mut taken = Vec::new();
