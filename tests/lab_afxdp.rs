@@ -5,8 +5,8 @@
 //! good when part of the pool lay outside the UMEM the driver registers: the
 //! kernel dropped those mbufs from the fill ring and refused them on
 //! transmit, the pool drained and the ports stopped receiving. A kernel
-//! without AF_XDP fails the test with tlsgate's own error. Needs root; run
-//! by scripts/test.sh.
+//! without AF_XDP sockets fails the test, saying so (like every missing lab
+//! requirement, it never passes). Needs root; run by scripts/test.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::lab::{Appliance, Lab, CLI, SRV, SRV_V4, SRV_V6};
+use common::lab::{Appliance, Lab, CLI, GW, SRV, SRV_V4, SRV_V6};
 use common::{output, repo, text, Scratch};
 
 /// configs/lab.toml with af_xdp on both gw veths (a veth has one active
@@ -50,6 +50,16 @@ fn af_xdp_splice_config(scratch: &Scratch) -> PathBuf {
 #[ignore = "needs root and network namespaces: run scripts/test.sh"]
 fn af_xdp_splices_100_parallel_transfers_byte_exact_without_draining_the_pool() {
     let lab = Lab::up();
+    // AF_XDP is address family 44 (CONFIG_XDP_SOCKETS).
+    let probe = output(
+        lab.cmd(GW, "python3")
+            .args(["-c", "import socket; socket.socket(44, socket.SOCK_RAW, 0)"]),
+    );
+    assert!(
+        probe.status.success(),
+        "this kernel cannot open AF_XDP sockets, so af_xdp cannot run here: {}",
+        text(&probe.stderr)
+    );
     let scratch = Scratch::new("af-xdp-splice");
     let appliance = Appliance::start(&lab, &scratch, &af_xdp_splice_config(&scratch));
     let mut server = lab
