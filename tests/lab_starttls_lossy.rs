@@ -30,7 +30,9 @@ use common::lab::{
 use common::lossy::{
     assert_clean_but_peer_resets, assert_corrupted_dropped, assert_impaired, content, peer_resets, stop_when_drained,
 };
-use common::starttls::{curl_ftp_download, curl_ftp_upload, curl_mail, psql_with, queue_id, swaks, StarttlsPeers};
+use common::starttls::{
+    curl_ftp_download, curl_ftp_upload, curl_mail, mail, psql_with, queue_id, swaks, StarttlsPeers,
+};
 use common::terminate::TerminatePeers;
 use common::{output, repo, text, Scratch};
 
@@ -138,20 +140,6 @@ impl Intercepting {
     }
 }
 
-/// A mail of about 140 kB (many segments each way) with a unique Message-ID.
-fn mail(id: &str) -> String {
-    let mut text = format!(
-        "From: Lab Sender <sender@lab.test>\nTo: Tester <tester@lab.test>\nSubject: lossy {id}\n\
-         Date: Thu, 03 Dec 2026 12:00:00 +0000\nMessage-ID: <{id}@lab.test>\n\n"
-    );
-    for line in 0..2000 {
-        text.push_str(&format!(
-            "line {line:04} of {id}: the quick brown fox jumps over the lazy dog\n"
-        ));
-    }
-    text
-}
-
 #[test]
 #[ignore = "needs root and the namespace lab"]
 fn smtp_delivers_and_imap_and_pop3_read_back_byte_exact_through_starttls_interception_with_loss_on_both_links() {
@@ -161,7 +149,7 @@ fn smtp_delivers_and_imap_and_pop3_read_back_byte_exact_through_starttls_interce
     let mut stored = Vec::new();
     for (index, (server, port)) in [(SRV_V4, 25), (SRV_V6, 587)].into_iter().enumerate() {
         let id = format!("lossy-{index}-{port}");
-        let text = mail(&id);
+        let text = mail("lossy", &id, 2000);
         let file = up.scratch.path(&format!("{id}.eml"));
         std::fs::write(&file, &text).expect("mail file");
         let transcript = swaks(&up.lab, CLI, server, port, &up.ca, &file).expect_ok("swaks through tlsgate");
@@ -273,6 +261,17 @@ fn fetch_byte_exact(lab: &Lab, scratch: &Scratch, ca: &Path, options: &[&str], u
     assert!(std::fs::read(&saved).expect("body") == body, "{url}: not byte-exact");
 }
 
+/// Stops tlsgate once every flow is gone: the elements on `links`
+/// impaired, both sessions converted (`counter`: upgraded or downgraded),
+/// none failed, a clean end.
+fn assert_converted(appliance: Appliance, scratch: &Scratch, links: &[&str], counter: &str) {
+    let report = stop_when_drained(appliance);
+    assert_impaired_links(links, &report);
+    assert_clean_but_peer_resets(&report, 2, peer_resets(&connection_log(scratch)));
+    assert_eq!(report["tcp"][counter], 2, "{report}");
+    assert_zero(&report, &["conversion_failed", "tls_failed", "handshake_timeouts"]);
+}
+
 #[test]
 #[ignore = "needs root and the namespace lab"]
 fn an_upgrade_of_plain_http_to_the_origins_tls_moves_4_mib_byte_exact_with_loss_on_the_server_link() {
@@ -283,11 +282,7 @@ fn an_upgrade_of_plain_http_to_the_origins_tls_moves_4_mib_byte_exact_with_loss_
     for url in ["http://198.18.0.2/file.bin", "http://[2001:2::2]/file.bin"] {
         fetch_byte_exact(&lab, &scratch, &ca, &[], url, &body);
     }
-    let report = stop_when_drained(appliance);
-    assert_impaired_links(&links, &report);
-    assert_clean_but_peer_resets(&report, 2, peer_resets(&connection_log(&scratch)));
-    assert_eq!(report["tcp"]["upgraded"], 2, "{report}");
-    assert_zero(&report, &["conversion_failed", "tls_failed", "handshake_timeouts"]);
+    assert_converted(appliance, &scratch, &links, "upgraded");
 }
 
 #[test]
@@ -307,11 +302,7 @@ fn a_downgrade_of_https_to_the_origins_plain_http_moves_4_mib_byte_exact_with_lo
             &body,
         );
     }
-    let report = stop_when_drained(appliance);
-    assert_impaired_links(&links, &report);
-    assert_clean_but_peer_resets(&report, 2, peer_resets(&connection_log(&scratch)));
-    assert_eq!(report["tcp"]["downgraded"], 2, "{report}");
-    assert_zero(&report, &["conversion_failed", "tls_failed", "handshake_timeouts"]);
+    assert_converted(appliance, &scratch, &links, "downgraded");
 }
 
 /// The appliance's own addresses on the server port, and the server's

@@ -830,13 +830,7 @@ fn a_backend_from_the_appliances_own_address_gets_the_real_client_in_its_proxy_h
         assert!(remote.port >= 49_152, "an ephemeral port: {}", remote.port);
 
         // The response comes back through the owned address's leg.
-        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        lab.server.tcp(backend).send_slice(response).unwrap();
-        let mut received = Vec::new();
-        assert!(lab.run_until(5_000, |lab| {
-            drive(&mut lab.client, client, &mut tls, &mut received);
-            received.ends_with(b"ok")
-        }));
+        response_reaches_client(&mut lab, backend, client, &mut tls);
         let counters = lab.engine.splicer().counters();
         assert_eq!(counters.neighbour_requests_sent, 1, "the backend resolved once");
         assert_eq!((counters.terminated, counters.backend_refused), (1, 0));
@@ -962,11 +956,16 @@ fn a_corrupted_segment_to_an_owned_address_is_dropped_as_invalid_and_the_leg_goe
     );
     assert_eq!(lab.engine.splicer().counters().owned_address_dropped, 0);
 
+    response_reaches_client(&mut lab, backend, client, &mut tls);
+}
+
+/// The backend sends a short response; the client reads it byte-exact.
+fn response_reaches_client(lab: &mut Lab, backend: SocketHandle, client: SocketHandle, tls: &mut ClientConnection) {
     let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     lab.server.tcp(backend).send_slice(response).unwrap();
     let mut received = Vec::new();
     assert!(lab.run_until(5_000, |lab| {
-        drive(&mut lab.client, client, &mut tls, &mut received);
+        drive(&mut lab.client, client, tls, &mut received);
         received.ends_with(b"ok")
     }));
     assert_eq!(received, response);
