@@ -11,12 +11,15 @@
 //! HTTP with a 4 MiB body; a `[[service]]` whose backend is reached from the
 //! appliance's own address, resolved by ARP / neighbour discovery through
 //! the loss. Each test asserts byte-exactness, the appliance's counters
-//! (every session upgraded or converted, none failed, timed out or reset,
-//! corrupted frames dropped as invalid) and a clean end (no flow left).
-//! Each stays under a minute: the 4 MiB bodies cross the impaired link
-//! where the peers' kernel TCP sends them (the server link), since
-//! smoltcp's recovery without SACK on a 80 ms path is slower
-//! (scripts/bench-lossy.sh). Run only through the lab lock:
+//! (every session upgraded or converted, none failed or timed out, the
+//! only resets a peer's RST after its dialogue ended, corrupted frames
+//! dropped as invalid) and a clean end (no flow left).
+//! The values keep each test near a minute, the peers' start included (all
+//! six took 292 s together): 40 ms each way is a long-haul round trip, 2%
+//! loss costs every session several recoveries, and the 4 MiB bodies cross
+//! the impaired link where the peers' kernel TCP sends them (the server
+//! link), since smoltcp's recovery without SACK on an 80 ms path is slower
+//! (docs/BENCHMARKS.md, lossy links). Run only through the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_starttls_lossy -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
