@@ -210,16 +210,7 @@ impl Intercepting {
 
 /// A mail with a unique Message-ID and enough body to take many segments.
 fn mail(id: &str) -> String {
-    let mut text = format!(
-        "From: Lab Sender <sender@lab.test>\nTo: Tester <tester@lab.test>\nSubject: intercepted {id}\n\
-         Date: Thu, 03 Dec 2026 12:00:00 +0000\nMessage-ID: <{id}@lab.test>\n\n"
-    );
-    for line in 0..400 {
-        text.push_str(&format!(
-            "line {line:04} of {id}: the quick brown fox jumps over the lazy dog\n"
-        ));
-    }
-    text
+    common::starttls::mail("intercepted", id, 400)
 }
 
 #[test]

@@ -272,6 +272,22 @@ fn swaks_with(lab: &Lab, namespace: &str, server: &str, port: u16, ca: Option<&P
     Session::of(output(command.arg("--data").arg(format!("@{}", message.display()))))
 }
 
+/// A mail (headers and body, LF lines) to tester@lab.test with the
+/// subject "SUBJECT ID", the unique Message-ID `<ID@lab.test>` and `lines`
+/// lines of about 70 bytes: enough body to take many segments.
+pub fn mail(subject: &str, id: &str, lines: usize) -> String {
+    let mut text = format!(
+        "From: Lab Sender <sender@lab.test>\nTo: Tester <tester@lab.test>\nSubject: {subject} {id}\n\
+         Date: Thu, 03 Dec 2026 12:00:00 +0000\nMessage-ID: <{id}@lab.test>\n\n"
+    );
+    for line in 0..lines {
+        text.push_str(&format!(
+            "line {line:04} of {id}: the quick brown fox jumps over the lazy dog\n"
+        ));
+    }
+    text
+}
+
 /// The queue id in swaks' transcript ("250 2.0.0 Ok: queued as ID").
 pub fn queue_id(transcript: &str) -> &str {
     let (_, after) = transcript

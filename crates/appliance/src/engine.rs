@@ -530,9 +530,15 @@ impl<P: Port> Engine<P> {
                 }
                 Ok(class) => class,
             };
-            if let Some(taken) = take_owned(from, stack, splicer, frame.data_mut(), &class, now) {
-                intercepted += u64::from(taken);
-                withheld += u64::from(!taken);
+            if let Some(owned) = take_owned(from, stack, splicer, frame.data_mut(), &class, now) {
+                match owned {
+                    OwnedFrame::Taken => intercepted += 1,
+                    OwnedFrame::Invalid => {
+                        malformed += 1;
+                        invalid += 1;
+                    }
+                    OwnedFrame::Dropped => withheld += 1,
+                }
                 return false;
             }
             if class.malformed.is_some() || is_fragment(&class) {
@@ -997,13 +1003,27 @@ impl Guard<'_> {
     }
 }
 
+/// What became of a frame to an owned address (see [`take_owned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnedFrame {
+    /// The appliance took it.
+    Taken,
+    /// Malformed, or a TCP segment whose checksum fails (corrupted on the
+    /// way): dropped as invalid, like such a frame of any intercepted flow.
+    Invalid,
+    /// Nothing takes it: dropped, never bridged.
+    Dropped,
+}
+
 /// What becomes of a frame that is the appliance's own, received `from`
 /// a port: `None` when it is not (no owned addresses, another
-/// destination); `Some(true)` when the appliance took it (an ARP request
-/// or neighbour solicitation for an owned address, answered on the server
-/// port; an answer to one; a segment of a backend leg from an owned
-/// address; an ICMP error about one), `Some(false)` when it is dropped
-/// (anything else to an owned address, from either port: never bridged).
+/// destination); [`OwnedFrame::Taken`] when the appliance took it (an ARP
+/// request or neighbour solicitation for an owned address, answered on the
+/// server port; an answer to one; a segment of a backend leg from an owned
+/// address; an ICMP error about one); [`OwnedFrame::Invalid`] for a
+/// malformed frame or a failing TCP checksum from the server port; else
+/// [`OwnedFrame::Dropped`] (anything else to an owned address, from either
+/// port: never bridged).
 fn take_owned(
     from: Side,
     stack: &mut Stack,
@@ -1011,10 +1031,10 @@ fn take_owned(
     frame: &mut [u8],
     class: &wire::FrameClass,
     now: Instant,
-) -> Option<bool> {
+) -> Option<OwnedFrame> {
     let owned = splicer.owned_mut()?;
     if from == Side::Server && owned.receive(frame, class, now) {
-        return Some(true);
+        return Some(OwnedFrame::Taken);
     }
     // A TCP candidate's destination is already parsed; other IP packets
     // are read again.
@@ -1025,22 +1045,24 @@ fn take_owned(
     if !destination.is_some_and(|ip| owned.owns(ip)) {
         return None;
     }
-    let checked = from == Side::Server && class.malformed.is_none() && !is_fragment(class);
-    if checked {
-        if let Some((tuple, _)) = class.tcp() {
-            let flow = stack.lookup(Side::Server.index(), tuple);
-            if let Some(flow) = flow.filter(|_| class.tcp_checksum_ok(frame)) {
+    if from == Side::Server && !is_fragment(class) {
+        let tcp = class.tcp();
+        if class.malformed.is_some() || tcp.is_some() && !class.tcp_checksum_ok(frame) {
+            return Some(OwnedFrame::Invalid);
+        }
+        if let Some((tuple, _)) = tcp {
+            if let Some(flow) = stack.lookup(Side::Server.index(), tuple) {
                 let _ = stack.ingress(flow, frame, class, now);
-                return Some(true);
+                return Some(OwnedFrame::Taken);
             }
         } else if !pass_on_unreachable(stack, splicer, frame, class) {
-            return Some(true);
+            return Some(OwnedFrame::Taken);
         }
     }
     if let Some(owned) = splicer.owned_mut() {
         owned.count_dropped();
     }
-    Some(false)
+    Some(OwnedFrame::Dropped)
 }
 
 /// Whether the frame is a fragment of an IPv4 or IPv6 packet.
