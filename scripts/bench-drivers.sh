@@ -342,8 +342,11 @@ Notes:
 - af_xdp on veth runs in native XDP mode (veth has native XDP): the veth's XDP program
   redirects each frame to the AF_XDP socket of queue 0 (a veth has one active queue, so
   `start_queue=0,queue_count=1` sees every frame), in copy mode (veth has no zero-copy); the
-  UMEM is the mbuf pool itself, so `--no-huge` memory works. Without a bpffs in the namespace
-  libxdp loads its program without its dispatcher (harmless log lines at start).
+  UMEM is the mbuf pool itself, so `--no-huge` memory works: with an af_xdp port tlsgate makes
+  the pool one region of 4 KiB mbufs, all inside the UMEM the driver registers (DPDK's default
+  layout left 42 % of them outside under `--no-huge`; the kernel refused those and the pool
+  drained: a stall). Without a bpffs in the namespace libxdp loads its program without its
+  dispatcher (harmless log lines at start).
 - virtio_user with the vhost-net backend needs /dev/vhost-net (CONFIG_VHOST_NET); without it
   DPDK takes the path for a vhost-user socket and refuses `iface=` (the row above).
 - The machine is shared with other busy work (2 vCPUs): single runs vary by tens of percent;

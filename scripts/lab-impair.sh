@@ -16,7 +16,9 @@
 # duplicate 1% corrupt 0.5% rate 1gbit" ("loss gemodel 1% 20%" for bursts);
 # empty: that way unimpaired. The link's veth pair is replaced by two pairs
 # through the namespace tg-imp-LINK ($TG_NS_IMP-LINK), where tlsgate-impair bridges them on
-# DPDK af_packet; the endpoints keep their names, MACs and addresses.
+# DPDK af_packet; the endpoints keep their names, MACs and the lab's own
+# addresses (others, such as tests/lab/terminate-peers.sh's, are lost: add
+# them after this).
 # Env: TG_IMPAIR_BIN (default target/debug/tlsgate-impair), TG_IMPAIR_SEED (1).
 # The element's log and final counters (JSON) go to /tmp/tlsgate-impair-LINK.{log,json}
 # (/tmp/tlsgate-$TG_NS_IMP-LINK.{log,json} with another TG_NS_IMP);

@@ -12,12 +12,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::lab::{
-    box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, stop_impairment, tls_config, Appliance, Lab,
-    Origin, CLI,
+    box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, tls_config, Appliance, Lab, Origin, CLI,
 };
+use common::lossy::{assert_clean, assert_corrupted_dropped, assert_impaired, content, stop_when_drained};
 use common::{output, repo, text, Scratch};
 
 /// The impairment, the same each way.
@@ -27,13 +26,6 @@ const DOWNLOADS: usize = 200;
 const BATCH: usize = 50;
 /// What each small download fetches.
 const SMALL: usize = 16 * 1024;
-
-/// Deterministic content of `len` bytes, so any corruption shows.
-fn content(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add((i >> 9) as u8))
-        .collect()
-}
 
 /// Replaces the origin's file.bin (what parallel_downloads fetches).
 fn serve(origin: &Origin, body: &[u8]) {
@@ -57,59 +49,9 @@ fn download_all(lab: &Lab, ca: &Path, scratch: &Scratch, body: &[u8]) {
     }
 }
 
-/// The element's final counters on `link`: it lost and corrupted frames
-/// both ways (so the test proved something).
-fn assert_impaired(link: &str) {
-    let counters = stop_impairment(link);
-    for direction in ["a_to_b", "b_to_a"] {
-        for what in ["lost", "reordered", "duplicated", "corrupted"] {
-            assert!(
-                counters[direction][what].as_u64() > Some(0),
-                "{link} {direction}: nothing {what}: {counters}"
-            );
-        }
-    }
-}
-
 /// Starts tlsgate printing its counters every second.
 fn start(lab: &Lab, scratch: &Scratch, config: &Path) -> Appliance {
     Appliance::start_reporting(lab, scratch, config, 1.0)
-}
-
-/// Stops tlsgate once every flow is gone (the last closes retransmitted
-/// through the loss, TIME-WAIT over); returns its final report.
-fn stop_when_drained(appliance: Appliance) -> serde_json::Value {
-    let drained = appliance.await_printed("tcp: 0 flows live", Duration::from_secs(60));
-    let (status, report, printed) = appliance.stop();
-    assert!(status.success(), "{printed}");
-    assert!(drained, "flows still live a minute after the downloads: {report}");
-    report
-}
-
-/// The final report: every session opened finished, none was reset or
-/// dropped by a timer, none was still open at stop, and no flow is left.
-fn assert_clean(report: &serde_json::Value, sessions: usize) {
-    let tcp = &report["tcp"];
-    assert_eq!(tcp["sessions_opened"], sessions, "{report}");
-    for counter in [
-        "resets",
-        "dead_peers",
-        "connect_timeouts",
-        "server_timed_out",
-        "reset_at_shutdown",
-        "flows_live",
-        "sessions_live",
-    ] {
-        assert_eq!(tcp[counter], 0, "{counter}: {report}");
-    }
-    assert_eq!(tcp["flows_created"], tcp["flows_freed"], "{report}");
-}
-
-/// Corrupted frames reached the appliance on port `index` and were dropped
-/// as invalid (bad checksums), never fed to the stack or bridged.
-fn assert_corrupted_dropped(report: &serde_json::Value, index: usize) {
-    let port = &report["ports"][index];
-    assert!(port["invalid_dropped"].as_u64() > Some(0), "port {index}: {report}");
 }
 
 fn tls_small_downloads_with_loss_on(link: &str, port: usize) {

@@ -19,15 +19,10 @@ use std::path::PathBuf;
 
 use common::lab::{appliance_ca, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{
-    curl_ftp_download, curl_ftp_upload, curl_mail, psql, queue_id, s_client, s_client_dialogue, swaks, xmpp_login,
-    StarttlsPeers,
+    curl_ftp_download, curl_ftp_upload, curl_mail, psql, s_client, s_client_dialogue, swaks, xmpp_login, Clients,
+    StarttlsPeers, CLI_V4, CLI_V6, FAMILIES, FIRST_MESSAGE_FETCHES,
 };
 use common::{repo, Scratch};
-
-const CLI_V4: &str = "198.18.0.1";
-const CLI_V6: &str = "2001:2::1";
-/// Each server address with the client address the server must see.
-const FAMILIES: [(&str, &str); 2] = [(SRV_V4, CLI_V4), (SRV_V6, CLI_V6)];
 
 /// The lab, the peers and tlsgate bridging (nothing intercepted).
 struct Direct {
@@ -48,6 +43,16 @@ impl Direct {
             peers,
             scratch,
             lab,
+        }
+    }
+
+    /// The clients, trusting the lab CA.
+    fn clients(&self) -> Clients<'_> {
+        Clients {
+            lab: &self.lab,
+            peers: &self.peers,
+            scratch: &self.scratch,
+            ca: self.peers.ca(),
         }
     }
 
@@ -110,30 +115,13 @@ fn swaks_delivers_mail_intact_over_smtp_starttls_on_25_and_587_over_ipv4_and_ipv
     ];
     for (index, (server, client, port)) in cases.into_iter().enumerate() {
         let id = format!("swaks-{index}-{port}");
-        let text = mail(&id);
-        let file = up.scratch.path(&format!("{id}.eml"));
-        std::fs::write(&file, &text).expect("mail file");
-        let transcript = swaks(&up.lab, CLI, server, port, &up.peers.ca(), &file).expect_ok("swaks");
-        assert!(transcript.contains("=== TLS started with cipher"), "{transcript}");
-        let queued = queue_id(&transcript);
-
-        let delivered = up.peers.await_delivered(&format!("<{id}@lab.test>"));
-        assert!(delivered.contains(&text), "delivered intact:\n{delivered}");
-        assert!(delivered.contains("with ESMTPS id"), "received over TLS:\n{delivered}");
-        // The server saw the client's own address (bridged, not proxied).
-        up.peers
-            .await_logged("maillog", &format!("{queued}: client=unknown[{client}]"));
+        up.clients().swaks_delivers(server, client, port, &id, &mail(&id));
     }
     // A client trusting another CA gives up at the upgrade: nothing is sent.
     let file = up.scratch.path("refused.eml");
     std::fs::write(&file, mail("refused")).expect("mail file");
-    let refused = swaks(&up.lab, CLI, SRV_V4, 25, &up.other_ca(), &file);
-    assert!(!refused.succeeded, "{}", refused.transcript);
-    assert!(
-        refused.transcript.contains("certificate verify failed"),
-        "{}",
-        refused.transcript
-    );
+    let refused = swaks(&up.lab, CLI, SRV_V4, 25, &up.other_ca(), &file).expect_refused("swaks");
+    assert!(refused.contains("certificate verify failed"), "{refused}");
     up.stop();
 }
 
@@ -152,30 +140,16 @@ fn openssl_s_client_upgrades_every_protocol_and_talks_over_tls_over_ipv4_and_ipv
         ("postgres", 5432),
     ];
     for (protocol, port) in protocols {
-        let (input, answer) = s_client_dialogue(protocol);
         for (server, _) in FAMILIES {
-            let what = format!("s_client -starttls {protocol} to {server}:{port}");
-            // Its status says nothing (vsftpd closes without close_notify):
-            // the transcript does.
-            let transcript = s_client(&up.lab, CLI, protocol, server, port, &up.peers.ca(), input).transcript;
-            assert!(
-                transcript.contains("Verify return code: 0 (ok)"),
-                "{what}:\n{transcript}"
-            );
-            assert!(transcript.contains("CN = mail.lab.test"), "{what}:\n{transcript}");
-            // The server answered what only comes after the upgrade.
-            assert!(transcript.contains(answer), "{what}:\n{transcript}");
+            up.clients()
+                .s_client_talks(protocol, server, port, "CN = mail.lab.test");
         }
-        let refused = s_client(&up.lab, CLI, protocol, SRV_V4, port, &other_ca, input);
+        let (input, _) = s_client_dialogue(protocol);
+        let refused = s_client(&up.lab, CLI, protocol, SRV_V4, port, &other_ca, input)
+            .expect_refused(&format!("{protocol} with another CA"));
         assert!(
-            !refused.succeeded,
-            "{protocol} with another CA:\n{}",
-            refused.transcript
-        );
-        assert!(
-            refused.transcript.contains("unable to get local issuer certificate"),
-            "{protocol}:\n{}",
-            refused.transcript
+            refused.contains("unable to get local issuer certificate"),
+            "{protocol}:\n{refused}"
         );
     }
     up.stop();
@@ -185,27 +159,14 @@ fn openssl_s_client_upgrades_every_protocol_and_talks_over_tls_over_ipv4_and_ipv
 #[ignore = "needs root and the namespace lab"]
 fn curl_reads_the_waiting_message_over_imap_and_pop3_starttls_over_ipv4_and_ipv6() {
     let up = Direct::up("starttls-mail");
-    let expected = up.peers.first_message();
     for (server, client) in FAMILIES {
-        for (scheme, path) in [("imap", "INBOX;UID=1"), ("pop3", "1")] {
-            let read = curl_mail(&up.lab, CLI, server, &up.peers.ca(), scheme, path);
-            let transcript = read.expect_ok(&format!("curl {scheme} via {server}"));
-            assert_eq!(
-                transcript.as_bytes(),
-                &expected[..],
-                "{scheme} via {server}: the message as stored"
-            );
-            // Dovecot logs the login: from the client's address, over TLS.
-            let login = up.peers.await_logged(
-                "dovecot/dovecot.log",
-                &format!("{scheme}-login: Info: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
-            );
-            assert!(login.contains(", TLS"), "{login}");
+        for (scheme, path) in FIRST_MESSAGE_FETCHES {
+            up.clients().curl_reads_first_message(server, client, scheme, path);
         }
     }
-    for scheme in ["imap", "pop3"] {
-        let refused = curl_mail(&up.lab, CLI, SRV_V4, &up.other_ca(), scheme, "");
-        assert!(!refused.succeeded, "{scheme} with another CA:\n{}", refused.transcript);
+    for (scheme, _) in FIRST_MESSAGE_FETCHES {
+        curl_mail(&up.lab, CLI, SRV_V4, &up.other_ca(), scheme, "")
+            .expect_refused(&format!("{scheme} with another CA"));
     }
     up.stop();
 }
@@ -269,13 +230,8 @@ fn psql_runs_a_query_with_ssl_verify_full_over_ipv4_and_ipv6() {
         // The row, over TLS, from the client's own address.
         assert_eq!(rows, format!("hello|t|{client}\n"));
     }
-    let refused = psql(&up.lab, CLI, SRV_V4, &up.other_ca(), query);
-    assert!(!refused.succeeded, "{}", refused.transcript);
-    assert!(
-        refused.transcript.contains("certificate verify failed"),
-        "{}",
-        refused.transcript
-    );
+    let refused = psql(&up.lab, CLI, SRV_V4, &up.other_ca(), query).expect_refused("psql");
+    assert!(refused.contains("certificate verify failed"), "{refused}");
     up.stop();
 }
 
@@ -291,8 +247,7 @@ fn slixmpp_logs_in_and_gets_its_message_back_over_xmpp_starttls_over_ipv4_and_ip
             "{transcript}"
         );
     }
-    let refused = xmpp_login(&up.lab, CLI, SRV_V4, &up.other_ca());
-    assert!(!refused.succeeded, "{}", refused.transcript);
-    assert!(refused.transcript.contains("invalid chain"), "{}", refused.transcript);
+    let refused = xmpp_login(&up.lab, CLI, SRV_V4, &up.other_ca()).expect_refused("slixmpp");
+    assert!(refused.contains("invalid chain"), "{refused}");
     up.stop();
 }

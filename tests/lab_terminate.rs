@@ -19,9 +19,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use common::lab::{await_records, curl, with_two_workers, Appliance, Lab, CLI, SRV, SRV_V4, SRV_V6};
+use common::terminate::TerminatePeers as Peers;
 use common::{output, repo, text, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
@@ -31,64 +31,6 @@ const HA_V4: &str = "198.18.0.4";
 const HA_V6: &str = "2001:2::4";
 /// `[2001:2::2]`, for `--resolve` and `-connect`.
 const SRV_V6_BRACKETED: &str = "[2001:2::2]";
-
-/// The backends of tests/lab/terminate-peers.sh and their lab PKI, stopped
-/// on drop.
-struct Peers(PathBuf);
-
-impl Peers {
-    fn start(dir: PathBuf) -> Peers {
-        let started = output(
-            Command::new("bash")
-                .arg(repo().join("tests/lab/terminate-peers.sh"))
-                .arg("start")
-                .arg(&dir),
-        );
-        assert!(
-            started.status.success(),
-            "terminate-peers.sh: {}",
-            text(&started.stderr)
-        );
-        Peers(dir)
-    }
-
-    /// What the clients trust: the lab root CA.
-    fn root_ca(&self) -> PathBuf {
-        self.0.join("pki/root.pem")
-    }
-
-    fn pki(&self, file: &str) -> PathBuf {
-        self.0.join("pki").join(file)
-    }
-
-    fn file(&self) -> Vec<u8> {
-        std::fs::read(self.0.join("www/file.bin")).expect("backend file")
-    }
-
-    /// Waits up to 10 s for a line of the backend log `log` (pp-v2.log,
-    /// pp-v1.log, pp-h2.log, haproxy.log) containing `needle`.
-    fn await_logged(&self, log: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let logged = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
-            if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(Instant::now() < deadline, "no line with {needle:?} in {log}:\n{logged}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Peers {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(repo().join("tests/lab/terminate-peers.sh"))
-            .arg("stop")
-            .arg(&self.0)
-            .output();
-    }
-}
 
 /// A ticket key file: 80 random bytes, readable by its owner only.
 fn ticket_key(path: &Path) {

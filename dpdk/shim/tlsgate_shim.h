@@ -16,6 +16,8 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_mbuf_pool_ops.h>
+#include <rte_memzone.h>
 #include <rte_ring.h>
 #include <rte_thread.h>
 
@@ -34,6 +36,19 @@ uint16_t tg_eth_tx_burst(uint16_t port_id, uint16_t queue_id,
                          struct rte_mbuf **tx_pkts, uint16_t nb_pkts);
 
 struct rte_mbuf *tg_pktmbuf_alloc(struct rte_mempool *mp);
+
+/* An mbuf pool like rte_pktmbuf_pool_create's, except that each object
+ * (mempool header, mbuf, data room) is exactly `object_size` bytes, a divisor
+ * of the page size, with no padding between objects: the pool tiles its pages
+ * without gaps. NULL (rte_errno set) on failure. */
+struct rte_mempool *tg_pktmbuf_pool_create_tiled(const char *name, unsigned n,
+                                                 unsigned cache_size,
+                                                 unsigned object_size,
+                                                 int socket_id);
+/* Whether every object of `mp` lies within populated_size x object size bytes
+ * from its first object: the region the af_xdp driver registers as its UMEM
+ * (an mbuf outside it is refused by the kernel and never comes back). */
+int tg_mempool_is_one_region(struct rte_mempool *mp);
 void tg_pktmbuf_free(struct rte_mbuf *m);
 
 /* Pointer to the first data byte of the first segment. */

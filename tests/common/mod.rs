@@ -3,7 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod lab;
+pub mod lossy;
 pub mod starttls;
+pub mod terminate;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::lab::Lab;
-use super::{output, repo, text};
+use super::lab::{Lab, CLI, SRV_V4, SRV_V6};
+use super::{output, repo, text, Scratch};
 
 /// The name every client verifies (the peers' certificate also holds
 /// lab.test and the server's two addresses).
@@ -23,6 +23,13 @@ pub const USER: &str = "tester";
 pub const PASSWORD: &str = "secret";
 /// vsftpd's passive data ports (pasv_min_port..=pasv_max_port).
 pub const FTP_PASSIVE_PORTS: std::ops::RangeInclusive<u16> = 40000..=40009;
+/// The client namespace's addresses.
+pub const CLI_V4: &str = "198.18.0.1";
+pub const CLI_V6: &str = "2001:2::1";
+/// Each server address with the client address the server must see.
+pub const FAMILIES: [(&str, &str); 2] = [(SRV_V4, CLI_V4), (SRV_V6, CLI_V6)];
+/// What [`curl_mail`] fetches of the first message: (scheme, path).
+pub const FIRST_MESSAGE_FETCHES: [(&str, &str); 2] = [("imap", "INBOX;UID=1"), ("pop3", "1")];
 
 /// The servers of tests/lab/starttls-peers.sh under a scratch directory,
 /// stopped on drop.
@@ -144,6 +151,83 @@ impl Session {
         assert!(self.succeeded, "{what} failed:\n{}", self.transcript);
         self.transcript
     }
+
+    /// The transcript of a session that must have failed.
+    pub fn expect_refused(self, what: &str) -> String {
+        assert!(!self.succeeded, "{what} succeeded:\n{}", self.transcript);
+        self.transcript
+    }
+}
+
+/// The real clients in the client namespace ([`CLI`]) trusting `ca`, the
+/// peers they talk to, and a scratch directory for their files: the
+/// client-run-then-check bodies the direct and the interception tests
+/// share.
+pub struct Clients<'a> {
+    pub lab: &'a Lab,
+    pub peers: &'a StarttlsPeers,
+    pub scratch: &'a Scratch,
+    pub ca: PathBuf,
+}
+
+impl Clients<'_> {
+    /// [`swaks`] sends the mail `text` (Message-ID `<ID@lab.test>`) to
+    /// `server`:`port`; checks that it went over TLS, was delivered intact
+    /// and received over TLS, and that Postfix saw it come from `client`
+    /// (bridged or transparent, never proxied).
+    pub fn swaks_delivers(&self, server: &str, client: &str, port: u16, id: &str, text: &str) {
+        let file = self.scratch.path(&format!("{id}.eml"));
+        std::fs::write(&file, text).expect("mail file");
+        let transcript = swaks(self.lab, CLI, server, port, &self.ca, &file).expect_ok(&format!("swaks {id}"));
+        assert!(transcript.contains("=== TLS started with cipher"), "{transcript}");
+        let queued = queue_id(&transcript);
+        let delivered = self.peers.await_delivered(&format!("<{id}@lab.test>"));
+        assert!(delivered.contains(text), "delivered intact:\n{delivered}");
+        assert!(delivered.contains("with ESMTPS id"), "received over TLS:\n{delivered}");
+        self.peers
+            .await_logged("maillog", &format!("{queued}: client=unknown[{client}]"));
+    }
+
+    /// [`s_client`] upgrades `protocol` at `server`:`port` and says its
+    /// [`s_client_dialogue`]: checks that the chain verified, that the
+    /// certificate shown holds `certificate_shows` (its subject, its
+    /// issuer) and that the server answered what only comes after the
+    /// upgrade. Its status says nothing (vsftpd closes without
+    /// close_notify): the transcript does.
+    pub fn s_client_talks(&self, protocol: &str, server: &str, port: u16, certificate_shows: &str) -> Session {
+        let (input, answer) = s_client_dialogue(protocol);
+        let what = format!("s_client -starttls {protocol} to {server}:{port}");
+        let session = s_client(self.lab, CLI, protocol, server, port, &self.ca, input);
+        let transcript = &session.transcript;
+        assert!(
+            transcript.contains("Verify return code: 0 (ok)"),
+            "{what}:\n{transcript}"
+        );
+        assert!(
+            transcript.contains(certificate_shows),
+            "{what}: no {certificate_shows:?}:\n{transcript}"
+        );
+        assert!(transcript.contains(answer), "{what}:\n{transcript}");
+        session
+    }
+
+    /// [`curl_mail`] reads the first message over `scheme` (`path`, see
+    /// [`FIRST_MESSAGE_FETCHES`]) at `server`: checks it came as stored and
+    /// that Dovecot logged the login from `client`, over TLS.
+    pub fn curl_reads_first_message(&self, server: &str, client: &str, scheme: &str, path: &str) {
+        let transcript =
+            curl_mail(self.lab, CLI, server, &self.ca, scheme, path).expect_ok(&format!("curl {scheme} via {server}"));
+        assert_eq!(
+            transcript.as_bytes(),
+            &self.peers.first_message()[..],
+            "{scheme} via {server}: the message as stored"
+        );
+        let login = self.peers.await_logged(
+            "dovecot/dovecot.log",
+            &format!("{scheme}-login: Info: Login: user=<tester>, method=PLAIN, rip={client}, lip={server}"),
+        );
+        assert!(login.contains(", TLS"), "{login}");
+    }
 }
 
 /// `[2001:2::2]` for an IPv6 address, the IPv4 address as is.
@@ -186,6 +270,22 @@ fn swaks_with(lab: &Lab, namespace: &str, server: &str, port: u16, ca: Option<&P
             .arg(ca);
     }
     Session::of(output(command.arg("--data").arg(format!("@{}", message.display()))))
+}
+
+/// A mail (headers and body, LF lines) to tester@lab.test with the
+/// subject "SUBJECT ID", the unique Message-ID `<ID@lab.test>` and `lines`
+/// lines of about 70 bytes: enough body to take many segments.
+pub fn mail(subject: &str, id: &str, lines: usize) -> String {
+    let mut text = format!(
+        "From: Lab Sender <sender@lab.test>\nTo: Tester <tester@lab.test>\nSubject: {subject} {id}\n\
+         Date: Thu, 03 Dec 2026 12:00:00 +0000\nMessage-ID: <{id}@lab.test>\n\n"
+    );
+    for line in 0..lines {
+        text.push_str(&format!(
+            "line {line:04} of {id}: the quick brown fox jumps over the lazy dog\n"
+        ));
+    }
+    text
 }
 
 /// The queue id in swaks' transcript ("250 2.0.0 Ok: queued as ID").

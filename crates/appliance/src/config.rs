@@ -158,22 +158,6 @@ fn validate_starttls(config: &Config) -> Result<(), (String, String)> {
         if entry.action == crate::policy::Action::Intercept && config.intercept.mode != InterceptMode::Tls {
             return Err((key("action"), "\"intercept\" needs [intercept] mode = \"tls\"".into()));
         }
-        // The data connections an FTP control channel announces are expected
-        // on the worker holding it; on another worker a data SYN would pass
-        // uninspected.
-        if entry.protocol() == Some(starttls::Protocol::Ftp)
-            && entry.action == crate::policy::Action::Intercept
-            && config.dataplane.workers > 1
-        {
-            return Err((
-                key("protocol"),
-                format!(
-                    "intercepting ftp needs dataplane.workers = 1 (it is {}): its data connections are expected on \
-                     the worker holding the control connection",
-                    config.dataplane.workers
-                ),
-            ));
-        }
     }
     Ok(())
 }
@@ -1985,13 +1969,11 @@ device = "net_af_packet1,iface=gws0"
         assert!(message.contains("starttls[0].action"), "{message}");
         let message = rejection(&format!("{MINIMAL}{tls}[tcp]\nstarttls_timeout_ms = 50\n"));
         assert!(message.contains("tcp.starttls_timeout_ms"), "{message}");
-        // FTP's data connections are expected on one worker only.
+        // FTP is intercepted on several workers too (its data connections
+        // are steered to the control connection's worker).
         let two_workers = MINIMAL.replace("eal_args", "workers = 2\neal_args");
-        let message = rejection(&format!("{two_workers}{tls}[[starttls]]\nprotocol = \"ftp\"\n"));
-        assert!(
-            message.contains("starttls[0].protocol") && message.contains("dataplane.workers = 1"),
-            "{message}"
-        );
+        let two_workers_ftp = parse(&format!("{two_workers}{tls}[[starttls]]\nprotocol = \"ftp\"\n"));
+        assert_eq!(two_workers_ftp.map(|config| config.dataplane.workers).ok(), Some(2));
         assert!(parse(&format!("{two_workers}{tls}[[starttls]]\nprotocol = \"smtp\"\n")).is_ok());
         assert!(parse(&format!(
             "{two_workers}{tls}[[starttls]]\nprotocol = \"ftp\"\naction = \"bypass\"\n"

@@ -518,6 +518,9 @@ declare! {
         /// be followed, or announced more data connections than can be
         /// expected.
         counter ftp_data_failed,
+        /// SYNs of announced FTP data connections that reached a worker
+        /// other than the control connection's and were handed to it.
+        counter ftp_data_handed_over,
         /// ARP requests and IPv6 neighbour solicitations for the
         /// appliance's own addresses (`ports.server.addresses`) answered.
         counter neighbour_requests_answered,
@@ -985,12 +988,14 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "ftp data: {} announced and expected, {} intercepted as TLS, {} relayed in plaintext, \
-                 {} active-mode refused; {} control connections reset (unreadable, too many announced)",
+                 {} active-mode refused; {} control connections reset (unreadable, too many announced); \
+                 {} SYNs handed to the control connection's worker",
                 splice.ftp_data_expected,
                 splice.ftp_data_tls,
                 splice.ftp_data_clear,
                 splice.ftp_data_active_blocked,
-                splice.ftp_data_failed
+                splice.ftp_data_failed,
+                splice.ftp_data_handed_over
             )?;
         }
         if splice.neighbour_requests_answered
@@ -1252,6 +1257,7 @@ mod tests {
         splice.ftp_data_clear = 493;
         splice.ftp_data_active_blocked = 494;
         splice.ftp_data_failed = 495;
+        splice.ftp_data_handed_over = 496;
         splice.neighbour_requests_answered = 471;
         splice.neighbour_requests_sent = 472;
         splice.neighbour_unresolved = 473;

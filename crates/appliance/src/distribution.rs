@@ -277,6 +277,7 @@ where
     R: HandoffReceiver<P::Buf>,
 {
     type Buf = P::Buf;
+    type Pool = P::Pool;
 
     fn mac(&self) -> [u8; 6] {
         self.queue.mac()
@@ -304,6 +305,10 @@ where
 
     fn alloc(&mut self) -> Option<P::Buf> {
         self.queue.alloc()
+    }
+
+    fn pool(&self) -> P::Pool {
+        self.queue.pool()
     }
 }
 

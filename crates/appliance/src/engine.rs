@@ -20,11 +20,12 @@ use wire::{FlowTuple, IpProtocol};
 use crate::clock::{EngineStart, WallAnchor};
 use crate::config::{Config, InterceptMode, InvalidUpstreamPolicy, StarttlsPort, Tls};
 use crate::counters::{PortStats, TcpStats, TcpTotals};
-use crate::ftpdata::Opener;
+use crate::ftpdata::{Expected, Opener};
 use crate::handoff::{HandoffError, WorkerHandoff};
 use crate::owned::OwnedSources;
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
+use crate::txframes::{PortFrames, Queued};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 pub use crate::side::Side;
@@ -196,7 +197,9 @@ pub struct Engine<P: Port> {
     udp: UdpPolicy,
     stack: Stack,
     splicer: Splicer,
-    stack_output: Vec<OutFrame>,
+    /// The neighbour table's frames to send (ARP, ND): copied into port
+    /// buffers. The stack writes its own straight into them ([`PortFrames`]).
+    neighbour_output: Vec<OutFrame>,
     outgoing: [Vec<P::Buf>; 4],
     tcp_stats: Arc<TcpStats>,
     /// When the inspection ports' links are checked next.
@@ -250,6 +253,8 @@ impl<P: Port> Engine<P> {
                 gateways: policy.gateways.clone(),
             })));
         }
+        let mut stack = Stack::new(Side::ALL.len(), policy.stack, now, seed);
+        stack.set_tx_frames(port_frames(&[&client, &server]));
         Engine {
             ports: vec![client, server],
             stats: stats.ports,
@@ -258,9 +263,9 @@ impl<P: Port> Engine<P> {
             intercept_ports: policy.tcp_ports.clone(),
             starttls_ports: policy.starttls.iter().map(|entry| entry.port).collect(),
             udp: policy.udp,
-            stack: Stack::new(Side::ALL.len(), policy.stack, now, seed),
+            stack,
             splicer,
-            stack_output: Vec::new(),
+            neighbour_output: Vec::new(),
             outgoing: Default::default(),
             tcp_stats: stats.tcp,
             next_link_check: now,
@@ -287,6 +292,8 @@ impl<P: Port> Engine<P> {
         self.ports.truncate(2);
         self.ports.push(inspect_out);
         self.ports.push(inspect_in);
+        self.stack
+            .set_tx_frames(port_frames(&self.ports.iter().collect::<Vec<_>>()));
         self.splicer.set_inspection(settings);
         self
     }
@@ -347,12 +354,15 @@ impl<P: Port> Engine<P> {
     }
 
     /// Shares the server legs each worker opens to other endpoints than
-    /// their client's (a service's backend legs) with the other workers'
-    /// engines: a frame of such a leg that reaches this worker is handed to
-    /// the worker holding it, and the frames they hand to this one are
-    /// taken as received on its server port (see [`crate::handoff`]).
+    /// their client's (a service's backend legs), and the FTP data
+    /// connections each worker's control connections announce, with the
+    /// other workers' engines: a frame of such a leg or data connection
+    /// (its SYN included) that reaches this worker is handed to the worker
+    /// holding it, and the frames they hand to this one are taken as
+    /// received on the port they came in on (see [`crate::handoff`]).
     pub fn with_handoff(mut self, handoff: WorkerHandoff) -> Self {
         self.splicer.set_leg_registry(handoff.registry());
+        self.splicer.set_ftp_expectations(handoff.ftp_expectations());
         self.handoff = Some(handoff);
         self
     }
@@ -495,10 +505,16 @@ impl<P: Port> Engine<P> {
         let intercept_ports = &self.intercept_ports;
         let handoff = self.handoff.as_ref();
         // A frame of a leg another worker holds: copied to it, or dropped
-        // when its queue is full (TCP retransmits).
-        let mut hand = |owner: usize, frame: &[u8]| match handoff.map(|handoff| handoff.hand(owner, frame)) {
-            Some(Ok(())) => handed_off += 1,
-            Some(Err(HandoffError::Full | HandoffError::NoOwner)) | None => handoff_dropped += 1,
+        // when its queue is full (TCP retransmits). Whether it was handed.
+        let mut hand = |owner: usize, frame: &[u8]| match handoff.map(|handoff| handoff.hand(owner, from, frame)) {
+            Some(Ok(())) => {
+                handed_off += 1;
+                true
+            }
+            Some(Err(HandoffError::Full | HandoffError::NoOwner)) | None => {
+                handoff_dropped += 1;
+                false
+            }
         };
         let guard = Guard {
             from,
@@ -514,9 +530,15 @@ impl<P: Port> Engine<P> {
                 }
                 Ok(class) => class,
             };
-            if let Some(taken) = take_owned(from, stack, splicer, frame.data_mut(), &class, now) {
-                intercepted += u64::from(taken);
-                withheld += u64::from(!taken);
+            if let Some(owned) = take_owned(from, stack, splicer, frame.data_mut(), &class, now) {
+                match owned {
+                    OwnedFrame::Taken => intercepted += 1,
+                    OwnedFrame::Invalid => {
+                        malformed += 1;
+                        invalid += 1;
+                    }
+                    OwnedFrame::Dropped => withheld += 1,
+                }
                 return false;
             }
             if class.malformed.is_some() || is_fragment(&class) {
@@ -553,9 +575,10 @@ impl<P: Port> Engine<P> {
             };
             let flow = stack.lookup(ingress, tuple);
             // A segment of a leg another worker opened to other endpoints
-            // than its client's (a backend leg): the hash brought it here.
-            let elsewhere = match (flow, from, handoff) {
-                (None, Side::Server, Some(handoff)) => handoff.owner_elsewhere(&tuple.reversed()),
+            // than its client's (a backend leg), or of an FTP data
+            // connection another worker holds: the hash brought it here.
+            let elsewhere = match (flow, handoff) {
+                (None, Some(handoff)) => handoff.holder_elsewhere(from, tuple),
                 _ => None,
             };
             let to_backend = flow.is_none() && guard.to_backend(tuple, splicer);
@@ -573,33 +596,43 @@ impl<P: Port> Engine<P> {
             }
             let opening = info.flags.syn && !info.flags.ack && !info.flags.rst && class.is_tcp_candidate();
             // An FTP data connection an intercepted control channel
-            // announced (crate::ftpdata): a client's SYN to a passive one
-            // opens below; a server's SYN to an active one is refused,
-            // unless the policy bypasses it.
+            // announced (crate::ftpdata), its opener's SYN: to the worker
+            // holding the control connection (dropped if its inbox is full:
+            // never bridged for that), then as `open_ftp_data` decides.
             let ftp_data = if opening && flow.is_none() {
-                splicer.expected_ftp_data(tuple, now)
+                expected_ftp_data(splicer, from, tuple, now)
             } else {
                 None
             };
-            if from == Side::Server && ftp_data.is_some_and(|expected| expected.opener == Opener::Server) {
-                match splicer.policy().at_syn(tuple) {
-                    Some(verdict) if verdict.action == Action::Bypass => {
-                        splicer.log_decision(tuple, &verdict, now);
-                        return true;
-                    }
-                    _ => {
-                        splicer.refuse_active_ftp_data(tuple, now);
-                        withheld += 1;
-                        return false;
-                    }
+            if let Some(expected) = ftp_data {
+                if !class.tcp_checksum_ok(frame.data()) {
+                    // Like any guarded segment: neither passed on nor opened.
+                    malformed += 1;
+                    invalid += 1;
+                    return false;
                 }
+                if handoff.is_some_and(|handoff| handoff.worker() != expected.worker) {
+                    if hand(expected.worker, frame.data()) {
+                        splicer.count_ftp_data_handed_over();
+                    }
+                    return false;
+                }
+                return match open_ftp_data(stack, splicer, frame.data(), &class, expected, now) {
+                    Fate::Bridged => true,
+                    Fate::Taken => {
+                        intercepted += 1;
+                        false
+                    }
+                    Fate::Withheld => {
+                        withheld += 1;
+                        false
+                    }
+                };
             }
             let syn = from == Side::Client && opening;
             let serves = syn && splicer.serves(tuple);
             let starttls = if syn { splicer.starttls(tuple.dst_port) } else { None };
-            let passive_ftp_data = syn && ftp_data.is_some_and(|expected| expected.opener == Opener::Client);
-            let opens =
-                syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some() || passive_ftp_data);
+            let opens = syn && (serves || intercept_ports.contains(&tuple.dst_port) || starttls.is_some());
             match flow {
                 Some(flow) => {
                     // A new SYN for a connection the appliance has already
@@ -704,33 +737,39 @@ impl<P: Port> Engine<P> {
     }
 
     /// Takes up to a burst of the frames other workers handed to this one
-    /// (see [`crate::handoff`]) as received on the server port: segments of
-    /// this worker's legs go to the stack, an ICMP error about one to the
-    /// splicer (never further: it is about the appliance's own leg), and a
-    /// frame whose leg ended meanwhile is dropped. The worker that received
-    /// it counted it as received; this one counts it as intercepted or
-    /// dropped. Returns how many it took.
+    /// (see [`crate::handoff`]) as received on the port they came in on:
+    /// segments of this worker's legs go to the stack, the SYN of an FTP
+    /// data connection this worker's control connection announced opens as
+    /// [`open_ftp_data`] decides, an ICMP error about a server leg goes to
+    /// the splicer (never further: it is about the appliance's own leg),
+    /// and a frame whose leg ended meanwhile is dropped. The worker that
+    /// received it counted it as received; this one counts it as
+    /// intercepted, bridged or dropped. Returns how many it took.
     fn receive_handed(&mut self, now: Instant) -> usize {
         let Some(handoff) = self.handoff.as_ref() else {
             return 0;
         };
-        let server = Side::Server.index();
-        let (mut taken, mut intercepted) = (0usize, 0u64);
+        let mut taken = 0usize;
         while taken < self.burst_size {
-            let Some(frame) = handoff.take() else { break };
+            let Some(handed) = handoff.take() else { break };
             taken += 1;
-            let Ok(class) = wire::classify(&frame) else {
-                continue;
+            let (ingress, egress) = match handed.from {
+                Side::Client => (Side::Client, Side::Server),
+                _ => (Side::Server, Side::Client),
             };
-            if let Some((tuple, _)) = class.tcp() {
-                if let Some(flow) = self.stack.lookup(server, tuple) {
-                    let _ = self.stack.ingress(flow, &frame, &class, now);
-                    intercepted += 1;
-                }
-            } else if let Some(quote) = wire::icmp::quoted_tcp(&frame, &class) {
-                if let Some(leg) = self.stack.lookup(server, &quote.tuple.reversed()) {
-                    self.splicer.server_unreachable(&mut self.stack, leg);
-                    intercepted += 1;
+            let in_stats = &self.stats[ingress.index()];
+            match handed_frame_fate(&mut self.stack, &mut self.splicer, ingress, &handed.data, now) {
+                Fate::Taken => in_stats.add_intercepted(1),
+                Fate::Withheld => in_stats.add_dropped(1),
+                Fate::Bridged => {
+                    let port = &mut self.ports[egress.index()];
+                    let sent = copy_frame(port, &handed.data).is_some_and(|buf| transmit(port, &mut vec![buf]) == 0);
+                    if sent {
+                        in_stats.add_bridged(1);
+                        self.stats[egress.index()].add_tx(1);
+                    } else {
+                        in_stats.add_dropped(1);
+                    }
                 }
             }
         }
@@ -738,9 +777,6 @@ impl<P: Port> Engine<P> {
             return 0;
         }
         self.splicer.handle_events(&mut self.stack, now);
-        let stats = &self.stats[server];
-        stats.add_intercepted(intercepted);
-        stats.add_dropped(taken as u64 - intercepted);
         taken
     }
 
@@ -826,46 +862,82 @@ impl<P: Port> Engine<P> {
         self.splicer.counters().reset_at_shutdown - before
     }
 
-    /// Copies the stack's frames into port buffers and sends them. With a
-    /// `deadline` (shutdown), full rings and an empty pool are waited for
-    /// until then instead of dropping after [`TX_ATTEMPTS`].
+    /// Sends the stack's frames (already in port buffers) and the
+    /// neighbour table's (copied into port buffers). With a `deadline`
+    /// (shutdown), full rings and an empty pool are waited for until then
+    /// instead of dropping after [`TX_ATTEMPTS`].
     fn send_stack_output(&mut self, deadline: Option<std::time::Instant>) {
         if let Some(owned) = self.splicer.owned_mut() {
-            owned.drain_output(&mut self.stack_output);
+            owned.drain_output(&mut self.neighbour_output);
         }
-        self.stack.drain_output(&mut self.stack_output);
-        if self.stack_output.is_empty() {
-            return;
-        }
-        for out in self.stack_output.drain(..) {
-            let (Some(port), Some(stats), Some(queue)) = (
+        for out in self.neighbour_output.drain(..) {
+            if let (Some(port), Some(stats), Some(queue)) = (
                 self.ports.get_mut(out.port),
                 self.stats.get(out.port),
                 self.outgoing.get_mut(out.port),
-            ) else {
-                continue;
-            };
-            let mut copied = copy_frame(port, &out.frame);
-            if let Some(deadline) = deadline {
-                // The pool is empty while the rings hold frames: send what
-                // is queued and wait for the driver to return buffers.
-                while copied.is_none() && std::time::Instant::now() < deadline {
-                    send_generated(port, queue, stats, Some(deadline));
-                    std::thread::yield_now();
-                    copied = copy_frame(port, &out.frame);
+            ) {
+                queue_copy(port, queue, stats, &out.frame, deadline, self.burst_size);
+            }
+        }
+        if let Some(frames) = self.stack.take_tx_frames::<PortFrames<P::Pool>>() {
+            for (index, frame) in frames.drain() {
+                let (Some(port), Some(stats), Some(queue)) = (
+                    self.ports.get_mut(index),
+                    self.stats.get(index),
+                    self.outgoing.get_mut(index),
+                ) else {
+                    continue;
+                };
+                match frame {
+                    Queued::InPortBuffer(buf) => {
+                        queue.push(buf);
+                        if deadline.is_some() && queue.len() >= self.burst_size {
+                            send_generated(port, queue, stats, deadline);
+                        }
+                    }
+                    Queued::Spilled(bytes) => queue_copy(port, queue, stats, &bytes, deadline, self.burst_size),
                 }
-            }
-            match copied {
-                Some(buf) => queue.push(buf),
-                None => stats.add_generated_dropped(1),
-            }
-            if deadline.is_some() && queue.len() >= self.burst_size {
-                send_generated(port, queue, stats, deadline);
             }
         }
         for ((port, queue), stats) in self.ports.iter_mut().zip(&mut self.outgoing).zip(&self.stats) {
             send_generated(port, queue, stats, deadline);
         }
+    }
+}
+
+/// The stack's transmit sink on the pools of `ports` (indexed by [`Side::index`]).
+fn port_frames<P: Port>(ports: &[&P]) -> Box<PortFrames<P::Pool>> {
+    Box::new(PortFrames::new(ports.iter().map(|port| port.pool()).collect()))
+}
+
+/// Queues a copy of `frame` in a buffer of `port` on `queue`, or counts it
+/// as dropped when the pool has none. With a `deadline` (shutdown), an
+/// empty pool is waited for until then, sending what is queued meanwhile,
+/// and a queue of `burst` frames is sent at once.
+fn queue_copy<P: Port>(
+    port: &mut P,
+    queue: &mut Vec<P::Buf>,
+    stats: &PortStats,
+    frame: &[u8],
+    deadline: Option<std::time::Instant>,
+    burst: usize,
+) {
+    let mut copied = copy_frame(port, frame);
+    if let Some(deadline) = deadline {
+        // The pool is empty while the rings hold frames: send what is
+        // queued and wait for the driver to return buffers.
+        while copied.is_none() && std::time::Instant::now() < deadline {
+            send_generated(port, queue, stats, Some(deadline));
+            std::thread::yield_now();
+            copied = copy_frame(port, frame);
+        }
+    }
+    match copied {
+        Some(buf) => queue.push(buf),
+        None => stats.add_generated_dropped(1),
+    }
+    if deadline.is_some() && queue.len() >= burst {
+        send_generated(port, queue, stats, deadline);
     }
 }
 
@@ -931,13 +1003,27 @@ impl Guard<'_> {
     }
 }
 
+/// What became of a frame to an owned address (see [`take_owned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnedFrame {
+    /// The appliance took it.
+    Taken,
+    /// Malformed, or a TCP segment whose checksum fails (corrupted on the
+    /// way): dropped as invalid, like such a frame of any intercepted flow.
+    Invalid,
+    /// Nothing takes it: dropped, never bridged.
+    Dropped,
+}
+
 /// What becomes of a frame that is the appliance's own, received `from`
 /// a port: `None` when it is not (no owned addresses, another
-/// destination); `Some(true)` when the appliance took it (an ARP request
-/// or neighbour solicitation for an owned address, answered on the server
-/// port; an answer to one; a segment of a backend leg from an owned
-/// address; an ICMP error about one), `Some(false)` when it is dropped
-/// (anything else to an owned address, from either port: never bridged).
+/// destination); [`OwnedFrame::Taken`] when the appliance took it (an ARP
+/// request or neighbour solicitation for an owned address, answered on the
+/// server port; an answer to one; a segment of a backend leg from an owned
+/// address; an ICMP error about one); [`OwnedFrame::Invalid`] for a
+/// malformed frame or a failing TCP checksum from the server port; else
+/// [`OwnedFrame::Dropped`] (anything else to an owned address, from either
+/// port: never bridged).
 fn take_owned(
     from: Side,
     stack: &mut Stack,
@@ -945,10 +1031,10 @@ fn take_owned(
     frame: &mut [u8],
     class: &wire::FrameClass,
     now: Instant,
-) -> Option<bool> {
+) -> Option<OwnedFrame> {
     let owned = splicer.owned_mut()?;
     if from == Side::Server && owned.receive(frame, class, now) {
-        return Some(true);
+        return Some(OwnedFrame::Taken);
     }
     // A TCP candidate's destination is already parsed; other IP packets
     // are read again.
@@ -959,22 +1045,24 @@ fn take_owned(
     if !destination.is_some_and(|ip| owned.owns(ip)) {
         return None;
     }
-    let checked = from == Side::Server && class.malformed.is_none() && !is_fragment(class);
-    if checked {
-        if let Some((tuple, _)) = class.tcp() {
-            let flow = stack.lookup(Side::Server.index(), tuple);
-            if let Some(flow) = flow.filter(|_| class.tcp_checksum_ok(frame)) {
+    if from == Side::Server && !is_fragment(class) {
+        let tcp = class.tcp();
+        if class.malformed.is_some() || tcp.is_some() && !class.tcp_checksum_ok(frame) {
+            return Some(OwnedFrame::Invalid);
+        }
+        if let Some((tuple, _)) = tcp {
+            if let Some(flow) = stack.lookup(Side::Server.index(), tuple) {
                 let _ = stack.ingress(flow, frame, class, now);
-                return Some(true);
+                return Some(OwnedFrame::Taken);
             }
         } else if !pass_on_unreachable(stack, splicer, frame, class) {
-            return Some(true);
+            return Some(OwnedFrame::Taken);
         }
     }
     if let Some(owned) = splicer.owned_mut() {
         owned.count_dropped();
     }
-    Some(false)
+    Some(OwnedFrame::Dropped)
 }
 
 /// Whether the frame is a fragment of an IPv4 or IPv6 packet.
@@ -1047,10 +1135,105 @@ fn quoted_leg_elsewhere(
 ) -> Option<usize> {
     let handoff = handoff?;
     let quote = wire::icmp::quoted_tcp(frame, class)?;
-    if stack.lookup(Side::Server.index(), &quote.tuple.reversed()).is_some() {
+    let leg = quote.tuple.reversed();
+    if stack.lookup(Side::Server.index(), &leg).is_some() {
         return None;
     }
-    handoff.owner_elsewhere(&quote.tuple)
+    handoff.holder_elsewhere(Side::Server, &leg)
+}
+
+/// The FTP data connection `syn`, received on `from`, opens, if an
+/// intercepted control channel of any worker announced one that `from`'s
+/// side opens (a client's SYN to a passive one, a server's to an active
+/// one).
+fn expected_ftp_data(splicer: &Splicer, from: Side, syn: &FlowTuple, now: Instant) -> Option<Expected> {
+    let opener = match from {
+        Side::Client => Opener::Client,
+        Side::Server => Opener::Server,
+        Side::InspectOut | Side::InspectIn => return None,
+    };
+    splicer
+        .expected_ftp_data(syn, now)
+        .filter(|expected| expected.opener == opener)
+}
+
+/// What becomes of a frame decided on its own: an FTP data connection's
+/// SYN, a frame another worker handed over.
+enum Fate {
+    /// Passed on (the policy bypasses it, or the table is full and the
+    /// operator bridges).
+    Bridged,
+    /// Taken by the appliance (intercepted, or blocked with a RST).
+    Taken,
+    /// Dropped (an active-mode SYN refused, a frame whose leg is gone).
+    Withheld,
+}
+
+/// Opens the FTP data connection `expected` that `frame` (its opener's
+/// SYN) starts, on the worker whose control connection announced it: a
+/// passive one is intercepted unless the policy bypasses or blocks it; an
+/// active one is refused unless the policy bypasses it.
+fn open_ftp_data(
+    stack: &mut Stack,
+    splicer: &mut Splicer,
+    frame: &[u8],
+    class: &wire::FrameClass,
+    expected: Expected,
+    now: Instant,
+) -> Fate {
+    let Some((tuple, _)) = class.tcp() else {
+        return Fate::Withheld;
+    };
+    let verdict = splicer.policy().at_syn(tuple);
+    match (expected.opener, verdict) {
+        (_, Some(verdict)) if verdict.action == Action::Bypass => {
+            splicer.log_decision(tuple, &verdict, now);
+            Fate::Bridged
+        }
+        (Opener::Server, _) => {
+            splicer.refuse_active_ftp_data(tuple, now);
+            Fate::Withheld
+        }
+        (Opener::Client, Some(verdict)) if verdict.action == Action::Block => {
+            splicer.block(stack, frame, class, &verdict, now);
+            Fate::Taken
+        }
+        (Opener::Client, _) => match splicer.open(stack, frame, class, now) {
+            Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => Fate::Taken,
+            // The table is full and the operator chose to bridge.
+            Ok(Admission::Bridge) | Err(_) => Fate::Bridged,
+        },
+    }
+}
+
+/// What becomes of a frame another worker handed to this one, received
+/// there on `from` (see [`Engine::receive_handed`]).
+fn handed_frame_fate(stack: &mut Stack, splicer: &mut Splicer, from: Side, frame: &[u8], now: Instant) -> Fate {
+    let Ok(class) = wire::classify(frame) else {
+        return Fate::Withheld;
+    };
+    if let Some((tuple, info)) = class.tcp() {
+        if let Some(flow) = stack.lookup(from.index(), tuple) {
+            let _ = stack.ingress(flow, frame, &class, now);
+            return Fate::Taken;
+        }
+        let opening = info.flags.syn && !info.flags.ack && !info.flags.rst && class.is_tcp_candidate();
+        // Checked by the worker that handed it: it came here because this
+        // worker's control connection announced it.
+        return match expected_ftp_data(splicer, from, tuple, now).filter(|_| opening) {
+            Some(expected) => open_ftp_data(stack, splicer, frame, &class, expected, now),
+            None => Fate::Withheld,
+        };
+    }
+    if from == Side::Server {
+        if let Some(quote) = wire::icmp::quoted_tcp(frame, &class) {
+            if let Some(leg) = stack.lookup(from.index(), &quote.tuple.reversed()) {
+                splicer.server_unreachable(stack, leg);
+                return Fate::Taken;
+            }
+        }
+    }
+    Fate::Withheld
 }
 
 /// Transmits `frames` on `port`, retrying a full ring a few times; returns

@@ -15,13 +15,24 @@
 //! [`WorkerHandoff::owner_elsewhere`]; if another worker holds the leg, the
 //! frame is copied once into that worker's bounded inbox
 //! ([`WorkerHandoff::hand`]), and the owner takes it as received on its own
-//! server port ([`WorkerHandoff::take`]). A full inbox drops the frame
+//! server port ([`WorkerHandoff::take`], [`HandedFrame::from`]). A full inbox drops the frame
 //! (counted; TCP retransmits it): a worker never waits for another.
 //!
+//! An FTP data connection is the other case: its endpoints are the data
+//! port's, not the control connection's, so its SYN may reach a worker
+//! other than the one whose control connection announced it (see
+//! [`crate::ftpdata`]). That worker hands the SYN to the control
+//! connection's, with the port it came in on ([`HandedFrame::from`]), and
+//! the owner registers the data connection it opens
+//! ([`LegRegistry::register_data_flow`]): every later segment of it, from
+//! either port and in either direction, is handed the same way until the
+//! session ends.
+//!
 //! Shared by the workers (only when there are several): the owner of each
-//! registered leg in a few mutex-guarded shards, and a count of registered
-//! legs per remote port, read without a lock, so that the frames of ports
-//! no such leg uses (all bridged traffic, usually) never take a lock here.
+//! registered leg or data connection in a few mutex-guarded shards, and a
+//! count of them per remote port, read without a lock, so that the frames
+//! of ports no such leg uses (all bridged traffic, usually) never take a
+//! lock here.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -30,6 +41,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use wire::FlowTuple;
+
+use crate::ftpdata::{ExpectationTable, Expectations};
+use crate::side::Side;
 
 const SHARDS: usize = 32;
 
@@ -124,10 +138,12 @@ impl LegDirectory {
 }
 
 /// One worker's registrations: the splicer registers each leg it opens to
-/// endpoints other than its client's, and lets go when its session ends.
+/// endpoints other than its client's, and each FTP data connection, and
+/// lets go when its session ends.
 #[derive(Debug, Clone)]
 pub struct LegRegistry {
     directory: Arc<LegDirectory>,
+    data_flows: Arc<LegDirectory>,
     worker: usize,
 }
 
@@ -141,6 +157,24 @@ impl LegRegistry {
     pub(crate) fn unregister(&self, leg: &FlowTuple) {
         self.directory.unregister(leg, self.worker);
     }
+
+    /// This worker holds the FTP data connection `syn` opened (its SYN's
+    /// source → destination, whichever side sent it).
+    pub(crate) fn register_data_flow(&self, syn: &FlowTuple) {
+        self.data_flows.register(syn, self.worker);
+    }
+
+    /// That data connection's session ended.
+    pub(crate) fn unregister_data_flow(&self, syn: &FlowTuple) {
+        self.data_flows.unregister(syn, self.worker);
+    }
+}
+
+/// A frame handed to another worker, and the port it came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedFrame {
+    pub from: Side,
+    pub data: Vec<u8>,
 }
 
 /// Why a frame could not be handed over.
@@ -157,10 +191,12 @@ pub enum HandoffError {
 #[derive(Debug)]
 pub struct WorkerHandoff {
     directory: Arc<LegDirectory>,
+    data_flows: Arc<LegDirectory>,
+    expectations: Arc<ExpectationTable>,
     worker: usize,
     /// By worker index (this worker's own included, never used).
-    inboxes: Vec<SyncSender<Vec<u8>>>,
-    inbox: Receiver<Vec<u8>>,
+    inboxes: Vec<SyncSender<HandedFrame>>,
+    inbox: Receiver<HandedFrame>,
 }
 
 impl WorkerHandoff {
@@ -168,12 +204,16 @@ impl WorkerHandoff {
     /// `capacity` frames; one per worker, in worker order.
     pub fn for_workers(workers: usize, capacity: usize) -> Vec<WorkerHandoff> {
         let directory = Arc::new(LegDirectory::default());
+        let data_flows = Arc::new(LegDirectory::default());
+        let expectations = Arc::new(ExpectationTable::default());
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::sync_channel(capacity)).unzip();
         receivers
             .into_iter()
             .enumerate()
             .map(|(worker, inbox)| WorkerHandoff {
                 directory: Arc::clone(&directory),
+                data_flows: Arc::clone(&data_flows),
+                expectations: Arc::clone(&expectations),
                 worker,
                 inboxes: senders.clone(),
                 inbox,
@@ -185,8 +225,20 @@ impl WorkerHandoff {
     pub fn registry(&self) -> LegRegistry {
         LegRegistry {
             directory: Arc::clone(&self.directory),
+            data_flows: Arc::clone(&self.data_flows),
             worker: self.worker,
         }
+    }
+
+    /// This worker's end of the FTP data connections all workers expect
+    /// (one per worker: it keeps what this worker announced).
+    pub fn ftp_expectations(&self) -> Expectations {
+        Expectations::of_worker(Arc::clone(&self.expectations), self.worker)
+    }
+
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.worker
     }
 
     /// The worker, other than this one, that holds `leg` (client address
@@ -195,23 +247,48 @@ impl WorkerHandoff {
         self.directory.owner(leg).filter(|&owner| owner != self.worker)
     }
 
+    /// The worker, other than this one, holding the connection of a TCP
+    /// `segment` received on `from` that this worker has no flow for: a
+    /// leg it opened to other endpoints (from the server port), or an FTP
+    /// data connection (from either port, in either direction).
+    pub fn holder_elsewhere(&self, from: Side, segment: &FlowTuple) -> Option<usize> {
+        let reversed = segment.reversed();
+        let leg = (from == Side::Server)
+            .then(|| self.directory.owner(&reversed))
+            .flatten();
+        leg.or_else(|| self.data_flows.owner(segment))
+            .or_else(|| self.data_flows.owner(&reversed))
+            .filter(|&owner| owner != self.worker)
+    }
+
     /// How many legs all workers have registered now (each ends with its
     /// session): a count that grows without end is a leak.
     pub fn registered_legs(&self) -> u64 {
-        self.directory.registered()
+        self.directory.registered() + self.data_flows.registered()
     }
 
-    /// Copies `frame` into `owner`'s inbox.
-    pub fn hand(&self, owner: usize, frame: &[u8]) -> Result<(), HandoffError> {
+    /// How many FTP data connections all workers expect now (lapsed ones
+    /// until their worker's next announcement; each goes when taken or when
+    /// its control connection ends).
+    pub fn expected_ftp_data(&self) -> u64 {
+        self.expectations.len()
+    }
+
+    /// Copies `frame`, received on `from`, into `owner`'s inbox.
+    pub fn hand(&self, owner: usize, from: Side, frame: &[u8]) -> Result<(), HandoffError> {
         let inbox = self.inboxes.get(owner).ok_or(HandoffError::NoOwner)?;
-        inbox.try_send(frame.to_vec()).map_err(|err| match err {
+        let handed = HandedFrame {
+            from,
+            data: frame.to_vec(),
+        };
+        inbox.try_send(handed).map_err(|err| match err {
             TrySendError::Full(_) => HandoffError::Full,
             TrySendError::Disconnected(_) => HandoffError::NoOwner,
         })
     }
 
     /// The oldest frame other workers handed to this one, if any.
-    pub fn take(&self) -> Option<Vec<u8>> {
+    pub fn take(&self) -> Option<HandedFrame> {
         self.inbox.try_recv().ok()
     }
 }
@@ -266,14 +343,47 @@ mod tests {
     #[test]
     fn frames_reach_the_owners_inbox_in_order_and_a_full_inbox_refuses() {
         let workers = WorkerHandoff::for_workers(2, 2);
-        assert_eq!(workers[1].hand(0, b"one"), Ok(()));
-        assert_eq!(workers[1].hand(0, b"two"), Ok(()));
-        assert_eq!(workers[1].hand(0, b"three"), Err(HandoffError::Full));
-        assert_eq!(workers[1].hand(2, b"nobody"), Err(HandoffError::NoOwner));
+        assert_eq!(workers[1].hand(0, Side::Server, b"one"), Ok(()));
+        assert_eq!(workers[1].hand(0, Side::Client, b"two"), Ok(()));
+        assert_eq!(workers[1].hand(0, Side::Server, b"three"), Err(HandoffError::Full));
+        assert_eq!(workers[1].hand(2, Side::Server, b"nobody"), Err(HandoffError::NoOwner));
         assert_eq!(workers[1].take(), None, "nothing for worker 1");
-        assert_eq!(workers[0].take().as_deref(), Some(&b"one"[..]));
-        assert_eq!(workers[0].take().as_deref(), Some(&b"two"[..]));
+        let taken = |from, data: &[u8]| {
+            Some(HandedFrame {
+                from,
+                data: data.to_vec(),
+            })
+        };
+        assert_eq!(workers[0].take(), taken(Side::Server, b"one"));
+        assert_eq!(workers[0].take(), taken(Side::Client, b"two"));
         assert_eq!(workers[0].take(), None);
-        assert_eq!(workers[1].hand(0, b"again"), Ok(()), "room again");
+        assert_eq!(workers[1].hand(0, Side::Server, b"again"), Ok(()), "room again");
+    }
+
+    #[test]
+    fn a_data_connection_is_found_from_either_port_in_either_direction() {
+        let workers = WorkerHandoff::for_workers(2, 4);
+        let (zero, one) = (&workers[0], &workers[1]);
+        let syn = leg(40_000, 50_123);
+        zero.registry().register_data_flow(&syn);
+        for from in [Side::Client, Side::Server] {
+            assert_eq!(one.holder_elsewhere(from, &syn), Some(0), "{from:?}");
+            assert_eq!(one.holder_elsewhere(from, &syn.reversed()), Some(0), "{from:?}");
+            assert_eq!(zero.holder_elsewhere(from, &syn), None, "its own");
+        }
+        assert_eq!(one.owner_elsewhere(&syn), None, "not a moved leg");
+        assert_eq!(one.holder_elsewhere(Side::Client, &leg(40_001, 50_123)), None);
+        // A moved leg is found from the server port only.
+        one.registry().register(&leg(40_002, 8080));
+        assert_eq!(
+            zero.holder_elsewhere(Side::Server, &leg(40_002, 8080).reversed()),
+            Some(1)
+        );
+        assert_eq!(zero.holder_elsewhere(Side::Client, &leg(40_002, 8080)), None);
+        assert_eq!(zero.registered_legs(), 2);
+        zero.registry().unregister_data_flow(&syn);
+        one.registry().unregister(&leg(40_002, 8080));
+        assert_eq!(one.holder_elsewhere(Side::Client, &syn), None);
+        assert_eq!(zero.registered_legs(), 0);
     }
 }

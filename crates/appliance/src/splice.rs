@@ -238,6 +238,7 @@ impl Session {
             generation: None,
             replaced_server: None,
             registered_leg: None,
+            registered_data_flow: None,
             terminate: false,
             conversion: None,
             service: None,
@@ -310,6 +311,10 @@ struct Session {
     /// because it differs from the client's (see
     /// [`Shared::connect_server_leg`]).
     registered_leg: Option<FlowTuple>,
+    /// An FTP data connection registered with the workers' directory (its
+    /// SYN's tuple): its frames reach this worker whichever worker the
+    /// flow hash gives them to.
+    registered_data_flow: Option<FlowTuple>,
     /// A connection to a `[[service]]` destination: the appliance is its
     /// TLS server (termination), the backend leg opens after the hello.
     terminate: bool,
@@ -1070,9 +1075,10 @@ impl Splicer {
     }
 
     /// The FTP data connection `syn` opens, if an intercepted control
-    /// channel announced it (see [`crate::ftpdata`]): a client's SYN to a
-    /// passive one is admitted ([`Splicer::open`] intercepts it), a server's
-    /// SYN to an active one refused ([`Splicer::refuse_active_ftp_data`]).
+    /// channel of any worker announced it (see [`crate::ftpdata`]; another
+    /// worker's is handed to it): a client's SYN to a passive one is
+    /// admitted ([`Splicer::open`] intercepts it), a server's SYN to an
+    /// active one refused ([`Splicer::refuse_active_ftp_data`]).
     pub fn expected_ftp_data(&self, syn: &FlowTuple, now: Instant) -> Option<Expected> {
         self.shared.ftp_data.awaits(syn, now)
     }
@@ -1136,6 +1142,19 @@ impl Splicer {
     /// their frames to this one (see [`crate::handoff`]).
     pub fn set_leg_registry(&mut self, registry: LegRegistry) {
         self.shared.legs = Some(registry);
+    }
+
+    /// Keeps the FTP data connections this worker's control connections
+    /// announce in `expectations`, shared with the other workers (see
+    /// [`crate::ftpdata`]), instead of a table of its own.
+    pub fn set_ftp_expectations(&mut self, expectations: Expectations) {
+        self.shared.ftp_data = expectations;
+    }
+
+    /// Counts the SYN of an FTP data connection handed to the worker whose
+    /// control connection announced it.
+    pub fn count_ftp_data_handed_over(&mut self) {
+        self.shared.counters.ftp_data_handed_over += 1;
     }
 
     /// Whether another worker holds a session for the client→server
@@ -1570,6 +1589,12 @@ impl Splicer {
             Some(starttls::DataProtection::Clear) => shared.counters.ftp_data_clear += 1,
             None => {}
         }
+        // Its SYN may have reached another worker, which handed it here:
+        // the other workers hand its frames here too, until it ends.
+        if let Some(legs) = shared.legs.as_ref().filter(|_| session.ftp_data.is_some()) {
+            legs.register_data_flow(tuple);
+            session.registered_data_flow = Some(*tuple);
+        }
         // A `[[starttls]]` port: the preamble is watched, its upgrade intercepted.
         let starttls = shared
             .starttls
@@ -1921,6 +1946,9 @@ impl Shared {
         if let (Some(legs), Some(leg)) = (&self.legs, session.registered_leg.take()) {
             legs.unregister(&leg);
         }
+        if let (Some(legs), Some(syn)) = (&self.legs, session.registered_data_flow.take()) {
+            legs.unregister_data_flow(&syn);
+        }
         if !session.confirmed {
             self.embryonic.left(session.tuple.src_ip);
         }
@@ -2254,6 +2282,12 @@ impl Shared {
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else {
+                    if session.conn.reset_by().is_some() {
+                        // The other side reset and is gone: this leg, which
+                        // was still being delivered to, ends too.
+                        let _ = stack.abort(event.flow);
+                        return;
+                    }
                     if session.terminate && !session.conn.failed() {
                         // The client went before the backend leg existed.
                         self.counters.resets += 1;
@@ -2304,8 +2338,16 @@ impl Shared {
                     };
                     let side = if leg == Leg::Client { "client" } else { "server" };
                     session.ended.get_or_insert_with(|| format!("{how} by the {side}"));
-                    self.record_reset(session, leg == Leg::Client, now);
-                    abort_all(stack, session);
+                    let relaying = matches!(session.conn.state(), pipeline::State::Open(_));
+                    if event.kind == EventKind::Reset && relaying && session.conn.peer_reset(leg) {
+                        // What the peer sent before its RST goes on first
+                        // (a client that closes with unread bytes resets
+                        // right after its last data and close_notify).
+                        self.pump(stack, index, session, now);
+                    } else {
+                        self.record_reset(session, leg == Leg::Client, now);
+                        abort_all(stack, session);
+                    }
                 }
             }
             EventKind::Closed => {
@@ -2321,6 +2363,10 @@ impl Shared {
                     } else if leg == Leg::Server && !session.conn.established() {
                         stack.discard(other);
                         discard_loop(stack, session);
+                    } else if session.conn.reset_by() == Some(leg) {
+                        // The reset leg was read to the end: its RST may
+                        // follow its bytes now.
+                        self.pump(stack, index, session, now);
                     } else if !(leg_finished(stack, other) || session.conn.closed()) {
                         abort_all(stack, session);
                     }
@@ -2432,6 +2478,23 @@ impl Shared {
             self.counters.bytes_client_to_server += bytes.0 - bytes_before.0;
             self.counters.bytes_server_to_client += bytes.1 - bytes_before.1;
         }
+        self.pass_on_reset(stack, session, now);
+    }
+
+    /// A peer's RST follows what it sent before it (see
+    /// [`Connection::peer_reset`]): once that was delivered, every other leg
+    /// is reset.
+    fn pass_on_reset(&mut self, stack: &mut Stack, session: &mut Session, now: Instant) {
+        if session.conn.failed() {
+            return;
+        }
+        let flows = SessionFlows::of(session);
+        let Some(to) = session.conn.reset_to_pass_on(&StackLegs { stack, flows }) else {
+            return;
+        };
+        session.conn.fail();
+        self.record_reset(session, to == Leg::Server, now);
+        abort_all(stack, session);
     }
 
     /// [`Shared::pump`] of an established session.

@@ -75,6 +75,37 @@ fn what_the_box_changes_is_what_the_other_side_gets() {
 }
 
 #[test]
+fn bytes_a_client_sent_before_its_reset_cross_a_slow_box_then_the_reset_follows() {
+    // An FTP upload in clear (PROT C) ends so when the client closes with
+    // bytes unread: its last data, then a RST, while the data is still in
+    // the box.
+    let mut lab = lab(BoxMode::Pass, InspectFailure::FailClosed);
+    let (client, server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_050);
+    lab.inspection.as_mut().unwrap().mode = BoxMode::Stopped;
+    let upload = pattern(20_000, 5);
+    assert_eq!(lab.client.tcp(client).send_slice(&upload).unwrap(), upload.len());
+    let taken = lab.run_until(2_000, |lab| lab.client.tcp(client).send_queue() == 0);
+    assert!(taken, "the appliance took the upload");
+    lab.client.tcp(client).abort();
+    lab.run_for(20);
+    lab.inspection.as_mut().unwrap().mode = BoxMode::Pass;
+    let mut at_server = Vec::new();
+    let reset = lab.run_until(5_000, |lab| {
+        exchange(&mut lab.server, server, &mut &[][..], &mut at_server);
+        lab.server.tcp(server).state() == State::Closed
+    });
+    assert!(reset, "the server was reset: {:?}", lab.server.tcp(server).state());
+    assert!(
+        at_server == upload,
+        "the upload reached the server whole first: {} of {} bytes",
+        at_server.len(),
+        upload.len()
+    );
+    assert_eq!(lab.engine.splicer().counters().resets, 1);
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
 fn a_connection_the_box_resets_is_reset_on_both_legs_promptly() {
     // A reset is the box's verdict, not its failure: fail_open blocks too.
     for failure in [InspectFailure::FailClosed, InspectFailure::FailOpen] {

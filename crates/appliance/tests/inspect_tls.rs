@@ -14,7 +14,7 @@ use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
 use appliance::writer::{CaptureQueue, Writer};
 use harness::tls::{client_tls, drive, interception, origin, Scratch};
-use harness::{exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
+use harness::{assert_no_leaks, exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;
 use rustls::pki_types::CertificateDer;
 use rustls::{ServerConfig, ServerConnection};
@@ -299,6 +299,64 @@ fn an_https_upload_and_download_outlive_a_box_that_dies_when_failing_open() {
             }
         }
     }
+}
+
+#[test]
+fn an_upload_the_client_ends_with_close_notify_then_a_reset_reaches_the_origin_whole_before_the_reset() {
+    // curl uploading over FTPS ends so: its last data and close_notify,
+    // then close() with the forged server's session tickets unread, which
+    // makes its kernel send a RST. The RST arrives while the upload is
+    // still in the box, and follows it.
+    let Setup {
+        mut lab, ca, origin, ..
+    } = setup("tls-upload-reset", BoxMode::Pass);
+    let listener = lab.server.listen(443, 256 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 443), 45_030, 256 * 1024);
+    let mut client = client_tls(&ca);
+    let mut server = ServerConnection::new(origin).unwrap();
+    server.set_buffer_limit(None);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let handshaken = lab.run_until(5_000, |lab| {
+        if lab.client.tcp(socket).state() == State::Established {
+            drive(&mut lab.client, socket, &mut client, &mut at_client);
+        }
+        if lab.server.tcp(listener).state() == State::Established {
+            drive(&mut lab.server, listener, &mut server, &mut at_server);
+        }
+        !client.is_handshaking() && !server.is_handshaking()
+    });
+    assert!(handshaken, "both handshakes done");
+    // A slow box: it holds what goes in (dropped, retransmitted later).
+    lab.inspection.as_mut().unwrap().mode = BoxMode::Stopped;
+    let upload = pattern(20_000, 11);
+    client.writer().write_all(&upload).unwrap();
+    client.send_close_notify();
+    drive(&mut lab.client, socket, &mut client, &mut at_client);
+    // The appliance acknowledged all of it, then the client resets.
+    let taken = lab.run_until(2_000, |lab| lab.client.tcp(socket).send_queue() == 0);
+    assert!(taken, "the appliance took the upload");
+    lab.client.tcp(socket).abort();
+    lab.run_for(20);
+    lab.inspection.as_mut().unwrap().mode = BoxMode::Pass;
+    let mut server_saw_close = false;
+    let reset = lab.run_until(5_000, |lab| {
+        if lab.server.tcp(listener).may_recv() {
+            server_saw_close |= drive(&mut lab.server, listener, &mut server, &mut at_server);
+        }
+        lab.server.tcp(listener).state() == State::Closed
+    });
+    assert!(reset, "the origin was reset: {:?}", lab.server.tcp(listener).state());
+    assert!(
+        at_server == upload,
+        "the upload reached the origin whole: {} of {} bytes",
+        at_server.len(),
+        upload.len()
+    );
+    assert!(server_saw_close, "and its close_notify, before the reset");
+    assert_eq!(lab.inspection.as_ref().unwrap().seen_up, upload, "round the box");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.tls_intercepted, counters.resets), (1, 1));
+    assert_no_leaks(&mut lab);
 }
 
 /// The (source, destination) ports of the RST segments among `frames`.

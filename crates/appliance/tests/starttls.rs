@@ -5,15 +5,14 @@
 //! SMTP clients do, and the origin's certificate is verified for its
 //! address); commands injected after STARTTLS never reach the server;
 //! `require_tls` blocks plaintext mail; a server silent in the preamble is
-//! reset after `tcp.starttls_timeout_ms`; an inspection box sees the
+//! reset after `tcp.starttls_timeout_ms`, one slow to answer a mail sent in
+//! plaintext is not (the idle timeout applies then); an inspection box sees the
 //! commands before and after the upgrade in plaintext. Each is counted and
 //! logged.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
 
-use std::io::Write;
-use std::ops::DerefMut;
 use std::sync::Arc;
 
 use appliance::config::InspectFailure;
@@ -21,13 +20,11 @@ use appliance::config::StarttlsPort;
 use appliance::policy::Action;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
-use harness::tls::{drive, interception, origin_for, provider, Scratch};
-use harness::{assert_no_leaks, exchange, policy, v4, BoxMode, Host, Lab, SERVER_V4};
+use harness::peer::Peer;
+use harness::tls::{interception, origin_for, provider, Scratch};
+use harness::{assert_no_leaks, policy, v4, BoxMode, Lab, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, RootCertStore, ServerConfig, ServerConnection, SideData,
-};
-use smoltcp::iface::SocketHandle;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use smoltcp::socket::tcp::State;
 
 struct Setup {
@@ -81,55 +78,6 @@ fn setup_with(name: &str, require_tls: bool, inspect: bool) -> Setup {
     }
 }
 
-/// One end of an SMTP conversation on a host socket: plaintext until its
-/// TLS starts, then through it.
-struct Peer<C> {
-    socket: SocketHandle,
-    tls: Option<C>,
-    received: Vec<u8>,
-}
-
-impl<C, D> Peer<C>
-where
-    C: DerefMut<Target = ConnectionCommon<D>>,
-    D: SideData,
-{
-    fn new(socket: SocketHandle) -> Peer<C> {
-        Peer {
-            socket,
-            tls: None,
-            received: Vec::new(),
-        }
-    }
-
-    fn pump(&mut self, host: &mut Host) {
-        if host.tcp(self.socket).state() != State::Established {
-            return;
-        }
-        match self.tls.as_mut() {
-            None => exchange(host, self.socket, &mut &[][..], &mut self.received),
-            Some(tls) => {
-                drive(host, self.socket, tls, &mut self.received);
-            }
-        }
-    }
-
-    fn send(&mut self, host: &mut Host, bytes: &[u8]) {
-        match self.tls.as_mut() {
-            None => assert_eq!(host.tcp(self.socket).send_slice(bytes).unwrap(), bytes.len()),
-            Some(tls) => tls.writer().write_all(bytes).unwrap(),
-        }
-        self.pump(host);
-    }
-
-    /// Takes what was received if it ends with `line_end`.
-    fn take_if_ends(&mut self, line_end: &[u8]) -> Option<Vec<u8>> {
-        self.received
-            .ends_with(line_end)
-            .then(|| std::mem::take(&mut self.received))
-    }
-}
-
 /// A rustls client trusting `ca`, for the server's address (no SNI).
 fn client_without_sni(ca: &CertificateDer<'static>) -> ClientConnection {
     let mut roots = RootCertStore::empty();
@@ -173,15 +121,25 @@ fn greeted(lab: &mut Lab, local_port: u16) -> (Peer<ClientConnection>, Peer<Serv
     assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
         == GREETING));
     client.received.clear();
-    client.send(&mut lab.client, b"EHLO client.lab.test\r\n");
-    assert!(run(lab, &mut client, &mut server, |_, _, server| server.received
-        == b"EHLO client.lab.test\r\n"));
-    server.received.clear();
-    server.send(&mut lab.server, EHLO_REPLY);
-    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
-        == EHLO_REPLY));
-    client.received.clear();
+    converse(lab, &mut client, &mut server, b"EHLO client.lab.test\r\n", EHLO_REPLY);
     (client, server)
+}
+
+/// The client's `request` reaches the server, then the server's `reply`
+/// the client, each byte for byte (both taken).
+fn converse(
+    lab: &mut Lab,
+    client: &mut Peer<ClientConnection>,
+    server: &mut Peer<ServerConnection>,
+    request: &[u8],
+    reply: &[u8],
+) {
+    client.send(&mut lab.client, request);
+    assert!(run(lab, client, server, |_, _, server| server.received == request));
+    server.received.clear();
+    server.send(&mut lab.server, reply);
+    assert!(run(lab, client, server, |_, client, _| client.received == reply));
+    client.received.clear();
 }
 
 /// The client's `request` (ending in STARTTLS) reaches the server as
@@ -324,6 +282,81 @@ fn a_server_silent_in_the_preamble_is_reset_after_the_starttls_timeout() {
     assert_eq!(lab.engine.splicer().counters().starttls_timeouts, 1);
     let record = record(lab, log);
     assert_eq!(record["starttls_outcome"], "failed", "{record}");
+    assert_eq!(
+        record["ended"],
+        "timed out: no answer from the server in the STARTTLS preamble within 2000 ms"
+    );
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn a_server_slow_to_answer_a_plaintext_mail_is_not_reset_by_the_starttls_timeout() {
+    let mut setup = setup("starttls-slow-data", false);
+    let Setup { lab, log, .. } = &mut setup;
+    let (mut client, mut server) = greeted(lab, 46_500);
+    // The mail goes in plaintext: the session's content.
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"MAIL FROM:<a@lab.test>\r\n",
+        b"250 2.1.0 Ok\r\n",
+    );
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"RCPT TO:<t@lab.test>\r\n",
+        b"250 2.1.5 Ok\r\n",
+    );
+    converse(lab, &mut client, &mut server, b"DATA\r\n", b"354 End data\r\n");
+    let body = b"Subject: slow\r\n\r\nbody\r\n.\r\n";
+    client.send(&mut lab.client, body);
+    assert!(run(lab, &mut client, &mut server, |_, _, server| server.received == body));
+    // The server works on the mail for three times the STARTTLS timeout
+    // (a content filter): the ordinary idle timeout applies.
+    lab.run_for(6_000);
+    assert_eq!(lab.client.tcp(client.socket).state(), State::Established);
+    server.received.clear();
+    server.send(&mut lab.server, b"250 2.0.0 Ok: queued\r\n");
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
+        == b"250 2.0.0 Ok: queued\r\n"));
+    lab.client.tcp(client.socket).close();
+    lab.server.tcp(server.socket).close();
+    assert!(run(lab, &mut client, &mut server, |lab, client, server| {
+        matches!(lab.client.tcp(client.socket).state(), State::TimeWait | State::Closed)
+            && matches!(lab.server.tcp(server.socket).state(), State::TimeWait | State::Closed)
+    }));
+    assert_eq!(lab.engine.splicer().counters().starttls_timeouts, 0);
+    let record = record(lab, log);
+    assert_eq!(record["starttls_outcome"], "plaintext", "{record}");
+    assert_eq!(record["ended"], "closed");
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn an_upgrade_request_after_plaintext_content_is_still_reset_if_never_answered() {
+    let mut setup = setup("starttls-late-request", false);
+    let Setup { lab, log, .. } = &mut setup;
+    let (mut client, mut server) = greeted(lab, 46_600);
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"MAIL FROM:<a@lab.test>\r\n",
+        b"250 2.1.0 Ok\r\n",
+    );
+    converse(lab, &mut client, &mut server, b"RSET\r\n", b"250 2.0.0 Ok\r\n");
+    client.send(&mut lab.client, b"STARTTLS\r\n");
+    assert!(run(lab, &mut client, &mut server, |_, _, server| server.received
+        == b"STARTTLS\r\n"));
+    let started = lab.now;
+    let reset = lab.run_until(10_000, |lab| lab.client.tcp(client.socket).state() == State::Closed);
+    assert!(reset, "client {:?}", lab.client.tcp(client.socket).state());
+    let waited = (lab.now - started).total_millis();
+    assert!((1_900..3_000).contains(&waited), "reset after {waited} ms");
+    assert_eq!(lab.engine.splicer().counters().starttls_timeouts, 1);
+    let record = record(lab, log);
     assert_eq!(
         record["ended"],
         "timed out: no answer from the server in the STARTTLS preamble within 2000 ms"

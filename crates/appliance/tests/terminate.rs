@@ -830,13 +830,7 @@ fn a_backend_from_the_appliances_own_address_gets_the_real_client_in_its_proxy_h
         assert!(remote.port >= 49_152, "an ephemeral port: {}", remote.port);
 
         // The response comes back through the owned address's leg.
-        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        lab.server.tcp(backend).send_slice(response).unwrap();
-        let mut received = Vec::new();
-        assert!(lab.run_until(5_000, |lab| {
-            drive(&mut lab.client, client, &mut tls, &mut received);
-            received.ends_with(b"ok")
-        }));
+        response_reaches_client(&mut lab, backend, client, &mut tls);
         let counters = lab.engine.splicer().counters();
         assert_eq!(counters.neighbour_requests_sent, 1, "the backend resolved once");
         assert_eq!((counters.terminated, counters.backend_refused), (1, 0));
@@ -914,6 +908,67 @@ fn a_backend_whose_next_hop_never_answers_costs_the_client_a_reset_and_a_record(
         "backend unreachable: 198.18.0.77 did not answer ARP/neighbour discovery"
     );
     assert_no_leaks(&mut lab);
+}
+
+/// A segment of the backend leg to the owned address that a lossy link
+/// corrupted (one bit flipped: its TCP checksum fails) is dropped as
+/// invalid, as on any intercepted flow, not counted as a frame no leg took;
+/// the connection goes on byte-exact.
+#[test]
+fn a_corrupted_segment_to_an_owned_address_is_dropped_as_invalid_and_the_leg_goes_on() {
+    let scratch = Scratch::new("terminate-owned-corrupted");
+    let pki = service_pki(&scratch.0);
+    let log = LogFile::open(scratch.0.join("connections.jsonl"));
+    let services = services_with_backend(&pki, &from_appliance("198.18.0.2"));
+    let mut lab = lab_with(&owned_policy(&[]), services, &log);
+    let backend = lab.server.listen(BACKEND_PORT, 64 * 1024);
+    let (client, mut tls) = connect_tls(&mut lab, &pki, "www.lab.test", 41_130);
+    handshake(&mut lab, client, &mut tls);
+    request_reaches_backend(&mut lab, client, &mut tls, backend, b"GET / HTTP/1.1\r\n\r\n");
+    let leg = lab.server.tcp(backend).remote_endpoint().unwrap();
+    let mut corrupted = Vec::new();
+    wire::TcpSegment {
+        src_mac: SERVER_MAC,
+        dst_mac: [2, 0, 0, 0, 0, 0x5],
+        src: SocketAddr::from((SERVER_V4, BACKEND_PORT)),
+        dst: SocketAddr::from((OWNED_V4, leg.port)),
+        seq: 1,
+        ack: Some(1),
+        control: wire::SegmentControl::Psh,
+        window: 64_240,
+        payload: b"HTTP/1.1 200 OK\r\n",
+    }
+    .write(&mut corrupted)
+    .unwrap();
+    let last = corrupted.len() - 1;
+    corrupted[last] ^= 0x10;
+    let before = lab.totals(1);
+    lab.server_port.inject(corrupted);
+    lab.run_for(5);
+    let after = lab.totals(1);
+    assert_eq!(
+        (
+            after.invalid_dropped - before.invalid_dropped,
+            after.dropped - before.dropped
+        ),
+        (1, 1),
+        "{after:?}"
+    );
+    assert_eq!(lab.engine.splicer().counters().owned_address_dropped, 0);
+
+    response_reaches_client(&mut lab, backend, client, &mut tls);
+}
+
+/// The backend sends a short response; the client reads it byte-exact.
+fn response_reaches_client(lab: &mut Lab, backend: SocketHandle, client: SocketHandle, tls: &mut ClientConnection) {
+    let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    lab.server.tcp(backend).send_slice(response).unwrap();
+    let mut received = Vec::new();
+    assert!(lab.run_until(5_000, |lab| {
+        drive(&mut lab.client, client, tls, &mut received);
+        received.ends_with(b"ok")
+    }));
+    assert_eq!(received, response);
 }
 
 /// A TCP SYN from `src` to `dst` port 22.

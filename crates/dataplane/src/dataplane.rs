@@ -24,7 +24,7 @@ use appliance::reload::{Reloader, WorkerInbox};
 use appliance::worker::{run_worker, supervise, EngineClock, TimedPoller};
 use appliance::writer::{CaptureQueue, Writer, WriterError, WriterHandle};
 use appliance::SetupError;
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Mempool, Ring, RingConsumer, RingProducer, RxSteering};
+use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, EthQueue, Ring, RingConsumer, RingProducer, RxSteering};
 use thiserror::Error;
 
 /// Why the data plane could not start.
@@ -346,7 +346,12 @@ impl Dataplane {
                 lcores: lcores.len(),
             });
         }
-        let pool = Mempool::new(&eal, "tlsgate_frames", dataplane.mbufs, -1)?;
+        let pool = dpdk::pool_for_devices(
+            &eal,
+            "tlsgate_frames",
+            dataplane.mbufs,
+            devices.iter().chain(&mirror).map(Device::ethdev_name),
+        )?;
         let dev_config = EthDevConfig {
             queues: dataplane.workers,
             rx_descriptors: dataplane.rx_descriptors,

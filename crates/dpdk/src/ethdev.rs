@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::eal::Eal;
 use crate::error::{describe_errno, DpdkError};
 use crate::mbuf::Mbuf;
-use crate::mempool::Mempool;
+use crate::mempool::{MbufPool, Mempool};
 use port::{LinkState, Port, PortCounters};
 
 /// How to set a device up.
@@ -68,6 +68,27 @@ const DEFAULT_RSS_KEY_LEN: u8 = 40;
 /// group: the kernel's flow hash is symmetric.
 const AF_PACKET_DRIVER: &str = "net_af_packet";
 
+/// The driver that registers the mbuf pool with the kernel as its AF_XDP
+/// UMEM: one region, the pool's size times its object size from the first
+/// object.
+const AF_XDP_DRIVER: &str = "net_af_xdp";
+
+/// The mbuf pool for the devices named `ethdev_names`: one that is a single
+/// region ([`Mempool::one_mbuf_per_page`]) when one of them is an af_xdp
+/// device, DPDK's default layout otherwise.
+pub fn pool_for_devices<'a>(
+    eal: &Arc<Eal>,
+    pool_name: &str,
+    mbufs: u32,
+    ethdev_names: impl IntoIterator<Item = &'a str>,
+) -> Result<Arc<Mempool>, DpdkError> {
+    if ethdev_names.into_iter().any(|name| name.starts_with(AF_XDP_DRIVER)) {
+        Mempool::one_mbuf_per_page(eal, pool_name, mbufs, -1)
+    } else {
+        Mempool::new(eal, pool_name, mbufs, -1)
+    }
+}
+
 /// The ethdev name of a virtual device spec (`net_af_packet0` of
 /// `net_af_packet0,iface=eth0`); `None` when the spec does not start with a
 /// `net_` driver name.
@@ -94,7 +115,7 @@ pub fn open_vdev_pair(
         args.extend(["--vdev".to_owned(), spec.to_owned()]);
     }
     let eal = Eal::init(&args)?;
-    let pool = Mempool::new(&eal, pool_name, mbufs, -1)?;
+    let pool = pool_for_devices(&eal, pool_name, mbufs, names)?;
     let config = EthDevConfig {
         queues: 1,
         rx_descriptors: 1024,
@@ -281,6 +302,18 @@ impl EthDev {
             });
         }
         let driver = device.driver;
+        if driver == AF_XDP_DRIVER && !pool.is_one_region() {
+            return Err(DpdkError::Port {
+                port: port_id,
+                name: name.to_owned(),
+                operation: "rte_eth_rx_queue_setup",
+                reason: "the af_xdp driver registers the mbuf pool with the kernel as one region of its size times \
+                         its object size, and this pool's mbufs lie beyond that (gaps between pages): the kernel \
+                         would refuse them and the pool would drain until the port stops receiving; use a pool \
+                         made by Mempool::one_mbuf_per_page"
+                    .into(),
+            });
+        }
         let mut eth_conf = dpdk_sys::rte_eth_conf::default();
         if let RxSteering::SymmetricRss { rss_hf } = steering {
             let key_len = match info.hash_key_size {
@@ -497,6 +530,7 @@ impl EthQueue {
 
 impl Port for EthQueue {
     type Buf = Mbuf;
+    type Pool = MbufPool;
 
     fn mac(&self) -> [u8; 6] {
         self.dev.mac
@@ -568,6 +602,10 @@ impl Port for EthQueue {
 
     fn alloc(&mut self) -> Option<Mbuf> {
         self.dev.pool.alloc()
+    }
+
+    fn pool(&self) -> MbufPool {
+        MbufPool(Arc::clone(&self.dev.pool))
     }
 }
 

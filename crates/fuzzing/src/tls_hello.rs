@@ -61,11 +61,16 @@ pub fn tls_hello(data: &[u8]) {
     if session.intercept(&context).is_err() {
         return;
     }
-    check_upstream_hello(std::mem::take(session.to_server()), sni.as_deref(), &alpn, server_ip);
+    check_upstream_hello(
+        std::mem::take(&mut session.queues().to_server),
+        sni.as_deref(),
+        &alpn,
+        server_ip,
+    );
     for chunk in pieces(server, piece) {
         let result = session.from_server(&mut context, chunk);
-        session.to_server().clear();
-        session.to_client().clear();
+        session.queues().to_server.clear();
+        session.queues().to_client.clear();
         if result.is_err() {
             break;
         }

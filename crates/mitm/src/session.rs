@@ -43,6 +43,7 @@ use crate::error::MitmError;
 use crate::forge::{Forged, Forger, Trust};
 use crate::grade::{bulk_cipher, suite_name, LegGrade};
 use crate::hello::{client_offer, server_answer, ServerAnswer};
+use crate::queues::{release_if_empty, Queues};
 use crate::trust::UpstreamTrust;
 
 /// What to do when the real server's certificate does not verify.
@@ -534,16 +535,15 @@ pub struct TlsSession {
     /// [`SERVER_ANSWER_LIMIT`]).
     server_first: Vec<u8>,
     server_ip: IpAddr,
-    to_client: Vec<u8>,
-    to_server: Vec<u8>,
+    /// The ciphertext for each leg; the plaintext of each side when it is
+    /// exposed (that of the server also what it sent while the client's
+    /// leg did not exist yet).
+    queues: Queues,
     client_eof: bool,
     server_eof: bool,
     /// Decrypted plaintext is handed to the caller (see
     /// [`TlsSession::expose_plaintext`]) instead of crossing directly.
     exposed: bool,
-    plaintext_from_client: Vec<u8>,
-    /// Also what the server sent while the client's leg did not exist yet.
-    plaintext_from_server: Vec<u8>,
     pub info: SessionInfo,
 }
 
@@ -561,26 +561,22 @@ impl TlsSession {
             client_bytes: Vec::new(),
             server_first: Vec::new(),
             server_ip,
-            to_client: Vec::new(),
-            to_server: Vec::new(),
+            queues: Queues::default(),
             client_eof: false,
             server_eof: false,
             exposed: false,
-            plaintext_from_client: Vec::new(),
-            plaintext_from_server: Vec::new(),
             info: SessionInfo::default(),
         }
     }
 
     /// From now on the plaintext of each side is not written to the other
-    /// side's connection but collected in [`plaintext_from_client`] and
-    /// [`plaintext_from_server`], for the caller to inspect (or send through
-    /// an inspection box) and pass on with [`send_to_server`] and
-    /// [`send_to_client`]; a close_notify is likewise only recorded
-    /// ([`client_finished`]) and passed on with [`close_to_server`].
+    /// side's connection but collected in the [`Queues`]'
+    /// `plaintext_from_client` and `plaintext_from_server`, for the caller
+    /// to inspect (or send through an inspection box) and pass on with
+    /// [`send_to_server`] and [`send_to_client`]; a close_notify is
+    /// likewise only recorded ([`client_finished`]) and passed on with
+    /// [`close_to_server`].
     ///
-    /// [`plaintext_from_client`]: TlsSession::plaintext_from_client
-    /// [`plaintext_from_server`]: TlsSession::plaintext_from_server
     /// [`send_to_server`]: TlsSession::send_to_server
     /// [`send_to_client`]: TlsSession::send_to_client
     /// [`client_finished`]: TlsSession::client_finished
@@ -594,14 +590,10 @@ impl TlsSession {
         self.exposed
     }
 
-    /// Plaintext the client sent, not yet passed on (exposed sessions).
-    pub fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_client
-    }
-
-    /// Plaintext the server sent, not yet passed on (exposed sessions).
-    pub fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_server
+    /// The ciphertext waiting for each leg (take what its socket accepts)
+    /// and, in exposed sessions, the plaintext not yet passed on.
+    pub fn queues(&mut self) -> &mut Queues {
+        &mut self.queues
     }
 
     /// Encrypts `plaintext` to the server (exposed sessions, once both
@@ -656,16 +648,6 @@ impl TlsSession {
         let _ = self.pump();
     }
 
-    /// Ciphertext waiting for the client (take what the socket accepts).
-    pub fn to_client(&mut self) -> &mut Vec<u8> {
-        &mut self.to_client
-    }
-
-    /// Ciphertext waiting for the server.
-    pub fn to_server(&mut self) -> &mut Vec<u8> {
-        &mut self.to_server
-    }
-
     /// The client sent close_notify (or its TLS stream ended).
     pub fn client_finished(&self) -> bool {
         self.client_eof
@@ -685,16 +667,7 @@ impl TlsSession {
     /// keep their capacity otherwise): call it when the connection goes
     /// quiet, so that an idle session holds no buffer at all.
     pub fn release_empty_buffers(&mut self) {
-        for buffer in [
-            &mut self.to_client,
-            &mut self.to_server,
-            &mut self.plaintext_from_client,
-            &mut self.plaintext_from_server,
-        ] {
-            if buffer.is_empty() {
-                *buffer = Vec::new();
-            }
-        }
+        self.queues.release_empty();
     }
 
     /// Bytes of buffer capacity the session holds (its own queues and both
@@ -706,16 +679,7 @@ impl TlsSession {
             Phase::Established { client, upstream } => client.buffer_capacity() + upstream.buffer_capacity(),
             Phase::Hello(_) | Phase::Decide { .. } | Phase::Rejected(_) | Phase::Failed => 0,
         };
-        legs + [
-            &self.client_bytes,
-            &self.to_client,
-            &self.to_server,
-            &self.plaintext_from_client,
-            &self.plaintext_from_server,
-        ]
-        .iter()
-        .map(|buffer| buffer.capacity())
-        .sum::<usize>()
+        legs + self.client_bytes.capacity() + self.queues.capacity()
     }
 
     /// Feeds ciphertext from the client.
@@ -836,7 +800,7 @@ impl TlsSession {
                     .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
                 crate::trust::take_chain_verdict();
-                let driven = upstream.drive(None, &mut self.to_server, &mut self.plaintext_from_server);
+                let driven = upstream.drive(None, &mut self.queues.to_server, &mut self.queues.plaintext_from_server);
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
                     self.info.client_cert_requested = true;
                 }
@@ -846,7 +810,7 @@ impl TlsSession {
                     self.info.upstream_verified = Some(verdict);
                 }
                 if let Err(err) = driven {
-                    upstream.flush_alert(&mut self.to_server);
+                    upstream.flush_alert(&mut self.queues.to_server);
                     let answer = server_answer(&self.server_first);
                     if let Some(ServerAnswer::Hello { version, suite }) = answer {
                         self.info.server_version = Some(format!("{version:?}"));
@@ -911,7 +875,7 @@ impl TlsSession {
         let upstream = UnbufferedClientConnection::new(config, name).map_err(MitmError::Server)?;
         let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
         upstream
-            .drive(None, &mut self.to_server, &mut self.plaintext_from_server)
+            .drive(None, &mut self.queues.to_server, &mut self.queues.plaintext_from_server)
             .map_err(MitmError::Server)?;
         self.phase = Phase::Upstream { upstream, offered };
         Ok(())
@@ -969,7 +933,7 @@ impl TlsSession {
         let mut client = Box::new(Leg::new(client, std::mem::take(&mut self.client_bytes)));
         if !self.exposed {
             // What the server sent with its last handshake flight.
-            client.outgoing = std::mem::take(&mut self.plaintext_from_server);
+            client.outgoing = std::mem::take(&mut self.queues.plaintext_from_server);
             self.info.plaintext_server_to_client += client.outgoing.len() as u64;
         }
         self.phase = Phase::Established { client, upstream };
@@ -1013,8 +977,8 @@ impl TlsSession {
                 client,
                 upstream,
                 if from_client { lent.take() } else { None },
-                &mut self.to_client,
-                exposed.then_some(&mut self.plaintext_from_client),
+                &mut self.queues.to_client,
+                exposed.then_some(&mut self.queues.plaintext_from_client),
                 &mut self.info.plaintext_client_to_server,
                 &mut self.client_eof,
             )
@@ -1023,8 +987,8 @@ impl TlsSession {
                 upstream,
                 client,
                 if from_client { None } else { lent.take() },
-                &mut self.to_server,
-                exposed.then_some(&mut self.plaintext_from_server),
+                &mut self.queues.to_server,
+                exposed.then_some(&mut self.queues.plaintext_from_server),
                 &mut self.info.plaintext_server_to_client,
                 &mut self.server_eof,
             )
@@ -1236,11 +1200,8 @@ impl<C: Endpoint> Leg<C> {
             // Nothing after a close_notify is read.
             self.incoming.clear();
         }
-        for buffer in [&mut self.incoming, &mut self.outgoing] {
-            if buffer.is_empty() {
-                *buffer = Vec::new();
-            }
-        }
+        release_if_empty(&mut self.incoming);
+        release_if_empty(&mut self.outgoing);
         result.map(|()| consumed)
     }
 

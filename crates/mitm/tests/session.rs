@@ -170,7 +170,7 @@ fn pump_into(
                 session.intercept(cx).map_err(|e| e.to_string())?;
             }
         }
-        let to_server = std::mem::take(session.to_server());
+        let to_server = std::mem::take(&mut session.queues().to_server);
         if !to_server.is_empty() {
             moved = true;
             let mut input = to_server.as_slice();
@@ -187,7 +187,7 @@ fn pump_into(
             moved = true;
             session.from_server(cx, &buf).map_err(|e| e.to_string())?;
         }
-        let to_client = std::mem::take(session.to_client());
+        let to_client = std::mem::take(&mut session.queues().to_client);
         if !to_client.is_empty() {
             moved = true;
             let mut input = to_client.as_slice();
@@ -484,7 +484,7 @@ fn the_caller_decides_after_the_hello_and_can_bypass_with_the_raw_bytes() {
         })
     );
     assert!(
-        session.to_server().is_empty(),
+        session.queues().to_server.is_empty(),
         "nothing goes upstream before the decision"
     );
     assert_eq!(
@@ -762,11 +762,11 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
 
     // The request is held for the caller, and the server has nothing yet.
     assert_eq!(
-        session.plaintext_from_client().as_slice(),
+        session.queues().plaintext_from_client.as_slice(),
         b"GET /lower HTTP/1.1\r\n\r\n"
     );
     assert!(read_all(&mut origin.reader()).is_empty());
-    let held = std::mem::take(session.plaintext_from_client());
+    let held = std::mem::take(&mut session.queues().plaintext_from_client);
     session.send_to_server(&held.to_ascii_uppercase()).unwrap();
     pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
     assert_eq!(read_all(&mut origin.reader()), b"GET /LOWER HTTP/1.1\r\n\r\n");
@@ -776,7 +776,7 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
     let mut received = Vec::new();
     pump_into(&mut client, &mut session, &mut app.context, &mut origin, &mut received).unwrap();
     assert!(received.is_empty());
-    let answer = std::mem::take(session.plaintext_from_server());
+    let answer = std::mem::take(&mut session.queues().plaintext_from_server);
     assert_eq!(answer, b"HTTP/1.1 200 OK\r\n\r\nbody");
     session.send_to_client(b"HTTP/1.1 403 No\r\n\r\n").unwrap();
     pump_into(&mut client, &mut session, &mut app.context, &mut origin, &mut received).unwrap();
@@ -804,7 +804,7 @@ fn exposed_plaintext_waits_for_the_caller_who_may_change_it() {
 
 /// The ClientHello the session sent upstream, read back.
 fn upstream_offer(session: &mut TlsSession) -> mitm::hello::HelloOffer {
-    mitm::hello::client_offer(session.to_server()).expect("an upstream ClientHello")
+    mitm::hello::client_offer(&session.queues().to_server).expect("an upstream ClientHello")
 }
 
 #[test]
@@ -896,7 +896,7 @@ fn the_upstream_offer_is_never_weaker_than_the_clients() {
     );
     // And the connection works through.
     let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
-    let mut input = std::mem::take(session.to_server());
+    let mut input = std::mem::take(&mut session.queues().to_server);
     let mut slice = input.as_slice();
     while !slice.is_empty() {
         origin.read_tls(&mut slice).unwrap();
@@ -938,7 +938,7 @@ fn legacy_origin_answers(answer: &[u8]) -> (TlsSession, String) {
     client.write_tls(&mut hello).unwrap();
     session.from_client(&hello).unwrap();
     session.intercept(&app.context).unwrap();
-    assert!(!session.to_server().is_empty());
+    assert!(!session.queues().to_server.is_empty());
     let err = session.from_server(&mut app.context, answer).unwrap_err().to_string();
     assert_eq!(session.bypass(), hello, "the ClientHello is still there for a bypass");
     (session, err)
@@ -985,7 +985,7 @@ fn an_origin_speaking_only_legacy_tls_is_named() {
 /// Carries what the session has for the client to `client`; returns the
 /// plaintext the client read.
 fn deliver_to_client(session: &mut TlsSession, client: &mut ClientConnection) -> Vec<u8> {
-    let to_client = std::mem::take(session.to_client());
+    let to_client = std::mem::take(&mut session.queues().to_client);
     let mut input = to_client.as_slice();
     let mut received = Vec::new();
     while !input.is_empty() {
@@ -1028,7 +1028,7 @@ fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must
         .from_server_in_place(&mut app.context, &mut lent, false)
         .unwrap();
     assert_eq!(consumed, 2 * full_record);
-    assert_eq!(session.buffer_capacity(), session.to_client().capacity());
+    assert_eq!(session.buffer_capacity(), session.queues().to_client.capacity());
     let mut received = deliver_to_client(&mut session, &mut client);
     assert_eq!(received, &body[..2 * 16_384]);
 
@@ -1060,7 +1060,7 @@ fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must
     }
     let consumed = session.from_client_in_place(&mut from_client, false).unwrap();
     assert_eq!(consumed, from_client.len());
-    let to_server = std::mem::take(session.to_server());
+    let to_server = std::mem::take(&mut session.queues().to_server);
     let mut input = to_server.as_slice();
     while !input.is_empty() {
         origin.read_tls(&mut input).unwrap();

@@ -1,11 +1,13 @@
 //! The smoltcp `Device` a flow is polled with: it yields at most the one IP
-//! packet being delivered to that flow, and turns every IP packet smoltcp
-//! sends into an Ethernet frame for the flow's port.
+//! packet being delivered to that flow, and writes every IP packet smoltcp
+//! sends, behind the flow's L2 header, into a frame of the stack's
+//! [`TxFrames`] sink for the flow's port.
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use crate::l2::L2Header;
+use crate::tx::TxFrames;
 
 /// The IP MTU of the data ports.
 pub const IP_MTU: usize = 1500;
@@ -22,7 +24,7 @@ pub(crate) struct FlowDevice<'a> {
     pub rx: Option<&'a [u8]>,
     pub l2: &'a L2Header,
     pub port: usize,
-    pub tx: &'a mut Vec<OutFrame>,
+    pub tx: &'a mut dyn TxFrames,
 }
 
 pub(crate) fn capabilities() -> DeviceCapabilities {
@@ -53,7 +55,7 @@ impl phy::Device for FlowDevice<'_> {
             FrameTx {
                 l2: self.l2,
                 port: self.port,
-                tx: self.tx,
+                tx: &mut *self.tx,
             },
         ))
     }
@@ -62,7 +64,7 @@ impl phy::Device for FlowDevice<'_> {
         Some(FrameTx {
             l2: self.l2,
             port: self.port,
-            tx: self.tx,
+            tx: &mut *self.tx,
         })
     }
 
@@ -82,17 +84,23 @@ impl phy::RxToken for PacketRx<'_> {
 pub(crate) struct FrameTx<'a> {
     l2: &'a L2Header,
     port: usize,
-    tx: &'a mut Vec<OutFrame>,
+    tx: &'a mut dyn TxFrames,
 }
 
 impl phy::TxToken for FrameTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let header = self.l2.len();
-        let mut frame = vec![0u8; header + len];
-        let result = f(&mut frame[header..]);
-        let version = frame.get(header).map_or(4, |byte| byte >> 4);
-        self.l2.write(&mut frame, version);
-        self.tx.push(OutFrame { port: self.port, frame });
-        result
+        let frame = self.tx.push(self.port, header + len);
+        match frame.get_mut(header..header + len) {
+            Some(packet) => {
+                let result = f(packet);
+                let version = packet.first().map_or(4, |byte| byte >> 4);
+                self.l2.write(frame, version);
+                result
+            }
+            // A sink that broke its contract (a shorter frame): smoltcp
+            // still needs its packet written, into a frame that goes nowhere.
+            None => f(&mut vec![0; len]),
+        }
     }
 }

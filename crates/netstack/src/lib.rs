@@ -17,9 +17,11 @@ mod l2;
 pub mod neighbour;
 mod stack;
 mod timer;
+mod tx;
 
 pub use device::{OutFrame, IP_MTU};
 pub use l2::L2Header;
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CongestionControl, Event, EventKind, FlowId, FlowKey, Stack, StackConfig, StackCounters, StackError};
+pub use tx::{OutFrames, TxFrames};

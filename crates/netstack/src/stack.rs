@@ -26,6 +26,7 @@ use wire::{FlowTuple, FrameClass};
 use crate::device::{FlowDevice, OutFrame};
 use crate::l2::L2Header;
 use crate::timer::TimerWheel;
+use crate::tx::{OutFrames, TxFrames};
 
 /// A flow whose peer has been silent this long, with empty rings, gives
 /// the pages of its buffers back.
@@ -367,13 +368,14 @@ fn as_pure_ack(packet: &[u8], reuse: Option<Vec<u8>>) -> Option<Vec<u8>> {
 }
 
 impl Recovery {
-    /// Notes the segments the flow just sent; returns whether one of them
-    /// carried the bytes at `seq`, sent again.
-    fn sent(&mut self, frames: &[OutFrame], l2: usize, seq: Option<u32>, now: Instant) -> bool {
+    /// Notes the segments the flow just sent (the frames queued in `frames`
+    /// from `from` on); returns whether one of them carried the bytes at
+    /// `seq`, sent again.
+    fn sent(&mut self, frames: &dyn TxFrames, from: usize, l2: usize, seq: Option<u32>, now: Instant) -> bool {
         let mut resent_at_seq = false;
-        for tcp in frames
-            .iter()
-            .filter_map(|out| out.frame.get(l2..).and_then(tcp_segment))
+        for tcp in (from..frames.len())
+            .filter_map(|index| frames.frame(index))
+            .filter_map(|frame| frame.get(l2..).and_then(tcp_segment))
         {
             let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
             if len == 0 || tcp.rst() {
@@ -651,7 +653,8 @@ pub struct Stack {
     index: HashMap<FlowKey, FlowId>,
     timers: TimerWheel<FlowId>,
     events: VecDeque<Event>,
-    output: Vec<OutFrame>,
+    /// Where the frames to send are written.
+    output: Box<dyn TxFrames>,
     /// Flows an operation touched; polled by [`Stack::flush`].
     dirty: Vec<FlowId>,
     next_generation: u32,
@@ -728,7 +731,7 @@ impl Stack {
             .map(|port| {
                 let mut iface_config = Config::new(HardwareAddress::Ip);
                 iface_config.random_seed = port_seed(seed, port);
-                let mut output = Vec::new();
+                let mut output = OutFrames::default();
                 let l2 = L2Header::new([0; 6], [0; 6], &[]);
                 let mut device = FlowDevice {
                     rx: None,
@@ -755,7 +758,7 @@ impl Stack {
             index: HashMap::new(),
             timers: TimerWheel::new(now),
             events: VecDeque::new(),
-            output: Vec::new(),
+            output: Box::new(OutFrames::default()),
             dirty: Vec::new(),
             next_generation: 0,
             counters: StackCounters::default(),
@@ -950,7 +953,7 @@ impl Stack {
             rx: Some(packet),
             l2: &l2,
             port,
-            tx: &mut self.output,
+            tx: &mut *self.output,
         };
         iface.poll(now, &mut device, &mut no_sockets);
         // Nothing goes back for a SYN smoltcp discards (a bad checksum).
@@ -987,10 +990,7 @@ impl Stack {
             return;
         }
         if let Some(frame) = flow.syn_mirror.as_ref().and_then(|mirror| mirror.first_syn.clone()) {
-            self.output.push(OutFrame {
-                port: flow.key.port,
-                frame,
-            });
+            self.output.push_copy(flow.key.port, &frame);
         }
     }
 
@@ -1006,7 +1006,7 @@ impl Stack {
         let port = flow.key.port;
         if let Some(frame) = flow.synack.clone() {
             self.counters.synacks_repeated += 1;
-            self.output.push(OutFrame { port, frame });
+            self.output.push_copy(port, &frame);
         }
     }
 
@@ -1098,10 +1098,29 @@ impl Stack {
         self.events.pop_front()
     }
 
-    /// Moves the frames to send into `out` (appending).
+    /// Moves the frames to send into `out` (appending), with the default
+    /// sink ([`OutFrames`]); with another one, see [`Stack::take_tx_frames`].
     pub fn drain_output(&mut self, out: &mut Vec<OutFrame>) {
-        self.counters.frames_out += self.output.len() as u64;
-        out.append(&mut self.output);
+        if let Some(frames) = self.take_tx_frames::<OutFrames>() {
+            out.append(&mut frames.0);
+        }
+    }
+
+    /// Makes `frames` the sink the frames to send are written into, from
+    /// now on (in place of [`OutFrames`]); frames still queued in the
+    /// previous one are dropped.
+    pub fn set_tx_frames(&mut self, frames: Box<dyn TxFrames>) {
+        self.output = frames;
+    }
+
+    /// The sink, as the type `T` it was set with, for its owner to take
+    /// (and send) every frame queued: they count as sent. `None` if the
+    /// sink is not a `T`.
+    pub fn take_tx_frames<T: TxFrames>(&mut self) -> Option<&mut T> {
+        let queued = self.output.len() as u64;
+        let frames = self.output.as_any_mut().downcast_mut::<T>()?;
+        self.counters.frames_out += queued;
+        Some(frames)
     }
 
     /// Polls one flow with at most one incoming packet, then derives its
@@ -1179,17 +1198,14 @@ impl Stack {
             rx: packet,
             l2: &flow.l2,
             port: flow.key.port,
-            tx: output,
+            tx: &mut **output,
         };
         flow.socket.poll(iface, now, &mut device);
-        let resent = flow.recovery.sent(
-            output.get(output_before..).unwrap_or_default(),
-            flow.l2.len(),
-            lost_at,
-            now,
-        );
+        let resent = flow
+            .recovery
+            .sent(&**output, output_before, flow.l2.len(), lost_at, now);
         if let (Some(seq), false) = (lost_at, resent) {
-            if prompt_retransmit(flow, iface, output, seq, now) {
+            if prompt_retransmit(flow, iface, &mut **output, seq, now) {
                 counters.fast_retransmits_prompted += 1;
             }
         }
@@ -1198,18 +1214,16 @@ impl Stack {
         // again: its retransmission timer (or window probe) fired.
         let retransmitted = matches!(poll, Poll::Timer)
             && !opening
-            && output
-                .get(output_before..)
-                .unwrap_or_default()
-                .iter()
-                .any(|out| out.frame.get(flow.l2.len()..).is_some_and(occupies_sequence));
+            && (output_before..output.len())
+                .filter_map(|index| output.frame(index))
+                .any(|frame| frame.get(flow.l2.len()..).is_some_and(occupies_sequence));
         if retransmitted && !timed_out {
             flow.unanswered_rounds = flow.unanswered_rounds.saturating_add(1);
         }
         // A probe (see `Recovery`): not a retransmission round of its own.
         let probe_due = flow.recovery.probe_at().is_some_and(|at| at <= now);
         if let (Poll::Timer, true, Some(seq)) = (poll, probe_due, flow.recovery.acked) {
-            if prompt_retransmit(flow, iface, output, seq, now) {
+            if prompt_retransmit(flow, iface, &mut **output, seq, now) {
                 counters.fast_retransmits_prompted += 1;
             }
             flow.recovery.probed = true;
@@ -1218,20 +1232,21 @@ impl Stack {
             flow.synack = None;
         } else if flow.synack.is_none() {
             let l2 = flow.l2.len();
-            flow.synack = output.get(output_before..).unwrap_or_default().iter().find_map(|out| {
-                let synack = out
-                    .frame
-                    .get(l2..)
-                    .and_then(tcp_segment)
-                    .is_some_and(|tcp| tcp.syn() && tcp.ack());
-                synack.then(|| out.frame.clone())
-            });
+            flow.synack = (output_before..output.len())
+                .filter_map(|index| output.frame(index))
+                .find(|frame| {
+                    frame
+                        .get(l2..)
+                        .and_then(tcp_segment)
+                        .is_some_and(|tcp| tcp.syn() && tcp.ack())
+                })
+                .map(<[u8]>::to_vec);
         }
         if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
             // Still connecting and something went out: it was a SYN.
             let sent_syn = state_before == tcp::State::SynSent && still_connecting && output.len() > output_before;
             if sent_syn && mirror.first_syn.is_none() {
-                mirror.first_syn = output.get(output_before).map(|out| out.frame.clone());
+                mirror.first_syn = output.frame(output_before).map(<[u8]>::to_vec);
             } else if sent_syn && !confirmed {
                 counters.syn_retransmits_withheld += (output.len() - output_before) as u64;
                 output.truncate(output_before);
@@ -1587,7 +1602,7 @@ impl Stack {
 fn prompt_retransmit(
     flow: &mut Flow,
     iface: &mut Interface,
-    output: &mut Vec<OutFrame>,
+    output: &mut dyn TxFrames,
     seq: u32,
     now: Instant,
 ) -> bool {
@@ -1607,11 +1622,10 @@ fn prompt_retransmit(
             rx: Some(&ack),
             l2: &flow.l2,
             port: flow.key.port,
-            tx: output,
+            tx: &mut *output,
         };
         flow.socket.poll(iface, now, &mut device);
-        let frames = output.get(before..).unwrap_or_default();
-        if flow.recovery.sent(frames, flow.l2.len(), Some(seq), now) {
+        if flow.recovery.sent(output, before, flow.l2.len(), Some(seq), now) {
             resent = true;
             break;
         }

@@ -4,7 +4,12 @@
 //! `now` in, frames and events out, flows freed exactly when smoltcp is done.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use netstack::{Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig, StackError};
+use std::any::Any;
+
+use netstack::{
+    Duration, Event, EventKind, FlowId, Instant, L2Header, OutFrame, OutFrames, Stack, StackConfig, StackError,
+    TxFrames,
+};
 use wire::FlowTuple;
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -36,6 +41,7 @@ struct Pair {
     accepted: Option<FlowId>,
     events: Vec<(char, Event)>,
     frames_to_acceptor: Vec<Vec<u8>>,
+    frames_to_connector: Vec<Vec<u8>>,
     /// When set, the acceptor's host vanished: frames to it are lost.
     acceptor_gone: bool,
     /// This many of the next frames with data to the acceptor are lost.
@@ -57,6 +63,7 @@ impl Pair {
             accepted: None,
             events: Vec::new(),
             frames_to_acceptor: Vec::new(),
+            frames_to_connector: Vec::new(),
             acceptor_gone: false,
             lose_data_to_acceptor: 0,
             vanish_after_loss: false,
@@ -69,7 +76,7 @@ impl Pair {
             let mut out: Vec<OutFrame> = Vec::new();
             self.connector.poll_timers(self.now);
             self.connector.flush(self.now);
-            self.connector.drain_output(&mut out);
+            drain(&mut self.connector, &mut out);
             let to_acceptor = out.len();
             let mut lost = false;
             for frame in out.drain(..) {
@@ -98,9 +105,10 @@ impl Pair {
             self.acceptor_gone |= lost && self.vanish_after_loss;
             self.acceptor.poll_timers(self.now);
             self.acceptor.flush(self.now);
-            self.acceptor.drain_output(&mut out);
+            drain(&mut self.acceptor, &mut out);
             let to_connector = out.len();
             for frame in out.drain(..) {
+                self.frames_to_connector.push(frame.frame.clone());
                 // The acceptor answers as the server: the MACs of the SYN, swapped.
                 assert_eq!(&frame.frame[..12], &[CLIENT_MAC, SERVER_MAC].concat()[..]);
                 let class = wire::classify(&frame.frame).unwrap();
@@ -369,6 +377,41 @@ fn a_flow_can_have_its_own_shorter_timeout() {
     );
 }
 
+/// A transmit sink whose buffers hold stale bytes (as a reused mbuf does):
+/// every byte of a frame must be written by the stack.
+#[derive(Default)]
+struct StaleBuffers(OutFrames);
+
+impl TxFrames for StaleBuffers {
+    fn push(&mut self, port: usize, len: usize) -> &mut [u8] {
+        self.0 .0.push(OutFrame {
+            port,
+            frame: vec![0xa5; len],
+        });
+        &mut self.0 .0.last_mut().unwrap().frame
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn frame(&self, index: usize) -> Option<&[u8]> {
+        self.0.frame(index)
+    }
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Takes a stack's frames, whichever of the two sinks it writes into.
+fn drain(stack: &mut Stack, out: &mut Vec<OutFrame>) {
+    match stack.take_tx_frames::<StaleBuffers>() {
+        Some(stale) => out.append(&mut stale.0 .0),
+        None => stack.drain_output(out),
+    }
+}
+
 /// Buffers of 1 MiB: large windows, committed only while data flows.
 fn large_buffers() -> StackConfig {
     StackConfig {
@@ -479,6 +522,36 @@ fn bytes_past_a_hole_survive_a_quiet_spell() {
         }
     });
     assert!(received == data, "the bytes past the hole arrive intact");
+}
+
+#[test]
+fn frames_written_into_buffers_of_stale_bytes_are_the_same_frames() {
+    // The same connection (handshake, 300 kB one way, a reply, both FINs)
+    // written into zeroed buffers and into buffers full of stale bytes.
+    let run = |stale: bool| {
+        let mut pair = Pair::with_config(large_buffers());
+        if stale {
+            pair.connector.set_tx_frames(Box::new(StaleBuffers::default()));
+            pair.acceptor.set_tx_frames(Box::new(StaleBuffers::default()));
+        }
+        let l2 = L2Header::new(SERVER_MAC, CLIENT_MAC, &[]);
+        let client = pair.connector.connect(0, &tuple(), l2, 3, pair.now).unwrap();
+        let data = pattern(300_000);
+        assert_eq!(transfer(&mut pair, client, &data, |_, _| {}), data);
+        let server = pair.accepted.unwrap();
+        pair.acceptor.send(server, b"done").unwrap();
+        pair.acceptor.close(server).unwrap();
+        pair.connector.close(client).unwrap();
+        for _ in 0..20 {
+            pair.step();
+        }
+        let frames_out = pair.connector.counters().frames_out;
+        (pair.frames_to_acceptor, pair.frames_to_connector, frames_out)
+    };
+    let (clean, stale) = (run(false), run(true));
+    assert!(clean.0.len() > 200 && clean.1.len() > 100);
+    assert_eq!(clean.2, clean.0.len() as u64);
+    assert!(clean == stale, "a frame carries bytes the stack did not write");
 }
 
 // --- reading received bytes where they lie (recv_in_place) ------------------

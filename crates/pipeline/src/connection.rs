@@ -1,7 +1,7 @@
 //! One connection's pipeline: its state, its transform, its inspection
 //! loop, and the relay between its legs.
 
-use mitm::{MitmError, Pending, TlsContext, TlsSession};
+use mitm::{MitmError, Pending, Queues, TlsContext, TlsSession};
 
 use crate::control::{Announcement, Watched, WatchingTap};
 use crate::inflight::InFlight;
@@ -69,6 +69,10 @@ pub struct Connection {
     /// After an FTP upgrade, its control channel inside TLS, watched for
     /// the data connections it announces.
     control: Option<Box<Watched>>,
+    /// The leg (client or server) whose peer reset the open connection:
+    /// what it sent before goes on, then the RST does (see
+    /// [`Connection::peer_reset`]).
+    reset_by: Option<Leg>,
 }
 
 impl Connection {
@@ -126,6 +130,7 @@ impl Connection {
             bytes: (0, 0),
             preamble: Reports::default(),
             control: None,
+            reset_by: None,
         }
     }
 
@@ -163,6 +168,68 @@ impl Connection {
             State::Connecting | State::Refused => State::Refused,
             State::Open(ends) | State::Failed(ends) => State::Failed(ends),
         };
+    }
+
+    /// The peer of `leg` (the client or the server) reset the open
+    /// connection. As on a direct connection, where the other side reads
+    /// what came before the RST, what that peer sent before it still goes
+    /// on (read from its leg, through the TLS layer and the inspection
+    /// box), and the RST follows once it was delivered
+    /// ([`Connection::reset_to_pass_on`]); nothing goes towards that peer
+    /// any more. The first such peer counts; false if one already reset.
+    pub fn peer_reset(&mut self, leg: Leg) -> bool {
+        if self.reset_by.is_some() || !matches!(leg, Leg::Client | Leg::Server) {
+            return false;
+        }
+        self.reset_by = Some(leg);
+        true
+    }
+
+    /// The leg whose peer reset the open connection, if one did.
+    pub fn reset_by(&self) -> Option<Leg> {
+        self.reset_by
+    }
+
+    /// After [`Connection::peer_reset`]: the leg to reset now, once
+    /// everything the resetting peer sent before its RST reached the other
+    /// side and was acknowledged there: the direction's end went on (a
+    /// TLS relay passes close_notify, if it came, then FIN once the leg is
+    /// read to the end and gone), or, relayed as bytes, the leg is gone
+    /// and nothing waits in the transform or the loop. None until then.
+    pub fn reset_to_pass_on(&self, io: &dyn LegIo) -> Option<Leg> {
+        let from = self.reset_by?;
+        let (to, towards_server) = match from {
+            Leg::Client => (Leg::Server, true),
+            _ => (Leg::Client, false),
+        };
+        let State::Open(ends) = self.state else {
+            // Nothing is relayed before the connection opened or once it failed.
+            return Some(to);
+        };
+        let end = if towards_server { ends.to_server } else { ends.to_client };
+        if !io.exists(to) || end == End::FinSent {
+            // Nothing more can go (bytes after a FIN are never read).
+            return (io.unacknowledged(to) == 0).then_some(to);
+        }
+        if io.exists(from) || io.unacknowledged(to) > 0 {
+            return None;
+        }
+        let in_loop = match &self.inspection {
+            Some(InspectionLoop::Through(through)) => {
+                let in_flight = if towards_server { &through.up } else { &through.down };
+                !in_flight.bytes.is_empty() || in_flight.lost > 0
+            }
+            Some(InspectionLoop::Opening) | None => false,
+        };
+        let waiting = match &self.transform {
+            Transform::Plain if towards_server => !self.backlog_to_server.is_empty(),
+            Transform::Plain => !self.backlog_to_client.is_empty(),
+            Transform::Starttls(preamble) if towards_server => !preamble.to_server.is_empty(),
+            Transform::Starttls(preamble) => !preamble.to_client.is_empty(),
+            // Its FIN, above.
+            Transform::Intercept(_) | Transform::Terminate(_) | Transform::Upgrade(_) => true,
+        };
+        (!waiting && !in_loop).then_some(to)
     }
 
     /// TCP payload bytes received from the client and from the server.
@@ -346,18 +413,9 @@ impl Connection {
         let (up, up_held) = unreturned(io, Leg::InspectIn, &mut through.up, ends.to_server != End::Open)?;
         let (down, down_held) = unreturned(io, Leg::InspectOut, &mut through.down, ends.to_client != End::Open)?;
         match &mut self.transform {
-            Transform::Intercept(tls) => {
-                prepend(tls.plaintext_from_client(), up);
-                prepend(tls.plaintext_from_server(), down);
-            }
-            Transform::Terminate(server) => {
-                prepend(server.plaintext_from_client(), up);
-                prepend(server.plaintext_from_server(), down);
-            }
-            Transform::Upgrade(client) => {
-                prepend(client.plaintext_from_client(), up);
-                prepend(client.plaintext_from_server(), down);
-            }
+            Transform::Intercept(tls) => prepend_plaintext(tls.queues(), up, down),
+            Transform::Terminate(server) => prepend_plaintext(server.queues(), up, down),
+            Transform::Upgrade(client) => prepend_plaintext(client.queues(), up, down),
             Transform::Starttls(preamble) => {
                 prepend(&mut preamble.to_server, up);
                 prepend(&mut preamble.to_client, down);
@@ -544,13 +602,13 @@ fn relay_tls<T: TlsTransform>(
 ) -> Result<(), MitmError> {
     for _ in 0..64 {
         // Both queues, always (no short-circuit).
-        let mut progress =
-            send_queued(io, Leg::Client, tls.to_client()) | send_queued(io, Leg::Server, tls.to_server());
-        let server_backlog = |tls: &mut T| tls.to_server().len() + tls.held_for_server();
+        let mut progress = send_queued(io, Leg::Client, &mut tls.queues().to_client)
+            | send_queued(io, Leg::Server, &mut tls.queues().to_server);
+        let server_backlog = |tls: &mut T| tls.queues().to_server.len() + tls.held_for_server();
         // Ciphertext is decrypted where it lies in the leg's receive
         // buffer; only a record split by the buffer's end is copied.
         let mut fed = None;
-        if server_backlog(tls) < TLS_BACKLOG && tls.plaintext_from_client().len() < TLS_BACKLOG {
+        if server_backlog(tls) < TLS_BACKLOG && tls.queues().plaintext_from_client.len() < TLS_BACKLOG {
             let read = io.recv_in_place(Leg::Client, TLS_RECORD_MAX, TLS_RECORD_MAX, &mut |data, take_all| {
                 tls.feed_from_client_in_place(data, take_all).unwrap_or_else(|err| {
                     fed = Some(err);
@@ -561,7 +619,7 @@ fn relay_tls<T: TlsTransform>(
             fed.take().map_or(Ok(()), Err)?;
             progress |= read > 0;
         }
-        if tls.to_client().len() < TLS_BACKLOG && tls.plaintext_from_server().len() < TLS_BACKLOG {
+        if tls.queues().to_client.len() < TLS_BACKLOG && tls.queues().plaintext_from_server.len() < TLS_BACKLOG {
             let read = io.recv_in_place(Leg::Server, TLS_RECORD_MAX, TLS_RECORD_MAX, &mut |data, take_all| {
                 tls.feed_from_server_in_place(context, data, take_all)
                     .unwrap_or_else(|err| {
@@ -575,8 +633,17 @@ fn relay_tls<T: TlsTransform>(
         }
         match inspection.as_deref_mut() {
             Some(InspectionLoop::Through(through)) => {
-                progress |= feed_loop(io, Leg::InspectOut, tls.plaintext_from_client(), &mut through.up)
-                    | feed_loop(io, Leg::InspectIn, tls.plaintext_from_server(), &mut through.down);
+                progress |= feed_loop(
+                    io,
+                    Leg::InspectOut,
+                    &mut tls.queues().plaintext_from_client,
+                    &mut through.up,
+                ) | feed_loop(
+                    io,
+                    Leg::InspectIn,
+                    &mut tls.queues().plaintext_from_server,
+                    &mut through.down,
+                );
                 // What the box passed back is encrypted straight from the
                 // loop leg's receive buffer.
                 if server_backlog(tls) < TLS_BACKLOG {
@@ -590,7 +657,7 @@ fn relay_tls<T: TlsTransform>(
                     through.up.came_out(read);
                     progress |= read > 0;
                 }
-                if tls.to_client().len() < TLS_BACKLOG {
+                if tls.queues().to_client.len() < TLS_BACKLOG {
                     let read = io.recv_in_place(Leg::InspectOut, TLS_RECORD_MAX, 0, &mut |data, _| {
                         if fed.is_none() {
                             fed = deliver(tls, &mut tap, false, data).err();
@@ -605,13 +672,13 @@ fn relay_tls<T: TlsTransform>(
             // The loop is still being opened: the plaintext waits.
             Some(InspectionLoop::Opening) => {}
             None => {
-                if !tls.plaintext_from_client().is_empty() {
-                    let plaintext = std::mem::take(tls.plaintext_from_client());
+                if !tls.queues().plaintext_from_client.is_empty() {
+                    let plaintext = std::mem::take(&mut tls.queues().plaintext_from_client);
                     deliver(tls, &mut tap, true, &plaintext)?;
                     progress = true;
                 }
-                if !tls.plaintext_from_server().is_empty() {
-                    let plaintext = std::mem::take(tls.plaintext_from_server());
+                if !tls.queues().plaintext_from_server.is_empty() {
+                    let plaintext = std::mem::take(&mut tls.queues().plaintext_from_server);
                     deliver(tls, &mut tap, false, &plaintext)?;
                     progress = true;
                 }
@@ -655,34 +722,34 @@ fn finish_directions<T: TlsTransform>(
         let InspectionLoop::Through(through) = inspection else {
             return;
         };
-        if !through.fin_to_out && client_done && tls.plaintext_from_client().is_empty() {
+        if !through.fin_to_out && client_done && tls.queues().plaintext_from_client.is_empty() {
             through.fin_to_out = true;
             io.close(Leg::InspectOut);
         }
-        if !through.fin_to_back && server_done && tls.plaintext_from_server().is_empty() {
+        if !through.fin_to_back && server_done && tls.queues().plaintext_from_server.is_empty() {
             through.fin_to_back = true;
             io.close(Leg::InspectIn);
         }
         up_through = peer_done(io, Leg::InspectIn);
         down_through = peer_done(io, Leg::InspectOut);
     }
-    up_through &= tls.plaintext_from_client().is_empty();
-    down_through &= tls.plaintext_from_server().is_empty();
+    up_through &= tls.queues().plaintext_from_client.is_empty();
+    down_through &= tls.queues().plaintext_from_server.is_empty();
     if tls.plaintext_exposed() {
         if ends.to_server == End::Open && client_finished && up_through {
             ends.to_server = End::CloseNotifySent;
             tls.close_to_server();
-            send_queued(io, Leg::Server, tls.to_server());
+            send_queued(io, Leg::Server, &mut tls.queues().to_server);
         }
         if ends.to_client == End::Open && server_finished && down_through {
             ends.to_client = End::CloseNotifySent;
             tls.close_to_client();
-            send_queued(io, Leg::Client, tls.to_client());
+            send_queued(io, Leg::Client, &mut tls.queues().to_client);
         }
     }
     if ends.to_server != End::FinSent
         && up_through
-        && tls.to_server().is_empty()
+        && tls.queues().to_server.is_empty()
         && tls.held_for_server() == 0
         && peer_done(io, Leg::Client)
     {
@@ -692,7 +759,8 @@ fn finish_directions<T: TlsTransform>(
             tap.fin(true);
         }
     }
-    if ends.to_client != End::FinSent && down_through && tls.to_client().is_empty() && peer_done(io, Leg::Server) {
+    if ends.to_client != End::FinSent && down_through && tls.queues().to_client.is_empty() && peer_done(io, Leg::Server)
+    {
         ends.to_client = End::FinSent;
         io.close(Leg::Client);
         if let Some(tap) = tap {
@@ -791,6 +859,13 @@ fn unreturned(io: &mut dyn LegIo, exit: Leg, in_flight: &mut InFlight, passed_en
     let held = in_flight.bytes.len();
     bytes.extend(std::mem::take(&mut in_flight.bytes));
     Some((bytes, held))
+}
+
+/// Puts `up` ahead of the client's plaintext in `queues`, `down` ahead of
+/// the server's.
+fn prepend_plaintext(queues: &mut Queues, up: Vec<u8>, down: Vec<u8>) {
+    prepend(&mut queues.plaintext_from_client, up);
+    prepend(&mut queues.plaintext_from_server, down);
 }
 
 /// Puts `front` ahead of what `queue` holds.

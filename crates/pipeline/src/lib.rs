@@ -22,6 +22,7 @@
 //! No clock, no files, no threads.
 #![forbid(unsafe_code)]
 
+mod buffered;
 mod connection;
 mod control;
 mod inflight;

@@ -77,6 +77,9 @@ pub(crate) struct Preamble {
     /// Plaintext content and a refused upgrade fail the connection, their
     /// bytes not passed on.
     require_tls: bool,
+    /// The client sent the session's content in plaintext: the session is
+    /// an ordinary plaintext one (see [`Preamble::awaiting_server`]).
+    content_passed: bool,
     /// The server's address, for the TLS interception that follows.
     pub(crate) server_ip: IpAddr,
     /// Passed client bytes waiting for the loop, then for the server leg.
@@ -93,6 +96,7 @@ impl Preamble {
             watcher,
             phase: Phase::Plain,
             require_tls,
+            content_passed: false,
             server_ip,
             into_loop_up: Vec::new(),
             to_server: Vec::new(),
@@ -111,10 +115,17 @@ impl Preamble {
         self.watcher.protocol()
     }
 
-    /// Whether the preamble timeout runs: a request waits for the server's
-    /// answer.
+    /// Whether the preamble timeout runs: the server owes an answer to
+    /// its greeting, to a command before the session's first plaintext
+    /// content, or to an upgrade request. Once the client sent content in
+    /// plaintext (a login, a mail, a query) the server may take its time
+    /// (a mail's DATA, a long FETCH or query): the session is an ordinary
+    /// plaintext one, under the caller's idle timeout, except while a later
+    /// upgrade request waits for its answer.
     pub(crate) fn awaiting_server(&self) -> bool {
-        self.phase != Phase::Accepted && self.watcher.awaiting_server()
+        self.phase != Phase::Accepted
+            && self.watcher.awaiting_server()
+            && (!self.content_passed || self.watcher.upgrade_requested())
     }
 
     pub(crate) fn buffer_capacity(&self) -> usize {
@@ -285,7 +296,10 @@ impl Preamble {
                 self.phase = Phase::Requested;
                 reports.events.push_back(PreambleEvent::Requested);
             }
-            Some(ClientEvent::PlaintextContent) => reports.events.push_back(PreambleEvent::PlaintextContent),
+            Some(ClientEvent::PlaintextContent) => {
+                self.content_passed = true;
+                reports.events.push_back(PreambleEvent::PlaintextContent);
+            }
             None => {}
         }
         Ok(true)

@@ -7,14 +7,16 @@
 //! picks the service by its SNI ([`TlsServer::pending`]) and goes on with
 //! the service's configuration ([`TlsServer::accept`]).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
+use mitm::queues::release_if_empty;
 use mitm::session::{protocol_name, EARLY_CLIENT_LIMIT};
-use mitm::{LegGrade, MitmError, Pending, Rejection, SessionInfo};
+use mitm::{LegGrade, MitmError, Pending, Queues, Rejection, SessionInfo};
 use rustls::server::{Accepted, Acceptor};
 use rustls::{ServerConfig, ServerConnection};
 
+use crate::buffered::{read_plaintext, read_records, write_records};
 use crate::transform::TlsTransform;
 
 enum Phase {
@@ -37,10 +39,7 @@ pub struct TlsServer {
     held: Vec<u8>,
     /// Bytes read from the client so far while no connection exists.
     early: usize,
-    to_client: Vec<u8>,
-    to_server: Vec<u8>,
-    plaintext_from_client: Vec<u8>,
-    plaintext_from_server: Vec<u8>,
+    queues: Queues,
     client_eof: bool,
     pub info: SessionInfo,
 }
@@ -57,10 +56,7 @@ impl TlsServer {
             phase: Phase::Hello(Box::default()),
             held: Vec::new(),
             early: 0,
-            to_client: Vec::new(),
-            to_server: Vec::new(),
-            plaintext_from_client: Vec::new(),
-            plaintext_from_server: Vec::new(),
+            queues: Queues::default(),
             client_eof: false,
             info: SessionInfo::default(),
         }
@@ -93,7 +89,7 @@ impl TlsServer {
         let mut conn = match accepted.into_connection(config) {
             Ok(conn) => conn,
             Err((err, mut alert)) => {
-                let _ = alert.write_all(&mut self.to_client);
+                let _ = alert.write_all(&mut self.queues.to_client);
                 return Err(MitmError::Client(err));
             }
         };
@@ -112,9 +108,9 @@ impl TlsServer {
 
     /// Puts `preamble` ahead of everything the backend gets.
     pub fn set_preamble(&mut self, preamble: &[u8]) {
-        let rest = std::mem::take(&mut self.to_server);
-        self.to_server = preamble.to_vec();
-        self.to_server.extend_from_slice(&rest);
+        let rest = std::mem::take(&mut self.queues.to_server);
+        self.queues.to_server = preamble.to_vec();
+        self.queues.to_server.extend_from_slice(&rest);
     }
 
     /// Whether the handshake with the client is done.
@@ -124,64 +120,22 @@ impl TlsServer {
 
     /// Bytes of buffer capacity the transform holds (rustls's own on top).
     pub fn buffer_capacity(&self) -> usize {
-        [
-            &self.held,
-            &self.to_client,
-            &self.to_server,
-            &self.plaintext_from_client,
-            &self.plaintext_from_server,
-        ]
-        .iter()
-        .map(|buffer| buffer.capacity())
-        .sum()
+        self.held.capacity() + self.queues.capacity()
     }
 
     /// Feeds ciphertext to the connection and collects what it gives: the
     /// client's plaintext, the records for the client.
-    fn drive(&mut self, mut data: &[u8]) -> Result<(), MitmError> {
+    fn drive(&mut self, data: &[u8]) -> Result<(), MitmError> {
         let Phase::Established(conn) = &mut self.phase else {
             return Ok(());
         };
         let was_handshaking = conn.is_handshaking();
-        let mut result = Ok(());
-        while !data.is_empty() {
-            match conn.read_tls(&mut data) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(err) => {
-                    result = Err(rustls::Error::General(err.to_string()));
-                    break;
-                }
-            }
-            if let Err(err) = conn.process_new_packets() {
-                result = Err(err);
-                break;
-            }
-        }
-        if result.is_ok() {
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                match conn.reader().read(&mut buf) {
-                    Ok(0) => {
-                        self.client_eof = true;
-                        break;
-                    }
-                    Ok(read) => self
-                        .plaintext_from_client
-                        .extend_from_slice(buf.get(..read).unwrap_or_default()),
-                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                    // The client's stream ended without close_notify: the
-                    // FIN passes the end on.
-                    Err(_) => break,
-                }
-            }
+        let result = read_records(conn, data);
+        if result.is_ok() && read_plaintext(conn, &mut self.queues.plaintext_from_client) {
+            self.client_eof = true;
         }
         // Records for the client, an alert after an error included.
-        while conn.wants_write() {
-            if conn.write_tls(&mut self.to_client).is_err() {
-                break;
-            }
-        }
+        write_records(conn, &mut self.queues.to_client);
         if was_handshaking && !conn.is_handshaking() {
             self.info.resumed_client = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         }
@@ -194,11 +148,7 @@ impl TlsServer {
 
     fn flush_to_client(&mut self) {
         if let Phase::Established(conn) = &mut self.phase {
-            while conn.wants_write() {
-                if conn.write_tls(&mut self.to_client).is_err() {
-                    break;
-                }
-            }
+            write_records(conn, &mut self.queues.to_client);
         }
     }
 }
@@ -258,28 +208,16 @@ impl TlsTransform for TlsServer {
 
     /// The backend speaks plaintext: what it sends is the plaintext.
     fn feed_from_server(&mut self, _context: &mut (), data: &[u8]) -> Result<(), MitmError> {
-        self.plaintext_from_server.extend_from_slice(data);
+        self.queues.plaintext_from_server.extend_from_slice(data);
         Ok(())
     }
 
-    fn to_client(&mut self) -> &mut Vec<u8> {
-        &mut self.to_client
-    }
-
-    fn to_server(&mut self) -> &mut Vec<u8> {
-        &mut self.to_server
-    }
-
-    fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_client
-    }
-
-    fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_server
+    fn queues(&mut self) -> &mut Queues {
+        &mut self.queues
     }
 
     fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
-        self.to_server.extend_from_slice(plaintext);
+        self.queues.to_server.extend_from_slice(plaintext);
         self.info.plaintext_client_to_server += plaintext.len() as u64;
         Ok(())
     }
@@ -329,16 +267,7 @@ impl TlsTransform for TlsServer {
     }
 
     fn release_empty_buffers(&mut self) {
-        for buffer in [
-            &mut self.held,
-            &mut self.to_client,
-            &mut self.to_server,
-            &mut self.plaintext_from_client,
-            &mut self.plaintext_from_server,
-        ] {
-            if buffer.is_empty() {
-                *buffer = Vec::new();
-            }
-        }
+        release_if_empty(&mut self.held);
+        self.queues.release_empty();
     }
 }

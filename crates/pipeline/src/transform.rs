@@ -4,7 +4,7 @@
 //! and upgrade ([`crate::TlsClient`]) are all relayed by the same code
 //! through it.
 
-use mitm::{MitmError, TlsContext, TlsSession};
+use mitm::{MitmError, Queues, TlsContext, TlsSession};
 
 pub trait TlsTransform {
     /// What feeding the server's bytes needs (the TLS context that judges
@@ -29,12 +29,9 @@ pub trait TlsTransform {
         self.feed_from_server(context, data)?;
         Ok(data.len())
     }
-    /// Bytes waiting for each leg (take what the leg accepts).
-    fn to_client(&mut self) -> &mut Vec<u8>;
-    fn to_server(&mut self) -> &mut Vec<u8>;
-    /// Plaintext handed to the caller (exposed), waiting to be passed on.
-    fn plaintext_from_client(&mut self) -> &mut Vec<u8>;
-    fn plaintext_from_server(&mut self) -> &mut Vec<u8>;
+    /// Bytes waiting for each leg (take what the leg accepts), and the
+    /// plaintext handed to the caller (exposed), waiting to be passed on.
+    fn queues(&mut self) -> &mut Queues;
     fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
     fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
     /// Passes the end of a direction on as the leg's protocol says it
@@ -92,20 +89,8 @@ impl TlsTransform for TlsSession {
         TlsSession::from_server_in_place(self, context, data, take_all)
     }
 
-    fn to_client(&mut self) -> &mut Vec<u8> {
-        TlsSession::to_client(self)
-    }
-
-    fn to_server(&mut self) -> &mut Vec<u8> {
-        TlsSession::to_server(self)
-    }
-
-    fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
-        TlsSession::plaintext_from_client(self)
-    }
-
-    fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
-        TlsSession::plaintext_from_server(self)
+    fn queues(&mut self) -> &mut Queues {
+        TlsSession::queues(self)
     }
 
     fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {

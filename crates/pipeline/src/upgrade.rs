@@ -7,13 +7,15 @@
 //!
 //! [`TLS_BACKLOG`]: crate::TLS_BACKLOG
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
-use mitm::{LegGrade, MitmError, SessionInfo};
+use mitm::queues::release_if_empty;
+use mitm::{LegGrade, MitmError, Queues, SessionInfo};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::buffered::{read_plaintext, read_records, write_records};
 use crate::transform::TlsTransform;
 
 /// One upgraded connection (see the module documentation).
@@ -24,10 +26,7 @@ pub struct TlsClient {
     held: Vec<u8>,
     /// The client's stream ended; the close_notify follows what is held.
     close_wanted: bool,
-    to_client: Vec<u8>,
-    to_server: Vec<u8>,
-    plaintext_from_client: Vec<u8>,
-    plaintext_from_server: Vec<u8>,
+    queues: Queues,
     server_eof: bool,
     pub info: SessionInfo,
 }
@@ -35,7 +34,8 @@ pub struct TlsClient {
 impl TlsClient {
     /// A connection to `name` (the SNI, and the name the server's
     /// certificate must carry; an IP address sends no SNI) with `config`;
-    /// its ClientHello waits in [`TlsTransform::to_server`].
+    /// its ClientHello waits in the `to_server` of its
+    /// [`TlsTransform::queues`].
     pub fn new(config: Arc<ClientConfig>, name: ServerName<'static>) -> Result<TlsClient, MitmError> {
         let sni = match &name {
             ServerName::DnsName(dns) => Some(dns.as_ref().to_owned()),
@@ -47,10 +47,7 @@ impl TlsClient {
             conn: Some(Box::new(conn)),
             held: Vec::new(),
             close_wanted: false,
-            to_client: Vec::new(),
-            to_server: Vec::new(),
-            plaintext_from_client: Vec::new(),
-            plaintext_from_server: Vec::new(),
+            queues: Queues::default(),
             server_eof: false,
             info: SessionInfo {
                 sni,
@@ -68,25 +65,12 @@ impl TlsClient {
 
     /// Bytes of buffer capacity the transform holds (rustls's own on top).
     pub fn buffer_capacity(&self) -> usize {
-        [
-            &self.held,
-            &self.to_client,
-            &self.to_server,
-            &self.plaintext_from_client,
-            &self.plaintext_from_server,
-        ]
-        .iter()
-        .map(|buffer| buffer.capacity())
-        .sum()
+        self.held.capacity() + self.queues.capacity()
     }
 
     fn flush_to_server(&mut self) {
         if let Some(conn) = self.conn.as_mut() {
-            while conn.wants_write() {
-                if conn.write_tls(&mut self.to_server).is_err() {
-                    break;
-                }
-            }
+            write_records(conn, &mut self.queues.to_server);
         }
     }
 
@@ -149,48 +133,20 @@ impl TlsTransform for TlsClient {
 
     /// The client speaks plaintext: what it sends is the plaintext.
     fn feed_from_client(&mut self, data: &[u8]) -> Result<(), MitmError> {
-        self.plaintext_from_client.extend_from_slice(data);
+        self.queues.plaintext_from_client.extend_from_slice(data);
         Ok(())
     }
 
-    fn feed_from_server(&mut self, _context: &mut (), mut data: &[u8]) -> Result<(), MitmError> {
+    fn feed_from_server(&mut self, _context: &mut (), data: &[u8]) -> Result<(), MitmError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
         let was_handshaking = conn.is_handshaking();
-        let mut result = Ok(());
-        while !data.is_empty() {
-            match conn.read_tls(&mut data) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(err) => {
-                    result = Err(rustls::Error::General(err.to_string()));
-                    break;
-                }
-            }
-            if let Err(err) = conn.process_new_packets() {
-                result = Err(err);
-                break;
-            }
-        }
-        if let Err(err) = result {
+        if let Err(err) = read_records(conn, data) {
             return Err(self.failed(err));
         }
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match conn.reader().read(&mut buf) {
-                Ok(0) => {
-                    self.server_eof = true;
-                    break;
-                }
-                Ok(read) => self
-                    .plaintext_from_server
-                    .extend_from_slice(buf.get(..read).unwrap_or_default()),
-                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                // The server's stream ended without close_notify: the FIN
-                // passes the end on.
-                Err(_) => break,
-            }
+        if read_plaintext(conn, &mut self.queues.plaintext_from_server) {
+            self.server_eof = true;
         }
         self.flush_to_server();
         if was_handshaking && self.is_established() {
@@ -199,20 +155,8 @@ impl TlsTransform for TlsClient {
         Ok(())
     }
 
-    fn to_client(&mut self) -> &mut Vec<u8> {
-        &mut self.to_client
-    }
-
-    fn to_server(&mut self) -> &mut Vec<u8> {
-        &mut self.to_server
-    }
-
-    fn plaintext_from_client(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_client
-    }
-
-    fn plaintext_from_server(&mut self) -> &mut Vec<u8> {
-        &mut self.plaintext_from_server
+    fn queues(&mut self) -> &mut Queues {
+        &mut self.queues
     }
 
     fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
@@ -224,7 +168,7 @@ impl TlsTransform for TlsClient {
     }
 
     fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
-        self.to_client.extend_from_slice(plaintext);
+        self.queues.to_client.extend_from_slice(plaintext);
         self.info.plaintext_server_to_client += plaintext.len() as u64;
         Ok(())
     }
@@ -274,16 +218,7 @@ impl TlsTransform for TlsClient {
     }
 
     fn release_empty_buffers(&mut self) {
-        for buffer in [
-            &mut self.held,
-            &mut self.to_client,
-            &mut self.to_server,
-            &mut self.plaintext_from_client,
-            &mut self.plaintext_from_server,
-        ] {
-            if buffer.is_empty() {
-                *buffer = Vec::new();
-            }
-        }
+        release_if_empty(&mut self.held);
+        self.queues.release_empty();
     }
 }

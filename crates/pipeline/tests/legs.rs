@@ -659,6 +659,10 @@ impl starttls::Negotiation for TestWatcher {
     fn awaiting_server(&self) -> bool {
         self.awaiting
     }
+
+    fn upgrade_requested(&self) -> bool {
+        self.requested
+    }
 }
 
 /// The appliance's TLS context for STARTTLS interception: its own CA

@@ -14,5 +14,5 @@ mod memport;
 mod port;
 
 pub use handoff::{HandoffReceiver, HandoffSender};
-pub use memport::{MemPort, MemPortControl};
-pub use port::{LinkState, PacketBuf, Port, PortCounters};
+pub use memport::{MemPool, MemPort, MemPortControl};
+pub use port::{BufPool, LinkState, PacketBuf, Port, PortCounters};

@@ -1,10 +1,19 @@
 //! An in-memory [`Port`]: frames are `Vec<u8>`s in queues that a test (or
-//! an in-memory peer) fills and drains through a [`MemPortControl`].
+//! an in-memory peer) fills and drains through a [`MemPortControl`]. Its
+//! [`MemPool`] hands out spare buffers the way a mempool does: each frame
+//! the control takes off the wire puts an empty buffer back, so a steady
+//! flow of frames needs no heap allocation in the port's owner.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::port::{LinkState, PacketBuf, Port, PortCounters};
+use crate::port::{BufPool, LinkState, PacketBuf, Port, PortCounters};
+
+/// The capacity of a buffer (an mbuf's data room is about as large).
+const BUFFER_CAPACITY: usize = 2048;
+
+/// At most this many spare buffers wait in the pool.
+const MAX_SPARES: usize = 4096;
 
 impl PacketBuf for Vec<u8> {
     fn data(&self) -> &[u8] {
@@ -47,6 +56,8 @@ impl PacketBuf for Vec<u8> {
 struct MemPortState {
     rx: VecDeque<Vec<u8>>,
     tx: Vec<Vec<u8>>,
+    /// Empty buffers for [`MemPool::alloc`], put back as frames leave.
+    spare: Vec<Vec<u8>>,
     /// At most this many frames accepted per tx burst (a full ring).
     tx_burst_limit: Option<usize>,
     /// At most this many frames can be allocated (pool exhaustion).
@@ -79,6 +90,7 @@ impl MemPort {
         let state = Arc::new(Mutex::new(MemPortState {
             rx: VecDeque::new(),
             tx: Vec::new(),
+            spare: Vec::new(),
             tx_burst_limit: None,
             alloc_limit: None,
             link_up: true,
@@ -102,9 +114,16 @@ impl MemPortControl {
         lock(&self.state).rx.len()
     }
 
-    /// Takes every frame the port has transmitted so far.
+    /// Takes every frame the port has transmitted so far; the pool gets as
+    /// many empty buffers back (as a NIC frees what it sent).
     pub fn take_transmitted(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut lock(&self.state).tx)
+        let mut state = lock(&self.state);
+        let sent = std::mem::take(&mut state.tx);
+        let refill = sent.len().min(MAX_SPARES.saturating_sub(state.spare.len()));
+        state
+            .spare
+            .extend(std::iter::repeat_with(|| Vec::with_capacity(BUFFER_CAPACITY)).take(refill));
+        sent
     }
 
     /// Limits how many frames one tx burst accepts (`None`: unlimited).
@@ -124,6 +143,7 @@ impl MemPortControl {
 
 impl Port for MemPort {
     type Buf = Vec<u8>;
+    type Pool = MemPool;
 
     fn mac(&self) -> [u8; 6] {
         self.mac
@@ -168,11 +188,31 @@ impl Port for MemPort {
     }
 
     fn alloc(&mut self) -> Option<Vec<u8>> {
+        self.pool().alloc()
+    }
+
+    fn pool(&self) -> MemPool {
+        MemPool {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// The buffer pool of a [`MemPort`].
+#[derive(Debug, Clone)]
+pub struct MemPool {
+    state: Arc<Mutex<MemPortState>>,
+}
+
+impl BufPool for MemPool {
+    type Buf = Vec<u8>;
+
+    fn alloc(&mut self) -> Option<Vec<u8>> {
         let mut state = lock(&self.state);
         if let Some(limit) = state.alloc_limit.as_mut() {
             *limit = limit.checked_sub(1)?;
         }
-        Some(Vec::with_capacity(2048))
+        Some(state.spare.pop().unwrap_or_else(|| Vec::with_capacity(BUFFER_CAPACITY)))
     }
 }
 
@@ -215,6 +255,21 @@ mod tests {
         assert!(port.alloc().is_none());
         control.set_link_up(false);
         assert_eq!(port.link(), LinkState::Down);
+    }
+
+    #[test]
+    fn transmitted_frames_put_empty_buffers_back_into_the_pool() {
+        let (mut port, control) = MemPort::new([0; 6]);
+        let mut pool = port.pool();
+        let mut frames = vec![pool.alloc().expect("buffer"), pool.alloc().expect("buffer")];
+        frames.iter_mut().for_each(|frame| frame.extend_from_slice(b"frame"));
+        assert_eq!(port.tx_burst(&mut frames), 2);
+        assert_eq!(lock(&control.state).spare.len(), 0);
+        assert_eq!(control.take_transmitted(), vec![b"frame".to_vec(), b"frame".to_vec()]);
+        assert_eq!(lock(&control.state).spare.len(), 2);
+        let reused = pool.alloc().expect("buffer");
+        assert!(reused.is_empty() && reused.capacity() >= BUFFER_CAPACITY);
+        assert_eq!(lock(&control.state).spare.len(), 1);
     }
 
     #[test]

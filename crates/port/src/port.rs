@@ -2,7 +2,7 @@
 //! transmit of owned frames, plus the port's identity and counters.
 
 /// An owned frame buffer: an mbuf on DPDK, a `Vec<u8>` in memory.
-pub trait PacketBuf: Send {
+pub trait PacketBuf: Send + 'static {
     /// The frame's bytes (the first segment for a chained mbuf).
     fn data(&self) -> &[u8];
     /// The frame's bytes, writable.
@@ -15,6 +15,16 @@ pub trait PacketBuf: Send {
     fn trim_front(&mut self, len: usize) -> bool;
     /// Shortens the frame to `len` bytes; false (unchanged) if that is not possible.
     fn trim_to(&mut self, len: usize) -> bool;
+}
+
+/// Where a port's buffers come from, usable away from the port itself: the
+/// stack's transmit path takes its frames' buffers from it (an mbuf pool on
+/// DPDK), so each frame is written once, in the buffer the port sends.
+pub trait BufPool: Send + 'static {
+    type Buf: PacketBuf;
+
+    /// A new empty buffer, or `None` when the pool is exhausted.
+    fn alloc(&mut self) -> Option<Self::Buf>;
 }
 
 /// Link state of a port.
@@ -42,6 +52,7 @@ pub struct PortCounters {
 /// One receive/transmit queue pair of a network port, owned by one worker.
 pub trait Port {
     type Buf: PacketBuf;
+    type Pool: BufPool<Buf = Self::Buf>;
 
     fn mac(&self) -> [u8; 6];
     fn link(&self) -> LinkState;
@@ -58,4 +69,8 @@ pub trait Port {
 
     /// A new empty frame buffer for a frame the appliance originates.
     fn alloc(&mut self) -> Option<Self::Buf>;
+
+    /// A handle on the pool [`Port::alloc`] takes from, to fill frames
+    /// where the port is out of reach.
+    fn pool(&self) -> Self::Pool;
 }

@@ -329,7 +329,11 @@ impl Negotiation for FtpNegotiation {
     }
 
     fn awaiting_server(&self) -> bool {
-        matches!(self.upgrade, Upgrade::Requested(_)) || (self.unanswered > 0 && !self.preliminary)
+        self.upgrade_requested() || (self.unanswered > 0 && !self.preliminary)
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Requested(_))
     }
 
     /// The observer of the control channel inside TLS, once the upgrade was
@@ -364,9 +368,6 @@ pub enum DataChannelEvent {
     ClientListens(DataEndpoint),
     /// `PROT` accepted: data connections from now on are TLS or plain.
     Protection(DataProtection),
-    /// `CCC` or `REIN` accepted: the control connection's TLS ends, what
-    /// follows on it is plaintext.
-    ControlChannelCleared,
 }
 
 /// A command whose reply announces something.
@@ -627,10 +628,20 @@ impl ControlChannel {
                     "a PROT level other than C or P that the server accepted",
                 ))
             }
-            Announcing::ClearControlChannel => DataChannelEvent::ControlChannelCleared,
+            // The control connection's TLS would end and the session go on
+            // in plaintext after it, which the interception does not follow:
+            // the session fails (closed), the reason naming the command.
+            Announcing::ClearControlChannel => {
+                return Err(NegotiationError::Unsupported {
+                    peer: Peer::Client,
+                    what: "CCC (clear command channel: the control connection back in plaintext)",
+                })
+            }
             Announcing::Reinitialize => {
-                self.protection = DataProtection::Clear;
-                DataChannelEvent::ControlChannelCleared
+                return Err(NegotiationError::Unsupported {
+                    peer: Peer::Client,
+                    what: "REIN (reinitialize: the control connection back in plaintext)",
+                })
             }
             Announcing::LongAddress => {
                 return Err(malformed(

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
+    Protocol, ServerEvent, ServerStep,
 };
 
 /// The largest literal: IMAP numbers are 32-bit.
@@ -338,88 +338,76 @@ impl Negotiation for Imap {
     }
 
     fn from_client(&mut self, bytes: &[u8]) -> Result<ClientStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
-            let rest = &bytes[at..];
-            match &mut self.client {
-                ClientMode::Commands => {
-                    let (taken, complete) = self.client_line.fill(rest)?;
-                    at += taken;
-                    if complete {
-                        self.command(&mut event)?;
-                    }
+        client_bytes(bytes, |rest, event| match &mut self.client {
+            ClientMode::Commands => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                if complete {
+                    self.command(event)?;
                 }
-                ClientMode::Continued => {
-                    let (taken, complete) = self.client_line.fill(rest)?;
-                    at += taken;
-                    if complete {
-                        let announced = literal(self.client_line.line(), Peer::Client)?;
-                        self.client_line.clear();
-                        self.after_segment(announced);
-                    }
-                }
-                ClientMode::Literal(left) => {
-                    let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
-                    at += taken;
-                    *left -= taken as u64;
-                    if *left == 0 {
-                        self.client = ClientMode::Continued;
-                    }
-                    self.client_turn = false;
-                }
-                ClientMode::Responses { one_line } => {
-                    let one_line = *one_line;
-                    let (taken, complete) = self.client_line.fill(rest)?;
-                    at += taken;
-                    self.client_turn = false;
-                    if complete {
-                        self.client_line.clear();
-                        if one_line {
-                            self.client = ClientMode::Commands;
-                        }
-                    }
-                }
-                ClientMode::AwaitingContinuation(_) => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "a synchronizing literal before the server's continuation",
-                    })
-                }
-                ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
+                Ok(Some(taken))
             }
-        }
-        Ok(ClientStep { pass: at, event })
+            ClientMode::Continued => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                if complete {
+                    let announced = literal(self.client_line.line(), Peer::Client)?;
+                    self.client_line.clear();
+                    self.after_segment(announced);
+                }
+                Ok(Some(taken))
+            }
+            ClientMode::Literal(left) => {
+                let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
+                *left -= taken as u64;
+                if *left == 0 {
+                    self.client = ClientMode::Continued;
+                }
+                self.client_turn = false;
+                Ok(Some(taken))
+            }
+            ClientMode::Responses { one_line } => {
+                let one_line = *one_line;
+                let (taken, complete) = self.client_line.fill(rest)?;
+                self.client_turn = false;
+                if complete {
+                    self.client_line.clear();
+                    if one_line {
+                        self.client = ClientMode::Commands;
+                    }
+                }
+                Ok(Some(taken))
+            }
+            ClientMode::AwaitingContinuation(_) => Err(NegotiationError::Malformed {
+                peer: Peer::Client,
+                what: "a synchronizing literal before the server's continuation",
+            }),
+            ClientMode::UpgradeRequested => Ok(None),
+            ClientMode::Upgraded => Err(NegotiationError::after_upgrade(Peer::Client)),
+        })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let rest = &bytes[at..];
             if self.server_literal > 0 {
                 let taken = usize::try_from(self.server_literal).map_or(rest.len(), |left| left.min(rest.len()));
-                at += taken;
                 self.server_literal -= taken as u64;
-                continue;
+                return Ok(Some(taken));
             }
             let (taken, complete) = self.server_line.fill(rest)?;
-            at += taken;
             if complete {
-                self.server_line(&mut event)?;
+                self.server_line(event)?;
             }
-        }
-        Ok(ServerStep { pass: at, event })
+            Ok(Some(taken))
+        })
     }
 
     fn awaiting_server(&self) -> bool {
         !self.greeted || (!self.pending.is_empty() && !self.client_turn)
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
     }
 }

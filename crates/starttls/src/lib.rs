@@ -235,6 +235,46 @@ fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
     }
 }
 
+/// The client side of the line watchers (SMTP, IMAP, POP3): `read` takes
+/// from the start of the bytes it is given, noting what they meant, and
+/// says how many it took, or `None` once the upgrade was requested (what
+/// follows waits for the server's answer and does not pass).
+fn client_bytes(
+    bytes: &[u8],
+    mut read: impl FnMut(&[u8], &mut Option<ClientEvent>) -> Result<Option<usize>, NegotiationError>,
+) -> Result<ClientStep, NegotiationError> {
+    let mut event = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(taken) = read(&bytes[at..], &mut event)? else {
+            break;
+        };
+        at += taken;
+    }
+    Ok(ClientStep { pass: at, event })
+}
+
+/// The server side of the line watchers (SMTP, IMAP, POP3): `read` takes
+/// from the start of the bytes it is given, noting what they meant, and
+/// says how many it took, or `None` once the upgrade was accepted. Bytes
+/// after an accepting answer in the same piece do not pass; in a later
+/// piece they are an error.
+fn server_bytes(
+    bytes: &[u8],
+    mut read: impl FnMut(&[u8], &mut Option<ServerEvent>) -> Result<Option<usize>, NegotiationError>,
+) -> Result<ServerStep, NegotiationError> {
+    let mut event = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        match read(&bytes[at..], &mut event)? {
+            Some(taken) => at += taken,
+            None if event == Some(ServerEvent::UpgradeAccepted) => break,
+            None => return Err(NegotiationError::after_upgrade(Peer::Server)),
+        }
+    }
+    Ok(ServerStep { pass: at, event })
+}
+
 /// Watches one connection's preamble (see the crate documentation). Made by
 /// [`negotiation`]; the caller shows it each peer's bytes until the upgrade
 /// was accepted, and not after.
@@ -248,8 +288,14 @@ pub trait Negotiation: Send {
     /// The server sent `bytes` (the next ones, in order).
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError>;
     /// A request (the client's greeting, a command, the upgrade request)
-    /// waits for the server's answer: the caller's preamble timeout runs.
+    /// waits for the server's answer (the caller's preamble timeout runs
+    /// while the session had no plaintext content, see
+    /// [`Negotiation::upgrade_requested`]).
     fn awaiting_server(&self) -> bool;
+    /// The upgrade request waits for the server's answer (also when it
+    /// came in one piece with plaintext content): the caller's preamble
+    /// timeout runs whatever went before.
+    fn upgrade_requested(&self) -> bool;
     /// Once the upgrade was accepted, the observer of the session inside
     /// TLS, for the protocols whose decrypted stream announces further
     /// connections: FTP's control channel ([`ftp::ControlChannel`], its

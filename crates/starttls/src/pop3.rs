@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
+    Protocol, ServerEvent, ServerStep,
 };
 
 /// What the next status line answers.
@@ -181,69 +181,60 @@ impl Negotiation for Pop3 {
     }
 
     fn from_client(&mut self, bytes: &[u8]) -> Result<ClientStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
-            match self.client {
-                ClientMode::Commands => {
-                    let (taken, complete) = self.client_line.fill(&bytes[at..])?;
-                    at += taken;
-                    if complete {
-                        self.command(&mut event)?;
-                    }
+        client_bytes(bytes, |rest, event| match self.client {
+            ClientMode::Commands => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                if complete {
+                    self.command(event)?;
                 }
-                ClientMode::AuthResponses => {
-                    let (taken, complete) = self.client_line.fill(&bytes[at..])?;
-                    at += taken;
-                    self.client_turn = false;
-                    if complete {
-                        self.client_line.clear();
-                    }
-                }
-                ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
+                Ok(Some(taken))
             }
-        }
-        Ok(ClientStep { pass: at, event })
+            ClientMode::AuthResponses => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                self.client_turn = false;
+                if complete {
+                    self.client_line.clear();
+                }
+                Ok(Some(taken))
+            }
+            ClientMode::UpgradeRequested => Ok(None),
+            ClientMode::Upgraded => Err(NegotiationError::after_upgrade(Peer::Client)),
+        })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let rest = &bytes[at..];
             match &mut self.server {
-                ServerMode::Body(body) => match body.scan(rest) {
+                ServerMode::Body(body) => Ok(Some(match body.scan(rest) {
                     Some(end) => {
-                        at += end;
                         self.server = ServerMode::Status;
+                        end
                     }
-                    None => at = bytes.len(),
-                },
+                    None => rest.len(),
+                })),
                 ServerMode::Status | ServerMode::Capabilities => {
                     let (taken, complete) = self.server_line.fill(rest)?;
-                    at += taken;
-                    if !complete {
-                        continue;
+                    if complete {
+                        if matches!(self.server, ServerMode::Status) {
+                            self.status(event)?;
+                        } else {
+                            self.capability(event)?;
+                        }
                     }
-                    if matches!(self.server, ServerMode::Status) {
-                        self.status(&mut event)?;
-                    } else {
-                        self.capability(&mut event)?;
-                    }
+                    Ok(Some(taken))
                 }
             }
-        }
-        Ok(ServerStep { pass: at, event })
+        })
     }
 
     fn awaiting_server(&self) -> bool {
         !matches!(self.server, ServerMode::Status) || (!self.awaited.is_empty() && !self.client_turn)
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
     }
 }

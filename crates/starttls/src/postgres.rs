@@ -295,4 +295,8 @@ impl Negotiation for Postgres {
             Phase::First { .. } | Phase::Cancel { .. } | Phase::Upgraded => false,
         }
     }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.phase, Phase::SslRequested | Phase::GssRequested)
+    }
 }

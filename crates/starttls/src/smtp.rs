@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    note_client, note_server, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer, Protocol, ServerEvent,
-    ServerStep,
+    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
+    Protocol, ServerEvent, ServerStep,
 };
 
 /// What the next reply answers.
@@ -223,68 +223,58 @@ impl Negotiation for Smtp {
     }
 
     fn from_client(&mut self, bytes: &[u8]) -> Result<ClientStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
-            let rest = &bytes[at..];
-            match &mut self.client {
-                ClientMode::Commands => {
-                    let (taken, complete) = self.client_line.fill(rest)?;
-                    at += taken;
-                    if complete {
-                        self.command(&mut event)?;
-                    }
+        client_bytes(bytes, |rest, event| match &mut self.client {
+            ClientMode::Commands => {
+                let (taken, complete) = self.client_line.fill(rest)?;
+                if complete {
+                    self.command(event)?;
                 }
-                ClientMode::Message(message) => match message.scan(rest) {
-                    Some(end) => {
-                        at += end;
-                        self.client = ClientMode::Commands;
-                        self.await_reply(Awaited::Other)?;
-                    }
-                    None => at = bytes.len(),
-                },
-                ClientMode::Chunk(left) => {
-                    let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
-                    at += taken;
-                    *left -= taken as u64;
-                    if *left == 0 {
-                        self.client = ClientMode::Commands;
-                        self.await_reply(Awaited::Other)?;
-                    }
-                }
-                ClientMode::DataAnswer => {
-                    return Err(NegotiationError::Malformed {
-                        peer: Peer::Client,
-                        what: "bytes after DATA before the server's answer",
-                    })
-                }
-                ClientMode::UpgradeRequested => break,
-                ClientMode::Upgraded => return Err(NegotiationError::after_upgrade(Peer::Client)),
+                Ok(Some(taken))
             }
-        }
-        Ok(ClientStep { pass: at, event })
+            ClientMode::Message(message) => match message.scan(rest) {
+                Some(end) => {
+                    self.client = ClientMode::Commands;
+                    self.await_reply(Awaited::Other)?;
+                    Ok(Some(end))
+                }
+                None => Ok(Some(rest.len())),
+            },
+            ClientMode::Chunk(left) => {
+                let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
+                *left -= taken as u64;
+                if *left == 0 {
+                    self.client = ClientMode::Commands;
+                    self.await_reply(Awaited::Other)?;
+                }
+                Ok(Some(taken))
+            }
+            ClientMode::DataAnswer => Err(NegotiationError::Malformed {
+                peer: Peer::Client,
+                what: "bytes after DATA before the server's answer",
+            }),
+            ClientMode::UpgradeRequested => Ok(None),
+            ClientMode::Upgraded => Err(NegotiationError::after_upgrade(Peer::Client)),
+        })
     }
 
     fn from_server(&mut self, bytes: &[u8]) -> Result<ServerStep, NegotiationError> {
-        let mut event = None;
-        let mut at = 0;
-        while at < bytes.len() {
+        server_bytes(bytes, |rest, event| {
             if matches!(self.client, ClientMode::Upgraded) {
-                if event == Some(ServerEvent::UpgradeAccepted) {
-                    break;
-                }
-                return Err(NegotiationError::after_upgrade(Peer::Server));
+                return Ok(None);
             }
-            let (taken, complete) = self.server_line.fill(&bytes[at..])?;
-            at += taken;
+            let (taken, complete) = self.server_line.fill(rest)?;
             if complete {
-                self.reply_line(&mut event)?;
+                self.reply_line(event)?;
             }
-        }
-        Ok(ServerStep { pass: at, event })
+            Ok(Some(taken))
+        })
     }
 
     fn awaiting_server(&self) -> bool {
         !self.awaited.is_empty()
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        matches!(self.client, ClientMode::UpgradeRequested)
     }
 }

@@ -559,6 +559,10 @@ impl Negotiation for XmppNegotiation {
     }
 
     fn awaiting_server(&self) -> bool {
-        self.upgrade == Upgrade::Requested || (self.client_opened && !self.features_received)
+        self.upgrade_requested() || (self.client_opened && !self.features_received)
+    }
+
+    fn upgrade_requested(&self) -> bool {
+        self.upgrade == Upgrade::Requested
     }
 }

@@ -441,17 +441,28 @@ fn what_the_observer_cannot_follow_is_an_error() {
 }
 
 #[test]
-fn clearing_the_command_channel_is_announced() {
-    let messages: [(Side, &[u8]); 2] = [
-        (Client, b"CCC\r\nREIN\r\n"),
-        (Server, b"200 CCC ok.\r\n220 Service ready for new user.\r\n"),
-    ];
+fn clearing_the_command_channel_is_an_error_naming_the_command() {
+    for (command, reply, named) in [
+        (&b"CCC\r\n"[..], &b"200 CCC ok.\r\n"[..], "CCC (clear command channel"),
+        (
+            b"REIN\r\n",
+            b"220 Service ready for new user.\r\n",
+            "REIN (reinitialize",
+        ),
+    ] {
+        let Err(err) = observe(&[(Client, command), (Server, reply)], &[]) else {
+            panic!("{named}: accepted without an error");
+        };
+        assert!(matches!(err, NegotiationError::Unsupported { .. }), "{err:?}");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+    // Refused, it changes nothing.
     assert_eq!(
-        observe(&messages, &[]),
-        Ok(vec![
-            DataChannelEvent::ControlChannelCleared,
-            DataChannelEvent::ControlChannelCleared
-        ])
+        observe(
+            &[(Client, b"CCC\r\n"), (Server, b"502 Command not implemented.\r\n")],
+            &[]
+        ),
+        Ok(vec![])
     );
 }
 

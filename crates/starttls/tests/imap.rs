@@ -3,8 +3,11 @@
 
 mod common;
 
-use common::{all_passed, feed, run, run_every_cut, watcher, Client, Seen, Server, Side};
-use starttls::{ClientEvent, NegotiationError, Peer, Protocol, ServerEvent, LINE_LIMIT};
+use common::{
+    assert_malformed, check_content_commands, check_injection, check_transcripts, feed, line_too_long, run, watcher,
+    Client, Injection, Seen, Server, Side, Transcript, UPGRADE,
+};
+use starttls::{ClientEvent, Peer, Protocol, ServerEvent, LINE_LIMIT};
 
 const GREETING: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE \
 LITERAL+ STARTTLS LOGINDISABLED] Dovecot (Debian) ready.\r\n";
@@ -12,144 +15,135 @@ const GREETING_WITHOUT_TLS: &[u8] = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-R
 ENABLE IDLE LITERAL+ AUTH=PLAIN] Dovecot (Debian) ready.\r\n";
 
 #[test]
-fn dovecot_upgrade_whole_and_cut_at_every_byte() {
-    let transcript: &[(_, &[u8])] = &[
-        (Server, GREETING),
-        (Client, b"A001 CAPABILITY\r\n"),
-        (
-            Server,
-            b"* CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS \
+fn dovecot_transcripts_whole_and_cut_at_every_byte() {
+    check_transcripts(
+        Protocol::Imap,
+        &[
+            Transcript {
+                name: "dovecot upgrade",
+                chunks: &[
+                    (Server, GREETING),
+                    (Client, b"A001 CAPABILITY\r\n"),
+                    (
+                        Server,
+                        b"* CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ STARTTLS \
 LOGINDISABLED\r\nA001 OK Pre-login capabilities listed, post-login capabilities have more.\r\n",
-        ),
-        (Client, b"A002 STARTTLS\r\n"),
-        (Server, b"A002 OK Begin TLS negotiation now.\r\n"),
-    ];
-    let outcome = run_every_cut(Protocol::Imap, transcript);
-    assert_eq!(outcome.passed, all_passed(transcript));
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Server(ServerEvent::UpgradeOffered),
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeAccepted),
-        ]
-    );
-    assert_eq!(outcome.awaiting, [false, true, false, true, false]);
-}
-
-#[test]
-fn the_offer_in_a_capability_response_alone() {
-    let transcript: &[(_, &[u8])] = &[
-        (Server, b"* OK Dovecot ready.\r\n"),
-        (Client, b"1 capability\r\n"),
-        (Server, b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\n1 OK done\r\n"),
-    ];
-    assert_eq!(
-        run_every_cut(Protocol::Imap, transcript).events,
-        [Seen::Server(ServerEvent::UpgradeOffered)]
-    );
-}
-
-#[test]
-fn a_refused_session_with_literals_authenticate_and_idle() {
-    let transcript: &[(_, &[u8])] = &[
-        (Server, GREETING_WITHOUT_TLS),
-        (Client, b"a1 STARTTLS\r\n"),
-        (Server, b"a1 BAD TLS support isn't enabled.\r\n"),
-        (Client, b"a2 AUTHENTICATE PLAIN\r\n"),
-        (Server, b"+ \r\n"),
-        (Client, b"AGFsaWNlAHdyb25n\r\n"),
-        (Server, b"a2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"),
-        // Synchronizing literals, each after the server's continuation.
-        (Client, b"a3 LOGIN {5}\r\n"),
-        (Server, b"+ OK\r\n"),
-        (Client, b"alice {6}\r\n"),
-        (Server, b"+ OK\r\n"),
-        (Client, b"secret\r\n"),
-        (Server, b"a3 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"),
-        // A non-synchronizing literal holding what would be a command.
-        (Client, b"a4 APPEND INBOX {16+}\r\na9 STARTTLS\r\nxx\r\n"),
-        (Server, b"a4 OK [APPENDUID 1 1] Append completed.\r\n"),
-        // A literal from the server holding what would be a continuation.
-        (Client, b"a5 FETCH 1 BODY[]\r\n"),
-        (
-            Server,
-            b"* 1 FETCH (BODY[] {6}\r\n+ go\r\n)\r\na5 OK Fetch completed.\r\n",
-        ),
-        (Client, b"a6 IDLE\r\n"),
-        (Server, b"+ idling\r\n"),
-        (Client, b"DONE\r\n"),
-        (Server, b"* 2 EXISTS\r\na6 OK Idle completed.\r\n"),
-        (Client, b"a7 LOGOUT\r\n"),
-        (Server, b"* BYE Logging out\r\na7 OK Logout completed.\r\n"),
-    ];
-    let outcome = run_every_cut(Protocol::Imap, transcript);
-    assert_eq!(outcome.passed, all_passed(transcript));
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeRefused),
-            Seen::Client(ClientEvent::PlaintextContent),
-        ]
-    );
-    assert_eq!(
-        outcome.awaiting,
-        [
-            false, true, false, // greeting, STARTTLS refused
-            true, false, true, false, // AUTHENTICATE: the client's turn after "+"
-            true, false, true, false, true, false, // LOGIN with two literals
-            true, false, true, false, // APPEND, FETCH
-            true, false, true, false, // IDLE waits for the client's DONE
-            true, false,
-        ]
+                    ),
+                    (Client, b"A002 STARTTLS\r\n"),
+                    (Server, b"A002 OK Begin TLS negotiation now.\r\n"),
+                ],
+                events: &UPGRADE,
+                awaiting: Some(&[false, true, false, true, false]),
+            },
+            Transcript {
+                name: "the offer in a capability response alone",
+                chunks: &[
+                    (Server, b"* OK Dovecot ready.\r\n"),
+                    (Client, b"1 capability\r\n"),
+                    (Server, b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN\r\n1 OK done\r\n"),
+                ],
+                events: &[Seen::Server(ServerEvent::UpgradeOffered)],
+                awaiting: None,
+            },
+            Transcript {
+                name: "a refused session with literals, AUTHENTICATE and IDLE",
+                chunks: &[
+                    (Server, GREETING_WITHOUT_TLS),
+                    (Client, b"a1 STARTTLS\r\n"),
+                    (Server, b"a1 BAD TLS support isn't enabled.\r\n"),
+                    (Client, b"a2 AUTHENTICATE PLAIN\r\n"),
+                    (Server, b"+ \r\n"),
+                    (Client, b"AGFsaWNlAHdyb25n\r\n"),
+                    (Server, b"a2 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"),
+                    // Synchronizing literals, each after the server's
+                    // continuation.
+                    (Client, b"a3 LOGIN {5}\r\n"),
+                    (Server, b"+ OK\r\n"),
+                    (Client, b"alice {6}\r\n"),
+                    (Server, b"+ OK\r\n"),
+                    (Client, b"secret\r\n"),
+                    (Server, b"a3 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n"),
+                    // A non-synchronizing literal holding what would be a
+                    // command.
+                    (Client, b"a4 APPEND INBOX {16+}\r\na9 STARTTLS\r\nxx\r\n"),
+                    (Server, b"a4 OK [APPENDUID 1 1] Append completed.\r\n"),
+                    // A literal from the server holding what would be a
+                    // continuation.
+                    (Client, b"a5 FETCH 1 BODY[]\r\n"),
+                    (
+                        Server,
+                        b"* 1 FETCH (BODY[] {6}\r\n+ go\r\n)\r\na5 OK Fetch completed.\r\n",
+                    ),
+                    (Client, b"a6 IDLE\r\n"),
+                    (Server, b"+ idling\r\n"),
+                    (Client, b"DONE\r\n"),
+                    (Server, b"* 2 EXISTS\r\na6 OK Idle completed.\r\n"),
+                    (Client, b"a7 LOGOUT\r\n"),
+                    (Server, b"* BYE Logging out\r\na7 OK Logout completed.\r\n"),
+                ],
+                events: &[
+                    Seen::Client(ClientEvent::UpgradeRequested),
+                    Seen::Server(ServerEvent::UpgradeRefused),
+                    Seen::Client(ClientEvent::PlaintextContent),
+                ],
+                awaiting: Some(&[
+                    false, true, false, // greeting, STARTTLS refused
+                    true, false, true, false, // AUTHENTICATE: the client's turn after "+"
+                    true, false, true, false, true, false, // LOGIN with two literals
+                    true, false, true, false, // APPEND, FETCH
+                    true, false, true, false, // IDLE waits for the client's DONE
+                    true, false,
+                ]),
+            },
+            Transcript {
+                name: "a refused synchronizing literal ends its command",
+                chunks: &[
+                    (Server, GREETING),
+                    (Client, b"a LOGIN {500}\r\n"),
+                    (Server, b"a NO Literal too large\r\n"),
+                    (Client, b"b STARTTLS\r\n"),
+                    (Server, b"b OK Begin TLS negotiation now.\r\n"),
+                ],
+                events: &[
+                    Seen::Server(ServerEvent::UpgradeOffered),
+                    Seen::Client(ClientEvent::PlaintextContent),
+                    Seen::Client(ClientEvent::UpgradeRequested),
+                    Seen::Server(ServerEvent::UpgradeAccepted),
+                ],
+                awaiting: None,
+            },
+            Transcript {
+                name: "openssl s_client tags with a dot",
+                chunks: &[
+                    (Server, GREETING),
+                    (Client, b". CAPABILITY\r\n"),
+                    (
+                        Server,
+                        b"* CAPABILITY IMAP4rev1 STARTTLS\r\n. OK Pre-login capabilities listed.\r\n",
+                    ),
+                    (Client, b". STARTTLS\r\n"),
+                    (Server, b". OK Begin TLS negotiation now.\r\n"),
+                ],
+                events: &UPGRADE,
+                awaiting: None,
+            },
+        ],
     );
 }
 
 #[test]
 fn pipelined_bytes_after_starttls_do_not_pass() {
-    let mut imap = watcher(Protocol::Imap);
-    feed(imap.as_mut(), Server, GREETING).unwrap();
-    let injected = b"a STARTTLS\r\nb LOGIN alice secret\r\n";
-    assert_eq!(
-        feed(imap.as_mut(), Client, injected).unwrap(),
-        (12, Some(Seen::Client(ClientEvent::UpgradeRequested)))
-    );
-    assert_eq!(feed(imap.as_mut(), Client, b"c NOOP\r\n").unwrap(), (0, None));
-    let answer = b"a OK Begin TLS negotiation now.\r\n";
-    let with_more = [&answer[..], b"* OK injected\r\n"].concat();
-    assert_eq!(
-        feed(imap.as_mut(), Server, &with_more).unwrap(),
-        (answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted)))
-    );
-    assert!(matches!(
-        feed(imap.as_mut(), Server, b"* OK more\r\n"),
-        Err(NegotiationError::Malformed { peer: Peer::Server, .. })
-    ));
-    assert!(matches!(
-        feed(imap.as_mut(), Client, b"\x16\x03\x01"),
-        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
-    ));
-}
-
-#[test]
-fn a_refused_synchronizing_literal_ends_its_command() {
-    let transcript: &[(_, &[u8])] = &[
-        (Server, GREETING),
-        (Client, b"a LOGIN {500}\r\n"),
-        (Server, b"a NO Literal too large\r\n"),
-        (Client, b"b STARTTLS\r\n"),
-        (Server, b"b OK Begin TLS negotiation now.\r\n"),
-    ];
-    let outcome = run_every_cut(Protocol::Imap, transcript);
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Server(ServerEvent::UpgradeOffered),
-            Seen::Client(ClientEvent::PlaintextContent),
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeAccepted),
-        ]
+    check_injection(
+        Protocol::Imap,
+        &Injection {
+            greeting: GREETING,
+            request: b"a STARTTLS\r\n",
+            injected: b"b LOGIN alice secret\r\n",
+            later: b"c NOOP\r\n",
+            answer: b"a OK Begin TLS negotiation now.\r\n",
+            smuggled: b"* OK injected\r\n",
+            later_from_server: b"* OK more\r\n",
+        },
     );
 }
 
@@ -171,33 +165,20 @@ fn literals_are_skipped_however_large() {
 
 #[test]
 fn content_commands_are_told_from_the_others() {
-    for command in ["a CAPABILITY", "a noop", "a LOGOUT", "a ID (\"name\" \"curl\")", ""] {
-        let mut imap = watcher(Protocol::Imap);
-        let line = format!("{command}\r\n");
-        assert_eq!(
-            feed(imap.as_mut(), Client, line.as_bytes()).unwrap(),
-            (line.len(), None),
-            "{command}"
-        );
-    }
-    for command in [
-        "a LOGIN alice secret",
-        "a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==",
-        "a SELECT INBOX",
-        "a EXAMINE INBOX",
-        "a LIST \"\" *",
-        "a ENABLE UTF8=ACCEPT",
-        "a UID FETCH 1:* FLAGS",
-        "a XUNKNOWN",
-    ] {
-        let mut imap = watcher(Protocol::Imap);
-        let line = format!("{command}\r\n");
-        assert_eq!(
-            feed(imap.as_mut(), Client, line.as_bytes()).unwrap(),
-            (line.len(), Some(Seen::Client(ClientEvent::PlaintextContent))),
-            "{command}"
-        );
-    }
+    check_content_commands(
+        Protocol::Imap,
+        &["a CAPABILITY", "a noop", "a LOGOUT", "a ID (\"name\" \"curl\")", ""],
+        &[
+            "a LOGIN alice secret",
+            "a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==",
+            "a SELECT INBOX",
+            "a EXAMINE INBOX",
+            "a LIST \"\" *",
+            "a ENABLE UTF8=ACCEPT",
+            "a UID FETCH 1:* FLAGS",
+            "a XUNKNOWN",
+        ],
+    );
 }
 
 #[test]
@@ -205,10 +186,7 @@ fn lines_longer_than_the_limit_fail() {
     let mut imap = watcher(Protocol::Imap);
     assert_eq!(
         feed(imap.as_mut(), Client, &vec![b'a'; LINE_LIMIT + 1]),
-        Err(NegotiationError::LineTooLong {
-            peer: Peer::Client,
-            limit: LINE_LIMIT
-        })
+        Err(line_too_long(Peer::Client))
     );
     let mut imap = watcher(Protocol::Imap);
     assert_eq!(
@@ -217,24 +195,13 @@ fn lines_longer_than_the_limit_fail() {
             Server,
             &[&b"* OK "[..], &vec![b'x'; LINE_LIMIT]].concat()
         ),
-        Err(NegotiationError::LineTooLong {
-            peer: Peer::Server,
-            limit: LINE_LIMIT
-        })
+        Err(line_too_long(Peer::Server))
     );
 }
 
 #[test]
 fn what_cannot_be_paired_or_framed_fails() {
-    let malformed = |peer: Peer, transcript: &[(Side, &[u8])]| {
-        assert!(
-            matches!(
-                run(Protocol::Imap, transcript),
-                Err(NegotiationError::Malformed { peer: failed, .. }) if failed == peer
-            ),
-            "{transcript:?}"
-        );
-    };
+    let malformed = |peer, transcript: &[(Side, &[u8])]| assert_malformed(Protocol::Imap, peer, transcript);
     malformed(Peer::Server, &[(Server, b"a OK hello\r\n")]);
     malformed(Peer::Server, &[(Server, GREETING), (Server, b"x OK nobody asked\r\n")]);
     malformed(Peer::Server, &[(Server, GREETING), (Server, b"+ go on\r\n")]);
@@ -252,28 +219,4 @@ fn what_cannot_be_paired_or_framed_fails() {
     malformed(Peer::Client, &[(Client, b"a APPEND INBOX {99999999999}\r\n")]);
     // A PREAUTH greeting is a greeting.
     assert!(run(Protocol::Imap, &[(Server, b"* PREAUTH ready\r\n")]).is_ok());
-}
-
-#[test]
-fn openssl_s_client_tags_with_a_dot() {
-    let transcript: &[(_, &[u8])] = &[
-        (Server, GREETING),
-        (Client, b". CAPABILITY\r\n"),
-        (
-            Server,
-            b"* CAPABILITY IMAP4rev1 STARTTLS\r\n. OK Pre-login capabilities listed.\r\n",
-        ),
-        (Client, b". STARTTLS\r\n"),
-        (Server, b". OK Begin TLS negotiation now.\r\n"),
-    ];
-    let outcome = run_every_cut(Protocol::Imap, transcript);
-    assert_eq!(outcome.passed, all_passed(transcript));
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Server(ServerEvent::UpgradeOffered),
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeAccepted),
-        ]
-    );
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{all_passed, feed, run, run_every_cut, watcher, Client, Seen, Server, Side};
+use common::{assert_malformed, check_transcripts, feed, run, watcher, Client, Seen, Server, Side, Transcript};
 use starttls::{ClientEvent, NegotiationError, Peer, Protocol, ServerEvent};
 
 const SSL_REQUEST: &[u8] = &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -53,57 +53,51 @@ fn session() -> [Vec<u8>; 4] {
 }
 
 #[test]
-fn psql_upgrade_after_a_refused_gssenc_request() {
-    let transcript: &[(_, &[u8])] = &[
-        (Client, GSSENC_REQUEST),
-        (Server, b"N"),
-        (Client, SSL_REQUEST),
-        (Server, b"S"),
-    ];
-    let outcome = run_every_cut(Protocol::Postgres, transcript);
-    assert_eq!(outcome.passed, all_passed(transcript));
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeAccepted),
-        ]
-    );
-    assert_eq!(outcome.awaiting, [true, false, true, false]);
-}
-
-#[test]
-fn a_refused_upgrade_then_a_plaintext_session() {
+fn psql_transcripts_whole_and_cut_at_every_byte() {
     let startup = startup();
     let [authentication, password, ready, answer] = session();
     let query = message(Some(b'Q'), b"SELECT 1\0");
     let terminate = message(Some(b'X'), b"");
-    let transcript: &[(_, &[u8])] = &[
-        (Client, SSL_REQUEST),
-        (Server, b"N"),
-        (Client, &startup),
-        (Server, &authentication),
-        (Client, &password),
-        (Server, &ready),
-        (Client, &query),
-        (Server, &answer),
-        (Client, &terminate),
-    ];
-    let outcome = run_every_cut(Protocol::Postgres, transcript);
-    assert_eq!(outcome.passed, all_passed(transcript));
-    assert_eq!(
-        outcome.events,
-        [
-            Seen::Client(ClientEvent::UpgradeRequested),
-            Seen::Server(ServerEvent::UpgradeRefused),
-            Seen::Client(ClientEvent::PlaintextContent),
-        ]
-    );
-    // The preamble ends at the server's first answer to the startup: a
-    // long query is not awaited.
-    assert_eq!(
-        outcome.awaiting,
-        [true, false, true, false, false, false, false, false, false]
+    check_transcripts(
+        Protocol::Postgres,
+        &[
+            Transcript {
+                name: "psql upgrade after a refused GSSENCRequest",
+                chunks: &[
+                    (Client, GSSENC_REQUEST),
+                    (Server, b"N"),
+                    (Client, SSL_REQUEST),
+                    (Server, b"S"),
+                ],
+                events: &[
+                    Seen::Client(ClientEvent::UpgradeRequested),
+                    Seen::Server(ServerEvent::UpgradeAccepted),
+                ],
+                awaiting: Some(&[true, false, true, false]),
+            },
+            Transcript {
+                name: "a refused upgrade, then a plaintext session",
+                chunks: &[
+                    (Client, SSL_REQUEST),
+                    (Server, b"N"),
+                    (Client, &startup),
+                    (Server, &authentication),
+                    (Client, &password),
+                    (Server, &ready),
+                    (Client, &query),
+                    (Server, &answer),
+                    (Client, &terminate),
+                ],
+                events: &[
+                    Seen::Client(ClientEvent::UpgradeRequested),
+                    Seen::Server(ServerEvent::UpgradeRefused),
+                    Seen::Client(ClientEvent::PlaintextContent),
+                ],
+                // The preamble ends at the server's first answer to the
+                // startup: a long query is not awaited.
+                awaiting: Some(&[true, false, true, false, false, false, false, false, false]),
+            },
+        ],
     );
 }
 
@@ -151,33 +145,23 @@ fn what_cannot_be_intercepted_fails() {
 #[test]
 fn a_cancel_request_passes_and_nothing_follows() {
     let cancel = message(None, &[0x04, 0xd2, 0x16, 0x2e, 0, 0, 0x30, 0x39, 1, 2, 3, 4]);
-    let outcome = run_every_cut(Protocol::Postgres, &[(Client, &cancel)]);
-    assert_eq!(outcome.events, []);
-    assert_eq!(outcome.awaiting, [false]);
-    let malformed = |peer: Peer, transcript: &[(Side, &[u8])]| {
-        assert!(
-            matches!(
-                run(Protocol::Postgres, transcript),
-                Err(NegotiationError::Malformed { peer: failed, .. }) if failed == peer
-            ),
-            "{transcript:?}"
-        );
-    };
+    check_transcripts(
+        Protocol::Postgres,
+        &[Transcript {
+            name: "a cancel request",
+            chunks: &[(Client, &cancel)],
+            events: &[],
+            awaiting: Some(&[false]),
+        }],
+    );
+    let malformed = |peer, transcript: &[(Side, &[u8])]| assert_malformed(Protocol::Postgres, peer, transcript);
     malformed(Peer::Client, &[(Client, &cancel), (Client, b"Q")]);
     malformed(Peer::Server, &[(Client, &cancel), (Server, b"E")]);
 }
 
 #[test]
 fn framing_and_lengths_are_checked() {
-    let malformed = |peer: Peer, transcript: &[(Side, &[u8])]| {
-        assert!(
-            matches!(
-                run(Protocol::Postgres, transcript),
-                Err(NegotiationError::Malformed { peer: failed, .. }) if failed == peer
-            ),
-            "{transcript:?}"
-        );
-    };
+    let malformed = |peer, transcript: &[(Side, &[u8])]| assert_malformed(Protocol::Postgres, peer, transcript);
     let startup = startup();
     // The server speaks first, or answers an SSLRequest with an error.
     malformed(Peer::Server, &[(Server, b"N")]);

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod connlog;
+pub mod peer;
 pub mod tls;
 pub mod workers;
 

@@ -159,7 +159,7 @@ pub fn intercepted(
             }
             appliance += start.elapsed();
         }
-        let to_server = std::mem::take(session.to_server());
+        let to_server = std::mem::take(&mut session.queues().to_server);
         feed(origin, &to_server)?;
         let from_origin = output_of(origin)?;
         if !from_origin.is_empty() {
@@ -167,7 +167,7 @@ pub fn intercepted(
             session.from_server(cx, &from_origin)?;
             appliance += start.elapsed();
         }
-        let to_client = std::mem::take(session.to_client());
+        let to_client = std::mem::take(&mut session.queues().to_client);
         feed(client, &to_client)?;
         if from_client.is_empty() && to_server.is_empty() && from_origin.is_empty() && to_client.is_empty() {
             return Ok(appliance);

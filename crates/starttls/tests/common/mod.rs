@@ -2,7 +2,7 @@
 //! invariants that hold for any conversation.
 #![allow(dead_code, clippy::expect_used)] // shared by several test files; helpers outside #[test] functions
 
-use starttls::{negotiation, ClientEvent, Negotiation, NegotiationError, Protocol, ServerEvent};
+use starttls::{negotiation, ClientEvent, Negotiation, NegotiationError, Peer, Protocol, ServerEvent, LINE_LIMIT};
 
 /// Who sent a chunk of a transcript.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +122,126 @@ pub fn run_every_cut(protocol: Protocol, transcript: &[(Side, &[u8])]) -> Outcom
         }
     }
     whole
+}
+
+/// One row of a table of transcripts (see [`check_transcripts`]): the
+/// chunks each peer sent, and what the watcher must make of them.
+pub struct Transcript<'a> {
+    /// What the row shows, for the failure messages.
+    pub name: &'a str,
+    pub chunks: &'a [(Side, &'a [u8])],
+    /// The events, in order.
+    pub events: &'a [Seen],
+    /// Whether the server is awaited after each chunk, if checked.
+    pub awaiting: Option<&'a [bool]>,
+}
+
+/// The usual upgrade: offered, requested, accepted.
+pub const UPGRADE: [Seen; 3] = [
+    Seen::Server(ServerEvent::UpgradeOffered),
+    Seen::Client(ClientEvent::UpgradeRequested),
+    Seen::Server(ServerEvent::UpgradeAccepted),
+];
+
+/// Runs each transcript of `table` whole, a byte at a time and cut at
+/// every byte boundary ([`run_every_cut`]); checks that every chunk
+/// passes whole and that the events and the awaiting are the row's.
+pub fn check_transcripts(protocol: Protocol, table: &[Transcript]) {
+    for row in table {
+        let outcome = run_every_cut(protocol, row.chunks);
+        let name = row.name;
+        assert_eq!(
+            outcome.passed,
+            all_passed(row.chunks),
+            "{name}: every chunk passes whole"
+        );
+        assert_eq!(outcome.events, row.events, "{name}: the events");
+        if let Some(awaiting) = row.awaiting {
+            assert_eq!(outcome.awaiting, awaiting, "{name}: awaiting the server");
+        }
+    }
+}
+
+/// Each of `neutral` (a command line without its CR LF) sent first passes
+/// whole with no event, each of `content` as the plaintext content.
+pub fn check_content_commands(protocol: Protocol, neutral: &[&str], content: &[&str]) {
+    let cases = neutral.iter().map(|command| (command, None)).chain(
+        content
+            .iter()
+            .map(|command| (command, Some(Seen::Client(ClientEvent::PlaintextContent)))),
+    );
+    for (command, event) in cases {
+        let line = format!("{command}\r\n");
+        assert_eq!(
+            feed(watcher(protocol).as_mut(), Client, line.as_bytes()),
+            Ok((line.len(), event)),
+            "{command}"
+        );
+    }
+}
+
+/// An upgrade with bytes around it that must not pass (see
+/// [`check_injection`]).
+pub struct Injection<'a> {
+    pub greeting: &'a [u8],
+    pub request: &'a [u8],
+    /// What the client sends after its request in the same piece.
+    pub injected: &'a [u8],
+    /// What the client sends next, before the answer.
+    pub later: &'a [u8],
+    pub answer: &'a [u8],
+    /// What the server sends after its answer in the same piece.
+    pub smuggled: &'a [u8],
+    /// What the server sends next, before TLS.
+    pub later_from_server: &'a [u8],
+}
+
+/// After the greeting, only the request passes of the client's piece, and
+/// nothing of what the client sends before the answer; only the answer
+/// passes of the server's piece; after it, the client's TLS record and the
+/// server's next bytes fail.
+pub fn check_injection(protocol: Protocol, case: &Injection) {
+    let mut watcher = watcher(protocol);
+    feed(watcher.as_mut(), Server, case.greeting).expect("the greeting is accepted");
+    assert_eq!(
+        feed(watcher.as_mut(), Client, &[case.request, case.injected].concat()),
+        Ok((case.request.len(), Some(Seen::Client(ClientEvent::UpgradeRequested))))
+    );
+    assert!(watcher.awaiting_server());
+    assert_eq!(feed(watcher.as_mut(), Client, case.later), Ok((0, None)));
+    assert_eq!(
+        feed(watcher.as_mut(), Server, &[case.answer, case.smuggled].concat()),
+        Ok((case.answer.len(), Some(Seen::Server(ServerEvent::UpgradeAccepted))))
+    );
+    assert!(!watcher.awaiting_server());
+    assert!(matches!(
+        feed(watcher.as_mut(), Client, b"\x16\x03\x01"),
+        Err(NegotiationError::Malformed { peer: Peer::Client, .. })
+    ));
+    assert!(matches!(
+        feed(watcher.as_mut(), Server, case.later_from_server),
+        Err(NegotiationError::Malformed { peer: Peer::Server, .. })
+    ));
+}
+
+/// `transcript` fails on bytes `peer` sent that the protocol does not
+/// allow.
+pub fn assert_malformed(protocol: Protocol, peer: Peer, transcript: &[(Side, &[u8])]) {
+    assert!(
+        matches!(
+            run(protocol, transcript),
+            Err(NegotiationError::Malformed { peer: failed, .. }) if failed == peer
+        ),
+        "{transcript:?}"
+    );
+}
+
+/// `peer` sent a line longer than [`LINE_LIMIT`].
+pub fn line_too_long(peer: Peer) -> NegotiationError {
+    NegotiationError::LineTooLong {
+        peer,
+        limit: LINE_LIMIT,
+    }
 }
 
 /// Every chunk passed whole.

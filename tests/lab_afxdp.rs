@@ -1,0 +1,113 @@
+//! tlsgate on DPDK's af_xdp driver in the namespace lab: an XDP program on
+//! each gw veth hands its frames to an AF_XDP socket whose UMEM is tlsgate's
+//! mbuf pool. The splice under enough load to cycle every mbuf of the pool
+//! many times (100 parallel byte-exact transfers, 334 MB), which stalled for
+//! good when part of the pool lay outside the UMEM the driver registers: the
+//! kernel dropped those mbufs from the fill ring and refused them on
+//! transmit, the pool drained and the ports stopped receiving. A kernel
+//! without AF_XDP sockets fails the test, saying so (like every missing lab
+//! requirement, it never passes). Needs root; run by scripts/test.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::lab::{Appliance, Lab, CLI, GW, SRV, SRV_V4, SRV_V6};
+use common::{output, repo, text, Scratch};
+
+/// configs/lab.toml with af_xdp on both gw veths (a veth has one active
+/// queue), splicing TCP port 5001.
+fn af_xdp_splice_config(scratch: &Scratch) -> PathBuf {
+    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = String::new();
+    for line in lab.lines() {
+        let replaced = match line {
+            _ if line.starts_with("device = \"net_af_packet0,iface=gwc0") => {
+                "device = \"net_af_xdp0,iface=gwc0,start_queue=0,queue_count=1\""
+            }
+            _ if line.starts_with("device = \"net_af_packet1,iface=gws0") => {
+                "device = \"net_af_xdp1,iface=gws0,start_queue=0,queue_count=1\""
+            }
+            _ => line,
+        };
+        config.push_str(replaced);
+        config.push('\n');
+    }
+    assert_eq!(
+        config.matches("net_af_xdp").count(),
+        2,
+        "configs/lab.toml changed: {lab}"
+    );
+    config.push_str("\n[intercept]\ntcp_ports = [5001]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n");
+    let path = scratch.path("af_xdp.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+#[test]
+#[ignore = "needs root and network namespaces: run scripts/test.sh"]
+fn af_xdp_splices_100_parallel_transfers_byte_exact_without_draining_the_pool() {
+    let lab = Lab::up();
+    // AF_XDP is address family 44 (CONFIG_XDP_SOCKETS).
+    let probe = output(
+        lab.cmd(GW, "python3")
+            .args(["-c", "import socket; socket.socket(44, socket.SOCK_RAW, 0)"]),
+    );
+    assert!(
+        probe.status.success(),
+        "this kernel cannot open AF_XDP sockets, so af_xdp cannot run here: {}",
+        text(&probe.stderr)
+    );
+    let scratch = Scratch::new("af-xdp-splice");
+    let appliance = Appliance::start(&lab, &scratch, &af_xdp_splice_config(&scratch));
+    let mut server = lab
+        .cmd(SRV, "python3")
+        .arg(repo().join("tests/lab/traffic.py"))
+        .args(["serve", "--port", "5001"])
+        .spawn()
+        .expect("traffic server");
+    std::thread::sleep(Duration::from_millis(500));
+    for host in [SRV_V4, SRV_V6] {
+        // Mostly 1-5 MB, one 50 MB upload and one 50 MB download: each
+        // port receives about 70,000 frames per run, many times the pool's
+        // 8191 mbufs.
+        let result = output(lab.cmd(CLI, "python3").arg(repo().join("tests/lab/traffic.py")).args([
+            "run",
+            "--host",
+            host,
+            "--port",
+            "5001",
+            "--jobs",
+            "50",
+            "--sizes",
+            "1M,2M,1M,5M,1M,1M,2M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,50M",
+            "--timeout",
+            "120",
+        ]));
+        assert!(
+            result.status.success() && text(&result.stdout).contains("\"ok\": 50"),
+            "transfers to {host} over af_xdp: {}{}",
+            text(&result.stdout),
+            text(&result.stderr)
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let (status, report, printed) = appliance.stop();
+    assert!(status.success(), "{printed}");
+    let tcp = &report["tcp"];
+    assert_eq!(
+        tcp["sessions_opened"].as_u64().unwrap(),
+        100 + tcp["server_timed_out"].as_u64().unwrap(),
+        "every connection was spliced: {report}"
+    );
+    assert!(tcp["bytes_server_to_client"].as_u64().unwrap() > 100 << 20, "{report}");
+    assert!(tcp["bytes_client_to_server"].as_u64().unwrap() > 100 << 20, "{report}");
+    for port in report["ports"].as_array().expect("ports") {
+        assert!(port["device"].as_str().unwrap().starts_with("net_af_xdp"), "{report}");
+        assert!(port["rx"].as_u64().unwrap() > 80_000, "{report}");
+        assert_eq!(port["malformed"], 0, "{report}");
+    }
+}

@@ -1,0 +1,102 @@
+//! FTP interception on two workers in the namespace lab (root, `#[ignore]`):
+//! tlsgate on af_packet with `qpairs=2` (the kernel's fanout hash spreads
+//! the connections over the workers) intercepts vsftpd's AUTH TLS control
+//! connections (tests/lab/starttls-peers.sh) and their passive data
+//! connections, whose SYNs the hash gives to either worker: one that lands
+//! on the worker not holding its control connection is handed to it.
+//! curl, trusting only the appliance CA, downloads and uploads byte-exact.
+//! Run only through the lab lock:
+//! `flock /tmp/tlsgate-lab.lock cargo test --test lab_ftp_workers -- --ignored --exact NAME`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod common;
+
+use common::lab::{appliance_ca, await_records, with_two_workers, Appliance, Lab, CLI, SRV_V4};
+use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers};
+use common::{repo, Scratch};
+
+/// Transfers, one after the other: half downloads, half uploads, EPSV and
+/// PASV alternating. Not in parallel yet: with 6 at a time on two workers
+/// two of 30 data connections failed in each of two runs (their upstream
+/// handshake did not resume, `server_resumed` false, so vsftpd answered
+/// 522), while the same on one worker passed; the cause is not found.
+const TRANSFERS: usize = 30;
+
+/// [`TRANSFERS`] transfers through two workers: all byte-exact, every data
+/// connection intercepted as TLS resuming its control connection's session
+/// upstream, and some data SYNs handed to the other worker
+/// (`ftp_data_handed_over`).
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn two_workers_intercept_30_ftp_transfers_byte_exact_handing_data_syns_to_the_control_connections_worker() {
+    let lab = Lab::up();
+    let scratch = Scratch::new("ftp-workers");
+    let peers = StarttlsPeers::start(scratch.path("peers"));
+    let ca_dir = appliance_ca(&scratch);
+    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab configuration");
+    config.push_str(&format!(
+        "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
+         [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"ftp\"\n",
+        ca = ca_dir.display(),
+        trust = peers.ca().display(),
+        logs = scratch.0.display()
+    ));
+    let path = scratch.path("ftp-workers.toml");
+    std::fs::write(&path, with_two_workers(&config)).expect("write config");
+    let appliance = Appliance::start(&lab, &scratch, &path);
+    let ca = ca_dir.join("ca.pem");
+    let upload: Vec<u8> = (0..200_000u32).map(|at| (at * 7 % 251) as u8).collect();
+    let source = scratch.path("upload.bin");
+    std::fs::write(&source, &upload).expect("upload file");
+
+    for index in 0..TRANSFERS {
+        let options: &[&str] = if index % 4 < 2 { &[] } else { &["--disable-epsv"] };
+        let name = format!("transfer-{index}");
+        if index % 2 == 0 {
+            let saved = scratch.path(&format!("{name}.bin"));
+            curl_ftp_download(&lab, CLI, SRV_V4, &ca, options, &saved).expect_ok(&format!("{name} download"));
+            assert!(
+                std::fs::read(&saved).expect("download") == peers.ftp_file(),
+                "{name}: downloaded byte-exact"
+            );
+        } else {
+            curl_ftp_upload(&lab, CLI, SRV_V4, &ca, options, &source, &name).expect_ok(&format!("{name} upload"));
+            assert!(peers.ftp_uploaded(&name) == upload, "{name}: uploaded byte-exact");
+        }
+    }
+
+    let transfers = TRANSFERS as u64;
+    let records = await_records(&scratch, 2 * transfers as usize);
+    let data: Vec<_> = records
+        .iter()
+        .filter(|record| record["starttls"] == "ftp-data")
+        .collect();
+    assert_eq!(data.len() as u64, transfers, "{records:?}");
+    for record in data {
+        assert_eq!(record["event_type"], "tls_intercept", "{record}");
+        assert_eq!(record["upstream_verified"], true, "{record}");
+        assert_eq!(record["server_resumed"], true, "{record}");
+    }
+    let (status, report, printed) = appliance.stop();
+    assert!(status.success(), "tlsgate exited with {status}:\n{printed}");
+    let tcp = &report["tcp"];
+    assert_eq!(tcp["starttls_upgraded"], transfers, "{report}");
+    assert_eq!(tcp["ftp_data_tls"], transfers, "{report}");
+    assert_eq!(tcp["ftp_data_failed"], 0, "{report}");
+    let handed_over = tcp["ftp_data_handed_over"].as_u64().expect("ftp_data_handed_over");
+    assert!(
+        handed_over > 0,
+        "some data SYNs reached the other worker and were handed over: {report}"
+    );
+    let opened: Vec<u64> = report["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
+        .collect();
+    assert!(
+        opened.len() == 2 && opened.iter().all(|&n| n > 0),
+        "both workers held control connections: {opened:?}"
+    );
+    println!("{handed_over} of {transfers} data SYNs handed over; sessions opened by worker: {opened:?}");
+}
