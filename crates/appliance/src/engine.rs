@@ -574,24 +574,38 @@ impl<P: Port> Engine<P> {
             let opening = info.flags.syn && !info.flags.ack && !info.flags.rst && class.is_tcp_candidate();
             // An FTP data connection an intercepted control channel
             // announced (crate::ftpdata): a client's SYN to a passive one
-            // opens below; a server's SYN to an active one is refused,
-            // unless the policy bypasses it.
+            // opens below; a server's SYN to an active one opens here, the
+            // roles reversed (judged by the policy as client → server).
             let ftp_data = if opening && flow.is_none() {
                 splicer.expected_ftp_data(tuple, now)
             } else {
                 None
             };
             if from == Side::Server && ftp_data.is_some_and(|expected| expected.opener == Opener::Server) {
-                match splicer.policy().at_syn(tuple) {
+                let client_to_server = tuple.reversed();
+                match splicer.policy().at_syn(&client_to_server) {
                     Some(verdict) if verdict.action == Action::Bypass => {
-                        splicer.log_decision(tuple, &verdict, now);
+                        splicer.log_decision(&client_to_server, &verdict, now);
                         return true;
                     }
-                    _ => {
-                        splicer.refuse_active_ftp_data(tuple, now);
+                    // Dropped while it is expected (its retransmissions too).
+                    Some(verdict) if verdict.action == Action::Block => {
+                        splicer.log_decision(&client_to_server, &verdict, now);
                         withheld += 1;
                         return false;
                     }
+                    _ => match splicer.open_active_ftp_data(stack, frame.data(), &class, now) {
+                        Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => {
+                            intercepted += 1;
+                            return false;
+                        }
+                        // The table is full and the operator chose to bridge.
+                        Ok(Admission::Bridge) => return true,
+                        Err(_) => {
+                            withheld += 1;
+                            return false;
+                        }
+                    },
                 }
             }
             let syn = from == Side::Client && opening;
