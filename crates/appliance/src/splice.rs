@@ -1447,8 +1447,8 @@ impl Splicer {
             || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
         // A converted connection is never bridged: its server expects the
         // other protocol.
-        let refuse_only = terminate
-            || opening == Opening::Intercept && self.shared.current.policy.conversion_at_syn(tuple).is_some();
+        let refuse_only =
+            terminate || opening == Opening::Intercept && self.shared.current.policy.conversion_at_syn(tuple).is_some();
         let opener = opening.opener();
         if full && !made_way {
             return Ok(self.shared.at_capacity(stack, frame, class, now, (opener, refuse_only)));
