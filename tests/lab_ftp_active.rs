@@ -10,7 +10,8 @@
 //! sees a forged certificate (it trusts only the appliance CA), and vsftpd
 //! sees the data connection's TLS resume the control connection's
 //! (`require_ssl_reuse=YES`). With the inspection pair, the recording box
-//! of scripts/inspect-box.sh sees the file in plaintext. Run only through
+//! of scripts/inspect-box.sh sees the file in plaintext. The direct
+//! baseline moves the same files through tlsgate bridging. Run only through
 //! the lab lock:
 //! `flock /tmp/tlsgate-lab.lock cargo test --test lab_ftp_active -- --ignored --exact NAME`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
@@ -30,21 +31,24 @@ const CLI_V6: &str = "2001:2::1";
 /// listens on.
 const ACTIVE: &str = "--ftp-port";
 
-/// The lab, vsftpd (among the other peers) and tlsgate intercepting FTP.
-struct Intercepting {
+/// The lab, vsftpd (among the other peers) and tlsgate intercepting FTP
+/// (or bridging it, for the direct baseline).
+struct FtpLab {
     appliance: Appliance,
     peers: StarttlsPeers,
     scratch: Scratch,
-    /// The appliance CA, the only one curl trusts.
+    /// The only CA curl trusts: the appliance's (the peers' for the direct
+    /// baseline).
     ca: PathBuf,
     lab: Lab,
 }
 
-impl Intercepting {
+impl FtpLab {
     /// tlsgate on the lab configuration `base` with `[tls]` trusting the
     /// peers' CA upstream, the connection log and `[[starttls]] protocol =
-    /// "ftp"` (port 21, intercepted).
-    fn on(base: &str, name: &str) -> Intercepting {
+    /// "ftp"` (port 21, intercepted) unless `bridged` (the direct
+    /// baseline: nothing intercepted, curl trusts the peers' CA).
+    fn on(base: &str, name: &str, bridged: bool) -> FtpLab {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
@@ -54,19 +58,23 @@ impl Intercepting {
             .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&format!(
             "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-             [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"ftp\"\n",
+             [log]\nconnections = \"{logs}/connections.jsonl\"\n",
             ca = ca_dir.display(),
             trust = peers.ca().display(),
             logs = scratch.0.display()
         ));
+        if !bridged {
+            config.push_str("\n[[starttls]]\nprotocol = \"ftp\"\n");
+        }
         let path = scratch.path("ftp.toml");
         std::fs::write(&path, config).expect("write config");
         let appliance = Appliance::start(&lab, &scratch, &path);
-        Intercepting {
+        let ca = if bridged { peers.ca() } else { ca_dir.join("ca.pem") };
+        FtpLab {
             appliance,
             peers,
             scratch,
-            ca: ca_dir.join("ca.pem"),
+            ca,
             lab,
         }
     }
@@ -97,10 +105,9 @@ impl Intercepting {
     }
 }
 
-#[test]
-#[ignore = "needs root and the namespace lab"]
-fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_eprt_and_port_over_ipv4_eprt_over_ipv6() {
-    let up = Intercepting::on("configs/lab.toml", "ftp-active");
+/// curl downloads and uploads byte-exact in active mode, EPRT and PORT
+/// over IPv4 and EPRT over IPv6, and vsftpd got each command.
+fn move_files_in_active_mode(up: &FtpLab) {
     let upload: Vec<u8> = (0..200_000u32).map(|at| (at % 251) as u8).collect();
     // EPRT over both families, and PORT (IPv4 only: it carries an IPv4 address).
     let cases = [
@@ -122,11 +129,26 @@ fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_epr
             .expect_ok(&format!("{name} upload through tlsgate"));
         assert!(up.peers.ftp_uploaded(name) == upload, "{name}: uploaded byte-exact");
         // Active, as asked: vsftpd got the command inside TLS.
-        up.peers.await_logged(
-            "vsftpd.log",
-            &format!("FTP command: Client \"{client}\", \"{command} "),
-        );
+        up.peers
+            .await_logged("vsftpd.log", &format!("FTP command: Client \"{client}\", \"{command} "));
     }
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn direct_baseline_curl_moves_files_byte_exact_in_active_mode_through_a_bridging_tlsgate() {
+    let up = FtpLab::on("configs/lab.toml", "ftp-active-direct", true);
+    move_files_in_active_mode(&up);
+    let report = up.stop();
+    assert_eq!(report["tcp"]["tls_intercepted"], 0, "{report}");
+    assert_eq!(report["tcp"]["ftp_data_active"], 0, "{report}");
+}
+
+#[test]
+#[ignore = "needs root and the namespace lab"]
+fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_eprt_and_port_over_ipv4_eprt_over_ipv6() {
+    let up = FtpLab::on("configs/lab.toml", "ftp-active", false);
+    move_files_in_active_mode(&up);
     // Six control connections, six data connections, each opened by vsftpd
     // from port 20, logged client → server.
     for record in up.data_records(12, 6) {
@@ -154,7 +176,7 @@ fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_epr
 #[test]
 #[ignore = "needs root and the namespace lab"]
 fn the_inspection_box_sees_a_file_moved_in_active_mode_in_plaintext() {
-    let up = Intercepting::on("configs/lab-inspect.toml", "ftp-active-box");
+    let up = FtpLab::on("configs/lab-inspect.toml", "ftp-active-box", false);
     let dir = box_dir(&up.scratch);
     inspect_box(&["bridge", &dir]);
     let saved = up.scratch.path("inspected.bin");
