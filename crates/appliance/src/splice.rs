@@ -144,7 +144,8 @@ pub enum Unreachable {
     BackendLeg,
 }
 
-/// What became of a client's SYN at [`Splicer::open`].
+/// What became of a SYN at [`Splicer::open`] (a client's; a server's at
+/// [`Splicer::open_active_ftp_data`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// A session was opened for it.
@@ -152,7 +153,8 @@ pub enum Admission {
     /// The table is full: refused with a RST, counted and logged.
     Refused,
     /// Its client holds too many embryonic sessions: dropped without an
-    /// answer (its TCP retransmits the SYN), counted.
+    /// answer (its TCP retransmits the SYN; an active FTP data connection's
+    /// expectation stays for it), counted.
     Dropped,
     /// The table is full and `tcp.at_capacity = "bridge"`: the caller
     /// bridges it uninspected (counted and logged). Never for a service's
