@@ -1,5 +1,5 @@
 //! FTP active mode through tlsgate in the namespace lab (root, `#[ignore]`):
-//! curl in the client namespace announces its data port (`--ftp-port -`:
+//! curl in the client namespace announces its data port (`--ftp-port ADDR`:
 //! EPRT, or PORT with `--disable-eprt`) on an FTP control connection
 //! upgraded with AUTH TLS to vsftpd in the server namespace
 //! (tests/lab/starttls-peers.sh, `connect_from_port_20=YES`), which then
@@ -27,8 +27,9 @@ use common::{repo, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
 const CLI_V6: &str = "2001:2::1";
-/// curl announces the address of its control connection and a port it
-/// listens on.
+/// curl announces the given address (its own) and a port it listens on
+/// (`-P -`, the control connection's address, fails in curl 7.88 with
+/// "sa_addr inet_ntop() failed").
 const ACTIVE: &str = "--ftp-port";
 
 /// The lab, vsftpd (among the other peers) and tlsgate intercepting FTP
@@ -111,9 +112,9 @@ fn move_files_in_active_mode(up: &FtpLab) {
     let upload: Vec<u8> = (0..200_000u32).map(|at| (at % 251) as u8).collect();
     // EPRT over both families, and PORT (IPv4 only: it carries an IPv4 address).
     let cases = [
-        (SRV_V4, CLI_V4, &[ACTIVE, "-"][..], "eprt4", "EPRT"),
-        (SRV_V4, CLI_V4, &[ACTIVE, "-", "--disable-eprt"][..], "port4", "PORT"),
-        (SRV_V6, CLI_V6, &[ACTIVE, "-"][..], "eprt6", "EPRT"),
+        (SRV_V4, CLI_V4, &[ACTIVE, CLI_V4][..], "eprt4", "EPRT"),
+        (SRV_V4, CLI_V4, &[ACTIVE, CLI_V4, "--disable-eprt"][..], "port4", "PORT"),
+        (SRV_V6, CLI_V6, &[ACTIVE, CLI_V6][..], "eprt6", "EPRT"),
     ];
     for (server, client, options, name, command) in cases {
         let saved = up.scratch.path(&format!("{name}.bin"));
@@ -180,7 +181,7 @@ fn the_inspection_box_sees_a_file_moved_in_active_mode_in_plaintext() {
     let dir = box_dir(&up.scratch);
     inspect_box(&["bridge", &dir]);
     let saved = up.scratch.path("inspected.bin");
-    curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[ACTIVE, "-"], &saved)
+    curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[ACTIVE, CLI_V4], &saved)
         .expect_ok("active download through tlsgate and the box");
     assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
     let file = up.peers.ftp_file();
