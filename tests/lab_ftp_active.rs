@@ -1,12 +1,13 @@
 //! FTP active mode through tlsgate in the namespace lab (root, `#[ignore]`):
-//! curl in the client namespace announces its data port (`--ftp-port ADDR`:
-//! EPRT, or PORT with `--disable-eprt`) on an FTP control connection
+//! tests/lab/ftp-active.py (Python's ftplib: curl 7.88 cannot do active
+//! FTPS, curl issue 10666) in the client namespace announces its data port
+//! (EPRT, or PORT) on an FTP control connection
 //! upgraded with AUTH TLS to vsftpd in the server namespace
 //! (tests/lab/starttls-peers.sh, `connect_from_port_20=YES`), which then
-//! connects to curl from port 20. tlsgate intercepts the control connection
+//! connects to the client from port 20. tlsgate intercepts the control connection
 //! (`[[starttls]] protocol = "ftp"`) and the data connection the server
-//! opens: it answers vsftpd's SYN as the client and connects to curl as the
-//! server; curl, which accepted the connection, is still the TLS client and
+//! opens: it answers vsftpd's SYN as the client and connects to the client
+//! as the server; the client, which accepted the connection, is still the TLS client and
 //! sees a forged certificate (it trusts only the appliance CA), and vsftpd
 //! sees the data connection's TLS resume the control connection's
 //! (`require_ssl_reuse=YES`). With the inspection pair, the recording box
@@ -18,19 +19,37 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
-use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers, SERVER_NAME};
-use common::{repo, Scratch};
+use common::starttls::{Session, StarttlsPeers, SERVER_NAME};
+use common::{output, repo, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
 const CLI_V6: &str = "2001:2::1";
-/// curl announces the given address (its own) and a port it listens on
-/// (`-P -`, the control connection's address, fails in curl 7.88 with
-/// "sa_addr inet_ntop() failed").
-const ACTIVE: &str = "--ftp-port";
+
+/// tests/lab/ftp-active.py in the client namespace: `action` (`download`
+/// or `upload`) of `local` as `remote` at `server`, announced with
+/// `announce` (`eprt` or `port`), trusting only `ca`.
+fn ftp_active(
+    lab: &Lab,
+    server: &str,
+    ca: &Path,
+    (announce, action): (&str, &str),
+    local: &Path,
+    remote: &str,
+) -> Session {
+    Session::of(output(
+        lab.cmd(CLI, "/usr/bin/python3")
+            .arg(repo().join("tests/lab/ftp-active.py"))
+            .args([server])
+            .arg(ca)
+            .args([announce, action])
+            .arg(local)
+            .arg(remote),
+    ))
+}
 
 /// The lab, vsftpd (among the other peers) and tlsgate intercepting FTP
 /// (or bridging it, for the direct baseline).
@@ -38,7 +57,7 @@ struct FtpLab {
     appliance: Appliance,
     peers: StarttlsPeers,
     scratch: Scratch,
-    /// The only CA curl trusts: the appliance's (the peers' for the direct
+    /// The only CA the client trusts: the appliance's (the peers' for the direct
     /// baseline).
     ca: PathBuf,
     lab: Lab,
@@ -48,7 +67,7 @@ impl FtpLab {
     /// tlsgate on the lab configuration `base` with `[tls]` trusting the
     /// peers' CA upstream, the connection log and `[[starttls]] protocol =
     /// "ftp"` (port 21, intercepted) unless `bridged` (the direct
-    /// baseline: nothing intercepted, curl trusts the peers' CA).
+    /// baseline: nothing intercepted, the client trusts the peers' CA).
     fn on(base: &str, name: &str, bridged: bool) -> FtpLab {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
@@ -106,28 +125,35 @@ impl FtpLab {
     }
 }
 
-/// curl downloads and uploads byte-exact in active mode, EPRT and PORT
+/// The client downloads and uploads byte-exact in active mode, EPRT and PORT
 /// over IPv4 and EPRT over IPv6, and vsftpd got each command.
 fn move_files_in_active_mode(up: &FtpLab) {
     let upload: Vec<u8> = (0..200_000u32).map(|at| (at % 251) as u8).collect();
     // EPRT over both families, and PORT (IPv4 only: it carries an IPv4 address).
     let cases = [
-        (SRV_V4, CLI_V4, &[ACTIVE, CLI_V4][..], "eprt4", "EPRT"),
-        (SRV_V4, CLI_V4, &[ACTIVE, CLI_V4, "--disable-eprt"][..], "port4", "PORT"),
-        (SRV_V6, CLI_V6, &[ACTIVE, CLI_V6][..], "eprt6", "EPRT"),
+        (SRV_V4, CLI_V4, "eprt", "eprt4", "EPRT"),
+        (SRV_V4, CLI_V4, "port", "port4", "PORT"),
+        (SRV_V6, CLI_V6, "eprt", "eprt6", "EPRT"),
     ];
-    for (server, client, options, name, command) in cases {
+    for (server, client, announce, name, command) in cases {
         let saved = up.scratch.path(&format!("{name}.bin"));
-        curl_ftp_download(&up.lab, CLI, server, &up.ca, options, &saved)
-            .expect_ok(&format!("{name} download through tlsgate"));
+        ftp_active(&up.lab, server, &up.ca, (announce, "download"), &saved, "file.bin")
+            .expect_ok(&format!("{name} download"));
         assert!(
             std::fs::read(&saved).expect("download") == up.peers.ftp_file(),
             "{name}: downloaded byte-exact"
         );
         let file = up.scratch.path(&format!("{name}-upload.bin"));
         std::fs::write(&file, &upload).expect("upload file");
-        curl_ftp_upload(&up.lab, CLI, server, &up.ca, options, &file, name)
-            .expect_ok(&format!("{name} upload through tlsgate"));
+        ftp_active(
+            &up.lab,
+            server,
+            &up.ca,
+            (announce, "upload"),
+            &file,
+            &format!("upload/{name}"),
+        )
+        .expect_ok(&format!("{name} upload"));
         assert!(up.peers.ftp_uploaded(name) == upload, "{name}: uploaded byte-exact");
         // Active, as asked: vsftpd got the command inside TLS.
         up.peers
@@ -137,7 +163,7 @@ fn move_files_in_active_mode(up: &FtpLab) {
 
 #[test]
 #[ignore = "needs root and the namespace lab"]
-fn direct_baseline_curl_moves_files_byte_exact_in_active_mode_through_a_bridging_tlsgate() {
+fn direct_baseline_moves_files_byte_exact_in_active_mode_through_a_bridging_tlsgate() {
     let up = FtpLab::on("configs/lab.toml", "ftp-active-direct", true);
     move_files_in_active_mode(&up);
     let report = up.stop();
@@ -147,7 +173,8 @@ fn direct_baseline_curl_moves_files_byte_exact_in_active_mode_through_a_bridging
 
 #[test]
 #[ignore = "needs root and the namespace lab"]
-fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_eprt_and_port_over_ipv4_eprt_over_ipv6() {
+fn ftplib_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_eprt_and_port_over_ipv4_eprt_over_ipv6()
+{
     let up = FtpLab::on("configs/lab.toml", "ftp-active", false);
     move_files_in_active_mode(&up);
     // Six control connections, six data connections, each opened by vsftpd
@@ -181,7 +208,7 @@ fn the_inspection_box_sees_a_file_moved_in_active_mode_in_plaintext() {
     let dir = box_dir(&up.scratch);
     inspect_box(&["bridge", &dir]);
     let saved = up.scratch.path("inspected.bin");
-    curl_ftp_download(&up.lab, CLI, SRV_V4, &up.ca, &[ACTIVE, CLI_V4], &saved)
+    ftp_active(&up.lab, SRV_V4, &up.ca, ("eprt", "download"), &saved, "file.bin")
         .expect_ok("active download through tlsgate and the box");
     assert!(std::fs::read(&saved).expect("download") == up.peers.ftp_file());
     let file = up.peers.ftp_file();
