@@ -139,7 +139,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn of(result: Output) -> Session {
+    pub fn of(result: Output) -> Session {
         Session {
             succeeded: result.status.success(),
             transcript: format!("{}{}", text(&result.stdout), text(&result.stderr)),

@@ -22,7 +22,7 @@
 #   log DIR/prosody/prosody.log.
 # vsftpd (DIR/vsftpd-v4.conf and DIR/vsftpd-v6.conf: one listener per
 #   family), port 21, anonymous login over AUTH TLS only (control and data),
-#   passive ports 40000-40009, DIR/ftp/file.bin (256 KiB random) to download
+#   passive ports 40000-40009, active mode from port 20, DIR/ftp/file.bin (256 KiB random) to download
 #   and the writable DIR/ftp/upload/; `require_ssl_reuse` on (vsftpd's
 #   default: the data connection resumes the control connection's TLS
 #   session); log DIR/vsftpd.log.
@@ -267,7 +267,7 @@ setsid ip netns exec "$TG_NS_SRV" runuser -u prosody -- prosody --config "$px/pr
   >"$px/console.log" 2>&1 </dev/null &
 echo $! >"$dir/prosody.pid"
 
-# --- vsftpd: 21, AUTH TLS, passive ------------------------------------------------------
+# --- vsftpd: 21, AUTH TLS, passive and active ------------------------------------------------------
 ftp="$dir/ftp"
 mkdir -p "$ftp/upload" "$dir/ftp-empty"
 head -c $((256 * 1024)) /dev/urandom >"$ftp/file.bin"
@@ -301,7 +301,8 @@ secure_chroot_dir=$dir/ftp-empty
 pasv_enable=YES
 pasv_min_port=40000
 pasv_max_port=40009
-connect_from_port_20=NO
+port_enable=YES
+connect_from_port_20=YES
 ssl_enable=YES
 allow_anon_ssl=YES
 force_anon_logins_ssl=YES

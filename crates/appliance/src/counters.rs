@@ -398,9 +398,11 @@ declare! {
         gauge sessions_live,
         /// Sessions holding TLS state now (both rustls connections).
         gauge tls_sessions_live,
-        /// Sessions whose server refused the connection (RST).
+        /// Sessions whose server refused the connection (RST); for an
+        /// active-mode FTP data connection, its client (the end the
+        /// appliance connects to).
         counter server_refused,
-        /// Sessions whose server stayed silent.
+        /// Sessions whose server stayed silent (the same way round).
         counter server_timed_out,
         /// Sessions whose server was unreachable (ICMP).
         counter server_unreachable,
@@ -506,14 +508,16 @@ declare! {
         /// FTP data connections an intercepted control channel announced
         /// (PASV/EPSV, PORT/EPRT), expected for their SYN.
         counter ftp_data_expected,
-        /// Announced passive FTP data connections admitted and intercepted
-        /// as TLS (PROT P).
+        /// Announced FTP data connections (passive or active) admitted and
+        /// intercepted as TLS (PROT P).
         counter ftp_data_tls,
-        /// Announced passive FTP data connections admitted in plaintext
-        /// (PROT C), through the box and the taps.
+        /// Announced FTP data connections (passive or active) admitted in
+        /// plaintext (PROT C), through the box and the taps.
         counter ftp_data_clear,
-        /// Active-mode FTP data connections (the server's SYN) refused.
-        counter ftp_data_active_blocked,
+        /// Of those admitted, active-mode ones (PORT/EPRT: the server's
+        /// SYN, answered as the client while the appliance connects to the
+        /// client as the server).
+        counter ftp_data_active,
         /// FTP control connections reset: their control channel could not
         /// be followed, or announced more data connections than can be
         /// expected.
@@ -987,13 +991,13 @@ impl fmt::Display for Report {
         if splice.ftp_data_expected + splice.ftp_data_failed > 0 {
             writeln!(
                 f,
-                "ftp data: {} announced and expected, {} intercepted as TLS, {} relayed in plaintext, \
-                 {} active-mode refused; {} control connections reset (unreadable, too many announced); \
+                "ftp data: {} announced and expected, {} intercepted as TLS and {} relayed in plaintext \
+                 ({} of these active-mode); {} control connections reset (unreadable, too many announced); \
                  {} SYNs handed to the control connection's worker",
                 splice.ftp_data_expected,
                 splice.ftp_data_tls,
                 splice.ftp_data_clear,
-                splice.ftp_data_active_blocked,
+                splice.ftp_data_active,
                 splice.ftp_data_failed,
                 splice.ftp_data_handed_over
             )?;
@@ -1255,7 +1259,7 @@ mod tests {
         splice.ftp_data_expected = 491;
         splice.ftp_data_tls = 492;
         splice.ftp_data_clear = 493;
-        splice.ftp_data_active_blocked = 494;
+        splice.ftp_data_active = 494;
         splice.ftp_data_failed = 495;
         splice.ftp_data_handed_over = 496;
         splice.neighbour_requests_answered = 471;

@@ -596,7 +596,8 @@ impl<P: Port> Engine<P> {
             }
             let opening = info.flags.syn && !info.flags.ack && !info.flags.rst && class.is_tcp_candidate();
             // An FTP data connection an intercepted control channel
-            // announced (crate::ftpdata), its opener's SYN: to the worker
+            // announced (crate::ftpdata), its opener's SYN (a client's to a
+            // passive one, a server's to an active one): to the worker
             // holding the control connection (dropped if its inbox is full:
             // never bridged for that), then as `open_ftp_data` decides.
             let ftp_data = if opening && flow.is_none() {
@@ -1184,25 +1185,44 @@ fn open_ftp_data(
     let Some((tuple, _)) = class.tcp() else {
         return Fate::Withheld;
     };
-    let verdict = splicer.policy().at_syn(tuple);
-    match (expected.opener, verdict) {
-        (_, Some(verdict)) if verdict.action == Action::Bypass => {
-            splicer.log_decision(tuple, &verdict, now);
-            Fate::Bridged
-        }
-        (Opener::Server, _) => {
-            splicer.refuse_active_ftp_data(tuple, now);
-            Fate::Withheld
-        }
-        (Opener::Client, Some(verdict)) if verdict.action == Action::Block => {
-            splicer.block(stack, frame, class, &verdict, now);
-            Fate::Taken
-        }
-        (Opener::Client, _) => match splicer.open(stack, frame, class, now) {
-            Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => Fate::Taken,
-            // The table is full and the operator chose to bridge.
-            Ok(Admission::Bridge) | Err(_) => Fate::Bridged,
+    match expected.opener {
+        Opener::Client => match splicer.policy().at_syn(tuple) {
+            Some(verdict) if verdict.action == Action::Bypass => {
+                splicer.log_decision(tuple, &verdict, now);
+                Fate::Bridged
+            }
+            Some(verdict) if verdict.action == Action::Block => {
+                splicer.block(stack, frame, class, &verdict, now);
+                Fate::Taken
+            }
+            _ => match splicer.open(stack, frame, class, now) {
+                Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => Fate::Taken,
+                // The table is full and the operator chose to bridge.
+                Ok(Admission::Bridge) | Err(_) => Fate::Bridged,
+            },
         },
+        // The server's SYN, the roles reversed: judged by the policy as
+        // client → server.
+        Opener::Server => {
+            let client_to_server = tuple.reversed();
+            match splicer.policy().at_syn(&client_to_server) {
+                Some(verdict) if verdict.action == Action::Bypass => {
+                    splicer.log_decision(&client_to_server, &verdict, now);
+                    Fate::Bridged
+                }
+                // Dropped while it is expected (its retransmissions too).
+                Some(verdict) if verdict.action == Action::Block => {
+                    splicer.log_decision(&client_to_server, &verdict, now);
+                    Fate::Withheld
+                }
+                _ => match splicer.open_active_ftp_data(stack, frame, class, now) {
+                    Ok(Admission::Opened | Admission::Refused | Admission::Dropped) => Fate::Taken,
+                    // The table is full and the operator chose to bridge.
+                    Ok(Admission::Bridge) => Fate::Bridged,
+                    Err(_) => Fate::Withheld,
+                },
+            }
+        }
     }
 }
 

@@ -1,11 +1,10 @@
 //! The data connections an intercepted FTP control channel announced
 //! (`[[starttls]] protocol = "ftp"`, see [`pipeline::Announcement`]),
 //! expected for a short while so that their SYN is recognised although its
-//! port is in no intercept list: a passive one (`PASV`/`EPSV`: the client
-//! connects to the server) is admitted and intercepted, an active one
-//! (`PORT`/`EPRT`: the server connects to the client) is refused, since its
-//! TLS client is the side that accepted it and the appliance does not
-//! intercept that way round.
+//! port is in no intercept list: a passive one (`PASV`/`EPSV`: the client's
+//! SYN to the server) and an active one (`PORT`/`EPRT`: the server's SYN to
+//! the address and port the client announced, whose TLS client is the FTP
+//! client that accepted it) are both admitted and intercepted.
 //!
 //! Each expectation is taken by the first SYN that matches it and lapses
 //! after [`EXPECTATION_LIFETIME`]. What one control connection may have

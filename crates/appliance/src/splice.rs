@@ -144,7 +144,8 @@ pub enum Unreachable {
     BackendLeg,
 }
 
-/// What became of a client's SYN at [`Splicer::open`].
+/// What became of a SYN at [`Splicer::open`] (a client's; a server's at
+/// [`Splicer::open_active_ftp_data`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// A session was opened for it.
@@ -152,12 +153,84 @@ pub enum Admission {
     /// The table is full: refused with a RST, counted and logged.
     Refused,
     /// Its client holds too many embryonic sessions: dropped without an
-    /// answer (its TCP retransmits the SYN), counted.
+    /// answer (its TCP retransmits the SYN; an active FTP data connection's
+    /// expectation stays for it), counted.
     Dropped,
     /// The table is full and `tcp.at_capacity = "bridge"`: the caller
     /// bridges it uninspected (counted and logged). Never for a service's
     /// SYN ([`Splicer::open_service`]), which is refused.
     Bridge,
+}
+
+/// How a SYN opens a session ([`Splicer::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// A client's SYN, intercepted (or spliced) towards its server; also a
+    /// passive-mode FTP data connection an intercepted control channel
+    /// announced.
+    Intercept,
+    /// A client's SYN to a service's destination: terminated.
+    Terminate,
+    /// A server's SYN opening an active-mode FTP data connection
+    /// (`PORT`/`EPRT`) an intercepted control channel announced.
+    ActiveFtpData,
+}
+
+impl Opening {
+    fn opener(self) -> Opener {
+        match self {
+            Opening::Intercept | Opening::Terminate => Opener::Client,
+            Opening::ActiveFtpData => Opener::Server,
+        }
+    }
+}
+
+/// Which leg of a session the appliance accepts (it answers the opener's
+/// SYN transparently as the other end) and which it connects (as the
+/// opener, towards the other end): the one place where who opened the TCP
+/// connection is mapped onto the legs. Whoever opened it, a session's
+/// [`Leg::Client`] is the client's leg on the client port (for TLS, the
+/// TLS client's: an FTP client is the TLS client of the data connections
+/// it accepts, RFC 4217), its [`Leg::Server`] the server's on the server
+/// port, and its tuple runs client → server; so the pipeline, the loop
+/// and the taps do not know who sent the SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LegRoles {
+    accepted: Leg,
+    connected: Leg,
+}
+
+impl LegRoles {
+    fn of(opener: Opener) -> LegRoles {
+        match opener {
+            Opener::Client => LegRoles {
+                accepted: Leg::Client,
+                connected: Leg::Server,
+            },
+            Opener::Server => LegRoles {
+                accepted: Leg::Server,
+                connected: Leg::Client,
+            },
+        }
+    }
+
+    /// The port a session's leg is on.
+    fn side(leg: Leg) -> Side {
+        match leg {
+            Leg::Client => Side::Client,
+            Leg::Server => Side::Server,
+            Leg::InspectOut => Side::InspectOut,
+            Leg::InspectIn => Side::InspectIn,
+        }
+    }
+
+    /// The session's tuple (client → server) of the opener's SYN.
+    fn session_tuple(opener: Opener, syn: &FlowTuple) -> FlowTuple {
+        match opener {
+            Opener::Client => *syn,
+            Opener::Server => syn.reversed(),
+        }
+    }
 }
 
 /// Why a confirmed session was timed out.
@@ -246,6 +319,7 @@ impl Session {
             learned: None,
             starttls: None,
             ftp_data: None,
+            opener: Opener::Client,
             logged: false,
             flow_id: connlog::flow_id(
                 SocketAddr::new(tuple.src_ip, tuple.src_port),
@@ -333,6 +407,9 @@ struct Session {
     /// An FTP data connection an intercepted control channel announced
     /// (see [`crate::ftpdata`]): TLS (intercepted) or plain.
     ftp_data: Option<starttls::DataProtection>,
+    /// Who sent the SYN that opened it (see [`LegRoles`]): the client,
+    /// or the server of an active-mode FTP data connection.
+    opener: Opener,
     /// The connection-log record was written (when both directions had
     /// closed, not when the appliance's legs leave TIME-WAIT).
     logged: bool,
@@ -774,7 +851,11 @@ fn record(session: &Session, tls_mode: bool, end: OffsetDateTime) -> ConnectionR
             (None, None) => match (&session.starttls, session.ftp_data) {
                 (Some(starttls), _) => format!("[[starttls]] {} on port {}", starttls.protocol, session.tuple.dst_port),
                 (None, Some(protection)) => format!(
-                    "an FTP data connection ({}) announced on an intercepted control connection",
+                    "an FTP data connection ({}, {}) announced on an intercepted control connection",
+                    match session.opener {
+                        Opener::Client => "passive",
+                        Opener::Server => "active: the server connected",
+                    },
                     protection_name(protection)
                 ),
                 (None, None) => format!("destination port {} is intercepted", session.tuple.dst_port),
@@ -1077,29 +1158,28 @@ impl Splicer {
     /// The FTP data connection `syn` opens, if an intercepted control
     /// channel of any worker announced it (see [`crate::ftpdata`]; another
     /// worker's is handed to it): a client's SYN to a passive one is
-    /// admitted ([`Splicer::open`] intercepts it), a server's SYN to an
-    /// active one refused ([`Splicer::refuse_active_ftp_data`]).
+    /// admitted by [`Splicer::open`], a server's SYN to an active one by
+    /// [`Splicer::open_active_ftp_data`].
     pub fn expected_ftp_data(&self, syn: &FlowTuple, now: Instant) -> Option<Expected> {
         self.shared.ftp_data.awaits(syn, now)
     }
 
-    /// Drops a server's SYN that opens an active-mode FTP data connection
-    /// (PORT/EPRT) of an intercepted control channel: the appliance does
-    /// not intercept TLS that way round, and the data must not pass
-    /// uninspected. The server's connect fails (FTP 425); logged, counted.
-    pub fn refuse_active_ftp_data(&mut self, syn: &FlowTuple, now: Instant) {
-        let shared = &mut self.shared;
-        if shared.ftp_data.take(syn, now).is_none() {
-            return;
-        }
-        shared.counters.ftp_data_active_blocked += 1;
-        let verdict = Verdict {
-            action: Action::Block,
-            reason: "an active-mode FTP data connection (PORT/EPRT) of an intercepted control connection: \
-                     not intercepted, so refused"
-                .into(),
-        };
-        self.log_decision(syn, &verdict, now);
+    /// Admits a server's SYN (arrived on the server port) that opens an
+    /// active-mode FTP data connection (`PORT`/`EPRT`) an intercepted
+    /// control channel announced, as [`Splicer::open`] admits a client's:
+    /// the appliance answers it as the client and connects to the client as
+    /// the server (see [`LegRoles`]); under `PROT P` it is the TLS server
+    /// towards the client (the TLS client, RFC 4217) and the TLS client
+    /// towards the server, resuming the control connection's session.
+    /// A SYN no live expectation awaits is left to the caller (an error).
+    pub fn open_active_ftp_data(
+        &mut self,
+        stack: &mut Stack,
+        frame: &[u8],
+        class: &FrameClass,
+        now: Instant,
+    ) -> Result<Admission, StackError> {
+        self.admit(stack, frame, class, now, Opening::ActiveFtpData)
     }
 
     /// The `[[starttls]]` entry of destination `port`, if any.
@@ -1352,7 +1432,7 @@ impl Splicer {
         class: &FrameClass,
         now: Instant,
     ) -> Result<Admission, StackError> {
-        self.admit(stack, frame, class, now, false)
+        self.admit(stack, frame, class, now, Opening::Intercept)
     }
 
     /// Admits a client SYN to a service's destination as [`Splicer::open`]
@@ -1366,7 +1446,7 @@ impl Splicer {
         class: &FrameClass,
         now: Instant,
     ) -> Result<Admission, StackError> {
-        self.admit(stack, frame, class, now, true)
+        self.admit(stack, frame, class, now, Opening::Terminate)
     }
 
     fn admit(
@@ -1375,9 +1455,11 @@ impl Splicer {
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
-        terminate: bool,
+        opening: Opening,
     ) -> Result<Admission, StackError> {
-        let (tuple, _) = class.tcp().ok_or(StackError::NotASyn)?;
+        let (syn, _) = class.tcp().ok_or(StackError::NotASyn)?;
+        let tuple = &LegRoles::session_tuple(opening.opener(), syn);
+        let terminate = opening == Opening::Terminate;
         let limits = self.shared.limits;
         let embryonic_share = (limits.max_sessions / 2).max(1);
         let pressed = |splicer: &Splicer| {
@@ -1400,22 +1482,26 @@ impl Splicer {
             || (full || self.shared.embryonic.live >= embryonic_share) && self.evict_oldest_embryonic(stack, now);
         // A converted connection is never bridged: its server expects the
         // other protocol.
-        let refuse_only = terminate || self.shared.current.policy.conversion_at_syn(tuple).is_some();
+        let refuse_only =
+            terminate || opening == Opening::Intercept && self.shared.current.policy.conversion_at_syn(tuple).is_some();
+        let opener = opening.opener();
         if full && !made_way {
-            return Ok(self.shared.at_capacity(stack, frame, class, now, refuse_only));
+            return Ok(self.shared.at_capacity(stack, frame, class, now, (opener, refuse_only)));
         }
-        let mut started = self.start(stack, frame, class, now, terminate);
+        let mut started = self.start(stack, frame, class, now, opening);
         // The flow table ran full before the session count (loop legs, a
         // table smaller than the sessions need): an embryonic session makes
         // way there too.
         if matches!(started, Err(StackError::TooManyFlows(_)))
             && (self.reclaim_closed(stack, now) || self.evict_oldest_embryonic(stack, now))
         {
-            started = self.start(stack, frame, class, now, terminate);
+            started = self.start(stack, frame, class, now, opening);
         }
         match started {
             Ok(()) => Ok(Admission::Opened),
-            Err(StackError::TooManyFlows(_)) => Ok(self.shared.at_capacity(stack, frame, class, now, refuse_only)),
+            Err(StackError::TooManyFlows(_)) => {
+                Ok(self.shared.at_capacity(stack, frame, class, now, (opener, refuse_only)))
+            }
             Err(err) => Err(err),
         }
     }
@@ -1488,24 +1574,37 @@ impl Splicer {
     }
 
     /// Opens a session: accepts the SYN transparently and connects to the
-    /// server as the client.
+    /// other end as its sender (see [`LegRoles`]).
     fn start(
         &mut self,
         stack: &mut Stack,
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
-        terminate: bool,
+        opening: Opening,
     ) -> Result<(), StackError> {
-        let (tuple, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        let (syn, info) = class.tcp().ok_or(StackError::NotASyn)?;
+        let opener = opening.opener();
+        let roles = LegRoles::of(opener);
+        let tuple = &LegRoles::session_tuple(opener, syn);
+        let terminate = opening == Opening::Terminate;
         // An `upgrade` or `downgrade` rule may move the server leg to
         // another port (as a service's backend leg, from the client's
         // address and port).
-        let conversion = if terminate {
-            None
-        } else {
-            self.shared.current.policy.conversion_at_syn(tuple)
+        let conversion = match opening {
+            Opening::Intercept => self.shared.current.policy.conversion_at_syn(tuple),
+            Opening::Terminate | Opening::ActiveFtpData => None,
         };
+        // An FTP data connection a control channel announced (taken once
+        // the session opened). A server's SYN opens only one (the control
+        // connection may have ended since the caller looked).
+        let ftp_data = match conversion {
+            None if !terminate => self.shared.ftp_data.awaits(syn, now),
+            _ => None,
+        };
+        if opener == Opener::Server && ftp_data.is_none() {
+            return Err(StackError::NotASyn);
+        }
         let server_tuple = FlowTuple {
             dst_port: conversion
                 .as_ref()
@@ -1531,38 +1630,53 @@ impl Splicer {
         let index = entry.key();
         let shared = &mut self.shared;
         // A terminated client's SYN-ACK is not held: the appliance is its server.
-        let client = stack.accept(
-            Side::Client.index(),
+        let accepted = stack.accept(
+            LegRoles::side(roles.accepted).index(),
             frame,
             class,
             shared.hold_synack && !terminate,
-            owner(index, Leg::Client),
+            owner(index, roles.accepted),
             now,
         )?;
+        // The connected leg goes from the SYN's source to its destination
+        // (the server's port moved by a conversion).
         let l2 = L2Header::same_direction(&class.l2);
-        let server = if terminate {
+        let connect_tuple = LegRoles::session_tuple(opener, &server_tuple);
+        let connected = if terminate {
             None
         } else {
-            match stack.connect(Side::Server.index(), &server_tuple, l2, owner(index, Leg::Server), now) {
-                Ok(server) => {
-                    let _ = stack.mirror_timestamps(client, server);
-                    let _ = stack.mirror_syn(client, server);
-                    Some(server)
+            let side = LegRoles::side(roles.connected).index();
+            match stack.connect(side, &connect_tuple, l2, owner(index, roles.connected), now) {
+                Ok(connected) => {
+                    let _ = stack.mirror_timestamps(accepted, connected);
+                    let _ = stack.mirror_syn(accepted, connected);
+                    Some(connected)
                 }
                 Err(err) => {
-                    stack.discard(client);
+                    stack.discard(accepted);
                     return Err(err);
                 }
             }
         };
-        let mut session = Session::new(*tuple, l2, OffsetDateTime::from(shared.wall.at(now)), info.seq_number);
+        let (client, server) = match opener {
+            Opener::Client => (Some(accepted), connected),
+            Opener::Server => (connected, Some(accepted)),
+        };
+        // The session's frames (loop, capture) run client → server.
+        let session_l2 = match opener {
+            Opener::Client => l2,
+            Opener::Server => L2Header::reply_to(&class.l2),
+        };
+        let started = OffsetDateTime::from(shared.wall.at(now));
+        let mut session = Session::new(*tuple, session_l2, started, info.seq_number);
+        session.opener = opener;
         session.serial = shared.next_serial;
         shared.next_serial += 1;
         session.stage_since = now;
         session.opened = now;
         session.last_activity = now;
         shared.embryonic.opened(tuple.src_ip, index, session.serial);
-        session.client = Some(client);
+        session.client = client;
         session.server = server;
         session.terminate = terminate;
         if server.is_some() {
@@ -1573,11 +1687,11 @@ impl Splicer {
         // first byte (PROT P, its upstream resuming the control
         // connection's session: same server address, same session store),
         // or plain (through the box and the taps).
-        session.ftp_data = if terminate || conversion.is_some() {
-            None
-        } else {
-            shared.ftp_data.take(tuple, now).map(|expected| expected.protection)
-        };
+        if ftp_data.is_some() {
+            shared.ftp_data.take(syn, now);
+        }
+        session.ftp_data = ftp_data.map(|expected| expected.protection);
+        shared.counters.ftp_data_active += u64::from(opener == Opener::Server);
         let tls = shared
             .current
             .tls
@@ -1599,7 +1713,7 @@ impl Splicer {
         let starttls = shared
             .starttls
             .get(&tuple.dst_port)
-            .filter(|entry| !terminate && entry.action == Action::Intercept && tls.is_some())
+            .filter(|entry| !terminate && ftp_data.is_none() && entry.action == Action::Intercept && tls.is_some())
             .map(|entry| (entry, starttls::negotiation(entry.protocol)));
         let mut unconverted = None;
         session.conn = match (&conversion, starttls) {
@@ -1739,7 +1853,8 @@ impl Splicer {
         let Some(session) = self.sessions.get_mut(index) else {
             return Unreachable::NotConnecting;
         };
-        if leg != Leg::Server || session.server != Some(server) || session.conn.established() || session.conn.failed() {
+        let connecting = leg == Leg::Server && LegRoles::of(session.opener).connected == leg;
+        if !connecting || session.server != Some(server) || session.conn.established() || session.conn.failed() {
             return Unreachable::NotConnecting;
         }
         session.conn.fail();
@@ -2002,18 +2117,19 @@ impl Shared {
     /// SYN to a service, or one a rule upgrades or downgrades
     /// (`refuse_only`), is always refused: nothing but the appliance serves
     /// a service's destination, and a converted connection's server speaks
-    /// the other protocol.
+    /// the other protocol. The RST goes to the SYN's sender (`opener`).
     fn at_capacity(
         &mut self,
         stack: &mut Stack,
         frame: &[u8],
         class: &FrameClass,
         now: Instant,
-        refuse_only: bool,
+        (opener, refuse_only): (Opener, bool),
     ) -> Admission {
-        let Some((tuple, _)) = class.tcp() else {
+        let Some((syn, _)) = class.tcp() else {
             return Admission::Dropped;
         };
+        let tuple = &LegRoles::session_tuple(opener, syn);
         let reason = format!(
             "the table is full ({} connections, tcp.max_connections)",
             self.limits.max_sessions
@@ -2026,7 +2142,8 @@ impl Shared {
         match at_capacity {
             AtCapacity::Refuse => {
                 self.counters.refused_at_capacity += 1;
-                let _ = stack.refuse(Side::Client.index(), frame, class, now);
+                let opening_side = LegRoles::side(LegRoles::of(opener).accepted);
+                let _ = stack.refuse(opening_side.index(), frame, class, now);
                 self.log_at_syn(
                     tuple,
                     EventType::SynBlock,
@@ -2265,16 +2382,17 @@ impl Shared {
         if this != Some(event.flow) {
             return;
         }
+        let roles = LegRoles::of(session.opener);
         match event.kind {
             EventKind::Connected | EventKind::Readable | EventKind::Writable | EventKind::PeerClosed => {
-                if (event.kind, leg) == (EventKind::Connected, Leg::Client) {
+                if (event.kind, leg) == (EventKind::Connected, roles.accepted) {
                     self.confirm(session, now);
                 }
-                // The server accepted: now the client may have its SYN-ACK.
-                if (event.kind, leg) == (EventKind::Connected, Leg::Server) {
-                    if let Some(client) = session.client {
+                // The other end accepted: now the opener may have its SYN-ACK.
+                if (event.kind, leg) == (EventKind::Connected, roles.connected) {
+                    if let Some(accepted) = other {
                         if session.conn.server_connected() && !session.terminate {
-                            let _ = stack.release_synack(client);
+                            let _ = stack.release_synack(accepted);
                         }
                     }
                 }
@@ -2311,17 +2429,19 @@ impl Shared {
                     self.end_tls(session);
                     let _ = stack.abort(other);
                     discard_loop(stack, session);
-                } else if leg == Leg::Server && !session.conn.established() {
+                } else if leg == roles.connected && !session.conn.established() {
                     session.conn.fail();
-                    // The server refused (RST) or never answered: tell the
-                    // client exactly that, a RST or nothing at all.
+                    // The server (the client of an active FTP data
+                    // connection) refused (RST) or never answered: tell the
+                    // opener exactly that, a RST or nothing at all.
+                    let peer = if leg == Leg::Client { "client" } else { "server" };
                     if event.kind == EventKind::Reset {
                         self.counters.server_refused += 1;
-                        session.ended = Some("server refused".into());
+                        session.ended = Some(format!("{peer} refused"));
                         let _ = stack.abort(other);
                     } else {
                         self.counters.server_timed_out += 1;
-                        session.ended = Some("server silent".into());
+                        session.ended = Some(format!("{peer} silent"));
                         stack.discard(other);
                     }
                     discard_loop(stack, session);
@@ -2360,7 +2480,7 @@ impl Shared {
                     // other could still talk means the connection is broken.
                     if session.conn.failed() {
                         // Already answered (RST queued, or silence).
-                    } else if leg == Leg::Server && !session.conn.established() {
+                    } else if leg == roles.connected && !session.conn.established() {
                         stack.discard(other);
                         discard_loop(stack, session);
                     } else if session.conn.reset_by() == Some(leg) {
@@ -2616,7 +2736,15 @@ impl Shared {
             (Err(_), Some(cause)) => {
                 self.counters.legacy_upstream += 1;
                 let sni = info.and_then(|info| info.sni.as_deref());
-                let verdict = policy.on_legacy_upstream(&session.tuple, sni, &cause);
+                let mut verdict = policy.on_legacy_upstream(&session.tuple, sni, &cause);
+                if verdict.action == Action::Bypass && session.opener == Opener::Server {
+                    // The bypass reconnects to the server, which opened an
+                    // active FTP data connection and listens nowhere.
+                    verdict = Verdict {
+                        action: Action::Block,
+                        reason: format!("{} (an active FTP data connection cannot be reopened)", verdict.reason),
+                    };
+                }
                 tracing::info!("{}: {}", verdict.action.name(), verdict.reason);
                 if verdict.action == Action::Bypass {
                     self.counters.bypassed += 1;

@@ -8,7 +8,12 @@
 //! reset after `tcp.starttls_timeout_ms`, one slow to answer a mail sent in
 //! plaintext is not (the idle timeout applies then); an inspection box sees the
 //! commands before and after the upgrade in plaintext. Each is counted and
-//! logged.
+//! logged. Then FTP active mode: a scripted FTP control connection
+//! (AUTH TLS, PROT P or C, PORT/EPRT) and the data connection its server
+//! opens, intercepted with the TCP roles reversed (TLS under PROT P, the
+//! forged certificate of the control connection, the upstream resuming;
+//! through the box under PROT C); unannounced or lapsed ones are not
+//! admitted.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod harness;
@@ -44,18 +49,24 @@ fn setup(name: &str, require_tls: bool) -> Setup {
 
 /// [`setup`], with an inspection box that passes everything when `inspect`.
 fn setup_with(name: &str, require_tls: bool, inspect: bool) -> Setup {
+    let smtp = StarttlsPort {
+        port: 25,
+        protocol: starttls::Protocol::Smtp,
+        action: Action::Intercept,
+        require_tls,
+    };
+    setup_for(name, smtp, inspect)
+}
+
+/// The appliance watching `entry`'s port, otherwise as [`setup_with`].
+fn setup_for(name: &str, entry: StarttlsPort, inspect: bool) -> Setup {
     let scratch = Scratch::new(name);
     let (origin, origin_ca) = origin_for(&["mx.lab.test"], rustls::DEFAULT_VERSIONS);
     let (context, ca) = interception(&scratch, &origin_ca);
     let log = LogFile::open(scratch.0.join("connections.log"));
     let connection_log = Arc::clone(&log.log);
     let mut intercept = policy(&[]);
-    intercept.starttls = vec![StarttlsPort {
-        port: 25,
-        protocol: starttls::Protocol::Smtp,
-        action: Action::Intercept,
-        require_tls,
-    }];
+    intercept.starttls = vec![entry];
     intercept.limits.starttls_timeout = netstack::Duration::from_millis(2_000);
     let finish =
         |engine: appliance::engine::Engine<port::MemPort>| engine.with_tls(context).with_connection_log(connection_log);
@@ -385,5 +396,337 @@ fn the_inspection_box_sees_the_preamble_and_the_upgraded_plaintext() {
     let record = record(lab, log);
     assert_eq!(record["inspection"], "inspected", "{record}");
     assert_eq!(record["starttls_outcome"], "upgraded");
+    assert_no_leaks(lab);
+}
+
+// FTP active mode (PORT/EPRT): the server opens the data connection to the
+// address and port the client announced on the intercepted control channel;
+// the appliance answers the server as the client and connects to the client
+// as the server, and under PROT P the FTP client (which accepted the TCP
+// connection) is still the TLS client.
+
+/// The appliance intercepting FTP control connections on port 21.
+fn ftp_setup(name: &str, inspect: bool) -> Setup {
+    let ftp = StarttlsPort {
+        port: 21,
+        protocol: starttls::Protocol::Ftp,
+        action: Action::Intercept,
+        require_tls: false,
+    };
+    setup_for(name, ftp, inspect)
+}
+
+/// `command` from the client reaches the server, `reply` reaches the client.
+fn ftp_exchange(
+    lab: &mut Lab,
+    (client, server): (&mut Peer<ClientConnection>, &mut Peer<ServerConnection>),
+    command: &[u8],
+    reply: &[u8],
+) {
+    client.send(&mut lab.client, command);
+    assert!(
+        run(lab, client, server, |_, _, server| server.received == command),
+        "the server got {:?}",
+        String::from_utf8_lossy(&server.received)
+    );
+    server.received.clear();
+    server.send(&mut lab.server, reply);
+    assert!(
+        run(lab, client, server, |_, client, _| client.received == reply),
+        "the client got {:?}",
+        String::from_utf8_lossy(&client.received)
+    );
+    client.received.clear();
+}
+
+/// An FTP control connection from `local_port` upgraded with AUTH TLS
+/// (intercepted: the client trusts the appliance's CA), data protection
+/// set by `prot` (`b"PROT P\r\n"` or `b"PROT C\r\n"`).
+fn ftp_control(setup: &mut Setup, local_port: u16, prot: &[u8]) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
+    let lab = &mut setup.lab;
+    let listener = lab.server.listen(21, 64 * 1024);
+    let socket = lab.client.connect(v4(SERVER_V4, 21), local_port, 64 * 1024);
+    let (mut client, mut server) = (Peer::new(socket), Peer::new(listener));
+    let up = lab.run_until(2_000, |lab| lab.server.tcp(listener).state() == State::Established);
+    assert!(up, "the server accepted");
+    let greeting = b"220 (vsFTPd 3.0.3)\r\n";
+    server.send(&mut lab.server, greeting);
+    assert!(run(lab, &mut client, &mut server, |_, client, _| client.received
+        == greeting));
+    client.received.clear();
+    ftp_exchange(
+        lab,
+        (&mut client, &mut server),
+        b"AUTH TLS\r\n",
+        b"234 Proceed with negotiation.\r\n",
+    );
+    server.tls = Some(ServerConnection::new(Arc::clone(&setup.origin)).unwrap());
+    client.tls = Some(client_without_sni(&setup.ca));
+    ftp_exchange(
+        lab,
+        (&mut client, &mut server),
+        b"PBSZ 0\r\n",
+        b"200 PBSZ set to 0.\r\n",
+    );
+    ftp_exchange(lab, (&mut client, &mut server), prot, b"200 Protection level set.\r\n");
+    ftp_exchange(
+        lab,
+        (&mut client, &mut server),
+        b"USER ftp\r\n",
+        b"230 Login successful.\r\n",
+    );
+    (client, server)
+}
+
+/// The data port the client announces (PORT 198,18,0,1,195,84).
+const DATA_PORT: u16 = 50_004;
+const PORT_COMMAND: &[u8] = b"PORT 198,18,0,1,195,84\r\n";
+
+/// The server opens the announced data connection (from port 20) to the
+/// client listening on `to`; both ends once established.
+fn server_connects(
+    lab: &mut Lab,
+    from: smoltcp::wire::IpEndpoint,
+    to: u16,
+) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
+    let listener = lab.client.listen(to, 64 * 1024);
+    let socket = lab.server.connect_from(v4(harness::CLIENT_V4, to), from, 64 * 1024);
+    let up = lab.run_until(2_000, |lab| {
+        lab.client.tcp(listener).state() == State::Established && lab.server.tcp(socket).state() == State::Established
+    });
+    assert!(
+        up,
+        "data connection: client {:?}, server {:?}",
+        lab.client.tcp(listener).state(),
+        lab.server.tcp(socket).state()
+    );
+    (Peer::new(listener), Peer::new(socket))
+}
+
+/// `up` from the FTP client and `down` from the server cross the data
+/// connection byte-exact (fed in pieces the sockets take), then both ends
+/// close (after close_notify, under TLS).
+fn cross_and_close(
+    lab: &mut Lab,
+    (client, server): (&mut Peer<ClientConnection>, &mut Peer<ServerConnection>),
+    up: &[u8],
+    down: &[u8],
+) {
+    let (mut pending_up, mut pending_down) = (up, down);
+    assert!(
+        run(lab, client, server, |lab, client, server| {
+            client.feed(&mut lab.client, &mut pending_up);
+            server.feed(&mut lab.server, &mut pending_down);
+            server.received.len() >= up.len() && client.received.len() >= down.len()
+        }),
+        "crossed: {} of {} up, {} of {} down",
+        server.received.len(),
+        up.len(),
+        client.received.len(),
+        down.len()
+    );
+    assert!(server.received == up, "client → server bytes differ");
+    assert!(client.received == down, "server → client bytes differ");
+    if let Some(tls) = client.tls.as_mut() {
+        tls.send_close_notify();
+    }
+    if let Some(tls) = server.tls.as_mut() {
+        tls.send_close_notify();
+    }
+    client.pump(&mut lab.client);
+    server.pump(&mut lab.server);
+    lab.client.tcp(client.socket).close();
+    lab.server.tcp(server.socket).close();
+    assert!(run(lab, client, server, |lab, client, server| {
+        matches!(lab.client.tcp(client.socket).state(), State::TimeWait | State::Closed)
+            && matches!(lab.server.tcp(server.socket).state(), State::TimeWait | State::Closed)
+    }));
+}
+
+/// Ends the control connection (QUIT) and waits for the log's `expected`
+/// records (the control connection's and the admitted data connections').
+fn quit(
+    lab: &mut Lab,
+    (mut client, mut server): (Peer<ClientConnection>, Peer<ServerConnection>),
+    log: &LogFile,
+    expected: usize,
+) -> Vec<serde_json::Value> {
+    ftp_exchange(lab, (&mut client, &mut server), b"QUIT\r\n", b"221 Goodbye.\r\n");
+    cross_and_close(lab, (&mut client, &mut server), b"", b"");
+    assert!(
+        lab.run_until(5_000, |_| log.records().len() == expected),
+        "records: {:?}",
+        log.records()
+    );
+    let records = log.records();
+    let validator = harness::connlog::validator();
+    for record in &records {
+        harness::connlog::assert_matches_schema(&validator, record);
+    }
+    records
+}
+
+#[test]
+fn an_active_ftp_data_connection_under_prot_p_is_intercepted_with_the_tls_roles_reversed() {
+    let mut setup = ftp_setup("ftp-active-tls", false);
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_500, b"PROT P\r\n");
+    let Setup {
+        lab, log, ca, origin, ..
+    } = &mut setup;
+    ftp_exchange(
+        lab,
+        (&mut control_client, &mut control_server),
+        PORT_COMMAND,
+        b"200 PORT command successful.\r\n",
+    );
+    assert_eq!(lab.engine.splicer().counters().ftp_data_expected, 1);
+    // The server connects from port 20; the FTP client, which accepted the
+    // connection, is the TLS client (RFC 4217) and trusts the appliance's CA.
+    let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT);
+    client.tls = Some(client_without_sni(ca));
+    server.tls = Some(ServerConnection::new(Arc::clone(origin)).unwrap());
+    let (up, down) = (harness::pattern(20_000, 3), harness::pattern(150_000, 7));
+    cross_and_close(lab, (&mut client, &mut server), &up, &down);
+    // The client saw the certificate the appliance forged for the control
+    // connection.
+    let forged = |peer: &Peer<ClientConnection>| peer.tls.as_ref().unwrap().peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        forged(&client),
+        forged(&control_client),
+        "the control connection's forged certificate"
+    );
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (
+            counters.ftp_data_active,
+            counters.ftp_data_tls,
+            counters.ftp_data_clear,
+            counters.tls_intercepted
+        ),
+        (1, 1, 0, 2)
+    );
+    let records = quit(lab, (control_client, control_server), log, 2);
+    let data = records.iter().find(|record| record["starttls"] == "ftp-data").unwrap();
+    let control = records.iter().find(|record| record["starttls"] == "ftp").unwrap();
+    assert_eq!(data["decision"], "intercept", "{data}");
+    assert_eq!(
+        (&data["src_ip"], &data["src_port"], &data["dest_ip"], &data["dest_port"]),
+        (
+            &control["src_ip"],
+            &serde_json::json!(DATA_PORT),
+            &control["dest_ip"],
+            &serde_json::json!(20)
+        ),
+        "logged client → server: {data}"
+    );
+    assert_eq!(
+        data["server_resumed"], true,
+        "the upstream resumed the control session: {data}"
+    );
+    assert_eq!(data["forged_cert_sha256"], control["forged_cert_sha256"], "{data}");
+    assert!(
+        data["bytes_server_to_client"].as_u64().unwrap() > down.len() as u64,
+        "{data}"
+    );
+    assert_eq!(data["ended"], "closed");
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn an_active_ftp_data_connection_under_prot_c_goes_through_the_inspection_box() {
+    let mut setup = ftp_setup("ftp-active-clear", true);
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_600, b"PROT C\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    ftp_exchange(
+        lab,
+        (&mut control_client, &mut control_server),
+        b"EPRT |1|198.18.0.1|50004|\r\n",
+        b"200 EPRT command successful.\r\n",
+    );
+    let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT);
+    let (up, down) = (b"STORED FILE".to_vec(), harness::pattern(40_000, 9));
+    cross_and_close(lab, (&mut client, &mut server), &up, &down);
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (counters.ftp_data_active, counters.ftp_data_clear, counters.ftp_data_tls),
+        (1, 1, 0)
+    );
+    let seen = lab.inspection.as_ref().unwrap();
+    assert!(
+        seen.seen_down.windows(down.len()).any(|window| window == down),
+        "the box saw the file the server sent"
+    );
+    assert!(
+        seen.seen_up.windows(up.len()).any(|window| window == up),
+        "and what the client sent"
+    );
+    let records = quit(lab, (control_client, control_server), log, 2);
+    let data = records.iter().find(|record| record["starttls"] == "ftp-data").unwrap();
+    assert_eq!(data["inspection"], "inspected", "{data}");
+    assert_eq!(
+        (&data["src_port"], &data["dest_port"]),
+        (&serde_json::json!(DATA_PORT), &serde_json::json!(20))
+    );
+    assert_eq!(
+        data["reason"],
+        "an FTP data connection (active: the server connected, plain, PROT C) announced on an intercepted \
+         control connection"
+    );
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn a_server_syn_to_an_unannounced_port_or_from_another_address_is_not_admitted() {
+    let mut setup = ftp_setup("ftp-active-unexpected", false);
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_700, b"PROT C\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    ftp_exchange(
+        lab,
+        (&mut control_client, &mut control_server),
+        PORT_COMMAND,
+        b"200 PORT command successful.\r\n",
+    );
+    let opened = lab.engine.splicer().counters().sessions_opened;
+    // Another port than announced, and another server address: bridged as
+    // any connection the appliance does not intercept, no session.
+    let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT + 1);
+    cross_and_close(lab, (&mut client, &mut server), b"", b"not announced");
+    lab.server.second_v4_for_v6([198, 18, 0, 3]);
+    let (mut client, mut server) = server_connects(lab, v4([198, 18, 0, 3], 20), DATA_PORT);
+    cross_and_close(lab, (&mut client, &mut server), b"", b"another server");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.sessions_opened, counters.ftp_data_active), (opened, 0));
+    // The announced one is still expected, and admitted once.
+    let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT);
+    cross_and_close(lab, (&mut client, &mut server), b"", b"announced");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.sessions_opened, counters.ftp_data_active), (opened + 1, 1));
+    quit(lab, (control_client, control_server), log, 2);
+    assert_no_leaks(lab);
+}
+
+#[test]
+fn an_announced_active_data_connection_lapses_after_30_seconds() {
+    let mut setup = ftp_setup("ftp-active-lapse", false);
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_800, b"PROT C\r\n");
+    let Setup { lab, log, .. } = &mut setup;
+    ftp_exchange(
+        lab,
+        (&mut control_client, &mut control_server),
+        PORT_COMMAND,
+        b"200 PORT command successful.\r\n",
+    );
+    // Nothing is under way: the clock jumps.
+    lab.now += netstack::Duration::from_millis(30_000);
+    let opened = lab.engine.splicer().counters().sessions_opened;
+    let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT);
+    cross_and_close(lab, (&mut client, &mut server), b"", b"too late");
+    let counters = lab.engine.splicer().counters();
+    assert_eq!(
+        (counters.sessions_opened, counters.ftp_data_active),
+        (opened, 0),
+        "not admitted"
+    );
+    quit(lab, (control_client, control_server), log, 1);
     assert_no_leaks(lab);
 }

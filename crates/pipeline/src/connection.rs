@@ -152,8 +152,9 @@ impl Connection {
         matches!(self.state, State::Open(ends) | State::Failed(ends) if ends.closed())
     }
 
-    /// The server leg connected: relaying starts. False if it was not
-    /// connecting.
+    /// The leg the appliance connects (the server's, or the client's of a
+    /// connection the server opened) connected: relaying starts. False if
+    /// it was not connecting.
     pub fn server_connected(&mut self) -> bool {
         if self.state != State::Connecting {
             return false;

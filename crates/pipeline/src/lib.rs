@@ -46,9 +46,12 @@ pub const TLS_BACKLOG: usize = 64 * 1024;
 /// Which leg of a connection a flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Leg {
-    /// Accepted from the client (the appliance as the server).
+    /// The client's: accepted from it (the appliance as the server), or
+    /// connected to it when the server opened the connection (an
+    /// active-mode FTP data connection). Its peer is the TLS client.
     Client,
-    /// Connected to the server or the backend (the appliance as the client).
+    /// The server's or the backend's: connected to it (the appliance as the
+    /// client), or accepted from a server that opened the connection.
     Server,
     /// The loop connection out of `inspect_out` (the appliance as client).
     InspectOut,

@@ -53,6 +53,23 @@ where
         self.pump(host);
     }
 
+    /// Sends a piece of `pending` when the socket has room for it (16 KiB
+    /// at a time under TLS, once the earlier records went).
+    pub fn feed(&mut self, host: &mut Host, pending: &mut &[u8]) {
+        if pending.is_empty() || host.tcp(self.socket).state() != State::Established {
+            return;
+        }
+        let taken = match self.tls.as_mut() {
+            None => host.tcp(self.socket).send_slice(pending).unwrap_or(0),
+            Some(tls) if host.tcp(self.socket).send_queue() == 0 && !tls.wants_write() => {
+                tls.writer().write(&pending[..pending.len().min(16 * 1024)]).unwrap()
+            }
+            Some(_) => 0,
+        };
+        *pending = &pending[taken..];
+        self.pump(host);
+    }
+
     /// Takes what was received if it ends with `line_end`.
     pub fn take_if_ends(&mut self, line_end: &[u8]) -> Option<Vec<u8>> {
         self.received
