@@ -692,8 +692,9 @@ fn expect_ftp_data(
     protection: starttls::DataProtection,
     now: Instant,
 ) -> Result<(), String> {
+    let sessions = session.conn.tls().and_then(|tls| tls.resumption_group().cloned());
     expectations
-        .expect(session.serial, opener, endpoints, protection, now)
+        .expect(session.serial, opener, endpoints, protection, sessions, now)
         .map_err(|err| format!("FTP control channel: {err}"))?;
     counters.ftp_data_expected += 1;
     Ok(())
@@ -1556,20 +1557,27 @@ impl Splicer {
             shared.register_server_leg(&mut session, &server_tuple);
         }
         // An FTP data connection a control channel announced: TLS from its
-        // first byte (PROT P, its upstream resuming the control
-        // connection's session: same server address, same session store),
-        // or plain (through the box and the taps).
-        session.ftp_data = if terminate || conversion.is_some() {
+        // first byte (PROT P, its upstream resuming a session of the
+        // control connection's own store, never another's), or plain
+        // (through the box and the taps).
+        let ftp_data = if terminate || conversion.is_some() {
             None
         } else {
-            shared.ftp_data.take(tuple, now).map(|expected| expected.protection)
+            shared.ftp_data.take(tuple, now)
         };
+        session.ftp_data = ftp_data.as_ref().map(|expected| expected.protection);
         let tls = shared
             .current
             .tls
             .as_ref()
             .filter(|_| session.ftp_data != Some(starttls::DataProtection::Clear))
-            .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+            .map(|_| {
+                let mut tls = Box::new(TlsSession::new(tuple.dst_ip));
+                if let Some(sessions) = ftp_data.and_then(|expected| expected.sessions) {
+                    tls.resume_within(sessions);
+                }
+                tls
+            });
         match session.ftp_data {
             Some(starttls::DataProtection::Private) => shared.counters.ftp_data_tls += 1,
             Some(starttls::DataProtection::Clear) => shared.counters.ftp_data_clear += 1,
