@@ -15,20 +15,22 @@ use common::lab::{appliance_ca, await_records, with_two_workers, Appliance, Lab,
 use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers};
 use common::{repo, Scratch};
 
-/// Transfers, one after the other: half downloads, half uploads, EPSV and
-/// PASV alternating. Not in parallel yet: with 6 at a time on two workers
-/// two of 30 data connections failed in each of two runs (their upstream
-/// handshake did not resume, `server_resumed` false, so vsftpd answered
-/// 522), while the same on one worker passed; the cause is not found.
-const TRANSFERS: usize = 30;
+/// Transfers at once, and rounds of them: half downloads, half uploads,
+/// EPSV and PASV alternating. Several control connections to one vsftpd at
+/// once, each on either worker, with their data connections overlapping:
+/// each data connection's upstream handshake must resume its own control
+/// connection's session (`require_ssl_reuse`), which it finds in that
+/// control connection's own session store whatever the others take.
+const PARALLEL: usize = 6;
+const ROUNDS: usize = 5;
 
-/// [`TRANSFERS`] transfers through two workers: all byte-exact, every data
-/// connection intercepted as TLS resuming its control connection's session
-/// upstream, and some data SYNs handed to the other worker
-/// (`ftp_data_handed_over`).
+/// [`PARALLEL`] × [`ROUNDS`] transfers through two workers: all
+/// byte-exact, every data connection intercepted as TLS resuming its
+/// control connection's session upstream, and some data SYNs handed to the
+/// other worker (`ftp_data_handed_over`).
 #[test]
 #[ignore = "needs root and the namespace lab"]
-fn two_workers_intercept_30_ftp_transfers_byte_exact_handing_data_syns_to_the_control_connections_worker() {
+fn two_workers_intercept_30_ftp_transfers_6_at_a_time_byte_exact_each_resuming_its_control_connections_session() {
     let lab = Lab::up();
     let scratch = Scratch::new("ftp-workers");
     let peers = StarttlsPeers::start(scratch.path("peers"));
@@ -49,23 +51,40 @@ fn two_workers_intercept_30_ftp_transfers_byte_exact_handing_data_syns_to_the_co
     let source = scratch.path("upload.bin");
     std::fs::write(&source, &upload).expect("upload file");
 
-    for index in 0..TRANSFERS {
-        let options: &[&str] = if index % 4 < 2 { &[] } else { &["--disable-epsv"] };
-        let name = format!("transfer-{index}");
-        if index % 2 == 0 {
-            let saved = scratch.path(&format!("{name}.bin"));
-            curl_ftp_download(&lab, CLI, SRV_V4, &ca, options, &saved).expect_ok(&format!("{name} download"));
-            assert!(
-                std::fs::read(&saved).expect("download") == peers.ftp_file(),
-                "{name}: downloaded byte-exact"
-            );
-        } else {
-            curl_ftp_upload(&lab, CLI, SRV_V4, &ca, options, &source, &name).expect_ok(&format!("{name} upload"));
-            assert!(peers.ftp_uploaded(&name) == upload, "{name}: uploaded byte-exact");
-        }
+    for round in 0..ROUNDS {
+        std::thread::scope(|scope| {
+            let transfers: Vec<_> = (0..PARALLEL)
+                .map(|slot| {
+                    let (lab, ca, source, scratch) = (&lab, &ca, &source, &scratch);
+                    scope.spawn(move || {
+                        let name = format!("r{round}-s{slot}");
+                        let options: &[&str] = if slot % 4 < 2 { &[] } else { &["--disable-epsv"] };
+                        if slot % 2 == 0 {
+                            let saved = scratch.path(&format!("{name}.bin"));
+                            curl_ftp_download(lab, CLI, SRV_V4, ca, options, &saved)
+                                .expect_ok(&format!("{name} download"));
+                            (name, Some(saved))
+                        } else {
+                            curl_ftp_upload(lab, CLI, SRV_V4, ca, options, source, &name)
+                                .expect_ok(&format!("{name} upload"));
+                            (name, None)
+                        }
+                    })
+                })
+                .collect();
+            for transfer in transfers {
+                match transfer.join().expect("transfer thread") {
+                    (name, Some(saved)) => assert!(
+                        std::fs::read(&saved).expect("download") == peers.ftp_file(),
+                        "{name}: downloaded byte-exact"
+                    ),
+                    (name, None) => assert!(peers.ftp_uploaded(&name) == upload, "{name}: uploaded byte-exact"),
+                }
+            }
+        });
     }
 
-    let transfers = TRANSFERS as u64;
+    let transfers = (PARALLEL * ROUNDS) as u64;
     let records = await_records(&scratch, 2 * transfers as usize);
     let data: Vec<_> = records
         .iter()

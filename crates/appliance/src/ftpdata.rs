@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use mitm::GroupSessions;
 use netstack::{Duration, Instant};
 use starttls::DataProtection;
 use wire::FlowTuple;
@@ -54,7 +55,7 @@ pub enum Opener {
 }
 
 /// A data connection waited for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Expected {
     pub opener: Opener,
     /// TLS (`PROT P`) or plain.
@@ -65,6 +66,9 @@ pub struct Expected {
     /// The worker holding that control connection: the one that opens the
     /// data connection.
     pub worker: usize,
+    /// The control connection's upstream TLS sessions, which a TLS data
+    /// connection's upstream handshake resumes (see [`mitm::resume`]).
+    pub sessions: Option<GroupSessions>,
     expires: Instant,
 }
 
@@ -140,21 +144,21 @@ impl ExpectationTable {
     /// connection `control` (any of `worker`'s, when `None`) announced it.
     fn remove(&self, awaited: &Awaited, worker: usize, control: Option<u64>) -> Option<Expected> {
         let mut shard = self.shard(awaited);
-        let expected = *shard.get(awaited)?;
+        let expected = shard.get(awaited)?;
         if expected.worker != worker || control.is_some_and(|control| control != expected.control) {
             return None;
         }
-        shard.remove(awaited);
+        let expected = shard.remove(awaited);
         // The port counts the entries in the shards: under the shard's lock.
         self.port(awaited).fetch_sub(1, Ordering::Relaxed);
-        Some(expected)
+        expected
     }
 
     fn get(&self, awaited: &Awaited) -> Option<Expected> {
         if self.port(awaited).load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.shard(awaited).get(awaited).copied()
+        self.shard(awaited).get(awaited).cloned()
     }
 
     /// How many expectations the table holds, lapsed ones included.
@@ -205,6 +209,7 @@ impl Expectations {
         opener: Opener,
         (from, to, port): (IpAddr, IpAddr, u16),
         protection: DataProtection,
+        sessions: Option<GroupSessions>,
         now: Instant,
     ) -> Result<(), ExpectError> {
         let table = &self.table;
@@ -231,10 +236,12 @@ impl Expectations {
             protection,
             control,
             worker,
+            sessions,
             expires: now + EXPECTATION_LIFETIME,
         };
+        let expires = expected.expires;
         self.table.insert(awaited, expected);
-        self.own.insert(awaited, (control, expected.expires));
+        self.own.insert(awaited, (control, expires));
         Ok(())
     }
 
@@ -289,7 +296,7 @@ mod tests {
 
     fn passive(expectations: &mut Expectations, control: u64, port: u16, now: Instant) -> Result<(), ExpectError> {
         let endpoints = (CLIENT.parse().unwrap(), SERVER.parse().unwrap(), port);
-        expectations.expect(control, Opener::Client, endpoints, DataProtection::Private, now)
+        expectations.expect(control, Opener::Client, endpoints, DataProtection::Private, None, now)
     }
 
     #[test]

@@ -783,8 +783,9 @@ fn expect_ftp_data(
     protection: starttls::DataProtection,
     now: Instant,
 ) -> Result<(), String> {
+    let sessions = session.conn.tls().and_then(|tls| tls.resumption_group().cloned());
     expectations
-        .expect(session.serial, opener, endpoints, protection, now)
+        .expect(session.serial, opener, endpoints, protection, sessions, now)
         .map_err(|err| format!("FTP control channel: {err}"))?;
     counters.ftp_data_expected += 1;
     Ok(())
@@ -1684,20 +1685,26 @@ impl Splicer {
             shared.register_server_leg(&mut session, &server_tuple);
         }
         // An FTP data connection a control channel announced: TLS from its
-        // first byte (PROT P, its upstream resuming the control
-        // connection's session: same server address, same session store),
-        // or plain (through the box and the taps).
+        // first byte (PROT P, its upstream resuming a session of the
+        // control connection's own store, never another's), or plain
+        // (through the box and the taps).
         if ftp_data.is_some() {
             shared.ftp_data.take(syn, now);
         }
-        session.ftp_data = ftp_data.map(|expected| expected.protection);
+        session.ftp_data = ftp_data.as_ref().map(|expected| expected.protection);
         shared.counters.ftp_data_active += u64::from(opener == Opener::Server);
         let tls = shared
             .current
             .tls
             .as_ref()
             .filter(|_| session.ftp_data != Some(starttls::DataProtection::Clear))
-            .map(|_| Box::new(TlsSession::new(tuple.dst_ip)));
+            .map(|_| {
+                let mut tls = Box::new(TlsSession::new(tuple.dst_ip));
+                if let Some(sessions) = ftp_data.as_ref().and_then(|expected| expected.sessions.clone()) {
+                    tls.resume_within(sessions);
+                }
+                tls
+            });
         match session.ftp_data {
             Some(starttls::DataProtection::Private) => shared.counters.ftp_data_tls += 1,
             Some(starttls::DataProtection::Clear) => shared.counters.ftp_data_clear += 1,

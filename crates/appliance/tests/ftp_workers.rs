@@ -112,8 +112,15 @@ fn command(lab: &mut Workers, client: &mut Client, server: &mut Server, command:
 /// upgraded with AUTH TLS (the client trusting the appliance's CA), with
 /// data protection `prot` (b"P" or b"C").
 fn logged_in(setup: &mut Setup, prot: &[u8]) -> (Client, Server) {
+    let origin = Arc::clone(&setup.origin);
+    logged_in_to(setup, &origin, prot, 47_000)
+}
+
+/// [`logged_in`] from the first client port from `first_port` that lands
+/// on [`OWNER`], to a server speaking TLS with `origin`.
+fn logged_in_to(setup: &mut Setup, origin: &Arc<ServerConfig>, prot: &[u8], first_port: u16) -> (Client, Server) {
     let lab = &mut setup.lab;
-    let local_port = client_port_on(OWNER, server(SERVER_FTP), None, 47_000);
+    let local_port = client_port_on(OWNER, server(SERVER_FTP), None, first_port);
     let listener = lab.server.listen(SERVER_FTP, 64 * 1024);
     let socket = lab.client.connect(v4(SERVER_V4, SERVER_FTP), local_port, 64 * 1024);
     let (mut client, mut server) = (Peer::new(socket), Peer::new(listener));
@@ -130,7 +137,7 @@ fn logged_in(setup: &mut Setup, prot: &[u8]) -> (Client, Server) {
         b"234 Proceed with negotiation.\r\n",
     );
     client.tls = Some(client_tls(&setup.ca));
-    server.tls = Some(ServerConnection::new(Arc::clone(&setup.origin)).unwrap());
+    server.tls = Some(ServerConnection::new(Arc::clone(origin)).unwrap());
     command(
         lab,
         &mut client,
@@ -174,6 +181,12 @@ fn file() -> Vec<u8> {
 /// sends [`file`] (in TLS when `tls`); both close; returns what the client
 /// received.
 fn download(setup: &mut Setup, data_port: u16, local_port: u16, tls: bool) -> Vec<u8> {
+    let origin = Arc::clone(&setup.origin);
+    download_from(setup, &origin, data_port, local_port, tls)
+}
+
+/// [`download`] from a server speaking TLS with `origin`.
+fn download_from(setup: &mut Setup, origin: &Arc<ServerConfig>, data_port: u16, local_port: u16, tls: bool) -> Vec<u8> {
     let lab = &mut setup.lab;
     let listener = lab.server.listen(data_port, 128 * 1024);
     let socket = lab.client.connect(v4(SERVER_V4, data_port), local_port, 128 * 1024);
@@ -184,7 +197,7 @@ fn download(setup: &mut Setup, data_port: u16, local_port: u16, tls: bool) -> Ve
     let file = file();
     let mut received = Vec::new();
     if tls {
-        let mut server_tls = ServerConnection::new(Arc::clone(&setup.origin)).unwrap();
+        let mut server_tls = ServerConnection::new(Arc::clone(origin)).unwrap();
         let mut client_tls = client_tls(&setup.ca);
         std::io::Write::write_all(&mut server_tls.writer(), &file).unwrap();
         server_tls.send_close_notify();
@@ -357,4 +370,62 @@ fn an_expectation_that_lapsed_or_whose_control_connection_ended_is_not_handed_ov
     assert_eq!((counters.ftp_data_handed_over, counters.sessions_opened), (0, 0));
     lab.client.tcp(socket).abort();
     lab.server.tcp(listener).abort();
+}
+
+/// An FTP server process of its own for one control connection, as
+/// vsftpd forks one: its TLS sessions are its own (stateful, single-use
+/// TLS 1.3 tickets, two per full handshake), so a data connection resumes
+/// only a session its own control connection (or an earlier data
+/// connection of it) received.
+fn own_process(origin: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut config = (**origin).clone();
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+    Arc::new(config)
+}
+
+#[test]
+fn each_control_connections_data_connections_resume_its_own_upstream_session_with_several_control_connections_at_once()
+{
+    let mut setup = setup("ftp-workers-own-sessions");
+    let controls = 3;
+    let origins: Vec<_> = (0..controls).map(|_| own_process(&setup.origin)).collect();
+    // All logged in at once on one worker: each upstream handshake's
+    // tickets arrive before any data connection.
+    let mut logged: Vec<_> = origins
+        .iter()
+        .enumerate()
+        .map(|(index, origin)| logged_in_to(&mut setup, origin, b"P", 47_000 + 500 * index as u16))
+        .collect();
+    let mut data_ports = Vec::new();
+    for round in 0..2u16 {
+        // Each announces a data connection before any opens.
+        let ports: Vec<u16> = (0..controls as u16).map(|index| 40_100 + 10 * round + index).collect();
+        for ((client, server), &port) in logged.iter_mut().zip(&ports) {
+            announce(&mut setup.lab, client, server, port);
+        }
+        for (index, &port) in ports.iter().enumerate() {
+            let local_port = data_client_port(port, 48_400 + 200 * index as u16 + 50 * round);
+            let received = download_from(&mut setup, &origins[index], port, local_port, true);
+            assert!(received == file(), "control {index} round {round}: byte-exact");
+        }
+        data_ports.extend(ports);
+    }
+    let (last_client, last_server) = logged.pop().unwrap();
+    for (client, server) in logged {
+        setup.lab.client.tcp(client.socket).close();
+        setup.lab.server.tcp(server.socket).close();
+    }
+    end_and_assert_all_gone(&mut setup.lab, last_client, last_server);
+    let records = setup.log.records();
+    for port in data_ports {
+        let data = records
+            .iter()
+            .find(|record| record["dest_port"] == port)
+            .expect("the data connection's record");
+        assert_eq!(data["starttls"], "ftp-data", "{data}");
+        assert_eq!(
+            data["server_resumed"], true,
+            "resumed a session of its own control connection's server: {data}"
+        );
+    }
 }

@@ -44,6 +44,7 @@ use crate::forge::{Forged, Forger, Trust};
 use crate::grade::{bulk_cipher, suite_name, LegGrade};
 use crate::hello::{client_offer, server_answer, ServerAnswer};
 use crate::queues::{release_if_empty, Queues};
+use crate::resume::GroupSessions;
 use crate::trust::UpstreamTrust;
 
 /// What to do when the real server's certificate does not verify.
@@ -544,6 +545,10 @@ pub struct TlsSession {
     /// Decrypted plaintext is handed to the caller (see
     /// [`TlsSession::expose_plaintext`]) instead of crossing directly.
     exposed: bool,
+    /// The sessions its upstream handshake resumes from and adds to, when
+    /// it resumes only within a group (see [`TlsSession::resume_within`]);
+    /// else the context's, shared by every upstream leg.
+    group: Option<GroupSessions>,
     pub info: SessionInfo,
 }
 
@@ -565,8 +570,22 @@ impl TlsSession {
             client_eof: false,
             server_eof: false,
             exposed: false,
+            group: None,
             info: SessionInfo::default(),
         }
+    }
+
+    /// Its upstream handshake resumes only a session of `group`, and the
+    /// sessions the server gives it go to `group` only (an FTP control
+    /// connection and its data connections: see [`crate::resume`]). Before
+    /// the ClientHello.
+    pub fn resume_within(&mut self, group: GroupSessions) {
+        self.group = Some(group);
+    }
+
+    /// The group its upstream sessions are kept in, if any.
+    pub fn resumption_group(&self) -> Option<&GroupSessions> {
+        self.group.as_ref()
     }
 
     /// From now on the plaintext of each side is not written to the other
@@ -871,7 +890,15 @@ impl TlsSession {
             Some(name) => name,
             None => ServerName::IpAddress(self.server_ip.into()),
         };
-        let (config, offered) = cx.upstream_config(offer)?;
+        let (mut config, offered) = cx.upstream_config(offer)?;
+        if let Some(group) = &self.group {
+            // The same verifier and client certificate resolver as the
+            // shared configuration (rustls resumes only with those), the
+            // group's sessions.
+            let mut own = (*config).clone();
+            own.resumption = Resumption::store(group.store());
+            config = Arc::new(own);
+        }
         let upstream = UnbufferedClientConnection::new(config, name).map_err(MitmError::Server)?;
         let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
         upstream

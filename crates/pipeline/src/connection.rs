@@ -504,7 +504,15 @@ impl Connection {
             self.control = preamble
                 .control_channel()
                 .map(|channel| Box::new(Watched::new(channel)));
-            self.transform = Transform::Intercept(Box::new(TlsSession::new(server_ip)));
+            let mut tls = Box::new(TlsSession::new(server_ip));
+            if self.control.is_some() {
+                // An FTP control connection: it and its data connections
+                // resume only among themselves upstream (a server may
+                // demand a data connection resume the control
+                // connection's session).
+                tls.resume_within(mitm::GroupSessions::new());
+            }
+            self.transform = Transform::Intercept(tls);
         }
         Ok(())
     }
