@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    curl, parallel_downloads, tls_config, with_two_workers, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+    bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server, with_two_workers, Appliance,
+    Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
 };
 use common::{output, repo, text, Scratch};
 
@@ -191,59 +192,13 @@ fn splice_config(scratch: &Scratch, ports: &[u16]) -> PathBuf {
     path
 }
 
-fn traffic(lab: &Lab, namespace: &str, args: &[&str]) -> std::process::Output {
-    output(
-        lab.cmd(namespace, "python3")
-            .arg(repo().join("tests/lab/traffic.py"))
-            .args(args),
-    )
-}
-
-/// Sizes cycled by the 50 jobs of one run: mostly 1-5 MB, one 50 MB upload
-/// and one 50 MB download.
-const SIZES: &str = "1M,2M,1M,5M,1M,1M,2M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,50M";
-
 #[test]
 #[ignore = "needs root and network namespaces: run scripts/test.sh"]
 fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
     let lab = Lab::up();
     let scratch = Scratch::new("splice-bulk");
     let appliance = Appliance::start(&lab, &scratch, &splice_config(&scratch, &[5001]));
-    let mut server = lab
-        .cmd(SRV, "python3")
-        .arg(repo().join("tests/lab/traffic.py"))
-        .args(["serve", "--port", "5001"])
-        .spawn()
-        .expect("traffic server");
-    std::thread::sleep(Duration::from_millis(500));
-    for host in [SRV_V4, SRV_V6] {
-        let result = traffic(
-            &lab,
-            CLI,
-            &[
-                "run",
-                "--host",
-                host,
-                "--port",
-                "5001",
-                "--jobs",
-                "50",
-                "--sizes",
-                SIZES,
-                "--timeout",
-                "120",
-            ],
-        );
-        assert!(
-            result.status.success(),
-            "transfers to {host}: {}{}",
-            text(&result.stdout),
-            text(&result.stderr)
-        );
-        assert!(text(&result.stdout).contains("\"ok\": 50"), "{}", text(&result.stdout));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
+    bulk_transfers(&lab, "spliced");
     // Let the appliance's legs finish TIME-WAIT (10 s) so a leak would show.
     std::thread::sleep(Duration::from_secs(12));
     let (status, report, printed) = appliance.stop();
@@ -304,13 +259,7 @@ fn spliced_connection_is_terminated_yet_keeps_the_clients_identity() {
         Capture::start(&lab, CLI, "cli0", &client_capture, "tcp port 5001"),
         Capture::start(&lab, SRV, "srv0", &server_capture, "tcp port 5001"),
     ];
-    let mut server = lab
-        .cmd(SRV, "python3")
-        .arg(repo().join("tests/lab/traffic.py"))
-        .args(["serve", "--port", "5001"])
-        .spawn()
-        .expect("server");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut server = traffic_server(&lab);
     let result = traffic(
         &lab,
         CLI,
