@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server, with_two_workers, Appliance,
-    Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+    bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server, with_splice, with_two_workers,
+    Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
 };
 use common::{output, repo, text, Scratch};
 
@@ -181,14 +181,9 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
 
 /// lab.toml plus interception of `ports` in splice mode.
 fn splice_config(scratch: &Scratch, ports: &[u16]) -> PathBuf {
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-    config.push_str(&format!(
-        "\n[intercept]\ntcp_ports = [{}]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n",
-        list.join(", ")
-    ));
+    let config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
     let path = scratch.path("splice.toml");
-    std::fs::write(&path, config).expect("write config");
+    std::fs::write(&path, with_splice(&config, ports)).expect("write config");
     path
 }
 

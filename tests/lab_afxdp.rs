@@ -13,7 +13,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::lab::{bulk_transfers, Appliance, Lab, GW};
+use common::lab::{bulk_transfers, with_splice, Appliance, Lab, GW};
 use common::{output, repo, text, Scratch};
 
 /// configs/lab.toml with af_xdp on both gw veths (a veth has one active
@@ -39,9 +39,8 @@ fn af_xdp_splice_config(scratch: &Scratch) -> PathBuf {
         2,
         "configs/lab.toml changed: {lab}"
     );
-    config.push_str("\n[intercept]\ntcp_ports = [5001]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n");
     let path = scratch.path("af_xdp.toml");
-    std::fs::write(&path, config).expect("write config");
+    std::fs::write(&path, with_splice(&config, &[5001])).expect("write config");
     path
 }
 

@@ -219,6 +219,16 @@ pub fn with_two_workers(config: &str) -> String {
     two
 }
 
+/// `config` plus interception of TCP `ports` in splice mode, with a 3 s
+/// idle timeout.
+pub fn with_splice(config: &str, ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{config}\n[intercept]\ntcp_ports = [{}]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n",
+        list.join(", ")
+    )
+}
+
 /// A fresh appliance CA (`tlsgate ca init`) in the scratch directory `ca`;
 /// returns that directory (ca.pem, ca.key).
 pub fn appliance_ca(scratch: &Scratch) -> PathBuf {

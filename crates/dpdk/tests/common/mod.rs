@@ -1,4 +1,5 @@
 //! The EAL set-up shared by the tests against real DPDK.
+#![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 
