@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server, with_splice, with_two_workers,
-    Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+    assert_bulk_transfers_spliced, bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server,
+    with_splice, with_two_workers, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
 };
 use common::{output, repo, text, Scratch};
 
@@ -198,14 +198,8 @@ fn splices_100_parallel_transfers_over_ipv4_and_ipv6_byte_exact() {
     std::thread::sleep(Duration::from_secs(12));
     let (status, report, printed) = appliance.stop();
     assert!(status.success(), "{printed}");
+    assert_bulk_transfers_spliced(&report);
     let tcp = &report["tcp"];
-    // Every connection was spliced; under load a client may retry one whose
-    // server leg the appliance gave up connecting (`server_timed_out`).
-    assert_eq!(
-        tcp["sessions_opened"].as_u64().unwrap(),
-        100 + tcp["server_timed_out"].as_u64().unwrap(),
-        "every connection was spliced: {report}"
-    );
     assert_eq!(tcp["flows_live"], 0, "no flow leaked: {report}");
     assert_eq!(tcp["sessions_live"], 0, "no session leaked: {report}");
     assert_eq!(tcp["flows_created"], tcp["flows_freed"], "{report}");

@@ -430,6 +430,18 @@ pub fn bulk_transfers(lab: &Lab, how: &str) {
     let _ = server.wait();
 }
 
+/// Asserts that the appliance's final `report` spliced every connection of
+/// one [`bulk_transfers`] run: under load a client may retry one whose
+/// server leg the appliance gave up connecting (`server_timed_out`).
+pub fn assert_bulk_transfers_spliced(report: &serde_json::Value) {
+    let tcp = &report["tcp"];
+    assert_eq!(
+        tcp["sessions_opened"].as_u64().expect("sessions_opened"),
+        100 + tcp["server_timed_out"].as_u64().expect("server_timed_out"),
+        "every connection was spliced: {report}"
+    );
+}
+
 /// The sessions each worker of the appliance's final report opened, in
 /// worker order.
 pub fn sessions_opened_by_worker(report: &serde_json::Value) -> Vec<u64> {
