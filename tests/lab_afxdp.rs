@@ -12,9 +12,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use common::lab::{Appliance, Lab, CLI, GW, SRV, SRV_V4, SRV_V6};
+use common::lab::{assert_bulk_transfers_spliced, bulk_transfers, with_splice, Appliance, Lab, GW};
 use common::{output, repo, text, Scratch};
 
 /// configs/lab.toml with af_xdp on both gw veths (a veth has one active
@@ -40,9 +39,8 @@ fn af_xdp_splice_config(scratch: &Scratch) -> PathBuf {
         2,
         "configs/lab.toml changed: {lab}"
     );
-    config.push_str("\n[intercept]\ntcp_ports = [5001]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n");
     let path = scratch.path("af_xdp.toml");
-    std::fs::write(&path, config).expect("write config");
+    std::fs::write(&path, with_splice(&config, &[5001])).expect("write config");
     path
 }
 
@@ -62,47 +60,13 @@ fn af_xdp_splices_100_parallel_transfers_byte_exact_without_draining_the_pool() 
     );
     let scratch = Scratch::new("af-xdp-splice");
     let appliance = Appliance::start(&lab, &scratch, &af_xdp_splice_config(&scratch));
-    let mut server = lab
-        .cmd(SRV, "python3")
-        .arg(repo().join("tests/lab/traffic.py"))
-        .args(["serve", "--port", "5001"])
-        .spawn()
-        .expect("traffic server");
-    std::thread::sleep(Duration::from_millis(500));
-    for host in [SRV_V4, SRV_V6] {
-        // Mostly 1-5 MB, one 50 MB upload and one 50 MB download: each
-        // port receives about 70,000 frames per run, many times the pool's
-        // 8191 mbufs.
-        let result = output(lab.cmd(CLI, "python3").arg(repo().join("tests/lab/traffic.py")).args([
-            "run",
-            "--host",
-            host,
-            "--port",
-            "5001",
-            "--jobs",
-            "50",
-            "--sizes",
-            "1M,2M,1M,5M,1M,1M,2M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,50M",
-            "--timeout",
-            "120",
-        ]));
-        assert!(
-            result.status.success() && text(&result.stdout).contains("\"ok\": 50"),
-            "transfers to {host} over af_xdp: {}{}",
-            text(&result.stdout),
-            text(&result.stderr)
-        );
-    }
-    let _ = server.kill();
-    let _ = server.wait();
+    // Each port receives about 70,000 frames per run, many times the
+    // pool's 8191 mbufs.
+    bulk_transfers(&lab, "over af_xdp");
     let (status, report, printed) = appliance.stop();
     assert!(status.success(), "{printed}");
+    assert_bulk_transfers_spliced(&report);
     let tcp = &report["tcp"];
-    assert_eq!(
-        tcp["sessions_opened"].as_u64().unwrap(),
-        100 + tcp["server_timed_out"].as_u64().unwrap(),
-        "every connection was spliced: {report}"
-    );
     assert!(tcp["bytes_server_to_client"].as_u64().unwrap() > 100 << 20, "{report}");
     assert!(tcp["bytes_client_to_server"].as_u64().unwrap() > 100 << 20, "{report}");
     for port in report["ports"].as_array().expect("ports") {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use common::lab::{curl, tls_config, Appliance, Lab, Origin, CLI};
-use common::{output, repo, text, Scratch};
+use common::{check_config, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
 
@@ -25,12 +25,7 @@ fn capacity_config(scratch: &Scratch, origin: &Origin, tcp: &str) -> (PathBuf, P
     let mut config = std::fs::read_to_string(&path).expect("tls config");
     config.push_str(&format!("\n[tcp]\n{tcp}"));
     std::fs::write(&path, config).expect("write config");
-    let checked = output(
-        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .args(["check", "--config"])
-            .arg(&path),
-    );
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
+    check_config(&path);
     (path, ca)
 }
 

@@ -11,7 +11,9 @@
 
 mod common;
 
-use common::lab::{appliance_ca, await_records, with_two_workers, Appliance, Lab, CLI, SRV_V4};
+use common::lab::{
+    appliance_ca, assert_both_workers_opened_sessions, await_records, with_two_workers, Appliance, Lab, CLI, SRV_V4,
+};
 use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers};
 use common::{repo, Scratch};
 
@@ -36,13 +38,8 @@ fn two_workers_intercept_30_ftp_transfers_6_at_a_time_byte_exact_each_resuming_i
     let peers = StarttlsPeers::start(scratch.path("peers"));
     let ca_dir = appliance_ca(&scratch);
     let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab configuration");
-    config.push_str(&format!(
-        "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-         [log]\nconnections = \"{logs}/connections.jsonl\"\n\n[[starttls]]\nprotocol = \"ftp\"\n",
-        ca = ca_dir.display(),
-        trust = peers.ca().display(),
-        logs = scratch.0.display()
-    ));
+    config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
+    config.push_str("\n[[starttls]]\nprotocol = \"ftp\"\n");
     let path = scratch.path("ftp-workers.toml");
     std::fs::write(&path, with_two_workers(&config)).expect("write config");
     let appliance = Appliance::start(&lab, &scratch, &path);
@@ -107,15 +104,6 @@ fn two_workers_intercept_30_ftp_transfers_6_at_a_time_byte_exact_each_resuming_i
         handed_over > 0,
         "some data SYNs reached the other worker and were handed over: {report}"
     );
-    let opened: Vec<u64> = report["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
-        .collect();
-    assert!(
-        opened.len() == 2 && opened.iter().all(|&n| n > 0),
-        "both workers held control connections: {opened:?}"
-    );
+    let opened = assert_both_workers_opened_sessions(&report, "both workers held control connections");
     println!("{handed_over} of {transfers} data SYNs handed over; sessions opened by worker: {opened:?}");
 }

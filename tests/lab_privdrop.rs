@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{curl, tls_config, Appliance, Lab, Origin};
-use common::{output, repo, text, tlsgate, Scratch};
+use common::{check_config, output, repo, text, tlsgate, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
 const FILE_URL: &str = "https://origin.test/file.bin";
@@ -114,13 +114,8 @@ fn after_the_drop_every_thread_is_nobody_without_capabilities_and_interception_l
         capture_dir.join("decrypted.pcap").display()
     ));
     std::fs::write(&config, config_text).expect("config");
-    let checked = output(tlsgate().args(["check", "--config"]).arg(&config));
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
-    assert!(
-        text(&checked.stdout).contains("runs as user nobody"),
-        "{}",
-        text(&checked.stdout)
-    );
+    let checked = check_config(&config);
+    assert!(checked.contains("runs as user nobody"), "{checked}");
 
     let appliance = Appliance::start(&lab, &scratch, &config);
     let pid = appliance.child.id();
@@ -349,8 +344,7 @@ fn check_and_run_name_an_unknown_user_and_a_log_directory_it_cannot_write() {
         );
     }
     std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let checked = output(tlsgate().args(["check", "--config"]).arg(&config));
-    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    check_config(&config);
 }
 
 #[test]

@@ -78,13 +78,7 @@ impl Intercepting {
         let mut config = std::fs::read_to_string(repo().join(base))
             .expect("lab configuration")
             .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
-        config.push_str(&format!(
-            "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-             [log]\nconnections = \"{logs}/connections.jsonl\"\n",
-            ca = ca_dir.display(),
-            trust = peers.ca().display(),
-            logs = scratch.0.display()
-        ));
+        config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
         for protocol in PROTOCOLS {
             config.push_str(&format!(
                 "\n[[starttls]]\nprotocol = \"{protocol}\"\nrequire_tls = {require_tls}\n"

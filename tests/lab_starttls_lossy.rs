@@ -37,7 +37,7 @@ use common::starttls::{
     curl_ftp_download, curl_ftp_upload, curl_mail, mail, psql_with, queue_id, swaks, StarttlsPeers,
 };
 use common::terminate::TerminatePeers;
-use common::{output, repo, text, Scratch};
+use common::{check_config, output, repo, text, Scratch};
 
 /// The impairment, the same each way on every impaired link.
 const IMPAIRMENT: &str = "delay 40ms loss 2% reorder 5% 2ms duplicate 1% corrupt 0.5%";
@@ -99,13 +99,7 @@ impl Intercepting {
         let peers = StarttlsPeers::start(scratch.path("peers"));
         let ca_dir = appliance_ca(&scratch);
         let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-        config.push_str(&format!(
-            "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
-             [log]\nconnections = \"{logs}/connections.jsonl\"\n",
-            ca = ca_dir.display(),
-            trust = peers.ca().display(),
-            logs = scratch.0.display()
-        ));
+        config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
         for protocol in ["smtp", "imap", "pop3", "ftp", "postgres"] {
             config.push_str(&format!("\n[[starttls]]\nprotocol = \"{protocol}\"\n"));
         }
@@ -245,8 +239,7 @@ fn converting(name: &str, rule: &str, body: &[u8], links: &[&str]) -> (Lab, Scra
         config.replace("tcp_ports = [443]", "tcp_ports = [80, 443]") + rule,
     )
     .expect("config");
-    let checked = output(common::tlsgate().args(["check", "--config"]).arg(&path));
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
+    check_config(&path);
     impair_links(links);
     let appliance = Appliance::start_reporting(&lab, &scratch, &path, 1.0);
     (lab, scratch, origin, appliance, ca)
@@ -349,8 +342,7 @@ fn a_backend_behind_the_appliances_own_address_is_resolved_and_served_byte_exact
     ));
     let path = scratch.path("owned.toml");
     std::fs::write(&path, config).expect("write config");
-    let checked = output(common::tlsgate().args(["check", "--config"]).arg(&path));
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
+    check_config(&path);
     let appliance = Appliance::start_reporting(&lab, &scratch, &path, 1.0);
     let body = peers.file();
     let rounds = 2;

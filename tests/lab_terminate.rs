@@ -20,9 +20,12 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::lab::{await_records, curl, with_two_workers, Appliance, Lab, CLI, SRV, SRV_V4, SRV_V6};
+use common::lab::{
+    assert_both_workers_opened_sessions, await_records, curl, sessions_opened_by_worker, with_two_workers, Appliance,
+    Lab, CLI, SRV, SRV_V4, SRV_V6,
+};
 use common::terminate::TerminatePeers as Peers;
-use common::{output, repo, text, Scratch};
+use common::{check_config, output, repo, text, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
 const CLI_V6: &str = "2001:2::1";
@@ -132,13 +135,7 @@ fn service_config(
     ));
     let path = scratch.path("terminate.toml");
     std::fs::write(&path, edit(config)).expect("write config");
-    let checked = output(common::tlsgate().args(["check", "--config"]).arg(&path));
-    assert!(
-        checked.status.success(),
-        "check: {}{}",
-        text(&checked.stdout),
-        text(&checked.stderr)
-    );
+    check_config(&path);
     path
 }
 
@@ -622,16 +619,7 @@ fn two_workers_terminate_200_parallel_connections_and_resume_each_others_session
     assert_eq!(report["tcp"]["terminated"], 200, "{report}");
     assert_eq!(report["tcp"]["terminate_failed"], 0, "{report}");
     assert_eq!(report["tcp"]["backend_refused"], 0, "{report}");
-    let opened: Vec<u64> = report["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
-        .collect();
-    assert!(
-        opened.len() == 2 && opened.iter().all(|&n| n > 0),
-        "both workers: {opened:?}"
-    );
+    assert_both_workers_opened_sessions(&report, "both workers");
     let server_port = &report["ports"][1];
     assert!(
         server_port["handed_off"].as_u64().expect("handed_off") > 0,
@@ -649,12 +637,7 @@ fn two_workers_terminate_200_parallel_connections_and_resume_each_others_session
     }
     let (_, report) = up.stop();
     assert_eq!(report["tcp"]["tickets_resumed"], 16, "{report}");
-    let opened: Vec<u64> = report["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
-        .collect();
+    let opened = sessions_opened_by_worker(&report);
     assert_eq!(opened.iter().sum::<u64>(), 17, "{opened:?}");
     assert!(
         opened.iter().all(|&n| n > 0),

@@ -16,8 +16,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::lab::{await_records, curl, tls_config, with_two_workers, Appliance, Lab, Origin, CLI};
-use common::{output, text, Scratch};
+use common::lab::{
+    assert_both_workers_opened_sessions, await_records, curl, tls_config, with_two_workers, Appliance, Lab, Origin, CLI,
+};
+use common::{check_config, output, text, Scratch};
 
 /// `tls_config` (the appliance CA, `upstream_trust` trusted) intercepting
 /// ports 80 and 443 with `rules` appended, checked with `tlsgate check`;
@@ -38,12 +40,7 @@ fn config_edited(
     assert!(text_before.contains("tcp_ports = [443]"));
     let config = edit(text_before.replace("tcp_ports = [443]", "tcp_ports = [80, 443]") + rules);
     std::fs::write(&path, config).expect("write config");
-    let checked = output(
-        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .args(["check", "--config"])
-            .arg(&path),
-    );
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
+    check_config(&path);
     (path, ca)
 }
 
@@ -241,16 +238,7 @@ fn two_workers_upgrade_100_parallel_requests_whose_moved_legs_are_handed_between
     assert!(status.success());
     assert_eq!(report["tcp"]["upgraded"], 100, "{report}");
     assert_eq!(report["tcp"]["conversion_failed"], 0, "{report}");
-    let opened: Vec<u64> = report["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
-        .collect();
-    assert!(
-        opened.len() == 2 && opened.iter().all(|&n| n > 0),
-        "both workers: {opened:?}"
-    );
+    assert_both_workers_opened_sessions(&report, "both workers");
     let server_port = &report["ports"][1];
     assert!(
         server_port["handed_off"].as_u64().expect("handed_off") > 0,

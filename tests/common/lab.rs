@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{output, repo, text, Scratch};
+use super::{check_config, output, repo, text, Scratch};
 
 pub const CLI: &str = "tg-cli";
 pub const GW: &str = "tg-gw";
@@ -219,6 +219,16 @@ pub fn with_two_workers(config: &str) -> String {
     two
 }
 
+/// `config` plus interception of TCP `ports` in splice mode, with a 3 s
+/// idle timeout.
+pub fn with_splice(config: &str, ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{config}\n[intercept]\ntcp_ports = [{}]\nmode = \"splice\"\n\n[tcp]\ntimeout_ms = 3000\n",
+        list.join(", ")
+    )
+}
+
 /// A fresh appliance CA (`tlsgate ca init`) in the scratch directory `ca`;
 /// returns that directory (ca.pem, ca.key).
 pub fn appliance_ca(scratch: &Scratch) -> PathBuf {
@@ -359,6 +369,98 @@ pub fn every_download_reached(downloads: &Path, count: usize, bytes: u64) -> boo
     false
 }
 
+/// Runs tests/lab/traffic.py in `namespace` with `args`.
+pub fn traffic(lab: &Lab, namespace: &str, args: &[&str]) -> std::process::Output {
+    output(
+        lab.cmd(namespace, "python3")
+            .arg(repo().join("tests/lab/traffic.py"))
+            .args(args),
+    )
+}
+
+/// Starts tests/lab/traffic.py's server in the server namespace on TCP
+/// port 5001, giving it half a second to listen.
+pub fn traffic_server(lab: &Lab) -> Child {
+    let server = lab
+        .cmd(SRV, "python3")
+        .arg(repo().join("tests/lab/traffic.py"))
+        .args(["serve", "--port", "5001"])
+        .spawn()
+        .expect("traffic server");
+    std::thread::sleep(Duration::from_millis(500));
+    server
+}
+
+/// Sizes cycled by the 50 jobs of one [`bulk_transfers`] run: mostly
+/// 1-5 MB, one 50 MB upload and one 50 MB download.
+const BULK_SIZES: &str = "1M,2M,1M,5M,1M,1M,2M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,1M,50M";
+
+/// 100 parallel transfers from the client namespace through the appliance
+/// to a [`traffic_server`] (started and stopped here), 50 to [`SRV_V4`]
+/// then 50 to [`SRV_V6`], each checked byte-exact by traffic.py; `how`
+/// names the set-up in the failure message.
+pub fn bulk_transfers(lab: &Lab, how: &str) {
+    let mut server = traffic_server(lab);
+    for host in [SRV_V4, SRV_V6] {
+        let result = traffic(
+            lab,
+            CLI,
+            &[
+                "run",
+                "--host",
+                host,
+                "--port",
+                "5001",
+                "--jobs",
+                "50",
+                "--sizes",
+                BULK_SIZES,
+                "--timeout",
+                "120",
+            ],
+        );
+        assert!(
+            result.status.success() && text(&result.stdout).contains("\"ok\": 50"),
+            "transfers to {host} {how}: {}{}",
+            text(&result.stdout),
+            text(&result.stderr)
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Asserts that the appliance's final `report` spliced every connection of
+/// one [`bulk_transfers`] run: under load a client may retry one whose
+/// server leg the appliance gave up connecting (`server_timed_out`).
+pub fn assert_bulk_transfers_spliced(report: &serde_json::Value) {
+    let tcp = &report["tcp"];
+    assert_eq!(
+        tcp["sessions_opened"].as_u64().expect("sessions_opened"),
+        100 + tcp["server_timed_out"].as_u64().expect("server_timed_out"),
+        "every connection was spliced: {report}"
+    );
+}
+
+/// The sessions each worker of the appliance's final report opened, in
+/// worker order.
+pub fn sessions_opened_by_worker(report: &serde_json::Value) -> Vec<u64> {
+    report["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|worker| worker["sessions_opened"].as_u64().expect("sessions_opened"))
+        .collect()
+}
+
+/// Asserts that both workers of a two-worker appliance opened sessions
+/// (`what` says which), returning the per-worker counts.
+pub fn assert_both_workers_opened_sessions(report: &serde_json::Value, what: &str) -> Vec<u64> {
+    let opened = sessions_opened_by_worker(report);
+    assert!(opened.len() == 2 && opened.iter().all(|&n| n > 0), "{what}: {opened:?}");
+    opened
+}
+
 /// The connection log's records.
 pub fn connection_log(scratch: &Scratch) -> Vec<serde_json::Value> {
     std::fs::read_to_string(scratch.path("connections.jsonl"))
@@ -489,17 +591,8 @@ pub fn inspect_config_with(
     );
     let path = scratch.path("inspect.toml");
     std::fs::write(&path, config).expect("write config");
-    let checked = output(
-        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .args(["check", "--config"])
-            .arg(&path),
-    );
-    assert!(checked.status.success(), "check: {}", text(&checked.stderr));
-    assert!(
-        text(&checked.stdout).contains("inspection:"),
-        "{}",
-        text(&checked.stdout)
-    );
+    let checked = check_config(&path);
+    assert!(checked.contains("inspection:"), "{checked}");
     (path, ca)
 }
 

@@ -23,6 +23,19 @@ pub fn tlsgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tlsgate"))
 }
 
+/// Runs `tlsgate check --config path`, asserting that it accepts the
+/// configuration, and returns what it printed.
+pub fn check_config(path: &Path) -> String {
+    let checked = output(tlsgate().args(["check", "--config"]).arg(path));
+    assert!(
+        checked.status.success(),
+        "check: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
+    text(&checked.stdout)
+}
+
 /// Runs `command`, returning its output; panics only if it cannot start.
 pub fn output(command: &mut Command) -> Output {
     command
@@ -32,6 +45,24 @@ pub fn output(command: &mut Command) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits up to `within` for a line of the log file `log` containing
+/// `needle` and returns it; panics with the log's text when none came.
+pub fn await_log_line(log: &Path, needle: &str, within: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with {needle:?} in {}:\n{logged}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Every frame of a classic pcap file, in order.

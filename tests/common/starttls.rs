@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::lab::{Lab, CLI, SRV_V4, SRV_V6};
-use super::{output, repo, text, Scratch};
+use super::{await_log_line, output, repo, text, Scratch};
 
 /// The name every client verifies (the peers' certificate also holds
 /// lab.test and the server's two addresses).
@@ -66,6 +66,20 @@ impl StarttlsPeers {
         self.0.join("pki/ca.pem")
     }
 
+    /// The configuration sections that make tlsgate intercept these peers:
+    /// `[tls]` with the appliance CA in `ca_dir` (see `lab::appliance_ca`)
+    /// trusting [`StarttlsPeers::ca`], and `[log]` writing the connection
+    /// log to `scratch`'s connections.jsonl.
+    pub fn tls_and_log_config(&self, ca_dir: &Path, scratch: &Scratch) -> String {
+        format!(
+            "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
+             [log]\nconnections = \"{logs}/connections.jsonl\"\n",
+            ca = ca_dir.display(),
+            trust = self.ca().display(),
+            logs = scratch.0.display()
+        )
+    }
+
     /// The message waiting in tester's mailbox from the start, as IMAP and
     /// POP3 serve it (CRLF lines).
     pub fn first_message(&self) -> Vec<u8> {
@@ -100,15 +114,7 @@ impl StarttlsPeers {
     /// peers' directory: maillog, dovecot/dovecot.log, prosody/prosody.log,
     /// vsftpd.log, pg/postgresql.log) containing `needle`.
     pub fn await_logged(&self, log: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let logged = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
-            if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(Instant::now() < deadline, "no line with {needle:?} in {log}:\n{logged}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        await_log_line(&self.0.join(log), needle, Duration::from_secs(15))
     }
 
     /// The file vsftpd serves as /file.bin.

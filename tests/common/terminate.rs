@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{output, repo, text};
+use super::{await_log_line, output, repo, text};
 
 /// The backends of tests/lab/terminate-peers.sh and their lab PKI, stopped
 /// on drop.
@@ -44,15 +44,7 @@ impl TerminatePeers {
     /// Waits up to 10 s for a line of the backend log `log` (pp-v2.log,
     /// pp-v1.log, pp-h2.log, haproxy.log) containing `needle`.
     pub fn await_logged(&self, log: &str, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let logged = std::fs::read_to_string(self.0.join(log)).unwrap_or_default();
-            if let Some(line) = logged.lines().find(|line| line.contains(needle)) {
-                return line.to_owned();
-            }
-            assert!(Instant::now() < deadline, "no line with {needle:?} in {log}:\n{logged}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        await_log_line(&self.0.join(log), needle, Duration::from_secs(10))
     }
 }
 

@@ -19,11 +19,10 @@ use appliance::engine::Side;
 use appliance::policy::Action;
 use harness::connlog::LogFile;
 use harness::peer::Peer;
-use harness::tls::{client_tls, drive, interceptions, origin, Scratch};
+use harness::tls::{client_tls, drive, interceptions, origin, Intercepting, Scratch};
 use harness::workers::{client_port_on, Workers};
 use harness::{exchange, policy, v4, SERVER_V4};
-use rustls::pki_types::CertificateDer;
-use rustls::{ClientConnection, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, ServerConnection};
 use smoltcp::socket::tcp::State;
 
 /// The control connection's worker.
@@ -32,13 +31,7 @@ const OWNER: usize = 0;
 const OTHER: usize = 1;
 const SERVER_FTP: u16 = 21;
 
-struct Setup {
-    lab: Workers,
-    ca: CertificateDer<'static>,
-    origin: Arc<ServerConfig>,
-    log: LogFile,
-    _scratch: Scratch,
-}
+type Setup = Intercepting<Workers>;
 
 /// Two workers intercepting FTP on port 21, one CA between them.
 fn setup(name: &str) -> Setup {
@@ -59,13 +52,7 @@ fn setup(name: &str) -> Setup {
             .with_tls(contexts.next().unwrap())
             .with_connection_log(Arc::clone(&log.log))
     });
-    Setup {
-        lab,
-        ca,
-        origin,
-        log,
-        _scratch: scratch,
-    }
+    Setup::new(lab, ca, origin, log, scratch)
 }
 
 fn server(port: u16) -> SocketAddr {

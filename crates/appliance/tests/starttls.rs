@@ -26,19 +26,13 @@ use appliance::policy::Action;
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
 use harness::peer::Peer;
-use harness::tls::{interception, origin_for, provider, Scratch};
+use harness::tls::{interception, origin_for, provider, Intercepting, Scratch};
 use harness::{assert_no_leaks, policy, v4, BoxMode, Lab, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 use smoltcp::socket::tcp::State;
 
-struct Setup {
-    lab: Lab,
-    ca: CertificateDer<'static>,
-    origin: Arc<ServerConfig>,
-    log: LogFile,
-    _scratch: Scratch,
-}
+type Setup = Intercepting<Lab>;
 
 /// The appliance watching SMTP on port 25 (`require_tls` as given,
 /// `tcp.starttls_timeout_ms` 2 s), logging connections, in front of an
@@ -80,13 +74,7 @@ fn setup_for(name: &str, entry: StarttlsPort, inspect: bool) -> Setup {
     } else {
         Lab::with_engine(&intercept, finish)
     };
-    Setup {
-        lab,
-        ca,
-        origin,
-        log,
-        _scratch: scratch,
-    }
+    Setup::new(lab, ca, origin, log, scratch)
 }
 
 /// A rustls client trusting `ca`, for the server's address (no SNI).
@@ -133,6 +121,19 @@ fn greeted(lab: &mut Lab, local_port: u16) -> (Peer<ClientConnection>, Peer<Serv
         == GREETING));
     client.received.clear();
     converse(lab, &mut client, &mut server, b"EHLO client.lab.test\r\n", EHLO_REPLY);
+    (client, server)
+}
+
+/// [`greeted`], then a plaintext `MAIL FROM` the server accepts.
+fn mail_begun(lab: &mut Lab, local_port: u16) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
+    let (mut client, mut server) = greeted(lab, local_port);
+    converse(
+        lab,
+        &mut client,
+        &mut server,
+        b"MAIL FROM:<a@lab.test>\r\n",
+        b"250 2.1.0 Ok\r\n",
+    );
     (client, server)
 }
 
@@ -304,15 +305,8 @@ fn a_server_silent_in_the_preamble_is_reset_after_the_starttls_timeout() {
 fn a_server_slow_to_answer_a_plaintext_mail_is_not_reset_by_the_starttls_timeout() {
     let mut setup = setup("starttls-slow-data", false);
     let Setup { lab, log, .. } = &mut setup;
-    let (mut client, mut server) = greeted(lab, 46_500);
     // The mail goes in plaintext: the session's content.
-    converse(
-        lab,
-        &mut client,
-        &mut server,
-        b"MAIL FROM:<a@lab.test>\r\n",
-        b"250 2.1.0 Ok\r\n",
-    );
+    let (mut client, mut server) = mail_begun(lab, 46_500);
     converse(
         lab,
         &mut client,
@@ -349,14 +343,7 @@ fn a_server_slow_to_answer_a_plaintext_mail_is_not_reset_by_the_starttls_timeout
 fn an_upgrade_request_after_plaintext_content_is_still_reset_if_never_answered() {
     let mut setup = setup("starttls-late-request", false);
     let Setup { lab, log, .. } = &mut setup;
-    let (mut client, mut server) = greeted(lab, 46_600);
-    converse(
-        lab,
-        &mut client,
-        &mut server,
-        b"MAIL FROM:<a@lab.test>\r\n",
-        b"250 2.1.0 Ok\r\n",
-    );
+    let (mut client, mut server) = mail_begun(lab, 46_600);
     converse(lab, &mut client, &mut server, b"RSET\r\n", b"250 2.0.0 Ok\r\n");
     client.send(&mut lab.client, b"STARTTLS\r\n");
     assert!(run(lab, &mut client, &mut server, |_, _, server| server.received

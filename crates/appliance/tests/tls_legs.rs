@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
 use harness::connlog::LogFile;
-use harness::tls::{client_tls, drive, interception, origin_for, provider, Scratch};
+use harness::tls::{client_tls, drive, interception, origin_for, provider, Intercepting, Scratch};
 use harness::{assert_no_leaks, close_both, exchange, policy, v4, Lab, SERVER_V4};
 use rustls::client::{EchConfig, EchMode};
 use rustls::pki_types::{CertificateDer, EchConfigListBytes, ServerName};
@@ -24,13 +24,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 
-struct Setup {
-    lab: Lab,
-    ca: CertificateDer<'static>,
-    origin: Arc<ServerConfig>,
-    log: LogFile,
-    _scratch: Scratch,
-}
+type Setup = Intercepting<Lab>;
 
 /// The appliance intercepting port 443 with `rules` and `tls.ech = ech`,
 /// logging connections, in front of an origin for origin.test and
@@ -53,13 +47,7 @@ fn setup(
     let lab = Lab::with_engine(&intercept, |engine| {
         engine.with_tls(context).with_connection_log(connection_log)
     });
-    Setup {
-        lab,
-        ca,
-        origin,
-        log,
-        _scratch: scratch,
-    }
+    Setup::new(lab, ca, origin, log, scratch)
 }
 
 fn rule(action: Action, when: Condition) -> RuleConfig {

@@ -19,7 +19,7 @@ use appliance::engine::{InterceptPolicy, Side};
 use appliance::policy::{Action, Policy, PolicyRules, RuleConfig};
 use appliance::splice::InspectionSettings;
 use harness::connlog::LogFile;
-use harness::tls::{drive, interception, interceptions, origin, provider, Scratch};
+use harness::tls::{drive, interception, interceptions, origin, provider, Intercepting, Scratch};
 use harness::workers::{client_port_on, Workers};
 use harness::{close_both, exchange, policy, v4, BoxMode, Host, Lab, CLIENT_V4, SERVER_V4};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -91,14 +91,7 @@ impl Hosts for Workers {
     }
 }
 
-struct Setup {
-    lab: Lab,
-    /// The appliance's CA (a downgraded client trusts it).
-    ca: CertificateDer<'static>,
-    origin: Arc<rustls::ServerConfig>,
-    log: LogFile,
-    _scratch: Scratch,
-}
+type Setup = Intercepting<Lab>;
 
 /// The appliance with [`rules`] in front of an origin for origin.test; its
 /// upstream trust is the origin's CA, or another one (`trusted: false`).
@@ -128,13 +121,7 @@ fn setup_inspected(name: &str, trusted: bool, inspection: Option<BoxMode>) -> Se
         }
         None => Lab::with_engine(&converting, finish),
     };
-    Setup {
-        lab,
-        ca,
-        origin,
-        log,
-        _scratch: scratch,
-    }
+    Setup::new(lab, ca, origin, log, scratch)
 }
 
 /// The connection log's only record, checked against the schema.

@@ -7,24 +7,17 @@
 //! is one test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dpdk::{pool_for_devices, Eal, Mempool, MBUF_FRAME_BYTES};
+mod common;
+
+use common::init_test_eal;
+use dpdk::{pool_for_devices, Mempool, MBUF_FRAME_BYTES};
 use port::PacketBuf;
 
 const POOL_SIZE: u32 = 8191;
 
 #[test]
 fn a_pool_for_af_xdp_is_one_region_of_page_sized_mbufs() {
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-shconf",
-        "--no-pci",
-        "-l",
-        "0",
-        "--log-level=lib.eal:error",
-    ])
-    .expect("EAL init");
+    let eal = init_test_eal(&[]);
 
     let default = Mempool::new(&eal, "default_layout", POOL_SIZE, -1).expect("pool");
     assert!(

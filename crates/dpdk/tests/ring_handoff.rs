@@ -8,7 +8,10 @@
 //! once per process, so this is one test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mbuf, Mempool, Ring, RxSteering};
+mod common;
+
+use common::init_test_eal;
+use dpdk::{DpdkError, EthDev, EthDevConfig, Mbuf, Mempool, Ring, RxSteering};
 use port::{PacketBuf, Port};
 
 const POOL_SIZE: u32 = 4095;
@@ -42,21 +45,7 @@ fn ring_hands_mbufs_over_and_frees_what_it_holds() {
     let scratch = std::env::temp_dir().join(format!("tlsgate-ring-test-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let pcap_out = scratch.join("out.pcap");
-    let eal = Eal::init(&[
-        "--no-huge".to_owned(),
-        "-m".into(),
-        "256".into(),
-        "--no-shconf".into(),
-        "--no-pci".into(),
-        "-l".into(),
-        "0".into(),
-        "--log-level=lib.eal:error".into(),
-        "--vdev".into(),
-        "net_ring0".into(),
-        "--vdev".into(),
-        format!("net_pcap0,tx_pcap={}", pcap_out.display()),
-    ])
-    .expect("EAL init");
+    let eal = init_test_eal(&["net_ring0", &format!("net_pcap0,tx_pcap={}", pcap_out.display())]);
     let pool = Mempool::new(&eal, "ring_test_pool", POOL_SIZE, -1).expect("pool");
     assert_eq!(pool.available(), POOL_SIZE);
 

@@ -3,6 +3,9 @@
 //! burst I/O, ownership on partial transmit, and that no mbuf leaks.
 //! The EAL can be initialised once per process, so this is one test.
 
+mod common;
+
+use common::init_test_eal;
 use dpdk::{DpdkError, Eal, EthDev, EthDevConfig, Mempool};
 use port::{PacketBuf, Port};
 
@@ -12,19 +15,7 @@ fn frame(index: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn ring_device_round_trip_partial_tx_and_no_leaks() {
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-shconf",
-        "--no-pci",
-        "-l",
-        "0",
-        "--log-level=lib.eal:error",
-        "--vdev",
-        "net_ring0",
-    ])
-    .expect("EAL init");
+    let eal = init_test_eal(&["net_ring0"]);
     assert!(matches!(
         Eal::init(&["--no-huge"]),
         Err(DpdkError::EalAlreadyInitialized)

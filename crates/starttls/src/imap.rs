@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, LineBuffer, PENDING_LIMIT};
 use crate::{
-    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
-    Protocol, ServerEvent, ServerStep,
+    client_bytes, note_client, note_server, server_bytes, take_counted, ClientEvent, ClientStep, Negotiation,
+    NegotiationError, Peer, Protocol, ServerEvent, ServerStep,
 };
 
 /// The largest literal: IMAP numbers are 32-bit.
@@ -356,8 +356,7 @@ impl Negotiation for Imap {
                 Ok(Some(taken))
             }
             ClientMode::Literal(left) => {
-                let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
-                *left -= taken as u64;
+                let taken = take_counted(left, rest);
                 if *left == 0 {
                     self.client = ClientMode::Continued;
                 }

@@ -235,6 +235,15 @@ fn note_server(slot: &mut Option<ServerEvent>, event: ServerEvent) {
     }
 }
 
+/// Takes the bytes of a counted run (an IMAP literal, an SMTP `BDAT`
+/// chunk) that `rest` holds, at most the `left` still to come, and counts
+/// them off `left`: how many it took.
+fn take_counted(left: &mut u64, rest: &[u8]) -> usize {
+    let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
+    *left -= taken as u64;
+    taken
+}
+
 /// The client side of the line watchers (SMTP, IMAP, POP3): `read` takes
 /// from the start of the bytes it is given, noting what they meant, and
 /// says how many it took, or `None` once the upgrade was requested (what

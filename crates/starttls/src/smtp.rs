@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::line::{self, DotTerminated, LineBuffer, PENDING_LIMIT};
 use crate::{
-    client_bytes, note_client, note_server, server_bytes, ClientEvent, ClientStep, Negotiation, NegotiationError, Peer,
-    Protocol, ServerEvent, ServerStep,
+    client_bytes, note_client, note_server, server_bytes, take_counted, ClientEvent, ClientStep, Negotiation,
+    NegotiationError, Peer, Protocol, ServerEvent, ServerStep,
 };
 
 /// What the next reply answers.
@@ -240,8 +240,7 @@ impl Negotiation for Smtp {
                 None => Ok(Some(rest.len())),
             },
             ClientMode::Chunk(left) => {
-                let taken = usize::try_from(*left).map_or(rest.len(), |left| left.min(rest.len()));
-                *left -= taken as u64;
+                let taken = take_counted(left, rest);
                 if *left == 0 {
                     self.client = ClientMode::Commands;
                     self.await_reply(Awaited::Other)?;

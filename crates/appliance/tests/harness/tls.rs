@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 use smoltcp::iface::SocketHandle;
 
+use super::connlog::LogFile;
 use super::{Host, SERVER_V4};
 
 /// A scratch directory removed when dropped.
@@ -29,6 +30,29 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a test of the intercepting appliance works with: the lab `L`, the
+/// appliance CA its clients trust, the origin behind it, the connection log,
+/// and the scratch folder they live in (removed on drop).
+pub struct Intercepting<L> {
+    pub lab: L,
+    pub ca: CertificateDer<'static>,
+    pub origin: Arc<ServerConfig>,
+    pub log: LogFile,
+    pub _scratch: Scratch,
+}
+
+impl<L> Intercepting<L> {
+    pub fn new(lab: L, ca: CertificateDer<'static>, origin: Arc<ServerConfig>, log: LogFile, scratch: Scratch) -> Self {
+        Intercepting {
+            lab,
+            ca,
+            origin,
+            log,
+            _scratch: scratch,
+        }
     }
 }
 
