@@ -22,7 +22,7 @@ use harness::peer::Peer;
 use harness::tls::{client_tls, drive, interceptions, origin, Intercepting, Scratch};
 use harness::workers::{client_port_on, Workers};
 use harness::{exchange, policy, v4, SERVER_V4};
-use rustls::{ClientConnection, ServerConnection};
+use rustls::{ClientConnection, ServerConfig, ServerConnection};
 use smoltcp::socket::tcp::State;
 
 /// The control connection's worker.
