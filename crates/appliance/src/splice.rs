@@ -2407,10 +2407,13 @@ impl Shared {
             }
             EventKind::Reset | EventKind::TimedOut => {
                 let Some(other) = other else {
-                    if session.conn.reset_by().is_some() {
-                        // The other side reset and is gone: this leg, which
-                        // was still being delivered to, ends too.
-                        let _ = stack.abort(event.flow);
+                    if let Some(from) = session.conn.reset_by() {
+                        // The other side reset and is gone, and this leg,
+                        // still being delivered to, reset or gave up on its
+                        // peer: the session ends, its loop legs too.
+                        if !session.conn.failed() {
+                            self.end_with_reset(stack, session, from == Leg::Client, now);
+                        }
                         return;
                     }
                     if session.terminate && !session.conn.failed() {
@@ -2619,8 +2622,14 @@ impl Shared {
         let Some(to) = session.conn.reset_to_pass_on(&StackLegs { stack, flows }) else {
             return;
         };
+        self.end_with_reset(stack, session, to == Leg::Server, now);
+    }
+
+    /// Ends a session a peer reset (the client if `from_client`): every
+    /// leg left, the other side's and the inspection loop's, is reset.
+    fn end_with_reset(&mut self, stack: &mut Stack, session: &mut Session, from_client: bool, now: Instant) {
         session.conn.fail();
-        self.record_reset(session, to == Leg::Server, now);
+        self.record_reset(session, from_client, now);
         abort_all(stack, session);
     }
 

@@ -106,6 +106,36 @@ fn bytes_a_client_sent_before_its_reset_cross_a_slow_box_then_the_reset_follows(
 }
 
 #[test]
+fn a_server_that_never_acknowledges_what_a_reset_client_sent_ends_the_session_and_its_loop() {
+    // The client's RST waits for its bytes to be acknowledged by a server
+    // that has gone silent: the server leg gives up after its
+    // retransmissions, and the whole session ends with it (the loop legs
+    // through the box included) long before the idle timeout.
+    let mut policy = policy(&[PORT]);
+    policy.stack.max_retransmissions = 2;
+    let mut lab = Lab::with_inspection(&policy, settings(InspectFailure::FailClosed), BoxMode::Pass);
+    let (client, _server) = connect(&mut lab, v4(SERVER_V4, PORT), 40_051);
+    lab.server_online = false;
+    let upload = pattern(20_000, 6);
+    assert_eq!(lab.client.tcp(client).send_slice(&upload).unwrap(), upload.len());
+    let taken = lab.run_until(2_000, |lab| lab.client.tcp(client).send_queue() == 0);
+    assert!(taken, "the appliance took the upload");
+    lab.client.tcp(client).abort();
+    let gave_up = lab.run_until(60_000, |lab| lab.engine.stack().counters().dead_peers > 0);
+    assert!(gave_up, "the server leg gave up on its silent peer");
+    let ended = lab.run_until(1_000, |lab| lab.engine.stack().live_flows() == 0);
+    assert!(
+        ended,
+        "every leg ended with the server leg: {:?}",
+        lab.engine.stack().flow_states().collect::<Vec<_>>()
+    );
+    let counters = lab.engine.splicer().counters();
+    assert_eq!((counters.resets, counters.sessions_live), (1, 0));
+    lab.server_online = true;
+    assert_no_leaks(&mut lab);
+}
+
+#[test]
 fn a_connection_the_box_resets_is_reset_on_both_legs_promptly() {
     // A reset is the box's verdict, not its failure: fail_open blocks too.
     for failure in [InspectFailure::FailClosed, InspectFailure::FailOpen] {
