@@ -428,8 +428,15 @@ fn ftp_exchange(
 
 /// An FTP control connection from `local_port` upgraded with AUTH TLS
 /// (intercepted: the client trusts the appliance's CA), data protection
-/// set by `prot` (`b"PROT P\r\n"` or `b"PROT C\r\n"`).
-fn ftp_control(setup: &mut Setup, local_port: u16, prot: &[u8]) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
+/// set by `prot` (`b"PROT P\r\n"` or `b"PROT C\r\n"`), logged in, and
+/// an active data connection announced: `announce` is the command
+/// (`PORT`/`EPRT`) and the server's accepting reply.
+fn ftp_control(
+    setup: &mut Setup,
+    local_port: u16,
+    prot: &[u8],
+    (command, accepted): (&[u8], &[u8]),
+) -> (Peer<ClientConnection>, Peer<ServerConnection>) {
     let lab = &mut setup.lab;
     let listener = lab.server.listen(21, 64 * 1024);
     let socket = lab.client.connect(v4(SERVER_V4, 21), local_port, 64 * 1024);
@@ -462,12 +469,13 @@ fn ftp_control(setup: &mut Setup, local_port: u16, prot: &[u8]) -> (Peer<ClientC
         b"USER ftp\r\n",
         b"230 Login successful.\r\n",
     );
+    ftp_exchange(lab, (&mut client, &mut server), command, accepted);
     (client, server)
 }
 
 /// The data port the client announces (PORT 198,18,0,1,195,84).
 const DATA_PORT: u16 = 50_004;
-const PORT_COMMAND: &[u8] = b"PORT 198,18,0,1,195,84\r\n";
+const PORT_COMMAND: (&[u8], &[u8]) = (b"PORT 198,18,0,1,195,84\r\n", b"200 PORT command successful.\r\n");
 
 /// The server opens the announced data connection (from port 20) to the
 /// client listening on `to`; both ends once established.
@@ -556,16 +564,10 @@ fn quit(
 #[test]
 fn an_active_ftp_data_connection_under_prot_p_is_intercepted_with_the_tls_roles_reversed() {
     let mut setup = ftp_setup("ftp-active-tls", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_500, b"PROT P\r\n");
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_500, b"PROT P\r\n", PORT_COMMAND);
     let Setup {
         lab, log, ca, origin, ..
     } = &mut setup;
-    ftp_exchange(
-        lab,
-        (&mut control_client, &mut control_server),
-        PORT_COMMAND,
-        b"200 PORT command successful.\r\n",
-    );
     assert_eq!(lab.engine.splicer().counters().ftp_data_expected, 1);
     // The server connects from port 20; the FTP client, which accepted the
     // connection, is the TLS client (RFC 4217) and trusts the appliance's CA.
@@ -622,14 +624,13 @@ fn an_active_ftp_data_connection_under_prot_p_is_intercepted_with_the_tls_roles_
 #[test]
 fn an_active_ftp_data_connection_under_prot_c_goes_through_the_inspection_box() {
     let mut setup = ftp_setup("ftp-active-clear", true);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_600, b"PROT C\r\n");
-    let Setup { lab, log, .. } = &mut setup;
-    ftp_exchange(
-        lab,
-        (&mut control_client, &mut control_server),
-        b"EPRT |1|198.18.0.1|50004|\r\n",
-        b"200 EPRT command successful.\r\n",
+    let (mut control_client, mut control_server) = ftp_control(
+        &mut setup,
+        46_600,
+        b"PROT C\r\n",
+        (b"EPRT |1|198.18.0.1|50004|\r\n", b"200 EPRT command successful.\r\n"),
     );
+    let Setup { lab, log, .. } = &mut setup;
     let (mut client, mut server) = server_connects(lab, v4(SERVER_V4, 20), DATA_PORT);
     let (up, down) = (b"STORED FILE".to_vec(), harness::pattern(40_000, 9));
     cross_and_close(lab, (&mut client, &mut server), &up, &down);
@@ -665,14 +666,8 @@ fn an_active_ftp_data_connection_under_prot_c_goes_through_the_inspection_box() 
 #[test]
 fn a_server_syn_to_an_unannounced_port_or_from_another_address_is_not_admitted() {
     let mut setup = ftp_setup("ftp-active-unexpected", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_700, b"PROT C\r\n");
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_700, b"PROT C\r\n", PORT_COMMAND);
     let Setup { lab, log, .. } = &mut setup;
-    ftp_exchange(
-        lab,
-        (&mut control_client, &mut control_server),
-        PORT_COMMAND,
-        b"200 PORT command successful.\r\n",
-    );
     let opened = lab.engine.splicer().counters().sessions_opened;
     // Another port than announced, and another server address: bridged as
     // any connection the appliance does not intercept, no session.
@@ -695,14 +690,8 @@ fn a_server_syn_to_an_unannounced_port_or_from_another_address_is_not_admitted()
 #[test]
 fn an_announced_active_data_connection_lapses_after_30_seconds() {
     let mut setup = ftp_setup("ftp-active-lapse", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_800, b"PROT C\r\n");
+    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_800, b"PROT C\r\n", PORT_COMMAND);
     let Setup { lab, log, .. } = &mut setup;
-    ftp_exchange(
-        lab,
-        (&mut control_client, &mut control_server),
-        PORT_COMMAND,
-        b"200 PORT command successful.\r\n",
-    );
     // Nothing is under way: the clock jumps.
     lab.now += netstack::Duration::from_millis(30_000);
     let opened = lab.engine.splicer().counters().sessions_opened;
