@@ -564,7 +564,7 @@ fn quit(
 #[test]
 fn an_active_ftp_data_connection_under_prot_p_is_intercepted_with_the_tls_roles_reversed() {
     let mut setup = ftp_setup("ftp-active-tls", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_500, b"PROT P\r\n", PORT_COMMAND);
+    let (control_client, control_server) = ftp_control(&mut setup, 46_500, b"PROT P\r\n", PORT_COMMAND);
     let Setup {
         lab, log, ca, origin, ..
     } = &mut setup;
@@ -624,7 +624,7 @@ fn an_active_ftp_data_connection_under_prot_p_is_intercepted_with_the_tls_roles_
 #[test]
 fn an_active_ftp_data_connection_under_prot_c_goes_through_the_inspection_box() {
     let mut setup = ftp_setup("ftp-active-clear", true);
-    let (mut control_client, mut control_server) = ftp_control(
+    let (control_client, control_server) = ftp_control(
         &mut setup,
         46_600,
         b"PROT C\r\n",
@@ -666,7 +666,7 @@ fn an_active_ftp_data_connection_under_prot_c_goes_through_the_inspection_box() 
 #[test]
 fn a_server_syn_to_an_unannounced_port_or_from_another_address_is_not_admitted() {
     let mut setup = ftp_setup("ftp-active-unexpected", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_700, b"PROT C\r\n", PORT_COMMAND);
+    let (control_client, control_server) = ftp_control(&mut setup, 46_700, b"PROT C\r\n", PORT_COMMAND);
     let Setup { lab, log, .. } = &mut setup;
     let opened = lab.engine.splicer().counters().sessions_opened;
     // Another port than announced, and another server address: bridged as
@@ -690,7 +690,7 @@ fn a_server_syn_to_an_unannounced_port_or_from_another_address_is_not_admitted()
 #[test]
 fn an_announced_active_data_connection_lapses_after_30_seconds() {
     let mut setup = ftp_setup("ftp-active-lapse", false);
-    let (mut control_client, mut control_server) = ftp_control(&mut setup, 46_800, b"PROT C\r\n", PORT_COMMAND);
+    let (control_client, control_server) = ftp_control(&mut setup, 46_800, b"PROT C\r\n", PORT_COMMAND);
     let Setup { lab, log, .. } = &mut setup;
     // Nothing is under way: the clock jumps.
     lab.now += netstack::Duration::from_millis(30_000);
