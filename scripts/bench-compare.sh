@@ -5,13 +5,14 @@
 #
 # Usage: scripts/bench-compare.sh [--write-doc] [--runs N] [--requests N]
 #          [--concurrency N] [--ka-requests N] [--bulk-mb N] [--latency-requests N]
-#          [--hold K] [--keep]   (root)
+#          [--hold K] [--no-profile] [--keep]   (root)
 #   --runs: alternating runs per path, the tables show medians (default 3).
 #   --requests/--concurrency: ab -n/-c of the connection-rate workload (2000/20).
 #   --ka-requests: ab -k -n of the kept-alive workload (default 50000).
 #   --bulk-mb: size of the bulk file in MB (10^6 bytes, default 200).
 #   --latency-requests: sequential curl requests per latency sample (default 500).
 #   --hold: idle connections held for the memory workload (default 3000).
+#   --no-profile: no perf profile of path (c) after the runs.
 #   --keep: keep the temp dir (logs, reports, ab/curl output, per-run records).
 #   --write-doc: (re)write the section between <!-- bench-compare:begin --> and
 #   <!-- bench-compare:end --> of docs/BENCHMARKS.md (scripts/write-doc-section.py)
@@ -55,6 +56,10 @@
 #   crates/mitm/examples/tls_floor.rs example (in memory, one thread, ~10 s):
 #   the CPU of the two rustls handshakes tlsgate does per connection and of bare
 #   AEAD decrypt + encrypt per GB; report.py judges tlsgate's CPU against it.
+# Profile, after the runs (unless --no-profile, and when perf can record here): one
+#   more start of path (c), `perf record -a -e cpu-clock` over the whole machine during
+#   the rate workload and during one download: where the machine's busy time went
+#   (perf report --sort comm,dso, idle left out) and tlsgate's own symbols (--pid).
 # Memory, per run, for (b) and (c) on a freshly started interceptor:
 #   scripts/bench-compare/hold.py in the client namespace opens --hold connections
 #   (handshake, one keep-alive request and its response, then idle); the
@@ -95,7 +100,7 @@ export TG_NS_CLI=tgc-cli TG_NS_GW=tgc-gw TG_NS_SRV=tgc-srv TG_NS_BOX=tgc-box TG_
 . "$here/bench-lab.sh"
 
 write_doc=0 keep=0 runs=3 requests=2000 concurrency=20 ka_requests=50000 bulk_mb=200
-lat_requests=500 hold=3000
+lat_requests=500 hold=3000 profile=1
 cmdline="scripts/bench-compare.sh${*:+ $*}"
 while (($#)); do
   case "$1" in
@@ -108,7 +113,8 @@ while (($#)); do
     --bulk-mb) bulk_mb="$2"; shift ;;
     --latency-requests) lat_requests="$2"; shift ;;
     --hold) hold="$2"; shift ;;
-    -h|--help) sed -n '2,81p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --no-profile) profile=0 ;;
+    -h|--help) sed -n '2,88p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "bench-compare: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -134,7 +140,7 @@ py="$(command -v /usr/bin/python3 || command -v python3 || true)"
 # --- state and cleanup ------------------------------------------------------------
 bench_begin bench-compare
 origin="$tmp/origin"
-hold_pid=""
+hold_pid="" perf_pid=""
 nft_table=bench_compare   # the redirect rule's table, in the gw namespace
 bulk_bytes=$((bulk_mb * 1000000))
 
@@ -147,8 +153,8 @@ stop_holder() {
   hold_pid=""
 }
 
-bench_stop() { stop_holder; }
-bench_drop_large() { rm -f "$origin/www/bulk.bin"; }
+bench_stop() { stop_holder; stop_interrupted "$perf_pid"; }
+bench_drop_large() { rm -f "$origin/www/bulk.bin" "$tmp"/perf-*.data; }
 
 # Watchdog: the whole benchmark is bounded.
 bench_watchdog 1500
@@ -582,6 +588,33 @@ print(", ".join(parts).replace(" ", "_"))' "$tmp/connections-$run.jsonl")"
 done
 
 # --- tables and chart -------------------------------------------------------------
+# --- profile of path (c) -------------------------------------------------------------
+# One more start of tlsgate, the whole machine sampled during the rate workload and
+# one download (nothing here is measured: the profile says where the time goes).
+if ((profile)) && bench_perf_usable; then
+  wait_quiet
+  log "profile: perf record -a during path (c)'s rate workload and one download"
+  cur_tag=p
+  start_path c p
+  sleep 0.5
+  for what in rate bulk; do
+    perf record -q -a -e cpu-clock -F 999 -o "$tmp/perf-$what.data" >"$tmp/perf-$what.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+    case "$what" in
+      rate) https_rate "$tmp/ab-profile.txt" >/dev/null ;;
+      bulk) bulk_rate "$tmp/curl-profile.txt" >/dev/null ;;
+    esac
+    stop_interrupted "$perf_pid"
+    perf_pid=""
+    bench_perf_busy "$tmp/perf-$what.data" "$tmp/profile-$what-machine.txt"
+    bench_perf_top "$tmp/perf-$what.data" "$tmp/profile-$what-tlsgate.txt" dso,sym --pid "$tg_pid" --percentage relative
+  done
+  stop_path c p
+elif ((profile)); then
+  log "perf cannot record here: no profile"
+fi
+
 table="$tmp/table.md"
 timeout 60 python3 "$helpers/report.py" "$tmp" "$requests" "$concurrency" "$ka_requests" "$bulk_mb" \
   "$lat_requests" "$tmp/bench-compare.svg" >"$table"
@@ -822,6 +855,28 @@ EOF
   latency is the difference of medians, not a per-request difference.
 - HTTP/1.x only: ab speaks HTTP/1.0 (keep-alive with -k), curl HTTP/1.1.
 EOF
+  if [[ -s "$tmp/profile-rate-machine.txt" || -s "$tmp/profile-bulk-machine.txt" ]]; then
+    cat <<EOF
+
+### Where the time goes in path (c)
+
+After the runs, one more start of tlsgate, \`perf record -a -e cpu-clock -F 999\` over the
+whole machine (both vCPUs; hardware counters are not available in this VM) during the
+rate workload (\`ab -n ${requests} -c ${concurrency}\`) and during one ${bulk_mb} MB download.
+"Machine": \`perf report --sort comm,dso\` with the idle task left out, each entry a share
+of the busy samples (a softirq is charged to whichever thread it interrupted). "tlsgate":
+its own samples as shares of its own (\`--pid PID --percentage relative\`), \`--sort dso,sym\`.
+Entries of at least 1 %.
+EOF
+    for what in rate bulk; do
+      for view in machine tlsgate; do
+        [[ -s "$tmp/profile-$what-$view.txt" ]] || continue
+        printf '\n**%s workload, %s**:\n\n```\n' "$what" "$view"
+        cat "$tmp/profile-$what-$view.txt"
+        printf '```\n'
+      done
+    done
+  fi
 } >"$section"
 
 mkdir -p "$(dirname "$doc")"

@@ -91,6 +91,38 @@ stop_interrupted() {  # pid
   wait "$1" 2>/dev/null || true
 }
 
+# --- perf profiles -------------------------------------------------------------------
+# Succeeds when `perf record -e cpu-clock` works here (no hardware counters in a VM;
+# cpu-clock samples every thread's CPU time).
+bench_perf_usable() {
+  command -v perf >/dev/null || return 1
+  timeout 30 perf record -q -e cpu-clock -o "$tmp/perf-check.data" -- true >/dev/null 2>&1
+  local rc=$?
+  rm -f "$tmp/perf-check.data"
+  return "$rc"
+}
+
+# Writes to OUT the entries of at least 1 % of `perf report --sort SORT` on DATA
+# (more perf report arguments may follow, e.g. --pid PID).
+bench_perf_top() {  # data out sort [perf report args...]
+  local data="$1" out="$2" sort="$3"
+  shift 3
+  timeout 120 perf report -i "$data" --stdio --no-children --sort "$sort" --percent-limit 1 "$@" \
+    2>/dev/null | grep -E '^ +[0-9.]+%' | head -25 >"$out" || true
+}
+
+# Writes to OUT where a whole-machine recording's busy time went: `perf report --sort
+# comm,dso` without the idle task (swapper), each entry as a share of the busy samples,
+# those of at least 1 %.
+bench_perf_busy() {  # data out
+  timeout 120 perf report -i "$1" --stdio --no-children --sort comm,dso --percent-limit 0 \
+    2>/dev/null | grep -E '^ +[0-9.]+%' |
+    awk '$2 != "swapper" { rest = $0; sub(/^ *[0-9.]+% */, "", rest); line[NR] = rest
+        share[NR] = $1 + 0; busy += $1 + 0 }
+      END { for (i = 1; i <= NR; i++) if ((i in share) && busy > 0 && share[i] * 100 / busy >= 1)
+              printf "%8.2f%%  %s\n", share[i] * 100 / busy, line[i] }' | head -25 >"$2" || true
+}
+
 # Stops the tlsgate under test; its --report-json file must have been written.
 stop_tlsgate_reported() {  # report.json what (for the message)
   stop_tlsgate
