@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::lab::{Lab, CLI, SRV_V4, SRV_V6};
+use super::lab::{assert_tcp_counters, Lab, CLI, SRV_V4, SRV_V6};
 use super::{await_log_line, output, repo, text, Scratch};
 
 /// The name every client verifies (the peers' certificate also holds
@@ -30,6 +30,13 @@ pub const CLI_V6: &str = "2001:2::1";
 pub const FAMILIES: [(&str, &str); 2] = [(SRV_V4, CLI_V4), (SRV_V6, CLI_V6)];
 /// What [`curl_mail`] fetches of the first message: (scheme, path).
 pub const FIRST_MESSAGE_FETCHES: [(&str, &str); 2] = [("imap", "INBOX;UID=1"), ("pop3", "1")];
+
+/// Asserts the FTP counters of the appliance's final `report`: `data_tls`
+/// data connections intercepted, none failed, and `control` (the control
+/// connections upgraded, or the data connections opened in active mode).
+pub fn assert_ftp_counters(report: &serde_json::Value, control: (&str, u64), data_tls: u64) {
+    assert_tcp_counters(report, &[control, ("ftp_data_tls", data_tls), ("ftp_data_failed", 0)]);
+}
 
 /// The servers of tests/lab/starttls-peers.sh under a scratch directory,
 /// stopped on drop.
