@@ -402,16 +402,7 @@ pub fn curl_ftp_download(
     options: &[&str],
     saved: &Path,
 ) -> Session {
-    Session::of(output(
-        lab.cmd(namespace, "curl")
-            .args(["-sS", "--max-time", "30", "--ssl-reqd"])
-            .args(options)
-            .args(["--resolve", &resolve(server, 21), "--cacert"])
-            .arg(ca)
-            .arg("-o")
-            .arg(saved)
-            .arg(format!("ftp://{SERVER_NAME}/file.bin")),
-    ))
+    curl_ftp(lab, namespace, server, ca, options, ("-o", saved), "file.bin")
 }
 
 /// curl uploading `file` to ftp://SERVER_NAME/upload/NAME at `server` like
@@ -425,15 +416,37 @@ pub fn curl_ftp_upload(
     file: &Path,
     name: &str,
 ) -> Session {
+    curl_ftp(
+        lab,
+        namespace,
+        server,
+        ca,
+        options,
+        ("-T", file),
+        &format!("upload/{name}"),
+    )
+}
+
+/// curl over AUTH TLS to ftp://SERVER_NAME/PATH at `server`, with `local`
+/// (`-o` and the file to save, or `-T` and the file to upload).
+fn curl_ftp(
+    lab: &Lab,
+    namespace: &str,
+    server: &str,
+    ca: &Path,
+    options: &[&str],
+    (flag, local): (&str, &Path),
+    path: &str,
+) -> Session {
     Session::of(output(
         lab.cmd(namespace, "curl")
             .args(["-sS", "--max-time", "30", "--ssl-reqd"])
             .args(options)
             .args(["--resolve", &resolve(server, 21), "--cacert"])
             .arg(ca)
-            .arg("-T")
-            .arg(file)
-            .arg(format!("ftp://{SERVER_NAME}/upload/{name}")),
+            .arg(flag)
+            .arg(local)
+            .arg(format!("ftp://{SERVER_NAME}/{path}")),
     ))
 }
 
