@@ -18,12 +18,11 @@ use appliance::capture::{CaptureSettings, CaptureStream, FrameSink, Frames};
 use appliance::mirror::{MirrorStats, Taps, MIRROR_QUEUE_FRAMES};
 use appliance::pcap_stream::{PcapStream, StreamTotals, TOO_SLOW_AFTER};
 use appliance::writer::{CaptureQueue, Writer};
-use harness::tls::{client_tls, drive, interception, origin, Scratch};
+use harness::tls::{client_tls, interception, origin, tls_exchange, Scratch};
 use harness::{pattern, policy, v4, Lab, CLIENT_V4, SERVER_V4};
 use pcap_file::pcap::PcapReader;
 use port::{MemPort, MemPortControl};
 use rustls::ServerConnection;
-use smoltcp::socket::tcp::State;
 
 const MARKER: &str = "/mirror-marker-7f3a";
 
@@ -94,24 +93,13 @@ fn https_exchange(setup: &mut Setup, body_len: usize) -> Vec<u8> {
     let body = pattern(body_len, 3);
     let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     response.extend_from_slice(&body);
-    client.writer().write_all(&request).unwrap();
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let mut answered = false;
-    let done = lab.run_until(60_000, |lab| {
-        if lab.client.tcp(socket).state() == State::Established {
-            drive(&mut lab.client, socket, &mut client, &mut at_client);
-        }
-        if lab.server.tcp(listener).state() == State::Established {
-            drive(&mut lab.server, listener, &mut server, &mut at_server);
-        }
-        if at_server == request && !answered {
-            answered = true;
-            server.writer().write_all(&response).unwrap();
-        }
-        at_client.len() == response.len()
-    });
-    assert!(done, "{} of {} response bytes", at_client.len(), response.len());
-    assert!(at_client == response, "the response arrived byte-exact");
+    tls_exchange(
+        lab,
+        (socket, listener),
+        (&mut client, &mut server),
+        (&request, &response),
+        60_000,
+    );
     response
 }
 
