@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
-use common::starttls::{Session, StarttlsPeers, SERVER_NAME};
+use common::starttls::{assert_ftp_counters, Session, StarttlsPeers, SERVER_NAME};
 use common::{output, repo, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
@@ -192,13 +192,7 @@ fn ftplib_downloads_and_uploads_byte_exact_over_intercepted_ftp_in_active_mode_e
         );
         assert_eq!(record["ended"], "closed", "{record}");
     }
-    let report = up.stop();
-    let tcp = &report["tcp"];
-    assert_eq!(
-        (&tcp["ftp_data_active"], &tcp["ftp_data_tls"], &tcp["ftp_data_failed"]),
-        (&serde_json::json!(6), &serde_json::json!(6), &serde_json::json!(0)),
-        "{report}"
-    );
+    assert_ftp_counters(&up.stop(), ("ftp_data_active", 6), 6);
 }
 
 #[test]

@@ -17,10 +17,13 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{
+    appliance_ca, assert_tcp_counters, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6,
+};
 use common::starttls::{
-    curl_ftp_download, curl_ftp_upload, imap_injection, psql, psql_with, swaks_in_plaintext, xmpp_login, Clients,
-    StarttlsPeers, CLI_V4, CLI_V6, FAMILIES, FIRST_MESSAGE_FETCHES, FTP_PASSIVE_PORTS, SERVER_NAME,
+    assert_ftp_counters, curl_ftp_download, curl_ftp_upload, imap_injection, psql, psql_with, swaks_in_plaintext,
+    xmpp_login, Clients, StarttlsPeers, CLI_V4, CLI_V6, FAMILIES, FIRST_MESSAGE_FETCHES, FTP_PASSIVE_PORTS,
+    SERVER_NAME,
 };
 use common::{repo, Scratch};
 
@@ -192,12 +195,7 @@ impl Intercepting {
     /// `counters`; the report.
     fn stop_counting(self, counters: &[(&str, u64)]) -> serde_json::Value {
         let report = self.stop();
-        let seen: Vec<_> = counters
-            .iter()
-            .map(|(name, _)| (*name, report["tcp"][name].as_u64()))
-            .collect();
-        let expected: Vec<_> = counters.iter().map(|(name, count)| (*name, Some(*count))).collect();
-        assert_eq!(seen, expected, "{report}");
+        assert_tcp_counters(&report, counters);
         report
     }
 }
@@ -569,13 +567,7 @@ fn curl_downloads_and_uploads_byte_exact_over_intercepted_ftp_with_intercepted_t
             "{record}"
         );
     }
-    let report = up.stop();
-    let tcp = &report["tcp"];
-    assert_eq!(
-        (&tcp["starttls_upgraded"], &tcp["ftp_data_tls"], &tcp["ftp_data_failed"]),
-        (&serde_json::json!(4), &serde_json::json!(4), &serde_json::json!(0)),
-        "{report}"
-    );
+    assert_ftp_counters(&up.stop(), ("starttls_upgraded", 4), 4);
 }
 
 #[test]

@@ -430,6 +430,18 @@ pub fn bulk_transfers(lab: &Lab, how: &str) {
     let _ = server.wait();
 }
 
+/// Asserts that the `tcp` counters of the appliance's final `report` named
+/// in `counters` have those values (all compared at once, so a failure
+/// shows every one).
+pub fn assert_tcp_counters(report: &serde_json::Value, counters: &[(&str, u64)]) {
+    let seen: Vec<_> = counters
+        .iter()
+        .map(|(name, _)| (*name, report["tcp"][name].as_u64()))
+        .collect();
+    let expected: Vec<_> = counters.iter().map(|(name, count)| (*name, Some(*count))).collect();
+    assert_eq!(seen, expected, "{report}");
+}
+
 /// Asserts that the appliance's final `report` spliced every connection of
 /// one [`bulk_transfers`] run: under load a client may retry one whose
 /// server leg the appliance gave up connecting (`server_timed_out`).

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::lab::{Lab, CLI, SRV_V4, SRV_V6};
+use super::lab::{assert_tcp_counters, Lab, CLI, SRV_V4, SRV_V6};
 use super::{await_log_line, output, repo, text, Scratch};
 
 /// The name every client verifies (the peers' certificate also holds
@@ -30,6 +30,13 @@ pub const CLI_V6: &str = "2001:2::1";
 pub const FAMILIES: [(&str, &str); 2] = [(SRV_V4, CLI_V4), (SRV_V6, CLI_V6)];
 /// What [`curl_mail`] fetches of the first message: (scheme, path).
 pub const FIRST_MESSAGE_FETCHES: [(&str, &str); 2] = [("imap", "INBOX;UID=1"), ("pop3", "1")];
+
+/// Asserts the FTP counters of the appliance's final `report`: `data_tls`
+/// data connections intercepted, none failed, and `control` (the control
+/// connections upgraded, or the data connections opened in active mode).
+pub fn assert_ftp_counters(report: &serde_json::Value, control: (&str, u64), data_tls: u64) {
+    assert_tcp_counters(report, &[control, ("ftp_data_tls", data_tls), ("ftp_data_failed", 0)]);
+}
 
 /// The servers of tests/lab/starttls-peers.sh under a scratch directory,
 /// stopped on drop.
@@ -395,16 +402,7 @@ pub fn curl_ftp_download(
     options: &[&str],
     saved: &Path,
 ) -> Session {
-    Session::of(output(
-        lab.cmd(namespace, "curl")
-            .args(["-sS", "--max-time", "30", "--ssl-reqd"])
-            .args(options)
-            .args(["--resolve", &resolve(server, 21), "--cacert"])
-            .arg(ca)
-            .arg("-o")
-            .arg(saved)
-            .arg(format!("ftp://{SERVER_NAME}/file.bin")),
-    ))
+    curl_ftp(lab, namespace, server, ca, options, ("-o", saved), "file.bin")
 }
 
 /// curl uploading `file` to ftp://SERVER_NAME/upload/NAME at `server` like
@@ -418,15 +416,37 @@ pub fn curl_ftp_upload(
     file: &Path,
     name: &str,
 ) -> Session {
+    curl_ftp(
+        lab,
+        namespace,
+        server,
+        ca,
+        options,
+        ("-T", file),
+        &format!("upload/{name}"),
+    )
+}
+
+/// curl over AUTH TLS to ftp://SERVER_NAME/PATH at `server`, with `local`
+/// (`-o` and the file to save, or `-T` and the file to upload).
+fn curl_ftp(
+    lab: &Lab,
+    namespace: &str,
+    server: &str,
+    ca: &Path,
+    options: &[&str],
+    (flag, local): (&str, &Path),
+    path: &str,
+) -> Session {
     Session::of(output(
         lab.cmd(namespace, "curl")
             .args(["-sS", "--max-time", "30", "--ssl-reqd"])
             .args(options)
             .args(["--resolve", &resolve(server, 21), "--cacert"])
             .arg(ca)
-            .arg("-T")
-            .arg(file)
-            .arg(format!("ftp://{SERVER_NAME}/upload/{name}")),
+            .arg(flag)
+            .arg(local)
+            .arg(format!("ftp://{SERVER_NAME}/{path}")),
     ))
 }
 

@@ -13,7 +13,7 @@ use appliance::capture::CaptureSettings;
 use appliance::config::InspectFailure;
 use appliance::splice::InspectionSettings;
 use appliance::writer::{CaptureQueue, Writer};
-use harness::tls::{client_tls, drive, interception, origin, Scratch};
+use harness::tls::{client_tls, drive, interception, origin, tls_exchange, Scratch};
 use harness::{assert_no_leaks, exchange, pattern, policy, tcp_payload, v4, BoxMode, Lab, SERVER_V4};
 use netstack::Duration;
 use rustls::pki_types::CertificateDer;
@@ -100,23 +100,13 @@ fn https_plaintext_crosses_the_box_and_lands_in_the_decrypted_capture() {
     let body = pattern(100_000, 7);
     let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     response.extend_from_slice(&body);
-    client.writer().write_all(&request).unwrap();
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let mut answered = false;
-    let done = lab.run_until(10_000, |lab| {
-        if lab.client.tcp(socket).state() == State::Established {
-            drive(&mut lab.client, socket, &mut client, &mut at_client);
-        }
-        if lab.server.tcp(listener).state() == State::Established {
-            drive(&mut lab.server, listener, &mut server, &mut at_server);
-        }
-        if at_server == request && !answered {
-            answered = true;
-            server.writer().write_all(&response).unwrap();
-        }
-        at_client.len() == response.len()
-    });
-    assert!(done, "{} of {} response bytes", at_client.len(), response.len());
+    let (mut at_client, mut at_server) = tls_exchange(
+        &mut lab,
+        (socket, listener),
+        (&mut client, &mut server),
+        (&request, &response),
+        10_000,
+    );
     // Memory accounting while the connection is open: one TLS session,
     // four flows (client, server and the two loop legs) with the buffer
     // pages the response passed through (at most their capacity).
@@ -399,24 +389,13 @@ fn shutdown_resets_every_leg_of_an_intercepted_and_a_spliced_connection() {
     let tls_socket = lab.client.connect(v4(SERVER_V4, 443), 45_010, 64 * 1024);
     let mut client = client_tls(&ca);
     let mut server = ServerConnection::new(origin).unwrap();
-    let (request, response) = (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n");
-    client.writer().write_all(request).unwrap();
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let mut answered = false;
-    let exchanged = lab.run_until(5_000, |lab| {
-        if lab.client.tcp(tls_socket).state() == State::Established {
-            drive(&mut lab.client, tls_socket, &mut client, &mut at_client);
-        }
-        if lab.server.tcp(tls_listener).state() == State::Established {
-            drive(&mut lab.server, tls_listener, &mut server, &mut at_server);
-        }
-        if at_server == request && !answered {
-            answered = true;
-            server.writer().write_all(response).unwrap();
-        }
-        at_client == response
-    });
-    assert!(exchanged, "intercepted exchange: {at_server:?} / {at_client:?}");
+    tls_exchange(
+        &mut lab,
+        (tls_socket, tls_listener),
+        (&mut client, &mut server),
+        (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        5_000,
+    );
 
     // A connection that is not TLS: bypassed after its first bytes and
     // spliced as it is, also left open.

@@ -14,16 +14,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use appliance::capture::{CaptureSettings, CaptureStream};
+use appliance::capture::{CaptureSettings, CaptureStream, FrameSink, Frames};
 use appliance::mirror::{MirrorStats, Taps, MIRROR_QUEUE_FRAMES};
 use appliance::pcap_stream::{PcapStream, StreamTotals, TOO_SLOW_AFTER};
 use appliance::writer::{CaptureQueue, Writer};
-use harness::tls::{client_tls, drive, interception, origin, Scratch};
+use harness::tls::{client_tls, interception, origin, tls_exchange, Scratch};
 use harness::{pattern, policy, v4, Lab, CLIENT_V4, SERVER_V4};
 use pcap_file::pcap::PcapReader;
 use port::{MemPort, MemPortControl};
 use rustls::ServerConnection;
-use smoltcp::socket::tcp::State;
 
 const MARKER: &str = "/mirror-marker-7f3a";
 
@@ -94,24 +93,13 @@ fn https_exchange(setup: &mut Setup, body_len: usize) -> Vec<u8> {
     let body = pattern(body_len, 3);
     let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     response.extend_from_slice(&body);
-    client.writer().write_all(&request).unwrap();
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let mut answered = false;
-    let done = lab.run_until(60_000, |lab| {
-        if lab.client.tcp(socket).state() == State::Established {
-            drive(&mut lab.client, socket, &mut client, &mut at_client);
-        }
-        if lab.server.tcp(listener).state() == State::Established {
-            drive(&mut lab.server, listener, &mut server, &mut at_server);
-        }
-        if at_server == request && !answered {
-            answered = true;
-            server.writer().write_all(&response).unwrap();
-        }
-        at_client.len() == response.len()
-    });
-    assert!(done, "{} of {} response bytes", at_client.len(), response.len());
-    assert!(at_client == response, "the response arrived byte-exact");
+    tls_exchange(
+        lab,
+        (socket, listener),
+        (&mut client, &mut server),
+        (&request, &response),
+        60_000,
+    );
     response
 }
 
@@ -146,6 +134,19 @@ fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// A sink that keeps the frames of one call of a stream.
+struct Kept(Option<Frames>);
+
+impl FrameSink for &mut Kept {
+    fn wire_port(&self, server_port: u16) -> u16 {
+        server_port
+    }
+
+    fn write(&mut self, frames: Frames, _now: SystemTime) {
+        self.0 = Some(frames);
+    }
 }
 
 /// Waits (bounded) until the stream's counters satisfy `done`.
@@ -311,7 +312,8 @@ fn a_mirror_port_that_takes_nothing_drops_and_counts_and_holds_nothing_back() {
 fn a_reader_that_reads_nothing_is_disconnected_and_never_slows_the_workers() {
     let stream = PcapStream::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let _stalled = TcpStream::connect(stream.local_addr()).unwrap();
-    await_totals(&stream, Duration::from_secs(10), |totals| totals.clients == 1);
+    let connected = await_totals(&stream, Duration::from_secs(30), |totals| totals.clients == 1);
+    assert_eq!(connected.clients, 1, "the reader is connected: {connected:?}");
     let mut taps = Taps::new(Default::default()).with_stream(stream.feed());
     let mut flow = CaptureStream::new(
         "198.18.0.1:40000".parse().unwrap(),
@@ -320,26 +322,44 @@ fn a_reader_that_reads_nothing_is_disconnected_and_never_slows_the_workers() {
         [2, 0, 0, 0, 0, 2],
         1,
     );
-    let chunk = pattern(16 * 1024, 9);
-    // 96 MiB: far beyond the reader's queue and the kernel's buffers; a
-    // feed that waited for the reader would hang here.
-    let started = Instant::now();
-    for _ in 0..6 * 1024 {
-        flow.data(&mut taps, false, &chunk, SystemTime::now());
+    // The frames of a 16 KiB write, built once (opening the flow): the
+    // flood below hands them to the feed again and again, as Taps hands a
+    // worker's frames to it, without a debug build's cost of building them.
+    let mut kept = Kept(None);
+    flow.data(&mut kept, false, &pattern(16 * 1024, 9), SystemTime::now());
+    let frames = kept.0.expect("the frames of the write");
+    let feed = stream.feed();
+    // The worker feeds until the writer drops frames for the reader: the
+    // kernel's buffers and the reader's queue are full, the reader is still
+    // connected (only a connected reader's frames are dropped), and the feed
+    // went on past it. A feed that waited for the reader would never get
+    // here: it would hang until the reader is disconnected, and feed no one
+    // after that. Bounded at 96 MiB, far beyond the queue and the buffers.
+    let mut fed = 0;
+    while stream.totals().client_frames_dropped == 0 && fed < 6 * 1024 {
+        feed.send(&frames, SystemTime::now());
+        fed += 1;
     }
-    let feeding = started.elapsed();
-    // The writer counts the disconnection, then the clients left: two
-    // counters, read one after the other, so both are awaited.
+    let past_the_reader = stream.totals();
+    assert!(
+        past_the_reader.client_frames_dropped > 0,
+        "{fed} writes of 16 KiB fed: {past_the_reader:?}"
+    );
+    // The worker's traffic goes on, a write at each look, and keeps the
+    // reader's queue above half full once the kernel has taken its share
+    // (the flood may stop just below half). The writer counts the
+    // disconnection, then the clients left: two counters, read one after
+    // the other, so both are awaited.
     let totals = await_totals(&stream, TOO_SLOW_AFTER * 3, |totals| {
+        feed.send(&frames, SystemTime::now());
         totals.clients_too_slow == 1 && totals.clients == 0
     });
     assert_eq!(totals.clients_too_slow, 1, "{totals:?}");
     assert_eq!(totals.clients, 0);
-    assert!(totals.client_frames_dropped > 0, "{totals:?}");
-    assert!(feeding < TOO_SLOW_AFTER * 2, "feeding took {feeding:?}");
     // A new reader is served from the start of its own stream.
     let mut next = TcpStream::connect(stream.local_addr()).unwrap();
-    await_totals(&stream, Duration::from_secs(10), |totals| totals.clients == 1);
+    let connected = await_totals(&stream, Duration::from_secs(30), |totals| totals.clients == 1);
+    assert_eq!(connected.clients, 1, "the next reader is connected: {connected:?}");
     flow.data(
         &mut taps,
         true,

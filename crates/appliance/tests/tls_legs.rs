@@ -11,12 +11,11 @@
 
 mod harness;
 
-use std::io::Write;
 use std::sync::Arc;
 
 use appliance::policy::{Action, Condition, Policy, PolicyRules, RuleConfig};
 use harness::connlog::LogFile;
-use harness::tls::{client_tls, drive, interception, origin_for, provider, Intercepting, Scratch};
+use harness::tls::{client_tls, drive, interception, origin_for, provider, tls_exchange, Intercepting, Scratch};
 use harness::{assert_no_leaks, close_both, exchange, policy, v4, Lab, SERVER_V4};
 use rustls::client::{EchConfig, EchMode};
 use rustls::pki_types::{CertificateDer, EchConfigListBytes, ServerName};
@@ -87,23 +86,13 @@ fn https_exchange(
     let mut server = ServerConnection::new(Arc::clone(origin)).unwrap();
     let request = b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n".to_vec();
     let response = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
-    client.writer().write_all(&request).unwrap();
-    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
-    let mut answered = false;
-    let done = lab.run_until(10_000, |lab| {
-        if lab.client.tcp(socket).state() == State::Established {
-            drive(&mut lab.client, socket, &mut client, &mut at_client);
-        }
-        if lab.server.tcp(listener).state() == State::Established {
-            drive(&mut lab.server, listener, &mut server, &mut at_server);
-        }
-        if at_server == request && !answered {
-            answered = true;
-            server.writer().write_all(&response).unwrap();
-        }
-        at_client == response
-    });
-    assert!(done, "exchange: {} response bytes", at_client.len());
+    tls_exchange(
+        lab,
+        (socket, listener),
+        (&mut client, &mut server),
+        (&request, &response),
+        10_000,
+    );
     close_both(lab, socket, listener);
     client
 }

@@ -3,17 +3,18 @@
 //! appliance CA, and the pump of TLS records between a rustls connection
 //! and a host's smoltcp socket.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, TlsContext, UpstreamTrust};
 use rcgen::{CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
 
 use super::connlog::LogFile;
-use super::{Host, SERVER_V4};
+use super::{Host, Lab, SERVER_V4};
 
 /// A scratch directory removed when dropped.
 pub struct Scratch(pub std::path::PathBuf);
@@ -201,4 +202,44 @@ pub fn drive<D: rustls::SideData>(
     plaintext: &mut Vec<u8>,
 ) -> bool {
     try_drive(host, socket, tls, plaintext).unwrap()
+}
+
+/// One request and its response over TLS through the lab's engine:
+/// `client` on `socket` sends `request`, `server` on `listener` answers
+/// `response` once it holds the whole request. Asserts that the client
+/// holds the response byte-exact within `limit_ms`; returns what the client
+/// and the server received.
+pub fn tls_exchange(
+    lab: &mut Lab,
+    (socket, listener): (SocketHandle, SocketHandle),
+    (client, server): (&mut ClientConnection, &mut ServerConnection),
+    (request, response): (&[u8], &[u8]),
+    limit_ms: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    client.writer().write_all(request).unwrap();
+    let (mut at_client, mut at_server) = (Vec::new(), Vec::new());
+    let mut answered = false;
+    let done = lab.run_until(limit_ms, |lab| {
+        if lab.client.tcp(socket).state() == State::Established {
+            drive(&mut lab.client, socket, client, &mut at_client);
+        }
+        if lab.server.tcp(listener).state() == State::Established {
+            drive(&mut lab.server, listener, server, &mut at_server);
+        }
+        if at_server == request && !answered {
+            answered = true;
+            server.writer().write_all(response).unwrap();
+        }
+        at_client.len() >= response.len()
+    });
+    assert!(
+        done,
+        "{} of {} response bytes ({} of {} request bytes)",
+        at_client.len(),
+        response.len(),
+        at_server.len(),
+        request.len()
+    );
+    assert!(at_client == response, "the response arrived byte-exact");
+    (at_client, at_server)
 }
