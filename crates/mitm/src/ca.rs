@@ -45,13 +45,18 @@ pub struct CaSummary {
 
 /// SHA-256 of `der`, as colon-separated upper-case hex (the way browsers show it).
 pub fn fingerprint(der: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    // One allocation (it is made twice per intercepted connection).
+    let mut text = String::with_capacity(digest.as_ref().len() * 3);
+    for (index, byte) in digest.as_ref().iter().enumerate() {
+        if index > 0 {
+            text.push(':');
+        }
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 impl CertificateAuthority {
@@ -203,4 +208,17 @@ impl CertificateAuthority {
 
 pub(crate) fn to_datetime(timestamp: i64) -> Result<OffsetDateTime, MitmError> {
     OffsetDateTime::from_unix_timestamp(timestamp).map_err(|err| MitmError::forge(format!("bad validity time: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_is_the_sha256_as_colon_separated_upper_case_hex() {
+        assert_eq!(
+            fingerprint(b"abc"),
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+    }
 }

@@ -45,7 +45,7 @@ use crate::grade::{bulk_cipher, suite_name, LegGrade};
 use crate::hello::{client_offer, server_answer, ServerAnswer};
 use crate::queues::{release_if_empty, Queues};
 use crate::resume::GroupSessions;
-use crate::trust::UpstreamTrust;
+use crate::trust::{UpstreamTrust, VerifiedChains};
 
 /// What to do when the real server's certificate does not verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +99,8 @@ pub struct TlsContext {
     /// every rustls configuration made here.
     clock: WallClock,
     trust: UpstreamTrust,
+    /// The chains of resumed upstream handshakes that verified.
+    verified_chains: VerifiedChains,
     provider: Arc<CryptoProvider>,
     /// The upstream sessions kept for resumption, shared by every upstream
     /// configuration.
@@ -141,6 +143,7 @@ impl TlsContext {
             forger,
             clock,
             trust,
+            verified_chains: VerifiedChains::new(CONFIG_CACHE_ENTRIES),
             provider,
             upstream_resumption: Resumption::default(),
             upstream_configs: RefCell::new(BoundedCache::new(CONFIG_CACHE_ENTRIES)),
@@ -169,6 +172,7 @@ impl TlsContext {
         self.clock = clock;
         self.upstream_configs.get_mut().clear();
         self.client_facing.get_mut().clear();
+        self.verified_chains.clear();
     }
 
     /// Writes the secrets of the connections opened from now on to
@@ -934,10 +938,13 @@ impl TlsSession {
             None => ServerName::IpAddress(self.server_ip.into()),
         };
         // Judged while the handshake ran; a resumed handshake shows no
-        // certificate, its chain is judged now.
+        // certificate, its stored chain is judged now (or the verdict of
+        // an earlier resumption reused, while it holds).
         let verified = match self.info.upstream_verified.clone() {
             Some(verdict) => verdict,
-            None => cx.trust.verify(&chain, &name, cx.clock.unix_time()),
+            None => cx
+                .verified_chains
+                .verify(&cx.trust, &chain, &name, cx.clock.unix_time()),
         };
         self.info.upstream_verified = Some(verified.clone());
         let trust = match (&verified, cx.invalid_upstream) {

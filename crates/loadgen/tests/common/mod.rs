@@ -181,6 +181,12 @@ fn build(name: &str, plan: Plan, origin_plan: Option<Plan>, appliance_buffer: us
 impl Bench {
     /// One millisecond: the generator's frames to the appliance and back.
     pub fn step(&mut self) {
+        self.step_around_engine(|poll| poll());
+    }
+
+    /// One millisecond, the engine's polls run through `around` (which may
+    /// measure them: it must call it once).
+    pub fn step_around_engine(&mut self, around: impl FnOnce(&mut dyn FnMut())) {
         self.generator.poll(self.now);
         self.generator.drain_output(&mut self.out);
         if let Some(origin) = &mut self.origin {
@@ -201,7 +207,8 @@ impl Bench {
                 _ => self.server_port.inject(frame.frame),
             }
         }
-        while self.engine.poll(self.now) > 0 {}
+        let (engine, now) = (&mut self.engine, self.now);
+        around(&mut || while engine.poll(now) > 0 {});
         for frame in self.client_port.take_transmitted() {
             self.generator.receive(CLIENT_SIDE, &frame, self.now);
         }
@@ -220,5 +227,17 @@ impl Bench {
             self.step();
         }
         done(self)
+    }
+
+    /// Runs until the generator finished (at most `limit_ms`), every step's
+    /// engine polls through `around` (see [`Bench::step_around_engine`]).
+    pub fn run_until_around_engine(&mut self, limit_ms: u64, mut around: impl FnMut(&mut dyn FnMut())) -> bool {
+        for _ in 0..limit_ms {
+            if self.generator.finished() {
+                return true;
+            }
+            self.step_around_engine(&mut around);
+        }
+        self.generator.finished()
     }
 }
