@@ -3,11 +3,12 @@
 # path (issue 17): tlsgate-loadgen and tlsgate joined by memif (shared-memory
 # rings between the two processes), tlsgate's CPU per intercepted connection
 # and per GB relayed with and without the inspection loop, judged against the
-# in-memory rustls floor of the same run; and 2 workers against 1, in memory.
+# in-memory rustls floor of the same run; and 2 workers against 1, over memif
+# and in memory.
 #
 # Usage: scripts/bench-memif.sh [--write-doc] [--runs N] [--quick]
 #          [--connections N] [--rate N] [--bulk-mb N] [--no-profile] [--keep]
-#          [--baseline PATH]   (root)
+#          [--baseline PATH] [--burst-sizes "N ..."]   (root)
 #   --runs: runs, each measuring every variant once (default 3); the tables
 #     show the medians of the per-run values and ratios. Also the rounds of
 #     the 2-worker comparison.
@@ -25,6 +26,10 @@
 #     per-run ratios of tlsgate's CPU per connection and per GB, this tree ÷
 #     baseline (scripts/bench-memif/ab.py). Each build is its own box; the doc
 #     and the profile use this tree's.
+#   --burst-sizes: also measure the 1-worker variant with each of these
+#     dataplane.burst_size values (1-512), in every run after the other
+#     variants, and print each one's CPU per connection and per GB ÷ the
+#     1-worker variant's (the default burst size).
 #   --write-doc: (re)write the section between <!-- bench-memif:begin --> and
 #   <!-- bench-memif:end --> of docs/BENCHMARKS.md and the chart docs/bench-memif.svg.
 #
@@ -34,6 +39,11 @@
 # tests/loadgen_lab.rs does). Variants, each on a fresh 1-worker tlsgate, in
 # every run:
 #   one: no inspection loop.
+#   two: no inspection loop, 2 workers (tlsgate-loadgen --rx-queues 2: memif
+#     has no RSS, so tlsgate's worker 0 reads the one receive queue and hands
+#     worker 1 its connections' frames, and each worker transmits on its own
+#     queue, which the generator polls).
+#   burstN (--burst-sizes): as one, with dataplane.burst_size = N.
 #   inspect: the inspection loop: tlsgate's inspect_out and inspect_in ports are
 #     memif servers too, and the box is a second tlsgate with no [intercept]
 #     (an L2 bridge: it classifies and forwards every frame unchanged, and
@@ -51,9 +61,9 @@
 #   bench-compare.sh runs it (two handshakes per connection, weighted by the
 #   share of upstream legs that resumed, from tlsgate's connection log; bare
 #   AES-256-GCM decrypt + encrypt per GB).
-# 2 workers against 1: not over memif (tlsgate's second worker transmits on
-#   memif queue 1, and tlsgate-loadgen reads only queue 0), but in memory:
-#   cargo's worker_scaling example (crates/loadgen/examples/worker_scaling.rs),
+# 2 workers against 1: over memif (the variant two against one: wall rates,
+#   CPU per unit, and the 1 worker's CPU ÷ the busier of the 2 workers'), and
+#   in memory: cargo's worker_scaling example (crates/loadgen/examples/worker_scaling.rs),
 #   1 and 2 threads each owning an engine and its generator, --runs rounds,
 #   small exchanges and 4 bulk connections per thread; the ratio from each
 #   thread's CPU time (connections per CPU second of the busier thread).
@@ -87,6 +97,7 @@ baseline=""
 write_doc=0 keep=0 runs=3 connections=1000 rate=500 bulk_mb=400 profile=1
 floor_args=(--rounds 5)
 scaling_conns=1000 scaling_bulk_mb=50
+burst_sizes=()
 cmdline="scripts/bench-memif.sh${*:+ $*}"
 while (($#)); do
   case "$1" in
@@ -98,6 +109,7 @@ while (($#)); do
     --bulk-mb) bulk_mb="$2"; shift ;;
     --no-profile) profile=0 ;;
     --baseline) baseline="$2"; shift ;;
+    --burst-sizes) read -r -a burst_sizes <<<"$2"; shift ;;
     --quick) runs=1 connections=300 bulk_mb=100
       floor_args=(--rounds 3 --connections 100 --bytes 100000000) scaling_conns=200 scaling_bulk_mb=5 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -111,6 +123,11 @@ for n in "$runs" "$connections" "$rate" "$bulk_mb"; do
 done
 ((runs <= 20 && connections <= 50000)) ||
   { echo "bench-memif: at most 20 runs and 50000 connections" >&2; exit 2; }
+for n in "${burst_sizes[@]}"; do
+  if ! [[ "$n" =~ ^[1-9][0-9]*$ ]] || ((n > 512)); then
+    echo "bench-memif: --burst-sizes: $n is not a burst size (1-512)" >&2; exit 2
+  fi
+done
 
 log() { echo "bench-memif: $*" >&2; }
 
@@ -122,7 +139,7 @@ bulk_bytes=$((bulk_each * bulk_conns))
 # Every DPDK process of this run gets a file prefix starting with this (its
 # runtime directory /var/run/dpdk/PREFIX is removed at the end).
 prefix="tgmemif$$"
-box_pid="" perf_pid=""
+box_pid="" perf_pid="" lg_rx_queues=1
 bench_begin bench-memif
 
 bench_stop() {
@@ -181,13 +198,22 @@ memif() {  # index role socket-name
   echo "net_memif$1,role=$2,socket=$tmp/$3.sock,id=0"
 }
 
+# The workers of a variant's tlsgate (and so the receive queues the generator polls).
+variant_workers() {  # variant
+  if [[ "$1" == two ]]; then echo 2; else echo 1; fi
+}
+
 appliance_config() {  # variant tag; prints the config
-  local variant="$1" tag="$2"
+  local variant="$1" tag="$2" workers
+  workers="$(variant_workers "$variant")"
   cat <<EOF
 [dataplane]
-eal_args = [$(eal_list 2 "$tag")]
-workers = 1
+eal_args = [$(eal_list $((workers + 1)) "$tag")]
+workers = $workers
 mbufs = 16383
+EOF
+  [[ "$variant" == burst* ]] && echo "burst_size = ${variant#burst}"
+  cat <<EOF
 
 [ports.client]
 device = "$(memif 0 server client)"
@@ -241,6 +267,7 @@ box_config check >"$tmp/check-box.toml"
 timeout 60 "$tmp/tlsgate" check --config "$tmp/check-box.toml" >/dev/null
 
 start_variant() {  # variant tag
+  lg_rx_queues="$(variant_workers "$1")"
   appliance_config "$1" "$2" >"$tmp/tlsgate-$2.toml"
   start_tlsgate "$tmp/tlsgate-$2.toml" "$tmp/tlsgate-$2.log" --report-json "$tmp/report-$2.json"
   if [[ "$1" == inspect ]]; then
@@ -296,13 +323,14 @@ snap_delta() {  # name1 name2
     "$tmp/snap-$1" "$tmp/snap-$2"
 }
 
-# Runs the generator (its clients in 198.19.PREFIX.0/24) to completion; its JSON
+# Runs the generator (its clients in 198.19.PREFIX.0/24) to completion, polling
+# as many receive queues as the running variant's tlsgate has workers; its JSON
 # report in $tmp/lg-TAG.json, its output in $tmp/lg-TAG.log.
 loadgen() {  # tag client-prefix-octet connections rate buffer request-bytes response-bytes
   local tag="$1"
   timeout 300 "$tmp/tlsgate-loadgen" \
     --client-device "$(memif 0 client client)" --server-device "$(memif 1 client server)" \
-    --eal-args "$(eal_list 1 "lg-$tag" | tr -d '",')" \
+    --eal-args "$(eal_list 1 "lg-$tag" | tr -d '",')" --rx-queues "$lg_rx_queues" \
     --clients "198.19.$2.0/24" --server 198.18.0.2:443 --connections "$3" --rate "$4" --buffer "$5" \
     --request-bytes "$6" --response-bytes "$7" --hold close --until-done --duration 240 --report-interval 5 \
     --trust "$tmp/ca/ca.pem" --cert "$tmp/origin.crt" --key "$tmp/origin.key" \
@@ -388,7 +416,8 @@ records="$tmp/records.kv"
 : >"$tmp/floor.kv"
 invalid=0
 octet=0
-variants=(one inspect)
+variants=(one inspect two)
+for n in "${burst_sizes[@]}"; do variants+=("burst$n"); done
 for run in $(seq "$runs"); do
   log "run $run/$runs: rustls floor (tls_floor example, in memory)"
   tls_floor "$run"
@@ -479,7 +508,7 @@ Reproduce (root): \`$cmdline\` (about $minutes min here, builds included; no nam
 it can run beside the lab). Machine: $(nproc) vCPU ${cpu:-unknown CPU}${hyper:+ ($hyper guest)},
 Linux $(uname -r), DPDK ${dpdk_version:-?}, run on $(date -u +%Y-%m-%d) at commit ${commit:-?}${dirty:+ (with uncommitted changes)}.
 
-![Medians of the run below: tlsgate's CPU per connection and per GB against the rustls floor, and 2 workers against 1 in memory](bench-memif.svg)
+![Medians of the run below: tlsgate's CPU per connection and per GB against the rustls floor, and 2 workers against 1 over memif and in memory](bench-memif.svg)
 
 **Noise.** This run shared its 2 vCPUs with other engineers' builds (the "other processes"
 column below: how many cores they took meanwhile). CPU time per unit of work is much less
@@ -494,11 +523,16 @@ No kernel in the path: tlsgate's client and server ports are DPDK memif servers
 on the other, all in one polling thread, frames in shared-memory rings. Nothing crosses a
 veth, af_packet or a kernel TCP stack, so tlsgate's CPU is its own work (plus the memif
 copies, which a NIC's DMA would replace). Every process runs with \`--no-huge\`, its lcores
-free to run on either vCPU (\`--lcores 0@(0-1),...\`). Variants, each on a fresh tlsgate with
-one worker (\`[intercept] tcp_ports = [443], mode = "tls"\`, default \`[tcp]\`, a connection
-log):
+free to run on either vCPU (\`--lcores 0@(0-1),...\`). Variants, each on a fresh tlsgate
+(\`[intercept] tcp_ports = [443], mode = "tls"\`, default \`[tcp]\`, a connection log):
 
 - **1 worker**, no inspection loop.
+- **2 workers**, no inspection loop (\`dataplane.workers = 2\`). memif has no RSS: tlsgate's
+  worker 0 reads the one receive queue of each port and hands worker 1 its connections'
+  frames (software distribution), and each worker transmits on its own queue, so each memif
+  port has 1 ring towards tlsgate and 2 back (memif takes its ring counts from the two
+  ends' queue counts). \`tlsgate-loadgen --rx-queues 2\` polls both receive queues of each
+  of its ports and transmits on queue 0.
 - **1 worker + inspection loop**: \`inspect_out\`/\`inspect_in\` are memif servers too, joined by
   the cheapest honest box: a second \`tlsgate run\` with no \`[intercept]\`, an L2 bridge whose
   two memif client ports are attached to them. Every frame of the plaintext legs crosses it
@@ -508,6 +542,15 @@ log):
   tlsgate and the generator; a \`net_ring\` pair inside tlsgate cannot be a box (a ring port
   receives what it sends itself), and memif will not join a server and a client of one
   socket in one process. The box's CPU is given separately, not added to tlsgate's.
+EOF
+  if ((${#burst_sizes[@]})); then
+    cat <<EOF
+- **1 worker, \`dataplane.burst_size\` = N** for N in ${burst_sizes[*]} (the default is 32),
+  measured after the others in every run, each judged against the 1-worker variant of the
+  same run.
+EOF
+  fi
+  cat <<EOF
 
 Workloads, per variant, each with fresh client addresses (198.19.N.0/24):
 
@@ -531,14 +574,14 @@ handshakes, the client role weighted by the share of tlsgate's upstream legs tha
 (its connection log: the generator's origin issues stateful TLS 1.3 tickets, rustls'
 default), and bare AES-256-GCM decrypt + encrypt of 16 KiB records per GB.
 
-**2 workers against 1: in memory, from CPU time.** Over memif, 2 workers do not work with
-this load generator: memif has no RSS, so tlsgate's worker 0 reads the one receive queue
-and hands worker 1 its connections' frames (software distribution), but each worker
-transmits on its own queue, and \`tlsgate-loadgen\` reads only queue 0 of its memif ports.
-Worker 1's frames are never read, and its connections time out (a first version of this
-script measured it: 157 of 300 connections timed out, tlsgate intercepted the 152 of
-worker 0 and none of the 164 worker 1 had taken). The 2-worker row is therefore measured in
-memory with \`crates/loadgen/examples/worker_scaling.rs\` (README's "Scaling across
+**2 workers against 1, over memif and in memory, from CPU time.** Over memif, the 2-worker
+variant against the 1-worker one, same workloads. Wall rates cannot show the scaling: the
+connection workload is paced (--rate), and the one generator thread does as much TLS work
+as tlsgate. The capacity ratio comes from CPU time: with a vCPU each, 2 workers saturate
+when the busier one does, so *2 ÷ 1* = (the 1 worker's CPU) / (the busier of the 2
+workers' CPU) for the same load; it includes software distribution's cost (worker 0
+reads and hands on every frame) and the workers' idle sleeps. In memory, with
+\`crates/loadgen/examples/worker_scaling.rs\` (README's "Scaling across
 workers"): 1 and then 2 threads, each owning an \`Engine\` (its own stack, sessions and TLS
 context) fed by its own generator on in-memory ports, alternating for ${runs} round(s):
 ${scaling_conns} connections per thread with a 200 B request and a 2000 B response
@@ -548,8 +591,8 @@ roles, and the machine's 2 vCPUs are shared. The ratio comes from each thread's 
 instead: with a vCPU each, 2 threads finish when the busier one does, so *2 ÷ 1* =
 (connections per CPU second of the busier of the 2 threads) × 2 / (connections per CPU
 second of the 1 thread). It shows whether the workers share anything that slows them down
-(locks, allocator, caches), not software distribution's extra cost (which only a
-multi-queue peer could show).
+(locks, allocator, caches), not software distribution's extra cost (which the memif
+ratio includes).
 
 A run is void unless the generator reports every connection handshaken and exchanged with no
 reset, timeout or TLS error, tlsgate intercepted every connection and failed none, and with

@@ -4,8 +4,9 @@
   report.py DIR SVG
 
 DIR holds records.kv (one record per run, variant and workload: key=value,
-space-separated; cpu = tlsgate's process CPU s, workers = its worker
-threads' CPU s, comma-separated; box = the box's CPU s; resumed =
+space-separated; variant = one, inspect, two (2 workers) or burstN (1
+worker, dataplane.burst_size = N); cpu = tlsgate's process CPU s, workers =
+its worker threads' CPU s, comma-separated; box = the box's CPU s; resumed =
 "resumed/logged" upstream legs of the variant's connection log),
 floor-RUN.json (crates/mitm/examples/tls_floor.rs --json), floor.kv, and
 scaling-{conn,bulk}.json (the last line of the worker_scaling example).
@@ -21,7 +22,7 @@ from html import escape
 
 d, svg_path = sys.argv[1:3]
 NAN = float("nan")
-VARIANTS = {"one": "1 worker", "inspect": "1 worker + inspection loop"}
+VARIANTS = {"one": "1 worker", "inspect": "1 worker + inspection loop", "two": "2 workers"}
 TARGET_CONN, TARGET_GB, TARGET_SCALING = 1.3, 3.0, 1.8
 
 
@@ -60,6 +61,9 @@ def median(values):
 records = load("records.kv")
 floor_env = {r.get("run"): r for r in load("floor.kv")}
 runs = sorted({r["run"] for r in records}, key=int)
+BURSTS = sorted({r["variant"] for r in records if r["variant"].startswith("burst")}, key=lambda v: int(v[5:]))
+for v in BURSTS:
+    VARIANTS[v] = f"1 worker, burst_size {v[5:]}"
 
 
 def record(run, variant, what):
@@ -205,6 +209,61 @@ if any(js for _, _, js in scaling_rows):
           f"{fmt(num(js.get('wall_ratio')), 2)} | {per_round('wall_ratios')} |")
 
 
+
+
+def per_run_ratio(fn):
+    """The median over the runs of fn(run, what) for conn and bulk."""
+    return {what: median([fn(run, what) for run in runs]) for what in ("conn", "bulk")}
+
+
+def over_one(variant, fn):
+    """Per run and workload, fn of the variant's record ÷ fn of the 1-worker variant's."""
+    return lambda run, what: ratio(fn(record(run, variant, what)), fn(record(run, "one", what)))
+
+
+def busier_worker(r):
+    return max(workers_of(r), default=NAN)
+
+
+memif_scale = {}
+if any(r["variant"] == "two" for r in records):
+    rates = per_run_ratio(over_one("two", rate))
+    cpu_unit = per_run_ratio(over_one("two", lambda r: per_unit(r, "cpu")))
+    # With a vCPU each, 2 workers saturate when the busier one does: the 1
+    # worker's CPU for the same load ÷ the busier worker's.
+    memif_scale = per_run_ratio(lambda run, what: ratio(busier_worker(record(run, "one", what)),
+                                                        busier_worker(record(run, "two", what))))
+    w("")
+    w("2 workers against 1 over memif (the same workloads; `tlsgate-loadgen --rx-queues 2`):")
+    w("")
+    w("| 2 workers ÷ 1 worker | conn workload | bulk workload |")
+    w("|---|---:|---:|")
+    w(f"| capacity: the 1 worker's CPU ÷ the busier of the 2 workers' | **{fmt(memif_scale['conn'], 2)}** "
+      f"| **{fmt(memif_scale['bulk'], 2)}** |")
+    w(f"| wall rate (connections/s, MB/s) | {fmt(rates['conn'], 2)} | {fmt(rates['bulk'], 2)} |")
+    w(f"| tlsgate's process CPU per connection, per GB | {fmt(cpu_unit['conn'], 2)} | {fmt(cpu_unit['bulk'], 2)} |")
+    w("")
+    w("The 2 workers' CPU seconds per run (conn; bulk): " + "; ".join(
+        f"run {run}: {(record(run, 'two', 'conn') or {}).get('workers', '-')}; "
+        f"{(record(run, 'two', 'bulk') or {}).get('workers', '-')}" for run in runs) + ".")
+
+if BURSTS:
+    w("")
+    w("Burst sizes (`dataplane.burst_size`), 1 worker, each ÷ the 1-worker variant's (default burst size), "
+      "median of the per-run ratios (each run's in parentheses):")
+    w("")
+    w("| burst_size | CPU ms per connection | ÷ default | CPU s per GB | ÷ default | conn/s, MB/s (wall) |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for v in BURSTS:
+        conn = lambda run, v=v: per_unit(record(run, v, "conn"), "cpu")
+        gb = lambda run, v=v: per_unit(record(run, v, "bulk"), "cpu")
+        rconn = lambda run, v=v: over_one(v, lambda r: per_unit(r, "cpu"))(run, "conn")
+        rgb = lambda run, v=v: over_one(v, lambda r: per_unit(r, "cpu"))(run, "bulk")
+        w(f"| {v[5:]} | {cells(conn, 3)} | **{cells(rconn, 2)}** | {cells(gb, 3)} | **{cells(rgb, 2)}** | "
+          f"{fmt(median([rate(record(r, v, 'conn')) for r in runs]), 0)}, "
+          f"{fmt(median([rate(record(r, v, 'bulk')) for r in runs]), 0)} |")
+
+
 def verdict(value, target, higher=False):
     if math.isnan(value):
         return "not measured"
@@ -220,6 +279,10 @@ targets = [
     ("(the same with the inspection loop, per connection)", "1 worker + loop", insp.get("rconn", NAN),
      TARGET_CONN, False),
     ("(the same with the inspection loop, per GB)", "1 worker + loop", insp.get("rgb", NAN), TARGET_GB, False),
+    ("2 workers ≥ 1.8 × 1 worker, connections/s", "memif, CPU of the busier worker", memif_scale.get("conn", NAN),
+     TARGET_SCALING, True),
+    ("2 workers ≥ 1.8 × 1 worker, GB/s", "memif, CPU of the busier worker", memif_scale.get("bulk", NAN),
+     TARGET_SCALING, True),
     ("2 workers ≥ 1.8 × 1 worker, connections/s", "in memory, CPU time", scale.get("conn", NAN),
      TARGET_SCALING, True),
     ("2 workers ≥ 1.8 × 1 worker, GB/s", "in memory, CPU time", scale.get("bulk", NAN),
@@ -258,8 +321,9 @@ panels = [
         ("+ loop", insp.get("gb", NAN), "#8db4e2"),
         ("box", med.get("inspect", {}).get("box", {}).get("gb", NAN), "#5a9e4b")],
      TARGET_GB * floor_g, "target 3 × floor", 2),
-    ("2 workers ÷ 1 worker (in memory, CPU)", "ratio", [
-        ("conn/s", scale.get("conn", NAN), "#5a9e4b"), ("GB/s", scale.get("bulk", NAN), "#5a9e4b")],
+    ("2 workers ÷ 1 worker (CPU)", "ratio", [
+        ("memif conn", memif_scale.get("conn", NAN), "#2c6fb7"), ("memif GB", memif_scale.get("bulk", NAN), "#2c6fb7"),
+        ("mem conn", scale.get("conn", NAN), "#5a9e4b"), ("mem GB", scale.get("bulk", NAN), "#5a9e4b")],
      TARGET_SCALING, "target 1.8", 2),
 ]
 PW, PH = 340, 260
@@ -293,8 +357,8 @@ for i, (title, unit, bars, target, target_label, digits) in enumerate(panels):
                    f'{escape(target_label)}</text>')
 svg.append(f'<text x="10" y="{H - 28}" fill="#444">1 worker: tlsgate\'s process CPU (utime + stime) per unit; '
            '+ loop: the same with the inspection loop; box: the box\'s CPU; floor: tls_floor, same run.</text>')
-svg.append(f'<text x="10" y="{H - 12}" fill="#444">2 workers ÷ 1: worker_scaling in memory, units per CPU second '
-           'of the busier thread.</text>')
+svg.append(f'<text x="10" y="{H - 12}" fill="#444">2 workers ÷ 1: over memif, the 1 worker\'s CPU ÷ the busier '
+           'worker\'s; in memory (worker_scaling), units per CPU second of the busier thread.</text>')
 svg.append("</svg>")
 with open(svg_path, "w") as f:
     f.write("\n".join(svg) + "\n")

@@ -354,6 +354,7 @@ impl Dataplane {
         )?;
         let dev_config = EthDevConfig {
             queues: dataplane.workers,
+            min_rx_queues: 1,
             rx_descriptors: dataplane.rx_descriptors,
             tx_descriptors: dataplane.tx_descriptors,
             promiscuous: true,

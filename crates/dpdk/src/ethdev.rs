@@ -15,6 +15,11 @@ use port::{LinkState, Port, PortCounters};
 pub struct EthDevConfig {
     /// Receive/transmit queue pairs (one per worker).
     pub queues: u16,
+    /// Receive queues to set up at least; those past `queues` only receive.
+    /// For a peer of a device that transmits on more queues than it reads
+    /// (the load generator facing a memif port of tlsgate with several
+    /// workers, which transmit on a queue each): 1 otherwise.
+    pub min_rx_queues: u16,
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
     /// Receive every frame regardless of destination MAC (a bridge must).
@@ -25,6 +30,7 @@ impl Default for EthDevConfig {
     fn default() -> Self {
         EthDevConfig {
             queues: 1,
+            min_rx_queues: 1,
             rx_descriptors: 1024,
             tx_descriptors: 1024,
             promiscuous: true,
@@ -108,6 +114,22 @@ pub fn open_vdev_pair(
     pool_name: &str,
     mbufs: u32,
 ) -> Result<[EthQueue; 2], DpdkError> {
+    let [(client, _), (server, _)] = open_vdev_pair_receiving(eal_args, specs, pool_name, mbufs, 1)?;
+    Ok([client, server])
+}
+
+/// As [`open_vdev_pair`], but each device gets `rx_queues` receive queues
+/// (at least one) and one transmit queue: per device, queue 0 (which
+/// receives and transmits) and the others in order (which only receive).
+/// The load generator's ports facing memif ports of tlsgate with
+/// `rx_queues` workers (each of which transmits on its own queue).
+pub fn open_vdev_pair_receiving(
+    eal_args: &str,
+    specs: [&str; 2],
+    pool_name: &str,
+    mbufs: u32,
+    rx_queues: u16,
+) -> Result<[(EthQueue, Vec<EthQueue>); 2], DpdkError> {
     let mut args: Vec<String> = eal_args.split_whitespace().map(str::to_owned).collect();
     let mut names = [""; 2];
     for (name, spec) in names.iter_mut().zip(specs) {
@@ -118,14 +140,19 @@ pub fn open_vdev_pair(
     let pool = pool_for_devices(&eal, pool_name, mbufs, names)?;
     let config = EthDevConfig {
         queues: 1,
+        min_rx_queues: rx_queues.max(1),
         rx_descriptors: 1024,
         tx_descriptors: 1024,
         promiscuous: true,
     };
-    Ok([
-        EthDev::open(&eal, names[0], &pool, config)?.queue(0)?,
-        EthDev::open(&eal, names[1], &pool, config)?.queue(0)?,
-    ])
+    let all_queues = |name: &str| -> Result<(EthQueue, Vec<EthQueue>), DpdkError> {
+        let dev = EthDev::open(&eal, name, &pool, config)?;
+        let receive_only = (1..dev.rx_queues())
+            .map(|queue| dev.queue(queue))
+            .collect::<Result<_, _>>()?;
+        Ok((dev.queue(0)?, receive_only))
+    };
+    Ok([all_queues(names[0])?, all_queues(names[1])?])
 }
 
 /// A Toeplitz key of `len` bytes that hashes both directions of a flow
@@ -235,8 +262,11 @@ pub struct EthDev {
     driver: String,
     steering: RxSteering,
     /// Queues `0..rx_queues` receive (all of them, or only queue 0 under
-    /// software distribution); every queue transmits.
+    /// software distribution, or more than transmit with
+    /// [`EthDevConfig::min_rx_queues`]).
     rx_queues: u16,
+    /// Queues `0..tx_queues` transmit.
+    tx_queues: u16,
     /// Entries of the RSS redirection table (0: the driver does not say).
     reta_size: u16,
     mac: [u8; 6],
@@ -280,7 +310,7 @@ impl EthDev {
         let (device, info) = device_info(port_id, name)?;
         let queues = config.queues.max(1);
         let steering = device.steering(queues);
-        let rx_queues = steering.rx_queues(queues);
+        let rx_queues = steering.rx_queues(queues).max(config.min_rx_queues);
         if steering == RxSteering::Software && queues > info.max_tx_queues {
             return Err(DpdkError::NoFlowSteering {
                 port: port_id,
@@ -379,11 +409,12 @@ impl EthDev {
             driver,
             steering,
             rx_queues,
+            tx_queues: queues,
             reta_size: info.reta_size,
             mac: addr.addr_bytes,
             kernel_interface: kernel_interface_named(info.if_index),
             pool: Arc::clone(pool),
-            queues_taken: Mutex::new(vec![false; usize::from(queues)]),
+            queues_taken: Mutex::new(vec![false; usize::from(queues.max(rx_queues))]),
             _eal: Arc::clone(eal),
         }))
     }
@@ -391,7 +422,9 @@ impl EthDev {
     /// Hands out the queue pair `queue`; each queue can be taken once, since a
     /// DPDK queue must only ever be used by one thread. Under software
     /// distribution only queue 0 has a receive side (the others' `rx_burst`
-    /// returns nothing, see [`EthQueue::receives`]).
+    /// returns nothing, see [`EthQueue::receives`]); the receive queues past
+    /// [`EthDevConfig::queues`] have no transmit side (`tx_burst` sends
+    /// nothing).
     pub fn queue(self: &Arc<Self>, queue: u16) -> Result<EthQueue, DpdkError> {
         let mut taken = self
             .queues_taken
@@ -404,6 +437,7 @@ impl EthDev {
                     dev: Arc::clone(self),
                     queue,
                     receives: queue < self.rx_queues,
+                    transmits: queue < self.tx_queues,
                 })
             }
             Some(_) => Err(self.error("queue", format!("queue {queue} is already in use"))),
@@ -507,6 +541,9 @@ pub struct EthQueue {
     /// Whether this queue has a receive side (not under software
     /// distribution, except queue 0).
     receives: bool,
+    /// Whether this queue has a transmit side (not the receive queues past
+    /// [`EthDevConfig::queues`]).
+    transmits: bool,
 }
 
 impl EthQueue {
@@ -574,7 +611,8 @@ impl Port for EthQueue {
 
     fn tx_burst(&mut self, frames: &mut Vec<Mbuf>) -> usize {
         let count = u16::try_from(frames.len()).unwrap_or(u16::MAX);
-        if count == 0 {
+        if count == 0 || !self.transmits {
+            // Nothing to send, or no transmit queue of this index was set up.
             return 0;
         }
         // SAFETY: the first `count` elements are valid owned mbufs laid out as

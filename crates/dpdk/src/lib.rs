@@ -22,8 +22,8 @@ mod ring;
 pub use eal::{current_thread_cpus, Eal};
 pub use error::DpdkError;
 pub use ethdev::{
-    open_vdev_pair, pool_for_devices, symmetric_rss_key, vdev_name, DeviceInfo, EthDev, EthDevConfig, EthQueue,
-    RxSteering, SYMMETRIC_RSS_HF,
+    open_vdev_pair, open_vdev_pair_receiving, pool_for_devices, symmetric_rss_key, vdev_name, DeviceInfo, EthDev,
+    EthDevConfig, EthQueue, RxSteering, SYMMETRIC_RSS_HF,
 };
 pub use mbuf::Mbuf;
 pub use mempool::{MbufPool, Mempool, MBUF_FRAME_BYTES};

@@ -14,14 +14,17 @@
 //! TCP flow taken from a capture ([`replay`]), which the origin side checks
 //! byte for byte. Sans-IO:
 //! frames and `now` go in, frames and statistics come out; the binary (or a
-//! test) moves the frames over DPDK or in-memory ports.
+//! test) moves the frames over DPDK or in-memory ports, with [`PortPump`]
+//! (every receive queue of each side polled).
 #![forbid(unsafe_code)]
 
 mod generator;
 mod plan;
+mod ports;
 pub mod replay;
 mod stats;
 
 pub use generator::{Generator, CLIENT_SIDE, SERVER_SIDE};
 pub use plan::{Exchange, Hold, Plan, PlanError, Replay, ReplayResponse};
+pub use ports::{PortPump, PortsError};
 pub use stats::{Stats, Summary};

@@ -43,8 +43,9 @@ pub struct Bench {
     /// (and what its own clients send is dropped); otherwise `generator`'s.
     pub origin: Option<Generator>,
     pub engine: Engine<MemPort>,
-    client_port: MemPortControl,
-    server_port: MemPortControl,
+    /// The other ends of the engine's client and server ports.
+    pub client_port: MemPortControl,
+    pub server_port: MemPortControl,
     pub stats: EngineStats,
     out: Vec<OutFrame>,
     _dir: Dir,

@@ -1,7 +1,9 @@
 //! `tlsgate-loadgen`: the load generator on two DPDK ports (virtual devices
 //! such as `net_af_packet0,iface=eth0` or `net_memif0,...`), one polling
 //! thread. The client side faces the appliance's client port, the server
-//! side its server port.
+//! side its server port. With --rx-queues N each port's N receive queues are
+//! all polled (memif ports of tlsgate with N workers, each transmitting on
+//! its own queue); the generator transmits on queue 0.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -12,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse, CLIENT_SIDE};
-use netstack::{OutFrame, StackConfig};
-use port::{PacketBuf, Port};
+use loadgen::{Exchange, Generator, Hold, Plan, PortPump, Replay, ReplayResponse};
+use netstack::StackConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -96,6 +97,12 @@ struct Cli {
     /// Mbufs in the pool.
     #[arg(long, default_value_t = 16383)]
     mbufs: u32,
+    /// Receive queues of each port, all polled (transmit: queue 0 only): as
+    /// many as tlsgate has workers when the ports are memif clients of
+    /// tlsgate's (memif has no RSS: tlsgate's worker 0 reads queue 0 and
+    /// hands frames on, and each worker transmits on its own queue).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    rx_queues: u16,
 }
 
 fn main() -> std::process::ExitCode {
@@ -136,7 +143,8 @@ fn tls_configs(cli: &Cli) -> Result<(Arc<ClientConfig>, Arc<ServerConfig>)> {
     Ok((Arc::new(client), Arc::new(server)))
 }
 
-/// The ethdev name of a virtual device spec (up to the first comma).
+/// Opens the ports and runs the generator until it is done, stopped or out
+/// of time.
 fn run(cli: Cli) -> Result<()> {
     let hold = match cli.hold.as_str() {
         "idle" => Hold::Idle,
@@ -181,13 +189,18 @@ fn run(cli: Cli) -> Result<()> {
         bail!("--buffer {} is out of range 256..=16777216", cli.buffer);
     }
 
-    let mut ports = dpdk::open_vdev_pair(
+    let [(client_queue, client_rx), (server_queue, server_rx)] = dpdk::open_vdev_pair_receiving(
         &cli.eal_args,
         [&cli.client_device, &cli.server_device],
         "loadgen_frames",
         cli.mbufs,
+        cli.rx_queues,
     )
     .context("DPDK")?;
+    let mut pump = PortPump::new(
+        std::iter::once(client_queue).chain(client_rx).collect(),
+        std::iter::once(server_queue).chain(server_rx).collect(),
+    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -222,43 +235,11 @@ fn run(cli: Cli) -> Result<()> {
     let deadline = Duration::from_secs_f64(cli.duration.max(0.0));
     let interval = Duration::from_secs_f64(cli.report_interval.max(0.1));
     let mut next_report = interval;
-    let mut frames = Vec::with_capacity(64);
-    let mut output: Vec<OutFrame> = Vec::new();
-    let mut outgoing = [Vec::new(), Vec::new()];
-    let mut tx_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && epoch.elapsed() < deadline && !(cli.until_done && generator.finished()) {
         let now = clock();
-        for (side, port) in ports.iter_mut().enumerate() {
-            frames.clear();
-            port.rx_burst(&mut frames, 64);
-            for frame in &frames {
-                generator.receive(side, frame.data(), now);
-            }
-        }
-        frames.clear();
+        pump.receive(&mut generator, now);
         generator.poll(now);
-        generator.drain_output(&mut output);
-        for out in output.drain(..) {
-            let side = if out.port == CLIENT_SIDE { 0 } else { 1 };
-            let copied = ports[side].alloc().and_then(|mut buf| {
-                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
-                Some(buf)
-            });
-            match copied {
-                Some(buf) => outgoing[side].push(buf),
-                None => tx_dropped += 1,
-            }
-        }
-        for (port, queue) in ports.iter_mut().zip(outgoing.iter_mut()) {
-            let mut attempts = 0;
-            while !queue.is_empty() && attempts < 16 {
-                if port.tx_burst(queue) == 0 {
-                    attempts += 1;
-                }
-            }
-            tx_dropped += queue.len() as u64;
-            queue.clear();
-        }
+        pump.transmit(&mut generator);
         if epoch.elapsed() >= next_report {
             next_report += interval;
             println!(
@@ -270,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let stats = generator.stats();
     let summary = stats.summary();
+    let tx_dropped = pump.tx_dropped();
     println!(
         "tlsgate-loadgen: stopped after {:.1} s: {summary}; {} accepted by the origin side, {} resets, {} timeouts, {} TLS errors, {} replay mismatches, {} frames dropped on transmit",
         epoch.elapsed().as_secs_f64(),
