@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{output, repo, text, tlsgate, write_null_ports_config, Scratch};
+use common::lab::{on_lab_driver, LabDriver, DEFAULT_LAB_DRIVER};
+use common::{check_config, output, repo, text, tlsgate, write_null_ports_config, Scratch};
 
 #[test]
 fn help_and_version() {
@@ -30,6 +31,27 @@ fn check_accepts_the_shipped_configs() {
         );
         assert!(result.status.success(), "{name}: {}", text(&result.stderr));
         assert!(text(&result.stdout).contains("configuration is valid"));
+    }
+}
+
+/// The lab configurations carry the default lab driver's device specs, so
+/// `TLSGATE_LAB_DRIVER` unset runs them as shipped, and `tlsgate check`
+/// accepts them on every lab driver.
+#[test]
+fn shipped_lab_configs_are_on_the_default_lab_driver_and_check_on_every_driver() {
+    let scratch = Scratch::new("lab-drivers");
+    for name in ["lab.toml", "lab-inspect.toml"] {
+        let shipped = std::fs::read_to_string(repo().join("configs").join(name)).expect("lab config");
+        assert_eq!(on_lab_driver(&shipped, DEFAULT_LAB_DRIVER), shipped, "{name}");
+        for driver in [LabDriver::AfPacket, LabDriver::AfXdp] {
+            let config = on_lab_driver(&shipped, driver);
+            let ports = shipped.matches("\ndevice = ").count();
+            let on_driver = format!("\ndevice = \"{}", driver.vdev());
+            assert_eq!(config.matches(&on_driver).count(), ports, "{driver:?}: {config}");
+            let path = scratch.path(&format!("{driver:?}-{name}"));
+            std::fs::write(&path, &config).expect("write");
+            check_config(&path);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, tls_config, Appliance, Lab, Origin, GW};
+use common::lab::{curl, tls_config, Appliance, Lab, LabDriver, Origin, GW};
 use common::Scratch;
 
 const SENSOR: &str = "tg-sensor";
@@ -132,7 +132,10 @@ fn mirror_port_carries_the_plaintext_to_a_listening_tshark() {
     let (config, ca) = config_with(
         &scratch,
         &origin,
-        "\n[ports.mirror]\ndevice = \"net_af_packet4,iface=gwm0,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048\"\n",
+        &format!(
+            "\n[ports.mirror]\ndevice = \"{}\"\n",
+            LabDriver::selected().device(4, "gwm0", 1)
+        ),
     );
     let sensor = Lines::spawn(
         lab.cmd(SENSOR, "tshark")
