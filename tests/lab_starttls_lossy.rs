@@ -28,8 +28,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lab::{
-    appliance_ca, connection_log, curl, impair, lab_config, tls_config, Appliance, Lab, Origin, CLI, SRV, SRV_V4,
-    SRV_V6,
+    appliance_ca, connection_log, curl, impair, lab_config, tls_config, Appliance, Lab, LabDriver, Origin, CLI, SRV,
+    SRV_V4, SRV_V6,
 };
 use common::lossy::{
     assert_clean_but_peer_resets, assert_corrupted_dropped, assert_impaired, content, peer_resets, stop_when_drained,
@@ -321,7 +321,7 @@ fn a_backend_behind_the_appliances_own_address_is_resolved_and_served_byte_exact
     impair_links(&links);
     let peers = TerminatePeers::start(scratch.path("peers"));
     let mut config = lab_config("configs/lab.toml");
-    let device = "device = \"net_af_packet1,";
+    let device = &format!("device = \"{}1,", LabDriver::selected().vdev());
     assert!(config.contains(device), "lab.toml's server device");
     config = config.replacen(
         device,

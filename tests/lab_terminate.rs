@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 
 use common::lab::{
     assert_both_workers_opened_sessions, await_records, curl, lab_config, sessions_opened_by_worker, with_two_workers,
-    Appliance, Lab, CLI, SRV, SRV_V4, SRV_V6,
+    Appliance, Lab, LabDriver, CLI, SRV, SRV_V4, SRV_V6,
 };
 use common::terminate::TerminatePeers as Peers;
 use common::{check_config, output, text, Scratch};
@@ -106,7 +106,7 @@ fn service_config(
     let mut config = lab_config("configs/lab.toml");
     if owned {
         services.extend(owned_services());
-        let device = "device = \"net_af_packet1,";
+        let device = &format!("device = \"{}1,", LabDriver::selected().vdev());
         assert!(config.contains(device), "lab.toml's server device");
         config = config.replacen(
             device,
