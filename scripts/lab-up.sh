@@ -49,22 +49,15 @@ for ns in "$TG_NS_CLI" "$TG_NS_SRV"; do
 done
 
 # veth pairs created directly inside their namespaces (nothing in the root ns).
-# The appliance's ends have two queues each way, the far ends one (so every
-# frame the far end sends arrives on queue 0): af_xdp with two workers
-# (queue_count=2) binds a socket to each queue, receives on queue 0 and
-# transmits on both; af_packet does not care. (The far end's counts must
-# be given: a veth peer otherwise copies the first end's.)
-gw_queues=(numtxqueues 2 numrxqueues 2)
-far_queues=(numtxqueues 1 numrxqueues 1)
-ip link add "$TG_GWC_IF" netns "$TG_NS_GW" mtu "$TG_MTU" "${gw_queues[@]}" type veth \
-   peer name "$TG_CLI_IF" netns "$TG_NS_CLI" mtu "$TG_MTU" address "$TG_CLI_MAC" "${far_queues[@]}"
-ip link add "$TG_GWS_IF" netns "$TG_NS_GW" mtu "$TG_MTU" "${gw_queues[@]}" type veth \
-   peer name "$TG_SRV_IF" netns "$TG_NS_SRV" mtu "$TG_MTU" address "$TG_SRV_MAC" "${far_queues[@]}"
+ip link add "$TG_CLI_IF" netns "$TG_NS_CLI" mtu "$TG_MTU" address "$TG_CLI_MAC" type veth \
+   peer name "$TG_GWC_IF" netns "$TG_NS_GW" mtu "$TG_MTU"
+ip link add "$TG_SRV_IF" netns "$TG_NS_SRV" mtu "$TG_MTU" address "$TG_SRV_MAC" type veth \
+   peer name "$TG_GWS_IF" netns "$TG_NS_GW" mtu "$TG_MTU"
 # Inspection port pair: inspect_out (gwio0) -> box -> inspect_in (gwii0).
-ip link add "$TG_GWIO_IF" netns "$TG_NS_GW" mtu "$TG_MTU" "${gw_queues[@]}" type veth \
-   peer name "$TG_BOXO_IF" netns "$TG_NS_BOX" mtu "$TG_MTU" "${far_queues[@]}"
-ip link add "$TG_GWII_IF" netns "$TG_NS_GW" mtu "$TG_MTU" "${gw_queues[@]}" type veth \
-   peer name "$TG_BOXI_IF" netns "$TG_NS_BOX" mtu "$TG_MTU" "${far_queues[@]}"
+ip link add "$TG_GWIO_IF" netns "$TG_NS_GW" mtu "$TG_MTU" type veth \
+   peer name "$TG_BOXO_IF" netns "$TG_NS_BOX" mtu "$TG_MTU"
+ip link add "$TG_GWII_IF" netns "$TG_NS_GW" mtu "$TG_MTU" type veth \
+   peer name "$TG_BOXI_IF" netns "$TG_NS_BOX" mtu "$TG_MTU"
 # Mirror port: gwm0 (transmit only) -> the sensor's sens0.
 ip link add "$TG_GWM_IF" netns "$TG_NS_GW" mtu "$TG_MTU" type veth \
    peer name "$TG_SENSOR_IF" netns "$TG_NS_SENSOR" mtu "$TG_MTU"
