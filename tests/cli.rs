@@ -75,7 +75,10 @@ fn check_explains_broken_configs() {
         (lab.replace("workers = 1", "workers = 1\nworkerz = 2"), "workerz"),
         (lab.replace("workers = 1", "workers = 0"), "dataplane.workers"),
         (lab.replace("burst_size = 32", "burst_size = \"lots\""), "burst_size"),
-        (lab.replace("net_af_packet1,", "bogus1,"), "ports.server.device"),
+        (
+            lab.replace(&format!("{}1,", DEFAULT_LAB_DRIVER.vdev()), "bogus1,"),
+            "ports.server.device",
+        ),
         ("[dataplane]\n".to_owned(), "ports"),
         ("this is = = not toml".to_owned(), "line 1"),
     ];
