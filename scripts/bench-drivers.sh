@@ -336,6 +336,10 @@ Notes:
   layout left 42 % of them outside under `--no-huge`; the kernel refused those and the pool
   drained: a stall). Without a bpffs in the namespace libxdp loads its program without its
   dispatcher (harmless log lines at start).
+- The lab runs on af_packet unless `TLSGATE_LAB_DRIVER=af_xdp` (scripts/lab-env.sh for the
+  scripts, tests/common/lab.rs for the tests). On a veth DPDK 22.11's af_xdp opens one queue
+  (it counts only combined channels; a veth reports rx and tx ones), so configurations with
+  two workers stay on af_packet either way.
 - virtio_user with the vhost-net backend needs /dev/vhost-net (CONFIG_VHOST_NET); without it
   DPDK takes the path for a vhost-user socket and refuses `iface=` (the row above).
 - The machine is shared with other busy work (2 vCPUs): single runs vary by tens of percent;
