@@ -606,7 +606,7 @@ for n in $counts $sweep_n; do if ((n > max_n)); then max_n=$n; fi; done
 max_conn=$(( max_n + max_n / 10 + 1000 ))
 for b in $buffers; do
   {
-    cat "$root/configs/lab.toml"
+    tg_lab_config "$root/configs/lab.toml"
     cat <<EOF
 
 [intercept]

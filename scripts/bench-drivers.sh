@@ -15,7 +15,8 @@
 # Drivers (own namespaces tgd-cli/tgd-gw/tgd-srv, client 198.18.0.1, the
 # tests/lab/origin.sh nginx on 198.18.0.2 serving origin.test; the same tlsgate
 # config, configs/lab.toml + [intercept] tcp_ports = [443], mode = "tls", with
-# only the two [ports.*] device specs changed; alternating, median of --runs):
+# only the two [ports.*] device specs changed, by the lab's driver switch
+# TLSGATE_LAB_DRIVER (lab-env.sh); alternating, median of --runs):
 #   af_packet    net_af_packetN,iface=gwc0|gws0,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048
 #                (a TPACKET ring per port, a copy per frame each way)
 #   af_xdp       net_af_xdpN,iface=gwc0|gws0,start_queue=0,queue_count=1
@@ -104,33 +105,21 @@ bulk_url="https://origin.test/bulk.bin"
 cat "$tmp/ca/ca.pem" "$origin/origin.crt" >"$tmp/trust.pem"
 
 # --- the drivers' configs -----------------------------------------------------------
-# The client and server ports' device specs of DRIVER.
-device_specs() {  # driver; prints "client-spec server-spec"
-  case "$1" in
-    af_packet)
-      echo "net_af_packet0,iface=$TG_GWC_IF,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048" \
-           "net_af_packet1,iface=$TG_GWS_IF,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048" ;;
-    af_xdp)
-      echo "net_af_xdp0,iface=$TG_GWC_IF,start_queue=0,queue_count=1" \
-           "net_af_xdp1,iface=$TG_GWS_IF,start_queue=0,queue_count=1" ;;
-    virtio_user)
-      echo "net_virtio_user0,path=/dev/vhost-net,iface=tgdvu0,queue_size=1024" \
-           "net_af_packet1,iface=$TG_GWS_IF,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048" ;;
-  esac
-}
-
-# configs/lab.toml with DRIVER's device specs, intercepting TLS on 443.
+# configs/lab.toml with DRIVER's device specs, intercepting TLS on 443:
+# af_packet and af_xdp as the lab switch makes them (TLSGATE_LAB_DRIVER,
+# lab-env.sh), virtio_user on the client port with the server port on
+# af_packet.
 driver_config() {  # driver connection-log; prints the config
-  local client server
-  read -r client server <<<"$(device_specs "$1")"
-  sed -e "s|^device = \"[^\"]*iface=${TG_GWC_IF}[,\"].*|device = \"$client\"|" \
-      -e "s|^device = \"[^\"]*iface=${TG_GWS_IF}[,\"].*|device = \"$server\"|" \
-      "$root/configs/lab.toml" >"$tmp/base-$1.toml"
-  if ! grep -qF "device = \"$client\"" "$tmp/base-$1.toml" ||
-     ! grep -qF "device = \"$server\"" "$tmp/base-$1.toml"; then
-    log "configs/lab.toml changed: could not set the $1 device specs"; exit 1
-  fi
-  tls_config "$tmp/base-$1.toml" "$2"
+  case "$1" in
+    af_packet | af_xdp) TLSGATE_LAB_DRIVER="$1" tls_config "$root/configs/lab.toml" "$2" ;;
+    virtio_user)
+      local client="net_virtio_user0,path=/dev/vhost-net,iface=tgdvu0,queue_size=1024"
+      TLSGATE_LAB_DRIVER=af_packet tls_config "$root/configs/lab.toml" "$2" |
+        sed -e "s|^device = \"[^\"]*iface=${TG_GWC_IF}[,\"].*|device = \"$client\"|" >"$tmp/virtio_user.toml"
+      grep -qF "device = \"$client\"" "$tmp/virtio_user.toml" ||
+        { log "configs/lab.toml changed: could not set the virtio_user device spec"; exit 1; }
+      cat "$tmp/virtio_user.toml" ;;
+  esac
 }
 
 # Starts tlsgate with DRIVER alone and pings across: prints nothing when it
@@ -347,6 +336,10 @@ Notes:
   layout left 42 % of them outside under `--no-huge`; the kernel refused those and the pool
   drained: a stall). Without a bpffs in the namespace libxdp loads its program without its
   dispatcher (harmless log lines at start).
+- The lab runs on af_packet unless `TLSGATE_LAB_DRIVER=af_xdp` (scripts/lab-env.sh for the
+  scripts, tests/common/lab.rs for the tests). On a veth DPDK 22.11's af_xdp opens one queue
+  (it counts only combined channels; a veth reports rx and tx ones), so configurations with
+  two workers stay on af_packet either way.
 - virtio_user with the vhost-net backend needs /dev/vhost-net (CONFIG_VHOST_NET); without it
   DPDK takes the path for a vhost-user socket and refuses `iface=` (the row above).
 - The machine is shared with other busy work (2 vCPUs): single runs vary by tens of percent;

@@ -463,7 +463,7 @@ redirect_down() {
 # tlsgate intercepting TLS on port 443 with the CA in $tmp/ca and the origin
 # ($origin, tests/lab/origin.sh) as its only upstream trust.
 tls_config() {  # base-config connection-log; prints the config
-  cat "$1"
+  tg_lab_config "$1"
   cat <<EOF
 
 [intercept]

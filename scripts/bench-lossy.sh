@@ -34,7 +34,7 @@ trap 'bash tests/lab/origin.sh stop "$work/origin" >/dev/null 2>&1 || true; bash
 
 "$tlsgate" ca init --dir "$work/ca" >/dev/null
 config() { # $1: mode (bridge|tls|splice)
-  cp configs/lab.toml "$work/$1.toml"
+  tg_lab_config configs/lab.toml >"$work/$1.toml"
   case "$1" in
     tls) printf '\n[intercept]\ntcp_ports = [443]\nmode = "tls"\n\n[tls]\nca_cert = "%s/ca/ca.pem"\nca_key = "%s/ca/ca.key"\nupstream_trust = "%s/origin/origin.crt"\n' \
            "$work" "$work" "$work" >>"$work/$1.toml" ;;

@@ -85,9 +85,9 @@ bench_watchdog 1500
 # --- build and configs ------------------------------------------------------------
 bench_build_tlsgate
 
-cp "$root/configs/lab.toml" "$tmp/bridge.toml"
+tg_lab_config "$root/configs/lab.toml" >"$tmp/bridge.toml"
 {
-  cat "$root/configs/lab.toml"
+  tg_lab_config "$root/configs/lab.toml"
   printf '\n[intercept]\ntcp_ports = [5201, 8080]\nmode = "splice"\n'
 } >"$tmp/splice.toml"
 "$tmp/tlsgate" check --config "$tmp/splice.toml" >/dev/null

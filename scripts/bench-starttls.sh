@@ -134,7 +134,7 @@ maillog="$peers/maillog"
 
 # --- configurations ----------------------------------------------------------------
 starttls_config() {  # base-config; prints the config of (b) or (c)
-  cat "$1"
+  tg_lab_config "$1"
   cat <<EOF
 
 [tls]
@@ -146,16 +146,17 @@ upstream_trust = "$peers/pki/ca.pem"
 protocol = "smtp"
 EOF
 }
+tg_lab_config "$root/configs/lab.toml" >"$tmp/direct.toml"
 starttls_config "$root/configs/lab.toml" >"$tmp/intercept.toml"
 starttls_config "$root/configs/lab-inspect.toml" >"$tmp/inspect.toml"
-for config in "$root/configs/lab.toml" "$tmp/intercept.toml" "$tmp/inspect.toml"; do
+for config in "$tmp/direct.toml" "$tmp/intercept.toml" "$tmp/inspect.toml"; do
   timeout 60 "$tmp/tlsgate" check --config "$config" >/dev/null
 done
 
 # --- paths ------------------------------------------------------------------------
 config_of() {  # a|b|c
   case "$1" in
-    a) echo "$root/configs/lab.toml" ;;
+    a) echo "$tmp/direct.toml" ;;
     b) echo "$tmp/intercept.toml" ;;
     c) echo "$tmp/inspect.toml" ;;
   esac

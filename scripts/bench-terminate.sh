@@ -144,7 +144,7 @@ cp "$peers/pki/root.pem" "$tmp/trust.pem"   # the clients trust the lab root onl
 
 # --- the terminators' configurations ------------------------------------------------
 service_config() {  # prints tlsgate's config (no connection log: the others log errors only)
-  cat "$root/configs/lab.toml"
+  tg_lab_config "$root/configs/lab.toml"
   cat <<EOF
 
 [[service]]

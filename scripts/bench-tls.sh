@@ -78,7 +78,7 @@ bench_build_tlsgate
 bench_client_hosts
 url="https://origin.test/index.html"
 
-cp "$root/configs/lab.toml" "$tmp/bridge.toml"
+tg_lab_config "$root/configs/lab.toml" >"$tmp/bridge.toml"
 tls_config "$root/configs/lab.toml" "$tmp/check.jsonl" >"$tmp/check.toml"
 "$tmp/tlsgate" check --config "$tmp/check.toml" >/dev/null
 

@@ -158,7 +158,7 @@ ca_subject="$(openssl x509 -in "$CA/ca.pem" -noout -subject)"
 
 say "Writing and checking the config: $BASE_CONFIG + [intercept] + [tls] -> $CONFIG"
 {
-  cat "$BASE_CONFIG"
+  tg_lab_config "$BASE_CONFIG"
   cat <<EOF
 
 # --- added by scripts/demo.sh ---
@@ -437,7 +437,7 @@ demo_termination() {
   info "the service's own chain ($PEERS/pki/www.pem), from a lab PKI, not the tlsgate CA:"
   openssl crl2pkcs7 -nocrl -certfile "$PEERS/pki/www.pem" | openssl pkcs7 -print_certs -noout | grep . | show
   {
-    cat configs/lab.toml
+    tg_lab_config configs/lab.toml
     cat <<EOF
 
 # --- added by scripts/demo.sh (termination) ---

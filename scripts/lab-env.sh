@@ -5,7 +5,8 @@
 #
 #   tg-cli: cli0 (02:00:00:00:00:01, 198.18.0.1/24, 2001:2::1/64)
 #             |  veth
-#   tg-gw:  gwc0 ==[ tlsgate / DPDK af_packet ]== gws0   (no IPs, IPv6 off)
+#   tg-gw:  gwc0 ==[ tlsgate / DPDK af_packet ]== gws0   (no IPs, IPv6 off;
+#                                                        the driver: TLSGATE_LAB_DRIVER)
 #             |  veth
 #   tg-srv: srv0 (02:00:00:00:00:02, 198.18.0.2/24, 2001:2::2/64)
 #
@@ -61,6 +62,46 @@ export TG_NS_CLI TG_NS_GW TG_NS_SRV TG_NS_LG TG_NS_IMP TG_CLI_IF TG_SRV_IF TG_GW
        TG_NS_SENSOR TG_GWM_IF TG_SENSOR_IF \
        TG_CLI_MAC TG_SRV_MAC TG_CLI_V4 TG_SRV_V4 TG_V4_PREFIX TG_CLI_V6 TG_SRV_V6 \
        TG_V6_PREFIX TG_MTU
+
+# The DPDK driver of tlsgate's ports on the gw veths, for every lab config
+# (configs/lab.toml, configs/lab-inspect.toml) a script runs: af_packet
+# (the default) or af_xdp. The Rust lab tests read the same variable
+# (tests/common/lab.rs, LabDriver).
+: "${TLSGATE_LAB_DRIVER:=af_packet}"
+export TLSGATE_LAB_DRIVER
+
+# The device spec of lab port INDEX (the vdev's number) on the gw veth IFACE
+# with QUEUES queue pairs (one per worker) on $TLSGATE_LAB_DRIVER.
+tg_lab_device() {  # index iface [queues]
+  local index="$1" iface="$2" queues="${3:-1}"
+  case "$TLSGATE_LAB_DRIVER" in
+    af_packet) echo "net_af_packet$index,iface=$iface,qpairs=$queues,framesz=2048,blocksz=4096,framecnt=2048" ;;
+    af_xdp) echo "net_af_xdp$index,iface=$iface,start_queue=0,queue_count=$queues" ;;
+    *) echo "TLSGATE_LAB_DRIVER=$TLSGATE_LAB_DRIVER: expected af_packet or af_xdp" >&2; return 1 ;;
+  esac
+}
+
+# Prints the lab config FILE with each port's device (net_af_packetN or
+# net_af_xdpN) on $TLSGATE_LAB_DRIVER, keeping its number, interface and
+# queue count: tg_lab_config configs/lab.toml >"$tmp/lab.toml"
+tg_lab_config() {  # file
+  local line index iface queues arg args spec
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line =~ ^device\ =\ \"net_af_(packet|xdp)([0-9]+),([^\"]*)\"$ ]]; then
+      index="${BASH_REMATCH[2]}" iface="" queues=1
+      IFS=, read -ra args <<<"${BASH_REMATCH[3]}"
+      for arg in "${args[@]}"; do
+        case "$arg" in
+          iface=*) iface="${arg#iface=}" ;;
+          qpairs=* | queue_count=*) queues="${arg#*=}" ;;
+        esac
+      done
+      spec="$(tg_lab_device "$index" "$iface" "$queues")" || return 1
+      line="device = \"$spec\""
+    fi
+    printf '%s\n' "$line"
+  done <"$1"
+}
 
 # Run a command inside one lab namespace: tg_in "$TG_NS_CLI" ping -c1 "$TG_SRV_V4"
 tg_in() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }

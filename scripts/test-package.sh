@@ -143,11 +143,10 @@ lab_up=1
 bash scripts/lab-up.sh >/dev/null
 bash tests/lab/origin.sh start "$scratch/origin"
 . scripts/lab-env.sh
-af_packet="qpairs=1,framesz=2048,blocksz=4096,framecnt=2048"
 sed -e 's|^eal_args = .*|eal_args = ["--no-huge", "-m", "512", "--no-shconf", "--no-pci", "-l", "0-1"]|' \
     -e '/^            "--file-prefix"/d' \
-    -e "s|^device = \"0000:03:00.0\"|device = \"net_af_packet0,iface=$TG_GWC_IF,$af_packet\"|" \
-    -e "s|^device = \"0000:03:00.1\"|device = \"net_af_packet1,iface=$TG_GWS_IF,$af_packet\"|" \
+    -e "s|^device = \"0000:03:00.0\"|device = \"$(tg_lab_device 0 "$TG_GWC_IF")\"|" \
+    -e "s|^device = \"0000:03:00.1\"|device = \"$(tg_lab_device 1 "$TG_GWS_IF")\"|" \
     -e "s|^upstream_trust = .*|upstream_trust = \"$scratch/origin/origin.crt\"|" \
     /etc/tlsgate/tlsgate.toml >"$scratch/lab.toml"
 grep -q "iface=$TG_GWS_IF" "$scratch/lab.toml" || fail "could not point the shipped configuration at the lab"

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{output, repo, text, tlsgate, write_null_ports_config, Scratch};
+use std::process::Command;
+
+use common::lab::{on_lab_driver, LabDriver, DEFAULT_LAB_DRIVER, LAB_DRIVER_VARIABLE};
+use common::{check_config, output, repo, text, tlsgate, write_null_ports_config, Scratch};
 
 #[test]
 fn help_and_version() {
@@ -33,6 +36,37 @@ fn check_accepts_the_shipped_configs() {
     }
 }
 
+/// The lab configurations carry the default lab driver's device specs, so
+/// `TLSGATE_LAB_DRIVER` unset runs them as shipped; the scripts' switch
+/// (scripts/lab-env.sh `tg_lab_config`) writes the same configs as the
+/// tests' (`on_lab_driver`), and `tlsgate check` accepts them on every lab
+/// driver.
+#[test]
+fn shipped_lab_configs_are_on_the_default_lab_driver_and_check_on_every_driver() {
+    let scratch = Scratch::new("lab-drivers");
+    for name in ["lab.toml", "lab-inspect.toml"] {
+        let shipped = std::fs::read_to_string(repo().join("configs").join(name)).expect("lab config");
+        assert_eq!(on_lab_driver(&shipped, DEFAULT_LAB_DRIVER), shipped, "{name}");
+        for (driver, variable) in [(LabDriver::AfPacket, "af_packet"), (LabDriver::AfXdp, "af_xdp")] {
+            let config = on_lab_driver(&shipped, driver);
+            let scripts = output(
+                Command::new("bash")
+                    .args(["-c", ". scripts/lab-env.sh && tg_lab_config \"configs/$0\"", name])
+                    .env(LAB_DRIVER_VARIABLE, variable)
+                    .current_dir(repo()),
+            );
+            assert!(scripts.status.success(), "{}", text(&scripts.stderr));
+            assert_eq!(text(&scripts.stdout), config, "{variable}: scripts and tests differ");
+            let ports = shipped.matches("\ndevice = ").count();
+            let on_driver = format!("\ndevice = \"{}", driver.vdev());
+            assert_eq!(config.matches(&on_driver).count(), ports, "{driver:?}: {config}");
+            let path = scratch.path(&format!("{driver:?}-{name}"));
+            std::fs::write(&path, &config).expect("write");
+            check_config(&path);
+        }
+    }
+}
+
 #[test]
 fn check_explains_broken_configs() {
     let scratch = Scratch::new("check");
@@ -41,7 +75,10 @@ fn check_explains_broken_configs() {
         (lab.replace("workers = 1", "workers = 1\nworkerz = 2"), "workerz"),
         (lab.replace("workers = 1", "workers = 0"), "dataplane.workers"),
         (lab.replace("burst_size = 32", "burst_size = \"lots\""), "burst_size"),
-        (lab.replace("net_af_packet1,", "bogus1,"), "ports.server.device"),
+        (
+            lab.replace(&format!("{}1,", DEFAULT_LAB_DRIVER.vdev()), "bogus1,"),
+            "ports.server.device",
+        ),
         ("[dataplane]\n".to_owned(), "ports"),
         ("this is = = not toml".to_owned(), "line 1"),
     ];

@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::lab::{curl, impair, stop_impairment, Appliance, Lab, Origin, CLI, SRV_V4};
-use common::{repo, text, Scratch};
+use common::lab::{curl, impair, lab_config_file, stop_impairment, Appliance, Lab, Origin, CLI, SRV_V4};
+use common::{text, Scratch};
 
 #[test]
 #[ignore = "needs root: namespace lab"]
@@ -17,7 +17,7 @@ fn delay_on_the_client_link_shows_in_the_round_trip() {
     let lab = Lab::up();
     let scratch = Scratch::new("impair-delay");
     impair("client", "delay 20ms", "delay 20ms 1ms");
-    let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+    let appliance = Appliance::start(&lab, &scratch, &lab_config_file(&scratch, "configs/lab.toml"));
     let ping = lab.ok(CLI, "ping", &["-c", "5", "-i", "0.2", "-W", "2", SRV_V4]);
     let (status, _, _) = appliance.stop();
     assert!(status.success());
@@ -54,7 +54,7 @@ fn kernel_tcp_is_byte_exact_through_loss_reordering_duplicates_and_corruption() 
     let expected = std::fs::read(origin.0.join("www/file.bin")).expect("origin file");
     let spec = "delay 2ms loss 3% reorder 10% 2ms duplicate 1% corrupt 0.5%";
     impair("server", spec, spec);
-    let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+    let appliance = Appliance::start(&lab, &scratch, &lab_config_file(&scratch, "configs/lab.toml"));
     let downloads = scratch.path("downloads");
     std::fs::create_dir_all(&downloads).expect("downloads");
     for index in 0..8 {

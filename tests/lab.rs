@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    assert_bulk_transfers_spliced, bulk_transfers, curl, parallel_downloads, tls_config, traffic, traffic_server,
-    with_splice, with_two_workers, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+    assert_bulk_transfers_spliced, bulk_transfers, curl, lab_config, lab_config_file, parallel_downloads, tls_config,
+    traffic, traffic_server, with_splice, with_two_workers, Appliance, Capture, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
 };
-use common::{output, repo, text, Scratch};
+use common::{output, text, Scratch};
 
 fn sha256(path: &Path) -> String {
     let result = output(Command::new("sha256sum").arg(path));
@@ -103,7 +103,7 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
         "the lab must not bridge by itself"
     );
 
-    let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+    let appliance = Appliance::start(&lab, &scratch, &lab_config_file(&scratch, "configs/lab.toml"));
     // configs/lab.toml: -l 0-1, one worker: it owns lcore 1 (CPU 1). The
     // worker pins itself as it starts, just after `running` is printed.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -181,7 +181,7 @@ fn bridges_ping_udp_and_tcp_through_af_packet_then_stops_cleanly() {
 
 /// lab.toml plus interception of `ports` in splice mode.
 fn splice_config(scratch: &Scratch, ports: &[u16]) -> PathBuf {
-    let config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let config = lab_config("configs/lab.toml");
     let path = scratch.path("splice.toml");
     std::fs::write(&path, with_splice(&config, ports)).expect("write config");
     path

@@ -13,32 +13,16 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::lab::{assert_bulk_transfers_spliced, bulk_transfers, with_splice, Appliance, Lab, GW};
-use common::{output, repo, text, Scratch};
+use common::lab::{
+    assert_bulk_transfers_spliced, bulk_transfers, lab_config, on_lab_driver, with_splice, Appliance, Lab, LabDriver,
+    GW,
+};
+use common::{output, text, Scratch};
 
-/// configs/lab.toml with af_xdp on both gw veths (a veth has one active
-/// queue), splicing TCP port 5001.
+/// configs/lab.toml with af_xdp on both gw veths (whatever
+/// `TLSGATE_LAB_DRIVER` says), splicing TCP port 5001.
 fn af_xdp_splice_config(scratch: &Scratch) -> PathBuf {
-    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    let mut config = String::new();
-    for line in lab.lines() {
-        let replaced = match line {
-            _ if line.starts_with("device = \"net_af_packet0,iface=gwc0") => {
-                "device = \"net_af_xdp0,iface=gwc0,start_queue=0,queue_count=1\""
-            }
-            _ if line.starts_with("device = \"net_af_packet1,iface=gws0") => {
-                "device = \"net_af_xdp1,iface=gws0,start_queue=0,queue_count=1\""
-            }
-            _ => line,
-        };
-        config.push_str(replaced);
-        config.push('\n');
-    }
-    assert_eq!(
-        config.matches("net_af_xdp").count(),
-        2,
-        "configs/lab.toml changed: {lab}"
-    );
+    let config = on_lab_driver(&lab_config("configs/lab.toml"), LabDriver::AfXdp);
     let path = scratch.path("af_xdp.toml");
     std::fs::write(&path, with_splice(&config, &[5001])).expect("write config");
     path

@@ -22,7 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::lab::{appliance_ca, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{appliance_ca, await_records, box_dir, inspect_box, lab_config, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{assert_ftp_counters, Session, StarttlsPeers, SERVER_NAME};
 use common::{output, repo, Scratch};
 
@@ -73,9 +73,7 @@ impl FtpLab {
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
         let ca_dir = appliance_ca(&scratch);
-        let mut config = std::fs::read_to_string(repo().join(base))
-            .expect("lab configuration")
-            .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
+        let mut config = lab_config(base).replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&format!(
             "\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n\
              [log]\nconnections = \"{logs}/connections.jsonl\"\n",

@@ -12,10 +12,11 @@
 mod common;
 
 use common::lab::{
-    appliance_ca, assert_both_workers_opened_sessions, await_records, with_two_workers, Appliance, Lab, CLI, SRV_V4,
+    appliance_ca, assert_both_workers_opened_sessions, await_records, lab_config, with_two_workers, Appliance, Lab,
+    CLI, SRV_V4,
 };
 use common::starttls::{curl_ftp_download, curl_ftp_upload, StarttlsPeers};
-use common::{repo, Scratch};
+use common::Scratch;
 
 /// Transfers at once, and rounds of them: half downloads, half uploads,
 /// EPSV and PASV alternating. Several control connections to one vsftpd at
@@ -37,7 +38,7 @@ fn two_workers_intercept_30_ftp_transfers_6_at_a_time_byte_exact_each_resuming_i
     let scratch = Scratch::new("ftp-workers");
     let peers = StarttlsPeers::start(scratch.path("peers"));
     let ca_dir = appliance_ca(&scratch);
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab configuration");
+    let mut config = lab_config("configs/lab.toml");
     config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
     config.push_str("\n[[starttls]]\nprotocol = \"ftp\"\n");
     let path = scratch.path("ftp-workers.toml");

@@ -11,13 +11,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::lab::{Appliance, Capture, Lab, CLI, SRV, SRV_V4, SRV_V6};
-use common::{read_pcap, repo, Scratch};
+use common::lab::{lab_config, Appliance, Capture, Lab, CLI, SRV, SRV_V4, SRV_V6};
+use common::{read_pcap, Scratch};
 
 /// lab.toml plus interception of 443 in splice mode (no CA needed: what
 /// is tested happens before any TLS).
 fn config(scratch: &Scratch) -> PathBuf {
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = lab_config("configs/lab.toml");
     config.push_str("\n[intercept]\ntcp_ports = [443]\nmode = \"splice\"\n");
     let path = scratch.path("hardening.toml");
     std::fs::write(&path, config).expect("write config");

@@ -14,10 +14,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lab::{
-    box_dir, impair, inspect_box, inspect_config_with, parallel_downloads, tls_config, Appliance, Lab, Origin, CLI,
+    box_dir, impair, inspect_box, inspect_config_with, lab_config, parallel_downloads, tls_config, Appliance, Lab,
+    Origin, CLI,
 };
 use common::lossy::{assert_clean, assert_corrupted_dropped, assert_impaired, content, stop_when_drained};
-use common::{output, repo, text, Scratch};
+use common::{output, text, Scratch};
 
 /// The impairment, the same each way.
 const IMPAIRMENT: &str = "delay 2ms loss 5% reorder 10% 2ms duplicate 1% corrupt 0.5%";
@@ -34,7 +35,7 @@ fn serve(origin: &Origin, body: &[u8]) {
 
 /// lab.toml plus interception of 443 in splice mode.
 fn splice_config(scratch: &Scratch) -> PathBuf {
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = lab_config("configs/lab.toml");
     config.push_str("\n[intercept]\ntcp_ports = [443]\nmode = \"splice\"\n");
     let path = scratch.path("splice.toml");
     std::fs::write(&path, config).expect("write config");

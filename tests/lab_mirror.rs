@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, tls_config, Appliance, Lab, Origin, GW};
+use common::lab::{curl, tls_config, Appliance, Lab, LabDriver, Origin, GW};
 use common::Scratch;
 
 const SENSOR: &str = "tg-sensor";
@@ -132,7 +132,10 @@ fn mirror_port_carries_the_plaintext_to_a_listening_tshark() {
     let (config, ca) = config_with(
         &scratch,
         &origin,
-        "\n[ports.mirror]\ndevice = \"net_af_packet4,iface=gwm0,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048\"\n",
+        &format!(
+            "\n[ports.mirror]\ndevice = \"{}\"\n",
+            LabDriver::selected().device(4, "gwm0", 1)
+        ),
     );
     let sensor = Lines::spawn(
         lab.cmd(SENSOR, "tshark")
@@ -165,10 +168,11 @@ fn mirror_port_carries_the_plaintext_to_a_listening_tshark() {
     assert!(fields[4].ends_with(MARKER), "{seen}");
 
     let mirror = &report["mirror"];
-    assert_eq!(mirror["device"], "net_af_packet4", "{mirror}");
+    let device = format!("{}4", LabDriver::selected().vdev());
+    assert_eq!(mirror["device"], device.as_str(), "{mirror}");
     assert!(mirror["frames"].as_u64().unwrap() >= 5, "{mirror}");
     assert_eq!(mirror["frames_dropped"], 0, "{mirror}");
-    assert!(printed.contains("mirror port net_af_packet4:"), "{printed}");
+    assert!(printed.contains(&format!("mirror port {device}:")), "{printed}");
 }
 
 #[test]

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{curl, tls_config, Appliance, Lab, Origin};
-use common::{check_config, output, repo, text, tlsgate, Scratch};
+use common::lab::{curl, lab_config, tls_config, Appliance, Lab, Origin};
+use common::{check_config, output, text, tlsgate, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
 const FILE_URL: &str = "https://origin.test/file.bin";
@@ -297,7 +297,7 @@ fn chrooted_the_logs_and_the_control_socket_live_inside_the_jail_and_interceptio
 /// A lab config (no devices are opened: everything below fails before EAL)
 /// with `extra` appended, in `scratch`.
 fn config_with(scratch: &Scratch, extra: &str) -> PathBuf {
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = lab_config("configs/lab.toml");
     config.push_str(extra);
     let path = scratch.path("config.toml");
     std::fs::write(&path, config).expect("config");

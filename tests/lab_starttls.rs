@@ -17,12 +17,12 @@ mod common;
 use std::io::Read;
 use std::path::PathBuf;
 
-use common::lab::{appliance_ca, Appliance, Lab, CLI, SRV_V4, SRV_V6};
+use common::lab::{appliance_ca, lab_config_file, Appliance, Lab, CLI, SRV_V4, SRV_V6};
 use common::starttls::{
     curl_ftp_download, curl_ftp_upload, curl_mail, psql, s_client, s_client_dialogue, swaks, xmpp_login, Clients,
     StarttlsPeers, CLI_V4, CLI_V6, FAMILIES, FIRST_MESSAGE_FETCHES,
 };
-use common::{repo, Scratch};
+use common::Scratch;
 
 /// The lab, the peers and tlsgate bridging (nothing intercepted).
 struct Direct {
@@ -37,7 +37,7 @@ impl Direct {
         let lab = Lab::up();
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
-        let appliance = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+        let appliance = Appliance::start(&lab, &scratch, &lab_config_file(&scratch, "configs/lab.toml"));
         Direct {
             appliance,
             peers,

@@ -18,14 +18,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::lab::{
-    appliance_ca, assert_tcp_counters, await_records, box_dir, inspect_box, Appliance, Lab, CLI, SRV_V4, SRV_V6,
+    appliance_ca, assert_tcp_counters, await_records, box_dir, inspect_box, lab_config, Appliance, Lab, CLI, SRV_V4,
+    SRV_V6,
 };
 use common::starttls::{
     assert_ftp_counters, curl_ftp_download, curl_ftp_upload, imap_injection, psql, psql_with, swaks_in_plaintext,
     xmpp_login, Clients, StarttlsPeers, CLI_V4, CLI_V6, FAMILIES, FIRST_MESSAGE_FETCHES, FTP_PASSIVE_PORTS,
     SERVER_NAME,
 };
-use common::{repo, Scratch};
+use common::Scratch;
 
 /// The protocols of the peers, each on its default ports.
 const PROTOCOLS: [&str; 6] = ["smtp", "imap", "pop3", "xmpp", "ftp", "postgres"];
@@ -78,9 +79,7 @@ impl Intercepting {
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
         let ca_dir = appliance_ca(&scratch);
-        let mut config = std::fs::read_to_string(repo().join(base))
-            .expect("lab configuration")
-            .replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
+        let mut config = lab_config(base).replace("syn_timeout_ms = 8000", "syn_timeout_ms = 500");
         config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
         for protocol in PROTOCOLS {
             config.push_str(&format!(

@@ -28,7 +28,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lab::{
-    appliance_ca, connection_log, curl, impair, tls_config, Appliance, Lab, Origin, CLI, SRV, SRV_V4, SRV_V6,
+    appliance_ca, connection_log, curl, impair, lab_config, tls_config, Appliance, Lab, LabDriver, Origin, CLI, SRV,
+    SRV_V4, SRV_V6,
 };
 use common::lossy::{
     assert_clean_but_peer_resets, assert_corrupted_dropped, assert_impaired, content, peer_resets, stop_when_drained,
@@ -37,7 +38,7 @@ use common::starttls::{
     curl_ftp_download, curl_ftp_upload, curl_mail, mail, psql_with, queue_id, swaks, StarttlsPeers,
 };
 use common::terminate::TerminatePeers;
-use common::{check_config, output, repo, text, Scratch};
+use common::{check_config, output, text, Scratch};
 
 /// The impairment, the same each way on every impaired link.
 const IMPAIRMENT: &str = "delay 40ms loss 2% reorder 5% 2ms duplicate 1% corrupt 0.5%";
@@ -98,7 +99,7 @@ impl Intercepting {
         let scratch = Scratch::new(name);
         let peers = StarttlsPeers::start(scratch.path("peers"));
         let ca_dir = appliance_ca(&scratch);
-        let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+        let mut config = lab_config("configs/lab.toml");
         config.push_str(&peers.tls_and_log_config(&ca_dir, &scratch));
         for protocol in ["smtp", "imap", "pop3", "ftp", "postgres"] {
             config.push_str(&format!("\n[[starttls]]\nprotocol = \"{protocol}\"\n"));
@@ -319,8 +320,8 @@ fn a_backend_behind_the_appliances_own_address_is_resolved_and_served_byte_exact
     // lab's own addresses, and the peers add the owned prefixes' to it.
     impair_links(&links);
     let peers = TerminatePeers::start(scratch.path("peers"));
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    let device = "device = \"net_af_packet1,";
+    let mut config = lab_config("configs/lab.toml");
+    let device = &format!("device = \"{}1,", LabDriver::selected().vdev());
     assert!(config.contains(device), "lab.toml's server device");
     config = config.replacen(
         device,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::lab::{await_records, curl, inspect_config, tls_config, Appliance, Lab, Origin};
+use common::lab::{await_records, curl, inspect_config, tls_config, Appliance, Lab, LabDriver, Origin};
 use common::{output, repo, text, Scratch};
 
 const RESOLVE: &str = "origin.test:443:198.18.0.2";
@@ -284,9 +284,10 @@ fn suricata_listening_on_the_decrypt_mirror_port_alerts_on_the_intercepted_plain
     let origin = Origin::start(scratch.path("origin"), "origin.test", "valid");
     let (config, ca) = tls_config(&scratch, &origin.cert());
     let mut text_config = std::fs::read_to_string(&config).unwrap();
-    text_config.push_str(
-        "\n[ports.mirror]\ndevice = \"net_af_packet4,iface=gwm0,qpairs=1,framesz=2048,blocksz=4096,framecnt=2048\"\n",
-    );
+    text_config.push_str(&format!(
+        "\n[ports.mirror]\ndevice = \"{}\"\n",
+        LabDriver::selected().device(4, "gwm0", 1)
+    ));
     std::fs::write(&config, text_config).unwrap();
     let suricata = Suricata::start(&scratch, "start-passive");
     let appliance = Appliance::start(&lab, &scratch, &config);

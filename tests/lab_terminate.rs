@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::lab::{
-    assert_both_workers_opened_sessions, await_records, curl, sessions_opened_by_worker, with_two_workers, Appliance,
-    Lab, CLI, SRV, SRV_V4, SRV_V6,
+    assert_both_workers_opened_sessions, await_records, curl, lab_config, sessions_opened_by_worker, with_two_workers,
+    Appliance, Lab, LabDriver, CLI, SRV, SRV_V4, SRV_V6,
 };
 use common::terminate::TerminatePeers as Peers;
-use common::{check_config, output, repo, text, Scratch};
+use common::{check_config, output, text, Scratch};
 
 const CLI_V4: &str = "198.18.0.1";
 const CLI_V6: &str = "2001:2::1";
@@ -103,10 +103,10 @@ fn service_config(
             "http/1.1",
         ),
     ];
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = lab_config("configs/lab.toml");
     if owned {
         services.extend(owned_services());
-        let device = "device = \"net_af_packet1,";
+        let device = &format!("device = \"{}1,", LabDriver::selected().vdev());
         assert!(config.contains(device), "lab.toml's server device");
         config = config.replacen(
             device,

@@ -12,8 +12,8 @@ mod common;
 
 use std::path::Path;
 
-use common::lab::{impair, stop_impairment, tls_config, Appliance, Lab, Origin, CLI};
-use common::{output, repo, text, Scratch};
+use common::lab::{impair, lab_config_file, stop_impairment, tls_config, Appliance, Lab, Origin, CLI};
+use common::{output, text, Scratch};
 
 /// The round trip the element adds: 25 ms each way.
 const RTT_SECS: f64 = 0.050;
@@ -99,7 +99,7 @@ fn an_intercepted_download_over_a_50ms_path_is_not_window_bound() {
 
     let scratch = Scratch::new("windows-far");
     let (lab, origin) = lab_with_origin(&scratch, "origin", &file, "delay 25ms");
-    let bridge = Appliance::start(&lab, &scratch, &repo().join("configs/lab.toml"));
+    let bridge = Appliance::start(&lab, &scratch, &lab_config_file(&scratch, "configs/lab.toml"));
     let bridged = download(&lab, &scratch, &origin.cert(), &file);
     let (status, _, _) = bridge.stop();
     assert!(status.success());

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::lab::{appliance_ca, Appliance, Lab};
+use common::lab::{appliance_ca, lab_config, Appliance, Lab};
 use common::{output, repo, text, Scratch};
 
 /// tlsgate-loadgen, a binary of this package (cargo builds it for its tests).
@@ -59,7 +59,7 @@ fn credentials(scratch: &Scratch) -> Credentials {
 
 /// `tlsgate run` intercepting 443 between the load generator's two ports.
 fn intercepting_appliance(lab: &Lab, scratch: &Scratch, credentials: &Credentials) -> Appliance {
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).unwrap();
+    let mut config = lab_config("configs/lab.toml");
     config.push_str(&format!(
         "\n[intercept]\ntcp_ports = [443]\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{cert}\"\n\n[tcp]\nrx_buffer = 4096\ntx_buffer = 4096\n",
         ca = credentials.ca_dir.display(),

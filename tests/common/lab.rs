@@ -205,12 +205,120 @@ impl Drop for Appliance {
     }
 }
 
+/// The environment variable that picks the DPDK driver of the appliance's
+/// lab ports (scripts/lab-env.sh reads the same one for the scripts).
+pub const LAB_DRIVER_VARIABLE: &str = "TLSGATE_LAB_DRIVER";
+
+/// The lab ports' driver when [`LAB_DRIVER_VARIABLE`] is unset: the one
+/// configs/lab.toml and configs/lab-inspect.toml are written for.
+pub const DEFAULT_LAB_DRIVER: LabDriver = LabDriver::AfPacket;
+
+/// A kernel-facing DPDK driver for the appliance's ports on the gw veths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabDriver {
+    /// `net_af_packet`: a packet socket with mmap rings, a copy per frame.
+    AfPacket,
+    /// `net_af_xdp`: an XDP program on the veth hands frames to an AF_XDP
+    /// socket whose UMEM is the mbuf pool (a veth has one queue per
+    /// direction unless created with more).
+    AfXdp,
+}
+
+impl LabDriver {
+    /// [`LAB_DRIVER_VARIABLE`]'s driver, [`DEFAULT_LAB_DRIVER`] when unset;
+    /// any other value fails the test, naming it.
+    pub fn selected() -> LabDriver {
+        match std::env::var(LAB_DRIVER_VARIABLE).as_deref() {
+            Err(std::env::VarError::NotPresent) | Ok("") => DEFAULT_LAB_DRIVER,
+            Ok("af_packet") => LabDriver::AfPacket,
+            Ok("af_xdp") => LabDriver::AfXdp,
+            other => panic!("{LAB_DRIVER_VARIABLE}={other:?}: expected af_packet or af_xdp"),
+        }
+    }
+
+    /// The DPDK virtual device's name, without its number.
+    pub fn vdev(self) -> &'static str {
+        match self {
+            LabDriver::AfPacket => "net_af_packet",
+            LabDriver::AfXdp => "net_af_xdp",
+        }
+    }
+
+    /// The device spec of lab port `index` (the vdev's number) on the gw
+    /// veth `iface` with `queues` queue pairs (one per worker).
+    pub fn device(self, index: u32, iface: &str, queues: u32) -> String {
+        match self {
+            LabDriver::AfPacket => {
+                format!("net_af_packet{index},iface={iface},qpairs={queues},framesz=2048,blocksz=4096,framecnt=2048")
+            }
+            LabDriver::AfXdp => format!("net_af_xdp{index},iface={iface},start_queue=0,queue_count={queues}"),
+        }
+    }
+}
+
+/// `config` with every lab port's device (`device = "net_af_packetN,..."` or
+/// `"net_af_xdpN,..."`) on `driver`, keeping its number, interface and
+/// queue count; other lines as they are.
+pub fn on_lab_driver(config: &str, driver: LabDriver) -> String {
+    let mut out = String::with_capacity(config.len());
+    for line in config.lines() {
+        match lab_port_device(line) {
+            Some((index, iface, queues)) => {
+                out.push_str(&format!("device = \"{}\"", driver.device(index, &iface, queues)));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The number, interface and queue count of a lab port's `device = ...`
+/// line on af_packet or af_xdp.
+fn lab_port_device(line: &str) -> Option<(u32, String, u32)> {
+    let spec = line.strip_prefix("device = \"")?.strip_suffix('"')?;
+    let mut args = spec.split(',');
+    let name = args.next()?;
+    let index = name
+        .strip_prefix(LabDriver::AfPacket.vdev())
+        .or_else(|| name.strip_prefix(LabDriver::AfXdp.vdev()))?
+        .parse()
+        .ok()?;
+    let (mut iface, mut queues) = (None, 1);
+    for arg in args {
+        match arg.split_once('=') {
+            Some(("iface", value)) => iface = Some(value.to_owned()),
+            Some(("qpairs" | "queue_count", value)) => queues = value.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some((index, iface?, queues))
+}
+
+/// The shipped lab configuration at `path` (relative to the repository,
+/// e.g. "configs/lab.toml") with its ports on [`LabDriver::selected`].
+pub fn lab_config(path: &str) -> String {
+    let shipped = std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    on_lab_driver(&shipped, LabDriver::selected())
+}
+
+/// [`lab_config`] written to the scratch directory; returns its path.
+pub fn lab_config_file(scratch: &Scratch, path: &str) -> PathBuf {
+    let name = Path::new(path).file_name().expect("a file name");
+    let written = scratch.path(&name.to_string_lossy());
+    std::fs::write(&written, lab_config(path)).expect("write lab config");
+    written
+}
+
 /// A configuration based on configs/lab.toml with two workers instead of
-/// one: two queue pairs per af_packet port (the kernel's fanout spreads the
-/// connections), worker 0 on CPU 0 beside the main thread and worker 1 on
-/// CPU 1, and a pool for both workers' rings.
+/// one, on af_packet whatever the lab driver: two queue pairs per port (the
+/// kernel's fanout spreads the connections), worker 0 on CPU 0 beside the
+/// main thread and worker 1 on CPU 1, and a pool for both workers' rings.
+/// (DPDK 22.11's af_xdp takes its queue count from the interface's combined
+/// channels, which a veth does not report, so on a veth it opens one queue:
+/// "Specified queue count 2 is larger than combined queue count 1".)
 pub fn with_two_workers(config: &str) -> String {
-    let two = config
+    let two = on_lab_driver(config, LabDriver::AfPacket)
         .replace("qpairs=1", "qpairs=2")
         .replace("workers = 1", "workers = 2")
         .replace("mbufs = 8191", "mbufs = 16383")
@@ -244,7 +352,7 @@ pub fn appliance_ca(scratch: &Scratch) -> PathBuf {
 
 pub fn tls_config(scratch: &Scratch, upstream_trust: &Path) -> (PathBuf, PathBuf) {
     let ca_dir = appliance_ca(scratch);
-    let mut config = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
+    let mut config = lab_config("configs/lab.toml");
     config.push_str(&format!(
         "\n[intercept]\ntcp_ports = [443]\nmode = \"tls\"\n\n[tls]\nca_cert = \"{ca}/ca.pem\"\nca_key = \"{ca}/ca.key\"\nupstream_trust = \"{trust}\"\n\n[log]\nconnections = \"{logs}/connections.jsonl\"\nkeylog = \"{logs}/keys.log\"\n",
         ca = ca_dir.display(),
@@ -588,8 +696,8 @@ pub fn inspect_config_with(
 ) -> (PathBuf, PathBuf) {
     let (tls, ca) = tls_config(scratch, &origin.cert());
     let tls_text = std::fs::read_to_string(&tls).expect("tls config");
-    let lab = std::fs::read_to_string(repo().join("configs/lab.toml")).expect("lab.toml");
-    let inspect = std::fs::read_to_string(repo().join("configs/lab-inspect.toml")).expect("lab-inspect.toml");
+    let lab = lab_config("configs/lab.toml");
+    let inspect = lab_config("configs/lab-inspect.toml");
     let extra = tls_text.strip_prefix(&lab).expect("tls_config extends lab.toml");
     let config = format!(
         "{}{extra}\n[capture]\npath = \"{}\"\nport_map = {{ 443 = 80 }}\n",
