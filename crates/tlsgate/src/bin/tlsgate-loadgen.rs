@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use appliance::txframes::{PortFrames, Queued};
 use clap::Parser;
-use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse, CLIENT_SIDE};
-use netstack::{OutFrame, StackConfig};
+use dpdk::MbufPool;
+use loadgen::{Exchange, Generator, Hold, Plan, Replay, ReplayResponse};
+use netstack::StackConfig;
 use port::{PacketBuf, Port};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -222,8 +224,11 @@ fn run(cli: Cli) -> Result<()> {
     let deadline = Duration::from_secs_f64(cli.duration.max(0.0));
     let interval = Duration::from_secs_f64(cli.report_interval.max(0.1));
     let mut next_report = interval;
+    // The generator's stack writes each frame straight into a buffer of
+    // the port it leaves from (indexed as loadgen::CLIENT_SIDE and
+    // loadgen::SERVER_SIDE are).
+    generator.set_tx_frames(Box::new(PortFrames::new(ports.iter().map(Port::pool).collect())));
     let mut frames = Vec::with_capacity(64);
-    let mut output: Vec<OutFrame> = Vec::new();
     let mut outgoing = [Vec::new(), Vec::new()];
     let mut tx_dropped = 0u64;
     while !stop.load(Ordering::Relaxed) && epoch.elapsed() < deadline && !(cli.until_done && generator.finished()) {
@@ -237,16 +242,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         frames.clear();
         generator.poll(now);
-        generator.drain_output(&mut output);
-        for out in output.drain(..) {
-            let side = if out.port == CLIENT_SIDE { 0 } else { 1 };
-            let copied = ports[side].alloc().and_then(|mut buf| {
-                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
-                Some(buf)
-            });
-            match copied {
-                Some(buf) => outgoing[side].push(buf),
-                None => tx_dropped += 1,
+        if let Some(queued) = generator.take_tx_frames::<PortFrames<MbufPool>>() {
+            for (side, frame) in queued.drain() {
+                let (Some(port), Some(queue)) = (ports.get_mut(side), outgoing.get_mut(side)) else {
+                    continue;
+                };
+                let buf = match frame {
+                    Queued::InPortBuffer(buf) => Some(buf),
+                    // The pool was dry when the frame was written: one
+                    // more try, else it is dropped (TCP sends it again).
+                    Queued::Spilled(bytes) => port.alloc().and_then(|mut buf| {
+                        buf.grow_back(bytes.len())?.copy_from_slice(&bytes);
+                        Some(buf)
+                    }),
+                };
+                match buf {
+                    Some(buf) => queue.push(buf),
+                    None => tx_dropped += 1,
+                }
             }
         }
         for (port, queue) in ports.iter_mut().zip(outgoing.iter_mut()) {
