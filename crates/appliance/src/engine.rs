@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use netstack::neighbour::{NeighbourConfig, Neighbours, OwnedAddress};
-use netstack::{Duration, Instant, OutFrame, Stack, StackConfig};
+use netstack::{Duration, Instant, OutFrame, PortFrames, Queued, Stack, StackConfig};
 use port::{LinkState, PacketBuf, Port};
 use wire::{FlowTuple, IpProtocol};
 
@@ -25,7 +25,6 @@ use crate::handoff::{HandoffError, WorkerHandoff};
 use crate::owned::OwnedSources;
 use crate::policy::{Action, Policy, UdpPolicy};
 use crate::splice::{Admission, InspectionSettings, Limits, Splicer, Unreachable};
-use crate::txframes::{PortFrames, Queued};
 use mitm::{CertificateAuthority, Forger, InvalidUpstream, MitmError, TlsContext, UpstreamTrust, WallClock};
 
 pub use crate::side::Side;

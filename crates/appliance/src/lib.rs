@@ -30,7 +30,6 @@ pub mod setup;
 pub mod side;
 pub mod splice;
 pub mod topnames;
-pub mod txframes;
 pub mod worker;
 pub mod writer;
 

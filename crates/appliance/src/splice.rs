@@ -622,12 +622,6 @@ impl LegIo for StackLegs<'_> {
         self.flows.get(leg).is_some()
     }
 
-    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize {
-        self.flows
-            .get(leg)
-            .map_or(0, |flow| self.stack.recv(flow, buf).unwrap_or(0))
-    }
-
     fn recv_in_place(
         &mut self,
         leg: Leg,

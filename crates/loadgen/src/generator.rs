@@ -10,11 +10,11 @@
 //! checks the request byte for byte before it answers.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use netstack::{EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig};
+use netstack::{EventKind, FlowId, Instant, L2Header, OutFrame, Stack, StackConfig, TxFrames};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 use slab::Slab;
@@ -160,36 +160,52 @@ fn flush_tls<D: rustls::SideData>(
     }
 }
 
-/// Feeds what the flow received into rustls, moving the plaintext it
-/// decrypts into `plaintext` as it goes (rustls refuses more input while
-/// 16 KiB of plaintext wait in it); `Err` on a TLS error.
+/// Feeds what the flow received into rustls, from where it lies in the
+/// flow's receive buffer, moving the plaintext it decrypts into
+/// `plaintext` as it goes (rustls refuses more input while 16 KiB of
+/// plaintext wait in it); `Err` on a TLS error.
 fn feed_tls<D: rustls::SideData>(
     stack: &mut Stack,
     flow: FlowId,
     tls: &mut rustls::ConnectionCommon<D>,
     plaintext: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let read = stack.recv(flow, &mut buf).unwrap_or(0);
+    let mut outcome = Ok(());
+    while outcome.is_ok() {
+        let read = stack
+            .recv_in_place(flow, usize::MAX, 0, |received, _| {
+                outcome = feed_received(tls, received, plaintext);
+                received.len()
+            })
+            .unwrap_or(0);
         if read == 0 {
-            return Ok(());
-        }
-        let mut input = buf.get(..read).unwrap_or_default();
-        while !input.is_empty() {
-            let taken = tls.read_tls(&mut input);
-            tls.process_new_packets()?;
-            let drained = read_plaintext(tls, |bytes| plaintext.extend_from_slice(bytes));
-            if matches!(taken, Ok(0) | Err(_)) && drained == 0 {
-                // Nothing taken and nothing to make room: the connection
-                // is closed for reading; what is left cannot be read.
-                return Err(rustls::Error::General(format!(
-                    "{} received bytes after the end of the TLS stream",
-                    input.len()
-                )));
-            }
+            break;
         }
     }
+    outcome
+}
+
+/// Feeds `input` into rustls (all of it, unless the stream ended or
+/// rustls failed), moving the plaintext it decrypts into `plaintext`.
+fn feed_received<D: rustls::SideData>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    mut input: &[u8],
+    plaintext: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    while !input.is_empty() {
+        let taken = tls.read_tls(&mut input);
+        tls.process_new_packets()?;
+        let drained = read_plaintext(tls, |bytes| plaintext.extend_from_slice(bytes));
+        if matches!(taken, Ok(0) | Err(_)) && drained == 0 {
+            // Nothing taken and nothing to make room: the connection
+            // is closed for reading; what is left cannot be read.
+            return Err(rustls::Error::General(format!(
+                "{} received bytes after the end of the TLS stream",
+                input.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `source` from `*sent` on into rustls, and what rustls makes of
@@ -234,15 +250,18 @@ fn client_work<'a>(plan: &'a Plan, request_head: &'a [u8], index: u64) -> Option
     Some((source, exchange.response_bytes))
 }
 
-/// Reads the plaintext rustls holds into `sink`; returns how much.
+/// Reads the plaintext rustls holds into `sink`, straight from rustls'
+/// buffer; returns how much.
 fn read_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>, mut sink: impl FnMut(&[u8])) -> usize {
-    let mut buf = [0u8; 16 * 1024];
+    let mut reader = tls.reader();
     let mut total = 0;
-    while let Ok(read) = tls.reader().read(&mut buf) {
-        if read == 0 {
+    while let Ok(chunk) = reader.fill_buf() {
+        if chunk.is_empty() {
             break;
         }
-        sink(buf.get(..read).unwrap_or_default());
+        sink(chunk);
+        let read = chunk.len();
+        reader.consume(read);
         total += read;
     }
     total
@@ -250,15 +269,7 @@ fn read_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>, mu
 
 /// Reads and discards the plaintext rustls holds; returns how much.
 fn drain_plaintext<D: rustls::SideData>(tls: &mut rustls::ConnectionCommon<D>) -> usize {
-    let mut buf = [0u8; 16 * 1024];
-    let mut total = 0;
-    while let Ok(read) = tls.reader().read(&mut buf) {
-        if read == 0 {
-            break;
-        }
-        total += read;
-    }
-    total
+    read_plaintext(tls, |_| {})
 }
 
 impl Generator {
@@ -336,9 +347,22 @@ impl Generator {
         self.handle_events(now);
     }
 
-    /// Frames to send, with the port each leaves on.
+    /// Frames to send, with the port each leaves on (with the default
+    /// sink; see [`Generator::set_tx_frames`]).
     pub fn drain_output(&mut self, out: &mut Vec<OutFrame>) {
         self.stack.drain_output(out);
+    }
+
+    /// Makes `frames` the sink the stack writes the frames to send into
+    /// ([`Stack::set_tx_frames`]): the ports' own buffers, say.
+    pub fn set_tx_frames(&mut self, frames: Box<dyn TxFrames>) {
+        self.stack.set_tx_frames(frames);
+    }
+
+    /// The sink set with [`Generator::set_tx_frames`], as its type `T`,
+    /// for the caller to send every frame queued in it.
+    pub fn take_tx_frames<T: TxFrames>(&mut self) -> Option<&mut T> {
+        self.stack.take_tx_frames()
     }
 
     fn open_due(&mut self, now: Instant) {

@@ -4,11 +4,12 @@
 //! peer has no other way to hand them over. Every receive queue of both
 //! sides is polled; everything the generator sends leaves on its side's
 //! first queue (the only one a memif peer of a software-distributing
-//! appliance reads).
-use netstack::{Instant, OutFrame};
+//! appliance reads), written by the generator's stack straight into a
+//! buffer of that queue's pool ([`PortFrames`]).
+use netstack::{Instant, PortFrames, Queued};
 use port::{PacketBuf, Port};
 
-use crate::generator::{Generator, CLIENT_SIDE};
+use crate::generator::Generator;
 
 /// Frames taken from one receive queue per poll, at most.
 const RX_BURST: usize = 64;
@@ -28,27 +29,28 @@ pub enum PortsError {
 /// receives and transmits, the others only receive.
 #[derive(Debug)]
 pub struct PortPump<P: Port> {
-    /// Client side (index [`CLIENT_SIDE`]), then server side.
+    /// Client side (index [`crate::CLIENT_SIDE`]), then server side.
     sides: [Vec<P>; 2],
     frames: Vec<P::Buf>,
-    output: Vec<OutFrame>,
     outgoing: [Vec<P::Buf>; 2],
     tx_dropped: u64,
 }
 
 impl<P: Port> PortPump<P> {
-    /// The pump over the client side's queues and the server side's.
-    pub fn new(client: Vec<P>, server: Vec<P>) -> Result<Self, PortsError> {
-        if client.is_empty() {
-            return Err(PortsError::NoQueue("client"));
-        }
-        if server.is_empty() {
-            return Err(PortsError::NoQueue("server"));
-        }
+    /// The pump over the client side's queues and the server side's, for
+    /// `generator`: its stack now writes each frame into a buffer of the
+    /// first queue's pool of the side it leaves from.
+    pub fn new(client: Vec<P>, server: Vec<P>, generator: &mut Generator) -> Result<Self, PortsError> {
+        let (Some(client_first), Some(server_first)) = (client.first(), server.first()) else {
+            return Err(PortsError::NoQueue(if client.is_empty() { "client" } else { "server" }));
+        };
+        generator.set_tx_frames(Box::new(PortFrames::new(vec![
+            client_first.pool(),
+            server_first.pool(),
+        ])));
         Ok(PortPump {
             sides: [client, server],
             frames: Vec::with_capacity(RX_BURST),
-            output: Vec::new(),
             outgoing: [Vec::new(), Vec::new()],
             tx_dropped: 0,
         })
@@ -68,26 +70,40 @@ impl<P: Port> PortPump<P> {
         self.frames.clear();
     }
 
-    /// Sends what the generator has queued, each frame on the first queue of
-    /// its side; frames without a buffer or that the driver keeps refusing
-    /// are dropped and counted.
+    /// Sends what the generator has written, each frame on the first queue
+    /// of its side; a frame written while the pool was dry gets one more
+    /// try at a buffer, and frames without one or that the driver keeps
+    /// refusing are dropped and counted (TCP sends them again).
     pub fn transmit(&mut self, generator: &mut Generator) {
-        generator.drain_output(&mut self.output);
-        for out in self.output.drain(..) {
-            let side = usize::from(out.port != CLIENT_SIDE);
-            let copied = self.sides[side][0].alloc().and_then(|mut buf| {
-                buf.grow_back(out.frame.len())?.copy_from_slice(&out.frame);
-                Some(buf)
-            });
-            match copied {
-                Some(buf) => self.outgoing[side].push(buf),
-                None => self.tx_dropped += 1,
+        if let Some(written) = generator.take_tx_frames::<PortFrames<P::Pool>>() {
+            for (side, frame) in written.drain() {
+                let (Some(queue), Some(outgoing)) = (
+                    self.sides.get_mut(side).and_then(|queues| queues.first_mut()),
+                    self.outgoing.get_mut(side),
+                ) else {
+                    self.tx_dropped += 1;
+                    continue;
+                };
+                let buf = match frame {
+                    Queued::InPortBuffer(buf) => Some(buf),
+                    Queued::Spilled(bytes) => queue.alloc().and_then(|mut buf| {
+                        buf.grow_back(bytes.len())?.copy_from_slice(&bytes);
+                        Some(buf)
+                    }),
+                };
+                match buf {
+                    Some(buf) => outgoing.push(buf),
+                    None => self.tx_dropped += 1,
+                }
             }
         }
         for (queues, outgoing) in self.sides.iter_mut().zip(self.outgoing.iter_mut()) {
+            let Some(queue) = queues.first_mut() else {
+                continue;
+            };
             let mut attempts = 0;
             while !outgoing.is_empty() && attempts < TX_ATTEMPTS {
-                if queues[0].tx_burst(outgoing) == 0 {
+                if queue.tx_burst(outgoing) == 0 {
                     attempts += 1;
                 }
             }

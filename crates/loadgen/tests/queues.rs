@@ -4,7 +4,7 @@
 //! "worker" its connection hashes to, as tlsgate with two workers does over
 //! memif (each worker transmits on its own queue). Every queue must be read,
 //! and the generator must transmit on queue 0 only (the one queue tlsgate's
-//! worker 0 reads).
+//! worker 0 reads), in buffers of that queue's pool.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -101,7 +101,7 @@ fn every_receive_queue_is_read_and_everything_is_sent_on_queue_0() {
     let mut bench = bench("queues", plan(100));
     let (client_queues, client) = side(0xc);
     let (server_queues, server) = side(0x5);
-    let mut pump = PortPump::new(client_queues, server_queues).unwrap();
+    let mut pump = PortPump::new(client_queues, server_queues, &mut bench.generator).unwrap();
     let delivered = run(&mut bench, &mut pump, &client, &server, 20_000);
     let stats = bench.generator.stats().clone();
     assert!(bench.generator.finished(), "{stats:?}");
@@ -126,7 +126,7 @@ fn a_generator_reading_only_queue_0_loses_the_second_workers_connections() {
     let (mut server_queues, server) = side(0x5);
     client_queues.truncate(1);
     server_queues.truncate(1);
-    let mut pump = PortPump::new(client_queues, server_queues).unwrap();
+    let mut pump = PortPump::new(client_queues, server_queues, &mut bench.generator).unwrap();
     let delivered = run(&mut bench, &mut pump, &client, &server, 20_000);
     let stats = bench.generator.stats().clone();
     // (The appliance holds a client's SYN-ACK until its upstream leg is
@@ -137,9 +137,10 @@ fn a_generator_reading_only_queue_0_loses_the_second_workers_connections() {
 
 #[test]
 fn a_side_without_a_queue_is_refused() {
+    let mut bench = bench("refused", plan(1));
     let (queues, _controls) = side(0xc);
     assert_eq!(
-        PortPump::new(queues, Vec::new()).unwrap_err(),
+        PortPump::new(queues, Vec::new(), &mut bench.generator).unwrap_err(),
         loadgen::PortsError::NoQueue("server")
     );
 }

@@ -15,12 +15,14 @@
 mod device;
 mod l2;
 pub mod neighbour;
+mod port_frames;
 mod stack;
 mod timer;
 mod tx;
 
 pub use device::{OutFrame, IP_MTU};
 pub use l2::L2Header;
+pub use port_frames::{PortFrames, Queued};
 pub use smoltcp::socket::tcp::State as TcpState;
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CongestionControl, Event, EventKind, FlowId, FlowKey, Stack, StackConfig, StackCounters, StackError};

@@ -473,8 +473,42 @@ impl Recovery {
 struct SynMirror {
     /// The accepted flow of that client.
     client: FlowId,
-    /// The first SYN this flow sent (the frame), repeated on request.
+    /// The first SYN this flow sent (the frame), repeated on request
+    /// while the flow connects.
     first_syn: Option<Vec<u8>>,
+}
+
+/// Spare buffers for the handshake frames a flow keeps to repeat (its
+/// SYN-ACK, its mirrored SYN): taken when a flow keeps one, given back
+/// when it no longer needs it, so a steady stream of connections copies
+/// those frames without allocating.
+#[derive(Debug, Default)]
+struct SpareFrames(Vec<Vec<u8>>);
+
+impl SpareFrames {
+    /// Spares kept at most (as many handshakes as may be under way at
+    /// once without an allocation).
+    const KEPT: usize = 1024;
+    /// Room for a SYN or SYN-ACK: L2 header with two VLAN tags, IPv6, TCP
+    /// with the largest option space.
+    const FRAME_ROOM: usize = 22 + 40 + 60;
+
+    /// A copy of `frame` in a spare buffer.
+    fn copy_of(&mut self, frame: &[u8]) -> Vec<u8> {
+        let mut buf = self.0.pop().unwrap_or_else(|| Vec::with_capacity(Self::FRAME_ROOM));
+        buf.clear();
+        buf.extend_from_slice(frame);
+        buf
+    }
+
+    /// Keeps `frame`'s buffer for the next copy.
+    fn give_back(&mut self, frame: Option<Vec<u8>>) {
+        if let Some(frame) = frame {
+            if self.0.len() < Self::KEPT {
+                self.0.push(frame);
+            }
+        }
+    }
 }
 
 impl Flow {
@@ -655,11 +689,21 @@ pub struct Stack {
     events: VecDeque<Event>,
     /// Where the frames to send are written.
     output: Box<dyn TxFrames>,
+    /// Buffers for the SYN-ACKs and mirrored SYNs flows keep.
+    spare_frames: SpareFrames,
     /// Flows an operation touched; polled by [`Stack::flush`].
     dirty: Vec<FlowId>,
     next_generation: u32,
     counters: StackCounters,
     due: Vec<FlowId>,
+}
+
+/// Flow `id` of `flows`, if it is still that flow (not freed, its slot
+/// not reused).
+fn live_flow(flows: &Slab<Flow>, id: FlowId) -> Option<&Flow> {
+    flows
+        .get(id.index as usize)
+        .filter(|flow| flow.generation == id.generation)
 }
 
 fn ip_address(ip: IpAddr) -> IpAddress {
@@ -759,6 +803,7 @@ impl Stack {
             timers: TimerWheel::new(now),
             events: VecDeque::new(),
             output: Box::new(OutFrames::default()),
+            spare_frames: SpareFrames::default(),
             dirty: Vec::new(),
             next_generation: 0,
             counters: StackCounters::default(),
@@ -800,10 +845,7 @@ impl Stack {
     }
 
     fn flow(&self, id: FlowId) -> Result<&Flow, StackError> {
-        match self.flows.get(id.index as usize) {
-            Some(flow) if flow.generation == id.generation => Ok(flow),
-            _ => Err(StackError::NoSuchFlow),
-        }
+        live_flow(&self.flows, id).ok_or(StackError::NoSuchFlow)
     }
 
     fn flow_mut(&mut self, id: FlowId) -> Result<&mut Flow, StackError> {
@@ -983,30 +1025,36 @@ impl Stack {
     /// Sends the first SYN of `server` again, if it still waits for the
     /// server's answer (a client retransmitted its SYN).
     fn repeat_syn(&mut self, server: FlowId) {
-        let Ok(flow) = self.flow(server) else {
+        let Stack { flows, output, .. } = self;
+        let Some(flow) = live_flow(flows, server) else {
             return;
         };
         if flow.socket().state() != tcp::State::SynSent {
             return;
         }
-        if let Some(frame) = flow.syn_mirror.as_ref().and_then(|mirror| mirror.first_syn.clone()) {
-            self.output.push_copy(flow.key.port, &frame);
+        if let Some(frame) = flow.syn_mirror.as_ref().and_then(|mirror| mirror.first_syn.as_deref()) {
+            output.push_copy(flow.key.port, frame);
         }
     }
 
     /// Sends the SYN-ACK of the accepted flow `id` again, if it still waits
     /// for the ACK (its peer retransmitted the SYN).
     fn repeat_synack(&mut self, id: FlowId) {
-        let Ok(flow) = self.flow(id) else {
+        let Stack {
+            flows,
+            output,
+            counters,
+            ..
+        } = self;
+        let Some(flow) = live_flow(flows, id) else {
             return;
         };
         if flow.socket().state() != tcp::State::SynReceived {
             return;
         }
-        let port = flow.key.port;
-        if let Some(frame) = flow.synack.clone() {
-            self.counters.synacks_repeated += 1;
-            self.output.push_copy(port, &frame);
+        if let Some(frame) = flow.synack.as_deref() {
+            counters.synacks_repeated += 1;
+            output.push_copy(flow.key.port, frame);
         }
     }
 
@@ -1143,6 +1191,7 @@ impl Stack {
             interfaces,
             flows,
             output,
+            spare_frames,
             events,
             timers,
             counters,
@@ -1229,7 +1278,7 @@ impl Stack {
             flow.recovery.probed = true;
         }
         if flow.socket().state() != tcp::State::SynReceived {
-            flow.synack = None;
+            spare_frames.give_back(flow.synack.take());
         } else if flow.synack.is_none() {
             let l2 = flow.l2.len();
             flow.synack = (output_before..output.len())
@@ -1240,13 +1289,16 @@ impl Stack {
                         .and_then(tcp_segment)
                         .is_some_and(|tcp| tcp.syn() && tcp.ack())
                 })
-                .map(<[u8]>::to_vec);
+                .map(|frame| spare_frames.copy_of(frame));
         }
         if let (Some(mirror), Some(confirmed)) = (flow.syn_mirror.as_mut(), syn_client_confirmed) {
             // Still connecting and something went out: it was a SYN.
             let sent_syn = state_before == tcp::State::SynSent && still_connecting && output.len() > output_before;
-            if sent_syn && mirror.first_syn.is_none() {
-                mirror.first_syn = output.frame(output_before).map(<[u8]>::to_vec);
+            if !still_connecting {
+                // Only a connecting flow repeats its SYN.
+                spare_frames.give_back(mirror.first_syn.take());
+            } else if sent_syn && mirror.first_syn.is_none() {
+                mirror.first_syn = output.frame(output_before).map(|frame| spare_frames.copy_of(frame));
             } else if sent_syn && !confirmed {
                 counters.syn_retransmits_withheld += (output.len() - output_before) as u64;
                 output.truncate(output_before);
@@ -1344,7 +1396,10 @@ impl Stack {
         if self.flow(id).is_err() {
             return;
         }
-        let flow = self.flows.remove(id.index as usize);
+        let mut flow = self.flows.remove(id.index as usize);
+        self.spare_frames.give_back(flow.synack.take());
+        self.spare_frames
+            .give_back(flow.syn_mirror.as_mut().and_then(|mirror| mirror.first_syn.take()));
         self.committed -= flow.buffers.committed;
         self.index.remove(&flow.key);
         self.counters.flows_live -= 1;

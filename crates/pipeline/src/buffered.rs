@@ -3,7 +3,7 @@
 //! [`crate::TlsClient`]): records in, the plaintext they hold out, records
 //! for the peer out.
 
-use std::io::Read;
+use std::io::BufRead;
 
 use rustls::ConnectionCommon;
 
@@ -20,14 +20,18 @@ pub(crate) fn read_records<D>(conn: &mut ConnectionCommon<D>, mut data: &[u8]) -
     Ok(())
 }
 
-/// Appends the plaintext `conn` decrypted to `plaintext`; whether the
-/// peer's stream ended (close_notify).
+/// Appends the plaintext `conn` decrypted to `plaintext`, straight from
+/// rustls' buffer; whether the peer's stream ended (close_notify).
 pub(crate) fn read_plaintext<D>(conn: &mut ConnectionCommon<D>, plaintext: &mut Vec<u8>) -> bool {
-    let mut buf = [0u8; 16 * 1024];
+    let mut reader = conn.reader();
     loop {
-        match conn.reader().read(&mut buf) {
-            Ok(0) => return true,
-            Ok(read) => plaintext.extend_from_slice(buf.get(..read).unwrap_or_default()),
+        match reader.fill_buf() {
+            Ok([]) => return true,
+            Ok(chunk) => {
+                plaintext.extend_from_slice(chunk);
+                let read = chunk.len();
+                reader.consume(read);
+            }
             // Nothing more for now (WouldBlock); or the peer's stream ended
             // without close_notify, and the FIN passes the end on.
             Err(_) => return false,

@@ -850,13 +850,14 @@ fn hop(io: &mut dyn LegIo, from: Leg, to: Leg, into_loop: Option<&mut InFlight>,
 /// lost some of these (the box held more than it keeps).
 fn unreturned(io: &mut dyn LegIo, exit: Leg, in_flight: &mut InFlight, passed_end: bool) -> Option<(Vec<u8>, usize)> {
     let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
     loop {
-        let read = io.recv(exit, &mut buf);
+        let read = io.recv_in_place(exit, usize::MAX, 0, &mut |came, _| {
+            bytes.extend_from_slice(came);
+            came.len()
+        });
         if read == 0 {
             break;
         }
-        bytes.extend_from_slice(buf.get(..read).unwrap_or_default());
         in_flight.came_out(read);
     }
     if passed_end || io.peer_finished(exit) == Some(true) {

@@ -68,8 +68,6 @@ impl Leg {
 pub trait LegIo {
     /// Whether the leg exists.
     fn exists(&self, leg: Leg) -> bool;
-    /// Reads what the leg received into `buf`; how many bytes.
-    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize;
     /// Lends `read` what the leg received where it lies (one contiguous
     /// piece, at most `max` bytes); `read` may change the bytes in place
     /// and returns how many it consumed, the rest stays received. Its flag

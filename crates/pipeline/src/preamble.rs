@@ -14,6 +14,10 @@ use starttls::{ClientEvent, Negotiation, NegotiationError, ServerEvent};
 use crate::connection::{feed_loop, peer_done, send_queued, InspectionLoop, Through};
 use crate::{End, Ends, Leg, LegIo, Tap, TLS_BACKLOG};
 
+/// The most a leg's read takes at once (read where it lies in the leg's
+/// receive buffer): the backlogs overshoot by one piece at most.
+const PIECE_MAX: usize = 16 * 1024;
+
 /// What a STARTTLS preamble did, for the caller's counters, log and policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreambleEvent {
@@ -152,9 +156,8 @@ impl Preamble {
             Some(InspectionLoop::Through(through)) => Some(&mut **through),
             None => None,
         };
-        let mut buf = [0u8; 16 * 1024];
         for _ in 0..64 {
-            let mut progress = self.read_server(io, &mut buf, through.is_some(), ends, bytes, reports, &mut tap)?;
+            let mut progress = self.read_server(io, through.is_some(), ends, bytes, reports, &mut tap)?;
             if let Some(through) = through.as_deref_mut() {
                 progress |= through_loop(
                     io,
@@ -162,7 +165,6 @@ impl Preamble {
                     &mut self.into_loop_down,
                     &mut through.down,
                     &mut self.to_client,
-                    &mut buf,
                     (&mut tap, false),
                 );
             }
@@ -170,7 +172,7 @@ impl Preamble {
                 if self.phase == Phase::Accepted {
                     // The client cannot have seen the answer yet: what it
                     // sent meanwhile is injected, never delivered after TLS.
-                    progress |= discard_client(io, &mut buf, bytes, reports);
+                    progress |= discard_client(io, bytes, reports);
                 }
                 progress |= send_queued(io, Leg::Client, &mut self.to_client);
             }
@@ -178,7 +180,7 @@ impl Preamble {
                 reports.events.push_back(PreambleEvent::Upgraded);
                 return Ok(true);
             }
-            progress |= self.read_client(io, &mut buf, through.is_some(), ends, bytes, reports, &mut tap)?;
+            progress |= self.read_client(io, through.is_some(), ends, bytes, reports, &mut tap)?;
             if let Some(through) = through.as_deref_mut() {
                 progress |= through_loop(
                     io,
@@ -186,7 +188,6 @@ impl Preamble {
                     &mut self.into_loop_up,
                     &mut through.up,
                     &mut self.to_server,
-                    &mut buf,
                     (&mut tap, true),
                 );
             }
@@ -199,12 +200,11 @@ impl Preamble {
         Ok(false)
     }
 
-    /// Reads the server leg into the watcher; what it passes goes on.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads the server leg into the watcher (where the bytes lie in the
+    /// leg's receive buffer); what it passes goes on.
     fn read_server(
         &mut self,
         io: &mut dyn LegIo,
-        buf: &mut [u8],
         looped: bool,
         ends: &Ends,
         bytes: &mut (u64, u64),
@@ -214,7 +214,24 @@ impl Preamble {
         if ends.to_client != End::Open || self.into_loop_down.len() + self.to_client.len() >= TLS_BACKLOG {
             return Ok(false);
         }
-        let read = io.recv(Leg::Server, buf);
+        let mut outcome = Ok(false);
+        io.recv_in_place(Leg::Server, PIECE_MAX, 0, &mut |got, _| {
+            outcome = self.server_sent(got, looped, bytes, reports, tap);
+            got.len()
+        });
+        outcome
+    }
+
+    /// What the server sent, `got`, into the watcher.
+    fn server_sent(
+        &mut self,
+        got: &[u8],
+        looped: bool,
+        bytes: &mut (u64, u64),
+        reports: &mut Reports,
+        tap: &mut Option<&mut dyn Tap>,
+    ) -> Result<bool, PreambleError> {
+        let read = got.len();
         if read == 0 {
             return Ok(false);
         }
@@ -222,7 +239,6 @@ impl Preamble {
         if self.phase == Phase::Accepted {
             return Err(PreambleError::ServerSpokeAfterAccept(read));
         }
-        let got = buf.get(..read).unwrap_or_default();
         let step = self.watcher.from_server(got)?;
         if self.require_tls && step.event == Some(ServerEvent::UpgradeRefused) {
             return Err(PreambleError::UpgradeRefused(self.protocol()));
@@ -255,12 +271,11 @@ impl Preamble {
     }
 
     /// Reads the client leg into the watcher (or discards it after an
-    /// upgrade request); what it passes goes on.
-    #[allow(clippy::too_many_arguments)]
+    /// upgrade request), where the bytes lie in the leg's receive buffer;
+    /// what it passes goes on.
     fn read_client(
         &mut self,
         io: &mut dyn LegIo,
-        buf: &mut [u8],
         looped: bool,
         ends: &Ends,
         bytes: &mut (u64, u64),
@@ -271,14 +286,30 @@ impl Preamble {
             return Ok(false);
         }
         if self.phase != Phase::Plain {
-            return Ok(discard_client(io, buf, bytes, reports));
+            return Ok(discard_client(io, bytes, reports));
         }
-        let read = io.recv(Leg::Client, buf);
+        let mut outcome = Ok(false);
+        io.recv_in_place(Leg::Client, PIECE_MAX, 0, &mut |got, _| {
+            outcome = self.client_sent(got, looped, bytes, reports, tap);
+            got.len()
+        });
+        outcome
+    }
+
+    /// What the client sent, `got`, into the watcher.
+    fn client_sent(
+        &mut self,
+        got: &[u8],
+        looped: bool,
+        bytes: &mut (u64, u64),
+        reports: &mut Reports,
+        tap: &mut Option<&mut dyn Tap>,
+    ) -> Result<bool, PreambleError> {
+        let read = got.len();
         if read == 0 {
             return Ok(false);
         }
         bytes.0 += read as u64;
-        let got = buf.get(..read).unwrap_or_default();
         let step = self.watcher.from_client(got)?;
         if self.require_tls && step.event == Some(ClientEvent::PlaintextContent) {
             return Err(PreambleError::PlaintextContent(self.protocol()));
@@ -361,10 +392,10 @@ impl Preamble {
 }
 
 /// Reads and drops what the client leg received; true if there was any.
-fn discard_client(io: &mut dyn LegIo, buf: &mut [u8], bytes: &mut (u64, u64), reports: &mut Reports) -> bool {
+fn discard_client(io: &mut dyn LegIo, bytes: &mut (u64, u64), reports: &mut Reports) -> bool {
     let mut any = false;
     loop {
-        let read = io.recv(Leg::Client, buf);
+        let read = io.recv_in_place(Leg::Client, usize::MAX, 0, &mut |got, _| got.len());
         if read == 0 {
             return any;
         }
@@ -383,17 +414,17 @@ fn through_loop(
     into: &mut Vec<u8>,
     in_flight: &mut crate::inflight::InFlight,
     out: &mut Vec<u8>,
-    buf: &mut [u8],
     (tap, from_client): (&mut Option<&mut dyn Tap>, bool),
 ) -> bool {
     let mut progress = feed_loop(io, entry, into, in_flight);
     if out.len() < TLS_BACKLOG {
-        let read = io.recv(exit, buf);
-        if read > 0 {
-            let came = buf.get(..read).unwrap_or_default();
-            in_flight.came_out(read);
+        let read = io.recv_in_place(exit, PIECE_MAX, 0, &mut |came, _| {
             show(tap, from_client, came);
             out.extend_from_slice(came);
+            came.len()
+        });
+        if read > 0 {
+            in_flight.came_out(read);
             progress = true;
         }
     }

@@ -83,15 +83,6 @@ impl LegIo for Legs {
         self.get(leg).exists
     }
 
-    fn recv(&mut self, leg: Leg, buf: &mut [u8]) -> usize {
-        let wire = self.wire(leg);
-        let count = buf.len().min(wire.to_pipeline.len());
-        for (slot, byte) in buf.iter_mut().zip(wire.to_pipeline.drain(..count)) {
-            *slot = byte;
-        }
-        count
-    }
-
     fn recv_in_place(
         &mut self,
         leg: Leg,

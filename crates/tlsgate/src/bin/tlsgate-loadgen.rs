@@ -197,10 +197,6 @@ fn run(cli: Cli) -> Result<()> {
         cli.rx_queues,
     )
     .context("DPDK")?;
-    let mut pump = PortPump::new(
-        std::iter::once(client_queue).chain(client_rx).collect(),
-        std::iter::once(server_queue).chain(server_rx).collect(),
-    )?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -227,6 +223,13 @@ fn run(cli: Cli) -> Result<()> {
         server_config,
         clock(),
         u64::from_le_bytes(seed),
+    )?;
+    // The generator's stack writes each frame straight into a buffer of the
+    // queue it leaves from.
+    let mut pump = PortPump::new(
+        std::iter::once(client_queue).chain(client_rx).collect(),
+        std::iter::once(server_queue).chain(server_rx).collect(),
+        &mut generator,
     )?;
     println!(
         "tlsgate-loadgen: running: {} connections at {}/s from {:?} to {:?}, hold {}{what}",

@@ -1,15 +1,16 @@
-//! The stack's transmit sink on a worker's ports ([`netstack::TxFrames`]):
-//! each frame smoltcp sends is written once, L2 header included, into a
-//! buffer from the pool of the port it leaves from (an mbuf on DPDK), and
-//! the engine hands that buffer to the port's transmit burst as it is. A
-//! frame written while that pool is dry waits in a heap `Vec`; the engine
-//! copies it into a port buffer when it sends, or counts it as
-//! `generated_dropped` (TCP sends it again).
+//! The stack's transmit sink on real ports ([`crate::TxFrames`]): each
+//! frame smoltcp sends is written once, L2 header included, into a buffer
+//! from the pool of the port it leaves from (an mbuf on DPDK), and the
+//! driver (the appliance's engine, the load generator's pump) hands that
+//! buffer to the port's transmit burst as it is. A frame written while that
+//! pool is dry waits in a heap `Vec`; the driver copies it into a port
+//! buffer when it sends, or drops and counts it (TCP sends it again).
 
 use std::any::Any;
 
-use netstack::TxFrames;
 use port::{BufPool, PacketBuf};
+
+use crate::TxFrames;
 
 /// A frame queued to send.
 pub enum Queued<B> {
