@@ -157,7 +157,7 @@ fn a_client_that_stops_then_reads_in_bursts_gets_every_record_in_order() {
     let done = lab.run_until(300_000, |lab| {
         serve(lab, &mut server, &mut at_server);
         step += 1;
-        if step % 7 == 0 {
+        if step.is_multiple_of(7) {
             drive(&mut lab.client, socket, &mut client, &mut at_client);
         }
         at_client.len() >= down.len()
