@@ -642,6 +642,12 @@ impl LegIo for StackLegs<'_> {
             .map_or(0, |flow| self.stack.send(flow, bytes).unwrap_or(0))
     }
 
+    fn send_in_place(&mut self, leg: Leg, write: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        self.flows.get(leg).map_or(0, |flow| {
+            self.stack.send_in_place(flow, |room| write(room)).unwrap_or(0)
+        })
+    }
+
     fn unacknowledged(&self, leg: Leg) -> usize {
         self.flows
             .get(leg)

@@ -84,3 +84,85 @@ fn rings_wrapping_inside_records_relay_byte_exact() {
         );
     }
 }
+
+/// The relay encrypts records straight into a leg's send buffer while
+/// they fit behind what is queued there, and into the session's queue
+/// otherwise (the ring full or wrapping): a client that stops reading, so
+/// that the appliance's ring towards it fills and the queue takes over,
+/// then reads in bursts, so that the ring drains and refills many times
+/// across both paths, must get every record, in order, byte-exact. While
+/// it does not read, the server leg is read no further than the
+/// back-pressure allows.
+#[test]
+fn a_client_that_stops_then_reads_in_bursts_gets_every_record_in_order() {
+    let scratch = Scratch::new("relay-send-in-place");
+    let (origin, origin_ca) = origin_for(&["origin.test"], rustls::DEFAULT_VERSIONS);
+    let (context, ca) = interception(&scratch, &origin_ca);
+    let mut intercept = policy(&[443]);
+    // Not a multiple of a record: refills meet the wrap mid-record.
+    let buffer = 50_003;
+    intercept.stack.rx_buffer = buffer;
+    intercept.stack.tx_buffer = buffer;
+    let mut lab = Lab::with_engine(&intercept, |engine| engine.with_tls(context));
+    let listener = lab.server.listen(443, 256 * 1024);
+    let client_buffer = 16 * 1024;
+    let socket = lab.client.connect(v4(SERVER_V4, 443), 40_001, client_buffer);
+    let mut client = client_tls(&ca);
+    let mut server = ServerConnection::new(Arc::clone(&origin)).unwrap();
+    let down = pattern(3_000_000, 5);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut down_sent = 0;
+    // The origin writes 8 KiB pieces while its socket has room.
+    let mut serve = |lab: &mut Lab, server: &mut ServerConnection, at_server: &mut Vec<u8>| {
+        if lab.server.tcp(listener).state() == State::Established {
+            if !server.is_handshaking() && down_sent < down.len() && lab.server.tcp(listener).send_queue() < 64 * 1024 {
+                let end = (down_sent + 8 * 1024).min(down.len());
+                server.writer().write_all(&down[down_sent..end]).unwrap();
+                down_sent = end;
+            }
+            drive(&mut lab.server, listener, server, at_server);
+        }
+        down_sent
+    };
+
+    // The handshakes and the first 100 kB.
+    assert!(lab.run_until(20_000, |lab| {
+        serve(lab, &mut server, &mut at_server);
+        if lab.client.tcp(socket).state() == State::Established {
+            drive(&mut lab.client, socket, &mut client, &mut at_client);
+        }
+        at_client.len() >= 100_000
+    }));
+
+    // The client stops reading: the download stalls, and the appliance
+    // holds at most its two rings, the TLS backlog and a record or two.
+    let mut stalled = 0;
+    lab.run_until(2_000, |lab| {
+        stalled = serve(lab, &mut server, &mut at_server);
+        false
+    });
+    let delivered_to_appliance = stalled - lab.server.tcp(listener).send_queue();
+    let bound = at_client.len() + client_buffer + 2 * buffer + pipeline::TLS_BACKLOG + 3 * 17 * 1024;
+    assert!(
+        delivered_to_appliance < bound,
+        "the appliance took {delivered_to_appliance} bytes from the server while the client read nothing (at most {bound})"
+    );
+    assert!(
+        stalled < down.len(),
+        "the origin finished against a reader that stopped"
+    );
+
+    // It reads in bursts, one step in seven.
+    let mut step = 0u64;
+    let done = lab.run_until(300_000, |lab| {
+        serve(lab, &mut server, &mut at_server);
+        step += 1;
+        if step.is_multiple_of(7) {
+            drive(&mut lab.client, socket, &mut client, &mut at_client);
+        }
+        at_client.len() >= down.len()
+    });
+    assert!(done, "{} of {} bytes arrived", at_client.len(), down.len());
+    assert!(at_client == down, "server → client bytes differ");
+    close_both(&mut lab, socket, listener);
+}

@@ -549,6 +549,9 @@ pub struct TlsSession {
     /// Decrypted plaintext is handed to the caller (see
     /// [`TlsSession::expose_plaintext`]) instead of crossing directly.
     exposed: bool,
+    /// Application data waits, as plaintext, until the caller has it
+    /// encrypted (see [`TlsSession::encrypt_on_demand`]).
+    on_demand: bool,
     /// The sessions its upstream handshake resumes from and adds to, when
     /// it resumes only within a group (see [`TlsSession::resume_within`]);
     /// else the context's, shared by every upstream leg.
@@ -574,6 +577,7 @@ impl TlsSession {
             client_eof: false,
             server_eof: false,
             exposed: false,
+            on_demand: false,
             group: None,
             info: SessionInfo::default(),
         }
@@ -611,6 +615,61 @@ impl TlsSession {
     /// Whether the plaintext is handed to the caller.
     pub fn plaintext_exposed(&self) -> bool {
         self.exposed
+    }
+
+    /// From now on the application data for each leg (and a close_notify
+    /// behind it) waits in the session, as plaintext, until the caller
+    /// has it encrypted: straight into the space it lends
+    /// ([`TlsSession::encrypt_to_server`], [`TlsSession::encrypt_to_client`]:
+    /// the free room of the leg's send buffer), the rest into the
+    /// [`Queues`] ([`TlsSession::encrypt_waiting`]). Handshake messages
+    /// still go into the queues at once.
+    pub fn encrypt_on_demand(&mut self) {
+        self.on_demand = true;
+    }
+
+    /// Encrypts the application data waiting for the server straight into
+    /// `room`, whole records (and a wanted close_notify after the last) as
+    /// long as they fit, and only while nothing waits in the server's queue
+    /// ahead of them (encrypted earlier, so sent first). Returns how many
+    /// bytes of `room` it wrote; what did not fit keeps waiting.
+    pub fn encrypt_to_server(&mut self, room: &mut [u8]) -> Result<usize, MitmError> {
+        let Phase::Established { upstream, .. } = &mut self.phase else {
+            return Ok(0);
+        };
+        let written = upstream
+            .encrypt_into(&mut self.queues.to_server, room)
+            .map_err(MitmError::Server);
+        if written.is_err() {
+            self.phase = Phase::Failed;
+        }
+        written
+    }
+
+    /// [`TlsSession::encrypt_to_server`] for the client.
+    pub fn encrypt_to_client(&mut self, room: &mut [u8]) -> Result<usize, MitmError> {
+        let Phase::Established { client, .. } = &mut self.phase else {
+            return Ok(0);
+        };
+        let written = client
+            .encrypt_into(&mut self.queues.to_client, room)
+            .map_err(MitmError::Client);
+        if written.is_err() {
+            self.phase = Phase::Failed;
+        }
+        written
+    }
+
+    /// Encrypts every application data waiting (see
+    /// [`TlsSession::encrypt_on_demand`]) into the queues.
+    pub fn encrypt_waiting(&mut self) -> Result<(), MitmError> {
+        let Phase::Established { client, upstream } = &self.phase else {
+            return Ok(());
+        };
+        if !(client.has_output_waiting(true) || upstream.has_output_waiting(true)) {
+            return Ok(());
+        }
+        self.pump_encrypting()
     }
 
     /// The ciphertext waiting for each leg (take what its socket accepts)
@@ -659,8 +718,9 @@ impl TlsSession {
         if let Phase::Established { upstream, .. } = &mut self.phase {
             upstream.close_wanted = true;
         }
-        // A failure ends the session; the caller sees it as failed.
-        let _ = self.pump();
+        // What waits goes ahead of the close_notify. A failure ends the
+        // session; the caller sees it as failed.
+        let _ = self.pump_encrypting();
     }
 
     /// Sends close_notify to the client (exposed sessions).
@@ -668,7 +728,7 @@ impl TlsSession {
         if let Phase::Established { client, .. } = &mut self.phase {
             client.close_wanted = true;
         }
-        let _ = self.pump();
+        let _ = self.pump_encrypting();
     }
 
     /// The client sent close_notify (or its TLS stream ended).
@@ -691,6 +751,10 @@ impl TlsSession {
     /// quiet, so that an idle session holds no buffer at all.
     pub fn release_empty_buffers(&mut self) {
         self.queues.release_empty();
+        if let Phase::Established { client, upstream } = &mut self.phase {
+            release_if_empty(&mut client.outgoing);
+            release_if_empty(&mut upstream.outgoing);
+        }
     }
 
     /// Bytes of buffer capacity the session holds (its own queues and both
@@ -823,7 +887,12 @@ impl TlsSession {
                     .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
                 CLIENT_CERT_REQUESTED.with(|requested| requested.set(false));
                 crate::trust::take_chain_verdict();
-                let driven = upstream.drive(None, &mut self.queues.to_server, &mut self.queues.plaintext_from_server);
+                let driven = upstream.drive(
+                    None,
+                    &mut self.queues.to_server,
+                    &mut self.queues.plaintext_from_server,
+                    true,
+                );
                 if CLIENT_CERT_REQUESTED.with(Cell::get) {
                     self.info.client_cert_requested = true;
                 }
@@ -906,7 +975,12 @@ impl TlsSession {
         let upstream = UnbufferedClientConnection::new(config, name).map_err(MitmError::Server)?;
         let mut upstream = Box::new(Leg::new(upstream, Vec::new()));
         upstream
-            .drive(None, &mut self.queues.to_server, &mut self.queues.plaintext_from_server)
+            .drive(
+                None,
+                &mut self.queues.to_server,
+                &mut self.queues.plaintext_from_server,
+                true,
+            )
             .map_err(MitmError::Server)?;
         self.phase = Phase::Upstream { upstream, offered };
         Ok(())
@@ -978,7 +1052,16 @@ impl TlsSession {
     /// in, plaintext across (or to the caller), ciphertext out. A failure
     /// ends the session, after the alert rustls has for the failed side.
     fn pump(&mut self) -> Result<(), MitmError> {
-        let result = self.pump_legs(None);
+        let result = self.pump_legs(None, !self.on_demand);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result.map(|_| ())
+    }
+
+    /// [`TlsSession::pump`], encrypting the application data waiting too.
+    fn pump_encrypting(&mut self) -> Result<(), MitmError> {
+        let result = self.pump_legs(None, true);
         if result.is_err() {
             self.phase = Phase::Failed;
         }
@@ -988,14 +1071,17 @@ impl TlsSession {
     /// [`TlsSession::pump`] with one leg's ciphertext read where it lies;
     /// returns how many of those bytes were consumed.
     fn pump_lent(&mut self, lent: Lent<'_>) -> Result<usize, MitmError> {
-        let result = self.pump_legs(Some(lent));
+        let result = self.pump_legs(Some(lent), !self.on_demand);
         if result.is_err() {
             self.phase = Phase::Failed;
         }
         result
     }
 
-    fn pump_legs(&mut self, lent: Option<Lent<'_>>) -> Result<usize, MitmError> {
+    /// Runs both legs (see [`TlsSession::pump`]), `lent` ciphertext in
+    /// place; `encrypt`: the application data waiting is encrypted into
+    /// the queues too, else it keeps waiting.
+    fn pump_legs(&mut self, lent: Option<Lent<'_>>, encrypt: bool) -> Result<usize, MitmError> {
         let Phase::Established { client, upstream } = &mut self.phase else {
             return Ok(0);
         };
@@ -1015,6 +1101,7 @@ impl TlsSession {
                 exposed.then_some(&mut self.queues.plaintext_from_client),
                 &mut self.info.plaintext_client_to_server,
                 &mut self.client_eof,
+                encrypt,
             )
             .map_err(MitmError::Client)?;
             consumed += hop(
@@ -1025,9 +1112,10 @@ impl TlsSession {
                 exposed.then_some(&mut self.queues.plaintext_from_server),
                 &mut self.info.plaintext_server_to_client,
                 &mut self.server_eof,
+                encrypt,
             )
             .map_err(MitmError::Server)?;
-            if !client.has_output_waiting() {
+            if !client.has_output_waiting(encrypt) {
                 break;
             }
         }
@@ -1087,8 +1175,9 @@ fn legacy_cause(err: &rustls::Error, answer: Option<ServerAnswer>, offered: &[Pr
 /// own buffer or `lent` where it lies, its output appended to `out`) with
 /// the plaintext it decrypts going to `to`, or to the caller's `exposed`
 /// buffer; counts what crossed into `moved` and passes a close_notify on
-/// (`eof`). Returns how many lent bytes were consumed. A failure leaves
-/// `from`'s alert in `out`.
+/// (`eof`); `encrypt` as for [`Leg::drive`]. Returns how many lent bytes
+/// were consumed. A failure leaves `from`'s alert in `out`.
+#[allow(clippy::too_many_arguments)]
 fn hop<A: Endpoint, B: Endpoint>(
     from: &mut Leg<A>,
     to: &mut Leg<B>,
@@ -1097,6 +1186,7 @@ fn hop<A: Endpoint, B: Endpoint>(
     exposed: Option<&mut Vec<u8>>,
     moved: &mut u64,
     eof: &mut bool,
+    encrypt: bool,
 ) -> Result<usize, rustls::Error> {
     let relayed = exposed.is_none();
     let before = to.outgoing.len();
@@ -1104,7 +1194,7 @@ fn hop<A: Endpoint, B: Endpoint>(
         Some(buffer) => buffer,
         None => &mut to.outgoing,
     };
-    let consumed = match from.drive(lent, out, sink) {
+    let consumed = match from.drive(lent, out, sink, encrypt) {
         Ok(consumed) => consumed,
         Err(err) => {
             from.flush_alert(out);
@@ -1176,9 +1266,79 @@ impl<C: Endpoint> Leg<C> {
         self.incoming.capacity() + self.outgoing.capacity()
     }
 
-    /// Plaintext or a close_notify waits to be sent.
-    fn has_output_waiting(&self) -> bool {
-        !self.outgoing.is_empty() || (self.close_wanted && !self.close_sent)
+    /// Plaintext or a close_notify waits to be sent; without `encrypt`,
+    /// only a close_notify with no plaintext ahead of it counts.
+    fn has_output_waiting(&self, encrypt: bool) -> bool {
+        let close = self.close_wanted && !self.close_sent;
+        if encrypt {
+            !self.outgoing.is_empty() || close
+        } else {
+            self.outgoing.is_empty() && close
+        }
+    }
+
+    /// Encrypts the plaintext waiting (then a wanted close_notify) straight
+    /// into `room`, whole records while they fit; nothing while `queue`
+    /// (the leg's ciphertext queue) holds bytes, which go first. A
+    /// handshake message rustls has to send first goes into `room` too if
+    /// it fits, else into `queue`, and everything after it then waits for
+    /// [`Leg::drive`]. Returns how many bytes of `room` it wrote.
+    fn encrypt_into(&mut self, queue: &mut Vec<u8>, room: &mut [u8]) -> Result<usize, rustls::Error> {
+        if !queue.is_empty() || !self.has_output_waiting(true) {
+            return Ok(0);
+        }
+        let Leg {
+            conn,
+            incoming,
+            outgoing,
+            close_wanted,
+            close_sent,
+            peer_closed,
+        } = self;
+        let mut written = 0;
+        // `incoming` holds at most one incomplete record (`drive` ran
+        // rustls over the rest), so rustls has nothing to read: each
+        // round writes, or ends.
+        for _ in 0..8 {
+            let UnbufferedStatus { discard, state } = conn.process(incoming);
+            let mut more = false;
+            match state? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let space = room.get_mut(written..).unwrap_or_default();
+                    written += encrypt_records(&mut traffic, outgoing, *close_wanted, close_sent, space)?;
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let space = room.get_mut(written..).unwrap_or_default();
+                    match encode.encode(space) {
+                        Ok(length) => written += length,
+                        Err(_) => append(queue, 1024, |buf| match encode.encode(buf) {
+                            Ok(length) => Encoded::Written(length),
+                            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                                Encoded::Needs(required_size)
+                            }
+                            Err(err) => Encoded::Failed(err.to_string()),
+                        })?,
+                    }
+                    more = queue.is_empty();
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    more = true;
+                }
+                ConnectionState::PeerClosed => {
+                    *peer_closed = true;
+                    more = true;
+                }
+                // Plaintext to read (left where it is for `drive`), or
+                // nothing to write.
+                _ => {}
+            }
+            incoming.drain(..discard.min(incoming.len()));
+            if !more {
+                break;
+            }
+        }
+        Ok(written)
     }
 
     /// Processes what has arrived and sends what can be sent: handshake
@@ -1187,18 +1347,20 @@ impl<C: Endpoint> Leg<C> {
     /// Ciphertext `lent` where it lies (with its `take_all`, see
     /// [`TlsSession::from_client_in_place`]) is processed in place when
     /// nothing is buffered before it, else appended; returns how many of
-    /// its bytes were consumed.
+    /// its bytes were consumed. Without `encrypt`, the plaintext waiting
+    /// (and a close_notify behind it) is left for [`Leg::encrypt_into`].
     fn drive(
         &mut self,
         lent: Option<(&mut [u8], bool)>,
         out: &mut Vec<u8>,
         plaintext: &mut Vec<u8>,
+        encrypt: bool,
     ) -> Result<usize, rustls::Error> {
         let in_place = lent.is_some() && self.incoming.is_empty();
         let consumed = match lent {
             Some((bytes, take_all)) if self.incoming.is_empty() => {
                 let mut processed = 0;
-                self.process(bytes, &mut processed, out, plaintext)?;
+                self.process(bytes, &mut processed, out, plaintext, encrypt)?;
                 if self.peer_closed {
                     // Nothing after a close_notify is read.
                     bytes.len()
@@ -1223,32 +1385,34 @@ impl<C: Endpoint> Leg<C> {
         if !self.incoming.is_empty() {
             let mut incoming = std::mem::take(&mut self.incoming);
             let mut processed = 0;
-            result = self.process(&mut incoming, &mut processed, out, plaintext);
+            result = self.process(&mut incoming, &mut processed, out, plaintext, encrypt);
             incoming.drain(..processed.min(incoming.len()));
             self.incoming = incoming;
         } else if !in_place {
             // Nothing arrived: what waits to be sent goes now.
-            result = self.process(&mut [], &mut 0, out, plaintext);
+            result = self.process(&mut [], &mut 0, out, plaintext, encrypt);
         }
         if self.peer_closed {
             // Nothing after a close_notify is read.
             self.incoming.clear();
         }
+        // `outgoing` keeps its capacity while data flows (the session's
+        // `release_empty_buffers` frees it once quiet).
         release_if_empty(&mut self.incoming);
-        release_if_empty(&mut self.outgoing);
         result.map(|()| consumed)
     }
 
     /// Runs the connection over `incoming` (the start of its unprocessed
     /// ciphertext) until rustls needs more input, counting in `done` the
     /// bytes it is done with (processed and not kept by rustls), also
-    /// those before a failure.
+    /// those before a failure. `encrypt` as for [`Leg::drive`].
     fn process(
         &mut self,
         incoming: &mut [u8],
         done: &mut usize,
         out: &mut Vec<u8>,
         plaintext: &mut Vec<u8>,
+        encrypt: bool,
     ) -> Result<(), rustls::Error> {
         let Leg {
             conn,
@@ -1281,12 +1445,16 @@ impl<C: Endpoint> Leg<C> {
                 }
                 ConnectionState::TransmitTlsData(mut transmit) => {
                     if let Some(mut traffic) = transmit.may_encrypt_app_data() {
-                        write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                        if encrypt || outgoing.is_empty() {
+                            write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                        }
                     }
                     transmit.done();
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                    if encrypt || outgoing.is_empty() {
+                        write_traffic(&mut traffic, outgoing, *close_wanted, close_sent, out)?;
+                    }
                     waiting = true;
                 }
                 // Early data is never accepted (the server configuration
@@ -1345,6 +1513,47 @@ fn write_traffic<D>(
         *close_sent = true;
     }
     Ok(())
+}
+
+/// Encrypts `outgoing` into `room` one record's plaintext at a time while
+/// the records fit, then the close_notify if one is wanted and everything
+/// went; returns how many bytes of `room` were written.
+fn encrypt_records<D>(
+    traffic: &mut WriteTraffic<'_, D>,
+    outgoing: &mut Vec<u8>,
+    close_wanted: bool,
+    close_sent: &mut bool,
+    room: &mut [u8],
+) -> Result<usize, rustls::Error> {
+    if *close_sent {
+        // Nothing is sent after a close_notify.
+        outgoing.clear();
+        return Ok(0);
+    }
+    let (mut taken, mut written) = (0, 0);
+    for plaintext in outgoing.chunks(RECORD_PAYLOAD) {
+        match traffic.encrypt(plaintext, room.get_mut(written..).unwrap_or_default()) {
+            Ok(length) => {
+                written += length;
+                taken += plaintext.len();
+            }
+            // Left for the queue (a fuller record, the ring's wrap).
+            Err(EncryptError::InsufficientSize(_)) => break,
+            Err(err) => return Err(rustls::Error::General(err.to_string())),
+        }
+    }
+    outgoing.drain(..taken);
+    if outgoing.is_empty() && close_wanted {
+        match traffic.queue_close_notify(room.get_mut(written..).unwrap_or_default()) {
+            Ok(length) => {
+                written += length;
+                *close_sent = true;
+            }
+            Err(EncryptError::InsufficientSize(_)) => {}
+            Err(err) => return Err(rustls::Error::General(err.to_string())),
+        }
+    }
+    Ok(written)
 }
 
 /// The largest plaintext in one TLS record.

@@ -1028,6 +1028,8 @@ fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must
         .from_server_in_place(&mut app.context, &mut lent, false)
         .unwrap();
     assert_eq!(consumed, 2 * full_record);
+    // The emptied plaintext buffer keeps its capacity while data flows.
+    session.release_empty_buffers();
     assert_eq!(session.buffer_capacity(), session.queues().to_client.capacity());
     let mut received = deliver_to_client(&mut session, &mut client);
     assert_eq!(received, &body[..2 * 16_384]);
@@ -1067,4 +1069,63 @@ fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must
         origin.process_new_packets().unwrap();
     }
     assert_eq!(read_all(&mut origin.reader()), b"thanks");
+}
+
+#[test]
+fn records_encrypted_on_demand_go_into_lent_room_while_they_fit_and_never_ahead_of_the_queue() {
+    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
+    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
+    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
+    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
+    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
+    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    assert!(session.is_established());
+    session.encrypt_on_demand();
+    let from_origin = |origin: &mut ServerConnection, bytes: &[u8]| {
+        origin.set_buffer_limit(None);
+        origin.writer().write_all(bytes).unwrap();
+        let mut wire = Vec::new();
+        while origin.wants_write() {
+            origin.write_tls(&mut wire).unwrap();
+        }
+        wire
+    };
+
+    // 40,000 bytes: records of 16 KiB, 16 KiB and the rest. They wait, as
+    // plaintext, for room.
+    let body: Vec<u8> = (0..41_000u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = from_origin(&mut origin, &body[..40_000]);
+    session
+        .from_server_in_place(&mut app.context, &mut wire, false)
+        .unwrap();
+    assert!(session.queues().to_client.is_empty(), "nothing is encrypted yet");
+    // Room for one record and a half: one goes in, whole.
+    let mut room = vec![0u8; 25_000];
+    let written = session.encrypt_to_client(&mut room).unwrap();
+    assert_eq!(written, 5 + 16_384 + 1 + 16);
+    let mut on_the_wire = room[..written].to_vec();
+    // The rest into the queue, in order behind it.
+    session.encrypt_waiting().unwrap();
+    assert_eq!(session.queues().to_client.len(), 2 * (5 + 1 + 16) + 40_000 - 16_384);
+
+    // While the queue holds bytes, nothing goes into lent room ahead of them.
+    let mut wire = from_origin(&mut origin, &body[40_000..]);
+    session
+        .from_server_in_place(&mut app.context, &mut wire, false)
+        .unwrap();
+    let mut room = vec![0u8; 64 * 1024];
+    assert_eq!(session.encrypt_to_client(&mut room).unwrap(), 0);
+    session.encrypt_waiting().unwrap();
+    on_the_wire.append(&mut session.queues().to_client);
+
+    // The client reads it all, in order (TLS would refuse a record out of
+    // its sequence).
+    session.queues().to_client = on_the_wire;
+    let received = deliver_to_client(&mut session, &mut client);
+    assert!(
+        received == body,
+        "{} of {} bytes, or different bytes",
+        received.len(),
+        body.len()
+    );
 }

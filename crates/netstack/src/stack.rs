@@ -1530,6 +1530,30 @@ impl Stack {
         Ok(sent)
     }
 
+    /// Lends `write` the free room of the send ring where it lies, without
+    /// a copy in between: one contiguous piece (the ring may wrap; an empty
+    /// ring starts again at its beginning), right behind what is queued.
+    /// `write` fills a prefix of it and returns how long; only those bytes
+    /// are queued, in order after what was queued before (the rest of the
+    /// piece holds stale bytes and is never sent). Returns how many bytes
+    /// were queued; nothing while the flow may not send.
+    pub fn send_in_place(&mut self, id: FlowId, write: impl FnOnce(&mut [u8]) -> usize) -> Result<usize, StackError> {
+        let flow = self.flow_mut(id)?;
+        let sent = flow
+            .socket_mut()
+            .send(|room| {
+                let written = write(room).min(room.len());
+                (written, written)
+            })
+            .unwrap_or(0);
+        flow.buffers.tx_queued += sent as u64;
+        if sent > 0 {
+            self.observe_queues(id);
+            self.dirty.push(id);
+        }
+        Ok(sent)
+    }
+
     /// Bytes waiting to be read.
     pub fn recv_queue(&self, id: FlowId) -> Result<usize, StackError> {
         Ok(self.flow(id)?.readable())

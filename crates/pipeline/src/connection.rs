@@ -79,7 +79,7 @@ impl Connection {
     /// A connection relayed untouched, or intercepted with `tls`;
     /// `connecting`: its server leg is still being connected.
     pub fn new(tls: Option<Box<TlsSession>>, connecting: bool) -> Connection {
-        Connection::with(tls.map_or(Transform::Plain, Transform::Intercept), connecting)
+        Connection::with(tls.map_or(Transform::Plain, intercepting), connecting)
     }
 
     /// A terminated connection: the backend leg comes after the ClientHello.
@@ -512,7 +512,7 @@ impl Connection {
                 // connection's session).
                 tls.resume_within(mitm::GroupSessions::new());
             }
-            self.transform = Transform::Intercept(tls);
+            self.transform = intercepting(tls);
         }
         Ok(())
     }
@@ -590,6 +590,13 @@ impl Connection {
             Transform::Upgrade(client) => client.buffer_capacity(),
         }
     }
+}
+
+/// Interception, relayed by [`relay_tls`]: its records are encrypted
+/// straight into the legs' send buffers where they fit.
+fn intercepting(mut tls: Box<TlsSession>) -> Transform {
+    tls.encrypt_on_demand();
+    Transform::Intercept(tls)
 }
 
 /// The largest TLS record rustls accepts on the wire (header, 16 KiB of
@@ -693,6 +700,10 @@ fn relay_tls<T: TlsTransform>(
                 }
             }
         }
+        // Records go straight into each leg's send buffer where they fit
+        // behind what is queued; the rest into the queues, as before.
+        progress |= send_encrypted(io, tls, Leg::Server)? | send_encrypted(io, tls, Leg::Client)?;
+        tls.encrypt_waiting()?;
         if !progress {
             break;
         }
@@ -794,6 +805,24 @@ fn deliver<T: TlsTransform>(
     } else {
         tls.send_to_client(plaintext)
     }
+}
+
+/// Has `tls` encrypt what waits for `leg` (the client or the server)
+/// straight into the leg's free send room; true if anything went.
+fn send_encrypted<T: TlsTransform>(io: &mut dyn LegIo, tls: &mut T, leg: Leg) -> Result<bool, MitmError> {
+    let mut failed = None;
+    let sent = io.send_in_place(leg, &mut |room| {
+        let written = if leg == Leg::Server {
+            tls.encrypt_to_server(room)
+        } else {
+            tls.encrypt_to_client(room)
+        };
+        written.unwrap_or_else(|err| {
+            failed = Some(err);
+            0
+        })
+    });
+    failed.map_or(Ok(sent > 0), Err)
 }
 
 /// Sends as much of `queue` as `leg` takes now; true if anything went.

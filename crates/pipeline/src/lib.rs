@@ -83,6 +83,12 @@ pub trait LegIo {
     ) -> usize;
     /// Queues as much of `bytes` as the leg takes now; how many.
     fn send(&mut self, leg: Leg, bytes: &[u8]) -> usize;
+    /// Lends `write` the leg's free send room where it lies (one contiguous
+    /// piece, possibly empty); `write` fills a prefix and returns how long,
+    /// and those bytes are queued behind what was queued before. How many
+    /// were queued (0 for a leg that does not exist or cannot send, whose
+    /// `write` may not be called).
+    fn send_in_place(&mut self, leg: Leg, write: &mut dyn FnMut(&mut [u8]) -> usize) -> usize;
     /// Bytes the leg sent (or queued) that its peer has not acknowledged.
     fn unacknowledged(&self, leg: Leg) -> usize;
     /// Moves at most `max` received bytes of `from` into `to`'s queue,

@@ -34,6 +34,21 @@ pub trait TlsTransform {
     fn queues(&mut self) -> &mut Queues;
     fn send_to_server(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
     fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError>;
+    /// Encrypts what waits for the server straight into `room` (the free
+    /// room of the server leg's send buffer), as far as whole records fit
+    /// and nothing waits in the queue ahead; how many bytes it wrote. A
+    /// transform that encrypts into its queues at once writes nothing.
+    fn encrypt_to_server(&mut self, _room: &mut [u8]) -> Result<usize, MitmError> {
+        Ok(0)
+    }
+    /// [`TlsTransform::encrypt_to_server`] for the client.
+    fn encrypt_to_client(&mut self, _room: &mut [u8]) -> Result<usize, MitmError> {
+        Ok(0)
+    }
+    /// Encrypts into the queues what the `encrypt_to_*` calls left.
+    fn encrypt_waiting(&mut self) -> Result<(), MitmError> {
+        Ok(())
+    }
     /// Passes the end of a direction on as the leg's protocol says it
     /// (close_notify).
     fn close_to_server(&mut self);
@@ -99,6 +114,18 @@ impl TlsTransform for TlsSession {
 
     fn send_to_client(&mut self, plaintext: &[u8]) -> Result<(), MitmError> {
         TlsSession::send_to_client(self, plaintext)
+    }
+
+    fn encrypt_to_server(&mut self, room: &mut [u8]) -> Result<usize, MitmError> {
+        TlsSession::encrypt_to_server(self, room)
+    }
+
+    fn encrypt_to_client(&mut self, room: &mut [u8]) -> Result<usize, MitmError> {
+        TlsSession::encrypt_to_client(self, room)
+    }
+
+    fn encrypt_waiting(&mut self) -> Result<(), MitmError> {
+        TlsSession::encrypt_waiting(self)
     }
 
     fn close_to_server(&mut self) {

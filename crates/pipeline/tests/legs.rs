@@ -113,6 +113,18 @@ impl LegIo for Legs {
         count
     }
 
+    fn send_in_place(&mut self, leg: Leg, write: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        let wire = self.wire(leg);
+        if !wire.exists {
+            return 0;
+        }
+        let start = wire.from_pipeline.len();
+        wire.from_pipeline.resize(start + wire.room(), 0xee);
+        let written = write(&mut wire.from_pipeline[start..]).min(wire.from_pipeline.len() - start);
+        wire.from_pipeline.truncate(start + written);
+        written
+    }
+
     fn unacknowledged(&self, leg: Leg) -> usize {
         self.get(leg).from_pipeline.len()
     }
