@@ -177,11 +177,9 @@ timeout 30 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -n
   -subj /CN=origin.test -addext subjectAltName=DNS:origin.test,IP:198.18.0.2 \
   -addext basicConstraints=critical,CA:FALSE -keyout "$tmp/origin.key" -out "$tmp/origin.crt" 2>/dev/null
 perf_ok=0
-if ((profile)) && command -v perf >/dev/null &&
-  timeout 30 perf record -q -e cpu-clock -o "$tmp/perf-check.data" -- true >/dev/null 2>&1; then
+if ((profile)) && bench_perf_usable; then
   perf_ok=1
 fi
-rm -f "$tmp/perf-check.data"
 
 # --- configs ------------------------------------------------------------------------
 # EAL arguments of one process: no hugepages, no shared files, its own prefix,
@@ -484,8 +482,7 @@ if ((perf_ok)) && [[ -n "$unmet" ]]; then
     stop_interrupted "$perf_pid"
     perf_pid=""
     stop_variant "$tag"
-    timeout 120 perf report -i "$tmp/perf-$what.data" --stdio --no-children --sort dso,sym \
-      --percent-limit 1 2>/dev/null | grep -E '^ +[0-9.]+%' | head -25 >"$tmp/profile-$what.txt" || true
+    bench_perf_top "$tmp/perf-$what.data" "$tmp/profile-$what.txt" dso,sym
   done
   report "$tmp/bench-memif.svg" >"$tmp/table.md"
 fi
