@@ -840,14 +840,33 @@ fn the_client_leg_mirrors_a_tls12_origin_and_both_legs_are_graded() {
     }
 }
 
-#[test]
-fn a_tls13_origin_gives_the_client_tls13_with_the_same_suite() {
+/// An intercepted session for origin.test, its handshakes done: the
+/// client (any version), the origin and the appliance that holds it.
+struct Established {
+    app: Appliance,
+    client: ClientConnection,
+    origin: ServerConnection,
+    session: TlsSession,
+}
+
+fn established() -> Established {
     let origin_side = origin(&["origin.test"], (-1, 30), &[]);
     let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
     let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
     let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
     let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
     pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    Established {
+        app,
+        client,
+        origin,
+        session,
+    }
+}
+
+#[test]
+fn a_tls13_origin_gives_the_client_tls13_with_the_same_suite() {
+    let Established { client, origin, .. } = established();
     assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(
         client.negotiated_cipher_suite().unwrap().suite(),
@@ -998,12 +1017,12 @@ fn deliver_to_client(session: &mut TlsSession, client: &mut ClientConnection) ->
 
 #[test]
 fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must_take_all() {
-    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
-    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
-    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
-    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
-    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
-    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    let Established {
+        mut app,
+        mut client,
+        mut origin,
+        mut session,
+    } = established();
     assert!(session.is_established());
     session.release_empty_buffers();
 
@@ -1073,12 +1092,12 @@ fn ciphertext_read_in_place_leaves_a_partial_record_where_it_lies_unless_it_must
 
 #[test]
 fn records_encrypted_on_demand_go_into_lent_room_while_they_fit_and_never_ahead_of_the_queue() {
-    let origin_side = origin(&["origin.test"], (-1, 30), &[]);
-    let mut app = appliance(&origin_side.ca_pem, InvalidUpstream::Mirror);
-    let mut client = client(&app.ca_der, "origin.test", &[], rustls::ALL_VERSIONS);
-    let mut origin = ServerConnection::new(Arc::clone(&origin_side.config)).unwrap();
-    let mut session = TlsSession::new("198.18.0.2".parse().unwrap());
-    pump(&mut client, &mut session, &mut app.context, &mut origin).unwrap();
+    let Established {
+        mut app,
+        mut client,
+        mut origin,
+        mut session,
+    } = established();
     assert!(session.is_established());
     session.encrypt_on_demand();
     let from_origin = |origin: &mut ServerConnection, bytes: &[u8]| {

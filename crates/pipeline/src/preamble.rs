@@ -214,28 +214,47 @@ impl Preamble {
         if ends.to_client != End::Open || self.into_loop_down.len() + self.to_client.len() >= TLS_BACKLOG {
             return Ok(false);
         }
-        let mut outcome = Ok(false);
-        io.recv_in_place(Leg::Server, PIECE_MAX, 0, &mut |got, _| {
-            outcome = self.server_sent(got, looped, bytes, reports, tap);
-            got.len()
-        });
-        outcome
+        self.read_in_place(io, Leg::Server, looped, bytes, reports, tap)
     }
 
-    /// What the server sent, `got`, into the watcher.
-    fn server_sent(
+    /// Reads one piece of `leg` (the client's or the server's) where it
+    /// lies in the leg's receive buffer, counts it and hands it to the
+    /// watcher.
+    fn read_in_place(
         &mut self,
-        got: &[u8],
+        io: &mut dyn LegIo,
+        leg: Leg,
         looped: bool,
         bytes: &mut (u64, u64),
         reports: &mut Reports,
         tap: &mut Option<&mut dyn Tap>,
     ) -> Result<bool, PreambleError> {
+        let mut outcome = Ok(false);
+        io.recv_in_place(leg, PIECE_MAX, 0, &mut |got, _| {
+            if got.is_empty() {
+                return 0;
+            }
+            outcome = if leg == Leg::Server {
+                bytes.1 += got.len() as u64;
+                self.server_sent(got, looped, reports, tap)
+            } else {
+                bytes.0 += got.len() as u64;
+                self.client_sent(got, looped, reports, tap)
+            };
+            got.len()
+        });
+        outcome
+    }
+
+    /// What the server sent, `got` (not empty), into the watcher.
+    fn server_sent(
+        &mut self,
+        got: &[u8],
+        looped: bool,
+        reports: &mut Reports,
+        tap: &mut Option<&mut dyn Tap>,
+    ) -> Result<bool, PreambleError> {
         let read = got.len();
-        if read == 0 {
-            return Ok(false);
-        }
-        bytes.1 += read as u64;
         if self.phase == Phase::Accepted {
             return Err(PreambleError::ServerSpokeAfterAccept(read));
         }
@@ -288,28 +307,18 @@ impl Preamble {
         if self.phase != Phase::Plain {
             return Ok(discard_client(io, bytes, reports));
         }
-        let mut outcome = Ok(false);
-        io.recv_in_place(Leg::Client, PIECE_MAX, 0, &mut |got, _| {
-            outcome = self.client_sent(got, looped, bytes, reports, tap);
-            got.len()
-        });
-        outcome
+        self.read_in_place(io, Leg::Client, looped, bytes, reports, tap)
     }
 
-    /// What the client sent, `got`, into the watcher.
+    /// What the client sent, `got` (not empty), into the watcher.
     fn client_sent(
         &mut self,
         got: &[u8],
         looped: bool,
-        bytes: &mut (u64, u64),
         reports: &mut Reports,
         tap: &mut Option<&mut dyn Tap>,
     ) -> Result<bool, PreambleError> {
         let read = got.len();
-        if read == 0 {
-            return Ok(false);
-        }
-        bytes.0 += read as u64;
         let step = self.watcher.from_client(got)?;
         if self.require_tls && step.event == Some(ClientEvent::PlaintextContent) {
             return Err(PreambleError::PlaintextContent(self.protocol()));
