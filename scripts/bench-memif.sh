@@ -486,7 +486,7 @@ if ((perf_ok)) && [[ -n "$unmet" ]]; then
   done
   report "$tmp/bench-memif.svg" >"$tmp/table.md"
 fi
-[[ -n "$unmet" ]] && ((!perf_ok)) && log "targets not met ($unmet), but perf is not usable here: no profile"
+[[ -n "$unmet" ]] && ((profile && !perf_ok)) && log "targets not met ($unmet), but perf is not usable here: no profile"
 
 bench_doc_gate "$invalid"
 
@@ -507,10 +507,11 @@ Linux $(uname -r), DPDK ${dpdk_version:-?}, run on $(date -u +%Y-%m-%d) at commi
 
 ![Medians of the run below: tlsgate's CPU per connection and per GB against the rustls floor, and 2 workers against 1 over memif and in memory](bench-memif.svg)
 
-**Noise.** This run shared its 2 vCPUs with other engineers' builds (the "other processes"
-column below: how many cores they took meanwhile). CPU time per unit of work is much less
-sensitive to that than rates are, and each ratio is taken within one run, but caches and
-clock are shared too: treat the absolute figures as rough and re-run on a quiet machine.
+**Noise.** The "other processes" column below gives how many cores processes outside
+the benchmark took during each workload (0.00 when the machine was quiet). CPU time per
+unit of work is much less sensitive to them than rates are, and each ratio is taken within
+one run, but caches and clock are shared too: where that column is well above 0, treat the
+absolute figures as rough.
 
 ### Setup
 
