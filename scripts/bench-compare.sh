@@ -781,8 +781,9 @@ EOF
   packet I/O, buffering, forging or logging: tlsgate's ratio to it is the cost of its own
   machinery on top. The handshake floor weights the client role by the share of upstream legs
   that resumed in the run (tlsgate keeps the origin's tickets; nginx issues two after a full
-  handshake and one after a resumption); tlsgate also verifies the stored chain again after a
-  resumed handshake, which plain rustls does not. The AEAD floor is the cipher alone, in place;
+  handshake and one after a resumption); on a resumed upstream leg tlsgate reuses its kept
+  verdict on the stored chain (\`VerifiedChains\`), so like plain rustls it does not verify the
+  chain again on resumption. The AEAD floor is the cipher alone, in place;
   tlsgate's CPU per GB also pays for the frames in and out of af_packet, smoltcp on both legs
   and rustls' copies. The floor is measured in the same run on the same machine, but not at
   the same moment as tlsgate's rows, and in a warm loop: a lower bound, not a model.
